@@ -1,0 +1,140 @@
+"""Time: UTC instants, durations, metric periods and half-open windows.
+
+Logic never reads the clock; shells call `utcnow()` once and pass `now` in.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+
+from .errors import InputError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def utcnow() -> datetime:
+    """The current UTC instant; only shells call this."""
+    return datetime.now(timezone.utc)
+
+
+def parse_duration(text: str, what: str = "duration") -> timedelta:
+    """'90s', '15m', '6h', '7d', '2w' -> timedelta."""
+    m = _DURATION.match(str(text))
+    if not m:
+        raise InputError(f"{what}: {text!r} is not a duration like 15m, 6h or 7d")
+    return timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[m.group(2)])
+
+
+def format_duration(d: timedelta) -> str:
+    """Shortest exact form: 86400 s -> '1d', 5400 s -> '90m'."""
+    secs = int(d.total_seconds())
+    for unit in ("w", "d", "h", "m"):
+        if secs and secs % _UNIT_SECONDS[unit] == 0:
+            return f"{secs // _UNIT_SECONDS[unit]}{unit}"
+    return f"{secs}s"
+
+
+def parse_instant(text: str, what: str = "time") -> datetime:
+    """An ISO 8601 instant; a naive one is taken as UTC. Returns aware UTC."""
+    raw = str(text).strip()
+    try:
+        dt = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InputError(
+            f"{what}: {text!r} is not an ISO 8601 time like 2026-11-28T15:00:00Z"
+        ) from None
+    return as_utc(dt)
+
+
+def as_utc(dt: datetime) -> datetime:
+    """Aware UTC datetime; naive input is taken to be UTC already."""
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc)
+
+
+def floor_to(dt: datetime, step: timedelta) -> datetime:
+    """Floor an aware datetime to a multiple of `step` since the epoch."""
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    n = (as_utc(dt) - epoch) // step
+    return epoch + n * step
+
+
+def ceil_to(dt: datetime, step: timedelta) -> datetime:
+    f = floor_to(dt, step)
+    return f if f == as_utc(dt) else f + step
+
+
+MINUTE = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+
+
+class Period(Enum):
+    """The metric periods the API accepts: an enum, never free text in SQL."""
+
+    M15 = "15m"
+    H1 = "1h"
+    H24 = "24h"
+    D7 = "7d"
+
+    @property
+    def length(self) -> timedelta:
+        return parse_duration(self.value)
+
+    @classmethod
+    def parse(cls, text: str) -> "Period":
+        for p in cls:
+            if p.value == text:
+                return p
+        allowed = ", ".join(p.value for p in cls)
+        raise InputError(f"unknown period {text!r}: use one of {allowed}")
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open UTC interval [start, end)."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self):
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError("Window bounds must be timezone-aware UTC datetimes")
+        if self.end < self.start:
+            raise InputError(f"window end {self.end.isoformat()} is before start {self.start.isoformat()}")
+
+    @classmethod
+    def ending(cls, end: datetime, length: timedelta) -> "Window":
+        """The window of `length` ending at `end` floored to the minute."""
+        e = floor_to(end, MINUTE)
+        return cls(e - length, e)
+
+    @property
+    def length(self) -> timedelta:
+        return self.end - self.start
+
+    def previous(self) -> "Window":
+        """The window of the same length just before this one."""
+        return Window(self.start - self.length, self.start)
+
+    def split(self, step: timedelta) -> list["Window"]:
+        """Consecutive windows of at most `step`, aligned to multiples of step."""
+        out, cur = [], self.start
+        while cur < self.end:
+            nxt = min(floor_to(cur, step) + step, self.end)
+            out.append(Window(cur, nxt))
+            cur = nxt
+        return out
+
+    def __str__(self) -> str:
+        return f"[{iso(self.start)}, {iso(self.end)})"
+
+
+def iso(dt: datetime) -> str:
+    """UTC ISO 8601 with a Z suffix, seconds precision."""
+    return as_utc(dt).strftime("%Y-%m-%dT%H:%M:%SZ")

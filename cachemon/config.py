@@ -1,0 +1,146 @@
+"""Configuration: a TOML file (CACHEMON_CONFIG / --config) over defaults.
+
+Every value has a default, so cachemon runs with no file at all. Unknown
+sections or keys are errors naming the file and the key, so a typo is never
+silently ignored. Secrets are never read from here: they come from the
+environment (see README).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
+from pathlib import Path
+
+from .clock import parse_duration
+from .errors import ConfigError
+
+DEFAULT_DB = "data/cachemon.duckdb"
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ColumnMapping:
+    """Which Analytics Engine column carries each event field."""
+
+    tier: str = "index1"
+    key: str = "blob1"
+    endpoint: str = "blob2"
+    experiment: str = "blob3"
+    cohort: str = "blob4"
+    status: str = "blob5"
+    kind: str = "blob6"
+    latency_ms: str = "double1"
+    bytes: str = "double2"
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not _IDENT.match(value):
+                raise ConfigError(f"[columns] {f.name} = {value!r} is not a column name")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: str = DEFAULT_DB
+    # Per-key minute rows of a partly ingested hour are merged into the
+    # hourly table once the hour is this far behind the newest window; it
+    # must exceed any re-pull overlap (Analytics Engine late data).
+    key_compaction_lag: timedelta = timedelta(hours=1)
+    # A reader snapshot is published at most this often by a busy writer.
+    snapshot_interval: timedelta = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    seed: int = 42
+    requests_per_hour: float = 125_000.0
+    catalog_keys: int = 60_000
+    zipf_alpha: float = 0.8
+    colos: int = 6
+    long_tail_share: float = 0.04
+    sample_threshold_per_minute: float = 1_000.0
+    origin_error_rate: float = 0.01
+
+
+@dataclass(frozen=True)
+class Config:
+    store: StoreConfig = field(default_factory=StoreConfig)
+    columns: ColumnMapping = field(default_factory=ColumnMapping)
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    source: str = "simulator"
+
+
+_SECTIONS = {"store": StoreConfig, "columns": ColumnMapping, "simulator": SimulatorConfig}
+
+
+def load(path: str | os.PathLike | None = None, env: dict | None = None) -> Config:
+    """Load the config file named by `path` or CACHEMON_CONFIG (if any)."""
+    env = os.environ if env is None else env
+    path = path or env.get("CACHEMON_CONFIG")
+    cfg = Config()
+    if path:
+        cfg = _from_file(Path(path))
+    db = env.get("CACHEMON_DB")
+    if db:
+        cfg = replace(cfg, store=replace(cfg.store, path=db))
+    return cfg
+
+
+def _from_file(path: Path) -> Config:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    parts = {}
+    for name, value in data.items():
+        if name == "source":
+            if value not in ("simulator", "analytics_engine"):
+                raise ConfigError(f"{path}: source = {value!r}: use 'simulator' or 'analytics_engine'")
+            parts["source"] = value
+        elif name in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: [{name}] must be a table")
+            parts[name] = _section(path, name, _SECTIONS[name], value)
+        else:
+            raise ConfigError(f"{path}: unknown section or key {name!r}")
+    return Config(**parts)
+
+
+def _section(path: Path, name: str, cls, values: dict):
+    known = {f.name: f for f in fields(cls)}
+    default = cls()
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{path}: [{name}] has unknown key {key!r}")
+        kwargs[key] = _coerce(path, f"[{name}] {key}", getattr(default, key), value)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _coerce(path: Path, where: str, default, value):
+    """Check a TOML value against the type of its default."""
+    if isinstance(default, timedelta):
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: {where} must be a duration string like '1h', got {value!r}")
+        try:
+            return parse_duration(value, where)
+        except Exception as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    if isinstance(default, bool) or isinstance(value, bool):
+        if type(value) is not type(default):
+            raise ConfigError(f"{path}: {where} must be {type(default).__name__}, got {value!r}")
+        return value
+    if isinstance(default, float) and isinstance(value, (int, float)):
+        return float(value)
+    if not isinstance(value, type(default)):
+        raise ConfigError(f"{path}: {where} must be {type(default).__name__}, got {value!r}")
+    return value

@@ -1,0 +1,198 @@
+"""The event contract: one row per cache lookup or gauge reading.
+
+Raw input (a file, an API response, the simulator) becomes an `EventFrame`
+once, here, at the edge; everything downstream trusts its schema. Events are
+columnar (a pyarrow Table) because a week is tens of millions of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import InputError
+
+TIERS = ("edge", "kv", "r2", "api")
+STATUSES = ("ok", "error")
+GAUGES = ("queue_depth", "kv_storage_bytes", "r2_storage_bytes")
+KINDS = ("request",) + GAUGES
+
+SCHEMA = pa.schema(
+    [
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("tier", pa.string()),
+        ("key", pa.string()),
+        ("endpoint", pa.string()),
+        ("experiment", pa.string()),
+        ("cohort", pa.string()),
+        ("status", pa.string()),
+        ("kind", pa.string()),
+        ("latency_ms", pa.float64()),
+        ("bytes", pa.float64()),
+        ("sample_interval", pa.float64()),
+    ]
+)
+REQUIRED = ("timestamp", "tier", "key", "endpoint", "latency_ms")
+DEFAULTS = {
+    "experiment": "",
+    "cohort": "",
+    "status": "ok",
+    "kind": "request",
+    "bytes": 0.0,
+    "sample_interval": 1.0,
+}
+
+
+@dataclass(frozen=True)
+class EventFrame:
+    """Validated events in the canonical SCHEMA (string columns may be
+    dictionary-encoded)."""
+
+    table: pa.Table
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @classmethod
+    def empty(cls) -> "EventFrame":
+        return cls(SCHEMA.empty_table())
+
+    def time_range(self):
+        """(min, max) timestamp as aware datetimes, or None when empty."""
+        if self.table.num_rows == 0:
+            return None
+        mm = pc.min_max(self.table["timestamp"]).as_py()
+        return mm["min"], mm["max"]
+
+
+RowLabel = Callable[[int], str]
+
+
+def _default_label(i: int) -> str:
+    return f"row {i + 1}"
+
+
+def validate(table: pa.Table, origin: str, row_label: RowLabel = _default_label) -> EventFrame:
+    """Check and normalise raw events; raise InputError naming `origin`, the
+    first offending row and the field, without changing anything."""
+    missing = [c for c in REQUIRED if c not in table.column_names]
+    if missing:
+        raise InputError(f"{origin}: missing required column(s) {', '.join(missing)}")
+    n = table.num_rows
+    cols = {}
+    for name in SCHEMA.names:
+        if name in table.column_names:
+            cols[name] = table[name]
+        else:
+            cols[name] = pa.chunked_array([pa.array([DEFAULTS[name]] * n, SCHEMA.field(name).type)]) if n else pa.chunked_array([], SCHEMA.field(name).type)
+    fail = _Failer(origin, row_label)
+    cols["timestamp"] = _timestamps(cols["timestamp"], fail)
+    for name in ("tier", "key", "endpoint", "experiment", "cohort", "status", "kind"):
+        cols[name] = _strings(cols[name], name, fail)
+    for name in ("latency_ms", "bytes", "sample_interval"):
+        cols[name] = _numbers(cols[name], name, fail)
+    _check_values(cols, fail)
+    return EventFrame(pa.table([cols[n] for n in SCHEMA.names], schema=SCHEMA))
+
+
+class _Failer:
+    def __init__(self, origin: str, row_label: RowLabel):
+        self.origin, self.row_label = origin, row_label
+
+    def check(self, bad: pa.ChunkedArray | pa.Array, field: str, problem: Callable[[int], str]):
+        """Raise for the first row where `bad` is true (null counts as false)."""
+        bad = pc.fill_null(bad, False)
+        count = pc.sum(bad).as_py() or 0
+        if count == 0:
+            return
+        first = pc.indices_nonzero(pa.concat_arrays(bad.chunks) if isinstance(bad, pa.ChunkedArray) else bad)[0].as_py()
+        more = f" (and {count - 1} more rows)" if count > 1 else ""
+        raise InputError(f"{self.origin}: {self.row_label(first)}{more}: {field} {problem(first)}")
+
+
+def _timestamps(col: pa.ChunkedArray, fail: _Failer) -> pa.ChunkedArray:
+    t = col.type
+    fail.check(pc.is_null(col), "timestamp", lambda i: "is missing")
+    if pa.types.is_timestamp(t):
+        if t.tz is None:
+            col = pc.assume_timezone(col, "UTC")
+        out = col.cast(pa.timestamp("us", tz="UTC"))
+    elif pa.types.is_integer(t):
+        # Integers are epoch milliseconds, the unit of JavaScript's Date.now().
+        out = pc.multiply(col.cast(pa.int64()), 1000).cast(pa.timestamp("us", tz="UTC"))
+    elif pa.types.is_string(t) or pa.types.is_large_string(t):
+        out = _parse_iso(col, fail)
+    else:
+        raise InputError(f"{fail.origin}: column timestamp has type {t}; use ISO 8601 text or epoch milliseconds")
+    year = pc.year(out)
+    fail.check(pc.or_(pc.less(year, 2000), pc.greater(year, 2199)), "timestamp",
+               lambda i: f"{out[i].as_py().isoformat()} is outside 2000-2199")
+    return out
+
+
+def _parse_iso(col: pa.ChunkedArray, fail: _Failer) -> pa.ChunkedArray:
+    import pandas as pd
+
+    values = col.to_pandas()
+    parsed = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        fail.check(pa.array(bad), "timestamp", lambda _: f"{values.iloc[i]!r} is not an ISO 8601 time")
+    return pa.chunked_array([pa.array(parsed.dt.as_unit("us"), type=pa.timestamp("us", tz="UTC"))])
+
+
+def _strings(col: pa.ChunkedArray, name: str, fail: _Failer) -> pa.ChunkedArray:
+    t = col.type
+    if pa.types.is_dictionary(t):
+        col = col.cast(pa.string())
+        t = col.type
+    if pa.types.is_large_string(t):
+        col = col.cast(pa.string())
+    elif pa.types.is_null(t):
+        col = col.cast(pa.string())
+    elif not pa.types.is_string(t):
+        raise InputError(f"{fail.origin}: column {name} has type {t}; it must be text")
+    if name in DEFAULTS:
+        col = pc.fill_null(col, DEFAULTS[name])
+    return col
+
+
+def _numbers(col: pa.ChunkedArray, name: str, fail: _Failer) -> pa.ChunkedArray:
+    t = col.type
+    if pa.types.is_null(t):
+        col = col.cast(pa.float64())
+    elif not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
+        raise InputError(f"{fail.origin}: column {name} has type {t}; it must be a number")
+    col = col.cast(pa.float64())
+    if name in DEFAULTS:
+        col = pc.fill_null(col, DEFAULTS[name])
+    fail.check(pc.is_null(col), name, lambda i: "is missing")
+    fail.check(pc.invert(pc.is_finite(col)), name, lambda i: f"is not a finite number ({col[i].as_py()})")
+    return col
+
+
+def _check_values(cols: dict, fail: _Failer) -> None:
+    kind = cols["kind"]
+    fail.check(pc.invert(pc.is_in(kind, pa.array(KINDS))), "kind",
+               lambda i: f"{kind[i].as_py()!r} is unknown (use one of {', '.join(KINDS)})")
+    is_req = pc.equal(kind, "request")
+    tier = cols["tier"]
+    fail.check(pc.and_(is_req, pc.invert(pc.is_in(tier, pa.array(TIERS)))), "tier",
+               lambda i: f"{tier[i].as_py()!r} is unknown (use one of {', '.join(TIERS)})")
+    status = cols["status"]
+    fail.check(pc.invert(pc.is_in(status, pa.array(STATUSES))), "status",
+               lambda i: f"{status[i].as_py()!r} is unknown (use ok or error)")
+    for name in ("key", "endpoint"):
+        col = cols[name]
+        fail.check(pc.and_(is_req, pc.or_(pc.is_null(col), pc.equal(col, ""))), name, lambda i: "is empty")
+    lat = cols["latency_ms"]
+    fail.check(pc.less(lat, 0), "latency_ms", lambda i: f"is negative ({lat[i].as_py()})")
+    b = cols["bytes"]
+    fail.check(pc.less(b, 0), "bytes", lambda i: f"is negative ({b[i].as_py()})")
+    si = cols["sample_interval"]
+    fail.check(pc.less(si, 1), "sample_interval", lambda i: f"must be at least 1 ({si[i].as_py()})")

@@ -1,0 +1,1 @@
+"""Data sources. Each produces `EventFrame`s for the one ingestion path."""
