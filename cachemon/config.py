@@ -50,8 +50,6 @@ class StoreConfig:
     # hourly table once the hour is this far behind the newest window; it
     # must exceed any re-pull overlap (Analytics Engine late data).
     key_compaction_lag: timedelta = timedelta(hours=1)
-    # A reader snapshot is published at most this often by a busy writer.
-    snapshot_interval: timedelta = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -85,9 +83,7 @@ def load(path: str | os.PathLike | None = None, env: dict | None = None) -> Conf
     if path:
         cfg = _from_file(Path(path))
     db = env.get("CACHEMON_DB")
-    if db:
-        cfg = replace(cfg, store=replace(cfg.store, path=db))
-    return cfg
+    return with_db(cfg, db) if db else cfg
 
 
 def _from_file(path: Path) -> Config:
@@ -144,3 +140,8 @@ def _coerce(path: Path, where: str, default, value):
     if not isinstance(value, type(default)):
         raise ConfigError(f"{path}: {where} must be {type(default).__name__}, got {value!r}")
     return value
+
+
+def with_db(cfg: Config, path: str) -> Config:
+    """`cfg` with another store path (the --db flag)."""
+    return replace(cfg, store=replace(cfg.store, path=path))

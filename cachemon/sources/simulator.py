@@ -17,7 +17,7 @@ test runs on realistic data:
 Requests of each UTC hour are drawn from a generator seeded by (seed, hour),
 and the cache state is carried across calls, so the events of a span are the
 same however it is cut into windows. `Simulator.generate` must be called on
-consecutive windows; its state can be saved and restored (`state_bytes`).
+consecutive windows; its state can be saved (`state.to_bytes()`) and restored (`restore`).
 """
 
 from __future__ import annotations
@@ -150,7 +150,8 @@ def _isbn_check(body12: int) -> int:
 class SimState:
     """Cache state carried between windows (mutable, owned by one Simulator)."""
 
-    def __init__(self, clock_us: int, edge_fill, kv_fill, tail_writes, tail_total: float):
+    def __init__(self, seed: int, clock_us: int, edge_fill, kv_fill, tail_writes, tail_total: float):
+        self.seed = seed
         self.clock_us = clock_us
         self.edge_fill = edge_fill  # per (colo, key): fill time in µs or NEVER
         self.kv_fill = kv_fill  # per key
@@ -161,6 +162,7 @@ class SimState:
         buf = io.BytesIO()
         np.savez_compressed(
             buf,
+            seed=np.array([self.seed]),
             clock=np.array([self.clock_us]),
             edge=self.edge_fill,
             kv=self.kv_fill,
@@ -172,7 +174,7 @@ class SimState:
     @classmethod
     def from_bytes(cls, data: bytes) -> "SimState":
         with np.load(io.BytesIO(data)) as z:
-            return cls(int(z["clock"][0]), z["edge"].copy(), z["kv"].copy(), z["tail"].copy(), float(z["tail_total"][0]))
+            return cls(int(z["seed"][0]), int(z["clock"][0]), z["edge"].copy(), z["kv"].copy(), z["tail"].copy(), float(z["tail_total"][0]))
 
 
 @dataclass
@@ -216,11 +218,11 @@ class Simulator:
         edge_hit = lam_edge * edge_ttl / (1 + lam_edge * edge_ttl)
         miss_rate = (lam_edge * (1 - edge_hit)).reshape(self.cfg.colos, -1).sum(axis=0)
         kv_fill = _stationary_fill(rng, t0, miss_rate, cat.kv_ttl_us)
-        self.state = SimState(t0, edge_fill, kv_fill, np.zeros((0, 3)), 0.0)
+        self.state = SimState(self.cfg.seed, t0, edge_fill, kv_fill, np.zeros((0, 3)), 0.0)
 
     def restore(self, data: bytes) -> None:
         state = SimState.from_bytes(data)
-        if state.edge_fill.shape != (self.cfg.colos * len(self.catalog.keys),):
+        if state.seed != self.cfg.seed or state.edge_fill.shape != (self.cfg.colos * len(self.catalog.keys),):
             raise SourceError("saved simulator state does not match the simulator configuration")
         self.state = state
 
@@ -478,6 +480,4 @@ def _us(dt: datetime) -> int:
     return (dt - EPOCH) // timedelta(microseconds=1)
 
 
-def aligned_start(end: datetime, days: float) -> datetime:
-    """Start of a demo span of `days` ending at `end` (whole hours)."""
-    return floor_to(end, HOUR) - timedelta(days=days)
+

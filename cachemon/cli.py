@@ -1,0 +1,111 @@
+"""`python -m cachemon`: the command line, a thin shell over the library.
+
+Every CachemonError becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+
+from . import config as config_mod
+from . import metrics, pipeline, store
+from .clock import Period, Window, parse_instant, utcnow
+from .errors import CachemonError, InputError
+
+EXIT_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cachemon",
+        description="Monitoring, alerting, cost and TTL tuning for the BooksTrack tiered cache.",
+    )
+    parser.add_argument("--db", help="store file (default: CACHEMON_DB or data/cachemon.duckdb)")
+    parser.add_argument("--config", help="TOML config file (default: CACHEMON_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="fill the store from the embedded traffic simulator",
+                       description="Replace the simulator's data with N days of simulated traffic ending now.")
+    p.add_argument("--days", type=float, default=7.0, help="days of traffic (default 7)")
+    p.add_argument("--seed", type=int, help="simulator seed (default from config: 42)")
+    p.add_argument("--until", help="end of the span, ISO 8601 UTC (default: now)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("import", help="import NDJSON / CSV / Parquet event files",
+                       description="Import event files. A file already imported (same content) is skipped.")
+    p.add_argument("files", nargs="+", metavar="FILE")
+
+    p = sub.add_parser("metrics", help="print the metrics of a period",
+                       description="Hit rates, latency, volume and top keys for the period ending at --at.")
+    p.add_argument("--period", default="1h", help="15m, 1h, 24h or 7d (default 1h)")
+    p.add_argument("--format", default="json", help="json (prometheus arrives with the metrics API)")
+    p.add_argument("--at", help="evaluate as of this instant, ISO 8601 UTC (default: now)")
+    p.add_argument("--endpoint", help="only this endpoint (title, isbn, author, ...)")
+    p.add_argument("--top", type=int, default=10, help="number of top keys (default 10)")
+    return parser
+
+
+def main(argv: list[str] | None = None, now: datetime | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_mod.load(args.config)
+        if args.db:
+            cfg = config_mod.with_db(cfg, args.db)
+        return COMMANDS[args.command](args, cfg, now or utcnow())
+    except CachemonError as exc:
+        print(f"cachemon: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _demo(args, cfg, now) -> int:
+    until = parse_instant(args.until, "--until") if args.until else now
+    bar = None if args.quiet else _progress("simulating")
+    summary = pipeline.demo(cfg, args.days, until, seed=args.seed, progress=bar)
+    print(f"simulated {summary.events:,} events in {summary.windows} windows up to {summary.until:%Y-%m-%dT%H:%MZ} "
+          f"into {cfg.store.path}", file=sys.stderr)
+    return 0
+
+
+def _import(args, cfg, now) -> int:
+    summary = pipeline.import_files(cfg, args.files, now)
+    for r in summary.imported:
+        print(f"imported {r.events:,} events as {r.source}", file=sys.stderr)
+    for path in summary.skipped:
+        print(f"skipped {path}: already imported (same content)", file=sys.stderr)
+    return 0
+
+
+def _metrics(args, cfg, now) -> int:
+    period = Period.parse(args.period)
+    if args.format != "json":
+        if args.format == "prometheus":
+            raise InputError("format 'prometheus' is not built yet (it arrives with the metrics API); use json")
+        raise InputError(f"unknown format {args.format!r}: use json")
+    at = parse_instant(args.at, "--at") if args.at else now
+    if args.top < 0:
+        raise InputError(f"--top must be 0 or more, got {args.top}")
+    with store.reader(cfg.store.path) as con:
+        m = metrics.compute(con, Window.ending(at, period.length), period.value, args.endpoint, args.top)
+    print(json.dumps(metrics.to_json(m), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _progress(label: str):
+    from tqdm import tqdm
+
+    state = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, desc=label, unit="window", file=sys.stderr)
+        state["bar"].update(done - state["bar"].n)
+        if done == total:
+            state["bar"].close()
+
+    return update
+
+
+COMMANDS = {"demo": _demo, "import": _import, "metrics": _metrics}

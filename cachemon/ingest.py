@@ -1,0 +1,293 @@
+"""The one ingestion path: events of any source become rollups in the store.
+
+Two ways in, both one transaction each:
+
+* `replace_window` — a pulled or simulated window [start, end) of a source
+  replaces whatever that source had there, so pulling a window twice, or
+  overlapping windows, never double counts, and a crash leaves the old data
+  or the new, never half.
+* `append_import` — an imported file is a source of its own (named by the
+  SHA-256 of its bytes): importing it again is a no-op, and different files
+  covering the same hours add up.
+
+Per-key counts are kept per hour. A window that covers only part of an hour
+writes that hour's per-key rows per minute (`key_minute`); once the hour is
+`key_compaction_lag` behind the newest window they are merged into
+`key_hour`. Hourly rollups are recomputed from the minute rollups of the
+hours a write touched, so they always equal the sum of their minutes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import duckdb
+
+from .clock import DAY, HOUR, MINUTE, Window, ceil_to, floor_to, iso
+from .errors import SourceError, StoreError
+from .events import EventFrame
+from .histogram import LN_GAMMA, ZERO_BUCKET
+
+INSERT_ROLLUP_MINUTE = """
+INSERT INTO rollup_minute
+SELECT $source, date_trunc('minute', timestamp), tier, endpoint, experiment, cohort,
+       sum(sample_interval), sum(if(status = 'error', sample_interval, 0)),
+       sum(bytes * sample_interval), sum(latency_ms * sample_interval),
+       min(latency_ms), max(latency_ms), count(*)
+FROM batch WHERE kind = 'request'
+GROUP BY ALL
+"""
+
+INSERT_LATENCY_MINUTE = f"""
+INSERT INTO latency_minute
+SELECT $source, date_trunc('minute', timestamp), tier, endpoint, experiment, cohort,
+       if(latency_ms > 0, CAST(ceil(ln(latency_ms) / {LN_GAMMA!r}) AS INTEGER), {ZERO_BUCKET}),
+       sum(sample_interval)
+FROM batch WHERE kind = 'request'
+GROUP BY ALL
+"""
+
+INSERT_GAUGE_MINUTE = """
+INSERT INTO gauge_minute
+SELECT $source, date_trunc('minute', timestamp), kind,
+       sum(latency_ms), count(*), min(latency_ms), max(latency_ms), arg_max(latency_ms, timestamp)
+FROM batch WHERE kind <> 'request'
+GROUP BY ALL
+"""
+
+INSERT_NEW_KEYS = """
+INSERT INTO cache_keys
+SELECT nextval('key_ids'), key, endpoint FROM (
+    SELECT key, any_value(endpoint) AS endpoint FROM batch b
+    WHERE kind = 'request' AND NOT EXISTS (SELECT 1 FROM cache_keys k WHERE k.key = b.key)
+    GROUP BY key
+)
+"""
+
+# Aggregate per key first, then join the (far fewer) distinct keys to ids.
+_KEY_AGG = """
+SELECT $source, b.t, k.key_id, b.edge, b.kv, b.r2, b.api, b.errors, b.first_seen, b.last_seen
+FROM (
+    SELECT key, date_trunc('{unit}', timestamp) AS t,
+           sum(if(tier = 'edge', sample_interval, 0)) AS edge, sum(if(tier = 'kv', sample_interval, 0)) AS kv,
+           sum(if(tier = 'r2', sample_interval, 0)) AS r2, sum(if(tier = 'api', sample_interval, 0)) AS api,
+           sum(if(status = 'error', sample_interval, 0)) AS errors,
+           min(timestamp) AS first_seen, max(timestamp) AS last_seen
+    FROM batch WHERE kind = 'request' AND timestamp >= $lo AND timestamp < $hi
+    GROUP BY ALL
+) b JOIN cache_keys k ON k.key = b.key
+ORDER BY b.t
+"""
+INSERT_KEY_HOUR = "INSERT INTO key_hour " + _KEY_AGG.format(unit="hour")
+INSERT_KEY_MINUTE = "INSERT INTO key_minute " + _KEY_AGG.format(unit="minute")
+
+COMPACT_KEY_MINUTES = """
+INSERT INTO key_hour
+SELECT source, date_trunc('hour', minute), key_id, sum(edge), sum(kv), sum(r2), sum(api),
+       sum(errors), min(first_seen), max(last_seen)
+FROM key_minute WHERE source = $source AND minute < $before
+GROUP BY ALL
+"""
+
+RECOMPUTE_KEY_DAY = """
+INSERT INTO key_day
+SELECT source, date_trunc('day', hour), key_id, sum(edge), sum(kv), sum(r2), sum(api),
+       sum(errors), min(first_seen), max(last_seen)
+FROM key_hour WHERE source = $source AND hour >= $lo AND hour < $hi
+GROUP BY ALL ORDER BY 2
+"""
+
+RECOMPUTE_ROLLUP_HOUR = """
+INSERT INTO rollup_hour
+SELECT source, date_trunc('hour', minute), tier, endpoint, experiment, cohort,
+       sum(requests), sum(errors), sum(bytes), sum(latency_sum),
+       min(latency_min), max(latency_max), sum(events)
+FROM rollup_minute WHERE source = $source AND minute >= $lo AND minute < $hi
+GROUP BY ALL
+"""
+
+RECOMPUTE_LATENCY_HOUR = """
+INSERT INTO latency_hour
+SELECT source, date_trunc('hour', minute), tier, endpoint, experiment, cohort, bucket, sum(weight)
+FROM latency_minute WHERE source = $source AND minute >= $lo AND minute < $hi
+GROUP BY ALL
+"""
+
+# (table, time column): every table a window replace clears for its source.
+_MINUTE_TABLES = (("rollup_minute", "minute"), ("latency_minute", "minute"), ("gauge_minute", "minute"), ("key_minute", "minute"))
+_HOUR_TABLES = (("rollup_hour", "hour"), ("latency_hour", "hour"))
+
+UPSERT_WATERMARK = """
+INSERT INTO watermarks VALUES ($source, $until, $now)
+ON CONFLICT (source) DO UPDATE SET until = excluded.until, updated_at = excluded.updated_at
+"""
+UPSERT_STATE = """
+INSERT INTO source_state VALUES ($source, $state, $clock)
+ON CONFLICT (source) DO UPDATE SET state = excluded.state, clock = excluded.clock
+"""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    source: str
+    events: int
+    window: Window | None
+
+
+def replace_window(
+    con: duckdb.DuckDBPyConnection,
+    frame: EventFrame,
+    source: str,
+    window: Window,
+    now: datetime,
+    key_compaction_lag: timedelta = HOUR,
+    state: bytes | None = None,
+) -> IngestResult:
+    """Replace `source`'s data in `window` by `frame`, atomically, and move
+    the source's watermark to the window's end (never backwards)."""
+    if floor_to(window.start, MINUTE) != window.start or floor_to(window.end, MINUTE) != window.end:
+        raise SourceError(f"window {window} is not aligned to whole minutes")
+    _check_inside(frame, window, source)
+    with _transaction(con), _registered(con, frame):
+        p = {"source": source, "lo": window.start, "hi": window.end}
+        for table, col in _MINUTE_TABLES:
+            con.execute(f"DELETE FROM {table} WHERE source = $source AND {col} >= $lo AND {col} < $hi", p)
+        _insert_minutes(con, source)
+        _replace_keys(con, source, window)
+        _recompute_hours(con, source, window.start, window.end)
+        compacted = _compact_keys(con, source, floor_to(window.end - key_compaction_lag, HOUR))
+        _recompute_key_days(con, source, min(window.start, compacted or window.start), window.end)
+        previous = con.execute("SELECT until FROM watermarks WHERE source = ?", [source]).fetchone()
+        until = max(window.end, previous[0]) if previous else window.end
+        con.execute(UPSERT_WATERMARK, {"source": source, "until": until, "now": now})
+        if state is not None:
+            con.execute(UPSERT_STATE, {"source": source, "state": state, "clock": window.end})
+    return IngestResult(source, len(frame), window)
+
+
+def append_import(
+    con: duckdb.DuckDBPyConnection, frame: EventFrame, sha256: str, file_name: str, now: datetime
+) -> IngestResult | None:
+    """Add a file's events as source `file:<sha>`; None if already imported."""
+    if con.execute("SELECT 1 FROM imports WHERE sha256 = ?", [sha256]).fetchone():
+        return None
+    source = f"file:{sha256[:16]}"
+    span = frame.time_range()
+    with _transaction(con), _registered(con, frame):
+        if span:
+            lo, hi = floor_to(span[0], HOUR), ceil_to(span[1] + timedelta(microseconds=1), HOUR)
+            _insert_minutes(con, source)
+            con.execute(INSERT_NEW_KEYS)
+            con.execute(INSERT_KEY_HOUR, {"source": source, "lo": lo, "hi": hi})
+            _recompute_hours(con, source, lo, hi)
+            _recompute_key_days(con, source, lo, hi)
+        con.execute(
+            "INSERT INTO imports VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [sha256, source, file_name, len(frame), span[0] if span else None, span[1] if span else None, now],
+        )
+    return IngestResult(source, len(frame), None)
+
+
+def load_state(con: duckdb.DuckDBPyConnection, source: str) -> tuple[bytes, datetime] | None:
+    """The saved state of a stateful source (the simulator), if any."""
+    row = con.execute("SELECT state, clock FROM source_state WHERE source = ?", [source]).fetchone()
+    return (bytes(row[0]), row[1]) if row else None
+
+
+def watermark(con: duckdb.DuckDBPyConnection, source: str) -> datetime | None:
+    row = con.execute("SELECT until FROM watermarks WHERE source = ?", [source]).fetchone()
+    return row[0] if row else None
+
+
+def drop_source(con: duckdb.DuckDBPyConnection, source: str) -> None:
+    """Remove every row, the watermark and the state of `source`."""
+    with _transaction(con):
+        for table, _ in _MINUTE_TABLES + _HOUR_TABLES + (("key_hour", "hour"), ("key_day", "day")):
+            con.execute(f"DELETE FROM {table} WHERE source = ?", [source])
+        for table in ("watermarks", "source_state"):
+            con.execute(f"DELETE FROM {table} WHERE source = ?", [source])
+
+
+def _insert_minutes(con, source: str) -> None:
+    for sql in (INSERT_ROLLUP_MINUTE, INSERT_LATENCY_MINUTE, INSERT_GAUGE_MINUTE):
+        con.execute(sql, {"source": source})
+
+
+def _replace_keys(con, source: str, window: Window) -> None:
+    """Whole hours of the window go to key_hour, ragged edges to key_minute."""
+    con.execute(INSERT_NEW_KEYS)
+    full_lo, full_hi = ceil_to(window.start, HOUR), floor_to(window.end, HOUR)
+    p = {"source": source}
+    if full_lo < full_hi:
+        con.execute("DELETE FROM key_hour WHERE source = $source AND hour >= $lo AND hour < $hi", p | {"lo": full_lo, "hi": full_hi})
+        con.execute("DELETE FROM key_minute WHERE source = $source AND minute >= $lo AND minute < $hi", p | {"lo": full_lo, "hi": full_hi})
+        con.execute(INSERT_KEY_HOUR, p | {"lo": full_lo, "hi": full_hi})
+        edges = [(window.start, full_lo), (full_hi, window.end)]
+    else:
+        edges = [(window.start, window.end)]
+    for lo, hi in edges:
+        if lo >= hi:
+            continue
+        hour = floor_to(lo, HOUR)
+        if con.execute("SELECT 1 FROM key_hour WHERE source = $source AND hour = $hour LIMIT 1", p | {"hour": hour}).fetchone():
+            raise StoreError(
+                f"window {window} covers part of hour {iso(hour)}, whose per-key counts are already "
+                "compacted; re-ingest whole hours there"
+            )
+        con.execute(INSERT_KEY_MINUTE, p | {"lo": lo, "hi": hi})
+
+
+def _recompute_hours(con, source: str, start: datetime, end: datetime) -> None:
+    p = {"source": source, "lo": floor_to(start, HOUR), "hi": ceil_to(end, HOUR)}
+    for table, col in _HOUR_TABLES:
+        con.execute(f"DELETE FROM {table} WHERE source = $source AND {col} >= $lo AND {col} < $hi", p)
+    con.execute(RECOMPUTE_ROLLUP_HOUR, p)
+    con.execute(RECOMPUTE_LATENCY_HOUR, p)
+
+
+def _compact_keys(con, source: str, before: datetime) -> datetime | None:
+    """Merge per-minute key rows of hours before `before` into key_hour;
+    returns the earliest minute merged, if any."""
+    p = {"source": source, "before": before}
+    first = con.execute("SELECT min(minute) FROM key_minute WHERE source = $source AND minute < $before", p).fetchone()[0]
+    if first is not None:
+        con.execute(COMPACT_KEY_MINUTES, p)
+        con.execute("DELETE FROM key_minute WHERE source = $source AND minute < $before", p)
+    return first
+
+
+def _recompute_key_days(con, source: str, start: datetime, end: datetime) -> None:
+    p = {"source": source, "lo": floor_to(start, DAY), "hi": ceil_to(end, DAY)}
+    con.execute("DELETE FROM key_day WHERE source = $source AND day >= $lo AND day < $hi", p)
+    con.execute(RECOMPUTE_KEY_DAY, p)
+
+
+def _check_inside(frame: EventFrame, window: Window, source: str) -> None:
+    span = frame.time_range()
+    if span and (span[0] < window.start or span[1] >= window.end):
+        raise SourceError(f"{source}: events from {iso(span[0])} to {iso(span[1])} fall outside window {window}")
+
+
+class _transaction:
+    def __init__(self, con):
+        self.con = con
+
+    def __enter__(self):
+        self.con.execute("BEGIN TRANSACTION")
+
+    def __exit__(self, exc_type, exc, tb):
+        self.con.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False
+
+
+class _registered:
+    def __init__(self, con, frame: EventFrame):
+        self.con, self.frame = con, frame
+
+    def __enter__(self):
+        self.con.register("batch", self.frame.table)
+
+    def __exit__(self, *exc):
+        self.con.unregister("batch")
+        return False

@@ -1,0 +1,313 @@
+"""Cache metrics for a window: hit rates, latency, volume, top keys.
+
+One implementation behind `cachemon metrics`, the dashboard and (later) the
+metrics API. Reads rollups only: whole hours from the hourly tables, the
+ragged minutes at either end from the minute tables, so any window is exact
+and a week is a few hundred thousand rows. Latency quantiles come from the
+merged log-bucket histogram (≤ 1 % relative error); they are never averaged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+
+from .clock import DAY, HOUR, Window, ceil_to, floor_to, iso
+from .errors import StoreError
+from .events import TIERS
+from .histogram import Histogram
+
+# Each time range is its own UNION ALL branch: a plain range lets DuckDB skip
+# row groups by their min/max, which an OR of ranges defeats.
+def _three_ranges(columns: str, hour_table: str, minute_table: str) -> str:
+    return f"""
+    SELECT {columns} FROM {hour_table} WHERE hour >= $h_lo AND hour < $h_hi
+    UNION ALL
+    SELECT {columns} FROM {minute_table} WHERE minute >= $m1_lo AND minute < $m1_hi
+    UNION ALL
+    SELECT {columns} FROM {minute_table} WHERE minute >= $m2_lo AND minute < $m2_hi
+"""
+
+
+TIER_TOTALS = f"""
+SELECT tier, sum(requests), sum(errors), sum(bytes), sum(latency_sum)
+FROM ({_three_ranges("tier, endpoint, requests, errors, bytes, latency_sum", "rollup_hour", "rollup_minute")})
+WHERE $endpoint IS NULL OR endpoint = $endpoint
+GROUP BY tier
+"""
+
+LATENCY_BUCKETS = f"""
+SELECT bucket, sum(weight)
+FROM ({_three_ranges("endpoint, bucket, weight", "latency_hour", "latency_minute")})
+WHERE $endpoint IS NULL OR endpoint = $endpoint
+GROUP BY bucket
+"""
+
+# Per-key counts: whole days from key_day, other hours from key_hour, and
+# minutes of not yet compacted hours from key_minute (an hour lives in
+# exactly one of key_hour/key_minute, and key_day sums key_hour). An hour
+# compacted while only partly in the window counts whole; the metrics say
+# which span the top keys really cover.
+KEY_PARTS = """
+    SELECT key_id, edge, kv, r2, api, errors, edge + kv + r2 + api AS requests FROM key_day
+    WHERE day >= $d_lo AND day < $d_hi
+    UNION ALL
+    SELECT key_id, edge, kv, r2, api, errors, edge + kv + r2 + api FROM key_hour
+    WHERE hour >= $k_lo AND hour < $d_lo
+    UNION ALL
+    SELECT key_id, edge, kv, r2, api, errors, edge + kv + r2 + api FROM key_hour
+    WHERE hour >= $d_hi AND hour < $hi AND hour >= $k_lo
+    UNION ALL
+    SELECT key_id, edge, kv, r2, api, errors, edge + kv + r2 + api FROM key_minute
+    WHERE minute >= $lo AND minute < $hi
+"""
+
+# Top-k with pruning: a key whose window total reaches T has, among the P
+# parts (days, hours, minutes) of the window, one part of at least T/P. With
+# T the k-th best total among a few seed keys (the last hour's top k), only
+# keys with such a part can be in the top k, and with Zipf traffic they are
+# few. Exact, and a week takes a few scans instead of a million-row GROUP BY.
+SEED_KEYS = "SELECT key_id FROM key_hour WHERE hour = $hour ORDER BY edge + kv + r2 + api DESC LIMIT $limit"
+CANDIDATE_KEYS = f"SELECT DISTINCT key_id FROM ({KEY_PARTS}) WHERE requests >= $min_part"
+KEY_PART_COUNT = "SELECT count(DISTINCT minute) FROM key_minute WHERE minute >= $lo AND minute < $hi"
+_KEY_TOTALS = f"""
+SELECT key_id, sum(edge), sum(kv), sum(r2), sum(api), sum(errors), sum(requests) AS total
+FROM ({KEY_PARTS}) WHERE {{where}}
+GROUP BY key_id ORDER BY total DESC, key_id LIMIT $limit
+"""
+KEY_TOTALS_OF = _KEY_TOTALS.format(where="key_id IN (SELECT unnest($ids))")
+KEY_TOTALS_ALL = _KEY_TOTALS.format(where="true")
+KEY_TOTALS_ENDPOINT = _KEY_TOTALS.format(
+    where="key_id IN (SELECT key_id FROM cache_keys WHERE endpoint = $endpoint)")
+KEY_TEXT = "SELECT key_id, key, endpoint FROM cache_keys WHERE key_id IN (SELECT unnest($ids))"
+# Compacted hours only partly inside the window widen the span covered.
+COMPACTED_HOUR = "SELECT 1 FROM key_hour WHERE hour = $hour LIMIT 1"
+PRUNE_FROM = HOUR * 3
+
+DATA_SPAN = "SELECT min(minute), max(minute) + INTERVAL 1 MINUTE FROM rollup_minute"
+
+
+@dataclass(frozen=True)
+class TierVolume:
+    """Weighted requests served by each tier."""
+
+    edge: float = 0.0
+    kv: float = 0.0
+    r2: float = 0.0
+    api: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.edge + self.kv + self.r2 + self.api
+
+    def share(self, tier: str) -> float:
+        return 100.0 * getattr(self, tier) / self.total if self.total else 0.0
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    avg: float | None
+
+
+@dataclass(frozen=True)
+class TopKey:
+    key: str
+    endpoint: str
+    tiers: TierVolume
+    errors: float
+
+    @property
+    def requests(self) -> float:
+        return self.tiers.total
+
+    @property
+    def hit_rate(self) -> float:
+        """Share of the key's requests answered without the origin."""
+        return 100.0 - self.tiers.share("api")
+
+    @property
+    def tier(self) -> str:
+        """The tier that served the key most (ties go to the faster tier)."""
+        return max(TIERS, key=lambda t: (getattr(self.tiers, t), -TIERS.index(t)))
+
+
+@dataclass(frozen=True)
+class Metrics:
+    at: datetime
+    period: str
+    window: Window
+    endpoint: str | None
+    volume: TierVolume
+    errors: float
+    bytes: float
+    latency: Latency
+    top_keys: tuple[TopKey, ...]
+    top_keys_window: Window | None
+    data_until: datetime | None
+
+    @property
+    def combined_hit_rate(self) -> float:
+        """Share of requests served by any cache tier (not the origin)."""
+        return 100.0 - self.volume.share("api") if self.volume.total else 0.0
+
+    @property
+    def error_rate(self) -> float:
+        return 100.0 * self.errors / self.volume.total if self.volume.total else 0.0
+
+
+def window_params(window: Window) -> dict:
+    """Split a window into whole hours plus the ragged minutes at each end."""
+    s, e = window.start, window.end
+    hs, he = ceil_to(s, HOUR), floor_to(e, HOUR)
+    if hs < he:
+        return {"h_lo": hs, "h_hi": he, "m1_lo": s, "m1_hi": hs, "m2_lo": he, "m2_hi": e}
+    return {"h_lo": s, "h_hi": s, "m1_lo": s, "m1_hi": e, "m2_lo": e, "m2_hi": e}
+
+
+def data_span(con: duckdb.DuckDBPyConnection) -> tuple[datetime, datetime] | None:
+    """First and last-plus-one minute of request data in the store."""
+    lo, hi = con.execute(DATA_SPAN).fetchone()
+    return (lo, hi) if lo is not None else None
+
+
+def compute(
+    con: duckdb.DuckDBPyConnection,
+    window: Window,
+    period: str,
+    endpoint: str | None = None,
+    top: int = 10,
+) -> Metrics:
+    """Metrics of `window` (optionally one endpoint) from the store."""
+    span = data_span(con)
+    if span is None:
+        raise StoreError("the store has no request data yet: run `python -m cachemon demo`, `import` or `pull`")
+    p = window_params(window) | {"endpoint": endpoint}
+    rows = con.execute(TIER_TOTALS, p).fetchall()
+    if not rows:
+        what = f" for endpoint {endpoint!r}" if endpoint else ""
+        raise StoreError(
+            f"no requests{what} in {window}; the store holds data from {iso(span[0])} to {iso(span[1])}"
+        )
+    by_tier = {r[0]: r for r in rows}
+    volume = TierVolume(**{t: float(by_tier[t][1]) if t in by_tier else 0.0 for t in TIERS})
+    errors = sum(float(r[2]) for r in rows)
+    nbytes = sum(float(r[3]) for r in rows)
+    latency_sum = sum(float(r[4]) for r in rows)
+    hist = Histogram.from_pairs(*zip(*con.execute(LATENCY_BUCKETS, p).fetchall()))
+    latency = Latency(
+        hist.quantile(0.50), hist.quantile(0.95), hist.quantile(0.99),
+        latency_sum / volume.total if volume.total else None,
+    )
+    top_keys, top_window = _top_keys(con, window, endpoint, top)
+    return Metrics(
+        at=window.end, period=period, window=window, endpoint=endpoint, volume=volume,
+        errors=errors, bytes=nbytes, latency=latency, top_keys=top_keys,
+        top_keys_window=top_window, data_until=min(span[1], window.end),
+    )
+
+
+def _top_keys(con, window: Window, endpoint: str | None, limit: int):
+    if limit == 0:
+        return (), None
+    d_lo, d_hi = ceil_to(window.start, DAY), floor_to(window.end, DAY)
+    if d_lo >= d_hi:
+        d_lo = d_hi = window.end
+    k_lo, k_hi = floor_to(window.start, HOUR), floor_to(window.end, HOUR)
+    p = {"d_lo": d_lo, "d_hi": d_hi, "k_lo": k_lo, "lo": window.start, "hi": window.end,
+         "endpoint": endpoint, "limit": limit}
+    if endpoint is not None:
+        rows = _run(con, KEY_TOTALS_ENDPOINT, p)
+    else:
+        candidates = _candidates(con, p, window, d_lo, d_hi, k_lo)
+        rows = _run(con, KEY_TOTALS_ALL, p) if candidates is None else _run(con, KEY_TOTALS_OF, p | {"ids": candidates})
+    text = {r[0]: r[1:] for r in _run(con, KEY_TEXT, {"ids": [r[0] for r in rows]})}
+    keys = tuple(TopKey(*text[r[0]], TierVolume(*map(float, r[1:5])), float(r[5])) for r in rows)
+    keys = tuple(sorted(keys, key=lambda k: (-k.requests, k.key)))
+    start = k_lo if k_lo < window.start and _run(con, COMPACTED_HOUR, {"hour": k_lo}) else window.start
+    end = k_hi + HOUR if k_hi < window.end and _run(con, COMPACTED_HOUR, {"hour": k_hi}) else window.end
+    return keys, Window(start, end)
+
+
+def _candidates(con, p: dict, window: Window, d_lo, d_hi, k_lo) -> list[int] | None:
+    """Key ids that can be in the top k (see above), or None: no pruning."""
+    if window.length < PRUNE_FROM:
+        return None
+    seeds = [r[0] for r in _run(con, SEED_KEYS, p | {"hour": floor_to(window.end, HOUR) - HOUR})]
+    totals = [r[6] for r in _run(con, KEY_TOTALS_OF, p | {"ids": seeds})]
+    if len(totals) < p["limit"]:
+        return None
+    hours = (d_lo - k_lo) // HOUR + (window.end - d_hi) // HOUR + 1
+    parts = (d_hi - d_lo) // DAY + hours + _run(con, KEY_PART_COUNT, p)[0][0]
+    return [r[0] for r in _run(con, CANDIDATE_KEYS, p | {"min_part": totals[-1] / parts})]
+
+
+def _run(con, sql: str, params: dict) -> list[tuple]:
+    return con.execute(sql, _bind(sql, params)).fetchall()
+
+
+def _bind(sql: str, params: dict) -> dict:
+    """The subset of `params` that `sql` names (DuckDB rejects extras)."""
+    return {k: v for k, v in params.items() if f"${k}" in sql}
+
+
+def to_json(m: Metrics) -> dict:
+    """The seed's /metrics JSON shape (plus added fields), as plain data."""
+    v = m.volume
+    out = {
+        "timestamp": iso(m.at),
+        "period": m.period,
+        "window": {"start": iso(m.window.start), "end": iso(m.window.end)},
+        "hitRates": {
+            "edge": _pct(v.share("edge")),
+            "kv": _pct(v.share("kv")),
+            "r2_cold": _pct(v.share("r2")),
+            "api": _pct(v.share("api")),
+            "combined": _pct(m.combined_hit_rate),
+        },
+        "latency": {k: _ms(getattr(m.latency, k)) for k in ("p50", "p95", "p99", "avg")},
+        "volume": {
+            "total_requests": _count(v.total),
+            "edge_hits": _count(v.edge),
+            "kv_hits": _count(v.kv),
+            "r2_rehydrations": _count(v.r2),
+            "api_misses": _count(v.api),
+            "errors": _count(m.errors),
+            "response_bytes": _count(m.bytes),
+        },
+        "errorRate": _pct(m.error_rate),
+        "topKeys": [
+            {
+                "key": k.key,
+                "endpoint": k.endpoint,
+                "requests": _count(k.requests),
+                "hitRate": _pct(k.hit_rate),
+                "tier": k.tier,
+            }
+            for k in m.top_keys
+        ],
+        "dataUntil": iso(m.data_until) if m.data_until else None,
+        "dataAgeSeconds": max(0, int((m.at - m.data_until).total_seconds())) if m.data_until else None,
+    }
+    if m.top_keys_window:
+        out["topKeysWindow"] = {"start": iso(m.top_keys_window.start), "end": iso(m.top_keys_window.end)}
+    if m.endpoint:
+        out["endpoint"] = m.endpoint
+    return out
+
+
+def _pct(x: float) -> float:
+    return round(x, 4)
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+def _count(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else round(x, 3)
+

@@ -1,0 +1,192 @@
+"""The DuckDB store: schema, migrations, and the concurrency design.
+
+DuckDB allows one read-write process or many read-only ones, never both; a
+reader that keeps its connection open would lock the writer out. So:
+
+* the job runner (or a CLI command that writes) is the only writer; it opens
+  the main file, writes one transaction per job, checkpoints and closes;
+* after each write it publishes a read-only snapshot: a copy of the closed
+  file written beside it and renamed over `<name>.snapshot.duckdb`. The
+  rename is atomic, and a reader that holds the old snapshot open keeps
+  reading its (unlinked) inode undisturbed;
+* readers (dashboard, `cachemon metrics`, analysts) open the snapshot
+  read-only. The writer never opens the snapshot, so no reader can block it.
+
+All connections use UTC as their session time zone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+
+from .errors import StoreError
+
+SCHEMA_VERSION = 1
+
+_ROLLUP_COLUMNS = """
+    source VARCHAR NOT NULL, {time} TIMESTAMPTZ NOT NULL,
+    tier VARCHAR NOT NULL, endpoint VARCHAR NOT NULL,
+    experiment VARCHAR NOT NULL, cohort VARCHAR NOT NULL,
+    requests DOUBLE NOT NULL, errors DOUBLE NOT NULL, bytes DOUBLE NOT NULL,
+    latency_sum DOUBLE NOT NULL, latency_min DOUBLE NOT NULL, latency_max DOUBLE NOT NULL,
+    events BIGINT NOT NULL
+"""
+_LATENCY_COLUMNS = """
+    source VARCHAR NOT NULL, {time} TIMESTAMPTZ NOT NULL,
+    tier VARCHAR NOT NULL, endpoint VARCHAR NOT NULL,
+    experiment VARCHAR NOT NULL, cohort VARCHAR NOT NULL,
+    bucket INTEGER NOT NULL, weight DOUBLE NOT NULL
+"""
+_KEY_COLUMNS = """
+    source VARCHAR NOT NULL, {time} TIMESTAMPTZ NOT NULL, key_id INTEGER NOT NULL,
+    edge DOUBLE NOT NULL, kv DOUBLE NOT NULL, r2 DOUBLE NOT NULL, api DOUBLE NOT NULL,
+    errors DOUBLE NOT NULL, first_seen TIMESTAMPTZ NOT NULL, last_seen TIMESTAMPTZ NOT NULL
+"""
+
+# Each migration is a list of statements, applied in one transaction.
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        f"CREATE TABLE rollup_minute ({_ROLLUP_COLUMNS.format(time='minute')})",
+        f"CREATE TABLE rollup_hour ({_ROLLUP_COLUMNS.format(time='hour')})",
+        f"CREATE TABLE latency_minute ({_LATENCY_COLUMNS.format(time='minute')})",
+        f"CREATE TABLE latency_hour ({_LATENCY_COLUMNS.format(time='hour')})",
+        """CREATE TABLE gauge_minute (
+            source VARCHAR NOT NULL, minute TIMESTAMPTZ NOT NULL, name VARCHAR NOT NULL,
+            value_sum DOUBLE NOT NULL, samples BIGINT NOT NULL,
+            value_min DOUBLE NOT NULL, value_max DOUBLE NOT NULL, value_last DOUBLE NOT NULL)""",
+        "CREATE SEQUENCE key_ids START 1",
+        """CREATE TABLE cache_keys (
+            key_id INTEGER PRIMARY KEY, key VARCHAR NOT NULL, endpoint VARCHAR NOT NULL)""",
+        f"CREATE TABLE key_hour ({_KEY_COLUMNS.format(time='hour')})",
+        f"CREATE TABLE key_minute ({_KEY_COLUMNS.format(time='minute')})",
+        f"CREATE TABLE key_day ({_KEY_COLUMNS.format(time='day')})",
+        """CREATE TABLE watermarks (
+            source VARCHAR PRIMARY KEY, until TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL)""",
+        """CREATE TABLE imports (
+            sha256 VARCHAR PRIMARY KEY, source VARCHAR NOT NULL, file VARCHAR NOT NULL,
+            events BIGINT NOT NULL, first_event TIMESTAMPTZ, last_event TIMESTAMPTZ,
+            imported_at TIMESTAMPTZ NOT NULL)""",
+        """CREATE TABLE source_state (
+            source VARCHAR PRIMARY KEY, state BLOB NOT NULL, clock TIMESTAMPTZ NOT NULL)""",
+    ],
+}
+
+
+def snapshot_path(path: str | os.PathLike) -> Path:
+    """Where readers find the published snapshot of the store at `path`."""
+    p = Path(path)
+    return p.with_name(p.stem + ".snapshot" + (p.suffix or ".duckdb"))
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "lock" in text.lower():
+            raise StoreError(f"store {path} is locked by another process: {_first_line(text)}") from None
+        raise StoreError(f"{path} is not a readable DuckDB database (corrupt or another format): {_first_line(text)}") from None
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot open store {path}: {_first_line(str(exc))}") from None
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The schema version of an open store (0 for a new, empty file)."""
+    has = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+    ).fetchone()[0]
+    if not has:
+        return 0
+    return con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+
+
+def migrate(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
+    """Bring the schema up to SCHEMA_VERSION; returns the version found."""
+    found = schema_version(con)
+    if found > SCHEMA_VERSION:
+        raise StoreError(f"store schema version {found} is newer than this cachemon ({SCHEMA_VERSION}); upgrade cachemon")
+    if found == 0:
+        tables = con.execute("SELECT count(*) FROM information_schema.tables").fetchone()[0]
+        if tables:
+            raise StoreError("database has tables but no cachemon schema_version: not a cachemon store")
+    con.execute("BEGIN")
+    try:
+        con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version]:
+                con.execute(statement)
+            con.execute("INSERT INTO schema_version VALUES (?, ?)", [version, now])
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return found
+
+
+@contextmanager
+def writer(path: str | os.PathLike, now: datetime | None = None, publish: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The single writer's connection: creates and migrates the store, and on
+    a clean exit checkpoints, closes and publishes the reader snapshot."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    con = _connect(p, read_only=False)
+    try:
+        migrate(con, now or datetime.now(timezone.utc))
+        yield con
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    if publish:
+        publish_snapshot(p)
+
+
+def publish_snapshot(path: str | os.PathLike) -> Path:
+    """Copy the closed store to a temporary file and rename it over the
+    snapshot, so readers see either the old or the new snapshot, whole."""
+    p = Path(path)
+    snap = snapshot_path(p)
+    tmp = snap.with_name(f".{snap.name}.{os.getpid()}.tmp")
+    shutil.copyfile(p, tmp)
+    os.replace(tmp, snap)
+    return snap
+
+
+@contextmanager
+def reader(path: str | os.PathLike, attempts: int = 20) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection for one render or command: the snapshot when
+    one is published, else the main file (when no writer holds it)."""
+    p = Path(path)
+    snap = snapshot_path(p)
+    target = snap if snap.exists() else p
+    if not target.exists():
+        raise StoreError(f"no store at {p}: run `python -m cachemon demo` or `python -m cachemon import FILE` first")
+    con = None
+    for attempt in range(attempts):
+        try:
+            con = _connect(target, read_only=True)
+            break
+        except StoreError as exc:
+            # A writer without snapshots holds the main file only briefly.
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
+    try:
+        if schema_version(con) == 0:
+            raise StoreError(f"{target} is not a cachemon store (no schema_version table)")
+        yield con
+    finally:
+        con.close()
