@@ -27,6 +27,7 @@ import duckdb
 from .clock import DAY, HOUR, MINUTE, Window, ceil_to, floor_to, iso
 from .errors import SourceError, StoreError
 from .events import EventFrame
+from .store import first_row
 from .histogram import LN_GAMMA, ZERO_BUCKET
 
 INSERT_ROLLUP_MINUTE = """
@@ -158,7 +159,7 @@ def replace_window(
         _recompute_hours(con, source, window.start, window.end)
         compacted = _compact_keys(con, source, floor_to(window.end - key_compaction_lag, HOUR))
         _recompute_key_days(con, source, min(window.start, compacted or window.start), window.end)
-        previous = con.execute("SELECT until FROM watermarks WHERE source = ?", [source]).fetchone()
+        previous = first_row(con, "SELECT until FROM watermarks WHERE source = ?", [source])
         until = max(window.end, previous[0]) if previous else window.end
         con.execute(UPSERT_WATERMARK, {"source": source, "until": until, "now": now})
         if state is not None:
@@ -170,7 +171,7 @@ def append_import(
     con: duckdb.DuckDBPyConnection, frame: EventFrame, sha256: str, file_name: str, now: datetime
 ) -> IngestResult | None:
     """Add a file's events as source `file:<sha>`; None if already imported."""
-    if con.execute("SELECT 1 FROM imports WHERE sha256 = ?", [sha256]).fetchone():
+    if first_row(con, "SELECT 1 FROM imports WHERE sha256 = ?", [sha256]):
         return None
     source = f"file:{sha256[:16]}"
     span = frame.time_range()
@@ -191,12 +192,12 @@ def append_import(
 
 def load_state(con: duckdb.DuckDBPyConnection, source: str) -> tuple[bytes, datetime] | None:
     """The saved state of a stateful source (the simulator), if any."""
-    row = con.execute("SELECT state, clock FROM source_state WHERE source = ?", [source]).fetchone()
+    row = first_row(con, "SELECT state, clock FROM source_state WHERE source = ?", [source])
     return (bytes(row[0]), row[1]) if row else None
 
 
 def watermark(con: duckdb.DuckDBPyConnection, source: str) -> datetime | None:
-    row = con.execute("SELECT until FROM watermarks WHERE source = ?", [source]).fetchone()
+    row = first_row(con, "SELECT until FROM watermarks WHERE source = ?", [source])
     return row[0] if row else None
 
 
@@ -230,7 +231,7 @@ def _replace_keys(con, source: str, window: Window) -> None:
         if lo >= hi:
             continue
         hour = floor_to(lo, HOUR)
-        if con.execute("SELECT 1 FROM key_hour WHERE source = $source AND hour = $hour LIMIT 1", p | {"hour": hour}).fetchone():
+        if first_row(con, "SELECT 1 FROM key_hour WHERE source = $source AND hour = $hour LIMIT 1", p | {"hour": hour}):
             raise StoreError(
                 f"window {window} covers part of hour {iso(hour)}, whose per-key counts are already "
                 "compacted; re-ingest whole hours there"
@@ -250,7 +251,7 @@ def _compact_keys(con, source: str, before: datetime) -> datetime | None:
     """Merge per-minute key rows of hours before `before` into key_hour;
     returns the earliest minute merged, if any."""
     p = {"source": source, "before": before}
-    first = con.execute("SELECT min(minute) FROM key_minute WHERE source = $source AND minute < $before", p).fetchone()[0]
+    first = first_row(con, "SELECT min(minute) FROM key_minute WHERE source = $source AND minute < $before", p)[0]
     if first is not None:
         con.execute(COMPACT_KEY_MINUTES, p)
         con.execute("DELETE FROM key_minute WHERE source = $source AND minute < $before", p)

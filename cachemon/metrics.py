@@ -18,6 +18,7 @@ from .clock import DAY, HOUR, Window, ceil_to, floor_to, iso
 from .errors import StoreError
 from .events import TIERS
 from .histogram import Histogram
+from .store import first_row
 
 # Each time range is its own UNION ALL branch: a plain range lets DuckDB skip
 # row groups by their min/max, which an OR of ranges defeats.
@@ -171,7 +172,7 @@ def window_params(window: Window) -> dict:
 
 def data_span(con: duckdb.DuckDBPyConnection) -> tuple[datetime, datetime] | None:
     """First and last-plus-one minute of request data in the store."""
-    lo, hi = con.execute(DATA_SPAN).fetchone()
+    lo, hi = first_row(con, DATA_SPAN)
     return (lo, hi) if lo is not None else None
 
 
@@ -311,3 +312,40 @@ def _ms(x: float | None) -> float | None:
 def _count(x: float) -> int | float:
     return int(x) if float(x).is_integer() else round(x, 3)
 
+
+
+KPI_LABELS = {
+    "combined": "Combined hit rate %",
+    "edge": "Edge hit rate %",
+    "kv": "KV hit rate %",
+    "r2": "R2 hit rate %",
+    "p50": "p50 latency ms",
+    "p95": "p95 latency ms",
+    "p99": "p99 latency ms",
+    "requests": "Requests",
+    "error_rate": "Error rate %",
+}
+# KPIs where a rise is bad news (the dashboard colours deltas with this).
+KPI_LOWER_IS_BETTER = {"p50", "p95", "p99", "error_rate"}
+
+
+def kpis(m: Metrics) -> dict[str, float | None]:
+    """The headline numbers of a Metrics, by KPI_LABELS key."""
+    return {
+        "combined": m.combined_hit_rate,
+        "edge": m.volume.share("edge"),
+        "kv": m.volume.share("kv"),
+        "r2": m.volume.share("r2"),
+        "p50": m.latency.p50,
+        "p95": m.latency.p95,
+        "p99": m.latency.p99,
+        "requests": m.volume.total,
+        "error_rate": m.error_rate,
+    }
+
+
+def kpi_deltas(current: Metrics, previous: Metrics | None) -> dict[str, float | None]:
+    """Change of each KPI against the previous period (None where unknown)."""
+    cur = kpis(current)
+    prev = kpis(previous) if previous else {}
+    return {k: (v - prev[k]) if v is not None and prev.get(k) is not None else None for k, v in cur.items()}

@@ -100,18 +100,24 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def first_row(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> tuple | None:
+    """The first row of a query, or None. Fetches the whole (small) result:
+    DuckDB 2 keeps a partly fetched result open and refuses further work on
+    the connection until it is drained."""
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0] if rows else None
+
+
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
     """The schema version of an open store (0 for a new, empty file)."""
-    has = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
-    ).fetchone()[0]
+    has = first_row(con, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'")[0]
     if not has:
         return 0
-    return con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    return first_row(con, "SELECT coalesce(max(version), 0) FROM schema_version")[0]
 
 
 def migrate(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
@@ -120,7 +126,7 @@ def migrate(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
     if found > SCHEMA_VERSION:
         raise StoreError(f"store schema version {found} is newer than this cachemon ({SCHEMA_VERSION}); upgrade cachemon")
     if found == 0:
-        tables = con.execute("SELECT count(*) FROM information_schema.tables").fetchone()[0]
+        tables = first_row(con, "SELECT count(*) FROM information_schema.tables")[0]
         if tables:
             raise StoreError("database has tables but no cachemon schema_version: not a cachemon store")
     con.execute("BEGIN")

@@ -1,0 +1,28 @@
+"""The cachemon dashboard: `streamlit run app.py`.
+
+A thin shell: it reads the store's published snapshot through `cachemon`
+and renders; it never computes domain numbers and never writes the store.
+"""
+
+import streamlit as st
+
+from cachemon import config as config_mod
+from cachemon.clock import Period
+
+st.set_page_config(page_title="cachemon", page_icon=":bar_chart:", layout="wide")
+
+
+@st.cache_resource
+def _config():
+    return config_mod.load()
+
+
+st.session_state["config"] = _config()
+with st.sidebar:
+    st.title("cachemon")
+    st.caption("BooksTrack tiered cache")
+    st.selectbox("Period", [p.value for p in Period], index=1, key="period")
+    st.selectbox("Endpoint", ["all", "title", "isbn", "author"], key="endpoint")
+
+page = st.navigation([st.Page("pages/overview.py", title="Overview", icon=":material/monitoring:", default=True)])
+page.run()

@@ -1,0 +1,1 @@
+"""The job runner process (`python -m jobs`): a thin shell over cachemon."""

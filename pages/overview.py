@@ -1,0 +1,66 @@
+"""Overview: live KPIs of the selected period against the previous one."""
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from cachemon import metrics, store
+from cachemon.clock import Period, Window, iso, utcnow
+from cachemon.errors import CachemonError
+
+st.header("Overview")
+
+
+def _load(cfg, period: Period, endpoint):
+    now = utcnow()
+    window = Window.ending(now, period.length)
+    with store.reader(cfg.store.path) as con:
+        current = metrics.compute(con, window, period.value, endpoint, top=20)
+        try:
+            previous = metrics.compute(con, window.previous(), period.value, endpoint, top=0)
+        except CachemonError:
+            previous = None
+    return current, previous
+
+
+@st.fragment(run_every="30s")
+def overview():
+    cfg = st.session_state["config"]
+    period = Period.parse(st.session_state.get("period", "1h"))
+    endpoint = st.session_state.get("endpoint", "all")
+    try:
+        current, previous = _load(cfg, period, None if endpoint == "all" else endpoint)
+    except CachemonError as exc:
+        st.error(str(exc))
+        return
+    values, deltas = metrics.kpis(current), metrics.kpi_deltas(current, previous)
+    age = metrics.to_json(current)["dataAgeSeconds"]
+    st.caption(f"Window {current.window} · data until {iso(current.data_until)} ({age} s old) · "
+               f"refreshes every 30 s")
+    for row in (("combined", "edge", "kv", "r2"), ("p50", "p95", "p99", "requests", "error_rate")):
+        cols = st.columns(len(row))
+        for col, key in zip(cols, row):
+            col.metric(metrics.KPI_LABELS[key], _fmt(key, values[key]), _fmt(key, deltas[key], signed=True),
+                       delta_color="inverse" if key in metrics.KPI_LOWER_IS_BETTER else "normal")
+    left, right = st.columns([1, 2])
+    shares = pd.DataFrame({"tier": ["edge", "kv", "r2", "api"],
+                           "share %": [current.volume.share(t) for t in ("edge", "kv", "r2", "api")]})
+    left.plotly_chart(px.bar(shares, x="tier", y="share %", title="Requests served by tier"),
+                      use_container_width=True)
+    right.subheader("Top keys")
+    right.dataframe(
+        pd.DataFrame([{"key": k.key, "endpoint": k.endpoint, "requests": k.requests,
+                       "hit rate %": round(k.hit_rate, 2), "tier": k.tier} for k in current.top_keys]),
+        hide_index=True, use_container_width=True,
+    )
+
+
+def _fmt(key, value, signed=False):
+    if value is None:
+        return None
+    if key == "requests":
+        return f"{value:+,.0f}" if signed else f"{value:,.0f}"
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+overview()

@@ -1,0 +1,83 @@
+"""Shared fixtures: a small simulator, raw events as pandas truth, stores."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cachemon import ingest, store  # noqa: E402
+from cachemon.clock import HOUR, Window  # noqa: E402
+from cachemon.config import SimulatorConfig  # noqa: E402
+from cachemon.events import EventFrame  # noqa: E402
+from cachemon.sources.simulator import Simulator  # noqa: E402
+
+# A Thursday, so the 09:00 origin slowdown falls in the default test span.
+T0 = datetime(2026, 11, 19, 8, 0, tzinfo=timezone.utc)
+SMALL = SimulatorConfig(seed=7, requests_per_hour=6000, catalog_keys=3000, sample_threshold_per_minute=60)
+
+
+def small_sim(**overrides) -> Simulator:
+    from dataclasses import replace
+
+    return Simulator(replace(SMALL, **overrides))
+
+
+def simulate(hours: float = 3, start: datetime = T0, step: timedelta = HOUR, sim: Simulator | None = None):
+    """(list of (window, frame), truth DataFrame of all events)."""
+    sim = sim or small_sim()
+    parts = []
+    for w in Window(start, start + timedelta(hours=hours)).split(step):
+        parts.append((w, sim.generate(w)))
+    return parts, to_pandas(*[f for _, f in parts])
+
+
+def to_pandas(*frames: EventFrame) -> pd.DataFrame:
+    table = pa.concat_tables([f.table.cast(frames[0].table.schema) for f in frames]) if frames else None
+    df = table.to_pandas()
+    for col in ("tier", "key", "endpoint", "experiment", "cohort", "status", "kind"):
+        df[col] = df[col].astype(str)
+    return df
+
+
+def load(path, parts, source="simulator", now=T0):
+    with store.writer(path, now) as con:
+        for w, frame in parts:
+            ingest.replace_window(con, frame, source, w, now)
+
+
+def weighted_quantile(values, weights, q) -> float:
+    """Independent truth: numpy's inverted-CDF weighted quantile."""
+    return float(np.quantile(np.asarray(values), q, weights=np.asarray(weights), method="inverted_cdf"))
+
+
+@pytest.fixture
+def db(tmp_path) -> Path:
+    return tmp_path / "cachemon.duckdb"
+
+
+@pytest.fixture(scope="session")
+def loaded_store(tmp_path_factory):
+    """Three hours of small simulated traffic, ingested in hourly windows."""
+    path = tmp_path_factory.mktemp("store") / "cachemon.duckdb"
+    parts, truth = simulate(3)
+    load(path, parts)
+    return path, truth
+
+
+@pytest.fixture
+def env(db):
+    e = dict(os.environ)
+    e["CACHEMON_DB"] = str(db)
+    e.pop("CACHEMON_CONFIG", None)
+    e["PYTHONPATH"] = str(ROOT)
+    return e
