@@ -18,8 +18,9 @@ SPAN = Window(T0, T0 + timedelta(hours=3))
 def _totals(path, window=SPAN):
     with store.reader(path) as con:
         m = metrics.compute(con, window, "x", top=20)
-        keys = con.execute("SELECT sum(edge + kv + r2 + api) FROM key_day").fetchone()[0]
-        gauges = con.execute("SELECT sum(samples) FROM gauge_minute").fetchone()[0]
+        keys = con.execute("SELECT sum(edge + kv + r2 + api) FROM (SELECT edge, kv, r2, api FROM key_hour "
+                           "UNION ALL SELECT edge, kv, r2, api FROM key_minute)").fetchall()[0][0]
+        gauges = con.execute("SELECT sum(samples) FROM gauge_minute").fetchall()[0][0]
     return m.volume, m.latency, [(k.key, k.requests) for k in m.top_keys], keys, gauges
 
 
