@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -171,28 +170,32 @@ def publish_snapshot(path: str | os.PathLike) -> Path:
     return snap
 
 
+def _looks_like_duckdb(p: Path) -> bool:
+    """DuckDB files carry the magic bytes 'DUCK' at offset 8."""
+    with p.open("rb") as f:
+        return f.read(12)[8:12] == b"DUCK"
+
+
 @contextmanager
-def reader(path: str | os.PathLike, attempts: int = 20) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only connection for one render or command: the snapshot when
-    one is published, else the main file (when no writer holds it)."""
+def reader(path: str | os.PathLike) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection to the published snapshot, for one render or
+    command. Readers never open the main file: a reader there, however
+    brief, would lock the writer out."""
     p = Path(path)
     snap = snapshot_path(p)
-    target = snap if snap.exists() else p
-    if not target.exists():
+    if not snap.exists():
+        if p.exists() and not _looks_like_duckdb(p):
+            raise StoreError(f"{p} is not a readable DuckDB database (corrupt or another format)")
+        if p.exists():
+            raise StoreError(
+                f"store {p} has no published snapshot yet: a writer is filling it for the first time "
+                "(or stopped before publishing); try again shortly"
+            )
         raise StoreError(f"no store at {p}: run `python -m cachemon demo` or `python -m cachemon import FILE` first")
-    con = None
-    for attempt in range(attempts):
-        try:
-            con = _connect(target, read_only=True)
-            break
-        except StoreError as exc:
-            # A writer without snapshots holds the main file only briefly.
-            if "locked" not in str(exc) or attempt == attempts - 1:
-                raise
-            time.sleep(0.1)
+    con = _connect(snap, read_only=True)
     try:
         if schema_version(con) == 0:
-            raise StoreError(f"{target} is not a cachemon store (no schema_version table)")
+            raise StoreError(f"{snap} is not a cachemon store (no schema_version table)")
         yield con
     finally:
         con.close()

@@ -1,0 +1,77 @@
+"""Writer, dashboard reader and analyst reader at once: no lock errors,
+no lost window; and a writer killed with SIGKILL loses nothing."""
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+from cachemon import metrics, store
+from cachemon.clock import Window
+
+from conftest import ROOT, T0
+
+WORKERS = str(ROOT / "tests" / "workers.py")
+
+
+def spawn(*args):
+    return subprocess.Popen([sys.executable, WORKERS, *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_writer_and_two_readers_at_once(tmp_path):
+    db, stop = tmp_path / "c.duckdb", tmp_path / "stop"
+    steps = 60
+    dash = spawn("dashboard", db, stop)
+    analyst = spawn("analyst", db, stop)
+    w = spawn("writer", db, T0.isoformat(), steps, 5)
+    _, err = w.communicate(timeout=600)
+    assert w.returncode == 0, err
+    time.sleep(0.5)
+    stop.touch()
+    d = json.loads(dash.communicate(timeout=60)[0])
+    a = json.loads(analyst.communicate(timeout=60)[0])
+    assert d["errors"] == [] and a["errors"] == []
+    assert d["renders"] > 20 and a["queries"] > 20
+    # No lost window: every minute from the first window to the last has data.
+    end = T0 + timedelta(minutes=5 * steps)
+    with store.reader(db) as con:
+        minutes = con.execute("SELECT count(DISTINCT minute) FROM rollup_minute").fetchall()[0][0]
+        span = metrics.data_span(con)
+    assert span == (T0 - timedelta(hours=1), end)
+    assert minutes == (end - span[0]) // timedelta(minutes=1)
+
+
+def _reference(db, start, steps, minutes):
+    p = spawn("writer", db, start, steps, minutes)
+    assert p.wait(timeout=600) == 0
+
+
+def test_sigkill_during_ingestion_loses_and_doubles_nothing(tmp_path):
+    """Kill the writer at random points while it catches up 12 hours; after
+    each restart it resumes; the end result equals an uninterrupted run."""
+    ref, db = tmp_path / "ref.duckdb", tmp_path / "k.duckdb"
+    start = T0.isoformat()
+    _reference(ref, start, 1, 12 * 60)
+    rng = random.Random(5)
+    killed_running = 0
+    for kill in range(6):
+        p = spawn("writer", db, start, 1, 12 * 60)
+        time.sleep(rng.uniform(0.3, 2.5))
+        killed_running += p.poll() is None
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert killed_running >= 4  # most kills land mid-run, not after it
+    p = spawn("writer", db, start, 1, 12 * 60)
+    assert p.wait(timeout=600) == 0, p.stderr.read()
+    span = Window(T0 - timedelta(hours=1), T0 + timedelta(hours=12))
+    with store.reader(ref) as a, store.reader(db) as b:
+        ma, mb = metrics.compute(a, span, "x", top=5), metrics.compute(b, span, "x", top=5)
+        assert ma.volume == mb.volume and ma.errors == mb.errors
+        assert ma.latency.p99 == mb.latency.p99
+        assert [(k.key, k.requests) for k in ma.top_keys] == [(k.key, k.requests) for k in mb.top_keys]
+        q = "SELECT count(*), sum(samples) FROM gauge_minute"
+        assert a.execute(q).fetchall() == b.execute(q).fetchall()

@@ -1,0 +1,72 @@
+"""Small worker processes for the concurrency and crash tests.
+
+    python tests/workers.py writer DB START STEPS STEP_MINUTES
+    python tests/workers.py dashboard DB STOPFILE
+    python tests/workers.py analyst DB STOPFILE
+"""
+
+import json
+import sys
+import time
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import duckdb  # noqa: E402
+
+from cachemon import config, metrics, pipeline, store  # noqa: E402
+from cachemon.clock import Window, parse_instant  # noqa: E402
+from cachemon.errors import CachemonError  # noqa: E402
+
+SMALL = dict(seed=7, requests_per_hour=6000, catalog_keys=3000, sample_threshold_per_minute=60)
+
+
+def cfg(db):
+    c = config.with_db(config.Config(), db)
+    return replace(c, simulator=replace(c.simulator, **SMALL))
+
+
+def writer(db, start, steps, step_minutes):
+    c, sim = cfg(db), None
+    now = parse_instant(start)
+    for i in range(int(steps) + 1):
+        _, sim = pipeline.simulate_until(c, now + timedelta(minutes=int(step_minutes) * i), sim)
+
+
+def dashboard(db, stopfile):
+    renders, errors = 0, []
+    while not Path(stopfile).exists():
+        try:
+            with store.reader(db) as con:
+                span = metrics.data_span(con)
+                if span:
+                    metrics.compute(con, Window(span[1] - timedelta(minutes=15), span[1]), "15m")
+            renders += 1
+        except CachemonError as exc:
+            if "no store at" not in str(exc) and "no published snapshot yet" not in str(exc):
+                errors.append(str(exc))
+        time.sleep(0.05)
+    print(json.dumps({"renders": renders, "errors": errors}))
+
+
+def analyst(db, stopfile):
+    snap = store.snapshot_path(db)
+    while not snap.exists():
+        time.sleep(0.05)
+    con = duckdb.connect(str(snap), read_only=True)  # held open for the whole test
+    queries, errors = 0, []
+    while not Path(stopfile).exists():
+        try:
+            con.execute("SELECT tier, sum(requests) FROM rollup_minute GROUP BY tier").fetchall()
+            queries += 1
+        except duckdb.Error as exc:
+            errors.append(str(exc))
+        time.sleep(0.05)
+    con.close()
+    print(json.dumps({"queries": queries, "errors": errors}))
+
+
+if __name__ == "__main__":
+    {"writer": writer, "dashboard": dashboard, "analyst": analyst}[sys.argv[1]](*sys.argv[2:])
