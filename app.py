@@ -8,16 +8,17 @@ import streamlit as st
 
 from cachemon import config as config_mod
 from cachemon.clock import Period
+from cachemon.errors import CachemonError
 
 st.set_page_config(page_title="cachemon", page_icon=":bar_chart:", layout="wide")
 
-
-@st.cache_resource
-def _config():
-    return config_mod.load()
-
-
-st.session_state["config"] = _config()
+# Read on every run (a small TOML file and the environment), so a changed
+# CACHEMON_DB or config shows without a restart.
+try:
+    st.session_state["config"] = config_mod.load()
+except CachemonError as exc:
+    st.error(str(exc))
+    st.stop()
 with st.sidebar:
     st.title("cachemon")
     st.caption("BooksTrack tiered cache")

@@ -46,12 +46,12 @@ def overview():
     shares = pd.DataFrame({"tier": ["edge", "kv", "r2", "api"],
                            "share %": [current.volume.share(t) for t in ("edge", "kv", "r2", "api")]})
     left.plotly_chart(px.bar(shares, x="tier", y="share %", title="Requests served by tier"),
-                      use_container_width=True)
+                      width="stretch")
     right.subheader("Top keys")
     right.dataframe(
         pd.DataFrame([{"key": k.key, "endpoint": k.endpoint, "requests": k.requests,
                        "hit rate %": round(k.hit_rate, 2), "tier": k.tier} for k in current.top_keys]),
-        hide_index=True, use_container_width=True,
+        hide_index=True, width="stretch",
     )
 
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up and run cachemon on the embedded simulator: the job runner plus the
+# dashboard (http://127.0.0.1:8501). No credentials needed. Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")"
+scripts/setup.sh requirements.txt
+export CACHEMON_DB="${CACHEMON_DB:-data/cachemon.duckdb}"
+PY=.venv/bin/python
+
+pids=()
+stop() {
+  trap - EXIT INT TERM
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap stop EXIT INT TERM
+
+# The dashboard starts at once; it shows data as soon as the demo publishes.
+$PY -m streamlit run app.py &
+pids+=($!)
+if [ ! -f "$CACHEMON_DB" ]; then
+  $PY -m cachemon demo --days "${DEMO_DAYS:-7}"
+fi
+$PY -m jobs &
+pids+=($!)
+echo "cachemon: dashboard on http://127.0.0.1:8501 (Ctrl-C to stop)" >&2
+wait
