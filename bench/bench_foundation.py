@@ -103,7 +103,7 @@ def bench_metrics(db: Path, raw: Path, repeat: int):
 
 def bench_import(raw: Path, rows: int) -> dict:
     rcon = duckdb.connect(str(raw), read_only=True)
-    table = rcon.execute(f"SELECT * FROM events LIMIT {int(rows)}").fetch_arrow_table()
+    table = rcon.sql(f"SELECT * FROM events LIMIT {int(rows)}").to_arrow_table()
     rcon.close()
     table = table.set_column(0, "timestamp", table["timestamp"].cast(pa.timestamp("us", tz="UTC")))
     out = {}

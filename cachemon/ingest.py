@@ -37,7 +37,7 @@ SELECT $source, date_trunc('minute', timestamp), tier, endpoint, experiment, coh
        sum(bytes * sample_interval), sum(latency_ms * sample_interval),
        min(latency_ms), max(latency_ms), count(*)
 FROM batch WHERE kind = 'request'
-GROUP BY ALL
+GROUP BY ALL ORDER BY 2
 """
 
 INSERT_LATENCY_MINUTE = f"""
@@ -46,7 +46,7 @@ SELECT $source, date_trunc('minute', timestamp), tier, endpoint, experiment, coh
        if(latency_ms > 0, CAST(ceil(ln(latency_ms) / {LN_GAMMA!r}) AS INTEGER), {ZERO_BUCKET}),
        sum(sample_interval)
 FROM batch WHERE kind = 'request'
-GROUP BY ALL
+GROUP BY ALL ORDER BY 2
 """
 
 INSERT_GAUGE_MINUTE = """
@@ -57,31 +57,38 @@ FROM batch WHERE kind <> 'request'
 GROUP BY ALL
 """
 
-INSERT_NEW_KEYS = """
-INSERT INTO cache_keys
-SELECT nextval('key_ids'), key, endpoint FROM (
-    SELECT key, any_value(endpoint) AS endpoint FROM batch b
-    WHERE kind = 'request' AND NOT EXISTS (SELECT 1 FROM cache_keys k WHERE k.key = b.key)
-    GROUP BY key
-)
+# Per-key counts of a batch, aggregated once: per hour inside the window's
+# whole hours [$full_lo, $full_hi), per minute in its ragged edges.
+AGGREGATE_KEYS = """
+CREATE OR REPLACE TEMP TABLE key_batch AS
+SELECT key, any_value(endpoint) AS endpoint,
+       if(timestamp >= $full_lo AND timestamp < $full_hi,
+          date_trunc('hour', timestamp), date_trunc('minute', timestamp)) AS t,
+       timestamp >= $full_lo AND timestamp < $full_hi AS whole_hour,
+       sum(if(tier = 'edge', sample_interval, 0)) AS edge, sum(if(tier = 'kv', sample_interval, 0)) AS kv,
+       sum(if(tier = 'r2', sample_interval, 0)) AS r2, sum(if(tier = 'api', sample_interval, 0)) AS api,
+       sum(if(status = 'error', sample_interval, 0)) AS errors,
+       min(timestamp) AS first_seen, max(timestamp) AS last_seen
+FROM batch WHERE kind = 'request'
+GROUP BY key, t, whole_hour
 """
 
-# Aggregate per key first, then join the (far fewer) distinct keys to ids.
-_KEY_AGG = """
+INSERT_NEW_KEYS = """
+INSERT INTO cache_keys
+SELECT nextval('key_ids'), key, any_value(endpoint) FROM key_batch b
+WHERE NOT EXISTS (SELECT 1 FROM cache_keys k WHERE k.key = b.key)
+GROUP BY key
+"""
+
+_INSERT_KEYS = """
+INSERT INTO {table}
 SELECT $source, b.t, k.key_id, b.edge, b.kv, b.r2, b.api, b.errors, b.first_seen, b.last_seen
-FROM (
-    SELECT key, date_trunc('{unit}', timestamp) AS t,
-           sum(if(tier = 'edge', sample_interval, 0)) AS edge, sum(if(tier = 'kv', sample_interval, 0)) AS kv,
-           sum(if(tier = 'r2', sample_interval, 0)) AS r2, sum(if(tier = 'api', sample_interval, 0)) AS api,
-           sum(if(status = 'error', sample_interval, 0)) AS errors,
-           min(timestamp) AS first_seen, max(timestamp) AS last_seen
-    FROM batch WHERE kind = 'request' AND timestamp >= $lo AND timestamp < $hi
-    GROUP BY ALL
-) b JOIN cache_keys k ON k.key = b.key
+FROM key_batch b JOIN cache_keys k ON k.key = b.key
+WHERE {cond}
 ORDER BY b.t
 """
-INSERT_KEY_HOUR = "INSERT INTO key_hour " + _KEY_AGG.format(unit="hour")
-INSERT_KEY_MINUTE = "INSERT INTO key_minute " + _KEY_AGG.format(unit="minute")
+INSERT_KEY_HOUR = _INSERT_KEYS.format(table="key_hour", cond="b.whole_hour")
+INSERT_KEY_MINUTE = _INSERT_KEYS.format(table="key_minute", cond="NOT b.whole_hour")
 
 COMPACT_KEY_MINUTES = """
 INSERT INTO key_hour
@@ -179,8 +186,8 @@ def append_import(
         if span:
             lo, hi = floor_to(span[0], HOUR), ceil_to(span[1] + timedelta(microseconds=1), HOUR)
             _insert_minutes(con, source)
-            con.execute(INSERT_NEW_KEYS)
-            con.execute(INSERT_KEY_HOUR, {"source": source, "lo": lo, "hi": hi})
+            _aggregate_keys(con, lo, hi)
+            con.execute(INSERT_KEY_HOUR, {"source": source})
             _recompute_hours(con, source, lo, hi)
             _recompute_key_days(con, source, lo, hi)
         con.execute(
@@ -217,26 +224,28 @@ def _insert_minutes(con, source: str) -> None:
 
 def _replace_keys(con, source: str, window: Window) -> None:
     """Whole hours of the window go to key_hour, ragged edges to key_minute."""
-    con.execute(INSERT_NEW_KEYS)
     full_lo, full_hi = ceil_to(window.start, HOUR), floor_to(window.end, HOUR)
-    p = {"source": source}
-    if full_lo < full_hi:
-        con.execute("DELETE FROM key_hour WHERE source = $source AND hour >= $lo AND hour < $hi", p | {"lo": full_lo, "hi": full_hi})
-        con.execute("DELETE FROM key_minute WHERE source = $source AND minute >= $lo AND minute < $hi", p | {"lo": full_lo, "hi": full_hi})
-        con.execute(INSERT_KEY_HOUR, p | {"lo": full_lo, "hi": full_hi})
-        edges = [(window.start, full_lo), (full_hi, window.end)]
-    else:
-        edges = [(window.start, window.end)]
-    for lo, hi in edges:
-        if lo >= hi:
-            continue
+    if full_lo >= full_hi:
+        full_lo = full_hi = window.end
+    p = {"source": source, "lo": full_lo, "hi": full_hi}
+    for lo, hi in ((window.start, full_lo), (full_hi, window.end)):
         hour = floor_to(lo, HOUR)
-        if first_row(con, "SELECT 1 FROM key_hour WHERE source = $source AND hour = $hour LIMIT 1", p | {"hour": hour}):
+        if lo < hi and first_row(con, "SELECT 1 FROM key_hour WHERE source = $source AND hour = $hour LIMIT 1",
+                                 {"source": source, "hour": hour}):
             raise StoreError(
                 f"window {window} covers part of hour {iso(hour)}, whose per-key counts are already "
                 "compacted; re-ingest whole hours there"
             )
-        con.execute(INSERT_KEY_MINUTE, p | {"lo": lo, "hi": hi})
+    con.execute("DELETE FROM key_hour WHERE source = $source AND hour >= $lo AND hour < $hi", p)
+    con.execute("DELETE FROM key_minute WHERE source = $source AND minute >= $lo AND minute < $hi", p)
+    _aggregate_keys(con, full_lo, full_hi)
+    con.execute(INSERT_KEY_HOUR, {"source": source})
+    con.execute(INSERT_KEY_MINUTE, {"source": source})
+
+
+def _aggregate_keys(con, full_lo: datetime, full_hi: datetime) -> None:
+    con.execute(AGGREGATE_KEYS, {"full_lo": full_lo, "full_hi": full_hi})
+    con.execute(INSERT_NEW_KEYS)
 
 
 def _recompute_hours(con, source: str, start: datetime, end: datetime) -> None:

@@ -67,10 +67,11 @@ KEY_PARTS = """
 
 # Top-k with pruning: a key whose window total reaches T has, among the P
 # parts (days, hours, minutes) of the window, one part of at least T/P. With
-# T the k-th best total among a few seed keys (the last hour's top k), only
-# keys with such a part can be in the top k, and with Zipf traffic they are
-# few. Exact, and a week takes a few scans instead of a million-row GROUP BY.
-SEED_KEYS = "SELECT key_id FROM key_hour WHERE hour = $hour ORDER BY edge + kv + r2 + api DESC LIMIT $limit"
+# T the k-th best window total among a few seed keys (the last hour's top k),
+# only keys with such a part can be in the top k, and with Zipf traffic they
+# are few. Exact, and a week takes a few scans instead of a GROUP BY over a
+# million rows.
+SEED_KEYS = "SELECT key_id FROM key_hour WHERE hour = $hour GROUP BY key_id ORDER BY sum(edge + kv + r2 + api) DESC LIMIT $limit"
 CANDIDATE_KEYS = f"SELECT DISTINCT key_id FROM ({KEY_PARTS}) WHERE requests >= $min_part"
 KEY_PART_COUNT = "SELECT count(DISTINCT minute) FROM key_minute WHERE minute >= $lo AND minute < $hi"
 _KEY_TOTALS = f"""
@@ -84,7 +85,7 @@ KEY_TOTALS_ENDPOINT = _KEY_TOTALS.format(
     where="key_id IN (SELECT key_id FROM cache_keys WHERE endpoint = $endpoint)")
 KEY_TEXT = "SELECT key_id, key, endpoint FROM cache_keys WHERE key_id IN (SELECT unnest($ids))"
 # Compacted hours only partly inside the window widen the span covered.
-COMPACTED_HOUR = "SELECT 1 FROM key_hour WHERE hour = $hour LIMIT 1"
+COMPACTED_HOURS = "SELECT DISTINCT hour FROM key_hour WHERE hour = $first OR hour = $last"
 PRUNE_FROM = HOUR * 3
 
 DATA_SPAN = "SELECT min(minute), max(minute) + INTERVAL 1 MINUTE FROM rollup_minute"
@@ -229,8 +230,9 @@ def _top_keys(con, window: Window, endpoint: str | None, limit: int):
     text = {r[0]: r[1:] for r in _run(con, KEY_TEXT, {"ids": [r[0] for r in rows]})}
     keys = tuple(TopKey(*text[r[0]], TierVolume(*map(float, r[1:5])), float(r[5])) for r in rows)
     keys = tuple(sorted(keys, key=lambda k: (-k.requests, k.key)))
-    start = k_lo if k_lo < window.start and _run(con, COMPACTED_HOUR, {"hour": k_lo}) else window.start
-    end = k_hi + HOUR if k_hi < window.end and _run(con, COMPACTED_HOUR, {"hour": k_hi}) else window.end
+    compacted = {r[0] for r in _run(con, COMPACTED_HOURS, {"first": k_lo, "last": k_hi})}
+    start = k_lo if k_lo < window.start and k_lo in compacted else window.start
+    end = k_hi + HOUR if k_hi < window.end and k_hi in compacted else window.end
     return keys, Window(start, end)
 
 

@@ -23,8 +23,8 @@ from .sources.simulator import Simulator, SimState
 SIMULATOR = "simulator"
 Progress = Callable[[int, int], None]
 # Demo windows: long enough to amortise per-statement costs, short enough
-# for a lively progress bar and bounded memory (~1 M events).
-DEMO_CHUNK = timedelta(hours=6)
+# for a progress bar and bounded memory (~2 M events a day).
+DEMO_CHUNK = timedelta(hours=24)
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,15 @@ def test_writer_and_two_readers_at_once(tmp_path):
     steps = 60
     dash = spawn("dashboard", db, stop)
     analyst = spawn("analyst", db, stop)
-    w = spawn("writer", db, T0.isoformat(), steps, 5)
-    _, err = w.communicate(timeout=600)
-    assert w.returncode == 0, err
-    time.sleep(0.5)
-    stop.touch()
-    d = json.loads(dash.communicate(timeout=60)[0])
-    a = json.loads(analyst.communicate(timeout=60)[0])
+    try:
+        w = spawn("writer", db, T0.isoformat(), steps, 5)
+        _, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err
+        time.sleep(0.5)
+    finally:
+        stop.touch()  # the readers stop even when the writer failed
+        d = json.loads(dash.communicate(timeout=60)[0])
+        a = json.loads(analyst.communicate(timeout=60)[0])
     assert d["errors"] == [] and a["errors"] == []
     assert d["renders"] > 20 and a["queries"] > 20
     # No lost window: every minute from the first window to the last has data.

@@ -3,7 +3,6 @@
 import json
 from datetime import timedelta
 
-import pandas as pd
 import pytest
 
 from cachemon import config, metrics, pipeline, store

@@ -5,7 +5,6 @@ from datetime import timedelta
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

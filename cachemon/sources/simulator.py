@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..assignment import seed_sha256_byte
-from ..clock import HOUR, Window, floor_to
+from ..clock import Window
 from ..config import SimulatorConfig
 from ..errors import SourceError
 from ..events import SCHEMA, EventFrame

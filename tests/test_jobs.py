@@ -1,0 +1,55 @@
+"""The runner's ingest job: a real process, live simulator, clean stop."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from cachemon import ingest, metrics, store
+from cachemon.clock import MINUTE, floor_to, utcnow
+
+from conftest import ROOT
+
+
+def _env(tmp_path):
+    cfg = tmp_path / "small.toml"
+    cfg.write_text("[simulator]\nseed = 5\nrequests_per_hour = 6000\ncatalog_keys = 3000\n")
+    env = dict(os.environ, CACHEMON_DB=str(tmp_path / "r.duckdb"), CACHEMON_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
+    return env, tmp_path / "r.duckdb"
+
+
+def test_once_ingest_fills_up_to_now(tmp_path):
+    env, db = _env(tmp_path)
+    before = floor_to(utcnow(), MINUTE)
+    p = subprocess.run([sys.executable, "-m", "jobs", "--once", "ingest"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    with store.reader(db) as con:
+        until = ingest.watermark(con, "simulator")
+        span = metrics.data_span(con)
+    assert before <= until <= floor_to(utcnow(), MINUTE)
+    assert span[1] == until and until - span[0] == 60 * MINUTE
+
+
+def test_runner_stops_cleanly_on_sigterm(tmp_path):
+    env, db = _env(tmp_path)
+    p = subprocess.Popen([sys.executable, "-m", "jobs"], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not store.snapshot_path(db).exists() and time.time() < deadline:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0, out
+    assert "ingest:" in out and "runner stopped" in out
+    with store.writer(db, utcnow(), publish=False):  # the runner released the store
+        pass
+
+
+def test_bad_config_exits_2(tmp_path):
+    env, _ = _env(tmp_path)
+    (tmp_path / "small.toml").write_text("[simulator]\nseed = 'five'\n")
+    p = subprocess.run([sys.executable, "-m", "jobs", "--once", "ingest"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "seed must be int" in p.stderr
