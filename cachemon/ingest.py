@@ -27,6 +27,7 @@ import duckdb
 from .clock import DAY, HOUR, MINUTE, Window, ceil_to, floor_to, iso
 from .errors import SourceError, StoreError
 from .events import EventFrame
+from . import topkeys
 from .store import first_row
 from .histogram import LN_GAMMA, ZERO_BUCKET
 
@@ -162,10 +163,14 @@ def replace_window(
         for table, col in _MINUTE_TABLES:
             con.execute(f"DELETE FROM {table} WHERE source = $source AND {col} >= $lo AND {col} < $hi", p)
         _insert_minutes(con, source)
-        _replace_keys(con, source, window)
+        changed = _replace_keys(con, source, window)
         _recompute_hours(con, source, window.start, window.end)
-        compacted = _compact_keys(con, source, floor_to(window.end - key_compaction_lag, HOUR))
-        _recompute_key_days(con, source, min(window.start, compacted or window.start), window.end)
+        before = floor_to(window.end - key_compaction_lag, HOUR)
+        compacted = _compact_keys(con, source, before)
+        if compacted:
+            changed = _hull(changed, (floor_to(compacted, HOUR), before))
+        if changed:
+            _refresh_key_summaries(con, source, *changed)
         previous = first_row(con, "SELECT until FROM watermarks WHERE source = ?", [source])
         until = max(window.end, previous[0]) if previous else window.end
         con.execute(UPSERT_WATERMARK, {"source": source, "until": until, "now": now})
@@ -189,7 +194,7 @@ def append_import(
             _aggregate_keys(con, lo, hi)
             con.execute(INSERT_KEY_HOUR, {"source": source})
             _recompute_hours(con, source, lo, hi)
-            _recompute_key_days(con, source, lo, hi)
+            _refresh_key_summaries(con, source, lo, hi)
         con.execute(
             "INSERT INTO imports VALUES (?, ?, ?, ?, ?, ?, ?)",
             [sha256, source, file_name, len(frame), span[0] if span else None, span[1] if span else None, now],
@@ -211,10 +216,13 @@ def watermark(con: duckdb.DuckDBPyConnection, source: str) -> datetime | None:
 def drop_source(con: duckdb.DuckDBPyConnection, source: str) -> None:
     """Remove every row, the watermark and the state of `source`."""
     with _transaction(con):
+        span = first_row(con, "SELECT min(hour), max(hour) FROM key_hour WHERE source = ?", [source])
         for table, _ in _MINUTE_TABLES + _HOUR_TABLES + (("key_hour", "hour"), ("key_day", "day")):
             con.execute(f"DELETE FROM {table} WHERE source = ?", [source])
         for table in ("watermarks", "source_state"):
             con.execute(f"DELETE FROM {table} WHERE source = ?", [source])
+        if span[0] is not None:
+            topkeys.refresh(con, span[0], span[1] + HOUR)
 
 
 def _insert_minutes(con, source: str) -> None:
@@ -222,8 +230,9 @@ def _insert_minutes(con, source: str) -> None:
         con.execute(sql, {"source": source})
 
 
-def _replace_keys(con, source: str, window: Window) -> None:
-    """Whole hours of the window go to key_hour, ragged edges to key_minute."""
+def _replace_keys(con, source: str, window: Window) -> tuple[datetime, datetime] | None:
+    """Whole hours of the window go to key_hour, ragged edges to key_minute;
+    returns the span of key_hour that changed, if any."""
     full_lo, full_hi = ceil_to(window.start, HOUR), floor_to(window.end, HOUR)
     if full_lo >= full_hi:
         full_lo = full_hi = window.end
@@ -241,6 +250,11 @@ def _replace_keys(con, source: str, window: Window) -> None:
     _aggregate_keys(con, full_lo, full_hi)
     con.execute(INSERT_KEY_HOUR, {"source": source})
     con.execute(INSERT_KEY_MINUTE, {"source": source})
+    return (full_lo, full_hi) if full_lo < full_hi else None
+
+
+def _hull(a, b):
+    return b if a is None else (min(a[0], b[0]), max(a[1], b[1]))
 
 
 def _aggregate_keys(con, full_lo: datetime, full_hi: datetime) -> None:
@@ -267,10 +281,12 @@ def _compact_keys(con, source: str, before: datetime) -> datetime | None:
     return first
 
 
-def _recompute_key_days(con, source: str, start: datetime, end: datetime) -> None:
+def _refresh_key_summaries(con, source: str, start: datetime, end: datetime) -> None:
+    """key_day and the top-key summaries follow a change of key_hour."""
     p = {"source": source, "lo": floor_to(start, DAY), "hi": ceil_to(end, DAY)}
     con.execute("DELETE FROM key_day WHERE source = $source AND day >= $lo AND day < $hi", p)
     con.execute(RECOMPUTE_KEY_DAY, p)
+    topkeys.refresh(con, start, end)
 
 
 def _check_inside(frame: EventFrame, window: Window, source: str) -> None:

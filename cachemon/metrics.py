@@ -14,10 +14,11 @@ from datetime import datetime
 
 import duckdb
 
-from .clock import DAY, HOUR, Window, ceil_to, floor_to, iso
+from .clock import HOUR, Window, ceil_to, floor_to, iso
 from .errors import StoreError
 from .events import TIERS
 from .histogram import Histogram
+from . import topkeys
 from .store import first_row
 
 # Each time range is its own UNION ALL branch: a plain range lets DuckDB skip
@@ -45,48 +46,6 @@ FROM ({_three_ranges("endpoint, bucket, weight", "latency_hour", "latency_minute
 WHERE $endpoint IS NULL OR endpoint = $endpoint
 GROUP BY bucket
 """
-
-# Per-key counts: whole days from key_day, other hours from key_hour, and
-# minutes of not yet compacted hours from key_minute (an hour lives in
-# exactly one of key_hour/key_minute, and key_day sums key_hour). An hour
-# compacted while only partly in the window counts whole; the metrics say
-# which span the top keys really cover.
-KEY_PARTS = """
-    SELECT key_id, edge, kv, r2, api, errors, edge + kv + r2 + api AS requests FROM key_day
-    WHERE day >= $d_lo AND day < $d_hi
-    UNION ALL
-    SELECT key_id, edge, kv, r2, api, errors, edge + kv + r2 + api FROM key_hour
-    WHERE hour >= $k_lo AND hour < $d_lo
-    UNION ALL
-    SELECT key_id, edge, kv, r2, api, errors, edge + kv + r2 + api FROM key_hour
-    WHERE hour >= $d_hi AND hour < $hi AND hour >= $k_lo
-    UNION ALL
-    SELECT key_id, edge, kv, r2, api, errors, edge + kv + r2 + api FROM key_minute
-    WHERE minute >= $lo AND minute < $hi
-"""
-
-# Top-k with pruning: a key whose window total reaches T has, among the P
-# parts (days, hours, minutes) of the window, one part of at least T/P. With
-# T the k-th best window total among a few seed keys (the last hour's top k),
-# only keys with such a part can be in the top k, and with Zipf traffic they
-# are few. Exact, and a week takes a few scans instead of a GROUP BY over a
-# million rows.
-SEED_KEYS = "SELECT key_id FROM key_hour WHERE hour = $hour GROUP BY key_id ORDER BY sum(edge + kv + r2 + api) DESC LIMIT $limit"
-CANDIDATE_KEYS = f"SELECT DISTINCT key_id FROM ({KEY_PARTS}) WHERE requests >= $min_part"
-KEY_PART_COUNT = "SELECT count(DISTINCT minute) FROM key_minute WHERE minute >= $lo AND minute < $hi"
-_KEY_TOTALS = f"""
-SELECT key_id, sum(edge), sum(kv), sum(r2), sum(api), sum(errors), sum(requests) AS total
-FROM ({KEY_PARTS}) WHERE {{where}}
-GROUP BY key_id ORDER BY total DESC, key_id LIMIT $limit
-"""
-KEY_TOTALS_OF = _KEY_TOTALS.format(where="key_id IN (SELECT unnest($ids))")
-KEY_TOTALS_ALL = _KEY_TOTALS.format(where="true")
-KEY_TOTALS_ENDPOINT = _KEY_TOTALS.format(
-    where="key_id IN (SELECT key_id FROM cache_keys WHERE endpoint = $endpoint)")
-KEY_TEXT = "SELECT key_id, key, endpoint FROM cache_keys WHERE key_id IN (SELECT unnest($ids))"
-# Compacted hours only partly inside the window widen the span covered.
-COMPACTED_HOURS = "SELECT DISTINCT hour FROM key_hour WHERE hour = $first OR hour = $last"
-PRUNE_FROM = HOUR * 3
 
 DATA_SPAN = "SELECT min(minute), max(minute) + INTERVAL 1 MINUTE FROM rollup_minute"
 
@@ -171,6 +130,13 @@ def window_params(window: Window) -> dict:
     return {"h_lo": s, "h_hi": s, "m1_lo": s, "m1_hi": e, "m2_lo": e, "m2_hi": e}
 
 
+def _top_keys(con, window: Window, endpoint: str | None, limit: int):
+    if limit == 0:
+        return (), None
+    rows, covered = topkeys.top_keys(con, window, endpoint, limit)
+    return tuple(TopKey(r[0], r[1], TierVolume(*r[2:6]), r[6]) for r in rows), covered
+
+
 def data_span(con: duckdb.DuckDBPyConnection) -> tuple[datetime, datetime] | None:
     """First and last-plus-one minute of request data in the store."""
     lo, hi = first_row(con, DATA_SPAN)
@@ -211,51 +177,6 @@ def compute(
         errors=errors, bytes=nbytes, latency=latency, top_keys=top_keys,
         top_keys_window=top_window, data_until=min(span[1], window.end),
     )
-
-
-def _top_keys(con, window: Window, endpoint: str | None, limit: int):
-    if limit == 0:
-        return (), None
-    d_lo, d_hi = ceil_to(window.start, DAY), floor_to(window.end, DAY)
-    if d_lo >= d_hi:
-        d_lo = d_hi = window.end
-    k_lo, k_hi = floor_to(window.start, HOUR), floor_to(window.end, HOUR)
-    p = {"d_lo": d_lo, "d_hi": d_hi, "k_lo": k_lo, "lo": window.start, "hi": window.end,
-         "endpoint": endpoint, "limit": limit}
-    if endpoint is not None:
-        rows = _run(con, KEY_TOTALS_ENDPOINT, p)
-    else:
-        candidates = _candidates(con, p, window, d_lo, d_hi, k_lo)
-        rows = _run(con, KEY_TOTALS_ALL, p) if candidates is None else _run(con, KEY_TOTALS_OF, p | {"ids": candidates})
-    text = {r[0]: r[1:] for r in _run(con, KEY_TEXT, {"ids": [r[0] for r in rows]})}
-    keys = tuple(TopKey(*text[r[0]], TierVolume(*map(float, r[1:5])), float(r[5])) for r in rows)
-    keys = tuple(sorted(keys, key=lambda k: (-k.requests, k.key)))
-    compacted = {r[0] for r in _run(con, COMPACTED_HOURS, {"first": k_lo, "last": k_hi})}
-    start = k_lo if k_lo < window.start and k_lo in compacted else window.start
-    end = k_hi + HOUR if k_hi < window.end and k_hi in compacted else window.end
-    return keys, Window(start, end)
-
-
-def _candidates(con, p: dict, window: Window, d_lo, d_hi, k_lo) -> list[int] | None:
-    """Key ids that can be in the top k (see above), or None: no pruning."""
-    if window.length < PRUNE_FROM:
-        return None
-    seeds = [r[0] for r in _run(con, SEED_KEYS, p | {"hour": floor_to(window.end, HOUR) - HOUR})]
-    totals = [r[6] for r in _run(con, KEY_TOTALS_OF, p | {"ids": seeds})]
-    if len(totals) < p["limit"]:
-        return None
-    hours = (d_lo - k_lo) // HOUR + (window.end - d_hi) // HOUR + 1
-    parts = (d_hi - d_lo) // DAY + hours + _run(con, KEY_PART_COUNT, p)[0][0]
-    return [r[0] for r in _run(con, CANDIDATE_KEYS, p | {"min_part": totals[-1] / parts})]
-
-
-def _run(con, sql: str, params: dict) -> list[tuple]:
-    return con.execute(sql, _bind(sql, params)).fetchall()
-
-
-def _bind(sql: str, params: dict) -> dict:
-    """The subset of `params` that `sql` names (DuckDB rejects extras)."""
-    return {k: v for k, v in params.items() if f"${k}" in sql}
 
 
 def to_json(m: Metrics) -> dict:

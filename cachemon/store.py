@@ -67,6 +67,11 @@ MIGRATIONS: dict[int, list[str]] = {
         f"CREATE TABLE key_hour ({_KEY_COLUMNS.format(time='hour')})",
         f"CREATE TABLE key_minute ({_KEY_COLUMNS.format(time='minute')})",
         f"CREATE TABLE key_day ({_KEY_COLUMNS.format(time='day')})",
+        """CREATE TABLE key_top (
+            part VARCHAR NOT NULL, t TIMESTAMPTZ NOT NULL, key_id INTEGER NOT NULL,
+            edge DOUBLE NOT NULL, kv DOUBLE NOT NULL, r2 DOUBLE NOT NULL, api DOUBLE NOT NULL,
+            errors DOUBLE NOT NULL, requests DOUBLE NOT NULL)""",
+        """CREATE TABLE key_top_cutoff (part VARCHAR NOT NULL, t TIMESTAMPTZ NOT NULL, cutoff DOUBLE NOT NULL)""",
         """CREATE TABLE watermarks (
             source VARCHAR PRIMARY KEY, until TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL)""",
         """CREATE TABLE imports (
