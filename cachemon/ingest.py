@@ -27,56 +27,30 @@ import duckdb
 from .clock import DAY, HOUR, MINUTE, Window, ceil_to, floor_to, iso
 from .errors import SourceError, StoreError
 from .events import EventFrame
-from . import topkeys
+from . import rollups, topkeys
+from .rollups import Rollups
 from .store import first_row
-from .histogram import LN_GAMMA, ZERO_BUCKET
 
-INSERT_ROLLUP_MINUTE = """
+# The rollups of one write are registered as r_minute, r_latency, r_gauges
+# and r_keys (see cachemon.rollups), whatever source produced them.
+STORE_MINUTE = """
 INSERT INTO rollup_minute
-SELECT $source, date_trunc('minute', timestamp), tier, endpoint, experiment, cohort,
-       sum(sample_interval), sum(if(status = 'error', sample_interval, 0)),
-       sum(bytes * sample_interval), sum(latency_ms * sample_interval),
-       min(latency_ms), max(latency_ms), count(*)
-FROM batch WHERE kind = 'request'
-GROUP BY ALL ORDER BY 2
+SELECT $source, minute, tier, endpoint, experiment, cohort, requests, errors, bytes,
+       latency_sum, latency_min, latency_max, events
+FROM r_minute
 """
-
-INSERT_LATENCY_MINUTE = f"""
+STORE_LATENCY = """
 INSERT INTO latency_minute
-SELECT $source, date_trunc('minute', timestamp), tier, endpoint, experiment, cohort,
-       if(latency_ms > 0, CAST(ceil(ln(latency_ms) / {LN_GAMMA!r}) AS INTEGER), {ZERO_BUCKET}),
-       sum(sample_interval)
-FROM batch WHERE kind = 'request'
-GROUP BY ALL ORDER BY 2
+SELECT $source, minute, tier, endpoint, experiment, cohort, bucket, weight FROM r_latency
 """
-
-INSERT_GAUGE_MINUTE = """
+STORE_GAUGES = """
 INSERT INTO gauge_minute
-SELECT $source, date_trunc('minute', timestamp), kind,
-       sum(latency_ms), count(*), min(latency_ms), max(latency_ms), arg_max(latency_ms, timestamp)
-FROM batch WHERE kind <> 'request'
-GROUP BY ALL
-"""
-
-# Per-key counts of a batch, aggregated once: per hour inside the window's
-# whole hours [$full_lo, $full_hi), per minute in its ragged edges.
-AGGREGATE_KEYS = """
-CREATE OR REPLACE TEMP TABLE key_batch AS
-SELECT key, any_value(endpoint) AS endpoint,
-       if(timestamp >= $full_lo AND timestamp < $full_hi,
-          date_trunc('hour', timestamp), date_trunc('minute', timestamp)) AS t,
-       timestamp >= $full_lo AND timestamp < $full_hi AS whole_hour,
-       sum(if(tier = 'edge', sample_interval, 0)) AS edge, sum(if(tier = 'kv', sample_interval, 0)) AS kv,
-       sum(if(tier = 'r2', sample_interval, 0)) AS r2, sum(if(tier = 'api', sample_interval, 0)) AS api,
-       sum(if(status = 'error', sample_interval, 0)) AS errors,
-       min(timestamp) AS first_seen, max(timestamp) AS last_seen
-FROM batch WHERE kind = 'request'
-GROUP BY key, t, whole_hour
+SELECT $source, minute, name, value_sum, samples, value_min, value_max, value_last FROM r_gauges
 """
 
 INSERT_NEW_KEYS = """
 INSERT INTO cache_keys
-SELECT nextval('key_ids'), key, any_value(endpoint) FROM key_batch b
+SELECT nextval('key_ids'), key, any_value(endpoint) FROM r_keys b
 WHERE NOT EXISTS (SELECT 1 FROM cache_keys k WHERE k.key = b.key)
 GROUP BY key
 """
@@ -84,7 +58,7 @@ GROUP BY key
 _INSERT_KEYS = """
 INSERT INTO {table}
 SELECT $source, b.t, k.key_id, b.edge, b.kv, b.r2, b.api, b.errors, b.first_seen, b.last_seen
-FROM key_batch b JOIN cache_keys k ON k.key = b.key
+FROM r_keys b JOIN cache_keys k ON k.key = b.key
 WHERE {cond}
 ORDER BY b.t
 """
@@ -146,24 +120,27 @@ class IngestResult:
 
 def replace_window(
     con: duckdb.DuckDBPyConnection,
-    frame: EventFrame,
+    data: EventFrame | Rollups,
     source: str,
     window: Window,
     now: datetime,
     key_compaction_lag: timedelta = HOUR,
     state: bytes | None = None,
 ) -> IngestResult:
-    """Replace `source`'s data in `window` by `frame`, atomically, and move
-    the source's watermark to the window's end (never backwards)."""
+    """Replace `source`'s data in `window` by `data` (events, or rollups made
+    for this window), atomically, and move the source's watermark to the
+    window's end (never backwards)."""
     if floor_to(window.start, MINUTE) != window.start or floor_to(window.end, MINUTE) != window.end:
         raise SourceError(f"window {window} is not aligned to whole minutes")
-    _check_inside(frame, window, source)
-    with _transaction(con), _registered(con, frame):
-        p = {"source": source, "lo": window.start, "hi": window.end}
-        for table, col in _MINUTE_TABLES:
-            con.execute(f"DELETE FROM {table} WHERE source = $source AND {col} >= $lo AND {col} < $hi", p)
-        _insert_minutes(con, source)
-        changed = _replace_keys(con, source, window)
+    with _transaction(con):
+        r = rollups.from_events(con, data, window) if isinstance(data, EventFrame) else data
+        _check_inside(r, window, source)
+        with _registered(con, r):
+            p = {"source": source, "lo": window.start, "hi": window.end}
+            for table, col in _MINUTE_TABLES:
+                con.execute(f"DELETE FROM {table} WHERE source = $source AND {col} >= $lo AND {col} < $hi", p)
+            _store_minutes(con, source)
+            changed = _replace_keys(con, source, window)
         _recompute_hours(con, source, window.start, window.end)
         before = floor_to(window.end - key_compaction_lag, HOUR)
         compacted = _compact_keys(con, source, before)
@@ -176,7 +153,7 @@ def replace_window(
         con.execute(UPSERT_WATERMARK, {"source": source, "until": until, "now": now})
         if state is not None:
             con.execute(UPSERT_STATE, {"source": source, "state": state, "clock": window.end})
-    return IngestResult(source, len(frame), window)
+    return IngestResult(source, r.events, window)
 
 
 def append_import(
@@ -187,12 +164,13 @@ def append_import(
         return None
     source = f"file:{sha256[:16]}"
     span = frame.time_range()
-    with _transaction(con), _registered(con, frame):
+    with _transaction(con):
         if span:
             lo, hi = floor_to(span[0], HOUR), ceil_to(span[1] + timedelta(microseconds=1), HOUR)
-            _insert_minutes(con, source)
-            _aggregate_keys(con, lo, hi)
-            con.execute(INSERT_KEY_HOUR, {"source": source})
+            with _registered(con, rollups.from_events(con, frame, None)):
+                _store_minutes(con, source)
+                con.execute(INSERT_NEW_KEYS)
+                con.execute(INSERT_KEY_HOUR, {"source": source})
             _recompute_hours(con, source, lo, hi)
             _refresh_key_summaries(con, source, lo, hi)
         con.execute(
@@ -225,8 +203,8 @@ def drop_source(con: duckdb.DuckDBPyConnection, source: str) -> None:
             topkeys.refresh(con, span[0], span[1] + HOUR)
 
 
-def _insert_minutes(con, source: str) -> None:
-    for sql in (INSERT_ROLLUP_MINUTE, INSERT_LATENCY_MINUTE, INSERT_GAUGE_MINUTE):
+def _store_minutes(con, source: str) -> None:
+    for sql in (STORE_MINUTE, STORE_LATENCY, STORE_GAUGES):
         con.execute(sql, {"source": source})
 
 
@@ -247,7 +225,7 @@ def _replace_keys(con, source: str, window: Window) -> tuple[datetime, datetime]
             )
     con.execute("DELETE FROM key_hour WHERE source = $source AND hour >= $lo AND hour < $hi", p)
     con.execute("DELETE FROM key_minute WHERE source = $source AND minute >= $lo AND minute < $hi", p)
-    _aggregate_keys(con, full_lo, full_hi)
+    con.execute(INSERT_NEW_KEYS)
     con.execute(INSERT_KEY_HOUR, {"source": source})
     con.execute(INSERT_KEY_MINUTE, {"source": source})
     return (full_lo, full_hi) if full_lo < full_hi else None
@@ -255,11 +233,6 @@ def _replace_keys(con, source: str, window: Window) -> tuple[datetime, datetime]
 
 def _hull(a, b):
     return b if a is None else (min(a[0], b[0]), max(a[1], b[1]))
-
-
-def _aggregate_keys(con, full_lo: datetime, full_hi: datetime) -> None:
-    con.execute(AGGREGATE_KEYS, {"full_lo": full_lo, "full_hi": full_hi})
-    con.execute(INSERT_NEW_KEYS)
 
 
 def _recompute_hours(con, source: str, start: datetime, end: datetime) -> None:
@@ -289,10 +262,10 @@ def _refresh_key_summaries(con, source: str, start: datetime, end: datetime) -> 
     topkeys.refresh(con, start, end)
 
 
-def _check_inside(frame: EventFrame, window: Window, source: str) -> None:
-    span = frame.time_range()
+def _check_inside(r: Rollups, window: Window, source: str) -> None:
+    span = r.time_range()
     if span and (span[0] < window.start or span[1] >= window.end):
-        raise SourceError(f"{source}: events from {iso(span[0])} to {iso(span[1])} fall outside window {window}")
+        raise SourceError(f"{source}: data from {iso(span[0])} to {iso(span[1])} falls outside window {window}")
 
 
 class _transaction:
@@ -308,12 +281,18 @@ class _transaction:
 
 
 class _registered:
-    def __init__(self, con, frame: EventFrame):
-        self.con, self.frame = con, frame
+    """Register a Rollups' tables under the names the STORE_* SQL reads."""
+
+    NAMES = {"r_minute": "minute", "r_latency": "latency", "r_gauges": "gauges", "r_keys": "keys"}
+
+    def __init__(self, con, r: Rollups):
+        self.con, self.r = con, r
 
     def __enter__(self):
-        self.con.register("batch", self.frame.table)
+        for name, attr in self.NAMES.items():
+            self.con.register(name, getattr(self.r, attr))
 
     def __exit__(self, *exc):
-        self.con.unregister("batch")
+        for name in self.NAMES:
+            self.con.unregister(name)
         return False
