@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Import event files. A file already imported (same content) is skipped.")
     p.add_argument("files", nargs="+", metavar="FILE")
 
+    p = sub.add_parser("pull", help="pull rollups from Cloudflare Workers Analytics Engine",
+                       description="Pull from the watermark (minus the overlap) or --since, up to --until or now. "
+                                   "Needs CF_ACCOUNT_ID and CF_API_TOKEN; CF_API_BASE and CACHEMON_DATASET optional.")
+    p.add_argument("--since", help="start, ISO 8601 UTC (floored to the hour)")
+    p.add_argument("--until", help="end, ISO 8601 UTC (default: now)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = sub.add_parser("metrics", help="print the metrics of a period",
                        description="Hit rates, latency, volume and top keys for the period ending at --at.")
     p.add_argument("--period", default="1h", help="15m, 1h, 24h or 7d (default 1h)")
@@ -78,6 +85,21 @@ def _import(args, cfg, now) -> int:
     return 0
 
 
+def _pull(args, cfg, now) -> int:
+    from .sources.analytics_engine import Client, Credentials
+
+    since = parse_instant(args.since, "--since") if args.since else None
+    until = parse_instant(args.until, "--until") if args.until else None
+    client = Client(Credentials.from_env(), cfg.analytics_engine)
+    try:
+        summary = pipeline.pull(cfg, client, now, since, until, None if args.quiet else _progress("pulling"))
+    finally:
+        client.close()
+    print(f"pulled {summary.events:,} data points in {summary.windows} windows ({client.queries} queries) "
+          f"up to {summary.until:%Y-%m-%dT%H:%MZ}", file=sys.stderr)
+    return 0
+
+
 def _metrics(args, cfg, now) -> int:
     period = Period.parse(args.period)
     if args.format != "json":
@@ -89,7 +111,7 @@ def _metrics(args, cfg, now) -> int:
         raise InputError(f"--top must be 0 or more, got {args.top}")
     with store.reader(cfg.store.path) as con:
         m = metrics.compute(con, Window.ending(at, period.length), period.value, args.endpoint, args.top)
-    print(json.dumps(metrics.to_json(m), indent=2, ensure_ascii=False))
+    print(json.dumps(metrics.to_json(m, cfg.metrics.stale_after), indent=2, ensure_ascii=False))
     return 0
 
 
@@ -108,4 +130,4 @@ def _progress(label: str):
     return update
 
 
-COMMANDS = {"demo": _demo, "import": _import, "metrics": _metrics}
+COMMANDS = {"demo": _demo, "import": _import, "pull": _pull, "metrics": _metrics}

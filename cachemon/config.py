@@ -65,14 +65,44 @@ class SimulatorConfig:
 
 
 @dataclass(frozen=True)
+class AnalyticsEngineConfig:
+    dataset: str = "CACHE_ANALYTICS"
+    window: timedelta = timedelta(hours=1)  # one pull query set per window
+    overlap: timedelta = timedelta(minutes=10)  # re-pulled: AE data arrives late
+    backfill: timedelta = timedelta(days=1)  # first pull with no watermark
+    timeout: timedelta = timedelta(seconds=30)
+    retries: int = 3
+
+    def __post_init__(self):
+        if not _IDENT.match(self.dataset):
+            raise ConfigError(f"[analytics_engine] dataset = {self.dataset!r} is not a dataset name")
+        if self.overlap >= self.window * 24 or self.retries < 0:
+            raise ConfigError("[analytics_engine] overlap must be shorter than a day of windows; retries >= 0")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # Data older than this is reported as stale (`stale: true`).
+    stale_after: timedelta = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
 class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     columns: ColumnMapping = field(default_factory=ColumnMapping)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    analytics_engine: AnalyticsEngineConfig = field(default_factory=AnalyticsEngineConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "simulator"
 
 
-_SECTIONS = {"store": StoreConfig, "columns": ColumnMapping, "simulator": SimulatorConfig}
+_SECTIONS = {
+    "store": StoreConfig,
+    "columns": ColumnMapping,
+    "simulator": SimulatorConfig,
+    "analytics_engine": AnalyticsEngineConfig,
+    "metrics": MetricsConfig,
+}
 
 
 def load(path: str | os.PathLike | None = None, env: dict | None = None) -> Config:
@@ -82,6 +112,11 @@ def load(path: str | os.PathLike | None = None, env: dict | None = None) -> Conf
     cfg = Config()
     if path:
         cfg = _from_file(Path(path))
+    if env.get("CACHEMON_DATASET"):
+        try:
+            cfg = replace(cfg, analytics_engine=replace(cfg.analytics_engine, dataset=env["CACHEMON_DATASET"]))
+        except ConfigError as exc:
+            raise ConfigError(f"CACHEMON_DATASET: {exc}") from None
     db = env.get("CACHEMON_DB")
     return with_db(cfg, db) if db else cfg
 

@@ -101,6 +101,7 @@ GROUP BY ALL
 _MINUTE_TABLES = (("rollup_minute", "minute"), ("latency_minute", "minute"), ("gauge_minute", "minute"), ("key_minute", "minute"))
 _HOUR_TABLES = (("rollup_hour", "hour"), ("latency_hour", "hour"))
 
+COMPACTED = "SELECT 1 FROM key_hour WHERE source = $source AND hour = $hour LIMIT 1"
 UPSERT_WATERMARK = """
 INSERT INTO watermarks VALUES ($source, $until, $now)
 ON CONFLICT (source) DO UPDATE SET until = excluded.until, updated_at = excluded.updated_at
@@ -191,6 +192,11 @@ def watermark(con: duckdb.DuckDBPyConnection, source: str) -> datetime | None:
     return row[0] if row else None
 
 
+def key_hour_compacted(con: duckdb.DuckDBPyConnection, source: str, hour: datetime) -> bool:
+    """Whether `source`'s per-key counts of `hour` are in key_hour (whole)."""
+    return first_row(con, COMPACTED, {"source": source, "hour": hour}) is not None
+
+
 def drop_source(con: duckdb.DuckDBPyConnection, source: str) -> None:
     """Remove every row, the watermark and the state of `source`."""
     with _transaction(con):
@@ -217,8 +223,7 @@ def _replace_keys(con, source: str, window: Window) -> tuple[datetime, datetime]
     p = {"source": source, "lo": full_lo, "hi": full_hi}
     for lo, hi in ((window.start, full_lo), (full_hi, window.end)):
         hour = floor_to(lo, HOUR)
-        if lo < hi and first_row(con, "SELECT 1 FROM key_hour WHERE source = $source AND hour = $hour LIMIT 1",
-                                 {"source": source, "hour": hour}):
+        if lo < hi and key_hour_compacted(con, source, hour):
             raise StoreError(
                 f"window {window} covers part of hour {iso(hour)}, whose per-key counts are already "
                 "compacted; re-ingest whole hours there"

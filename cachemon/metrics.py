@@ -10,7 +10,7 @@ merged log-bucket histogram (≤ 1 % relative error); they are never averaged.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import duckdb
 
@@ -179,8 +179,10 @@ def compute(
     )
 
 
-def to_json(m: Metrics) -> dict:
-    """The seed's /metrics JSON shape (plus added fields), as plain data."""
+def to_json(m: Metrics, stale_after: timedelta = timedelta(minutes=10)) -> dict:
+    """The seed's /metrics JSON shape (plus added fields), as plain data.
+    `stale` is true when the newest data is older than `stale_after` (the
+    source is down or lagging: these are the last good numbers)."""
     v = m.volume
     out = {
         "timestamp": iso(m.at),
@@ -216,6 +218,7 @@ def to_json(m: Metrics) -> dict:
         ],
         "dataUntil": iso(m.data_until) if m.data_until else None,
         "dataAgeSeconds": max(0, int((m.at - m.data_until).total_seconds())) if m.data_until else None,
+        "stale": m.data_until is None or m.at - m.data_until > stale_after,
     }
     if m.top_keys_window:
         out["topKeysWindow"] = {"start": iso(m.top_keys_window.start), "end": iso(m.top_keys_window.end)}

@@ -7,6 +7,7 @@ Each function opens the store as the single writer, feeds events through
 from __future__ import annotations
 
 import dataclasses
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,7 +21,9 @@ from .errors import SourceError
 from .sources import files
 from .sources.simulator import Simulator, SimState
 
+PUBLISH_EVERY_S = 30.0
 SIMULATOR = "simulator"
+ANALYTICS_ENGINE = "analytics_engine"
 Progress = Callable[[int, int], None]
 # Demo windows: long enough to amortise per-statement costs, short enough
 # for a progress bar and bounded memory (~2 M events a day).
@@ -97,6 +100,46 @@ def _feed(con, cfg: Config, sim: Simulator, windows: list[Window], now: datetime
             if progress:
                 progress(i + 1, len(windows))
     return events
+
+
+def pull(cfg: Config, client, now: datetime, since: datetime | None = None, until: datetime | None = None,
+         progress: Progress | None = None) -> LoadSummary:
+    """Pull Analytics Engine rollups into the store, window by window.
+
+    From the watermark minus `overlap` (late data is picked up), or `since`
+    (floored to the hour, so whole compacted hours are replaced), up to
+    `until` (default: now), in windows of `window`. Each window replaces the
+    source's data in one transaction; a failure stops the pull with the
+    windows before it stored, and the next pull resumes from there.
+    """
+    from .sources.analytics_engine import pull_rollups
+
+    ae = cfg.analytics_engine
+    end = floor_to(until or now, MINUTE)
+    with store.writer(cfg.store.path, now) as con:
+        mark = ingest.watermark(con, ANALYTICS_ENGINE)
+        if since is not None:
+            start = floor_to(since, HOUR)
+        elif mark is not None:
+            start = floor_to(mark - ae.overlap, MINUTE)
+            # Per-key counts of a compacted hour can only be replaced whole.
+            if ingest.key_hour_compacted(con, ANALYTICS_ENGINE, floor_to(start, HOUR)):
+                start = floor_to(start, HOUR)
+        else:
+            start = floor_to(end - ae.backfill, HOUR)
+    windows = Window(start, end).split(ae.window) if end > start else []
+    events, published = 0, time.monotonic()
+    with store.writer(cfg.store.path, now) as con:
+        for i, w in enumerate(windows):
+            data = pull_rollups(client, ae.dataset, cfg.columns, w)
+            events += ingest.replace_window(con, data, ANALYTICS_ENGINE, w, now, cfg.store.key_compaction_lag).events
+            if time.monotonic() - published > PUBLISH_EVERY_S:
+                # A long backfill shows its progress to readers as it goes.
+                store.publish_open(con, cfg.store.path)
+                published = time.monotonic()
+            if progress:
+                progress(i + 1, len(windows))
+    return LoadSummary(ANALYTICS_ENGINE, events, len(windows), end)
 
 
 @dataclass(frozen=True)

@@ -150,18 +150,32 @@ def migrate(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
 @contextmanager
 def writer(path: str | os.PathLike, now: datetime | None = None, publish: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
     """The single writer's connection: creates and migrates the store, and on
-    a clean exit checkpoints, closes and publishes the reader snapshot."""
+    exit checkpoints, closes and publishes the reader snapshot. It publishes
+    after a failure too: what was committed before it is good data, and the
+    failed transaction was rolled back."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     con = _connect(p, read_only=False)
+    opened = False
     try:
         migrate(con, now or datetime.now(timezone.utc))
+        opened = True
         yield con
-        con.execute("CHECKPOINT")
     finally:
-        con.close()
-    if publish:
-        publish_snapshot(p)
+        try:
+            if opened:
+                con.execute("CHECKPOINT")
+        finally:
+            con.close()
+            if publish and opened:
+                publish_snapshot(p)
+
+
+def publish_open(con: duckdb.DuckDBPyConnection, path: str | os.PathLike) -> Path:
+    """Publish a snapshot while the writer keeps its connection: after a
+    checkpoint the file is whole, and nothing writes until we do."""
+    con.execute("CHECKPOINT")
+    return publish_snapshot(path)
 
 
 def publish_snapshot(path: str | os.PathLike) -> Path:

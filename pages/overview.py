@@ -34,7 +34,10 @@ def overview():
         st.error(str(exc))
         return
     values, deltas = metrics.kpis(current), metrics.kpi_deltas(current, previous)
-    age = metrics.to_json(current)["dataAgeSeconds"]
+    summary = metrics.to_json(current, cfg.metrics.stale_after)
+    age = summary["dataAgeSeconds"]
+    if summary["stale"]:
+        st.warning(f"Stale data: the newest data is {age} s old; these are the last good numbers.")
     st.caption(f"Window {current.window} · data until {iso(current.data_until)} ({age} s old) · "
                f"refreshes every 30 s")
     for row in (("combined", "edge", "kv", "r2"), ("p50", "p95", "p99", "requests", "error_rate")):

@@ -23,7 +23,7 @@ from cachemon.sources.simulator import Simulator  # noqa: E402
 
 # A Thursday, so the 09:00 origin slowdown falls in the default test span.
 T0 = datetime(2026, 11, 19, 8, 0, tzinfo=timezone.utc)
-SMALL = SimulatorConfig(seed=7, requests_per_hour=6000, catalog_keys=3000, sample_threshold_per_minute=60)
+SMALL = SimulatorConfig(seed=7, requests_per_hour=6000, catalog_keys=3000, sample_threshold_per_minute=30)
 
 
 def small_sim(**overrides) -> Simulator:

@@ -20,7 +20,7 @@ from cachemon import config, metrics, pipeline, store  # noqa: E402
 from cachemon.clock import Window, parse_instant  # noqa: E402
 from cachemon.errors import CachemonError  # noqa: E402
 
-SMALL = dict(seed=7, requests_per_hour=6000, catalog_keys=3000, sample_threshold_per_minute=60)
+SMALL = dict(seed=7, requests_per_hour=6000, catalog_keys=3000, sample_threshold_per_minute=30)
 
 
 def cfg(db):

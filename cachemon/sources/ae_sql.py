@@ -1,0 +1,97 @@
+"""SQL for the Analytics Engine SQL API, built from validated parts only.
+
+Heavy aggregation stays in Analytics Engine: every query groups by minute
+(or hour) and returns rollups, never raw request rows. Only functions the
+dialect has are used (toStartOfInterval, toDateTime, if, sum, min, max,
+count, log, ceil); no CASE, JOIN or PERCENTILE_CONT. Counts are
+SUM(_sample_interval). Column and dataset names come from the validated
+ColumnMapping / config (identifiers only); times are formatted by us. No
+user text is ever pasted in.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from ..clock import Window, as_utc
+from ..config import ColumnMapping
+from ..histogram import LN_GAMMA, ZERO_BUCKET
+
+
+def _time(dt: datetime) -> str:
+    return "toDateTime('" + as_utc(dt).strftime("%Y-%m-%d %H:%M:%S") + "')"
+
+
+def _range(window: Window) -> str:
+    return f"timestamp >= {_time(window.start)} AND timestamp < {_time(window.end)}"
+
+
+def _dims(m: ColumnMapping) -> str:
+    return f"{m.tier} AS tier, {m.endpoint} AS endpoint, {m.experiment} AS experiment, {m.cohort} AS cohort"
+
+
+_MINUTE = "toStartOfInterval(timestamp, INTERVAL '1' MINUTE)"
+_HOUR = "toStartOfInterval(timestamp, INTERVAL '1' HOUR)"
+
+
+def minute_rollups(dataset: str, m: ColumnMapping, window: Window) -> str:
+    """Requests, errors, bytes and latency sum/min/max per minute and group."""
+    return f"""SELECT {_MINUTE} AS minute, {_dims(m)},
+  sum(_sample_interval) AS requests,
+  sum(if({m.status} = 'error', _sample_interval, 0)) AS errors,
+  sum({m.bytes} * _sample_interval) AS bytes,
+  sum({m.latency_ms} * _sample_interval) AS latency_sum,
+  min({m.latency_ms}) AS latency_min, max({m.latency_ms}) AS latency_max,
+  count() AS events
+FROM {dataset}
+WHERE {_range(window)} AND {m.kind} = 'request'
+GROUP BY minute, tier, endpoint, experiment, cohort
+FORMAT JSON"""
+
+
+def latency_histogram(dataset: str, m: ColumnMapping, window: Window) -> str:
+    """Weighted log-bucket latency histogram per minute and group."""
+    lat = m.latency_ms
+    return f"""SELECT {_MINUTE} AS minute, {_dims(m)},
+  if({lat} > 0, ceil(log({lat}) / {LN_GAMMA!r}), {ZERO_BUCKET}) AS bucket,
+  sum(_sample_interval) AS weight
+FROM {dataset}
+WHERE {_range(window)} AND {m.kind} = 'request'
+GROUP BY minute, tier, endpoint, experiment, cohort, bucket
+FORMAT JSON"""
+
+
+def gauge_points(dataset: str, m: ColumnMapping, window: Window) -> str:
+    """Gauge readings (a few per minute at most), aggregated on our side."""
+    return f"""SELECT timestamp, {m.kind} AS name, {m.latency_ms} AS value
+FROM {dataset}
+WHERE {_range(window)} AND {m.kind} != 'request'
+FORMAT JSON"""
+
+
+def key_counts(dataset: str, m: ColumnMapping, window: Window, whole: Window) -> str:
+    """Per-key weighted requests by tier: per hour inside the whole hours
+    `whole`, per minute in the window's ragged edges."""
+    inside = f"timestamp >= {_time(whole.start)} AND timestamp < {_time(whole.end)}"
+    return f"""SELECT {m.key} AS key, {m.endpoint} AS endpoint,
+  if({inside}, {_HOUR}, {_MINUTE}) AS t,
+  sum(if({m.tier} = 'edge', _sample_interval, 0)) AS edge,
+  sum(if({m.tier} = 'kv', _sample_interval, 0)) AS kv,
+  sum(if({m.tier} = 'r2', _sample_interval, 0)) AS r2,
+  sum(if({m.tier} = 'api', _sample_interval, 0)) AS api,
+  sum(if({m.status} = 'error', _sample_interval, 0)) AS errors,
+  min(timestamp) AS first_seen, max(timestamp) AS last_seen
+FROM {dataset}
+WHERE {_range(window)} AND {m.kind} = 'request'
+GROUP BY key, endpoint, t
+FORMAT JSON"""
+
+
+def raw_events(dataset: str, m: ColumnMapping, window: Window) -> str:
+    """Every data point of a window: for comparison benchmarks only."""
+    return f"""SELECT timestamp, {m.tier} AS tier, {m.key} AS key, {m.endpoint} AS endpoint,
+  {m.experiment} AS experiment, {m.cohort} AS cohort, {m.status} AS status, {m.kind} AS kind,
+  {m.latency_ms} AS latency_ms, {m.bytes} AS bytes, _sample_interval AS sample_interval
+FROM {dataset}
+WHERE {_range(window)}
+FORMAT JSON"""

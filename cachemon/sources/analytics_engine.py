@@ -1,0 +1,211 @@
+"""The Cloudflare Workers Analytics Engine source: SQL API client and pull.
+
+`Client.query` POSTs raw SQL to
+`{CF_API_BASE}/accounts/{CF_ACCOUNT_ID}/analytics_engine/sql` with a bearer
+token and parses the `FORMAT JSON` answer once into a `QueryResult`.
+Faults: timeouts, refused connections and 5xx are retried `retries` times
+with exponential backoff and jitter; 429 waits for `Retry-After`; 401/403,
+422 and malformed answers fail at once with a message that says what to do.
+The token is only ever in the Authorization header: never in a message, a
+log line or a repr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import duckdb
+import httpx
+import pandas as pd
+import pyarrow as pa
+
+from .. import rollups
+from ..clock import Window
+from ..config import AnalyticsEngineConfig, ColumnMapping
+from ..errors import ConfigError, SourceError
+from ..rollups import Rollups
+from . import ae_sql
+
+log = logging.getLogger("cachemon.analytics_engine")
+DEFAULT_BASE = "https://api.cloudflare.com/client/v4"
+MAX_RETRY_AFTER = 120.0
+
+
+@dataclass(frozen=True)
+class Credentials:
+    account_id: str
+    token: str = field(repr=False)
+    base: str = DEFAULT_BASE
+
+    @classmethod
+    def from_env(cls, env=None) -> "Credentials":
+        env = os.environ if env is None else env
+        missing = [v for v in ("CF_ACCOUNT_ID", "CF_API_TOKEN") if not env.get(v)]
+        if missing:
+            raise ConfigError(
+                f"Analytics Engine needs {' and '.join(missing)} in the environment "
+                "(an API token with the Account Analytics Read permission)"
+            )
+        return cls(env["CF_ACCOUNT_ID"], env["CF_API_TOKEN"], env.get("CF_API_BASE") or DEFAULT_BASE)
+
+    @property
+    def url(self) -> str:
+        return f"{self.base.rstrip('/')}/accounts/{self.account_id}/analytics_engine/sql"
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    meta: tuple[tuple[str, str], ...]
+    data: tuple[dict, ...]
+    rows: int
+
+
+class Client:
+    """Analytics Engine SQL API client. `sleep` and `jitter` are injected so
+    tests can run retries without waiting."""
+
+    def __init__(self, creds: Credentials, cfg: AnalyticsEngineConfig = AnalyticsEngineConfig(),
+                 http: httpx.Client | None = None, sleep: Callable[[float], None] = time.sleep,
+                 jitter: Callable[[], float] = random.random):
+        self.creds, self.cfg = creds, cfg
+        self.http = http or httpx.Client(timeout=httpx.Timeout(cfg.timeout.total_seconds()))
+        self.sleep, self.jitter = sleep, jitter
+        self.queries = 0  # requests sent, for reporting
+
+    def __repr__(self) -> str:
+        return f"Client(account_id={self.creds.account_id!r}, base={self.creds.base!r})"
+
+    def close(self) -> None:
+        self.http.close()
+
+    def query(self, sql: str) -> QueryResult:
+        attempt, throttled = 0, 0
+        while True:
+            self.queries += 1
+            try:
+                resp = self.http.post(self.creds.url, content=sql.encode("utf-8"),
+                                      headers={"Authorization": f"Bearer {self.creds.token}"})
+            except httpx.TimeoutException:
+                problem = "timed out"
+            except httpx.TransportError as exc:
+                problem = f"could not connect ({type(exc).__name__})"
+            else:
+                if resp.status_code == 429 and throttled < max(3, self.cfg.retries):
+                    throttled += 1
+                    wait = _retry_after(resp)
+                    log.warning("Analytics Engine rate limit (429): waiting %.1f s", wait)
+                    self.sleep(wait)
+                    continue
+                if resp.status_code < 500:
+                    return _answer(resp, sql, self.creds.account_id)
+                problem = f"HTTP {resp.status_code}"
+            if attempt >= self.cfg.retries:
+                raise SourceError(f"Analytics Engine {problem} after {attempt + 1} attempts; "
+                                  f"the store keeps its last good data")
+            wait = 0.5 * 2**attempt * (0.5 + self.jitter())
+            log.warning("Analytics Engine %s: retry %d of %d in %.2f s", problem, attempt + 1, self.cfg.retries, wait)
+            self.sleep(wait)
+            attempt += 1
+
+
+def _retry_after(resp: httpx.Response) -> float:
+    try:
+        return min(MAX_RETRY_AFTER, max(0.0, float(resp.headers.get("Retry-After", "1"))))
+    except ValueError:
+        return 1.0
+
+
+def _answer(resp: httpx.Response, sql: str, account: str) -> QueryResult:
+    if resp.status_code in (401, 403):
+        raise SourceError(
+            f"Analytics Engine refused the API token (HTTP {resp.status_code}): it needs the "
+            f"'Account Analytics Read' permission on account {account}"
+        )
+    if resp.status_code == 422:
+        raise SourceError(f"Analytics Engine rejected the query (HTTP 422): {_error_text(resp)}\nSQL: {sql}")
+    if resp.status_code >= 400:
+        raise SourceError(f"Analytics Engine answered HTTP {resp.status_code}: {_error_text(resp)}")
+    try:
+        body = resp.json()
+        meta = tuple((m["name"], m.get("type", "")) for m in body["meta"])
+        data = tuple(body["data"])
+        if not all(isinstance(r, dict) for r in data):
+            raise TypeError("data rows are not objects")
+        return QueryResult(meta, data, int(body.get("rows", len(data))))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SourceError(f"Analytics Engine sent a malformed answer ({type(exc).__name__}: {exc}); nothing was written") from None
+
+
+def _error_text(resp: httpx.Response) -> str:
+    return resp.text.strip()[:500] or "(no body)"
+
+
+# -- pulling rollups -------------------------------------------------------------
+
+_TYPES = {
+    "minute": (("minute", "time"), ("tier", "text"), ("endpoint", "text"), ("experiment", "text"), ("cohort", "text"),
+               ("requests", "num"), ("errors", "num"), ("bytes", "num"), ("latency_sum", "num"),
+               ("latency_min", "num"), ("latency_max", "num"), ("events", "int")),
+    "latency": (("minute", "time"), ("tier", "text"), ("endpoint", "text"), ("experiment", "text"),
+                ("cohort", "text"), ("bucket", "int32"), ("weight", "num")),
+    "gauges": (("timestamp", "time"), ("name", "text"), ("value", "num")),
+    "keys": (("key", "text"), ("endpoint", "text"), ("t", "time"), ("edge", "num"), ("kv", "num"), ("r2", "num"),
+             ("api", "num"), ("errors", "num"), ("first_seen", "time"), ("last_seen", "time")),
+}
+
+GAUGES_FROM_POINTS = """
+SELECT date_trunc('minute', timestamp) AS minute, name, sum(value) AS value_sum, count(*) AS samples,
+       min(value) AS value_min, max(value) AS value_max, arg_max(value, timestamp) AS value_last
+FROM batch GROUP BY ALL
+"""
+
+
+def pull_rollups(client: Client, dataset: str, mapping: ColumnMapping, window: Window) -> Rollups:
+    """The rollups of one window, aggregated by Analytics Engine."""
+    whole = rollups.whole_hours(window)
+    minute = _table(client.query(ae_sql.minute_rollups(dataset, mapping, window)), "minute")
+    latency = _table(client.query(ae_sql.latency_histogram(dataset, mapping, window)), "latency")
+    points = _table(client.query(ae_sql.gauge_points(dataset, mapping, window)), "gauges")
+    keys = _table(client.query(ae_sql.key_counts(dataset, mapping, window, Window(*whole))), "keys")
+    in_whole = pa.array([whole[0] <= t < whole[1] for t in keys["t"].to_pylist()], pa.bool_())
+    keys = keys.add_column(3, "whole_hour", in_whole)
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("batch", points)
+        gauges = con.sql(GAUGES_FROM_POINTS).to_arrow_table()
+    events = int(sum(minute["events"].to_pylist())) + points.num_rows
+    return Rollups(minute=minute, latency=latency, gauges=gauges, keys=keys, events=events)
+
+
+def _table(result: QueryResult, kind: str) -> pa.Table:
+    """JSON rows -> a typed table; numbers may arrive as strings (64-bit
+    integers do, in ClickHouse's JSON)."""
+    cols = {}
+    for name, typ in _TYPES[kind]:
+        try:
+            values = [row[name] for row in result.data]
+            cols[name] = _column(values, typ)
+        except (KeyError, ValueError, TypeError, pa.ArrowException) as exc:
+            raise SourceError(f"Analytics Engine answer lacks or garbles column {name!r} ({exc}); nothing was written") from None
+    return pa.table(cols)
+
+
+def _column(values: list, typ: str) -> pa.Array:
+    if typ == "text":
+        return pa.array(["" if v is None else str(v) for v in values], pa.string())
+    if typ == "time":
+        parsed = pd.to_datetime(pd.Series(values, dtype="object"), utc=True, format="ISO8601")
+        if parsed.isna().any():
+            raise ValueError("missing timestamp")
+        return pa.array(parsed.dt.as_unit("us"), pa.timestamp("us", tz="UTC"))
+    nums = pa.array([None if v is None else str(v) for v in values], pa.string()).cast(pa.float64())
+    if typ == "int":
+        return nums.cast(pa.int64())
+    if typ == "int32":
+        return nums.cast(pa.int32())
+    return nums

@@ -1,0 +1,202 @@
+"""A loopback emulator of the Analytics Engine SQL API.
+
+A real HTTP server on 127.0.0.1 speaking `POST /client/v4/accounts/{id}/
+analytics_engine/sql`: it checks the bearer token, holds events in DuckDB
+under the Analytics Engine column names, translates the dialect the client
+uses (toStartOfInterval, toDateTime, count(), log, FORMAT JSON) to DuckDB,
+rejects what Analytics Engine rejects (CASE, JOIN, PERCENTILE_CONT: 422),
+answers `{"meta", "data", "rows"}` with 64-bit integers as strings as
+ClickHouse does, and injects faults on demand.
+
+    python -m cachemon.testing.ae_emulator --port 8788 --days 1   # simulator data
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import duckdb
+
+from ..events import EventFrame
+
+AE_COLUMNS = """
+    timestamp TIMESTAMP, index1 VARCHAR, blob1 VARCHAR, blob2 VARCHAR, blob3 VARCHAR, blob4 VARCHAR,
+    blob5 VARCHAR, blob6 VARCHAR, double1 DOUBLE, double2 DOUBLE, _sample_interval DOUBLE
+"""
+LOAD = """
+INSERT INTO {dataset}
+SELECT timezone('UTC', timestamp), tier, key, endpoint, experiment, cohort, status, kind,
+       latency_ms, bytes, sample_interval FROM batch
+"""
+_PATH = re.compile(r"^/client/v4/accounts/([^/]+)/analytics_engine/sql$")
+_UNSUPPORTED = re.compile(r"\b(CASE|JOIN|PERCENTILE_CONT|UNION)\b", re.IGNORECASE)
+_REWRITES = (
+    (re.compile(r"toStartOfInterval\(timestamp, INTERVAL '(\d+)' (MINUTE|HOUR|DAY)\)"), r"time_bucket(INTERVAL '\1 \2', timestamp)"),
+    (re.compile(r"toDateTime\('([^']*)'\)"), r"TIMESTAMP '\1'"),
+    (re.compile(r"\bcount\(\)"), "count(*)"),
+    (re.compile(r"\blog\("), "ln("),
+)
+
+
+@dataclass
+class Fault:
+    """One injected answer: a status (with body and Retry-After), a delay
+    before answering, or a truncated body."""
+
+    status: int = 200
+    body: str | None = None
+    retry_after: float | None = None
+    delay: float = 0.0
+    truncate: bool = False
+
+
+class Emulator:
+    def __init__(self, token: str, account: str = "test-account", dataset: str = "CACHE_ANALYTICS",
+                 host: str = "127.0.0.1", port: int = 0):
+        self.token, self.account, self.dataset = token, account, dataset
+        self.db = duckdb.connect()
+        self.db.execute("SET TimeZone = 'UTC'")
+        self.db.execute(f"CREATE TABLE {dataset} ({AE_COLUMNS})")
+        self.lock = threading.Lock()
+        self.faults: collections.deque[Fault] = collections.deque()
+        self.requests: list[str] = []  # SQL received, in order
+        self.rows_sent = 0
+        self.server = ThreadingHTTPServer((host, port), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}/client/v4"
+
+    def start(self) -> "Emulator":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def add(self, frame: EventFrame) -> None:
+        """Store events (as the Worker's writeDataPoint would)."""
+        with self.lock:
+            self.db.register("batch", frame.table)
+            self.db.execute(LOAD.format(dataset=self.dataset))
+            self.db.unregister("batch")
+
+    def run(self, sql: str) -> dict:
+        """Execute one query as Analytics Engine would; raises ValueError with
+        the API's error text for what it would reject."""
+        text = sql.strip()
+        if not re.search(r"FORMAT JSON\s*$", text):
+            raise ValueError("only FORMAT JSON is emulated")
+        if _UNSUPPORTED.search(text):
+            raise ValueError(f"unsupported SQL: {_UNSUPPORTED.search(text).group(0)}")
+        text = re.sub(r"FORMAT JSON\s*$", "", text)
+        for pattern, repl in _REWRITES:
+            text = pattern.sub(repl, text)
+        tables = set(re.findall(r"\bFROM\s+([A-Za-z_][A-Za-z0-9_]*)", text))
+        if tables != {self.dataset}:
+            raise ValueError(f"unknown table {sorted(tables - {self.dataset})}")
+        with self.lock:
+            cur = self.db.execute(text)
+            names = [d[0] for d in cur.description]
+            types = [str(d[1]) for d in cur.description]
+            rows = cur.fetchall()
+        data = [{n: _json_value(v, t) for n, v, t in zip(names, row, types)} for row in rows]
+        return {"meta": [{"name": n, "type": _ae_type(t)} for n, t in zip(names, types)], "data": data, "rows": len(data)}
+
+    def _handler(self):
+        emu = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_POST(self):
+                sql = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode("utf-8", "replace")
+                emu.requests.append(sql)
+                fault = emu.faults.popleft() if emu.faults else None
+                if fault and fault.delay:
+                    time.sleep(fault.delay)
+                m = _PATH.match(self.path)
+                if not m or m.group(1) != emu.account:
+                    return self._send(404, {"errors": [{"message": "no such route"}]})
+                if self.headers.get("Authorization") != f"Bearer {emu.token}":
+                    return self._send(401, {"errors": [{"code": 10000, "message": "Authentication error"}]})
+                if fault and fault.status != 200:
+                    return self._send(fault.status, fault.body or {"errors": [{"message": "injected"}]}, fault.retry_after)
+                try:
+                    answer = emu.run(sql)
+                except (ValueError, duckdb.Error) as exc:
+                    return self._send(422, f"Invalid query: {str(exc).splitlines()[0]}")
+                emu.rows_sent += answer["rows"]
+                body = json.dumps(answer)
+                if fault and fault.truncate:
+                    body = body[: len(body) // 2]
+                self._send(200, body)
+
+            def _send(self, status, body, retry_after=None):
+                raw = (body if isinstance(body, str) else json.dumps(body)).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                if retry_after is not None:
+                    self.send_header("Retry-After", str(retry_after))
+                self.end_headers()
+                self.wfile.write(raw)
+
+        return Handler
+
+
+def _json_value(v, typ: str):
+    if isinstance(v, datetime):
+        return v.strftime("%Y-%m-%d %H:%M:%S")
+    if typ in ("BIGINT", "HUGEINT", "UBIGINT") and v is not None:
+        return str(v)  # ClickHouse quotes 64-bit integers in JSON
+    return v
+
+
+def _ae_type(t: str) -> str:
+    return {"TIMESTAMP": "DateTime", "VARCHAR": "String", "DOUBLE": "Float64", "BIGINT": "UInt64",
+            "HUGEINT": "UInt64", "INTEGER": "Int32"}.get(t, t)
+
+
+def main(argv=None) -> int:
+    from datetime import timedelta
+
+    from ..clock import HOUR, Window, floor_to, utcnow
+    from ..config import SimulatorConfig
+    from ..sources.simulator import Simulator
+
+    ap = argparse.ArgumentParser(prog="python -m cachemon.testing.ae_emulator")
+    ap.add_argument("--port", type=int, default=8788)
+    ap.add_argument("--token", default="local-test-token")
+    ap.add_argument("--account", default="test-account")
+    ap.add_argument("--days", type=float, default=1.0, help="simulated days to hold, ending now")
+    args = ap.parse_args(argv)
+    emu = Emulator(args.token, args.account, port=args.port)
+    sim, end = Simulator(SimulatorConfig()), floor_to(utcnow(), HOUR)
+    for w in Window(end - timedelta(days=args.days), end).split(timedelta(hours=24)):
+        emu.add(sim.generate(w))
+    print(f"Analytics Engine emulator on {emu.base} (account {args.account})", flush=True)
+    emu.server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
