@@ -69,6 +69,7 @@ class Emulator:
         self.faults: collections.deque[Fault] = collections.deque()
         self.requests: list[str] = []  # SQL received, in order
         self.rows_sent = 0
+        self.answered: list[tuple[str, int]] = []  # (SQL, rows) of each successful answer
         self.server = ThreadingHTTPServer((host, port), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -145,6 +146,7 @@ class Emulator:
                 except (ValueError, duckdb.Error) as exc:
                     return self._send(422, f"Invalid query: {str(exc).splitlines()[0]}")
                 emu.rows_sent += answer["rows"]
+                emu.answered.append((sql, answer["rows"]))
                 body = json.dumps(answer)
                 if fault and fault.truncate:
                     body = body[: len(body) // 2]
