@@ -1,7 +1,8 @@
 """`python -m jobs`: the scheduled process that keeps the store filled.
 
-For now it runs the ingest job (the live simulator, advancing in real time)
-every minute; later capabilities register their jobs in `JOBS`. Exceptions
+For now it runs the ingest job every minute: the live simulator advancing
+in real time, or, with `source = "analytics_engine"` in the config, a pull
+from Analytics Engine; later capabilities register their jobs in `JOBS`. Exceptions
 are logged with their traceback and the runner goes on; SIGTERM/SIGINT let
 the job in progress finish, then the runner exits 0.
 """
@@ -31,9 +32,21 @@ class Runner:
         self.stopping = False
 
     def ingest(self) -> None:
-        summary, self.sim = pipeline.simulate_until(self.cfg, utcnow(), self.sim)
+        if self.cfg.source == "analytics_engine":
+            summary = self._pull()
+        else:
+            summary, self.sim = pipeline.simulate_until(self.cfg, utcnow(), self.sim)
         log.info("ingest: %d events in %d windows, store up to %s", summary.events, summary.windows,
                  summary.until.strftime("%Y-%m-%dT%H:%MZ"))
+
+    def _pull(self):
+        from cachemon.sources.analytics_engine import Client, Credentials
+
+        client = Client(Credentials.from_env(), self.cfg.analytics_engine)
+        try:
+            return pipeline.pull(self.cfg, client, utcnow())
+        finally:
+            client.close()
 
     def guarded(self, name, fn):
         def run():

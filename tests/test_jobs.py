@@ -53,3 +53,28 @@ def test_bad_config_exits_2(tmp_path):
     p = subprocess.run([sys.executable, "-m", "jobs", "--once", "ingest"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "seed must be int" in p.stderr
+
+
+def test_runner_pulls_from_analytics_engine_when_configured(tmp_path):
+    from cachemon.clock import HOUR, Window
+    from cachemon.testing.ae_emulator import Emulator
+
+    from conftest import small_sim
+
+    now = floor_to(utcnow(), MINUTE)
+    sim = small_sim()
+    with Emulator("tok") as emu:
+        for w in Window(now - 2 * HOUR, now).split(HOUR):
+            emu.add(sim.generate(w))
+        cfg = tmp_path / "ae.toml"
+        cfg.write_text('source = "analytics_engine"\n[analytics_engine]\nbackfill = "1h"\n')
+        env = dict(os.environ, CACHEMON_DB=str(tmp_path / "ae.duckdb"), CACHEMON_CONFIG=str(cfg),
+                   PYTHONPATH=str(ROOT), CF_ACCOUNT_ID=emu.account, CF_API_TOKEN="tok", CF_API_BASE=emu.base)
+        p = subprocess.run([sys.executable, "-m", "jobs", "--once", "ingest"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    with store.reader(tmp_path / "ae.duckdb") as con:
+        assert ingest.watermark(con, "analytics_engine") == now
+        span = metrics.data_span(con)
+    # The first pull backfills `backfill` (1 h here), floored to the hour.
+    assert span[0] == floor_to(now - HOUR, HOUR) and span[1] <= now
