@@ -110,7 +110,9 @@ def _metrics(args, cfg, now) -> int:
     if args.top < 0:
         raise InputError(f"--top must be 0 or more, got {args.top}")
     with store.reader(cfg.store.path) as con:
-        m = metrics.compute(con, Window.ending(at, period.length), period.value, args.endpoint, args.top)
+        # Without --at, a lagging source still gets its last good numbers, marked stale.
+        m = metrics.compute(con, Window.ending(at, period.length), period.value, args.endpoint, args.top,
+                            latest=args.at is None)
     print(json.dumps(metrics.to_json(m, cfg.metrics.stale_after), indent=2, ensure_ascii=False))
     return 0
 

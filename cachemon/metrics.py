@@ -149,11 +149,21 @@ def compute(
     period: str,
     endpoint: str | None = None,
     top: int = 10,
+    latest: bool = False,
 ) -> Metrics:
-    """Metrics of `window` (optionally one endpoint) from the store."""
+    """Metrics of `window` (optionally one endpoint) from the store.
+
+    With `latest`, a window after the newest data (the source is down or
+    lagging) slides back to end where the data ends, and the result keeps
+    the requested instant as `at`, so its data age and `stale` flag tell
+    the reader these are the last good numbers.
+    """
     span = data_span(con)
     if span is None:
         raise StoreError("the store has no request data yet: run `python -m cachemon demo`, `import` or `pull`")
+    at = window.end
+    if latest and span[1] < window.end:
+        window = Window(span[1] - window.length, span[1])
     p = window_params(window) | {"endpoint": endpoint}
     rows = con.execute(TIER_TOTALS, p).fetchall()
     if not rows:
@@ -173,9 +183,9 @@ def compute(
     )
     top_keys, top_window = _top_keys(con, window, endpoint, top)
     return Metrics(
-        at=window.end, period=period, window=window, endpoint=endpoint, volume=volume,
+        at=at, period=period, window=window, endpoint=endpoint, volume=volume,
         errors=errors, bytes=nbytes, latency=latency, top_keys=top_keys,
-        top_keys_window=top_window, data_until=min(span[1], window.end),
+        top_keys_window=top_window, data_until=min(span[1], at),
     )
 
 

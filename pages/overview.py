@@ -15,9 +15,9 @@ def _load(cfg, period: Period, endpoint):
     now = utcnow()
     window = Window.ending(now, period.length)
     with store.reader(cfg.store.path) as con:
-        current = metrics.compute(con, window, period.value, endpoint, top=20)
+        current = metrics.compute(con, window, period.value, endpoint, top=20, latest=True)
         try:
-            previous = metrics.compute(con, window.previous(), period.value, endpoint, top=0)
+            previous = metrics.compute(con, current.window.previous(), period.value, endpoint, top=0)
         except CachemonError:
             previous = None
     return current, previous

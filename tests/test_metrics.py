@@ -116,3 +116,17 @@ def test_kpi_deltas(loaded_store):
     assert d["requests"] == cur.volume.total - prev.volume.total
     assert d["p99"] == cur.latency.p99 - prev.latency.p99
     assert metrics.kpi_deltas(cur, None)["combined"] is None
+
+
+def test_a_lagging_source_serves_the_last_good_data_marked_stale(loaded_store):
+    path, _ = loaded_store
+    asked = Window(T0 + timedelta(hours=4, minutes=45), T0 + timedelta(hours=5))  # 2 h after the data
+    with store.reader(path) as con:
+        with pytest.raises(StoreError, match="no requests in"):
+            metrics.compute(con, asked, "15m")
+        m = metrics.compute(con, asked, "15m", latest=True)
+        fresh = metrics.compute(con, Window(T0 + timedelta(hours=2, minutes=45), T0 + timedelta(hours=3)), "15m")
+    out = metrics.to_json(m)
+    assert m.window == fresh.window and m.volume == fresh.volume
+    assert out["timestamp"] == "2026-11-19T13:00:00Z" and out["dataAgeSeconds"] == 7200 and out["stale"] is True
+    assert metrics.to_json(fresh)["stale"] is False
