@@ -87,12 +87,27 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class JobsConfig:
+    """The runner's schedule (UTC)."""
+
+    ingest_every: timedelta = timedelta(minutes=1)
+    compact_at: str = "00:30"  # daily sweep of per-key minute rows
+
+    def __post_init__(self):
+        if not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", self.compact_at):
+            raise ConfigError(f"[jobs] compact_at = {self.compact_at!r} is not a time like 00:30")
+        if self.ingest_every <= timedelta(0):
+            raise ConfigError("[jobs] ingest_every must be positive")
+
+
+@dataclass(frozen=True)
 class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     columns: ColumnMapping = field(default_factory=ColumnMapping)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     analytics_engine: AnalyticsEngineConfig = field(default_factory=AnalyticsEngineConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
     source: str = "simulator"
 
 
@@ -102,6 +117,7 @@ _SECTIONS = {
     "simulator": SimulatorConfig,
     "analytics_engine": AnalyticsEngineConfig,
     "metrics": MetricsConfig,
+    "jobs": JobsConfig,
 }
 
 

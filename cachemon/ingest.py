@@ -197,6 +197,20 @@ def key_hour_compacted(con: duckdb.DuckDBPyConnection, source: str, hour: dateti
     return first_row(con, COMPACTED, {"source": source, "hour": hour}) is not None
 
 
+def compact_all(con: duckdb.DuckDBPyConnection, before: datetime) -> int:
+    """Merge every source's per-key minute rows of hours before `before`
+    (sources that stopped writing are never compacted by their own writes).
+    Returns how many sources had rows to merge."""
+    sources = [r[0] for r in con.execute(
+        "SELECT DISTINCT source FROM key_minute WHERE minute < $before", {"before": before}).fetchall()]
+    for source in sources:
+        with _transaction(con):
+            first = _compact_keys(con, source, before)
+            if first:
+                _refresh_key_summaries(con, source, floor_to(first, HOUR), before)
+    return len(sources)
+
+
 def drop_source(con: duckdb.DuckDBPyConnection, source: str) -> None:
     """Remove every row, the watermark and the state of `source`."""
     with _transaction(con):

@@ -28,7 +28,7 @@ import duckdb
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _ROLLUP_COLUMNS = """
     source VARCHAR NOT NULL, {time} TIMESTAMPTZ NOT NULL,
@@ -82,6 +82,13 @@ MIGRATIONS: dict[int, list[str]] = {
             source VARCHAR PRIMARY KEY, state BLOB NOT NULL, clock TIMESTAMPTZ NOT NULL)""",
     ],
 }
+
+
+MIGRATIONS[2] = [
+    """CREATE TABLE job_runs (
+        job VARCHAR NOT NULL, started_at TIMESTAMPTZ NOT NULL, finished_at TIMESTAMPTZ NOT NULL,
+        outcome VARCHAR NOT NULL, error VARCHAR, slots INTEGER NOT NULL)""",
+]
 
 
 def snapshot_path(path: str | os.PathLike) -> Path:

@@ -1,10 +1,13 @@
-"""`python -m jobs`: the scheduled process that keeps the store filled.
+"""`python -m jobs`: the scheduled process that fills the store and runs jobs.
 
-For now it runs the ingest job every minute: the live simulator advancing
-in real time, or, with `source = "analytics_engine"` in the config, a pull
-from Analytics Engine; later capabilities register their jobs in `JOBS`. Exceptions
-are logged with their traceback and the runner goes on; SIGTERM/SIGINT let
-the job in progress finish, then the runner exits 0.
+A thin shell over `cachemon.runner`: the `schedule` library drives a tick
+every second; the runner decides in UTC which jobs are due, catches up
+missed slots, guards and records every run. One runner per store (a lock
+file); SIGTERM/SIGINT finish the job in progress and exit 0.
+
+    python -m jobs                  # run the schedule
+    python -m jobs --list           # the schedule with next run times
+    python -m jobs --once ingest    # run one job now, exit non-zero on failure
 """
 
 from __future__ import annotations
@@ -14,59 +17,83 @@ import logging
 import signal
 import sys
 import time
+from datetime import datetime, time as dtime, timedelta
 
 import schedule
 
 from cachemon import config as config_mod
-from cachemon import pipeline
-from cachemon.clock import utcnow
+from cachemon import ingest, pipeline, runner, store
+from cachemon.clock import HOUR, as_utc, floor_to, iso, parse_instant, utcnow
 from cachemon.errors import CachemonError
 
 log = logging.getLogger("jobs")
 
 
-class Runner:
+class Jobs:
+    """The job bodies: each is one call into cachemon."""
+
     def __init__(self, cfg):
         self.cfg = cfg
         self.sim = None
-        self.stopping = False
 
-    def ingest(self) -> None:
+    def ingest(self, now: datetime) -> None:
         if self.cfg.source == "analytics_engine":
-            summary = self._pull()
-        else:
-            summary, self.sim = pipeline.simulate_until(self.cfg, utcnow(), self.sim)
-        log.info("ingest: %d events in %d windows, store up to %s", summary.events, summary.windows,
-                 summary.until.strftime("%Y-%m-%dT%H:%MZ"))
+            from cachemon.sources.analytics_engine import Client, Credentials
 
-    def _pull(self):
-        from cachemon.sources.analytics_engine import Client, Credentials
-
-        client = Client(Credentials.from_env(), self.cfg.analytics_engine)
-        try:
-            return pipeline.pull(self.cfg, client, utcnow())
-        finally:
-            client.close()
-
-    def guarded(self, name, fn):
-        def run():
+            client = Client(Credentials.from_env(), self.cfg.analytics_engine)
             try:
-                fn()
-            except CachemonError as exc:
-                log.error("%s failed: %s", name, exc)
-            except Exception:
-                log.exception("%s failed", name)
-        return run
+                summary = pipeline.pull(self.cfg, client, now)
+            finally:
+                client.close()
+        else:
+            summary, self.sim = pipeline.simulate_until(self.cfg, now, self.sim)
+        log.info("ingest: %d events in %d windows, store up to %s", summary.events, summary.windows,
+                 iso(summary.until))
+
+    def compact(self, now: datetime) -> None:
+        with store.writer(self.cfg.store.path, now) as con:
+            n = ingest.compact_all(con, floor_to(now - self.cfg.store.key_compaction_lag, HOUR))
+        log.info("compact: %d source(s) compacted", n)
+
+    def registry(self) -> list[tuple[runner.JobSpec, callable]]:
+        j = self.cfg.jobs
+        hh, mm = map(int, j.compact_at.split(":"))
+        return [
+            (runner.JobSpec("ingest", every=j.ingest_every), self.ingest),
+            (runner.JobSpec("compact", at=dtime(hh, mm)), self.compact),
+        ]
 
 
-JOBS = {"ingest": lambda r: r.ingest}
+def _recorder(cfg, now_fn):
+    def record(rec: runner.RunRecord) -> None:
+        # Logged in its own short write; `_tick` publishes once per tick.
+        with store.writer(cfg.store.path, now_fn(), publish=False) as con:
+            runner.record_run(con, rec)
+    return record
+
+
+def _tick(cfg, r: runner.Runner, clock, stopping) -> None:
+    if r.tick(clock(), stop=lambda: bool(stopping)):
+        store.publish_snapshot(cfg.store.path)
+
+
+def _clock(start: str | None, speed: float):
+    """UTC now; or, for tests and demos, a clock from `start` running
+    `speed` times faster than real time."""
+    if start is None and speed == 1.0:
+        return utcnow
+    t0, m0 = (parse_instant(start) if start else utcnow()), time.monotonic()
+    return lambda: as_utc(t0 + timedelta(seconds=(time.monotonic() - m0) * speed))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs", description="cachemon job runner")
-    parser.add_argument("--once", choices=sorted(JOBS), help="run one job and exit")
+    parser.add_argument("--once", help="run one job now and exit (non-zero on failure)")
+    parser.add_argument("--list", action="store_true", help="print the schedule with next run times")
     parser.add_argument("--db", help="store file (default: CACHEMON_DB or data/cachemon.duckdb)")
     parser.add_argument("--config", help="TOML config file")
+    parser.add_argument("--clock-start", help="start a simulated clock here (ISO 8601 UTC)")
+    parser.add_argument("--clock-speed", type=float, default=1.0, help="simulated seconds per second")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.Formatter.converter = time.gmtime
@@ -74,32 +101,58 @@ def main(argv=None) -> int:
         cfg = config_mod.load(args.config)
         if args.db:
             cfg = config_mod.with_db(cfg, args.db)
+        clock = _clock(args.clock_start, args.clock_speed)
+        jobs = Jobs(cfg)
+        registry = jobs.registry()
+        if args.once:
+            return _once(registry, args.once, clock())
+        if args.list:
+            return _serve(cfg, registry, clock, list_only=True)
+        lock = runner.InstanceLock(cfg.store.path).acquire(clock())
     except CachemonError as exc:
         log.error("%s", exc)
         return 2
-    runner = Runner(cfg)
-    if args.once:
-        try:
-            JOBS[args.once](runner)()
+    try:
+        return _serve(cfg, registry, clock, list_only=False)
+    except CachemonError as exc:
+        log.error("%s", exc)
+        return 2
+    finally:
+        lock.release()
+
+
+def _once(registry, name: str, now: datetime) -> int:
+    for spec, fn in registry:
+        if spec.name == name:
+            fn(now)
             return 0
-        except CachemonError as exc:
-            log.error("%s failed: %s", args.once, exc)
-            return 2
+    raise CachemonError(f"unknown job {name!r}: jobs are {', '.join(s.name for s, _ in registry)}")
+
+
+def _serve(cfg, registry, clock, list_only: bool) -> int:
+    now = clock()
+    with store.writer(cfg.store.path, now) as con:
+        last = runner.last_runs(con)
+    r = runner.Runner(registry, _recorder(cfg, clock), last, clock)
+    if list_only:
+        for spec, at in r.plan(now):
+            print(f"{spec.name:10} {spec.describe():28} next {iso(at)}")
+        return 0
+    stopping = []
 
     def stop(signum, frame):
         log.info("signal %d: stopping after the job in progress", signum)
-        runner.stopping = True
+        stopping.append(signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     scheduler = schedule.Scheduler()
-    job = runner.guarded("ingest", runner.ingest)
-    scheduler.every(1).minutes.do(job)
+    scheduler.every(1).seconds.do(_tick, cfg, r, clock, stopping)
     log.info("runner started on %s", cfg.store.path)
-    job()
-    while not runner.stopping:
+    _tick(cfg, r, clock, stopping)
+    while not stopping:
         scheduler.run_pending()
-        time.sleep(0.5)
+        time.sleep(0.2)
     log.info("runner stopped")
     return 0
 

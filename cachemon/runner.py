@@ -1,0 +1,190 @@
+"""The job runner's logic: schedules in UTC, due jobs, guarded runs, run log,
+catch-up of missed slots, one instance per store.
+
+`python -m jobs` is the shell: it drives `Runner.tick(now)` from the
+`schedule` library's loop and owns signals. Everything that decides when a
+job runs lives here, with `now` passed in, so a test runs a day of schedule
+in seconds.
+
+Semantics, cron-like but dependable:
+
+* an interval job (every N) has slots at multiples of N since the epoch; a
+  daily job (at HH:MM UTC) has one slot a day;
+* a job is due when its latest slot is later than its last run's start (all
+  runs count, failed ones too, so a failing job is not hammered every tick);
+* after downtime or an overrun, a job that missed several slots runs once,
+  not once per slot, and the skipped slots are recorded (outcome `skipped`);
+* an interval job never run runs at once; a daily job never run waits for
+  its first slot (recorded as `scheduled`, so a slot missed after that is
+  caught up);
+* a job's exception is logged with its traceback and recorded (outcome
+  `error`); the other jobs go on.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from pathlib import Path
+from typing import Callable
+
+from .clock import DAY, as_utc, floor_to, iso
+from .errors import CachemonError, StoreError
+
+log = logging.getLogger("cachemon.runner")
+
+RECORD_RUN = "INSERT INTO job_runs VALUES ($job, $started, $finished, $outcome, $error, $slots)"
+LAST_RUNS = "SELECT job, max(started_at) FROM job_runs WHERE outcome <> 'skipped' GROUP BY job"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """When a job runs: `every` (an interval) or `at` (daily, UTC)."""
+
+    name: str
+    every: timedelta | None = None
+    at: time | None = None
+
+    def __post_init__(self):
+        if (self.every is None) == (self.at is None):
+            raise CachemonError(f"job {self.name}: give exactly one of every/at")
+        if self.every is not None and self.every <= timedelta(0):
+            raise CachemonError(f"job {self.name}: interval must be positive")
+
+    def latest_slot(self, now: datetime) -> datetime:
+        """The most recent slot at or before `now`."""
+        if self.every is not None:
+            return floor_to(now, self.every)
+        day = floor_to(now, DAY)
+        slot = day + timedelta(hours=self.at.hour, minutes=self.at.minute)
+        return slot if slot <= now else slot - DAY
+
+    def next_slot(self, now: datetime) -> datetime:
+        return self.latest_slot(now) + (self.every or DAY)
+
+    def slots_between(self, after: datetime, now: datetime) -> int:
+        """Number of slots in (after, now]."""
+        return max(0, (self.latest_slot(now) - self.latest_slot(after)) // (self.every or DAY))
+
+    def describe(self) -> str:
+        return f"every {self.every}" if self.every else f"daily at {self.at.strftime('%H:%M')} UTC"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    job: str
+    started_at: datetime
+    finished_at: datetime
+    outcome: str  # ok | error | skipped | scheduled
+    error: str | None
+    slots: int  # slots this run covers (missed ones included)
+
+
+class Runner:
+    """Runs due jobs on `tick(now)`; records every run through `record`."""
+
+    def __init__(self, jobs: list[tuple[JobSpec, Callable[[datetime], None]]],
+                 record: Callable[[RunRecord], None], last_runs: dict[str, datetime] | None = None,
+                 clock: Callable[[], datetime] | None = None):
+        names = [spec.name for spec, _ in jobs]
+        if len(set(names)) != len(names):
+            raise CachemonError(f"duplicate job names in {names}")
+        self.jobs = jobs
+        self.record = record
+        self.last = dict(last_runs or {})
+        self.clock = clock
+
+    def due(self, now: datetime) -> list[JobSpec]:
+        return [spec for spec, _ in self.jobs
+                if (spec.name not in self.last and spec.every is not None)
+                or (spec.name in self.last and spec.latest_slot(now) > self.last[spec.name])]
+
+    def tick(self, now: datetime, stop: Callable[[], bool] = lambda: False) -> list[RunRecord]:
+        """Run every due job once, in registry order; returns their records."""
+        done = []
+        for spec, fn in self.jobs:
+            if stop():
+                break
+            if spec.name not in self.last and spec.at is not None:
+                # A daily job first runs at its first slot, as cron would; the
+                # record makes a slot missed from here on be caught up.
+                self._note(RunRecord(spec.name, now, now, "scheduled", None, 0))
+                continue
+            if spec.name in self.last and spec.latest_slot(now) <= self.last[spec.name]:
+                continue
+            done.append(self._run(spec, fn, now))
+        return done
+
+    def _note(self, rec: RunRecord) -> None:
+        self.last[rec.job] = rec.started_at
+        self.record(rec)
+
+    def _run(self, spec: JobSpec, fn, now: datetime) -> RunRecord:
+        previous = self.last.get(spec.name)
+        missed = spec.slots_between(previous, now) - 1 if previous else 0
+        if missed > 0:
+            self.record(RunRecord(spec.name, now, now, "skipped", f"{missed} slot(s) missed since {iso(previous)}", missed))
+        error, outcome = None, "ok"
+        try:
+            fn(now)
+        except CachemonError as exc:
+            error, outcome = str(exc), "error"
+            log.error("%s failed: %s", spec.name, exc)
+        except Exception:
+            error, outcome = traceback.format_exc(limit=20), "error"
+            log.exception("%s failed", spec.name)
+        finished = as_utc(self.clock()) if self.clock else now
+        self.last[spec.name] = now
+        rec = RunRecord(spec.name, now, max(finished, now), outcome, error, 1)
+        self.record(rec)
+        return rec
+
+    def plan(self, now: datetime) -> list[tuple[JobSpec, datetime]]:
+        """Each job with its next run time (now if due)."""
+        due = {s.name for s in self.due(now)}
+        return [(spec, now if spec.name in due else spec.next_slot(now)) for spec, _ in self.jobs]
+
+
+def record_run(con, rec: RunRecord) -> None:
+    con.execute(RECORD_RUN, {"job": rec.job, "started": rec.started_at, "finished": rec.finished_at,
+                             "outcome": rec.outcome, "error": rec.error, "slots": rec.slots})
+
+
+def last_runs(con) -> dict[str, datetime]:
+    """Start of each job's last run (ok or error), from the run log."""
+    return {job: as_utc(t) for job, t in con.execute(LAST_RUNS).fetchall()}
+
+
+class InstanceLock:
+    """One runner per store: an exclusive flock on `<store>.runner.lock`.
+    The kernel drops it when the process dies, so a crash never leaves it
+    stuck; the file says who holds it."""
+
+    def __init__(self, store_path: str | os.PathLike):
+        self.path = Path(str(store_path) + ".runner.lock")
+        self.fd = None
+
+    def acquire(self, now: datetime) -> "InstanceLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise StoreError(f"another job runner is already running on this store ({holder}); "
+                             f"stop it first (lock file {self.path})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {iso(now)}".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

@@ -1,0 +1,167 @@
+"""The runner's logic with an injected clock, and the real runner process
+with a fast clock."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, time as dtime, timedelta, timezone
+
+import pytest
+
+from cachemon import ingest, metrics, runner, store
+from cachemon.errors import CachemonError, StoreError
+
+from conftest import ROOT
+
+UTC = timezone.utc
+D = datetime(2026, 11, 19, tzinfo=UTC)
+
+
+def test_slots():
+    every = runner.JobSpec("ingest", every=timedelta(minutes=15))
+    assert every.latest_slot(D + timedelta(minutes=44)) == D + timedelta(minutes=30)
+    assert every.next_slot(D + timedelta(minutes=44)) == D + timedelta(minutes=45)
+    assert every.slots_between(D, D + timedelta(minutes=61)) == 4
+    daily = runner.JobSpec("costs", at=dtime(3, 0))
+    assert daily.latest_slot(D + timedelta(hours=2)) == D - timedelta(hours=21)
+    assert daily.latest_slot(D + timedelta(hours=3)) == D + timedelta(hours=3)
+    assert daily.next_slot(D + timedelta(hours=4)) == D + timedelta(days=1, hours=3)
+    with pytest.raises(CachemonError, match="exactly one"):
+        runner.JobSpec("x")
+
+
+def _runner(jobs, last=None):
+    log = []
+    return runner.Runner(jobs, log.append, last), log
+
+
+def test_a_day_of_schedule_in_a_moment():
+    calls = []
+    r, log = _runner([(runner.JobSpec("ingest", every=timedelta(minutes=1)), calls.append),
+                      (runner.JobSpec("costs", at=dtime(3, 0)), calls.append)])
+    t = D
+    while t < D + timedelta(days=1):
+        r.tick(t)
+        t += timedelta(seconds=20)
+    ingest_runs = [c for c in calls if c.hour or c.minute or True]
+    assert len([x for x in log if x.job == "ingest" and x.outcome == "ok"]) == 1440
+    # A daily job never run waits for its first slot rather than running at start.
+    assert [(x.outcome, x.started_at) for x in log if x.job == "costs"] == [
+        ("scheduled", D), ("ok", D + timedelta(hours=3))]
+    assert len(ingest_runs) == 1441
+
+
+def test_exceptions_are_recorded_and_other_jobs_go_on(caplog):
+    def boom(now):
+        raise RuntimeError("disk on fire")
+
+    seen = []
+    r, log = _runner([(runner.JobSpec("bad", every=timedelta(minutes=1)), boom),
+                      (runner.JobSpec("good", every=timedelta(minutes=1)), seen.append)])
+    r.tick(D)
+    r.tick(D + timedelta(seconds=30))  # failed job not retried within its slot
+    assert [(x.job, x.outcome) for x in log] == [("bad", "error"), ("good", "ok")]
+    assert "RuntimeError: disk on fire" in log[0].error and "Traceback" in caplog.text
+    assert seen == [D]
+
+
+def test_missed_slots_run_once_and_are_recorded_as_skipped():
+    calls = []
+    spec = runner.JobSpec("ingest", every=timedelta(minutes=1))
+    r, log = _runner([(spec, calls.append)], last={"ingest": D})
+    r.tick(D + timedelta(minutes=10, seconds=5))  # an overrun or downtime of 10 minutes
+    assert calls == [D + timedelta(minutes=10, seconds=5)]
+    assert [(x.outcome, x.slots) for x in log] == [("skipped", 9), ("ok", 1)]
+
+
+def test_daily_job_catches_up_once_after_downtime():
+    calls = []
+    spec = runner.JobSpec("costs", at=dtime(3, 0))
+    # Last ran yesterday 03:00; the runner was down over today's 03:00 slot.
+    r, log = _runner([(spec, calls.append)], last={"costs": D + timedelta(hours=3) - timedelta(days=1)})
+    r.tick(D + timedelta(hours=9))
+    r.tick(D + timedelta(hours=10))
+    assert calls == [D + timedelta(hours=9)]
+
+
+def test_instance_lock(tmp_path):
+    a = runner.InstanceLock(tmp_path / "s.duckdb").acquire(D)
+    with pytest.raises(StoreError, match=f"already running on this store \\(pid {os.getpid()}"):
+        runner.InstanceLock(tmp_path / "s.duckdb").acquire(D)
+    a.release()
+    runner.InstanceLock(tmp_path / "s.duckdb").acquire(D).release()
+
+
+def _env(tmp_path):
+    cfg = tmp_path / "small.toml"
+    cfg.write_text("[simulator]\nseed = 5\nrequests_per_hour = 6000\ncatalog_keys = 3000\n"
+                   "[jobs]\ncompact_at = \"00:50\"\n")
+    return dict(os.environ, CACHEMON_DB=str(tmp_path / "r.duckdb"), CACHEMON_CONFIG=str(cfg),
+                PYTHONPATH=str(ROOT)), tmp_path / "r.duckdb"
+
+
+def _start(env, *extra):
+    return subprocess.Popen([sys.executable, "-m", "jobs", *extra], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _runs(db):
+    with store.reader(db) as con:
+        return con.execute("SELECT job, outcome, started_at FROM job_runs ORDER BY started_at").fetchall()
+
+
+def test_runner_process_fast_clock_second_instance_catch_up_and_sigterm(tmp_path):
+    env, db = _env(tmp_path)
+    start = "2026-11-19T00:20:00Z"
+    a = _start(env, "--clock-start", start, "--clock-speed", "120")  # 2 simulated minutes per second
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and not store.snapshot_path(db).exists():
+            time.sleep(0.2)
+        b = subprocess.run([sys.executable, "-m", "jobs"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=60)
+        assert b.returncode == 2 and "another job runner is already running" in b.stderr
+        assert f"pid {a.pid}" in b.stderr
+        time.sleep(5)  # ~10 simulated minutes, before the 00:50 compaction slot
+    finally:
+        a.send_signal(signal.SIGTERM)
+        out, _ = a.communicate(timeout=60)
+    assert a.returncode == 0, out
+    assert "runner stopped" in out
+    runs = _runs(db)
+    assert {j for j, o, _ in runs if o == "ok"} == {"ingest"}
+    assert [o for j, o, _ in runs if j == "compact"] == ["scheduled"]
+    assert not [r for r in runs if r[1] == "error"]
+    # No lost window: minutes are contiguous up to the watermark.
+    with store.reader(db) as con:
+        span = metrics.data_span(con)
+        minutes = con.execute("SELECT count(DISTINCT minute) FROM rollup_minute").fetchall()[0][0]
+        mark = ingest.watermark(con, "simulator")
+    assert span[1] == mark and minutes == (span[1] - span[0]) // timedelta(minutes=1)
+    # Restart after the slot: the missed 00:50 compaction runs once, at once.
+    c = _start(env, "--clock-start", "2026-11-19T02:00:00Z")
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and sum(1 for r in _runs(db) if r[0] == "compact" and r[1] == "ok") < 1:
+            time.sleep(0.3)
+        time.sleep(0.5)
+    finally:
+        c.send_signal(signal.SIGTERM)
+        out, _ = c.communicate(timeout=60)
+    assert c.returncode == 0, out
+    compacts = [r[2] for r in _runs(db) if r[0] == "compact" and r[1] == "ok"]
+    assert len(compacts) == 1 and compacts[0] >= datetime(2026, 11, 19, 2, tzinfo=UTC)
+
+
+def test_list_and_once(tmp_path):
+    env, db = _env(tmp_path)
+    p = subprocess.run([sys.executable, "-m", "jobs", "--list", "--clock-start", "2026-11-19T10:00:30Z"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "ingest     every 0:01:00" in p.stdout and "compact    daily at 00:50 UTC" in p.stdout
+    assert "next 2026-11-19T10:00:30Z" in p.stdout  # never run: due now
+    bad = subprocess.run([sys.executable, "-m", "jobs", "--once", "nope"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown job 'nope'" in bad.stderr
