@@ -17,6 +17,7 @@ Semantics, cron-like but dependable:
 * an interval job never run runs at once; a daily job never run waits for
   its first slot (recorded as `scheduled`, so a slot missed after that is
   caught up);
+* a job may return the number of rows it wrote, which is recorded;
 * a job's exception is logged with its traceback and recorded (outcome
   `error`); the other jobs go on.
 """
@@ -38,7 +39,7 @@ from .errors import CachemonError, StoreError
 
 log = logging.getLogger("cachemon.runner")
 
-RECORD_RUN = "INSERT INTO job_runs VALUES ($job, $started, $finished, $outcome, $error, $slots)"
+RECORD_RUN = "INSERT INTO job_runs VALUES ($job, $started, $finished, $outcome, $error, $slots, $rows)"
 LAST_RUNS = "SELECT job, max(started_at) FROM job_runs WHERE outcome <> 'skipped' GROUP BY job"
 
 
@@ -83,6 +84,7 @@ class RunRecord:
     outcome: str  # ok | error | skipped | scheduled
     error: str | None
     slots: int  # slots this run covers (missed ones included)
+    rows: int | None = None  # what the job reports it wrote
 
 
 class Runner:
@@ -129,9 +131,9 @@ class Runner:
         missed = spec.slots_between(previous, now) - 1 if previous else 0
         if missed > 0:
             self.record(RunRecord(spec.name, now, now, "skipped", f"{missed} slot(s) missed since {iso(previous)}", missed))
-        error, outcome = None, "ok"
+        error, outcome, rows = None, "ok", None
         try:
-            fn(now)
+            rows = fn(now)
         except CachemonError as exc:
             error, outcome = str(exc), "error"
             log.error("%s failed: %s", spec.name, exc)
@@ -140,7 +142,7 @@ class Runner:
             log.exception("%s failed", spec.name)
         finished = as_utc(self.clock()) if self.clock else now
         self.last[spec.name] = now
-        rec = RunRecord(spec.name, now, max(finished, now), outcome, error, 1)
+        rec = RunRecord(spec.name, now, max(finished, now), outcome, error, 1, rows if isinstance(rows, int) else None)
         self.record(rec)
         return rec
 
@@ -152,7 +154,7 @@ class Runner:
 
 def record_run(con, rec: RunRecord) -> None:
     con.execute(RECORD_RUN, {"job": rec.job, "started": rec.started_at, "finished": rec.finished_at,
-                             "outcome": rec.outcome, "error": rec.error, "slots": rec.slots})
+                             "outcome": rec.outcome, "error": rec.error, "slots": rec.slots, "rows": rec.rows})
 
 
 def last_runs(con) -> dict[str, datetime]:

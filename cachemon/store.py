@@ -87,7 +87,7 @@ MIGRATIONS: dict[int, list[str]] = {
 MIGRATIONS[2] = [
     """CREATE TABLE job_runs (
         job VARCHAR NOT NULL, started_at TIMESTAMPTZ NOT NULL, finished_at TIMESTAMPTZ NOT NULL,
-        outcome VARCHAR NOT NULL, error VARCHAR, slots INTEGER NOT NULL)""",
+        outcome VARCHAR NOT NULL, error VARCHAR, slots INTEGER NOT NULL, rows BIGINT)""",
 ]
 
 

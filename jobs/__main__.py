@@ -36,7 +36,7 @@ class Jobs:
         self.cfg = cfg
         self.sim = None
 
-    def ingest(self, now: datetime) -> None:
+    def ingest(self, now: datetime) -> int:
         if self.cfg.source == "analytics_engine":
             from cachemon.sources.analytics_engine import Client, Credentials
 
@@ -49,11 +49,13 @@ class Jobs:
             summary, self.sim = pipeline.simulate_until(self.cfg, now, self.sim)
         log.info("ingest: %d events in %d windows, store up to %s", summary.events, summary.windows,
                  iso(summary.until))
+        return summary.events
 
-    def compact(self, now: datetime) -> None:
+    def compact(self, now: datetime) -> int:
         with store.writer(self.cfg.store.path, now) as con:
             n = ingest.compact_all(con, floor_to(now - self.cfg.store.key_compaction_lag, HOUR))
         log.info("compact: %d source(s) compacted", n)
+        return n
 
     def registry(self) -> list[tuple[runner.JobSpec, callable]]:
         j = self.cfg.jobs

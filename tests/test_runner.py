@@ -109,7 +109,7 @@ def _start(env, *extra):
 
 def _runs(db):
     with store.reader(db) as con:
-        return con.execute("SELECT job, outcome, started_at FROM job_runs ORDER BY started_at").fetchall()
+        return con.execute("SELECT job, outcome, started_at, rows FROM job_runs ORDER BY started_at").fetchall()
 
 
 def test_runner_process_fast_clock_second_instance_catch_up_and_sigterm(tmp_path):
@@ -131,8 +131,9 @@ def test_runner_process_fast_clock_second_instance_catch_up_and_sigterm(tmp_path
     assert a.returncode == 0, out
     assert "runner stopped" in out
     runs = _runs(db)
-    assert {j for j, o, _ in runs if o == "ok"} == {"ingest"}
-    assert [o for j, o, _ in runs if j == "compact"] == ["scheduled"]
+    assert {j for j, o, _, _ in runs if o == "ok"} == {"ingest"}
+    assert [o for j, o, _, _ in runs if j == "compact"] == ["scheduled"]
+    assert all(n > 0 for j, o, _, n in runs if j == "ingest" and o == "ok")  # rows written are logged
     assert not [r for r in runs if r[1] == "error"]
     # No lost window: minutes are contiguous up to the watermark.
     with store.reader(db) as con:
@@ -165,3 +166,62 @@ def test_list_and_once(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "jobs", "--once", "nope"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown job 'nope'" in bad.stderr
+
+
+def _rss_mib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_memory_stays_flat_over_two_days_of_schedule(tmp_path):
+    """Two simulated days (48 simulated minutes a second) of ingest and
+    compaction: the runner's RSS must not creep."""
+    env, db = _env(tmp_path)
+    p = _start(env, "--clock-start", "2026-11-19T00:00:00Z", "--clock-speed", "2880")
+    samples = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            time.sleep(1)
+            samples.append(_rss_mib(p.pid))
+            if store.snapshot_path(db).exists():
+                with store.reader(db) as con:
+                    mark = ingest.watermark(con, "simulator")
+                if mark and mark >= datetime(2026, 11, 21, tzinfo=UTC):
+                    break
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0, out
+    assert mark >= datetime(2026, 11, 21, tzinfo=UTC), "two simulated days did not pass"
+    third = max(1, len(samples) // 3)
+    early, late = max(samples[third:2 * third]), max(samples[-third:])
+    assert late <= early * 1.15 + 15, samples
+    assert [r[1] for r in _runs(db) if r[0] == "compact"].count("ok") == 2
+
+
+def test_runner_process_survives_a_failing_job(tmp_path):
+    """With source = analytics_engine and no credentials, every ingest fails:
+    each failure is recorded, the runner lives on and runs its other jobs."""
+    env, db = _env(tmp_path)
+    (tmp_path / "small.toml").write_text('source = "analytics_engine"\n[jobs]\ncompact_at = "00:05"\n')
+    for var in ("CF_ACCOUNT_ID", "CF_API_TOKEN"):
+        env.pop(var, None)
+    p = _start(env, "--clock-start", "2026-11-19T00:00:00Z", "--clock-speed", "120")
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            time.sleep(0.5)
+            if store.snapshot_path(db).exists() and any(r[0] == "compact" and r[1] == "ok" for r in _runs(db)):
+                break
+        assert p.poll() is None, "the runner died"
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0, out
+    with store.reader(db) as con:
+        errors = con.execute("SELECT error FROM job_runs WHERE job = 'ingest' AND outcome = 'error'").fetchall()
+    assert len(errors) >= 2 and all("CF_ACCOUNT_ID" in e[0] for e in errors)
+    assert "ingest failed" in out
