@@ -199,7 +199,8 @@ def test_memory_stays_flat_over_two_days_of_schedule(tmp_path):
     third = max(1, len(samples) // 3)
     early, late = max(samples[third:2 * third]), max(samples[-third:])
     assert late <= early * 1.15 + 15, samples
-    assert [r[1] for r in _runs(db) if r[0] == "compact"].count("ok") == 2
+    days = [r[2].date() for r in _runs(db) if r[0] == "compact" and r[1] == "ok"]
+    assert len(days) >= 2 and len(set(days)) == len(days)  # once a day, never stacked
 
 
 def test_runner_process_survives_a_failing_job(tmp_path):
