@@ -54,11 +54,14 @@ def demo(cfg: Config, days: float, now: datetime, seed: int | None = None,
 
 
 def simulate_until(cfg: Config, now: datetime, sim: Simulator | None = None,
-                   max_catch_up: timedelta = timedelta(days=7)) -> tuple[LoadSummary, Simulator]:
+                   max_catch_up: timedelta = timedelta(days=7),
+                   publish: bool = True) -> tuple[LoadSummary, Simulator]:
     """Advance the live simulator from its watermark to `now` (the job
-    runner's ingest job in demo mode). Returns the simulator to reuse."""
+    runner's ingest job in demo mode). Returns the simulator to reuse.
+    `publish=False` leaves the reader snapshot to the caller (the runner
+    publishes once per tick)."""
     end = floor_to(now, MINUTE)
-    with store.writer(cfg.store.path, now) as con:
+    with store.writer(cfg.store.path, now, publish=publish) as con:
         saved = ingest.load_state(con, SIMULATOR)
         if saved is None:
             start = end - HOUR
@@ -103,7 +106,7 @@ def _feed(con, cfg: Config, sim: Simulator, windows: list[Window], now: datetime
 
 
 def pull(cfg: Config, client, now: datetime, since: datetime | None = None, until: datetime | None = None,
-         progress: Progress | None = None) -> LoadSummary:
+         progress: Progress | None = None, publish: bool = True) -> LoadSummary:
     """Pull Analytics Engine rollups into the store, window by window.
 
     From the watermark minus `overlap` (late data is picked up), or `since`
@@ -129,7 +132,7 @@ def pull(cfg: Config, client, now: datetime, since: datetime | None = None, unti
             start = floor_to(end - ae.backfill, HOUR)
     windows = Window(start, end).split(ae.window) if end > start else []
     events, published = 0, time.monotonic()
-    with store.writer(cfg.store.path, now) as con:
+    with store.writer(cfg.store.path, now, publish=publish) as con:
         for i, w in enumerate(windows):
             data = pull_rollups(client, ae.dataset, cfg.columns, w)
             events += ingest.replace_window(con, data, ANALYTICS_ENGINE, w, now, cfg.store.key_compaction_lag).events

@@ -18,6 +18,8 @@ import signal
 import sys
 import time
 from datetime import datetime, time as dtime, timedelta
+from pathlib import Path
+from typing import Callable
 
 import schedule
 
@@ -30,7 +32,9 @@ log = logging.getLogger("jobs")
 
 
 class Jobs:
-    """The job bodies: each is one call into cachemon."""
+    """The job bodies: each is one call into cachemon. They leave the reader
+    snapshot to `_tick`, which publishes once after the tick's jobs and
+    their run records are written."""
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -42,22 +46,22 @@ class Jobs:
 
             client = Client(Credentials.from_env(), self.cfg.analytics_engine)
             try:
-                summary = pipeline.pull(self.cfg, client, now)
+                summary = pipeline.pull(self.cfg, client, now, publish=False)
             finally:
                 client.close()
         else:
-            summary, self.sim = pipeline.simulate_until(self.cfg, now, self.sim)
+            summary, self.sim = pipeline.simulate_until(self.cfg, now, self.sim, publish=False)
         log.info("ingest: %d events in %d windows, store up to %s", summary.events, summary.windows,
                  iso(summary.until))
         return summary.events
 
     def compact(self, now: datetime) -> int:
-        with store.writer(self.cfg.store.path, now) as con:
+        with store.writer(self.cfg.store.path, now, publish=False) as con:
             n = ingest.compact_all(con, floor_to(now - self.cfg.store.key_compaction_lag, HOUR))
         log.info("compact: %d source(s) compacted", n)
         return n
 
-    def registry(self) -> list[tuple[runner.JobSpec, callable]]:
+    def registry(self) -> list[tuple[runner.JobSpec, Callable[[datetime], int]]]:
         j = self.cfg.jobs
         hh, mm = map(int, j.compact_at.split(":"))
         return [
@@ -107,7 +111,7 @@ def main(argv=None) -> int:
         jobs = Jobs(cfg)
         registry = jobs.registry()
         if args.once:
-            return _once(registry, args.once, clock())
+            return _once(cfg, registry, args.once, clock())
         if args.list:
             return _serve(cfg, registry, clock, list_only=True)
         lock = runner.InstanceLock(cfg.store.path).acquire(clock())
@@ -123,10 +127,14 @@ def main(argv=None) -> int:
         lock.release()
 
 
-def _once(registry, name: str, now: datetime) -> int:
+def _once(cfg, registry, name: str, now: datetime) -> int:
     for spec, fn in registry:
         if spec.name == name:
-            fn(now)
+            try:
+                fn(now)
+            finally:
+                if Path(cfg.store.path).exists():
+                    store.publish_snapshot(cfg.store.path)
             return 0
     raise CachemonError(f"unknown job {name!r}: jobs are {', '.join(s.name for s, _ in registry)}")
 
