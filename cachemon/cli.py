@@ -11,7 +11,7 @@ import sys
 from datetime import datetime
 
 from . import config as config_mod
-from . import metrics, pipeline, store
+from . import exposition, metrics, pipeline, store
 from .clock import Period, Window, parse_instant, utcnow
 from .errors import CachemonError, InputError
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("metrics", help="print the metrics of a period",
                        description="Hit rates, latency, volume and top keys for the period ending at --at.")
     p.add_argument("--period", default="1h", help="15m, 1h, 24h or 7d (default 1h)")
-    p.add_argument("--format", default="json", help="json (prometheus arrives with the metrics API)")
+    p.add_argument("--format", default="json", help="json (default) or prometheus (text format 0.0.4)")
     p.add_argument("--at", help="evaluate as of this instant, ISO 8601 UTC (default: now)")
     p.add_argument("--endpoint", help="only this endpoint (title, isbn, author, ...)")
     p.add_argument("--top", type=int, default=10, help="number of top keys (default 10)")
@@ -102,10 +102,8 @@ def _pull(args, cfg, now) -> int:
 
 def _metrics(args, cfg, now) -> int:
     period = Period.parse(args.period)
-    if args.format != "json":
-        if args.format == "prometheus":
-            raise InputError("format 'prometheus' is not built yet (it arrives with the metrics API); use json")
-        raise InputError(f"unknown format {args.format!r}: use json")
+    if args.format not in ("json", "prometheus"):
+        raise InputError(f"unknown format {args.format!r}: use json or prometheus")
     at = parse_instant(args.at, "--at") if args.at else now
     if args.top < 0:
         raise InputError(f"--top must be 0 or more, got {args.top}")
@@ -113,7 +111,10 @@ def _metrics(args, cfg, now) -> int:
         # Without --at, a lagging source still gets its last good numbers, marked stale.
         m = metrics.compute(con, Window.ending(at, period.length), period.value, args.endpoint, args.top,
                             latest=args.at is None)
-    print(json.dumps(metrics.to_json(m, cfg.metrics.stale_after), indent=2, ensure_ascii=False))
+    if args.format == "prometheus":
+        sys.stdout.write(exposition.render(m, cfg.metrics.stale_after))
+    else:
+        print(json.dumps(metrics.to_json(m, cfg.metrics.stale_after), indent=2, ensure_ascii=False))
     return 0
 
 

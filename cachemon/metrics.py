@@ -48,6 +48,12 @@ GROUP BY bucket
 """
 
 DATA_SPAN = "SELECT min(minute), max(minute) + INTERVAL 1 MINUTE FROM rollup_minute"
+# Gauges are read at least every few minutes; a day back bounds the scan.
+LATEST_GAUGES = """
+SELECT name, arg_max(value_last, minute) FROM gauge_minute
+WHERE minute < $hi AND minute >= $hi - INTERVAL 1 DAY
+GROUP BY name ORDER BY name
+"""
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,7 @@ class Metrics:
     top_keys: tuple[TopKey, ...]
     top_keys_window: Window | None
     data_until: datetime | None
+    gauges: tuple[tuple[str, float], ...] = ()  # latest reading of each gauge at `at`
 
     @property
     def combined_hit_rate(self) -> float:
@@ -182,10 +189,11 @@ def compute(
         latency_sum / volume.total if volume.total else None,
     )
     top_keys, top_window = _top_keys(con, window, endpoint, top)
+    gauges = tuple((n, float(v)) for n, v in con.execute(LATEST_GAUGES, {"hi": window.end}).fetchall())
     return Metrics(
         at=at, period=period, window=window, endpoint=endpoint, volume=volume,
         errors=errors, bytes=nbytes, latency=latency, top_keys=top_keys,
-        top_keys_window=top_window, data_until=min(span[1], at),
+        top_keys_window=top_window, data_until=min(span[1], at), gauges=gauges,
     )
 
 
@@ -228,13 +236,19 @@ def to_json(m: Metrics, stale_after: timedelta = timedelta(minutes=10)) -> dict:
         ],
         "dataUntil": iso(m.data_until) if m.data_until else None,
         "dataAgeSeconds": max(0, int((m.at - m.data_until).total_seconds())) if m.data_until else None,
-        "stale": m.data_until is None or m.at - m.data_until > stale_after,
+        "stale": is_stale(m, stale_after),
+        "gauges": {name: _count(v) for name, v in m.gauges},
     }
     if m.top_keys_window:
         out["topKeysWindow"] = {"start": iso(m.top_keys_window.start), "end": iso(m.top_keys_window.end)}
     if m.endpoint:
         out["endpoint"] = m.endpoint
     return out
+
+
+def is_stale(m: Metrics, stale_after: timedelta) -> bool:
+    """Whether the newest data is older than `stale_after` at `m.at`."""
+    return m.data_until is None or m.at - m.data_until > stale_after
 
 
 def _pct(x: float) -> float:

@@ -58,7 +58,6 @@ def test_metrics_is_reproducible_with_at(demo_env):
 @pytest.mark.parametrize("args,message", [
     (["metrics", "--period", "2h"], "unknown period '2h': use one of 15m, 1h, 24h, 7d"),
     (["metrics", "--format", "xml"], "unknown format 'xml'"),
-    (["metrics", "--format", "prometheus"], "not built yet"),
     (["metrics", "--at", "noon"], "--at: 'noon' is not an ISO 8601 time"),
     (["metrics", "--at", "2020-01-01T00:00:00Z"], "no requests in [2019-12-31T23:00:00Z, 2020-01-01T00:00:00Z)"),
     (["demo", "--days", "0"], "--days must be positive"),

@@ -1,0 +1,57 @@
+"""Prometheus exposition: golden text, escaping, and `promtool check metrics`."""
+
+import subprocess
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from cachemon import exposition, metrics, store
+from cachemon.clock import Window
+from cachemon.metrics import Latency, Metrics, TierVolume
+
+from conftest import T0
+
+GOLDEN = Path(__file__).parent / "golden" / "metrics_1h.prom"
+AT = datetime(2025, 10, 28, 15, 30, tzinfo=timezone.utc)
+
+
+def _seed_metrics() -> Metrics:
+    """The seed's example numbers, as a Metrics."""
+    return Metrics(
+        at=AT, period="1h", window=Window(AT - timedelta(hours=1), AT), endpoint=None,
+        volume=TierVolume(edge=97750, kv=20625, r2=1000, api=5625), errors=125, bytes=5e8,
+        latency=Latency(8.2, 42.1, 180.5, 15.3), top_keys=(), top_keys_window=None,
+        data_until=AT - timedelta(seconds=90),
+        gauges=(("kv_storage_bytes", 350e6), ("queue_depth", 12.0), ("r2_storage_bytes", 150e6)),
+    )
+
+
+def test_golden_text():
+    text = exposition.render(_seed_metrics())
+    assert text == GOLDEN.read_text(), "update tests/golden/metrics_1h.prom only after checking the diff"
+
+
+def test_label_values_are_escaped():
+    assert exposition.escape('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+
+
+def test_no_cache_key_ever_becomes_a_label(loaded_store):
+    path, _ = loaded_store
+    with store.reader(path) as con:
+        m = metrics.compute(con, Window(T0, T0 + timedelta(hours=3)), "3h", top=10)
+    text = exposition.render(m)
+    assert m.top_keys and not any(k.key in text for k in m.top_keys)
+
+
+def _promtool(text: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+
+
+def test_promtool_accepts_the_output(loaded_store):
+    path, _ = loaded_store
+    with store.reader(path) as con:
+        m = metrics.compute(con, Window(T0 + timedelta(minutes=5), T0 + timedelta(hours=2)), "1h")
+    for text in (exposition.render(m), exposition.render(_seed_metrics())):
+        p = _promtool(text)
+        assert p.returncode == 0, p.stdout + p.stderr
+    bad = _promtool("# TYPE x counter\nx{a=\"1} 1\n")  # promtool can fail: the check is real
+    assert bad.returncode != 0
