@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", help="end, ISO 8601 UTC (default: now)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("serve", help="serve GET /metrics, /healthz and /openapi.json",
+                       description="The metrics API. CACHEMON_API_TOKEN, when set, is required as a bearer token.")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8787, help="port (default 8787)")
+    p.add_argument("--allow", action="append", default=[], metavar="IP",
+                   help="client address exempt from the rate limit (a Prometheus scraper); repeatable")
+
     p = sub.add_parser("metrics", help="print the metrics of a period",
                        description="Hit rates, latency, volume and top keys for the period ending at --at.")
     p.add_argument("--period", default="1h", help="15m, 1h, 24h or 7d (default 1h)")
@@ -100,6 +107,19 @@ def _pull(args, cfg, now) -> int:
     return 0
 
 
+def _serve(args, cfg, now) -> int:
+    import os
+
+    import uvicorn
+
+    from . import api
+
+    settings = api.ApiSettings(token=os.environ.get("CACHEMON_API_TOKEN") or None, allow=tuple(args.allow))
+    app = api.create_app(cfg, settings, utcnow)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 def _metrics(args, cfg, now) -> int:
     period = Period.parse(args.period)
     if args.format not in ("json", "prometheus"):
@@ -133,4 +153,4 @@ def _progress(label: str):
     return update
 
 
-COMMANDS = {"demo": _demo, "import": _import, "pull": _pull, "metrics": _metrics}
+COMMANDS = {"demo": _demo, "import": _import, "pull": _pull, "serve": _serve, "metrics": _metrics}

@@ -1,0 +1,161 @@
+"""The metrics API: a real `cachemon serve` on 127.0.0.1, and a real
+Prometheus server scraping it."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import ROOT
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, proc, seconds=60):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    pytest.fail(f"{url} did not answer")
+
+
+def _serve(db, *extra, token=None):
+    port = _free_port()
+    env = dict(os.environ, CACHEMON_DB=str(db), PYTHONPATH=str(ROOT))
+    env.pop("CACHEMON_API_TOKEN", None)
+    if token:
+        env["CACHEMON_API_TOKEN"] = token
+    proc = subprocess.Popen([sys.executable, "-m", "cachemon", "serve", "--port", str(port), *extra],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    _wait(base + "/healthz", proc)
+    return proc, base
+
+
+@pytest.fixture(scope="module")
+def server(loaded_store):
+    path, _ = loaded_store
+    proc, base = _serve(path, "--allow", "127.0.0.9")
+    yield base, path
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_json_matches_the_cli(server):
+    base, path = server
+    r = httpx.get(base + "/metrics", params={"period": "1h"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    env = dict(os.environ, CACHEMON_DB=str(path), PYTHONPATH=str(ROOT))
+    cli = json.loads(subprocess.run([sys.executable, "-m", "cachemon", "metrics", "--period", "1h"], cwd=ROOT,
+                                    env=env, capture_output=True, text=True, check=True).stdout)
+    for k in ("hitRates", "latency", "volume", "topKeys", "window"):
+        assert body[k] == cli[k]
+    assert body["stale"] is True and r.headers["X-Data-Until"] == "2026-11-19T11:00:00Z"
+
+
+def test_cached_for_five_minutes(server):
+    base, _ = server
+    a = httpx.get(base + "/metrics", params={"period": "24h", "format": "prometheus"})
+    time.sleep(1.1)
+    b = httpx.get(base + "/metrics", params={"period": "24h", "format": "prometheus"})
+    assert a.text == b.text and a.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert a.headers["cache-control"] == "public, max-age=300"
+    assert int(b.headers["cache-control"].split("=")[1]) < 300
+    p = subprocess.run(["promtool", "check", "metrics"], input=a.text, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_bad_parameters_are_400_with_a_message(server):
+    base, _ = server
+    r = httpx.get(base + "/metrics", params={"period": "1h; DROP TABLE x"})
+    assert r.status_code == 400 and "unknown period" in r.json()["error"]
+    r = httpx.get(base + "/metrics", params={"format": "xml"})
+    assert r.status_code == 400 and "unknown format 'xml'" in r.json()["error"]
+
+
+def test_healthz_and_openapi(server):
+    base, _ = server
+    h = httpx.get(base + "/healthz").json()
+    assert h["store"] == "readable" and h["status"] == "stale" and h["dataUntil"] == "2026-11-19T11:00:00Z"
+    spec = httpx.get(base + "/openapi.json").json()
+    assert spec["openapi"].startswith("3.") and set(spec["paths"]) == {"/metrics", "/healthz"}
+
+
+def test_rate_limit_and_auth(loaded_store):
+    path, _ = loaded_store
+    proc, base = _serve(path, token="api-secret-123")
+    try:
+        assert httpx.get(base + "/metrics").status_code == 401
+        assert httpx.get(base + "/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        auth = {"Authorization": "Bearer api-secret-123"}
+        replies = [httpx.get(base + "/metrics", headers=auth) for _ in range(11)]
+        assert [r.status_code for r in replies] == [200] * 10 + [429]
+        assert 1 <= int(replies[-1].headers["Retry-After"]) <= 60
+        assert httpx.get(base + "/healthz").status_code == 200  # health is never limited
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+    assert "api-secret-123" not in out
+
+
+def test_a_real_prometheus_scrapes_it(server, tmp_path):
+    base, _ = server
+    port = _free_port()
+    target = base.split("//")[1]
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text(f"""global:
+  scrape_interval: 2s
+scrape_configs:
+  - job_name: cachemon
+    metrics_path: /metrics
+    params: {{format: [prometheus], period: [1h]}}
+    static_configs: [{{targets: ["{target}"]}}]
+""")
+    prom = subprocess.Popen(["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, result = time.time() + 60, []
+        while time.time() < deadline and not result:
+            time.sleep(1)
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query",
+                              params={"query": 'cachemon_hit_ratio{tier="combined"}'}, timeout=2)
+                result = r.json()["data"]["result"]
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+        assert result, "Prometheus never found cachemon_hit_ratio"
+        assert 0.5 < float(result[0]["value"][1]) <= 1.0
+        assert result[0]["metric"]["period"] == "1h"
+    finally:
+        prom.terminate()
+        prom.wait(timeout=20)
+
+
+def test_grafana_dashboard_queries_only_exposed_families():
+    import re
+
+    dash = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    golden = Path(ROOT / "tests" / "golden" / "metrics_1h.prom").read_text()
+    families = set(re.findall(r"^# TYPE (\S+)", golden, re.M))
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 6
+    for e in exprs:
+        names = set(re.findall(r"cachemon_[a-z_]+", e))
+        assert names and all(any(n == f or n.startswith(f + "_") for f in families) for n in names), e
