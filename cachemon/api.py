@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -35,6 +36,8 @@ from .errors import CachemonError, InputError, StoreError
 
 CACHE_FOR = timedelta(minutes=5)
 RATE_LIMIT = 10  # requests per client IP per minute
+MAX_QUERY = 512  # characters of query string
+PARAMS = {"period", "format"}
 
 
 @dataclass(frozen=True)
@@ -84,10 +87,7 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
         if denied:
             return denied
         try:
-            period = Period.parse(request.query_params.get("period", "1h"))
-            fmt = request.query_params.get("format", "json")
-            if fmt not in ("json", "prometheus"):
-                raise InputError(f"unknown format {fmt!r}: use json or prometheus")
+            period, fmt = _parse_query(request)
         except InputError as exc:
             return _error(400, str(exc))
         now = clock()
@@ -123,9 +123,33 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
         denied = guard(request)
         return denied or JSONResponse(OPENAPI)
 
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        # Unknown paths and methods answer in JSON like every other error.
+        text = {404: f"no such path {request.url.path!r}", 405: f"method {request.method} not allowed"}
+        return _error(exc.status_code, text.get(exc.status_code, str(exc.detail)), dict(exc.headers or {}))
+
     return Starlette(routes=[
         Route("/metrics", get_metrics), Route("/healthz", healthz), Route("/openapi.json", openapi),
-    ])
+    ], exception_handlers={HTTPException: http_error})
+
+
+def _parse_query(request: Request) -> tuple[Period, str]:
+    """period and format from the query string; anything else is an error."""
+    raw = request.url.query
+    if len(raw) > MAX_QUERY:
+        raise InputError(f"query string too long ({len(raw)} characters, at most {MAX_QUERY})")
+    items = request.query_params.multi_items()
+    names = [k for k, _ in items]
+    for name in names:
+        if name not in PARAMS:
+            raise InputError(f"unknown parameter {name[:40]!r}: use period and format")
+        if names.count(name) > 1:
+            raise InputError(f"parameter {name!r} given more than once")
+    q = dict(items)
+    fmt = q.get("format", "json")
+    if fmt not in ("json", "prometheus"):
+        raise InputError(f"unknown format {fmt[:40]!r}: use json or prometheus")
+    return Period.parse(q.get("period", "1h")[:40]), fmt
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> Response:

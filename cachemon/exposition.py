@@ -55,9 +55,14 @@ class _Writer:
 def render(m: Metrics, stale_after: timedelta = timedelta(minutes=10)) -> str:
     """The exposition text for one Metrics, ending with a newline."""
     w, period = _Writer(), {"period": m.period}
-    w.family("cachemon_requests", "gauge", "Weighted requests in the period, by the tier that served them.")
+    if m.lifetime is not None:
+        w.family("cachemon_requests_total", "counter",
+                 "Weighted requests ever ingested, by the tier that served them (drops only with retention).")
+        for tier in TIERS:
+            w.sample("cachemon_requests_total", {"tier": tier}, getattr(m.lifetime, tier))
+    w.family("cachemon_period_requests", "gauge", "Weighted requests in the period, by the tier that served them.")
     for tier in TIERS:
-        w.sample("cachemon_requests", period | {"tier": tier}, getattr(m.volume, tier))
+        w.sample("cachemon_period_requests", period | {"tier": tier}, getattr(m.volume, tier))
     w.family("cachemon_hit_ratio", "gauge",
              "Share of the period's requests served by each tier (0-1); combined is every tier but the origin.")
     for tier in TIERS:

@@ -48,6 +48,13 @@ GROUP BY bucket
 """
 
 DATA_SPAN = "SELECT min(minute), max(minute) + INTERVAL 1 MINUTE FROM rollup_minute"
+LIFETIME = """
+SELECT tier, sum(requests) FROM (
+    SELECT tier, requests FROM rollup_hour WHERE hour < $h
+    UNION ALL
+    SELECT tier, requests FROM rollup_minute WHERE minute >= $h AND minute < $at
+) GROUP BY tier
+"""
 # Gauges are read at least every few minutes; a day back bounds the scan.
 LATEST_GAUGES = """
 SELECT name, arg_max(value_last, minute) FROM gauge_minute
@@ -117,6 +124,7 @@ class Metrics:
     top_keys_window: Window | None
     data_until: datetime | None
     gauges: tuple[tuple[str, float], ...] = ()  # latest reading of each gauge at `at`
+    lifetime: TierVolume | None = None  # every request ever ingested up to `at` (a counter)
 
     @property
     def combined_hit_rate(self) -> float:
@@ -190,10 +198,12 @@ def compute(
     )
     top_keys, top_window = _top_keys(con, window, endpoint, top)
     gauges = tuple((n, float(v)) for n, v in con.execute(LATEST_GAUGES, {"hi": window.end}).fetchall())
+    life = dict(con.execute(LIFETIME, {"h": floor_to(at, HOUR), "at": at}).fetchall())
     return Metrics(
         at=at, period=period, window=window, endpoint=endpoint, volume=volume,
         errors=errors, bytes=nbytes, latency=latency, top_keys=top_keys,
         top_keys_window=top_window, data_until=min(span[1], at), gauges=gauges,
+        lifetime=TierVolume(**{t: float(life.get(t, 0.0)) for t in TIERS}),
     )
 
 

@@ -50,7 +50,7 @@ def _serve(db, *extra, token=None):
 @pytest.fixture(scope="module")
 def server(loaded_store):
     path, _ = loaded_store
-    proc, base = _serve(path, "--allow", "127.0.0.9")
+    proc, base = _serve(path, "--allow", "127.0.0.1")  # many tests share it: no rate limit
     yield base, path
     proc.terminate()
     proc.wait(timeout=20)
@@ -159,3 +159,67 @@ def test_grafana_dashboard_queries_only_exposed_families():
     for e in exprs:
         names = set(re.findall(r"cachemon_[a-z_]+", e))
         assert names and all(any(n == f or n.startswith(f + "_") for f in families) for n in names), e
+
+
+@pytest.mark.parametrize("method,path,params,status,message", [
+    ("GET", "/metrics", [("period", "1h"), ("period", "7d")], 400, "given more than once"),
+    ("GET", "/metrics", [("period", "x" * 600)], 400, "query string too long"),
+    ("GET", "/metrics", [("period", "1h' OR 1=1 --")], 400, "unknown period"),
+    ("GET", "/metrics", [("format", "<script>alert(1)</script>")], 400, "unknown format"),
+    ("GET", "/metrics", [("limit", "5")], 400, "unknown parameter 'limit'"),
+    ("POST", "/metrics", [], 405, "method POST not allowed"),
+    ("DELETE", "/healthz", [], 405, "method DELETE not allowed"),
+    ("GET", "/../../etc/passwd", [], 404, "no such path"),
+    ("GET", "/admin", [], 404, "no such path '/admin'"),
+])
+def test_bad_requests_get_a_json_4xx(server, method, path, params, status, message):
+    base, _ = server
+    r = httpx.request(method, base + path, params=params)
+    assert r.status_code == status and message in r.json()["error"], r.text
+
+
+def test_second_call_is_served_from_cache_without_the_store(loaded_store, tmp_path):
+    import shutil
+
+    from cachemon import store
+
+    path, _ = loaded_store
+    copy = tmp_path / "c.duckdb"
+    shutil.copy(store.snapshot_path(path), store.snapshot_path(copy))
+    proc, base = _serve(copy)
+    try:
+        first = httpx.get(base + "/metrics", params={"period": "7d"})
+        store.snapshot_path(copy).unlink()  # any store query now fails
+        second = httpx.get(base + "/metrics", params={"period": "7d"})
+        assert first.status_code == second.status_code == 200 and first.content == second.content
+        assert httpx.get(base + "/metrics", params={"period": "24h"}).status_code == 503
+        assert httpx.get(base + "/healthz").status_code == 503
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_fuzzed_requests_never_get_a_5xx(loaded_store):
+    """Hypothesis over methods, paths and query strings, from the OpenAPI
+    parameters outward: every answer is 2xx/4xx JSON or metrics."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    path, _ = loaded_store
+    proc, base = _serve(path, "--allow", "127.0.0.1")
+    text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+    value = st.one_of(st.sampled_from(["15m", "1h", "24h", "7d", "json", "prometheus", ""]), text)
+    params = st.lists(st.tuples(st.sampled_from(["period", "format", "x", "PERIOD"]), value), max_size=4)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(["GET", "POST", "PUT", "HEAD", "OPTIONS"]),
+           st.sampled_from(["/metrics", "/healthz", "/openapi.json", "/", "/metrics/x", "/%00"]), params)
+    def check(method, route, query):
+        r = httpx.request(method, base + route, params=query)
+        assert r.status_code < 500, (method, route, query, r.status_code, r.text[:200])
+
+    try:
+        check()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -22,6 +22,7 @@ def _seed_metrics() -> Metrics:
         latency=Latency(8.2, 42.1, 180.5, 15.3), top_keys=(), top_keys_window=None,
         data_until=AT - timedelta(seconds=90),
         gauges=(("kv_storage_bytes", 350e6), ("queue_depth", 12.0), ("r2_storage_bytes", 150e6)),
+        lifetime=TierVolume(edge=9_775_000, kv=2_062_500, r2=100_000, api=562_500),
     )
 
 
@@ -55,3 +56,13 @@ def test_promtool_accepts_the_output(loaded_store):
         assert p.returncode == 0, p.stdout + p.stderr
     bad = _promtool("# TYPE x counter\nx{a=\"1} 1\n")  # promtool can fail: the check is real
     assert bad.returncode != 0
+
+
+def test_requests_total_counts_everything_up_to_the_instant(loaded_store):
+    path, df = loaded_store
+    at = T0 + timedelta(hours=2, minutes=17)
+    with store.reader(path) as con:
+        m = metrics.compute(con, Window(at - timedelta(hours=1), at), "1h", top=0)
+    req = df[(df.kind == "request") & (df.timestamp < at)]
+    for tier in ("edge", "kv", "r2", "api"):
+        assert getattr(m.lifetime, tier) == req[req.tier == tier].sample_interval.sum()
