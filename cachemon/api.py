@@ -18,6 +18,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import threading
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -54,9 +55,14 @@ class _RateLimiter:
     def __init__(self, limit: int):
         self.limit = limit
         self.hits: dict[str, deque] = defaultdict(deque)
+        self.lock = threading.Lock()  # handlers run in a thread pool
 
     def retry_after(self, client: str, now: datetime) -> int:
         """0 when the request may pass (and counts it), else seconds to wait."""
+        with self.lock:
+            return self._retry_after(client, now)
+
+    def _retry_after(self, client: str, now: datetime) -> int:
         q = self.hits[client]
         while q and now - q[0] >= timedelta(minutes=1):
             q.popleft()
@@ -82,7 +88,9 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
                 return _error(429, f"rate limit: {settings.rate_limit} requests per minute", {"Retry-After": str(wait)})
         return None
 
-    async def get_metrics(request: Request) -> Response:
+    # Plain `def` handlers: Starlette runs them in its thread pool, so a
+    # store query never blocks the event loop.
+    def get_metrics(request: Request) -> Response:
         denied = guard(request)
         if denied:
             return denied
@@ -94,7 +102,7 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
         hit = cache.get((period.value, fmt))
         if not hit or now - hit[0] >= settings.cache_for:
             try:
-                with store.reader(cfg.store.path) as con:
+                with store.shared_reader(cfg.store.path) as con:
                     m = metrics.compute(con, Window.ending(now, period.length), period.value, latest=True)
             except StoreError as exc:
                 return _error(503, str(exc))
@@ -107,10 +115,10 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
         return Response(hit[1], media_type=hit[2], headers={
             "Cache-Control": f"public, max-age={max(0, int(left.total_seconds()))}", "X-Data-Until": hit[3]})
 
-    async def healthz(request: Request) -> Response:
+    def healthz(request: Request) -> Response:
         now = clock()
         try:
-            with store.reader(cfg.store.path) as con:
+            with store.shared_reader(cfg.store.path) as con:
                 span = metrics.data_span(con)
         except CachemonError as exc:
             return JSONResponse({"status": "error", "store": "unreadable", "error": str(exc)}, status_code=503)
@@ -119,7 +127,7 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
         return JSONResponse({"status": "stale" if stale else "ok", "store": "readable",
                              "dataUntil": iso(span[1]) if span else None, "dataAgeSeconds": age})
 
-    async def openapi(request: Request) -> Response:
+    def openapi(request: Request) -> Response:
         denied = guard(request)
         return denied or JSONResponse(OPENAPI)
 

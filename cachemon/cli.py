@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from . import config as config_mod
 from . import exposition, metrics, pipeline, store
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8787, help="port (default 8787)")
     p.add_argument("--allow", action="append", default=[], metavar="IP",
                    help="client address exempt from the rate limit (a Prometheus scraper); repeatable")
+    p.add_argument("--cache-seconds", type=int, default=300, help="response cache lifetime (default 300)")
 
     p = sub.add_parser("metrics", help="print the metrics of a period",
                        description="Hit rates, latency, volume and top keys for the period ending at --at.")
@@ -114,7 +115,10 @@ def _serve(args, cfg, now) -> int:
 
     from . import api
 
-    settings = api.ApiSettings(token=os.environ.get("CACHEMON_API_TOKEN") or None, allow=tuple(args.allow))
+    if args.cache_seconds < 0:
+        raise InputError(f"--cache-seconds must be 0 or more, got {args.cache_seconds}")
+    settings = api.ApiSettings(token=os.environ.get("CACHEMON_API_TOKEN") or None, allow=tuple(args.allow),
+                               cache_for=timedelta(seconds=args.cache_seconds))
     app = api.create_app(cfg, settings, utcnow)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

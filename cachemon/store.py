@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -194,6 +195,41 @@ def publish_snapshot(path: str | os.PathLike) -> Path:
     shutil.copyfile(p, tmp)
     os.replace(tmp, snap)
     return snap
+
+
+_SHARED: dict[Path, tuple[int, duckdb.DuckDBPyConnection]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+@contextmanager
+def shared_reader(path: str | os.PathLike) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Like `reader`, for long-running readers (the API server): one
+    read-only connection per published snapshot is kept open and reused
+    (a cursor per use, so threads are safe), and replaced when the writer
+    publishes a new snapshot. Holding it never blocks the writer, which
+    never opens the snapshot; an old one is closed once no cursor uses it."""
+    p = Path(path)
+    snap = snapshot_path(p)
+    try:
+        inode = snap.stat().st_ino
+    except FileNotFoundError:
+        with reader(p) as con:  # raises the right "no store" / "not yet" message
+            yield con
+        return
+    with _SHARED_LOCK:
+        cached = _SHARED.get(p)
+        if cached is None or cached[0] != inode:
+            con = _connect(snap, read_only=True)
+            if schema_version(con) == 0:
+                con.close()
+                raise StoreError(f"{snap} is not a cachemon store (no schema_version table)")
+            _SHARED[p] = (inode, con)
+        cur = _SHARED[p][1].cursor()
+    try:
+        cur.execute("SET TimeZone = 'UTC'")
+        yield cur
+    finally:
+        cur.close()
 
 
 def _looks_like_duckdb(p: Path) -> bool:

@@ -1,0 +1,81 @@
+"""Metrics API benchmark: requests/s and p99 latency of /metrics?period=24h,
+cached and uncached, with the load from a second process on loopback.
+
+    .venv/bin/python bench/bench_api.py [--store bench/out/bench.duckdb] [--seconds 10]
+
+Uses the 7-day store that bench_foundation.py leaves in bench/out (or any).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+LOAD = r"""
+import json, sys, threading, time, httpx
+url, seconds, threads = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+lat, stop = [], time.monotonic() + seconds
+def worker():
+    with httpx.Client() as c:
+        while time.monotonic() < stop:
+            t = time.perf_counter(); r = c.get(url); lat.append(time.perf_counter() - t)
+            assert r.status_code == 200, r.status_code
+ts = [threading.Thread(target=worker) for _ in range(threads)]
+t0 = time.monotonic(); [t.start() for t in ts]; [t.join() for t in ts]
+lat.sort(); print(json.dumps({"n": len(lat), "s": time.monotonic() - t0, "p50": lat[len(lat)//2], "p99": lat[int(len(lat)*0.99)]}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(store: Path, cache_seconds: int, seconds: float, threads: int) -> dict:
+    port = free_port()
+    env = dict(os.environ, CACHEMON_DB=str(store), PYTHONPATH=str(ROOT))
+    env.pop("CACHEMON_API_TOKEN", None)
+    server = subprocess.Popen([sys.executable, "-m", "cachemon", "serve", "--port", str(port), "--allow", "127.0.0.1",
+                               "--cache-seconds", str(cache_seconds)], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/metrics?period=24h"
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(url, timeout=5)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        out = subprocess.run([sys.executable, "-c", LOAD, url, str(seconds), str(threads)],
+                             capture_output=True, text=True, check=True).stdout
+        return json.loads(out)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--store", default=str(ROOT / "bench" / "out" / "bench.duckdb"))
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--threads", type=int, default=4)
+    args = ap.parse_args()
+    print("case     | requests/s | p50 ms | p99 ms")
+    for name, cache in (("cached", 300), ("uncached", 0)):
+        r = run(Path(args.store), cache, args.seconds, args.threads)
+        print(f"{name:8} | {r['n'] / r['s']:10.0f} | {r['p50'] * 1000:6.1f} | {r['p99'] * 1000:6.1f}")
+
+
+if __name__ == "__main__":
+    main()
