@@ -187,6 +187,12 @@ def load_state(con: duckdb.DuckDBPyConnection, source: str) -> tuple[bytes, date
     return (bytes(row[0]), row[1]) if row else None
 
 
+def state_clock(con: duckdb.DuckDBPyConnection, source: str) -> datetime | None:
+    """Up to when a stateful source's saved state has run (without loading it)."""
+    row = first_row(con, "SELECT clock FROM source_state WHERE source = ?", [source])
+    return row[0] if row else None
+
+
 def watermark(con: duckdb.DuckDBPyConnection, source: str) -> datetime | None:
     row = first_row(con, "SELECT until FROM watermarks WHERE source = ?", [source])
     return row[0] if row else None

@@ -62,16 +62,16 @@ def simulate_until(cfg: Config, now: datetime, sim: Simulator | None = None,
     publishes once per tick)."""
     end = floor_to(now, MINUTE)
     with store.writer(cfg.store.path, now, publish=publish) as con:
-        saved = ingest.load_state(con, SIMULATOR)
-        if saved is None:
+        start = ingest.state_clock(con, SIMULATOR)
+        if start is None:
             start = end - HOUR
             sim = sim if sim and sim.clock == start else Simulator(cfg.simulator)
-        else:
-            state = SimState.from_bytes(saved[0])
-            start = saved[1]
-            if sim is None or sim.clock != start or sim.cfg.seed != state.seed:
-                sim = Simulator(dataclasses.replace(cfg.simulator, seed=state.seed))
-                sim.restore(saved[0])
+        elif sim is None or sim.clock != start:
+            # Only a simulator that is not where the store is needs the saved
+            # state (a few MB to decompress): at start, or after a crash.
+            blob = ingest.load_state(con, SIMULATOR)[0]
+            sim = Simulator(dataclasses.replace(cfg.simulator, seed=SimState.from_bytes(blob).seed))
+            sim.restore(blob)
         if end - start > max_catch_up:
             # A long outage: jump ahead rather than replay weeks; the gap shows.
             start = end - max_catch_up
