@@ -33,6 +33,7 @@ def writer(db, start, steps, step_minutes):
     now = parse_instant(start)
     for i in range(int(steps) + 1):
         _, sim = pipeline.simulate_until(c, now + timedelta(minutes=int(step_minutes) * i), sim)
+        print(f"step {i}", flush=True)  # lets a test kill at a known point of progress
 
 
 def dashboard(db, stopfile):
