@@ -94,15 +94,12 @@ def _import(args, cfg, now) -> int:
 
 
 def _pull(args, cfg, now) -> int:
-    from .sources.analytics_engine import Client, Credentials
+    from .sources.analytics_engine import Client
 
     since = parse_instant(args.since, "--since") if args.since else None
     until = parse_instant(args.until, "--until") if args.until else None
-    client = Client(Credentials.from_env(), cfg.analytics_engine)
-    try:
+    with Client.from_env(cfg.analytics_engine) as client:
         summary = pipeline.pull(cfg, client, now, since, until, None if args.quiet else _progress("pulling"))
-    finally:
-        client.close()
     print(f"pulled {summary.events:,} data points in {summary.windows} windows ({client.queries} queries) "
           f"up to {summary.until:%Y-%m-%dT%H:%MZ}", file=sys.stderr)
     return 0

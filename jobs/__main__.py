@@ -42,13 +42,10 @@ class Jobs:
 
     def ingest(self, now: datetime) -> int:
         if self.cfg.source == "analytics_engine":
-            from cachemon.sources.analytics_engine import Client, Credentials
+            from cachemon.sources.analytics_engine import Client
 
-            client = Client(Credentials.from_env(), self.cfg.analytics_engine)
-            try:
+            with Client.from_env(self.cfg.analytics_engine) as client:
                 summary = pipeline.pull(self.cfg, client, now, publish=False)
-            finally:
-                client.close()
         else:
             summary, self.sim = pipeline.simulate_until(self.cfg, now, self.sim, publish=False)
         log.info("ingest: %d events in %d windows, store up to %s", summary.events, summary.windows,

@@ -77,11 +77,22 @@ class Client:
         self.sleep, self.jitter = sleep, jitter
         self.queries = 0  # requests sent, for reporting
 
+    @classmethod
+    def from_env(cls, cfg: AnalyticsEngineConfig, env=None) -> "Client":
+        """A client with the credentials of the environment (see README)."""
+        return cls(Credentials.from_env(env), cfg)
+
     def __repr__(self) -> str:
         return f"Client(account_id={self.creds.account_id!r}, base={self.creds.base!r})"
 
     def close(self) -> None:
         self.http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def query(self, sql: str) -> QueryResult:
         attempt, throttled = 0, 0
@@ -158,13 +169,6 @@ _TYPES = {
              ("api", "num"), ("errors", "num"), ("first_seen", "time"), ("last_seen", "time")),
 }
 
-GAUGES_FROM_POINTS = """
-SELECT date_trunc('minute', timestamp) AS minute, name, sum(value) AS value_sum, count(*) AS samples,
-       min(value) AS value_min, max(value) AS value_max, arg_max(value, timestamp) AS value_last
-FROM batch GROUP BY ALL
-"""
-
-
 def pull_rollups(client: Client, dataset: str, mapping: ColumnMapping, window: Window) -> Rollups:
     """The rollups of one window, aggregated by Analytics Engine."""
     whole = rollups.whole_hours(window)
@@ -176,8 +180,9 @@ def pull_rollups(client: Client, dataset: str, mapping: ColumnMapping, window: W
     keys = keys.add_column(3, "whole_hour", in_whole)
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
-        con.register("batch", points)
-        gauges = con.sql(GAUGES_FROM_POINTS).to_arrow_table()
+        # Named as events, the points go through the same gauge SQL as events do.
+        con.register("batch", points.rename_columns(["timestamp", "kind", "latency_ms"]))
+        gauges = con.sql(rollups.GAUGE_SQL).to_arrow_table()
     events = int(sum(minute["events"].to_pylist())) + points.num_rows
     return Rollups(minute=minute, latency=latency, gauges=gauges, keys=keys, events=events)
 
