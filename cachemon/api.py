@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import exposition, metrics, store
+from . import alerts, exposition, metrics, store
 from .clock import Period, Window, iso
 from .config import Config
 from .errors import CachemonError, InputError, StoreError
@@ -104,12 +104,14 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
             try:
                 with store.shared_reader(cfg.store.path) as con:
                     m = metrics.compute(con, Window.ending(now, period.length), period.value, latest=True)
+                    health = alerts.health(con, m.at, cfg.alerts.evaluate_every)
             except StoreError as exc:
                 return _error(503, str(exc))
             if fmt == "prometheus":
-                body, media = exposition.render(m, cfg.metrics.stale_after).encode(), exposition.CONTENT_TYPE
+                body, media = exposition.render(m, cfg.metrics.stale_after, health).encode(), exposition.CONTENT_TYPE
             else:
-                body, media = json.dumps(metrics.to_json(m, cfg.metrics.stale_after)).encode(), "application/json"
+                body = json.dumps(metrics.to_json(m, cfg.metrics.stale_after, health)).encode()
+                media = "application/json"
             hit = cache[(period.value, fmt)] = (now, body, media, iso(m.data_until) if m.data_until else "")
         left = settings.cache_for - (now - hit[0])
         return Response(hit[1], media_type=hit[2], headers={

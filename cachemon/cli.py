@@ -11,7 +11,7 @@ import sys
 from datetime import datetime, timedelta
 
 from . import config as config_mod
-from . import exposition, metrics, pipeline, store
+from . import alerts, exposition, metrics, pipeline, store
 from .clock import Period, Window, parse_instant, utcnow
 from .errors import CachemonError, InputError
 
@@ -60,7 +60,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", help="evaluate as of this instant, ISO 8601 UTC (default: now)")
     p.add_argument("--endpoint", help="only this endpoint (title, isbn, author, ...)")
     p.add_argument("--top", type=int, default=10, help="number of top keys (default 10)")
+    _alerts_parser(sub)
     return parser
+
+
+def _alerts_parser(sub) -> None:
+    p = sub.add_parser("alerts", help="evaluate alert rules, show history, manage silences",
+                       description="The alert monitor. The job runner runs `check` every 15 minutes.")
+    a = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = a.add_parser("check", help="evaluate every rule now (or --at), notify, deliver the outbox")
+    c.add_argument("--at", help="evaluate as of this instant, ISO 8601 UTC (default: now)")
+    c.add_argument("--dry-run", action="store_true", help="show states and notifications; write and send nothing")
+    h = a.add_parser("history", help="state changes and notifications, newest first")
+    h.add_argument("--since", help="from this instant (default: 7 days ago)")
+    h.add_argument("--limit", type=int, default=50, help="rows of each kind (default 50)")
+    h.add_argument("--json", action="store_true", help="JSON instead of tables")
+    s = a.add_parser("silence", help="mute notifications of an alert type or rule (evaluation goes on)")
+    s.add_argument("matcher", metavar="TYPE", help="alert type (miss_rate, p99_latency, ...) or rule name")
+    s.add_argument("--for", dest="duration", required=True, help="how long, e.g. 2h")
+    s.add_argument("--reason", required=True, help="why (shown to everyone)")
+    s.add_argument("--endpoint", default="", help="only this endpoint's instances")
+    s.add_argument("--by", default="", help="who silences (default $USER)")
+    a.add_parser("silences", help="list active silences")
+    u = a.add_parser("unsilence", help="end a silence now")
+    u.add_argument("id", type=int)
+    a.add_parser("deliver", help="send the outbox's due notifications now")
+    a.add_parser("rules", help="list the effective rules")
 
 
 def main(argv: list[str] | None = None, now: datetime | None = None) -> int:
@@ -132,10 +157,11 @@ def _metrics(args, cfg, now) -> int:
         # Without --at, a lagging source still gets its last good numbers, marked stale.
         m = metrics.compute(con, Window.ending(at, period.length), period.value, args.endpoint, args.top,
                             latest=args.at is None)
+        health = alerts.health(con, m.at, cfg.alerts.evaluate_every)
     if args.format == "prometheus":
-        sys.stdout.write(exposition.render(m, cfg.metrics.stale_after))
+        sys.stdout.write(exposition.render(m, cfg.metrics.stale_after, health))
     else:
-        print(json.dumps(metrics.to_json(m, cfg.metrics.stale_after), indent=2, ensure_ascii=False))
+        print(json.dumps(metrics.to_json(m, cfg.metrics.stale_after, health), indent=2, ensure_ascii=False))
     return 0
 
 
@@ -154,4 +180,12 @@ def _progress(label: str):
     return update
 
 
-COMMANDS = {"demo": _demo, "import": _import, "pull": _pull, "serve": _serve, "metrics": _metrics}
+def _alerts(args, cfg, now) -> int:
+    import os
+
+    from . import alerts_cli
+
+    return alerts_cli.run(args, cfg, now, os.environ)
+
+
+COMMANDS = {"alerts": _alerts, "demo": _demo, "import": _import, "pull": _pull, "serve": _serve, "metrics": _metrics}

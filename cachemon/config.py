@@ -20,6 +20,8 @@ from .errors import ConfigError
 
 DEFAULT_DB = "data/cachemon.duckdb"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+# Deliberately strict: no spaces, quotes, commas or newlines can reach a header.
+EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+$")
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class SimulatorConfig:
     requests_per_hour: float = 125_000.0
     catalog_keys: int = 60_000
     zipf_alpha: float = 0.8
-    colos: int = 6
+    colos: int = 3
     long_tail_share: float = 0.04
     sample_threshold_per_minute: float = 1_000.0
     origin_error_rate: float = 0.01
@@ -101,6 +103,61 @@ class JobsConfig:
 
 
 @dataclass(frozen=True)
+class AlertsConfig:
+    """[alerts]: evaluation, deduplication and the rules ([[alerts.rules]])."""
+
+    evaluate_every: timedelta = timedelta(minutes=15)
+    min_requests: float = 100.0  # fewer weighted requests in a window: no-data
+    repeat_interval: timedelta = timedelta(hours=4)  # the seed's dedup window
+    send_resolved: bool = True
+    builtin_rules: bool = True
+    disable: tuple[str, ...] = ()
+    rules: tuple = ()  # filled by load(); see cachemon.rules
+
+    def __post_init__(self):
+        if self.evaluate_every < timedelta(minutes=1) or self.repeat_interval <= timedelta(0):
+            raise ConfigError("[alerts] evaluate_every must be at least 1m and repeat_interval positive")
+        if self.min_requests < 0:
+            raise ConfigError("[alerts] min_requests must not be negative")
+
+    @property
+    def effective_rules(self) -> tuple:
+        from .rules import BUILTIN, with_defaults
+
+        rules = self.rules if self.rules else tuple(r for r in BUILTIN if self.builtin_rules and r.name not in self.disable)
+        return with_defaults(rules, self.min_requests)
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """[notify]: recipients and delivery. Secrets (SMTP password, API key,
+    webhook URLs) come only from the environment."""
+
+    email_from: str = ""  # default: ALERT_FROM, else cachemon@localhost
+    critical: tuple[str, ...] = ()  # email recipients per severity; default ALERT_EMAIL
+    warning: tuple[str, ...] = ()
+    info: tuple[str, ...] = ()
+    report: tuple[str, ...] = ()  # daily report recipients; default ALERT_EMAIL
+    dashboard_url: str = "http://127.0.0.1:8501"  # CACHEMON_DASHBOARD_URL overrides
+    subject_prefix: str = "[BooksTrack Cache]"
+    timeout: timedelta = timedelta(seconds=10)
+    retry_base: timedelta = timedelta(minutes=1)
+    retry_max: timedelta = timedelta(hours=1)
+
+    def __post_init__(self):
+        for severity in ("critical", "warning", "info", "report"):
+            for addr in getattr(self, severity):
+                if not EMAIL_RE.match(addr):
+                    raise ConfigError(f"[notify] {severity}: {addr!r} is not an email address")
+        if self.email_from and not EMAIL_RE.match(self.email_from):
+            raise ConfigError(f"[notify] email_from: {self.email_from!r} is not an email address")
+        if not re.match(r"^https?://[^\s]+$", self.dashboard_url):
+            raise ConfigError(f"[notify] dashboard_url: {self.dashboard_url!r} is not an http(s) URL")
+        if self.retry_base <= timedelta(0) or self.retry_max < self.retry_base:
+            raise ConfigError("[notify] retry_base must be positive and retry_max at least retry_base")
+
+
+@dataclass(frozen=True)
 class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     columns: ColumnMapping = field(default_factory=ColumnMapping)
@@ -108,6 +165,8 @@ class Config:
     analytics_engine: AnalyticsEngineConfig = field(default_factory=AnalyticsEngineConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     source: str = "simulator"
 
 
@@ -118,6 +177,8 @@ _SECTIONS = {
     "analytics_engine": AnalyticsEngineConfig,
     "metrics": MetricsConfig,
     "jobs": JobsConfig,
+    "alerts": AlertsConfig,
+    "notify": NotifyConfig,
 }
 
 
@@ -156,7 +217,17 @@ def _from_file(path: Path) -> Config:
             parts[name] = _section(path, name, _SECTIONS[name], value)
         else:
             raise ConfigError(f"{path}: unknown section or key {name!r}")
+    if "alerts" in parts:
+        parts["alerts"] = _alerts(path, data["alerts"], parts["alerts"])
     return Config(**parts)
+
+
+def _alerts(path: Path, raw: dict, scalars: AlertsConfig) -> AlertsConfig:
+    """[alerts] with its rules: built-ins, overrides and the user's own."""
+    from .rules import parse_rules
+
+    rules = parse_rules(str(path), raw.get("rules", []), scalars.builtin_rules, scalars.disable)
+    return replace(scalars, rules=rules) if rules else replace(scalars, rules=(), builtin_rules=False)
 
 
 def _section(path: Path, name: str, cls, values: dict):
@@ -164,6 +235,8 @@ def _section(path: Path, name: str, cls, values: dict):
     default = cls()
     kwargs = {}
     for key, value in values.items():
+        if name == "alerts" and key == "rules":
+            continue  # parsed by _alerts
         if key not in known:
             raise ConfigError(f"{path}: [{name}] has unknown key {key!r}")
         kwargs[key] = _coerce(path, f"[{name}] {key}", getattr(default, key), value)
@@ -182,6 +255,10 @@ def _coerce(path: Path, where: str, default, value):
             return parse_duration(value, where)
         except Exception as exc:
             raise ConfigError(f"{path}: {exc}") from None
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: {where} must be a list of strings, got {value!r}")
+        return tuple(value)
     if isinstance(default, bool) or isinstance(value, bool):
         if type(value) is not type(default):
             raise ConfigError(f"{path}: {where} must be {type(default).__name__}, got {value!r}")

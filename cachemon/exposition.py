@@ -15,6 +15,7 @@ from .events import TIERS
 from .metrics import Metrics, is_stale
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+HEALTH_LEVELS = {"healthy": 0, "degraded": 1, "critical": 2}
 # Gauge readings in family order, so each family's samples stay together.
 _GAUGE_FAMILIES = (
     ("queue_depth", "cachemon_queue_depth", "Warming queue depth, latest reading.", {}),
@@ -52,8 +53,9 @@ class _Writer:
         self.lines.append(f"{name}{_labels(labels)} {_num(value)}")
 
 
-def render(m: Metrics, stale_after: timedelta = timedelta(minutes=10)) -> str:
-    """The exposition text for one Metrics, ending with a newline."""
+def render(m: Metrics, stale_after: timedelta = timedelta(minutes=10), health=None) -> str:
+    """The exposition text for one Metrics (and the alert `health`, an
+    `alerts.Health`, when given), ending with a newline."""
     w, period = _Writer(), {"period": m.period}
     if m.lifetime is not None:
         w.family("cachemon_requests_total", "counter",
@@ -90,4 +92,11 @@ def render(m: Metrics, stale_after: timedelta = timedelta(minutes=10)) -> str:
         w.sample("cachemon_data_age_seconds", {}, max(0.0, (m.at - m.data_until).total_seconds()))
     w.family("cachemon_data_stale", "gauge", "1 when the newest data is older than the staleness limit.")
     w.sample("cachemon_data_stale", {}, 1.0 if is_stale(m, stale_after) else 0.0)
+    if health is not None:
+        firing = dict(health.firing)
+        w.family("cachemon_alerts_firing", "gauge", "Active (firing) alerts by severity, warnings inhibited by a critical excluded.")
+        for severity in ("critical", "warning", "info"):
+            w.sample("cachemon_alerts_firing", {"severity": severity}, firing.get(severity, 0))
+        w.family("cachemon_health_status", "gauge", "Cache health: 0 healthy, 1 degraded, 2 critical.")
+        w.sample("cachemon_health_status", {}, HEALTH_LEVELS[health.status])
     return "\n".join(w.lines) + "\n"

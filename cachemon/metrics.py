@@ -207,10 +207,11 @@ def compute(
     )
 
 
-def to_json(m: Metrics, stale_after: timedelta = timedelta(minutes=10)) -> dict:
+def to_json(m: Metrics, stale_after: timedelta = timedelta(minutes=10), health=None) -> dict:
     """The seed's /metrics JSON shape (plus added fields), as plain data.
     `stale` is true when the newest data is older than `stale_after` (the
-    source is down or lagging: these are the last good numbers)."""
+    source is down or lagging: these are the last good numbers). `health`
+    (an `alerts.Health`) adds the seed's health block."""
     v = m.volume
     out = {
         "timestamp": iso(m.at),
@@ -249,6 +250,8 @@ def to_json(m: Metrics, stale_after: timedelta = timedelta(minutes=10)) -> dict:
         "stale": is_stale(m, stale_after),
         "gauges": {name: _count(v) for name, v in m.gauges},
     }
+    if health is not None:
+        out["health"] = health.to_json()
     if m.top_keys_window:
         out["topKeysWindow"] = {"start": iso(m.top_keys_window.start), "end": iso(m.top_keys_window.end)}
     if m.endpoint:

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import ingest, store
+from . import alerts, ingest, store
 from .clock import HOUR, MINUTE, Window, floor_to
 from .config import Config
 from .errors import SourceError
@@ -50,6 +50,10 @@ def demo(cfg: Config, days: float, now: datetime, seed: int | None = None,
     with store.writer(cfg.store.path, now) as con:
         ingest.drop_source(con, SIMULATOR)
         events = _feed(con, cfg, sim, windows, now, progress)
+        # The alert history of the old data would describe traffic that is
+        # gone: evaluate the new span instead, without notifying anyone.
+        alerts.reset(con)
+        alerts.backfill(con, cfg, windows[0].start, end)
     return LoadSummary(SIMULATOR, events, len(windows), end)
 
 

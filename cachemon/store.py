@@ -29,7 +29,7 @@ import duckdb
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _ROLLUP_COLUMNS = """
     source VARCHAR NOT NULL, {time} TIMESTAMPTZ NOT NULL,
@@ -89,6 +89,39 @@ MIGRATIONS[2] = [
     """CREATE TABLE job_runs (
         job VARCHAR NOT NULL, started_at TIMESTAMPTZ NOT NULL, finished_at TIMESTAMPTZ NOT NULL,
         outcome VARCHAR NOT NULL, error VARCHAR, slots INTEGER NOT NULL, rows BIGINT)""",
+]
+
+
+# Alerts: instance states, their history, evaluations, dedup groups, the
+# notification outbox with every delivery attempt, and silences.
+MIGRATIONS[3] = [
+    """CREATE TABLE alert_state (
+        rule VARCHAR NOT NULL, endpoint VARCHAR NOT NULL, type VARCHAR NOT NULL, severity VARCHAR NOT NULL,
+        state VARCHAR NOT NULL, since TIMESTAMPTZ NOT NULL, evaluated_at TIMESTAMPTZ NOT NULL,
+        value DOUBLE, threshold DOUBLE, message VARCHAR NOT NULL, pending_since TIMESTAMPTZ,
+        firing_since TIMESTAMPTZ, last_breach TIMESTAMPTZ)""",
+    """CREATE TABLE alert_history (
+        changed_at TIMESTAMPTZ NOT NULL, rule VARCHAR NOT NULL, endpoint VARCHAR NOT NULL, type VARCHAR NOT NULL,
+        severity VARCHAR NOT NULL, from_state VARCHAR NOT NULL, to_state VARCHAR NOT NULL,
+        value DOUBLE, threshold DOUBLE, message VARCHAR NOT NULL, firing_since TIMESTAMPTZ)""",
+    """CREATE TABLE alert_evaluations (
+        evaluated_at TIMESTAMPTZ NOT NULL, data_until TIMESTAMPTZ, instances INTEGER NOT NULL, firing INTEGER NOT NULL,
+        notifications INTEGER NOT NULL, backfill BOOLEAN NOT NULL)""",
+    "CREATE TABLE notify_groups (channel VARCHAR PRIMARY KEY, members VARCHAR NOT NULL, sent_at TIMESTAMPTZ)",
+    "CREATE SEQUENCE notification_ids START 1",
+    """CREATE TABLE notifications (
+        id BIGINT NOT NULL, created_at TIMESTAMPTZ NOT NULL, channel VARCHAR NOT NULL, kind VARCHAR NOT NULL,
+        subject VARCHAR NOT NULL, members VARCHAR NOT NULL, payload VARCHAR NOT NULL, status VARCHAR NOT NULL,
+        attempts INTEGER NOT NULL, next_attempt_at TIMESTAMPTZ NOT NULL, last_error VARCHAR,
+        sent_at TIMESTAMPTZ)""",
+    """CREATE TABLE deliveries (
+        notification_id BIGINT NOT NULL, attempted_at TIMESTAMPTZ NOT NULL, ok BOOLEAN NOT NULL,
+        detail VARCHAR NOT NULL)""",
+    "CREATE SEQUENCE silence_ids START 1",
+    """CREATE TABLE silences (
+        id BIGINT NOT NULL, matcher VARCHAR NOT NULL, endpoint VARCHAR NOT NULL, starts_at TIMESTAMPTZ NOT NULL,
+        ends_at TIMESTAMPTZ NOT NULL, reason VARCHAR NOT NULL, created_at TIMESTAMPTZ NOT NULL,
+        created_by VARCHAR NOT NULL, expired_at TIMESTAMPTZ)""",
 ]
 
 

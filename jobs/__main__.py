@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -24,8 +25,8 @@ from typing import Callable
 import schedule
 
 from cachemon import config as config_mod
-from cachemon import ingest, pipeline, runner, store
-from cachemon.clock import HOUR, as_utc, floor_to, iso, parse_instant, utcnow
+from cachemon import alerts, ingest, notify, pipeline, runner, store
+from cachemon.clock import HOUR, MINUTE, as_utc, floor_to, iso, parse_instant, utcnow
 from cachemon.errors import CachemonError
 
 log = logging.getLogger("jobs")
@@ -58,11 +59,34 @@ class Jobs:
         log.info("compact: %d source(s) compacted", n)
         return n
 
+    def alerts(self, now: datetime) -> int:
+        transports = notify.Transports.from_env(os.environ)
+        with store.writer(self.cfg.store.path, now, publish=False) as con:
+            if not alerts.due(con, now):
+                log.info("alerts: %s already evaluated", iso(now))
+                return 0
+            result = alerts.run(con, self.cfg, now, transports)
+        firing = [s.rule for s in result.evaluation.states if s.state == "firing"]
+        log.info("alerts: %d instances, firing: %s; %d notification(s) queued, %d delivered",
+                 len(result.evaluation.states), ", ".join(firing) or "none", len(result.outbox),
+                 sum(d.ok for d in result.deliveries))
+        return len(result.outbox)
+
+    def deliver(self, now: datetime) -> int:
+        transports = notify.Transports.from_env(os.environ)
+        with store.writer(self.cfg.store.path, now, publish=False) as con:
+            results = notify.deliver(con, transports, self.cfg.notify, now)
+        if results:
+            log.info("deliver: %d sent, %d failed", sum(d.ok for d in results), sum(not d.ok for d in results))
+        return sum(d.ok for d in results)
+
     def registry(self) -> list[tuple[runner.JobSpec, Callable[[datetime], int]]]:
         j = self.cfg.jobs
         hh, mm = map(int, j.compact_at.split(":"))
         return [
             (runner.JobSpec("ingest", every=j.ingest_every), self.ingest),
+            (runner.JobSpec("alerts", every=self.cfg.alerts.evaluate_every), self.alerts),
+            (runner.JobSpec("deliver", every=MINUTE), self.deliver),
             (runner.JobSpec("compact", at=dtime(hh, mm)), self.compact),
         ]
 

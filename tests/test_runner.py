@@ -131,7 +131,7 @@ def test_runner_process_fast_clock_second_instance_catch_up_and_sigterm(tmp_path
     assert a.returncode == 0, out
     assert "runner stopped" in out
     runs = _runs(db)
-    assert {j for j, o, _, _ in runs if o == "ok"} == {"ingest"}
+    assert {j for j, o, _, _ in runs if o == "ok"} == {"ingest", "alerts", "deliver"}
     assert [o for j, o, _, _ in runs if j == "compact"] == ["scheduled"]
     assert all(n > 0 for j, o, _, n in runs if j == "ingest" and o == "ok")  # rows written are logged
     assert not [r for r in runs if r[1] == "error"]
@@ -140,6 +140,10 @@ def test_runner_process_fast_clock_second_instance_catch_up_and_sigterm(tmp_path
         span = metrics.data_span(con)
         minutes = con.execute("SELECT count(DISTINCT minute) FROM rollup_minute").fetchall()[0][0]
         mark = ingest.watermark(con, "simulator")
+        evaluated = [r[0] for r in con.execute("SELECT evaluated_at FROM alert_evaluations").fetchall()]
+    # The alert monitor ran at once (never run before), then on the 15-minute slots.
+    assert evaluated[0] == datetime(2026, 11, 19, 0, 20, tzinfo=UTC)
+    assert all(t.minute % 15 == 0 for t in evaluated[1:])
     assert span[1] == mark and minutes == (span[1] - span[0]) // timedelta(minutes=1)
     # Restart after the slot: the missed 00:50 compaction runs once, at once.
     c = _start(env, "--clock-start", "2026-11-19T02:00:00Z")

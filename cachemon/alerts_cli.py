@@ -1,0 +1,125 @@
+"""`python -m cachemon alerts …`: the alert monitor's command line."""
+
+from __future__ import annotations
+
+import getpass
+import json
+from datetime import datetime, timedelta
+
+from . import alerts, notify, store
+from .clock import format_duration, iso, parse_duration, parse_instant
+from .errors import InputError
+
+
+def run(args, cfg, now: datetime, env) -> int:
+    return ACTIONS[args.action](args, cfg, now, env)
+
+
+def _check(args, cfg, now, env) -> int:
+    at = parse_instant(args.at, "--at") if args.at else now
+    transports = notify.Transports.from_env(env)
+    if args.dry_run:
+        with store.reader(cfg.store.path) as con:
+            result = alerts.run(con, cfg, at, transports, dry_run=True)
+    else:
+        with store.writer(cfg.store.path, now) as con:
+            result = alerts.run(con, cfg, at, transports)
+    _print_states(result.evaluation)
+    verb = "would send" if args.dry_run else "queued"
+    for row, notice in zip(result.outbox, result.evaluation.notices):
+        print(f"{verb} {row.channel}: {row.subject} ({notice.reason})")
+    if not result.outbox:
+        print("no notifications" + (" (no channel configured)" if not transports.channels(cfg.notify) else ""))
+    for d in result.deliveries:
+        print(f"delivery {d.id} via {d.channel}: {'sent' if d.ok else 'failed: ' + d.detail}")
+    return 0
+
+
+def _print_states(ev: alerts.Evaluation) -> None:
+    print(f"evaluated at {iso(ev.at)}; data until {iso(ev.data_until) if ev.data_until else 'never'}")
+    print(f"{'STATE':9} {'SEVERITY':9} {'RULE':20} {'ENDPOINT':10} {'SINCE':21} MESSAGE")
+    for s in ev.states:
+        print(f"{s.state:9} {s.severity:9} {s.rule:20} {s.endpoint or '*':10} {iso(s.since):21} {s.message}")
+
+
+def _history(args, cfg, now, env) -> int:
+    since = parse_instant(args.since, "--since") if args.since else now - timedelta(days=7)
+    if args.limit <= 0:
+        raise InputError(f"--limit must be positive, got {args.limit}")
+    with store.reader(cfg.store.path) as con:
+        changes = alerts.history(con, since, now, args.limit)
+        sent = notify.outbox(con, since, args.limit)
+    if args.json:
+        print(json.dumps({"changes": changes, "notifications": sent}, default=_jsonable, indent=2, ensure_ascii=False))
+        return 0
+    print("STATE CHANGES")
+    for c in changes:
+        print(f"{iso(c['at'])}  {c['from_state']:>8} -> {c['to_state']:8} {c['severity']:8} {c['rule']:20} "
+              f"{c['endpoint'] or '*':8} {c['message']}")
+    print("\nNOTIFICATIONS")
+    for n in sent:
+        detail = f"sent {iso(n['sent_at'])}" if n["status"] == "sent" else \
+            f"pending, {n['attempts']} attempts, next {iso(n['next_attempt_at'])}: {n['last_error'] or ''}"
+        print(f"#{n['id']:<5} {iso(n['created_at'])}  {n['channel']:8} {n['subject']}  [{detail}]")
+    return 0
+
+
+def _jsonable(v):
+    return iso(v) if isinstance(v, datetime) else str(v)
+
+
+def _silence(args, cfg, now, env) -> int:
+    duration = parse_duration(args.duration, "--for")
+    with store.writer(cfg.store.path, now) as con:
+        s = alerts.add_silence(con, args.matcher, duration, args.reason, now, args.endpoint,
+                               args.by or _user())
+    print(f"silence {s.id}: {s.matcher}{' [' + s.endpoint + ']' if s.endpoint else ''} muted until "
+          f"{iso(s.ends_at)} ({s.reason})")
+    return 0
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in a bare container
+        return ""
+
+
+def _silences(args, cfg, now, env) -> int:
+    with store.reader(cfg.store.path) as con:
+        rows = alerts.active_silences(con, now)
+    if not rows:
+        print("no active silences")
+    for s in rows:
+        print(f"{s.id:<4} {s.matcher:20} {s.endpoint or '*':8} until {iso(s.ends_at)}  by {s.created_by or '?'}: {s.reason}")
+    return 0
+
+
+def _unsilence(args, cfg, now, env) -> int:
+    with store.writer(cfg.store.path, now) as con:
+        alerts.expire_silence(con, args.id, now)
+    print(f"silence {args.id} ended")
+    return 0
+
+
+def _deliver(args, cfg, now, env) -> int:
+    transports = notify.Transports.from_env(env)
+    with store.writer(cfg.store.path, now) as con:
+        results = notify.deliver(con, transports, cfg.notify, now)
+    for d in results:
+        print(f"delivery {d.id} via {d.channel}: {'sent' if d.ok else 'failed: ' + d.detail}")
+    if not results:
+        print("nothing due")
+    return 0 if all(d.ok for d in results) else 1
+
+
+def _rules(args, cfg, now, env) -> int:
+    for r in cfg.alerts.effective_rules:
+        extra = f" for {format_duration(r.for_)}" if r.for_ else ""
+        where = f" endpoints={','.join(r.endpoints)}" if r.endpoints else ""
+        print(f"{r.name:20} {r.severity:8} {r.alert_type:16} {r.describe()} over {format_duration(r.window)}{extra}{where}")
+    return 0
+
+
+ACTIONS = {"check": _check, "history": _history, "silence": _silence, "silences": _silences,
+           "unsilence": _unsilence, "deliver": _deliver, "rules": _rules}

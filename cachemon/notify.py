@@ -1,0 +1,286 @@
+"""Notification channels and the durable outbox.
+
+A notification is rendered and written to the store (`notifications`, in
+the same transaction as the decision that caused it) before anything is
+sent. `deliver` then sends what is due, oldest first, recording every
+attempt in `deliveries`; a failure (server down, 5xx, timeout, rejection)
+leaves it pending with exponential backoff (retry_base doubling up to
+retry_max), forever, so nothing is lost; a later notification of the same
+channel waits behind an undelivered one, so order is kept. A notification is
+marked sent right after the server accepts it; only a crash between those
+two instants can repeat it, and the repeat carries the same Message-ID.
+
+Channels: email (SMTP with STARTTLS/SSL/auth, or the MailChannels Email
+API), Slack and Discord incoming webhooks. Their secrets come from the
+environment only and never reach a log line, an error or the store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import smtplib
+import ssl
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime
+
+import duckdb
+import httpx
+
+from . import messages
+from .clock import iso
+from .config import EMAIL_RE, NotifyConfig
+from .errors import CachemonError, ConfigError
+from .lifecycle import SEVERITY_ORDER, Notice
+
+log = logging.getLogger("cachemon.notify")
+
+CHANNELS = ("email", "slack", "discord")
+MAILCHANNELS_URL = "https://api.mailchannels.net/tx/v1/send"
+
+INSERT = "INSERT INTO notifications VALUES (nextval('notification_ids'), ?, ?, ?, ?, ?, ?, 'pending', 0, ?, NULL, NULL)"
+DUE = """
+SELECT id, channel, payload, attempts, next_attempt_at FROM notifications
+WHERE status = 'pending' ORDER BY id
+"""
+MARK_SENT = "UPDATE notifications SET status = 'sent', attempts = attempts + 1, sent_at = ?, last_error = NULL WHERE id = ?"
+MARK_FAILED = "UPDATE notifications SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?"
+LOG_ATTEMPT = "INSERT INTO deliveries VALUES (?, ?, ?, ?)"
+LIST = """
+SELECT id, created_at, channel, kind, subject, members, status, attempts, next_attempt_at, last_error, sent_at
+FROM notifications WHERE created_at >= $since ORDER BY id DESC LIMIT $limit
+"""
+
+
+class NotifyError(CachemonError):
+    """A channel refused or could not take a notification."""
+
+
+@dataclass(frozen=True)
+class Smtp:
+    host: str
+    port: int
+    tls: str  # none | starttls | ssl
+    user: str = ""
+    password: str = field(default="", repr=False)
+    ca_file: str = ""
+
+
+@dataclass(frozen=True)
+class Transports:
+    """Where notifications go, from the environment. Secrets never print."""
+
+    smtp: Smtp | None = None
+    mailchannels_key: str = field(default="", repr=False)
+    mailchannels_url: str = MAILCHANNELS_URL
+    slack_url: str = field(default="", repr=False)
+    discord_url: str = field(default="", repr=False)
+    alert_email: tuple[str, ...] = ()
+    sender: str = "cachemon@localhost"
+    dashboard_url: str = ""
+
+    @classmethod
+    def from_env(cls, env: dict) -> "Transports":
+        """Read ALERT_EMAIL, ALERT_FROM, SMTP_*, MAILCHANNELS_API_KEY,
+        SLACK_WEBHOOK_URL, DISCORD_WEBHOOK_URL and CACHEMON_DASHBOARD_URL."""
+        smtp = None
+        if env.get("SMTP_HOST"):
+            tls = env.get("SMTP_TLS", "starttls").lower()
+            if tls not in ("none", "starttls", "ssl"):
+                raise ConfigError(f"SMTP_TLS={tls!r}: use none, starttls or ssl")
+            port = env.get("SMTP_PORT") or {"none": "25", "starttls": "587", "ssl": "465"}[tls]
+            if not port.isdigit():
+                raise ConfigError(f"SMTP_PORT={port!r} is not a port number")
+            smtp = Smtp(env["SMTP_HOST"], int(port), tls, env.get("SMTP_USER", ""), env.get("SMTP_PASSWORD", ""),
+                        env.get("SMTP_CA_FILE", ""))
+        to = tuple(a.strip() for a in env.get("ALERT_EMAIL", "").split(",") if a.strip())
+        sender = env.get("ALERT_FROM", "").strip() or "cachemon@localhost"
+        for addr in to + (sender,):
+            if not EMAIL_RE.match(addr):
+                raise ConfigError(f"ALERT_EMAIL/ALERT_FROM: {addr!r} is not an email address")
+        return cls(smtp, env.get("MAILCHANNELS_API_KEY", ""), env.get("MAILCHANNELS_API_URL", MAILCHANNELS_URL),
+                   env.get("SLACK_WEBHOOK_URL", ""), env.get("DISCORD_WEBHOOK_URL", ""), to, sender,
+                   env.get("CACHEMON_DASHBOARD_URL", ""))
+
+    def channels(self, nc: NotifyConfig) -> tuple[str, ...]:
+        """The channels that can deliver now."""
+        out = []
+        if (self.smtp or self.mailchannels_key) and (self.alert_email or nc.critical or nc.warning or nc.info):
+            out.append("email")
+        if self.slack_url:
+            out.append("slack")
+        if self.discord_url:
+            out.append("discord")
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    created_at: datetime
+    channel: str
+    kind: str  # firing | resolved | report
+    subject: str
+    members: str
+    payload: str  # JSON, exactly what will be sent
+
+
+def recipients(nc: NotifyConfig, t: Transports, severities: set[str]) -> tuple[str, ...]:
+    """Email recipients for alerts of these severities (ALERT_EMAIL when a
+    severity has none configured)."""
+    out: list[str] = []
+    for sev in sorted(severities, key=lambda s: SEVERITY_ORDER.get(s, 9)):
+        for addr in getattr(nc, sev, ()) or t.alert_email:
+            if addr not in out:
+                out.append(addr)
+    return tuple(out)
+
+
+def render(notice: Notice, context: dict | None, nc: NotifyConfig, t: Transports) -> OutboxRow:
+    """A decision rendered for its channel, ready for the outbox."""
+    url = t.dashboard_url or nc.dashboard_url
+    members = ",".join(s.member for s in notice.firing + notice.resolved)
+    if notice.channel == "email":
+        to = recipients(nc, t, {s.severity for s in notice.firing + notice.resolved})
+        mid = messages.message_id(notice.kind, notice.at, notice.channel, members)
+        email = messages.alert_email(notice, context, to, nc.email_from or t.sender, nc.subject_prefix, url, mid)
+        payload = email.to_json()
+    elif notice.channel == "slack":
+        payload = messages.slack_payload(notice, nc.subject_prefix, url)
+    else:
+        payload = messages.discord_payload(notice, nc.subject_prefix, url)
+    subj = messages.subject(notice, nc.subject_prefix)
+    return OutboxRow(notice.at, notice.channel, notice.kind, subj, members, json.dumps(payload, ensure_ascii=False))
+
+
+def enqueue(con: duckdb.DuckDBPyConnection, row: OutboxRow) -> None:
+    """Write a rendered notification to the outbox (inside the caller's transaction)."""
+    con.execute(INSERT, [row.created_at, row.channel, row.kind, row.subject, row.members, row.payload,
+                         row.created_at])
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    channel: str
+    ok: bool
+    detail: str
+
+
+def deliver(con: duckdb.DuckDBPyConnection, t: Transports, nc: NotifyConfig, now: datetime) -> list[Delivery]:
+    """Send every due notification, oldest first; a channel stops at its
+    first failure so its messages stay in order. Each result is written
+    as soon as it is known."""
+    results, blocked = [], set()
+    for nid, channel, payload, attempts, due in con.execute(DUE).fetchall():
+        if channel in blocked:
+            continue
+        if due > now:
+            blocked.add(channel)
+            continue
+        try:
+            send(t, channel, json.loads(payload), nc.timeout)
+        except NotifyError as exc:
+            wait = min(nc.retry_base * (2 ** attempts), nc.retry_max)
+            con.execute(MARK_FAILED, [now + wait, str(exc), nid])
+            con.execute(LOG_ATTEMPT, [nid, now, False, str(exc)])
+            log.warning("notification %d via %s failed (attempt %d), retry at %s: %s",
+                        nid, channel, attempts + 1, iso(now + wait), exc)
+            results.append(Delivery(nid, channel, False, str(exc)))
+            blocked.add(channel)
+            continue
+        con.execute(MARK_SENT, [now, nid])
+        con.execute(LOG_ATTEMPT, [nid, now, True, "accepted"])
+        log.info("notification %d sent via %s", nid, channel)
+        results.append(Delivery(nid, channel, True, "accepted"))
+    return results
+
+
+def send(t: Transports, channel: str, payload: dict, timeout: timedelta) -> None:
+    """Hand one rendered notification to its channel; NotifyError on failure."""
+    if channel == "email":
+        if t.smtp:
+            return _send_smtp(t.smtp, payload, timeout.total_seconds())
+        if t.mailchannels_key:
+            return _post("MailChannels", t.mailchannels_url, _mailchannels_body(payload), timeout,
+                         {"X-Api-Key": t.mailchannels_key})
+        raise NotifyError("email is not configured: set SMTP_HOST or MAILCHANNELS_API_KEY")
+    url = {"slack": t.slack_url, "discord": t.discord_url}.get(channel)
+    if not url:
+        raise NotifyError(f"{channel} is not configured: set {channel.upper()}_WEBHOOK_URL")
+    _post(f"{channel} webhook", url, payload, timeout, {})
+
+
+def email_message(payload: dict) -> EmailMessage:
+    """The MIME message (text + HTML alternative) for an email payload."""
+    msg = EmailMessage()
+    msg["Subject"] = messages.header_safe(payload["subject"])
+    msg["From"] = payload["from"]
+    msg["To"] = ", ".join(payload["to"])
+    msg["Message-ID"] = payload["message_id"]
+    msg["Date"] = format_datetime(datetime.now().astimezone())
+    msg.set_content(payload["text"])
+    msg.add_alternative(payload["html"], subtype="html")
+    return msg
+
+
+def _send_smtp(s: Smtp, payload: dict, timeout: float) -> None:
+    if not payload["to"]:
+        raise NotifyError("email has no recipients: set ALERT_EMAIL or [notify] recipients")
+    context = ssl.create_default_context(cafile=s.ca_file or None)
+    where = f"SMTP server {s.host}:{s.port}"
+    try:
+        cls = smtplib.SMTP_SSL if s.tls == "ssl" else smtplib.SMTP
+        kwargs = {"context": context} if s.tls == "ssl" else {}
+        with cls(s.host, s.port, timeout=timeout, **kwargs) as smtp:
+            if s.tls == "starttls":
+                smtp.starttls(context=context)
+            if s.user:
+                smtp.login(s.user, s.password)
+            smtp.send_message(email_message(payload))
+    except smtplib.SMTPAuthenticationError as exc:
+        raise NotifyError(f"{where} refused the login for SMTP_USER (code {exc.smtp_code})") from None
+    except smtplib.SMTPResponseException as exc:
+        raise NotifyError(f"{where} answered {exc.smtp_code}: {_safe(exc.smtp_error)}") from None
+    except smtplib.SMTPRecipientsRefused as exc:
+        raise NotifyError(f"{where} refused the recipients {', '.join(exc.recipients)}") from None
+    except (smtplib.SMTPException, OSError) as exc:
+        raise NotifyError(f"{where} unreachable: {type(exc).__name__}: {_safe(str(exc))}") from None
+
+
+def _mailchannels_body(p: dict) -> dict:
+    return {
+        "personalizations": [{"to": [{"email": a} for a in p["to"]]}],
+        "from": {"email": p["from"]},
+        "subject": messages.header_safe(p["subject"]),
+        "content": [{"type": "text/plain", "value": p["text"]}, {"type": "text/html", "value": p["html"]}],
+        "headers": {"Message-ID": p["message_id"]},
+    }
+
+
+def _post(what: str, url: str, body: dict, timeout: timedelta, headers: dict) -> None:
+    # The URL (a webhook's secret) and the headers (an API key) never
+    # appear in the messages below; httpx's own errors would show the URL.
+    try:
+        r = httpx.post(url, json=body, headers=headers, timeout=timeout.total_seconds())
+    except httpx.TimeoutException:
+        raise NotifyError(f"{what}: timed out after {timeout.total_seconds():g} s") from None
+    except httpx.HTTPError as exc:
+        raise NotifyError(f"{what}: unreachable ({type(exc).__name__})") from None
+    if not 200 <= r.status_code < 300:
+        hint = " (check the URL or key)" if r.status_code in (401, 403, 404) else ""
+        raise NotifyError(f"{what} rejected the message: HTTP {r.status_code}{hint}: {_safe(r.text)[:200]}")
+
+
+def _safe(text) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return messages.oneline(text)
+
+
+def outbox(con, since: datetime, limit: int = 100) -> list[dict]:
+    """Notifications with their delivery state, newest first."""
+    cur = con.execute(LIST, {"since": since, "limit": limit})
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
