@@ -34,7 +34,7 @@ SELECT id, matcher, endpoint, starts_at, ends_at, reason, created_by FROM silenc
 WHERE starts_at <= $at AND ends_at > $at AND expired_at IS NULL ORDER BY id
 """
 STATE_COLUMNS = ("rule", "endpoint", "type", "severity", "state", "since", "evaluated_at", "value",
-                 "threshold", "message", "pending_since", "firing_since", "last_breach")
+                 "threshold", "message", "pending_since", "firing_since", "last_breach", "clear_since")
 LOAD_STATES = f"SELECT {', '.join(STATE_COLUMNS)} FROM alert_state"
 UPSERT_GROUP = "INSERT OR REPLACE INTO notify_groups VALUES (?, ?, ?)"
 # The state of each instance as of an instant: its last transition.

@@ -11,7 +11,7 @@ change until the rule is evaluated clear again.
 Notification decisions follow the seed's deduplication, per channel: the
 group key is the sorted set of active alerts; a new member, or a resolved
 one (resolve notices on by default), notifies at once; the same set repeats
-after `repeat_interval` (4 h). Silenced and inhibited alerts (a warning whose
+after `repeat_interval` (4 h) while one of them is confirmed firing. Silenced and inhibited alerts (a warning whose
 type and endpoint also fire as critical) are left out of the set.
 """
 
@@ -54,6 +54,7 @@ class InstanceState:
     pending_since: datetime | None = None
     firing_since: datetime | None = None
     last_breach: datetime | None = None
+    clear_since: datetime | None = None  # first clear evaluation while held by keep_firing_for
 
     @property
     def key(self) -> tuple[str, str]:
@@ -80,16 +81,19 @@ def step(prev: InstanceState | None, rule: Rule, endpoint: str, outcome: Outcome
         return _enter(base, outcome.kind, at, pending_since=None, **common)
     if outcome.kind == BREACH:
         if base.active:
-            return _enter(base, FIRING, at, last_breach=at, **common)
+            return _enter(base, FIRING, at, last_breach=at, clear_since=None, **common)
         started = base.pending_since if base.state == PENDING and base.pending_since else at
         if at - started >= rule.for_:
-            return _enter(base, FIRING, at, pending_since=None, firing_since=at, last_breach=at, **common)
+            return _enter(base, FIRING, at, pending_since=None, firing_since=at, last_breach=at, clear_since=None,
+                          **common)
         return _enter(base, PENDING, at, pending_since=started, last_breach=at, **common)
     if base.active:
-        held = rule.keep_firing_for and base.last_breach and at - base.last_breach < rule.keep_firing_for
-        if held:
-            return _enter(base, FIRING, at, **common)
-        return _enter(base, RESOLVED, at, firing_since=None, pending_since=None, **common)
+        # As Prometheus: keep firing until `keep_firing_for` has passed since
+        # the first evaluation that found the condition clear.
+        cleared = base.clear_since or at
+        if at - cleared < rule.keep_firing_for:
+            return _enter(base, FIRING, at, clear_since=cleared, **common)
+        return _enter(base, RESOLVED, at, firing_since=None, pending_since=None, clear_since=None, **common)
     return _enter(base, OK, at, pending_since=None, **common)
 
 
@@ -168,7 +172,9 @@ def decide(
         reason = "new"
     elif resolved and send_resolved:
         reason = "resolved"
-    elif members and prev and prev.sent_at and at - prev.sent_at >= repeat:
+    elif any(s.state == FIRING for s in routed) and prev and prev.sent_at and at - prev.sent_at >= repeat:
+        # Only a confirmed breach repeats: "still firing" is not news when
+        # the data has gone missing (no_data keeps the alert active, quietly).
         reason = "repeat"
     if reason is None:
         return None, Group(channel, members, prev.sent_at if prev else None)

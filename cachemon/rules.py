@@ -176,7 +176,8 @@ def _parse_one(where: str, index: int, raw) -> Rule:
     for key, value in raw.items():
         name = _TOML_NAMES.get(key, key)
         if name not in known or name == "for_" and key != "for":
-            raise bad(key, f"unknown field (fields: {', '.join(sorted(_TOML_NAMES.get(k, k) for k in known))})")
+            toml_names = sorted("for" if k == "for_" else k for k in known)
+            raise bad(key, f"unknown field (fields: {', '.join(toml_names)})")
         kwargs[name] = _field(bad, key, name, value)
     for req in ("name", "metric", "severity"):
         if req not in kwargs:

@@ -99,7 +99,7 @@ MIGRATIONS[3] = [
         rule VARCHAR NOT NULL, endpoint VARCHAR NOT NULL, type VARCHAR NOT NULL, severity VARCHAR NOT NULL,
         state VARCHAR NOT NULL, since TIMESTAMPTZ NOT NULL, evaluated_at TIMESTAMPTZ NOT NULL,
         value DOUBLE, threshold DOUBLE, message VARCHAR NOT NULL, pending_since TIMESTAMPTZ,
-        firing_since TIMESTAMPTZ, last_breach TIMESTAMPTZ)""",
+        firing_since TIMESTAMPTZ, last_breach TIMESTAMPTZ, clear_since TIMESTAMPTZ)""",
     """CREATE TABLE alert_history (
         changed_at TIMESTAMPTZ NOT NULL, rule VARCHAR NOT NULL, endpoint VARCHAR NOT NULL, type VARCHAR NOT NULL,
         severity VARCHAR NOT NULL, from_state VARCHAR NOT NULL, to_state VARCHAR NOT NULL,

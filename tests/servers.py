@@ -1,0 +1,117 @@
+"""Real receivers on loopback for notification tests: an SMTP server
+(aiosmtpd, optionally STARTTLS/SSL with a trustme CA and AUTH) and an HTTP
+webhook sink that records every request and answers a settable status."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import socket
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Inbox:
+    def __init__(self):
+        self.messages: list[email.message.EmailMessage] = []
+        self.envelopes = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.envelopes.append(envelope)
+        self.messages.append(email.message_from_bytes(envelope.original_content, policy=email.policy.default))
+        return "250 OK"
+
+
+class SmtpSink:
+    """An SMTP server on 127.0.0.1. `tls`: none | starttls | ssl."""
+
+    def __init__(self, tls: str = "none", ca=None, user: str = "", password: str = "", port: int | None = None):
+        self.inbox = _Inbox()
+        self.port = port or free_port()
+        self.tls, self.ca, self.user, self.password = tls, ca, user, password
+        self.controller = None
+
+    def _context(self):
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ca.issue_cert("127.0.0.1").configure_cert(ctx)
+        return ctx
+
+    def _auth(self, server, session, envelope, mechanism, data):
+        ok = isinstance(data, LoginPassword) and data.login.decode() == self.user and data.password.decode() == self.password
+        return AuthResult(success=ok)
+
+    def start(self) -> "SmtpSink":
+        kw = {}
+        if self.tls == "starttls":
+            kw.update(tls_context=self._context(), require_starttls=True)
+        if self.tls == "ssl":
+            kw.update(ssl_context=self._context())
+        if self.user:
+            kw.update(authenticator=self._auth, auth_required=True)
+        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port, **kw)
+        if self.tls == "ssl":
+            # The controller's readiness probe speaks plain SMTP; skip it for implicit TLS.
+            self.controller._trigger_server = lambda: None
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self.controller:
+            self.controller.stop()
+            self.controller = None
+
+    @property
+    def messages(self):
+        return self.inbox.messages
+
+    def env(self) -> dict:
+        e = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(self.port), "SMTP_TLS": self.tls}
+        if self.user:
+            e.update(SMTP_USER=self.user, SMTP_PASSWORD=self.password)
+        return e
+
+
+class WebhookSink:
+    """Records POSTs (path, headers, JSON body); answers `status`."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.status = 200
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sink.requests.append({"path": self.path, "headers": dict(self.headers), "json": json.loads(body),
+                                      "status": sink.status})
+                self.send_response(sink.status)
+                self.end_headers()
+                self.wfile.write(b"ok" if sink.status < 300 else b"invalid_token")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def accepted(self, path: str) -> list[dict]:
+        return [r["json"] for r in self.requests if r["path"] == path and r["status"] < 300]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
