@@ -56,13 +56,11 @@ class SmtpSink:
         if self.tls == "starttls":
             kw.update(tls_context=self._context(), require_starttls=True)
         if self.tls == "ssl":
-            kw.update(ssl_context=self._context())
+            # aiosmtpd only counts STARTTLS as TLS for AUTH; implicit TLS is TLS from the first byte.
+            kw.update(ssl_context=self._context(), auth_require_tls=False)
         if self.user:
             kw.update(authenticator=self._auth, auth_required=True)
         self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port, **kw)
-        if self.tls == "ssl":
-            # The controller's readiness probe speaks plain SMTP; skip it for implicit TLS.
-            self.controller._trigger_server = lambda: None
         self.controller.start()
         return self
 
