@@ -1,7 +1,8 @@
 """The cachemon dashboard: `streamlit run app.py`.
 
 A thin shell: it reads the store's published snapshot through `cachemon`
-and renders; it never computes domain numbers and never writes the store.
+and renders; it never computes domain numbers, and writes only through
+`cachemon` functions (creating a silence).
 """
 
 import streamlit as st
@@ -25,5 +26,8 @@ with st.sidebar:
     st.selectbox("Period", [p.value for p in Period], index=1, key="period")
     st.selectbox("Endpoint", ["all", "title", "isbn", "author"], key="endpoint")
 
-page = st.navigation([st.Page("pages/overview.py", title="Overview", icon=":material/monitoring:", default=True)])
+page = st.navigation([
+    st.Page("pages/overview.py", title="Overview", icon=":material/monitoring:", default=True),
+    st.Page("pages/alerts.py", title="Alerts", icon=":material/notifications:", url_path="alerts"),
+])
 page.run()

@@ -424,3 +424,39 @@ def run(con, cfg, at: datetime, transports, dry_run: bool = False) -> CheckResul
         return CheckResult(ev, rows, ())
     record(con, ev, list(rows))
     return CheckResult(ev, rows, tuple(notify.deliver(con, transports, cfg.notify, at)))
+
+
+@dataclass(frozen=True)
+class Period:
+    """One stretch of an alert being active (firing, or held through no-data)."""
+
+    rule: str
+    endpoint: str
+    type: str
+    severity: str
+    start: datetime
+    end: datetime | None  # None: still active at `until`
+
+
+PERIOD_CHANGES = """
+SELECT changed_at, rule, endpoint, type, severity, to_state, firing_since
+FROM alert_history WHERE changed_at <= $until AND (firing_since IS NOT NULL OR from_state IN ('firing', 'no_data', 'error'))
+ORDER BY rule, endpoint, changed_at
+"""
+
+
+def active_periods(con, since: datetime, until: datetime) -> list[Period]:
+    """Periods of active alerts overlapping [since, until], for timelines
+    and incident markers."""
+    out: list[Period] = []
+    open_: dict[tuple, Period] = {}
+    rows = con.execute(PERIOD_CHANGES, {"until": until}).fetchall()
+    for at, rule, endpoint, type_, severity, _, firing_since in rows:
+        key = (rule, endpoint)
+        if firing_since is not None and key not in open_:
+            open_[key] = Period(rule, endpoint, type_, severity, firing_since, None)
+        elif firing_since is None and key in open_:
+            p = open_.pop(key)
+            out.append(Period(p.rule, p.endpoint, p.type, p.severity, p.start, at))
+    out += open_.values()
+    return sorted((p for p in out if p.end is None or p.end >= since), key=lambda p: p.start)

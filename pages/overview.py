@@ -4,7 +4,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cachemon import metrics, store
+from cachemon import alerts, metrics, store
 from cachemon.clock import Period, Window, iso, utcnow
 from cachemon.errors import CachemonError
 
@@ -20,7 +20,8 @@ def _load(cfg, period: Period, endpoint):
             previous = metrics.compute(con, current.window.previous(), period.value, endpoint, top=0)
         except CachemonError:
             previous = None
-    return current, previous
+        health = alerts.health(con, current.at, cfg.alerts.evaluate_every)
+    return current, previous, health
 
 
 @st.fragment(run_every="30s")
@@ -29,10 +30,11 @@ def overview():
     period = Period.parse(st.session_state.get("period", "1h"))
     endpoint = st.session_state.get("endpoint", "all")
     try:
-        current, previous = _load(cfg, period, None if endpoint == "all" else endpoint)
+        current, previous, health = _load(cfg, period, None if endpoint == "all" else endpoint)
     except CachemonError as exc:
         st.error(str(exc))
         return
+    _health(health)
     values, deltas = metrics.kpis(current), metrics.kpi_deltas(current, previous)
     summary = metrics.to_json(current, cfg.metrics.stale_after)
     age = summary["dataAgeSeconds"]
@@ -56,6 +58,14 @@ def overview():
                        "hit rate %": round(k.hit_rate, 2), "tier": k.tier} for k in current.top_keys]),
         hide_index=True, width="stretch",
     )
+
+
+def _health(h):
+    show = {"healthy": st.success, "degraded": st.warning, "critical": st.error}[h.status]
+    serious = [i for i in h.issues if i.severity != "info"]
+    lines = "".join(f"\n- **{i.severity}** since {iso(i.since)}: {i.message}" for i in serious)
+    show(f"Health: **{h.status}**" + (lines or " · no active alerts"))
+    st.page_link("pages/alerts.py", label="Alerts, history and silences", icon=":material/notifications:")
 
 
 def _fmt(key, value, signed=False):

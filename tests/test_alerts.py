@@ -323,3 +323,42 @@ def test_cli_history_silences_and_health_in_metrics(tmp_path, db, smtp):
     assert dry.returncode == 0 and "resolved" in dry.stdout
     with store.reader(db) as con:  # a dry run writes nothing
         assert alerts.due(con, _at(FIRE + 15))
+
+
+def test_job_runner_notifies_once_across_a_restart(tmp_path, smtp):
+    """The real runner (simulated clock, 5 minutes a second) ingests the
+    Thursday slowdown live and evaluates every 15 minutes; it is stopped
+    mid-incident and started again. Exactly one alert and one resolve."""
+    rules = tmp_path / "r.toml"
+    rules.write_text(P99_RULE.replace('for = "30m"\n', "") +
+                     "[simulator]\nseed = 7\nrequests_per_hour = 6000\ncatalog_keys = 3000\n"
+                     "sample_threshold_per_minute = 30\n")
+    env = dict(os.environ, **_env(smtp), CACHEMON_DB=str(tmp_path / "r.duckdb"), CACHEMON_CONFIG=str(rules),
+               PYTHONPATH=str(ROOT))
+
+    def run_until(start: str, stop_at, sim_seconds_per_second=300):
+        import signal
+        import time
+
+        p = subprocess.Popen([sys.executable, "-m", "jobs", "--clock-start", start, "--clock-speed",
+                              str(sim_seconds_per_second)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.time() + 120
+            while time.time() < deadline and not stop_at():
+                time.sleep(0.2)
+        finally:
+            p.send_signal(signal.SIGTERM)
+            out, _ = p.communicate(timeout=60)
+        assert p.returncode == 0, out
+        return out
+
+    subjects = lambda: [m["Subject"] for m in smtp.messages]  # noqa: E731
+    run_until("2026-11-19T08:50:00Z", lambda: len(smtp.messages) >= 1)
+    assert subjects() == ["[BooksTrack Cache] CRITICAL: p99_latency"]
+    # Restart mid-incident (the slowdown lasts until 09:45): no second alert email.
+    run_until("2026-11-19T09:35:00Z", lambda: len(smtp.messages) >= 2)
+    assert subjects() == ["[BooksTrack Cache] CRITICAL: p99_latency", "[BooksTrack Cache] RESOLVED: p99_latency"]
+    with store.reader(tmp_path / "r.duckdb") as con:
+        rows = con.execute("SELECT kind, status FROM notifications ORDER BY id").fetchall()
+    assert rows == [("firing", "sent"), ("resolved", "sent")]

@@ -88,3 +88,30 @@ def test_real_browser_shows_real_numbers(server, tmp_path):
         assert 50 < float(value) <= 100
         assert page.locator('[data-testid="stException"]').count() == 0
         browser.close()
+
+
+def test_overview_shows_health_from_alert_states(live_store, monkeypatch):
+    monkeypatch.setenv("CACHEMON_DB", str(live_store))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    banners = [b.value for b in (*at.success, *at.warning, *at.error)]
+    # The demo evaluated the alert rules over its span, so health is known, not "never evaluated".
+    assert any(b.startswith("Health: **") for b in banners)
+    assert not any("have not been evaluated" in b for b in banners)
+
+
+def test_alerts_page_lists_states_and_creates_a_silence(live_store, monkeypatch):
+    from cachemon import alerts, store
+
+    monkeypatch.setenv("CACHEMON_DB", str(live_store))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page("pages/alerts.py").run()
+    assert not at.exception and not at.error
+    assert [h.value for h in at.header] == ["Alerts"]
+    states = at.dataframe[1].value  # "All rule instances"
+    assert {"p99_latency", "miss_rate_critical", "edge_hit_rate"} <= set(states["rule"])
+    at.selectbox[-1].select("p99_latency")
+    at.text_input[-1].input("deploy in progress")
+    at.button[0].click().run()
+    assert any("muted until" in s.value for s in at.success), [e.value for e in at.error]
+    with store.reader(live_store) as con:
+        assert [s.reason for s in alerts.active_silences(con, utcnow())] == ["deploy in progress"]

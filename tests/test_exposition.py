@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from cachemon import exposition, metrics, store
+from cachemon.alerts import Health, Issue
 from cachemon.clock import Window
 from cachemon.metrics import Latency, Metrics, TierVolume
 
@@ -26,8 +27,12 @@ def _seed_metrics() -> Metrics:
     )
 
 
+HEALTH = Health("degraded", (Issue("warning", "Edge hit rate below threshold: 74.1% (threshold 75.0%)", AT),), AT,
+                (("warning", 1),))
+
+
 def test_golden_text():
-    text = exposition.render(_seed_metrics())
+    text = exposition.render(_seed_metrics(), health=HEALTH)
     assert text == GOLDEN.read_text(), "update tests/golden/metrics_1h.prom only after checking the diff"
 
 
@@ -51,7 +56,7 @@ def test_promtool_accepts_the_output(loaded_store):
     path, _ = loaded_store
     with store.reader(path) as con:
         m = metrics.compute(con, Window(T0 + timedelta(minutes=5), T0 + timedelta(hours=2)), "1h")
-    for text in (exposition.render(m), exposition.render(_seed_metrics())):
+    for text in (exposition.render(m), exposition.render(_seed_metrics(), health=HEALTH)):
         p = _promtool(text)
         assert p.returncode == 0, p.stdout + p.stderr
     bad = _promtool("# TYPE x counter\nx{a=\"1} 1\n")  # promtool can fail: the check is real

@@ -112,3 +112,18 @@ def test_every_metric_formats():
     assert format_value(1.2e9, "bytes") == "1.20 GB" and format_value(350e6, "bytes") == "350.00 MB"
     assert format_value(3600, "s") == "1h" and format_value(None, "%") == "n/a"
     assert set(METRICS) >= {"miss_rate", "edge_hit_rate", "p99_latency", "queue_depth", "kv_storage", "data_age"}
+
+
+def test_readme_config_examples_load(tmp_path):
+    """The README's TOML examples are valid config (docs cannot rot)."""
+    import re
+
+    from conftest import ROOT
+
+    blocks = re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    alerts = next(b for b in blocks if "[[alerts.rules]]" in b)
+    notify = next(b for b in blocks if b.startswith("[notify]"))
+    cfg = _load(tmp_path, alerts + notify)
+    names = [r.name for r in cfg.alerts.effective_rules]
+    assert "title_misses" in names and "hit_rate_drift" in names and "kv_storage" not in names
+    assert cfg.notify.critical == ("oncall@example.org", "team@example.org")

@@ -1,0 +1,93 @@
+"""Alerts: health, active alerts, their timeline, notifications and silences."""
+
+from datetime import timedelta
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from cachemon import alerts, notify, store
+from cachemon.clock import iso, parse_duration, utcnow
+from cachemon.errors import CachemonError
+
+st.header("Alerts")
+SEVERITY_COLOURS = {"critical": "#dc2626", "warning": "#f59e0b", "info": "#2563eb"}
+
+
+def _load(cfg, now):
+    with store.reader(cfg.store.path) as con:
+        since = now - timedelta(days=7)
+        return {
+            "health": alerts.health(con, now, cfg.alerts.evaluate_every),
+            "states": list(alerts.load_states(con).values()),
+            "periods": alerts.active_periods(con, since, now),
+            "notifications": notify.outbox(con, since, 200),
+            "silences": alerts.active_silences(con, now),
+        }
+
+
+@st.fragment(run_every="30s")
+def page():
+    cfg, now = st.session_state["config"], utcnow()
+    try:
+        d = _load(cfg, now)
+    except CachemonError as exc:
+        st.error(str(exc))
+        return
+    h = d["health"]
+    show = {"healthy": st.success, "degraded": st.warning, "critical": st.error}[h.status]
+    show(f"Health: **{h.status}** · last evaluation {iso(h.evaluated_at) if h.evaluated_at else 'never'}")
+    for i in h.issues:
+        st.markdown(f"- **{i.severity}** since {iso(i.since)}: {i.message}")
+    active = [s for s in d["states"] if s.state != "ok"]
+    st.subheader(f"Rule instances not OK ({len(active)} of {len(d['states'])})")
+    st.dataframe(_states_frame(active), hide_index=True, width="stretch")
+    with st.expander("All rule instances"):
+        st.dataframe(_states_frame(d["states"]), hide_index=True, width="stretch")
+    st.subheader("Active alerts, last 7 days (UTC)")
+    _timeline(d["periods"], now)
+    st.subheader("Notifications")
+    st.dataframe(pd.DataFrame(d["notifications"]), hide_index=True, width="stretch")
+    _silences(cfg, d["silences"], sorted({s.type for s in d["states"]} | {s.rule for s in d["states"]}), now)
+
+
+def _states_frame(states):
+    return pd.DataFrame([{"state": s.state, "severity": s.severity, "rule": s.rule, "type": s.type,
+                          "endpoint": s.endpoint or "all", "since": s.since, "value": s.value,
+                          "message": s.message} for s in states])
+
+
+def _timeline(periods, now):
+    if not periods:
+        st.info("No alert was active in the last 7 days.")
+        return
+    df = pd.DataFrame([{"alert": p.type + (f" [{p.endpoint}]" if p.endpoint else ""), "severity": p.severity,
+                        "start": p.start, "end": p.end or now} for p in periods])
+    fig = px.timeline(df, x_start="start", x_end="end", y="alert", color="severity",
+                      color_discrete_map=SEVERITY_COLOURS)
+    fig.update_layout(xaxis_title="time (UTC)", yaxis_title=None, height=120 + 30 * df["alert"].nunique())
+    st.plotly_chart(fig, width="stretch")
+
+
+def _silences(cfg, silences, names, now):
+    st.subheader("Silences")
+    st.caption("A silence mutes notifications, not evaluation.")
+    if silences:
+        st.dataframe(pd.DataFrame([{"id": s.id, "matches": s.matcher, "endpoint": s.endpoint or "all",
+                                    "until": s.ends_at, "by": s.created_by, "reason": s.reason} for s in silences]),
+                     hide_index=True, width="stretch")
+    with st.form("silence"):
+        matcher = st.selectbox("Alert type or rule", names)
+        duration = st.text_input("For", "2h")
+        reason = st.text_input("Reason")
+        if st.form_submit_button("Silence"):
+            try:
+                with store.writer(cfg.store.path, now) as con:
+                    s = alerts.add_silence(con, matcher, parse_duration(duration, "For"), reason, now,
+                                           created_by="dashboard")
+                st.success(f"Silence {s.id}: {s.matcher} muted until {iso(s.ends_at)}")
+            except CachemonError as exc:
+                st.error(str(exc))
+
+
+page()
