@@ -150,3 +150,14 @@ def test_secrets_never_in_repr():
                                     "SLACK_WEBHOOK_URL": "https://hooks/s3", "DISCORD_WEBHOOK_URL": "https://d/s4"})
     text = repr(t)
     assert not any(s in text for s in ("pw1", "k2", "s3", "s4"))
+
+
+def test_recipients_per_severity():
+    nc = NotifyConfig(critical=("oncall@example.org", "team@example.org"), warning=("team@example.org",))
+    t = notify.Transports.from_env({"ALERT_EMAIL": "fallback@example.org", "SMTP_HOST": "h"})
+    assert notify.recipients(nc, t, {"critical", "warning"}) == ("oncall@example.org", "team@example.org")
+    assert notify.recipients(nc, t, {"warning"}) == ("team@example.org",)
+    assert notify.recipients(nc, t, {"info"}) == ("fallback@example.org",)  # none configured: ALERT_EMAIL
+    warn = lc.InstanceState("edge", "", "edge_hit_rate", "warning", lc.FIRING, AT, AT, firing_since=AT)
+    row = notify.render(lc.Notice("email", "new", (warn,), (), AT), None, nc, t)
+    assert json.loads(row.payload)["to"] == ["team@example.org"]
