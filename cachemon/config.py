@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .clock import parse_duration
 from .errors import ConfigError
+from .pricing import Pricing, default as pricing_default, parse as parse_pricing
 
 DEFAULT_DB = "data/cachemon.duckdb"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -158,6 +159,28 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class CostsConfig:
+    """[costs]: key classes, recommendations and the daily report."""
+
+    class_window: timedelta = timedelta(days=30)  # per-key rates over this span (or the data there is)
+    archive_after: timedelta = timedelta(days=30)  # cold keys older than this: R2 candidates
+    edge_target: float = 90.0  # hot keys below this edge hit rate (%): edge_optimization
+    value_bytes: float = 600.0  # mean stored value size (KV/R2), for storage and puts
+    report_at: str = "03:00"  # daily report (UTC)
+    # Current KV TTL per endpoint (the Worker's settings), for ttl_tuning.
+    kv_ttl: tuple = (("author", timedelta(days=7)), ("isbn", timedelta(days=30)), ("title", timedelta(hours=24)))
+    max_kv_ttl: timedelta = timedelta(days=30)  # staleness limit for proposed TTLs
+
+    def __post_init__(self):
+        if not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", self.report_at):
+            raise ConfigError(f"[costs] report_at = {self.report_at!r} is not a time like 03:00")
+        if self.value_bytes <= 0 or not 0 < self.edge_target <= 100:
+            raise ConfigError("[costs] value_bytes must be positive and edge_target in (0, 100]")
+        if self.class_window < timedelta(days=1):
+            raise ConfigError("[costs] class_window must be at least 1d")
+
+
+@dataclass(frozen=True)
 class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     columns: ColumnMapping = field(default_factory=ColumnMapping)
@@ -167,6 +190,8 @@ class Config:
     jobs: JobsConfig = field(default_factory=JobsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    costs: CostsConfig = field(default_factory=CostsConfig)
+    pricing: Pricing = field(default_factory=pricing_default)
     source: str = "simulator"
 
 
@@ -179,6 +204,7 @@ _SECTIONS = {
     "jobs": JobsConfig,
     "alerts": AlertsConfig,
     "notify": NotifyConfig,
+    "costs": CostsConfig,
 }
 
 
@@ -211,6 +237,8 @@ def _from_file(path: Path) -> Config:
             if value not in ("simulator", "analytics_engine"):
                 raise ConfigError(f"{path}: source = {value!r}: use 'simulator' or 'analytics_engine'")
             parts["source"] = value
+        elif name == "pricing":
+            parts["pricing"] = parse_pricing(str(path), value)
         elif name in _SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: [{name}] must be a table")
@@ -253,6 +281,13 @@ def _coerce(path: Path, where: str, default, value):
             raise ConfigError(f"{path}: {where} must be a duration string like '1h', got {value!r}")
         try:
             return parse_duration(value, where)
+        except Exception as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    if isinstance(default, tuple) and default and isinstance(default[0], tuple):
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"{path}: {where} must be a table of durations like {{ title = \"24h\" }}")
+        try:
+            return tuple(sorted((k, parse_duration(v, f"{where}.{k}")) for k, v in value.items()))
         except Exception as exc:
             raise ConfigError(f"{path}: {exc}") from None
     if isinstance(default, tuple):

@@ -1,0 +1,178 @@
+"""The cost optimisation analyser: key classes and recommendations, each
+with its evidence and a saving priced from measured volumes.
+
+Key classes, from per-key request rates over `[costs] class_window` (or the
+data there is): hot > 100 requests/day, cold < 10 requests/month (30 days),
+warm in between (both bounds inclusive). A key's age counts from its first
+request in the store.
+
+Where a saving depends on how long entries live in KV, it uses the
+fixed-TTL model of KV `expirationTtl` (an entry written at a miss lives T):
+a key asked λ times a day at KV misses λ/(1+λT) times a day (each miss
+writes) and is present a share λT/(1+λT) of the time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from .clock import DAY, Window
+from .metrics import data_span
+from .pricing import Pricing, days_in_month
+
+HOT_PER_DAY = 100.0
+COLD_PER_DAY = 10.0 / 30.0
+TTL_FACTORS = (1, 2, 4, 7, 14, 30)
+
+KEY_TOTALS = """
+SELECT c.key, c.endpoint, sum(k.edge) AS edge, sum(k.kv) AS kv, sum(k.r2) AS r2, sum(k.api) AS api,
+       sum(k.errors) AS errors, min(f.first_seen) AS first_seen
+FROM (SELECT key_id, edge, kv, r2, api, errors FROM key_day WHERE day >= $lo AND day < $hi
+      UNION ALL
+      SELECT key_id, edge, kv, r2, api, errors FROM key_minute WHERE minute >= $lo AND minute < $hi) k
+JOIN cache_keys c ON c.key_id = k.key_id
+JOIN (SELECT key_id, min(first_seen) AS first_seen FROM
+        (SELECT key_id, first_seen FROM key_day UNION ALL SELECT key_id, first_seen FROM key_minute)
+      GROUP BY key_id) f ON f.key_id = k.key_id
+GROUP BY c.key, c.endpoint
+"""
+
+
+def classify(per_day: np.ndarray) -> np.ndarray:
+    """'hot' | 'warm' | 'cold' for request rates per day."""
+    return np.where(per_day > HOT_PER_DAY, "hot", np.where(per_day < COLD_PER_DAY, "cold", "warm"))
+
+
+def key_table(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> tuple[pd.DataFrame, float]:
+    """Per-key totals over `window` (clipped to the data), with rates per
+    day, class and age in days; and the days covered."""
+    span = data_span(con)
+    lo = max(window.start, span[0]) if span else window.start
+    days = max((window.end - lo) / DAY, 1 / 24)
+    df = con.execute(KEY_TOTALS, {"lo": lo, "hi": window.end}).df()
+    df["requests"] = df[["edge", "kv", "r2", "api"]].sum(axis=1)
+    df["per_day"] = df["requests"] / days
+    df["class"] = classify(df["per_day"].to_numpy())
+    df["age_days"] = (at - pd.to_datetime(df["first_seen"], utc=True)).dt.total_seconds() / 86400
+    return df, days
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    type: str  # edge_optimization | r2_archival | ttl_tuning
+    title: str
+    evidence: tuple[str, ...]
+    action: str
+    saving_per_day: float  # USD, list prices
+
+
+def edge_optimization(df: pd.DataFrame, days: float, pricing: Pricing, target: float) -> Recommendation | None:
+    """Hot keys whose edge hit rate is under `target` %: every edge miss is
+    a KV read; reaching the target avoids the difference."""
+    hot = df[df["class"] == "hot"].copy()
+    hot["edge_rate"] = 100 * hot["edge"] / hot["requests"]
+    low = hot[hot["edge_rate"] < target].copy()
+    if low.empty:
+        return None
+    misses = (low["requests"] - low["edge"]) / days
+    low["avoidable"] = misses - low["requests"] / days * (1 - target / 100)
+    saving = pricing["kv_reads"].list_cost(float(low["avoidable"].sum()))
+    worst = low.sort_values("avoidable", ascending=False).head(5)
+    evidence = tuple(f"{r.key} ({r.endpoint}): {r.edge_rate:.0f}% edge, {r.per_day:,.0f} requests/day"
+                     for r in worst.itertuples())
+    return Recommendation(
+        "edge_optimization", f"{len(low):,} hot keys have an edge hit rate under {target:g}%", evidence,
+        "Raise the edge TTL for these keys or pre-warm them at the edge", saving)
+
+
+def r2_archival(df: pd.DataFrame, days: float, pricing: Pricing, ttl: dict, archive_after: timedelta,
+                value_bytes: float, at: datetime) -> Recommendation | None:
+    """Cold keys older than `archive_after`: their expected KV bytes (the
+    share of time each is present) cost less in R2."""
+    cold = df[(df["class"] == "cold") & (df["age_days"] > archive_after / DAY)]
+    if cold.empty:
+        return None
+    live = _live_share(cold, ttl, days)
+    gb = float((live * value_bytes).sum()) / 1e9
+    per_month = gb * (pricing["kv_storage"].price - pricing["r2_storage"].price)
+    saving = per_month / days_in_month(at)
+    return Recommendation(
+        "r2_archival", f"Archive {len(cold):,} cold entries to R2",
+        (f"{len(cold):,} keys under 10 requests/month, first seen over {archive_after / DAY:g} days ago",
+         f"about {gb * 1e3:,.1f} MB of them in KV at a time"),
+        f"Move them to R2 (one-time {len(cold):,} Class A puts: "
+        f"${pricing['r2_class_a'].list_cost(len(cold)):.4f})", saving)
+
+
+def _kv_rate(df: pd.DataFrame, days: float) -> pd.Series:
+    """KV lookups a day: KV sees only edge misses."""
+    return (df["requests"] - df["edge"]) / days
+
+
+def _live_share(df: pd.DataFrame, ttl: dict, days: float) -> pd.Series:
+    """Share of time each key is present in KV (unknown endpoints: 1 day TTL)."""
+    t = df["endpoint"].map(lambda e: ttl.get(e, DAY) / DAY)
+    lam = _kv_rate(df, days)
+    return lam * t / (1 + lam * t)
+
+
+def ttl_cost(lam: np.ndarray, t_days: float, pricing: Pricing, value_bytes: float, month_days: int) -> np.ndarray:
+    """Daily KV write + storage cost per key under a fixed TTL of `t_days`."""
+    writes = lam / (1 + lam * t_days)
+    stored_gb = lam * t_days / (1 + lam * t_days) * value_bytes / 1e9
+    return pricing["kv_writes"].list_cost(writes) + stored_gb * pricing["kv_storage"].price / month_days
+
+
+def ttl_tuning(df: pd.DataFrame, days: float, pricing: Pricing, ttl: dict, max_ttl: timedelta,
+               value_bytes: float, at: datetime) -> Recommendation | None:
+    """Warm keys whose KV writes cost more than the KV reads they serve
+    (a write is 10 reads at list prices): per endpoint, the TTL (up to
+    `max_ttl`) that minimises writes plus storage under the fixed-TTL
+    model, and the saving."""
+    warm = df[df["class"] == "warm"]
+    fills = warm["r2"] + warm["api"] - warm["errors"]
+    churn = warm[pricing["kv_writes"].list_cost(fills) > pricing["kv_reads"].list_cost(warm["kv"])]
+    month_days = days_in_month(at)
+    total, evidence, actions = 0.0, [], []
+    for endpoint, g in churn.groupby("endpoint"):
+        now_ttl = ttl.get(endpoint)
+        if now_ttl is None:
+            continue
+        lam = _kv_rate(g, days).to_numpy()
+        base = now_ttl / DAY
+        options = sorted({min(base * f, max_ttl / DAY) for f in TTL_FACTORS})
+        costs = {t: float(ttl_cost(lam, t, pricing, value_bytes, month_days).sum()) for t in options}
+        best = min(costs, key=costs.get)
+        saving = costs[base] - costs[best]
+        if best == base or saving <= 0:
+            continue
+        total += saving
+        writes = float((g["r2"] + g["api"] - g["errors"]).sum()) / days
+        evidence.append(f"{endpoint}: {len(g):,} warm keys written {writes:,.0f} times/day, "
+                        f"read back from KV {float(g['kv'].sum()) / days:,.0f} times/day")
+        actions.append(f"{endpoint} KV TTL {_days(base)} → {_days(best)}")
+    if not actions:
+        return None
+    return Recommendation("ttl_tuning", "Warm keys are refreshed into KV more often than they are read",
+                          tuple(evidence), "Increase " + "; ".join(actions), total)
+
+
+def _days(d: float) -> str:
+    return f"{d * 24:g}h" if d < 1 else f"{d:g}d"
+
+
+def recommend(con, cfg, at: datetime, window: Window) -> tuple[pd.DataFrame, float, list[Recommendation]]:
+    """Key table and every recommendation that applies."""
+    df, days = key_table(con, window, at)
+    c, pricing, ttl = cfg.costs, cfg.pricing, dict(cfg.costs.kv_ttl)
+    recs = [
+        edge_optimization(df, days, pricing, c.edge_target),
+        r2_archival(df, days, pricing, ttl, c.archive_after, c.value_bytes, at),
+        ttl_tuning(df, days, pricing, ttl, c.max_kv_ttl, c.value_bytes, at),
+    ]
+    return df, days, [r for r in recs if r is not None]
