@@ -11,7 +11,7 @@ import sys
 from datetime import datetime, timedelta
 
 from . import config as config_mod
-from . import alerts, exposition, metrics, pipeline, store
+from . import alerts, costs, exposition, metrics, pipeline, store
 from .clock import Period, Window, parse_instant, utcnow
 from .errors import CachemonError, InputError
 
@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", help="only this endpoint (title, isbn, author, ...)")
     p.add_argument("--top", type=int, default=10, help="number of top keys (default 10)")
     _alerts_parser(sub)
+    p = sub.add_parser("costs", help="the daily cost optimisation report",
+                       description="Costs, key classes and recommendations for one UTC day.")
+    a = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    r = a.add_parser("report", help="build, store and send the report of a day (default: yesterday)")
+    r.add_argument("--date", help="the UTC day, YYYY-MM-DD (default: yesterday)")
+    r.add_argument("--dry-run", action="store_true", help="print the report; store and send nothing")
+    r.add_argument("--resend", action="store_true", help="send again even if this day's report was sent")
     return parser
 
 
@@ -158,10 +165,11 @@ def _metrics(args, cfg, now) -> int:
         m = metrics.compute(con, Window.ending(at, period.length), period.value, args.endpoint, args.top,
                             latest=args.at is None)
         health = alerts.health(con, m.at, cfg.alerts.evaluate_every)
+        block = costs.for_window(con, m.window, m.at, cfg) if args.endpoint is None else None
     if args.format == "prometheus":
-        sys.stdout.write(exposition.render(m, cfg.metrics.stale_after, health))
+        sys.stdout.write(exposition.render(m, cfg.metrics.stale_after, health, block))
     else:
-        print(json.dumps(metrics.to_json(m, cfg.metrics.stale_after, health), indent=2, ensure_ascii=False))
+        print(json.dumps(metrics.to_json(m, cfg.metrics.stale_after, health, block), indent=2, ensure_ascii=False))
     return 0
 
 
@@ -188,4 +196,35 @@ def _alerts(args, cfg, now) -> int:
     return alerts_cli.run(args, cfg, now, os.environ)
 
 
-COMMANDS = {"alerts": _alerts, "demo": _demo, "import": _import, "pull": _pull, "serve": _serve, "metrics": _metrics}
+def _costs(args, cfg, now) -> int:
+    import os
+    from datetime import date
+
+    from . import notify, report
+
+    try:
+        day = date.fromisoformat(args.date) if args.date else report.report_day(now)
+    except ValueError:
+        raise InputError(f"--date: {args.date!r} is not a day like 2026-11-27") from None
+    if day > now.date():
+        raise InputError(f"--date: {day} is in the future")
+    transports = notify.Transports.from_env(os.environ)
+    if args.dry_run:
+        with store.reader(cfg.store.path) as con:
+            r = report.build(con, cfg, day, now)
+        sent = []
+    else:
+        with store.writer(cfg.store.path, now) as con:
+            r = report.build(con, cfg, day, now)
+            sent = report.queue(con, r, cfg, transports, resend=args.resend)
+            notify.deliver(con, transports, cfg.notify, now)
+    subject, text, _ = report.render(r, cfg.notify.subject_prefix, transports.dashboard_url or cfg.notify.dashboard_url)
+    print(subject)
+    print(text)
+    if not args.dry_run:
+        print(f"stored; sent via {', '.join(sent)}" if sent else "stored; not sent (already sent, or no channel)",
+              file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"alerts": _alerts, "costs": _costs, "demo": _demo, "import": _import, "pull": _pull, "serve": _serve, "metrics": _metrics}

@@ -196,3 +196,10 @@ def to_json(daily: Breakdown, fc: Forecast | None, at: datetime) -> dict:
                            "asOf": iso(at)}
     return out
 
+
+
+def for_window(con, window: Window, at: datetime, cfg) -> dict:
+    """The `costs` block of a metrics window: its usage as a daily rate,
+    priced, and the month-end forecast as of `at`."""
+    daily = price(per_day(measure(con, window, cfg)), cfg.pricing)
+    return to_json(daily, forecast(con, at, cfg, cfg.pricing), at)

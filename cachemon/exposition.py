@@ -53,9 +53,9 @@ class _Writer:
         self.lines.append(f"{name}{_labels(labels)} {_num(value)}")
 
 
-def render(m: Metrics, stale_after: timedelta = timedelta(minutes=10), health=None) -> str:
+def render(m: Metrics, stale_after: timedelta = timedelta(minutes=10), health=None, costs: dict | None = None) -> str:
     """The exposition text for one Metrics (and the alert `health`, an
-    `alerts.Health`, when given), ending with a newline."""
+    `alerts.Health`, and the `costs` block, when given), ending with a newline."""
     w, period = _Writer(), {"period": m.period}
     if m.lifetime is not None:
         w.family("cachemon_requests_total", "counter",
@@ -99,4 +99,19 @@ def render(m: Metrics, stale_after: timedelta = timedelta(minutes=10), health=No
             w.sample("cachemon_alerts_firing", {"severity": severity}, firing.get(severity, 0))
         w.family("cachemon_health_status", "gauge", "Cache health: 0 healthy, 1 degraded, 2 critical.")
         w.sample("cachemon_health_status", {}, HEALTH_LEVELS[health.status])
+    if costs is not None:
+        _costs(w, costs, {"period": m.period})
     return "\n".join(w.lines) + "\n"
+
+
+def _costs(w: _Writer, costs: dict, period: dict) -> None:
+    name = "cachemon_estimated_cost_usd_per_day"
+    w.family(name, "gauge", "Estimated cost per day at the period's rate, by component; list price or billed after included amounts.")
+    for component, c in costs["perDay"]["components"].items():
+        for kind in ("list", "billed"):
+            w.sample(name, period | {"component": component, "price": kind}, c[kind])
+    if "forecast" in costs:
+        f = costs["forecast"]
+        w.family("cachemon_month_cost_forecast_usd", "gauge", "Forecast cost of the current month at its end.")
+        w.sample("cachemon_month_cost_forecast_usd", {"price": "list"}, f["monthEndList"])
+        w.sample("cachemon_month_cost_forecast_usd", {"price": "billed"}, f["monthEndBilled"])

@@ -169,6 +169,15 @@ def discord_payload(notice: Notice, prefix: str, dashboard_url: str) -> dict:
     return {"content": body[:2000], "allowed_mentions": {"parse": []}}
 
 
+def chat_text(channel: str, title: str, lines: list[str]) -> dict:
+    """A plain chat message (title and lines) for Slack or Discord, escaped."""
+    if channel == "slack":
+        body = "\n".join([f"*{_slack_escape(title)}*", *(_slack_escape(x) for x in lines)])
+        return {"text": _slack_escape(title), "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": body[:2900]}}]}
+    body = "\n".join([f"**{_discord_escape(title)}**", *(_discord_escape(x) for x in lines)])
+    return {"content": body[:2000], "allowed_mentions": {"parse": []}}
+
+
 def message_id(kind: str, at: datetime, channel: str, members: str) -> str:
     """A stable Message-ID: a resend of the same notification carries the
     same ID, so mail clients show it once."""

@@ -207,11 +207,12 @@ def compute(
     )
 
 
-def to_json(m: Metrics, stale_after: timedelta = timedelta(minutes=10), health=None) -> dict:
+def to_json(m: Metrics, stale_after: timedelta = timedelta(minutes=10), health=None, costs: dict | None = None) -> dict:
     """The seed's /metrics JSON shape (plus added fields), as plain data.
     `stale` is true when the newest data is older than `stale_after` (the
     source is down or lagging: these are the last good numbers). `health`
-    (an `alerts.Health`) adds the seed's health block."""
+    (an `alerts.Health`) adds the seed's health block, `costs` (from
+    `costs.for_window`) its costs block."""
     v = m.volume
     out = {
         "timestamp": iso(m.at),
@@ -250,6 +251,8 @@ def to_json(m: Metrics, stale_after: timedelta = timedelta(minutes=10), health=N
         "stale": is_stale(m, stale_after),
         "gauges": {name: _count(v) for name, v in m.gauges},
     }
+    if costs is not None:
+        out["costs"] = costs
     if health is not None:
         out["health"] = health.to_json()
     if m.top_keys_window:

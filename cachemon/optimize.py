@@ -21,7 +21,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from .clock import DAY, Window
+from .clock import DAY, HOUR, Window, ceil_to, floor_to
 from .metrics import data_span
 from .pricing import Pricing, days_in_month
 
@@ -32,9 +32,13 @@ TTL_FACTORS = (1, 2, 4, 7, 14, 30)
 KEY_TOTALS = """
 SELECT c.key, c.endpoint, sum(k.edge) AS edge, sum(k.kv) AS kv, sum(k.r2) AS r2, sum(k.api) AS api,
        sum(k.errors) AS errors, min(f.first_seen) AS first_seen
-FROM (SELECT key_id, edge, kv, r2, api, errors FROM key_day WHERE day >= $lo AND day < $hi
+FROM (SELECT key_id, edge, kv, r2, api, errors FROM key_day WHERE day >= $d_lo AND day < $d_hi
       UNION ALL
-      SELECT key_id, edge, kv, r2, api, errors FROM key_minute WHERE minute >= $lo AND minute < $hi) k
+      SELECT key_id, edge, kv, r2, api, errors FROM key_hour WHERE hour >= $h1_lo AND hour < $h1_hi
+      UNION ALL
+      SELECT key_id, edge, kv, r2, api, errors FROM key_hour WHERE hour >= $h2_lo AND hour < $h2_hi
+      UNION ALL
+      SELECT key_id, edge, kv, r2, api, errors FROM key_minute WHERE minute >= $h1_lo AND minute < $h2_hi) k
 JOIN cache_keys c ON c.key_id = k.key_id
 JOIN (SELECT key_id, min(first_seen) AS first_seen FROM
         (SELECT key_id, first_seen FROM key_day UNION ALL SELECT key_id, first_seen FROM key_minute)
@@ -54,12 +58,23 @@ def key_table(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> t
     span = data_span(con)
     lo = max(window.start, span[0]) if span else window.start
     days = max((window.end - lo) / DAY, 1 / 24)
-    df = con.execute(KEY_TOTALS, {"lo": lo, "hi": window.end}).df()
+    df = con.execute(KEY_TOTALS, _ranges(lo, window.end)).df()
     df["requests"] = df[["edge", "kv", "r2", "api"]].sum(axis=1)
     df["per_day"] = df["requests"] / days
     df["class"] = classify(df["per_day"].to_numpy())
     df["age_days"] = (at - pd.to_datetime(df["first_seen"], utc=True)).dt.total_seconds() / 86400
     return df, days
+
+
+def _ranges(lo: datetime, hi: datetime) -> dict:
+    """Whole days from key_day, the hours around them from key_hour, and
+    the not-yet-compacted minutes from key_minute (the three are disjoint).
+    The start is floored to the hour: a compacted hour cannot be split."""
+    lo = floor_to(lo, HOUR)
+    d_lo, d_hi = ceil_to(lo, DAY), floor_to(hi, DAY)
+    if d_lo >= d_hi:
+        return {"d_lo": lo, "d_hi": lo, "h1_lo": lo, "h1_hi": hi, "h2_lo": hi, "h2_hi": hi}
+    return {"d_lo": d_lo, "d_hi": d_hi, "h1_lo": lo, "h1_hi": d_lo, "h2_lo": d_hi, "h2_hi": hi}
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,9 @@ class Price:
 
     def billed(self, units: float, month_share: float) -> float:
         """Cost after the included amount pro-rated to `month_share` of a month."""
-        return max(0.0, units - self.included * month_share) * self.price / self.per
+        over = units - self.included * month_share
+        # exactly the included amount, up to float rounding, is free
+        return over * self.price / self.per if over > 1e-9 * max(units, 1.0) else 0.0
 
 
 M = 1_000_000.0

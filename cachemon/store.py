@@ -29,7 +29,7 @@ import duckdb
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _ROLLUP_COLUMNS = """
     source VARCHAR NOT NULL, {time} TIMESTAMPTZ NOT NULL,
@@ -122,6 +122,13 @@ MIGRATIONS[3] = [
         id BIGINT NOT NULL, matcher VARCHAR NOT NULL, endpoint VARCHAR NOT NULL, starts_at TIMESTAMPTZ NOT NULL,
         ends_at TIMESTAMPTZ NOT NULL, reason VARCHAR NOT NULL, created_at TIMESTAMPTZ NOT NULL,
         created_by VARCHAR NOT NULL, expired_at TIMESTAMPTZ)""",
+]
+
+
+# Daily cost reports, one per UTC day (re-running a day replaces it).
+MIGRATIONS[4] = [
+    """CREATE TABLE cost_reports (
+        day DATE PRIMARY KEY, created_at TIMESTAMPTZ NOT NULL, payload VARCHAR NOT NULL, sent BOOLEAN NOT NULL)""",
 ]
 
 

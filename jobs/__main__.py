@@ -25,7 +25,7 @@ from typing import Callable
 import schedule
 
 from cachemon import config as config_mod
-from cachemon import alerts, ingest, notify, pipeline, runner, store
+from cachemon import alerts, ingest, notify, pipeline, report, runner, store
 from cachemon.clock import HOUR, MINUTE, as_utc, floor_to, iso, parse_instant, utcnow
 from cachemon.errors import CachemonError
 
@@ -80,6 +80,17 @@ class Jobs:
             log.info("deliver: %d sent, %d failed", sum(d.ok for d in results), sum(not d.ok for d in results))
         return sum(d.ok for d in results)
 
+    def report(self, now: datetime) -> int:
+        transports = notify.Transports.from_env(os.environ)
+        day = report.report_day(now)
+        with store.writer(self.cfg.store.path, now, publish=False) as con:
+            r = report.build(con, self.cfg, day, now)
+            channels = report.queue(con, r, self.cfg, transports)
+            notify.deliver(con, transports, self.cfg.notify, now)
+        log.info("report %s: %d recommendation(s), saving %.4f USD/day; queued for %s", day,
+                 len(r.recommendations), r.saving_per_day, ", ".join(channels) or "no channel")
+        return len(channels)
+
     def registry(self) -> list[tuple[runner.JobSpec, Callable[[datetime], int]]]:
         j = self.cfg.jobs
         hh, mm = map(int, j.compact_at.split(":"))
@@ -88,6 +99,7 @@ class Jobs:
             (runner.JobSpec("alerts", every=self.cfg.alerts.evaluate_every), self.alerts),
             (runner.JobSpec("deliver", every=MINUTE), self.deliver),
             (runner.JobSpec("compact", at=dtime(hh, mm)), self.compact),
+            (runner.JobSpec("report", at=dtime(*map(int, self.cfg.costs.report_at.split(":")))), self.report),
         ]
 
 

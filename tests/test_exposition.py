@@ -4,7 +4,7 @@ import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from cachemon import exposition, metrics, store
+from cachemon import costs, exposition, metrics, pricing, store
 from cachemon.alerts import Health, Issue
 from cachemon.clock import Window
 from cachemon.metrics import Latency, Metrics, TierVolume
@@ -31,8 +31,13 @@ HEALTH = Health("degraded", (Issue("warning", "Edge hit rate below threshold: 74
                 (("warning", 1),))
 
 
+_DAY = costs.price(costs.Usage(Window(AT - timedelta(days=1), AT), workers_requests=3e6, kv_reads=4.3e6,
+                               kv_writes=90e3, kv_storage=0.35 / 31, kv_bytes=350e6), pricing.default())
+COSTS = costs.to_json(_DAY, costs.Forecast("2025-10", _DAY, _DAY, 3.5, 88.5, 61.25), AT)
+
+
 def test_golden_text():
-    text = exposition.render(_seed_metrics(), health=HEALTH)
+    text = exposition.render(_seed_metrics(), health=HEALTH, costs=COSTS)
     assert text == GOLDEN.read_text(), "update tests/golden/metrics_1h.prom only after checking the diff"
 
 
@@ -56,7 +61,7 @@ def test_promtool_accepts_the_output(loaded_store):
     path, _ = loaded_store
     with store.reader(path) as con:
         m = metrics.compute(con, Window(T0 + timedelta(minutes=5), T0 + timedelta(hours=2)), "1h")
-    for text in (exposition.render(m), exposition.render(_seed_metrics(), health=HEALTH)):
+    for text in (exposition.render(m), exposition.render(_seed_metrics(), health=HEALTH, costs=COSTS)):
         p = _promtool(text)
         assert p.returncode == 0, p.stdout + p.stderr
     bad = _promtool("# TYPE x counter\nx{a=\"1} 1\n")  # promtool can fail: the check is real

@@ -1,0 +1,106 @@
+"""Key classes and recommendations, recomputed independently from raw events."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cachemon import config, optimize, store
+from cachemon.clock import Window
+from conftest import T0, load, simulate, small_sim
+
+START = T0 - timedelta(days=10)
+AT = T0 + timedelta(hours=2)
+DAYS = (AT - START) / timedelta(days=1)  # two 2-hour bursts ten days apart: every class occurs
+
+
+def test_class_boundaries():
+    rates = np.array([100.0, 100.0001, 10 / 30, 10 / 30 - 1e-9, 0.0])
+    assert list(optimize.classify(rates)) == ["warm", "hot", "warm", "cold", "cold"]
+
+
+def _truth(df: pd.DataFrame) -> pd.DataFrame:
+    req = df[df.kind == "request"].copy()
+    for tier in ("edge", "kv", "r2", "api"):
+        req[tier] = np.where(req.tier == tier, req.sample_interval, 0.0)
+    req["errors"] = np.where(req.status == "error", req.sample_interval, 0.0)
+    g = req.groupby(["key", "endpoint"]).agg(edge=("edge", "sum"), kv=("kv", "sum"), r2=("r2", "sum"),
+                                             api=("api", "sum"), errors=("errors", "sum"),
+                                             first=("timestamp", "min")).reset_index()
+    g["requests"] = g[["edge", "kv", "r2", "api"]].sum(axis=1)
+    g["per_day"] = g["requests"] / DAYS
+    g["cls"] = np.where(g.per_day > 100, "hot", np.where(g.per_day < 10 / 30, "cold", "warm"))
+    return g
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    path = tmp_path_factory.mktemp("opt") / "o.duckdb"
+    early, df1 = simulate(2, start=START, sim=small_sim(requests_per_hour=40_000, sample_threshold_per_minute=1e6, colos=30))
+    late, df2 = simulate(2, start=T0, sim=small_sim(requests_per_hour=40_000, sample_threshold_per_minute=1e6, colos=30))
+    load(path, early + late, now=AT)
+    df = pd.concat([df1, df2])
+    cfg = config.Config()
+    cfg = replace(cfg, costs=replace(cfg.costs, archive_after=timedelta(days=5), edge_target=99.0))
+    with store.reader(path) as con:
+        table, days, recs = optimize.recommend(con, cfg, AT, Window(AT - timedelta(days=30), AT))
+    return cfg, table, days, {r.type: r for r in recs}, _truth(df)
+
+
+def test_key_table_and_classes_match_raw_events(analysed):
+    _, table, days, _, truth = analysed
+    assert days == pytest.approx(DAYS)
+    merged = table.merge(truth, on=["key", "endpoint"], suffixes=("", "_t"))
+    assert len(merged) == len(truth) == len(table)
+    for col in ("edge", "kv", "r2", "api", "errors"):
+        assert np.allclose(merged[col], merged[col + "_t"])
+    assert (merged["class"] == merged["cls"]).all()
+    assert {"hot", "warm", "cold"} <= set(table["class"])
+
+
+def test_edge_optimization_saving(analysed):
+    cfg, _, _, recs, t = analysed
+    hot = t[t.cls == "hot"]
+    low = hot[100 * hot.edge / hot.requests < 99]
+    avoidable = ((low.requests - low.edge) / DAYS - low.requests / DAYS * 0.01).sum()
+    rec = recs["edge_optimization"]
+    assert rec.saving_per_day == pytest.approx(avoidable * 0.50 / 1e6)
+    assert rec.title.startswith(f"{len(low):,} hot keys")
+    worst = low.assign(a=(low.requests - low.edge) / DAYS - low.requests / DAYS * 0.01).sort_values("a").key.iloc[-1]
+    assert rec.evidence[0].startswith(worst)
+
+
+def test_r2_archival_saving(analysed):
+    cfg, _, _, recs, t = analysed
+    cold = t[(t.cls == "cold") & ((AT - t["first"]) > timedelta(days=5))]
+    ttl = {"title": 1.0, "isbn": 30.0, "author": 7.0}
+    lam = (cold.requests - cold.edge) / DAYS
+    T = cold.endpoint.map(ttl)
+    gb = (lam * T / (1 + lam * T) * 600).sum() / 1e9
+    rec = recs["r2_archival"]
+    assert rec.saving_per_day == pytest.approx(gb * (0.50 - 0.015) / 30)
+    assert rec.title == f"Archive {len(cold):,} cold entries to R2"
+
+
+def test_ttl_tuning_saving(analysed):
+    cfg, _, _, recs, t = analysed
+    warm = t[t.cls == "warm"]
+    fills = warm.r2 + warm.api - warm.errors
+    churn = warm[fills * 5.0 > warm.kv * 0.50]
+    total = 0.0
+    for endpoint, base in {"title": 1.0, "isbn": 30.0, "author": 7.0}.items():
+        g = churn[churn.endpoint == endpoint]
+        lam = ((g.requests - g.edge) / DAYS).to_numpy()
+
+        def cost(T):
+            return (lam / (1 + lam * T) * 5.0 / 1e6 + lam * T / (1 + lam * T) * 600 / 1e9 * 0.50 / 30).sum()
+
+        options = sorted({min(base * f, 30.0) for f in (1, 2, 4, 7, 14, 30)})
+        best = min(options, key=cost)
+        total += max(0.0, cost(base) - cost(best))
+    assert total > 0
+    assert recs["ttl_tuning"].saving_per_day == pytest.approx(total)

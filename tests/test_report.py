@@ -1,0 +1,93 @@
+"""The daily cost report: golden email, stored once per day, sent once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from datetime import date, datetime, timezone
+
+import pytest
+
+from cachemon import config, notify, report, store
+from conftest import ROOT
+from servers import SmtpSink
+from test_messages import _golden
+
+NOW = datetime(2026, 11, 20, 3, 0, tzinfo=timezone.utc)
+DAY = date(2026, 11, 19)
+
+
+@pytest.fixture
+def db(loaded_store, tmp_path):
+    path = tmp_path / "r.duckdb"
+    shutil.copy(loaded_store[0], path)
+    shutil.copy(store.snapshot_path(loaded_store[0]), store.snapshot_path(path))
+    return path
+
+
+def test_report_email_golden(db):
+    cfg = config.with_db(config.Config(), str(db))
+    with store.reader(db) as con:
+        r = report.build(con, cfg, DAY, NOW)
+    subject, text, html = report.render(r, "[BooksTrack Cache]", "http://127.0.0.1:8501")
+    assert subject == "[BooksTrack Cache] Daily Cost Optimization Report (2026-11-19)"
+    _golden("report_email.txt", text)
+    _golden("report_email.html", html)
+    assert "nan" not in text.lower() and r.list_total > 0
+    assert [c for c, _ in r.classes] == ["hot", "warm", "cold"] and r.entries > 0
+
+
+def test_sent_once_per_day_replaced_on_rerun_resend_on_request(db):
+    cfg = config.with_db(config.Config(), str(db))
+    sink = SmtpSink().start()
+    try:
+        t = notify.Transports.from_env({**sink.env(), "ALERT_EMAIL": "team@example.org"})
+
+        def run(resend=False, now=NOW):
+            with store.writer(db, now) as con:
+                r = report.build(con, cfg, DAY, now)
+                channels = report.queue(con, r, cfg, t, resend=resend)
+                notify.deliver(con, t, cfg.notify, now)
+            return channels
+
+        assert run() == ["email"]
+        assert run(now=NOW.replace(hour=4)) == []  # re-run: report replaced, no second email
+        assert len(sink.messages) == 1
+        assert run(resend=True, now=NOW.replace(hour=5)) == ["email"]
+        assert len(sink.messages) == 2
+    finally:
+        sink.stop()
+    msg = sink.messages[0]
+    assert msg["Subject"] == "[BooksTrack Cache] Daily Cost Optimization Report (2026-11-19)"
+    assert "Total Potential Savings" in msg.get_body(("plain",)).get_content()
+    with store.reader(db) as con:
+        stored = report.recent(con)
+    assert len(stored) == 1 and stored[0]["report"]["generated_at"] == "2026-11-20T05:00:00Z"
+
+
+def test_day_without_data_says_so(db):
+    cfg = config.with_db(config.Config(), str(db))
+    with store.reader(db) as con:
+        r = report.build(con, cfg, date(2026, 11, 25), NOW)
+    _, text, html = report.render(r, "[X]", "http://h")
+    assert not r.has_data and "No data for 2026-11-25" in text and "No data for 2026-11-25" in html
+    assert "nan" not in text.lower() and "inf" not in text.lower()
+
+
+def test_cli_dry_run_and_bad_date(db):
+    env = dict(os.environ, CACHEMON_DB=str(db), PYTHONPATH=str(ROOT))
+    env.pop("CACHEMON_CONFIG", None)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "cachemon", "costs", "report", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    p = cli("--date", "2026-11-19", "--dry-run")
+    assert p.returncode == 0, p.stderr
+    assert "Cost Breakdown" in p.stdout and "Recommendations" in p.stdout
+    with store.reader(db) as con:
+        assert report.recent(con) == []  # a dry run stores nothing
+    bad = cli("--date", "19/11/2026")
+    assert bad.returncode == 2 and "--date: '19/11/2026' is not a day like" in bad.stderr
