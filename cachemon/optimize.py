@@ -29,9 +29,18 @@ HOT_PER_DAY = 100.0
 COLD_PER_DAY = 10.0 / 30.0
 TTL_FACTORS = (1, 2, 4, 7, 14, 30)
 
-KEY_TOTALS = """
-SELECT c.key, c.endpoint, sum(k.edge) AS edge, sum(k.kv) AS kv, sum(k.r2) AS r2, sum(k.api) AS api,
-       sum(k.errors) AS errors, min(f.first_seen) AS first_seen
+# The per-key table stays in DuckDB (a temp table, allowed on read-only
+# connections): a month at the seed's volume is millions of one-off keys,
+# and only small slices (hot offenders, warm churners, sums) come out.
+KEYS_TEMP = f"""
+CREATE OR REPLACE TEMP TABLE opt_keys AS
+SELECT k.key_id, c.endpoint, sum(k.edge) AS edge, sum(k.kv) AS kv, sum(k.r2) AS r2, sum(k.api) AS api,
+       sum(k.errors) AS errors, sum(k.edge + k.kv + k.r2 + k.api) AS requests,
+       sum(k.edge + k.kv + k.r2 + k.api) / $days AS per_day,
+       sum(k.kv + k.r2 + k.api) / $days AS kv_rate,
+       CASE WHEN sum(k.edge + k.kv + k.r2 + k.api) / $days > {HOT_PER_DAY} THEN 'hot'
+            WHEN sum(k.edge + k.kv + k.r2 + k.api) / $days < {COLD_PER_DAY!r} THEN 'cold' ELSE 'warm' END AS class,
+       epoch($at - min(f.first_seen)) / 86400.0 AS age_days
 FROM (SELECT key_id, edge, kv, r2, api, errors FROM key_day WHERE day >= $d_lo AND day < $d_hi
       UNION ALL
       SELECT key_id, edge, kv, r2, api, errors FROM key_hour WHERE hour >= $h1_lo AND hour < $h1_hi
@@ -43,27 +52,51 @@ JOIN cache_keys c ON c.key_id = k.key_id
 JOIN (SELECT key_id, min(first_seen) AS first_seen FROM
         (SELECT key_id, first_seen FROM key_day UNION ALL SELECT key_id, first_seen FROM key_minute)
       GROUP BY key_id) f ON f.key_id = k.key_id
-GROUP BY c.key, c.endpoint
+GROUP BY k.key_id, c.endpoint
+"""
+CLASS_COUNTS = "SELECT class, count(*) FROM opt_keys GROUP BY class"
+ALL_KEYS = "SELECT c.key, o.* FROM opt_keys o JOIN cache_keys c USING (key_id)"
+HOT_LOW = """
+SELECT c.key, o.endpoint, o.edge, o.requests, o.per_day, 100 * o.edge / o.requests AS edge_rate
+FROM opt_keys o JOIN cache_keys c USING (key_id)
+WHERE o.class = 'hot' AND 100 * o.edge / o.requests < $target
+"""
+# Per endpoint: the expected share of time the cold old keys are in KV.
+COLD_OLD = """
+SELECT count(*), coalesce(sum(kv_rate * $t / (1 + kv_rate * $t)), 0) FROM opt_keys
+WHERE class = 'cold' AND age_days > $age AND endpoint = $endpoint
+"""
+COLD_ENDPOINTS = "SELECT DISTINCT endpoint FROM opt_keys WHERE class = 'cold' AND age_days > $age"
+WARM_CHURN = """
+SELECT endpoint, kv_rate, r2 + api - errors AS fills, kv FROM opt_keys
+WHERE class = 'warm' AND (r2 + api - errors) * $write > kv * $read
 """
 
 
 def classify(per_day: np.ndarray) -> np.ndarray:
-    """'hot' | 'warm' | 'cold' for request rates per day."""
+    """'hot' | 'warm' | 'cold' for request rates per day (as the SQL does)."""
     return np.where(per_day > HOT_PER_DAY, "hot", np.where(per_day < COLD_PER_DAY, "cold", "warm"))
 
 
-def key_table(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> tuple[pd.DataFrame, float]:
-    """Per-key totals over `window` (clipped to the data), with rates per
-    day, class and age in days; and the days covered."""
+def load_keys(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> float:
+    """Build the per-key table of `window` (clipped to the data) in DuckDB;
+    returns the days it covers."""
     span = data_span(con)
     lo = max(window.start, span[0]) if span else window.start
     days = max((window.end - lo) / DAY, 1 / 24)
-    df = con.execute(KEY_TOTALS, _ranges(lo, window.end)).df()
-    df["requests"] = df[["edge", "kv", "r2", "api"]].sum(axis=1)
-    df["per_day"] = df["requests"] / days
-    df["class"] = classify(df["per_day"].to_numpy())
-    df["age_days"] = (at - pd.to_datetime(df["first_seen"], utc=True)).dt.total_seconds() / 86400
-    return df, days
+    con.execute(KEYS_TEMP, _ranges(lo, window.end) | {"days": days, "at": at})
+    return days
+
+
+def key_table(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> tuple[pd.DataFrame, float]:
+    """Every key of `window` with its totals, rate, class and age (for
+    small windows, tests and drill-downs)."""
+    days = load_keys(con, window, at)
+    return con.execute(ALL_KEYS).df(), days
+
+
+def class_counts(con) -> dict[str, int]:
+    return {c: int(n) for c, n in con.execute(CLASS_COUNTS).fetchall()}
 
 
 def _ranges(lo: datetime, hi: datetime) -> dict:
@@ -86,16 +119,13 @@ class Recommendation:
     saving_per_day: float  # USD, list prices
 
 
-def edge_optimization(df: pd.DataFrame, days: float, pricing: Pricing, target: float) -> Recommendation | None:
+def edge_optimization(con, days: float, pricing: Pricing, target: float) -> Recommendation | None:
     """Hot keys whose edge hit rate is under `target` %: every edge miss is
     a KV read; reaching the target avoids the difference."""
-    hot = df[df["class"] == "hot"].copy()
-    hot["edge_rate"] = 100 * hot["edge"] / hot["requests"]
-    low = hot[hot["edge_rate"] < target].copy()
+    low = con.execute(HOT_LOW, {"target": target}).df()
     if low.empty:
         return None
-    misses = (low["requests"] - low["edge"]) / days
-    low["avoidable"] = misses - low["requests"] / days * (1 - target / 100)
+    low["avoidable"] = (low["requests"] - low["edge"]) / days - low["requests"] / days * (1 - target / 100)
     saving = pricing["kv_reads"].list_cost(float(low["avoidable"].sum()))
     worst = low.sort_values("avoidable", ascending=False).head(5)
     evidence = tuple(f"{r.key} ({r.endpoint}): {r.edge_rate:.0f}% edge, {r.per_day:,.0f} requests/day"
@@ -105,35 +135,26 @@ def edge_optimization(df: pd.DataFrame, days: float, pricing: Pricing, target: f
         "Raise the edge TTL for these keys or pre-warm them at the edge", saving)
 
 
-def r2_archival(df: pd.DataFrame, days: float, pricing: Pricing, ttl: dict, archive_after: timedelta,
-                value_bytes: float, at: datetime) -> Recommendation | None:
+def r2_archival(con, pricing: Pricing, ttl: dict, archive_after: timedelta, value_bytes: float,
+                at: datetime) -> Recommendation | None:
     """Cold keys older than `archive_after`: their expected KV bytes (the
-    share of time each is present) cost less in R2."""
-    cold = df[(df["class"] == "cold") & (df["age_days"] > archive_after / DAY)]
-    if cold.empty:
+    share of time each is present, fixed-TTL model) cost less in R2."""
+    age = archive_after / DAY
+    count, live = 0, 0.0
+    for (endpoint,) in con.execute(COLD_ENDPOINTS, {"age": age}).fetchall():
+        n, share = con.execute(COLD_OLD, {"t": ttl.get(endpoint, DAY) / DAY, "age": age,
+                                          "endpoint": endpoint}).fetchall()[0]
+        count, live = count + n, live + share
+    if not count:
         return None
-    live = _live_share(cold, ttl, days)
-    gb = float((live * value_bytes).sum()) / 1e9
+    gb = live * value_bytes / 1e9
     per_month = gb * (pricing["kv_storage"].price - pricing["r2_storage"].price)
-    saving = per_month / days_in_month(at)
     return Recommendation(
-        "r2_archival", f"Archive {len(cold):,} cold entries to R2",
-        (f"{len(cold):,} keys under 10 requests/month, first seen over {archive_after / DAY:g} days ago",
+        "r2_archival", f"Archive {count:,} cold entries to R2",
+        (f"{count:,} keys under 10 requests/month, first seen over {age:g} days ago",
          f"about {gb * 1e3:,.1f} MB of them in KV at a time"),
-        f"Move them to R2 (one-time {len(cold):,} Class A puts: "
-        f"${pricing['r2_class_a'].list_cost(len(cold)):.4f})", saving)
-
-
-def _kv_rate(df: pd.DataFrame, days: float) -> pd.Series:
-    """KV lookups a day: KV sees only edge misses."""
-    return (df["requests"] - df["edge"]) / days
-
-
-def _live_share(df: pd.DataFrame, ttl: dict, days: float) -> pd.Series:
-    """Share of time each key is present in KV (unknown endpoints: 1 day TTL)."""
-    t = df["endpoint"].map(lambda e: ttl.get(e, DAY) / DAY)
-    lam = _kv_rate(df, days)
-    return lam * t / (1 + lam * t)
+        f"Move them to R2 (one-time {count:,} Class A puts: ${pricing['r2_class_a'].list_cost(count):.4f})",
+        per_month / days_in_month(at))
 
 
 def ttl_cost(lam: np.ndarray, t_days: float, pricing: Pricing, value_bytes: float, month_days: int) -> np.ndarray:
@@ -143,23 +164,21 @@ def ttl_cost(lam: np.ndarray, t_days: float, pricing: Pricing, value_bytes: floa
     return pricing["kv_writes"].list_cost(writes) + stored_gb * pricing["kv_storage"].price / month_days
 
 
-def ttl_tuning(df: pd.DataFrame, days: float, pricing: Pricing, ttl: dict, max_ttl: timedelta,
+def ttl_tuning(con, days: float, pricing: Pricing, ttl: dict, max_ttl: timedelta,
                value_bytes: float, at: datetime) -> Recommendation | None:
     """Warm keys whose KV writes cost more than the KV reads they serve
     (a write is 10 reads at list prices): per endpoint, the TTL (up to
     `max_ttl`) that minimises writes plus storage under the fixed-TTL
     model, and the saving."""
-    warm = df[df["class"] == "warm"]
-    fills = warm["r2"] + warm["api"] - warm["errors"]
-    churn = warm[pricing["kv_writes"].list_cost(fills) > pricing["kv_reads"].list_cost(warm["kv"])]
+    w, r = pricing["kv_writes"], pricing["kv_reads"]
+    churn = con.execute(WARM_CHURN, {"write": w.price / w.per, "read": r.price / r.per}).df()
     month_days = days_in_month(at)
     total, evidence, actions = 0.0, [], []
     for endpoint, g in churn.groupby("endpoint"):
         now_ttl = ttl.get(endpoint)
         if now_ttl is None:
             continue
-        lam = _kv_rate(g, days).to_numpy()
-        base = now_ttl / DAY
+        lam, base = g["kv_rate"].to_numpy(), now_ttl / DAY
         options = sorted({min(base * f, max_ttl / DAY) for f in TTL_FACTORS})
         costs = {t: float(ttl_cost(lam, t, pricing, value_bytes, month_days).sum()) for t in options}
         best = min(costs, key=costs.get)
@@ -167,13 +186,12 @@ def ttl_tuning(df: pd.DataFrame, days: float, pricing: Pricing, ttl: dict, max_t
         if best == base or saving <= 0:
             continue
         total += saving
-        writes = float((g["r2"] + g["api"] - g["errors"]).sum()) / days
-        evidence.append(f"{endpoint}: {len(g):,} warm keys written {writes:,.0f} times/day, "
-                        f"read back from KV {float(g['kv'].sum()) / days:,.0f} times/day")
+        evidence.append(f"{endpoint}: {len(g):,} warm keys written {g['fills'].sum() / days:,.0f} times/day, "
+                        f"read back from KV {g['kv'].sum() / days:,.0f} times/day")
         actions.append(f"{endpoint} KV TTL {_days(base)} → {_days(best)}")
     if not actions:
         return None
-    return Recommendation("ttl_tuning", "Warm keys are refreshed into KV more often than they are read",
+    return Recommendation("ttl_tuning", "Warm keys are refreshed into KV more often than their reads justify",
                           tuple(evidence), "Increase " + "; ".join(actions), total)
 
 
@@ -181,13 +199,16 @@ def _days(d: float) -> str:
     return f"{d * 24:g}h" if d < 1 else f"{d:g}d"
 
 
-def recommend(con, cfg, at: datetime, window: Window) -> tuple[pd.DataFrame, float, list[Recommendation]]:
-    """Key table and every recommendation that applies."""
-    df, days = key_table(con, window, at)
+def recommend(con, cfg, at: datetime, window: Window) -> tuple[dict[str, int], float, list[Recommendation]]:
+    """Key class counts, days covered, and every recommendation that applies."""
+    days = load_keys(con, window, at)
     c, pricing, ttl = cfg.costs, cfg.pricing, dict(cfg.costs.kv_ttl)
-    recs = [
-        edge_optimization(df, days, pricing, c.edge_target),
-        r2_archival(df, days, pricing, ttl, c.archive_after, c.value_bytes, at),
-        ttl_tuning(df, days, pricing, ttl, c.max_kv_ttl, c.value_bytes, at),
-    ]
-    return df, days, [r for r in recs if r is not None]
+    try:
+        recs = [
+            edge_optimization(con, days, pricing, c.edge_target),
+            r2_archival(con, pricing, ttl, c.archive_after, c.value_bytes, at),
+            ttl_tuning(con, days, pricing, ttl, c.max_kv_ttl, c.value_bytes, at),
+        ]
+        return class_counts(con), days, [r for r in recs if r is not None]
+    finally:
+        con.execute("DROP TABLE IF EXISTS opt_keys")  # the runner's connection lives on

@@ -63,8 +63,8 @@ def build(con: duckdb.DuckDBPyConnection, cfg, day: date, now: datetime) -> Repo
     breakdown = costs.price(costs.measure(con, window, cfg), cfg.pricing)
     classes, recs, fc = (), (), None
     if has_data:
-        df, _, found = optimize.recommend(con, cfg, window.end, Window(window.end - cfg.costs.class_window, window.end))
-        counts = df["class"].value_counts().to_dict()
+        counts, _, found = optimize.recommend(con, cfg, window.end,
+                                              Window(window.end - cfg.costs.class_window, window.end))
         classes = tuple((c, int(counts.get(c, 0))) for c in ("hot", "warm", "cold"))
         recs = tuple(sorted(found, key=lambda r: -r.saving_per_day))
         fc = costs.forecast(con, min(window.end, span[1]), cfg, cfg.pricing)

@@ -47,8 +47,11 @@ def analysed(tmp_path_factory):
     cfg = config.Config()
     cfg = replace(cfg, costs=replace(cfg.costs, archive_after=timedelta(days=5), edge_target=99.0))
     with store.reader(path) as con:
-        table, days, recs = optimize.recommend(con, cfg, AT, Window(AT - timedelta(days=30), AT))
-    return cfg, table, days, {r.type: r for r in recs}, _truth(df)
+        counts, days, recs = optimize.recommend(con, cfg, AT, Window(AT - timedelta(days=30), AT))
+        table, _ = optimize.key_table(con, Window(AT - timedelta(days=30), AT), AT)
+    truth = _truth(df)
+    assert counts == truth.cls.value_counts().to_dict()
+    return cfg, table, days, {r.type: r for r in recs}, truth
 
 
 def test_key_table_and_classes_match_raw_events(analysed):
