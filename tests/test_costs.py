@@ -122,3 +122,17 @@ def test_costs_are_non_negative_and_additive_across_days(day1, day2, offset):
     assert both.list_total == pytest.approx(b1.list_total + b2.list_total, rel=1e-9, abs=1e-9)
     if d1.month == (d1 + DAY).month:  # included amounts pro-rate per day: two days' bills cover the two-day bill
         assert both.billed_total <= (b1.billed_total + b2.billed_total) * (1 + 1e-9) + 1e-9
+
+
+def test_readme_costs_example_loads(tmp_path):
+    import re
+
+    from conftest import ROOT
+
+    block = next(b for b in re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+                 if b.startswith("[costs]"))
+    f = tmp_path / "c.toml"
+    f.write_text(block)
+    cfg = config.load(f, env={})
+    assert dict(cfg.costs.kv_ttl)["isbn"] == timedelta(days=30)
+    assert cfg.pricing["kv_reads"].price == 0.45 and cfg.pricing.version == "my-contract-2027"
