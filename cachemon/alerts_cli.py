@@ -6,7 +6,7 @@ import getpass
 import json
 from datetime import datetime, timedelta
 
-from . import alerts, notify, store
+from . import alerts, health, notify, store
 from .clock import format_duration, iso, parse_duration, parse_instant
 from .errors import InputError
 
@@ -47,7 +47,7 @@ def _history(args, cfg, now, env) -> int:
     if args.limit <= 0:
         raise InputError(f"--limit must be positive, got {args.limit}")
     with store.reader(cfg.store.path) as con:
-        changes = alerts.history(con, since, now, args.limit)
+        changes = health.history(con, since, now, args.limit)
         sent = notify.outbox(con, since, args.limit)
     if args.json:
         print(json.dumps({"changes": changes, "notifications": sent}, default=_jsonable, indent=2, ensure_ascii=False))

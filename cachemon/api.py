@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import alerts, costs, exposition, metrics, store
+from . import costs, exposition, health, metrics, store
 from .clock import Period, Window, iso
 from .config import Config
 from .errors import CachemonError, InputError, StoreError
@@ -104,15 +104,15 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
             try:
                 with store.shared_reader(cfg.store.path) as con:
                     m = metrics.compute(con, Window.ending(now, period.length), period.value, latest=True)
-                    health = alerts.health(con, m.at, cfg.alerts.evaluate_every)
+                    state = health.health(con, m.at, cfg.alerts.evaluate_every)
                     block = costs.for_window(con, m.window, m.at, cfg)
             except StoreError as exc:
                 return _error(503, str(exc))
             if fmt == "prometheus":
-                body = exposition.render(m, cfg.metrics.stale_after, health, block).encode()
+                body = exposition.render(m, cfg.metrics.stale_after, state, block).encode()
                 media = exposition.CONTENT_TYPE
             else:
-                body = json.dumps(metrics.to_json(m, cfg.metrics.stale_after, health, block)).encode()
+                body = json.dumps(metrics.to_json(m, cfg.metrics.stale_after, state, block)).encode()
                 media = "application/json"
             hit = cache[(period.value, fmt)] = (now, body, media, iso(m.data_until) if m.data_until else "")
         left = settings.cache_for - (now - hit[0])

@@ -11,7 +11,7 @@ import sys
 from datetime import datetime, timedelta
 
 from . import config as config_mod
-from . import alerts, costs, exposition, metrics, pipeline, store
+from . import costs, exposition, health, metrics, pipeline, store
 from .clock import Period, Window, parse_instant, utcnow
 from .errors import CachemonError, InputError
 
@@ -164,12 +164,12 @@ def _metrics(args, cfg, now) -> int:
         # Without --at, a lagging source still gets its last good numbers, marked stale.
         m = metrics.compute(con, Window.ending(at, period.length), period.value, args.endpoint, args.top,
                             latest=args.at is None)
-        health = alerts.health(con, m.at, cfg.alerts.evaluate_every)
+        state = health.health(con, m.at, cfg.alerts.evaluate_every)
         block = costs.for_window(con, m.window, m.at, cfg) if args.endpoint is None else None
     if args.format == "prometheus":
-        sys.stdout.write(exposition.render(m, cfg.metrics.stale_after, health, block))
+        sys.stdout.write(exposition.render(m, cfg.metrics.stale_after, state, block))
     else:
-        print(json.dumps(metrics.to_json(m, cfg.metrics.stale_after, health, block), indent=2, ensure_ascii=False))
+        print(json.dumps(metrics.to_json(m, cfg.metrics.stale_after, state, block), indent=2, ensure_ascii=False))
     return 0
 
 

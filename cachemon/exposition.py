@@ -55,7 +55,7 @@ class _Writer:
 
 def render(m: Metrics, stale_after: timedelta = timedelta(minutes=10), health=None, costs: dict | None = None) -> str:
     """The exposition text for one Metrics (and the alert `health`, an
-    `alerts.Health`, and the `costs` block, when given), ending with a newline."""
+    `health.Health`, and the `costs` block, when given), ending with a newline."""
     w, period = _Writer(), {"period": m.period}
     if m.lifetime is not None:
         w.family("cachemon_requests_total", "counter",

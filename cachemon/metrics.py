@@ -211,7 +211,7 @@ def to_json(m: Metrics, stale_after: timedelta = timedelta(minutes=10), health=N
     """The seed's /metrics JSON shape (plus added fields), as plain data.
     `stale` is true when the newest data is older than `stale_after` (the
     source is down or lagging: these are the last good numbers). `health`
-    (an `alerts.Health`) adds the seed's health block, `costs` (from
+    (an `health.Health`) adds the seed's health block, `costs` (from
     `costs.for_window`) its costs block."""
     v = m.volume
     out = {

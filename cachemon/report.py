@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import duckdb
 
-from . import alerts, costs, messages, optimize
+from . import costs, health, messages, optimize
 from .clock import DAY, Window, iso
 from .metrics import data_span
 from .pricing import COMPONENTS, DEFAULT
@@ -68,12 +68,12 @@ def build(con: duckdb.DuckDBPyConnection, cfg, day: date, now: datetime) -> Repo
         classes = tuple((c, int(counts.get(c, 0))) for c in ("hot", "warm", "cold"))
         recs = tuple(sorted(found, key=lambda r: -r.saving_per_day))
         fc = costs.forecast(con, min(window.end, span[1]), cfg, cfg.pricing)
-    health = alerts.health(con, window.end, cfg.alerts.evaluate_every).status
+    status = health.health(con, window.end, cfg.alerts.evaluate_every).status
     return Report(
         day, now, has_data, classes,
         tuple((ln.component, DEFAULT[ln.component].unit, ln.units, ln.list_cost, ln.billed) for ln in breakdown.lines),
         breakdown.list_total, breakdown.billed_total,
-        fc.list_total if fc else None, fc.billed_total if fc else None, recs, health, breakdown.pricing_version,
+        fc.list_total if fc else None, fc.billed_total if fc else None, recs, status, breakdown.pricing_version,
     )
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cachemon import alerts, notify, store
+from cachemon import alerts, health, notify, store
 from cachemon.clock import iso, parse_duration, utcnow
 from cachemon.errors import CachemonError
 
@@ -18,9 +18,9 @@ def _load(cfg, now):
     with store.reader(cfg.store.path) as con:
         since = now - timedelta(days=7)
         return {
-            "health": alerts.health(con, now, cfg.alerts.evaluate_every),
+            "health": health.health(con, now, cfg.alerts.evaluate_every),
             "states": list(alerts.load_states(con).values()),
-            "periods": alerts.active_periods(con, since, now),
+            "periods": health.active_periods(con, since, now),
             "notifications": notify.outbox(con, since, 200),
             "silences": alerts.active_silences(con, now),
         }

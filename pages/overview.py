@@ -4,7 +4,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cachemon import alerts, metrics, store
+from cachemon import health, metrics, store
 from cachemon.clock import Period, Window, iso, utcnow
 from cachemon.errors import CachemonError
 
@@ -20,8 +20,8 @@ def _load(cfg, period: Period, endpoint):
             previous = metrics.compute(con, current.window.previous(), period.value, endpoint, top=0)
         except CachemonError:
             previous = None
-        health = alerts.health(con, current.at, cfg.alerts.evaluate_every)
-    return current, previous, health
+        state = health.health(con, current.at, cfg.alerts.evaluate_every)
+    return current, previous, state
 
 
 @st.fragment(run_every="30s")
@@ -30,11 +30,11 @@ def overview():
     period = Period.parse(st.session_state.get("period", "1h"))
     endpoint = st.session_state.get("endpoint", "all")
     try:
-        current, previous, health = _load(cfg, period, None if endpoint == "all" else endpoint)
+        current, previous, state = _load(cfg, period, None if endpoint == "all" else endpoint)
     except CachemonError as exc:
         st.error(str(exc))
         return
-    _health(health)
+    _health(state)
     values, deltas = metrics.kpis(current), metrics.kpi_deltas(current, previous)
     summary = metrics.to_json(current, cfg.metrics.stale_after)
     age = summary["dataAgeSeconds"]

@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 import trustme
 
-from cachemon import alerts, config, notify, store
+from cachemon import alerts, config, health, notify, store
 from cachemon.clock import iso
 from cachemon.errors import InputError
 from conftest import ROOT, T0, load, simulate, weighted_quantile
@@ -232,7 +232,7 @@ severity = "warning"
     assert by_rule["data_stale"].state == "firing" and by_rule["data_stale"].value == 3600
     assert [m["Subject"] for m in smtp.messages] == ["[BooksTrack Cache] WARNING: data_stale"]
     with store.reader(db) as con:
-        h = alerts.health(con, _at(6 * 60), cfg.alerts.evaluate_every)
+        h = health.health(con, _at(6 * 60), cfg.alerts.evaluate_every)
     assert h.status == "degraded"
     assert [(i.severity, i.message.split(":")[0]) for i in h.issues][:1] == [("warning", "Data age above threshold")]
     assert {i.severity for i in h.issues} == {"warning", "info"}
@@ -264,7 +264,7 @@ def test_query_failure_is_an_error_state(tmp_path, db, smtp):
     s = r.evaluation.states[0]
     assert s.state == "error" and "query failed" in s.message and "latency_minute" in s.message
     with store.reader(db) as con:
-        assert alerts.health(con, _at(15), cfg.alerts.evaluate_every).status == "degraded"
+        assert health.health(con, _at(15), cfg.alerts.evaluate_every).status == "degraded"
 
 
 def test_hostile_cache_key_is_escaped_everywhere(tmp_path, db, smtp, hooks):
@@ -309,8 +309,8 @@ def test_cli_history_silences_and_health_in_metrics(tmp_path, db, smtp):
     assert [c["to_state"] for c in data["changes"]][:2] == ["firing", "pending"]
     assert data["notifications"][0]["status"] == "sent"
     m = cli("metrics", "--period", "15m", "--at", iso(_at(FIRE)))
-    health = json.loads(m.stdout)["health"]
-    assert health["status"] == "critical" and health["issues"][0]["since"] == "2026-11-19T09:45:00Z"
+    block = json.loads(m.stdout)["health"]
+    assert block["status"] == "critical" and block["issues"][0]["since"] == "2026-11-19T09:45:00Z"
     prom = cli("metrics", "--period", "15m", "--at", iso(_at(FIRE)), "--format", "prometheus").stdout
     assert 'cachemon_alerts_firing{severity="critical"} 1.0' in prom and "cachemon_health_status 2.0" in prom
     bad = cli("alerts", "silence", "p99_latency", "--for", "forever", "--reason", "x")

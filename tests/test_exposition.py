@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from cachemon import costs, exposition, metrics, pricing, store
-from cachemon.alerts import Health, Issue
+from cachemon.health import Health, Issue
 from cachemon.clock import Window
 from cachemon.metrics import Latency, Metrics, TierVolume
 
