@@ -25,9 +25,10 @@ from datetime import datetime, timedelta
 
 import duckdb
 
-from .clock import DAY, MINUTE, Window, iso
+from .clock import DAY, Window, iso
+from .events import TIERS
+from .metrics import TIER_TOTALS, TierVolume, window_params
 from .pricing import COMPONENTS, Pricing, days_in_month, month_share, month_start
-from .series import observe
 
 QUERIES_PER_PULL = 4  # minute rollups, latency histogram, gauges, per-key counts
 GAUGE_USAGE = """
@@ -94,8 +95,10 @@ class Breakdown:
 def measure(con: duckdb.DuckDBPyConnection, window: Window, cfg) -> Usage:
     """Usage of `window` from the store's rollups and gauges."""
     length = window.end - window.start
-    obs = observe(con, [window.start], length)[0] if length >= MINUTE else None
-    v = obs.volume if obs else None
+    # Whole hours from the hourly rollups, ragged minutes from the minute ones.
+    tiers = {r[0]: r for r in con.execute(TIER_TOTALS, window_params(window) | {"endpoint": None}).fetchall()}
+    v = TierVolume(**{t: float(tiers[t][1]) if t in tiers else 0.0 for t in TIERS}) if tiers else None
+    errors = sum(float(r[2]) for r in tiers.values())
     gauges = {r[0]: r[1:] for r in con.execute(GAUGE_USAGE, {"lo": window.start, "hi": window.end}).fetchall()}
     share = month_share(window.start, length)
     kv_mean = gauges.get("kv_storage_bytes", (0.0, 0, 0.0, 0.0))[0]
@@ -107,7 +110,7 @@ def measure(con: duckdb.DuckDBPyConnection, window: Window, cfg) -> Usage:
         window=window,
         workers_requests=requests,
         kv_reads=(v.kv + v.r2 + v.api) if v else 0.0,
-        kv_writes=max(0.0, (v.r2 + v.api) - obs.errors) if v else 0.0,
+        kv_writes=max(0.0, (v.r2 + v.api) - errors) if v else 0.0,
         kv_storage=kv_mean / 1e9 * share,
         r2_storage=r2[0] / 1e9 * share,
         r2_class_a=max(0.0, r2[3] - r2[2]) / cfg.costs.value_bytes,
