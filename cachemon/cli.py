@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--date", help="the UTC day, YYYY-MM-DD (default: yesterday)")
     r.add_argument("--dry-run", action="store_true", help="print the report; store and send nothing")
     r.add_argument("--resend", action="store_true", help="send again even if this day's report was sent")
+    p = sub.add_parser("experiments", help="TTL experiments (configured as [[experiments]] in TOML)",
+                       description="Cohort assignment for the configured experiments.")
+    a = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a.add_parser("list", help="configured experiments, their schemes and exact allocations")
+    s = a.add_parser("assign", help="the cohort a cache key gets")
+    s.add_argument("key", metavar="KEY")
+    s.add_argument("--experiment", required=True, help="experiment name")
     return parser
 
 
@@ -227,4 +234,25 @@ def _costs(args, cfg, now) -> int:
     return 0
 
 
-COMMANDS = {"alerts": _alerts, "costs": _costs, "demo": _demo, "import": _import, "pull": _pull, "serve": _serve, "metrics": _metrics}
+def _experiments(args, cfg, now) -> int:
+    by_name = {e.name: e for e in cfg.experiments}
+    if args.action == "list":
+        if not by_name:
+            print("no experiments configured ([[experiments]] in the TOML config)")
+        for e in cfg.experiments:
+            shares = ", ".join(f"{c.name} {float(a):.4%} ({a})" for c, a in zip(e.cohorts, e.allocation()))
+            print(f"{e.name}: {e.endpoint}, scheme {e.scheme}, allocation {shares}")
+        return 0
+    if args.experiment not in by_name:
+        known = ", ".join(by_name) or "none configured"
+        raise InputError(f"unknown experiment {args.experiment!r}; experiments: {known}")
+    e = by_name[args.experiment]
+    cohort = e.assign(args.key)
+    print(json.dumps({"key": args.key, "experiment": e.name, "scheme": e.scheme, "cohort": cohort.name,
+                      "ttlSeconds": int(cohort.ttl.total_seconds()),
+                      "allocation": {c.name: str(a) for c, a in zip(e.cohorts, e.allocation())}},
+                     ensure_ascii=False, indent=2))
+    return 0
+
+
+COMMANDS = {"alerts": _alerts, "costs": _costs, "experiments": _experiments, "demo": _demo, "import": _import, "pull": _pull, "serve": _serve, "metrics": _metrics}

@@ -192,6 +192,7 @@ class Config:
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     costs: CostsConfig = field(default_factory=CostsConfig)
     pricing: Pricing = field(default_factory=pricing_default)
+    experiments: tuple = ()  # cachemon.experiments.Experiment, from [[experiments]]
     source: str = "simulator"
 
 
@@ -239,6 +240,8 @@ def _from_file(path: Path) -> Config:
             parts["source"] = value
         elif name == "pricing":
             parts["pricing"] = parse_pricing(str(path), value)
+        elif name == "experiments":
+            continue  # needs the endpoints from [costs]; parsed below
         elif name in _SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: [{name}] must be a table")
@@ -247,6 +250,11 @@ def _from_file(path: Path) -> Config:
             raise ConfigError(f"{path}: unknown section or key {name!r}")
     if "alerts" in parts:
         parts["alerts"] = _alerts(path, data["alerts"], parts["alerts"])
+    if "experiments" in data:
+        from .experiments import parse as parse_experiments
+
+        endpoints = tuple(e for e, _ in parts.get("costs", CostsConfig()).kv_ttl)
+        parts["experiments"] = parse_experiments(str(path), data["experiments"], endpoints)
     return Config(**parts)
 
 

@@ -1,0 +1,102 @@
+"""Experiment config and cohort assignment: the seed's scheme against
+vectors computed by its own JavaScript, the unbiased scheme, allocations."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from scipy import stats as sps
+
+from cachemon import config
+from cachemon.assignment import seed_sha256_byte
+from cachemon.errors import ConfigError
+from cachemon.experiments import u64_value
+from conftest import ROOT
+
+VECTORS = json.loads((Path(__file__).parent / "vectors" / "seed_assignment.json").read_text())
+EXPERIMENT = """
+[[experiments]]
+name = "extended-title-ttl"
+description = "48h TTL for title search vs baseline 24h"
+endpoint = "title"
+scheme = "{scheme}"
+start = "2026-11-01T00:00:00Z"
+duration = "14d"
+[[experiments.cohorts]]
+name = "control"
+ttl = "24h"
+weight = 0.5
+[[experiments.cohorts]]
+name = "treatment"
+ttl = "48h"
+weight = 0.5
+"""
+
+
+def _load(tmp_path, text):
+    f = tmp_path / "e.toml"
+    f.write_text(text)
+    return config.load(f, env={})
+
+
+def test_seed_scheme_matches_the_seeds_javascript():
+    """Vectors from scripts/seed_vectors.mjs (the seed's assignCohort under Node)."""
+    assert len(VECTORS) > 600 and any(v["byte"] == 255 for v in VECTORS)
+    for v in VECTORS:
+        assert seed_sha256_byte(v["key"], v["experiment"], v["weights"]) == v["index"], v
+
+
+def test_effective_allocations(tmp_path):
+    seed = _load(tmp_path, EXPERIMENT.format(scheme="seed-sha256-byte")).experiments[0]
+    assert seed.allocation() == (Fraction(129, 256), Fraction(127, 256))
+    fair = _load(tmp_path, EXPERIMENT.format(scheme="sha256-u64")).experiments[0]
+    assert fair.allocation() == (Fraction(1, 2), Fraction(1, 2))
+    # Assignment follows the stated allocation: 20,000 keys, chi-square does not reject.
+    counts = [0, 0]
+    for i in range(20_000):
+        counts[fair.cohorts.index(fair.assign(f"search:title:q=k{i}"))] += 1
+    assert sps.chisquare(counts, [10_000, 10_000]).pvalue > 0.001
+
+
+def test_unbiased_scheme_separates_key_and_name():
+    assert u64_value("ab", "c") != u64_value("a", "bc")
+    assert seed_sha256_byte("ab", "c", [0.5, 0.5]) == seed_sha256_byte("a", "bc", [0.5, 0.5])  # the seed cannot tell
+
+
+@pytest.mark.parametrize("change, message", [
+    (("weight = 0.5\n[[experiments.cohorts]]\nname = \"treatment\"\nttl = \"48h\"\nweight = 0.5",
+      "weight = 0.5\n[[experiments.cohorts]]\nname = \"treatment\"\nttl = \"48h\"\nweight = 0.4"), "weights sum to 0.9, not 1"),
+    (('name = "treatment"', 'name = "control"'), "duplicate cohort name 'control'"),
+    (('endpoint = "title"', 'endpoint = "titles"'), "unknown endpoint 'titles'"),
+    (('ttl = "48h"', 'ttl = "30s"'), "ttl '30s' is out of range"),
+    (('scheme = "sha256-u64"', 'scheme = "md5"'), "scheme: 'md5'"),
+    (('duration = "14d"', 'duration = "two weeks"'), "'two weeks' is not a duration"),
+])
+def test_invalid_experiments_are_named(tmp_path, change, message):
+    text = EXPERIMENT.format(scheme="sha256-u64").replace(*change)
+    with pytest.raises(ConfigError) as err:
+        _load(tmp_path, text)
+    assert "experiment 'extended-title-ttl'" in str(err.value) and message in str(err.value)
+
+
+def test_cli_assign_and_list(tmp_path):
+    (tmp_path / "e.toml").write_text(EXPERIMENT.format(scheme="seed-sha256-byte"))
+    env = dict(os.environ, CACHEMON_CONFIG=str(tmp_path / "e.toml"), PYTHONPATH=str(ROOT))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "cachemon", "experiments", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    v = next(x for x in VECTORS if x["experiment"] == "extended-title-ttl" and x["byte"] == 255)
+    out = json.loads(cli("assign", v["key"], "--experiment", "extended-title-ttl").stdout)
+    assert out["cohort"] == "control" == v["cohort"]  # byte 255 falls through to the first cohort
+    assert out["allocation"] == {"control": "129/256", "treatment": "127/256"} and out["ttlSeconds"] == 86400
+    assert "allocation control 50.3906% (129/256)" in cli("list").stdout
+    bad = cli("assign", "k", "--experiment", "nope")
+    assert bad.returncode == 2 and "unknown experiment 'nope'" in bad.stderr
