@@ -52,7 +52,11 @@ INSERT_NEW_KEYS = """
 INSERT INTO cache_keys
 SELECT nextval('key_ids'), key, any_value(endpoint) FROM r_keys b
 WHERE NOT EXISTS (SELECT 1 FROM cache_keys k WHERE k.key = b.key)
-GROUP BY key
+GROUP BY key;
+INSERT INTO key_cohorts
+SELECT DISTINCT k.key_id, b.experiment, b.cohort FROM r_keys b JOIN cache_keys k ON k.key = b.key
+WHERE b.experiment <> '' AND NOT EXISTS (
+    SELECT 1 FROM key_cohorts c WHERE c.key_id = k.key_id AND c.experiment = b.experiment AND c.cohort = b.cohort)
 """
 
 _INSERT_KEYS = """

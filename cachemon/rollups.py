@@ -10,8 +10,8 @@ Tables (pyarrow), one row per group:
   bytes, latency_sum, latency_min, latency_max, events
 * `latency` — minute, tier, endpoint, experiment, cohort, bucket, weight
 * `gauges`  — minute, name, value_sum, samples, value_min, value_max, value_last
-* `keys`    — key, endpoint, t, whole_hour, edge, kv, r2, api, errors,
-  first_seen, last_seen; `t` is the hour inside the window's whole hours
+* `keys`    — key, endpoint, experiment, cohort, t, whole_hour, edge, kv,
+  r2, api, errors, first_seen, last_seen; `t` is the hour inside the window's whole hours
   (`whole_hour` true) and the minute in its ragged edges.
 
 Counts are sums of `sample_interval`, never row counts.
@@ -56,7 +56,7 @@ GROUP BY ALL
 """
 
 KEYS_SQL = """
-SELECT key, any_value(endpoint) AS endpoint,
+SELECT key, any_value(endpoint) AS endpoint, experiment, cohort,
        if(timestamp >= $full_lo AND timestamp < $full_hi,
           date_trunc('hour', timestamp), date_trunc('minute', timestamp)) AS t,
        timestamp >= $full_lo AND timestamp < $full_hi AS whole_hour,
@@ -65,7 +65,7 @@ SELECT key, any_value(endpoint) AS endpoint,
        sum(if(status = 'error', sample_interval, 0)) AS errors,
        min(timestamp) AS first_seen, max(timestamp) AS last_seen
 FROM batch WHERE kind = 'request'
-GROUP BY key, t, whole_hour
+GROUP BY key, experiment, cohort, t, whole_hour
 """
 
 

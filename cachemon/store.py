@@ -29,7 +29,7 @@ import duckdb
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _ROLLUP_COLUMNS = """
     source VARCHAR NOT NULL, {time} TIMESTAMPTZ NOT NULL,
@@ -129,6 +129,12 @@ MIGRATIONS[3] = [
 MIGRATIONS[4] = [
     """CREATE TABLE cost_reports (
         day DATE PRIMARY KEY, created_at TIMESTAMPTZ NOT NULL, payload VARCHAR NOT NULL, sent BOOLEAN NOT NULL)""",
+]
+
+
+# The experiment cohort each key was served under, as the events say.
+MIGRATIONS[5] = [
+    "CREATE TABLE key_cohorts (key_id INTEGER NOT NULL, experiment VARCHAR NOT NULL, cohort VARCHAR NOT NULL)",
 ]
 
 

@@ -73,7 +73,7 @@ def key_counts(dataset: str, m: ColumnMapping, window: Window, whole: Window) ->
     """Per-key weighted requests by tier: per hour inside the whole hours
     `whole`, per minute in the window's ragged edges."""
     inside = f"timestamp >= {_time(whole.start)} AND timestamp < {_time(whole.end)}"
-    return f"""SELECT {m.key} AS key, {m.endpoint} AS endpoint,
+    return f"""SELECT {m.key} AS key, {m.endpoint} AS endpoint, {m.experiment} AS experiment, {m.cohort} AS cohort,
   if({inside}, {_HOUR}, {_MINUTE}) AS t,
   sum(if({m.tier} = 'edge', _sample_interval, 0)) AS edge,
   sum(if({m.tier} = 'kv', _sample_interval, 0)) AS kv,
@@ -83,7 +83,7 @@ def key_counts(dataset: str, m: ColumnMapping, window: Window, whole: Window) ->
   min(timestamp) AS first_seen, max(timestamp) AS last_seen
 FROM {dataset}
 WHERE {_range(window)} AND {m.kind} = 'request'
-GROUP BY key, endpoint, t
+GROUP BY key, endpoint, experiment, cohort, t
 FORMAT JSON"""
 
 

@@ -165,7 +165,7 @@ _TYPES = {
     "latency": (("minute", "time"), ("tier", "text"), ("endpoint", "text"), ("experiment", "text"),
                 ("cohort", "text"), ("bucket", "int32"), ("weight", "num")),
     "gauges": (("timestamp", "time"), ("name", "text"), ("value", "num")),
-    "keys": (("key", "text"), ("endpoint", "text"), ("t", "time"), ("edge", "num"), ("kv", "num"), ("r2", "num"),
+    "keys": (("key", "text"), ("endpoint", "text"), ("experiment", "text"), ("cohort", "text"), ("t", "time"), ("edge", "num"), ("kv", "num"), ("r2", "num"),
              ("api", "num"), ("errors", "num"), ("first_seen", "time"), ("last_seen", "time")),
 }
 
