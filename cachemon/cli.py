@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Cohort assignment for the configured experiments.")
     a = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     a.add_parser("list", help="configured experiments, their schemes and exact allocations")
+    z = a.add_parser("analyze", help="analyse every running experiment now (or --at) and store the results")
+    z.add_argument("--at", help="as of this instant, ISO 8601 UTC (default: now)")
+    z.add_argument("--dry-run", action="store_true", help="print the results; store nothing")
     s = a.add_parser("assign", help="the cohort a cache key gets")
     s.add_argument("key", metavar="KEY")
     s.add_argument("--experiment", required=True, help="experiment name")
@@ -236,6 +239,8 @@ def _costs(args, cfg, now) -> int:
 
 def _experiments(args, cfg, now) -> int:
     by_name = {e.name: e for e in cfg.experiments}
+    if args.action == "analyze":
+        return _analyze(args, cfg, now)
     if args.action == "list":
         if not by_name:
             print("no experiments configured ([[experiments]] in the TOML config)")
@@ -252,6 +257,22 @@ def _experiments(args, cfg, now) -> int:
                       "ttlSeconds": int(cohort.ttl.total_seconds()),
                       "allocation": {c.name: str(a) for c, a in zip(e.cohorts, e.allocation())}},
                      ensure_ascii=False, indent=2))
+    return 0
+
+
+def _analyze(args, cfg, now) -> int:
+    from . import tuning
+
+    at = parse_instant(args.at, "--at") if args.at else now
+    if not cfg.experiments:
+        raise InputError("no experiments configured ([[experiments]] in the TOML config)")
+    opener = store.reader if args.dry_run else (lambda path: store.writer(path, now))
+    with opener(cfg.store.path) as con:
+        results = [tuning.analyze(con, e, at, cfg.pricing) for e in cfg.experiments if e.start <= at]
+        if not args.dry_run:
+            for a in results:
+                tuning.save(con, a)
+    print(json.dumps([a.to_json() for a in results], indent=2, ensure_ascii=False))
     return 0
 
 

@@ -29,6 +29,18 @@ HOT_PER_DAY = 100.0
 COLD_PER_DAY = 10.0 / 30.0
 TTL_FACTORS = (1, 2, 4, 7, 14, 30)
 
+# Per-key rows of a window, each counted once: whole days from key_day, the
+# hours around them from key_hour, not-yet-compacted minutes from key_minute
+# (parameters from `key_ranges`).
+KEY_ROWS = """
+SELECT key_id, edge, kv, r2, api, errors FROM key_day WHERE day >= $d_lo AND day < $d_hi
+UNION ALL
+SELECT key_id, edge, kv, r2, api, errors FROM key_hour WHERE hour >= $h1_lo AND hour < $h1_hi
+UNION ALL
+SELECT key_id, edge, kv, r2, api, errors FROM key_hour WHERE hour >= $h2_lo AND hour < $h2_hi
+UNION ALL
+SELECT key_id, edge, kv, r2, api, errors FROM key_minute WHERE minute >= $m_lo AND minute < $m_hi
+"""
 # The per-key table stays in DuckDB (a temp table, allowed on read-only
 # connections): a month at the seed's volume is millions of one-off keys,
 # and only small slices (hot offenders, warm churners, sums) come out.
@@ -41,13 +53,7 @@ SELECT k.key_id, c.endpoint, sum(k.edge) AS edge, sum(k.kv) AS kv, sum(k.r2) AS 
        CASE WHEN sum(k.edge + k.kv + k.r2 + k.api) / $days > {HOT_PER_DAY} THEN 'hot'
             WHEN sum(k.edge + k.kv + k.r2 + k.api) / $days < {COLD_PER_DAY!r} THEN 'cold' ELSE 'warm' END AS class,
        epoch($at - min(f.first_seen)) / 86400.0 AS age_days
-FROM (SELECT key_id, edge, kv, r2, api, errors FROM key_day WHERE day >= $d_lo AND day < $d_hi
-      UNION ALL
-      SELECT key_id, edge, kv, r2, api, errors FROM key_hour WHERE hour >= $h1_lo AND hour < $h1_hi
-      UNION ALL
-      SELECT key_id, edge, kv, r2, api, errors FROM key_hour WHERE hour >= $h2_lo AND hour < $h2_hi
-      UNION ALL
-      SELECT key_id, edge, kv, r2, api, errors FROM key_minute WHERE minute >= $h1_lo AND minute < $h2_hi) k
+FROM ({KEY_ROWS}) k
 JOIN cache_keys c ON c.key_id = k.key_id
 JOIN (SELECT key_id, min(first_seen) AS first_seen FROM
         (SELECT key_id, first_seen FROM key_day UNION ALL SELECT key_id, first_seen FROM key_minute)
@@ -84,7 +90,7 @@ def load_keys(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> f
     span = data_span(con)
     lo = max(window.start, span[0]) if span else window.start
     days = max((window.end - lo) / DAY, 1 / 24)
-    con.execute(KEYS_TEMP, _ranges(lo, window.end) | {"days": days, "at": at})
+    con.execute(KEYS_TEMP, key_ranges(lo, window.end) | {"days": days, "at": at})
     return days
 
 
@@ -99,15 +105,18 @@ def class_counts(con) -> dict[str, int]:
     return {c: int(n) for c, n in con.execute(CLASS_COUNTS).fetchall()}
 
 
-def _ranges(lo: datetime, hi: datetime) -> dict:
-    """Whole days from key_day, the hours around them from key_hour, and
-    the not-yet-compacted minutes from key_minute (the three are disjoint).
-    The start is floored to the hour: a compacted hour cannot be split."""
-    lo = floor_to(lo, HOUR)
-    d_lo, d_hi = ceil_to(lo, DAY), floor_to(hi, DAY)
+def key_ranges(lo: datetime, hi: datetime) -> dict:
+    """Parameters of KEY_ROWS for [lo, hi): whole days from key_day, whole
+    hours around them from key_hour, and minutes not yet compacted from
+    key_minute (the three are disjoint). Hourly rows cannot be split, so
+    the hours are those wholly inside the window (lo rounded up, hi down)."""
+    h_lo, h_hi = ceil_to(lo, HOUR), floor_to(hi, HOUR)
+    d_lo, d_hi = ceil_to(h_lo, DAY), floor_to(h_hi, DAY)
     if d_lo >= d_hi:
-        return {"d_lo": lo, "d_hi": lo, "h1_lo": lo, "h1_hi": hi, "h2_lo": hi, "h2_hi": hi}
-    return {"d_lo": d_lo, "d_hi": d_hi, "h1_lo": lo, "h1_hi": d_lo, "h2_lo": d_hi, "h2_hi": hi}
+        return {"d_lo": h_lo, "d_hi": h_lo, "h1_lo": h_lo, "h1_hi": max(h_lo, h_hi), "h2_lo": hi, "h2_hi": hi,
+                "m_lo": lo, "m_hi": hi}
+    return {"d_lo": d_lo, "d_hi": d_hi, "h1_lo": h_lo, "h1_hi": d_lo, "h2_lo": d_hi, "h2_hi": h_hi,
+            "m_lo": lo, "m_hi": hi}
 
 
 @dataclass(frozen=True)

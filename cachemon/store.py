@@ -29,7 +29,7 @@ import duckdb
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _ROLLUP_COLUMNS = """
     source VARCHAR NOT NULL, {time} TIMESTAMPTZ NOT NULL,
@@ -135,6 +135,14 @@ MIGRATIONS[4] = [
 # The experiment cohort each key was served under, as the events say.
 MIGRATIONS[5] = [
     "CREATE TABLE key_cohorts (key_id INTEGER NOT NULL, experiment VARCHAR NOT NULL, cohort VARCHAR NOT NULL)",
+]
+
+
+# Every analysis of every experiment (the history of its decisions).
+MIGRATIONS[6] = [
+    """CREATE TABLE experiment_results (
+        experiment VARCHAR NOT NULL, analyzed_at TIMESTAMPTZ NOT NULL, decision VARCHAR NOT NULL,
+        payload VARCHAR NOT NULL)""",
 ]
 
 

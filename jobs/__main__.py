@@ -91,6 +91,17 @@ class Jobs:
                  len(r.recommendations), r.saving_per_day, ", ".join(channels) or "no channel")
         return len(channels)
 
+    def experiments(self, now: datetime) -> int:
+        from cachemon import tuning
+
+        running = [e for e in self.cfg.experiments if e.start <= now]
+        with store.writer(self.cfg.store.path, now, publish=False) as con:
+            for e in running:
+                a = tuning.analyze(con, e, now, self.cfg.pricing)
+                tuning.save(con, a)
+                log.info("experiment %s: %s (%s keys)", e.name, a.decision, ", ".join(f"{c} {n}" for c, n in a.units))
+        return len(running)
+
     def registry(self) -> list[tuple[runner.JobSpec, Callable[[datetime], int]]]:
         j = self.cfg.jobs
         hh, mm = map(int, j.compact_at.split(":"))
@@ -100,6 +111,7 @@ class Jobs:
             (runner.JobSpec("deliver", every=MINUTE), self.deliver),
             (runner.JobSpec("compact", at=dtime(hh, mm)), self.compact),
             (runner.JobSpec("report", at=dtime(*map(int, self.cfg.costs.report_at.split(":")))), self.report),
+            (runner.JobSpec("experiments", at=dtime(4, 0)), self.experiments),
         ]
 
 

@@ -1,0 +1,193 @@
+"""The tuning engine's analysis: per-cohort metrics of a TTL experiment from
+the store, and a decision that holds under daily looks.
+
+Units are keys (the randomised unit), each in the cohort its events carry.
+Per key: hits (served by the edge or KV: "KV-or-better") over requests,
+list cost over requests, errors over requests; ratio metrics by the delta
+method (`cachemon.stats`). p95 latency per cohort comes from the cohort's
+merged histogram; with no per-key latency it is a point guardrail (the
+treatment may not be more than `P95_TOLERANCE` slower).
+
+Decision of each treatment against the first cohort (the control):
+
+* `collecting` — fewer than `MIN_UNITS` keys so far: results stay hidden;
+* `srm` — the key counts do not fit the scheme's real allocation
+  (chi-square p < 0.001): no decision, and the reason;
+* `winner` — the hit-rate gain's confidence-sequence lower bound, at the
+  Holm-adjusted level across treatments, exceeds the margin (2 points), and
+  no guardrail (cost per request, error rate, p95) is significantly worse;
+* `loser` — the gain is significantly negative, or a guardrail is worse;
+* `inconclusive` — otherwise (after the planned duration: `inconclusive (ended)`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+import duckdb
+import numpy as np
+
+from . import stats
+from .clock import Window, iso
+from .experiments import Experiment
+from .histogram import Histogram
+from .optimize import KEY_ROWS, key_ranges
+
+ALPHA = 0.05
+MIN_UNITS = 150
+P95_TOLERANCE = 0.10
+
+KEYS_BY_COHORT = f"""
+SELECT c.cohort, sum(k.edge) AS edge, sum(k.kv) AS kv, sum(k.r2) AS r2, sum(k.api) AS api, sum(k.errors) AS errors
+FROM ({KEY_ROWS}) k JOIN key_cohorts c ON c.key_id = k.key_id AND c.experiment = $experiment
+GROUP BY k.key_id, c.cohort
+"""
+COHORT_LATENCY = """
+SELECT cohort, bucket, sum(weight) FROM (
+    SELECT cohort, bucket, weight FROM latency_hour
+    WHERE experiment = $experiment AND hour >= $lo AND hour < $hi
+) GROUP BY cohort, bucket ORDER BY cohort, bucket
+"""
+SAVE = "INSERT INTO experiment_results VALUES (?, ?, ?, ?)"
+HISTORY = "SELECT analyzed_at, decision, payload FROM experiment_results WHERE experiment = ? ORDER BY analyzed_at"
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    metric: str
+    control: float
+    treatment: float
+    estimate: float  # treatment − control (points for rates, USD per 1M requests for cost)
+    lower: float | None
+    upper: float | None
+    p_value: float | None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    treatment: str
+    decision: str
+    reason: str
+    metrics: tuple[MetricResult, ...]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    experiment: str
+    at: datetime
+    window_start: datetime
+    window_end: datetime
+    units: tuple[tuple[str, int], ...]
+    srm_p: float | None
+    decision: str  # the experiment's: the best treatment's decision, or collecting / srm
+    comparisons: tuple[Comparison, ...]
+    days_needed: int | None
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        for k in ("at", "window_start", "window_end"):
+            d[k] = iso(getattr(self, k))
+        return d
+
+
+def per_key(con, e: Experiment, window: Window, pricing) -> dict[str, dict[str, np.ndarray]]:
+    """Per-key arrays of each cohort: hits, requests, cost (USD), errors."""
+    df = con.execute(KEYS_BY_COHORT, key_ranges(window.start, window.end) | {"experiment": e.name}).df()
+    out = {}
+    for cohort, g in df.groupby("cohort"):
+        req = (g.edge + g.kv + g.r2 + g.api).to_numpy()
+        writes = (g.r2 + g.api - g.errors).clip(lower=0).to_numpy()
+        cost = (pricing["workers_requests"].list_cost(req) + pricing["kv_reads"].list_cost(req - g.edge.to_numpy())
+                + pricing["kv_writes"].list_cost(writes) + pricing["r2_class_b"].list_cost(g.r2.to_numpy()))
+        out[str(cohort)] = {"hits": (g.edge + g.kv).to_numpy(), "requests": req, "cost": cost,
+                            "errors": g.errors.to_numpy()}
+    return out
+
+
+def _p95(con, e: Experiment, window: Window) -> dict[str, float | None]:
+    rows = con.execute(COHORT_LATENCY, {"experiment": e.name, "lo": window.start, "hi": window.end}).fetchall()
+    out: dict[str, list] = {}
+    for cohort, bucket, w in rows:
+        out.setdefault(cohort, []).append((bucket, w))
+    return {c: Histogram.from_pairs(*zip(*v)).quantile(0.95) for c, v in out.items()}
+
+
+def analyze(con: duckdb.DuckDBPyConnection, e: Experiment, at: datetime, pricing) -> Analysis:
+    """The experiment's state at `at` (its window: start to min(at, end))."""
+    end = min(at, e.start + e.duration)
+    window = Window(e.start, max(end, e.start))
+    data = per_key(con, e, window, pricing)
+    names = [c.name for c in e.cohorts]
+    units = tuple((n, len(data.get(n, {}).get("requests", ()))) for n in names)
+    total = sum(u for _, u in units)
+    srm = stats.srm([u for _, u in units], [float(a) for a in e.allocation()]) if total else None
+    elapsed = max((window.end - window.start) / e.duration, 1e-9)
+    tuning_n = max(total / elapsed, 2.0)  # expected keys by the planned end
+    base = Analysis(e.name, at, window.start, window.end, units, srm.p_value if srm else None, "collecting", (), None)
+    if total < MIN_UNITS or any(u < 2 for _, u in units):
+        return base
+    if srm and srm.mismatch:
+        return _replace(base, decision="srm")
+    p95 = _p95(con, e, window)
+    comparisons = _compare(data, names, p95, tuning_n, at >= e.start + e.duration, e.margin)
+    best = max(comparisons, key=lambda c: ("loser", "inconclusive", "inconclusive (ended)", "winner").index(c.decision))
+    hit = stats.Difference.of(_ratio(data[names[0]], "hits"), _ratio(data[names[1]], "hits"))
+    elapsed_days = max((window.end - window.start).total_seconds() / 86400, 1 / 24)
+    days = stats.days_needed(hit.variance * hit.n * 1e4, total / elapsed_days,
+                             e.mde, e.margin, ALPHA, tuning_n)
+    return _replace(base, decision=best.decision, comparisons=tuple(comparisons), days_needed=days)
+
+
+def _replace(a: Analysis, **changes) -> Analysis:
+    return Analysis(**{**a.__dict__, **changes})
+
+
+def _ratio(d: dict, numerator: str) -> stats.RatioStats:
+    return stats.RatioStats.of(d[numerator], d["requests"])
+
+
+def _compare(data, names, p95, tuning_n: float, ended: bool, margin: float) -> list[Comparison]:
+    control = data[names[0]]
+    diffs = {t: stats.Difference.of(_ratio(control, "hits"), _ratio(data[t], "hits")) for t in names[1:]}
+    adjusted = dict(zip(diffs, stats.holm([d.sequence_p(tuning_n) for d in diffs.values()])))
+    out = []
+    for t, hit in diffs.items():
+        level = ALPHA / (len(diffs) - sorted(adjusted.values()).index(adjusted[t]))  # Holm's step level
+        lo, hi = hit.sequence_interval(level, tuning_n)
+        results = [MetricResult("hit_rate", 100 * _ratio(control, "hits").ratio, 100 * _ratio(data[t], "hits").ratio,
+                                100 * hit.estimate, 100 * lo, 100 * hi, adjusted[t])]
+        worse = []
+        for metric, key, scale in (("cost_per_request", "cost", 1e6), ("error_rate", "errors", 100.0)):
+            d = stats.Difference.of(_ratio(control, key), _ratio(data[t], key))
+            glo, ghi = d.sequence_interval(ALPHA, tuning_n)
+            results.append(MetricResult(metric, scale * _ratio(control, key).ratio, scale * _ratio(data[t], key).ratio,
+                                        scale * d.estimate, scale * glo, scale * ghi, d.sequence_p(tuning_n)))
+            if glo > 0:
+                worse.append(metric)
+        c95, t95 = p95.get(names[0]), p95.get(t)
+        if c95 and t95:
+            results.append(MetricResult("p95_latency", c95, t95, t95 - c95, None, None, None))
+            if t95 > c95 * (1 + P95_TOLERANCE):
+                worse.append("p95_latency")
+        if worse:
+            decision, reason = "loser", "guardrail worse: " + ", ".join(worse)
+        elif 100 * lo > margin:
+            decision, reason = "winner", f"hit-rate gain ≥ {100 * lo:.2f} points (> {margin:g}) at every look"
+        elif 100 * hi < 0:
+            decision, reason = "loser", "hit rate significantly lower"
+        else:
+            decision = "inconclusive (ended)" if ended else "inconclusive"
+            reason = f"gain in [{100 * lo:.2f}, {100 * hi:.2f}] points; needs its lower bound above {margin:g}"
+        out.append(Comparison(t, decision, reason, tuple(results)))
+    return out
+
+
+def save(con, a: Analysis) -> None:
+    con.execute(SAVE, [a.experiment, a.at, a.decision, json.dumps(a.to_json())])
+
+
+def history(con, experiment: str) -> list[dict]:
+    return [{"analyzed_at": t, "decision": d, "result": json.loads(p)}
+            for t, d, p in con.execute(HISTORY, [experiment]).fetchall()]
