@@ -261,18 +261,23 @@ def _experiments(args, cfg, now) -> int:
 
 
 def _analyze(args, cfg, now) -> int:
-    from . import tuning
+    import os
+
+    from . import notify, promote
 
     at = parse_instant(args.at, "--at") if args.at else now
     if not cfg.experiments:
         raise InputError("no experiments configured ([[experiments]] in the TOML config)")
+    transports = notify.Transports.from_env(os.environ)
     opener = store.reader if args.dry_run else (lambda path: store.writer(path, now))
     with opener(cfg.store.path) as con:
-        results = [tuning.analyze(con, e, at, cfg.pricing) for e in cfg.experiments if e.start <= at]
+        results, actions = promote.daily(con, cfg, at, os.environ, transports, args.dry_run)
         if not args.dry_run:
-            for a in results:
-                tuning.save(con, a)
+            notify.deliver(con, transports, cfg.notify, now)
     print(json.dumps([a.to_json() for a in results], indent=2, ensure_ascii=False))
+    verb = "would " if args.dry_run else ""
+    for act in actions:
+        print(f"{verb}{act.action}: {act.detail}; {promote.CONFIG_KEY} = {json.dumps(act.new)}", file=sys.stderr)
     return 0
 
 

@@ -164,16 +164,17 @@ def enqueue(con: duckdb.DuckDBPyConnection, row: OutboxRow) -> None:
 
 
 def report_row(channel: str, at: datetime, subject: str, text: str, html: str, nc: NotifyConfig,
-               t: Transports) -> OutboxRow:
-    """The daily report for a channel: the whole email, or its headline in chat."""
+               t: Transports, kind: str = "report") -> OutboxRow:
+    """A report or notice for a channel: the whole email, or its headline in chat."""
     if channel == "email":
         to = nc.report or t.alert_email
-        mid = messages.message_id("report", at, channel, subject)
+        mid = messages.message_id(kind, at, channel, subject)
         payload = messages.Email(tuple(to), nc.email_from or t.sender, subject, text, html, mid).to_json()
     else:
-        lines = [ln for ln in text.splitlines() if ln.startswith(("- Total:", "Total Potential", "View details"))]
+        keep = ("- Total:", "Total Potential", "View details") if kind == "report" else ("",)
+        lines = [ln for ln in text.splitlines() if ln.startswith(keep) and ln.strip()]
         payload = messages.chat_text(channel, subject, lines)
-    return OutboxRow(at, channel, "report", subject, "report", json.dumps(payload, ensure_ascii=False))
+    return OutboxRow(at, channel, kind, subject, kind, json.dumps(payload, ensure_ascii=False))
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import duckdb
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _ROLLUP_COLUMNS = """
     source VARCHAR NOT NULL, {time} TIMESTAMPTZ NOT NULL,
@@ -143,6 +143,14 @@ MIGRATIONS[6] = [
     """CREATE TABLE experiment_results (
         experiment VARCHAR NOT NULL, analyzed_at TIMESTAMPTZ NOT NULL, decision VARCHAR NOT NULL,
         payload VARCHAR NOT NULL)""",
+]
+
+
+# TTL promotions and rollbacks written to Workers KV.
+MIGRATIONS[7] = [
+    """CREATE TABLE promotions (
+        done_at TIMESTAMPTZ NOT NULL, action VARCHAR NOT NULL, experiment VARCHAR NOT NULL,
+        old_config VARCHAR, new_config VARCHAR, detail VARCHAR NOT NULL)""",
 ]
 
 

@@ -92,15 +92,17 @@ class Jobs:
         return len(channels)
 
     def experiments(self, now: datetime) -> int:
-        from cachemon import tuning
+        from cachemon import promote
 
-        running = [e for e in self.cfg.experiments if e.start <= now]
+        transports = notify.Transports.from_env(os.environ)
         with store.writer(self.cfg.store.path, now, publish=False) as con:
-            for e in running:
-                a = tuning.analyze(con, e, now, self.cfg.pricing)
-                tuning.save(con, a)
-                log.info("experiment %s: %s (%s keys)", e.name, a.decision, ", ".join(f"{c} {n}" for c, n in a.units))
-        return len(running)
+            analyses, actions = promote.daily(con, self.cfg, now, os.environ, transports)
+            notify.deliver(con, transports, self.cfg.notify, now)
+        for a in analyses:
+            log.info("experiment %s: %s (%s keys)", a.experiment, a.decision, ", ".join(f"{c} {n}" for c, n in a.units))
+        for act in actions:
+            log.warning("%s: %s", act.action, act.detail)
+        return len(analyses)
 
     def registry(self) -> list[tuple[runner.JobSpec, Callable[[datetime], int]]]:
         j = self.cfg.jobs
