@@ -100,3 +100,12 @@ def test_cli_assign_and_list(tmp_path):
     assert "allocation control 50.3906% (129/256)" in cli("list").stdout
     bad = cli("assign", "k", "--experiment", "nope")
     assert bad.returncode == 2 and "unknown experiment 'nope'" in bad.stderr
+
+
+def test_readme_experiment_example_loads(tmp_path):
+    import re
+
+    block = next(b for b in re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+                 if b.startswith("[[experiments]]"))
+    e = _load(tmp_path, block).experiments[0]
+    assert e.scheme == "seed-sha256-byte" and [c.name for c in e.cohorts] == ["control", "treatment"]
