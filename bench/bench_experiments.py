@@ -54,12 +54,16 @@ def run(n_exp: int, keys: int, scale: float, effect: float, seed: int) -> tuple[
     # shrink by the same share g, so the overall rate rises by `effect`.
     miss = float((lam * (1 - hit)).sum() / lam.sum())
     g = min(1.0, effect / miss) if effect else 0.0
-    ours = seed_method = fixed_only = 0
+    ours = seed_method = fixed_only = adjusted = 0
     for _ in range(n_exp):
         arm = rng.integers(0, 2, keys)
         p = np.where(arm == 1, 1 - (1 - hit) * (1 - g), hit)
+        # A pre-experiment week: every key under the control TTL.
+        pre_d = rng.poisson(lam * 7)
+        pre_m = rng.binomial(pre_d, hit)
+        pre_rate = np.where(pre_d > 0, pre_m / np.maximum(pre_d, 1), pre_m.sum() / pre_d.sum())
         m_cum, d_cum = np.zeros(keys), np.zeros(keys)
-        done_ours = done_seed = done_fixed = False
+        done_ours = done_seed = done_fixed = done_adj = False
         for day in range(1, DAYS + 1):
             d = rng.poisson(lam)
             m_cum += rng.binomial(d, p)
@@ -75,6 +79,12 @@ def run(n_exp: int, keys: int, scale: float, effect: float, seed: int) -> tuple[
             if not done_fixed:
                 lo, _ = diff.fixed_interval(0.05)
                 done_fixed = lo > MARGIN
+            if not done_adj:
+                cov = d_cum * pre_rate
+                _, (mc, mt) = stats.cuped([m_cum[c], m_cum[t]], [d_cum[c], d_cum[t]], [cov[c], cov[t]])
+                adj = stats.Difference.of(stats.RatioStats.of(mc, d_cum[c]), stats.RatioStats.of(mt, d_cum[t]))
+                lo, _ = adj.sequence_interval(0.05, tuning_n)
+                done_adj = lo > MARGIN
             if not done_seed:
                 x1, n1, x2, n2 = m_cum[c].sum(), d_cum[c].sum(), m_cum[t].sum(), d_cum[t].sum()
                 pool = (x1 + x2) / (n1 + n2)
@@ -84,7 +94,8 @@ def run(n_exp: int, keys: int, scale: float, effect: float, seed: int) -> tuple[
         ours += done_ours
         seed_method += done_seed
         fixed_only += done_fixed
-    return ours / n_exp, seed_method / n_exp, fixed_only / n_exp
+        adjusted += done_adj
+    return ours / n_exp, adjusted / n_exp, seed_method / n_exp, fixed_only / n_exp
 
 
 def main() -> None:
@@ -98,10 +109,10 @@ def main() -> None:
     base = float((lam * hit).sum() / lam.sum())
     print(f"{args.experiments} experiments × {DAYS} daily looks, {args.keys:,} keys, {lam.sum():,.0f} requests/day, "
           f"hit rate {base:.1%}")
-    print("case                 | ours (CS, per key) | seed (pooled, daily p<0.05) | per key, fixed-horizon daily")
+    print("case                 | ours (CS, per key) | ours + CUPED | seed (pooled, daily p<0.05) | per key, fixed daily")
     for name, effect in (("A/A: promoted", 0.0), ("+3 points: promoted", 0.03)):
-        o, s, f = run(args.experiments, args.keys, args.scale, effect, seed=7 if effect else 5)
-        print(f"{name:20} | {o:18.1%} | {s:27.1%} | {f:.1%}")
+        o, a, s, f = run(args.experiments, args.keys, args.scale, effect, seed=7 if effect else 5)
+        print(f"{name:20} | {o:18.1%} | {a:12.1%} | {s:27.1%} | {f:.1%}")
     print(f"({time.time() - t0:.0f} s)")
 
 

@@ -209,3 +209,14 @@ def daily(con, cfg, at: datetime, env, transports, dry_run: bool = False):
                 record(con, act, at)
                 announce(con, act, cfg, transports, at)
     return analyses, actions
+
+
+def on_bad_config(con, cfg, reason: str, env, transports, at: datetime) -> Action | None:
+    """The experiment configuration cannot be read: put the default TTLs
+    back in KV (when KV is configured), record it and raise the alarm."""
+    if not env.get("CF_KV_NAMESPACE_ID"):
+        return None
+    act = rollback(KvClient.from_env(env), cfg, f"experiment config invalid: {reason}")
+    record(con, act, at)
+    announce(con, act, cfg, transports, at)
+    return act

@@ -167,3 +167,22 @@ def days_needed(unit_variance: float, units_per_day: float, effect: float, margi
         if n >= 2 and cs_halfwidth(unit_variance, int(n), tuning_n, alpha) <= effect - margin:
             return day
     return None
+
+
+def cuped(m: Sequence[np.ndarray], d: Sequence[np.ndarray], c: Sequence[np.ndarray]) -> tuple[float, list[np.ndarray]]:
+    """Regression adjustment (CUPED) of a ratio metric with a pre-period
+    covariate: per unit, `c` = its denominator × its pre-experiment ratio
+    (what it would score if nothing changed). With θ fitted on the pooled,
+    linearised residuals, each arm's numerator becomes
+    m − θ (c − R_c d), where R_c is the pooled covariate ratio: the arms'
+    difference keeps its expectation (the covariate does not depend on the
+    arm) and loses the variance the pre-period explains. Returns θ and the
+    adjusted numerators, arm by arm."""
+    m_all, d_all, c_all = (np.concatenate(x) for x in (m, d, c))
+    if d_all.sum() <= 0:
+        return 0.0, [np.asarray(x, float) for x in m]
+    r, rc = m_all.sum() / d_all.sum(), c_all.sum() / d_all.sum()
+    u, v = m_all - r * d_all, c_all - rc * d_all
+    theta = float((u * v).sum() / (v * v).sum()) if (v * v).sum() > 0 else 0.0
+    return theta, [np.asarray(mi, float) - theta * (np.asarray(ci, float) - rc * np.asarray(di, float))
+                   for mi, di, ci in zip(m, d, c)]

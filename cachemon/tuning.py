@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import duckdb
 import numpy as np
@@ -40,9 +40,17 @@ MIN_UNITS = 150
 P95_TOLERANCE = 0.10
 
 KEYS_BY_COHORT = f"""
-SELECT c.cohort, sum(k.edge) AS edge, sum(k.kv) AS kv, sum(k.r2) AS r2, sum(k.api) AS api, sum(k.errors) AS errors
+SELECT k.key_id, c.cohort, sum(k.edge) AS edge, sum(k.kv) AS kv, sum(k.r2) AS r2, sum(k.api) AS api, sum(k.errors) AS errors
 FROM ({KEY_ROWS}) k JOIN key_cohorts c ON c.key_id = k.key_id AND c.experiment = $experiment
 GROUP BY k.key_id, c.cohort
+"""
+# Each experiment key's hits and requests in the week before the start: the
+# CUPED covariate (a key's own hit rate before anything changed).
+PRE_PERIOD = timedelta(days=7)
+PRE_KEYS = f"""
+SELECT k.key_id, sum(k.edge + k.kv) AS hits, sum(k.edge + k.kv + k.r2 + k.api) AS requests
+FROM ({KEY_ROWS}) k WHERE k.key_id IN (SELECT key_id FROM key_cohorts WHERE experiment = $experiment)
+GROUP BY k.key_id
 """
 COHORT_LATENCY = """
 SELECT cohort, bucket, sum(weight) FROM (
@@ -93,8 +101,14 @@ class Analysis:
 
 
 def per_key(con, e: Experiment, window: Window, pricing) -> dict[str, dict[str, np.ndarray]]:
-    """Per-key arrays of each cohort: hits, requests, cost (USD), errors."""
+    """Per-key arrays of each cohort: hits, requests, cost (USD), errors,
+    and `expected`: requests × the key's pre-period hit rate (the pooled
+    pre-period rate for keys not seen before the start)."""
     df = con.execute(KEYS_BY_COHORT, key_ranges(window.start, window.end) | {"experiment": e.name}).df()
+    pre = con.execute(PRE_KEYS, key_ranges(e.start - PRE_PERIOD, e.start) | {"experiment": e.name}).df()
+    pooled = pre.hits.sum() / pre.requests.sum() if len(pre) and pre.requests.sum() > 0 else 0.0
+    rate = dict(zip(pre.key_id, pre.hits / pre.requests.where(pre.requests > 0)))
+    df["pre_rate"] = df.key_id.map(rate).fillna(pooled)
     out = {}
     for cohort, g in df.groupby("cohort"):
         req = (g.edge + g.kv + g.r2 + g.api).to_numpy()
@@ -102,7 +116,7 @@ def per_key(con, e: Experiment, window: Window, pricing) -> dict[str, dict[str, 
         cost = (pricing["workers_requests"].list_cost(req) + pricing["kv_reads"].list_cost(req - g.edge.to_numpy())
                 + pricing["kv_writes"].list_cost(writes) + pricing["r2_class_b"].list_cost(g.r2.to_numpy()))
         out[str(cohort)] = {"hits": (g.edge + g.kv).to_numpy(), "requests": req, "cost": cost,
-                            "errors": g.errors.to_numpy()}
+                            "errors": g.errors.to_numpy(), "expected": req * g.pre_rate.to_numpy()}
     return out
 
 
@@ -133,7 +147,7 @@ def analyze(con: duckdb.DuckDBPyConnection, e: Experiment, at: datetime, pricing
     p95 = _p95(con, e, window)
     comparisons = _compare(data, names, p95, tuning_n, at >= e.start + e.duration, e.margin)
     best = max(comparisons, key=lambda c: ("loser", "inconclusive", "inconclusive (ended)", "winner").index(c.decision))
-    hit = stats.Difference.of(_ratio(data[names[0]], "hits"), _ratio(data[names[1]], "hits"))
+    hit = _hit_difference(data[names[0]], data[names[1]])
     elapsed_days = max((window.end - window.start).total_seconds() / 86400, 1 / 24)
     days = stats.days_needed(hit.variance * hit.n * 1e4, total / elapsed_days,
                              e.mde, e.margin, ALPHA, tuning_n)
@@ -148,9 +162,18 @@ def _ratio(d: dict, numerator: str) -> stats.RatioStats:
     return stats.RatioStats.of(d[numerator], d["requests"])
 
 
+def _hit_difference(control: dict, treatment: dict) -> stats.Difference:
+    """The hit-rate difference, CUPED-adjusted with the keys' pre-period
+    hit rates (no pre-period data: θ = 0, the plain difference)."""
+    _, (mc, mt) = stats.cuped([control["hits"], treatment["hits"]], [control["requests"], treatment["requests"]],
+                              [control["expected"], treatment["expected"]])
+    return stats.Difference.of(stats.RatioStats.of(mc, control["requests"]),
+                               stats.RatioStats.of(mt, treatment["requests"]))
+
+
 def _compare(data, names, p95, tuning_n: float, ended: bool, margin: float) -> list[Comparison]:
     control = data[names[0]]
-    diffs = {t: stats.Difference.of(_ratio(control, "hits"), _ratio(data[t], "hits")) for t in names[1:]}
+    diffs = {t: _hit_difference(control, data[t]) for t in names[1:]}
     adjusted = dict(zip(diffs, stats.holm([d.sequence_p(tuning_n) for d in diffs.values()])))
     out = []
     for t, hit in diffs.items():

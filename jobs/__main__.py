@@ -37,8 +37,9 @@ class Jobs:
     snapshot to `_tick`, which publishes once after the tick's jobs and
     their run records are written."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, config_path: str | None = None):
         self.cfg = cfg
+        self.config_path = config_path
         self.sim = None
 
     def ingest(self, now: datetime) -> int:
@@ -95,9 +96,17 @@ class Jobs:
         from cachemon import promote
 
         transports = notify.Transports.from_env(os.environ)
-        with store.writer(self.cfg.store.path, now, publish=False) as con:
-            analyses, actions = promote.daily(con, self.cfg, now, os.environ, transports)
-            notify.deliver(con, transports, self.cfg.notify, now)
+        try:  # re-read: the experiments may have been edited since the runner started
+            cfg = config_mod.with_db(config_mod.load(self.config_path), self.cfg.store.path)
+        except CachemonError as exc:
+            with store.writer(self.cfg.store.path, now, publish=False) as con:
+                act = promote.on_bad_config(con, self.cfg, str(exc), os.environ, transports, now)
+                notify.deliver(con, transports, self.cfg.notify, now)
+            log.error("experiments: config unreadable (%s); %s", exc, act.detail if act else "KV not configured")
+            raise
+        with store.writer(cfg.store.path, now, publish=False) as con:
+            analyses, actions = promote.daily(con, cfg, now, os.environ, transports)
+            notify.deliver(con, transports, cfg.notify, now)
         for a in analyses:
             log.info("experiment %s: %s (%s keys)", a.experiment, a.decision, ", ".join(f"{c} {n}" for c, n in a.units))
         for act in actions:
@@ -155,7 +164,7 @@ def main(argv=None) -> int:
         if args.db:
             cfg = config_mod.with_db(cfg, args.db)
         clock = _clock(args.clock_start, args.clock_speed)
-        jobs = Jobs(cfg)
+        jobs = Jobs(cfg, args.config)
         registry = jobs.registry()
         if args.once:
             return _once(cfg, registry, args.once, clock())

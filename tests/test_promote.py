@@ -127,3 +127,25 @@ def test_daily_run_promotes_a_winner_and_mails_the_notice(tmp_path, kv):
     assert rows[0][1] == "promote" and "86400 s → 172800 s" in rows[0][5]
     assert [r["decision"] for r in saved] == ["winner"]
     assert [m["Subject"] for m in sink.messages] == ["[BooksTrack Cache] Promotion: extended-title-ttl"]
+
+
+def test_unreadable_experiment_config_restores_defaults_and_alerts(tmp_path, kv):
+    (tmp_path / "bad.toml").write_text('[[experiments]]\nname = "x"\nendpoint = "title"\n')
+    with pytest.raises(config.ConfigError) as err:
+        config.load(tmp_path / "bad.toml", env={})
+    cfg = config.with_db(config.Config(), str(tmp_path / "b.duckdb"))
+    kv.values[promote.CONFIG_KEY] = b'{"title": 172800, "isbn": 2592000, "author": 604800}'
+    sink = SmtpSink().start()
+    try:
+        env = _env(kv, **sink.env(), ALERT_EMAIL="oncall@example.org")
+        t = notify.Transports.from_env(env)
+        with store.writer(tmp_path / "b.duckdb", T0) as con:
+            act = promote.on_bad_config(con, cfg, str(err.value), env, t, T0)
+            notify.deliver(con, t, cfg.notify, T0)
+            rows = promote.history(con)
+    finally:
+        sink.stop()
+    assert act.action == "rollback" and json.loads(kv.values[promote.CONFIG_KEY]) == promote.defaults(cfg)
+    assert rows[0][1] == "rollback" and "experiment config invalid" in rows[0][5]
+    assert [m["Subject"] for m in sink.messages] == ["[BooksTrack Cache] CRITICAL: config_rollback"]
+    assert promote.on_bad_config(None, cfg, "x", {}, t, T0) is None  # no KV configured: nothing to restore

@@ -109,3 +109,35 @@ def test_experiment_defaults():
     e = Experiment("x", "title", (Cohort("a", timedelta(hours=1), 0.5), Cohort("b", timedelta(hours=2), 0.5)),
                    datetime(2026, 11, 1, tzinfo=timezone.utc))
     assert e.scheme == "sha256-u64" and e.margin == 2.0
+
+
+def test_cuped_is_unbiased_and_cuts_variance():
+    """Keys with stable, very different hit rates; the covariate is each
+    key's pre-period rate. Over 200 replications of a +3-point effect the
+    adjusted difference is centred near the truth (the pooled θ leaves a
+    small-sample bias, here about 5 % of the effect with heavy-tailed keys),
+    with a tenth of the spread."""
+    rng = np.random.default_rng(9)
+    n = 3000
+    lam = rng.zipf(1.7, n).clip(max=3000).astype(float)
+    base = rng.beta(2, 1, n)
+    raw, adj = [], []
+    for _ in range(200):
+        arm = rng.integers(0, 2, n)
+        p = np.where(arm == 1, 1 - (1 - base) * (1 - 0.03 / float((lam * (1 - base)).sum() / lam.sum())), base)
+        pre_d = rng.poisson(lam * 3)
+        pre_rate = np.where(pre_d > 0, rng.binomial(pre_d, base) / np.maximum(pre_d, 1), base.mean())
+        d = rng.poisson(lam).astype(float)
+        m = rng.binomial(d.astype(int), p).astype(float)
+        c, t = arm == 0, arm == 1
+        theta, (mc, mt) = stats.cuped([m[c], m[t]], [d[c], d[t]], [d[c] * pre_rate[c], d[t] * pre_rate[t]])
+        # θ is the least-squares slope of the linearised residuals, computed here with numpy.
+        cov = d * pre_rate
+        u, v = m - m.sum() / d.sum() * d, cov - cov.sum() / d.sum() * d
+        assert theta == pytest.approx(np.linalg.lstsq(v[:, None], u, rcond=None)[0][0])
+        raw.append(stats.Difference.of(stats.RatioStats.of(m[c], d[c]), stats.RatioStats.of(m[t], d[t])).estimate)
+        adj.append(stats.Difference.of(stats.RatioStats.of(mc, d[c]), stats.RatioStats.of(mt, d[t])).estimate)
+    raw, adj = np.array(raw), np.array(adj)
+    assert abs(adj.mean() - 0.03) < 0.10 * 0.03
+    assert abs(raw.mean() - 0.03) < 3 * raw.std() / math.sqrt(len(raw))
+    assert adj.std() < raw.std() / 10
