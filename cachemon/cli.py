@@ -247,6 +247,7 @@ def _experiments(args, cfg, now) -> int:
         for e in cfg.experiments:
             shares = ", ".join(f"{c.name} {float(a):.4%} ({a})" for c, a in zip(e.cohorts, e.allocation()))
             print(f"{e.name}: {e.endpoint}, scheme {e.scheme}, allocation {shares}")
+            print(f"  days needed to prove +{e.mde:g} points over a {e.margin:g}-point margin: {_plan(cfg, e, now)}")
         return 0
     if args.experiment not in by_name:
         known = ", ".join(by_name) or "none configured"
@@ -258,6 +259,17 @@ def _experiments(args, cfg, now) -> int:
                       "allocation": {c.name: str(a) for c, a in zip(e.cohorts, e.allocation())}},
                      ensure_ascii=False, indent=2))
     return 0
+
+
+def _plan(cfg, e, now) -> str:
+    from . import tuning
+
+    try:
+        with store.reader(cfg.store.path) as con:
+            days = tuning.plan(con, e, min(now, e.start) if e.start > now else now)
+    except CachemonError as exc:
+        return f"unknown ({exc})"
+    return f"{days}" if days else "more than 90 (or no traffic in the last 7 days)"
 
 
 def _analyze(args, cfg, now) -> int:

@@ -13,9 +13,11 @@ Decision of each treatment against the first cohort (the control):
 * `collecting` — fewer than `MIN_UNITS` keys so far: results stay hidden;
 * `srm` — the key counts do not fit the scheme's real allocation
   (chi-square p < 0.001): no decision, and the reason;
-* `winner` — the hit-rate gain's confidence-sequence lower bound, at the
-  Holm-adjusted level across treatments, exceeds the margin (2 points), and
-  no guardrail (cost per request, error rate, p95) is significantly worse;
+* `winner` — the hit-rate gain's confidence-sequence lower bound (CUPED-
+  adjusted), at the Holm-adjusted level across treatments, exceeds the
+  margin (2 points), and no guardrail is worse: cost per request and error
+  rate significantly higher (always-valid p, Holm across the guardrails),
+  p95 more than 10 % slower;
 * `loser` — the gain is significantly negative, or a guardrail is worse;
 * `inconclusive` — otherwise (after the planned duration: `inconclusive (ended)`).
 """
@@ -181,13 +183,16 @@ def _compare(data, names, p95, tuning_n: float, ended: bool, margin: float) -> l
         lo, hi = hit.sequence_interval(level, tuning_n)
         results = [MetricResult("hit_rate", 100 * _ratio(control, "hits").ratio, 100 * _ratio(data[t], "hits").ratio,
                                 100 * hit.estimate, 100 * lo, 100 * hi, adjusted[t])]
+        # Guardrails: higher is worse; Holm across them, on always-valid p-values.
+        guards = [(metric, key, scale, stats.Difference.of(_ratio(control, key), _ratio(data[t], key)))
+                  for metric, key, scale in (("cost_per_request", "cost", 1e6), ("error_rate", "errors", 100.0))]
+        held = stats.holm([d.sequence_p(tuning_n) for *_, d in guards])
         worse = []
-        for metric, key, scale in (("cost_per_request", "cost", 1e6), ("error_rate", "errors", 100.0)):
-            d = stats.Difference.of(_ratio(control, key), _ratio(data[t], key))
+        for (metric, key, scale, d), p_adj in zip(guards, held):
             glo, ghi = d.sequence_interval(ALPHA, tuning_n)
             results.append(MetricResult(metric, scale * _ratio(control, key).ratio, scale * _ratio(data[t], key).ratio,
-                                        scale * d.estimate, scale * glo, scale * ghi, d.sequence_p(tuning_n)))
-            if glo > 0:
+                                        scale * d.estimate, scale * glo, scale * ghi, p_adj))
+            if p_adj < ALPHA and d.estimate > 0:
                 worse.append(metric)
         c95, t95 = p95.get(names[0]), p95.get(t)
         if c95 and t95:
@@ -214,3 +219,25 @@ def save(con, a: Analysis) -> None:
 def history(con, experiment: str) -> list[dict]:
     return [{"analyzed_at": t, "decision": d, "result": json.loads(p)}
             for t, d, p in con.execute(HISTORY, [experiment]).fetchall()]
+
+
+ENDPOINT_KEYS = f"""
+SELECT sum(k.edge + k.kv) AS hits, sum(k.edge + k.kv + k.r2 + k.api) AS requests
+FROM ({KEY_ROWS}) k JOIN cache_keys c ON c.key_id = k.key_id AND c.endpoint = $endpoint
+GROUP BY k.key_id
+"""
+
+
+def plan(con, e: Experiment, at: datetime, lookback: timedelta = timedelta(days=7)) -> int | None:
+    """Before (or at) the start: days needed to prove a gain of `mde` over
+    the margin at the endpoint's current traffic (the last `lookback` of
+    per-key hit rates, keys split by the scheme's allocation; without CUPED,
+    so it errs long). None when it would not fit in 90 days or no data."""
+    df = con.execute(ENDPOINT_KEYS, key_ranges(at - lookback, at) | {"endpoint": e.endpoint}).df()
+    if len(df) < 2:
+        return None
+    s = stats.RatioStats.of(df.hits, df.requests)
+    shares = [float(a) for a in e.allocation()]
+    unit_var = s.variance * s.n * (1 / shares[0] + 1 / shares[1]) * 1e4  # points², per key
+    per_day = s.n / (lookback / timedelta(days=1))
+    return stats.days_needed(unit_var, per_day, e.mde, e.margin, ALPHA, per_day * (e.duration / timedelta(days=1)))

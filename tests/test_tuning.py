@@ -108,3 +108,17 @@ def test_cli_analyze_stores_history(sim_store):
     with store.reader(cfg.store.path) as con:
         h = tuning.history(con, "extended-title-ttl")
     assert [r["result"]["at"] for r in h] == [iso(T0 + timedelta(hours=3)), iso(T0 + timedelta(hours=6))]
+
+
+def test_plan_days_needed_from_recent_traffic(sim_store):
+    cfg, truth, _ = sim_store
+    e = cfg.experiments[0]
+    with store.reader(cfg.store.path) as con:
+        days = tuning.plan(con, e, AT)
+    req = truth[(truth.kind == "request") & (truth.endpoint == "title")]
+    per_key = req.assign(h=np.where(req.tier.isin(["edge", "kv"]), req.sample_interval, 0.0)).groupby("key").agg(
+        h=("h", "sum"), d=("sample_interval", "sum"))
+    s = stats.RatioStats.of(per_key.h, per_key.d)
+    unit_var = s.variance * s.n * (256 / 129 + 256 / 127) * 1e4
+    per_day = s.n / 7
+    assert days == stats.days_needed(unit_var, per_day, 3.0, 2.0, 0.05, per_day * 14)
