@@ -147,7 +147,7 @@ def analyze(con: duckdb.DuckDBPyConnection, e: Experiment, at: datetime, pricing
     if srm and srm.mismatch:
         return _replace(base, decision="srm")
     p95 = _p95(con, e, window)
-    comparisons = _compare(data, names, p95, tuning_n, at >= e.start + e.duration, e.margin)
+    comparisons = _compare(data, names, p95, tuning_n, at >= e.start + e.duration, e.margin, e.metrics)
     best = max(comparisons, key=lambda c: ("loser", "inconclusive", "inconclusive (ended)", "winner").index(c.decision))
     hit = _hit_difference(data[names[0]], data[names[1]])
     elapsed_days = max((window.end - window.start).total_seconds() / 86400, 1 / 24)
@@ -173,7 +173,8 @@ def _hit_difference(control: dict, treatment: dict) -> stats.Difference:
                                stats.RatioStats.of(mt, treatment["requests"]))
 
 
-def _compare(data, names, p95, tuning_n: float, ended: bool, margin: float) -> list[Comparison]:
+def _compare(data, names, p95, tuning_n: float, ended: bool, margin: float,
+             metrics: tuple[str, ...]) -> list[Comparison]:
     control = data[names[0]]
     diffs = {t: _hit_difference(control, data[t]) for t in names[1:]}
     adjusted = dict(zip(diffs, stats.holm([d.sequence_p(tuning_n) for d in diffs.values()])))
@@ -185,7 +186,8 @@ def _compare(data, names, p95, tuning_n: float, ended: bool, margin: float) -> l
                                 100 * hit.estimate, 100 * lo, 100 * hi, adjusted[t])]
         # Guardrails: higher is worse; Holm across them, on always-valid p-values.
         guards = [(metric, key, scale, stats.Difference.of(_ratio(control, key), _ratio(data[t], key)))
-                  for metric, key, scale in (("cost_per_request", "cost", 1e6), ("error_rate", "errors", 100.0))]
+                  for metric, key, scale in (("cost_per_request", "cost", 1e6), ("error_rate", "errors", 100.0))
+                  if metric in metrics]
         held = stats.holm([d.sequence_p(tuning_n) for *_, d in guards])
         worse = []
         for (metric, key, scale, d), p_adj in zip(guards, held):
@@ -195,7 +197,7 @@ def _compare(data, names, p95, tuning_n: float, ended: bool, margin: float) -> l
             if p_adj < ALPHA and d.estimate > 0:
                 worse.append(metric)
         c95, t95 = p95.get(names[0]), p95.get(t)
-        if c95 and t95:
+        if c95 and t95 and "p95_latency" in metrics:
             results.append(MetricResult("p95_latency", c95, t95, t95 - c95, None, None, None))
             if t95 > c95 * (1 + P95_TOLERANCE):
                 worse.append("p95_latency")

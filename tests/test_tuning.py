@@ -122,3 +122,13 @@ def test_plan_days_needed_from_recent_traffic(sim_store):
     unit_var = s.variance * s.n * (256 / 129 + 256 / 127) * 1e4
     per_day = s.n / 7
     assert days == stats.days_needed(unit_var, per_day, 3.0, 2.0, 0.05, per_day * 14)
+
+
+def test_only_configured_metrics_are_guardrails(sim_store):
+    from dataclasses import replace as dc_replace
+
+    cfg, _, _ = sim_store
+    e = dc_replace(cfg.experiments[0], metrics=("hit_rate", "error_rate"))
+    with store.reader(cfg.store.path) as con:
+        a = tuning.analyze(con, e, AT, cfg.pricing)
+    assert [m.metric for m in a.comparisons[0].metrics] == ["hit_rate", "error_rate"]
