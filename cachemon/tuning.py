@@ -5,8 +5,8 @@ Units are keys (the randomised unit), each in the cohort its events carry.
 Per key: hits (served by the edge or KV: "KV-or-better") over requests,
 list cost over requests, errors over requests; ratio metrics by the delta
 method (`cachemon.stats`). p95 latency per cohort comes from the cohort's
-merged histogram; with no per-key latency it is a point guardrail (the
-treatment may not be more than `P95_TOLERANCE` slower).
+merged histogram, its variance with keys as units from each key's tier mix
+(`cachemon.quantile_var`).
 
 Decision of each treatment against the first cohort (the control):
 
@@ -15,9 +15,8 @@ Decision of each treatment against the first cohort (the control):
   (chi-square p < 0.001): no decision, and the reason;
 * `winner` — the hit-rate gain's confidence-sequence lower bound (CUPED-
   adjusted), at the Holm-adjusted level across treatments, exceeds the
-  margin (2 points), and no guardrail is worse: cost per request and error
-  rate significantly higher (always-valid p, Holm across the guardrails),
-  p95 more than 10 % slower;
+  margin (2 points), and no guardrail — cost per request, error rate, p95
+  latency — is significantly higher (always-valid p, Holm across them);
 * `loser` — the gain is significantly negative, or a guardrail is worse;
 * `inconclusive` — otherwise (after the planned duration: `inconclusive (ended)`).
 """
@@ -32,14 +31,14 @@ import duckdb
 import numpy as np
 
 from . import stats
-from .clock import Window, iso
+from . import quantile_var
+from .clock import HOUR, Window, ceil_to, floor_to, iso
 from .experiments import Experiment
 from .histogram import Histogram
 from .optimize import KEY_ROWS, key_ranges
 
 ALPHA = 0.05
 MIN_UNITS = 150
-P95_TOLERANCE = 0.10
 
 KEYS_BY_COHORT = f"""
 SELECT k.key_id, c.cohort, sum(k.edge) AS edge, sum(k.kv) AS kv, sum(k.r2) AS r2, sum(k.api) AS api, sum(k.errors) AS errors
@@ -54,11 +53,18 @@ SELECT k.key_id, sum(k.edge + k.kv) AS hits, sum(k.edge + k.kv + k.r2 + k.api) A
 FROM ({KEY_ROWS}) k WHERE k.key_id IN (SELECT key_id FROM key_cohorts WHERE experiment = $experiment)
 GROUP BY k.key_id
 """
+# Whole hours, like the per-key rows.
 COHORT_LATENCY = """
-SELECT cohort, bucket, sum(weight) FROM (
-    SELECT cohort, bucket, weight FROM latency_hour
-    WHERE experiment = $experiment AND hour >= $lo AND hour < $hi
-) GROUP BY cohort, bucket ORDER BY cohort, bucket
+SELECT cohort, tier, bucket, sum(weight) FROM latency_hour
+WHERE experiment = $experiment AND hour >= $lo AND hour < $hi
+GROUP BY cohort, tier, bucket ORDER BY cohort, tier, bucket
+"""
+# Σ w² per cohort and tier: Analytics Engine samples a minute with one weight,
+# so a minute row contributes requests² / data points.
+COHORT_WEIGHT_SQUARES = """
+SELECT cohort, tier, sum(requests * requests / events) FROM rollup_minute
+WHERE experiment = $experiment AND minute >= $lo AND minute < $hi AND events > 0
+GROUP BY cohort, tier
 """
 SAVE = "INSERT INTO experiment_results VALUES (?, ?, ?, ?)"
 HISTORY = "SELECT analyzed_at, decision, payload FROM experiment_results WHERE experiment = ? ORDER BY analyzed_at"
@@ -118,16 +124,43 @@ def per_key(con, e: Experiment, window: Window, pricing) -> dict[str, dict[str, 
         cost = (pricing["workers_requests"].list_cost(req) + pricing["kv_reads"].list_cost(req - g.edge.to_numpy())
                 + pricing["kv_writes"].list_cost(writes) + pricing["r2_class_b"].list_cost(g.r2.to_numpy()))
         out[str(cohort)] = {"hits": (g.edge + g.kv).to_numpy(), "requests": req, "cost": cost,
-                            "errors": g.errors.to_numpy(), "expected": req * g.pre_rate.to_numpy()}
+                            "errors": g.errors.to_numpy(), "expected": req * g.pre_rate.to_numpy(),
+                            **{t: g[t].to_numpy() for t in quantile_var.TIERS}}
     return out
 
 
-def _p95(con, e: Experiment, window: Window) -> dict[str, float | None]:
-    rows = con.execute(COHORT_LATENCY, {"experiment": e.name, "lo": window.start, "hi": window.end}).fetchall()
-    out: dict[str, list] = {}
-    for cohort, bucket, w in rows:
-        out.setdefault(cohort, []).append((bucket, w))
-    return {c: Histogram.from_pairs(*zip(*v)).quantile(0.95) for c, v in out.items()}
+@dataclass(frozen=True)
+class CohortLatency:
+    p95: float | None
+    cdf: quantile_var.Cdf
+    tiers: dict  # tier -> Cdf
+    weight_squares: dict  # tier -> Σ w²
+
+
+def _latency(con, e: Experiment, window: Window) -> dict[str, CohortLatency]:
+    p = {"experiment": e.name, "lo": ceil_to(window.start, HOUR), "hi": floor_to(window.end, HOUR)}
+    rows = con.execute(COHORT_LATENCY, p).fetchall()
+    by: dict[str, dict[str, list]] = {}
+    for cohort, tier, bucket, w in rows:
+        by.setdefault(cohort, {}).setdefault(tier, []).append((bucket, w))
+    w2: dict[str, dict[str, float]] = {}
+    for cohort, tier, s in con.execute(COHORT_WEIGHT_SQUARES, p).fetchall():
+        w2.setdefault(cohort, {})[tier] = float(s)
+    out = {}
+    for cohort, tiers in by.items():
+        pairs = [bw for v in tiers.values() for bw in v]
+        merged = Histogram.from_pairs(*zip(*pairs))
+        out[cohort] = CohortLatency(merged.quantile(0.95), quantile_var.Cdf(*zip(*pairs)),
+                                    {t: quantile_var.Cdf(*zip(*v)) for t, v in tiers.items()}, w2.get(cohort, {}))
+    return out
+
+
+def _p95_difference(control: dict, treatment: dict, lc: CohortLatency, lt: CohortLatency) -> stats.Difference:
+    """Treatment minus control p95 (ms), its variance with keys as units."""
+    var = sum(quantile_var.quantile_variance(lat.p95, {t: d[t] for t in quantile_var.TIERS}, lat.tiers, lat.cdf,
+                                             lat.weight_squares)
+              for d, lat in ((control, lc), (treatment, lt)))
+    return stats.Difference(lt.p95 - lc.p95, var, len(control["requests"]) + len(treatment["requests"]))
 
 
 def analyze(con: duckdb.DuckDBPyConnection, e: Experiment, at: datetime, pricing) -> Analysis:
@@ -146,7 +179,7 @@ def analyze(con: duckdb.DuckDBPyConnection, e: Experiment, at: datetime, pricing
         return base
     if srm and srm.mismatch:
         return _replace(base, decision="srm")
-    p95 = _p95(con, e, window)
+    p95 = _latency(con, e, window)
     comparisons = _compare(data, names, p95, tuning_n, at >= e.start + e.duration, e.margin, e.metrics)
     best = max(comparisons, key=lambda c: ("loser", "inconclusive", "inconclusive (ended)", "winner").index(c.decision))
     hit = _hit_difference(data[names[0]], data[names[1]])
@@ -188,19 +221,18 @@ def _compare(data, names, p95, tuning_n: float, ended: bool, margin: float,
         guards = [(metric, key, scale, stats.Difference.of(_ratio(control, key), _ratio(data[t], key)))
                   for metric, key, scale in (("cost_per_request", "cost", 1e6), ("error_rate", "errors", 100.0))
                   if metric in metrics]
+        lc, lt = p95.get(names[0]), p95.get(t)
+        if "p95_latency" in metrics and lc and lt and lc.p95 and lt.p95:
+            guards.append(("p95_latency", None, 1.0, _p95_difference(control, data[t], lc, lt)))
         held = stats.holm([d.sequence_p(tuning_n) for *_, d in guards])
         worse = []
         for (metric, key, scale, d), p_adj in zip(guards, held):
             glo, ghi = d.sequence_interval(ALPHA, tuning_n)
-            results.append(MetricResult(metric, scale * _ratio(control, key).ratio, scale * _ratio(data[t], key).ratio,
-                                        scale * d.estimate, scale * glo, scale * ghi, p_adj))
+            c_val, t_val = ((lc.p95, lt.p95) if key is None else
+                            (scale * _ratio(control, key).ratio, scale * _ratio(data[t], key).ratio))
+            results.append(MetricResult(metric, c_val, t_val, scale * d.estimate, scale * glo, scale * ghi, p_adj))
             if p_adj < ALPHA and d.estimate > 0:
                 worse.append(metric)
-        c95, t95 = p95.get(names[0]), p95.get(t)
-        if c95 and t95 and "p95_latency" in metrics:
-            results.append(MetricResult("p95_latency", c95, t95, t95 - c95, None, None, None))
-            if t95 > c95 * (1 + P95_TOLERANCE):
-                worse.append("p95_latency")
         if worse:
             decision, reason = "loser", "guardrail worse: " + ", ".join(worse)
         elif 100 * lo > margin:

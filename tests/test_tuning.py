@@ -132,3 +132,31 @@ def test_only_configured_metrics_are_guardrails(sim_store):
     with store.reader(cfg.store.path) as con:
         a = tuning.analyze(con, e, AT, cfg.pricing)
     assert [m.metric for m in a.comparisons[0].metrics] == ["hit_rate", "error_rate"]
+
+
+def test_p95_variance_with_keys_as_units_matches_a_key_bootstrap(sim_store):
+    """The tier-mix delta method for a cohort's p95 against a bootstrap over
+    the cohort's keys on the raw events."""
+    from cachemon import quantile_var
+    from cachemon.clock import Window
+    from conftest import weighted_quantile
+
+    cfg, truth, _ = sim_store
+    e = cfg.experiments[0]
+    window = Window(T0, AT)
+    with store.reader(cfg.store.path) as con:
+        data = tuning.per_key(con, e, window, cfg.pricing)["control"]
+        lat = tuning._latency(con, e, window)["control"]
+    var = quantile_var.quantile_variance(lat.p95, {t: data[t] for t in quantile_var.TIERS}, lat.tiers, lat.cdf,
+                                         lat.weight_squares)
+    req = truth[(truth.kind == "request") & (truth.experiment == e.name) & (truth.cohort == "control")]
+    assert lat.p95 == pytest.approx(weighted_quantile(req.latency_ms, req.sample_interval, 0.95), rel=0.01)
+    groups = [(g.latency_ms.to_numpy(), g.sample_interval.to_numpy()) for _, g in req.groupby("key")]
+    rng = np.random.default_rng(4)
+    boot = []
+    for _ in range(400):
+        pick = rng.integers(0, len(groups), len(groups))
+        v = np.concatenate([groups[i][0] for i in pick])
+        w = np.concatenate([groups[i][1] for i in pick])
+        boot.append(weighted_quantile(v, w, 0.95))
+    assert var == pytest.approx(np.var(boot, ddof=1), rel=0.25)
