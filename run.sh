@@ -5,6 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh requirements.txt
 export CACHEMON_DB="${CACHEMON_DB:-data/cachemon.duckdb}"
+if [ -z "${CACHEMON_CONFIG:-}" ]; then
+  # The simulator runs the seed's experiment; tell cachemon when it started.
+  export CACHEMON_CONFIG=data/demo.toml
+  if [ ! -f "$CACHEMON_CONFIG" ] || [ ! -f "$CACHEMON_DB" ]; then
+    mkdir -p data
+    start=$(date -u -d "-${DEMO_DAYS:-7} days" +%Y-%m-%dT%H:00:00Z)
+    sed "s/@START@/$start/" scripts/demo.toml.in > "$CACHEMON_CONFIG"
+  fi
+fi
 PY=.venv/bin/python
 
 pids=()

@@ -87,6 +87,12 @@ class AnalyticsEngineConfig:
 class MetricsConfig:
     # Data older than this is reported as stale (`stale: true`).
     stale_after: timedelta = timedelta(minutes=10)
+    # Where `cachemon serve` answers, for the dashboard's link.
+    api_url: str = "http://127.0.0.1:8787"
+
+    def __post_init__(self):
+        if not re.match(r"^https?://[^\s/]+(/\S*)?$", self.api_url):
+            raise ConfigError(f"[metrics] api_url = {self.api_url!r} is not an http(s) URL")
 
 
 @dataclass(frozen=True)

@@ -24,3 +24,8 @@ class StoreError(CachemonError):
 
 class SourceError(CachemonError):
     """A data source (simulator, Analytics Engine, files) failed."""
+
+
+class EmptyStoreError(StoreError):
+    """The store does not exist yet or holds no request data (fill it with
+    `demo`, `import` or `pull`)."""

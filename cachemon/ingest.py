@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 
 import duckdb
 
-from .clock import DAY, HOUR, MINUTE, Window, ceil_to, floor_to, iso
+from .clock import DAY, HOUR, MINUTE, Window, as_utc, ceil_to, floor_to, iso
 from .errors import SourceError, StoreError
 from .events import EventFrame
 from . import rollups, topkeys
@@ -200,6 +200,11 @@ def state_clock(con: duckdb.DuckDBPyConnection, source: str) -> datetime | None:
 def watermark(con: duckdb.DuckDBPyConnection, source: str) -> datetime | None:
     row = first_row(con, "SELECT until FROM watermarks WHERE source = ?", [source])
     return row[0] if row else None
+
+
+def watermarks(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
+    """Every source's watermark (data is complete up to it)."""
+    return {source: as_utc(until) for source, until in con.execute("SELECT source, until FROM watermarks ORDER BY source").fetchall()}
 
 
 def key_hour_compacted(con: duckdb.DuckDBPyConnection, source: str, hour: datetime) -> bool:

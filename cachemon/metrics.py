@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import duckdb
 
 from .clock import HOUR, Window, ceil_to, floor_to, iso
-from .errors import StoreError
+from .errors import EmptyStoreError, StoreError
 from .events import TIERS
 from .histogram import Histogram
 from . import topkeys
@@ -23,26 +23,28 @@ from .store import first_row
 
 # Each time range is its own UNION ALL branch: a plain range lets DuckDB skip
 # row groups by their min/max, which an OR of ranges defeats.
-def _three_ranges(columns: str, hour_table: str, minute_table: str) -> str:
+# `columns` may name the time column as {time}.
+def three_ranges(columns: str, hour_table: str, minute_table: str) -> str:
+    hour, minute = columns.format(time="hour"), columns.format(time="minute")
     return f"""
-    SELECT {columns} FROM {hour_table} WHERE hour >= $h_lo AND hour < $h_hi
+    SELECT {hour} FROM {hour_table} WHERE hour >= $h_lo AND hour < $h_hi
     UNION ALL
-    SELECT {columns} FROM {minute_table} WHERE minute >= $m1_lo AND minute < $m1_hi
+    SELECT {minute} FROM {minute_table} WHERE minute >= $m1_lo AND minute < $m1_hi
     UNION ALL
-    SELECT {columns} FROM {minute_table} WHERE minute >= $m2_lo AND minute < $m2_hi
+    SELECT {minute} FROM {minute_table} WHERE minute >= $m2_lo AND minute < $m2_hi
 """
 
 
 TIER_TOTALS = f"""
 SELECT tier, sum(requests), sum(errors), sum(bytes), sum(latency_sum)
-FROM ({_three_ranges("tier, endpoint, requests, errors, bytes, latency_sum", "rollup_hour", "rollup_minute")})
+FROM ({three_ranges("tier, endpoint, requests, errors, bytes, latency_sum", "rollup_hour", "rollup_minute")})
 WHERE $endpoint IS NULL OR endpoint = $endpoint
 GROUP BY tier
 """
 
 LATENCY_BUCKETS = f"""
 SELECT bucket, sum(weight)
-FROM ({_three_ranges("endpoint, bucket, weight", "latency_hour", "latency_minute")})
+FROM ({three_ranges("endpoint, bucket, weight", "latency_hour", "latency_minute")})
 WHERE $endpoint IS NULL OR endpoint = $endpoint
 GROUP BY bucket
 """
@@ -175,7 +177,7 @@ def compute(
     """
     span = data_span(con)
     if span is None:
-        raise StoreError("the store has no request data yet: run `python -m cachemon demo`, `import` or `pull`")
+        raise EmptyStoreError("the store has no request data yet: run `python -m cachemon demo`, `import` or `pull`")
     at = window.end
     if latest and span[1] < window.end:
         window = Window(span[1] - window.length, span[1])

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .clock import DAY, HOUR, Window, ceil_to, floor_to
+from . import topkeys
 from .metrics import data_span
 from .pricing import Pricing, days_in_month
 
@@ -61,6 +62,24 @@ JOIN (SELECT key_id, min(first_seen) AS first_seen FROM
 GROUP BY k.key_id, c.endpoint
 """
 CLASS_COUNTS = "SELECT class, count(*) FROM opt_keys GROUP BY class"
+# The dashboard's key table: filters are parameters (a NULL filter is off).
+_KEY_FILTER = """
+FROM opt_keys o JOIN cache_keys c USING (key_id)
+WHERE ($endpoint IS NULL OR o.endpoint = $endpoint) AND ($class IS NULL OR o.class = $class)
+  AND ($contains IS NULL OR contains(lower(c.key), lower($contains)))
+"""
+KEY_PAGE = f"""
+SELECT c.key, o.key_id, o.endpoint, o.requests, o.per_day,
+       100 * (o.edge + o.kv + o.r2) / o.requests AS hit_rate,
+       100 * o.edge / o.requests AS edge_share, 100 * o.kv / o.requests AS kv_share,
+       100 * o.r2 / o.requests AS r2_share, 100 * o.api / o.requests AS api_share,
+       CASE WHEN o.edge >= greatest(o.kv, o.r2, o.api) THEN 'edge' WHEN o.kv >= greatest(o.r2, o.api) THEN 'kv'
+            WHEN o.r2 >= o.api THEN 'r2' ELSE 'api' END AS tier,
+       o.class, o.age_days, o.errors
+{_KEY_FILTER}
+ORDER BY o.requests DESC, c.key LIMIT $limit
+"""
+KEY_COUNT = f"SELECT count(*) {_KEY_FILTER}"
 ALL_KEYS = "SELECT c.key, o.* FROM opt_keys o JOIN cache_keys c USING (key_id)"
 HOT_LOW = """
 SELECT c.key, o.endpoint, o.edge, o.requests, o.per_day, 100 * o.edge / o.requests AS edge_rate
@@ -85,11 +104,12 @@ def classify(per_day: np.ndarray) -> np.ndarray:
 
 
 def load_keys(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> float:
-    """Build the per-key table of `window` (clipped to the data) in DuckDB;
-    returns the days it covers."""
+    """Build the per-key table of `window` in DuckDB; returns the days of
+    data it covers (rates per day divide by these)."""
     span = data_span(con)
     lo = max(window.start, span[0]) if span else window.start
-    days = max((window.end - lo) / DAY, 1 / 24)
+    hi = min(window.end, span[1]) if span else window.end
+    days = max((hi - lo) / DAY, 1 / 24)
     con.execute(KEYS_TEMP, key_ranges(lo, window.end) | {"days": days, "at": at})
     return days
 
@@ -99,6 +119,40 @@ def key_table(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> t
     small windows, tests and drill-downs)."""
     days = load_keys(con, window, at)
     return con.execute(ALL_KEYS).df(), days
+
+
+@dataclass(frozen=True)
+class KeyFilter:
+    """The key table's filters; None leaves one off. `contains` is matched
+    case-insensitively as plain text (a parameter, never SQL)."""
+
+    endpoint: str | None = None
+    klass: str | None = None
+    contains: str | None = None
+    limit: int = 500
+
+    def params(self) -> dict:
+        return {"endpoint": self.endpoint, "class": self.klass, "contains": self.contains or None}
+
+
+@dataclass(frozen=True)
+class KeyPage:
+    rows: pd.DataFrame  # KEY_PAGE's columns, busiest first
+    matching: int  # keys matching the filter (rows holds at most `limit`)
+    window: Window  # the span counted (compacted hours at the ends count whole, as in metrics), to the data's end
+    days: float
+
+
+def key_page(con: duckdb.DuckDBPyConnection, window: Window, at: datetime, f: KeyFilter = KeyFilter()) -> KeyPage:
+    """The busiest keys of `window` matching `f`, with the same counts as
+    the metrics' top keys. Hit rate and the tier shares are percentages of
+    each key's requests."""
+    span = topkeys.covered(con, window)
+    days = load_keys(con, span, at)
+    rows = con.execute(KEY_PAGE, f.params() | {"limit": f.limit}).df()
+    data = data_span(con)
+    shown = Window(span.start, max(span.start, min(span.end, data[1]))) if data else span
+    return KeyPage(rows, int(con.execute(KEY_COUNT, f.params()).fetchall()[0][0]), shown, days)
 
 
 def class_counts(con) -> dict[str, int]:

@@ -10,11 +10,11 @@ import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import alerts, ingest, store
+from . import alerts, ingest, report, store, tuning
 from .clock import HOUR, MINUTE, Window, floor_to
 from .config import Config
 from .errors import SourceError
@@ -54,6 +54,12 @@ def demo(cfg: Config, days: float, now: datetime, seed: int | None = None,
         # gone: evaluate the new span instead, without notifying anyone.
         alerts.reset(con)
         alerts.backfill(con, cfg, windows[0].start, end)
+        # Likewise the daily jobs' results, so every page has something to show.
+        tuning.reset(con)
+        tuning.backfill(con, cfg.experiments, windows[0].start, end, cfg.pricing)
+        day = report.report_day(end)
+        if windows[0].start <= datetime(day.year, day.month, day.day, tzinfo=timezone.utc):
+            report.save(con, report.build(con, cfg, day, now))
     return LoadSummary(SIMULATOR, events, len(windows), end)
 
 

@@ -34,13 +34,33 @@ from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Callable
 
-from .clock import DAY, as_utc, floor_to, iso
+from .clock import DAY, as_utc, floor_to, format_duration, iso
 from .errors import CachemonError, StoreError
 
 log = logging.getLogger("cachemon.runner")
 
 RECORD_RUN = "INSERT INTO job_runs VALUES ($job, $started, $finished, $outcome, $error, $slots, $rows)"
 LAST_RUNS = "SELECT job, max(started_at) FROM job_runs WHERE outcome <> 'skipped' GROUP BY job"
+RECENT_RUNS = """
+SELECT job, started_at, finished_at, outcome, error, slots, rows FROM job_runs
+WHERE started_at >= $since ORDER BY started_at DESC, job LIMIT $limit
+"""
+JOB_SUMMARY = """
+SELECT job, arg_max(outcome, started_at) FILTER (WHERE outcome IN ('ok', 'error')),
+       max(started_at) FILTER (WHERE outcome = 'ok'),
+       count(*) FILTER (WHERE outcome = 'error' AND started_at >= $since),
+       arg_max(error, started_at) FILTER (WHERE outcome = 'error'),
+       max(started_at) FILTER (WHERE outcome = 'error')
+FROM job_runs GROUP BY job
+"""
+PURPOSES = {
+    "ingest": "advances the source (simulator or Analytics Engine pull) into the store",
+    "alerts": "evaluates the alert rules and queues notifications",
+    "deliver": "sends queued notifications, retrying failed ones",
+    "compact": "merges per-key minute rows into hours",
+    "report": "builds and mails the daily cost report for yesterday",
+    "experiments": "analyses experiments, checks the KV TTL config, promotes winners",
+}
 
 
 @dataclass(frozen=True)
@@ -73,7 +93,7 @@ class JobSpec:
         return max(0, (self.latest_slot(now) - self.latest_slot(after)) // (self.every or DAY))
 
     def describe(self) -> str:
-        return f"every {self.every}" if self.every else f"daily at {self.at.strftime('%H:%M')} UTC"
+        return f"every {format_duration(self.every)}" if self.every else f"daily at {self.at.strftime('%H:%M')} UTC"
 
 
 @dataclass(frozen=True)
@@ -150,6 +170,65 @@ class Runner:
         """Each job with its next run time (now if due)."""
         due = {s.name for s in self.due(now)}
         return [(spec, now if spec.name in due else spec.next_slot(now)) for spec, _ in self.jobs]
+
+
+def schedule(cfg) -> list[JobSpec]:
+    """The runner's jobs and when they run, from the configuration."""
+    j = cfg.jobs
+    daily = lambda text: time(*map(int, text.split(":")))  # noqa: E731 (validated HH:MM)
+    return [
+        JobSpec("ingest", every=j.ingest_every),
+        JobSpec("alerts", every=cfg.alerts.evaluate_every),
+        JobSpec("deliver", every=timedelta(minutes=1)),
+        JobSpec("compact", at=daily(j.compact_at)),
+        JobSpec("report", at=daily(cfg.costs.report_at)),
+        JobSpec("experiments", at=time(4, 0)),  # tuning.DAILY_AT
+    ]
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What the run log says of one scheduled job at `now`."""
+
+    spec: JobSpec
+    purpose: str
+    last_run: datetime | None
+    last_outcome: str | None  # ok | error (None: never ran)
+    last_ok: datetime | None
+    errors_24h: int
+    last_error: str | None
+    last_error_at: datetime | None
+    next_run: datetime
+
+    @property
+    def overdue(self) -> bool:
+        """A slot passed more than one interval ago without a run (the runner is down)."""
+        return self.last_run is not None and self.spec.slots_between(self.last_run, self.next_run) > 1
+
+
+def status(con, specs: list[JobSpec], now: datetime) -> list[JobStatus]:
+    """Each job's last run, last success, recent failures and next run."""
+    last = last_runs(con)
+    rows = {r[0]: r[1:] for r in con.execute(JOB_SUMMARY, {"since": now - DAY}).fetchall()}
+    out = []
+    for spec in specs:
+        outcome, ok_at, errors, error, error_at = rows.get(spec.name, (None, None, 0, None, None))
+        prev = last.get(spec.name)
+        due = (prev is None and spec.every is not None) or (prev is not None and spec.latest_slot(now) > prev)
+        out.append(JobStatus(spec, PURPOSES.get(spec.name, ""), prev, outcome, _utc(ok_at), int(errors),
+                             error, _utc(error_at), now if due else spec.next_slot(now)))
+    return out
+
+
+def recent_runs(con, since: datetime, limit: int = 200) -> list[RunRecord]:
+    """Runs started since `since`, newest first."""
+    return [RunRecord(job, as_utc(s), as_utc(f), outcome, error, slots, rows)
+            for job, s, f, outcome, error, slots, rows in
+            con.execute(RECENT_RUNS, {"since": since, "limit": limit}).fetchall()]
+
+
+def _utc(t: datetime | None) -> datetime | None:
+    return as_utc(t) if t is not None else None
 
 
 def record_run(con, rec: RunRecord) -> None:

@@ -27,7 +27,7 @@ from typing import Iterator
 
 import duckdb
 
-from .errors import StoreError
+from .errors import EmptyStoreError, StoreError
 
 SCHEMA_VERSION = 7
 
@@ -311,11 +311,11 @@ def reader(path: str | os.PathLike) -> Iterator[duckdb.DuckDBPyConnection]:
         if p.exists() and not _looks_like_duckdb(p):
             raise StoreError(f"{p} is not a readable DuckDB database (corrupt or another format)")
         if p.exists():
-            raise StoreError(
+            raise EmptyStoreError(
                 f"store {p} has no published snapshot yet: a writer is filling it for the first time "
                 "(or stopped before publishing); try again shortly"
             )
-        raise StoreError(f"no store at {p}: run `python -m cachemon demo` or `python -m cachemon import FILE` first")
+        raise EmptyStoreError(f"no store at {p}: run `python -m cachemon demo` or `python -m cachemon import FILE` first")
     con = _connect(snap, read_only=True)
     try:
         if schema_version(con) == 0:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import duckdb
+import pandas as pd
 
 from .clock import DAY, HOUR, Window, ceil_to, floor_to
 
@@ -112,13 +113,38 @@ KEY_TEXT = "SELECT key_id, key, endpoint FROM cache_keys WHERE key_id IN (SELECT
 COMPACTED_HOURS = "SELECT DISTINCT hour FROM key_hour WHERE hour = $first OR hour = $last"
 
 
+# One key's hours: compacted hours from key_hour, the rest from key_minute.
+KEY_SERIES = """
+SELECT t, sum(edge), sum(kv), sum(r2), sum(api), sum(errors) FROM (
+    SELECT hour AS t, edge, kv, r2, api, errors FROM key_hour WHERE key_id = $id AND hour >= $lo AND hour < $hi
+    UNION ALL
+    SELECT date_trunc('hour', minute), edge, kv, r2, api, errors FROM key_minute
+    WHERE key_id = $id AND minute >= $lo AND minute < $hi
+) GROUP BY t ORDER BY t
+"""
+KEY_ID = "SELECT key_id FROM cache_keys WHERE key = $key AND endpoint = $endpoint"
+
+
+def key_series(con: duckdb.DuckDBPyConnection, key: str, endpoint: str, window: Window) -> pd.DataFrame:
+    """Requests per hour by tier (columns hour, edge, kv, r2, api, errors) of
+    one key over the hours that `window` touches; empty for an unknown key."""
+    ids = _run(con, KEY_ID, {"key": key, "endpoint": endpoint})
+    cols = ["hour", "edge", "kv", "r2", "api", "errors"]
+    if not ids:
+        return pd.DataFrame(columns=cols)
+    rows = _run(con, KEY_SERIES, {"id": ids[0][0], "lo": floor_to(window.start, HOUR), "hi": window.end})
+    df = pd.DataFrame(rows, columns=cols)
+    df["hour"] = pd.to_datetime(df["hour"], utc=True)
+    return df.astype({c: float for c in cols[1:]})
+
+
 def top_keys(con: duckdb.DuckDBPyConnection, window: Window, endpoint: str | None, limit: int):
     """((key, endpoint, edge, kv, r2, api, errors), ...) of the `limit`
     busiest keys, busiest first, and the Window the counts cover."""
     d_lo, d_hi = ceil_to(window.start, DAY), floor_to(window.end, DAY)
     if d_lo >= d_hi:
         d_lo = d_hi = window.end
-    k_lo, k_hi = floor_to(window.start, HOUR), floor_to(window.end, HOUR)
+    k_lo = floor_to(window.start, HOUR)
     p = {"d_lo": d_lo, "d_hi": d_hi, "k_lo": k_lo, "lo": window.start, "hi": window.end,
          "endpoint": endpoint, "limit": limit}
     rows = None if endpoint is not None else _bounded(con, p)
@@ -126,10 +152,17 @@ def top_keys(con: duckdb.DuckDBPyConnection, window: Window, endpoint: str | Non
         rows = _run(con, FULL_ENDPOINT if endpoint is not None else FULL_ALL, p)
     text = {r[0]: r[1:] for r in _run(con, KEY_TEXT, {"ids": [r[0] for r in rows]})}
     out = sorted(((*text[r[0]], *map(float, r[1:6])) for r in rows), key=lambda r: (-sum(r[2:6]), r[0]))
+    return tuple(out), covered(con, window)
+
+
+def covered(con: duckdb.DuckDBPyConnection, window: Window) -> Window:
+    """The span per-key counts of `window` really cover: an hour at either
+    end that is compacted cannot be split, so it counts whole."""
+    k_lo, k_hi = floor_to(window.start, HOUR), floor_to(window.end, HOUR)
     compacted = {r[0] for r in _run(con, COMPACTED_HOURS, {"first": k_lo, "last": k_hi})}
     start = k_lo if k_lo < window.start and k_lo in compacted else window.start
     end = k_hi + HOUR if k_hi < window.end and k_hi in compacted else window.end
-    return tuple(out), Window(start, end)
+    return Window(start, end)
 
 
 def _bounded(con, p: dict) -> list[tuple] | None:

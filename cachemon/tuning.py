@@ -32,7 +32,7 @@ import numpy as np
 
 from . import stats
 from . import quantile_var
-from .clock import HOUR, Window, ceil_to, floor_to, iso
+from .clock import DAY, HOUR, Window, ceil_to, floor_to, iso
 from .experiments import Experiment
 from .histogram import Histogram
 from .optimize import KEY_ROWS, key_ranges
@@ -246,11 +246,41 @@ def _compare(data, names, p95, tuning_n: float, ended: bool, margin: float,
     return out
 
 
+def status(e: Experiment, at: datetime) -> str:
+    """scheduled (before its start), running, or ended (its duration is over)."""
+    if at < e.start:
+        return "scheduled"
+    return "running" if at < e.start + e.duration else "ended"
+
+
+DAILY_AT = timedelta(hours=4)  # the runner's `experiments` job, UTC
+
+
+def backfill(con, experiments, since: datetime, until: datetime, pricing) -> int:
+    """Store the analyses the daily job would have made in (since, until]
+    (the demo's history of decisions); returns how many."""
+    n = 0
+    slot = floor_to(since, DAY) + DAILY_AT
+    while slot <= until:
+        for e in experiments:
+            if since < slot and e.start <= slot:
+                save(con, analyze(con, e, slot, pricing))
+                n += 1
+        slot += DAY
+    return n
+
+
+def reset(con) -> None:
+    """Forget every stored analysis (the demo replaces the data they described)."""
+    con.execute("DELETE FROM experiment_results")
+
+
 def save(con, a: Analysis) -> None:
     con.execute(SAVE, [a.experiment, a.at, a.decision, json.dumps(a.to_json())])
 
 
 def history(con, experiment: str) -> list[dict]:
+    """Every stored analysis of `experiment`, oldest first (the payload as JSON)."""
     return [{"analyzed_at": t, "decision": d, "result": json.loads(p)}
             for t, d, p in con.execute(HISTORY, [experiment]).fetchall()]
 

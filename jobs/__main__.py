@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from datetime import datetime, time as dtime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +26,7 @@ import schedule
 
 from cachemon import config as config_mod
 from cachemon import alerts, ingest, notify, pipeline, report, runner, store
-from cachemon.clock import HOUR, MINUTE, as_utc, floor_to, iso, parse_instant, utcnow
+from cachemon.clock import HOUR, as_utc, floor_to, iso, parse_instant, utcnow
 from cachemon.errors import CachemonError
 
 log = logging.getLogger("jobs")
@@ -114,16 +114,7 @@ class Jobs:
         return len(analyses)
 
     def registry(self) -> list[tuple[runner.JobSpec, Callable[[datetime], int]]]:
-        j = self.cfg.jobs
-        hh, mm = map(int, j.compact_at.split(":"))
-        return [
-            (runner.JobSpec("ingest", every=j.ingest_every), self.ingest),
-            (runner.JobSpec("alerts", every=self.cfg.alerts.evaluate_every), self.alerts),
-            (runner.JobSpec("deliver", every=MINUTE), self.deliver),
-            (runner.JobSpec("compact", at=dtime(hh, mm)), self.compact),
-            (runner.JobSpec("report", at=dtime(*map(int, self.cfg.costs.report_at.split(":")))), self.report),
-            (runner.JobSpec("experiments", at=dtime(4, 0)), self.experiments),
-        ]
+        return [(spec, getattr(self, spec.name)) for spec in runner.schedule(self.cfg)]
 
 
 def _recorder(cfg, now_fn):

@@ -107,3 +107,42 @@ def test_ttl_tuning_saving(analysed):
         total += max(0.0, cost(base) - cost(best))
     assert total > 0
     assert recs["ttl_tuning"].saving_per_day == pytest.approx(total)
+
+
+def _window_truth(df: pd.DataFrame, days: float) -> pd.DataFrame:
+    g = _truth(df)
+    g["per_day"] = g["requests"] / days
+    g["cls"] = np.where(g.per_day > 100, "hot", np.where(g.per_day < 10 / 30, "cold", "warm"))
+    return g
+
+
+@pytest.mark.parametrize("f", [
+    optimize.KeyFilter(limit=50),
+    optimize.KeyFilter(endpoint="title", klass="warm", limit=30),
+    optimize.KeyFilter(contains="Q=A", limit=1000),  # case-insensitive plain text
+    optimize.KeyFilter(contains="%' OR 1=1 --", limit=10),  # SQL text is just text: nothing matches
+], ids=["top", "title-warm", "contains", "injection"])
+def test_key_page_filters_and_orders_like_pandas(loaded_store, f):
+    path, df = loaded_store
+    window = Window(T0, T0 + timedelta(hours=3))
+    truth = _window_truth(df[(df.timestamp >= window.start) & (df.timestamp < window.end)], 3 / 24)
+    if f.endpoint:
+        truth = truth[truth.endpoint == f.endpoint]
+    if f.klass:
+        truth = truth[truth.cls == f.klass]
+    if f.contains:
+        truth = truth[truth.key.str.lower().str.contains(f.contains.lower(), regex=False)]
+    truth = truth.sort_values(["requests", "key"], ascending=[False, True])
+    with store.reader(path) as con:
+        kp = optimize.key_page(con, window, window.end, f)
+    page, matching, days = kp.rows, kp.matching, kp.days
+    assert matching == len(truth) and days == pytest.approx(3 / 24)
+    assert (matching == 0) == ("OR 1=1" in (f.contains or ""))  # each case is non-trivial
+    top = truth.head(f.limit)
+    assert list(page.key) == list(top.key)
+    if len(top):
+        row, t = page.iloc[0], top.iloc[0]
+        assert row.hit_rate == pytest.approx(100 * (1 - t.api / t.requests))
+        assert row.edge_share == pytest.approx(100 * t.edge / t.requests)
+        assert row.tier == max(("edge", "kv", "r2", "api"), key=lambda tier: t[tier])
+        assert row["class"] == t.cls

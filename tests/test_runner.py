@@ -166,7 +166,7 @@ def test_list_and_once(tmp_path):
     p = subprocess.run([sys.executable, "-m", "jobs", "--list", "--clock-start", "2026-11-19T10:00:30Z"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    assert "ingest     every 0:01:00" in p.stdout and "compact    daily at 00:50 UTC" in p.stdout
+    assert "ingest     every 1m" in p.stdout and "compact    daily at 00:50 UTC" in p.stdout
     assert "next 2026-11-19T10:00:30Z" in p.stdout  # never run: due now
     bad = subprocess.run([sys.executable, "-m", "jobs", "--once", "nope"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
@@ -231,3 +231,48 @@ def test_runner_process_survives_a_failing_job(tmp_path):
         errors = con.execute("SELECT error FROM job_runs WHERE job = 'ingest' AND outcome = 'error'").fetchall()
     assert len(errors) >= 2 and all("CF_ACCOUNT_ID" in e[0] for e in errors)
     assert "ingest failed" in out
+
+
+def test_schedule_follows_the_config():
+    from dataclasses import replace
+
+    from cachemon import config
+
+    cfg = config.Config()
+    cfg = replace(cfg, jobs=replace(cfg.jobs, ingest_every=timedelta(minutes=5), compact_at="01:15"))
+    got = {s.name: s.describe() for s in runner.schedule(cfg)}
+    assert got == {"ingest": "every 5m", "alerts": "every 15m", "deliver": "every 1m",
+                   "compact": "daily at 01:15 UTC", "report": "daily at 03:00 UTC",
+                   "experiments": "daily at 04:00 UTC"}
+    assert set(runner.PURPOSES) == set(got)
+
+
+def test_status_and_recent_runs_read_the_run_log(tmp_path):
+    db = tmp_path / "s.duckdb"
+    ingest_spec, report_spec = runner.JobSpec("ingest", every=timedelta(minutes=1)), runner.JobSpec("report", at=dtime(3, 0))
+    fails = iter([RuntimeError("origin down"), None, None])
+
+    def flaky(now):
+        exc = next(fails)
+        if exc:
+            raise exc
+        return 7
+
+    with store.writer(db, D) as con:
+        r = runner.Runner([(ingest_spec, flaky), (report_spec, lambda now: 1)], lambda rec: runner.record_run(con, rec))
+        for minute in (0, 1, 5):  # minutes 2–4 are missed (recorded as skipped)
+            r.tick(D + timedelta(minutes=minute))
+        now = D + timedelta(minutes=5, seconds=30)
+        ingest_st, report_st = runner.status(con, [ingest_spec, report_spec], now)
+        runs = runner.recent_runs(con, D, 10)
+    assert (ingest_st.last_run, ingest_st.last_outcome, ingest_st.last_ok) == (D + timedelta(minutes=5), "ok", D + timedelta(minutes=5))
+    assert ingest_st.errors_24h == 1 and "origin down" in ingest_st.last_error and ingest_st.last_error_at == D
+    assert ingest_st.next_run == D + timedelta(minutes=6) and not ingest_st.overdue
+    # A daily job before its first slot: recorded as scheduled, never ran.
+    assert report_st.last_outcome is None and report_st.next_run == D + timedelta(hours=3)
+    latest = {x.outcome: x for x in runs if x.started_at == D + timedelta(minutes=5)}
+    assert set(latest) == {"ok", "skipped"} and runs == sorted(runs, key=lambda x: x.started_at, reverse=True)
+    assert latest["ok"].rows == 7 and latest["skipped"].slots == 3
+    with store.writer(db, D) as con:
+        late = runner.status(con, [ingest_spec], D + timedelta(minutes=30))[0]
+    assert late.next_run == D + timedelta(minutes=30) and late.overdue

@@ -100,3 +100,26 @@ def test_summaries_follow_sources_and_their_removal(tmp_path):
     with store.reader(path) as con:
         rows, covered = topkeys.top_keys(con, window, None, 5)
     assert [(r[0], sum(r[2:6])) for r in rows] == _truth(b[b.kind == "request"], covered, 5)
+
+
+def test_key_series_counts_each_hour_once_from_hours_and_minutes(tmp_path):
+    # 20-minute windows: per-key rows go to key_minute and are compacted into
+    # key_hour once an hour is an hour behind, so the series needs both.
+    parts, df = simulate(5, start=START, step=timedelta(minutes=20))
+    path = tmp_path / "k.duckdb"
+    load(path, parts)
+    df = df[df.kind == "request"]
+    key, endpoint = df.groupby(["key", "endpoint"]).sample_interval.sum().idxmax()
+    window = Window(START + timedelta(hours=1, minutes=30), START + timedelta(hours=5))
+    r = df[(df.key == key) & (df.timestamp >= START + timedelta(hours=1))]
+    truth = r.assign(hour=r.timestamp.dt.floor("h")).pivot_table(
+        index="hour", columns="tier", values="sample_interval", aggfunc="sum", fill_value=0.0)
+    with store.reader(path) as con:
+        got = topkeys.key_series(con, key, endpoint, window).set_index("hour")
+        compacted = con.execute("SELECT count(*) FROM key_hour").fetchall()[0][0]
+        pending = con.execute("SELECT count(*) FROM key_minute").fetchall()[0][0]
+        assert topkeys.key_series(con, "<no such key>", endpoint, window).empty
+    assert compacted and pending  # both tables contribute
+    assert list(got.index) == list(truth.index) and len(got) == 4
+    for tier in truth.columns:
+        assert got[tier].to_numpy() == pytest.approx(truth[tier].to_numpy())

@@ -160,3 +160,33 @@ def test_p95_variance_with_keys_as_units_matches_a_key_bootstrap(sim_store):
         w = np.concatenate([groups[i][1] for i in pick])
         boot.append(weighted_quantile(v, w, 0.95))
     assert var == pytest.approx(np.var(boot, ddof=1), rel=0.25)
+
+
+def test_demo_stores_the_daily_analyses_and_yesterdays_report(tmp_path):
+    from dataclasses import replace
+
+    from cachemon import report
+    from conftest import SMALL
+
+    end = T0 + timedelta(hours=30)  # 2026-11-20 14:00: slots 2026-11-19 and -20 04:00
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(CONFIG.format(start=iso(T0 - timedelta(hours=8))))
+    cfg = replace(config.with_db(config.load(cfg_file, env={}), str(tmp_path / "d.duckdb")), simulator=SMALL)
+    pipeline.demo(cfg, 38 / 24, end)
+    with store.reader(cfg.store.path) as con:
+        stored = tuning.history(con, "extended-title-ttl")
+        expected = [tuning.analyze(con, cfg.experiments[0], at, cfg.pricing).to_json()
+                    for at in (T0 - timedelta(hours=4), T0 + timedelta(hours=20))]
+        reports = report.recent(con)
+    got = [h["result"] for h in stored]
+    want = json.loads(json.dumps(expected))
+    for g, w in zip(got, want):  # aggregation order may change the last float digits
+        for k in w:
+            if k != "comparisons":
+                assert g[k] == w[k], k
+        metrics = lambda a: [m for c in a["comparisons"] for m in c["metrics"]]  # noqa: E731
+        assert [c["decision"] for c in g["comparisons"]] == [c["decision"] for c in w["comparisons"]]
+        for gm, wm in zip(metrics(g), metrics(w), strict=True):
+            assert gm == {k: pytest.approx(v, rel=1e-9) if isinstance(v, float) else v for k, v in wm.items()}
+    assert len(got) == 2
+    assert [r["day"] for r in reports] == [(end - timedelta(days=1)).date()] and not reports[0]["sent"]

@@ -7,32 +7,34 @@ import plotly.express as px
 import streamlit as st
 
 from cachemon import alerts, health, notify, store
-from cachemon.clock import iso, parse_duration, utcnow
+from cachemon.clock import iso, parse_duration
 from cachemon.errors import CachemonError
+
+from views import common
 
 st.header("Alerts")
 SEVERITY_COLOURS = {"critical": "#dc2626", "warning": "#f59e0b", "info": "#2563eb"}
 
 
-def _load(cfg, now):
-    with store.reader(cfg.store.path) as con:
-        since = now - timedelta(days=7)
-        return {
-            "health": health.health(con, now, cfg.alerts.evaluate_every),
-            "states": list(alerts.load_states(con).values()),
-            "periods": health.active_periods(con, since, now),
-            "notifications": notify.outbox(con, since, 200),
-            "silences": alerts.active_silences(con, now),
-        }
+def _load(con, cfg, now):
+    since = now - timedelta(days=7)
+    return {
+        "health": health.health(con, now, cfg.alerts.evaluate_every),
+        "states": list(alerts.load_states(con).values()),
+        "periods": health.active_periods(con, since, now),
+        "history": health.history(con, since, now),
+        "notifications": notify.outbox(con, since, 200),
+        "silences": alerts.active_silences(con, now),
+    }
 
 
-@st.fragment(run_every="30s")
+@st.fragment(run_every=common.REFRESH)
 def page():
-    cfg, now = st.session_state["config"], utcnow()
+    cfg, now = common.config(), common.now()
     try:
-        d = _load(cfg, now)
+        d = common.cached(_load, now)
     except CachemonError as exc:
-        st.error(str(exc))
+        common.show_error(exc)
         return
     h = d["health"]
     show = {"healthy": st.success, "degraded": st.warning, "critical": st.error}[h.status]
@@ -46,6 +48,8 @@ def page():
         st.dataframe(_states_frame(d["states"]), hide_index=True, width="stretch")
     st.subheader("Active alerts, last 7 days (UTC)")
     _timeline(d["periods"], now)
+    with st.expander(f"State changes, last 7 days ({len(d['history'])})"):
+        st.dataframe(pd.DataFrame(d["history"]), hide_index=True, width="stretch")
     st.subheader("Notifications")
     st.dataframe(pd.DataFrame(d["notifications"]), hide_index=True, width="stretch")
     _silences(cfg, d["silences"], sorted({s.type for s in d["states"]} | {s.rule for s in d["states"]}), now)
@@ -72,22 +76,28 @@ def _timeline(periods, now):
 def _silences(cfg, silences, names, now):
     st.subheader("Silences")
     st.caption("A silence mutes notifications, not evaluation.")
+    if "silenced" in st.session_state:
+        st.success(st.session_state.pop("silenced"))
     if silences:
         st.dataframe(pd.DataFrame([{"id": s.id, "matches": s.matcher, "endpoint": s.endpoint or "all",
                                     "until": s.ends_at, "by": s.created_by, "reason": s.reason} for s in silences]),
                      hide_index=True, width="stretch")
     with st.form("silence"):
-        matcher = st.selectbox("Alert type or rule", names)
-        duration = st.text_input("For", "2h")
-        reason = st.text_input("Reason")
+        matcher = st.selectbox("Alert type or rule", names, key="silence_matcher")
+        duration = st.text_input("For", "2h", key="silence_for")
+        reason = st.text_input("Reason", key="silence_reason")
         if st.form_submit_button("Silence"):
             try:
                 with store.writer(cfg.store.path, now) as con:
                     s = alerts.add_silence(con, matcher, parse_duration(duration, "For"), reason, now,
                                            created_by="dashboard")
-                st.success(f"Silence {s.id}: {s.matcher} muted until {iso(s.ends_at)}")
             except CachemonError as exc:
                 st.error(str(exc))
+            else:
+                # Re-read at once so the list shows the new silence.
+                st.cache_data.clear()
+                st.session_state["silenced"] = f"Silence {s.id}: {s.matcher} muted until {iso(s.ends_at)}"
+                st.rerun()
 
 
 page()

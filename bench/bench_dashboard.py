@@ -1,0 +1,146 @@
+"""Dashboard benchmark: server-side render time of every page on 30 days at
+the seed's volume, and the Streamlit server's memory over 200 fragment
+refreshes of the Overview page in headless Chromium.
+
+    .venv/bin/python bench/bench_dashboard.py [--days 30] [--runs 5] [--refreshes 200]
+
+Builds bench/out/dash30.duckdb with `cachemon demo` (with the simulator's
+experiment configured) unless it exists. Render time is one AppTest run of
+the page (the script on the server, reads included), with Streamlit's data
+cache cleared before each run (uncached) and not (cached, as viewers who
+share a refresh tick see it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+PAGES = ["overview", "trends", "topkeys", "experiments", "alerts", "costs", "jobs"]
+sys.path.insert(0, str(ROOT))
+
+
+def build_store(days: int) -> tuple[Path, Path]:
+    from cachemon.clock import iso, utcnow
+
+    db, cfg = OUT / f"dash{days}.duckdb", OUT / f"dash{days}.toml"
+    if not db.exists():
+        OUT.mkdir(parents=True, exist_ok=True)
+        start = utcnow() - timedelta(days=min(days, 14))
+        cfg.write_text((ROOT / "scripts" / "demo.toml.in").read_text().replace("@START@", iso(start)))
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "cachemon", "--db", str(db), "--config", str(cfg), "demo",
+                        "--days", str(days), "--quiet"], cwd=ROOT, check=True)
+        print(f"built {db.name} ({days} days) in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    return db, cfg
+
+
+def render_times(db: Path, cfg: Path, runs: int) -> list[tuple[str, float, float]]:
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    os.environ.update(CACHEMON_DB=str(db), CACHEMON_CONFIG=str(cfg))
+    out = []
+    for page in PAGES:
+        timings = {True: [], False: []}
+        for cold in [True] * runs + [False] * runs:
+            if cold:
+                st.cache_data.clear()
+            at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+            at.session_state["period"] = "1h"
+            if page != "overview":
+                at.run()  # the app's own first run (sidebar + Overview) is not this page's time
+                if cold:
+                    st.cache_data.clear()
+                t = time.perf_counter()
+                at.switch_page(f"views/{page}.py").run()
+            else:
+                t = time.perf_counter()
+                at.run()
+            timings[cold].append(time.perf_counter() - t)
+            assert not at.exception, (page, [e.value for e in at.exception])
+        out.append((page, statistics.median(timings[True]), statistics.median(timings[False])))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def memory_curve(db: Path, cfg: Path, refreshes: int, every: float) -> list[tuple[int, float]]:
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    env = dict(os.environ, CACHEMON_DB=str(db), CACHEMON_CONFIG=str(cfg), CACHEMON_REFRESH_SECONDS=str(every))
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
+                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    curve = []
+    try:
+        for _ in range(120):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/_stcore/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.get_by_text("Combined hit rate %").wait_for(timeout=120_000)
+            start = time.monotonic()
+            for n in range(0, refreshes + 1, 20):
+                while time.monotonic() - start < n * every:
+                    time.sleep(0.05)
+                curve.append((n, rss_mb(server.pid)))
+            assert page.locator('[data-testid="stException"]').count() == 0
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return curve
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--refreshes", type=int, default=200)
+    ap.add_argument("--every", type=float, default=1.0, help="fragment refresh interval for the memory run (s)")
+    args = ap.parse_args()
+    db, cfg = build_store(args.days)
+    print(f"| page ({args.days} days, seed volume, period 1h) | median render, uncached | median render, cached |")
+    print("| --- | --- | --- |")
+    for page, cold, warm in render_times(db, cfg, args.runs):
+        print(f"| {page} | {cold * 1000:.0f} ms | {warm * 1000:.0f} ms |")
+    curve = memory_curve(db, cfg, args.refreshes, args.every)
+    print(f"\n| Overview fragment refreshes (every {args.every:g} s) | server RSS |")
+    print("| --- | --- |")
+    for n, mb in curve:
+        print(f"| {n} | {mb:.0f} MB |")
+    growth = curve[-1][1] - curve[len(curve) // 2][1]
+    print(f"\nRSS growth over the second half: {growth:+.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

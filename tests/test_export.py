@@ -1,0 +1,15 @@
+"""CSV export: keys from the internet cannot become spreadsheet formulas."""
+
+import io
+
+import pandas as pd
+
+from cachemon import export
+
+
+def test_formula_cells_are_neutralised_and_the_rest_round_trips():
+    df = pd.DataFrame({"key": ["=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", "\tx", "title:q=ok", "<script>"],
+                       "requests": [1.5, 2, 3, 4, 5, 6, -7]})
+    back = pd.read_csv(io.BytesIO(export.csv_bytes(df)), keep_default_na=False)
+    assert list(back.key) == ["'=HYPERLINK(\"http://x\")", "'+1", "'-2", "'@SUM(A1)", "'\tx", "title:q=ok", "<script>"]
+    assert list(back.requests) == [1.5, 2, 3, 4, 5, 6, -7]  # numbers stay numbers, negatives too

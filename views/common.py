@@ -1,0 +1,115 @@
+"""What every dashboard page shares: the sidebar's choices, cached reads,
+the empty-store and stale-data states, and number formats.
+
+Reads go through `cached`, which opens a read-only connection to the
+published snapshot for one call and closes it (the job runner is never
+blocked), and keeps the result for `TTL` seconds keyed on the call's
+arguments and the current refresh tick (30 s), so a page refreshed by several
+viewers reads the store once.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from typing import Callable
+
+import streamlit as st
+
+from cachemon import store
+from cachemon.clock import Period, floor_to, format_duration, iso, utcnow
+from cachemon.errors import CachemonError, EmptyStoreError
+
+# Live pages refresh every REFRESH (CACHEMON_REFRESH_SECONDS, default 30);
+# reads within one refresh tick share a cache entry.
+REFRESH = timedelta(seconds=float(os.environ.get("CACHEMON_REFRESH_SECONDS", "30")))
+TICK = REFRESH
+TTL = max(60, int(2 * REFRESH.total_seconds()))
+ENDPOINTS = ("all", "title", "isbn", "author")
+HEALTH_BANNER = {"healthy": st.success, "degraded": st.warning, "critical": st.error}
+HOW_TO_FILL = """
+**The store is empty.** Fill it with one of:
+
+- `python -m cachemon demo` — a week of simulated traffic (no credentials);
+- `python -m cachemon import FILE...` — NDJSON, CSV or Parquet event files;
+- `python -m cachemon pull` — your Workers Analytics Engine dataset
+  (`CF_ACCOUNT_ID`, `CF_API_TOKEN`);
+
+then keep it current with `python -m jobs`. This page refreshes on its own.
+"""
+
+
+def config():
+    return st.session_state["config"]
+
+
+def period() -> Period:
+    return Period.parse(st.session_state.get("period", "1h"))
+
+
+def endpoint() -> str | None:
+    e = st.session_state.get("endpoint", "all")
+    return None if e == "all" else e
+
+
+def now() -> datetime:
+    """The current refresh tick: every read of one tick shares a cache entry."""
+    return floor_to(utcnow(), TICK)
+
+
+@st.cache_data(ttl=TTL, show_spinner=False, max_entries=200)
+def _cached(fn_name: str, db: str, args: tuple, _fn: Callable, _cfg):
+    with store.reader(db) as con:
+        return _fn(con, _cfg, *args)
+
+
+def cached(fn: Callable, *args):
+    """`fn(con, cfg, *args)` on a fresh read-only connection, cached.
+    `args` must be hashable values (they form the cache key)."""
+    cfg = config()
+    return _cached(f"{fn.__code__.co_filename}:{fn.__qualname__}", cfg.store.path, args, fn, cfg)
+
+
+def show_error(exc: CachemonError) -> None:
+    """An empty store gets instructions; any other error its message."""
+    if isinstance(exc, EmptyStoreError):
+        st.info(HOW_TO_FILL)
+        st.caption(str(exc))
+    else:
+        st.error(str(exc))
+
+
+def stale_banner(data_until: datetime | None, at: datetime) -> bool:
+    """Warn when the newest data is older than `[metrics] stale_after`."""
+    if data_until is None:
+        return False
+    age = at - data_until
+    if age > config().metrics.stale_after:
+        st.warning(f"Stale data: the newest data is {format_duration(age)} old (until {iso(data_until)}); "
+                   "these are the last good numbers. Is the job runner (`python -m jobs`) running?")
+        return True
+    return False
+
+
+def health_banner(h) -> None:
+    serious = [i for i in h.issues if i.severity != "info"]
+    lines = "".join(f"\n- **{i.severity}** since {iso(i.since)}: {i.message}" for i in serious)
+    HEALTH_BANNER[h.status](f"Health: **{h.status}**" + (lines or " · no active alerts"))
+
+
+def fmt(value: float | None, kind: str = "num", signed: bool = False) -> str | None:
+    """Display format: counts with separators, rates and ms with 2
+    decimals, USD with cents (or more digits for small amounts)."""
+    if value is None:
+        return None
+    sign = "+" if signed else ""
+    if kind == "count":
+        return f"{value:{sign},.0f}"
+    if kind == "usd":
+        lead = "-" if value < 0 else sign
+        return f"{lead}${abs(value):,.2f}" if abs(value) >= 1 or value == 0 else f"{lead}${abs(value):.4f}"
+    return f"{value:{sign}.2f}"
+
+
+UTC_AXIS = {"xaxis_title": "time (UTC)", "hovermode": "x unified", "legend_title_text": None,
+            "margin": {"t": 40, "b": 10}}
