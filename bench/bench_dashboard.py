@@ -14,6 +14,7 @@ share a refresh tick see it).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import statistics
@@ -46,13 +47,13 @@ def build_store(days: int) -> tuple[Path, Path]:
     return db, cfg
 
 
-def render_times(db: Path, cfg: Path, runs: int) -> list[tuple[str, float, float]]:
+def render_times(db: Path, cfg: Path, runs: int, pages: list[str]) -> list[tuple[str, float, float]]:
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
     os.environ.update(CACHEMON_DB=str(db), CACHEMON_CONFIG=str(cfg))
     out = []
-    for page in PAGES:
+    for page in pages:
         timings = {True: [], False: []}
         for cold in [True] * runs + [False] * runs:
             if cold:
@@ -112,7 +113,8 @@ def memory_curve(db: Path, cfg: Path, refreshes: int, every: float) -> list[tupl
                 while time.monotonic() - start < n * every:
                     time.sleep(0.05)
                 curve.append((n, rss_mb(server.pid)))
-            assert page.locator('[data-testid="stException"]').count() == 0
+            errors = page.locator('[data-testid="stException"]')
+            assert errors.count() == 0, errors.first.inner_text()
             browser.close()
     finally:
         server.terminate()
@@ -126,12 +128,18 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--refreshes", type=int, default=200)
     ap.add_argument("--every", type=float, default=1.0, help="fragment refresh interval for the memory run (s)")
+    ap.add_argument("--skip-render", action="store_true")
+    ap.add_argument("--pages", default=",".join(PAGES), help="pages to time (comma-separated)")
     args = ap.parse_args()
+    logging.getLogger("streamlit").setLevel(logging.ERROR)
     db, cfg = build_store(args.days)
-    print(f"| page ({args.days} days, seed volume, period 1h) | median render, uncached | median render, cached |")
-    print("| --- | --- | --- |")
-    for page, cold, warm in render_times(db, cfg, args.runs):
-        print(f"| {page} | {cold * 1000:.0f} ms | {warm * 1000:.0f} ms |")
+    if not args.skip_render:
+        print(f"| page ({args.days} days, seed volume, period 1h) | median render, uncached | median render, cached |")
+        print("| --- | --- | --- |")
+        for page, cold, warm in render_times(db, cfg, args.runs, args.pages.split(",")):
+            print(f"| {page} | {cold * 1000:.0f} ms | {warm * 1000:.0f} ms |", flush=True)
+    if not args.refreshes:
+        return 0
     curve = memory_curve(db, cfg, args.refreshes, args.every)
     print(f"\n| Overview fragment refreshes (every {args.every:g} s) | server RSS |")
     print("| --- | --- |")

@@ -65,6 +65,15 @@ class SimulatorConfig:
     long_tail_share: float = 0.04
     sample_threshold_per_minute: float = 1_000.0
     origin_error_rate: float = 0.01
+    # The Worker's KV TTL per endpoint (what-if evidence runs the simulator at
+    # other TTLs); with `experiment`, title keys take the extended-title-ttl
+    # cohorts' TTLs (24 h / 48 h) instead.
+    kv_ttl: tuple = (("author", timedelta(days=7)), ("isbn", timedelta(days=30)), ("title", timedelta(hours=24)))
+    experiment: bool = True
+
+    def __post_init__(self):
+        if {e for e, _ in self.kv_ttl} != {"title", "isbn", "author"} or any(t <= timedelta(0) for _, t in self.kv_ttl):
+            raise ConfigError("[simulator] kv_ttl needs a positive TTL for each of title, isbn and author")
 
 
 @dataclass(frozen=True)

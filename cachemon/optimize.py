@@ -47,19 +47,23 @@ SELECT key_id, edge, kv, r2, api, errors FROM key_minute WHERE minute >= $m_lo A
 # and only small slices (hot offenders, warm churners, sums) come out.
 KEYS_TEMP = f"""
 CREATE OR REPLACE TEMP TABLE opt_keys AS
-SELECT k.key_id, c.endpoint, sum(k.edge) AS edge, sum(k.kv) AS kv, sum(k.r2) AS r2, sum(k.api) AS api,
-       sum(k.errors) AS errors, sum(k.edge + k.kv + k.r2 + k.api) AS requests,
-       sum(k.edge + k.kv + k.r2 + k.api) / $days AS per_day,
-       sum(k.kv + k.r2 + k.api) / $days AS kv_rate,
-       CASE WHEN sum(k.edge + k.kv + k.r2 + k.api) / $days > {HOT_PER_DAY} THEN 'hot'
-            WHEN sum(k.edge + k.kv + k.r2 + k.api) / $days < {COLD_PER_DAY!r} THEN 'cold' ELSE 'warm' END AS class,
-       epoch($at - min(f.first_seen)) / 86400.0 AS age_days
-FROM ({KEY_ROWS}) k
-JOIN cache_keys c ON c.key_id = k.key_id
-JOIN (SELECT key_id, min(first_seen) AS first_seen FROM
-        (SELECT key_id, first_seen FROM key_day UNION ALL SELECT key_id, first_seen FROM key_minute)
-      GROUP BY key_id) f ON f.key_id = k.key_id
-GROUP BY k.key_id, c.endpoint
+WITH k AS (
+    SELECT key_id, sum(edge) AS edge, sum(kv) AS kv, sum(r2) AS r2, sum(api) AS api, sum(errors) AS errors,
+           sum(edge + kv + r2 + api) AS requests
+    FROM ({KEY_ROWS}) GROUP BY key_id),
+-- First seen of just these keys: a semi-join, not a month of key_day grouped.
+f AS (
+    SELECT key_id, min(first_seen) AS first_seen FROM (
+        SELECT key_id, first_seen FROM key_day WHERE key_id IN (SELECT key_id FROM k)
+        UNION ALL
+        SELECT key_id, first_seen FROM key_minute WHERE key_id IN (SELECT key_id FROM k))
+    GROUP BY key_id)
+SELECT k.key_id, c.endpoint, k.edge, k.kv, k.r2, k.api, k.errors, k.requests,
+       k.requests / $days AS per_day, (k.kv + k.r2 + k.api) / $days AS kv_rate,
+       CASE WHEN k.requests / $days > {HOT_PER_DAY} THEN 'hot'
+            WHEN k.requests / $days < {COLD_PER_DAY!r} THEN 'cold' ELSE 'warm' END AS class,
+       epoch($at - f.first_seen) / 86400.0 AS age_days
+FROM k JOIN cache_keys c ON c.key_id = k.key_id JOIN f ON f.key_id = k.key_id
 """
 CLASS_COUNTS = "SELECT class, count(*) FROM opt_keys GROUP BY class"
 # The dashboard's key table: filters are parameters (a NULL filter is off).

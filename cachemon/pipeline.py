@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import alerts, ingest, report, store, tuning
+from . import alerts, ingest, report, runner, store, tuning
 from .clock import HOUR, MINUTE, Window, floor_to
 from .config import Config
 from .errors import SourceError
@@ -56,7 +56,8 @@ def demo(cfg: Config, days: float, now: datetime, seed: int | None = None,
         alerts.backfill(con, cfg, windows[0].start, end)
         # Likewise the daily jobs' results, so every page has something to show.
         tuning.reset(con)
-        tuning.backfill(con, cfg.experiments, windows[0].start, end, cfg.pricing)
+        daily_at = next(s.at for s in runner.schedule(cfg) if s.name == "experiments")
+        tuning.backfill(con, cfg.experiments, windows[0].start, end, cfg.pricing, daily_at)
         day = report.report_day(end)
         if windows[0].start <= datetime(day.year, day.month, day.day, tzinfo=timezone.utc):
             report.save(con, report.build(con, cfg, day, now))

@@ -182,7 +182,7 @@ def schedule(cfg) -> list[JobSpec]:
         JobSpec("deliver", every=timedelta(minutes=1)),
         JobSpec("compact", at=daily(j.compact_at)),
         JobSpec("report", at=daily(cfg.costs.report_at)),
-        JobSpec("experiments", at=time(4, 0)),  # tuning.DAILY_AT
+        JobSpec("experiments", at=time(4, 0)),
     ]
 
 

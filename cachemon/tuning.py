@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 
 import duckdb
 import numpy as np
@@ -253,14 +253,11 @@ def status(e: Experiment, at: datetime) -> str:
     return "running" if at < e.start + e.duration else "ended"
 
 
-DAILY_AT = timedelta(hours=4)  # the runner's `experiments` job, UTC
-
-
-def backfill(con, experiments, since: datetime, until: datetime, pricing) -> int:
-    """Store the analyses the daily job would have made in (since, until]
-    (the demo's history of decisions); returns how many."""
+def backfill(con, experiments, since: datetime, until: datetime, pricing, daily_at: time) -> int:
+    """Store the analyses the daily job (at `daily_at` UTC) would have made
+    in (since, until] (the demo's history of decisions); returns how many."""
     n = 0
-    slot = floor_to(since, DAY) + DAILY_AT
+    slot = floor_to(since, DAY) + timedelta(hours=daily_at.hour, minutes=daily_at.minute)
     while slot <= until:
         for e in experiments:
             if since < slot and e.start <= slot:

@@ -23,6 +23,23 @@ from cachemon.sources.simulator import Simulator  # noqa: E402
 
 # A Thursday, so the 09:00 origin slowdown falls in the default test span.
 T0 = datetime(2026, 11, 19, 8, 0, tzinfo=timezone.utc)
+# The simulator's built-in experiment (the seed's), as a config file; format with start=.
+EXPERIMENT_TOML = """
+[[experiments]]
+name = "extended-title-ttl"
+endpoint = "title"
+scheme = "seed-sha256-byte"
+start = "{start}"
+duration = "14d"
+[[experiments.cohorts]]
+name = "control"
+ttl = "24h"
+weight = 0.5
+[[experiments.cohorts]]
+name = "treatment"
+ttl = "48h"
+weight = 0.5
+"""
 SMALL = SimulatorConfig(seed=7, requests_per_hour=6000, catalog_keys=3000, sample_threshold_per_minute=30)
 
 

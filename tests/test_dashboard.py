@@ -18,29 +18,13 @@ from streamlit.testing.v1 import AppTest
 from cachemon import config, health, pipeline, promote, report, runner, store, trends, tuning
 from cachemon.clock import floor_to, iso, utcnow
 
-from conftest import ROOT, SMALL
+from conftest import EXPERIMENT_TOML, ROOT, SMALL
 
 PAGES = {"overview": "views/overview.py", "trends": "views/trends.py", "keys": "views/topkeys.py",
          "experiments": "views/experiments.py", "alerts": "views/alerts.py", "costs": "views/costs.py",
          "jobs": "views/jobs.py"}
 EVIL = "search:title:q=<script>alert(1)</script>"
 ARTIFACTS = Path(os.environ.get("CACHEMON_ARTIFACTS", ROOT / "test-artifacts"))
-EXPERIMENT = """
-[[experiments]]
-name = "extended-title-ttl"
-endpoint = "title"
-scheme = "seed-sha256-byte"
-start = "{start}"
-duration = "14d"
-[[experiments.cohorts]]
-name = "control"
-ttl = "24h"
-weight = 0.5
-[[experiments.cohorts]]
-name = "treatment"
-ttl = "48h"
-weight = 0.5
-"""
 
 
 def _make_store(tmp: Path, end, hours: float = 6.0, evil: bool = False) -> tuple[Path, Path]:
@@ -49,7 +33,7 @@ def _make_store(tmp: Path, end, hours: float = 6.0, evil: bool = False) -> tuple
     with `evil`, a busy key whose text is a script tag."""
     db, cfg_file = tmp / "cachemon.duckdb", tmp / "cachemon.toml"
     start = floor_to(end - timedelta(hours=hours), timedelta(hours=1))
-    cfg_file.write_text(EXPERIMENT.format(start=iso(start)))
+    cfg_file.write_text(EXPERIMENT_TOML.format(start=iso(start)))
     cfg = replace(config.with_db(config.load(cfg_file, env={}), str(db)), simulator=SMALL)
     pipeline.demo(cfg, hours / 24, end)
     if evil:

@@ -13,24 +13,8 @@ import pytest
 
 from cachemon import config, pipeline, stats, store, tuning
 from cachemon.clock import iso
-from conftest import ROOT, T0, load, simulate
+from conftest import EXPERIMENT_TOML as CONFIG, ROOT, T0, load, simulate
 
-CONFIG = """
-[[experiments]]
-name = "extended-title-ttl"
-endpoint = "title"
-scheme = "seed-sha256-byte"
-start = "{start}"
-duration = "14d"
-[[experiments.cohorts]]
-name = "control"
-ttl = "24h"
-weight = 0.5
-[[experiments.cohorts]]
-name = "treatment"
-ttl = "48h"
-weight = 0.5
-"""
 AT = T0 + timedelta(hours=6)
 
 

@@ -45,7 +45,6 @@ ENDPOINTS = ("title", "isbn", "author")
 ENDPOINT_SHARE = np.array([0.55, 0.30, 0.15])
 CATALOG_SHARE = np.array([0.50, 0.33, 0.17])
 EDGE_TTL_S = np.array([6 * 3600, 24 * 3600, 6 * 3600])
-KV_TTL_S = np.array([24 * 3600, 30 * 86400, 7 * 86400])
 EXPERIMENT = "extended-title-ttl"
 COHORTS = (("control", 24 * 3600, 0.5), ("treatment", 48 * 3600, 0.5))
 # Keys expected to be asked for less often than this per day have an archived
@@ -89,6 +88,12 @@ class Catalog:
     daily_rate: np.ndarray  # expected requests/day at mean volume
 
 
+def kv_ttl_seconds(cfg: SimulatorConfig) -> np.ndarray:
+    """The configured KV TTL of each endpoint (ENDPOINTS order), in seconds."""
+    ttl = dict(cfg.kv_ttl)
+    return np.array([int(ttl[e].total_seconds()) for e in ENDPOINTS], dtype=np.int64)
+
+
 def build_catalog(cfg: SimulatorConfig) -> Catalog:
     """Deterministic key population for `cfg.seed`."""
     rng = np.random.default_rng([cfg.seed, 0xCA7])
@@ -108,8 +113,8 @@ def build_catalog(cfg: SimulatorConfig) -> Catalog:
     weights = [w for _, _, w in COHORTS]
     for i in np.flatnonzero(endpoint == 0):
         cohort[i] = seed_sha256_byte(keys[i], EXPERIMENT, weights)
-    kv_ttl = KV_TTL_S[endpoint].copy()
-    for c, (_, ttl, _) in enumerate(COHORTS):
+    kv_ttl = kv_ttl_seconds(cfg)[endpoint]
+    for c, (_, ttl, _) in enumerate(COHORTS if cfg.experiment else ()):
         kv_ttl[cohort == c] = ttl
     daily = np.concatenate(rates)
     return Catalog(
@@ -341,7 +346,7 @@ class Simulator:
         st.tail_writes = np.vstack([st.tail_writes, rows[counts > 0]])
         st.tail_total += counts.sum()
         # A long-tail write lives for its endpoint's KV TTL; older rows are dead.
-        alive = st.tail_writes[:, 0] + KV_TTL_S[st.tail_writes[:, 1].astype(int)] * US > at
+        alive = st.tail_writes[:, 0] + kv_ttl_seconds(self.cfg)[st.tail_writes[:, 1].astype(int)] * US > at
         st.tail_writes = st.tail_writes[alive]
 
     def _request_table(self, r: _Hour, tier, error, slow) -> pa.Table:
