@@ -75,6 +75,7 @@ page = st.navigation([
     st.Page("views/trends.py", title="Trends", icon=":material/show_chart:", url_path="trends"),
     st.Page("views/topkeys.py", title="Top keys", icon=":material/key:", url_path="keys"),
     st.Page("views/experiments.py", title="Experiments", icon=":material/science:", url_path="experiments"),
+    st.Page("views/ttl.py", title="TTL what-if", icon=":material/tune:", url_path="ttl"),
     st.Page("views/alerts.py", title="Alerts", icon=":material/notifications:", url_path="alerts"),
     st.Page("views/costs.py", title="Costs", icon=":material/payments:", url_path="costs"),
     st.Page("views/jobs.py", title="Jobs", icon=":material/schedule:", url_path="jobs"),

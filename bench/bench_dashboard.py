@@ -28,7 +28,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
-PAGES = ["overview", "trends", "topkeys", "experiments", "alerts", "costs", "jobs"]
+PAGES = ["overview", "trends", "topkeys", "experiments", "ttl", "alerts", "costs", "jobs"]
 sys.path.insert(0, str(ROOT))
 
 

@@ -11,7 +11,7 @@ import sys
 from datetime import datetime, timedelta
 
 from . import config as config_mod
-from . import costs, exposition, health, metrics, pipeline, store
+from . import costs, exposition, health, metrics, pipeline, store, ttl_cli
 from .clock import Period, Window, parse_instant, utcnow
 from .errors import CachemonError, InputError
 
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", help="only this endpoint (title, isbn, author, ...)")
     p.add_argument("--top", type=int, default=10, help="number of top keys (default 10)")
     _alerts_parser(sub)
+    ttl_cli.add_parser(sub)
     p = sub.add_parser("costs", help="the daily cost optimisation report",
                        description="Costs, key classes and recommendations for one UTC day.")
     a = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -293,4 +294,4 @@ def _analyze(args, cfg, now) -> int:
     return 0
 
 
-COMMANDS = {"alerts": _alerts, "costs": _costs, "experiments": _experiments, "demo": _demo, "import": _import, "pull": _pull, "serve": _serve, "metrics": _metrics}
+COMMANDS = {"ttl": lambda args, cfg, now: ttl_cli.run(args, cfg, now), "alerts": _alerts, "costs": _costs, "experiments": _experiments, "demo": _demo, "import": _import, "pull": _pull, "serve": _serve, "metrics": _metrics}

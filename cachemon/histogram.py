@@ -59,15 +59,19 @@ class Histogram:
     def quantile(self, q: float) -> float | None:
         """The q-quantile (inverted CDF: smallest value whose cumulative
         weight reaches q of the total), or None for an empty histogram."""
-        if not 0 <= q <= 1:
-            raise ValueError(f"quantile must be in [0, 1], got {q}")
-        counts = np.asarray(self.counts, dtype=np.float64)
-        total = counts.sum()
-        if total <= 0:
-            return None
-        cum = np.cumsum(counts)
-        # A relative tolerance keeps float rounding of the running sum from
-        # stepping past the bucket that really holds the quantile.
-        idx = int(np.searchsorted(cum, q * total * (1 - 1e-12), side="left"))
-        idx = min(idx, len(counts) - 1)
-        return float(bucket_value(np.array([self.buckets[idx]]))[0])
+        return sorted_quantiles(np.asarray(self.buckets, dtype=np.int64), np.asarray(self.counts), (q,))[0]
+
+
+def sorted_quantiles(buckets: np.ndarray, counts: np.ndarray, qs) -> list[float | None]:
+    """Quantiles (inverted CDF) of one histogram given as arrays sorted by
+    bucket; None for an empty one. No per-bucket Python objects, so a
+    series of many histograms stays cheap."""
+    if any(not 0 <= q <= 1 for q in qs):
+        raise ValueError(f"quantiles must be in [0, 1], got {qs}")
+    cum = np.cumsum(np.asarray(counts, dtype=np.float64))
+    if not len(cum) or cum[-1] <= 0:
+        return [None] * len(qs)
+    # A relative tolerance keeps float rounding of the running sum from
+    # stepping past the bucket that really holds the quantile.
+    idx = np.minimum(np.searchsorted(cum, np.asarray(qs) * cum[-1] * (1 - 1e-12), side="left"), len(cum) - 1)
+    return [float(v) for v in bucket_value(buckets[idx])]

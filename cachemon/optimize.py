@@ -110,12 +110,18 @@ def classify(per_day: np.ndarray) -> np.ndarray:
 def load_keys(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> float:
     """Build the per-key table of `window` in DuckDB; returns the days of
     data it covers (rates per day divide by these)."""
+    lo, days = data_days(con, window)
+    con.execute(KEYS_TEMP, key_ranges(lo, window.end) | {"days": days, "at": at})
+    return days
+
+
+def data_days(con: duckdb.DuckDBPyConnection, window: Window) -> tuple[datetime, float]:
+    """Where `window`'s data starts, and the days of data it holds (at
+    least an hour): rates per day divide by these."""
     span = data_span(con)
     lo = max(window.start, span[0]) if span else window.start
     hi = min(window.end, span[1]) if span else window.end
-    days = max((hi - lo) / DAY, 1 / 24)
-    con.execute(KEYS_TEMP, key_ranges(lo, window.end) | {"days": days, "at": at})
-    return days
+    return lo, max((hi - lo) / DAY, 1 / 24)
 
 
 def key_table(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> tuple[pd.DataFrame, float]:

@@ -21,7 +21,7 @@ from . import costs
 from .clock import DAY, HOUR, MINUTE, Window, floor_to
 from .errors import InputError
 from .events import TIERS
-from .histogram import Histogram
+from .histogram import sorted_quantiles
 from .metrics import data_span, three_ranges, window_params
 
 # Bucket starts by epoch arithmetic: exact in UTC for any step.
@@ -34,7 +34,7 @@ WHERE $endpoint IS NULL OR endpoint = $endpoint
 GROUP BY b, tier
 """
 LATENCY_BUCKETS = f"""
-SELECT b, bucket, sum(weight)
+SELECT b, bucket, sum(weight) AS weight
 FROM ({three_ranges(_BUCKET + ", endpoint, bucket, weight", "latency_hour", "latency_minute")})
 WHERE $endpoint IS NULL OR endpoint = $endpoint
 GROUP BY b, bucket ORDER BY b, bucket
@@ -99,7 +99,7 @@ def trend(con: duckdb.DuckDBPyConnection, window: Window, step: timedelta,
     df["combined_hit_rate"] = 100 * (1 - df["api"] / df["requests"])
     for t in TIERS[:3]:
         df[f"{t}_hit_rate"] = 100 * df[t] / df["requests"]
-    q = _quantiles(con.execute(LATENCY_BUCKETS, p).fetchall())
+    q = _quantiles(con.execute(LATENCY_BUCKETS, p).fetchnumpy())
     for i, name in enumerate(("p50", "p95", "p99")):
         df[name] = [q.get(t, (None,) * 3)[i] for t in df.index]
     queue = {b: (float(mx), float(mean)) for b, mx, mean in
@@ -122,16 +122,16 @@ def _params(window: Window, step: timedelta) -> dict:
     return {"h_lo": s, "h_hi": s, "m1_lo": s, "m1_hi": e, "m2_lo": e, "m2_hi": e, "step": seconds}
 
 
-def _quantiles(rows) -> dict:
-    """(p50, p95, p99) per bucket start from (start, bucket, weight) rows sorted by start."""
-    out, part = {}, []
-    for row in rows + [(None, 0, 0.0)]:
-        if part and row[0] != part[0][0]:
-            h = Histogram.from_pairs(np.array([r[1] for r in part]), np.array([float(r[2]) for r in part]))
-            out[pd.Timestamp(part[0][0])] = (h.quantile(0.50), h.quantile(0.95), h.quantile(0.99))
-            part = []
-        part.append(row)
-    return out
+def _quantiles(cols: dict) -> dict:
+    """(p50, p95, p99) per bucket start, from LATENCY_BUCKETS as arrays
+    (sorted by start, then bucket)."""
+    if not len(cols["bucket"]):
+        return {}
+    starts = pd.to_datetime(cols["b"], utc=True)
+    buckets, weights = cols["bucket"].astype(np.int64), cols["weight"].astype(np.float64)
+    cuts = np.flatnonzero(np.diff(starts.asi8)) + 1
+    return {starts[lo]: tuple(sorted_quantiles(buckets[lo:hi], weights[lo:hi], (0.5, 0.95, 0.99)))
+            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(buckets)])}
 
 
 def daily_costs(con: duckdb.DuckDBPyConnection, window: Window, cfg) -> pd.DataFrame:

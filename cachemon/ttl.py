@@ -24,29 +24,37 @@ import pandas as pd
 from . import optimize
 from .clock import DAY, Window, format_duration, parse_duration
 from .errors import InputError
+from .metrics import TIER_TOTALS, window_params
 from .pricing import Pricing, days_in_month
 
-# Per endpoint, the per-key totals of the loaded opt_keys table.
-KEY_RATES = """
-SELECT per_day, kv_rate, kv, r2, api, errors FROM opt_keys WHERE endpoint = $endpoint
+# Per key of the window with any KV lookups (requests the edge did not
+# serve): how many, and how many KV answered. A temp table, so each endpoint
+# reads its slice; endpoint totals come from the rollups.
+KEYS_TEMP = f"""
+CREATE OR REPLACE TEMP TABLE ttl_keys AS
+SELECT k.*, c.endpoint FROM (
+    SELECT key_id, sum(kv + r2 + api) AS lookups, sum(kv) AS kv
+    FROM ({optimize.KEY_ROWS}) WHERE kv + r2 + api > 0 GROUP BY key_id
+) k JOIN cache_keys c ON c.key_id = k.key_id
+"""
+ENDPOINT_KEYS = "SELECT lookups FROM ttl_keys WHERE endpoint = $endpoint"
+HOT_KEYS = """
+SELECT c.key, t.lookups, t.kv FROM ttl_keys t JOIN cache_keys c USING (key_id)
+WHERE t.endpoint = $endpoint ORDER BY t.lookups DESC, c.key LIMIT $limit
 """
 
 
 @dataclass(frozen=True)
 class KeyRates:
-    """Per-key daily rates of one endpoint over `days` of data."""
+    """One endpoint's KV lookups per key and its totals, per day, over `days` of data."""
 
     endpoint: str
     days: float
-    total: np.ndarray  # requests/day
-    lookups: np.ndarray  # KV lookups/day (requests the edge did not serve)
+    lookups: np.ndarray  # per key with any: KV lookups/day
+    requests: float  # the endpoint's requests/day
     kv_hits: float  # observed KV hits/day
     r2_share: float  # share of KV misses answered by R2 (the rest reach the origin)
     error_share: float  # share of KV misses that failed (and wrote nothing)
-
-    @property
-    def requests(self) -> float:
-        return float(self.total.sum())
 
 
 @dataclass(frozen=True)
@@ -64,38 +72,50 @@ class Prediction:
     cost: float  # USD/day of KV reads, writes, storage and R2 reads
 
 
-def load(con: duckdb.DuckDBPyConnection, window: Window, at: datetime, endpoint: str) -> KeyRates:
-    """The endpoint's per-key rates over `window` (clipped to the data)."""
-    days = optimize.load_keys(con, window, at)
-    df = con.execute(KEY_RATES, {"endpoint": endpoint}).df()
-    if df.empty:
+def load_window(con: duckdb.DuckDBPyConnection, window: Window) -> float:
+    """Build the per-key table of `window`; returns its days of data."""
+    lo, days = optimize.data_days(con, window)
+    con.execute(KEYS_TEMP, optimize.key_ranges(lo, window.end))
+    return days
+
+
+def rates(con: duckdb.DuckDBPyConnection, endpoint: str, window: Window, days: float) -> KeyRates:
+    """One endpoint's rates: per key from the loaded table, totals from the rollups."""
+    tiers = {t: (float(req), float(err)) for t, req, err, *_ in
+             con.execute(TIER_TOTALS, window_params(window) | {"endpoint": endpoint}).fetchall()}
+    requests = sum(req for req, _ in tiers.values())
+    if not requests:
         raise InputError(f"no requests for endpoint {endpoint!r} in {window}")
-    misses = float((df.r2 + df.api).sum())
-    return KeyRates(endpoint, days, df.per_day.to_numpy(float), df.kv_rate.to_numpy(float),
-                    float(df.kv.sum()) / days, float(df.r2.sum()) / misses if misses else 0.0,
-                    float(df.errors.sum()) / misses if misses else 0.0)
+    get = lambda t: tiers.get(t, (0.0, 0.0))  # noqa: E731
+    misses = get("r2")[0] + get("api")[0]
+    lookups = con.execute(ENDPOINT_KEYS, {"endpoint": endpoint}).fetchnumpy()["lookups"].astype(float)
+    return KeyRates(endpoint, days, lookups / days, requests / days, get("kv")[0] / days,
+                    get("r2")[0] / misses if misses else 0.0,
+                    (get("r2")[1] + get("api")[1]) / misses if misses else 0.0)
+
+
+def _hits(mu: np.ndarray, days: float, t: float) -> np.ndarray:
+    """Expected KV hits a day per key: μ²T/(1+μT). μ̂² from a count n over
+    D days is biased up (a key seen once would predict hits); n(n−1)/D² is
+    unbiased for μ² under Poisson arrivals."""
+    n = mu * days
+    return np.maximum(n * (n - 1), 0.0) / days ** 2 * t / (1 + mu * t)
 
 
 def predict(r: KeyRates, ttl: timedelta, pricing: Pricing, value_bytes: float, month_days: int) -> Prediction:
     """The fixed-TTL model's figures for KV TTL `ttl`."""
     t = ttl / DAY
     mu = r.lookups
-    present = mu * t / (1 + mu * t)
-    # Expected hits are μ²T/(1+μT) a day. μ̂² from a count n over D days is
-    # biased up (a key seen once would predict hits); n(n−1)/D² is unbiased
-    # for μ² under Poisson arrivals.
-    n = mu * r.days
-    hits = float((np.maximum(n * (n - 1), 0.0) / r.days ** 2 * t / (1 + mu * t)).sum())
-    misses = float(mu.sum()) - hits
-    total = r.requests
-    edge = total - float(mu.sum())
-    writes = misses * (1 - r.error_share)
-    r2 = misses * r.r2_share
-    gb = float(present.sum()) * value_bytes / 1e9
-    cost = (pricing["kv_reads"].list_cost(float(mu.sum())) + pricing["kv_writes"].list_cost(writes)
+    hits = float(_hits(mu, r.days, t).sum())
+    lookups = float(mu.sum())
+    misses = lookups - hits
+    writes, r2 = misses * (1 - r.error_share), misses * r.r2_share
+    gb = float((mu * t / (1 + mu * t)).sum()) * value_bytes / 1e9
+    cost = (pricing["kv_reads"].list_cost(lookups) + pricing["kv_writes"].list_cost(writes)
             + gb * pricing["kv_storage"].price / month_days + pricing["r2_class_b"].list_cost(r2))
-    return Prediction(r.endpoint, ttl, 100 * hits / total, 100 * (edge + hits + r2) / total,
-                      float(mu.sum()), writes, r2, gb, cost)
+    edge = r.requests - lookups
+    return Prediction(r.endpoint, ttl, 100 * hits / r.requests, 100 * (edge + hits + r2) / r.requests,
+                      lookups, writes, r2, gb, cost)
 
 
 @dataclass(frozen=True)
@@ -109,16 +129,21 @@ class WhatIf:
     candidates: tuple[Prediction, ...]
 
 
-def whatif(con, cfg, endpoint: str, ttls: list[timedelta], window: Window, at: datetime) -> WhatIf:
-    """Predictions for each candidate TTL and the current one."""
-    current = dict(cfg.costs.kv_ttl).get(endpoint)
-    if current is None:
-        raise InputError(f"unknown endpoint {endpoint!r}: [costs] kv_ttl has {', '.join(dict(cfg.costs.kv_ttl))}")
-    r = load(con, window, at, endpoint)
+def whatif(con, cfg, endpoints: list[str], ttls: list[timedelta], window: Window, at: datetime) -> list[WhatIf]:
+    """Predictions for each endpoint at each candidate TTL and its current one."""
+    current = dict(cfg.costs.kv_ttl)
+    unknown = [e for e in endpoints if e not in current]
+    if unknown:
+        raise InputError(f"unknown endpoint {unknown[0]!r}: [costs] kv_ttl has {', '.join(current)}")
+    days = load_window(con, window)
     month = days_in_month(at)
-    p = lambda t: predict(r, t, cfg.pricing, cfg.costs.value_bytes, month)  # noqa: E731
-    return WhatIf(endpoint, window, r.days, current, 100 * r.kv_hits / r.requests, p(current),
-                  tuple(p(t) for t in sorted(set(ttls))))
+    out = []
+    for e in endpoints:
+        r = rates(con, e, window, days)
+        p = lambda t: predict(r, t, cfg.pricing, cfg.costs.value_bytes, month)  # noqa: E731
+        out.append(WhatIf(e, window, days, current[e], 100 * r.kv_hits / r.requests, p(current[e]),
+                          tuple(p(t) for t in sorted(set(ttls)))))
+    return out
 
 
 def recommend(w: WhatIf, max_staleness: timedelta) -> Prediction | None:
@@ -126,6 +151,41 @@ def recommend(w: WhatIf, max_staleness: timedelta) -> Prediction | None:
     hit rate); None when no candidate is allowed."""
     allowed = [p for p in w.candidates if p.ttl <= max_staleness]
     return min(allowed, key=lambda p: (round(p.cost, 9), -p.hit_rate)) if allowed else None
+
+
+@dataclass(frozen=True)
+class KeyAdvice:
+    """A busy key whose own TTL would cost less than its endpoint's."""
+
+    key: str
+    lookups: float  # KV lookups a day
+    kv_hit_rate: float  # % of its lookups KV answered (observed)
+    ttl: timedelta
+    saving: float  # USD/day against the endpoint's current TTL
+
+
+def per_key(con, w: WhatIf, pricing: Pricing, value_bytes: float, month_days: int, max_staleness: timedelta,
+            limit: int = 20) -> list[KeyAdvice]:
+    """Among the endpoint's `limit` busiest keys at KV (loaded by `whatif`),
+    those whose cheapest candidate TTL within the staleness limit differs
+    from the endpoint's current TTL, with the saving."""
+    rows = con.execute(HOT_KEYS, {"endpoint": w.endpoint, "limit": limit}).fetchall()
+    options = sorted({t for t in (*(p.ttl for p in w.candidates), w.current_ttl) if t <= max_staleness})
+
+    def cost(mu: float, t: timedelta) -> float:
+        d = t / DAY
+        misses = mu - float(_hits(np.array([mu]), w.days, d)[0])
+        return pricing["kv_writes"].list_cost(misses) + mu * d / (1 + mu * d) * value_bytes / 1e9 * \
+            pricing["kv_storage"].price / month_days
+
+    out = []
+    for key, lookups, kv in rows:
+        mu = lookups / w.days
+        best = min(options, key=lambda t: cost(mu, t))
+        saving = cost(mu, w.current_ttl) - cost(mu, best)
+        if best != w.current_ttl and saving > 0:
+            out.append(KeyAdvice(key, mu, 100 * kv / lookups if lookups else 0.0, best, saving))
+    return out
 
 
 def parse_ttls(text: str) -> list[timedelta]:

@@ -21,7 +21,7 @@ from cachemon.clock import floor_to, iso, utcnow
 from conftest import EXPERIMENT_TOML, ROOT, SMALL
 
 PAGES = {"overview": "views/overview.py", "trends": "views/trends.py", "keys": "views/topkeys.py",
-         "experiments": "views/experiments.py", "alerts": "views/alerts.py", "costs": "views/costs.py",
+         "experiments": "views/experiments.py", "ttl": "views/ttl.py", "alerts": "views/alerts.py", "costs": "views/costs.py",
          "jobs": "views/jobs.py"}
 EVIL = "search:title:q=<script>alert(1)</script>"
 ARTIFACTS = Path(os.environ.get("CACHEMON_ARTIFACTS", ROOT / "test-artifacts"))
@@ -239,6 +239,27 @@ def test_jobs_show_schedule_failures_and_freshness(live_store, monkeypatch):
     assert at.metric[0].label == "Newest data"
 
 
+def test_ttl_whatif_page_shows_the_library_predictions(live_store, monkeypatch):
+    from cachemon import ttl
+    from cachemon.clock import Window as W
+    from cachemon.metrics import data_span
+
+    db, cfg_file = live_store
+    at = _app(monkeypatch, db, cfg_file, "ttl", ttl_endpoint="title")
+    assert not at.error
+    table = at.dataframe[0].value
+    cfg = config.load(cfg_file, env={"CACHEMON_DB": str(db)})
+    with store.reader(db) as con:
+        end = min(data_span(con)[1], floor_to(utcnow(), timedelta(seconds=30)))  # the page's refresh tick
+        w = ttl.whatif(con, cfg, ["title"], ttl.parse_ttls("6h,12h,24h,48h,7d"), W(end - timedelta(days=7), end), end)[0]
+    # Within 0.05 points: a tick may pass between the page's read and this one.
+    assert list(table["KV hit %"]) == pytest.approx([p.kv_hit_rate for p in w.candidates], abs=0.05)
+    assert table["recommended"].sum() == 1
+    assert "[[experiments]]" in at.code[0].value
+    at.text_input(key="ttl_candidates").input("6h,10s").run()
+    assert any("between 60s and 365d" in e.value for e in at.error)
+
+
 @pytest.mark.parametrize("page", list(PAGES))
 def test_an_empty_store_says_how_to_fill_it(tmp_path, monkeypatch, page):
     at = _app(monkeypatch, tmp_path / "none.duckdb", None, page)
@@ -298,9 +319,9 @@ def server(live_store):
     proc.wait(timeout=20)
 
 
-CHARTS = {"overview": 1, "trends": 6, "keys": 1, "experiments": 1, "alerts": 1, "costs": 2, "jobs": 1}
+CHARTS = {"overview": 1, "trends": 6, "keys": 1, "experiments": 1, "ttl": 1, "alerts": 1, "costs": 2, "jobs": 1}
 READY = {"overview": "Combined hit rate %", "trends": "Requests served by tier", "keys": "Drill-down",
-         "experiments": "Promotions and rollbacks", "alerts": "Silences", "costs": "Daily reports",
+         "experiments": "Promotions and rollbacks", "ttl": "Busy keys whose own TTL would pay", "alerts": "Silences", "costs": "Daily reports",
          "jobs": "Runs, last 24 hours"}
 
 
