@@ -10,7 +10,8 @@ if [ -z "${CACHEMON_CONFIG:-}" ]; then
   export CACHEMON_CONFIG=data/demo.toml
   if [ ! -f "$CACHEMON_CONFIG" ] || [ ! -f "$CACHEMON_DB" ]; then
     mkdir -p data
-    start=$(date -u -d "-${DEMO_DAYS:-7} days" +%Y-%m-%dT%H:00:00Z)
+    secs=$(awk "BEGIN { printf \"%d\", ${DEMO_DAYS:-7} * 86400 }")
+    start=$(date -u -d "@$(( $(date -u +%s) - secs ))" +%Y-%m-%dT%H:00:00Z)
     sed "s/@START@/$start/" scripts/demo.toml.in > "$CACHEMON_CONFIG"
   fi
 fi

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from cachemon import config, store, ttl
-from cachemon.clock import HOUR, Window, iso
+from cachemon.clock import Window, iso
 from cachemon.errors import InputError
 from cachemon.experiments import parse as parse_experiments
 from cachemon.pricing import DEFAULT
