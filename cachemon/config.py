@@ -69,11 +69,14 @@ class SimulatorConfig:
     # other TTLs); with `experiment`, title keys take the extended-title-ttl
     # cohorts' TTLs (24 h / 48 h) instead.
     kv_ttl: tuple = (("author", timedelta(days=7)), ("isbn", timedelta(days=30)), ("title", timedelta(hours=24)))
+    edge_ttl: tuple = (("author", timedelta(hours=6)), ("isbn", timedelta(hours=24)), ("title", timedelta(hours=6)))
     experiment: bool = True
 
     def __post_init__(self):
-        if {e for e, _ in self.kv_ttl} != {"title", "isbn", "author"} or any(t <= timedelta(0) for _, t in self.kv_ttl):
-            raise ConfigError("[simulator] kv_ttl needs a positive TTL for each of title, isbn and author")
+        for name in ("kv_ttl", "edge_ttl"):
+            ttl = getattr(self, name)
+            if {e for e, _ in ttl} != {"title", "isbn", "author"} or any(t <= timedelta(0) for _, t in ttl):
+                raise ConfigError(f"[simulator] {name} needs a positive TTL for each of title, isbn and author")
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,8 @@ class CostsConfig:
     report_at: str = "03:00"  # daily report (UTC)
     # Current KV TTL per endpoint (the Worker's settings), for ttl_tuning.
     kv_ttl: tuple = (("author", timedelta(days=7)), ("isbn", timedelta(days=30)), ("title", timedelta(hours=24)))
+    # The Worker's edge cache TTL per endpoint (for the edge what-if).
+    edge_ttl: tuple = (("author", timedelta(hours=6)), ("isbn", timedelta(hours=24)), ("title", timedelta(hours=6)))
     max_kv_ttl: timedelta = timedelta(days=30)  # staleness limit for proposed TTLs
 
     def __post_init__(self):

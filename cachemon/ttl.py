@@ -27,17 +27,17 @@ from .errors import InputError
 from .metrics import TIER_TOTALS, window_params
 from .pricing import Pricing, days_in_month
 
-# Per key of the window with any KV lookups (requests the edge did not
-# serve): how many, and how many KV answered. A temp table, so each endpoint
+# Per key of the window: its requests, its KV lookups (requests the edge
+# did not serve) and how many KV answered. A temp table, so each endpoint
 # reads its slice; endpoint totals come from the rollups.
 KEYS_TEMP = f"""
 CREATE OR REPLACE TEMP TABLE ttl_keys AS
 SELECT k.*, c.endpoint FROM (
-    SELECT key_id, sum(kv + r2 + api) AS lookups, sum(kv) AS kv
-    FROM ({optimize.KEY_ROWS}) WHERE kv + r2 + api > 0 GROUP BY key_id
+    SELECT key_id, sum(edge + kv + r2 + api) AS requests, sum(kv + r2 + api) AS lookups, sum(kv) AS kv
+    FROM ({optimize.KEY_ROWS}) GROUP BY key_id
 ) k JOIN cache_keys c ON c.key_id = k.key_id
 """
-ENDPOINT_KEYS = "SELECT lookups FROM ttl_keys WHERE endpoint = $endpoint"
+ENDPOINT_KEYS = "SELECT requests, lookups FROM ttl_keys WHERE endpoint = $endpoint"
 HOT_KEYS = """
 SELECT c.key, t.lookups, t.kv FROM ttl_keys t JOIN cache_keys c USING (key_id)
 WHERE t.endpoint = $endpoint ORDER BY t.lookups DESC, c.key LIMIT $limit
@@ -50,8 +50,10 @@ class KeyRates:
 
     endpoint: str
     days: float
-    lookups: np.ndarray  # per key with any: KV lookups/day
+    lookups: np.ndarray  # per key: KV lookups/day
+    totals: np.ndarray  # per key: requests/day
     requests: float  # the endpoint's requests/day
+    edge_hits: float  # observed edge hits/day
     kv_hits: float  # observed KV hits/day
     r2_share: float  # share of KV misses answered by R2 (the rest reach the origin)
     error_share: float  # share of KV misses that failed (and wrote nothing)
@@ -88,18 +90,48 @@ def rates(con: duckdb.DuckDBPyConnection, endpoint: str, window: Window, days: f
         raise InputError(f"no requests for endpoint {endpoint!r} in {window}")
     get = lambda t: tiers.get(t, (0.0, 0.0))  # noqa: E731
     misses = get("r2")[0] + get("api")[0]
-    lookups = con.execute(ENDPOINT_KEYS, {"endpoint": endpoint}).fetchnumpy()["lookups"].astype(float)
-    return KeyRates(endpoint, days, lookups / days, requests / days, get("kv")[0] / days,
+    a = con.execute(ENDPOINT_KEYS, {"endpoint": endpoint}).fetchnumpy()
+    return KeyRates(endpoint, days, a["lookups"].astype(float) / days, a["requests"].astype(float) / days,
+                    requests / days, get("edge")[0] / days, get("kv")[0] / days,
                     get("r2")[0] / misses if misses else 0.0,
                     (get("r2")[1] + get("api")[1]) / misses if misses else 0.0)
 
 
-def _hits(mu: np.ndarray, days: float, t: float) -> np.ndarray:
-    """Expected KV hits a day per key: μ²T/(1+μT). μ̂² from a count n over
-    D days is biased up (a key seen once would predict hits); n(n−1)/D² is
-    unbiased for μ² under Poisson arrivals."""
+def _hits(mu: np.ndarray, days: float, t: float, caches: float = 1.0) -> np.ndarray:
+    """Expected hits a day per key of `caches` equal fixed-TTL caches that
+    share its μ lookups a day: μ²T/(C + μT) (C = 1: μ²T/(1+μT)). μ̂² from a
+    count n over D days is biased up (a key seen once would predict hits);
+    n(n−1)/D² is unbiased for μ² under Poisson arrivals."""
     n = mu * days
-    return np.maximum(n * (n - 1), 0.0) / days ** 2 * t / (1 + mu * t)
+    return np.maximum(n * (n - 1), 0.0) / days ** 2 * t / (caches + mu * t)
+
+
+@dataclass(frozen=True)
+class EdgePrediction:
+    endpoint: str
+    ttl: timedelta
+    edge_hit_rate: float  # % of the endpoint's requests served by the edge
+    kv_lookups: float  # requests/day left for KV
+
+
+def fit_colos(r: KeyRates, edge_ttl: timedelta) -> float:
+    """The number of equal edge caches (colos) that makes the model give the
+    observed edge hits at the current edge TTL. The event contract has no
+    colo, and traffic is not split evenly, so this effective count is
+    fitted, once, from what was observed (bisection: hits fall as C grows)."""
+    t, lo, hi = edge_ttl / DAY, 1.0, 1e5
+    if float(_hits(r.totals, r.days, t, lo).sum()) <= r.edge_hits:
+        return lo
+    for _ in range(60):
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if float(_hits(r.totals, r.days, t, mid).sum()) > r.edge_hits else (lo, mid)
+    return (lo * hi) ** 0.5
+
+
+def predict_edge(r: KeyRates, ttl: timedelta, colos: float) -> EdgePrediction:
+    """The edge hit rate an edge TTL would give, with `colos` fitted caches."""
+    hits = float(_hits(r.totals, r.days, ttl / DAY, colos).sum())
+    return EdgePrediction(r.endpoint, ttl, 100 * hits / r.requests, r.requests - hits)
 
 
 def predict(r: KeyRates, ttl: timedelta, pricing: Pricing, value_bytes: float, month_days: int) -> Prediction:
@@ -127,10 +159,17 @@ class WhatIf:
     observed_kv_hit_rate: float  # measured at the current TTL
     current: Prediction  # the model at the current TTL (its calibration)
     candidates: tuple[Prediction, ...]
+    current_edge_ttl: timedelta | None = None
+    observed_edge_hit_rate: float = 0.0
+    colos: float = 1.0  # fitted effective number of edge caches
+    edge: tuple[EdgePrediction, ...] = ()  # candidate edge TTLs
 
 
-def whatif(con, cfg, endpoints: list[str], ttls: list[timedelta], window: Window, at: datetime) -> list[WhatIf]:
-    """Predictions for each endpoint at each candidate TTL and its current one."""
+def whatif(con, cfg, endpoints: list[str], ttls: list[timedelta], window: Window, at: datetime,
+           edge_ttls: list[timedelta] = ()) -> list[WhatIf]:
+    """Predictions for each endpoint at each candidate KV TTL and its current
+    one, and at each candidate edge TTL (with the colos fitted at the
+    current edge TTL, `[costs] edge_ttl`)."""
     current = dict(cfg.costs.kv_ttl)
     unknown = [e for e in endpoints if e not in current]
     if unknown:
@@ -141,15 +180,20 @@ def whatif(con, cfg, endpoints: list[str], ttls: list[timedelta], window: Window
     for e in endpoints:
         r = rates(con, e, window, days)
         p = lambda t: predict(r, t, cfg.pricing, cfg.costs.value_bytes, month)  # noqa: E731
+        edge_now = dict(cfg.costs.edge_ttl).get(e)
+        colos = fit_colos(r, edge_now) if edge_now else 1.0
+        edge = tuple(predict_edge(r, t, colos) for t in sorted(set(edge_ttls))) if edge_now else ()
         out.append(WhatIf(e, window, days, current[e], 100 * r.kv_hits / r.requests, p(current[e]),
-                          tuple(p(t) for t in sorted(set(ttls)))))
+                          tuple(p(t) for t in sorted(set(ttls))), edge_now, 100 * r.edge_hits / r.requests,
+                          colos, edge))
     return out
 
 
 def recommend(w: WhatIf, max_staleness: timedelta) -> Prediction | None:
-    """The cheapest candidate within the staleness limit (ties: the higher
-    hit rate); None when no candidate is allowed."""
-    allowed = [p for p in w.candidates if p.ttl <= max_staleness]
+    """The cheapest of the candidates and the current TTL within the
+    staleness limit (ties: the higher hit rate); the current one means keep
+    it. None when nothing is allowed."""
+    allowed = [p for p in (*w.candidates, w.current) if p.ttl <= max_staleness]
     return min(allowed, key=lambda p: (round(p.cost, 9), -p.hit_rate)) if allowed else None
 
 

@@ -19,6 +19,7 @@ def add_parser(sub) -> None:
     w = a.add_parser("whatif", help="a table of candidate TTLs for an endpoint, and a recommendation")
     w.add_argument("--endpoint", required=True, help="title, isbn, author (the [costs] kv_ttl endpoints)")
     w.add_argument("--ttl", default="6h,12h,24h,48h,7d", help="candidate TTLs, comma-separated (default 6h,12h,24h,48h,7d)")
+    w.add_argument("--edge-ttl", help="candidate edge cache TTLs too, e.g. 1h,6h,24h (edge hit rate only)")
     w.add_argument("--max-staleness", help="the longest TTL allowed (default [costs] max_kv_ttl)")
     w.add_argument("--days", type=float, default=7.0, help="days of traffic to measure rates on (default 7)")
     w.add_argument("--at", help="the window ends here, ISO 8601 UTC (default now)")
@@ -31,13 +32,14 @@ def add_parser(sub) -> None:
 
 def run(args, cfg, now: datetime) -> int:
     ttls = ttl.parse_ttls(args.ttl)
+    edge_ttls = ttl.parse_ttls(args.edge_ttl) if args.edge_ttl else []
     limit = parse_duration(args.max_staleness, "--max-staleness") if args.max_staleness else cfg.costs.max_kv_ttl
     if args.days <= 0 or args.keys < 0:
         raise InputError("--days must be positive and --keys 0 or more")
     at = parse_instant(args.at, "--at") if args.at else now
     trace = _trace(args.trace, args.endpoint) if args.trace else None
     with store.reader(cfg.store.path) as con:
-        w = ttl.whatif(con, cfg, [args.endpoint], ttls, Window(at - timedelta(days=args.days), at), at)[0]
+        w = ttl.whatif(con, cfg, [args.endpoint], ttls, Window(at - timedelta(days=args.days), at), at, edge_ttls)[0]
         keys = ttl.per_key(con, w, cfg.pricing, cfg.costs.value_bytes, days_in_month(at), limit, args.keys)
     best = ttl.recommend(w, limit)
     replays = {p.ttl: 100 * ttl.replay(trace, p.ttl) / len(trace) for p in w.candidates} if trace is not None else {}
@@ -45,7 +47,7 @@ def run(args, cfg, now: datetime) -> int:
         print(json.dumps(_json(w, best, keys, replays), indent=2))
     else:
         _table(w, best, keys, replays, limit)
-    if args.draft_experiment and best is not None:
+    if args.draft_experiment and best is not None and best.ttl != w.current_ttl:
         start = (at - timedelta(seconds=1)).replace(hour=0, minute=0, second=0, microsecond=0) + DAY
         print("\n" + ttl.draft_experiment(w.endpoint, w.current_ttl, best.ttl, start), end="")
     return 0
@@ -70,15 +72,24 @@ def _table(w: ttl.WhatIf, best, keys, replays: dict, limit: timedelta) -> None:
            f"{'Δ cost':>9} {'Δ KV hit':>9}" + (f" {'replay KV %':>12}" if replays else "")
     print(head)
     for p in w.candidates:
-        mark = " *" if p is best else ""
+        mark = " *" if best is not None and p.ttl == best.ttl else ""
         print(f"{format_duration(p.ttl):>6} {p.kv_hit_rate:>9.2f} {p.hit_rate:>7.2f} {p.kv_reads:>13,.0f} "
               f"{p.kv_writes:>14,.0f} {p.cost:>11.4f} {p.cost - cur.cost:>+9.4f} {p.kv_hit_rate - cur.kv_hit_rate:>+9.2f}"
               + (f" {replays[p.ttl]:>12.2f}" if replays else "") + mark)
     if best is None:
         print(f"no candidate within the staleness limit {format_duration(limit)}")
+    elif best.ttl == w.current_ttl:
+        print(f"recommended: keep {format_duration(best.ttl)}; no candidate within {format_duration(limit)} of "
+              "staleness costs less")
     else:
         print(f"recommended (*): {format_duration(best.ttl)}, the cheapest within {format_duration(limit)} of "
               f"staleness: {best.cost - cur.cost:+.4f} USD/day, KV hit rate {best.kv_hit_rate - cur.kv_hit_rate:+.2f} points")
+    if w.edge:
+        print(f"edge: current TTL {format_duration(w.current_edge_ttl)}, observed edge hit rate "
+              f"{w.observed_edge_hit_rate:.2f}% (fitted as {w.colos:.2f} equal colo caches)")
+        print(f"{'edge TTL':>9} {'edge hit %':>11} {'KV lookups/day':>15}")
+        for e in w.edge:
+            print(f"{format_duration(e.ttl):>9} {e.edge_hit_rate:>11.2f} {e.kv_lookups:>15,.0f}")
     for k in keys:
         print(f"  key {k.key}: {k.lookups:,.1f} KV lookups/day, {k.kv_hit_rate:.1f}% hit; its own TTL "
               f"{format_duration(k.ttl)} saves {k.saving:.6f} USD/day")
@@ -96,5 +107,9 @@ def _json(w: ttl.WhatIf, best, keys, replays: dict) -> dict:
             "candidates": [row(p) | ({"replayKvHitRate": round(replays[p.ttl], 4)} if replays else {})
                            for p in w.candidates],
             "recommended": row(best) if best else None,
+            "edge": {"currentTtl": format_duration(w.current_edge_ttl) if w.current_edge_ttl else None,
+                     "observedHitRate": round(w.observed_edge_hit_rate, 4), "fittedColos": round(w.colos, 3),
+                     "candidates": [{"ttl": format_duration(e.ttl), "hitRate": round(e.edge_hit_rate, 4),
+                                     "kvLookupsPerDay": round(e.kv_lookups, 3)} for e in w.edge]},
             "keys": [{"key": k.key, "lookupsPerDay": round(k.lookups, 3), "kvHitRate": round(k.kv_hit_rate, 3),
                       "ttl": format_duration(k.ttl), "savingPerDay": k.saving} for k in keys]}

@@ -19,13 +19,13 @@ from views import common
 st.header("TTL what-if")
 
 
-def _load(con, cfg, endpoint: str, ttls: tuple, days: float, limit_s: float, at):
+def _load(con, cfg, endpoint: str, ttls: tuple, edge_ttls: tuple, days: float, limit_s: float, at):
     span = data_span(con)
     if span is None:
         raise EmptyStoreError("the store has no request data yet")
     end = min(at, span[1])
     limit = timedelta(seconds=limit_s)
-    w = ttl.whatif(con, cfg, [endpoint], list(ttls), Window(end - timedelta(days=days), end), end)[0]
+    w = ttl.whatif(con, cfg, [endpoint], list(ttls), Window(end - timedelta(days=days), end), end, list(edge_ttls))[0]
     keys = ttl.per_key(con, w, cfg.pricing, cfg.costs.value_bytes, days_in_month(end), limit)
     return w, ttl.recommend(w, limit), keys
 
@@ -40,9 +40,12 @@ def page():
     text = c2.text_input("Candidate KV TTLs", "6h,12h,24h,48h,7d", key="ttl_candidates")
     days = c3.number_input("Days of traffic", 1, 30, 7, key="ttl_days")
     limit_text = c4.text_input("Max staleness", format_duration(cfg.costs.max_kv_ttl), key="ttl_limit")
+    edge_text = c2.text_input("Candidate edge TTLs", "1h,6h,24h,48h", key="ttl_edge")
     try:
         ttls, limit = ttl.parse_ttls(text), parse_duration(limit_text, "Max staleness")
-        w, best, keys = common.cached(_load, endpoint, tuple(ttls), float(days), limit.total_seconds(), common.now())
+        edge_ttls = ttl.parse_ttls(edge_text)
+        w, best, keys = common.cached(_load, endpoint, tuple(ttls), tuple(edge_ttls), float(days),
+                                      limit.total_seconds(), common.now())
     except CachemonError as exc:
         common.show_error(exc)
         return
@@ -55,16 +58,15 @@ def page():
         "TTL": format_duration(p.ttl), "KV hit %": p.kv_hit_rate, "hit % (not origin)": p.hit_rate,
         "KV reads/day": p.kv_reads, "KV writes/day": p.kv_writes, "R2 reads/day": p.r2_reads,
         "KV GB": p.stored_gb, "cost USD/day": p.cost, "Δ cost": p.cost - cur.cost,
-        "Δ KV hit (points)": p.kv_hit_rate - cur.kv_hit_rate, "recommended": p is best} for p in w.candidates]),
+        "Δ KV hit (points)": p.kv_hit_rate - cur.kv_hit_rate,
+        "recommended": best is not None and p.ttl == best.ttl} for p in w.candidates]),
         hide_index=True, width="stretch")
-    if best is None:
-        st.warning(f"No candidate is within the staleness limit of {format_duration(limit)}.")
-        return
-    st.success(f"Recommended: {format_duration(best.ttl)}, the cheapest within {format_duration(limit)} of "
-               f"staleness ({best.cost - cur.cost:+.4f} USD/day, KV hit rate {best.kv_hit_rate - cur.kv_hit_rate:+.2f} "
-               "points). Prove it with an experiment:")
-    start = (common.now() + DAY).replace(hour=0, minute=0, second=0, microsecond=0)
-    st.code(ttl.draft_experiment(endpoint, w.current_ttl, best.ttl, start), language="toml")
+    if w.edge:
+        st.caption(f"Edge: current TTL {format_duration(w.current_edge_ttl)}, observed edge hit rate "
+                   f"{w.observed_edge_hit_rate:.2f} % (the model fitted as {w.colos:.2f} equal colo caches)")
+        st.dataframe(pd.DataFrame([{"edge TTL": format_duration(e.ttl), "edge hit %": e.edge_hit_rate,
+                                    "KV lookups/day": e.kv_lookups} for e in w.edge]), hide_index=True)
+    _recommendation(w, best, limit, endpoint)
     st.subheader("Busy keys whose own TTL would pay")
     if keys:
         st.dataframe(pd.DataFrame([{"key": k.key, "KV lookups/day": k.lookups, "KV hit %": k.kv_hit_rate,
@@ -72,6 +74,21 @@ def page():
                      hide_index=True, width="stretch")
     else:
         st.caption("None of the 20 busiest keys at KV would be cheaper with a TTL of its own.")
+
+
+def _recommendation(w, best, limit, endpoint) -> None:
+    cur = w.current
+    if best is None:
+        st.warning(f"No candidate is within the staleness limit of {format_duration(limit)}.")
+    elif best.ttl == w.current_ttl:
+        st.success(f"Keep {format_duration(best.ttl)}: no candidate within {format_duration(limit)} of staleness "
+                   "costs less.")
+    else:
+        st.success(f"Recommended: {format_duration(best.ttl)}, the cheapest within {format_duration(limit)} of "
+                   f"staleness ({best.cost - cur.cost:+.4f} USD/day, KV hit rate "
+                   f"{best.kv_hit_rate - cur.kv_hit_rate:+.2f} points). Prove it with an experiment:")
+        start = (common.now() + DAY).replace(hour=0, minute=0, second=0, microsecond=0)
+        st.code(ttl.draft_experiment(endpoint, w.current_ttl, best.ttl, start), language="toml")
 
 
 def _curves(w: ttl.WhatIf) -> go.Figure:

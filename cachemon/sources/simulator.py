@@ -44,7 +44,6 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 ENDPOINTS = ("title", "isbn", "author")
 ENDPOINT_SHARE = np.array([0.55, 0.30, 0.15])
 CATALOG_SHARE = np.array([0.50, 0.33, 0.17])
-EDGE_TTL_S = np.array([6 * 3600, 24 * 3600, 6 * 3600])
 EXPERIMENT = "extended-title-ttl"
 COHORTS = (("control", 24 * 3600, 0.5), ("treatment", 48 * 3600, 0.5))
 # Keys expected to be asked for less often than this per day have an archived
@@ -90,7 +89,11 @@ class Catalog:
 
 def kv_ttl_seconds(cfg: SimulatorConfig) -> np.ndarray:
     """The configured KV TTL of each endpoint (ENDPOINTS order), in seconds."""
-    ttl = dict(cfg.kv_ttl)
+    return _seconds(cfg.kv_ttl)
+
+
+def _seconds(pairs) -> np.ndarray:
+    ttl = dict(pairs)
     return np.array([int(ttl[e].total_seconds()) for e in ENDPOINTS], dtype=np.int64)
 
 
@@ -122,7 +125,7 @@ def build_catalog(cfg: SimulatorConfig) -> Catalog:
         endpoint=endpoint,
         cdfs=tuple(cdfs),
         offsets=np.concatenate([[0], np.cumsum(sizes)[:-1]]),
-        edge_ttl_us=EDGE_TTL_S[endpoint] * US,
+        edge_ttl_us=_seconds(cfg.edge_ttl)[endpoint] * US,
         kv_ttl_us=kv_ttl * US,
         cohort=cohort,
         archived=daily < ARCHIVE_BELOW_PER_DAY,
