@@ -200,7 +200,8 @@ def edge_optimization(con, days: float, pricing: Pricing, target: float) -> Reco
         return None
     low["avoidable"] = (low["requests"] - low["edge"]) / days - low["requests"] / days * (1 - target / 100)
     saving = pricing["kv_reads"].list_cost(float(low["avoidable"].sum()))
-    worst = low.sort_values("avoidable", ascending=False).head(5)
+    # Ties (keys with the same counts) in key order, so the report is stable.
+    worst = low.sort_values(["avoidable", "key"], ascending=[False, True]).head(5)
     evidence = tuple(f"{r.key} ({r.endpoint}): {r.edge_rate:.0f}% edge, {r.per_day:,.0f} requests/day"
                      for r in worst.itertuples())
     return Recommendation(
