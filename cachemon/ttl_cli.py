@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timedelta
 
 from . import store, ttl
-from .clock import DAY, Window, format_duration, iso, parse_duration, parse_instant
+from .clock import DAY, HOUR, MINUTE, Window, floor_to, format_duration, iso, parse_duration, parse_instant
 from .errors import InputError
 from .pricing import days_in_month
 from .sources import files
@@ -24,7 +24,9 @@ def add_parser(sub) -> None:
     w.add_argument("--days", type=float, default=7.0, help="days of traffic to measure rates on (default 7)")
     w.add_argument("--at", help="the window ends here, ISO 8601 UTC (default now)")
     w.add_argument("--keys", type=int, default=20, help="busiest keys to check for a TTL of their own (default 20)")
-    w.add_argument("--trace", nargs="+", metavar="FILE", help="event files to replay exactly (unsampled traces)")
+    w.add_argument("--trace", nargs="+", metavar="FILE",
+                   help="event files to replay exactly (unsampled traces), or `simulator` to regenerate the "
+                        "simulator's requests of the window")
     w.add_argument("--draft-experiment", action="store_true",
                    help="print an [[experiments]] block testing the recommended TTL")
     w.add_argument("--json", action="store_true", help="JSON instead of a table")
@@ -37,9 +39,10 @@ def run(args, cfg, now: datetime) -> int:
     if args.days <= 0 or args.keys < 0:
         raise InputError("--days must be positive and --keys 0 or more")
     at = parse_instant(args.at, "--at") if args.at else now
-    trace = _trace(args.trace, args.endpoint) if args.trace else None
+    window = Window(at - timedelta(days=args.days), at)
+    trace = _trace(args.trace, args.endpoint, cfg, window) if args.trace else None
     with store.reader(cfg.store.path) as con:
-        w = ttl.whatif(con, cfg, [args.endpoint], ttls, Window(at - timedelta(days=args.days), at), at, edge_ttls)[0]
+        w = ttl.whatif(con, cfg, [args.endpoint], ttls, window, at, edge_ttls)[0]
         keys = ttl.per_key(con, w, cfg.pricing, cfg.costs.value_bytes, days_in_month(at), limit, args.keys)
     best = ttl.recommend(w, limit)
     replays = {p.ttl: 100 * ttl.replay(trace, p.ttl) / len(trace) for p in w.candidates} if trace is not None else {}
@@ -53,10 +56,19 @@ def run(args, cfg, now: datetime) -> int:
     return 0
 
 
-def _trace(paths, endpoint: str):
-    frames = [files.read(p).frame.table.to_pandas() for p in paths]
+def _trace(paths, endpoint: str, cfg, window: Window):
     import pandas as pd
 
+    if paths == ["simulator"]:
+        # Requests are drawn per hour from (seed, hour): the same arrivals as
+        # the stored run; the caches start from their steady state.
+        from .sources.simulator import Simulator
+
+        sim = Simulator(cfg.simulator)
+        frames = [sim.generate(w).table.to_pandas() for w in Window(floor_to(window.start, MINUTE),
+                                                                     floor_to(window.end, MINUTE)).split(HOUR)]
+    else:
+        frames = [files.read(p).frame.table.to_pandas() for p in paths]
     df = pd.concat(frames, ignore_index=True)
     df = df[(df["kind"].astype(str) == "request") & (df["endpoint"].astype(str) == endpoint)]
     if df.empty:
