@@ -43,7 +43,7 @@ def _sidebar(cfg) -> None:
         st.caption("BooksTrack tiered cache")
         st.selectbox("Period", [p.value for p in Period], index=1, key="period",
                      help="The window of the Overview, Top keys and Costs pages, ending now")
-        st.selectbox("Endpoint", common.ENDPOINTS, key="endpoint")
+        st.selectbox("Endpoint", ["all", *(e for e, _ in cfg.costs.kv_ttl)], key="endpoint")
         try:
             span = common.cached(_span)
         except CachemonError:

@@ -37,8 +37,8 @@ def page():
         common.show_error(exc)
         return
     h = d["health"]
-    show = {"healthy": st.success, "degraded": st.warning, "critical": st.error}[h.status]
-    show(f"Health: **{h.status}** · last evaluation {iso(h.evaluated_at) if h.evaluated_at else 'never'}")
+    last = iso(h.evaluated_at) if h.evaluated_at else "never"
+    common.HEALTH_BANNER[h.status](f"Health: **{h.status}** · last evaluation {last}")
     for i in h.issues:
         st.markdown(f"- **{i.severity}** since {iso(i.since)}: {i.message}")
     active = [s for s in d["states"] if s.state != "ok"]

@@ -25,7 +25,6 @@ from cachemon.errors import CachemonError, EmptyStoreError
 REFRESH = timedelta(seconds=float(os.environ.get("CACHEMON_REFRESH_SECONDS", "30")))
 TICK = REFRESH
 TTL = max(60, int(2 * REFRESH.total_seconds()))
-ENDPOINTS = ("all", "title", "isbn", "author")
 HEALTH_BANNER = {"healthy": st.success, "degraded": st.warning, "critical": st.error}
 HOW_TO_FILL = """
 **The store is empty.** Fill it with one of:
