@@ -55,6 +55,12 @@ class StoreConfig:
     key_compaction_lag: timedelta = timedelta(hours=1)
 
 
+# The Worker's TTLs per endpoint: what the simulator runs and, until told
+# otherwise ([costs]), what cachemon assumes the real Worker uses.
+KV_TTL = (("author", timedelta(days=7)), ("isbn", timedelta(days=30)), ("title", timedelta(hours=24)))
+EDGE_TTL = (("author", timedelta(hours=6)), ("isbn", timedelta(hours=24)), ("title", timedelta(hours=6)))
+
+
 @dataclass(frozen=True)
 class SimulatorConfig:
     seed: int = 42
@@ -68,8 +74,8 @@ class SimulatorConfig:
     # The Worker's KV TTL per endpoint (what-if evidence runs the simulator at
     # other TTLs); with `experiment`, title keys take the extended-title-ttl
     # cohorts' TTLs (24 h / 48 h) instead.
-    kv_ttl: tuple = (("author", timedelta(days=7)), ("isbn", timedelta(days=30)), ("title", timedelta(hours=24)))
-    edge_ttl: tuple = (("author", timedelta(hours=6)), ("isbn", timedelta(hours=24)), ("title", timedelta(hours=6)))
+    kv_ttl: tuple = KV_TTL
+    edge_ttl: tuple = EDGE_TTL
     experiment: bool = True
 
     def __post_init__(self):
@@ -186,9 +192,9 @@ class CostsConfig:
     value_bytes: float = 600.0  # mean stored value size (KV/R2), for storage and puts
     report_at: str = "03:00"  # daily report (UTC)
     # Current KV TTL per endpoint (the Worker's settings), for ttl_tuning.
-    kv_ttl: tuple = (("author", timedelta(days=7)), ("isbn", timedelta(days=30)), ("title", timedelta(hours=24)))
+    kv_ttl: tuple = KV_TTL
     # The Worker's edge cache TTL per endpoint (for the edge what-if).
-    edge_ttl: tuple = (("author", timedelta(hours=6)), ("isbn", timedelta(hours=24)), ("title", timedelta(hours=6)))
+    edge_ttl: tuple = EDGE_TTL
     max_kv_ttl: timedelta = timedelta(days=30)  # staleness limit for proposed TTLs
 
     def __post_init__(self):

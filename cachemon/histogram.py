@@ -62,6 +62,17 @@ class Histogram:
         return sorted_quantiles(np.asarray(self.buckets, dtype=np.int64), np.asarray(self.counts), (q,))[0]
 
 
+def grouped_quantiles(groups, buckets: np.ndarray, counts: np.ndarray, qs) -> dict:
+    """Quantiles of many histograms in one pass: rows sorted by group, then
+    bucket; returns {group: (quantile, ...)} (a series of windows)."""
+    if not len(buckets):
+        return {}
+    buckets, counts = np.asarray(buckets, dtype=np.int64), np.asarray(counts, dtype=np.float64)
+    cuts = np.flatnonzero(np.asarray(groups[1:] != groups[:-1])) + 1
+    return {groups[lo]: tuple(sorted_quantiles(buckets[lo:hi], counts[lo:hi], qs))
+            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(buckets)])}
+
+
 def sorted_quantiles(buckets: np.ndarray, counts: np.ndarray, qs) -> list[float | None]:
     """Quantiles (inverted CDF) of one histogram given as arrays sorted by
     bucket; None for an empty one. No per-bucket Python objects, so a

@@ -160,6 +160,15 @@ def data_span(con: duckdb.DuckDBPyConnection) -> tuple[datetime, datetime] | Non
     return (lo, hi) if lo is not None else None
 
 
+def data_end(con: duckdb.DuckDBPyConnection, at: datetime) -> datetime:
+    """`at`, or where the data ends when it ends earlier (a lagging source:
+    the last good numbers). EmptyStoreError without data."""
+    span = data_span(con)
+    if span is None:
+        raise EmptyStoreError("the store has no request data yet: run `python -m cachemon demo`, `import` or `pull`")
+    return min(at, span[1])
+
+
 def compute(
     con: duckdb.DuckDBPyConnection,
     window: Window,

@@ -110,18 +110,22 @@ def classify(per_day: np.ndarray) -> np.ndarray:
 def load_keys(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> float:
     """Build the per-key table of `window` in DuckDB; returns the days of
     data it covers (rates per day divide by these)."""
-    lo, days = data_days(con, window)
-    con.execute(KEYS_TEMP, key_ranges(lo, window.end) | {"days": days, "at": at})
-    return days
+    return _load_keys(con, window, at)[1]
 
 
-def data_days(con: duckdb.DuckDBPyConnection, window: Window) -> tuple[datetime, float]:
-    """Where `window`'s data starts, and the days of data it holds (at
-    least an hour): rates per day divide by these."""
+def _load_keys(con, window: Window, at: datetime) -> tuple[Window, float]:
+    data, days = data_days(con, window)
+    con.execute(KEYS_TEMP, key_ranges(data.start, window.end) | {"days": days, "at": at})
+    return data, days
+
+
+def data_days(con: duckdb.DuckDBPyConnection, window: Window) -> tuple[Window, float]:
+    """The part of `window` the data covers, and its days (at least an
+    hour): rates per day divide by these."""
     span = data_span(con)
     lo = max(window.start, span[0]) if span else window.start
-    hi = min(window.end, span[1]) if span else window.end
-    return lo, max((hi - lo) / DAY, 1 / 24)
+    hi = max(lo, min(window.end, span[1])) if span else window.end
+    return Window(lo, hi), max((hi - lo) / DAY, 1 / 24)
 
 
 def key_table(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> tuple[pd.DataFrame, float]:
@@ -158,10 +162,9 @@ def key_page(con: duckdb.DuckDBPyConnection, window: Window, at: datetime, f: Ke
     the metrics' top keys. Hit rate and the tier shares are percentages of
     each key's requests."""
     span = topkeys.covered(con, window)
-    days = load_keys(con, span, at)
+    data, days = _load_keys(con, span, at)
     rows = con.execute(KEY_PAGE, f.params() | {"limit": f.limit}).df()
-    data = data_span(con)
-    shown = Window(span.start, max(span.start, min(span.end, data[1]))) if data else span
+    shown = Window(span.start, max(span.start, data.end))
     return KeyPage(rows, int(con.execute(KEY_COUNT, f.params()).fetchall()[0][0]), shown, days)
 
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .events import TIERS
 from .histogram import bucket_value
 from .stats import RatioStats
 
-TIERS = ("edge", "kv", "r2", "api")
 DENSITY_STEP = 0.05  # ±5 % around q: wider than two 2 % buckets
 
 

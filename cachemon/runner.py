@@ -92,6 +92,15 @@ class JobSpec:
         """Number of slots in (after, now]."""
         return max(0, (self.latest_slot(now) - self.latest_slot(after)) // (self.every or DAY))
 
+    def is_due(self, last: datetime | None, now: datetime) -> bool:
+        """Due at `now` given its last run: a slot has passed since, or an
+        interval job that never ran (a daily one waits for its first slot)."""
+        return self.every is not None if last is None else self.latest_slot(now) > last
+
+    def next_run(self, last: datetime | None, now: datetime) -> datetime:
+        """`now` if due, else its next slot."""
+        return now if self.is_due(last, now) else self.next_slot(now)
+
     def describe(self) -> str:
         return f"every {format_duration(self.every)}" if self.every else f"daily at {self.at.strftime('%H:%M')} UTC"
 
@@ -122,9 +131,7 @@ class Runner:
         self.clock = clock
 
     def due(self, now: datetime) -> list[JobSpec]:
-        return [spec for spec, _ in self.jobs
-                if (spec.name not in self.last and spec.every is not None)
-                or (spec.name in self.last and spec.latest_slot(now) > self.last[spec.name])]
+        return [spec for spec, _ in self.jobs if spec.is_due(self.last.get(spec.name), now)]
 
     def tick(self, now: datetime, stop: Callable[[], bool] = lambda: False) -> list[RunRecord]:
         """Run every due job once, in registry order; returns their records."""
@@ -137,7 +144,7 @@ class Runner:
                 # record makes a slot missed from here on be caught up.
                 self._note(RunRecord(spec.name, now, now, "scheduled", None, 0))
                 continue
-            if spec.name in self.last and spec.latest_slot(now) <= self.last[spec.name]:
+            if not spec.is_due(self.last.get(spec.name), now):
                 continue
             done.append(self._run(spec, fn, now))
         return done
@@ -168,8 +175,7 @@ class Runner:
 
     def plan(self, now: datetime) -> list[tuple[JobSpec, datetime]]:
         """Each job with its next run time (now if due)."""
-        due = {s.name for s in self.due(now)}
-        return [(spec, now if spec.name in due else spec.next_slot(now)) for spec, _ in self.jobs]
+        return [(spec, spec.next_run(self.last.get(spec.name), now)) for spec, _ in self.jobs]
 
 
 def schedule(cfg) -> list[JobSpec]:
@@ -214,9 +220,8 @@ def status(con, specs: list[JobSpec], now: datetime) -> list[JobStatus]:
     for spec in specs:
         outcome, ok_at, errors, error, error_at = rows.get(spec.name, (None, None, 0, None, None))
         prev = last.get(spec.name)
-        due = (prev is None and spec.every is not None) or (prev is not None and spec.latest_slot(now) > prev)
         out.append(JobStatus(spec, PURPOSES.get(spec.name, ""), prev, outcome, _utc(ok_at), int(errors),
-                             error, _utc(error_at), now if due else spec.next_slot(now)))
+                             error, _utc(error_at), spec.next_run(prev, now)))
     return out
 
 

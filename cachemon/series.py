@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import duckdb
-import numpy as np
 
 from .clock import MINUTE, Window
 from .errors import InputError
 from .events import GAUGES, TIERS
-from .histogram import Histogram
+from .histogram import grouped_quantiles
 from .metrics import TierVolume
 
 # The windows travel as two parallel lists, zipped by unnest, so no SQL text
@@ -41,7 +40,7 @@ GROUP BY w.i, r.tier
 
 LATENCY_SERIES = f"""
 WITH w AS ({_WINDOWS})
-SELECT w.i, l.bucket, sum(l.weight)
+SELECT w.i, l.bucket, sum(l.weight) AS weight
 FROM w JOIN latency_minute l ON l.minute = w.m
 WHERE l.minute >= $lo AND l.minute < $hi AND ($endpoint IS NULL OR l.endpoint = $endpoint)
 GROUP BY w.i, l.bucket
@@ -108,7 +107,8 @@ def observe(
     tiers: dict[int, dict[str, tuple]] = {}
     for i, tier, req, err, lat in con.execute(TIER_SERIES, p | {"endpoint": endpoint}).fetchall():
         tiers.setdefault(i, {})[tier] = (float(req), float(err), float(lat))
-    quantiles = _quantiles(con.execute(LATENCY_SERIES, p | {"endpoint": endpoint}).fetchall())
+    lat = con.execute(LATENCY_SERIES, p | {"endpoint": endpoint}).fetchnumpy()
+    quantiles = grouped_quantiles(lat["i"], lat["bucket"], lat["weight"], (0.50, 0.95, 0.99))
     gauges: dict[int, list] = {}
     for i, name, value in con.execute(GAUGE_SERIES, p).fetchall():
         if name in GAUGES:
@@ -123,17 +123,4 @@ def observe(
             p50=quantiles.get(i, (None,) * 3)[0], p95=quantiles.get(i, (None,) * 3)[1],
             p99=quantiles.get(i, (None,) * 3)[2], gauges=tuple(sorted(gauges.get(i, []))),
         ))
-    return out
-
-
-def _quantiles(rows) -> dict[int, tuple]:
-    """p50/p95/p99 per window from (window, bucket, weight) rows sorted by window."""
-    if not rows:
-        return {}
-    arr = np.array([(r[0], r[1], r[2]) for r in rows], dtype=np.float64)
-    out = {}
-    cuts = np.flatnonzero(np.diff(arr[:, 0])) + 1
-    for part in np.split(arr, cuts):
-        h = Histogram.from_pairs(part[:, 1].astype(np.int64), part[:, 2])
-        out[int(part[0, 0])] = (h.quantile(0.50), h.quantile(0.95), h.quantile(0.99))
     return out

@@ -21,8 +21,8 @@ from . import costs
 from .clock import DAY, HOUR, MINUTE, Window, floor_to
 from .errors import InputError
 from .events import TIERS
-from .histogram import sorted_quantiles
-from .metrics import data_span, three_ranges, window_params
+from .histogram import grouped_quantiles
+from .metrics import data_end, data_span, three_ranges, window_params
 
 # Bucket starts by epoch arithmetic: exact in UTC for any step.
 _BUCKET = "to_timestamp(floor(epoch({time}) / $step) * $step) AS b"
@@ -71,13 +71,10 @@ def parse_range(text: str) -> Range:
     return RANGES[text]
 
 
-def window_for(con: duckdb.DuckDBPyConnection, r: Range, at: datetime) -> Window | None:
-    """The range ending at the newest data before `at` (None without data),
-    starting on a step boundary."""
-    span = data_span(con)
-    if span is None:
-        return None
-    end = floor_to(min(span[1], at), MINUTE)
+def window_for(con: duckdb.DuckDBPyConnection, r: Range, at: datetime) -> Window:
+    """The range ending at the newest data before `at`, starting on a step
+    boundary (EmptyStoreError without data)."""
+    end = floor_to(data_end(con, at), MINUTE)
     return Window(floor_to(end - r.length, r.step), end)
 
 
@@ -99,7 +96,8 @@ def trend(con: duckdb.DuckDBPyConnection, window: Window, step: timedelta,
     df["combined_hit_rate"] = 100 * (1 - df["api"] / df["requests"])
     for t in TIERS[:3]:
         df[f"{t}_hit_rate"] = 100 * df[t] / df["requests"]
-    q = _quantiles(con.execute(LATENCY_BUCKETS, p).fetchnumpy())
+    cols = con.execute(LATENCY_BUCKETS, p).fetchnumpy()
+    q = grouped_quantiles(pd.to_datetime(cols["b"], utc=True), cols["bucket"], cols["weight"], (0.5, 0.95, 0.99))
     for i, name in enumerate(("p50", "p95", "p99")):
         df[name] = [q.get(t, (None,) * 3)[i] for t in df.index]
     queue = {b: (float(mx), float(mean)) for b, mx, mean in
@@ -120,18 +118,6 @@ def _params(window: Window, step: timedelta) -> dict:
     # Buckets shorter than an hour cannot use the hourly rollups.
     s, e = window.start, window.end
     return {"h_lo": s, "h_hi": s, "m1_lo": s, "m1_hi": e, "m2_lo": e, "m2_hi": e, "step": seconds}
-
-
-def _quantiles(cols: dict) -> dict:
-    """(p50, p95, p99) per bucket start, from LATENCY_BUCKETS as arrays
-    (sorted by start, then bucket)."""
-    if not len(cols["bucket"]):
-        return {}
-    starts = pd.to_datetime(cols["b"], utc=True)
-    buckets, weights = cols["bucket"].astype(np.int64), cols["weight"].astype(np.float64)
-    cuts = np.flatnonzero(np.diff(starts.asi8)) + 1
-    return {starts[lo]: tuple(sorted_quantiles(buckets[lo:hi], weights[lo:hi], (0.5, 0.95, 0.99)))
-            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(buckets)])}
 
 
 def daily_costs(con: duckdb.DuckDBPyConnection, window: Window, cfg) -> pd.DataFrame:

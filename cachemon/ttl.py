@@ -76,8 +76,8 @@ class Prediction:
 
 def load_window(con: duckdb.DuckDBPyConnection, window: Window) -> float:
     """Build the per-key table of `window`; returns its days of data."""
-    lo, days = optimize.data_days(con, window)
-    con.execute(KEYS_TEMP, optimize.key_ranges(lo, window.end))
+    data, days = optimize.data_days(con, window)
+    con.execute(KEYS_TEMP, optimize.key_ranges(data.start, window.end))
     return days
 
 
@@ -170,7 +170,7 @@ def whatif(con, cfg, endpoints: list[str], ttls: list[timedelta], window: Window
     """Predictions for each endpoint at each candidate KV TTL and its current
     one, and at each candidate edge TTL (with the colos fitted at the
     current edge TTL, `[costs] edge_ttl`)."""
-    current = dict(cfg.costs.kv_ttl)
+    current, edge_current = dict(cfg.costs.kv_ttl), dict(cfg.costs.edge_ttl)
     unknown = [e for e in endpoints if e not in current]
     if unknown:
         raise InputError(f"unknown endpoint {unknown[0]!r}: [costs] kv_ttl has {', '.join(current)}")
@@ -180,7 +180,7 @@ def whatif(con, cfg, endpoints: list[str], ttls: list[timedelta], window: Window
     for e in endpoints:
         r = rates(con, e, window, days)
         p = lambda t: predict(r, t, cfg.pricing, cfg.costs.value_bytes, month)  # noqa: E731
-        edge_now = dict(cfg.costs.edge_ttl).get(e)
+        edge_now = edge_current.get(e)
         colos = fit_colos(r, edge_now) if edge_now else 1.0
         edge = tuple(predict_edge(r, t, colos) for t in sorted(set(edge_ttls))) if edge_now else ()
         out.append(WhatIf(e, window, days, current[e], 100 * r.kv_hits / r.requests, p(current[e]),

@@ -7,8 +7,8 @@ import streamlit as st
 
 from cachemon import costs, report
 from cachemon.clock import Period, Window, iso
-from cachemon.errors import CachemonError, EmptyStoreError
-from cachemon.metrics import data_span
+from cachemon.errors import CachemonError
+from cachemon.metrics import data_end
 from cachemon.pricing import DEFAULT
 
 from views import common
@@ -17,10 +17,7 @@ st.header("Costs")
 
 
 def _load(con, cfg, period: str, at):
-    span = data_span(con)
-    if span is None:
-        raise EmptyStoreError("the store has no request data yet")
-    end = min(at, span[1])
+    end = data_end(con, at)
     window = Window.ending(end, Period.parse(period).length)
     daily = costs.price(costs.per_day(costs.measure(con, window, cfg)), cfg.pricing)
     return window, daily, costs.forecast(con, end, cfg, cfg.pricing), report.recent(con, 30)

@@ -5,8 +5,8 @@ import streamlit as st
 
 from cachemon import export, optimize, topkeys
 from cachemon.clock import Period, Window, iso
-from cachemon.errors import CachemonError, EmptyStoreError
-from cachemon.metrics import data_span
+from cachemon.errors import CachemonError
+from cachemon.metrics import data_end
 
 from views import common
 
@@ -31,10 +31,7 @@ def _series(con, cfg, key: str, endpoint: str, period: str, at):
 def _window(con, period: str, at) -> Window:
     """The period ending at `at`, or where the data ends when it lags (as
     the Overview and `cachemon metrics` do)."""
-    span = data_span(con)
-    if span is None:
-        raise EmptyStoreError("the store has no request data yet")
-    return Window.ending(min(at, span[1]), Period.parse(period).length)
+    return Window.ending(data_end(con, at), Period.parse(period).length)
 
 
 def page():

@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cachemon import health, trends
-from cachemon.errors import CachemonError, EmptyStoreError
+from cachemon.errors import CachemonError
 
 from views import common
 
@@ -19,8 +19,6 @@ TIER_COLOURS = {"edge": "#2563eb", "kv": "#16a34a", "r2": "#f59e0b", "api": "#dc
 def _load(con, cfg, range_name: str, endpoint, at):
     r = trends.parse_range(range_name)
     window = trends.window_for(con, r, at)
-    if window is None:
-        raise EmptyStoreError("the store has no request data yet")
     return (window, trends.trend(con, window, r.step, endpoint), trends.daily_costs(con, window, cfg),
             health.active_periods(con, window.start, window.end))
 

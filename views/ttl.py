@@ -10,8 +10,8 @@ from plotly.subplots import make_subplots
 
 from cachemon import ttl
 from cachemon.clock import DAY, Window, format_duration, parse_duration
-from cachemon.errors import CachemonError, EmptyStoreError
-from cachemon.metrics import data_span
+from cachemon.errors import CachemonError
+from cachemon.metrics import data_end
 from cachemon.pricing import days_in_month
 
 from views import common
@@ -20,10 +20,7 @@ st.header("TTL what-if")
 
 
 def _load(con, cfg, endpoint: str, ttls: tuple, edge_ttls: tuple, days: float, limit_s: float, at):
-    span = data_span(con)
-    if span is None:
-        raise EmptyStoreError("the store has no request data yet")
-    end = min(at, span[1])
+    end = data_end(con, at)
     limit = timedelta(seconds=limit_s)
     w = ttl.whatif(con, cfg, [endpoint], list(ttls), Window(end - timedelta(days=days), end), end, list(edge_ttls))[0]
     keys = ttl.per_key(con, w, cfg.pricing, cfg.costs.value_bytes, days_in_month(end), limit)

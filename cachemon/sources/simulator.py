@@ -87,12 +87,8 @@ class Catalog:
     daily_rate: np.ndarray  # expected requests/day at mean volume
 
 
-def kv_ttl_seconds(cfg: SimulatorConfig) -> np.ndarray:
-    """The configured KV TTL of each endpoint (ENDPOINTS order), in seconds."""
-    return _seconds(cfg.kv_ttl)
-
-
-def _seconds(pairs) -> np.ndarray:
+def ttl_seconds(pairs) -> np.ndarray:
+    """Configured (endpoint, TTL) pairs as seconds in ENDPOINTS order."""
     ttl = dict(pairs)
     return np.array([int(ttl[e].total_seconds()) for e in ENDPOINTS], dtype=np.int64)
 
@@ -116,7 +112,7 @@ def build_catalog(cfg: SimulatorConfig) -> Catalog:
     weights = [w for _, _, w in COHORTS]
     for i in np.flatnonzero(endpoint == 0):
         cohort[i] = seed_sha256_byte(keys[i], EXPERIMENT, weights)
-    kv_ttl = kv_ttl_seconds(cfg)[endpoint]
+    kv_ttl = ttl_seconds(cfg.kv_ttl)[endpoint]
     for c, (_, ttl, _) in enumerate(COHORTS if cfg.experiment else ()):
         kv_ttl[cohort == c] = ttl
     daily = np.concatenate(rates)
@@ -125,7 +121,7 @@ def build_catalog(cfg: SimulatorConfig) -> Catalog:
         endpoint=endpoint,
         cdfs=tuple(cdfs),
         offsets=np.concatenate([[0], np.cumsum(sizes)[:-1]]),
-        edge_ttl_us=_seconds(cfg.edge_ttl)[endpoint] * US,
+        edge_ttl_us=ttl_seconds(cfg.edge_ttl)[endpoint] * US,
         kv_ttl_us=kv_ttl * US,
         cohort=cohort,
         archived=daily < ARCHIVE_BELOW_PER_DAY,
@@ -212,6 +208,7 @@ class Simulator:
         self.cfg = cfg
         self.incidents = incidents
         self.catalog = build_catalog(cfg)
+        self.kv_ttl_us = ttl_seconds(cfg.kv_ttl) * US  # per endpoint, for long-tail writes
         w = np.arange(1, cfg.colos + 1, dtype=np.float64) ** -0.7
         self.colo_p = w / w.sum()
         self._key_array = pa.array(self.catalog.keys, pa.string())
@@ -349,7 +346,7 @@ class Simulator:
         st.tail_writes = np.vstack([st.tail_writes, rows[counts > 0]])
         st.tail_total += counts.sum()
         # A long-tail write lives for its endpoint's KV TTL; older rows are dead.
-        alive = st.tail_writes[:, 0] + kv_ttl_seconds(self.cfg)[st.tail_writes[:, 1].astype(int)] * US > at
+        alive = st.tail_writes[:, 0] + self.kv_ttl_us[st.tail_writes[:, 1].astype(int)] > at
         st.tail_writes = st.tail_writes[alive]
 
     def _request_table(self, r: _Hour, tier, error, slow) -> pa.Table:
