@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="number of top keys (default 10)")
     _alerts_parser(sub)
     ttl_cli.add_parser(sub)
+    p = sub.add_parser("export", help="write the analyst views as Hive-partitioned Parquet, one folder per day")
+    p.add_argument("--to", required=True, help="target directory (days already there are replaced)")
+    p.add_argument("--since", help="export days from this instant's day on (default: all)")
+    p = sub.add_parser("compact", help="merge finished per-key hours and apply [retention] now (the daily job)")
+    p.add_argument("--at", help="act as if now were this instant")
     p = sub.add_parser("costs", help="the daily cost optimisation report",
                        description="Costs, key classes and recommendations for one UTC day.")
     a = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -184,6 +189,27 @@ def _metrics(args, cfg, now) -> int:
     return 0
 
 
+def _export(args, cfg, now) -> int:
+    from . import export
+
+    since = parse_instant(args.since, "--since") if args.since else None
+    with store.reader(cfg.store.path) as con:
+        written = export.parquet(con, args.to, since)
+    for w in written:
+        print(f"{w.dataset}: {w.rows:,} rows in {w.days} day(s)", file=sys.stderr)
+    return 0
+
+
+def _compact(args, cfg, now) -> int:
+    at = parse_instant(args.at, "--at") if args.at else now
+    with store.writer(cfg.store.path, now) as con:
+        n, kept = pipeline.compact(con, cfg, at)
+    print(f"compacted per-key rows of {n} source(s); retention removed {kept.minute_rows:,} minute rows "
+          f"(kept from {kept.horizons.minute:%Y-%m-%d}) and {kept.hour_rows:,} hourly rows "
+          f"(kept from {kept.horizons.hour:%Y-%m-%d})", file=sys.stderr)
+    return 0
+
+
 def _progress(label: str):
     from tqdm import tqdm
 
@@ -294,4 +320,5 @@ def _analyze(args, cfg, now) -> int:
     return 0
 
 
-COMMANDS = {"ttl": lambda args, cfg, now: ttl_cli.run(args, cfg, now), "alerts": _alerts, "costs": _costs, "experiments": _experiments, "demo": _demo, "import": _import, "pull": _pull, "serve": _serve, "metrics": _metrics}
+COMMANDS = {"ttl": lambda args, cfg, now: ttl_cli.run(args, cfg, now), "alerts": _alerts, "costs": _costs, "experiments": _experiments, "demo": _demo, "import": _import, "pull": _pull, "serve": _serve, "metrics": _metrics,
+            "export": _export, "compact": _compact}

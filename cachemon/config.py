@@ -55,6 +55,26 @@ class StoreConfig:
     key_compaction_lag: timedelta = timedelta(hours=1)
 
 
+@dataclass(frozen=True)
+class RetentionConfig:
+    # Minute rows (kept for exact windows, alerts and experiment variances)
+    # past this many days are compacted to hours; hourly rows past
+    # hour_days to days. 35 keeps the dashboard's 30-day range exact.
+    minute_days: int = 35
+    hour_days: int = 400
+
+    def __post_init__(self):
+        if self.minute_days < 1:
+            raise ConfigError(f"[retention] minute_days = {self.minute_days} must be at least 1")
+        if self.hour_days < self.minute_days:
+            raise ConfigError(f"[retention] hour_days = {self.hour_days} must be at least minute_days "
+                              f"({self.minute_days}): hours are made from minutes")
+
+
+# Key classes by requests per day: hot above 100, cold under 10 a month.
+HOT_PER_DAY = 100.0
+COLD_PER_DAY = 10.0 / 30.0
+
 # The Worker's TTLs per endpoint: what the simulator runs and, until told
 # otherwise ([costs]), what cachemon assumes the real Worker uses.
 KV_TTL = (("author", timedelta(days=7)), ("isbn", timedelta(days=30)), ("title", timedelta(hours=24)))
@@ -217,6 +237,7 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     costs: CostsConfig = field(default_factory=CostsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     pricing: Pricing = field(default_factory=pricing_default)
     experiments: tuple = ()  # cachemon.experiments.Experiment, from [[experiments]]
     source: str = "simulator"
@@ -232,6 +253,7 @@ _SECTIONS = {
     "alerts": AlertsConfig,
     "notify": NotifyConfig,
     "costs": CostsConfig,
+    "retention": RetentionConfig,
 }
 
 

@@ -1,4 +1,5 @@
-"""Exports of tables for people and other tools.
+"""Exports of tables for people and other tools: CSV for a spreadsheet,
+Hive-partitioned Parquet for other engines.
 
 Cache keys come from the internet, so a text cell opened in a spreadsheet
 must not run as a formula (CSV injection): text starting with = + - @ tab
@@ -8,7 +9,18 @@ Numbers are left as numbers.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
 import pandas as pd
+import pyarrow.parquet as pq
+
+from .analyst import SCHEMA
+from .clock import DAY, floor_to
+from .errors import InputError
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -27,3 +39,65 @@ def csv_bytes(df: pd.DataFrame) -> bytes:
         if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
             out[col] = out[col].map(safe_text)
     return out.to_csv(index=False).encode("utf-8")
+
+
+# Parquet export: each dataset is one analyst view, written per UTC day to
+# DIR/<view>/date=YYYY-MM-DD/data.parquet (Hive partitioning), so any engine
+# reads it and a re-export replaces whole days. A day is fetched and written
+# at a time, so memory stays bounded by one day of the largest view.
+@dataclass(frozen=True)
+class Dataset:
+    view: str  # in analyst.SCHEMA
+    time: str  # the column that places a row in a day
+
+
+DATASETS = tuple(Dataset(v, t) for v, t in (
+    ("requests_minute", "minute"), ("requests_hour", "hour"), ("requests_day", "day"),
+    ("latency_histogram_minute", "minute"), ("latency_histogram_hour", "hour"), ("latency_histogram_day", "day"),
+    ("gauges_minute", "minute"), ("gauges_hour", "hour"), ("keys_hour", "hour"), ("keys_day", "day"),
+    ("alert_history", "changed_at"), ("notifications", "created_at"), ("cost_day", "day"),
+    ("experiment_results", "analyzed_at"), ("job_runs", "started_at"),
+))
+
+
+@dataclass(frozen=True)
+class Written:
+    dataset: str
+    days: int
+    rows: int
+
+
+def _days_sql(d: Dataset) -> str:
+    return (f"SELECT DISTINCT CAST(date_trunc('day', {d.time}) AS DATE) AS d FROM {SCHEMA}.{d.view} "
+            f"WHERE $since IS NULL OR {d.time} >= $since ORDER BY d")
+
+
+def _day_sql(d: Dataset) -> str:
+    return f"SELECT * FROM {SCHEMA}.{d.view} WHERE {d.time} >= $lo AND {d.time} < $hi ORDER BY ALL"
+
+
+def parquet(con: duckdb.DuckDBPyConnection, to: str | os.PathLike, since: datetime | None = None) -> list[Written]:
+    """Write every dataset's days (from the day of `since` on) under `to`."""
+    root = Path(to)
+    if root.exists() and not root.is_dir():
+        raise InputError(f"export target {root} exists and is not a directory")
+    lo = floor_to(since, DAY) if since else None
+    out = []
+    for d in DATASETS:
+        days = [r[0] for r in con.execute(_days_sql(d), {"since": lo}).fetchall()]
+        rows = 0
+        for day in days:
+            start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+            table = con.sql(_day_sql(d), params={"lo": start, "hi": start + DAY}).to_arrow_table()
+            _write(table, root / d.view / f"date={day.isoformat()}" / "data.parquet")
+            rows += table.num_rows
+        out.append(Written(d.view, len(days), rows))
+    return out
+
+
+def _write(table, path: Path) -> None:
+    """Write beside the target and rename over it: a reader sees a whole file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)

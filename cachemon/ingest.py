@@ -27,7 +27,7 @@ import duckdb
 from .clock import DAY, HOUR, MINUTE, Window, as_utc, ceil_to, floor_to, iso
 from .errors import SourceError, StoreError
 from .events import EventFrame
-from . import rollups, topkeys
+from . import retention, rollups, topkeys
 from .rollups import Rollups
 from .store import first_row
 
@@ -104,6 +104,9 @@ GROUP BY ALL
 # (table, time column): every table a window replace clears for its source.
 _MINUTE_TABLES = (("rollup_minute", "minute"), ("latency_minute", "minute"), ("gauge_minute", "minute"), ("key_minute", "minute"))
 _HOUR_TABLES = (("rollup_hour", "hour"), ("latency_hour", "hour"))
+# Per-key summaries, and what retention compacted (cachemon.retention).
+_COMPACTED_TABLES = (("key_hour", "hour"), ("key_day", "day"), ("rollup_day", "day"), ("latency_day", "day"),
+                     ("gauge_hour", "hour"))
 
 COMPACTED = "SELECT 1 FROM key_hour WHERE source = $source AND hour = $hour LIMIT 1"
 UPSERT_WATERMARK = """
@@ -230,7 +233,7 @@ def drop_source(con: duckdb.DuckDBPyConnection, source: str) -> None:
     """Remove every row, the watermark and the state of `source`."""
     with _transaction(con):
         span = first_row(con, "SELECT min(hour), max(hour) FROM key_hour WHERE source = ?", [source])
-        for table, _ in _MINUTE_TABLES + _HOUR_TABLES + (("key_hour", "hour"), ("key_day", "day")):
+        for table, _ in _MINUTE_TABLES + _HOUR_TABLES + _COMPACTED_TABLES:
             con.execute(f"DELETE FROM {table} WHERE source = ?", [source])
         for table in ("watermarks", "source_state"):
             con.execute(f"DELETE FROM {table} WHERE source = ?", [source])
@@ -270,6 +273,7 @@ def _hull(a, b):
 
 
 def _recompute_hours(con, source: str, start: datetime, end: datetime) -> None:
+    retention.check_write(con, floor_to(start, HOUR))
     p = {"source": source, "lo": floor_to(start, HOUR), "hi": ceil_to(end, HOUR)}
     for table, col in _HOUR_TABLES:
         con.execute(f"DELETE FROM {table} WHERE source = $source AND {col} >= $lo AND {col} < $hi", p)

@@ -14,11 +14,11 @@ from datetime import datetime, timedelta
 
 import duckdb
 
-from .clock import HOUR, Window, ceil_to, floor_to, iso
+from .clock import DAY, HOUR, Window, ceil_to, floor_to, iso
 from .errors import EmptyStoreError, StoreError
 from .events import TIERS
 from .histogram import Histogram
-from . import topkeys
+from . import retention, topkeys
 from .store import first_row
 
 # Each time range is its own UNION ALL branch: a plain range lets DuckDB skip
@@ -49,7 +49,13 @@ WHERE $endpoint IS NULL OR endpoint = $endpoint
 GROUP BY bucket
 """
 
-DATA_SPAN = "SELECT min(minute), max(minute) + INTERVAL 1 MINUTE FROM rollup_minute"
+# Each resolution's span: minutes, then hours and days where retention
+# compacted the oldest minutes away.
+DATA_SPAN = """
+SELECT (SELECT min(minute) FROM rollup_minute), (SELECT max(minute) + INTERVAL 1 MINUTE FROM rollup_minute),
+       (SELECT min(hour) FROM rollup_hour), (SELECT max(hour) + INTERVAL 1 HOUR FROM rollup_hour),
+       (SELECT min(day) FROM rollup_day), (SELECT max(day) + INTERVAL 1 DAY FROM rollup_day)
+"""
 LIFETIME = """
 SELECT tier, sum(requests) FROM (
     SELECT tier, requests FROM rollup_hour WHERE hour < $h
@@ -155,8 +161,14 @@ def _top_keys(con, window: Window, endpoint: str | None, limit: int):
 
 
 def data_span(con: duckdb.DuckDBPyConnection) -> tuple[datetime, datetime] | None:
-    """First and last-plus-one minute of request data in the store."""
-    lo, hi = first_row(con, DATA_SPAN)
+    """First and last-plus-one minute of request data in the store (an
+    older hour or day where retention left only those)."""
+    m_lo, m_hi, h_lo, h_hi, d_lo, d_hi = first_row(con, DATA_SPAN)
+    lo, hi = m_lo, m_hi or h_hi or d_hi
+    if h_lo is not None and (lo is None or h_lo < floor_to(lo, HOUR)):
+        lo = h_lo
+    if d_lo is not None and (lo is None or d_lo < floor_to(lo, DAY)):
+        lo = d_lo
     return (lo, hi) if lo is not None else None
 
 
@@ -190,6 +202,7 @@ def compute(
     at = window.end
     if latest and span[1] < window.end:
         window = Window(span[1] - window.length, span[1])
+    retention.check_read(con, window.start)
     p = window_params(window) | {"endpoint": endpoint}
     rows = con.execute(TIER_TOTALS, p).fetchall()
     if not rows:

@@ -26,8 +26,7 @@ from . import topkeys
 from .metrics import data_span
 from .pricing import Pricing, days_in_month
 
-HOT_PER_DAY = 100.0
-COLD_PER_DAY = 10.0 / 30.0
+from .config import COLD_PER_DAY, HOT_PER_DAY
 TTL_FACTORS = (1, 2, 4, 7, 14, 30)
 
 # Per-key rows of a window, each counted once: whole days from key_day, the

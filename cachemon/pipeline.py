@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import alerts, ingest, report, runner, store, tuning
+from . import alerts, ingest, report, retention, runner, store, tuning
 from .clock import HOUR, MINUTE, Window, floor_to
 from .config import Config
 from .errors import SourceError
@@ -172,3 +172,10 @@ def import_files(cfg: Config, paths: Iterable[str | Path], now: datetime) -> Imp
             result = ingest.append_import(con, f.frame, f.sha256, f.path.name, now)
             (done.append(result) if result else skipped.append(f.path))
     return ImportSummary(tuple(done), tuple(skipped))
+
+
+def compact(con, cfg: Config, now: datetime) -> tuple[int, retention.Result]:
+    """The daily sweep: per-key minute rows of finished hours into hours,
+    then retention. Returns the sources compacted and what retention did."""
+    n = ingest.compact_all(con, floor_to(now - cfg.store.key_compaction_lag, HOUR))
+    return n, retention.apply(con, now, cfg.retention)

@@ -57,7 +57,7 @@ PURPOSES = {
     "ingest": "advances the source (simulator or Analytics Engine pull) into the store",
     "alerts": "evaluates the alert rules and queues notifications",
     "deliver": "sends queued notifications, retrying failed ones",
-    "compact": "merges per-key minute rows into hours",
+    "compact": "merges per-key minute rows into hours, applies retention",
     "report": "builds and mails the daily cost report for yesterday",
     "experiments": "analyses experiments, checks the KV TTL config, promotes winners",
 }
@@ -148,6 +148,14 @@ class Runner:
                 continue
             done.append(self._run(spec, fn, now))
         return done
+
+    def run_now(self, name: str, now: datetime) -> RunRecord:
+        """Run one job now, whatever its schedule (`jobs --once`), recorded
+        like a scheduled run."""
+        for spec, fn in self.jobs:
+            if spec.name == name:
+                return self._run(spec, fn, now)
+        raise CachemonError(f"unknown job {name!r}: jobs are {', '.join(s.name for s, _ in self.jobs)}")
 
     def _note(self, rec: RunRecord) -> None:
         self.last[rec.job] = rec.started_at

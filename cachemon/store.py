@@ -27,9 +27,10 @@ from typing import Iterator
 
 import duckdb
 
+from . import analyst
 from .errors import EmptyStoreError, StoreError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _ROLLUP_COLUMNS = """
     source VARCHAR NOT NULL, {time} TIMESTAMPTZ NOT NULL,
@@ -151,6 +152,21 @@ MIGRATIONS[7] = [
     """CREATE TABLE promotions (
         done_at TIMESTAMPTZ NOT NULL, action VARCHAR NOT NULL, experiment VARCHAR NOT NULL,
         old_config VARCHAR, new_config VARCHAR, detail VARCHAR NOT NULL)""",
+]
+
+
+# Retention: coarser tables that receive what retention compacts (rollup_hour
+# and key_day are kept up to date by every write; these only by retention),
+# the horizons before which finer rows are gone, and the analysts' views.
+MIGRATIONS[8] = [
+    f"CREATE TABLE rollup_day ({_ROLLUP_COLUMNS.format(time='day')})",
+    f"CREATE TABLE latency_day ({_LATENCY_COLUMNS.format(time='day')})",
+    """CREATE TABLE gauge_hour (
+        source VARCHAR NOT NULL, hour TIMESTAMPTZ NOT NULL, name VARCHAR NOT NULL,
+        value_sum DOUBLE NOT NULL, samples BIGINT NOT NULL,
+        value_min DOUBLE NOT NULL, value_max DOUBLE NOT NULL, value_last DOUBLE NOT NULL)""",
+    "CREATE TABLE retention_state (name VARCHAR PRIMARY KEY, horizon TIMESTAMPTZ NOT NULL)",
+    *analyst.VIEWS,
 ]
 
 

@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from . import costs
+from . import costs, retention
 from .clock import DAY, HOUR, MINUTE, Window, floor_to
 from .errors import InputError
 from .events import TIERS
@@ -84,6 +84,7 @@ def trend(con: duckdb.DuckDBPyConnection, window: Window, step: timedelta,
     per tier, rates in percent, latency quantiles in ms, queue depth."""
     if step % MINUTE or step <= timedelta(0):
         raise InputError(f"trend step must be whole minutes, got {step}")
+    retention.check_read(con, window.start, "the trend")
     p = _params(window, step) | {"endpoint": endpoint}
     tiers = pd.DataFrame(con.execute(TIER_BUCKETS, p).fetchall(), columns=["time", "tier", "requests", "errors"])
     if tiers.empty:

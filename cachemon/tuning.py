@@ -30,7 +30,7 @@ from datetime import datetime, time, timedelta
 import duckdb
 import numpy as np
 
-from . import stats
+from . import retention, stats
 from . import quantile_var
 from .clock import DAY, HOUR, Window, ceil_to, floor_to, iso
 from .experiments import Experiment
@@ -167,6 +167,7 @@ def analyze(con: duckdb.DuckDBPyConnection, e: Experiment, at: datetime, pricing
     """The experiment's state at `at` (its window: start to min(at, end))."""
     end = min(at, e.start + e.duration)
     window = Window(e.start, max(end, e.start))
+    retention.check_read(con, window.start, f"experiment {e.name!r}")
     data = per_key(con, e, window, pricing)
     names = [c.name for c in e.cohorts]
     units = tuple((n, len(data.get(n, {}).get("requests", ()))) for n in names)

@@ -25,8 +25,8 @@ from typing import Callable
 import schedule
 
 from cachemon import config as config_mod
-from cachemon import alerts, ingest, notify, pipeline, report, runner, store
-from cachemon.clock import HOUR, as_utc, floor_to, iso, parse_instant, utcnow
+from cachemon import alerts, notify, pipeline, report, runner, store
+from cachemon.clock import as_utc, iso, parse_instant, utcnow
 from cachemon.errors import CachemonError
 
 log = logging.getLogger("jobs")
@@ -56,9 +56,11 @@ class Jobs:
 
     def compact(self, now: datetime) -> int:
         with store.writer(self.cfg.store.path, now, publish=False) as con:
-            n = ingest.compact_all(con, floor_to(now - self.cfg.store.key_compaction_lag, HOUR))
-        log.info("compact: %d source(s) compacted", n)
-        return n
+            n, kept = pipeline.compact(con, self.cfg, now)
+        log.info("compact: %d source(s) compacted; retention removed %d minute and %d hourly rows "
+                 "(minutes kept from %s, hours from %s)", n, kept.minute_rows, kept.hour_rows,
+                 iso(kept.horizons.minute), iso(kept.horizons.hour))
+        return n + kept.minute_rows + kept.hour_rows
 
     def alerts(self, now: datetime) -> int:
         transports = notify.Transports.from_env(os.environ)
@@ -158,7 +160,7 @@ def main(argv=None) -> int:
         jobs = Jobs(cfg, args.config)
         registry = jobs.registry()
         if args.once:
-            return _once(cfg, registry, args.once, clock())
+            return _once(cfg, registry, args.once, clock)
         if args.list:
             return _serve(cfg, registry, clock, list_only=True)
         lock = runner.InstanceLock(cfg.store.path).acquire(clock())
@@ -174,16 +176,15 @@ def main(argv=None) -> int:
         lock.release()
 
 
-def _once(cfg, registry, name: str, now: datetime) -> int:
-    for spec, fn in registry:
-        if spec.name == name:
-            try:
-                fn(now)
-            finally:
-                if Path(cfg.store.path).exists():
-                    store.publish_snapshot(cfg.store.path)
-            return 0
-    raise CachemonError(f"unknown job {name!r}: jobs are {', '.join(s.name for s, _ in registry)}")
+def _once(cfg, registry, name: str, clock) -> int:
+    """Run one job now; it is recorded in job_runs, and a failure exits 1."""
+    r = runner.Runner(registry, _recorder(cfg, clock), clock=clock)
+    try:
+        rec = r.run_now(name, clock())
+    finally:
+        if Path(cfg.store.path).exists():
+            store.publish_snapshot(cfg.store.path)
+    return 0 if rec.outcome == "ok" else 1
 
 
 def _serve(cfg, registry, clock, list_only: bool) -> int:

@@ -28,8 +28,22 @@ def test_once_ingest_fills_up_to_now(tmp_path):
     with store.reader(db) as con:
         until = ingest.watermark(con, "simulator")
         span = metrics.data_span(con)
+        runs = con.execute("SELECT job, outcome, rows FROM job_runs").fetchall()
     assert before <= until <= floor_to(utcnow(), MINUTE)
     assert span[1] == until and until - span[0] == 60 * MINUTE
+    assert runs == [("ingest", "ok", runs[0][2])] and runs[0][2] > 0  # a manual run is recorded too
+
+
+def test_once_failure_is_recorded_and_exits_1(tmp_path):
+    env, db = _env(tmp_path)
+    (tmp_path / "small.toml").write_text('source = "analytics_engine"\n')
+    env = {k: v for k, v in env.items() if not k.startswith("CF_")}
+    p = subprocess.run([sys.executable, "-m", "jobs", "--once", "ingest"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1, p.stderr
+    with store.reader(db) as con:
+        (job, outcome, error), = con.execute("SELECT job, outcome, error FROM job_runs").fetchall()
+    assert (job, outcome) == ("ingest", "error") and "CF_" in error and "CF_" in p.stderr
 
 
 def test_runner_stops_cleanly_on_sigterm(tmp_path):

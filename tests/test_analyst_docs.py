@@ -1,0 +1,101 @@
+"""docs/analysts.md cannot rot: every example query runs against a demo store,
+and every view and column of schema v1 is documented."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from datetime import timedelta
+
+import duckdb
+import pytest
+
+from cachemon import analyst, config, pipeline, report, store
+from cachemon.clock import floor_to, utcnow, DAY
+
+from conftest import EXPERIMENT_TOML, ROOT
+
+DOC = ROOT / "docs" / "analysts.md"
+# Queries whose docs say they may come back empty on healthy data.
+MAY_BE_EMPTY = ("Keys that fell out of the edge", "Notifications that were not delivered")
+
+
+def _examples() -> list[tuple[str, str]]:
+    text = DOC.read_text(encoding="utf-8").split("## Example questions", 1)[1].split("\n## ", 1)[0]
+    out = []
+    for section in text.split("\n### ")[1:]:
+        title = section.splitlines()[0]
+        out += [(title, sql) for sql in re.findall(r"```sql\n(.*?)```", section, re.S)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory):
+    """Three days of small demo traffic ending now, with the daily jobs' products."""
+    tmp = tmp_path_factory.mktemp("docs")
+    now = utcnow()
+    cfg_file = tmp / "demo.toml"
+    cfg_file.write_text("[simulator]\nrequests_per_hour = 6000\ncatalog_keys = 3000\n"
+                        + EXPERIMENT_TOML.format(start=(floor_to(now, DAY) - 3 * DAY).strftime("%Y-%m-%dT%H:%M:%SZ")))
+    cfg = config.with_db(config.load(cfg_file, env={}), str(tmp / "demo.duckdb"))
+    pipeline.demo(cfg, 3, now)
+    with store.writer(cfg.store.path, now) as con:  # the daily cost reports of the whole days
+        for back in (2, 3):
+            report.save(con, report.build(con, cfg, (now - back * DAY).date(), now))
+    env = {"CACHEMON_DB": cfg.store.path, "CACHEMON_CONFIG": str(cfg_file), "PYTHONPATH": str(ROOT), "PATH": ""}
+    run = subprocess.run([sys.executable, "-m", "jobs", "--once", "compact"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    return cfg.store.path
+
+
+def test_the_docs_have_at_least_ten_examples():
+    assert len(_examples()) >= 10
+
+
+@pytest.mark.parametrize("title,sql", _examples(), ids=[t for t, _ in _examples()])
+def test_every_documented_query_runs_on_a_demo_store(demo_store, title, sql):
+    con = duckdb.connect(str(store.snapshot_path(demo_store)), read_only=True)  # the documented read path
+    con.execute("SET TimeZone = 'UTC'")
+    rows = con.execute(sql).fetchall()
+    if not any(m in title for m in MAY_BE_EMPTY):
+        assert rows, title
+
+
+def test_every_view_and_column_is_documented(demo_store):
+    doc = DOC.read_text(encoding="utf-8")
+    with store.reader(demo_store) as con:
+        views = [v for (v,) in con.execute("SELECT view_name FROM duckdb_views() WHERE schema_name = $s",
+                                           {"s": analyst.SCHEMA}).fetchall()]
+        macros = {m for (m,) in con.execute("SELECT DISTINCT function_name FROM duckdb_functions() "
+                                            "WHERE schema_name = $s", {"s": analyst.SCHEMA}).fetchall()}
+        assert len(views) >= 15 and {"latency_daily", "top_keys", "key_classes", "bucket_ms"} <= macros
+        for name in views + sorted(macros):
+            assert re.search(rf"`(v1\.)?{name}\b", doc), name
+        for view in views:
+            for (column,) in con.execute(f"SELECT column_name FROM (DESCRIBE {analyst.SCHEMA}.{view})").fetchall():
+                assert f"`{column}`" in doc, (view, column)
+
+
+def test_the_purge_query_finds_the_keys_the_simulated_purge_knocked_out_of_the_edge(tmp_path):
+    from datetime import datetime, timezone
+
+    from conftest import load, simulate
+
+    purge = datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc)  # the simulator's weekly edge purge (Tuesday)
+    parts, truth = simulate(12, purge - timedelta(hours=6))
+    load(tmp_path / "p.duckdb", parts, now=purge + timedelta(hours=6))
+    (title, sql), = [(t, q) for t, q in _examples() if "fell out of the edge" in t]
+    placeholder = "date_trunc('hour', now()) - INTERVAL 12 HOUR"
+    assert placeholder in sql
+    with store.reader(tmp_path / "p.duckdb") as con:
+        got = con.execute(sql.replace(placeholder, "TIMESTAMPTZ '2026-11-24 14:00:00+00'")).fetchall()
+    r = truth[truth.kind == "request"].assign(after=lambda d: d.timestamp >= purge)
+    r = r.assign(edge=r.sample_interval.where(r.tier == "edge", 0.0))
+    g = r.groupby(["key", "after"])[["sample_interval", "edge"]].sum().unstack("after")
+    g = g[(g[("sample_interval", False)] >= 20) & (g[("sample_interval", True)] >= 20)]
+    before = 100 * g[("edge", False)] / g[("sample_interval", False)]
+    after = 100 * g[("edge", True)] / g[("sample_interval", True)]
+    knocked = set(g.index[after < before - 20])
+    assert knocked and {row[0] for row in got} == knocked
