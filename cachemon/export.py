@@ -73,7 +73,7 @@ def _days_sql(d: Dataset) -> str:
 
 
 def _day_sql(d: Dataset) -> str:
-    return f"SELECT * FROM {SCHEMA}.{d.view} WHERE {d.time} >= $lo AND {d.time} < $hi ORDER BY ALL"
+    return f"SELECT * FROM {SCHEMA}.{d.view} WHERE {d.time} >= $lo AND {d.time} < $hi"
 
 
 def parquet(con: duckdb.DuckDBPyConnection, to: str | os.PathLike, since: datetime | None = None) -> list[Written]:
