@@ -46,6 +46,11 @@ _LATENCY_COLUMNS = """
     experiment VARCHAR NOT NULL, cohort VARCHAR NOT NULL,
     bucket INTEGER NOT NULL, weight DOUBLE NOT NULL
 """
+_GAUGE_COLUMNS = """
+    source VARCHAR NOT NULL, {time} TIMESTAMPTZ NOT NULL, name VARCHAR NOT NULL,
+    value_sum DOUBLE NOT NULL, samples BIGINT NOT NULL,
+    value_min DOUBLE NOT NULL, value_max DOUBLE NOT NULL, value_last DOUBLE NOT NULL
+"""
 _KEY_COLUMNS = """
     source VARCHAR NOT NULL, {time} TIMESTAMPTZ NOT NULL, key_id INTEGER NOT NULL,
     edge DOUBLE NOT NULL, kv DOUBLE NOT NULL, r2 DOUBLE NOT NULL, api DOUBLE NOT NULL,
@@ -59,10 +64,7 @@ MIGRATIONS: dict[int, list[str]] = {
         f"CREATE TABLE rollup_hour ({_ROLLUP_COLUMNS.format(time='hour')})",
         f"CREATE TABLE latency_minute ({_LATENCY_COLUMNS.format(time='minute')})",
         f"CREATE TABLE latency_hour ({_LATENCY_COLUMNS.format(time='hour')})",
-        """CREATE TABLE gauge_minute (
-            source VARCHAR NOT NULL, minute TIMESTAMPTZ NOT NULL, name VARCHAR NOT NULL,
-            value_sum DOUBLE NOT NULL, samples BIGINT NOT NULL,
-            value_min DOUBLE NOT NULL, value_max DOUBLE NOT NULL, value_last DOUBLE NOT NULL)""",
+        f"CREATE TABLE gauge_minute ({_GAUGE_COLUMNS.format(time='minute')})",
         "CREATE SEQUENCE key_ids START 1",
         """CREATE TABLE cache_keys (
             key_id INTEGER PRIMARY KEY, key VARCHAR NOT NULL, endpoint VARCHAR NOT NULL)""",
@@ -161,10 +163,7 @@ MIGRATIONS[7] = [
 MIGRATIONS[8] = [
     f"CREATE TABLE rollup_day ({_ROLLUP_COLUMNS.format(time='day')})",
     f"CREATE TABLE latency_day ({_LATENCY_COLUMNS.format(time='day')})",
-    """CREATE TABLE gauge_hour (
-        source VARCHAR NOT NULL, hour TIMESTAMPTZ NOT NULL, name VARCHAR NOT NULL,
-        value_sum DOUBLE NOT NULL, samples BIGINT NOT NULL,
-        value_min DOUBLE NOT NULL, value_max DOUBLE NOT NULL, value_last DOUBLE NOT NULL)""",
+    f"CREATE TABLE gauge_hour ({_GAUGE_COLUMNS.format(time='hour')})",
     "CREATE TABLE retention_state (name VARCHAR PRIMARY KEY, horizon TIMESTAMPTZ NOT NULL)",
     *analyst.VIEWS,
 ]

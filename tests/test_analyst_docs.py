@@ -99,3 +99,22 @@ def test_the_purge_query_finds_the_keys_the_simulated_purge_knocked_out_of_the_e
     after = 100 * g[("edge", True)] / g[("sample_interval", True)]
     knocked = set(g.index[after < before - 20])
     assert knocked and {row[0] for row in got} == knocked
+
+
+def test_cost_and_experiment_views_equal_what_cachemon_stored(demo_store):
+    from cachemon import tuning
+
+    with store.reader(demo_store) as con:
+        costs = con.execute("SELECT day, sum(list_usd), sum(billed_usd), count(*) FROM v1.cost_day "
+                            "GROUP BY day ORDER BY day DESC").fetchall()
+        reports = report.recent(con)
+        results = con.execute("SELECT analyzed_at, treatment, metric, estimate, ci_lower, ci_upper "
+                              "FROM v1.experiment_results ORDER BY ALL").fetchall()
+        history = tuning.history(con, "extended-title-ttl")
+    assert [(c[0], c[3]) for c in costs] == [(r["day"], len(r["report"]["lines"])) for r in reports] and len(costs) >= 2
+    for (day, list_usd, billed_usd, _), r in zip(costs, reports):
+        assert list_usd == pytest.approx(r["report"]["list_total"], rel=1e-12)
+        assert billed_usd == pytest.approx(r["report"]["billed_total"], rel=1e-12)
+    want = sorted((h["analyzed_at"], c["treatment"], m["metric"], m["estimate"], m["lower"], m["upper"])
+                  for h in history for c in h["result"]["comparisons"] for m in c["metrics"])
+    assert results == want and len(want) >= 4
