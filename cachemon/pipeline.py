@@ -88,26 +88,30 @@ def simulate_until(cfg: Config, now: datetime, sim: Simulator | None = None,
             start = end - max_catch_up
             sim = Simulator(sim.cfg)
         windows = Window(start, end).split(HOUR) if end > start else []
-        events = _feed(con, cfg, sim, windows, now, None)
+        events = _feed(con, cfg, sim, windows, now, None, save_each=True)
     return LoadSummary(SIMULATOR, events, len(windows), end), sim
 
 
 def _feed(con, cfg: Config, sim: Simulator, windows: list[Window], now: datetime,
-          progress: Progress | None) -> int:
+          progress: Progress | None, save_each: bool = False) -> int:
     """Generate and ingest windows in order. The next window is generated in
     a worker thread while DuckDB ingests the current one (both release the
-    GIL for most of their work), which nearly halves a long demo."""
+    GIL for most of their work), which nearly halves a long demo.
+
+    With `save_each` (the live runner), every window commits the simulator's
+    state with its data, so a crash mid catch-up resumes exactly where the
+    data ends: replaying from an older state could not rewrite the hours
+    whose per-key rows the later windows have compacted meanwhile."""
     events = 0
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(sim.generate, windows[0]) if windows else None
         for i, w in enumerate(windows):
             frame = pending.result()
             last = i == len(windows) - 1
-            # The state must be taken before the next window advances it;
-            # saving costs a compression of the whole cache, so only once, at
-            # the end: after a crash mid-way the next run resumes from the
-            # last saved state and replaces the windows since (idempotent).
-            state = sim.state.to_bytes() if last else None
+            # The state must be taken before the next window advances it.
+            # Saving costs a compression of the whole cache, so a demo (which
+            # starts over after a crash) saves it once, at the end.
+            state = sim.state.to_bytes() if last or save_each else None
             pending = None if last else pool.submit(sim.generate, windows[i + 1])
             ingest.replace_window(con, frame, SIMULATOR, w, now, cfg.store.key_compaction_lag, state=state)
             events += len(frame)

@@ -167,6 +167,7 @@ class Runner:
         if missed > 0:
             self.record(RunRecord(spec.name, now, now, "skipped", f"{missed} slot(s) missed since {iso(previous)}", missed))
         error, outcome, rows = None, "ok", None
+        log.debug("%s started for %s", spec.name, iso(now))
         try:
             rows = fn(now)
         except CachemonError as exc:

@@ -149,9 +149,12 @@ def main(argv=None) -> int:
     parser.add_argument("--config", help="TOML config file")
     parser.add_argument("--clock-start", help="start a simulated clock here (ISO 8601 UTC)")
     parser.add_argument("--clock-speed", type=float, default=1.0, help="simulated seconds per second")
+    parser.add_argument("--verbose", action="store_true", help="also log each job's start")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.Formatter.converter = time.gmtime
+    if args.verbose:  # cachemon's own loggers only: others may log URLs that hold secrets
+        logging.getLogger("cachemon").setLevel(logging.DEBUG)
     try:
         cfg = config_mod.load(args.config)
         if args.db:

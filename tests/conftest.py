@@ -98,3 +98,15 @@ def env(db):
     e.pop("CACHEMON_CONFIG", None)
     e["PYTHONPATH"] = str(ROOT)
     return e
+
+
+@pytest.fixture(scope="session")
+def results():
+    """The reliability suite's table: call with (scenario, injected, count, result)."""
+    from reliability.suite import write_table
+
+    rows = []
+    yield lambda scenario, injected, count, result: rows.append(
+        {"scenario": scenario, "injected": injected, "count": count, "result": result})
+    if rows:
+        write_table(rows)
