@@ -10,6 +10,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from aiosmtpd.controller import Controller
@@ -26,6 +27,13 @@ class _Inbox:
     def __init__(self):
         self.messages: list[email.message.EmailMessage] = []
         self.envelopes = []
+        self.reject_recipients = False  # answer 550 to every RCPT TO
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.reject_recipients:
+            return "550 5.1.1 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         self.envelopes.append(envelope)
@@ -81,16 +89,18 @@ class SmtpSink:
 
 
 class WebhookSink:
-    """Records POSTs (path, headers, JSON body); answers `status`."""
+    """Records POSTs (path, headers, JSON body); answers `status` after `delay` seconds."""
 
     def __init__(self):
         self.requests: list[dict] = []
         self.status = 200
+        self.delay = 0.0  # seconds before answering (a slow receiver)
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                time.sleep(sink.delay)
                 sink.requests.append({"path": self.path, "headers": dict(self.headers), "json": json.loads(body),
                                       "status": sink.status})
                 self.send_response(sink.status)
