@@ -3,15 +3,12 @@ and the library, and in a real browser (Debian's Chromium)."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -19,6 +16,7 @@ from cachemon import config, health, pipeline, promote, report, runner, store, t
 from cachemon.clock import floor_to, iso, utcnow
 
 from conftest import EXPERIMENT_TOML, ROOT, SMALL
+from servers import streamlit_server
 
 PAGES = {"overview": "views/overview.py", "trends": "views/trends.py", "keys": "views/topkeys.py",
          "experiments": "views/experiments.py", "ttl": "views/ttl.py", "alerts": "views/alerts.py", "costs": "views/costs.py",
@@ -290,34 +288,11 @@ def test_login_is_required_when_auth_is_configured(past_store, monkeypatch):
     assert [b.label for b in at.button] == ["Log in"] and not at.metric
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(live_store):
-    port = _free_port()
     db, cfg_file = live_store
-    env = dict(os.environ, CACHEMON_DB=str(db), CACHEMON_CONFIG=str(cfg_file), PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            if httpx.get(url + "/_stcore/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    with streamlit_server({"CACHEMON_DB": str(db), "CACHEMON_CONFIG": str(cfg_file)}) as url:
+        yield url
 
 
 CHARTS = {"overview": 1, "trends": 6, "keys": 1, "experiments": 1, "ttl": 1, "alerts": 1, "costs": 2, "jobs": 1}
