@@ -77,15 +77,16 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
     limiter = _RateLimiter(settings.rate_limit)
 
     def guard(request: Request) -> Response | None:
-        if settings.token:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
-                return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        # The limit comes first, so it also slows down anyone guessing tokens.
         client = request.client.host if request.client else "unknown"
         if client not in settings.allow:
             wait = limiter.retry_after(client, clock())
             if wait:
                 return _error(429, f"rate limit: {settings.rate_limit} requests per minute", {"Retry-After": str(wait)})
+        if settings.token:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
+                return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
         return None
 
     # Plain `def` handlers: Starlette runs them in its thread pool, so a

@@ -105,7 +105,8 @@ def test_rate_limit_and_auth(loaded_store):
         assert httpx.get(base + "/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
         auth = {"Authorization": "Bearer api-secret-123"}
         replies = [httpx.get(base + "/metrics", headers=auth) for _ in range(11)]
-        assert [r.status_code for r in replies] == [200] * 10 + [429]
+        # The two refused requests count too (the limit slows token guessing).
+        assert [r.status_code for r in replies] == [200] * 8 + [429] * 3
         assert 1 <= int(replies[-1].headers["Retry-After"]) <= 60
         assert httpx.get(base + "/healthz").status_code == 200  # health is never limited
     finally:
