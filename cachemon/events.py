@@ -157,9 +157,23 @@ def _strings(col: pa.ChunkedArray, name: str, fail: _Failer) -> pa.ChunkedArray:
         col = col.cast(pa.string())
     elif not pa.types.is_string(t):
         raise InputError(f"{fail.origin}: column {name} has type {t}; it must be text")
+    col = _valid_utf8(col)
     if name in DEFAULTS:
         col = pc.fill_null(col, DEFAULTS[name])
     return col
+
+
+def _valid_utf8(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """`col` with invalid UTF-8 replaced by U+FFFD. The file readers do not
+    check it, DuckDB refuses it, and keys come from the internet: like a
+    browser, keep the text and mark what could not be read."""
+    try:
+        col.validate(full=True)
+        return col
+    except pa.ArrowInvalid:
+        raw = col.cast(pa.binary()).to_pylist()
+        return pa.chunked_array([pa.array([None if b is None else b.decode("utf-8", "replace") for b in raw],
+                                          pa.string())])
 
 
 def _numbers(col: pa.ChunkedArray, name: str, fail: _Failer) -> pa.ChunkedArray:
@@ -189,7 +203,9 @@ def _check_values(cols: dict, fail: _Failer) -> None:
                lambda i: f"{status[i].as_py()!r} is unknown (use ok or error)")
     for name in ("key", "endpoint"):
         col = cols[name]
-        fail.check(pc.and_(is_req, pc.or_(pc.is_null(col), pc.equal(col, ""))), name, lambda i: "is empty")
+        # Kleene logic: a null must count as empty, not make the test unknown.
+        fail.check(pc.and_kleene(is_req, pc.or_kleene(pc.is_null(col), pc.equal(col, ""))), name,
+                   lambda i: "is empty")
     lat = cols["latency_ms"]
     fail.check(pc.less(lat, 0), "latency_ms", lambda i: f"is negative ({lat[i].as_py()})")
     b = cols["bytes"]

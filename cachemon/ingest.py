@@ -315,6 +315,10 @@ class _transaction:
 
     def __exit__(self, exc_type, exc, tb):
         self.con.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type and issubclass(exc_type, duckdb.Error):
+            # Input that passed validation but not the store's constraints:
+            # say so plainly (the write was rolled back whole).
+            raise StoreError(f"the store refused the write, nothing was written: {str(exc).splitlines()[0]}") from exc
         return False
 
 
@@ -330,7 +334,11 @@ class _registered:
         for name, attr in self.NAMES.items():
             self.con.register(name, getattr(self.r, attr))
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         for name in self.NAMES:
-            self.con.unregister(name)
+            try:
+                self.con.unregister(name)
+            except duckdb.Error:
+                if exc_type is None:  # an aborted transaction refuses it; the next register replaces it
+                    raise
         return False

@@ -75,6 +75,9 @@ BAD = [
     (lambda df: df.assign(tier=df.tier.where(df.index != df.index[0], "disk")), "1: tier 'disk' is unknown"),
     (lambda df: df.assign(kind=df.kind.where(df.index != df.index[2], "bogus")), "3: kind 'bogus' is unknown"),
     (lambda df: df.assign(sample_interval=0.5), "1 (and 19 more rows): sample_interval must be at least 1"),
+    # A missing (null) key or endpoint used to pass and then break the store's NOT NULL constraint.
+    (lambda df: df.assign(key=df.key.where(df.index != df.index[4], None)), "5: key is empty"),
+    (lambda df: df.assign(endpoint=df.endpoint.where(df.index != df.index[1], None)), "2: endpoint is empty"),
 ]
 
 
