@@ -133,8 +133,9 @@ class WebhookSink:
 
 
 @contextmanager
-def streamlit_server(env: dict):
-    """`streamlit run app.py` on a free loopback port with `env`; yields its URL."""
+def streamlit_server(env: dict, with_pid: bool = False):
+    """`streamlit run app.py` on a free loopback port with `env`; yields its
+    URL (and its pid, `with_pid`)."""
     port = free_port()
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen(
@@ -152,7 +153,7 @@ def streamlit_server(env: dict):
                 time.sleep(0.5)
         else:
             raise RuntimeError("streamlit did not start")
-        yield url
+        yield (url, proc.pid) if with_pid else url
     finally:
         proc.terminate()
         proc.wait(timeout=20)
