@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from hypothesis import strategies as st
 
-from cachemon import api, config, exposition, export, metrics, pipeline, store
+from cachemon import api, config, exposition, export, metrics, optimize, pipeline, report, store
 from cachemon.clock import Window, iso
 from cachemon.errors import CachemonError, ConfigError
 
@@ -131,9 +131,16 @@ def test_evil_keys_travel_intact_and_escaped(tmp_path, results):
     assert not any(k in prom for k in read_back) and "<script>" not in prom
     csv = export.csv_bytes(pd.DataFrame({"key": sorted(read_back)})).decode()
     assert "\n=HYPERLINK" not in csv and "'=HYPERLINK" in csv
+    # Email: keys reach the cost report as evidence; its HTML escapes them, its subject has no line breaks.
+    rec = optimize.Recommendation("edge_optimization", "hot keys", tuple(f"{k} (title): 50% edge" for k in read_back),
+                                  "raise the edge TTL", 0.01)
+    r = report.Report(T0.date(), NOW, True, (("hot", 1),), (), 0.0, 0.0, None, None, (rec,), "healthy", "v")
+    subject, text, html = report.render(r, "[x]", "")
+    assert "<script>" not in html and "&lt;script&gt;" in html and "onmouseover=\"" not in html
+    assert "\n" not in subject and "DROP TABLE rollup_minute" in text  # plain text needs no escaping
     results("hostile cache keys", "HTML, SQL, control characters, a 16 KB key, invalid UTF-8, formula, template",
             f"{len(EVIL_KEYS)} keys × 5 requests", "stored and served intact (invalid UTF-8 as U+FFFD); never a "
-            "Prometheus label; CSV cells neutralised; dashboard and email escape them (browser and golden tests)")
+            "Prometheus label; CSV cells neutralised; escaped in email HTML; text on the dashboard (browser test)")
 
 
 @pytest.mark.parametrize("text, message", [
