@@ -86,3 +86,14 @@ def test_the_api_lets_in_only_its_token_and_limits_each_ip(loaded_store, results
             f"all {len(denied)} refused with 401; the IP limited to 10 a minute ({len(limited)}× 429 with "
             "Retry-After), another IP unaffected")
 
+
+
+def test_no_network_facing_input_names_a_file():
+    """Paths (--db, --config, export --to) come only from the local operator's
+    command line: neither the API nor the dashboard accepts one."""
+    from cachemon import api
+
+    params = {p["name"] for op in api.OPENAPI["paths"].values() for m in op.values() for p in m.get("parameters", [])}
+    assert params and not params & {"db", "path", "file", "dir", "to", "config"}
+    widgets = "".join((ROOT / "views" / f).read_text() for f in os.listdir(ROOT / "views") if f.endswith(".py"))
+    assert "file_uploader" not in widgets and "CACHEMON_DB" not in widgets

@@ -148,7 +148,7 @@ def test_kill_9_at_random_points_loses_nothing_and_doubles_nothing(tmp_path, res
     # message (with the same Message-ID, so mail clients fold it).
     assert duplicates <= where["alerts"] + where["report"] + where["deliver"]
     kinds = Counter(kind for kind, _, _ in outbox)
-    assert kinds["firing"] >= 1 and kinds["resolved"] >= 1 and len(reports) >= 2 and kinds["report"] == len(reports)
+    assert kinds["firing"] >= 1 and kinds["resolved"] >= 1 and len(reports) >= 1 and kinds["report"] == len(reports)
     assert sum(where[j] for j in ("ingest", "alerts", "compact", "report", "deliver")) >= KILLS // 3
 
     during = ", ".join(f"{n} {j}" for j, n in where.most_common())
