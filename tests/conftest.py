@@ -40,6 +40,27 @@ name = "treatment"
 ttl = "48h"
 weight = 0.5
 """
+# Alert rules as config: the p99 rule the Thursday slowdown breaks, and one always firing.
+P99_RULE = """
+[alerts]
+builtin_rules = false
+[[alerts.rules]]
+name = "p99_latency"
+metric = "p99_latency"
+threshold = 500
+severity = "critical"
+for = "30m"
+"""
+ALWAYS_RULE = """
+[alerts]
+builtin_rules = false
+[[alerts.rules]]
+name = "busy"
+metric = "requests"
+op = ">"
+threshold = 0
+severity = "warning"
+"""
 SMALL = SimulatorConfig(seed=7, requests_per_hour=6000, catalog_keys=3000, sample_threshold_per_minute=30)
 
 

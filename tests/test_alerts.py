@@ -16,31 +16,11 @@ import trustme
 from cachemon import alerts, config, health, notify, store
 from cachemon.clock import iso
 from cachemon.errors import InputError
-from conftest import ROOT, T0, load, simulate, weighted_quantile
+from conftest import ALWAYS_RULE, P99_RULE, ROOT, T0, load, simulate, weighted_quantile
 from servers import SmtpSink, WebhookSink
 
 START = T0 - timedelta(hours=1)  # Thursday 07:00; the slowdown is 09:00-09:45
 FIRE = 165  # minutes after START: 09:45, when the p99 rule (for 30m) fires
-P99_RULE = """
-[alerts]
-builtin_rules = false
-[[alerts.rules]]
-name = "p99_latency"
-metric = "p99_latency"
-threshold = 500
-severity = "critical"
-for = "30m"
-"""
-ALWAYS_RULE = """
-[alerts]
-builtin_rules = false
-[[alerts.rules]]
-name = "busy"
-metric = "requests"
-op = ">"
-threshold = 0
-severity = "warning"
-"""
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ import pandas as pd
 
 from cachemon import config, metrics, pipeline, store
 
-from conftest import ROOT
+from conftest import P99_RULE, ROOT
 from reliability.suite import LONG
 from servers import SmtpSink
 
@@ -44,13 +44,7 @@ catalog_keys = 3000
 sample_threshold_per_minute = 30
 [jobs]
 compact_at = "00:30"
-[alerts]
-builtin_rules = false
-[[alerts.rules]]
-name = "p99_latency"
-metric = "p99_latency"
-threshold = 500
-severity = "critical"
+""" + P99_RULE.replace('for = "30m"\n', "") + """
 [[alerts.rules]]
 name = "busy"               # fires every afternoon, resolves every night
 metric = "requests"

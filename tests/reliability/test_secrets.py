@@ -23,7 +23,7 @@ from cachemon import store
 from cachemon.clock import HOUR, Window, iso
 from cachemon.testing.ae_emulator import Emulator, Fault
 
-from conftest import ROOT, T0, small_sim
+from conftest import ALWAYS_RULE, ROOT, T0, small_sim
 from servers import SmtpSink, WebhookSink, free_port, streamlit_server
 
 CANARIES = {
@@ -32,16 +32,6 @@ CANARIES = {
     "SLACK_WEBHOOK_URL": "canary-slack-9d1e44",  # the secret part of the URL
     "CACHEMON_API_TOKEN": "canary-api-22b7c0",
 }
-CONFIG = """
-[alerts]
-builtin_rules = false
-[[alerts.rules]]
-name = "busy"
-metric = "requests"
-op = ">"
-threshold = 0
-severity = "warning"
-"""
 PAGES = ("", "trends", "keys", "experiments", "ttl", "alerts", "costs", "jobs")
 
 
@@ -70,7 +60,7 @@ def _store_texts(db) -> list[str]:
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # implicit TLS: it is TLS
 def test_canary_secrets_never_appear_anywhere(tmp_path, results):
     db, cfg_file = tmp_path / "s.duckdb", tmp_path / "s.toml"
-    cfg_file.write_text(CONFIG)
+    cfg_file.write_text(ALWAYS_RULE)
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     smtp, hooks = SmtpSink(tls="ssl", ca=ca, user="cachemon", password=CANARIES["SMTP_PASSWORD"]), WebhookSink()
