@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import stats as sps
+# scipy.special, not scipy.stats: the same functions, a quarter of the import
+# time, and every command and the runner import this module.
+from scipy import special
 
 SRM_P = 0.001
 MIN_UNITS_SRM = 8
@@ -83,7 +85,7 @@ class Difference:
 
     def fixed_interval(self, alpha: float = 0.05) -> tuple[float, float]:
         """The fixed-horizon (one look) interval, for comparison."""
-        h = sps.norm.ppf(1 - alpha / 2) * math.sqrt(self.variance)
+        h = special.ndtri(1 - alpha / 2) * math.sqrt(self.variance)  # the normal quantile
         return self.estimate - h, self.estimate + h
 
     def sequence_interval(self, alpha: float, tuning_n: float) -> tuple[float, float]:
@@ -141,7 +143,8 @@ def srm(counts: Sequence[int], allocation: Sequence[float]) -> Srm | None:
         return None
     total = sum(counts)
     expected = [total * float(a) for a in allocation]
-    return Srm(float(sps.chisquare(counts, expected).pvalue), tuple(counts), tuple(expected))
+    statistic = sum((c - e) ** 2 / e for c, e in zip(counts, expected))
+    return Srm(float(special.chdtrc(len(counts) - 1, statistic)), tuple(counts), tuple(expected))
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
