@@ -17,7 +17,7 @@ import pytest
 from cachemon import config, metrics, pipeline, store
 from cachemon.clock import HOUR, Window
 from cachemon.errors import SourceError
-from cachemon.sources import ae_sql
+from cachemon.sources import ae_sql, analytics_engine
 from cachemon.sources.analytics_engine import Client, Credentials
 from cachemon.testing.ae_emulator import Emulator, Fault
 
@@ -145,6 +145,34 @@ def test_truncated_json_is_an_error_and_nothing_is_written(emulator, tmp_path):
         pipeline.pull(_cfg(db), _client(emulator), T0 + HOUR, since=T0, until=T0 + HOUR)
     with store.writer(db, T0, publish=False) as con:
         assert con.execute("SELECT count(*) FROM watermarks").fetchall() == [(0,)]
+
+
+def _gauges(*rows):
+    return analytics_engine._table(analytics_engine.QueryResult((), tuple(rows), len(rows)), "gauges")
+
+
+def test_answer_values_in_every_form_json_may_carry():
+    t = _gauges({"timestamp": "2026-11-20 00:01:00", "name": "kv_queue", "value": "12"},
+                {"timestamp": "2026-11-20T00:02:30Z", "name": 7, "value": 2.5},
+                {"timestamp": "2026-11-20T01:02:03+01:00", "name": None, "value": 3})
+    assert [x.isoformat() for x in t["timestamp"].to_pylist()] == [
+        "2026-11-20T00:01:00+00:00", "2026-11-20T00:02:30+00:00", "2026-11-20T00:02:03+00:00"]
+    assert t["name"].to_pylist() == ["kv_queue", "7", ""]
+    assert t["value"].to_pylist() == [12.0, 2.5, 3.0]
+    assert _gauges().num_rows == 0
+
+
+@pytest.mark.parametrize("row, column", [
+    ({"timestamp": None, "name": "q", "value": 1}, "timestamp"),
+    ({"timestamp": "yesterday", "name": "q", "value": 1}, "timestamp"),
+    ({"timestamp": 1763596860, "name": "q", "value": 1}, "timestamp"),
+    ({"timestamp": "2026-11-20 00:01:00", "name": "q", "value": "many"}, "value"),
+    ({"timestamp": "2026-11-20 00:01:00", "name": "q", "value": True}, "value"),
+    ({"timestamp": "2026-11-20 00:01:00", "name": "q"}, "value"),
+])
+def test_a_garbled_answer_column_is_named(row, column):
+    with pytest.raises(SourceError, match=f"garbles column '{column}'.*nothing was written"):
+        _gauges({"timestamp": "2026-11-20 00:00:00", "name": "q", "value": 1}, row)
 
 
 def test_late_data_is_picked_up_by_the_overlap(emulator, tmp_path):

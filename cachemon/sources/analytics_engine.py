@@ -17,12 +17,14 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Callable
 
 import duckdb
 import httpx
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .. import rollups
 from ..clock import Window
@@ -176,8 +178,7 @@ def pull_rollups(client: Client, dataset: str, mapping: ColumnMapping, window: W
     latency = _table(client.query(ae_sql.latency_histogram(dataset, mapping, window)), "latency")
     points = _table(client.query(ae_sql.gauge_points(dataset, mapping, window)), "gauges")
     keys = _table(client.query(ae_sql.key_counts(dataset, mapping, window, Window(*whole))), "keys")
-    in_whole = pa.array([whole[0] <= t < whole[1] for t in keys["t"].to_pylist()], pa.bool_())
-    keys = keys.add_column(3, "whole_hour", in_whole)
+    keys = keys.add_column(3, "whole_hour", _inside(keys["t"], whole))
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         # Named as events, the points go through the same gauge SQL as events do.
@@ -185,6 +186,12 @@ def pull_rollups(client: Client, dataset: str, mapping: ColumnMapping, window: W
         gauges = con.sql(rollups.GAUGE_SQL).to_arrow_table()
     events = int(sum(minute["events"].to_pylist())) + points.num_rows
     return Rollups(minute=minute, latency=latency, gauges=gauges, keys=keys, events=events)
+
+
+def _inside(times: pa.ChunkedArray, span: tuple[datetime, datetime]) -> pa.ChunkedArray:
+    """Whether each time lies in [span)."""
+    lo, hi = (pa.scalar(t, times.type) for t in span)
+    return pc.and_(pc.greater_equal(times, lo), pc.less(times, hi))
 
 
 def _table(result: QueryResult, kind: str) -> pa.Table:
@@ -202,15 +209,61 @@ def _table(result: QueryResult, kind: str) -> pa.Table:
 
 def _column(values: list, typ: str) -> pa.Array:
     if typ == "text":
-        return pa.array(["" if v is None else str(v) for v in values], pa.string())
+        return _text(values)
     if typ == "time":
-        parsed = pd.to_datetime(pd.Series(values, dtype="object"), utc=True, format="ISO8601")
-        if parsed.isna().any():
-            raise ValueError("missing timestamp")
-        return pa.array(parsed.dt.as_unit("us"), pa.timestamp("us", tz="UTC"))
-    nums = pa.array([None if v is None else str(v) for v in values], pa.string()).cast(pa.float64())
+        return _times(values)
+    nums = _numbers(values)
     if typ == "int":
         return nums.cast(pa.int64())
     if typ == "int32":
         return nums.cast(pa.int32())
     return nums
+
+
+def _text(values: list) -> pa.Array:
+    try:
+        arr = pa.array(values, pa.string())
+    except (pa.ArrowException, TypeError):  # not all strings: say them as text
+        arr = pa.array([None if v is None else str(v) for v in values], pa.string())
+    return arr.fill_null("")
+
+
+# ClickHouse's JSON writes DateTime as 'YYYY-MM-DD hh:mm:ss' (UTC here); Arrow
+# parses that in C++. Anything else goes through pandas' ISO 8601 parser.
+_CH_TIME = "%Y-%m-%d %H:%M:%S"
+
+
+def _times(values: list) -> pa.Array:
+    try:
+        parsed = pc.strptime(pa.array(values, pa.string()), format=_CH_TIME, unit="us")
+    except (pa.ArrowException, TypeError):
+        parsed = pa.array([_iso_time(v) for v in values], pa.timestamp("us"))
+    if parsed.null_count:
+        raise ValueError("missing timestamp")
+    return parsed.cast(pa.timestamp("us", tz="UTC"))
+
+
+def _iso_time(value) -> datetime | None:
+    """An ISO 8601 time as naive UTC; ValueError naming the value otherwise."""
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, str):
+            raise TypeError
+        t = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"{str(value)[:40]!r} is not a time") from None
+    return (t.tz_convert("UTC").tz_localize(None) if t.tzinfo else t).to_pydatetime()
+
+
+def _numbers(values: list) -> pa.Array:
+    """Numbers, or numbers quoted as strings (64-bit integers are)."""
+    try:
+        arr = pa.array(values)
+    except pa.ArrowException:  # a mix of numbers and strings
+        arr = pa.array([None if v is None else str(v) for v in values], pa.string())
+    if pa.types.is_null(arr.type):
+        arr = arr.cast(pa.string())
+    if not (pa.types.is_string(arr.type) or pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
+        raise TypeError(f"not numbers ({arr.type})")
+    return arr.cast(pa.float64())
