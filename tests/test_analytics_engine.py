@@ -92,6 +92,9 @@ def test_emulator_rejects_what_analytics_engine_rejects(emulator):
     c = _client(emulator)
     with pytest.raises(SourceError, match=r"HTTP 422\): Invalid query: unsupported SQL: CASE.*\nSQL: SELECT CASE"):
         c.query("SELECT CASE WHEN 1 THEN 2 END FROM CACHE_ANALYTICS FORMAT JSON")
+    for sql in ("DELETE FROM CACHE_ANALYTICS FORMAT JSON", "SELECT 1 FROM CACHE_ANALYTICS; DROP TABLE CACHE_ANALYTICS FORMAT JSON"):
+        with pytest.raises(SourceError, match="only one SELECT statement"):
+            c.query(sql)
 
 
 def test_retries_5xx_and_timeouts_then_succeeds(emulator):

@@ -105,6 +105,8 @@ class Emulator:
         text = sql.strip()
         if not re.search(r"FORMAT JSON\s*$", text):
             raise ValueError("only FORMAT JSON is emulated")
+        if not re.match(r"SELECT\b", text, re.IGNORECASE) or ";" in text:
+            raise ValueError("only one SELECT statement is accepted")
         if _UNSUPPORTED.search(text):
             raise ValueError(f"unsupported SQL: {_UNSUPPORTED.search(text).group(0)}")
         text = re.sub(r"FORMAT JSON\s*$", "", text)
