@@ -24,6 +24,7 @@ from .errors import CachemonError, InputError
 from .metrics import data_span
 from .rules import METRICS, Rule, format_value
 from .series import Observation, observe
+from .store import transaction
 
 log = logging.getLogger("cachemon.alerts")
 
@@ -204,8 +205,7 @@ def _write(con, states, changed, evaluations: list[dict], groups, outbox) -> Non
          "message": s.message, "firing_since": s.firing_since}
         for before, s in changed
     ]
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         con.execute("DELETE FROM alert_state")
         _append(con, "alert_state", [{c: getattr(s, c) for c in STATE_COLUMNS} for s in states])
         _append(con, "alert_history", history)
@@ -214,10 +214,6 @@ def _write(con, states, changed, evaluations: list[dict], groups, outbox) -> Non
             con.execute(UPSERT_GROUP, [g.channel, ",".join(g.members), g.sent_at])
         for row in outbox:
             enqueue(con, row)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
 
 
 # Fixed table names only; the rows go through Arrow, not SQL text

@@ -19,6 +19,7 @@ hours a write touched, so they always equal the sum of their minutes.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -29,7 +30,7 @@ from .errors import SourceError, StoreError
 from .events import EventFrame
 from . import retention, rollups, topkeys
 from .rollups import Rollups
-from .store import first_row
+from .store import first_row, transaction
 
 # The rollups of one write are registered as r_minute, r_latency, r_gauges
 # and r_keys (see cachemon.rollups), whatever source produced them.
@@ -306,20 +307,15 @@ def _check_inside(r: Rollups, window: Window, source: str) -> None:
         raise SourceError(f"{source}: data from {iso(span[0])} to {iso(span[1])} falls outside window {window}")
 
 
-class _transaction:
-    def __init__(self, con):
-        self.con = con
-
-    def __enter__(self):
-        self.con.execute("BEGIN TRANSACTION")
-
-    def __exit__(self, exc_type, exc, tb):
-        self.con.execute("ROLLBACK" if exc_type else "COMMIT")
-        if exc_type and issubclass(exc_type, duckdb.Error):
-            # Input that passed validation but not the store's constraints:
-            # say so plainly (the write was rolled back whole).
-            raise StoreError(f"the store refused the write, nothing was written: {str(exc).splitlines()[0]}") from exc
-        return False
+@contextmanager
+def _transaction(con):
+    try:
+        with transaction(con):
+            yield
+    except duckdb.Error as exc:
+        # Input that passed validation but not the store's constraints: say
+        # so plainly (the write was rolled back whole).
+        raise StoreError(f"the store refused the write, nothing was written: {str(exc).splitlines()[0]}") from exc
 
 
 class _registered:

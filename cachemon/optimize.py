@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 
 from .clock import DAY, HOUR, Window, ceil_to, floor_to
+from .config import COLD_PER_DAY, HOT_PER_DAY
 from . import topkeys
 from .metrics import data_span
 from .pricing import Pricing, days_in_month
 
-from .config import COLD_PER_DAY, HOT_PER_DAY
 TTL_FACTORS = (1, 2, 4, 7, 14, 30)
 
 # Per-key rows of a window, each counted once: whole days from key_day, the

@@ -17,6 +17,7 @@ from . import costs, health, messages, optimize
 from .clock import DAY, Window, iso
 from .metrics import data_span
 from .pricing import COMPONENTS, DEFAULT
+from .store import transaction
 
 SAVE = "INSERT OR REPLACE INTO cost_reports VALUES (?, ?, ?, ?)"
 SENT = "SELECT sent FROM cost_reports WHERE day = ?"
@@ -116,8 +117,7 @@ def queue(con, r: Report, cfg, transports, resend: bool = False) -> list[str]:
     put it in the outbox for every configured channel. Returns the channels."""
     from . import notify
 
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         sent = save(con, r)
         channels = [] if sent and not resend else list(transports.channels(cfg.notify))
         url = transports.dashboard_url or cfg.notify.dashboard_url
@@ -126,10 +126,6 @@ def queue(con, r: Report, cfg, transports, resend: bool = False) -> list[str]:
             notify.enqueue(con, notify.report_row(ch, r.generated_at, subject, text, html, cfg.notify, transports))
         if channels:
             con.execute(MARK_SENT, [r.day])
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
     return channels
 
 

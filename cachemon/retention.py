@@ -23,6 +23,7 @@ import duckdb
 from .clock import DAY, floor_to, iso
 from .config import RetentionConfig
 from .errors import StoreError
+from .store import transaction
 
 HORIZONS = "SELECT name, horizon FROM retention_state"
 SET_HORIZON = """
@@ -83,8 +84,7 @@ def targets(now: datetime, cfg: RetentionConfig) -> Horizons:
 def apply(con: duckdb.DuckDBPyConnection, now: datetime, cfg: RetentionConfig) -> Result:
     """Compact what `cfg` no longer keeps, in one transaction."""
     want = targets(now, cfg)
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         p = {"before": want.minute}
         con.execute(GAUGES_TO_HOURS, p)
         minute_rows = sum(_deleted(con, sql, p) for sql in MINUTE_DELETES)
@@ -94,10 +94,6 @@ def apply(con: duckdb.DuckDBPyConnection, now: datetime, cfg: RetentionConfig) -
         hour_rows = sum(_deleted(con, sql, p) for sql in HOUR_DELETES)
         con.execute(SET_HORIZON, {"name": "minute", "horizon": want.minute})
         con.execute(SET_HORIZON, {"name": "hour", "horizon": want.hour})
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
     return Result(horizons(con), minute_rows, hour_rows)
 
 
@@ -105,11 +101,16 @@ def _deleted(con, sql: str, params: dict) -> int:
     return con.execute(sql, params).fetchall()[0][0]
 
 
+def _minute_horizon_after(con: duckdb.DuckDBPyConnection, start: datetime) -> datetime | None:
+    """The minute horizon, if `start` lies before it."""
+    h = horizons(con).minute
+    return h if h is not None and start < h else None
+
+
 def check_write(con: duckdb.DuckDBPyConnection, start: datetime) -> None:
     """Refuse a write that starts before the minute horizon: its hours and
     days hold compacted data that a rewrite from minutes would lose."""
-    h = horizons(con).minute
-    if h is not None and start < h:
+    if h := _minute_horizon_after(con, start):
         raise StoreError(
             f"cannot write data from {iso(start)}: minute rows before {iso(h)} were compacted by retention "
             "([retention] minute_days), so that period is closed"
@@ -118,8 +119,7 @@ def check_write(con: duckdb.DuckDBPyConnection, start: datetime) -> None:
 
 def check_read(con: duckdb.DuckDBPyConnection, start: datetime, what: str = "this window") -> None:
     """Refuse a read needing minute rows from before the minute horizon."""
-    h = horizons(con).minute
-    if h is not None and start < h:
+    if h := _minute_horizon_after(con, start):
         raise StoreError(
             f"{what} starts at {iso(start)}, but minute data before {iso(h)} has been compacted by retention "
             "([retention] minute_days); use a later window, or the hourly and daily views (docs/analysts.md)"

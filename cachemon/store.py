@@ -209,6 +209,18 @@ def schema_version(con: duckdb.DuckDBPyConnection) -> int:
     return first_row(con, "SELECT coalesce(max(version), 0) FROM schema_version")[0]
 
 
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """BEGIN, then COMMIT, or ROLLBACK if the block raises (and re-raise)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
 def migrate(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
     """Bring the schema up to SCHEMA_VERSION; returns the version found."""
     found = schema_version(con)
@@ -218,17 +230,12 @@ def migrate(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
         tables = first_row(con, "SELECT count(*) FROM information_schema.tables")[0]
         if tables:
             raise StoreError("database has tables but no cachemon schema_version: not a cachemon store")
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")
         for version in range(found + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[version]:
                 con.execute(statement)
             con.execute("INSERT INTO schema_version VALUES (?, ?)", [version, now])
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
     return found
 
 

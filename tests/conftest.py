@@ -15,9 +15,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cachemon import ingest, store  # noqa: E402
+from cachemon import config, ingest, store  # noqa: E402
 from cachemon.clock import HOUR, Window  # noqa: E402
 from cachemon.config import SimulatorConfig  # noqa: E402
+from cachemon.errors import ConfigError  # noqa: E402
 from cachemon.events import EventFrame  # noqa: E402
 from cachemon.sources.simulator import Simulator  # noqa: E402
 
@@ -119,6 +120,16 @@ def env(db):
     e.pop("CACHEMON_CONFIG", None)
     e["PYTHONPATH"] = str(ROOT)
     return e
+
+
+def config_error(tmp_path, text: str) -> tuple[str, Path]:
+    """Load `text` as a config file that must be refused: the error's text
+    and the file's path."""
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        config.load(p, env={})
+    return str(err.value), p
 
 
 @pytest.fixture(scope="session")

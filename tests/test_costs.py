@@ -10,9 +10,8 @@ from hypothesis import given, settings, strategies as st
 
 from cachemon import config, costs, pricing, store
 from cachemon.clock import DAY, Window
-from cachemon.errors import ConfigError
 from cachemon.pricing import COMPONENTS
-from conftest import T0
+from conftest import T0, config_error
 
 NOV = datetime(2026, 11, 19, tzinfo=timezone.utc)  # 30-day month
 FEB = datetime(2027, 2, 10, tzinfo=timezone.utc)  # 28-day month
@@ -59,11 +58,8 @@ def test_seed_shaped_block():
     ("[pricing]\nkv_reads = 0.5\n", "[pricing.kv_reads] must be a table"),
 ])
 def test_bad_prices_are_named(tmp_path, toml, message):
-    f = tmp_path / "p.toml"
-    f.write_text(toml)
-    with pytest.raises(ConfigError) as err:
-        config.load(f, env={})
-    assert message in str(err.value) and str(f) in str(err.value)
+    error, f = config_error(tmp_path, toml)
+    assert message in error and str(f) in error
 
 
 def test_overrides_change_the_version(tmp_path):
