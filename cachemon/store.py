@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -175,18 +176,36 @@ def snapshot_path(path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".snapshot" + (p.suffix or ".duckdb"))
 
 
+# DuckDB reads the path more than once while opening it, so an open that
+# races a publish can see parts of two snapshots and fail (about 1 in 400
+# opens with a publish every few milliseconds). Each file is whole, so
+# opening again is right.
+SNAPSHOT_OPEN_ATTEMPTS = 4
+
+
 def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
-    try:
-        con = duckdb.connect(str(path), read_only=read_only)
-    except duckdb.IOException as exc:
-        text = str(exc)
-        if "lock" in text.lower():
-            raise StoreError(f"store {path} is locked by another process: {_first_line(text)}") from None
-        raise StoreError(f"{path} is not a readable DuckDB database (corrupt or another format): {_first_line(text)}") from None
-    except duckdb.Error as exc:
-        raise StoreError(f"cannot open store {path}: {_first_line(str(exc))}") from None
+    for attempt in range(1, SNAPSHOT_OPEN_ATTEMPTS + 1):
+        try:
+            return _connect_once(path, read_only)
+        except duckdb.Error as exc:
+            if not read_only or "lock" in str(exc).lower() or attempt == SNAPSHOT_OPEN_ATTEMPTS:
+                _raise_open_error(path, exc)
+            time.sleep(0.05 * attempt)
+
+
+def _connect_once(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(str(path), read_only=read_only)
     con.execute("SET TimeZone = 'UTC'")
     return con
+
+
+def _raise_open_error(path: Path, exc: duckdb.Error):
+    text = str(exc)
+    if not isinstance(exc, duckdb.IOException):
+        raise StoreError(f"cannot open store {path}: {_first_line(text)}") from None
+    if "lock" in text.lower():
+        raise StoreError(f"store {path} is locked by another process: {_first_line(text)}") from None
+    raise StoreError(f"{path} is not a readable DuckDB database (corrupt or another format): {_first_line(text)}") from None
 
 
 def first_row(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> tuple | None:

@@ -6,11 +6,15 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
+
+import pytest
 from datetime import timedelta
 
 from cachemon import metrics, store
 from cachemon.clock import Window
+from cachemon.errors import StoreError
 
 from conftest import ROOT, T0
 
@@ -82,3 +86,24 @@ def test_sigkill_during_ingestion_loses_and_doubles_nothing(tmp_path):
         assert [(k.key, k.requests) for k in ma.top_keys] == [(k.key, k.requests) for k in mb.top_keys]
         q = "SELECT count(*), sum(samples) FROM gauge_minute"
         assert a.execute(q).fetchall() == b.execute(q).fetchall()
+
+
+def test_a_reader_opening_during_a_publish_opens_again(tmp_path):
+    # DuckDB reads the path more than once while opening it: an open racing a
+    # publish can see a mix of two files. Here the first open sees garbage,
+    # and the publish lands while the reader waits to try again.
+    db = tmp_path / "s.duckdb"
+    with store.writer(db, T0):
+        pass
+    snap = store.snapshot_path(db)
+    good = snap.read_bytes()
+    snap.write_bytes(good[:1000])
+    publish = threading.Timer(0.02, store.publish_snapshot, [db])
+    publish.start()
+    with store.reader(db) as con:
+        assert store.schema_version(con) == store.SCHEMA_VERSION
+    publish.join()
+    snap.write_bytes(good[:1000])  # a file that stays unreadable is still refused, by name
+    with pytest.raises(StoreError, match="not a readable DuckDB database"):
+        with store.reader(db):
+            pass
