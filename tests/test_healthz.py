@@ -94,7 +94,7 @@ def _healthz(db) -> httpx.Response:
         proc.wait(timeout=20)
 
 
-def test_healthz_reports_the_runner(copy):
+def test_healthz_reports_the_runner(copy, results):
     """A real server over the store's run log: a working runner with old
     data is `stale`; a job whose last run failed makes it `degraded`, with
     the job and when, and without the error's text. (A server per state:
@@ -113,3 +113,6 @@ def test_healthz_reports_the_runner(copy):
                                               "lastOk": iso(now - 10 * M)}]
     assert body["problems"][0].startswith(f"job alerts failed at {iso(now - timedelta(seconds=10))}")
     assert "canary-secret-77" not in r.text  # /healthz is unauthenticated: no error text
+    results("runner failing while data looks fine", "a job's last run failed; ingest overdue (unit: 3 intervals + 1 s)",
+            "2 servers, 6 run-log states", "/healthz `degraded` naming the job and when (no error text); the "
+            "dashboard sidebar names it (headless and in Chromium)")

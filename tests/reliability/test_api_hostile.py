@@ -199,7 +199,7 @@ def test_half_open_connections_do_not_lock_out_healthz(loaded_store, results):
         assert closed == len(socks)
         assert httpx.get(base + "/healthz", timeout=2).status_code == 200
     results("half-open connections (slowloris)", "1,100 connections sending a partial request head, server at "
-            "`ulimit -n` 1,024", "1,100 connections", f"/healthz answered in {took:.2f} s; all {closed} closed by the "
+            "`ulimit -n` 1,024", "1,100 connections", f"/healthz answered in {took:.2f} s; all {closed:,} closed by the "
             "server (oldest first past the connection cap, the rest at the 3 s header timeout)")
 
 
@@ -215,7 +215,7 @@ def test_no_redirect_is_built_from_the_host_header(loaded_store, results):
             f"{len(replies)} requests", "404 with a JSON error, no Location header")
 
 
-def test_a_public_bind_without_token_warns():
+def test_a_public_bind_without_token_warns(results):
     """TEST-NET-1 (192.0.2.1) is not on this machine: the bind fails, after
     the warning, as one clear error; nothing ever listens off loopback."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -231,6 +231,8 @@ def test_a_public_bind_without_token_warns():
     assert api.exposure_warning("example.org", None)
     assert not api.exposure_warning("0.0.0.0", "a-token")
     assert not any(api.exposure_warning(h, None) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+    results("public bind without a token", "`serve --host 192.0.2.1` without CACHEMON_API_TOKEN", "1 start",
+            "a warning line, then the bind failure as one `cachemon: error:` line (exit 2)")
 
 
 def test_a_port_in_use_is_one_clear_error():
