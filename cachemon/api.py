@@ -274,6 +274,9 @@ def build_server(app: Starlette, options: ServeOptions):
     sock = listen_socket(options.host, options.port)
     config = uvicorn.Config(
         app, log_level="info", http=guarded_protocol(options.head_timeout, cap),
+        # No WebSocket routes: an upgrade would hand the connection to another
+        # protocol behind the guard's back (and out of its count).
+        ws="none",
         # uvicorn trusts X-Forwarded-For from 127.0.0.1 by default: a local
         # client could then pick its own address for the limiter and the log.
         proxy_headers=bool(options.trust_proxy), forwarded_allow_ips=list(options.trust_proxy) or None,

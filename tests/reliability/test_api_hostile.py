@@ -243,3 +243,18 @@ def test_a_port_in_use_is_one_clear_error():
         p = subprocess.run([sys.executable, "-m", "cachemon", "serve", "--port", str(port)], cwd=ROOT,
                            env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and p.stderr == f"cachemon: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+def test_upgrade_requests_do_not_use_up_connection_slots(loaded_store):
+    """WebSocket upgrades (the API has no WebSocket route) are answered as
+    plain HTTP: they never leave the connection cap's count."""
+    db, _ = loaded_store
+    upgrade = (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+               b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    with _serve(db, "--max-connections", "3") as (base, _):
+        port = int(base.rsplit(":", 1)[1])
+        for _ in range(10):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(upgrade)
+                s.recv(4096)
+        assert [httpx.get(base + "/healthz", timeout=5).status_code for _ in range(5)] == [200] * 5
