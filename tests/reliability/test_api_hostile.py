@@ -27,11 +27,13 @@ from servers import free_port
 
 
 @contextmanager
-def _serve(db, *extra, nofile: int | None = None):
+def _serve(db, *extra, nofile: int | None = None, token: str | None = None):
     """`cachemon serve` on a free loopback port; yields (base URL, output so far)."""
     port = free_port()
     env = dict(os.environ, CACHEMON_DB=str(db), PYTHONPATH=str(ROOT))
     env.pop("CACHEMON_API_TOKEN", None)
+    if token:
+        env["CACHEMON_API_TOKEN"] = token
 
     def limit():  # the server's descriptor limit, as a distribution's default
         if nofile:
@@ -74,6 +76,16 @@ def test_forged_forwarded_addresses_are_one_peer(loaded_store, results):
     assert log.count('127.0.0.1:') >= 1000 and "10.0.0.5" not in log and "10.0.3.231" not in log
     results("forged X-Forwarded-For", "1,000 requests from loopback, each with another forged client address",
             "1,000 requests", "one client: 10 answered, 990× 429; the access log names 127.0.0.1, never a forged address")
+
+
+def test_token_guessing_with_forged_addresses_is_limited(loaded_store):
+    db, _ = loaded_store
+    with _serve(db, token="hostile-test-token") as (base, out), httpx.Client(timeout=10) as client:
+        codes = [client.get(base + "/metrics", headers={"X-Forwarded-For": f"10.9.0.{i}",
+                                                        "Authorization": f"Bearer guess-{i}"}).status_code
+                 for i in range(15)]
+    assert codes == [401] * 10 + [429] * 5
+    assert "hostile-test-token" not in "".join(out)
 
 
 def test_a_trusted_proxy_names_the_client_and_only_it(loaded_store):
