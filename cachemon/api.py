@@ -16,7 +16,7 @@ Against a hostile client: the client is the TCP peer (forwarded headers
 count only from proxies the operator names), the limiter remembers a
 bounded number of peers, a request must arrive within a few seconds of
 its connection and the open connections are capped below the process's
-file-descriptor limit (`server`), and no redirect is built from request
+file-descriptor limit (`build_server`), and no redirect is built from request
 headers.
 """
 
