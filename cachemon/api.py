@@ -262,16 +262,16 @@ def check_proxies(values: tuple[str, ...]) -> tuple[str, ...]:
 
 def serve(app: Starlette, options: ServeOptions) -> None:
     """Run `app` under uvicorn until SIGTERM/SIGINT."""
-    server, sock = build_server(app, options)
-    server.run(sockets=[sock])
+    server, socks = build_server(app, options)
+    server.run(sockets=socks)
 
 
 def build_server(app: Starlette, options: ServeOptions):
-    """A uvicorn server for `app` and its bound socket (`server.run(sockets=[sock])`)."""
+    """A uvicorn server for `app` and its bound sockets (`server.run(sockets=socks)`)."""
     import uvicorn
 
     cap = connection_cap(options.max_connections)
-    sock = listen_socket(options.host, options.port)
+    socks = listen_sockets(options.host, options.port)
     config = uvicorn.Config(
         app, log_level="info", http=guarded_protocol(options.head_timeout, cap),
         # No WebSocket routes: an upgrade would hand the connection to another
@@ -287,7 +287,7 @@ def build_server(app: Starlette, options: ServeOptions):
     log.handlers, log.propagate = logging.getLogger("uvicorn").handlers, False
     log.setLevel(logging.INFO)
     log.info("cachemon serving on %s:%d (at most %d connections)", options.host, options.port, cap)
-    return uvicorn.Server(config), sock
+    return uvicorn.Server(config), socks
 
 
 def exposure_warning(host: str, token: str | None) -> str | None:
@@ -307,24 +307,28 @@ def _is_loopback(host: str) -> bool:
         return False  # a host name other than localhost: assume it is reachable
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A bound socket, so a bad address or a port in use is one clear error
-    before the server starts (uvicorn would log and exit 1)."""
+def listen_sockets(host: str, port: int) -> list[socket.socket]:
+    """Bound sockets for every address `host` resolves to (as uvicorn would:
+    `localhost` is 127.0.0.1 and ::1), so a bad address or a port in use is
+    one clear error before the server starts (uvicorn would log and exit 1)."""
     try:
-        family, type_, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                           flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, type_, proto)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (OSError, OverflowError) as exc:
         raise InputError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
+    socks: list[socket.socket] = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio would
-        sock.bind(addr)
+        for family, type_, proto, _, addr in dict.fromkeys(infos):
+            sock = socket.socket(family, type_, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio does
+            sock.bind(addr)
     except OSError as exc:
-        sock.close()
+        for sock in socks:
+            sock.close()
         raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return sock
+    return socks
 
 
 def connection_cap(wanted: int) -> int:

@@ -126,8 +126,8 @@ def _in_process(db, settings: api.ApiSettings, options: api.ServeOptions):
     """A real uvicorn server in a thread, so the test can look at its limiter."""
     cfg = config.with_db(config.load(env={}), str(db))
     app = api.create_app(cfg, settings, utcnow)
-    server, sock = api.build_server(app, options)
-    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    server, socks = api.build_server(app, options)
+    t = threading.Thread(target=server.run, kwargs={"sockets": socks}, daemon=True)
     t.start()
     while not server.started:
         time.sleep(0.05)
