@@ -311,6 +311,8 @@ def listen_sockets(host: str, port: int) -> list[socket.socket]:
     """Bound sockets for every address `host` resolves to (as uvicorn would:
     `localhost` is 127.0.0.1 and ::1), so a bad address or a port in use is
     one clear error before the server starts (uvicorn would log and exit 1)."""
+    if not 1 <= port <= 65535:  # getaddrinfo would wrap 70000 to 4464
+        raise InputError(f"--port must be 1 to 65535, got {port}")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (OSError, OverflowError) as exc:

@@ -270,3 +270,15 @@ def test_upgrade_requests_do_not_use_up_connection_slots(loaded_store):
                 s.sendall(upgrade)
                 s.recv(4096)
         assert [httpx.get(base + "/healthz", timeout=5).status_code for _ in range(5)] == [200] * 5
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--max-connections", "0"], "--max-connections must be 1 or more, got 0"),
+    (["--header-timeout", "0"], "--header-timeout must be more than 0 seconds, got 0.0"),
+    (["--trust-proxy", "proxy.internal"], "--trust-proxy 'proxy.internal' is not an IP address or network"),
+    (["--port", "70000"], "--port must be 1 to 65535, got 70000"),
+])
+def test_bad_serve_options_are_one_line(args, message):
+    p = subprocess.run([sys.executable, "-m", "cachemon", "serve", *args], cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.startswith(f"cachemon: error: {message}") and p.stderr.count("\n") == 1, p.stderr
