@@ -8,7 +8,7 @@ and render; they never compute domain numbers, and write only through
 import streamlit as st
 
 from cachemon import config as config_mod
-from cachemon import metrics
+from cachemon import metrics, selfcheck
 from cachemon.clock import Period, format_duration, iso
 from cachemon.errors import CachemonError
 
@@ -37,6 +37,10 @@ def _span(con, cfg):
     return metrics.data_span(con)
 
 
+def _runner(con, cfg, at):
+    return selfcheck.check(con, cfg, at)
+
+
 def _sidebar(cfg) -> None:
     with st.sidebar:
         st.title("cachemon")
@@ -54,6 +58,10 @@ def _sidebar(cfg) -> None:
                        f"{'up to date' if age.total_seconds() < 60 else format_duration(age) + ' old'}")
         else:
             st.caption("No data yet")
+        try:
+            common.runner_status(common.cached(_runner, common.now()))
+        except CachemonError:
+            pass  # no store yet: the page says how to fill it
         st.link_button("Metrics API", cfg.metrics.api_url + "/metrics", icon=":material/api:")
         if st.user.get("is_logged_in"):
             st.caption(f"Signed in as {st.user.get('email') or st.user.get('name')}")

@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow", action="append", default=[], metavar="IP",
                    help="client address exempt from the rate limit (a Prometheus scraper); repeatable")
     p.add_argument("--cache-seconds", type=int, default=300, help="response cache lifetime (default 300)")
+    p.add_argument("--trust-proxy", action="append", default=[], metavar="IP",
+                   help="a reverse proxy whose X-Forwarded-For names the client (default: none; the client is "
+                        "the TCP peer); repeatable")
+    p.add_argument("--max-connections", type=int, default=512,
+                   help="open connections at most (default 512, kept below `ulimit -n`)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a connection may take to send its request headers (default 10)")
 
     p = sub.add_parser("metrics", help="print the metrics of a period",
                        description="Hit rates, latency, volume and top keys for the period ending at --at.")
@@ -156,16 +163,21 @@ def _pull(args, cfg, now) -> int:
 def _serve(args, cfg, now) -> int:
     import os
 
-    import uvicorn
-
     from . import api
 
     if args.cache_seconds < 0:
         raise InputError(f"--cache-seconds must be 0 or more, got {args.cache_seconds}")
-    settings = api.ApiSettings(token=os.environ.get("CACHEMON_API_TOKEN") or None, allow=tuple(args.allow),
-                               cache_for=timedelta(seconds=args.cache_seconds))
-    app = api.create_app(cfg, settings, utcnow)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    if not args.header_timeout > 0:
+        raise InputError(f"--header-timeout must be more than 0 seconds, got {args.header_timeout}")
+    token = os.environ.get("CACHEMON_API_TOKEN") or None
+    options = api.ServeOptions(args.host, args.port, api.check_proxies(tuple(args.trust_proxy)), args.header_timeout,
+                               args.max_connections)
+    api.connection_cap(options.max_connections)  # a bad limit is an error before anything listens
+    warning = api.exposure_warning(args.host, token)
+    if warning:
+        print(f"cachemon: warning: {warning}", file=sys.stderr)
+    settings = api.ApiSettings(token=token, allow=tuple(args.allow), cache_for=timedelta(seconds=args.cache_seconds))
+    api.serve(api.create_app(cfg, settings, utcnow), options)
     return 0
 
 

@@ -198,7 +198,7 @@ def test_alerts_page_lists_states_and_creates_a_silence(live_store, monkeypatch)
 
     db, cfg_file = live_store
     at = _app(monkeypatch, db, cfg_file, "alerts")
-    assert not at.error
+    assert not at.main.error  # the sidebar shows the fixture's failed report job
     assert [h.value for h in at.header] == ["Alerts"]
     states = at.dataframe[1].value  # "All rule instances"
     assert {"p99_latency", "miss_rate_critical", "edge_hit_rate"} <= set(states["rule"])
@@ -238,6 +238,19 @@ def test_jobs_show_schedule_failures_and_freshness(live_store, monkeypatch):
     assert at.metric[0].label == "Newest data"
 
 
+def test_sidebar_shows_the_runner_and_failing_jobs(live_store, monkeypatch):
+    """The store's run log has an ok ingest and a failed report: the sidebar
+    names the failed job and when, and when ingest last succeeded."""
+    db, cfg_file = live_store
+    with store.reader(db) as con:
+        (failed_at,) = con.execute("SELECT max(started_at) FROM job_runs WHERE job = 'report'").fetchone()
+    at = _app(monkeypatch, db, cfg_file)
+    side = at.sidebar
+    assert [e.value for e in side.error] == [f"Failing jobs: report (failed {iso(failed_at)}) · see Jobs"]
+    runner_lines = [x.value for x in (*side.caption, *side.warning) if x.value.startswith("Runner: ")]
+    assert len(runner_lines) == 1 and runner_lines[0].startswith("Runner: last ingest ok ")
+
+
 def test_ttl_whatif_page_shows_the_library_predictions(live_store, monkeypatch):
     from cachemon import ttl
     from cachemon.clock import Window as W
@@ -245,7 +258,7 @@ def test_ttl_whatif_page_shows_the_library_predictions(live_store, monkeypatch):
 
     db, cfg_file = live_store
     at = _app(monkeypatch, db, cfg_file, "ttl", ttl_endpoint="title")
-    assert not at.error
+    assert not at.main.error
     table = at.dataframe[0].value
     cfg = config.load(cfg_file, env={"CACHEMON_DB": str(db)})
     with store.reader(db) as con:
@@ -326,6 +339,8 @@ def test_every_page_in_a_real_browser(server, live_store):
             assert page.locator('[data-testid="stException"]').count() == 0, name
             assert "Traceback" not in page.content(), name
             if name == "overview":
+                # A job whose last run failed is named on the sidebar, not only on the Jobs page.
+                page.locator('[data-testid="stSidebar"]').get_by_text("Failing jobs: report").wait_for(timeout=30_000)
                 value = page.locator('[data-testid="stMetric"]').first.locator('[data-testid="stMetricValue"]')
                 assert 50 < float(value.inner_text()) <= 100
                 # The sidebar's period applies to the page (a real widget interaction).

@@ -19,6 +19,7 @@ import streamlit as st
 from cachemon import store
 from cachemon.clock import Period, floor_to, format_duration, iso, utcnow
 from cachemon.errors import CachemonError, EmptyStoreError
+from cachemon.selfcheck import rough_age
 
 # Live pages refresh every REFRESH (CACHEMON_REFRESH_SECONDS, default 30);
 # reads within one refresh tick share a cache entry.
@@ -88,6 +89,22 @@ def stale_banner(data_until: datetime | None, at: datetime) -> bool:
                    "these are the last good numbers. Is the job runner (`python -m jobs`) running?")
         return True
     return False
+
+
+def runner_status(check) -> None:
+    """The sidebar's job-runner line: when ingest last succeeded, and every
+    job whose last run failed (a stalled runner shows before the data goes
+    stale)."""
+    if check.last_ingest_ok is None:
+        st.warning("Runner: no successful ingest yet. Is the job runner (`python -m jobs`) running?")
+    elif check.ingest_stalled:
+        st.warning(f"Runner: last ingest ok {rough_age(check.ingest_age)} ago ({iso(check.last_ingest_ok)}), "
+                   "overdue. Is the job runner (`python -m jobs`) running?")
+    else:
+        st.caption(f"Runner: last ingest ok {rough_age(check.ingest_age)} ago")
+    if check.failing:
+        st.error("Failing jobs: " + ", ".join(f"{f.job} (failed {iso(f.failed_at)})" for f in check.failing)
+                 + " · see Jobs")
 
 
 def health_banner(h) -> None:
