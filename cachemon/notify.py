@@ -111,7 +111,7 @@ class Transports:
         sender = env.get("ALERT_FROM", "").strip() or "cachemon@localhost"
         for addr in to + (sender,):
             if not _is_address(addr):
-                raise ConfigError(f"ALERT_EMAIL/ALERT_FROM: {messages.oneline(addr)!r} is not an email address")
+                raise ConfigError(f"ALERT_EMAIL/ALERT_FROM: {addr!r} is not an email address")
         return cls(smtp, env.get("MAILCHANNELS_API_KEY", ""), env.get("MAILCHANNELS_API_URL", MAILCHANNELS_URL),
                    env.get("SLACK_WEBHOOK_URL", ""), env.get("DISCORD_WEBHOOK_URL", ""), to, sender,
                    env.get("CACHEMON_DASHBOARD_URL", ""), Redactor.from_env(env))
@@ -271,7 +271,7 @@ def _check_addresses(payload: dict) -> None:
     for role, addrs in (("sender", [payload["from"]]), ("recipient", payload["to"])):
         for addr in addrs:
             if not _is_address(addr):
-                raise NotifyError(f"email {role} {messages.oneline(addr)!r} is not an email address "
+                raise NotifyError(f"email {role} {addr!r} is not an email address "
                                   "(check ALERT_EMAIL, ALERT_FROM and [notify])")
 
 
