@@ -43,9 +43,6 @@ from .lifecycle import SEVERITY_ORDER, Notice
 from .redact import Redactor
 
 log = logging.getLogger("cachemon.notify")
-# httpx logs every request's URL at INFO, and a webhook's URL is its secret.
-for _name in ("httpx", "httpcore"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
 
 CHANNELS = ("email", "slack", "discord")
 MAILCHANNELS_URL = "https://api.mailchannels.net/tx/v1/send"

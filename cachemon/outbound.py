@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import logging
 import ssl
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -20,6 +21,10 @@ from typing import Callable, Mapping
 import httpx
 
 from .errors import CachemonError
+
+# httpx logs every request's URL at INFO, and a webhook's URL is its secret.
+for _name in ("httpx", "httpcore"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class OutboundError(CachemonError):

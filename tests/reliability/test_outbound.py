@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -251,3 +252,41 @@ def test_line_breaks_never_reach_email_headers(tmp_path, results):
             "stored recipient", f"{refused + 1} addresses",
             f"{refused} refused at load naming the setting; the stored one refused at send (0 emails sent), "
             "Discord delivered; a trailing newline alone is trimmed")
+
+
+def test_the_runner_stops_on_sigterm_while_a_webhook_drips(tmp_path, results):
+    """The issue's runner: SIGTERM while `deliver` waits on a webhook that
+    drips a byte every 2 s. The runner finishes the job in progress, which
+    now ends at the 3 s deadline, and exits."""
+    db, server = tmp_path / "j.duckdb", DripServer(HTTP_OK, interval=2.0)
+    cfg = tmp_path / "j.toml"
+    cfg.write_text('[simulator]\nseed = 5\nrequests_per_hour = 3000\ncatalog_keys = 2000\n[notify]\ntimeout = "3s"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CACHEMON_", "SLACK_", "DISCORD_", "SMTP_"))}
+    env = dict(env, CACHEMON_DB=str(db), CACHEMON_CONFIG=str(cfg), PYTHONPATH=str(ROOT),
+               SLACK_WEBHOOK_URL=server.url(SLACK_URL))
+    nc = replace(NotifyConfig(), timeout=timedelta(seconds=3))
+    _enqueue(db, _row("slack", notify.Transports.from_env(env), nc))
+    runner = subprocess.Popen([sys.executable, "-m", "jobs", "--clock-start", "2026-11-19T08:20:00Z"], cwd=ROOT,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        limit = time.monotonic() + 90
+        while server.connections == 0 and time.monotonic() < limit and runner.poll() is None:
+            time.sleep(0.05)
+        assert server.connections > 0, "the runner never called the webhook"
+        runner.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        out, _ = runner.communicate(timeout=60)
+        took = time.monotonic() - start
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
+        server.close()
+    assert runner.returncode == 0 and "runner stopped" in out, out
+    assert took < 3 + 3, (took, out)
+    assert "slack webhook: timed out after 3 s (total deadline)" in out
+    status = dict((c, s) for c, s, _, _ in _outbox(db))
+    assert status["slack"] == "pending"  # kept, to be retried by the next runner
+    results("SIGTERM to the runner during a slow-drip delivery", "a webhook answering one byte every 2 s; SIGTERM "
+            "while `deliver` waits on it", "1 runner, deadline 3 s",
+            f"the runner stopped {took:.1f} s after SIGTERM (exit 0); the notification stays queued")
