@@ -249,7 +249,7 @@ def send(t: Transports, channel: str, payload: dict, timeout: timedelta) -> None
             return _send_smtp(t.smtp, payload, timeout.total_seconds(), t.scrub)
         if t.mailchannels_key:
             return _post("MailChannels", t.mailchannels_url, _mailchannels_body(payload), timeout,
-                         {"X-Api-Key": t.mailchannels_key}, t.scrub)
+                         {"X-Api-Key": t.mailchannels_key}, t.scrub, "MAILCHANNELS_API_URL and MAILCHANNELS_API_KEY")
         raise NotifyError("email is not configured: set SMTP_HOST or MAILCHANNELS_API_KEY")
     url = {"slack": t.slack_url, "discord": t.discord_url}.get(channel)
     if not url:

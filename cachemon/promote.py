@@ -64,6 +64,8 @@ class KvClient:
                                   headers={"Authorization": f"Bearer {self.token}"})
             except outbound.DeadlineExceeded:
                 raise PromotionError(f"Workers KV {method} {key}: no complete answer within {self.timeout:g} s") from None
+            except outbound.BadRequest as exc:
+                raise PromotionError(f"Workers KV cannot be called: {exc} (check CF_API_BASE and CF_API_TOKEN)") from None
             except outbound.OutboundError as exc:
                 raise PromotionError(f"Workers KV unreachable: {exc}") from None
             if r.status == 429 and attempt < 3:  # one write per second per key
