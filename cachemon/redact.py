@@ -102,7 +102,9 @@ class Redactor:
         characters."""
         if isinstance(text, (bytes, bytearray)):
             text = bytes(text).decode("utf-8", "replace")
-        text = oneline(self(text).strip())
+        # Again after escaping: an escape's letters can join the text around
+        # them into a secret ("\n" + "abc" shows as `\nabc`).
+        text = self(oneline(self(text).strip()))
         return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import json
 import os
+import string
 import subprocess
 import sys
+import urllib.parse
 from datetime import timedelta
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cachemon import export, lifecycle as lc, notify, promote, store
 from cachemon.config import NotifyConfig
-from cachemon.redact import LIMIT, MARK, Redactor, secret_names
+from cachemon.redact import LIMIT, MARK, MIN_SECRET, Redactor, secret_names
 
 from conftest import ROOT, T0
 from servers import EchoServer
@@ -172,3 +176,20 @@ def test_redactor_caps_escapes_and_knows_its_variables():
                                 "CACHEMON_HEARTBEAT_URL": "w", "MAILCHANNELS_API_KEY": "v", "HOME": "/"})) == [
         "CACHEMON_HEARTBEAT_URL", "CF_API_TOKEN", "MAILCHANNELS_API_KEY"]
     assert "5f3c" not in repr(red)
+
+
+_TOKEN = st.text(alphabet=string.ascii_letters + string.digits + "-_.~", min_size=MIN_SECRET, max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(secret=_TOKEN, path=st.lists(_TOKEN, min_size=1, max_size=4), before=st.text(max_size=60),
+       after=st.text(max_size=60), how=st.sampled_from(["plain", "quoted", "json", "path", "url"]))
+def test_no_secret_survives_redaction(secret, path, before, after, how):
+    """Whatever surrounds it, however it is escaped, a secret (or a secret
+    URL's path) is never in the redacted text."""
+    url = "https://hooks.example.org/" + "/".join(path)
+    red = Redactor.from_env({"CF_API_TOKEN": secret, "SLACK_WEBHOOK_URL": url})
+    shown = {"plain": secret, "quoted": urllib.parse.quote(secret, safe=""), "json": json.dumps(secret)[1:-1],
+             "path": "/" + "/".join(path), "url": url}[how]
+    out = red.clip(before + shown + after, limit=10_000)
+    assert secret not in out and "/" + "/".join(path) not in out
