@@ -290,3 +290,24 @@ def test_the_runner_stops_on_sigterm_while_a_webhook_drips(tmp_path, results):
     results("SIGTERM to the runner during a slow-drip delivery", "a webhook answering one byte every 2 s; SIGTERM "
             "while `deliver` waits on it", "1 runner, deadline 3 s",
             f"the runner stopped {took:.1f} s after SIGTERM (exit 0); the notification stays queued")
+
+
+def test_a_call_from_inside_an_event_loop_is_bounded_too():
+    """An async caller (a server's handler) gets the same deadline: the call
+    runs on a helper thread with its own loop and ends with it."""
+    import asyncio
+
+    from cachemon import outbound
+
+    server = DripServer(HTTP_OK, interval=0.5)
+
+    async def handler():
+        with pytest.raises(outbound.DeadlineExceeded, match="within 1 s"):
+            outbound.call("POST", server.url("/hook"), limit=1.0, max_bytes=1024)
+
+    try:
+        start = time.monotonic()
+        asyncio.run(handler())
+        assert time.monotonic() - start < 2.5
+    finally:
+        server.close()
