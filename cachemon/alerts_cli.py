@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from . import alerts, health, notify, store
 from .clock import format_duration, iso, parse_duration, parse_instant
 from .errors import InputError
+from .redact import Redactor
 
 
 def run(args, cfg, now: datetime, env) -> int:
@@ -30,9 +31,15 @@ def _check(args, cfg, now, env) -> int:
         print(f"{verb} {row.channel}: {row.subject} ({notice.reason})")
     if not result.outbox:
         print("no notifications" + (" (no channel configured)" if not transports.channels(cfg.notify) else ""))
-    for d in result.deliveries:
-        print(f"delivery {d.id} via {d.channel}: {'sent' if d.ok else 'failed: ' + d.detail}")
+    _print_deliveries(result.deliveries, transports)
     return 0
+
+
+def _print_deliveries(results, transports) -> None:
+    # Details are scrubbed where they are made; scrubbing again at the
+    # terminal is the second line of defence.
+    for d in results:
+        print(f"delivery {d.id} via {d.channel}: {'sent' if d.ok else 'failed: ' + transports.scrub(d.detail)}")
 
 
 def _print_states(ev: alerts.Evaluation) -> None:
@@ -49,6 +56,10 @@ def _history(args, cfg, now, env) -> int:
     with store.reader(cfg.store.path) as con:
         changes = health.history(con, since, now, args.limit)
         sent = notify.outbox(con, since, args.limit)
+    # Stored text is redacted when written; an older store (or a secret set
+    # since) is redacted here too.
+    red = Redactor.from_env(env)
+    changes, sent = _redacted(changes, red), _redacted(sent, red)
     if args.json:
         print(json.dumps({"changes": changes, "notifications": sent}, default=_jsonable, indent=2, ensure_ascii=False))
         return 0
@@ -62,6 +73,10 @@ def _history(args, cfg, now, env) -> int:
             f"pending, {n['attempts']} attempts, next {iso(n['next_attempt_at'])}: {n['last_error'] or ''}"
         print(f"#{n['id']:<5} {iso(n['created_at'])}  {n['channel']:8} {n['subject']}  [{detail}]")
     return 0
+
+
+def _redacted(rows: list[dict], red: Redactor) -> list[dict]:
+    return [{k: red(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows]
 
 
 def _jsonable(v):
@@ -106,8 +121,7 @@ def _deliver(args, cfg, now, env) -> int:
     transports = notify.Transports.from_env(env)
     with store.writer(cfg.store.path, now) as con:
         results = notify.deliver(con, transports, cfg.notify, now)
-    for d in results:
-        print(f"delivery {d.id} via {d.channel}: {'sent' if d.ok else 'failed: ' + d.detail}")
+    _print_deliveries(results, transports)
     if not results:
         print("nothing due")
     return 0 if all(d.ok for d in results) else 1

@@ -22,7 +22,7 @@ from .pricing import Pricing, default as pricing_default, parse as parse_pricing
 DEFAULT_DB = "data/cachemon.duckdb"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 # Deliberately strict: no spaces, quotes, commas or newlines can reach a header.
-EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+$")
+EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\Z")  # \Z: `$` would accept a trailing newline
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Hive-partitioned Parquet for other engines.
 Cache keys come from the internet, so a text cell opened in a spreadsheet
 must not run as a formula (CSV injection): text starting with = + - @ tab
 or carriage return gets a leading apostrophe, as OWASP recommends.
-Numbers are left as numbers.
+Numbers are left as numbers. Text that cachemon wrote itself (alert
+messages, delivery errors, job errors) is redacted of every secret of the
+environment once more on its way out, in case an older store holds one.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .analyst import SCHEMA
 from .clock import DAY, floor_to
 from .errors import InputError
+from .redact import MARK, Redactor
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -60,6 +65,11 @@ DATASETS = tuple(Dataset(v, t) for v, t in (
 ))
 
 
+# The datasets holding cachemon's own messages (remote error text among
+# them); the others hold only measurements and cache keys.
+MESSAGE_DATASETS = ("alert_history", "notifications", "experiment_results", "job_runs")
+
+
 @dataclass(frozen=True)
 class Written:
     dataset: str
@@ -76,8 +86,11 @@ def _day_sql(d: Dataset) -> str:
     return f"SELECT * FROM {SCHEMA}.{d.view} WHERE {d.time} >= $lo AND {d.time} < $hi"
 
 
-def parquet(con: duckdb.DuckDBPyConnection, to: str | os.PathLike, since: datetime | None = None) -> list[Written]:
-    """Write every dataset's days (from the day of `since` on) under `to`."""
+def parquet(con: duckdb.DuckDBPyConnection, to: str | os.PathLike, since: datetime | None = None,
+            redactor: Redactor | None = None) -> list[Written]:
+    """Write every dataset's days (from the day of `since` on) under `to`.
+    `redactor`: the secrets to keep out (default: the environment's)."""
+    redactor = Redactor.from_env(os.environ) if redactor is None else redactor
     root = Path(to)
     if root.exists() and not root.is_dir():
         raise InputError(f"export target {root} exists and is not a directory")
@@ -89,10 +102,23 @@ def parquet(con: duckdb.DuckDBPyConnection, to: str | os.PathLike, since: dateti
         for day in days:
             start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
             table = con.sql(_day_sql(d), params={"lo": start, "hi": start + DAY}).to_arrow_table()
+            if d.view in MESSAGE_DATASETS:
+                table = _redacted(table, redactor)
             _write(table, root / d.view / f"date={day.isoformat()}" / "data.parquet")
             rows += table.num_rows
         out.append(Written(d.view, len(days), rows))
     return out
+
+
+def _redacted(table: pa.Table, redactor: Redactor) -> pa.Table:
+    """`table` with every secret form in its text columns replaced."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+            col = table.column(i)
+            for form in redactor.forms:
+                col = pc.replace_substring(col, pattern=form, replacement=MARK)
+            table = table.set_column(i, f, col)
+    return table
 
 
 def _write(table, path: Path) -> None:

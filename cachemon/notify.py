@@ -12,7 +12,12 @@ two instants can repeat it, and the repeat carries the same Message-ID.
 
 Channels: email (SMTP with STARTTLS/SSL/auth, or the MailChannels Email
 API), Slack and Discord incoming webhooks. Their secrets come from the
-environment only and never reach a log line, an error or the store.
+environment only and never reach a log line, an error or the store: remote
+text (an error page, an SMTP reply) is redacted and cut to 300 characters
+where it enters (`redact`). Every send has one total deadline
+(`[notify] timeout`) and reads a bounded answer (`outbound`); a channel that
+cannot send, whatever the reason, fails alone: its failure is recorded on
+its delivery and the other channels go on.
 """
 
 from __future__ import annotations
@@ -20,28 +25,28 @@ from __future__ import annotations
 import json
 import logging
 import smtplib
+import socket
 import ssl
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
 
 import duckdb
-import httpx
 
-from . import messages
+from . import messages, outbound
 from .clock import iso
 from .config import EMAIL_RE, NotifyConfig
 from .errors import CachemonError, ConfigError
 from .lifecycle import SEVERITY_ORDER, Notice
+from .redact import Redactor
 
 log = logging.getLogger("cachemon.notify")
-# httpx logs every request's URL at INFO, and a webhook's URL is its secret.
-for _name in ("httpx", "httpcore"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
 
 CHANNELS = ("email", "slack", "discord")
 MAILCHANNELS_URL = "https://api.mailchannels.net/tx/v1/send"
+ANSWER_CAP = 16 * 1024  # bytes of an error answer read: its first lines say what is wrong
 
 INSERT = "INSERT INTO notifications VALUES (nextval('notification_ids'), ?, ?, ?, ?, ?, ?, 'pending', 0, ?, NULL, NULL)"
 DUE = """
@@ -83,6 +88,7 @@ class Transports:
     alert_email: tuple[str, ...] = ()
     sender: str = "cachemon@localhost"
     dashboard_url: str = ""
+    redactor: Redactor = field(default=Redactor(), repr=False)  # every secret of the environment
 
     @classmethod
     def from_env(cls, env: dict) -> "Transports":
@@ -101,11 +107,18 @@ class Transports:
         to = tuple(a.strip() for a in env.get("ALERT_EMAIL", "").split(",") if a.strip())
         sender = env.get("ALERT_FROM", "").strip() or "cachemon@localhost"
         for addr in to + (sender,):
-            if not EMAIL_RE.match(addr):
+            if not _is_address(addr):
                 raise ConfigError(f"ALERT_EMAIL/ALERT_FROM: {addr!r} is not an email address")
         return cls(smtp, env.get("MAILCHANNELS_API_KEY", ""), env.get("MAILCHANNELS_API_URL", MAILCHANNELS_URL),
                    env.get("SLACK_WEBHOOK_URL", ""), env.get("DISCORD_WEBHOOK_URL", ""), to, sender,
-                   env.get("CACHEMON_DASHBOARD_URL", ""))
+                   env.get("CACHEMON_DASHBOARD_URL", ""), Redactor.from_env(env))
+
+    def scrub(self, text) -> str:
+        """`text` with every secret (of the environment and of these
+        transports) replaced, on one line, capped: fit for a log line,
+        the store or a terminal."""
+        own = (self.mailchannels_key, self.slack_url, self.discord_url, self.smtp.password if self.smtp else "")
+        return self.redactor.plus(*own).clip(text)
 
     def channels(self, nc: NotifyConfig) -> tuple[str, ...]:
         """The channels that can deliver now."""
@@ -188,7 +201,8 @@ class Delivery:
 def deliver(con: duckdb.DuckDBPyConnection, t: Transports, nc: NotifyConfig, now: datetime) -> list[Delivery]:
     """Send every due notification, oldest first; a channel stops at its
     first failure so its messages stay in order. Each result is written
-    as soon as it is known."""
+    as soon as it is known. A channel's failure, whatever it is, is its
+    own: recorded, logged, retried later, while the others go on."""
     results, blocked = [], set()
     for nid, channel, payload, attempts, due in con.execute(DUE).fetchall():
         if channel in blocked:
@@ -196,15 +210,15 @@ def deliver(con: duckdb.DuckDBPyConnection, t: Transports, nc: NotifyConfig, now
         if due > now:
             blocked.add(channel)
             continue
-        try:
-            send(t, channel, json.loads(payload), nc.timeout)
-        except NotifyError as exc:
+        problem = _attempt(t, channel, payload, nc.timeout)
+        if problem is not None:
+            detail = t.scrub(problem)  # second line of defence: what is stored holds no secret
             wait = min(nc.retry_base * (2 ** attempts), nc.retry_max)
-            con.execute(MARK_FAILED, [now + wait, str(exc), nid])
-            con.execute(LOG_ATTEMPT, [nid, now, False, str(exc)])
+            con.execute(MARK_FAILED, [now + wait, detail, nid])
+            con.execute(LOG_ATTEMPT, [nid, now, False, detail])
             log.warning("notification %d via %s failed (attempt %d), retry at %s: %s",
-                        nid, channel, attempts + 1, iso(now + wait), exc)
-            results.append(Delivery(nid, channel, False, str(exc)))
+                        nid, channel, attempts + 1, iso(now + wait), detail)
+            results.append(Delivery(nid, channel, False, detail))
             blocked.add(channel)
             continue
         con.execute(MARK_SENT, [now, nid])
@@ -214,19 +228,48 @@ def deliver(con: duckdb.DuckDBPyConnection, t: Transports, nc: NotifyConfig, now
     return results
 
 
+def _attempt(t: Transports, channel: str, payload: str, timeout: timedelta) -> str | None:
+    """One send; None when accepted, else what went wrong. Nothing a
+    channel raises may stop the others, so an unexpected error is a failed
+    delivery too (named by its type: its text may hold a URL)."""
+    try:
+        send(t, channel, json.loads(payload), timeout)
+    except NotifyError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - isolation of one channel, see above
+        return f"{channel}: unexpected {type(exc).__name__} while sending"
+    return None
+
+
 def send(t: Transports, channel: str, payload: dict, timeout: timedelta) -> None:
     """Hand one rendered notification to its channel; NotifyError on failure."""
     if channel == "email":
+        _check_addresses(payload)
         if t.smtp:
-            return _send_smtp(t.smtp, payload, timeout.total_seconds())
+            return _send_smtp(t.smtp, payload, timeout.total_seconds(), t.scrub)
         if t.mailchannels_key:
             return _post("MailChannels", t.mailchannels_url, _mailchannels_body(payload), timeout,
-                         {"X-Api-Key": t.mailchannels_key})
+                         {"X-Api-Key": t.mailchannels_key}, t.scrub, "MAILCHANNELS_API_URL and MAILCHANNELS_API_KEY")
         raise NotifyError("email is not configured: set SMTP_HOST or MAILCHANNELS_API_KEY")
     url = {"slack": t.slack_url, "discord": t.discord_url}.get(channel)
     if not url:
         raise NotifyError(f"{channel} is not configured: set {channel.upper()}_WEBHOOK_URL")
-    _post(f"{channel} webhook", url, payload, timeout, {})
+    _post(f"{channel} webhook", url, payload, timeout, {}, t.scrub, f"{channel.upper()}_WEBHOOK_URL")
+
+
+def _is_address(addr: str) -> bool:
+    # fullmatch: `$` alone would accept a trailing newline.
+    return isinstance(addr, str) and EMAIL_RE.fullmatch(addr) is not None
+
+
+def _check_addresses(payload: dict) -> None:
+    """Header values never hold CR, LF or other control characters: an
+    address that would (an older outbox row, a bad setting) is refused."""
+    for role, addrs in (("sender", [payload["from"]]), ("recipient", payload["to"])):
+        for addr in addrs:
+            if not _is_address(addr):
+                raise NotifyError(f"email {role} {addr!r} is not an email address "
+                                  "(check ALERT_EMAIL, ALERT_FROM and [notify])")
 
 
 def email_message(payload: dict) -> EmailMessage:
@@ -242,28 +285,127 @@ def email_message(payload: dict) -> EmailMessage:
     return msg
 
 
-def _send_smtp(s: Smtp, payload: dict, timeout: float) -> None:
+def _send_smtp(s: Smtp, payload: dict, timeout: float, scrub=str) -> None:
     if not payload["to"]:
         raise NotifyError("email has no recipients: set ALERT_EMAIL or [notify] recipients")
     context = ssl.create_default_context(cafile=s.ca_file or None)
     where = f"SMTP server {s.host}:{s.port}"
+    deadline = _Deadline(time.monotonic() + timeout)
+    cls = _DeadlineSMTPSSL if s.tls == "ssl" else _DeadlineSMTP
+    kwargs = {"context": context} if s.tls == "ssl" else {}
+    smtp = None
     try:
-        cls = smtplib.SMTP_SSL if s.tls == "ssl" else smtplib.SMTP
-        kwargs = {"context": context} if s.tls == "ssl" else {}
-        with cls(s.host, s.port, timeout=timeout, **kwargs) as smtp:
-            if s.tls == "starttls":
-                smtp.starttls(context=context)
-            if s.user:
-                smtp.login(s.user, s.password)
-            smtp.send_message(email_message(payload))
+        smtp = cls(deadline, s.host, s.port, timeout=timeout, **kwargs)
+        if s.tls == "starttls":
+            smtp.starttls(context=context)
+        if s.user:
+            smtp.login(s.user, s.password)
+        smtp.send_message(email_message(payload))
     except smtplib.SMTPAuthenticationError as exc:
         raise NotifyError(f"{where} refused the login for SMTP_USER (code {exc.smtp_code})") from None
     except smtplib.SMTPResponseException as exc:
-        raise NotifyError(f"{where} answered {exc.smtp_code}: {_safe(exc.smtp_error)}") from None
+        raise NotifyError(f"{where} answered {exc.smtp_code}: {scrub(exc.smtp_error)}") from None
     except smtplib.SMTPRecipientsRefused as exc:
         raise NotifyError(f"{where} refused the recipients {', '.join(exc.recipients)}") from None
     except (smtplib.SMTPException, OSError) as exc:
-        raise NotifyError(f"{where} unreachable: {type(exc).__name__}: {_safe(str(exc))}") from None
+        if deadline.expired:
+            raise NotifyError(f"{where}: no complete answer within {timeout:g} s") from None
+        raise NotifyError(f"{where} unreachable: {type(exc).__name__}: {scrub(str(exc))}") from None
+    finally:
+        _close(smtp)
+
+
+def _close(smtp) -> None:
+    """QUIT politely if time allows, then close: the message's fate is
+    already known, so nothing here can fail the send."""
+    if smtp is None:
+        return
+    try:
+        smtp.quit()
+    except (smtplib.SMTPException, OSError):
+        pass
+    finally:
+        smtp.close()
+
+
+class _Deadline:
+    """A monotonic deadline shared by every socket operation of one send."""
+
+    def __init__(self, at: float, clock=time.monotonic):
+        self.at, self.clock, self.expired = at, clock, False
+
+    def remaining(self) -> float:
+        left = self.at - self.clock()
+        if left <= 0:
+            self.expired = True
+            raise TimeoutError("the total deadline of the send has passed")
+        return left
+
+
+class _DeadlineLines:
+    """smtplib reads replies with `file.readline`; a file from
+    `sock.makefile` waits up to the socket timeout per recv, so a server
+    dripping a byte at a time would never time out. This reader gives each
+    recv only the time left before the deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: _Deadline):
+        self.sock, self.deadline, self.buf = sock, deadline, b""
+
+    def readline(self, limit: int = -1) -> bytes:
+        while b"\n" not in self.buf and (limit < 0 or len(self.buf) < limit):
+            self.sock.settimeout(self.deadline.remaining())
+            try:
+                chunk = self.sock.recv(4096)
+            except TimeoutError:
+                self.deadline.expired = True
+                raise
+            if not chunk:
+                break
+            self.buf += chunk
+        end = self.buf.find(b"\n") + 1 or len(self.buf)
+        if limit >= 0:
+            end = min(end, limit)
+        line, self.buf = self.buf[:end], self.buf[end:]
+        return line
+
+    def close(self) -> None:
+        self.buf = b""
+
+
+class _DeadlineMixin:
+    """An SMTP client whose every socket operation (connect, TLS, each
+    command, each recv of a reply) gets only the time left before one
+    total deadline, so no server can hold a send longer than the timeout."""
+
+    def __init__(self, deadline: _Deadline, *args, **kwargs):
+        self.deadline = deadline
+        super().__init__(*args, **kwargs)
+
+    def _get_socket(self, host, port, timeout):
+        return super()._get_socket(host, port, self.deadline.remaining())
+
+    def send(self, s):
+        if self.sock:
+            self.sock.settimeout(self.deadline.remaining())
+        return super().send(s)
+
+    def getreply(self):
+        if self.sock and not (isinstance(self.file, _DeadlineLines) and self.file.sock is self.sock):
+            self.file = _DeadlineLines(self.sock, self.deadline)
+        return super().getreply()
+
+    def starttls(self, *args, **kwargs):
+        if self.sock:
+            self.sock.settimeout(self.deadline.remaining())
+        return super().starttls(*args, **kwargs)
+
+
+class _DeadlineSMTP(_DeadlineMixin, smtplib.SMTP):
+    pass
+
+
+class _DeadlineSMTPSSL(_DeadlineMixin, smtplib.SMTP_SSL):
+    pass
 
 
 def _mailchannels_body(p: dict) -> dict:
@@ -276,24 +418,21 @@ def _mailchannels_body(p: dict) -> dict:
     }
 
 
-def _post(what: str, url: str, body: dict, timeout: timedelta, headers: dict) -> None:
+def _post(what: str, url: str, body: dict, timeout: timedelta, headers: dict, scrub=str, setting: str = "") -> None:
     # The URL (a webhook's secret) and the headers (an API key) never
-    # appear in the messages below; httpx's own errors would show the URL.
+    # appear in the messages below; the answer's text is scrubbed of them.
     try:
-        r = httpx.post(url, json=body, headers=headers, timeout=timeout.total_seconds())
-    except httpx.TimeoutException:
-        raise NotifyError(f"{what}: timed out after {timeout.total_seconds():g} s") from None
-    except httpx.HTTPError as exc:
-        raise NotifyError(f"{what}: unreachable ({type(exc).__name__})") from None
-    if not 200 <= r.status_code < 300:
-        hint = " (check the URL or key)" if r.status_code in (401, 403, 404) else ""
-        raise NotifyError(f"{what} rejected the message: HTTP {r.status_code}{hint}: {_safe(r.text)[:200]}")
-
-
-def _safe(text) -> str:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    return messages.oneline(text)
+        r = outbound.call("POST", url, json=body, headers=headers, limit=timeout.total_seconds(),
+                          max_bytes=ANSWER_CAP, want_body=lambda status: not 200 <= status < 300)
+    except outbound.DeadlineExceeded:
+        raise NotifyError(f"{what}: timed out after {timeout.total_seconds():g} s (total deadline)") from None
+    except outbound.BadRequest as exc:
+        raise NotifyError(f"{what}: cannot send: {exc}{' (check ' + setting + ')' if setting else ''}") from None
+    except outbound.Unreachable as exc:
+        raise NotifyError(f"{what}: unreachable ({exc})") from None
+    if not 200 <= r.status < 300:
+        hint = " (check the URL or key)" if r.status in (401, 403, 404) else ""
+        raise NotifyError(f"{what} rejected the message: HTTP {r.status}{hint}: {scrub(r.body)}")
 
 
 def outbox(con, since: datetime, limit: int = 100) -> list[dict]:

@@ -3,7 +3,8 @@
 The Worker reads its TTLs from the KV key `config:kv-ttls` (JSON
 `{"title": s, "isbn": s, "author": s}`, seconds), as the seed does. A
 promotion writes the winner's TTL for the experiment's endpoint through the
-KV REST API, reads it back to verify, records it (`promotions`) and sends a
+KV REST API (each call bounded by a total deadline and a cap on the answer,
+error text redacted of secrets), reads it back to verify, records it (`promotions`) and sends a
 notice through the outbox. When that config (or the experiment config) is
 corrupt — unparseable, wrong types, TTLs out of range — the default TTLs are
 written back, recorded, and a critical notice goes out.
@@ -16,16 +17,18 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Callable
 
-import httpx
-
+from . import outbound
 from .errors import CachemonError, ConfigError
 from .experiments import MAX_TTL, MIN_TTL, Experiment
+from .redact import Redactor
 
 CONFIG_KEY = "config:kv-ttls"
 ENDPOINTS = ("title", "isbn", "author")
 RECORD = "INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?)"
 HISTORY = "SELECT done_at, action, experiment, old_config, new_config, detail FROM promotions ORDER BY done_at"
+MAX_VALUE = 1024 * 1024  # bytes of a KV answer read; the TTL config is a few dozen
 
 
 class PromotionError(CachemonError):
@@ -38,7 +41,9 @@ class KvClient:
     account: str
     namespace: str
     token: str = field(repr=False)
-    timeout: float = 10.0
+    timeout: float = 10.0  # seconds, the whole of one call
+    redactor: Redactor = field(default=Redactor(), repr=False)
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
 
     @classmethod
     def from_env(cls, env) -> "KvClient":
@@ -46,37 +51,48 @@ class KvClient:
         if missing:
             raise ConfigError(f"Workers KV needs {', '.join(missing)} in the environment")
         return cls(env.get("CF_API_BASE", "https://api.cloudflare.com/client/v4").rstrip("/"), env["CF_ACCOUNT_ID"],
-                   env["CF_KV_NAMESPACE_ID"], env["CF_API_TOKEN"])
+                   env["CF_KV_NAMESPACE_ID"], env["CF_API_TOKEN"], redactor=Redactor.from_env(env))
 
     def _url(self, key: str) -> str:
         return (f"{self.base}/accounts/{self.account}/storage/kv/namespaces/{self.namespace}/values/"
                 f"{urllib.parse.quote(key, safe='')}")
 
-    def _call(self, method: str, key: str, body: bytes | None = None) -> httpx.Response:
+    def _call(self, method: str, key: str, body: bytes | None = None) -> outbound.Answer:
         for attempt in range(4):
             try:
-                r = httpx.request(method, self._url(key), content=body, timeout=self.timeout,
+                r = outbound.call(method, self._url(key), content=body, limit=self.timeout, max_bytes=MAX_VALUE,
                                   headers={"Authorization": f"Bearer {self.token}"})
-            except httpx.HTTPError as exc:
-                raise PromotionError(f"Workers KV unreachable: {type(exc).__name__}") from None
-            if r.status_code == 429 and attempt < 3:  # one write per second per key
-                time.sleep(1.1)
+            except outbound.DeadlineExceeded:
+                raise PromotionError(f"Workers KV {method} {key}: no complete answer within {self.timeout:g} s") from None
+            except outbound.BadRequest as exc:
+                raise PromotionError(f"Workers KV cannot be called: {exc} (check CF_API_BASE and CF_API_TOKEN)") from None
+            except outbound.OutboundError as exc:
+                raise PromotionError(f"Workers KV unreachable: {exc}") from None
+            if r.status == 429 and attempt < 3:  # one write per second per key
+                self.sleep(1.1)
                 continue
             return r
         return r
 
     def get(self, key: str) -> bytes | None:
         r = self._call("GET", key)
-        if r.status_code == 404:
+        if r.status == 404:
             return None
-        if r.status_code != 200:
-            raise PromotionError(f"Workers KV GET {key}: HTTP {r.status_code}" + _hint(r.status_code))
-        return r.content
+        if r.status != 200:
+            raise PromotionError(self._failed("GET", key, r))
+        if not r.complete:
+            raise PromotionError(f"Workers KV GET {key}: the value is larger than {MAX_VALUE:,} bytes")
+        return r.body
 
     def put(self, key: str, value: bytes) -> None:
         r = self._call("PUT", key, value)
-        if r.status_code != 200:
-            raise PromotionError(f"Workers KV PUT {key}: HTTP {r.status_code}" + _hint(r.status_code))
+        if r.status != 200:
+            raise PromotionError(self._failed("PUT", key, r))
+
+    def _failed(self, method: str, key: str, r: outbound.Answer) -> str:
+        """The failure, with the API's own words (secrets redacted, capped)."""
+        said = self.redactor.plus(self.token).clip(r.body)
+        return f"Workers KV {method} {key}: HTTP {r.status}{_hint(r.status)}" + (f": {said}" if said else "")
 
 
 def _hint(status: int) -> str:

@@ -1,6 +1,9 @@
 """Real receivers on loopback for notification tests: an SMTP server
 (aiosmtpd, optionally STARTTLS/SSL with a trustme CA and AUTH) and an HTTP
-webhook sink that records every request and answers a settable status."""
+webhook sink that records every request and answers a settable status.
+Misbehaving servers for outbound faults: `DripServer` (answers one byte at a
+time, slowly, or an endless body) and `EchoServer` (answers an error that
+repeats the request's path and headers, as careless servers do)."""
 
 from __future__ import annotations
 
@@ -125,6 +128,89 @@ class WebhookSink:
 
     def accepted(self, path: str) -> list[dict]:
         return [r["json"] for r in self.requests if r["path"] == path and r["status"] < 300]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class DripServer:
+    """A TCP server on 127.0.0.1 that, per connection, reads what the client
+    sends first, then writes `answer` one byte every `interval` seconds
+    (a slow-drip webhook, a stalling SMTP banner), and then, if `endless`,
+    zero bytes in 64 KiB chunks as fast as the client reads."""
+
+    def __init__(self, answer: bytes, interval: float = 2.0, endless: bool = False, read_first: bool = True):
+        self.answer, self.interval, self.endless, self.read_first = answer, interval, endless, read_first
+        self.connections = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                if self.read_first:
+                    conn.settimeout(5)
+                    conn.recv(65536)
+                for b in self.answer:
+                    if self.closed.wait(self.interval):
+                        return
+                    conn.sendall(bytes([b]))
+                while self.endless and not self.closed.is_set():
+                    conn.sendall(bytes(65536))
+            except OSError:  # the client gave up: what the test wants
+                return
+
+    def close(self) -> None:
+        self.closed.set()
+        self.sock.close()
+
+
+class EchoServer:
+    """An HTTP server on 127.0.0.1 answering every request with `status` and
+    a body that repeats the method, path and headers it received."""
+
+    def __init__(self, status: int = 404):
+        self.status = status
+        self.requests: list[str] = []
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _echo(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sink.requests.append(self.path)
+                body = (f"error: no route for {self.command} {self.path}\n"
+                        + "".join(f"{k}: {v}\n" for k, v in self.headers.items())).encode()
+                self.send_response(sink.status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = _echo
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
 
     def close(self) -> None:
         self.server.shutdown()

@@ -6,12 +6,16 @@ token and parses the `FORMAT JSON` answer once into a `QueryResult`.
 Faults: timeouts, refused connections and 5xx are retried `retries` times
 with exponential backoff and jitter; 429 waits for `Retry-After`; 401/403,
 422 and malformed answers fail at once with a message that says what to do.
-The token is only ever in the Authorization header: never in a message, a
-log line or a repr.
+Each attempt has one total deadline (`[analytics_engine] timeout`: connect,
+query and the whole answer) and reads at most `max_bytes` of answer
+(`outbound`). The token is only ever in the Authorization header: never in a
+message, a log line or a repr; an error body that echoes it (or any other
+secret of the environment) is redacted and cut to 300 characters.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -21,21 +25,22 @@ from datetime import datetime
 from typing import Callable
 
 import duckdb
-import httpx
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import rollups
+from .. import outbound, rollups
 from ..clock import Window
 from ..config import AnalyticsEngineConfig, ColumnMapping
 from ..errors import ConfigError, SourceError
+from ..redact import Redactor
 from ..rollups import Rollups
 from . import ae_sql
 
 log = logging.getLogger("cachemon.analytics_engine")
 DEFAULT_BASE = "https://api.cloudflare.com/client/v4"
 MAX_RETRY_AFTER = 120.0
+MAX_ANSWER = 512 * 1024 * 1024  # bytes; an hour's rollups are a few MB
 
 
 @dataclass(frozen=True)
@@ -69,26 +74,29 @@ class QueryResult:
 
 class Client:
     """Analytics Engine SQL API client. `sleep` and `jitter` are injected so
-    tests can run retries without waiting."""
+    tests can run retries without waiting; `redactor` knows the secrets to
+    keep out of messages (the token always)."""
 
     def __init__(self, creds: Credentials, cfg: AnalyticsEngineConfig = AnalyticsEngineConfig(),
-                 http: httpx.Client | None = None, sleep: Callable[[float], None] = time.sleep,
-                 jitter: Callable[[], float] = random.random):
+                 sleep: Callable[[float], None] = time.sleep, jitter: Callable[[], float] = random.random,
+                 redactor: Redactor = Redactor(), max_bytes: int = MAX_ANSWER):
         self.creds, self.cfg = creds, cfg
-        self.http = http or httpx.Client(timeout=httpx.Timeout(cfg.timeout.total_seconds()))
         self.sleep, self.jitter = sleep, jitter
+        self.redactor = redactor.plus(creds.token)
+        self.max_bytes = max_bytes
         self.queries = 0  # requests sent, for reporting
 
     @classmethod
     def from_env(cls, cfg: AnalyticsEngineConfig, env=None) -> "Client":
         """A client with the credentials of the environment (see README)."""
-        return cls(Credentials.from_env(env), cfg)
+        env = os.environ if env is None else env
+        return cls(Credentials.from_env(env), cfg, redactor=Redactor.from_env(env))
 
     def __repr__(self) -> str:
         return f"Client(account_id={self.creds.account_id!r}, base={self.creds.base!r})"
 
     def close(self) -> None:
-        self.http.close()
+        """Nothing to release: every call opens and closes its connection."""
 
     def __enter__(self) -> "Client":
         return self
@@ -101,22 +109,25 @@ class Client:
         while True:
             self.queries += 1
             try:
-                resp = self.http.post(self.creds.url, content=sql.encode("utf-8"),
-                                      headers={"Authorization": f"Bearer {self.creds.token}"})
-            except httpx.TimeoutException:
-                problem = "timed out"
-            except httpx.TransportError as exc:
-                problem = f"could not connect ({type(exc).__name__})"
+                resp = outbound.call("POST", self.creds.url, content=sql.encode("utf-8"),
+                                     headers={"Authorization": f"Bearer {self.creds.token}"},
+                                     limit=self.cfg.timeout.total_seconds(), max_bytes=self.max_bytes)
+            except outbound.DeadlineExceeded:
+                problem = f"timed out (no complete answer within {self.cfg.timeout.total_seconds():g} s)"
+            except outbound.BadRequest as exc:
+                raise SourceError(f"Analytics Engine cannot be called: {exc} (check CF_API_BASE)") from None
+            except outbound.Unreachable as exc:
+                problem = f"could not connect ({exc})"
             else:
-                if resp.status_code == 429 and throttled < max(3, self.cfg.retries):
+                if resp.status == 429 and throttled < max(3, self.cfg.retries):
                     throttled += 1
                     wait = _retry_after(resp)
                     log.warning("Analytics Engine rate limit (429): waiting %.1f s", wait)
                     self.sleep(wait)
                     continue
-                if resp.status_code < 500:
-                    return _answer(resp, sql, self.creds.account_id)
-                problem = f"HTTP {resp.status_code}"
+                if resp.status < 500:
+                    return _answer(resp, sql, self.creds.account_id, self.redactor)
+                problem = f"HTTP {resp.status}"
             if attempt >= self.cfg.retries:
                 raise SourceError(f"Analytics Engine {problem} after {attempt + 1} attempts; "
                                   f"the store keeps its last good data")
@@ -126,36 +137,41 @@ class Client:
             attempt += 1
 
 
-def _retry_after(resp: httpx.Response) -> float:
+def _retry_after(resp: outbound.Answer) -> float:
     try:
-        return min(MAX_RETRY_AFTER, max(0.0, float(resp.headers.get("Retry-After", "1"))))
+        return min(MAX_RETRY_AFTER, max(0.0, float(resp.headers.get("retry-after", "1"))))
     except ValueError:
         return 1.0
 
 
-def _answer(resp: httpx.Response, sql: str, account: str) -> QueryResult:
-    if resp.status_code in (401, 403):
+def _answer(resp: outbound.Answer, sql: str, account: str, redactor: Redactor) -> QueryResult:
+    if resp.status in (401, 403):
         raise SourceError(
-            f"Analytics Engine refused the API token (HTTP {resp.status_code}): it needs the "
+            f"Analytics Engine refused the API token (HTTP {resp.status}): it needs the "
             f"'Account Analytics Read' permission on account {account}"
         )
-    if resp.status_code == 422:
-        raise SourceError(f"Analytics Engine rejected the query (HTTP 422): {_error_text(resp)}\nSQL: {sql}")
-    if resp.status_code >= 400:
-        raise SourceError(f"Analytics Engine answered HTTP {resp.status_code}: {_error_text(resp)}")
+    if resp.status == 422:
+        raise SourceError(f"Analytics Engine rejected the query (HTTP 422): {_error_text(resp, redactor)}\nSQL: {sql}")
+    if resp.status >= 400:
+        raise SourceError(f"Analytics Engine answered HTTP {resp.status}: {_error_text(resp, redactor)}")
+    if not resp.complete:
+        raise SourceError(f"Analytics Engine sent more than {len(resp.body):,} bytes; "
+                          "nothing was written (pull a shorter [analytics_engine] window)")
     try:
-        body = resp.json()
+        body = json.loads(resp.body)
         meta = tuple((m["name"], m.get("type", "")) for m in body["meta"])
         data = tuple(body["data"])
         if not all(isinstance(r, dict) for r in data):
             raise TypeError("data rows are not objects")
         return QueryResult(meta, data, int(body.get("rows", len(data))))
     except (ValueError, KeyError, TypeError) as exc:
-        raise SourceError(f"Analytics Engine sent a malformed answer ({type(exc).__name__}: {exc}); nothing was written") from None
+        raise SourceError(f"Analytics Engine sent a malformed answer ({type(exc).__name__}: "
+                          f"{redactor.clip(str(exc), 200)}); nothing was written") from None
 
 
-def _error_text(resp: httpx.Response) -> str:
-    return resp.text.strip()[:500] or "(no body)"
+def _error_text(resp: outbound.Answer, redactor: Redactor) -> str:
+    """The API's own words, without any secret it echoed, on one line."""
+    return redactor.clip(resp.body) or "(no body)"
 
 
 # -- pulling rollups -------------------------------------------------------------
