@@ -121,7 +121,7 @@ def _csv(p: Path):
     try:
         reader = pacsv.open_csv(p, read_options=pacsv.ReadOptions(block_size=MAX_LINE), convert_options=opts)
     except pa.ArrowInvalid as exc:
-        raise InputError(f"{p}: not a readable CSV file: {exc}") from None
+        raise _csv_error(p, 1, exc) from None
     done = 0
     while True:
         try:
@@ -129,8 +129,7 @@ def _csv(p: Path):
         except StopIteration:
             return
         except pa.ArrowInvalid as exc:
-            raise InputError(f"{p}: not a readable CSV file after line {done + 1} "
-                             f"(lines are limited to {MAX_LINE:,} bytes): {exc}") from None
+            raise _csv_error(p, done + 2, exc) from None
         table = pa.Table.from_batches([batch])
 
         def label(i, o=done):
@@ -142,6 +141,13 @@ def _csv(p: Path):
         _check_nul(p, table, label)
         yield table, label
         done += table.num_rows
+
+
+def _csv_error(p: Path, line: int, exc: Exception) -> InputError:
+    if "straddl" in str(exc):  # Arrow's words for a row longer than its block
+        return InputError(f"{p}: a line from line {line} on is longer than {MAX_LINE:,} bytes "
+                          "(the limit of one event; is this a text file?)")
+    return InputError(f"{p}: not a readable CSV file (from line {line} on): {exc}")
 
 
 def _check_nul(p: Path, table: pa.Table, label) -> None:
