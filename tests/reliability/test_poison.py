@@ -121,6 +121,13 @@ def test_integer_timestamps_are_milliseconds_and_nothing_wraps(tmp_path, results
         rows = [_row(i, timestamp=int(START.timestamp()) * 1000 + i) for i in range(20, 25)]
         rows[2]["timestamp"] = value
         _refused(cfg, _write(tmp_path / "bad.ndjson", rows), "line 3: timestamp ", why)
+    # Timestamp-typed Parquet columns are range-checked in their own unit, before any conversion.
+    for unit, value in (("ms", 10**17), ("ms", -(10**17)), ("us", 2**62)):  # x1000 would overflow
+        table = pa.Table.from_pylist([_row(i) for i in range(3)]).set_column(
+            0, "timestamp", pa.array([int(START.timestamp()) * {"ms": 10**3, "us": 10**6}[unit]] * 2 + [value],
+                                     pa.timestamp(unit, tz="UTC")))
+        pq.write_table(table, tmp_path / "typed.parquet")
+        _refused(cfg, tmp_path / "typed.parquet", "row 3: timestamp ", f"{value} ({unit} since 1970) is outside 2000-2199")
     ms = int(START.timestamp()) * 1000 + 1234
     pipeline.import_files(cfg, [_write(tmp_path / "ms.ndjson", [_row(40, timestamp=ms)])], NOW)
     with store.reader(cfg.store.path) as con:
