@@ -221,6 +221,8 @@ def _parse_ndjson(p: Path, lines: list[bytes], numbers: list[int]):
 
 
 def _find_bad_json_line(p: Path, lines: list[bytes], numbers: list[int]) -> None:
+    """Arrow's parse error names no line: find it (and say what is wrong)."""
+    kinds: dict[str, tuple[str, int]] = {}  # field -> (JSON type, first line with it)
     for n, line in zip(numbers, lines):
         try:
             obj = json.loads(line)
@@ -232,3 +234,23 @@ def _find_bad_json_line(p: Path, lines: list[bytes], numbers: list[int]) -> None
             v = obj.get(name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise InputError(f"{p}: line {n}: {name} {v!r} is not a number")
+        for name, v in obj.items():
+            kind = _json_kind(v)
+            if kind is None:
+                continue
+            first = kinds.setdefault(name, (kind, n))
+            if first[0] != kind:
+                raise InputError(f"{p}: line {n}: {name} is {kind} {v!r:.60} where line {first[1]} has {first[0]}; "
+                                 "a field must have one type in every line")
+
+
+def _json_kind(v) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    if isinstance(v, str):
+        return "text"
+    return "a list" if isinstance(v, list) else "an object"

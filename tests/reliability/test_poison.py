@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 
+import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -25,6 +28,7 @@ from cachemon.errors import InputError
 from cachemon.sources import files
 
 from conftest import ROOT, T0, config_error, load, simulate
+from servers import free_port
 
 NOW = T0 + timedelta(hours=1)
 START = datetime(2026, 11, 19, 7, 0, tzinfo=timezone.utc)  # the events' hour, before NOW
@@ -162,10 +166,10 @@ def _no_constant(name):
     raise AssertionError(f"non-strict JSON: {name}")
 
 
-def test_an_older_store_with_poisoned_rows_gives_strict_json_and_an_honest_data_age(tmp_path, results):
+def _poisoned_store(db):
     """Rows written before the bounds existed (inserted directly): a
-    request count of 1e308, inf bytes, nan latency, and one minute in 2150."""
-    db = tmp_path / "old.duckdb"
+    request count of 1e308, inf bytes, nan latency, and one minute in 2150.
+    Returns where the real data ends."""
     load(db, simulate(3)[0])
     end = T0 + timedelta(hours=3)
     with store.writer(db, end) as con:
@@ -175,6 +179,12 @@ def test_an_older_store_with_poisoned_rows_gives_strict_json_and_an_honest_data_
                     {"m": datetime(2150, 1, 1, tzinfo=timezone.utc)})
         con.execute("INSERT INTO latency_minute VALUES ('simulator', $m, 'edge', 'title', '', '', 3, 'inf'::DOUBLE)",
                     {"m": end - timedelta(minutes=5)})
+    return end
+
+
+def test_an_older_store_with_poisoned_rows_gives_strict_json_and_an_honest_data_age(tmp_path, results):
+    db = tmp_path / "old.duckdb"
+    end = _poisoned_store(db)
     cfg = config.with_db(config.Config(), str(db))
     at = end + timedelta(days=1)  # a day after the data: it is stale, whatever 2150 says
     with store.reader(db) as con:
@@ -201,6 +211,37 @@ def test_an_older_store_with_poisoned_rows_gives_strict_json_and_an_honest_data_
             assert "nan" not in shown.lower() and "inf" not in shown.lower(), shown
     results("older store with poisoned rows", "1e308 requests, inf bytes, nan latency, a minute in 2150", 4,
             "strict JSON (nulls); data age 86400 s, stale; data_stale alert evaluates the real age")
+
+
+def test_the_metrics_api_on_a_poisoned_store_is_strict_and_says_stale(tmp_path):
+    """The running API (wall clock: days after the data) on the store above:
+    /healthz and /metrics are strict JSON, the data age is positive and
+    the data stale, whatever the row dated 2150 says."""
+    db = tmp_path / "old.duckdb"
+    end = _poisoned_store(db)
+    port = free_port()
+    env = dict(os.environ, CACHEMON_DB=str(db), PYTHONPATH=str(ROOT))
+    env.pop("CACHEMON_API_TOKEN", None)
+    env.pop("CACHEMON_CONFIG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cachemon", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                health = httpx.get(base + "/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None, "server exited"
+                time.sleep(0.1)
+        h = json.loads(health.text, parse_constant=_no_constant)
+        body = json.loads(httpx.get(base + "/metrics", params={"period": "15m"}).text, parse_constant=_no_constant)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    age = (datetime.now(timezone.utc) - end).total_seconds()
+    assert h["status"] == "stale" and h["dataUntil"] == iso(end) and abs(h["dataAgeSeconds"] - age) < 120, h
+    assert body["stale"] is True and body["dataUntil"] == iso(end) and body["dataAgeSeconds"] > 0, body
 
 
 NON_FINITE = ["nan", "+nan", "-nan", "inf", "+inf", "-inf"]
