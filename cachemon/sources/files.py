@@ -1,7 +1,7 @@
 """Event files (NDJSON, CSV, Parquet) -> validated EventFrames, in batches.
 
-A file is read in bounded batches (`BATCH_ROWS` rows, `CHUNK_BYTES` of
-text), each validated as it comes, so memory stays bounded whatever the
+A file is read in bounded batches (Parquet: `BATCH_ROWS` rows; NDJSON:
+`CHUNK_BYTES` of whole lines; CSV: blocks of `MAX_LINE` bytes), each validated as it comes, so memory stays bounded whatever the
 file holds; the caller writes nothing until every batch of every file has
 passed (see `pipeline.import_files`). Absurd files are refused with their
 name: more than `MAX_ROWS` rows, an NDJSON line longer than `MAX_LINE`,
