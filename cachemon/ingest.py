@@ -243,8 +243,10 @@ MERGE_SQL = {
         min(first_seen) AS first_seen, max(last_seen) AS last_seen
         FROM part GROUP BY key, experiment, cohort, t, whole_hour""",
 }
-# Partial rollup rows held before they are merged (bounds memory between merges).
-MERGE_ROWS = 1_000_000
+# Partial rollup rows held before they are merged (bounds memory between
+# merges; ~100 MB of per-key rows). Merging waits until the pending rows
+# also exceed the merged ones, so many distinct keys cost no quadratic time.
+MERGE_ROWS = 300_000
 
 
 class ImportAccumulator:
@@ -255,6 +257,7 @@ class ImportAccumulator:
         self.con = duckdb.connect()
         self.parts: dict[str, list[pa.Table]] = {name: [] for name in MERGE_SQL}
         self.events, self.lo, self.hi = 0, None, None
+        self.merged = 0  # rows after the last merge
 
     def add(self, frame: EventFrame) -> None:
         if len(frame) == 0:
@@ -272,7 +275,7 @@ class ImportAccumulator:
         self.lo = span[0] if self.lo is None else min(self.lo, span[0])
         self.hi = span[1] if self.hi is None else max(self.hi, span[1])
         self.events += len(frame)
-        if sum(t.num_rows for parts in self.parts.values() for t in parts) > MERGE_ROWS:
+        if sum(t.num_rows for parts in self.parts.values() for t in parts) > max(MERGE_ROWS, 2 * self.merged):
             self._merge()
 
     def _merge(self) -> None:
@@ -284,6 +287,7 @@ class ImportAccumulator:
                     self.parts[name] = [self.con.sql(sql).to_arrow_table()]
                 finally:
                     self.con.unregister("part")
+        self.merged = sum(t.num_rows for parts in self.parts.values() for t in parts)
 
     def finish(self, sha256: str, name: str) -> ImportFile:
         if self.events == 0:

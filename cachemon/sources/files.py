@@ -124,13 +124,9 @@ def _csv(p: Path):
         raise _csv_error(p, 1, exc) from None
     done = 0
     while True:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
+        table = _csv_rows(reader, p, done)
+        if table is None:
             return
-        except pa.ArrowInvalid as exc:
-            raise _csv_error(p, done + 2, exc) from None
-        table = pa.Table.from_batches([batch])
 
         def label(i, o=done):
             return f"line {o + i + 2}"
@@ -141,6 +137,22 @@ def _csv(p: Path):
         _check_nul(p, table, label)
         yield table, label
         done += table.num_rows
+
+
+def _csv_rows(reader, p: Path, done: int) -> pa.Table | None:
+    """Blocks of the CSV reader gathered up to BATCH_ROWS rows (a block is
+    only MAX_LINE bytes: one per batch would cost a query each)."""
+    blocks, rows = [], 0
+    while rows < BATCH_ROWS:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        except pa.ArrowInvalid as exc:
+            raise _csv_error(p, done + rows + 2, exc) from None
+        blocks.append(batch)
+        rows += batch.num_rows
+    return pa.Table.from_batches(blocks).combine_chunks() if blocks else None
 
 
 def _csv_error(p: Path, line: int, exc: Exception) -> InputError:
