@@ -155,7 +155,7 @@ def check(
     if last is not None and at <= last:
         why = "was already evaluated" if at == last else f"is before the last evaluation {iso(last)} (did the clock go back?)"
         raise InputError(f"evaluation time {iso(at)} {why}; evaluations move forward only, nothing was changed")
-    span = data_span(con)
+    span = data_span(con, at)  # data dated after `at` must not hide stale data
     prev = load_states(con)
     rules = cfg.alerts.effective_rules
     states, changed = evaluate(observer or Observer(con), rules, at, prev, cfg.metrics.stale_after,
@@ -244,7 +244,7 @@ def backfill(con: duckdb.DuckDBPyConnection, cfg, start: datetime, end: datetime
         t += every
     if not slots:
         return 0
-    rules, span = cfg.alerts.effective_rules, data_span(con)
+    rules, span = cfg.alerts.effective_rules, data_span(con, end)
     observer = Observer(con)
     for rule in rules:
         for endpoint in rule.endpoints or ("",):

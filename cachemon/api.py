@@ -197,7 +197,7 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
         now = clock()
         try:
             with store.shared_reader(cfg.store.path) as con:
-                span = metrics.data_span(con)
+                span = metrics.data_span(con, now)  # never negative, never hidden by future rows
                 runner = selfcheck.check(con, cfg, now)
         except CachemonError as exc:
             return JSONResponse({"status": "error", "store": "unreadable", "error": str(exc)}, status_code=503)

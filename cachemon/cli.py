@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("import", help="import NDJSON / CSV / Parquet event files",
-                       description="Import event files. A file already imported (same content) is skipped.")
+                       description="Import event files, all or nothing: every file is read and validated first "
+                                   "(in bounded batches), then all are written in one transaction; if any file is "
+                                   "refused, nothing is imported and the error names the file, line and field. "
+                                   "A file already imported (same content) is skipped.")
     p.add_argument("files", nargs="+", metavar="FILE")
 
     p = sub.add_parser("pull", help="pull rollups from Cloudflare Workers Analytics Engine",

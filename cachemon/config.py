@@ -8,6 +8,7 @@ environment (see README).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -53,6 +54,17 @@ class StoreConfig:
     # hourly table once the hour is this far behind the newest window; it
     # must exceed any re-pull overlap (Analytics Engine late data).
     key_compaction_lag: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    # Imported events dated after now plus this are refused: one event from
+    # the future would make old data look fresh (clocks of exporters drift).
+    clock_skew: timedelta = timedelta(minutes=5)
+
+    def __post_init__(self):
+        if not timedelta(0) <= self.clock_skew <= timedelta(days=1):
+            raise ConfigError("[ingest] clock_skew must be between 0s and 1d")
 
 
 @dataclass(frozen=True)
@@ -238,6 +250,7 @@ class Config:
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     costs: CostsConfig = field(default_factory=CostsConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     pricing: Pricing = field(default_factory=pricing_default)
     experiments: tuple = ()  # cachemon.experiments.Experiment, from [[experiments]]
     source: str = "simulator"
@@ -254,6 +267,7 @@ _SECTIONS = {
     "notify": NotifyConfig,
     "costs": CostsConfig,
     "retention": RetentionConfig,
+    "ingest": IngestConfig,
 }
 
 
@@ -280,6 +294,7 @@ def _from_file(path: Path) -> Config:
         raise ConfigError(f"config file {path} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    _refuse_non_finite(path, data)
     parts = {}
     for name, value in data.items():
         if name == "source":
@@ -304,6 +319,20 @@ def _from_file(path: Path) -> Config:
         endpoints = tuple(e for e, _ in parts.get("costs", CostsConfig()).kv_ttl)
         parts["experiments"] = parse_experiments(str(path), data["experiments"], endpoints)
     return Config(**parts)
+
+
+def _refuse_non_finite(path: Path, value, where: str = "") -> None:
+    """TOML allows nan and inf; no setting means either (a nan threshold
+    never breaches, an inf price makes every cost inf). Checked on the raw
+    document, so every float of every section, rule and experiment is."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}: {where} = {value} is not a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _refuse_non_finite(path, v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _refuse_non_finite(path, v, f"{where}[{i}]")
 
 
 def _alerts(path: Path, raw: dict, scalars: AlertsConfig) -> AlertsConfig:

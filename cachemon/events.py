@@ -8,6 +8,7 @@ columnar (a pyarrow Table) because a week is tens of millions of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Callable
 
 import numpy as np
@@ -46,6 +47,18 @@ DEFAULTS = {
     "sample_interval": 1.0,
 }
 
+# Sane bounds: a value outside them is a unit mix-up or garbage, and one such
+# value would dominate every sum it enters (1e308 * sample_interval is inf).
+EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)  # the hard limit when no `latest` is given
+MAX_LATENCY_MS = 3_600_000.0  # an hour: no request waits longer (Workers time out far sooner)
+MAX_BYTES = 5e12  # 5 TB, the largest R2 object
+MAX_GAUGE = 1e18  # an exabyte: gauges (queue depth, storage bytes) carry their value in latency_ms
+MAX_SAMPLE_INTERVAL = 1e9  # Analytics Engine sample intervals are powers of ten, far below this
+# Integer timestamps are epoch milliseconds; the accepted span in that unit.
+_MS_LO = int(EARLIEST.timestamp() * 1000)
+_MS_HI = int(LATEST.timestamp() * 1000)
+
 
 @dataclass(frozen=True)
 class EventFrame:
@@ -76,9 +89,12 @@ def _default_label(i: int) -> str:
     return f"row {i + 1}"
 
 
-def validate(table: pa.Table, origin: str, row_label: RowLabel = _default_label) -> EventFrame:
+def validate(table: pa.Table, origin: str, row_label: RowLabel = _default_label,
+             latest: datetime | None = None) -> EventFrame:
     """Check and normalise raw events; raise InputError naming `origin`, the
-    first offending row and the field, without changing anything."""
+    first offending row and the field, without changing anything. Events
+    after `latest` (now plus the clock-skew tolerance) are refused: one
+    event from the future would make old data look fresh."""
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
         raise InputError(f"{origin}: missing required column(s) {', '.join(missing)}")
@@ -90,7 +106,7 @@ def validate(table: pa.Table, origin: str, row_label: RowLabel = _default_label)
         else:
             cols[name] = pa.chunked_array([pa.array([DEFAULTS[name]] * n, SCHEMA.field(name).type)]) if n else pa.chunked_array([], SCHEMA.field(name).type)
     fail = _Failer(origin, row_label)
-    cols["timestamp"] = _timestamps(cols["timestamp"], fail)
+    cols["timestamp"] = _timestamps(cols["timestamp"], fail, latest)
     for name in ("tier", "key", "endpoint", "experiment", "cohort", "status", "kind"):
         cols[name] = _strings(cols[name], name, fail)
     for name in ("latency_ms", "bytes", "sample_interval"):
@@ -114,24 +130,59 @@ class _Failer:
         raise InputError(f"{self.origin}: {self.row_label(first)}{more}: {field} {problem(first)}")
 
 
-def _timestamps(col: pa.ChunkedArray, fail: _Failer) -> pa.ChunkedArray:
+def _timestamps(col: pa.ChunkedArray, fail: _Failer, latest: datetime | None) -> pa.ChunkedArray:
     t = col.type
     fail.check(pc.is_null(col), "timestamp", lambda i: "is missing")
     if pa.types.is_timestamp(t):
         if t.tz is None:
             col = pc.assume_timezone(col, "UTC")
-        out = col.cast(pa.timestamp("us", tz="UTC"))
+        out = _checked_cast(col, fail)
     elif pa.types.is_integer(t):
-        # Integers are epoch milliseconds, the unit of JavaScript's Date.now().
-        out = pc.multiply(col.cast(pa.int64()), 1000).cast(pa.timestamp("us", tz="UTC"))
+        out = _epoch_ms(col, fail)
     elif pa.types.is_string(t) or pa.types.is_large_string(t):
         out = _parse_iso(col, fail)
     else:
         raise InputError(f"{fail.origin}: column timestamp has type {t}; use ISO 8601 text or epoch milliseconds")
-    year = pc.year(out)
-    fail.check(pc.or_(pc.less(year, 2000), pc.greater(year, 2199)), "timestamp",
-               lambda i: f"{out[i].as_py().isoformat()} is outside 2000-2199")
+    fail.check(pc.less(out, pa.scalar(EARLIEST, out.type)), "timestamp",
+               lambda i: f"{out[i].as_py().isoformat()} is before 2000-01-01")
+    hi = min(latest, LATEST) if latest is not None else LATEST
+    why = "is in the future (after now plus the clock-skew tolerance [ingest] clock_skew)" if latest else "is after 2199"
+    fail.check(pc.greater(out, pa.scalar(hi, out.type)), "timestamp", lambda i: f"{out[i].as_py().isoformat()} {why}")
     return out
+
+
+def _checked_cast(col: pa.ChunkedArray, fail: _Failer) -> pa.ChunkedArray:
+    """A timestamp column in microseconds; values that do not fit (a
+    nanosecond column holds 1677-2262 only, a second column anything) are
+    checked in their own unit first, so nothing wraps."""
+    unit = col.type.unit
+    per_ms = {"s": 0.001, "ms": 1, "us": 1000, "ns": 1_000_000}[unit]
+    raw = col.cast(pa.int64())
+    lo, hi = int(_MS_LO * per_ms), int(_MS_HI * per_ms)
+    fail.check(pc.or_(pc.less(raw, lo), pc.greater(raw, hi)), "timestamp",
+               lambda i: f"{raw[i].as_py()} ({unit} since 1970) is outside 2000-2199")
+    # Truncating sub-microsecond digits is fine; the range is checked above.
+    return pc.cast(col, pa.timestamp("us", tz="UTC"), safe=False)
+
+
+def _epoch_ms(col: pa.ChunkedArray, fail: _Failer) -> pa.ChunkedArray:
+    """Integers are epoch milliseconds, the unit of JavaScript's Date.now().
+    Seconds, microseconds and nanoseconds are refused by their size before
+    any arithmetic, so none can overflow or wrap to a plausible date."""
+    ms = col.cast(pa.int64())
+    fail.check(pc.or_(pc.less(ms, _MS_LO), pc.greater(ms, _MS_HI)), "timestamp",
+               lambda i: f"{ms[i].as_py()} is not epoch milliseconds in 2000-2199{_unit_hint(ms[i].as_py())}")
+    return pc.multiply(ms, 1000).cast(pa.timestamp("us", tz="UTC"))
+
+
+def _unit_hint(v: int) -> str:
+    if _MS_LO // 1000 <= v <= _MS_HI // 1000:
+        return " (it looks like epoch seconds: multiply by 1000)"
+    if _MS_LO * 1000 <= v <= _MS_HI * 1000:
+        return " (it looks like epoch microseconds: divide by 1000)"
+    if _MS_LO * 1_000_000 <= v:
+        return " (it looks like epoch nanoseconds: divide by 1000000)"
+    return ""
 
 
 def _parse_iso(col: pa.ChunkedArray, fail: _Failer) -> pa.ChunkedArray:
@@ -208,7 +259,14 @@ def _check_values(cols: dict, fail: _Failer) -> None:
                    lambda i: "is empty")
     lat = cols["latency_ms"]
     fail.check(pc.less(lat, 0), "latency_ms", lambda i: f"is negative ({lat[i].as_py()})")
+    fail.check(pc.and_(is_req, pc.greater(lat, MAX_LATENCY_MS)), "latency_ms",
+               lambda i: f"{lat[i].as_py():g} is beyond the limit of {MAX_LATENCY_MS:g} ms (an hour)")
+    fail.check(pc.greater(lat, MAX_GAUGE), "latency_ms",
+               lambda i: f"{lat[i].as_py():g} is beyond the gauge limit of {MAX_GAUGE:g}")
     b = cols["bytes"]
     fail.check(pc.less(b, 0), "bytes", lambda i: f"is negative ({b[i].as_py()})")
+    fail.check(pc.greater(b, MAX_BYTES), "bytes", lambda i: f"{b[i].as_py():g} is beyond the limit of {MAX_BYTES:g} (5 TB)")
     si = cols["sample_interval"]
     fail.check(pc.less(si, 1), "sample_interval", lambda i: f"must be at least 1 ({si[i].as_py()})")
+    fail.check(pc.greater(si, MAX_SAMPLE_INTERVAL), "sample_interval",
+               lambda i: f"{si[i].as_py():g} is beyond the limit of {MAX_SAMPLE_INTERVAL:g}")

@@ -9,6 +9,7 @@ merged log-bucket histogram (≤ 1 % relative error); they are never averaged.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -55,6 +56,13 @@ DATA_SPAN = """
 SELECT (SELECT min(minute) FROM rollup_minute), (SELECT max(minute) + INTERVAL 1 MINUTE FROM rollup_minute),
        (SELECT min(hour) FROM rollup_hour), (SELECT max(hour) + INTERVAL 1 HOUR FROM rollup_hour),
        (SELECT min(day) FROM rollup_day), (SELECT max(day) + INTERVAL 1 DAY FROM rollup_day)
+"""
+# The same, counting only data before $at: data dated later (only an older
+# store can hold events from the future) must not make old data look fresh.
+DATA_SPAN_BEFORE = """
+SELECT (SELECT min(minute) FROM rollup_minute), (SELECT max(minute) + INTERVAL 1 MINUTE FROM rollup_minute WHERE minute < $at),
+       (SELECT min(hour) FROM rollup_hour), (SELECT max(hour) + INTERVAL 1 HOUR FROM rollup_hour WHERE hour < $at),
+       (SELECT min(day) FROM rollup_day), (SELECT max(day) + INTERVAL 1 DAY FROM rollup_day WHERE day < $at)
 """
 LIFETIME = """
 SELECT tier, sum(requests) FROM (
@@ -160,22 +168,32 @@ def _top_keys(con, window: Window, endpoint: str | None, limit: int):
     return tuple(TopKey(r[0], r[1], TierVolume(*r[2:6]), r[6]) for r in rows), covered
 
 
-def data_span(con: duckdb.DuckDBPyConnection) -> tuple[datetime, datetime] | None:
+def data_span(con: duckdb.DuckDBPyConnection, at: datetime | None = None) -> tuple[datetime, datetime] | None:
     """First and last-plus-one minute of request data in the store (an
-    older hour or day where retention left only those)."""
-    m_lo, m_hi, h_lo, h_hi, d_lo, d_hi = first_row(con, DATA_SPAN)
+    older hour or day where retention left only those). With `at`, the end
+    is where the data before `at` ends (never after `at`), so the age of
+    the data as of `at` is never negative nor hidden by later rows."""
+    if at is None:
+        m_lo, m_hi, h_lo, h_hi, d_lo, d_hi = first_row(con, DATA_SPAN)
+    else:
+        m_lo, m_hi, h_lo, h_hi, d_lo, d_hi = first_row(con, DATA_SPAN_BEFORE, {"at": at})
     lo, hi = m_lo, m_hi or h_hi or d_hi
     if h_lo is not None and (lo is None or h_lo < floor_to(lo, HOUR)):
         lo = h_lo
     if d_lo is not None and (lo is None or d_lo < floor_to(lo, DAY)):
         lo = d_lo
-    return (lo, hi) if lo is not None else None
+    if lo is None:
+        return None
+    if at is not None:
+        # Nothing before `at`: the data starts later; its "end" is its start.
+        hi = min(hi, at) if hi is not None else min(lo, at)
+    return lo, hi
 
 
 def data_end(con: duckdb.DuckDBPyConnection, at: datetime) -> datetime:
     """`at`, or where the data ends when it ends earlier (a lagging source:
     the last good numbers). EmptyStoreError without data."""
-    span = data_span(con)
+    span = data_span(con, at)
     if span is None:
         raise EmptyStoreError("the store has no request data yet: run `python -m cachemon demo`, `import` or `pull`")
     return min(at, span[1])
@@ -196,10 +214,10 @@ def compute(
     the requested instant as `at`, so its data age and `stale` flag tell
     the reader these are the last good numbers.
     """
-    span = data_span(con)
+    at = window.end
+    span = data_span(con, at)
     if span is None:
         raise EmptyStoreError("the store has no request data yet: run `python -m cachemon demo`, `import` or `pull`")
-    at = window.end
     if latest and span[1] < window.end:
         window = Window(span[1] - window.length, span[1])
     retention.check_read(con, window.start)
@@ -283,7 +301,20 @@ def to_json(m: Metrics, stale_after: timedelta = timedelta(minutes=10), health=N
         out["topKeysWindow"] = {"start": iso(m.top_keys_window.start), "end": iso(m.top_keys_window.end)}
     if m.endpoint:
         out["endpoint"] = m.endpoint
-    return out
+    return finite(out)
+
+
+def finite(value):
+    """`value` (JSON-shaped data) with every NaN or infinity replaced by
+    None: JSON has no such numbers, and a store written before values were
+    bounded can hold them. Every JSON cachemon serves passes through here."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def is_stale(m: Metrics, stale_after: timedelta) -> bool:

@@ -167,15 +167,25 @@ class ImportSummary:
 
 
 def import_files(cfg: Config, paths: Iterable[str | Path], now: datetime) -> ImportSummary:
-    """Validate every file first, then import each in its own transaction;
-    a bad file stops the command before anything is written."""
-    read = [files.read(p) for p in paths]
-    done, skipped = [], []
+    """All or nothing: every file is read in bounded batches and validated
+    (events after now plus [ingest] clock_skew are refused) before anything
+    is written; then all are written in one transaction. A bad file stops
+    the command, naming the file, and the store is left as it was."""
+    latest = now + cfg.ingest.clock_skew
+    paths = [files.check(p) for p in paths]
+    aggregated = [_aggregate(p, latest) for p in paths]
     with store.writer(cfg.store.path, now) as con:
-        for f in read:
-            result = ingest.append_import(con, f.frame, f.sha256, f.path.name, now)
-            (done.append(result) if result else skipped.append(f.path))
-    return ImportSummary(tuple(done), tuple(skipped))
+        results = ingest.append_imports(con, aggregated, now)
+    done = tuple(r for r in results if r)
+    skipped = tuple(p for p, r in zip(paths, results) if r is None)
+    return ImportSummary(done, skipped)
+
+
+def _aggregate(path: Path, latest: datetime) -> ingest.ImportFile:
+    acc = ingest.ImportAccumulator()
+    for frame in files.batches(path, latest):
+        acc.add(frame)
+    return acc.finish(files.file_sha256(path), path.name)
 
 
 def compact(con, cfg: Config, now: datetime) -> tuple[int, retention.Result]:

@@ -13,6 +13,7 @@ from cachemon.sources import files
 from conftest import T0, simulate
 
 SPAN = Window(T0, T0 + timedelta(hours=2))
+NOW = SPAN.end  # imports happen after the events (events from the future are refused)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def _volume(db):
 def test_import_matches_raw_events(tmp_path, events, suffix):
     path = _write(events, tmp_path / f"events{suffix}")
     db = tmp_path / "s.duckdb"
-    summary = pipeline.import_files(_cfg(db), [path], T0)
+    summary = pipeline.import_files(_cfg(db), [path], NOW)
     assert summary.imported[0].events == len(events)
     req = events[events.kind == "request"]
     v = _volume(db)
@@ -58,12 +59,12 @@ def test_same_file_twice_is_a_no_op_and_different_files_add_up(tmp_path, events)
     db = tmp_path / "s.duckdb"
     a = _write(events.iloc[::2], tmp_path / "a.ndjson")
     b = _write(events.iloc[1::2], tmp_path / "b.csv")
-    pipeline.import_files(_cfg(db), [a], T0)
+    pipeline.import_files(_cfg(db), [a], NOW)
     once = _volume(db)
-    again = pipeline.import_files(_cfg(db), [a], T0)
+    again = pipeline.import_files(_cfg(db), [a], NOW)
     assert again.imported == () and again.skipped == (a,)
     assert _volume(db) == once
-    pipeline.import_files(_cfg(db), [b], T0)
+    pipeline.import_files(_cfg(db), [b], NOW)
     req = events[events.kind == "request"]
     assert _volume(db).total == pytest.approx(req.sample_interval.sum())
 
@@ -116,12 +117,12 @@ def test_bad_json_line_and_bad_csv_number(tmp_path, events):
 
 def test_a_bad_file_stops_the_whole_import_before_anything_is_written(tmp_path, events):
     db = tmp_path / "s.duckdb"
-    pipeline.import_files(_cfg(db), [_write(events.iloc[::2], tmp_path / "a.ndjson")], T0)
+    pipeline.import_files(_cfg(db), [_write(events.iloc[::2], tmp_path / "a.ndjson")], NOW)
     before = _volume(db)
     good = _write(events.iloc[1::2], tmp_path / "b.ndjson")
     bad = _write(events.head(5).assign(tier="disk"), tmp_path / "c.ndjson")
     with pytest.raises(InputError, match="c.ndjson"):
-        pipeline.import_files(_cfg(db), [good, bad], T0)
+        pipeline.import_files(_cfg(db), [good, bad], NOW)
     assert _volume(db) == before
 
 
@@ -130,7 +131,7 @@ def test_hostile_keys_travel_intact(tmp_path, events):
     df = events[events.kind == "request"].head(len(keys)).copy()
     df["key"] = keys
     db = tmp_path / "s.duckdb"
-    pipeline.import_files(_cfg(db), [_write(df, tmp_path / "h.ndjson")], T0)
+    pipeline.import_files(_cfg(db), [_write(df, tmp_path / "h.ndjson")], NOW)
     with store.reader(db) as con:
         stored = {r[0] for r in con.execute("SELECT key FROM cache_keys").fetchall()}
         m = metrics.compute(con, SPAN, "2h", top=10)

@@ -106,10 +106,10 @@ def _winning_events(e, path):
 def test_daily_run_promotes_a_winner_and_mails_the_notice(tmp_path, kv):
     cfg = config.with_db(_experiment(tmp_path), str(tmp_path / "p.duckdb"))
     _winning_events(cfg.experiments[0], tmp_path / "w.ndjson")
-    pipeline.import_files(cfg, [tmp_path / "w.ndjson"], T0)
+    at = T0 + timedelta(hours=2)
+    pipeline.import_files(cfg, [tmp_path / "w.ndjson"], at)  # after the events: future ones are refused
     kv.values[promote.CONFIG_KEY] = json.dumps(promote.defaults(cfg)).encode()
     sink = SmtpSink().start()
-    at = T0 + timedelta(hours=2)
     try:
         env = _env(kv, **sink.env(), ALERT_EMAIL="team@example.org")
         t = notify.Transports.from_env(env)

@@ -73,7 +73,7 @@ def test_sample_ratio_mismatch_blocks_the_decision(tmp_path):
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tmp_path / "e.toml").write_text(CONFIG.format(start=iso(T0)))
     cfg = config.with_db(config.load(tmp_path / "e.toml", env={}), str(tmp_path / "s.duckdb"))
-    pipeline.import_files(cfg, [f], T0)
+    pipeline.import_files(cfg, [f], T0 + timedelta(hours=2))  # after the events
     with store.reader(cfg.store.path) as con:
         a = tuning.analyze(con, cfg.experiments[0], T0 + timedelta(hours=2), cfg.pricing)
     assert a.units == (("control", 400), ("treatment", 200))

@@ -10,6 +10,8 @@ viewers reads the store once.
 
 from __future__ import annotations
 
+import math
+
 import os
 from datetime import datetime, timedelta
 from typing import Callable
@@ -118,6 +120,8 @@ def fmt(value: float | None, kind: str = "num", signed: bool = False) -> str | N
     decimals, USD with cents (or more digits for small amounts)."""
     if value is None:
         return None
+    if not math.isfinite(value):
+        return "n/a"  # an absurd value from an older store: never "nan" or "inf"
     sign = "+" if signed else ""
     if kind == "count":
         return f"{value:{sign},.0f}"
