@@ -74,17 +74,18 @@ class Pinger:
 
     def _run(self) -> None:
         try:
-            problem = asyncio.run(_send(self.target))
-        except Exception as exc:  # never let the thread die loudly with a URL in a traceback
-            problem = type(exc).__name__
+            try:
+                problem = asyncio.run(_send(self.target))
+            except Exception as exc:  # never a traceback: httpx's messages may hold the URL
+                problem = type(exc).__name__
+            if problem:
+                self.failed += 1
+                log.warning("heartbeat ping to %s failed: %s", self.target.where, problem)
+            else:
+                self.sent += 1
+                log.debug("heartbeat ping to %s ok", self.target.where)
         finally:
             self._busy.release()
-        if problem:
-            self.failed += 1
-            log.warning("heartbeat ping to %s failed: %s", self.target.where, problem)
-        else:
-            self.sent += 1
-            log.debug("heartbeat ping to %s ok", self.target.where)
 
     def wait(self, timeout: float) -> None:
         """Wait for the ping in flight (tests, and a clean shutdown)."""
