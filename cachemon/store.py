@@ -462,8 +462,8 @@ def _close(con, p: Path, checkpoint: bool, publish: bool, quiet: bool) -> None:
     except Exception as exc:
         if not quiet:
             raise _disk_error(exc, p) or exc
-        log.warning("after a failed write, closing or publishing %s failed too: %s", p.name,
-                    _first_line(str(exc)))
+        # INFO: the runner's log shows it; a CLI shows only the body's error.
+        log.info("after a failed write, closing or publishing %s failed too: %s", p.name, _first_line(str(exc)))
 
 
 def publish_open(con: duckdb.DuckDBPyConnection, path: str | os.PathLike) -> Path:

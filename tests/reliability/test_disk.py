@@ -134,3 +134,34 @@ def test_a_read_only_file_system_is_one_line_and_reads_still_work(tmp_path, resu
     assert before == after
     results("read-only file system", "3 writing commands and 1 read on a read-only mount", len(writes) + 1,
             "each write one `cachemon: error: ... read-only file system` line, exit 2; the read answered")
+
+
+def test_a_write_on_a_full_disk_reports_its_own_error_not_the_snapshots(tmp_path, results):
+    """The write fails on the full disk, and so does the publish after it:
+    the line says what the write met, nothing half-written is left, and the
+    last good snapshot still answers."""
+    from conftest import simulate
+
+    with tmpfs(tmp_path / "full", "24m") as disk:
+        db = disk / "f.duckdb"
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+        def cli(*args):
+            return subprocess.run([sys.executable, "-m", "cachemon", "--db", str(db), *args], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=300)
+
+        assert cli("demo", "--days", "0.05", "--until", "2026-11-19T10:00:00Z", "--quiet").returncode == 0
+        _, df = simulate(2)
+        events = tmp_path / "events.parquet"  # outside the full disk
+        df.to_parquet(events, index=False)
+        snap = store.current_snapshot(db)
+        _fill(disk / "ballast")
+        p = cli("import", str(events))
+        left = _leftovers(disk)
+        after = store.current_snapshot(db)
+        read = cli("metrics", "--at", "2026-11-19T10:00:00Z")
+    assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith(f"cachemon: error: cannot write {db}: no space left on device"), p.stderr
+    assert left == [] and after == snap and read.returncode == 0, (left, read.stderr)
+    results("write on a full disk", "`cachemon import` of 2 h of events onto a full tmpfs", 1,
+            "one line naming the store file and ENOSPC, exit 2; no temporary file; old snapshot answers")
