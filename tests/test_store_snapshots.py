@@ -70,7 +70,7 @@ def test_old_versions_are_pruned_and_numbers_only_grow(two_hours):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "not cachemon"])
-def test_a_damaged_main_file_is_never_published(two_hours, damage):
+def test_a_damaged_main_file_is_never_published(two_hours, damage, results):
     import duckdb
 
     db, _ = two_hours
@@ -91,6 +91,8 @@ def test_a_damaged_main_file_is_never_published(two_hours, damage):
     assert "last good snapshot stays" in str(err.value) and "\n" not in str(err.value)
     assert store.current_snapshot(db) == snap and _until(db) == before
     assert not [f for f in _files(db) if f.endswith((".tmp", ".link"))]
+    results(f"{damage} main file at publish", f"main store file {damage}", 1,
+            "publish refused in one line; the last good snapshot still answers; no temporary file")
 
 
 def test_a_disk_full_copy_says_so_and_leaves_no_temporary_file(two_hours):
@@ -132,7 +134,7 @@ def _silences(db):
         return con.execute("SELECT count(*) FROM silences").fetchall()[0][0]
 
 
-def test_writers_take_turns_and_a_busy_store_is_one_line(two_hours):
+def test_writers_take_turns_and_a_busy_store_is_one_line(two_hours, results):
     db, _ = two_hours
     held, release = threading.Event(), threading.Event()
 
@@ -158,6 +160,8 @@ def test_writers_take_turns_and_a_busy_store_is_one_line(two_hours):
     assert f"pid {os.getpid()}" in line  # who holds it
     assert waited.returncode == 0, waited.stderr
     assert _silences(db) == 1  # only the one that got its turn wrote
+    results("store busy beyond the wait", "`alerts silence` while another writer holds the store", 2,
+            "the short wait: one `busy for 0.5 s` line naming the holder, nothing written; the long wait: written")
 
 
 def test_the_write_lock_waits_in_another_thread_and_names_its_holder(two_hours):
@@ -180,7 +184,7 @@ def test_the_write_lock_waits_in_another_thread_and_names_its_holder(two_hours):
     assert len(errors) == 1 and f"pid {os.getpid()}" in errors[0]
 
 
-def test_a_store_from_a_newer_cachemon_is_one_line_on_every_read_path(two_hours):
+def test_a_store_from_a_newer_cachemon_is_one_line_on_every_read_path(two_hours, results):
     from streamlit.testing.v1 import AppTest
 
     import duckdb
@@ -220,3 +224,5 @@ def test_a_store_from_a_newer_cachemon_is_one_line_on_every_read_path(two_hours)
             os.environ.pop("CACHEMON_DB")
         else:
             os.environ["CACHEMON_DB"] = old
+    results("store from a newer cachemon", "schema_version 9 published", 4 + 8,
+            "4 CLI commands: one line, exit 2, nothing changed; 8 dashboard pages: a message, no traceback")
