@@ -111,6 +111,9 @@ def test_a_full_disk_never_stops_the_runner_and_it_recovers(tmp_path, results):
 
 
 def test_a_read_only_file_system_is_one_line_and_reads_still_work(tmp_path, results):
+    """Linux refuses to remount a file system read-only while a process
+    holds a file on it open for writing (the runner's lock), so the runner
+    meets a read-only disk at its start here: one line, exit 2."""
     with tmpfs(tmp_path / "ro", "64m") as disk:
         db = disk / "r.duckdb"
         env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -125,15 +128,19 @@ def test_a_read_only_file_system_is_one_line_and_reads_still_work(tmp_path, resu
         writes = [cli("alerts", "silence", "p99_latency", "--for", "1h", "--reason", "ro"),
                   cli("demo", "--days", "0.05", "--quiet"), cli("compact")]
         read = cli("metrics", "--at", "2026-11-19T10:00:00Z")
+        jobs = subprocess.run([sys.executable, "-m", "jobs", "--db", str(db)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
         after = sorted((f.name, f.stat().st_size) for f in disk.iterdir())
     for p in writes:
         assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
         assert p.stderr.startswith("cachemon: error: ") and "read-only file system" in p.stderr, p.stderr
         assert p.stderr.count("\n") == 1, p.stderr
     assert read.returncode == 0, read.stderr  # the published snapshot still answers
+    assert jobs.returncode == 2 and "Traceback" not in jobs.stderr and "read-only file system" in jobs.stderr, jobs.stderr
     assert before == after
-    results("read-only file system", "3 writing commands and 1 read on a read-only mount", len(writes) + 1,
-            "each write one `cachemon: error: ... read-only file system` line, exit 2; the read answered")
+    results("read-only file system", "3 writing commands, 1 read and a runner start on a read-only mount",
+            len(writes) + 2, "each write one `cachemon: error: ... read-only file system` line, exit 2; "
+            "the read answered; the runner's start one log line, exit 2")
 
 
 def test_a_write_on_a_full_disk_reports_its_own_error_not_the_snapshots(tmp_path, results):
