@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import pytest
 
-from cachemon import alerts, ingest, metrics, store
+from cachemon import metrics, store
 from cachemon.errors import StoreBusyError, StoreDiskError, StoreError
 
 from conftest import ROOT, T0, load, simulate
