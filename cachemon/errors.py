@@ -29,3 +29,15 @@ class SourceError(CachemonError):
 class EmptyStoreError(StoreError):
     """The store does not exist yet or holds no request data (fill it with
     `demo`, `import` or `pull`)."""
+
+
+class StoreBusyError(StoreError):
+    """Another process holds the store for writing longer than a writer
+    waits (or DuckDB's own lock refuses the open). Trying again later is
+    right: the job runner records it and retries."""
+
+
+class StoreDiskError(StoreError):
+    """The disk refused a write: no space left, a read-only file system, an
+    I/O error. Nothing half-written is published; trying again later is
+    right once the disk is fixed."""

@@ -265,8 +265,11 @@ class InstanceLock:
         self.fd = None
 
     def acquire(self, now: datetime) -> "InstanceLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only or full disk: one line, not a traceback
+            raise StoreError(f"cannot open the runner lock {self.path}: {exc.strerror.lower()}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -3,33 +3,50 @@
 DuckDB allows one read-write process or many read-only ones, never both; a
 reader that keeps its connection open would lock the writer out. So:
 
-* the job runner (or a CLI command that writes) is the only writer; it opens
-  the main file, writes one transaction per job, checkpoints and closes;
-* after each write it publishes a read-only snapshot: a copy of the closed
-  file written beside it and renamed over `<name>.snapshot.duckdb`. The
-  rename is atomic, and a reader that holds the old snapshot open keeps
-  reading its (unlinked) inode undisturbed;
-* readers (dashboard, `cachemon metrics`, analysts) open the snapshot
-  read-only. The writer never opens the snapshot, so no reader can block it.
+* writers (the job runner per job, a CLI command that writes, the
+  dashboard's Silence form) take turns: each takes an advisory lock on
+  `<store>.write.lock` before DuckDB opens the file, waiting a bounded time
+  (`CACHEMON_WRITE_WAIT_SECONDS`, default 60) and then failing with "store
+  busy ... held by <who>", never with DuckDB's lock error;
+* after each write a writer publishes a read-only snapshot: a copy of the
+  closed (checkpointed) file, verified to be a whole cachemon store, renamed
+  to a new version `<stem>.snapshot.<N>.duckdb`; then the symlink
+  `<stem>.snapshot.duckdb` is atomically pointed at it and versions older
+  than the last SNAPSHOT_KEEP are deleted. A reader that holds an old
+  version keeps reading its (unlinked) inode undisturbed;
+* readers (dashboard, API, CLI, analysts) resolve the symlink and open the
+  version file it names read-only. Every version has its own path, so a
+  long-lived process gets a new database for each publish: DuckDB's
+  in-process instance cache hands back the already-open database for a path
+  it has open, which made a reader that reopened one fixed name keep showing
+  the first snapshot. Version files never change once published, so an open
+  never races a rename; one that races a prune resolves again.
 
 All connections use UTC as their session time zone.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import logging
 import os
+import re
 import shutil
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import duckdb
 
 from . import analyst
-from .errors import EmptyStoreError, StoreError
+from .errors import EmptyStoreError, StoreBusyError, StoreDiskError, StoreError
+
+log = logging.getLogger("cachemon.store")
 
 SCHEMA_VERSION = 8
 
@@ -170,41 +187,184 @@ MIGRATIONS[8] = [
 ]
 
 
+# How many published versions stay on disk: a reader resolves the pointer
+# and then opens the version, so a version must outlive a few publishes.
+SNAPSHOT_KEEP = 3
+# A reader that finds its version pruned between resolving and opening it
+# resolves again; this many times in a row means something else is wrong.
+SNAPSHOT_RESOLVE_ATTEMPTS = 5
+# DuckDB's file layout: three 4 KiB headers, then `total_blocks` blocks.
+_DUCKDB_HEADERS = 3 * 4096
+# The file may end before `total_blocks` (free blocks at its end are cut off), so what
+# must be in it is every used block: at least `used_blocks`, and the highest data block.
+DATABASE_SIZE = "SELECT block_size, used_blocks FROM pragma_database_size() WHERE database_name = current_database()"
+TABLES = "SELECT schema_name, table_name FROM duckdb_tables()"
+MAX_BLOCK = "SELECT coalesce(max(block_id), -1) FROM pragma_storage_info($t)"
+DEFAULT_WRITE_WAIT_S = 60.0
+# Errors of the disk rather than of cachemon: said as themselves, retried by the runner.
+_DISK_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
+                errno.EDQUOT: "disk quota exceeded", errno.EIO: "I/O error"}
+_DISK_TEXTS = {"no space left on device": "no space left on device", "read-only file system": "read-only file system",
+               "disk quota exceeded": "disk quota exceeded"}
+
+
 def snapshot_path(path: str | os.PathLike) -> Path:
-    """Where readers find the published snapshot of the store at `path`."""
+    """The name readers open: a symlink to the newest published version
+    (`<stem>.snapshot.duckdb` beside the store)."""
     p = Path(path)
     return p.with_name(p.stem + ".snapshot" + (p.suffix or ".duckdb"))
 
 
-# DuckDB reads the path more than once while opening it, so an open that
-# races a publish can see parts of two snapshots and fail (about 1 in 400
-# opens with a publish every few milliseconds). Each file is whole, so
-# opening again is right.
-SNAPSHOT_OPEN_ATTEMPTS = 4
+def version_path(path: str | os.PathLike, n: int) -> Path:
+    """Where version `n` of the snapshot of the store at `path` lives."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.snapshot.{n}{p.suffix or '.duckdb'}")
+
+
+def _version_of(path: Path, name: str) -> int | None:
+    m = re.fullmatch(re.escape(path.stem) + r"\.snapshot\.(\d+)" + re.escape(path.suffix or ".duckdb"), name)
+    return int(m.group(1)) if m else None
+
+
+def versions(path: str | os.PathLike) -> list[tuple[int, Path]]:
+    """The published versions on disk, oldest first."""
+    p = Path(path)
+    if not p.parent.is_dir():
+        return []
+    found = ((_version_of(p, f.name), f) for f in p.parent.iterdir())
+    return sorted((n, f) for n, f in found if n is not None)
+
+
+def current_snapshot(path: str | os.PathLike) -> Path | None:
+    """The file readers open now: the version the pointer names, or the
+    pointer itself when it is a plain file (a copy, or an older cachemon's
+    snapshot); None when nothing is published."""
+    snap = snapshot_path(path)
+    try:
+        return snap.parent / os.readlink(snap)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:  # a plain file, not a symlink
+            return snap
+        raise _disk_error(exc, snap) or StoreError(f"cannot read {snap}: {exc.strerror}") from None
+
+
+def snapshot_version(path: str | os.PathLike) -> str:
+    """An identity of the current snapshot that changes with every publish
+    (for caches keyed on the data they read)."""
+    snap = current_snapshot(path)
+    if snap is None:
+        return ""
+    try:
+        st = snap.stat()
+    except OSError:
+        return str(snap)
+    return f"{snap.name}:{st.st_ino}:{st.st_mtime_ns}"
+
+
+def _disk_error(exc: BaseException, path: Path) -> StoreDiskError | None:
+    """The disk's error as one line, or None when `exc` is not one."""
+    reason = _DISK_ERRNOS.get(getattr(exc, "errno", None))
+    if reason is None and isinstance(exc, duckdb.Error):
+        text = str(exc).lower()
+        reason = next((r for t, r in _DISK_TEXTS.items() if t in text), None)
+    if reason is None:
+        cause = exc.__cause__ or exc.__context__
+        return _disk_error(cause, path) if cause is not None and cause is not exc else None
+    return StoreDiskError(f"cannot write {path}: {reason}; nothing half-written was published "
+                          "(free space or fix the disk, then try again)")
+
+
+def write_wait() -> float:
+    """How long a writer waits for another writer (CACHEMON_WRITE_WAIT_SECONDS)."""
+    text = os.environ.get("CACHEMON_WRITE_WAIT_SECONDS", "")
+    try:
+        return max(0.0, float(text)) if text else DEFAULT_WRITE_WAIT_S
+    except ValueError:
+        raise StoreError(f"CACHEMON_WRITE_WAIT_SECONDS must be a number of seconds, got {text!r}") from None
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    return Path(str(path) + ".write.lock")
+
+
+_HELD = threading.local()  # the lock files this thread holds (a writer may publish inside its turn)
+
+
+def _who() -> str:
+    argv = getattr(sys, "orig_argv", sys.argv)
+    words = [Path(argv[0]).name, *argv[1:4]] if argv else ["python"]
+    return f"pid {os.getpid()} ({' '.join(words)[:80]})"
+
+
+@contextmanager
+def write_lock(path: str | os.PathLike, wait: float | None = None) -> Iterator[None]:
+    """This process's turn to write the store at `path`: an exclusive flock
+    on `<store>.write.lock`, waited for at most `wait` seconds (default
+    `write_wait()`), then StoreBusyError naming the holder. The kernel drops
+    it when the holder dies, so a crash never leaves the store locked.
+    Re-entrant within a thread."""
+    lock = lock_path(path)
+    held = getattr(_HELD, "paths", None)
+    if held is None:
+        held = _HELD.paths = set()
+    if lock in held:
+        yield
+        return
+    wait = write_wait() if wait is None else wait
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise _disk_error(exc, lock) or StoreError(f"cannot open the write lock {lock}: {exc.strerror}") from None
+    try:
+        _acquire(fd, lock, wait)
+        held.add(lock)
+        try:
+            yield
+        finally:
+            held.discard(lock)
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _acquire(fd: int, lock: Path, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+                raise StoreBusyError(f"store {lock.name[:-len('.write.lock')]} busy for {wait:g} s: another writer "
+                                     f"holds it ({holder}); try again when it is done") from None
+            time.sleep(0.02)
+    try:  # who holds it, for the message of whoever waits (best effort: a full disk refuses it)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{_who()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}".encode(), 0)
+    except OSError:
+        pass
 
 
 def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
-    for attempt in range(1, SNAPSHOT_OPEN_ATTEMPTS + 1):
-        try:
-            return _connect_once(path, read_only)
-        except duckdb.Error as exc:
-            if not read_only or "lock" in str(exc).lower() or attempt == SNAPSHOT_OPEN_ATTEMPTS:
-                _raise_open_error(path, exc)
-            time.sleep(0.05 * attempt)
-
-
-def _connect_once(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(str(path), read_only=read_only)
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.Error as exc:
+        _raise_open_error(path, exc)
     con.execute("SET TimeZone = 'UTC'")
     return con
 
 
 def _raise_open_error(path: Path, exc: duckdb.Error):
     text = str(exc)
+    disk = _disk_error(exc, path)
+    if disk:
+        raise disk from None
     if not isinstance(exc, duckdb.IOException):
         raise StoreError(f"cannot open store {path}: {_first_line(text)}") from None
     if "lock" in text.lower():
-        raise StoreError(f"store {path} is locked by another process: {_first_line(text)}") from None
+        raise StoreBusyError(f"store {path} is locked by another process: {_first_line(text)}") from None
     raise StoreError(f"{path} is not a readable DuckDB database (corrupt or another format): {_first_line(text)}") from None
 
 
@@ -259,27 +419,51 @@ def migrate(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
 
 
 @contextmanager
-def writer(path: str | os.PathLike, now: datetime | None = None, publish: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
-    """The single writer's connection: creates and migrates the store, and on
-    exit checkpoints, closes and publishes the reader snapshot. It publishes
-    after a failure too: what was committed before it is good data, and the
-    failed transaction was rolled back."""
+def writer(path: str | os.PathLike, now: datetime | None = None, publish: bool = True,
+           wait: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The writer's connection, in this process's turn (`write_lock`):
+    creates and migrates the store, and on exit checkpoints, closes and
+    publishes the reader snapshot. It publishes after a failure too: what
+    was committed before it is good data, and the failed transaction was
+    rolled back. A failure while closing never hides the body's own error."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    con = _connect(p, read_only=False)
-    opened = False
     try:
-        migrate(con, now or datetime.now(timezone.utc))
-        opened = True
-        yield con
-    finally:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _disk_error(exc, p.parent) or StoreError(f"cannot create {p.parent}: {exc.strerror}") from None
+    with write_lock(p, wait):
+        con = _connect(p, read_only=False)
+        opened, failed = False, False
         try:
-            if opened:
+            migrate(con, now or datetime.now(timezone.utc))
+            opened = True
+            yield con
+        except BaseException as exc:
+            failed = True
+            disk = _disk_error(exc, p)
+            if disk:
+                raise disk from None
+            raise
+        finally:
+            _close(con, p, opened, publish and opened, quiet=failed)
+
+
+def _close(con, p: Path, checkpoint: bool, publish: bool, quiet: bool) -> None:
+    """Checkpoint, close, publish. `quiet` (the body failed): a failure
+    here is logged, so the body's error is the one raised."""
+    try:
+        try:
+            if checkpoint:
                 con.execute("CHECKPOINT")
         finally:
             con.close()
-            if publish and opened:
-                publish_snapshot(p)
+        if publish:
+            publish_snapshot(p)
+    except Exception as exc:
+        if not quiet:
+            raise _disk_error(exc, p) or exc
+        # INFO: the runner's log shows it; a CLI shows only the body's error.
+        log.info("after a failed write, closing or publishing %s failed too: %s", p.name, _first_line(str(exc)))
 
 
 def publish_open(con: duckdb.DuckDBPyConnection, path: str | os.PathLike) -> Path:
@@ -289,50 +473,184 @@ def publish_open(con: duckdb.DuckDBPyConnection, path: str | os.PathLike) -> Pat
     return publish_snapshot(path)
 
 
-def publish_snapshot(path: str | os.PathLike) -> Path:
-    """Copy the closed store to a temporary file and rename it over the
-    snapshot, so readers see either the old or the new snapshot, whole."""
+def publish_snapshot(path: str | os.PathLike, copy: Callable[[Path, Path], object] = shutil.copyfile,
+                     wait: float | None = None) -> Path:
+    """Publish the closed store at `path` as a new snapshot version and
+    point `<stem>.snapshot.duckdb` at it, in this process's write turn.
+    The copy is verified to be a whole cachemon store first: a truncated or
+    corrupt main file is refused (StoreError) and the last good snapshot
+    stays. Temporary files never outlive a failure. `copy` is the copy
+    function (a test injects a failing disk through it)."""
     p = Path(path)
+    with write_lock(p, wait):
+        _remove_leftovers(p)
+        n = max([v for v, _ in versions(p)] + [_pointed_version(p)], default=0) + 1
+        final = version_path(p, n)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        try:
+            copy(p, tmp)
+            _verify_whole(tmp, p)
+            os.replace(tmp, final)
+            _point(p, final)
+        except OSError as exc:
+            raise _disk_error(exc, snapshot_path(p)) or StoreError(
+                f"cannot publish the snapshot of {p}: {exc.strerror or exc}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        _prune(p)
+    return snapshot_path(p)
+
+
+def _pointed_version(p: Path) -> int:
+    snap = current_snapshot(p)
+    return (_version_of(p, snap.name) or 0) if snap else 0
+
+
+def _verify_whole(copy: Path, main: Path) -> None:
+    """Refuse to publish what is not a whole cachemon store: DuckDB must
+    open it, its blocks must all be in the file (a truncated copy opens and
+    answers until a query reaches a missing block), and it must have a
+    schema this cachemon reads."""
+    refuse = f"not publishing {main.name}: the last good snapshot stays; {main.name}"
+    try:
+        con = duckdb.connect(str(copy), read_only=True)
+    except duckdb.Error as exc:
+        if _disk_error(exc, copy):
+            raise _disk_error(exc, copy) from None
+        raise StoreError(f"{refuse} is not a readable DuckDB database (truncated or corrupt): "
+                         f"{_first_line(str(exc))}") from None
+    try:
+        block_size, used = first_row(con, DATABASE_SIZE)
+        highest = max([first_row(con, MAX_BLOCK, {"t": f'"{s}"."{t}"'})[0] for s, t in con.execute(TABLES).fetchall()],
+                      default=-1)
+        version = schema_version(con)
+    except duckdb.Error as exc:
+        raise StoreError(f"{refuse} cannot be read (corrupt): {_first_line(str(exc))}") from None
+    finally:
+        con.close()
+    size, need = copy.stat().st_size, _DUCKDB_HEADERS + max(used, highest + 1) * block_size
+    if size < need:
+        raise StoreError(f"{refuse} is truncated ({size} bytes, its blocks need {need})")
+    if version == 0:
+        raise StoreError(f"{refuse} is not a cachemon store (no schema_version table)")
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{refuse} has schema version {version}, newer than this cachemon ({SCHEMA_VERSION}); "
+                         "upgrade cachemon")
+
+
+def _point(p: Path, final: Path) -> None:
+    """Atomically point the snapshot name at `final` (a relative symlink,
+    so the directory can move)."""
     snap = snapshot_path(p)
-    tmp = snap.with_name(f".{snap.name}.{os.getpid()}.tmp")
-    shutil.copyfile(p, tmp)
-    os.replace(tmp, snap)
-    return snap
+    link = snap.with_name(f".{snap.name}.{os.getpid()}.link")
+    link.unlink(missing_ok=True)
+    os.symlink(final.name, link)
+    try:
+        os.replace(link, snap)
+    finally:
+        link.unlink(missing_ok=True)
 
 
-_SHARED: dict[Path, tuple[int, duckdb.DuckDBPyConnection]] = {}
+def _prune(p: Path) -> None:
+    """Delete versions older than the newest SNAPSHOT_KEEP (a reader that
+    has one open keeps its inode)."""
+    for _, f in versions(p)[:-SNAPSHOT_KEEP]:
+        f.unlink(missing_ok=True)
+
+
+def _remove_leftovers(p: Path) -> None:
+    """Temporary files of a publisher that died mid-copy. Publishers take
+    turns under the write lock, so none is in progress now."""
+    snap = snapshot_path(p)
+    for f in p.parent.glob(f".{p.stem}.snapshot*"):
+        if f.name.endswith((".tmp", ".link")) and f != snap:
+            f.unlink(missing_ok=True)
+
+
+def _open_snapshot(p: Path) -> tuple[Path, duckdb.DuckDBPyConnection]:
+    """Resolve the pointer and open the version it names, read-only; a
+    version pruned in between is resolved again."""
+    for _ in range(SNAPSHOT_RESOLVE_ATTEMPTS):
+        snap = current_snapshot(p)
+        if snap is None:
+            _raise_missing(p)
+        try:
+            con = duckdb.connect(str(snap), read_only=True)
+        except duckdb.Error as exc:
+            if snap.exists():
+                _raise_open_error(snap, exc)
+            continue
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            check_readable(con, snap)
+        except BaseException:
+            con.close()
+            raise
+        return snap, con
+    raise StoreError(f"the published snapshot {snapshot_path(p)} names a file that is gone ({snap.name}); "
+                     "it is replaced by the next publish (run a writing command or the job runner)")
+
+
+def check_readable(con: duckdb.DuckDBPyConnection, snap: Path) -> None:
+    """A snapshot this cachemon can read, or one clear StoreError."""
+    try:
+        version = schema_version(con)
+    except duckdb.Error as exc:
+        raise StoreError(f"{snap} cannot be read (corrupt): {_first_line(str(exc))}") from None
+    if version == 0:
+        raise StoreError(f"{snap} is not a cachemon store (no schema_version table)")
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"store {snap.name} has schema version {version}, newer than this cachemon "
+                         f"({SCHEMA_VERSION}); upgrade cachemon")
+
+
+def _raise_missing(p: Path):
+    if p.exists() and not _looks_like_duckdb(p):
+        raise StoreError(f"{p} is not a readable DuckDB database (corrupt or another format)")
+    if p.exists():
+        raise EmptyStoreError(
+            f"store {p} has no published snapshot yet: a writer is filling it for the first time "
+            "(or stopped before publishing); try again shortly"
+        )
+    raise EmptyStoreError(f"no store at {p}: run `python -m cachemon demo` or `python -m cachemon import FILE` first")
+
+
+_SHARED: dict[Path, tuple[tuple, duckdb.DuckDBPyConnection]] = {}
 _SHARED_LOCK = threading.Lock()
 
 
 @contextmanager
 def shared_reader(path: str | os.PathLike) -> Iterator[duckdb.DuckDBPyConnection]:
     """Like `reader`, for long-running readers (the API server): one
-    read-only connection per published snapshot is kept open and reused
-    (a cursor per use, so threads are safe), and replaced when the writer
-    publishes a new snapshot. Holding it never blocks the writer, which
-    never opens the snapshot; an old one is closed once no cursor uses it."""
+    read-only connection per published version is kept open and reused (a
+    cursor per use, so threads are safe), and replaced as soon as the
+    pointer names a newer version. Holding it never blocks a writer, which
+    never opens a snapshot; an old one is closed once no cursor uses it."""
     p = Path(path)
-    snap = snapshot_path(p)
-    try:
-        inode = snap.stat().st_ino
-    except FileNotFoundError:
-        with reader(p) as con:  # raises the right "no store" / "not yet" message
-            yield con
-        return
     with _SHARED_LOCK:
         cached = _SHARED.get(p)
-        if cached is None or cached[0] != inode:
-            con = _connect(snap, read_only=True)
-            if schema_version(con) == 0:
-                con.close()
-                raise StoreError(f"{snap} is not a cachemon store (no schema_version table)")
-            _SHARED[p] = (inode, con)
+        if cached is None or cached[0] != _identity(current_snapshot(p)):
+            if cached is not None and cached[0][0] == current_snapshot(p):
+                # The same name with new content (a plain-file snapshot
+                # replaced): DuckDB would hand back the open database.
+                _SHARED.pop(p)[1].close()
+            snap, con = _open_snapshot(p)
+            _SHARED[p] = (_identity(snap), con)
         cur = _SHARED[p][1].cursor()
     try:
         cur.execute("SET TimeZone = 'UTC'")
         yield cur
     finally:
         cur.close()
+
+
+def _identity(snap: Path | None) -> tuple:
+    if snap is None:
+        return (None, None)
+    try:
+        return (snap, snap.stat().st_ino)
+    except OSError:
+        return (snap, None)
 
 
 def _looks_like_duckdb(p: Path) -> bool:
@@ -343,24 +661,11 @@ def _looks_like_duckdb(p: Path) -> bool:
 
 @contextmanager
 def reader(path: str | os.PathLike) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only connection to the published snapshot, for one render or
-    command. Readers never open the main file: a reader there, however
-    brief, would lock the writer out."""
-    p = Path(path)
-    snap = snapshot_path(p)
-    if not snap.exists():
-        if p.exists() and not _looks_like_duckdb(p):
-            raise StoreError(f"{p} is not a readable DuckDB database (corrupt or another format)")
-        if p.exists():
-            raise EmptyStoreError(
-                f"store {p} has no published snapshot yet: a writer is filling it for the first time "
-                "(or stopped before publishing); try again shortly"
-            )
-        raise EmptyStoreError(f"no store at {p}: run `python -m cachemon demo` or `python -m cachemon import FILE` first")
-    con = _connect(snap, read_only=True)
+    """A read-only connection to the current snapshot version, for one
+    render or command. Readers never open the main file: a reader there,
+    however brief, would lock the writer out."""
+    _, con = _open_snapshot(Path(path))
     try:
-        if schema_version(con) == 0:
-            raise StoreError(f"{snap} is not a cachemon store (no schema_version table)")
         yield con
     finally:
         con.close()

@@ -5,6 +5,13 @@ every second; the runner decides in UTC which jobs are due, catches up
 missed slots, guards and records every run. One runner per store (a lock
 file); SIGTERM/SIGINT finish the job in progress and exit 0.
 
+The runner is the one process that must never exit on its own: a busy store
+(another writer's turn, an outside DuckDB process), a full or read-only disk
+or a refused publish fail the job or the publish in hand, which is logged,
+recorded (now, or with the next record that can be written) and tried again
+later. With CACHEMON_HEARTBEAT_URL set, each successful ingest and alert
+evaluation pings that URL (`cachemon.heartbeat`).
+
     python -m jobs                  # run the schedule
     python -m jobs --list           # the schedule with next run times
     python -m jobs --once ingest    # run one job now, exit non-zero on failure
@@ -25,16 +32,16 @@ from typing import Callable
 import schedule
 
 from cachemon import config as config_mod
-from cachemon import alerts, notify, pipeline, report, runner, store
+from cachemon import alerts, heartbeat, notify, pipeline, report, runner, store
 from cachemon.clock import as_utc, iso, parse_instant, utcnow
-from cachemon.errors import CachemonError
+from cachemon.errors import CachemonError, StoreBusyError, StoreDiskError
 
 log = logging.getLogger("jobs")
 
 
 class Jobs:
     """The job bodies: each is one call into cachemon. They leave the reader
-    snapshot to `_tick`, which publishes once after the tick's jobs and
+    snapshot to `Shell.tick`, which publishes once after the tick's jobs and
     their run records are written."""
 
     def __init__(self, cfg, config_path: str | None = None):
@@ -119,17 +126,83 @@ class Jobs:
         return [(spec, getattr(self, spec.name)) for spec in runner.schedule(self.cfg)]
 
 
-def _recorder(cfg, now_fn):
-    def record(rec: runner.RunRecord) -> None:
-        # Logged in its own short write; `_tick` publishes once per tick.
-        with store.writer(cfg.store.path, now_fn(), publish=False) as con:
-            runner.record_run(con, rec)
-    return record
+# Jobs whose success means "cachemon is alive and watching": the heartbeat's pings.
+HEARTBEAT_JOBS = ("ingest", "alerts")
+# Records kept in memory while the store refuses them; beyond this the oldest go (said in the log).
+MAX_PENDING_RECORDS = 1000
+# A record waits less for the store than a job does: it is kept and written later anyway.
+RECORD_WAIT_S = 10.0
+STARTUP_RETRY_MAX_S = 60.0
 
 
-def _tick(cfg, r: runner.Runner, clock, stopping) -> None:
-    if r.tick(clock(), stop=lambda: bool(stopping)):
-        store.publish_snapshot(cfg.store.path)
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class RunLog:
+    """Records every run in job_runs, in its own short write. A record the
+    store refuses now (busy, disk full, read-only) is kept and written with
+    the next one: the runner never stops over its log, and loses no record
+    unless more than MAX_PENDING_RECORDS pile up (said in the log)."""
+
+    def __init__(self, cfg, now_fn, pinger: heartbeat.Pinger | None = None):
+        self.cfg, self.now_fn, self.pinger = cfg, now_fn, pinger
+        self.pending: list[runner.RunRecord] = []
+
+    def __call__(self, rec: runner.RunRecord) -> None:
+        if self.pinger and rec.outcome == "ok" and rec.job in HEARTBEAT_JOBS:
+            self.pinger.ping()
+        self.pending.append(rec)
+        if len(self.pending) > MAX_PENDING_RECORDS:
+            dropped = len(self.pending) - MAX_PENDING_RECORDS
+            del self.pending[:dropped]
+            log.error("run log: %d unrecorded run(s) dropped (the store refused writes for too long)", dropped)
+        self.flush()
+
+    def flush(self) -> bool:
+        """Write the waiting records; False (logged) when the store refuses."""
+        if not self.pending:
+            return True
+        written = False
+        try:
+            with store.writer(self.cfg.store.path, self.now_fn(), publish=False,
+                              wait=min(RECORD_WAIT_S, store.write_wait())) as con:
+                with store.transaction(con):
+                    for rec in self.pending:
+                        runner.record_run(con, rec)
+                written = True
+        except Exception as exc:
+            if not written:
+                log.error("run log: could not record %s's run (%s); %d run(s) kept to record later",
+                          self.pending[-1].job, _one_line(exc), len(self.pending))
+                return False
+            log.warning("run log: recorded, but closing the store failed: %s", _one_line(exc))
+        self.pending.clear()
+        return True
+
+
+class Shell:
+    """One tick of the schedule, guarded: nothing a tick meets ends the
+    process. Publishes the reader snapshot once after the tick's jobs and
+    their records, and again on later ticks until a publish succeeds."""
+
+    def __init__(self, cfg, r: runner.Runner, runlog: RunLog, clock, stopping: list):
+        self.cfg, self.r, self.runlog, self.clock, self.stopping = cfg, r, runlog, clock, stopping
+        self.unpublished = False
+
+    def tick(self) -> None:
+        try:
+            ran = self.r.tick(self.clock(), stop=lambda: bool(self.stopping))
+            self.runlog.flush()
+            if ran or self.unpublished:
+                self.unpublished = True
+                store.publish_snapshot(self.cfg.store.path)
+                self.unpublished = False
+        except CachemonError as exc:
+            log.error("tick: %s; the runner goes on and tries again", _one_line(exc))
+        except Exception:
+            log.exception("tick failed; the runner goes on and tries again")
 
 
 def _clock(start: str | None, speed: float):
@@ -162,16 +235,18 @@ def main(argv=None) -> int:
         clock = _clock(args.clock_start, args.clock_speed)
         jobs = Jobs(cfg, args.config)
         registry = jobs.registry()
+        target = heartbeat.Target.from_env(os.environ)
+        pinger = heartbeat.Pinger(target) if target else None
         if args.once:
-            return _once(cfg, registry, args.once, clock)
+            return _once(cfg, registry, args.once, clock, pinger)
         if args.list:
-            return _serve(cfg, registry, clock, list_only=True)
+            return _list(cfg, registry, clock)
         lock = runner.InstanceLock(cfg.store.path).acquire(clock())
     except CachemonError as exc:
         log.error("%s", exc)
         return 2
     try:
-        return _serve(cfg, registry, clock, list_only=False)
+        return _serve(cfg, registry, clock, pinger)
     except CachemonError as exc:
         log.error("%s", exc)
         return 2
@@ -179,26 +254,55 @@ def main(argv=None) -> int:
         lock.release()
 
 
-def _once(cfg, registry, name: str, clock) -> int:
+def _once(cfg, registry, name: str, clock, pinger=None) -> int:
     """Run one job now; it is recorded in job_runs, and a failure exits 1."""
-    r = runner.Runner(registry, _recorder(cfg, clock), clock=clock)
+    runlog = RunLog(cfg, clock, pinger)
+    r = runner.Runner(registry, runlog, clock=clock)
+    rec = r.run_now(name, clock())
+    ok = rec.outcome == "ok" and runlog.flush()
     try:
-        rec = r.run_now(name, clock())
-    finally:
         if Path(cfg.store.path).exists():
             store.publish_snapshot(cfg.store.path)
-    return 0 if rec.outcome == "ok" else 1
+    except CachemonError as exc:
+        log.error("%s", exc)
+        ok = False
+    if pinger:
+        pinger.wait(pinger.target.deadline_s + 1)
+    return 0 if ok else 1
 
 
-def _serve(cfg, registry, clock, list_only: bool) -> int:
+def _list(cfg, registry, clock) -> int:
     now = clock()
     with store.writer(cfg.store.path, now) as con:
         last = runner.last_runs(con)
-    r = runner.Runner(registry, _recorder(cfg, clock), last, clock)
-    if list_only:
-        for spec, at in r.plan(now):
-            print(f"{spec.name:10} {spec.describe():28} next {iso(at)}")
-        return 0
+    for spec, at in runner.Runner(registry, lambda rec: None, last, clock).plan(now):
+        print(f"{spec.name:10} {spec.describe():28} next {iso(at)}")
+    return 0
+
+
+def _last_runs(cfg, clock, stopping: list) -> dict | None:
+    """Open (create, migrate, publish) the store and read the run log;
+    while the store is busy or the disk refuses, say so and try again (a
+    runner started during a long import waits for it). None: stopped."""
+    delay = 1.0
+    while not stopping:
+        try:
+            with store.writer(cfg.store.path, clock()) as con:
+                return runner.last_runs(con)
+        except (StoreBusyError, StoreDiskError) as exc:
+            log.error("starting: %s; trying again in %g s", _one_line(exc), delay)
+        _sleep(delay, stopping)
+        delay = min(2 * delay, STARTUP_RETRY_MAX_S)
+    return None
+
+
+def _sleep(seconds: float, stopping: list) -> None:
+    end = time.monotonic() + seconds
+    while not stopping and time.monotonic() < end:
+        time.sleep(0.1)
+
+
+def _serve(cfg, registry, clock, pinger=None) -> int:
     stopping = []
 
     def stop(signum, frame):
@@ -207,13 +311,23 @@ def _serve(cfg, registry, clock, list_only: bool) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    last = _last_runs(cfg, clock, stopping)
+    if last is None:
+        log.info("runner stopped")
+        return 0
+    runlog = RunLog(cfg, clock, pinger)
+    shell = Shell(cfg, runner.Runner(registry, runlog, last, clock), runlog, clock, stopping)
     scheduler = schedule.Scheduler()
-    scheduler.every(1).seconds.do(_tick, cfg, r, clock, stopping)
-    log.info("runner started on %s", cfg.store.path)
-    _tick(cfg, r, clock, stopping)
+    scheduler.every(1).seconds.do(shell.tick)
+    log.info("runner started on %s%s", cfg.store.path,
+             f"; heartbeat to {pinger.target.where}" if pinger else "")
+    shell.tick()
     while not stopping:
         scheduler.run_pending()
         time.sleep(0.2)
+    runlog.flush()
+    if pinger:
+        pinger.wait(pinger.target.deadline_s + 1)
     log.info("runner stopped")
     return 0
 

@@ -4,8 +4,11 @@ the empty-store and stale-data states, and number formats.
 Reads go through `cached`, which opens a read-only connection to the
 published snapshot for one call and closes it (the job runner is never
 blocked), and keeps the result for `TTL` seconds keyed on the call's
-arguments and the current refresh tick (30 s), so a page refreshed by several
-viewers reads the store once.
+arguments, the current refresh tick (30 s) and the snapshot version, so a
+page refreshed by several viewers reads the store once, and a publish (an
+import, the runner's tick) shows on the next render, not a tick later. A
+store the dashboard cannot read (newer schema, corrupt snapshot) is one
+StoreError, shown as a message by every page.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import os
 from datetime import datetime, timedelta
 from typing import Callable
 
+import duckdb
 import streamlit as st
 
 from cachemon import store
 from cachemon.clock import Period, floor_to, format_duration, iso, utcnow
-from cachemon.errors import CachemonError, EmptyStoreError
+from cachemon.errors import CachemonError, EmptyStoreError, StoreError
 from cachemon.selfcheck import rough_age
 
 # Live pages refresh every REFRESH (CACHEMON_REFRESH_SECONDS, default 30);
@@ -60,16 +64,23 @@ def now() -> datetime:
 
 
 @st.cache_data(ttl=TTL, show_spinner=False, max_entries=200)
-def _cached(fn_name: str, db: str, args: tuple, _fn: Callable, _cfg):
+def _cached(fn_name: str, db: str, version: str, args: tuple, _fn: Callable, _cfg):
     with store.reader(db) as con:
-        return _fn(con, _cfg, *args)
+        try:
+            return _fn(con, _cfg, *args)
+        except duckdb.Error as exc:
+            # A snapshot that opens but fails a query (a damaged block): one
+            # message on the page, not a traceback.
+            raise StoreError(f"reading the store failed: {str(exc).strip().splitlines()[0]}") from None
 
 
 def cached(fn: Callable, *args):
     """`fn(con, cfg, *args)` on a fresh read-only connection, cached.
-    `args` must be hashable values (they form the cache key)."""
+    `args` must be hashable values (they form the cache key, with the
+    snapshot version, so a new publish is read at once)."""
     cfg = config()
-    return _cached(f"{fn.__code__.co_filename}:{fn.__qualname__}", cfg.store.path, args, fn, cfg)
+    version = store.snapshot_version(cfg.store.path)
+    return _cached(f"{fn.__code__.co_filename}:{fn.__qualname__}", cfg.store.path, version, args, fn, cfg)
 
 
 def show_error(exc: CachemonError) -> None:

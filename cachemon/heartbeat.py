@@ -1,0 +1,107 @@
+"""The dead man's switch: with CACHEMON_HEARTBEAT_URL set, the job runner
+pings that URL after each successful ingest and alert evaluation, so an
+outside service (healthchecks-style ping URLs; the pattern of Prometheus's
+always-firing Watchdog alert) notices when cachemon itself stops.
+
+A ping never blocks the runner: it runs in a background thread under a
+total deadline (connect, send and answer together), one at a time (a ping
+due while the previous one is still out is skipped), and its failure is a
+log line. The URL is a secret (its path is the check's key): it is never
+logged; messages name only scheme, host and port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+from .errors import ConfigError
+
+log = logging.getLogger("cachemon.heartbeat")
+# httpx logs every request's URL at INFO, and this URL is a secret.
+for _name in ("httpx", "httpcore"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+ENV = "CACHEMON_HEARTBEAT_URL"
+DEADLINE_S = 5.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to ping, and how long a ping may take in all."""
+
+    url: str
+    deadline_s: float = DEADLINE_S
+
+    @classmethod
+    def from_env(cls, env) -> "Target | None":
+        url = (env.get(ENV) or "").strip()
+        if not url:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{ENV} must be an http(s) URL (the value is not shown: it is a secret)")
+        return cls(url)
+
+    @property
+    def where(self) -> str:
+        """What a log line may say of the URL: scheme, host and port."""
+        p = urlsplit(self.url)
+        return f"{p.scheme}://{p.hostname}" + (f":{p.port}" if p.port else "")
+
+
+class Pinger:
+    """Sends pings to a Target in the background, one at a time."""
+
+    def __init__(self, target: Target):
+        self.target = target
+        self._busy = threading.Lock()
+        self.sent = 0  # pings answered 2xx (for tests and logs)
+        self.failed = 0
+
+    def ping(self) -> bool:
+        """Start a ping unless one is still out; returns whether it started."""
+        if not self._busy.acquire(blocking=False):
+            log.warning("heartbeat: the previous ping to %s is still out; skipped this one", self.target.where)
+            return False
+        threading.Thread(target=self._run, name="heartbeat", daemon=True).start()
+        return True
+
+    def _run(self) -> None:
+        try:
+            try:
+                problem = asyncio.run(_send(self.target))
+            except Exception as exc:  # never a traceback: httpx's messages may hold the URL
+                problem = type(exc).__name__
+            if problem:
+                self.failed += 1
+                log.warning("heartbeat ping to %s failed: %s", self.target.where, problem)
+            else:
+                self.sent += 1
+                log.debug("heartbeat ping to %s ok", self.target.where)
+        finally:
+            self._busy.release()
+
+    def wait(self, timeout: float) -> None:
+        """Wait for the ping in flight (tests, and a clean shutdown)."""
+        if self._busy.acquire(timeout=timeout):
+            self._busy.release()
+
+
+async def _send(target: Target) -> str | None:
+    """One ping under a total deadline; None when answered 2xx, else why not
+    (never the URL: httpx's own messages may contain it)."""
+    try:
+        async with httpx.AsyncClient(timeout=target.deadline_s, follow_redirects=False) as client:
+            r = await asyncio.wait_for(client.get(target.url, headers={"User-Agent": "cachemon-heartbeat"}),
+                                       target.deadline_s)
+    except (asyncio.TimeoutError, httpx.TimeoutException):
+        return f"no answer within {target.deadline_s:g} s"
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__} (could not connect or send)"
+    return None if r.is_success else f"HTTP {r.status_code}"
