@@ -12,23 +12,19 @@ logged; messages name only scheme, host and port.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import httpx
-
+from . import outbound
 from .errors import ConfigError
 
 log = logging.getLogger("cachemon.heartbeat")
-# httpx logs every request's URL at INFO, and this URL is a secret.
-for _name in ("httpx", "httpcore"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
 
 ENV = "CACHEMON_HEARTBEAT_URL"
 DEADLINE_S = 5.0
+MAX_ANSWER = 4096  # a ping's answer is not read; this only bounds a misbehaving one
 
 
 @dataclass(frozen=True)
@@ -75,7 +71,7 @@ class Pinger:
     def _run(self) -> None:
         try:
             try:
-                problem = asyncio.run(_send(self.target))
+                problem = _send(self.target)
             except Exception as exc:  # never a traceback: httpx's messages may hold the URL
                 problem = type(exc).__name__
             if problem:
@@ -93,15 +89,14 @@ class Pinger:
             self._busy.release()
 
 
-async def _send(target: Target) -> str | None:
-    """One ping under a total deadline; None when answered 2xx, else why not
-    (never the URL: httpx's own messages may contain it)."""
+def _send(target: Target) -> str | None:
+    """One ping under a total deadline (the bounded call every outbound
+    request uses); None when answered 2xx, else why not (never the URL)."""
     try:
-        async with httpx.AsyncClient(timeout=target.deadline_s, follow_redirects=False) as client:
-            r = await asyncio.wait_for(client.get(target.url, headers={"User-Agent": "cachemon-heartbeat"}),
-                                       target.deadline_s)
-    except (asyncio.TimeoutError, httpx.TimeoutException):
-        return f"no answer within {target.deadline_s:g} s"
-    except httpx.HTTPError as exc:
-        return f"{type(exc).__name__} (could not connect or send)"
-    return None if r.is_success else f"HTTP {r.status_code}"
+        answer = outbound.call("GET", target.url, limit=target.deadline_s, max_bytes=MAX_ANSWER,
+                               headers={"User-Agent": "cachemon-heartbeat"}, want_body=lambda status: False)
+    except outbound.Unreachable as exc:
+        return f"could not connect or send ({exc})"
+    except outbound.OutboundError as exc:
+        return str(exc)
+    return None if 200 <= answer.status < 300 else f"HTTP {answer.status}"

@@ -57,7 +57,7 @@ def test_a_failing_receiver_never_blocks_and_is_logged_without_the_url(sink, fau
     assert p.failed == 1 and p.sent == 0
     text = caplog.text
     assert f"heartbeat ping to http://127.0.0.1:{sink.port} failed" in text
-    assert {"slow": "no answer within 1 s", "500": "HTTP 500", "refused": "could not connect"}[fault] in text
+    assert {"slow": "no complete answer within 1 s", "500": "HTTP 500", "refused": "could not connect"}[fault] in text
     assert "secret" not in text and "5f0c7a2e" not in text
     results(f"heartbeat receiver {fault}", f"ping to a receiver that is {fault}", 1,
             f"caller waited {started * 1000:.0f} ms, ping ended in {took:.1f} s, logged without the URL")
