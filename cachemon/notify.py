@@ -76,6 +76,19 @@ class Smtp:
     ca_file: str = ""
 
 
+def _smtp_from_env(env: dict) -> Smtp | None:
+    if not env.get("SMTP_HOST"):
+        return None
+    tls = env.get("SMTP_TLS", "starttls").lower()
+    if tls not in ("none", "starttls", "ssl"):
+        raise ConfigError(f"SMTP_TLS={tls!r}: use none, starttls or ssl")
+    port = env.get("SMTP_PORT") or {"none": "25", "starttls": "587", "ssl": "465"}[tls]
+    if not port.isdigit():
+        raise ConfigError(f"SMTP_PORT={port!r} is not a port number")
+    return Smtp(env["SMTP_HOST"], int(port), tls, env.get("SMTP_USER", ""), env.get("SMTP_PASSWORD", ""),
+                env.get("SMTP_CA_FILE", ""))
+
+
 @dataclass(frozen=True)
 class Transports:
     """Where notifications go, from the environment. Secrets never print."""
@@ -89,29 +102,31 @@ class Transports:
     sender: str = "cachemon@localhost"
     dashboard_url: str = ""
     redactor: Redactor = field(default=Redactor(), repr=False)  # every secret of the environment
+    email_problem: str = ""  # why email is left out (from_env(strict=False)); "" when it is fine
 
     @classmethod
-    def from_env(cls, env: dict) -> "Transports":
+    def from_env(cls, env: dict, strict: bool = True) -> "Transports":
         """Read ALERT_EMAIL, ALERT_FROM, SMTP_*, MAILCHANNELS_API_KEY,
-        SLACK_WEBHOOK_URL, DISCORD_WEBHOOK_URL and CACHEMON_DASHBOARD_URL."""
-        smtp = None
-        if env.get("SMTP_HOST"):
-            tls = env.get("SMTP_TLS", "starttls").lower()
-            if tls not in ("none", "starttls", "ssl"):
-                raise ConfigError(f"SMTP_TLS={tls!r}: use none, starttls or ssl")
-            port = env.get("SMTP_PORT") or {"none": "25", "starttls": "587", "ssl": "465"}[tls]
-            if not port.isdigit():
-                raise ConfigError(f"SMTP_PORT={port!r} is not a port number")
-            smtp = Smtp(env["SMTP_HOST"], int(port), tls, env.get("SMTP_USER", ""), env.get("SMTP_PASSWORD", ""),
-                        env.get("SMTP_CA_FILE", ""))
-        to = tuple(a.strip() for a in env.get("ALERT_EMAIL", "").split(",") if a.strip())
-        sender = env.get("ALERT_FROM", "").strip() or "cachemon@localhost"
-        for addr in to + (sender,):
-            if not _is_address(addr):
-                raise ConfigError(f"ALERT_EMAIL/ALERT_FROM: {addr!r} is not an email address")
-        return cls(smtp, env.get("MAILCHANNELS_API_KEY", ""), env.get("MAILCHANNELS_API_URL", MAILCHANNELS_URL),
-                   env.get("SLACK_WEBHOOK_URL", ""), env.get("DISCORD_WEBHOOK_URL", ""), to, sender,
-                   env.get("CACHEMON_DASHBOARD_URL", ""), Redactor.from_env(env))
+        SLACK_WEBHOOK_URL, DISCORD_WEBHOOK_URL and CACHEMON_DASHBOARD_URL.
+        A bad email setting raises ConfigError; with `strict=False` (the job
+        runner) email is left out and the problem kept in `email_problem`,
+        so a broken email setting fails alone: chat channels still deliver."""
+        smtp, problem = None, ""
+        try:
+            smtp = _smtp_from_env(env)
+            to = tuple(a.strip() for a in env.get("ALERT_EMAIL", "").split(",") if a.strip())
+            sender = env.get("ALERT_FROM", "").strip() or "cachemon@localhost"
+            for addr in to + (sender,):
+                if not _is_address(addr):
+                    raise ConfigError(f"ALERT_EMAIL/ALERT_FROM: {addr!r} is not an email address")
+        except ConfigError as exc:
+            if strict:
+                raise
+            smtp, to, sender, problem = None, (), "cachemon@localhost", str(exc)
+        return cls(smtp, "" if problem else env.get("MAILCHANNELS_API_KEY", ""),
+                   env.get("MAILCHANNELS_API_URL", MAILCHANNELS_URL), env.get("SLACK_WEBHOOK_URL", ""),
+                   env.get("DISCORD_WEBHOOK_URL", ""), to, sender, env.get("CACHEMON_DASHBOARD_URL", ""),
+                   Redactor.from_env(env), problem)
 
     def scrub(self, text) -> str:
         """`text` with every secret (of the environment and of these

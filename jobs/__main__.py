@@ -34,7 +34,7 @@ import schedule
 from cachemon import config as config_mod
 from cachemon import alerts, heartbeat, notify, pipeline, report, runner, store
 from cachemon.clock import as_utc, iso, parse_instant, utcnow
-from cachemon.errors import CachemonError, StoreBusyError, StoreDiskError
+from cachemon.errors import CachemonError, ConfigError, StoreBusyError, StoreDiskError
 
 log = logging.getLogger("jobs")
 
@@ -48,6 +48,7 @@ class Jobs:
         self.cfg = cfg
         self.config_path = config_path
         self.sim = None
+        self.email_problem = ""
 
     def ingest(self, now: datetime) -> int:
         if self.cfg.source == "analytics_engine":
@@ -70,7 +71,7 @@ class Jobs:
         return n + kept.minute_rows + kept.hour_rows
 
     def alerts(self, now: datetime) -> int:
-        transports = notify.Transports.from_env(os.environ)
+        transports = self._transports()
         with store.writer(self.cfg.store.path, now, publish=False) as con:
             if not alerts.due(con, now):
                 log.info("alerts: %s already evaluated", iso(now))
@@ -83,7 +84,7 @@ class Jobs:
         return len(result.outbox)
 
     def deliver(self, now: datetime) -> int:
-        transports = notify.Transports.from_env(os.environ)
+        transports = self._transports()
         with store.writer(self.cfg.store.path, now, publish=False) as con:
             results = notify.deliver(con, transports, self.cfg.notify, now)
         if results:
@@ -91,7 +92,7 @@ class Jobs:
         return sum(d.ok for d in results)
 
     def report(self, now: datetime) -> int:
-        transports = notify.Transports.from_env(os.environ)
+        transports = self._transports()
         day = report.report_day(now)
         with store.writer(self.cfg.store.path, now, publish=False) as con:
             r = report.build(con, self.cfg, day, now)
@@ -104,7 +105,7 @@ class Jobs:
     def experiments(self, now: datetime) -> int:
         from cachemon import promote
 
-        transports = notify.Transports.from_env(os.environ)
+        transports = self._transports()
         try:  # re-read: the experiments may have been edited since the runner started
             cfg = config_mod.with_db(config_mod.load(self.config_path), self.cfg.store.path)
         except CachemonError as exc:
@@ -122,8 +123,25 @@ class Jobs:
             log.warning("%s: %s", act.action, act.detail)
         return len(analyses)
 
+    def _transports(self) -> notify.Transports:
+        # Lenient: a bad email setting leaves email out (recorded below as the
+        # job's failure) instead of stopping evaluation and the chat channels.
+        t = notify.Transports.from_env(os.environ, strict=False)
+        self.email_problem = t.email_problem
+        return t
+
+    def _guarded(self, fn: Callable[[datetime], int]) -> Callable[[datetime], int]:
+        def run(now: datetime) -> int:
+            self.email_problem = ""
+            rows = fn(now)
+            if self.email_problem:
+                raise ConfigError(f"email left out: {self.email_problem}; the rest of the job "
+                                  "(evaluation, chat channels) was done")
+            return rows
+        return run
+
     def registry(self) -> list[tuple[runner.JobSpec, Callable[[datetime], int]]]:
-        return [(spec, getattr(self, spec.name)) for spec in runner.schedule(self.cfg)]
+        return [(spec, self._guarded(getattr(self, spec.name))) for spec in runner.schedule(self.cfg)]
 
 
 # Jobs whose success means "cachemon is alive and watching": the heartbeat's pings.

@@ -311,3 +311,32 @@ def test_a_call_from_inside_an_event_loop_is_bounded_too():
         assert time.monotonic() - start < 2.5
     finally:
         server.close()
+
+
+def test_a_bad_email_setting_fails_alone_in_the_runner(tmp_path, monkeypatch, results):
+    """A broken email setting (SMTP_TLS typo) must not stop the runner's
+    other channels: Discord is delivered, the job is recorded as failed
+    naming the setting, and email is left out (not queued to fail forever)."""
+    from jobs.__main__ import Jobs
+
+    db, hooks = tmp_path / "j.duckdb", WebhookSink()
+    try:
+        env = {"SMTP_HOST": "127.0.0.1", "SMTP_TLS": "tls1.3", "DISCORD_WEBHOOK_URL": hooks.url("/discord")}
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        t = notify.Transports.from_env(env, strict=False)
+        assert t.email_problem == "SMTP_TLS='tls1.3': use none, starttls or ssl"
+        assert t.channels(NotifyConfig()) == ("discord",)
+        _enqueue(db, _row("discord", t, NotifyConfig()))
+        cfg = config.with_db(config.load(None), str(db))
+        deliver = dict((spec.name, fn) for spec, fn in Jobs(cfg).registry())["deliver"]
+        with pytest.raises(ConfigError, match=r"email left out: SMTP_TLS='tls1.3'"):
+            deliver(T0 + timedelta(hours=1))
+    finally:
+        hooks.close()
+    assert len(hooks.accepted("/discord")) == 1
+    assert _outbox(db) == [("discord", "sent", 1, None)]
+    with pytest.raises(ConfigError, match="SMTP_TLS"):  # the operator's own command stays strict
+        notify.Transports.from_env(env)
+    results("broken email setting in the runner", "SMTP_TLS typo with Discord configured", "1 deliver job",
+            "Discord delivered; the job recorded as failed naming SMTP_TLS; email left out, not queued")
