@@ -7,8 +7,9 @@ and hourly rows older than `hour_days` are first summed into `rollup_day`
 / `latency_day` (per-key hours are already in `key_day`). Histogram
 buckets add up, so daily totals and quantiles stay exact.
 
-Horizons are whole UTC days, stored in `retention_state`, and never move
-back: what lies before them no longer exists at the finer resolution, so
+Horizons are whole UTC days, stored in `retention_state`, never run ahead
+of the data (a compaction "as of" a far future would otherwise close every
+later write), and never move back: what lies before them no longer exists at the finer resolution, so
 writes there are refused (`check_write`) and readers that need minutes say
 so (`check_read`) instead of returning numbers short of data.
 """
@@ -23,9 +24,16 @@ import duckdb
 from .clock import DAY, floor_to, iso
 from .config import RetentionConfig
 from .errors import StoreError
-from .store import transaction
+from .store import first_row, transaction
 
 HORIZONS = "SELECT name, horizon FROM retention_state"
+# Where the data ends: the latest watermark, hour or day of any source
+# (imports have no watermark; days remain when hours were compacted).
+DATA_END = """
+SELECT greatest((SELECT max(until) FROM watermarks),
+                (SELECT max(hour) + INTERVAL 1 HOUR FROM rollup_hour),
+                (SELECT max(day) + INTERVAL 1 DAY FROM rollup_day))
+"""
 SET_HORIZON = """
 INSERT INTO retention_state VALUES ($name, $horizon)
 ON CONFLICT (name) DO UPDATE SET horizon = greatest(retention_state.horizon, excluded.horizon)
@@ -81,10 +89,18 @@ def targets(now: datetime, cfg: RetentionConfig) -> Horizons:
     return Horizons(today - timedelta(days=cfg.minute_days), today - timedelta(days=cfg.hour_days))
 
 
+def within_data(want: Horizons, data_end: datetime | None) -> Horizons:
+    """`want`, but no later than the day the data ends in."""
+    cap = floor_to(data_end, DAY) if data_end is not None else None
+    return Horizons(*(None if h is None or cap is None else min(h, cap) for h in (want.minute, want.hour)))
+
+
 def apply(con: duckdb.DuckDBPyConnection, now: datetime, cfg: RetentionConfig) -> Result:
     """Compact what `cfg` no longer keeps, in one transaction."""
-    want = targets(now, cfg)
     with transaction(con):
+        want = within_data(targets(now, cfg), first_row(con, DATA_END)[0])
+        if want.minute is None:  # no data: nothing to compact, no horizon to move
+            return Result(horizons(con), 0, 0)
         p = {"before": want.minute}
         con.execute(GAUGES_TO_HOURS, p)
         minute_rows = sum(_deleted(con, sql, p) for sql in MINUTE_DELETES)
