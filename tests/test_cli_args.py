@@ -1,0 +1,197 @@
+"""The command line never tracebacks: hypothesis builds argument vectors for
+every subcommand from the real argparse parser (hostile numbers, instants in
+years 1 and 9999, overflowing durations, invalid UTF-8, paths that are
+directories or deeply nested TOML) and runs `cachemon.cli.main` in-process
+on a copy of a small demo store. Every outcome is an exit code 0, 1 or 2; an
+error is one `cachemon: error:` line (or argparse's usage message)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
+
+from cachemon import cli
+
+from conftest import T0
+
+NOW = T0 + timedelta(hours=4)
+SMALL_TOML = """
+[simulator]
+requests_per_hour = 3000
+catalog_keys = 1000
+sample_threshold_per_minute = 30
+"""
+# `serve` would block serving; another suite drives it over HTTP.
+SKIP = {"serve"}
+# Options whose value is a file or directory: always one of PATHS, never a
+# generated path (an `export --to /` must not write anywhere real).
+PATH_OPTIONS = {"--db", "--config", "--to", "--trace", "files"}
+NUMBERS = ["0", "-1", "1", "0.5", "nan", "NaN", "inf", "-inf", "1e9", "1e308", "1e309", "-0", "2147483648",
+           str(2**63), str(2**64), "9" * 400, "0x10", "1_000", " 7 ", ""]
+INSTANTS = ["0001-01-01", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59Z", "9999-12-31T23:59:59-01:00",
+            "1969-12-31T23:59:59Z", "2199-12-31T23:59:59Z", "2026-11-19T12:00:00Z", "2026-11-19", "2026-11-32",
+            "2026-11-19T12:00:00+14:00", "2026-02-29", "now", "1e9", "2026-11-19T12:00:00.123456789Z"]
+DURATIONS = ["0s", "1s", "15m", "2h", "7d", "2w", "99999999999d", "1" * 400 + "w", "1.5h", "-1h", "1e9s", "h"]
+VALID = ["15m", "1h", "24h", "7d", "json", "prometheus", "0.1", "3", "10", "6h,12h", "2026-11-18"]
+ENDPOINTS = ["title", "isbn", "author", "nope", "", "' OR 1=1 --", "<b>x</b>"]
+INVALID_UTF8 = [os.fsdecode(b) for b in (b"\xff", b"title\xfe", b"\xed\xa0\x80", b"caf\xe9")]
+
+
+def _leaves(parser: argparse.ArgumentParser, prefix=()) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every runnable (sub)command: its name path and its parser."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [(prefix, parser)]
+    return [leaf for name, p in subs[0].choices.items() if name not in SKIP for leaf in _leaves(p, (*prefix, name))]
+
+
+ROOT_PARSER = cli.build_parser()
+LEAVES = _leaves(ROOT_PARSER)
+
+
+def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
+
+
+@st.composite
+def argument_vectors(draw, paths: list[str]):
+    # Invalid UTF-8 is refused before anything else looks: one choice of
+    # many, so the other values reach the commands.
+    values = st.one_of(st.sampled_from(NUMBERS + INSTANTS + DURATIONS + ENDPOINTS + VALID + INVALID_UTF8[:1]),
+                       st.integers(min_value=-(2**70), max_value=2**70).map(str),
+                       st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                       st.text(max_size=12))
+    path_values = st.sampled_from(paths + INVALID_UTF8[:1])
+
+    def value(action: argparse.Action) -> str:
+        name = action.option_strings[0] if action.option_strings else action.dest
+        return draw(path_values if name in PATH_OPTIONS or action.dest in PATH_OPTIONS else values)
+
+    def tokens(action: argparse.Action) -> list[str]:
+        if action.nargs == 0:
+            return [action.option_strings[0]]
+        n = draw(st.integers(1, 2)) if action.nargs in ("+", "*") else 1
+        return [*action.option_strings[:1], *(value(action) for _ in range(n))]
+
+    argv: list[str] = []
+    for action in _options(ROOT_PARSER):  # --db, --config: a path of ours unless drawn
+        if action.option_strings and draw(st.integers(0, 3)) == 0:
+            argv += tokens(action)
+    path, parser = draw(st.sampled_from(LEAVES))
+    argv += path
+    for action in _options(parser):
+        if not action.option_strings:
+            argv += tokens(action)[-1:] if action.nargs in (None, 1) else tokens(action)
+        elif action.required or draw(st.integers(0, 2)) == 0:  # mostly defaults: errors hide later ones
+            argv += tokens(action)
+    return argv
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory):
+    d = tmp_path_factory.mktemp("args")
+    cfg = d / "small.toml"
+    cfg.write_text(SMALL_TOML)
+    db = d / "demo.duckdb"
+    assert cli.main(["--db", str(db), "--config", str(cfg), "demo", "--days", "0.25", "--quiet"], now=NOW) == 0
+    bad = d / "bad"
+    bad.mkdir()
+    (bad / "nested.toml").write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    (bad / "inline.toml").write_text("[simulator]\nseed = " + "{a = " * 3000 + "1" + "}" * 3000 + "\n")
+    (bad / "garbage.duckdb").write_bytes(b"not a database" * 100)
+    (bad / "events.ndjson").write_text('{"not": "an event"}\n')
+    (bad / os.fsdecode(b"caf\xe9.toml")).write_text(SMALL_TOML)
+    return d, db, cfg, bad
+
+
+PATH_KINDS = ["store", "config", "dir", "nested", "inline", "garbage", "events", "missing", "latin1", "simulator"]
+
+
+@settings(max_examples=int(os.environ.get("CACHEMON_CLI_EXAMPLES", "120")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_no_argument_vector_tracebacks(demo_store, tmp_path_factory, capsys, monkeypatch, data):
+    home, db, cfg, bad = demo_store
+    work = tmp_path_factory.mktemp("ex")
+    store_copy = work / "demo.duckdb"
+    shutil.copyfile(db, store_copy)
+    shutil.copyfile(db.with_name("demo.snapshot.duckdb"), work / "demo.snapshot.duckdb")
+    paths = {"store": str(store_copy), "config": str(cfg), "dir": str(bad), "nested": str(bad / "nested.toml"),
+             "inline": str(bad / "inline.toml"), "garbage": str(bad / "garbage.duckdb"),
+             "events": str(bad / "events.ndjson"), "missing": str(work / "missing" / "x"),
+             "latin1": str(bad / os.fsdecode(b"caf\xe9.toml")), "simulator": "simulator"}
+    argv = data.draw(argument_vectors(list(paths.values())))
+    # Our store and config unless the vector names others (argparse keeps the last).
+    argv = ["--db", str(store_copy), "--config", str(cfg), *argv]
+    if "demo" in argv:  # a valid long demo is slow, not wrong: keep demos short
+        parsed = _parsed(argv)
+        assume(parsed is None or not (isinstance(parsed.days, float) and 0.5 < parsed.days <= 400))
+    for name in [k for k in os.environ if k.startswith(("CF_", "SMTP_", "CACHEMON_", "SLACK_", "DISCORD_",
+                                                         "MAILCHANNELS_", "ALERT_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(work)  # any relative path an argument names lands here
+    try:
+        code = cli.main(argv, now=NOW)
+    except SystemExit as exc:  # argparse: usage error (2) or --help (0)
+        code = exc.code
+        err = capsys.readouterr().err
+        event("argparse usage error")
+        assert code in (0, 2), (argv, err)
+        assert code == 0 or "usage:" in err, (argv, err)
+        return
+    err = capsys.readouterr().err
+    event(f"exit {code}")
+    assert code in (0, 1, 2), (argv, code, err)
+    assert "Traceback" not in err, (argv, err)
+    if code == 2:
+        errors = [line for line in err.splitlines() if line.startswith("cachemon: error:")]
+        assert len(errors) == 1 and err.rstrip().splitlines()[-1] == errors[0], (argv, err)
+
+
+def _parsed(argv):
+    try:
+        return ROOT_PARSER.parse_args(argv)
+    except SystemExit:
+        return None
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["demo", "--days", "nan"], "--days"),
+    (["demo", "--days", "1e9"], "--days"),
+    (["demo", "--seed", "-1"], "--seed"),
+    (["demo", "--until", "0001-01-01"], "--until"),
+    (["demo", "--until", "9999-12-31T23:59:59Z"], "--until"),
+    (["metrics", "--at", "0001-01-01"], "--at"),
+    (["metrics", "--at", "9999-12-31T23:59:59-01:00"], "--at"),
+    (["metrics", "--top", str(2**64)], "--top"),
+    (["ttl", "whatif", "--endpoint", "title", "--days", "1e9"], "--days"),
+    (["ttl", "whatif", "--endpoint", "title", "--days", "inf"], "--days"),
+    (["alerts", "silence", "miss_rate", "--for", "99999999999d", "--reason", "x"], "--for"),
+    (["alerts", "unsilence", str(2**40)], "silence id"),
+    (["alerts", "history", "--limit", str(2**63)], "--limit"),
+    (["costs", "report", "--date", "0001-01-01"], "--date"),
+    (["experiments", "assign", os.fsdecode(b"title:\xff"), "--experiment", "x"], "not valid UTF-8"),
+    (["--config", "DIR", "metrics"], "is a directory"),
+    (["--config", "NESTED", "metrics"], "too deeply"),
+    (["--config", "INLINE", "metrics"], "too deeply"),
+])
+def test_out_of_range_arguments_are_one_clear_line(demo_store, tmp_path, capsys, argv, named):
+    home, db, cfg, bad = demo_store
+    copy = tmp_path / "demo.duckdb"
+    shutil.copyfile(db, copy)
+    shutil.copyfile(db.with_name("demo.snapshot.duckdb"), tmp_path / "demo.snapshot.duckdb")
+    before = copy.read_bytes()
+    swap = {"DIR": str(bad), "NESTED": str(bad / "nested.toml"), "INLINE": str(bad / "inline.toml")}
+    argv = [swap.get(a, a) for a in argv]
+    code = cli.main(["--db", str(copy), "--config", str(cfg), *argv] if argv[0] != "--config" else
+                    ["--db", str(copy), *argv], now=NOW)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("cachemon: error:") and named in err, err
+    assert copy.read_bytes() == before  # nothing stored changed
