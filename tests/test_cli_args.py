@@ -195,3 +195,24 @@ def test_out_of_range_arguments_are_one_clear_line(demo_store, tmp_path, capsys,
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("cachemon: error:") and named in err, err
     assert copy.read_bytes() == before  # nothing stored changed
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--clock-start", "9999-12-31T00:00:00Z"], "--clock-start"),
+    (["--clock-start", "2090-01-01T00:00:00Z"], "in the future"),
+    (["--clock-start", "0001-01-01"], "--clock-start"),
+    (["--clock-speed", "nan"], "--clock-speed"),
+    (["--clock-speed", "-1"], "--clock-speed"),
+    (["--clock-speed", "1e300"], "--clock-speed"),
+])
+def test_the_job_runner_refuses_its_clock_arguments(demo_store, tmp_path, caplog, args, named):
+    from jobs.__main__ import main as jobs_main
+
+    home, db, cfg, bad = demo_store
+    copy = tmp_path / "demo.duckdb"
+    shutil.copyfile(db, copy)
+    before = copy.read_bytes()
+    assert jobs_main(["--db", str(copy), "--config", str(cfg), "--list", *args]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and named in errors[0], errors
+    assert copy.read_bytes() == before and not (tmp_path / "demo.snapshot.duckdb").exists()
