@@ -130,9 +130,10 @@ def test_no_argument_vector_tracebacks(demo_store, tmp_path_factory, capsys, mon
     argv = data.draw(argument_vectors(list(paths.values())))
     # Our store and config unless the vector names others (argparse keeps the last).
     argv = ["--db", str(store_copy), "--config", str(cfg), *argv]
-    if "demo" in argv:  # a valid long demo is slow, not wrong: keep demos short
-        parsed = _parsed(argv)
-        assume(parsed is None or not (isinstance(parsed.days, float) and 0.5 < parsed.days <= 400))
+    # A valid long demo or simulator trace is slow, not wrong: keep them short.
+    parsed = _parsed(argv)
+    long = parsed is not None and isinstance(getattr(parsed, "days", None), float) and parsed.days > 0.5
+    assume(not (long and (parsed.command == "demo" or getattr(parsed, "trace", None) == ["simulator"])))
     for name in [k for k in os.environ if k.startswith(("CF_", "SMTP_", "CACHEMON_", "SLACK_", "DISCORD_",
                                                          "MAILCHANNELS_", "ALERT_"))]:
         monkeypatch.delenv(name)
@@ -173,6 +174,7 @@ def _parsed(argv):
     (["metrics", "--top", str(2**64)], "--top"),
     (["ttl", "whatif", "--endpoint", "title", "--days", "1e9"], "--days"),
     (["ttl", "whatif", "--endpoint", "title", "--days", "inf"], "--days"),
+    (["ttl", "whatif", "--endpoint", "title", "--days", "32", "--trace", "simulator"], "--days 31"),
     (["alerts", "silence", "miss_rate", "--for", "99999999999d", "--reason", "x"], "--for"),
     (["alerts", "unsilence", str(2**40)], "silence id"),
     (["alerts", "history", "--limit", str(2**63)], "--limit"),
