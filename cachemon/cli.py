@@ -152,7 +152,7 @@ def _pull(args, cfg, now) -> int:
     from .sources.analytics_engine import Client
 
     since = parse_instant(args.since, "--since") if args.since else None
-    until = parse_instant(args.until, "--until") if args.until else None
+    until = check_not_future(parse_instant(args.until, "--until"), now, "--until") if args.until else None
     with Client.from_env(cfg.analytics_engine) as client:
         summary = pipeline.pull(cfg, client, now, since, until, None if args.quiet else _progress("pulling"))
     print(f"pulled {summary.events:,} data points in {summary.windows} windows ({client.queries} queries) "

@@ -9,9 +9,10 @@ buckets add up, so daily totals and quantiles stay exact.
 
 Horizons are whole UTC days, stored in `retention_state`, never run ahead
 of the data (a compaction "as of" a far future would otherwise close every
-later write), and never move back: what lies before them no longer exists at the finer resolution, so
-writes there are refused (`check_write`) and readers that need minutes say
-so (`check_read`) instead of returning numbers short of data.
+later write), and never move back: what lies before them no longer exists
+at the finer resolution, so writes there are refused (`check_write`) and
+readers that need minutes say so (`check_read`) instead of returning
+numbers short of data.
 """
 
 from __future__ import annotations

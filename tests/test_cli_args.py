@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -41,6 +42,7 @@ INSTANTS = ["0001-01-01", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59Z", "
 DURATIONS = ["0s", "1s", "15m", "2h", "7d", "2w", "99999999999d", "1" * 400 + "w", "1.5h", "-1h", "1e9s", "h"]
 VALID = ["15m", "1h", "24h", "7d", "json", "prometheus", "0.1", "3", "10", "6h,12h", "2026-11-18"]
 ENDPOINTS = ["title", "isbn", "author", "nope", "", "' OR 1=1 --", "<b>x</b>"]
+OUTCOMES: Counter = Counter()  # what the property test saw, for the results table
 INVALID_UTF8 = [os.fsdecode(b) for b in (b"\xff", b"title\xfe", b"\xed\xa0\x80", b"caf\xe9")]
 
 
@@ -144,16 +146,28 @@ def test_no_argument_vector_tracebacks(demo_store, tmp_path_factory, capsys, mon
         code = exc.code
         err = capsys.readouterr().err
         event("argparse usage error")
+        OUTCOMES["usage error"] += 1
         assert code in (0, 2), (argv, err)
         assert code == 0 or "usage:" in err, (argv, err)
         return
     err = capsys.readouterr().err
     event(f"exit {code}")
+    OUTCOMES[f"exit {code}"] += 1
     assert code in (0, 1, 2), (argv, code, err)
     assert "Traceback" not in err, (argv, err)
     if code == 2:
         errors = [line for line in err.splitlines() if line.startswith("cachemon: error:")]
         assert len(errors) == 1 and err.rstrip().splitlines()[-1] == errors[0], (argv, err)
+
+
+def test_fuzzed_cli_outcomes(results):
+    """Reports what the property test above generated (it runs first, in file order)."""
+    assert sum(OUTCOMES.values()) >= 50
+    results("command line fuzzed (hypothesis)", "argument vectors for every subcommand from the real parser: "
+            "nan/inf/1e309/2**64, years 1 and 9999, 99999999999d, invalid UTF-8, directories, deep TOML",
+            f"{sum(OUTCOMES.values())} command lines",
+            "no traceback; " + ", ".join(f"{n} {k}" for k, n in sorted(OUTCOMES.items())) +
+            "; every error one `cachemon: error:` line")
 
 
 def _parsed(argv):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cachemon import cli, config, ingest, pipeline, retention, store
-from cachemon.clock import CLOCK_SKEW, DAY, HOUR, Window, floor_to, iso
+from cachemon.clock import CLOCK_SKEW, DAY, HOUR, Window, floor_to, format_duration, iso
 from cachemon.errors import InputError
 
 from conftest import T0, small_sim
@@ -131,17 +131,25 @@ def test_a_demo_failing_midway_or_killed_changes_nothing(demo_copy, tmp_path, re
             "2", "every table equal to the previous demo's; the copy aside removed by the next demo")
 
 
-@pytest.mark.parametrize("args", [
+WRITES_BEYOND_NOW = [
     ["compact", "--at", "2090-01-01T00:00:00Z"],
     ["alerts", "check", "--at", iso(NOW + CLOCK_SKEW + timedelta(seconds=1))],
     ["experiments", "analyze", "--at", "2199-12-31T00:00:00Z"],
     ["costs", "report", "--date", (NOW + DAY).date().isoformat()],
-])
-def test_writes_beyond_now_are_refused(demo_copy, capsys, args):
+    ["pull", "--until", "2199-01-01T00:00:00Z"],
+]
+
+
+def test_writes_beyond_now_are_refused(demo_copy, capsys, results):
     db, cfg, before = demo_copy
-    code, err = cachemon(capsys, db, cfg, *args)
-    assert code == 2 and err.startswith("cachemon: error:") and "future" in err and len(err.splitlines()) == 1, err
+    for args in WRITES_BEYOND_NOW:
+        code, err = cachemon(capsys, db, cfg, *args)
+        assert code == 2 and err.startswith("cachemon: error:") and "future" in err and len(err.splitlines()) == 1, \
+            (args, err)
     assert tables(db) == before
+    results("writing commands beyond now", "compact/alerts check/experiments analyze --at, costs report --date, "
+            f"pull --until more than {format_duration(CLOCK_SKEW)} ahead", f"{len(WRITES_BEYOND_NOW)} commands",
+            "exit 2 naming the instant as in the future; every table unchanged")
 
 
 def test_a_compact_within_the_skew_is_accepted(demo_copy, capsys):
