@@ -57,7 +57,8 @@ def demo(cfg: Config, days: float, now: datetime, seed: int | None = None,
         dataclasses.replace(cfg.simulator, seed=bounded(seed, "--seed", 0, SEED_MAX))
     sim = Simulator(sim_cfg)
     end = floor_to(now, MINUTE)
-    windows = Window(end - span, end).split(DEMO_CHUNK)
+    # Whole minutes, as every stored window (a fraction of a day may not be).
+    windows = Window(floor_to(end - span, MINUTE), end).split(DEMO_CHUNK)
     path = Path(cfg.store.path)
     aside = path.with_name(f".{path.name}.demo.tmp")
     _remove_store(aside)

@@ -40,7 +40,7 @@ INSTANTS = ["0001-01-01", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59Z", "
             "1969-12-31T23:59:59Z", "2199-12-31T23:59:59Z", "2026-11-19T12:00:00Z", "2026-11-19", "2026-11-32",
             "2026-11-19T12:00:00+14:00", "2026-02-29", "now", "1e9", "2026-11-19T12:00:00.123456789Z"]
 DURATIONS = ["0s", "1s", "15m", "2h", "7d", "2w", "99999999999d", "1" * 400 + "w", "1.5h", "-1h", "1e9s", "h"]
-VALID = ["15m", "1h", "24h", "7d", "json", "prometheus", "0.1", "3", "10", "6h,12h", "2026-11-18"]
+VALID = ["15m", "1h", "24h", "7d", "json", "prometheus", "0.1", "0.01", "3", "10", "6h,12h", "2026-11-18"]
 ENDPOINTS = ["title", "isbn", "author", "nope", "", "' OR 1=1 --", "<b>x</b>"]
 OUTCOMES: Counter = Counter()  # what the property test saw, for the results table
 INVALID_UTF8 = [os.fsdecode(b) for b in (b"\xff", b"title\xfe", b"\xed\xa0\x80", b"caf\xe9")]
@@ -232,3 +232,11 @@ def test_the_job_runner_refuses_its_clock_arguments(demo_store, tmp_path, caplog
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and named in errors[0], errors
     assert copy.read_bytes() == before and not (tmp_path / "demo.snapshot.duckdb").exists()
+
+
+def test_a_demo_of_a_fraction_of_a_day_starts_on_a_whole_minute(demo_store, tmp_path, capsys):
+    """0.01 days is 14.4 minutes: the span starts at a whole minute, as every stored window must."""
+    home, db, cfg, bad = demo_store
+    code = cli.main(["--db", str(tmp_path / "d.duckdb"), "--config", str(cfg), "demo", "--days", "0.01", "--quiet",
+                     "--until", "2026-11-19T12:00:00Z"], now=NOW)
+    assert code == 0, capsys.readouterr().err
