@@ -240,3 +240,26 @@ def test_a_demo_of_a_fraction_of_a_day_starts_on_a_whole_minute(demo_store, tmp_
     code = cli.main(["--db", str(tmp_path / "d.duckdb"), "--config", str(cfg), "demo", "--days", "0.01", "--quiet",
                      "--until", "2026-11-19T12:00:00Z"], now=NOW)
     assert code == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["0001-01-01", "0001-01-01T00:30:00+01:00", "9999-12-31T23:59:59-01:00",
+                                  "1969-12-31T23:59:59Z", "2200-01-01T00:00:00Z"])
+def test_instants_outside_the_supported_years_are_input_errors(text):
+    from cachemon.clock import parse_instant
+    from cachemon.errors import InputError
+
+    with pytest.raises(InputError, match="--at: "):
+        parse_instant(text, "--at")
+
+
+@pytest.mark.parametrize("text, seconds", [("36525d", 36525 * 86400), ("1e9s", None), ("36526d", None),
+                                           ("99999999999d", None), ("1" * 400 + "w", None)])
+def test_durations_are_bounded(text, seconds):
+    from cachemon.clock import parse_duration
+    from cachemon.errors import InputError
+
+    if seconds is not None:
+        assert parse_duration(text).total_seconds() == seconds
+    else:
+        with pytest.raises(InputError, match="--for: "):
+            parse_duration(text, "--for")
