@@ -5,7 +5,11 @@ beyond now plus CLOCK_SKEW; retention horizons never pass the data's end."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,7 +19,7 @@ from cachemon import cli, config, ingest, pipeline, retention, store
 from cachemon.clock import CLOCK_SKEW, DAY, HOUR, Window, floor_to, format_duration, iso
 from cachemon.errors import InputError
 
-from conftest import T0, small_sim
+from conftest import ROOT, T0, small_sim
 
 NOW = T0 + timedelta(hours=4)
 SMALL_TOML = """
@@ -129,6 +133,28 @@ def test_a_demo_failing_midway_or_killed_changes_nothing(demo_copy, tmp_path, re
         assert con.execute("SELECT * FROM rollup_minute ORDER BY ALL").fetchall() == after['"main"."rollup_minute"']
     results("demo failing midway / killed", "an exception after 2 of 3 simulated days; a torn copy left aside",
             "2", "every table equal to the previous demo's; the copy aside removed by the next demo")
+
+
+def test_a_killed_demo_changes_nothing(demo_copy, results):
+    """SIGKILL a long demo once it is building its copy: the store is as the
+    previous demo left it, and the next demo starts over cleanly."""
+    db, cfg, before = demo_copy
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHEMON_")} | {"PYTHONPATH": str(ROOT)}
+    aside = db.with_name(f".{db.name}.demo.tmp")
+    p = subprocess.Popen([sys.executable, "-m", "cachemon", "--db", str(db), "--config", str(cfg), "demo",
+                          "--days", "30", "--seed", "9", "--quiet", "--until", iso(NOW)], cwd=ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not aside.exists() and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        time.sleep(1.0)  # some simulated days into the copy
+        assert p.poll() is None, "the demo ended before it could be killed"
+    finally:
+        p.kill()
+        p.wait()
+    assert tables(db) == before
+    results("demo killed (SIGKILL)", "a 30-day demo killed while building its copy", "1",
+            "every table equal to the previous demo's")
 
 
 WRITES_BEYOND_NOW = [
