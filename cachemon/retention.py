@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 import duckdb
 
-from .clock import DAY, floor_to, iso
+from .clock import DAY, EARLIEST, floor_to, iso
 from .config import RetentionConfig
 from .errors import StoreError
 from .store import first_row, transaction
@@ -91,17 +91,16 @@ def targets(now: datetime, cfg: RetentionConfig) -> Horizons:
 
 
 def within_data(want: Horizons, data_end: datetime | None) -> Horizons:
-    """`want`, but no later than the day the data ends in."""
-    cap = floor_to(data_end, DAY) if data_end is not None else None
-    return Horizons(*(None if h is None or cap is None else min(h, cap) for h in (want.minute, want.hour)))
+    """`want`, but no later than the day the data ends in; with no data, the
+    earliest instant cachemon accepts (nothing is closed)."""
+    cap = floor_to(data_end, DAY) if data_end is not None else EARLIEST
+    return Horizons(min(want.minute, cap), min(want.hour, cap))
 
 
 def apply(con: duckdb.DuckDBPyConnection, now: datetime, cfg: RetentionConfig) -> Result:
     """Compact what `cfg` no longer keeps, in one transaction."""
     with transaction(con):
         want = within_data(targets(now, cfg), first_row(con, DATA_END)[0])
-        if want.minute is None:  # no data: nothing to compact, no horizon to move
-            return Result(horizons(con), 0, 0)
         p = {"before": want.minute}
         con.execute(GAUGES_TO_HOURS, p)
         minute_rows = sum(_deleted(con, sql, p) for sql in MINUTE_DELETES)

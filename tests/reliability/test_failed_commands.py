@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cachemon import cli, config, ingest, pipeline, retention, store
-from cachemon.clock import CLOCK_SKEW, DAY, HOUR, Window, floor_to, format_duration, iso
+from cachemon.clock import CLOCK_SKEW, DAY, EARLIEST, HOUR, Window, floor_to, format_duration, iso
 from cachemon.errors import InputError
 
 from conftest import ROOT, T0, small_sim
@@ -200,10 +200,12 @@ def test_horizons_never_pass_the_data_end(demo_copy, results):
             "horizons stop at the day the data ends; the next hour is still writable")
 
 
-def test_an_empty_store_keeps_no_horizon(tmp_path):
+def test_an_empty_store_closes_nothing(tmp_path):
+    """With no data, even a compaction far ahead leaves every supported instant writable."""
     with store.writer(tmp_path / "empty.duckdb", NOW) as con:
-        kept = retention.apply(con, NOW, config.RetentionConfig())
-    assert kept == retention.Result(retention.Horizons(None, None), 0, 0)
+        kept = retention.apply(con, NOW + timedelta(days=365 * 60), config.RetentionConfig())
+        assert kept == retention.Result(retention.Horizons(EARLIEST, EARLIEST), 0, 0)
+        retention.check_write(con, EARLIEST)  # not refused
 
 
 def test_check_not_future_is_the_one_rule():
