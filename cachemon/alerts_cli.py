@@ -7,8 +7,8 @@ import json
 from datetime import datetime, timedelta
 
 from . import alerts, health, notify, store
-from .clock import format_duration, iso, parse_duration, parse_instant
-from .errors import InputError
+from .argcheck import MAX_ID, bounded
+from .clock import check_not_future, format_duration, iso, parse_duration, parse_instant
 from .redact import Redactor
 
 
@@ -18,6 +18,8 @@ def run(args, cfg, now: datetime, env) -> int:
 
 def _check(args, cfg, now, env) -> int:
     at = parse_instant(args.at, "--at") if args.at else now
+    if not args.dry_run:  # a dry run writes nothing, so it may look ahead
+        check_not_future(at, now)
     transports = notify.Transports.from_env(env)
     if args.dry_run:
         with store.reader(cfg.store.path) as con:
@@ -51,8 +53,7 @@ def _print_states(ev: alerts.Evaluation) -> None:
 
 def _history(args, cfg, now, env) -> int:
     since = parse_instant(args.since, "--since") if args.since else now - timedelta(days=7)
-    if args.limit <= 0:
-        raise InputError(f"--limit must be positive, got {args.limit}")
+    bounded(args.limit, "--limit", 1)
     with store.reader(cfg.store.path) as con:
         changes = health.history(con, since, now, args.limit)
         sent = notify.outbox(con, since, args.limit)
@@ -111,6 +112,7 @@ def _silences(args, cfg, now, env) -> int:
 
 
 def _unsilence(args, cfg, now, env) -> int:
+    bounded(args.id, "silence id", 1, MAX_ID)
     with store.writer(cfg.store.path, now) as con:
         alerts.expire_silence(con, args.id, now)
     print(f"silence {args.id} ended")

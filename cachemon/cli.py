@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 
 from . import config as config_mod
 from . import costs, exposition, health, metrics, pipeline, store, ttl_cli
-from .clock import Period, Window, parse_instant, utcnow
+from .argcheck import bounded, check_utf8
+from .clock import EARLIEST, Period, Window, check_not_future, parse_instant, utcnow
 from .errors import CachemonError, InputError
 
 EXIT_ERROR = 2
@@ -122,6 +123,12 @@ def _alerts_parser(sub) -> None:
 
 
 def main(argv: list[str] | None = None, now: datetime | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        check_utf8(argv)
+    except InputError as exc:
+        print(f"cachemon: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     args = build_parser().parse_args(argv)
     try:
         cfg = config_mod.load(args.config)
@@ -134,7 +141,7 @@ def main(argv: list[str] | None = None, now: datetime | None = None) -> int:
 
 
 def _demo(args, cfg, now) -> int:
-    until = parse_instant(args.until, "--until") if args.until else now
+    until = check_not_future(parse_instant(args.until, "--until"), now, "--until") if args.until else now
     bar = None if args.quiet else _progress("simulating")
     summary = pipeline.demo(cfg, args.days, until, seed=args.seed, progress=bar)
     print(f"simulated {summary.events:,} events in {summary.windows} windows up to {summary.until:%Y-%m-%dT%H:%MZ} "
@@ -155,7 +162,7 @@ def _pull(args, cfg, now) -> int:
     from .sources.analytics_engine import Client
 
     since = parse_instant(args.since, "--since") if args.since else None
-    until = parse_instant(args.until, "--until") if args.until else None
+    until = check_not_future(parse_instant(args.until, "--until"), now, "--until") if args.until else None
     with Client.from_env(cfg.analytics_engine) as client:
         summary = pipeline.pull(cfg, client, now, since, until, None if args.quiet else _progress("pulling"))
     print(f"pulled {summary.events:,} data points in {summary.windows} windows ({client.queries} queries) "
@@ -188,9 +195,8 @@ def _metrics(args, cfg, now) -> int:
     period = Period.parse(args.period)
     if args.format not in ("json", "prometheus"):
         raise InputError(f"unknown format {args.format!r}: use json or prometheus")
-    at = parse_instant(args.at, "--at") if args.at else now
-    if args.top < 0:
-        raise InputError(f"--top must be 0 or more, got {args.top}")
+    at = parse_instant(args.at, "--at") if args.at else now  # read-only: a future --at shows no data
+    bounded(args.top, "--top", 0)
     with store.reader(cfg.store.path) as con:
         # Without --at, a lagging source still gets its last good numbers, marked stale.
         m = metrics.compute(con, Window.ending(at, period.length), period.value, args.endpoint, args.top,
@@ -216,7 +222,7 @@ def _export(args, cfg, now) -> int:
 
 
 def _compact(args, cfg, now) -> int:
-    at = parse_instant(args.at, "--at") if args.at else now
+    at = check_not_future(parse_instant(args.at, "--at"), now) if args.at else now
     with store.writer(cfg.store.path, now) as con:
         n, kept = pipeline.compact(con, cfg, at)
     print(f"compacted per-key rows of {n} source(s); retention removed {kept.minute_rows:,} minute rows "
@@ -260,6 +266,8 @@ def _costs(args, cfg, now) -> int:
         raise InputError(f"--date: {args.date!r} is not a day like 2026-11-27") from None
     if day > now.date():
         raise InputError(f"--date: {day} is in the future")
+    if day < EARLIEST.date():
+        raise InputError(f"--date: {day} is before {EARLIEST.year}")
     transports = notify.Transports.from_env(os.environ)
     if args.dry_run:
         with store.reader(cfg.store.path) as con:
@@ -320,6 +328,8 @@ def _analyze(args, cfg, now) -> int:
     from . import notify, promote
 
     at = parse_instant(args.at, "--at") if args.at else now
+    if not args.dry_run:
+        check_not_future(at, now)
     if not cfg.experiments:
         raise InputError("no experiments configured ([[experiments]] in the TOML config)")
     transports = notify.Transports.from_env(os.environ)

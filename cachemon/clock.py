@@ -5,6 +5,7 @@ Logic never reads the clock; shells call `utcnow()` once and pass `now` in.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -14,6 +15,17 @@ from .errors import InputError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# How far ahead of the real clock a writing command may act: enough for
+# clocks that disagree a little, too little to compact or evaluate a future
+# that has no data (and so move retention horizons past every later write).
+CLOCK_SKEW = timedelta(minutes=5)
+# The instants cachemon accepts. Wide enough for any data, narrow enough that
+# windows, durations and days around them stay far from datetime's limits
+# (years 1 and 9999), so arithmetic on them never overflows.
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
+# The longest duration accepted anywhere (a silence, a window, a TTL).
+MAX_DURATION = timedelta(days=36525)
 
 
 def utcnow() -> datetime:
@@ -26,7 +38,17 @@ def parse_duration(text: str, what: str = "duration") -> timedelta:
     m = _DURATION.match(str(text))
     if not m:
         raise InputError(f"{what}: {text!r} is not a duration like 15m, 6h or 7d")
-    return timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[m.group(2)])
+    seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    if not seconds <= MAX_DURATION.total_seconds():  # also inf, from a 400-digit number
+        raise InputError(f"{what}: {text!r} is longer than {MAX_DURATION.days} days")
+    return timedelta(seconds=seconds)
+
+
+def days_span(days: float, what: str = "--days", maximum: float = MAX_DURATION.days) -> timedelta:
+    """A positive, finite number of days (a command's --days) as a timedelta."""
+    if not (isinstance(days, (int, float)) and math.isfinite(days) and 0 < days <= maximum):
+        raise InputError(f"{what} must be positive and at most {maximum:g} days, got {days}")
+    return timedelta(days=days)
 
 
 def format_duration(d: timedelta) -> str:
@@ -42,12 +64,26 @@ def parse_instant(text: str, what: str = "time") -> datetime:
     """An ISO 8601 instant; a naive one is taken as UTC. Returns aware UTC."""
     raw = str(text).strip()
     try:
-        dt = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+        dt = as_utc(datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00")))
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 shifted by its offset
         raise InputError(
             f"{what}: {text!r} is not an ISO 8601 time like 2026-11-28T15:00:00Z"
         ) from None
-    return as_utc(dt)
+    if not EARLIEST <= dt < LATEST:
+        raise InputError(f"{what}: {text!r} is outside the supported years {EARLIEST.year} to {LATEST.year - 1}")
+    return dt
+
+
+def check_not_future(at: datetime, now: datetime, what: str = "--at") -> datetime:
+    """Refuse, for anything that writes, an instant beyond `now` plus
+    CLOCK_SKEW: evaluating or compacting a future with no data would store
+    results about nothing and move retention past every later write."""
+    if at > now + CLOCK_SKEW:
+        raise InputError(
+            f"{what}: {iso(at)} is in the future (now is {iso(now)}); a command that writes may act at most "
+            f"{format_duration(CLOCK_SKEW)} ahead"
+        )
+    return at
 
 
 def as_utc(dt: datetime) -> datetime:

@@ -111,6 +111,15 @@ class SimulatorConfig:
     experiment: bool = True
 
     def __post_init__(self):
+        # Refused here, before a demo or the runner starts: a bad value would
+        # otherwise fail deep inside numpy, after the old data was replaced.
+        limits = {"seed": (0, 2**32 - 1), "requests_per_hour": (1e-6, 1e8), "catalog_keys": (1, 10_000_000),
+                  "zipf_alpha": (0, 10), "colos": (1, 1000), "long_tail_share": (0, 1),
+                  "sample_threshold_per_minute": (1e-6, 1e12), "origin_error_rate": (0, 1)}
+        for name, (low, high) in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ConfigError(f"[simulator] {name} = {value!r} must be from {low:g} to {high:g}")
         for name in ("kv_ttl", "edge_ttl"):
             ttl = getattr(self, name)
             if {e for e, _ in ttl} != {"title", "isbn", "author"} or any(t <= timedelta(0) for _, t in ttl):
@@ -292,8 +301,14 @@ def _from_file(path: Path) -> Config:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a file") from None
+    except OSError as exc:  # unreadable: permissions, a device, a path too long
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError(f"config file {path} nests arrays or tables too deeply") from None
     _refuse_non_finite(path, data)
     parts = {}
     for name, value in data.items():

@@ -7,6 +7,8 @@ Each function opens the store as the single writer, feeds events through
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,9 +17,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from . import alerts, ingest, report, retention, runner, store, tuning
-from .clock import HOUR, MINUTE, Window, floor_to
+from .argcheck import bounded
+from .clock import HOUR, MINUTE, Window, days_span, floor_to
 from .config import Config
-from .errors import SourceError
 from .sources import files
 from .sources.simulator import Simulator, SimState
 
@@ -28,6 +30,9 @@ Progress = Callable[[int, int], None]
 # Demo windows: long enough to amortise per-statement costs, short enough
 # for a progress bar and bounded memory (~2 M events a day).
 DEMO_CHUNK = timedelta(hours=24)
+# The longest demo: a year and a month covers every retention and report view.
+DEMO_MAX_DAYS = 400
+SEED_MAX = 2**32 - 1  # numpy's seed range
 
 
 @dataclass(frozen=True)
@@ -40,14 +45,45 @@ class LoadSummary:
 
 def demo(cfg: Config, days: float, now: datetime, seed: int | None = None,
          progress: Progress | None = None) -> LoadSummary:
-    """Replace the simulator's data with `days` of traffic ending at `now`."""
-    if days <= 0:
-        raise SourceError(f"--days must be positive, got {days}")
-    sim_cfg = cfg.simulator if seed is None else dataclasses.replace(cfg.simulator, seed=seed)
+    """Replace the simulator's data with `days` of traffic ending at `now`.
+
+    A demo that fails changes nothing: the arguments are checked first, then
+    the new data is built in a copy of the store beside it, which replaces
+    the store (an atomic rename) only when complete. The store stays locked
+    as the writer meanwhile, so no other write can be lost in the swap; a
+    copy left by a killed demo is removed by the next."""
+    span = days_span(days, "--days", DEMO_MAX_DAYS)
+    sim_cfg = cfg.simulator if seed is None else \
+        dataclasses.replace(cfg.simulator, seed=bounded(seed, "--seed", 0, SEED_MAX))
     sim = Simulator(sim_cfg)
     end = floor_to(now, MINUTE)
-    windows = Window(end - timedelta(days=days), end).split(DEMO_CHUNK)
-    with store.writer(cfg.store.path, now) as con:
+    # Whole minutes, as every stored window (a fraction of a day may not be).
+    windows = Window(floor_to(end - span, MINUTE), end).split(DEMO_CHUNK)
+    path = Path(cfg.store.path)
+    aside = path.with_name(f".{path.name}.demo.tmp")
+    _remove_store(aside)
+    with store.writer(path, now, publish=False) as con:
+        con.execute("CHECKPOINT")  # the file is whole: copy it
+        shutil.copyfile(path, aside)
+        try:
+            events = _demo_into(aside, cfg, sim, windows, end, now, progress)
+            os.replace(aside, path)
+        except BaseException:
+            _remove_store(aside)
+            raise
+    store.publish_snapshot(path)
+    return LoadSummary(SIMULATOR, events, len(windows), end)
+
+
+def _remove_store(path: Path) -> None:
+    for p in (path, path.with_name(path.name + ".wal")):
+        p.unlink(missing_ok=True)
+
+
+def _demo_into(path: Path, cfg: Config, sim: Simulator, windows: list[Window], end: datetime, now: datetime,
+               progress: Progress | None) -> int:
+    """The demo's writes, into the store at `path` (the copy aside)."""
+    with store.writer(path, now, publish=False) as con:
         ingest.drop_source(con, SIMULATOR)
         events = _feed(con, cfg, sim, windows, now, progress)
         # The alert history of the old data would describe traffic that is
@@ -61,7 +97,7 @@ def demo(cfg: Config, days: float, now: datetime, seed: int | None = None,
         day = report.report_day(end)
         if windows[0].start <= datetime(day.year, day.month, day.day, tzinfo=timezone.utc):
             report.save(con, report.build(con, cfg, day, now))
-    return LoadSummary(SIMULATOR, events, len(windows), end)
+    return events
 
 
 def simulate_until(cfg: Config, now: datetime, sim: Simulator | None = None,

@@ -7,10 +7,12 @@ and hourly rows older than `hour_days` are first summed into `rollup_day`
 / `latency_day` (per-key hours are already in `key_day`). Histogram
 buckets add up, so daily totals and quantiles stay exact.
 
-Horizons are whole UTC days, stored in `retention_state`, and never move
-back: what lies before them no longer exists at the finer resolution, so
-writes there are refused (`check_write`) and readers that need minutes say
-so (`check_read`) instead of returning numbers short of data.
+Horizons are whole UTC days, stored in `retention_state`, never run ahead
+of the data (a compaction "as of" a far future would otherwise close every
+later write), and never move back: what lies before them no longer exists
+at the finer resolution, so writes there are refused (`check_write`) and
+readers that need minutes say so (`check_read`) instead of returning
+numbers short of data.
 """
 
 from __future__ import annotations
@@ -20,12 +22,19 @@ from datetime import datetime, timedelta
 
 import duckdb
 
-from .clock import DAY, floor_to, iso
+from .clock import DAY, EARLIEST, floor_to, iso
 from .config import RetentionConfig
 from .errors import StoreError
-from .store import transaction
+from .store import first_row, transaction
 
 HORIZONS = "SELECT name, horizon FROM retention_state"
+# Where the data ends: the latest watermark, hour or day of any source
+# (imports have no watermark; days remain when hours were compacted).
+DATA_END = """
+SELECT greatest((SELECT max(until) FROM watermarks),
+                (SELECT max(hour) + INTERVAL 1 HOUR FROM rollup_hour),
+                (SELECT max(day) + INTERVAL 1 DAY FROM rollup_day))
+"""
 SET_HORIZON = """
 INSERT INTO retention_state VALUES ($name, $horizon)
 ON CONFLICT (name) DO UPDATE SET horizon = greatest(retention_state.horizon, excluded.horizon)
@@ -81,10 +90,17 @@ def targets(now: datetime, cfg: RetentionConfig) -> Horizons:
     return Horizons(today - timedelta(days=cfg.minute_days), today - timedelta(days=cfg.hour_days))
 
 
+def within_data(want: Horizons, data_end: datetime | None) -> Horizons:
+    """`want`, but no later than the day the data ends in; with no data, the
+    earliest instant cachemon accepts (nothing is closed)."""
+    cap = floor_to(data_end, DAY) if data_end is not None else EARLIEST
+    return Horizons(min(want.minute, cap), min(want.hour, cap))
+
+
 def apply(con: duckdb.DuckDBPyConnection, now: datetime, cfg: RetentionConfig) -> Result:
     """Compact what `cfg` no longer keeps, in one transaction."""
-    want = targets(now, cfg)
     with transaction(con):
+        want = within_data(targets(now, cfg), first_row(con, DATA_END)[0])
         p = {"before": want.minute}
         con.execute(GAUGES_TO_HOURS, p)
         minute_rows = sum(_deleted(con, sql, p) for sql in MINUTE_DELETES)

@@ -655,8 +655,11 @@ def _identity(snap: Path | None) -> tuple:
 
 def _looks_like_duckdb(p: Path) -> bool:
     """DuckDB files carry the magic bytes 'DUCK' at offset 8."""
-    with p.open("rb") as f:
-        return f.read(12)[8:12] == b"DUCK"
+    try:
+        with p.open("rb") as f:
+            return f.read(12)[8:12] == b"DUCK"
+    except OSError:  # a directory, or unreadable: not a store either way
+        return False
 
 
 @contextmanager

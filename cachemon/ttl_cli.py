@@ -6,10 +6,17 @@ import json
 from datetime import datetime, timedelta
 
 from . import store, ttl
-from .clock import DAY, HOUR, MINUTE, Window, floor_to, format_duration, iso, parse_duration, parse_instant
+from .argcheck import bounded
+from .clock import DAY, HOUR, MINUTE, Window, days_span, floor_to, format_duration, iso, parse_duration, parse_instant
 from .errors import InputError
 from .pricing import days_in_month
 from .sources import files
+
+# Per-key rates exist for at most [retention] hour_days (400 by default).
+MAX_DAYS = 400
+# `--trace simulator` regenerates every request of the window in memory
+# (~3 M a day at the default rate): longer windows would exhaust it.
+MAX_SIMULATOR_TRACE_DAYS = 31
 
 
 def add_parser(sub) -> None:
@@ -36,10 +43,13 @@ def run(args, cfg, now: datetime) -> int:
     ttls = ttl.parse_ttls(args.ttl)
     edge_ttls = ttl.parse_ttls(args.edge_ttl) if args.edge_ttl else []
     limit = parse_duration(args.max_staleness, "--max-staleness") if args.max_staleness else cfg.costs.max_kv_ttl
-    if args.days <= 0 or args.keys < 0:
-        raise InputError("--days must be positive and --keys 0 or more")
-    at = parse_instant(args.at, "--at") if args.at else now
-    window = Window(at - timedelta(days=args.days), at)
+    span = days_span(args.days, "--days", MAX_DAYS)
+    if args.trace == ["simulator"] and span > timedelta(days=MAX_SIMULATOR_TRACE_DAYS):
+        raise InputError(f"--trace simulator regenerates the window's requests in memory: use --days "
+                         f"{MAX_SIMULATOR_TRACE_DAYS} or less, got {args.days:g}")
+    bounded(args.keys, "--keys", 0)
+    at = parse_instant(args.at, "--at") if args.at else now  # read-only: any supported instant
+    window = Window(at - span, at)
     trace = _trace(args.trace, args.endpoint, cfg, window) if args.trace else None
     with store.reader(cfg.store.path) as con:
         w = ttl.whatif(con, cfg, [args.endpoint], ttls, window, at, edge_ttls)[0]

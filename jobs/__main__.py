@@ -33,10 +33,13 @@ import schedule
 
 from cachemon import config as config_mod
 from cachemon import alerts, heartbeat, notify, pipeline, report, runner, store
-from cachemon.clock import as_utc, iso, parse_instant, utcnow
+from cachemon.argcheck import finite
+from cachemon.clock import as_utc, check_not_future, iso, parse_instant, utcnow
 from cachemon.errors import CachemonError, ConfigError, StoreBusyError, StoreDiskError
 
 log = logging.getLogger("jobs")
+# A simulated clock: up to ~11 days a second (tests run days in seconds).
+MAX_CLOCK_SPEED = 1e6
 
 
 class Jobs:
@@ -226,9 +229,12 @@ class Shell:
 def _clock(start: str | None, speed: float):
     """UTC now; or, for tests and demos, a clock from `start` running
     `speed` times faster than real time."""
+    finite(speed, "--clock-speed", 0, MAX_CLOCK_SPEED)
     if start is None and speed == 1.0:
         return utcnow
-    t0, m0 = (parse_instant(start) if start else utcnow()), time.monotonic()
+    # The runner writes: a clock may be started in the past, never ahead.
+    t0 = check_not_future(parse_instant(start, "--clock-start"), utcnow(), "--clock-start") if start else utcnow()
+    m0 = time.monotonic()
     return lambda: as_utc(t0 + timedelta(seconds=(time.monotonic() - m0) * speed))
 
 
