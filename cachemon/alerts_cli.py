@@ -19,7 +19,7 @@ def run(args, cfg, now: datetime, env) -> int:
 def _check(args, cfg, now, env) -> int:
     at = parse_instant(args.at, "--at") if args.at else now
     if not args.dry_run:  # a dry run writes nothing, so it may look ahead
-        check_not_future(at, now)
+        check_not_future(at, now, skew=cfg.ingest.clock_skew)
     transports = notify.Transports.from_env(env)
     if args.dry_run:
         with store.reader(cfg.store.path) as con:

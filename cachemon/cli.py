@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None, now: datetime | None = None) -> int:
 
 
 def _demo(args, cfg, now) -> int:
-    until = check_not_future(parse_instant(args.until, "--until"), now, "--until") if args.until else now
+    skew = cfg.ingest.clock_skew
+    until = check_not_future(parse_instant(args.until, "--until"), now, "--until", skew) if args.until else now
     bar = None if args.quiet else _progress("simulating")
     summary = pipeline.demo(cfg, args.days, until, seed=args.seed, progress=bar)
     print(f"simulated {summary.events:,} events in {summary.windows} windows up to {summary.until:%Y-%m-%dT%H:%MZ} "
@@ -162,7 +163,8 @@ def _pull(args, cfg, now) -> int:
     from .sources.analytics_engine import Client
 
     since = parse_instant(args.since, "--since") if args.since else None
-    until = check_not_future(parse_instant(args.until, "--until"), now, "--until") if args.until else None
+    skew = cfg.ingest.clock_skew
+    until = check_not_future(parse_instant(args.until, "--until"), now, "--until", skew) if args.until else None
     with Client.from_env(cfg.analytics_engine) as client:
         summary = pipeline.pull(cfg, client, now, since, until, None if args.quiet else _progress("pulling"))
     print(f"pulled {summary.events:,} data points in {summary.windows} windows ({client.queries} queries) "
@@ -222,7 +224,7 @@ def _export(args, cfg, now) -> int:
 
 
 def _compact(args, cfg, now) -> int:
-    at = check_not_future(parse_instant(args.at, "--at"), now) if args.at else now
+    at = check_not_future(parse_instant(args.at, "--at"), now, skew=cfg.ingest.clock_skew) if args.at else now
     with store.writer(cfg.store.path, now) as con:
         n, kept = pipeline.compact(con, cfg, at)
     print(f"compacted per-key rows of {n} source(s); retention removed {kept.minute_rows:,} minute rows "
@@ -329,7 +331,7 @@ def _analyze(args, cfg, now) -> int:
 
     at = parse_instant(args.at, "--at") if args.at else now
     if not args.dry_run:
-        check_not_future(at, now)
+        check_not_future(at, now, skew=cfg.ingest.clock_skew)
     if not cfg.experiments:
         raise InputError("no experiments configured ([[experiments]] in the TOML config)")
     transports = notify.Transports.from_env(os.environ)

@@ -74,14 +74,15 @@ def parse_instant(text: str, what: str = "time") -> datetime:
     return dt
 
 
-def check_not_future(at: datetime, now: datetime, what: str = "--at") -> datetime:
-    """Refuse, for anything that writes, an instant beyond `now` plus
-    CLOCK_SKEW: evaluating or compacting a future with no data would store
-    results about nothing and move retention past every later write."""
-    if at > now + CLOCK_SKEW:
+def check_not_future(at: datetime, now: datetime, what: str = "--at", skew: timedelta = CLOCK_SKEW) -> datetime:
+    """Refuse, for anything that writes, an instant beyond `now` plus `skew`
+    (the configured [ingest] clock_skew; CLOCK_SKEW by default): evaluating
+    or compacting a future with no data would store results about nothing
+    and move retention past every later write."""
+    if at > now + skew:
         raise InputError(
             f"{what}: {iso(at)} is in the future (now is {iso(now)}); a command that writes may act at most "
-            f"{format_duration(CLOCK_SKEW)} ahead"
+            f"{format_duration(skew)} ahead ([ingest] clock_skew)"
         )
     return at
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
 
-from .clock import parse_duration
+from .clock import CLOCK_SKEW, parse_duration
 from .errors import ConfigError
 from .pricing import Pricing, default as pricing_default, parse as parse_pricing
 
@@ -60,7 +60,7 @@ class StoreConfig:
 class IngestConfig:
     # Imported events dated after now plus this are refused: one event from
     # the future would make old data look fresh (clocks of exporters drift).
-    clock_skew: timedelta = timedelta(minutes=5)
+    clock_skew: timedelta = CLOCK_SKEW
 
     def __post_init__(self):
         if not timedelta(0) <= self.clock_skew <= timedelta(days=1):

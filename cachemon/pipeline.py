@@ -49,8 +49,8 @@ def demo(cfg: Config, days: float, now: datetime, seed: int | None = None,
 
     A demo that fails changes nothing: the arguments are checked first, then
     the new data is built in a copy of the store beside it, which replaces
-    the store (an atomic rename) only when complete. The store stays locked
-    as the writer meanwhile, so no other write can be lost in the swap; a
+    the store (an atomic rename) only when complete. The store's write lock
+    is held meanwhile, so no other write can be lost in the swap; a
     copy left by a killed demo is removed by the next."""
     span = days_span(days, "--days", DEMO_MAX_DAYS)
     sim_cfg = cfg.simulator if seed is None else \
@@ -62,8 +62,11 @@ def demo(cfg: Config, days: float, now: datetime, seed: int | None = None,
     path = Path(cfg.store.path)
     aside = path.with_name(f".{path.name}.demo.tmp")
     _remove_store(aside)
-    with store.writer(path, now, publish=False) as con:
-        con.execute("CHECKPOINT")  # the file is whole: copy it
+    with store.write_lock(path):
+        # Our turn to write, held until the swap (so no other write is lost in
+        # it) with no connection open on the file the rename replaces.
+        with store.writer(path, now, publish=False):
+            pass  # creates or migrates the store; closing checkpoints it whole
         shutil.copyfile(path, aside)
         try:
             events = _demo_into(aside, cfg, sim, windows, end, now, progress)
@@ -71,7 +74,7 @@ def demo(cfg: Config, days: float, now: datetime, seed: int | None = None,
         except BaseException:
             _remove_store(aside)
             raise
-    store.publish_snapshot(path)
+        store.publish_snapshot(path)
     return LoadSummary(SIMULATOR, events, len(windows), end)
 
 

@@ -42,7 +42,7 @@ REFUSED_DEMOS = [
     (["--until", "0001-01-01"], "--until"),
     (["--until", iso(NOW + CLOCK_SKEW + timedelta(minutes=1))], "in the future"),
     ("catalog_keys = 0", "[simulator] catalog_keys"),
-    ("requests_per_hour = nan", "[simulator] requests_per_hour"),
+    ("requests_per_hour = nan", "simulator.requests_per_hour = nan is not a finite number"),
     ("colos = -3", "[simulator] colos"),
     ("seed = -1", "[simulator] seed"),
 ]
