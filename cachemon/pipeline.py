@@ -7,8 +7,6 @@ Each function opens the store as the single writer, feeds events through
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,10 +46,8 @@ def demo(cfg: Config, days: float, now: datetime, seed: int | None = None,
     """Replace the simulator's data with `days` of traffic ending at `now`.
 
     A demo that fails changes nothing: the arguments are checked first, then
-    the new data is built in a copy of the store beside it, which replaces
-    the store (an atomic rename) only when complete. The store's write lock
-    is held meanwhile, so no other write can be lost in the swap; a
-    copy left by a killed demo is removed by the next."""
+    the new data is built aside and swapped in only when complete
+    (`store.rebuilt`)."""
     span = days_span(days, "--days", DEMO_MAX_DAYS)
     sim_cfg = cfg.simulator if seed is None else \
         dataclasses.replace(cfg.simulator, seed=bounded(seed, "--seed", 0, SEED_MAX))
@@ -59,28 +55,9 @@ def demo(cfg: Config, days: float, now: datetime, seed: int | None = None,
     end = floor_to(now, MINUTE)
     # Whole minutes, as every stored window (a fraction of a day may not be).
     windows = Window(floor_to(end - span, MINUTE), end).split(DEMO_CHUNK)
-    path = Path(cfg.store.path)
-    aside = path.with_name(f".{path.name}.demo.tmp")
-    _remove_store(aside)
-    with store.write_lock(path):
-        # Our turn to write, held until the swap (so no other write is lost in
-        # it) with no connection open on the file the rename replaces.
-        with store.writer(path, now, publish=False):
-            pass  # creates or migrates the store; closing checkpoints it whole
-        shutil.copyfile(path, aside)
-        try:
-            events = _demo_into(aside, cfg, sim, windows, end, now, progress)
-            os.replace(aside, path)
-        except BaseException:
-            _remove_store(aside)
-            raise
-        store.publish_snapshot(path)
+    with store.rebuilt(cfg.store.path, now) as aside:
+        events = _demo_into(aside, cfg, sim, windows, end, now, progress)
     return LoadSummary(SIMULATOR, events, len(windows), end)
-
-
-def _remove_store(path: Path) -> None:
-    for p in (path, path.with_name(path.name + ".wal")):
-        p.unlink(missing_ok=True)
 
 
 def _demo_into(path: Path, cfg: Config, sim: Simulator, windows: list[Window], end: datetime, now: datetime,

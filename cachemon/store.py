@@ -466,6 +466,40 @@ def _close(con, p: Path, checkpoint: bool, publish: bool, quiet: bool) -> None:
         log.info("after a failed write, closing or publishing %s failed too: %s", p.name, _first_line(str(exc)))
 
 
+@contextmanager
+def rebuilt(path: str | os.PathLike, now: datetime | None = None) -> Iterator[Path]:
+    """Build a replacement of the store at `path` aside and swap it in only
+    when the block completes: yields the path of a copy of the store to
+    write; on success the copy atomically replaces the store and is
+    published, on any failure (or a kill) the store is as it was. The write
+    turn is held throughout, so no other write is lost in the swap, and no
+    connection is open on the file the rename replaces. A copy left by a
+    killed build is removed by the next."""
+    p = Path(path)
+    aside = p.with_name(f".{p.name}.rebuild.tmp")
+    with write_lock(p):
+        try:
+            _remove_store_files(aside)
+            with writer(p, now, publish=False):
+                pass  # creates or migrates the store; closing checkpoints it whole
+            shutil.copyfile(p, aside)
+            yield aside
+            os.replace(aside, p)
+        except OSError as exc:
+            raise _disk_error(exc, p) or StoreError(f"cannot rebuild {p}: {exc.strerror or exc}") from None
+        finally:
+            try:
+                _remove_store_files(aside)
+            except OSError:
+                pass  # a read-only or failing disk: the next build removes it
+        publish_snapshot(p)
+
+
+def _remove_store_files(path: Path) -> None:
+    for f in (path, path.with_name(path.name + ".wal")):
+        f.unlink(missing_ok=True)
+
+
 def publish_open(con: duckdb.DuckDBPyConnection, path: str | os.PathLike) -> Path:
     """Publish a snapshot while the writer keeps its connection: after a
     checkpoint the file is whole, and nothing writes until we do."""

@@ -97,7 +97,7 @@ def test_refused_demos_change_nothing(demo_copy, capsys, tmp_path, results):
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("cachemon: error:") and named in lines[0], (args, err)
     assert tables(db) == before
-    assert not list(tmp_path.glob(".*demo.tmp*"))
+    assert not list(tmp_path.glob(".*rebuild.tmp*"))
     results("failed demo refused up front", "bad --days (nan, inf, 1e9, -1), --seed, --until (years 1 and 9999, "
             "future), [simulator] settings", f"{len(REFUSED_DEMOS)} commands",
             "exit 2 with one line naming the argument; every table equal to the previous demo's")
@@ -117,7 +117,7 @@ def test_a_demo_failing_midway_or_killed_changes_nothing(demo_copy, tmp_path, re
         pipeline.demo(cfg, 3, NOW, seed=5, progress=fail_midway)
     assert calls == [1, 2]
     assert tables(db) == before
-    aside = db.with_name(f".{db.name}.demo.tmp")
+    aside = db.with_name(f".{db.name}.rebuild.tmp")
     assert not aside.exists()
     # A demo killed midway leaves its copy aside (here: a torn one); the next
     # demo removes it and the store holds exactly what that demo makes.
@@ -140,7 +140,7 @@ def test_a_killed_demo_changes_nothing(demo_copy, results):
     previous demo left it, and the next demo starts over cleanly."""
     db, cfg, before = demo_copy
     env = {k: v for k, v in os.environ.items() if not k.startswith("CACHEMON_")} | {"PYTHONPATH": str(ROOT)}
-    aside = db.with_name(f".{db.name}.demo.tmp")
+    aside = db.with_name(f".{db.name}.rebuild.tmp")
     p = subprocess.Popen([sys.executable, "-m", "cachemon", "--db", str(db), "--config", str(cfg), "demo",
                           "--days", "30", "--seed", "9", "--quiet", "--until", iso(NOW)], cwd=ROOT, env=env)
     try:
