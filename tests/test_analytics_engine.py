@@ -11,11 +11,13 @@ import time
 from dataclasses import replace
 from datetime import timedelta
 
+import pyarrow as pa
 import pytest
 
 from cachemon import config, metrics, pipeline, store
-from cachemon.clock import HOUR, Window
+from cachemon.clock import HOUR, Window, parse_instant
 from cachemon.errors import SourceError
+from cachemon.events import EventFrame
 from cachemon.sources import ae_sql, analytics_engine
 from cachemon.sources.analytics_engine import Client, Credentials
 from cachemon.testing.ae_emulator import Emulator, Fault
@@ -248,3 +250,35 @@ def test_connection_refused_is_retried_then_reported(tmp_path):
     with pytest.raises(SourceError, match="could not connect .* after 3 attempts"):
         c.query("SELECT 1 FORMAT JSON")
     assert c.queries == 3  # every attempt made, none hung
+
+
+def test_a_poisoned_answer_is_refused_and_nothing_is_written(emulator, tmp_path):
+    """Rollups pulled from Analytics Engine meet the same bar as imported
+    events: a negative count (here from a negative _sample_interval the
+    Worker wrote) is refused with the column named, and nothing is stored."""
+    parts, _ = simulate(1)
+    table = parts[0][1].table
+    si = table["sample_interval"].to_pylist()
+    si[0] = -1000.0
+    emulator.add(EventFrame(table.set_column(table.schema.get_field_index("sample_interval"), "sample_interval",
+                                             pa.array(si, table.schema.field("sample_interval").type))))
+    db = tmp_path / "s.duckdb"
+    with pytest.raises(SourceError, match=r"\(minute\) has 1 row\(s\) with a value that is not a finite, "
+                                          r"non-negative number in column 'requests'.*nothing was written"):
+        pipeline.pull(_cfg(db), _client(emulator), T0 + HOUR, since=T0, until=T0 + HOUR)
+    with store.writer(db, T0, publish=False) as con:
+        assert con.execute("SELECT count(*) FROM watermarks").fetchall() == [(0,)]
+        assert con.execute("SELECT count(*) FROM rollup_minute").fetchall() == [(0,)]
+
+
+@pytest.mark.parametrize("row, why", [
+    ({"timestamp": "2150-01-01 00:00:00", "name": "q", "value": 1}, "a time outside the pulled window"),
+    ({"timestamp": "2026-11-20 00:01:00", "name": "q", "value": "inf"}, "not a finite"),
+    ({"timestamp": "2026-11-20 00:01:00", "name": "q", "value": "nan"}, "not a finite"),
+])
+def test_an_answer_row_from_the_future_or_not_finite_is_refused(row, why):
+    table = _gauges({"timestamp": "2026-11-20 00:00:00", "name": "q", "value": 1}, row)
+    window = Window(parse_instant("2026-11-20T00:00:00Z"), parse_instant("2026-11-20T01:00:00Z"))
+    with pytest.raises(SourceError, match=f"{why}.*nothing was written"):
+        analytics_engine._check_answer("gauges", table, window)
+    analytics_engine._check_answer("gauges", table.slice(0, 1), window)  # the good row alone passes

@@ -194,6 +194,8 @@ def pull_rollups(client: Client, dataset: str, mapping: ColumnMapping, window: W
     latency = _table(client.query(ae_sql.latency_histogram(dataset, mapping, window)), "latency")
     points = _table(client.query(ae_sql.gauge_points(dataset, mapping, window)), "gauges")
     keys = _table(client.query(ae_sql.key_counts(dataset, mapping, window, Window(*whole))), "keys")
+    for kind, table in (("minute", minute), ("latency", latency), ("gauges", points), ("keys", keys)):
+        _check_answer(kind, table, window)
     keys = keys.add_column(3, "whole_hour", _inside(keys["t"], whole))
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
@@ -202,6 +204,36 @@ def pull_rollups(client: Client, dataset: str, mapping: ColumnMapping, window: W
         gauges = con.sql(rollups.GAUGE_SQL).to_arrow_table()
     events = int(sum(minute["events"].to_pylist())) + points.num_rows
     return Rollups(minute=minute, latency=latency, gauges=gauges, keys=keys, events=events)
+
+
+# Numeric columns that may be negative: a latency bucket below 1 ms is.
+_SIGNED = {"bucket"}
+
+
+def _check_answer(kind: str, table: pa.Table, window: Window) -> None:
+    """Refuse an answer that would poison the store: a number that is not
+    finite (or a negative count), or a time outside the pulled window (a
+    row from the future would make old data look fresh). Nothing is
+    written; the pull fails and is retried like any other bad answer."""
+    lo, hi = (pa.scalar(t, pa.timestamp("us", tz="UTC")) for t in (window.start, window.end))
+    for name, typ in _TYPES[kind]:
+        col = table[name]
+        if typ == "time":
+            bad = pc.or_(pc.less(col, lo), pc.greater_equal(col, hi)) if name != "last_seen" else pc.greater(col, hi)
+            why = f"a time outside the pulled window [{window.start:%Y-%m-%dT%H:%MZ}, {window.end:%Y-%m-%dT%H:%MZ})"
+        elif typ != "text":
+            values = col.cast(pa.float64())
+            bad = pc.invert(pc.is_finite(values))
+            if name not in _SIGNED:
+                bad = pc.or_(bad, pc.less(values, 0))
+            why = "a value that is not a finite, non-negative number"
+        else:
+            continue
+        hits = pc.sum(pc.cast(bad, pa.int64())).as_py() or 0
+        if hits:
+            first = col.filter(bad)[0].as_py()
+            raise SourceError(f"Analytics Engine answer ({kind}) has {hits} row(s) with {why} in column {name!r} "
+                              f"(first: {str(first)[:40]}); nothing was written")
 
 
 def _inside(times: pa.ChunkedArray, span: tuple[datetime, datetime]) -> pa.ChunkedArray:
