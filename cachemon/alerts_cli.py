@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import getpass
-import json
 from datetime import datetime, timedelta
 
-from . import alerts, health, notify, store
+from . import alerts, health, jsontext, notify, store
 from .argcheck import MAX_ID, bounded
 from .clock import check_not_future, format_duration, iso, parse_duration, parse_instant
 from .redact import Redactor
@@ -62,7 +61,7 @@ def _history(args, cfg, now, env) -> int:
     red = Redactor.from_env(env)
     changes, sent = _redacted(changes, red), _redacted(sent, red)
     if args.json:
-        print(json.dumps({"changes": changes, "notifications": sent}, default=_jsonable, indent=2, ensure_ascii=False))
+        print(jsontext.dumps({"changes": changes, "notifications": sent}, default=_jsonable, indent=2, ensure_ascii=False))
         return 0
     print("STATE CHANGES")
     for c in changes:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 import logging
 import math
 import resource
@@ -44,7 +43,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import costs, exposition, health, metrics, selfcheck, store
+from . import costs, exposition, health, jsontext, metrics, selfcheck, store
 from .clock import Period, Window, iso
 from .config import Config
 from .errors import CachemonError, InputError, StoreError
@@ -186,7 +185,7 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
                 body = exposition.render(m, cfg.metrics.stale_after, state, block).encode()
                 media = exposition.CONTENT_TYPE
             else:
-                body = json.dumps(metrics.to_json(m, cfg.metrics.stale_after, state, block)).encode()
+                body = jsontext.dumps(metrics.to_json(m, cfg.metrics.stale_after, state, block)).encode()
                 media = "application/json"
             hit = cache[(period.value, fmt)] = (now, body, media, iso(m.data_until) if m.data_until else "")
         left = settings.cache_for - (now - hit[0])

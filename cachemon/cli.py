@@ -6,12 +6,11 @@ Every CachemonError becomes one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import datetime, timedelta
 
 from . import config as config_mod
-from . import costs, exposition, health, metrics, pipeline, store, ttl_cli
+from . import costs, exposition, health, jsontext, metrics, pipeline, store, ttl_cli
 from .argcheck import bounded, check_utf8
 from .clock import EARLIEST, Period, Window, check_not_future, parse_instant, utcnow
 from .errors import CachemonError, InputError
@@ -208,7 +207,7 @@ def _metrics(args, cfg, now) -> int:
     if args.format == "prometheus":
         sys.stdout.write(exposition.render(m, cfg.metrics.stale_after, state, block))
     else:
-        print(json.dumps(metrics.to_json(m, cfg.metrics.stale_after, state, block), indent=2, ensure_ascii=False))
+        print(jsontext.dumps(metrics.to_json(m, cfg.metrics.stale_after, state, block), indent=2, ensure_ascii=False))
     return 0
 
 
@@ -306,7 +305,7 @@ def _experiments(args, cfg, now) -> int:
         raise InputError(f"unknown experiment {args.experiment!r}; experiments: {known}")
     e = by_name[args.experiment]
     cohort = e.assign(args.key)
-    print(json.dumps({"key": args.key, "experiment": e.name, "scheme": e.scheme, "cohort": cohort.name,
+    print(jsontext.dumps({"key": args.key, "experiment": e.name, "scheme": e.scheme, "cohort": cohort.name,
                       "ttlSeconds": int(cohort.ttl.total_seconds()),
                       "allocation": {c.name: str(a) for c, a in zip(e.cohorts, e.allocation())}},
                      ensure_ascii=False, indent=2))
@@ -340,10 +339,10 @@ def _analyze(args, cfg, now) -> int:
         results, actions = promote.daily(con, cfg, at, os.environ, transports, args.dry_run)
         if not args.dry_run:
             notify.deliver(con, transports, cfg.notify, now)
-    print(json.dumps([a.to_json() for a in results], indent=2, ensure_ascii=False))
+    print(jsontext.dumps([a.to_json() for a in results], indent=2, ensure_ascii=False))
     verb = "would " if args.dry_run else ""
     for act in actions:
-        print(f"{verb}{act.action}: {act.detail}; {promote.CONFIG_KEY} = {json.dumps(act.new)}", file=sys.stderr)
+        print(f"{verb}{act.action}: {act.detail}; {promote.CONFIG_KEY} = {jsontext.dumps(act.new)}", file=sys.stderr)
     return 0
 
 

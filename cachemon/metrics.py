@@ -9,7 +9,6 @@ merged log-bucket histogram (≤ 1 % relative error); they are never averaged.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -19,6 +18,7 @@ from .clock import DAY, HOUR, Window, ceil_to, floor_to, iso
 from .errors import EmptyStoreError, StoreError
 from .events import TIERS
 from .histogram import Histogram
+from .jsontext import finite
 from . import retention, topkeys
 from .store import first_row
 
@@ -302,19 +302,6 @@ def to_json(m: Metrics, stale_after: timedelta = timedelta(minutes=10), health=N
     if m.endpoint:
         out["endpoint"] = m.endpoint
     return finite(out)
-
-
-def finite(value):
-    """`value` (JSON-shaped data) with every NaN or infinity replaced by
-    None: JSON has no such numbers, and a store written before values were
-    bounded can hold them. Every JSON cachemon serves passes through here."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
 
 
 def is_stale(m: Metrics, stale_after: timedelta) -> bool:

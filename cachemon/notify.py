@@ -35,7 +35,7 @@ from email.utils import format_datetime
 
 import duckdb
 
-from . import messages, outbound
+from . import jsontext, messages, outbound
 from .clock import iso
 from .config import EMAIL_RE, NotifyConfig
 from .errors import CachemonError, ConfigError
@@ -182,7 +182,7 @@ def render(notice: Notice, context: dict | None, nc: NotifyConfig, t: Transports
     else:
         payload = messages.discord_payload(notice, nc.subject_prefix, url)
     subj = messages.subject(notice, nc.subject_prefix)
-    return OutboxRow(notice.at, notice.channel, notice.kind, subj, members, json.dumps(payload, ensure_ascii=False))
+    return OutboxRow(notice.at, notice.channel, notice.kind, subj, members, jsontext.dumps(payload, ensure_ascii=False))
 
 
 def enqueue(con: duckdb.DuckDBPyConnection, row: OutboxRow) -> None:
@@ -202,7 +202,7 @@ def report_row(channel: str, at: datetime, subject: str, text: str, html: str, n
         keep = ("- Total:", "Total Potential", "View details") if kind == "report" else ("",)
         lines = [ln for ln in text.splitlines() if ln.startswith(keep) and ln.strip()]
         payload = messages.chat_text(channel, subject, lines)
-    return OutboxRow(at, channel, kind, subject, kind, json.dumps(payload, ensure_ascii=False))
+    return OutboxRow(at, channel, kind, subject, kind, jsontext.dumps(payload, ensure_ascii=False))
 
 
 @dataclass(frozen=True)

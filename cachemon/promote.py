@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable
 
-from . import outbound
+from . import jsontext, outbound
 from .errors import CachemonError, ConfigError
 from .experiments import MAX_TTL, MIN_TTL, Experiment
 from .redact import Redactor
@@ -123,7 +123,7 @@ def defaults(cfg) -> dict[str, int]:
 
 
 def _write_verified(kv: KvClient, config: dict[str, int]) -> None:
-    body = json.dumps(config, sort_keys=True).encode()
+    body = jsontext.dumps(config, sort_keys=True).encode()
     kv.put(CONFIG_KEY, body)
     back = kv.get(CONFIG_KEY)
     if back is None or parse_config(back) != config:
@@ -172,7 +172,7 @@ def rollback(kv: KvClient, cfg, reason: str, experiment: str = "", dry_run: bool
 
 
 def record(con, a: Action, at: datetime) -> None:
-    con.execute(RECORD, [at, a.action, a.experiment, json.dumps(a.old), json.dumps(a.new), a.detail])
+    con.execute(RECORD, [at, a.action, a.experiment, jsontext.dumps(a.old), jsontext.dumps(a.new), a.detail])
 
 
 def history(con) -> list[tuple]:
@@ -190,7 +190,7 @@ def announce(con, a: Action, cfg, transports, at: datetime) -> list[str]:
         subject = f"{prefix} CRITICAL: config_rollback"
     else:
         subject = f"{prefix} Promotion: {a.experiment}"
-    text = f"{a.detail}\n\nbefore: {json.dumps(a.old)}\nafter:  {json.dumps(a.new)}\n"
+    text = f"{a.detail}\n\nbefore: {jsontext.dumps(a.old)}\nafter:  {jsontext.dumps(a.new)}\n"
     body = f"<p>{html.escape(a.detail)}</p><pre>{html.escape(text)}</pre>"
     channels = list(transports.channels(cfg.notify))
     for ch in channels:

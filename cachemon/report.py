@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import duckdb
 
-from . import costs, health, messages, optimize
+from . import costs, health, jsontext, messages, optimize
 from .clock import DAY, Window, iso
 from .metrics import data_span
 from .pricing import COMPONENTS, DEFAULT
@@ -108,7 +108,7 @@ def save(con, r: Report) -> bool:
     """Store (or replace) the day's report; True if it was already sent."""
     prior = con.execute(SENT, [r.day]).fetchall()
     sent = bool(prior and prior[0][0])
-    con.execute(SAVE, [r.day, r.generated_at, json.dumps(r.to_json()), sent])
+    con.execute(SAVE, [r.day, r.generated_at, jsontext.dumps(r.to_json()), sent])
     return sent
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 
-from . import store, ttl
+from . import jsontext, store, ttl
 from .argcheck import bounded
 from .clock import DAY, HOUR, MINUTE, Window, days_span, floor_to, format_duration, iso, parse_duration, parse_instant
 from .errors import InputError
@@ -57,7 +56,7 @@ def run(args, cfg, now: datetime) -> int:
     best = ttl.recommend(w, limit)
     replays = {p.ttl: 100 * ttl.replay(trace, p.ttl) / len(trace) for p in w.candidates} if trace is not None else {}
     if args.json:
-        print(json.dumps(_json(w, best, keys, replays), indent=2))
+        print(jsontext.dumps(_json(w, best, keys, replays), indent=2))
     else:
         _table(w, best, keys, replays, limit)
     if args.draft_experiment and best is not None and best.ttl != w.current_ttl:

@@ -30,7 +30,7 @@ from datetime import datetime, time, timedelta
 import duckdb
 import numpy as np
 
-from . import retention, stats
+from . import jsontext, retention, stats
 from . import quantile_var
 from .clock import DAY, HOUR, Window, ceil_to, floor_to, iso
 from .experiments import Experiment
@@ -274,7 +274,7 @@ def reset(con) -> None:
 
 
 def save(con, a: Analysis) -> None:
-    con.execute(SAVE, [a.experiment, a.at, a.decision, json.dumps(a.to_json())])
+    con.execute(SAVE, [a.experiment, a.at, a.decision, jsontext.dumps(a.to_json())])
 
 
 def history(con, experiment: str) -> list[dict]:
