@@ -354,3 +354,43 @@ def test_every_page_in_a_real_browser(server, live_store):
                 assert "alert(1)" not in scripts
         assert dialogs == []
         browser.close()
+
+
+def test_no_page_shows_nan_or_inf_whatever_the_store_holds(tmp_path_factory):
+    """An older store can hold rows written before values were bounded
+    (1e308 requests, inf bytes, nan latency, a minute in 2150). Every page
+    still renders, in a real browser, and never shows nan or inf."""
+    import re
+
+    from playwright.sync_api import sync_playwright
+
+    end = floor_to(utcnow(), timedelta(minutes=1))
+    db, cfg_file = _make_store(tmp_path_factory.mktemp("poisoned"), end, hours=3)
+    with store.writer(db, end) as con:
+        for i in range(1, 4):
+            m = end - timedelta(minutes=i)
+            con.execute("INSERT INTO rollup_minute VALUES ('simulator', $m, 'edge', 'title', '', '', 1e308, 0, "
+                        "'inf'::DOUBLE, 'nan'::DOUBLE, 'nan'::DOUBLE, 'inf'::DOUBLE, 1)", {"m": m})
+            con.execute("INSERT INTO rollup_hour VALUES ('simulator', $h, 'kv', 'title', '', '', 'inf'::DOUBLE, "
+                        "'nan'::DOUBLE, 1, 1, 1, 1, 1)", {"h": floor_to(m, timedelta(hours=1))})
+            con.execute("INSERT INTO latency_minute VALUES ('simulator', $m, 'edge', 'title', '', '', 3, "
+                        "'inf'::DOUBLE)", {"m": m})
+        con.execute("INSERT INTO rollup_minute VALUES ('simulator', $m, 'edge', 'title', '', '', 1, 0, 0, 1, 1, 1, 1)",
+                    {"m": end.replace(year=2150)})
+    bad = re.compile(r"\b(nan|inf|infinity)\b", re.I)
+    with streamlit_server({"CACHEMON_DB": str(db), "CACHEMON_CONFIG": str(cfg_file)}) as url:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium",
+                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                              "--disable-component-update"])
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            seen = {}
+            for name in PAGES:
+                page.goto(f"{url}/{'' if name == 'overview' else name}")
+                page.get_by_text(READY[name], exact=False).first.wait_for(timeout=60_000)
+                page.wait_for_timeout(1500)
+                text = page.inner_text("body")
+                assert page.locator('[data-testid="stException"]').count() == 0, name
+                seen[name] = sorted({m.group(0) for m in bad.finditer(text)})
+            browser.close()
+    assert seen == {name: [] for name in PAGES}, seen
