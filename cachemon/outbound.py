@@ -95,7 +95,7 @@ def _guarded(run: Callable[[], Answer]) -> Answer:
         return run()
     except OutboundError:
         raise
-    except BaseExceptionGroup as group:
+    except ExceptionGroup as group:  # not BaseExceptionGroup: Ctrl-C stays Ctrl-C
         first = _first_leaf(group)
         if isinstance(first, OutboundError):
             raise first from None
