@@ -19,6 +19,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 
@@ -252,18 +253,14 @@ def test_a_heartbeat_url_that_can_never_be_pinged_stops_the_runner_at_start(tmp_
     results(f"heartbeat URL {url.split('/')[2][:12]}…", "at runner start", 1, "ConfigError exit 2, URL not shown")
 
 
-def test_a_ping_failure_of_any_kind_is_a_warning_never_a_thread_traceback(caplog, results):
+def test_a_ping_failure_of_any_kind_is_a_warning_never_a_thread_traceback(caplog, monkeypatch, results):
     caplog.set_level(logging.WARNING)
     crashes = []
-    old = __import__("threading").excepthook
-    __import__("threading").excepthook = lambda args: crashes.append(args)
-    try:
-        # Built by hand (from_env refuses it): the port cannot even be parsed for the log line.
-        p = heartbeat.Pinger(heartbeat.Target(f"http://127.0.0.1:99999/{SECRET}", deadline_s=1))
-        assert p.ping()
-        p.wait(5)
-    finally:
-        __import__("threading").excepthook = old
+    monkeypatch.setattr(threading, "excepthook", crashes.append)  # where a thread's traceback would go
+    # Built by hand (from_env refuses it): the port cannot even be parsed for the log line.
+    p = heartbeat.Pinger(heartbeat.Target(f"http://127.0.0.1:99999/{SECRET}", deadline_s=1))
+    assert p.ping()
+    p.wait(5)
     assert not crashes and p.failed == 1
     assert "heartbeat ping" in caplog.text and SECRET not in caplog.text
     results("heartbeat ping with an unparseable port", "a Target built by hand", 1, "one warning, no thread traceback")
