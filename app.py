@@ -45,6 +45,7 @@ def _sidebar(cfg) -> None:
     with st.sidebar:
         st.title("cachemon")
         st.caption("BooksTrack tiered cache")
+        common.setting_warnings()
         st.selectbox("Period", [p.value for p in Period], index=1, key="period",
                      help="The window of the Overview, Top keys and Costs pages, ending now")
         st.selectbox("Endpoint", ["all", *(e for e, _ in cfg.costs.kv_ttl)], key="endpoint")

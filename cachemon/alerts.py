@@ -290,6 +290,11 @@ def last_evaluation(con, at: datetime | None) -> datetime | None:
     return con.execute(LAST_EVALUATION, {"at": at}).fetchall()[0][0]
 
 
+def has_control(text: str) -> bool:
+    """Whether `text` holds a C0/C1 control character or DEL."""
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text or "")
+
+
 def add_silence(con, matcher: str, duration: timedelta, reason: str, now: datetime, endpoint: str = "",
                 created_by: str = "") -> lc.Silence:
     """Mute notifications of an alert type (or rule) for `duration`."""
@@ -302,6 +307,10 @@ def add_silence(con, matcher: str, duration: timedelta, reason: str, now: dateti
         raise InputError("silence: --for must be between 1m and 30d")
     if not reason.strip():
         raise InputError("silence: a --reason is required, so others know why alerts are muted")
+    for name, text in (("reason", reason), ("endpoint", endpoint), ("by", created_by)):
+        if has_control(text):
+            raise InputError(f"silence: the {name} contains a control character (line break, ESC, …); "
+                             "it is printed in terminals and pages, so write it on one plain line")
     sid = con.execute("SELECT nextval('silence_ids')").fetchall()[0][0]
     s = lc.Silence(sid, matcher, endpoint, now, now + duration, reason.strip(), created_by)
     con.execute("INSERT INTO silences VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",

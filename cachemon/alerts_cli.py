@@ -88,8 +88,8 @@ def _silence(args, cfg, now, env) -> int:
     with store.writer(cfg.store.path, now) as con:
         s = alerts.add_silence(con, args.matcher, duration, args.reason, now, args.endpoint,
                                args.by or _user())
-    print(f"silence {s.id}: {s.matcher}{' [' + s.endpoint + ']' if s.endpoint else ''} muted until "
-          f"{iso(s.ends_at)} ({s.reason})")
+    print(f"silence {s.id}: {s.matcher}{' [' + printable(s.endpoint) + ']' if s.endpoint else ''} muted until "
+          f"{iso(s.ends_at)} ({printable(s.reason)})")
     return 0
 
 
@@ -106,7 +106,8 @@ def _silences(args, cfg, now, env) -> int:
     if not rows:
         print("no active silences")
     for s in rows:
-        print(f"{s.id:<4} {s.matcher:20} {s.endpoint or '*':8} until {iso(s.ends_at)}  by {s.created_by or '?'}: {s.reason}")
+        print(f"{s.id:<4} {printable(s.matcher):20} {printable(s.endpoint) or '*':8} until {iso(s.ends_at)}  "
+              f"by {printable(s.created_by) or '?'}: {printable(s.reason)}")
     return 0
 
 
@@ -134,6 +135,12 @@ def _rules(args, cfg, now, env) -> int:
         where = f" endpoints={','.join(r.endpoints)}" if r.endpoints else ""
         print(f"{r.name:20} {r.severity:8} {r.alert_type:16} {r.describe()} over {format_duration(r.window)}{extra}{where}")
     return 0
+
+
+def printable(text: str) -> str:
+    """Stored text as a terminal may show it: control characters (an older
+    store may hold an ESC or CR) escaped, never acted on."""
+    return "".join(c if not alerts.has_control(c) else c.encode("unicode_escape").decode("ascii") for c in text or "")
 
 
 ACTIONS = {"check": _check, "history": _history, "silence": _silence, "silences": _silences,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
@@ -296,9 +297,47 @@ def load(path: str | os.PathLike | None = None, env: dict | None = None) -> Conf
     return with_db(cfg, db) if db else cfg
 
 
+# A configuration file is a few kilobytes; the cap keeps a mistaken path
+# (a log, a disk image) from being read into memory whole.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_config(path: Path) -> str:
+    """The text of a regular file of at most MAX_CONFIG_BYTES. Opened without
+    blocking (a FIFO would wait for a writer) and checked before reading (a
+    device like /dev/zero never ends)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"config file {path} is {file_kind(st.st_mode)}, not a regular file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes; is it a config file?")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:  # grew while being read
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes; is it a config file?")
+    return data.decode("utf-8")
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    if stat.S_ISFIFO(mode):
+        return "a pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
 def _from_file(path: Path) -> Config:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(_read_config(path))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except IsADirectoryError:

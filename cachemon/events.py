@@ -38,6 +38,12 @@ SCHEMA = pa.schema(
     ]
 )
 REQUIRED = ("timestamp", "tier", "key", "endpoint", "latency_ms")
+GAUGE_OPTIONAL = ("tier", "key", "endpoint")  # a file of gauge rows only may leave these out
+# Names people read in a terminal, a table or a page: no control character
+# (C0, DEL, C1) may reach one (an ESC rewrites the terminal, a CR hides
+# text). Cache keys are left alone: they are stored and shown escaped.
+CONTROL_CHARS = r"[\x{00}-\x{1f}\x{7f}-\x{9f}]"
+NAME_FIELDS = ("endpoint", "experiment", "cohort")
 DEFAULTS = {
     "experiment": "",
     "cohort": "",
@@ -95,16 +101,19 @@ def validate(table: pa.Table, origin: str, row_label: RowLabel = _default_label,
     first offending row and the field, without changing anything. Events
     after `latest` (now plus the clock-skew tolerance) are refused: one
     event from the future would make old data look fresh."""
+    check_unique_columns(table.column_names, origin)
     missing = [c for c in REQUIRED if c not in table.column_names]
-    if missing:
-        raise InputError(f"{origin}: missing required column(s) {', '.join(missing)}")
+    if missing and (not set(missing) <= set(GAUGE_OPTIONAL) or _has_requests(table)):
+        why = " (request rows need them; a file of gauge rows only may leave out tier, key and endpoint)" \
+            if set(missing) <= set(GAUGE_OPTIONAL) else ""
+        raise InputError(f"{origin}: missing required column(s) {', '.join(missing)}{why}")
     n = table.num_rows
     cols = {}
     for name in SCHEMA.names:
         if name in table.column_names:
             cols[name] = table[name]
-        else:
-            cols[name] = pa.chunked_array([pa.array([DEFAULTS[name]] * n, SCHEMA.field(name).type)]) if n else pa.chunked_array([], SCHEMA.field(name).type)
+        else:  # a default, or "" for a gauge row's tier, key and endpoint (as the simulator writes them)
+            cols[name] = pa.chunked_array([pa.array([DEFAULTS.get(name, "")] * n, SCHEMA.field(name).type)]) if n else pa.chunked_array([], SCHEMA.field(name).type)
     fail = _Failer(origin, row_label)
     cols["timestamp"] = _timestamps(cols["timestamp"], fail, latest)
     for name in ("tier", "key", "endpoint", "experiment", "cohort", "status", "kind"):
@@ -113,6 +122,25 @@ def validate(table: pa.Table, origin: str, row_label: RowLabel = _default_label,
         cols[name] = _numbers(cols[name], name, fail)
     _check_values(cols, fail)
     return EventFrame(pa.table([cols[n] for n in SCHEMA.names], schema=SCHEMA))
+
+
+def check_unique_columns(names, origin: str) -> None:
+    """Refuse a file naming a column cachemon reads twice (`a,a` in a CSV
+    header): which one is meant cannot be known."""
+    twice = sorted({n for n in names if n in SCHEMA.names and list(names).count(n) > 1})
+    if twice:
+        raise InputError(f"{origin}: column(s) {', '.join(twice)} appear more than once; keep one of each")
+
+
+def _has_requests(table: pa.Table) -> bool:
+    """Whether any row is (or defaults to) a request."""
+    if "kind" not in table.column_names:
+        return True
+    try:
+        kind = table["kind"].cast(pa.string())
+    except pa.ArrowException:
+        return True  # the kind column's type is refused later, with its name
+    return bool(pc.any(pc.fill_null(pc.equal(kind, "request"), True)).as_py())
 
 
 class _Failer:
@@ -169,9 +197,12 @@ def _epoch_ms(col: pa.ChunkedArray, fail: _Failer) -> pa.ChunkedArray:
     """Integers are epoch milliseconds, the unit of JavaScript's Date.now().
     Seconds, microseconds and nanoseconds are refused by their size before
     any arithmetic, so none can overflow or wrap to a plausible date."""
+    # Compared as floats first: a uint64 above 2**63 does not fit int64,
+    # and every value in range is exact as a float.
+    approx = col.cast(pa.float64(), safe=False)
+    fail.check(pc.or_(pc.less(approx, _MS_LO), pc.greater(approx, _MS_HI)), "timestamp",
+               lambda i: f"{col[i].as_py()} is not epoch milliseconds in 2000-2199{_unit_hint(col[i].as_py())}")
     ms = col.cast(pa.int64())
-    fail.check(pc.or_(pc.less(ms, _MS_LO), pc.greater(ms, _MS_HI)), "timestamp",
-               lambda i: f"{ms[i].as_py()} is not epoch milliseconds in 2000-2199{_unit_hint(ms[i].as_py())}")
     return pc.multiply(ms, 1000).cast(pa.timestamp("us", tz="UTC"))
 
 
@@ -180,7 +211,7 @@ def _unit_hint(v: int) -> str:
         return " (it looks like epoch seconds: multiply by 1000)"
     if _MS_LO * 1000 <= v <= _MS_HI * 1000:
         return " (it looks like epoch microseconds: divide by 1000)"
-    if _MS_LO * 1_000_000 <= v:
+    if _MS_LO * 1_000_000 <= v <= _MS_HI * 1_000_000:
         return " (it looks like epoch nanoseconds: divide by 1000000)"
     return ""
 
@@ -233,7 +264,9 @@ def _numbers(col: pa.ChunkedArray, name: str, fail: _Failer) -> pa.ChunkedArray:
         col = col.cast(pa.float64())
     elif not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
         raise InputError(f"{fail.origin}: column {name} has type {t}; it must be a number")
-    col = col.cast(pa.float64())
+    # Unchecked: a huge integer (uint64 2**64-1) becomes a huge float, which
+    # the limits below refuse with the row and field named.
+    col = col.cast(pa.float64(), safe=False)
     if name in DEFAULTS:
         col = pc.fill_null(col, DEFAULTS[name])
     fail.check(pc.is_null(col), name, lambda i: "is missing")
@@ -257,6 +290,10 @@ def _check_values(cols: dict, fail: _Failer) -> None:
         # Kleene logic: a null must count as empty, not make the test unknown.
         fail.check(pc.and_kleene(is_req, pc.or_kleene(pc.is_null(col), pc.equal(col, ""))), name,
                    lambda i: "is empty")
+    for name in NAME_FIELDS:
+        col = cols[name]
+        fail.check(pc.match_substring_regex(col, CONTROL_CHARS), name,
+                   lambda i, c=col: f"{c[i].as_py()!r} contains a control character (NUL, ESC, CR, …)")
     lat = cols["latency_ms"]
     fail.check(pc.less(lat, 0), "latency_ms", lambda i: f"is negative ({lat[i].as_py()})")
     fail.check(pc.and_(is_req, pc.greater(lat, MAX_LATENCY_MS)), "latency_ms",

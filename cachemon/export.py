@@ -91,6 +91,8 @@ def parquet(con: duckdb.DuckDBPyConnection, to: str | os.PathLike, since: dateti
     """Write every dataset's days (from the day of `since` on) under `to`.
     `redactor`: the secrets to keep out (default: the environment's)."""
     redactor = Redactor.from_env(os.environ) if redactor is None else redactor
+    if not os.fspath(to).strip():  # Path("") is ".": an empty --to would fill the current folder
+        raise InputError("export target is empty: name the folder to write to")
     root = Path(to)
     if root.exists() and not root.is_dir():
         raise InputError(f"export target {root} exists and is not a directory")
@@ -104,7 +106,7 @@ def parquet(con: duckdb.DuckDBPyConnection, to: str | os.PathLike, since: dateti
             table = con.sql(_day_sql(d), params={"lo": start, "hi": start + DAY}).to_arrow_table()
             if d.view in MESSAGE_DATASETS:
                 table = _redacted(table, redactor)
-            _write(table, root / d.view / f"date={day.isoformat()}" / "data.parquet")
+            _write(table, root, Path(d.view) / f"date={day.isoformat()}" / "data.parquet")
             rows += table.num_rows
         out.append(Written(d.view, len(days), rows))
     return out
@@ -121,9 +123,25 @@ def _redacted(table: pa.Table, redactor: Redactor) -> pa.Table:
     return table
 
 
-def _write(table, path: Path) -> None:
-    """Write beside the target and rename over it: a reader sees a whole file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write(table, root: Path, rel: Path) -> None:
+    """Write beside the target and rename over it: a reader sees a whole
+    file. Any refusal of the file system (read-only, full, a file where a
+    folder must be) is one InputError naming the file, no partial file left."""
+    path = root / rel
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except (OSError, pa.ArrowException) as exc:
+        _discard(tmp)
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise InputError(f"export target {root}: cannot write {rel}: {why}") from None
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a half-written file if there is one and the disk allows it."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass

@@ -39,16 +39,21 @@ class Target:
         url = (env.get(ENV) or "").strip()
         if not url:
             return None
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"{ENV} must be an http(s) URL (the value is not shown: it is a secret)")
+        # The same check the call makes, in full (IPv6 literal, port range),
+        # so a URL that can never be pinged stops the runner at start.
+        problem = outbound.bad_url(url)
+        if problem:
+            raise ConfigError(f"{ENV} is not usable: {problem} (the value is not shown: it is a secret)")
         return cls(url)
 
     @property
     def where(self) -> str:
         """What a log line may say of the URL: scheme, host and port."""
-        p = urlsplit(self.url)
-        return f"{p.scheme}://{p.hostname}" + (f":{p.port}" if p.port else "")
+        try:
+            p = urlsplit(self.url)
+            return f"{p.scheme}://{p.hostname}" + (f":{p.port}" if p.port else "")
+        except ValueError:  # checked in from_env; a Target built by hand may hold anything
+            return "the heartbeat URL"
 
 
 class Pinger:
@@ -70,18 +75,24 @@ class Pinger:
 
     def _run(self) -> None:
         try:
-            try:
-                problem = _send(self.target)
-            except Exception as exc:  # never a traceback: httpx's messages may hold the URL
-                problem = type(exc).__name__
-            if problem:
-                self.failed += 1
-                log.warning("heartbeat ping to %s failed: %s", self.target.where, problem)
-            else:
-                self.sent += 1
-                log.debug("heartbeat ping to %s ok", self.target.where)
+            self._ping_once()
+        except Exception as exc:  # a ping's failure of any kind is a warning, never a thread traceback
+            self.failed += 1
+            log.warning("heartbeat ping failed: %s", type(exc).__name__)
         finally:
             self._busy.release()
+
+    def _ping_once(self) -> None:
+        try:
+            problem = _send(self.target)
+        except Exception as exc:  # never a traceback: httpx's messages may hold the URL
+            problem = type(exc).__name__
+        if problem:
+            self.failed += 1
+            log.warning("heartbeat ping to %s failed: %s", self.target.where, problem)
+        else:
+            self.sent += 1
+            log.debug("heartbeat ping to %s ok", self.target.where)
 
     def wait(self, timeout: float) -> None:
         """Wait for the ping in flight (tests, and a clean shutdown)."""

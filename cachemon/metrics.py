@@ -225,8 +225,9 @@ def compute(
     rows = con.execute(TIER_TOTALS, p).fetchall()
     if not rows:
         what = f" for endpoint {endpoint!r}" if endpoint else ""
+        held = data_span(con) or span  # all the store holds: `span` is cut at `at`, which may precede it
         raise StoreError(
-            f"no requests{what} in {window}; the store holds data from {iso(span[0])} to {iso(span[1])}"
+            f"no requests{what} in {window}; the store holds data from {iso(held[0])} to {iso(held[1])}"
         )
     by_tier = {r[0]: r for r in rows}
     volume = TierVolume(**{t: float(by_tier[t][1]) if t in by_tier else 0.0 for t in TIERS})

@@ -61,7 +61,7 @@ def call(method: str, url: str, *, limit: float, max_bytes: int, headers: Mappin
     """Send one request and read its answer within `limit` seconds in all.
     The body is read only if `want_body(status)` (a webhook's acceptance
     needs no body), and only up to `max_bytes`."""
-    bad = _bad_url(url)
+    bad = bad_url(url)
     if bad:
         raise BadRequest(bad)
 
@@ -79,19 +79,59 @@ def call(method: str, url: str, *, limit: float, max_bytes: int, headers: Mappin
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return run()
+        return _guarded(run)
     # Called from inside an event loop (an async server): run on a helper
     # thread; the deadline bounds it, so the thread ends with the call.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(run).result()
+        return _guarded(lambda: pool.submit(run).result())
 
 
-def _bad_url(url: str) -> str:
+def _guarded(run: Callable[[], Answer]) -> Answer:
+    """`run()`, with any failure an OutboundError: the async stack can raise
+    an ExceptionGroup, an OverflowError from the socket layer, or something
+    new in a later httpx. The message is the exception's type name only (its
+    text may hold the URL)."""
+    try:
+        return run()
+    except OutboundError:
+        raise
+    except ExceptionGroup as group:  # not BaseExceptionGroup: Ctrl-C stays Ctrl-C
+        first = _first_leaf(group)
+        if isinstance(first, OutboundError):
+            raise first from None
+        raise Unreachable(type(first).__name__) from None
+    except Exception as exc:
+        raise Unreachable(type(exc).__name__) from None
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def bad_url(url: str) -> str:
     """Why `url` cannot be called, or ''. Never quotes the URL."""
     if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
         return "the URL is not an http(s) URL"
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
         return "the URL contains a line break, space or control character"
+    return _url_problem(url)
+
+
+def _url_problem(url: str) -> str:
+    """Why a well-formed-looking http(s) URL cannot be called (a bad IPv6
+    literal, no host, a port outside 1-65535), or ''. Never quotes the URL."""
+    try:
+        parsed = httpx.URL(url)
+        port = parsed.port
+    except Exception:  # httpx.InvalidURL, ValueError, …: the text may hold the URL
+        return "the URL is not a valid http(s) URL (host or port)"
+    if not parsed.host:
+        return "the URL has no host"
+    if port is not None and not 0 < port < 65536:
+        return "the URL's port is outside 1-65535"
     return ""
 
 

@@ -29,7 +29,30 @@ from cachemon.selfcheck import rough_age
 
 # Live pages refresh every REFRESH (CACHEMON_REFRESH_SECONDS, default 30);
 # reads within one refresh tick share a cache entry.
-REFRESH = timedelta(seconds=float(os.environ.get("CACHEMON_REFRESH_SECONDS", "30")))
+REFRESH_DEFAULT_S = 30.0
+REFRESH_RANGE_S = (5.0, 86_400.0)  # faster hammers the store; slower than a day is not live
+
+
+def parse_refresh(text: str | None) -> tuple[timedelta, str]:
+    """The refresh interval from CACHEMON_REFRESH_SECONDS, and a warning
+    ('' when none): a value that is not a number of seconds in range (abc,
+    nan, 1e999, -1) falls back to the default, visibly, instead of
+    breaking every page."""
+    if text is None or not text.strip():
+        return timedelta(seconds=REFRESH_DEFAULT_S), ""
+    lo, hi = REFRESH_RANGE_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not lo <= seconds <= hi:  # also false for nan
+        return (timedelta(seconds=REFRESH_DEFAULT_S),
+                f"CACHEMON_REFRESH_SECONDS = {text.strip()[:40]!r} is not a number of seconds from {lo:g} to {hi:g}; "
+                f"refreshing every {REFRESH_DEFAULT_S:g} s instead")
+    return timedelta(seconds=seconds), ""
+
+
+REFRESH, REFRESH_WARNING = parse_refresh(os.environ.get("CACHEMON_REFRESH_SECONDS"))
 TICK = REFRESH
 TTL = max(60, int(2 * REFRESH.total_seconds()))
 HEALTH_BANNER = {"healthy": st.success, "degraded": st.warning, "critical": st.error}
@@ -43,6 +66,12 @@ HOW_TO_FILL = """
 
 then keep it current with `python -m jobs`. This page refreshes on its own.
 """
+
+
+def setting_warnings() -> None:
+    """Show each dashboard setting that was refused (and its fallback)."""
+    if REFRESH_WARNING:
+        st.warning(REFRESH_WARNING, icon=":material/warning:")
 
 
 def config():

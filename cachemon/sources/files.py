@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import stat
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +26,8 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from ..errors import InputError
-from ..events import EventFrame, validate
+from ..config import file_kind
+from ..events import EventFrame, check_unique_columns, validate
 
 FORMATS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _NUMERIC = ("latency_ms", "bytes", "sample_interval")
@@ -58,8 +60,16 @@ def check(path: str | Path) -> Path:
     p = Path(path)
     if FORMATS.get(p.suffix.lower()) is None:
         raise InputError(f"{p}: unknown file type {p.suffix!r}; use .ndjson/.jsonl, .csv or .parquet")
-    if not p.is_file():
-        raise InputError(f"{p}: no such file")
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(f"{p}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{p}: cannot be read: {exc.strerror or type(exc).__name__}") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{p}: is a folder, not a file (name the files inside it)")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{p}: is {file_kind(mode)}, not a regular file")
     return p
 
 
@@ -117,6 +127,7 @@ def _csv(p: Path):
         head = f.readline(MAX_LINE + 1)
     _check_text(p, 1, head)
     names = pacsv.read_csv(io.BytesIO(head)).schema.names if head.strip() else []
+    check_unique_columns(names, str(p))
     opts = pacsv.ConvertOptions(column_types={c: pa.string() for c in names}, strings_can_be_null=True)
     try:
         reader = pacsv.open_csv(p, read_options=pacsv.ReadOptions(block_size=MAX_LINE), convert_options=opts)
