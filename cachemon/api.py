@@ -6,9 +6,11 @@
 
 One implementation with `cachemon metrics` (both call `metrics.compute`).
 Responses are cached per (period, format) for five minutes, as the design
-says; `Cache-Control: max-age` and `X-Data-Until` tell a client how old they
+says, but never past the instant their data turns stale (`expiry`); `Age`,
+`Cache-Control: max-age` and `X-Data-Until` tell a client how old they
 are. Ten requests per minute per client, the eleventh gets 429 with
-Retry-After; `allow` lists addresses exempt (a Prometheus scraper). When
+Retry-After; `allow` lists addresses or networks exempt (a Prometheus
+scraper). When
 CACHEMON_API_TOKEN is set, every route but /healthz needs it as a bearer
 token. The clock is injected.
 
@@ -190,7 +192,7 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
                 body = jsontext.dumps(metrics.to_json(m, cfg.metrics.stale_after, state, block)).encode()
                 media = "application/json"
             hit = cache[(period.value, fmt)] = (now, body, media, iso(m.data_until) if m.data_until else "",
-                                                 expiry(now, settings.cache_for, m.data_until, cfg.metrics.stale_after))
+                                                 expiry(now, settings.cache_for, m, cfg.metrics.stale_after))
         # The body is as of its computation (`timestamp`, `dataAgeSeconds`):
         # Age says how long ago, max-age how long it may still be kept.
         left = hit[4] - now
@@ -227,16 +229,16 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
     return app
 
 
-def expiry(computed: datetime, keep: timedelta, data_until: datetime | None, stale_after: timedelta) -> datetime:
+def expiry(computed: datetime, keep: timedelta, m: metrics.Metrics, stale_after: timedelta) -> datetime:
     """When a cached answer computed at `computed` must be recomputed:
-    after `keep`, and never later than the instant its data turns stale,
-    so a cached body never says `stale: false` (or
-    `cachemon_data_stale 0`) about data that is stale by then. At that
-    instant the data is exactly `stale_after` old (still fresh by the
-    rule `age > stale_after`), so the recomputation is what first says stale."""
+    after `keep`, and, when it says the data is fresh, no later than the
+    instant the data is `stale_after` old, so a cached body never says
+    `stale: false` (or `cachemon_data_stale 0`) about data stale by then.
+    (`stale` is judged at the minute; between that instant and the next
+    minute every request recomputes, max-age 0.)"""
     until = computed + keep
-    if data_until is not None and data_until + stale_after >= computed:
-        until = min(until, data_until + stale_after)
+    if m.data_until is not None and not metrics.is_stale(m, stale_after):
+        until = min(until, m.data_until + stale_after)
     return until
 
 
@@ -282,11 +284,18 @@ def networks(values, flag: str) -> tuple[Network, ...]:
             out.append(v)
             continue
         try:
-            out.append(ipaddress.ip_network(str(v).strip(), strict=False))
+            out.append(_unmapped(ipaddress.ip_network(str(v).strip(), strict=False)))
         except ValueError:
             raise InputError(f"{flag} {str(v)[:60]!r} is not an IP address or network "
                              "(like 10.0.0.5, 10.0.0.0/24 or fd00::/8)") from None
     return tuple(out)
+
+
+def _unmapped(net: Network) -> Network:
+    """An IPv4-mapped IPv6 network (::ffff:10.0.0.0/104) as the IPv4 one:
+    clients are matched in that form (see `address`)."""
+    mapped = net.network_address.ipv4_mapped if net.version == 6 and net.prefixlen >= 96 else None
+    return ipaddress.ip_network(f"{mapped}/{net.prefixlen - 96}") if mapped else net
 
 
 def check_proxies(values: tuple[str, ...]) -> tuple[Network, ...]:
