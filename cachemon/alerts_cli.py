@@ -23,24 +23,22 @@ def _check(args, cfg, now, env) -> int:
     if args.dry_run:
         with store.reader(cfg.store.path) as con:
             result = alerts.run(con, cfg, at, transports, dry_run=True)
+        said, ok = [], True
     else:
         with store.writer(cfg.store.path, now) as con:
+            after = notify.last_id(con)
             result = alerts.run(con, cfg, at, transports)
+            said, ok = notify.summary(con, after, list(result.deliveries), transports.scrub)
     _print_states(result.evaluation)
     verb = "would send" if args.dry_run else "queued"
     for row, notice in zip(result.outbox, result.evaluation.notices):
         print(f"{verb} {row.channel}: {row.subject} ({notice.reason})")
     if not result.outbox:
         print("no notifications" + (" (no channel configured)" if not transports.channels(cfg.notify) else ""))
-    _print_deliveries(result.deliveries, transports)
-    return 0
-
-
-def _print_deliveries(results, transports) -> None:
-    # Details are scrubbed where they are made; scrubbing again at the
-    # terminal is the second line of defence.
-    for d in results:
-        print(f"delivery {d.id} via {d.channel}: {'sent' if d.ok else 'failed: ' + transports.scrub(d.detail)}")
+    # Scrubbed where made; scrubbed again at the terminal (second line of defence).
+    for line in said:
+        print(line)
+    return 0 if ok else 1
 
 
 def _print_states(ev: alerts.Evaluation) -> None:
@@ -123,10 +121,12 @@ def _deliver(args, cfg, now, env) -> int:
     transports = notify.Transports.from_env(env)
     with store.writer(cfg.store.path, now) as con:
         results = notify.deliver(con, transports, cfg.notify, now)
-    _print_deliveries(results, transports)
+        said, ok = notify.summary(con, notify.last_id(con), results, transports.scrub)
+    for line in said:
+        print(line)
     if not results:
         print("nothing due")
-    return 0 if all(d.ok for d in results) else 1
+    return 0 if ok else 1
 
 
 def _rules(args, cfg, now, env) -> int:

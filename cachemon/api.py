@@ -6,9 +6,11 @@
 
 One implementation with `cachemon metrics` (both call `metrics.compute`).
 Responses are cached per (period, format) for five minutes, as the design
-says; `Cache-Control: max-age` and `X-Data-Until` tell a client how old they
+says, but never past the instant their data turns stale (`expiry`); `Age`,
+`Cache-Control: max-age` and `X-Data-Until` tell a client how old they
 are. Ten requests per minute per client, the eleventh gets 429 with
-Retry-After; `allow` lists addresses exempt (a Prometheus scraper). When
+Retry-After; `allow` lists addresses or networks exempt (a Prometheus
+scraper). When
 CACHEMON_API_TOKEN is set, every route but /healthz needs it as a bearer
 token. The clock is injected.
 
@@ -67,7 +69,7 @@ log = logging.getLogger("cachemon.api")
 @dataclass(frozen=True)
 class ApiSettings:
     token: str | None = None  # CACHEMON_API_TOKEN; never logged
-    allow: tuple[str, ...] = ()  # client IPs exempt from the rate limit
+    allow: tuple = ()  # client addresses or networks exempt from the rate limit
     rate_limit: int = RATE_LIMIT
     cache_for: timedelta = CACHE_FOR
     max_peers: int = MAX_PEERS  # clients the rate limiter remembers
@@ -145,13 +147,15 @@ def peer_key(host: str) -> str:
 
 
 def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]) -> Starlette:
-    cache: dict[tuple[str, str], tuple[datetime, bytes, str, str]] = {}
+    # (period, format) -> (computed at, body, media type, X-Data-Until, expires at)
+    cache: dict[tuple[str, str], tuple[datetime, bytes, str, str, datetime]] = {}
     limiter = RateLimiter(settings.rate_limit, settings.max_peers)
+    allow = networks(settings.allow, "--allow")
 
     def guard(request: Request) -> Response | None:
         # The limit comes first, so it also slows down anyone guessing tokens.
         client = request.client.host if request.client else "unknown"
-        if client not in settings.allow:
+        if not member(client, allow):
             wait = limiter.retry_after(client, clock())
             if wait:
                 return _error(429, f"rate limit: {settings.rate_limit} requests per minute", {"Retry-After": str(wait)})
@@ -173,7 +177,7 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
             return _error(400, str(exc))
         now = clock()
         hit = cache.get((period.value, fmt))
-        if not hit or now - hit[0] >= settings.cache_for:
+        if not hit or now >= hit[4]:
             try:
                 with store.shared_reader(cfg.store.path) as con:
                     m = metrics.compute(con, Window.ending(now, period.length), period.value, latest=True)
@@ -187,10 +191,14 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
             else:
                 body = jsontext.dumps(metrics.to_json(m, cfg.metrics.stale_after, state, block)).encode()
                 media = "application/json"
-            hit = cache[(period.value, fmt)] = (now, body, media, iso(m.data_until) if m.data_until else "")
-        left = settings.cache_for - (now - hit[0])
+            hit = cache[(period.value, fmt)] = (now, body, media, iso(m.data_until) if m.data_until else "",
+                                                 expiry(now, settings.cache_for, m, cfg.metrics.stale_after))
+        # The body is as of its computation (`timestamp`, `dataAgeSeconds`):
+        # Age says how long ago, max-age how long it may still be kept.
+        left = hit[4] - now
         return Response(hit[1], media_type=hit[2], headers={
-            "Cache-Control": f"public, max-age={max(0, int(left.total_seconds()))}", "X-Data-Until": hit[3]})
+            "Cache-Control": f"public, max-age={max(0, int(left.total_seconds()))}", "X-Data-Until": hit[3],
+            "Age": str(max(0, int((now - hit[0]).total_seconds())))})
 
     def healthz(request: Request) -> Response:
         now = clock()
@@ -221,6 +229,19 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
     return app
 
 
+def expiry(computed: datetime, keep: timedelta, m: metrics.Metrics, stale_after: timedelta) -> datetime:
+    """When a cached answer computed at `computed` must be recomputed:
+    after `keep`, and, when it says the data is fresh, no later than the
+    instant the data is `stale_after` old, so a cached body never says
+    `stale: false` (or `cachemon_data_stale 0`) about data stale by then.
+    (`stale` is judged at the minute; between that instant and the next
+    minute every request recomputes, max-age 0.)"""
+    until = computed + keep
+    if m.data_until is not None and not metrics.is_stale(m, stale_after):
+        until = min(until, m.data_until + stale_after)
+    return until
+
+
 def health_body(span: tuple[datetime, datetime] | None, runner: selfcheck.RunnerCheck, now: datetime,
                 stale_after: timedelta) -> dict:
     """/healthz's answer: `degraded` when the runner stalled or a job's last
@@ -243,20 +264,97 @@ class ServeOptions:
 
     host: str = "127.0.0.1"
     port: int = 8787
-    trust_proxy: tuple[str, ...] = ()  # proxies whose X-Forwarded-For names the client; none by default
+    trust_proxy: tuple = ()  # proxies (addresses or networks) whose X-Forwarded-For names the client; none by default
     head_timeout: float = HEAD_TIMEOUT
     max_connections: int = MAX_CONNECTIONS
 
 
-def check_proxies(values: tuple[str, ...]) -> tuple[str, ...]:
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(values, flag: str) -> tuple[Network, ...]:
+    """Addresses and networks (`10.0.0.5`, `10.0.0.0/8`, `::1`, `fd00::/8`)
+    parsed, so a client matches by membership whatever way it is spelled;
+    anything else (`*`, a host name, garbage) is an error naming `flag`:
+    silently ignored, it would leave a scraper rate-limited or a proxy's
+    clients merged into one."""
+    out = []
+    for v in values:
+        if isinstance(v, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            out.append(v)
+            continue
+        try:
+            out.append(_unmapped(ipaddress.ip_network(str(v).strip(), strict=False)))
+        except ValueError:
+            raise InputError(f"{flag} {str(v)[:60]!r} is not an IP address or network "
+                             "(like 10.0.0.5, 10.0.0.0/24 or fd00::/8)") from None
+    return tuple(out)
+
+
+def _unmapped(net: Network) -> Network:
+    """An IPv4-mapped IPv6 network (::ffff:10.0.0.0/104) as the IPv4 one:
+    clients are matched in that form (see `address`)."""
+    mapped = net.network_address.ipv4_mapped if net.version == 6 and net.prefixlen >= 96 else None
+    return ipaddress.ip_network(f"{mapped}/{net.prefixlen - 96}") if mapped else net
+
+
+def check_proxies(values: tuple[str, ...]) -> tuple[Network, ...]:
     """Trusted proxies must be addresses or networks: `*` or a name would let
     any client pick its own address."""
-    for v in values:
-        try:
-            ipaddress.ip_network(v, strict=False)
-        except ValueError:
-            raise InputError(f"--trust-proxy {v[:60]!r} is not an IP address or network (like 10.0.0.5 or 10.0.0.0/24)") from None
-    return values
+    return networks(values, "--trust-proxy")
+
+
+def address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`text` as an IP address (an IPv4-mapped IPv6 one as IPv4; a
+    `host:port` or `[v6]:port` as its host), or None when it is none."""
+    text = text.strip()
+    if text.startswith("[") and "]" in text:
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1:
+        text = text.split(":")[0]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped else ip
+
+
+def member(host: str, nets: tuple[Network, ...]) -> bool:
+    ip = address(host) if host else None
+    return ip is not None and any(ip in n for n in nets)
+
+
+class ForwardedFor:
+    """The client behind trusted proxies, from X-Forwarded-For (uvicorn's
+    own handling takes any text there as the client, so each garbage value
+    would be a new client for the limiter). The header is read from the
+    right: trusted proxies are skipped, the first other hop is the client;
+    a hop that is not an IP address ends the walk and the last trusted
+    proxy stands for the client. A peer that is no trusted proxy keeps its
+    own address whatever it sends."""
+
+    def __init__(self, app, trusted: tuple[Network, ...]):
+        self.app, self.trusted = app, trusted
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket") and scope.get("client"):
+            scope["client"] = self.client(scope["client"], scope.get("headers") or [])
+        return await self.app(scope, receive, send)
+
+    def client(self, peer: tuple, headers) -> tuple:
+        if not member(peer[0], self.trusted):
+            return peer
+        hops = [h for name, value in headers if name.lower() == b"x-forwarded-for"
+                for h in value.decode("latin-1").split(",")]
+        current = peer
+        for hop in reversed(hops):
+            ip = address(hop)
+            if ip is None:
+                break  # not an address: no new identity, the proxy answers for it
+            current = (str(ip), 0)
+            if not any(ip in n for n in self.trusted):
+                break
+        return current
 
 
 def serve(app: Starlette, options: ServeOptions) -> None:
@@ -271,6 +369,8 @@ def build_server(app: Starlette, options: ServeOptions):
 
     cap = connection_cap(options.max_connections)
     socks = listen_sockets(options.host, options.port)
+    if options.trust_proxy:
+        app = ForwardedFor(app, networks(options.trust_proxy, "--trust-proxy"))
     config = uvicorn.Config(
         app, log_level="info", http=guarded_protocol(options.head_timeout, cap),
         # No WebSocket routes: an upgrade would hand the connection to another
@@ -278,7 +378,8 @@ def build_server(app: Starlette, options: ServeOptions):
         ws="none",
         # uvicorn trusts X-Forwarded-For from 127.0.0.1 by default: a local
         # client could then pick its own address for the limiter and the log.
-        proxy_headers=bool(options.trust_proxy), forwarded_allow_ips=list(options.trust_proxy) or None,
+        # Forwarded headers are read by ForwardedFor below, never by uvicorn.
+        proxy_headers=False,
         # No limit_concurrency: uvicorn counts half-open connections in it and
         # would answer /healthz 503; the protocol's own cap makes room instead.
         backlog=BACKLOG)

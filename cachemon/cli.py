@@ -53,10 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8787, help="port (default 8787)")
     p.add_argument("--allow", action="append", default=[], metavar="IP",
-                   help="client address exempt from the rate limit (a Prometheus scraper); repeatable")
+                   help="client address or network exempt from the rate limit (a Prometheus scraper, "
+                        "10.0.0.0/8); repeatable")
     p.add_argument("--cache-seconds", type=int, default=300, help="response cache lifetime (default 300)")
     p.add_argument("--trust-proxy", action="append", default=[], metavar="IP",
-                   help="a reverse proxy whose X-Forwarded-For names the client (default: none; the client is "
+                   help="a reverse proxy (address or network) whose X-Forwarded-For names the client (default: none; the client is "
                         "the TCP peer); repeatable")
     p.add_argument("--max-connections", type=int, default=512,
                    help="open connections at most (default 512, kept below `ulimit -n`)")
@@ -187,7 +188,7 @@ def _serve(args, cfg, now) -> int:
     warning = api.exposure_warning(args.host, token)
     if warning:
         print(f"cachemon: warning: {warning}", file=sys.stderr)
-    settings = api.ApiSettings(token=token, allow=tuple(args.allow), cache_for=timedelta(seconds=args.cache_seconds))
+    settings = api.ApiSettings(token=token, allow=api.networks(args.allow, "--allow"), cache_for=timedelta(seconds=args.cache_seconds))
     api.serve(api.create_app(cfg, settings, utcnow), options)
     return 0
 
@@ -273,19 +274,25 @@ def _costs(args, cfg, now) -> int:
     if args.dry_run:
         with store.reader(cfg.store.path) as con:
             r = report.build(con, cfg, day, now)
-        sent = []
+        queued, said, ok = [], [], True
     else:
         with store.writer(cfg.store.path, now) as con:
             r = report.build(con, cfg, day, now)
-            sent = report.queue(con, r, cfg, transports, resend=args.resend)
-            notify.deliver(con, transports, cfg.notify, now)
+            after = notify.last_id(con)
+            queued = report.queue(con, r, cfg, transports, resend=args.resend)
+            results = notify.deliver(con, transports, cfg.notify, now)
+            said, ok = notify.summary(con, after, results, transports.scrub)
     subject, text, _ = report.render(r, cfg.notify.subject_prefix, transports.dashboard_url or cfg.notify.dashboard_url)
     print(subject)
     print(text)
     if not args.dry_run:
-        print(f"stored; sent via {', '.join(sent)}" if sent else "stored; not sent (already sent, or no channel)",
-              file=sys.stderr)
-    return 0
+        # Per channel what happened, never "sent" for a notification only queued.
+        why = "no channel configured" if not transports.channels(cfg.notify) else \
+            "queued on an earlier run (--resend to send again)"
+        print(f"stored; queued for {', '.join(queued)}" if queued else f"stored; not queued ({why})", file=sys.stderr)
+        for line in said:
+            print(line, file=sys.stderr)
+    return 0 if ok else 1
 
 
 def _experiments(args, cfg, now) -> int:
@@ -336,14 +343,18 @@ def _analyze(args, cfg, now) -> int:
     transports = notify.Transports.from_env(os.environ)
     opener = store.reader if args.dry_run else (lambda path: store.writer(path, now))
     with opener(cfg.store.path) as con:
+        after = notify.last_id(con)  # what promote.daily queues comes after it
         results, actions = promote.daily(con, cfg, at, os.environ, transports, args.dry_run)
+        said, ok = [], True
         if not args.dry_run:
-            notify.deliver(con, transports, cfg.notify, now)
+            said, ok = notify.summary(con, after, notify.deliver(con, transports, cfg.notify, now), transports.scrub)
     print(jsontext.dumps([a.to_json() for a in results], indent=2, ensure_ascii=False))
     verb = "would " if args.dry_run else ""
     for act in actions:
         print(f"{verb}{act.action}: {act.detail}; {promote.CONFIG_KEY} = {jsontext.dumps(act.new)}", file=sys.stderr)
-    return 0
+    for line in said:
+        print(line, file=sys.stderr)
+    return 0 if ok else 1
 
 
 COMMANDS = {"ttl": lambda args, cfg, now: ttl_cli.run(args, cfg, now), "alerts": _alerts, "costs": _costs, "experiments": _experiments, "demo": _demo, "import": _import, "pull": _pull, "serve": _serve, "metrics": _metrics,

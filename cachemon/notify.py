@@ -56,6 +56,9 @@ WHERE status = 'pending' ORDER BY id
 MARK_SENT = "UPDATE notifications SET status = 'sent', attempts = attempts + 1, sent_at = ?, last_error = NULL WHERE id = ?"
 MARK_FAILED = "UPDATE notifications SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?"
 LOG_ATTEMPT = "INSERT INTO deliveries VALUES (?, ?, ?, ?)"
+LAST_ID = "SELECT coalesce(max(id), 0) FROM notifications"
+SINCE_ID = "SELECT id, channel, subject, status, next_attempt_at, last_error FROM notifications WHERE id > ? ORDER BY id"
+EARLIER_PENDING = "SELECT min(id) FROM notifications WHERE status = 'pending' AND channel = ? AND id < ?"
 LIST = """
 SELECT id, created_at, channel, kind, subject, members, status, attempts, next_attempt_at, last_error, sent_at
 FROM notifications WHERE created_at >= $since ORDER BY id DESC LIMIT $limit
@@ -83,8 +86,10 @@ def _smtp_from_env(env: dict) -> Smtp | None:
     if tls not in ("none", "starttls", "ssl"):
         raise ConfigError(f"SMTP_TLS={tls!r}: use none, starttls or ssl")
     port = env.get("SMTP_PORT") or {"none": "25", "starttls": "587", "ssl": "465"}[tls]
-    if not port.isdigit():
-        raise ConfigError(f"SMTP_PORT={port!r} is not a port number")
+    # Checked here, not at connect time: 99999 would only show up as an
+    # "unreachable" server, retried forever, long after the setting was made.
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ConfigError(f"SMTP_PORT={port[:20]!r} is not a port number (1 to 65535)")
     return Smtp(env["SMTP_HOST"], int(port), tls, env.get("SMTP_USER", ""), env.get("SMTP_PASSWORD", ""),
                 env.get("SMTP_CA_FILE", ""))
 
@@ -241,6 +246,72 @@ def deliver(con: duckdb.DuckDBPyConnection, t: Transports, nc: NotifyConfig, now
         log.info("notification %d sent via %s", nid, channel)
         results.append(Delivery(nid, channel, True, "accepted"))
     return results
+
+
+def last_id(con: duckdb.DuckDBPyConnection) -> int:
+    """The newest notification's id (0 for none): taken under the write
+    lock before a command queues, it tells which notifications are its own."""
+    return con.execute(LAST_ID).fetchone()[0]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one notification a command queued."""
+
+    id: int
+    channel: str
+    subject: str
+    state: str  # sent | failed | queued
+    detail: str  # "" when sent; the failure, or why it waits
+
+    def line(self, scrub=str) -> str:
+        if self.state == "queued":
+            return f"notification {self.id} via {self.channel}: queued, not sent yet: {scrub(self.detail)}"
+        return f"delivery {self.id} via {self.channel}: " + ("sent" if self.state == "sent" else f"failed: {scrub(self.detail)}")
+
+
+def outcomes(con: duckdb.DuckDBPyConnection, after: int, results: list[Delivery]) -> list[Outcome]:
+    """The fate of every notification queued after id `after`, as stored
+    now (after `deliver`): sent, failed this time (with the reason; the
+    runner's deliver job retries it), or still queued (why it was not tried)."""
+    tried = {d.id: d for d in results}
+    out = []
+    for nid, channel, subject, status, next_at, last_error in con.execute(SINCE_ID, [after]).fetchall():
+        if status == "sent":
+            out.append(Outcome(nid, channel, subject, "sent", ""))
+        elif nid in tried:
+            out.append(Outcome(nid, channel, subject, "failed",
+                               f"{tried[nid].detail}; kept in the outbox, retried from {iso(next_at)} "
+                               "by `cachemon alerts deliver` or the runner's deliver job"))
+        else:
+            out.append(Outcome(nid, channel, subject, "queued", _why_waiting(con, nid, channel, next_at, last_error)))
+    return out
+
+
+def _why_waiting(con, nid: int, channel: str, next_at: datetime, last_error: str | None) -> str:
+    earlier = con.execute(EARLIER_PENDING, [channel, nid]).fetchone()[0]
+    if earlier is not None:
+        return (f"waits behind notification {earlier} of the same channel, which is not delivered yet "
+                "(see `cachemon alerts history`)")
+    return f"next attempt at {iso(next_at)}" + (f" (last error: {last_error})" if last_error else "")
+
+
+def summary(con: duckdb.DuckDBPyConnection, after: int, results: list[Delivery], scrub=str) -> tuple[list[str], bool]:
+    """One line per delivery attempted (an earlier notification's too) and
+    per notification queued after id `after` that was not tried, and
+    whether everything went out (see `delivered_all`)."""
+    mine = outcomes(con, after, results)
+    own = {o.id: o for o in mine}
+    lines = [own[d.id].line(scrub) if d.id in own else
+             Outcome(d.id, d.channel, "", "sent" if d.ok else "failed", d.detail).line(scrub) for d in results]
+    lines += [o.line(scrub) for o in mine if o.state == "queued"]
+    return lines, delivered_all(results, mine)
+
+
+def delivered_all(results: list[Delivery], mine: list[Outcome]) -> bool:
+    """True when no attempt failed and everything the command queued was
+    sent: the exit status of a command that queues and delivers."""
+    return all(d.ok for d in results) and all(o.state == "sent" for o in mine)
 
 
 def _attempt(t: Transports, channel: str, payload: str, timeout: timedelta) -> str | None:
