@@ -24,7 +24,7 @@ def _check(args, cfg, now, env) -> int:
         with store.reader(cfg.store.path) as con:
             result = alerts.run(con, cfg, at, transports, dry_run=True)
     else:
-        with store.writer(cfg.store.path, now) as con:
+        with store.writer(cfg.store.path, now, create=False) as con:
             result = alerts.run(con, cfg, at, transports)
     _print_states(result.evaluation)
     verb = "would send" if args.dry_run else "queued"
@@ -85,11 +85,15 @@ def _jsonable(v):
 
 def _silence(args, cfg, now, env) -> int:
     duration = parse_duration(args.duration, "--for")
-    with store.writer(cfg.store.path, now) as con:
-        s = alerts.add_silence(con, args.matcher, duration, args.reason, now, args.endpoint,
-                               args.by or _user())
-    print(f"silence {s.id}: {s.matcher}{' [' + s.endpoint + ']' if s.endpoint else ''} muted until "
-          f"{iso(s.ends_at)} ({s.reason})")
+    s = None
+    try:
+        with store.writer(cfg.store.path, now, create=False) as con:
+            s = alerts.add_silence(con, args.matcher, duration, args.reason, now, args.endpoint,
+                                   args.by or _user())
+    finally:  # stored even when only publishing failed (StoreUnpublishedError): say what was stored
+        if s is not None:
+            print(f"silence {s.id}: {s.matcher}{' [' + s.endpoint + ']' if s.endpoint else ''} muted until "
+                  f"{iso(s.ends_at)} ({s.reason})")
     return 0
 
 
@@ -112,7 +116,7 @@ def _silences(args, cfg, now, env) -> int:
 
 def _unsilence(args, cfg, now, env) -> int:
     bounded(args.id, "silence id", 1, MAX_ID)
-    with store.writer(cfg.store.path, now) as con:
+    with store.writer(cfg.store.path, now, create=False) as con:
         alerts.expire_silence(con, args.id, now)
     print(f"silence {args.id} ended")
     return 0
@@ -120,7 +124,7 @@ def _unsilence(args, cfg, now, env) -> int:
 
 def _deliver(args, cfg, now, env) -> int:
     transports = notify.Transports.from_env(env)
-    with store.writer(cfg.store.path, now) as con:
+    with store.writer(cfg.store.path, now, create=False) as con:
         results = notify.deliver(con, transports, cfg.notify, now)
     _print_deliveries(results, transports)
     if not results:
