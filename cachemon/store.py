@@ -603,7 +603,7 @@ def rebuilt(path: str | os.PathLike, now: datetime | None = None) -> Iterator[Pa
 
 
 def _remove_store_files(path: Path) -> None:
-    for f in (path, path.with_name(path.name + ".wal")):
+    for f in (path, path.with_name(path.name + ".wal"), lock_path(path)):
         f.unlink(missing_ok=True)
 
 

@@ -157,7 +157,7 @@ MAX_PENDING_RECORDS = 1000
 RECORD_WAIT_S = 10.0
 STARTUP_RETRY_MAX_S = 60.0
 # A failed publish copies the whole store again on retry: back off.
-PUBLISH_RETRY_MIN_S = 5.0
+PUBLISH_RETRY_MIN_S = 2.0
 PUBLISH_RETRY_MAX_S = 300.0
 
 
