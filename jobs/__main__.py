@@ -36,10 +36,12 @@ import schedule
 from cachemon import config as config_mod
 from cachemon import alerts, heartbeat, notify, pipeline, report, runner, store
 from cachemon.argcheck import finite
-from cachemon.clock import as_utc, check_not_future, iso, parse_instant, utcnow
-from cachemon.errors import CachemonError, ConfigError, StoreBusyError, StoreDiskError
+from cachemon.clock import CLOCK_SKEW, as_utc, check_not_future, iso, parse_instant, utcnow
+from cachemon.errors import CachemonError, ConfigError, StoreBusyError, StoreDiskError, StoreError
 
 log = logging.getLogger("jobs")
+# Where the store's data ends, whatever the source.
+LATEST_WATERMARK = "SELECT max(until) FROM watermarks"
 # A simulated clock: up to ~11 days a second (tests run days in seconds).
 MAX_CLOCK_SPEED = 1e6
 
@@ -65,7 +67,19 @@ class Jobs:
             summary, self.sim = pipeline.simulate_until(self.cfg, now, self.sim, publish=False)
         log.info("ingest: %d events in %d windows, store up to %s", summary.events, summary.windows,
                  iso(summary.until))
+        if not summary.events:
+            self._not_ahead(now)
         return summary.events
+
+    def _not_ahead(self, now: datetime) -> None:
+        """An ingest that found nothing: fail if it is because the store's data
+        runs past now (a clock ahead of real time wrote it): a success would
+        read as fresh while nothing new can be stored until real time passes it."""
+        with store.writer(self.cfg.store.path, now, publish=False) as con:
+            until = store.first_row(con, LATEST_WATERMARK)[0]
+        if until is not None and as_utc(until) - now > CLOCK_SKEW:
+            raise StoreError(f"the store's data runs to {iso(as_utc(until))}, after now ({iso(now)}): written by "
+                             "a clock ahead of real time; no new data is ingested until then")
 
     def compact(self, now: datetime) -> int:
         with store.writer(self.cfg.store.path, now, publish=False) as con:
@@ -79,6 +93,13 @@ class Jobs:
         transports = self._transports()
         with store.writer(self.cfg.store.path, now, publish=False) as con:
             if not alerts.due(con, now):
+                last = alerts.last_evaluation(con, None)
+                if last is not None and as_utc(last) - now > CLOCK_SKEW:
+                    # Written by a clock ahead of real time: "already evaluated" would hide
+                    # that no alert is evaluated until real time passes it.
+                    raise StoreError(f"the last alert evaluation is dated {iso(as_utc(last))}, after now "
+                                     f"({iso(now)}): written by a clock ahead of real time; alerts are not "
+                                     "evaluated until then")
                 log.info("alerts: %s already evaluated", iso(now))
                 return 0
             result = alerts.run(con, self.cfg, now, transports)
@@ -355,12 +376,23 @@ def _last_runs(cfg, clock, stopping: list) -> dict | None:
     while not stopping:
         try:
             with store.writer(cfg.store.path, clock(), publish=False) as con:
-                return runner.last_runs(con)
+                return _past_runs(runner.last_runs(con), clock())
         except (StoreBusyError, StoreDiskError) as exc:
             log.error("starting: %s; trying again in %g s", _one_line(exc), delay)
         _sleep(delay, stopping)
         delay = min(2 * delay, STARTUP_RETRY_MAX_S)
     return None
+
+
+def _past_runs(last: dict[str, datetime], now: datetime) -> dict[str, datetime]:
+    """The run log's last runs, without those dated after now (beyond clock
+    skew): a clock ahead of real time wrote them, and believing them would
+    keep the job from running until real time caught up, in silence."""
+    future = {job: t for job, t in last.items() if t - now > CLOCK_SKEW}
+    for job, t in future.items():
+        log.warning("run log: %s's last run is dated %s, after now (%s): written by a clock ahead of real "
+                    "time; it runs as if it never ran", job, iso(t), iso(now))
+    return {job: t for job, t in last.items() if job not in future}
 
 
 def _sleep(seconds: float, stopping: list) -> None:

@@ -186,3 +186,30 @@ def test_a_fast_runner_writes_nothing_after_now(tmp_path, results):
     assert all(t is None or t <= now for t in latest), (latest, now)
     results("fast simulated clock", "runner 30 min in the past at 600x for 9 s (90 simulated min)", 1,
             "caught up with real time and stopped there: nothing dated after now")
+
+
+def test_a_real_runner_on_a_store_written_ahead_of_now_fails_visibly(tmp_path, results):
+    """An older store that a fast clock filled past real time: the real
+    runner's ingest and alerts fail with a line saying so (recorded, so
+    /healthz is degraded), never "ok" or "already evaluated"."""
+    db = tmp_path / "ahead.duckdb"
+    env = dict(os.environ, CACHEMON_DB=str(db), PYTHONPATH=str(ROOT))
+    env.pop("CACHEMON_CONFIG", None)
+    # Write as the old runner did: a store, its data and an evaluation an hour ahead of now.
+    from cachemon import alerts, config, notify, pipeline
+
+    cfg = config.with_db(config.load(None, {}), str(db))
+    future = datetime.now(timezone.utc) + timedelta(hours=1)
+    pipeline.simulate_until(cfg, future, None)
+    with store.writer(db, future) as con:
+        alerts.run(con, cfg, future, notify.Transports.from_env({}))
+    outs = {job: subprocess.run([sys.executable, "-m", "jobs", "--once", job], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=120) for job in ("ingest", "alerts")}
+    for job, p in outs.items():
+        assert p.returncode == 1 and "written by a clock ahead of real time" in p.stderr, (job, p.stderr[-2000:])
+        assert "already evaluated" not in p.stderr and "Traceback" not in p.stderr
+    with store.reader(db) as con:
+        failed = con.execute("SELECT job FROM job_runs WHERE outcome = 'error' ORDER BY job").fetchall()
+    assert failed == [("alerts",), ("ingest",)]
+    results("store written ahead of now", "`jobs --once ingest/alerts` on data and an evaluation 1 h ahead", 2,
+            "each fails with one line saying a clock ran ahead (recorded); never ok nor 'already evaluated'")
