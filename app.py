@@ -9,7 +9,7 @@ import streamlit as st
 
 from cachemon import config as config_mod
 from cachemon import metrics, selfcheck
-from cachemon.clock import Period, format_duration, iso
+from cachemon.clock import CLOCK_SKEW, Period, format_duration, iso
 from cachemon.errors import CachemonError
 
 from views import common
@@ -55,8 +55,12 @@ def _sidebar(cfg) -> None:
             span = None
         if span:
             age = common.now() - span[1]
-            st.caption(f"Data {iso(span[0])} – {iso(span[1])} · "
-                       f"{'up to date' if age.total_seconds() < 60 else format_duration(age) + ' old'}")
+            if -age > CLOCK_SKEW:  # written by a clock ahead of real time: not "up to date"
+                st.warning(f"Data {iso(span[0])} – {iso(span[1])} · ends in the future (now {iso(common.now())}): "
+                           "written by a clock ahead of real time")
+            else:
+                st.caption(f"Data {iso(span[0])} – {iso(span[1])} · "
+                           f"{'up to date' if age.total_seconds() < 60 else format_duration(age) + ' old'}")
         else:
             st.caption("No data yet")
         try:

@@ -25,7 +25,7 @@ def _check(args, cfg, now, env) -> int:
             result = alerts.run(con, cfg, at, transports, dry_run=True)
         said, ok = [], True
     else:
-        with store.writer(cfg.store.path, now) as con:
+        with store.writer(cfg.store.path, now, create=False) as con:
             after = notify.last_id(con)
             result = alerts.run(con, cfg, at, transports)
             said, ok = notify.summary(con, after, list(result.deliveries), transports.scrub)
@@ -83,11 +83,15 @@ def _jsonable(v):
 
 def _silence(args, cfg, now, env) -> int:
     duration = parse_duration(args.duration, "--for")
-    with store.writer(cfg.store.path, now) as con:
-        s = alerts.add_silence(con, args.matcher, duration, args.reason, now, args.endpoint,
-                               args.by or _user())
-    print(f"silence {s.id}: {s.matcher}{' [' + printable(s.endpoint) + ']' if s.endpoint else ''} muted until "
-          f"{iso(s.ends_at)} ({printable(s.reason)})")
+    s = None
+    try:
+        with store.writer(cfg.store.path, now, create=False) as con:
+            s = alerts.add_silence(con, args.matcher, duration, args.reason, now, args.endpoint,
+                                   args.by or _user())
+    finally:  # stored even when only publishing failed (StoreUnpublishedError): say what was stored
+        if s is not None:
+            print(f"silence {s.id}: {s.matcher}{' [' + printable(s.endpoint) + ']' if s.endpoint else ''} muted "
+                  f"until {iso(s.ends_at)} ({printable(s.reason)})")
     return 0
 
 
@@ -111,7 +115,7 @@ def _silences(args, cfg, now, env) -> int:
 
 def _unsilence(args, cfg, now, env) -> int:
     bounded(args.id, "silence id", 1, MAX_ID)
-    with store.writer(cfg.store.path, now) as con:
+    with store.writer(cfg.store.path, now, create=False) as con:
         alerts.expire_silence(con, args.id, now)
     print(f"silence {args.id} ended")
     return 0
@@ -119,7 +123,7 @@ def _unsilence(args, cfg, now, env) -> int:
 
 def _deliver(args, cfg, now, env) -> int:
     transports = notify.Transports.from_env(env)
-    with store.writer(cfg.store.path, now) as con:
+    with store.writer(cfg.store.path, now, create=False) as con:
         results = notify.deliver(con, transports, cfg.notify, now)
         said, ok = notify.summary(con, notify.last_id(con), results, transports.scrub)
     for line in said:

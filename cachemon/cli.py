@@ -13,9 +13,11 @@ from . import config as config_mod
 from . import costs, exposition, health, jsontext, metrics, pipeline, store, ttl_cli
 from .argcheck import bounded, check_utf8
 from .clock import EARLIEST, Period, Window, check_not_future, parse_instant, utcnow
-from .errors import CachemonError, InputError
+from .errors import CachemonError, InputError, StoreUnpublishedError
 
 EXIT_ERROR = 2
+# The write was stored but readers do not see it yet (publishing failed): not an error to retry.
+EXIT_UNPUBLISHED = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,9 +134,12 @@ def main(argv: list[str] | None = None, now: datetime | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = config_mod.load(args.config)
-        if args.db:
+        if args.db is not None:
             cfg = config_mod.with_db(cfg, args.db)
         return COMMANDS[args.command](args, cfg, now or utcnow())
+    except StoreUnpublishedError as exc:
+        print(f"cachemon: warning: {exc}", file=sys.stderr)
+        return EXIT_UNPUBLISHED
     except CachemonError as exc:
         print(f"cachemon: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -225,7 +230,7 @@ def _export(args, cfg, now) -> int:
 
 def _compact(args, cfg, now) -> int:
     at = check_not_future(parse_instant(args.at, "--at"), now, skew=cfg.ingest.clock_skew) if args.at else now
-    with store.writer(cfg.store.path, now) as con:
+    with store.writer(cfg.store.path, now, create=False) as con:
         n, kept = pipeline.compact(con, cfg, at)
     print(f"compacted per-key rows of {n} source(s); retention removed {kept.minute_rows:,} minute rows "
           f"(kept from {kept.horizons.minute:%Y-%m-%d}) and {kept.hour_rows:,} hourly rows "
@@ -276,7 +281,7 @@ def _costs(args, cfg, now) -> int:
             r = report.build(con, cfg, day, now)
         queued, said, ok = [], [], True
     else:
-        with store.writer(cfg.store.path, now) as con:
+        with store.writer(cfg.store.path, now, create=False) as con:
             r = report.build(con, cfg, day, now)
             after = notify.last_id(con)
             queued = report.queue(con, r, cfg, transports, resend=args.resend)
@@ -341,7 +346,7 @@ def _analyze(args, cfg, now) -> int:
     if not cfg.experiments:
         raise InputError("no experiments configured ([[experiments]] in the TOML config)")
     transports = notify.Transports.from_env(os.environ)
-    opener = store.reader if args.dry_run else (lambda path: store.writer(path, now))
+    opener = store.reader if args.dry_run else (lambda path: store.writer(path, now, create=False))
     with opener(cfg.store.path) as con:
         after = notify.last_id(con)  # what promote.daily queues comes after it
         results, actions = promote.daily(con, cfg, at, os.environ, transports, args.dry_run)

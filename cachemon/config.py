@@ -294,7 +294,7 @@ def load(path: str | os.PathLike | None = None, env: dict | None = None) -> Conf
         except ConfigError as exc:
             raise ConfigError(f"CACHEMON_DATASET: {exc}") from None
     db = env.get("CACHEMON_DB")
-    return with_db(cfg, db) if db else cfg
+    return cfg if db is None else with_db(cfg, db, "CACHEMON_DB")
 
 
 # A configuration file is a few kilobytes; the cap keeps a mistaken path
@@ -444,6 +444,9 @@ def _coerce(path: Path, where: str, default, value):
     return value
 
 
-def with_db(cfg: Config, path: str) -> Config:
-    """`cfg` with another store path (the --db flag)."""
+def with_db(cfg: Config, path: str, what: str = "--db") -> Config:
+    """`cfg` with another store path (the --db flag). An empty one is
+    refused: falling back to the default store would write somewhere else."""
+    if not path.strip():
+        raise ConfigError(f"{what} is empty: name the store file")
     return replace(cfg, store=replace(cfg.store, path=path))

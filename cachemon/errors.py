@@ -41,3 +41,10 @@ class StoreDiskError(StoreError):
     """The disk refused a write: no space left, a read-only file system, an
     I/O error. Nothing half-written is published; trying again later is
     right once the disk is fixed."""
+
+
+class StoreUnpublishedError(StoreError):
+    """A write was committed to the store, but publishing the readers'
+    snapshot failed (a full disk, say): the change is kept and used by the
+    runner, readers show the previous snapshot until a publish succeeds.
+    Repeating the command would do the write twice."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from . import runner
-from .clock import iso
+from .clock import CLOCK_SKEW, iso
 
 # Ingest intervals without a successful ingest before the runner counts as
 # stalled: one slow or failed run is normal, three in a row are not.
@@ -37,9 +37,17 @@ class RunnerCheck:
     failing: tuple[FailingJob, ...]
 
     @property
+    def ingest_from_future(self) -> bool:
+        """The last successful ingest is dated ahead of now (beyond clock
+        skew): written by a clock that ran ahead (an older runner's fast
+        simulated clock). It proves nothing about the runner now."""
+        return self.last_ingest_ok is not None and self.last_ingest_ok - self.at > CLOCK_SKEW
+
+    @property
     def ingest_stalled(self) -> bool:
-        """No successful ingest within INGEST_GRACE intervals (or ever)."""
-        if self.last_ingest_ok is None:
+        """No successful ingest within INGEST_GRACE intervals (or ever), or
+        none that can be dated (one from the future)."""
+        if self.last_ingest_ok is None or self.ingest_from_future:
             return True
         return self.at - self.last_ingest_ok > INGEST_GRACE * self.ingest_every
 
@@ -49,7 +57,11 @@ class RunnerCheck:
 
     @property
     def ingest_age(self) -> timedelta | None:
-        return None if self.last_ingest_ok is None else max(self.at - self.last_ingest_ok, timedelta(0))
+        """How long ago ingest last succeeded; None when never, or when its
+        time is in the future (an age of 0 would read as fresh)."""
+        if self.last_ingest_ok is None or self.ingest_from_future:
+            return None
+        return max(self.at - self.last_ingest_ok, timedelta(0))
 
     def problems(self) -> list[str]:
         """One line per problem, naming the jobs and when (never their error
@@ -57,6 +69,10 @@ class RunnerCheck:
         out = []
         if self.last_ingest_ok is None:
             out.append("the job runner has never ingested successfully into this store (is `python -m jobs` running?)")
+        elif self.ingest_from_future:
+            out.append(f"the last successful ingest is dated in the future ({iso(self.last_ingest_ok)}, now "
+                       f"{iso(self.at)}): written by a clock ahead of real time, so it says nothing about the "
+                       "runner now; only runs dated up to now count")
         elif self.ingest_stalled:
             out.append(f"no successful ingest for {rough_age(self.ingest_age)} (last at {iso(self.last_ingest_ok)}, "
                        f"expected every {rough_age(self.ingest_every)}; is `python -m jobs` running?)")
@@ -69,6 +85,7 @@ class RunnerCheck:
         return {"lastIngestOk": iso(self.last_ingest_ok) if self.last_ingest_ok else None,
                 "lastIngestAgeSeconds": int(age.total_seconds()) if age is not None else None,
                 "ingestStalled": self.ingest_stalled,
+                "ingestFromFuture": self.ingest_from_future,
                 "failingJobs": [{"job": f.job, "failedAt": iso(f.failed_at),
                                  "lastOk": iso(f.last_ok) if f.last_ok else None} for f in self.failing]}
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import math
 import os
 import re
 import shutil
@@ -44,7 +45,7 @@ from typing import Callable, Iterator
 import duckdb
 
 from . import analyst
-from .errors import EmptyStoreError, StoreBusyError, StoreDiskError, StoreError
+from .errors import CachemonError, EmptyStoreError, StoreBusyError, StoreDiskError, StoreError, StoreUnpublishedError
 
 log = logging.getLogger("cachemon.store")
 
@@ -201,6 +202,8 @@ DATABASE_SIZE = "SELECT block_size, used_blocks FROM pragma_database_size() WHER
 TABLES = "SELECT schema_name, table_name FROM duckdb_tables()"
 MAX_BLOCK = "SELECT coalesce(max(block_id), -1) FROM pragma_storage_info($t)"
 DEFAULT_WRITE_WAIT_S = 60.0
+# An hour: a writer that waits longer is stuck, not patient.
+MAX_WRITE_WAIT_S = 3600.0
 # Errors of the disk rather than of cachemon: said as themselves, retried by the runner.
 _DISK_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
                 errno.EDQUOT: "disk quota exceeded", errno.EIO: "I/O error"}
@@ -253,7 +256,7 @@ def current_snapshot(path: str | os.PathLike) -> Path | None:
 def snapshot_version(path: str | os.PathLike) -> str:
     """An identity of the current snapshot that changes with every publish
     (for caches keyed on the data they read)."""
-    snap = current_snapshot(path)
+    snap = current_snapshot(reader_path(path))
     if snap is None:
         return ""
     try:
@@ -263,7 +266,9 @@ def snapshot_version(path: str | os.PathLike) -> str:
     return f"{snap.name}:{st.st_ino}:{st.st_mtime_ns}"
 
 
-def _disk_error(exc: BaseException, path: Path) -> StoreDiskError | None:
+def _disk_error(exc: BaseException, path: Path,
+                tail: str = "nothing half-written was published (free space or fix the disk, then try again)"
+                ) -> StoreDiskError | None:
     """The disk's error as one line, or None when `exc` is not one."""
     reason = _DISK_ERRNOS.get(getattr(exc, "errno", None))
     if reason is None and isinstance(exc, duckdb.Error):
@@ -271,22 +276,32 @@ def _disk_error(exc: BaseException, path: Path) -> StoreDiskError | None:
         reason = next((r for t, r in _DISK_TEXTS.items() if t in text), None)
     if reason is None:
         cause = exc.__cause__ or exc.__context__
-        return _disk_error(cause, path) if cause is not None and cause is not exc else None
-    return StoreDiskError(f"cannot write {path}: {reason}; nothing half-written was published "
-                          "(free space or fix the disk, then try again)")
+        return _disk_error(cause, path, tail) if cause is not None and cause is not exc else None
+    return StoreDiskError(f"cannot write {path}: {reason}; {tail}")
 
 
 def write_wait() -> float:
-    """How long a writer waits for another writer (CACHEMON_WRITE_WAIT_SECONDS)."""
+    """How long a writer waits for another writer (CACHEMON_WRITE_WAIT_SECONDS):
+    a finite number of seconds from 0 to MAX_WRITE_WAIT_S, or one clear error
+    (nan, a negative wait or inf would silently mean "never" or "forever")."""
     text = os.environ.get("CACHEMON_WRITE_WAIT_SECONDS", "")
+    if not text.strip():
+        return DEFAULT_WRITE_WAIT_S
     try:
-        return max(0.0, float(text)) if text else DEFAULT_WRITE_WAIT_S
+        wait = float(text)
     except ValueError:
-        raise StoreError(f"CACHEMON_WRITE_WAIT_SECONDS must be a number of seconds, got {text!r}") from None
+        wait = math.nan
+    if not (math.isfinite(wait) and 0 <= wait <= MAX_WRITE_WAIT_S):
+        raise StoreError(f"CACHEMON_WRITE_WAIT_SECONDS must be a number of seconds from 0 to "
+                         f"{MAX_WRITE_WAIT_S:g}, got {text!r}")
+    return wait
+
+
+LOCK_SUFFIX = ".write.lock"
 
 
 def lock_path(path: str | os.PathLike) -> Path:
-    return Path(str(path) + ".write.lock")
+    return Path(str(path) + LOCK_SUFFIX)
 
 
 _HELD = threading.local()  # the lock files this thread holds (a writer may publish inside its turn)
@@ -324,6 +339,7 @@ def write_lock(path: str | os.PathLike, wait: float | None = None) -> Iterator[N
             yield
         finally:
             held.discard(lock)
+            _release_note(fd)
     finally:
         os.close(fd)  # releases the flock
 
@@ -336,13 +352,48 @@ def _acquire(fd: int, lock: Path, wait: float) -> None:
             break
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
                 raise StoreBusyError(f"store {lock.name[:-len('.write.lock')]} busy for {wait:g} s: another writer "
-                                     f"holds it ({holder}); try again when it is done") from None
+                                     f"holds it ({_holder(fd)}); try again when it is done") from None
             time.sleep(0.02)
     try:  # who holds it, for the message of whoever waits (best effort: a full disk refuses it)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{_who()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}".encode(), 0)
+    except OSError:
+        pass
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as far as can be known: cachemon writers name
+    themselves in the lock file and clear it when they let go, so a text is
+    theirs only while its pid runs; anything else is an outside process."""
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    m = re.match(r"pid (\d+) ", text)
+    if m and _running(int(m.group(1))):
+        return text
+    if m:
+        return (f"not a cachemon writer: the lock file still names {text}, which is no longer running; "
+                f"look for another program holding {LOCK_SUFFIX}, e.g. with `fuser`")
+    return f"a process that is not a cachemon writer; find it with `fuser` on the {LOCK_SUFFIX} file"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, under another user
+    return True
+
+
+def _release_note(fd: int) -> None:
+    """Clear our name from the lock file while still holding it, so no
+    later holder is reported as us."""
+    try:
+        os.ftruncate(fd, 0)
     except OSError:
         pass
 
@@ -418,19 +469,59 @@ def migrate(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
     return found
 
 
+_SNAPSHOT_NAME = re.compile(r"(?P<stem>.+)\.snapshot(?:\.\d+)?(?P<suffix>\.[^.]+)")
+
+
+def snapshot_main(path: str | os.PathLike) -> Path | None:
+    """The main store a snapshot pointer or version belongs to, when `path`
+    is one (by its name, or by the name a symlink at `path` points to);
+    None for any other path."""
+    p = Path(path)
+    candidates = [p]
+    if p.is_symlink():
+        candidates.append(Path(os.path.realpath(p)))
+    for c in candidates:
+        m = _SNAPSHOT_NAME.fullmatch(c.name)
+        if m:
+            return c.with_name(m["stem"] + m["suffix"])
+    return None
+
+
+def check_writer_path(path: str | os.PathLike, create: bool) -> Path:
+    """The store path a writer may open, or one clear StoreError: never a
+    published snapshot (versions must never change, and a write there is
+    lost to the runner), never an empty path, and, for commands that only
+    change a store (`create` False), never a store that does not exist: a
+    typo would make a new store the runner never sees."""
+    if not str(path).strip():
+        raise StoreError("the store path is empty (--db or CACHEMON_DB): name the store file")
+    p = Path(path)
+    main = snapshot_main(p)
+    if main is not None:
+        raise StoreError(f"{p} is a published read-only snapshot, not the store: writing it would change what "
+                         f"readers see and be lost; use the main store {main} instead")
+    if not create and not p.exists():
+        raise EmptyStoreError(f"no store at {p}: this command changes an existing store and never creates one "
+                              "(check --db or CACHEMON_DB; `demo`, `import`, `pull` or the job runner create one)")
+    return p
+
+
 @contextmanager
 def writer(path: str | os.PathLike, now: datetime | None = None, publish: bool = True,
-           wait: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+           wait: float | None = None, create: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
     """The writer's connection, in this process's turn (`write_lock`):
-    creates and migrates the store, and on exit checkpoints, closes and
-    publishes the reader snapshot. It publishes after a failure too: what
-    was committed before it is good data, and the failed transaction was
-    rolled back. A failure while closing never hides the body's own error."""
-    p = Path(path)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _disk_error(exc, p.parent) or StoreError(f"cannot create {p.parent}: {exc.strerror}") from None
+    migrates the store (creates it only when `create`: the commands that
+    fill a store), and on exit checkpoints, closes and publishes the reader
+    snapshot. It publishes after a failure too: what was committed before
+    it is good data, and the failed transaction was rolled back. A failure
+    while closing never hides the body's own error; a publish that fails
+    after a good write is StoreUnpublishedError (the write is kept)."""
+    p = check_writer_path(path, create)
+    if create:
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _disk_error(exc, p.parent) or StoreError(f"cannot create {p.parent}: {exc.strerror}") from None
     with write_lock(p, wait):
         con = _connect(p, read_only=False)
         opened, failed = False, False
@@ -457,13 +548,29 @@ def _close(con, p: Path, checkpoint: bool, publish: bool, quiet: bool) -> None:
                 con.execute("CHECKPOINT")
         finally:
             con.close()
-        if publish:
-            publish_snapshot(p)
     except Exception as exc:
         if not quiet:
-            raise _disk_error(exc, p) or exc
+            raise exc if isinstance(exc, CachemonError) else (_disk_error(exc, p) or exc)
         # INFO: the runner's log shows it; a CLI shows only the body's error.
-        log.info("after a failed write, closing or publishing %s failed too: %s", p.name, _first_line(str(exc)))
+        log.info("after a failed write, closing %s failed too: %s", p.name, _first_line(str(exc)))
+        return
+    if publish:
+        _publish_after_write(p, quiet)
+
+
+def _publish_after_write(p: Path, quiet: bool = False) -> None:
+    """Publish after a committed write. A failure must not read as "nothing
+    was done": the write is stored, only readers lag behind."""
+    try:
+        publish_snapshot(p)
+    except CachemonError as exc:
+        if quiet:
+            log.info("after a failed write, publishing %s failed too: %s", p.name, _first_line(str(exc)))
+            return
+        raise StoreUnpublishedError(
+            f"the change was STORED in {p}, but the readers' snapshot is not yet published ({exc}); "
+            "readers show the previous data until a publish succeeds (the job runner's next run, or any "
+            "later write, publishes it): do not repeat the command") from None
 
 
 @contextmanager
@@ -492,11 +599,11 @@ def rebuilt(path: str | os.PathLike, now: datetime | None = None) -> Iterator[Pa
                 _remove_store_files(aside)
             except OSError:
                 pass  # a read-only or failing disk: the next build removes it
-        publish_snapshot(p)
+        _publish_after_write(p)
 
 
 def _remove_store_files(path: Path) -> None:
-    for f in (path, path.with_name(path.name + ".wal")):
+    for f in (path, path.with_name(path.name + ".wal"), lock_path(path)):
         f.unlink(missing_ok=True)
 
 
@@ -527,7 +634,7 @@ def publish_snapshot(path: str | os.PathLike, copy: Callable[[Path, Path], objec
             os.replace(tmp, final)
             _point(p, final)
         except OSError as exc:
-            raise _disk_error(exc, snapshot_path(p)) or StoreError(
+            raise _disk_error(exc, snapshot_path(p), "the last good snapshot stays") or StoreError(
                 f"cannot publish the snapshot of {p}: {exc.strerror or exc}") from None
         finally:
             tmp.unlink(missing_ok=True)
@@ -550,7 +657,7 @@ def _verify_whole(copy: Path, main: Path) -> None:
         con = duckdb.connect(str(copy), read_only=True)
     except duckdb.Error as exc:
         if _disk_error(exc, copy):
-            raise _disk_error(exc, copy) from None
+            raise _disk_error(exc, snapshot_path(main), "the last good snapshot stays") from None
         raise StoreError(f"{refuse} is not a readable DuckDB database (truncated or corrupt): "
                          f"{_first_line(str(exc))}") from None
     try:
@@ -601,9 +708,28 @@ def _remove_leftovers(p: Path) -> None:
             f.unlink(missing_ok=True)
 
 
+def reader_path(path: str | os.PathLike) -> Path:
+    """The store a reader given `path` reads: a snapshot pointer or version
+    (the path the README gives analysts) reads its main store's current
+    snapshot, so it follows every publish; any other path is itself."""
+    p = Path(path)
+    main = snapshot_main(p)
+    return main if main is not None and current_snapshot(main) is not None else p
+
+
 def _open_snapshot(p: Path) -> tuple[Path, duckdb.DuckDBPyConnection]:
     """Resolve the pointer and open the version it names, read-only; a
-    version pruned in between is resolved again."""
+    version pruned in between is resolved again. A snapshot file without
+    its store beside it (a copy) is opened as it is."""
+    if snapshot_main(p) is not None and reader_path(p) == p and p.exists():
+        con = _connect(p, read_only=True)
+        try:
+            check_readable(con, p)
+        except BaseException:
+            con.close()
+            raise
+        return p, con
+    p = reader_path(p)
     for _ in range(SNAPSHOT_RESOLVE_ATTEMPTS):
         snap = current_snapshot(p)
         if snap is None:
@@ -660,7 +786,7 @@ def shared_reader(path: str | os.PathLike) -> Iterator[duckdb.DuckDBPyConnection
     cursor per use, so threads are safe), and replaced as soon as the
     pointer names a newer version. Holding it never blocks a writer, which
     never opens a snapshot; an old one is closed once no cursor uses it."""
-    p = Path(path)
+    p = reader_path(path)
     with _SHARED_LOCK:
         cached = _SHARED.get(p)
         if cached is None or cached[0] != _identity(current_snapshot(p)):

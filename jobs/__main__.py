@@ -9,8 +9,10 @@ The runner is the one process that must never exit on its own: a busy store
 (another writer's turn, an outside DuckDB process), a full or read-only disk
 or a refused publish fail the job or the publish in hand, which is logged,
 recorded (now, or with the next record that can be written) and tried again
-later. With CACHEMON_HEARTBEAT_URL set, each successful ingest and alert
-evaluation pings that URL (`cachemon.heartbeat`).
+later; a failed publish is retried with back-off. With CACHEMON_HEARTBEAT_URL
+set, each successful ingest and alert evaluation pings that URL
+(`cachemon.heartbeat`) once readers can see it: while publishing fails,
+readers are frozen, so no ping goes out and the outside service notices.
 
     python -m jobs                  # run the schedule
     python -m jobs --list           # the schedule with next run times
@@ -34,10 +36,12 @@ import schedule
 from cachemon import config as config_mod
 from cachemon import alerts, heartbeat, notify, pipeline, report, runner, store
 from cachemon.argcheck import finite
-from cachemon.clock import as_utc, check_not_future, iso, parse_instant, utcnow
-from cachemon.errors import CachemonError, ConfigError, StoreBusyError, StoreDiskError
+from cachemon.clock import CLOCK_SKEW, as_utc, check_not_future, iso, parse_instant, utcnow
+from cachemon.errors import CachemonError, ConfigError, StoreBusyError, StoreDiskError, StoreError
 
 log = logging.getLogger("jobs")
+# Where the store's data ends, whatever the source.
+LATEST_WATERMARK = "SELECT max(until) FROM watermarks"
 # A simulated clock: up to ~11 days a second (tests run days in seconds).
 MAX_CLOCK_SPEED = 1e6
 
@@ -63,7 +67,19 @@ class Jobs:
             summary, self.sim = pipeline.simulate_until(self.cfg, now, self.sim, publish=False)
         log.info("ingest: %d events in %d windows, store up to %s", summary.events, summary.windows,
                  iso(summary.until))
+        if not summary.events:
+            self._not_ahead(now)
         return summary.events
+
+    def _not_ahead(self, now: datetime) -> None:
+        """An ingest that found nothing: fail if it is because the store's data
+        runs past now (a clock ahead of real time wrote it): a success would
+        read as fresh while nothing new can be stored until real time passes it."""
+        with store.writer(self.cfg.store.path, now, publish=False) as con:
+            until = store.first_row(con, LATEST_WATERMARK)[0]
+        if until is not None and as_utc(until) - now > CLOCK_SKEW:
+            raise StoreError(f"the store's data runs to {iso(as_utc(until))}, after now ({iso(now)}): written by "
+                             "a clock ahead of real time; no new data is ingested until then")
 
     def compact(self, now: datetime) -> int:
         with store.writer(self.cfg.store.path, now, publish=False) as con:
@@ -77,6 +93,13 @@ class Jobs:
         transports = self._transports()
         with store.writer(self.cfg.store.path, now, publish=False) as con:
             if not alerts.due(con, now):
+                last = alerts.last_evaluation(con, None)
+                if last is not None and as_utc(last) - now > CLOCK_SKEW:
+                    # Written by a clock ahead of real time: "already evaluated" would hide
+                    # that no alert is evaluated until real time passes it.
+                    raise StoreError(f"the last alert evaluation is dated {iso(as_utc(last))}, after now "
+                                     f"({iso(now)}): written by a clock ahead of real time; alerts are not "
+                                     "evaluated until then")
                 log.info("alerts: %s already evaluated", iso(now))
                 return 0
             result = alerts.run(con, self.cfg, now, transports)
@@ -154,6 +177,9 @@ MAX_PENDING_RECORDS = 1000
 # A record waits less for the store than a job does: it is kept and written later anyway.
 RECORD_WAIT_S = 10.0
 STARTUP_RETRY_MAX_S = 60.0
+# A failed publish copies the whole store again on retry: back off.
+PUBLISH_RETRY_MIN_S = 2.0
+PUBLISH_RETRY_MAX_S = 300.0
 
 
 def _one_line(exc: BaseException) -> str:
@@ -170,10 +196,11 @@ class RunLog:
     def __init__(self, cfg, now_fn, pinger: heartbeat.Pinger | None = None):
         self.cfg, self.now_fn, self.pinger = cfg, now_fn, pinger
         self.pending: list[runner.RunRecord] = []
+        self.alive = False  # a heartbeat job succeeded since the last ping
 
     def __call__(self, rec: runner.RunRecord) -> None:
-        if self.pinger and rec.outcome == "ok" and rec.job in HEARTBEAT_JOBS:
-            self.pinger.ping()
+        if rec.outcome == "ok" and rec.job in HEARTBEAT_JOBS:
+            self.alive = True
         self.pending.append(rec)
         if len(self.pending) > MAX_PENDING_RECORDS:
             dropped = len(self.pending) - MAX_PENDING_RECORDS
@@ -202,40 +229,74 @@ class RunLog:
         self.pending.clear()
         return True
 
+    def published(self) -> None:
+        """Readers now see the runs so far: ping if a heartbeat job
+        succeeded (never before: a runner whose publishes fail is frozen
+        to every reader, however well its jobs run)."""
+        if self.pinger and self.alive:
+            self.pinger.ping()
+        self.alive = False
+
 
 class Shell:
     """One tick of the schedule, guarded: nothing a tick meets ends the
     process. Publishes the reader snapshot once after the tick's jobs and
-    their records, and again on later ticks until a publish succeeds."""
+    their records; a failed publish (a full disk: a whole copy of the store
+    each time) is retried with back-off, PUBLISH_RETRY_MIN_S doubling to
+    PUBLISH_RETRY_MAX_S, while the jobs go on."""
 
-    def __init__(self, cfg, r: runner.Runner, runlog: RunLog, clock, stopping: list):
+    def __init__(self, cfg, r: runner.Runner, runlog: RunLog, clock, stopping: list,
+                 monotonic: Callable[[], float] = time.monotonic):
         self.cfg, self.r, self.runlog, self.clock, self.stopping = cfg, r, runlog, clock, stopping
-        self.unpublished = False
+        self.monotonic = monotonic
+        self.unpublished = True  # the first tick publishes what the store holds
+        self.retry_at = 0.0
+        self.retry_delay = PUBLISH_RETRY_MIN_S
 
     def tick(self) -> None:
         try:
             ran = self.r.tick(self.clock(), stop=lambda: bool(self.stopping))
             self.runlog.flush()
-            if ran or self.unpublished:
-                self.unpublished = True
-                store.publish_snapshot(self.cfg.store.path)
-                self.unpublished = False
+            self.unpublished = self.unpublished or bool(ran)
         except CachemonError as exc:
             log.error("tick: %s; the runner goes on and tries again", _one_line(exc))
         except Exception:
             log.exception("tick failed; the runner goes on and tries again")
+        self.publish()
+
+    def publish(self) -> None:
+        if not self.unpublished or self.monotonic() < self.retry_at:
+            return
+        try:
+            store.publish_snapshot(self.cfg.store.path)
+        except CachemonError as exc:
+            log.error("publish: %s; readers see the previous snapshot and no heartbeat is sent; "
+                      "trying again in %g s", _one_line(exc), self.retry_delay)
+            self.retry_at = self.monotonic() + self.retry_delay
+            self.retry_delay = min(2 * self.retry_delay, PUBLISH_RETRY_MAX_S)
+            return
+        except Exception:
+            log.exception("publish failed; trying again in %g s", self.retry_delay)
+            self.retry_at = self.monotonic() + self.retry_delay
+            self.retry_delay = min(2 * self.retry_delay, PUBLISH_RETRY_MAX_S)
+            return
+        self.unpublished, self.retry_at, self.retry_delay = False, 0.0, PUBLISH_RETRY_MIN_S
+        self.runlog.published()
 
 
-def _clock(start: str | None, speed: float):
+def _clock(start: str | None, speed: float, real: Callable[[], datetime] = utcnow):
     """UTC now; or, for tests and demos, a clock from `start` running
-    `speed` times faster than real time."""
+    `speed` times faster than real time, but never past real time: the
+    runner writes, and anything dated ahead of now (runs, evaluations,
+    watermarks) would make the real clock look done and fresh until it
+    caught up. A replay of the past catches up, then runs at real speed."""
     finite(speed, "--clock-speed", 0, MAX_CLOCK_SPEED)
     if start is None and speed == 1.0:
-        return utcnow
+        return real
     # The runner writes: a clock may be started in the past, never ahead.
-    t0 = check_not_future(parse_instant(start, "--clock-start"), utcnow(), "--clock-start") if start else utcnow()
+    t0 = check_not_future(parse_instant(start, "--clock-start"), real(), "--clock-start") if start else real()
     m0 = time.monotonic()
-    return lambda: as_utc(t0 + timedelta(seconds=(time.monotonic() - m0) * speed))
+    return lambda: min(as_utc(t0 + timedelta(seconds=(time.monotonic() - m0) * speed)), as_utc(real()))
 
 
 def main(argv=None) -> int:
@@ -254,7 +315,7 @@ def main(argv=None) -> int:
         logging.getLogger("cachemon").setLevel(logging.DEBUG)
     try:
         cfg = config_mod.load(args.config)
-        if args.db:
+        if args.db is not None:
             cfg = config_mod.with_db(cfg, args.db)
         clock = _clock(args.clock_start, args.clock_speed)
         jobs = Jobs(cfg, args.config)
@@ -287,8 +348,9 @@ def _once(cfg, registry, name: str, clock, pinger=None) -> int:
     try:
         if Path(cfg.store.path).exists():
             store.publish_snapshot(cfg.store.path)
+            runlog.published()
     except CachemonError as exc:
-        log.error("%s", exc)
+        log.error("publish: %s", exc)
         ok = False
     if pinger:
         pinger.wait(pinger.target.deadline_s + 1)
@@ -305,19 +367,32 @@ def _list(cfg, registry, clock) -> int:
 
 
 def _last_runs(cfg, clock, stopping: list) -> dict | None:
-    """Open (create, migrate, publish) the store and read the run log;
-    while the store is busy or the disk refuses, say so and try again (a
-    runner started during a long import waits for it). None: stopped."""
+    """Open (create, migrate) the store and read the run log; while the
+    store is busy or the disk refuses, say so and try again (a runner
+    started during a long import waits for it). None: stopped. Publishing
+    is the first tick's (`Shell`): a disk with no room for a snapshot copy
+    blocks only the publish, never the jobs."""
     delay = 1.0
     while not stopping:
         try:
-            with store.writer(cfg.store.path, clock()) as con:
-                return runner.last_runs(con)
+            with store.writer(cfg.store.path, clock(), publish=False) as con:
+                return _past_runs(runner.last_runs(con), clock())
         except (StoreBusyError, StoreDiskError) as exc:
             log.error("starting: %s; trying again in %g s", _one_line(exc), delay)
         _sleep(delay, stopping)
         delay = min(2 * delay, STARTUP_RETRY_MAX_S)
     return None
+
+
+def _past_runs(last: dict[str, datetime], now: datetime) -> dict[str, datetime]:
+    """The run log's last runs, without those dated after now (beyond clock
+    skew): a clock ahead of real time wrote them, and believing them would
+    keep the job from running until real time caught up, in silence."""
+    future = {job: t for job, t in last.items() if t - now > CLOCK_SKEW}
+    for job, t in future.items():
+        log.warning("run log: %s's last run is dated %s, after now (%s): written by a clock ahead of real "
+                    "time; it runs as if it never ran", job, iso(t), iso(now))
+    return {job: t for job, t in last.items() if job not in future}
 
 
 def _sleep(seconds: float, stopping: list) -> None:

@@ -88,7 +88,7 @@ def _silences(cfg, silences, names, now):
         reason = st.text_input("Reason", key="silence_reason")
         if st.form_submit_button("Silence"):
             try:
-                with store.writer(cfg.store.path, now) as con:
+                with store.writer(cfg.store.path, now, create=False) as con:
                     s = alerts.add_silence(con, matcher, parse_duration(duration, "For"), reason, now,
                                            created_by="dashboard")
             except CachemonError as exc:

@@ -139,6 +139,9 @@ def runner_status(check) -> None:
     stale)."""
     if check.last_ingest_ok is None:
         st.warning("Runner: no successful ingest yet. Is the job runner (`python -m jobs`) running?")
+    elif check.ingest_from_future:
+        st.warning(f"Runner: the last ingest is dated in the future ({iso(check.last_ingest_ok)}), written by a "
+                   "clock ahead of real time; it does not count. Is the job runner (`python -m jobs`) running?")
     elif check.ingest_stalled:
         st.warning(f"Runner: last ingest ok {rough_age(check.ingest_age)} ago ({iso(check.last_ingest_ok)}), "
                    "overdue. Is the job runner (`python -m jobs`) running?")
