@@ -12,18 +12,22 @@ import email.policy
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
-import ssl
 import threading
 import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from cachemon.testing.loopback import LoopbackServer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -119,7 +123,7 @@ class WebhookSink:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = LoopbackServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -205,7 +209,7 @@ class EchoServer:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = LoopbackServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -222,7 +226,7 @@ def streamlit_server(env: dict, with_pid: bool = False):
     """`streamlit run app.py` on a free loopback port with `env`; yields its
     URL (and its pid, `with_pid`)."""
     port = free_port()
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
@@ -242,3 +246,45 @@ def streamlit_server(env: dict, with_pid: bool = False):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@contextmanager
+def serve_process(db, *extra, host: str = "127.0.0.1", nofile: int | None = None, token: str | None = None):
+    """A real `cachemon serve` on a free port of `host` over the store `db`;
+    yields (base URL, its output so far). `nofile` sets the server's
+    descriptor limit (a distribution's default), `token` CACHEMON_API_TOKEN."""
+    import resource
+
+    port = free_port()
+    env = dict(os.environ, CACHEMON_DB=str(db), PYTHONPATH=str(ROOT))
+    env.pop("CACHEMON_API_TOKEN", None)
+    if token:
+        env["CACHEMON_API_TOKEN"] = token
+
+    def limit():
+        if nofile:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    proc = subprocess.Popen([sys.executable, "-m", "cachemon", "serve", "--host", host, "--port", str(port), *extra],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=limit)
+    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    out: list[str] = []
+    # Drained as it comes: a full pipe would block the server's access log.
+    drain = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
+    drain.start()
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert proc.poll() is None, "".join(out)
+            try:
+                httpx.get(base + "/healthz", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert time.time() < deadline, "server did not start"
+                time.sleep(0.2)
+        yield base, out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        drain.join(timeout=10)

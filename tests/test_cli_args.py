@@ -12,7 +12,6 @@ import os
 import shutil
 from collections import Counter
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings

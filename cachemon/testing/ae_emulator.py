@@ -20,11 +20,12 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import duckdb
 
 from ..events import EventFrame
+from .loopback import LoopbackServer
 
 AE_COLUMNS = """
     timestamp TIMESTAMP, index1 VARCHAR, blob1 VARCHAR, blob2 VARCHAR, blob3 VARCHAR, blob4 VARCHAR,
@@ -69,7 +70,7 @@ class Emulator:
         self.requests: list[str] = []  # SQL received, in order
         self.rows_sent = self.bytes_sent = 0
         self.answered: list[tuple[str, int, int]] = []  # (SQL, rows, bytes) of each successful answer
-        self.server = ThreadingHTTPServer((host, port), self._handler())
+        self.server = LoopbackServer((host, port), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property

@@ -15,7 +15,9 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from .loopback import LoopbackServer
 
 _PATH = re.compile(r"^/client/v4/accounts/([^/]+)/storage/kv/namespaces/([^/]+)/values/(.+)$")
 
@@ -34,7 +36,7 @@ class KvEmulator:
         self.faults: collections.deque[Fault] = collections.deque()
         self.log: list[tuple[str, str, int]] = []  # (method, key, status)
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.server = LoopbackServer(("127.0.0.1", port), self._handler())
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     @property

@@ -7,7 +7,6 @@ real uvicorn server in a thread) on 127.0.0.1."""
 from __future__ import annotations
 
 import os
-import resource
 import select
 import socket
 import subprocess
@@ -23,44 +22,10 @@ import pytest
 from cachemon import api, config
 from cachemon.clock import utcnow
 from conftest import ROOT, T0
-from servers import free_port
+from servers import free_port, serve_process
 
 
-@contextmanager
-def _serve(db, *extra, nofile: int | None = None, token: str | None = None):
-    """`cachemon serve` on a free loopback port; yields (base URL, output so far)."""
-    port = free_port()
-    env = dict(os.environ, CACHEMON_DB=str(db), PYTHONPATH=str(ROOT))
-    env.pop("CACHEMON_API_TOKEN", None)
-    if token:
-        env["CACHEMON_API_TOKEN"] = token
-
-    def limit():  # the server's descriptor limit, as a distribution's default
-        if nofile:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-
-    proc = subprocess.Popen([sys.executable, "-m", "cachemon", "serve", "--port", str(port), *extra], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=limit)
-    base = f"http://127.0.0.1:{port}"
-    out: list[str] = []
-    # Drained as it comes: a full pipe would block the server's access log.
-    drain = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
-    drain.start()
-    try:
-        deadline = time.time() + 60
-        while True:
-            assert proc.poll() is None, "".join(out)
-            try:
-                httpx.get(base + "/healthz", timeout=2)
-                break
-            except httpx.HTTPError:
-                assert time.time() < deadline, "server did not start"
-                time.sleep(0.2)
-        yield base, out
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        drain.join(timeout=10)
+_serve = serve_process
 
 
 def test_forged_forwarded_addresses_are_one_peer(loaded_store, results):

@@ -20,36 +20,10 @@ import pytest
 
 from cachemon import api, config, metrics, store
 from conftest import ROOT
-from servers import free_port
+from servers import free_port, serve_process
 
 
-@contextmanager
-def _serve(db, *extra, host: str = "127.0.0.1"):
-    """`cachemon serve` on a free loopback port of `host`; yields (base URL, output)."""
-    port = free_port()
-    env = dict(os.environ, CACHEMON_DB=str(db), PYTHONPATH=str(ROOT))
-    env.pop("CACHEMON_API_TOKEN", None)
-    proc = subprocess.Popen([sys.executable, "-m", "cachemon", "serve", "--host", host, "--port", str(port), *extra],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-    out: list[str] = []
-    drain = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)  # a full pipe would block it
-    drain.start()
-    try:
-        deadline = time.time() + 60
-        while True:
-            assert proc.poll() is None, "".join(out)
-            try:
-                httpx.get(base + "/healthz", timeout=2)
-                break
-            except httpx.HTTPError:
-                assert time.time() < deadline, "server did not start"
-                time.sleep(0.2)
-        yield base, out
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        drain.join(timeout=10)
+_serve = serve_process
 
 
 def _codes(client, url, n, headers=None):

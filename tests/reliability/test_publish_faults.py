@@ -17,7 +17,7 @@ from cachemon import store
 
 from conftest import ROOT
 from pingsink import PingSink
-from test_disk import tmpfs
+from test_disk import _fill, tmpfs
 
 def _cli(db, *args):
     return subprocess.run([sys.executable, "-m", "cachemon", "--db", str(db), *args], cwd=ROOT,
@@ -27,16 +27,7 @@ def _cli(db, *args):
 def _leave_free(disk, free: int) -> None:
     """Fill the disk with a ballast file, then give back `free` bytes."""
     ballast = disk / "ballast"
-    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        for chunk in (1 << 20, 4096):
-            while True:
-                try:
-                    os.write(fd, b"\0" * chunk)
-                except OSError:
-                    break
-    finally:
-        os.close(fd)
+    _fill(ballast)
     os.truncate(ballast, max(0, ballast.stat().st_size - free))
 
 

@@ -5,7 +5,6 @@ real time. Each is one clear line, and nothing stored changes."""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import subprocess
