@@ -269,14 +269,10 @@ class Shell:
             return
         try:
             store.publish_snapshot(self.cfg.store.path)
-        except CachemonError as exc:
+        except Exception as exc:  # a CachemonError is one line; anything else keeps its traceback
             log.error("publish: %s; readers see the previous snapshot and no heartbeat is sent; "
-                      "trying again in %g s", _one_line(exc), self.retry_delay)
-            self.retry_at = self.monotonic() + self.retry_delay
-            self.retry_delay = min(2 * self.retry_delay, PUBLISH_RETRY_MAX_S)
-            return
-        except Exception:
-            log.exception("publish failed; trying again in %g s", self.retry_delay)
+                      "trying again in %g s", _one_line(exc), self.retry_delay,
+                      exc_info=not isinstance(exc, CachemonError))
             self.retry_at = self.monotonic() + self.retry_delay
             self.retry_delay = min(2 * self.retry_delay, PUBLISH_RETRY_MAX_S)
             return
