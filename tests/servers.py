@@ -288,3 +288,11 @@ def serve_process(db, *extra, host: str = "127.0.0.1", nofile: int | None = None
         proc.terminate()
         proc.wait(timeout=30)
         drain.join(timeout=10)
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+
+def chromium(playwright):
+    """Debian's Chromium through Playwright (never a downloaded browser)."""
+    return playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)

@@ -16,7 +16,7 @@ from cachemon import config, health, pipeline, promote, report, runner, store, t
 from cachemon.clock import floor_to, iso, utcnow
 
 from conftest import EXPERIMENT_TOML, ROOT, SMALL
-from servers import streamlit_server
+from servers import chromium, streamlit_server
 
 PAGES = {"overview": "views/overview.py", "trends": "views/trends.py", "keys": "views/topkeys.py",
          "experiments": "views/experiments.py", "ttl": "views/ttl.py", "alerts": "views/alerts.py", "costs": "views/costs.py",
@@ -321,9 +321,7 @@ def test_every_page_in_a_real_browser(server, live_store):
     with store.reader(live_store[0]) as con:  # the Alerts timeline is drawn when an alert was active
         charts = CHARTS | {"alerts": int(bool(health.active_periods(con, utcnow() - timedelta(days=7), utcnow())))}
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+        browser = chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         dialogs = []
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
@@ -380,9 +378,7 @@ def test_no_page_shows_nan_or_inf_whatever_the_store_holds(tmp_path_factory):
     bad = re.compile(r"\b(nan|inf|infinity)\b", re.I)
     with streamlit_server({"CACHEMON_DB": str(db), "CACHEMON_CONFIG": str(cfg_file)}) as url:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium",
-                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                              "--disable-component-update"])
+            browser = chromium(p)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             seen = {}
             for name in PAGES:

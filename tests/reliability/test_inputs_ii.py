@@ -314,14 +314,12 @@ def test_a_bad_refresh_setting_falls_back_with_a_warning(text):
 def test_the_dashboard_runs_with_a_bad_refresh_setting_and_says_so(tmp_path, results):
     from playwright.sync_api import sync_playwright
 
-    from servers import streamlit_server
+    from servers import chromium, streamlit_server
 
     cfg = _seeded(tmp_path)
     with streamlit_server({"CACHEMON_DB": cfg.store.path, "CACHEMON_REFRESH_SECONDS": "1e999"}) as url:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium",
-                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                              "--disable-component-update"])
+            browser = chromium(p)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 900})
                 page.goto(url)

@@ -20,7 +20,7 @@ from cachemon import config, pipeline
 from cachemon.clock import MINUTE, floor_to, iso, utcnow
 
 from conftest import ROOT, SMALL, simulate
-from servers import free_port, streamlit_server
+from servers import chromium, free_port, streamlit_server
 
 
 @pytest.fixture
@@ -96,9 +96,7 @@ def test_a_dashboard_in_a_browser_shows_data_imported_after_it_started(old_store
     # A long refresh tick: before the fix the page kept its cached read for the whole tick.
     with streamlit_server({"CACHEMON_DB": str(db), "CACHEMON_REFRESH_SECONDS": "3600"}) as url:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium",
-                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                              "--disable-component-update"])
+            browser = chromium(p)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 900})
                 page.goto(url)

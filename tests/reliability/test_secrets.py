@@ -24,7 +24,7 @@ from cachemon.clock import HOUR, Window, iso
 from cachemon.testing.ae_emulator import Emulator, Fault
 
 from conftest import ALWAYS_RULE, ROOT, T0, small_sim
-from servers import SmtpSink, WebhookSink, free_port, streamlit_server
+from servers import SmtpSink, WebhookSink, chromium, free_port, streamlit_server
 
 CANARIES = {
     "CF_API_TOKEN": "canary-cf-7f3a9e21",
@@ -151,8 +151,7 @@ def _dashboard_dom(env) -> dict[str, str]:
     out = {}
     with streamlit_server({k: env[k] for k in env if k.startswith(("CACHEMON_", "CF_", "SMTP_", "SLACK_"))}) as url:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium",
-                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = chromium(p)
             page = browser.new_page()
             for name in PAGES:
                 page.goto(f"{url}/{name}")

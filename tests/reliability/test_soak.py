@@ -22,7 +22,7 @@ from cachemon import metrics, store
 
 from conftest import ROOT
 from reliability.suite import LONG
-from servers import free_port, streamlit_server
+from servers import chromium, free_port, streamlit_server
 
 SECONDS = 600 if LONG else 90
 CONFIG = "[simulator]\nseed = 3\nrequests_per_hour = 20000\ncatalog_keys = 8000\n"
@@ -103,8 +103,7 @@ def test_runner_dashboard_analyst_and_api_at_once(tmp_path, results):
             from playwright.sync_api import sync_playwright
 
             with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path="/usr/bin/chromium",
-                                            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+                browser = chromium(p)
                 page = browser.new_page()
                 end, next_sample = time.time() + SECONDS, 0.0
                 while time.time() < end:
