@@ -8,7 +8,8 @@ and render; they never compute domain numbers, and write only through
 import streamlit as st
 
 from cachemon import config as config_mod
-from cachemon import metrics, selfcheck
+from cachemon.metrics import window as metrics
+from cachemon.runner import selfcheck
 from cachemon.clock import CLOCK_SKEW, Period, format_duration, iso
 from cachemon.errors import CachemonError
 

@@ -24,8 +24,12 @@ import duckdb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cachemon import config, export, retention, store  # noqa: E402
-from cachemon.metrics import data_span  # noqa: E402
+
+from cachemon import settings
+from cachemon.store import export
+from cachemon.ingest import retention
+from cachemon.store import db as store
+from cachemon.metrics.window import data_span
 
 
 def _examples():
@@ -65,7 +69,7 @@ def main() -> int:
         rows = sum(w.rows for w in written)
         print(f"| export (all {len(written)} datasets) | {seconds:.1f} s | {rows:,} ({size / 2**20:.0f} MiB Parquet, "
               f"store {copy.stat().st_size / 2**20:.0f} MiB) |")
-        keep = config.RetentionConfig(minute_days=7, hour_days=14)
+        keep = settings.RetentionConfig(minute_days=7, hour_days=14)
         with store.writer(copy, end) as con:
             seconds, result = _timed(lambda: retention.apply(con, end + timedelta(days=1), keep))
         print(f"| retention to 7 days of minutes, 14 of hours | {seconds:.1f} s | "

@@ -34,7 +34,7 @@ from scipy import stats as sps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cachemon import stats  # noqa: E402
+from cachemon.tuning import stats
 
 DAYS, MARGIN = 14, 0.02
 

@@ -24,9 +24,14 @@ import duckdb  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from cachemon import config, metrics, pipeline, store  # noqa: E402
-from cachemon.clock import Window  # noqa: E402
-from cachemon.sources.simulator import Simulator  # noqa: E402
+from cachemon import config
+
+from cachemon import settings
+from cachemon.metrics import window as metrics
+from cachemon.ingest import load as pipeline
+from cachemon.store import db as store
+from cachemon.clock import Window
+from cachemon.sources.simulator import Simulator
 
 OUT = ROOT / "bench" / "out"
 UNTIL = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
@@ -55,7 +60,7 @@ def bench_demo(days: float, db: Path) -> float:
 def raw_events(days: float, raw: Path) -> int:
     """The same simulated events, kept raw in a DuckDB table."""
     raw.unlink(missing_ok=True)
-    sim = Simulator(config.SimulatorConfig())
+    sim = Simulator(settings.SimulatorConfig())
     con = duckdb.connect(str(raw))
     con.execute("SET TimeZone = 'UTC'")
     first = True
@@ -115,7 +120,7 @@ def bench_import(raw: Path, rows: int) -> dict:
         db = OUT / f"import-{name}.duckdb"
         for p in (db, store.snapshot_path(db)):
             p.unlink(missing_ok=True)
-        cfg = config.with_db(config.Config(), str(db))
+        cfg = config.with_db(settings.Config(), str(db))
         t = time.perf_counter()
         pipeline.import_files(cfg, [path], UNTIL)
         out[name] = table.num_rows / (time.perf_counter() - t)

@@ -17,12 +17,18 @@ sys.path.insert(0, str(ROOT))
 
 import pyarrow as pa  # noqa: E402
 
-from cachemon import config, events, ingest, pipeline, store  # noqa: E402
-from cachemon.clock import Window  # noqa: E402
-from cachemon.sources.analytics_engine import Client, Credentials  # noqa: E402
-from cachemon.sources import ae_sql  # noqa: E402
-from cachemon.sources.simulator import Simulator  # noqa: E402
-from cachemon.testing.ae_emulator import Emulator  # noqa: E402
+from cachemon import config
+
+from cachemon import settings
+from cachemon import events
+from cachemon.ingest import write as ingest
+from cachemon.ingest import load as pipeline
+from cachemon.store import db as store
+from cachemon.clock import Window
+from cachemon.sources.analytics_engine import Client, Credentials
+from cachemon.sources import ae_sql
+from cachemon.sources.simulator import Simulator
+from cachemon.testing.ae_emulator import Emulator
 
 OUT = ROOT / "bench" / "out"
 UNTIL = datetime(2026, 11, 20, 0, 0, tzinfo=timezone.utc)
@@ -50,7 +56,7 @@ def raw_pull(client: Client, emu: Emulator, span: Window, db: Path) -> tuple[flo
     t = time.perf_counter()
     with store.writer(db, UNTIL) as con:
         for w in span.split(timedelta(hours=1)):
-            result = client.query(ae_sql.raw_events(emu.dataset, config.ColumnMapping(), w))
+            result = client.query(ae_sql.raw_events(emu.dataset, settings.ColumnMapping(), w))
             frame = events.validate(pa.Table.from_pylist(list(result.data)), "raw pull")
             ingest.replace_window(con, frame, "raw", w, UNTIL)
     return time.perf_counter() - t, emu.rows_sent - rows0, emu.bytes_sent - bytes0
@@ -67,13 +73,13 @@ def main():
         p.unlink(missing_ok=True)
     span = Window(UNTIL - timedelta(days=args.days), UNTIL)
     with Emulator(TOKEN) as emu:
-        sim = Simulator(config.SimulatorConfig())
+        sim = Simulator(settings.SimulatorConfig())
         for w in span.split(timedelta(hours=24)):
             emu.add(sim.generate(w))
         raw_rows = emu.db.execute(f"SELECT count(*) FROM {emu.dataset}").fetchall()[0][0]
         n_requests, key_days = emu.db.execute(FLOORS.format(dataset=emu.dataset)).fetchall()[0]
         client = Client(Credentials(emu.account, TOKEN, emu.base))
-        cfg = config.with_db(config.Config(), str(db))
+        cfg = config.with_db(settings.Config(), str(db))
         t = time.perf_counter()
         pipeline.pull(cfg, client, UNTIL, since=span.start, until=span.end)
         wall = time.perf_counter() - t

@@ -18,9 +18,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cachemon import config, store, ttl  # noqa: E402
-from cachemon.clock import Window  # noqa: E402
-from cachemon.metrics import data_span  # noqa: E402
+from cachemon import config
+
+from cachemon import settings
+from cachemon.store import db as store
+from cachemon.tuning import whatif as ttl
+from cachemon.clock import Window
+from cachemon.metrics.window import data_span
 
 TTLS = ttl.parse_ttls("6h,12h,24h,48h,7d")
 
@@ -30,7 +34,7 @@ def main() -> int:
     ap.add_argument("--store", default=str(ROOT / "bench" / "out" / "dash30.duckdb"))
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
-    cfg = config.with_db(config.Config(), args.store)
+    cfg = config.with_db(settings.Config(), args.store)
     times, keys = [], 0
     with store.reader(args.store) as con:
         end = data_span(con)[1]

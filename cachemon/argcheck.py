@@ -5,8 +5,9 @@ traceback from deep inside."""
 from __future__ import annotations
 
 import math
+import stat
 
-from .errors import InputError
+from cachemon.errors import InputError
 
 # Row counts a command may ask for (--top, --limit, --keys): far above any
 # real use, far below what the store's integer parameters hold.
@@ -38,3 +39,14 @@ def finite(value: float, what: str, low: float, high: float) -> float:
     if not (math.isfinite(value) and low < value <= high):
         raise InputError(f"{what} must be a number above {low:g} and at most {high:g}, got {value}")
     return value
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    if stat.S_ISFIFO(mode):
+        return "a pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"

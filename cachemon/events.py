@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import InputError
+from cachemon.errors import InputError
 
 TIERS = ("edge", "kv", "r2", "api")
 STATUSES = ("ok", "error")

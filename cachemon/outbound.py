@@ -20,7 +20,7 @@ from typing import Callable, Mapping
 
 import httpx
 
-from .errors import CachemonError
+from cachemon.errors import CachemonError
 
 # httpx logs every request's URL at INFO, and a webhook's URL is its secret.
 for _name in ("httpx", "httpcore"):

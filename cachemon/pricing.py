@@ -13,7 +13,7 @@ import calendar
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from .errors import ConfigError
+from cachemon.errors import ConfigError
 
 VERSION = "workers-paid-2026"
 

@@ -26,9 +26,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .clock import HOUR, Window, ceil_to, floor_to
-from .events import EventFrame
-from .histogram import LN_GAMMA, ZERO_BUCKET
+from cachemon.clock import HOUR, Window, ceil_to, floor_to
+from cachemon.events import EventFrame
+from cachemon.histogram import LN_GAMMA, ZERO_BUCKET
 
 MINUTE_SQL = """
 SELECT date_trunc('minute', timestamp) AS minute, tier, endpoint, experiment, cohort,

@@ -34,7 +34,13 @@ from typing import Callable
 import schedule
 
 from cachemon import config as config_mod
-from cachemon import alerts, heartbeat, notify, pipeline, report, runner, store
+from cachemon.alerts import evaluate as alerts
+from cachemon.runner import heartbeat
+from cachemon.notify import outbox as notify
+from cachemon.ingest import load as pipeline
+from cachemon.costs import report
+from cachemon.runner import runs as runner
+from cachemon.store import db as store
 from cachemon.argcheck import finite
 from cachemon.clock import CLOCK_SKEW, as_utc, check_not_future, iso, parse_instant, utcnow
 from cachemon.errors import CachemonError, ConfigError, StoreBusyError, StoreDiskError, StoreError
@@ -129,7 +135,7 @@ class Jobs:
         return len(channels)
 
     def experiments(self, now: datetime) -> int:
-        from cachemon import promote
+        from cachemon.tuning import promote
 
         transports = self._transports()
         try:  # re-read: the experiments may have been edited since the runner started

@@ -15,12 +15,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cachemon import config, ingest, store  # noqa: E402
-from cachemon.clock import HOUR, Window  # noqa: E402
-from cachemon.config import SimulatorConfig  # noqa: E402
-from cachemon.errors import ConfigError  # noqa: E402
-from cachemon.events import EventFrame  # noqa: E402
-from cachemon.sources.simulator import Simulator  # noqa: E402
+from cachemon import config
+from cachemon.ingest import write as ingest
+from cachemon.store import db as store
+from cachemon.clock import HOUR, Window
+from cachemon.settings import SimulatorConfig
+from cachemon.errors import ConfigError
+from cachemon.events import EventFrame
+from cachemon.sources.simulator import Simulator
 
 # A Thursday, so the 09:00 origin slowdown falls in the default test span.
 T0 = datetime(2026, 11, 19, 8, 0, tzinfo=timezone.utc)

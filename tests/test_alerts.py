@@ -13,7 +13,11 @@ from datetime import timedelta
 import pytest
 import trustme
 
-from cachemon import alerts, config, health, notify, store
+from cachemon.alerts import evaluate as alerts
+from cachemon import config
+from cachemon.alerts import health
+from cachemon.notify import outbox as notify
+from cachemon.store import db as store
 from cachemon.clock import iso
 from cachemon.errors import InputError
 from conftest import ALWAYS_RULE, P99_RULE, ROOT, T0, load, simulate, weighted_quantile
@@ -254,7 +258,7 @@ def test_hostile_cache_key_is_escaped_everywhere(tmp_path, db, smtp, hooks):
     f = tmp_path / "hostile.ndjson"
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     cfg = _cfg(tmp_path, db, P99_RULE)
-    from cachemon import pipeline
+    from cachemon.ingest import load as pipeline
 
     pipeline.import_files(cfg, [f], _at(FIRE))
     env = _env(smtp, hooks, DISCORD_WEBHOOK_URL=hooks.url("/discord/123/secret-discord-token"))

@@ -8,7 +8,9 @@ import duckdb
 import numpy as np
 import pytest
 
-from cachemon import analyst, metrics, store
+from cachemon.store import views as analyst
+from cachemon.metrics import window as metrics
+from cachemon.store import db as store
 from cachemon.clock import Window
 from cachemon.histogram import ALPHA
 

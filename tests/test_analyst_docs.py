@@ -11,7 +11,11 @@ from datetime import timedelta
 import duckdb
 import pytest
 
-from cachemon import analyst, config, pipeline, report, store
+from cachemon.store import views as analyst
+from cachemon import config
+from cachemon.ingest import load as pipeline
+from cachemon.costs import report
+from cachemon.store import db as store
 from cachemon.clock import floor_to, utcnow, DAY
 
 from conftest import EXPERIMENT_TOML, ROOT
@@ -102,7 +106,7 @@ def test_the_purge_query_finds_the_keys_the_simulated_purge_knocked_out_of_the_e
 
 
 def test_cost_and_experiment_views_equal_what_cachemon_stored(demo_store):
-    from cachemon import tuning
+    from cachemon.tuning import analysis as tuning
 
     with store.reader(demo_store) as con:
         costs = con.execute("SELECT day, sum(list_usd), sum(billed_usd), count(*) FROM v1.cost_day "

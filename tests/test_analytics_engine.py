@@ -14,7 +14,12 @@ from datetime import timedelta
 import pyarrow as pa
 import pytest
 
-from cachemon import config, metrics, pipeline, store
+from cachemon import config
+
+from cachemon import settings
+from cachemon.metrics import window as metrics
+from cachemon.ingest import load as pipeline
+from cachemon.store import db as store
 from cachemon.clock import HOUR, Window, parse_instant
 from cachemon.errors import SourceError
 from cachemon.events import EventFrame
@@ -36,12 +41,12 @@ def emulator():
 
 def _client(emu, sleeps=None, **cfg):
     creds = Credentials(emu.account, TOKEN, emu.base)
-    ae = replace(config.AnalyticsEngineConfig(), timeout=timedelta(seconds=1), **cfg)
+    ae = replace(settings.AnalyticsEngineConfig(), timeout=timedelta(seconds=1), **cfg)
     return Client(creds, ae, sleep=(sleeps.append if sleeps is not None else lambda s: None), jitter=lambda: 0.5)
 
 
 def _cfg(db):
-    return config.with_db(config.Config(), str(db))
+    return config.with_db(settings.Config(), str(db))
 
 
 def _metrics(db, window=SPAN):
@@ -78,15 +83,15 @@ def test_pull_equals_direct_import(emulator, tmp_path):
 
 
 def test_sql_uses_only_the_dialect_and_validated_names():
-    m = config.ColumnMapping()
+    m = settings.ColumnMapping()
     for build in (ae_sql.minute_rollups, ae_sql.latency_histogram, ae_sql.gauge_points):
         sql = build("CACHE_ANALYTICS", m, SPAN)
         assert "CASE" not in sql and "PERCENTILE" not in sql and "JOIN" not in sql and "COUNT(*)" not in sql
         assert "toDateTime('2026-11-19 08:00:00')" in sql and sql.endswith("FORMAT JSON")
     with pytest.raises(config.ConfigError):
-        config.ColumnMapping(key="blob1; DROP TABLE x")
+        settings.ColumnMapping(key="blob1; DROP TABLE x")
     with pytest.raises(config.ConfigError):
-        config.AnalyticsEngineConfig(dataset="CACHE ANALYTICS")
+        settings.AnalyticsEngineConfig(dataset="CACHE ANALYTICS")
 
 
 def test_emulator_rejects_what_analytics_engine_rejects(emulator):
@@ -245,7 +250,7 @@ def test_cli_pull_against_the_emulator_and_resume_after_kill(emulator, tmp_path)
 def test_connection_refused_is_retried_then_reported(tmp_path):
     with Emulator(TOKEN) as emu:
         base = emu.base
-    c = Client(Credentials("test-account", TOKEN, base), replace(config.AnalyticsEngineConfig(), retries=2),
+    c = Client(Credentials("test-account", TOKEN, base), replace(settings.AnalyticsEngineConfig(), retries=2),
                sleep=lambda s: None)
     with pytest.raises(SourceError, match="could not connect .* after 3 attempts"):
         c.query("SELECT 1 FORMAT JSON")

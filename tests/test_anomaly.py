@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cachemon import alerts, config, notify, store
-from cachemon.anomaly import WEEK, history_ends, robust_z
+from cachemon.alerts import evaluate as alerts
+from cachemon import config
+from cachemon.notify import outbox as notify
+from cachemon.store import db as store
+from cachemon.alerts.anomaly import WEEK, history_ends, robust_z
+from cachemon.alerts.rules import effective_rules
 from conftest import T0, load, simulate, small_sim
 
 
@@ -80,6 +84,6 @@ def test_drift_below_static_threshold_is_caught(tmp_path):
     # Three weeks earlier (no history yet): no data, never a silent ok.
     first = at - 3 * WEEK
     with store.reader(db) as con:
-        states, _ = alerts.evaluate(alerts.Observer(con), cfg.alerts.effective_rules, first, {},
+        states, _ = alerts.evaluate(alerts.Observer(con), effective_rules(cfg.alerts), first, {},
                                     cfg.metrics.stale_after, first)
     assert states[0].state == "no_data" and "needs 2 weeks of history" in states[0].message

@@ -184,7 +184,7 @@ def test_bad_requests_get_a_json_4xx(server, method, path, params, status, messa
 def test_second_call_is_served_from_cache_without_the_store(loaded_store, tmp_path):
     import shutil
 
-    from cachemon import store
+    from cachemon.store import db as store
 
     path, _ = loaded_store
     copy = tmp_path / "c.duckdb"

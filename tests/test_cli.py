@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cachemon import store
+from cachemon.store import db as store
 
 from conftest import ROOT, T0
 

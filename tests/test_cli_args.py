@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from cachemon import cli
+from cachemon.cli import main as cli
 
 from conftest import T0
 

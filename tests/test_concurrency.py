@@ -12,7 +12,8 @@ import time
 import pytest
 from datetime import timedelta
 
-from cachemon import metrics, store
+from cachemon.metrics import window as metrics
+from cachemon.store import db as store
 from cachemon.clock import Window
 from cachemon.errors import StoreError
 

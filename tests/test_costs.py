@@ -8,7 +8,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from cachemon import config, costs, pricing, store
+from cachemon import config
+
+from cachemon import settings as cm_settings
+from cachemon.costs import usage as costs
+from cachemon import pricing
+from cachemon.store import db as store
 from cachemon.clock import DAY, Window
 from cachemon.pricing import COMPONENTS
 from conftest import T0, config_error
@@ -71,7 +76,7 @@ def test_overrides_change_the_version(tmp_path):
 
 def test_usage_equals_raw_event_truth(loaded_store):
     path, truth = loaded_store
-    cfg = config.Config()
+    cfg = cm_settings.Config()
     w = Window(T0 + timedelta(minutes=10), T0 + timedelta(hours=2, minutes=50))
     with store.reader(path) as con:
         u = costs.measure(con, w, cfg)
@@ -92,7 +97,7 @@ def test_usage_equals_raw_event_truth(loaded_store):
 
 def test_usage_adds_up_across_windows(loaded_store):
     path, _ = loaded_store
-    cfg = config.Config()
+    cfg = cm_settings.Config()
     a, b = Window(T0, T0 + timedelta(hours=1)), Window(T0 + timedelta(hours=1), T0 + timedelta(hours=3))
     with store.reader(path) as con:
         ua, ub, whole = (costs.measure(con, w, cfg) for w in (a, b, Window(T0, T0 + timedelta(hours=3))))

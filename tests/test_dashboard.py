@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cachemon import config, health, pipeline, promote, report, runner, store, trends, tuning
+from cachemon import config
+from cachemon.alerts import health
+from cachemon.ingest import load as pipeline
+from cachemon.tuning import promote
+from cachemon.costs import report
+from cachemon.runner import runs as runner
+from cachemon.store import db as store
+from cachemon.metrics import trends
+from cachemon.tuning import analysis as tuning
 from cachemon.clock import floor_to, iso, utcnow
 
 from conftest import EXPERIMENT_TOML, ROOT, SMALL
@@ -194,7 +202,7 @@ def test_experiments_without_config_say_how_to_add_one(live_store, monkeypatch):
 
 
 def test_alerts_page_lists_states_and_creates_a_silence(live_store, monkeypatch):
-    from cachemon import alerts
+    from cachemon.alerts import evaluate as alerts
 
     db, cfg_file = live_store
     at = _app(monkeypatch, db, cfg_file, "alerts")
@@ -252,9 +260,9 @@ def test_sidebar_shows_the_runner_and_failing_jobs(live_store, monkeypatch):
 
 
 def test_ttl_whatif_page_shows_the_library_predictions(live_store, monkeypatch):
-    from cachemon import ttl
+    from cachemon.tuning import whatif as ttl
     from cachemon.clock import Window as W
-    from cachemon.metrics import data_span
+    from cachemon.metrics.window import data_span
 
     db, cfg_file = live_store
     at = _app(monkeypatch, db, cfg_file, "ttl", ttl_endpoint="title")

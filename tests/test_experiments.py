@@ -16,7 +16,7 @@ from scipy import stats as sps
 from cachemon import config
 from cachemon.assignment import seed_sha256_byte
 from cachemon.errors import ConfigError
-from cachemon.experiments import u64_value
+from cachemon.tuning.experiments import u64_value
 from conftest import ROOT
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "seed_assignment.json").read_text())

@@ -9,7 +9,9 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
-from cachemon import cli, export, store
+from cachemon.cli import main as cli
+from cachemon.store import export
+from cachemon.store import db as store
 from cachemon.errors import InputError
 
 from conftest import load, simulate

@@ -4,10 +4,14 @@ import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from cachemon import costs, exposition, metrics, pricing, store
-from cachemon.health import Health, Issue
+from cachemon.costs import usage as costs
+from cachemon.metrics import exposition
+from cachemon.metrics import window as metrics
+from cachemon import pricing
+from cachemon.store import db as store
+from cachemon.alerts.health import Health, Issue
 from cachemon.clock import Window
-from cachemon.metrics import Latency, Metrics, TierVolume
+from cachemon.metrics.window import Latency, Metrics, TierVolume
 
 from conftest import T0
 

@@ -5,7 +5,12 @@ from datetime import timedelta
 
 import pytest
 
-from cachemon import config, metrics, pipeline, store
+from cachemon import config
+
+from cachemon import settings
+from cachemon.metrics import window as metrics
+from cachemon.ingest import load as pipeline
+from cachemon.store import db as store
 from cachemon.clock import Window
 from cachemon.errors import InputError
 from cachemon.sources import files
@@ -35,7 +40,7 @@ def _write(df, path):
 
 
 def _cfg(db):
-    return config.with_db(config.Config(), str(db))
+    return config.with_db(settings.Config(), str(db))
 
 
 def _volume(db):

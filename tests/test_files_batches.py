@@ -9,7 +9,11 @@ from datetime import timedelta
 
 import pytest
 
-from cachemon import config, pipeline, store
+from cachemon import config
+
+from cachemon import settings
+from cachemon.ingest import load as pipeline
+from cachemon.store import db as store
 from cachemon.errors import InputError
 from cachemon.sources import files
 
@@ -64,15 +68,15 @@ def test_rollups_do_not_depend_on_the_batch_size(tmp_path, shuffled, suffix, mon
      ".csv": lambda: shuffled.to_csv(path, index=False),
      ".parquet": lambda: shuffled.to_parquet(path, index=False)}[suffix]()
     whole = tmp_path / "whole.duckdb"
-    pipeline.import_files(config.with_db(config.Config(), str(whole)), [path], NOW)
+    pipeline.import_files(config.with_db(settings.Config(), str(whole)), [path], NOW)
     monkeypatch.setattr(files, "BATCH_ROWS", 997)
     monkeypatch.setattr(files, "CHUNK_BYTES", 50_000)
     monkeypatch.setattr(files, "MAX_LINE", 50_000)  # CSV blocks
-    from cachemon import ingest
+    from cachemon.ingest import write as ingest
 
     monkeypatch.setattr(ingest, "MERGE_ROWS", 3_000)  # merges partial rollups many times
     batched = tmp_path / "batched.duckdb"
-    pipeline.import_files(config.with_db(config.Config(), str(batched)), [path], NOW)
+    pipeline.import_files(config.with_db(settings.Config(), str(batched)), [path], NOW)
     a, b = _dump(whole), _dump(batched)
     for table in TABLES:
         assert len(a[table]) == len(b[table]) > 0, table

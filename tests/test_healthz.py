@@ -10,7 +10,11 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from cachemon import api, config, runner, selfcheck, store
+from cachemon.api import server as api
+from cachemon import config
+from cachemon.runner import runs as runner
+from cachemon.runner import selfcheck
+from cachemon.store import db as store
 from cachemon.clock import floor_to, iso, utcnow
 from conftest import T0
 from test_api import _serve

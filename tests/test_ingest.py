@@ -5,7 +5,9 @@ from datetime import timedelta
 import pyarrow as pa
 import pytest
 
-from cachemon import ingest, metrics, store
+from cachemon.ingest import write as ingest
+from cachemon.metrics import window as metrics
+from cachemon.store import db as store
 from cachemon.clock import HOUR, Window
 from cachemon.errors import SourceError, StoreError
 from cachemon.events import EventFrame

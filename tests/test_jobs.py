@@ -6,7 +6,9 @@ import subprocess
 import sys
 import time
 
-from cachemon import ingest, metrics, store
+from cachemon.ingest import write as ingest
+from cachemon.metrics import window as metrics
+from cachemon.store import db as store
 from cachemon.clock import MINUTE, floor_to, utcnow
 
 from conftest import ROOT

@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 from hypothesis import given, settings, strategies as st
 
-from cachemon import lifecycle as lc
-from cachemon.rules import Rule
+from cachemon.alerts import lifecycle as lc
+from cachemon.alerts.rules import Rule
 
 T = datetime(2026, 11, 19, 9, 0, tzinfo=timezone.utc)
 STEP = timedelta(minutes=15)

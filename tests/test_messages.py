@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cachemon import lifecycle as lc
-from cachemon import messages
+from cachemon.alerts import lifecycle as lc
+from cachemon.alerts import messages
 
 GOLDEN = Path(__file__).parent / "golden"
 AT = datetime(2026, 11, 19, 9, 45, tzinfo=timezone.utc)

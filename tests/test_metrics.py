@@ -4,7 +4,8 @@ from datetime import timedelta
 
 import pytest
 
-from cachemon import metrics, store
+from cachemon.metrics import window as metrics
+from cachemon.store import db as store
 from cachemon.clock import Window
 from cachemon.errors import StoreError
 from cachemon.histogram import ALPHA

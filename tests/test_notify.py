@@ -9,9 +9,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import trustme
 
-from cachemon import lifecycle as lc
-from cachemon import notify, store
-from cachemon.config import NotifyConfig
+from cachemon.alerts import lifecycle as lc
+from cachemon.notify import outbox as notify
+from cachemon.store import db as store
+from cachemon.settings import NotifyConfig
 from cachemon.errors import ConfigError
 from servers import SmtpSink, WebhookSink, free_port
 

@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cachemon import config, optimize, store
+
+from cachemon import settings
+from cachemon.costs import optimize
+from cachemon.store import db as store
 from cachemon.clock import Window
 from conftest import T0, load, simulate, small_sim
 
@@ -44,7 +47,7 @@ def analysed(tmp_path_factory):
     late, df2 = simulate(2, start=T0, sim=small_sim(requests_per_hour=40_000, sample_threshold_per_minute=1e6, colos=30))
     load(path, early + late, now=AT)
     df = pd.concat([df1, df2])
-    cfg = config.Config()
+    cfg = settings.Config()
     cfg = replace(cfg, costs=replace(cfg.costs, archive_after=timedelta(days=5), edge_target=99.0))
     with store.reader(path) as con:
         counts, days, recs = optimize.recommend(con, cfg, AT, Window(AT - timedelta(days=30), AT))

@@ -9,7 +9,14 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from cachemon import config, notify, pipeline, promote, store, tuning
+from cachemon import config
+
+from cachemon import settings
+from cachemon.notify import outbox as notify
+from cachemon.ingest import load as pipeline
+from cachemon.tuning import promote
+from cachemon.store import db as store
+from cachemon.tuning import analysis as tuning
 from cachemon.clock import iso
 from cachemon.testing.kv_emulator import Fault, KvEmulator
 from conftest import T0
@@ -133,7 +140,7 @@ def test_unreadable_experiment_config_restores_defaults_and_alerts(tmp_path, kv)
     (tmp_path / "bad.toml").write_text('[[experiments]]\nname = "x"\nendpoint = "title"\n')
     with pytest.raises(config.ConfigError) as err:
         config.load(tmp_path / "bad.toml", env={})
-    cfg = config.with_db(config.Config(), str(tmp_path / "b.duckdb"))
+    cfg = config.with_db(settings.Config(), str(tmp_path / "b.duckdb"))
     kv.values[promote.CONFIG_KEY] = b'{"title": 172800, "isbn": 2592000, "author": 604800}'
     sink = SmtpSink().start()
     try:

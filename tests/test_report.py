@@ -10,7 +10,12 @@ from datetime import date, datetime, timezone
 
 import pytest
 
-from cachemon import config, notify, report, store
+from cachemon import config
+
+from cachemon import settings
+from cachemon.notify import outbox as notify
+from cachemon.costs import report
+from cachemon.store import db as store
 from conftest import ROOT
 from servers import SmtpSink
 from test_messages import _golden
@@ -28,7 +33,7 @@ def db(loaded_store, tmp_path):
 
 
 def test_report_email_golden(db):
-    cfg = config.with_db(config.Config(), str(db))
+    cfg = config.with_db(settings.Config(), str(db))
     with store.reader(db) as con:
         r = report.build(con, cfg, DAY, NOW)
     subject, text, html = report.render(r, "[BooksTrack Cache]", "http://127.0.0.1:8501")
@@ -40,7 +45,7 @@ def test_report_email_golden(db):
 
 
 def test_sent_once_per_day_replaced_on_rerun_resend_on_request(db):
-    cfg = config.with_db(config.Config(), str(db))
+    cfg = config.with_db(settings.Config(), str(db))
     sink = SmtpSink().start()
     try:
         t = notify.Transports.from_env({**sink.env(), "ALERT_EMAIL": "team@example.org"})
@@ -68,7 +73,7 @@ def test_sent_once_per_day_replaced_on_rerun_resend_on_request(db):
 
 
 def test_day_without_data_says_so(db):
-    cfg = config.with_db(config.Config(), str(db))
+    cfg = config.with_db(settings.Config(), str(db))
     with store.reader(db) as con:
         r = report.build(con, cfg, date(2026, 11, 25), NOW)
     _, text, html = report.render(r, "[X]", "http://h")

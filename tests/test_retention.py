@@ -8,7 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cachemon import cli, config, ingest, metrics, retention, store
+from cachemon.cli import main as cli
+from cachemon import config
+from cachemon import settings
+from cachemon.ingest import write as ingest
+from cachemon.metrics import window as metrics
+from cachemon.ingest import retention
+from cachemon.store import db as store
 from cachemon.clock import Window
 from cachemon.errors import ConfigError, StoreError
 
@@ -18,7 +24,7 @@ UTC = timezone.utc
 START = datetime(2026, 11, 19, 0, 0, tzinfo=UTC)
 HOURS = 40  # the 19th whole, 16 hours of the 20th
 NOW = datetime(2026, 11, 21, 6, 0, tzinfo=UTC)
-KEEP = config.RetentionConfig(minute_days=1, hour_days=1)  # horizons: the 20th, 00:00
+KEEP = settings.RetentionConfig(minute_days=1, hour_days=1)  # horizons: the 20th, 00:00
 HORIZON = datetime(2026, 11, 20, tzinfo=UTC)
 
 VIEWS = {
@@ -100,7 +106,7 @@ def test_apply_again_is_idempotent_and_horizons_never_move_back(compacted):
     path, _, before, _, _ = compacted
     with store.writer(path, NOW) as con:
         again = retention.apply(con, NOW, KEEP)
-        longer = retention.apply(con, NOW, config.RetentionConfig(minute_days=30, hour_days=60))
+        longer = retention.apply(con, NOW, settings.RetentionConfig(minute_days=30, hour_days=60))
     assert (again.minute_rows, again.hour_rows) == (0, 0)
     assert longer.horizons == retention.Horizons(HORIZON, HORIZON)
     after = _views(path)
@@ -116,7 +122,7 @@ def test_retention_config_is_validated(tmp_path):
         p.write_text(f"[retention]\n{text}\n")
         with pytest.raises(ConfigError, match=message):
             config.load(p, env={})
-    assert config.load(None, env={}).retention == config.RetentionConfig(35, 400)
+    assert config.load(None, env={}).retention == settings.RetentionConfig(35, 400)
 
 
 def test_compact_command_applies_the_configured_retention(tmp_path, capsys):

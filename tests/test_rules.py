@@ -7,8 +7,10 @@ from datetime import timedelta
 import pytest
 
 from cachemon import config
+
+from cachemon import settings
 from cachemon.errors import ConfigError
-from cachemon.rules import BUILTIN, METRICS, format_value
+from cachemon.alerts.rules import BUILTIN, METRICS, effective_rules, format_value
 
 
 def _load(tmp_path, text: str):
@@ -26,7 +28,7 @@ def test_builtins_are_the_seeds_thresholds():
     }
     assert seed <= {(r.metric, r.op, r.threshold, r.severity) for r in BUILTIN}
     assert {r.alert_type for r in BUILTIN if r.metric == "miss_rate"} == {"miss_rate"}
-    rules = config.Config().alerts.effective_rules
+    rules = effective_rules(settings.Config().alerts)
     assert [r.name for r in rules] == [r.name for r in BUILTIN]
     assert all(r.min_requests is not None for r in rules)
 
@@ -52,7 +54,7 @@ window = "30m"
 endpoints = ["title", "isbn"]
 channels = ["slack"]
 """)
-    rules = {r.name: r for r in cfg.alerts.effective_rules}
+    rules = {r.name: r for r in effective_rules(cfg.alerts)}
     assert "kv_storage" not in rules and "queue_depth" in rules
     p99 = rules["p99_latency"]
     assert (p99.threshold, p99.for_, p99.keep_firing_for) == (800.0, timedelta(minutes=30), timedelta(minutes=15))
@@ -124,6 +126,6 @@ def test_readme_config_examples_load(tmp_path):
     alerts = next(b for b in blocks if "[[alerts.rules]]" in b)
     notify = next(b for b in blocks if b.startswith("[notify]"))
     cfg = _load(tmp_path, alerts + notify)
-    names = [r.name for r in cfg.alerts.effective_rules]
+    names = [r.name for r in effective_rules(cfg.alerts)]
     assert "title_misses" in names and "hit_rate_drift" in names and "kv_storage" not in names
     assert cfg.notify.critical == ("oncall@example.org", "team@example.org")

@@ -10,7 +10,10 @@ from datetime import datetime, time as dtime, timedelta, timezone
 
 import pytest
 
-from cachemon import ingest, metrics, runner, store
+from cachemon.ingest import write as ingest
+from cachemon.metrics import window as metrics
+from cachemon.runner import runs as runner
+from cachemon.store import db as store
 from cachemon.errors import CachemonError, StoreError
 
 from conftest import ROOT
@@ -239,9 +242,10 @@ def test_runner_process_survives_a_failing_job(tmp_path):
 def test_schedule_follows_the_config():
     from dataclasses import replace
 
-    from cachemon import config
 
-    cfg = config.Config()
+    from cachemon import settings
+
+    cfg = settings.Config()
     cfg = replace(cfg, jobs=replace(cfg.jobs, ingest_every=timedelta(minutes=5), compact_at="01:15"))
     got = {s.name: s.describe() for s in runner.schedule(cfg)}
     assert got == {"ingest": "every 5m", "alerts": "every 15m", "deliver": "every 1m",

@@ -6,7 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from cachemon import series, store
+from cachemon.metrics import series
+from cachemon.store import db as store
 from cachemon.errors import InputError
 from conftest import T0, weighted_quantile
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy import stats as sps
 
-from cachemon import stats
-from cachemon.experiments import Cohort, Experiment
+from cachemon.tuning import stats
+from cachemon.tuning.experiments import Cohort, Experiment
 from datetime import datetime, timedelta, timezone
 
 

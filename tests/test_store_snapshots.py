@@ -16,7 +16,8 @@ from datetime import timedelta
 
 import pytest
 
-from cachemon import metrics, store
+from cachemon.metrics import window as metrics
+from cachemon.store import db as store
 from cachemon.errors import StoreBusyError, StoreDiskError, StoreError
 
 from conftest import ROOT, T0, load, simulate

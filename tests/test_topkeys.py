@@ -7,7 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cachemon import ingest, store, topkeys
+from cachemon.ingest import write as ingest
+from cachemon.store import db as store
+from cachemon.store import topkeys
 from cachemon.clock import Window
 
 import pandas as pd

@@ -6,7 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cachemon import config, store, trends
+from cachemon import config
+
+from cachemon import settings
+from cachemon.store import db as store
+from cachemon.metrics import trends
 from cachemon.clock import HOUR, Window
 from cachemon.errors import InputError
 from cachemon.histogram import ALPHA
@@ -82,7 +86,7 @@ def test_daily_costs_price_each_days_requests(tmp_path):
     parts, df = simulate(30, start=T0 - timedelta(hours=8), step=timedelta(hours=6))
     path = tmp_path / "c.duckdb"
     load(path, parts)
-    cfg = config.with_db(config.Config(), str(path))
+    cfg = config.with_db(settings.Config(), str(path))
     with store.reader(path) as con:
         got = trends.daily_costs(con, Window(T0 - timedelta(days=3), T0 + timedelta(days=2)), cfg)
     r = _requests(df)

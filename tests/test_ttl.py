@@ -14,10 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cachemon import config, store, ttl
+from cachemon import config
+
+from cachemon import settings
+from cachemon.store import db as store
+from cachemon.tuning import whatif as ttl
 from cachemon.clock import Window, iso
 from cachemon.errors import InputError
-from cachemon.experiments import parse as parse_experiments
+from cachemon.tuning.experiments import parse as parse_experiments
 from cachemon.pricing import DEFAULT
 from cachemon.sources.simulator import ENDPOINTS, Simulator
 
@@ -42,7 +46,7 @@ def _run(cfg, path):
 def baseline(tmp_path_factory):
     d = tmp_path_factory.mktemp("ttl")
     df = _run(BASE, d / "base.duckdb")
-    cfg = config.with_db(config.Config(), str(d / "base.duckdb"))
+    cfg = config.with_db(settings.Config(), str(d / "base.duckdb"))
     with store.reader(cfg.store.path) as con:
         found = ttl.whatif(con, cfg, list(ENDPOINTS), TTLS, Window(T0, END), END)
     return cfg, df, {w.endpoint: w for w in found}, d

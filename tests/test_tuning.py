@@ -11,7 +11,11 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from cachemon import config, pipeline, stats, store, tuning
+from cachemon import config
+from cachemon.ingest import load as pipeline
+from cachemon.tuning import stats
+from cachemon.store import db as store
+from cachemon.tuning import analysis as tuning
 from cachemon.clock import iso
 from conftest import EXPERIMENT_TOML as CONFIG, ROOT, T0, load, simulate
 
@@ -121,7 +125,7 @@ def test_only_configured_metrics_are_guardrails(sim_store):
 def test_p95_variance_with_keys_as_units_matches_a_key_bootstrap(sim_store):
     """The tier-mix delta method for a cohort's p95 against a bootstrap over
     the cohort's keys on the raw events."""
-    from cachemon import quantile_var
+    from cachemon.tuning import quantile_var
     from cachemon.clock import Window
     from conftest import weighted_quantile
 
@@ -149,7 +153,7 @@ def test_p95_variance_with_keys_as_units_matches_a_key_bootstrap(sim_store):
 def test_demo_stores_the_daily_analyses_and_yesterdays_report(tmp_path):
     from dataclasses import replace
 
-    from cachemon import report
+    from cachemon.costs import report
     from conftest import SMALL
 
     end = T0 + timedelta(hours=30)  # 2026-11-20 14:00: slots 2026-11-19 and -20 04:00

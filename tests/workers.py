@@ -16,15 +16,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import duckdb  # noqa: E402
 
-from cachemon import config, metrics, pipeline, store  # noqa: E402
-from cachemon.clock import Window, parse_instant  # noqa: E402
-from cachemon.errors import CachemonError  # noqa: E402
+from cachemon import config
+
+from cachemon import settings
+from cachemon.metrics import window as metrics
+from cachemon.ingest import load as pipeline
+from cachemon.store import db as store
+from cachemon.clock import Window, parse_instant
+from cachemon.errors import CachemonError
 
 SMALL = dict(seed=7, requests_per_hour=6000, catalog_keys=3000, sample_threshold_per_minute=30)
 
 
 def cfg(db):
-    c = config.with_db(config.Config(), db)
+    c = config.with_db(settings.Config(), db)
     return replace(c, simulator=replace(c.simulator, **SMALL))
 
 

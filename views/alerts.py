@@ -6,7 +6,10 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cachemon import alerts, health, notify, store
+from cachemon.alerts import evaluate as alerts
+from cachemon.alerts import health
+from cachemon.notify import outbox as notify
+from cachemon.store import db as store
 from cachemon.clock import iso, parse_duration
 from cachemon.errors import CachemonError
 

@@ -22,10 +22,10 @@ from typing import Callable
 import duckdb
 import streamlit as st
 
-from cachemon import store
+from cachemon.store import db as store
 from cachemon.clock import Period, floor_to, format_duration, iso, utcnow
 from cachemon.errors import CachemonError, EmptyStoreError, StoreError
-from cachemon.selfcheck import rough_age
+from cachemon.runner.selfcheck import rough_age
 
 # Live pages refresh every REFRESH (CACHEMON_REFRESH_SECONDS, default 30);
 # reads within one refresh tick share a cache entry.

@@ -5,10 +5,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cachemon import costs, report
+from cachemon.costs import usage as costs
+from cachemon.costs import report
 from cachemon.clock import Period, Window, iso
 from cachemon.errors import CachemonError
-from cachemon.metrics import data_end
+from cachemon.metrics.window import data_end
 from cachemon.pricing import DEFAULT
 
 from views import common

@@ -6,7 +6,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 import streamlit as st
 
-from cachemon import promote, tuning
+from cachemon.tuning import promote
+from cachemon.tuning import analysis as tuning
 from cachemon.clock import format_duration, iso
 from cachemon.errors import CachemonError
 

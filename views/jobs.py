@@ -6,10 +6,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cachemon import ingest, runner
+from cachemon.ingest import write as ingest
+from cachemon.runner import runs as runner
 from cachemon.clock import format_duration, iso
 from cachemon.errors import CachemonError
-from cachemon.metrics import data_span
+from cachemon.metrics.window import data_span
 
 from views import common
 

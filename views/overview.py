@@ -4,7 +4,9 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cachemon import costs, health, metrics
+from cachemon.costs import usage as costs
+from cachemon.alerts import health
+from cachemon.metrics import window as metrics
 from cachemon.clock import Period, Window, iso
 from cachemon.errors import CachemonError
 

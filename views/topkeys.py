@@ -3,10 +3,12 @@
 import plotly.express as px
 import streamlit as st
 
-from cachemon import export, optimize, topkeys
+from cachemon.store import export
+from cachemon.costs import optimize
+from cachemon.store import topkeys
 from cachemon.clock import Period, Window, iso
 from cachemon.errors import CachemonError
-from cachemon.metrics import data_end
+from cachemon.metrics.window import data_end
 
 from views import common
 

@@ -5,7 +5,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from cachemon import health, trends
+from cachemon.alerts import health
+from cachemon.metrics import trends
 from cachemon.errors import CachemonError
 
 from views import common

@@ -8,10 +8,10 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from cachemon import ttl
+from cachemon.tuning import whatif as ttl
 from cachemon.clock import DAY, Window, format_duration, parse_duration
 from cachemon.errors import CachemonError
-from cachemon.metrics import data_end
+from cachemon.metrics.window import data_end
 from cachemon.pricing import days_in_month
 
 from views import common

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ..clock import Window, as_utc
-from ..config import ColumnMapping
-from ..histogram import LN_GAMMA, ZERO_BUCKET
+from cachemon.clock import Window, as_utc
+from cachemon.settings import ColumnMapping
+from cachemon.histogram import LN_GAMMA, ZERO_BUCKET
 
 
 def _time(dt: datetime) -> str:

@@ -29,13 +29,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import outbound, rollups
-from ..clock import Window
-from ..config import AnalyticsEngineConfig, ColumnMapping
-from ..errors import ConfigError, SourceError
-from ..redact import Redactor
-from ..rollups import Rollups
-from . import ae_sql
+from cachemon import outbound
+from cachemon import rollups
+from cachemon.clock import Window
+from cachemon.settings import AnalyticsEngineConfig, ColumnMapping
+from cachemon.errors import ConfigError, SourceError
+from cachemon.redact import Redactor
+from cachemon.rollups import Rollups
+from cachemon.sources import ae_sql
 
 log = logging.getLogger("cachemon.analytics_engine")
 DEFAULT_BASE = "https://api.cloudflare.com/client/v4"

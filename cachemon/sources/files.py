@@ -25,9 +25,9 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from ..errors import InputError
-from ..config import file_kind
-from ..events import EventFrame, check_unique_columns, validate
+from cachemon.errors import InputError
+from cachemon.config import file_kind
+from cachemon.events import EventFrame, check_unique_columns, validate
 
 FORMATS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _NUMERIC = ("latency_ms", "bytes", "sample_interval")

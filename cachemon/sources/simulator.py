@@ -29,11 +29,11 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pyarrow as pa
 
-from ..assignment import seed_sha256_byte
-from ..clock import Window
-from ..config import SimulatorConfig
-from ..errors import SourceError
-from ..events import SCHEMA, EventFrame
+from cachemon.assignment import seed_sha256_byte
+from cachemon.clock import Window
+from cachemon.settings import SimulatorConfig
+from cachemon.errors import SourceError
+from cachemon.events import SCHEMA, EventFrame
 
 US = 1_000_000
 HOUR_US = 3600 * US

@@ -24,8 +24,8 @@ from http.server import BaseHTTPRequestHandler
 
 import duckdb
 
-from ..events import EventFrame
-from .loopback import LoopbackServer
+from cachemon.events import EventFrame
+from cachemon.testing.loopback import LoopbackServer
 
 AE_COLUMNS = """
     timestamp TIMESTAMP, index1 VARCHAR, blob1 VARCHAR, blob2 VARCHAR, blob3 VARCHAR, blob4 VARCHAR,
@@ -191,9 +191,9 @@ def _ae_type(t: str) -> str:
 def main(argv=None) -> int:
     from datetime import timedelta
 
-    from ..clock import HOUR, Window, floor_to, utcnow
-    from ..config import SimulatorConfig
-    from ..sources.simulator import Simulator
+    from cachemon.clock import HOUR, Window, floor_to, utcnow
+    from cachemon.settings import SimulatorConfig
+    from cachemon.sources.simulator import Simulator
 
     ap = argparse.ArgumentParser(prog="python -m cachemon.testing.ae_emulator")
     ap.add_argument("--port", type=int, default=8788)

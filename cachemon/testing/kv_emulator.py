@@ -17,7 +17,7 @@ import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 
-from .loopback import LoopbackServer
+from cachemon.testing.loopback import LoopbackServer
 
 _PATH = re.compile(r"^/client/v4/accounts/([^/]+)/storage/kv/namespaces/([^/]+)/values/(.+)$")
 

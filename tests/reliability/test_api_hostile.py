@@ -19,7 +19,8 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from cachemon import api, config
+from cachemon.api import server as api
+from cachemon import config
 from cachemon.clock import utcnow
 from conftest import ROOT, T0
 from servers import free_port, serve_process

@@ -18,7 +18,10 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from cachemon import api, config, metrics, store
+from cachemon.api import server as api
+from cachemon import config
+from cachemon.metrics import window as metrics
+from cachemon.store import db as store
 from conftest import ROOT
 from servers import free_port, serve_process
 

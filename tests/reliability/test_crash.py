@@ -27,7 +27,10 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
-from cachemon import config, metrics, pipeline, store
+from cachemon import config
+from cachemon.metrics import window as metrics
+from cachemon.ingest import load as pipeline
+from cachemon.store import db as store
 
 from conftest import P99_RULE, ROOT
 from reliability.suite import LONG

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from cachemon import store
+from cachemon.store import db as store
 
 from conftest import ROOT
 

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from cachemon import store
+from cachemon.store import db as store
 
 from conftest import ROOT
 from test_disk import CONFIG, _fill, tmpfs

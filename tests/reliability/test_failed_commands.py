@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from cachemon import cli, config, ingest, pipeline, retention, store
+from cachemon.cli import main as cli
+from cachemon import config
+from cachemon import settings
+from cachemon.ingest import write as ingest
+from cachemon.ingest import load as pipeline
+from cachemon.ingest import retention
+from cachemon.store import db as store
 from cachemon.clock import CLOCK_SKEW, DAY, EARLIEST, HOUR, Window, floor_to, format_duration, iso
 from cachemon.errors import InputError
 
@@ -192,7 +198,7 @@ def test_horizons_never_pass_the_data_end(demo_copy, results):
     end = max(r[1] for r in before['"main"."watermarks"'])
     far = NOW + timedelta(days=365 * 60)
     with store.writer(db, NOW, publish=False) as con:
-        kept = retention.apply(con, far, config.RetentionConfig(minute_days=1, hour_days=2))
+        kept = retention.apply(con, far, settings.RetentionConfig(minute_days=1, hour_days=2))
         assert kept.horizons == retention.Horizons(floor_to(end, DAY), floor_to(end, DAY))
         w = Window(floor_to(end, HOUR), floor_to(end, HOUR) + HOUR)
         ingest.replace_window(con, small_sim().generate(w), "later", w, NOW)  # not refused
@@ -203,7 +209,7 @@ def test_horizons_never_pass_the_data_end(demo_copy, results):
 def test_an_empty_store_closes_nothing(tmp_path):
     """With no data, even a compaction far ahead leaves every supported instant writable."""
     with store.writer(tmp_path / "empty.duckdb", NOW) as con:
-        kept = retention.apply(con, NOW + timedelta(days=365 * 60), config.RetentionConfig())
+        kept = retention.apply(con, NOW + timedelta(days=365 * 60), settings.RetentionConfig())
         assert kept == retention.Result(retention.Horizons(EARLIEST, EARLIEST), 0, 0)
         retention.check_write(con, EARLIEST)  # not refused
 

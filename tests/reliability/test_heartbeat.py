@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from cachemon import heartbeat
+from cachemon.runner import heartbeat
 from cachemon.errors import ConfigError
 
 from pingsink import PingSink

@@ -19,7 +19,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from hypothesis import strategies as st
 
-from cachemon import api, config, exposition, export, metrics, optimize, pipeline, report, store
+from cachemon.api import server as api
+from cachemon import config
+from cachemon import settings as cm_settings
+from cachemon.metrics import exposition
+from cachemon.store import export
+from cachemon.metrics import window as metrics
+from cachemon.costs import optimize
+from cachemon.ingest import load as pipeline
+from cachemon.costs import report
+from cachemon.store import db as store
 from cachemon.clock import Window, iso
 from cachemon.errors import CachemonError
 
@@ -82,7 +91,7 @@ def test_fuzzed_import_never_crashes_and_a_bad_file_writes_nothing(tmp_path, dat
     f = tmp_path / "events.ndjson"
     f.write_bytes(body)
     db = tmp_path / f"s{abs(hash(body))}.duckdb"
-    cfg = config.with_db(config.Config(), str(db))
+    cfg = config.with_db(cm_settings.Config(), str(db))
     try:
         pipeline.import_files(cfg, [f], NOW)
     except CachemonError as exc:
@@ -117,7 +126,7 @@ def test_evil_keys_travel_intact_and_escaped(tmp_path, results):
     f.write_bytes(b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8", "surrogateescape") + b"\n"
                            for r in rows))
     db = tmp_path / "evil.duckdb"
-    cfg = config.with_db(config.Config(), str(db))
+    cfg = config.with_db(cm_settings.Config(), str(db))
     pipeline.import_files(cfg, [f], NOW)
     read_back = {k.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for k in EVIL_KEYS}
     with store.reader(db) as con:
@@ -164,7 +173,7 @@ def test_config_files_of_the_wrong_shape_are_named(tmp_path, text, message):
 # strategies do, driven by hypothesis here.)
 def test_the_api_fuzzed_from_its_schema_never_fails_with_a_5xx(loaded_store, results):
     path, _ = loaded_store
-    cfg = config.with_db(config.Config(), str(path))
+    cfg = config.with_db(cm_settings.Config(), str(path))
     app = api.create_app(cfg, api.ApiSettings(rate_limit=10**9), lambda: T0 + timedelta(hours=3))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     seen = Counter()

@@ -28,7 +28,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cachemon import alerts, config, export, heartbeat, outbound, pipeline, store
+from cachemon.alerts import evaluate as alerts
+from cachemon import config
+from cachemon.store import export
+from cachemon.runner import heartbeat
+from cachemon import outbound
+from cachemon.ingest import load as pipeline
+from cachemon.store import db as store
 from cachemon.clock import utcnow
 from cachemon.errors import ConfigError, InputError
 from cachemon.sources import files

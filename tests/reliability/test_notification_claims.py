@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-from cachemon import notify, store
+from cachemon.notify import outbox as notify
+from cachemon.store import db as store
 from cachemon.errors import ConfigError
 from conftest import ALWAYS_RULE, ROOT, T0
 from servers import SmtpSink, free_port

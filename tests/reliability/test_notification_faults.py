@@ -11,9 +11,10 @@ from collections import Counter
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
-from cachemon import lifecycle as lc
-from cachemon import notify, store
-from cachemon.config import NotifyConfig
+from cachemon.alerts import lifecycle as lc
+from cachemon.notify import outbox as notify
+from cachemon.store import db as store
+from cachemon.settings import NotifyConfig
 
 from servers import SmtpSink, WebhookSink
 

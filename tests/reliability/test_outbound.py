@@ -21,8 +21,14 @@ from datetime import timedelta
 
 import pytest
 
-from cachemon import config, lifecycle as lc, notify, promote, store
-from cachemon.config import NotifyConfig
+from cachemon import config
+
+from cachemon import settings
+from cachemon.alerts import lifecycle as lc
+from cachemon.notify import outbox as notify
+from cachemon.tuning import promote
+from cachemon.store import db as store
+from cachemon.settings import NotifyConfig
 from cachemon.errors import ConfigError, SourceError
 from cachemon.sources.analytics_engine import Client, Credentials
 
@@ -79,7 +85,7 @@ def _call_mailchannels(url, tmp_path):
 
 def _call_ae(url, tmp_path):
     base = url.rsplit("/", 1)[0]
-    ae = replace(config.AnalyticsEngineConfig(), timeout=timedelta(seconds=DEADLINE), retries=0)
+    ae = replace(settings.AnalyticsEngineConfig(), timeout=timedelta(seconds=DEADLINE), retries=0)
     with pytest.raises(SourceError) as err:
         Client(Credentials("acct", "ae-token-1234", base), ae, sleep=lambda s: None).query("SELECT 1 FORMAT JSON")
     return str(err.value)
@@ -140,7 +146,7 @@ def test_endless_answers_are_cut_at_the_byte_cap(tmp_path, results):
     try:
         start = time.monotonic()
         webhook = _call_webhook(error.url(SLACK_URL), tmp_path)
-        ae = replace(config.AnalyticsEngineConfig(), timeout=timedelta(seconds=20), retries=0)
+        ae = replace(settings.AnalyticsEngineConfig(), timeout=timedelta(seconds=20), retries=0)
         with pytest.raises(SourceError, match="more than 1,048,576 bytes; nothing was written"):
             Client(Credentials("acct", "t0k3n-1234", ok.url("/c")), ae, max_bytes=1 << 20).query("SELECT 1 FORMAT JSON")
         kv = promote.KvClient(ok.url("").rstrip("/"), "acct", "ns", "kv-token-1234", timeout=20)

@@ -22,7 +22,12 @@ import pytest
 from hypothesis import given, settings, HealthCheck
 from hypothesis import strategies as st
 
-from cachemon import alerts, config, metrics, pipeline, store
+from cachemon.alerts import evaluate as alerts
+from cachemon import config
+from cachemon import settings as cm_settings
+from cachemon.metrics import window as metrics
+from cachemon.ingest import load as pipeline
+from cachemon.store import db as store
 from cachemon.clock import Window, iso
 from cachemon.errors import InputError
 from cachemon.sources import files
@@ -185,7 +190,7 @@ def _poisoned_store(db):
 def test_an_older_store_with_poisoned_rows_gives_strict_json_and_an_honest_data_age(tmp_path, results):
     db = tmp_path / "old.duckdb"
     end = _poisoned_store(db)
-    cfg = config.with_db(config.Config(), str(db))
+    cfg = config.with_db(cm_settings.Config(), str(db))
     at = end + timedelta(days=1)  # a day after the data: it is stale, whatever 2150 says
     with store.reader(db) as con:
         m = metrics.compute(con, Window(at - timedelta(minutes=30), at), "30m", latest=True)  # minute rows
@@ -289,7 +294,7 @@ import resource, sys
 from datetime import datetime
 from cachemon import config, pipeline
 from cachemon.errors import CachemonError
-cfg = config.with_db(config.Config(), sys.argv[1])
+cfg = config.with_db(cm_settings.Config(), sys.argv[1])
 try:
     s = pipeline.import_files(cfg, sys.argv[3:], datetime.fromisoformat(sys.argv[2]))
     print("imported", sum(r.events for r in s.imported))

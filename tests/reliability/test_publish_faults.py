@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from cachemon import store
+from cachemon.store import db as store
 
 from conftest import ROOT
 from pingsink import PingSink

@@ -16,7 +16,10 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from cachemon import config, pipeline
+from cachemon import config
+
+from cachemon import settings
+from cachemon.ingest import load as pipeline
 from cachemon.clock import MINUTE, floor_to, iso, utcnow
 
 from conftest import ROOT, SMALL, simulate
@@ -29,7 +32,7 @@ def old_store(tmp_path):
     its data (the minute after its last event)."""
     db = tmp_path / "r.duckdb"
     end = floor_to(utcnow(), MINUTE) - timedelta(hours=3)
-    pipeline.demo(replace(config.with_db(config.Config(), str(db)), simulator=SMALL), 2 / 24, end)
+    pipeline.demo(replace(config.with_db(settings.Config(), str(db)), simulator=SMALL), 2 / 24, end)
     return db, end
 
 

@@ -23,8 +23,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cachemon import export, lifecycle as lc, notify, promote, store
-from cachemon.config import NotifyConfig
+from cachemon.store import export
+from cachemon.alerts import lifecycle as lc
+from cachemon.notify import outbox as notify
+from cachemon.tuning import promote
+from cachemon.store import db as store
+from cachemon.settings import NotifyConfig
 from cachemon.redact import LIMIT, MARK, MIN_SECRET, Redactor, secret_names
 
 from conftest import ROOT, T0

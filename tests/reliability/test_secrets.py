@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import trustme
 
-from cachemon import store
+from cachemon.store import db as store
 from cachemon.clock import HOUR, Window, iso
 from cachemon.testing.ae_emulator import Emulator, Fault
 

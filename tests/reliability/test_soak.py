@@ -18,7 +18,8 @@ from collections import Counter
 import duckdb
 import httpx
 
-from cachemon import metrics, store
+from cachemon.metrics import window as metrics
+from cachemon.store import db as store
 
 from conftest import ROOT
 from reliability.suite import LONG

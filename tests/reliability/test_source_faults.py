@@ -13,7 +13,12 @@ from datetime import timedelta
 
 import pandas as pd
 
-from cachemon import config, metrics, pipeline, store
+from cachemon import config
+
+from cachemon import settings
+from cachemon.metrics import window as metrics
+from cachemon.ingest import load as pipeline
+from cachemon.store import db as store
 from cachemon.clock import HOUR, MINUTE, Window
 from cachemon.errors import SourceError
 from cachemon.sources.analytics_engine import Client, Credentials
@@ -36,7 +41,7 @@ SQL = "SELECT minute, tier, endpoint, requests, errors FROM v1.requests_minute O
 
 def test_an_hour_of_source_faults_then_a_full_catch_up(tmp_path, results):
     sim, frames = small_sim(), []
-    cfg = config.with_db(config.Config(), str(tmp_path / "ae.duckdb"))
+    cfg = config.with_db(settings.Config(), str(tmp_path / "ae.duckdb"))
     cfg = replace(cfg, analytics_engine=replace(cfg.analytics_engine, timeout=TIMEOUT, backfill=HOUR))
     sleeps, rng = [], random.Random(4)
     injected, failed, stale_checks, max_age = Counter(), Counter(), [], timedelta(0)
@@ -101,7 +106,7 @@ def test_an_hour_of_source_faults_then_a_full_catch_up(tmp_path, results):
 
 
 def _watermark(cfg):
-    from cachemon import ingest
+    from cachemon.ingest import write as ingest
 
     with store.writer(cfg.store.path, T0, publish=False) as con:
         return ingest.watermark(con, pipeline.ANALYTICS_ENGINE)

@@ -14,8 +14,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from cachemon import cli, selfcheck, store
-from cachemon.api import health_body
+from cachemon.cli import main as cli
+from cachemon.runner import selfcheck
+from cachemon.store import db as store
+from cachemon.api.server import health_body
 from cachemon.errors import StoreBusyError, StoreError
 
 from conftest import ROOT
@@ -195,7 +197,10 @@ def test_a_real_runner_on_a_store_written_ahead_of_now_fails_visibly(tmp_path, r
     env = dict(os.environ, CACHEMON_DB=str(db), PYTHONPATH=str(ROOT))
     env.pop("CACHEMON_CONFIG", None)
     # Write as the old runner did: a store, its data and an evaluation an hour ahead of now.
-    from cachemon import alerts, config, notify, pipeline
+    from cachemon.alerts import evaluate as alerts
+    from cachemon import config
+    from cachemon.notify import outbox as notify
+    from cachemon.ingest import load as pipeline
 
     cfg = config.with_db(config.load(None, {}), str(db))
     future = datetime.now(timezone.utc) + timedelta(hours=1)

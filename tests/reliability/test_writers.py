@@ -15,7 +15,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
-from cachemon import cli, store
+from cachemon.cli import main as cli
+from cachemon.store import db as store
 
 from conftest import ROOT, simulate, small_sim
 from pingsink import PingSink

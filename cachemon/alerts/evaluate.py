@@ -1,0 +1,365 @@
+"""The alert monitor: evaluate the rules against the store, keep each rule
+instance's state, decide notifications, and answer "how healthy is it?".
+
+`check` is one evaluation (the runner calls it every 15 minutes): it reads
+the rules' observations, steps every instance through the lifecycle
+(`cachemon.lifecycle`), decides per channel what to send, and writes
+states, history and the outbox in one transaction, so a crash leaves either
+all of an evaluation or none of it. Sending is `notify.deliver`'s job.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import duckdb
+import pyarrow as pa
+
+from cachemon.alerts import lifecycle as lc
+from cachemon.alerts.anomaly import history_ends, robust_z
+from cachemon.clock import MINUTE, floor_to, iso
+from cachemon.errors import CachemonError, InputError
+from cachemon.metrics.window import data_span
+from cachemon.alerts.rules import METRICS, Rule, effective_rules, format_value
+from cachemon.metrics.series import Observation, observe
+from cachemon.store.db import transaction
+
+log = logging.getLogger("cachemon.alerts")
+
+LOAD_GROUPS = "SELECT channel, members, sent_at FROM notify_groups"
+LAST_EVALUATION = "SELECT max(evaluated_at) FROM alert_evaluations WHERE evaluated_at <= $at"
+ACTIVE_SILENCES = """
+SELECT id, matcher, endpoint, starts_at, ends_at, reason, created_by FROM silences
+WHERE starts_at <= $at AND ends_at > $at AND expired_at IS NULL ORDER BY id
+"""
+STATE_COLUMNS = ("rule", "endpoint", "type", "severity", "state", "since", "evaluated_at", "value",
+                 "threshold", "message", "pending_since", "firing_since", "last_breach", "clear_since")
+LOAD_STATES = f"SELECT {', '.join(STATE_COLUMNS)} FROM alert_state"
+UPSERT_GROUP = "INSERT OR REPLACE INTO notify_groups VALUES (?, ?, ?)"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    at: datetime
+    data_until: datetime | None
+    states: tuple[lc.InstanceState, ...]
+    changed: tuple[tuple[str, lc.InstanceState], ...]  # (previous state, new) for transitions
+    notices: tuple[lc.Notice, ...]
+    groups: tuple[lc.Group, ...]
+
+
+class Observer:
+    """Observations by (window end, length, endpoint), fetched in batches
+    and cached, so a backfill of a week queries each series once."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con = con
+        self.cache: dict[tuple, Observation] = {}
+
+    def get(self, ends: list[datetime], length: timedelta, endpoint: str | None) -> list[Observation]:
+        missing = sorted({e for e in ends if (e, length, endpoint) not in self.cache})
+        if missing:
+            for e, o in zip(missing, observe(self.con, [e - length for e in missing], length, endpoint)):
+                self.cache[(e, length, endpoint)] = o
+        return [self.cache[(e, length, endpoint)] for e in ends]
+
+
+def evaluate(
+    observer: Observer,
+    rules: tuple[Rule, ...],
+    at: datetime,
+    prev: dict[tuple[str, str], lc.InstanceState],
+    stale_after: timedelta,
+    data_until: datetime | None,
+) -> tuple[list[lc.InstanceState], list[tuple[str, lc.InstanceState]]]:
+    """Every rule instance's new state at `at`, and the transitions."""
+    states, changed = [], []
+    for rule in rules:
+        for endpoint in rule.endpoints or ("",):
+            outcome = _outcome(observer, rule, endpoint, at, stale_after, data_until)
+            old = prev.get((rule.name, endpoint))
+            new = lc.step(old, rule, endpoint, outcome, at, _message(rule, endpoint, outcome))
+            states.append(new)
+            before = old.state if old else "new"
+            if before != new.state:
+                changed.append((before, new))
+    return states, changed
+
+
+def _outcome(observer, rule: Rule, endpoint: str, at, stale_after, data_until) -> lc.Outcome:
+    if data_until is None:
+        return lc.Outcome(lc.NO_DATA, reason="the store has no data")
+    if rule.metric == "data_age":
+        age = max(0.0, (at - data_until).total_seconds())
+        return lc.Outcome(lc.BREACH if rule.breached(age) else lc.CLEAR, age)
+    if at - data_until > stale_after:
+        return lc.Outcome(lc.NO_DATA, reason=f"data is stale: newest data at {iso(data_until)}")
+    end = floor_to(min(at, data_until), MINUTE)
+    try:
+        current = observer.get([end], rule.window, endpoint or None)[0]
+        value = METRICS[rule.metric].read(current)
+        if METRICS[rule.metric].per_request and current.requests < rule.min_requests:
+            return lc.Outcome(lc.NO_DATA, value,
+                              f"{current.requests:,.0f} requests in the window, below min_requests {rule.min_requests:,.0f}")
+        if value is None:
+            return lc.Outcome(lc.NO_DATA, reason=f"no {rule.metric} reading in the window")
+        if rule.kind == "anomaly":
+            return _anomaly(observer, rule, endpoint, end, value)
+    except (duckdb.Error, CachemonError) as exc:
+        return lc.Outcome(lc.ERROR, reason=f"query failed: {str(exc).splitlines()[0]}")
+    return lc.Outcome(lc.BREACH if rule.breached(value) else lc.CLEAR, value)
+
+
+def _anomaly(observer, rule: Rule, endpoint: str, end: datetime, value: float) -> lc.Outcome:
+    ends = history_ends(end, rule.weeks)
+    past = observer.get([e for _, e in ends], rule.window, endpoint or None)
+    usable = [(w, METRICS[rule.metric].read(o)) for (w, _), o in zip(ends, past) if o.requests >= rule.min_requests]
+    weeks = len({w for w, v in usable if v is not None})
+    if weeks < rule.min_weeks:
+        return lc.Outcome(lc.NO_DATA, value, f"needs {rule.min_weeks} weeks of history at this time of week, has {weeks}")
+    z = robust_z(value, [v for _, v in usable])
+    if z is None:
+        return lc.Outcome(lc.NO_DATA, value, "history has no spread to compare with")
+    return lc.Outcome(lc.BREACH if rule.breached(z) else lc.CLEAR, value, f"robust z = {z:+.1f}")
+
+
+def _message(rule: Rule, endpoint: str, o: lc.Outcome) -> str:
+    where = f" ({endpoint})" if endpoint else ""
+    label = METRICS[rule.metric].label + where
+    if o.kind in (lc.NO_DATA, lc.ERROR):
+        return f"{label}: {'no data' if o.kind == lc.NO_DATA else 'evaluation failed'}: {o.reason}"
+    shown = format_value(o.value, rule.unit)
+    if rule.kind == "anomaly":
+        return f"{label} is unusual for this time of week: {shown} ({o.reason})"
+    limit = format_value(rule.threshold, rule.unit)
+    if o.kind == lc.CLEAR:
+        return f"{label} {shown} (threshold {rule.op} {limit})"
+    verb = "above" if rule.op.startswith(">") else "below"
+    return f"{label} {verb} threshold: {shown} (threshold {limit})"
+
+
+def check(
+    con: duckdb.DuckDBPyConnection,
+    cfg,
+    at: datetime,
+    channels: tuple[str, ...] = (),
+    notify: bool = True,
+    observer: Observer | None = None,
+) -> Evaluation:
+    """Evaluate every rule at `at` (nothing written: see `record`).
+    `channels` are those configured; `notify=False` (a backfill) decides
+    no notifications."""
+    last = last_evaluation(con, None)
+    if last is not None and at <= last:
+        why = "was already evaluated" if at == last else f"is before the last evaluation {iso(last)} (did the clock go back?)"
+        raise InputError(f"evaluation time {iso(at)} {why}; evaluations move forward only, nothing was changed")
+    span = data_span(con, at)  # data dated after `at` must not hide stale data
+    prev = load_states(con)
+    rules = effective_rules(cfg.alerts)
+    states, changed = evaluate(observer or Observer(con), rules, at, prev, cfg.metrics.stale_after,
+                               span[1] if span else None)
+    notices, groups = [], []
+    if notify:
+        notices, groups = _decide(con, cfg, rules, states, changed, at, channels)
+    return Evaluation(at, span[1] if span else None, tuple(states), tuple(changed), tuple(notices), tuple(groups))
+
+
+def _decide(con, cfg, rules, states, changed, at, channels):
+    routes = {r.name: set(r.channels or channels) for r in rules}
+    live = lc.notifiable(states, active_silences(con, at), at)
+    resolved_now = [s for before, s in changed if s.state == lc.RESOLVED]
+    groups_before = load_groups(con)
+    notices, groups = [], []
+    for channel in channels:
+        routed = [s for s in live if channel in routes.get(s.rule, ())]
+        resolved = [s for s in resolved_now if channel in routes.get(s.rule, ())]
+        notice, group = lc.decide(channel, routed, resolved, groups_before.get(channel), at,
+                                  cfg.alerts.repeat_interval, cfg.alerts.send_resolved)
+        groups.append(group)
+        if notice:
+            notices.append(notice)
+    return notices, groups
+
+
+def record(con: duckdb.DuckDBPyConnection, ev: Evaluation, outbox: list | None = None) -> None:
+    """Write an evaluation (states, transitions, groups, and the rendered
+    notifications `outbox`) in one transaction."""
+    _write(con, ev.states, ev.changed, [_evaluation_row(ev.at, ev.data_until, ev.states, len(outbox or []), False)],
+           ev.groups, outbox or [])
+
+
+def _evaluation_row(at, data_until, states, notifications: int, backfill: bool) -> dict:
+    firing = sum(1 for s in states if s.state == lc.FIRING)
+    return {"evaluated_at": at, "data_until": data_until, "instances": len(states), "firing": firing,
+            "notifications": notifications, "backfill": backfill}
+
+
+def _write(con, states, changed, evaluations: list[dict], groups, outbox) -> None:
+    from cachemon.notify.outbox import enqueue
+
+    history = [
+        {"changed_at": s.since, "rule": s.rule, "endpoint": s.endpoint, "type": s.type, "severity": s.severity,
+         "from_state": before, "to_state": s.state, "value": s.value, "threshold": s.threshold,
+         "message": s.message, "firing_since": s.firing_since}
+        for before, s in changed
+    ]
+    with transaction(con):
+        con.execute("DELETE FROM alert_state")
+        _append(con, "alert_state", [{c: getattr(s, c) for c in STATE_COLUMNS} for s in states])
+        _append(con, "alert_history", history)
+        _append(con, "alert_evaluations", evaluations)
+        for g in groups:
+            con.execute(UPSERT_GROUP, [g.channel, ",".join(g.members), g.sent_at])
+        for row in outbox:
+            enqueue(con, row)
+
+
+# Fixed table names only; the rows go through Arrow, not SQL text
+# (DuckDB's executemany costs ~10 ms a call, a backfill makes thousands).
+_APPEND = {t: f"INSERT INTO {t} BY NAME SELECT * FROM _rows" for t in ("alert_state", "alert_history", "alert_evaluations")}
+
+
+def _append(con, table: str, rows: list[dict]) -> None:
+    if not rows:
+        return
+    con.register("_rows", pa.Table.from_pylist(rows))
+    try:
+        con.execute(_APPEND[table])
+    finally:
+        con.unregister("_rows")
+
+
+def backfill(con: duckdb.DuckDBPyConnection, cfg, start: datetime, end: datetime) -> int:
+    """Evaluate every slot in (start, end] without notifying, so history and
+    health cover data loaded in bulk (a demo, an import); one query per
+    series and one write. Returns the number of slots evaluated."""
+    every = cfg.alerts.evaluate_every
+    last = last_evaluation(con, None)
+    t = floor_to(max(start, last) if last else start, every) + every
+    slots = []
+    while t <= end:
+        slots.append(t)
+        t += every
+    if not slots:
+        return 0
+    rules, span = effective_rules(cfg.alerts), data_span(con, end)
+    observer = Observer(con)
+    for rule in rules:
+        for endpoint in rule.endpoints or ("",):
+            ends = list(slots)
+            if rule.kind == "anomaly":
+                ends += [e for t in slots for _, e in history_ends(t, rule.weeks)]
+            observer.get(ends, rule.window, endpoint or None)
+    prev, changed, evaluations = load_states(con), [], []
+    for t in slots:
+        states, moved = evaluate(observer, rules, t, prev, cfg.metrics.stale_after, span[1] if span else None)
+        prev = {s.key: s for s in states}
+        changed += moved
+        evaluations.append(_evaluation_row(t, span[1] if span else None, states, 0, True))
+    _write(con, list(prev.values()), changed, evaluations, [], [])
+    return len(slots)
+
+
+def reset(con) -> None:
+    """Forget alert states, history, evaluations and dedup groups (the data
+    they describe was replaced). Notifications and silences stay: they are
+    records of what people were told and decided."""
+    for table in ("alert_state", "alert_history", "alert_evaluations", "notify_groups"):
+        con.execute(f"DELETE FROM {table}")  # fixed names, no user text
+
+
+def load_states(con) -> dict[tuple[str, str], lc.InstanceState]:
+    cur = con.execute(LOAD_STATES)
+    names = [d[0] for d in cur.description]
+    return {(r[0], r[1]): lc.InstanceState(**dict(zip(names, r))) for r in cur.fetchall()}
+
+
+def load_groups(con) -> dict[str, lc.Group]:
+    return {c: lc.Group(c, tuple(m.split(",")) if m else (), t) for c, m, t in con.execute(LOAD_GROUPS).fetchall()}
+
+
+def active_silences(con, at: datetime) -> list[lc.Silence]:
+    return [lc.Silence(*r) for r in con.execute(ACTIVE_SILENCES, {"at": at}).fetchall()]
+
+
+def last_evaluation(con, at: datetime | None) -> datetime | None:
+    if at is None:
+        return con.execute("SELECT max(evaluated_at) FROM alert_evaluations").fetchall()[0][0]
+    return con.execute(LAST_EVALUATION, {"at": at}).fetchall()[0][0]
+
+
+def has_control(text: str) -> bool:
+    """Whether `text` holds a C0/C1 control character or DEL."""
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text or "")
+
+
+def add_silence(con, matcher: str, duration: timedelta, reason: str, now: datetime, endpoint: str = "",
+                created_by: str = "") -> lc.Silence:
+    """Mute notifications of an alert type (or rule) for `duration`."""
+    known = {r for row in con.execute("SELECT DISTINCT type, rule FROM alert_state").fetchall() for r in row}
+    if not matcher or not matcher.replace("_", "").isalnum():
+        raise InputError(f"silence: {matcher!r} is not an alert type or rule name")
+    if known and matcher not in known:
+        raise InputError(f"silence: no alert type or rule named {matcher!r}; known: {', '.join(sorted(known))}")
+    if duration <= timedelta(0) or duration > timedelta(days=30):
+        raise InputError("silence: --for must be between 1m and 30d")
+    if not reason.strip():
+        raise InputError("silence: a --reason is required, so others know why alerts are muted")
+    for name, text in (("reason", reason), ("endpoint", endpoint), ("by", created_by)):
+        if has_control(text):
+            raise InputError(f"silence: the {name} contains a control character (line break, ESC, …); "
+                             "it is printed in terminals and pages, so write it on one plain line")
+    sid = con.execute("SELECT nextval('silence_ids')").fetchall()[0][0]
+    s = lc.Silence(sid, matcher, endpoint, now, now + duration, reason.strip(), created_by)
+    con.execute("INSERT INTO silences VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                [s.id, s.matcher, s.endpoint, s.starts_at, s.ends_at, s.reason, now, s.created_by])
+    return s
+
+
+def expire_silence(con, sid: int, now: datetime) -> None:
+    """End a silence now."""
+    if not con.execute("SELECT count(*) FROM silences WHERE id = ? AND expired_at IS NULL", [sid]).fetchall()[0][0]:
+        raise InputError(f"no active silence with id {sid}")
+    con.execute("UPDATE silences SET expired_at = ? WHERE id = ?", [now, sid])
+
+
+def _context(con, at: datetime, stale_after: timedelta) -> dict | None:
+    """The last 15 minutes' figures for a notification (None without data)."""
+    from cachemon.metrics import window as metrics
+    from cachemon.clock import Window
+
+    try:
+        m = metrics.compute(con, Window.ending(at, timedelta(minutes=15)), "15m", top=5, latest=True)
+    except CachemonError:
+        return None
+    return metrics.to_json(m, stale_after)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    evaluation: Evaluation
+    outbox: tuple  # notify.OutboxRow
+    deliveries: tuple  # notify.Delivery
+
+
+def due(con, at: datetime) -> bool:
+    """Whether `at` (floored to the minute) is after the last evaluation."""
+    last = last_evaluation(con, None)
+    return last is None or floor_to(at, MINUTE) > last
+
+
+def run(con, cfg, at: datetime, transports, dry_run: bool = False) -> CheckResult:
+    """One evaluation with its notifications: decide, render, and (unless
+    `dry_run`) record it all in one transaction and deliver the outbox."""
+    from cachemon.notify import outbox as notify
+
+    at = floor_to(at, MINUTE)
+    ev = check(con, cfg, at, transports.channels(cfg.notify))
+    ctx = _context(con, at, cfg.metrics.stale_after) if ev.notices else None
+    rows = tuple(notify.render(n, ctx, cfg.notify, transports) for n in ev.notices)
+    if dry_run:
+        return CheckResult(ev, rows, ())
+    record(con, ev, list(rows))
+    return CheckResult(ev, rows, tuple(notify.deliver(con, transports, cfg.notify, at)))

@@ -1,0 +1,114 @@
+"""Reading the alert record: the health block, state-change history and
+the periods alerts were active (timelines, incident markers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cachemon.alerts import evaluate as alerts
+from cachemon.alerts import lifecycle as lc
+from cachemon.clock import iso
+
+# The state of each instance as of an instant: its last transition.
+STATES_AT = """
+SELECT rule, endpoint, arg_max(type, changed_at), arg_max(severity, changed_at), arg_max(to_state, changed_at),
+       max(changed_at), arg_max(message, changed_at), arg_max_null(firing_since, changed_at)
+FROM alert_history WHERE changed_at <= $at GROUP BY rule, endpoint
+"""
+HISTORY = """
+SELECT changed_at AS at, rule, endpoint, type, severity, from_state, to_state, value, threshold, message
+FROM alert_history WHERE changed_at >= $since AND changed_at <= $until
+ORDER BY changed_at DESC, rule, endpoint LIMIT $limit
+"""
+
+
+@dataclass(frozen=True)
+class Issue:
+    severity: str
+    message: str
+    since: datetime
+
+
+@dataclass(frozen=True)
+class Health:
+    status: str  # healthy | degraded | critical
+    issues: tuple[Issue, ...]
+    evaluated_at: datetime | None
+    firing: tuple[tuple[str, int], ...] = ()  # active alerts by severity
+
+    def to_json(self) -> dict:
+        return {"status": self.status, "evaluatedAt": iso(self.evaluated_at) if self.evaluated_at else None,
+                "issues": [{"severity": i.severity, "message": i.message, "since": iso(i.since)} for i in self.issues]}
+
+
+def health(con, at: datetime, evaluate_every: timedelta) -> Health:
+    """The seed's health block, from the alert states as of `at`: critical
+    when a critical alert fires, degraded for a warning, a failed
+    evaluation or overdue evaluations; no-data instances are listed as info."""
+    last = alerts.last_evaluation(con, at)
+    issues = []
+    if last is None:
+        issues.append(Issue("warning", "alert rules have not been evaluated yet", at))
+    elif at - last > 2 * evaluate_every:
+        issues.append(Issue("warning", f"alert evaluation is overdue: last run {iso(last)}", last))
+    rows = con.execute(STATES_AT, {"at": at}).fetchall()
+    critical = {(r[2], r[1]) for r in rows if r[7] is not None and r[3] == "critical"}
+    firing: dict[str, int] = {}
+    for rule, endpoint, type_, severity, state, since, message, firing_since in rows:
+        if firing_since is not None:
+            if severity != "critical" and (type_, endpoint) in critical:
+                continue  # inhibited by the critical alert of the same type
+            firing[severity] = firing.get(severity, 0) + 1
+            issues.append(Issue(severity, message, firing_since))
+        elif state == lc.ERROR:
+            issues.append(Issue("warning", message, since))
+        elif state == lc.NO_DATA:
+            issues.append(Issue("info", message, since))
+    issues.sort(key=lambda i: (lc.SEVERITY_ORDER.get(i.severity, 9), i.since))
+    sev = {i.severity for i in issues}
+    status = "critical" if "critical" in sev else "degraded" if "warning" in sev else "healthy"
+    return Health(status, tuple(issues), last, tuple(sorted(firing.items())))
+
+
+def history(con, since: datetime, until: datetime, limit: int = 200) -> list[dict]:
+    """State changes, newest first."""
+    cur = con.execute(HISTORY, {"since": since, "until": until, "limit": limit})
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+@dataclass(frozen=True)
+class Period:
+    """One stretch of an alert being active (firing, or held through no-data)."""
+
+    rule: str
+    endpoint: str
+    type: str
+    severity: str
+    start: datetime
+    end: datetime | None  # None: still active at `until`
+
+
+PERIOD_CHANGES = """
+SELECT changed_at, rule, endpoint, type, severity, to_state, firing_since
+FROM alert_history WHERE changed_at <= $until AND (firing_since IS NOT NULL OR from_state IN ('firing', 'no_data', 'error'))
+ORDER BY rule, endpoint, changed_at
+"""
+
+
+def active_periods(con, since: datetime, until: datetime) -> list[Period]:
+    """Periods of active alerts overlapping [since, until], for timelines
+    and incident markers."""
+    out: list[Period] = []
+    open_: dict[tuple, Period] = {}
+    rows = con.execute(PERIOD_CHANGES, {"until": until}).fetchall()
+    for at, rule, endpoint, type_, severity, _, firing_since in rows:
+        key = (rule, endpoint)
+        if firing_since is not None and key not in open_:
+            open_[key] = Period(rule, endpoint, type_, severity, firing_since, None)
+        elif firing_since is None and key in open_:
+            p = open_.pop(key)
+            out.append(Period(p.rule, p.endpoint, p.type, p.severity, p.start, at))
+    out += open_.values()
+    return sorted((p for p in out if p.end is None or p.end >= since), key=lambda p: p.start)

@@ -1,0 +1,268 @@
+"""Alert rules: the metric catalogue, the seed's built-in thresholds, and the
+user's rules from TOML (`[[alerts.rules]]`), validated at load.
+
+A rule watches one metric over a window (per endpoint, or all traffic) and
+breaches when `value op threshold` holds (a threshold rule) or when the
+value's robust z-score against the same minutes of earlier weeks passes
+`threshold` in its direction (an anomaly rule). Its `type` is the alert
+type of the seed (`miss_rate`, `p99_latency`, ...): notifications group and
+deduplicate by it, and a critical alert inhibits a warning of the same type.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields, replace
+from datetime import timedelta
+from typing import Callable
+
+from cachemon.clock import format_duration, parse_duration
+from cachemon.errors import ConfigError
+from cachemon.settings import AlertsConfig
+from cachemon.metrics.series import Observation
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """How to read one alertable metric from an Observation."""
+
+    unit: str  # "%", "ms", "bytes", "jobs", "requests", "s"
+    read: Callable[[Observation], float | None]
+    per_request: bool  # needs traffic (min_requests) and may filter endpoints
+    label: str
+
+
+def _share(tier: str):
+    return lambda o: o.volume.share(tier) if o.requests else None
+
+
+METRICS: dict[str, MetricDef] = {
+    "miss_rate": MetricDef("%", lambda o: o.volume.share("api") if o.requests else None, True, "Cache miss rate"),
+    "combined_hit_rate": MetricDef("%", lambda o: o.combined_hit_rate, True, "Combined hit rate"),
+    "edge_hit_rate": MetricDef("%", _share("edge"), True, "Edge hit rate"),
+    "kv_hit_rate": MetricDef("%", _share("kv"), True, "KV hit rate"),
+    "r2_hit_rate": MetricDef("%", _share("r2"), True, "R2 rehydration rate"),
+    "error_rate": MetricDef("%", lambda o: o.error_rate, True, "Error rate"),
+    "p50_latency": MetricDef("ms", lambda o: o.p50, True, "P50 latency"),
+    "p95_latency": MetricDef("ms", lambda o: o.p95, True, "P95 latency"),
+    "p99_latency": MetricDef("ms", lambda o: o.p99, True, "P99 latency"),
+    "avg_latency": MetricDef("ms", lambda o: o.avg_latency, True, "Average latency"),
+    "requests": MetricDef("requests", lambda o: o.requests, False, "Requests"),
+    "queue_depth": MetricDef("jobs", lambda o: o.gauge("queue_depth"), False, "Warming queue depth"),
+    "kv_storage": MetricDef("bytes", lambda o: o.gauge("kv_storage_bytes"), False, "KV storage"),
+    "r2_storage": MetricDef("bytes", lambda o: o.gauge("r2_storage_bytes"), False, "R2 storage"),
+    # Read from the store's newest data, not from the window (see alerts).
+    "data_age": MetricDef("s", lambda o: None, False, "Data age"),
+}
+
+OPS: dict[str, Callable[[float, float], bool]] = {
+    ">": lambda v, t: v > t, ">=": lambda v, t: v >= t,
+    "<": lambda v, t: v < t, "<=": lambda v, t: v <= t,
+}
+SEVERITIES = ("critical", "warning", "info")
+KINDS = ("threshold", "anomaly")
+DIRECTIONS = ("below", "above", "both")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_ENDPOINT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    metric: str
+    threshold: float
+    severity: str
+    op: str = ">"
+    type: str = ""  # alert type; defaults to the name
+    kind: str = "threshold"
+    window: timedelta = timedelta(minutes=15)
+    for_: timedelta = timedelta(0)
+    keep_firing_for: timedelta = timedelta(0)
+    endpoints: tuple[str, ...] = ()  # () = all traffic together
+    channels: tuple[str, ...] = ()  # () = every configured channel
+    min_requests: float | None = None  # None = the [alerts] default
+    # anomaly rules: compare with the same minute-of-week in earlier weeks
+    direction: str = "below"
+    weeks: int = 3
+    min_weeks: int = 2
+
+    @property
+    def alert_type(self) -> str:
+        return self.type or self.name
+
+    @property
+    def unit(self) -> str:
+        return METRICS[self.metric].unit
+
+    def breached(self, value: float) -> bool:
+        """Threshold rules: whether `value` breaches. (Anomaly rules pass the z-score.)"""
+        if self.kind == "anomaly":
+            return (self.direction in ("below", "both") and value <= -self.threshold) or (
+                self.direction in ("above", "both") and value >= self.threshold)
+        return OPS[self.op](value, self.threshold)
+
+    def describe(self) -> str:
+        what = METRICS[self.metric].label
+        if self.kind == "anomaly":
+            return f"{what} anomalous ({self.direction} usual, robust z ≥ {self.threshold:g})"
+        return f"{what} {self.op} {format_value(self.threshold, self.unit)}"
+
+
+def format_value(value: float | None, unit: str) -> str:
+    """A metric value for people: 15.2%, 512 ms, 1.2 GB, 2,600 jobs."""
+    if value is None:
+        return "n/a"
+    if unit == "%":
+        return f"{value:.1f}%"
+    if unit == "ms":
+        return f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
+    if unit == "bytes":
+        for size, name in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+            if abs(value) >= size:
+                return f"{value / size:.2f} {name}"
+        return f"{value:.0f} B"
+    if unit == "s":
+        return format_duration(timedelta(seconds=int(value)))
+    return f"{value:,.0f} {unit}"
+
+
+# The seed's ALERT_THRESHOLDS, plus freshness and a drift detector.
+BUILTIN: tuple[Rule, ...] = (
+    Rule("miss_rate_critical", "miss_rate", 15.0, "critical", type="miss_rate"),
+    Rule("p99_latency", "p99_latency", 500.0, "critical"),
+    Rule("error_rate", "error_rate", 5.0, "critical"),
+    Rule("queue_depth", "queue_depth", 1000.0, "critical"),
+    Rule("miss_rate_warning", "miss_rate", 10.0, "warning", type="miss_rate"),
+    Rule("p95_latency", "p95_latency", 100.0, "warning"),
+    Rule("edge_hit_rate", "edge_hit_rate", 75.0, "warning", op="<"),
+    Rule("kv_storage", "kv_storage", 1e9, "warning"),
+    Rule("data_stale", "data_age", 1800.0, "warning"),
+    Rule("hit_rate_anomaly", "combined_hit_rate", 3.5, "warning", kind="anomaly", direction="below",
+         min_requests=1000.0),
+)
+
+_TOML_NAMES = {"for": "for_"}  # `for` is a Python keyword
+
+
+def parse_rules(where: str, raw: list, builtin: bool = True, disable: tuple[str, ...] = ()) -> tuple[Rule, ...]:
+    """The effective rules: built-ins (unless switched off or disabled by
+    name) overridden by user rules of the same name, then the user's own.
+    `where` names the file for messages."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: [alerts] rules must be an array of tables ([[alerts.rules]])")
+    user = [_parse_one(where, i, r) for i, r in enumerate(raw)]
+    seen: set[str] = set()
+    for r in user:
+        if r.name in seen:
+            raise ConfigError(f"{where}: rule {r.name!r} is defined twice")
+        seen.add(r.name)
+    known = {r.name for r in BUILTIN} | seen
+    for name in disable:
+        if name not in known:
+            raise ConfigError(f"{where}: [alerts] disable names unknown rule {name!r}")
+    base = [r for r in BUILTIN if builtin and r.name not in seen]
+    return tuple(r for r in base + user if r.name not in disable)
+
+
+def _parse_one(where: str, index: int, raw) -> Rule:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: rule #{index + 1} must be a table")
+    label = f"rule {raw.get('name')!r}" if isinstance(raw.get("name"), str) else f"rule #{index + 1}"
+
+    def bad(field: str, why: str) -> ConfigError:
+        return ConfigError(f"{where}: {label}: {field}: {why}")
+
+    known = {f.name for f in fields(Rule)}
+    kwargs = {}
+    for key, value in raw.items():
+        name = _TOML_NAMES.get(key, key)
+        if name not in known or name == "for_" and key != "for":
+            toml_names = sorted("for" if k == "for_" else k for k in known)
+            raise bad(key, f"unknown field (fields: {', '.join(toml_names)})")
+        kwargs[name] = _field(bad, key, name, value)
+    for req in ("name", "metric", "severity"):
+        if req not in kwargs:
+            raise bad(req, "is required")
+    kind = kwargs.get("kind", "threshold")
+    if "threshold" not in kwargs:
+        if kind != "anomaly":
+            raise bad("threshold", "is required")
+        kwargs["threshold"] = 3.5
+    rule = Rule(**kwargs)
+    _check(bad, rule)
+    return rule
+
+
+def _field(bad, key: str, name: str, value):
+    if name in ("window", "for_", "keep_firing_for"):
+        if not isinstance(value, str):
+            raise bad(key, f"must be a duration string like '15m', got {value!r}")
+        try:
+            return parse_duration(value, key)
+        except Exception as exc:
+            raise bad(key, str(exc)) from None
+    if name in ("endpoints", "channels"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad(key, f"must be a list of strings, got {value!r}")
+        return tuple(value)
+    if name in ("threshold", "min_requests"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad(key, f"must be a number, got {value!r}")
+        return float(value)
+    if name in ("weeks", "min_weeks"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad(key, f"must be a whole number, got {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise bad(key, f"must be a string, got {value!r}")
+    return value
+
+
+def _check(bad, r: Rule) -> None:
+    from cachemon.notify.outbox import CHANNELS
+
+    if not _NAME.match(r.name):
+        raise bad("name", f"{r.name!r} must be lower-case letters, digits and _ (starting with a letter)")
+    if r.type and not _NAME.match(r.type):
+        raise bad("type", f"{r.type!r} must be lower-case letters, digits and _")
+    if r.metric not in METRICS:
+        raise bad("metric", f"unknown metric {r.metric!r}; metrics: {', '.join(METRICS)}")
+    if r.severity not in SEVERITIES:
+        raise bad("severity", f"{r.severity!r}: use one of {', '.join(SEVERITIES)}")
+    if r.kind not in KINDS:
+        raise bad("kind", f"{r.kind!r}: use threshold or anomaly")
+    if r.op not in OPS:
+        raise bad("op", f"{r.op!r}: use one of {' '.join(OPS)}")
+    if r.direction not in DIRECTIONS:
+        raise bad("direction", f"{r.direction!r}: use below, above or both")
+    if r.window < timedelta(minutes=1) or r.window > timedelta(days=1) or r.window % timedelta(minutes=1):
+        raise bad("window", "must be whole minutes between 1m and 1d")
+    if r.for_ < timedelta(0) or r.keep_firing_for < timedelta(0):
+        raise bad("for", "durations must not be negative")
+    if r.endpoints and not METRICS[r.metric].per_request:
+        raise bad("endpoints", f"metric {r.metric!r} is store-wide; it cannot be filtered by endpoint")
+    for e in r.endpoints:
+        if not _ENDPOINT.match(e):
+            raise bad("endpoints", f"{e!r} is not an endpoint name")
+    for c in r.channels:
+        if c not in CHANNELS:
+            raise bad("channels", f"unknown channel {c!r}; channels: {', '.join(CHANNELS)}")
+    if r.kind == "anomaly":
+        if r.metric == "data_age" or not METRICS[r.metric].per_request and r.metric != "requests":
+            raise bad("metric", "anomaly rules watch traffic metrics (hit rates, latency, errors, requests)")
+        if r.threshold <= 0 or not 1 <= r.min_weeks <= r.weeks <= 8:
+            raise bad("threshold", "anomaly rules need threshold > 0 and 1 <= min_weeks <= weeks <= 8")
+    if r.min_requests is not None and r.min_requests < 0:
+        raise bad("min_requests", "must not be negative")
+
+
+def with_defaults(rules: tuple[Rule, ...], min_requests: float) -> tuple[Rule, ...]:
+    """Fill each rule's unset min_requests from the [alerts] default."""
+    return tuple(r if r.min_requests is not None else replace(r, min_requests=min_requests) for r in rules)
+
+
+def effective_rules(ac: AlertsConfig) -> tuple[Rule, ...]:
+    """The rules [alerts] evaluates: the file's own, else the built-ins not
+    disabled, each with the section's defaults filled in."""
+    rules = ac.rules if ac.rules else tuple(r for r in BUILTIN if ac.builtin_rules and r.name not in ac.disable)
+    return with_defaults(rules, ac.min_requests)

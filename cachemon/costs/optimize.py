@@ -1,0 +1,290 @@
+"""The cost optimisation analyser: key classes and recommendations, each
+with its evidence and a saving priced from measured volumes.
+
+Key classes, from per-key request rates over `[costs] class_window` (or the
+data there is): hot > 100 requests/day, cold < 10 requests/month (30 days),
+warm in between (both bounds inclusive). A key's age counts from its first
+request in the store.
+
+Where a saving depends on how long entries live in KV, it uses the
+fixed-TTL model of KV `expirationTtl` (an entry written at a miss lives T):
+a key asked λ times a day at KV misses λ/(1+λT) times a day (each miss
+writes) and is present a share λT/(1+λT) of the time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from cachemon.clock import DAY, HOUR, Window, ceil_to, floor_to
+from cachemon.settings import COLD_PER_DAY, HOT_PER_DAY
+from cachemon.store import topkeys
+from cachemon.metrics.window import data_span
+from cachemon.pricing import Pricing, days_in_month
+
+TTL_FACTORS = (1, 2, 4, 7, 14, 30)
+
+# Per-key rows of a window, each counted once: whole days from key_day, the
+# hours around them from key_hour, not-yet-compacted minutes from key_minute
+# (parameters from `key_ranges`).
+KEY_ROWS = """
+SELECT key_id, edge, kv, r2, api, errors FROM key_day WHERE day >= $d_lo AND day < $d_hi
+UNION ALL
+SELECT key_id, edge, kv, r2, api, errors FROM key_hour WHERE hour >= $h1_lo AND hour < $h1_hi
+UNION ALL
+SELECT key_id, edge, kv, r2, api, errors FROM key_hour WHERE hour >= $h2_lo AND hour < $h2_hi
+UNION ALL
+SELECT key_id, edge, kv, r2, api, errors FROM key_minute WHERE minute >= $m_lo AND minute < $m_hi
+"""
+# The per-key table stays in DuckDB (a temp table, allowed on read-only
+# connections): a month at the seed's volume is millions of one-off keys,
+# and only small slices (hot offenders, warm churners, sums) come out.
+KEYS_TEMP = f"""
+CREATE OR REPLACE TEMP TABLE opt_keys AS
+WITH k AS (
+    SELECT key_id, sum(edge) AS edge, sum(kv) AS kv, sum(r2) AS r2, sum(api) AS api, sum(errors) AS errors,
+           sum(edge + kv + r2 + api) AS requests
+    FROM ({KEY_ROWS}) GROUP BY key_id),
+-- First seen of just these keys: a semi-join, not a month of key_day grouped.
+f AS (
+    SELECT key_id, min(first_seen) AS first_seen FROM (
+        SELECT key_id, first_seen FROM key_day WHERE key_id IN (SELECT key_id FROM k)
+        UNION ALL
+        SELECT key_id, first_seen FROM key_minute WHERE key_id IN (SELECT key_id FROM k))
+    GROUP BY key_id)
+SELECT k.key_id, c.endpoint, k.edge, k.kv, k.r2, k.api, k.errors, k.requests,
+       k.requests / $days AS per_day, (k.kv + k.r2 + k.api) / $days AS kv_rate,
+       CASE WHEN k.requests / $days > {HOT_PER_DAY} THEN 'hot'
+            WHEN k.requests / $days < {COLD_PER_DAY!r} THEN 'cold' ELSE 'warm' END AS class,
+       epoch($at - f.first_seen) / 86400.0 AS age_days
+FROM k JOIN cache_keys c ON c.key_id = k.key_id JOIN f ON f.key_id = k.key_id
+"""
+CLASS_COUNTS = "SELECT class, count(*) FROM opt_keys GROUP BY class"
+# The dashboard's key table: filters are parameters (a NULL filter is off).
+_KEY_FILTER = """
+FROM opt_keys o JOIN cache_keys c USING (key_id)
+WHERE ($endpoint IS NULL OR o.endpoint = $endpoint) AND ($class IS NULL OR o.class = $class)
+  AND ($contains IS NULL OR contains(lower(c.key), lower($contains)))
+"""
+KEY_PAGE = f"""
+SELECT c.key, o.key_id, o.endpoint, o.requests, o.per_day,
+       100 * (o.edge + o.kv + o.r2) / o.requests AS hit_rate,
+       100 * o.edge / o.requests AS edge_share, 100 * o.kv / o.requests AS kv_share,
+       100 * o.r2 / o.requests AS r2_share, 100 * o.api / o.requests AS api_share,
+       CASE WHEN o.edge >= greatest(o.kv, o.r2, o.api) THEN 'edge' WHEN o.kv >= greatest(o.r2, o.api) THEN 'kv'
+            WHEN o.r2 >= o.api THEN 'r2' ELSE 'api' END AS tier,
+       o.class, o.age_days, o.errors
+{_KEY_FILTER}
+ORDER BY o.requests DESC, c.key LIMIT $limit
+"""
+KEY_COUNT = f"SELECT count(*) {_KEY_FILTER}"
+ALL_KEYS = "SELECT c.key, o.* FROM opt_keys o JOIN cache_keys c USING (key_id)"
+HOT_LOW = """
+SELECT c.key, o.endpoint, o.edge, o.requests, o.per_day, 100 * o.edge / o.requests AS edge_rate
+FROM opt_keys o JOIN cache_keys c USING (key_id)
+WHERE o.class = 'hot' AND 100 * o.edge / o.requests < $target
+"""
+# Per endpoint: the expected share of time the cold old keys are in KV.
+COLD_OLD = """
+SELECT count(*), coalesce(sum(kv_rate * $t / (1 + kv_rate * $t)), 0) FROM opt_keys
+WHERE class = 'cold' AND age_days > $age AND endpoint = $endpoint
+"""
+COLD_ENDPOINTS = "SELECT DISTINCT endpoint FROM opt_keys WHERE class = 'cold' AND age_days > $age"
+WARM_CHURN = """
+SELECT endpoint, kv_rate, r2 + api - errors AS fills, kv FROM opt_keys
+WHERE class = 'warm' AND (r2 + api - errors) * $write > kv * $read
+"""
+
+
+def classify(per_day: np.ndarray) -> np.ndarray:
+    """'hot' | 'warm' | 'cold' for request rates per day (as the SQL does)."""
+    return np.where(per_day > HOT_PER_DAY, "hot", np.where(per_day < COLD_PER_DAY, "cold", "warm"))
+
+
+def load_keys(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> float:
+    """Build the per-key table of `window` in DuckDB; returns the days of
+    data it covers (rates per day divide by these)."""
+    return _load_keys(con, window, at)[1]
+
+
+def _load_keys(con, window: Window, at: datetime) -> tuple[Window, float]:
+    data, days = data_days(con, window)
+    con.execute(KEYS_TEMP, key_ranges(data.start, window.end) | {"days": days, "at": at})
+    return data, days
+
+
+def data_days(con: duckdb.DuckDBPyConnection, window: Window) -> tuple[Window, float]:
+    """The part of `window` the data covers, and its days (at least an
+    hour): rates per day divide by these."""
+    span = data_span(con)
+    lo = max(window.start, span[0]) if span else window.start
+    hi = max(lo, min(window.end, span[1])) if span else window.end
+    return Window(lo, hi), max((hi - lo) / DAY, 1 / 24)
+
+
+def key_table(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> tuple[pd.DataFrame, float]:
+    """Every key of `window` with its totals, rate, class and age (for
+    small windows, tests and drill-downs)."""
+    days = load_keys(con, window, at)
+    return con.execute(ALL_KEYS).df(), days
+
+
+@dataclass(frozen=True)
+class KeyFilter:
+    """The key table's filters; None leaves one off. `contains` is matched
+    case-insensitively as plain text (a parameter, never SQL)."""
+
+    endpoint: str | None = None
+    klass: str | None = None
+    contains: str | None = None
+    limit: int = 500
+
+    def params(self) -> dict:
+        return {"endpoint": self.endpoint, "class": self.klass, "contains": self.contains or None}
+
+
+@dataclass(frozen=True)
+class KeyPage:
+    rows: pd.DataFrame  # KEY_PAGE's columns, busiest first
+    matching: int  # keys matching the filter (rows holds at most `limit`)
+    window: Window  # the span counted (compacted hours at the ends count whole, as in metrics), to the data's end
+    days: float
+
+
+def key_page(con: duckdb.DuckDBPyConnection, window: Window, at: datetime, f: KeyFilter = KeyFilter()) -> KeyPage:
+    """The busiest keys of `window` matching `f`, with the same counts as
+    the metrics' top keys. Hit rate and the tier shares are percentages of
+    each key's requests."""
+    span = topkeys.covered(con, window)
+    data, days = _load_keys(con, span, at)
+    rows = con.execute(KEY_PAGE, f.params() | {"limit": f.limit}).df()
+    shown = Window(span.start, max(span.start, data.end))
+    return KeyPage(rows, int(con.execute(KEY_COUNT, f.params()).fetchall()[0][0]), shown, days)
+
+
+def class_counts(con) -> dict[str, int]:
+    return {c: int(n) for c, n in con.execute(CLASS_COUNTS).fetchall()}
+
+
+def key_ranges(lo: datetime, hi: datetime) -> dict:
+    """Parameters of KEY_ROWS for [lo, hi): whole days from key_day, whole
+    hours around them from key_hour, and minutes not yet compacted from
+    key_minute (the three are disjoint). Hourly rows cannot be split, so
+    the hours are those wholly inside the window (lo rounded up, hi down)."""
+    h_lo, h_hi = ceil_to(lo, HOUR), floor_to(hi, HOUR)
+    d_lo, d_hi = ceil_to(h_lo, DAY), floor_to(h_hi, DAY)
+    if d_lo >= d_hi:
+        return {"d_lo": h_lo, "d_hi": h_lo, "h1_lo": h_lo, "h1_hi": max(h_lo, h_hi), "h2_lo": hi, "h2_hi": hi,
+                "m_lo": lo, "m_hi": hi}
+    return {"d_lo": d_lo, "d_hi": d_hi, "h1_lo": h_lo, "h1_hi": d_lo, "h2_lo": d_hi, "h2_hi": h_hi,
+            "m_lo": lo, "m_hi": hi}
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    type: str  # edge_optimization | r2_archival | ttl_tuning
+    title: str
+    evidence: tuple[str, ...]
+    action: str
+    saving_per_day: float  # USD, list prices
+
+
+def edge_optimization(con, days: float, pricing: Pricing, target: float) -> Recommendation | None:
+    """Hot keys whose edge hit rate is under `target` %: every edge miss is
+    a KV read; reaching the target avoids the difference."""
+    low = con.execute(HOT_LOW, {"target": target}).df()
+    if low.empty:
+        return None
+    low["avoidable"] = (low["requests"] - low["edge"]) / days - low["requests"] / days * (1 - target / 100)
+    saving = pricing["kv_reads"].list_cost(float(low["avoidable"].sum()))
+    # Ties (keys with the same counts) in key order, so the report is stable.
+    worst = low.sort_values(["avoidable", "key"], ascending=[False, True]).head(5)
+    evidence = tuple(f"{r.key} ({r.endpoint}): {r.edge_rate:.0f}% edge, {r.per_day:,.0f} requests/day"
+                     for r in worst.itertuples())
+    return Recommendation(
+        "edge_optimization", f"{len(low):,} hot keys have an edge hit rate under {target:g}%", evidence,
+        "Raise the edge TTL for these keys or pre-warm them at the edge", saving)
+
+
+def r2_archival(con, pricing: Pricing, ttl: dict, archive_after: timedelta, value_bytes: float,
+                at: datetime) -> Recommendation | None:
+    """Cold keys older than `archive_after`: their expected KV bytes (the
+    share of time each is present, fixed-TTL model) cost less in R2."""
+    age = archive_after / DAY
+    count, live = 0, 0.0
+    for (endpoint,) in con.execute(COLD_ENDPOINTS, {"age": age}).fetchall():
+        n, share = con.execute(COLD_OLD, {"t": ttl.get(endpoint, DAY) / DAY, "age": age,
+                                          "endpoint": endpoint}).fetchall()[0]
+        count, live = count + n, live + share
+    if not count:
+        return None
+    gb = live * value_bytes / 1e9
+    per_month = gb * (pricing["kv_storage"].price - pricing["r2_storage"].price)
+    return Recommendation(
+        "r2_archival", f"Archive {count:,} cold entries to R2",
+        (f"{count:,} keys under 10 requests/month, first seen over {age:g} days ago",
+         f"about {gb * 1e3:,.1f} MB of them in KV at a time"),
+        f"Move them to R2 (one-time {count:,} Class A puts: ${pricing['r2_class_a'].list_cost(count):.4f})",
+        per_month / days_in_month(at))
+
+
+def ttl_cost(lam: np.ndarray, t_days: float, pricing: Pricing, value_bytes: float, month_days: int) -> np.ndarray:
+    """Daily KV write + storage cost per key under a fixed TTL of `t_days`."""
+    writes = lam / (1 + lam * t_days)
+    stored_gb = lam * t_days / (1 + lam * t_days) * value_bytes / 1e9
+    return pricing["kv_writes"].list_cost(writes) + stored_gb * pricing["kv_storage"].price / month_days
+
+
+def ttl_tuning(con, days: float, pricing: Pricing, ttl: dict, max_ttl: timedelta,
+               value_bytes: float, at: datetime) -> Recommendation | None:
+    """Warm keys whose KV writes cost more than the KV reads they serve
+    (a write is 10 reads at list prices): per endpoint, the TTL (up to
+    `max_ttl`) that minimises writes plus storage under the fixed-TTL
+    model, and the saving."""
+    w, r = pricing["kv_writes"], pricing["kv_reads"]
+    churn = con.execute(WARM_CHURN, {"write": w.price / w.per, "read": r.price / r.per}).df()
+    month_days = days_in_month(at)
+    total, evidence, actions = 0.0, [], []
+    for endpoint, g in churn.groupby("endpoint"):
+        now_ttl = ttl.get(endpoint)
+        if now_ttl is None:
+            continue
+        lam, base = g["kv_rate"].to_numpy(), now_ttl / DAY
+        options = sorted({min(base * f, max_ttl / DAY) for f in TTL_FACTORS})
+        costs = {t: float(ttl_cost(lam, t, pricing, value_bytes, month_days).sum()) for t in options}
+        best = min(costs, key=costs.get)
+        saving = costs[base] - costs[best]
+        if best == base or saving <= 0:
+            continue
+        total += saving
+        evidence.append(f"{endpoint}: {len(g):,} warm keys written {g['fills'].sum() / days:,.0f} times/day, "
+                        f"read back from KV {g['kv'].sum() / days:,.0f} times/day")
+        actions.append(f"{endpoint} KV TTL {_days(base)} → {_days(best)}")
+    if not actions:
+        return None
+    return Recommendation("ttl_tuning", "Warm keys are refreshed into KV more often than their reads justify",
+                          tuple(evidence), "Increase " + "; ".join(actions), total)
+
+
+def _days(d: float) -> str:
+    return f"{d * 24:g}h" if d < 1 else f"{d:g}d"
+
+
+def recommend(con, cfg, at: datetime, window: Window) -> tuple[dict[str, int], float, list[Recommendation]]:
+    """Key class counts, days covered, and every recommendation that applies."""
+    days = load_keys(con, window, at)
+    c, pricing, ttl = cfg.costs, cfg.pricing, dict(cfg.costs.kv_ttl)
+    try:
+        recs = [
+            edge_optimization(con, days, pricing, c.edge_target),
+            r2_archival(con, pricing, ttl, c.archive_after, c.value_bytes, at),
+            ttl_tuning(con, days, pricing, ttl, c.max_kv_ttl, c.value_bytes, at),
+        ]
+        return class_counts(con), days, [r for r in recs if r is not None]
+    finally:
+        con.execute("DROP TABLE IF EXISTS opt_keys")  # the runner's connection lives on

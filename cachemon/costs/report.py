@@ -1,0 +1,144 @@
+"""The daily cost optimisation report: built from the store for one UTC day,
+rendered (text + HTML, Jinja2), stored, and sent through the outbox.
+
+Re-running a day replaces its stored report; it is sent once per day
+unless `resend` is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timedelta, timezone
+
+import duckdb
+
+from cachemon.costs import usage as costs
+from cachemon.alerts import health
+from cachemon import jsontext
+from cachemon.alerts import messages
+from cachemon.costs import optimize
+from cachemon.clock import DAY, Window, iso
+from cachemon.metrics.window import data_span
+from cachemon.pricing import COMPONENTS, DEFAULT
+from cachemon.store.db import transaction
+
+SAVE = "INSERT OR REPLACE INTO cost_reports VALUES (?, ?, ?, ?)"
+SENT = "SELECT sent FROM cost_reports WHERE day = ?"
+MARK_SENT = "UPDATE cost_reports SET sent = true WHERE day = ?"
+RECENT = "SELECT day, created_at, payload, sent FROM cost_reports ORDER BY day DESC LIMIT ?"
+
+
+@dataclass(frozen=True)
+class Report:
+    day: date
+    generated_at: datetime
+    has_data: bool
+    classes: tuple[tuple[str, int], ...]  # (class, entries)
+    lines: tuple[tuple[str, str, float, float, float], ...]  # (component, unit, units, list, billed)
+    list_total: float
+    billed_total: float
+    forecast_list: float | None
+    forecast_billed: float | None
+    recommendations: tuple[optimize.Recommendation, ...]
+    health: str
+    pricing_version: str
+
+    @property
+    def entries(self) -> int:
+        return sum(n for _, n in self.classes)
+
+    @property
+    def saving_per_day(self) -> float:
+        return sum(r.saving_per_day for r in self.recommendations)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["day"], d["generated_at"] = self.day.isoformat(), iso(self.generated_at)
+        return d
+
+
+def build(con: duckdb.DuckDBPyConnection, cfg, day: date, now: datetime) -> Report:
+    """The report of UTC `day` (costs of that day; key classes over the
+    class window ending with it; forecast as of its end)."""
+    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    window = Window(start, start + DAY)
+    span = data_span(con)
+    has_data = bool(span and span[0] < window.end and span[1] > window.start)
+    breakdown = costs.price(costs.measure(con, window, cfg), cfg.pricing)
+    classes, recs, fc = (), (), None
+    if has_data:
+        counts, _, found = optimize.recommend(con, cfg, window.end,
+                                              Window(window.end - cfg.costs.class_window, window.end))
+        classes = tuple((c, int(counts.get(c, 0))) for c in ("hot", "warm", "cold"))
+        recs = tuple(sorted(found, key=lambda r: -r.saving_per_day))
+        fc = costs.forecast(con, min(window.end, span[1]), cfg, cfg.pricing)
+    status = health.health(con, window.end, cfg.alerts.evaluate_every).status
+    return Report(
+        day, now, has_data, classes,
+        tuple((ln.component, DEFAULT[ln.component].unit, ln.units, ln.list_cost, ln.billed) for ln in breakdown.lines),
+        breakdown.list_total, breakdown.billed_total,
+        fc.list_total if fc else None, fc.billed_total if fc else None, recs, status, breakdown.pricing_version,
+    )
+
+
+def _view(r: Report, dashboard_url: str) -> dict:
+    entries = r.entries
+    share = (lambda n: 100.0 * n / entries) if entries else (lambda n: 0.0)
+    return {
+        "r": r, "day": r.day.isoformat(), "entries": entries,
+        "classes": [(c, n, share(n)) for c, n in r.classes],
+        "lines": [(DEFAULT[c].label, u, units, costs.money(lst), costs.money(b)) for c, u, units, lst, b in r.lines
+                  if c in COMPONENTS],
+        "total": costs.money(r.list_total), "billed": costs.money(r.billed_total),
+        "forecast": costs.money(r.forecast_list) if r.forecast_list is not None else None,
+        "forecast_billed": costs.money(r.forecast_billed) if r.forecast_billed is not None else None,
+        "recs": [(x, costs.money(x.saving_per_day)) for x in r.recommendations],
+        "saving": costs.money(r.saving_per_day),
+        "saving_share": 100.0 * r.saving_per_day / r.list_total if r.list_total else 0.0,
+        "link": dashboard_url.rstrip("/") + "/costs", "timestamp": iso(r.generated_at),
+    }
+
+
+def render(r: Report, prefix: str, dashboard_url: str) -> tuple[str, str, str]:
+    """(subject, text, html) of the report email."""
+    view = _view(r, dashboard_url)
+    subject = messages.header_safe(f"{prefix} Daily Cost Optimization Report ({r.day.isoformat()})")
+    return (subject, messages.TEXT.get_template("report_email.txt.j2").render(view),
+            messages.HTML.get_template("report_email.html.j2").render(view))
+
+
+def save(con, r: Report) -> bool:
+    """Store (or replace) the day's report; True if it was already sent."""
+    prior = con.execute(SENT, [r.day]).fetchall()
+    sent = bool(prior and prior[0][0])
+    con.execute(SAVE, [r.day, r.generated_at, jsontext.dumps(r.to_json()), sent])
+    return sent
+
+
+def queue(con, r: Report, cfg, transports, resend: bool = False) -> list[str]:
+    """Store the report and, unless it was sent before (and not `resend`),
+    put it in the outbox for every configured channel. Returns the channels."""
+    from cachemon.notify import outbox as notify
+
+    with transaction(con):
+        sent = save(con, r)
+        channels = [] if sent and not resend else list(transports.channels(cfg.notify))
+        url = transports.dashboard_url or cfg.notify.dashboard_url
+        subject, text, html = render(r, cfg.notify.subject_prefix, url)
+        for ch in channels:
+            notify.enqueue(con, notify.report_row(ch, r.generated_at, subject, text, html, cfg.notify, transports))
+        if channels:
+            con.execute(MARK_SENT, [r.day])
+    return channels
+
+
+def recent(con, limit: int = 30) -> list[dict]:
+    """Stored reports, newest first."""
+    return [{"day": d, "created_at": c, "report": json.loads(p), "sent": s}
+            for d, c, p, s in con.execute(RECENT, [limit]).fetchall()]
+
+
+def report_day(now: datetime) -> date:
+    """The day a report run at `now` covers: yesterday (UTC)."""
+    return (now - timedelta(days=1)).date()

@@ -1,0 +1,142 @@
+"""Retention: old minute rows compacted to hours, old hours to days.
+
+Every write keeps `rollup_hour`, `latency_hour` and `key_day` equal to the
+sums of their finer rows, so compacting is mostly deleting: minute rows
+older than `minute_days` go (gauges are first summed into `gauge_hour`),
+and hourly rows older than `hour_days` are first summed into `rollup_day`
+/ `latency_day` (per-key hours are already in `key_day`). Histogram
+buckets add up, so daily totals and quantiles stay exact.
+
+Horizons are whole UTC days, stored in `retention_state`, never run ahead
+of the data (a compaction "as of" a far future would otherwise close every
+later write), and never move back: what lies before them no longer exists
+at the finer resolution, so writes there are refused (`check_write`) and
+readers that need minutes say so (`check_read`) instead of returning
+numbers short of data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import duckdb
+
+from cachemon.clock import DAY, EARLIEST, floor_to, iso
+from cachemon.settings import RetentionConfig
+from cachemon.errors import StoreError
+from cachemon.store.db import first_row, transaction
+
+HORIZONS = "SELECT name, horizon FROM retention_state"
+# Where the data ends: the latest watermark, hour or day of any source
+# (imports have no watermark; days remain when hours were compacted).
+DATA_END = """
+SELECT greatest((SELECT max(until) FROM watermarks),
+                (SELECT max(hour) + INTERVAL 1 HOUR FROM rollup_hour),
+                (SELECT max(day) + INTERVAL 1 DAY FROM rollup_day))
+"""
+SET_HORIZON = """
+INSERT INTO retention_state VALUES ($name, $horizon)
+ON CONFLICT (name) DO UPDATE SET horizon = greatest(retention_state.horizon, excluded.horizon)
+"""
+GAUGES_TO_HOURS = """
+INSERT INTO gauge_hour
+SELECT source, date_trunc('hour', minute), name, sum(value_sum), sum(samples), min(value_min), max(value_max),
+       arg_max(value_last, minute)
+FROM gauge_minute WHERE minute < $before GROUP BY ALL
+"""
+ROLLUPS_TO_DAYS = """
+INSERT INTO rollup_day
+SELECT source, date_trunc('day', hour), tier, endpoint, experiment, cohort, sum(requests), sum(errors),
+       sum(bytes), sum(latency_sum), min(latency_min), max(latency_max), sum(events)
+FROM rollup_hour WHERE hour < $before GROUP BY ALL
+"""
+LATENCY_TO_DAYS = """
+INSERT INTO latency_day
+SELECT source, date_trunc('day', hour), tier, endpoint, experiment, cohort, bucket, sum(weight)
+FROM latency_hour WHERE hour < $before GROUP BY ALL
+"""
+MINUTE_DELETES = tuple(f"DELETE FROM {t} WHERE minute < $before" for t in ("rollup_minute", "latency_minute", "gauge_minute"))
+HOUR_DELETES = (
+    *(f"DELETE FROM {t} WHERE hour < $before" for t in ("rollup_hour", "latency_hour", "key_hour")),
+    "DELETE FROM key_top WHERE part = 'hour' AND t < $before",
+    "DELETE FROM key_top_cutoff WHERE part = 'hour' AND t < $before",
+)
+
+
+@dataclass(frozen=True)
+class Horizons:
+    """Minute rows exist from `minute` on, hourly rows from `hour` on (None: all kept so far)."""
+
+    minute: datetime | None = None
+    hour: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    horizons: Horizons
+    minute_rows: int  # minute rows removed (request, latency and gauge rows)
+    hour_rows: int  # hourly rows removed after their days were written
+
+
+def horizons(con: duckdb.DuckDBPyConnection) -> Horizons:
+    """The store's current horizons."""
+    return Horizons(**dict(con.execute(HORIZONS).fetchall()))
+
+
+def targets(now: datetime, cfg: RetentionConfig) -> Horizons:
+    """Where `cfg` puts the horizons at `now` (whole UTC days)."""
+    today = floor_to(now, DAY)
+    return Horizons(today - timedelta(days=cfg.minute_days), today - timedelta(days=cfg.hour_days))
+
+
+def within_data(want: Horizons, data_end: datetime | None) -> Horizons:
+    """`want`, but no later than the day the data ends in; with no data, the
+    earliest instant cachemon accepts (nothing is closed)."""
+    cap = floor_to(data_end, DAY) if data_end is not None else EARLIEST
+    return Horizons(min(want.minute, cap), min(want.hour, cap))
+
+
+def apply(con: duckdb.DuckDBPyConnection, now: datetime, cfg: RetentionConfig) -> Result:
+    """Compact what `cfg` no longer keeps, in one transaction."""
+    with transaction(con):
+        want = within_data(targets(now, cfg), first_row(con, DATA_END)[0])
+        p = {"before": want.minute}
+        con.execute(GAUGES_TO_HOURS, p)
+        minute_rows = sum(_deleted(con, sql, p) for sql in MINUTE_DELETES)
+        p = {"before": want.hour}
+        con.execute(ROLLUPS_TO_DAYS, p)
+        con.execute(LATENCY_TO_DAYS, p)
+        hour_rows = sum(_deleted(con, sql, p) for sql in HOUR_DELETES)
+        con.execute(SET_HORIZON, {"name": "minute", "horizon": want.minute})
+        con.execute(SET_HORIZON, {"name": "hour", "horizon": want.hour})
+    return Result(horizons(con), minute_rows, hour_rows)
+
+
+def _deleted(con, sql: str, params: dict) -> int:
+    return con.execute(sql, params).fetchall()[0][0]
+
+
+def _minute_horizon_after(con: duckdb.DuckDBPyConnection, start: datetime) -> datetime | None:
+    """The minute horizon, if `start` lies before it."""
+    h = horizons(con).minute
+    return h if h is not None and start < h else None
+
+
+def check_write(con: duckdb.DuckDBPyConnection, start: datetime) -> None:
+    """Refuse a write that starts before the minute horizon: its hours and
+    days hold compacted data that a rewrite from minutes would lose."""
+    if h := _minute_horizon_after(con, start):
+        raise StoreError(
+            f"cannot write data from {iso(start)}: minute rows before {iso(h)} were compacted by retention "
+            "([retention] minute_days), so that period is closed"
+        )
+
+
+def check_read(con: duckdb.DuckDBPyConnection, start: datetime, what: str = "this window") -> None:
+    """Refuse a read needing minute rows from before the minute horizon."""
+    if h := _minute_horizon_after(con, start):
+        raise StoreError(
+            f"{what} starts at {iso(start)}, but minute data before {iso(h)} has been compacted by retention "
+            "([retention] minute_days); use a later window, or the hourly and daily views (docs/analysts.md)"
+        )

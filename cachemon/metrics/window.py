@@ -1,0 +1,361 @@
+"""Cache metrics for a window: hit rates, latency, volume, top keys.
+
+One implementation behind `cachemon metrics`, the dashboard and (later) the
+metrics API. Reads rollups only: whole hours from the hourly tables, the
+ragged minutes at either end from the minute tables, so any window is exact
+and a week is a few hundred thousand rows. Latency quantiles come from the
+merged log-bucket histogram (≤ 1 % relative error); they are never averaged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import duckdb
+
+from cachemon.clock import DAY, HOUR, Window, ceil_to, floor_to, iso
+from cachemon.errors import EmptyStoreError, StoreError
+from cachemon.events import TIERS
+from cachemon.histogram import Histogram
+from cachemon.jsontext import finite
+from cachemon.ingest import retention
+from cachemon.store import topkeys
+from cachemon.store.db import first_row
+
+# Each time range is its own UNION ALL branch: a plain range lets DuckDB skip
+# row groups by their min/max, which an OR of ranges defeats.
+# `columns` may name the time column as {time}.
+def three_ranges(columns: str, hour_table: str, minute_table: str) -> str:
+    hour, minute = columns.format(time="hour"), columns.format(time="minute")
+    return f"""
+    SELECT {hour} FROM {hour_table} WHERE hour >= $h_lo AND hour < $h_hi
+    UNION ALL
+    SELECT {minute} FROM {minute_table} WHERE minute >= $m1_lo AND minute < $m1_hi
+    UNION ALL
+    SELECT {minute} FROM {minute_table} WHERE minute >= $m2_lo AND minute < $m2_hi
+"""
+
+
+TIER_TOTALS = f"""
+SELECT tier, sum(requests), sum(errors), sum(bytes), sum(latency_sum)
+FROM ({three_ranges("tier, endpoint, requests, errors, bytes, latency_sum", "rollup_hour", "rollup_minute")})
+WHERE $endpoint IS NULL OR endpoint = $endpoint
+GROUP BY tier
+"""
+
+LATENCY_BUCKETS = f"""
+SELECT bucket, sum(weight)
+FROM ({three_ranges("endpoint, bucket, weight", "latency_hour", "latency_minute")})
+WHERE $endpoint IS NULL OR endpoint = $endpoint
+GROUP BY bucket
+"""
+
+# Each resolution's span: minutes, then hours and days where retention
+# compacted the oldest minutes away.
+DATA_SPAN = """
+SELECT (SELECT min(minute) FROM rollup_minute), (SELECT max(minute) + INTERVAL 1 MINUTE FROM rollup_minute),
+       (SELECT min(hour) FROM rollup_hour), (SELECT max(hour) + INTERVAL 1 HOUR FROM rollup_hour),
+       (SELECT min(day) FROM rollup_day), (SELECT max(day) + INTERVAL 1 DAY FROM rollup_day)
+"""
+# The same, counting only data before $at: data dated later (only an older
+# store can hold events from the future) must not make old data look fresh.
+DATA_SPAN_BEFORE = """
+SELECT (SELECT min(minute) FROM rollup_minute), (SELECT max(minute) + INTERVAL 1 MINUTE FROM rollup_minute WHERE minute < $at),
+       (SELECT min(hour) FROM rollup_hour), (SELECT max(hour) + INTERVAL 1 HOUR FROM rollup_hour WHERE hour < $at),
+       (SELECT min(day) FROM rollup_day), (SELECT max(day) + INTERVAL 1 DAY FROM rollup_day WHERE day < $at)
+"""
+LIFETIME = """
+SELECT tier, sum(requests) FROM (
+    SELECT tier, requests FROM rollup_hour WHERE hour < $h
+    UNION ALL
+    SELECT tier, requests FROM rollup_minute WHERE minute >= $h AND minute < $at
+) GROUP BY tier
+"""
+# Gauges are read at least every few minutes; a day back bounds the scan.
+LATEST_GAUGES = """
+SELECT name, arg_max(value_last, minute) FROM gauge_minute
+WHERE minute < $hi AND minute >= $hi - INTERVAL 1 DAY
+GROUP BY name ORDER BY name
+"""
+
+
+@dataclass(frozen=True)
+class TierVolume:
+    """Weighted requests served by each tier."""
+
+    edge: float = 0.0
+    kv: float = 0.0
+    r2: float = 0.0
+    api: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.edge + self.kv + self.r2 + self.api
+
+    def share(self, tier: str) -> float:
+        return 100.0 * getattr(self, tier) / self.total if self.total else 0.0
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    avg: float | None
+
+
+@dataclass(frozen=True)
+class TopKey:
+    key: str
+    endpoint: str
+    tiers: TierVolume
+    errors: float
+
+    @property
+    def requests(self) -> float:
+        return self.tiers.total
+
+    @property
+    def hit_rate(self) -> float:
+        """Share of the key's requests answered without the origin."""
+        return 100.0 - self.tiers.share("api")
+
+    @property
+    def tier(self) -> str:
+        """The tier that served the key most (ties go to the faster tier)."""
+        return max(TIERS, key=lambda t: (getattr(self.tiers, t), -TIERS.index(t)))
+
+
+@dataclass(frozen=True)
+class Metrics:
+    at: datetime
+    period: str
+    window: Window
+    endpoint: str | None
+    volume: TierVolume
+    errors: float
+    bytes: float
+    latency: Latency
+    top_keys: tuple[TopKey, ...]
+    top_keys_window: Window | None
+    data_until: datetime | None
+    gauges: tuple[tuple[str, float], ...] = ()  # latest reading of each gauge at `at`
+    lifetime: TierVolume | None = None  # every request ever ingested up to `at` (a counter)
+
+    @property
+    def combined_hit_rate(self) -> float:
+        """Share of requests served by any cache tier (not the origin)."""
+        return 100.0 - self.volume.share("api") if self.volume.total else 0.0
+
+    @property
+    def error_rate(self) -> float:
+        return 100.0 * self.errors / self.volume.total if self.volume.total else 0.0
+
+
+def window_params(window: Window) -> dict:
+    """Split a window into whole hours plus the ragged minutes at each end."""
+    s, e = window.start, window.end
+    hs, he = ceil_to(s, HOUR), floor_to(e, HOUR)
+    if hs < he:
+        return {"h_lo": hs, "h_hi": he, "m1_lo": s, "m1_hi": hs, "m2_lo": he, "m2_hi": e}
+    return {"h_lo": s, "h_hi": s, "m1_lo": s, "m1_hi": e, "m2_lo": e, "m2_hi": e}
+
+
+def _top_keys(con, window: Window, endpoint: str | None, limit: int):
+    if limit == 0:
+        return (), None
+    rows, covered = topkeys.top_keys(con, window, endpoint, limit)
+    return tuple(TopKey(r[0], r[1], TierVolume(*r[2:6]), r[6]) for r in rows), covered
+
+
+def data_span(con: duckdb.DuckDBPyConnection, at: datetime | None = None) -> tuple[datetime, datetime] | None:
+    """First and last-plus-one minute of request data in the store (an
+    older hour or day where retention left only those). With `at`, the end
+    is where the data before `at` ends (never after `at`), so the age of
+    the data as of `at` is never negative nor hidden by later rows."""
+    if at is None:
+        m_lo, m_hi, h_lo, h_hi, d_lo, d_hi = first_row(con, DATA_SPAN)
+    else:
+        m_lo, m_hi, h_lo, h_hi, d_lo, d_hi = first_row(con, DATA_SPAN_BEFORE, {"at": at})
+    lo, hi = m_lo, m_hi or h_hi or d_hi
+    if h_lo is not None and (lo is None or h_lo < floor_to(lo, HOUR)):
+        lo = h_lo
+    if d_lo is not None and (lo is None or d_lo < floor_to(lo, DAY)):
+        lo = d_lo
+    if lo is None:
+        return None
+    if at is not None:
+        # Nothing before `at`: the data starts later; its "end" is its start.
+        hi = min(hi, at) if hi is not None else min(lo, at)
+    return lo, hi
+
+
+def data_end(con: duckdb.DuckDBPyConnection, at: datetime) -> datetime:
+    """`at`, or where the data ends when it ends earlier (a lagging source:
+    the last good numbers). EmptyStoreError without data."""
+    span = data_span(con, at)
+    if span is None:
+        raise EmptyStoreError("the store has no request data yet: run `python -m cachemon demo`, `import` or `pull`")
+    return min(at, span[1])
+
+
+def compute(
+    con: duckdb.DuckDBPyConnection,
+    window: Window,
+    period: str,
+    endpoint: str | None = None,
+    top: int = 10,
+    latest: bool = False,
+) -> Metrics:
+    """Metrics of `window` (optionally one endpoint) from the store.
+
+    With `latest`, a window after the newest data (the source is down or
+    lagging) slides back to end where the data ends, and the result keeps
+    the requested instant as `at`, so its data age and `stale` flag tell
+    the reader these are the last good numbers.
+    """
+    at = window.end
+    span = data_span(con, at)
+    if span is None:
+        raise EmptyStoreError("the store has no request data yet: run `python -m cachemon demo`, `import` or `pull`")
+    if latest and span[1] < window.end:
+        window = Window(span[1] - window.length, span[1])
+    retention.check_read(con, window.start)
+    p = window_params(window) | {"endpoint": endpoint}
+    rows = con.execute(TIER_TOTALS, p).fetchall()
+    if not rows:
+        what = f" for endpoint {endpoint!r}" if endpoint else ""
+        held = data_span(con) or span  # all the store holds: `span` is cut at `at`, which may precede it
+        raise StoreError(
+            f"no requests{what} in {window}; the store holds data from {iso(held[0])} to {iso(held[1])}"
+        )
+    by_tier = {r[0]: r for r in rows}
+    volume = TierVolume(**{t: float(by_tier[t][1]) if t in by_tier else 0.0 for t in TIERS})
+    errors = sum(float(r[2]) for r in rows)
+    nbytes = sum(float(r[3]) for r in rows)
+    latency_sum = sum(float(r[4]) for r in rows)
+    hist = Histogram.from_pairs(*zip(*con.execute(LATENCY_BUCKETS, p).fetchall()))
+    latency = Latency(
+        hist.quantile(0.50), hist.quantile(0.95), hist.quantile(0.99),
+        latency_sum / volume.total if volume.total else None,
+    )
+    top_keys, top_window = _top_keys(con, window, endpoint, top)
+    gauges = tuple((n, float(v)) for n, v in con.execute(LATEST_GAUGES, {"hi": window.end}).fetchall())
+    life = dict(con.execute(LIFETIME, {"h": floor_to(at, HOUR), "at": at}).fetchall())
+    return Metrics(
+        at=at, period=period, window=window, endpoint=endpoint, volume=volume,
+        errors=errors, bytes=nbytes, latency=latency, top_keys=top_keys,
+        top_keys_window=top_window, data_until=min(span[1], at), gauges=gauges,
+        lifetime=TierVolume(**{t: float(life.get(t, 0.0)) for t in TIERS}),
+    )
+
+
+def to_json(m: Metrics, stale_after: timedelta = timedelta(minutes=10), health=None, costs: dict | None = None) -> dict:
+    """The seed's /metrics JSON shape (plus added fields), as plain data.
+    `stale` is true when the newest data is older than `stale_after` (the
+    source is down or lagging: these are the last good numbers). `health`
+    (an `health.Health`) adds the seed's health block, `costs` (from
+    `costs.for_window`) its costs block."""
+    v = m.volume
+    out = {
+        "timestamp": iso(m.at),
+        "period": m.period,
+        "window": {"start": iso(m.window.start), "end": iso(m.window.end)},
+        "hitRates": {
+            "edge": _pct(v.share("edge")),
+            "kv": _pct(v.share("kv")),
+            "r2_cold": _pct(v.share("r2")),
+            "api": _pct(v.share("api")),
+            "combined": _pct(m.combined_hit_rate),
+        },
+        "latency": {k: _ms(getattr(m.latency, k)) for k in ("p50", "p95", "p99", "avg")},
+        "volume": {
+            "total_requests": _count(v.total),
+            "edge_hits": _count(v.edge),
+            "kv_hits": _count(v.kv),
+            "r2_rehydrations": _count(v.r2),
+            "api_misses": _count(v.api),
+            "errors": _count(m.errors),
+            "response_bytes": _count(m.bytes),
+        },
+        "errorRate": _pct(m.error_rate),
+        "topKeys": [
+            {
+                "key": k.key,
+                "endpoint": k.endpoint,
+                "requests": _count(k.requests),
+                "hitRate": _pct(k.hit_rate),
+                "tier": k.tier,
+            }
+            for k in m.top_keys
+        ],
+        "dataUntil": iso(m.data_until) if m.data_until else None,
+        "dataAgeSeconds": max(0, int((m.at - m.data_until).total_seconds())) if m.data_until else None,
+        "stale": is_stale(m, stale_after),
+        "gauges": {name: _count(v) for name, v in m.gauges},
+    }
+    if costs is not None:
+        out["costs"] = costs
+    if health is not None:
+        out["health"] = health.to_json()
+    if m.top_keys_window:
+        out["topKeysWindow"] = {"start": iso(m.top_keys_window.start), "end": iso(m.top_keys_window.end)}
+    if m.endpoint:
+        out["endpoint"] = m.endpoint
+    return finite(out)
+
+
+def is_stale(m: Metrics, stale_after: timedelta) -> bool:
+    """Whether the newest data is older than `stale_after` at `m.at`."""
+    return m.data_until is None or m.at - m.data_until > stale_after
+
+
+def _pct(x: float) -> float:
+    return round(x, 4)
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+def _count(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else round(x, 3)
+
+
+
+KPI_LABELS = {
+    "combined": "Combined hit rate %",
+    "edge": "Edge hit rate %",
+    "kv": "KV hit rate %",
+    "r2": "R2 hit rate %",
+    "p50": "p50 latency ms",
+    "p95": "p95 latency ms",
+    "p99": "p99 latency ms",
+    "requests": "Requests",
+    "error_rate": "Error rate %",
+}
+# KPIs where a rise is bad news (the dashboard colours deltas with this).
+KPI_LOWER_IS_BETTER = {"p50", "p95", "p99", "error_rate"}
+
+
+def kpis(m: Metrics) -> dict[str, float | None]:
+    """The headline numbers of a Metrics, by KPI_LABELS key."""
+    return {
+        "combined": m.combined_hit_rate,
+        "edge": m.volume.share("edge"),
+        "kv": m.volume.share("kv"),
+        "r2": m.volume.share("r2"),
+        "p50": m.latency.p50,
+        "p95": m.latency.p95,
+        "p99": m.latency.p99,
+        "requests": m.volume.total,
+        "error_rate": m.error_rate,
+    }
+
+
+def kpi_deltas(current: Metrics, previous: Metrics | None) -> dict[str, float | None]:
+    """Change of each KPI against the previous period (None where unknown)."""
+    cur = kpis(current)
+    prev = kpis(previous) if previous else {}
+    return {k: (v - prev[k]) if v is not None and prev.get(k) is not None else None for k, v in cur.items()}

@@ -1,0 +1,290 @@
+"""TTL what-if: predict KV hit rate and cost for candidate TTLs from the
+per-key request rates in the store, recommend one, and check the model
+against an exact replay where a request-level trace exists.
+
+The model is the fixed-TTL cache of KV `expirationTtl`: an entry is written
+at a miss and lives T. Under Poisson arrivals at rate μ (a key's KV lookups,
+i.e. its edge misses, per day) a lookup hits with probability μT / (1 + μT),
+misses (and writes) μ / (1 + μT) times a day, and the key is present a
+share μT / (1 + μT) of the time. Per-key rates are weighted request counts
+divided by the days of data, so Analytics Engine sampling leaves them
+unbiased (per-key gaps between sampled requests would not be). A KV TTL
+does not change what the edge serves, so μ is measured, not modelled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from cachemon.costs import optimize
+from cachemon.clock import DAY, Window, format_duration, parse_duration
+from cachemon.errors import InputError
+from cachemon.metrics.window import TIER_TOTALS, window_params
+from cachemon.pricing import Pricing, days_in_month
+
+# Per key of the window: its requests, its KV lookups (requests the edge
+# did not serve) and how many KV answered. A temp table, so each endpoint
+# reads its slice; endpoint totals come from the rollups.
+KEYS_TEMP = f"""
+CREATE OR REPLACE TEMP TABLE ttl_keys AS
+SELECT k.*, c.endpoint FROM (
+    SELECT key_id, sum(edge + kv + r2 + api) AS requests, sum(kv + r2 + api) AS lookups, sum(kv) AS kv
+    FROM ({optimize.KEY_ROWS}) GROUP BY key_id
+) k JOIN cache_keys c ON c.key_id = k.key_id
+"""
+ENDPOINT_KEYS = "SELECT requests, lookups FROM ttl_keys WHERE endpoint = $endpoint"
+HOT_KEYS = """
+SELECT c.key, t.lookups, t.kv FROM ttl_keys t JOIN cache_keys c USING (key_id)
+WHERE t.endpoint = $endpoint ORDER BY t.lookups DESC, c.key LIMIT $limit
+"""
+
+
+@dataclass(frozen=True)
+class KeyRates:
+    """One endpoint's KV lookups per key and its totals, per day, over `days` of data."""
+
+    endpoint: str
+    days: float
+    lookups: np.ndarray  # per key: KV lookups/day
+    totals: np.ndarray  # per key: requests/day
+    requests: float  # the endpoint's requests/day
+    edge_hits: float  # observed edge hits/day
+    kv_hits: float  # observed KV hits/day
+    r2_share: float  # share of KV misses answered by R2 (the rest reach the origin)
+    error_share: float  # share of KV misses that failed (and wrote nothing)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a KV TTL would do to one endpoint, per day, at list prices."""
+
+    endpoint: str
+    ttl: timedelta
+    kv_hit_rate: float  # % of the endpoint's requests served by KV
+    hit_rate: float  # % not served by the origin
+    kv_reads: float
+    kv_writes: float
+    r2_reads: float
+    stored_gb: float
+    cost: float  # USD/day of KV reads, writes, storage and R2 reads
+
+
+def load_window(con: duckdb.DuckDBPyConnection, window: Window) -> float:
+    """Build the per-key table of `window`; returns its days of data."""
+    data, days = optimize.data_days(con, window)
+    con.execute(KEYS_TEMP, optimize.key_ranges(data.start, window.end))
+    return days
+
+
+def rates(con: duckdb.DuckDBPyConnection, endpoint: str, window: Window, days: float) -> KeyRates:
+    """One endpoint's rates: per key from the loaded table, totals from the rollups."""
+    tiers = {t: (float(req), float(err)) for t, req, err, *_ in
+             con.execute(TIER_TOTALS, window_params(window) | {"endpoint": endpoint}).fetchall()}
+    requests = sum(req for req, _ in tiers.values())
+    if not requests:
+        raise InputError(f"no requests for endpoint {endpoint!r} in {window}")
+    get = lambda t: tiers.get(t, (0.0, 0.0))  # noqa: E731
+    misses = get("r2")[0] + get("api")[0]
+    a = con.execute(ENDPOINT_KEYS, {"endpoint": endpoint}).fetchnumpy()
+    return KeyRates(endpoint, days, a["lookups"].astype(float) / days, a["requests"].astype(float) / days,
+                    requests / days, get("edge")[0] / days, get("kv")[0] / days,
+                    get("r2")[0] / misses if misses else 0.0,
+                    (get("r2")[1] + get("api")[1]) / misses if misses else 0.0)
+
+
+def _hits(mu: np.ndarray, days: float, t: float, caches: float = 1.0) -> np.ndarray:
+    """Expected hits a day per key of `caches` equal fixed-TTL caches that
+    share its μ lookups a day: μ²T/(C + μT) (C = 1: μ²T/(1+μT)). μ̂² from a
+    count n over D days is biased up (a key seen once would predict hits);
+    n(n−1)/D² is unbiased for μ² under Poisson arrivals."""
+    n = mu * days
+    return np.maximum(n * (n - 1), 0.0) / days ** 2 * t / (caches + mu * t)
+
+
+@dataclass(frozen=True)
+class EdgePrediction:
+    endpoint: str
+    ttl: timedelta
+    edge_hit_rate: float  # % of the endpoint's requests served by the edge
+    kv_lookups: float  # requests/day left for KV
+
+
+def fit_colos(r: KeyRates, edge_ttl: timedelta) -> float:
+    """The number of equal edge caches (colos) that makes the model give the
+    observed edge hits at the current edge TTL. The event contract has no
+    colo, and traffic is not split evenly, so this effective count is
+    fitted, once, from what was observed (bisection: hits fall as C grows)."""
+    t, lo, hi = edge_ttl / DAY, 1.0, 1e5
+    if float(_hits(r.totals, r.days, t, lo).sum()) <= r.edge_hits:
+        return lo
+    for _ in range(60):
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if float(_hits(r.totals, r.days, t, mid).sum()) > r.edge_hits else (lo, mid)
+    return (lo * hi) ** 0.5
+
+
+def predict_edge(r: KeyRates, ttl: timedelta, colos: float) -> EdgePrediction:
+    """The edge hit rate an edge TTL would give, with `colos` fitted caches."""
+    hits = float(_hits(r.totals, r.days, ttl / DAY, colos).sum())
+    return EdgePrediction(r.endpoint, ttl, 100 * hits / r.requests, r.requests - hits)
+
+
+def predict(r: KeyRates, ttl: timedelta, pricing: Pricing, value_bytes: float, month_days: int) -> Prediction:
+    """The fixed-TTL model's figures for KV TTL `ttl`."""
+    t = ttl / DAY
+    mu = r.lookups
+    hits = float(_hits(mu, r.days, t).sum())
+    lookups = float(mu.sum())
+    misses = lookups - hits
+    writes, r2 = misses * (1 - r.error_share), misses * r.r2_share
+    gb = float((mu * t / (1 + mu * t)).sum()) * value_bytes / 1e9
+    cost = (pricing["kv_reads"].list_cost(lookups) + pricing["kv_writes"].list_cost(writes)
+            + gb * pricing["kv_storage"].price / month_days + pricing["r2_class_b"].list_cost(r2))
+    edge = r.requests - lookups
+    return Prediction(r.endpoint, ttl, 100 * hits / r.requests, 100 * (edge + hits + r2) / r.requests,
+                      lookups, writes, r2, gb, cost)
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    endpoint: str
+    window: Window
+    days: float
+    current_ttl: timedelta
+    observed_kv_hit_rate: float  # measured at the current TTL
+    current: Prediction  # the model at the current TTL (its calibration)
+    candidates: tuple[Prediction, ...]
+    current_edge_ttl: timedelta | None = None
+    observed_edge_hit_rate: float = 0.0
+    colos: float = 1.0  # fitted effective number of edge caches
+    edge: tuple[EdgePrediction, ...] = ()  # candidate edge TTLs
+
+
+def whatif(con, cfg, endpoints: list[str], ttls: list[timedelta], window: Window, at: datetime,
+           edge_ttls: list[timedelta] = ()) -> list[WhatIf]:
+    """Predictions for each endpoint at each candidate KV TTL and its current
+    one, and at each candidate edge TTL (with the colos fitted at the
+    current edge TTL, `[costs] edge_ttl`)."""
+    current, edge_current = dict(cfg.costs.kv_ttl), dict(cfg.costs.edge_ttl)
+    unknown = [e for e in endpoints if e not in current]
+    if unknown:
+        raise InputError(f"unknown endpoint {unknown[0]!r}: [costs] kv_ttl has {', '.join(current)}")
+    days = load_window(con, window)
+    month = days_in_month(at)
+    out = []
+    for e in endpoints:
+        r = rates(con, e, window, days)
+        p = lambda t: predict(r, t, cfg.pricing, cfg.costs.value_bytes, month)  # noqa: E731
+        edge_now = edge_current.get(e)
+        colos = fit_colos(r, edge_now) if edge_now else 1.0
+        edge = tuple(predict_edge(r, t, colos) for t in sorted(set(edge_ttls))) if edge_now else ()
+        out.append(WhatIf(e, window, days, current[e], 100 * r.kv_hits / r.requests, p(current[e]),
+                          tuple(p(t) for t in sorted(set(ttls))), edge_now, 100 * r.edge_hits / r.requests,
+                          colos, edge))
+    return out
+
+
+def recommend(w: WhatIf, max_staleness: timedelta) -> Prediction | None:
+    """The cheapest of the candidates and the current TTL within the
+    staleness limit (ties: the higher hit rate); the current one means keep
+    it. None when nothing is allowed."""
+    allowed = [p for p in (*w.candidates, w.current) if p.ttl <= max_staleness]
+    return min(allowed, key=lambda p: (round(p.cost, 9), -p.hit_rate)) if allowed else None
+
+
+@dataclass(frozen=True)
+class KeyAdvice:
+    """A busy key whose own TTL would cost less than its endpoint's."""
+
+    key: str
+    lookups: float  # KV lookups a day
+    kv_hit_rate: float  # % of its lookups KV answered (observed)
+    ttl: timedelta
+    saving: float  # USD/day against the endpoint's current TTL
+
+
+def per_key(con, w: WhatIf, pricing: Pricing, value_bytes: float, month_days: int, max_staleness: timedelta,
+            limit: int = 20) -> list[KeyAdvice]:
+    """Among the endpoint's `limit` busiest keys at KV (loaded by `whatif`),
+    those whose cheapest candidate TTL within the staleness limit differs
+    from the endpoint's current TTL, with the saving."""
+    rows = con.execute(HOT_KEYS, {"endpoint": w.endpoint, "limit": limit}).fetchall()
+    options = sorted({t for t in (*(p.ttl for p in w.candidates), w.current_ttl) if t <= max_staleness})
+
+    def cost(mu: float, t: timedelta) -> float:
+        d = t / DAY
+        misses = mu - float(_hits(np.array([mu]), w.days, d)[0])
+        return pricing["kv_writes"].list_cost(misses) + mu * d / (1 + mu * d) * value_bytes / 1e9 * \
+            pricing["kv_storage"].price / month_days
+
+    out = []
+    for key, lookups, kv in rows:
+        mu = lookups / w.days
+        best = min(options, key=lambda t: cost(mu, t))
+        saving = cost(mu, w.current_ttl) - cost(mu, best)
+        if best != w.current_ttl and saving > 0:
+            out.append(KeyAdvice(key, mu, 100 * kv / lookups if lookups else 0.0, best, saving))
+    return out
+
+
+def parse_ttls(text: str) -> list[timedelta]:
+    """'6h,12h,24h' → durations, each between 60 s and 365 days (KV's limits)."""
+    out = [parse_duration(part.strip(), "--ttl") for part in text.split(",") if part.strip()]
+    if not out:
+        raise InputError("--ttl needs at least one duration, e.g. 6h,12h,24h")
+    bad = [format_duration(t) for t in out if not timedelta(seconds=60) <= t <= timedelta(days=365)]
+    if bad:
+        raise InputError(f"--ttl {', '.join(bad)}: a KV TTL must be between 60s and 365d")
+    return out
+
+
+def draft_experiment(endpoint: str, current: timedelta, candidate: timedelta, start: datetime) -> str:
+    """A `[[experiments]]` block testing `candidate` against the current TTL."""
+    name = f"{endpoint}-ttl-{format_duration(candidate)}"
+    return f"""[[experiments]]
+name = "{name}"
+description = "KV TTL {format_duration(candidate)} for {endpoint} vs {format_duration(current)} (drafted by ttl whatif)"
+endpoint = "{endpoint}"
+start = "{start.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+duration = "14d"
+[[experiments.cohorts]]
+name = "control"
+ttl = "{format_duration(current)}"
+weight = 0.5
+[[experiments.cohorts]]
+name = "treatment"
+ttl = "{format_duration(candidate)}"
+weight = 0.5
+"""
+
+
+def replay(trace: pd.DataFrame, ttl: timedelta) -> float:
+    """KV hits of a request-level trace replayed exactly through a fixed-TTL
+    cache that starts empty: the requests that reached KV (tiers kv, r2,
+    api), each key's first lookup a miss that writes, and an entry expiring
+    `ttl` after its write. Exact for an unsampled trace (columns key,
+    timestamp, tier)."""
+    lookups = trace[trace.tier.isin(["kv", "r2", "api"])]
+    if lookups.empty:
+        return 0.0
+    key = pd.factorize(lookups.key)[0].astype(np.int64)
+    ms = (lookups.timestamp - lookups.timestamp.min()).dt.total_seconds().to_numpy() * 1000
+    span = int(ms.max()) + 1
+    g = np.sort(key * span + ms.astype(np.int64))  # by key, then time
+    starts = np.searchsorted(g, np.arange(key.max() + 1) * span)
+    ends = np.append(starts[1:], len(g))
+    pos, end, misses = starts, ends, len(starts)
+    step = int(ttl.total_seconds() * 1000)
+    # Jump from write to the first lookup at or after its expiry, for all
+    # keys at once: as many rounds as the busiest key has writes.
+    while len(pos):
+        nxt = np.searchsorted(g, g[pos] + step, side="left")
+        live = nxt < end
+        misses += int(live.sum())
+        pos, end = nxt[live], end[live]
+    return float(len(g) - misses)
