@@ -8,11 +8,10 @@ and render; they never compute domain numbers, and write only through
 import streamlit as st
 
 from cachemon import config as config_mod
-from cachemon.metrics import window as metrics
-from cachemon.runner import selfcheck
 from cachemon.clock import CLOCK_SKEW, Period, format_duration, iso
 from cachemon.errors import CachemonError
-
+from cachemon.metrics import window as metrics
+from cachemon.runner import selfcheck
 from views import common
 
 st.set_page_config(page_title="cachemon", page_icon=":bar_chart:", layout="wide")
@@ -47,8 +46,13 @@ def _sidebar(cfg) -> None:
         st.title("cachemon")
         st.caption("BooksTrack tiered cache")
         common.setting_warnings()
-        st.selectbox("Period", [p.value for p in Period], index=1, key="period",
-                     help="The window of the Overview, Top keys and Costs pages, ending now")
+        st.selectbox(
+            "Period",
+            [p.value for p in Period],
+            index=1,
+            key="period",
+            help="The window of the Overview, Top keys and Costs pages, ending now",
+        )
         st.selectbox("Endpoint", ["all", *(e for e, _ in cfg.costs.kv_ttl)], key="endpoint")
         try:
             span = common.cached(_span)
@@ -57,11 +61,15 @@ def _sidebar(cfg) -> None:
         if span:
             age = common.now() - span[1]
             if -age > CLOCK_SKEW:  # written by a clock ahead of real time: not "up to date"
-                st.warning(f"Data {iso(span[0])} – {iso(span[1])} · ends in the future (now {iso(common.now())}): "
-                           "written by a clock ahead of real time")
+                st.warning(
+                    f"Data {iso(span[0])} – {iso(span[1])} · ends in the future (now {iso(common.now())}): "
+                    "written by a clock ahead of real time"
+                )
             else:
-                st.caption(f"Data {iso(span[0])} – {iso(span[1])} · "
-                           f"{'up to date' if age.total_seconds() < 60 else format_duration(age) + ' old'}")
+                st.caption(
+                    f"Data {iso(span[0])} – {iso(span[1])} · "
+                    f"{'up to date' if age.total_seconds() < 60 else format_duration(age) + ' old'}"
+                )
         else:
             st.caption("No data yet")
         try:
@@ -84,14 +92,23 @@ except CachemonError as exc:
     st.error(str(exc))
     st.stop()
 _sidebar(st.session_state["config"])
-page = st.navigation([
-    st.Page("views/overview.py", title="Overview", icon=":material/monitoring:", default=True),
-    st.Page("views/trends.py", title="Trends", icon=":material/show_chart:", url_path="trends"),
-    st.Page("views/topkeys.py", title="Top keys", icon=":material/key:", url_path="keys"),
-    st.Page("views/experiments.py", title="Experiments", icon=":material/science:", url_path="experiments"),
-    st.Page("views/ttl.py", title="TTL what-if", icon=":material/tune:", url_path="ttl"),
-    st.Page("views/alerts.py", title="Alerts", icon=":material/notifications:", url_path="alerts"),
-    st.Page("views/costs.py", title="Costs", icon=":material/payments:", url_path="costs"),
-    st.Page("views/jobs.py", title="Jobs", icon=":material/schedule:", url_path="jobs"),
-])
+page = st.navigation(
+    [
+        st.Page("views/overview.py", title="Overview", icon=":material/monitoring:", default=True),
+        st.Page("views/trends.py", title="Trends", icon=":material/show_chart:", url_path="trends"),
+        st.Page("views/topkeys.py", title="Top keys", icon=":material/key:", url_path="keys"),
+        st.Page(
+            "views/experiments.py",
+            title="Experiments",
+            icon=":material/science:",
+            url_path="experiments",
+        ),
+        st.Page("views/ttl.py", title="TTL what-if", icon=":material/tune:", url_path="ttl"),
+        st.Page(
+            "views/alerts.py", title="Alerts", icon=":material/notifications:", url_path="alerts"
+        ),
+        st.Page("views/costs.py", title="Costs", icon=":material/payments:", url_path="costs"),
+        st.Page("views/jobs.py", title="Jobs", icon=":material/schedule:", url_path="jobs"),
+    ]
+)
 page.run()

@@ -26,14 +26,19 @@ sys.path.insert(0, str(ROOT))
 
 
 from cachemon import settings
-from cachemon.store import export
 from cachemon.ingest import retention
-from cachemon.store import db as store
 from cachemon.metrics.window import data_span
+from cachemon.store import db as store
+from cachemon.store import export
 
 
 def _examples():
-    text = (ROOT / "docs" / "analysts.md").read_text().split("## Example questions", 1)[1].split("\n## ", 1)[0]
+    text = (
+        (ROOT / "docs" / "analysts.md")
+        .read_text()
+        .split("## Example questions", 1)[1]
+        .split("\n## ", 1)[0]
+    )
     for section in text.split("\n### ")[1:]:
         for sql in re.findall(r"```sql\n(.*?)```", section, re.S):
             yield section.splitlines()[0], sql
@@ -60,20 +65,26 @@ def main() -> int:
         con.execute("SET TimeZone = 'UTC'")
         for title, sql in _examples():
             runs = [_timed(lambda: con.execute(sql).fetchall()) for _ in range(args.runs)]
-            print(f"| {title} | {statistics.median(t for t, _ in runs) * 1000:.0f} ms | {len(runs[0][1]):,} |")
+            print(
+                f"| {title} | {statistics.median(t for t, _ in runs) * 1000:.0f} ms | {len(runs[0][1]):,} |"
+            )
         con.close()
         with store.reader(copy) as con:
             seconds, written = _timed(lambda: export.parquet(con, Path(tmp) / "export"))
             end = data_span(con)[1]
         size = sum(p.stat().st_size for p in (Path(tmp) / "export").rglob("*.parquet"))
         rows = sum(w.rows for w in written)
-        print(f"| export (all {len(written)} datasets) | {seconds:.1f} s | {rows:,} ({size / 2**20:.0f} MiB Parquet, "
-              f"store {copy.stat().st_size / 2**20:.0f} MiB) |")
+        print(
+            f"| export (all {len(written)} datasets) | {seconds:.1f} s | {rows:,} ({size / 2**20:.0f} MiB Parquet, "
+            f"store {copy.stat().st_size / 2**20:.0f} MiB) |"
+        )
         keep = settings.RetentionConfig(minute_days=7, hour_days=14)
         with store.writer(copy, end) as con:
             seconds, result = _timed(lambda: retention.apply(con, end + timedelta(days=1), keep))
-        print(f"| retention to 7 days of minutes, 14 of hours | {seconds:.1f} s | "
-              f"{result.minute_rows:,} minute and {result.hour_rows:,} hourly rows removed |")
+        print(
+            f"| retention to 7 days of minutes, 14 of hours | {seconds:.1f} s | "
+            f"{result.minute_rows:,} minute and {result.hour_rows:,} hourly rows removed |"
+        )
     return 0
 
 

@@ -46,9 +46,24 @@ def run(store: Path, cache_seconds: int, seconds: float, threads: int) -> dict:
     port = free_port()
     env = dict(os.environ, CACHEMON_DB=str(store), PYTHONPATH=str(ROOT))
     env.pop("CACHEMON_API_TOKEN", None)
-    server = subprocess.Popen([sys.executable, "-m", "cachemon", "serve", "--port", str(port), "--allow", "127.0.0.1",
-                               "--cache-seconds", str(cache_seconds)], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cachemon",
+            "serve",
+            "--port",
+            str(port),
+            "--allow",
+            "127.0.0.1",
+            "--cache-seconds",
+            str(cache_seconds),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/metrics?period=24h"
     try:
         for _ in range(100):
@@ -57,8 +72,12 @@ def run(store: Path, cache_seconds: int, seconds: float, threads: int) -> dict:
                 break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        out = subprocess.run([sys.executable, "-c", LOAD, url, str(seconds), str(threads)],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", LOAD, url, str(seconds), str(threads)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         return json.loads(out)
     finally:
         server.terminate()
@@ -74,7 +93,9 @@ def main():
     print("case     | requests/s | p50 ms | p99 ms")
     for name, cache in (("cached", 300), ("uncached", 0)):
         r = run(Path(args.store), cache, args.seconds, args.threads)
-        print(f"{name:8} | {r['n'] / r['s']:10.0f} | {r['p50'] * 1000:6.1f} | {r['p99'] * 1000:6.1f}")
+        print(
+            f"{name:8} | {r['n'] / r['s']:10.0f} | {r['p50'] * 1000:6.1f} | {r['p99'] * 1000:6.1f}"
+        )
 
 
 if __name__ == "__main__":

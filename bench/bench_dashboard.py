@@ -39,15 +39,34 @@ def build_store(days: int) -> tuple[Path, Path]:
     if not db.exists():
         OUT.mkdir(parents=True, exist_ok=True)
         start = utcnow() - timedelta(days=min(days, 14))
-        cfg.write_text((ROOT / "scripts" / "demo.toml.in").read_text().replace("@START@", iso(start)))
+        cfg.write_text(
+            (ROOT / "scripts" / "demo.toml.in").read_text().replace("@START@", iso(start))
+        )
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "cachemon", "--db", str(db), "--config", str(cfg), "demo",
-                        "--days", str(days), "--quiet"], cwd=ROOT, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cachemon",
+                "--db",
+                str(db),
+                "--config",
+                str(cfg),
+                "demo",
+                "--days",
+                str(days),
+                "--quiet",
+            ],
+            cwd=ROOT,
+            check=True,
+        )
         print(f"built {db.name} ({days} days) in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     return db, cfg
 
 
-def render_times(db: Path, cfg: Path, runs: int, pages: list[str]) -> list[tuple[str, float, float]]:
+def render_times(
+    db: Path, cfg: Path, runs: int, pages: list[str]
+) -> list[tuple[str, float, float]]:
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
@@ -92,19 +111,34 @@ def memory_curve(db: Path, cfg: Path, refreshes: int, every: float) -> list[tupl
     from playwright.sync_api import sync_playwright
 
     port = free_port()
-    env = dict(os.environ, CACHEMON_DB=str(db), CACHEMON_CONFIG=str(cfg), CACHEMON_REFRESH_SECONDS=str(every))
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(
+        os.environ,
+        CACHEMON_DB=str(db),
+        CACHEMON_CONFIG=str(cfg),
+        CACHEMON_REFRESH_SECONDS=str(every),
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     curve = []
     try:
         for _ in range(120):
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/_stcore/health", timeout=1).status_code == 200:
+                if (
+                    httpx.get(f"http://127.0.0.1:{port}/_stcore/health", timeout=1).status_code
+                    == 200
+                ):
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"]
+            )
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(f"http://127.0.0.1:{port}/")
             page.get_by_text("Combined hit rate %").wait_for(timeout=120_000)
@@ -127,14 +161,18 @@ def main() -> int:
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--refreshes", type=int, default=200)
-    ap.add_argument("--every", type=float, default=1.0, help="fragment refresh interval for the memory run (s)")
+    ap.add_argument(
+        "--every", type=float, default=1.0, help="fragment refresh interval for the memory run (s)"
+    )
     ap.add_argument("--skip-render", action="store_true")
     ap.add_argument("--pages", default=",".join(PAGES), help="pages to time (comma-separated)")
     args = ap.parse_args()
     logging.getLogger("streamlit").setLevel(logging.ERROR)
     db, cfg = build_store(args.days)
     if not args.skip_render:
-        print(f"| page ({args.days} days, seed volume, period 1h) | median render, uncached | median render, cached |")
+        print(
+            f"| page ({args.days} days, seed volume, period 1h) | median render, uncached | median render, cached |"
+        )
         print("| --- | --- | --- |")
         for page, cold, warm in render_times(db, cfg, args.runs, args.pages.split(",")):
             print(f"| {page} | {cold * 1000:.0f} ms | {warm * 1000:.0f} ms |", flush=True)

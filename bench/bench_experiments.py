@@ -41,13 +41,15 @@ DAYS, MARGIN = 14, 0.02
 
 def population(keys: int, scale: float, rng) -> tuple[np.ndarray, np.ndarray]:
     ranks = np.arange(1, keys + 1)
-    w = ranks ** -0.8
+    w = ranks**-0.8
     lam = w / w.sum() * 1.6e6 * scale  # requests/day
     hit = lam / (1 + lam)  # T = 1 day
     return lam, np.clip(hit, 0, 1)
 
 
-def run(n_exp: int, keys: int, scale: float, effect: float, seed: int) -> tuple[float, float, float]:
+def run(
+    n_exp: int, keys: int, scale: float, effect: float, seed: int
+) -> tuple[float, float, float]:
     rng = np.random.default_rng(seed)
     lam, hit = population(keys, scale, rng)
     # The effect is on the request-weighted hit rate: each key's misses
@@ -71,7 +73,9 @@ def run(n_exp: int, keys: int, scale: float, effect: float, seed: int) -> tuple[
             seen = d_cum > 0
             units = int(seen.sum())
             c, t = seen & (arm == 0), seen & (arm == 1)
-            diff = stats.Difference.of(stats.RatioStats.of(m_cum[c], d_cum[c]), stats.RatioStats.of(m_cum[t], d_cum[t]))
+            diff = stats.Difference.of(
+                stats.RatioStats.of(m_cum[c], d_cum[c]), stats.RatioStats.of(m_cum[t], d_cum[t])
+            )
             tuning_n = units / (day / DAYS)
             if not done_ours:
                 lo, _ = diff.sequence_interval(0.05, tuning_n)
@@ -81,8 +85,12 @@ def run(n_exp: int, keys: int, scale: float, effect: float, seed: int) -> tuple[
                 done_fixed = lo > MARGIN
             if not done_adj:
                 cov = d_cum * pre_rate
-                _, (mc, mt) = stats.cuped([m_cum[c], m_cum[t]], [d_cum[c], d_cum[t]], [cov[c], cov[t]])
-                adj = stats.Difference.of(stats.RatioStats.of(mc, d_cum[c]), stats.RatioStats.of(mt, d_cum[t]))
+                _, (mc, mt) = stats.cuped(
+                    [m_cum[c], m_cum[t]], [d_cum[c], d_cum[t]], [cov[c], cov[t]]
+                )
+                adj = stats.Difference.of(
+                    stats.RatioStats.of(mc, d_cum[c]), stats.RatioStats.of(mt, d_cum[t])
+                )
                 lo, _ = adj.sequence_interval(0.05, tuning_n)
                 done_adj = lo > MARGIN
             if not done_seed:
@@ -102,14 +110,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiments", type=int, default=500)
     ap.add_argument("--keys", type=int, default=60_000)
-    ap.add_argument("--scale", type=float, default=0.1, help="traffic relative to 1.6 M title requests/day")
+    ap.add_argument(
+        "--scale", type=float, default=0.1, help="traffic relative to 1.6 M title requests/day"
+    )
     args = ap.parse_args()
     t0 = time.time()
     lam, hit = population(args.keys, args.scale, None)
     base = float((lam * hit).sum() / lam.sum())
-    print(f"{args.experiments} experiments × {DAYS} daily looks, {args.keys:,} keys, {lam.sum():,.0f} requests/day, "
-          f"hit rate {base:.1%}")
-    print("case                 | ours (CS, per key) | ours + CUPED | seed (pooled, daily p<0.05) | per key, fixed daily")
+    print(
+        f"{args.experiments} experiments × {DAYS} daily looks, {args.keys:,} keys, {lam.sum():,.0f} requests/day, "
+        f"hit rate {base:.1%}"
+    )
+    print(
+        "case                 | ours (CS, per key) | ours + CUPED | seed (pooled, daily p<0.05) | per key, fixed daily"
+    )
     for name, effect in (("A/A: promoted", 0.0), ("+3 points: promoted", 0.03)):
         o, a, s, f = run(args.experiments, args.keys, args.scale, effect, seed=7 if effect else 5)
         print(f"{name:20} | {o:18.1%} | {a:12.1%} | {s:27.1%} | {f:.1%}")

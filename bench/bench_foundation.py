@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,17 +24,15 @@ import duckdb  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from cachemon import config
-
-from cachemon import settings
-from cachemon.metrics import window as metrics
-from cachemon.ingest import load as pipeline
-from cachemon.store import db as store
+from cachemon import config, settings
 from cachemon.clock import Window
+from cachemon.ingest import load as pipeline
+from cachemon.metrics import window as metrics
 from cachemon.sources.simulator import Simulator
+from cachemon.store import db as store
 
 OUT = ROOT / "bench" / "out"
-UNTIL = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+UNTIL = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 # The same figures as `metrics`, computed exactly from raw events.
 RAW_TIERS = "SELECT tier, sum(sample_interval), sum(latency_ms * sample_interval) FROM events WHERE kind = 'request' AND timestamp >= $lo AND timestamp < $hi GROUP BY tier"
@@ -52,8 +50,21 @@ def bench_demo(days: float, db: Path) -> float:
         p.unlink(missing_ok=True)
     env = dict(os.environ, CACHEMON_DB=str(db), PYTHONPATH=str(ROOT))
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "cachemon", "demo", "--days", str(days), "--quiet",
-                    "--until", UNTIL.isoformat()], env=env, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cachemon",
+            "demo",
+            "--days",
+            str(days),
+            "--quiet",
+            "--until",
+            UNTIL.isoformat(),
+        ],
+        env=env,
+        check=True,
+    )
     return time.perf_counter() - t
 
 
@@ -67,7 +78,11 @@ def raw_events(days: float, raw: Path) -> int:
     for w in Window(UNTIL - timedelta(days=days), UNTIL).split(timedelta(hours=6)):
         batch = sim.generate(w).table
         con.register("batch", batch)
-        con.execute("CREATE TABLE events AS SELECT * FROM batch" if first else "INSERT INTO events SELECT * FROM batch")
+        con.execute(
+            "CREATE TABLE events AS SELECT * FROM batch"
+            if first
+            else "INSERT INTO events SELECT * FROM batch"
+        )
         con.unregister("batch")
         first = False
     n = con.execute("SELECT count(*) FROM events").fetchall()[0][0]
@@ -102,7 +117,10 @@ def bench_metrics(db: Path, raw: Path, repeat: int):
     q = exact()
     top = [r[0] for r in rcon.execute(RAW_TOP, p).fetchall()]
     rcon.close()
-    errors = [abs(ours_q - exact_q) / exact_q for ours_q, exact_q in zip((m.latency.p50, m.latency.p95, m.latency.p99), q)]
+    errors = [
+        abs(ours_q - exact_q) / exact_q
+        for ours_q, exact_q in zip((m.latency.p50, m.latency.p95, m.latency.p99), q)
+    ]
     return ours, theirs, errors, top == [k.key for k in m.top_keys], m.volume.total
 
 
@@ -114,8 +132,9 @@ def bench_import(raw: Path, rows: int) -> dict:
     out = {}
     parquet, ndjson = OUT / "events.parquet", OUT / "events.ndjson"
     pq.write_table(table, parquet)
-    table.to_pandas().assign(timestamp=lambda d: d.timestamp.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")).to_json(
-        ndjson, orient="records", lines=True)
+    table.to_pandas().assign(
+        timestamp=lambda d: d.timestamp.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    ).to_json(ndjson, orient="records", lines=True)
     for name, path in (("Parquet", parquet), ("NDJSON", ndjson)):
         db = OUT / f"import-{name}.duckdb"
         for p in (db, store.snapshot_path(db)):
@@ -143,7 +162,11 @@ def main():
     rows = [
         ("demo --days %g (wall)" % args.days, f"{demo_s:.1f} s", "< 60 s"),
         ("store size", f"{size:.0f} MiB", ""),
-        ("raw events (rows / weighted requests)", f"{n_raw:,} / {requests:,.0f}", "≈ 21 M requests"),
+        (
+            "raw events (rows / weighted requests)",
+            f"{n_raw:,} / {requests:,.0f}",
+            "≈ 21 M requests",
+        ),
         ("metrics 7d, ours (median)", f"{ours * 1000:.1f} ms", "< 50 ms"),
         ("metrics 7d, exact over raw events in DuckDB (median)", f"{theirs * 1000:.1f} ms", ""),
         ("speed-up", f"{theirs / ours:.0f}×", "≥ 20×"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,21 +17,18 @@ sys.path.insert(0, str(ROOT))
 
 import pyarrow as pa  # noqa: E402
 
-from cachemon import config
-
-from cachemon import settings
-from cachemon import events
-from cachemon.ingest import write as ingest
-from cachemon.ingest import load as pipeline
-from cachemon.store import db as store
+from cachemon import config, events, settings
 from cachemon.clock import Window
-from cachemon.sources.analytics_engine import Client, Credentials
+from cachemon.ingest import load as pipeline
+from cachemon.ingest import write as ingest
 from cachemon.sources import ae_sql
+from cachemon.sources.analytics_engine import Client, Credentials
 from cachemon.sources.simulator import Simulator
+from cachemon.store import db as store
 from cachemon.testing.ae_emulator import Emulator
 
 OUT = ROOT / "bench" / "out"
-UNTIL = datetime(2026, 11, 20, 0, 0, tzinfo=timezone.utc)
+UNTIL = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 TOKEN = "bench-token"
 
 
@@ -43,8 +40,17 @@ FROM {dataset}
 
 
 def family(sql: str) -> str:
-    return ("request rollups" if "latency_sum" in sql else "latency histogram" if "bucket" in sql
-            else "per-key counts" if " AS t," in sql else "raw" if "sample_interval AS" in sql else "gauge points")
+    return (
+        "request rollups"
+        if "latency_sum" in sql
+        else "latency histogram"
+        if "bucket" in sql
+        else "per-key counts"
+        if " AS t," in sql
+        else "raw"
+        if "sample_interval AS" in sql
+        else "gauge points"
+    )
 
 
 def raw_pull(client: Client, emu: Emulator, span: Window, db: Path) -> tuple[float, int, int]:
@@ -65,7 +71,9 @@ def raw_pull(client: Client, emu: Emulator, span: Window, db: Path) -> tuple[flo
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--days", type=float, default=7)
-    ap.add_argument("--no-raw", action="store_true", help="skip the raw pull (it doubles the run time)")
+    ap.add_argument(
+        "--no-raw", action="store_true", help="skip the raw pull (it doubles the run time)"
+    )
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     db = OUT / "pull.duckdb"
@@ -97,15 +105,27 @@ def main():
         ("rollup bytes transferred", f"{sent_bytes / 1e6:,.1f} MB"),
         ("raw data points (rows a raw pull moves)", f"{raw_rows:,}"),
         ("ratio raw / rollup rows", f"{raw_rows / sent:.1f}×"),
-    ] + [(f"  of which {k}", f"{v[0]:,} rows, {v[1] / 1e6:,.1f} MB ({raw_rows / max(v[0], 1):.1f}× fewer rows than raw)")
-         for k, v in per_family.items()]
-    rows.append(("floor of any per-key pull: distinct key-days", f"{key_days:,} ({raw_rows / key_days:.1f}× fewer than raw)"))
+    ] + [
+        (
+            f"  of which {k}",
+            f"{v[0]:,} rows, {v[1] / 1e6:,.1f} MB ({raw_rows / max(v[0], 1):.1f}× fewer rows than raw)",
+        )
+        for k, v in per_family.items()
+    ]
+    rows.append(
+        (
+            "floor of any per-key pull: distinct key-days",
+            f"{key_days:,} ({raw_rows / key_days:.1f}× fewer than raw)",
+        )
+    )
     rows.append(("request data points", f"{n_requests:,}"))
     if raw:
-        rows += [("raw pull wall time (fetch, parse, roll up, store)", f"{raw[0]:.1f} s"),
-                 ("raw pull bytes", f"{raw[2] / 1e6:,.1f} MB"),
-                 ("ratio raw / rollup bytes", f"{raw[2] / sent_bytes:.1f}×"),
-                 ("ratio raw / rollup wall time", f"{raw[0] / wall:.1f}×")]
+        rows += [
+            ("raw pull wall time (fetch, parse, roll up, store)", f"{raw[0]:.1f} s"),
+            ("raw pull bytes", f"{raw[2] / 1e6:,.1f} MB"),
+            ("ratio raw / rollup bytes", f"{raw[2] / sent_bytes:.1f}×"),
+            ("ratio raw / rollup wall time", f"{raw[0] / wall:.1f}×"),
+        ]
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"{name.ljust(width)} | {value}")

@@ -44,9 +44,18 @@ def main():
         p.unlink(missing_ok=True)
     env = dict(os.environ, CACHEMON_DB=str(db), PYTHONPATH=str(ROOT))
     env.pop("CACHEMON_CONFIG", None)
-    subprocess.run([sys.executable, "-m", "cachemon", "demo", "--days", str(args.days), "--quiet"], env=env, check=True)
-    proc = subprocess.Popen([sys.executable, "-m", "jobs"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "cachemon", "demo", "--days", str(args.days), "--quiet"],
+        env=env,
+        check=True,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(30)  # start-up and the first catch-up are not steady state
     samples, t0, c0 = [], time.monotonic(), cpu_seconds(proc.pid)
     end = t0 + args.minutes * 60
@@ -60,9 +69,15 @@ def main():
     rows = [
         ("wall time measured", f"{args.minutes:g} min"),
         ("CPU, share of one core", f"{cpu * 100:.2f} %  (target < 5 %)"),
-        ("RSS first / last / max", f"{samples[0]:.0f} / {samples[-1]:.0f} / {max(samples):.0f} MiB  (target < 300 MiB)"),
-        ("RSS mean, first vs last third", f"{sum(samples[:n // 3]) / max(1, n // 3):.0f} / "
-                                          f"{sum(samples[-(n // 3):]) / max(1, n // 3):.0f} MiB"),
+        (
+            "RSS first / last / max",
+            f"{samples[0]:.0f} / {samples[-1]:.0f} / {max(samples):.0f} MiB  (target < 300 MiB)",
+        ),
+        (
+            "RSS mean, first vs last third",
+            f"{sum(samples[: n // 3]) / max(1, n // 3):.0f} / "
+            f"{sum(samples[-(n // 3) :]) / max(1, n // 3):.0f} MiB",
+        ),
         ("exit code after SIGTERM", str(proc.returncode)),
     ]
     width = max(len(r[0]) for r in rows)

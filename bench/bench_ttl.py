@@ -18,13 +18,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cachemon import config
-
-from cachemon import settings
-from cachemon.store import db as store
-from cachemon.tuning import whatif as ttl
+from cachemon import config, settings
 from cachemon.clock import Window
 from cachemon.metrics.window import data_span
+from cachemon.store import db as store
+from cachemon.tuning import whatif as ttl
 
 TTLS = ttl.parse_ttls("6h,12h,24h,48h,7d")
 
@@ -46,13 +44,19 @@ def main() -> int:
         keys = con.execute("SELECT count(*) FROM ttl_keys").fetchall()[0][0]
     print("| benchmark | result |\n| --- | --- |")
     print(f"| keys in 30 days | {keys:,} |")
-    print(f"| 5 TTLs × 3 endpoints, median of {args.runs} | {statistics.median(times) * 1000:.0f} ms |")
+    print(
+        f"| 5 TTLs × 3 endpoints, median of {args.runs} | {statistics.median(times) * 1000:.0f} ms |"
+    )
     print(f"| slowest run | {max(times) * 1000:.0f} ms |")
     for w in found:
         best = ttl.recommend(w, cfg.costs.max_kv_ttl)
-        print(f"| {w.endpoint}: KV hit % at " + ", ".join(f"{p.ttl.total_seconds() / 3600:g}h {p.kv_hit_rate:.2f}"
-                                                          for p in w.candidates)
-              + f" (now {w.observed_kv_hit_rate:.2f}); recommended {best.ttl} |")
+        print(
+            f"| {w.endpoint}: KV hit % at "
+            + ", ".join(
+                f"{p.ttl.total_seconds() / 3600:g}h {p.kv_hit_rate:.2f}" for p in w.candidates
+            )
+            + f" (now {w.observed_kv_hit_rate:.2f}); recommended {best.ttl} |"
+        )
     return 0
 
 

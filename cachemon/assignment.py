@@ -9,7 +9,7 @@ is really 129/256 vs 127/256, because byte 255 maps to 1.0 and falls through.
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def seed_sha256_byte(key: str, experiment: str, weights: Sequence[float]) -> int:

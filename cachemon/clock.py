@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 
 from cachemon.errors import InputError
@@ -22,15 +22,15 @@ CLOCK_SKEW = timedelta(minutes=5)
 # The instants cachemon accepts. Wide enough for any data, narrow enough that
 # windows, durations and days around them stay far from datetime's limits
 # (years 1 and 9999), so arithmetic on them never overflows.
-EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
-LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 # The longest duration accepted anywhere (a silence, a window, a TTL).
 MAX_DURATION = timedelta(days=36525)
 
 
 def utcnow() -> datetime:
     """The current UTC instant; only shells call this."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def parse_duration(text: str, what: str = "duration") -> timedelta:
@@ -70,11 +70,15 @@ def parse_instant(text: str, what: str = "time") -> datetime:
             f"{what}: {text!r} is not an ISO 8601 time like 2026-11-28T15:00:00Z"
         ) from None
     if not EARLIEST <= dt < LATEST:
-        raise InputError(f"{what}: {text!r} is outside the supported years {EARLIEST.year} to {LATEST.year - 1}")
+        raise InputError(
+            f"{what}: {text!r} is outside the supported years {EARLIEST.year} to {LATEST.year - 1}"
+        )
     return dt
 
 
-def check_not_future(at: datetime, now: datetime, what: str = "--at", skew: timedelta = CLOCK_SKEW) -> datetime:
+def check_not_future(
+    at: datetime, now: datetime, what: str = "--at", skew: timedelta = CLOCK_SKEW
+) -> datetime:
     """Refuse, for anything that writes, an instant beyond `now` plus `skew`
     (the configured [ingest] clock_skew; CLOCK_SKEW by default): evaluating
     or compacting a future with no data would store results about nothing
@@ -90,13 +94,13 @@ def check_not_future(at: datetime, now: datetime, what: str = "--at", skew: time
 def as_utc(dt: datetime) -> datetime:
     """Aware UTC datetime; naive input is taken to be UTC already."""
     if dt.tzinfo is None:
-        return dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
 
 
 def floor_to(dt: datetime, step: timedelta) -> datetime:
     """Floor an aware datetime to a multiple of `step` since the epoch."""
-    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
     n = (as_utc(dt) - epoch) // step
     return epoch + n * step
 
@@ -124,7 +128,7 @@ class Period(Enum):
         return parse_duration(self.value)
 
     @classmethod
-    def parse(cls, text: str) -> "Period":
+    def parse(cls, text: str) -> Period:
         for p in cls:
             if p.value == text:
                 return p
@@ -143,10 +147,12 @@ class Window:
         if self.start.tzinfo is None or self.end.tzinfo is None:
             raise ValueError("Window bounds must be timezone-aware UTC datetimes")
         if self.end < self.start:
-            raise InputError(f"window end {self.end.isoformat()} is before start {self.start.isoformat()}")
+            raise InputError(
+                f"window end {self.end.isoformat()} is before start {self.start.isoformat()}"
+            )
 
     @classmethod
-    def ending(cls, end: datetime, length: timedelta) -> "Window":
+    def ending(cls, end: datetime, length: timedelta) -> Window:
         """The window of `length` ending at `end` floored to the minute."""
         e = floor_to(end, MINUTE)
         return cls(e - length, e)
@@ -155,11 +161,11 @@ class Window:
     def length(self) -> timedelta:
         return self.end - self.start
 
-    def previous(self) -> "Window":
+    def previous(self) -> Window:
         """The window of the same length just before this one."""
         return Window(self.start - self.length, self.start)
 
-    def split(self, step: timedelta) -> list["Window"]:
+    def split(self, step: timedelta) -> list[Window]:
         """Consecutive windows of at most `step`, aligned to multiples of step."""
         out, cur = [], self.start
         while cur < self.end:

@@ -15,6 +15,7 @@ import os
 import stat
 import tomllib
 from dataclasses import fields, replace
+from datetime import timedelta
 from pathlib import Path
 
 from cachemon.alerts.rules import parse_rules
@@ -22,10 +23,9 @@ from cachemon.argcheck import file_kind
 from cachemon.clock import parse_duration
 from cachemon.errors import ConfigError
 from cachemon.pricing import parse as parse_pricing
-from datetime import timedelta
-
 from cachemon.settings import _SECTIONS, AlertsConfig, Config, CostsConfig
 from cachemon.tuning.experiments import parse as parse_experiments
+
 
 def load(path: str | os.PathLike | None = None, env: dict | None = None) -> Config:
     """Load the config file named by `path` or CACHEMON_CONFIG (if any)."""
@@ -36,7 +36,9 @@ def load(path: str | os.PathLike | None = None, env: dict | None = None) -> Conf
         cfg = _from_file(Path(path))
     if env.get("CACHEMON_DATASET"):
         try:
-            cfg = replace(cfg, analytics_engine=replace(cfg.analytics_engine, dataset=env["CACHEMON_DATASET"]))
+            cfg = replace(
+                cfg, analytics_engine=replace(cfg.analytics_engine, dataset=env["CACHEMON_DATASET"])
+            )
         except ConfigError as exc:
             raise ConfigError(f"CACHEMON_DATASET: {exc}") from None
     db = env.get("CACHEMON_DB")
@@ -60,16 +62,18 @@ def _read_config(path: Path) -> str:
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(f"config file {path} is {file_kind(st.st_mode)}, not a regular file")
         if st.st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes; is it a config file?")
+            raise ConfigError(
+                f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes; is it a config file?"
+            )
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(MAX_CONFIG_BYTES + 1)
     finally:
         os.close(fd)
     if len(data) > MAX_CONFIG_BYTES:  # grew while being read
-        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes; is it a config file?")
+        raise ConfigError(
+            f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes; is it a config file?"
+        )
     return data.decode("utf-8")
-
-
 
 
 def _from_file(path: Path) -> Config:
@@ -90,7 +94,9 @@ def _from_file(path: Path) -> Config:
     for name, value in data.items():
         if name == "source":
             if value not in ("simulator", "analytics_engine"):
-                raise ConfigError(f"{path}: source = {value!r}: use 'simulator' or 'analytics_engine'")
+                raise ConfigError(
+                    f"{path}: source = {value!r}: use 'simulator' or 'analytics_engine'"
+                )
             parts["source"] = value
         elif name == "pricing":
             parts["pricing"] = parse_pricing(str(path), value)
@@ -105,7 +111,6 @@ def _from_file(path: Path) -> Config:
     if "alerts" in parts:
         parts["alerts"] = _alerts(path, data["alerts"], parts["alerts"])
     if "experiments" in data:
-
         endpoints = tuple(e for e, _ in parts.get("costs", CostsConfig()).kv_ttl)
         parts["experiments"] = parse_experiments(str(path), data["experiments"], endpoints)
     return Config(**parts)
@@ -129,7 +134,9 @@ def _alerts(path: Path, raw: dict, scalars: AlertsConfig) -> AlertsConfig:
     """[alerts] with its rules: built-ins, overrides and the user's own."""
 
     rules = parse_rules(str(path), raw.get("rules", []), scalars.builtin_rules, scalars.disable)
-    return replace(scalars, rules=rules) if rules else replace(scalars, rules=(), builtin_rules=False)
+    return (
+        replace(scalars, rules=rules) if rules else replace(scalars, rules=(), builtin_rules=False)
+    )
 
 
 def _section(path: Path, name: str, cls, values: dict):
@@ -159,7 +166,9 @@ def _coerce(path: Path, where: str, default, value):
             raise ConfigError(f"{path}: {exc}") from None
     if isinstance(default, tuple) and default and isinstance(default[0], tuple):
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise ConfigError(f"{path}: {where} must be a table of durations like {{ title = \"24h\" }}")
+            raise ConfigError(
+                f'{path}: {where} must be a table of durations like {{ title = "24h" }}'
+            )
         try:
             return tuple(sorted((k, parse_duration(v, f"{where}.{k}")) for k, v in value.items()))
         except Exception as exc:

@@ -7,9 +7,9 @@ columnar (a pyarrow Table) because a week is tens of millions of them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -55,8 +55,8 @@ DEFAULTS = {
 
 # Sane bounds: a value outside them is a unit mix-up or garbage, and one such
 # value would dominate every sum it enters (1e308 * sample_interval is inf).
-EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
-LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)  # the hard limit when no `latest` is given
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)  # the hard limit when no `latest` is given
 MAX_LATENCY_MS = 3_600_000.0  # an hour: no request waits longer (Workers time out far sooner)
 MAX_BYTES = 5e12  # 5 TB, the largest R2 object
 MAX_GAUGE = 1e18  # an exabyte: gauges (queue depth, storage bytes) carry their value in latency_ms
@@ -77,7 +77,7 @@ class EventFrame:
         return self.table.num_rows
 
     @classmethod
-    def empty(cls) -> "EventFrame":
+    def empty(cls) -> EventFrame:
         return cls(SCHEMA.empty_table())
 
     def time_range(self):
@@ -95,8 +95,12 @@ def _default_label(i: int) -> str:
     return f"row {i + 1}"
 
 
-def validate(table: pa.Table, origin: str, row_label: RowLabel = _default_label,
-             latest: datetime | None = None) -> EventFrame:
+def validate(
+    table: pa.Table,
+    origin: str,
+    row_label: RowLabel = _default_label,
+    latest: datetime | None = None,
+) -> EventFrame:
     """Check and normalise raw events; raise InputError naming `origin`, the
     first offending row and the field, without changing anything. Events
     after `latest` (now plus the clock-skew tolerance) are refused: one
@@ -104,8 +108,11 @@ def validate(table: pa.Table, origin: str, row_label: RowLabel = _default_label,
     check_unique_columns(table.column_names, origin)
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing and (not set(missing) <= set(GAUGE_OPTIONAL) or _has_requests(table)):
-        why = " (request rows need them; a file of gauge rows only may leave out tier, key and endpoint)" \
-            if set(missing) <= set(GAUGE_OPTIONAL) else ""
+        why = (
+            " (request rows need them; a file of gauge rows only may leave out tier, key and endpoint)"
+            if set(missing) <= set(GAUGE_OPTIONAL)
+            else ""
+        )
         raise InputError(f"{origin}: missing required column(s) {', '.join(missing)}{why}")
     n = table.num_rows
     cols = {}
@@ -113,7 +120,11 @@ def validate(table: pa.Table, origin: str, row_label: RowLabel = _default_label,
         if name in table.column_names:
             cols[name] = table[name]
         else:  # a default, or "" for a gauge row's tier, key and endpoint (as the simulator writes them)
-            cols[name] = pa.chunked_array([pa.array([DEFAULTS.get(name, "")] * n, SCHEMA.field(name).type)]) if n else pa.chunked_array([], SCHEMA.field(name).type)
+            cols[name] = (
+                pa.chunked_array([pa.array([DEFAULTS.get(name, "")] * n, SCHEMA.field(name).type)])
+                if n
+                else pa.chunked_array([], SCHEMA.field(name).type)
+            )
     fail = _Failer(origin, row_label)
     cols["timestamp"] = _timestamps(cols["timestamp"], fail, latest)
     for name in ("tier", "key", "endpoint", "experiment", "cohort", "status", "kind"):
@@ -129,7 +140,9 @@ def check_unique_columns(names, origin: str) -> None:
     header): which one is meant cannot be known."""
     twice = sorted({n for n in names if n in SCHEMA.names and list(names).count(n) > 1})
     if twice:
-        raise InputError(f"{origin}: column(s) {', '.join(twice)} appear more than once; keep one of each")
+        raise InputError(
+            f"{origin}: column(s) {', '.join(twice)} appear more than once; keep one of each"
+        )
 
 
 def _has_requests(table: pa.Table) -> bool:
@@ -153,7 +166,9 @@ class _Failer:
         count = pc.sum(bad).as_py() or 0
         if count == 0:
             return
-        first = pc.indices_nonzero(pa.concat_arrays(bad.chunks) if isinstance(bad, pa.ChunkedArray) else bad)[0].as_py()
+        first = pc.indices_nonzero(
+            pa.concat_arrays(bad.chunks) if isinstance(bad, pa.ChunkedArray) else bad
+        )[0].as_py()
         more = f" (and {count - 1} more rows)" if count > 1 else ""
         raise InputError(f"{self.origin}: {self.row_label(first)}{more}: {field} {problem(first)}")
 
@@ -170,12 +185,25 @@ def _timestamps(col: pa.ChunkedArray, fail: _Failer, latest: datetime | None) ->
     elif pa.types.is_string(t) or pa.types.is_large_string(t):
         out = _parse_iso(col, fail)
     else:
-        raise InputError(f"{fail.origin}: column timestamp has type {t}; use ISO 8601 text or epoch milliseconds")
-    fail.check(pc.less(out, pa.scalar(EARLIEST, out.type)), "timestamp",
-               lambda i: f"{out[i].as_py().isoformat()} is before 2000-01-01")
+        raise InputError(
+            f"{fail.origin}: column timestamp has type {t}; use ISO 8601 text or epoch milliseconds"
+        )
+    fail.check(
+        pc.less(out, pa.scalar(EARLIEST, out.type)),
+        "timestamp",
+        lambda i: f"{out[i].as_py().isoformat()} is before 2000-01-01",
+    )
     hi = min(latest, LATEST) if latest is not None else LATEST
-    why = "is in the future (after now plus the clock-skew tolerance [ingest] clock_skew)" if latest else "is after 2199"
-    fail.check(pc.greater(out, pa.scalar(hi, out.type)), "timestamp", lambda i: f"{out[i].as_py().isoformat()} {why}")
+    why = (
+        "is in the future (after now plus the clock-skew tolerance [ingest] clock_skew)"
+        if latest
+        else "is after 2199"
+    )
+    fail.check(
+        pc.greater(out, pa.scalar(hi, out.type)),
+        "timestamp",
+        lambda i: f"{out[i].as_py().isoformat()} {why}",
+    )
     return out
 
 
@@ -187,8 +215,11 @@ def _checked_cast(col: pa.ChunkedArray, fail: _Failer) -> pa.ChunkedArray:
     per_ms = {"s": 0.001, "ms": 1, "us": 1000, "ns": 1_000_000}[unit]
     raw = col.cast(pa.int64())
     lo, hi = int(_MS_LO * per_ms), int(_MS_HI * per_ms)
-    fail.check(pc.or_(pc.less(raw, lo), pc.greater(raw, hi)), "timestamp",
-               lambda i: f"{raw[i].as_py()} ({unit} since 1970) is outside 2000-2199")
+    fail.check(
+        pc.or_(pc.less(raw, lo), pc.greater(raw, hi)),
+        "timestamp",
+        lambda i: f"{raw[i].as_py()} ({unit} since 1970) is outside 2000-2199",
+    )
     # Truncating sub-microsecond digits is fine; the range is checked above.
     return pc.cast(col, pa.timestamp("us", tz="UTC"), safe=False)
 
@@ -200,8 +231,13 @@ def _epoch_ms(col: pa.ChunkedArray, fail: _Failer) -> pa.ChunkedArray:
     # Compared as floats first: a uint64 above 2**63 does not fit int64,
     # and every value in range is exact as a float.
     approx = col.cast(pa.float64(), safe=False)
-    fail.check(pc.or_(pc.less(approx, _MS_LO), pc.greater(approx, _MS_HI)), "timestamp",
-               lambda i: f"{col[i].as_py()} is not epoch milliseconds in 2000-2199{_unit_hint(col[i].as_py())}")
+    fail.check(
+        pc.or_(pc.less(approx, _MS_LO), pc.greater(approx, _MS_HI)),
+        "timestamp",
+        lambda i: (
+            f"{col[i].as_py()} is not epoch milliseconds in 2000-2199{_unit_hint(col[i].as_py())}"
+        ),
+    )
     ms = col.cast(pa.int64())
     return pc.multiply(ms, 1000).cast(pa.timestamp("us", tz="UTC"))
 
@@ -224,7 +260,9 @@ def _parse_iso(col: pa.ChunkedArray, fail: _Failer) -> pa.ChunkedArray:
     bad = parsed.isna().to_numpy()
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        fail.check(pa.array(bad), "timestamp", lambda _: f"{values.iloc[i]!r} is not an ISO 8601 time")
+        fail.check(
+            pa.array(bad), "timestamp", lambda _: f"{values.iloc[i]!r} is not an ISO 8601 time"
+        )
     return pa.chunked_array([pa.array(parsed.dt.as_unit("us"), type=pa.timestamp("us", tz="UTC"))])
 
 
@@ -254,8 +292,13 @@ def _valid_utf8(col: pa.ChunkedArray) -> pa.ChunkedArray:
         return col
     except pa.ArrowInvalid:
         raw = col.cast(pa.binary()).to_pylist()
-        return pa.chunked_array([pa.array([None if b is None else b.decode("utf-8", "replace") for b in raw],
-                                          pa.string())])
+        return pa.chunked_array(
+            [
+                pa.array(
+                    [None if b is None else b.decode("utf-8", "replace") for b in raw], pa.string()
+                )
+            ]
+        )
 
 
 def _numbers(col: pa.ChunkedArray, name: str, fail: _Failer) -> pa.ChunkedArray:
@@ -270,40 +313,70 @@ def _numbers(col: pa.ChunkedArray, name: str, fail: _Failer) -> pa.ChunkedArray:
     if name in DEFAULTS:
         col = pc.fill_null(col, DEFAULTS[name])
     fail.check(pc.is_null(col), name, lambda i: "is missing")
-    fail.check(pc.invert(pc.is_finite(col)), name, lambda i: f"is not a finite number ({col[i].as_py()})")
+    fail.check(
+        pc.invert(pc.is_finite(col)), name, lambda i: f"is not a finite number ({col[i].as_py()})"
+    )
     return col
 
 
 def _check_values(cols: dict, fail: _Failer) -> None:
     kind = cols["kind"]
-    fail.check(pc.invert(pc.is_in(kind, pa.array(KINDS))), "kind",
-               lambda i: f"{kind[i].as_py()!r} is unknown (use one of {', '.join(KINDS)})")
+    fail.check(
+        pc.invert(pc.is_in(kind, pa.array(KINDS))),
+        "kind",
+        lambda i: f"{kind[i].as_py()!r} is unknown (use one of {', '.join(KINDS)})",
+    )
     is_req = pc.equal(kind, "request")
     tier = cols["tier"]
-    fail.check(pc.and_(is_req, pc.invert(pc.is_in(tier, pa.array(TIERS)))), "tier",
-               lambda i: f"{tier[i].as_py()!r} is unknown (use one of {', '.join(TIERS)})")
+    fail.check(
+        pc.and_(is_req, pc.invert(pc.is_in(tier, pa.array(TIERS)))),
+        "tier",
+        lambda i: f"{tier[i].as_py()!r} is unknown (use one of {', '.join(TIERS)})",
+    )
     status = cols["status"]
-    fail.check(pc.invert(pc.is_in(status, pa.array(STATUSES))), "status",
-               lambda i: f"{status[i].as_py()!r} is unknown (use ok or error)")
+    fail.check(
+        pc.invert(pc.is_in(status, pa.array(STATUSES))),
+        "status",
+        lambda i: f"{status[i].as_py()!r} is unknown (use ok or error)",
+    )
     for name in ("key", "endpoint"):
         col = cols[name]
         # Kleene logic: a null must count as empty, not make the test unknown.
-        fail.check(pc.and_kleene(is_req, pc.or_kleene(pc.is_null(col), pc.equal(col, ""))), name,
-                   lambda i: "is empty")
+        fail.check(
+            pc.and_kleene(is_req, pc.or_kleene(pc.is_null(col), pc.equal(col, ""))),
+            name,
+            lambda i: "is empty",
+        )
     for name in NAME_FIELDS:
         col = cols[name]
-        fail.check(pc.match_substring_regex(col, CONTROL_CHARS), name,
-                   lambda i, c=col: f"{c[i].as_py()!r} contains a control character (NUL, ESC, CR, …)")
+        fail.check(
+            pc.match_substring_regex(col, CONTROL_CHARS),
+            name,
+            lambda i, c=col: f"{c[i].as_py()!r} contains a control character (NUL, ESC, CR, …)",
+        )
     lat = cols["latency_ms"]
     fail.check(pc.less(lat, 0), "latency_ms", lambda i: f"is negative ({lat[i].as_py()})")
-    fail.check(pc.and_(is_req, pc.greater(lat, MAX_LATENCY_MS)), "latency_ms",
-               lambda i: f"{lat[i].as_py():g} is beyond the limit of {MAX_LATENCY_MS:g} ms (an hour)")
-    fail.check(pc.greater(lat, MAX_GAUGE), "latency_ms",
-               lambda i: f"{lat[i].as_py():g} is beyond the gauge limit of {MAX_GAUGE:g}")
+    fail.check(
+        pc.and_(is_req, pc.greater(lat, MAX_LATENCY_MS)),
+        "latency_ms",
+        lambda i: f"{lat[i].as_py():g} is beyond the limit of {MAX_LATENCY_MS:g} ms (an hour)",
+    )
+    fail.check(
+        pc.greater(lat, MAX_GAUGE),
+        "latency_ms",
+        lambda i: f"{lat[i].as_py():g} is beyond the gauge limit of {MAX_GAUGE:g}",
+    )
     b = cols["bytes"]
     fail.check(pc.less(b, 0), "bytes", lambda i: f"is negative ({b[i].as_py()})")
-    fail.check(pc.greater(b, MAX_BYTES), "bytes", lambda i: f"{b[i].as_py():g} is beyond the limit of {MAX_BYTES:g} (5 TB)")
+    fail.check(
+        pc.greater(b, MAX_BYTES),
+        "bytes",
+        lambda i: f"{b[i].as_py():g} is beyond the limit of {MAX_BYTES:g} (5 TB)",
+    )
     si = cols["sample_interval"]
     fail.check(pc.less(si, 1), "sample_interval", lambda i: f"must be at least 1 ({si[i].as_py()})")
-    fail.check(pc.greater(si, MAX_SAMPLE_INTERVAL), "sample_interval",
-               lambda i: f"{si[i].as_py():g} is beyond the limit of {MAX_SAMPLE_INTERVAL:g}")
+    fail.check(
+        pc.greater(si, MAX_SAMPLE_INTERVAL),
+        "sample_interval",
+        lambda i: f"{si[i].as_py():g} is beyond the limit of {MAX_SAMPLE_INTERVAL:g}",
+    )

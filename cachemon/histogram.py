@@ -46,7 +46,7 @@ class Histogram:
     counts: tuple[float, ...]
 
     @classmethod
-    def from_pairs(cls, buckets, counts) -> "Histogram":
+    def from_pairs(cls, buckets, counts) -> Histogram:
         b = np.asarray(buckets, dtype=np.int64)
         c = np.asarray(counts, dtype=np.float64)
         order = np.argsort(b, kind="stable")
@@ -59,7 +59,9 @@ class Histogram:
     def quantile(self, q: float) -> float | None:
         """The q-quantile (inverted CDF: smallest value whose cumulative
         weight reaches q of the total), or None for an empty histogram."""
-        return sorted_quantiles(np.asarray(self.buckets, dtype=np.int64), np.asarray(self.counts), (q,))[0]
+        return sorted_quantiles(
+            np.asarray(self.buckets, dtype=np.int64), np.asarray(self.counts), (q,)
+        )[0]
 
 
 def grouped_quantiles(groups, buckets: np.ndarray, counts: np.ndarray, qs) -> dict:
@@ -69,8 +71,10 @@ def grouped_quantiles(groups, buckets: np.ndarray, counts: np.ndarray, qs) -> di
         return {}
     buckets, counts = np.asarray(buckets, dtype=np.int64), np.asarray(counts, dtype=np.float64)
     cuts = np.flatnonzero(np.asarray(groups[1:] != groups[:-1])) + 1
-    return {groups[lo]: tuple(sorted_quantiles(buckets[lo:hi], counts[lo:hi], qs))
-            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(buckets)])}
+    return {
+        groups[lo]: tuple(sorted_quantiles(buckets[lo:hi], counts[lo:hi], qs))
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(buckets)])
+    }
 
 
 def sorted_quantiles(buckets: np.ndarray, counts: np.ndarray, qs) -> list[float | None]:
@@ -84,5 +88,7 @@ def sorted_quantiles(buckets: np.ndarray, counts: np.ndarray, qs) -> list[float 
         return [None] * len(qs)
     # A relative tolerance keeps float rounding of the running sum from
     # stepping past the bucket that really holds the quantile.
-    idx = np.minimum(np.searchsorted(cum, np.asarray(qs) * cum[-1] * (1 - 1e-12), side="left"), len(cum) - 1)
+    idx = np.minimum(
+        np.searchsorted(cum, np.asarray(qs) * cum[-1] * (1 - 1e-12), side="left"), len(cum) - 1
+    )
     return [float(v) for v in bucket_value(buckets[idx])]

@@ -15,8 +15,8 @@ import concurrent.futures
 import functools
 import logging
 import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import httpx
 
@@ -55,9 +55,18 @@ class Answer:
         return self.body.decode("utf-8", "replace")
 
 
-def call(method: str, url: str, *, limit: float, max_bytes: int, headers: Mapping[str, str] | None = None,
-         content: bytes | None = None, json=None, want_body: Callable[[int], bool] = lambda status: True,
-         transport: httpx.AsyncBaseTransport | None = None) -> Answer:
+def call(
+    method: str,
+    url: str,
+    *,
+    limit: float,
+    max_bytes: int,
+    headers: Mapping[str, str] | None = None,
+    content: bytes | None = None,
+    json=None,
+    want_body: Callable[[int], bool] = lambda status: True,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Answer:
     """Send one request and read its answer within `limit` seconds in all.
     The body is read only if `want_body(status)` (a webhook's acceptance
     needs no body), and only up to `max_bytes`."""
@@ -70,8 +79,9 @@ def call(method: str, url: str, *, limit: float, max_bytes: int, headers: Mappin
         # DNS (asyncio.run would wait for it, past the deadline).
         loop = asyncio.new_event_loop()
         try:
-            return loop.run_until_complete(_call(method, url, limit, max_bytes, headers, content, json, want_body,
-                                                 transport))
+            return loop.run_until_complete(
+                _call(method, url, limit, max_bytes, headers, content, json, want_body, transport)
+            )
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
@@ -142,21 +152,31 @@ def _tls() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-async def _call(method, url, limit, max_bytes, headers, content, json, want_body, transport) -> Answer:
+async def _call(
+    method, url, limit, max_bytes, headers, content, json, want_body, transport
+) -> Answer:
     try:
         async with asyncio.timeout(limit):
-            async with httpx.AsyncClient(timeout=limit, transport=transport, verify=_tls()) as client:
-                async with client.stream(method, url, headers=headers, content=content, json=json) as r:
+            async with httpx.AsyncClient(
+                timeout=limit, transport=transport, verify=_tls()
+            ) as client:
+                async with client.stream(
+                    method, url, headers=headers, content=content, json=json
+                ) as r:
                     body, complete = b"", True
                     if want_body(r.status_code):
                         body, complete = await _read(r, max_bytes)
-                    return Answer(r.status_code, {k.lower(): v for k, v in r.headers.items()}, body, complete)
+                    return Answer(
+                        r.status_code, {k.lower(): v for k, v in r.headers.items()}, body, complete
+                    )
     except (TimeoutError, httpx.TimeoutException):
         raise DeadlineExceeded(f"no complete answer within {limit:g} s") from None
     except (httpx.InvalidURL, httpx.UnsupportedProtocol):
         raise BadRequest("the URL is not a valid http(s) URL") from None
     except httpx.LocalProtocolError:
-        raise BadRequest("a header value cannot be sent (a line break or control character?)") from None
+        raise BadRequest(
+            "a header value cannot be sent (a line break or control character?)"
+        ) from None
     except httpx.HTTPError as exc:
         raise Unreachable(type(exc).__name__) from None
     except UnicodeError:

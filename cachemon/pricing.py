@@ -82,17 +82,25 @@ def parse(where: str, raw: dict) -> Pricing:
             version = value
             continue
         if name not in DEFAULT:
-            raise ConfigError(f"{where}: [pricing] unknown component {name!r}; components: {', '.join(COMPONENTS)}")
+            raise ConfigError(
+                f"{where}: [pricing] unknown component {name!r}; components: {', '.join(COMPONENTS)}"
+            )
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: [pricing.{name}] must be a table with price, per, included")
+            raise ConfigError(
+                f"{where}: [pricing.{name}] must be a table with price, per, included"
+            )
         changes = {}
         for field, v in value.items():
             if field not in ("price", "per", "included"):
-                raise ConfigError(f"{where}: [pricing.{name}] unknown field {field!r}; use price, per, included")
+                raise ConfigError(
+                    f"{where}: [pricing.{name}] unknown field {field!r}; use price, per, included"
+                )
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
                 raise ConfigError(f"{where}: [pricing.{name}] {field} must be a number, got {v!r}")
             if v < 0 or (field == "per" and v == 0):
-                raise ConfigError(f"{where}: [pricing.{name}] {field} must be {'positive' if field == 'per' else 'zero or more'}, got {v!r}")
+                raise ConfigError(
+                    f"{where}: [pricing.{name}] {field} must be {'positive' if field == 'per' else 'zero or more'}, got {v!r}"
+                )
             changes[field] = float(v)
         prices[name] = replace(prices[name], **changes)
     if version == VERSION and any(prices[k] != DEFAULT[k] for k in DEFAULT):

@@ -17,17 +17,26 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 MARK = "[redacted]"
 LIMIT = 300  # characters of remote text kept in a message
 MIN_SECRET = 4
 # The secrets cachemon reads (README, "Channels" and "Analytics Engine"), and
 # any later one named like them.
-SECRET_VARS = ("CF_API_TOKEN", "SMTP_PASSWORD", "MAILCHANNELS_API_KEY", "SLACK_WEBHOOK_URL", "DISCORD_WEBHOOK_URL",
-               "CACHEMON_API_TOKEN", "CACHEMON_HEARTBEAT_URL")
-_SECRET_NAME = re.compile(r"^(CF|CACHEMON|SMTP|MAILCHANNELS|SLACK|DISCORD)_\w*(TOKEN|PASSWORD|SECRET|KEY|_URL)$")
+SECRET_VARS = (
+    "CF_API_TOKEN",
+    "SMTP_PASSWORD",
+    "MAILCHANNELS_API_KEY",
+    "SLACK_WEBHOOK_URL",
+    "DISCORD_WEBHOOK_URL",
+    "CACHEMON_API_TOKEN",
+    "CACHEMON_HEARTBEAT_URL",
+)
+_SECRET_NAME = re.compile(
+    r"^(CF|CACHEMON|SMTP|MAILCHANNELS|SLACK|DISCORD)_\w*(TOKEN|PASSWORD|SECRET|KEY|_URL)$"
+)
 # URLs that are not secrets: their text stays readable.
 PUBLIC_URLS = ("CF_API_BASE", "MAILCHANNELS_API_URL", "CACHEMON_DASHBOARD_URL")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
@@ -43,7 +52,12 @@ def variants(value: str) -> set[str]:
     """The forms a secret can take in text: itself, URL- and JSON-escaped,
     and for a URL its path, query, password and token-like parts."""
     value = value.strip()
-    out = {value, urllib.parse.quote(value, safe=""), urllib.parse.quote(value), json.dumps(value)[1:-1]}
+    out = {
+        value,
+        urllib.parse.quote(value, safe=""),
+        urllib.parse.quote(value),
+        json.dumps(value)[1:-1],
+    }
     if "://" in value:
         out |= _url_parts(value)
     return {v for v in out if len(v) >= MIN_SECRET}
@@ -74,10 +88,10 @@ class Redactor:
     forms: tuple[str, ...] = ()  # longest first, so a secret's part never leaves the rest
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "Redactor":
+    def from_env(cls, env: Mapping[str, str]) -> Redactor:
         return cls().plus(*(env[k] for k in secret_names(env)))
 
-    def plus(self, *secrets: str) -> "Redactor":
+    def plus(self, *secrets: str) -> Redactor:
         """This redactor and these secret values (empty ones ignored)."""
         forms = set(self.forms)
         for s in secrets:

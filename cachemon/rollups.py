@@ -20,7 +20,7 @@ Counts are sums of `sample_interval`, never row counts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import duckdb
 import pyarrow as pa
@@ -70,7 +70,9 @@ GROUP BY key, experiment, cohort, t, whole_hour
 
 
 # "Every hour is whole": the bounds used for imports, which have no window.
-ALL_HOURS = Window(datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(2200, 1, 1, tzinfo=timezone.utc))
+ALL_HOURS = Window(
+    datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
+)
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,9 @@ def whole_hours(window: Window | None) -> tuple[datetime, datetime] | None:
     return (lo, hi) if lo < hi else (window.end, window.end)
 
 
-def from_events(con: duckdb.DuckDBPyConnection, frame: EventFrame, window: Window | None) -> Rollups:
+def from_events(
+    con: duckdb.DuckDBPyConnection, frame: EventFrame, window: Window | None
+) -> Rollups:
     """Aggregate events with DuckDB (a scratch connection is fine)."""
     lo, hi = whole_hours(window) or (ALL_HOURS.start, ALL_HOURS.end)
     con.register("batch", frame.table)

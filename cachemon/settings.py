@@ -28,7 +28,9 @@ if TYPE_CHECKING:  # annotations only: the parsers live above this module
 DEFAULT_DB = "data/cachemon.duckdb"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 # Deliberately strict: no spaces, quotes, commas or newlines can reach a header.
-EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\Z")  # \Z: `$` would accept a trailing newline
+EMAIL_RE = re.compile(
+    r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\Z"
+)  # \Z: `$` would accept a trailing newline
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,10 @@ class RetentionConfig:
         if self.minute_days < 1:
             raise ConfigError(f"[retention] minute_days = {self.minute_days} must be at least 1")
         if self.hour_days < self.minute_days:
-            raise ConfigError(f"[retention] hour_days = {self.hour_days} must be at least minute_days "
-                              f"({self.minute_days}): hours are made from minutes")
+            raise ConfigError(
+                f"[retention] hour_days = {self.hour_days} must be at least minute_days "
+                f"({self.minute_days}): hours are made from minutes"
+            )
 
 
 # Key classes by requests per day: hot above 100, cold under 10 a month.
@@ -94,8 +98,16 @@ COLD_PER_DAY = 10.0 / 30.0
 
 # The Worker's TTLs per endpoint: what the simulator runs and, until told
 # otherwise ([costs]), what cachemon assumes the real Worker uses.
-KV_TTL = (("author", timedelta(days=7)), ("isbn", timedelta(days=30)), ("title", timedelta(hours=24)))
-EDGE_TTL = (("author", timedelta(hours=6)), ("isbn", timedelta(hours=24)), ("title", timedelta(hours=6)))
+KV_TTL = (
+    ("author", timedelta(days=7)),
+    ("isbn", timedelta(days=30)),
+    ("title", timedelta(hours=24)),
+)
+EDGE_TTL = (
+    ("author", timedelta(hours=6)),
+    ("isbn", timedelta(hours=24)),
+    ("title", timedelta(hours=6)),
+)
 
 
 @dataclass(frozen=True)
@@ -118,17 +130,34 @@ class SimulatorConfig:
     def __post_init__(self):
         # Refused here, before a demo or the runner starts: a bad value would
         # otherwise fail deep inside numpy, after the old data was replaced.
-        limits = {"seed": (0, 2**32 - 1), "requests_per_hour": (1e-6, 1e8), "catalog_keys": (1, 10_000_000),
-                  "zipf_alpha": (0, 10), "colos": (1, 1000), "long_tail_share": (0, 1),
-                  "sample_threshold_per_minute": (1e-6, 1e12), "origin_error_rate": (0, 1)}
+        limits = {
+            "seed": (0, 2**32 - 1),
+            "requests_per_hour": (1e-6, 1e8),
+            "catalog_keys": (1, 10_000_000),
+            "zipf_alpha": (0, 10),
+            "colos": (1, 1000),
+            "long_tail_share": (0, 1),
+            "sample_threshold_per_minute": (1e-6, 1e12),
+            "origin_error_rate": (0, 1),
+        }
         for name, (low, high) in limits.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                raise ConfigError(f"[simulator] {name} = {value!r} must be from {low:g} to {high:g}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not low <= value <= high
+            ):
+                raise ConfigError(
+                    f"[simulator] {name} = {value!r} must be from {low:g} to {high:g}"
+                )
         for name in ("kv_ttl", "edge_ttl"):
             ttl = getattr(self, name)
-            if {e for e, _ in ttl} != {"title", "isbn", "author"} or any(t <= timedelta(0) for _, t in ttl):
-                raise ConfigError(f"[simulator] {name} needs a positive TTL for each of title, isbn and author")
+            if {e for e, _ in ttl} != {"title", "isbn", "author"} or any(
+                t <= timedelta(0) for _, t in ttl
+            ):
+                raise ConfigError(
+                    f"[simulator] {name} needs a positive TTL for each of title, isbn and author"
+                )
 
 
 @dataclass(frozen=True)
@@ -142,9 +171,13 @@ class AnalyticsEngineConfig:
 
     def __post_init__(self):
         if not _IDENT.match(self.dataset):
-            raise ConfigError(f"[analytics_engine] dataset = {self.dataset!r} is not a dataset name")
+            raise ConfigError(
+                f"[analytics_engine] dataset = {self.dataset!r} is not a dataset name"
+            )
         if self.overlap >= self.window * 24 or self.retries < 0:
-            raise ConfigError("[analytics_engine] overlap must be shorter than a day of windows; retries >= 0")
+            raise ConfigError(
+                "[analytics_engine] overlap must be shorter than a day of windows; retries >= 0"
+            )
 
 
 @dataclass(frozen=True)
@@ -183,14 +216,17 @@ class AlertsConfig:
     send_resolved: bool = True
     builtin_rules: bool = True
     disable: tuple[str, ...] = ()
-    rules: tuple[Rule, ...] = ()  # filled by config.load(); alerts.rules.effective() adds the built-ins
+    rules: tuple[
+        Rule, ...
+    ] = ()  # filled by config.load(); alerts.rules.effective() adds the built-ins
 
     def __post_init__(self):
         if self.evaluate_every < timedelta(minutes=1) or self.repeat_interval <= timedelta(0):
-            raise ConfigError("[alerts] evaluate_every must be at least 1m and repeat_interval positive")
+            raise ConfigError(
+                "[alerts] evaluate_every must be at least 1m and repeat_interval positive"
+            )
         if self.min_requests < 0:
             raise ConfigError("[alerts] min_requests must not be negative")
-
 
 
 @dataclass(frozen=True)
@@ -217,16 +253,22 @@ class NotifyConfig:
         if self.email_from and not EMAIL_RE.match(self.email_from):
             raise ConfigError(f"[notify] email_from: {self.email_from!r} is not an email address")
         if not re.match(r"^https?://[^\s]+$", self.dashboard_url):
-            raise ConfigError(f"[notify] dashboard_url: {self.dashboard_url!r} is not an http(s) URL")
+            raise ConfigError(
+                f"[notify] dashboard_url: {self.dashboard_url!r} is not an http(s) URL"
+            )
         if self.retry_base <= timedelta(0) or self.retry_max < self.retry_base:
-            raise ConfigError("[notify] retry_base must be positive and retry_max at least retry_base")
+            raise ConfigError(
+                "[notify] retry_base must be positive and retry_max at least retry_base"
+            )
 
 
 @dataclass(frozen=True)
 class CostsConfig:
     """[costs]: key classes, recommendations and the daily report."""
 
-    class_window: timedelta = timedelta(days=30)  # per-key rates over this span (or the data there is)
+    class_window: timedelta = timedelta(
+        days=30
+    )  # per-key rates over this span (or the data there is)
     archive_after: timedelta = timedelta(days=30)  # cold keys older than this: R2 candidates
     edge_target: float = 90.0  # hot keys below this edge hit rate (%): edge_optimization
     value_bytes: float = 600.0  # mean stored value size (KV/R2), for storage and puts
@@ -277,5 +319,3 @@ _SECTIONS = {
     "retention": RetentionConfig,
     "ingest": IngestConfig,
 }
-
-

@@ -27,23 +27,23 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable
 
 import schedule
 
 from cachemon import config as config_mod
 from cachemon.alerts import evaluate as alerts
-from cachemon.runner import heartbeat
-from cachemon.notify import outbox as notify
-from cachemon.ingest import load as pipeline
-from cachemon.costs import report
-from cachemon.runner import runs as runner
-from cachemon.store import db as store
 from cachemon.argcheck import finite
 from cachemon.clock import CLOCK_SKEW, as_utc, check_not_future, iso, parse_instant, utcnow
+from cachemon.costs import report
 from cachemon.errors import CachemonError, ConfigError, StoreBusyError, StoreDiskError, StoreError
+from cachemon.ingest import load as pipeline
+from cachemon.notify import outbox as notify
+from cachemon.runner import heartbeat
+from cachemon.runner import runs as runner
+from cachemon.store import db as store
 
 log = logging.getLogger("jobs")
 # Where the store's data ends, whatever the source.
@@ -71,8 +71,12 @@ class Jobs:
                 summary = pipeline.pull(self.cfg, client, now, publish=False)
         else:
             summary, self.sim = pipeline.simulate_until(self.cfg, now, self.sim, publish=False)
-        log.info("ingest: %d events in %d windows, store up to %s", summary.events, summary.windows,
-                 iso(summary.until))
+        log.info(
+            "ingest: %d events in %d windows, store up to %s",
+            summary.events,
+            summary.windows,
+            iso(summary.until),
+        )
         if not summary.events:
             self._not_ahead(now)
         return summary.events
@@ -84,15 +88,23 @@ class Jobs:
         with store.writer(self.cfg.store.path, now, publish=False) as con:
             until = store.first_row(con, LATEST_WATERMARK)[0]
         if until is not None and as_utc(until) - now > CLOCK_SKEW:
-            raise StoreError(f"the store's data runs to {iso(as_utc(until))}, after now ({iso(now)}): written by "
-                             "a clock ahead of real time; no new data is ingested until then")
+            raise StoreError(
+                f"the store's data runs to {iso(as_utc(until))}, after now ({iso(now)}): written by "
+                "a clock ahead of real time; no new data is ingested until then"
+            )
 
     def compact(self, now: datetime) -> int:
         with store.writer(self.cfg.store.path, now, publish=False) as con:
             n, kept = pipeline.compact(con, self.cfg, now)
-        log.info("compact: %d source(s) compacted; retention removed %d minute and %d hourly rows "
-                 "(minutes kept from %s, hours from %s)", n, kept.minute_rows, kept.hour_rows,
-                 iso(kept.horizons.minute), iso(kept.horizons.hour))
+        log.info(
+            "compact: %d source(s) compacted; retention removed %d minute and %d hourly rows "
+            "(minutes kept from %s, hours from %s)",
+            n,
+            kept.minute_rows,
+            kept.hour_rows,
+            iso(kept.horizons.minute),
+            iso(kept.horizons.hour),
+        )
         return n + kept.minute_rows + kept.hour_rows
 
     def alerts(self, now: datetime) -> int:
@@ -103,16 +115,22 @@ class Jobs:
                 if last is not None and as_utc(last) - now > CLOCK_SKEW:
                     # Written by a clock ahead of real time: "already evaluated" would hide
                     # that no alert is evaluated until real time passes it.
-                    raise StoreError(f"the last alert evaluation is dated {iso(as_utc(last))}, after now "
-                                     f"({iso(now)}): written by a clock ahead of real time; alerts are not "
-                                     "evaluated until then")
+                    raise StoreError(
+                        f"the last alert evaluation is dated {iso(as_utc(last))}, after now "
+                        f"({iso(now)}): written by a clock ahead of real time; alerts are not "
+                        "evaluated until then"
+                    )
                 log.info("alerts: %s already evaluated", iso(now))
                 return 0
             result = alerts.run(con, self.cfg, now, transports)
         firing = [s.rule for s in result.evaluation.states if s.state == "firing"]
-        log.info("alerts: %d instances, firing: %s; %d notification(s) queued, %d delivered",
-                 len(result.evaluation.states), ", ".join(firing) or "none", len(result.outbox),
-                 sum(d.ok for d in result.deliveries))
+        log.info(
+            "alerts: %d instances, firing: %s; %d notification(s) queued, %d delivered",
+            len(result.evaluation.states),
+            ", ".join(firing) or "none",
+            len(result.outbox),
+            sum(d.ok for d in result.deliveries),
+        )
         return len(result.outbox)
 
     def deliver(self, now: datetime) -> int:
@@ -120,7 +138,11 @@ class Jobs:
         with store.writer(self.cfg.store.path, now, publish=False) as con:
             results = notify.deliver(con, transports, self.cfg.notify, now)
         if results:
-            log.info("deliver: %d sent, %d failed", sum(d.ok for d in results), sum(not d.ok for d in results))
+            log.info(
+                "deliver: %d sent, %d failed",
+                sum(d.ok for d in results),
+                sum(not d.ok for d in results),
+            )
         return sum(d.ok for d in results)
 
     def report(self, now: datetime) -> int:
@@ -130,8 +152,13 @@ class Jobs:
             r = report.build(con, self.cfg, day, now)
             channels = report.queue(con, r, self.cfg, transports)
             notify.deliver(con, transports, self.cfg.notify, now)
-        log.info("report %s: %d recommendation(s), saving %.4f USD/day; queued for %s", day,
-                 len(r.recommendations), r.saving_per_day, ", ".join(channels) or "no channel")
+        log.info(
+            "report %s: %d recommendation(s), saving %.4f USD/day; queued for %s",
+            day,
+            len(r.recommendations),
+            r.saving_per_day,
+            ", ".join(channels) or "no channel",
+        )
         return len(channels)
 
     def experiments(self, now: datetime) -> int:
@@ -144,13 +171,22 @@ class Jobs:
             with store.writer(self.cfg.store.path, now, publish=False) as con:
                 act = promote.on_bad_config(con, self.cfg, str(exc), os.environ, transports, now)
                 notify.deliver(con, transports, self.cfg.notify, now)
-            log.error("experiments: config unreadable (%s); %s", exc, act.detail if act else "KV not configured")
+            log.error(
+                "experiments: config unreadable (%s); %s",
+                exc,
+                act.detail if act else "KV not configured",
+            )
             raise
         with store.writer(cfg.store.path, now, publish=False) as con:
             analyses, actions = promote.daily(con, cfg, now, os.environ, transports)
             notify.deliver(con, transports, cfg.notify, now)
         for a in analyses:
-            log.info("experiment %s: %s (%s keys)", a.experiment, a.decision, ", ".join(f"{c} {n}" for c, n in a.units))
+            log.info(
+                "experiment %s: %s (%s keys)",
+                a.experiment,
+                a.decision,
+                ", ".join(f"{c} {n}" for c, n in a.units),
+            )
         for act in actions:
             log.warning("%s: %s", act.action, act.detail)
         return len(analyses)
@@ -167,13 +203,18 @@ class Jobs:
             self.email_problem = ""
             rows = fn(now)
             if self.email_problem:
-                raise ConfigError(f"email left out: {self.email_problem}; the rest of the job "
-                                  "(evaluation, chat channels) was done")
+                raise ConfigError(
+                    f"email left out: {self.email_problem}; the rest of the job "
+                    "(evaluation, chat channels) was done"
+                )
             return rows
+
         return run
 
     def registry(self) -> list[tuple[runner.JobSpec, Callable[[datetime], int]]]:
-        return [(spec, self._guarded(getattr(self, spec.name))) for spec in runner.schedule(self.cfg)]
+        return [
+            (spec, self._guarded(getattr(self, spec.name))) for spec in runner.schedule(self.cfg)
+        ]
 
 
 # Jobs whose success means "cachemon is alive and watching": the heartbeat's pings.
@@ -211,7 +252,10 @@ class RunLog:
         if len(self.pending) > MAX_PENDING_RECORDS:
             dropped = len(self.pending) - MAX_PENDING_RECORDS
             del self.pending[:dropped]
-            log.error("run log: %d unrecorded run(s) dropped (the store refused writes for too long)", dropped)
+            log.error(
+                "run log: %d unrecorded run(s) dropped (the store refused writes for too long)",
+                dropped,
+            )
         self.flush()
 
     def flush(self) -> bool:
@@ -220,16 +264,24 @@ class RunLog:
             return True
         written = False
         try:
-            with store.writer(self.cfg.store.path, self.now_fn(), publish=False,
-                              wait=min(RECORD_WAIT_S, store.write_wait())) as con:
+            with store.writer(
+                self.cfg.store.path,
+                self.now_fn(),
+                publish=False,
+                wait=min(RECORD_WAIT_S, store.write_wait()),
+            ) as con:
                 with store.transaction(con):
                     for rec in self.pending:
                         runner.record_run(con, rec)
                 written = True
         except Exception as exc:
             if not written:
-                log.error("run log: could not record %s's run (%s); %d run(s) kept to record later",
-                          self.pending[-1].job, _one_line(exc), len(self.pending))
+                log.error(
+                    "run log: could not record %s's run (%s); %d run(s) kept to record later",
+                    self.pending[-1].job,
+                    _one_line(exc),
+                    len(self.pending),
+                )
                 return False
             log.warning("run log: recorded, but closing the store failed: %s", _one_line(exc))
         self.pending.clear()
@@ -251,8 +303,15 @@ class Shell:
     each time) is retried with back-off, PUBLISH_RETRY_MIN_S doubling to
     PUBLISH_RETRY_MAX_S, while the jobs go on."""
 
-    def __init__(self, cfg, r: runner.Runner, runlog: RunLog, clock, stopping: list,
-                 monotonic: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        cfg,
+        r: runner.Runner,
+        runlog: RunLog,
+        clock,
+        stopping: list,
+        monotonic: Callable[[], float] = time.monotonic,
+    ):
         self.cfg, self.r, self.runlog, self.clock, self.stopping = cfg, r, runlog, clock, stopping
         self.monotonic = monotonic
         self.unpublished = True  # the first tick publishes what the store holds
@@ -276,9 +335,13 @@ class Shell:
         try:
             store.publish_snapshot(self.cfg.store.path)
         except Exception as exc:  # a CachemonError is one line; anything else keeps its traceback
-            log.error("publish: %s; readers see the previous snapshot and no heartbeat is sent; "
-                      "trying again in %g s", _one_line(exc), self.retry_delay,
-                      exc_info=not isinstance(exc, CachemonError))
+            log.error(
+                "publish: %s; readers see the previous snapshot and no heartbeat is sent; "
+                "trying again in %g s",
+                _one_line(exc),
+                self.retry_delay,
+                exc_info=not isinstance(exc, CachemonError),
+            )
             self.retry_at = self.monotonic() + self.retry_delay
             self.retry_delay = min(2 * self.retry_delay, PUBLISH_RETRY_MAX_S)
             return
@@ -296,22 +359,34 @@ def _clock(start: str | None, speed: float, real: Callable[[], datetime] = utcno
     if start is None and speed == 1.0:
         return real
     # The runner writes: a clock may be started in the past, never ahead.
-    t0 = check_not_future(parse_instant(start, "--clock-start"), real(), "--clock-start") if start else real()
+    t0 = (
+        check_not_future(parse_instant(start, "--clock-start"), real(), "--clock-start")
+        if start
+        else real()
+    )
     m0 = time.monotonic()
-    return lambda: min(as_utc(t0 + timedelta(seconds=(time.monotonic() - m0) * speed)), as_utc(real()))
+    return lambda: min(
+        as_utc(t0 + timedelta(seconds=(time.monotonic() - m0) * speed)), as_utc(real())
+    )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs", description="cachemon job runner")
     parser.add_argument("--once", help="run one job now and exit (non-zero on failure)")
-    parser.add_argument("--list", action="store_true", help="print the schedule with next run times")
+    parser.add_argument(
+        "--list", action="store_true", help="print the schedule with next run times"
+    )
     parser.add_argument("--db", help="store file (default: CACHEMON_DB or data/cachemon.duckdb)")
     parser.add_argument("--config", help="TOML config file")
     parser.add_argument("--clock-start", help="start a simulated clock here (ISO 8601 UTC)")
-    parser.add_argument("--clock-speed", type=float, default=1.0, help="simulated seconds per second")
+    parser.add_argument(
+        "--clock-speed", type=float, default=1.0, help="simulated seconds per second"
+    )
     parser.add_argument("--verbose", action="store_true", help="also log each job's start")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.Formatter.converter = time.gmtime
     if args.verbose:  # cachemon's own loggers only: others may log URLs that hold secrets
         logging.getLogger("cachemon").setLevel(logging.DEBUG)
@@ -392,8 +467,13 @@ def _past_runs(last: dict[str, datetime], now: datetime) -> dict[str, datetime]:
     keep the job from running until real time caught up, in silence."""
     future = {job: t for job, t in last.items() if t - now > CLOCK_SKEW}
     for job, t in future.items():
-        log.warning("run log: %s's last run is dated %s, after now (%s): written by a clock ahead of real "
-                    "time; it runs as if it never ran", job, iso(t), iso(now))
+        log.warning(
+            "run log: %s's last run is dated %s, after now (%s): written by a clock ahead of real "
+            "time; it runs as if it never ran",
+            job,
+            iso(t),
+            iso(now),
+        )
     return {job: t for job, t in last.items() if job not in future}
 
 
@@ -420,8 +500,11 @@ def _serve(cfg, registry, clock, pinger=None) -> int:
     shell = Shell(cfg, runner.Runner(registry, runlog, last, clock), runlog, clock, stopping)
     scheduler = schedule.Scheduler()
     scheduler.every(1).seconds.do(shell.tick)
-    log.info("runner started on %s%s", cfg.store.path,
-             f"; heartbeat to {pinger.target.where}" if pinger else "")
+    log.info(
+        "runner started on %s%s",
+        cfg.store.path,
+        f"; heartbeat to {pinger.target.where}" if pinger else "",
+    )
     shell.tick()
     while not stopping:
         scheduler.run_pending()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +16,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cachemon import config
-from cachemon.ingest import write as ingest
-from cachemon.store import db as store
 from cachemon.clock import HOUR, Window
-from cachemon.settings import SimulatorConfig
 from cachemon.errors import ConfigError
 from cachemon.events import EventFrame
+from cachemon.ingest import write as ingest
+from cachemon.settings import SimulatorConfig
 from cachemon.sources.simulator import Simulator
+from cachemon.store import db as store
 
 # A Thursday, so the 09:00 origin slowdown falls in the default test span.
-T0 = datetime(2026, 11, 19, 8, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 19, 8, 0, tzinfo=UTC)
 # The simulator's built-in experiment (the seed's), as a config file; format with start=.
 EXPERIMENT_TOML = """
 [[experiments]]
@@ -64,7 +64,9 @@ op = ">"
 threshold = 0
 severity = "warning"
 """
-SMALL = SimulatorConfig(seed=7, requests_per_hour=6000, catalog_keys=3000, sample_threshold_per_minute=30)
+SMALL = SimulatorConfig(
+    seed=7, requests_per_hour=6000, catalog_keys=3000, sample_threshold_per_minute=30
+)
 
 
 def small_sim(**overrides) -> Simulator:
@@ -73,7 +75,9 @@ def small_sim(**overrides) -> Simulator:
     return Simulator(replace(SMALL, **overrides))
 
 
-def simulate(hours: float = 3, start: datetime = T0, step: timedelta = HOUR, sim: Simulator | None = None):
+def simulate(
+    hours: float = 3, start: datetime = T0, step: timedelta = HOUR, sim: Simulator | None = None
+):
     """(list of (window, frame), truth DataFrame of all events)."""
     sim = sim or small_sim()
     parts = []
@@ -83,7 +87,9 @@ def simulate(hours: float = 3, start: datetime = T0, step: timedelta = HOUR, sim
 
 
 def to_pandas(*frames: EventFrame) -> pd.DataFrame:
-    table = pa.concat_tables([f.table.cast(frames[0].table.schema) for f in frames]) if frames else None
+    table = (
+        pa.concat_tables([f.table.cast(frames[0].table.schema) for f in frames]) if frames else None
+    )
     df = table.to_pandas()
     for col in ("tier", "key", "endpoint", "experiment", "cohort", "status", "kind"):
         df[col] = df[col].astype(str)
@@ -98,7 +104,9 @@ def load(path, parts, source="simulator", now=T0):
 
 def weighted_quantile(values, weights, q) -> float:
     """Independent truth: numpy's inverted-CDF weighted quantile."""
-    return float(np.quantile(np.asarray(values), q, weights=np.asarray(weights), method="inverted_cdf"))
+    return float(
+        np.quantile(np.asarray(values), q, weights=np.asarray(weights), method="inverted_cdf")
+    )
 
 
 @pytest.fixture
@@ -141,6 +149,7 @@ def results():
 
     rows = []
     yield lambda scenario, injected, count, result: rows.append(
-        {"scenario": scenario, "injected": injected, "count": count, "result": result})
+        {"scenario": scenario, "injected": injected, "count": count, "result": result}
+    )
     if rows:
         write_table(rows)

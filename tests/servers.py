@@ -50,14 +50,23 @@ class _Inbox:
 
     async def handle_DATA(self, server, session, envelope):
         self.envelopes.append(envelope)
-        self.messages.append(email.message_from_bytes(envelope.original_content, policy=email.policy.default))
+        self.messages.append(
+            email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+        )
         return "250 OK"
 
 
 class SmtpSink:
     """An SMTP server on 127.0.0.1. `tls`: none | starttls | ssl."""
 
-    def __init__(self, tls: str = "none", ca=None, user: str = "", password: str = "", port: int | None = None):
+    def __init__(
+        self,
+        tls: str = "none",
+        ca=None,
+        user: str = "",
+        password: str = "",
+        port: int | None = None,
+    ):
         self.inbox = _Inbox()
         self.port = port or free_port()
         self.tls, self.ca, self.user, self.password = tls, ca, user, password
@@ -69,10 +78,14 @@ class SmtpSink:
         return ctx
 
     def _auth(self, server, session, envelope, mechanism, data):
-        ok = isinstance(data, LoginPassword) and data.login.decode() == self.user and data.password.decode() == self.password
+        ok = (
+            isinstance(data, LoginPassword)
+            and data.login.decode() == self.user
+            and data.password.decode() == self.password
+        )
         return AuthResult(success=ok)
 
-    def start(self) -> "SmtpSink":
+    def start(self) -> SmtpSink:
         kw = {}
         if self.tls == "starttls":
             kw.update(tls_context=self._context(), require_starttls=True)
@@ -114,8 +127,14 @@ class WebhookSink:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 time.sleep(sink.delay)
-                sink.requests.append({"path": self.path, "headers": dict(self.headers), "json": json.loads(body),
-                                      "status": sink.status})
+                sink.requests.append(
+                    {
+                        "path": self.path,
+                        "headers": dict(self.headers),
+                        "json": json.loads(body),
+                        "status": sink.status,
+                    }
+                )
                 self.send_response(sink.status)
                 self.end_headers()
                 self.wfile.write(b"ok" if sink.status < 300 else b"invalid_token")
@@ -144,8 +163,15 @@ class DripServer:
     (a slow-drip webhook, a stalling SMTP banner), and then, if `endless`,
     zero bytes in 64 KiB chunks as fast as the client reads."""
 
-    def __init__(self, answer: bytes, interval: float = 2.0, endless: bool = False, read_first: bool = True):
-        self.answer, self.interval, self.endless, self.read_first = answer, interval, endless, read_first
+    def __init__(
+        self, answer: bytes, interval: float = 2.0, endless: bool = False, read_first: bool = True
+    ):
+        self.answer, self.interval, self.endless, self.read_first = (
+            answer,
+            interval,
+            endless,
+            read_first,
+        )
         self.connections = 0
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -197,8 +223,10 @@ class EchoServer:
             def _echo(self):
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 sink.requests.append(self.path)
-                body = (f"error: no route for {self.command} {self.path}\n"
-                        + "".join(f"{k}: {v}\n" for k, v in self.headers.items())).encode()
+                body = (
+                    f"error: no route for {self.command} {self.path}\n"
+                    + "".join(f"{k}: {v}\n" for k, v in self.headers.items())
+                ).encode()
                 self.send_response(sink.status)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -228,10 +256,24 @@ def streamlit_server(env: dict, with_pid: bool = False):
     port = free_port()
     root = ROOT
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=root, env=dict(os.environ, PYTHONPATH=str(root), **env), stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+        ],
+        cwd=root,
+        env=dict(os.environ, PYTHONPATH=str(root), **env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -249,7 +291,9 @@ def streamlit_server(env: dict, with_pid: bool = False):
 
 
 @contextmanager
-def serve_process(db, *extra, host: str = "127.0.0.1", nofile: int | None = None, token: str | None = None):
+def serve_process(
+    db, *extra, host: str = "127.0.0.1", nofile: int | None = None, token: str | None = None
+):
     """A real `cachemon serve` on a free port of `host` over the store `db`;
     yields (base URL, its output so far). `nofile` sets the server's
     descriptor limit (a distribution's default), `token` CACHEMON_API_TOKEN."""
@@ -263,11 +307,19 @@ def serve_process(db, *extra, host: str = "127.0.0.1", nofile: int | None = None
 
     def limit():
         if nofile:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+            )
 
-    proc = subprocess.Popen([sys.executable, "-m", "cachemon", "serve", "--host", host, "--port", str(port), *extra],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=limit)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cachemon", "serve", "--host", host, "--port", str(port), *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=limit,
+    )
     base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     out: list[str] = []
     # Drained as it comes: a full pipe would block the server's access log.
@@ -290,7 +342,12 @@ def serve_process(db, *extra, host: str = "127.0.0.1", nofile: int | None = None
         drain.join(timeout=10)
 
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 
 
 def chromium(playwright):

@@ -6,19 +6,18 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import duckdb
 import pytest
-
-from cachemon.store import views as analyst
-from cachemon import config
-from cachemon.ingest import load as pipeline
-from cachemon.costs import report
-from cachemon.store import db as store
-from cachemon.clock import floor_to, utcnow, DAY
-
 from conftest import EXPERIMENT_TOML, ROOT
+
+from cachemon import config
+from cachemon.clock import DAY, floor_to, utcnow
+from cachemon.costs import report
+from cachemon.ingest import load as pipeline
+from cachemon.store import db as store
+from cachemon.store import views as analyst
 
 DOC = ROOT / "docs" / "analysts.md"
 # Queries whose docs say they may come back empty on healthy data.
@@ -40,16 +39,31 @@ def demo_store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("docs")
     now = utcnow()
     cfg_file = tmp / "demo.toml"
-    cfg_file.write_text("[simulator]\nrequests_per_hour = 6000\ncatalog_keys = 3000\n"
-                        + EXPERIMENT_TOML.format(start=(floor_to(now, DAY) - 3 * DAY).strftime("%Y-%m-%dT%H:%M:%SZ")))
+    cfg_file.write_text(
+        "[simulator]\nrequests_per_hour = 6000\ncatalog_keys = 3000\n"
+        + EXPERIMENT_TOML.format(
+            start=(floor_to(now, DAY) - 3 * DAY).strftime("%Y-%m-%dT%H:%M:%SZ")
+        )
+    )
     cfg = config.with_db(config.load(cfg_file, env={}), str(tmp / "demo.duckdb"))
     pipeline.demo(cfg, 3, now)
     with store.writer(cfg.store.path, now) as con:  # the daily cost reports of the whole days
         for back in (2, 3):
             report.save(con, report.build(con, cfg, (now - back * DAY).date(), now))
-    env = {"CACHEMON_DB": cfg.store.path, "CACHEMON_CONFIG": str(cfg_file), "PYTHONPATH": str(ROOT), "PATH": ""}
-    run = subprocess.run([sys.executable, "-m", "jobs", "--once", "compact"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
+    env = {
+        "CACHEMON_DB": cfg.store.path,
+        "CACHEMON_CONFIG": str(cfg_file),
+        "PYTHONPATH": str(ROOT),
+        "PATH": "",
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "jobs", "--once", "compact"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     return cfg.store.path
 
@@ -60,7 +74,9 @@ def test_the_docs_have_at_least_ten_examples():
 
 @pytest.mark.parametrize("title,sql", _examples(), ids=[t for t, _ in _examples()])
 def test_every_documented_query_runs_on_a_demo_store(demo_store, title, sql):
-    con = duckdb.connect(str(store.snapshot_path(demo_store)), read_only=True)  # the documented read path
+    con = duckdb.connect(
+        str(store.snapshot_path(demo_store)), read_only=True
+    )  # the documented read path
     con.execute("SET TimeZone = 'UTC'")
     rows = con.execute(sql).fetchall()
     if not any(m in title for m in MAY_BE_EMPTY):
@@ -70,31 +86,48 @@ def test_every_documented_query_runs_on_a_demo_store(demo_store, title, sql):
 def test_every_view_and_column_is_documented(demo_store):
     doc = DOC.read_text(encoding="utf-8")
     with store.reader(demo_store) as con:
-        views = [v for (v,) in con.execute("SELECT view_name FROM duckdb_views() WHERE schema_name = $s",
-                                           {"s": analyst.SCHEMA}).fetchall()]
-        macros = {m for (m,) in con.execute("SELECT DISTINCT function_name FROM duckdb_functions() "
-                                            "WHERE schema_name = $s", {"s": analyst.SCHEMA}).fetchall()}
-        assert len(views) >= 15 and {"latency_daily", "top_keys", "key_classes", "bucket_ms"} <= macros
+        views = [
+            v
+            for (v,) in con.execute(
+                "SELECT view_name FROM duckdb_views() WHERE schema_name = $s", {"s": analyst.SCHEMA}
+            ).fetchall()
+        ]
+        macros = {
+            m
+            for (m,) in con.execute(
+                "SELECT DISTINCT function_name FROM duckdb_functions() WHERE schema_name = $s",
+                {"s": analyst.SCHEMA},
+            ).fetchall()
+        }
+        assert (
+            len(views) >= 15 and {"latency_daily", "top_keys", "key_classes", "bucket_ms"} <= macros
+        )
         for name in views + sorted(macros):
             assert re.search(rf"`(v1\.)?{name}\b", doc), name
         for view in views:
-            for (column,) in con.execute(f"SELECT column_name FROM (DESCRIBE {analyst.SCHEMA}.{view})").fetchall():
+            for (column,) in con.execute(
+                f"SELECT column_name FROM (DESCRIBE {analyst.SCHEMA}.{view})"
+            ).fetchall():
                 assert f"`{column}`" in doc, (view, column)
 
 
 def test_the_purge_query_finds_the_keys_the_simulated_purge_knocked_out_of_the_edge(tmp_path):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from conftest import load, simulate
 
-    purge = datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc)  # the simulator's weekly edge purge (Tuesday)
+    purge = datetime(
+        2026, 11, 24, 14, 0, tzinfo=UTC
+    )  # the simulator's weekly edge purge (Tuesday)
     parts, truth = simulate(12, purge - timedelta(hours=6))
     load(tmp_path / "p.duckdb", parts, now=purge + timedelta(hours=6))
-    (title, sql), = [(t, q) for t, q in _examples() if "fell out of the edge" in t]
+    ((title, sql),) = [(t, q) for t, q in _examples() if "fell out of the edge" in t]
     placeholder = "date_trunc('hour', now()) - INTERVAL 12 HOUR"
     assert placeholder in sql
     with store.reader(tmp_path / "p.duckdb") as con:
-        got = con.execute(sql.replace(placeholder, "TIMESTAMPTZ '2026-11-24 14:00:00+00'")).fetchall()
+        got = con.execute(
+            sql.replace(placeholder, "TIMESTAMPTZ '2026-11-24 14:00:00+00'")
+        ).fetchall()
     r = truth[truth.kind == "request"].assign(after=lambda d: d.timestamp >= purge)
     r = r.assign(edge=r.sample_interval.where(r.tier == "edge", 0.0))
     g = r.groupby(["key", "after"])[["sample_interval", "edge"]].sum().unstack("after")
@@ -109,16 +142,26 @@ def test_cost_and_experiment_views_equal_what_cachemon_stored(demo_store):
     from cachemon.tuning import analysis as tuning
 
     with store.reader(demo_store) as con:
-        costs = con.execute("SELECT day, sum(list_usd), sum(billed_usd), count(*) FROM v1.cost_day "
-                            "GROUP BY day ORDER BY day DESC").fetchall()
+        costs = con.execute(
+            "SELECT day, sum(list_usd), sum(billed_usd), count(*) FROM v1.cost_day "
+            "GROUP BY day ORDER BY day DESC"
+        ).fetchall()
         reports = report.recent(con)
-        results = con.execute("SELECT analyzed_at, treatment, metric, estimate, ci_lower, ci_upper "
-                              "FROM v1.experiment_results ORDER BY ALL").fetchall()
+        results = con.execute(
+            "SELECT analyzed_at, treatment, metric, estimate, ci_lower, ci_upper "
+            "FROM v1.experiment_results ORDER BY ALL"
+        ).fetchall()
         history = tuning.history(con, "extended-title-ttl")
-    assert [(c[0], c[3]) for c in costs] == [(r["day"], len(r["report"]["lines"])) for r in reports] and len(costs) >= 2
+    assert [(c[0], c[3]) for c in costs] == [
+        (r["day"], len(r["report"]["lines"])) for r in reports
+    ] and len(costs) >= 2
     for (day, list_usd, billed_usd, _), r in zip(costs, reports):
         assert list_usd == pytest.approx(r["report"]["list_total"], rel=1e-12)
         assert billed_usd == pytest.approx(r["report"]["billed_total"], rel=1e-12)
-    want = sorted((h["analyzed_at"], c["treatment"], m["metric"], m["estimate"], m["lower"], m["upper"])
-                  for h in history for c in h["result"]["comparisons"] for m in c["metrics"])
+    want = sorted(
+        (h["analyzed_at"], c["treatment"], m["metric"], m["estimate"], m["lower"], m["upper"])
+        for h in history
+        for c in h["result"]["comparisons"]
+        for m in c["metrics"]
+    )
     assert results == want and len(want) >= 4

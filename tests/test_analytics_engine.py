@@ -13,21 +13,18 @@ from datetime import timedelta
 
 import pyarrow as pa
 import pytest
+from conftest import ROOT, T0, load, simulate
 
-from cachemon import config
-
-from cachemon import settings
-from cachemon.metrics import window as metrics
-from cachemon.ingest import load as pipeline
-from cachemon.store import db as store
+from cachemon import config, settings
 from cachemon.clock import HOUR, Window, parse_instant
 from cachemon.errors import SourceError
 from cachemon.events import EventFrame
+from cachemon.ingest import load as pipeline
+from cachemon.metrics import window as metrics
 from cachemon.sources import ae_sql, analytics_engine
 from cachemon.sources.analytics_engine import Client, Credentials
+from cachemon.store import db as store
 from cachemon.testing.ae_emulator import Emulator, Fault
-
-from conftest import ROOT, T0, load, simulate
 
 TOKEN = "s3cr3t-token-value-42"
 SPAN = Window(T0, T0 + timedelta(hours=3))
@@ -42,7 +39,12 @@ def emulator():
 def _client(emu, sleeps=None, **cfg):
     creds = Credentials(emu.account, TOKEN, emu.base)
     ae = replace(settings.AnalyticsEngineConfig(), timeout=timedelta(seconds=1), **cfg)
-    return Client(creds, ae, sleep=(sleeps.append if sleeps is not None else lambda s: None), jitter=lambda: 0.5)
+    return Client(
+        creds,
+        ae,
+        sleep=(sleeps.append if sleeps is not None else lambda s: None),
+        jitter=lambda: 0.5,
+    )
 
 
 def _cfg(db):
@@ -60,7 +62,9 @@ def test_pull_equals_direct_import(emulator, tmp_path):
         emulator.add(f)
     direct, pulled = tmp_path / "direct.duckdb", tmp_path / "pulled.duckdb"
     load(direct, parts)
-    summary = pipeline.pull(_cfg(pulled), _client(emulator), T0 + 3 * HOUR, since=T0, until=T0 + 3 * HOUR)
+    summary = pipeline.pull(
+        _cfg(pulled), _client(emulator), T0 + 3 * HOUR, since=T0, until=T0 + 3 * HOUR
+    )
     assert summary.windows == 3
     a, b = _metrics(direct), _metrics(pulled)
     assert b.volume.total == pytest.approx(a.volume.total)
@@ -86,7 +90,12 @@ def test_sql_uses_only_the_dialect_and_validated_names():
     m = settings.ColumnMapping()
     for build in (ae_sql.minute_rollups, ae_sql.latency_histogram, ae_sql.gauge_points):
         sql = build("CACHE_ANALYTICS", m, SPAN)
-        assert "CASE" not in sql and "PERCENTILE" not in sql and "JOIN" not in sql and "COUNT(*)" not in sql
+        assert (
+            "CASE" not in sql
+            and "PERCENTILE" not in sql
+            and "JOIN" not in sql
+            and "COUNT(*)" not in sql
+        )
         assert "toDateTime('2026-11-19 08:00:00')" in sql and sql.endswith("FORMAT JSON")
     with pytest.raises(config.ConfigError):
         settings.ColumnMapping(key="blob1; DROP TABLE x")
@@ -96,9 +105,14 @@ def test_sql_uses_only_the_dialect_and_validated_names():
 
 def test_emulator_rejects_what_analytics_engine_rejects(emulator):
     c = _client(emulator)
-    with pytest.raises(SourceError, match=r"HTTP 422\): Invalid query: unsupported SQL: CASE.*\nSQL: SELECT CASE"):
+    with pytest.raises(
+        SourceError, match=r"HTTP 422\): Invalid query: unsupported SQL: CASE.*\nSQL: SELECT CASE"
+    ):
         c.query("SELECT CASE WHEN 1 THEN 2 END FROM CACHE_ANALYTICS FORMAT JSON")
-    for sql in ("DELETE FROM CACHE_ANALYTICS FORMAT JSON", "SELECT 1 FROM CACHE_ANALYTICS; DROP TABLE CACHE_ANALYTICS FORMAT JSON"):
+    for sql in (
+        "DELETE FROM CACHE_ANALYTICS FORMAT JSON",
+        "SELECT 1 FROM CACHE_ANALYTICS; DROP TABLE CACHE_ANALYTICS FORMAT JSON",
+    ):
         with pytest.raises(SourceError, match="only one SELECT statement"):
             c.query(sql)
 
@@ -157,28 +171,38 @@ def test_truncated_json_is_an_error_and_nothing_is_written(emulator, tmp_path):
 
 
 def _gauges(*rows):
-    return analytics_engine._table(analytics_engine.QueryResult((), tuple(rows), len(rows)), "gauges")
+    return analytics_engine._table(
+        analytics_engine.QueryResult((), tuple(rows), len(rows)), "gauges"
+    )
 
 
 def test_answer_values_in_every_form_json_may_carry():
-    t = _gauges({"timestamp": "2026-11-20 00:01:00", "name": "kv_queue", "value": "12"},
-                {"timestamp": "2026-11-20T00:02:30Z", "name": 7, "value": 2.5},
-                {"timestamp": "2026-11-20T01:02:03+01:00", "name": None, "value": 3})
+    t = _gauges(
+        {"timestamp": "2026-11-20 00:01:00", "name": "kv_queue", "value": "12"},
+        {"timestamp": "2026-11-20T00:02:30Z", "name": 7, "value": 2.5},
+        {"timestamp": "2026-11-20T01:02:03+01:00", "name": None, "value": 3},
+    )
     assert [x.isoformat() for x in t["timestamp"].to_pylist()] == [
-        "2026-11-20T00:01:00+00:00", "2026-11-20T00:02:30+00:00", "2026-11-20T00:02:03+00:00"]
+        "2026-11-20T00:01:00+00:00",
+        "2026-11-20T00:02:30+00:00",
+        "2026-11-20T00:02:03+00:00",
+    ]
     assert t["name"].to_pylist() == ["kv_queue", "7", ""]
     assert t["value"].to_pylist() == [12.0, 2.5, 3.0]
     assert _gauges().num_rows == 0
 
 
-@pytest.mark.parametrize("row, column", [
-    ({"timestamp": None, "name": "q", "value": 1}, "timestamp"),
-    ({"timestamp": "yesterday", "name": "q", "value": 1}, "timestamp"),
-    ({"timestamp": 1763596860, "name": "q", "value": 1}, "timestamp"),
-    ({"timestamp": "2026-11-20 00:01:00", "name": "q", "value": "many"}, "value"),
-    ({"timestamp": "2026-11-20 00:01:00", "name": "q", "value": True}, "value"),
-    ({"timestamp": "2026-11-20 00:01:00", "name": "q"}, "value"),
-])
+@pytest.mark.parametrize(
+    "row, column",
+    [
+        ({"timestamp": None, "name": "q", "value": 1}, "timestamp"),
+        ({"timestamp": "yesterday", "name": "q", "value": 1}, "timestamp"),
+        ({"timestamp": 1763596860, "name": "q", "value": 1}, "timestamp"),
+        ({"timestamp": "2026-11-20 00:01:00", "name": "q", "value": "many"}, "value"),
+        ({"timestamp": "2026-11-20 00:01:00", "name": "q", "value": True}, "value"),
+        ({"timestamp": "2026-11-20 00:01:00", "name": "q"}, "value"),
+    ],
+)
 def test_a_garbled_answer_column_is_named(row, column):
     with pytest.raises(SourceError, match=f"garbles column '{column}'.*nothing was written"):
         _gauges({"timestamp": "2026-11-20 00:00:00", "name": "q", "value": 1}, row)
@@ -203,13 +227,17 @@ def test_late_data_is_picked_up_by_the_overlap(emulator, tmp_path):
     emulator.add(EventFrame(table.filter(pc.greater_equal(table["timestamp"], ts))))  # arrives late
     pipeline.pull(cfg, _client(emulator), T0 + 2 * HOUR)  # from the watermark minus 10 min
     req = df[df.kind == "request"]
-    assert _metrics(db, Window(T0, T0 + 2 * HOUR)).volume.total == pytest.approx(req.sample_interval.sum())
+    assert _metrics(db, Window(T0, T0 + 2 * HOUR)).volume.total == pytest.approx(
+        req.sample_interval.sum()
+    )
 
 
 def test_token_never_in_logs_errors_or_reprs(emulator, caplog, tmp_path):
     caplog.set_level(logging.DEBUG)
     c = _client(emulator)
-    emulator.faults.extend([Fault(status=500), Fault(status=429, retry_after=0), Fault(status=422, body="bad")])
+    emulator.faults.extend(
+        [Fault(status=500), Fault(status=429, retry_after=0), Fault(status=422, body="bad")]
+    )
     with pytest.raises(SourceError) as err:
         c.query("SELECT count() AS n FROM CACHE_ANALYTICS FORMAT JSON")
     text = caplog.text + str(err.value) + repr(err.value) + repr(c) + repr(c.creds)
@@ -223,12 +251,29 @@ def test_cli_pull_against_the_emulator_and_resume_after_kill(emulator, tmp_path)
     for _, f in parts:
         emulator.add(f)
     db = tmp_path / "cli.duckdb"
-    env = dict(os.environ, CACHEMON_DB=str(db), PYTHONPATH=str(ROOT), CF_ACCOUNT_ID=emulator.account,
-               CF_API_TOKEN=TOKEN, CF_API_BASE=emulator.base)
+    env = dict(
+        os.environ,
+        CACHEMON_DB=str(db),
+        PYTHONPATH=str(ROOT),
+        CF_ACCOUNT_ID=emulator.account,
+        CF_API_TOKEN=TOKEN,
+        CF_API_BASE=emulator.base,
+    )
     env.pop("CACHEMON_CONFIG", None)
-    args = [sys.executable, "-m", "cachemon", "pull", "--since", T0.isoformat(), "--until",
-            (T0 + 12 * HOUR).isoformat(), "--quiet"]
-    p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        sys.executable,
+        "-m",
+        "cachemon",
+        "pull",
+        "--since",
+        T0.isoformat(),
+        "--until",
+        (T0 + 12 * HOUR).isoformat(),
+        "--quiet",
+    ]
+    p = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 60
     while len(emulator.requests) < 10 and time.time() < deadline:
         time.sleep(0.02)
@@ -240,18 +285,30 @@ def test_cli_pull_against_the_emulator_and_resume_after_kill(emulator, tmp_path)
     req = df[df.kind == "request"]
     m = _metrics(db, Window(T0, T0 + 12 * HOUR))
     assert m.volume.total == pytest.approx(req.sample_interval.sum())
-    bad = subprocess.run(args, cwd=ROOT, env=dict(env, CF_API_TOKEN="nope"), capture_output=True, text=True)
-    assert bad.returncode == 2 and "Account Analytics Read" in bad.stderr and "nope" not in bad.stderr
-    none = subprocess.run(args, cwd=ROOT, env={k: v for k, v in env.items() if k != "CF_API_TOKEN"},
-                          capture_output=True, text=True)
+    bad = subprocess.run(
+        args, cwd=ROOT, env=dict(env, CF_API_TOKEN="nope"), capture_output=True, text=True
+    )
+    assert (
+        bad.returncode == 2 and "Account Analytics Read" in bad.stderr and "nope" not in bad.stderr
+    )
+    none = subprocess.run(
+        args,
+        cwd=ROOT,
+        env={k: v for k, v in env.items() if k != "CF_API_TOKEN"},
+        capture_output=True,
+        text=True,
+    )
     assert none.returncode == 2 and "CF_API_TOKEN" in none.stderr
 
 
 def test_connection_refused_is_retried_then_reported(tmp_path):
     with Emulator(TOKEN) as emu:
         base = emu.base
-    c = Client(Credentials("test-account", TOKEN, base), replace(settings.AnalyticsEngineConfig(), retries=2),
-               sleep=lambda s: None)
+    c = Client(
+        Credentials("test-account", TOKEN, base),
+        replace(settings.AnalyticsEngineConfig(), retries=2),
+        sleep=lambda s: None,
+    )
     with pytest.raises(SourceError, match="could not connect .* after 3 attempts"):
         c.query("SELECT 1 FORMAT JSON")
     assert c.queries == 3  # every attempt made, none hung
@@ -265,22 +322,38 @@ def test_a_poisoned_answer_is_refused_and_nothing_is_written(emulator, tmp_path)
     table = parts[0][1].table
     si = table["sample_interval"].to_pylist()
     si[0] = -1000.0
-    emulator.add(EventFrame(table.set_column(table.schema.get_field_index("sample_interval"), "sample_interval",
-                                             pa.array(si, table.schema.field("sample_interval").type))))
+    emulator.add(
+        EventFrame(
+            table.set_column(
+                table.schema.get_field_index("sample_interval"),
+                "sample_interval",
+                pa.array(si, table.schema.field("sample_interval").type),
+            )
+        )
+    )
     db = tmp_path / "s.duckdb"
-    with pytest.raises(SourceError, match=r"\(minute\) has 1 row\(s\) with a value that is not a finite, "
-                                          r"non-negative number in column 'requests'.*nothing was written"):
+    with pytest.raises(
+        SourceError,
+        match=r"\(minute\) has 1 row\(s\) with a value that is not a finite, "
+        r"non-negative number in column 'requests'.*nothing was written",
+    ):
         pipeline.pull(_cfg(db), _client(emulator), T0 + HOUR, since=T0, until=T0 + HOUR)
     with store.writer(db, T0, publish=False) as con:
         assert con.execute("SELECT count(*) FROM watermarks").fetchall() == [(0,)]
         assert con.execute("SELECT count(*) FROM rollup_minute").fetchall() == [(0,)]
 
 
-@pytest.mark.parametrize("row, why", [
-    ({"timestamp": "2150-01-01 00:00:00", "name": "q", "value": 1}, "a time outside the pulled window"),
-    ({"timestamp": "2026-11-20 00:01:00", "name": "q", "value": "inf"}, "not a finite"),
-    ({"timestamp": "2026-11-20 00:01:00", "name": "q", "value": "nan"}, "not a finite"),
-])
+@pytest.mark.parametrize(
+    "row, why",
+    [
+        (
+            {"timestamp": "2150-01-01 00:00:00", "name": "q", "value": 1},
+            "a time outside the pulled window",
+        ),
+        ({"timestamp": "2026-11-20 00:01:00", "name": "q", "value": "inf"}, "not a finite"),
+        ({"timestamp": "2026-11-20 00:01:00", "name": "q", "value": "nan"}, "not a finite"),
+    ],
+)
 def test_an_answer_row_from_the_future_or_not_finite_is_refused(row, why):
     table = _gauges({"timestamp": "2026-11-20 00:00:00", "name": "q", "value": 1}, row)
     window = Window(parse_instant("2026-11-20T00:00:00Z"), parse_instant("2026-11-20T01:00:00Z"))

@@ -7,15 +7,15 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+from conftest import T0, load, simulate, small_sim
 from scipy import stats
 
-from cachemon.alerts import evaluate as alerts
 from cachemon import config
-from cachemon.notify import outbox as notify
-from cachemon.store import db as store
+from cachemon.alerts import evaluate as alerts
 from cachemon.alerts.anomaly import WEEK, history_ends, robust_z
 from cachemon.alerts.rules import effective_rules
-from conftest import T0, load, simulate, small_sim
+from cachemon.notify import outbox as notify
+from cachemon.store import db as store
 
 
 def test_robust_z_matches_scipy_and_guards():
@@ -25,7 +25,9 @@ def test_robust_z_matches_scipy_and_guards():
     assert robust_z(91.0, h) == pytest.approx(0.6745 * (91.0 - np.median(h)) / mad)
     # Over half the history identical: MAD is 0, the mean absolute deviation takes over.
     flat = [95.0] * 20 + [94.0, 96.0, 97.0]
-    assert robust_z(93.0, flat) == pytest.approx((93.0 - 95.0) / (1.253314 * np.mean(np.abs(np.array(flat) - 95.0))))
+    assert robust_z(93.0, flat) == pytest.approx(
+        (93.0 - 95.0) / (1.253314 * np.mean(np.abs(np.array(flat) - 95.0)))
+    )
     assert robust_z(93.0, [95.0] * 20) is None  # no spread at all: no score, not infinity
     assert robust_z(93.0, h[:5]) is None  # too little history
     assert robust_z(93.0, h[:10] + [None, float("nan")]) is not None
@@ -84,6 +86,12 @@ def test_drift_below_static_threshold_is_caught(tmp_path):
     # Three weeks earlier (no history yet): no data, never a silent ok.
     first = at - 3 * WEEK
     with store.reader(db) as con:
-        states, _ = alerts.evaluate(alerts.Observer(con), effective_rules(cfg.alerts), first, {},
-                                    cfg.metrics.stale_after, first)
+        states, _ = alerts.evaluate(
+            alerts.Observer(con),
+            effective_rules(cfg.alerts),
+            first,
+            {},
+            cfg.metrics.stale_after,
+            first,
+        )
     assert states[0].state == "no_data" and "needs 2 weeks of history" in states[0].message

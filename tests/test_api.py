@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import ROOT
 
 
@@ -40,8 +39,14 @@ def _serve(db, *extra, token=None):
     env.pop("CACHEMON_API_TOKEN", None)
     if token:
         env["CACHEMON_API_TOKEN"] = token
-    proc = subprocess.Popen([sys.executable, "-m", "cachemon", "serve", "--port", str(port), *extra],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cachemon", "serve", "--port", str(port), *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     _wait(base + "/healthz", proc)
     return proc, base
@@ -62,8 +67,16 @@ def test_json_matches_the_cli(server):
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
     body = r.json()
     env = dict(os.environ, CACHEMON_DB=str(path), PYTHONPATH=str(ROOT))
-    cli = json.loads(subprocess.run([sys.executable, "-m", "cachemon", "metrics", "--period", "1h"], cwd=ROOT,
-                                    env=env, capture_output=True, text=True, check=True).stdout)
+    cli = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "cachemon", "metrics", "--period", "1h"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     for k in ("hitRates", "latency", "volume", "topKeys", "window"):
         assert body[k] == cli[k]
     assert body["stale"] is True and r.headers["X-Data-Until"] == "2026-11-19T11:00:00Z"
@@ -74,10 +87,14 @@ def test_cached_for_five_minutes(server):
     a = httpx.get(base + "/metrics", params={"period": "24h", "format": "prometheus"})
     time.sleep(1.1)
     b = httpx.get(base + "/metrics", params={"period": "24h", "format": "prometheus"})
-    assert a.text == b.text and a.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert (
+        a.text == b.text and a.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    )
     assert a.headers["cache-control"] == "public, max-age=300"
     assert int(b.headers["cache-control"].split("=")[1]) < 300
-    p = subprocess.run(["promtool", "check", "metrics"], input=a.text, capture_output=True, text=True)
+    p = subprocess.run(
+        ["promtool", "check", "metrics"], input=a.text, capture_output=True, text=True
+    )
     assert p.returncode == 0, p.stdout + p.stderr
 
 
@@ -104,7 +121,10 @@ def test_rate_limit_and_auth(loaded_store):
     proc, base = _serve(path, token="api-secret-123")
     try:
         assert httpx.get(base + "/metrics").status_code == 401
-        assert httpx.get(base + "/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert (
+            httpx.get(base + "/metrics", headers={"Authorization": "Bearer wrong"}).status_code
+            == 401
+        )
         auth = {"Authorization": "Bearer api-secret-123"}
         replies = [httpx.get(base + "/metrics", headers=auth) for _ in range(11)]
         # The two refused requests count too (the limit slows token guessing).
@@ -130,16 +150,26 @@ scrape_configs:
     params: {{format: [prometheus], period: [1h]}}
     static_configs: [{{targets: ["{target}"]}}]
 """)
-    prom = subprocess.Popen(["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prom = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={cfg}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline, result = time.time() + 60, []
         while time.time() < deadline and not result:
             time.sleep(1)
             try:
-                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query",
-                              params={"query": 'cachemon_hit_ratio{tier="combined"}'}, timeout=2)
+                r = httpx.get(
+                    f"http://127.0.0.1:{port}/api/v1/query",
+                    params={"query": 'cachemon_hit_ratio{tier="combined"}'},
+                    timeout=2,
+                )
                 result = r.json()["data"]["result"]
             except (httpx.HTTPError, KeyError, ValueError):
                 pass
@@ -161,20 +191,25 @@ def test_grafana_dashboard_queries_only_exposed_families():
     assert len(exprs) >= 6
     for e in exprs:
         names = set(re.findall(r"cachemon_[a-z_]+", e))
-        assert names and all(any(n == f or n.startswith(f + "_") for f in families) for n in names), e
+        assert names and all(
+            any(n == f or n.startswith(f + "_") for f in families) for n in names
+        ), e
 
 
-@pytest.mark.parametrize("method,path,params,status,message", [
-    ("GET", "/metrics", [("period", "1h"), ("period", "7d")], 400, "given more than once"),
-    ("GET", "/metrics", [("period", "x" * 600)], 400, "query string too long"),
-    ("GET", "/metrics", [("period", "1h' OR 1=1 --")], 400, "unknown period"),
-    ("GET", "/metrics", [("format", "<script>alert(1)</script>")], 400, "unknown format"),
-    ("GET", "/metrics", [("limit", "5")], 400, "unknown parameter 'limit'"),
-    ("POST", "/metrics", [], 405, "method POST not allowed"),
-    ("DELETE", "/healthz", [], 405, "method DELETE not allowed"),
-    ("GET", "/../../etc/passwd", [], 404, "no such path"),
-    ("GET", "/admin", [], 404, "no such path '/admin'"),
-])
+@pytest.mark.parametrize(
+    "method,path,params,status,message",
+    [
+        ("GET", "/metrics", [("period", "1h"), ("period", "7d")], 400, "given more than once"),
+        ("GET", "/metrics", [("period", "x" * 600)], 400, "query string too long"),
+        ("GET", "/metrics", [("period", "1h' OR 1=1 --")], 400, "unknown period"),
+        ("GET", "/metrics", [("format", "<script>alert(1)</script>")], 400, "unknown format"),
+        ("GET", "/metrics", [("limit", "5")], 400, "unknown parameter 'limit'"),
+        ("POST", "/metrics", [], 405, "method POST not allowed"),
+        ("DELETE", "/healthz", [], 405, "method DELETE not allowed"),
+        ("GET", "/../../etc/passwd", [], 404, "no such path"),
+        ("GET", "/admin", [], 404, "no such path '/admin'"),
+    ],
+)
 def test_bad_requests_get_a_json_4xx(server, method, path, params, status, message):
     base, _ = server
     r = httpx.request(method, base + path, params=params)
@@ -219,11 +254,15 @@ def test_fuzzed_requests_never_get_a_5xx(loaded_store):
     assert names == ["format", "period"] and "24h" in enums
     text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
     value = st.one_of(st.sampled_from(enums + [""]), text)
-    params = st.lists(st.tuples(st.sampled_from(names + ["x", names[0].upper()]), value), max_size=4)
+    params = st.lists(
+        st.tuples(st.sampled_from(names + ["x", names[0].upper()]), value), max_size=4
+    )
     routes = sorted(spec["paths"]) + ["/", "/metrics/x", "/%00"]
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.sampled_from(["GET", "POST", "PUT", "HEAD", "OPTIONS"]), st.sampled_from(routes), params)
+    @given(
+        st.sampled_from(["GET", "POST", "PUT", "HEAD", "OPTIONS"]), st.sampled_from(routes), params
+    )
     def check(method, route, query):
         r = httpx.request(method, base + route, params=query)
         assert r.status_code < 500, (method, route, query, r.status_code, r.text[:200])

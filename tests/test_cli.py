@@ -6,15 +6,20 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, T0
 
 from cachemon.store import db as store
 
-from conftest import ROOT, T0
-
 
 def run(env, *args, check_code=None):
-    p = subprocess.run([sys.executable, "-m", "cachemon", *args], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "cachemon", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if check_code is not None:
         assert p.returncode == check_code, p.stderr
     return p
@@ -27,7 +32,17 @@ def demo_env(tmp_path_factory):
     db = tmp_path_factory.mktemp("cli") / "demo.duckdb"
     env = dict(os.environ, CACHEMON_DB=str(db), PYTHONPATH=str(ROOT))
     env.pop("CACHEMON_CONFIG", None)
-    p = run(env, "demo", "--days", "0.25", "--seed", "3", "--until", "2026-11-19T12:00:00Z", check_code=0)
+    p = run(
+        env,
+        "demo",
+        "--days",
+        "0.25",
+        "--seed",
+        "3",
+        "--until",
+        "2026-11-19T12:00:00Z",
+        check_code=0,
+    )
     assert "simulated" in p.stderr
     return env, db
 
@@ -55,14 +70,20 @@ def test_metrics_is_reproducible_with_at(demo_env):
     assert a == b
 
 
-@pytest.mark.parametrize("args,message", [
-    (["metrics", "--period", "2h"], "unknown period '2h': use one of 15m, 1h, 24h, 7d"),
-    (["metrics", "--format", "xml"], "unknown format 'xml'"),
-    (["metrics", "--at", "noon"], "--at: 'noon' is not an ISO 8601 time"),
-    (["metrics", "--at", "2020-01-01T00:00:00Z"], "no requests in [2019-12-31T23:00:00Z, 2020-01-01T00:00:00Z)"),
-    (["demo", "--days", "0"], "--days must be positive"),
-    (["import", "nothing.ndjson"], "nothing.ndjson: no such file"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["metrics", "--period", "2h"], "unknown period '2h': use one of 15m, 1h, 24h, 7d"),
+        (["metrics", "--format", "xml"], "unknown format 'xml'"),
+        (["metrics", "--at", "noon"], "--at: 'noon' is not an ISO 8601 time"),
+        (
+            ["metrics", "--at", "2020-01-01T00:00:00Z"],
+            "no requests in [2019-12-31T23:00:00Z, 2020-01-01T00:00:00Z)",
+        ),
+        (["demo", "--days", "0"], "--days must be positive"),
+        (["import", "nothing.ndjson"], "nothing.ndjson: no such file"),
+    ],
+)
 def test_bad_input_exit_2_with_one_clear_line(demo_env, args, message):
     env, db = demo_env
     before = hashlib.sha256(db.read_bytes()).hexdigest()
@@ -82,7 +103,9 @@ def test_corrupt_store_is_reported_and_left_untouched(env, db):
     p = run(env, "metrics")
     assert p.returncode == 2 and "not a readable DuckDB database" in p.stderr
     good = db.parent / "ok.ndjson"
-    good.write_text('{"timestamp": "2026-11-19T08:00:00Z", "tier": "edge", "key": "k", "endpoint": "title", "latency_ms": 3}\n')
+    good.write_text(
+        '{"timestamp": "2026-11-19T08:00:00Z", "tier": "edge", "key": "k", "endpoint": "title", "latency_ms": 3}\n'
+    )
     p = run(env, "import", str(good))
     assert p.returncode == 2 and "not a readable DuckDB database" in p.stderr
     assert db.read_bytes() == b"this is not a database" * 100

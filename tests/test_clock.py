@@ -1,11 +1,11 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from cachemon.clock import HOUR, Period, Window, format_duration, parse_duration, parse_instant
 from cachemon.errors import InputError
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def test_durations_round_trip():
@@ -42,5 +42,7 @@ def test_window_split_and_ending():
     assert [p.start.minute for p in parts] == [30, 0, 0, 0]
     assert parts[0].end == datetime(2026, 1, 1, 1, tzinfo=UTC) and parts[-1].end == w.end
     e = Window.ending(datetime(2026, 1, 1, 3, 15, 42, tzinfo=UTC), HOUR)
-    assert e == Window(datetime(2026, 1, 1, 2, 15, tzinfo=UTC), datetime(2026, 1, 1, 3, 15, tzinfo=UTC))
+    assert e == Window(
+        datetime(2026, 1, 1, 2, 15, tzinfo=UTC), datetime(2026, 1, 1, 3, 15, tzinfo=UTC)
+    )
     assert e.previous().end == e.start

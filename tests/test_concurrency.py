@@ -8,23 +8,27 @@ import subprocess
 import sys
 import threading
 import time
-
-import pytest
 from datetime import timedelta
 
-from cachemon.metrics import window as metrics
-from cachemon.store import db as store
+import pytest
+from conftest import ROOT, T0
+
 from cachemon.clock import Window
 from cachemon.errors import StoreError
-
-from conftest import ROOT, T0
+from cachemon.metrics import window as metrics
+from cachemon.store import db as store
 
 WORKERS = str(ROOT / "tests" / "workers.py")
 
 
 def spawn(*args):
-    return subprocess.Popen([sys.executable, WORKERS, *map(str, args)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, WORKERS, *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_writer_and_two_readers_at_once(tmp_path):
@@ -84,7 +88,9 @@ def test_sigkill_during_ingestion_loses_and_doubles_nothing(tmp_path):
         ma, mb = metrics.compute(a, span, "x", top=5), metrics.compute(b, span, "x", top=5)
         assert ma.volume == mb.volume and ma.errors == mb.errors
         assert ma.latency.p99 == mb.latency.p99
-        assert [(k.key, k.requests) for k in ma.top_keys] == [(k.key, k.requests) for k in mb.top_keys]
+        assert [(k.key, k.requests) for k in ma.top_keys] == [
+            (k.key, k.requests) for k in mb.top_keys
+        ]
         q = "SELECT count(*), sum(samples) FROM gauge_minute"
         assert a.execute(q).fetchall() == b.execute(q).fetchall()
 

@@ -10,25 +10,31 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from conftest import EXPERIMENT_TOML, ROOT, SMALL
+from servers import chromium, streamlit_server
 from streamlit.testing.v1 import AppTest
 
 from cachemon import config
 from cachemon.alerts import health
-from cachemon.ingest import load as pipeline
-from cachemon.tuning import promote
+from cachemon.clock import floor_to, iso, utcnow
 from cachemon.costs import report
+from cachemon.ingest import load as pipeline
+from cachemon.metrics import trends
 from cachemon.runner import runs as runner
 from cachemon.store import db as store
-from cachemon.metrics import trends
 from cachemon.tuning import analysis as tuning
-from cachemon.clock import floor_to, iso, utcnow
+from cachemon.tuning import promote
 
-from conftest import EXPERIMENT_TOML, ROOT, SMALL
-from servers import chromium, streamlit_server
-
-PAGES = {"overview": "views/overview.py", "trends": "views/trends.py", "keys": "views/topkeys.py",
-         "experiments": "views/experiments.py", "ttl": "views/ttl.py", "alerts": "views/alerts.py", "costs": "views/costs.py",
-         "jobs": "views/jobs.py"}
+PAGES = {
+    "overview": "views/overview.py",
+    "trends": "views/trends.py",
+    "keys": "views/topkeys.py",
+    "experiments": "views/experiments.py",
+    "ttl": "views/ttl.py",
+    "alerts": "views/alerts.py",
+    "costs": "views/costs.py",
+    "jobs": "views/jobs.py",
+}
 EVIL = "search:title:q=<script>alert(1)</script>"
 ARTIFACTS = Path(os.environ.get("CACHEMON_ARTIFACTS", ROOT / "test-artifacts"))
 
@@ -44,18 +50,52 @@ def _make_store(tmp: Path, end, hours: float = 6.0, evil: bool = False) -> tuple
     pipeline.demo(cfg, hours / 24, end)
     if evil:
         events = tmp / "evil.ndjson"
-        events.write_text("".join(json.dumps({"timestamp": iso(end - timedelta(seconds=1 + i % 3000)), "tier": "edge",
-                                              "key": EVIL, "endpoint": "title", "latency_ms": 3.0}) + "\n"
-                                  for i in range(2500)))
+        events.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "timestamp": iso(end - timedelta(seconds=1 + i % 3000)),
+                        "tier": "edge",
+                        "key": EVIL,
+                        "endpoint": "title",
+                        "latency_ms": 3.0,
+                    }
+                )
+                + "\n"
+                for i in range(2500)
+            )
+        )
         pipeline.import_files(cfg, [events], end)
     with store.writer(db, end) as con:
         tuning.save(con, tuning.analyze(con, cfg.experiments[0], end, cfg.pricing))
         report.save(con, report.build(con, cfg, end.date(), end))
-        promote.record(con, promote.Action("promote", "extended-title-ttl", {"title": 86400}, {"title": 172800},
-                                           "title KV TTL 86400 s → 172800 s (treatment won)"), end)
-        for job, outcome, error in (("ingest", "ok", None), ("report", "error", "SMTP refused\nSourceError: boom")):
-            runner.record_run(con, runner.RunRecord(job, end - timedelta(minutes=2), end - timedelta(minutes=1),
-                                                    outcome, error, 1, 10))
+        promote.record(
+            con,
+            promote.Action(
+                "promote",
+                "extended-title-ttl",
+                {"title": 86400},
+                {"title": 172800},
+                "title KV TTL 86400 s → 172800 s (treatment won)",
+            ),
+            end,
+        )
+        for job, outcome, error in (
+            ("ingest", "ok", None),
+            ("report", "error", "SMTP refused\nSourceError: boom"),
+        ):
+            runner.record_run(
+                con,
+                runner.RunRecord(
+                    job,
+                    end - timedelta(minutes=2),
+                    end - timedelta(minutes=1),
+                    outcome,
+                    error,
+                    1,
+                    10,
+                ),
+            )
     return db, cfg_file
 
 
@@ -69,7 +109,10 @@ def live_store(tmp_path_factory):
 def past_store(tmp_path_factory):
     """Data that ended two hours ago: stale, and fixed, so the page and the
     CLI compute the same windows whatever the minute."""
-    return _make_store(tmp_path_factory.mktemp("past"), floor_to(utcnow(), timedelta(minutes=1)) - timedelta(hours=2))
+    return _make_store(
+        tmp_path_factory.mktemp("past"),
+        floor_to(utcnow(), timedelta(minutes=1)) - timedelta(hours=2),
+    )
 
 
 def _app(monkeypatch, db, cfg_file=None, page=None, **state) -> AppTest:
@@ -92,8 +135,14 @@ def _app(monkeypatch, db, cfg_file=None, page=None, **state) -> AppTest:
 
 def _cli_metrics(db, cfg_file, *args) -> dict:
     env = dict(os.environ, CACHEMON_DB=str(db), CACHEMON_CONFIG=str(cfg_file), PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-m", "cachemon", "metrics", "--top", "5", *args], env=env,
-                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "cachemon", "metrics", "--top", "5", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
     return json.loads(out)
 
 
@@ -103,9 +152,17 @@ def _shown(at) -> dict[str, float]:
 
 def _expect(js: dict) -> dict[str, float]:
     h, lat = js["hitRates"], js["latency"]
-    out = {"Combined hit rate %": h["combined"], "Edge hit rate %": h["edge"], "KV hit rate %": h["kv"],
-           "R2 hit rate %": h["r2_cold"], "p50 latency ms": lat["p50"], "p95 latency ms": lat["p95"],
-           "p99 latency ms": lat["p99"], "Requests": js["volume"]["total_requests"], "Error rate %": js["errorRate"]}
+    out = {
+        "Combined hit rate %": h["combined"],
+        "Edge hit rate %": h["edge"],
+        "KV hit rate %": h["kv"],
+        "R2 hit rate %": h["r2_cold"],
+        "p50 latency ms": lat["p50"],
+        "p95 latency ms": lat["p95"],
+        "p99 latency ms": lat["p99"],
+        "Requests": js["volume"]["total_requests"],
+        "Error rate %": js["errorRate"],
+    }
     if "costs" in js:
         out["Estimated cost USD/day"] = js["costs"]["perDay"]["list"]
     return out
@@ -115,7 +172,9 @@ def _assert_overview_equals_cli(at, js):
     shown = _shown(at)
     for label, value in _expect(js).items():
         # The page rounds to 2 decimals (whole requests); the JSON to 4.
-        assert shown[label] == pytest.approx(value, abs=0.0051 if label != "Requests" else 0.5), label
+        assert shown[label] == pytest.approx(value, abs=0.0051 if label != "Requests" else 0.5), (
+            label
+        )
 
 
 def test_overview_shows_the_numbers_of_cachemon_metrics(past_store, monkeypatch):
@@ -168,7 +227,9 @@ def test_top_keys_filter_download_and_drill_down(live_store, monkeypatch):
     js = _cli_metrics(db, cfg_file, "--period", "1h")
     # Same counts for the same keys (near-ties may order differently: sums of
     # fractional sample weights in another order).
-    assert list(table["requests"].head(5)) == pytest.approx([k["requests"] for k in js["topKeys"]], abs=0.5)
+    assert list(table["requests"].head(5)) == pytest.approx(
+        [k["requests"] for k in js["topKeys"]], abs=0.5
+    )
     shown = dict(zip(table["key"], table["requests"]))
     assert all(shown[k["key"]] == pytest.approx(k["requests"], abs=0.5) for k in js["topKeys"])
     assert len(at.get("download_button")) == 1 and len(at.get("plotly_chart")) == 1
@@ -226,9 +287,13 @@ def test_costs_show_the_cost_block_and_the_report(past_store, monkeypatch):
     js = _cli_metrics(db, cfg_file, "--period", "1h")["costs"]
     shown = {m.label: m.value for m in at.metric}
     assert float(shown["List USD/day"].strip("$")) == pytest.approx(js["perDay"]["list"], abs=0.005)
-    assert float(shown["Billed USD/day"].strip("$").replace(",", "")) == pytest.approx(js["perDay"]["billed"], abs=0.005)
+    assert float(shown["Billed USD/day"].strip("$").replace(",", "")) == pytest.approx(
+        js["perDay"]["billed"], abs=0.005
+    )
     lines = at.dataframe[0].value
-    assert lines["list USD/day"].sum() == pytest.approx(js["perDay"]["list"], abs=1e-6)  # JSON: 6 decimals
+    assert lines["list USD/day"].sum() == pytest.approx(
+        js["perDay"]["list"], abs=1e-6
+    )  # JSON: 6 decimals
     with store.reader(db) as con:
         stored = report.recent(con, 1)[0]["report"]
     assert list(at.dataframe[-1].value["list USD"]) == [pytest.approx(stored["list_total"])]
@@ -239,7 +304,14 @@ def test_jobs_show_schedule_failures_and_freshness(live_store, monkeypatch):
     db, cfg_file = live_store
     at = _app(monkeypatch, db, cfg_file, "jobs")
     schedule = at.dataframe[0].value
-    assert list(schedule["job"]) == ["ingest", "alerts", "deliver", "compact", "report", "experiments"]
+    assert list(schedule["job"]) == [
+        "ingest",
+        "alerts",
+        "deliver",
+        "compact",
+        "report",
+        "experiments",
+    ]
     assert dict(zip(schedule["job"], schedule["outcome"]))["report"] == "error"
     assert any(e.value.startswith("Failing: report") for e in at.error)
     assert "SourceError: boom" in set(at.dataframe[-1].value["error"])
@@ -251,18 +323,24 @@ def test_sidebar_shows_the_runner_and_failing_jobs(live_store, monkeypatch):
     names the failed job and when, and when ingest last succeeded."""
     db, cfg_file = live_store
     with store.reader(db) as con:
-        (failed_at,) = con.execute("SELECT max(started_at) FROM job_runs WHERE job = 'report'").fetchone()
+        (failed_at,) = con.execute(
+            "SELECT max(started_at) FROM job_runs WHERE job = 'report'"
+        ).fetchone()
     at = _app(monkeypatch, db, cfg_file)
     side = at.sidebar
-    assert [e.value for e in side.error] == [f"Failing jobs: report (failed {iso(failed_at)}) · see Jobs"]
-    runner_lines = [x.value for x in (*side.caption, *side.warning) if x.value.startswith("Runner: ")]
+    assert [e.value for e in side.error] == [
+        f"Failing jobs: report (failed {iso(failed_at)}) · see Jobs"
+    ]
+    runner_lines = [
+        x.value for x in (*side.caption, *side.warning) if x.value.startswith("Runner: ")
+    ]
     assert len(runner_lines) == 1 and runner_lines[0].startswith("Runner: last ingest ok ")
 
 
 def test_ttl_whatif_page_shows_the_library_predictions(live_store, monkeypatch):
-    from cachemon.tuning import whatif as ttl
     from cachemon.clock import Window as W
     from cachemon.metrics.window import data_span
+    from cachemon.tuning import whatif as ttl
 
     db, cfg_file = live_store
     at = _app(monkeypatch, db, cfg_file, "ttl", ttl_endpoint="title")
@@ -270,8 +348,17 @@ def test_ttl_whatif_page_shows_the_library_predictions(live_store, monkeypatch):
     table = at.dataframe[0].value
     cfg = config.load(cfg_file, env={"CACHEMON_DB": str(db)})
     with store.reader(db) as con:
-        end = min(data_span(con)[1], floor_to(utcnow(), timedelta(seconds=30)))  # the page's refresh tick
-        w = ttl.whatif(con, cfg, ["title"], ttl.parse_ttls("6h,12h,24h,48h,7d"), W(end - timedelta(days=7), end), end)[0]
+        end = min(
+            data_span(con)[1], floor_to(utcnow(), timedelta(seconds=30))
+        )  # the page's refresh tick
+        w = ttl.whatif(
+            con,
+            cfg,
+            ["title"],
+            ttl.parse_ttls("6h,12h,24h,48h,7d"),
+            W(end - timedelta(days=7), end),
+            end,
+        )[0]
     # Within 0.05 points: a tick may pass between the page's read and this one.
     assert list(table["KV hit %"]) == pytest.approx([p.kv_hit_rate for p in w.candidates], abs=0.05)
     assert table["recommended"].sum() == 1
@@ -301,9 +388,13 @@ def test_a_store_with_no_data_yet_says_how_to_fill_it(tmp_path, monkeypatch):
 def test_login_is_required_when_auth_is_configured(past_store, monkeypatch):
     monkeypatch.setenv("CACHEMON_DB", str(past_store[0]))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
-    at.secrets["auth"] = {"redirect_uri": "http://127.0.0.1:8501/oauth2callback", "cookie_secret": "x" * 32,
-                          "client_id": "cachemon", "client_secret": "s",
-                          "server_metadata_url": "http://127.0.0.1:9/.well-known/openid-configuration"}
+    at.secrets["auth"] = {
+        "redirect_uri": "http://127.0.0.1:8501/oauth2callback",
+        "cookie_secret": "x" * 32,
+        "client_id": "cachemon",
+        "client_secret": "s",
+        "server_metadata_url": "http://127.0.0.1:9/.well-known/openid-configuration",
+    }
     at.run()
     assert not at.exception
     assert [b.label for b in at.button] == ["Log in"] and not at.metric
@@ -316,18 +407,38 @@ def server(live_store):
         yield url
 
 
-CHARTS = {"overview": 1, "trends": 6, "keys": 1, "experiments": 1, "ttl": 1, "alerts": 1, "costs": 2, "jobs": 1}
-READY = {"overview": "Combined hit rate %", "trends": "Requests served by tier", "keys": "Drill-down",
-         "experiments": "Promotions and rollbacks", "ttl": "Busy keys whose own TTL would pay", "alerts": "Silences", "costs": "Daily reports",
-         "jobs": "Runs, last 24 hours"}
+CHARTS = {
+    "overview": 1,
+    "trends": 6,
+    "keys": 1,
+    "experiments": 1,
+    "ttl": 1,
+    "alerts": 1,
+    "costs": 2,
+    "jobs": 1,
+}
+READY = {
+    "overview": "Combined hit rate %",
+    "trends": "Requests served by tier",
+    "keys": "Drill-down",
+    "experiments": "Promotions and rollbacks",
+    "ttl": "Busy keys whose own TTL would pay",
+    "alerts": "Silences",
+    "costs": "Daily reports",
+    "jobs": "Runs, last 24 hours",
+}
 
 
 def test_every_page_in_a_real_browser(server, live_store):
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with store.reader(live_store[0]) as con:  # the Alerts timeline is drawn when an alert was active
-        charts = CHARTS | {"alerts": int(bool(health.active_periods(con, utcnow() - timedelta(days=7), utcnow())))}
+    with store.reader(
+        live_store[0]
+    ) as con:  # the Alerts timeline is drawn when an alert was active
+        charts = CHARTS | {
+            "alerts": int(bool(health.active_periods(con, utcnow() - timedelta(days=7), utcnow())))
+        }
     with sync_playwright() as p:
         browser = chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -338,16 +449,21 @@ def test_every_page_in_a_real_browser(server, live_store):
         for name in ["costs", *(n for n in PAGES if n != "costs")]:
             page.goto(f"{server}/{'' if name == 'overview' else name}")
             page.get_by_text(READY[name], exact=False).first.wait_for(timeout=60_000)
-            page.wait_for_function(f"document.querySelectorAll('.main-svg').length >= {charts[name]}",
-                                   timeout=60_000)
+            page.wait_for_function(
+                f"document.querySelectorAll('.main-svg').length >= {charts[name]}", timeout=60_000
+            )
             page.wait_for_timeout(500)
             page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
             assert page.locator('[data-testid="stException"]').count() == 0, name
             assert "Traceback" not in page.content(), name
             if name == "overview":
                 # A job whose last run failed is named on the sidebar, not only on the Jobs page.
-                page.locator('[data-testid="stSidebar"]').get_by_text("Failing jobs: report").wait_for(timeout=30_000)
-                value = page.locator('[data-testid="stMetric"]').first.locator('[data-testid="stMetricValue"]')
+                page.locator('[data-testid="stSidebar"]').get_by_text(
+                    "Failing jobs: report"
+                ).wait_for(timeout=30_000)
+                value = page.locator('[data-testid="stMetric"]').first.locator(
+                    '[data-testid="stMetricValue"]'
+                )
                 assert 50 < float(value.inner_text()) <= 100
                 # The sidebar's period applies to the page (a real widget interaction).
                 page.get_by_role("combobox", name="Period").click()
@@ -375,14 +491,25 @@ def test_no_page_shows_nan_or_inf_whatever_the_store_holds(tmp_path_factory):
     with store.writer(db, end) as con:
         for i in range(1, 4):
             m = end - timedelta(minutes=i)
-            con.execute("INSERT INTO rollup_minute VALUES ('simulator', $m, 'edge', 'title', '', '', 1e308, 0, "
-                        "'inf'::DOUBLE, 'nan'::DOUBLE, 'nan'::DOUBLE, 'inf'::DOUBLE, 1)", {"m": m})
-            con.execute("INSERT INTO rollup_hour VALUES ('simulator', $h, 'kv', 'title', '', '', 'inf'::DOUBLE, "
-                        "'nan'::DOUBLE, 1, 1, 1, 1, 1)", {"h": floor_to(m, timedelta(hours=1))})
-            con.execute("INSERT INTO latency_minute VALUES ('simulator', $m, 'edge', 'title', '', '', 3, "
-                        "'inf'::DOUBLE)", {"m": m})
-        con.execute("INSERT INTO rollup_minute VALUES ('simulator', $m, 'edge', 'title', '', '', 1, 0, 0, 1, 1, 1, 1)",
-                    {"m": end.replace(year=2150)})
+            con.execute(
+                "INSERT INTO rollup_minute VALUES ('simulator', $m, 'edge', 'title', '', '', 1e308, 0, "
+                "'inf'::DOUBLE, 'nan'::DOUBLE, 'nan'::DOUBLE, 'inf'::DOUBLE, 1)",
+                {"m": m},
+            )
+            con.execute(
+                "INSERT INTO rollup_hour VALUES ('simulator', $h, 'kv', 'title', '', '', 'inf'::DOUBLE, "
+                "'nan'::DOUBLE, 1, 1, 1, 1, 1)",
+                {"h": floor_to(m, timedelta(hours=1))},
+            )
+            con.execute(
+                "INSERT INTO latency_minute VALUES ('simulator', $m, 'edge', 'title', '', '', 3, "
+                "'inf'::DOUBLE)",
+                {"m": m},
+            )
+        con.execute(
+            "INSERT INTO rollup_minute VALUES ('simulator', $m, 'edge', 'title', '', '', 1, 0, 0, 1, 1, 1, 1)",
+            {"m": end.replace(year=2150)},
+        )
     bad = re.compile(r"\b(nan|inf|infinity)\b", re.I)
     with streamlit_server({"CACHEMON_DB": str(db), "CACHEMON_CONFIG": str(cfg_file)}) as url:
         with sync_playwright() as p:

@@ -11,13 +11,13 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from scipy import stats as sps
 
 from cachemon import config
 from cachemon.assignment import seed_sha256_byte
 from cachemon.errors import ConfigError
 from cachemon.tuning.experiments import u64_value
-from conftest import ROOT
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "seed_assignment.json").read_text())
 EXPERIMENT = """
@@ -66,18 +66,28 @@ def test_effective_allocations(tmp_path):
 
 def test_unbiased_scheme_separates_key_and_name():
     assert u64_value("ab", "c") != u64_value("a", "bc")
-    assert seed_sha256_byte("ab", "c", [0.5, 0.5]) == seed_sha256_byte("a", "bc", [0.5, 0.5])  # the seed cannot tell
+    assert seed_sha256_byte("ab", "c", [0.5, 0.5]) == seed_sha256_byte(
+        "a", "bc", [0.5, 0.5]
+    )  # the seed cannot tell
 
 
-@pytest.mark.parametrize("change, message", [
-    (("weight = 0.5\n[[experiments.cohorts]]\nname = \"treatment\"\nttl = \"48h\"\nweight = 0.5",
-      "weight = 0.5\n[[experiments.cohorts]]\nname = \"treatment\"\nttl = \"48h\"\nweight = 0.4"), "weights sum to 0.9, not 1"),
-    (('name = "treatment"', 'name = "control"'), "duplicate cohort name 'control'"),
-    (('endpoint = "title"', 'endpoint = "titles"'), "unknown endpoint 'titles'"),
-    (('ttl = "48h"', 'ttl = "30s"'), "ttl '30s' is out of range"),
-    (('scheme = "sha256-u64"', 'scheme = "md5"'), "scheme: 'md5'"),
-    (('duration = "14d"', 'duration = "two weeks"'), "'two weeks' is not a duration"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            (
+                'weight = 0.5\n[[experiments.cohorts]]\nname = "treatment"\nttl = "48h"\nweight = 0.5',
+                'weight = 0.5\n[[experiments.cohorts]]\nname = "treatment"\nttl = "48h"\nweight = 0.4',
+            ),
+            "weights sum to 0.9, not 1",
+        ),
+        (('name = "treatment"', 'name = "control"'), "duplicate cohort name 'control'"),
+        (('endpoint = "title"', 'endpoint = "titles"'), "unknown endpoint 'titles'"),
+        (('ttl = "48h"', 'ttl = "30s"'), "ttl '30s' is out of range"),
+        (('scheme = "sha256-u64"', 'scheme = "md5"'), "scheme: 'md5'"),
+        (('duration = "14d"', 'duration = "two weeks"'), "'two weeks' is not a duration"),
+    ],
+)
 def test_invalid_experiments_are_named(tmp_path, change, message):
     text = EXPERIMENT.format(scheme="sha256-u64").replace(*change)
     with pytest.raises(ConfigError) as err:
@@ -90,13 +100,22 @@ def test_cli_assign_and_list(tmp_path):
     env = dict(os.environ, CACHEMON_CONFIG=str(tmp_path / "e.toml"), PYTHONPATH=str(ROOT))
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "cachemon", "experiments", *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "cachemon", "experiments", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     v = next(x for x in VECTORS if x["experiment"] == "extended-title-ttl" and x["byte"] == 255)
     out = json.loads(cli("assign", v["key"], "--experiment", "extended-title-ttl").stdout)
     assert out["cohort"] == "control" == v["cohort"]  # byte 255 falls through to the first cohort
-    assert out["allocation"] == {"control": "129/256", "treatment": "127/256"} and out["ttlSeconds"] == 86400
+    assert (
+        out["allocation"] == {"control": "129/256", "treatment": "127/256"}
+        and out["ttlSeconds"] == 86400
+    )
     assert "allocation control 50.3906% (129/256)" in cli("list").stdout
     bad = cli("assign", "k", "--experiment", "nope")
     assert bad.returncode == 2 and "unknown experiment 'nope'" in bad.stderr
@@ -105,7 +124,13 @@ def test_cli_assign_and_list(tmp_path):
 def test_readme_experiment_example_loads(tmp_path):
     import re
 
-    block = next(b for b in re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-                 if b.startswith("[[experiments]]"))
+    block = next(
+        b
+        for b in re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+        if b.startswith("[[experiments]]")
+    )
     e = _load(tmp_path, block).experiments[0]
-    assert e.scheme == "seed-sha256-byte" and [c.name for c in e.cohorts] == ["control", "treatment"]
+    assert e.scheme == "seed-sha256-byte" and [c.name for c in e.cohorts] == [
+        "control",
+        "treatment",
+    ]

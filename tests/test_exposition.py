@@ -1,48 +1,70 @@
 """Prometheus exposition: golden text, escaping, and `promtool check metrics`."""
 
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-from cachemon.costs import usage as costs
-from cachemon.metrics import exposition
-from cachemon.metrics import window as metrics
-from cachemon import pricing
-from cachemon.store import db as store
-from cachemon.alerts.health import Health, Issue
-from cachemon.clock import Window
-from cachemon.metrics.window import Latency, Metrics, TierVolume
 
 from conftest import T0
 
+from cachemon import pricing
+from cachemon.alerts.health import Health, Issue
+from cachemon.clock import Window
+from cachemon.costs import usage as costs
+from cachemon.metrics import exposition
+from cachemon.metrics import window as metrics
+from cachemon.metrics.window import Latency, Metrics, TierVolume
+from cachemon.store import db as store
+
 GOLDEN = Path(__file__).parent / "golden" / "metrics_1h.prom"
-AT = datetime(2025, 10, 28, 15, 30, tzinfo=timezone.utc)
+AT = datetime(2025, 10, 28, 15, 30, tzinfo=UTC)
 
 
 def _seed_metrics() -> Metrics:
     """The seed's example numbers, as a Metrics."""
     return Metrics(
-        at=AT, period="1h", window=Window(AT - timedelta(hours=1), AT), endpoint=None,
-        volume=TierVolume(edge=97750, kv=20625, r2=1000, api=5625), errors=125, bytes=5e8,
-        latency=Latency(8.2, 42.1, 180.5, 15.3), top_keys=(), top_keys_window=None,
+        at=AT,
+        period="1h",
+        window=Window(AT - timedelta(hours=1), AT),
+        endpoint=None,
+        volume=TierVolume(edge=97750, kv=20625, r2=1000, api=5625),
+        errors=125,
+        bytes=5e8,
+        latency=Latency(8.2, 42.1, 180.5, 15.3),
+        top_keys=(),
+        top_keys_window=None,
         data_until=AT - timedelta(seconds=90),
         gauges=(("kv_storage_bytes", 350e6), ("queue_depth", 12.0), ("r2_storage_bytes", 150e6)),
         lifetime=TierVolume(edge=9_775_000, kv=2_062_500, r2=100_000, api=562_500),
     )
 
 
-HEALTH = Health("degraded", (Issue("warning", "Edge hit rate below threshold: 74.1% (threshold 75.0%)", AT),), AT,
-                (("warning", 1),))
+HEALTH = Health(
+    "degraded",
+    (Issue("warning", "Edge hit rate below threshold: 74.1% (threshold 75.0%)", AT),),
+    AT,
+    (("warning", 1),),
+)
 
 
-_DAY = costs.price(costs.Usage(Window(AT - timedelta(days=1), AT), workers_requests=3e6, kv_reads=4.3e6,
-                               kv_writes=90e3, kv_storage=0.35 / 31, kv_bytes=350e6), pricing.default())
+_DAY = costs.price(
+    costs.Usage(
+        Window(AT - timedelta(days=1), AT),
+        workers_requests=3e6,
+        kv_reads=4.3e6,
+        kv_writes=90e3,
+        kv_storage=0.35 / 31,
+        kv_bytes=350e6,
+    ),
+    pricing.default(),
+)
 COSTS = costs.to_json(_DAY, costs.Forecast("2025-10", _DAY, _DAY, 3.5, 88.5, 61.25), AT)
 
 
 def test_golden_text():
     text = exposition.render(_seed_metrics(), health=HEALTH, costs=COSTS)
-    assert text == GOLDEN.read_text(), "update tests/golden/metrics_1h.prom only after checking the diff"
+    assert text == GOLDEN.read_text(), (
+        "update tests/golden/metrics_1h.prom only after checking the diff"
+    )
 
 
 def test_label_values_are_escaped():
@@ -58,17 +80,22 @@ def test_no_cache_key_ever_becomes_a_label(loaded_store):
 
 
 def _promtool(text: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    return subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
+    )
 
 
 def test_promtool_accepts_the_output(loaded_store):
     path, _ = loaded_store
     with store.reader(path) as con:
         m = metrics.compute(con, Window(T0 + timedelta(minutes=5), T0 + timedelta(hours=2)), "1h")
-    for text in (exposition.render(m), exposition.render(_seed_metrics(), health=HEALTH, costs=COSTS)):
+    for text in (
+        exposition.render(m),
+        exposition.render(_seed_metrics(), health=HEALTH, costs=COSTS),
+    ):
         p = _promtool(text)
         assert p.returncode == 0, p.stdout + p.stderr
-    bad = _promtool("# TYPE x counter\nx{a=\"1} 1\n")  # promtool can fail: the check is real
+    bad = _promtool('# TYPE x counter\nx{a="1} 1\n')  # promtool can fail: the check is real
     assert bad.returncode != 0
 
 

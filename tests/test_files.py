@@ -4,18 +4,15 @@ import json
 from datetime import timedelta
 
 import pytest
+from conftest import T0, simulate
 
-from cachemon import config
-
-from cachemon import settings
-from cachemon.metrics import window as metrics
-from cachemon.ingest import load as pipeline
-from cachemon.store import db as store
+from cachemon import config, settings
 from cachemon.clock import Window
 from cachemon.errors import InputError
+from cachemon.ingest import load as pipeline
+from cachemon.metrics import window as metrics
 from cachemon.sources import files
-
-from conftest import T0, simulate
+from cachemon.store import db as store
 
 SPAN = Window(T0, T0 + timedelta(hours=2))
 NOW = SPAN.end  # imports happen after the events (events from the future are refused)
@@ -76,14 +73,32 @@ def test_same_file_twice_is_a_no_op_and_different_files_add_up(tmp_path, events)
 
 BAD = [
     (lambda df: df.drop(columns=["latency_ms"]), "missing required column(s) latency_ms"),
-    (lambda df: df.assign(timestamp=df.timestamp.where(df.index != df.index[3], "not-a-time")), "4: timestamp 'not-a-time' is not an ISO 8601 time"),
-    (lambda df: df.assign(latency_ms=df.latency_ms.where(df.index != df.index[5], -3.0)), "6: latency_ms is negative (-3.0)"),
-    (lambda df: df.assign(tier=df.tier.where(df.index != df.index[0], "disk")), "1: tier 'disk' is unknown"),
-    (lambda df: df.assign(kind=df.kind.where(df.index != df.index[2], "bogus")), "3: kind 'bogus' is unknown"),
-    (lambda df: df.assign(sample_interval=0.5), "1 (and 19 more rows): sample_interval must be at least 1"),
+    (
+        lambda df: df.assign(timestamp=df.timestamp.where(df.index != df.index[3], "not-a-time")),
+        "4: timestamp 'not-a-time' is not an ISO 8601 time",
+    ),
+    (
+        lambda df: df.assign(latency_ms=df.latency_ms.where(df.index != df.index[5], -3.0)),
+        "6: latency_ms is negative (-3.0)",
+    ),
+    (
+        lambda df: df.assign(tier=df.tier.where(df.index != df.index[0], "disk")),
+        "1: tier 'disk' is unknown",
+    ),
+    (
+        lambda df: df.assign(kind=df.kind.where(df.index != df.index[2], "bogus")),
+        "3: kind 'bogus' is unknown",
+    ),
+    (
+        lambda df: df.assign(sample_interval=0.5),
+        "1 (and 19 more rows): sample_interval must be at least 1",
+    ),
     # A missing (null) key or endpoint used to pass and then break the store's NOT NULL constraint.
     (lambda df: df.assign(key=df.key.where(df.index != df.index[4], None)), "5: key is empty"),
-    (lambda df: df.assign(endpoint=df.endpoint.where(df.index != df.index[1], None)), "2: endpoint is empty"),
+    (
+        lambda df: df.assign(endpoint=df.endpoint.where(df.index != df.index[1], None)),
+        "2: endpoint is empty",
+    ),
 ]
 
 
@@ -99,7 +114,7 @@ def test_bad_rows_name_file_line_and_field(tmp_path, events, suffix, first_line,
     if message[0].isdigit():
         row = int(message.split(":")[0].split(" ")[0])
         where = f"line {row + first_line - 1}" if first_line else f"row {row}"
-        assert where + message[len(str(row)):] in text, text
+        assert where + message[len(str(row)) :] in text, text
     else:
         assert message in text
 
@@ -132,7 +147,12 @@ def test_a_bad_file_stops_the_whole_import_before_anything_is_written(tmp_path, 
 
 
 def test_hostile_keys_travel_intact(tmp_path, events):
-    keys = ["<script>alert(1)</script>", "x'; DROP TABLE rollup_minute; --", "tab\there\x01", "ü" * 4000]
+    keys = [
+        "<script>alert(1)</script>",
+        "x'; DROP TABLE rollup_minute; --",
+        "tab\there\x01",
+        "ü" * 4000,
+    ]
     df = events[events.kind == "request"].head(len(keys)).copy()
     df["key"] = keys
     db = tmp_path / "s.duckdb"

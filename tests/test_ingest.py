@@ -4,15 +4,14 @@ from datetime import timedelta
 
 import pyarrow as pa
 import pytest
+from conftest import T0, load, simulate
 
-from cachemon.ingest import write as ingest
-from cachemon.metrics import window as metrics
-from cachemon.store import db as store
 from cachemon.clock import HOUR, Window
 from cachemon.errors import SourceError, StoreError
 from cachemon.events import EventFrame
-
-from conftest import T0, load, simulate
+from cachemon.ingest import write as ingest
+from cachemon.metrics import window as metrics
+from cachemon.store import db as store
 
 SPAN = Window(T0, T0 + timedelta(hours=3))
 
@@ -20,8 +19,10 @@ SPAN = Window(T0, T0 + timedelta(hours=3))
 def _totals(path, window=SPAN):
     with store.reader(path) as con:
         m = metrics.compute(con, window, "x", top=20)
-        keys = con.execute("SELECT sum(edge + kv + r2 + api) FROM (SELECT edge, kv, r2, api FROM key_hour "
-                           "UNION ALL SELECT edge, kv, r2, api FROM key_minute)").fetchall()[0][0]
+        keys = con.execute(
+            "SELECT sum(edge + kv + r2 + api) FROM (SELECT edge, kv, r2, api FROM key_hour "
+            "UNION ALL SELECT edge, kv, r2, api FROM key_minute)"
+        ).fetchall()[0][0]
         gauges = con.execute("SELECT sum(samples) FROM gauge_minute").fetchall()[0][0]
     # Rounded: DuckDB sums in parallel, so the last bits of a float vary.
     lat = tuple(round(x, 6) for x in (m.latency.p50, m.latency.p95, m.latency.p99, m.latency.avg))
@@ -46,8 +47,10 @@ def test_overlapping_windows_never_double_count(db):
     once = _totals(db)
     full = pa.concat_tables([f.table for _, f in parts])
     with store.writer(db, T0) as con:
-        for w in [Window(T0 + timedelta(minutes=40), T0 + timedelta(minutes=100)),
-                  Window(T0 + timedelta(minutes=90), T0 + timedelta(minutes=130))]:
+        for w in [
+            Window(T0 + timedelta(minutes=40), T0 + timedelta(minutes=100)),
+            Window(T0 + timedelta(minutes=90), T0 + timedelta(minutes=130)),
+        ]:
             ingest.replace_window(con, _cut(full, w), "simulator", w, T0, key_compaction_lag=lag)
     assert _totals(db) == once
     assert once[3] == pytest.approx(df[df.kind == "request"].sample_interval.sum())
@@ -56,8 +59,10 @@ def test_overlapping_windows_never_double_count(db):
 def _cut(table, w):
     import pyarrow.compute as pc
 
-    mask = pc.and_(pc.greater_equal(table["timestamp"], pa.scalar(w.start, pa.timestamp("us", tz="UTC"))),
-                   pc.less(table["timestamp"], pa.scalar(w.end, pa.timestamp("us", tz="UTC"))))
+    mask = pc.and_(
+        pc.greater_equal(table["timestamp"], pa.scalar(w.start, pa.timestamp("us", tz="UTC"))),
+        pc.less(table["timestamp"], pa.scalar(w.end, pa.timestamp("us", tz="UTC"))),
+    )
     return EventFrame(table.filter(mask))
 
 
@@ -78,7 +83,9 @@ def test_minute_windows_keep_keys_per_minute_then_compact(db):
     # A window that cuts into a compacted hour is refused, nothing changes.
     w = Window(T0 + timedelta(minutes=30), T0 + timedelta(minutes=45))
     with store.writer(db, T0) as con, pytest.raises(StoreError, match="already compacted"):
-        ingest.replace_window(con, _cut(pa.concat_tables([f.table for _, f in parts]), w), "simulator", w, T0)
+        ingest.replace_window(
+            con, _cut(pa.concat_tables([f.table for _, f in parts]), w), "simulator", w, T0
+        )
     with store.reader(db) as con:
         assert metrics.compute(con, SPAN, "3h").volume == m.volume
 
@@ -87,7 +94,9 @@ def test_events_outside_the_window_are_refused(db):
     parts, _ = simulate(1)
     w, f = parts[0]
     with store.writer(db, T0) as con, pytest.raises(SourceError, match="outside window"):
-        ingest.replace_window(con, f, "simulator", Window(w.start, w.start + timedelta(minutes=30)), T0)
+        ingest.replace_window(
+            con, f, "simulator", Window(w.start, w.start + timedelta(minutes=30)), T0
+        )
     with store.writer(db, T0) as con, pytest.raises(SourceError, match="whole minutes"):
         ingest.replace_window(con, f, "s", Window(w.start, w.end + timedelta(seconds=1)), T0)
 

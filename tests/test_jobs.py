@@ -6,26 +6,37 @@ import subprocess
 import sys
 import time
 
+from conftest import ROOT
+
+from cachemon.clock import MINUTE, floor_to, utcnow
 from cachemon.ingest import write as ingest
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
-from cachemon.clock import MINUTE, floor_to, utcnow
-
-from conftest import ROOT
 
 
 def _env(tmp_path):
     cfg = tmp_path / "small.toml"
     cfg.write_text("[simulator]\nseed = 5\nrequests_per_hour = 6000\ncatalog_keys = 3000\n")
-    env = dict(os.environ, CACHEMON_DB=str(tmp_path / "r.duckdb"), CACHEMON_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ,
+        CACHEMON_DB=str(tmp_path / "r.duckdb"),
+        CACHEMON_CONFIG=str(cfg),
+        PYTHONPATH=str(ROOT),
+    )
     return env, tmp_path / "r.duckdb"
 
 
 def test_once_ingest_fills_up_to_now(tmp_path):
     env, db = _env(tmp_path)
     before = floor_to(utcnow(), MINUTE)
-    p = subprocess.run([sys.executable, "-m", "jobs", "--once", "ingest"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "jobs", "--once", "ingest"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     with store.reader(db) as con:
         until = ingest.watermark(con, "simulator")
@@ -40,18 +51,32 @@ def test_once_failure_is_recorded_and_exits_1(tmp_path):
     env, db = _env(tmp_path)
     (tmp_path / "small.toml").write_text('source = "analytics_engine"\n')
     env = {k: v for k, v in env.items() if not k.startswith("CF_")}
-    p = subprocess.run([sys.executable, "-m", "jobs", "--once", "ingest"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "jobs", "--once", "ingest"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 1, p.stderr
     with store.reader(db) as con:
-        (job, outcome, error), = con.execute("SELECT job, outcome, error FROM job_runs").fetchall()
+        ((job, outcome, error),) = con.execute(
+            "SELECT job, outcome, error FROM job_runs"
+        ).fetchall()
     assert (job, outcome) == ("ingest", "error") and "CF_" in error and "CF_" in p.stderr
 
 
 def test_runner_stops_cleanly_on_sigterm(tmp_path):
     env, db = _env(tmp_path)
-    p = subprocess.Popen([sys.executable, "-m", "jobs"], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "jobs"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 120
     while not store.snapshot_path(db).exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -66,16 +91,22 @@ def test_runner_stops_cleanly_on_sigterm(tmp_path):
 def test_bad_config_exits_2(tmp_path):
     env, _ = _env(tmp_path)
     (tmp_path / "small.toml").write_text("[simulator]\nseed = 'five'\n")
-    p = subprocess.run([sys.executable, "-m", "jobs", "--once", "ingest"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "jobs", "--once", "ingest"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 2 and "seed must be int" in p.stderr
 
 
 def test_runner_pulls_from_analytics_engine_when_configured(tmp_path):
+    from conftest import small_sim
+
     from cachemon.clock import HOUR, Window
     from cachemon.testing.ae_emulator import Emulator
-
-    from conftest import small_sim
 
     now = floor_to(utcnow(), MINUTE)
     sim = small_sim()
@@ -84,10 +115,23 @@ def test_runner_pulls_from_analytics_engine_when_configured(tmp_path):
             emu.add(sim.generate(w))
         cfg = tmp_path / "ae.toml"
         cfg.write_text('source = "analytics_engine"\n[analytics_engine]\nbackfill = "1h"\n')
-        env = dict(os.environ, CACHEMON_DB=str(tmp_path / "ae.duckdb"), CACHEMON_CONFIG=str(cfg),
-                   PYTHONPATH=str(ROOT), CF_ACCOUNT_ID=emu.account, CF_API_TOKEN="tok", CF_API_BASE=emu.base)
-        p = subprocess.run([sys.executable, "-m", "jobs", "--once", "ingest"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=120)
+        env = dict(
+            os.environ,
+            CACHEMON_DB=str(tmp_path / "ae.duckdb"),
+            CACHEMON_CONFIG=str(cfg),
+            PYTHONPATH=str(ROOT),
+            CF_ACCOUNT_ID=emu.account,
+            CF_API_TOKEN="tok",
+            CF_API_BASE=emu.base,
+        )
+        p = subprocess.run(
+            [sys.executable, "-m", "jobs", "--once", "ingest"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert p.returncode == 0, p.stderr
     with store.reader(tmp_path / "ae.duckdb") as con:
         mark = ingest.watermark(con, "analytics_engine")

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cachemon.alerts import lifecycle as lc
 from cachemon.alerts.rules import Rule
 
-T = datetime(2026, 11, 19, 9, 0, tzinfo=timezone.utc)
+T = datetime(2026, 11, 19, 9, 0, tzinfo=UTC)
 STEP = timedelta(minutes=15)
-RULE = Rule("p99_latency", "p99_latency", 500.0, "critical", for_=timedelta(minutes=30),
-            keep_firing_for=timedelta(minutes=15))
+RULE = Rule(
+    "p99_latency",
+    "p99_latency",
+    500.0,
+    "critical",
+    for_=timedelta(minutes=30),
+    keep_firing_for=timedelta(minutes=15),
+)
 
 
 def run(outcomes, rule=RULE):
     s, out = None, []
     for i, kind in enumerate(outcomes):
-        s = lc.step(s, rule, "", lc.Outcome(kind, 600.0 if kind == lc.BREACH else 100.0), T + i * STEP, "m")
+        s = lc.step(
+            s, rule, "", lc.Outcome(kind, 600.0 if kind == lc.BREACH else 100.0), T + i * STEP, "m"
+        )
         out.append(s)
     return out
 
@@ -34,20 +43,43 @@ def test_for_keeps_pending_then_fires_and_keep_firing_for_holds():
 
 def test_pending_resets_on_clear_and_on_missing_data():
     B, C, N = lc.BREACH, lc.CLEAR, lc.NO_DATA
-    assert [s.state for s in run([B, B, C, B, B])] == ["pending", "pending", "ok", "pending", "pending"]
+    assert [s.state for s in run([B, B, C, B, B])] == [
+        "pending",
+        "pending",
+        "ok",
+        "pending",
+        "pending",
+    ]
     assert [s.state for s in run([B, N, B, B])] == ["pending", "no_data", "pending", "pending"]
 
 
 def test_no_data_and_error_keep_a_firing_alert_active():
     B, C, N, E = lc.BREACH, lc.CLEAR, lc.NO_DATA, lc.ERROR
     states = run([B, B, B, N, E, B, C, C])
-    assert [s.state for s in states] == ["pending", "pending", "firing", "no_data", "error", "firing", "firing", "resolved"]
+    assert [s.state for s in states] == [
+        "pending",
+        "pending",
+        "firing",
+        "no_data",
+        "error",
+        "firing",
+        "firing",
+        "resolved",
+    ]
     assert all(s.active for s in states[2:7]) and not states[-1].active
 
 
 def _state(type_, severity, endpoint="", state=lc.FIRING):
-    return lc.InstanceState(type_ + "_" + severity, endpoint, type_, severity, state, T, T,
-                            firing_since=T if state in (lc.FIRING, lc.NO_DATA) else None)
+    return lc.InstanceState(
+        type_ + "_" + severity,
+        endpoint,
+        type_,
+        severity,
+        state,
+        T,
+        T,
+        firing_since=T if state in (lc.FIRING, lc.NO_DATA) else None,
+    )
 
 
 def test_decide_new_changed_repeat_and_resolved():
@@ -56,14 +88,20 @@ def test_decide_new_changed_repeat_and_resolved():
     assert n.reason == "new" and g.members == ("critical:miss_rate",)
     n2, g2 = lc.decide("email", [a], [], g, T + timedelta(hours=3, minutes=45), timedelta(hours=4))
     assert n2 is None and g2.sent_at == T  # suppressed inside 4 h
-    n3, g3 = lc.decide("email", [a, b], [], g2, T + timedelta(hours=3, minutes=50), timedelta(hours=4))
+    n3, g3 = lc.decide(
+        "email", [a, b], [], g2, T + timedelta(hours=3, minutes=50), timedelta(hours=4)
+    )
     assert n3.reason == "new" and [s.type for s in n3.firing] == ["miss_rate", "p99_latency"]
     n4, _ = lc.decide("email", [a, b], [], g3, g3.sent_at + timedelta(hours=4), timedelta(hours=4))
     assert n4.reason == "repeat"
     gone = lc.InstanceState(b.rule, "", b.type, b.severity, lc.RESOLVED, T, T)
     n5, g5 = lc.decide("email", [a], [gone], g3, T + timedelta(hours=4), timedelta(hours=4))
-    assert n5.reason == "resolved" and n5.resolved == (gone,) and g5.members == ("critical:miss_rate",)
-    quiet, _ = lc.decide("email", [a], [gone], g3, T + timedelta(hours=4), timedelta(hours=4), send_resolved=False)
+    assert (
+        n5.reason == "resolved" and n5.resolved == (gone,) and g5.members == ("critical:miss_rate",)
+    )
+    quiet, _ = lc.decide(
+        "email", [a], [gone], g3, T + timedelta(hours=4), timedelta(hours=4), send_resolved=False
+    )
     assert quiet is None
 
 
@@ -88,10 +126,15 @@ def test_silences_match_type_or_rule_and_endpoint_within_their_time():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from([lc.BREACH, lc.CLEAR, lc.NO_DATA, lc.ERROR]), min_size=1, max_size=40),
-       st.integers(0, 4), st.integers(0, 3))
+@given(
+    st.lists(st.sampled_from([lc.BREACH, lc.CLEAR, lc.NO_DATA, lc.ERROR]), min_size=1, max_size=40),
+    st.integers(0, 4),
+    st.integers(0, 3),
+)
 def test_lifecycle_invariants(outcomes, for_steps, keep_steps):
-    rule = Rule("r", "miss_rate", 10.0, "warning", for_=for_steps * STEP, keep_firing_for=keep_steps * STEP)
+    rule = Rule(
+        "r", "miss_rate", 10.0, "warning", for_=for_steps * STEP, keep_firing_for=keep_steps * STEP
+    )
     states = run(outcomes, rule)
     prev = None
     for kind, s in zip(outcomes, states):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,17 +14,47 @@ from cachemon.alerts import lifecycle as lc
 from cachemon.alerts import messages
 
 GOLDEN = Path(__file__).parent / "golden"
-AT = datetime(2026, 11, 19, 9, 45, tzinfo=timezone.utc)
-HOSTILE = '<img src=x onerror=alert(1)>\nSubject: pwned'
+AT = datetime(2026, 11, 19, 9, 45, tzinfo=UTC)
+HOSTILE = "<img src=x onerror=alert(1)>\nSubject: pwned"
 
-FIRING = lc.InstanceState("p99_latency", "", "p99_latency", "critical", lc.FIRING, AT, AT, value=1832.4,
-                          threshold=500.0, message="P99 latency above threshold: 1,832 ms (threshold 500 ms)",
-                          firing_since=AT)
-WARN = lc.InstanceState("edge_low", "title", "edge_hit_rate", "warning", lc.FIRING, AT, AT, value=71.25,
-                        threshold=75.0, message="Edge hit rate (title) below threshold: 71.2% (threshold 75.0%)",
-                        firing_since=AT)
-RESOLVED = lc.InstanceState("queue_depth", "", "queue_depth", "critical", lc.RESOLVED, AT, AT, value=40.0,
-                            threshold=1000.0, message="Warming queue depth 40 jobs (threshold > 1,000 jobs)")
+FIRING = lc.InstanceState(
+    "p99_latency",
+    "",
+    "p99_latency",
+    "critical",
+    lc.FIRING,
+    AT,
+    AT,
+    value=1832.4,
+    threshold=500.0,
+    message="P99 latency above threshold: 1,832 ms (threshold 500 ms)",
+    firing_since=AT,
+)
+WARN = lc.InstanceState(
+    "edge_low",
+    "title",
+    "edge_hit_rate",
+    "warning",
+    lc.FIRING,
+    AT,
+    AT,
+    value=71.25,
+    threshold=75.0,
+    message="Edge hit rate (title) below threshold: 71.2% (threshold 75.0%)",
+    firing_since=AT,
+)
+RESOLVED = lc.InstanceState(
+    "queue_depth",
+    "",
+    "queue_depth",
+    "critical",
+    lc.RESOLVED,
+    AT,
+    AT,
+    value=40.0,
+    threshold=1000.0,
+    message="Warming queue depth 40 jobs (threshold > 1,000 jobs)",
+)
 CONTEXT = {
     "window": {"start": "2026-11-19T09:30:00Z", "end": "2026-11-19T09:45:00Z"},
     "hitRates": {"edge": 80.5, "kv": 13.25, "r2_cold": 0.5, "api": 5.75, "combined": 94.25},
@@ -32,7 +62,13 @@ CONTEXT = {
     "volume": {"total_requests": 31250},
     "errorRate": 0.61,
     "topKeys": [
-        {"key": "search:title:q=hamlet", "endpoint": "title", "requests": 1250, "hitRate": 98.5, "tier": "edge"},
+        {
+            "key": "search:title:q=hamlet",
+            "endpoint": "title",
+            "requests": 1250,
+            "hitRate": 98.5,
+            "tier": "edge",
+        },
         {"key": HOSTILE, "endpoint": "title", "requests": 900, "hitRate": 0.0, "tier": "api"},
     ],
 }
@@ -47,8 +83,15 @@ def _golden(name: str, text: str) -> None:
 
 def _email():
     notice = lc.Notice("email", "new", (FIRING, WARN), (RESOLVED,), AT)
-    return messages.alert_email(notice, CONTEXT, ("oncall@example.org",), "cachemon@example.org",
-                                "[BooksTrack Cache]", "https://cache.example.org/", "<id@cachemon>")
+    return messages.alert_email(
+        notice,
+        CONTEXT,
+        ("oncall@example.org",),
+        "cachemon@example.org",
+        "[BooksTrack Cache]",
+        "https://cache.example.org/",
+        "<id@cachemon>",
+    )
 
 
 def test_alert_email_golden():
@@ -68,23 +111,40 @@ def test_email_escapes_keys_and_has_no_raw_newline_in_text_lines():
 
 def test_resolved_only_and_no_context():
     notice = lc.Notice("email", "resolved", (), (RESOLVED,), AT)
-    email = messages.alert_email(notice, None, ("a@example.org",), "c@example.org", "[X]", "http://h", "<i@c>")
+    email = messages.alert_email(
+        notice, None, ("a@example.org",), "c@example.org", "[X]", "http://h", "<i@c>"
+    )
     assert email.subject == "[X] RESOLVED: queue_depth"
     assert "Possible" not in email.text and "No recent metrics" in email.text
 
 
 def test_subject_cannot_carry_a_header():
-    evil = lc.InstanceState("r", "ti\r\ntle", "miss_rate", "critical", lc.FIRING, AT, AT, firing_since=AT)
+    evil = lc.InstanceState(
+        "r", "ti\r\ntle", "miss_rate", "critical", lc.FIRING, AT, AT, firing_since=AT
+    )
     s = messages.subject(lc.Notice("email", "new", (evil,), (), AT), "[BooksTrack Cache]")
     assert "\r" not in s and "\n" not in s and s.endswith("[ti\\r\\ntle]")
 
 
-@pytest.mark.parametrize("render, golden", [(messages.slack_payload, "slack.json"),
-                                            (messages.discord_payload, "discord.json")])
+@pytest.mark.parametrize(
+    "render, golden",
+    [(messages.slack_payload, "slack.json"), (messages.discord_payload, "discord.json")],
+)
 def test_chat_payloads_golden(render, golden):
-    bad = lc.InstanceState("r", "<!channel> @everyone *x*", "miss_rate", "critical", lc.FIRING, AT, AT,
-                           message="Cache miss rate (<!channel>) above threshold", firing_since=AT)
-    payload = render(lc.Notice("slack", "new", (bad, FIRING), (RESOLVED,), AT), "[BooksTrack Cache]", "http://h/")
+    bad = lc.InstanceState(
+        "r",
+        "<!channel> @everyone *x*",
+        "miss_rate",
+        "critical",
+        lc.FIRING,
+        AT,
+        AT,
+        message="Cache miss rate (<!channel>) above threshold",
+        firing_since=AT,
+    )
+    payload = render(
+        lc.Notice("slack", "new", (bad, FIRING), (RESOLVED,), AT), "[BooksTrack Cache]", "http://h/"
+    )
     _golden(golden, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     text = json.dumps(payload)
     assert "<!channel>" not in text

@@ -3,14 +3,13 @@
 from datetime import timedelta
 
 import pytest
+from conftest import T0, weighted_quantile
 
-from cachemon.metrics import window as metrics
-from cachemon.store import db as store
 from cachemon.clock import Window
 from cachemon.errors import StoreError
 from cachemon.histogram import ALPHA
-
-from conftest import T0, weighted_quantile
+from cachemon.metrics import window as metrics
+from cachemon.store import db as store
 
 WINDOWS = [
     Window(T0, T0 + timedelta(hours=3)),  # whole hours
@@ -55,7 +54,11 @@ def test_top_keys_match_raw_events_over_the_span_they_cover(loaded_store, window
     r = _truth(df, covered)
     per_key = r.groupby("key").sample_interval.sum()
     api = r[r.tier == "api"].groupby("key").sample_interval.sum()
-    expected = per_key.reset_index().sort_values(["sample_interval", "key"], ascending=[False, True]).head(5)
+    expected = (
+        per_key.reset_index()
+        .sort_values(["sample_interval", "key"], ascending=[False, True])
+        .head(5)
+    )
     assert [k.key for k in m.top_keys] == list(expected.key)
     for k in m.top_keys:
         assert k.requests == pytest.approx(per_key[k.key])
@@ -73,8 +76,13 @@ def test_long_windows_use_the_pruned_top_k_and_stay_exact(tmp_path):
     with store.reader(path) as con:
         m = metrics.compute(con, window, "custom", top=10)
     r = _truth(df, m.top_keys_window)
-    top = r.groupby("key").sample_interval.sum().reset_index().sort_values(
-        ["sample_interval", "key"], ascending=[False, True]).head(10)
+    top = (
+        r.groupby("key")
+        .sample_interval.sum()
+        .reset_index()
+        .sort_values(["sample_interval", "key"], ascending=[False, True])
+        .head(10)
+    )
     assert [k.key for k in m.top_keys] == list(top.key)
 
 
@@ -94,17 +102,25 @@ def test_json_has_the_seed_shape(loaded_store):
         out = metrics.to_json(metrics.compute(con, WINDOWS[0], "1h"))
     assert set(out["hitRates"]) == {"edge", "kv", "r2_cold", "api", "combined"}
     assert set(out["latency"]) == {"p50", "p95", "p99", "avg"}
-    assert {"total_requests", "edge_hits", "kv_hits", "r2_rehydrations", "api_misses"} <= set(out["volume"])
+    assert {"total_requests", "edge_hits", "kv_hits", "r2_rehydrations", "api_misses"} <= set(
+        out["volume"]
+    )
     assert out["timestamp"] == "2026-11-19T11:00:00Z" and out["period"] == "1h"
     v = out["volume"]
-    assert v["total_requests"] == v["edge_hits"] + v["kv_hits"] + v["r2_rehydrations"] + v["api_misses"]
+    assert (
+        v["total_requests"]
+        == v["edge_hits"] + v["kv_hits"] + v["r2_rehydrations"] + v["api_misses"]
+    )
     assert {"key", "requests", "hitRate", "tier"} <= set(out["topKeys"][0])
     assert "costs" not in out and "health" not in out  # absent until built, never faked
 
 
 def test_empty_window_names_what_the_store_holds(loaded_store):
     path, _ = loaded_store
-    with store.reader(path) as con, pytest.raises(StoreError, match="no requests in .* holds data from 2026-11-19T08:00:00Z"):
+    with (
+        store.reader(path) as con,
+        pytest.raises(StoreError, match="no requests in .* holds data from 2026-11-19T08:00:00Z"),
+    ):
         metrics.compute(con, Window(T0 - timedelta(days=2), T0 - timedelta(days=1)), "24h")
 
 
@@ -121,13 +137,21 @@ def test_kpi_deltas(loaded_store):
 
 def test_a_lagging_source_serves_the_last_good_data_marked_stale(loaded_store):
     path, _ = loaded_store
-    asked = Window(T0 + timedelta(hours=4, minutes=45), T0 + timedelta(hours=5))  # 2 h after the data
+    asked = Window(
+        T0 + timedelta(hours=4, minutes=45), T0 + timedelta(hours=5)
+    )  # 2 h after the data
     with store.reader(path) as con:
         with pytest.raises(StoreError, match="no requests in"):
             metrics.compute(con, asked, "15m")
         m = metrics.compute(con, asked, "15m", latest=True)
-        fresh = metrics.compute(con, Window(T0 + timedelta(hours=2, minutes=45), T0 + timedelta(hours=3)), "15m")
+        fresh = metrics.compute(
+            con, Window(T0 + timedelta(hours=2, minutes=45), T0 + timedelta(hours=3)), "15m"
+        )
     out = metrics.to_json(m)
     assert m.window == fresh.window and m.volume == fresh.volume
-    assert out["timestamp"] == "2026-11-19T13:00:00Z" and out["dataAgeSeconds"] == 7200 and out["stale"] is True
+    assert (
+        out["timestamp"] == "2026-11-19T13:00:00Z"
+        and out["dataAgeSeconds"] == 7200
+        and out["stale"] is True
+    )
     assert metrics.to_json(fresh)["stale"] is False

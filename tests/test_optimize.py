@@ -8,13 +8,12 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
-
+from conftest import T0, load, simulate, small_sim
 
 from cachemon import settings
+from cachemon.clock import Window
 from cachemon.costs import optimize
 from cachemon.store import db as store
-from cachemon.clock import Window
-from conftest import T0, load, simulate, small_sim
 
 START = T0 - timedelta(days=10)
 AT = T0 + timedelta(hours=2)
@@ -31,9 +30,18 @@ def _truth(df: pd.DataFrame) -> pd.DataFrame:
     for tier in ("edge", "kv", "r2", "api"):
         req[tier] = np.where(req.tier == tier, req.sample_interval, 0.0)
     req["errors"] = np.where(req.status == "error", req.sample_interval, 0.0)
-    g = req.groupby(["key", "endpoint"]).agg(edge=("edge", "sum"), kv=("kv", "sum"), r2=("r2", "sum"),
-                                             api=("api", "sum"), errors=("errors", "sum"),
-                                             first=("timestamp", "min")).reset_index()
+    g = (
+        req.groupby(["key", "endpoint"])
+        .agg(
+            edge=("edge", "sum"),
+            kv=("kv", "sum"),
+            r2=("r2", "sum"),
+            api=("api", "sum"),
+            errors=("errors", "sum"),
+            first=("timestamp", "min"),
+        )
+        .reset_index()
+    )
     g["requests"] = g[["edge", "kv", "r2", "api"]].sum(axis=1)
     g["per_day"] = g["requests"] / DAYS
     g["cls"] = np.where(g.per_day > 100, "hot", np.where(g.per_day < 10 / 30, "cold", "warm"))
@@ -43,8 +51,16 @@ def _truth(df: pd.DataFrame) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory):
     path = tmp_path_factory.mktemp("opt") / "o.duckdb"
-    early, df1 = simulate(2, start=START, sim=small_sim(requests_per_hour=40_000, sample_threshold_per_minute=1e6, colos=30))
-    late, df2 = simulate(2, start=T0, sim=small_sim(requests_per_hour=40_000, sample_threshold_per_minute=1e6, colos=30))
+    early, df1 = simulate(
+        2,
+        start=START,
+        sim=small_sim(requests_per_hour=40_000, sample_threshold_per_minute=1e6, colos=30),
+    )
+    late, df2 = simulate(
+        2,
+        start=T0,
+        sim=small_sim(requests_per_hour=40_000, sample_threshold_per_minute=1e6, colos=30),
+    )
     load(path, early + late, now=AT)
     df = pd.concat([df1, df2])
     cfg = settings.Config()
@@ -76,7 +92,11 @@ def test_edge_optimization_saving(analysed):
     rec = recs["edge_optimization"]
     assert rec.saving_per_day == pytest.approx(avoidable * 0.50 / 1e6)
     assert rec.title.startswith(f"{len(low):,} hot keys")
-    worst = low.assign(a=(low.requests - low.edge) / DAYS - low.requests / DAYS * 0.01).sort_values("a").key.iloc[-1]
+    worst = (
+        low.assign(a=(low.requests - low.edge) / DAYS - low.requests / DAYS * 0.01)
+        .sort_values("a")
+        .key.iloc[-1]
+    )
     assert rec.evidence[0].startswith(worst)
 
 
@@ -103,7 +123,9 @@ def test_ttl_tuning_saving(analysed):
         lam = ((g.requests - g.edge) / DAYS).to_numpy()
 
         def cost(T):
-            return (lam / (1 + lam * T) * 5.0 / 1e6 + lam * T / (1 + lam * T) * 600 / 1e9 * 0.50 / 30).sum()
+            return (
+                lam / (1 + lam * T) * 5.0 / 1e6 + lam * T / (1 + lam * T) * 600 / 1e9 * 0.50 / 30
+            ).sum()
 
         options = sorted({min(base * f, 30.0) for f in (1, 2, 4, 7, 14, 30)})
         best = min(options, key=cost)
@@ -119,12 +141,18 @@ def _window_truth(df: pd.DataFrame, days: float) -> pd.DataFrame:
     return g
 
 
-@pytest.mark.parametrize("f", [
-    optimize.KeyFilter(limit=50),
-    optimize.KeyFilter(endpoint="title", klass="warm", limit=30),
-    optimize.KeyFilter(contains="Q=A", limit=1000),  # case-insensitive plain text
-    optimize.KeyFilter(contains="%' OR 1=1 --", limit=10),  # SQL text is just text: nothing matches
-], ids=["top", "title-warm", "contains", "injection"])
+@pytest.mark.parametrize(
+    "f",
+    [
+        optimize.KeyFilter(limit=50),
+        optimize.KeyFilter(endpoint="title", klass="warm", limit=30),
+        optimize.KeyFilter(contains="Q=A", limit=1000),  # case-insensitive plain text
+        optimize.KeyFilter(
+            contains="%' OR 1=1 --", limit=10
+        ),  # SQL text is just text: nothing matches
+    ],
+    ids=["top", "title-warm", "contains", "injection"],
+)
 def test_key_page_filters_and_orders_like_pandas(loaded_store, f):
     path, df = loaded_store
     window = Window(T0, T0 + timedelta(hours=3))

@@ -8,19 +8,17 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-
-from cachemon import config
-
-from cachemon import settings
-from cachemon.notify import outbox as notify
-from cachemon.ingest import load as pipeline
-from cachemon.tuning import promote
-from cachemon.store import db as store
-from cachemon.tuning import analysis as tuning
-from cachemon.clock import iso
-from cachemon.testing.kv_emulator import Fault, KvEmulator
 from conftest import T0
 from servers import SmtpSink
+
+from cachemon import config, settings
+from cachemon.clock import iso
+from cachemon.ingest import load as pipeline
+from cachemon.notify import outbox as notify
+from cachemon.store import db as store
+from cachemon.testing.kv_emulator import Fault, KvEmulator
+from cachemon.tuning import analysis as tuning
+from cachemon.tuning import promote
 
 TOKEN = "kv-secret-token-123"
 
@@ -33,8 +31,13 @@ def kv():
 
 
 def _env(emu, **extra):
-    return {"CF_API_BASE": emu.base, "CF_ACCOUNT_ID": emu.account, "CF_API_TOKEN": TOKEN,
-            "CF_KV_NAMESPACE_ID": emu.namespace, **extra}
+    return {
+        "CF_API_BASE": emu.base,
+        "CF_ACCOUNT_ID": emu.account,
+        "CF_API_TOKEN": TOKEN,
+        "CF_KV_NAMESPACE_ID": emu.namespace,
+        **extra,
+    }
 
 
 def _experiment(tmp_path):
@@ -60,16 +63,32 @@ def test_promotion_writes_reads_back_and_records(tmp_path, kv):
     client = promote.KvClient.from_env(_env(kv))
     kv.values[promote.CONFIG_KEY] = json.dumps(promote.defaults(cfg)).encode()
     dry = promote.promote(client, cfg, cfg.experiments[0], "treatment", dry_run=True)
-    assert dry.new["title"] == 172800 and json.loads(kv.values[promote.CONFIG_KEY])["title"] == 86400
+    assert (
+        dry.new["title"] == 172800 and json.loads(kv.values[promote.CONFIG_KEY])["title"] == 86400
+    )
     act = promote.promote(client, cfg, cfg.experiments[0], "treatment")
     assert act.action == "promote" and act.old["title"] == 86400
-    assert json.loads(kv.values[promote.CONFIG_KEY]) == {"title": 172800, "isbn": 2592000, "author": 604800}
-    assert [(m, s) for m, _, s in kv.log][-2:] == [("PUT", 200), ("GET", 200)]  # written, then read back
+    assert json.loads(kv.values[promote.CONFIG_KEY]) == {
+        "title": 172800,
+        "isbn": 2592000,
+        "author": 604800,
+    }
+    assert [(m, s) for m, _, s in kv.log][-2:] == [
+        ("PUT", 200),
+        ("GET", 200),
+    ]  # written, then read back
     assert repr(client).count(TOKEN) == 0
 
 
-@pytest.mark.parametrize("stored", [b"{not json", b'{"title": "24h", "isbn": 1, "author": 1}',
-                                    b'{"title": 10, "isbn": 2592000, "author": 604800}', b'[]'])
+@pytest.mark.parametrize(
+    "stored",
+    [
+        b"{not json",
+        b'{"title": "24h", "isbn": 1, "author": 1}',
+        b'{"title": 10, "isbn": 2592000, "author": 604800}',
+        b"[]",
+    ],
+)
 def test_corrupt_config_rolls_back_to_defaults(tmp_path, kv, stored):
     cfg = _experiment(tmp_path)
     kv.values[promote.CONFIG_KEY] = stored
@@ -104,9 +123,17 @@ def _winning_events(e, path):
         cohort = e.assign(key).name
         p = 0.97 if cohort == "treatment" else 0.85
         for j in range(20):
-            rows.append({"timestamp": iso(T0 + timedelta(seconds=int(rng.integers(0, 7200)))),
-                         "tier": "kv" if rng.random() < p else "api", "key": key, "endpoint": "title",
-                         "latency_ms": 20.0, "experiment": e.name, "cohort": cohort})
+            rows.append(
+                {
+                    "timestamp": iso(T0 + timedelta(seconds=int(rng.integers(0, 7200)))),
+                    "tier": "kv" if rng.random() < p else "api",
+                    "key": key,
+                    "endpoint": "title",
+                    "latency_ms": 20.0,
+                    "experiment": e.name,
+                    "cohort": cohort,
+                }
+            )
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
 
@@ -114,7 +141,9 @@ def test_daily_run_promotes_a_winner_and_mails_the_notice(tmp_path, kv):
     cfg = config.with_db(_experiment(tmp_path), str(tmp_path / "p.duckdb"))
     _winning_events(cfg.experiments[0], tmp_path / "w.ndjson")
     at = T0 + timedelta(hours=2)
-    pipeline.import_files(cfg, [tmp_path / "w.ndjson"], at)  # after the events: future ones are refused
+    pipeline.import_files(
+        cfg, [tmp_path / "w.ndjson"], at
+    )  # after the events: future ones are refused
     kv.values[promote.CONFIG_KEY] = json.dumps(promote.defaults(cfg)).encode()
     sink = SmtpSink().start()
     try:
@@ -130,10 +159,14 @@ def test_daily_run_promotes_a_winner_and_mails_the_notice(tmp_path, kv):
     a = analyses[0]
     hit = a.comparisons[0].metrics[0]
     assert a.decision == "winner" and hit.lower > 2.0 and a.srm_p > 0.001
-    assert [x.action for x in actions] == ["promote"] and json.loads(kv.values[promote.CONFIG_KEY])["title"] == 172800
+    assert [x.action for x in actions] == ["promote"] and json.loads(kv.values[promote.CONFIG_KEY])[
+        "title"
+    ] == 172800
     assert rows[0][1] == "promote" and "86400 s → 172800 s" in rows[0][5]
     assert [r["decision"] for r in saved] == ["winner"]
-    assert [m["Subject"] for m in sink.messages] == ["[BooksTrack Cache] Promotion: extended-title-ttl"]
+    assert [m["Subject"] for m in sink.messages] == [
+        "[BooksTrack Cache] Promotion: extended-title-ttl"
+    ]
 
 
 def test_unreadable_experiment_config_restores_defaults_and_alerts(tmp_path, kv):
@@ -152,7 +185,11 @@ def test_unreadable_experiment_config_restores_defaults_and_alerts(tmp_path, kv)
             rows = promote.history(con)
     finally:
         sink.stop()
-    assert act.action == "rollback" and json.loads(kv.values[promote.CONFIG_KEY]) == promote.defaults(cfg)
+    assert act.action == "rollback" and json.loads(
+        kv.values[promote.CONFIG_KEY]
+    ) == promote.defaults(cfg)
     assert rows[0][1] == "rollback" and "experiment config invalid" in rows[0][5]
     assert [m["Subject"] for m in sink.messages] == ["[BooksTrack Cache] CRITICAL: config_rollback"]
-    assert promote.on_bad_config(None, cfg, "x", {}, t, T0) is None  # no KV configured: nothing to restore
+    assert (
+        promote.on_bad_config(None, cfg, "x", {}, t, T0) is None
+    )  # no KV configured: nothing to restore

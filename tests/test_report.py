@@ -6,21 +6,19 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
-
-from cachemon import config
-
-from cachemon import settings
-from cachemon.notify import outbox as notify
-from cachemon.costs import report
-from cachemon.store import db as store
 from conftest import ROOT
 from servers import SmtpSink
 from test_messages import _golden
 
-NOW = datetime(2026, 11, 20, 3, 0, tzinfo=timezone.utc)
+from cachemon import config, settings
+from cachemon.costs import report
+from cachemon.notify import outbox as notify
+from cachemon.store import db as store
+
+NOW = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
 DAY = date(2026, 11, 19)
 
 
@@ -86,8 +84,14 @@ def test_cli_dry_run_and_bad_date(db):
     env.pop("CACHEMON_CONFIG", None)
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "cachemon", "costs", "report", *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "cachemon", "costs", "report", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     p = cli("--date", "2026-11-19", "--dry-run")
     assert p.returncode == 0, p.stderr

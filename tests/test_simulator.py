@@ -5,14 +5,13 @@ from datetime import timedelta
 
 import numpy as np
 import pandas as pd
+from conftest import SMALL, T0, simulate, small_sim, to_pandas
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cachemon.assignment import seed_sha256_byte
 from cachemon.clock import HOUR, Window
 from cachemon.sources.simulator import EXPERIMENT, Simulator, _ttl_hits
-
-from conftest import SMALL, T0, simulate, small_sim, to_pandas
 
 
 def _requests(df):
@@ -57,7 +56,11 @@ def test_saved_state_resumes_exactly():
 
 
 def test_tier_shares_and_latency_look_like_the_seed():
-    _, df = simulate(24, start=T0 - timedelta(hours=8), sim=Simulator(replace(SMALL, requests_per_hour=20000, catalog_keys=20000)))
+    _, df = simulate(
+        24,
+        start=T0 - timedelta(hours=8),
+        sim=Simulator(replace(SMALL, requests_per_hour=20000, catalog_keys=20000)),
+    )
     req = _requests(df)
     w = req.groupby("tier").sample_interval.sum() / req.sample_interval.sum() * 100
     assert 65 < w["edge"] < 90 and 8 < w["kv"] < 30 and 0 < w["r2"] < 5 and 1 < w["api"] < 10
@@ -81,7 +84,13 @@ def test_volume_follows_the_diurnal_shape_and_sampling_is_unbiased():
 
 def test_key_popularity_is_zipf_like():
     _, df = simulate(6, sim=small_sim(requests_per_hour=30000, long_tail_share=0.0))
-    counts = _requests(df).query("endpoint == 'title'").groupby("key").sample_interval.sum().sort_values(ascending=False)
+    counts = (
+        _requests(df)
+        .query("endpoint == 'title'")
+        .groupby("key")
+        .sample_interval.sum()
+        .sort_values(ascending=False)
+    )
     ranks = np.arange(1, 51)
     slope = np.polyfit(np.log(ranks), np.log(counts.to_numpy()[:50]), 1)[0]
     assert -1.0 < slope < -0.6  # α ≈ 0.8
@@ -89,7 +98,9 @@ def test_key_popularity_is_zipf_like():
 
 def test_title_cohorts_use_the_seed_hash():
     _, df = simulate(1)
-    title = _requests(df).query("endpoint == 'title' and not key.str.contains(':q=lt-')", engine="python")
+    title = _requests(df).query(
+        "endpoint == 'title' and not key.str.contains(':q=lt-')", engine="python"
+    )
     assert (title.experiment == EXPERIMENT).all()
     for key, cohort in title.groupby("key").cohort.first().head(50).items():
         assert cohort == ("control", "treatment")[seed_sha256_byte(key, EXPERIMENT, [0.5, 0.5])]
@@ -122,7 +133,11 @@ def test_incidents_origin_slowdown_queue_backlog_and_purge():
 def test_gauges_are_present():
     _, df = simulate(1)
     kinds = df[df.kind != "request"].groupby("kind").size()
-    assert kinds["queue_depth"] == 60 and kinds["kv_storage_bytes"] == 12 and kinds["r2_storage_bytes"] == 12
+    assert (
+        kinds["queue_depth"] == 60
+        and kinds["kv_storage_bytes"] == 12
+        and kinds["r2_storage_bytes"] == 12
+    )
     assert (df[df.kind == "kv_storage_bytes"].latency_ms > 0).all()
 
 

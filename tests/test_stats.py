@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats as sps
 
 from cachemon.tuning import stats
 from cachemon.tuning.experiments import Cohort, Experiment
-from datetime import datetime, timedelta, timezone
 
 
 def _keys(rng, n, hit_rate):
@@ -100,14 +101,23 @@ def test_sequence_p_value_and_duration():
     p = d.sequence_p(2000)
     lo, _ = d.sequence_interval(p * 1.01, 2000)
     assert lo > 0 and d.sequence_interval(p * 0.99, 2000)[0] < 0
-    assert stats.days_needed(0.2, 1000, effect=0.03, margin=0.02, alpha=0.05, tuning_n=14_000) is not None
-    assert stats.days_needed(0.2, 1000, effect=0.02, margin=0.02, alpha=0.05, tuning_n=14_000) is None
+    assert (
+        stats.days_needed(0.2, 1000, effect=0.03, margin=0.02, alpha=0.05, tuning_n=14_000)
+        is not None
+    )
+    assert (
+        stats.days_needed(0.2, 1000, effect=0.02, margin=0.02, alpha=0.05, tuning_n=14_000) is None
+    )
     assert stats.cs_halfwidth(1.0, 1000, 1000, 0.05) > sps.norm.ppf(0.975) / math.sqrt(1000)
 
 
 def test_experiment_defaults():
-    e = Experiment("x", "title", (Cohort("a", timedelta(hours=1), 0.5), Cohort("b", timedelta(hours=2), 0.5)),
-                   datetime(2026, 11, 1, tzinfo=timezone.utc))
+    e = Experiment(
+        "x",
+        "title",
+        (Cohort("a", timedelta(hours=1), 0.5), Cohort("b", timedelta(hours=2), 0.5)),
+        datetime(2026, 11, 1, tzinfo=UTC),
+    )
     assert e.scheme == "sha256-u64" and e.margin == 2.0
 
 
@@ -124,19 +134,35 @@ def test_cuped_is_unbiased_and_cuts_variance():
     raw, adj = [], []
     for _ in range(200):
         arm = rng.integers(0, 2, n)
-        p = np.where(arm == 1, 1 - (1 - base) * (1 - 0.03 / float((lam * (1 - base)).sum() / lam.sum())), base)
+        p = np.where(
+            arm == 1,
+            1 - (1 - base) * (1 - 0.03 / float((lam * (1 - base)).sum() / lam.sum())),
+            base,
+        )
         pre_d = rng.poisson(lam * 3)
-        pre_rate = np.where(pre_d > 0, rng.binomial(pre_d, base) / np.maximum(pre_d, 1), base.mean())
+        pre_rate = np.where(
+            pre_d > 0, rng.binomial(pre_d, base) / np.maximum(pre_d, 1), base.mean()
+        )
         d = rng.poisson(lam).astype(float)
         m = rng.binomial(d.astype(int), p).astype(float)
         c, t = arm == 0, arm == 1
-        theta, (mc, mt) = stats.cuped([m[c], m[t]], [d[c], d[t]], [d[c] * pre_rate[c], d[t] * pre_rate[t]])
+        theta, (mc, mt) = stats.cuped(
+            [m[c], m[t]], [d[c], d[t]], [d[c] * pre_rate[c], d[t] * pre_rate[t]]
+        )
         # θ is the least-squares slope of the linearised residuals, computed here with numpy.
         cov = d * pre_rate
         u, v = m - m.sum() / d.sum() * d, cov - cov.sum() / d.sum() * d
         assert theta == pytest.approx(np.linalg.lstsq(v[:, None], u, rcond=None)[0][0])
-        raw.append(stats.Difference.of(stats.RatioStats.of(m[c], d[c]), stats.RatioStats.of(m[t], d[t])).estimate)
-        adj.append(stats.Difference.of(stats.RatioStats.of(mc, d[c]), stats.RatioStats.of(mt, d[t])).estimate)
+        raw.append(
+            stats.Difference.of(
+                stats.RatioStats.of(m[c], d[c]), stats.RatioStats.of(m[t], d[t])
+            ).estimate
+        )
+        adj.append(
+            stats.Difference.of(
+                stats.RatioStats.of(mc, d[c]), stats.RatioStats.of(mt, d[t])
+            ).estimate
+        )
     raw, adj = np.array(raw), np.array(adj)
     assert abs(adj.mean() - 0.03) < 0.10 * 0.03
     assert abs(raw.mean() - 0.03) < 3 * raw.std() / math.sqrt(len(raw))

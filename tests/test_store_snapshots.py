@@ -15,12 +15,11 @@ import threading
 from datetime import timedelta
 
 import pytest
+from conftest import ROOT, T0, load, simulate
 
+from cachemon.errors import StoreBusyError, StoreDiskError, StoreError
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
-from cachemon.errors import StoreBusyError, StoreDiskError, StoreError
-
-from conftest import ROOT, T0, load, simulate
 
 
 def _until(db):
@@ -58,7 +57,9 @@ def test_a_long_lived_reader_sees_every_publish(two_hours):
         assert metrics.data_span(con)[1] == first  # the held one reads its own version, undisturbed
     finally:
         held.__exit__(None, None, None)
-    assert os.readlink(store.snapshot_path(db)) == store.version_path(db, 2).name  # analysts' name: a symlink
+    assert (
+        os.readlink(store.snapshot_path(db)) == store.version_path(db, 2).name
+    )  # analysts' name: a symlink
 
 
 def test_old_versions_are_pruned_and_numbers_only_grow(two_hours):
@@ -92,8 +93,12 @@ def test_a_damaged_main_file_is_never_published(two_hours, damage, results):
     assert "last good snapshot stays" in str(err.value) and "\n" not in str(err.value)
     assert store.current_snapshot(db) == snap and _until(db) == before
     assert not [f for f in _files(db) if f.endswith((".tmp", ".link"))]
-    results(f"{damage} main file at publish", f"main store file {damage}", 1,
-            "publish refused in one line; the last good snapshot still answers; no temporary file")
+    results(
+        f"{damage} main file at publish",
+        f"main store file {damage}",
+        1,
+        "publish refused in one line; the last good snapshot still answers; no temporary file",
+    )
 
 
 def test_a_disk_full_copy_says_so_and_leaves_no_temporary_file(two_hours):
@@ -125,9 +130,14 @@ def test_a_publisher_that_died_mid_copy_leaves_nothing_behind(two_hours):
 
 
 def _cli(db, *args, **env):
-    return subprocess.run([sys.executable, "-m", "cachemon", "--db", str(db), *args], cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT), **env), capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cachemon", "--db", str(db), *args],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _silences(db):
@@ -148,10 +158,30 @@ def test_writers_take_turns_and_a_busy_store_is_one_line(two_hours, results):
     t.start()
     held.wait(10)
     try:
-        busy = _cli(db, "alerts", "silence", "p99_latency", "--for", "1h", "--reason", "deploy", CACHEMON_WRITE_WAIT_SECONDS="0.5")
+        busy = _cli(
+            db,
+            "alerts",
+            "silence",
+            "p99_latency",
+            "--for",
+            "1h",
+            "--reason",
+            "deploy",
+            CACHEMON_WRITE_WAIT_SECONDS="0.5",
+        )
         # A writer that waits long enough gets its turn when the holder is done.
         threading.Timer(1.0, release.set).start()
-        waited = _cli(db, "alerts", "silence", "p99_latency", "--for", "1h", "--reason", "deploy", CACHEMON_WRITE_WAIT_SECONDS="60")
+        waited = _cli(
+            db,
+            "alerts",
+            "silence",
+            "p99_latency",
+            "--for",
+            "1h",
+            "--reason",
+            "deploy",
+            CACHEMON_WRITE_WAIT_SECONDS="60",
+        )
     finally:
         release.set()
         t.join()
@@ -161,8 +191,12 @@ def test_writers_take_turns_and_a_busy_store_is_one_line(two_hours, results):
     assert f"pid {os.getpid()}" in line  # who holds it
     assert waited.returncode == 0, waited.stderr
     assert _silences(db) == 1  # only the one that got its turn wrote
-    results("store busy beyond the wait", "`alerts silence` while another writer holds the store", 2,
-            "the short wait: one `busy for 0.5 s` line naming the holder, nothing written; the long wait: written")
+    results(
+        "store busy beyond the wait",
+        "`alerts silence` while another writer holds the store",
+        2,
+        "the short wait: one `busy for 0.5 s` line naming the holder, nothing written; the long wait: written",
+    )
 
 
 def test_the_write_lock_waits_in_another_thread_and_names_its_holder(two_hours):
@@ -186,12 +220,13 @@ def test_the_write_lock_waits_in_another_thread_and_names_its_holder(two_hours):
 
 
 def test_a_store_from_a_newer_cachemon_is_one_line_on_every_read_path(two_hours, results):
+    import duckdb
     from streamlit.testing.v1 import AppTest
 
-    import duckdb
-
     db, _ = two_hours
-    con = duckdb.connect(str(db))  # what a newer cachemon leaves: its store, published as its next version
+    con = duckdb.connect(
+        str(db)
+    )  # what a newer cachemon leaves: its store, published as its next version
     con.execute("INSERT INTO schema_version VALUES (?, ?)", [store.SCHEMA_VERSION + 1, T0])
     con.close()
     newer = store.version_path(db, 7)
@@ -205,15 +240,30 @@ def test_a_store_from_a_newer_cachemon_is_one_line_on_every_read_path(two_hours,
     with pytest.raises(StoreError, match="newer than this cachemon"):
         with store.shared_reader(db):
             pass
-    for args in (["metrics", "--at", "2026-11-19T10:00:00Z"], ["alerts", "check"], ["alerts", "silences"],
-                 ["alerts", "silence", "p99_latency", "--for", "1h", "--reason", "deploy"]):
+    for args in (
+        ["metrics", "--at", "2026-11-19T10:00:00Z"],
+        ["alerts", "check"],
+        ["alerts", "silences"],
+        ["alerts", "silence", "p99_latency", "--for", "1h", "--reason", "deploy"],
+    ):
         p = _cli(db, *args)
         assert p.returncode == 2 and "Traceback" not in p.stderr, (args, p.stderr)
-        assert p.stderr.startswith("cachemon: error: ") and "newer than this cachemon" in p.stderr, (args, p.stderr)
+        assert (
+            p.stderr.startswith("cachemon: error: ") and "newer than this cachemon" in p.stderr
+        ), (args, p.stderr)
     assert db.read_bytes() == before  # nothing stored changed
     os.environ["CACHEMON_DB"], old = str(db), os.environ.get("CACHEMON_DB")
     try:
-        for page in ("overview", "topkeys", "trends", "costs", "alerts", "jobs", "experiments", "ttl"):
+        for page in (
+            "overview",
+            "topkeys",
+            "trends",
+            "costs",
+            "alerts",
+            "jobs",
+            "experiments",
+            "ttl",
+        ):
             at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
             at.switch_page(f"views/{page}.py")
             at.run()
@@ -225,5 +275,9 @@ def test_a_store_from_a_newer_cachemon_is_one_line_on_every_read_path(two_hours,
             os.environ.pop("CACHEMON_DB")
         else:
             os.environ["CACHEMON_DB"] = old
-    results("store from a newer cachemon", "schema_version 9 published", 4 + 8,
-            "4 CLI commands: one line, exit 2, nothing changed; 8 dashboard pages: a message, no traceback")
+    results(
+        "store from a newer cachemon",
+        "schema_version 9 published",
+        4 + 8,
+        "4 CLI commands: one line, exit 2, nothing changed; 8 dashboard pages: a message, no traceback",
+    )

@@ -3,18 +3,16 @@ and falls back when it cannot prove its answer."""
 
 from datetime import timedelta
 
+import pandas as pd
 import pytest
+from conftest import T0, load, simulate, small_sim
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cachemon.clock import Window
 from cachemon.ingest import write as ingest
 from cachemon.store import db as store
 from cachemon.store import topkeys
-from cachemon.clock import Window
-
-import pandas as pd
-
-from conftest import T0, load, simulate, small_sim
 
 START = T0 - timedelta(hours=20)
 
@@ -40,8 +38,15 @@ def _params(window, limit):
     d_lo, d_hi = ceil_to(window.start, DAY), floor_to(window.end, DAY)
     if d_lo >= d_hi:
         d_lo = d_hi = window.end
-    return {"d_lo": d_lo, "d_hi": d_hi, "k_lo": floor_to(window.start, HOUR), "lo": window.start,
-            "hi": window.end, "endpoint": None, "limit": limit}
+    return {
+        "d_lo": d_lo,
+        "d_hi": d_hi,
+        "k_lo": floor_to(window.start, HOUR),
+        "lo": window.start,
+        "hi": window.end,
+        "endpoint": None,
+        "limit": limit,
+    }
 
 
 def test_summary_path_is_taken_and_agrees_with_full_aggregation(day_store):
@@ -58,9 +63,14 @@ def test_summary_path_is_taken_and_agrees_with_full_aggregation(day_store):
     assert [(r[0], sum(r[2:6])) for r in rows] == _truth(df, covered, 10)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.integers(min_value=0, max_value=29 * 60), st.integers(min_value=15, max_value=30 * 60),
-       st.integers(min_value=1, max_value=40))
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.integers(min_value=0, max_value=29 * 60),
+    st.integers(min_value=15, max_value=30 * 60),
+    st.integers(min_value=1, max_value=40),
+)
 def test_any_window_matches_raw_events(day_store, start_min, length_min, n):
     path, df = day_store
     s = START + timedelta(minutes=start_min)
@@ -76,14 +86,18 @@ def test_any_window_matches_raw_events(day_store, start_min, length_min, n):
 
 def test_flat_traffic_falls_back_and_stays_exact(tmp_path):
     """With every key equally popular the bounds cannot separate the top k."""
-    parts, df = simulate(4, sim=small_sim(zipf_alpha=0.0, catalog_keys=3000, requests_per_hour=8000))
+    parts, df = simulate(
+        4, sim=small_sim(zipf_alpha=0.0, catalog_keys=3000, requests_per_hour=8000)
+    )
     path = tmp_path / "flat.duckdb"
     load(path, parts)
     window = Window(T0, T0 + timedelta(hours=4))
     with store.reader(path) as con:
         assert topkeys._bounded(con, _params(window, 5)) is None
         rows, covered = topkeys.top_keys(con, window, None, 5)
-    assert [sum(r[2:6]) for r in rows] == [c for _, c in _truth(df[df.kind == "request"], covered, 5)]
+    assert [sum(r[2:6]) for r in rows] == [
+        c for _, c in _truth(df[df.kind == "request"], covered, 5)
+    ]
 
 
 def test_summaries_follow_sources_and_their_removal(tmp_path):
@@ -115,7 +129,8 @@ def test_key_series_counts_each_hour_once_from_hours_and_minutes(tmp_path):
     window = Window(START + timedelta(hours=1, minutes=30), START + timedelta(hours=5))
     r = df[(df.key == key) & (df.timestamp >= START + timedelta(hours=1))]
     truth = r.assign(hour=r.timestamp.dt.floor("h")).pivot_table(
-        index="hour", columns="tier", values="sample_interval", aggfunc="sum", fill_value=0.0)
+        index="hour", columns="tier", values="sample_interval", aggfunc="sum", fill_value=0.0
+    )
     with store.reader(path) as con:
         got = topkeys.key_series(con, key, endpoint, window).set_index("hour")
         compacted = con.execute("SELECT count(*) FROM key_hour").fetchall()[0][0]

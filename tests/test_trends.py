@@ -5,18 +5,15 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import T0, weighted_quantile
 
-from cachemon import config
-
-from cachemon import settings
-from cachemon.store import db as store
-from cachemon.metrics import trends
+from cachemon import config, settings
 from cachemon.clock import HOUR, Window
 from cachemon.errors import InputError
 from cachemon.histogram import ALPHA
+from cachemon.metrics import trends
 from cachemon.pricing import DEFAULT
-
-from conftest import T0, weighted_quantile
+from cachemon.store import db as store
 
 SPAN = Window(T0, T0 + 3 * HOUR)
 
@@ -45,11 +42,19 @@ def test_buckets_match_raw_events(loaded_store, step, endpoint):
         assert row["requests"] == pytest.approx(w.sum(), rel=1e-12)
         for tier in ("edge", "kv", "r2", "api"):
             assert row[tier] == pytest.approx(w[g.tier == tier].sum(), rel=1e-12, abs=1e-9)
-        assert row["edge_hit_rate"] == pytest.approx(100 * w[g.tier == "edge"].sum() / w.sum(), rel=1e-12)
-        assert row["combined_hit_rate"] == pytest.approx(100 * w[g.tier != "api"].sum() / w.sum(), rel=1e-12)
-        assert row["error_rate"] == pytest.approx(100 * w[g.status == "error"].sum() / w.sum(), rel=1e-12, abs=1e-12)
+        assert row["edge_hit_rate"] == pytest.approx(
+            100 * w[g.tier == "edge"].sum() / w.sum(), rel=1e-12
+        )
+        assert row["combined_hit_rate"] == pytest.approx(
+            100 * w[g.tier != "api"].sum() / w.sum(), rel=1e-12
+        )
+        assert row["error_rate"] == pytest.approx(
+            100 * w[g.status == "error"].sum() / w.sum(), rel=1e-12, abs=1e-12
+        )
         for q, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
-            assert row[name] == pytest.approx(weighted_quantile(g.latency_ms, w, q), rel=ALPHA + 1e-9)
+            assert row[name] == pytest.approx(
+                weighted_quantile(g.latency_ms, w, q), rel=ALPHA + 1e-9
+            )
 
 
 def test_queue_depth_is_the_max_and_mean_of_the_readings(loaded_store):
@@ -94,8 +99,12 @@ def test_daily_costs_price_each_days_requests(tmp_path):
     assert list(got["day"]) == list(per_day.index)
     # The first day is fully covered; the second covers 6 h of data, scaled to 24 h.
     price = DEFAULT["workers_requests"]
-    assert got["workers_requests"].iloc[0] == pytest.approx(per_day.iloc[0] * price.price / price.per, rel=1e-9)
-    assert got["workers_requests"].iloc[1] == pytest.approx(per_day.iloc[1] * 4 * price.price / price.per, rel=1e-9)
+    assert got["workers_requests"].iloc[0] == pytest.approx(
+        per_day.iloc[0] * price.price / price.per, rel=1e-9
+    )
+    assert got["workers_requests"].iloc[1] == pytest.approx(
+        per_day.iloc[1] * 4 * price.price / price.per, rel=1e-9
+    )
     assert np.all(got["list"] >= got["billed"])
 
 

@@ -10,14 +10,15 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+from conftest import EXPERIMENT_TOML as CONFIG
+from conftest import ROOT, T0, load, simulate
 
 from cachemon import config
+from cachemon.clock import iso
 from cachemon.ingest import load as pipeline
-from cachemon.tuning import stats
 from cachemon.store import db as store
 from cachemon.tuning import analysis as tuning
-from cachemon.clock import iso
-from conftest import EXPERIMENT_TOML as CONFIG, ROOT, T0, load, simulate
+from cachemon.tuning import stats
 
 AT = T0 + timedelta(hours=6)
 
@@ -43,12 +44,21 @@ def test_cohort_metrics_equal_raw_event_truth(sim_store):
     hit = next(m for m in a.comparisons[0].metrics if m.metric == "hit_rate")
     for cohort, got in (("control", hit.control), ("treatment", hit.treatment)):
         g = req[req.cohort == cohort]
-        assert got == pytest.approx(100 * g[g.tier.isin(["edge", "kv"])].sample_interval.sum() / g.sample_interval.sum())
+        assert got == pytest.approx(
+            100 * g[g.tier.isin(["edge", "kv"])].sample_interval.sum() / g.sample_interval.sum()
+        )
     # The interval is the delta method's, per key, computed independently here.
-    per_key = {c: req[req.cohort == c].assign(h=lambda x: np.where(x.tier.isin(["edge", "kv"]), x.sample_interval, 0))
-               .groupby("key").agg(h=("h", "sum"), d=("sample_interval", "sum")) for c in ("control", "treatment")}
-    diff = stats.Difference.of(stats.RatioStats.of(per_key["control"].h, per_key["control"].d),
-                               stats.RatioStats.of(per_key["treatment"].h, per_key["treatment"].d))
+    per_key = {
+        c: req[req.cohort == c]
+        .assign(h=lambda x: np.where(x.tier.isin(["edge", "kv"]), x.sample_interval, 0))
+        .groupby("key")
+        .agg(h=("h", "sum"), d=("sample_interval", "sum"))
+        for c in ("control", "treatment")
+    }
+    diff = stats.Difference.of(
+        stats.RatioStats.of(per_key["control"].h, per_key["control"].d),
+        stats.RatioStats.of(per_key["treatment"].h, per_key["treatment"].d),
+    )
     lo, hi = diff.sequence_interval(0.05, a.units[0][1] + a.units[1][1])
     assert hit.estimate == pytest.approx(100 * diff.estimate)
     width = (hit.upper - hit.lower) / 2
@@ -70,9 +80,17 @@ def test_sample_ratio_mismatch_blocks_the_decision(tmp_path):
     for i in range(600):
         cohort = "control" if i < 400 else "treatment"
         for j in range(3):
-            rows.append({"timestamp": iso(T0 + timedelta(minutes=i % 60, seconds=j)), "tier": "edge" if j else "api",
-                         "key": f"search:title:q=k{i}", "endpoint": "title", "latency_ms": 5.0,
-                         "experiment": "extended-title-ttl", "cohort": cohort})
+            rows.append(
+                {
+                    "timestamp": iso(T0 + timedelta(minutes=i % 60, seconds=j)),
+                    "tier": "edge" if j else "api",
+                    "key": f"search:title:q=k{i}",
+                    "endpoint": "title",
+                    "latency_ms": 5.0,
+                    "experiment": "extended-title-ttl",
+                    "cohort": cohort,
+                }
+            )
     f = tmp_path / "skewed.ndjson"
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tmp_path / "e.toml").write_text(CONFIG.format(start=iso(T0)))
@@ -86,16 +104,37 @@ def test_sample_ratio_mismatch_blocks_the_decision(tmp_path):
 
 def test_cli_analyze_stores_history(sim_store):
     cfg, _, d = sim_store
-    env = dict(os.environ, CACHEMON_DB=cfg.store.path, CACHEMON_CONFIG=str(d / "e.toml"), PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ,
+        CACHEMON_DB=cfg.store.path,
+        CACHEMON_CONFIG=str(d / "e.toml"),
+        PYTHONPATH=str(ROOT),
+    )
     for hours in (3, 6):
-        p = subprocess.run([sys.executable, "-m", "cachemon", "experiments", "analyze", "--at",
-                            iso(T0 + timedelta(hours=hours))], cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=60)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cachemon",
+                "experiments",
+                "analyze",
+                "--at",
+                iso(T0 + timedelta(hours=hours)),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)[0]["experiment"] == "extended-title-ttl"
     with store.reader(cfg.store.path) as con:
         h = tuning.history(con, "extended-title-ttl")
-    assert [r["result"]["at"] for r in h] == [iso(T0 + timedelta(hours=3)), iso(T0 + timedelta(hours=6))]
+    assert [r["result"]["at"] for r in h] == [
+        iso(T0 + timedelta(hours=3)),
+        iso(T0 + timedelta(hours=6)),
+    ]
 
 
 def test_plan_days_needed_from_recent_traffic(sim_store):
@@ -104,8 +143,11 @@ def test_plan_days_needed_from_recent_traffic(sim_store):
     with store.reader(cfg.store.path) as con:
         days = tuning.plan(con, e, AT)
     req = truth[(truth.kind == "request") & (truth.endpoint == "title")]
-    per_key = req.assign(h=np.where(req.tier.isin(["edge", "kv"]), req.sample_interval, 0.0)).groupby("key").agg(
-        h=("h", "sum"), d=("sample_interval", "sum"))
+    per_key = (
+        req.assign(h=np.where(req.tier.isin(["edge", "kv"]), req.sample_interval, 0.0))
+        .groupby("key")
+        .agg(h=("h", "sum"), d=("sample_interval", "sum"))
+    )
     s = stats.RatioStats.of(per_key.h, per_key.d)
     unit_var = s.variance * s.n * (256 / 129 + 256 / 127) * 1e4
     per_day = s.n / 7
@@ -125,9 +167,10 @@ def test_only_configured_metrics_are_guardrails(sim_store):
 def test_p95_variance_with_keys_as_units_matches_a_key_bootstrap(sim_store):
     """The tier-mix delta method for a cohort's p95 against a bootstrap over
     the cohort's keys on the raw events."""
-    from cachemon.tuning import quantile_var
-    from cachemon.clock import Window
     from conftest import weighted_quantile
+
+    from cachemon.clock import Window
+    from cachemon.tuning import quantile_var
 
     cfg, truth, _ = sim_store
     e = cfg.experiments[0]
@@ -135,11 +178,18 @@ def test_p95_variance_with_keys_as_units_matches_a_key_bootstrap(sim_store):
     with store.reader(cfg.store.path) as con:
         data = tuning.per_key(con, e, window, cfg.pricing)["control"]
         lat = tuning._latency(con, e, window)["control"]
-    var = quantile_var.quantile_variance(lat.p95, {t: data[t] for t in quantile_var.TIERS}, lat.tiers, lat.cdf,
-                                         lat.weight_squares)
-    req = truth[(truth.kind == "request") & (truth.experiment == e.name) & (truth.cohort == "control")]
-    assert lat.p95 == pytest.approx(weighted_quantile(req.latency_ms, req.sample_interval, 0.95), rel=0.01)
-    groups = [(g.latency_ms.to_numpy(), g.sample_interval.to_numpy()) for _, g in req.groupby("key")]
+    var = quantile_var.quantile_variance(
+        lat.p95, {t: data[t] for t in quantile_var.TIERS}, lat.tiers, lat.cdf, lat.weight_squares
+    )
+    req = truth[
+        (truth.kind == "request") & (truth.experiment == e.name) & (truth.cohort == "control")
+    ]
+    assert lat.p95 == pytest.approx(
+        weighted_quantile(req.latency_ms, req.sample_interval, 0.95), rel=0.01
+    )
+    groups = [
+        (g.latency_ms.to_numpy(), g.sample_interval.to_numpy()) for _, g in req.groupby("key")
+    ]
     rng = np.random.default_rng(4)
     boot = []
     for _ in range(400):
@@ -153,18 +203,23 @@ def test_p95_variance_with_keys_as_units_matches_a_key_bootstrap(sim_store):
 def test_demo_stores_the_daily_analyses_and_yesterdays_report(tmp_path):
     from dataclasses import replace
 
-    from cachemon.costs import report
     from conftest import SMALL
+
+    from cachemon.costs import report
 
     end = T0 + timedelta(hours=30)  # 2026-11-20 14:00: slots 2026-11-19 and -20 04:00
     cfg_file = tmp_path / "c.toml"
     cfg_file.write_text(CONFIG.format(start=iso(T0 - timedelta(hours=8))))
-    cfg = replace(config.with_db(config.load(cfg_file, env={}), str(tmp_path / "d.duckdb")), simulator=SMALL)
+    cfg = replace(
+        config.with_db(config.load(cfg_file, env={}), str(tmp_path / "d.duckdb")), simulator=SMALL
+    )
     pipeline.demo(cfg, 38 / 24, end)
     with store.reader(cfg.store.path) as con:
         stored = tuning.history(con, "extended-title-ttl")
-        expected = [tuning.analyze(con, cfg.experiments[0], at, cfg.pricing).to_json()
-                    for at in (T0 - timedelta(hours=4), T0 + timedelta(hours=20))]
+        expected = [
+            tuning.analyze(con, cfg.experiments[0], at, cfg.pricing).to_json()
+            for at in (T0 - timedelta(hours=4), T0 + timedelta(hours=20))
+        ]
         reports = report.recent(con)
     got = [h["result"] for h in stored]
     want = json.loads(json.dumps(expected))
@@ -173,8 +228,14 @@ def test_demo_stores_the_daily_analyses_and_yesterdays_report(tmp_path):
             if k != "comparisons":
                 assert g[k] == w[k], k
         metrics = lambda a: [m for c in a["comparisons"] for m in c["metrics"]]  # noqa: E731
-        assert [c["decision"] for c in g["comparisons"]] == [c["decision"] for c in w["comparisons"]]
+        assert [c["decision"] for c in g["comparisons"]] == [
+            c["decision"] for c in w["comparisons"]
+        ]
         for gm, wm in zip(metrics(g), metrics(w), strict=True):
-            assert gm == {k: pytest.approx(v, rel=1e-9) if isinstance(v, float) else v for k, v in wm.items()}
+            assert gm == {
+                k: pytest.approx(v, rel=1e-9) if isinstance(v, float) else v for k, v in wm.items()
+            }
     assert len(got) == 2
-    assert [r["day"] for r in reports] == [(end - timedelta(days=1)).date()] and not reports[0]["sent"]
+    assert [r["day"] for r in reports] == [(end - timedelta(days=1)).date()] and not reports[0][
+        "sent"
+    ]

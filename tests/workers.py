@@ -1,8 +1,8 @@
 """Small worker processes for the concurrency and crash tests.
 
-    python tests/workers.py writer DB START STEPS STEP_MINUTES
-    python tests/workers.py dashboard DB STOPFILE
-    python tests/workers.py analyst DB STOPFILE
+python tests/workers.py writer DB START STEPS STEP_MINUTES
+python tests/workers.py dashboard DB STOPFILE
+python tests/workers.py analyst DB STOPFILE
 """
 
 import json
@@ -16,14 +16,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import duckdb  # noqa: E402
 
-from cachemon import config
-
-from cachemon import settings
-from cachemon.metrics import window as metrics
-from cachemon.ingest import load as pipeline
-from cachemon.store import db as store
+from cachemon import config, settings
 from cachemon.clock import Window, parse_instant
 from cachemon.errors import CachemonError
+from cachemon.ingest import load as pipeline
+from cachemon.metrics import window as metrics
+from cachemon.store import db as store
 
 SMALL = dict(seed=7, requests_per_hour=6000, catalog_keys=3000, sample_threshold_per_minute=30)
 

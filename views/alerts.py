@@ -8,11 +8,10 @@ import streamlit as st
 
 from cachemon.alerts import evaluate as alerts
 from cachemon.alerts import health
-from cachemon.notify import outbox as notify
-from cachemon.store import db as store
 from cachemon.clock import iso, parse_duration
 from cachemon.errors import CachemonError
-
+from cachemon.notify import outbox as notify
+from cachemon.store import db as store
 from views import common
 
 st.header("Alerts")
@@ -55,24 +54,58 @@ def page():
         st.dataframe(pd.DataFrame(d["history"]), hide_index=True, width="stretch")
     st.subheader("Notifications")
     st.dataframe(pd.DataFrame(d["notifications"]), hide_index=True, width="stretch")
-    _silences(cfg, d["silences"], sorted({s.type for s in d["states"]} | {s.rule for s in d["states"]}), now)
+    _silences(
+        cfg,
+        d["silences"],
+        sorted({s.type for s in d["states"]} | {s.rule for s in d["states"]}),
+        now,
+    )
 
 
 def _states_frame(states):
-    return pd.DataFrame([{"state": s.state, "severity": s.severity, "rule": s.rule, "type": s.type,
-                          "endpoint": s.endpoint or "all", "since": s.since, "value": s.value,
-                          "message": s.message} for s in states])
+    return pd.DataFrame(
+        [
+            {
+                "state": s.state,
+                "severity": s.severity,
+                "rule": s.rule,
+                "type": s.type,
+                "endpoint": s.endpoint or "all",
+                "since": s.since,
+                "value": s.value,
+                "message": s.message,
+            }
+            for s in states
+        ]
+    )
 
 
 def _timeline(periods, now):
     if not periods:
         st.info("No alert was active in the last 7 days.")
         return
-    df = pd.DataFrame([{"alert": p.type + (f" [{p.endpoint}]" if p.endpoint else ""), "severity": p.severity,
-                        "start": p.start, "end": p.end or now} for p in periods])
-    fig = px.timeline(df, x_start="start", x_end="end", y="alert", color="severity",
-                      color_discrete_map=SEVERITY_COLOURS)
-    fig.update_layout(xaxis_title="time (UTC)", yaxis_title=None, height=120 + 30 * df["alert"].nunique())
+    df = pd.DataFrame(
+        [
+            {
+                "alert": p.type + (f" [{p.endpoint}]" if p.endpoint else ""),
+                "severity": p.severity,
+                "start": p.start,
+                "end": p.end or now,
+            }
+            for p in periods
+        ]
+    )
+    fig = px.timeline(
+        df,
+        x_start="start",
+        x_end="end",
+        y="alert",
+        color="severity",
+        color_discrete_map=SEVERITY_COLOURS,
+    )
+    fig.update_layout(
+        xaxis_title="time (UTC)", yaxis_title=None, height=120 + 30 * df["alert"].nunique()
+    )
     st.plotly_chart(fig, width="stretch")
 
 
@@ -82,9 +115,23 @@ def _silences(cfg, silences, names, now):
     if "silenced" in st.session_state:
         st.success(st.session_state.pop("silenced"))
     if silences:
-        st.dataframe(pd.DataFrame([{"id": s.id, "matches": s.matcher, "endpoint": s.endpoint or "all",
-                                    "until": s.ends_at, "by": s.created_by, "reason": s.reason} for s in silences]),
-                     hide_index=True, width="stretch")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "id": s.id,
+                        "matches": s.matcher,
+                        "endpoint": s.endpoint or "all",
+                        "until": s.ends_at,
+                        "by": s.created_by,
+                        "reason": s.reason,
+                    }
+                    for s in silences
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
     with st.form("silence"):
         matcher = st.selectbox("Alert type or rule", names, key="silence_matcher")
         duration = st.text_input("For", "2h", key="silence_for")
@@ -92,14 +139,22 @@ def _silences(cfg, silences, names, now):
         if st.form_submit_button("Silence"):
             try:
                 with store.writer(cfg.store.path, now, create=False) as con:
-                    s = alerts.add_silence(con, matcher, parse_duration(duration, "For"), reason, now,
-                                           created_by="dashboard")
+                    s = alerts.add_silence(
+                        con,
+                        matcher,
+                        parse_duration(duration, "For"),
+                        reason,
+                        now,
+                        created_by="dashboard",
+                    )
             except CachemonError as exc:
                 st.error(str(exc))
             else:
                 # Re-read at once so the list shows the new silence.
                 st.cache_data.clear()
-                st.session_state["silenced"] = f"Silence {s.id}: {s.matcher} muted until {iso(s.ends_at)}"
+                st.session_state["silenced"] = (
+                    f"Silence {s.id}: {s.matcher} muted until {iso(s.ends_at)}"
+                )
                 st.rerun()
 
 

@@ -14,18 +14,17 @@ StoreError, shown as a message by every page.
 from __future__ import annotations
 
 import math
-
 import os
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Callable
 
 import duckdb
 import streamlit as st
 
-from cachemon.store import db as store
 from cachemon.clock import Period, floor_to, format_duration, iso, utcnow
 from cachemon.errors import CachemonError, EmptyStoreError, StoreError
 from cachemon.runner.selfcheck import rough_age
+from cachemon.store import db as store
 
 # Live pages refresh every REFRESH (CACHEMON_REFRESH_SECONDS, default 30);
 # reads within one refresh tick share a cache entry.
@@ -46,9 +45,11 @@ def parse_refresh(text: str | None) -> tuple[timedelta, str]:
     except ValueError:
         seconds = math.nan
     if not lo <= seconds <= hi:  # also false for nan
-        return (timedelta(seconds=REFRESH_DEFAULT_S),
-                f"CACHEMON_REFRESH_SECONDS = {text.strip()[:40]!r} is not a number of seconds from {lo:g} to {hi:g}; "
-                f"refreshing every {REFRESH_DEFAULT_S:g} s instead")
+        return (
+            timedelta(seconds=REFRESH_DEFAULT_S),
+            f"CACHEMON_REFRESH_SECONDS = {text.strip()[:40]!r} is not a number of seconds from {lo:g} to {hi:g}; "
+            f"refreshing every {REFRESH_DEFAULT_S:g} s instead",
+        )
     return timedelta(seconds=seconds), ""
 
 
@@ -100,7 +101,9 @@ def _cached(fn_name: str, db: str, version: str, args: tuple, _fn: Callable, _cf
         except duckdb.Error as exc:
             # A snapshot that opens but fails a query (a damaged block): one
             # message on the page, not a traceback.
-            raise StoreError(f"reading the store failed: {str(exc).strip().splitlines()[0]}") from None
+            raise StoreError(
+                f"reading the store failed: {str(exc).strip().splitlines()[0]}"
+            ) from None
 
 
 def cached(fn: Callable, *args):
@@ -109,7 +112,9 @@ def cached(fn: Callable, *args):
     snapshot version, so a new publish is read at once)."""
     cfg = config()
     version = store.snapshot_version(cfg.store.path)
-    return _cached(f"{fn.__code__.co_filename}:{fn.__qualname__}", cfg.store.path, version, args, fn, cfg)
+    return _cached(
+        f"{fn.__code__.co_filename}:{fn.__qualname__}", cfg.store.path, version, args, fn, cfg
+    )
 
 
 def show_error(exc: CachemonError) -> None:
@@ -127,8 +132,10 @@ def stale_banner(data_until: datetime | None, at: datetime) -> bool:
         return False
     age = at - data_until
     if age > config().metrics.stale_after:
-        st.warning(f"Stale data: the newest data is {format_duration(age)} old (until {iso(data_until)}); "
-                   "these are the last good numbers. Is the job runner (`python -m jobs`) running?")
+        st.warning(
+            f"Stale data: the newest data is {format_duration(age)} old (until {iso(data_until)}); "
+            "these are the last good numbers. Is the job runner (`python -m jobs`) running?"
+        )
         return True
     return False
 
@@ -138,18 +145,27 @@ def runner_status(check) -> None:
     job whose last run failed (a stalled runner shows before the data goes
     stale)."""
     if check.last_ingest_ok is None:
-        st.warning("Runner: no successful ingest yet. Is the job runner (`python -m jobs`) running?")
+        st.warning(
+            "Runner: no successful ingest yet. Is the job runner (`python -m jobs`) running?"
+        )
     elif check.ingest_from_future:
-        st.warning(f"Runner: the last ingest is dated in the future ({iso(check.last_ingest_ok)}), written by a "
-                   "clock ahead of real time; it does not count. Is the job runner (`python -m jobs`) running?")
+        st.warning(
+            f"Runner: the last ingest is dated in the future ({iso(check.last_ingest_ok)}), written by a "
+            "clock ahead of real time; it does not count. Is the job runner (`python -m jobs`) running?"
+        )
     elif check.ingest_stalled:
-        st.warning(f"Runner: last ingest ok {rough_age(check.ingest_age)} ago ({iso(check.last_ingest_ok)}), "
-                   "overdue. Is the job runner (`python -m jobs`) running?")
+        st.warning(
+            f"Runner: last ingest ok {rough_age(check.ingest_age)} ago ({iso(check.last_ingest_ok)}), "
+            "overdue. Is the job runner (`python -m jobs`) running?"
+        )
     else:
         st.caption(f"Runner: last ingest ok {rough_age(check.ingest_age)} ago")
     if check.failing:
-        st.error("Failing jobs: " + ", ".join(f"{f.job} (failed {iso(f.failed_at)})" for f in check.failing)
-                 + " · see Jobs")
+        st.error(
+            "Failing jobs: "
+            + ", ".join(f"{f.job} (failed {iso(f.failed_at)})" for f in check.failing)
+            + " · see Jobs"
+        )
 
 
 def health_banner(h) -> None:
@@ -170,9 +186,17 @@ def fmt(value: float | None, kind: str = "num", signed: bool = False) -> str | N
         return f"{value:{sign},.0f}"
     if kind == "usd":
         lead = "-" if value < 0 else sign
-        return f"{lead}${abs(value):,.2f}" if abs(value) >= 1 or value == 0 else f"{lead}${abs(value):.4f}"
+        return (
+            f"{lead}${abs(value):,.2f}"
+            if abs(value) >= 1 or value == 0
+            else f"{lead}${abs(value):.4f}"
+        )
     return f"{value:{sign}.2f}"
 
 
-UTC_AXIS = {"xaxis_title": "time (UTC)", "hovermode": "x unified", "legend_title_text": None,
-            "margin": {"t": 40, "b": 10}}
+UTC_AXIS = {
+    "xaxis_title": "time (UTC)",
+    "hovermode": "x unified",
+    "legend_title_text": None,
+    "margin": {"t": 40, "b": 10},
+}

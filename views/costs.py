@@ -5,13 +5,12 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cachemon.costs import usage as costs
-from cachemon.costs import report
 from cachemon.clock import Period, Window, iso
+from cachemon.costs import report
+from cachemon.costs import usage as costs
 from cachemon.errors import CachemonError
 from cachemon.metrics.window import data_end
 from cachemon.pricing import DEFAULT
-
 from views import common
 
 st.header("Costs")
@@ -30,25 +29,51 @@ def page():
     except CachemonError as exc:
         common.show_error(exc)
         return
-    st.caption(f"Usage of {window} (UTC, all endpoints) as a daily rate · prices {daily.pricing_version} · "
-               "list = usage × price; billed = after the plan's included amounts (pro-rated)")
+    st.caption(
+        f"Usage of {window} (UTC, all endpoints) as a daily rate · prices {daily.pricing_version} · "
+        "list = usage × price; billed = after the plan's included amounts (pro-rated)"
+    )
     cols = st.columns(5)
     cols[0].metric("List USD/day", common.fmt(daily.list_total, "usd"))
     cols[1].metric("Billed USD/day", common.fmt(daily.billed_total, "usd"))
-    cols[2].metric(f"Month to date ({fc.month}), list", common.fmt(fc.month_to_date.list_total, "usd"))
+    cols[2].metric(
+        f"Month to date ({fc.month}), list", common.fmt(fc.month_to_date.list_total, "usd")
+    )
     forecast = f"Month to date plus {fc.days_left:.1f} days at the last 7 days' rate"
     cols[3].metric("Month-end forecast, list", common.fmt(fc.list_total, "usd"), help=forecast)
-    cols[4].metric("Month-end forecast, billed", common.fmt(fc.billed_total, "usd"),
-                   help=forecast + ", the plan's included amounts applied to the whole month")
-    lines = pd.DataFrame([{"component": DEFAULT[ln.component].label, "units": ln.units,
-                           "unit": DEFAULT[ln.component].unit, "list USD/day": ln.list_cost,
-                           "billed USD/day": ln.billed} for ln in daily.lines])
+    cols[4].metric(
+        "Month-end forecast, billed",
+        common.fmt(fc.billed_total, "usd"),
+        help=forecast + ", the plan's included amounts applied to the whole month",
+    )
+    lines = pd.DataFrame(
+        [
+            {
+                "component": DEFAULT[ln.component].label,
+                "units": ln.units,
+                "unit": DEFAULT[ln.component].unit,
+                "list USD/day": ln.list_cost,
+                "billed USD/day": ln.billed,
+            }
+            for ln in daily.lines
+        ]
+    )
     left, right = st.columns([3, 2])
     left.dataframe(lines, hide_index=True, width="stretch")
-    fig = px.bar(lines.melt(id_vars="component", value_vars=["list USD/day", "billed USD/day"],
-                            var_name="price", value_name="USD/day"),
-                 y="component", x="USD/day", color="price", barmode="group", orientation="h",
-                 title="Cost per day by component")
+    fig = px.bar(
+        lines.melt(
+            id_vars="component",
+            value_vars=["list USD/day", "billed USD/day"],
+            var_name="price",
+            value_name="USD/day",
+        ),
+        y="component",
+        x="USD/day",
+        color="price",
+        barmode="group",
+        orientation="h",
+        title="Cost per day by component",
+    )
     right.plotly_chart(fig.update_layout(yaxis_title=None, margin={"t": 40}), width="stretch")
     _latest(reports)
 
@@ -56,34 +81,62 @@ def page():
 def _latest(reports: list[dict]):
     st.subheader("Key classes and recommendations")
     if not reports:
-        st.info("No daily report yet: the `report` job builds one at 03:00 UTC, "
-                "`python -m cachemon costs report` builds it now.")
+        st.info(
+            "No daily report yet: the `report` job builds one at 03:00 UTC, "
+            "`python -m cachemon costs report` builds it now."
+        )
         return
     r = reports[0]["report"]
-    st.caption(f"From the report of {r['day']} (generated {r['generated_at']}, health {r['health']})")
+    st.caption(
+        f"From the report of {r['day']} (generated {r['generated_at']}, health {r['health']})"
+    )
     left, right = st.columns([1, 2])
     classes = pd.DataFrame(r["classes"], columns=["class", "keys"])
     if classes["keys"].sum():
-        left.plotly_chart(px.pie(classes, names="class", values="keys", title="Key classes",
-                                 color="class", color_discrete_map={"hot": "#dc2626", "warm": "#f59e0b",
-                                                                    "cold": "#2563eb"}), width="stretch")
+        left.plotly_chart(
+            px.pie(
+                classes,
+                names="class",
+                values="keys",
+                title="Key classes",
+                color="class",
+                color_discrete_map={"hot": "#dc2626", "warm": "#f59e0b", "cold": "#2563eb"},
+            ),
+            width="stretch",
+        )
     with right:
         if not r["recommendations"]:
             st.success("No recommendation: nothing to change at current traffic.")
         for rec in r["recommendations"]:
             with st.container(border=True):
-                st.markdown(f"**{rec['title']}** — saves {common.fmt(rec['saving_per_day'], 'usd')}/day")
+                st.markdown(
+                    f"**{rec['title']}** — saves {common.fmt(rec['saving_per_day'], 'usd')}/day"
+                )
                 # Plain text: evidence names cache keys, which come from the internet.
                 st.text("Action: " + rec["action"])
                 for line in rec["evidence"]:
                     st.text(line)
     st.subheader("Daily reports")
-    st.dataframe(pd.DataFrame([{"day": x["day"], "list USD": x["report"]["list_total"],
-                                "billed USD": x["report"]["billed_total"],
-                                "saving USD/day": sum(rec["saving_per_day"] for rec in x["report"]["recommendations"]),
-                                "recommendations": len(x["report"]["recommendations"]),
-                                "emailed": x["sent"], "generated": iso(x["created_at"])} for x in reports]),
-                 hide_index=True, width="stretch")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "day": x["day"],
+                    "list USD": x["report"]["list_total"],
+                    "billed USD": x["report"]["billed_total"],
+                    "saving USD/day": sum(
+                        rec["saving_per_day"] for rec in x["report"]["recommendations"]
+                    ),
+                    "recommendations": len(x["report"]["recommendations"]),
+                    "emailed": x["sent"],
+                    "generated": iso(x["created_at"]),
+                }
+                for x in reports
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
 
 
 page()

@@ -3,19 +3,22 @@ confidence intervals (forest plot), decisions over time, power, promotions."""
 
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 import streamlit as st
+from plotly.subplots import make_subplots
 
-from cachemon.tuning import promote
-from cachemon.tuning import analysis as tuning
 from cachemon.clock import format_duration, iso
 from cachemon.errors import CachemonError
-
+from cachemon.tuning import analysis as tuning
+from cachemon.tuning import promote
 from views import common
 
 st.header("Experiments")
-UNITS = {"hit_rate": "points", "cost_per_request": "USD per 1M requests", "p95_latency": "ms",
-         "error_rate": "points"}
+UNITS = {
+    "hit_rate": "points",
+    "cost_per_request": "USD per 1M requests",
+    "p95_latency": "ms",
+    "error_rate": "points",
+}
 
 
 def _load(con, cfg, at):
@@ -30,8 +33,10 @@ def _load(con, cfg, at):
 def page():
     cfg, at = common.config(), common.now()
     if not cfg.experiments:
-        st.info("No experiment is configured. Add `[[experiments]]` to the config file (see the README, "
-                "\"Experiments\"); the daily `experiments` job then analyses it at 04:00 UTC.")
+        st.info(
+            "No experiment is configured. Add `[[experiments]]` to the config file (see the README, "
+            '"Experiments"); the daily `experiments` job then analyses it at 04:00 UTC.'
+        )
         return
     try:
         experiments, promotions = common.cached(_load, at)
@@ -42,60 +47,121 @@ def page():
         _experiment(e, state, history, plan)
     st.subheader("Promotions and rollbacks")
     if promotions:
-        st.dataframe(pd.DataFrame(promotions, columns=["at", "action", "experiment", "old TTLs", "new TTLs",
-                                                       "detail"]), hide_index=True, width="stretch")
+        st.dataframe(
+            pd.DataFrame(
+                promotions, columns=["at", "action", "experiment", "old TTLs", "new TTLs", "detail"]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
     else:
         st.caption("No TTL was promoted or rolled back yet.")
 
 
 def _experiment(e, state, history, plan):
     st.subheader(f"{e.name} · {state}")
-    st.caption(f"{e.description or 'no description'} · endpoint {e.endpoint} · {iso(e.start)} for "
-               f"{format_duration(e.duration)} · scheme {e.scheme} · margin {e.margin:g} points")
+    st.caption(
+        f"{e.description or 'no description'} · endpoint {e.endpoint} · {iso(e.start)} for "
+        f"{format_duration(e.duration)} · scheme {e.scheme} · margin {e.margin:g} points"
+    )
     latest = history[-1]["result"] if history else None
     units = dict(latest["units"]) if latest else {}
-    st.dataframe(pd.DataFrame([{"cohort": c.name, "KV TTL": format_duration(c.ttl), "weight": c.weight,
-                                "allocation": f"{a.numerator}/{a.denominator} ({float(a):.2%})",
-                                "keys": units.get(c.name)} for c, a in zip(e.cohorts, e.allocation())]),
-                 hide_index=True, width="stretch")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "cohort": c.name,
+                    "KV TTL": format_duration(c.ttl),
+                    "weight": c.weight,
+                    "allocation": f"{a.numerator}/{a.denominator} ({float(a):.2%})",
+                    "keys": units.get(c.name),
+                }
+                for c, a in zip(e.cohorts, e.allocation())
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
     if latest is None:
-        st.info("Not analysed yet." + (f" At current traffic it needs about {plan} days to detect a "
-                                       f"{e.mde:g}-point gain." if plan else ""))
+        st.info(
+            "Not analysed yet."
+            + (
+                f" At current traffic it needs about {plan} days to detect a {e.mde:g}-point gain."
+                if plan
+                else ""
+            )
+        )
         return
-    st.caption(f"Last analysis {latest['at']} over [{latest['window_start']}, {latest['window_end']})")
+    st.caption(
+        f"Last analysis {latest['at']} over [{latest['window_start']}, {latest['window_end']})"
+    )
     cols = st.columns(3)
     cols[0].metric("Decision", latest["decision"])
     srm = latest["srm_p"]
-    cols[1].metric("SRM p-value", "n/a" if srm is None else f"{srm:.4f}",
-                   help="Chi-square of key counts against the scheme's exact allocation; p < 0.001 blocks decisions")
-    cols[2].metric("Days needed (power)", "> 90" if latest["days_needed"] is None else latest["days_needed"],
-                   help=f"Days to detect a {e.mde:g}-point hit-rate gain over the margin at this traffic")
+    cols[1].metric(
+        "SRM p-value",
+        "n/a" if srm is None else f"{srm:.4f}",
+        help="Chi-square of key counts against the scheme's exact allocation; p < 0.001 blocks decisions",
+    )
+    cols[2].metric(
+        "Days needed (power)",
+        "> 90" if latest["days_needed"] is None else latest["days_needed"],
+        help=f"Days to detect a {e.mde:g}-point hit-rate gain over the margin at this traffic",
+    )
     if srm is not None and srm < 0.001:
-        st.error("Sample ratio mismatch: the cohorts' key counts do not match the allocation; "
-                 "no decision until the assignment is fixed.")
+        st.error(
+            "Sample ratio mismatch: the cohorts' key counts do not match the allocation; "
+            "no decision until the assignment is fixed."
+        )
     for c in latest["comparisons"]:
         st.markdown(f"**{c['treatment']} vs {e.cohorts[0].name}: {c['decision']}** — {c['reason']}")
         st.plotly_chart(_forest(c["metrics"], e.margin), width="stretch")
     with st.expander("Decision history"):
-        st.dataframe(pd.DataFrame([{"analysed": h["analyzed_at"], "decision": h["decision"],
-                                    "keys": ", ".join(f"{n} {k}" for n, k in h["result"]["units"])}
-                                   for h in history]), hide_index=True, width="stretch")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "analysed": h["analyzed_at"],
+                        "decision": h["decision"],
+                        "keys": ", ".join(f"{n} {k}" for n, k in h["result"]["units"]),
+                    }
+                    for h in history
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
 
 
 def _forest(metrics: list[dict], margin: float) -> go.Figure:
     """Each metric's difference (treatment − control) with its confidence
     interval, one row each on its own scale; grey: no difference, green
     dashed: the hit-rate margin a winner's lower bound must clear."""
-    fig = make_subplots(rows=len(metrics), cols=1, vertical_spacing=0.6 / max(len(metrics), 1),
-                        subplot_titles=[f"{m['metric']} ({UNITS.get(m['metric'], '')})" for m in metrics])
+    fig = make_subplots(
+        rows=len(metrics),
+        cols=1,
+        vertical_spacing=0.6 / max(len(metrics), 1),
+        subplot_titles=[f"{m['metric']} ({UNITS.get(m['metric'], '')})" for m in metrics],
+    )
     for row, m in enumerate(metrics, start=1):
         lo = m["lower"] if m["lower"] is not None else m["estimate"]
         hi = m["upper"] if m["upper"] is not None else m["estimate"]
-        fig.add_trace(go.Scatter(x=[m["estimate"]], y=[""], mode="markers", marker={"size": 10},
-                                 error_x={"type": "data", "array": [hi - m["estimate"]],
-                                          "arrayminus": [m["estimate"] - lo]},
-                                 hovertemplate=f"{m['estimate']:.4g} [{lo:.4g}, {hi:.4g}]<extra></extra>"),
-                      row=row, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=[m["estimate"]],
+                y=[""],
+                mode="markers",
+                marker={"size": 10},
+                error_x={
+                    "type": "data",
+                    "array": [hi - m["estimate"]],
+                    "arrayminus": [m["estimate"] - lo],
+                },
+                hovertemplate=f"{m['estimate']:.4g} [{lo:.4g}, {hi:.4g}]<extra></extra>",
+            ),
+            row=row,
+            col=1,
+        )
         fig.add_vline(x=0, line_color="#888", line_width=2, row=row, col=1)
         marks = [0.0, lo, hi]
         if m["metric"] == "hit_rate":
@@ -103,7 +169,12 @@ def _forest(metrics: list[dict], margin: float) -> go.Figure:
             marks.append(margin)
         pad = 0.1 * (max(marks) - min(marks) or 1.0)
         fig.update_xaxes(range=[min(marks) - pad, max(marks) + pad], row=row, col=1)
-    return fig.update_layout(height=60 + 110 * len(metrics), showlegend=False, margin={"t": 40, "b": 20},
-                             title="Difference, treatment − control (always-valid 95 % confidence sequence)")
+    return fig.update_layout(
+        height=60 + 110 * len(metrics),
+        showlegend=False,
+        margin={"t": 40, "b": 20},
+        title="Difference, treatment − control (always-valid 95 % confidence sequence)",
+    )
+
 
 page()

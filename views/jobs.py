@@ -6,22 +6,30 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cachemon.ingest import write as ingest
-from cachemon.runner import runs as runner
 from cachemon.clock import format_duration, iso
 from cachemon.errors import CachemonError
+from cachemon.ingest import write as ingest
 from cachemon.metrics.window import data_span
-
+from cachemon.runner import runs as runner
 from views import common
 
 st.header("Jobs")
 TIME = st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss", timezone="UTC")
-OUTCOME_COLOURS = {"ok": "#16a34a", "error": "#dc2626", "skipped": "#f59e0b", "scheduled": "#94a3b8"}
+OUTCOME_COLOURS = {
+    "ok": "#16a34a",
+    "error": "#dc2626",
+    "skipped": "#f59e0b",
+    "scheduled": "#94a3b8",
+}
 
 
 def _load(con, cfg, at):
-    return (runner.status(con, runner.schedule(cfg), at), runner.recent_runs(con, at - timedelta(days=1), 500),
-            data_span(con), ingest.watermarks(con))
+    return (
+        runner.status(con, runner.schedule(cfg), at),
+        runner.recent_runs(con, at - timedelta(days=1), 500),
+        data_span(con),
+        ingest.watermarks(con),
+    )
 
 
 @st.fragment(run_every=common.REFRESH)
@@ -35,16 +43,34 @@ def page():
     _freshness(span, watermarks, at)
     failing = [s for s in statuses if s.last_outcome == "error"]
     if failing:
-        st.error("Failing: " + ", ".join(f"{s.spec.name} (last error {iso(s.last_error_at)})" for s in failing))
+        st.error(
+            "Failing: "
+            + ", ".join(f"{s.spec.name} (last error {iso(s.last_error_at)})" for s in failing)
+        )
     overdue = [s.spec.name for s in statuses if s.overdue]
     if overdue:
         st.warning(f"Overdue: {', '.join(overdue)} missed slots; is `python -m jobs` running?")
     st.subheader("Schedule (UTC)")
-    st.dataframe(pd.DataFrame([{
-        "job": s.spec.name, "when": s.spec.describe(), "what": s.purpose,
-        "last run": s.last_run, "outcome": s.last_outcome or "never ran", "last success": s.last_ok,
-        "errors 24h": s.errors_24h, "next run": s.next_run} for s in statuses]), hide_index=True, width="stretch",
-        column_config={c: TIME for c in ("last run", "last success", "next run")})
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "job": s.spec.name,
+                    "when": s.spec.describe(),
+                    "what": s.purpose,
+                    "last run": s.last_run,
+                    "outcome": s.last_outcome or "never ran",
+                    "last success": s.last_ok,
+                    "errors 24h": s.errors_24h,
+                    "next run": s.next_run,
+                }
+                for s in statuses
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+        column_config={c: TIME for c in ("last run", "last success", "next run")},
+    )
     for s in failing:
         with st.expander(f"Last error of {s.spec.name}"):
             st.code(s.last_error or "", language=None)
@@ -52,14 +78,34 @@ def page():
     if not runs:
         st.info("No job ran in the last 24 hours: start the runner with `python -m jobs`.")
         return
-    df = pd.DataFrame([{"job": r.job, "started": r.started_at, "finished": r.finished_at, "outcome": r.outcome,
-                        "seconds": (r.finished_at - r.started_at).total_seconds(), "rows": r.rows,
-                        "slots": r.slots, "error": _last_line(r.error)}
-                       for r in runs])
-    fig = px.scatter(df, x="started", y="job", color="outcome", color_discrete_map=OUTCOME_COLOURS,
-                     hover_data=["seconds", "rows"], title="Runs by job")
+    df = pd.DataFrame(
+        [
+            {
+                "job": r.job,
+                "started": r.started_at,
+                "finished": r.finished_at,
+                "outcome": r.outcome,
+                "seconds": (r.finished_at - r.started_at).total_seconds(),
+                "rows": r.rows,
+                "slots": r.slots,
+                "error": _last_line(r.error),
+            }
+            for r in runs
+        ]
+    )
+    fig = px.scatter(
+        df,
+        x="started",
+        y="job",
+        color="outcome",
+        color_discrete_map=OUTCOME_COLOURS,
+        hover_data=["seconds", "rows"],
+        title="Runs by job",
+    )
     st.plotly_chart(fig.update_layout(**common.UTC_AXIS, height=320), width="stretch")
-    st.dataframe(df, hide_index=True, width="stretch", column_config={"started": TIME, "finished": TIME})
+    st.dataframe(
+        df, hide_index=True, width="stretch", column_config={"started": TIME, "finished": TIME}
+    )
 
 
 def _last_line(text: str | None) -> str:

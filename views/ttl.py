@@ -8,12 +8,11 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from cachemon.tuning import whatif as ttl
 from cachemon.clock import DAY, Window, format_duration, parse_duration
 from cachemon.errors import CachemonError
 from cachemon.metrics.window import data_end
 from cachemon.pricing import days_in_month
-
+from cachemon.tuning import whatif as ttl
 from views import common
 
 st.header("TTL what-if")
@@ -22,7 +21,15 @@ st.header("TTL what-if")
 def _load(con, cfg, endpoint: str, ttls: tuple, edge_ttls: tuple, days: float, limit_s: float, at):
     end = data_end(con, at)
     limit = timedelta(seconds=limit_s)
-    w = ttl.whatif(con, cfg, [endpoint], list(ttls), Window(end - timedelta(days=days), end), end, list(edge_ttls))[0]
+    w = ttl.whatif(
+        con,
+        cfg,
+        [endpoint],
+        list(ttls),
+        Window(end - timedelta(days=days), end),
+        end,
+        list(edge_ttls),
+    )[0]
     keys = ttl.per_key(con, w, cfg.pricing, cfg.costs.value_bytes, days_in_month(end), limit)
     return w, ttl.recommend(w, limit), keys
 
@@ -32,43 +39,99 @@ def page():
     endpoints = [e for e, _ in cfg.costs.kv_ttl]
     c1, c2, c3, c4 = st.columns([1, 2, 1, 1])
     chosen = common.endpoint()
-    endpoint = c1.selectbox("Endpoint", endpoints, index=endpoints.index(chosen) if chosen in endpoints else 0,
-                            key="ttl_endpoint")
+    endpoint = c1.selectbox(
+        "Endpoint",
+        endpoints,
+        index=endpoints.index(chosen) if chosen in endpoints else 0,
+        key="ttl_endpoint",
+    )
     text = c2.text_input("Candidate KV TTLs", "6h,12h,24h,48h,7d", key="ttl_candidates")
     days = c3.number_input("Days of traffic", 1, 30, 7, key="ttl_days")
-    limit_text = c4.text_input("Max staleness", format_duration(cfg.costs.max_kv_ttl), key="ttl_limit")
+    limit_text = c4.text_input(
+        "Max staleness", format_duration(cfg.costs.max_kv_ttl), key="ttl_limit"
+    )
     edge_text = c2.text_input("Candidate edge TTLs", "1h,6h,24h,48h", key="ttl_edge")
     try:
         ttls, limit = ttl.parse_ttls(text), parse_duration(limit_text, "Max staleness")
         edge_ttls = ttl.parse_ttls(edge_text)
-        w, best, keys = common.cached(_load, endpoint, tuple(ttls), tuple(edge_ttls), float(days),
-                                      limit.total_seconds(), common.now())
+        w, best, keys = common.cached(
+            _load,
+            endpoint,
+            tuple(ttls),
+            tuple(edge_ttls),
+            float(days),
+            limit.total_seconds(),
+            common.now(),
+        )
     except CachemonError as exc:
         common.show_error(exc)
         return
-    st.caption(f"{w.window} (UTC), {w.days:.2f} days of data · fixed-TTL model on per-key KV lookup rates · "
-               f"current TTL {format_duration(w.current_ttl)}: observed KV hit rate {w.observed_kv_hit_rate:.2f} %, "
-               f"model {w.current.kv_hit_rate:.2f} %")
+    st.caption(
+        f"{w.window} (UTC), {w.days:.2f} days of data · fixed-TTL model on per-key KV lookup rates · "
+        f"current TTL {format_duration(w.current_ttl)}: observed KV hit rate {w.observed_kv_hit_rate:.2f} %, "
+        f"model {w.current.kv_hit_rate:.2f} %"
+    )
     st.plotly_chart(_curves(w), width="stretch")
     cur = w.current
-    st.dataframe(pd.DataFrame([{
-        "TTL": format_duration(p.ttl), "KV hit %": p.kv_hit_rate, "hit % (not origin)": p.hit_rate,
-        "KV reads/day": p.kv_reads, "KV writes/day": p.kv_writes, "R2 reads/day": p.r2_reads,
-        "KV GB": p.stored_gb, "cost USD/day": p.cost, "Δ cost": p.cost - cur.cost,
-        "Δ KV hit (points)": p.kv_hit_rate - cur.kv_hit_rate,
-        "recommended": best is not None and p.ttl == best.ttl} for p in w.candidates]),
-        hide_index=True, width="stretch")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "TTL": format_duration(p.ttl),
+                    "KV hit %": p.kv_hit_rate,
+                    "hit % (not origin)": p.hit_rate,
+                    "KV reads/day": p.kv_reads,
+                    "KV writes/day": p.kv_writes,
+                    "R2 reads/day": p.r2_reads,
+                    "KV GB": p.stored_gb,
+                    "cost USD/day": p.cost,
+                    "Δ cost": p.cost - cur.cost,
+                    "Δ KV hit (points)": p.kv_hit_rate - cur.kv_hit_rate,
+                    "recommended": best is not None and p.ttl == best.ttl,
+                }
+                for p in w.candidates
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
     if w.edge:
-        st.caption(f"Edge: current TTL {format_duration(w.current_edge_ttl)}, observed edge hit rate "
-                   f"{w.observed_edge_hit_rate:.2f} % (the model fitted as {w.colos:.2f} equal colo caches)")
-        st.dataframe(pd.DataFrame([{"edge TTL": format_duration(e.ttl), "edge hit %": e.edge_hit_rate,
-                                    "KV lookups/day": e.kv_lookups} for e in w.edge]), hide_index=True)
+        st.caption(
+            f"Edge: current TTL {format_duration(w.current_edge_ttl)}, observed edge hit rate "
+            f"{w.observed_edge_hit_rate:.2f} % (the model fitted as {w.colos:.2f} equal colo caches)"
+        )
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "edge TTL": format_duration(e.ttl),
+                        "edge hit %": e.edge_hit_rate,
+                        "KV lookups/day": e.kv_lookups,
+                    }
+                    for e in w.edge
+                ]
+            ),
+            hide_index=True,
+        )
     _recommendation(w, best, limit, endpoint)
     st.subheader("Busy keys whose own TTL would pay")
     if keys:
-        st.dataframe(pd.DataFrame([{"key": k.key, "KV lookups/day": k.lookups, "KV hit %": k.kv_hit_rate,
-                                    "TTL": format_duration(k.ttl), "saving USD/day": k.saving} for k in keys]),
-                     hide_index=True, width="stretch")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "key": k.key,
+                        "KV lookups/day": k.lookups,
+                        "KV hit %": k.kv_hit_rate,
+                        "TTL": format_duration(k.ttl),
+                        "saving USD/day": k.saving,
+                    }
+                    for k in keys
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
     else:
         st.caption("None of the 20 busiest keys at KV would be cheaper with a TTL of its own.")
 
@@ -78,12 +141,16 @@ def _recommendation(w, best, limit, endpoint) -> None:
     if best is None:
         st.warning(f"No candidate is within the staleness limit of {format_duration(limit)}.")
     elif best.ttl == w.current_ttl:
-        st.success(f"Keep {format_duration(best.ttl)}: no candidate within {format_duration(limit)} of staleness "
-                   "costs less.")
+        st.success(
+            f"Keep {format_duration(best.ttl)}: no candidate within {format_duration(limit)} of staleness "
+            "costs less."
+        )
     else:
-        st.success(f"Recommended: {format_duration(best.ttl)}, the cheapest within {format_duration(limit)} of "
-                   f"staleness ({best.cost - cur.cost:+.4f} USD/day, KV hit rate "
-                   f"{best.kv_hit_rate - cur.kv_hit_rate:+.2f} points). Prove it with an experiment:")
+        st.success(
+            f"Recommended: {format_duration(best.ttl)}, the cheapest within {format_duration(limit)} of "
+            f"staleness ({best.cost - cur.cost:+.4f} USD/day, KV hit rate "
+            f"{best.kv_hit_rate - cur.kv_hit_rate:+.2f} points). Prove it with an experiment:"
+        )
         start = (common.now() + DAY).replace(hour=0, minute=0, second=0, microsecond=0)
         st.code(ttl.draft_experiment(endpoint, w.current_ttl, best.ttl, start), language="toml")
 
@@ -93,15 +160,49 @@ def _curves(w: ttl.WhatIf) -> go.Figure:
     point at the current TTL."""
     hours = [p.ttl.total_seconds() / 3600 for p in w.candidates]
     now = w.current_ttl.total_seconds() / 3600
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("KV hit rate % (share of requests)", "KV + R2 cost USD/day"))
-    fig.add_trace(go.Scatter(x=hours, y=[p.kv_hit_rate for p in w.candidates], mode="lines+markers",
-                             name="predicted"), row=1, col=1)
-    fig.add_trace(go.Scatter(x=[now], y=[w.observed_kv_hit_rate], mode="markers", name="observed (current TTL)",
-                             marker={"size": 12, "symbol": "diamond"}), row=1, col=1)
-    fig.add_trace(go.Scatter(x=hours, y=[p.cost for p in w.candidates], mode="lines+markers",
-                             name="predicted cost", showlegend=False), row=1, col=2)
-    fig.add_trace(go.Scatter(x=[now], y=[w.current.cost], mode="markers", name="current TTL (model)",
-                             marker={"size": 12, "symbol": "diamond"}), row=1, col=2)
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("KV hit rate % (share of requests)", "KV + R2 cost USD/day")
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=hours, y=[p.kv_hit_rate for p in w.candidates], mode="lines+markers", name="predicted"
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[now],
+            y=[w.observed_kv_hit_rate],
+            mode="markers",
+            name="observed (current TTL)",
+            marker={"size": 12, "symbol": "diamond"},
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=hours,
+            y=[p.cost for p in w.candidates],
+            mode="lines+markers",
+            name="predicted cost",
+            showlegend=False,
+        ),
+        row=1,
+        col=2,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[now],
+            y=[w.current.cost],
+            mode="markers",
+            name="current TTL (model)",
+            marker={"size": 12, "symbol": "diamond"},
+        ),
+        row=1,
+        col=2,
+    )
     fig.update_xaxes(type="log", title_text="TTL (hours, log scale)")
     return fig.update_layout(height=380, margin={"t": 40, "b": 10})
 

@@ -24,7 +24,9 @@ STEP = timedelta(minutes=15)
 MIN_POINTS = 8
 
 
-def history_ends(at: datetime, weeks: int, span: timedelta = SPAN, step: timedelta = STEP) -> list[tuple[int, datetime]]:
+def history_ends(
+    at: datetime, weeks: int, span: timedelta = SPAN, step: timedelta = STEP
+) -> list[tuple[int, datetime]]:
     """(weeks back, window end) of every history window for `at`."""
     k = int(span / step)
     return [(w, at - w * WEEK + j * step) for w in range(1, weeks + 1) for j in range(-k, k + 1)]

@@ -19,11 +19,11 @@ import pyarrow as pa
 
 from cachemon.alerts import lifecycle as lc
 from cachemon.alerts.anomaly import history_ends, robust_z
+from cachemon.alerts.rules import METRICS, Rule, effective_rules, format_value
 from cachemon.clock import MINUTE, floor_to, iso
 from cachemon.errors import CachemonError, InputError
-from cachemon.metrics.window import data_span
-from cachemon.alerts.rules import METRICS, Rule, effective_rules, format_value
 from cachemon.metrics.series import Observation, observe
+from cachemon.metrics.window import data_span
 from cachemon.store.db import transaction
 
 log = logging.getLogger("cachemon.alerts")
@@ -34,8 +34,22 @@ ACTIVE_SILENCES = """
 SELECT id, matcher, endpoint, starts_at, ends_at, reason, created_by FROM silences
 WHERE starts_at <= $at AND ends_at > $at AND expired_at IS NULL ORDER BY id
 """
-STATE_COLUMNS = ("rule", "endpoint", "type", "severity", "state", "since", "evaluated_at", "value",
-                 "threshold", "message", "pending_since", "firing_since", "last_breach", "clear_since")
+STATE_COLUMNS = (
+    "rule",
+    "endpoint",
+    "type",
+    "severity",
+    "state",
+    "since",
+    "evaluated_at",
+    "value",
+    "threshold",
+    "message",
+    "pending_since",
+    "firing_since",
+    "last_breach",
+    "clear_since",
+)
 LOAD_STATES = f"SELECT {', '.join(STATE_COLUMNS)} FROM alert_state"
 UPSERT_GROUP = "INSERT OR REPLACE INTO notify_groups VALUES (?, ?, ?)"
 
@@ -58,10 +72,14 @@ class Observer:
         self.con = con
         self.cache: dict[tuple, Observation] = {}
 
-    def get(self, ends: list[datetime], length: timedelta, endpoint: str | None) -> list[Observation]:
+    def get(
+        self, ends: list[datetime], length: timedelta, endpoint: str | None
+    ) -> list[Observation]:
         missing = sorted({e for e in ends if (e, length, endpoint) not in self.cache})
         if missing:
-            for e, o in zip(missing, observe(self.con, [e - length for e in missing], length, endpoint)):
+            for e, o in zip(
+                missing, observe(self.con, [e - length for e in missing], length, endpoint)
+            ):
                 self.cache[(e, length, endpoint)] = o
         return [self.cache[(e, length, endpoint)] for e in ends]
 
@@ -101,8 +119,11 @@ def _outcome(observer, rule: Rule, endpoint: str, at, stale_after, data_until) -
         current = observer.get([end], rule.window, endpoint or None)[0]
         value = METRICS[rule.metric].read(current)
         if METRICS[rule.metric].per_request and current.requests < rule.min_requests:
-            return lc.Outcome(lc.NO_DATA, value,
-                              f"{current.requests:,.0f} requests in the window, below min_requests {rule.min_requests:,.0f}")
+            return lc.Outcome(
+                lc.NO_DATA,
+                value,
+                f"{current.requests:,.0f} requests in the window, below min_requests {rule.min_requests:,.0f}",
+            )
         if value is None:
             return lc.Outcome(lc.NO_DATA, reason=f"no {rule.metric} reading in the window")
         if rule.kind == "anomaly":
@@ -115,10 +136,18 @@ def _outcome(observer, rule: Rule, endpoint: str, at, stale_after, data_until) -
 def _anomaly(observer, rule: Rule, endpoint: str, end: datetime, value: float) -> lc.Outcome:
     ends = history_ends(end, rule.weeks)
     past = observer.get([e for _, e in ends], rule.window, endpoint or None)
-    usable = [(w, METRICS[rule.metric].read(o)) for (w, _), o in zip(ends, past) if o.requests >= rule.min_requests]
+    usable = [
+        (w, METRICS[rule.metric].read(o))
+        for (w, _), o in zip(ends, past)
+        if o.requests >= rule.min_requests
+    ]
     weeks = len({w for w, v in usable if v is not None})
     if weeks < rule.min_weeks:
-        return lc.Outcome(lc.NO_DATA, value, f"needs {rule.min_weeks} weeks of history at this time of week, has {weeks}")
+        return lc.Outcome(
+            lc.NO_DATA,
+            value,
+            f"needs {rule.min_weeks} weeks of history at this time of week, has {weeks}",
+        )
     z = robust_z(value, [v for _, v in usable])
     if z is None:
         return lc.Outcome(lc.NO_DATA, value, "history has no spread to compare with")
@@ -153,17 +182,31 @@ def check(
     no notifications."""
     last = last_evaluation(con, None)
     if last is not None and at <= last:
-        why = "was already evaluated" if at == last else f"is before the last evaluation {iso(last)} (did the clock go back?)"
-        raise InputError(f"evaluation time {iso(at)} {why}; evaluations move forward only, nothing was changed")
+        why = (
+            "was already evaluated"
+            if at == last
+            else f"is before the last evaluation {iso(last)} (did the clock go back?)"
+        )
+        raise InputError(
+            f"evaluation time {iso(at)} {why}; evaluations move forward only, nothing was changed"
+        )
     span = data_span(con, at)  # data dated after `at` must not hide stale data
     prev = load_states(con)
     rules = effective_rules(cfg.alerts)
-    states, changed = evaluate(observer or Observer(con), rules, at, prev, cfg.metrics.stale_after,
-                               span[1] if span else None)
+    states, changed = evaluate(
+        observer or Observer(con),
+        rules,
+        at,
+        prev,
+        cfg.metrics.stale_after,
+        span[1] if span else None,
+    )
     notices, groups = [], []
     if notify:
         notices, groups = _decide(con, cfg, rules, states, changed, at, channels)
-    return Evaluation(at, span[1] if span else None, tuple(states), tuple(changed), tuple(notices), tuple(groups))
+    return Evaluation(
+        at, span[1] if span else None, tuple(states), tuple(changed), tuple(notices), tuple(groups)
+    )
 
 
 def _decide(con, cfg, rules, states, changed, at, channels):
@@ -175,8 +218,15 @@ def _decide(con, cfg, rules, states, changed, at, channels):
     for channel in channels:
         routed = [s for s in live if channel in routes.get(s.rule, ())]
         resolved = [s for s in resolved_now if channel in routes.get(s.rule, ())]
-        notice, group = lc.decide(channel, routed, resolved, groups_before.get(channel), at,
-                                  cfg.alerts.repeat_interval, cfg.alerts.send_resolved)
+        notice, group = lc.decide(
+            channel,
+            routed,
+            resolved,
+            groups_before.get(channel),
+            at,
+            cfg.alerts.repeat_interval,
+            cfg.alerts.send_resolved,
+        )
         groups.append(group)
         if notice:
             notices.append(notice)
@@ -186,23 +236,45 @@ def _decide(con, cfg, rules, states, changed, at, channels):
 def record(con: duckdb.DuckDBPyConnection, ev: Evaluation, outbox: list | None = None) -> None:
     """Write an evaluation (states, transitions, groups, and the rendered
     notifications `outbox`) in one transaction."""
-    _write(con, ev.states, ev.changed, [_evaluation_row(ev.at, ev.data_until, ev.states, len(outbox or []), False)],
-           ev.groups, outbox or [])
+    _write(
+        con,
+        ev.states,
+        ev.changed,
+        [_evaluation_row(ev.at, ev.data_until, ev.states, len(outbox or []), False)],
+        ev.groups,
+        outbox or [],
+    )
 
 
 def _evaluation_row(at, data_until, states, notifications: int, backfill: bool) -> dict:
     firing = sum(1 for s in states if s.state == lc.FIRING)
-    return {"evaluated_at": at, "data_until": data_until, "instances": len(states), "firing": firing,
-            "notifications": notifications, "backfill": backfill}
+    return {
+        "evaluated_at": at,
+        "data_until": data_until,
+        "instances": len(states),
+        "firing": firing,
+        "notifications": notifications,
+        "backfill": backfill,
+    }
 
 
 def _write(con, states, changed, evaluations: list[dict], groups, outbox) -> None:
     from cachemon.notify.outbox import enqueue
 
     history = [
-        {"changed_at": s.since, "rule": s.rule, "endpoint": s.endpoint, "type": s.type, "severity": s.severity,
-         "from_state": before, "to_state": s.state, "value": s.value, "threshold": s.threshold,
-         "message": s.message, "firing_since": s.firing_since}
+        {
+            "changed_at": s.since,
+            "rule": s.rule,
+            "endpoint": s.endpoint,
+            "type": s.type,
+            "severity": s.severity,
+            "from_state": before,
+            "to_state": s.state,
+            "value": s.value,
+            "threshold": s.threshold,
+            "message": s.message,
+            "firing_since": s.firing_since,
+        }
         for before, s in changed
     ]
     with transaction(con):
@@ -218,7 +290,10 @@ def _write(con, states, changed, evaluations: list[dict], groups, outbox) -> Non
 
 # Fixed table names only; the rows go through Arrow, not SQL text
 # (DuckDB's executemany costs ~10 ms a call, a backfill makes thousands).
-_APPEND = {t: f"INSERT INTO {t} BY NAME SELECT * FROM _rows" for t in ("alert_state", "alert_history", "alert_evaluations")}
+_APPEND = {
+    t: f"INSERT INTO {t} BY NAME SELECT * FROM _rows"
+    for t in ("alert_state", "alert_history", "alert_evaluations")
+}
 
 
 def _append(con, table: str, rows: list[dict]) -> None:
@@ -254,7 +329,9 @@ def backfill(con: duckdb.DuckDBPyConnection, cfg, start: datetime, end: datetime
             observer.get(ends, rule.window, endpoint or None)
     prev, changed, evaluations = load_states(con), [], []
     for t in slots:
-        states, moved = evaluate(observer, rules, t, prev, cfg.metrics.stale_after, span[1] if span else None)
+        states, moved = evaluate(
+            observer, rules, t, prev, cfg.metrics.stale_after, span[1] if span else None
+        )
         prev = {s.key: s for s in states}
         changed += moved
         evaluations.append(_evaluation_row(t, span[1] if span else None, states, 0, True))
@@ -277,7 +354,10 @@ def load_states(con) -> dict[tuple[str, str], lc.InstanceState]:
 
 
 def load_groups(con) -> dict[str, lc.Group]:
-    return {c: lc.Group(c, tuple(m.split(",")) if m else (), t) for c, m, t in con.execute(LOAD_GROUPS).fetchall()}
+    return {
+        c: lc.Group(c, tuple(m.split(",")) if m else (), t)
+        for c, m, t in con.execute(LOAD_GROUPS).fetchall()
+    }
 
 
 def active_silences(con, at: datetime) -> list[lc.Silence]:
@@ -295,43 +375,64 @@ def has_control(text: str) -> bool:
     return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text or "")
 
 
-def add_silence(con, matcher: str, duration: timedelta, reason: str, now: datetime, endpoint: str = "",
-                created_by: str = "") -> lc.Silence:
+def add_silence(
+    con,
+    matcher: str,
+    duration: timedelta,
+    reason: str,
+    now: datetime,
+    endpoint: str = "",
+    created_by: str = "",
+) -> lc.Silence:
     """Mute notifications of an alert type (or rule) for `duration`."""
-    known = {r for row in con.execute("SELECT DISTINCT type, rule FROM alert_state").fetchall() for r in row}
+    known = {
+        r
+        for row in con.execute("SELECT DISTINCT type, rule FROM alert_state").fetchall()
+        for r in row
+    }
     if not matcher or not matcher.replace("_", "").isalnum():
         raise InputError(f"silence: {matcher!r} is not an alert type or rule name")
     if known and matcher not in known:
-        raise InputError(f"silence: no alert type or rule named {matcher!r}; known: {', '.join(sorted(known))}")
+        raise InputError(
+            f"silence: no alert type or rule named {matcher!r}; known: {', '.join(sorted(known))}"
+        )
     if duration <= timedelta(0) or duration > timedelta(days=30):
         raise InputError("silence: --for must be between 1m and 30d")
     if not reason.strip():
         raise InputError("silence: a --reason is required, so others know why alerts are muted")
     for name, text in (("reason", reason), ("endpoint", endpoint), ("by", created_by)):
         if has_control(text):
-            raise InputError(f"silence: the {name} contains a control character (line break, ESC, …); "
-                             "it is printed in terminals and pages, so write it on one plain line")
+            raise InputError(
+                f"silence: the {name} contains a control character (line break, ESC, …); "
+                "it is printed in terminals and pages, so write it on one plain line"
+            )
     sid = con.execute("SELECT nextval('silence_ids')").fetchall()[0][0]
     s = lc.Silence(sid, matcher, endpoint, now, now + duration, reason.strip(), created_by)
-    con.execute("INSERT INTO silences VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                [s.id, s.matcher, s.endpoint, s.starts_at, s.ends_at, s.reason, now, s.created_by])
+    con.execute(
+        "INSERT INTO silences VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+        [s.id, s.matcher, s.endpoint, s.starts_at, s.ends_at, s.reason, now, s.created_by],
+    )
     return s
 
 
 def expire_silence(con, sid: int, now: datetime) -> None:
     """End a silence now."""
-    if not con.execute("SELECT count(*) FROM silences WHERE id = ? AND expired_at IS NULL", [sid]).fetchall()[0][0]:
+    if not con.execute(
+        "SELECT count(*) FROM silences WHERE id = ? AND expired_at IS NULL", [sid]
+    ).fetchall()[0][0]:
         raise InputError(f"no active silence with id {sid}")
     con.execute("UPDATE silences SET expired_at = ? WHERE id = ?", [now, sid])
 
 
 def _context(con, at: datetime, stale_after: timedelta) -> dict | None:
     """The last 15 minutes' figures for a notification (None without data)."""
-    from cachemon.metrics import window as metrics
     from cachemon.clock import Window
+    from cachemon.metrics import window as metrics
 
     try:
-        m = metrics.compute(con, Window.ending(at, timedelta(minutes=15)), "15m", top=5, latest=True)
+        m = metrics.compute(
+            con, Window.ending(at, timedelta(minutes=15)), "15m", top=5, latest=True
+        )
     except CachemonError:
         return None
     return metrics.to_json(m, stale_after)

@@ -38,8 +38,14 @@ class Health:
     firing: tuple[tuple[str, int], ...] = ()  # active alerts by severity
 
     def to_json(self) -> dict:
-        return {"status": self.status, "evaluatedAt": iso(self.evaluated_at) if self.evaluated_at else None,
-                "issues": [{"severity": i.severity, "message": i.message, "since": iso(i.since)} for i in self.issues]}
+        return {
+            "status": self.status,
+            "evaluatedAt": iso(self.evaluated_at) if self.evaluated_at else None,
+            "issues": [
+                {"severity": i.severity, "message": i.message, "since": iso(i.since)}
+                for i in self.issues
+            ],
+        }
 
 
 def health(con, at: datetime, evaluate_every: timedelta) -> Health:

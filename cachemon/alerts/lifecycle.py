@@ -22,7 +22,14 @@ from datetime import datetime, timedelta
 
 from cachemon.alerts.rules import Rule
 
-OK, PENDING, FIRING, RESOLVED, NO_DATA, ERROR = "ok", "pending", "firing", "resolved", "no_data", "error"
+OK, PENDING, FIRING, RESOLVED, NO_DATA, ERROR = (
+    "ok",
+    "pending",
+    "firing",
+    "resolved",
+    "no_data",
+    "error",
+)
 STATES = (OK, PENDING, FIRING, RESOLVED, NO_DATA, ERROR)
 BREACH, CLEAR = "breach", "clear"
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
@@ -71,12 +78,24 @@ class InstanceState:
         return f"{self.severity}:{self.type}" + (f"[{self.endpoint}]" if self.endpoint else "")
 
 
-def step(prev: InstanceState | None, rule: Rule, endpoint: str, outcome: Outcome, at: datetime,
-         message: str) -> InstanceState:
+def step(
+    prev: InstanceState | None,
+    rule: Rule,
+    endpoint: str,
+    outcome: Outcome,
+    at: datetime,
+    message: str,
+) -> InstanceState:
     """The instance's state after evaluating `outcome` at `at`."""
     base = prev or InstanceState(rule.name, endpoint, rule.alert_type, rule.severity, OK, at, at)
-    common = dict(evaluated_at=at, value=outcome.value, type=rule.alert_type, severity=rule.severity,
-                  threshold=rule.threshold, message=message)
+    common = dict(
+        evaluated_at=at,
+        value=outcome.value,
+        type=rule.alert_type,
+        severity=rule.severity,
+        threshold=rule.threshold,
+        message=message,
+    )
     if outcome.kind in (NO_DATA, ERROR):
         return _enter(base, outcome.kind, at, pending_since=None, **common)
     if outcome.kind == BREACH:
@@ -84,8 +103,16 @@ def step(prev: InstanceState | None, rule: Rule, endpoint: str, outcome: Outcome
             return _enter(base, FIRING, at, last_breach=at, clear_since=None, **common)
         started = base.pending_since if base.state == PENDING and base.pending_since else at
         if at - started >= rule.for_:
-            return _enter(base, FIRING, at, pending_since=None, firing_since=at, last_breach=at, clear_since=None,
-                          **common)
+            return _enter(
+                base,
+                FIRING,
+                at,
+                pending_since=None,
+                firing_since=at,
+                last_breach=at,
+                clear_since=None,
+                **common,
+            )
         return _enter(base, PENDING, at, pending_since=started, last_breach=at, **common)
     if base.active:
         # As Prometheus: keep firing until `keep_firing_for` has passed since
@@ -93,7 +120,9 @@ def step(prev: InstanceState | None, rule: Rule, endpoint: str, outcome: Outcome
         cleared = base.clear_since or at
         if at - cleared < rule.keep_firing_for:
             return _enter(base, FIRING, at, clear_since=cleared, **common)
-        return _enter(base, RESOLVED, at, firing_since=None, pending_since=None, clear_since=None, **common)
+        return _enter(
+            base, RESOLVED, at, firing_since=None, pending_since=None, clear_since=None, **common
+        )
     return _enter(base, OK, at, pending_since=None, **common)
 
 
@@ -113,8 +142,11 @@ class Silence:
     created_by: str = ""
 
     def mutes(self, s: InstanceState, at: datetime) -> bool:
-        return (self.starts_at <= at < self.ends_at and self.matcher in (s.type, s.rule)
-                and self.endpoint in ("", s.endpoint))
+        return (
+            self.starts_at <= at < self.ends_at
+            and self.matcher in (s.type, s.rule)
+            and self.endpoint in ("", s.endpoint)
+        )
 
 
 @dataclass(frozen=True)
@@ -141,12 +173,16 @@ class Notice:
         return "firing" if self.firing else "resolved"
 
 
-def notifiable(states: list[InstanceState], silences: list[Silence], at: datetime) -> list[InstanceState]:
+def notifiable(
+    states: list[InstanceState], silences: list[Silence], at: datetime
+) -> list[InstanceState]:
     """Active instances that may notify: not silenced, not inhibited."""
     critical = {(s.type, s.endpoint) for s in states if s.active and s.severity == "critical"}
     return [
-        s for s in states
-        if s.active and not any(x.mutes(s, at) for x in silences)
+        s
+        for s in states
+        if s.active
+        and not any(x.mutes(s, at) for x in silences)
         and not (s.severity != "critical" and (s.type, s.endpoint) in critical)
     ]
 
@@ -172,7 +208,12 @@ def decide(
         reason = "new"
     elif resolved and send_resolved:
         reason = "resolved"
-    elif any(s.state == FIRING for s in routed) and prev and prev.sent_at and at - prev.sent_at >= repeat:
+    elif (
+        any(s.state == FIRING for s in routed)
+        and prev
+        and prev.sent_at
+        and at - prev.sent_at >= repeat
+    ):
         # Only a confirmed breach repeats: "still firing" is not news when
         # the data has gone missing (no_data keeps the alert active, quietly).
         reason = "repeat"

@@ -17,31 +17,57 @@ from pathlib import Path
 
 import jinja2
 
-from cachemon.clock import iso
 from cachemon.alerts.lifecycle import InstanceState, Notice
 from cachemon.alerts.rules import format_value
+from cachemon.clock import iso
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 UNITS = {  # alert type's metric unit, for values in messages
-    "miss_rate": "%", "edge_hit_rate": "%", "error_rate": "%", "p99_latency": "ms", "p95_latency": "ms",
-    "queue_depth": "jobs", "kv_storage": "bytes", "data_stale": "s",
+    "miss_rate": "%",
+    "edge_hit_rate": "%",
+    "error_rate": "%",
+    "p99_latency": "ms",
+    "p95_latency": "ms",
+    "queue_depth": "jobs",
+    "kv_storage": "bytes",
+    "data_stale": "s",
 }
 CAUSES = {
-    "miss_rate": ["Edge cache purge or restart", "Traffic spike to new content",
-                  "KV entries expiring together (a TTL too short?)", "R2 archival too aggressive"],
-    "edge_hit_rate": ["Edge cache purge or restart", "Traffic moving to new content or colos",
-                      "Edge TTL too short for current traffic"],
-    "p99_latency": ["Origin API slowness or rate limiting", "More requests reaching the origin (see miss rate)",
-                    "R2 rehydrations"],
+    "miss_rate": [
+        "Edge cache purge or restart",
+        "Traffic spike to new content",
+        "KV entries expiring together (a TTL too short?)",
+        "R2 archival too aggressive",
+    ],
+    "edge_hit_rate": [
+        "Edge cache purge or restart",
+        "Traffic moving to new content or colos",
+        "Edge TTL too short for current traffic",
+    ],
+    "p99_latency": [
+        "Origin API slowness or rate limiting",
+        "More requests reaching the origin (see miss rate)",
+        "R2 rehydrations",
+    ],
     "error_rate": ["Origin API errors or rate limiting", "Worker exceptions"],
-    "queue_depth": ["Warming jobs failing or throttled", "Bulk re-warming after a purge",
-                    "KV write limit (1 write per second per key)"],
+    "queue_depth": [
+        "Warming jobs failing or throttled",
+        "Bulk re-warming after a purge",
+        "KV write limit (1 write per second per key)",
+    ],
     "kv_storage": ["One-off searches stored with long KV TTLs", "Archival to R2 not running"],
-    "data_stale": ["Analytics Engine API unreachable or token expired", "The cachemon ingest job failing (Jobs page)"],
+    "data_stale": [
+        "Analytics Engine API unreachable or token expired",
+        "The cachemon ingest job failing (Jobs page)",
+    ],
 }
 CAUSES["p95_latency"] = CAUSES["p99_latency"]
-DEFAULT_CAUSES = ["Edge cache purge/restart", "Traffic spike to new content",
-                  "External API slowness/rate limiting", "R2 archival too aggressive"]
+DEFAULT_CAUSES = [
+    "Edge cache purge/restart",
+    "Traffic spike to new content",
+    "External API slowness/rate limiting",
+    "R2 archival too aggressive",
+]
 
 
 def oneline(value) -> str:
@@ -57,7 +83,10 @@ def header_safe(value: str, limit: int = 200) -> str:
 def _env(autoescape: bool) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parents[1] / "notify" / "templates"),
-        autoescape=autoescape, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        autoescape=autoescape,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
         keep_trailing_newline=True,
     )
     env.filters["oneline"] = oneline
@@ -79,8 +108,14 @@ class Email:
     message_id: str
 
     def to_json(self) -> dict:
-        return {"to": list(self.to), "from": self.sender, "subject": self.subject, "text": self.text,
-                "html": self.html, "message_id": self.message_id}
+        return {
+            "to": list(self.to),
+            "from": self.sender,
+            "subject": self.subject,
+            "text": self.text,
+            "html": self.html,
+            "message_id": self.message_id,
+        }
 
 
 def subject(notice: Notice, prefix: str) -> str:
@@ -99,10 +134,20 @@ def _where(s: InstanceState) -> str:
 
 def _alert_view(s: InstanceState) -> dict:
     unit = UNITS.get(s.type, "")
-    return {"severity": s.severity, "type": s.type, "endpoint": s.endpoint, "message": s.message,
-            "value": format_value(s.value, unit) if unit else f"{s.value:,.2f}" if s.value is not None else "n/a",
-            "threshold": format_value(s.threshold, unit) if unit else f"{s.threshold:g}",
-            "since": iso(s.firing_since or s.since), "state": s.state}
+    return {
+        "severity": s.severity,
+        "type": s.type,
+        "endpoint": s.endpoint,
+        "message": s.message,
+        "value": format_value(s.value, unit)
+        if unit
+        else f"{s.value:,.2f}"
+        if s.value is not None
+        else "n/a",
+        "threshold": format_value(s.threshold, unit) if unit else f"{s.threshold:g}",
+        "since": iso(s.firing_since or s.since),
+        "state": s.state,
+    }
 
 
 def _view(notice: Notice, context: dict | None, dashboard_url: str) -> dict:
@@ -114,22 +159,39 @@ def _view(notice: Notice, context: dict | None, dashboard_url: str) -> dict:
                 causes.append(c)
     lead = notice.firing[0] if notice.firing else notice.resolved[0]
     return {
-        "headline": (f"Cache {lead.severity}: {lead.type}" if notice.firing else f"Resolved: {lead.type}"),
+        "headline": (
+            f"Cache {lead.severity}: {lead.type}" if notice.firing else f"Resolved: {lead.type}"
+        ),
         "severity": lead.severity if notice.firing else "resolved",
         "firing": [_alert_view(s) for s in notice.firing],
         "resolved": [_alert_view(s) for s in notice.resolved],
-        "m": context, "causes": causes if notice.firing else [],
-        "link": dashboard_url.rstrip("/") + "/alerts", "timestamp": iso(notice.at),
+        "m": context,
+        "causes": causes if notice.firing else [],
+        "link": dashboard_url.rstrip("/") + "/alerts",
+        "timestamp": iso(notice.at),
         "repeat": notice.reason == "repeat",
     }
 
 
-def alert_email(notice: Notice, context: dict | None, to: tuple[str, ...], sender: str, prefix: str,
-                dashboard_url: str, message_id: str) -> Email:
+def alert_email(
+    notice: Notice,
+    context: dict | None,
+    to: tuple[str, ...],
+    sender: str,
+    prefix: str,
+    dashboard_url: str,
+    message_id: str,
+) -> Email:
     """The alert (or resolve) email, as text and HTML."""
     view = _view(notice, context, dashboard_url)
-    return Email(tuple(to), sender, subject(notice, prefix), TEXT.get_template("alert_email.txt.j2").render(view),
-                 HTML.get_template("alert_email.html.j2").render(view), message_id)
+    return Email(
+        tuple(to),
+        sender,
+        subject(notice, prefix),
+        TEXT.get_template("alert_email.txt.j2").render(view),
+        HTML.get_template("alert_email.html.j2").render(view),
+        message_id,
+    )
 
 
 def _slack_escape(text: str) -> str:
@@ -147,7 +209,9 @@ def _chat_lines(notice: Notice, esc) -> list[str]:
     lines = []
     for s in notice.firing:
         a = _alert_view(s)
-        lines.append(f"• {a['severity'].upper()} {esc(a['type'] + _where(s))}: {esc(a['message'])} (since {a['since']})")
+        lines.append(
+            f"• {a['severity'].upper()} {esc(a['type'] + _where(s))}: {esc(a['message'])} (since {a['since']})"
+        )
     for s in notice.resolved:
         lines.append(f"• RESOLVED {esc(s.type + _where(s))}")
     return lines
@@ -156,16 +220,29 @@ def _chat_lines(notice: Notice, esc) -> list[str]:
 def slack_payload(notice: Notice, prefix: str, dashboard_url: str) -> dict:
     """An incoming-webhook message (mrkdwn, Slack-escaped)."""
     title = _slack_escape(subject(notice, prefix))
-    body = "\n".join([f"*{title}*", *_chat_lines(notice, _slack_escape),
-                      f"<{dashboard_url.rstrip('/')}/alerts|Open the dashboard>"])
-    return {"text": title, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": body[:2900]}}]}
+    body = "\n".join(
+        [
+            f"*{title}*",
+            *_chat_lines(notice, _slack_escape),
+            f"<{dashboard_url.rstrip('/')}/alerts|Open the dashboard>",
+        ]
+    )
+    return {
+        "text": title,
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": body[:2900]}}],
+    }
 
 
 def discord_payload(notice: Notice, prefix: str, dashboard_url: str) -> dict:
     """A webhook message: escaped markdown, no mentions, within 2,000 characters."""
     title = _discord_escape(subject(notice, prefix))
-    body = "\n".join([f"**{title}**", *_chat_lines(notice, _discord_escape),
-                      f"{dashboard_url.rstrip('/')}/alerts"])
+    body = "\n".join(
+        [
+            f"**{title}**",
+            *_chat_lines(notice, _discord_escape),
+            f"{dashboard_url.rstrip('/')}/alerts",
+        ]
+    )
     return {"content": body[:2000], "allowed_mentions": {"parse": []}}
 
 
@@ -173,7 +250,10 @@ def chat_text(channel: str, title: str, lines: list[str]) -> dict:
     """A plain chat message (title and lines) for Slack or Discord, escaped."""
     if channel == "slack":
         body = "\n".join([f"*{_slack_escape(title)}*", *(_slack_escape(x) for x in lines)])
-        return {"text": _slack_escape(title), "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": body[:2900]}}]}
+        return {
+            "text": _slack_escape(title),
+            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": body[:2900]}}],
+        }
     body = "\n".join([f"**{_discord_escape(title)}**", *(_discord_escape(x) for x in lines)])
     return {"content": body[:2000], "allowed_mentions": {"parse": []}}
 

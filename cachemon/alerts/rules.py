@@ -12,14 +12,14 @@ deduplicate by it, and a critical alert inhibits a warning of the same type.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
-from typing import Callable
 
 from cachemon.clock import format_duration, parse_duration
 from cachemon.errors import ConfigError
-from cachemon.settings import AlertsConfig
 from cachemon.metrics.series import Observation
+from cachemon.settings import AlertsConfig
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,9 @@ def _share(tier: str):
 
 
 METRICS: dict[str, MetricDef] = {
-    "miss_rate": MetricDef("%", lambda o: o.volume.share("api") if o.requests else None, True, "Cache miss rate"),
+    "miss_rate": MetricDef(
+        "%", lambda o: o.volume.share("api") if o.requests else None, True, "Cache miss rate"
+    ),
     "combined_hit_rate": MetricDef("%", lambda o: o.combined_hit_rate, True, "Combined hit rate"),
     "edge_hit_rate": MetricDef("%", _share("edge"), True, "Edge hit rate"),
     "kv_hit_rate": MetricDef("%", _share("kv"), True, "KV hit rate"),
@@ -48,7 +50,9 @@ METRICS: dict[str, MetricDef] = {
     "p99_latency": MetricDef("ms", lambda o: o.p99, True, "P99 latency"),
     "avg_latency": MetricDef("ms", lambda o: o.avg_latency, True, "Average latency"),
     "requests": MetricDef("requests", lambda o: o.requests, False, "Requests"),
-    "queue_depth": MetricDef("jobs", lambda o: o.gauge("queue_depth"), False, "Warming queue depth"),
+    "queue_depth": MetricDef(
+        "jobs", lambda o: o.gauge("queue_depth"), False, "Warming queue depth"
+    ),
     "kv_storage": MetricDef("bytes", lambda o: o.gauge("kv_storage_bytes"), False, "KV storage"),
     "r2_storage": MetricDef("bytes", lambda o: o.gauge("r2_storage_bytes"), False, "R2 storage"),
     # Read from the store's newest data, not from the window (see alerts).
@@ -56,8 +60,10 @@ METRICS: dict[str, MetricDef] = {
 }
 
 OPS: dict[str, Callable[[float, float], bool]] = {
-    ">": lambda v, t: v > t, ">=": lambda v, t: v >= t,
-    "<": lambda v, t: v < t, "<=": lambda v, t: v <= t,
+    ">": lambda v, t: v > t,
+    ">=": lambda v, t: v >= t,
+    "<": lambda v, t: v < t,
+    "<=": lambda v, t: v <= t,
 }
 SEVERITIES = ("critical", "warning", "info")
 KINDS = ("threshold", "anomaly")
@@ -98,7 +104,8 @@ class Rule:
         """Threshold rules: whether `value` breaches. (Anomaly rules pass the z-score.)"""
         if self.kind == "anomaly":
             return (self.direction in ("below", "both") and value <= -self.threshold) or (
-                self.direction in ("above", "both") and value >= self.threshold)
+                self.direction in ("above", "both") and value >= self.threshold
+            )
         return OPS[self.op](value, self.threshold)
 
     def describe(self) -> str:
@@ -137,14 +144,23 @@ BUILTIN: tuple[Rule, ...] = (
     Rule("edge_hit_rate", "edge_hit_rate", 75.0, "warning", op="<"),
     Rule("kv_storage", "kv_storage", 1e9, "warning"),
     Rule("data_stale", "data_age", 1800.0, "warning"),
-    Rule("hit_rate_anomaly", "combined_hit_rate", 3.5, "warning", kind="anomaly", direction="below",
-         min_requests=1000.0),
+    Rule(
+        "hit_rate_anomaly",
+        "combined_hit_rate",
+        3.5,
+        "warning",
+        kind="anomaly",
+        direction="below",
+        min_requests=1000.0,
+    ),
 )
 
 _TOML_NAMES = {"for": "for_"}  # `for` is a Python keyword
 
 
-def parse_rules(where: str, raw: list, builtin: bool = True, disable: tuple[str, ...] = ()) -> tuple[Rule, ...]:
+def parse_rules(
+    where: str, raw: list, builtin: bool = True, disable: tuple[str, ...] = ()
+) -> tuple[Rule, ...]:
     """The effective rules: built-ins (unless switched off or disabled by
     name) overridden by user rules of the same name, then the user's own.
     `where` names the file for messages."""
@@ -167,7 +183,9 @@ def parse_rules(where: str, raw: list, builtin: bool = True, disable: tuple[str,
 def _parse_one(where: str, index: int, raw) -> Rule:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: rule #{index + 1} must be a table")
-    label = f"rule {raw.get('name')!r}" if isinstance(raw.get("name"), str) else f"rule #{index + 1}"
+    label = (
+        f"rule {raw.get('name')!r}" if isinstance(raw.get("name"), str) else f"rule #{index + 1}"
+    )
 
     def bad(field: str, why: str) -> ConfigError:
         return ConfigError(f"{where}: {label}: {field}: {why}")
@@ -222,7 +240,9 @@ def _check(bad, r: Rule) -> None:
     from cachemon.notify.outbox import CHANNELS
 
     if not _NAME.match(r.name):
-        raise bad("name", f"{r.name!r} must be lower-case letters, digits and _ (starting with a letter)")
+        raise bad(
+            "name", f"{r.name!r} must be lower-case letters, digits and _ (starting with a letter)"
+        )
     if r.type and not _NAME.match(r.type):
         raise bad("type", f"{r.type!r} must be lower-case letters, digits and _")
     if r.metric not in METRICS:
@@ -235,12 +255,18 @@ def _check(bad, r: Rule) -> None:
         raise bad("op", f"{r.op!r}: use one of {' '.join(OPS)}")
     if r.direction not in DIRECTIONS:
         raise bad("direction", f"{r.direction!r}: use below, above or both")
-    if r.window < timedelta(minutes=1) or r.window > timedelta(days=1) or r.window % timedelta(minutes=1):
+    if (
+        r.window < timedelta(minutes=1)
+        or r.window > timedelta(days=1)
+        or r.window % timedelta(minutes=1)
+    ):
         raise bad("window", "must be whole minutes between 1m and 1d")
     if r.for_ < timedelta(0) or r.keep_firing_for < timedelta(0):
         raise bad("for", "durations must not be negative")
     if r.endpoints and not METRICS[r.metric].per_request:
-        raise bad("endpoints", f"metric {r.metric!r} is store-wide; it cannot be filtered by endpoint")
+        raise bad(
+            "endpoints", f"metric {r.metric!r} is store-wide; it cannot be filtered by endpoint"
+        )
     for e in r.endpoints:
         if not _ENDPOINT.match(e):
             raise bad("endpoints", f"{e!r} is not an endpoint name")
@@ -249,20 +275,31 @@ def _check(bad, r: Rule) -> None:
             raise bad("channels", f"unknown channel {c!r}; channels: {', '.join(CHANNELS)}")
     if r.kind == "anomaly":
         if r.metric == "data_age" or not METRICS[r.metric].per_request and r.metric != "requests":
-            raise bad("metric", "anomaly rules watch traffic metrics (hit rates, latency, errors, requests)")
+            raise bad(
+                "metric",
+                "anomaly rules watch traffic metrics (hit rates, latency, errors, requests)",
+            )
         if r.threshold <= 0 or not 1 <= r.min_weeks <= r.weeks <= 8:
-            raise bad("threshold", "anomaly rules need threshold > 0 and 1 <= min_weeks <= weeks <= 8")
+            raise bad(
+                "threshold", "anomaly rules need threshold > 0 and 1 <= min_weeks <= weeks <= 8"
+            )
     if r.min_requests is not None and r.min_requests < 0:
         raise bad("min_requests", "must not be negative")
 
 
 def with_defaults(rules: tuple[Rule, ...], min_requests: float) -> tuple[Rule, ...]:
     """Fill each rule's unset min_requests from the [alerts] default."""
-    return tuple(r if r.min_requests is not None else replace(r, min_requests=min_requests) for r in rules)
+    return tuple(
+        r if r.min_requests is not None else replace(r, min_requests=min_requests) for r in rules
+    )
 
 
 def effective_rules(ac: AlertsConfig) -> tuple[Rule, ...]:
     """The rules [alerts] evaluates: the file's own, else the built-ins not
     disabled, each with the section's defaults filled in."""
-    rules = ac.rules if ac.rules else tuple(r for r in BUILTIN if ac.builtin_rules and r.name not in ac.disable)
+    rules = (
+        ac.rules
+        if ac.rules
+        else tuple(r for r in BUILTIN if ac.builtin_rules and r.name not in ac.disable)
+    )
     return with_defaults(rules, ac.min_requests)

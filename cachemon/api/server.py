@@ -32,29 +32,28 @@ import resource
 import socket
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable
 
 import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
-
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from cachemon.costs import usage as costs
-from cachemon.metrics import exposition
-from cachemon.alerts import health
 from cachemon import jsontext
+from cachemon.alerts import health
+from cachemon.clock import Period, Window, iso
+from cachemon.costs import usage as costs
+from cachemon.errors import CachemonError, InputError, StoreError
+from cachemon.metrics import exposition
 from cachemon.metrics import window as metrics
 from cachemon.runner import selfcheck
-from cachemon.store import db as store
-from cachemon.clock import Period, Window, iso
 from cachemon.settings import Config
-from cachemon.errors import CachemonError, InputError, StoreError
+from cachemon.store import db as store
 
 CACHE_FOR = timedelta(minutes=5)
 RATE_LIMIT = 10  # requests per client IP per minute
@@ -116,8 +115,10 @@ class RateLimiter:
         if len(self.hits) >= self.max_peers:
             if self.warned_at is None or now - self.warned_at >= timedelta(minutes=1):
                 self.warned_at = now  # said once a minute, not once a request
-                log.warning("rate limiter: %d clients active within a minute; further clients share one budget",
-                            len(self.hits))
+                log.warning(
+                    "rate limiter: %d clients active within a minute; further clients share one budget",
+                    len(self.hits),
+                )
             return self.overflow
         q = self.hits[peer] = deque()
         return q
@@ -164,7 +165,11 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
         if not member(client, allow):
             wait = limiter.retry_after(client, clock())
             if wait:
-                return _error(429, f"rate limit: {settings.rate_limit} requests per minute", {"Retry-After": str(wait)})
+                return _error(
+                    429,
+                    f"rate limit: {settings.rate_limit} requests per minute",
+                    {"Retry-After": str(wait)},
+                )
         if settings.token:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
@@ -186,7 +191,9 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
         if not hit or now >= hit[4]:
             try:
                 with store.shared_reader(cfg.store.path) as con:
-                    m = metrics.compute(con, Window.ending(now, period.length), period.value, latest=True)
+                    m = metrics.compute(
+                        con, Window.ending(now, period.length), period.value, latest=True
+                    )
                     state = health.health(con, m.at, cfg.alerts.evaluate_every)
                     block = costs.for_window(con, m.window, m.at, cfg)
             except StoreError as exc:
@@ -195,16 +202,29 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
                 body = exposition.render(m, cfg.metrics.stale_after, state, block).encode()
                 media = exposition.CONTENT_TYPE
             else:
-                body = jsontext.dumps(metrics.to_json(m, cfg.metrics.stale_after, state, block)).encode()
+                body = jsontext.dumps(
+                    metrics.to_json(m, cfg.metrics.stale_after, state, block)
+                ).encode()
                 media = "application/json"
-            hit = cache[(period.value, fmt)] = (now, body, media, iso(m.data_until) if m.data_until else "",
-                                                 expiry(now, settings.cache_for, m, cfg.metrics.stale_after))
+            hit = cache[(period.value, fmt)] = (
+                now,
+                body,
+                media,
+                iso(m.data_until) if m.data_until else "",
+                expiry(now, settings.cache_for, m, cfg.metrics.stale_after),
+            )
         # The body is as of its computation (`timestamp`, `dataAgeSeconds`):
         # Age says how long ago, max-age how long it may still be kept.
         left = hit[4] - now
-        return Response(hit[1], media_type=hit[2], headers={
-            "Cache-Control": f"public, max-age={max(0, int(left.total_seconds()))}", "X-Data-Until": hit[3],
-            "Age": str(max(0, int((now - hit[0]).total_seconds())))})
+        return Response(
+            hit[1],
+            media_type=hit[2],
+            headers={
+                "Cache-Control": f"public, max-age={max(0, int(left.total_seconds()))}",
+                "X-Data-Until": hit[3],
+                "Age": str(max(0, int((now - hit[0]).total_seconds()))),
+            },
+        )
 
     def healthz(request: Request) -> Response:
         now = clock()
@@ -213,7 +233,9 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
                 span = metrics.data_span(con, now)  # never negative, never hidden by future rows
                 runner = selfcheck.check(con, cfg, now)
         except CachemonError as exc:
-            return JSONResponse({"status": "error", "store": "unreadable", "error": str(exc)}, status_code=503)
+            return JSONResponse(
+                {"status": "error", "store": "unreadable", "error": str(exc)}, status_code=503
+            )
         return JSONResponse(health_body(span, runner, now, cfg.metrics.stale_after))
 
     def openapi(request: Request) -> Response:
@@ -222,12 +244,22 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         # Unknown paths and methods answer in JSON like every other error.
-        text = {404: f"no such path {request.url.path!r}", 405: f"method {request.method} not allowed"}
-        return _error(exc.status_code, text.get(exc.status_code, str(exc.detail)), dict(exc.headers or {}))
+        text = {
+            404: f"no such path {request.url.path!r}",
+            405: f"method {request.method} not allowed",
+        }
+        return _error(
+            exc.status_code, text.get(exc.status_code, str(exc.detail)), dict(exc.headers or {})
+        )
 
-    app = Starlette(routes=[
-        Route("/metrics", get_metrics), Route("/healthz", healthz), Route("/openapi.json", openapi),
-    ], exception_handlers={HTTPException: http_error})
+    app = Starlette(
+        routes=[
+            Route("/metrics", get_metrics),
+            Route("/healthz", healthz),
+            Route("/openapi.json", openapi),
+        ],
+        exception_handlers={HTTPException: http_error},
+    )
     # Starlette would answer /metrics/ with a redirect built from the Host
     # header (an open redirect): a path either exists or is a 404.
     app.router.redirect_slashes = False
@@ -235,7 +267,9 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
     return app
 
 
-def expiry(computed: datetime, keep: timedelta, m: metrics.Metrics, stale_after: timedelta) -> datetime:
+def expiry(
+    computed: datetime, keep: timedelta, m: metrics.Metrics, stale_after: timedelta
+) -> datetime:
     """When a cached answer computed at `computed` must be recomputed:
     after `keep`, and, when it says the data is fresh, no later than the
     instant the data is `stale_after` old, so a cached body never says
@@ -248,8 +282,12 @@ def expiry(computed: datetime, keep: timedelta, m: metrics.Metrics, stale_after:
     return until
 
 
-def health_body(span: tuple[datetime, datetime] | None, runner: selfcheck.RunnerCheck, now: datetime,
-                stale_after: timedelta) -> dict:
+def health_body(
+    span: tuple[datetime, datetime] | None,
+    runner: selfcheck.RunnerCheck,
+    now: datetime,
+    stale_after: timedelta,
+) -> dict:
     """/healthz's answer: `degraded` when the runner stalled or a job's last
     run failed (even while the data still looks fresh), else `stale` when the
     data is older than `stale_after`, else `ok`."""
@@ -257,11 +295,20 @@ def health_body(span: tuple[datetime, datetime] | None, runner: selfcheck.Runner
     stale = age is None or age > stale_after.total_seconds()
     problems = runner.problems()
     if stale:
-        problems.append("no request data in the store" if span is None else
-                        f"the newest data is {selfcheck.rough_age(now - span[1])} old (until {iso(span[1])})")
+        problems.append(
+            "no request data in the store"
+            if span is None
+            else f"the newest data is {selfcheck.rough_age(now - span[1])} old (until {iso(span[1])})"
+        )
     status = "degraded" if not runner.healthy else "stale" if stale else "ok"
-    return {"status": status, "store": "readable", "dataUntil": iso(span[1]) if span else None,
-            "dataAgeSeconds": age, "runner": runner.to_json(), "problems": problems}
+    return {
+        "status": status,
+        "store": "readable",
+        "dataUntil": iso(span[1]) if span else None,
+        "dataAgeSeconds": age,
+        "runner": runner.to_json(),
+        "problems": problems,
+    }
 
 
 @dataclass(frozen=True)
@@ -292,8 +339,10 @@ def networks(values, flag: str) -> tuple[Network, ...]:
         try:
             out.append(_unmapped(ipaddress.ip_network(str(v).strip(), strict=False)))
         except ValueError:
-            raise InputError(f"{flag} {str(v)[:60]!r} is not an IP address or network "
-                             "(like 10.0.0.5, 10.0.0.0/24 or fd00::/8)") from None
+            raise InputError(
+                f"{flag} {str(v)[:60]!r} is not an IP address or network "
+                "(like 10.0.0.5, 10.0.0.0/24 or fd00::/8)"
+            ) from None
     return tuple(out)
 
 
@@ -315,7 +364,7 @@ def address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     `host:port` or `[v6]:port` as its host), or None when it is none."""
     text = text.strip()
     if text.startswith("[") and "]" in text:
-        text = text[1:text.index("]")]
+        text = text[1 : text.index("]")]
     elif text.count(":") == 1:
         text = text.split(":")[0]
     try:
@@ -350,8 +399,12 @@ class ForwardedFor:
     def client(self, peer: tuple, headers) -> tuple:
         if not member(peer[0], self.trusted):
             return peer
-        hops = [h for name, value in headers if name.lower() == b"x-forwarded-for"
-                for h in value.decode("latin-1").split(",")]
+        hops = [
+            h
+            for name, value in headers
+            if name.lower() == b"x-forwarded-for"
+            for h in value.decode("latin-1").split(",")
+        ]
         current = peer
         for hop in reversed(hops):
             ip = address(hop)
@@ -378,7 +431,9 @@ def build_server(app: Starlette, options: ServeOptions):
     if options.trust_proxy:
         app = ForwardedFor(app, networks(options.trust_proxy, "--trust-proxy"))
     config = uvicorn.Config(
-        app, log_level="info", http=guarded_protocol(options.head_timeout, cap),
+        app,
+        log_level="info",
+        http=guarded_protocol(options.head_timeout, cap),
         # No WebSocket routes: an upgrade would hand the connection to another
         # protocol behind the guard's back (and out of its count).
         ws="none",
@@ -388,7 +443,8 @@ def build_server(app: Starlette, options: ServeOptions):
         proxy_headers=False,
         # No limit_concurrency: uvicorn counts half-open connections in it and
         # would answer /healthz 503; the protocol's own cap makes room instead.
-        backlog=BACKLOG)
+        backlog=BACKLOG,
+    )
     # uvicorn configured its loggers above; ours writes where they do.
     log.handlers, log.propagate = logging.getLogger("uvicorn").handlers, False
     log.setLevel(logging.INFO)
@@ -400,8 +456,10 @@ def exposure_warning(host: str, token: str | None) -> str | None:
     """A warning when the API would serve anyone who can reach it."""
     if token or _is_loopback(host):
         return None
-    return (f"listening on {host}, which is not a loopback address, without CACHEMON_API_TOKEN: "
-            "anyone who can reach this port reads the metrics")
+    return (
+        f"listening on {host}, which is not a loopback address, without CACHEMON_API_TOKEN: "
+        "anyone who can reach this port reads the metrics"
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -422,7 +480,9 @@ def listen_sockets(host: str, port: int) -> list[socket.socket]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (OSError, OverflowError) as exc:
-        raise InputError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise InputError(
+            f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     socks: list[socket.socket] = []
     try:
         for family, type_, proto, _, addr in dict.fromkeys(infos):
@@ -449,7 +509,9 @@ def connection_cap(wanted: int) -> int:
         return wanted
     room = soft - FD_RESERVE - 4 * BACKLOG
     if room < 1:
-        raise InputError(f"the file-descriptor limit ({soft}) leaves no room for connections; raise `ulimit -n`")
+        raise InputError(
+            f"the file-descriptor limit ({soft}) leaves no room for connections; raise `ulimit -n`"
+        )
     return min(wanted, room)
 
 
@@ -534,26 +596,76 @@ def _error(status: int, message: str, headers: dict | None = None) -> Response:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-_PERIOD = {"name": "period", "in": "query", "schema": {"type": "string", "enum": [p.value for p in Period], "default": "1h"}}
-_FORMAT = {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "prometheus"], "default": "json"}}
-_ERROR = {"description": "error", "content": {"application/json": {"schema": {
-    "type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}}}}
+_PERIOD = {
+    "name": "period",
+    "in": "query",
+    "schema": {"type": "string", "enum": [p.value for p in Period], "default": "1h"},
+}
+_FORMAT = {
+    "name": "format",
+    "in": "query",
+    "schema": {"type": "string", "enum": ["json", "prometheus"], "default": "json"},
+}
+_ERROR = {
+    "description": "error",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {"error": {"type": "string"}},
+                "required": ["error"],
+            }
+        }
+    },
+}
 OPENAPI = {
     "openapi": "3.1.0",
     "info": {"title": "cachemon metrics API", "version": "1"},
     "paths": {
-        "/metrics": {"get": {
-            "summary": "Cache metrics of a period (the seed's JSON shape, or Prometheus text 0.0.4)",
-            "parameters": [_PERIOD, _FORMAT],
-            "responses": {
-                "200": {"description": "metrics", "content": {
-                    "application/json": {"schema": {"type": "object", "required": ["timestamp", "period", "hitRates", "latency", "volume"]}},
-                    "text/plain": {"schema": {"type": "string"}}}},
-                "400": _ERROR, "401": _ERROR, "429": _ERROR, "503": _ERROR,
-            },
-        }},
-        "/healthz": {"get": {"summary": "Process up, store readable, data age, job runner state", "responses": {
-            "200": {"description": "ok, stale or degraded (see problems)", "content": {"application/json": {"schema": {"type": "object"}}}},
-            "503": {"description": "store unreadable", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        "/metrics": {
+            "get": {
+                "summary": "Cache metrics of a period (the seed's JSON shape, or Prometheus text 0.0.4)",
+                "parameters": [_PERIOD, _FORMAT],
+                "responses": {
+                    "200": {
+                        "description": "metrics",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": [
+                                        "timestamp",
+                                        "period",
+                                        "hitRates",
+                                        "latency",
+                                        "volume",
+                                    ],
+                                }
+                            },
+                            "text/plain": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "400": _ERROR,
+                    "401": _ERROR,
+                    "429": _ERROR,
+                    "503": _ERROR,
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Process up, store readable, data age, job runner state",
+                "responses": {
+                    "200": {
+                        "description": "ok, stale or degraded (see problems)",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "503": {
+                        "description": "store unreadable",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                },
+            }
+        },
     },
 }

@@ -5,15 +5,15 @@ from __future__ import annotations
 import getpass
 from datetime import datetime, timedelta
 
+from cachemon import jsontext
 from cachemon.alerts import evaluate as alerts
 from cachemon.alerts import health
-from cachemon import jsontext
-from cachemon.notify import outbox as notify
-from cachemon.store import db as store
+from cachemon.alerts.rules import effective_rules
 from cachemon.argcheck import MAX_ID, bounded
 from cachemon.clock import check_not_future, format_duration, iso, parse_duration, parse_instant
+from cachemon.notify import outbox as notify
 from cachemon.redact import Redactor
-from cachemon.alerts.rules import effective_rules
+from cachemon.store import db as store
 
 
 def run(args, cfg, now: datetime, env) -> int:
@@ -39,7 +39,10 @@ def _check(args, cfg, now, env) -> int:
     for row, notice in zip(result.outbox, result.evaluation.notices):
         print(f"{verb} {row.channel}: {row.subject} ({notice.reason})")
     if not result.outbox:
-        print("no notifications" + (" (no channel configured)" if not transports.channels(cfg.notify) else ""))
+        print(
+            "no notifications"
+            + (" (no channel configured)" if not transports.channels(cfg.notify) else "")
+        )
     # Scrubbed where made; scrubbed again at the terminal (second line of defence).
     for line in said:
         print(line)
@@ -47,10 +50,14 @@ def _check(args, cfg, now, env) -> int:
 
 
 def _print_states(ev: alerts.Evaluation) -> None:
-    print(f"evaluated at {iso(ev.at)}; data until {iso(ev.data_until) if ev.data_until else 'never'}")
+    print(
+        f"evaluated at {iso(ev.at)}; data until {iso(ev.data_until) if ev.data_until else 'never'}"
+    )
     print(f"{'STATE':9} {'SEVERITY':9} {'RULE':20} {'ENDPOINT':10} {'SINCE':21} MESSAGE")
     for s in ev.states:
-        print(f"{s.state:9} {s.severity:9} {s.rule:20} {s.endpoint or '*':10} {iso(s.since):21} {s.message}")
+        print(
+            f"{s.state:9} {s.severity:9} {s.rule:20} {s.endpoint or '*':10} {iso(s.since):21} {s.message}"
+        )
 
 
 def _history(args, cfg, now, env) -> int:
@@ -64,16 +71,28 @@ def _history(args, cfg, now, env) -> int:
     red = Redactor.from_env(env)
     changes, sent = _redacted(changes, red), _redacted(sent, red)
     if args.json:
-        print(jsontext.dumps({"changes": changes, "notifications": sent}, default=_jsonable, indent=2, ensure_ascii=False))
+        print(
+            jsontext.dumps(
+                {"changes": changes, "notifications": sent},
+                default=_jsonable,
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
         return 0
     print("STATE CHANGES")
     for c in changes:
-        print(f"{iso(c['at'])}  {c['from_state']:>8} -> {c['to_state']:8} {c['severity']:8} {c['rule']:20} "
-              f"{c['endpoint'] or '*':8} {c['message']}")
+        print(
+            f"{iso(c['at'])}  {c['from_state']:>8} -> {c['to_state']:8} {c['severity']:8} {c['rule']:20} "
+            f"{c['endpoint'] or '*':8} {c['message']}"
+        )
     print("\nNOTIFICATIONS")
     for n in sent:
-        detail = f"sent {iso(n['sent_at'])}" if n["status"] == "sent" else \
-            f"pending, {n['attempts']} attempts, next {iso(n['next_attempt_at'])}: {n['last_error'] or ''}"
+        detail = (
+            f"sent {iso(n['sent_at'])}"
+            if n["status"] == "sent"
+            else f"pending, {n['attempts']} attempts, next {iso(n['next_attempt_at'])}: {n['last_error'] or ''}"
+        )
         print(f"#{n['id']:<5} {iso(n['created_at'])}  {n['channel']:8} {n['subject']}  [{detail}]")
     return 0
 
@@ -91,12 +110,15 @@ def _silence(args, cfg, now, env) -> int:
     s = None
     try:
         with store.writer(cfg.store.path, now, create=False) as con:
-            s = alerts.add_silence(con, args.matcher, duration, args.reason, now, args.endpoint,
-                                   args.by or _user())
+            s = alerts.add_silence(
+                con, args.matcher, duration, args.reason, now, args.endpoint, args.by or _user()
+            )
     finally:  # stored even when only publishing failed (StoreUnpublishedError): say what was stored
         if s is not None:
-            print(f"silence {s.id}: {s.matcher}{' [' + printable(s.endpoint) + ']' if s.endpoint else ''} muted "
-                  f"until {iso(s.ends_at)} ({printable(s.reason)})")
+            print(
+                f"silence {s.id}: {s.matcher}{' [' + printable(s.endpoint) + ']' if s.endpoint else ''} muted "
+                f"until {iso(s.ends_at)} ({printable(s.reason)})"
+            )
     return 0
 
 
@@ -113,8 +135,10 @@ def _silences(args, cfg, now, env) -> int:
     if not rows:
         print("no active silences")
     for s in rows:
-        print(f"{s.id:<4} {printable(s.matcher):20} {printable(s.endpoint) or '*':8} until {iso(s.ends_at)}  "
-              f"by {printable(s.created_by) or '?'}: {printable(s.reason)}")
+        print(
+            f"{s.id:<4} {printable(s.matcher):20} {printable(s.endpoint) or '*':8} until {iso(s.ends_at)}  "
+            f"by {printable(s.created_by) or '?'}: {printable(s.reason)}"
+        )
     return 0
 
 
@@ -142,15 +166,27 @@ def _rules(args, cfg, now, env) -> int:
     for r in effective_rules(cfg.alerts):
         extra = f" for {format_duration(r.for_)}" if r.for_ else ""
         where = f" endpoints={','.join(r.endpoints)}" if r.endpoints else ""
-        print(f"{r.name:20} {r.severity:8} {r.alert_type:16} {r.describe()} over {format_duration(r.window)}{extra}{where}")
+        print(
+            f"{r.name:20} {r.severity:8} {r.alert_type:16} {r.describe()} over {format_duration(r.window)}{extra}{where}"
+        )
     return 0
 
 
 def printable(text: str) -> str:
     """Stored text as a terminal may show it: control characters (an older
     store may hold an ESC or CR) escaped, never acted on."""
-    return "".join(c if not alerts.has_control(c) else c.encode("unicode_escape").decode("ascii") for c in text or "")
+    return "".join(
+        c if not alerts.has_control(c) else c.encode("unicode_escape").decode("ascii")
+        for c in text or ""
+    )
 
 
-ACTIONS = {"check": _check, "history": _history, "silence": _silence, "silences": _silences,
-           "unsilence": _unsilence, "deliver": _deliver, "rules": _rules}
+ACTIONS = {
+    "check": _check,
+    "history": _history,
+    "silence": _silence,
+    "silences": _silences,
+    "unsilence": _unsilence,
+    "deliver": _deliver,
+    "rules": _rules,
+}

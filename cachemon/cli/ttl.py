@@ -5,13 +5,24 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from cachemon import jsontext
-from cachemon.store import db as store
-from cachemon.tuning import whatif as ttl
 from cachemon.argcheck import bounded
-from cachemon.clock import DAY, HOUR, MINUTE, Window, days_span, floor_to, format_duration, iso, parse_duration, parse_instant
+from cachemon.clock import (
+    DAY,
+    HOUR,
+    MINUTE,
+    Window,
+    days_span,
+    floor_to,
+    format_duration,
+    iso,
+    parse_duration,
+    parse_instant,
+)
 from cachemon.errors import InputError
 from cachemon.pricing import days_in_month
 from cachemon.sources import files
+from cachemon.store import db as store
+from cachemon.tuning import whatif as ttl
 
 # Per-key rates exist for at most [retention] hour_days (400 by default).
 MAX_DAYS = 400
@@ -21,42 +32,81 @@ MAX_SIMULATOR_TRACE_DAYS = 31
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("ttl", help="TTL what-if: predicted KV hit rate and cost per candidate TTL",
-                       description="Predict, from the store's per-key request rates, what each KV TTL would do.")
+    p = sub.add_parser(
+        "ttl",
+        help="TTL what-if: predicted KV hit rate and cost per candidate TTL",
+        description="Predict, from the store's per-key request rates, what each KV TTL would do.",
+    )
     a = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    w = a.add_parser("whatif", help="a table of candidate TTLs for an endpoint, and a recommendation")
-    w.add_argument("--endpoint", required=True, help="title, isbn, author (the [costs] kv_ttl endpoints)")
-    w.add_argument("--ttl", default="6h,12h,24h,48h,7d", help="candidate TTLs, comma-separated (default 6h,12h,24h,48h,7d)")
-    w.add_argument("--edge-ttl", help="candidate edge cache TTLs too, e.g. 1h,6h,24h (edge hit rate only)")
+    w = a.add_parser(
+        "whatif", help="a table of candidate TTLs for an endpoint, and a recommendation"
+    )
+    w.add_argument(
+        "--endpoint", required=True, help="title, isbn, author (the [costs] kv_ttl endpoints)"
+    )
+    w.add_argument(
+        "--ttl",
+        default="6h,12h,24h,48h,7d",
+        help="candidate TTLs, comma-separated (default 6h,12h,24h,48h,7d)",
+    )
+    w.add_argument(
+        "--edge-ttl", help="candidate edge cache TTLs too, e.g. 1h,6h,24h (edge hit rate only)"
+    )
     w.add_argument("--max-staleness", help="the longest TTL allowed (default [costs] max_kv_ttl)")
-    w.add_argument("--days", type=float, default=7.0, help="days of traffic to measure rates on (default 7)")
+    w.add_argument(
+        "--days", type=float, default=7.0, help="days of traffic to measure rates on (default 7)"
+    )
     w.add_argument("--at", help="the window ends here, ISO 8601 UTC (default now)")
-    w.add_argument("--keys", type=int, default=20, help="busiest keys to check for a TTL of their own (default 20)")
-    w.add_argument("--trace", nargs="+", metavar="FILE",
-                   help="event files to replay exactly (unsampled traces), or `simulator` to regenerate the "
-                        "simulator's requests of the window")
-    w.add_argument("--draft-experiment", action="store_true",
-                   help="print an [[experiments]] block testing the recommended TTL")
+    w.add_argument(
+        "--keys",
+        type=int,
+        default=20,
+        help="busiest keys to check for a TTL of their own (default 20)",
+    )
+    w.add_argument(
+        "--trace",
+        nargs="+",
+        metavar="FILE",
+        help="event files to replay exactly (unsampled traces), or `simulator` to regenerate the "
+        "simulator's requests of the window",
+    )
+    w.add_argument(
+        "--draft-experiment",
+        action="store_true",
+        help="print an [[experiments]] block testing the recommended TTL",
+    )
     w.add_argument("--json", action="store_true", help="JSON instead of a table")
 
 
 def run(args, cfg, now: datetime) -> int:
     ttls = ttl.parse_ttls(args.ttl)
     edge_ttls = ttl.parse_ttls(args.edge_ttl) if args.edge_ttl else []
-    limit = parse_duration(args.max_staleness, "--max-staleness") if args.max_staleness else cfg.costs.max_kv_ttl
+    limit = (
+        parse_duration(args.max_staleness, "--max-staleness")
+        if args.max_staleness
+        else cfg.costs.max_kv_ttl
+    )
     span = days_span(args.days, "--days", MAX_DAYS)
     if args.trace == ["simulator"] and span > timedelta(days=MAX_SIMULATOR_TRACE_DAYS):
-        raise InputError(f"--trace simulator regenerates the window's requests in memory: use --days "
-                         f"{MAX_SIMULATOR_TRACE_DAYS} or less, got {args.days:g}")
+        raise InputError(
+            f"--trace simulator regenerates the window's requests in memory: use --days "
+            f"{MAX_SIMULATOR_TRACE_DAYS} or less, got {args.days:g}"
+        )
     bounded(args.keys, "--keys", 0)
     at = parse_instant(args.at, "--at") if args.at else now  # read-only: any supported instant
     window = Window(at - span, at)
     trace = _trace(args.trace, args.endpoint, cfg, window) if args.trace else None
     with store.reader(cfg.store.path) as con:
         w = ttl.whatif(con, cfg, [args.endpoint], ttls, window, at, edge_ttls)[0]
-        keys = ttl.per_key(con, w, cfg.pricing, cfg.costs.value_bytes, days_in_month(at), limit, args.keys)
+        keys = ttl.per_key(
+            con, w, cfg.pricing, cfg.costs.value_bytes, days_in_month(at), limit, args.keys
+        )
     best = ttl.recommend(w, limit)
-    replays = {p.ttl: 100 * ttl.replay(trace, p.ttl) / len(trace) for p in w.candidates} if trace is not None else {}
+    replays = (
+        {p.ttl: 100 * ttl.replay(trace, p.ttl) / len(trace) for p in w.candidates}
+        if trace is not None
+        else {}
+    )
     if args.json:
         print(jsontext.dumps(_json(w, best, keys, replays), indent=2))
     else:
@@ -76,8 +126,12 @@ def _trace(paths, endpoint: str, cfg, window: Window):
         from cachemon.sources.simulator import Simulator
 
         sim = Simulator(cfg.simulator)
-        frames = [sim.generate(w).table.to_pandas() for w in Window(floor_to(window.start, MINUTE),
-                                                                     floor_to(window.end, MINUTE)).split(HOUR)]
+        frames = [
+            sim.generate(w).table.to_pandas()
+            for w in Window(floor_to(window.start, MINUTE), floor_to(window.end, MINUTE)).split(
+                HOUR
+            )
+        ]
     else:
         frames = [files.read(p).frame.table.to_pandas() for p in paths]
     df = pd.concat(frames, ignore_index=True)
@@ -89,50 +143,95 @@ def _trace(paths, endpoint: str, cfg, window: Window):
 
 def _table(w: ttl.WhatIf, best, keys, replays: dict, limit: timedelta) -> None:
     cur = w.current
-    print(f"{w.endpoint}: {w.window} ({w.days:.2f} days of data); current KV TTL {format_duration(w.current_ttl)}: "
-          f"observed KV hit rate {w.observed_kv_hit_rate:.2f}%, model {cur.kv_hit_rate:.2f}%")
-    head = f"{'TTL':>6} {'KV hit %':>9} {'hit %':>7} {'KV reads/day':>13} {'KV writes/day':>14} {'cost $/day':>11} " \
-           f"{'Δ cost':>9} {'Δ KV hit':>9}" + (f" {'replay KV %':>12}" if replays else "")
+    print(
+        f"{w.endpoint}: {w.window} ({w.days:.2f} days of data); current KV TTL {format_duration(w.current_ttl)}: "
+        f"observed KV hit rate {w.observed_kv_hit_rate:.2f}%, model {cur.kv_hit_rate:.2f}%"
+    )
+    head = (
+        f"{'TTL':>6} {'KV hit %':>9} {'hit %':>7} {'KV reads/day':>13} {'KV writes/day':>14} {'cost $/day':>11} "
+        f"{'Δ cost':>9} {'Δ KV hit':>9}" + (f" {'replay KV %':>12}" if replays else "")
+    )
     print(head)
     for p in w.candidates:
         mark = " *" if best is not None and p.ttl == best.ttl else ""
-        print(f"{format_duration(p.ttl):>6} {p.kv_hit_rate:>9.2f} {p.hit_rate:>7.2f} {p.kv_reads:>13,.0f} "
-              f"{p.kv_writes:>14,.0f} {p.cost:>11.4f} {p.cost - cur.cost:>+9.4f} {p.kv_hit_rate - cur.kv_hit_rate:>+9.2f}"
-              + (f" {replays[p.ttl]:>12.2f}" if replays else "") + mark)
+        print(
+            f"{format_duration(p.ttl):>6} {p.kv_hit_rate:>9.2f} {p.hit_rate:>7.2f} {p.kv_reads:>13,.0f} "
+            f"{p.kv_writes:>14,.0f} {p.cost:>11.4f} {p.cost - cur.cost:>+9.4f} {p.kv_hit_rate - cur.kv_hit_rate:>+9.2f}"
+            + (f" {replays[p.ttl]:>12.2f}" if replays else "")
+            + mark
+        )
     if best is None:
         print(f"no candidate within the staleness limit {format_duration(limit)}")
     elif best.ttl == w.current_ttl:
-        print(f"recommended: keep {format_duration(best.ttl)}; no candidate within {format_duration(limit)} of "
-              "staleness costs less")
+        print(
+            f"recommended: keep {format_duration(best.ttl)}; no candidate within {format_duration(limit)} of "
+            "staleness costs less"
+        )
     else:
-        print(f"recommended (*): {format_duration(best.ttl)}, the cheapest within {format_duration(limit)} of "
-              f"staleness: {best.cost - cur.cost:+.4f} USD/day, KV hit rate {best.kv_hit_rate - cur.kv_hit_rate:+.2f} points")
+        print(
+            f"recommended (*): {format_duration(best.ttl)}, the cheapest within {format_duration(limit)} of "
+            f"staleness: {best.cost - cur.cost:+.4f} USD/day, KV hit rate {best.kv_hit_rate - cur.kv_hit_rate:+.2f} points"
+        )
     if w.edge:
-        print(f"edge: current TTL {format_duration(w.current_edge_ttl)}, observed edge hit rate "
-              f"{w.observed_edge_hit_rate:.2f}% (fitted as {w.colos:.2f} equal colo caches)")
+        print(
+            f"edge: current TTL {format_duration(w.current_edge_ttl)}, observed edge hit rate "
+            f"{w.observed_edge_hit_rate:.2f}% (fitted as {w.colos:.2f} equal colo caches)"
+        )
         print(f"{'edge TTL':>9} {'edge hit %':>11} {'KV lookups/day':>15}")
         for e in w.edge:
             print(f"{format_duration(e.ttl):>9} {e.edge_hit_rate:>11.2f} {e.kv_lookups:>15,.0f}")
     for k in keys:
-        print(f"  key {k.key}: {k.lookups:,.1f} KV lookups/day, {k.kv_hit_rate:.1f}% hit; its own TTL "
-              f"{format_duration(k.ttl)} saves {k.saving:.6f} USD/day")
+        print(
+            f"  key {k.key}: {k.lookups:,.1f} KV lookups/day, {k.kv_hit_rate:.1f}% hit; its own TTL "
+            f"{format_duration(k.ttl)} saves {k.saving:.6f} USD/day"
+        )
 
 
 def _json(w: ttl.WhatIf, best, keys, replays: dict) -> dict:
-    row = lambda p: {"ttl": format_duration(p.ttl), "ttlSeconds": int(p.ttl.total_seconds()),  # noqa: E731
-                     "kvHitRate": round(p.kv_hit_rate, 4), "hitRate": round(p.hit_rate, 4),
-                     "kvReadsPerDay": round(p.kv_reads, 3), "kvWritesPerDay": round(p.kv_writes, 3),
-                     "r2ReadsPerDay": round(p.r2_reads, 3), "storedGB": round(p.stored_gb, 6),
-                     "costPerDay": round(p.cost, 6)}
-    return {"endpoint": w.endpoint, "window": {"start": iso(w.window.start), "end": iso(w.window.end)},
-            "days": round(w.days, 4), "currentTtl": format_duration(w.current_ttl),
-            "observedKvHitRate": round(w.observed_kv_hit_rate, 4), "current": row(w.current),
-            "candidates": [row(p) | ({"replayKvHitRate": round(replays[p.ttl], 4)} if replays else {})
-                           for p in w.candidates],
-            "recommended": row(best) if best else None,
-            "edge": {"currentTtl": format_duration(w.current_edge_ttl) if w.current_edge_ttl else None,
-                     "observedHitRate": round(w.observed_edge_hit_rate, 4), "fittedColos": round(w.colos, 3),
-                     "candidates": [{"ttl": format_duration(e.ttl), "hitRate": round(e.edge_hit_rate, 4),
-                                     "kvLookupsPerDay": round(e.kv_lookups, 3)} for e in w.edge]},
-            "keys": [{"key": k.key, "lookupsPerDay": round(k.lookups, 3), "kvHitRate": round(k.kv_hit_rate, 3),
-                      "ttl": format_duration(k.ttl), "savingPerDay": k.saving} for k in keys]}
+    row = lambda p: {
+        "ttl": format_duration(p.ttl),
+        "ttlSeconds": int(p.ttl.total_seconds()),  # noqa: E731
+        "kvHitRate": round(p.kv_hit_rate, 4),
+        "hitRate": round(p.hit_rate, 4),
+        "kvReadsPerDay": round(p.kv_reads, 3),
+        "kvWritesPerDay": round(p.kv_writes, 3),
+        "r2ReadsPerDay": round(p.r2_reads, 3),
+        "storedGB": round(p.stored_gb, 6),
+        "costPerDay": round(p.cost, 6),
+    }
+    return {
+        "endpoint": w.endpoint,
+        "window": {"start": iso(w.window.start), "end": iso(w.window.end)},
+        "days": round(w.days, 4),
+        "currentTtl": format_duration(w.current_ttl),
+        "observedKvHitRate": round(w.observed_kv_hit_rate, 4),
+        "current": row(w.current),
+        "candidates": [
+            row(p) | ({"replayKvHitRate": round(replays[p.ttl], 4)} if replays else {})
+            for p in w.candidates
+        ],
+        "recommended": row(best) if best else None,
+        "edge": {
+            "currentTtl": format_duration(w.current_edge_ttl) if w.current_edge_ttl else None,
+            "observedHitRate": round(w.observed_edge_hit_rate, 4),
+            "fittedColos": round(w.colos, 3),
+            "candidates": [
+                {
+                    "ttl": format_duration(e.ttl),
+                    "hitRate": round(e.edge_hit_rate, 4),
+                    "kvLookupsPerDay": round(e.kv_lookups, 3),
+                }
+                for e in w.edge
+            ],
+        },
+        "keys": [
+            {
+                "key": k.key,
+                "lookupsPerDay": round(k.lookups, 3),
+                "kvHitRate": round(k.kv_hit_rate, 3),
+                "ttl": format_duration(k.ttl),
+                "savingPerDay": k.saving,
+            }
+            for k in keys
+        ],
+    }

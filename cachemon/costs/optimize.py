@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 from cachemon.clock import DAY, HOUR, Window, ceil_to, floor_to
-from cachemon.settings import COLD_PER_DAY, HOT_PER_DAY
-from cachemon.store import topkeys
 from cachemon.metrics.window import data_span
 from cachemon.pricing import Pricing, days_in_month
+from cachemon.settings import COLD_PER_DAY, HOT_PER_DAY
+from cachemon.store import topkeys
 
 TTL_FACTORS = (1, 2, 4, 7, 14, 30)
 
@@ -127,7 +127,9 @@ def data_days(con: duckdb.DuckDBPyConnection, window: Window) -> tuple[Window, f
     return Window(lo, hi), max((hi - lo) / DAY, 1 / 24)
 
 
-def key_table(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> tuple[pd.DataFrame, float]:
+def key_table(
+    con: duckdb.DuckDBPyConnection, window: Window, at: datetime
+) -> tuple[pd.DataFrame, float]:
     """Every key of `window` with its totals, rate, class and age (for
     small windows, tests and drill-downs)."""
     days = load_keys(con, window, at)
@@ -156,7 +158,9 @@ class KeyPage:
     days: float
 
 
-def key_page(con: duckdb.DuckDBPyConnection, window: Window, at: datetime, f: KeyFilter = KeyFilter()) -> KeyPage:
+def key_page(
+    con: duckdb.DuckDBPyConnection, window: Window, at: datetime, f: KeyFilter = KeyFilter()
+) -> KeyPage:
     """The busiest keys of `window` matching `f`, with the same counts as
     the metrics' top keys. Hit rate and the tier shares are percentages of
     each key's requests."""
@@ -179,10 +183,26 @@ def key_ranges(lo: datetime, hi: datetime) -> dict:
     h_lo, h_hi = ceil_to(lo, HOUR), floor_to(hi, HOUR)
     d_lo, d_hi = ceil_to(h_lo, DAY), floor_to(h_hi, DAY)
     if d_lo >= d_hi:
-        return {"d_lo": h_lo, "d_hi": h_lo, "h1_lo": h_lo, "h1_hi": max(h_lo, h_hi), "h2_lo": hi, "h2_hi": hi,
-                "m_lo": lo, "m_hi": hi}
-    return {"d_lo": d_lo, "d_hi": d_hi, "h1_lo": h_lo, "h1_hi": d_lo, "h2_lo": d_hi, "h2_hi": h_hi,
-            "m_lo": lo, "m_hi": hi}
+        return {
+            "d_lo": h_lo,
+            "d_hi": h_lo,
+            "h1_lo": h_lo,
+            "h1_hi": max(h_lo, h_hi),
+            "h2_lo": hi,
+            "h2_hi": hi,
+            "m_lo": lo,
+            "m_hi": hi,
+        }
+    return {
+        "d_lo": d_lo,
+        "d_hi": d_hi,
+        "h1_lo": h_lo,
+        "h1_hi": d_lo,
+        "h2_lo": d_hi,
+        "h2_hi": h_hi,
+        "m_lo": lo,
+        "m_hi": hi,
+    }
 
 
 @dataclass(frozen=True)
@@ -200,48 +220,74 @@ def edge_optimization(con, days: float, pricing: Pricing, target: float) -> Reco
     low = con.execute(HOT_LOW, {"target": target}).df()
     if low.empty:
         return None
-    low["avoidable"] = (low["requests"] - low["edge"]) / days - low["requests"] / days * (1 - target / 100)
+    low["avoidable"] = (low["requests"] - low["edge"]) / days - low["requests"] / days * (
+        1 - target / 100
+    )
     saving = pricing["kv_reads"].list_cost(float(low["avoidable"].sum()))
     # Ties (keys with the same counts) in key order, so the report is stable.
     worst = low.sort_values(["avoidable", "key"], ascending=[False, True]).head(5)
-    evidence = tuple(f"{r.key} ({r.endpoint}): {r.edge_rate:.0f}% edge, {r.per_day:,.0f} requests/day"
-                     for r in worst.itertuples())
+    evidence = tuple(
+        f"{r.key} ({r.endpoint}): {r.edge_rate:.0f}% edge, {r.per_day:,.0f} requests/day"
+        for r in worst.itertuples()
+    )
     return Recommendation(
-        "edge_optimization", f"{len(low):,} hot keys have an edge hit rate under {target:g}%", evidence,
-        "Raise the edge TTL for these keys or pre-warm them at the edge", saving)
+        "edge_optimization",
+        f"{len(low):,} hot keys have an edge hit rate under {target:g}%",
+        evidence,
+        "Raise the edge TTL for these keys or pre-warm them at the edge",
+        saving,
+    )
 
 
-def r2_archival(con, pricing: Pricing, ttl: dict, archive_after: timedelta, value_bytes: float,
-                at: datetime) -> Recommendation | None:
+def r2_archival(
+    con, pricing: Pricing, ttl: dict, archive_after: timedelta, value_bytes: float, at: datetime
+) -> Recommendation | None:
     """Cold keys older than `archive_after`: their expected KV bytes (the
     share of time each is present, fixed-TTL model) cost less in R2."""
     age = archive_after / DAY
     count, live = 0, 0.0
     for (endpoint,) in con.execute(COLD_ENDPOINTS, {"age": age}).fetchall():
-        n, share = con.execute(COLD_OLD, {"t": ttl.get(endpoint, DAY) / DAY, "age": age,
-                                          "endpoint": endpoint}).fetchall()[0]
+        n, share = con.execute(
+            COLD_OLD, {"t": ttl.get(endpoint, DAY) / DAY, "age": age, "endpoint": endpoint}
+        ).fetchall()[0]
         count, live = count + n, live + share
     if not count:
         return None
     gb = live * value_bytes / 1e9
     per_month = gb * (pricing["kv_storage"].price - pricing["r2_storage"].price)
     return Recommendation(
-        "r2_archival", f"Archive {count:,} cold entries to R2",
-        (f"{count:,} keys under 10 requests/month, first seen over {age:g} days ago",
-         f"about {gb * 1e3:,.1f} MB of them in KV at a time"),
+        "r2_archival",
+        f"Archive {count:,} cold entries to R2",
+        (
+            f"{count:,} keys under 10 requests/month, first seen over {age:g} days ago",
+            f"about {gb * 1e3:,.1f} MB of them in KV at a time",
+        ),
         f"Move them to R2 (one-time {count:,} Class A puts: ${pricing['r2_class_a'].list_cost(count):.4f})",
-        per_month / days_in_month(at))
+        per_month / days_in_month(at),
+    )
 
 
-def ttl_cost(lam: np.ndarray, t_days: float, pricing: Pricing, value_bytes: float, month_days: int) -> np.ndarray:
+def ttl_cost(
+    lam: np.ndarray, t_days: float, pricing: Pricing, value_bytes: float, month_days: int
+) -> np.ndarray:
     """Daily KV write + storage cost per key under a fixed TTL of `t_days`."""
     writes = lam / (1 + lam * t_days)
     stored_gb = lam * t_days / (1 + lam * t_days) * value_bytes / 1e9
-    return pricing["kv_writes"].list_cost(writes) + stored_gb * pricing["kv_storage"].price / month_days
+    return (
+        pricing["kv_writes"].list_cost(writes)
+        + stored_gb * pricing["kv_storage"].price / month_days
+    )
 
 
-def ttl_tuning(con, days: float, pricing: Pricing, ttl: dict, max_ttl: timedelta,
-               value_bytes: float, at: datetime) -> Recommendation | None:
+def ttl_tuning(
+    con,
+    days: float,
+    pricing: Pricing,
+    ttl: dict,
+    max_ttl: timedelta,
+    value_bytes: float,
+    at: datetime,
+) -> Recommendation | None:
     """Warm keys whose KV writes cost more than the KV reads they serve
     (a write is 10 reads at list prices): per endpoint, the TTL (up to
     `max_ttl`) that minimises writes plus storage under the fixed-TTL
@@ -256,26 +302,37 @@ def ttl_tuning(con, days: float, pricing: Pricing, ttl: dict, max_ttl: timedelta
             continue
         lam, base = g["kv_rate"].to_numpy(), now_ttl / DAY
         options = sorted({min(base * f, max_ttl / DAY) for f in TTL_FACTORS})
-        costs = {t: float(ttl_cost(lam, t, pricing, value_bytes, month_days).sum()) for t in options}
+        costs = {
+            t: float(ttl_cost(lam, t, pricing, value_bytes, month_days).sum()) for t in options
+        }
         best = min(costs, key=costs.get)
         saving = costs[base] - costs[best]
         if best == base or saving <= 0:
             continue
         total += saving
-        evidence.append(f"{endpoint}: {len(g):,} warm keys written {g['fills'].sum() / days:,.0f} times/day, "
-                        f"read back from KV {g['kv'].sum() / days:,.0f} times/day")
+        evidence.append(
+            f"{endpoint}: {len(g):,} warm keys written {g['fills'].sum() / days:,.0f} times/day, "
+            f"read back from KV {g['kv'].sum() / days:,.0f} times/day"
+        )
         actions.append(f"{endpoint} KV TTL {_days(base)} → {_days(best)}")
     if not actions:
         return None
-    return Recommendation("ttl_tuning", "Warm keys are refreshed into KV more often than their reads justify",
-                          tuple(evidence), "Increase " + "; ".join(actions), total)
+    return Recommendation(
+        "ttl_tuning",
+        "Warm keys are refreshed into KV more often than their reads justify",
+        tuple(evidence),
+        "Increase " + "; ".join(actions),
+        total,
+    )
 
 
 def _days(d: float) -> str:
     return f"{d * 24:g}h" if d < 1 else f"{d:g}d"
 
 
-def recommend(con, cfg, at: datetime, window: Window) -> tuple[dict[str, int], float, list[Recommendation]]:
+def recommend(
+    con, cfg, at: datetime, window: Window
+) -> tuple[dict[str, int], float, list[Recommendation]]:
     """Key class counts, days covered, and every recommendation that applies."""
     days = load_keys(con, window, at)
     c, pricing, ttl = cfg.costs, cfg.pricing, dict(cfg.costs.kv_ttl)

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import duckdb
 
-from cachemon.costs import usage as costs
-from cachemon.alerts import health
 from cachemon import jsontext
-from cachemon.alerts import messages
-from cachemon.costs import optimize
+from cachemon.alerts import health, messages
 from cachemon.clock import DAY, Window, iso
+from cachemon.costs import optimize
+from cachemon.costs import usage as costs
 from cachemon.metrics.window import data_span
 from cachemon.pricing import COMPONENTS, DEFAULT
 from cachemon.store.db import transaction
@@ -35,7 +34,9 @@ class Report:
     generated_at: datetime
     has_data: bool
     classes: tuple[tuple[str, int], ...]  # (class, entries)
-    lines: tuple[tuple[str, str, float, float, float], ...]  # (component, unit, units, list, billed)
+    lines: tuple[
+        tuple[str, str, float, float, float], ...
+    ]  # (component, unit, units, list, billed)
     list_total: float
     billed_total: float
     forecast_list: float | None
@@ -61,24 +62,36 @@ class Report:
 def build(con: duckdb.DuckDBPyConnection, cfg, day: date, now: datetime) -> Report:
     """The report of UTC `day` (costs of that day; key classes over the
     class window ending with it; forecast as of its end)."""
-    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     window = Window(start, start + DAY)
     span = data_span(con)
     has_data = bool(span and span[0] < window.end and span[1] > window.start)
     breakdown = costs.price(costs.measure(con, window, cfg), cfg.pricing)
     classes, recs, fc = (), (), None
     if has_data:
-        counts, _, found = optimize.recommend(con, cfg, window.end,
-                                              Window(window.end - cfg.costs.class_window, window.end))
+        counts, _, found = optimize.recommend(
+            con, cfg, window.end, Window(window.end - cfg.costs.class_window, window.end)
+        )
         classes = tuple((c, int(counts.get(c, 0))) for c in ("hot", "warm", "cold"))
         recs = tuple(sorted(found, key=lambda r: -r.saving_per_day))
         fc = costs.forecast(con, min(window.end, span[1]), cfg, cfg.pricing)
     status = health.health(con, window.end, cfg.alerts.evaluate_every).status
     return Report(
-        day, now, has_data, classes,
-        tuple((ln.component, DEFAULT[ln.component].unit, ln.units, ln.list_cost, ln.billed) for ln in breakdown.lines),
-        breakdown.list_total, breakdown.billed_total,
-        fc.list_total if fc else None, fc.billed_total if fc else None, recs, status, breakdown.pricing_version,
+        day,
+        now,
+        has_data,
+        classes,
+        tuple(
+            (ln.component, DEFAULT[ln.component].unit, ln.units, ln.list_cost, ln.billed)
+            for ln in breakdown.lines
+        ),
+        breakdown.list_total,
+        breakdown.billed_total,
+        fc.list_total if fc else None,
+        fc.billed_total if fc else None,
+        recs,
+        status,
+        breakdown.pricing_version,
     )
 
 
@@ -86,17 +99,26 @@ def _view(r: Report, dashboard_url: str) -> dict:
     entries = r.entries
     share = (lambda n: 100.0 * n / entries) if entries else (lambda n: 0.0)
     return {
-        "r": r, "day": r.day.isoformat(), "entries": entries,
+        "r": r,
+        "day": r.day.isoformat(),
+        "entries": entries,
         "classes": [(c, n, share(n)) for c, n in r.classes],
-        "lines": [(DEFAULT[c].label, u, units, costs.money(lst), costs.money(b)) for c, u, units, lst, b in r.lines
-                  if c in COMPONENTS],
-        "total": costs.money(r.list_total), "billed": costs.money(r.billed_total),
+        "lines": [
+            (DEFAULT[c].label, u, units, costs.money(lst), costs.money(b))
+            for c, u, units, lst, b in r.lines
+            if c in COMPONENTS
+        ],
+        "total": costs.money(r.list_total),
+        "billed": costs.money(r.billed_total),
         "forecast": costs.money(r.forecast_list) if r.forecast_list is not None else None,
-        "forecast_billed": costs.money(r.forecast_billed) if r.forecast_billed is not None else None,
+        "forecast_billed": costs.money(r.forecast_billed)
+        if r.forecast_billed is not None
+        else None,
         "recs": [(x, costs.money(x.saving_per_day)) for x in r.recommendations],
         "saving": costs.money(r.saving_per_day),
         "saving_share": 100.0 * r.saving_per_day / r.list_total if r.list_total else 0.0,
-        "link": dashboard_url.rstrip("/") + "/costs", "timestamp": iso(r.generated_at),
+        "link": dashboard_url.rstrip("/") + "/costs",
+        "timestamp": iso(r.generated_at),
     }
 
 
@@ -104,8 +126,11 @@ def render(r: Report, prefix: str, dashboard_url: str) -> tuple[str, str, str]:
     """(subject, text, html) of the report email."""
     view = _view(r, dashboard_url)
     subject = messages.header_safe(f"{prefix} Daily Cost Optimization Report ({r.day.isoformat()})")
-    return (subject, messages.TEXT.get_template("report_email.txt.j2").render(view),
-            messages.HTML.get_template("report_email.html.j2").render(view))
+    return (
+        subject,
+        messages.TEXT.get_template("report_email.txt.j2").render(view),
+        messages.HTML.get_template("report_email.html.j2").render(view),
+    )
 
 
 def save(con, r: Report) -> bool:
@@ -127,7 +152,10 @@ def queue(con, r: Report, cfg, transports, resend: bool = False) -> list[str]:
         url = transports.dashboard_url or cfg.notify.dashboard_url
         subject, text, html = render(r, cfg.notify.subject_prefix, url)
         for ch in channels:
-            notify.enqueue(con, notify.report_row(ch, r.generated_at, subject, text, html, cfg.notify, transports))
+            notify.enqueue(
+                con,
+                notify.report_row(ch, r.generated_at, subject, text, html, cfg.notify, transports),
+            )
         if channels:
             con.execute(MARK_SENT, [r.day])
     return channels
@@ -135,8 +163,10 @@ def queue(con, r: Report, cfg, transports, resend: bool = False) -> list[str]:
 
 def recent(con, limit: int = 30) -> list[dict]:
     """Stored reports, newest first."""
-    return [{"day": d, "created_at": c, "report": json.loads(p), "sent": s}
-            for d, c, p, s in con.execute(RECENT, [limit]).fetchall()]
+    return [
+        {"day": d, "created_at": c, "report": json.loads(p), "sent": s}
+        for d, c, p, s in con.execute(RECENT, [limit]).fetchall()
+    ]
 
 
 def report_day(now: datetime) -> date:

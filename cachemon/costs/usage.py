@@ -58,7 +58,7 @@ class Usage:
     def units(self, component: str) -> float:
         return getattr(self, component)
 
-    def scaled(self, factor: float, window: Window) -> "Usage":
+    def scaled(self, factor: float, window: Window) -> Usage:
         """The same usage rate over another length (e.g. per day)."""
         keep = {"window": window, "kv_bytes": self.kv_bytes, "r2_bytes": self.r2_bytes}
         return Usage(**keep, **{c: self.units(c) * factor for c in COMPONENTS})
@@ -96,10 +96,20 @@ def measure(con: duckdb.DuckDBPyConnection, window: Window, cfg) -> Usage:
     """Usage of `window` from the store's rollups and gauges."""
     length = window.end - window.start
     # Whole hours from the hourly rollups, ragged minutes from the minute ones.
-    tiers = {r[0]: r for r in con.execute(TIER_TOTALS, window_params(window) | {"endpoint": None}).fetchall()}
-    v = TierVolume(**{t: float(tiers[t][1]) if t in tiers else 0.0 for t in TIERS}) if tiers else None
+    tiers = {
+        r[0]: r
+        for r in con.execute(TIER_TOTALS, window_params(window) | {"endpoint": None}).fetchall()
+    }
+    v = (
+        TierVolume(**{t: float(tiers[t][1]) if t in tiers else 0.0 for t in TIERS})
+        if tiers
+        else None
+    )
     errors = sum(float(r[2]) for r in tiers.values())
-    gauges = {r[0]: r[1:] for r in con.execute(GAUGE_USAGE, {"lo": window.start, "hi": window.end}).fetchall()}
+    gauges = {
+        r[0]: r[1:]
+        for r in con.execute(GAUGE_USAGE, {"lo": window.start, "hi": window.end}).fetchall()
+    }
     share = month_share(window.start, length)
     kv_mean = gauges.get("kv_storage_bytes", (0.0, 0, 0.0, 0.0))[0]
     r2 = gauges.get("r2_storage_bytes", (0.0, 0, 0.0, 0.0))
@@ -117,7 +127,8 @@ def measure(con: duckdb.DuckDBPyConnection, window: Window, cfg) -> Usage:
         r2_class_b=v.r2 if v else 0.0,
         ae_writes=requests + samples,
         ae_queries=pulls * QUERIES_PER_PULL,
-        kv_bytes=kv_mean, r2_bytes=r2[0],
+        kv_bytes=kv_mean,
+        r2_bytes=r2[0],
     )
 
 
@@ -126,7 +137,12 @@ def price(usage: Usage, pricing: Pricing) -> Breakdown:
     pro-rated by the window's share of its month."""
     share = month_share(usage.window.start, usage.window.end - usage.window.start)
     lines = tuple(
-        Line(c, usage.units(c), pricing[c].list_cost(usage.units(c)), pricing[c].billed(usage.units(c), share))
+        Line(
+            c,
+            usage.units(c),
+            pricing[c].list_cost(usage.units(c)),
+            pricing[c].billed(usage.units(c), share),
+        )
         for c in COMPONENTS
     )
     return Breakdown(usage, lines, pricing.version)
@@ -160,7 +176,14 @@ def forecast(con, at: datetime, cfg, pricing: Pricing) -> Forecast:
     days_left = (start.replace(day=days_in_month(at)) + DAY - at) / DAY
     total_units = {c: mtd.usage.units(c) + rate.usage.units(c) * days_left for c in COMPONENTS}
     billed = sum(pricing[c].billed(u, 1.0) for c, u in total_units.items())
-    return Forecast(start.strftime("%Y-%m"), mtd, rate, days_left, mtd.list_total + rate.list_total * days_left, billed)
+    return Forecast(
+        start.strftime("%Y-%m"),
+        mtd,
+        rate,
+        days_left,
+        mtd.list_total + rate.list_total * days_left,
+        billed,
+    )
 
 
 def money(x: float) -> str:
@@ -188,17 +211,27 @@ def to_json(daily: Breakdown, fc: Forecast | None, at: datetime) -> dict:
         "total_estimate": f"{money(daily.list_total)}/day ({money(daily.list_total * month_days)}/month)",
         "pricingVersion": daily.pricing_version,
         "perDay": {
-            "list": round(daily.list_total, 6), "billed": round(daily.billed_total, 6),
-            "components": {ln.component: {"units": round(ln.units, 3), "list": round(ln.list_cost, 6),
-                                          "billed": round(ln.billed, 6)} for ln in daily.lines},
+            "list": round(daily.list_total, 6),
+            "billed": round(daily.billed_total, 6),
+            "components": {
+                ln.component: {
+                    "units": round(ln.units, 3),
+                    "list": round(ln.list_cost, 6),
+                    "billed": round(ln.billed, 6),
+                }
+                for ln in daily.lines
+            },
         },
     }
     if fc is not None:
-        out["forecast"] = {"month": fc.month, "monthToDateList": round(fc.month_to_date.list_total, 4),
-                           "monthEndList": round(fc.list_total, 4), "monthEndBilled": round(fc.billed_total, 4),
-                           "asOf": iso(at)}
+        out["forecast"] = {
+            "month": fc.month,
+            "monthToDateList": round(fc.month_to_date.list_total, 4),
+            "monthEndList": round(fc.list_total, 4),
+            "monthEndBilled": round(fc.billed_total, 4),
+            "asOf": iso(at),
+        }
     return out
-
 
 
 def for_window(con, window: Window, at: datetime, cfg) -> dict:

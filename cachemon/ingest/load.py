@@ -8,24 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable, Iterable
 
 from cachemon.alerts import evaluate as alerts
-from cachemon.ingest import write as ingest
-from cachemon.costs import report
-from cachemon.ingest import retention
-from cachemon.runner import runs as runner
-from cachemon.store import db as store
-from cachemon.tuning import analysis as tuning
 from cachemon.argcheck import bounded
 from cachemon.clock import HOUR, MINUTE, Window, days_span, floor_to
+from cachemon.costs import report
+from cachemon.ingest import retention
+from cachemon.ingest import write as ingest
+from cachemon.runner import runs as runner
 from cachemon.settings import Config
 from cachemon.sources import files
-from cachemon.sources.simulator import Simulator, SimState
+from cachemon.sources.simulator import SimState, Simulator
+from cachemon.store import db as store
+from cachemon.tuning import analysis as tuning
 
 PUBLISH_EVERY_S = 30.0
 SIMULATOR = "simulator"
@@ -47,16 +47,24 @@ class LoadSummary:
     until: datetime | None
 
 
-def demo(cfg: Config, days: float, now: datetime, seed: int | None = None,
-         progress: Progress | None = None) -> LoadSummary:
+def demo(
+    cfg: Config,
+    days: float,
+    now: datetime,
+    seed: int | None = None,
+    progress: Progress | None = None,
+) -> LoadSummary:
     """Replace the simulator's data with `days` of traffic ending at `now`.
 
     A demo that fails changes nothing: the arguments are checked first, then
     the new data is built aside and swapped in only when complete
     (`store.rebuilt`)."""
     span = days_span(days, "--days", DEMO_MAX_DAYS)
-    sim_cfg = cfg.simulator if seed is None else \
-        dataclasses.replace(cfg.simulator, seed=bounded(seed, "--seed", 0, SEED_MAX))
+    sim_cfg = (
+        cfg.simulator
+        if seed is None
+        else dataclasses.replace(cfg.simulator, seed=bounded(seed, "--seed", 0, SEED_MAX))
+    )
     sim = Simulator(sim_cfg)
     end = floor_to(now, MINUTE)
     # Whole minutes, as every stored window (a fraction of a day may not be).
@@ -66,8 +74,15 @@ def demo(cfg: Config, days: float, now: datetime, seed: int | None = None,
     return LoadSummary(SIMULATOR, events, len(windows), end)
 
 
-def _demo_into(path: Path, cfg: Config, sim: Simulator, windows: list[Window], end: datetime, now: datetime,
-               progress: Progress | None) -> int:
+def _demo_into(
+    path: Path,
+    cfg: Config,
+    sim: Simulator,
+    windows: list[Window],
+    end: datetime,
+    now: datetime,
+    progress: Progress | None,
+) -> int:
     """The demo's writes, into the store at `path` (the copy aside)."""
     with store.writer(path, now, publish=False) as con:
         ingest.drop_source(con, SIMULATOR)
@@ -81,14 +96,18 @@ def _demo_into(path: Path, cfg: Config, sim: Simulator, windows: list[Window], e
         daily_at = next(s.at for s in runner.schedule(cfg) if s.name == "experiments")
         tuning.backfill(con, cfg.experiments, windows[0].start, end, cfg.pricing, daily_at)
         day = report.report_day(end)
-        if windows[0].start <= datetime(day.year, day.month, day.day, tzinfo=timezone.utc):
+        if windows[0].start <= datetime(day.year, day.month, day.day, tzinfo=UTC):
             report.save(con, report.build(con, cfg, day, now))
     return events
 
 
-def simulate_until(cfg: Config, now: datetime, sim: Simulator | None = None,
-                   max_catch_up: timedelta = timedelta(days=7),
-                   publish: bool = True) -> tuple[LoadSummary, Simulator]:
+def simulate_until(
+    cfg: Config,
+    now: datetime,
+    sim: Simulator | None = None,
+    max_catch_up: timedelta = timedelta(days=7),
+    publish: bool = True,
+) -> tuple[LoadSummary, Simulator]:
     """Advance the live simulator from its watermark to `now` (the job
     runner's ingest job in demo mode). Returns the simulator to reuse.
     `publish=False` leaves the reader snapshot to the caller (the runner
@@ -114,8 +133,15 @@ def simulate_until(cfg: Config, now: datetime, sim: Simulator | None = None,
     return LoadSummary(SIMULATOR, events, len(windows), end), sim
 
 
-def _feed(con, cfg: Config, sim: Simulator, windows: list[Window], now: datetime,
-          progress: Progress | None, save_each: bool = False) -> int:
+def _feed(
+    con,
+    cfg: Config,
+    sim: Simulator,
+    windows: list[Window],
+    now: datetime,
+    progress: Progress | None,
+    save_each: bool = False,
+) -> int:
     """Generate and ingest windows in order. The next window is generated in
     a worker thread while DuckDB ingests the current one (both release the
     GIL for most of their work), which nearly halves a long demo.
@@ -135,15 +161,24 @@ def _feed(con, cfg: Config, sim: Simulator, windows: list[Window], now: datetime
             # starts over after a crash) saves it once, at the end.
             state = sim.state.to_bytes() if last or save_each else None
             pending = None if last else pool.submit(sim.generate, windows[i + 1])
-            ingest.replace_window(con, frame, SIMULATOR, w, now, cfg.store.key_compaction_lag, state=state)
+            ingest.replace_window(
+                con, frame, SIMULATOR, w, now, cfg.store.key_compaction_lag, state=state
+            )
             events += len(frame)
             if progress:
                 progress(i + 1, len(windows))
     return events
 
 
-def pull(cfg: Config, client, now: datetime, since: datetime | None = None, until: datetime | None = None,
-         progress: Progress | None = None, publish: bool = True) -> LoadSummary:
+def pull(
+    cfg: Config,
+    client,
+    now: datetime,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    progress: Progress | None = None,
+    publish: bool = True,
+) -> LoadSummary:
     """Pull Analytics Engine rollups into the store, window by window.
 
     From the watermark minus `overlap` (late data is picked up), or `since`
@@ -172,7 +207,9 @@ def pull(cfg: Config, client, now: datetime, since: datetime | None = None, unti
     with store.writer(cfg.store.path, now, publish=publish) as con:
         for i, w in enumerate(windows):
             data = pull_rollups(client, ae.dataset, cfg.columns, w)
-            events += ingest.replace_window(con, data, ANALYTICS_ENGINE, w, now, cfg.store.key_compaction_lag).events
+            events += ingest.replace_window(
+                con, data, ANALYTICS_ENGINE, w, now, cfg.store.key_compaction_lag
+            ).events
             if time.monotonic() - published > PUBLISH_EVERY_S:
                 # A long backfill shows its progress to readers as it goes.
                 store.publish_open(con, cfg.store.path)

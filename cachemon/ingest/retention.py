@@ -23,8 +23,8 @@ from datetime import datetime, timedelta
 import duckdb
 
 from cachemon.clock import DAY, EARLIEST, floor_to, iso
-from cachemon.settings import RetentionConfig
 from cachemon.errors import StoreError
+from cachemon.settings import RetentionConfig
 from cachemon.store.db import first_row, transaction
 
 HORIZONS = "SELECT name, horizon FROM retention_state"
@@ -56,7 +56,10 @@ INSERT INTO latency_day
 SELECT source, date_trunc('day', hour), tier, endpoint, experiment, cohort, bucket, sum(weight)
 FROM latency_hour WHERE hour < $before GROUP BY ALL
 """
-MINUTE_DELETES = tuple(f"DELETE FROM {t} WHERE minute < $before" for t in ("rollup_minute", "latency_minute", "gauge_minute"))
+MINUTE_DELETES = tuple(
+    f"DELETE FROM {t} WHERE minute < $before"
+    for t in ("rollup_minute", "latency_minute", "gauge_minute")
+)
 HOUR_DELETES = (
     *(f"DELETE FROM {t} WHERE hour < $before" for t in ("rollup_hour", "latency_hour", "key_hour")),
     "DELETE FROM key_top WHERE part = 'hour' AND t < $before",

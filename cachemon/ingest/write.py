@@ -26,13 +26,13 @@ from datetime import datetime, timedelta
 import duckdb
 import pyarrow as pa
 
+from cachemon import rollups
 from cachemon.clock import DAY, HOUR, MINUTE, Window, as_utc, ceil_to, floor_to, iso
 from cachemon.errors import SourceError, StoreError
 from cachemon.events import EventFrame
 from cachemon.ingest import retention
-from cachemon import rollups
-from cachemon.store import topkeys
 from cachemon.rollups import Rollups
+from cachemon.store import topkeys
 from cachemon.store.db import first_row, transaction
 
 # The rollups of one write are registered as r_minute, r_latency, r_gauges
@@ -106,11 +106,21 @@ GROUP BY ALL
 """
 
 # (table, time column): every table a window replace clears for its source.
-_MINUTE_TABLES = (("rollup_minute", "minute"), ("latency_minute", "minute"), ("gauge_minute", "minute"), ("key_minute", "minute"))
+_MINUTE_TABLES = (
+    ("rollup_minute", "minute"),
+    ("latency_minute", "minute"),
+    ("gauge_minute", "minute"),
+    ("key_minute", "minute"),
+)
 _HOUR_TABLES = (("rollup_hour", "hour"), ("latency_hour", "hour"))
 # Per-key summaries, and what retention compacted (cachemon.retention).
-_COMPACTED_TABLES = (("key_hour", "hour"), ("key_day", "day"), ("rollup_day", "day"), ("latency_day", "day"),
-                     ("gauge_hour", "hour"))
+_COMPACTED_TABLES = (
+    ("key_hour", "hour"),
+    ("key_day", "day"),
+    ("rollup_day", "day"),
+    ("latency_day", "day"),
+    ("gauge_hour", "hour"),
+)
 
 COMPACTED = "SELECT 1 FROM key_hour WHERE source = $source AND hour = $hour LIMIT 1"
 UPSERT_WATERMARK = """
@@ -150,7 +160,10 @@ def replace_window(
         with _registered(con, r):
             p = {"source": source, "lo": window.start, "hi": window.end}
             for table, col in _MINUTE_TABLES:
-                con.execute(f"DELETE FROM {table} WHERE source = $source AND {col} >= $lo AND {col} < $hi", p)
+                con.execute(
+                    f"DELETE FROM {table} WHERE source = $source AND {col} >= $lo AND {col} < $hi",
+                    p,
+                )
             _store_minutes(con, source)
             changed = _replace_keys(con, source, window)
         _recompute_hours(con, source, window.start, window.end)
@@ -177,7 +190,9 @@ def append_import(
     return append_imports(con, [acc.finish(sha256, file_name)], now)[0]
 
 
-def append_imports(con: duckdb.DuckDBPyConnection, files: list["ImportFile"], now: datetime) -> list[IngestResult | None]:
+def append_imports(
+    con: duckdb.DuckDBPyConnection, files: list[ImportFile], now: datetime
+) -> list[IngestResult | None]:
     """Add several files' rollups, each as source `file:<sha>`, in ONE
     transaction: all of them or (on any failure) none. A file already
     imported, or twice in `files`, gives None."""
@@ -185,7 +200,9 @@ def append_imports(con: duckdb.DuckDBPyConnection, files: list["ImportFile"], no
     seen: set[str] = set()
     with _transaction(con):
         for f in files:
-            if f.sha256 in seen or first_row(con, "SELECT 1 FROM imports WHERE sha256 = ?", [f.sha256]):
+            if f.sha256 in seen or first_row(
+                con, "SELECT 1 FROM imports WHERE sha256 = ?", [f.sha256]
+            ):
                 out.append(None)
                 continue
             seen.add(f.sha256)
@@ -193,7 +210,7 @@ def append_imports(con: duckdb.DuckDBPyConnection, files: list["ImportFile"], no
     return out
 
 
-def _store_import(con, f: "ImportFile", now: datetime) -> IngestResult:
+def _store_import(con, f: ImportFile, now: datetime) -> IngestResult:
     source = f"file:{f.sha256[:16]}"
     if f.span:
         lo, hi = floor_to(f.span[0], HOUR), ceil_to(f.span[1] + timedelta(microseconds=1), HOUR)
@@ -205,7 +222,15 @@ def _store_import(con, f: "ImportFile", now: datetime) -> IngestResult:
         _refresh_key_summaries(con, source, lo, hi)
     con.execute(
         "INSERT INTO imports VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [f.sha256, source, f.name, f.events, f.span[0] if f.span else None, f.span[1] if f.span else None, now],
+        [
+            f.sha256,
+            source,
+            f.name,
+            f.events,
+            f.span[0] if f.span else None,
+            f.span[1] if f.span else None,
+            now,
+        ],
     )
     return IngestResult(source, f.events, None)
 
@@ -270,14 +295,20 @@ class ImportAccumulator:
             self.parts["minute"].append(self.con.sql(rollups.MINUTE_SQL).to_arrow_table())
             self.parts["latency"].append(self.con.sql(rollups.LATENCY_SQL).to_arrow_table())
             self.parts["gauges"].append(self.con.sql(GAUGE_PARTIAL_SQL).to_arrow_table())
-            self.parts["keys"].append(self.con.sql(rollups.KEYS_SQL, params={"full_lo": lo, "full_hi": hi}).to_arrow_table())
+            self.parts["keys"].append(
+                self.con.sql(
+                    rollups.KEYS_SQL, params={"full_lo": lo, "full_hi": hi}
+                ).to_arrow_table()
+            )
         finally:
             self.con.unregister("batch")
         span = frame.time_range()
         self.lo = span[0] if self.lo is None else min(self.lo, span[0])
         self.hi = span[1] if self.hi is None else max(self.hi, span[1])
         self.events += len(frame)
-        if sum(t.num_rows for parts in self.parts.values() for t in parts) > max(MERGE_ROWS, 2 * self.merged):
+        if sum(t.num_rows for parts in self.parts.values() for t in parts) > max(
+            MERGE_ROWS, 2 * self.merged
+        ):
             self._merge()
 
     def _merge(self) -> None:
@@ -297,7 +328,9 @@ class ImportAccumulator:
             self.con.close()
             return ImportFile(sha256, name, empty, 0, None)
         self._merge()
-        r = Rollups(*(self.parts[n][0] for n in ("minute", "latency", "gauges", "keys")), events=self.events)
+        r = Rollups(
+            *(self.parts[n][0] for n in ("minute", "latency", "gauges", "keys")), events=self.events
+        )
         self.con.close()
         return ImportFile(sha256, name, r, self.events, (self.lo, self.hi))
 
@@ -321,7 +354,12 @@ def watermark(con: duckdb.DuckDBPyConnection, source: str) -> datetime | None:
 
 def watermarks(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
     """Every source's watermark (data is complete up to it)."""
-    return {source: as_utc(until) for source, until in con.execute("SELECT source, until FROM watermarks ORDER BY source").fetchall()}
+    return {
+        source: as_utc(until)
+        for source, until in con.execute(
+            "SELECT source, until FROM watermarks ORDER BY source"
+        ).fetchall()
+    }
 
 
 def key_hour_compacted(con: duckdb.DuckDBPyConnection, source: str, hour: datetime) -> bool:
@@ -333,8 +371,12 @@ def compact_all(con: duckdb.DuckDBPyConnection, before: datetime) -> int:
     """Merge every source's per-key minute rows of hours before `before`
     (sources that stopped writing are never compacted by their own writes).
     Returns how many sources had rows to merge."""
-    sources = [r[0] for r in con.execute(
-        "SELECT DISTINCT source FROM key_minute WHERE minute < $before", {"before": before}).fetchall()]
+    sources = [
+        r[0]
+        for r in con.execute(
+            "SELECT DISTINCT source FROM key_minute WHERE minute < $before", {"before": before}
+        ).fetchall()
+    ]
     for source in sources:
         with _transaction(con):
             first = _compact_keys(con, source, before)
@@ -346,7 +388,9 @@ def compact_all(con: duckdb.DuckDBPyConnection, before: datetime) -> int:
 def drop_source(con: duckdb.DuckDBPyConnection, source: str) -> None:
     """Remove every row, the watermark and the state of `source`."""
     with _transaction(con):
-        span = first_row(con, "SELECT min(hour), max(hour) FROM key_hour WHERE source = ?", [source])
+        span = first_row(
+            con, "SELECT min(hour), max(hour) FROM key_hour WHERE source = ?", [source]
+        )
         for table, _ in _MINUTE_TABLES + _HOUR_TABLES + _COMPACTED_TABLES:
             con.execute(f"DELETE FROM {table} WHERE source = ?", [source])
         for table in ("watermarks", "source_state"):
@@ -375,7 +419,9 @@ def _replace_keys(con, source: str, window: Window) -> tuple[datetime, datetime]
                 "compacted; re-ingest whole hours there"
             )
     con.execute("DELETE FROM key_hour WHERE source = $source AND hour >= $lo AND hour < $hi", p)
-    con.execute("DELETE FROM key_minute WHERE source = $source AND minute >= $lo AND minute < $hi", p)
+    con.execute(
+        "DELETE FROM key_minute WHERE source = $source AND minute >= $lo AND minute < $hi", p
+    )
     con.execute(INSERT_NEW_KEYS)
     con.execute(INSERT_KEY_HOUR, {"source": source})
     con.execute(INSERT_KEY_MINUTE, {"source": source})
@@ -390,7 +436,9 @@ def _recompute_hours(con, source: str, start: datetime, end: datetime) -> None:
     retention.check_write(con, floor_to(start, HOUR))
     p = {"source": source, "lo": floor_to(start, HOUR), "hi": ceil_to(end, HOUR)}
     for table, col in _HOUR_TABLES:
-        con.execute(f"DELETE FROM {table} WHERE source = $source AND {col} >= $lo AND {col} < $hi", p)
+        con.execute(
+            f"DELETE FROM {table} WHERE source = $source AND {col} >= $lo AND {col} < $hi", p
+        )
     con.execute(RECOMPUTE_ROLLUP_HOUR, p)
     con.execute(RECOMPUTE_LATENCY_HOUR, p)
 
@@ -399,7 +447,9 @@ def _compact_keys(con, source: str, before: datetime) -> datetime | None:
     """Merge per-minute key rows of hours before `before` into key_hour;
     returns the earliest minute merged, if any."""
     p = {"source": source, "before": before}
-    first = first_row(con, "SELECT min(minute) FROM key_minute WHERE source = $source AND minute < $before", p)[0]
+    first = first_row(
+        con, "SELECT min(minute) FROM key_minute WHERE source = $source AND minute < $before", p
+    )[0]
     if first is not None:
         con.execute(COMPACT_KEY_MINUTES, p)
         con.execute("DELETE FROM key_minute WHERE source = $source AND minute < $before", p)
@@ -417,7 +467,9 @@ def _refresh_key_summaries(con, source: str, start: datetime, end: datetime) -> 
 def _check_inside(r: Rollups, window: Window, source: str) -> None:
     span = r.time_range()
     if span and (span[0] < window.start or span[1] >= window.end):
-        raise SourceError(f"{source}: data from {iso(span[0])} to {iso(span[1])} falls outside window {window}")
+        raise SourceError(
+            f"{source}: data from {iso(span[0])} to {iso(span[1])} falls outside window {window}"
+        )
 
 
 @contextmanager
@@ -428,7 +480,9 @@ def _transaction(con):
     except duckdb.Error as exc:
         # Input that passed validation but not the store's constraints: say
         # so plainly (the write was rolled back whole).
-        raise StoreError(f"the store refused the write, nothing was written: {str(exc).splitlines()[0]}") from exc
+        raise StoreError(
+            f"the store refused the write, nothing was written: {str(exc).splitlines()[0]}"
+        ) from exc
 
 
 class _registered:
@@ -448,6 +502,8 @@ class _registered:
             try:
                 self.con.unregister(name)
             except duckdb.Error:
-                if exc_type is None:  # an aborted transaction refuses it; the next register replaces it
+                if (
+                    exc_type is None
+                ):  # an aborted transaction refuses it; the next register replaces it
                     raise
         return False

@@ -102,8 +102,13 @@ def observe(
         return []
     if length % MINUTE or length <= timedelta(0):
         raise InputError(f"observation windows must be whole minutes, got {length}")
-    p = {"idx": list(range(len(starts))), "starts": list(starts), "minutes": length // MINUTE,
-         "lo": min(starts), "hi": max(starts) + length}
+    p = {
+        "idx": list(range(len(starts))),
+        "starts": list(starts),
+        "minutes": length // MINUTE,
+        "lo": min(starts),
+        "hi": max(starts) + length,
+    }
     tiers: dict[int, dict[str, tuple]] = {}
     for i, tier, req, err, lat in con.execute(TIER_SERIES, p | {"endpoint": endpoint}).fetchall():
         tiers.setdefault(i, {})[tier] = (float(req), float(err), float(lat))
@@ -117,10 +122,16 @@ def observe(
     for i, start in enumerate(starts):
         t = tiers.get(i, {})
         volume = TierVolume(**{name: t[name][0] if name in t else 0.0 for name in TIERS})
-        out.append(Observation(
-            window=Window(start, start + length), volume=volume,
-            errors=sum(v[1] for v in t.values()), latency_sum=sum(v[2] for v in t.values()),
-            p50=quantiles.get(i, (None,) * 3)[0], p95=quantiles.get(i, (None,) * 3)[1],
-            p99=quantiles.get(i, (None,) * 3)[2], gauges=tuple(sorted(gauges.get(i, []))),
-        ))
+        out.append(
+            Observation(
+                window=Window(start, start + length),
+                volume=volume,
+                errors=sum(v[1] for v in t.values()),
+                latency_sum=sum(v[2] for v in t.values()),
+                p50=quantiles.get(i, (None,) * 3)[0],
+                p95=quantiles.get(i, (None,) * 3)[1],
+                p99=quantiles.get(i, (None,) * 3)[2],
+                gauges=tuple(sorted(gauges.get(i, []))),
+            )
+        )
     return out

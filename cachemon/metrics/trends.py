@@ -17,12 +17,12 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from cachemon.costs import usage as costs
-from cachemon.ingest import retention
 from cachemon.clock import DAY, HOUR, MINUTE, Window, floor_to
+from cachemon.costs import usage as costs
 from cachemon.errors import InputError
 from cachemon.events import TIERS
 from cachemon.histogram import grouped_quantiles
+from cachemon.ingest import retention
 from cachemon.metrics.window import data_end, data_span, three_ranges, window_params
 
 # Bucket starts by epoch arithmetic: exact in UTC for any step.
@@ -56,13 +56,29 @@ class Range:
     step: timedelta
 
 
-RANGES = {r.name: r for r in (
-    Range("24h", DAY, timedelta(minutes=15)),
-    Range("7d", 7 * DAY, HOUR),
-    Range("30d", 30 * DAY, 6 * HOUR),
-)}
-COLUMNS = ("time", "minutes", "requests", *TIERS, "errors", "error_rate", "combined_hit_rate",
-           *(f"{t}_hit_rate" for t in TIERS[:3]), "p50", "p95", "p99", "queue_depth_max", "queue_depth_mean")
+RANGES = {
+    r.name: r
+    for r in (
+        Range("24h", DAY, timedelta(minutes=15)),
+        Range("7d", 7 * DAY, HOUR),
+        Range("30d", 30 * DAY, 6 * HOUR),
+    )
+}
+COLUMNS = (
+    "time",
+    "minutes",
+    "requests",
+    *TIERS,
+    "errors",
+    "error_rate",
+    "combined_hit_rate",
+    *(f"{t}_hit_rate" for t in TIERS[:3]),
+    "p50",
+    "p95",
+    "p99",
+    "queue_depth_max",
+    "queue_depth_mean",
+)
 
 
 def parse_range(text: str) -> Range:
@@ -79,18 +95,23 @@ def window_for(con: duckdb.DuckDBPyConnection, r: Range, at: datetime) -> Window
     return Window(floor_to(end - r.length, r.step), end)
 
 
-def trend(con: duckdb.DuckDBPyConnection, window: Window, step: timedelta,
-          endpoint: str | None = None) -> pd.DataFrame:
+def trend(
+    con: duckdb.DuckDBPyConnection, window: Window, step: timedelta, endpoint: str | None = None
+) -> pd.DataFrame:
     """One row per bucket of `window` with data, columns COLUMNS: requests
     per tier, rates in percent, latency quantiles in ms, queue depth."""
     if step % MINUTE or step <= timedelta(0):
         raise InputError(f"trend step must be whole minutes, got {step}")
     retention.check_read(con, window.start, "the trend")
     p = _params(window, step) | {"endpoint": endpoint}
-    tiers = pd.DataFrame(con.execute(TIER_BUCKETS, p).fetchall(), columns=["time", "tier", "requests", "errors"])
+    tiers = pd.DataFrame(
+        con.execute(TIER_BUCKETS, p).fetchall(), columns=["time", "tier", "requests", "errors"]
+    )
     if tiers.empty:
         return pd.DataFrame(columns=COLUMNS)
-    df = tiers.pivot_table(index="time", columns="tier", values="requests", aggfunc="sum", fill_value=0.0)
+    df = tiers.pivot_table(
+        index="time", columns="tier", values="requests", aggfunc="sum", fill_value=0.0
+    )
     df = df.reindex(columns=list(TIERS), fill_value=0.0).astype(float)
     df["errors"] = tiers.groupby("time")["errors"].sum().astype(float)
     df["requests"] = df[list(TIERS)].sum(axis=1)
@@ -99,11 +120,17 @@ def trend(con: duckdb.DuckDBPyConnection, window: Window, step: timedelta,
     for t in TIERS[:3]:
         df[f"{t}_hit_rate"] = 100 * df[t] / df["requests"]
     cols = con.execute(LATENCY_BUCKETS, p).fetchnumpy()
-    q = grouped_quantiles(pd.to_datetime(cols["b"], utc=True), cols["bucket"], cols["weight"], (0.5, 0.95, 0.99))
+    q = grouped_quantiles(
+        pd.to_datetime(cols["b"], utc=True), cols["bucket"], cols["weight"], (0.5, 0.95, 0.99)
+    )
     for i, name in enumerate(("p50", "p95", "p99")):
         df[name] = [q.get(t, (None,) * 3)[i] for t in df.index]
-    queue = {b: (float(mx), float(mean)) for b, mx, mean in
-             con.execute(QUEUE_BUCKETS, {"step": p["step"], "lo": window.start, "hi": window.end}).fetchall()}
+    queue = {
+        b: (float(mx), float(mean))
+        for b, mx, mean in con.execute(
+            QUEUE_BUCKETS, {"step": p["step"], "lo": window.start, "hi": window.end}
+        ).fetchall()
+    }
     df["queue_depth_max"] = [queue.get(t, (np.nan, np.nan))[0] for t in df.index]
     df["queue_depth_mean"] = [queue.get(t, (np.nan, np.nan))[1] for t in df.index]
     df = df.reset_index()
@@ -136,7 +163,13 @@ def daily_costs(con: duckdb.DuckDBPyConnection, window: Window, cfg) -> pd.DataF
         part = Window(max(day, lo), min(day + DAY, hi))
         b = costs.price(costs.per_day(costs.measure(con, part, cfg)), cfg.pricing)
         if b.usage.workers_requests:
-            rows.append({"day": day, "list": b.list_total, "billed": b.billed_total,
-                         **{ln.component: ln.list_cost for ln in b.lines}})
+            rows.append(
+                {
+                    "day": day,
+                    "list": b.list_total,
+                    "billed": b.billed_total,
+                    **{ln.component: ln.list_cost for ln in b.lines},
+                }
+            )
         day += DAY
     return pd.DataFrame(rows)

@@ -18,10 +18,11 @@ from cachemon.clock import DAY, HOUR, Window, ceil_to, floor_to, iso
 from cachemon.errors import EmptyStoreError, StoreError
 from cachemon.events import TIERS
 from cachemon.histogram import Histogram
-from cachemon.jsontext import finite
 from cachemon.ingest import retention
+from cachemon.jsontext import finite
 from cachemon.store import topkeys
 from cachemon.store.db import first_row
+
 
 # Each time range is its own UNION ALL branch: a plain range lets DuckDB skip
 # row groups by their min/max, which an OR of ranges defeats.
@@ -169,7 +170,9 @@ def _top_keys(con, window: Window, endpoint: str | None, limit: int):
     return tuple(TopKey(r[0], r[1], TierVolume(*r[2:6]), r[6]) for r in rows), covered
 
 
-def data_span(con: duckdb.DuckDBPyConnection, at: datetime | None = None) -> tuple[datetime, datetime] | None:
+def data_span(
+    con: duckdb.DuckDBPyConnection, at: datetime | None = None
+) -> tuple[datetime, datetime] | None:
     """First and last-plus-one minute of request data in the store (an
     older hour or day where retention left only those). With `at`, the end
     is where the data before `at` ends (never after `at`), so the age of
@@ -196,7 +199,9 @@ def data_end(con: duckdb.DuckDBPyConnection, at: datetime) -> datetime:
     the last good numbers). EmptyStoreError without data."""
     span = data_span(con, at)
     if span is None:
-        raise EmptyStoreError("the store has no request data yet: run `python -m cachemon demo`, `import` or `pull`")
+        raise EmptyStoreError(
+            "the store has no request data yet: run `python -m cachemon demo`, `import` or `pull`"
+        )
     return min(at, span[1])
 
 
@@ -218,7 +223,9 @@ def compute(
     at = window.end
     span = data_span(con, at)
     if span is None:
-        raise EmptyStoreError("the store has no request data yet: run `python -m cachemon demo`, `import` or `pull`")
+        raise EmptyStoreError(
+            "the store has no request data yet: run `python -m cachemon demo`, `import` or `pull`"
+        )
     if latest and span[1] < window.end:
         window = Window(span[1] - window.length, span[1])
     retention.check_read(con, window.start)
@@ -226,7 +233,9 @@ def compute(
     rows = con.execute(TIER_TOTALS, p).fetchall()
     if not rows:
         what = f" for endpoint {endpoint!r}" if endpoint else ""
-        held = data_span(con) or span  # all the store holds: `span` is cut at `at`, which may precede it
+        held = (
+            data_span(con) or span
+        )  # all the store holds: `span` is cut at `at`, which may precede it
         raise StoreError(
             f"no requests{what} in {window}; the store holds data from {iso(held[0])} to {iso(held[1])}"
         )
@@ -237,21 +246,39 @@ def compute(
     latency_sum = sum(float(r[4]) for r in rows)
     hist = Histogram.from_pairs(*zip(*con.execute(LATENCY_BUCKETS, p).fetchall()))
     latency = Latency(
-        hist.quantile(0.50), hist.quantile(0.95), hist.quantile(0.99),
+        hist.quantile(0.50),
+        hist.quantile(0.95),
+        hist.quantile(0.99),
         latency_sum / volume.total if volume.total else None,
     )
     top_keys, top_window = _top_keys(con, window, endpoint, top)
-    gauges = tuple((n, float(v)) for n, v in con.execute(LATEST_GAUGES, {"hi": window.end}).fetchall())
+    gauges = tuple(
+        (n, float(v)) for n, v in con.execute(LATEST_GAUGES, {"hi": window.end}).fetchall()
+    )
     life = dict(con.execute(LIFETIME, {"h": floor_to(at, HOUR), "at": at}).fetchall())
     return Metrics(
-        at=at, period=period, window=window, endpoint=endpoint, volume=volume,
-        errors=errors, bytes=nbytes, latency=latency, top_keys=top_keys,
-        top_keys_window=top_window, data_until=min(span[1], at), gauges=gauges,
+        at=at,
+        period=period,
+        window=window,
+        endpoint=endpoint,
+        volume=volume,
+        errors=errors,
+        bytes=nbytes,
+        latency=latency,
+        top_keys=top_keys,
+        top_keys_window=top_window,
+        data_until=min(span[1], at),
+        gauges=gauges,
         lifetime=TierVolume(**{t: float(life.get(t, 0.0)) for t in TIERS}),
     )
 
 
-def to_json(m: Metrics, stale_after: timedelta = timedelta(minutes=10), health=None, costs: dict | None = None) -> dict:
+def to_json(
+    m: Metrics,
+    stale_after: timedelta = timedelta(minutes=10),
+    health=None,
+    costs: dict | None = None,
+) -> dict:
     """The seed's /metrics JSON shape (plus added fields), as plain data.
     `stale` is true when the newest data is older than `stale_after` (the
     source is down or lagging: these are the last good numbers). `health`
@@ -291,7 +318,9 @@ def to_json(m: Metrics, stale_after: timedelta = timedelta(minutes=10), health=N
             for k in m.top_keys
         ],
         "dataUntil": iso(m.data_until) if m.data_until else None,
-        "dataAgeSeconds": max(0, int((m.at - m.data_until).total_seconds())) if m.data_until else None,
+        "dataAgeSeconds": max(0, int((m.at - m.data_until).total_seconds()))
+        if m.data_until
+        else None,
         "stale": is_stale(m, stale_after),
         "gauges": {name: _count(v) for name, v in m.gauges},
     }
@@ -300,7 +329,10 @@ def to_json(m: Metrics, stale_after: timedelta = timedelta(minutes=10), health=N
     if health is not None:
         out["health"] = health.to_json()
     if m.top_keys_window:
-        out["topKeysWindow"] = {"start": iso(m.top_keys_window.start), "end": iso(m.top_keys_window.end)}
+        out["topKeysWindow"] = {
+            "start": iso(m.top_keys_window.start),
+            "end": iso(m.top_keys_window.end),
+        }
     if m.endpoint:
         out["endpoint"] = m.endpoint
     return finite(out)
@@ -321,7 +353,6 @@ def _ms(x: float | None) -> float | None:
 
 def _count(x: float) -> int | float:
     return int(x) if float(x).is_integer() else round(x, 3)
-
 
 
 KPI_LABELS = {
@@ -358,4 +389,7 @@ def kpi_deltas(current: Metrics, previous: Metrics | None) -> dict[str, float | 
     """Change of each KPI against the previous period (None where unknown)."""
     cur = kpis(current)
     prev = kpis(previous) if previous else {}
-    return {k: (v - prev[k]) if v is not None and prev.get(k) is not None else None for k, v in cur.items()}
+    return {
+        k: (v - prev[k]) if v is not None and prev.get(k) is not None else None
+        for k, v in cur.items()
+    }

@@ -35,14 +35,13 @@ from email.utils import format_datetime
 
 import duckdb
 
-from cachemon import jsontext
+from cachemon import jsontext, outbound
 from cachemon.alerts import messages
-from cachemon import outbound
-from cachemon.clock import iso
-from cachemon.settings import EMAIL_RE, NotifyConfig
-from cachemon.errors import CachemonError, ConfigError
 from cachemon.alerts.lifecycle import SEVERITY_ORDER, Notice
+from cachemon.clock import iso
+from cachemon.errors import CachemonError, ConfigError
 from cachemon.redact import Redactor
+from cachemon.settings import EMAIL_RE, NotifyConfig
 
 log = logging.getLogger("cachemon.notify")
 
@@ -60,7 +59,9 @@ MARK_FAILED = "UPDATE notifications SET attempts = attempts + 1, next_attempt_at
 LOG_ATTEMPT = "INSERT INTO deliveries VALUES (?, ?, ?, ?)"
 LAST_ID = "SELECT coalesce(max(id), 0) FROM notifications"
 SINCE_ID = "SELECT id, channel, subject, status, next_attempt_at, last_error FROM notifications WHERE id > ? ORDER BY id"
-EARLIER_PENDING = "SELECT min(id) FROM notifications WHERE status = 'pending' AND channel = ? AND id < ?"
+EARLIER_PENDING = (
+    "SELECT min(id) FROM notifications WHERE status = 'pending' AND channel = ? AND id < ?"
+)
 LIST = """
 SELECT id, created_at, channel, kind, subject, members, status, attempts, next_attempt_at, last_error, sent_at
 FROM notifications WHERE created_at >= $since ORDER BY id DESC LIMIT $limit
@@ -92,8 +93,14 @@ def _smtp_from_env(env: dict) -> Smtp | None:
     # "unreachable" server, retried forever, long after the setting was made.
     if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
         raise ConfigError(f"SMTP_PORT={port[:20]!r} is not a port number (1 to 65535)")
-    return Smtp(env["SMTP_HOST"], int(port), tls, env.get("SMTP_USER", ""), env.get("SMTP_PASSWORD", ""),
-                env.get("SMTP_CA_FILE", ""))
+    return Smtp(
+        env["SMTP_HOST"],
+        int(port),
+        tls,
+        env.get("SMTP_USER", ""),
+        env.get("SMTP_PASSWORD", ""),
+        env.get("SMTP_CA_FILE", ""),
+    )
 
 
 @dataclass(frozen=True)
@@ -112,7 +119,7 @@ class Transports:
     email_problem: str = ""  # why email is left out (from_env(strict=False)); "" when it is fine
 
     @classmethod
-    def from_env(cls, env: dict, strict: bool = True) -> "Transports":
+    def from_env(cls, env: dict, strict: bool = True) -> Transports:
         """Read ALERT_EMAIL, ALERT_FROM, SMTP_*, MAILCHANNELS_API_KEY,
         SLACK_WEBHOOK_URL, DISCORD_WEBHOOK_URL and CACHEMON_DASHBOARD_URL.
         A bad email setting raises ConfigError; with `strict=False` (the job
@@ -130,22 +137,37 @@ class Transports:
             if strict:
                 raise
             smtp, to, sender, problem = None, (), "cachemon@localhost", str(exc)
-        return cls(smtp, "" if problem else env.get("MAILCHANNELS_API_KEY", ""),
-                   env.get("MAILCHANNELS_API_URL", MAILCHANNELS_URL), env.get("SLACK_WEBHOOK_URL", ""),
-                   env.get("DISCORD_WEBHOOK_URL", ""), to, sender, env.get("CACHEMON_DASHBOARD_URL", ""),
-                   Redactor.from_env(env), problem)
+        return cls(
+            smtp,
+            "" if problem else env.get("MAILCHANNELS_API_KEY", ""),
+            env.get("MAILCHANNELS_API_URL", MAILCHANNELS_URL),
+            env.get("SLACK_WEBHOOK_URL", ""),
+            env.get("DISCORD_WEBHOOK_URL", ""),
+            to,
+            sender,
+            env.get("CACHEMON_DASHBOARD_URL", ""),
+            Redactor.from_env(env),
+            problem,
+        )
 
     def scrub(self, text) -> str:
         """`text` with every secret (of the environment and of these
         transports) replaced, on one line, capped: fit for a log line,
         the store or a terminal."""
-        own = (self.mailchannels_key, self.slack_url, self.discord_url, self.smtp.password if self.smtp else "")
+        own = (
+            self.mailchannels_key,
+            self.slack_url,
+            self.discord_url,
+            self.smtp.password if self.smtp else "",
+        )
         return self.redactor.plus(*own).clip(text)
 
     def channels(self, nc: NotifyConfig) -> tuple[str, ...]:
         """The channels that can deliver now."""
         out = []
-        if (self.smtp or self.mailchannels_key) and (self.alert_email or nc.critical or nc.warning or nc.info):
+        if (self.smtp or self.mailchannels_key) and (
+            self.alert_email or nc.critical or nc.warning or nc.info
+        ):
             out.append("email")
         if self.slack_url:
             out.append("slack")
@@ -182,29 +204,58 @@ def render(notice: Notice, context: dict | None, nc: NotifyConfig, t: Transports
     if notice.channel == "email":
         to = recipients(nc, t, {s.severity for s in notice.firing + notice.resolved})
         mid = messages.message_id(notice.kind, notice.at, notice.channel, members)
-        email = messages.alert_email(notice, context, to, nc.email_from or t.sender, nc.subject_prefix, url, mid)
+        email = messages.alert_email(
+            notice, context, to, nc.email_from or t.sender, nc.subject_prefix, url, mid
+        )
         payload = email.to_json()
     elif notice.channel == "slack":
         payload = messages.slack_payload(notice, nc.subject_prefix, url)
     else:
         payload = messages.discord_payload(notice, nc.subject_prefix, url)
     subj = messages.subject(notice, nc.subject_prefix)
-    return OutboxRow(notice.at, notice.channel, notice.kind, subj, members, jsontext.dumps(payload, ensure_ascii=False))
+    return OutboxRow(
+        notice.at,
+        notice.channel,
+        notice.kind,
+        subj,
+        members,
+        jsontext.dumps(payload, ensure_ascii=False),
+    )
 
 
 def enqueue(con: duckdb.DuckDBPyConnection, row: OutboxRow) -> None:
     """Write a rendered notification to the outbox (inside the caller's transaction)."""
-    con.execute(INSERT, [row.created_at, row.channel, row.kind, row.subject, row.members, row.payload,
-                         row.created_at])
+    con.execute(
+        INSERT,
+        [
+            row.created_at,
+            row.channel,
+            row.kind,
+            row.subject,
+            row.members,
+            row.payload,
+            row.created_at,
+        ],
+    )
 
 
-def report_row(channel: str, at: datetime, subject: str, text: str, html: str, nc: NotifyConfig,
-               t: Transports, kind: str = "report") -> OutboxRow:
+def report_row(
+    channel: str,
+    at: datetime,
+    subject: str,
+    text: str,
+    html: str,
+    nc: NotifyConfig,
+    t: Transports,
+    kind: str = "report",
+) -> OutboxRow:
     """A report or notice for a channel: the whole email, or its headline in chat."""
     if channel == "email":
         to = nc.report or t.alert_email
         mid = messages.message_id(kind, at, channel, subject)
-        payload = messages.Email(tuple(to), nc.email_from or t.sender, subject, text, html, mid).to_json()
+        payload = messages.Email(
+            tuple(to), nc.email_from or t.sender, subject, text, html, mid
+        ).to_json()
     else:
         keep = ("- Total:", "Total Potential", "View details") if kind == "report" else ("",)
         lines = [ln for ln in text.splitlines() if ln.startswith(keep) and ln.strip()]
@@ -220,7 +271,9 @@ class Delivery:
     detail: str
 
 
-def deliver(con: duckdb.DuckDBPyConnection, t: Transports, nc: NotifyConfig, now: datetime) -> list[Delivery]:
+def deliver(
+    con: duckdb.DuckDBPyConnection, t: Transports, nc: NotifyConfig, now: datetime
+) -> list[Delivery]:
     """Send every due notification, oldest first; a channel stops at its
     first failure so its messages stay in order. Each result is written
     as soon as it is known. A channel's failure, whatever it is, is its
@@ -235,11 +288,17 @@ def deliver(con: duckdb.DuckDBPyConnection, t: Transports, nc: NotifyConfig, now
         problem = _attempt(t, channel, payload, nc.timeout)
         if problem is not None:
             detail = t.scrub(problem)  # second line of defence: what is stored holds no secret
-            wait = min(nc.retry_base * (2 ** attempts), nc.retry_max)
+            wait = min(nc.retry_base * (2**attempts), nc.retry_max)
             con.execute(MARK_FAILED, [now + wait, detail, nid])
             con.execute(LOG_ATTEMPT, [nid, now, False, detail])
-            log.warning("notification %d via %s failed (attempt %d), retry at %s: %s",
-                        nid, channel, attempts + 1, iso(now + wait), detail)
+            log.warning(
+                "notification %d via %s failed (attempt %d), retry at %s: %s",
+                nid,
+                channel,
+                attempts + 1,
+                iso(now + wait),
+                detail,
+            )
             results.append(Delivery(nid, channel, False, detail))
             blocked.add(channel)
             continue
@@ -269,7 +328,9 @@ class Outcome:
     def line(self, scrub=str) -> str:
         if self.state == "queued":
             return f"notification {self.id} via {self.channel}: queued, not sent yet: {scrub(self.detail)}"
-        return f"delivery {self.id} via {self.channel}: " + ("sent" if self.state == "sent" else f"failed: {scrub(self.detail)}")
+        return f"delivery {self.id} via {self.channel}: " + (
+            "sent" if self.state == "sent" else f"failed: {scrub(self.detail)}"
+        )
 
 
 def outcomes(con: duckdb.DuckDBPyConnection, after: int, results: list[Delivery]) -> list[Outcome]:
@@ -278,34 +339,61 @@ def outcomes(con: duckdb.DuckDBPyConnection, after: int, results: list[Delivery]
     runner's deliver job retries it), or still queued (why it was not tried)."""
     tried = {d.id: d for d in results}
     out = []
-    for nid, channel, subject, status, next_at, last_error in con.execute(SINCE_ID, [after]).fetchall():
+    for nid, channel, subject, status, next_at, last_error in con.execute(
+        SINCE_ID, [after]
+    ).fetchall():
         if status == "sent":
             out.append(Outcome(nid, channel, subject, "sent", ""))
         elif nid in tried:
-            out.append(Outcome(nid, channel, subject, "failed",
-                               f"{tried[nid].detail}; kept in the outbox, retried from {iso(next_at)} "
-                               "by `cachemon alerts deliver` or the runner's deliver job"))
+            out.append(
+                Outcome(
+                    nid,
+                    channel,
+                    subject,
+                    "failed",
+                    f"{tried[nid].detail}; kept in the outbox, retried from {iso(next_at)} "
+                    "by `cachemon alerts deliver` or the runner's deliver job",
+                )
+            )
         else:
-            out.append(Outcome(nid, channel, subject, "queued", _why_waiting(con, nid, channel, next_at, last_error)))
+            out.append(
+                Outcome(
+                    nid,
+                    channel,
+                    subject,
+                    "queued",
+                    _why_waiting(con, nid, channel, next_at, last_error),
+                )
+            )
     return out
 
 
 def _why_waiting(con, nid: int, channel: str, next_at: datetime, last_error: str | None) -> str:
     earlier = con.execute(EARLIER_PENDING, [channel, nid]).fetchone()[0]
     if earlier is not None:
-        return (f"waits behind notification {earlier} of the same channel, which is not delivered yet "
-                "(see `cachemon alerts history`)")
-    return f"next attempt at {iso(next_at)}" + (f" (last error: {last_error})" if last_error else "")
+        return (
+            f"waits behind notification {earlier} of the same channel, which is not delivered yet "
+            "(see `cachemon alerts history`)"
+        )
+    return f"next attempt at {iso(next_at)}" + (
+        f" (last error: {last_error})" if last_error else ""
+    )
 
 
-def summary(con: duckdb.DuckDBPyConnection, after: int, results: list[Delivery], scrub=str) -> tuple[list[str], bool]:
+def summary(
+    con: duckdb.DuckDBPyConnection, after: int, results: list[Delivery], scrub=str
+) -> tuple[list[str], bool]:
     """One line per delivery attempted (an earlier notification's too) and
     per notification queued after id `after` that was not tried, and
     whether everything went out (see `delivered_all`)."""
     mine = outcomes(con, after, results)
     own = {o.id: o for o in mine}
-    lines = [own[d.id].line(scrub) if d.id in own else
-             Outcome(d.id, d.channel, "", "sent" if d.ok else "failed", d.detail).line(scrub) for d in results]
+    lines = [
+        own[d.id].line(scrub)
+        if d.id in own
+        else Outcome(d.id, d.channel, "", "sent" if d.ok else "failed", d.detail).line(scrub)
+        for d in results
+    ]
     lines += [o.line(scrub) for o in mine if o.state == "queued"]
     return lines, delivered_all(results, mine)
 
@@ -336,13 +424,22 @@ def send(t: Transports, channel: str, payload: dict, timeout: timedelta) -> None
         if t.smtp:
             return _send_smtp(t.smtp, payload, timeout.total_seconds(), t.scrub)
         if t.mailchannels_key:
-            return _post("MailChannels", t.mailchannels_url, _mailchannels_body(payload), timeout,
-                         {"X-Api-Key": t.mailchannels_key}, t.scrub, "MAILCHANNELS_API_URL and MAILCHANNELS_API_KEY")
+            return _post(
+                "MailChannels",
+                t.mailchannels_url,
+                _mailchannels_body(payload),
+                timeout,
+                {"X-Api-Key": t.mailchannels_key},
+                t.scrub,
+                "MAILCHANNELS_API_URL and MAILCHANNELS_API_KEY",
+            )
         raise NotifyError("email is not configured: set SMTP_HOST or MAILCHANNELS_API_KEY")
     url = {"slack": t.slack_url, "discord": t.discord_url}.get(channel)
     if not url:
         raise NotifyError(f"{channel} is not configured: set {channel.upper()}_WEBHOOK_URL")
-    _post(f"{channel} webhook", url, payload, timeout, {}, t.scrub, f"{channel.upper()}_WEBHOOK_URL")
+    _post(
+        f"{channel} webhook", url, payload, timeout, {}, t.scrub, f"{channel.upper()}_WEBHOOK_URL"
+    )
 
 
 def _is_address(addr: str) -> bool:
@@ -356,8 +453,10 @@ def _check_addresses(payload: dict) -> None:
     for role, addrs in (("sender", [payload["from"]]), ("recipient", payload["to"])):
         for addr in addrs:
             if not _is_address(addr):
-                raise NotifyError(f"email {role} {addr!r} is not an email address "
-                                  "(check ALERT_EMAIL, ALERT_FROM and [notify])")
+                raise NotifyError(
+                    f"email {role} {addr!r} is not an email address "
+                    "(check ALERT_EMAIL, ALERT_FROM and [notify])"
+                )
 
 
 def email_message(payload: dict) -> EmailMessage:
@@ -390,7 +489,9 @@ def _send_smtp(s: Smtp, payload: dict, timeout: float, scrub=str) -> None:
             smtp.login(s.user, s.password)
         smtp.send_message(email_message(payload))
     except smtplib.SMTPAuthenticationError as exc:
-        raise NotifyError(f"{where} refused the login for SMTP_USER (code {exc.smtp_code})") from None
+        raise NotifyError(
+            f"{where} refused the login for SMTP_USER (code {exc.smtp_code})"
+        ) from None
     except smtplib.SMTPResponseException as exc:
         raise NotifyError(f"{where} answered {exc.smtp_code}: {scrub(exc.smtp_error)}") from None
     except smtplib.SMTPRecipientsRefused as exc:
@@ -478,7 +579,9 @@ class _DeadlineMixin:
         return super().send(s)
 
     def getreply(self):
-        if self.sock and not (isinstance(self.file, _DeadlineLines) and self.file.sock is self.sock):
+        if self.sock and not (
+            isinstance(self.file, _DeadlineLines) and self.file.sock is self.sock
+        ):
             self.file = _DeadlineLines(self.sock, self.deadline)
         return super().getreply()
 
@@ -501,21 +604,37 @@ def _mailchannels_body(p: dict) -> dict:
         "personalizations": [{"to": [{"email": a} for a in p["to"]]}],
         "from": {"email": p["from"]},
         "subject": messages.header_safe(p["subject"]),
-        "content": [{"type": "text/plain", "value": p["text"]}, {"type": "text/html", "value": p["html"]}],
+        "content": [
+            {"type": "text/plain", "value": p["text"]},
+            {"type": "text/html", "value": p["html"]},
+        ],
         "headers": {"Message-ID": p["message_id"]},
     }
 
 
-def _post(what: str, url: str, body: dict, timeout: timedelta, headers: dict, scrub=str, setting: str = "") -> None:
+def _post(
+    what: str, url: str, body: dict, timeout: timedelta, headers: dict, scrub=str, setting: str = ""
+) -> None:
     # The URL (a webhook's secret) and the headers (an API key) never
     # appear in the messages below; the answer's text is scrubbed of them.
     try:
-        r = outbound.call("POST", url, json=body, headers=headers, limit=timeout.total_seconds(),
-                          max_bytes=ANSWER_CAP, want_body=lambda status: not 200 <= status < 300)
+        r = outbound.call(
+            "POST",
+            url,
+            json=body,
+            headers=headers,
+            limit=timeout.total_seconds(),
+            max_bytes=ANSWER_CAP,
+            want_body=lambda status: not 200 <= status < 300,
+        )
     except outbound.DeadlineExceeded:
-        raise NotifyError(f"{what}: timed out after {timeout.total_seconds():g} s (total deadline)") from None
+        raise NotifyError(
+            f"{what}: timed out after {timeout.total_seconds():g} s (total deadline)"
+        ) from None
     except outbound.BadRequest as exc:
-        raise NotifyError(f"{what}: cannot send: {exc}{' (check ' + setting + ')' if setting else ''}") from None
+        raise NotifyError(
+            f"{what}: cannot send: {exc}{' (check ' + setting + ')' if setting else ''}"
+        ) from None
     except outbound.Unreachable as exc:
         raise NotifyError(f"{what}: unreachable ({exc})") from None
     if not 200 <= r.status < 300:

@@ -35,7 +35,7 @@ class Target:
     deadline_s: float = DEADLINE_S
 
     @classmethod
-    def from_env(cls, env) -> "Target | None":
+    def from_env(cls, env) -> Target | None:
         url = (env.get(ENV) or "").strip()
         if not url:
             return None
@@ -43,7 +43,9 @@ class Target:
         # so a URL that can never be pinged stops the runner at start.
         problem = outbound.bad_url(url)
         if problem:
-            raise ConfigError(f"{ENV} is not usable: {problem} (the value is not shown: it is a secret)")
+            raise ConfigError(
+                f"{ENV} is not usable: {problem} (the value is not shown: it is a secret)"
+            )
         return cls(url)
 
     @property
@@ -68,7 +70,10 @@ class Pinger:
     def ping(self) -> bool:
         """Start a ping unless one is still out; returns whether it started."""
         if not self._busy.acquire(blocking=False):
-            log.warning("heartbeat: the previous ping to %s is still out; skipped this one", self.target.where)
+            log.warning(
+                "heartbeat: the previous ping to %s is still out; skipped this one",
+                self.target.where,
+            )
             return False
         threading.Thread(target=self._run, name="heartbeat", daemon=True).start()
         return True
@@ -76,7 +81,9 @@ class Pinger:
     def _run(self) -> None:
         try:
             self._ping_once()
-        except Exception as exc:  # a ping's failure of any kind is a warning, never a thread traceback
+        except (
+            Exception
+        ) as exc:  # a ping's failure of any kind is a warning, never a thread traceback
             self.failed += 1
             log.warning("heartbeat ping failed: %s", type(exc).__name__)
         finally:
@@ -104,8 +111,14 @@ def _send(target: Target) -> str | None:
     """One ping under a total deadline (the bounded call every outbound
     request uses); None when answered 2xx, else why not (never the URL)."""
     try:
-        answer = outbound.call("GET", target.url, limit=target.deadline_s, max_bytes=MAX_ANSWER,
-                               headers={"User-Agent": "cachemon-heartbeat"}, want_body=lambda status: False)
+        answer = outbound.call(
+            "GET",
+            target.url,
+            limit=target.deadline_s,
+            max_bytes=MAX_ANSWER,
+            headers={"User-Agent": "cachemon-heartbeat"},
+            want_body=lambda status: False,
+        )
     except outbound.Unreachable as exc:
         return f"could not connect or send ({exc})"
     except outbound.OutboundError as exc:

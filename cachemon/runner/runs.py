@@ -29,17 +29,19 @@ import logging
 import os
 import socket
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from pathlib import Path
-from typing import Callable
 
 from cachemon.clock import DAY, as_utc, floor_to, format_duration, iso
 from cachemon.errors import CachemonError, StoreError
 
 log = logging.getLogger("cachemon.runner")
 
-RECORD_RUN = "INSERT INTO job_runs VALUES ($job, $started, $finished, $outcome, $error, $slots, $rows)"
+RECORD_RUN = (
+    "INSERT INTO job_runs VALUES ($job, $started, $finished, $outcome, $error, $slots, $rows)"
+)
 LAST_RUNS = "SELECT job, max(started_at) FROM job_runs WHERE outcome <> 'skipped' GROUP BY job"
 RECENT_RUNS = """
 SELECT job, started_at, finished_at, outcome, error, slots, rows FROM job_runs
@@ -102,7 +104,11 @@ class JobSpec:
         return now if self.is_due(last, now) else self.next_slot(now)
 
     def describe(self) -> str:
-        return f"every {format_duration(self.every)}" if self.every else f"daily at {self.at.strftime('%H:%M')} UTC"
+        return (
+            f"every {format_duration(self.every)}"
+            if self.every
+            else f"daily at {self.at.strftime('%H:%M')} UTC"
+        )
 
 
 @dataclass(frozen=True)
@@ -119,9 +125,13 @@ class RunRecord:
 class Runner:
     """Runs due jobs on `tick(now)`; records every run through `record`."""
 
-    def __init__(self, jobs: list[tuple[JobSpec, Callable[[datetime], None]]],
-                 record: Callable[[RunRecord], None], last_runs: dict[str, datetime] | None = None,
-                 clock: Callable[[], datetime] | None = None):
+    def __init__(
+        self,
+        jobs: list[tuple[JobSpec, Callable[[datetime], None]]],
+        record: Callable[[RunRecord], None],
+        last_runs: dict[str, datetime] | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ):
         names = [spec.name for spec, _ in jobs]
         if len(set(names)) != len(names):
             raise CachemonError(f"duplicate job names in {names}")
@@ -155,7 +165,9 @@ class Runner:
         for spec, fn in self.jobs:
             if spec.name == name:
                 return self._run(spec, fn, now)
-        raise CachemonError(f"unknown job {name!r}: jobs are {', '.join(s.name for s, _ in self.jobs)}")
+        raise CachemonError(
+            f"unknown job {name!r}: jobs are {', '.join(s.name for s, _ in self.jobs)}"
+        )
 
     def _note(self, rec: RunRecord) -> None:
         self.last[rec.job] = rec.started_at
@@ -165,7 +177,16 @@ class Runner:
         previous = self.last.get(spec.name)
         missed = spec.slots_between(previous, now) - 1 if previous else 0
         if missed > 0:
-            self.record(RunRecord(spec.name, now, now, "skipped", f"{missed} slot(s) missed since {iso(previous)}", missed))
+            self.record(
+                RunRecord(
+                    spec.name,
+                    now,
+                    now,
+                    "skipped",
+                    f"{missed} slot(s) missed since {iso(previous)}",
+                    missed,
+                )
+            )
         error, outcome, rows = None, "ok", None
         log.debug("%s started for %s", spec.name, iso(now))
         try:
@@ -178,7 +199,15 @@ class Runner:
             log.exception("%s failed", spec.name)
         finished = as_utc(self.clock()) if self.clock else now
         self.last[spec.name] = now
-        rec = RunRecord(spec.name, now, max(finished, now), outcome, error, 1, rows if isinstance(rows, int) else None)
+        rec = RunRecord(
+            spec.name,
+            now,
+            max(finished, now),
+            outcome,
+            error,
+            1,
+            rows if isinstance(rows, int) else None,
+        )
         self.record(rec)
         return rec
 
@@ -218,7 +247,9 @@ class JobStatus:
     @property
     def overdue(self) -> bool:
         """A slot passed more than one interval ago without a run (the runner is down)."""
-        return self.last_run is not None and self.spec.slots_between(self.last_run, self.next_run) > 1
+        return (
+            self.last_run is not None and self.spec.slots_between(self.last_run, self.next_run) > 1
+        )
 
 
 def status(con, specs: list[JobSpec], now: datetime) -> list[JobStatus]:
@@ -229,16 +260,30 @@ def status(con, specs: list[JobSpec], now: datetime) -> list[JobStatus]:
     for spec in specs:
         outcome, ok_at, errors, error, error_at = rows.get(spec.name, (None, None, 0, None, None))
         prev = last.get(spec.name)
-        out.append(JobStatus(spec, PURPOSES.get(spec.name, ""), prev, outcome, _utc(ok_at), int(errors),
-                             error, _utc(error_at), spec.next_run(prev, now)))
+        out.append(
+            JobStatus(
+                spec,
+                PURPOSES.get(spec.name, ""),
+                prev,
+                outcome,
+                _utc(ok_at),
+                int(errors),
+                error,
+                _utc(error_at),
+                spec.next_run(prev, now),
+            )
+        )
     return out
 
 
 def recent_runs(con, since: datetime, limit: int = 200) -> list[RunRecord]:
     """Runs started since `since`, newest first."""
-    return [RunRecord(job, as_utc(s), as_utc(f), outcome, error, slots, rows)
-            for job, s, f, outcome, error, slots, rows in
-            con.execute(RECENT_RUNS, {"since": since, "limit": limit}).fetchall()]
+    return [
+        RunRecord(job, as_utc(s), as_utc(f), outcome, error, slots, rows)
+        for job, s, f, outcome, error, slots, rows in con.execute(
+            RECENT_RUNS, {"since": since, "limit": limit}
+        ).fetchall()
+    ]
 
 
 def _utc(t: datetime | None) -> datetime | None:
@@ -246,8 +291,18 @@ def _utc(t: datetime | None) -> datetime | None:
 
 
 def record_run(con, rec: RunRecord) -> None:
-    con.execute(RECORD_RUN, {"job": rec.job, "started": rec.started_at, "finished": rec.finished_at,
-                             "outcome": rec.outcome, "error": rec.error, "slots": rec.slots, "rows": rec.rows})
+    con.execute(
+        RECORD_RUN,
+        {
+            "job": rec.job,
+            "started": rec.started_at,
+            "finished": rec.finished_at,
+            "outcome": rec.outcome,
+            "error": rec.error,
+            "slots": rec.slots,
+            "rows": rec.rows,
+        },
+    )
 
 
 def last_runs(con) -> dict[str, datetime]:
@@ -264,19 +319,23 @@ class InstanceLock:
         self.path = Path(str(store_path) + ".runner.lock")
         self.fd = None
 
-    def acquire(self, now: datetime) -> "InstanceLock":
+    def acquire(self, now: datetime) -> InstanceLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:  # a read-only or full disk: one line, not a traceback
-            raise StoreError(f"cannot open the runner lock {self.path}: {exc.strerror.lower()}") from None
+            raise StoreError(
+                f"cannot open the runner lock {self.path}: {exc.strerror.lower()}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
-            raise StoreError(f"another job runner is already running on this store ({holder}); "
-                             f"stop it first (lock file {self.path})") from None
+            raise StoreError(
+                f"another job runner is already running on this store ({holder}); "
+                f"stop it first (lock file {self.path})"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {iso(now)}".encode(), 0)
         self.fd = fd

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from cachemon.runner import runs as runner
 from cachemon.clock import CLOCK_SKEW, iso
+from cachemon.runner import runs as runner
 
 # Ingest intervals without a successful ingest before the runner counts as
 # stalled: one slow or failed run is normal, three in a row are not.
@@ -68,34 +68,53 @@ class RunnerCheck:
         text: /healthz is unauthenticated)."""
         out = []
         if self.last_ingest_ok is None:
-            out.append("the job runner has never ingested successfully into this store (is `python -m jobs` running?)")
+            out.append(
+                "the job runner has never ingested successfully into this store (is `python -m jobs` running?)"
+            )
         elif self.ingest_from_future:
-            out.append(f"the last successful ingest is dated in the future ({iso(self.last_ingest_ok)}, now "
-                       f"{iso(self.at)}): written by a clock ahead of real time, so it says nothing about the "
-                       "runner now; only runs dated up to now count")
+            out.append(
+                f"the last successful ingest is dated in the future ({iso(self.last_ingest_ok)}, now "
+                f"{iso(self.at)}): written by a clock ahead of real time, so it says nothing about the "
+                "runner now; only runs dated up to now count"
+            )
         elif self.ingest_stalled:
-            out.append(f"no successful ingest for {rough_age(self.ingest_age)} (last at {iso(self.last_ingest_ok)}, "
-                       f"expected every {rough_age(self.ingest_every)}; is `python -m jobs` running?)")
+            out.append(
+                f"no successful ingest for {rough_age(self.ingest_age)} (last at {iso(self.last_ingest_ok)}, "
+                f"expected every {rough_age(self.ingest_every)}; is `python -m jobs` running?)"
+            )
         for f in self.failing:
-            out.append(f"job {f.job} failed at {iso(f.failed_at)} ({rough_age(self.at - f.failed_at)} ago)")
+            out.append(
+                f"job {f.job} failed at {iso(f.failed_at)} ({rough_age(self.at - f.failed_at)} ago)"
+            )
         return out
 
     def to_json(self) -> dict:
         age = self.ingest_age
-        return {"lastIngestOk": iso(self.last_ingest_ok) if self.last_ingest_ok else None,
-                "lastIngestAgeSeconds": int(age.total_seconds()) if age is not None else None,
-                "ingestStalled": self.ingest_stalled,
-                "ingestFromFuture": self.ingest_from_future,
-                "failingJobs": [{"job": f.job, "failedAt": iso(f.failed_at),
-                                 "lastOk": iso(f.last_ok) if f.last_ok else None} for f in self.failing]}
+        return {
+            "lastIngestOk": iso(self.last_ingest_ok) if self.last_ingest_ok else None,
+            "lastIngestAgeSeconds": int(age.total_seconds()) if age is not None else None,
+            "ingestStalled": self.ingest_stalled,
+            "ingestFromFuture": self.ingest_from_future,
+            "failingJobs": [
+                {
+                    "job": f.job,
+                    "failedAt": iso(f.failed_at),
+                    "lastOk": iso(f.last_ok) if f.last_ok else None,
+                }
+                for f in self.failing
+            ],
+        }
 
 
 def check(con, cfg, now: datetime) -> RunnerCheck:
     """The runner's state at `now`, from the run log."""
     statuses = runner.status(con, runner.schedule(cfg), now)
     ingest = next(s for s in statuses if s.spec.name == "ingest")
-    failing = tuple(FailingJob(s.spec.name, s.last_error_at, s.last_ok)
-                    for s in statuses if s.last_outcome == "error" and s.last_error_at is not None)
+    failing = tuple(
+        FailingJob(s.spec.name, s.last_error_at, s.last_ok)
+        for s in statuses
+        if s.last_outcome == "error" and s.last_error_at is not None
+    )
     return RunnerCheck(now, cfg.jobs.ingest_every, ingest.last_ok, failing)
 
 

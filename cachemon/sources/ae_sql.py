@@ -14,8 +14,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from cachemon.clock import Window, as_utc
-from cachemon.settings import ColumnMapping
 from cachemon.histogram import LN_GAMMA, ZERO_BUCKET
+from cachemon.settings import ColumnMapping
 
 
 def _time(dt: datetime) -> str:

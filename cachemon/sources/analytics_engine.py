@@ -20,22 +20,21 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cachemon import outbound
-from cachemon import rollups
+from cachemon import outbound, rollups
 from cachemon.clock import Window
-from cachemon.settings import AnalyticsEngineConfig, ColumnMapping
 from cachemon.errors import ConfigError, SourceError
 from cachemon.redact import Redactor
 from cachemon.rollups import Rollups
+from cachemon.settings import AnalyticsEngineConfig, ColumnMapping
 from cachemon.sources import ae_sql
 
 log = logging.getLogger("cachemon.analytics_engine")
@@ -51,7 +50,7 @@ class Credentials:
     base: str = DEFAULT_BASE
 
     @classmethod
-    def from_env(cls, env=None) -> "Credentials":
+    def from_env(cls, env=None) -> Credentials:
         env = os.environ if env is None else env
         missing = [v for v in ("CF_ACCOUNT_ID", "CF_API_TOKEN") if not env.get(v)]
         if missing:
@@ -59,7 +58,9 @@ class Credentials:
                 f"Analytics Engine needs {' and '.join(missing)} in the environment "
                 "(an API token with the Account Analytics Read permission)"
             )
-        return cls(env["CF_ACCOUNT_ID"], env["CF_API_TOKEN"], env.get("CF_API_BASE") or DEFAULT_BASE)
+        return cls(
+            env["CF_ACCOUNT_ID"], env["CF_API_TOKEN"], env.get("CF_API_BASE") or DEFAULT_BASE
+        )
 
     @property
     def url(self) -> str:
@@ -78,9 +79,15 @@ class Client:
     tests can run retries without waiting; `redactor` knows the secrets to
     keep out of messages (the token always)."""
 
-    def __init__(self, creds: Credentials, cfg: AnalyticsEngineConfig = AnalyticsEngineConfig(),
-                 sleep: Callable[[float], None] = time.sleep, jitter: Callable[[], float] = random.random,
-                 redactor: Redactor = Redactor(), max_bytes: int = MAX_ANSWER):
+    def __init__(
+        self,
+        creds: Credentials,
+        cfg: AnalyticsEngineConfig = AnalyticsEngineConfig(),
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+        redactor: Redactor = Redactor(),
+        max_bytes: int = MAX_ANSWER,
+    ):
         self.creds, self.cfg = creds, cfg
         self.sleep, self.jitter = sleep, jitter
         self.redactor = redactor.plus(creds.token)
@@ -88,7 +95,7 @@ class Client:
         self.queries = 0  # requests sent, for reporting
 
     @classmethod
-    def from_env(cls, cfg: AnalyticsEngineConfig, env=None) -> "Client":
+    def from_env(cls, cfg: AnalyticsEngineConfig, env=None) -> Client:
         """A client with the credentials of the environment (see README)."""
         env = os.environ if env is None else env
         return cls(Credentials.from_env(env), cfg, redactor=Redactor.from_env(env))
@@ -99,7 +106,7 @@ class Client:
     def close(self) -> None:
         """Nothing to release: every call opens and closes its connection."""
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -110,13 +117,22 @@ class Client:
         while True:
             self.queries += 1
             try:
-                resp = outbound.call("POST", self.creds.url, content=sql.encode("utf-8"),
-                                     headers={"Authorization": f"Bearer {self.creds.token}"},
-                                     limit=self.cfg.timeout.total_seconds(), max_bytes=self.max_bytes)
+                resp = outbound.call(
+                    "POST",
+                    self.creds.url,
+                    content=sql.encode("utf-8"),
+                    headers={"Authorization": f"Bearer {self.creds.token}"},
+                    limit=self.cfg.timeout.total_seconds(),
+                    max_bytes=self.max_bytes,
+                )
             except outbound.DeadlineExceeded:
-                problem = f"timed out (no complete answer within {self.cfg.timeout.total_seconds():g} s)"
+                problem = (
+                    f"timed out (no complete answer within {self.cfg.timeout.total_seconds():g} s)"
+                )
             except outbound.BadRequest as exc:
-                raise SourceError(f"Analytics Engine cannot be called: {exc} (check CF_API_BASE)") from None
+                raise SourceError(
+                    f"Analytics Engine cannot be called: {exc} (check CF_API_BASE)"
+                ) from None
             except outbound.Unreachable as exc:
                 problem = f"could not connect ({exc})"
             else:
@@ -130,10 +146,18 @@ class Client:
                     return _answer(resp, sql, self.creds.account_id, self.redactor)
                 problem = f"HTTP {resp.status}"
             if attempt >= self.cfg.retries:
-                raise SourceError(f"Analytics Engine {problem} after {attempt + 1} attempts; "
-                                  f"the store keeps its last good data")
+                raise SourceError(
+                    f"Analytics Engine {problem} after {attempt + 1} attempts; "
+                    f"the store keeps its last good data"
+                )
             wait = 0.5 * 2**attempt * (0.5 + self.jitter())
-            log.warning("Analytics Engine %s: retry %d of %d in %.2f s", problem, attempt + 1, self.cfg.retries, wait)
+            log.warning(
+                "Analytics Engine %s: retry %d of %d in %.2f s",
+                problem,
+                attempt + 1,
+                self.cfg.retries,
+                wait,
+            )
             self.sleep(wait)
             attempt += 1
 
@@ -152,12 +176,18 @@ def _answer(resp: outbound.Answer, sql: str, account: str, redactor: Redactor) -
             f"'Account Analytics Read' permission on account {account}"
         )
     if resp.status == 422:
-        raise SourceError(f"Analytics Engine rejected the query (HTTP 422): {_error_text(resp, redactor)}\nSQL: {sql}")
+        raise SourceError(
+            f"Analytics Engine rejected the query (HTTP 422): {_error_text(resp, redactor)}\nSQL: {sql}"
+        )
     if resp.status >= 400:
-        raise SourceError(f"Analytics Engine answered HTTP {resp.status}: {_error_text(resp, redactor)}")
+        raise SourceError(
+            f"Analytics Engine answered HTTP {resp.status}: {_error_text(resp, redactor)}"
+        )
     if not resp.complete:
-        raise SourceError(f"Analytics Engine sent more than {len(resp.body):,} bytes; "
-                          "nothing was written (pull a shorter [analytics_engine] window)")
+        raise SourceError(
+            f"Analytics Engine sent more than {len(resp.body):,} bytes; "
+            "nothing was written (pull a shorter [analytics_engine] window)"
+        )
     try:
         body = json.loads(resp.body)
         meta = tuple((m["name"], m.get("type", "")) for m in body["meta"])
@@ -166,8 +196,10 @@ def _answer(resp: outbound.Answer, sql: str, account: str, redactor: Redactor) -
             raise TypeError("data rows are not objects")
         return QueryResult(meta, data, int(body.get("rows", len(data))))
     except (ValueError, KeyError, TypeError) as exc:
-        raise SourceError(f"Analytics Engine sent a malformed answer ({type(exc).__name__}: "
-                          f"{redactor.clip(str(exc), 200)}); nothing was written") from None
+        raise SourceError(
+            f"Analytics Engine sent a malformed answer ({type(exc).__name__}: "
+            f"{redactor.clip(str(exc), 200)}); nothing was written"
+        ) from None
 
 
 def _error_text(resp: outbound.Answer, redactor: Redactor) -> str:
@@ -178,15 +210,46 @@ def _error_text(resp: outbound.Answer, redactor: Redactor) -> str:
 # -- pulling rollups -------------------------------------------------------------
 
 _TYPES = {
-    "minute": (("minute", "time"), ("tier", "text"), ("endpoint", "text"), ("experiment", "text"), ("cohort", "text"),
-               ("requests", "num"), ("errors", "num"), ("bytes", "num"), ("latency_sum", "num"),
-               ("latency_min", "num"), ("latency_max", "num"), ("events", "int")),
-    "latency": (("minute", "time"), ("tier", "text"), ("endpoint", "text"), ("experiment", "text"),
-                ("cohort", "text"), ("bucket", "int32"), ("weight", "num")),
+    "minute": (
+        ("minute", "time"),
+        ("tier", "text"),
+        ("endpoint", "text"),
+        ("experiment", "text"),
+        ("cohort", "text"),
+        ("requests", "num"),
+        ("errors", "num"),
+        ("bytes", "num"),
+        ("latency_sum", "num"),
+        ("latency_min", "num"),
+        ("latency_max", "num"),
+        ("events", "int"),
+    ),
+    "latency": (
+        ("minute", "time"),
+        ("tier", "text"),
+        ("endpoint", "text"),
+        ("experiment", "text"),
+        ("cohort", "text"),
+        ("bucket", "int32"),
+        ("weight", "num"),
+    ),
     "gauges": (("timestamp", "time"), ("name", "text"), ("value", "num")),
-    "keys": (("key", "text"), ("endpoint", "text"), ("experiment", "text"), ("cohort", "text"), ("t", "time"), ("edge", "num"), ("kv", "num"), ("r2", "num"),
-             ("api", "num"), ("errors", "num"), ("first_seen", "time"), ("last_seen", "time")),
+    "keys": (
+        ("key", "text"),
+        ("endpoint", "text"),
+        ("experiment", "text"),
+        ("cohort", "text"),
+        ("t", "time"),
+        ("edge", "num"),
+        ("kv", "num"),
+        ("r2", "num"),
+        ("api", "num"),
+        ("errors", "num"),
+        ("first_seen", "time"),
+        ("last_seen", "time"),
+    ),
 }
+
 
 def pull_rollups(client: Client, dataset: str, mapping: ColumnMapping, window: Window) -> Rollups:
     """The rollups of one window, aggregated by Analytics Engine."""
@@ -195,7 +258,12 @@ def pull_rollups(client: Client, dataset: str, mapping: ColumnMapping, window: W
     latency = _table(client.query(ae_sql.latency_histogram(dataset, mapping, window)), "latency")
     points = _table(client.query(ae_sql.gauge_points(dataset, mapping, window)), "gauges")
     keys = _table(client.query(ae_sql.key_counts(dataset, mapping, window, Window(*whole))), "keys")
-    for kind, table in (("minute", minute), ("latency", latency), ("gauges", points), ("keys", keys)):
+    for kind, table in (
+        ("minute", minute),
+        ("latency", latency),
+        ("gauges", points),
+        ("keys", keys),
+    ):
         _check_answer(kind, table, window)
     keys = keys.add_column(3, "whole_hour", _inside(keys["t"], whole))
     with duckdb.connect() as con:
@@ -220,7 +288,11 @@ def _check_answer(kind: str, table: pa.Table, window: Window) -> None:
     for name, typ in _TYPES[kind]:
         col = table[name]
         if typ == "time":
-            bad = pc.or_(pc.less(col, lo), pc.greater_equal(col, hi)) if name != "last_seen" else pc.greater(col, hi)
+            bad = (
+                pc.or_(pc.less(col, lo), pc.greater_equal(col, hi))
+                if name != "last_seen"
+                else pc.greater(col, hi)
+            )
             why = f"a time outside the pulled window [{window.start:%Y-%m-%dT%H:%MZ}, {window.end:%Y-%m-%dT%H:%MZ})"
         elif typ != "text":
             values = col.cast(pa.float64())
@@ -233,8 +305,10 @@ def _check_answer(kind: str, table: pa.Table, window: Window) -> None:
         hits = pc.sum(pc.cast(bad, pa.int64())).as_py() or 0
         if hits:
             first = col.filter(bad)[0].as_py()
-            raise SourceError(f"Analytics Engine answer ({kind}) has {hits} row(s) with {why} in column {name!r} "
-                              f"(first: {str(first)[:40]}); nothing was written")
+            raise SourceError(
+                f"Analytics Engine answer ({kind}) has {hits} row(s) with {why} in column {name!r} "
+                f"(first: {str(first)[:40]}); nothing was written"
+            )
 
 
 def _inside(times: pa.ChunkedArray, span: tuple[datetime, datetime]) -> pa.ChunkedArray:
@@ -252,7 +326,9 @@ def _table(result: QueryResult, kind: str) -> pa.Table:
             values = [row[name] for row in result.data]
             cols[name] = _column(values, typ)
         except (KeyError, ValueError, TypeError, pa.ArrowException) as exc:
-            raise SourceError(f"Analytics Engine answer lacks or garbles column {name!r} ({exc}); nothing was written") from None
+            raise SourceError(
+                f"Analytics Engine answer lacks or garbles column {name!r} ({exc}); nothing was written"
+            ) from None
     return pa.table(cols)
 
 
@@ -313,6 +389,10 @@ def _numbers(values: list) -> pa.Array:
         arr = pa.array([None if v is None else str(v) for v in values], pa.string())
     if pa.types.is_null(arr.type):
         arr = arr.cast(pa.string())
-    if not (pa.types.is_string(arr.type) or pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
+    if not (
+        pa.types.is_string(arr.type)
+        or pa.types.is_integer(arr.type)
+        or pa.types.is_floating(arr.type)
+    ):
         raise TypeError(f"not numbers ({arr.type})")
     return arr.cast(pa.float64())

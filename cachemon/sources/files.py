@@ -14,10 +14,10 @@ import hashlib
 import io
 import json
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -25,11 +25,18 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from cachemon.errors import InputError
 from cachemon.config import file_kind
+from cachemon.errors import InputError
 from cachemon.events import EventFrame, check_unique_columns, validate
 
-FORMATS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+FORMATS = {
+    ".ndjson": "ndjson",
+    ".jsonl": "ndjson",
+    ".json": "ndjson",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 _NUMERIC = ("latency_ms", "bytes", "sample_interval")
 
 # Limits (documented in the README, "Importing files").
@@ -59,7 +66,9 @@ def check(path: str | Path) -> Path:
     """`path` as a Path if it names an event file that exists."""
     p = Path(path)
     if FORMATS.get(p.suffix.lower()) is None:
-        raise InputError(f"{p}: unknown file type {p.suffix!r}; use .ndjson/.jsonl, .csv or .parquet")
+        raise InputError(
+            f"{p}: unknown file type {p.suffix!r}; use .ndjson/.jsonl, .csv or .parquet"
+        )
     try:
         mode = p.stat().st_mode
     except FileNotFoundError:
@@ -83,7 +92,9 @@ def batches(path: str | Path, latest: datetime | None = None) -> Iterator[EventF
     for table, label in reader(p):
         rows += table.num_rows
         if rows > MAX_ROWS:
-            raise InputError(f"{p}: more than {MAX_ROWS:,} rows; split the file (the limit bounds an import's time)")
+            raise InputError(
+                f"{p}: more than {MAX_ROWS:,} rows; split the file (the limit bounds an import's time)"
+            )
         yield validate(table, str(p), label, latest)
 
 
@@ -128,9 +139,13 @@ def _csv(p: Path):
     _check_text(p, 1, head)
     names = pacsv.read_csv(io.BytesIO(head)).schema.names if head.strip() else []
     check_unique_columns(names, str(p))
-    opts = pacsv.ConvertOptions(column_types={c: pa.string() for c in names}, strings_can_be_null=True)
+    opts = pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in names}, strings_can_be_null=True
+    )
     try:
-        reader = pacsv.open_csv(p, read_options=pacsv.ReadOptions(block_size=MAX_LINE), convert_options=opts)
+        reader = pacsv.open_csv(
+            p, read_options=pacsv.ReadOptions(block_size=MAX_LINE), convert_options=opts
+        )
     except pa.ArrowInvalid as exc:
         raise _csv_error(p, 1, exc) from None
     done = 0
@@ -144,7 +159,9 @@ def _csv(p: Path):
 
         for name in _NUMERIC:
             if name in table.column_names:
-                table = table.set_column(table.column_names.index(name), name, _to_number(table[name], p, name, label))
+                table = table.set_column(
+                    table.column_names.index(name), name, _to_number(table[name], p, name, label)
+                )
         _check_nul(p, table, label)
         yield table, label
         done += table.num_rows
@@ -168,8 +185,10 @@ def _csv_rows(reader, p: Path, done: int) -> pa.Table | None:
 
 def _csv_error(p: Path, line: int, exc: Exception) -> InputError:
     if "straddl" in str(exc):  # Arrow's words for a row longer than its block
-        return InputError(f"{p}: a line from line {line} on is longer than {MAX_LINE:,} bytes "
-                          "(the limit of one event; is this a text file?)")
+        return InputError(
+            f"{p}: a line from line {line} on is longer than {MAX_LINE:,} bytes "
+            "(the limit of one event; is this a text file?)"
+        )
     return InputError(f"{p}: not a readable CSV file (from line {line} on): {exc}")
 
 
@@ -178,10 +197,16 @@ def _check_nul(p: Path, table: pa.Table, label) -> None:
         col = table[name]
         if pa.types.is_string(col.type):
             bad = pa.compute.match_substring(col, "\x00")
-            hit = pa.compute.indices_nonzero(pa.compute.fill_null(pa.concat_arrays(bad.chunks) if bad.num_chunks else
-                                                                  pa.array([], pa.bool_()), False))
+            hit = pa.compute.indices_nonzero(
+                pa.compute.fill_null(
+                    pa.concat_arrays(bad.chunks) if bad.num_chunks else pa.array([], pa.bool_()),
+                    False,
+                )
+            )
             if len(hit):
-                raise InputError(f"{p}: {label(hit[0].as_py())}: {name} contains NUL bytes (is this a text file?)")
+                raise InputError(
+                    f"{p}: {label(hit[0].as_py())}: {name} contains NUL bytes (is this a text file?)"
+                )
 
 
 def _to_number(col: pa.ChunkedArray, p: Path, name: str, label) -> pa.Array:
@@ -192,7 +217,9 @@ def _to_number(col: pa.ChunkedArray, p: Path, name: str, label) -> pa.Array:
         try:
             out[i] = float(values[i])
         except ValueError:
-            raise InputError(f"{p}: {label(int(i))}: {name} {values[i]!r} is not a number") from None
+            raise InputError(
+                f"{p}: {label(int(i))}: {name} {values[i]!r} is not a number"
+            ) from None
     return pa.array(out, mask=~present)
 
 
@@ -207,7 +234,9 @@ def _ndjson(p: Path):
                 break
             lineno += 1
             if len(line) > MAX_LINE:
-                raise InputError(f"{p}: line {lineno} is longer than {MAX_LINE:,} bytes (the limit of one event)")
+                raise InputError(
+                    f"{p}: line {lineno} is longer than {MAX_LINE:,} bytes (the limit of one event)"
+                )
             _check_text(p, lineno, line)
             if not line.strip():
                 continue
@@ -233,13 +262,18 @@ def _parse_ndjson(p: Path, lines: list[bytes], numbers: list[int]):
         return f"line {numbers[i]}" if i < len(numbers) else f"row {i + 1}"
 
     try:
-        table = pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(block_size=max(len(data), 1 << 16) + 1))
+        table = pajson.read_json(
+            io.BytesIO(data),
+            read_options=pajson.ReadOptions(block_size=max(len(data), 1 << 16) + 1),
+        )
     except pa.ArrowInvalid as exc:
         _find_bad_json_line(p, lines, numbers)
         raise InputError(f"{p}: cannot read as NDJSON (one JSON object per line): {exc}") from None
     if table.num_rows != len(lines):
-        raise InputError(f"{p}: cannot read as NDJSON: lines {numbers[0]}-{numbers[-1]} hold "
-                         f"{table.num_rows} objects, expected one per line")
+        raise InputError(
+            f"{p}: cannot read as NDJSON: lines {numbers[0]}-{numbers[-1]} hold "
+            f"{table.num_rows} objects, expected one per line"
+        )
     return table, label
 
 
@@ -263,8 +297,10 @@ def _find_bad_json_line(p: Path, lines: list[bytes], numbers: list[int]) -> None
                 continue
             first = kinds.setdefault(name, (kind, n))
             if first[0] != kind:
-                raise InputError(f"{p}: line {n}: {name} is {kind} {v!r:.60} where line {first[1]} has {first[0]}; "
-                                 "a field must have one type in every line")
+                raise InputError(
+                    f"{p}: line {n}: {name} is {kind} {v!r:.60} where line {first[1]} has {first[0]}; "
+                    "a field must have one type in every line"
+                )
 
 
 def _json_kind(v) -> str | None:

@@ -24,22 +24,22 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
 
 from cachemon.assignment import seed_sha256_byte
 from cachemon.clock import Window
-from cachemon.settings import SimulatorConfig
 from cachemon.errors import SourceError
 from cachemon.events import SCHEMA, EventFrame
+from cachemon.settings import SimulatorConfig
 
 US = 1_000_000
 HOUR_US = 3600 * US
 STEP_US = 300 * US  # cache state is settled, and storage gauges read, every 5 min
 NEVER = -(2**62)
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 ENDPOINTS = ("title", "isbn", "author")
 ENDPOINT_SHARE = np.array([0.55, 0.30, 0.15])
@@ -67,9 +67,12 @@ SLOWDOWN_LATENCY_FACTOR = 6.0
 SLOWDOWN_ERROR_RATE = 0.12
 # The simulator's output keeps its low-cardinality text columns and the key
 # dictionary-encoded, which DuckDB reads directly; see EventFrame.
-SIM_SCHEMA = pa.schema([
-    pa.field(f.name, pa.dictionary(pa.int32(), pa.string())) if f.type == pa.string() else f for f in SCHEMA
-])
+SIM_SCHEMA = pa.schema(
+    [
+        pa.field(f.name, pa.dictionary(pa.int32(), pa.string())) if f.type == pa.string() else f
+        for f in SCHEMA
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,9 @@ def _isbn_check(body12: int) -> int:
 class SimState:
     """Cache state carried between windows (mutable, owned by one Simulator)."""
 
-    def __init__(self, seed: int, clock_us: int, edge_fill, kv_fill, tail_writes, tail_total: float):
+    def __init__(
+        self, seed: int, clock_us: int, edge_fill, kv_fill, tail_writes, tail_total: float
+    ):
         self.seed = seed
         self.clock_us = clock_us
         self.edge_fill = edge_fill  # per (colo, key): fill time in µs or NEVER
@@ -181,9 +186,16 @@ class SimState:
         return buf.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "SimState":
+    def from_bytes(cls, data: bytes) -> SimState:
         with np.load(io.BytesIO(data)) as z:
-            return cls(int(z["seed"][0]), int(z["clock"][0]), z["edge"].copy(), z["kv"].copy(), z["tail"].copy(), float(z["tail_total"][0]))
+            return cls(
+                int(z["seed"][0]),
+                int(z["clock"][0]),
+                z["edge"].copy(),
+                z["kv"].copy(),
+                z["tail"].copy(),
+                float(z["tail_total"][0]),
+            )
 
 
 @dataclass
@@ -232,7 +244,9 @@ class Simulator:
 
     def restore(self, data: bytes) -> None:
         state = SimState.from_bytes(data)
-        if state.seed != self.cfg.seed or state.edge_fill.shape != (self.cfg.colos * len(self.catalog.keys),):
+        if state.seed != self.cfg.seed or state.edge_fill.shape != (
+            self.cfg.colos * len(self.catalog.keys),
+        ):
             raise SourceError("saved simulator state does not match the simulator configuration")
         self.state = state
 
@@ -284,7 +298,9 @@ class Simulator:
         """Requests of [a, b), which lies within one hour (segments do)."""
         h = self._hour(a // HOUR_US)
         lo, hi = np.searchsorted(h.t, [a, b])
-        per_request = {k: v[lo:hi] for k, v in vars(h).items() if k not in ("minute_counts", "queue_noise")}
+        per_request = {
+            k: v[lo:hi] for k, v in vars(h).items() if k not in ("minute_counts", "queue_noise")
+        }
         return _Hour(**per_request, minute_counts=h.minute_counts, queue_noise=h.queue_noise)
 
     def _hour(self, hour: int) -> _Hour:
@@ -304,12 +320,17 @@ class Simulator:
         key[tail] = -1
         minute_counts = np.bincount((t - hour * HOUR_US) // (60 * US), minlength=60)
         h = _Hour(
-            t=t, key=key, endpoint=endpoint,
+            t=t,
+            key=key,
+            endpoint=endpoint,
             colo=rng.choice(cfg.colos, size=n, p=self.colo_p),
-            u_err=rng.random(n), u_keep=rng.random(n),
-            z_lat=rng.standard_normal(n), z_bytes=rng.standard_normal(n),
+            u_err=rng.random(n),
+            u_keep=rng.random(n),
+            z_lat=rng.standard_normal(n),
+            z_bytes=rng.standard_normal(n),
             tail_token=rng.integers(0, 2**62, n),
-            minute_counts=minute_counts, queue_noise=rng.poisson(3.0, 60).astype(float),
+            minute_counts=minute_counts,
+            queue_noise=rng.poisson(3.0, 60).astype(float),
         )
         self._hour_cache = (hour, h)
         return h
@@ -325,7 +346,15 @@ class Simulator:
         k = r.key[cat_rows]
         tier = np.full(len(r.t), 3)  # long tail: origin
         edge_group = r.colo[cat_rows] * len(cat.keys) + k
-        edge_hit = _ttl_hits(edge_group, r.t[cat_rows], np.tile(cat.edge_ttl_us, self.cfg.colos), st.edge_fill, None, a, b)
+        edge_hit = _ttl_hits(
+            edge_group,
+            r.t[cat_rows],
+            np.tile(cat.edge_ttl_us, self.cfg.colos),
+            st.edge_fill,
+            None,
+            a,
+            b,
+        )
         miss = cat_rows[~edge_hit]
         km = r.key[miss]
         fails = (r.u_err[miss] < err_rate[miss]) & ~cat.archived[km]
@@ -336,13 +365,19 @@ class Simulator:
         tier[cold] = np.where(cat.archived[r.key[cold]], 2, 3)
         error = (tier == 3) & (r.u_err < err_rate)
         self._note_tail_writes(r, error, b)
-        return [self._request_table(r, tier, error, slow), self._queue_gauges(r, a, b), self._storage_gauges(b)]
+        return [
+            self._request_table(r, tier, error, slow),
+            self._queue_gauges(r, a, b),
+            self._storage_gauges(b),
+        ]
 
     def _note_tail_writes(self, r: _Hour, error: np.ndarray, at: int) -> None:
         st = self.state
         written = (r.key < 0) & ~error
         counts = np.bincount(r.endpoint[written], minlength=len(ENDPOINTS)).astype(float)
-        rows = np.column_stack([np.full(len(ENDPOINTS), float(at)), np.arange(len(ENDPOINTS)), counts])
+        rows = np.column_stack(
+            [np.full(len(ENDPOINTS), float(at)), np.arange(len(ENDPOINTS)), counts]
+        )
         st.tail_writes = np.vstack([st.tail_writes, rows[counts > 0]])
         st.tail_total += counts.sum()
         # A long-tail write lives for its endpoint's KV TTL; older rows are dead.
@@ -364,24 +399,29 @@ class Simulator:
         tail = kk < 0
         # Keys travel dictionary-encoded: catalog keys are indices into one
         # shared array; this segment's long-tail keys are appended after it.
-        tail_names = [f"search:{ENDPOINTS[e]}:q=lt-{tok:x}" for e, tok in zip(ep[tail], r.tail_token[idx][tail])]
+        tail_names = [
+            f"search:{ENDPOINTS[e]}:q=lt-{tok:x}"
+            for e, tok in zip(ep[tail], r.tail_token[idx][tail])
+        ]
         key_idx = kk.copy()
         key_idx[tail] = len(cat.keys) + np.arange(tail.sum())
         key_dict = pa.concat_arrays([self._key_array, pa.array(tail_names, pa.string())])
         n = len(idx)
-        return pa.table({
-            "timestamp": pa.array(t, pa.timestamp("us", tz="UTC")),
-            "tier": _dict(tr, TIERS),
-            "key": pa.DictionaryArray.from_arrays(pa.array(key_idx.astype(np.int32)), key_dict),
-            "endpoint": _dict(ep, ENDPOINTS),
-            "experiment": _dict((cohort >= 0).astype(int), ("", EXPERIMENT)),
-            "cohort": _dict(cohort + 1, ("",) + tuple(c for c, _, _ in COHORTS)),
-            "status": _dict(error[idx].astype(int), ("ok", "error")),
-            "kind": _dict(np.zeros(n, int), ("request",)),
-            "latency_ms": lat,
-            "bytes": byt,
-            "sample_interval": 1.0 / keep_prob[idx],
-        })
+        return pa.table(
+            {
+                "timestamp": pa.array(t, pa.timestamp("us", tz="UTC")),
+                "tier": _dict(tr, TIERS),
+                "key": pa.DictionaryArray.from_arrays(pa.array(key_idx.astype(np.int32)), key_dict),
+                "endpoint": _dict(ep, ENDPOINTS),
+                "experiment": _dict((cohort >= 0).astype(int), ("", EXPERIMENT)),
+                "cohort": _dict(cohort + 1, ("",) + tuple(c for c, _, _ in COHORTS)),
+                "status": _dict(error[idx].astype(int), ("ok", "error")),
+                "kind": _dict(np.zeros(n, int), ("request",)),
+                "latency_ms": lat,
+                "bytes": byt,
+                "sample_interval": 1.0 / keep_prob[idx],
+            }
+        )
 
     def _sample_interval(self, r: _Hour) -> np.ndarray:
         """Analytics Engine samples busy minutes: interval 2^k above the threshold."""
@@ -396,14 +436,16 @@ class Simulator:
         live = st.kv_fill + cat.kv_ttl_us > at
         kv_bytes = (live.sum() + st.tail_writes[:, 2].sum()) * STORED_BYTES
         r2_bytes = (cat.archived.sum() + st.tail_total) * STORED_BYTES
-        return _gauge_table([at - 1, at - 1], ["kv_storage_bytes", "r2_storage_bytes"], [kv_bytes, r2_bytes])
+        return _gauge_table(
+            [at - 1, at - 1], ["kv_storage_bytes", "r2_storage_bytes"], [kv_bytes, r2_bytes]
+        )
 
     def _queue_gauges(self, r: _Hour, a: int, b: int) -> pa.Table:
         """Warming queue depth at each minute start in [a, b)."""
         minutes = np.arange(-(-a // (60 * US)), -(-b // (60 * US)), dtype=np.int64) * 60 * US
         depth = 40.0 * _shape(int(a // HOUR_US)) + r.queue_noise[(minutes % HOUR_US) // (60 * US)]
         backlog = self._in_incident(minutes, BACKLOG)
-        pos = ((minutes - 4 * 86400 * US) % (7 * 86400 * US) - int(BACKLOG[0].total_seconds()) * US)
+        pos = (minutes - 4 * 86400 * US) % (7 * 86400 * US) - int(BACKLOG[0].total_seconds()) * US
         frac = pos / (BACKLOG[1].total_seconds() * US)
         depth = np.where(backlog, depth + 2600.0 * (1 - np.abs(2 * frac - 1)), depth)
         return _gauge_table(minutes, ["queue_depth"] * len(minutes), depth)
@@ -466,28 +508,29 @@ def _ttl_hits(group, t, ttl, fill, no_fill, a: int, b: int) -> np.ndarray:
 
 
 def _dict(indices: np.ndarray, values: tuple) -> pa.DictionaryArray:
-    return pa.DictionaryArray.from_arrays(pa.array(np.asarray(indices, np.int32)), pa.array(list(values), pa.string()))
+    return pa.DictionaryArray.from_arrays(
+        pa.array(np.asarray(indices, np.int32)), pa.array(list(values), pa.string())
+    )
 
 
 def _gauge_table(times, names, values) -> pa.Table:
     n = len(times)
-    return pa.table({
-        "timestamp": pa.array(np.asarray(times, np.int64), pa.timestamp("us", tz="UTC")),
-        "tier": pa.array([""] * n, pa.string()),
-        "key": pa.array([""] * n, pa.string()),
-        "endpoint": pa.array([""] * n, pa.string()),
-        "experiment": pa.array([""] * n, pa.string()),
-        "cohort": pa.array([""] * n, pa.string()),
-        "status": pa.array(["ok"] * n, pa.string()),
-        "kind": pa.array(names, pa.string()),
-        "latency_ms": pa.array(np.asarray(values, float)),
-        "bytes": pa.array(np.zeros(n)),
-        "sample_interval": pa.array(np.ones(n)),
-    })
+    return pa.table(
+        {
+            "timestamp": pa.array(np.asarray(times, np.int64), pa.timestamp("us", tz="UTC")),
+            "tier": pa.array([""] * n, pa.string()),
+            "key": pa.array([""] * n, pa.string()),
+            "endpoint": pa.array([""] * n, pa.string()),
+            "experiment": pa.array([""] * n, pa.string()),
+            "cohort": pa.array([""] * n, pa.string()),
+            "status": pa.array(["ok"] * n, pa.string()),
+            "kind": pa.array(names, pa.string()),
+            "latency_ms": pa.array(np.asarray(values, float)),
+            "bytes": pa.array(np.zeros(n)),
+            "sample_interval": pa.array(np.ones(n)),
+        }
+    )
 
 
 def _us(dt: datetime) -> int:
     return (dt - EPOCH) // timedelta(microseconds=1)
-
-
-

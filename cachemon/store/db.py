@@ -37,15 +37,22 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterator
 
 import duckdb
 
+from cachemon.errors import (
+    CachemonError,
+    EmptyStoreError,
+    StoreBusyError,
+    StoreDiskError,
+    StoreError,
+    StoreUnpublishedError,
+)
 from cachemon.store import views as analyst
-from cachemon.errors import CachemonError, EmptyStoreError, StoreBusyError, StoreDiskError, StoreError, StoreUnpublishedError
 
 log = logging.getLogger("cachemon.store")
 
@@ -205,10 +212,17 @@ DEFAULT_WRITE_WAIT_S = 60.0
 # An hour: a writer that waits longer is stuck, not patient.
 MAX_WRITE_WAIT_S = 3600.0
 # Errors of the disk rather than of cachemon: said as themselves, retried by the runner.
-_DISK_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
-                errno.EDQUOT: "disk quota exceeded", errno.EIO: "I/O error"}
-_DISK_TEXTS = {"no space left on device": "no space left on device", "read-only file system": "read-only file system",
-               "disk quota exceeded": "disk quota exceeded"}
+_DISK_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EROFS: "read-only file system",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EIO: "I/O error",
+}
+_DISK_TEXTS = {
+    "no space left on device": "no space left on device",
+    "read-only file system": "read-only file system",
+    "disk quota exceeded": "disk quota exceeded",
+}
 
 
 def snapshot_path(path: str | os.PathLike) -> Path:
@@ -225,7 +239,9 @@ def version_path(path: str | os.PathLike, n: int) -> Path:
 
 
 def _version_of(path: Path, name: str) -> int | None:
-    m = re.fullmatch(re.escape(path.stem) + r"\.snapshot\.(\d+)" + re.escape(path.suffix or ".duckdb"), name)
+    m = re.fullmatch(
+        re.escape(path.stem) + r"\.snapshot\.(\d+)" + re.escape(path.suffix or ".duckdb"), name
+    )
     return int(m.group(1)) if m else None
 
 
@@ -266,9 +282,11 @@ def snapshot_version(path: str | os.PathLike) -> str:
     return f"{snap.name}:{st.st_ino}:{st.st_mtime_ns}"
 
 
-def _disk_error(exc: BaseException, path: Path,
-                tail: str = "nothing half-written was published (free space or fix the disk, then try again)"
-                ) -> StoreDiskError | None:
+def _disk_error(
+    exc: BaseException,
+    path: Path,
+    tail: str = "nothing half-written was published (free space or fix the disk, then try again)",
+) -> StoreDiskError | None:
     """The disk's error as one line, or None when `exc` is not one."""
     reason = _DISK_ERRNOS.get(getattr(exc, "errno", None))
     if reason is None and isinstance(exc, duckdb.Error):
@@ -292,8 +310,10 @@ def write_wait() -> float:
     except ValueError:
         wait = math.nan
     if not (math.isfinite(wait) and 0 <= wait <= MAX_WRITE_WAIT_S):
-        raise StoreError(f"CACHEMON_WRITE_WAIT_SECONDS must be a number of seconds from 0 to "
-                         f"{MAX_WRITE_WAIT_S:g}, got {text!r}")
+        raise StoreError(
+            f"CACHEMON_WRITE_WAIT_SECONDS must be a number of seconds from 0 to "
+            f"{MAX_WRITE_WAIT_S:g}, got {text!r}"
+        )
     return wait
 
 
@@ -331,7 +351,9 @@ def write_lock(path: str | os.PathLike, wait: float | None = None) -> Iterator[N
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise _disk_error(exc, lock) or StoreError(f"cannot open the write lock {lock}: {exc.strerror}") from None
+        raise _disk_error(exc, lock) or StoreError(
+            f"cannot open the write lock {lock}: {exc.strerror}"
+        ) from None
     try:
         _acquire(fd, lock, wait)
         held.add(lock)
@@ -352,12 +374,16 @@ def _acquire(fd: int, lock: Path, wait: float) -> None:
             break
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                raise StoreBusyError(f"store {lock.name[:-len('.write.lock')]} busy for {wait:g} s: another writer "
-                                     f"holds it ({_holder(fd)}); try again when it is done") from None
+                raise StoreBusyError(
+                    f"store {lock.name[: -len('.write.lock')]} busy for {wait:g} s: another writer "
+                    f"holds it ({_holder(fd)}); try again when it is done"
+                ) from None
             time.sleep(0.02)
     try:  # who holds it, for the message of whoever waits (best effort: a full disk refuses it)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{_who()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}".encode(), 0)
+        os.pwrite(
+            fd, f"{_who()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}".encode(), 0
+        )
     except OSError:
         pass
 
@@ -374,9 +400,13 @@ def _holder(fd: int) -> str:
     if m and _running(int(m.group(1))):
         return text
     if m:
-        return (f"not a cachemon writer: the lock file still names {text}, which is no longer running; "
-                f"look for another program holding {LOCK_SUFFIX}, e.g. with `fuser`")
-    return f"a process that is not a cachemon writer; find it with `fuser` on the {LOCK_SUFFIX} file"
+        return (
+            f"not a cachemon writer: the lock file still names {text}, which is no longer running; "
+            f"look for another program holding {LOCK_SUFFIX}, e.g. with `fuser`"
+        )
+    return (
+        f"a process that is not a cachemon writer; find it with `fuser` on the {LOCK_SUFFIX} file"
+    )
 
 
 def _running(pid: int) -> bool:
@@ -415,8 +445,12 @@ def _raise_open_error(path: Path, exc: duckdb.Error):
     if not isinstance(exc, duckdb.IOException):
         raise StoreError(f"cannot open store {path}: {_first_line(text)}") from None
     if "lock" in text.lower():
-        raise StoreBusyError(f"store {path} is locked by another process: {_first_line(text)}") from None
-    raise StoreError(f"{path} is not a readable DuckDB database (corrupt or another format): {_first_line(text)}") from None
+        raise StoreBusyError(
+            f"store {path} is locked by another process: {_first_line(text)}"
+        ) from None
+    raise StoreError(
+        f"{path} is not a readable DuckDB database (corrupt or another format): {_first_line(text)}"
+    ) from None
 
 
 def first_row(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> tuple | None:
@@ -433,7 +467,9 @@ def _first_line(text: str) -> str:
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
     """The schema version of an open store (0 for a new, empty file)."""
-    has = first_row(con, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'")[0]
+    has = first_row(
+        con, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+    )[0]
     if not has:
         return 0
     return first_row(con, "SELECT coalesce(max(version), 0) FROM schema_version")[0]
@@ -455,13 +491,19 @@ def migrate(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
     """Bring the schema up to SCHEMA_VERSION; returns the version found."""
     found = schema_version(con)
     if found > SCHEMA_VERSION:
-        raise StoreError(f"store schema version {found} is newer than this cachemon ({SCHEMA_VERSION}); upgrade cachemon")
+        raise StoreError(
+            f"store schema version {found} is newer than this cachemon ({SCHEMA_VERSION}); upgrade cachemon"
+        )
     if found == 0:
         tables = first_row(con, "SELECT count(*) FROM information_schema.tables")[0]
         if tables:
-            raise StoreError("database has tables but no cachemon schema_version: not a cachemon store")
+            raise StoreError(
+                "database has tables but no cachemon schema_version: not a cachemon store"
+            )
     with transaction(con):
-        con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
+        )
         for version in range(found + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[version]:
                 con.execute(statement)
@@ -498,17 +540,26 @@ def check_writer_path(path: str | os.PathLike, create: bool) -> Path:
     p = Path(path)
     main = snapshot_main(p)
     if main is not None:
-        raise StoreError(f"{p} is a published read-only snapshot, not the store: writing it would change what "
-                         f"readers see and be lost; use the main store {main} instead")
+        raise StoreError(
+            f"{p} is a published read-only snapshot, not the store: writing it would change what "
+            f"readers see and be lost; use the main store {main} instead"
+        )
     if not create and not p.exists():
-        raise EmptyStoreError(f"no store at {p}: this command changes an existing store and never creates one "
-                              "(check --db or CACHEMON_DB; `demo`, `import`, `pull` or the job runner create one)")
+        raise EmptyStoreError(
+            f"no store at {p}: this command changes an existing store and never creates one "
+            "(check --db or CACHEMON_DB; `demo`, `import`, `pull` or the job runner create one)"
+        )
     return p
 
 
 @contextmanager
-def writer(path: str | os.PathLike, now: datetime | None = None, publish: bool = True,
-           wait: float | None = None, create: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+def writer(
+    path: str | os.PathLike,
+    now: datetime | None = None,
+    publish: bool = True,
+    wait: float | None = None,
+    create: bool = True,
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """The writer's connection, in this process's turn (`write_lock`):
     migrates the store (creates it only when `create`: the commands that
     fill a store), and on exit checkpoints, closes and publishes the reader
@@ -521,12 +572,14 @@ def writer(path: str | os.PathLike, now: datetime | None = None, publish: bool =
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _disk_error(exc, p.parent) or StoreError(f"cannot create {p.parent}: {exc.strerror}") from None
+            raise _disk_error(exc, p.parent) or StoreError(
+                f"cannot create {p.parent}: {exc.strerror}"
+            ) from None
     with write_lock(p, wait):
         con = _connect(p, read_only=False)
         opened, failed = False, False
         try:
-            migrate(con, now or datetime.now(timezone.utc))
+            migrate(con, now or datetime.now(UTC))
             opened = True
             yield con
         except BaseException as exc:
@@ -565,12 +618,15 @@ def _publish_after_write(p: Path, quiet: bool = False) -> None:
         publish_snapshot(p)
     except CachemonError as exc:
         if quiet:
-            log.info("after a failed write, publishing %s failed too: %s", p.name, _first_line(str(exc)))
+            log.info(
+                "after a failed write, publishing %s failed too: %s", p.name, _first_line(str(exc))
+            )
             return
         raise StoreUnpublishedError(
             f"the change was STORED in {p}, but the readers' snapshot is not yet published ({exc}); "
             "readers show the previous data until a publish succeeds (the job runner's next run, or any "
-            "later write, publishes it): do not repeat the command") from None
+            "later write, publishes it): do not repeat the command"
+        ) from None
 
 
 @contextmanager
@@ -593,7 +649,9 @@ def rebuilt(path: str | os.PathLike, now: datetime | None = None) -> Iterator[Pa
             yield aside
             os.replace(aside, p)
         except OSError as exc:
-            raise _disk_error(exc, p) or StoreError(f"cannot rebuild {p}: {exc.strerror or exc}") from None
+            raise _disk_error(exc, p) or StoreError(
+                f"cannot rebuild {p}: {exc.strerror or exc}"
+            ) from None
         finally:
             try:
                 _remove_store_files(aside)
@@ -614,8 +672,11 @@ def publish_open(con: duckdb.DuckDBPyConnection, path: str | os.PathLike) -> Pat
     return publish_snapshot(path)
 
 
-def publish_snapshot(path: str | os.PathLike, copy: Callable[[Path, Path], object] = shutil.copyfile,
-                     wait: float | None = None) -> Path:
+def publish_snapshot(
+    path: str | os.PathLike,
+    copy: Callable[[Path, Path], object] = shutil.copyfile,
+    wait: float | None = None,
+) -> Path:
     """Publish the closed store at `path` as a new snapshot version and
     point `<stem>.snapshot.duckdb` at it, in this process's write turn.
     The copy is verified to be a whole cachemon store first: a truncated or
@@ -635,7 +696,8 @@ def publish_snapshot(path: str | os.PathLike, copy: Callable[[Path, Path], objec
             _point(p, final)
         except OSError as exc:
             raise _disk_error(exc, snapshot_path(p), "the last good snapshot stays") or StoreError(
-                f"cannot publish the snapshot of {p}: {exc.strerror or exc}") from None
+                f"cannot publish the snapshot of {p}: {exc.strerror or exc}"
+            ) from None
         finally:
             tmp.unlink(missing_ok=True)
         _prune(p)
@@ -658,12 +720,19 @@ def _verify_whole(copy: Path, main: Path) -> None:
     except duckdb.Error as exc:
         if _disk_error(exc, copy):
             raise _disk_error(exc, snapshot_path(main), "the last good snapshot stays") from None
-        raise StoreError(f"{refuse} is not a readable DuckDB database (truncated or corrupt): "
-                         f"{_first_line(str(exc))}") from None
+        raise StoreError(
+            f"{refuse} is not a readable DuckDB database (truncated or corrupt): "
+            f"{_first_line(str(exc))}"
+        ) from None
     try:
         block_size, used = first_row(con, DATABASE_SIZE)
-        highest = max([first_row(con, MAX_BLOCK, {"t": f'"{s}"."{t}"'})[0] for s, t in con.execute(TABLES).fetchall()],
-                      default=-1)
+        highest = max(
+            [
+                first_row(con, MAX_BLOCK, {"t": f'"{s}"."{t}"'})[0]
+                for s, t in con.execute(TABLES).fetchall()
+            ],
+            default=-1,
+        )
         version = schema_version(con)
     except duckdb.Error as exc:
         raise StoreError(f"{refuse} cannot be read (corrupt): {_first_line(str(exc))}") from None
@@ -675,8 +744,10 @@ def _verify_whole(copy: Path, main: Path) -> None:
     if version == 0:
         raise StoreError(f"{refuse} is not a cachemon store (no schema_version table)")
     if version > SCHEMA_VERSION:
-        raise StoreError(f"{refuse} has schema version {version}, newer than this cachemon ({SCHEMA_VERSION}); "
-                         "upgrade cachemon")
+        raise StoreError(
+            f"{refuse} has schema version {version}, newer than this cachemon ({SCHEMA_VERSION}); "
+            "upgrade cachemon"
+        )
 
 
 def _point(p: Path, final: Path) -> None:
@@ -747,8 +818,10 @@ def _open_snapshot(p: Path) -> tuple[Path, duckdb.DuckDBPyConnection]:
             con.close()
             raise
         return snap, con
-    raise StoreError(f"the published snapshot {snapshot_path(p)} names a file that is gone ({snap.name}); "
-                     "it is replaced by the next publish (run a writing command or the job runner)")
+    raise StoreError(
+        f"the published snapshot {snapshot_path(p)} names a file that is gone ({snap.name}); "
+        "it is replaced by the next publish (run a writing command or the job runner)"
+    )
 
 
 def check_readable(con: duckdb.DuckDBPyConnection, snap: Path) -> None:
@@ -760,8 +833,10 @@ def check_readable(con: duckdb.DuckDBPyConnection, snap: Path) -> None:
     if version == 0:
         raise StoreError(f"{snap} is not a cachemon store (no schema_version table)")
     if version > SCHEMA_VERSION:
-        raise StoreError(f"store {snap.name} has schema version {version}, newer than this cachemon "
-                         f"({SCHEMA_VERSION}); upgrade cachemon")
+        raise StoreError(
+            f"store {snap.name} has schema version {version}, newer than this cachemon "
+            f"({SCHEMA_VERSION}); upgrade cachemon"
+        )
 
 
 def _raise_missing(p: Path):
@@ -772,7 +847,9 @@ def _raise_missing(p: Path):
             f"store {p} has no published snapshot yet: a writer is filling it for the first time "
             "(or stopped before publishing); try again shortly"
         )
-    raise EmptyStoreError(f"no store at {p}: run `python -m cachemon demo` or `python -m cachemon import FILE` first")
+    raise EmptyStoreError(
+        f"no store at {p}: run `python -m cachemon demo` or `python -m cachemon import FILE` first"
+    )
 
 
 _SHARED: dict[Path, tuple[tuple, duckdb.DuckDBPyConnection]] = {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -22,10 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cachemon.store.views import SCHEMA
 from cachemon.clock import DAY, floor_to
 from cachemon.errors import InputError
 from cachemon.redact import MARK, Redactor
+from cachemon.store.views import SCHEMA
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -56,13 +56,26 @@ class Dataset:
     time: str  # the column that places a row in a day
 
 
-DATASETS = tuple(Dataset(v, t) for v, t in (
-    ("requests_minute", "minute"), ("requests_hour", "hour"), ("requests_day", "day"),
-    ("latency_histogram_minute", "minute"), ("latency_histogram_hour", "hour"), ("latency_histogram_day", "day"),
-    ("gauges_minute", "minute"), ("gauges_hour", "hour"), ("keys_hour", "hour"), ("keys_day", "day"),
-    ("alert_history", "changed_at"), ("notifications", "created_at"), ("cost_day", "day"),
-    ("experiment_results", "analyzed_at"), ("job_runs", "started_at"),
-))
+DATASETS = tuple(
+    Dataset(v, t)
+    for v, t in (
+        ("requests_minute", "minute"),
+        ("requests_hour", "hour"),
+        ("requests_day", "day"),
+        ("latency_histogram_minute", "minute"),
+        ("latency_histogram_hour", "hour"),
+        ("latency_histogram_day", "day"),
+        ("gauges_minute", "minute"),
+        ("gauges_hour", "hour"),
+        ("keys_hour", "hour"),
+        ("keys_day", "day"),
+        ("alert_history", "changed_at"),
+        ("notifications", "created_at"),
+        ("cost_day", "day"),
+        ("experiment_results", "analyzed_at"),
+        ("job_runs", "started_at"),
+    )
+)
 
 
 # The datasets holding cachemon's own messages (remote error text among
@@ -78,16 +91,22 @@ class Written:
 
 
 def _days_sql(d: Dataset) -> str:
-    return (f"SELECT DISTINCT CAST(date_trunc('day', {d.time}) AS DATE) AS d FROM {SCHEMA}.{d.view} "
-            f"WHERE $since IS NULL OR {d.time} >= $since ORDER BY d")
+    return (
+        f"SELECT DISTINCT CAST(date_trunc('day', {d.time}) AS DATE) AS d FROM {SCHEMA}.{d.view} "
+        f"WHERE $since IS NULL OR {d.time} >= $since ORDER BY d"
+    )
 
 
 def _day_sql(d: Dataset) -> str:
     return f"SELECT * FROM {SCHEMA}.{d.view} WHERE {d.time} >= $lo AND {d.time} < $hi"
 
 
-def parquet(con: duckdb.DuckDBPyConnection, to: str | os.PathLike, since: datetime | None = None,
-            redactor: Redactor | None = None) -> list[Written]:
+def parquet(
+    con: duckdb.DuckDBPyConnection,
+    to: str | os.PathLike,
+    since: datetime | None = None,
+    redactor: Redactor | None = None,
+) -> list[Written]:
     """Write every dataset's days (from the day of `since` on) under `to`.
     `redactor`: the secrets to keep out (default: the environment's)."""
     redactor = Redactor.from_env(os.environ) if redactor is None else redactor
@@ -102,7 +121,7 @@ def parquet(con: duckdb.DuckDBPyConnection, to: str | os.PathLike, since: dateti
         days = [r[0] for r in con.execute(_days_sql(d), {"since": lo}).fetchall()]
         rows = 0
         for day in days:
-            start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
             table = con.sql(_day_sql(d), params={"lo": start, "hi": start + DAY}).to_arrow_table()
             if d.view in MESSAGE_DATASETS:
                 table = _redacted(table, redactor)
@@ -135,7 +154,11 @@ def _write(table, root: Path, rel: Path) -> None:
         os.replace(tmp, path)
     except (OSError, pa.ArrowException) as exc:
         _discard(tmp)
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        why = (
+            exc.strerror
+            if isinstance(exc, OSError) and exc.strerror
+            else str(exc) or type(exc).__name__
+        )
         raise InputError(f"export target {root}: cannot write {rel}: {why}") from None
 
 

@@ -108,7 +108,9 @@ FROM ({KEY_PARTS}) WHERE {{where}}
 GROUP BY key_id ORDER BY total DESC, key_id LIMIT $limit
 """
 FULL_ALL = _FULL.format(where="true")
-FULL_ENDPOINT = _FULL.format(where="key_id IN (SELECT key_id FROM cache_keys WHERE endpoint = $endpoint)")
+FULL_ENDPOINT = _FULL.format(
+    where="key_id IN (SELECT key_id FROM cache_keys WHERE endpoint = $endpoint)"
+)
 KEY_TEXT = "SELECT key_id, key, endpoint FROM cache_keys WHERE key_id IN (SELECT unnest($ids))"
 COMPACTED_HOURS = "SELECT DISTINCT hour FROM key_hour WHERE hour = $first OR hour = $last"
 
@@ -125,14 +127,18 @@ SELECT t, sum(edge), sum(kv), sum(r2), sum(api), sum(errors) FROM (
 KEY_ID = "SELECT key_id FROM cache_keys WHERE key = $key AND endpoint = $endpoint"
 
 
-def key_series(con: duckdb.DuckDBPyConnection, key: str, endpoint: str, window: Window) -> pd.DataFrame:
+def key_series(
+    con: duckdb.DuckDBPyConnection, key: str, endpoint: str, window: Window
+) -> pd.DataFrame:
     """Requests per hour by tier (columns hour, edge, kv, r2, api, errors) of
     one key over the hours that `window` touches; empty for an unknown key."""
     ids = _run(con, KEY_ID, {"key": key, "endpoint": endpoint})
     cols = ["hour", "edge", "kv", "r2", "api", "errors"]
     if not ids:
         return pd.DataFrame(columns=cols)
-    rows = _run(con, KEY_SERIES, {"id": ids[0][0], "lo": floor_to(window.start, HOUR), "hi": window.end})
+    rows = _run(
+        con, KEY_SERIES, {"id": ids[0][0], "lo": floor_to(window.start, HOUR), "hi": window.end}
+    )
     df = pd.DataFrame(rows, columns=cols)
     df["hour"] = pd.to_datetime(df["hour"], utc=True)
     return df.astype({c: float for c in cols[1:]})
@@ -145,13 +151,22 @@ def top_keys(con: duckdb.DuckDBPyConnection, window: Window, endpoint: str | Non
     if d_lo >= d_hi:
         d_lo = d_hi = window.end
     k_lo = floor_to(window.start, HOUR)
-    p = {"d_lo": d_lo, "d_hi": d_hi, "k_lo": k_lo, "lo": window.start, "hi": window.end,
-         "endpoint": endpoint, "limit": limit}
+    p = {
+        "d_lo": d_lo,
+        "d_hi": d_hi,
+        "k_lo": k_lo,
+        "lo": window.start,
+        "hi": window.end,
+        "endpoint": endpoint,
+        "limit": limit,
+    }
     rows = None if endpoint is not None else _bounded(con, p)
     if rows is None:
         rows = _run(con, FULL_ENDPOINT if endpoint is not None else FULL_ALL, p)
     text = {r[0]: r[1:] for r in _run(con, KEY_TEXT, {"ids": [r[0] for r in rows]})}
-    out = sorted(((*text[r[0]], *map(float, r[1:6])) for r in rows), key=lambda r: (-sum(r[2:6]), r[0]))
+    out = sorted(
+        ((*text[r[0]], *map(float, r[1:6])) for r in rows), key=lambda r: (-sum(r[2:6]), r[0])
+    )
     return tuple(out), covered(con, window)
 
 

@@ -44,7 +44,8 @@ def _quantiles(name: str, period: str, source: str, tcol: str) -> str:
     histograms, per endpoint and tier, with '*' rows for all of either."""
     q = ", ".join(
         f"v1.bucket_ms(min(bucket) FILTER (WHERE c >= {p} * total * (1 - 1e-12))) AS p{int(p * 100)}_ms"
-        for p in (0.5, 0.95, 0.99))
+        for p in (0.5, 0.95, 0.99)
+    )
     return f"""CREATE MACRO v1.{name}(lo, hi) AS TABLE
 WITH m AS (
     SELECT {period} AS period, endpoint, tier, bucket, sum(weight) AS weight
@@ -87,29 +88,48 @@ VIEWS: tuple[str, ...] = (
     f"CREATE MACRO v1.bucket_ms(b) AS if(b = {ZERO_BUCKET}, 0.0, 2 * pow({GAMMA!r}, b) / (1 + {GAMMA!r}))",
     f"CREATE VIEW v1.requests_minute AS {_requests('minute', 'main.rollup_minute')}",
     f"CREATE VIEW v1.requests_hour AS {_requests('hour', 'main.rollup_hour')}",
-    f"""CREATE VIEW v1.requests_day AS {_requests('day', '''(
+    f"""CREATE VIEW v1.requests_day AS {
+        _requests(
+            "day",
+            '''(
         SELECT day, endpoint, tier, experiment, cohort, requests, errors, bytes, latency_sum, latency_min,
                latency_max, events FROM main.rollup_day
         UNION ALL
         SELECT date_trunc('day', hour), endpoint, tier, experiment, cohort, requests, errors, bytes,
-               latency_sum, latency_min, latency_max, events FROM main.rollup_hour)''')}""",
+               latency_sum, latency_min, latency_max, events FROM main.rollup_hour)''',
+        )
+    }""",
     f"CREATE VIEW v1.latency_histogram_hour AS {_histogram('hour', 'main.latency_hour')}",
-    f"""CREATE VIEW v1.latency_histogram_day AS {_histogram('day', '''(
+    f"""CREATE VIEW v1.latency_histogram_day AS {
+        _histogram(
+            "day",
+            '''(
         SELECT day, endpoint, tier, experiment, cohort, bucket, weight FROM main.latency_day
         UNION ALL
-        SELECT date_trunc('day', hour), endpoint, tier, experiment, cohort, bucket, weight FROM main.latency_hour)''')}""",
+        SELECT date_trunc('day', hour), endpoint, tier, experiment, cohort, bucket, weight FROM main.latency_hour)''',
+        )
+    }""",
     _quantiles("latency_hourly", "hour", "v1.latency_histogram_hour", "hour"),
     _quantiles("latency_daily", "day", "v1.latency_histogram_day", "day"),
     _quantiles("latency_window", "lo", "v1.latency_histogram_hour", "hour"),
     f"CREATE VIEW v1.latency_histogram_minute AS {_histogram('minute', 'main.latency_minute')}",
     f"CREATE VIEW v1.gauges_minute AS {_gauges('minute', 'main.gauge_minute', 'minute')}",
-    f"""CREATE VIEW v1.gauges_hour AS {_gauges('hour', '''(
+    f"""CREATE VIEW v1.gauges_hour AS {
+        _gauges(
+            "hour",
+            '''(
         SELECT hour, name, value_sum, samples, value_min, value_max, value_last, hour AS t FROM main.gauge_hour
         UNION ALL
         SELECT date_trunc('hour', minute), name, value_sum, samples, value_min, value_max, value_last, minute
-        FROM main.gauge_minute)''', 't')}""",
-    *(f"""CREATE VIEW v1.keys_{g} AS SELECT r.{g}, {_KEYS}
-        FROM {_KEY_PARTS[g]} r JOIN main.cache_keys k USING (key_id) GROUP BY ALL""" for g in ("hour", "day")),
+        FROM main.gauge_minute)''',
+            "t",
+        )
+    }""",
+    *(
+        f"""CREATE VIEW v1.keys_{g} AS SELECT r.{g}, {_KEYS}
+        FROM {_KEY_PARTS[g]} r JOIN main.cache_keys k USING (key_id) GROUP BY ALL"""
+        for g in ("hour", "day")
+    ),
     f"""CREATE MACRO v1.top_keys(lo, hi, n) AS TABLE
         SELECT {_KEYS}, 100 * (1 - sum(r.api) / sum(r.edge + r.kv + r.r2 + r.api)) AS hit_rate
         FROM ({_KEY_WINDOW}) r JOIN main.cache_keys k USING (key_id)

@@ -39,7 +39,10 @@ SELECT timezone('UTC', timestamp), tier, key, endpoint, experiment, cohort, stat
 _PATH = re.compile(r"^/client/v4/accounts/([^/]+)/analytics_engine/sql$")
 _UNSUPPORTED = re.compile(r"\b(CASE|JOIN|PERCENTILE_CONT|UNION)\b", re.IGNORECASE)
 _REWRITES = (
-    (re.compile(r"toStartOfInterval\(timestamp, INTERVAL '(\d+)' (MINUTE|HOUR|DAY)\)"), r"time_bucket(INTERVAL '\1 \2', timestamp)"),
+    (
+        re.compile(r"toStartOfInterval\(timestamp, INTERVAL '(\d+)' (MINUTE|HOUR|DAY)\)"),
+        r"time_bucket(INTERVAL '\1 \2', timestamp)",
+    ),
     (re.compile(r"toDateTime\('([^']*)'\)"), r"TIMESTAMP '\1'"),
     (re.compile(r"\bcount\(\)"), "count(*)"),
     (re.compile(r"\blog\("), "ln("),
@@ -59,8 +62,14 @@ class Fault:
 
 
 class Emulator:
-    def __init__(self, token: str, account: str = "test-account", dataset: str = "CACHE_ANALYTICS",
-                 host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self,
+        token: str,
+        account: str = "test-account",
+        dataset: str = "CACHE_ANALYTICS",
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ):
         self.token, self.account, self.dataset = token, account, dataset
         self.db = duckdb.connect()
         self.db.execute("SET TimeZone = 'UTC'")
@@ -69,7 +78,9 @@ class Emulator:
         self.faults: collections.deque[Fault] = collections.deque()
         self.requests: list[str] = []  # SQL received, in order
         self.rows_sent = self.bytes_sent = 0
-        self.answered: list[tuple[str, int, int]] = []  # (SQL, rows, bytes) of each successful answer
+        self.answered: list[
+            tuple[str, int, int]
+        ] = []  # (SQL, rows, bytes) of each successful answer
         self.server = LoopbackServer((host, port), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -78,7 +89,7 @@ class Emulator:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}/client/v4"
 
-    def start(self) -> "Emulator":
+    def start(self) -> Emulator:
         self.thread.start()
         return self
 
@@ -121,7 +132,9 @@ class Emulator:
             names, types = rel.columns, [str(t) for t in rel.types]
             # Serialised by DuckDB, not cell by cell in Python: a day's pull
             # is millions of cells.
-            fields = ", ".join(f"{_quote(n)} := {_json_expr(_quote(n), t)}" for n, t in zip(names, types))
+            fields = ", ".join(
+                f"{_quote(n)} := {_json_expr(_quote(n), t)}" for n, t in zip(names, types)
+            )
             rows = [r[0] for r in rel.project(f"to_json(struct_pack({fields}))").fetchall()]
         meta = json.dumps([{"name": n, "type": _ae_type(t)} for n, t in zip(names, types)])
         return f'{{"meta": {meta}, "data": [{", ".join(rows)}], "rows": {len(rows)}}}', len(rows)
@@ -134,7 +147,9 @@ class Emulator:
                 pass
 
             def do_POST(self):
-                sql = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode("utf-8", "replace")
+                sql = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode(
+                    "utf-8", "replace"
+                )
                 emu.requests.append(sql)
                 fault = emu.faults.popleft() if emu.faults else None
                 if fault and fault.delay:
@@ -143,9 +158,15 @@ class Emulator:
                 if not m or m.group(1) != emu.account:
                     return self._send(404, {"errors": [{"message": "no such route"}]})
                 if self.headers.get("Authorization") != f"Bearer {emu.token}":
-                    return self._send(401, {"errors": [{"code": 10000, "message": "Authentication error"}]})
+                    return self._send(
+                        401, {"errors": [{"code": 10000, "message": "Authentication error"}]}
+                    )
                 if fault and fault.status != 200:
-                    return self._send(fault.status, fault.body or {"errors": [{"message": "injected"}]}, fault.retry_after)
+                    return self._send(
+                        fault.status,
+                        fault.body or {"errors": [{"message": "injected"}]},
+                        fault.retry_after,
+                    )
                 try:
                     body, rows = emu.run(sql)
                 except (ValueError, duckdb.Error) as exc:
@@ -184,8 +205,14 @@ def _json_expr(col: str, typ: str) -> str:
 
 
 def _ae_type(t: str) -> str:
-    return {"TIMESTAMP": "DateTime", "VARCHAR": "String", "DOUBLE": "Float64", "BIGINT": "UInt64",
-            "HUGEINT": "UInt64", "INTEGER": "Int32"}.get(t, t)
+    return {
+        "TIMESTAMP": "DateTime",
+        "VARCHAR": "String",
+        "DOUBLE": "Float64",
+        "BIGINT": "UInt64",
+        "HUGEINT": "UInt64",
+        "INTEGER": "Int32",
+    }.get(t, t)
 
 
 def main(argv=None) -> int:

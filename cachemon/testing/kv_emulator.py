@@ -29,7 +29,9 @@ class Fault:
 
 
 class KvEmulator:
-    def __init__(self, token: str, account: str = "test-account", namespace: str = "test-ns", port: int = 0):
+    def __init__(
+        self, token: str, account: str = "test-account", namespace: str = "test-ns", port: int = 0
+    ):
         self.token, self.account, self.namespace = token, account, namespace
         self.values: dict[str, bytes] = {}
         self.last_write: dict[str, float] = {}
@@ -62,29 +64,45 @@ class KvEmulator:
                 m = _PATH.match(urllib.parse.urlsplit(self.path).path)
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
                 if not m or m.group(1) != emu.account or m.group(2) != emu.namespace:
-                    return self._answer(404, b'{"success":false,"errors":[{"code":10009,"message":"not found"}]}')
+                    return self._answer(
+                        404, b'{"success":false,"errors":[{"code":10009,"message":"not found"}]}'
+                    )
                 key = urllib.parse.unquote(m.group(3))
                 if self.headers.get("Authorization") != f"Bearer {emu.token}":
                     emu.log.append((method, key, 403))
-                    return self._answer(403, b'{"success":false,"errors":[{"code":10000,"message":"Authentication error"}]}')
+                    return self._answer(
+                        403,
+                        b'{"success":false,"errors":[{"code":10000,"message":"Authentication error"}]}',
+                    )
                 with emu.lock:
                     fault = emu.faults.popleft() if emu.faults else None
                 if fault:
                     time.sleep(fault.delay)
                     emu.log.append((method, key, fault.status))
-                    return self._answer(fault.status, b'{"success":false,"errors":[{"code":10001,"message":"injected"}]}')
+                    return self._answer(
+                        fault.status,
+                        b'{"success":false,"errors":[{"code":10001,"message":"injected"}]}',
+                    )
                 with emu.lock:
                     if method == "PUT":
                         now = time.monotonic()
                         if now - emu.last_write.get(key, -10.0) < 1.0:
                             emu.log.append((method, key, 429))
-                            return self._answer(429, b'{"success":false,"errors":[{"code":10048,"message":"rate limited"}]}')
+                            return self._answer(
+                                429,
+                                b'{"success":false,"errors":[{"code":10048,"message":"rate limited"}]}',
+                            )
                         emu.values[key], emu.last_write[key] = body, now
                         emu.log.append((method, key, 200))
-                        return self._answer(200, b'{"success":true,"errors":[],"messages":[],"result":{}}')
+                        return self._answer(
+                            200, b'{"success":true,"errors":[],"messages":[],"result":{}}'
+                        )
                     if key not in emu.values:
                         emu.log.append((method, key, 404))
-                        return self._answer(404, b'{"success":false,"errors":[{"code":10009,"message":"key not found"}]}')
+                        return self._answer(
+                            404,
+                            b'{"success":false,"errors":[{"code":10009,"message":"key not found"}]}',
+                        )
                     emu.log.append((method, key, 200))
                     return self._answer(200, emu.values[key], "application/octet-stream")
 

@@ -31,13 +31,12 @@ import duckdb
 import numpy as np
 
 from cachemon import jsontext
-from cachemon.ingest import retention
-from cachemon.tuning import stats
-from cachemon.tuning import quantile_var
 from cachemon.clock import DAY, HOUR, Window, ceil_to, floor_to, iso
-from cachemon.tuning.experiments import Experiment
-from cachemon.histogram import Histogram
 from cachemon.costs.optimize import KEY_ROWS, key_ranges
+from cachemon.histogram import Histogram
+from cachemon.ingest import retention
+from cachemon.tuning import quantile_var, stats
+from cachemon.tuning.experiments import Experiment
 
 ALPHA = 0.05
 MIN_UNITS = 150
@@ -114,8 +113,12 @@ def per_key(con, e: Experiment, window: Window, pricing) -> dict[str, dict[str, 
     """Per-key arrays of each cohort: hits, requests, cost (USD), errors,
     and `expected`: requests × the key's pre-period hit rate (the pooled
     pre-period rate for keys not seen before the start)."""
-    df = con.execute(KEYS_BY_COHORT, key_ranges(window.start, window.end) | {"experiment": e.name}).df()
-    pre = con.execute(PRE_KEYS, key_ranges(e.start - PRE_PERIOD, e.start) | {"experiment": e.name}).df()
+    df = con.execute(
+        KEYS_BY_COHORT, key_ranges(window.start, window.end) | {"experiment": e.name}
+    ).df()
+    pre = con.execute(
+        PRE_KEYS, key_ranges(e.start - PRE_PERIOD, e.start) | {"experiment": e.name}
+    ).df()
     pooled = pre.hits.sum() / pre.requests.sum() if len(pre) and pre.requests.sum() > 0 else 0.0
     rate = dict(zip(pre.key_id, pre.hits / pre.requests.where(pre.requests > 0)))
     df["pre_rate"] = df.key_id.map(rate).fillna(pooled)
@@ -123,11 +126,20 @@ def per_key(con, e: Experiment, window: Window, pricing) -> dict[str, dict[str, 
     for cohort, g in df.groupby("cohort"):
         req = (g.edge + g.kv + g.r2 + g.api).to_numpy()
         writes = (g.r2 + g.api - g.errors).clip(lower=0).to_numpy()
-        cost = (pricing["workers_requests"].list_cost(req) + pricing["kv_reads"].list_cost(req - g.edge.to_numpy())
-                + pricing["kv_writes"].list_cost(writes) + pricing["r2_class_b"].list_cost(g.r2.to_numpy()))
-        out[str(cohort)] = {"hits": (g.edge + g.kv).to_numpy(), "requests": req, "cost": cost,
-                            "errors": g.errors.to_numpy(), "expected": req * g.pre_rate.to_numpy(),
-                            **{t: g[t].to_numpy() for t in quantile_var.TIERS}}
+        cost = (
+            pricing["workers_requests"].list_cost(req)
+            + pricing["kv_reads"].list_cost(req - g.edge.to_numpy())
+            + pricing["kv_writes"].list_cost(writes)
+            + pricing["r2_class_b"].list_cost(g.r2.to_numpy())
+        )
+        out[str(cohort)] = {
+            "hits": (g.edge + g.kv).to_numpy(),
+            "requests": req,
+            "cost": cost,
+            "errors": g.errors.to_numpy(),
+            "expected": req * g.pre_rate.to_numpy(),
+            **{t: g[t].to_numpy() for t in quantile_var.TIERS},
+        }
     return out
 
 
@@ -152,17 +164,28 @@ def _latency(con, e: Experiment, window: Window) -> dict[str, CohortLatency]:
     for cohort, tiers in by.items():
         pairs = [bw for v in tiers.values() for bw in v]
         merged = Histogram.from_pairs(*zip(*pairs))
-        out[cohort] = CohortLatency(merged.quantile(0.95), quantile_var.Cdf(*zip(*pairs)),
-                                    {t: quantile_var.Cdf(*zip(*v)) for t, v in tiers.items()}, w2.get(cohort, {}))
+        out[cohort] = CohortLatency(
+            merged.quantile(0.95),
+            quantile_var.Cdf(*zip(*pairs)),
+            {t: quantile_var.Cdf(*zip(*v)) for t, v in tiers.items()},
+            w2.get(cohort, {}),
+        )
     return out
 
 
-def _p95_difference(control: dict, treatment: dict, lc: CohortLatency, lt: CohortLatency) -> stats.Difference:
+def _p95_difference(
+    control: dict, treatment: dict, lc: CohortLatency, lt: CohortLatency
+) -> stats.Difference:
     """Treatment minus control p95 (ms), its variance with keys as units."""
-    var = sum(quantile_var.quantile_variance(lat.p95, {t: d[t] for t in quantile_var.TIERS}, lat.tiers, lat.cdf,
-                                             lat.weight_squares)
-              for d, lat in ((control, lc), (treatment, lt)))
-    return stats.Difference(lt.p95 - lc.p95, var, len(control["requests"]) + len(treatment["requests"]))
+    var = sum(
+        quantile_var.quantile_variance(
+            lat.p95, {t: d[t] for t in quantile_var.TIERS}, lat.tiers, lat.cdf, lat.weight_squares
+        )
+        for d, lat in ((control, lc), (treatment, lt))
+    )
+    return stats.Difference(
+        lt.p95 - lc.p95, var, len(control["requests"]) + len(treatment["requests"])
+    )
 
 
 def analyze(con: duckdb.DuckDBPyConnection, e: Experiment, at: datetime, pricing) -> Analysis:
@@ -177,18 +200,34 @@ def analyze(con: duckdb.DuckDBPyConnection, e: Experiment, at: datetime, pricing
     srm = stats.srm([u for _, u in units], [float(a) for a in e.allocation()]) if total else None
     elapsed = max((window.end - window.start) / e.duration, 1e-9)
     tuning_n = max(total / elapsed, 2.0)  # expected keys by the planned end
-    base = Analysis(e.name, at, window.start, window.end, units, srm.p_value if srm else None, "collecting", (), None)
+    base = Analysis(
+        e.name,
+        at,
+        window.start,
+        window.end,
+        units,
+        srm.p_value if srm else None,
+        "collecting",
+        (),
+        None,
+    )
     if total < MIN_UNITS or any(u < 2 for _, u in units):
         return base
     if srm and srm.mismatch:
         return _replace(base, decision="srm")
     p95 = _latency(con, e, window)
-    comparisons = _compare(data, names, p95, tuning_n, at >= e.start + e.duration, e.margin, e.metrics)
-    best = max(comparisons, key=lambda c: ("loser", "inconclusive", "inconclusive (ended)", "winner").index(c.decision))
+    comparisons = _compare(
+        data, names, p95, tuning_n, at >= e.start + e.duration, e.margin, e.metrics
+    )
+    best = max(
+        comparisons,
+        key=lambda c: ("loser", "inconclusive", "inconclusive (ended)", "winner").index(c.decision),
+    )
     hit = _hit_difference(data[names[0]], data[names[1]])
     elapsed_days = max((window.end - window.start).total_seconds() / 86400, 1 / 24)
-    days = stats.days_needed(hit.variance * hit.n * 1e4, total / elapsed_days,
-                             e.mde, e.margin, ALPHA, tuning_n)
+    days = stats.days_needed(
+        hit.variance * hit.n * 1e4, total / elapsed_days, e.mde, e.margin, ALPHA, tuning_n
+    )
     return _replace(base, decision=best.decision, comparisons=tuple(comparisons), days_needed=days)
 
 
@@ -203,27 +242,48 @@ def _ratio(d: dict, numerator: str) -> stats.RatioStats:
 def _hit_difference(control: dict, treatment: dict) -> stats.Difference:
     """The hit-rate difference, CUPED-adjusted with the keys' pre-period
     hit rates (no pre-period data: θ = 0, the plain difference)."""
-    _, (mc, mt) = stats.cuped([control["hits"], treatment["hits"]], [control["requests"], treatment["requests"]],
-                              [control["expected"], treatment["expected"]])
-    return stats.Difference.of(stats.RatioStats.of(mc, control["requests"]),
-                               stats.RatioStats.of(mt, treatment["requests"]))
+    _, (mc, mt) = stats.cuped(
+        [control["hits"], treatment["hits"]],
+        [control["requests"], treatment["requests"]],
+        [control["expected"], treatment["expected"]],
+    )
+    return stats.Difference.of(
+        stats.RatioStats.of(mc, control["requests"]), stats.RatioStats.of(mt, treatment["requests"])
+    )
 
 
-def _compare(data, names, p95, tuning_n: float, ended: bool, margin: float,
-             metrics: tuple[str, ...]) -> list[Comparison]:
+def _compare(
+    data, names, p95, tuning_n: float, ended: bool, margin: float, metrics: tuple[str, ...]
+) -> list[Comparison]:
     control = data[names[0]]
     diffs = {t: _hit_difference(control, data[t]) for t in names[1:]}
     adjusted = dict(zip(diffs, stats.holm([d.sequence_p(tuning_n) for d in diffs.values()])))
     out = []
     for t, hit in diffs.items():
-        level = ALPHA / (len(diffs) - sorted(adjusted.values()).index(adjusted[t]))  # Holm's step level
+        level = ALPHA / (
+            len(diffs) - sorted(adjusted.values()).index(adjusted[t])
+        )  # Holm's step level
         lo, hi = hit.sequence_interval(level, tuning_n)
-        results = [MetricResult("hit_rate", 100 * _ratio(control, "hits").ratio, 100 * _ratio(data[t], "hits").ratio,
-                                100 * hit.estimate, 100 * lo, 100 * hi, adjusted[t])]
+        results = [
+            MetricResult(
+                "hit_rate",
+                100 * _ratio(control, "hits").ratio,
+                100 * _ratio(data[t], "hits").ratio,
+                100 * hit.estimate,
+                100 * lo,
+                100 * hi,
+                adjusted[t],
+            )
+        ]
         # Guardrails: higher is worse; Holm across them, on always-valid p-values.
-        guards = [(metric, key, scale, stats.Difference.of(_ratio(control, key), _ratio(data[t], key)))
-                  for metric, key, scale in (("cost_per_request", "cost", 1e6), ("error_rate", "errors", 100.0))
-                  if metric in metrics]
+        guards = [
+            (metric, key, scale, stats.Difference.of(_ratio(control, key), _ratio(data[t], key)))
+            for metric, key, scale in (
+                ("cost_per_request", "cost", 1e6),
+                ("error_rate", "errors", 100.0),
+            )
+            if metric in metrics
+        ]
         lc, lt = p95.get(names[0]), p95.get(t)
         if "p95_latency" in metrics and lc and lt and lc.p95 and lt.p95:
             guards.append(("p95_latency", None, 1.0, _p95_difference(control, data[t], lc, lt)))
@@ -231,15 +291,25 @@ def _compare(data, names, p95, tuning_n: float, ended: bool, margin: float,
         worse = []
         for (metric, key, scale, d), p_adj in zip(guards, held):
             glo, ghi = d.sequence_interval(ALPHA, tuning_n)
-            c_val, t_val = ((lc.p95, lt.p95) if key is None else
-                            (scale * _ratio(control, key).ratio, scale * _ratio(data[t], key).ratio))
-            results.append(MetricResult(metric, c_val, t_val, scale * d.estimate, scale * glo, scale * ghi, p_adj))
+            c_val, t_val = (
+                (lc.p95, lt.p95)
+                if key is None
+                else (scale * _ratio(control, key).ratio, scale * _ratio(data[t], key).ratio)
+            )
+            results.append(
+                MetricResult(
+                    metric, c_val, t_val, scale * d.estimate, scale * glo, scale * ghi, p_adj
+                )
+            )
             if p_adj < ALPHA and d.estimate > 0:
                 worse.append(metric)
         if worse:
             decision, reason = "loser", "guardrail worse: " + ", ".join(worse)
         elif 100 * lo > margin:
-            decision, reason = "winner", f"hit-rate gain ≥ {100 * lo:.2f} points (> {margin:g}) at every look"
+            decision, reason = (
+                "winner",
+                f"hit-rate gain ≥ {100 * lo:.2f} points (> {margin:g}) at every look",
+            )
         elif 100 * hi < 0:
             decision, reason = "loser", "hit rate significantly lower"
         else:
@@ -281,8 +351,10 @@ def save(con, a: Analysis) -> None:
 
 def history(con, experiment: str) -> list[dict]:
     """Every stored analysis of `experiment`, oldest first (the payload as JSON)."""
-    return [{"analyzed_at": t, "decision": d, "result": json.loads(p)}
-            for t, d, p in con.execute(HISTORY, [experiment]).fetchall()]
+    return [
+        {"analyzed_at": t, "decision": d, "result": json.loads(p)}
+        for t, d, p in con.execute(HISTORY, [experiment]).fetchall()
+    ]
 
 
 ENDPOINT_KEYS = f"""
@@ -304,4 +376,6 @@ def plan(con, e: Experiment, at: datetime, lookback: timedelta = timedelta(days=
     shares = [float(a) for a in e.allocation()]
     unit_var = s.variance * s.n * (1 / shares[0] + 1 / shares[1]) * 1e4  # points², per key
     per_day = s.n / (lookback / timedelta(days=1))
-    return stats.days_needed(unit_var, per_day, e.mde, e.margin, ALPHA, per_day * (e.duration / timedelta(days=1)))
+    return stats.days_needed(
+        unit_var, per_day, e.mde, e.margin, ALPHA, per_day * (e.duration / timedelta(days=1))
+    )

@@ -76,7 +76,7 @@ class Experiment:
 
 def u64_value(key: str, experiment: str) -> int:
     """The unbiased scheme's hash: 8 bytes of SHA-256 as an integer in [0, 2^64)."""
-    digest = hashlib.sha256(f"{key}\x1f{experiment}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{key}\x1f{experiment}".encode()).digest()
     return int.from_bytes(digest[:8], "big")
 
 
@@ -124,11 +124,26 @@ def parse(where: str, raw, endpoints: tuple[str, ...]) -> tuple[Experiment, ...]
     return tuple(out)
 
 
-_FIELDS = {"name", "description", "endpoint", "cohorts", "start", "duration", "scheme", "metrics", "mde", "margin"}
+_FIELDS = {
+    "name",
+    "description",
+    "endpoint",
+    "cohorts",
+    "start",
+    "duration",
+    "scheme",
+    "metrics",
+    "mde",
+    "margin",
+}
 
 
 def _parse_one(where: str, i: int, t, endpoints) -> Experiment:
-    label = f"experiment {t.get('name')!r}" if isinstance(t, dict) and isinstance(t.get("name"), str) else f"experiment #{i + 1}"
+    label = (
+        f"experiment {t.get('name')!r}"
+        if isinstance(t, dict) and isinstance(t.get("name"), str)
+        else f"experiment #{i + 1}"
+    )
 
     def bad(field, why):
         return ConfigError(f"{where}: {label}: {field}: {why}")
@@ -144,7 +159,9 @@ def _parse_one(where: str, i: int, t, endpoints) -> Experiment:
     if not isinstance(t["name"], str) or not _NAME.match(t["name"]):
         raise bad("name", f"{t['name']!r} must be letters, digits, _ . - (up to 64)")
     if t["endpoint"] not in endpoints:
-        raise bad("endpoint", f"unknown endpoint {t['endpoint']!r}; endpoints: {', '.join(endpoints)}")
+        raise bad(
+            "endpoint", f"unknown endpoint {t['endpoint']!r}; endpoints: {', '.join(endpoints)}"
+        )
     scheme = t.get("scheme", "sha256-u64")
     if scheme not in SCHEMES:
         raise bad("scheme", f"{scheme!r}: use {' or '.join(SCHEMES)}")
@@ -166,16 +183,31 @@ def _parse_one(where: str, i: int, t, endpoints) -> Experiment:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
             raise bad(f, f"must be a number of hit-rate points between 0 and 100, got {v!r}")
         numbers[f] = float(v)
-    return Experiment(t["name"], t["endpoint"], cohorts, start, duration, scheme, str(t.get("description", "")),
-                      metrics, **numbers)
+    return Experiment(
+        t["name"],
+        t["endpoint"],
+        cohorts,
+        start,
+        duration,
+        scheme,
+        str(t.get("description", "")),
+        metrics,
+        **numbers,
+    )
 
 
 def _cohorts(bad, raw) -> tuple[Cohort, ...]:
     if not isinstance(raw, list) or len(raw) < 2:
-        raise bad("cohorts", "needs at least two [[experiments.cohorts]] (a control and a treatment)")
+        raise bad(
+            "cohorts", "needs at least two [[experiments.cohorts]] (a control and a treatment)"
+        )
     out, names = [], set()
     for c in raw:
-        if not isinstance(c, dict) or set(c) - {"name", "ttl", "weight"} or not {"name", "ttl", "weight"} <= set(c):
+        if (
+            not isinstance(c, dict)
+            or set(c) - {"name", "ttl", "weight"}
+            or not {"name", "ttl", "weight"} <= set(c)
+        ):
             raise bad("cohorts", f"each cohort needs exactly name, ttl and weight, got {c!r}")
         if c["name"] in names:
             raise bad("cohorts", f"duplicate cohort name {c['name']!r}")
@@ -185,7 +217,9 @@ def _cohorts(bad, raw) -> tuple[Cohort, ...]:
         except Exception as exc:
             raise bad("cohorts", str(exc)) from None
         if not MIN_TTL <= ttl <= MAX_TTL:
-            raise bad("cohorts", f"cohort {c['name']!r} ttl {c['ttl']!r} is out of range (60s to 365d)")
+            raise bad(
+                "cohorts", f"cohort {c['name']!r} ttl {c['ttl']!r} is out of range (60s to 365d)"
+            )
         w = c["weight"]
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 1:
             raise bad("cohorts", f"cohort {c['name']!r} weight must be in (0, 1], got {w!r}")

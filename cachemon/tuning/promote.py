@@ -15,15 +15,14 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable
 
-from cachemon import jsontext
-from cachemon import outbound
+from cachemon import jsontext, outbound
 from cachemon.errors import CachemonError, ConfigError
-from cachemon.tuning.experiments import MAX_TTL, MIN_TTL, Experiment
 from cachemon.redact import Redactor
+from cachemon.tuning.experiments import MAX_TTL, MIN_TTL, Experiment
 
 CONFIG_KEY = "config:kv-ttls"
 ENDPOINTS = ("title", "isbn", "author")
@@ -47,26 +46,45 @@ class KvClient:
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
 
     @classmethod
-    def from_env(cls, env) -> "KvClient":
-        missing = [v for v in ("CF_ACCOUNT_ID", "CF_API_TOKEN", "CF_KV_NAMESPACE_ID") if not env.get(v)]
+    def from_env(cls, env) -> KvClient:
+        missing = [
+            v for v in ("CF_ACCOUNT_ID", "CF_API_TOKEN", "CF_KV_NAMESPACE_ID") if not env.get(v)
+        ]
         if missing:
             raise ConfigError(f"Workers KV needs {', '.join(missing)} in the environment")
-        return cls(env.get("CF_API_BASE", "https://api.cloudflare.com/client/v4").rstrip("/"), env["CF_ACCOUNT_ID"],
-                   env["CF_KV_NAMESPACE_ID"], env["CF_API_TOKEN"], redactor=Redactor.from_env(env))
+        return cls(
+            env.get("CF_API_BASE", "https://api.cloudflare.com/client/v4").rstrip("/"),
+            env["CF_ACCOUNT_ID"],
+            env["CF_KV_NAMESPACE_ID"],
+            env["CF_API_TOKEN"],
+            redactor=Redactor.from_env(env),
+        )
 
     def _url(self, key: str) -> str:
-        return (f"{self.base}/accounts/{self.account}/storage/kv/namespaces/{self.namespace}/values/"
-                f"{urllib.parse.quote(key, safe='')}")
+        return (
+            f"{self.base}/accounts/{self.account}/storage/kv/namespaces/{self.namespace}/values/"
+            f"{urllib.parse.quote(key, safe='')}"
+        )
 
     def _call(self, method: str, key: str, body: bytes | None = None) -> outbound.Answer:
         for attempt in range(4):
             try:
-                r = outbound.call(method, self._url(key), content=body, limit=self.timeout, max_bytes=MAX_VALUE,
-                                  headers={"Authorization": f"Bearer {self.token}"})
+                r = outbound.call(
+                    method,
+                    self._url(key),
+                    content=body,
+                    limit=self.timeout,
+                    max_bytes=MAX_VALUE,
+                    headers={"Authorization": f"Bearer {self.token}"},
+                )
             except outbound.DeadlineExceeded:
-                raise PromotionError(f"Workers KV {method} {key}: no complete answer within {self.timeout:g} s") from None
+                raise PromotionError(
+                    f"Workers KV {method} {key}: no complete answer within {self.timeout:g} s"
+                ) from None
             except outbound.BadRequest as exc:
-                raise PromotionError(f"Workers KV cannot be called: {exc} (check CF_API_BASE and CF_API_TOKEN)") from None
+                raise PromotionError(
+                    f"Workers KV cannot be called: {exc} (check CF_API_BASE and CF_API_TOKEN)"
+                ) from None
             except outbound.OutboundError as exc:
                 raise PromotionError(f"Workers KV unreachable: {exc}") from None
             if r.status == 429 and attempt < 3:  # one write per second per key
@@ -82,7 +100,9 @@ class KvClient:
         if r.status != 200:
             raise PromotionError(self._failed("GET", key, r))
         if not r.complete:
-            raise PromotionError(f"Workers KV GET {key}: the value is larger than {MAX_VALUE:,} bytes")
+            raise PromotionError(
+                f"Workers KV GET {key}: the value is larger than {MAX_VALUE:,} bytes"
+            )
         return r.body
 
     def put(self, key: str, value: bytes) -> None:
@@ -93,7 +113,9 @@ class KvClient:
     def _failed(self, method: str, key: str, r: outbound.Answer) -> str:
         """The failure, with the API's own words (secrets redacted, capped)."""
         said = self.redactor.plus(self.token).clip(r.body)
-        return f"Workers KV {method} {key}: HTTP {r.status}{_hint(r.status)}" + (f": {said}" if said else "")
+        return f"Workers KV {method} {key}: HTTP {r.status}{_hint(r.status)}" + (
+            f": {said}" if said else ""
+        )
 
 
 def _hint(status: int) -> str:
@@ -152,8 +174,13 @@ def promote(kv: KvClient, cfg, e: Experiment, winner: str, dry_run: bool = False
         return Action("none", e.name, old, new, f"{e.endpoint} TTL already {new[e.endpoint]} s")
     if not dry_run:
         _write_verified(kv, new)
-    return Action("promote", e.name, old, new,
-                  f"{e.endpoint} KV TTL {old[e.endpoint]} s → {new[e.endpoint]} s ({winner} won)")
+    return Action(
+        "promote",
+        e.name,
+        old,
+        new,
+        f"{e.endpoint} KV TTL {old[e.endpoint]} s → {new[e.endpoint]} s ({winner} won)",
+    )
 
 
 def check(kv: KvClient, cfg, dry_run: bool = False) -> Action:
@@ -173,7 +200,9 @@ def rollback(kv: KvClient, cfg, reason: str, experiment: str = "", dry_run: bool
 
 
 def record(con, a: Action, at: datetime) -> None:
-    con.execute(RECORD, [at, a.action, a.experiment, jsontext.dumps(a.old), jsontext.dumps(a.new), a.detail])
+    con.execute(
+        RECORD, [at, a.action, a.experiment, jsontext.dumps(a.old), jsontext.dumps(a.new), a.detail]
+    )
 
 
 def history(con) -> list[tuple]:
@@ -195,7 +224,10 @@ def announce(con, a: Action, cfg, transports, at: datetime) -> list[str]:
     body = f"<p>{html.escape(a.detail)}</p><pre>{html.escape(text)}</pre>"
     channels = list(transports.channels(cfg.notify))
     for ch in channels:
-        notify.enqueue(con, notify.report_row(ch, at, subject, text, body, cfg.notify, transports, kind=a.action))
+        notify.enqueue(
+            con,
+            notify.report_row(ch, at, subject, text, body, cfg.notify, transports, kind=a.action),
+        )
     return channels
 
 

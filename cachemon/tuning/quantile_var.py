@@ -41,8 +41,13 @@ class Cdf:
         return float(self.cum[i - 1]) if i > 0 else 0.0
 
 
-def quantile_variance(q: float, tier_counts: dict[str, np.ndarray], tier_cdfs: dict[str, Cdf],
-                      cohort_cdf: Cdf, weight_squares: dict[str, float] | None = None) -> float:
+def quantile_variance(
+    q: float,
+    tier_counts: dict[str, np.ndarray],
+    tier_cdfs: dict[str, Cdf],
+    cohort_cdf: Cdf,
+    weight_squares: dict[str, float] | None = None,
+) -> float:
     """Variance of the cohort's quantile `q` (ms²) with keys as units.
     `tier_counts[t]` are per-key request counts (same key order in all);
     `weight_squares[t]` the sum of squared sample weights of tier t's

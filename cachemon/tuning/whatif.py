@@ -21,8 +21,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from cachemon.costs import optimize
 from cachemon.clock import DAY, Window, format_duration, parse_duration
+from cachemon.costs import optimize
 from cachemon.errors import InputError
 from cachemon.metrics.window import TIER_TOTALS, window_params
 from cachemon.pricing import Pricing, days_in_month
@@ -83,18 +83,29 @@ def load_window(con: duckdb.DuckDBPyConnection, window: Window) -> float:
 
 def rates(con: duckdb.DuckDBPyConnection, endpoint: str, window: Window, days: float) -> KeyRates:
     """One endpoint's rates: per key from the loaded table, totals from the rollups."""
-    tiers = {t: (float(req), float(err)) for t, req, err, *_ in
-             con.execute(TIER_TOTALS, window_params(window) | {"endpoint": endpoint}).fetchall()}
+    tiers = {
+        t: (float(req), float(err))
+        for t, req, err, *_ in con.execute(
+            TIER_TOTALS, window_params(window) | {"endpoint": endpoint}
+        ).fetchall()
+    }
     requests = sum(req for req, _ in tiers.values())
     if not requests:
         raise InputError(f"no requests for endpoint {endpoint!r} in {window}")
     get = lambda t: tiers.get(t, (0.0, 0.0))  # noqa: E731
     misses = get("r2")[0] + get("api")[0]
     a = con.execute(ENDPOINT_KEYS, {"endpoint": endpoint}).fetchnumpy()
-    return KeyRates(endpoint, days, a["lookups"].astype(float) / days, a["requests"].astype(float) / days,
-                    requests / days, get("edge")[0] / days, get("kv")[0] / days,
-                    get("r2")[0] / misses if misses else 0.0,
-                    (get("r2")[1] + get("api")[1]) / misses if misses else 0.0)
+    return KeyRates(
+        endpoint,
+        days,
+        a["lookups"].astype(float) / days,
+        a["requests"].astype(float) / days,
+        requests / days,
+        get("edge")[0] / days,
+        get("kv")[0] / days,
+        get("r2")[0] / misses if misses else 0.0,
+        (get("r2")[1] + get("api")[1]) / misses if misses else 0.0,
+    )
 
 
 def _hits(mu: np.ndarray, days: float, t: float, caches: float = 1.0) -> np.ndarray:
@@ -103,7 +114,7 @@ def _hits(mu: np.ndarray, days: float, t: float, caches: float = 1.0) -> np.ndar
     count n over D days is biased up (a key seen once would predict hits);
     n(n−1)/D² is unbiased for μ² under Poisson arrivals."""
     n = mu * days
-    return np.maximum(n * (n - 1), 0.0) / days ** 2 * t / (caches + mu * t)
+    return np.maximum(n * (n - 1), 0.0) / days**2 * t / (caches + mu * t)
 
 
 @dataclass(frozen=True)
@@ -124,7 +135,9 @@ def fit_colos(r: KeyRates, edge_ttl: timedelta) -> float:
         return lo
     for _ in range(60):
         mid = (lo * hi) ** 0.5
-        lo, hi = (mid, hi) if float(_hits(r.totals, r.days, t, mid).sum()) > r.edge_hits else (lo, mid)
+        lo, hi = (
+            (mid, hi) if float(_hits(r.totals, r.days, t, mid).sum()) > r.edge_hits else (lo, mid)
+        )
     return (lo * hi) ** 0.5
 
 
@@ -134,7 +147,9 @@ def predict_edge(r: KeyRates, ttl: timedelta, colos: float) -> EdgePrediction:
     return EdgePrediction(r.endpoint, ttl, 100 * hits / r.requests, r.requests - hits)
 
 
-def predict(r: KeyRates, ttl: timedelta, pricing: Pricing, value_bytes: float, month_days: int) -> Prediction:
+def predict(
+    r: KeyRates, ttl: timedelta, pricing: Pricing, value_bytes: float, month_days: int
+) -> Prediction:
     """The fixed-TTL model's figures for KV TTL `ttl`."""
     t = ttl / DAY
     mu = r.lookups
@@ -143,11 +158,24 @@ def predict(r: KeyRates, ttl: timedelta, pricing: Pricing, value_bytes: float, m
     misses = lookups - hits
     writes, r2 = misses * (1 - r.error_share), misses * r.r2_share
     gb = float((mu * t / (1 + mu * t)).sum()) * value_bytes / 1e9
-    cost = (pricing["kv_reads"].list_cost(lookups) + pricing["kv_writes"].list_cost(writes)
-            + gb * pricing["kv_storage"].price / month_days + pricing["r2_class_b"].list_cost(r2))
+    cost = (
+        pricing["kv_reads"].list_cost(lookups)
+        + pricing["kv_writes"].list_cost(writes)
+        + gb * pricing["kv_storage"].price / month_days
+        + pricing["r2_class_b"].list_cost(r2)
+    )
     edge = r.requests - lookups
-    return Prediction(r.endpoint, ttl, 100 * hits / r.requests, 100 * (edge + hits + r2) / r.requests,
-                      lookups, writes, r2, gb, cost)
+    return Prediction(
+        r.endpoint,
+        ttl,
+        100 * hits / r.requests,
+        100 * (edge + hits + r2) / r.requests,
+        lookups,
+        writes,
+        r2,
+        gb,
+        cost,
+    )
 
 
 @dataclass(frozen=True)
@@ -165,15 +193,24 @@ class WhatIf:
     edge: tuple[EdgePrediction, ...] = ()  # candidate edge TTLs
 
 
-def whatif(con, cfg, endpoints: list[str], ttls: list[timedelta], window: Window, at: datetime,
-           edge_ttls: list[timedelta] = ()) -> list[WhatIf]:
+def whatif(
+    con,
+    cfg,
+    endpoints: list[str],
+    ttls: list[timedelta],
+    window: Window,
+    at: datetime,
+    edge_ttls: list[timedelta] = (),
+) -> list[WhatIf]:
     """Predictions for each endpoint at each candidate KV TTL and its current
     one, and at each candidate edge TTL (with the colos fitted at the
     current edge TTL, `[costs] edge_ttl`)."""
     current, edge_current = dict(cfg.costs.kv_ttl), dict(cfg.costs.edge_ttl)
     unknown = [e for e in endpoints if e not in current]
     if unknown:
-        raise InputError(f"unknown endpoint {unknown[0]!r}: [costs] kv_ttl has {', '.join(current)}")
+        raise InputError(
+            f"unknown endpoint {unknown[0]!r}: [costs] kv_ttl has {', '.join(current)}"
+        )
     days = load_window(con, window)
     month = days_in_month(at)
     out = []
@@ -183,9 +220,21 @@ def whatif(con, cfg, endpoints: list[str], ttls: list[timedelta], window: Window
         edge_now = edge_current.get(e)
         colos = fit_colos(r, edge_now) if edge_now else 1.0
         edge = tuple(predict_edge(r, t, colos) for t in sorted(set(edge_ttls))) if edge_now else ()
-        out.append(WhatIf(e, window, days, current[e], 100 * r.kv_hits / r.requests, p(current[e]),
-                          tuple(p(t) for t in sorted(set(ttls))), edge_now, 100 * r.edge_hits / r.requests,
-                          colos, edge))
+        out.append(
+            WhatIf(
+                e,
+                window,
+                days,
+                current[e],
+                100 * r.kv_hits / r.requests,
+                p(current[e]),
+                tuple(p(t) for t in sorted(set(ttls))),
+                edge_now,
+                100 * r.edge_hits / r.requests,
+                colos,
+                edge,
+            )
+        )
     return out
 
 
@@ -208,19 +257,30 @@ class KeyAdvice:
     saving: float  # USD/day against the endpoint's current TTL
 
 
-def per_key(con, w: WhatIf, pricing: Pricing, value_bytes: float, month_days: int, max_staleness: timedelta,
-            limit: int = 20) -> list[KeyAdvice]:
+def per_key(
+    con,
+    w: WhatIf,
+    pricing: Pricing,
+    value_bytes: float,
+    month_days: int,
+    max_staleness: timedelta,
+    limit: int = 20,
+) -> list[KeyAdvice]:
     """Among the endpoint's `limit` busiest keys at KV (loaded by `whatif`),
     those whose cheapest candidate TTL within the staleness limit differs
     from the endpoint's current TTL, with the saving."""
     rows = con.execute(HOT_KEYS, {"endpoint": w.endpoint, "limit": limit}).fetchall()
-    options = sorted({t for t in (*(p.ttl for p in w.candidates), w.current_ttl) if t <= max_staleness})
+    options = sorted(
+        {t for t in (*(p.ttl for p in w.candidates), w.current_ttl) if t <= max_staleness}
+    )
 
     def cost(mu: float, t: timedelta) -> float:
         d = t / DAY
         misses = mu - float(_hits(np.array([mu]), w.days, d)[0])
-        return pricing["kv_writes"].list_cost(misses) + mu * d / (1 + mu * d) * value_bytes / 1e9 * \
-            pricing["kv_storage"].price / month_days
+        return (
+            pricing["kv_writes"].list_cost(misses)
+            + mu * d / (1 + mu * d) * value_bytes / 1e9 * pricing["kv_storage"].price / month_days
+        )
 
     out = []
     for key, lookups, kv in rows:
@@ -243,14 +303,16 @@ def parse_ttls(text: str) -> list[timedelta]:
     return out
 
 
-def draft_experiment(endpoint: str, current: timedelta, candidate: timedelta, start: datetime) -> str:
+def draft_experiment(
+    endpoint: str, current: timedelta, candidate: timedelta, start: datetime
+) -> str:
     """A `[[experiments]]` block testing `candidate` against the current TTL."""
     name = f"{endpoint}-ttl-{format_duration(candidate)}"
     return f"""[[experiments]]
 name = "{name}"
 description = "KV TTL {format_duration(candidate)} for {endpoint} vs {format_duration(current)} (drafted by ttl whatif)"
 endpoint = "{endpoint}"
-start = "{start.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+start = "{start.strftime("%Y-%m-%dT%H:%M:%SZ")}"
 duration = "14d"
 [[experiments.cohorts]]
 name = "control"

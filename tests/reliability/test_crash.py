@@ -23,23 +23,23 @@ import sys
 import time
 from collections import Counter
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
-
-from cachemon import config
-from cachemon.metrics import window as metrics
-from cachemon.ingest import load as pipeline
-from cachemon.store import db as store
-
 from conftest import P99_RULE, ROOT
 from reliability.suite import LONG
 from servers import SmtpSink
 
+from cachemon import config
+from cachemon.ingest import load as pipeline
+from cachemon.metrics import window as metrics
+from cachemon.store import db as store
+
 SPEED = 1200  # 20 simulated minutes per second
-START = datetime(2026, 11, 19, 0, 5, tzinfo=timezone.utc)
+START = datetime(2026, 11, 19, 0, 5, tzinfo=UTC)
 KILLS = 120 if LONG else 50
-CONFIG = """
+CONFIG = (
+    """
 [simulator]
 seed = 7
 requests_per_hour = 6000
@@ -47,7 +47,9 @@ catalog_keys = 3000
 sample_threshold_per_minute = 30
 [jobs]
 compact_at = "00:30"
-""" + P99_RULE.replace('for = "30m"\n', "") + """
+"""
+    + P99_RULE.replace('for = "30m"\n', "")
+    + """
 [[alerts.rules]]
 name = "busy"               # fires every afternoon, resolves every night
 metric = "requests"
@@ -55,9 +57,10 @@ op = ">"
 threshold = 1600
 severity = "warning"
 """
+)
 COMPARED = {
     "requests": "SELECT minute, tier, endpoint, experiment, cohort, requests, errors, data_points "
-                "FROM v1.requests_minute ORDER BY ALL",
+    "FROM v1.requests_minute ORDER BY ALL",
     "latency": "SELECT minute, tier, endpoint, bucket, weight FROM v1.latency_histogram_minute ORDER BY ALL",
     "gauges": "SELECT minute, name, value_avg, value_last, samples FROM v1.gauges_minute ORDER BY ALL",
     "keys": "SELECT day, key, requests, edge, kv, r2, api, errors FROM v1.keys_day ORDER BY ALL",
@@ -66,8 +69,22 @@ STARTED = re.compile(r"cachemon\.runner: (\w+) started for")
 
 
 def _spawn(env, clock: datetime, log):
-    return subprocess.Popen([sys.executable, "-m", "jobs", "--verbose", "--clock-start", clock.isoformat(),
-                             "--clock-speed", str(SPEED)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jobs",
+            "--verbose",
+            "--clock-start",
+            clock.isoformat(),
+            "--clock-speed",
+            str(SPEED),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _wait_for_first_job(p, log, timeout: float = 60.0) -> None:
@@ -83,7 +100,7 @@ def _killed_during(text: str) -> str:
     if not started:
         return "start-up"  # not expected: kills wait for the first job
     job = started[-1].group(1)
-    return "between jobs" if re.search(rf"jobs: {job}:", text[started[-1].end():]) else job
+    return "between jobs" if re.search(rf"jobs: {job}:", text[started[-1].end() :]) else job
 
 
 def _frames(path) -> dict[str, pd.DataFrame]:
@@ -95,8 +112,14 @@ def test_kill_9_at_random_points_loses_nothing_and_doubles_nothing(tmp_path, res
     db, cfg_file = tmp_path / "crash.duckdb", tmp_path / "crash.toml"
     cfg_file.write_text(CONFIG)
     smtp = SmtpSink().start()
-    env = dict(os.environ, CACHEMON_DB=str(db), CACHEMON_CONFIG=str(cfg_file), PYTHONPATH=str(ROOT),
-               ALERT_EMAIL="oncall@example.org", **smtp.env())
+    env = dict(
+        os.environ,
+        CACHEMON_DB=str(db),
+        CACHEMON_CONFIG=str(cfg_file),
+        PYTHONPATH=str(ROOT),
+        ALERT_EMAIL="oncall@example.org",
+        **smtp.env(),
+    )
     rng = random.Random(12)
     clock, where = START, Counter()
     try:
@@ -121,8 +144,13 @@ def test_kill_9_at_random_points_loses_nothing_and_doubles_nothing(tmp_path, res
         smtp.stop()
 
     with store.reader(db) as con:
-        span, runs = metrics.data_span(con), con.execute("SELECT outcome, error FROM job_runs").fetchall()
-        outbox = con.execute("SELECT kind, status, payload FROM notifications ORDER BY id").fetchall()
+        span, runs = (
+            metrics.data_span(con),
+            con.execute("SELECT outcome, error FROM job_runs").fetchall(),
+        )
+        outbox = con.execute(
+            "SELECT kind, status, payload FROM notifications ORDER BY id"
+        ).fetchall()
         reports = con.execute("SELECT day FROM cost_reports").fetchall()
     # The same span simulated in one go, into another store.
     ref = tmp_path / "ref.duckdb"
@@ -132,7 +160,9 @@ def test_kill_9_at_random_points_loses_nothing_and_doubles_nothing(tmp_path, res
     got, want = _frames(db), _frames(ref)
     for name in COMPARED:
         assert len(got[name]) == len(want[name]), name
-        pd.testing.assert_frame_equal(got[name], want[name], check_exact=False, rtol=1e-12, obj=name)
+        pd.testing.assert_frame_equal(
+            got[name], want[name], check_exact=False, rtol=1e-12, obj=name
+        )
     minutes = len(got["requests"].minute.unique())
     assert minutes == (span[1] - span[0]) // timedelta(minutes=1)  # contiguous: no window lost
 
@@ -145,11 +175,20 @@ def test_kill_9_at_random_points_loses_nothing_and_doubles_nothing(tmp_path, res
     # message (with the same Message-ID, so mail clients fold it).
     assert duplicates <= where["alerts"] + where["report"] + where["deliver"]
     kinds = Counter(kind for kind, _, _ in outbox)
-    assert kinds["firing"] >= 1 and kinds["resolved"] >= 1 and len(reports) >= 1 and kinds["report"] == len(reports)
+    assert (
+        kinds["firing"] >= 1
+        and kinds["resolved"] >= 1
+        and len(reports) >= 1
+        and kinds["report"] == len(reports)
+    )
     assert sum(where[j] for j in ("ingest", "alerts", "compact", "report", "deliver")) >= KILLS // 3
 
     during = ", ".join(f"{n} {j}" for j, n in where.most_common())
-    results("kill -9 of the job runner", f"SIGKILL at random points ({during})", f"{KILLS} kills",
-            f"{minutes:,} minutes equal to an uninterrupted run: 0 lost windows, 0 doubled; "
-            f"{len(outbox)} notifications, {len(set(received))} delivered, {duplicates} repeated; "
-            f"{len(reports)} daily reports, each once")
+    results(
+        "kill -9 of the job runner",
+        f"SIGKILL at random points ({during})",
+        f"{KILLS} kills",
+        f"{minutes:,} minutes equal to an uninterrupted run: 0 lost windows, 0 doubled; "
+        f"{len(outbox)} notifications, {len(set(received))} delivered, {duplicates} repeated; "
+        f"{len(reports)} daily reports, each once",
+    )

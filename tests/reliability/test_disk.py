@@ -16,10 +16,9 @@ import time
 from contextlib import contextmanager
 
 import pytest
+from conftest import ROOT
 
 from cachemon.store import db as store
-
-from conftest import ROOT
 
 CONFIG = '[simulator]\nseed = 5\nrequests_per_hour = 6000\ncatalog_keys = 3000\n[jobs]\ncompact_at = "23:50"\n'
 
@@ -27,12 +26,17 @@ CONFIG = '[simulator]\nseed = 5\nrequests_per_hour = 6000\ncatalog_keys = 3000\n
 @contextmanager
 def tmpfs(path, size: str):
     path.mkdir(parents=True, exist_ok=True)
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
-                       text=True)
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
     if p.returncode:
         # Justified: mounting needs root (CI and this machine run as root, so it runs there);
         # without it the same ENOSPC paths are covered by injection in test_store_snapshots.
-        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip()}): ENOSPC is injected in test_store_snapshots")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({p.stderr.strip()}): ENOSPC is injected in test_store_snapshots"
+        )
     try:
         yield path
     finally:
@@ -55,7 +59,9 @@ def _fill(path) -> None:
 
 def _runs(db):
     with store.reader(db) as con:
-        return con.execute("SELECT job, outcome, error FROM job_runs ORDER BY started_at").fetchall()
+        return con.execute(
+            "SELECT job, outcome, error FROM job_runs ORDER BY started_at"
+        ).fetchall()
 
 
 def _leftovers(d):
@@ -66,12 +72,29 @@ def test_a_full_disk_never_stops_the_runner_and_it_recovers(tmp_path, results):
     with tmpfs(tmp_path / "disk", "48m") as disk:
         db, cfg_file = disk / "d.duckdb", tmp_path / "d.toml"
         cfg_file.write_text(CONFIG)
-        env = dict(os.environ, CACHEMON_DB=str(db), CACHEMON_CONFIG=str(cfg_file), PYTHONPATH=str(ROOT),
-                   CACHEMON_WRITE_WAIT_SECONDS="5")
+        env = dict(
+            os.environ,
+            CACHEMON_DB=str(db),
+            CACHEMON_CONFIG=str(cfg_file),
+            PYTHONPATH=str(ROOT),
+            CACHEMON_WRITE_WAIT_SECONDS="5",
+        )
         log = tmp_path / "runner.log"
-        runner = subprocess.Popen([sys.executable, "-m", "jobs", "--clock-start", "2026-11-19T00:00:00Z",
-                                   "--clock-speed", "120"], cwd=ROOT, env=env, stdout=log.open("w"),
-                                  stderr=subprocess.STDOUT)
+        runner = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jobs",
+                "--clock-start",
+                "2026-11-19T00:00:00Z",
+                "--clock-speed",
+                "120",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.time() + 90
             while time.time() < deadline and not store.snapshot_path(db).exists():
@@ -88,7 +111,9 @@ def test_a_full_disk_never_stops_the_runner_and_it_recovers(tmp_path, results):
             readable = len(_runs(db)) >= before  # the last good snapshot stays readable
             (disk / "ballast").unlink()
             deadline = time.time() + 60
-            while time.time() < deadline and not any("no space left on device" in (e or "") for _, _, e in _runs(db)):
+            while time.time() < deadline and not any(
+                "no space left on device" in (e or "") for _, _, e in _runs(db)
+            ):
                 time.sleep(0.5)
             time.sleep(2)
             alive = runner.poll() is None
@@ -101,15 +126,21 @@ def test_a_full_disk_never_stops_the_runner_and_it_recovers(tmp_path, results):
         full_lines = [line for line in during if "no space left on device" in line]
         assert full_lines and "Traceback" not in "\n".join(during), "\n".join(during)[-3000:]
         runs = _runs(db)
-        failed = [(j, e) for j, o, e in runs if o == "error" and "no space left on device" in (e or "")]
+        failed = [
+            (j, e) for j, o, e in runs if o == "error" and "no space left on device" in (e or "")
+        ]
         recovered = [j for j, o, _ in runs[-10:] if o == "ok"]
         # The failed runs were kept and recorded once the disk had room, and jobs succeed again.
         assert failed and "ingest" in recovered, runs[-15:]
         assert all("\n" not in e for _, e in failed)
         assert _leftovers(disk) == []
-    results("disk full under the runner", "a 48 MB tmpfs filled up for ~6 s of ticks", len(failed),
-            f"runner alive; {len(full_lines)} one-line log errors; no temporary file; "
-            f"{len(failed)} failed runs recorded after space came back; jobs ok again")
+    results(
+        "disk full under the runner",
+        "a 48 MB tmpfs filled up for ~6 s of ticks",
+        len(failed),
+        f"runner alive; {len(full_lines)} one-line log errors; no temporary file; "
+        f"{len(failed)} failed runs recorded after space came back; jobs ok again",
+    )
 
 
 def test_a_read_only_file_system_is_one_line_and_reads_still_work(tmp_path, results):
@@ -121,28 +152,56 @@ def test_a_read_only_file_system_is_one_line_and_reads_still_work(tmp_path, resu
         env = dict(os.environ, PYTHONPATH=str(ROOT))
 
         def cli(*args):
-            return subprocess.run([sys.executable, "-m", "cachemon", "--db", str(db), *args], cwd=ROOT, env=env,
-                                  capture_output=True, text=True, timeout=300)
+            return subprocess.run(
+                [sys.executable, "-m", "cachemon", "--db", str(db), *args],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
 
-        assert cli("demo", "--days", "0.05", "--until", "2026-11-19T10:00:00Z", "--quiet").returncode == 0
+        assert (
+            cli("demo", "--days", "0.05", "--until", "2026-11-19T10:00:00Z", "--quiet").returncode
+            == 0
+        )
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         before = sorted((f.name, f.stat().st_size) for f in disk.iterdir())
-        writes = [cli("alerts", "silence", "p99_latency", "--for", "1h", "--reason", "ro"),
-                  cli("demo", "--days", "0.05", "--quiet"), cli("compact")]
+        writes = [
+            cli("alerts", "silence", "p99_latency", "--for", "1h", "--reason", "ro"),
+            cli("demo", "--days", "0.05", "--quiet"),
+            cli("compact"),
+        ]
         read = cli("metrics", "--at", "2026-11-19T10:00:00Z")
-        jobs = subprocess.run([sys.executable, "-m", "jobs", "--db", str(db)], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)
+        jobs = subprocess.run(
+            [sys.executable, "-m", "jobs", "--db", str(db)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         after = sorted((f.name, f.stat().st_size) for f in disk.iterdir())
     for p in writes:
         assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
-        assert p.stderr.startswith("cachemon: error: ") and "read-only file system" in p.stderr, p.stderr
+        assert p.stderr.startswith("cachemon: error: ") and "read-only file system" in p.stderr, (
+            p.stderr
+        )
         assert p.stderr.count("\n") == 1, p.stderr
     assert read.returncode == 0, read.stderr  # the published snapshot still answers
-    assert jobs.returncode == 2 and "Traceback" not in jobs.stderr and "read-only file system" in jobs.stderr, jobs.stderr
+    assert (
+        jobs.returncode == 2
+        and "Traceback" not in jobs.stderr
+        and "read-only file system" in jobs.stderr
+    ), jobs.stderr
     assert before == after
-    results("read-only file system", "3 writing commands, 1 read and a runner start on a read-only mount",
-            len(writes) + 2, "each write one `cachemon: error: ... read-only file system` line, exit 2; "
-            "the read answered; the runner's start one log line, exit 2")
+    results(
+        "read-only file system",
+        "3 writing commands, 1 read and a runner start on a read-only mount",
+        len(writes) + 2,
+        "each write one `cachemon: error: ... read-only file system` line, exit 2; "
+        "the read answered; the runner's start one log line, exit 2",
+    )
 
 
 def test_a_write_on_a_full_disk_reports_its_own_error_not_the_snapshots(tmp_path, results):
@@ -156,10 +215,19 @@ def test_a_write_on_a_full_disk_reports_its_own_error_not_the_snapshots(tmp_path
         env = dict(os.environ, PYTHONPATH=str(ROOT))
 
         def cli(*args):
-            return subprocess.run([sys.executable, "-m", "cachemon", "--db", str(db), *args], cwd=ROOT, env=env,
-                                  capture_output=True, text=True, timeout=300)
+            return subprocess.run(
+                [sys.executable, "-m", "cachemon", "--db", str(db), *args],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
 
-        assert cli("demo", "--days", "0.05", "--until", "2026-11-19T10:00:00Z", "--quiet").returncode == 0
+        assert (
+            cli("demo", "--days", "0.05", "--until", "2026-11-19T10:00:00Z", "--quiet").returncode
+            == 0
+        )
         _, df = simulate(2)
         events = tmp_path / "events.parquet"  # outside the full disk
         df.to_parquet(events, index=False)
@@ -170,7 +238,13 @@ def test_a_write_on_a_full_disk_reports_its_own_error_not_the_snapshots(tmp_path
         after = store.current_snapshot(db)
         read = cli("metrics", "--at", "2026-11-19T10:00:00Z")
     assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1, p.stderr
-    assert p.stderr.startswith(f"cachemon: error: cannot write {db}: no space left on device"), p.stderr
+    assert p.stderr.startswith(f"cachemon: error: cannot write {db}: no space left on device"), (
+        p.stderr
+    )
     assert left == [] and after == snap and read.returncode == 0, (left, read.stderr)
-    results("write on a full disk", "`cachemon import` of 2 h of events onto a full tmpfs", 1,
-            "one line naming the store file and ENOSPC, exit 2; no temporary file; old snapshot answers")
+    results(
+        "write on a full disk",
+        "`cachemon import` of 2 h of events onto a full tmpfs",
+        1,
+        "one line naming the store file and ENOSPC, exit 2; no temporary file; old snapshot answers",
+    )

@@ -10,10 +10,10 @@ import os
 import subprocess
 import sys
 
-from cachemon.store import db as store
-
 from conftest import ROOT
 from test_disk import CONFIG, _fill, tmpfs
+
+from cachemon.store import db as store
 
 
 def _md5(p) -> str:
@@ -21,16 +21,36 @@ def _md5(p) -> str:
 
 
 def test_a_demo_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, results):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHEMON_")} | {"PYTHONPATH": str(ROOT)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHEMON_")} | {
+        "PYTHONPATH": str(ROOT)
+    }
     with tmpfs(tmp_path / "disk", "64m") as disk:
         (disk / "c.toml").write_text(CONFIG)
         db = disk / "d.duckdb"
 
         def cli(*args):
-            return subprocess.run([sys.executable, "-m", "cachemon", "--db", str(db), "--config", str(disk / "c.toml"),
-                                   *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+            return subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "cachemon",
+                    "--db",
+                    str(db),
+                    "--config",
+                    str(disk / "c.toml"),
+                    *args,
+                ],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
 
-        assert cli("demo", "--days", "0.1", "--until", "2026-11-19T10:00:00Z", "--quiet").returncode == 0
+        assert (
+            cli("demo", "--days", "0.1", "--until", "2026-11-19T10:00:00Z", "--quiet").returncode
+            == 0
+        )
         before = (_md5(db), _md5(store.current_snapshot(db)))
         _fill(disk / "ballast")
         out = cli("demo", "--days", "0.2", "--until", "2026-11-19T10:00:00Z", "--quiet")
@@ -43,6 +63,10 @@ def test_a_demo_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, results)
     assert "no space left on device" in out.stderr, out.stderr
     assert leftovers == [] and after == before
     assert read.returncode == 0, read.stderr
-    results("demo on a full disk", "a tmpfs filled to the last byte, then `demo` (its copy aside needs room)", 1,
-            "one `cachemon: error:` line (no space left on device), exit 2; no partial copy left; store and "
-            "snapshot byte-identical; reads go on")
+    results(
+        "demo on a full disk",
+        "a tmpfs filled to the last byte, then `demo` (its copy aside needs room)",
+        1,
+        "one `cachemon: error:` line (no space left on device), exit 2; no partial copy left; store and "
+        "snapshot byte-identical; reads go on",
+    )

@@ -14,18 +14,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, T0, small_sim
 
+from cachemon import config, settings
 from cachemon.cli import main as cli
-from cachemon import config
-from cachemon import settings
-from cachemon.ingest import write as ingest
-from cachemon.ingest import load as pipeline
-from cachemon.ingest import retention
-from cachemon.store import db as store
 from cachemon.clock import CLOCK_SKEW, DAY, EARLIEST, HOUR, Window, floor_to, format_duration, iso
 from cachemon.errors import InputError
-
-from conftest import ROOT, T0, small_sim
+from cachemon.ingest import load as pipeline
+from cachemon.ingest import retention
+from cachemon.ingest import write as ingest
+from cachemon.store import db as store
 
 NOW = T0 + timedelta(hours=4)
 SMALL_TOML = """
@@ -57,9 +55,13 @@ REFUSED_DEMOS = [
 def tables(db: Path) -> dict[str, list[tuple]]:
     """Every table's rows, in a fixed order: the store's whole content."""
     with store.writer(db, NOW, publish=False) as con:
-        names = [f'"{s}"."{t}"' for s, t in con.execute(
-            "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
-            "ORDER BY ALL").fetchall()]
+        names = [
+            f'"{s}"."{t}"'
+            for s, t in con.execute(
+                "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+                "ORDER BY ALL"
+            ).fetchall()
+        ]
         return {n: con.execute(f"SELECT * FROM {n} ORDER BY ALL").fetchall() for n in names}
 
 
@@ -95,18 +97,32 @@ def test_refused_demos_change_nothing(demo_copy, capsys, tmp_path, results):
         if isinstance(args, str):
             conf = tmp_path / "bad.toml"
             key = args.split(" = ")[0]
-            conf.write_text("".join(f"{line}\n" for line in SMALL_TOML.splitlines()
-                                    if not line.startswith(key + " ")) + args + "\n")
+            conf.write_text(
+                "".join(
+                    f"{line}\n"
+                    for line in SMALL_TOML.splitlines()
+                    if not line.startswith(key + " ")
+                )
+                + args
+                + "\n"
+            )
             args = []
         code, err = cachemon(capsys, db, conf, *DEMO, *args)
         assert code == 2, (args, err)
         lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("cachemon: error:") and named in lines[0], (args, err)
+        assert len(lines) == 1 and lines[0].startswith("cachemon: error:") and named in lines[0], (
+            args,
+            err,
+        )
     assert tables(db) == before
     assert not list(tmp_path.glob(".*rebuild.tmp*"))
-    results("failed demo refused up front", "bad --days (nan, inf, 1e9, -1), --seed, --until (years 1 and 9999, "
-            "future), [simulator] settings", f"{len(REFUSED_DEMOS)} commands",
-            "exit 2 with one line naming the argument; every table equal to the previous demo's")
+    results(
+        "failed demo refused up front",
+        "bad --days (nan, inf, 1e9, -1), --seed, --until (years 1 and 9999, "
+        "future), [simulator] settings",
+        f"{len(REFUSED_DEMOS)} commands",
+        "exit 2 with one line naming the argument; every table equal to the previous demo's",
+    )
 
 
 def test_a_demo_failing_midway_or_killed_changes_nothing(demo_copy, tmp_path, results):
@@ -136,19 +152,47 @@ def test_a_demo_failing_midway_or_killed_changes_nothing(demo_copy, tmp_path, re
     after = tables(db)
     assert after != before
     with store.reader(db) as con:
-        assert con.execute("SELECT * FROM rollup_minute ORDER BY ALL").fetchall() == after['"main"."rollup_minute"']
-    results("demo failing midway / killed", "an exception after 2 of 3 simulated days; a torn copy left aside",
-            "2", "every table equal to the previous demo's; the copy aside removed by the next demo")
+        assert (
+            con.execute("SELECT * FROM rollup_minute ORDER BY ALL").fetchall()
+            == after['"main"."rollup_minute"']
+        )
+    results(
+        "demo failing midway / killed",
+        "an exception after 2 of 3 simulated days; a torn copy left aside",
+        "2",
+        "every table equal to the previous demo's; the copy aside removed by the next demo",
+    )
 
 
 def test_a_killed_demo_changes_nothing(demo_copy, results):
     """SIGKILL a long demo once it is building its copy: the store is as the
     previous demo left it, and the next demo starts over cleanly."""
     db, cfg, before = demo_copy
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHEMON_")} | {"PYTHONPATH": str(ROOT)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHEMON_")} | {
+        "PYTHONPATH": str(ROOT)
+    }
     aside = db.with_name(f".{db.name}.rebuild.tmp")
-    p = subprocess.Popen([sys.executable, "-m", "cachemon", "--db", str(db), "--config", str(cfg), "demo",
-                          "--days", "30", "--seed", "9", "--quiet", "--until", iso(NOW)], cwd=ROOT, env=env)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cachemon",
+            "--db",
+            str(db),
+            "--config",
+            str(cfg),
+            "demo",
+            "--days",
+            "30",
+            "--seed",
+            "9",
+            "--quiet",
+            "--until",
+            iso(NOW),
+        ],
+        cwd=ROOT,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 60
         while not aside.exists() and time.monotonic() < deadline and p.poll() is None:
@@ -159,8 +203,12 @@ def test_a_killed_demo_changes_nothing(demo_copy, results):
         p.kill()
         p.wait()
     assert tables(db) == before
-    results("demo killed (SIGKILL)", "a 30-day demo killed while building its copy", "1",
-            "every table equal to the previous demo's")
+    results(
+        "demo killed (SIGKILL)",
+        "a 30-day demo killed while building its copy",
+        "1",
+        "every table equal to the previous demo's",
+    )
 
 
 WRITES_BEYOND_NOW = [
@@ -176,12 +224,20 @@ def test_writes_beyond_now_are_refused(demo_copy, capsys, results):
     db, cfg, before = demo_copy
     for args in WRITES_BEYOND_NOW:
         code, err = cachemon(capsys, db, cfg, *args)
-        assert code == 2 and err.startswith("cachemon: error:") and "future" in err and len(err.splitlines()) == 1, \
-            (args, err)
+        assert (
+            code == 2
+            and err.startswith("cachemon: error:")
+            and "future" in err
+            and len(err.splitlines()) == 1
+        ), (args, err)
     assert tables(db) == before
-    results("writing commands beyond now", "compact/alerts check/experiments analyze --at, costs report --date, "
-            f"pull --until more than {format_duration(CLOCK_SKEW)} ahead", f"{len(WRITES_BEYOND_NOW)} commands",
-            "exit 2 naming the instant as in the future; every table unchanged")
+    results(
+        "writing commands beyond now",
+        "compact/alerts check/experiments analyze --at, costs report --date, "
+        f"pull --until more than {format_duration(CLOCK_SKEW)} ahead",
+        f"{len(WRITES_BEYOND_NOW)} commands",
+        "exit 2 naming the instant as in the future; every table unchanged",
+    )
 
 
 def test_a_compact_within_the_skew_is_accepted(demo_copy, capsys):
@@ -202,8 +258,12 @@ def test_horizons_never_pass_the_data_end(demo_copy, results):
         assert kept.horizons == retention.Horizons(floor_to(end, DAY), floor_to(end, DAY))
         w = Window(floor_to(end, HOUR), floor_to(end, HOUR) + HOUR)
         ingest.replace_window(con, small_sim().generate(w), "later", w, NOW)  # not refused
-    results("retention as of a far future", "retention applied 60 years ahead of the data", "1",
-            "horizons stop at the day the data ends; the next hour is still writable")
+    results(
+        "retention as of a far future",
+        "retention applied 60 years ahead of the data",
+        "1",
+        "horizons stop at the day the data ends; the next hour is still writable",
+    )
 
 
 def test_an_empty_store_closes_nothing(tmp_path):

@@ -8,11 +8,10 @@ import logging
 import time
 
 import pytest
-
-from cachemon.runner import heartbeat
-from cachemon.errors import ConfigError
-
 from pingsink import PingSink
+
+from cachemon.errors import ConfigError
+from cachemon.runner import heartbeat
 
 SECRET = "/ping/5f0c7a2e-secret-check-key"
 
@@ -37,7 +36,9 @@ def test_pings_reach_the_receiver(sink):
 
 
 @pytest.mark.parametrize("fault", ["slow", "500", "refused"])
-def test_a_failing_receiver_never_blocks_and_is_logged_without_the_url(sink, fault, caplog, results):
+def test_a_failing_receiver_never_blocks_and_is_logged_without_the_url(
+    sink, fault, caplog, results
+):
     caplog.set_level(logging.DEBUG)
     url = sink.url(SECRET)
     if fault == "slow":
@@ -53,14 +54,25 @@ def test_a_failing_receiver_never_blocks_and_is_logged_without_the_url(sink, fau
     assert not p.ping()  # one at a time: the next is skipped while this one is out
     p.wait(10)
     took = time.monotonic() - t0
-    assert started < 0.2 and took < 3.0, (started, took)  # the caller never waits; the ping ends by its deadline
+    assert started < 0.2 and took < 3.0, (
+        started,
+        took,
+    )  # the caller never waits; the ping ends by its deadline
     assert p.failed == 1 and p.sent == 0
     text = caplog.text
     assert f"heartbeat ping to http://127.0.0.1:{sink.port} failed" in text
-    assert {"slow": "no complete answer within 1 s", "500": "HTTP 500", "refused": "could not connect"}[fault] in text
+    assert {
+        "slow": "no complete answer within 1 s",
+        "500": "HTTP 500",
+        "refused": "could not connect",
+    }[fault] in text
     assert "secret" not in text and "5f0c7a2e" not in text
-    results(f"heartbeat receiver {fault}", f"ping to a receiver that is {fault}", 1,
-            f"caller waited {started * 1000:.0f} ms, ping ended in {took:.1f} s, logged without the URL")
+    results(
+        f"heartbeat receiver {fault}",
+        f"ping to a receiver that is {fault}",
+        1,
+        f"caller waited {started * 1000:.0f} ms, ping ended in {took:.1f} s, logged without the URL",
+    )
 
 
 def test_a_bad_url_is_refused_without_showing_it():

@@ -8,31 +8,29 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from itertools import product
 from datetime import timedelta
+from itertools import product
 
 import pandas as pd
 import pytest
 import schemathesis
-from schemathesis.generation import GenerationMode
+from conftest import T0, config_error
 from hypothesis import HealthCheck, given, settings
-from hypothesis.errors import Unsatisfiable
 from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
+from schemathesis.generation import GenerationMode
 
-from cachemon.api import server as api
 from cachemon import config
 from cachemon import settings as cm_settings
-from cachemon.metrics import exposition
-from cachemon.store import export
-from cachemon.metrics import window as metrics
-from cachemon.costs import optimize
-from cachemon.ingest import load as pipeline
-from cachemon.costs import report
-from cachemon.store import db as store
+from cachemon.api import server as api
 from cachemon.clock import Window, iso
+from cachemon.costs import optimize, report
 from cachemon.errors import CachemonError
-
-from conftest import T0, config_error
+from cachemon.ingest import load as pipeline
+from cachemon.metrics import exposition
+from cachemon.metrics import window as metrics
+from cachemon.store import db as store
+from cachemon.store import export
 
 NOW = T0 + timedelta(hours=4)
 EVIL_KEYS = (
@@ -45,14 +43,26 @@ EVIL_KEYS = (
     'search:title:q=" onmouseover="alert(1)',
     "search:title:q={{ 7*7 }}{% raw %}",
 )
-junk = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
-                 st.text(max_size=40), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5),
-                                                                                           st.integers(), max_size=2))
+junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
 
 
 def _valid_row(i: int, key: str) -> dict:
-    return {"timestamp": iso(T0 + timedelta(seconds=7 * i)), "tier": ("edge", "kv", "r2", "api")[i % 4],
-            "key": key, "endpoint": "title", "latency_ms": 1.5 + i, "sample_interval": 1 + i % 3}
+    return {
+        "timestamp": iso(T0 + timedelta(seconds=7 * i)),
+        "tier": ("edge", "kv", "r2", "api")[i % 4],
+        "key": key,
+        "endpoint": "title",
+        "latency_ms": 1.5 + i,
+        "sample_interval": 1 + i % 3,
+    }
 
 
 IMPORTS: Counter = Counter()
@@ -62,13 +72,23 @@ IMPORTS: Counter = Counter()
 def files(draw):
     """(bytes of an NDJSON file, whether every line is valid, the valid request weight)."""
     n = draw(st.integers(1, 12))
-    rows = [_valid_row(i, draw(st.sampled_from(EVIL_KEYS + ("search:title:q=ok",)))) for i in range(n)]
+    rows = [
+        _valid_row(i, draw(st.sampled_from(EVIL_KEYS + ("search:title:q=ok",)))) for i in range(n)
+    ]
     lines = [json.dumps(r, ensure_ascii=False).encode("utf-8", "surrogateescape") for r in rows]
-    corrupt = draw(st.sampled_from(["none", "field", "missing", "not json", "not an object", "bad utf-8"]))
+    corrupt = draw(
+        st.sampled_from(["none", "field", "missing", "not json", "not an object", "bad utf-8"])
+    )
     at = draw(st.integers(0, n - 1))
     if corrupt == "field":
-        row = dict(rows[at], **{draw(st.sampled_from(("timestamp", "latency_ms", "tier", "sample_interval"))):
-                                draw(junk)})
+        row = dict(
+            rows[at],
+            **{
+                draw(st.sampled_from(("timestamp", "latency_ms", "tier", "sample_interval"))): draw(
+                    junk
+                )
+            },
+        )
         lines[at] = json.dumps(row, allow_nan=True).encode()
     elif corrupt == "missing":
         row = dict(rows[at])
@@ -84,7 +104,9 @@ def files(draw):
     return b"\n".join(lines) + b"\n", corrupt, weight
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=files())
 def test_fuzzed_import_never_crashes_and_a_bad_file_writes_nothing(tmp_path, data):
     body, corrupt, weight = data
@@ -109,10 +131,15 @@ def test_fuzzed_import_never_crashes_and_a_bad_file_writes_nothing(tmp_path, dat
 def test_fuzzed_import_outcomes(results):
     """Reports what the fuzzing above generated (it runs first, in file order)."""
     assert sum(IMPORTS.values()) >= 50
-    results("event importer fuzzed (hypothesis)", "NDJSON files with hostile keys, wrong types, missing fields, "
-            "non-JSON lines, non-objects, invalid UTF-8", f"{sum(IMPORTS.values())} files",
-            "no crash; " + ", ".join(f"{n} {k}" for k, n in sorted(IMPORTS.items())) +
-            "; a refused file names itself and its line, and writes nothing")
+    results(
+        "event importer fuzzed (hypothesis)",
+        "NDJSON files with hostile keys, wrong types, missing fields, "
+        "non-JSON lines, non-objects, invalid UTF-8",
+        f"{sum(IMPORTS.values())} files",
+        "no crash; "
+        + ", ".join(f"{n} {k}" for k, n in sorted(IMPORTS.items()))
+        + "; a refused file names itself and its line, and writes nothing",
+    )
 
 
 def _requests(db) -> float:
@@ -123,8 +150,12 @@ def _requests(db) -> float:
 def test_evil_keys_travel_intact_and_escaped(tmp_path, results):
     rows = [_valid_row(i, key) for i, key in enumerate(EVIL_KEYS * 5)]
     f = tmp_path / "evil.ndjson"
-    f.write_bytes(b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8", "surrogateescape") + b"\n"
-                           for r in rows))
+    f.write_bytes(
+        b"".join(
+            json.dumps(r, ensure_ascii=False).encode("utf-8", "surrogateescape") + b"\n"
+            for r in rows
+        )
+    )
     db = tmp_path / "evil.duckdb"
     cfg = config.with_db(cm_settings.Config(), str(db))
     pipeline.import_files(cfg, [f], NOW)
@@ -142,27 +173,43 @@ def test_evil_keys_travel_intact_and_escaped(tmp_path, results):
     csv = export.csv_bytes(pd.DataFrame({"key": sorted(read_back)})).decode()
     assert "\n=HYPERLINK" not in csv and "'=HYPERLINK" in csv
     # Email: keys reach the cost report as evidence; its HTML escapes them, its subject has no line breaks.
-    rec = optimize.Recommendation("edge_optimization", "hot keys", tuple(f"{k} (title): 50% edge" for k in read_back),
-                                  "raise the edge TTL", 0.01)
-    r = report.Report(T0.date(), NOW, True, (("hot", 1),), (), 0.0, 0.0, None, None, (rec,), "healthy", "v")
+    rec = optimize.Recommendation(
+        "edge_optimization",
+        "hot keys",
+        tuple(f"{k} (title): 50% edge" for k in read_back),
+        "raise the edge TTL",
+        0.01,
+    )
+    r = report.Report(
+        T0.date(), NOW, True, (("hot", 1),), (), 0.0, 0.0, None, None, (rec,), "healthy", "v"
+    )
     subject, text, html = report.render(r, "[x]", "")
-    assert "<script>" not in html and "&lt;script&gt;" in html and "onmouseover=\"" not in html
-    assert "\n" not in subject and "DROP TABLE rollup_minute" in text  # plain text needs no escaping
-    results("hostile cache keys", "HTML, SQL, control characters, a 16 KB key, invalid UTF-8, formula, template",
-            f"{len(EVIL_KEYS)} keys × 5 requests", "stored and served intact (invalid UTF-8 as U+FFFD); never a "
-            "Prometheus label; CSV cells neutralised; escaped in email HTML; text on the dashboard (browser test)")
+    assert "<script>" not in html and "&lt;script&gt;" in html and 'onmouseover="' not in html
+    assert (
+        "\n" not in subject and "DROP TABLE rollup_minute" in text
+    )  # plain text needs no escaping
+    results(
+        "hostile cache keys",
+        "HTML, SQL, control characters, a 16 KB key, invalid UTF-8, formula, template",
+        f"{len(EVIL_KEYS)} keys × 5 requests",
+        "stored and served intact (invalid UTF-8 as U+FFFD); never a "
+        "Prometheus label; CSV cells neutralised; escaped in email HTML; text on the dashboard (browser test)",
+    )
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[simulator]\nseed = 'five'\n", "seed must be int"),
-    ("[retention]\nminute_days = 1.5\n", "minute_days must be int"),
-    ("[alerts]\nevaluate_every = 15\n", "evaluate_every must be a duration string"),
-    ("[store]\npath = ['a']\n", "path must be str"),
-    ("[nonsense]\nx = 1\n", "unknown section or key 'nonsense'"),
-    ("[simulator\nseed = 1\n", "is not valid TOML"),
-    ("[costs]\nkv_ttl = { title = 5 }\n", "must be a table of durations"),
-    ("source = 'ftp'\n", "use 'simulator' or 'analytics_engine'"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[simulator]\nseed = 'five'\n", "seed must be int"),
+        ("[retention]\nminute_days = 1.5\n", "minute_days must be int"),
+        ("[alerts]\nevaluate_every = 15\n", "evaluate_every must be a duration string"),
+        ("[store]\npath = ['a']\n", "path must be str"),
+        ("[nonsense]\nx = 1\n", "unknown section or key 'nonsense'"),
+        ("[simulator\nseed = 1\n", "is not valid TOML"),
+        ("[costs]\nkv_ttl = { title = 5 }\n", "must be a table of durations"),
+        ("source = 'ftp'\n", "use 'simulator' or 'analytics_engine'"),
+    ],
+)
 def test_config_files_of_the_wrong_shape_are_named(tmp_path, text, message):
     error, p = config_error(tmp_path, text)
     assert re.search(message, error) and str(p) in error
@@ -192,7 +239,13 @@ def test_the_api_fuzzed_from_its_schema_never_fails_with_a_5xx(loaded_store, res
         try:
             call()
         except Unsatisfiable:
-            assert mode is GenerationMode.NEGATIVE  # an operation without parameters has no invalid request
+            assert (
+                mode is GenerationMode.NEGATIVE
+            )  # an operation without parameters has no invalid request
     assert seen[200] and seen[400] and not seen[500]
-    results("metrics API fuzzed (schemathesis)", "requests generated from the OpenAPI description",
-            f"{sum(seen.values())} requests", f"{seen[200]} answered, {seen[400]} refused with a JSON 4xx, 0 5xx")
+    results(
+        "metrics API fuzzed (schemathesis)",
+        "requests generated from the OpenAPI description",
+        f"{sum(seen.values())} requests",
+        f"{seen[200]} answered, {seen[400]} refused with a JSON 4xx, 0 5xx",
+    )

@@ -13,12 +13,12 @@ import subprocess
 import sys
 
 import pytest
-
-from cachemon.notify import outbox as notify
-from cachemon.store import db as store
-from cachemon.errors import ConfigError
 from conftest import ALWAYS_RULE, ROOT, T0
 from servers import SmtpSink, free_port
+
+from cachemon.errors import ConfigError
+from cachemon.notify import outbox as notify
+from cachemon.store import db as store
 
 DAY = "2026-11-19"
 
@@ -30,20 +30,33 @@ def _copy(loaded_store, tmp_path):
 
 
 def _cli(db, env_extra: dict, *args, config=None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "SLACK_", "DISCORD_", "ALERT_",
-                                                                     "MAILCHANNELS_", "CACHEMON_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SMTP_", "SLACK_", "DISCORD_", "ALERT_", "MAILCHANNELS_", "CACHEMON_"))
+    }
     env.update(CACHEMON_DB=str(db), PYTHONPATH=str(ROOT), **env_extra)
     if config:
         env["CACHEMON_CONFIG"] = str(config)
-    return subprocess.run([sys.executable, "-m", "cachemon", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "cachemon", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _outbox(db):
     """(id, channel, status, attempts) of every notification, and the attempts logged per notification."""
     with store.reader(db) as con:
-        rows = con.execute("SELECT id, channel, status, attempts FROM notifications ORDER BY id").fetchall()
-        tried = dict(con.execute("SELECT notification_id, count(*) FROM deliveries GROUP BY ALL").fetchall())
+        rows = con.execute(
+            "SELECT id, channel, status, attempts FROM notifications ORDER BY id"
+        ).fetchall()
+        tried = dict(
+            con.execute("SELECT notification_id, count(*) FROM deliveries GROUP BY ALL").fetchall()
+        )
     return rows, tried
 
 
@@ -57,7 +70,10 @@ def test_costs_report_says_per_channel_what_happened(loaded_store, tmp_path, res
         rows, tried = _outbox(db)
         # Independent truth: the sink got exactly one email; the Slack row is pending after one attempt.
         assert len(smtp.messages) == 1
-        assert [(ch, st, n) for _, ch, st, n in rows] == [("email", "sent", 1), ("slack", "pending", 1)]
+        assert [(ch, st, n) for _, ch, st, n in rows] == [
+            ("email", "sent", 1),
+            ("slack", "pending", 1),
+        ]
         email_id, slack_id = rows[0][0], rows[1][0]
         assert first.returncode == 1, first.stderr
         assert "sent via" not in first.stderr
@@ -72,14 +88,19 @@ def test_costs_report_says_per_channel_what_happened(loaded_store, tmp_path, res
         new_slack = [r for r in rows if r[1] == "slack"][-1]
         assert new_slack[2] == "pending" and new_slack[0] not in tried
         assert again.returncode == 1
-        assert (f"notification {new_slack[0]} via slack: queued, not sent yet: waits behind notification "
-                f"{slack_id}") in again.stderr
+        assert (
+            f"notification {new_slack[0]} via slack: queued, not sent yet: waits behind notification "
+            f"{slack_id}"
+        ) in again.stderr
     finally:
         smtp.stop()
-    results("notification claims: costs report", "Slack webhook on a dead port, SMTP up; then --resend",
-            "2 runs, 4 notifications",
-            "per notification: email sent, Slack failed (reason, kept for retry), the resent one queued behind "
-            "it (never tried); exit 1 both times, never `sent via`")
+    results(
+        "notification claims: costs report",
+        "Slack webhook on a dead port, SMTP up; then --resend",
+        "2 runs, 4 notifications",
+        "per notification: email sent, Slack failed (reason, kept for retry), the resent one queued behind "
+        "it (never tried); exit 1 both times, never `sent via`",
+    )
 
 
 def test_alerts_check_exits_non_zero_when_a_send_failed(loaded_store, tmp_path, results):
@@ -93,8 +114,12 @@ def test_alerts_check_exits_non_zero_when_a_send_failed(loaded_store, tmp_path, 
     assert [(ch, st, n) for _, ch, st, n in rows] == [("slack", "pending", 1)]
     assert p.returncode == 1, p.stdout + p.stderr
     assert f"delivery {rows[0][0]} via slack: failed: slack webhook: unreachable" in p.stdout
-    results("notification claims: alerts check", "an alert firing, Slack webhook on a dead port", "1 check",
-            "`queued slack` then `delivery 1 via slack: failed: … unreachable`, exit 1 (was exit 0)")
+    results(
+        "notification claims: alerts check",
+        "an alert firing, Slack webhook on a dead port",
+        "1 check",
+        "`queued slack` then `delivery 1 via slack: failed: … unreachable`, exit 1 (was exit 0)",
+    )
 
 
 @pytest.mark.parametrize("port", ["99999", "0", "65536", "-1", "٣", "25x"])
@@ -105,19 +130,33 @@ def test_a_bad_smtp_port_is_refused_when_read(port):
 
 def test_good_smtp_ports_are_taken():
     for port in ("1", "25", "65535"):
-        assert notify.Transports.from_env({"SMTP_HOST": "127.0.0.1", "SMTP_PORT": port}).smtp.port == int(port)
+        assert notify.Transports.from_env(
+            {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": port}
+        ).smtp.port == int(port)
 
 
 def test_costs_report_with_a_bad_smtp_port_stores_nothing(loaded_store, tmp_path, results):
     db = _copy(loaded_store, tmp_path)
     with store.reader(db) as con:
         before = con.execute("SELECT count(*) FROM cost_reports").fetchone()[0]
-    p = _cli(db, {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": "99999", "ALERT_EMAIL": "a@example.org"},
-             "costs", "report", "--date", DAY)
+    p = _cli(
+        db,
+        {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": "99999", "ALERT_EMAIL": "a@example.org"},
+        "costs",
+        "report",
+        "--date",
+        DAY,
+    )
     assert p.returncode == 2
-    assert p.stderr.strip().splitlines() == ["cachemon: error: SMTP_PORT='99999' is not a port number (1 to 65535)"]
+    assert p.stderr.strip().splitlines() == [
+        "cachemon: error: SMTP_PORT='99999' is not a port number (1 to 65535)"
+    ]
     with store.reader(db) as con:
         assert con.execute("SELECT count(*) FROM cost_reports").fetchone()[0] == before
     assert _outbox(db) == ([], {})
-    results("bad SMTP_PORT", "SMTP_PORT=99999 for costs report", "1 run",
-            "one `cachemon: error:` line naming SMTP_PORT and 1 to 65535, exit 2; no report, no notification stored")
+    results(
+        "bad SMTP_PORT",
+        "SMTP_PORT=99999 for costs report",
+        "1 run",
+        "one `cachemon: error:` line naming SMTP_PORT and 1 to 65535, exit 2; no report, no notification stored",
+    )

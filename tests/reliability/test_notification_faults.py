@@ -9,32 +9,47 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
-
-from cachemon.alerts import lifecycle as lc
-from cachemon.notify import outbox as notify
-from cachemon.store import db as store
-from cachemon.settings import NotifyConfig
+from datetime import UTC, datetime, timedelta
 
 from servers import SmtpSink, WebhookSink
 
-T0 = datetime(2026, 11, 19, 9, 0, tzinfo=timezone.utc)
+from cachemon.alerts import lifecycle as lc
+from cachemon.notify import outbox as notify
+from cachemon.settings import NotifyConfig
+from cachemon.store import db as store
+
+T0 = datetime(2026, 11, 19, 9, 0, tzinfo=UTC)
 NC = replace(NotifyConfig(), timeout=timedelta(seconds=1))
 CHANNELS = ("email", "slack", "discord")
 
 
 def _notice(channel: str, i: int, t: notify.Transports) -> notify.OutboxRow:
     at = T0 + timedelta(minutes=5 * i)
-    state = lc.InstanceState(f"rule_{i}", "", "p99_latency", "critical", lc.FIRING, at, at, value=900.0 + i,
-                             threshold=500.0, message=f"notice {i}", firing_since=at)
+    state = lc.InstanceState(
+        f"rule_{i}",
+        "",
+        "p99_latency",
+        "critical",
+        lc.FIRING,
+        at,
+        at,
+        value=900.0 + i,
+        threshold=500.0,
+        message=f"notice {i}",
+        firing_since=at,
+    )
     return notify.render(lc.Notice(channel, "new", (state,), (), at), None, NC, t)
 
 
 def test_notification_faults_then_everything_delivered_once_in_order(tmp_path, results):
     db = tmp_path / "n.duckdb"
     smtp, hooks = SmtpSink().start(), WebhookSink()
-    env = {**smtp.env(), "ALERT_EMAIL": "oncall@example.org", "SLACK_WEBHOOK_URL": hooks.url("/slack"),
-           "DISCORD_WEBHOOK_URL": hooks.url("/discord")}
+    env = {
+        **smtp.env(),
+        "ALERT_EMAIL": "oncall@example.org",
+        "SLACK_WEBHOOK_URL": hooks.url("/slack"),
+        "DISCORD_WEBHOOK_URL": hooks.url("/discord"),
+    }
     t = notify.Transports.from_env(env)
     queued, failures = {c: [] for c in CHANNELS}, Counter()
     try:
@@ -61,24 +76,34 @@ def test_notification_faults_then_everything_delivered_once_in_order(tmp_path, r
                 for d in notify.deliver(con, t, NC, now):
                     failures[d.channel] += not d.ok
         emails = [m["Subject"] for m in smtp.messages]
-        slack = [r["json"]["text"] for r in hooks.requests if r["path"] == "/slack" and r["status"] < 300]
-        discord = [r["json"]["content"] for r in hooks.requests if r["path"] == "/discord" and r["status"] < 300]
+        slack = [
+            r["json"]["text"] for r in hooks.requests if r["path"] == "/slack" and r["status"] < 300
+        ]
+        discord = [
+            r["json"]["content"]
+            for r in hooks.requests
+            if r["path"] == "/discord" and r["status"] < 300
+        ]
     finally:
         smtp.stop()
         hooks.close()
     store.publish_snapshot(db)
     with store.reader(db) as con:
         statuses = Counter(s for (s,) in con.execute("SELECT status FROM notifications").fetchall())
-        attempts = con.execute("SELECT count(*), count(*) FILTER (WHERE NOT ok) FROM deliveries").fetchall()[0]
+        attempts = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE NOT ok) FROM deliveries"
+        ).fetchall()[0]
     n = len(queued["email"])
     assert statuses == {"sent": 3 * n}
     assert emails == [p["subject"] for p in queued["email"]]  # each once, in order
     assert slack == [p["text"] for p in queued["slack"]]
     assert discord == [p["content"] for p in queued["discord"]]
     assert failures["email"] > 0 and failures["slack"] > 0 and attempts[1] == sum(failures.values())
-    results("notification faults (an hour, simulated)",
-            "SMTP down 20 min, then refusing recipients 20 min; Slack and Discord webhooks 500 for 40 min "
-            "and slow (0.6 s) for an hour",
-            f"{3 * n} notifications, {attempts[0]} delivery attempts",
-            f"{attempts[1]} failed attempts retried with backoff; all {3 * n} delivered once each, "
-            "in order per channel, after service returned")
+    results(
+        "notification faults (an hour, simulated)",
+        "SMTP down 20 min, then refusing recipients 20 min; Slack and Discord webhooks 500 for 40 min "
+        "and slow (0.6 s) for an hour",
+        f"{3 * n} notifications, {attempts[0]} delivery attempts",
+        f"{attempts[1]} failed attempts retried with backoff; all {3 * n} delivered once each, "
+        "in order per channel, after service returned",
+    )

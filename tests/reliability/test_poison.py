@@ -13,36 +13,42 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings, HealthCheck
-from hypothesis import strategies as st
-
-from cachemon.alerts import evaluate as alerts
-from cachemon import config
-from cachemon import settings as cm_settings
-from cachemon.metrics import window as metrics
-from cachemon.ingest import load as pipeline
-from cachemon.store import db as store
-from cachemon.clock import Window, iso
-from cachemon.errors import InputError
-from cachemon.sources import files
-
 from conftest import ROOT, T0, config_error, load, simulate
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from servers import free_port
 
+from cachemon import config
+from cachemon import settings as cm_settings
+from cachemon.alerts import evaluate as alerts
+from cachemon.clock import Window, iso
+from cachemon.errors import InputError
+from cachemon.ingest import load as pipeline
+from cachemon.metrics import window as metrics
+from cachemon.sources import files
+from cachemon.store import db as store
+
 NOW = T0 + timedelta(hours=1)
-START = datetime(2026, 11, 19, 7, 0, tzinfo=timezone.utc)  # the events' hour, before NOW
+START = datetime(2026, 11, 19, 7, 0, tzinfo=UTC)  # the events' hour, before NOW
 
 
 def _row(i: int, **over) -> dict:
-    return {"timestamp": iso(START + timedelta(seconds=10 * i)), "tier": ("edge", "kv", "r2", "api")[i % 4],
-            "key": f"search:title:q=k{i}", "endpoint": "title", "latency_ms": 2.0 + i, "bytes": 100.0,
-            "sample_interval": 1.0, **over}
+    return {
+        "timestamp": iso(START + timedelta(seconds=10 * i)),
+        "tier": ("edge", "kv", "r2", "api")[i % 4],
+        "key": f"search:title:q=k{i}",
+        "endpoint": "title",
+        "latency_ms": 2.0 + i,
+        "bytes": 100.0,
+        "sample_interval": 1.0,
+        **over,
+    }
 
 
 def _write(path, rows):
@@ -50,8 +56,14 @@ def _write(path, rows):
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     elif path.suffix == ".csv":
         cols = sorted({k for r in rows for k in r})
-        path.write_text(",".join(cols) + "\n" + "".join(",".join(repr(r[c]) if isinstance(r[c], float) else str(r[c])
-                                                                    for c in cols) + "\n" for r in rows))
+        path.write_text(
+            ",".join(cols)
+            + "\n"
+            + "".join(
+                ",".join(repr(r[c]) if isinstance(r[c], float) else str(r[c]) for c in cols) + "\n"
+                for r in rows
+            )
+        )
     else:
         pq.write_table(pa.Table.from_pylist(rows), path)
     return path
@@ -66,8 +78,10 @@ def _cfg(tmp_path, toml: str = ""):
 def _stored(cfg) -> tuple:
     """What the store holds: imports and the weighted requests."""
     with store.reader(cfg.store.path) as con:
-        return (con.execute("SELECT count(*) FROM imports").fetchone()[0],
-                con.execute("SELECT sum(requests) FROM rollup_minute").fetchone()[0])
+        return (
+            con.execute("SELECT count(*) FROM imports").fetchone()[0],
+            con.execute("SELECT sum(requests) FROM rollup_minute").fetchone()[0],
+        )
 
 
 def _seeded(tmp_path, toml: str = ""):
@@ -93,9 +107,14 @@ def _refused(cfg, bad, *expected: str) -> str:
     return msg
 
 
-ABSURD = [("latency_ms", 1e308, "beyond the limit"), ("bytes", 1e308, "beyond the limit"),
-          ("sample_interval", 1e308, "beyond the limit"), ("latency_ms", 4e6, "beyond the limit"),
-          ("bytes", 6e12, "beyond the limit"), ("sample_interval", 0.5, "at least 1")]
+ABSURD = [
+    ("latency_ms", 1e308, "beyond the limit"),
+    ("bytes", 1e308, "beyond the limit"),
+    ("sample_interval", 1e308, "beyond the limit"),
+    ("latency_ms", 4e6, "beyond the limit"),
+    ("bytes", 6e12, "beyond the limit"),
+    ("sample_interval", 0.5, "at least 1"),
+]
 LINE = {".ndjson": "line 3", ".csv": "line 4", ".parquet": "row 3"}
 
 
@@ -110,8 +129,12 @@ def test_absurd_finite_values_are_refused_with_file_line_and_field(tmp_path, suf
     ok = [_row(30, latency_ms=3_540_000.0, bytes=4e12, sample_interval=1e6)]
     pipeline.import_files(cfg, [_write(tmp_path / f"edge{suffix}", ok)], NOW)
     assert _stored(cfg) == (2, 4.0 + 1e6)
-    results(f"absurd finite values ({suffix})", "1e308 / beyond-limit latency_ms, bytes, sample_interval",
-            len(ABSURD), "refused with file, line, field; store unchanged")
+    results(
+        f"absurd finite values ({suffix})",
+        "1e308 / beyond-limit latency_ms, bytes, sample_interval",
+        len(ABSURD),
+        "refused with file, line, field; store unchanged",
+    )
 
 
 EPOCHS = [  # (integer timestamp, what the message must say)
@@ -133,38 +156,78 @@ def test_integer_timestamps_are_milliseconds_and_nothing_wraps(tmp_path, results
     # Timestamp-typed Parquet columns are range-checked in their own unit, before any conversion.
     for unit, value in (("ms", 10**17), ("ms", -(10**17)), ("us", 2**62)):  # x1000 would overflow
         table = pa.Table.from_pylist([_row(i) for i in range(3)]).set_column(
-            0, "timestamp", pa.array([int(START.timestamp()) * {"ms": 10**3, "us": 10**6}[unit]] * 2 + [value],
-                                     pa.timestamp(unit, tz="UTC")))
+            0,
+            "timestamp",
+            pa.array(
+                [int(START.timestamp()) * {"ms": 10**3, "us": 10**6}[unit]] * 2 + [value],
+                pa.timestamp(unit, tz="UTC"),
+            ),
+        )
         pq.write_table(table, tmp_path / "typed.parquet")
-        _refused(cfg, tmp_path / "typed.parquet", "row 3: timestamp ", f"{value} ({unit} since 1970) is outside 2000-2199")
+        _refused(
+            cfg,
+            tmp_path / "typed.parquet",
+            "row 3: timestamp ",
+            f"{value} ({unit} since 1970) is outside 2000-2199",
+        )
     ms = int(START.timestamp()) * 1000 + 1234
     pipeline.import_files(cfg, [_write(tmp_path / "ms.ndjson", [_row(40, timestamp=ms)])], NOW)
     with store.reader(cfg.store.path) as con:
-        first = con.execute("SELECT min(first_seen) FROM key_hour WHERE source <> "
-                            "(SELECT source FROM imports WHERE file = 'seed.ndjson')").fetchone()[0]
+        first = con.execute(
+            "SELECT min(first_seen) FROM key_hour WHERE source <> "
+            "(SELECT source FROM imports WHERE file = 'seed.ndjson')"
+        ).fetchone()[0]
     assert first == START + timedelta(milliseconds=1234)
-    results("epoch timestamps", "seconds, µs, ns, int64 extremes", len(EPOCHS),
-            "refused with the unit named; milliseconds stored exactly")
+    results(
+        "epoch timestamps",
+        "seconds, µs, ns, int64 extremes",
+        len(EPOCHS),
+        "refused with the unit named; milliseconds stored exactly",
+    )
 
 
 def test_events_from_the_future_are_refused_beyond_the_configured_skew(tmp_path, results):
     cfg = _seeded(tmp_path)
-    cases = [iso(datetime(2150, 1, 1, tzinfo=timezone.utc)), iso(NOW + timedelta(minutes=6))]
+    cases = [iso(datetime(2150, 1, 1, tzinfo=UTC)), iso(NOW + timedelta(minutes=6))]
     for ts in cases:
         rows = [_row(i) for i in range(20, 25)]
         rows[2]["timestamp"] = ts
-        _refused(cfg, _write(tmp_path / "bad.ndjson", rows), "line 3: timestamp ", "in the future", "clock_skew")
+        _refused(
+            cfg,
+            _write(tmp_path / "bad.ndjson", rows),
+            "line 3: timestamp ",
+            "in the future",
+            "clock_skew",
+        )
     # Within the default 5 minutes: a clock slightly ahead is accepted...
-    pipeline.import_files(cfg, [_write(tmp_path / "ahead.ndjson", [_row(50, timestamp=iso(NOW + timedelta(minutes=4)))])], NOW)
+    pipeline.import_files(
+        cfg,
+        [_write(tmp_path / "ahead.ndjson", [_row(50, timestamp=iso(NOW + timedelta(minutes=4)))])],
+        NOW,
+    )
     assert _stored(cfg) == (2, 5.0)
     # ...and the tolerance is configurable.
     (tmp_path / "strict").mkdir()
     strict = _seeded(tmp_path / "strict", '[ingest]\nclock_skew = "0s"\n')
-    _refused(strict, _write(tmp_path / "strict" / "bad.ndjson", [_row(60, timestamp=iso(NOW + timedelta(seconds=1)))]),
-             "line 1: timestamp ", "in the future")
-    assert "[ingest] clock_skew must be between" in config_error(tmp_path, '[ingest]\nclock_skew = "2d"\n')[0]
-    results("events from the future", "2150 and now+6m (skew 5m), now+1s (skew 0s)", len(cases) + 1,
-            "refused naming [ingest] clock_skew; store unchanged")
+    _refused(
+        strict,
+        _write(
+            tmp_path / "strict" / "bad.ndjson",
+            [_row(60, timestamp=iso(NOW + timedelta(seconds=1)))],
+        ),
+        "line 1: timestamp ",
+        "in the future",
+    )
+    assert (
+        "[ingest] clock_skew must be between"
+        in config_error(tmp_path, '[ingest]\nclock_skew = "2d"\n')[0]
+    )
+    results(
+        "events from the future",
+        "2150 and now+6m (skew 5m), now+1s (skew 0s)",
+        len(cases) + 1,
+        "refused naming [ingest] clock_skew; store unchanged",
+    )
 
 
 def _no_constant(name):
@@ -178,22 +241,33 @@ def _poisoned_store(db):
     load(db, simulate(3)[0])
     end = T0 + timedelta(hours=3)
     with store.writer(db, end) as con:
-        con.execute("INSERT INTO rollup_minute VALUES ('simulator', $m, 'edge', 'title', '', '', 1e308, 0, "
-                    "'inf'::DOUBLE, 'nan'::DOUBLE, 'nan'::DOUBLE, 'inf'::DOUBLE, 1)", {"m": end - timedelta(minutes=5)})
-        con.execute("INSERT INTO rollup_minute VALUES ('simulator', $m, 'edge', 'title', '', '', 1, 0, 0, 1, 1, 1, 1)",
-                    {"m": datetime(2150, 1, 1, tzinfo=timezone.utc)})
-        con.execute("INSERT INTO latency_minute VALUES ('simulator', $m, 'edge', 'title', '', '', 3, 'inf'::DOUBLE)",
-                    {"m": end - timedelta(minutes=5)})
+        con.execute(
+            "INSERT INTO rollup_minute VALUES ('simulator', $m, 'edge', 'title', '', '', 1e308, 0, "
+            "'inf'::DOUBLE, 'nan'::DOUBLE, 'nan'::DOUBLE, 'inf'::DOUBLE, 1)",
+            {"m": end - timedelta(minutes=5)},
+        )
+        con.execute(
+            "INSERT INTO rollup_minute VALUES ('simulator', $m, 'edge', 'title', '', '', 1, 0, 0, 1, 1, 1, 1)",
+            {"m": datetime(2150, 1, 1, tzinfo=UTC)},
+        )
+        con.execute(
+            "INSERT INTO latency_minute VALUES ('simulator', $m, 'edge', 'title', '', '', 3, 'inf'::DOUBLE)",
+            {"m": end - timedelta(minutes=5)},
+        )
     return end
 
 
-def test_an_older_store_with_poisoned_rows_gives_strict_json_and_an_honest_data_age(tmp_path, results):
+def test_an_older_store_with_poisoned_rows_gives_strict_json_and_an_honest_data_age(
+    tmp_path, results
+):
     db = tmp_path / "old.duckdb"
     end = _poisoned_store(db)
     cfg = config.with_db(cm_settings.Config(), str(db))
     at = end + timedelta(days=1)  # a day after the data: it is stale, whatever 2150 says
     with store.reader(db) as con:
-        m = metrics.compute(con, Window(at - timedelta(minutes=30), at), "30m", latest=True)  # minute rows
+        m = metrics.compute(
+            con, Window(at - timedelta(minutes=30), at), "30m", latest=True
+        )  # minute rows
         data_until = metrics.data_span(con, at)[1]
     out = metrics.to_json(m, cfg.metrics.stale_after)
     text = json.dumps(out, allow_nan=False)  # raises on nan/inf
@@ -214,8 +288,12 @@ def test_an_older_store_with_poisoned_rows_gives_strict_json_and_an_honest_data_
         for kind in ("num", "count", "usd"):
             shown = fmt(v, kind)
             assert "nan" not in shown.lower() and "inf" not in shown.lower(), shown
-    results("older store with poisoned rows", "1e308 requests, inf bytes, nan latency, a minute in 2150", 4,
-            "strict JSON (nulls); data age 86400 s, stale; data_stale alert evaluates the real age")
+    results(
+        "older store with poisoned rows",
+        "1e308 requests, inf bytes, nan latency, a minute in 2150",
+        4,
+        "strict JSON (nulls); data age 86400 s, stale; data_stale alert evaluates the real age",
+    )
 
 
 def test_the_metrics_api_on_a_poisoned_store_is_strict_and_says_stale(tmp_path):
@@ -228,8 +306,13 @@ def test_the_metrics_api_on_a_poisoned_store_is_strict_and_says_stale(tmp_path):
     env = dict(os.environ, CACHEMON_DB=str(db), PYTHONPATH=str(ROOT))
     env.pop("CACHEMON_API_TOKEN", None)
     env.pop("CACHEMON_CONFIG", None)
-    proc = subprocess.Popen([sys.executable, "-m", "cachemon", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cachemon", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(200):
@@ -240,16 +323,24 @@ def test_the_metrics_api_on_a_poisoned_store_is_strict_and_says_stale(tmp_path):
                 assert proc.poll() is None, "server exited"
                 time.sleep(0.1)
         h = json.loads(health.text, parse_constant=_no_constant)
-        body = json.loads(httpx.get(base + "/metrics", params={"period": "15m"}).text, parse_constant=_no_constant)
+        body = json.loads(
+            httpx.get(base + "/metrics", params={"period": "15m"}).text, parse_constant=_no_constant
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-    age = (datetime.now(timezone.utc) - end).total_seconds()
+    age = (datetime.now(UTC) - end).total_seconds()
     # No runner ever wrote this store, so /healthz says degraded (not ok), and
     # the data's age is named among its problems.
-    assert h["status"] == "degraded" and h["dataUntil"] == iso(end) and abs(h["dataAgeSeconds"] - age) < 120, h
+    assert (
+        h["status"] == "degraded"
+        and h["dataUntil"] == iso(end)
+        and abs(h["dataAgeSeconds"] - age) < 120
+    ), h
     assert any("the newest data is" in p for p in h["problems"]), h
-    assert body["stale"] is True and body["dataUntil"] == iso(end) and body["dataAgeSeconds"] > 0, body
+    assert body["stale"] is True and body["dataUntil"] == iso(end) and body["dataAgeSeconds"] > 0, (
+        body
+    )
 
 
 NON_FINITE = ["nan", "+nan", "-nan", "inf", "+inf", "-inf"]
@@ -262,17 +353,26 @@ FLOAT_FIELDS = [  # (TOML with {v}, the dotted name the error must give)
     ("[simulator]\norigin_error_rate = {v}\n", "simulator.origin_error_rate"),
     ("[pricing.kv_reads]\nprice = {v}\n", "pricing.kv_reads.price"),
     ("[pricing.kv_reads]\nincluded = {v}\n", "pricing.kv_reads.included"),
-    ("[[alerts.rules]]\nname = \"x\"\nmetric = \"p95_latency\"\nthreshold = {v}\n", "alerts.rules[0].threshold"),
-    ("[[alerts.rules]]\nname = \"x\"\nmetric = \"p95_latency\"\nthreshold = 5\nmin_requests = {v}\n",
-     "alerts.rules[0].min_requests"),
-    ("[[experiments]]\nname = \"e\"\nmde = {v}\n", "experiments[0].mde"),
-    ("[[experiments]]\nname = \"e\"\n[[experiments.cohorts]]\nname = \"a\"\nweight = {v}\n",
-     "experiments[0].cohorts[0].weight"),
+    (
+        '[[alerts.rules]]\nname = "x"\nmetric = "p95_latency"\nthreshold = {v}\n',
+        "alerts.rules[0].threshold",
+    ),
+    (
+        '[[alerts.rules]]\nname = "x"\nmetric = "p95_latency"\nthreshold = 5\nmin_requests = {v}\n',
+        "alerts.rules[0].min_requests",
+    ),
+    ('[[experiments]]\nname = "e"\nmde = {v}\n', "experiments[0].mde"),
+    (
+        '[[experiments]]\nname = "e"\n[[experiments.cohorts]]\nname = "a"\nweight = {v}\n',
+        "experiments[0].cohorts[0].weight",
+    ),
 ]
 CONFIG_SEEN: set = set()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(case=st.sampled_from(FLOAT_FIELDS), value=st.sampled_from(NON_FINITE))
 def test_nan_and_inf_in_the_config_are_refused_naming_file_and_field(tmp_path, case, value):
     text, name = case
@@ -282,8 +382,12 @@ def test_nan_and_inf_in_the_config_are_refused_naming_file_and_field(tmp_path, c
 
 
 def test_config_outcomes(results):
-    results("nan/inf in the configuration", "nan, inf, -inf in thresholds, prices, min_requests, weights, simulator",
-            len(CONFIG_SEEN), "refused naming the file and the dotted field")
+    results(
+        "nan/inf in the configuration",
+        "nan, inf, -inf in thresholds, prices, min_requests, weights, simulator",
+        len(CONFIG_SEEN),
+        "refused naming the file and the dotted field",
+    )
     assert len(CONFIG_SEEN) >= len(FLOAT_FIELDS) // 2
 
 
@@ -305,8 +409,14 @@ print("rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 
 
 def _import_in_subprocess(db, *paths) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", IMPORT_RSS, str(db), NOW.isoformat(), *map(str, paths)],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT, check=True).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORT_RSS, str(db), NOW.isoformat(), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=True,
+    ).stdout.splitlines()
     return out[0], int(out[1].split()[1])
 
 
@@ -321,38 +431,64 @@ def _repeated_parquet(path, rows: int):
 
 
 def test_absurd_files_import_in_bounded_memory_or_are_refused_clearly(tmp_path, results):
-    small, base = _import_in_subprocess(tmp_path / "a.duckdb", _write(tmp_path / "small.ndjson", [_row(1)]))
+    small, base = _import_in_subprocess(
+        tmp_path / "a.duckdb", _write(tmp_path / "small.ndjson", [_row(1)])
+    )
     assert small == "imported 1"
     big = _repeated_parquet(tmp_path / "repeated.parquet", 3_000_000)
     assert big.stat().st_size < 1 << 20
     outcome, rss = _import_in_subprocess(tmp_path / "b.duckdb", big)
     assert outcome == "imported 3000000"
     with store.reader(tmp_path / "b.duckdb") as con:
-        assert con.execute("SELECT sum(requests), sum(bytes) FROM rollup_minute").fetchone() == (3e6, 3e8)
+        assert con.execute("SELECT sum(requests), sum(bytes) FROM rollup_minute").fetchone() == (
+            3e6,
+            3e8,
+        )
     # Reading the file whole took ~130 bytes per row (~400 MB here); batches stay near the baseline.
     assert rss - base < 200, (base, rss)
     nul = tmp_path / "nul.ndjson"
     nul.write_bytes(b"\0" * (8 << 20))
     outcome, rss_nul = _import_in_subprocess(tmp_path / "c.duckdb", nul)
-    assert outcome == f"refused {nul}: line 1 is longer than 1,048,576 bytes (the limit of one event)"
+    assert (
+        outcome == f"refused {nul}: line 1 is longer than 1,048,576 bytes (the limit of one event)"
+    )
     nul_csv = tmp_path / "nul.csv"
     nul_csv.write_bytes(b"timestamp,tier\n" + b"\0" * (4 << 20))
     outcome, rss_csv = _import_in_subprocess(tmp_path / "c.duckdb", nul_csv)
-    assert outcome == (f"refused {nul_csv}: a line from line 1 on is longer than 1,048,576 bytes "
-                       "(the limit of one event; is this a text file?)"), outcome
+    assert outcome == (
+        f"refused {nul_csv}: a line from line 1 on is longer than 1,048,576 bytes "
+        "(the limit of one event; is this a text file?)"
+    ), outcome
     long_line = tmp_path / "long.ndjson"
-    long_line.write_text(json.dumps(_row(1)) + "\n" + json.dumps(_row(2, key="k" * (2 << 20))) + "\n")
+    long_line.write_text(
+        json.dumps(_row(1)) + "\n" + json.dumps(_row(2, key="k" * (2 << 20))) + "\n"
+    )
     outcome, rss_long = _import_in_subprocess(tmp_path / "c.duckdb", long_line)
-    assert outcome == f"refused {long_line}: line 2 is longer than 1,048,576 bytes (the limit of one event)"
+    assert (
+        outcome
+        == f"refused {long_line}: line 2 is longer than 1,048,576 bytes (the limit of one event)"
+    )
     assert max(rss_nul, rss_csv, rss_long) - base < 100, (base, rss_nul, rss_csv, rss_long)
     assert not (tmp_path / "c.duckdb").exists()
-    results("absurd files", "3 M repeated Parquet rows (<1 MB), 8 MB of NUL bytes, a 2 MB NDJSON line", 4,
-            f"imported in {rss - base} MB over baseline / refused clearly; peak RSS ≤ {max(rss, rss_nul, rss_long)} MB")
+    results(
+        "absurd files",
+        "3 M repeated Parquet rows (<1 MB), 8 MB of NUL bytes, a 2 MB NDJSON line",
+        4,
+        f"imported in {rss - base} MB over baseline / refused clearly; peak RSS ≤ {max(rss, rss_nul, rss_long)} MB",
+    )
 
 
 def test_a_parquet_file_over_the_row_limit_is_refused_from_its_footer(tmp_path, monkeypatch):
     monkeypatch.setattr(files, "MAX_ROWS", 250_000)
     cfg = _seeded(tmp_path)
-    _refused(cfg, _repeated_parquet(tmp_path / "many.parquet", 300_000), "300,000 rows, more than the limit of 250,000")
+    _refused(
+        cfg,
+        _repeated_parquet(tmp_path / "many.parquet", 300_000),
+        "300,000 rows, more than the limit of 250,000",
+    )
     # Text formats count as they stream.
-    _refused(cfg, _write(tmp_path / "many.ndjson", [_row(i % 50) for i in range(250_001)]), "more than 250,000 rows")
+    _refused(
+        cfg,
+        _write(tmp_path / "many.ndjson", [_row(i % 50) for i in range(250_001)]),
+        "more than 250,000 rows",
+    )

@@ -15,15 +15,12 @@ from datetime import timedelta
 
 import httpx
 import pytest
-
-from cachemon import config
-
-from cachemon import settings
-from cachemon.ingest import load as pipeline
-from cachemon.clock import MINUTE, floor_to, iso, utcnow
-
 from conftest import ROOT, SMALL, simulate
 from servers import chromium, free_port, streamlit_server
+
+from cachemon import config, settings
+from cachemon.clock import MINUTE, floor_to, iso, utcnow
+from cachemon.ingest import load as pipeline
 
 
 @pytest.fixture
@@ -42,18 +39,40 @@ def _import_until(tmp_path, db, start, name) -> str:
     _, df = simulate(0.5, start=start, step=timedelta(minutes=30))
     path = tmp_path / f"{name}.parquet"
     df.to_parquet(path, index=False)
-    p = subprocess.run([sys.executable, "-m", "cachemon", "--db", str(db), "import", str(path)], cwd=ROOT,
-                       env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "cachemon", "--db", str(db), "import", str(path)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     return iso(floor_to(df.timestamp.max().to_pydatetime(), MINUTE) + MINUTE)
 
 
 def _serve(db):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cachemon", "--db", str(db), "serve", "--port", str(port),
-                             "--allow", "127.0.0.1", "--cache-seconds", "0"], cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cachemon",
+            "--db",
+            str(db),
+            "serve",
+            "--port",
+            str(port),
+            "--allow",
+            "127.0.0.1",
+            "--cache-seconds",
+            "0",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -75,7 +94,9 @@ def test_a_running_server_answers_with_each_imports_data(old_store, tmp_path, re
         # No runner writes this store, so /healthz is degraded (never "ok").
         assert first["dataUntil"] == iso(end) and first["status"] == "degraded"
         now = utcnow()
-        for i, start in enumerate((now - timedelta(minutes=100), floor_to(now, MINUTE) - timedelta(minutes=31))):
+        for i, start in enumerate(
+            (now - timedelta(minutes=100), floor_to(now, MINUTE) - timedelta(minutes=31))
+        ):
             expected = _import_until(tmp_path, db, start, f"import{i}")
             h = httpx.get(base + "/healthz").json()
             m = httpx.get(base + "/metrics", params={"period": "15m"})
@@ -88,11 +109,17 @@ def test_a_running_server_answers_with_each_imports_data(old_store, tmp_path, re
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-    results("API reader started before imports", "2 CLI imports moving data 3 h forward, `serve --cache-seconds 0`",
-            len(seen), "/healthz and /metrics answered each import's dataUntil at once")
+    results(
+        "API reader started before imports",
+        "2 CLI imports moving data 3 h forward, `serve --cache-seconds 0`",
+        len(seen),
+        "/healthz and /metrics answered each import's dataUntil at once",
+    )
 
 
-def test_a_dashboard_in_a_browser_shows_data_imported_after_it_started(old_store, tmp_path, results):
+def test_a_dashboard_in_a_browser_shows_data_imported_after_it_started(
+    old_store, tmp_path, results
+):
     from playwright.sync_api import sync_playwright
 
     db, end = old_store
@@ -104,10 +131,16 @@ def test_a_dashboard_in_a_browser_shows_data_imported_after_it_started(old_store
                 page = browser.new_page(viewport={"width": 1400, "height": 900})
                 page.goto(url)
                 page.get_by_text(iso(end), exact=False).first.wait_for(timeout=60_000)
-                expected = _import_until(tmp_path, db, floor_to(utcnow(), MINUTE) - timedelta(minutes=31), "late")
+                expected = _import_until(
+                    tmp_path, db, floor_to(utcnow(), MINUTE) - timedelta(minutes=31), "late"
+                )
                 page.reload()
                 page.get_by_text(expected, exact=False).first.wait_for(timeout=30_000)
             finally:
                 browser.close()
-    results("dashboard started before an import", "1 CLI import moving data 3 h forward, refresh tick 1 h", 1,
-            f"the page showed data until {expected} on the next load")
+    results(
+        "dashboard started before an import",
+        "1 CLI import moving data 3 h forward, refresh tick 1 h",
+        1,
+        f"the page showed data until {expected} on the next load",
+    )

@@ -17,13 +17,12 @@ from collections import Counter
 
 import duckdb
 import httpx
-
-from cachemon.metrics import window as metrics
-from cachemon.store import db as store
-
 from conftest import ROOT
 from reliability.suite import LONG
 from servers import chromium, free_port, streamlit_server
+
+from cachemon.metrics import window as metrics
+from cachemon.store import db as store
 
 SECONDS = 600 if LONG else 90
 CONFIG = "[simulator]\nseed = 3\nrequests_per_hour = 20000\ncatalog_keys = 8000\n"
@@ -63,12 +62,32 @@ def test_runner_dashboard_analyst_and_api_at_once(tmp_path, results):
     stop = threading.Event()
     errors: list[str] = []
     counts: Counter = Counter()
-    runner = subprocess.Popen([sys.executable, "-m", "jobs", "--clock-speed", "60"], cwd=ROOT, env=env,
-                              stdout=(tmp_path / "runner.log").open("w"), stderr=subprocess.STDOUT)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "jobs", "--clock-speed", "60"],
+        cwd=ROOT,
+        env=env,
+        stdout=(tmp_path / "runner.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
     port = free_port()
-    api = subprocess.Popen([sys.executable, "-m", "cachemon", "serve", "--port", str(port), "--allow", "127.0.0.1",
-                            "--cache-seconds", "0"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    api = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cachemon",
+            "serve",
+            "--port",
+            str(port),
+            "--allow",
+            "127.0.0.1",
+            "--cache-seconds",
+            "0",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
         while not _has_data(db) and time.time() < deadline:  # before it, 503 "no data yet" is right
@@ -80,7 +99,9 @@ def test_runner_dashboard_analyst_and_api_at_once(tmp_path, results):
                 try:
                     con = _open_as_documented(store.snapshot_path(db), counts)
                     for _ in range(5):
-                        con.execute("SELECT tier, sum(requests) FROM v1.requests_minute GROUP BY tier").fetchall()
+                        con.execute(
+                            "SELECT tier, sum(requests) FROM v1.requests_minute GROUP BY tier"
+                        ).fetchall()
                         counts["analyst queries"] += 1
                     con.close()
                 except duckdb.Error as exc:
@@ -100,7 +121,9 @@ def test_runner_dashboard_analyst_and_api_at_once(tmp_path, results):
         for t in threads:
             t.start()
         rss = {"runner": [], "api": [], "dashboard": []}
-        with streamlit_server({"CACHEMON_DB": str(db), "CACHEMON_CONFIG": str(cfg_file)}, with_pid=True) as (url, dash_pid):
+        with streamlit_server(
+            {"CACHEMON_DB": str(db), "CACHEMON_CONFIG": str(cfg_file)}, with_pid=True
+        ) as (url, dash_pid):
             from playwright.sync_api import sync_playwright
 
             with sync_playwright() as p:
@@ -111,10 +134,17 @@ def test_runner_dashboard_analyst_and_api_at_once(tmp_path, results):
                     page.goto(url)
                     page.get_by_text("Combined hit rate %").first.wait_for(timeout=60_000)
                     counts["dashboard loads"] += 1
-                    if page.locator('[data-testid="stException"]').count() or "Traceback" in page.content():
+                    if (
+                        page.locator('[data-testid="stException"]').count()
+                        or "Traceback" in page.content()
+                    ):
                         errors.append("dashboard: exception on the page")
                     if time.time() >= next_sample:
-                        for name, pid in (("runner", runner.pid), ("api", api.pid), ("dashboard", dash_pid)):
+                        for name, pid in (
+                            ("runner", runner.pid),
+                            ("api", api.pid),
+                            ("dashboard", dash_pid),
+                        ):
                             if pid:
                                 rss[name].append(_rss_mib(pid))
                         next_sample = time.time() + 5
@@ -130,20 +160,33 @@ def test_runner_dashboard_analyst_and_api_at_once(tmp_path, results):
     log = (tmp_path / "runner.log").read_text()
     with store.reader(db) as con:
         failed = con.execute("SELECT job, error FROM job_runs WHERE outcome = 'error'").fetchall()
-        ticks = con.execute("SELECT count(*) FROM job_runs WHERE job = 'ingest' AND outcome = 'ok'").fetchall()[0][0]
+        ticks = con.execute(
+            "SELECT count(*) FROM job_runs WHERE job = 'ingest' AND outcome = 'ok'"
+        ).fetchall()[0][0]
     assert not errors, errors[:5]
-    assert not failed and "lock" not in log.lower().replace("runner.lock", ""), failed or log[-2000:]
-    assert runner.returncode == 0 and counts["dashboard loads"] >= 10 and counts["analyst queries"] >= 50
+    assert not failed and "lock" not in log.lower().replace("runner.lock", ""), (
+        failed or log[-2000:]
+    )
+    assert (
+        runner.returncode == 0
+        and counts["dashboard loads"] >= 10
+        and counts["analyst queries"] >= 50
+    )
     assert counts["api 200"] >= 50 and not [k for k in counts if k.startswith("api 5")]
     # Memory: after warm-up (the first third), no process grows by more than a quarter.
     growth = {}
     for name, series in rss.items():
         if len(series) >= 3:
             warm = series[len(series) // 3]
-            growth[name] = (warm, max(series[len(series) // 3:]))
+            growth[name] = (warm, max(series[len(series) // 3 :]))
             assert growth[name][1] <= warm * 1.25 + 20, (name, series)
     memory = ", ".join(f"{n} {a:.0f}→{b:.0f} MiB" for n, (a, b) in growth.items())
-    results("concurrency soak", f"runner ingesting on a 60× clock, a browser reloading the dashboard, an analyst "
-            f"reading, 2 clients loading the API, for {SECONDS} s", f"{ticks} ingest ticks, "
-            f"{counts['dashboard loads']} page loads, {counts['analyst queries']} analyst queries, "
-            f"{counts['api 200']} API answers", f"0 lock errors, 0 5xx, 0 page exceptions; RSS after warm-up: {memory}")
+    results(
+        "concurrency soak",
+        f"runner ingesting on a 60× clock, a browser reloading the dashboard, an analyst "
+        f"reading, 2 clients loading the API, for {SECONDS} s",
+        f"{ticks} ingest ticks, "
+        f"{counts['dashboard loads']} page loads, {counts['analyst queries']} analyst queries, "
+        f"{counts['api 200']} API answers",
+        f"0 lock errors, 0 5xx, 0 page exceptions; RSS after warm-up: {memory}",
+    )

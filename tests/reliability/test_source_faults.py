@@ -12,19 +12,16 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pandas as pd
+from conftest import T0, load, small_sim
 
-from cachemon import config
-
-from cachemon import settings
-from cachemon.metrics import window as metrics
-from cachemon.ingest import load as pipeline
-from cachemon.store import db as store
+from cachemon import config, settings
 from cachemon.clock import HOUR, MINUTE, Window
 from cachemon.errors import SourceError
+from cachemon.ingest import load as pipeline
+from cachemon.metrics import window as metrics
 from cachemon.sources.analytics_engine import Client, Credentials
+from cachemon.store import db as store
 from cachemon.testing.ae_emulator import Emulator, Fault
-
-from conftest import T0, load, small_sim
 
 TOKEN = "reliability-ae-token"
 TIMEOUT = timedelta(seconds=0.4)
@@ -42,12 +39,18 @@ SQL = "SELECT minute, tier, endpoint, requests, errors FROM v1.requests_minute O
 def test_an_hour_of_source_faults_then_a_full_catch_up(tmp_path, results):
     sim, frames = small_sim(), []
     cfg = config.with_db(settings.Config(), str(tmp_path / "ae.duckdb"))
-    cfg = replace(cfg, analytics_engine=replace(cfg.analytics_engine, timeout=TIMEOUT, backfill=HOUR))
+    cfg = replace(
+        cfg, analytics_engine=replace(cfg.analytics_engine, timeout=TIMEOUT, backfill=HOUR)
+    )
     sleeps, rng = [], random.Random(4)
     injected, failed, stale_checks, max_age = Counter(), Counter(), [], timedelta(0)
     with Emulator(TOKEN) as emu:
-        client = Client(Credentials(emu.account, TOKEN, emu.base), cfg.analytics_engine,
-                        sleep=sleeps.append, jitter=lambda: 0.5)
+        client = Client(
+            Credentials(emu.account, TOKEN, emu.base),
+            cfg.analytics_engine,
+            sleep=sleeps.append,
+            jitter=lambda: 0.5,
+        )
 
         def minute_of_traffic(now):
             frames.append(sim.generate(Window(now - MINUTE, now)))
@@ -79,7 +82,9 @@ def test_an_hour_of_source_faults_then_a_full_catch_up(tmp_path, results):
                 shown = metrics.compute(con, Window.ending(now, 15 * MINUTE), "15m", latest=True)
             age = shown.at - shown.data_until
             max_age = max(max_age, age)
-            stale_checks.append(metrics.is_stale(shown, cfg.metrics.stale_after) == (age > cfg.metrics.stale_after))
+            stale_checks.append(
+                metrics.is_stale(shown, cfg.metrics.stale_after) == (age > cfg.metrics.stale_after)
+            )
         end = T0 + 70 * MINUTE
         assert _watermark(cfg) == end
     # Retries as specified: 500 and timeouts retried (backoff from 0.5 s), 429 waits Retry-After,
@@ -87,7 +92,10 @@ def test_an_hour_of_source_faults_then_a_full_catch_up(tmp_path, results):
     assert failed["500"] == failed["429"] == failed["timeout"] == 0
     assert failed["truncated"] == injected["truncated"] and failed["422"] == injected["422"]
     assert failed["outage"] == len(OUTAGE)
-    assert sleeps.count(3.0) == injected["429"] and sleeps.count(0.5) >= injected["500"] + injected["timeout"]
+    assert (
+        sleeps.count(3.0) == injected["429"]
+        and sleeps.count(0.5) >= injected["500"] + injected["timeout"]
+    )
     assert all(stale_checks) and max_age >= timedelta(minutes=15)
     # Caught up fully: every minute equals a direct import of the same events.
     ref = tmp_path / "ref.duckdb"
@@ -98,11 +106,14 @@ def test_an_hour_of_source_faults_then_a_full_catch_up(tmp_path, results):
     assert got.minute.nunique() == 130
 
     kinds = ", ".join(f"{injected[k]}× {k}" for k in ("500", "429", "timeout", "truncated", "422"))
-    results("Analytics Engine faults (an hour, simulated)",
-            f"{kinds}, then a {len(OUTAGE)}-minute outage (503 on every attempt)", "70 pulls, a minute apart",
-            f"retried as specified ({len(sleeps)} waits); {sum(failed.values())} pulls failed and wrote nothing; "
-            f"readers saw the last good data marked stale (age up to {max_age // MINUTE} min); "
-            f"the next good pull caught up: 130 minutes equal to a direct import")
+    results(
+        "Analytics Engine faults (an hour, simulated)",
+        f"{kinds}, then a {len(OUTAGE)}-minute outage (503 on every attempt)",
+        "70 pulls, a minute apart",
+        f"retried as specified ({len(sleeps)} waits); {sum(failed.values())} pulls failed and wrote nothing; "
+        f"readers saw the last good data marked stale (age up to {max_age // MINUTE} min); "
+        f"the next good pull caught up: 130 minutes equal to a direct import",
+    )
 
 
 def _watermark(cfg):
@@ -113,7 +124,8 @@ def _watermark(cfg):
 
 
 def _concat(frames):
-    from cachemon.events import EventFrame
     import pyarrow as pa
+
+    from cachemon.events import EventFrame
 
     return EventFrame(pa.concat_tables([f.table for f in frames]))

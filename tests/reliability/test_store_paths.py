@@ -10,24 +10,26 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from conftest import ROOT
 
+from cachemon.api.server import health_body
 from cachemon.cli import main as cli
+from cachemon.errors import StoreBusyError, StoreError
 from cachemon.runner import selfcheck
 from cachemon.store import db as store
-from cachemon.api.server import health_body
-from cachemon.errors import StoreBusyError, StoreError
-
-from conftest import ROOT
 
 SILENCE = ["alerts", "silence", "miss_rate", "--for", "1h", "--reason", "x"]
 
 
 def _md5s(d) -> dict:
-    return {f.name: hashlib.md5(f.read_bytes()).hexdigest() for f in sorted(d.iterdir())
-            if f.is_file() and not f.is_symlink()}
+    return {
+        f.name: hashlib.md5(f.read_bytes()).hexdigest()
+        for f in sorted(d.iterdir())
+        if f.is_file() and not f.is_symlink()
+    }
 
 
 def _silences(path) -> int:
@@ -61,7 +63,11 @@ def test_writers_refuse_snapshot_paths_and_readers_follow_the_store(made, capsys
     for path in (store.snapshot_path(made), version, alias):
         assert cli.main(["--db", str(path), *SILENCE]) == 2
         line = _error_line(capsys)
-        assert line.startswith("cachemon: error: ") and "snapshot" in line and f"use the main store {made}" in line
+        assert (
+            line.startswith("cachemon: error: ")
+            and "snapshot" in line
+            and f"use the main store {made}" in line
+        )
         refused += 1
     assert _md5s(d) == before  # no version changed, no new store, no new lock file
     assert not list(d.glob("*snapshot.snapshot*")) and not list(d.glob("*.snapshot*.write.lock"))
@@ -71,12 +77,22 @@ def test_writers_refuse_snapshot_paths_and_readers_follow_the_store(made, capsys
     assert cli.main(["--db", str(store.snapshot_path(made)), "alerts", "silences"]) == 0
     assert "miss_rate" in capsys.readouterr().out
     assert _silences(made) == 1
-    results("writer given a snapshot path", "silence via the pointer, a version and a symlink to it", refused,
-            "refused, one line naming the main store; versions unchanged; readers follow the store")
+    results(
+        "writer given a snapshot path",
+        "silence via the pointer, a version and a symlink to it",
+        refused,
+        "refused, one line naming the main store; versions unchanged; readers follow the store",
+    )
 
 
-WRITERS = [SILENCE, ["alerts", "unsilence", "1"], ["alerts", "check"], ["alerts", "deliver"], ["compact"],
-           ["costs", "report"]]
+WRITERS = [
+    SILENCE,
+    ["alerts", "unsilence", "1"],
+    ["alerts", "check"],
+    ["alerts", "deliver"],
+    ["compact"],
+    ["costs", "report"],
+]
 
 
 def test_non_filling_writers_never_create_a_store(tmp_path, capsys, monkeypatch, results):
@@ -94,8 +110,12 @@ def test_non_filling_writers_never_create_a_store(tmp_path, capsys, monkeypatch,
     assert cli.main(SILENCE) == 2
     assert "CACHEMON_DB is empty" in _error_line(capsys)
     assert list(tmp_path.iterdir()) == []
-    results("writer given a missing or empty store path", "6 non-filling commands on a typo, --db '' and "
-            "CACHEMON_DB=''", len(WRITERS) + 2, "refused with one line; no folder, store or lock file created")
+    results(
+        "writer given a missing or empty store path",
+        "6 non-filling commands on a typo, --db '' and CACHEMON_DB=''",
+        len(WRITERS) + 2,
+        "refused with one line; no folder, store or lock file created",
+    )
 
 
 @pytest.mark.parametrize("text", ["nan", "-5", "inf", "1e400", "3601", "soon"])
@@ -111,7 +131,12 @@ def test_odd_write_waits_are_refused(made, text, capsys, monkeypatch):
 
 
 def test_write_wait_accepts_sane_values(monkeypatch):
-    for text, want in (("0", 0.0), ("2.5", 2.5), ("3600", 3600.0), ("", store.DEFAULT_WRITE_WAIT_S)):
+    for text, want in (
+        ("0", 0.0),
+        ("2.5", 2.5),
+        ("3600", 3600.0),
+        ("", store.DEFAULT_WRITE_WAIT_S),
+    ):
         monkeypatch.setenv("CACHEMON_WRITE_WAIT_SECONDS", text)
         assert store.write_wait() == want
 
@@ -121,12 +146,21 @@ def test_busy_message_never_names_a_dead_holder(made, results):
     with store.writer(made):  # a cachemon writer clears its name when it lets go
         assert "pid" in lock.read_text()
     assert lock.read_text() == ""
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     lock.write_text(f"pid {dead} (jobs) since 2026-01-01T00:00:00Z")
-    outsider = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'r+'); "
-                                 "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)", str(lock)],
-                                stdout=subprocess.PIPE, text=True)
+    outsider = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'r+'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)",
+            str(lock),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert outsider.stdout.readline().strip() == "held"
         with pytest.raises(StoreBusyError) as err:
@@ -138,24 +172,32 @@ def test_busy_message_never_names_a_dead_holder(made, results):
     text = str(err.value)
     assert f"not a cachemon writer: the lock file still names pid {dead} (jobs)" in text
     assert "which is no longer running" in text
-    results("store busy, held from outside", "flock by a non-cachemon process, lock file naming a dead pid", 1,
-            "the message says the named pid is gone and the holder is another program")
+    results(
+        "store busy, held from outside",
+        "flock by a non-cachemon process, lock file naming a dead pid",
+        1,
+        "the message says the named pid is gone and the holder is another program",
+    )
 
 
 def test_fast_clock_never_passes_real_time():
     from jobs.__main__ import _clock
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for start in (None, (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")):
         clock = _clock(start, 1e6)
         time.sleep(0.05)  # 50 000 simulated seconds: far past now without the clamp
         t = clock()
-        assert t <= datetime.now(timezone.utc) and t > datetime.now(timezone.utc) - timedelta(seconds=5)
+        assert t <= datetime.now(UTC) and t > datetime.now(UTC) - timedelta(
+            seconds=5
+        )
 
 
 def test_run_log_times_from_the_future_are_not_fresh():
-    now = datetime(2026, 12, 1, 18, 35, tzinfo=timezone.utc)
-    check = selfcheck.RunnerCheck(now, timedelta(minutes=1), now + timedelta(hours=1, minutes=22), ())
+    now = datetime(2026, 12, 1, 18, 35, tzinfo=UTC)
+    check = selfcheck.RunnerCheck(
+        now, timedelta(minutes=1), now + timedelta(hours=1, minutes=22), ()
+    )
     assert check.ingest_from_future and check.ingest_stalled and not check.healthy
     assert check.ingest_age is None and check.to_json()["lastIngestAgeSeconds"] is None
     assert "dated in the future" in check.problems()[0]
@@ -167,26 +209,41 @@ def test_run_log_times_from_the_future_are_not_fresh():
 
 def test_a_fast_runner_writes_nothing_after_now(tmp_path, results):
     db, cfg_file = tmp_path / "f.duckdb", tmp_path / "f.toml"
-    cfg_file.write_text('[simulator]\nseed = 5\nrequests_per_hour = 600\ncatalog_keys = 300\n')
+    cfg_file.write_text("[simulator]\nseed = 5\nrequests_per_hour = 600\ncatalog_keys = 300\n")
     env = dict(os.environ, CACHEMON_DB=str(db), CACHEMON_CONFIG=str(cfg_file), PYTHONPATH=str(ROOT))
-    start = (datetime.now(timezone.utc) - timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    runner = subprocess.Popen([sys.executable, "-m", "jobs", "--clock-start", start, "--clock-speed", "600"],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    start = (datetime.now(UTC) - timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "jobs", "--clock-start", start, "--clock-speed", "600"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(9)  # 90 simulated minutes: an hour past now without the clamp
     finally:
         runner.terminate()
         runner.wait(30)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with store.reader(db) as con:
-        latest = [con.execute(q).fetchone()[0] for q in (
-            "SELECT max(started_at) FROM job_runs", "SELECT max(finished_at) FROM job_runs",
-            "SELECT max(until) FROM watermarks", "SELECT max(minute) FROM rollup_minute",
-            "SELECT max(evaluated_at) FROM alert_evaluations")]
+        latest = [
+            con.execute(q).fetchone()[0]
+            for q in (
+                "SELECT max(started_at) FROM job_runs",
+                "SELECT max(finished_at) FROM job_runs",
+                "SELECT max(until) FROM watermarks",
+                "SELECT max(minute) FROM rollup_minute",
+                "SELECT max(evaluated_at) FROM alert_evaluations",
+            )
+        ]
     assert latest[0] is not None and latest[2] is not None
     assert all(t is None or t <= now for t in latest), (latest, now)
-    results("fast simulated clock", "runner 30 min in the past at 600x for 9 s (90 simulated min)", 1,
-            "caught up with real time and stopped there: nothing dated after now")
+    results(
+        "fast simulated clock",
+        "runner 30 min in the past at 600x for 9 s (90 simulated min)",
+        1,
+        "caught up with real time and stopped there: nothing dated after now",
+    )
 
 
 def test_a_real_runner_on_a_store_written_ahead_of_now_fails_visibly(tmp_path, results):
@@ -197,23 +254,41 @@ def test_a_real_runner_on_a_store_written_ahead_of_now_fails_visibly(tmp_path, r
     env = dict(os.environ, CACHEMON_DB=str(db), PYTHONPATH=str(ROOT))
     env.pop("CACHEMON_CONFIG", None)
     # Write as the old runner did: a store, its data and an evaluation an hour ahead of now.
-    from cachemon.alerts import evaluate as alerts
     from cachemon import config
-    from cachemon.notify import outbox as notify
+    from cachemon.alerts import evaluate as alerts
     from cachemon.ingest import load as pipeline
+    from cachemon.notify import outbox as notify
 
     cfg = config.with_db(config.load(None, {}), str(db))
-    future = datetime.now(timezone.utc) + timedelta(hours=1)
+    future = datetime.now(UTC) + timedelta(hours=1)
     pipeline.simulate_until(cfg, future, None)
     with store.writer(db, future) as con:
         alerts.run(con, cfg, future, notify.Transports.from_env({}))
-    outs = {job: subprocess.run([sys.executable, "-m", "jobs", "--once", job], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=120) for job in ("ingest", "alerts")}
+    outs = {
+        job: subprocess.run(
+            [sys.executable, "-m", "jobs", "--once", job],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        for job in ("ingest", "alerts")
+    }
     for job, p in outs.items():
-        assert p.returncode == 1 and "written by a clock ahead of real time" in p.stderr, (job, p.stderr[-2000:])
+        assert p.returncode == 1 and "written by a clock ahead of real time" in p.stderr, (
+            job,
+            p.stderr[-2000:],
+        )
         assert "already evaluated" not in p.stderr and "Traceback" not in p.stderr
     with store.reader(db) as con:
-        failed = con.execute("SELECT job FROM job_runs WHERE outcome = 'error' ORDER BY job").fetchall()
+        failed = con.execute(
+            "SELECT job FROM job_runs WHERE outcome = 'error' ORDER BY job"
+        ).fetchall()
     assert failed == [("alerts",), ("ingest",)]
-    results("store written ahead of now", "`jobs --once ingest/alerts` on data and an evaluation 1 h ahead", 2,
-            "each fails with one line saying a clock ran ahead (recorded); never ok nor 'already evaluated'")
+    results(
+        "store written ahead of now",
+        "`jobs --once ingest/alerts` on data and an evaluation 1 h ahead",
+        2,
+        "each fails with one line saying a clock ran ahead (recorded); never ok nor 'already evaluated'",
+    )

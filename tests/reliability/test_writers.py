@@ -13,13 +13,13 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
-
-from cachemon.cli import main as cli
-from cachemon.store import db as store
+from datetime import UTC, datetime
 
 from conftest import ROOT, simulate, small_sim
 from pingsink import PingSink
+
+from cachemon.cli import main as cli
+from cachemon.store import db as store
 
 SECRET = "/ping/0d9e1f-runner-check-key"
 CONFIG = '[simulator]\nseed = 5\nrequests_per_hour = 6000\ncatalog_keys = 3000\n[jobs]\ncompact_at = "23:50"\n'
@@ -27,13 +27,19 @@ SILENCES = 20
 
 
 def _cli(env, *args):
-    return subprocess.run([sys.executable, "-m", "cachemon", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "cachemon", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _big_file(tmp_path):
     """About 300k events from another source, the day before the runner's clock."""
-    start = datetime(2026, 11, 18, 19, 0, tzinfo=timezone.utc)
+    start = datetime(2026, 11, 18, 19, 0, tzinfo=UTC)
     _, df = simulate(3, start=start, sim=small_sim(requests_per_hour=100_000, catalog_keys=20_000))
     df = df.copy()
     df["timestamp"] = df.timestamp.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -47,12 +53,29 @@ def test_writers_hammering_the_store_never_stop_the_runner(tmp_path, results):
     cfg_file.write_text(CONFIG)
     big, rows = _big_file(tmp_path)
     sink = PingSink()
-    env = dict(os.environ, CACHEMON_DB=str(db), CACHEMON_CONFIG=str(cfg_file), PYTHONPATH=str(ROOT),
-               CACHEMON_HEARTBEAT_URL=sink.url(SECRET))
+    env = dict(
+        os.environ,
+        CACHEMON_DB=str(db),
+        CACHEMON_CONFIG=str(cfg_file),
+        PYTHONPATH=str(ROOT),
+        CACHEMON_HEARTBEAT_URL=sink.url(SECRET),
+    )
     log = tmp_path / "runner.log"
-    runner = subprocess.Popen([sys.executable, "-m", "jobs", "--clock-start", "2026-11-19T00:00:00Z",
-                               "--clock-speed", "120"], cwd=ROOT, env=env, stdout=log.open("w"),
-                              stderr=subprocess.STDOUT)
+    runner = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jobs",
+            "--clock-start",
+            "2026-11-19T00:00:00Z",
+            "--clock-speed",
+            "120",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.time() + 90
         while time.time() < deadline and not store.snapshot_path(db).exists():
@@ -64,8 +87,24 @@ def test_writers_hammering_the_store_never_stop_the_runner(tmp_path, results):
             time.sleep(1)  # the import's turn has begun
             # The CLI's own entry in this (test) process, four threads at once: another
             # process than the runner, as a shell's `alerts silence` or the dashboard's form.
-            silenced = list(pool.map(lambda i: cli.main(["--db", str(db), "alerts", "silence", "p99_latency", "--for",
-                                                         "1h", "--reason", f"hammer {i}"]), range(SILENCES)))
+            silenced = list(
+                pool.map(
+                    lambda i: cli.main(
+                        [
+                            "--db",
+                            str(db),
+                            "alerts",
+                            "silence",
+                            "p99_latency",
+                            "--for",
+                            "1h",
+                            "--reason",
+                            f"hammer {i}",
+                        ]
+                    ),
+                    range(SILENCES),
+                )
+            )
             imported = imported.result()
         time.sleep(3)  # a few more ticks after the hammering
         alive = runner.poll() is None
@@ -77,11 +116,18 @@ def test_writers_hammering_the_store_never_stop_the_runner(tmp_path, results):
     assert alive and runner.returncode == 0, out[-3000:]
     assert imported.returncode == 0, imported.stderr
     assert silenced == [0] * SILENCES
-    assert "Traceback" not in out and "run(s) kept to record later" not in out.split("runner stopped")[-1]
+    assert (
+        "Traceback" not in out
+        and "run(s) kept to record later" not in out.split("runner stopped")[-1]
+    )
     with store.reader(db) as con:
         silences = con.execute("SELECT count(*) FROM silences").fetchall()[0][0]
         events = con.execute("SELECT sum(events) FROM imports").fetchall()[0][0]
-        runs = dict(con.execute("SELECT job, count(*) FROM job_runs WHERE outcome = 'ok' GROUP BY job").fetchall())
+        runs = dict(
+            con.execute(
+                "SELECT job, count(*) FROM job_runs WHERE outcome = 'ok' GROUP BY job"
+            ).fetchall()
+        )
     assert silences == SILENCES and events == rows
     # Every ingest the runner logged is in the run log: none was lost to a busy store.
     assert runs["ingest"] == out.count(" ingest: ") and runs["ingest"] >= 3, (runs, out[-2000:])
@@ -89,7 +135,10 @@ def test_writers_hammering_the_store_never_stop_the_runner(tmp_path, results):
     pings = sink.pings[SECRET]
     assert 2 <= pings <= runs["ingest"] + runs.get("alerts", 0), (pings, runs)
     assert SECRET not in out and "runner-check-key" not in out
-    results("writers hammer the store during runner ticks",
-            f"1 import of {rows:,} events + {SILENCES} `alerts silence` calls (4 threads at once)", SILENCES + 1,
-            f"runner alive, all {SILENCES + 1} writes landed, {runs['ingest']} ingest runs all recorded, "
-            f"{pings} heartbeat pings")
+    results(
+        "writers hammer the store during runner ticks",
+        f"1 import of {rows:,} events + {SILENCES} `alerts silence` calls (4 threads at once)",
+        SILENCES + 1,
+        f"runner alive, all {SILENCES + 1} writes landed, {runs['ingest']} ingest runs all recorded, "
+        f"{pings} heartbeat pings",
+    )
