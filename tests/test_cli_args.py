@@ -430,3 +430,27 @@ def test_durations_are_bounded(text, seconds):
     else:
         with pytest.raises(InputError, match="--for: "):
             parse_duration(text, "--for")
+
+
+def _runnable(parser: argparse.ArgumentParser, prefix=()) -> list[tuple[tuple[str, ...], object]]:
+    """Every runnable (sub)command, `serve` included: its name path and its `func` default."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [(prefix, parser.get_default("func"))]
+    return [leaf for name, p in subs[0].choices.items() for leaf in _runnable(p, (*prefix, name))]
+
+
+def test_every_command_is_registered_by_a_group_module():
+    """One registration style: each group module's register() sets func= on its commands, and
+    --help lists the commands in the order the manual documents them."""
+    groups = {g.__name__ for g in cli.GROUPS}
+    leaves = _runnable(ROOT_PARSER)
+    assert len(leaves) == 19
+    for path, func in leaves:
+        assert callable(func) and func.__module__ in groups, (path, func)
+    assert {func.__module__ for _, func in leaves} == groups  # no group without a command
+    top = next(a for a in ROOT_PARSER._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(top.choices) == [
+        *("demo", "import", "pull", "serve", "metrics", "alerts", "ttl", "export", "compact"),
+        *("costs", "experiments"),
+    ]

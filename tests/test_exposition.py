@@ -1,10 +1,12 @@
 """Prometheus exposition: golden text, escaping, and `promtool check metrics`."""
 
+import dataclasses
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from conftest import T0
+from prometheus_client import REGISTRY
 
 from cachemon import pricing
 from cachemon.alerts.health import Health, Issue
@@ -68,7 +70,23 @@ def test_golden_text():
 
 
 def test_label_values_are_escaped():
-    assert exposition.escape('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+    """Backslash, double quote and newline in a label value are escaped in the text."""
+    hostile = dataclasses.replace(_seed_metrics(), period='a"b\\c\nd')
+    text = exposition.render(hostile, health=HEALTH, costs=COSTS)
+    assert 'cachemon_errors{period="a\\"b\\\\c\\nd"} 125.0\n' in text
+    assert text.count("\n") == GOLDEN.read_text().count("\n")  # no line was split
+    assert _promtool(text).returncode == 0
+
+
+def test_each_render_uses_a_fresh_registry():
+    """Nothing is registered globally: renders of different Metrics never mix."""
+    before = set(REGISTRY._names_to_collectors)
+    a = exposition.render(_seed_metrics())
+    b = exposition.render(dataclasses.replace(_seed_metrics(), errors=7))
+    assert 'cachemon_errors{period="1h"} 125.0\n' in a and "} 125.0" not in b
+    assert 'cachemon_errors{period="1h"} 7.0\n' in b
+    assert exposition.render(_seed_metrics()) == a
+    assert set(REGISTRY._names_to_collectors) == before
 
 
 def test_no_cache_key_ever_becomes_a_label(loaded_store):

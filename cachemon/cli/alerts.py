@@ -1,8 +1,9 @@
-"""`python -m cachemon alerts …`: the alert monitor's command line."""
+"""`alerts check|history|silence|silences|unsilence|deliver|rules`: the alert monitor."""
 
 from __future__ import annotations
 
 import getpass
+import os
 from datetime import datetime, timedelta
 
 from cachemon import jsontext
@@ -16,15 +17,54 @@ from cachemon.redact import Redactor
 from cachemon.store import db as store
 
 
-def run(args, cfg, now: datetime, env) -> int:
-    return ACTIONS[args.action](args, cfg, now, env)
+def register(sub) -> None:
+    """Add the `alerts` command and its actions."""
+    p = sub.add_parser(
+        "alerts",
+        help="evaluate alert rules, show history, manage silences",
+        description="The alert monitor. The job runner runs `check` every 15 minutes.",
+    )
+    a = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = a.add_parser("check", help="evaluate every rule now (or --at), notify, deliver the outbox")
+    c.add_argument("--at", help="evaluate as of this instant, ISO 8601 UTC (default: now)")
+    c.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show states and notifications; write and send nothing",
+    )
+    c.set_defaults(func=check)
+    h = a.add_parser("history", help="state changes and notifications, newest first")
+    h.add_argument("--since", help="from this instant (default: 7 days ago)")
+    h.add_argument("--limit", type=int, default=50, help="rows of each kind (default 50)")
+    h.add_argument("--json", action="store_true", help="JSON instead of tables")
+    h.set_defaults(func=history)
+    s = a.add_parser(
+        "silence", help="mute notifications of an alert type or rule (evaluation goes on)"
+    )
+    s.add_argument(
+        "matcher", metavar="TYPE", help="alert type (miss_rate, p99_latency, ...) or rule name"
+    )
+    s.add_argument("--for", dest="duration", required=True, help="how long, e.g. 2h")
+    s.add_argument("--reason", required=True, help="why (shown to everyone)")
+    s.add_argument("--endpoint", default="", help="only this endpoint's instances")
+    s.add_argument("--by", default="", help="who silences (default $USER)")
+    s.set_defaults(func=silence)
+    a.add_parser("silences", help="list active silences").set_defaults(func=silences)
+    u = a.add_parser("unsilence", help="end a silence now")
+    u.add_argument("id", type=int)
+    u.set_defaults(func=unsilence)
+    a.add_parser("deliver", help="send the outbox's due notifications now").set_defaults(
+        func=deliver
+    )
+    a.add_parser("rules", help="list the effective rules").set_defaults(func=rules)
 
 
-def _check(args, cfg, now, env) -> int:
+def check(args, cfg, now) -> int:
+    """`alerts check`: evaluate every rule at --at (or now), queue and deliver notifications."""
     at = parse_instant(args.at, "--at") if args.at else now
     if not args.dry_run:  # a dry run writes nothing, so it may look ahead
         check_not_future(at, now, skew=cfg.ingest.clock_skew)
-    transports = notify.Transports.from_env(env)
+    transports = notify.Transports.from_env(os.environ)
     if args.dry_run:
         with store.reader(cfg.store.path) as con:
             result = alerts.run(con, cfg, at, transports, dry_run=True)
@@ -60,7 +100,8 @@ def _print_states(ev: alerts.Evaluation) -> None:
         )
 
 
-def _history(args, cfg, now, env) -> int:
+def history(args, cfg, now) -> int:
+    """`alerts history`: state changes and notifications since --since, redacted."""
     since = parse_instant(args.since, "--since") if args.since else now - timedelta(days=7)
     bounded(args.limit, "--limit", 1)
     with store.reader(cfg.store.path) as con:
@@ -68,7 +109,7 @@ def _history(args, cfg, now, env) -> int:
         sent = notify.outbox(con, since, args.limit)
     # Stored text is redacted when written; an older store (or a secret set
     # since) is redacted here too.
-    red = Redactor.from_env(env)
+    red = Redactor.from_env(os.environ)
     changes, sent = _redacted(changes, red), _redacted(sent, red)
     if args.json:
         print(
@@ -105,7 +146,8 @@ def _jsonable(v):
     return iso(v) if isinstance(v, datetime) else str(v)
 
 
-def _silence(args, cfg, now, env) -> int:
+def silence(args, cfg, now) -> int:
+    """`alerts silence`: mute an alert type or rule for --for."""
     duration = parse_duration(args.duration, "--for")
     s = None
     try:
@@ -129,7 +171,8 @@ def _user() -> str:
         return ""
 
 
-def _silences(args, cfg, now, env) -> int:
+def silences(args, cfg, now) -> int:
+    """`alerts silences`: the silences active now."""
     with store.reader(cfg.store.path) as con:
         rows = alerts.active_silences(con, now)
     if not rows:
@@ -142,7 +185,8 @@ def _silences(args, cfg, now, env) -> int:
     return 0
 
 
-def _unsilence(args, cfg, now, env) -> int:
+def unsilence(args, cfg, now) -> int:
+    """`alerts unsilence`: end a silence now."""
     bounded(args.id, "silence id", 1, MAX_ID)
     with store.writer(cfg.store.path, now, create=False) as con:
         alerts.expire_silence(con, args.id, now)
@@ -150,8 +194,9 @@ def _unsilence(args, cfg, now, env) -> int:
     return 0
 
 
-def _deliver(args, cfg, now, env) -> int:
-    transports = notify.Transports.from_env(env)
+def deliver(args, cfg, now) -> int:
+    """`alerts deliver`: send the outbox's due notifications."""
+    transports = notify.Transports.from_env(os.environ)
     with store.writer(cfg.store.path, now, create=False) as con:
         results = notify.deliver(con, transports, cfg.notify, now)
         said, ok = notify.summary(con, notify.last_id(con), results, transports.scrub)
@@ -162,7 +207,8 @@ def _deliver(args, cfg, now, env) -> int:
     return 0 if ok else 1
 
 
-def _rules(args, cfg, now, env) -> int:
+def rules(args, cfg, now) -> int:
+    """`alerts rules`: the effective rules, one a line."""
     for r in effective_rules(cfg.alerts):
         extra = f" for {format_duration(r.for_)}" if r.for_ else ""
         where = f" endpoints={','.join(r.endpoints)}" if r.endpoints else ""
@@ -179,14 +225,3 @@ def printable(text: str) -> str:
         c if not alerts.has_control(c) else c.encode("unicode_escape").decode("ascii")
         for c in text or ""
     )
-
-
-ACTIONS = {
-    "check": _check,
-    "history": _history,
-    "silence": _silence,
-    "silences": _silences,
-    "unsilence": _unsilence,
-    "deliver": _deliver,
-    "rules": _rules,
-}

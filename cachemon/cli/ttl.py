@@ -1,8 +1,10 @@
-"""`python -m cachemon ttl whatif …`: predicted hit rate and cost per KV TTL."""
+"""`ttl whatif`: predicted hit rate and cost per KV TTL."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+
+import pandas as pd
 
 from cachemon import jsontext
 from cachemon.argcheck import bounded
@@ -21,6 +23,7 @@ from cachemon.clock import (
 from cachemon.errors import InputError
 from cachemon.pricing import days_in_month
 from cachemon.sources import files
+from cachemon.sources.simulator import Simulator
 from cachemon.store import db as store
 from cachemon.tuning import whatif as ttl
 
@@ -31,7 +34,8 @@ MAX_DAYS = 400
 MAX_SIMULATOR_TRACE_DAYS = 31
 
 
-def add_parser(sub) -> None:
+def register(sub) -> None:
+    """Add the `ttl` command and its `whatif` action."""
     p = sub.add_parser(
         "ttl",
         help="TTL what-if: predicted KV hit rate and cost per candidate TTL",
@@ -76,9 +80,11 @@ def add_parser(sub) -> None:
         help="print an [[experiments]] block testing the recommended TTL",
     )
     w.add_argument("--json", action="store_true", help="JSON instead of a table")
+    w.set_defaults(func=whatif)
 
 
-def run(args, cfg, now: datetime) -> int:
+def whatif(args, cfg, now: datetime) -> int:
+    """`ttl whatif`: the candidate TTLs' table (or JSON) and the recommendation."""
     ttls = ttl.parse_ttls(args.ttl)
     edge_ttls = ttl.parse_ttls(args.edge_ttl) if args.edge_ttl else []
     limit = (
@@ -118,13 +124,9 @@ def run(args, cfg, now: datetime) -> int:
 
 
 def _trace(paths, endpoint: str, cfg, window: Window):
-    import pandas as pd
-
     if paths == ["simulator"]:
         # Requests are drawn per hour from (seed, hour): the same arrivals as
         # the stored run; the caches start from their steady state.
-        from cachemon.sources.simulator import Simulator
-
         sim = Simulator(cfg.simulator)
         frames = [
             sim.generate(w).table.to_pandas()
@@ -187,10 +189,11 @@ def _table(w: ttl.WhatIf, best, keys, replays: dict, limit: timedelta) -> None:
         )
 
 
-def _json(w: ttl.WhatIf, best, keys, replays: dict) -> dict:
-    row = lambda p: {
+def _row(p) -> dict:
+    """One candidate TTL's prediction as JSON."""
+    return {
         "ttl": format_duration(p.ttl),
-        "ttlSeconds": int(p.ttl.total_seconds()),  # noqa: E731
+        "ttlSeconds": int(p.ttl.total_seconds()),
         "kvHitRate": round(p.kv_hit_rate, 4),
         "hitRate": round(p.hit_rate, 4),
         "kvReadsPerDay": round(p.kv_reads, 3),
@@ -199,18 +202,21 @@ def _json(w: ttl.WhatIf, best, keys, replays: dict) -> dict:
         "storedGB": round(p.stored_gb, 6),
         "costPerDay": round(p.cost, 6),
     }
+
+
+def _json(w: ttl.WhatIf, best, keys, replays: dict) -> dict:
     return {
         "endpoint": w.endpoint,
         "window": {"start": iso(w.window.start), "end": iso(w.window.end)},
         "days": round(w.days, 4),
         "currentTtl": format_duration(w.current_ttl),
         "observedKvHitRate": round(w.observed_kv_hit_rate, 4),
-        "current": row(w.current),
+        "current": _row(w.current),
         "candidates": [
-            row(p) | ({"replayKvHitRate": round(replays[p.ttl], 4)} if replays else {})
+            _row(p) | ({"replayKvHitRate": round(replays[p.ttl], 4)} if replays else {})
             for p in w.candidates
         ],
-        "recommended": row(best) if best else None,
+        "recommended": _row(best) if best else None,
         "edge": {
             "currentTtl": format_duration(w.current_edge_ttl) if w.current_edge_ttl else None,
             "observedHitRate": round(w.observed_edge_hit_rate, 4),

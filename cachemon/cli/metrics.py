@@ -1,0 +1,136 @@
+"""`serve` and `metrics`: the metrics API, and the metrics of one period on stdout."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
+
+from cachemon import jsontext
+from cachemon.alerts import health
+from cachemon.api import server as api
+from cachemon.argcheck import bounded
+from cachemon.clock import Period, Window, parse_instant, utcnow
+from cachemon.costs import usage as costs
+from cachemon.errors import InputError
+from cachemon.metrics import exposition
+from cachemon.metrics import window as metrics
+from cachemon.store import db as store
+
+FORMATS = ("json", "prometheus")
+
+
+def register(sub) -> None:
+    """Add the `serve` and `metrics` commands."""
+    p = sub.add_parser(
+        "serve",
+        help="serve GET /metrics, /healthz and /openapi.json",
+        description="The metrics API. CACHEMON_API_TOKEN, when set, is required as a bearer token.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8787, help="port (default 8787)")
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="client address or network exempt from the rate limit (a Prometheus scraper, "
+        "10.0.0.0/8); repeatable",
+    )
+    p.add_argument(
+        "--cache-seconds", type=int, default=300, help="response cache lifetime (default 300)"
+    )
+    p.add_argument(
+        "--trust-proxy",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="a reverse proxy (address or network) whose X-Forwarded-For names the client "
+        "(default: none; the client is the TCP peer); repeatable",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=512,
+        help="open connections at most (default 512, kept below `ulimit -n`)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection may take to send its request headers (default 10)",
+    )
+    p.set_defaults(func=serve)
+
+    p = sub.add_parser(
+        "metrics",
+        help="print the metrics of a period",
+        description="Hit rates, latency, volume and top keys for the period ending at --at.",
+    )
+    p.add_argument("--period", default="1h", help="15m, 1h, 24h or 7d (default 1h)")
+    p.add_argument(
+        "--format", default="json", help="json (default) or prometheus (text format 0.0.4)"
+    )
+    p.add_argument("--at", help="evaluate as of this instant, ISO 8601 UTC (default: now)")
+    p.add_argument("--endpoint", help="only this endpoint (title, isbn, author, ...)")
+    p.add_argument("--top", type=int, default=10, help="number of top keys (default 10)")
+    p.set_defaults(func=show)
+
+
+def serve(args, cfg, now) -> int:
+    """`serve`: the metrics API until interrupted; its clock is the wall clock, not `now`."""
+    if args.cache_seconds < 0:
+        raise InputError(f"--cache-seconds must be 0 or more, got {args.cache_seconds}")
+    if not args.header_timeout > 0:
+        raise InputError(f"--header-timeout must be more than 0 seconds, got {args.header_timeout}")
+    token = os.environ.get("CACHEMON_API_TOKEN") or None
+    options = api.ServeOptions(
+        args.host,
+        args.port,
+        api.check_proxies(tuple(args.trust_proxy)),
+        args.header_timeout,
+        args.max_connections,
+    )
+    api.connection_cap(options.max_connections)  # a bad limit is an error before anything listens
+    warning = api.exposure_warning(args.host, token)
+    if warning:
+        print(f"cachemon: warning: {warning}", file=sys.stderr)
+    settings = api.ApiSettings(
+        token=token,
+        allow=api.networks(args.allow, "--allow"),
+        cache_for=timedelta(seconds=args.cache_seconds),
+    )
+    api.serve(api.create_app(cfg, settings, utcnow), options)
+    return 0
+
+
+def show(args, cfg, now) -> int:
+    """`metrics`: one period's metrics as JSON or Prometheus text."""
+    period = Period.parse(args.period)
+    if args.format not in FORMATS:
+        raise InputError(f"unknown format {args.format!r}: use json or prometheus")
+    at = parse_instant(args.at, "--at") if args.at else now  # read-only: a future --at: no data
+    bounded(args.top, "--top", 0)
+    with store.reader(cfg.store.path) as con:
+        # Without --at, a lagging source still gets its last good numbers, marked stale.
+        m = metrics.compute(
+            con,
+            Window.ending(at, period.length),
+            period.value,
+            args.endpoint,
+            args.top,
+            latest=args.at is None,
+        )
+        state = health.health(con, m.at, cfg.alerts.evaluate_every)
+        block = costs.for_window(con, m.window, m.at, cfg) if args.endpoint is None else None
+    if args.format == "prometheus":
+        sys.stdout.write(exposition.render(m, cfg.metrics.stale_after, state, block))
+    else:
+        print(
+            jsontext.dumps(
+                metrics.to_json(m, cfg.metrics.stale_after, state, block),
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+    return 0

@@ -1,0 +1,54 @@
+"""`export` and `compact`: the store's Parquet export for analysts and its daily compaction."""
+
+from __future__ import annotations
+
+import sys
+
+from cachemon.clock import check_not_future, parse_instant
+from cachemon.ingest import load as pipeline
+from cachemon.store import db as store
+from cachemon.store import export as parquet_export
+
+
+def register(sub) -> None:
+    """Add the `export` and `compact` commands."""
+    p = sub.add_parser(
+        "export", help="write the analyst views as Hive-partitioned Parquet, one folder per day"
+    )
+    p.add_argument("--to", required=True, help="target directory (days already there are replaced)")
+    p.add_argument("--since", help="export days from this instant's day on (default: all)")
+    p.set_defaults(func=export)
+
+    p = sub.add_parser(
+        "compact", help="merge finished per-key hours and apply [retention] now (the daily job)"
+    )
+    p.add_argument("--at", help="act as if now were this instant")
+    p.set_defaults(func=compact)
+
+
+def export(args, cfg, now) -> int:
+    """`export`: the analyst views as Parquet under --to, one folder per day."""
+    since = parse_instant(args.since, "--since") if args.since else None
+    with store.reader(cfg.store.path) as con:
+        written = parquet_export.parquet(con, args.to, since)
+    for w in written:
+        print(f"{w.dataset}: {w.rows:,} rows in {w.days} day(s)", file=sys.stderr)
+    return 0
+
+
+def compact(args, cfg, now) -> int:
+    """`compact`: merge finished per-key hours and apply the retention horizons."""
+    at = (
+        check_not_future(parse_instant(args.at, "--at"), now, skew=cfg.ingest.clock_skew)
+        if args.at
+        else now
+    )
+    with store.writer(cfg.store.path, now, create=False) as con:
+        n, kept = pipeline.compact(con, cfg, at)
+    print(
+        f"compacted per-key rows of {n} source(s); retention removed {kept.minute_rows:,} minute "
+        f"rows (kept from {kept.horizons.minute:%Y-%m-%d}) and {kept.hour_rows:,} hourly rows "
+        f"(kept from {kept.horizons.hour:%Y-%m-%d})",
+        file=sys.stderr,
+    )
+    return 0
