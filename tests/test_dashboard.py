@@ -23,7 +23,7 @@ from cachemon.metrics import trends
 from cachemon.runner import runs as runner
 from cachemon.store import db as store
 from cachemon.tuning import analysis as tuning
-from cachemon.tuning import promote
+from cachemon.tuning import promote, stats
 
 PAGES = {
     "overview": "pages/overview.py",
@@ -447,8 +447,6 @@ def test_an_unreadable_secrets_file_keeps_the_dashboard_closed(past_store, tmp_p
 
 def test_experiments_page_takes_the_srm_threshold_from_the_library(live_store, monkeypatch):
     """The page's SRM banner and help use `stats.SRM_P`, not a copy of it."""
-    from cachemon.tuning import stats
-
     monkeypatch.setattr(stats, "SRM_P", 0.999999)  # any computed p-value is now a mismatch
     at = _app(monkeypatch, *live_store, "experiments")
     srm = next(m for m in at.metric if m.label == "SRM p-value")
