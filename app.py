@@ -3,7 +3,14 @@
 A thin shell: pages read the store's published snapshot through `cachemon`
 and render; they never compute domain numbers, and write only through
 `cachemon` functions (creating a silence).
+
+Every run calls `st.navigation` first, with the pages the visitor may see:
+with an [auth] section in .streamlit/secrets.toml (Streamlit's OIDC) and
+nobody logged in, only a login page, so no other page's URL renders
+anything. A config error is shown in the page's place, below the navigation.
 """
+
+import os
 
 import streamlit as st
 
@@ -12,25 +19,45 @@ from cachemon.clock import CLOCK_SKEW, Period, format_duration, iso
 from cachemon.errors import CachemonError
 from cachemon.metrics import window as metrics
 from cachemon.runner import selfcheck
-from views import common
+from pages.shared import common
 
 st.set_page_config(page_title="cachemon", page_icon=":bar_chart:", layout="wide")
 
+PAGES = (
+    ("pages/overview.py", "Overview", ":material/monitoring:", None),
+    ("pages/trends.py", "Trends", ":material/show_chart:", "trends"),
+    ("pages/topkeys.py", "Top keys", ":material/key:", "keys"),
+    ("pages/experiments.py", "Experiments", ":material/science:", "experiments"),
+    ("pages/ttl.py", "TTL what-if", ":material/tune:", "ttl"),
+    ("pages/alerts.py", "Alerts", ":material/notifications:", "alerts"),
+    ("pages/costs.py", "Costs", ":material/payments:", "costs"),
+    ("pages/jobs.py", "Jobs", ":material/schedule:", "jobs"),
+)
 
-def _login_required() -> bool:
-    """With an [auth] section in .streamlit/secrets.toml (Streamlit's OIDC),
-    only a logged-in user sees the dashboard."""
+
+def _auth() -> tuple[bool, str]:
+    """Whether a login is configured, and why the secrets could not be read
+    ('' when they could). A secrets file that exists but does not parse
+    counts as configured: a typo must not open the dashboard to everyone."""
     try:
-        configured = "auth" in st.secrets
-    except FileNotFoundError:
-        configured = False
-    if not configured or st.user.get("is_logged_in", False):
-        return False
+        return "auth" in st.secrets, ""
+    except FileNotFoundError as exc:  # Streamlit's "no secrets" and "unreadable secrets"
+        if any(os.path.exists(p) for p in st.get_option("secrets.files")):
+            return True, str(exc)
+        return False, ""
+
+
+def _login_page() -> None:
+    """The only page before a login: a button to log in, or why the login
+    configuration is not usable."""
+    _, problem = _auth()
     st.title("cachemon")
+    if problem:
+        st.error(f"The login is not usable: {problem}")
+        return
     st.write("This dashboard needs a login.")
     if st.button("Log in"):
         st.login()
-    return True
 
 
 def _span(con, cfg):
@@ -82,33 +109,30 @@ def _sidebar(cfg) -> None:
             st.button("Log out", on_click=st.logout)
 
 
-if _login_required():
-    st.stop()
-# Read on every run (a small TOML file and the environment), so a changed
-# CACHEMON_DB or config shows without a restart.
-try:
-    st.session_state["config"] = config_mod.load()
-except CachemonError as exc:
-    st.error(str(exc))
-    st.stop()
-_sidebar(st.session_state["config"])
-page = st.navigation(
-    [
-        st.Page("views/overview.py", title="Overview", icon=":material/monitoring:", default=True),
-        st.Page("views/trends.py", title="Trends", icon=":material/show_chart:", url_path="trends"),
-        st.Page("views/topkeys.py", title="Top keys", icon=":material/key:", url_path="keys"),
-        st.Page(
-            "views/experiments.py",
-            title="Experiments",
-            icon=":material/science:",
-            url_path="experiments",
-        ),
-        st.Page("views/ttl.py", title="TTL what-if", icon=":material/tune:", url_path="ttl"),
-        st.Page(
-            "views/alerts.py", title="Alerts", icon=":material/notifications:", url_path="alerts"
-        ),
-        st.Page("views/costs.py", title="Costs", icon=":material/payments:", url_path="costs"),
-        st.Page("views/jobs.py", title="Jobs", icon=":material/schedule:", url_path="jobs"),
-    ]
-)
-page.run()
+def _dashboard() -> None:
+    """The pages (navigation first), then the shared sidebar and the page;
+    a config file that does not load is shown in the page's place."""
+    page = st.navigation(
+        [
+            st.Page(path, title=title, icon=icon, url_path=url, default=url is None)
+            for path, title, icon, url in PAGES
+        ]
+    )
+    # Read on every run (a small TOML file and the environment), so a changed
+    # CACHEMON_DB or config shows without a restart.
+    try:
+        cfg = config_mod.load()
+    except CachemonError as exc:
+        st.session_state.pop("config", None)  # no page may run on an older config
+        st.error(str(exc))
+        return
+    st.session_state["config"] = cfg
+    _sidebar(cfg)
+    page.run()
+
+
+configured, problem = _auth()
+if configured and (problem or not st.user.get("is_logged_in", False)):
+    st.navigation([st.Page(_login_page, title="Log in", icon=":material/login:")]).run()
+else:
+    _dashboard()

@@ -84,7 +84,7 @@ def render_times(
                 if cold:
                     st.cache_data.clear()
                 t = time.perf_counter()
-                at.switch_page(f"views/{page}.py").run()
+                at.switch_page(f"pages/{page}.py").run()
             else:
                 t = time.perf_counter()
                 at.run()

@@ -23,17 +23,17 @@ from cachemon.metrics import trends
 from cachemon.runner import runs as runner
 from cachemon.store import db as store
 from cachemon.tuning import analysis as tuning
-from cachemon.tuning import promote
+from cachemon.tuning import promote, stats
 
 PAGES = {
-    "overview": "views/overview.py",
-    "trends": "views/trends.py",
-    "keys": "views/topkeys.py",
-    "experiments": "views/experiments.py",
-    "ttl": "views/ttl.py",
-    "alerts": "views/alerts.py",
-    "costs": "views/costs.py",
-    "jobs": "views/jobs.py",
+    "overview": "pages/overview.py",
+    "trends": "pages/trends.py",
+    "keys": "pages/topkeys.py",
+    "experiments": "pages/experiments.py",
+    "ttl": "pages/ttl.py",
+    "alerts": "pages/alerts.py",
+    "costs": "pages/costs.py",
+    "jobs": "pages/jobs.py",
 }
 EVIL = "search:title:q=<script>alert(1)</script>"
 ARTIFACTS = Path(os.environ.get("CACHEMON_ARTIFACTS", ROOT / "test-artifacts"))
@@ -385,19 +385,73 @@ def test_a_store_with_no_data_yet_says_how_to_fill_it(tmp_path, monkeypatch):
     assert any("python -m cachemon import FILE" in i.value for i in at.info)
 
 
+# A login configuration as Streamlit needs it to offer a login; the provider
+# is never contacted (nobody clicks "Log in").
+AUTH = {
+    "redirect_uri": "http://127.0.0.1:8501/oauth2callback",
+    "cookie_secret": "x" * 32,
+    "client_id": "cachemon",
+    "client_secret": "s",
+    "server_metadata_url": "http://127.0.0.1:9/.well-known/openid-configuration",
+}
+
+
 def test_login_is_required_when_auth_is_configured(past_store, monkeypatch):
     monkeypatch.setenv("CACHEMON_DB", str(past_store[0]))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
-    at.secrets["auth"] = {
-        "redirect_uri": "http://127.0.0.1:8501/oauth2callback",
-        "cookie_secret": "x" * 32,
-        "client_id": "cachemon",
-        "client_secret": "s",
-        "server_metadata_url": "http://127.0.0.1:9/.well-known/openid-configuration",
-    }
+    at.secrets["auth"] = AUTH
     at.run()
     assert not at.exception
     assert [b.label for b in at.button] == ["Log in"] and not at.metric
+    assert not at.sidebar.children  # no sidebar (data span, runner status) either
+    with pytest.raises(ValueError, match=r"Known pages: \['Log in'\]"):
+        at.switch_page(PAGES["costs"])  # the navigation holds the login page only
+
+
+def test_a_logged_in_user_gets_every_page(past_store, monkeypatch):
+    db, cfg_file = past_store
+    monkeypatch.setenv("CACHEMON_DB", str(db))
+    monkeypatch.setenv("CACHEMON_CONFIG", str(cfg_file))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.secrets["auth"] = AUTH
+    at.user = {"is_logged_in": True, "email": "ops@example.com"}
+    at.run()
+    assert not at.exception and at.metric
+    assert "Signed in as ops@example.com" in [c.value for c in at.sidebar.caption]
+    assert "Log out" in [b.label for b in at.sidebar.button]
+    for name, path in PAGES.items():
+        at.switch_page(path).run()
+        assert not at.exception, (name, [e.value for e in at.exception])
+
+
+def test_an_unreadable_secrets_file_keeps_the_dashboard_closed(past_store, tmp_path, monkeypatch):
+    """A secrets file that does not parse may hold an [auth] section: the
+    dashboard says why it cannot log in, and shows nothing else."""
+    import streamlit as st
+    from streamlit import config as st_config
+
+    broken = tmp_path / "secrets.toml"
+    broken.write_text('[auth\nclient_id = "cachemon"\n')
+    monkeypatch.setenv("CACHEMON_DB", str(past_store[0]))
+    monkeypatch.setattr(st.secrets, "_secrets", None)  # nothing parsed before
+    files = st_config.get_option("secrets.files")
+    st_config.set_option("secrets.files", [str(broken)])
+    try:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    finally:
+        st_config.set_option("secrets.files", files)
+    assert not at.exception
+    assert [e.value for e in at.error] and "The login is not usable" in at.error[0].value
+    assert not at.metric and not at.button and not at.sidebar.children
+
+
+def test_experiments_page_takes_the_srm_threshold_from_the_library(live_store, monkeypatch):
+    """The page's SRM banner and help use `stats.SRM_P`, not a copy of it."""
+    monkeypatch.setattr(stats, "SRM_P", 0.999999)  # any computed p-value is now a mismatch
+    at = _app(monkeypatch, *live_store, "experiments")
+    srm = next(m for m in at.metric if m.label == "SRM p-value")
+    assert "p < 0.999999 blocks decisions" in srm.help
+    assert any(e.value.startswith("Sample ratio mismatch") for e in at.error)
 
 
 @pytest.fixture(scope="module")
@@ -429,6 +483,15 @@ READY = {
 }
 
 
+TITLES = ["Overview", "Trends", "Top keys", "Experiments", "TTL what-if", "Alerts", "Costs", "Jobs"]
+
+
+def _nav(page) -> list[str]:
+    """The titles in the sidebar's page navigation (each link's text ends with its title)."""
+    links = page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()
+    return [t.strip().splitlines()[-1] for t in links]
+
+
 def test_every_page_in_a_real_browser(server, live_store):
     from playwright.sync_api import sync_playwright
 
@@ -456,6 +519,8 @@ def test_every_page_in_a_real_browser(server, live_store):
             page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
             assert page.locator('[data-testid="stException"]').count() == 0, name
             assert "Traceback" not in page.content(), name
+            # app.py's pages once each, not also the pages/ folder's files.
+            assert _nav(page) == TITLES, name
             if name == "overview":
                 # A job whose last run failed is named on the sidebar, not only on the Jobs page.
                 page.locator('[data-testid="stSidebar"]').get_by_text(
@@ -525,3 +590,55 @@ def test_no_page_shows_nan_or_inf_whatever_the_store_holds(tmp_path_factory):
                 seen[name] = sorted({m.group(0) for m in bad.finditer(text)})
             browser.close()
     assert seen == {name: [] for name in PAGES}, seen
+
+
+def test_with_a_login_configured_every_url_shows_only_the_login(live_store, tmp_path):
+    """Nobody logged in: every page's URL, a deep link first after the start
+    (when Streamlit would still route the pages/ folder itself), renders the
+    login page and nothing of the store: no sidebar, no figures, no tables."""
+    from playwright.sync_api import sync_playwright
+
+    db, cfg_file = live_store
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text("[auth]\n" + "".join(f'{k} = "{v}"\n' for k, v in AUTH.items()))
+    env = {
+        "CACHEMON_DB": str(db),
+        "CACHEMON_CONFIG": str(cfg_file),
+        "STREAMLIT_SECRETS_FILES": str(secrets),
+    }
+    with streamlit_server(env) as url, sync_playwright() as p:
+        browser = chromium(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        for name in ["costs", *(n for n in PAGES if n != "costs")]:
+            page.goto(f"{url}/{'' if name == 'overview' else name}")
+            page.get_by_text("This dashboard needs a login.").wait_for(timeout=60_000)
+            page.wait_for_timeout(1000)  # a late render would show here
+            body = page.inner_text("body")
+            assert page.get_by_role("button", name="Log in").count() == 1, name
+            assert page.locator('[data-testid="stHeading"]').all_inner_texts() == ["cachemon"]
+            for testid in ("stSidebar", "stMetric", "stDataFrame", "stPlotlyChart", "stException"):
+                assert page.locator(f'[data-testid="{testid}"]').count() == 0, (name, testid)
+            assert READY[name] not in body and EVIL not in page.content(), name
+        browser.close()
+
+
+def test_a_broken_config_file_shows_its_error_below_the_navigation(tmp_path):
+    """The navigation comes first: a config file that does not load is an
+    error in the page's place, and every page is still in the menu."""
+    from playwright.sync_api import sync_playwright
+
+    bad = tmp_path / "cachemon.toml"
+    bad.write_text("[metrics\n")
+    env = {"CACHEMON_DB": str(tmp_path / "none.duckdb"), "CACHEMON_CONFIG": str(bad)}
+    with streamlit_server(env) as url, sync_playwright() as p:
+        browser = chromium(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        for path in ("costs", "", "jobs"):
+            page.goto(f"{url}/{path}")
+            error = page.locator('[data-testid="stAlertContentError"]')
+            error.first.wait_for(timeout=60_000)
+            page.wait_for_timeout(500)
+            assert "is not valid TOML" in error.first.inner_text(), path
+            assert _nav(page) == TITLES, path
+            assert page.locator('[data-testid="stException"]').count() == 0, path
+        browser.close()

@@ -265,7 +265,7 @@ def test_a_store_from_a_newer_cachemon_is_one_line_on_every_read_path(two_hours,
             "ttl",
         ):
             at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
-            at.switch_page(f"views/{page}.py")
+            at.switch_page(f"pages/{page}.py")
             at.run()
             assert not at.exception, (page, at.exception)
             if page != "experiments":  # with no experiment configured it reads nothing

@@ -122,7 +122,5 @@ def test_no_network_facing_input_names_a_file():
         for p in m.get("parameters", [])
     }
     assert params and not params & {"db", "path", "file", "dir", "to", "config"}
-    widgets = "".join(
-        (ROOT / "views" / f).read_text() for f in os.listdir(ROOT / "views") if f.endswith(".py")
-    )
+    widgets = "".join(f.read_text() for f in (ROOT / "pages").rglob("*.py"))
     assert "file_uploader" not in widgets and "CACHEMON_DB" not in widgets

@@ -454,7 +454,7 @@ def test_metrics_before_the_data_names_the_span_the_store_holds(tmp_path):
 
 @pytest.mark.parametrize("text", ["abc", "nan", "1e999", "-1", "inf", "0"])
 def test_a_bad_refresh_setting_falls_back_with_a_warning(text):
-    from views.common import REFRESH_DEFAULT_S, parse_refresh
+    from pages.shared.common import REFRESH_DEFAULT_S, parse_refresh
 
     every, warning = parse_refresh(text)
     assert every == timedelta(seconds=REFRESH_DEFAULT_S)

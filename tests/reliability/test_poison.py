@@ -282,7 +282,7 @@ def test_an_older_store_with_poisoned_rows_gives_strict_json_and_an_honest_data_
     stale = next(s for s in ev.states if s.rule == "data_stale")
     assert stale.value == pytest.approx(24 * 3600) and ev.data_until == end
     # The dashboard's number formatting never shows nan or inf.
-    from views.common import fmt
+    from pages.shared.common import fmt
 
     for v in (math.nan, math.inf, -math.inf, 1e308):
         for kind in ("num", "count", "usd"):

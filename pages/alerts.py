@@ -12,7 +12,7 @@ from cachemon.clock import iso, parse_duration
 from cachemon.errors import CachemonError
 from cachemon.notify import outbox as notify
 from cachemon.store import db as store
-from views import common
+from pages.shared import common
 
 st.header("Alerts")
 SEVERITY_COLOURS = {"critical": "#dc2626", "warning": "#f59e0b", "info": "#2563eb"}

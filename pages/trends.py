@@ -8,7 +8,7 @@ import streamlit as st
 from cachemon.alerts import health
 from cachemon.errors import CachemonError
 from cachemon.metrics import trends
-from views import common
+from pages.shared import common
 
 st.header("Trends")
 SEVERITY_COLOURS = {

@@ -11,7 +11,7 @@ from cachemon.costs import usage as costs
 from cachemon.errors import CachemonError
 from cachemon.metrics.window import data_end
 from cachemon.pricing import DEFAULT
-from views import common
+from pages.shared import common
 
 st.header("Costs")
 

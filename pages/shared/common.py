@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 
 import duckdb
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 
 from cachemon.clock import Period, floor_to, format_duration, iso, utcnow
 from cachemon.errors import CachemonError, EmptyStoreError, StoreError
@@ -76,7 +77,22 @@ def setting_warnings() -> None:
 
 
 def config():
+    """The config app.py loaded for this run. A page run without it did not
+    come through app.py's `st.navigation` (see `_leave_legacy_routing`)."""
+    if "config" not in st.session_state:
+        _leave_legacy_routing()
     return st.session_state["config"]
+
+
+def _leave_legacy_routing() -> None:
+    """Rerun through app.py. Streamlit treats a `pages/` folder beside the
+    entry script as its legacy multipage app until `st.navigation` first runs
+    in the process: the first visit of a deep link such as /costs after a
+    start runs the bare page script, without app.py's login, config and
+    sidebar. Every read of a page needs `config()`, so that run reads no data
+    and ends here; the rerun runs app.py, which routes the same URL."""
+    PagesManager.uses_pages_directory = False  # what st.navigation itself sets
+    st.rerun()
 
 
 def period() -> Period:

@@ -9,7 +9,7 @@ from cachemon.clock import Period, Window, iso
 from cachemon.costs import usage as costs
 from cachemon.errors import CachemonError
 from cachemon.metrics import window as metrics
-from views import common
+from pages.shared import common
 
 st.header("Overview")
 TIER_ORDER = ("edge", "kv", "r2", "api")
@@ -44,7 +44,7 @@ def overview():
         return
     common.health_banner(state)
     st.page_link(
-        "views/alerts.py", label="Alerts, history and silences", icon=":material/notifications:"
+        "pages/alerts.py", label="Alerts, history and silences", icon=":material/notifications:"
     )
     common.stale_banner(current.data_until, current.at)
     st.caption(
@@ -90,7 +90,7 @@ def overview():
         width="stretch",
     )
     right.page_link(
-        "views/topkeys.py", label="All keys, filters and drill-down", icon=":material/key:"
+        "pages/topkeys.py", label="All keys, filters and drill-down", icon=":material/key:"
     )
 
 

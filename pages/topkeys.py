@@ -8,7 +8,7 @@ from cachemon.costs import optimize
 from cachemon.errors import CachemonError
 from cachemon.metrics.window import data_end
 from cachemon.store import export, topkeys
-from views import common
+from pages.shared import common
 
 st.header("Top keys")
 CLASSES = ("all", "hot", "warm", "cold")

@@ -13,7 +13,7 @@ from cachemon.errors import CachemonError
 from cachemon.metrics.window import data_end
 from cachemon.pricing import days_in_month
 from cachemon.tuning import whatif as ttl
-from views import common
+from pages.shared import common
 
 st.header("TTL what-if")
 

@@ -10,7 +10,8 @@ from cachemon.clock import format_duration, iso
 from cachemon.errors import CachemonError
 from cachemon.tuning import analysis as tuning
 from cachemon.tuning import promote
-from views import common
+from cachemon.tuning.stats import SRM_P
+from pages.shared import common
 
 st.header("Experiments")
 UNITS = {
@@ -101,14 +102,17 @@ def _experiment(e, state, history, plan):
     cols[1].metric(
         "SRM p-value",
         "n/a" if srm is None else f"{srm:.4f}",
-        help="Chi-square of key counts against the scheme's exact allocation; p < 0.001 blocks decisions",
+        help=(
+            "Chi-square of key counts against the scheme's exact allocation; "
+            f"p < {SRM_P:g} blocks decisions"
+        ),
     )
     cols[2].metric(
         "Days needed (power)",
         "> 90" if latest["days_needed"] is None else latest["days_needed"],
         help=f"Days to detect a {e.mde:g}-point hit-rate gain over the margin at this traffic",
     )
-    if srm is not None and srm < 0.001:
+    if srm is not None and srm < SRM_P:
         st.error(
             "Sample ratio mismatch: the cohorts' key counts do not match the allocation; "
             "no decision until the assignment is fixed."

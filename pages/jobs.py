@@ -11,7 +11,7 @@ from cachemon.errors import CachemonError
 from cachemon.ingest import write as ingest
 from cachemon.metrics.window import data_span
 from cachemon.runner import runs as runner
-from views import common
+from pages.shared import common
 
 st.header("Jobs")
 TIME = st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss", timezone="UTC")

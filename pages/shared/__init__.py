@@ -1,0 +1,1 @@
+"""Helpers every dashboard page shares (cached reads, states, formats)."""
