@@ -6,7 +6,8 @@
   appears in docs/configuration.md under its section;
 - every ```toml block of README.md and docs/*.md parses, and loads through cachemon's real
   loader unless it is marked as a fragment or another program's file;
-- every ```sql block of the docs runs on a demo store, unless marked not-run with a reason.
+- every ```sql block of the docs runs on a demo store, unless marked not-run with a reason;
+- every relative link of the docs reaches an existing file, and its #anchor a heading there.
 
 A failure names the file and the line.
 """
@@ -149,7 +150,8 @@ def test_every_subcommand_has_a_section_in_the_cli_docs(command):
 )
 def test_every_option_is_documented_in_its_commands_section(command, option):
     line, text = _command_section(command)
-    assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text), (
+    mentioned = re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text)
+    assert mentioned, (
         f"docs/cli.md:{line}: the section of {command or 'global options'!r} "
         f"does not mention {option}"
     )
@@ -226,7 +228,8 @@ def test_every_configuration_key_is_documented_under_its_section(table, key):
     found = section(CONFIG_DOC, title)
     assert found, f"docs/configuration.md: no section (a heading like ## `{table}`) for {table}"
     line, text = found
-    assert re.search(rf"`{re.escape(key)}`|^\s*{re.escape(key)}\s*=", text, re.M), (
+    documented = re.search(rf"`{re.escape(key)}`|^\s*{re.escape(key)}\s*=", text, re.M)
+    assert documented, (
         f"docs/configuration.md:{line}: the section {table} does not document {key!r}"
     )
 
@@ -296,3 +299,43 @@ def test_every_sql_block_runs_on_a_demo_store(block, analyst_home, monkeypatch):
         pytest.fail(f"{block.where}: {type(exc).__name__}: {exc}")
     finally:
         con.close()
+
+
+# ---------------------------------------------------------------- links
+
+LINK = re.compile(r"\]\((?!https?://|mailto:)([^)#\s]*)(?:#([^)\s]+))?\)")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    lines, fenced, out = path.read_text(encoding="utf-8").splitlines(), False, set()
+    for line in lines:
+        fenced ^= line.startswith("```")
+        if not fenced and (h := HEADING.match(line)):
+            out.add(_slug(h.group(2)))
+    return out
+
+
+LINKS = [
+    (path, n, target, anchor)
+    for path in [ROOT / "README.md", *DOCS]
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+    for target, anchor in LINK.findall(line)
+]
+
+
+@pytest.mark.parametrize(
+    "path,line,target,anchor",
+    LINKS,
+    ids=[f"{p.relative_to(ROOT)}:{n} {t}#{a}" for p, n, t, a in LINKS],
+)
+def test_every_link_between_the_docs_resolves(path, line, target, anchor):
+    where = f"{path.relative_to(ROOT)}:{line}"
+    dest = (path.parent / target).resolve() if target else path
+    assert dest.exists(), f"{where}: {target} does not exist"
+    if anchor and dest.suffix == ".md":
+        assert anchor in _anchors(dest), f"{where}: {target} has no heading #{anchor}"
