@@ -339,3 +339,16 @@ def test_every_link_between_the_docs_resolves(path, line, target, anchor):
     assert dest.exists(), f"{where}: {target} does not exist"
     if anchor and dest.suffix == ".md":
         assert anchor in _anchors(dest), f"{where}: {target} has no heading #{anchor}"
+
+
+# ---------------------------------------------------------------- the front door
+
+
+def test_the_readme_is_a_front_door():
+    """The two commands first, then a short page: the manual lives in docs/."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    first = blocks([ROOT / "README.md"], "sh")[0].text.splitlines()
+    assert [line.split()[0] for line in first] == ["./run.sh", "./test.sh"], first
+    assert len(text.encode("utf-8")) <= 15 * 1024, "README.md: over 15 KB; move text to docs/"
+    for doc in DOCS:
+        assert f"(docs/{doc.name})" in text, f"README.md: no link to docs/{doc.name}"
