@@ -30,7 +30,6 @@ from cachemon import config, settings
 from cachemon.alerts.rules import Rule
 from cachemon.cli.main import build_parser
 from cachemon.pricing import COMPONENTS
-from cachemon.redact import Redactor
 from cachemon.store import db as store
 from cachemon.store import export
 from cachemon.tuning.experiments import Experiment
@@ -272,7 +271,7 @@ def analyst_home(docs_store, tmp_path_factory):
     (home / "data").mkdir()
     (home / "data" / "cachemon.snapshot.duckdb").symlink_to(store.snapshot_path(docs_store))
     with store.reader(docs_store) as con:
-        export.parquet(con, home / "exports", None, Redactor.from_env({}))
+        export.parquet(con, home / "exports")
     return home
 
 
