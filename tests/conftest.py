@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,9 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cachemon import config
-from cachemon.clock import HOUR, Window
+from cachemon.clock import DAY, HOUR, Window, floor_to, utcnow
+from cachemon.costs import report
 from cachemon.errors import ConfigError
 from cachemon.events import EventFrame
+from cachemon.ingest import load as pipeline
 from cachemon.ingest import write as ingest
 from cachemon.settings import SimulatorConfig
 from cachemon.sources.simulator import Simulator
@@ -153,3 +156,39 @@ def results():
     )
     if rows:
         write_table(rows)
+
+
+@pytest.fixture(scope="session")
+def docs_store(tmp_path_factory) -> str:
+    """The store the docs' SQL runs on (tests/test_analyst_docs.py, tests/test_docs.py): three
+    days of small demo traffic ending now, with the daily jobs' products, compacted."""
+    tmp = tmp_path_factory.mktemp("docs")
+    now = utcnow()
+    cfg_file = tmp / "demo.toml"
+    cfg_file.write_text(
+        "[simulator]\nrequests_per_hour = 6000\ncatalog_keys = 3000\n"
+        + EXPERIMENT_TOML.format(
+            start=(floor_to(now, DAY) - 3 * DAY).strftime("%Y-%m-%dT%H:%M:%SZ")
+        )
+    )
+    cfg = config.with_db(config.load(cfg_file, env={}), str(tmp / "demo.duckdb"))
+    pipeline.demo(cfg, 3, now)
+    with store.writer(cfg.store.path, now) as con:  # the daily cost reports of the whole days
+        for back in (2, 3):
+            report.save(con, report.build(con, cfg, (now - back * DAY).date(), now))
+    env = {
+        "CACHEMON_DB": cfg.store.path,
+        "CACHEMON_CONFIG": str(cfg_file),
+        "PYTHONPATH": str(ROOT),
+        "PATH": "",
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "jobs", "--once", "compact"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    return cfg.store.path

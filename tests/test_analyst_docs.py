@@ -4,20 +4,16 @@ and every view and column of schema v1 is documented."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from datetime import UTC, timedelta
 
 import duckdb
 import pytest
-from conftest import EXPERIMENT_TOML, ROOT
+from conftest import ROOT
 
-from cachemon import config
-from cachemon.clock import DAY, floor_to, utcnow
 from cachemon.costs import report
-from cachemon.ingest import load as pipeline
 from cachemon.store import db as store
 from cachemon.store import views as analyst
+from cachemon.tuning import analysis as tuning
 
 DOC = ROOT / "docs" / "analysts.md"
 # Queries whose docs say they may come back empty on healthy data.
@@ -34,38 +30,9 @@ def _examples() -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def demo_store(tmp_path_factory):
-    """Three days of small demo traffic ending now, with the daily jobs' products."""
-    tmp = tmp_path_factory.mktemp("docs")
-    now = utcnow()
-    cfg_file = tmp / "demo.toml"
-    cfg_file.write_text(
-        "[simulator]\nrequests_per_hour = 6000\ncatalog_keys = 3000\n"
-        + EXPERIMENT_TOML.format(
-            start=(floor_to(now, DAY) - 3 * DAY).strftime("%Y-%m-%dT%H:%M:%SZ")
-        )
-    )
-    cfg = config.with_db(config.load(cfg_file, env={}), str(tmp / "demo.duckdb"))
-    pipeline.demo(cfg, 3, now)
-    with store.writer(cfg.store.path, now) as con:  # the daily cost reports of the whole days
-        for back in (2, 3):
-            report.save(con, report.build(con, cfg, (now - back * DAY).date(), now))
-    env = {
-        "CACHEMON_DB": cfg.store.path,
-        "CACHEMON_CONFIG": str(cfg_file),
-        "PYTHONPATH": str(ROOT),
-        "PATH": "",
-    }
-    run = subprocess.run(
-        [sys.executable, "-m", "jobs", "--once", "compact"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr
-    return cfg.store.path
+def demo_store(docs_store):
+    """Three days of small demo traffic ending now, with the daily jobs' products (conftest)."""
+    return docs_store
 
 
 def test_the_docs_have_at_least_ten_examples():
@@ -116,9 +83,7 @@ def test_the_purge_query_finds_the_keys_the_simulated_purge_knocked_out_of_the_e
 
     from conftest import load, simulate
 
-    purge = datetime(
-        2026, 11, 24, 14, 0, tzinfo=UTC
-    )  # the simulator's weekly edge purge (Tuesday)
+    purge = datetime(2026, 11, 24, 14, 0, tzinfo=UTC)  # the simulator's weekly edge purge (Tuesday)
     parts, truth = simulate(12, purge - timedelta(hours=6))
     load(tmp_path / "p.duckdb", parts, now=purge + timedelta(hours=6))
     ((title, sql),) = [(t, q) for t, q in _examples() if "fell out of the edge" in t]
@@ -139,8 +104,6 @@ def test_the_purge_query_finds_the_keys_the_simulated_purge_knocked_out_of_the_e
 
 
 def test_cost_and_experiment_views_equal_what_cachemon_stored(demo_store):
-    from cachemon.tuning import analysis as tuning
-
     with store.reader(demo_store) as con:
         costs = con.execute(
             "SELECT day, sum(list_usd), sum(billed_usd), count(*) FROM v1.cost_day "
@@ -155,7 +118,7 @@ def test_cost_and_experiment_views_equal_what_cachemon_stored(demo_store):
     assert [(c[0], c[3]) for c in costs] == [
         (r["day"], len(r["report"]["lines"])) for r in reports
     ] and len(costs) >= 2
-    for (day, list_usd, billed_usd, _), r in zip(costs, reports):
+    for (_day, list_usd, billed_usd, _), r in zip(costs, reports):
         assert list_usd == pytest.approx(r["report"]["list_total"], rel=1e-12)
         assert billed_usd == pytest.approx(r["report"]["billed_total"], rel=1e-12)
     want = sorted(

@@ -161,7 +161,7 @@ def test_readme_costs_example_loads(tmp_path):
 
     block = next(
         b
-        for b in re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+        for b in re.findall(r"```toml\n(.*?)```", (ROOT / "docs" / "costs.md").read_text(), re.S)
         if b.startswith("[costs]")
     )
     f = tmp_path / "c.toml"

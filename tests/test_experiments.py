@@ -126,7 +126,9 @@ def test_readme_experiment_example_loads(tmp_path):
 
     block = next(
         b
-        for b in re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+        for b in re.findall(
+            r"```toml\n(.*?)```", (ROOT / "docs" / "experiments.md").read_text(), re.S
+        )
         if b.startswith("[[experiments]]")
     )
     e = _load(tmp_path, block).experiments[0]

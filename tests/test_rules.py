@@ -169,12 +169,12 @@ def test_every_metric_formats():
 
 
 def test_readme_config_examples_load(tmp_path):
-    """The README's TOML examples are valid config (docs cannot rot)."""
+    """docs/alerts.md's TOML examples are valid config (docs cannot rot)."""
     import re
 
     from conftest import ROOT
 
-    blocks = re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    blocks = re.findall(r"```toml\n(.*?)```", (ROOT / "docs" / "alerts.md").read_text(), re.S)
     alerts = next(b for b in blocks if "[[alerts.rules]]" in b)
     notify = next(b for b in blocks if b.startswith("[notify]"))
     cfg = _load(tmp_path, alerts + notify)
