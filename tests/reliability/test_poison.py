@@ -396,9 +396,10 @@ def test_config_outcomes(results):
 IMPORT_RSS = """
 import resource, sys
 from datetime import datetime
-from cachemon import config, pipeline
+from cachemon import config, settings
 from cachemon.errors import CachemonError
-cfg = config.with_db(cm_settings.Config(), sys.argv[1])
+from cachemon.ingest import load as pipeline
+cfg = config.with_db(settings.Config(), sys.argv[1])
 try:
     s = pipeline.import_files(cfg, sys.argv[3:], datetime.fromisoformat(sys.argv[2]))
     print("imported", sum(r.events for r in s.imported))
