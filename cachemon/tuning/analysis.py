@@ -12,7 +12,7 @@ Decision of each treatment against the first cohort (the control):
 
 * `collecting` — fewer than `MIN_UNITS` keys so far: results stay hidden;
 * `srm` — the key counts do not fit the scheme's real allocation
-  (chi-square p < 0.001): no decision, and the reason;
+  (chi-square p < `stats.SRM_P`, 0.001): no decision, and the reason;
 * `winner` — the hit-rate gain's confidence-sequence lower bound (CUPED-
   adjusted), at the Holm-adjusted level across treatments, exceeds the
   margin (2 points), and no guardrail — cost per request, error rate, p95
@@ -33,6 +33,7 @@ import numpy as np
 from cachemon import jsontext
 from cachemon.clock import DAY, HOUR, Window, ceil_to, floor_to, iso
 from cachemon.costs.optimize import KEY_ROWS, key_ranges
+from cachemon.costs.tiermix import TierMix
 from cachemon.histogram import Histogram
 from cachemon.ingest import retention
 from cachemon.tuning import quantile_var, stats
@@ -124,14 +125,10 @@ def per_key(con, e: Experiment, window: Window, pricing) -> dict[str, dict[str, 
     df["pre_rate"] = df.key_id.map(rate).fillna(pooled)
     out = {}
     for cohort, g in df.groupby("cohort"):
-        req = (g.edge + g.kv + g.r2 + g.api).to_numpy()
-        writes = (g.r2 + g.api - g.errors).clip(lower=0).to_numpy()
-        cost = (
-            pricing["workers_requests"].list_cost(req)
-            + pricing["kv_reads"].list_cost(req - g.edge.to_numpy())
-            + pricing["kv_writes"].list_cost(writes)
-            + pricing["r2_class_b"].list_cost(g.r2.to_numpy())
-        )
+        # A key's errors count as failed fills (per-key rows keep no error tier).
+        mix = TierMix(*(g[c].to_numpy() for c in ("edge", "kv", "r2", "api", "errors")))
+        req = mix.requests
+        cost = pricing["workers_requests"].list_cost(req) + mix.cost(pricing)
         out[str(cohort)] = {
             "hits": (g.edge + g.kv).to_numpy(),
             "requests": req,
