@@ -233,8 +233,27 @@ def to_json(daily: Breakdown, fc: Forecast | None, at: datetime) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class WindowCosts:
+    """A metrics window's costs: its usage as a daily rate, priced, and the
+    month-end forecast as of `at`."""
+
+    daily: Breakdown
+    forecast: Forecast
+    at: datetime
+
+    def to_json(self) -> dict:
+        """The metrics response's `costs` block."""
+        return to_json(self.daily, self.forecast, self.at)
+
+
+def window_costs(con, window: Window, at: datetime, cfg) -> WindowCosts:
+    """The costs of a metrics window (see WindowCosts)."""
+    daily = price(per_day(measure(con, window, cfg)), cfg.pricing)
+    return WindowCosts(daily, forecast(con, at, cfg, cfg.pricing), at)
+
+
 def for_window(con, window: Window, at: datetime, cfg) -> dict:
     """The `costs` block of a metrics window: its usage as a daily rate,
     priced, and the month-end forecast as of `at`."""
-    daily = price(per_day(measure(con, window, cfg)), cfg.pricing)
-    return to_json(daily, forecast(con, at, cfg, cfg.pricing), at)
+    return window_costs(con, window, at, cfg).to_json()
