@@ -247,8 +247,8 @@ def daily(con, cfg, at: datetime, env, transports, dry_run: bool = False):
         if checked.action == "rollback":
             actions.append(checked)
         for e, a in zip(started, analyses):
-            winners = [c.treatment for c in a.comparisons if c.decision == "winner"]
-            if a.decision == "winner" and winners:
+            winners = [c.treatment for c in a.comparisons if c.decision == tuning.Decision.WINNER]
+            if a.decision == tuning.Decision.WINNER and winners:
                 actions.append(promote(kv, cfg, e, winners[0], dry_run))
     if not dry_run:
         for a in analyses:
