@@ -164,7 +164,7 @@ def predict(
     lookups = float(mu.sum())
     mix = TierMix.from_misses(lookups, lookups - hits, r.r2_share, r.error_share)
     gb = float((mu * t / (1 + mu * t)).sum()) * value_bytes / 1e9
-    cost = mix.cost(pricing) + gb * pricing["kv_storage"].price / month_days
+    cost = float(mix.cost(pricing)) + gb * pricing["kv_storage"].price / month_days
     edge = r.requests - lookups
     return Prediction(
         r.endpoint,
