@@ -35,6 +35,7 @@ from cachemon import jsontext
 from cachemon.clock import DAY, HOUR, Window, ceil_to, floor_to, iso, parse_instant
 from cachemon.costs.optimize import KEY_ROWS, key_ranges
 from cachemon.costs.tiermix import TierMix
+from cachemon.events import TIERS
 from cachemon.histogram import Histogram
 from cachemon.ingest import retention
 from cachemon.tuning import quantile_var, stats
@@ -181,7 +182,7 @@ def per_key(con, e: Experiment, window: Window, pricing) -> dict[str, dict[str, 
     out = {}
     for cohort, g in df.groupby("cohort"):
         # A key's errors count as failed fills (per-key rows keep no error tier).
-        mix = TierMix(*(g[c].to_numpy() for c in ("edge", "kv", "r2", "api", "errors")))
+        mix = TierMix(*(g[c].to_numpy() for c in (*TIERS, "errors")))
         req = mix.requests
         cost = pricing["workers_requests"].list_cost(req) + mix.cost(pricing)
         out[str(cohort)] = {
