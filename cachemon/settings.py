@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from cachemon.clock import CLOCK_SKEW
 from cachemon.errors import ConfigError
+from cachemon.events import ENDPOINTS
 from cachemon.pricing import Pricing
 from cachemon.pricing import default as pricing_default
 
@@ -152,11 +153,9 @@ class SimulatorConfig:
                 )
         for name in ("kv_ttl", "edge_ttl"):
             ttl = getattr(self, name)
-            if {e for e, _ in ttl} != {"title", "isbn", "author"} or any(
-                t <= timedelta(0) for _, t in ttl
-            ):
+            if {e for e, _ in ttl} != set(ENDPOINTS) or any(t <= timedelta(0) for _, t in ttl):
                 raise ConfigError(
-                    f"[simulator] {name} needs a positive TTL for each of title, isbn and author"
+                    f"[simulator] {name} needs a positive TTL for each of {', '.join(ENDPOINTS)}"
                 )
 
 

@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,26 +19,11 @@ from scipy import stats as sps
 from cachemon import config
 from cachemon.assignment import seed_sha256_byte
 from cachemon.errors import ConfigError
-from cachemon.tuning.experiments import u64_value
+from cachemon.sources import simulator
+from cachemon.tuning.experiments import example_toml, parse, u64_value
+from cachemon.tuning.whatif import draft_experiment
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "seed_assignment.json").read_text())
-EXPERIMENT = """
-[[experiments]]
-name = "extended-title-ttl"
-description = "48h TTL for title search vs baseline 24h"
-endpoint = "title"
-scheme = "{scheme}"
-start = "2026-11-01T00:00:00Z"
-duration = "14d"
-[[experiments.cohorts]]
-name = "control"
-ttl = "24h"
-weight = 0.5
-[[experiments.cohorts]]
-name = "treatment"
-ttl = "48h"
-weight = 0.5
-"""
 
 
 def _load(tmp_path, text):
@@ -53,9 +40,9 @@ def test_seed_scheme_matches_the_seeds_javascript():
 
 
 def test_effective_allocations(tmp_path):
-    seed = _load(tmp_path, EXPERIMENT.format(scheme="seed-sha256-byte")).experiments[0]
+    seed = _load(tmp_path, example_toml(scheme="seed-sha256-byte")).experiments[0]
     assert seed.allocation() == (Fraction(129, 256), Fraction(127, 256))
-    fair = _load(tmp_path, EXPERIMENT.format(scheme="sha256-u64")).experiments[0]
+    fair = _load(tmp_path, example_toml(scheme="sha256-u64")).experiments[0]
     assert fair.allocation() == (Fraction(1, 2), Fraction(1, 2))
     # Assignment follows the stated allocation: 20,000 keys, chi-square does not reject.
     counts = [0, 0]
@@ -89,14 +76,14 @@ def test_unbiased_scheme_separates_key_and_name():
     ],
 )
 def test_invalid_experiments_are_named(tmp_path, change, message):
-    text = EXPERIMENT.format(scheme="sha256-u64").replace(*change)
+    text = example_toml(scheme="sha256-u64").replace(*change)
     with pytest.raises(ConfigError) as err:
         _load(tmp_path, text)
     assert "experiment 'extended-title-ttl'" in str(err.value) and message in str(err.value)
 
 
 def test_cli_assign_and_list(tmp_path):
-    (tmp_path / "e.toml").write_text(EXPERIMENT.format(scheme="seed-sha256-byte"))
+    (tmp_path / "e.toml").write_text(example_toml(scheme="seed-sha256-byte"))
     env = dict(os.environ, CACHEMON_CONFIG=str(tmp_path / "e.toml"), PYTHONPATH=str(ROOT))
 
     def cli(*args):
@@ -136,3 +123,30 @@ def test_readme_experiment_example_loads(tmp_path):
         "control",
         "treatment",
     ]
+
+
+def test_one_example_template_is_the_seeds_experiment():
+    """example_toml's defaults are the seed's experiment, the one the
+    simulator runs; the TTL what-if's draft comes from the same template."""
+    (e,) = parse("example", tomllib.loads(example_toml())["experiments"], ("title",))
+    assert e.name == simulator.EXPERIMENT and e.scheme == "seed-sha256-byte"
+    assert [(c.name, int(c.ttl.total_seconds()), c.weight) for c in e.cohorts] == [
+        (name, ttl, weight) for name, ttl, weight in simulator.COHORTS
+    ]
+    start = datetime(2026, 11, 29, tzinfo=UTC)
+    draft = draft_experiment("isbn", timedelta(days=30), timedelta(days=60), start)
+    (d,) = parse("draft", tomllib.loads(draft)["experiments"], ("isbn",))
+    assert (d.name, d.endpoint, d.start, d.scheme, d.duration) == (
+        "isbn-ttl-60d",
+        "isbn",
+        start,
+        "sha256-u64",
+        timedelta(days=14),
+    )
+    assert [c.ttl for c in d.cohorts] == [timedelta(days=30), timedelta(days=60)]
+
+
+def test_example_strings_are_quoted():
+    text = example_toml(name="x", description='say "hi" \\ back\nthen')
+    (e,) = parse("quoted", tomllib.loads(text)["experiments"], ("title",))
+    assert e.description == 'say "hi" \\ back\nthen'

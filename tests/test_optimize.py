@@ -121,10 +121,18 @@ def test_ttl_tuning_saving(analysed):
     for endpoint, base in {"title": 1.0, "isbn": 30.0, "author": 7.0}.items():
         g = churn[churn.endpoint == endpoint]
         lam = ((g.requests - g.edge) / DAYS).to_numpy()
+        missed = (g.r2 + g.api).to_numpy()
+        r2_share, written = g.r2.to_numpy() / missed, (fills[g.index] / missed).to_numpy()
 
-        def cost(T):
+        def cost(T, lam=lam, written=written, r2_share=r2_share):
+            # Per key: reads, the misses' writes (a failed fill writes
+            # nothing) and R2 gets in the key's own shares, and storage.
+            misses = lam / (1 + lam * T)
             return (
-                lam / (1 + lam * T) * 5.0 / 1e6 + lam * T / (1 + lam * T) * 600 / 1e9 * 0.50 / 30
+                lam * 0.50 / 1e6
+                + misses * written * 5.0 / 1e6
+                + misses * r2_share * 0.36 / 1e6
+                + lam * T / (1 + lam * T) * 600 / 1e9 * 0.50 / 30
             ).sum()
 
         options = sorted({min(base * f, 30.0) for f in (1, 2, 4, 7, 14, 30)})

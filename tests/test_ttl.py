@@ -18,8 +18,9 @@ from conftest import ROOT, SMALL, T0, load, to_pandas
 from cachemon import config, settings
 from cachemon.clock import Window, iso
 from cachemon.errors import InputError
+from cachemon.events import ENDPOINTS
 from cachemon.pricing import DEFAULT
-from cachemon.sources.simulator import ENDPOINTS, Simulator
+from cachemon.sources.simulator import Simulator
 from cachemon.store import db as store
 from cachemon.tuning import whatif as ttl
 from cachemon.tuning.experiments import parse as parse_experiments

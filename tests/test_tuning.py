@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import timedelta
 
+import duckdb
 import numpy as np
 import pytest
 from conftest import EXPERIMENT_TOML as CONFIG
@@ -239,3 +240,33 @@ def test_demo_stores_the_daily_analyses_and_yesterdays_report(tmp_path):
     assert [r["day"] for r in reports] == [(end - timedelta(days=1)).date()] and not reports[0][
         "sent"
     ]
+
+
+def test_decisions_are_typed_and_stored_analyses_read_back_typed(sim_store):
+    """Decisions and statuses are enums whose values are the stored strings;
+    a stored analysis reads back into the same dataclasses (no JSON keys)."""
+    cfg, _, _ = sim_store
+    e = cfg.experiments[0]
+    with store.reader(cfg.store.path) as con:
+        early = tuning.analyze(con, e, T0 + timedelta(minutes=30), cfg.pricing)
+        a = tuning.analyze(con, e, AT, cfg.pricing)
+    assert early.decision is tuning.Decision.COLLECTING and early.decision == "collecting"
+    assert isinstance(a.decision, tuning.Decision) and a.comparisons
+    assert all(isinstance(c.decision, tuning.Decision) for c in a.comparisons)
+    assert a.srm_mismatch is False and a.srm_p >= stats.SRM_P
+    assert tuning.status(e, T0 - timedelta(hours=1)) is tuning.Status.SCHEDULED
+    assert tuning.status(e, AT) == "running" and tuning.status(e, T0 + e.duration) == "ended"
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE experiment_results (experiment VARCHAR, analyzed_at TIMESTAMPTZ,"
+        " decision VARCHAR, payload VARCHAR)"
+    )
+    for x in (early, a):
+        tuning.save(con, x)
+    raw = con.execute("SELECT decision, payload FROM experiment_results").fetchall()
+    assert [d for d, _ in raw] == [early.decision.value, a.decision.value]  # plain strings
+    assert [json.loads(p)["decision"] for _, p in raw] == [str(early.decision), str(a.decision)]
+    back = tuning.stored(con, e.name)
+    assert [s.analysis for s in back] == [early, a]
+    assert [s.decision for s in back] == [early.decision, a.decision]
+    assert back[-1].analyzed_at == a.at and back[-1].analysis.srm_p == a.srm_p

@@ -4,7 +4,8 @@
     GET /healthz
     GET /openapi.json
 
-One implementation with `cachemon metrics` (both call `metrics.compute`).
+One implementation with `cachemon metrics` (both build the response with
+`usecases.metrics_report.build`).
 Responses are cached per (period, format) for five minutes, as the design
 says, but never past the instant their data turns stale (`expiry`); `Age`,
 `Cache-Control: max-age` and `X-Data-Until` tell a client how old they
@@ -45,15 +46,14 @@ from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cachemon import jsontext
-from cachemon.alerts import health
-from cachemon.clock import Period, Window, iso
-from cachemon.costs import usage as costs
+from cachemon.clock import Period, iso
 from cachemon.errors import CachemonError, InputError, StoreError
 from cachemon.metrics import exposition
 from cachemon.metrics import window as metrics
 from cachemon.runner import selfcheck
 from cachemon.settings import Config
 from cachemon.store import db as store
+from cachemon.usecases import metrics_report
 
 CACHE_FOR = timedelta(minutes=5)
 RATE_LIMIT = 10  # requests per client IP per minute
@@ -191,21 +191,14 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
         if not hit or now >= hit[4]:
             try:
                 with store.shared_reader(cfg.store.path) as con:
-                    m = metrics.compute(
-                        con, Window.ending(now, period.length), period.value, latest=True
-                    )
-                    state = health.health(con, m.at, cfg.alerts.evaluate_every)
-                    block = costs.for_window(con, m.window, m.at, cfg)
+                    report = metrics_report.build(con, cfg, period, now)
             except StoreError as exc:
                 return _error(503, str(exc))
+            m = report.metrics
             if fmt == "prometheus":
-                body = exposition.render(m, cfg.metrics.stale_after, state, block).encode()
-                media = exposition.CONTENT_TYPE
+                body, media = report.to_prometheus().encode(), exposition.CONTENT_TYPE
             else:
-                body = jsontext.dumps(
-                    metrics.to_json(m, cfg.metrics.stale_after, state, block)
-                ).encode()
-                media = "application/json"
+                body, media = jsontext.dumps(report.to_json()).encode(), "application/json"
             hit = cache[(period.value, fmt)] = (
                 now,
                 body,

@@ -8,8 +8,10 @@ request in the store.
 
 Where a saving depends on how long entries live in KV, it uses the
 fixed-TTL model of KV `expirationTtl` (an entry written at a miss lives T):
-a key asked λ times a day at KV misses λ/(1+λT) times a day (each miss
-writes) and is present a share λT/(1+λT) of the time.
+a key asked λ times a day at KV misses λ/(1+λT) times a day and is present
+a share λT/(1+λT) of the time. What its reads, writes and R2 gets cost is
+the tier-mix rule (`costs.tiermix`): a miss is answered by R2 or the origin
+as the key's were, and writes unless it failed, as its fills did.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cachemon.clock import DAY, HOUR, Window, ceil_to, floor_to
+from cachemon.costs.tiermix import TierMix, kv_writes_sql
 from cachemon.metrics.window import data_span
 from cachemon.pricing import Pricing, days_in_month
 from cachemon.settings import COLD_PER_DAY, HOT_PER_DAY
@@ -95,9 +98,11 @@ SELECT count(*), coalesce(sum(kv_rate * $t / (1 + kv_rate * $t)), 0) FROM opt_ke
 WHERE class = 'cold' AND age_days > $age AND endpoint = $endpoint
 """
 COLD_ENDPOINTS = "SELECT DISTINCT endpoint FROM opt_keys WHERE class = 'cold' AND age_days > $age"
-WARM_CHURN = """
-SELECT endpoint, kv_rate, r2 + api - errors AS fills, kv FROM opt_keys
-WHERE class = 'warm' AND (r2 + api - errors) * $write > kv * $read
+# Warm keys whose fills (the tier-mix rule's KV writes) cost more than the KV
+# hits they serve.
+WARM_CHURN = f"""
+SELECT endpoint, kv_rate, {kv_writes_sql()} AS fills, kv, r2, api FROM opt_keys
+WHERE class = 'warm' AND {kv_writes_sql()} * $write > kv * $read
 """
 
 
@@ -268,15 +273,22 @@ def r2_archival(
 
 
 def ttl_cost(
-    lam: np.ndarray, t_days: float, pricing: Pricing, value_bytes: float, month_days: int
+    lam: np.ndarray,
+    t_days: float,
+    pricing: Pricing,
+    value_bytes: float,
+    month_days: int,
+    r2_share: np.ndarray | float = 0.0,
+    error_share: np.ndarray | float = 0.0,
 ) -> np.ndarray:
-    """Daily KV write + storage cost per key under a fixed TTL of `t_days`."""
-    writes = lam / (1 + lam * t_days)
+    """Daily cost per key of its KV lookups (λ a day) under a fixed TTL of
+    `t_days`: the tier mix of its hits and misses (misses answered by R2 a
+    share `r2_share` of the time and failing `error_share`, as observed),
+    plus KV storage for the share of time it is present."""
+    misses = lam / (1 + lam * t_days)
+    mix = TierMix.from_misses(lam, misses, r2_share, error_share)
     stored_gb = lam * t_days / (1 + lam * t_days) * value_bytes / 1e9
-    return (
-        pricing["kv_writes"].list_cost(writes)
-        + stored_gb * pricing["kv_storage"].price / month_days
-    )
+    return mix.cost(pricing) + stored_gb * pricing["kv_storage"].price / month_days
 
 
 def ttl_tuning(
@@ -301,9 +313,15 @@ def ttl_tuning(
         if now_ttl is None:
             continue
         lam, base = g["kv_rate"].to_numpy(), now_ttl / DAY
+        # Each key's own R2 and failure shares: archived keys rehydrate, others reach the origin.
+        misses = (g["r2"] + g["api"]).to_numpy()
+        r2_share, error_share = g["r2"].to_numpy() / misses, 1 - g["fills"].to_numpy() / misses
         options = sorted({min(base * f, max_ttl / DAY) for f in TTL_FACTORS})
         costs = {
-            t: float(ttl_cost(lam, t, pricing, value_bytes, month_days).sum()) for t in options
+            t: float(
+                ttl_cost(lam, t, pricing, value_bytes, month_days, r2_share, error_share).sum()
+            )
+            for t in options
         }
         best = min(costs, key=costs.get)
         saving = costs[base] - costs[best]

@@ -3,14 +3,13 @@
 Usage of a window, per component:
 
 * Workers requests — every request (each runs the Worker);
-* KV reads — lookups that reach KV: every edge miss (KV, R2 and origin tiers);
-* KV writes — fills after an R2 rehydration or an origin answer (errors
-  write nothing);
+* KV reads, KV writes, R2 Class B — the tier-mix rule (`costs.tiermix`):
+  a KV read per edge miss, a KV write per fill after an R2 rehydration or an
+  origin answer (failed ones write nothing), an R2 get per rehydration;
 * KV / R2 storage — the mean of the storage gauges over the window, in
   GB-months (GB × the window's share of its month);
 * R2 Class A — archival puts, estimated from the growth of R2 storage
   divided by the stored value size (`[costs] value_bytes`);
-* R2 Class B — rehydration gets: requests served by R2;
 * Analytics Engine data points — one per request and per gauge reading;
 * Analytics Engine queries — this tool's own pulls (4 queries a pull) when
   the source is Analytics Engine.
@@ -26,8 +25,9 @@ from datetime import datetime, timedelta
 import duckdb
 
 from cachemon.clock import DAY, Window, iso
+from cachemon.costs.tiermix import TierMix
 from cachemon.events import TIERS
-from cachemon.metrics.window import TIER_TOTALS, TierVolume, window_params
+from cachemon.metrics.window import TIER_TOTALS, window_params
 from cachemon.pricing import COMPONENTS, Pricing, days_in_month, month_share, month_start
 
 QUERIES_PER_PULL = 4  # minute rollups, latency histogram, gauges, per-key counts
@@ -100,12 +100,11 @@ def measure(con: duckdb.DuckDBPyConnection, window: Window, cfg) -> Usage:
         r[0]: r
         for r in con.execute(TIER_TOTALS, window_params(window) | {"endpoint": None}).fetchall()
     }
-    v = (
-        TierVolume(**{t: float(tiers[t][1]) if t in tiers else 0.0 for t in TIERS})
-        if tiers
-        else None
+    # Errors of the filling tiers only: an edge or KV answer never fills.
+    mix = TierMix(
+        **{t: float(tiers[t][1]) if t in tiers else 0.0 for t in TIERS},
+        failed_fills=sum(float(tiers[t][2]) for t in ("r2", "api") if t in tiers),
     )
-    errors = sum(float(r[2]) for r in tiers.values())
     gauges = {
         r[0]: r[1:]
         for r in con.execute(GAUGE_USAGE, {"lo": window.start, "hi": window.end}).fetchall()
@@ -114,17 +113,17 @@ def measure(con: duckdb.DuckDBPyConnection, window: Window, cfg) -> Usage:
     kv_mean = gauges.get("kv_storage_bytes", (0.0, 0, 0.0, 0.0))[0]
     r2 = gauges.get("r2_storage_bytes", (0.0, 0, 0.0, 0.0))
     samples = sum(g[1] for g in gauges.values())
-    requests = v.total if v else 0.0
+    requests = float(mix.requests)
     pulls = length / cfg.jobs.ingest_every if cfg.source == "analytics_engine" else 0.0
     return Usage(
         window=window,
         workers_requests=requests,
-        kv_reads=(v.kv + v.r2 + v.api) if v else 0.0,
-        kv_writes=max(0.0, (v.r2 + v.api) - errors) if v else 0.0,
+        kv_reads=float(mix.kv_reads),
+        kv_writes=float(mix.kv_writes),
         kv_storage=kv_mean / 1e9 * share,
         r2_storage=r2[0] / 1e9 * share,
         r2_class_a=max(0.0, r2[3] - r2[2]) / cfg.costs.value_bytes,
-        r2_class_b=v.r2 if v else 0.0,
+        r2_class_b=float(mix.r2_reads),
         ae_writes=requests + samples,
         ae_queries=pulls * QUERIES_PER_PULL,
         kv_bytes=kv_mean,
@@ -234,8 +233,27 @@ def to_json(daily: Breakdown, fc: Forecast | None, at: datetime) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class WindowCosts:
+    """A metrics window's costs: its usage as a daily rate, priced, and the
+    month-end forecast as of `at`."""
+
+    daily: Breakdown
+    forecast: Forecast
+    at: datetime
+
+    def to_json(self) -> dict:
+        """The metrics response's `costs` block."""
+        return to_json(self.daily, self.forecast, self.at)
+
+
+def window_costs(con, window: Window, at: datetime, cfg) -> WindowCosts:
+    """The costs of a metrics window (see WindowCosts)."""
+    daily = price(per_day(measure(con, window, cfg)), cfg.pricing)
+    return WindowCosts(daily, forecast(con, at, cfg, cfg.pricing), at)
+
+
 def for_window(con, window: Window, at: datetime, cfg) -> dict:
     """The `costs` block of a metrics window: its usage as a daily rate,
     priced, and the month-end forecast as of `at`."""
-    daily = price(per_day(measure(con, window, cfg)), cfg.pricing)
-    return to_json(daily, forecast(con, at, cfg, cfg.pricing), at)
+    return window_costs(con, window, at, cfg).to_json()

@@ -283,7 +283,7 @@ def to_json(
     `stale` is true when the newest data is older than `stale_after` (the
     source is down or lagging: these are the last good numbers). `health`
     (an `health.Health`) adds the seed's health block, `costs` (from
-    `costs.for_window`) its costs block."""
+    `costs.usage.WindowCosts.to_json`) its costs block."""
     v = m.volume
     out = {
         "timestamp": iso(m.at),

@@ -32,7 +32,7 @@ import pyarrow as pa
 from cachemon.assignment import seed_sha256_byte
 from cachemon.clock import Window
 from cachemon.errors import SourceError
-from cachemon.events import SCHEMA, EventFrame
+from cachemon.events import ENDPOINTS, SCHEMA, TIERS, EventFrame
 from cachemon.settings import SimulatorConfig
 
 US = 1_000_000
@@ -41,15 +41,13 @@ STEP_US = 300 * US  # cache state is settled, and storage gauges read, every 5 m
 NEVER = -(2**62)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-ENDPOINTS = ("title", "isbn", "author")
-ENDPOINT_SHARE = np.array([0.55, 0.30, 0.15])
+ENDPOINT_SHARE = np.array([0.55, 0.30, 0.15])  # in ENDPOINTS order
 CATALOG_SHARE = np.array([0.50, 0.33, 0.17])
 EXPERIMENT = "extended-title-ttl"
 COHORTS = (("control", 24 * 3600, 0.5), ("treatment", 48 * 3600, 0.5))
 # Keys expected to be asked for less often than this per day have an archived
 # copy in R2 (Phase 3), so their KV misses rehydrate instead of calling origin.
 ARCHIVE_BELOW_PER_DAY = 30.0
-TIERS = ("edge", "kv", "r2", "api")
 # (median ms, log-sigma) per tier; the origin's tail is heavy. Calibrated so
 # that a normal hour's p99 sits near the seed's ~200 ms, under the 500 ms
 # critical threshold, and the Thursday slowdown (×6 at the origin) breaks it.

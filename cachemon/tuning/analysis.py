@@ -12,7 +12,7 @@ Decision of each treatment against the first cohort (the control):
 
 * `collecting` — fewer than `MIN_UNITS` keys so far: results stay hidden;
 * `srm` — the key counts do not fit the scheme's real allocation
-  (chi-square p < 0.001): no decision, and the reason;
+  (chi-square p < `stats.SRM_P`, 0.001): no decision, and the reason;
 * `winner` — the hit-rate gain's confidence-sequence lower bound (CUPED-
   adjusted), at the Holm-adjusted level across treatments, exceeds the
   margin (2 points), and no guardrail — cost per request, error rate, p95
@@ -26,13 +26,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, time, timedelta
+from enum import StrEnum
 
 import duckdb
 import numpy as np
 
 from cachemon import jsontext
-from cachemon.clock import DAY, HOUR, Window, ceil_to, floor_to, iso
+from cachemon.clock import DAY, HOUR, Window, ceil_to, floor_to, iso, parse_instant
 from cachemon.costs.optimize import KEY_ROWS, key_ranges
+from cachemon.costs.tiermix import TierMix
+from cachemon.events import TIERS
 from cachemon.histogram import Histogram
 from cachemon.ingest import retention
 from cachemon.tuning import quantile_var, stats
@@ -40,6 +43,31 @@ from cachemon.tuning.experiments import Experiment
 
 ALPHA = 0.05
 MIN_UNITS = 150
+
+
+class Decision(StrEnum):
+    """An experiment's (or one treatment's) decision; the value is what is
+    stored and shown."""
+
+    COLLECTING = "collecting"
+    SRM = "srm"
+    WINNER = "winner"
+    LOSER = "loser"
+    INCONCLUSIVE = "inconclusive"
+    INCONCLUSIVE_ENDED = "inconclusive (ended)"
+
+
+# The experiment's decision is its best treatment's, best last.
+RANK = (Decision.LOSER, Decision.INCONCLUSIVE, Decision.INCONCLUSIVE_ENDED, Decision.WINNER)
+
+
+class Status(StrEnum):
+    """Where an experiment is in its planned span."""
+
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    ENDED = "ended"
+
 
 KEYS_BY_COHORT = f"""
 SELECT k.key_id, c.cohort, sum(k.edge) AS edge, sum(k.kv) AS kv, sum(k.r2) AS r2, sum(k.api) AS api, sum(k.errors) AS errors
@@ -85,9 +113,18 @@ class MetricResult:
 @dataclass(frozen=True)
 class Comparison:
     treatment: str
-    decision: str
+    decision: Decision
     reason: str
     metrics: tuple[MetricResult, ...]
+
+    @classmethod
+    def from_json(cls, d: dict) -> Comparison:
+        return cls(
+            d["treatment"],
+            Decision(d["decision"]),
+            d["reason"],
+            tuple(MetricResult(**m) for m in d["metrics"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -98,15 +135,35 @@ class Analysis:
     window_end: datetime
     units: tuple[tuple[str, int], ...]
     srm_p: float | None
-    decision: str  # the experiment's: the best treatment's decision, or collecting / srm
+    decision: Decision  # the experiment's: the best treatment's decision, or collecting / srm
     comparisons: tuple[Comparison, ...]
     days_needed: int | None
+
+    @property
+    def srm_mismatch(self) -> bool:
+        """Whether the key counts fail the SRM check (`stats.SRM_P`)."""
+        return self.srm_p is not None and self.srm_p < stats.SRM_P
 
     def to_json(self) -> dict:
         d = asdict(self)
         for k in ("at", "window_start", "window_end"):
             d[k] = iso(getattr(self, k))
         return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Analysis:
+        """An analysis read back from its stored JSON (`to_json`)."""
+        return cls(
+            d["experiment"],
+            parse_instant(d["at"]),
+            parse_instant(d["window_start"]),
+            parse_instant(d["window_end"]),
+            tuple((str(name), int(n)) for name, n in d["units"]),
+            d["srm_p"],
+            Decision(d["decision"]),
+            tuple(Comparison.from_json(c) for c in d["comparisons"]),
+            d["days_needed"],
+        )
 
 
 def per_key(con, e: Experiment, window: Window, pricing) -> dict[str, dict[str, np.ndarray]]:
@@ -124,14 +181,10 @@ def per_key(con, e: Experiment, window: Window, pricing) -> dict[str, dict[str, 
     df["pre_rate"] = df.key_id.map(rate).fillna(pooled)
     out = {}
     for cohort, g in df.groupby("cohort"):
-        req = (g.edge + g.kv + g.r2 + g.api).to_numpy()
-        writes = (g.r2 + g.api - g.errors).clip(lower=0).to_numpy()
-        cost = (
-            pricing["workers_requests"].list_cost(req)
-            + pricing["kv_reads"].list_cost(req - g.edge.to_numpy())
-            + pricing["kv_writes"].list_cost(writes)
-            + pricing["r2_class_b"].list_cost(g.r2.to_numpy())
-        )
+        # A key's errors count as failed fills (per-key rows keep no error tier).
+        mix = TierMix(*(g[c].to_numpy() for c in (*TIERS, "errors")))
+        req = mix.requests
+        cost = pricing["workers_requests"].list_cost(req) + mix.cost(pricing)
         out[str(cohort)] = {
             "hits": (g.edge + g.kv).to_numpy(),
             "requests": req,
@@ -207,22 +260,19 @@ def analyze(con: duckdb.DuckDBPyConnection, e: Experiment, at: datetime, pricing
         window.end,
         units,
         srm.p_value if srm else None,
-        "collecting",
+        Decision.COLLECTING,
         (),
         None,
     )
     if total < MIN_UNITS or any(u < 2 for _, u in units):
         return base
     if srm and srm.mismatch:
-        return _replace(base, decision="srm")
+        return _replace(base, decision=Decision.SRM)
     p95 = _latency(con, e, window)
     comparisons = _compare(
         data, names, p95, tuning_n, at >= e.start + e.duration, e.margin, e.metrics
     )
-    best = max(
-        comparisons,
-        key=lambda c: ("loser", "inconclusive", "inconclusive (ended)", "winner").index(c.decision),
-    )
+    best = max(comparisons, key=lambda c: RANK.index(c.decision))
     hit = _hit_difference(data[names[0]], data[names[1]])
     elapsed_days = max((window.end - window.start).total_seconds() / 86400, 1 / 24)
     days = stats.days_needed(
@@ -304,26 +354,26 @@ def _compare(
             if p_adj < ALPHA and d.estimate > 0:
                 worse.append(metric)
         if worse:
-            decision, reason = "loser", "guardrail worse: " + ", ".join(worse)
+            decision, reason = Decision.LOSER, "guardrail worse: " + ", ".join(worse)
         elif 100 * lo > margin:
             decision, reason = (
-                "winner",
+                Decision.WINNER,
                 f"hit-rate gain ≥ {100 * lo:.2f} points (> {margin:g}) at every look",
             )
         elif 100 * hi < 0:
-            decision, reason = "loser", "hit rate significantly lower"
+            decision, reason = Decision.LOSER, "hit rate significantly lower"
         else:
-            decision = "inconclusive (ended)" if ended else "inconclusive"
+            decision = Decision.INCONCLUSIVE_ENDED if ended else Decision.INCONCLUSIVE
             reason = f"gain in [{100 * lo:.2f}, {100 * hi:.2f}] points; needs its lower bound above {margin:g}"
         out.append(Comparison(t, decision, reason, tuple(results)))
     return out
 
 
-def status(e: Experiment, at: datetime) -> str:
+def status(e: Experiment, at: datetime) -> Status:
     """scheduled (before its start), running, or ended (its duration is over)."""
     if at < e.start:
-        return "scheduled"
-    return "running" if at < e.start + e.duration else "ended"
+        return Status.SCHEDULED
+    return Status.RUNNING if at < e.start + e.duration else Status.ENDED
 
 
 def backfill(con, experiments, since: datetime, until: datetime, pricing, daily_at: time) -> int:
@@ -350,9 +400,29 @@ def save(con, a: Analysis) -> None:
 
 
 def history(con, experiment: str) -> list[dict]:
-    """Every stored analysis of `experiment`, oldest first (the payload as JSON)."""
+    """Every stored analysis of `experiment`, oldest first, as raw JSON
+    (what an analyst's query sees). Code reads `stored` instead."""
     return [
         {"analyzed_at": t, "decision": d, "result": json.loads(p)}
+        for t, d, p in con.execute(HISTORY, [experiment]).fetchall()
+    ]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One stored analysis, typed."""
+
+    analyzed_at: datetime
+    decision: Decision
+    analysis: Analysis
+
+
+def stored(con, experiment: str) -> list[Stored]:
+    """Every stored analysis of `experiment`, oldest first, read back into
+    dataclasses (the dashboard reads `stored(...)[-1].analysis.srm_p`, never
+    a JSON key)."""
+    return [
+        Stored(t, Decision(d), Analysis.from_json(json.loads(p)))
         for t, d, p in con.execute(HISTORY, [experiment]).fetchall()
     ]
 

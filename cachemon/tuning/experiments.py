@@ -17,13 +17,15 @@ Schemes:
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fractions import Fraction
 
 from cachemon.assignment import seed_sha256_byte
-from cachemon.clock import parse_duration, parse_instant
+from cachemon.clock import format_duration, parse_duration, parse_instant
 from cachemon.errors import ConfigError
 
 SCHEMES = ("sha256-u64", "seed-sha256-byte")
@@ -228,3 +230,49 @@ def _cohorts(bad, raw) -> tuple[Cohort, ...]:
     if abs(total - 1.0) > 1e-9:
         raise bad("cohorts", f"weights sum to {total:g}, not 1")
     return tuple(out)
+
+
+# The seed's experiment (and the simulator's built-in one): 48 h KV TTL for
+# title search against the 24 h baseline, assigned the seed's way.
+SEED_COHORTS = (("control", "24h", 0.5), ("treatment", "48h", 0.5))
+
+
+def example_toml(
+    name: str = "extended-title-ttl",
+    endpoint: str = "title",
+    cohorts: Sequence[tuple[str, timedelta | str, float]] = SEED_COHORTS,
+    start: datetime | str = "2026-11-01T00:00:00Z",
+    *,
+    description: str | None = "48h TTL for title search vs baseline 24h",
+    scheme: str | None = "seed-sha256-byte",
+    duration: timedelta | str = "14d",
+) -> str:
+    """An `[[experiments]]` block, the one template of every example and
+    draft (the defaults are the seed's experiment). The first cohort is the
+    control. `start`, `duration` and TTLs given as strings are written as
+    they are (the demo config's `@START@` placeholder, "24h" rather than
+    "1d"); `scheme` None leaves the default scheme; `description` None
+    leaves it out. Strings are quoted as TOML basic strings."""
+    when = start if isinstance(start, str) else start.strftime("%Y-%m-%dT%H:%M:%SZ")
+    lines = ["[[experiments]]", f"name = {_quote(name)}"]
+    if description is not None:
+        lines.append(f"description = {_quote(description)}")
+    lines.append(f"endpoint = {_quote(endpoint)}")
+    if scheme is not None:
+        lines.append(f"scheme = {_quote(scheme)}")
+    length = duration if isinstance(duration, str) else format_duration(duration)
+    lines += [f"start = {_quote(when)}", f"duration = {_quote(length)}"]
+    for cohort, ttl, weight in cohorts:
+        ttl_text = ttl if isinstance(ttl, str) else format_duration(ttl)
+        lines += [
+            "[[experiments.cohorts]]",
+            f"name = {_quote(cohort)}",
+            f"ttl = {_quote(ttl_text)}",
+            f"weight = {weight:g}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _quote(text: str) -> str:
+    # JSON's string escapes (\", \\, \n, \uXXXX) are all TOML basic-string escapes.
+    return json.dumps(text, ensure_ascii=False)

@@ -21,11 +21,11 @@ from datetime import datetime, timedelta
 
 from cachemon import jsontext, outbound
 from cachemon.errors import CachemonError, ConfigError
+from cachemon.events import ENDPOINTS
 from cachemon.redact import Redactor
 from cachemon.tuning.experiments import MAX_TTL, MIN_TTL, Experiment
 
 CONFIG_KEY = "config:kv-ttls"
-ENDPOINTS = ("title", "isbn", "author")
 RECORD = "INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?)"
 HISTORY = "SELECT done_at, action, experiment, old_config, new_config, detail FROM promotions ORDER BY done_at"
 MAX_VALUE = 1024 * 1024  # bytes of a KV answer read; the TTL config is a few dozen
@@ -247,8 +247,8 @@ def daily(con, cfg, at: datetime, env, transports, dry_run: bool = False):
         if checked.action == "rollback":
             actions.append(checked)
         for e, a in zip(started, analyses):
-            winners = [c.treatment for c in a.comparisons if c.decision == "winner"]
-            if a.decision == "winner" and winners:
+            winners = [c.treatment for c in a.comparisons if c.decision == tuning.Decision.WINNER]
+            if a.decision == tuning.Decision.WINNER and winners:
                 actions.append(promote(kv, cfg, e, winners[0], dry_run))
     if not dry_run:
         for a in analyses:

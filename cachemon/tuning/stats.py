@@ -25,8 +25,13 @@ import numpy as np
 # time, and every command and the runner import this module.
 from scipy import special
 
+# The sample-ratio-mismatch threshold, the one definition: key counts whose
+# chi-square p-value against the scheme's exact allocation is below it block
+# every decision (`Srm.mismatch`). The analysis, the CLI and the dashboard
+# read it from here. 0.001 (GrowthBook's default): the check runs at every
+# daily look, and a looser level would stop healthy experiments by chance.
 SRM_P = 0.001
-MIN_UNITS_SRM = 8
+MIN_UNITS_SRM = 8  # per cohort: below it the chi-square test is not run
 
 
 @dataclass(frozen=True)

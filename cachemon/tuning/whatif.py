@@ -10,6 +10,9 @@ share μT / (1 + μT) of the time. Per-key rates are weighted request counts
 divided by the days of data, so Analytics Engine sampling leaves them
 unbiased (per-key gaps between sampled requests would not be). A KV TTL
 does not change what the edge serves, so μ is measured, not modelled.
+What the predicted hits and misses cost is the tier-mix rule
+(`costs.tiermix`), with misses answered by R2 and failing in the shares
+observed.
 """
 
 from __future__ import annotations
@@ -23,23 +26,27 @@ import pandas as pd
 
 from cachemon.clock import DAY, Window, format_duration, parse_duration
 from cachemon.costs import optimize
+from cachemon.costs.tiermix import TierMix
 from cachemon.errors import InputError
 from cachemon.metrics.window import TIER_TOTALS, window_params
 from cachemon.pricing import Pricing, days_in_month
+from cachemon.tuning.experiments import example_toml
 
 # Per key of the window: its requests, its KV lookups (requests the edge
-# did not serve) and how many KV answered. A temp table, so each endpoint
-# reads its slice; endpoint totals come from the rollups.
+# did not serve), how many KV answered, and its misses by tier and failures.
+# A temp table, so each endpoint reads its slice; endpoint totals come from
+# the rollups.
 KEYS_TEMP = f"""
 CREATE OR REPLACE TEMP TABLE ttl_keys AS
 SELECT k.*, c.endpoint FROM (
-    SELECT key_id, sum(edge + kv + r2 + api) AS requests, sum(kv + r2 + api) AS lookups, sum(kv) AS kv
+    SELECT key_id, sum(edge + kv + r2 + api) AS requests, sum(kv + r2 + api) AS lookups, sum(kv) AS kv,
+           sum(r2) AS r2, sum(api) AS api, sum(errors) AS errors
     FROM ({optimize.KEY_ROWS}) GROUP BY key_id
 ) k JOIN cache_keys c ON c.key_id = k.key_id
 """
 ENDPOINT_KEYS = "SELECT requests, lookups FROM ttl_keys WHERE endpoint = $endpoint"
 HOT_KEYS = """
-SELECT c.key, t.lookups, t.kv FROM ttl_keys t JOIN cache_keys c USING (key_id)
+SELECT c.key, t.lookups, t.kv, t.r2, t.api, t.errors FROM ttl_keys t JOIN cache_keys c USING (key_id)
 WHERE t.endpoint = $endpoint ORDER BY t.lookups DESC, c.key LIMIT $limit
 """
 
@@ -155,24 +162,18 @@ def predict(
     mu = r.lookups
     hits = float(_hits(mu, r.days, t).sum())
     lookups = float(mu.sum())
-    misses = lookups - hits
-    writes, r2 = misses * (1 - r.error_share), misses * r.r2_share
+    mix = TierMix.from_misses(lookups, lookups - hits, r.r2_share, r.error_share)
     gb = float((mu * t / (1 + mu * t)).sum()) * value_bytes / 1e9
-    cost = (
-        pricing["kv_reads"].list_cost(lookups)
-        + pricing["kv_writes"].list_cost(writes)
-        + gb * pricing["kv_storage"].price / month_days
-        + pricing["r2_class_b"].list_cost(r2)
-    )
+    cost = float(mix.cost(pricing)) + gb * pricing["kv_storage"].price / month_days
     edge = r.requests - lookups
     return Prediction(
         r.endpoint,
         ttl,
         100 * hits / r.requests,
-        100 * (edge + hits + r2) / r.requests,
-        lookups,
-        writes,
-        r2,
+        100 * (edge + hits + mix.r2) / r.requests,
+        mix.kv_reads,
+        float(mix.kv_writes),
+        mix.r2_reads,
         gb,
         cost,
     )
@@ -216,7 +217,7 @@ def whatif(
     out = []
     for e in endpoints:
         r = rates(con, e, window, days)
-        p = lambda t: predict(r, t, cfg.pricing, cfg.costs.value_bytes, month)  # noqa: E731
+        p = lambda t, r=r: predict(r, t, cfg.pricing, cfg.costs.value_bytes, month)  # noqa: E731
         edge_now = edge_current.get(e)
         colos = fit_colos(r, edge_now) if edge_now else 1.0
         edge = tuple(predict_edge(r, t, colos) for t in sorted(set(edge_ttls))) if edge_now else ()
@@ -257,6 +258,25 @@ class KeyAdvice:
     saving: float  # USD/day against the endpoint's current TTL
 
 
+def key_cost(
+    mu: float,
+    days: float,
+    ttl: timedelta,
+    r2_share: float,
+    error_share: float,
+    pricing: Pricing,
+    value_bytes: float,
+    month_days: int,
+) -> float:
+    """USD a day of one key's μ KV lookups (counted over `days`) under KV
+    TTL `ttl`: the tier mix of its modelled hits and misses, plus storage."""
+    d = ttl / DAY
+    misses = mu - float(_hits(np.array([mu]), days, d)[0])
+    mix = TierMix.from_misses(mu, misses, r2_share, error_share)
+    stored_gb = mu * d / (1 + mu * d) * value_bytes / 1e9
+    return float(mix.cost(pricing)) + stored_gb * pricing["kv_storage"].price / month_days
+
+
 def per_key(
     con,
     w: WhatIf,
@@ -274,19 +294,18 @@ def per_key(
         {t for t in (*(p.ttl for p in w.candidates), w.current_ttl) if t <= max_staleness}
     )
 
-    def cost(mu: float, t: timedelta) -> float:
-        d = t / DAY
-        misses = mu - float(_hits(np.array([mu]), w.days, d)[0])
-        return (
-            pricing["kv_writes"].list_cost(misses)
-            + mu * d / (1 + mu * d) * value_bytes / 1e9 * pricing["kv_storage"].price / month_days
-        )
-
     out = []
-    for key, lookups, kv in rows:
+    for key, lookups, kv, r2, api, errors in rows:
         mu = lookups / w.days
-        best = min(options, key=lambda t: cost(mu, t))
-        saving = cost(mu, w.current_ttl) - cost(mu, best)
+        # The key's own shares of its misses: R2-backed keys rehydrate, others reach the origin.
+        missed = r2 + api
+        shares = (r2 / missed, min(errors / missed, 1.0)) if missed else (0.0, 0.0)
+
+        def cost(t: timedelta, mu=mu, shares=shares) -> float:
+            return key_cost(mu, w.days, t, *shares, pricing, value_bytes, month_days)
+
+        best = min(options, key=cost)
+        saving = cost(w.current_ttl) - cost(best)
         if best != w.current_ttl and saving > 0:
             out.append(KeyAdvice(key, mu, 100 * kv / lookups if lookups else 0.0, best, saving))
     return out
@@ -307,22 +326,15 @@ def draft_experiment(
     endpoint: str, current: timedelta, candidate: timedelta, start: datetime
 ) -> str:
     """A `[[experiments]]` block testing `candidate` against the current TTL."""
-    name = f"{endpoint}-ttl-{format_duration(candidate)}"
-    return f"""[[experiments]]
-name = "{name}"
-description = "KV TTL {format_duration(candidate)} for {endpoint} vs {format_duration(current)} (drafted by ttl whatif)"
-endpoint = "{endpoint}"
-start = "{start.strftime("%Y-%m-%dT%H:%M:%SZ")}"
-duration = "14d"
-[[experiments.cohorts]]
-name = "control"
-ttl = "{format_duration(current)}"
-weight = 0.5
-[[experiments.cohorts]]
-name = "treatment"
-ttl = "{format_duration(candidate)}"
-weight = 0.5
-"""
+    return example_toml(
+        f"{endpoint}-ttl-{format_duration(candidate)}",
+        endpoint,
+        (("control", current, 0.5), ("treatment", candidate, 0.5)),
+        start,
+        description=f"KV TTL {format_duration(candidate)} for {endpoint} vs "
+        f"{format_duration(current)} (drafted by ttl whatif)",
+        scheme=None,
+    )
 
 
 def replay(trace: pd.DataFrame, ttl: timedelta) -> float:

@@ -1,0 +1,64 @@
+"""One metrics composition: `metrics_report.build` gives the CLI, the API
+and the dashboard the same compute → health → costs → render."""
+
+from __future__ import annotations
+
+import json
+
+from cachemon import settings
+from cachemon.alerts import health
+from cachemon.clock import Period, Window
+from cachemon.costs import usage
+from cachemon.metrics import exposition
+from cachemon.metrics import window as metrics
+from cachemon.store import db as store
+from cachemon.usecases import metrics_report
+
+
+def _end(path):
+    with store.reader(path) as con:
+        return metrics.data_span(con)[1]
+
+
+def test_report_is_compute_then_health_then_costs(loaded_store):
+    path, _ = loaded_store
+    cfg = settings.Config()
+    at = _end(path)
+    with store.reader(path) as con:
+        report = metrics_report.build(con, cfg, Period.H1, at)
+        # The composition written out by hand, as the CLI and the API did.
+        m = metrics.compute(con, Window.ending(at, Period.H1.length), "1h", latest=True)
+        state = health.health(con, m.at, cfg.alerts.evaluate_every)
+        block = usage.for_window(con, m.window, m.at, cfg)
+    assert report.metrics == m and report.health == state
+    assert report.costs is not None and report.costs.to_json() == block
+    assert report.to_json() == metrics.to_json(m, cfg.metrics.stale_after, state, block)
+    assert report.to_prometheus() == exposition.render(m, cfg.metrics.stale_after, state, block)
+    assert json.loads(json.dumps(report.to_json()))["costs"]["pricingVersion"]
+
+
+def test_an_endpoints_report_leaves_the_store_wide_costs_out(loaded_store):
+    path, _ = loaded_store
+    cfg = settings.Config()
+    at = _end(path)
+    with store.reader(path) as con:
+        title = metrics_report.build(con, cfg, Period.M15, at, endpoint="title", top=3)
+        forced = metrics_report.build(con, cfg, Period.M15, at, endpoint="title", costs=True)
+        none = metrics_report.build(con, cfg, Period.M15, at, costs=False)
+    assert title.costs is None and "costs" not in title.to_json()
+    assert title.to_json()["endpoint"] == "title" and len(title.to_json()["topKeys"]) <= 3
+    assert forced.costs is not None and "costs" in forced.to_json()
+    assert none.costs is None and "cachemon_estimated_cost" not in none.to_prometheus()
+    assert "cachemon_estimated_cost" in forced.to_prometheus()
+
+
+def test_latest_false_keeps_the_requested_window(loaded_store):
+    """`--at` is reproducible: the window is not slid back to the data."""
+    path, _ = loaded_store
+    cfg = settings.Config()
+    at = _end(path)
+    later = at + Period.M15.length / 3
+    with store.reader(path) as con:
+        fixed = metrics_report.build(con, cfg, Period.M15, later, latest=False)
+        slid = metrics_report.build(con, cfg, Period.M15, later)
+    assert fixed.metrics.window.end == later and slid.metrics.window.end == at
