@@ -10,16 +10,12 @@ from cachemon.clock import format_duration, iso
 from cachemon.errors import CachemonError
 from cachemon.tuning import analysis as tuning
 from cachemon.tuning import promote
+from cachemon.tuning.analysis import MetricResult
+from cachemon.tuning.experiments import METRIC_UNITS, example_toml
 from cachemon.tuning.stats import SRM_P
 from pages.shared import common
 
 st.header("Experiments")
-UNITS = {
-    "hit_rate": "points",
-    "cost_per_request": "USD per 1M requests",
-    "p95_latency": "ms",
-    "error_rate": "points",
-}
 
 
 def _load(con, cfg, at):
@@ -27,7 +23,7 @@ def _load(con, cfg, at):
     for e in cfg.experiments:
         state = tuning.status(e, at)
         plan = tuning.plan(con, e, min(at, e.start)) if state == "scheduled" else None
-        out.append((e, state, tuning.history(con, e.name), plan))
+        out.append((e, state, tuning.stored(con, e.name), plan))
     return out, promote.history(con)
 
 
@@ -35,9 +31,11 @@ def page():
     cfg, at = common.config(), common.now()
     if not cfg.experiments:
         st.info(
-            "No experiment is configured. Add `[[experiments]]` to the config file (see the README, "
-            '"Experiments"); the daily `experiments` job then analyses it at 04:00 UTC.'
+            "No experiment is configured. Add `[[experiments]]` to the config file, like the "
+            "example below (docs/experiments.md explains each field); the daily `experiments` "
+            "job then analyses it at 04:00 UTC."
         )
+        st.code(example_toml(start=at.strftime("%Y-%m-%dT%H:00:00Z")), language="toml")
         return
     try:
         experiments, promotions = common.cached(_load, at)
@@ -65,8 +63,8 @@ def _experiment(e, state, history, plan):
         f"{e.description or 'no description'} · endpoint {e.endpoint} · {iso(e.start)} for "
         f"{format_duration(e.duration)} · scheme {e.scheme} · margin {e.margin:g} points"
     )
-    latest = history[-1]["result"] if history else None
-    units = dict(latest["units"]) if latest else {}
+    latest = history[-1].analysis if history else None
+    units = dict(latest.units) if latest else {}
     st.dataframe(
         pd.DataFrame(
             [
@@ -94,11 +92,11 @@ def _experiment(e, state, history, plan):
         )
         return
     st.caption(
-        f"Last analysis {latest['at']} over [{latest['window_start']}, {latest['window_end']})"
+        f"Last analysis {iso(latest.at)} over [{iso(latest.window_start)}, {iso(latest.window_end)})"
     )
     cols = st.columns(3)
-    cols[0].metric("Decision", latest["decision"])
-    srm = latest["srm_p"]
+    cols[0].metric("Decision", str(latest.decision))
+    srm = latest.srm_p
     cols[1].metric(
         "SRM p-value",
         "n/a" if srm is None else f"{srm:.4f}",
@@ -109,25 +107,25 @@ def _experiment(e, state, history, plan):
     )
     cols[2].metric(
         "Days needed (power)",
-        "> 90" if latest["days_needed"] is None else latest["days_needed"],
+        "> 90" if latest.days_needed is None else latest.days_needed,
         help=f"Days to detect a {e.mde:g}-point hit-rate gain over the margin at this traffic",
     )
-    if srm is not None and srm < SRM_P:
+    if latest.srm_mismatch:
         st.error(
             "Sample ratio mismatch: the cohorts' key counts do not match the allocation; "
             "no decision until the assignment is fixed."
         )
-    for c in latest["comparisons"]:
-        st.markdown(f"**{c['treatment']} vs {e.cohorts[0].name}: {c['decision']}** — {c['reason']}")
-        st.plotly_chart(_forest(c["metrics"], e.margin), width="stretch")
+    for c in latest.comparisons:
+        st.markdown(f"**{c.treatment} vs {e.cohorts[0].name}: {c.decision}** — {c.reason}")
+        st.plotly_chart(_forest(c.metrics, e.margin), width="stretch")
     with st.expander("Decision history"):
         st.dataframe(
             pd.DataFrame(
                 [
                     {
-                        "analysed": h["analyzed_at"],
-                        "decision": h["decision"],
-                        "keys": ", ".join(f"{n} {k}" for n, k in h["result"]["units"]),
+                        "analysed": h.analyzed_at,
+                        "decision": str(h.decision),
+                        "keys": ", ".join(f"{n} {k}" for n, k in h.analysis.units),
                     }
                     for h in history
                 ]
@@ -137,7 +135,7 @@ def _experiment(e, state, history, plan):
         )
 
 
-def _forest(metrics: list[dict], margin: float) -> go.Figure:
+def _forest(metrics: tuple[MetricResult, ...], margin: float) -> go.Figure:
     """Each metric's difference (treatment − control) with its confidence
     interval, one row each on its own scale; grey: no difference, green
     dashed: the hit-rate margin a winner's lower bound must clear."""
@@ -145,30 +143,30 @@ def _forest(metrics: list[dict], margin: float) -> go.Figure:
         rows=len(metrics),
         cols=1,
         vertical_spacing=0.6 / max(len(metrics), 1),
-        subplot_titles=[f"{m['metric']} ({UNITS.get(m['metric'], '')})" for m in metrics],
+        subplot_titles=[f"{m.metric} ({METRIC_UNITS.get(m.metric, '')})" for m in metrics],
     )
     for row, m in enumerate(metrics, start=1):
-        lo = m["lower"] if m["lower"] is not None else m["estimate"]
-        hi = m["upper"] if m["upper"] is not None else m["estimate"]
+        lo = m.lower if m.lower is not None else m.estimate
+        hi = m.upper if m.upper is not None else m.estimate
         fig.add_trace(
             go.Scatter(
-                x=[m["estimate"]],
+                x=[m.estimate],
                 y=[""],
                 mode="markers",
                 marker={"size": 10},
                 error_x={
                     "type": "data",
-                    "array": [hi - m["estimate"]],
-                    "arrayminus": [m["estimate"] - lo],
+                    "array": [hi - m.estimate],
+                    "arrayminus": [m.estimate - lo],
                 },
-                hovertemplate=f"{m['estimate']:.4g} [{lo:.4g}, {hi:.4g}]<extra></extra>",
+                hovertemplate=f"{m.estimate:.4g} [{lo:.4g}, {hi:.4g}]<extra></extra>",
             ),
             row=row,
             col=1,
         )
         fig.add_vline(x=0, line_color="#888", line_width=2, row=row, col=1)
         marks = [0.0, lo, hi]
-        if m["metric"] == "hit_rate":
+        if m.metric == "hit_rate":
             fig.add_vline(x=margin, line_color="#16a34a", line_dash="dash", row=row, col=1)
             marks.append(margin)
         pad = 0.1 * (max(marks) - min(marks) or 1.0)

@@ -4,34 +4,35 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cachemon.alerts import health
-from cachemon.clock import Period, Window, iso
+from cachemon.clock import Period, iso
 from cachemon.costs import usage as costs
 from cachemon.errors import CachemonError
+from cachemon.events import TIERS
 from cachemon.metrics import window as metrics
+from cachemon.usecases import metrics_report
 from pages.shared import common
 
 st.header("Overview")
-TIER_ORDER = ("edge", "kv", "r2", "api")
 ROWS = (("combined", "edge", "kv", "r2", "cost"), ("p50", "p95", "p99", "requests", "error_rate"))
 LABELS = metrics.KPI_LABELS | {"cost": "Estimated cost USD/day"}
 
 
 def _load(con, cfg, period: str, endpoint, at):
-    """The period's metrics, the previous period's (None without data),
-    health, and both periods' list cost per day (store-wide)."""
-    current = metrics.compute(
-        con, Window.ending(at, Period.parse(period).length), period, endpoint, top=20, latest=True
+    """The period's metrics report (metrics, health, costs: the same
+    composition as `cachemon metrics` and GET /metrics), the previous
+    period's metrics (None without data), and both periods' list cost per
+    day (store-wide)."""
+    report = metrics_report.build(
+        con, cfg, Period.parse(period), at, endpoint, top=20, latest=True, costs=True
     )
+    current = report.metrics
     try:
         previous = metrics.compute(con, current.window.previous(), period, endpoint, top=0)
     except CachemonError:
         previous = None
-    daily = [
-        costs.price(costs.per_day(costs.measure(con, w, cfg)), cfg.pricing).list_total
-        for w in (current.window, current.window.previous())
-    ]
-    return current, previous, health.health(con, current.at, cfg.alerts.evaluate_every), daily
+    before = costs.window_costs(con, current.window.previous(), current.at, cfg)
+    daily = [report.costs.daily.list_total, before.daily.list_total]
+    return current, previous, report.health, daily
 
 
 @st.fragment(run_every=common.REFRESH)
@@ -67,9 +68,7 @@ def overview():
                 else "normal",
             )
     left, right = st.columns([1, 2])
-    shares = pd.DataFrame(
-        {"tier": TIER_ORDER, "share %": [current.volume.share(t) for t in TIER_ORDER]}
-    )
+    shares = pd.DataFrame({"tier": TIERS, "share %": [current.volume.share(t) for t in TIERS]})
     fig = px.bar(shares, x="tier", y="share %", title="Requests served by tier")
     left.plotly_chart(fig, width="stretch")
     right.subheader("Top keys")

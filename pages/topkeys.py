@@ -6,6 +6,7 @@ import streamlit as st
 from cachemon.clock import Period, Window, iso
 from cachemon.costs import optimize
 from cachemon.errors import CachemonError
+from cachemon.events import TIERS
 from cachemon.metrics.window import data_end
 from cachemon.store import export, topkeys
 from pages.shared import common
@@ -108,7 +109,7 @@ def page():
         return
     long = series.melt(
         id_vars="hour",
-        value_vars=["edge", "kv", "r2", "api"],
+        value_vars=list(TIERS),
         var_name="tier",
         value_name="requests",
     )

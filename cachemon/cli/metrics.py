@@ -7,15 +7,13 @@ import sys
 from datetime import timedelta
 
 from cachemon import jsontext
-from cachemon.alerts import health
 from cachemon.api import server as api
 from cachemon.argcheck import bounded
-from cachemon.clock import Period, Window, parse_instant, utcnow
-from cachemon.costs import usage as costs
+from cachemon.clock import Period, parse_instant, utcnow
 from cachemon.errors import InputError
-from cachemon.metrics import exposition
-from cachemon.metrics import window as metrics
+from cachemon.events import ENDPOINTS
 from cachemon.store import db as store
+from cachemon.usecases import metrics_report
 
 FORMATS = ("json", "prometheus")
 
@@ -72,7 +70,7 @@ def register(sub) -> None:
         "--format", default="json", help="json (default) or prometheus (text format 0.0.4)"
     )
     p.add_argument("--at", help="evaluate as of this instant, ISO 8601 UTC (default: now)")
-    p.add_argument("--endpoint", help="only this endpoint (title, isbn, author, ...)")
+    p.add_argument("--endpoint", help=f"only this endpoint ({', '.join(ENDPOINTS)}, ...)")
     p.add_argument("--top", type=int, default=10, help="number of top keys (default 10)")
     p.set_defaults(func=show)
 
@@ -113,24 +111,11 @@ def show(args, cfg, now) -> int:
     bounded(args.top, "--top", 0)
     with store.reader(cfg.store.path) as con:
         # Without --at, a lagging source still gets its last good numbers, marked stale.
-        m = metrics.compute(
-            con,
-            Window.ending(at, period.length),
-            period.value,
-            args.endpoint,
-            args.top,
-            latest=args.at is None,
+        report = metrics_report.build(
+            con, cfg, period, at, args.endpoint, args.top, latest=args.at is None
         )
-        state = health.health(con, m.at, cfg.alerts.evaluate_every)
-        block = costs.for_window(con, m.window, m.at, cfg) if args.endpoint is None else None
     if args.format == "prometheus":
-        sys.stdout.write(exposition.render(m, cfg.metrics.stale_after, state, block))
+        sys.stdout.write(report.to_prometheus())
     else:
-        print(
-            jsontext.dumps(
-                metrics.to_json(m, cfg.metrics.stale_after, state, block),
-                indent=2,
-                ensure_ascii=False,
-            )
-        )
+        print(jsontext.dumps(report.to_json(), indent=2, ensure_ascii=False))
     return 0

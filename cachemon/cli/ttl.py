@@ -21,6 +21,7 @@ from cachemon.clock import (
     parse_instant,
 )
 from cachemon.errors import InputError
+from cachemon.events import ENDPOINTS
 from cachemon.pricing import days_in_month
 from cachemon.sources import files
 from cachemon.sources.simulator import Simulator
@@ -46,7 +47,9 @@ def register(sub) -> None:
         "whatif", help="a table of candidate TTLs for an endpoint, and a recommendation"
     )
     w.add_argument(
-        "--endpoint", required=True, help="title, isbn, author (the [costs] kv_ttl endpoints)"
+        "--endpoint",
+        required=True,
+        help=f"{', '.join(ENDPOINTS)} (the [costs] kv_ttl endpoints)",
     )
     w.add_argument(
         "--ttl",

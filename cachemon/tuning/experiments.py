@@ -29,7 +29,14 @@ from cachemon.clock import format_duration, parse_duration, parse_instant
 from cachemon.errors import ConfigError
 
 SCHEMES = ("sha256-u64", "seed-sha256-byte")
-METRICS = ("hit_rate", "cost_per_request", "p95_latency", "error_rate")
+# Each metric's unit: a difference (treatment − control) is in these units.
+METRIC_UNITS = {
+    "hit_rate": "points",
+    "cost_per_request": "USD per 1M requests",
+    "p95_latency": "ms",
+    "error_rate": "points",
+}
+METRICS = tuple(METRIC_UNITS)
 MIN_TTL = timedelta(seconds=60)  # KV's smallest expirationTtl
 MAX_TTL = timedelta(days=365)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
