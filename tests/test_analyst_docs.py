@@ -15,9 +15,10 @@ from conftest import EXPERIMENT_TOML, ROOT
 from cachemon import config
 from cachemon.clock import DAY, floor_to, utcnow
 from cachemon.costs import report
-from cachemon.ingest import load as pipeline
 from cachemon.store import db as store
+from cachemon.store import snapshots
 from cachemon.store import views as analyst
+from cachemon.usecases import demo
 
 DOC = ROOT / "docs" / "analysts.md"
 # Queries whose docs say they may come back empty on healthy data.
@@ -46,7 +47,7 @@ def demo_store(tmp_path_factory):
         )
     )
     cfg = config.with_db(config.load(cfg_file, env={}), str(tmp / "demo.duckdb"))
-    pipeline.demo(cfg, 3, now)
+    demo.demo(cfg, 3, now)
     with store.writer(cfg.store.path, now) as con:  # the daily cost reports of the whole days
         for back in (2, 3):
             report.save(con, report.build(con, cfg, (now - back * DAY).date(), now))
@@ -75,7 +76,7 @@ def test_the_docs_have_at_least_ten_examples():
 @pytest.mark.parametrize("title,sql", _examples(), ids=[t for t, _ in _examples()])
 def test_every_documented_query_runs_on_a_demo_store(demo_store, title, sql):
     con = duckdb.connect(
-        str(store.snapshot_path(demo_store)), read_only=True
+        str(snapshots.snapshot_path(demo_store)), read_only=True
     )  # the documented read path
     con.execute("SET TimeZone = 'UTC'")
     rows = con.execute(sql).fetchall()
@@ -116,9 +117,7 @@ def test_the_purge_query_finds_the_keys_the_simulated_purge_knocked_out_of_the_e
 
     from conftest import load, simulate
 
-    purge = datetime(
-        2026, 11, 24, 14, 0, tzinfo=UTC
-    )  # the simulator's weekly edge purge (Tuesday)
+    purge = datetime(2026, 11, 24, 14, 0, tzinfo=UTC)  # the simulator's weekly edge purge (Tuesday)
     parts, truth = simulate(12, purge - timedelta(hours=6))
     load(tmp_path / "p.duckdb", parts, now=purge + timedelta(hours=6))
     ((title, sql),) = [(t, q) for t, q in _examples() if "fell out of the edge" in t]

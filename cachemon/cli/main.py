@@ -12,15 +12,24 @@ from datetime import datetime, timedelta
 from cachemon import config as config_mod
 from cachemon import jsontext
 from cachemon.alerts import health
+from cachemon.api import server as api
 from cachemon.argcheck import bounded, check_utf8
+from cachemon.cli import alerts as alerts_cli
 from cachemon.cli import ttl as ttl_cli
 from cachemon.clock import EARLIEST, Period, Window, check_not_future, parse_instant, utcnow
+from cachemon.costs import report
 from cachemon.costs import usage as costs
 from cachemon.errors import CachemonError, InputError, StoreUnpublishedError
 from cachemon.ingest import load as pipeline
 from cachemon.metrics import exposition
 from cachemon.metrics import window as metrics
+from cachemon.notify import outbox as notify
+from cachemon.sources.analytics_engine import Client
 from cachemon.store import db as store
+from cachemon.store import export
+from cachemon.tuning import analysis as tuning
+from cachemon.tuning import promote
+from cachemon.usecases import demo
 
 EXIT_ERROR = 2
 # The write was stored but readers do not see it yet (publishing failed): not an error to retry.
@@ -226,7 +235,7 @@ def _demo(args, cfg, now) -> int:
         else now
     )
     bar = None if args.quiet else _progress("simulating")
-    summary = pipeline.demo(cfg, args.days, until, seed=args.seed, progress=bar)
+    summary = demo.demo(cfg, args.days, until, seed=args.seed, progress=bar)
     print(
         f"simulated {summary.events:,} events in {summary.windows} windows up to {summary.until:%Y-%m-%dT%H:%MZ} "
         f"into {cfg.store.path}",
@@ -245,8 +254,6 @@ def _import(args, cfg, now) -> int:
 
 
 def _pull(args, cfg, now) -> int:
-    from cachemon.sources.analytics_engine import Client
-
     since = parse_instant(args.since, "--since") if args.since else None
     skew = cfg.ingest.clock_skew
     until = (
@@ -268,8 +275,6 @@ def _pull(args, cfg, now) -> int:
 
 def _serve(args, cfg, now) -> int:
     import os
-
-    from cachemon.api import server as api
 
     if args.cache_seconds < 0:
         raise InputError(f"--cache-seconds must be 0 or more, got {args.cache_seconds}")
@@ -330,8 +335,6 @@ def _metrics(args, cfg, now) -> int:
 
 
 def _export(args, cfg, now) -> int:
-    from cachemon.store import export
-
     since = parse_instant(args.since, "--since") if args.since else None
     with store.reader(cfg.store.path) as con:
         written = export.parquet(con, args.to, since)
@@ -375,17 +378,12 @@ def _progress(label: str):
 def _alerts(args, cfg, now) -> int:
     import os
 
-    from cachemon.cli import alerts as alerts_cli
-
     return alerts_cli.run(args, cfg, now, os.environ)
 
 
 def _costs(args, cfg, now) -> int:
     import os
     from datetime import date
-
-    from cachemon.costs import report
-    from cachemon.notify import outbox as notify
 
     try:
         day = date.fromisoformat(args.date) if args.date else report.report_day(now)
@@ -467,8 +465,6 @@ def _experiments(args, cfg, now) -> int:
 
 
 def _plan(cfg, e, now) -> str:
-    from cachemon.tuning import analysis as tuning
-
     try:
         with store.reader(cfg.store.path) as con:
             days = tuning.plan(con, e, min(now, e.start) if e.start > now else now)
@@ -479,9 +475,6 @@ def _plan(cfg, e, now) -> str:
 
 def _analyze(args, cfg, now) -> int:
     import os
-
-    from cachemon.notify import outbox as notify
-    from cachemon.tuning import promote
 
     at = parse_instant(args.at, "--at") if args.at else now
     if not args.dry_run:

@@ -21,6 +21,7 @@ from cachemon.clock import (
 from cachemon.errors import InputError
 from cachemon.pricing import days_in_month
 from cachemon.sources import files
+from cachemon.sources.simulator import Simulator
 from cachemon.store import db as store
 from cachemon.tuning import whatif as ttl
 
@@ -123,8 +124,6 @@ def _trace(paths, endpoint: str, cfg, window: Window):
     if paths == ["simulator"]:
         # Requests are drawn per hour from (seed, hour): the same arrivals as
         # the stored run; the caches start from their steady state.
-        from cachemon.sources.simulator import Simulator
-
         sim = Simulator(cfg.simulator)
         frames = [
             sim.generate(w).table.to_pandas()
