@@ -10,6 +10,7 @@ paths), so there are none.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "cachemon"
+# layers, store layers, acyclic siblings, forbidden UI libraries (pyproject.toml)
+CONTRACTS = 4
 
 # Function-level imports still waiting for another change of issue 19, as
 # (file, imported module). Each must still exist (the test says when one is
@@ -118,5 +121,6 @@ def test_import_contracts_hold():
     report = proc.stdout + proc.stderr
     assert proc.returncode == 0, report
     # Every contract ran and none was broken (a contract dropped from the
-    # configuration would change the count).
-    assert "Contracts: 3 kept, 0 broken." in report, report
+    # configuration would lower the count).
+    m = re.search(r"Contracts: (\d+) kept, 0 broken\.", report)
+    assert m and int(m[1]) >= CONTRACTS, report
