@@ -29,7 +29,7 @@ from cachemon import settings
 from cachemon.ingest import retention
 from cachemon.metrics.window import data_span
 from cachemon.store import db as store
-from cachemon.store import export
+from cachemon.store import export, snapshots
 
 
 def _examples():
@@ -61,7 +61,7 @@ def main() -> int:
         with store.writer(copy):  # brings an older store up to the current schema (views included)
             pass
         print("| query / step | median | rows |\n| --- | --- | --- |")
-        con = duckdb.connect(str(store.snapshot_path(copy)), read_only=True)
+        con = duckdb.connect(str(snapshots.snapshot_path(copy)), read_only=True)
         con.execute("SET TimeZone = 'UTC'")
         for title, sql in _examples():
             runs = [_timed(lambda: con.execute(sql).fetchall()) for _ in range(args.runs)]

@@ -30,6 +30,7 @@ from cachemon.ingest import load as pipeline
 from cachemon.metrics import window as metrics
 from cachemon.sources.simulator import Simulator
 from cachemon.store import db as store
+from cachemon.store import snapshots
 
 OUT = ROOT / "bench" / "out"
 UNTIL = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -46,7 +47,7 @@ RAW_TOP = "SELECT key, sum(sample_interval) AS n FROM events WHERE kind = 'reque
 
 
 def bench_demo(days: float, db: Path) -> float:
-    for p in (db, store.snapshot_path(db)):
+    for p in (db, snapshots.snapshot_path(db)):
         p.unlink(missing_ok=True)
     env = dict(os.environ, CACHEMON_DB=str(db), PYTHONPATH=str(ROOT))
     t = time.perf_counter()
@@ -137,7 +138,7 @@ def bench_import(raw: Path, rows: int) -> dict:
     ).to_json(ndjson, orient="records", lines=True)
     for name, path in (("Parquet", parquet), ("NDJSON", ndjson)):
         db = OUT / f"import-{name}.duckdb"
-        for p in (db, store.snapshot_path(db)):
+        for p in (db, snapshots.snapshot_path(db)):
             p.unlink(missing_ok=True)
         cfg = config.with_db(settings.Config(), str(db))
         t = time.perf_counter()

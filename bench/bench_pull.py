@@ -25,6 +25,7 @@ from cachemon.sources import ae_sql
 from cachemon.sources.analytics_engine import Client, Credentials
 from cachemon.sources.simulator import Simulator
 from cachemon.store import db as store
+from cachemon.store import snapshots
 from cachemon.testing.ae_emulator import Emulator
 
 OUT = ROOT / "bench" / "out"
@@ -57,7 +58,7 @@ def raw_pull(client: Client, emu: Emulator, span: Window, db: Path) -> tuple[flo
     """The alternative: every data point fetched, parsed, validated as events
     and rolled up locally through the same ingestion path."""
     rows0, bytes0 = emu.rows_sent, emu.bytes_sent
-    for p in (db, store.snapshot_path(db)):
+    for p in (db, snapshots.snapshot_path(db)):
         p.unlink(missing_ok=True)
     t = time.perf_counter()
     with store.writer(db, UNTIL) as con:
@@ -77,7 +78,7 @@ def main():
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     db = OUT / "pull.duckdb"
-    for p in (db, store.snapshot_path(db)):
+    for p in (db, snapshots.snapshot_path(db)):
         p.unlink(missing_ok=True)
     span = Window(UNTIL - timedelta(days=args.days), UNTIL)
     with Emulator(TOKEN) as emu:

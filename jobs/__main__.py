@@ -43,7 +43,9 @@ from cachemon.ingest import load as pipeline
 from cachemon.notify import outbox as notify
 from cachemon.runner import heartbeat
 from cachemon.runner import runs as runner
+from cachemon.store import connection, snapshots
 from cachemon.store import db as store
+from cachemon.store import lock as store_lock
 
 log = logging.getLogger("jobs")
 # Where the store's data ends, whatever the source.
@@ -86,7 +88,7 @@ class Jobs:
         runs past now (a clock ahead of real time wrote it): a success would
         read as fresh while nothing new can be stored until real time passes it."""
         with store.writer(self.cfg.store.path, now, publish=False) as con:
-            until = store.first_row(con, LATEST_WATERMARK)[0]
+            until = connection.first_row(con, LATEST_WATERMARK)[0]
         if until is not None and as_utc(until) - now > CLOCK_SKEW:
             raise StoreError(
                 f"the store's data runs to {iso(as_utc(until))}, after now ({iso(now)}): written by "
@@ -268,9 +270,9 @@ class RunLog:
                 self.cfg.store.path,
                 self.now_fn(),
                 publish=False,
-                wait=min(RECORD_WAIT_S, store.write_wait()),
+                wait=min(RECORD_WAIT_S, store_lock.write_wait()),
             ) as con:
-                with store.transaction(con):
+                with connection.transaction(con):
                     for rec in self.pending:
                         runner.record_run(con, rec)
                 written = True
@@ -333,7 +335,7 @@ class Shell:
         if not self.unpublished or self.monotonic() < self.retry_at:
             return
         try:
-            store.publish_snapshot(self.cfg.store.path)
+            snapshots.publish_snapshot(self.cfg.store.path)
         except Exception as exc:  # a CachemonError is one line; anything else keeps its traceback
             log.error(
                 "publish: %s; readers see the previous snapshot and no heartbeat is sent; "
@@ -424,7 +426,7 @@ def _once(cfg, registry, name: str, clock, pinger=None) -> int:
     ok = rec.outcome == "ok" and runlog.flush()
     try:
         if Path(cfg.store.path).exists():
-            store.publish_snapshot(cfg.store.path)
+            snapshots.publish_snapshot(cfg.store.path)
             runlog.published()
     except CachemonError as exc:
         log.error("publish: %s", exc)

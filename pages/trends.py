@@ -6,6 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cachemon.alerts import health
+from cachemon.costs import usage as costs
 from cachemon.errors import CachemonError
 from cachemon.metrics import trends
 from pages.shared import common
@@ -25,7 +26,7 @@ def _load(con, cfg, range_name: str, endpoint, at):
     return (
         window,
         trends.trend(con, window, r.step, endpoint),
-        trends.daily_costs(con, window, cfg),
+        costs.daily_costs(con, window, cfg),
         health.active_periods(con, window.start, window.end),
     )
 

@@ -21,11 +21,11 @@ from cachemon.clock import DAY, HOUR, Window, floor_to, utcnow
 from cachemon.costs import report
 from cachemon.errors import ConfigError
 from cachemon.events import EventFrame
-from cachemon.ingest import load as pipeline
 from cachemon.ingest import write as ingest
 from cachemon.settings import SimulatorConfig
 from cachemon.sources.simulator import Simulator
 from cachemon.store import db as store
+from cachemon.usecases import demo
 
 # A Thursday, so the 09:00 origin slowdown falls in the default test span.
 T0 = datetime(2026, 11, 19, 8, 0, tzinfo=UTC)
@@ -172,7 +172,7 @@ def docs_store(tmp_path_factory) -> str:
         )
     )
     cfg = config.with_db(config.load(cfg_file, env={}), str(tmp / "demo.duckdb"))
-    pipeline.demo(cfg, 3, now)
+    demo.demo(cfg, 3, now)
     with store.writer(cfg.store.path, now) as con:  # the daily cost reports of the whole days
         for back in (2, 3):
             report.save(con, report.build(con, cfg, (now - back * DAY).date(), now))

@@ -22,6 +22,7 @@ from cachemon.clock import iso
 from cachemon.errors import InputError
 from cachemon.notify import outbox as notify
 from cachemon.store import db as store
+from cachemon.store import snapshots
 
 START = T0 - timedelta(hours=1)  # Thursday 07:00; the slowdown is 09:00-09:45
 FIRE = 165  # minutes after START: 09:45, when the p99 rule (for 30m) fires
@@ -40,7 +41,7 @@ def base(tmp_path_factory):
 def db(base, tmp_path):
     path = tmp_path / "a.duckdb"
     shutil.copy(base[0], path)
-    shutil.copy(store.snapshot_path(base[0]), store.snapshot_path(path))
+    shutil.copy(snapshots.snapshot_path(base[0]), snapshots.snapshot_path(path))
     return path
 
 

@@ -13,6 +13,7 @@ from cachemon.clock import Window
 from cachemon.histogram import ALPHA
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
+from cachemon.store import snapshots
 from cachemon.store import views as analyst
 
 START = datetime(2026, 11, 19, 8, 0, tzinfo=UTC)
@@ -160,7 +161,7 @@ def test_views_are_versioned_and_work_from_an_attached_snapshot(two_days, tmp_pa
         "alert_history",
     } <= names
     con = duckdb.connect()
-    con.execute("ATTACH $p AS cm (READ_ONLY)", {"p": str(store.snapshot_path(path))})
+    con.execute("ATTACH $p AS cm (READ_ONLY)", {"p": str(snapshots.snapshot_path(path))})
     total = con.execute("SELECT sum(requests) FROM cm.v1.requests_day").fetchall()[0][0]
     assert total == pytest.approx(r.sample_interval.sum(), rel=1e-12)
     con.execute("USE cm")

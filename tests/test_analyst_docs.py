@@ -12,6 +12,7 @@ from conftest import ROOT
 
 from cachemon.costs import report
 from cachemon.store import db as store
+from cachemon.store import snapshots
 from cachemon.store import views as analyst
 from cachemon.tuning import analysis as tuning
 
@@ -42,7 +43,7 @@ def test_the_docs_have_at_least_ten_examples():
 @pytest.mark.parametrize("title,sql", _examples(), ids=[t for t, _ in _examples()])
 def test_every_documented_query_runs_on_a_demo_store(demo_store, title, sql):
     con = duckdb.connect(
-        str(store.snapshot_path(demo_store)), read_only=True
+        str(snapshots.snapshot_path(demo_store)), read_only=True
     )  # the documented read path
     con.execute("SET TimeZone = 'UTC'")
     rows = con.execute(sql).fetchall()

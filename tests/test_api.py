@@ -219,15 +219,15 @@ def test_bad_requests_get_a_json_4xx(server, method, path, params, status, messa
 def test_second_call_is_served_from_cache_without_the_store(loaded_store, tmp_path):
     import shutil
 
-    from cachemon.store import db as store
+    from cachemon.store import snapshots
 
     path, _ = loaded_store
     copy = tmp_path / "c.duckdb"
-    shutil.copy(store.snapshot_path(path), store.snapshot_path(copy))
+    shutil.copy(snapshots.snapshot_path(path), snapshots.snapshot_path(copy))
     proc, base = _serve(copy)
     try:
         first = httpx.get(base + "/metrics", params={"period": "7d"})
-        store.snapshot_path(copy).unlink()  # any store query now fails
+        snapshots.snapshot_path(copy).unlink()  # any store query now fails
         second = httpx.get(base + "/metrics", params={"period": "7d"})
         assert first.status_code == second.status_code == 200 and first.content == second.content
         assert httpx.get(base + "/metrics", params={"period": "24h"}).status_code == 503

@@ -17,6 +17,7 @@ from cachemon.clock import Window
 from cachemon.errors import StoreError
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
+from cachemon.store import schema, snapshots
 
 WORKERS = str(ROOT / "tests" / "workers.py")
 
@@ -107,7 +108,7 @@ def test_readers_opening_while_publishes_land_never_fail(tmp_path):
 
     def publish():
         while not stop.is_set():
-            published.append(store.publish_snapshot(db))
+            published.append(snapshots.publish_snapshot(db))
 
     t = threading.Thread(target=publish)
     t.start()
@@ -117,7 +118,7 @@ def test_readers_opening_while_publishes_land_never_fail(tmp_path):
         while time.time() < deadline:
             try:
                 with store.reader(db) as con:
-                    assert store.schema_version(con) == store.SCHEMA_VERSION
+                    assert schema.schema_version(con) == schema.SCHEMA_VERSION
                 opens += 1
             except StoreError as exc:
                 errors.append(str(exc))
@@ -125,9 +126,9 @@ def test_readers_opening_while_publishes_land_never_fail(tmp_path):
         stop.set()
         t.join()
     assert errors == [] and opens > 50 and len(published) > 20
-    assert len(store.versions(db)) == store.SNAPSHOT_KEEP  # older versions are pruned
+    assert len(snapshots.versions(db)) == snapshots.SNAPSHOT_KEEP  # older versions are pruned
     # A version that is unreadable is refused by name, not retried.
-    store.current_snapshot(db).write_bytes(b"x" * 1000)
+    snapshots.current_snapshot(db).write_bytes(b"x" * 1000)
     with pytest.raises(StoreError, match="not a readable DuckDB database"):
         with store.reader(db):
             pass

@@ -24,6 +24,7 @@ from cachemon.runner import runs as runner
 from cachemon.store import db as store
 from cachemon.tuning import analysis as tuning
 from cachemon.tuning import promote, stats
+from cachemon.usecases import demo
 
 PAGES = {
     "overview": "pages/overview.py",
@@ -47,7 +48,7 @@ def _make_store(tmp: Path, end, hours: float = 6.0, evil: bool = False) -> tuple
     start = floor_to(end - timedelta(hours=hours), timedelta(hours=1))
     cfg_file.write_text(EXPERIMENT_TOML.format(start=iso(start)))
     cfg = replace(config.with_db(config.load(cfg_file, env={}), str(db)), simulator=SMALL)
-    pipeline.demo(cfg, hours / 24, end)
+    demo.demo(cfg, hours / 24, end)
     if evil:
         events = tmp / "evil.ndjson"
         events.write_text(

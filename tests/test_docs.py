@@ -31,7 +31,7 @@ from cachemon.alerts.rules import Rule
 from cachemon.cli.main import build_parser
 from cachemon.pricing import COMPONENTS
 from cachemon.store import db as store
-from cachemon.store import export
+from cachemon.store import export, snapshots
 from cachemon.tuning.experiments import Experiment
 
 # The repository root, wherever this file sits below it.
@@ -269,7 +269,7 @@ def analyst_home(docs_store, tmp_path_factory):
     (the demo store's reader snapshot) and `exports/` (its Parquet export)."""
     home = tmp_path_factory.mktemp("analyst")
     (home / "data").mkdir()
-    (home / "data" / "cachemon.snapshot.duckdb").symlink_to(store.snapshot_path(docs_store))
+    (home / "data" / "cachemon.snapshot.duckdb").symlink_to(snapshots.snapshot_path(docs_store))
     with store.reader(docs_store) as con:
         export.parquet(con, home / "exports")
     return home

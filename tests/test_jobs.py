@@ -12,6 +12,7 @@ from cachemon.clock import MINUTE, floor_to, utcnow
 from cachemon.ingest import write as ingest
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
+from cachemon.store import snapshots
 
 
 def _env(tmp_path):
@@ -78,7 +79,7 @@ def test_runner_stops_cleanly_on_sigterm(tmp_path):
         text=True,
     )
     deadline = time.time() + 120
-    while not store.snapshot_path(db).exists() and time.time() < deadline:
+    while not snapshots.snapshot_path(db).exists() and time.time() < deadline:
         time.sleep(0.2)
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=60)

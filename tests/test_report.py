@@ -17,6 +17,7 @@ from cachemon import config, settings
 from cachemon.costs import report
 from cachemon.notify import outbox as notify
 from cachemon.store import db as store
+from cachemon.store import snapshots
 
 NOW = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
 DAY = date(2026, 11, 19)
@@ -26,7 +27,7 @@ DAY = date(2026, 11, 19)
 def db(loaded_store, tmp_path):
     path = tmp_path / "r.duckdb"
     shutil.copy(loaded_store[0], path)
-    shutil.copy(store.snapshot_path(loaded_store[0]), store.snapshot_path(path))
+    shutil.copy(snapshots.snapshot_path(loaded_store[0]), snapshots.snapshot_path(path))
     return path
 
 

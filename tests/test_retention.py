@@ -17,6 +17,7 @@ from cachemon.ingest import retention
 from cachemon.ingest import write as ingest
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
+from cachemon.store import horizons
 
 UTC = UTC
 START = datetime(2026, 11, 19, 0, 0, tzinfo=UTC)
@@ -77,7 +78,7 @@ def test_compaction_keeps_daily_totals_quantiles_gauges_and_keys_exact(compacted
 
 def test_compaction_removes_only_rows_before_the_horizons(compacted):
     path, _, _, counts, result = compacted
-    assert result.horizons == retention.Horizons(HORIZON, HORIZON)
+    assert result.horizons == horizons.Horizons(HORIZON, HORIZON)
     with store.reader(path) as con:
         lows = con.execute(
             "SELECT (SELECT min(minute) FROM rollup_minute), (SELECT min(minute) FROM latency_minute), "
@@ -134,7 +135,7 @@ def test_apply_again_is_idempotent_and_horizons_never_move_back(compacted):
         again = retention.apply(con, NOW, KEEP)
         longer = retention.apply(con, NOW, settings.RetentionConfig(minute_days=30, hour_days=60))
     assert (again.minute_rows, again.hour_rows) == (0, 0)
-    assert longer.horizons == retention.Horizons(HORIZON, HORIZON)
+    assert longer.horizons == horizons.Horizons(HORIZON, HORIZON)
     after = _views(path)
     for name in VIEWS:
         pd.testing.assert_frame_equal(
@@ -168,7 +169,7 @@ def test_compact_command_applies_the_configured_retention(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "(kept from 2026-11-20)" in err and "(kept from 2026-11-19)" in err
     with store.reader(db) as con:
-        assert retention.horizons(con) == retention.Horizons(HORIZON, START)
+        assert horizons.horizons(con) == horizons.Horizons(HORIZON, START)
         total = con.execute("SELECT sum(requests) FROM v1.requests_day").fetchall()[0][0]
     assert total == pytest.approx(truth[truth.kind == "request"].sample_interval.sum(), rel=1e-12)
     assert np.isfinite(total)

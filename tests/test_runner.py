@@ -17,6 +17,7 @@ from cachemon.ingest import write as ingest
 from cachemon.metrics import window as metrics
 from cachemon.runner import runs as runner
 from cachemon.store import db as store
+from cachemon.store import snapshots
 
 UTC = UTC
 D = datetime(2026, 11, 19, tzinfo=UTC)
@@ -149,7 +150,7 @@ def test_runner_process_fast_clock_second_instance_catch_up_and_sigterm(tmp_path
     )  # 2 simulated minutes per second
     try:
         deadline = time.time() + 90
-        while time.time() < deadline and not store.snapshot_path(db).exists():
+        while time.time() < deadline and not snapshots.snapshot_path(db).exists():
             time.sleep(0.2)
         b = subprocess.run(
             [sys.executable, "-m", "jobs"],
@@ -250,7 +251,7 @@ def test_memory_stays_flat_over_two_days_of_schedule(tmp_path):
         while time.time() < deadline:
             time.sleep(1)
             samples.append(_rss_mib(p.pid))
-            if store.snapshot_path(db).exists():
+            if snapshots.snapshot_path(db).exists():
                 with store.reader(db) as con:
                     mark = ingest.watermark(con, "simulator")
                 if mark and mark >= datetime(2026, 11, 21, tzinfo=UTC):
@@ -281,7 +282,7 @@ def test_runner_process_survives_a_failing_job(tmp_path):
         deadline = time.time() + 60
         while time.time() < deadline:
             time.sleep(0.5)
-            if store.snapshot_path(db).exists() and any(
+            if snapshots.snapshot_path(db).exists() and any(
                 r[0] == "compact" and r[1] == "ok" for r in _runs(db)
             ):
                 break

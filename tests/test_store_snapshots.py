@@ -20,6 +20,8 @@ from conftest import ROOT, T0, load, simulate
 from cachemon.errors import StoreBusyError, StoreDiskError, StoreError
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
+from cachemon.store import lock as store_lock
+from cachemon.store import schema, snapshots
 
 
 def _until(db):
@@ -58,16 +60,16 @@ def test_a_long_lived_reader_sees_every_publish(two_hours):
     finally:
         held.__exit__(None, None, None)
     assert (
-        os.readlink(store.snapshot_path(db)) == store.version_path(db, 2).name
+        os.readlink(snapshots.snapshot_path(db)) == snapshots.version_path(db, 2).name
     )  # analysts' name: a symlink
 
 
 def test_old_versions_are_pruned_and_numbers_only_grow(two_hours):
     db, _ = two_hours
     for _ in range(5):
-        store.publish_snapshot(db)
-    assert [n for n, _ in store.versions(db)] == [4, 5, 6]
-    assert store.current_snapshot(db) == store.version_path(db, 6)
+        snapshots.publish_snapshot(db)
+    assert [n for n, _ in snapshots.versions(db)] == [4, 5, 6]
+    assert snapshots.current_snapshot(db) == snapshots.version_path(db, 6)
     assert not [f for f in _files(db) if f.endswith((".tmp", ".link"))]
 
 
@@ -76,7 +78,7 @@ def test_a_damaged_main_file_is_never_published(two_hours, damage, results):
     import duckdb
 
     db, _ = two_hours
-    before, snap = _until(db), store.current_snapshot(db)
+    before, snap = _until(db), snapshots.current_snapshot(db)
     good = db.read_bytes()
     if damage == "truncated":
         db.write_bytes(good[: len(good) - 4096])  # only the end is gone: it still opens
@@ -89,9 +91,9 @@ def test_a_damaged_main_file_is_never_published(two_hours, damage, results):
         duckdb.connect(str(db)).execute("CREATE TABLE t (x INT)").close()
         expected = "not a cachemon store"
     with pytest.raises(StoreError, match=expected) as err:
-        store.publish_snapshot(db)
+        snapshots.publish_snapshot(db)
     assert "last good snapshot stays" in str(err.value) and "\n" not in str(err.value)
-    assert store.current_snapshot(db) == snap and _until(db) == before
+    assert snapshots.current_snapshot(db) == snap and _until(db) == before
     assert not [f for f in _files(db) if f.endswith((".tmp", ".link"))]
     results(
         f"{damage} main file at publish",
@@ -106,26 +108,26 @@ def test_a_disk_full_copy_says_so_and_leaves_no_temporary_file(two_hours):
     tests/reliability/test_disk.py): half a file is written, then the disk
     refuses."""
     db, parts = two_hours
-    before, snap = _until(db), store.current_snapshot(db)
+    before, snap = _until(db), snapshots.current_snapshot(db)
 
     def full_disk(src, dst):
         dst.write_bytes(src.read_bytes()[:100_000])
         raise OSError(errno.ENOSPC, "No space left on device", str(dst))
 
     with pytest.raises(StoreDiskError, match="no space left on device") as err:
-        store.publish_snapshot(db, copy=full_disk)
+        snapshots.publish_snapshot(db, copy=full_disk)
     assert "\n" not in str(err.value)
-    assert store.current_snapshot(db) == snap and _until(db) == before
+    assert snapshots.current_snapshot(db) == snap and _until(db) == before
     assert not [f for f in _files(db) if f.endswith((".tmp", ".link"))]
-    store.publish_snapshot(db)  # the disk has room again: the next publish works
-    assert store.current_snapshot(db) != snap
+    snapshots.publish_snapshot(db)  # the disk has room again: the next publish works
+    assert snapshots.current_snapshot(db) != snap
 
 
 def test_a_publisher_that_died_mid_copy_leaves_nothing_behind(two_hours):
     db, _ = two_hours
-    dead = db.with_name(f".{store.version_path(db, 9).name}.99999.tmp")
+    dead = db.with_name(f".{snapshots.version_path(db, 9).name}.99999.tmp")
     dead.write_bytes(b"half a copy")
-    store.publish_snapshot(db)
+    snapshots.publish_snapshot(db)
     assert not dead.exists()
 
 
@@ -202,13 +204,13 @@ def test_writers_take_turns_and_a_busy_store_is_one_line(two_hours, results):
 def test_the_write_lock_waits_in_another_thread_and_names_its_holder(two_hours):
     db, _ = two_hours
     errors = []
-    with store.write_lock(db):
-        with store.write_lock(db):  # re-entrant in the holding thread
+    with store_lock.write_lock(db):
+        with store_lock.write_lock(db):  # re-entrant in the holding thread
             pass
 
         def other():
             try:
-                with store.write_lock(db, wait=0.2):
+                with store_lock.write_lock(db, wait=0.2):
                     pass
             except StoreBusyError as exc:
                 errors.append(str(exc))
@@ -227,12 +229,12 @@ def test_a_store_from_a_newer_cachemon_is_one_line_on_every_read_path(two_hours,
     con = duckdb.connect(
         str(db)
     )  # what a newer cachemon leaves: its store, published as its next version
-    con.execute("INSERT INTO schema_version VALUES (?, ?)", [store.SCHEMA_VERSION + 1, T0])
+    con.execute("INSERT INTO schema_version VALUES (?, ?)", [schema.SCHEMA_VERSION + 1, T0])
     con.close()
-    newer = store.version_path(db, 7)
+    newer = snapshots.version_path(db, 7)
     shutil.copyfile(db, newer)
-    store.snapshot_path(db).unlink()
-    store.snapshot_path(db).symlink_to(newer.name)
+    snapshots.snapshot_path(db).unlink()
+    snapshots.snapshot_path(db).symlink_to(newer.name)
     before = db.read_bytes()
     with pytest.raises(StoreError, match="newer than this cachemon"):
         with store.reader(db):

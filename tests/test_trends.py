@@ -9,6 +9,7 @@ from conftest import T0, weighted_quantile
 
 from cachemon import config, settings
 from cachemon.clock import HOUR, Window
+from cachemon.costs import usage as costs
 from cachemon.errors import InputError
 from cachemon.histogram import ALPHA
 from cachemon.metrics import trends
@@ -93,7 +94,7 @@ def test_daily_costs_price_each_days_requests(tmp_path):
     load(path, parts)
     cfg = config.with_db(settings.Config(), str(path))
     with store.reader(path) as con:
-        got = trends.daily_costs(con, Window(T0 - timedelta(days=3), T0 + timedelta(days=2)), cfg)
+        got = costs.daily_costs(con, Window(T0 - timedelta(days=3), T0 + timedelta(days=2)), cfg)
     r = _requests(df)
     per_day = r.groupby(r.timestamp.dt.floor("D")).sample_interval.sum()
     assert list(got["day"]) == list(per_day.index)

@@ -20,6 +20,7 @@ from cachemon.ingest import load as pipeline
 from cachemon.store import db as store
 from cachemon.tuning import analysis as tuning
 from cachemon.tuning import stats
+from cachemon.usecases import demo
 
 AT = T0 + timedelta(hours=6)
 
@@ -214,7 +215,7 @@ def test_demo_stores_the_daily_analyses_and_yesterdays_report(tmp_path):
     cfg = replace(
         config.with_db(config.load(cfg_file, env={}), str(tmp_path / "d.duckdb")), simulator=SMALL
     )
-    pipeline.demo(cfg, 38 / 24, end)
+    demo.demo(cfg, 38 / 24, end)
     with store.reader(cfg.store.path) as con:
         stored = tuning.history(con, "extended-title-ttl")
         expected = [

@@ -22,6 +22,7 @@ from cachemon.errors import CachemonError
 from cachemon.ingest import load as pipeline
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
+from cachemon.store import snapshots
 
 SMALL = dict(seed=7, requests_per_hour=6000, catalog_keys=3000, sample_threshold_per_minute=30)
 
@@ -56,7 +57,7 @@ def dashboard(db, stopfile):
 
 
 def analyst(db, stopfile):
-    snap = store.snapshot_path(db)
+    snap = snapshots.snapshot_path(db)
     while not snap.exists():
         time.sleep(0.05)
     con = duckdb.connect(str(snap), read_only=True)  # held open for the whole test

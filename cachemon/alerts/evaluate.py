@@ -20,11 +20,13 @@ import pyarrow as pa
 from cachemon.alerts import lifecycle as lc
 from cachemon.alerts.anomaly import history_ends, robust_z
 from cachemon.alerts.rules import METRICS, Rule, effective_rules, format_value
-from cachemon.clock import MINUTE, floor_to, iso
+from cachemon.clock import MINUTE, Window, floor_to, iso
 from cachemon.errors import CachemonError, InputError
+from cachemon.metrics import window as metrics
 from cachemon.metrics.series import Observation, observe
 from cachemon.metrics.window import data_span
-from cachemon.store.db import transaction
+from cachemon.notify import outbox as notify
+from cachemon.store.connection import transaction
 
 log = logging.getLogger("cachemon.alerts")
 
@@ -259,8 +261,6 @@ def _evaluation_row(at, data_until, states, notifications: int, backfill: bool) 
 
 
 def _write(con, states, changed, evaluations: list[dict], groups, outbox) -> None:
-    from cachemon.notify.outbox import enqueue
-
     history = [
         {
             "changed_at": s.since,
@@ -285,7 +285,7 @@ def _write(con, states, changed, evaluations: list[dict], groups, outbox) -> Non
         for g in groups:
             con.execute(UPSERT_GROUP, [g.channel, ",".join(g.members), g.sent_at])
         for row in outbox:
-            enqueue(con, row)
+            notify.enqueue(con, row)
 
 
 # Fixed table names only; the rows go through Arrow, not SQL text
@@ -426,9 +426,6 @@ def expire_silence(con, sid: int, now: datetime) -> None:
 
 def _context(con, at: datetime, stale_after: timedelta) -> dict | None:
     """The last 15 minutes' figures for a notification (None without data)."""
-    from cachemon.clock import Window
-    from cachemon.metrics import window as metrics
-
     try:
         m = metrics.compute(
             con, Window.ending(at, timedelta(minutes=15)), "15m", top=5, latest=True
@@ -454,8 +451,6 @@ def due(con, at: datetime) -> bool:
 def run(con, cfg, at: datetime, transports, dry_run: bool = False) -> CheckResult:
     """One evaluation with its notifications: decide, render, and (unless
     `dry_run`) record it all in one transaction and deliver the outbox."""
-    from cachemon.notify import outbox as notify
-
     at = floor_to(at, MINUTE)
     ev = check(con, cfg, at, transports.channels(cfg.notify))
     ctx = _context(con, at, cfg.metrics.stale_after) if ev.notices else None

@@ -10,6 +10,7 @@ from tqdm import tqdm
 from cachemon.clock import check_not_future, parse_instant
 from cachemon.ingest import load as pipeline
 from cachemon.sources.analytics_engine import Client
+from cachemon.usecases import demo as demo_usecase
 
 
 def register(sub) -> None:
@@ -57,7 +58,7 @@ def demo(args, cfg, now) -> int:
         else now
     )
     bar = None if args.quiet else progress("simulating")
-    summary = pipeline.demo(cfg, args.days, until, seed=args.seed, progress=bar)
+    summary = demo_usecase.demo(cfg, args.days, until, seed=args.seed, progress=bar)
     print(
         f"simulated {summary.events:,} events in {summary.windows} windows up to "
         f"{summary.until:%Y-%m-%dT%H:%MZ} into {cfg.store.path}",

@@ -19,8 +19,9 @@ from cachemon.clock import DAY, Window, iso
 from cachemon.costs import optimize
 from cachemon.costs import usage as costs
 from cachemon.metrics.window import data_span
+from cachemon.notify import outbox as notify
 from cachemon.pricing import COMPONENTS, DEFAULT
-from cachemon.store.db import transaction
+from cachemon.store.connection import transaction
 
 SAVE = "INSERT OR REPLACE INTO cost_reports VALUES (?, ?, ?, ?)"
 SENT = "SELECT sent FROM cost_reports WHERE day = ?"
@@ -144,8 +145,6 @@ def save(con, r: Report) -> bool:
 def queue(con, r: Report, cfg, transports, resend: bool = False) -> list[str]:
     """Store the report and, unless it was sent before (and not `resend`),
     put it in the outbox for every configured channel. Returns the channels."""
-    from cachemon.notify import outbox as notify
-
     with transaction(con):
         sent = save(con, r)
         channels = [] if sent and not resend else list(transports.channels(cfg.notify))

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import duckdb
+import pandas as pd
 
-from cachemon.clock import DAY, Window, iso
+from cachemon.clock import DAY, Window, floor_to, iso
 from cachemon.costs.tiermix import TierMix
 from cachemon.events import TIERS
-from cachemon.metrics.window import TIER_TOTALS, window_params
+from cachemon.metrics.window import TIER_TOTALS, data_span, window_params
 from cachemon.pricing import COMPONENTS, Pricing, days_in_month, month_share, month_start
 
 QUERIES_PER_PULL = 4  # minute rollups, latency histogram, gauges, per-key counts
@@ -154,6 +155,32 @@ def per_day(usage: Usage) -> Usage:
         return usage
     factor = DAY / length
     return usage.scaled(factor, Window(usage.window.end - DAY, usage.window.end))
+
+
+def daily_costs(con: duckdb.DuckDBPyConnection, window: Window, cfg) -> pd.DataFrame:
+    """List and billed cost of each UTC day in `window` with data (a day the
+    data covers in part scaled to a full day), with a column per
+    component's list cost."""
+    span = data_span(con)
+    if span is None:
+        return pd.DataFrame()
+    lo, hi = max(window.start, span[0]), min(window.end, span[1])
+    rows = []
+    day = floor_to(lo, DAY)
+    while day < hi:
+        part = Window(max(day, lo), min(day + DAY, hi))
+        b = price(per_day(measure(con, part, cfg)), cfg.pricing)
+        if b.usage.workers_requests:
+            rows.append(
+                {
+                    "day": day,
+                    "list": b.list_total,
+                    "billed": b.billed_total,
+                    **{ln.component: ln.list_cost for ln in b.lines},
+                }
+            )
+        day += DAY
+    return pd.DataFrame(rows)
 
 
 @dataclass(frozen=True)

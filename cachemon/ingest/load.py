@@ -1,7 +1,8 @@
-"""Loading data into the store: the simulator (demo and live) and files.
+"""Loading data into the store: the live simulator, Analytics Engine and files.
 
 Each function opens the store as the single writer, feeds events through
-`ingest`, and publishes the reader snapshot when done.
+`ingest`, and publishes the reader snapshot when done. The demo, which also
+backfills alerts, reports and experiments, is `cachemon.usecases.demo`.
 """
 
 from __future__ import annotations
@@ -11,32 +12,23 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from cachemon.alerts import evaluate as alerts
-from cachemon.argcheck import bounded
-from cachemon.clock import HOUR, MINUTE, Window, days_span, floor_to
-from cachemon.costs import report
+from cachemon.clock import HOUR, MINUTE, Window, floor_to
 from cachemon.ingest import retention
 from cachemon.ingest import write as ingest
-from cachemon.runner import runs as runner
 from cachemon.settings import Config
 from cachemon.sources import files
+from cachemon.sources.analytics_engine import pull_rollups
 from cachemon.sources.simulator import SimState, Simulator
 from cachemon.store import db as store
-from cachemon.tuning import analysis as tuning
+from cachemon.store import snapshots
 
 PUBLISH_EVERY_S = 30.0
 SIMULATOR = "simulator"
 ANALYTICS_ENGINE = "analytics_engine"
 Progress = Callable[[int, int], None]
-# Demo windows: long enough to amortise per-statement costs, short enough
-# for a progress bar and bounded memory (~2 M events a day).
-DEMO_CHUNK = timedelta(hours=24)
-# The longest demo: a year and a month covers every retention and report view.
-DEMO_MAX_DAYS = 400
-SEED_MAX = 2**32 - 1  # numpy's seed range
 
 
 @dataclass(frozen=True)
@@ -45,60 +37,6 @@ class LoadSummary:
     events: int
     windows: int
     until: datetime | None
-
-
-def demo(
-    cfg: Config,
-    days: float,
-    now: datetime,
-    seed: int | None = None,
-    progress: Progress | None = None,
-) -> LoadSummary:
-    """Replace the simulator's data with `days` of traffic ending at `now`.
-
-    A demo that fails changes nothing: the arguments are checked first, then
-    the new data is built aside and swapped in only when complete
-    (`store.rebuilt`)."""
-    span = days_span(days, "--days", DEMO_MAX_DAYS)
-    sim_cfg = (
-        cfg.simulator
-        if seed is None
-        else dataclasses.replace(cfg.simulator, seed=bounded(seed, "--seed", 0, SEED_MAX))
-    )
-    sim = Simulator(sim_cfg)
-    end = floor_to(now, MINUTE)
-    # Whole minutes, as every stored window (a fraction of a day may not be).
-    windows = Window(floor_to(end - span, MINUTE), end).split(DEMO_CHUNK)
-    with store.rebuilt(cfg.store.path, now) as aside:
-        events = _demo_into(aside, cfg, sim, windows, end, now, progress)
-    return LoadSummary(SIMULATOR, events, len(windows), end)
-
-
-def _demo_into(
-    path: Path,
-    cfg: Config,
-    sim: Simulator,
-    windows: list[Window],
-    end: datetime,
-    now: datetime,
-    progress: Progress | None,
-) -> int:
-    """The demo's writes, into the store at `path` (the copy aside)."""
-    with store.writer(path, now, publish=False) as con:
-        ingest.drop_source(con, SIMULATOR)
-        events = _feed(con, cfg, sim, windows, now, progress)
-        # The alert history of the old data would describe traffic that is
-        # gone: evaluate the new span instead, without notifying anyone.
-        alerts.reset(con)
-        alerts.backfill(con, cfg, windows[0].start, end)
-        # Likewise the daily jobs' results, so every page has something to show.
-        tuning.reset(con)
-        daily_at = next(s.at for s in runner.schedule(cfg) if s.name == "experiments")
-        tuning.backfill(con, cfg.experiments, windows[0].start, end, cfg.pricing, daily_at)
-        day = report.report_day(end)
-        if windows[0].start <= datetime(day.year, day.month, day.day, tzinfo=UTC):
-            report.save(con, report.build(con, cfg, day, now))
-    return events
 
 
 def simulate_until(
@@ -129,11 +67,11 @@ def simulate_until(
             start = end - max_catch_up
             sim = Simulator(sim.cfg)
         windows = Window(start, end).split(HOUR) if end > start else []
-        events = _feed(con, cfg, sim, windows, now, None, save_each=True)
+        events = feed(con, cfg, sim, windows, now, None, save_each=True)
     return LoadSummary(SIMULATOR, events, len(windows), end), sim
 
 
-def _feed(
+def feed(
     con,
     cfg: Config,
     sim: Simulator,
@@ -187,8 +125,6 @@ def pull(
     source's data in one transaction; a failure stops the pull with the
     windows before it stored, and the next pull resumes from there.
     """
-    from cachemon.sources.analytics_engine import pull_rollups
-
     ae = cfg.analytics_engine
     end = floor_to(until or now, MINUTE)
     with store.writer(cfg.store.path, now) as con:
@@ -212,7 +148,7 @@ def pull(
             ).events
             if time.monotonic() - published > PUBLISH_EVERY_S:
                 # A long backfill shows its progress to readers as it goes.
-                store.publish_open(con, cfg.store.path)
+                snapshots.publish_open(con, cfg.store.path)
                 published = time.monotonic()
             if progress:
                 progress(i + 1, len(windows))

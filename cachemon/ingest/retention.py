@@ -10,9 +10,9 @@ buckets add up, so daily totals and quantiles stay exact.
 Horizons are whole UTC days, stored in `retention_state`, never run ahead
 of the data (a compaction "as of" a far future would otherwise close every
 later write), and never move back: what lies before them no longer exists
-at the finer resolution, so writes there are refused (`check_write`) and
-readers that need minutes say so (`check_read`) instead of returning
-numbers short of data.
+at the finer resolution, so writes there are refused and readers that need
+minutes say so (`cachemon.store.horizons`: readers and writers check there,
+without depending on this module) instead of returning numbers short of data.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ from datetime import datetime, timedelta
 
 import duckdb
 
-from cachemon.clock import DAY, EARLIEST, floor_to, iso
-from cachemon.errors import StoreError
+from cachemon.clock import DAY, EARLIEST, floor_to
 from cachemon.settings import RetentionConfig
-from cachemon.store.db import first_row, transaction
+from cachemon.store.connection import first_row, transaction
+from cachemon.store.horizons import Horizons, horizons
 
-HORIZONS = "SELECT name, horizon FROM retention_state"
 # Where the data ends: the latest watermark, hour or day of any source
 # (imports have no watermark; days remain when hours were compacted).
 DATA_END = """
@@ -68,23 +67,10 @@ HOUR_DELETES = (
 
 
 @dataclass(frozen=True)
-class Horizons:
-    """Minute rows exist from `minute` on, hourly rows from `hour` on (None: all kept so far)."""
-
-    minute: datetime | None = None
-    hour: datetime | None = None
-
-
-@dataclass(frozen=True)
 class Result:
     horizons: Horizons
     minute_rows: int  # minute rows removed (request, latency and gauge rows)
     hour_rows: int  # hourly rows removed after their days were written
-
-
-def horizons(con: duckdb.DuckDBPyConnection) -> Horizons:
-    """The store's current horizons."""
-    return Horizons(**dict(con.execute(HORIZONS).fetchall()))
 
 
 def targets(now: datetime, cfg: RetentionConfig) -> Horizons:
@@ -118,28 +104,3 @@ def apply(con: duckdb.DuckDBPyConnection, now: datetime, cfg: RetentionConfig) -
 
 def _deleted(con, sql: str, params: dict) -> int:
     return con.execute(sql, params).fetchall()[0][0]
-
-
-def _minute_horizon_after(con: duckdb.DuckDBPyConnection, start: datetime) -> datetime | None:
-    """The minute horizon, if `start` lies before it."""
-    h = horizons(con).minute
-    return h if h is not None and start < h else None
-
-
-def check_write(con: duckdb.DuckDBPyConnection, start: datetime) -> None:
-    """Refuse a write that starts before the minute horizon: its hours and
-    days hold compacted data that a rewrite from minutes would lose."""
-    if h := _minute_horizon_after(con, start):
-        raise StoreError(
-            f"cannot write data from {iso(start)}: minute rows before {iso(h)} were compacted by retention "
-            "([retention] minute_days), so that period is closed"
-        )
-
-
-def check_read(con: duckdb.DuckDBPyConnection, start: datetime, what: str = "this window") -> None:
-    """Refuse a read needing minute rows from before the minute horizon."""
-    if h := _minute_horizon_after(con, start):
-        raise StoreError(
-            f"{what} starts at {iso(start)}, but minute data before {iso(h)} has been compacted by retention "
-            "([retention] minute_days); use a later window, or the hourly and daily views (docs/analysts.md)"
-        )

@@ -30,10 +30,9 @@ from cachemon import rollups
 from cachemon.clock import DAY, HOUR, MINUTE, Window, as_utc, ceil_to, floor_to, iso
 from cachemon.errors import SourceError, StoreError
 from cachemon.events import EventFrame
-from cachemon.ingest import retention
 from cachemon.rollups import Rollups
-from cachemon.store import topkeys
-from cachemon.store.db import first_row, transaction
+from cachemon.store import horizons, topkeys
+from cachemon.store.connection import first_row, transaction
 
 # The rollups of one write are registered as r_minute, r_latency, r_gauges
 # and r_keys (see cachemon.rollups), whatever source produced them.
@@ -113,7 +112,7 @@ _MINUTE_TABLES = (
     ("key_minute", "minute"),
 )
 _HOUR_TABLES = (("rollup_hour", "hour"), ("latency_hour", "hour"))
-# Per-key summaries, and what retention compacted (cachemon.retention).
+# Per-key summaries, and what retention compacted (cachemon.ingest.retention).
 _COMPACTED_TABLES = (
     ("key_hour", "hour"),
     ("key_day", "day"),
@@ -433,7 +432,7 @@ def _hull(a, b):
 
 
 def _recompute_hours(con, source: str, start: datetime, end: datetime) -> None:
-    retention.check_write(con, floor_to(start, HOUR))
+    horizons.check_write(con, floor_to(start, HOUR))
     p = {"source": source, "lo": floor_to(start, HOUR), "hi": ceil_to(end, HOUR)}
     for table, col in _HOUR_TABLES:
         con.execute(

@@ -1,7 +1,7 @@
 """Trends: the cache's figures over a long range in equal time buckets.
 
 The dashboard's charts of hit rates, latency percentiles, volume, errors,
-queue depth and cost per day. Buckets are aligned to multiples of the step
+queue depth; the cost per day is `cachemon.costs.usage.daily_costs`. Buckets are aligned to multiples of the step
 (UTC); the first is whole, the last ends where the data ends. Counts come
 from the hourly rollups when the step is whole hours (a month is 720 hours
 of rows, not 43,200 minutes), from the minute rollups otherwise; quantiles
@@ -18,12 +18,11 @@ import numpy as np
 import pandas as pd
 
 from cachemon.clock import DAY, HOUR, MINUTE, Window, floor_to
-from cachemon.costs import usage as costs
 from cachemon.errors import InputError
 from cachemon.events import TIERS
 from cachemon.histogram import grouped_quantiles
-from cachemon.ingest import retention
-from cachemon.metrics.window import data_end, data_span, three_ranges, window_params
+from cachemon.metrics.window import data_end, three_ranges, window_params
+from cachemon.store import horizons
 
 # Bucket starts by epoch arithmetic: exact in UTC for any step.
 _BUCKET = "to_timestamp(floor(epoch({time}) / $step) * $step) AS b"
@@ -102,7 +101,7 @@ def trend(
     per tier, rates in percent, latency quantiles in ms, queue depth."""
     if step % MINUTE or step <= timedelta(0):
         raise InputError(f"trend step must be whole minutes, got {step}")
-    retention.check_read(con, window.start, "the trend")
+    horizons.check_read(con, window.start, "the trend")
     p = _params(window, step) | {"endpoint": endpoint}
     tiers = pd.DataFrame(
         con.execute(TIER_BUCKETS, p).fetchall(), columns=["time", "tier", "requests", "errors"]
@@ -147,29 +146,3 @@ def _params(window: Window, step: timedelta) -> dict:
     # Buckets shorter than an hour cannot use the hourly rollups.
     s, e = window.start, window.end
     return {"h_lo": s, "h_hi": s, "m1_lo": s, "m1_hi": e, "m2_lo": e, "m2_hi": e, "step": seconds}
-
-
-def daily_costs(con: duckdb.DuckDBPyConnection, window: Window, cfg) -> pd.DataFrame:
-    """List and billed cost of each UTC day in `window` with data (a day the
-    data covers in part scaled to a full day), with a column per
-    component's list cost."""
-    span = data_span(con)
-    if span is None:
-        return pd.DataFrame()
-    lo, hi = max(window.start, span[0]), min(window.end, span[1])
-    rows = []
-    day = floor_to(lo, DAY)
-    while day < hi:
-        part = Window(max(day, lo), min(day + DAY, hi))
-        b = costs.price(costs.per_day(costs.measure(con, part, cfg)), cfg.pricing)
-        if b.usage.workers_requests:
-            rows.append(
-                {
-                    "day": day,
-                    "list": b.list_total,
-                    "billed": b.billed_total,
-                    **{ln.component: ln.list_cost for ln in b.lines},
-                }
-            )
-        day += DAY
-    return pd.DataFrame(rows)

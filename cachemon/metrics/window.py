@@ -18,10 +18,9 @@ from cachemon.clock import DAY, HOUR, Window, ceil_to, floor_to, iso
 from cachemon.errors import EmptyStoreError, StoreError
 from cachemon.events import TIERS
 from cachemon.histogram import Histogram
-from cachemon.ingest import retention
 from cachemon.jsontext import finite
-from cachemon.store import topkeys
-from cachemon.store.db import first_row
+from cachemon.store import horizons, topkeys
+from cachemon.store.connection import first_row
 
 
 # Each time range is its own UNION ALL branch: a plain range lets DuckDB skip
@@ -228,7 +227,7 @@ def compute(
         )
     if latest and span[1] < window.end:
         window = Window(span[1] - window.length, span[1])
-    retention.check_read(con, window.start)
+    horizons.check_read(con, window.start)
     p = window_params(window) | {"endpoint": endpoint}
     rows = con.execute(TIER_TOTALS, p).fetchall()
     if not rows:

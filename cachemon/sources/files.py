@@ -25,7 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from cachemon.config import file_kind
+from cachemon.argcheck import file_kind
 from cachemon.errors import InputError
 from cachemon.events import EventFrame, check_unique_columns, validate
 

@@ -24,7 +24,10 @@ from http.server import BaseHTTPRequestHandler
 
 import duckdb
 
+from cachemon.clock import HOUR, Window, floor_to, utcnow
 from cachemon.events import EventFrame
+from cachemon.settings import SimulatorConfig
+from cachemon.sources.simulator import Simulator
 from cachemon.testing.loopback import LoopbackServer
 
 AE_COLUMNS = """
@@ -217,10 +220,6 @@ def _ae_type(t: str) -> str:
 
 def main(argv=None) -> int:
     from datetime import timedelta
-
-    from cachemon.clock import HOUR, Window, floor_to, utcnow
-    from cachemon.settings import SimulatorConfig
-    from cachemon.sources.simulator import Simulator
 
     ap = argparse.ArgumentParser(prog="python -m cachemon.testing.ae_emulator")
     ap.add_argument("--port", type=int, default=8788)

@@ -37,7 +37,7 @@ from cachemon.costs.optimize import KEY_ROWS, key_ranges
 from cachemon.costs.tiermix import TierMix
 from cachemon.events import TIERS
 from cachemon.histogram import Histogram
-from cachemon.ingest import retention
+from cachemon.store import horizons
 from cachemon.tuning import quantile_var, stats
 from cachemon.tuning.experiments import Experiment
 
@@ -245,7 +245,7 @@ def analyze(con: duckdb.DuckDBPyConnection, e: Experiment, at: datetime, pricing
     """The experiment's state at `at` (its window: start to min(at, end))."""
     end = min(at, e.start + e.duration)
     window = Window(e.start, max(end, e.start))
-    retention.check_read(con, window.start, f"experiment {e.name!r}")
+    horizons.check_read(con, window.start, f"experiment {e.name!r}")
     data = per_key(con, e, window, pricing)
     names = [c.name for c in e.cohorts]
     units = tuple((n, len(data.get(n, {}).get("requests", ()))) for n in names)

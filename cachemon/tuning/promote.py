@@ -12,6 +12,7 @@ written back, recorded, and a critical notice goes out.
 
 from __future__ import annotations
 
+import html
 import json
 import time
 import urllib.parse
@@ -22,7 +23,9 @@ from datetime import datetime, timedelta
 from cachemon import jsontext, outbound
 from cachemon.errors import CachemonError, ConfigError
 from cachemon.events import ENDPOINTS
+from cachemon.notify import outbox as notify
 from cachemon.redact import Redactor
+from cachemon.tuning import analysis as tuning
 from cachemon.tuning.experiments import MAX_TTL, MIN_TTL, Experiment
 
 CONFIG_KEY = "config:kv-ttls"
@@ -211,10 +214,6 @@ def history(con) -> list[tuple]:
 
 def announce(con, a: Action, cfg, transports, at: datetime) -> list[str]:
     """Queue the notice of a promotion or rollback on every configured channel."""
-    import html
-
-    from cachemon.notify import outbox as notify
-
     prefix = cfg.notify.subject_prefix
     if a.action == "rollback":
         subject = f"{prefix} CRITICAL: config_rollback"
@@ -236,8 +235,6 @@ def daily(con, cfg, at: datetime, env, transports, dry_run: bool = False):
     check the live TTL config (rolling back a corrupt one), promote
     winners. With `dry_run` nothing is stored, written or sent.
     Returns (analyses, actions)."""
-    from cachemon.tuning import analysis as tuning
-
     started = [e for e in cfg.experiments if e.start <= at]
     analyses = [tuning.analyze(con, e, at, cfg.pricing) for e in started]
     kv = KvClient.from_env(env) if env.get("CF_KV_NAMESPACE_ID") else None

@@ -26,6 +26,7 @@ from cachemon.clock import Period, floor_to, format_duration, iso, utcnow
 from cachemon.errors import CachemonError, EmptyStoreError, StoreError
 from cachemon.runner.selfcheck import rough_age
 from cachemon.store import db as store
+from cachemon.store import snapshots
 
 # Live pages refresh every REFRESH (CACHEMON_REFRESH_SECONDS, default 30);
 # reads within one refresh tick share a cache entry.
@@ -127,7 +128,7 @@ def cached(fn: Callable, *args):
     `args` must be hashable values (they form the cache key, with the
     snapshot version, so a new publish is read at once)."""
     cfg = config()
-    version = store.snapshot_version(cfg.store.path)
+    version = snapshots.snapshot_version(cfg.store.path)
     return _cached(
         f"{fn.__code__.co_filename}:{fn.__qualname__}", cfg.store.path, version, args, fn, cfg
     )

@@ -19,6 +19,7 @@ import pytest
 from conftest import ROOT
 
 from cachemon.store import db as store
+from cachemon.store import snapshots
 
 CONFIG = '[simulator]\nseed = 5\nrequests_per_hour = 6000\ncatalog_keys = 3000\n[jobs]\ncompact_at = "23:50"\n'
 
@@ -97,7 +98,7 @@ def test_a_full_disk_never_stops_the_runner_and_it_recovers(tmp_path, results):
         )
         try:
             deadline = time.time() + 90
-            while time.time() < deadline and not store.snapshot_path(db).exists():
+            while time.time() < deadline and not snapshots.snapshot_path(db).exists():
                 assert runner.poll() is None, log.read_text()
                 time.sleep(0.2)
             time.sleep(2)
@@ -231,11 +232,11 @@ def test_a_write_on_a_full_disk_reports_its_own_error_not_the_snapshots(tmp_path
         _, df = simulate(2)
         events = tmp_path / "events.parquet"  # outside the full disk
         df.to_parquet(events, index=False)
-        snap = store.current_snapshot(db)
+        snap = snapshots.current_snapshot(db)
         _fill(disk / "ballast")
         p = cli("import", str(events))
         left = _leftovers(disk)
-        after = store.current_snapshot(db)
+        after = snapshots.current_snapshot(db)
         read = cli("metrics", "--at", "2026-11-19T10:00:00Z")
     assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1, p.stderr
     assert p.stderr.startswith(f"cachemon: error: cannot write {db}: no space left on device"), (

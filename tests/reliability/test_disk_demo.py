@@ -13,7 +13,7 @@ import sys
 from conftest import ROOT
 from test_disk import CONFIG, _fill, tmpfs
 
-from cachemon.store import db as store
+from cachemon.store import snapshots
 
 
 def _md5(p) -> str:
@@ -51,11 +51,11 @@ def test_a_demo_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, results)
             cli("demo", "--days", "0.1", "--until", "2026-11-19T10:00:00Z", "--quiet").returncode
             == 0
         )
-        before = (_md5(db), _md5(store.current_snapshot(db)))
+        before = (_md5(db), _md5(snapshots.current_snapshot(db)))
         _fill(disk / "ballast")
         out = cli("demo", "--days", "0.2", "--until", "2026-11-19T10:00:00Z", "--quiet")
         leftovers = [f.name for f in disk.iterdir() if f.name.endswith(".tmp")]
-        after = (_md5(db), _md5(store.current_snapshot(db)))
+        after = (_md5(db), _md5(snapshots.current_snapshot(db)))
         (disk / "ballast").unlink()
         read = cli("metrics", "--at", "2026-11-19T10:00:00Z")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr

@@ -20,10 +20,11 @@ from cachemon import config, settings
 from cachemon.cli import main as cli
 from cachemon.clock import CLOCK_SKEW, DAY, EARLIEST, HOUR, Window, floor_to, format_duration, iso
 from cachemon.errors import InputError
-from cachemon.ingest import load as pipeline
 from cachemon.ingest import retention
 from cachemon.ingest import write as ingest
 from cachemon.store import db as store
+from cachemon.store import horizons
+from cachemon.usecases import demo
 
 NOW = T0 + timedelta(hours=4)
 SMALL_TOML = """
@@ -136,7 +137,7 @@ def test_a_demo_failing_midway_or_killed_changes_nothing(demo_copy, tmp_path, re
             raise RuntimeError("injected failure")
 
     with pytest.raises(RuntimeError, match="injected"):
-        pipeline.demo(cfg, 3, NOW, seed=5, progress=fail_midway)
+        demo.demo(cfg, 3, NOW, seed=5, progress=fail_midway)
     assert calls == [1, 2]
     assert tables(db) == before
     aside = db.with_name(f".{db.name}.rebuild.tmp")
@@ -145,10 +146,10 @@ def test_a_demo_failing_midway_or_killed_changes_nothing(demo_copy, tmp_path, re
     # demo removes it and the store holds exactly what that demo makes.
     aside.write_bytes(b"torn copy of a killed demo")
     db.with_name(aside.name + ".wal").write_bytes(b"torn wal")
-    pipeline.demo(cfg, 0.25, NOW, seed=3)
+    demo.demo(cfg, 0.25, NOW, seed=3)
     assert not aside.exists() and not db.with_name(aside.name + ".wal").exists()
     assert tables(db) == before  # the same demo again: the same store
-    pipeline.demo(cfg, 0.25, NOW, seed=5)  # another seed: the swap shows, to readers too
+    demo.demo(cfg, 0.25, NOW, seed=5)  # another seed: the swap shows, to readers too
     after = tables(db)
     assert after != before
     with store.reader(db) as con:
@@ -255,7 +256,7 @@ def test_horizons_never_pass_the_data_end(demo_copy, results):
     far = NOW + timedelta(days=365 * 60)
     with store.writer(db, NOW, publish=False) as con:
         kept = retention.apply(con, far, settings.RetentionConfig(minute_days=1, hour_days=2))
-        assert kept.horizons == retention.Horizons(floor_to(end, DAY), floor_to(end, DAY))
+        assert kept.horizons == horizons.Horizons(floor_to(end, DAY), floor_to(end, DAY))
         w = Window(floor_to(end, HOUR), floor_to(end, HOUR) + HOUR)
         ingest.replace_window(con, small_sim().generate(w), "later", w, NOW)  # not refused
     results(
@@ -270,8 +271,8 @@ def test_an_empty_store_closes_nothing(tmp_path):
     """With no data, even a compaction far ahead leaves every supported instant writable."""
     with store.writer(tmp_path / "empty.duckdb", NOW) as con:
         kept = retention.apply(con, NOW + timedelta(days=365 * 60), settings.RetentionConfig())
-        assert kept == retention.Result(retention.Horizons(EARLIEST, EARLIEST), 0, 0)
-        retention.check_write(con, EARLIEST)  # not refused
+        assert kept == retention.Result(horizons.Horizons(EARLIEST, EARLIEST), 0, 0)
+        horizons.check_write(con, EARLIEST)  # not refused
 
 
 def test_check_not_future_is_the_one_rule():

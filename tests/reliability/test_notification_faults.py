@@ -17,6 +17,7 @@ from cachemon.alerts import lifecycle as lc
 from cachemon.notify import outbox as notify
 from cachemon.settings import NotifyConfig
 from cachemon.store import db as store
+from cachemon.store import snapshots
 
 T0 = datetime(2026, 11, 19, 9, 0, tzinfo=UTC)
 NC = replace(NotifyConfig(), timeout=timedelta(seconds=1))
@@ -87,7 +88,7 @@ def test_notification_faults_then_everything_delivered_once_in_order(tmp_path, r
     finally:
         smtp.stop()
         hooks.close()
-    store.publish_snapshot(db)
+    snapshots.publish_snapshot(db)
     with store.reader(db) as con:
         statuses = Counter(s for (s,) in con.execute("SELECT status FROM notifications").fetchall())
         attempts = con.execute(

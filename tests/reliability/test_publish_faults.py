@@ -18,6 +18,7 @@ from pingsink import PingSink
 from test_disk import _fill, tmpfs
 
 from cachemon.store import db as store
+from cachemon.store import snapshots
 
 
 def _cli(db, *args):
@@ -90,7 +91,7 @@ def test_runner_without_room_to_publish_runs_jobs_backs_off_and_stops_the_heartb
     assert "starting:" not in blocked, blocked[-3000:]
     fails = [line for line in blocked.splitlines() if "publish: cannot write" in line]
     assert fails and all(
-        f"{store.snapshot_path(db)}: no space left on device" in line for line in fails
+        f"{snapshots.snapshot_path(db)}: no space left on device" in line for line in fails
     ), fails
     assert len(fails) <= 4, fails  # back-off: 2, 4, 8 s, not one 8 MB copy a second
     assert pings_blocked == 0  # readers were frozen: no heartbeat

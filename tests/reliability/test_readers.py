@@ -20,7 +20,7 @@ from servers import chromium, free_port, streamlit_server
 
 from cachemon import config, settings
 from cachemon.clock import MINUTE, floor_to, iso, utcnow
-from cachemon.ingest import load as pipeline
+from cachemon.usecases import demo
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def old_store(tmp_path):
     its data (the minute after its last event)."""
     db = tmp_path / "r.duckdb"
     end = floor_to(utcnow(), MINUTE) - timedelta(hours=3)
-    pipeline.demo(replace(config.with_db(settings.Config(), str(db)), simulator=SMALL), 2 / 24, end)
+    demo.demo(replace(config.with_db(settings.Config(), str(db)), simulator=SMALL), 2 / 24, end)
     return db, end
 
 

@@ -30,7 +30,7 @@ from cachemon.notify import outbox as notify
 from cachemon.redact import LIMIT, MARK, MIN_SECRET, Redactor, secret_names
 from cachemon.settings import NotifyConfig
 from cachemon.store import db as store
-from cachemon.store import export
+from cachemon.store import export, snapshots
 from cachemon.tuning import promote
 
 SLACK_SECRET = "B07CANARY/xoxbCanarySlackToken9f3e"
@@ -142,7 +142,7 @@ def test_echoed_secrets_are_redacted_everywhere(tmp_path, results):
         texts["kv error"] = str(err.value)
     finally:
         server.close()
-    store.publish_snapshot(db)
+    snapshots.publish_snapshot(db)
     history = _cli(
         env, "cachemon", "alerts", "history", "--since", "2026-11-01T00:00:00Z", "--json"
     )
@@ -201,7 +201,7 @@ def test_an_older_store_is_redacted_at_the_output_edges(tmp_path, results):
         con.execute(
             "UPDATE notifications SET last_error = ?", [f"rejected: token {secret} is invalid"]
         )
-    store.publish_snapshot(db)
+    snapshots.publish_snapshot(db)
     env = dict(
         {k: v for k, v in os.environ.items() if not k.startswith("CACHEMON_")},
         CACHEMON_DB=str(db),

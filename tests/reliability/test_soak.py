@@ -23,6 +23,7 @@ from servers import chromium, free_port, streamlit_server
 
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
+from cachemon.store import snapshots
 
 SECONDS = 600 if LONG else 90
 CONFIG = "[simulator]\nseed = 3\nrequests_per_hour = 20000\ncatalog_keys = 8000\n"
@@ -36,7 +37,7 @@ def _rss_mib(pid: int) -> float:
 
 
 def _has_data(db) -> bool:
-    if not store.snapshot_path(db).exists():
+    if not snapshots.snapshot_path(db).exists():
         return False
     with store.reader(db) as con:
         return metrics.data_span(con) is not None
@@ -97,7 +98,7 @@ def test_runner_dashboard_analyst_and_api_at_once(tmp_path, results):
         def analyst():
             while not stop.is_set():
                 try:
-                    con = _open_as_documented(store.snapshot_path(db), counts)
+                    con = _open_as_documented(snapshots.snapshot_path(db), counts)
                     for _ in range(5):
                         con.execute(
                             "SELECT tier, sum(requests) FROM v1.requests_minute GROUP BY tier"

@@ -20,6 +20,8 @@ from cachemon.cli import main as cli
 from cachemon.errors import StoreBusyError, StoreError
 from cachemon.runner import selfcheck
 from cachemon.store import db as store
+from cachemon.store import lock as store_lock
+from cachemon.store import snapshots
 
 SILENCE = ["alerts", "silence", "miss_rate", "--for", "1h", "--reason", "x"]
 
@@ -49,18 +51,18 @@ def made(tmp_path):
     db = tmp_path / "s" / "k.duckdb"
     with store.writer(db):
         pass
-    store.publish_snapshot(db)
+    snapshots.publish_snapshot(db)
     return db
 
 
 def test_writers_refuse_snapshot_paths_and_readers_follow_the_store(made, capsys, results):
     d = made.parent
-    version = store.current_snapshot(made)
+    version = snapshots.current_snapshot(made)
     alias = d / "latest.duckdb"
     alias.symlink_to(version.name)
     before = _md5s(d)
     refused = 0
-    for path in (store.snapshot_path(made), version, alias):
+    for path in (snapshots.snapshot_path(made), version, alias):
         assert cli.main(["--db", str(path), *SILENCE]) == 2
         line = _error_line(capsys)
         assert (
@@ -74,7 +76,7 @@ def test_writers_refuse_snapshot_paths_and_readers_follow_the_store(made, capsys
     # Readers given the snapshot path (the README's analyst path) read the store's current snapshot.
     assert cli.main(["--db", str(made), *SILENCE]) == 0
     capsys.readouterr()
-    assert cli.main(["--db", str(store.snapshot_path(made)), "alerts", "silences"]) == 0
+    assert cli.main(["--db", str(snapshots.snapshot_path(made)), "alerts", "silences"]) == 0
     assert "miss_rate" in capsys.readouterr().out
     assert _silences(made) == 1
     results(
@@ -122,7 +124,7 @@ def test_non_filling_writers_never_create_a_store(tmp_path, capsys, monkeypatch,
 def test_odd_write_waits_are_refused(made, text, capsys, monkeypatch):
     monkeypatch.setenv("CACHEMON_WRITE_WAIT_SECONDS", text)
     with pytest.raises(StoreError, match="from 0 to 3600"):
-        store.write_wait()
+        store_lock.write_wait()
     before = _md5s(made.parent)
     assert cli.main(["--db", str(made), *SILENCE]) == 2
     assert "CACHEMON_WRITE_WAIT_SECONDS must be" in _error_line(capsys)
@@ -135,14 +137,14 @@ def test_write_wait_accepts_sane_values(monkeypatch):
         ("0", 0.0),
         ("2.5", 2.5),
         ("3600", 3600.0),
-        ("", store.DEFAULT_WRITE_WAIT_S),
+        ("", store_lock.DEFAULT_WRITE_WAIT_S),
     ):
         monkeypatch.setenv("CACHEMON_WRITE_WAIT_SECONDS", text)
-        assert store.write_wait() == want
+        assert store_lock.write_wait() == want
 
 
 def test_busy_message_never_names_a_dead_holder(made, results):
-    lock = store.lock_path(made)
+    lock = store_lock.lock_path(made)
     with store.writer(made):  # a cachemon writer clears its name when it lets go
         assert "pid" in lock.read_text()
     assert lock.read_text() == ""
@@ -188,9 +190,7 @@ def test_fast_clock_never_passes_real_time():
         clock = _clock(start, 1e6)
         time.sleep(0.05)  # 50 000 simulated seconds: far past now without the clamp
         t = clock()
-        assert t <= datetime.now(UTC) and t > datetime.now(UTC) - timedelta(
-            seconds=5
-        )
+        assert t <= datetime.now(UTC) and t > datetime.now(UTC) - timedelta(seconds=5)
 
 
 def test_run_log_times_from_the_future_are_not_fresh():

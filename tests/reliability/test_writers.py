@@ -20,6 +20,7 @@ from pingsink import PingSink
 
 from cachemon.cli import main as cli
 from cachemon.store import db as store
+from cachemon.store import snapshots
 
 SECRET = "/ping/0d9e1f-runner-check-key"
 CONFIG = '[simulator]\nseed = 5\nrequests_per_hour = 6000\ncatalog_keys = 3000\n[jobs]\ncompact_at = "23:50"\n'
@@ -78,7 +79,7 @@ def test_writers_hammering_the_store_never_stop_the_runner(tmp_path, results):
     )
     try:
         deadline = time.time() + 90
-        while time.time() < deadline and not store.snapshot_path(db).exists():
+        while time.time() < deadline and not snapshots.snapshot_path(db).exists():
             assert runner.poll() is None, log.read_text()
             time.sleep(0.2)
         writer_env = {k: v for k, v in env.items() if k != "CACHEMON_HEARTBEAT_URL"}

@@ -1,0 +1,85 @@
+"""The demo: `days` of simulated traffic, with every page's history filled in.
+
+A composition over ingest (the simulator's data), alerts (their history),
+tuning (experiment results) and costs (the daily report), which is why it
+lives above them rather than in `cachemon.ingest.load`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cachemon.alerts import evaluate as alerts
+from cachemon.argcheck import bounded
+from cachemon.clock import MINUTE, Window, days_span, floor_to
+from cachemon.costs import report
+from cachemon.ingest import load
+from cachemon.ingest import write as ingest
+from cachemon.runner import runs as runner
+from cachemon.settings import Config
+from cachemon.sources.simulator import Simulator
+from cachemon.store import db as store
+from cachemon.tuning import analysis as tuning
+
+# Demo windows: long enough to amortise per-statement costs, short enough
+# for a progress bar and bounded memory (~2 M events a day).
+DEMO_CHUNK = timedelta(hours=24)
+# The longest demo: a year and a month covers every retention and report view.
+DEMO_MAX_DAYS = 400
+SEED_MAX = 2**32 - 1  # numpy's seed range
+
+
+def demo(
+    cfg: Config,
+    days: float,
+    now: datetime,
+    seed: int | None = None,
+    progress: load.Progress | None = None,
+) -> load.LoadSummary:
+    """Replace the simulator's data with `days` of traffic ending at `now`.
+
+    A demo that fails changes nothing: the arguments are checked first, then
+    the new data is built aside and swapped in only when complete
+    (`store.rebuilt`)."""
+    span = days_span(days, "--days", DEMO_MAX_DAYS)
+    sim_cfg = (
+        cfg.simulator
+        if seed is None
+        else dataclasses.replace(cfg.simulator, seed=bounded(seed, "--seed", 0, SEED_MAX))
+    )
+    sim = Simulator(sim_cfg)
+    end = floor_to(now, MINUTE)
+    # Whole minutes, as every stored window (a fraction of a day may not be).
+    windows = Window(floor_to(end - span, MINUTE), end).split(DEMO_CHUNK)
+    with store.rebuilt(cfg.store.path, now) as aside:
+        events = _demo_into(aside, cfg, sim, windows, end, now, progress)
+    return load.LoadSummary(load.SIMULATOR, events, len(windows), end)
+
+
+def _demo_into(
+    path: Path,
+    cfg: Config,
+    sim: Simulator,
+    windows: list[Window],
+    end: datetime,
+    now: datetime,
+    progress: load.Progress | None,
+) -> int:
+    """The demo's writes, into the store at `path` (the copy aside)."""
+    with store.writer(path, now, publish=False) as con:
+        ingest.drop_source(con, load.SIMULATOR)
+        events = load.feed(con, cfg, sim, windows, now, progress)
+        # The alert history of the old data would describe traffic that is
+        # gone: evaluate the new span instead, without notifying anyone.
+        alerts.reset(con)
+        alerts.backfill(con, cfg, windows[0].start, end)
+        # Likewise the daily jobs' results, so every page has something to show.
+        tuning.reset(con)
+        daily_at = next(s.at for s in runner.schedule(cfg) if s.name == "experiments")
+        tuning.backfill(con, cfg.experiments, windows[0].start, end, cfg.pricing, daily_at)
+        day = report.report_day(end)
+        if windows[0].start <= datetime(day.year, day.month, day.day, tzinfo=UTC):
+            report.save(con, report.build(con, cfg, day, now))
+    return events
