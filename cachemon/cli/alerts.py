@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import os
 from datetime import datetime, timedelta
@@ -14,6 +15,7 @@ from cachemon.argcheck import MAX_ID, bounded
 from cachemon.clock import check_not_future, format_duration, iso, parse_duration, parse_instant
 from cachemon.notify import outbox as notify
 from cachemon.redact import Redactor
+from cachemon.settings import Config
 from cachemon.store import db as store
 
 
@@ -59,7 +61,7 @@ def register(sub) -> None:
     a.add_parser("rules", help="list the effective rules").set_defaults(func=rules)
 
 
-def check(args, cfg, now) -> int:
+def check(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`alerts check`: evaluate every rule at --at (or now), queue and deliver notifications."""
     at = parse_instant(args.at, "--at") if args.at else now
     if not args.dry_run:  # a dry run writes nothing, so it may look ahead
@@ -100,7 +102,7 @@ def _print_states(ev: alerts.Evaluation) -> None:
         )
 
 
-def history(args, cfg, now) -> int:
+def history(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`alerts history`: state changes and notifications since --since, redacted."""
     since = parse_instant(args.since, "--since") if args.since else now - timedelta(days=7)
     bounded(args.limit, "--limit", 1)
@@ -146,7 +148,7 @@ def _jsonable(v):
     return iso(v) if isinstance(v, datetime) else str(v)
 
 
-def silence(args, cfg, now) -> int:
+def silence(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`alerts silence`: mute an alert type or rule for --for."""
     duration = parse_duration(args.duration, "--for")
     s = None
@@ -171,7 +173,7 @@ def _user() -> str:
         return ""
 
 
-def silences(args, cfg, now) -> int:
+def silences(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`alerts silences`: the silences active now."""
     with store.reader(cfg.store.path) as con:
         rows = alerts.active_silences(con, now)
@@ -185,7 +187,7 @@ def silences(args, cfg, now) -> int:
     return 0
 
 
-def unsilence(args, cfg, now) -> int:
+def unsilence(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`alerts unsilence`: end a silence now."""
     bounded(args.id, "silence id", 1, MAX_ID)
     with store.writer(cfg.store.path, now, create=False) as con:
@@ -194,7 +196,7 @@ def unsilence(args, cfg, now) -> int:
     return 0
 
 
-def deliver(args, cfg, now) -> int:
+def deliver(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`alerts deliver`: send the outbox's due notifications."""
     transports = notify.Transports.from_env(os.environ)
     with store.writer(cfg.store.path, now, create=False) as con:
@@ -207,7 +209,7 @@ def deliver(args, cfg, now) -> int:
     return 0 if ok else 1
 
 
-def rules(args, cfg, now) -> int:
+def rules(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`alerts rules`: the effective rules, one a line."""
     for r in effective_rules(cfg.alerts):
         extra = f" for {format_duration(r.for_)}" if r.for_ else ""

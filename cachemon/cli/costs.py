@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from datetime import date
+from datetime import date, datetime
 
 from cachemon.clock import EARLIEST
 from cachemon.costs import report
 from cachemon.errors import InputError
 from cachemon.notify import outbox as notify
+from cachemon.settings import Config
 from cachemon.store import db as store
 
 
@@ -34,7 +36,7 @@ def register(sub) -> None:
     r.set_defaults(func=run_report)
 
 
-def run_report(args, cfg, now) -> int:
+def run_report(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`costs report`: build the day's report, store it, queue and deliver it (not in a dry run)."""
     day = _day(args.date, now)
     transports = notify.Transports.from_env(os.environ)
@@ -70,7 +72,7 @@ def run_report(args, cfg, now) -> int:
     return 0 if ok else 1
 
 
-def _day(text: str | None, now) -> date:
+def _day(text: str | None, now: datetime) -> date:
     """--date as a UTC day in the supported range (default: the report day before `now`)."""
     try:
         day = date.fromisoformat(text) if text else report.report_day(now)

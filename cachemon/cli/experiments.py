@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+from datetime import datetime
 
 from cachemon import jsontext
 from cachemon.clock import check_not_future, parse_instant
 from cachemon.errors import CachemonError, InputError
 from cachemon.notify import outbox as notify
+from cachemon.settings import Config
 from cachemon.store import db as store
 from cachemon.tuning import analysis as tuning
 from cachemon.tuning import promote
@@ -38,7 +41,7 @@ def register(sub) -> None:
     s.set_defaults(func=assign)
 
 
-def list_experiments(args, cfg, now) -> int:
+def list_experiments(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`experiments list`: each experiment's scheme, exact allocation and days needed."""
     if not cfg.experiments:
         print(NONE_CONFIGURED)
@@ -54,7 +57,7 @@ def list_experiments(args, cfg, now) -> int:
     return 0
 
 
-def _plan(cfg, e, now) -> str:
+def _plan(cfg: Config, e, now: datetime) -> str:
     try:
         with store.reader(cfg.store.path) as con:
             days = tuning.plan(con, e, min(now, e.start) if e.start > now else now)
@@ -63,7 +66,7 @@ def _plan(cfg, e, now) -> str:
     return f"{days}" if days else "more than 90 (or no traffic in the last 7 days)"
 
 
-def assign(args, cfg, now) -> int:
+def assign(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`experiments assign`: the cohort (and its TTL) one cache key gets, as JSON."""
     by_name = {e.name: e for e in cfg.experiments}
     if args.experiment not in by_name:
@@ -88,7 +91,7 @@ def assign(args, cfg, now) -> int:
     return 0
 
 
-def analyze(args, cfg, now) -> int:
+def analyze(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`experiments analyze`: analyse, store, promote and deliver (not in a dry run)."""
     at = parse_instant(args.at, "--at") if args.at else now
     if not args.dry_run:

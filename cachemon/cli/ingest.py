@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+from datetime import datetime
 
 from tqdm import tqdm
 
 from cachemon.clock import check_not_future, parse_instant
 from cachemon.ingest import load as pipeline
+from cachemon.settings import Config
 from cachemon.sources.analytics_engine import Client
 from cachemon.usecases import demo as demo_usecase
 
@@ -49,7 +52,7 @@ def register(sub) -> None:
     p.set_defaults(func=pull)
 
 
-def demo(args, cfg, now) -> int:
+def demo(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`demo`: replace the simulator's data with --days of traffic ending at --until."""
     skew = cfg.ingest.clock_skew
     until = (
@@ -67,7 +70,7 @@ def demo(args, cfg, now) -> int:
     return 0
 
 
-def import_files(args, cfg, now) -> int:
+def import_files(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`import`: every file or none; a file already imported is skipped."""
     summary = pipeline.import_files(cfg, args.files, now)
     for r in summary.imported:
@@ -77,7 +80,7 @@ def import_files(args, cfg, now) -> int:
     return 0
 
 
-def pull(args, cfg, now) -> int:
+def pull(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`pull`: Analytics Engine rollups from the watermark (or --since) to --until (or now)."""
     since = parse_instant(args.since, "--since") if args.since else None
     skew = cfg.ingest.clock_skew

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from cachemon import jsontext
 from cachemon.api import server as api
@@ -12,6 +13,7 @@ from cachemon.argcheck import bounded
 from cachemon.clock import Period, parse_instant, utcnow
 from cachemon.errors import InputError
 from cachemon.events import ENDPOINTS
+from cachemon.settings import Config
 from cachemon.store import db as store
 from cachemon.usecases import metrics_report
 
@@ -75,7 +77,7 @@ def register(sub) -> None:
     p.set_defaults(func=show)
 
 
-def serve(args, cfg, now) -> int:
+def serve(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`serve`: the metrics API until interrupted; its clock is the wall clock, not `now`."""
     if args.cache_seconds < 0:
         raise InputError(f"--cache-seconds must be 0 or more, got {args.cache_seconds}")
@@ -102,7 +104,7 @@ def serve(args, cfg, now) -> int:
     return 0
 
 
-def show(args, cfg, now) -> int:
+def show(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`metrics`: one period's metrics as JSON or Prometheus text."""
     period = Period.parse(args.period)
     if args.format not in FORMATS:

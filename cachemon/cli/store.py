@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
+from datetime import datetime
 
 from cachemon.clock import check_not_future, parse_instant
 from cachemon.ingest import load as pipeline
+from cachemon.settings import Config
 from cachemon.store import db as store
 from cachemon.store import export as parquet_export
 
@@ -26,7 +29,7 @@ def register(sub) -> None:
     p.set_defaults(func=compact)
 
 
-def export(args, cfg, now) -> int:
+def export(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`export`: the analyst views as Parquet under --to, one folder per day."""
     since = parse_instant(args.since, "--since") if args.since else None
     with store.reader(cfg.store.path) as con:
@@ -36,7 +39,7 @@ def export(args, cfg, now) -> int:
     return 0
 
 
-def compact(args, cfg, now) -> int:
+def compact(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`compact`: merge finished per-key hours and apply the retention horizons."""
     at = (
         check_not_future(parse_instant(args.at, "--at"), now, skew=cfg.ingest.clock_skew)

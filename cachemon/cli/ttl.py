@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from datetime import datetime, timedelta
 
 import pandas as pd
@@ -23,6 +24,7 @@ from cachemon.clock import (
 from cachemon.errors import InputError
 from cachemon.events import ENDPOINTS
 from cachemon.pricing import days_in_month
+from cachemon.settings import Config
 from cachemon.sources import files
 from cachemon.sources.simulator import Simulator
 from cachemon.store import db as store
@@ -86,7 +88,7 @@ def register(sub) -> None:
     w.set_defaults(func=whatif)
 
 
-def whatif(args, cfg, now: datetime) -> int:
+def whatif(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`ttl whatif`: the candidate TTLs' table (or JSON) and the recommendation."""
     ttls = ttl.parse_ttls(args.ttl)
     edge_ttls = ttl.parse_ttls(args.edge_ttl) if args.edge_ttl else []
@@ -126,7 +128,7 @@ def whatif(args, cfg, now: datetime) -> int:
     return 0
 
 
-def _trace(paths, endpoint: str, cfg, window: Window):
+def _trace(paths, endpoint: str, cfg: Config, window: Window):
     if paths == ["simulator"]:
         # Requests are drawn per hour from (seed, hour): the same arrivals as
         # the stored run; the caches start from their steady state.

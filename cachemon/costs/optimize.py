@@ -27,7 +27,7 @@ from cachemon.clock import DAY, HOUR, Window, ceil_to, floor_to
 from cachemon.costs.tiermix import TierMix, kv_writes_sql
 from cachemon.metrics.window import data_span
 from cachemon.pricing import Pricing, days_in_month
-from cachemon.settings import COLD_PER_DAY, HOT_PER_DAY
+from cachemon.settings import COLD_PER_DAY, HOT_PER_DAY, Config
 from cachemon.store import topkeys
 
 TTL_FACTORS = (1, 2, 4, 7, 14, 30)
@@ -349,7 +349,7 @@ def _days(d: float) -> str:
 
 
 def recommend(
-    con, cfg, at: datetime, window: Window
+    con, cfg: Config, at: datetime, window: Window
 ) -> tuple[dict[str, int], float, list[Recommendation]]:
     """Key class counts, days covered, and every recommendation that applies."""
     days = load_keys(con, window, at)

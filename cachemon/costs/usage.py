@@ -30,6 +30,7 @@ from cachemon.costs.tiermix import TierMix
 from cachemon.events import TIERS
 from cachemon.metrics.window import TIER_TOTALS, data_span, window_params
 from cachemon.pricing import COMPONENTS, Pricing, days_in_month, month_share, month_start
+from cachemon.settings import Config
 
 QUERIES_PER_PULL = 4  # minute rollups, latency histogram, gauges, per-key counts
 GAUGE_USAGE = """
@@ -93,7 +94,7 @@ class Breakdown:
         return next(line for line in self.lines if line.component == component)
 
 
-def measure(con: duckdb.DuckDBPyConnection, window: Window, cfg) -> Usage:
+def measure(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> Usage:
     """Usage of `window` from the store's rollups and gauges."""
     length = window.end - window.start
     # Whole hours from the hourly rollups, ragged minutes from the minute ones.
@@ -157,7 +158,7 @@ def per_day(usage: Usage) -> Usage:
     return usage.scaled(factor, Window(usage.window.end - DAY, usage.window.end))
 
 
-def daily_costs(con: duckdb.DuckDBPyConnection, window: Window, cfg) -> pd.DataFrame:
+def daily_costs(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> pd.DataFrame:
     """List and billed cost of each UTC day in `window` with data (a day the
     data covers in part scaled to a full day), with a column per
     component's list cost."""
@@ -193,7 +194,7 @@ class Forecast:
     billed_total: float  # the month's bill: included amounts applied to the whole month
 
 
-def forecast(con, at: datetime, cfg, pricing: Pricing) -> Forecast:
+def forecast(con, at: datetime, cfg: Config, pricing: Pricing) -> Forecast:
     """Month-end cost from the month to date and the last 7 days' rate."""
     start = month_start(at)
     mtd = price(measure(con, Window(start, at), cfg), pricing)
@@ -274,13 +275,13 @@ class WindowCosts:
         return to_json(self.daily, self.forecast, self.at)
 
 
-def window_costs(con, window: Window, at: datetime, cfg) -> WindowCosts:
+def window_costs(con, window: Window, at: datetime, cfg: Config) -> WindowCosts:
     """The costs of a metrics window (see WindowCosts)."""
     daily = price(per_day(measure(con, window, cfg)), cfg.pricing)
     return WindowCosts(daily, forecast(con, at, cfg, cfg.pricing), at)
 
 
-def for_window(con, window: Window, at: datetime, cfg) -> dict:
+def for_window(con, window: Window, at: datetime, cfg: Config) -> dict:
     """The `costs` block of a metrics window: its usage as a daily rate,
     priced, and the month-end forecast as of `at`."""
     return window_costs(con, window, at, cfg).to_json()

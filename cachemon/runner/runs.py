@@ -36,6 +36,7 @@ from pathlib import Path
 
 from cachemon.clock import DAY, as_utc, floor_to, format_duration, iso
 from cachemon.errors import CachemonError, StoreError
+from cachemon.settings import Config
 
 log = logging.getLogger("cachemon.runner")
 
@@ -216,7 +217,7 @@ class Runner:
         return [(spec, spec.next_run(self.last.get(spec.name), now)) for spec, _ in self.jobs]
 
 
-def schedule(cfg) -> list[JobSpec]:
+def schedule(cfg: Config) -> list[JobSpec]:
     """The runner's jobs and when they run, from the configuration."""
     j = cfg.jobs
     daily = lambda text: time(*map(int, text.split(":")))  # noqa: E731 (validated HH:MM)

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from cachemon.clock import CLOCK_SKEW, iso
 from cachemon.runner import runs as runner
+from cachemon.settings import Config
 
 # Ingest intervals without a successful ingest before the runner counts as
 # stalled: one slow or failed run is normal, three in a row are not.
@@ -106,7 +107,7 @@ class RunnerCheck:
         }
 
 
-def check(con, cfg, now: datetime) -> RunnerCheck:
+def check(con, cfg: Config, now: datetime) -> RunnerCheck:
     """The runner's state at `now`, from the run log."""
     statuses = runner.status(con, runner.schedule(cfg), now)
     ingest = next(s for s in statuses if s.spec.name == "ingest")

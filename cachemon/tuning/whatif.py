@@ -30,6 +30,7 @@ from cachemon.costs.tiermix import TierMix
 from cachemon.errors import InputError
 from cachemon.metrics.window import TIER_TOTALS, window_params
 from cachemon.pricing import Pricing, days_in_month
+from cachemon.settings import Config
 from cachemon.tuning.experiments import example_toml
 
 # Per key of the window: its requests, its KV lookups (requests the edge
@@ -196,7 +197,7 @@ class WhatIf:
 
 def whatif(
     con,
-    cfg,
+    cfg: Config,
     endpoints: list[str],
     ttls: list[timedelta],
     window: Window,
