@@ -32,7 +32,8 @@ from cachemon.cli.main import build_parser
 from cachemon.pricing import COMPONENTS
 from cachemon.store import db as store
 from cachemon.store import export, snapshots
-from cachemon.tuning.experiments import Experiment
+from cachemon.tuning.experiments import Experiment, example_toml
+from cachemon.tuning.experiments import parse as parse_experiments
 
 # The repository root, wherever this file sits below it.
 ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())
@@ -351,3 +352,20 @@ def test_the_readme_is_a_front_door():
     assert len(text.encode("utf-8")) <= 15 * 1024, "README.md: over 15 KB; move text to docs/"
     for doc in DOCS:
         assert f"(docs/{doc.name})" in text, f"README.md: no link to docs/{doc.name}"
+
+
+def test_the_experiments_example_is_the_codes_one_example():
+    """docs/experiments.md spells out every field of the one example
+    (`tuning.experiments.example_toml`, also used by `ttl whatif
+    --draft-experiment` and the dashboard): both parse to the same experiment."""
+    from_docs = [b for b in blocks([ROOT / "docs" / "experiments.md"], "toml")]
+    assert from_docs, "docs/experiments.md has no toml block"
+    doc = tomllib.loads(from_docs[0].text)["experiments"]
+    code = tomllib.loads(example_toml())["experiments"]
+    endpoints = tuple(e for e, _ in settings.CostsConfig().kv_ttl)
+    assert parse_experiments("docs", doc, endpoints) == parse_experiments(
+        "code", code, endpoints
+    ), (
+        f"docs/experiments.md:{from_docs[0].line}: the example differs from "
+        "tuning.experiments.example_toml()"
+    )
