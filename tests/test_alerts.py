@@ -20,7 +20,7 @@ from cachemon.alerts import evaluate as alerts
 from cachemon.alerts import health
 from cachemon.clock import iso
 from cachemon.errors import InputError
-from cachemon.notify import outbox as notify
+from cachemon.notify.transports import Transports
 from cachemon.store import db as store
 
 START = T0 - timedelta(hours=1)  # Thursday 07:00; the slowdown is 09:00-09:45
@@ -77,7 +77,7 @@ def _at(minutes: int):
 
 def _run(cfg, at, env):
     with store.writer(cfg.store.path, at) as con:
-        return alerts.run(con, cfg, at, notify.Transports.from_env(env))
+        return alerts.run(con, cfg, at, Transports.from_env(env))
 
 
 def _history(cfg):
@@ -283,9 +283,9 @@ def test_firing_alert_survives_missing_data_and_a_clock_jump(tmp_path, db, smtp)
     with store.writer(db, _at(FIRE)) as con:
         before = alerts.load_states(con)
         with pytest.raises(InputError, match="before the last evaluation"):
-            alerts.run(con, cfg, _at(60), notify.Transports.from_env(_env(smtp)))
+            alerts.run(con, cfg, _at(60), Transports.from_env(_env(smtp)))
         with pytest.raises(InputError, match="already evaluated"):
-            alerts.run(con, cfg, _at(FIRE), notify.Transports.from_env(_env(smtp)))
+            alerts.run(con, cfg, _at(FIRE), Transports.from_env(_env(smtp)))
         assert alerts.load_states(con) == before
     jump = _run(cfg, _at(FIRE) + timedelta(days=3), _env(smtp))  # the clock jumps 3 days ahead
     s = jump.evaluation.states[0]
@@ -299,7 +299,7 @@ def test_query_failure_is_an_error_state(tmp_path, db, smtp):
     cfg = _cfg(tmp_path, db, P99_RULE)
     with store.writer(db, _at(15)) as con:
         con.execute("ALTER TABLE latency_minute RENAME TO latency_minute_gone")
-        r = alerts.run(con, cfg, _at(15), notify.Transports.from_env(_env(smtp)))
+        r = alerts.run(con, cfg, _at(15), Transports.from_env(_env(smtp)))
     s = r.evaluation.states[0]
     assert s.state == "error" and "query failed" in s.message and "latency_minute" in s.message
     with store.reader(db) as con:

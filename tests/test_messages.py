@@ -22,7 +22,7 @@ FIRING = lc.InstanceState(
     "",
     "p99_latency",
     "critical",
-    lc.FIRING,
+    lc.State.FIRING,
     AT,
     AT,
     value=1832.4,
@@ -35,7 +35,7 @@ WARN = lc.InstanceState(
     "title",
     "edge_hit_rate",
     "warning",
-    lc.FIRING,
+    lc.State.FIRING,
     AT,
     AT,
     value=71.25,
@@ -48,7 +48,7 @@ RESOLVED = lc.InstanceState(
     "",
     "queue_depth",
     "critical",
-    lc.RESOLVED,
+    lc.State.RESOLVED,
     AT,
     AT,
     value=40.0,
@@ -120,7 +120,7 @@ def test_resolved_only_and_no_context():
 
 def test_subject_cannot_carry_a_header():
     evil = lc.InstanceState(
-        "r", "ti\r\ntle", "miss_rate", "critical", lc.FIRING, AT, AT, firing_since=AT
+        "r", "ti\r\ntle", "miss_rate", "critical", lc.State.FIRING, AT, AT, firing_since=AT
     )
     s = messages.subject(lc.Notice("email", "new", (evil,), (), AT), "[BooksTrack Cache]")
     assert "\r" not in s and "\n" not in s and s.endswith("[ti\\r\\ntle]")
@@ -136,7 +136,7 @@ def test_chat_payloads_golden(render, golden):
         "<!channel> @everyone *x*",
         "miss_rate",
         "critical",
-        lc.FIRING,
+        lc.State.FIRING,
         AT,
         AT,
         message="Cache miss rate (<!channel>) above threshold",

@@ -11,8 +11,10 @@ import trustme
 from servers import SmtpSink, WebhookSink, free_port
 
 from cachemon.alerts import lifecycle as lc
+from cachemon.alerts import notices
 from cachemon.errors import ConfigError
 from cachemon.notify import outbox as notify
+from cachemon.notify.transports import Transports
 from cachemon.settings import NotifyConfig
 from cachemon.store import db as store
 
@@ -23,7 +25,7 @@ ALERT = lc.InstanceState(
     "",
     "p99_latency",
     "critical",
-    lc.FIRING,
+    lc.State.FIRING,
     AT,
     AT,
     value=900.0,
@@ -33,8 +35,8 @@ ALERT = lc.InstanceState(
 )
 
 
-def _row(channel: str, t: notify.Transports, at=AT) -> notify.OutboxRow:
-    return notify.render(lc.Notice(channel, "new", (ALERT,), (), at), None, NC, t)
+def _row(channel: str, t: Transports, at=AT) -> notify.OutboxRow:
+    return notices.render(lc.Notice(channel, "new", (ALERT,), (), at), None, NC, t)
 
 
 def _enqueue(db, *rows):
@@ -56,7 +58,7 @@ def test_smtp_over_implicit_tls_with_login(db, tmp_path):
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     sink = SmtpSink(tls="ssl", ca=ca, user="mailer", password="pw-123456").start()
     try:
-        t = notify.Transports.from_env(
+        t = Transports.from_env(
             {
                 **sink.env(),
                 "SMTP_CA_FILE": str(tmp_path / "ca.pem"),
@@ -80,7 +82,7 @@ def test_wrong_smtp_password_is_named_without_the_password(db, caplog):
     sink.start()
     try:
         env = {**sink.env(), "SMTP_PASSWORD": "wrong-secret-pw", "ALERT_EMAIL": "a@example.org"}
-        t = notify.Transports.from_env(env)
+        t = Transports.from_env(env)
         _enqueue(db, _row("email", t))
         with caplog.at_level(logging.INFO):
             d = _deliver(db, t, AT)
@@ -100,7 +102,7 @@ def test_mailchannels_api_and_webhooks(db):
             "SLACK_WEBHOOK_URL": hooks.url("/slack/secret"),
             "DISCORD_WEBHOOK_URL": hooks.url("/discord/secret"),
         }
-        t = notify.Transports.from_env(env)
+        t = Transports.from_env(env)
         assert t.channels(NC) == ("email", "slack", "discord")
         _enqueue(db, *(_row(c, t) for c in ("email", "slack", "discord")))
         assert [d.ok for d in _deliver(db, t, AT)] == [True, True, True]
@@ -119,12 +121,12 @@ def test_mailchannels_api_and_webhooks(db):
 def test_rejected_webhook_retries_with_backoff_in_order_never_twice(db, caplog):
     hooks = WebhookSink()
     try:
-        t = notify.Transports.from_env(
-            {"SLACK_WEBHOOK_URL": hooks.url("/services/T/B/xoxb-secret-token")}
-        )
+        t = Transports.from_env({"SLACK_WEBHOOK_URL": hooks.url("/services/T/B/xoxb-secret-token")})
         first = _row("slack", t)
-        gone = lc.InstanceState("p99_latency", "", "p99_latency", "critical", lc.RESOLVED, AT, AT)
-        second = notify.render(lc.Notice("slack", "resolved", (), (gone,), AT), None, NC, t)
+        gone = lc.InstanceState(
+            "p99_latency", "", "p99_latency", "critical", lc.State.RESOLVED, AT, AT
+        )
+        second = notices.render(lc.Notice("slack", "resolved", (), (gone,), AT), None, NC, t)
         _enqueue(db, first, second)
         hooks.status = 404
         with caplog.at_level(logging.INFO):
@@ -158,7 +160,7 @@ def test_rejected_webhook_retries_with_backoff_in_order_never_twice(db, caplog):
 
 def test_unreachable_and_unconfigured_channels(db):
     port = free_port()  # nothing listens here
-    t = notify.Transports.from_env({"DISCORD_WEBHOOK_URL": f"http://127.0.0.1:{port}/hook"})
+    t = Transports.from_env({"DISCORD_WEBHOOK_URL": f"http://127.0.0.1:{port}/hook"})
     _enqueue(db, _row("discord", t), _row("email", t))
     results = _deliver(db, t, AT)
     assert [(d.channel, d.ok) for d in results] == [("discord", False), ("email", False)]
@@ -176,11 +178,11 @@ def test_unreachable_and_unconfigured_channels(db):
 )
 def test_bad_environment_is_named(env, message):
     with pytest.raises(ConfigError, match=message):
-        notify.Transports.from_env(env)
+        Transports.from_env(env)
 
 
 def test_secrets_never_in_repr():
-    t = notify.Transports.from_env(
+    t = Transports.from_env(
         {
             "SMTP_HOST": "h",
             "SMTP_PASSWORD": "pw1",
@@ -197,17 +199,17 @@ def test_recipients_per_severity():
     nc = NotifyConfig(
         critical=("oncall@example.org", "team@example.org"), warning=("team@example.org",)
     )
-    t = notify.Transports.from_env({"ALERT_EMAIL": "fallback@example.org", "SMTP_HOST": "h"})
-    assert notify.recipients(nc, t, {"critical", "warning"}) == (
+    t = Transports.from_env({"ALERT_EMAIL": "fallback@example.org", "SMTP_HOST": "h"})
+    assert notices.alert_recipients(nc, t, {"critical", "warning"}) == (
         "oncall@example.org",
         "team@example.org",
     )
-    assert notify.recipients(nc, t, {"warning"}) == ("team@example.org",)
-    assert notify.recipients(nc, t, {"info"}) == (
+    assert notices.alert_recipients(nc, t, {"warning"}) == ("team@example.org",)
+    assert notices.alert_recipients(nc, t, {"info"}) == (
         "fallback@example.org",
     )  # none configured: ALERT_EMAIL
     warn = lc.InstanceState(
-        "edge", "", "edge_hit_rate", "warning", lc.FIRING, AT, AT, firing_since=AT
+        "edge", "", "edge_hit_rate", "warning", lc.State.FIRING, AT, AT, firing_since=AT
     )
-    row = notify.render(lc.Notice("email", "new", (warn,), (), AT), None, nc, t)
+    row = notices.render(lc.Notice("email", "new", (warn,), (), AT), None, nc, t)
     assert json.loads(row.payload)["to"] == ["team@example.org"]

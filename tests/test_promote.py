@@ -15,6 +15,7 @@ from cachemon import config, settings
 from cachemon.clock import iso
 from cachemon.ingest import load as pipeline
 from cachemon.notify import outbox as notify
+from cachemon.notify.transports import Transports
 from cachemon.store import db as store
 from cachemon.testing.kv_emulator import Fault, KvEmulator
 from cachemon.tuning import analysis as tuning
@@ -148,7 +149,7 @@ def test_daily_run_promotes_a_winner_and_mails_the_notice(tmp_path, kv):
     sink = SmtpSink().start()
     try:
         env = _env(kv, **sink.env(), ALERT_EMAIL="team@example.org")
-        t = notify.Transports.from_env(env)
+        t = Transports.from_env(env)
         with store.writer(tmp_path / "p.duckdb", at) as con:
             analyses, actions = promote.daily(con, cfg, at, env, t)
             notify.deliver(con, t, cfg.notify, at)
@@ -178,7 +179,7 @@ def test_unreadable_experiment_config_restores_defaults_and_alerts(tmp_path, kv)
     sink = SmtpSink().start()
     try:
         env = _env(kv, **sink.env(), ALERT_EMAIL="oncall@example.org")
-        t = notify.Transports.from_env(env)
+        t = Transports.from_env(env)
         with store.writer(tmp_path / "b.duckdb", T0) as con:
             act = promote.on_bad_config(con, cfg, str(err.value), env, t, T0)
             notify.deliver(con, t, cfg.notify, T0)

@@ -16,6 +16,7 @@ from test_messages import _golden
 from cachemon import config, settings
 from cachemon.costs import report
 from cachemon.notify import outbox as notify
+from cachemon.notify.transports import Transports
 from cachemon.store import db as store
 
 NOW = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
@@ -46,7 +47,7 @@ def test_sent_once_per_day_replaced_on_rerun_resend_on_request(db):
     cfg = config.with_db(settings.Config(), str(db))
     sink = SmtpSink().start()
     try:
-        t = notify.Transports.from_env({**sink.env(), "ALERT_EMAIL": "team@example.org"})
+        t = Transports.from_env({**sink.env(), "ALERT_EMAIL": "team@example.org"})
 
         def run(resend=False, now=NOW):
             with store.writer(db, now) as con:

@@ -12,6 +12,7 @@ written back, recorded, and a critical notice goes out.
 
 from __future__ import annotations
 
+import html
 import json
 import time
 import urllib.parse
@@ -21,7 +22,10 @@ from datetime import datetime, timedelta
 
 from cachemon import jsontext, outbound
 from cachemon.errors import CachemonError, ConfigError
+from cachemon.notify import outbox as notify
+from cachemon.notify.transports import Transports
 from cachemon.redact import Redactor
+from cachemon.tuning import analysis as tuning
 from cachemon.tuning.experiments import MAX_TTL, MIN_TTL, Experiment
 
 CONFIG_KEY = "config:kv-ttls"
@@ -29,6 +33,7 @@ ENDPOINTS = ("title", "isbn", "author")
 RECORD = "INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?)"
 HISTORY = "SELECT done_at, action, experiment, old_config, new_config, detail FROM promotions ORDER BY done_at"
 MAX_VALUE = 1024 * 1024  # bytes of a KV answer read; the TTL config is a few dozen
+RETRY_AFTER_429 = 1.1  # seconds: KV takes one write per second per key
 
 
 class PromotionError(CachemonError):
@@ -37,6 +42,10 @@ class PromotionError(CachemonError):
 
 @dataclass(frozen=True)
 class KvClient:
+    """The Workers KV REST API. `call` (one HTTP exchange, `outbound.call`)
+    and `sleep` (the back-off of a 429) are parameters with real defaults,
+    as prometheus_client's `handler=`: tests pass fakes."""
+
     base: str
     account: str
     namespace: str
@@ -44,9 +53,12 @@ class KvClient:
     timeout: float = 10.0  # seconds, the whole of one call
     redactor: Redactor = field(default=Redactor(), repr=False)
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+    call: Callable[..., outbound.Answer] = field(default=outbound.call, repr=False)
 
     @classmethod
-    def from_env(cls, env) -> KvClient:
+    def from_env(cls, env, **world) -> KvClient:
+        """The client CF_API_BASE, CF_ACCOUNT_ID, CF_KV_NAMESPACE_ID and
+        CF_API_TOKEN describe; `world` sets `sleep` or `call`."""
         missing = [
             v for v in ("CF_ACCOUNT_ID", "CF_API_TOKEN", "CF_KV_NAMESPACE_ID") if not env.get(v)
         ]
@@ -58,6 +70,7 @@ class KvClient:
             env["CF_KV_NAMESPACE_ID"],
             env["CF_API_TOKEN"],
             redactor=Redactor.from_env(env),
+            **world,
         )
 
     def _url(self, key: str) -> str:
@@ -69,7 +82,7 @@ class KvClient:
     def _call(self, method: str, key: str, body: bytes | None = None) -> outbound.Answer:
         for attempt in range(4):
             try:
-                r = outbound.call(
+                r = self.call(
                     method,
                     self._url(key),
                     content=body,
@@ -88,7 +101,7 @@ class KvClient:
             except outbound.OutboundError as exc:
                 raise PromotionError(f"Workers KV unreachable: {exc}") from None
             if r.status == 429 and attempt < 3:  # one write per second per key
-                self.sleep(1.1)
+                self.sleep(RETRY_AFTER_429)
                 continue
             return r
         return r
@@ -209,12 +222,8 @@ def history(con) -> list[tuple]:
     return con.execute(HISTORY).fetchall()
 
 
-def announce(con, a: Action, cfg, transports, at: datetime) -> list[str]:
+def announce(con, a: Action, cfg, transports: Transports, at: datetime) -> list[str]:
     """Queue the notice of a promotion or rollback on every configured channel."""
-    import html
-
-    from cachemon.notify import outbox as notify
-
     prefix = cfg.notify.subject_prefix
     if a.action == "rollback":
         subject = f"{prefix} CRITICAL: config_rollback"
@@ -236,8 +245,6 @@ def daily(con, cfg, at: datetime, env, transports, dry_run: bool = False):
     check the live TTL config (rolling back a corrupt one), promote
     winners. With `dry_run` nothing is stored, written or sent.
     Returns (analyses, actions)."""
-    from cachemon.tuning import analysis as tuning
-
     started = [e for e in cfg.experiments if e.start <= at]
     analyses = [tuning.analyze(con, e, at, cfg.pricing) for e in started]
     kv = KvClient.from_env(env) if env.get("CF_KV_NAMESPACE_ID") else None
