@@ -155,3 +155,21 @@ def test_lifecycle_invariants(outcomes, for_steps, keep_steps):
             assert s.state == kind and s.active == (prev is not None and prev.active)
         assert s.since <= s.evaluated_at
         prev = s
+
+
+def test_states_and_decisions_are_enums_with_the_stored_strings():
+    """The store, the API and the dashboard read these strings: the enums keep them."""
+    assert [s.value for s in lc.State] == [
+        "ok",
+        "pending",
+        "firing",
+        "resolved",
+        "no_data",
+        "error",
+    ]
+    assert [v.value for v in lc.Verdict] == ["breach", "clear", "no_data", "error"]
+    assert [r.value for r in lc.Reason] == ["new", "repeat", "resolved"]
+    s = run([lc.Verdict.BREACH, lc.Verdict.BREACH, lc.Verdict.BREACH])[-1]
+    assert s.state is lc.State.FIRING and s.state == "firing" and f"{s.state}" == "firing"
+    n, _ = lc.decide("email", [s], [], None, T, timedelta(hours=4))
+    assert n.reason is lc.Reason.NEW and n.reason == "new"

@@ -1,20 +1,26 @@
-"""Channels and the outbox against real servers on loopback."""
+"""Channels and the outbox against real servers on loopback, and with the
+world injected (fake post, SMTP session and clock)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
 
 import pytest
 import trustme
 from servers import SmtpSink, WebhookSink, free_port
 
+from cachemon import outbound
 from cachemon.alerts import lifecycle as lc
 from cachemon.alerts import notices
 from cachemon.errors import ConfigError
 from cachemon.notify import outbox as notify
-from cachemon.notify.transports import Transports
+from cachemon.notify.transports import Smtp, Transports
 from cachemon.settings import NotifyConfig
 from cachemon.store import db as store
 
@@ -213,3 +219,112 @@ def test_recipients_per_severity():
     )
     row = notices.render(lc.Notice("email", "new", (warn,), (), AT), None, nc, t)
     assert json.loads(row.payload)["to"] == ["team@example.org"]
+
+
+class FakeSmtp:
+    """An SMTP session that keeps what it is given (Transports.smtp_open)."""
+
+    def __init__(self):
+        self.sent, self.closed = [], False
+
+    def __call__(self, smtp, deadline, timeout):
+        self.deadline = deadline
+        return self
+
+    def send_message(self, msg):
+        self.sent.append(msg)
+
+    def quit(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def test_email_date_is_the_callers_clock_not_the_wall_clock(db):
+    session = FakeSmtp()
+    t = Transports(Smtp("mail.invalid", 25, "none"), alert_email=("a@example.org",))
+    t = replace(t, smtp_open=session)
+    _enqueue(db, _row("email", t))
+    later = AT + timedelta(days=3, minutes=7)  # a fake clock, far from the machine's
+    sent = _flush(db, t, later)
+    assert [d.ok for d in sent.deliveries] == [True] and session.closed
+    assert session.sent[0]["Date"] == format_datetime(later) == "Sun, 22 Nov 2026 09:52:00 +0000"
+
+
+def test_smtp_deadline_runs_on_the_injected_clock(db):
+    ticks = iter([100.0, 100.0 + NC.timeout.total_seconds() + 1])  # the send starts, then expires
+
+    def slow_server(smtp, deadline, timeout):
+        deadline.remaining()  # connecting: the deadline has passed by now
+        raise AssertionError("unreachable")
+
+    t = replace(
+        Transports(Smtp("mail.invalid", 25, "none"), alert_email=("a@example.org",)),
+        smtp_open=slow_server,
+        clock=lambda: next(ticks),
+    )
+    _enqueue(db, _row("email", t))
+    d = _flush(db, t, AT).deliveries[0]
+    assert not d.ok and d.detail == "SMTP server mail.invalid:25: no complete answer within 10 s"
+
+
+def test_webhook_post_is_injected(db):
+    posts = []
+
+    def post(method, url, **kw):
+        posts.append((method, url, kw["json"]["text"], kw["limit"]))
+        return outbound.Answer(200, {}, b"", True)
+
+    t = Transports(slack_url="https://hooks.invalid/T/B/secret", post=post)
+    _enqueue(db, _row("slack", t))
+    assert [d.ok for d in _flush(db, t, AT).deliveries] == [True]
+    assert posts == [
+        ("POST", "https://hooks.invalid/T/B/secret", "[BooksTrack Cache] CRITICAL: p99_latency", 10)
+    ]
+
+
+def test_flush_is_one_call_with_outcomes_and_lines(db):
+    answers = [500, 200, 200]  # slack refuses once, then takes its retry
+
+    def post(method, url, **kw):
+        return outbound.Answer(answers.pop(0), {}, b"server error", True)
+
+    t = Transports(
+        slack_url="https://hooks.invalid/s", discord_url="https://d.invalid/d", post=post
+    )
+    with store.writer(db, AT) as con:
+        mark = notify.last_id(con)
+        notify.enqueue(con, _row("slack", t))
+        notify.enqueue(con, _row("discord", t))
+        sent = notify.flush(con, NC, t, AT, mark)
+    assert [(d.channel, d.ok) for d in sent.deliveries] == [("slack", False), ("discord", True)]
+    assert [(o.channel, o.state) for o in sent.outcomes] == [
+        ("slack", notify.Fate.FAILED),
+        ("discord", notify.Fate.SENT),
+    ]
+    assert not sent.ok and (sent.sent, sent.failed) == (1, 1)
+    assert sent.lines[0].startswith("delivery 1 via slack: failed: slack webhook rejected")
+    assert sent.lines[1] == "delivery 2 via discord: sent"
+    with store.writer(db, AT + timedelta(hours=2)) as con:
+        again = notify.flush(con, NC, t, AT + timedelta(hours=2))  # no mark: none of its own
+    assert again.ok and again.outcomes == () and again.lines == ("delivery 1 via slack: sent",)
+
+
+def _flush(db, t, now) -> notify.Flush:
+    with store.writer(db, now) as con:
+        return notify.flush(con, NC, t, now)
+
+
+def test_notify_never_imports_alerts():
+    """notify is below alerts: the alert parts of a message live in cachemon.alerts."""
+    package = Path(notify.__file__).parent
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any(n.startswith("cachemon.alerts") for n in names), path.name
