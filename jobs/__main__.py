@@ -132,7 +132,7 @@ class Jobs:
             len(result.evaluation.states),
             ", ".join(firing) or "none",
             len(result.outbox),
-            result.sent.sent,
+            result.flush.sent,
         )
         return len(result.outbox)
 

@@ -17,7 +17,7 @@ from servers import SmtpSink, WebhookSink
 
 from cachemon import config
 from cachemon.alerts import evaluate as alerts
-from cachemon.alerts import health
+from cachemon.alerts import health, silences
 from cachemon.clock import iso
 from cachemon.errors import InputError
 from cachemon.notify.transports import Transports
@@ -217,7 +217,7 @@ def test_outbox_delivers_after_smtp_server_returns_never_twice(tmp_path, db, cap
 def test_silence_mutes_notifications_not_evaluation(tmp_path, db, smtp):
     cfg = _cfg(tmp_path, db, ALWAYS_RULE)
     with store.writer(db, START) as con:
-        s = alerts.add_silence(
+        s = silences.add_silence(
             con, "busy", timedelta(hours=2), "load test", START, created_by="ann"
         )
     assert s.ends_at == _at(120)
@@ -229,9 +229,9 @@ def test_silence_mutes_notifications_not_evaluation(tmp_path, db, smtp):
     assert [m["Subject"] for m in smtp.messages] == ["[BooksTrack Cache] WARNING: busy"]
     with store.writer(db, _at(140)) as con:
         with pytest.raises(InputError, match="no alert type or rule named 'nope'"):
-            alerts.add_silence(con, "nope", timedelta(hours=1), "x", _at(140))
+            silences.add_silence(con, "nope", timedelta(hours=1), "x", _at(140))
         with pytest.raises(InputError, match="reason"):
-            alerts.add_silence(con, "busy", timedelta(hours=1), "  ", _at(140))
+            silences.add_silence(con, "busy", timedelta(hours=1), "  ", _at(140))
 
 
 def test_no_data_when_stale_or_quiet_and_data_stale_fires(tmp_path, db, smtp):

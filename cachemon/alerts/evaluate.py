@@ -400,12 +400,12 @@ class CheckResult:
 
     evaluation: Evaluation
     outbox: tuple[notify.OutboxRow, ...]
-    sent: notify.Flush  # notify.NOTHING for a dry run
+    flush: notify.Flush  # notify.NOTHING for a dry run
 
     @property
     def deliveries(self) -> tuple[notify.Delivery, ...]:
         """Every delivery attempted after the evaluation (earlier notifications' too)."""
-        return self.sent.deliveries
+        return self.flush.deliveries
 
 
 def due(con, at: datetime) -> bool:
