@@ -237,7 +237,8 @@ def summary(
 ) -> tuple[list[str], bool]:
     """One line per delivery attempted (an earlier notification's too) and
     per notification queued after id `after` that was not tried, and
-    whether everything went out (see `delivered_all`). Prefer `flush`."""
+    whether everything went out (see `delivered_all`). `flush` says the same
+    in one call; this stays only until cli/ calls `flush`."""
     mine = outcomes(con, after, results)
     return _lines(results, mine, scrub), delivered_all(results, mine)
 
