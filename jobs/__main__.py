@@ -35,17 +35,20 @@ import schedule
 
 from cachemon import config as config_mod
 from cachemon.alerts import evaluate as alerts
+from cachemon.alerts.lifecycle import State
 from cachemon.argcheck import finite
 from cachemon.clock import CLOCK_SKEW, as_utc, check_not_future, iso, parse_instant, utcnow
 from cachemon.costs import report
 from cachemon.errors import CachemonError, ConfigError, StoreBusyError, StoreDiskError, StoreError
 from cachemon.ingest import load as pipeline
 from cachemon.notify import outbox as notify
+from cachemon.notify.transports import Transports
 from cachemon.runner import heartbeat
 from cachemon.runner import runs as runner
 from cachemon.store import connection, snapshots
 from cachemon.store import db as store
 from cachemon.store import lock as store_lock
+from cachemon.tuning import promote
 
 log = logging.getLogger("jobs")
 # Where the store's data ends, whatever the source.
@@ -125,35 +128,30 @@ class Jobs:
                 log.info("alerts: %s already evaluated", iso(now))
                 return 0
             result = alerts.run(con, self.cfg, now, transports)
-        firing = [s.rule for s in result.evaluation.states if s.state == "firing"]
+        firing = [s.rule for s in result.evaluation.states if s.state == State.FIRING]
         log.info(
             "alerts: %d instances, firing: %s; %d notification(s) queued, %d delivered",
             len(result.evaluation.states),
             ", ".join(firing) or "none",
             len(result.outbox),
-            sum(d.ok for d in result.deliveries),
+            result.flush.sent,
         )
         return len(result.outbox)
 
     def deliver(self, now: datetime) -> int:
         transports = self._transports()
         with store.writer(self.cfg.store.path, now, publish=False) as con:
-            results = notify.deliver(con, transports, self.cfg.notify, now)
-        if results:
-            log.info(
-                "deliver: %d sent, %d failed",
-                sum(d.ok for d in results),
-                sum(not d.ok for d in results),
-            )
-        return sum(d.ok for d in results)
+            sent = notify.flush(con, self.cfg.notify, transports, now)
+        if sent.deliveries:
+            log.info("deliver: %d sent, %d failed", sent.sent, sent.failed)
+        return sent.sent
 
     def report(self, now: datetime) -> int:
         transports = self._transports()
         day = report.report_day(now)
         with store.writer(self.cfg.store.path, now, publish=False) as con:
             r = report.build(con, self.cfg, day, now)
-            channels = report.queue(con, r, self.cfg, transports)
-            notify.deliver(con, transports, self.cfg.notify, now)
+            channels = report.send(con, r, self.cfg, transports, now).channels
         log.info(
             "report %s: %d recommendation(s), saving %.4f USD/day; queued for %s",
             day,
@@ -164,15 +162,13 @@ class Jobs:
         return len(channels)
 
     def experiments(self, now: datetime) -> int:
-        from cachemon.tuning import promote
-
         transports = self._transports()
         try:  # re-read: the experiments may have been edited since the runner started
             cfg = config_mod.with_db(config_mod.load(self.config_path), self.cfg.store.path)
         except CachemonError as exc:
             with store.writer(self.cfg.store.path, now, publish=False) as con:
                 act = promote.on_bad_config(con, self.cfg, str(exc), os.environ, transports, now)
-                notify.deliver(con, transports, self.cfg.notify, now)
+                notify.flush(con, self.cfg.notify, transports, now)
             log.error(
                 "experiments: config unreadable (%s); %s",
                 exc,
@@ -181,7 +177,7 @@ class Jobs:
             raise
         with store.writer(cfg.store.path, now, publish=False) as con:
             analyses, actions = promote.daily(con, cfg, now, os.environ, transports)
-            notify.deliver(con, transports, cfg.notify, now)
+            notify.flush(con, cfg.notify, transports, now)
         for a in analyses:
             log.info(
                 "experiment %s: %s (%s keys)",
@@ -193,10 +189,10 @@ class Jobs:
             log.warning("%s: %s", act.action, act.detail)
         return len(analyses)
 
-    def _transports(self) -> notify.Transports:
+    def _transports(self) -> Transports:
         # Lenient: a bad email setting leaves email out (recorded below as the
         # job's failure) instead of stopping evaluation and the chat channels.
-        t = notify.Transports.from_env(os.environ, strict=False)
+        t = Transports.from_env(os.environ, strict=False)
         self.email_problem = t.email_problem
         return t
 

@@ -17,10 +17,10 @@ from servers import SmtpSink, WebhookSink
 
 from cachemon import config
 from cachemon.alerts import evaluate as alerts
-from cachemon.alerts import health
+from cachemon.alerts import health, silences
 from cachemon.clock import iso
 from cachemon.errors import InputError
-from cachemon.notify import outbox as notify
+from cachemon.notify.transports import Transports
 from cachemon.store import db as store
 from cachemon.store import snapshots
 
@@ -78,7 +78,7 @@ def _at(minutes: int):
 
 def _run(cfg, at, env):
     with store.writer(cfg.store.path, at) as con:
-        return alerts.run(con, cfg, at, notify.Transports.from_env(env))
+        return alerts.run(con, cfg, at, Transports.from_env(env))
 
 
 def _history(cfg):
@@ -218,7 +218,7 @@ def test_outbox_delivers_after_smtp_server_returns_never_twice(tmp_path, db, cap
 def test_silence_mutes_notifications_not_evaluation(tmp_path, db, smtp):
     cfg = _cfg(tmp_path, db, ALWAYS_RULE)
     with store.writer(db, START) as con:
-        s = alerts.add_silence(
+        s = silences.add_silence(
             con, "busy", timedelta(hours=2), "load test", START, created_by="ann"
         )
     assert s.ends_at == _at(120)
@@ -230,9 +230,9 @@ def test_silence_mutes_notifications_not_evaluation(tmp_path, db, smtp):
     assert [m["Subject"] for m in smtp.messages] == ["[BooksTrack Cache] WARNING: busy"]
     with store.writer(db, _at(140)) as con:
         with pytest.raises(InputError, match="no alert type or rule named 'nope'"):
-            alerts.add_silence(con, "nope", timedelta(hours=1), "x", _at(140))
+            silences.add_silence(con, "nope", timedelta(hours=1), "x", _at(140))
         with pytest.raises(InputError, match="reason"):
-            alerts.add_silence(con, "busy", timedelta(hours=1), "  ", _at(140))
+            silences.add_silence(con, "busy", timedelta(hours=1), "  ", _at(140))
 
 
 def test_no_data_when_stale_or_quiet_and_data_stale_fires(tmp_path, db, smtp):
@@ -284,9 +284,9 @@ def test_firing_alert_survives_missing_data_and_a_clock_jump(tmp_path, db, smtp)
     with store.writer(db, _at(FIRE)) as con:
         before = alerts.load_states(con)
         with pytest.raises(InputError, match="before the last evaluation"):
-            alerts.run(con, cfg, _at(60), notify.Transports.from_env(_env(smtp)))
+            alerts.run(con, cfg, _at(60), Transports.from_env(_env(smtp)))
         with pytest.raises(InputError, match="already evaluated"):
-            alerts.run(con, cfg, _at(FIRE), notify.Transports.from_env(_env(smtp)))
+            alerts.run(con, cfg, _at(FIRE), Transports.from_env(_env(smtp)))
         assert alerts.load_states(con) == before
     jump = _run(cfg, _at(FIRE) + timedelta(days=3), _env(smtp))  # the clock jumps 3 days ahead
     s = jump.evaluation.states[0]
@@ -300,7 +300,7 @@ def test_query_failure_is_an_error_state(tmp_path, db, smtp):
     cfg = _cfg(tmp_path, db, P99_RULE)
     with store.writer(db, _at(15)) as con:
         con.execute("ALTER TABLE latency_minute RENAME TO latency_minute_gone")
-        r = alerts.run(con, cfg, _at(15), notify.Transports.from_env(_env(smtp)))
+        r = alerts.run(con, cfg, _at(15), Transports.from_env(_env(smtp)))
     s = r.evaluation.states[0]
     assert s.state == "error" and "query failed" in s.message and "latency_minute" in s.message
     with store.reader(db) as con:

@@ -14,7 +14,7 @@ from cachemon import config
 from cachemon.alerts import evaluate as alerts
 from cachemon.alerts.anomaly import WEEK, history_ends, robust_z
 from cachemon.alerts.rules import effective_rules
-from cachemon.notify import outbox as notify
+from cachemon.notify.transports import Transports
 from cachemon.store import db as store
 
 
@@ -76,7 +76,7 @@ def test_drift_below_static_threshold_is_caught(tmp_path):
     p.write_text(RULES)
     cfg = config.with_db(config.load(p, env={}), str(db))
     with store.writer(db, at) as con:
-        result = alerts.run(con, cfg, at, notify.Transports.from_env({}))
+        result = alerts.run(con, cfg, at, Transports.from_env({}))
     by_rule = {s.rule: s for s in result.evaluation.states}
     drift, static = by_rule["hit_rate_drift"], by_rule["miss_rate_warning"]
     assert static.state == "ok" and static.value < 10

@@ -15,7 +15,7 @@ from servers import chromium, streamlit_server
 from streamlit.testing.v1 import AppTest
 
 from cachemon import config
-from cachemon.alerts import health
+from cachemon.alerts import health, silences
 from cachemon.clock import floor_to, iso, utcnow
 from cachemon.costs import report
 from cachemon.ingest import load as pipeline
@@ -264,7 +264,6 @@ def test_experiments_without_config_say_how_to_add_one(live_store, monkeypatch):
 
 
 def test_alerts_page_lists_states_and_creates_a_silence(live_store, monkeypatch):
-    from cachemon.alerts import evaluate as alerts
 
     db, cfg_file = live_store
     at = _app(monkeypatch, db, cfg_file, "alerts")
@@ -277,7 +276,7 @@ def test_alerts_page_lists_states_and_creates_a_silence(live_store, monkeypatch)
     at.button[0].click().run()
     assert any("muted until" in s.value for s in at.success), [e.value for e in at.error]
     with store.reader(db) as con:
-        assert [s.reason for s in alerts.active_silences(con, utcnow())] == ["deploy in progress"]
+        assert [s.reason for s in silences.active_silences(con, utcnow())] == ["deploy in progress"]
     assert "deploy in progress" in set(at.dataframe[-1].value["reason"])
 
 

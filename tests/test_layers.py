@@ -22,15 +22,6 @@ PACKAGE = ROOT / "cachemon"
 # layers, store layers, acyclic siblings, forbidden UI libraries (pyproject.toml)
 CONTRACTS = 4
 
-# Function-level imports still waiting for another change of issue 19, as
-# (file, imported module). Each must still exist (the test says when one is
-# gone, so the entry goes with it); none may be added.
-PENDING = {
-    # alerts.rules -> notify.outbox -> alerts.messages -> alerts.rules is a cycle
-    # until notify no longer imports alerts (the notify/messages split).
-    ("cachemon/alerts/rules.py", "cachemon.notify.outbox"),
-}
-
 
 def function_level_imports(source: str, filename: str) -> list[tuple[int, str]]:
     """(line, imported module) of every import of a cachemon module (absolute,
@@ -67,15 +58,9 @@ def test_no_function_level_import_of_a_cachemon_module():
     new = [
         f"{rel}:{line}: imports {module} inside a function; import it at the top of the module"
         for (rel, module), lines in sorted(found.items())
-        if (rel, module) not in PENDING
         for line in lines
     ]
     assert not new, "\n".join(new)
-
-
-def test_pending_function_level_imports_still_exist():
-    gone = sorted(PENDING - set(_all_function_level_imports()))
-    assert not gone, f"no longer a function-level import, remove from PENDING: {gone}"
 
 
 @pytest.mark.parametrize(

@@ -26,14 +26,19 @@ def run(outcomes, rule=RULE):
     s, out = None, []
     for i, kind in enumerate(outcomes):
         s = lc.step(
-            s, rule, "", lc.Outcome(kind, 600.0 if kind == lc.BREACH else 100.0), T + i * STEP, "m"
+            s,
+            rule,
+            "",
+            lc.Outcome(kind, 600.0 if kind == lc.Verdict.BREACH else 100.0),
+            T + i * STEP,
+            "m",
         )
         out.append(s)
     return out
 
 
 def test_for_keeps_pending_then_fires_and_keep_firing_for_holds():
-    B, C = lc.BREACH, lc.CLEAR
+    B, C = lc.Verdict.BREACH, lc.Verdict.CLEAR
     states = [s.state for s in run([C, B, B, B, C, C, C])]
     # breach at +15m: pending; held 30m at +45m: firing; first clear held by keep_firing_for 15m.
     assert states == ["ok", "pending", "pending", "firing", "firing", "resolved", "ok"]
@@ -42,7 +47,7 @@ def test_for_keeps_pending_then_fires_and_keep_firing_for_holds():
 
 
 def test_pending_resets_on_clear_and_on_missing_data():
-    B, C, N = lc.BREACH, lc.CLEAR, lc.NO_DATA
+    B, C, N = lc.Verdict.BREACH, lc.Verdict.CLEAR, lc.Verdict.NO_DATA
     assert [s.state for s in run([B, B, C, B, B])] == [
         "pending",
         "pending",
@@ -54,7 +59,7 @@ def test_pending_resets_on_clear_and_on_missing_data():
 
 
 def test_no_data_and_error_keep_a_firing_alert_active():
-    B, C, N, E = lc.BREACH, lc.CLEAR, lc.NO_DATA, lc.ERROR
+    B, C, N, E = lc.Verdict.BREACH, lc.Verdict.CLEAR, lc.Verdict.NO_DATA, lc.Verdict.ERROR
     states = run([B, B, B, N, E, B, C, C])
     assert [s.state for s in states] == [
         "pending",
@@ -69,7 +74,7 @@ def test_no_data_and_error_keep_a_firing_alert_active():
     assert all(s.active for s in states[2:7]) and not states[-1].active
 
 
-def _state(type_, severity, endpoint="", state=lc.FIRING):
+def _state(type_, severity, endpoint="", state=lc.State.FIRING):
     return lc.InstanceState(
         type_ + "_" + severity,
         endpoint,
@@ -78,7 +83,7 @@ def _state(type_, severity, endpoint="", state=lc.FIRING):
         state,
         T,
         T,
-        firing_since=T if state in (lc.FIRING, lc.NO_DATA) else None,
+        firing_since=T if state in (lc.State.FIRING, lc.State.NO_DATA) else None,
     )
 
 
@@ -94,7 +99,7 @@ def test_decide_new_changed_repeat_and_resolved():
     assert n3.reason == "new" and [s.type for s in n3.firing] == ["miss_rate", "p99_latency"]
     n4, _ = lc.decide("email", [a, b], [], g3, g3.sent_at + timedelta(hours=4), timedelta(hours=4))
     assert n4.reason == "repeat"
-    gone = lc.InstanceState(b.rule, "", b.type, b.severity, lc.RESOLVED, T, T)
+    gone = lc.InstanceState(b.rule, "", b.type, b.severity, lc.State.RESOLVED, T, T)
     n5, g5 = lc.decide("email", [a], [gone], g3, T + timedelta(hours=4), timedelta(hours=4))
     assert (
         n5.reason == "resolved" and n5.resolved == (gone,) and g5.members == ("critical:miss_rate",)
@@ -127,7 +132,7 @@ def test_silences_match_type_or_rule_and_endpoint_within_their_time():
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.lists(st.sampled_from([lc.BREACH, lc.CLEAR, lc.NO_DATA, lc.ERROR]), min_size=1, max_size=40),
+    st.lists(st.sampled_from(list(lc.Verdict)), min_size=1, max_size=40),
     st.integers(0, 4),
     st.integers(0, 3),
 )
@@ -138,15 +143,33 @@ def test_lifecycle_invariants(outcomes, for_steps, keep_steps):
     states = run(outcomes, rule)
     prev = None
     for kind, s in zip(outcomes, states):
-        assert (s.state == lc.FIRING) <= s.active  # firing implies active
-        if s.state == lc.RESOLVED:
-            assert prev is not None and prev.active and kind == lc.CLEAR
-        if s.state == lc.FIRING and (prev is None or not prev.active):
+        assert (s.state == lc.State.FIRING) <= s.active  # firing implies active
+        if s.state == lc.State.RESOLVED:
+            assert prev is not None and prev.active and kind == lc.Verdict.CLEAR
+        if s.state == lc.State.FIRING and (prev is None or not prev.active):
             # a new firing: the breach held through `for` with no gap
             start = s.since - rule.for_
             held = [o for o, t in zip(outcomes, states) if start <= t.evaluated_at <= s.since]
-            assert all(o == lc.BREACH for o in held)
-        if kind in (lc.NO_DATA, lc.ERROR):
+            assert all(o == lc.Verdict.BREACH for o in held)
+        if kind in (lc.Verdict.NO_DATA, lc.Verdict.ERROR):
             assert s.state == kind and s.active == (prev is not None and prev.active)
         assert s.since <= s.evaluated_at
         prev = s
+
+
+def test_states_and_decisions_are_enums_with_the_stored_strings():
+    """The store, the API and the dashboard read these strings: the enums keep them."""
+    assert [s.value for s in lc.State] == [
+        "ok",
+        "pending",
+        "firing",
+        "resolved",
+        "no_data",
+        "error",
+    ]
+    assert [v.value for v in lc.Verdict] == ["breach", "clear", "no_data", "error"]
+    assert [r.value for r in lc.Reason] == ["new", "repeat", "resolved"]
+    s = run([lc.Verdict.BREACH, lc.Verdict.BREACH, lc.Verdict.BREACH])[-1]
+    assert s.state is lc.State.FIRING and s.state == "firing" and f"{s.state}" == "firing"
+    n, _ = lc.decide("email", [s], [], None, T, timedelta(hours=4))
+    assert n.reason is lc.Reason.NEW and n.reason == "new"

@@ -12,6 +12,7 @@ import pytest
 
 from cachemon.alerts import lifecycle as lc
 from cachemon.alerts import messages
+from cachemon.alerts.rules import Rule, type_units
 
 GOLDEN = Path(__file__).parent / "golden"
 AT = datetime(2026, 11, 19, 9, 45, tzinfo=UTC)
@@ -22,7 +23,7 @@ FIRING = lc.InstanceState(
     "",
     "p99_latency",
     "critical",
-    lc.FIRING,
+    lc.State.FIRING,
     AT,
     AT,
     value=1832.4,
@@ -35,7 +36,7 @@ WARN = lc.InstanceState(
     "title",
     "edge_hit_rate",
     "warning",
-    lc.FIRING,
+    lc.State.FIRING,
     AT,
     AT,
     value=71.25,
@@ -48,7 +49,7 @@ RESOLVED = lc.InstanceState(
     "",
     "queue_depth",
     "critical",
-    lc.RESOLVED,
+    lc.State.RESOLVED,
     AT,
     AT,
     value=40.0,
@@ -120,7 +121,7 @@ def test_resolved_only_and_no_context():
 
 def test_subject_cannot_carry_a_header():
     evil = lc.InstanceState(
-        "r", "ti\r\ntle", "miss_rate", "critical", lc.FIRING, AT, AT, firing_since=AT
+        "r", "ti\r\ntle", "miss_rate", "critical", lc.State.FIRING, AT, AT, firing_since=AT
     )
     s = messages.subject(lc.Notice("email", "new", (evil,), (), AT), "[BooksTrack Cache]")
     assert "\r" not in s and "\n" not in s and s.endswith("[ti\\r\\ntle]")
@@ -136,7 +137,7 @@ def test_chat_payloads_golden(render, golden):
         "<!channel> @everyone *x*",
         "miss_rate",
         "critical",
-        lc.FIRING,
+        lc.State.FIRING,
         AT,
         AT,
         message="Cache miss rate (<!channel>) above threshold",
@@ -150,3 +151,25 @@ def test_chat_payloads_golden(render, golden):
     assert "<!channel>" not in text
     if golden == "discord.json":
         assert payload["allowed_mentions"] == {"parse": []} and len(payload["content"]) <= 2000
+
+
+def test_alert_units_are_derived_from_the_rules_metrics():
+    """One table of units (`MetricDef.unit`): the messages' units per alert
+    type follow from the rules, and are what they always were."""
+    assert messages.UNITS == {
+        "miss_rate": "%",
+        "edge_hit_rate": "%",
+        "error_rate": "%",
+        "p99_latency": "ms",
+        "p95_latency": "ms",
+        "queue_depth": "jobs",
+        "kv_storage": "bytes",
+        "data_stale": "s",
+    }
+    mixed = (
+        Rule("a", "p99_latency", 1.0, "warning", type="slow"),
+        Rule("b", "error_rate", 1.0, "critical", type="slow"),  # one type, two units
+        Rule("z", "combined_hit_rate", 3.0, "warning", kind="anomaly"),  # threshold is a z-score
+        Rule("q", "queue_depth", 5.0, "info"),
+    )
+    assert type_units(mixed) == {"q": "jobs"}  # the type defaults to the rule name

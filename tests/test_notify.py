@@ -1,18 +1,26 @@
-"""Channels and the outbox against real servers on loopback."""
+"""Channels and the outbox against real servers on loopback, and with the
+world injected (fake post, SMTP session and clock)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
 
 import pytest
 import trustme
 from servers import SmtpSink, WebhookSink, free_port
 
+from cachemon import outbound
 from cachemon.alerts import lifecycle as lc
+from cachemon.alerts import notices
 from cachemon.errors import ConfigError
 from cachemon.notify import outbox as notify
+from cachemon.notify.transports import Smtp, Transports
 from cachemon.settings import NotifyConfig
 from cachemon.store import db as store
 
@@ -23,7 +31,7 @@ ALERT = lc.InstanceState(
     "",
     "p99_latency",
     "critical",
-    lc.FIRING,
+    lc.State.FIRING,
     AT,
     AT,
     value=900.0,
@@ -33,8 +41,8 @@ ALERT = lc.InstanceState(
 )
 
 
-def _row(channel: str, t: notify.Transports, at=AT) -> notify.OutboxRow:
-    return notify.render(lc.Notice(channel, "new", (ALERT,), (), at), None, NC, t)
+def _row(channel: str, t: Transports, at=AT) -> notify.OutboxRow:
+    return notices.render(lc.Notice(channel, "new", (ALERT,), (), at), None, NC, t)
 
 
 def _enqueue(db, *rows):
@@ -56,7 +64,7 @@ def test_smtp_over_implicit_tls_with_login(db, tmp_path):
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     sink = SmtpSink(tls="ssl", ca=ca, user="mailer", password="pw-123456").start()
     try:
-        t = notify.Transports.from_env(
+        t = Transports.from_env(
             {
                 **sink.env(),
                 "SMTP_CA_FILE": str(tmp_path / "ca.pem"),
@@ -80,7 +88,7 @@ def test_wrong_smtp_password_is_named_without_the_password(db, caplog):
     sink.start()
     try:
         env = {**sink.env(), "SMTP_PASSWORD": "wrong-secret-pw", "ALERT_EMAIL": "a@example.org"}
-        t = notify.Transports.from_env(env)
+        t = Transports.from_env(env)
         _enqueue(db, _row("email", t))
         with caplog.at_level(logging.INFO):
             d = _deliver(db, t, AT)
@@ -100,7 +108,7 @@ def test_mailchannels_api_and_webhooks(db):
             "SLACK_WEBHOOK_URL": hooks.url("/slack/secret"),
             "DISCORD_WEBHOOK_URL": hooks.url("/discord/secret"),
         }
-        t = notify.Transports.from_env(env)
+        t = Transports.from_env(env)
         assert t.channels(NC) == ("email", "slack", "discord")
         _enqueue(db, *(_row(c, t) for c in ("email", "slack", "discord")))
         assert [d.ok for d in _deliver(db, t, AT)] == [True, True, True]
@@ -119,12 +127,12 @@ def test_mailchannels_api_and_webhooks(db):
 def test_rejected_webhook_retries_with_backoff_in_order_never_twice(db, caplog):
     hooks = WebhookSink()
     try:
-        t = notify.Transports.from_env(
-            {"SLACK_WEBHOOK_URL": hooks.url("/services/T/B/xoxb-secret-token")}
-        )
+        t = Transports.from_env({"SLACK_WEBHOOK_URL": hooks.url("/services/T/B/xoxb-secret-token")})
         first = _row("slack", t)
-        gone = lc.InstanceState("p99_latency", "", "p99_latency", "critical", lc.RESOLVED, AT, AT)
-        second = notify.render(lc.Notice("slack", "resolved", (), (gone,), AT), None, NC, t)
+        gone = lc.InstanceState(
+            "p99_latency", "", "p99_latency", "critical", lc.State.RESOLVED, AT, AT
+        )
+        second = notices.render(lc.Notice("slack", "resolved", (), (gone,), AT), None, NC, t)
         _enqueue(db, first, second)
         hooks.status = 404
         with caplog.at_level(logging.INFO):
@@ -158,7 +166,7 @@ def test_rejected_webhook_retries_with_backoff_in_order_never_twice(db, caplog):
 
 def test_unreachable_and_unconfigured_channels(db):
     port = free_port()  # nothing listens here
-    t = notify.Transports.from_env({"DISCORD_WEBHOOK_URL": f"http://127.0.0.1:{port}/hook"})
+    t = Transports.from_env({"DISCORD_WEBHOOK_URL": f"http://127.0.0.1:{port}/hook"})
     _enqueue(db, _row("discord", t), _row("email", t))
     results = _deliver(db, t, AT)
     assert [(d.channel, d.ok) for d in results] == [("discord", False), ("email", False)]
@@ -176,11 +184,11 @@ def test_unreachable_and_unconfigured_channels(db):
 )
 def test_bad_environment_is_named(env, message):
     with pytest.raises(ConfigError, match=message):
-        notify.Transports.from_env(env)
+        Transports.from_env(env)
 
 
 def test_secrets_never_in_repr():
-    t = notify.Transports.from_env(
+    t = Transports.from_env(
         {
             "SMTP_HOST": "h",
             "SMTP_PASSWORD": "pw1",
@@ -197,17 +205,126 @@ def test_recipients_per_severity():
     nc = NotifyConfig(
         critical=("oncall@example.org", "team@example.org"), warning=("team@example.org",)
     )
-    t = notify.Transports.from_env({"ALERT_EMAIL": "fallback@example.org", "SMTP_HOST": "h"})
-    assert notify.recipients(nc, t, {"critical", "warning"}) == (
+    t = Transports.from_env({"ALERT_EMAIL": "fallback@example.org", "SMTP_HOST": "h"})
+    assert notices.alert_recipients(nc, t, {"critical", "warning"}) == (
         "oncall@example.org",
         "team@example.org",
     )
-    assert notify.recipients(nc, t, {"warning"}) == ("team@example.org",)
-    assert notify.recipients(nc, t, {"info"}) == (
+    assert notices.alert_recipients(nc, t, {"warning"}) == ("team@example.org",)
+    assert notices.alert_recipients(nc, t, {"info"}) == (
         "fallback@example.org",
     )  # none configured: ALERT_EMAIL
     warn = lc.InstanceState(
-        "edge", "", "edge_hit_rate", "warning", lc.FIRING, AT, AT, firing_since=AT
+        "edge", "", "edge_hit_rate", "warning", lc.State.FIRING, AT, AT, firing_since=AT
     )
-    row = notify.render(lc.Notice("email", "new", (warn,), (), AT), None, nc, t)
+    row = notices.render(lc.Notice("email", "new", (warn,), (), AT), None, nc, t)
     assert json.loads(row.payload)["to"] == ["team@example.org"]
+
+
+class FakeSmtp:
+    """An SMTP session that keeps what it is given (Transports.smtp_open)."""
+
+    def __init__(self):
+        self.sent, self.closed = [], False
+
+    def __call__(self, smtp, deadline, timeout):
+        self.deadline = deadline
+        return self
+
+    def send_message(self, msg):
+        self.sent.append(msg)
+
+    def quit(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def test_email_date_is_the_callers_clock_not_the_wall_clock(db):
+    session = FakeSmtp()
+    t = Transports(Smtp("mail.invalid", 25, "none"), alert_email=("a@example.org",))
+    t = replace(t, smtp_open=session)
+    _enqueue(db, _row("email", t))
+    later = AT + timedelta(days=3, minutes=7)  # a fake clock, far from the machine's
+    sent = _flush(db, t, later)
+    assert [d.ok for d in sent.deliveries] == [True] and session.closed
+    assert session.sent[0]["Date"] == format_datetime(later) == "Sun, 22 Nov 2026 09:52:00 +0000"
+
+
+def test_smtp_deadline_runs_on_the_injected_clock(db):
+    ticks = iter([100.0, 100.0 + NC.timeout.total_seconds() + 1])  # the send starts, then expires
+
+    def slow_server(smtp, deadline, timeout):
+        deadline.remaining()  # connecting: the deadline has passed by now
+        raise AssertionError("unreachable")
+
+    t = replace(
+        Transports(Smtp("mail.invalid", 25, "none"), alert_email=("a@example.org",)),
+        smtp_open=slow_server,
+        clock=lambda: next(ticks),
+    )
+    _enqueue(db, _row("email", t))
+    d = _flush(db, t, AT).deliveries[0]
+    assert not d.ok and d.detail == "SMTP server mail.invalid:25: no complete answer within 10 s"
+
+
+def test_webhook_post_is_injected(db):
+    posts = []
+
+    def post(method, url, **kw):
+        posts.append((method, url, kw["json"]["text"], kw["limit"]))
+        return outbound.Answer(200, {}, b"", True)
+
+    t = Transports(slack_url="https://hooks.invalid/T/B/secret", post=post)
+    _enqueue(db, _row("slack", t))
+    assert [d.ok for d in _flush(db, t, AT).deliveries] == [True]
+    assert posts == [
+        ("POST", "https://hooks.invalid/T/B/secret", "[BooksTrack Cache] CRITICAL: p99_latency", 10)
+    ]
+
+
+def test_flush_is_one_call_with_outcomes_and_lines(db):
+    answers = [500, 200, 200]  # slack refuses once, then takes its retry
+
+    def post(method, url, **kw):
+        return outbound.Answer(answers.pop(0), {}, b"server error", True)
+
+    t = Transports(
+        slack_url="https://hooks.invalid/s", discord_url="https://d.invalid/d", post=post
+    )
+    with store.writer(db, AT) as con:
+        mark = notify.last_id(con)
+        notify.enqueue(con, _row("slack", t))
+        notify.enqueue(con, _row("discord", t))
+        sent = notify.flush(con, NC, t, AT, mark)
+    assert [(d.channel, d.ok) for d in sent.deliveries] == [("slack", False), ("discord", True)]
+    assert [(o.channel, o.state) for o in sent.outcomes] == [
+        ("slack", notify.Fate.FAILED),
+        ("discord", notify.Fate.SENT),
+    ]
+    assert not sent.ok and (sent.sent, sent.failed) == (1, 1)
+    assert sent.lines[0].startswith("delivery 1 via slack: failed: slack webhook rejected")
+    assert sent.lines[1] == "delivery 2 via discord: sent"
+    with store.writer(db, AT + timedelta(hours=2)) as con:
+        again = notify.flush(con, NC, t, AT + timedelta(hours=2))  # no mark: none of its own
+    assert again.ok and again.outcomes == () and again.lines == ("delivery 1 via slack: sent",)
+
+
+def _flush(db, t, now) -> notify.Flush:
+    with store.writer(db, now) as con:
+        return notify.flush(con, NC, t, now)
+
+
+def test_notify_never_imports_alerts():
+    """notify is below alerts: the alert parts of a message live in cachemon.alerts."""
+    package = Path(notify.__file__).parent
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any(n.startswith("cachemon.alerts") for n in names), path.name

@@ -11,10 +11,11 @@ import pytest
 from conftest import T0
 from servers import SmtpSink
 
-from cachemon import config, settings
+from cachemon import config, outbound, settings
 from cachemon.clock import iso
 from cachemon.ingest import load as pipeline
 from cachemon.notify import outbox as notify
+from cachemon.notify.transports import Transports
 from cachemon.store import db as store
 from cachemon.testing.kv_emulator import Fault, KvEmulator
 from cachemon.tuning import analysis as tuning
@@ -122,7 +123,7 @@ def _winning_events(e, path):
         key = f"search:title:q=w{i}"
         cohort = e.assign(key).name
         p = 0.97 if cohort == "treatment" else 0.85
-        for j in range(20):
+        for _j in range(20):
             rows.append(
                 {
                     "timestamp": iso(T0 + timedelta(seconds=int(rng.integers(0, 7200)))),
@@ -137,6 +138,27 @@ def _winning_events(e, path):
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
 
+def test_kv_429_backs_off_through_the_injected_sleep():
+    """KV takes one write per second per key: a 429 is retried after a
+    pause, taken through the injected `sleep` (no test waits for it)."""
+    answers = [429, 429, 200]
+    calls, slept = [], []
+
+    def call(method, url, **kw):
+        calls.append((method, url.rsplit("/", 1)[-1], kw["headers"]["Authorization"]))
+        return outbound.Answer(answers.pop(0), {}, b"", True)
+
+    env = {"CF_ACCOUNT_ID": "a", "CF_API_TOKEN": TOKEN, "CF_KV_NAMESPACE_ID": "n"}
+    client = promote.KvClient.from_env(env, sleep=slept.append, call=call)
+    client.put(promote.CONFIG_KEY, b"{}")
+    assert slept == [promote.RETRY_AFTER_429] * 2
+    assert calls == [("PUT", "config%3Akv-ttls", f"Bearer {TOKEN}")] * 3
+    answers[:] = [429] * 4  # gives up after four tries: the last answer is the failure
+    with pytest.raises(promote.PromotionError, match="HTTP 429"):
+        client.put(promote.CONFIG_KEY, b"{}")
+    assert len(slept) == 2 + 3 and not answers
+
+
 def test_daily_run_promotes_a_winner_and_mails_the_notice(tmp_path, kv):
     cfg = config.with_db(_experiment(tmp_path), str(tmp_path / "p.duckdb"))
     _winning_events(cfg.experiments[0], tmp_path / "w.ndjson")
@@ -148,10 +170,10 @@ def test_daily_run_promotes_a_winner_and_mails_the_notice(tmp_path, kv):
     sink = SmtpSink().start()
     try:
         env = _env(kv, **sink.env(), ALERT_EMAIL="team@example.org")
-        t = notify.Transports.from_env(env)
+        t = Transports.from_env(env)
         with store.writer(tmp_path / "p.duckdb", at) as con:
             analyses, actions = promote.daily(con, cfg, at, env, t)
-            notify.deliver(con, t, cfg.notify, at)
+            assert notify.flush(con, cfg.notify, t, at).ok
             rows = promote.history(con)
             saved = tuning.history(con, "extended-title-ttl")
     finally:
@@ -178,10 +200,10 @@ def test_unreadable_experiment_config_restores_defaults_and_alerts(tmp_path, kv)
     sink = SmtpSink().start()
     try:
         env = _env(kv, **sink.env(), ALERT_EMAIL="oncall@example.org")
-        t = notify.Transports.from_env(env)
+        t = Transports.from_env(env)
         with store.writer(tmp_path / "b.duckdb", T0) as con:
             act = promote.on_bad_config(con, cfg, str(err.value), env, t, T0)
-            notify.deliver(con, t, cfg.notify, T0)
+            assert notify.flush(con, cfg.notify, t, T0).ok
             rows = promote.history(con)
     finally:
         sink.stop()

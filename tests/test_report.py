@@ -15,7 +15,7 @@ from test_messages import _golden
 
 from cachemon import config, settings
 from cachemon.costs import report
-from cachemon.notify import outbox as notify
+from cachemon.notify.transports import Transports
 from cachemon.store import db as store
 from cachemon.store import snapshots
 
@@ -47,14 +47,14 @@ def test_sent_once_per_day_replaced_on_rerun_resend_on_request(db):
     cfg = config.with_db(settings.Config(), str(db))
     sink = SmtpSink().start()
     try:
-        t = notify.Transports.from_env({**sink.env(), "ALERT_EMAIL": "team@example.org"})
+        t = Transports.from_env({**sink.env(), "ALERT_EMAIL": "team@example.org"})
 
         def run(resend=False, now=NOW):
             with store.writer(db, now) as con:
                 r = report.build(con, cfg, DAY, now)
-                channels = report.queue(con, r, cfg, t, resend=resend)
-                notify.deliver(con, t, cfg.notify, now)
-            return channels
+                sent = report.send(con, r, cfg, t, now, resend=resend)
+            assert sent.flush.ok and sent.flush.sent == len(sent.channels)
+            return list(sent.channels)
 
         assert run() == ["email"]
         assert run(now=NOW.replace(hour=4)) == []  # re-run: report replaced, no second email

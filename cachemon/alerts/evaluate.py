@@ -3,39 +3,39 @@ instance's state, decide notifications, and answer "how healthy is it?".
 
 `check` is one evaluation (the runner calls it every 15 minutes): it reads
 the rules' observations, steps every instance through the lifecycle
-(`cachemon.lifecycle`), decides per channel what to send, and writes
+(`cachemon.alerts.lifecycle`), decides per channel what to send, and writes
 states, history and the outbox in one transaction, so a crash leaves either
-all of an evaluation or none of it. Sending is `notify.deliver`'s job.
+all of an evaluation or none of it. Sending is `notify.outbox.flush`'s job;
+silences are `cachemon.alerts.silences`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import duckdb
 import pyarrow as pa
 
 from cachemon.alerts import lifecycle as lc
+from cachemon.alerts import notices
 from cachemon.alerts.anomaly import history_ends, robust_z
 from cachemon.alerts.rules import METRICS, Rule, effective_rules, format_value
+from cachemon.alerts.silences import active_silences
 from cachemon.clock import MINUTE, Window, floor_to, iso
 from cachemon.errors import CachemonError, InputError
 from cachemon.metrics import window as metrics
 from cachemon.metrics.series import Observation, observe
 from cachemon.metrics.window import data_span
 from cachemon.notify import outbox as notify
+from cachemon.notify.transports import Transports
 from cachemon.store.connection import transaction
 
 log = logging.getLogger("cachemon.alerts")
 
 LOAD_GROUPS = "SELECT channel, members, sent_at FROM notify_groups"
 LAST_EVALUATION = "SELECT max(evaluated_at) FROM alert_evaluations WHERE evaluated_at <= $at"
-ACTIVE_SILENCES = """
-SELECT id, matcher, endpoint, starts_at, ends_at, reason, created_by FROM silences
-WHERE starts_at <= $at AND ends_at > $at AND expired_at IS NULL ORDER BY id
-"""
 STATE_COLUMNS = (
     "rule",
     "endpoint",
@@ -110,29 +110,31 @@ def evaluate(
 
 def _outcome(observer, rule: Rule, endpoint: str, at, stale_after, data_until) -> lc.Outcome:
     if data_until is None:
-        return lc.Outcome(lc.NO_DATA, reason="the store has no data")
+        return lc.Outcome(lc.Verdict.NO_DATA, reason="the store has no data")
     if rule.metric == "data_age":
         age = max(0.0, (at - data_until).total_seconds())
-        return lc.Outcome(lc.BREACH if rule.breached(age) else lc.CLEAR, age)
+        return lc.Outcome(lc.Verdict.BREACH if rule.breached(age) else lc.Verdict.CLEAR, age)
     if at - data_until > stale_after:
-        return lc.Outcome(lc.NO_DATA, reason=f"data is stale: newest data at {iso(data_until)}")
+        return lc.Outcome(
+            lc.Verdict.NO_DATA, reason=f"data is stale: newest data at {iso(data_until)}"
+        )
     end = floor_to(min(at, data_until), MINUTE)
     try:
         current = observer.get([end], rule.window, endpoint or None)[0]
         value = METRICS[rule.metric].read(current)
         if METRICS[rule.metric].per_request and current.requests < rule.min_requests:
             return lc.Outcome(
-                lc.NO_DATA,
+                lc.Verdict.NO_DATA,
                 value,
                 f"{current.requests:,.0f} requests in the window, below min_requests {rule.min_requests:,.0f}",
             )
         if value is None:
-            return lc.Outcome(lc.NO_DATA, reason=f"no {rule.metric} reading in the window")
+            return lc.Outcome(lc.Verdict.NO_DATA, reason=f"no {rule.metric} reading in the window")
         if rule.kind == "anomaly":
             return _anomaly(observer, rule, endpoint, end, value)
     except (duckdb.Error, CachemonError) as exc:
-        return lc.Outcome(lc.ERROR, reason=f"query failed: {str(exc).splitlines()[0]}")
-    return lc.Outcome(lc.BREACH if rule.breached(value) else lc.CLEAR, value)
+        return lc.Outcome(lc.Verdict.ERROR, reason=f"query failed: {str(exc).splitlines()[0]}")
+    return lc.Outcome(lc.Verdict.BREACH if rule.breached(value) else lc.Verdict.CLEAR, value)
 
 
 def _anomaly(observer, rule: Rule, endpoint: str, end: datetime, value: float) -> lc.Outcome:
@@ -146,26 +148,29 @@ def _anomaly(observer, rule: Rule, endpoint: str, end: datetime, value: float) -
     weeks = len({w for w, v in usable if v is not None})
     if weeks < rule.min_weeks:
         return lc.Outcome(
-            lc.NO_DATA,
+            lc.Verdict.NO_DATA,
             value,
             f"needs {rule.min_weeks} weeks of history at this time of week, has {weeks}",
         )
     z = robust_z(value, [v for _, v in usable])
     if z is None:
-        return lc.Outcome(lc.NO_DATA, value, "history has no spread to compare with")
-    return lc.Outcome(lc.BREACH if rule.breached(z) else lc.CLEAR, value, f"robust z = {z:+.1f}")
+        return lc.Outcome(lc.Verdict.NO_DATA, value, "history has no spread to compare with")
+    return lc.Outcome(
+        lc.Verdict.BREACH if rule.breached(z) else lc.Verdict.CLEAR, value, f"robust z = {z:+.1f}"
+    )
 
 
 def _message(rule: Rule, endpoint: str, o: lc.Outcome) -> str:
     where = f" ({endpoint})" if endpoint else ""
     label = METRICS[rule.metric].label + where
-    if o.kind in (lc.NO_DATA, lc.ERROR):
-        return f"{label}: {'no data' if o.kind == lc.NO_DATA else 'evaluation failed'}: {o.reason}"
+    if o.kind in (lc.Verdict.NO_DATA, lc.Verdict.ERROR):
+        failed = "no data" if o.kind == lc.Verdict.NO_DATA else "evaluation failed"
+        return f"{label}: {failed}: {o.reason}"
     shown = format_value(o.value, rule.unit)
     if rule.kind == "anomaly":
         return f"{label} is unusual for this time of week: {shown} ({o.reason})"
     limit = format_value(rule.threshold, rule.unit)
-    if o.kind == lc.CLEAR:
+    if o.kind == lc.Verdict.CLEAR:
         return f"{label} {shown} (threshold {rule.op} {limit})"
     verb = "above" if rule.op.startswith(">") else "below"
     return f"{label} {verb} threshold: {shown} (threshold {limit})"
@@ -214,7 +219,7 @@ def check(
 def _decide(con, cfg, rules, states, changed, at, channels):
     routes = {r.name: set(r.channels or channels) for r in rules}
     live = lc.notifiable(states, active_silences(con, at), at)
-    resolved_now = [s for before, s in changed if s.state == lc.RESOLVED]
+    resolved_now = [s for before, s in changed if s.state == lc.State.RESOLVED]
     groups_before = load_groups(con)
     notices, groups = [], []
     for channel in channels:
@@ -249,7 +254,7 @@ def record(con: duckdb.DuckDBPyConnection, ev: Evaluation, outbox: list | None =
 
 
 def _evaluation_row(at, data_until, states, notifications: int, backfill: bool) -> dict:
-    firing = sum(1 for s in states if s.state == lc.FIRING)
+    firing = sum(1 for s in states if s.state == lc.State.FIRING)
     return {
         "evaluated_at": at,
         "data_until": data_until,
@@ -350,7 +355,11 @@ def reset(con) -> None:
 def load_states(con) -> dict[tuple[str, str], lc.InstanceState]:
     cur = con.execute(LOAD_STATES)
     names = [d[0] for d in cur.description]
-    return {(r[0], r[1]): lc.InstanceState(**dict(zip(names, r))) for r in cur.fetchall()}
+    out = {}
+    for r in cur.fetchall():
+        s = lc.InstanceState(**dict(zip(names, r)))
+        out[s.key] = replace(s, state=lc.State(s.state))  # the store holds its value
+    return out
 
 
 def load_groups(con) -> dict[str, lc.Group]:
@@ -360,68 +369,10 @@ def load_groups(con) -> dict[str, lc.Group]:
     }
 
 
-def active_silences(con, at: datetime) -> list[lc.Silence]:
-    return [lc.Silence(*r) for r in con.execute(ACTIVE_SILENCES, {"at": at}).fetchall()]
-
-
 def last_evaluation(con, at: datetime | None) -> datetime | None:
     if at is None:
         return con.execute("SELECT max(evaluated_at) FROM alert_evaluations").fetchall()[0][0]
     return con.execute(LAST_EVALUATION, {"at": at}).fetchall()[0][0]
-
-
-def has_control(text: str) -> bool:
-    """Whether `text` holds a C0/C1 control character or DEL."""
-    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text or "")
-
-
-def add_silence(
-    con,
-    matcher: str,
-    duration: timedelta,
-    reason: str,
-    now: datetime,
-    endpoint: str = "",
-    created_by: str = "",
-) -> lc.Silence:
-    """Mute notifications of an alert type (or rule) for `duration`."""
-    known = {
-        r
-        for row in con.execute("SELECT DISTINCT type, rule FROM alert_state").fetchall()
-        for r in row
-    }
-    if not matcher or not matcher.replace("_", "").isalnum():
-        raise InputError(f"silence: {matcher!r} is not an alert type or rule name")
-    if known and matcher not in known:
-        raise InputError(
-            f"silence: no alert type or rule named {matcher!r}; known: {', '.join(sorted(known))}"
-        )
-    if duration <= timedelta(0) or duration > timedelta(days=30):
-        raise InputError("silence: --for must be between 1m and 30d")
-    if not reason.strip():
-        raise InputError("silence: a --reason is required, so others know why alerts are muted")
-    for name, text in (("reason", reason), ("endpoint", endpoint), ("by", created_by)):
-        if has_control(text):
-            raise InputError(
-                f"silence: the {name} contains a control character (line break, ESC, …); "
-                "it is printed in terminals and pages, so write it on one plain line"
-            )
-    sid = con.execute("SELECT nextval('silence_ids')").fetchall()[0][0]
-    s = lc.Silence(sid, matcher, endpoint, now, now + duration, reason.strip(), created_by)
-    con.execute(
-        "INSERT INTO silences VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-        [s.id, s.matcher, s.endpoint, s.starts_at, s.ends_at, s.reason, now, s.created_by],
-    )
-    return s
-
-
-def expire_silence(con, sid: int, now: datetime) -> None:
-    """End a silence now."""
-    if not con.execute(
-        "SELECT count(*) FROM silences WHERE id = ? AND expired_at IS NULL", [sid]
-    ).fetchall()[0][0]:
-        raise InputError(f"no active silence with id {sid}")
-    con.execute("UPDATE silences SET expired_at = ? WHERE id = ?", [now, sid])
 
 
 def _context(con, at: datetime, stale_after: timedelta) -> dict | None:
@@ -437,9 +388,16 @@ def _context(con, at: datetime, stale_after: timedelta) -> dict | None:
 
 @dataclass(frozen=True)
 class CheckResult:
+    """One evaluation, what it queued and how its delivery went."""
+
     evaluation: Evaluation
-    outbox: tuple  # notify.OutboxRow
-    deliveries: tuple  # notify.Delivery
+    outbox: tuple[notify.OutboxRow, ...]
+    flush: notify.Flush  # notify.NOTHING for a dry run
+
+    @property
+    def deliveries(self) -> tuple[notify.Delivery, ...]:
+        """Every delivery attempted after the evaluation (earlier notifications' too)."""
+        return self.flush.deliveries
 
 
 def due(con, at: datetime) -> bool:
@@ -448,14 +406,15 @@ def due(con, at: datetime) -> bool:
     return last is None or floor_to(at, MINUTE) > last
 
 
-def run(con, cfg, at: datetime, transports, dry_run: bool = False) -> CheckResult:
+def run(con, cfg, at: datetime, transports: Transports, dry_run: bool = False) -> CheckResult:
     """One evaluation with its notifications: decide, render, and (unless
     `dry_run`) record it all in one transaction and deliver the outbox."""
     at = floor_to(at, MINUTE)
     ev = check(con, cfg, at, transports.channels(cfg.notify))
     ctx = _context(con, at, cfg.metrics.stale_after) if ev.notices else None
-    rows = tuple(notify.render(n, ctx, cfg.notify, transports) for n in ev.notices)
+    rows = tuple(notices.render(n, ctx, cfg.notify, transports) for n in ev.notices)
     if dry_run:
-        return CheckResult(ev, rows, ())
+        return CheckResult(ev, rows, notify.NOTHING)
+    after = notify.last_id(con)
     record(con, ev, list(rows))
-    return CheckResult(ev, rows, tuple(notify.deliver(con, transports, cfg.notify, at)))
+    return CheckResult(ev, rows, notify.flush(con, cfg.notify, transports, at, after))

@@ -67,9 +67,9 @@ def health(con, at: datetime, evaluate_every: timedelta) -> Health:
                 continue  # inhibited by the critical alert of the same type
             firing[severity] = firing.get(severity, 0) + 1
             issues.append(Issue(severity, message, firing_since))
-        elif state == lc.ERROR:
+        elif state == lc.State.ERROR:
             issues.append(Issue("warning", message, since))
-        elif state == lc.NO_DATA:
+        elif state == lc.State.NO_DATA:
             issues.append(Issue("info", message, since))
     issues.sort(key=lambda i: (lc.SEVERITY_ORDER.get(i.severity, 9), i.since))
     sev = {i.severity for i in issues}

@@ -19,27 +19,47 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from enum import StrEnum
 
-from cachemon.alerts.rules import Rule
+from cachemon.alerts.rules import SEVERITIES, Rule
 
-OK, PENDING, FIRING, RESOLVED, NO_DATA, ERROR = (
-    "ok",
-    "pending",
-    "firing",
-    "resolved",
-    "no_data",
-    "error",
-)
-STATES = (OK, PENDING, FIRING, RESOLVED, NO_DATA, ERROR)
-BREACH, CLEAR = "breach", "clear"
-SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+
+class State(StrEnum):
+    """An instance's lifecycle state; the value is what the store holds."""
+
+    OK = "ok"
+    PENDING = "pending"
+    FIRING = "firing"
+    RESOLVED = "resolved"
+    NO_DATA = "no_data"
+    ERROR = "error"
+
+
+class Verdict(StrEnum):
+    """What one evaluation found: no data and a failed query are states too."""
+
+    BREACH = "breach"
+    CLEAR = "clear"
+    NO_DATA = State.NO_DATA.value
+    ERROR = State.ERROR.value
+
+
+class Reason(StrEnum):
+    """Why a channel is told now."""
+
+    NEW = "new"
+    REPEAT = "repeat"
+    RESOLVED = "resolved"
+
+
+SEVERITY_ORDER = {s: i for i, s in enumerate(SEVERITIES)}  # most severe first
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What one evaluation found for an instance."""
 
-    kind: str  # breach | clear | no_data | error
+    kind: Verdict
     value: float | None = None
     reason: str = ""  # why no_data / error
 
@@ -52,7 +72,7 @@ class InstanceState:
     endpoint: str
     type: str
     severity: str
-    state: str
+    state: State
     since: datetime  # when this state was entered
     evaluated_at: datetime
     value: float | None = None
@@ -87,7 +107,9 @@ def step(
     message: str,
 ) -> InstanceState:
     """The instance's state after evaluating `outcome` at `at`."""
-    base = prev or InstanceState(rule.name, endpoint, rule.alert_type, rule.severity, OK, at, at)
+    base = prev or InstanceState(
+        rule.name, endpoint, rule.alert_type, rule.severity, State.OK, at, at
+    )
     common = dict(
         evaluated_at=at,
         value=outcome.value,
@@ -96,16 +118,16 @@ def step(
         threshold=rule.threshold,
         message=message,
     )
-    if outcome.kind in (NO_DATA, ERROR):
-        return _enter(base, outcome.kind, at, pending_since=None, **common)
-    if outcome.kind == BREACH:
+    if outcome.kind in (Verdict.NO_DATA, Verdict.ERROR):
+        return _enter(base, State(outcome.kind), at, pending_since=None, **common)
+    if outcome.kind == Verdict.BREACH:
         if base.active:
-            return _enter(base, FIRING, at, last_breach=at, clear_since=None, **common)
-        started = base.pending_since if base.state == PENDING and base.pending_since else at
+            return _enter(base, State.FIRING, at, last_breach=at, clear_since=None, **common)
+        started = base.pending_since if base.state == State.PENDING and base.pending_since else at
         if at - started >= rule.for_:
             return _enter(
                 base,
-                FIRING,
+                State.FIRING,
                 at,
                 pending_since=None,
                 firing_since=at,
@@ -113,20 +135,26 @@ def step(
                 clear_since=None,
                 **common,
             )
-        return _enter(base, PENDING, at, pending_since=started, last_breach=at, **common)
+        return _enter(base, State.PENDING, at, pending_since=started, last_breach=at, **common)
     if base.active:
         # As Prometheus: keep firing until `keep_firing_for` has passed since
         # the first evaluation that found the condition clear.
         cleared = base.clear_since or at
         if at - cleared < rule.keep_firing_for:
-            return _enter(base, FIRING, at, clear_since=cleared, **common)
+            return _enter(base, State.FIRING, at, clear_since=cleared, **common)
         return _enter(
-            base, RESOLVED, at, firing_since=None, pending_since=None, clear_since=None, **common
+            base,
+            State.RESOLVED,
+            at,
+            firing_since=None,
+            pending_since=None,
+            clear_since=None,
+            **common,
         )
-    return _enter(base, OK, at, pending_since=None, **common)
+    return _enter(base, State.OK, at, pending_since=None, **common)
 
 
-def _enter(base: InstanceState, state: str, at: datetime, **changes) -> InstanceState:
+def _enter(base: InstanceState, state: State, at: datetime, **changes) -> InstanceState:
     since = base.since if base.state == state else at
     return replace(base, state=state, since=since, **changes)
 
@@ -163,7 +191,7 @@ class Notice:
     """A decision to tell a channel about its active and resolved alerts."""
 
     channel: str
-    reason: str  # new | repeat | resolved
+    reason: Reason
     firing: tuple[InstanceState, ...]
     resolved: tuple[InstanceState, ...]
     at: datetime
@@ -205,18 +233,18 @@ def decide(
     firing = tuple(sorted(routed, key=_order))
     reason = None
     if set(members) - before:
-        reason = "new"
+        reason = Reason.NEW
     elif resolved and send_resolved:
-        reason = "resolved"
+        reason = Reason.RESOLVED
     elif (
-        any(s.state == FIRING for s in routed)
+        any(s.state == State.FIRING for s in routed)
         and prev
         and prev.sent_at
         and at - prev.sent_at >= repeat
     ):
         # Only a confirmed breach repeats: "still firing" is not news when
         # the data has gone missing (no_data keeps the alert active, quietly).
-        reason = "repeat"
+        reason = Reason.REPEAT
     if reason is None:
         return None, Group(channel, members, prev.sent_at if prev else None)
     return Notice(channel, reason, firing, resolved, at), Group(channel, members, at)

@@ -1,37 +1,30 @@
-"""Rendering notifications: email (text + HTML), Slack and Discord payloads.
+"""Rendering alert notifications: email (text + HTML), Slack and Discord payloads.
 
 Pure functions from a decision (`lifecycle.Notice`) and plain context (the
-metrics JSON of the last window) to plain data, golden-tested; sending is
-`cachemon.notify`. Everything that came from the internet (cache keys,
-endpoints) is escaped for its medium: HTML autoescaping, Slack's `&<>`,
-Discord markdown and mentions, and control characters shown as `\\n` so a
-key cannot forge lines of text or headers.
+metrics JSON of the last window) to plain data, golden-tested; the generic
+parts (escaping, templates, the Email) are `cachemon.notify.format`, sending
+is `cachemon.notify`.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
-
-import jinja2
-
-from cachemon.alerts.lifecycle import InstanceState, Notice
-from cachemon.alerts.rules import format_value
+from cachemon.alerts.lifecycle import InstanceState, Notice, Reason
+from cachemon.alerts.rules import BUILTIN, format_value, type_units
 from cachemon.clock import iso
+from cachemon.notify.format import (
+    HTML,
+    TEXT,
+    Email,
+    discord_escape,
+    discord_message,
+    header_safe,
+    slack_escape,
+    slack_message,
+)
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
-UNITS = {  # alert type's metric unit, for values in messages
-    "miss_rate": "%",
-    "edge_hit_rate": "%",
-    "error_rate": "%",
-    "p99_latency": "ms",
-    "p95_latency": "ms",
-    "queue_depth": "jobs",
-    "kv_storage": "bytes",
-    "data_stale": "s",
-}
+# The unit of each built-in alert type, for values in messages (derived
+# from the rules' metrics: one table of units).
+UNITS = type_units(BUILTIN)
 CAUSES = {
     "miss_rate": [
         "Edge cache purge or restart",
@@ -68,54 +61,6 @@ DEFAULT_CAUSES = [
     "External API slowness/rate limiting",
     "R2 archival too aggressive",
 ]
-
-
-def oneline(value) -> str:
-    """Control characters (newlines included) shown escaped, never acted on."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))
-
-
-def header_safe(value: str, limit: int = 200) -> str:
-    """A header value with no line breaks or control characters."""
-    return oneline(value)[:limit]
-
-
-def _env(autoescape: bool) -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(Path(__file__).parents[1] / "notify" / "templates"),
-        autoescape=autoescape,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters["oneline"] = oneline
-    env.filters["num"] = lambda v, d=0: "n/a" if v is None else f"{v:,.{d}f}"
-    return env
-
-
-HTML = _env(autoescape=True)
-TEXT = _env(autoescape=False)
-
-
-@dataclass(frozen=True)
-class Email:
-    to: tuple[str, ...]
-    sender: str
-    subject: str
-    text: str
-    html: str
-    message_id: str
-
-    def to_json(self) -> dict:
-        return {
-            "to": list(self.to),
-            "from": self.sender,
-            "subject": self.subject,
-            "text": self.text,
-            "html": self.html,
-            "message_id": self.message_id,
-        }
 
 
 def subject(notice: Notice, prefix: str) -> str:
@@ -169,7 +114,7 @@ def _view(notice: Notice, context: dict | None, dashboard_url: str) -> dict:
         "causes": causes if notice.firing else [],
         "link": dashboard_url.rstrip("/") + "/alerts",
         "timestamp": iso(notice.at),
-        "repeat": notice.reason == "repeat",
+        "repeat": notice.reason == Reason.REPEAT,
     }
 
 
@@ -194,17 +139,6 @@ def alert_email(
     )
 
 
-def _slack_escape(text: str) -> str:
-    return oneline(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-_DISCORD_MD = re.compile(r"([\\*_~`|>#\[\]()-])")
-
-
-def _discord_escape(text: str) -> str:
-    return _DISCORD_MD.sub(r"\\\1", oneline(text))
-
-
 def _chat_lines(notice: Notice, esc) -> list[str]:
     lines = []
     for s in notice.firing:
@@ -219,49 +153,25 @@ def _chat_lines(notice: Notice, esc) -> list[str]:
 
 def slack_payload(notice: Notice, prefix: str, dashboard_url: str) -> dict:
     """An incoming-webhook message (mrkdwn, Slack-escaped)."""
-    title = _slack_escape(subject(notice, prefix))
+    title = slack_escape(subject(notice, prefix))
     body = "\n".join(
         [
             f"*{title}*",
-            *_chat_lines(notice, _slack_escape),
+            *_chat_lines(notice, slack_escape),
             f"<{dashboard_url.rstrip('/')}/alerts|Open the dashboard>",
         ]
     )
-    return {
-        "text": title,
-        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": body[:2900]}}],
-    }
+    return slack_message(title, body)
 
 
 def discord_payload(notice: Notice, prefix: str, dashboard_url: str) -> dict:
     """A webhook message: escaped markdown, no mentions, within 2,000 characters."""
-    title = _discord_escape(subject(notice, prefix))
+    title = discord_escape(subject(notice, prefix))
     body = "\n".join(
         [
             f"**{title}**",
-            *_chat_lines(notice, _discord_escape),
+            *_chat_lines(notice, discord_escape),
             f"{dashboard_url.rstrip('/')}/alerts",
         ]
     )
-    return {"content": body[:2000], "allowed_mentions": {"parse": []}}
-
-
-def chat_text(channel: str, title: str, lines: list[str]) -> dict:
-    """A plain chat message (title and lines) for Slack or Discord, escaped."""
-    if channel == "slack":
-        body = "\n".join([f"*{_slack_escape(title)}*", *(_slack_escape(x) for x in lines)])
-        return {
-            "text": _slack_escape(title),
-            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": body[:2900]}}],
-        }
-    body = "\n".join([f"**{_discord_escape(title)}**", *(_discord_escape(x) for x in lines)])
-    return {"content": body[:2000], "allowed_mentions": {"parse": []}}
-
-
-def message_id(kind: str, at: datetime, channel: str, members: str) -> str:
-    """A stable Message-ID: a resend of the same notification carries the
-    same ID, so mail clients show it once."""
-    import hashlib
-
-    digest = hashlib.sha256(f"{kind}|{iso(at)}|{channel}|{members}".encode()).hexdigest()[:32]
-    return f"<{digest}@cachemon>"
+    return discord_message(body)

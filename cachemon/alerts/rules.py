@@ -19,6 +19,7 @@ from datetime import timedelta
 from cachemon.clock import format_duration, parse_duration
 from cachemon.errors import ConfigError
 from cachemon.metrics.series import Observation
+from cachemon.notify.channels import CHANNELS
 from cachemon.settings import AlertsConfig
 
 
@@ -155,6 +156,19 @@ BUILTIN: tuple[Rule, ...] = (
     ),
 )
 
+
+def type_units(rules: tuple[Rule, ...]) -> dict[str, str]:
+    """The unit of each alert type's value and threshold, from its rules'
+    metrics (`MetricDef.unit`, the one table of units). An anomaly rule's
+    threshold is a z-score, not a value of its metric, and a type whose
+    rules watch metrics of different units has no single one: both are left
+    out, shown as plain numbers."""
+    units: dict[str, set[str]] = {}
+    for r in rules:
+        units.setdefault(r.alert_type, set()).add(r.unit if r.kind == "threshold" else "")
+    return {t: u.pop() for t, u in units.items() if len(u) == 1 and "" not in u}
+
+
 _TOML_NAMES = {"for": "for_"}  # `for` is a Python keyword
 
 
@@ -237,8 +251,6 @@ def _field(bad, key: str, name: str, value):
 
 
 def _check(bad, r: Rule) -> None:
-    from cachemon.notify.outbox import CHANNELS
-
     if not _NAME.match(r.name):
         raise bad(
             "name", f"{r.name!r} must be lower-case letters, digits and _ (starting with a letter)"

@@ -10,10 +10,12 @@ from datetime import datetime, timedelta
 from cachemon import jsontext
 from cachemon.alerts import evaluate as alerts
 from cachemon.alerts import health
+from cachemon.alerts import silences as silencing
 from cachemon.alerts.rules import effective_rules
 from cachemon.argcheck import MAX_ID, bounded
 from cachemon.clock import check_not_future, format_duration, iso, parse_duration, parse_instant
 from cachemon.notify import outbox as notify
+from cachemon.notify.transports import Transports
 from cachemon.redact import Redactor
 from cachemon.settings import Config
 from cachemon.store import db as store
@@ -66,16 +68,14 @@ def check(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     at = parse_instant(args.at, "--at") if args.at else now
     if not args.dry_run:  # a dry run writes nothing, so it may look ahead
         check_not_future(at, now, skew=cfg.ingest.clock_skew)
-    transports = notify.Transports.from_env(os.environ)
+    transports = Transports.from_env(os.environ)
     if args.dry_run:
         with store.reader(cfg.store.path) as con:
             result = alerts.run(con, cfg, at, transports, dry_run=True)
-        said, ok = [], True
     else:
         with store.writer(cfg.store.path, now, create=False) as con:
-            after = notify.last_id(con)
             result = alerts.run(con, cfg, at, transports)
-            said, ok = notify.summary(con, after, list(result.deliveries), transports.scrub)
+    said, ok = result.flush.lines, result.flush.ok
     _print_states(result.evaluation)
     verb = "would send" if args.dry_run else "queued"
     for row, notice in zip(result.outbox, result.evaluation.notices):
@@ -154,7 +154,7 @@ def silence(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     s = None
     try:
         with store.writer(cfg.store.path, now, create=False) as con:
-            s = alerts.add_silence(
+            s = silencing.add_silence(
                 con, args.matcher, duration, args.reason, now, args.endpoint, args.by or _user()
             )
     finally:  # stored even when only publishing failed (StoreUnpublishedError): say what was stored
@@ -176,7 +176,7 @@ def _user() -> str:
 def silences(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`alerts silences`: the silences active now."""
     with store.reader(cfg.store.path) as con:
-        rows = alerts.active_silences(con, now)
+        rows = silencing.active_silences(con, now)
     if not rows:
         print("no active silences")
     for s in rows:
@@ -191,22 +191,21 @@ def unsilence(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`alerts unsilence`: end a silence now."""
     bounded(args.id, "silence id", 1, MAX_ID)
     with store.writer(cfg.store.path, now, create=False) as con:
-        alerts.expire_silence(con, args.id, now)
+        silencing.expire_silence(con, args.id, now)
     print(f"silence {args.id} ended")
     return 0
 
 
 def deliver(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`alerts deliver`: send the outbox's due notifications."""
-    transports = notify.Transports.from_env(os.environ)
+    transports = Transports.from_env(os.environ)
     with store.writer(cfg.store.path, now, create=False) as con:
-        results = notify.deliver(con, transports, cfg.notify, now)
-        said, ok = notify.summary(con, notify.last_id(con), results, transports.scrub)
-    for line in said:
+        sent = notify.flush(con, cfg.notify, transports, now)
+    for line in sent.lines:
         print(line)
-    if not results:
+    if not sent.deliveries:
         print("nothing due")
-    return 0 if ok else 1
+    return 0 if sent.ok else 1
 
 
 def rules(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
@@ -224,6 +223,6 @@ def printable(text: str) -> str:
     """Stored text as a terminal may show it: control characters (an older
     store may hold an ESC or CR) escaped, never acted on."""
     return "".join(
-        c if not alerts.has_control(c) else c.encode("unicode_escape").decode("ascii")
+        c if not silencing.has_control(c) else c.encode("unicode_escape").decode("ascii")
         for c in text or ""
     )

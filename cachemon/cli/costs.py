@@ -10,7 +10,7 @@ from datetime import date, datetime
 from cachemon.clock import EARLIEST
 from cachemon.costs import report
 from cachemon.errors import InputError
-from cachemon.notify import outbox as notify
+from cachemon.notify.transports import Transports
 from cachemon.settings import Config
 from cachemon.store import db as store
 
@@ -39,18 +39,16 @@ def register(sub) -> None:
 def run_report(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`costs report`: build the day's report, store it, queue and deliver it (not in a dry run)."""
     day = _day(args.date, now)
-    transports = notify.Transports.from_env(os.environ)
+    transports = Transports.from_env(os.environ)
     if args.dry_run:
         with store.reader(cfg.store.path) as con:
             r = report.build(con, cfg, day, now)
-        queued, said, ok = [], [], True
+        queued, said, ok = (), (), True
     else:
         with store.writer(cfg.store.path, now, create=False) as con:
             r = report.build(con, cfg, day, now)
-            after = notify.last_id(con)
-            queued = report.queue(con, r, cfg, transports, resend=args.resend)
-            results = notify.deliver(con, transports, cfg.notify, now)
-            said, ok = notify.summary(con, after, results, transports.scrub)
+            sent = report.send(con, r, cfg, transports, now, resend=args.resend)
+        queued, said, ok = sent.channels, sent.flush.lines, sent.flush.ok
     subject, text, _ = report.render(
         r, cfg.notify.subject_prefix, transports.dashboard_url or cfg.notify.dashboard_url
     )

@@ -11,6 +11,7 @@ from cachemon import jsontext
 from cachemon.clock import check_not_future, parse_instant
 from cachemon.errors import CachemonError, InputError
 from cachemon.notify import outbox as notify
+from cachemon.notify.transports import Transports
 from cachemon.settings import Config
 from cachemon.store import db as store
 from cachemon.tuning import analysis as tuning
@@ -98,16 +99,17 @@ def analyze(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
         check_not_future(at, now, skew=cfg.ingest.clock_skew)
     if not cfg.experiments:
         raise InputError(NONE_CONFIGURED)
-    transports = notify.Transports.from_env(os.environ)
+    transports = Transports.from_env(os.environ)
     opener = store.reader if args.dry_run else (lambda path: store.writer(path, now, create=False))
     with opener(cfg.store.path) as con:
         after = notify.last_id(con)  # what promote.daily queues comes after it
         results, actions = promote.daily(con, cfg, at, os.environ, transports, args.dry_run)
-        said, ok = [], True
-        if not args.dry_run:
-            said, ok = notify.summary(
-                con, after, notify.deliver(con, transports, cfg.notify, now), transports.scrub
-            )
+        sent = (
+            notify.NOTHING
+            if args.dry_run
+            else notify.flush(con, cfg.notify, transports, now, after)
+        )
+    said, ok = sent.lines, sent.ok
     print(jsontext.dumps([a.to_json() for a in results], indent=2, ensure_ascii=False))
     verb = "would " if args.dry_run else ""
     for act in actions:

@@ -14,12 +14,14 @@ from datetime import UTC, date, datetime, timedelta
 import duckdb
 
 from cachemon import jsontext
-from cachemon.alerts import health, messages
+from cachemon.alerts import health
 from cachemon.clock import DAY, Window, iso
 from cachemon.costs import optimize
 from cachemon.costs import usage as costs
 from cachemon.metrics.window import data_span
 from cachemon.notify import outbox as notify
+from cachemon.notify.format import HTML, TEXT, header_safe
+from cachemon.notify.transports import Transports
 from cachemon.pricing import COMPONENTS, DEFAULT
 from cachemon.store.connection import transaction
 
@@ -126,11 +128,11 @@ def _view(r: Report, dashboard_url: str) -> dict:
 def render(r: Report, prefix: str, dashboard_url: str) -> tuple[str, str, str]:
     """(subject, text, html) of the report email."""
     view = _view(r, dashboard_url)
-    subject = messages.header_safe(f"{prefix} Daily Cost Optimization Report ({r.day.isoformat()})")
+    subject = header_safe(f"{prefix} Daily Cost Optimization Report ({r.day.isoformat()})")
     return (
         subject,
-        messages.TEXT.get_template("report_email.txt.j2").render(view),
-        messages.HTML.get_template("report_email.html.j2").render(view),
+        TEXT.get_template("report_email.txt.j2").render(view),
+        HTML.get_template("report_email.html.j2").render(view),
     )
 
 
@@ -142,7 +144,7 @@ def save(con, r: Report) -> bool:
     return sent
 
 
-def queue(con, r: Report, cfg, transports, resend: bool = False) -> list[str]:
+def queue(con, r: Report, cfg, transports: Transports, resend: bool = False) -> list[str]:
     """Store the report and, unless it was sent before (and not `resend`),
     put it in the outbox for every configured channel. Returns the channels."""
     with transaction(con):
@@ -158,6 +160,22 @@ def queue(con, r: Report, cfg, transports, resend: bool = False) -> list[str]:
         if channels:
             con.execute(MARK_SENT, [r.day])
     return channels
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A report queued and delivered: its channels and the delivery round."""
+
+    channels: tuple[str, ...]
+    flush: notify.Flush
+
+
+def send(con, r: Report, cfg, transports: Transports, now: datetime, resend: bool = False) -> Sent:
+    """Queue the report (`queue`) and deliver the outbox at `now`: what the
+    report job and `cachemon report` do, in one call."""
+    after = notify.last_id(con)
+    channels = queue(con, r, cfg, transports, resend)
+    return Sent(tuple(channels), notify.flush(con, cfg.notify, transports, now, after))
 
 
 def recent(con, limit: int = 30) -> list[dict]:

@@ -24,6 +24,7 @@ from cachemon import jsontext, outbound
 from cachemon.errors import CachemonError, ConfigError
 from cachemon.events import ENDPOINTS
 from cachemon.notify import outbox as notify
+from cachemon.notify.transports import Transports
 from cachemon.redact import Redactor
 from cachemon.tuning import analysis as tuning
 from cachemon.tuning.experiments import MAX_TTL, MIN_TTL, Experiment
@@ -32,6 +33,7 @@ CONFIG_KEY = "config:kv-ttls"
 RECORD = "INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?)"
 HISTORY = "SELECT done_at, action, experiment, old_config, new_config, detail FROM promotions ORDER BY done_at"
 MAX_VALUE = 1024 * 1024  # bytes of a KV answer read; the TTL config is a few dozen
+RETRY_AFTER_429 = 1.1  # seconds: KV takes one write per second per key
 
 
 class PromotionError(CachemonError):
@@ -40,6 +42,10 @@ class PromotionError(CachemonError):
 
 @dataclass(frozen=True)
 class KvClient:
+    """The Workers KV REST API. `call` (one HTTP exchange, `outbound.call`)
+    and `sleep` (the back-off of a 429) are parameters with real defaults,
+    as prometheus_client's `handler=`: tests pass fakes."""
+
     base: str
     account: str
     namespace: str
@@ -47,9 +53,12 @@ class KvClient:
     timeout: float = 10.0  # seconds, the whole of one call
     redactor: Redactor = field(default=Redactor(), repr=False)
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+    call: Callable[..., outbound.Answer] = field(default=outbound.call, repr=False)
 
     @classmethod
-    def from_env(cls, env) -> KvClient:
+    def from_env(cls, env, **world) -> KvClient:
+        """The client CF_API_BASE, CF_ACCOUNT_ID, CF_KV_NAMESPACE_ID and
+        CF_API_TOKEN describe; `world` sets `sleep` or `call`."""
         missing = [
             v for v in ("CF_ACCOUNT_ID", "CF_API_TOKEN", "CF_KV_NAMESPACE_ID") if not env.get(v)
         ]
@@ -61,6 +70,7 @@ class KvClient:
             env["CF_KV_NAMESPACE_ID"],
             env["CF_API_TOKEN"],
             redactor=Redactor.from_env(env),
+            **world,
         )
 
     def _url(self, key: str) -> str:
@@ -72,7 +82,7 @@ class KvClient:
     def _call(self, method: str, key: str, body: bytes | None = None) -> outbound.Answer:
         for attempt in range(4):
             try:
-                r = outbound.call(
+                r = self.call(
                     method,
                     self._url(key),
                     content=body,
@@ -91,7 +101,7 @@ class KvClient:
             except outbound.OutboundError as exc:
                 raise PromotionError(f"Workers KV unreachable: {exc}") from None
             if r.status == 429 and attempt < 3:  # one write per second per key
-                self.sleep(1.1)
+                self.sleep(RETRY_AFTER_429)
                 continue
             return r
         return r
@@ -212,7 +222,7 @@ def history(con) -> list[tuple]:
     return con.execute(HISTORY).fetchall()
 
 
-def announce(con, a: Action, cfg, transports, at: datetime) -> list[str]:
+def announce(con, a: Action, cfg, transports: Transports, at: datetime) -> list[str]:
     """Queue the notice of a promotion or rollback on every configured channel."""
     prefix = cfg.notify.subject_prefix
     if a.action == "rollback":

@@ -31,7 +31,7 @@ from conftest import ROOT
 from test_poison import NOW, START, _cfg, _refused, _row, _seeded, _stored, _write
 
 from cachemon import config, outbound
-from cachemon.alerts import evaluate as alerts
+from cachemon.alerts import silences
 from cachemon.clock import utcnow
 from cachemon.errors import ConfigError, InputError
 from cachemon.ingest import load as pipeline
@@ -413,7 +413,7 @@ def test_silences_refuse_control_characters_and_stored_ones_print_escaped(tmp_pa
     args[field] = "ok\x1b[2J\rhidden" if field != "endpoint" else "title\nfake"
     with store.writer(cfg.store.path, NOW) as con:
         with pytest.raises(InputError, match="control character"):
-            alerts.add_silence(con, "p99_latency", timedelta(hours=1), now=NOW, **args)
+            silences.add_silence(con, "p99_latency", timedelta(hours=1), now=NOW, **args)
         assert con.execute("SELECT count(*) FROM silences").fetchone()[0] == 0
         # An older store may already hold one: it is printed escaped.
         real_now = utcnow()  # `alerts silences` lists what is active now

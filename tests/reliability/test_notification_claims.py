@@ -17,7 +17,7 @@ from conftest import ALWAYS_RULE, ROOT, T0
 from servers import SmtpSink, free_port
 
 from cachemon.errors import ConfigError
-from cachemon.notify import outbox as notify
+from cachemon.notify.transports import Transports
 from cachemon.store import db as store
 
 DAY = "2026-11-19"
@@ -125,14 +125,14 @@ def test_alerts_check_exits_non_zero_when_a_send_failed(loaded_store, tmp_path, 
 @pytest.mark.parametrize("port", ["99999", "0", "65536", "-1", "٣", "25x"])
 def test_a_bad_smtp_port_is_refused_when_read(port):
     with pytest.raises(ConfigError, match=r"SMTP_PORT=.* is not a port number \(1 to 65535\)"):
-        notify.Transports.from_env({"SMTP_HOST": "127.0.0.1", "SMTP_PORT": port})
+        Transports.from_env({"SMTP_HOST": "127.0.0.1", "SMTP_PORT": port})
 
 
 def test_good_smtp_ports_are_taken():
     for port in ("1", "25", "65535"):
-        assert notify.Transports.from_env(
-            {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": port}
-        ).smtp.port == int(port)
+        assert Transports.from_env({"SMTP_HOST": "127.0.0.1", "SMTP_PORT": port}).smtp.port == int(
+            port
+        )
 
 
 def test_costs_report_with_a_bad_smtp_port_stores_nothing(loaded_store, tmp_path, results):

@@ -14,7 +14,9 @@ from datetime import UTC, datetime, timedelta
 from servers import SmtpSink, WebhookSink
 
 from cachemon.alerts import lifecycle as lc
+from cachemon.alerts import notices
 from cachemon.notify import outbox as notify
+from cachemon.notify.transports import Transports
 from cachemon.settings import NotifyConfig
 from cachemon.store import db as store
 from cachemon.store import snapshots
@@ -24,14 +26,14 @@ NC = replace(NotifyConfig(), timeout=timedelta(seconds=1))
 CHANNELS = ("email", "slack", "discord")
 
 
-def _notice(channel: str, i: int, t: notify.Transports) -> notify.OutboxRow:
+def _notice(channel: str, i: int, t: Transports) -> notify.OutboxRow:
     at = T0 + timedelta(minutes=5 * i)
     state = lc.InstanceState(
         f"rule_{i}",
         "",
         "p99_latency",
         "critical",
-        lc.FIRING,
+        lc.State.FIRING,
         at,
         at,
         value=900.0 + i,
@@ -39,7 +41,7 @@ def _notice(channel: str, i: int, t: notify.Transports) -> notify.OutboxRow:
         message=f"notice {i}",
         firing_since=at,
     )
-    return notify.render(lc.Notice(channel, "new", (state,), (), at), None, NC, t)
+    return notices.render(lc.Notice(channel, "new", (state,), (), at), None, NC, t)
 
 
 def test_notification_faults_then_everything_delivered_once_in_order(tmp_path, results):
@@ -51,7 +53,7 @@ def test_notification_faults_then_everything_delivered_once_in_order(tmp_path, r
         "SLACK_WEBHOOK_URL": hooks.url("/slack"),
         "DISCORD_WEBHOOK_URL": hooks.url("/discord"),
     }
-    t = notify.Transports.from_env(env)
+    t = Transports.from_env(env)
     queued, failures = {c: [] for c in CHANNELS}, Counter()
     try:
         for minute in range(0, 4 * 60):

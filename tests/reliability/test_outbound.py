@@ -25,8 +25,10 @@ from servers import DripServer, SmtpSink, WebhookSink
 
 from cachemon import config, settings
 from cachemon.alerts import lifecycle as lc
+from cachemon.alerts import notices
 from cachemon.errors import ConfigError, SourceError
 from cachemon.notify import outbox as notify
+from cachemon.notify.transports import NotifyError, Transports, send
 from cachemon.settings import NotifyConfig
 from cachemon.sources.analytics_engine import Client, Credentials
 from cachemon.store import db as store
@@ -41,14 +43,14 @@ DEADLINE = 1.5  # seconds, for the fast scenarios
 SLACK_URL = "/services/T0/B0/drip"
 
 
-def _row(channel: str, t: notify.Transports, nc: NotifyConfig, i: int = 0) -> notify.OutboxRow:
+def _row(channel: str, t: Transports, nc: NotifyConfig, i: int = 0) -> notify.OutboxRow:
     at = T0 + timedelta(minutes=i)
     state = lc.InstanceState(
         "p99_latency",
         "",
         "p99_latency",
         "critical",
-        lc.FIRING,
+        lc.State.FIRING,
         at,
         at,
         value=900.0,
@@ -56,7 +58,7 @@ def _row(channel: str, t: notify.Transports, nc: NotifyConfig, i: int = 0) -> no
         message="P99 latency above threshold",
         firing_since=at,
     )
-    return notify.render(lc.Notice(channel, "new", (state,), (), at), None, nc, t)
+    return notices.render(lc.Notice(channel, "new", (state,), (), at), None, nc, t)
 
 
 def _enqueue(db, *rows) -> None:
@@ -79,7 +81,7 @@ def _outbox(db) -> list[tuple]:
 
 def _call_webhook(url, tmp_path):
     nc = replace(NotifyConfig(), timeout=timedelta(seconds=DEADLINE))
-    t = notify.Transports.from_env({"SLACK_WEBHOOK_URL": url})
+    t = Transports.from_env({"SLACK_WEBHOOK_URL": url})
     db = tmp_path / "o.duckdb"
     _enqueue(db, _row("slack", t, nc))
     (d,) = _deliver(db, t, nc)
@@ -89,15 +91,15 @@ def _call_webhook(url, tmp_path):
 
 def _call_mailchannels(url, tmp_path):
     nc = replace(NotifyConfig(), timeout=timedelta(seconds=DEADLINE))
-    t = notify.Transports.from_env(
+    t = Transports.from_env(
         {
             "MAILCHANNELS_API_KEY": "mc-key-1234",
             "MAILCHANNELS_API_URL": url,
             "ALERT_EMAIL": "oncall@example.org",
         }
     )
-    with pytest.raises(notify.NotifyError) as err:
-        notify.send(t, "email", json.loads(_row("email", t, nc).payload), nc.timeout)
+    with pytest.raises(NotifyError) as err:
+        send(t, "email", json.loads(_row("email", t, nc).payload), nc.timeout, T0)
     return str(err.value)
 
 
@@ -157,7 +159,7 @@ def test_every_outbound_caller_stops_at_its_total_deadline(tmp_path, results):
 def _smtp_drip(server: DripServer) -> tuple[float, str]:
     nc = replace(NotifyConfig(), timeout=timedelta(seconds=DEADLINE))
     try:
-        t = notify.Transports.from_env(
+        t = Transports.from_env(
             {
                 "SMTP_HOST": "127.0.0.1",
                 "SMTP_PORT": str(server.port),
@@ -166,8 +168,8 @@ def _smtp_drip(server: DripServer) -> tuple[float, str]:
             }
         )
         start = time.monotonic()
-        with pytest.raises(notify.NotifyError) as err:
-            notify.send(t, "email", json.loads(_row("email", t, nc).payload), nc.timeout)
+        with pytest.raises(NotifyError) as err:
+            send(t, "email", json.loads(_row("email", t, nc).payload), nc.timeout, T0)
         return time.monotonic() - start, str(err.value)
     finally:
         server.close()
@@ -232,7 +234,7 @@ def test_deliver_with_a_two_second_drip_webhook_ends_at_the_deadline(tmp_path, r
     try:
         env = _cli_env(tmp_path, db, SLACK_WEBHOOK_URL=server.url(SLACK_URL))
         nc = replace(NotifyConfig(), timeout=timedelta(seconds=3))
-        _enqueue(db, _row("slack", notify.Transports.from_env(env), nc))
+        _enqueue(db, _row("slack", Transports.from_env(env), nc))
         start = time.monotonic()
         out = _cli(env, "alerts", "deliver")
         took = time.monotonic() - start
@@ -262,7 +264,7 @@ def test_a_broken_slack_url_fails_alone_and_discord_is_delivered(tmp_path, resul
             SLACK_WEBHOOK_URL=hooks.url("/slack/T0/B0/secret-0001") + "\n",
             DISCORD_WEBHOOK_URL=hooks.url("/discord/1/token-0002"),
         )
-        t, nc = notify.Transports.from_env(env), NotifyConfig()
+        t, nc = Transports.from_env(env), NotifyConfig()
         _enqueue(db, _row("slack", t, nc), _row("discord", t, nc, 1))
         out = _cli(env, "alerts", "deliver")
         discord = hooks.accepted("/discord/1/token-0002")
@@ -296,7 +298,7 @@ def test_line_breaks_never_reach_email_headers(tmp_path, results):
         },
     ):
         with pytest.raises(ConfigError, match=r"is not an email address"):
-            notify.Transports.from_env(env)
+            Transports.from_env(env)
         refused += 1
     for bad in (
         {"email_from": "ops@example.org\n"},
@@ -307,7 +309,7 @@ def test_line_breaks_never_reach_email_headers(tmp_path, results):
             NotifyConfig(**bad)
         refused += 1
     # A trailing newline around an address in the environment is only whitespace: cleaned.
-    t = notify.Transports.from_env(
+    t = Transports.from_env(
         {"ALERT_EMAIL": "oncall@example.org\n", "ALERT_FROM": "ops@example.org\n"}
     )
     assert t.alert_email == ("oncall@example.org",) and t.sender == "ops@example.org"
@@ -316,7 +318,7 @@ def test_line_breaks_never_reach_email_headers(tmp_path, results):
     # break in a recipient: refused at the header, and Discord goes on.
     db, smtp, hooks = tmp_path / "e.duckdb", SmtpSink().start(), WebhookSink()
     try:
-        t = notify.Transports.from_env(
+        t = Transports.from_env(
             {
                 **smtp.env(),
                 "ALERT_EMAIL": "oncall@example.org",
@@ -368,7 +370,7 @@ def test_the_runner_stops_on_sigterm_while_a_webhook_drips(tmp_path, results):
         SLACK_WEBHOOK_URL=server.url(SLACK_URL),
     )
     nc = replace(NotifyConfig(), timeout=timedelta(seconds=3))
-    _enqueue(db, _row("slack", notify.Transports.from_env(env), nc))
+    _enqueue(db, _row("slack", Transports.from_env(env), nc))
     runner = subprocess.Popen(
         [sys.executable, "-m", "jobs", "--clock-start", "2026-11-19T08:20:00Z"],
         cwd=ROOT,
@@ -440,7 +442,7 @@ def test_a_bad_email_setting_fails_alone_in_the_runner(tmp_path, monkeypatch, re
         }
         for k, v in env.items():
             monkeypatch.setenv(k, v)
-        t = notify.Transports.from_env(env, strict=False)
+        t = Transports.from_env(env, strict=False)
         assert t.email_problem == "SMTP_TLS='tls1.3': use none, starttls or ssl"
         assert t.channels(NotifyConfig()) == ("discord",)
         _enqueue(db, _row("discord", t, NotifyConfig()))
@@ -453,7 +455,7 @@ def test_a_bad_email_setting_fails_alone_in_the_runner(tmp_path, monkeypatch, re
     assert len(hooks.accepted("/discord")) == 1
     assert _outbox(db) == [("discord", "sent", 1, None)]
     with pytest.raises(ConfigError, match="SMTP_TLS"):  # the operator's own command stays strict
-        notify.Transports.from_env(env)
+        Transports.from_env(env)
     results(
         "broken email setting in the runner",
         "SMTP_TLS typo with Discord configured",

@@ -26,7 +26,9 @@ from hypothesis import strategies as st
 from servers import EchoServer
 
 from cachemon.alerts import lifecycle as lc
+from cachemon.alerts import notices
 from cachemon.notify import outbox as notify
+from cachemon.notify.transports import Transports
 from cachemon.redact import LIMIT, MARK, MIN_SECRET, Redactor, secret_names
 from cachemon.settings import NotifyConfig
 from cachemon.store import db as store
@@ -86,7 +88,7 @@ def _row(channel, t, i=0):
         "",
         "p99_latency",
         "critical",
-        lc.FIRING,
+        lc.State.FIRING,
         at,
         at,
         value=900.0,
@@ -94,7 +96,7 @@ def _row(channel, t, i=0):
         message="P99 latency above threshold",
         firing_since=at,
     )
-    return notify.render(lc.Notice(channel, "new", (state,), (), at), None, NotifyConfig(), t)
+    return notices.render(lc.Notice(channel, "new", (state,), (), at), None, NotifyConfig(), t)
 
 
 def _store_texts(db) -> str:
@@ -124,7 +126,7 @@ def test_echoed_secrets_are_redacted_everywhere(tmp_path, results):
     texts: dict[str, str] = {}
     try:
         env = _env(tmp_path, db, server)
-        t = notify.Transports.from_env(env)
+        t = Transports.from_env(env)
         with store.writer(db, T0, publish=False) as con:
             for i, channel in enumerate(("email", "slack", "discord")):
                 notify.enqueue(con, _row(channel, t, i))
@@ -195,7 +197,7 @@ def test_an_older_store_is_redacted_at_the_output_edges(tmp_path, results):
     """Error text stored before redaction existed (or before a secret was
     set) is redacted again by `alerts history` and `export`."""
     db, secret = tmp_path / "old.duckdb", "canary-old-secret-81f0"
-    t = notify.Transports.from_env({"SLACK_WEBHOOK_URL": "https://hooks.example.org/x"})
+    t = Transports.from_env({"SLACK_WEBHOOK_URL": "https://hooks.example.org/x"})
     with store.writer(db, T0, publish=False) as con:
         notify.enqueue(con, _row("slack", t))
         con.execute(

@@ -18,6 +18,7 @@ from conftest import ROOT
 from cachemon.api.server import health_body
 from cachemon.cli import main as cli
 from cachemon.errors import StoreBusyError, StoreError
+from cachemon.notify.transports import Transports
 from cachemon.runner import selfcheck
 from cachemon.store import db as store
 from cachemon.store import lock as store_lock
@@ -257,13 +258,12 @@ def test_a_real_runner_on_a_store_written_ahead_of_now_fails_visibly(tmp_path, r
     from cachemon import config
     from cachemon.alerts import evaluate as alerts
     from cachemon.ingest import load as pipeline
-    from cachemon.notify import outbox as notify
 
     cfg = config.with_db(config.load(None, {}), str(db))
     future = datetime.now(UTC) + timedelta(hours=1)
     pipeline.simulate_until(cfg, future, None)
     with store.writer(db, future) as con:
-        alerts.run(con, cfg, future, notify.Transports.from_env({}))
+        alerts.run(con, cfg, future, Transports.from_env({}))
     outs = {
         job: subprocess.run(
             [sys.executable, "-m", "jobs", "--once", job],
