@@ -45,6 +45,7 @@ from cachemon.notify import outbox as notify
 from cachemon.notify.transports import Transports
 from cachemon.runner import heartbeat
 from cachemon.runner import runs as runner
+from cachemon.settings import Config
 from cachemon.store import connection, snapshots
 from cachemon.store import db as store
 from cachemon.store import lock as store_lock
@@ -62,7 +63,7 @@ class Jobs:
     snapshot to `Shell.tick`, which publishes once after the tick's jobs and
     their run records are written."""
 
-    def __init__(self, cfg, config_path: str | None = None):
+    def __init__(self, cfg: Config, config_path: str | None = None):
         self.cfg = cfg
         self.config_path = config_path
         self.sim = None
@@ -238,7 +239,7 @@ class RunLog:
     the next one: the runner never stops over its log, and loses no record
     unless more than MAX_PENDING_RECORDS pile up (said in the log)."""
 
-    def __init__(self, cfg, now_fn, pinger: heartbeat.Pinger | None = None):
+    def __init__(self, cfg: Config, now_fn, pinger: heartbeat.Pinger | None = None):
         self.cfg, self.now_fn, self.pinger = cfg, now_fn, pinger
         self.pending: list[runner.RunRecord] = []
         self.alive = False  # a heartbeat job succeeded since the last ping
@@ -303,7 +304,7 @@ class Shell:
 
     def __init__(
         self,
-        cfg,
+        cfg: Config,
         r: runner.Runner,
         runlog: RunLog,
         clock,
@@ -368,7 +369,8 @@ def _clock(start: str | None, speed: float, real: Callable[[], datetime] = utcno
     )
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The runner's command line (public: the docs test walks it)."""
     parser = argparse.ArgumentParser(prog="python -m jobs", description="cachemon job runner")
     parser.add_argument("--once", help="run one job now and exit (non-zero on failure)")
     parser.add_argument(
@@ -381,6 +383,11 @@ def main(argv=None) -> int:
         "--clock-speed", type=float, default=1.0, help="simulated seconds per second"
     )
     parser.add_argument("--verbose", action="store_true", help="also log each job's start")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -414,7 +421,7 @@ def main(argv=None) -> int:
         lock.release()
 
 
-def _once(cfg, registry, name: str, clock, pinger=None) -> int:
+def _once(cfg: Config, registry, name: str, clock, pinger=None) -> int:
     """Run one job now; it is recorded in job_runs, and a failure exits 1."""
     runlog = RunLog(cfg, clock, pinger)
     r = runner.Runner(registry, runlog, clock=clock)
@@ -432,7 +439,7 @@ def _once(cfg, registry, name: str, clock, pinger=None) -> int:
     return 0 if ok else 1
 
 
-def _list(cfg, registry, clock) -> int:
+def _list(cfg: Config, registry, clock) -> int:
     now = clock()
     with store.writer(cfg.store.path, now) as con:
         last = runner.last_runs(con)
@@ -441,7 +448,7 @@ def _list(cfg, registry, clock) -> int:
     return 0
 
 
-def _last_runs(cfg, clock, stopping: list) -> dict | None:
+def _last_runs(cfg: Config, clock, stopping: list) -> dict | None:
     """Open (create, migrate) the store and read the run log; while the
     store is busy or the disk refuses, say so and try again (a runner
     started during a long import waits for it). None: stopped. Publishing
@@ -481,7 +488,7 @@ def _sleep(seconds: float, stopping: list) -> None:
         time.sleep(0.1)
 
 
-def _serve(cfg, registry, clock, pinger=None) -> int:
+def _serve(cfg: Config, registry, clock, pinger=None) -> int:
     stopping = []
 
     def stop(signum, frame):

@@ -34,6 +34,7 @@ from cachemon.store import db as store
 from cachemon.store import export, snapshots
 from cachemon.tuning.experiments import Experiment, example_toml
 from cachemon.tuning.experiments import parse as parse_experiments
+from jobs import __main__ as jobs_main
 
 # The repository root, wherever this file sits below it.
 ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())
@@ -368,4 +369,22 @@ def test_the_experiments_example_is_the_codes_one_example():
     ), (
         f"docs/experiments.md:{from_docs[0].line}: the example differs from "
         "tuning.experiments.example_toml()"
+    )
+
+
+JOBS_OPTIONS = [
+    o
+    for a in jobs_main.build_parser()._actions
+    for o in a.option_strings
+    if o.startswith("--") and o != "--help"
+]
+
+
+@pytest.mark.parametrize("option", JOBS_OPTIONS)
+def test_every_job_runner_option_is_documented(option):
+    found = section(CLI_DOC, re.compile(r"`python -m jobs`"))
+    assert found, "docs/cli.md: no section (a heading like ## `python -m jobs`) for the runner"
+    line, text = found
+    assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text), (
+        f"docs/cli.md:{line}: the section of `python -m jobs` does not mention {option}"
     )

@@ -30,6 +30,7 @@ from cachemon.metrics.series import Observation, observe
 from cachemon.metrics.window import data_span
 from cachemon.notify import outbox as notify
 from cachemon.notify.transports import Transports
+from cachemon.settings import Config
 from cachemon.store.connection import transaction
 
 log = logging.getLogger("cachemon.alerts")
@@ -178,7 +179,7 @@ def _message(rule: Rule, endpoint: str, o: lc.Outcome) -> str:
 
 def check(
     con: duckdb.DuckDBPyConnection,
-    cfg,
+    cfg: Config,
     at: datetime,
     channels: tuple[str, ...] = (),
     notify: bool = True,
@@ -216,7 +217,7 @@ def check(
     )
 
 
-def _decide(con, cfg, rules, states, changed, at, channels):
+def _decide(con, cfg: Config, rules: tuple[Rule, ...], states, changed, at, channels):
     routes = {r.name: set(r.channels or channels) for r in rules}
     live = lc.notifiable(states, active_silences(con, at), at)
     resolved_now = [s for before, s in changed if s.state == lc.State.RESOLVED]
@@ -311,7 +312,7 @@ def _append(con, table: str, rows: list[dict]) -> None:
         con.unregister("_rows")
 
 
-def backfill(con: duckdb.DuckDBPyConnection, cfg, start: datetime, end: datetime) -> int:
+def backfill(con: duckdb.DuckDBPyConnection, cfg: Config, start: datetime, end: datetime) -> int:
     """Evaluate every slot in (start, end] without notifying, so history and
     health cover data loaded in bulk (a demo, an import); one query per
     series and one write. Returns the number of slots evaluated."""
@@ -406,7 +407,9 @@ def due(con, at: datetime) -> bool:
     return last is None or floor_to(at, MINUTE) > last
 
 
-def run(con, cfg, at: datetime, transports: Transports, dry_run: bool = False) -> CheckResult:
+def run(
+    con, cfg: Config, at: datetime, transports: Transports, dry_run: bool = False
+) -> CheckResult:
     """One evaluation with its notifications: decide, render, and (unless
     `dry_run`) record it all in one transaction and deliver the outbox."""
     at = floor_to(at, MINUTE)

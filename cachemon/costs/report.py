@@ -23,6 +23,7 @@ from cachemon.notify import outbox as notify
 from cachemon.notify.format import HTML, TEXT, header_safe
 from cachemon.notify.transports import Transports
 from cachemon.pricing import COMPONENTS, DEFAULT
+from cachemon.settings import Config
 from cachemon.store.connection import transaction
 
 SAVE = "INSERT OR REPLACE INTO cost_reports VALUES (?, ?, ?, ?)"
@@ -62,7 +63,7 @@ class Report:
         return d
 
 
-def build(con: duckdb.DuckDBPyConnection, cfg, day: date, now: datetime) -> Report:
+def build(con: duckdb.DuckDBPyConnection, cfg: Config, day: date, now: datetime) -> Report:
     """The report of UTC `day` (costs of that day; key classes over the
     class window ending with it; forecast as of its end)."""
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
@@ -144,7 +145,7 @@ def save(con, r: Report) -> bool:
     return sent
 
 
-def queue(con, r: Report, cfg, transports: Transports, resend: bool = False) -> list[str]:
+def queue(con, r: Report, cfg: Config, transports: Transports, resend: bool = False) -> list[str]:
     """Store the report and, unless it was sent before (and not `resend`),
     put it in the outbox for every configured channel. Returns the channels."""
     with transaction(con):
@@ -170,7 +171,9 @@ class Sent:
     flush: notify.Flush
 
 
-def send(con, r: Report, cfg, transports: Transports, now: datetime, resend: bool = False) -> Sent:
+def send(
+    con, r: Report, cfg: Config, transports: Transports, now: datetime, resend: bool = False
+) -> Sent:
     """Queue the report (`queue`) and deliver the outbox at `now`: what the
     report job and `cachemon report` do, in one call."""
     after = notify.last_id(con)

@@ -37,6 +37,7 @@ from cachemon.costs.optimize import KEY_ROWS, key_ranges
 from cachemon.costs.tiermix import TierMix
 from cachemon.events import TIERS
 from cachemon.histogram import Histogram
+from cachemon.pricing import Pricing
 from cachemon.store import horizons
 from cachemon.tuning import quantile_var, stats
 from cachemon.tuning.experiments import Experiment
@@ -166,7 +167,9 @@ class Analysis:
         )
 
 
-def per_key(con, e: Experiment, window: Window, pricing) -> dict[str, dict[str, np.ndarray]]:
+def per_key(
+    con, e: Experiment, window: Window, pricing: Pricing
+) -> dict[str, dict[str, np.ndarray]]:
     """Per-key arrays of each cohort: hits, requests, cost (USD), errors,
     and `expected`: requests × the key's pre-period hit rate (the pooled
     pre-period rate for keys not seen before the start)."""
@@ -241,7 +244,9 @@ def _p95_difference(
     )
 
 
-def analyze(con: duckdb.DuckDBPyConnection, e: Experiment, at: datetime, pricing) -> Analysis:
+def analyze(
+    con: duckdb.DuckDBPyConnection, e: Experiment, at: datetime, pricing: Pricing
+) -> Analysis:
     """The experiment's state at `at` (its window: start to min(at, end))."""
     end = min(at, e.start + e.duration)
     window = Window(e.start, max(end, e.start))
@@ -376,7 +381,14 @@ def status(e: Experiment, at: datetime) -> Status:
     return Status.RUNNING if at < e.start + e.duration else Status.ENDED
 
 
-def backfill(con, experiments, since: datetime, until: datetime, pricing, daily_at: time) -> int:
+def backfill(
+    con,
+    experiments: tuple[Experiment, ...],
+    since: datetime,
+    until: datetime,
+    pricing: Pricing,
+    daily_at: time,
+) -> int:
     """Store the analyses the daily job (at `daily_at` UTC) would have made
     in (since, until] (the demo's history of decisions); returns how many."""
     n = 0

@@ -26,6 +26,7 @@ from cachemon.events import ENDPOINTS
 from cachemon.notify import outbox as notify
 from cachemon.notify.transports import Transports
 from cachemon.redact import Redactor
+from cachemon.settings import Config
 from cachemon.tuning import analysis as tuning
 from cachemon.tuning.experiments import MAX_TTL, MIN_TTL, Experiment
 
@@ -153,7 +154,7 @@ def parse_config(raw: bytes | None) -> dict[str, int]:
     return data
 
 
-def defaults(cfg) -> dict[str, int]:
+def defaults(cfg: Config) -> dict[str, int]:
     ttl = dict(cfg.costs.kv_ttl)
     return {e: int(ttl.get(e, timedelta(days=1)).total_seconds()) for e in ENDPOINTS}
 
@@ -175,7 +176,7 @@ class Action:
     detail: str
 
 
-def promote(kv: KvClient, cfg, e: Experiment, winner: str, dry_run: bool = False) -> Action:
+def promote(kv: KvClient, cfg: Config, e: Experiment, winner: str, dry_run: bool = False) -> Action:
     """Write the winning cohort's TTL for the experiment's endpoint."""
     cohort = next(c for c in e.cohorts if c.name == winner)
     try:
@@ -196,7 +197,7 @@ def promote(kv: KvClient, cfg, e: Experiment, winner: str, dry_run: bool = False
     )
 
 
-def check(kv: KvClient, cfg, dry_run: bool = False) -> Action:
+def check(kv: KvClient, cfg: Config, dry_run: bool = False) -> Action:
     """Verify the live config; roll back to defaults if it is corrupt."""
     try:
         current = parse_config(kv.get(CONFIG_KEY))
@@ -205,7 +206,9 @@ def check(kv: KvClient, cfg, dry_run: bool = False) -> Action:
     return Action("none", "", current, current, "config valid")
 
 
-def rollback(kv: KvClient, cfg, reason: str, experiment: str = "", dry_run: bool = False) -> Action:
+def rollback(
+    kv: KvClient, cfg: Config, reason: str, experiment: str = "", dry_run: bool = False
+) -> Action:
     new = defaults(cfg)
     if not dry_run:
         _write_verified(kv, new)
@@ -222,7 +225,7 @@ def history(con) -> list[tuple]:
     return con.execute(HISTORY).fetchall()
 
 
-def announce(con, a: Action, cfg, transports: Transports, at: datetime) -> list[str]:
+def announce(con, a: Action, cfg: Config, transports: Transports, at: datetime) -> list[str]:
     """Queue the notice of a promotion or rollback on every configured channel."""
     prefix = cfg.notify.subject_prefix
     if a.action == "rollback":
@@ -240,7 +243,7 @@ def announce(con, a: Action, cfg, transports: Transports, at: datetime) -> list[
     return channels
 
 
-def daily(con, cfg, at: datetime, env, transports, dry_run: bool = False):
+def daily(con, cfg: Config, at: datetime, env, transports: Transports, dry_run: bool = False):
     """The tuning engine's daily run: analyse every started experiment,
     check the live TTL config (rolling back a corrupt one), promote
     winners. With `dry_run` nothing is stored, written or sent.
@@ -267,7 +270,9 @@ def daily(con, cfg, at: datetime, env, transports, dry_run: bool = False):
     return analyses, actions
 
 
-def on_bad_config(con, cfg, reason: str, env, transports, at: datetime) -> Action | None:
+def on_bad_config(
+    con, cfg: Config, reason: str, env, transports: Transports, at: datetime
+) -> Action | None:
     """The experiment configuration cannot be read: put the default TTLs
     back in KV (when KV is configured), record it and raise the alarm."""
     if not env.get("CF_KV_NAMESPACE_ID"):
