@@ -7,7 +7,8 @@ import plotly.express as px
 import streamlit as st
 
 from cachemon.alerts import evaluate as alerts
-from cachemon.alerts import health, silences
+from cachemon.alerts import health
+from cachemon.alerts import silences as silencing
 from cachemon.clock import iso, parse_duration
 from cachemon.errors import CachemonError
 from cachemon.notify import outbox as notify
@@ -26,7 +27,7 @@ def _load(con, cfg, now):
         "periods": health.active_periods(con, since, now),
         "history": health.history(con, since, now),
         "notifications": notify.outbox(con, since, 200),
-        "silences": silences.active_silences(con, now),
+        "silences": silencing.active_silences(con, now),
     }
 
 
@@ -139,7 +140,7 @@ def _silences(cfg, silences, names, now):
         if st.form_submit_button("Silence"):
             try:
                 with store.writer(cfg.store.path, now, create=False) as con:
-                    s = silences.add_silence(
+                    s = silencing.add_silence(
                         con,
                         matcher,
                         parse_duration(duration, "For"),

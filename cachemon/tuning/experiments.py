@@ -17,13 +17,13 @@ Schemes:
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fractions import Fraction
 
+from cachemon import jsontext
 from cachemon.assignment import seed_sha256_byte
 from cachemon.clock import format_duration, parse_duration, parse_instant
 from cachemon.errors import ConfigError
@@ -282,4 +282,4 @@ def example_toml(
 
 def _quote(text: str) -> str:
     # JSON's string escapes (\", \\, \n, \uXXXX) are all TOML basic-string escapes.
-    return json.dumps(text, ensure_ascii=False)
+    return jsontext.dumps(text, ensure_ascii=False)
