@@ -9,8 +9,8 @@ from cachemon.clock import Period, Window, iso
 from cachemon.costs import report
 from cachemon.costs import usage as costs
 from cachemon.errors import CachemonError
-from cachemon.metrics.window import data_end
 from cachemon.pricing import DEFAULT
+from cachemon.store.queries import data_end
 from pages.shared import common
 
 st.header("Costs")

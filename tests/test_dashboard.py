@@ -339,7 +339,7 @@ def test_sidebar_shows_the_runner_and_failing_jobs(live_store, monkeypatch):
 
 def test_ttl_whatif_page_shows_the_library_predictions(live_store, monkeypatch):
     from cachemon.clock import Window as W
-    from cachemon.metrics.window import data_span
+    from cachemon.store.queries import data_span
     from cachemon.tuning import whatif as ttl
 
     db, cfg_file = live_store

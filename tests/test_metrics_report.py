@@ -12,12 +12,13 @@ from cachemon.costs import usage
 from cachemon.metrics import exposition
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
+from cachemon.store import queries
 from cachemon.usecases import metrics_report
 
 
 def _end(path):
     with store.reader(path) as con:
-        return metrics.data_span(con)[1]
+        return queries.data_span(con)[1]
 
 
 def test_report_is_compute_then_health_then_costs(loaded_store):
@@ -29,7 +30,8 @@ def test_report_is_compute_then_health_then_costs(loaded_store):
         # The composition written out by hand, as the CLI and the API did.
         m = metrics.compute(con, Window.ending(at, Period.H1.length), "1h", latest=True)
         state = health.health(con, m.at, cfg.alerts.evaluate_every)
-        block = usage.for_window(con, m.window, m.at, cfg)
+        daily = usage.price(usage.per_day(usage.measure(con, m.window, cfg)), cfg.pricing)
+        block = usage.to_json(daily, usage.forecast(con, m.at, cfg, cfg.pricing), m.at)
     assert report.metrics == m and report.health == state
     assert report.costs is not None and report.costs.to_json() == block
     assert report.to_json() == metrics.to_json(m, cfg.metrics.stale_after, state, block)

@@ -18,13 +18,13 @@ from cachemon.alerts import health
 from cachemon.clock import DAY, Window, iso
 from cachemon.costs import optimize
 from cachemon.costs import usage as costs
-from cachemon.metrics.window import data_span
 from cachemon.notify import outbox as notify
 from cachemon.notify.format import HTML, TEXT, header_safe
 from cachemon.notify.transports import Transports
 from cachemon.pricing import COMPONENTS, DEFAULT
 from cachemon.settings import Config
 from cachemon.store.connection import transaction
+from cachemon.store.queries import CLASSES, KeyClass, data_span
 
 SAVE = "INSERT OR REPLACE INTO cost_reports VALUES (?, ?, ?, ?)"
 SENT = "SELECT sent FROM cost_reports WHERE day = ?"
@@ -37,7 +37,7 @@ class Report:
     day: date
     generated_at: datetime
     has_data: bool
-    classes: tuple[tuple[str, int], ...]  # (class, entries)
+    classes: tuple[tuple[KeyClass, int], ...]  # (class, entries), in CLASSES order
     lines: tuple[
         tuple[str, str, float, float, float], ...
     ]  # (component, unit, units, list, billed)
@@ -76,7 +76,7 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, day: date, now: datetime)
         counts, _, found = optimize.recommend(
             con, cfg, window.end, Window(window.end - cfg.costs.class_window, window.end)
         )
-        classes = tuple((c, int(counts.get(c, 0))) for c in ("hot", "warm", "cold"))
+        classes = tuple((c, int(counts.get(c, 0))) for c in CLASSES)
         recs = tuple(sorted(found, key=lambda r: -r.saving_per_day))
         fc = costs.forecast(con, min(window.end, span[1]), cfg, cfg.pricing)
     status = health.health(con, window.end, cfg.alerts.evaluate_every).status

@@ -28,9 +28,9 @@ import pandas as pd
 from cachemon.clock import DAY, Window, floor_to, iso
 from cachemon.costs.tiermix import TierMix
 from cachemon.events import TIERS
-from cachemon.metrics.window import TIER_TOTALS, data_span, window_params
 from cachemon.pricing import COMPONENTS, Pricing, days_in_month, month_share, month_start
 from cachemon.settings import Config
+from cachemon.store.queries import TIER_TOTALS, data_span, window_params
 
 QUERIES_PER_PULL = 4  # minute rollups, latency histogram, gauges, per-key counts
 GAUGE_USAGE = """
@@ -279,9 +279,3 @@ def window_costs(con, window: Window, at: datetime, cfg: Config) -> WindowCosts:
     """The costs of a metrics window (see WindowCosts)."""
     daily = price(per_day(measure(con, window, cfg)), cfg.pricing)
     return WindowCosts(daily, forecast(con, at, cfg, cfg.pricing), at)
-
-
-def for_window(con, window: Window, at: datetime, cfg: Config) -> dict:
-    """The `costs` block of a metrics window: its usage as a daily rate,
-    priced, and the month-end forecast as of `at`."""
-    return window_costs(con, window, at, cfg).to_json()
