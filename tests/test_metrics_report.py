@@ -64,3 +64,31 @@ def test_latest_false_keeps_the_requested_window(loaded_store):
         fixed = metrics_report.build(con, cfg, Period.M15, later, latest=False)
         slid = metrics_report.build(con, cfg, Period.M15, later)
     assert fixed.metrics.window.end == later and slid.metrics.window.end == at
+
+
+def test_compare_holds_the_previous_period_and_the_kpi_changes(loaded_store):
+    """The overview's comparison is part of the composition: the previous
+    window's metrics and list cost per day, and each KPI's change."""
+    path, _ = loaded_store
+    cfg = settings.Config()
+    at = _end(path)
+    with store.reader(path) as con:
+        report = metrics_report.build(con, cfg, Period.H1, at, compare=True)
+        plain = metrics_report.build(con, cfg, Period.H1, at)
+        before = report.metrics.window.previous()
+        prev = metrics.compute(con, before, "1h", top=0)
+        prev_cost = usage.price(usage.per_day(usage.measure(con, before, cfg)), cfg.pricing)
+        first = queries.data_span(con)[0]
+        lone = metrics_report.build(con, cfg, Period.H1, first + Period.H1.length, compare=True)
+    assert plain.previous is None and report.to_json() == plain.to_json()
+    assert report.previous.metrics == prev
+    assert report.previous.list_per_day == prev_cost.list_total > 0
+    cost = metrics_report.COST_KPI
+    assert report.kpis() == metrics.kpis(report.metrics) | {cost: report.costs.daily.list_total}
+    deltas = report.kpi_deltas()
+    assert deltas[cost] == report.costs.daily.list_total - prev_cost.list_total
+    assert deltas["requests"] == report.metrics.volume.total - prev.volume.total
+    assert plain.kpi_deltas()[cost] is None and plain.kpi_deltas()["requests"] is None
+    # The store's first hour has nothing before it: no previous metrics, no changes.
+    assert lone.previous.metrics is None and lone.previous.list_per_day is None
+    assert set(lone.kpi_deltas().values()) == {None}

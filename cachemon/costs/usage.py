@@ -158,6 +158,11 @@ def per_day(usage: Usage) -> Usage:
     return usage.scaled(factor, Window(usage.window.end - DAY, usage.window.end))
 
 
+def daily_rate(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> Breakdown:
+    """The usage of `window` as a daily rate, priced (`[pricing]`)."""
+    return price(per_day(measure(con, window, cfg)), cfg.pricing)
+
+
 def daily_costs(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> pd.DataFrame:
     """List and billed cost of each UTC day in `window` with data (a day the
     data covers in part scaled to a full day), with a column per
@@ -170,7 +175,7 @@ def daily_costs(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> 
     day = floor_to(lo, DAY)
     while day < hi:
         part = Window(max(day, lo), min(day + DAY, hi))
-        b = price(per_day(measure(con, part, cfg)), cfg.pricing)
+        b = daily_rate(con, part, cfg)
         if b.usage.workers_requests:
             rows.append(
                 {
@@ -277,5 +282,4 @@ class WindowCosts:
 
 def window_costs(con, window: Window, at: datetime, cfg: Config) -> WindowCosts:
     """The costs of a metrics window (see WindowCosts)."""
-    daily = price(per_day(measure(con, window, cfg)), cfg.pricing)
-    return WindowCosts(daily, forecast(con, at, cfg, cfg.pricing), at)
+    return WindowCosts(daily_rate(con, window, cfg), forecast(con, at, cfg, cfg.pricing), at)
