@@ -295,8 +295,8 @@ def test_costs_show_the_cost_block_and_the_report(past_store, monkeypatch):
         js["perDay"]["list"], abs=1e-6
     )  # JSON: 6 decimals
     with store.reader(db) as con:
-        stored = report.recent(con, 1)[0]["report"]
-    assert list(at.dataframe[-1].value["list USD"]) == [pytest.approx(stored["list_total"])]
+        stored = report.recent(con, 1)[0].report
+    assert list(at.dataframe[-1].value["list USD"]) == [pytest.approx(stored.list_total)]
     assert len(at.get("plotly_chart")) == 2
 
 

@@ -162,6 +162,11 @@ class Recommendation:
     action: str
     saving_per_day: float  # USD, list prices
 
+    @classmethod
+    def from_json(cls, d: dict) -> Recommendation:
+        """A recommendation read back from a stored report (`dataclasses.asdict`)."""
+        return cls(d["type"], d["title"], tuple(d["evidence"]), d["action"], d["saving_per_day"])
+
 
 def edge_optimization(con, days: float, pricing: Pricing, target: float) -> Recommendation | None:
     """Hot keys whose edge hit rate is under `target` %: every edge miss is
