@@ -14,7 +14,7 @@ from servers import SmtpSink
 from test_messages import _golden
 
 from cachemon import config, settings
-from cachemon.costs import report
+from cachemon.costs import optimize, report
 from cachemon.notify.transports import Transports
 from cachemon.store import db as store
 from cachemon.store import snapshots
@@ -86,6 +86,7 @@ def test_a_stored_report_reads_back_typed(db):
     assert all(isinstance(c, KeyClass) for c, _ in stored.report.classes)
     assert [c for c, _ in stored.report.classes] == list(CLASSES)
     assert all(isinstance(x.evidence, tuple) for x in stored.report.recommendations)
+    assert all(isinstance(x.type, optimize.Kind) for x in stored.report.recommendations)
 
 
 def test_day_without_data_says_so(db):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 import duckdb
 import numpy as np
@@ -154,9 +155,19 @@ def class_counts(con) -> dict[KeyClass, int]:
     return {KeyClass(c): int(n) for c, n in con.execute(CLASS_COUNTS).fetchall()}
 
 
+class Kind(StrEnum):
+    """A recommendation's kind; the value is what the report stores and shows."""
+
+    EDGE_OPTIMIZATION = "edge_optimization"
+    R2_ARCHIVAL = "r2_archival"
+    TTL_TUNING = "ttl_tuning"
+
+
 @dataclass(frozen=True)
 class Recommendation:
-    type: str  # edge_optimization | r2_archival | ttl_tuning
+    """One change to make, with its evidence and what it saves a day."""
+
+    type: Kind
     title: str
     evidence: tuple[str, ...]
     action: str
@@ -165,7 +176,9 @@ class Recommendation:
     @classmethod
     def from_json(cls, d: dict) -> Recommendation:
         """A recommendation read back from a stored report (`dataclasses.asdict`)."""
-        return cls(d["type"], d["title"], tuple(d["evidence"]), d["action"], d["saving_per_day"])
+        return cls(
+            Kind(d["type"]), d["title"], tuple(d["evidence"]), d["action"], d["saving_per_day"]
+        )
 
 
 def edge_optimization(con, days: float, pricing: Pricing, target: float) -> Recommendation | None:
@@ -185,7 +198,7 @@ def edge_optimization(con, days: float, pricing: Pricing, target: float) -> Reco
         for r in worst.itertuples()
     )
     return Recommendation(
-        "edge_optimization",
+        Kind.EDGE_OPTIMIZATION,
         f"{len(low):,} hot keys have an edge hit rate under {target:g}%",
         evidence,
         "Raise the edge TTL for these keys or pre-warm them at the edge",
@@ -210,7 +223,7 @@ def r2_archival(
     gb = live * value_bytes / 1e9
     per_month = gb * (pricing["kv_storage"].price - pricing["r2_storage"].price)
     return Recommendation(
-        "r2_archival",
+        Kind.R2_ARCHIVAL,
         f"Archive {count:,} cold entries to R2",
         (
             f"{count:,} keys under {COLD_PER_DAY * 30:g} requests/month, first seen over {age:g} days ago",
@@ -285,7 +298,7 @@ def ttl_tuning(
     if not actions:
         return None
     return Recommendation(
-        "ttl_tuning",
+        Kind.TTL_TUNING,
         "Warm keys are refreshed into KV more often than their reads justify",
         tuple(evidence),
         "Increase " + "; ".join(actions),
