@@ -17,8 +17,8 @@ import streamlit as st
 from cachemon import config as config_mod
 from cachemon.clock import CLOCK_SKEW, Period, format_duration, iso
 from cachemon.errors import CachemonError
-from cachemon.metrics import window as metrics
 from cachemon.runner import selfcheck
+from cachemon.store.queries import data_span
 from pages.shared import common
 
 st.set_page_config(page_title="cachemon", page_icon=":bar_chart:", layout="wide")
@@ -61,7 +61,7 @@ def _login_page() -> None:
 
 
 def _span(con, cfg):
-    return metrics.data_span(con)
+    return data_span(con)
 
 
 def _runner(con, cfg, at):

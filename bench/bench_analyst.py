@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from cachemon import settings
 from cachemon.ingest import retention
-from cachemon.metrics.window import data_span
 from cachemon.store import db as store
 from cachemon.store import export, snapshots
+from cachemon.store.queries import data_span
 
 
 def _examples():

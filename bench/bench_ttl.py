@@ -20,8 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 from cachemon import config, settings
 from cachemon.clock import Window
-from cachemon.metrics.window import data_span
 from cachemon.store import db as store
+from cachemon.store.queries import data_span
 from cachemon.tuning import whatif as ttl
 
 TTLS = ttl.parse_ttls("6h,12h,24h,48h,7d")

@@ -93,10 +93,6 @@ class RetentionConfig:
             )
 
 
-# Key classes by requests per day: hot above 100, cold under 10 a month.
-HOT_PER_DAY = 100.0
-COLD_PER_DAY = 10.0 / 30.0
-
 # The Worker's TTLs per endpoint: what the simulator runs and, until told
 # otherwise ([costs]), what cachemon assumes the real Worker uses.
 KV_TTL = (

@@ -9,8 +9,8 @@ from cachemon.clock import Period, Window, iso
 from cachemon.costs import report
 from cachemon.costs import usage as costs
 from cachemon.errors import CachemonError
-from cachemon.metrics.window import data_end
 from cachemon.pricing import DEFAULT
+from cachemon.store.queries import KeyClass, data_end
 from pages.shared import common
 
 st.header("Costs")
@@ -19,7 +19,7 @@ st.header("Costs")
 def _load(con, cfg, period: str, at):
     end = data_end(con, at)
     window = Window.ending(end, Period.parse(period).length)
-    daily = costs.price(costs.per_day(costs.measure(con, window, cfg)), cfg.pricing)
+    daily = costs.daily_rate(con, window, cfg)
     return window, daily, costs.forecast(con, end, cfg, cfg.pricing), report.recent(con, 30)
 
 
@@ -78,7 +78,10 @@ def page():
     _latest(reports)
 
 
-def _latest(reports: list[dict]):
+CLASS_COLOURS = {KeyClass.HOT: "#dc2626", KeyClass.WARM: "#f59e0b", KeyClass.COLD: "#2563eb"}
+
+
+def _latest(reports: list[report.StoredReport]):
     st.subheader("Key classes and recommendations")
     if not reports:
         st.info(
@@ -86,13 +89,14 @@ def _latest(reports: list[dict]):
             "`python -m cachemon costs report` builds it now."
         )
         return
-    r = reports[0]["report"]
+    r = reports[0].report
     st.caption(
-        f"From the report of {r['day']} (generated {r['generated_at']}, health {r['health']})"
+        f"From the report of {r.day.isoformat()} (generated {iso(r.generated_at)}, "
+        f"health {r.health})"
     )
     left, right = st.columns([1, 2])
-    classes = pd.DataFrame(r["classes"], columns=["class", "keys"])
-    if classes["keys"].sum():
+    if r.entries:
+        classes = pd.DataFrame([(str(c), n) for c, n in r.classes], columns=["class", "keys"])
         left.plotly_chart(
             px.pie(
                 classes,
@@ -100,36 +104,32 @@ def _latest(reports: list[dict]):
                 values="keys",
                 title="Key classes",
                 color="class",
-                color_discrete_map={"hot": "#dc2626", "warm": "#f59e0b", "cold": "#2563eb"},
+                color_discrete_map={str(c): colour for c, colour in CLASS_COLOURS.items()},
             ),
             width="stretch",
         )
     with right:
-        if not r["recommendations"]:
+        if not r.recommendations:
             st.success("No recommendation: nothing to change at current traffic.")
-        for rec in r["recommendations"]:
+        for rec in r.recommendations:
             with st.container(border=True):
-                st.markdown(
-                    f"**{rec['title']}** — saves {common.fmt(rec['saving_per_day'], 'usd')}/day"
-                )
+                st.markdown(f"**{rec.title}** — saves {common.fmt(rec.saving_per_day, 'usd')}/day")
                 # Plain text: evidence names cache keys, which come from the internet.
-                st.text("Action: " + rec["action"])
-                for line in rec["evidence"]:
+                st.text("Action: " + rec.action)
+                for line in rec.evidence:
                     st.text(line)
     st.subheader("Daily reports")
     st.dataframe(
         pd.DataFrame(
             [
                 {
-                    "day": x["day"],
-                    "list USD": x["report"]["list_total"],
-                    "billed USD": x["report"]["billed_total"],
-                    "saving USD/day": sum(
-                        rec["saving_per_day"] for rec in x["report"]["recommendations"]
-                    ),
-                    "recommendations": len(x["report"]["recommendations"]),
-                    "emailed": x["sent"],
-                    "generated": iso(x["created_at"]),
+                    "day": x.day,
+                    "list USD": x.report.list_total,
+                    "billed USD": x.report.billed_total,
+                    "saving USD/day": x.report.saving_per_day,
+                    "recommendations": len(x.report.recommendations),
+                    "emailed": x.sent,
+                    "generated": iso(x.created_at),
                 }
                 for x in reports
             ]

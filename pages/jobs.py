@@ -9,8 +9,8 @@ import streamlit as st
 from cachemon.clock import format_duration, iso
 from cachemon.errors import CachemonError
 from cachemon.ingest import write as ingest
-from cachemon.metrics.window import data_span
 from cachemon.runner import runs as runner
+from cachemon.store.queries import data_span
 from pages.shared import common
 
 st.header("Jobs")

@@ -5,7 +5,6 @@ import plotly.express as px
 import streamlit as st
 
 from cachemon.clock import Period, iso
-from cachemon.costs import usage as costs
 from cachemon.errors import CachemonError
 from cachemon.events import TIERS
 from cachemon.metrics import window as metrics
@@ -13,37 +12,37 @@ from cachemon.usecases import metrics_report
 from pages.shared import common
 
 st.header("Overview")
-ROWS = (("combined", "edge", "kv", "r2", "cost"), ("p50", "p95", "p99", "requests", "error_rate"))
-LABELS = metrics.KPI_LABELS | {"cost": "Estimated cost USD/day"}
+COST = metrics_report.COST_KPI
+ROWS = (("combined", "edge", "kv", "r2", COST), ("p50", "p95", "p99", "requests", "error_rate"))
+LABELS = metrics.KPI_LABELS | {COST: "Estimated cost USD/day"}
 
 
 def _load(con, cfg, period: str, endpoint, at):
-    """The period's metrics report (metrics, health, costs: the same
-    composition as `cachemon metrics` and GET /metrics), the previous
-    period's metrics (None without data), and both periods' list cost per
-    day (store-wide)."""
-    report = metrics_report.build(
-        con, cfg, Period.parse(period), at, endpoint, top=20, latest=True, costs=True
+    """The period's metrics report compared with the previous period (the
+    same composition as `cachemon metrics` and GET /metrics, costs always)."""
+    return metrics_report.build(
+        con,
+        cfg,
+        Period.parse(period),
+        at,
+        endpoint,
+        top=20,
+        latest=True,
+        costs=True,
+        compare=True,
     )
-    current = report.metrics
-    try:
-        previous = metrics.compute(con, current.window.previous(), period, endpoint, top=0)
-    except CachemonError:
-        previous = None
-    before = costs.window_costs(con, current.window.previous(), current.at, cfg)
-    daily = [report.costs.daily.list_total, before.daily.list_total]
-    return current, previous, report.health, daily
 
 
 @st.fragment(run_every=common.REFRESH)
 def overview():
     period, endpoint, at = common.period(), common.endpoint(), common.now()
     try:
-        current, previous, state, daily = common.cached(_load, period.value, endpoint, at)
+        report = common.cached(_load, period.value, endpoint, at)
     except CachemonError as exc:
         common.show_error(exc)
         return
-    common.health_banner(state)
+    current = report.metrics
+    common.health_banner(report.health)
     st.page_link(
         "pages/alerts.py", label="Alerts, history and silences", icon=":material/notifications:"
     )
@@ -52,20 +51,15 @@ def overview():
         f"Window {current.window} (UTC) · data until {iso(current.data_until)} · "
         f"compared with the previous {period.value} · refreshes every {common.REFRESH.total_seconds():g} s"
     )
-    values = metrics.kpis(current) | {"cost": daily[0]}
-    deltas = metrics.kpi_deltas(current, previous) | {
-        "cost": daily[0] - daily[1] if previous else None
-    }
+    values, deltas = report.kpis(), report.kpi_deltas()
     for row in ROWS:
         for col, key in zip(st.columns(len(row)), row):
-            kind = {"requests": "count", "cost": "usd"}.get(key, "num")
+            kind = {"requests": "count", COST: "usd"}.get(key, "num")
             col.metric(
                 LABELS[key],
                 common.fmt(values[key], kind),
                 common.fmt(deltas[key], kind, signed=True),
-                delta_color="inverse"
-                if key in metrics.KPI_LOWER_IS_BETTER | {"cost"}
-                else "normal",
+                delta_color="inverse" if key in metrics.KPI_LOWER_IS_BETTER | {COST} else "normal",
             )
     left, right = st.columns([1, 2])
     shares = pd.DataFrame({"tier": TIERS, "share %": [current.volume.share(t) for t in TIERS]})

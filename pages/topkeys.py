@@ -7,8 +7,8 @@ from cachemon.clock import Period, Window, iso
 from cachemon.costs import optimize
 from cachemon.errors import CachemonError
 from cachemon.events import TIERS
-from cachemon.metrics.window import data_end
 from cachemon.store import export, topkeys
+from cachemon.store.queries import data_end
 from pages.shared import common
 
 st.header("Top keys")

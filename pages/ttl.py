@@ -10,8 +10,8 @@ from plotly.subplots import make_subplots
 
 from cachemon.clock import DAY, Window, format_duration, parse_duration
 from cachemon.errors import CachemonError
-from cachemon.metrics.window import data_end
 from cachemon.pricing import days_in_month
+from cachemon.store.queries import data_end
 from cachemon.tuning import whatif as ttl
 from pages.shared import common
 

@@ -116,12 +116,12 @@ def test_cost_and_experiment_views_equal_what_cachemon_stored(demo_store):
             "FROM v1.experiment_results ORDER BY ALL"
         ).fetchall()
         history = tuning.history(con, "extended-title-ttl")
-    assert [(c[0], c[3]) for c in costs] == [
-        (r["day"], len(r["report"]["lines"])) for r in reports
-    ] and len(costs) >= 2
+    assert [(c[0], c[3]) for c in costs] == [(r.day, len(r.report.lines)) for r in reports] and len(
+        costs
+    ) >= 2
     for (_day, list_usd, billed_usd, _), r in zip(costs, reports):
-        assert list_usd == pytest.approx(r["report"]["list_total"], rel=1e-12)
-        assert billed_usd == pytest.approx(r["report"]["billed_total"], rel=1e-12)
+        assert list_usd == pytest.approx(r.report.list_total, rel=1e-12)
+        assert billed_usd == pytest.approx(r.report.billed_total, rel=1e-12)
     want = sorted(
         (h["analyzed_at"], c["treatment"], m["metric"], m["estimate"], m["lower"], m["upper"])
         for h in history

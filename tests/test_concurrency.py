@@ -17,7 +17,7 @@ from cachemon.clock import Window
 from cachemon.errors import StoreError
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
-from cachemon.store import schema, snapshots
+from cachemon.store import queries, schema, snapshots
 
 WORKERS = str(ROOT / "tests" / "workers.py")
 
@@ -52,7 +52,7 @@ def test_writer_and_two_readers_at_once(tmp_path):
     end = T0 + timedelta(minutes=5 * steps)
     with store.reader(db) as con:
         minutes = con.execute("SELECT count(DISTINCT minute) FROM rollup_minute").fetchall()[0][0]
-        span = metrics.data_span(con)
+        span = queries.data_span(con)
     assert span == (T0 - timedelta(hours=1), end)
     assert minutes == (end - span[0]) // timedelta(minutes=1)
 

@@ -295,8 +295,8 @@ def test_costs_show_the_cost_block_and_the_report(past_store, monkeypatch):
         js["perDay"]["list"], abs=1e-6
     )  # JSON: 6 decimals
     with store.reader(db) as con:
-        stored = report.recent(con, 1)[0]["report"]
-    assert list(at.dataframe[-1].value["list USD"]) == [pytest.approx(stored["list_total"])]
+        stored = report.recent(con, 1)[0].report
+    assert list(at.dataframe[-1].value["list USD"]) == [pytest.approx(stored.list_total)]
     assert len(at.get("plotly_chart")) == 2
 
 
@@ -339,7 +339,7 @@ def test_sidebar_shows_the_runner_and_failing_jobs(live_store, monkeypatch):
 
 def test_ttl_whatif_page_shows_the_library_predictions(live_store, monkeypatch):
     from cachemon.clock import Window as W
-    from cachemon.metrics.window import data_span
+    from cachemon.store.queries import data_span
     from cachemon.tuning import whatif as ttl
 
     db, cfg_file = live_store

@@ -10,9 +10,8 @@ from conftest import ROOT
 
 from cachemon.clock import MINUTE, floor_to, utcnow
 from cachemon.ingest import write as ingest
-from cachemon.metrics import window as metrics
 from cachemon.store import db as store
-from cachemon.store import snapshots
+from cachemon.store import queries, snapshots
 
 
 def _env(tmp_path):
@@ -41,7 +40,7 @@ def test_once_ingest_fills_up_to_now(tmp_path):
     assert p.returncode == 0, p.stderr
     with store.reader(db) as con:
         until = ingest.watermark(con, "simulator")
-        span = metrics.data_span(con)
+        span = queries.data_span(con)
         runs = con.execute("SELECT job, outcome, rows FROM job_runs").fetchall()
     assert before <= until <= floor_to(utcnow(), MINUTE)
     assert span[1] == until and until - span[0] == 60 * MINUTE
@@ -136,7 +135,7 @@ def test_runner_pulls_from_analytics_engine_when_configured(tmp_path):
     assert p.returncode == 0, p.stderr
     with store.reader(tmp_path / "ae.duckdb") as con:
         mark = ingest.watermark(con, "analytics_engine")
-        span = metrics.data_span(con)
+        span = queries.data_span(con)
     # The runner's clock may have passed a minute boundary since `now`.
     assert now <= mark <= now + MINUTE
     # The first pull backfills `backfill` (1 h here), floored to the hour.

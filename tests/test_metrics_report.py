@@ -12,12 +12,13 @@ from cachemon.costs import usage
 from cachemon.metrics import exposition
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
+from cachemon.store import queries
 from cachemon.usecases import metrics_report
 
 
 def _end(path):
     with store.reader(path) as con:
-        return metrics.data_span(con)[1]
+        return queries.data_span(con)[1]
 
 
 def test_report_is_compute_then_health_then_costs(loaded_store):
@@ -29,7 +30,8 @@ def test_report_is_compute_then_health_then_costs(loaded_store):
         # The composition written out by hand, as the CLI and the API did.
         m = metrics.compute(con, Window.ending(at, Period.H1.length), "1h", latest=True)
         state = health.health(con, m.at, cfg.alerts.evaluate_every)
-        block = usage.for_window(con, m.window, m.at, cfg)
+        daily = usage.price(usage.per_day(usage.measure(con, m.window, cfg)), cfg.pricing)
+        block = usage.to_json(daily, usage.forecast(con, m.at, cfg, cfg.pricing), m.at)
     assert report.metrics == m and report.health == state
     assert report.costs is not None and report.costs.to_json() == block
     assert report.to_json() == metrics.to_json(m, cfg.metrics.stale_after, state, block)
@@ -62,3 +64,31 @@ def test_latest_false_keeps_the_requested_window(loaded_store):
         fixed = metrics_report.build(con, cfg, Period.M15, later, latest=False)
         slid = metrics_report.build(con, cfg, Period.M15, later)
     assert fixed.metrics.window.end == later and slid.metrics.window.end == at
+
+
+def test_compare_holds_the_previous_period_and_the_kpi_changes(loaded_store):
+    """The overview's comparison is part of the composition: the previous
+    window's metrics and list cost per day, and each KPI's change."""
+    path, _ = loaded_store
+    cfg = settings.Config()
+    at = _end(path)
+    with store.reader(path) as con:
+        report = metrics_report.build(con, cfg, Period.H1, at, compare=True)
+        plain = metrics_report.build(con, cfg, Period.H1, at)
+        before = report.metrics.window.previous()
+        prev = metrics.compute(con, before, "1h", top=0)
+        prev_cost = usage.price(usage.per_day(usage.measure(con, before, cfg)), cfg.pricing)
+        first = queries.data_span(con)[0]
+        lone = metrics_report.build(con, cfg, Period.H1, first + Period.H1.length, compare=True)
+    assert plain.previous is None and report.to_json() == plain.to_json()
+    assert report.previous.metrics == prev
+    assert report.previous.list_per_day == prev_cost.list_total > 0
+    cost = metrics_report.COST_KPI
+    assert report.kpis() == metrics.kpis(report.metrics) | {cost: report.costs.daily.list_total}
+    deltas = report.kpi_deltas()
+    assert deltas[cost] == report.costs.daily.list_total - prev_cost.list_total
+    assert deltas["requests"] == report.metrics.volume.total - prev.volume.total
+    assert plain.kpi_deltas()[cost] is None and plain.kpi_deltas()["requests"] is None
+    # The store's first hour has nothing before it: no previous metrics, no changes.
+    assert lone.previous.metrics is None and lone.previous.list_per_day is None
+    assert set(lone.kpi_deltas().values()) == {None}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +15,7 @@ from cachemon import settings
 from cachemon.clock import Window
 from cachemon.costs import optimize
 from cachemon.store import db as store
+from cachemon.store.queries import CLASSES, KeyClass, key_class_sql
 
 START = T0 - timedelta(days=10)
 AT = T0 + timedelta(hours=2)
@@ -21,8 +23,14 @@ DAYS = (AT - START) / timedelta(days=1)  # two 2-hour bursts ten days apart: eve
 
 
 def test_class_boundaries():
-    rates = np.array([100.0, 100.0001, 10 / 30, 10 / 30 - 1e-9, 0.0])
-    assert list(optimize.classify(rates)) == ["warm", "hot", "warm", "cold", "cold"]
+    """The one class rule (SQL): hot above 100/day, cold under 10 a month, bounds warm."""
+    rates = [100.0, 100.0001, 10 / 30, 10 / 30 - 1e-9, 0.0]
+    got = duckdb.execute(
+        f"SELECT {key_class_sql('r')} FROM unnest($rates) WITH ORDINALITY t(r, i) ORDER BY i",
+        {"rates": rates},
+    ).fetchall()
+    assert [KeyClass(c) for (c,) in got] == ["warm", "hot", "warm", "cold", "cold"]
+    assert CLASSES == (KeyClass.HOT, KeyClass.WARM, KeyClass.COLD)
 
 
 def _truth(df: pd.DataFrame) -> pd.DataFrame:
@@ -67,7 +75,11 @@ def analysed(tmp_path_factory):
     cfg = replace(cfg, costs=replace(cfg.costs, archive_after=timedelta(days=5), edge_target=99.0))
     with store.reader(path) as con:
         counts, days, recs = optimize.recommend(con, cfg, AT, Window(AT - timedelta(days=30), AT))
-        table, _ = optimize.key_table(con, Window(AT - timedelta(days=30), AT), AT)
+        # The per-key table the recommendations read, with each key's name.
+        optimize.load_keys(con, Window(AT - timedelta(days=30), AT), AT)
+        table = con.execute(
+            "SELECT c.key, o.* FROM opt_keys o JOIN cache_keys c USING (key_id)"
+        ).df()
     truth = _truth(df)
     assert counts == truth.cls.value_counts().to_dict()
     return cfg, table, days, {r.type: r for r in recs}, truth

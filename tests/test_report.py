@@ -14,10 +14,11 @@ from servers import SmtpSink
 from test_messages import _golden
 
 from cachemon import config, settings
-from cachemon.costs import report
+from cachemon.costs import optimize, report
 from cachemon.notify.transports import Transports
 from cachemon.store import db as store
 from cachemon.store import snapshots
+from cachemon.store.queries import CLASSES, KeyClass
 
 NOW = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
 DAY = date(2026, 11, 19)
@@ -68,7 +69,24 @@ def test_sent_once_per_day_replaced_on_rerun_resend_on_request(db):
     assert "Total Potential Savings" in msg.get_body(("plain",)).get_content()
     with store.reader(db) as con:
         stored = report.recent(con)
-    assert len(stored) == 1 and stored[0]["report"]["generated_at"] == "2026-11-20T05:00:00Z"
+    assert len(stored) == 1 and stored[0].report.generated_at == NOW.replace(hour=5)
+
+
+def test_a_stored_report_reads_back_typed(db):
+    """`recent` parses each payload once into the same dataclasses (the
+    dashboard reads attributes, never JSON keys)."""
+    cfg = config.with_db(settings.Config(), str(db))
+    with store.writer(db, NOW) as con:
+        r = report.build(con, cfg, DAY, NOW)
+        report.save(con, r)
+    with store.reader(db) as con:
+        (stored,) = report.recent(con)
+    assert stored.report == r and r.recommendations and r.forecast_list is not None
+    assert stored.day == DAY and stored.sent is False and stored.created_at == NOW
+    assert all(isinstance(c, KeyClass) for c, _ in stored.report.classes)
+    assert [c for c, _ in stored.report.classes] == list(CLASSES)
+    assert all(isinstance(x.evidence, tuple) for x in stored.report.recommendations)
+    assert all(isinstance(x.type, optimize.Kind) for x in stored.report.recommendations)
 
 
 def test_day_without_data_says_so(db):

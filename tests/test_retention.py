@@ -17,7 +17,7 @@ from cachemon.ingest import retention
 from cachemon.ingest import write as ingest
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
-from cachemon.store import horizons
+from cachemon.store import horizons, queries
 
 UTC = UTC
 START = datetime(2026, 11, 19, 0, 0, tzinfo=UTC)
@@ -86,7 +86,7 @@ def test_compaction_removes_only_rows_before_the_horizons(compacted):
             "(SELECT min(day) FROM rollup_day), (SELECT max(day) FROM rollup_day)"
         ).fetchall()[0]
         left = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in counts}
-        span = metrics.data_span(con)
+        span = queries.data_span(con)
     assert lows == (HORIZON, HORIZON, HORIZON, HORIZON, START, START)
     assert left == counts  # the 20th's rows all stay
     assert result.minute_rows > 0 and result.hour_rows > 0

@@ -14,10 +14,9 @@ from conftest import ROOT
 
 from cachemon.errors import CachemonError, StoreError
 from cachemon.ingest import write as ingest
-from cachemon.metrics import window as metrics
 from cachemon.runner import runs as runner
 from cachemon.store import db as store
-from cachemon.store import snapshots
+from cachemon.store import queries, snapshots
 
 UTC = UTC
 D = datetime(2026, 11, 19, tzinfo=UTC)
@@ -177,7 +176,7 @@ def test_runner_process_fast_clock_second_instance_catch_up_and_sigterm(tmp_path
     assert not [r for r in runs if r[1] == "error"]
     # No lost window: minutes are contiguous up to the watermark.
     with store.reader(db) as con:
-        span = metrics.data_span(con)
+        span = queries.data_span(con)
         minutes = con.execute("SELECT count(DISTINCT minute) FROM rollup_minute").fetchall()[0][0]
         mark = ingest.watermark(con, "simulator")
         evaluated = [

@@ -18,15 +18,14 @@ import pytest
 from conftest import ROOT, T0, load, simulate
 
 from cachemon.errors import StoreBusyError, StoreDiskError, StoreError
-from cachemon.metrics import window as metrics
 from cachemon.store import db as store
 from cachemon.store import lock as store_lock
-from cachemon.store import schema, snapshots
+from cachemon.store import queries, schema, snapshots
 
 
 def _until(db):
     with store.reader(db) as con:
-        return metrics.data_span(con)[1]
+        return queries.data_span(con)[1]
 
 
 def _files(db):
@@ -49,14 +48,14 @@ def test_a_long_lived_reader_sees_every_publish(two_hours):
     con = held.__enter__()  # an open reader (as a dashboard thread has) while data moves on
     try:
         with store.shared_reader(db) as cur:
-            first = metrics.data_span(cur)[1]
+            first = queries.data_span(cur)[1]
         assert first == T0 + timedelta(hours=1)
         load(db, parts[1:])
         with store.shared_reader(db) as cur:
-            assert metrics.data_span(cur)[1] == T0 + timedelta(hours=2)
+            assert queries.data_span(cur)[1] == T0 + timedelta(hours=2)
         with store.reader(db) as fresh:
-            assert metrics.data_span(fresh)[1] == T0 + timedelta(hours=2)
-        assert metrics.data_span(con)[1] == first  # the held one reads its own version, undisturbed
+            assert queries.data_span(fresh)[1] == T0 + timedelta(hours=2)
+        assert queries.data_span(con)[1] == first  # the held one reads its own version, undisturbed
     finally:
         held.__exit__(None, None, None)
     assert (

@@ -238,9 +238,7 @@ def test_demo_stores_the_daily_analyses_and_yesterdays_report(tmp_path):
                 k: pytest.approx(v, rel=1e-9) if isinstance(v, float) else v for k, v in wm.items()
             }
     assert len(got) == 2
-    assert [r["day"] for r in reports] == [(end - timedelta(days=1)).date()] and not reports[0][
-        "sent"
-    ]
+    assert [r.day for r in reports] == [(end - timedelta(days=1)).date()] and not reports[0].sent
 
 
 def test_decisions_are_typed_and_stored_analyses_read_back_typed(sim_store):

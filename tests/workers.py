@@ -22,7 +22,7 @@ from cachemon.errors import CachemonError
 from cachemon.ingest import load as pipeline
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
-from cachemon.store import snapshots
+from cachemon.store import queries, snapshots
 
 SMALL = dict(seed=7, requests_per_hour=6000, catalog_keys=3000, sample_threshold_per_minute=30)
 
@@ -45,7 +45,7 @@ def dashboard(db, stopfile):
     while not Path(stopfile).exists():
         try:
             with store.reader(db) as con:
-                span = metrics.data_span(con)
+                span = queries.data_span(con)
                 if span:
                     metrics.compute(con, Window(span[1] - timedelta(minutes=15), span[1]), "15m")
             renders += 1

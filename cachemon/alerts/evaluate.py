@@ -27,11 +27,11 @@ from cachemon.clock import MINUTE, Window, floor_to, iso
 from cachemon.errors import CachemonError, InputError
 from cachemon.metrics import window as metrics
 from cachemon.metrics.series import Observation, observe
-from cachemon.metrics.window import data_span
 from cachemon.notify import outbox as notify
 from cachemon.notify.transports import Transports
 from cachemon.settings import Config
 from cachemon.store.connection import transaction
+from cachemon.store.queries import data_span
 
 log = logging.getLogger("cachemon.alerts")
 

@@ -53,6 +53,7 @@ from cachemon.metrics import window as metrics
 from cachemon.runner import selfcheck
 from cachemon.settings import Config
 from cachemon.store import db as store
+from cachemon.store.queries import data_span
 from cachemon.usecases import metrics_report
 
 CACHE_FOR = timedelta(minutes=5)
@@ -223,7 +224,7 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
         now = clock()
         try:
             with store.shared_reader(cfg.store.path) as con:
-                span = metrics.data_span(con, now)  # never negative, never hidden by future rows
+                span = data_span(con, now)  # never negative, never hidden by future rows
                 runner = selfcheck.check(con, cfg, now)
         except CachemonError as exc:
             return JSONResponse(

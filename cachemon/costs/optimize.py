@@ -2,9 +2,10 @@
 with its evidence and a saving priced from measured volumes.
 
 Key classes, from per-key request rates over `[costs] class_window` (or the
-data there is): hot > 100 requests/day, cold < 10 requests/month (30 days),
-warm in between (both bounds inclusive). A key's age counts from its first
-request in the store.
+data there is), are the store's one rule (`store.queries.key_class_sql`):
+hot > 100 requests/day, cold < 10 requests/month (30 days), warm in between
+(both bounds inclusive). A key's age counts from its first request in the
+store.
 
 Where a saving depends on how long entries live in KV, it uses the
 fixed-TTL model of KV `expirationTtl` (an entry written at a miss lives T):
@@ -18,32 +19,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from cachemon.clock import DAY, HOUR, Window, ceil_to, floor_to
+from cachemon.clock import DAY, Window
 from cachemon.costs.tiermix import TierMix, kv_writes_sql
-from cachemon.metrics.window import data_span
 from cachemon.pricing import Pricing, days_in_month
-from cachemon.settings import COLD_PER_DAY, HOT_PER_DAY, Config
+from cachemon.settings import Config
 from cachemon.store import topkeys
+from cachemon.store.queries import (
+    COLD_PER_DAY,
+    KEY_ROWS,
+    KeyClass,
+    data_days,
+    key_class_sql,
+    key_ranges,
+)
 
 TTL_FACTORS = (1, 2, 4, 7, 14, 30)
 
-# Per-key rows of a window, each counted once: whole days from key_day, the
-# hours around them from key_hour, not-yet-compacted minutes from key_minute
-# (parameters from `key_ranges`).
-KEY_ROWS = """
-SELECT key_id, edge, kv, r2, api, errors FROM key_day WHERE day >= $d_lo AND day < $d_hi
-UNION ALL
-SELECT key_id, edge, kv, r2, api, errors FROM key_hour WHERE hour >= $h1_lo AND hour < $h1_hi
-UNION ALL
-SELECT key_id, edge, kv, r2, api, errors FROM key_hour WHERE hour >= $h2_lo AND hour < $h2_hi
-UNION ALL
-SELECT key_id, edge, kv, r2, api, errors FROM key_minute WHERE minute >= $m_lo AND minute < $m_hi
-"""
 # The per-key table stays in DuckDB (a temp table, allowed on read-only
 # connections): a month at the seed's volume is millions of one-off keys,
 # and only small slices (hot offenders, warm churners, sums) come out.
@@ -62,8 +59,7 @@ f AS (
     GROUP BY key_id)
 SELECT k.key_id, c.endpoint, k.edge, k.kv, k.r2, k.api, k.errors, k.requests,
        k.requests / $days AS per_day, (k.kv + k.r2 + k.api) / $days AS kv_rate,
-       CASE WHEN k.requests / $days > {HOT_PER_DAY} THEN 'hot'
-            WHEN k.requests / $days < {COLD_PER_DAY!r} THEN 'cold' ELSE 'warm' END AS class,
+       {key_class_sql("k.requests / $days")} AS class,
        epoch($at - f.first_seen) / 86400.0 AS age_days
 FROM k JOIN cache_keys c ON c.key_id = k.key_id JOIN f ON f.key_id = k.key_id
 """
@@ -86,29 +82,25 @@ SELECT c.key, o.key_id, o.endpoint, o.requests, o.per_day,
 ORDER BY o.requests DESC, c.key LIMIT $limit
 """
 KEY_COUNT = f"SELECT count(*) {_KEY_FILTER}"
-ALL_KEYS = "SELECT c.key, o.* FROM opt_keys o JOIN cache_keys c USING (key_id)"
-HOT_LOW = """
+HOT_LOW = f"""
 SELECT c.key, o.endpoint, o.edge, o.requests, o.per_day, 100 * o.edge / o.requests AS edge_rate
 FROM opt_keys o JOIN cache_keys c USING (key_id)
-WHERE o.class = 'hot' AND 100 * o.edge / o.requests < $target
+WHERE o.class = '{KeyClass.HOT}' AND 100 * o.edge / o.requests < $target
 """
 # Per endpoint: the expected share of time the cold old keys are in KV.
-COLD_OLD = """
+COLD_OLD = f"""
 SELECT count(*), coalesce(sum(kv_rate * $t / (1 + kv_rate * $t)), 0) FROM opt_keys
-WHERE class = 'cold' AND age_days > $age AND endpoint = $endpoint
+WHERE class = '{KeyClass.COLD}' AND age_days > $age AND endpoint = $endpoint
 """
-COLD_ENDPOINTS = "SELECT DISTINCT endpoint FROM opt_keys WHERE class = 'cold' AND age_days > $age"
+COLD_ENDPOINTS = (
+    f"SELECT DISTINCT endpoint FROM opt_keys WHERE class = '{KeyClass.COLD}' AND age_days > $age"
+)
 # Warm keys whose fills (the tier-mix rule's KV writes) cost more than the KV
 # hits they serve.
 WARM_CHURN = f"""
 SELECT endpoint, kv_rate, {kv_writes_sql()} AS fills, kv, r2, api FROM opt_keys
-WHERE class = 'warm' AND {kv_writes_sql()} * $write > kv * $read
+WHERE class = '{KeyClass.WARM}' AND {kv_writes_sql()} * $write > kv * $read
 """
-
-
-def classify(per_day: np.ndarray) -> np.ndarray:
-    """'hot' | 'warm' | 'cold' for request rates per day (as the SQL does)."""
-    return np.where(per_day > HOT_PER_DAY, "hot", np.where(per_day < COLD_PER_DAY, "cold", "warm"))
 
 
 def load_keys(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> float:
@@ -123,31 +115,13 @@ def _load_keys(con, window: Window, at: datetime) -> tuple[Window, float]:
     return data, days
 
 
-def data_days(con: duckdb.DuckDBPyConnection, window: Window) -> tuple[Window, float]:
-    """The part of `window` the data covers, and its days (at least an
-    hour): rates per day divide by these."""
-    span = data_span(con)
-    lo = max(window.start, span[0]) if span else window.start
-    hi = max(lo, min(window.end, span[1])) if span else window.end
-    return Window(lo, hi), max((hi - lo) / DAY, 1 / 24)
-
-
-def key_table(
-    con: duckdb.DuckDBPyConnection, window: Window, at: datetime
-) -> tuple[pd.DataFrame, float]:
-    """Every key of `window` with its totals, rate, class and age (for
-    small windows, tests and drill-downs)."""
-    days = load_keys(con, window, at)
-    return con.execute(ALL_KEYS).df(), days
-
-
 @dataclass(frozen=True)
 class KeyFilter:
     """The key table's filters; None leaves one off. `contains` is matched
     case-insensitively as plain text (a parameter, never SQL)."""
 
     endpoint: str | None = None
-    klass: str | None = None
+    klass: KeyClass | None = None
     contains: str | None = None
     limit: int = 500
 
@@ -176,47 +150,35 @@ def key_page(
     return KeyPage(rows, int(con.execute(KEY_COUNT, f.params()).fetchall()[0][0]), shown, days)
 
 
-def class_counts(con) -> dict[str, int]:
-    return {c: int(n) for c, n in con.execute(CLASS_COUNTS).fetchall()}
+def class_counts(con) -> dict[KeyClass, int]:
+    """Keys of each class in the loaded per-key table (classes without keys left out)."""
+    return {KeyClass(c): int(n) for c, n in con.execute(CLASS_COUNTS).fetchall()}
 
 
-def key_ranges(lo: datetime, hi: datetime) -> dict:
-    """Parameters of KEY_ROWS for [lo, hi): whole days from key_day, whole
-    hours around them from key_hour, and minutes not yet compacted from
-    key_minute (the three are disjoint). Hourly rows cannot be split, so
-    the hours are those wholly inside the window (lo rounded up, hi down)."""
-    h_lo, h_hi = ceil_to(lo, HOUR), floor_to(hi, HOUR)
-    d_lo, d_hi = ceil_to(h_lo, DAY), floor_to(h_hi, DAY)
-    if d_lo >= d_hi:
-        return {
-            "d_lo": h_lo,
-            "d_hi": h_lo,
-            "h1_lo": h_lo,
-            "h1_hi": max(h_lo, h_hi),
-            "h2_lo": hi,
-            "h2_hi": hi,
-            "m_lo": lo,
-            "m_hi": hi,
-        }
-    return {
-        "d_lo": d_lo,
-        "d_hi": d_hi,
-        "h1_lo": h_lo,
-        "h1_hi": d_lo,
-        "h2_lo": d_hi,
-        "h2_hi": h_hi,
-        "m_lo": lo,
-        "m_hi": hi,
-    }
+class Kind(StrEnum):
+    """A recommendation's kind; the value is what the report stores and shows."""
+
+    EDGE_OPTIMIZATION = "edge_optimization"
+    R2_ARCHIVAL = "r2_archival"
+    TTL_TUNING = "ttl_tuning"
 
 
 @dataclass(frozen=True)
 class Recommendation:
-    type: str  # edge_optimization | r2_archival | ttl_tuning
+    """One change to make, with its evidence and what it saves a day."""
+
+    type: Kind
     title: str
     evidence: tuple[str, ...]
     action: str
     saving_per_day: float  # USD, list prices
+
+    @classmethod
+    def from_json(cls, d: dict) -> Recommendation:
+        """A recommendation read back from a stored report (`dataclasses.asdict`)."""
+        return cls(
+            Kind(d["type"]), d["title"], tuple(d["evidence"]), d["action"], d["saving_per_day"]
+        )
 
 
 def edge_optimization(con, days: float, pricing: Pricing, target: float) -> Recommendation | None:
@@ -236,7 +198,7 @@ def edge_optimization(con, days: float, pricing: Pricing, target: float) -> Reco
         for r in worst.itertuples()
     )
     return Recommendation(
-        "edge_optimization",
+        Kind.EDGE_OPTIMIZATION,
         f"{len(low):,} hot keys have an edge hit rate under {target:g}%",
         evidence,
         "Raise the edge TTL for these keys or pre-warm them at the edge",
@@ -261,10 +223,10 @@ def r2_archival(
     gb = live * value_bytes / 1e9
     per_month = gb * (pricing["kv_storage"].price - pricing["r2_storage"].price)
     return Recommendation(
-        "r2_archival",
+        Kind.R2_ARCHIVAL,
         f"Archive {count:,} cold entries to R2",
         (
-            f"{count:,} keys under 10 requests/month, first seen over {age:g} days ago",
+            f"{count:,} keys under {COLD_PER_DAY * 30:g} requests/month, first seen over {age:g} days ago",
             f"about {gb * 1e3:,.1f} MB of them in KV at a time",
         ),
         f"Move them to R2 (one-time {count:,} Class A puts: ${pricing['r2_class_a'].list_cost(count):.4f})",
@@ -336,7 +298,7 @@ def ttl_tuning(
     if not actions:
         return None
     return Recommendation(
-        "ttl_tuning",
+        Kind.TTL_TUNING,
         "Warm keys are refreshed into KV more often than their reads justify",
         tuple(evidence),
         "Increase " + "; ".join(actions),
@@ -350,7 +312,7 @@ def _days(d: float) -> str:
 
 def recommend(
     con, cfg: Config, at: datetime, window: Window
-) -> tuple[dict[str, int], float, list[Recommendation]]:
+) -> tuple[dict[KeyClass, int], float, list[Recommendation]]:
     """Key class counts, days covered, and every recommendation that applies."""
     days = load_keys(con, window, at)
     c, pricing, ttl = cfg.costs, cfg.pricing, dict(cfg.costs.kv_ttl)

@@ -15,16 +15,16 @@ import duckdb
 
 from cachemon import jsontext
 from cachemon.alerts import health
-from cachemon.clock import DAY, Window, iso
+from cachemon.clock import DAY, Window, iso, parse_instant
 from cachemon.costs import optimize
 from cachemon.costs import usage as costs
-from cachemon.metrics.window import data_span
 from cachemon.notify import outbox as notify
 from cachemon.notify.format import HTML, TEXT, header_safe
 from cachemon.notify.transports import Transports
 from cachemon.pricing import COMPONENTS, DEFAULT
 from cachemon.settings import Config
 from cachemon.store.connection import transaction
+from cachemon.store.queries import CLASSES, KeyClass, data_span
 
 SAVE = "INSERT OR REPLACE INTO cost_reports VALUES (?, ?, ?, ?)"
 SENT = "SELECT sent FROM cost_reports WHERE day = ?"
@@ -37,7 +37,7 @@ class Report:
     day: date
     generated_at: datetime
     has_data: bool
-    classes: tuple[tuple[str, int], ...]  # (class, entries)
+    classes: tuple[tuple[KeyClass, int], ...]  # (class, entries), in CLASSES order
     lines: tuple[
         tuple[str, str, float, float, float], ...
     ]  # (component, unit, units, list, billed)
@@ -58,9 +58,28 @@ class Report:
         return sum(r.saving_per_day for r in self.recommendations)
 
     def to_json(self) -> dict:
+        """The stored payload (what the analysts' `v1.cost_day` view reads)."""
         d = asdict(self)
         d["day"], d["generated_at"] = self.day.isoformat(), iso(self.generated_at)
         return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Report:
+        """A report read back from its stored payload (`to_json`)."""
+        return cls(
+            date.fromisoformat(d["day"]),
+            parse_instant(d["generated_at"]),
+            bool(d["has_data"]),
+            tuple((KeyClass(c), int(n)) for c, n in d["classes"]),
+            tuple((c, u, units, lst, b) for c, u, units, lst, b in d["lines"]),
+            d["list_total"],
+            d["billed_total"],
+            d["forecast_list"],
+            d["forecast_billed"],
+            tuple(optimize.Recommendation.from_json(r) for r in d["recommendations"]),
+            d["health"],
+            d["pricing_version"],
+        )
 
 
 def build(con: duckdb.DuckDBPyConnection, cfg: Config, day: date, now: datetime) -> Report:
@@ -76,7 +95,7 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, day: date, now: datetime)
         counts, _, found = optimize.recommend(
             con, cfg, window.end, Window(window.end - cfg.costs.class_window, window.end)
         )
-        classes = tuple((c, int(counts.get(c, 0))) for c in ("hot", "warm", "cold"))
+        classes = tuple((c, int(counts.get(c, 0))) for c in CLASSES)
         recs = tuple(sorted(found, key=lambda r: -r.saving_per_day))
         fc = costs.forecast(con, min(window.end, span[1]), cfg, cfg.pricing)
     status = health.health(con, window.end, cfg.alerts.evaluate_every).status
@@ -181,10 +200,21 @@ def send(
     return Sent(tuple(channels), notify.flush(con, cfg.notify, transports, now, after))
 
 
-def recent(con, limit: int = 30) -> list[dict]:
-    """Stored reports, newest first."""
+@dataclass(frozen=True)
+class StoredReport:
+    """One stored daily report, read back typed."""
+
+    day: date
+    created_at: datetime  # when it was stored (the latest re-run of its day)
+    report: Report
+    sent: bool  # queued for delivery once (a re-run does not send again)
+
+
+def recent(con, limit: int = 30) -> list[StoredReport]:
+    """Stored reports, newest first, parsed once (the dashboard reads
+    attributes, never JSON keys)."""
     return [
-        {"day": d, "created_at": c, "report": json.loads(p), "sent": s}
+        StoredReport(d, c, Report.from_json(json.loads(p)), bool(s))
         for d, c, p, s in con.execute(RECENT, [limit]).fetchall()
     ]
 

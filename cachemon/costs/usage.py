@@ -28,9 +28,9 @@ import pandas as pd
 from cachemon.clock import DAY, Window, floor_to, iso
 from cachemon.costs.tiermix import TierMix
 from cachemon.events import TIERS
-from cachemon.metrics.window import TIER_TOTALS, data_span, window_params
 from cachemon.pricing import COMPONENTS, Pricing, days_in_month, month_share, month_start
 from cachemon.settings import Config
+from cachemon.store.queries import TIER_TOTALS, data_span, window_params
 
 QUERIES_PER_PULL = 4  # minute rollups, latency histogram, gauges, per-key counts
 GAUGE_USAGE = """
@@ -158,6 +158,11 @@ def per_day(usage: Usage) -> Usage:
     return usage.scaled(factor, Window(usage.window.end - DAY, usage.window.end))
 
 
+def daily_rate(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> Breakdown:
+    """The usage of `window` as a daily rate, priced (`[pricing]`)."""
+    return price(per_day(measure(con, window, cfg)), cfg.pricing)
+
+
 def daily_costs(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> pd.DataFrame:
     """List and billed cost of each UTC day in `window` with data (a day the
     data covers in part scaled to a full day), with a column per
@@ -170,7 +175,7 @@ def daily_costs(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> 
     day = floor_to(lo, DAY)
     while day < hi:
         part = Window(max(day, lo), min(day + DAY, hi))
-        b = price(per_day(measure(con, part, cfg)), cfg.pricing)
+        b = daily_rate(con, part, cfg)
         if b.usage.workers_requests:
             rows.append(
                 {
@@ -277,11 +282,4 @@ class WindowCosts:
 
 def window_costs(con, window: Window, at: datetime, cfg: Config) -> WindowCosts:
     """The costs of a metrics window (see WindowCosts)."""
-    daily = price(per_day(measure(con, window, cfg)), cfg.pricing)
-    return WindowCosts(daily, forecast(con, at, cfg, cfg.pricing), at)
-
-
-def for_window(con, window: Window, at: datetime, cfg: Config) -> dict:
-    """The `costs` block of a metrics window: its usage as a daily rate,
-    priced, and the month-end forecast as of `at`."""
-    return window_costs(con, window, at, cfg).to_json()
+    return WindowCosts(daily_rate(con, window, cfg), forecast(con, at, cfg, cfg.pricing), at)

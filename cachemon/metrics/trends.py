@@ -21,8 +21,8 @@ from cachemon.clock import DAY, HOUR, MINUTE, Window, floor_to
 from cachemon.errors import InputError
 from cachemon.events import TIERS
 from cachemon.histogram import grouped_quantiles
-from cachemon.metrics.window import data_end, three_ranges, window_params
 from cachemon.store import horizons
+from cachemon.store.queries import data_end, three_ranges, window_params
 
 # Bucket starts by epoch arithmetic: exact in UTC for any step.
 _BUCKET = "to_timestamp(floor(epoch({time}) / $step) * $step) AS b"

@@ -14,35 +14,19 @@ from datetime import datetime, timedelta
 
 import duckdb
 
-from cachemon.clock import DAY, HOUR, Window, ceil_to, floor_to, iso
+from cachemon.clock import HOUR, Window, floor_to, iso
 from cachemon.errors import EmptyStoreError, StoreError
 from cachemon.events import TIERS
 from cachemon.histogram import Histogram
 from cachemon.jsontext import finite
 from cachemon.store import horizons, topkeys
-from cachemon.store.connection import first_row
-
-
-# Each time range is its own UNION ALL branch: a plain range lets DuckDB skip
-# row groups by their min/max, which an OR of ranges defeats.
-# `columns` may name the time column as {time}.
-def three_ranges(columns: str, hour_table: str, minute_table: str) -> str:
-    hour, minute = columns.format(time="hour"), columns.format(time="minute")
-    return f"""
-    SELECT {hour} FROM {hour_table} WHERE hour >= $h_lo AND hour < $h_hi
-    UNION ALL
-    SELECT {minute} FROM {minute_table} WHERE minute >= $m1_lo AND minute < $m1_hi
-    UNION ALL
-    SELECT {minute} FROM {minute_table} WHERE minute >= $m2_lo AND minute < $m2_hi
-"""
-
-
-TIER_TOTALS = f"""
-SELECT tier, sum(requests), sum(errors), sum(bytes), sum(latency_sum)
-FROM ({three_ranges("tier, endpoint, requests, errors, bytes, latency_sum", "rollup_hour", "rollup_minute")})
-WHERE $endpoint IS NULL OR endpoint = $endpoint
-GROUP BY tier
-"""
+from cachemon.store.queries import (
+    EMPTY_STORE,
+    TIER_TOTALS,
+    data_span,
+    three_ranges,
+    window_params,
+)
 
 LATENCY_BUCKETS = f"""
 SELECT bucket, sum(weight)
@@ -51,20 +35,6 @@ WHERE $endpoint IS NULL OR endpoint = $endpoint
 GROUP BY bucket
 """
 
-# Each resolution's span: minutes, then hours and days where retention
-# compacted the oldest minutes away.
-DATA_SPAN = """
-SELECT (SELECT min(minute) FROM rollup_minute), (SELECT max(minute) + INTERVAL 1 MINUTE FROM rollup_minute),
-       (SELECT min(hour) FROM rollup_hour), (SELECT max(hour) + INTERVAL 1 HOUR FROM rollup_hour),
-       (SELECT min(day) FROM rollup_day), (SELECT max(day) + INTERVAL 1 DAY FROM rollup_day)
-"""
-# The same, counting only data before $at: data dated later (only an older
-# store can hold events from the future) must not make old data look fresh.
-DATA_SPAN_BEFORE = """
-SELECT (SELECT min(minute) FROM rollup_minute), (SELECT max(minute) + INTERVAL 1 MINUTE FROM rollup_minute WHERE minute < $at),
-       (SELECT min(hour) FROM rollup_hour), (SELECT max(hour) + INTERVAL 1 HOUR FROM rollup_hour WHERE hour < $at),
-       (SELECT min(day) FROM rollup_day), (SELECT max(day) + INTERVAL 1 DAY FROM rollup_day WHERE day < $at)
-"""
 LIFETIME = """
 SELECT tier, sum(requests) FROM (
     SELECT tier, requests FROM rollup_hour WHERE hour < $h
@@ -153,55 +123,11 @@ class Metrics:
         return 100.0 * self.errors / self.volume.total if self.volume.total else 0.0
 
 
-def window_params(window: Window) -> dict:
-    """Split a window into whole hours plus the ragged minutes at each end."""
-    s, e = window.start, window.end
-    hs, he = ceil_to(s, HOUR), floor_to(e, HOUR)
-    if hs < he:
-        return {"h_lo": hs, "h_hi": he, "m1_lo": s, "m1_hi": hs, "m2_lo": he, "m2_hi": e}
-    return {"h_lo": s, "h_hi": s, "m1_lo": s, "m1_hi": e, "m2_lo": e, "m2_hi": e}
-
-
 def _top_keys(con, window: Window, endpoint: str | None, limit: int):
     if limit == 0:
         return (), None
     rows, covered = topkeys.top_keys(con, window, endpoint, limit)
     return tuple(TopKey(r[0], r[1], TierVolume(*r[2:6]), r[6]) for r in rows), covered
-
-
-def data_span(
-    con: duckdb.DuckDBPyConnection, at: datetime | None = None
-) -> tuple[datetime, datetime] | None:
-    """First and last-plus-one minute of request data in the store (an
-    older hour or day where retention left only those). With `at`, the end
-    is where the data before `at` ends (never after `at`), so the age of
-    the data as of `at` is never negative nor hidden by later rows."""
-    if at is None:
-        m_lo, m_hi, h_lo, h_hi, d_lo, d_hi = first_row(con, DATA_SPAN)
-    else:
-        m_lo, m_hi, h_lo, h_hi, d_lo, d_hi = first_row(con, DATA_SPAN_BEFORE, {"at": at})
-    lo, hi = m_lo, m_hi or h_hi or d_hi
-    if h_lo is not None and (lo is None or h_lo < floor_to(lo, HOUR)):
-        lo = h_lo
-    if d_lo is not None and (lo is None or d_lo < floor_to(lo, DAY)):
-        lo = d_lo
-    if lo is None:
-        return None
-    if at is not None:
-        # Nothing before `at`: the data starts later; its "end" is its start.
-        hi = min(hi, at) if hi is not None else min(lo, at)
-    return lo, hi
-
-
-def data_end(con: duckdb.DuckDBPyConnection, at: datetime) -> datetime:
-    """`at`, or where the data ends when it ends earlier (a lagging source:
-    the last good numbers). EmptyStoreError without data."""
-    span = data_span(con, at)
-    if span is None:
-        raise EmptyStoreError(
-            "the store has no request data yet: run `python -m cachemon demo`, `import` or `pull`"
-        )
-    return min(at, span[1])
 
 
 def compute(
@@ -222,9 +148,7 @@ def compute(
     at = window.end
     span = data_span(con, at)
     if span is None:
-        raise EmptyStoreError(
-            "the store has no request data yet: run `python -m cachemon demo`, `import` or `pull`"
-        )
+        raise EmptyStoreError(EMPTY_STORE)
     if latest and span[1] < window.end:
         window = Window(span[1] - window.length, span[1])
     horizons.check_read(con, window.start)

@@ -12,7 +12,7 @@ ATTACHed under another name; table macros need `USE <that name>` first.
 from __future__ import annotations
 
 from cachemon.histogram import GAMMA, ZERO_BUCKET
-from cachemon.settings import COLD_PER_DAY, HOT_PER_DAY
+from cachemon.store.queries import key_class_sql
 
 SCHEMA = "v1"
 
@@ -135,8 +135,7 @@ VIEWS: tuple[str, ...] = (
         FROM ({_KEY_WINDOW}) r JOIN main.cache_keys k USING (key_id)
         GROUP BY ALL ORDER BY requests DESC, k.key LIMIT n""",
     f"""CREATE MACRO v1.key_classes(lo, hi) AS TABLE
-        SELECT *, CASE WHEN requests_per_day > {HOT_PER_DAY!r} THEN 'hot'
-                       WHEN requests_per_day < {COLD_PER_DAY!r} THEN 'cold' ELSE 'warm' END AS class
+        SELECT *, {key_class_sql("requests_per_day")} AS class
         FROM (SELECT {_KEYS},
                      sum(r.edge + r.kv + r.r2 + r.api) / (epoch(hi - lo) / 86400) AS requests_per_day
               FROM ({_KEY_WINDOW}) r JOIN main.cache_keys k USING (key_id) GROUP BY ALL)""",

@@ -33,12 +33,12 @@ import numpy as np
 
 from cachemon import jsontext
 from cachemon.clock import DAY, HOUR, Window, ceil_to, floor_to, iso, parse_instant
-from cachemon.costs.optimize import KEY_ROWS, key_ranges
 from cachemon.costs.tiermix import TierMix
 from cachemon.events import TIERS
 from cachemon.histogram import Histogram
 from cachemon.pricing import Pricing
 from cachemon.store import horizons
+from cachemon.store.queries import KEY_ROWS, key_ranges
 from cachemon.tuning import quantile_var, stats
 from cachemon.tuning.experiments import Experiment
 

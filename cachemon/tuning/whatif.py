@@ -25,12 +25,11 @@ import numpy as np
 import pandas as pd
 
 from cachemon.clock import DAY, Window, format_duration, parse_duration
-from cachemon.costs import optimize
 from cachemon.costs.tiermix import TierMix
 from cachemon.errors import InputError
-from cachemon.metrics.window import TIER_TOTALS, window_params
 from cachemon.pricing import Pricing, days_in_month
 from cachemon.settings import Config
+from cachemon.store.queries import KEY_ROWS, TIER_TOTALS, data_days, key_ranges, window_params
 from cachemon.tuning.experiments import example_toml
 
 # Per key of the window: its requests, its KV lookups (requests the edge
@@ -42,7 +41,7 @@ CREATE OR REPLACE TEMP TABLE ttl_keys AS
 SELECT k.*, c.endpoint FROM (
     SELECT key_id, sum(edge + kv + r2 + api) AS requests, sum(kv + r2 + api) AS lookups, sum(kv) AS kv,
            sum(r2) AS r2, sum(api) AS api, sum(errors) AS errors
-    FROM ({optimize.KEY_ROWS}) GROUP BY key_id
+    FROM ({KEY_ROWS}) GROUP BY key_id
 ) k JOIN cache_keys c ON c.key_id = k.key_id
 """
 ENDPOINT_KEYS = "SELECT requests, lookups FROM ttl_keys WHERE endpoint = $endpoint"
@@ -84,8 +83,8 @@ class Prediction:
 
 def load_window(con: duckdb.DuckDBPyConnection, window: Window) -> float:
     """Build the per-key table of `window`; returns its days of data."""
-    data, days = optimize.data_days(con, window)
-    con.execute(KEYS_TEMP, optimize.key_ranges(data.start, window.end))
+    data, days = data_days(con, window)
+    con.execute(KEYS_TEMP, key_ranges(data.start, window.end))
     return days
 
 

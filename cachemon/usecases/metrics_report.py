@@ -4,7 +4,8 @@ them as JSON or Prometheus exposition.
 
 `cachemon metrics`, `GET /metrics` and the dashboard's overview all build
 their answer with `build`, so the three cannot drift apart (which window,
-which health instant, when the costs block is left out).
+which health instant, when the costs block is left out). The overview also
+asks for the previous period (`compare`), to show each KPI's change.
 """
 
 from __future__ import annotations
@@ -17,9 +18,22 @@ import duckdb
 from cachemon.alerts import health as alert_health
 from cachemon.clock import Period, Window
 from cachemon.costs import usage
+from cachemon.errors import CachemonError
 from cachemon.metrics import exposition
 from cachemon.metrics import window as metrics
 from cachemon.settings import Config
+
+COST_KPI = "cost"  # the list cost per day, beside the metrics' KPIs (metrics.KPI_LABELS)
+
+
+@dataclass(frozen=True)
+class Previous:
+    """The period just before a report's window, for comparison: its metrics
+    (None when the store has no request there) and its store-wide list cost
+    per day (None when the report has no costs or the period no data)."""
+
+    metrics: metrics.Metrics | None
+    list_per_day: float | None
 
 
 @dataclass(frozen=True)
@@ -32,6 +46,25 @@ class MetricsReport:
     health: alert_health.Health
     costs: usage.WindowCosts | None
     stale_after: timedelta  # newer data than this is fresh (`stale` in both renderings)
+    previous: Previous | None = None  # with `build(..., compare=True)`
+
+    def kpis(self) -> dict[str, float | None]:
+        """The headline numbers: the metrics' KPIs and, with costs, the list
+        cost per day (`COST_KPI`)."""
+        cost = {COST_KPI: self.costs.daily.list_total} if self.costs is not None else {}
+        return metrics.kpis(self.metrics) | cost
+
+    def kpi_deltas(self) -> dict[str, float | None]:
+        """Each KPI's change against the previous period (None where unknown:
+        no comparison asked, or no data in the previous period)."""
+        prev = self.previous.metrics if self.previous is not None else None
+        deltas = metrics.kpi_deltas(self.metrics, prev)
+        if self.costs is None:
+            return deltas
+        before = self.previous.list_per_day if self.previous is not None else None
+        return deltas | {
+            COST_KPI: self.costs.daily.list_total - before if before is not None else None
+        }
 
     def to_json(self) -> dict:
         """The /metrics JSON document (the seed's shape plus added fields)."""
@@ -54,17 +87,33 @@ def build(
     top: int = 10,
     latest: bool = True,
     costs: bool | None = None,
+    compare: bool = False,
 ) -> MetricsReport:
     """The metrics response for the `period` ending at `at` (optionally one
     endpoint, with `top` busiest keys). With `latest`, a window past the
     newest data slides back to it and is marked stale (the last good
     numbers; pass False for a reproducible `--at`). `costs` None includes
     the costs block only for the whole store (no endpoint); True or False
-    forces it."""
+    forces it. With `compare`, the report also holds the previous period of
+    the same length (`Previous`), for `kpi_deltas`."""
     m = metrics.compute(
         con, Window.ending(at, period.length), period.value, endpoint, top, latest=latest
     )
     state = alert_health.health(con, m.at, cfg.alerts.evaluate_every)
     with_costs = endpoint is None if costs is None else costs
     block = usage.window_costs(con, m.window, m.at, cfg) if with_costs else None
-    return MetricsReport(m, state, block, cfg.metrics.stale_after)
+    before = _previous(con, cfg, m, with_costs) if compare else None
+    return MetricsReport(m, state, block, cfg.metrics.stale_after, before)
+
+
+def _previous(con, cfg: Config, m: metrics.Metrics, with_costs: bool) -> Previous:
+    window = m.window.previous()
+    try:
+        prev = metrics.compute(con, window, m.period, m.endpoint, top=0)
+    except CachemonError:  # nothing to compare with (no data then, or compacted away)
+        prev = None
+    # Only the daily rate: the forecast is the current window's alone.
+    cost = (
+        usage.daily_rate(con, window, cfg).list_total if with_costs and prev is not None else None
+    )
+    return Previous(prev, cost)

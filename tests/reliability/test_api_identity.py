@@ -22,8 +22,8 @@ from servers import free_port, serve_process
 
 from cachemon import config
 from cachemon.api import server as api
-from cachemon.metrics import window as metrics
 from cachemon.store import db as store
+from cachemon.store import queries
 
 _serve = serve_process
 
@@ -138,7 +138,7 @@ def test_a_cached_answer_never_says_fresh_about_stale_data(loaded_store, results
     db, _ = loaded_store
     cfg = config.with_db(config.load(env={}), str(db))
     with store.reader(db) as con:
-        until = metrics.data_span(con)[1]
+        until = queries.data_span(con)[1]
     turns_stale = until + cfg.metrics.stale_after
     clock = _Clock(
         turns_stale - timedelta(seconds=60)

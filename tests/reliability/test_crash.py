@@ -32,8 +32,8 @@ from servers import SmtpSink
 
 from cachemon import config
 from cachemon.ingest import load as pipeline
-from cachemon.metrics import window as metrics
 from cachemon.store import db as store
+from cachemon.store import queries
 
 SPEED = 1200  # 20 simulated minutes per second
 START = datetime(2026, 11, 19, 0, 5, tzinfo=UTC)
@@ -145,7 +145,7 @@ def test_kill_9_at_random_points_loses_nothing_and_doubles_nothing(tmp_path, res
 
     with store.reader(db) as con:
         span, runs = (
-            metrics.data_span(con),
+            queries.data_span(con),
             con.execute("SELECT outcome, error FROM job_runs").fetchall(),
         )
         outbox = con.execute(

@@ -33,6 +33,7 @@ from cachemon.ingest import load as pipeline
 from cachemon.metrics import window as metrics
 from cachemon.sources import files
 from cachemon.store import db as store
+from cachemon.store import queries
 
 NOW = T0 + timedelta(hours=1)
 START = datetime(2026, 11, 19, 7, 0, tzinfo=UTC)  # the events' hour, before NOW
@@ -268,7 +269,7 @@ def test_an_older_store_with_poisoned_rows_gives_strict_json_and_an_honest_data_
         m = metrics.compute(
             con, Window(at - timedelta(minutes=30), at), "30m", latest=True
         )  # minute rows
-        data_until = metrics.data_span(con, at)[1]
+        data_until = queries.data_span(con, at)[1]
     out = metrics.to_json(m, cfg.metrics.stale_after)
     text = json.dumps(out, allow_nan=False)  # raises on nan/inf
     back = json.loads(text, parse_constant=_no_constant)

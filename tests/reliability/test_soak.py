@@ -21,9 +21,8 @@ from conftest import ROOT
 from reliability.suite import LONG
 from servers import chromium, free_port, streamlit_server
 
-from cachemon.metrics import window as metrics
 from cachemon.store import db as store
-from cachemon.store import snapshots
+from cachemon.store import queries, snapshots
 
 SECONDS = 600 if LONG else 90
 CONFIG = "[simulator]\nseed = 3\nrequests_per_hour = 20000\ncatalog_keys = 8000\n"
@@ -40,7 +39,7 @@ def _has_data(db) -> bool:
     if not snapshots.snapshot_path(db).exists():
         return False
     with store.reader(db) as con:
-        return metrics.data_span(con) is not None
+        return queries.data_span(con) is not None
 
 
 def _open_as_documented(snap, counts: Counter) -> duckdb.DuckDBPyConnection:

@@ -1,0 +1,191 @@
+"""Store queries several domains share: where the request data lies, a window
+split into the rollup tables that answer it exactly, tier totals, per-key rows,
+and the key-class rule.
+
+Metrics, costs, alerts, tuning and the dashboard all read these; keeping them
+in the store means no domain imports another one just for its SQL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+import duckdb
+
+from cachemon.clock import DAY, HOUR, Window, ceil_to, floor_to
+from cachemon.errors import EmptyStoreError
+from cachemon.store.connection import first_row
+
+# -- key classes ---------------------------------------------------------------
+
+
+class KeyClass(StrEnum):
+    """A key's class by its requests per day; the value is what SQL, stored
+    reports and the dashboard say."""
+
+    HOT = "hot"
+    WARM = "warm"
+    COLD = "cold"
+
+
+CLASSES: tuple[KeyClass, ...] = tuple(KeyClass)  # busiest first: the order every table shows
+# Hot above 100 requests/day, cold under 10 requests a month (30 days),
+# warm in between, both bounds inclusive.
+HOT_PER_DAY = 100.0
+COLD_PER_DAY = 10.0 / 30.0
+
+
+def key_class_sql(per_day: str) -> str:
+    """The SQL expression of the key class of a rate `per_day` (an SQL
+    expression of requests per day): the one place the rule is written."""
+    return (
+        f"CASE WHEN {per_day} > {HOT_PER_DAY!r} THEN '{KeyClass.HOT}' "
+        f"WHEN {per_day} < {COLD_PER_DAY!r} THEN '{KeyClass.COLD}' ELSE '{KeyClass.WARM}' END"
+    )
+
+
+# -- windows over the rollups --------------------------------------------------
+
+
+# Each time range is its own UNION ALL branch: a plain range lets DuckDB skip
+# row groups by their min/max, which an OR of ranges defeats.
+# `columns` may name the time column as {time}. Parameters from `window_params`.
+def three_ranges(columns: str, hour_table: str, minute_table: str) -> str:
+    """A UNION ALL of `columns` over a window's whole hours (`hour_table`)
+    and the ragged minutes at either end (`minute_table`)."""
+    hour, minute = columns.format(time="hour"), columns.format(time="minute")
+    return f"""
+    SELECT {hour} FROM {hour_table} WHERE hour >= $h_lo AND hour < $h_hi
+    UNION ALL
+    SELECT {minute} FROM {minute_table} WHERE minute >= $m1_lo AND minute < $m1_hi
+    UNION ALL
+    SELECT {minute} FROM {minute_table} WHERE minute >= $m2_lo AND minute < $m2_hi
+"""
+
+
+def window_params(window: Window) -> dict:
+    """Split a window into whole hours plus the ragged minutes at each end
+    (the parameters of `three_ranges`)."""
+    s, e = window.start, window.end
+    hs, he = ceil_to(s, HOUR), floor_to(e, HOUR)
+    if hs < he:
+        return {"h_lo": hs, "h_hi": he, "m1_lo": s, "m1_hi": hs, "m2_lo": he, "m2_hi": e}
+    return {"h_lo": s, "h_hi": s, "m1_lo": s, "m1_hi": e, "m2_lo": e, "m2_hi": e}
+
+
+# Per tier of a window (parameters: `window_params` and $endpoint, NULL for all).
+TIER_TOTALS = f"""
+SELECT tier, sum(requests), sum(errors), sum(bytes), sum(latency_sum)
+FROM ({three_ranges("tier, endpoint, requests, errors, bytes, latency_sum", "rollup_hour", "rollup_minute")})
+WHERE $endpoint IS NULL OR endpoint = $endpoint
+GROUP BY tier
+"""
+
+# -- where the data lies -------------------------------------------------------
+
+# Each resolution's span: minutes, then hours and days where retention
+# compacted the oldest minutes away.
+DATA_SPAN = """
+SELECT (SELECT min(minute) FROM rollup_minute), (SELECT max(minute) + INTERVAL 1 MINUTE FROM rollup_minute),
+       (SELECT min(hour) FROM rollup_hour), (SELECT max(hour) + INTERVAL 1 HOUR FROM rollup_hour),
+       (SELECT min(day) FROM rollup_day), (SELECT max(day) + INTERVAL 1 DAY FROM rollup_day)
+"""
+# The same, counting only data before $at: data dated later (only an older
+# store can hold events from the future) must not make old data look fresh.
+DATA_SPAN_BEFORE = """
+SELECT (SELECT min(minute) FROM rollup_minute), (SELECT max(minute) + INTERVAL 1 MINUTE FROM rollup_minute WHERE minute < $at),
+       (SELECT min(hour) FROM rollup_hour), (SELECT max(hour) + INTERVAL 1 HOUR FROM rollup_hour WHERE hour < $at),
+       (SELECT min(day) FROM rollup_day), (SELECT max(day) + INTERVAL 1 DAY FROM rollup_day WHERE day < $at)
+"""
+
+
+def data_span(
+    con: duckdb.DuckDBPyConnection, at: datetime | None = None
+) -> tuple[datetime, datetime] | None:
+    """First and last-plus-one minute of request data in the store (an
+    older hour or day where retention left only those). With `at`, the end
+    is where the data before `at` ends (never after `at`), so the age of
+    the data as of `at` is never negative nor hidden by later rows."""
+    if at is None:
+        m_lo, m_hi, h_lo, h_hi, d_lo, d_hi = first_row(con, DATA_SPAN)
+    else:
+        m_lo, m_hi, h_lo, h_hi, d_lo, d_hi = first_row(con, DATA_SPAN_BEFORE, {"at": at})
+    lo, hi = m_lo, m_hi or h_hi or d_hi
+    if h_lo is not None and (lo is None or h_lo < floor_to(lo, HOUR)):
+        lo = h_lo
+    if d_lo is not None and (lo is None or d_lo < floor_to(lo, DAY)):
+        lo = d_lo
+    if lo is None:
+        return None
+    if at is not None:
+        # Nothing before `at`: the data starts later; its "end" is its start.
+        hi = min(hi, at) if hi is not None else min(lo, at)
+    return lo, hi
+
+
+EMPTY_STORE = "the store has no request data yet: run `python -m cachemon demo`, `import` or `pull`"
+
+
+def data_end(con: duckdb.DuckDBPyConnection, at: datetime) -> datetime:
+    """`at`, or where the data ends when it ends earlier (a lagging source:
+    the last good numbers). EmptyStoreError without data."""
+    span = data_span(con, at)
+    if span is None:
+        raise EmptyStoreError(EMPTY_STORE)
+    return min(at, span[1])
+
+
+def data_days(con: duckdb.DuckDBPyConnection, window: Window) -> tuple[Window, float]:
+    """The part of `window` the data covers, and its days (at least an
+    hour): rates per day divide by these."""
+    span = data_span(con)
+    lo = max(window.start, span[0]) if span else window.start
+    hi = max(lo, min(window.end, span[1])) if span else window.end
+    return Window(lo, hi), max((hi - lo) / DAY, 1 / 24)
+
+
+# -- per-key rows ----------------------------------------------------------------
+
+# Per-key rows of a window, each counted once: whole days from key_day, the
+# hours around them from key_hour, not-yet-compacted minutes from key_minute
+# (parameters from `key_ranges`).
+KEY_ROWS = """
+SELECT key_id, edge, kv, r2, api, errors FROM key_day WHERE day >= $d_lo AND day < $d_hi
+UNION ALL
+SELECT key_id, edge, kv, r2, api, errors FROM key_hour WHERE hour >= $h1_lo AND hour < $h1_hi
+UNION ALL
+SELECT key_id, edge, kv, r2, api, errors FROM key_hour WHERE hour >= $h2_lo AND hour < $h2_hi
+UNION ALL
+SELECT key_id, edge, kv, r2, api, errors FROM key_minute WHERE minute >= $m_lo AND minute < $m_hi
+"""
+
+
+def key_ranges(lo: datetime, hi: datetime) -> dict:
+    """Parameters of KEY_ROWS for [lo, hi): whole days from key_day, whole
+    hours around them from key_hour, and minutes not yet compacted from
+    key_minute (the three are disjoint). Hourly rows cannot be split, so
+    the hours are those wholly inside the window (lo rounded up, hi down)."""
+    h_lo, h_hi = ceil_to(lo, HOUR), floor_to(hi, HOUR)
+    d_lo, d_hi = ceil_to(h_lo, DAY), floor_to(h_hi, DAY)
+    if d_lo >= d_hi:
+        return {
+            "d_lo": h_lo,
+            "d_hi": h_lo,
+            "h1_lo": h_lo,
+            "h1_hi": max(h_lo, h_hi),
+            "h2_lo": hi,
+            "h2_hi": hi,
+            "m_lo": lo,
+            "m_hi": hi,
+        }
+    return {
+        "d_lo": d_lo,
+        "d_hi": d_hi,
+        "h1_lo": h_lo,
+        "h1_hi": d_lo,
+        "h2_lo": d_hi,
+        "h2_hi": h_hi,
+        "m_lo": lo,
+        "m_hi": hi,
+    }
