@@ -11,7 +11,9 @@ anything. A config error is shown in the page's place, below the navigation.
 """
 
 import os
+from datetime import datetime
 
+import duckdb
 import streamlit as st
 
 from cachemon import config as config_mod
@@ -19,6 +21,7 @@ from cachemon.clock import CLOCK_SKEW, Period, format_duration, iso
 from cachemon.errors import CachemonError
 from cachemon.metrics import window as metrics
 from cachemon.runner import selfcheck
+from cachemon.settings import Config
 from pages.shared import common
 
 st.set_page_config(page_title="cachemon", page_icon=":bar_chart:", layout="wide")
@@ -60,15 +63,15 @@ def _login_page() -> None:
         st.login()
 
 
-def _span(con, cfg):
+def _span(con: duckdb.DuckDBPyConnection, cfg: Config) -> tuple[datetime, datetime] | None:
     return metrics.data_span(con)
 
 
-def _runner(con, cfg, at):
+def _runner(con: duckdb.DuckDBPyConnection, cfg: Config, at: datetime) -> selfcheck.RunnerCheck:
     return selfcheck.check(con, cfg, at)
 
 
-def _sidebar(cfg) -> None:
+def _sidebar(cfg: Config) -> None:
     with st.sidebar:
         st.title("cachemon")
         st.caption("BooksTrack tiered cache")

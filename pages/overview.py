@@ -12,7 +12,6 @@ from cachemon.metrics import window as metrics
 from cachemon.usecases import metrics_report
 from pages.shared import common
 
-st.header("Overview")
 ROWS = (("combined", "edge", "kv", "r2", "cost"), ("p50", "p95", "p99", "requests", "error_rate"))
 LABELS = metrics.KPI_LABELS | {"cost": "Estimated cost USD/day"}
 
@@ -37,6 +36,7 @@ def _load(con, cfg, period: str, endpoint, at):
 
 @st.fragment(run_every=common.REFRESH)
 def overview():
+    common.page_start("Overview")
     period, endpoint, at = common.period(), common.endpoint(), common.now()
     try:
         current, previous, state, daily = common.cached(_load, period.value, endpoint, at)

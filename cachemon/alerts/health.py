@@ -1,5 +1,6 @@
 """Reading the alert record: the health block, state-change history and
-the periods alerts were active (timelines, incident markers)."""
+the periods alerts were active (timelines, incident markers), and all of it
+at once for the dashboard's Alerts page (`record`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from datetime import datetime, timedelta
 
 from cachemon.alerts import evaluate as alerts
 from cachemon.alerts import lifecycle as lc
+from cachemon.alerts.silences import active_silences
 from cachemon.clock import iso
+from cachemon.notify import outbox
 from cachemon.severity import HealthStatus, Severity, severity_rank
 
 # The state of each instance as of an instant: its last transition.
@@ -119,3 +122,30 @@ def active_periods(con, since: datetime, until: datetime) -> list[Period]:
             out.append(Period(p.rule, p.endpoint, p.type, p.severity, p.start, at))
     out += open_.values()
     return sorted((p for p in out if p.end is None or p.end >= since), key=lambda p: p.start)
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    """What the Alerts page shows: the health block, every rule instance,
+    and the last `days` of active periods, state changes, notifications,
+    with the silences in force."""
+
+    health: Health
+    states: tuple[lc.InstanceState, ...]
+    periods: tuple[Period, ...]
+    history: tuple[dict, ...]
+    notifications: tuple[dict, ...]
+    silences: tuple[lc.Silence, ...]
+
+
+def record(con, at: datetime, evaluate_every: timedelta, days: int = 7) -> AlertRecord:
+    """The alert record as of `at`, looking back `days` days."""
+    since = at - timedelta(days=days)
+    return AlertRecord(
+        health(con, at, evaluate_every),
+        tuple(alerts.load_states(con).values()),
+        tuple(active_periods(con, since, at)),
+        tuple(history(con, since, at)),
+        tuple(outbox.outbox(con, since, 200)),
+        tuple(active_silences(con, at)),
+    )
