@@ -622,6 +622,26 @@ def test_with_a_login_configured_every_url_shows_only_the_login(live_store, tmp_
         browser.close()
 
 
+def test_every_page_draws_nothing_before_page_start():
+    """Static guard for the legacy-routing run: no page script draws at
+    module level, and the function it runs starts with `common.page_start`."""
+    import ast
+
+    for script in sorted((ROOT / "pages").glob("*.py")):
+        if script.name == "__init__.py":
+            continue
+        tree = ast.parse(script.read_text())
+        exprs = [n.value for n in tree.body[1:] if isinstance(n, ast.Expr)]  # after the docstring
+        calls = [c for c in exprs if isinstance(c, ast.Call)]
+        assert len(calls) == len(exprs), script.name
+        drawn = [ast.unparse(c.func) for c in calls]
+        assert [d for d in drawn if d.startswith("st.")] == [], script.name
+        (entry,) = [d for d in drawn if not d.startswith("st.")]
+        fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == entry)
+        first = ast.unparse(fn.body[0])
+        assert "common.page_start(" in first, (script.name, first)
+
+
 # Every heading the page ever shows, including one replaced a moment later by
 # a rerun: the final page would not tell.
 RECORD_HEADINGS = """
