@@ -11,13 +11,16 @@ anything. A config error is shown in the page's place, below the navigation.
 """
 
 import os
+from datetime import datetime
 
+import duckdb
 import streamlit as st
 
 from cachemon import config as config_mod
 from cachemon.clock import CLOCK_SKEW, Period, format_duration, iso
 from cachemon.errors import CachemonError
 from cachemon.runner import selfcheck
+from cachemon.settings import Config
 from cachemon.store.queries import data_span
 from pages.shared import common
 
@@ -60,15 +63,15 @@ def _login_page() -> None:
         st.login()
 
 
-def _span(con, cfg):
+def _span(con: duckdb.DuckDBPyConnection, cfg: Config) -> tuple[datetime, datetime] | None:
     return data_span(con)
 
 
-def _runner(con, cfg, at):
+def _runner(con: duckdb.DuckDBPyConnection, cfg: Config, at: datetime) -> selfcheck.RunnerCheck:
     return selfcheck.check(con, cfg, at)
 
 
-def _sidebar(cfg) -> None:
+def _sidebar(cfg: Config) -> None:
     with st.sidebar:
         st.title("cachemon")
         st.caption("BooksTrack tiered cache")

@@ -21,6 +21,7 @@ from cachemon.errors import ConfigError
 from cachemon.events import ENDPOINTS
 from cachemon.pricing import Pricing
 from cachemon.pricing import default as pricing_default
+from cachemon.severity import Severity
 
 if TYPE_CHECKING:  # annotations only: the parsers live above this module
     from cachemon.alerts.rules import Rule
@@ -241,7 +242,7 @@ class NotifyConfig:
     retry_max: timedelta = timedelta(hours=1)
 
     def __post_init__(self):
-        for severity in ("critical", "warning", "info", "report"):
+        for severity in (*Severity, "report"):
             for addr in getattr(self, severity):
                 if not EMAIL_RE.match(addr):
                     raise ConfigError(f"[notify] {severity}: {addr!r} is not an email address")

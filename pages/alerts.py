@@ -1,69 +1,59 @@
 """Alerts: health, active alerts, their timeline, notifications and silences."""
 
-from datetime import timedelta
+from datetime import datetime
 
+import duckdb
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cachemon.alerts import evaluate as alerts
 from cachemon.alerts import health
 from cachemon.alerts import silences as silencing
+from cachemon.alerts.lifecycle import InstanceState, Silence, State
 from cachemon.clock import iso, parse_duration
 from cachemon.errors import CachemonError
-from cachemon.notify import outbox as notify
+from cachemon.settings import Config
 from cachemon.store import db as store
 from pages.shared import common
 
-st.header("Alerts")
-SEVERITY_COLOURS = {"critical": "#dc2626", "warning": "#f59e0b", "info": "#2563eb"}
 
-
-def _load(con, cfg, now):
-    since = now - timedelta(days=7)
-    return {
-        "health": health.health(con, now, cfg.alerts.evaluate_every),
-        "states": list(alerts.load_states(con).values()),
-        "periods": health.active_periods(con, since, now),
-        "history": health.history(con, since, now),
-        "notifications": notify.outbox(con, since, 200),
-        "silences": silencing.active_silences(con, now),
-    }
+def _load(con: duckdb.DuckDBPyConnection, cfg: Config, now: datetime) -> health.AlertRecord:
+    return health.record(con, now, cfg.alerts.evaluate_every, days=7)
 
 
 @st.fragment(run_every=common.REFRESH)
 def page():
-    cfg, now = common.config(), common.now()
+    cfg, now = common.page_start("Alerts"), common.now()
     try:
         d = common.cached(_load, now)
     except CachemonError as exc:
         common.show_error(exc)
         return
-    h = d["health"]
+    h = d.health
     last = iso(h.evaluated_at) if h.evaluated_at else "never"
     common.HEALTH_BANNER[h.status](f"Health: **{h.status}** · last evaluation {last}")
     for i in h.issues:
         st.markdown(f"- **{i.severity}** since {iso(i.since)}: {i.message}")
-    active = [s for s in d["states"] if s.state != "ok"]
-    st.subheader(f"Rule instances not OK ({len(active)} of {len(d['states'])})")
+    active = [s for s in d.states if s.state != State.OK]
+    st.subheader(f"Rule instances not OK ({len(active)} of {len(d.states)})")
     st.dataframe(_states_frame(active), hide_index=True, width="stretch")
     with st.expander("All rule instances"):
-        st.dataframe(_states_frame(d["states"]), hide_index=True, width="stretch")
+        st.dataframe(_states_frame(d.states), hide_index=True, width="stretch")
     st.subheader("Active alerts, last 7 days (UTC)")
-    _timeline(d["periods"], now)
-    with st.expander(f"State changes, last 7 days ({len(d['history'])})"):
-        st.dataframe(pd.DataFrame(d["history"]), hide_index=True, width="stretch")
+    _timeline(d.periods, now)
+    with st.expander(f"State changes, last 7 days ({len(d.history)})"):
+        st.dataframe(pd.DataFrame(list(d.history)), hide_index=True, width="stretch")
     st.subheader("Notifications")
-    st.dataframe(pd.DataFrame(d["notifications"]), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(list(d.notifications)), hide_index=True, width="stretch")
     _silences(
         cfg,
-        d["silences"],
-        sorted({s.type for s in d["states"]} | {s.rule for s in d["states"]}),
+        d.silences,
+        sorted({s.type for s in d.states} | {s.rule for s in d.states}),
         now,
     )
 
 
-def _states_frame(states):
+def _states_frame(states: list[InstanceState] | tuple[InstanceState, ...]) -> pd.DataFrame:
     return pd.DataFrame(
         [
             {
@@ -81,7 +71,7 @@ def _states_frame(states):
     )
 
 
-def _timeline(periods, now):
+def _timeline(periods: tuple[health.Period, ...], now: datetime) -> None:
     if not periods:
         st.info("No alert was active in the last 7 days.")
         return
@@ -102,7 +92,7 @@ def _timeline(periods, now):
         x_end="end",
         y="alert",
         color="severity",
-        color_discrete_map=SEVERITY_COLOURS,
+        color_discrete_map=common.SEVERITY_COLOURS,
     )
     fig.update_layout(
         xaxis_title="time (UTC)", yaxis_title=None, height=120 + 30 * df["alert"].nunique()
@@ -110,12 +100,12 @@ def _timeline(periods, now):
     st.plotly_chart(fig, width="stretch")
 
 
-def _silences(cfg, silences, names, now):
+def _silences(cfg: Config, active: tuple[Silence, ...], names: list[str], now: datetime) -> None:
     st.subheader("Silences")
     st.caption("A silence mutes notifications, not evaluation.")
     if "silenced" in st.session_state:
         st.success(st.session_state.pop("silenced"))
-    if silences:
+    if active:
         st.dataframe(
             pd.DataFrame(
                 [
@@ -127,7 +117,7 @@ def _silences(cfg, silences, names, now):
                         "by": s.created_by,
                         "reason": s.reason,
                     }
-                    for s in silences
+                    for s in active
                 ]
             ),
             hide_index=True,

@@ -13,8 +13,6 @@ from cachemon.pricing import DEFAULT
 from cachemon.store.queries import KeyClass, data_end
 from pages.shared import common
 
-st.header("Costs")
-
 
 def _load(con, cfg, period: str, at):
     end = data_end(con, at)
@@ -24,6 +22,7 @@ def _load(con, cfg, period: str, at):
 
 
 def page():
+    common.page_start("Costs")
     try:
         window, daily, fc, reports = common.cached(_load, common.period().value, common.now())
     except CachemonError as exc:

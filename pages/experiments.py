@@ -1,6 +1,9 @@
 """Experiments: status, cohorts and allocation, SRM, estimates with
 confidence intervals (forest plot), decisions over time, power, promotions."""
 
+from datetime import datetime
+
+import duckdb
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -8,6 +11,7 @@ from plotly.subplots import make_subplots
 
 from cachemon.clock import format_duration, iso
 from cachemon.errors import CachemonError
+from cachemon.settings import Config
 from cachemon.tuning import analysis as tuning
 from cachemon.tuning import promote
 from cachemon.tuning.analysis import MetricResult
@@ -15,20 +19,18 @@ from cachemon.tuning.experiments import METRIC_UNITS, example_toml
 from cachemon.tuning.stats import SRM_P
 from pages.shared import common
 
-st.header("Experiments")
 
-
-def _load(con, cfg, at):
+def _load(con: duckdb.DuckDBPyConnection, cfg: Config, at: datetime):
     out = []
     for e in cfg.experiments:
         state = tuning.status(e, at)
-        plan = tuning.plan(con, e, min(at, e.start)) if state == "scheduled" else None
+        plan = tuning.plan(con, e, min(at, e.start)) if state == tuning.Status.SCHEDULED else None
         out.append((e, state, tuning.stored(con, e.name), plan))
     return out, promote.history(con)
 
 
 def page():
-    cfg, at = common.config(), common.now()
+    cfg, at = common.page_start("Experiments"), common.now()
     if not cfg.experiments:
         st.info(
             "No experiment is configured. Add `[[experiments]]` to the config file, like the "

@@ -1,7 +1,8 @@
 """Jobs: the runner's schedule, last runs and failures, data freshness."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+import duckdb
 import pandas as pd
 import plotly.express as px
 import streamlit as st
@@ -10,20 +11,21 @@ from cachemon.clock import format_duration, iso
 from cachemon.errors import CachemonError
 from cachemon.ingest import write as ingest
 from cachemon.runner import runs as runner
+from cachemon.runner.runs import Outcome
+from cachemon.settings import Config
 from cachemon.store.queries import data_span
 from pages.shared import common
 
-st.header("Jobs")
 TIME = st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss", timezone="UTC")
 OUTCOME_COLOURS = {
-    "ok": "#16a34a",
-    "error": "#dc2626",
-    "skipped": "#f59e0b",
-    "scheduled": "#94a3b8",
+    Outcome.OK: "#16a34a",
+    Outcome.ERROR: "#dc2626",
+    Outcome.SKIPPED: "#f59e0b",
+    Outcome.SCHEDULED: "#94a3b8",
 }
 
 
-def _load(con, cfg, at):
+def _load(con: duckdb.DuckDBPyConnection, cfg: Config, at: datetime):
     return (
         runner.status(con, runner.schedule(cfg), at),
         runner.recent_runs(con, at - timedelta(days=1), 500),
@@ -34,6 +36,7 @@ def _load(con, cfg, at):
 
 @st.fragment(run_every=common.REFRESH)
 def page():
+    common.page_start("Jobs")
     at = common.now()
     try:
         statuses, runs, span, watermarks = common.cached(_load, at)
@@ -41,7 +44,7 @@ def page():
         common.show_error(exc)
         return
     _freshness(span, watermarks, at)
-    failing = [s for s in statuses if s.last_outcome == "error"]
+    failing = [s for s in statuses if s.last_outcome == Outcome.ERROR]
     if failing:
         st.error(
             "Failing: "

@@ -11,7 +11,6 @@ from cachemon.metrics import window as metrics
 from cachemon.usecases import metrics_report
 from pages.shared import common
 
-st.header("Overview")
 COST = metrics_report.COST_KPI
 ROWS = (("combined", "edge", "kv", "r2", COST), ("p50", "p95", "p99", "requests", "error_rate"))
 LABELS = metrics.KPI_LABELS | {COST: "Estimated cost USD/day"}
@@ -35,6 +34,7 @@ def _load(con, cfg, period: str, endpoint, at):
 
 @st.fragment(run_every=common.REFRESH)
 def overview():
+    common.page_start("Overview")
     period, endpoint, at = common.period(), common.endpoint(), common.now()
     try:
         report = common.cached(_load, period.value, endpoint, at)

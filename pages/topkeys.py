@@ -1,5 +1,8 @@
 """Top keys: a sortable, filterable key table, a per-key drill-down, CSV."""
 
+from datetime import datetime
+
+import duckdb
 import plotly.express as px
 import streamlit as st
 
@@ -7,12 +10,12 @@ from cachemon.clock import Period, Window, iso
 from cachemon.costs import optimize
 from cachemon.errors import CachemonError
 from cachemon.events import TIERS
-from cachemon.store import export, topkeys
+from cachemon.settings import Config
+from cachemon.store import export, queries, topkeys
 from cachemon.store.queries import data_end
 from pages.shared import common
 
-st.header("Top keys")
-CLASSES = ("all", "hot", "warm", "cold")
+CLASSES = ("all", *queries.CLASSES)
 COLUMNS = {
     "key": "key",
     "endpoint": "endpoint",
@@ -30,23 +33,35 @@ COLUMNS = {
 }
 
 
-def _keys(con, cfg, period: str, endpoint, klass, contains, limit: int, at):
+def _keys(
+    con: duckdb.DuckDBPyConnection,
+    cfg: Config,
+    period: str,
+    endpoint: str | None,
+    klass: str | None,
+    contains: str,
+    limit: int,
+    at: datetime,
+):
     window = _window(con, period, at)
     f = optimize.KeyFilter(endpoint, klass, contains, limit)
     return optimize.key_page(con, window, at, f)
 
 
-def _series(con, cfg, key: str, endpoint: str, period: str, at):
+def _series(
+    con: duckdb.DuckDBPyConnection, cfg: Config, key: str, endpoint: str, period: str, at: datetime
+):
     return topkeys.key_series(con, key, endpoint, _window(con, period, at))
 
 
-def _window(con, period: str, at) -> Window:
+def _window(con: duckdb.DuckDBPyConnection, period: str, at: datetime) -> Window:
     """The period ending at `at`, or where the data ends when it lags (as
     the Overview and `cachemon metrics` do)."""
     return Window.ending(data_end(con, at), Period.parse(period).length)
 
 
 def page():
+    common.page_start("Top keys")
     period, at = common.period(), common.now()
     c1, c2, c3 = st.columns([1, 2, 1])
     klass = c1.selectbox(

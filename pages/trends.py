@@ -1,5 +1,8 @@
 """Trends: 24 h / 7 d / 30 d charts with incident markers from alert history."""
 
+from datetime import datetime
+
+import duckdb
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -9,18 +12,19 @@ from cachemon.alerts import health
 from cachemon.costs import usage as costs
 from cachemon.errors import CachemonError
 from cachemon.metrics import trends
+from cachemon.settings import Config
 from pages.shared import common
 
-st.header("Trends")
-SEVERITY_COLOURS = {
-    "critical": "rgba(220,38,38,0.15)",
-    "warning": "rgba(245,158,11,0.15)",
-    "info": "rgba(37,99,235,0.10)",
-}
 TIER_COLOURS = {"edge": "#2563eb", "kv": "#16a34a", "r2": "#f59e0b", "api": "#dc2626"}
 
 
-def _load(con, cfg, range_name: str, endpoint, at):
+def _load(
+    con: duckdb.DuckDBPyConnection,
+    cfg: Config,
+    range_name: str,
+    endpoint: str | None,
+    at: datetime,
+):
     r = trends.parse_range(range_name)
     window = trends.window_for(con, r, at)
     return (
@@ -46,7 +50,7 @@ def _markers(fig: go.Figure, periods, window) -> go.Figure:
                 "x1": end,
                 "y0": 0,
                 "y1": 1,
-                "fillcolor": SEVERITY_COLOURS.get(p.severity, "rgba(0,0,0,0.1)"),
+                "fillcolor": common.severity_shade(p.severity),
                 "line": {"width": 0},
                 "layer": "below",
             }
@@ -74,6 +78,7 @@ def _line(df: pd.DataFrame, columns: dict, title: str, y: str, **kw) -> go.Figur
 
 
 def page():
+    common.page_start("Trends")
     range_name = (
         st.segmented_control("Range", list(trends.RANGES), default="7d", key="trend_range") or "7d"
     )

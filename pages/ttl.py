@@ -1,8 +1,9 @@
 """TTL what-if: predicted KV hit rate and cost per candidate TTL, next to
 the observed point, the recommendation and a draft experiment."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+import duckdb
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -11,14 +12,22 @@ from plotly.subplots import make_subplots
 from cachemon.clock import DAY, Window, format_duration, parse_duration
 from cachemon.errors import CachemonError
 from cachemon.pricing import days_in_month
+from cachemon.settings import Config
 from cachemon.store.queries import data_end
 from cachemon.tuning import whatif as ttl
 from pages.shared import common
 
-st.header("TTL what-if")
 
-
-def _load(con, cfg, endpoint: str, ttls: tuple, edge_ttls: tuple, days: float, limit_s: float, at):
+def _load(
+    con: duckdb.DuckDBPyConnection,
+    cfg: Config,
+    endpoint: str,
+    ttls: tuple,
+    edge_ttls: tuple,
+    days: float,
+    limit_s: float,
+    at: datetime,
+):
     end = data_end(con, at)
     limit = timedelta(seconds=limit_s)
     w = ttl.whatif(
@@ -35,7 +44,7 @@ def _load(con, cfg, endpoint: str, ttls: tuple, edge_ttls: tuple, days: float, l
 
 
 def page():
-    cfg = common.config()
+    cfg = common.page_start("TTL what-if")
     endpoints = [e for e, _ in cfg.costs.kv_ttl]
     c1, c2, c3, c4 = st.columns([1, 2, 1, 1])
     chosen = common.endpoint()

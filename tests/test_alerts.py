@@ -21,6 +21,7 @@ from cachemon.alerts import health, silences
 from cachemon.clock import iso
 from cachemon.errors import InputError
 from cachemon.notify.transports import Transports
+from cachemon.severity import HealthStatus, Severity
 from cachemon.store import db as store
 from cachemon.store import snapshots
 
@@ -274,6 +275,14 @@ severity = "warning"
         ("warning", "Data age above threshold")
     ]
     assert {i.severity for i in h.issues} == {"warning", "info"}
+    assert h.status is HealthStatus.DEGRADED and h.issues[0].severity is Severity.WARNING
+    # The Alerts page's record: typed fields, not a dict read back by key.
+    with store.reader(db) as con:
+        rec = health.record(con, _at(6 * 60), cfg.alerts.evaluate_every, days=7)
+    assert rec.health == h
+    assert {s.rule for s in rec.states} == {"p99_latency", "quiet_title", "data_stale"}
+    assert [p.rule for p in rec.periods if p.end is None] == ["data_stale"]
+    assert len(rec.notifications) == 1 and rec.silences == ()
 
 
 def test_firing_alert_survives_missing_data_and_a_clock_jump(tmp_path, db, smtp):

@@ -622,6 +622,67 @@ def test_with_a_login_configured_every_url_shows_only_the_login(live_store, tmp_
         browser.close()
 
 
+def test_every_page_draws_nothing_before_page_start():
+    """Static guard for the legacy-routing run: no page script draws at
+    module level, and the function it runs starts with `common.page_start`."""
+    import ast
+
+    for script in sorted((ROOT / "pages").glob("*.py")):
+        if script.name == "__init__.py":
+            continue
+        tree = ast.parse(script.read_text())
+        exprs = [n.value for n in tree.body[1:] if isinstance(n, ast.Expr)]  # after the docstring
+        calls = [c for c in exprs if isinstance(c, ast.Call)]
+        assert len(calls) == len(exprs), script.name
+        drawn = [ast.unparse(c.func) for c in calls]
+        assert [d for d in drawn if d.startswith("st.")] == [], script.name
+        (entry,) = [d for d in drawn if not d.startswith("st.")]
+        fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == entry)
+        first = ast.unparse(fn.body[0])
+        assert "common.page_start(" in first, (script.name, first)
+
+
+# Every heading the page ever shows, including one replaced a moment later by
+# a rerun: the final page would not tell.
+RECORD_HEADINGS = """
+window.__headings = [];
+new MutationObserver(() => {
+  for (const h of document.querySelectorAll('[data-testid="stHeading"]')) {
+    const text = h.innerText.trim();
+    if (text && !window.__headings.includes(text)) window.__headings.push(text);
+  }
+}).observe(document, {childList: true, subtree: true, characterData: true});
+"""
+
+
+@pytest.mark.parametrize("name", ["alerts", "costs"])
+def test_the_first_deep_link_with_a_login_configured_never_draws_the_page(
+    live_store, tmp_path, name
+):
+    """The first visit after a start runs the bare page script (Streamlit's
+    legacy pages/ routing) before app.py's login check: the page must ask for
+    the config before drawing anything, so not even its heading flashes."""
+    from playwright.sync_api import sync_playwright
+
+    db, cfg_file = live_store
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text("[auth]\n" + "".join(f'{k} = "{v}"\n' for k, v in AUTH.items()))
+    env = {
+        "CACHEMON_DB": str(db),
+        "CACHEMON_CONFIG": str(cfg_file),
+        "STREAMLIT_SECRETS_FILES": str(secrets),
+    }
+    with streamlit_server(env) as url, sync_playwright() as p:
+        browser = chromium(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.add_init_script(RECORD_HEADINGS)
+        page.goto(f"{url}/{name}")
+        page.get_by_text("This dashboard needs a login.").wait_for(timeout=60_000)
+        page.wait_for_timeout(1000)
+        assert page.evaluate("window.__headings") == ["cachemon"]
+        browser.close()
+
+
 def test_a_broken_config_file_shows_its_error_below_the_navigation(tmp_path):
     """The navigation comes first: a config file that does not load is an
     error in the page's place, and every page is still in the menu."""

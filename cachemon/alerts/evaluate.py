@@ -21,7 +21,7 @@ import pyarrow as pa
 from cachemon.alerts import lifecycle as lc
 from cachemon.alerts import notices
 from cachemon.alerts.anomaly import history_ends, robust_z
-from cachemon.alerts.rules import METRICS, Rule, effective_rules, format_value
+from cachemon.alerts.rules import METRICS, Kind, Rule, effective_rules, format_value
 from cachemon.alerts.silences import active_silences
 from cachemon.clock import MINUTE, Window, floor_to, iso
 from cachemon.errors import CachemonError, InputError
@@ -131,7 +131,7 @@ def _outcome(observer, rule: Rule, endpoint: str, at, stale_after, data_until) -
             )
         if value is None:
             return lc.Outcome(lc.Verdict.NO_DATA, reason=f"no {rule.metric} reading in the window")
-        if rule.kind == "anomaly":
+        if rule.kind == Kind.ANOMALY:
             return _anomaly(observer, rule, endpoint, end, value)
     except (duckdb.Error, CachemonError) as exc:
         return lc.Outcome(lc.Verdict.ERROR, reason=f"query failed: {str(exc).splitlines()[0]}")
@@ -168,7 +168,7 @@ def _message(rule: Rule, endpoint: str, o: lc.Outcome) -> str:
         failed = "no data" if o.kind == lc.Verdict.NO_DATA else "evaluation failed"
         return f"{label}: {failed}: {o.reason}"
     shown = format_value(o.value, rule.unit)
-    if rule.kind == "anomaly":
+    if rule.kind == Kind.ANOMALY:
         return f"{label} is unusual for this time of week: {shown} ({o.reason})"
     limit = format_value(rule.threshold, rule.unit)
     if o.kind == lc.Verdict.CLEAR:
@@ -330,7 +330,7 @@ def backfill(con: duckdb.DuckDBPyConnection, cfg: Config, start: datetime, end: 
     for rule in rules:
         for endpoint in rule.endpoints or ("",):
             ends = list(slots)
-            if rule.kind == "anomaly":
+            if rule.kind == Kind.ANOMALY:
                 ends += [e for t in slots for _, e in history_ends(t, rule.weeks)]
             observer.get(ends, rule.window, endpoint or None)
     prev, changed, evaluations = load_states(con), [], []

@@ -1,5 +1,6 @@
 """Reading the alert record: the health block, state-change history and
-the periods alerts were active (timelines, incident markers)."""
+the periods alerts were active (timelines, incident markers), and all of it
+at once for the dashboard's Alerts page (`record`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from datetime import datetime, timedelta
 
 from cachemon.alerts import evaluate as alerts
 from cachemon.alerts import lifecycle as lc
+from cachemon.alerts.silences import active_silences
 from cachemon.clock import iso
+from cachemon.notify import outbox
+from cachemon.severity import HealthStatus, Severity, severity_rank
 
 # The state of each instance as of an instant: its last transition.
 STATES_AT = """
@@ -25,14 +29,14 @@ ORDER BY changed_at DESC, rule, endpoint LIMIT $limit
 
 @dataclass(frozen=True)
 class Issue:
-    severity: str
+    severity: Severity
     message: str
     since: datetime
 
 
 @dataclass(frozen=True)
 class Health:
-    status: str  # healthy | degraded | critical
+    status: HealthStatus
     issues: tuple[Issue, ...]
     evaluated_at: datetime | None
     firing: tuple[tuple[str, int], ...] = ()  # active alerts by severity
@@ -55,25 +59,25 @@ def health(con, at: datetime, evaluate_every: timedelta) -> Health:
     last = alerts.last_evaluation(con, at)
     issues = []
     if last is None:
-        issues.append(Issue("warning", "alert rules have not been evaluated yet", at))
+        issues.append(Issue(Severity.WARNING, "alert rules have not been evaluated yet", at))
     elif at - last > 2 * evaluate_every:
-        issues.append(Issue("warning", f"alert evaluation is overdue: last run {iso(last)}", last))
+        overdue = f"alert evaluation is overdue: last run {iso(last)}"
+        issues.append(Issue(Severity.WARNING, overdue, last))
     rows = con.execute(STATES_AT, {"at": at}).fetchall()
-    critical = {(r[2], r[1]) for r in rows if r[7] is not None and r[3] == "critical"}
+    critical = {(r[2], r[1]) for r in rows if r[7] is not None and r[3] == Severity.CRITICAL}
     firing: dict[str, int] = {}
     for _rule, endpoint, type_, severity, state, since, message, firing_since in rows:
         if firing_since is not None:
-            if severity != "critical" and (type_, endpoint) in critical:
+            if severity != Severity.CRITICAL and (type_, endpoint) in critical:
                 continue  # inhibited by the critical alert of the same type
             firing[severity] = firing.get(severity, 0) + 1
-            issues.append(Issue(severity, message, firing_since))
+            issues.append(Issue(Severity(severity), message, firing_since))
         elif state == lc.State.ERROR:
-            issues.append(Issue("warning", message, since))
+            issues.append(Issue(Severity.WARNING, message, since))
         elif state == lc.State.NO_DATA:
-            issues.append(Issue("info", message, since))
-    issues.sort(key=lambda i: (lc.SEVERITY_ORDER.get(i.severity, 9), i.since))
-    sev = {i.severity for i in issues}
-    status = "critical" if "critical" in sev else "degraded" if "warning" in sev else "healthy"
+            issues.append(Issue(Severity.INFO, message, since))
+    issues.sort(key=lambda i: (severity_rank(i.severity), i.since))
+    status = HealthStatus.of({i.severity for i in issues})
     return Health(status, tuple(issues), last, tuple(sorted(firing.items())))
 
 
@@ -118,3 +122,30 @@ def active_periods(con, since: datetime, until: datetime) -> list[Period]:
             out.append(Period(p.rule, p.endpoint, p.type, p.severity, p.start, at))
     out += open_.values()
     return sorted((p for p in out if p.end is None or p.end >= since), key=lambda p: p.start)
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    """What the Alerts page shows: the health block, every rule instance,
+    and the last `days` of active periods, state changes, notifications,
+    with the silences in force."""
+
+    health: Health
+    states: tuple[lc.InstanceState, ...]
+    periods: tuple[Period, ...]
+    history: tuple[dict, ...]
+    notifications: tuple[dict, ...]
+    silences: tuple[lc.Silence, ...]
+
+
+def record(con, at: datetime, evaluate_every: timedelta, days: int = 7) -> AlertRecord:
+    """The alert record as of `at`, looking back `days` days."""
+    since = at - timedelta(days=days)
+    return AlertRecord(
+        health(con, at, evaluate_every),
+        tuple(alerts.load_states(con).values()),
+        tuple(active_periods(con, since, at)),
+        tuple(history(con, since, at)),
+        tuple(outbox.outbox(con, since, 200)),
+        tuple(active_silences(con, at)),
+    )

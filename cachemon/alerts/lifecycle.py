@@ -21,7 +21,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from cachemon.alerts.rules import SEVERITIES, Rule
+from cachemon.alerts.rules import Rule
+from cachemon.severity import Severity, severity_rank
 
 
 class State(StrEnum):
@@ -50,9 +51,6 @@ class Reason(StrEnum):
     NEW = "new"
     REPEAT = "repeat"
     RESOLVED = "resolved"
-
-
-SEVERITY_ORDER = {s: i for i, s in enumerate(SEVERITIES)}  # most severe first
 
 
 @dataclass(frozen=True)
@@ -205,13 +203,15 @@ def notifiable(
     states: list[InstanceState], silences: list[Silence], at: datetime
 ) -> list[InstanceState]:
     """Active instances that may notify: not silenced, not inhibited."""
-    critical = {(s.type, s.endpoint) for s in states if s.active and s.severity == "critical"}
+    critical = {
+        (s.type, s.endpoint) for s in states if s.active and s.severity == Severity.CRITICAL
+    }
     return [
         s
         for s in states
         if s.active
         and not any(x.mutes(s, at) for x in silences)
-        and not (s.severity != "critical" and (s.type, s.endpoint) in critical)
+        and not (s.severity != Severity.CRITICAL and (s.type, s.endpoint) in critical)
     ]
 
 
@@ -251,4 +251,4 @@ def decide(
 
 
 def _order(s: InstanceState):
-    return (SEVERITY_ORDER.get(s.severity, 9), s.type, s.endpoint)
+    return (severity_rank(s.severity), s.type, s.endpoint)

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 from cachemon import jsontext
 from cachemon.alerts import messages
-from cachemon.alerts.lifecycle import SEVERITY_ORDER, Notice
+from cachemon.alerts.lifecycle import Notice
 from cachemon.notify.channels import recipients
 from cachemon.notify.format import message_id
 from cachemon.notify.outbox import OutboxRow
 from cachemon.notify.transports import Transports
 from cachemon.settings import NotifyConfig
+from cachemon.severity import severity_rank
 
 
 def alert_recipients(nc: NotifyConfig, t: Transports, severities: set[str]) -> tuple[str, ...]:
     """Email recipients for alerts of these severities, most severe first
     (ALERT_EMAIL when a severity has none configured)."""
-    ordered = sorted(severities, key=lambda s: SEVERITY_ORDER.get(s, 9))
+    ordered = sorted(severities, key=severity_rank)
     return recipients(nc, t.alert_email, ordered)
 
 

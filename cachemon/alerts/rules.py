@@ -15,12 +15,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
+from enum import StrEnum
 
 from cachemon.clock import format_duration, parse_duration
 from cachemon.errors import ConfigError
 from cachemon.metrics.series import Observation
 from cachemon.notify.channels import CHANNELS
 from cachemon.settings import AlertsConfig
+from cachemon.severity import Severity
 
 
 @dataclass(frozen=True)
@@ -60,15 +62,44 @@ METRICS: dict[str, MetricDef] = {
     "data_age": MetricDef("s", lambda o: None, False, "Data age"),
 }
 
-OPS: dict[str, Callable[[float, float], bool]] = {
-    ">": lambda v, t: v > t,
-    ">=": lambda v, t: v >= t,
-    "<": lambda v, t: v < t,
-    "<=": lambda v, t: v <= t,
+
+class Op(StrEnum):
+    """A threshold rule's comparison: breached when `value op threshold`."""
+
+    GT = ">"
+    GE = ">="
+    LT = "<"
+    LE = "<="
+
+
+class Kind(StrEnum):
+    """A threshold rule compares the value; an anomaly rule its robust z-score."""
+
+    THRESHOLD = "threshold"
+    ANOMALY = "anomaly"
+
+
+class Direction(StrEnum):
+    """Which side of usual an anomaly rule watches."""
+
+    BELOW = "below"
+    ABOVE = "above"
+    BOTH = "both"
+
+
+OPS: dict[Op, Callable[[float, float], bool]] = {
+    Op.GT: lambda v, t: v > t,
+    Op.GE: lambda v, t: v >= t,
+    Op.LT: lambda v, t: v < t,
+    Op.LE: lambda v, t: v <= t,
 }
-SEVERITIES = ("critical", "warning", "info")
-KINDS = ("threshold", "anomaly")
-DIRECTIONS = ("below", "above", "both")
+# The TOML fields read as enums, and how to say which values are allowed.
+_ENUM_FIELDS: dict[str, tuple[type[StrEnum], str]] = {
+    "severity": (Severity, "use one of " + ", ".join(Severity)),
+    "kind": (Kind, "use threshold or anomaly"),
+    "op": (Op, "use one of " + " ".join(Op)),
+    "direction": (Direction, "use below, above or both"),
+}
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _ENDPOINT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -78,10 +109,10 @@ class Rule:
     name: str
     metric: str
     threshold: float
-    severity: str
-    op: str = ">"
+    severity: Severity
+    op: Op = Op.GT
     type: str = ""  # alert type; defaults to the name
-    kind: str = "threshold"
+    kind: Kind = Kind.THRESHOLD
     window: timedelta = timedelta(minutes=15)
     for_: timedelta = timedelta(0)
     keep_firing_for: timedelta = timedelta(0)
@@ -89,7 +120,7 @@ class Rule:
     channels: tuple[str, ...] = ()  # () = every configured channel
     min_requests: float | None = None  # None = the [alerts] default
     # anomaly rules: compare with the same minute-of-week in earlier weeks
-    direction: str = "below"
+    direction: Direction = Direction.BELOW
     weeks: int = 3
     min_weeks: int = 2
 
@@ -103,15 +134,15 @@ class Rule:
 
     def breached(self, value: float) -> bool:
         """Threshold rules: whether `value` breaches. (Anomaly rules pass the z-score.)"""
-        if self.kind == "anomaly":
-            return (self.direction in ("below", "both") and value <= -self.threshold) or (
-                self.direction in ("above", "both") and value >= self.threshold
-            )
+        if self.kind == Kind.ANOMALY:
+            return (
+                self.direction in (Direction.BELOW, Direction.BOTH) and value <= -self.threshold
+            ) or (self.direction in (Direction.ABOVE, Direction.BOTH) and value >= self.threshold)
         return OPS[self.op](value, self.threshold)
 
     def describe(self) -> str:
         what = METRICS[self.metric].label
-        if self.kind == "anomaly":
+        if self.kind == Kind.ANOMALY:
             return f"{what} anomalous ({self.direction} usual, robust z ≥ {self.threshold:g})"
         return f"{what} {self.op} {format_value(self.threshold, self.unit)}"
 
@@ -136,22 +167,22 @@ def format_value(value: float | None, unit: str) -> str:
 
 # The seed's ALERT_THRESHOLDS, plus freshness and a drift detector.
 BUILTIN: tuple[Rule, ...] = (
-    Rule("miss_rate_critical", "miss_rate", 15.0, "critical", type="miss_rate"),
-    Rule("p99_latency", "p99_latency", 500.0, "critical"),
-    Rule("error_rate", "error_rate", 5.0, "critical"),
-    Rule("queue_depth", "queue_depth", 1000.0, "critical"),
-    Rule("miss_rate_warning", "miss_rate", 10.0, "warning", type="miss_rate"),
-    Rule("p95_latency", "p95_latency", 100.0, "warning"),
-    Rule("edge_hit_rate", "edge_hit_rate", 75.0, "warning", op="<"),
-    Rule("kv_storage", "kv_storage", 1e9, "warning"),
-    Rule("data_stale", "data_age", 1800.0, "warning"),
+    Rule("miss_rate_critical", "miss_rate", 15.0, Severity.CRITICAL, type="miss_rate"),
+    Rule("p99_latency", "p99_latency", 500.0, Severity.CRITICAL),
+    Rule("error_rate", "error_rate", 5.0, Severity.CRITICAL),
+    Rule("queue_depth", "queue_depth", 1000.0, Severity.CRITICAL),
+    Rule("miss_rate_warning", "miss_rate", 10.0, Severity.WARNING, type="miss_rate"),
+    Rule("p95_latency", "p95_latency", 100.0, Severity.WARNING),
+    Rule("edge_hit_rate", "edge_hit_rate", 75.0, Severity.WARNING, op=Op.LT),
+    Rule("kv_storage", "kv_storage", 1e9, Severity.WARNING),
+    Rule("data_stale", "data_age", 1800.0, Severity.WARNING),
     Rule(
         "hit_rate_anomaly",
         "combined_hit_rate",
         3.5,
-        "warning",
-        kind="anomaly",
-        direction="below",
+        Severity.WARNING,
+        kind=Kind.ANOMALY,
+        direction=Direction.BELOW,
         min_requests=1000.0,
     ),
 )
@@ -165,7 +196,7 @@ def type_units(rules: tuple[Rule, ...]) -> dict[str, str]:
     out, shown as plain numbers."""
     units: dict[str, set[str]] = {}
     for r in rules:
-        units.setdefault(r.alert_type, set()).add(r.unit if r.kind == "threshold" else "")
+        units.setdefault(r.alert_type, set()).add(r.unit if r.kind == Kind.THRESHOLD else "")
     return {t: u.pop() for t, u in units.items() if len(u) == 1 and "" not in u}
 
 
@@ -215,9 +246,8 @@ def _parse_one(where: str, index: int, raw) -> Rule:
     for req in ("name", "metric", "severity"):
         if req not in kwargs:
             raise bad(req, "is required")
-    kind = kwargs.get("kind", "threshold")
     if "threshold" not in kwargs:
-        if kind != "anomaly":
+        if kwargs.get("kind") != Kind.ANOMALY:
             raise bad("threshold", "is required")
         kwargs["threshold"] = 3.5
     rule = Rule(**kwargs)
@@ -247,6 +277,12 @@ def _field(bad, key: str, name: str, value):
         return value
     if not isinstance(value, str):
         raise bad(key, f"must be a string, got {value!r}")
+    if name in _ENUM_FIELDS:
+        enum, allowed = _ENUM_FIELDS[name]
+        try:
+            return enum(value)
+        except ValueError:
+            raise bad(key, f"{value!r}: {allowed}") from None
     return value
 
 
@@ -259,14 +295,6 @@ def _check(bad, r: Rule) -> None:
         raise bad("type", f"{r.type!r} must be lower-case letters, digits and _")
     if r.metric not in METRICS:
         raise bad("metric", f"unknown metric {r.metric!r}; metrics: {', '.join(METRICS)}")
-    if r.severity not in SEVERITIES:
-        raise bad("severity", f"{r.severity!r}: use one of {', '.join(SEVERITIES)}")
-    if r.kind not in KINDS:
-        raise bad("kind", f"{r.kind!r}: use threshold or anomaly")
-    if r.op not in OPS:
-        raise bad("op", f"{r.op!r}: use one of {' '.join(OPS)}")
-    if r.direction not in DIRECTIONS:
-        raise bad("direction", f"{r.direction!r}: use below, above or both")
     if (
         r.window < timedelta(minutes=1)
         or r.window > timedelta(days=1)
@@ -285,7 +313,7 @@ def _check(bad, r: Rule) -> None:
     for c in r.channels:
         if c not in CHANNELS:
             raise bad("channels", f"unknown channel {c!r}; channels: {', '.join(CHANNELS)}")
-    if r.kind == "anomaly":
+    if r.kind == Kind.ANOMALY:
         if r.metric == "data_age" or not METRICS[r.metric].per_request and r.metric != "requests":
             raise bad(
                 "metric",

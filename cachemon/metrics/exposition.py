@@ -27,13 +27,12 @@ from prometheus_client.registry import Collector
 
 from cachemon.events import TIERS
 from cachemon.metrics.window import Metrics, is_stale
+from cachemon.severity import HealthStatus, Severity
 
 # generate_latest's default (metric names escaped to underscores) is the 0.0.4
 # text format; prometheus_client's CONTENT_TYPE_LATEST announces 1.0.0 (quoted
 # UTF-8 names), which this exposition never needs.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-HEALTH_LEVELS = {"healthy": 0, "degraded": 1, "critical": 2}
-SEVERITIES = ("critical", "warning", "info")
 QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
 # Gauge readings: family name, help, and the label of each reading it holds.
 _GAUGE_FAMILIES = (
@@ -179,13 +178,13 @@ class MetricsCollector(Collector):
             "Active (firing) alerts by severity, warnings inhibited by a critical excluded.",
             labels=("severity",),
         )
-        for severity in SEVERITIES:
-            alerts.add_metric((severity,), _value(firing.get(severity, 0)))
+        for severity in Severity:
+            alerts.add_metric((severity.value,), _value(firing.get(severity, 0)))
         yield alerts
         yield GaugeMetricFamily(
             "cachemon_health_status",
             "Cache health: 0 healthy, 1 degraded, 2 critical.",
-            value=_value(HEALTH_LEVELS[self.health.status]),
+            value=_value(HealthStatus(self.health.status).level),
         )
 
     def _costs(self) -> Iterator[Metric]:

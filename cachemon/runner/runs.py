@@ -32,6 +32,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from enum import StrEnum
 from pathlib import Path
 
 from cachemon.clock import DAY, as_utc, floor_to, format_duration, iso
@@ -112,12 +113,21 @@ class JobSpec:
         )
 
 
+class Outcome(StrEnum):
+    """How a run-log row ended; the value is the stored `outcome`."""
+
+    OK = "ok"
+    ERROR = "error"
+    SKIPPED = "skipped"  # missed slots, recorded when the run that catches up starts
+    SCHEDULED = "scheduled"  # a daily job's first sighting: it waits for its slot
+
+
 @dataclass(frozen=True)
 class RunRecord:
     job: str
     started_at: datetime
     finished_at: datetime
-    outcome: str  # ok | error | skipped | scheduled
+    outcome: Outcome
     error: str | None
     slots: int  # slots this run covers (missed ones included)
     rows: int | None = None  # what the job reports it wrote
@@ -153,7 +163,7 @@ class Runner:
             if spec.name not in self.last and spec.at is not None:
                 # A daily job first runs at its first slot, as cron would; the
                 # record makes a slot missed from here on be caught up.
-                self._note(RunRecord(spec.name, now, now, "scheduled", None, 0))
+                self._note(RunRecord(spec.name, now, now, Outcome.SCHEDULED, None, 0))
                 continue
             if not spec.is_due(self.last.get(spec.name), now):
                 continue
@@ -183,20 +193,20 @@ class Runner:
                     spec.name,
                     now,
                     now,
-                    "skipped",
+                    Outcome.SKIPPED,
                     f"{missed} slot(s) missed since {iso(previous)}",
                     missed,
                 )
             )
-        error, outcome, rows = None, "ok", None
+        error, outcome, rows = None, Outcome.OK, None
         log.debug("%s started for %s", spec.name, iso(now))
         try:
             rows = fn(now)
         except CachemonError as exc:
-            error, outcome = str(exc), "error"
+            error, outcome = str(exc), Outcome.ERROR
             log.error("%s failed: %s", spec.name, exc)
         except Exception:
-            error, outcome = traceback.format_exc(limit=20), "error"
+            error, outcome = traceback.format_exc(limit=20), Outcome.ERROR
             log.exception("%s failed", spec.name)
         finished = as_utc(self.clock()) if self.clock else now
         self.last[spec.name] = now
@@ -238,7 +248,7 @@ class JobStatus:
     spec: JobSpec
     purpose: str
     last_run: datetime | None
-    last_outcome: str | None  # ok | error (None: never ran)
+    last_outcome: Outcome | None  # ok or error (None: never ran)
     last_ok: datetime | None
     errors_24h: int
     last_error: str | None
@@ -266,7 +276,7 @@ def status(con, specs: list[JobSpec], now: datetime) -> list[JobStatus]:
                 spec,
                 PURPOSES.get(spec.name, ""),
                 prev,
-                outcome,
+                Outcome(outcome) if outcome is not None else None,
                 _utc(ok_at),
                 int(errors),
                 error,
@@ -280,7 +290,7 @@ def status(con, specs: list[JobSpec], now: datetime) -> list[JobStatus]:
 def recent_runs(con, since: datetime, limit: int = 200) -> list[RunRecord]:
     """Runs started since `since`, newest first."""
     return [
-        RunRecord(job, as_utc(s), as_utc(f), outcome, error, slots, rows)
+        RunRecord(job, as_utc(s), as_utc(f), Outcome(outcome), error, slots, rows)
         for job, s, f, outcome, error, slots, rows in con.execute(
             RECENT_RUNS, {"since": since, "limit": limit}
         ).fetchall()

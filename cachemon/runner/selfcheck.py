@@ -114,7 +114,7 @@ def check(con, cfg: Config, now: datetime) -> RunnerCheck:
     failing = tuple(
         FailingJob(s.spec.name, s.last_error_at, s.last_ok)
         for s in statuses
-        if s.last_outcome == "error" and s.last_error_at is not None
+        if s.last_outcome == runner.Outcome.ERROR and s.last_error_at is not None
     )
     return RunnerCheck(now, cfg.jobs.ingest_every, ingest.last_ok, failing)
 

@@ -21,6 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from fractions import Fraction
 
 from cachemon import jsontext
@@ -28,7 +29,14 @@ from cachemon.assignment import seed_sha256_byte
 from cachemon.clock import format_duration, parse_duration, parse_instant
 from cachemon.errors import ConfigError
 
-SCHEMES = ("sha256-u64", "seed-sha256-byte")
+
+class Scheme(StrEnum):
+    """How keys are assigned to cohorts; the value is the TOML `scheme`."""
+
+    SHA256_U64 = "sha256-u64"  # 8 bytes of SHA-256: shares exact to 2^-64
+    SEED_SHA256_BYTE = "seed-sha256-byte"  # the seed Worker's: one byte, shares in 1/256 steps
+
+
 # Each metric's unit: a difference (treatment − control) is in these units.
 METRIC_UNITS = {
     "hit_rate": "points",
@@ -56,7 +64,7 @@ class Experiment:
     cohorts: tuple[Cohort, ...]
     start: datetime
     duration: timedelta = timedelta(days=14)
-    scheme: str = "sha256-u64"
+    scheme: Scheme = Scheme.SHA256_U64
     description: str = ""
     metrics: tuple[str, ...] = METRICS
     mde: float = 3.0  # minimum detectable effect, hit-rate points
@@ -68,13 +76,13 @@ class Experiment:
 
     def assign(self, key: str) -> Cohort:
         """The cohort of `key` under this experiment's scheme."""
-        if self.scheme == "seed-sha256-byte":
+        if self.scheme == Scheme.SEED_SHA256_BYTE:
             return self.cohorts[seed_sha256_byte(key, self.name, self.weights)]
         return self.cohorts[_u64_index(u64_value(key, self.name), self.weights)]
 
     def allocation(self) -> tuple[Fraction, ...]:
         """The exact share of keys each cohort receives under the scheme."""
-        if self.scheme == "seed-sha256-byte":
+        if self.scheme == Scheme.SEED_SHA256_BYTE:
             counts = [0] * len(self.cohorts)
             for byte in range(256):
                 counts[_seed_index(byte / 255, self.weights)] += 1
@@ -171,9 +179,10 @@ def _parse_one(where: str, i: int, t, endpoints) -> Experiment:
         raise bad(
             "endpoint", f"unknown endpoint {t['endpoint']!r}; endpoints: {', '.join(endpoints)}"
         )
-    scheme = t.get("scheme", "sha256-u64")
-    if scheme not in SCHEMES:
-        raise bad("scheme", f"{scheme!r}: use {' or '.join(SCHEMES)}")
+    try:
+        scheme = Scheme(t.get("scheme", Scheme.SHA256_U64))
+    except (ValueError, TypeError):
+        raise bad("scheme", f"{t['scheme']!r}: use {' or '.join(Scheme)}") from None
     metrics = tuple(t.get("metrics", METRICS))
     for m in metrics:
         if m not in METRICS:
@@ -251,7 +260,7 @@ def example_toml(
     start: datetime | str = "2026-11-01T00:00:00Z",
     *,
     description: str | None = "48h TTL for title search vs baseline 24h",
-    scheme: str | None = "seed-sha256-byte",
+    scheme: Scheme | None = Scheme.SEED_SHA256_BYTE,
     duration: timedelta | str = "14d",
 ) -> str:
     """An `[[experiments]]` block, the one template of every example and

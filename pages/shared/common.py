@@ -22,9 +22,12 @@ import duckdb
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
+from cachemon.alerts.health import Health
 from cachemon.clock import Period, floor_to, format_duration, iso, utcnow
 from cachemon.errors import CachemonError, EmptyStoreError, StoreError
-from cachemon.runner.selfcheck import rough_age
+from cachemon.runner.selfcheck import RunnerCheck, rough_age
+from cachemon.settings import Config
+from cachemon.severity import HealthStatus, Severity
 from cachemon.store import db as store
 from cachemon.store import snapshots
 
@@ -58,7 +61,28 @@ def parse_refresh(text: str | None) -> tuple[timedelta, str]:
 REFRESH, REFRESH_WARNING = parse_refresh(os.environ.get("CACHEMON_REFRESH_SECONDS"))
 TICK = REFRESH
 TTL = max(60, int(2 * REFRESH.total_seconds()))
-HEALTH_BANNER = {"healthy": st.success, "degraded": st.warning, "critical": st.error}
+HEALTH_BANNER = {
+    HealthStatus.HEALTHY: st.success,
+    HealthStatus.DEGRADED: st.warning,
+    HealthStatus.CRITICAL: st.error,
+}
+# One colour per severity, for every chart that shows alerts.
+SEVERITY_COLOURS = {
+    Severity.CRITICAL: "#dc2626",
+    Severity.WARNING: "#f59e0b",
+    Severity.INFO: "#2563eb",
+}
+
+
+def severity_shade(severity: str, alpha: float = 0.15) -> str:
+    """The severity's colour as a translucent rgba fill (grey for one not known)."""
+    colour = SEVERITY_COLOURS.get(severity)  # a StrEnum member hashes as its value
+    if colour is None:
+        return f"rgba(0,0,0,{alpha / 1.5:g})"
+    r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha:g})"
+
+
 HOW_TO_FILL = """
 **The store is empty.** Fill it with one of:
 
@@ -77,7 +101,7 @@ def setting_warnings() -> None:
         st.warning(REFRESH_WARNING, icon=":material/warning:")
 
 
-def config():
+def config() -> Config:
     """The config app.py loaded for this run. A page run without it did not
     come through app.py's `st.navigation` (see `_leave_legacy_routing`)."""
     if "config" not in st.session_state:
@@ -85,13 +109,24 @@ def config():
     return st.session_state["config"]
 
 
+def page_start(title: str) -> Config:
+    """Every page's first call, before any output: the config (or, on a run
+    that did not come through app.py, a rerun that does; nothing is drawn
+    first), then the page's heading."""
+    cfg = config()
+    st.header(title)
+    return cfg
+
+
 def _leave_legacy_routing() -> None:
     """Rerun through app.py. Streamlit treats a `pages/` folder beside the
     entry script as its legacy multipage app until `st.navigation` first runs
     in the process: the first visit of a deep link such as /costs after a
     start runs the bare page script, without app.py's login, config and
-    sidebar. Every read of a page needs `config()`, so that run reads no data
-    and ends here; the rerun runs app.py, which routes the same URL."""
+    sidebar. Every page calls `page_start` (so `config()`) before drawing
+    anything, so that run draws nothing and ends here; the rerun runs app.py,
+    which routes the same URL. Setting the flag is a private Streamlit API
+    (docs/dashboard.md says why the folder keeps its name)."""
     PagesManager.uses_pages_directory = False  # what st.navigation itself sets
     st.rerun()
 
@@ -111,7 +146,7 @@ def now() -> datetime:
 
 
 @st.cache_data(ttl=TTL, show_spinner=False, max_entries=200)
-def _cached(fn_name: str, db: str, version: str, args: tuple, _fn: Callable, _cfg):
+def _cached(fn_name: str, db: str, version: str, args: tuple, _fn: Callable, _cfg: Config):
     with store.reader(db) as con:
         try:
             return _fn(con, _cfg, *args)
@@ -157,7 +192,7 @@ def stale_banner(data_until: datetime | None, at: datetime) -> bool:
     return False
 
 
-def runner_status(check) -> None:
+def runner_status(check: RunnerCheck) -> None:
     """The sidebar's job-runner line: when ingest last succeeded, and every
     job whose last run failed (a stalled runner shows before the data goes
     stale)."""
@@ -185,8 +220,10 @@ def runner_status(check) -> None:
         )
 
 
-def health_banner(h) -> None:
-    serious = [i for i in h.issues if i.severity != "info"]
+def health_banner(h: Health) -> None:
+    """The health block as a banner coloured by its status, with each issue
+    above info."""
+    serious = [i for i in h.issues if i.severity != Severity.INFO]
     lines = "".join(f"\n- **{i.severity}** since {iso(i.since)}: {i.message}" for i in serious)
     HEALTH_BANNER[h.status](f"Health: **{h.status}**" + (lines or " · no active alerts"))
 
