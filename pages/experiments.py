@@ -9,7 +9,7 @@ from plotly.subplots import make_subplots
 from cachemon.clock import format_duration, iso
 from cachemon.errors import CachemonError
 from cachemon.tuning import analysis as tuning
-from cachemon.tuning import promote
+from cachemon.tuning import promote, results
 from cachemon.tuning.analysis import MetricResult
 from cachemon.tuning.experiments import METRIC_UNITS, example_toml
 from cachemon.tuning.stats import SRM_P
@@ -23,7 +23,7 @@ def _load(con, cfg, at):
     for e in cfg.experiments:
         state = tuning.status(e, at)
         plan = tuning.plan(con, e, min(at, e.start)) if state == "scheduled" else None
-        out.append((e, state, tuning.stored(con, e.name), plan))
+        out.append((e, state, results.stored(con, e.name), plan))
     return out, promote.history(con)
 
 
