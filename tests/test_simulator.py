@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from cachemon.assignment import seed_sha256_byte
 from cachemon.clock import HOUR, Window
-from cachemon.sources.simulator import EXPERIMENT, Simulator, _ttl_hits
+from cachemon.sources.catalog import EXPERIMENT
+from cachemon.sources.simulator import Simulator, _ttl_hits
 
 
 def _requests(df):
