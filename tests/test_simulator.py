@@ -127,7 +127,10 @@ def test_incidents_origin_slowdown_queue_backlog_and_purge():
     r = _requests(pdf)
     before = r[r.timestamp < tue + HOUR]
     after = r[(r.timestamp >= tue + HOUR) & (r.timestamp < tue + HOUR + timedelta(minutes=10))]
-    share = lambda x: x[x.tier == "edge"].sample_interval.sum() / x.sample_interval.sum()
+
+    def share(x):
+        return x[x.tier == "edge"].sample_interval.sum() / x.sample_interval.sum()
+
     assert share(after) < share(before) - 0.2
 
 
