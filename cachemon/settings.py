@@ -28,6 +28,10 @@ if TYPE_CHECKING:  # annotations only: the parsers live above this module
     from cachemon.tuning.experiments import Experiment
 
 DEFAULT_DB = "data/cachemon.duckdb"
+# Where `cachemon serve` listens by default: the API's ServeOptions, the CLI's --host and
+# --port, and [metrics] api_url all read these.
+API_HOST = "127.0.0.1"
+API_PORT = 8787
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 # Deliberately strict: no spaces, quotes, commas or newlines can reach a header.
 EMAIL_RE = re.compile(
@@ -181,7 +185,7 @@ class MetricsConfig:
     # Data older than this is reported as stale (`stale: true`).
     stale_after: timedelta = timedelta(minutes=10)
     # Where `cachemon serve` answers, for the dashboard's link.
-    api_url: str = "http://127.0.0.1:8787"
+    api_url: str = f"http://{API_HOST}:{API_PORT}"
 
     def __post_init__(self):
         if not re.match(r"^https?://[^\s/]+(/\S*)?$", self.api_url):

@@ -13,7 +13,7 @@ from cachemon.clock import format_duration, iso
 from cachemon.errors import CachemonError
 from cachemon.settings import Config
 from cachemon.tuning import analysis as tuning
-from cachemon.tuning import promote
+from cachemon.tuning import promote, results
 from cachemon.tuning.analysis import MetricResult
 from cachemon.tuning.experiments import METRIC_UNITS, example_toml
 from cachemon.tuning.stats import SRM_P
@@ -25,7 +25,7 @@ def _load(con: duckdb.DuckDBPyConnection, cfg: Config, at: datetime):
     for e in cfg.experiments:
         state = tuning.status(e, at)
         plan = tuning.plan(con, e, min(at, e.start)) if state == tuning.Status.SCHEDULED else None
-        out.append((e, state, tuning.stored(con, e.name), plan))
+        out.append((e, state, results.stored(con, e.name), plan))
     return out, promote.history(con)
 
 

@@ -14,7 +14,7 @@ from cachemon.costs import report
 from cachemon.store import db as store
 from cachemon.store import snapshots
 from cachemon.store import views as analyst
-from cachemon.tuning import analysis as tuning
+from cachemon.tuning import results as stored_results
 
 DOC = ROOT / "docs" / "analysts.md"
 # Queries whose docs say they may come back empty on healthy data.
@@ -115,7 +115,7 @@ def test_cost_and_experiment_views_equal_what_cachemon_stored(demo_store):
             "SELECT analyzed_at, treatment, metric, estimate, ci_lower, ci_upper "
             "FROM v1.experiment_results ORDER BY ALL"
         ).fetchall()
-        history = tuning.history(con, "extended-title-ttl")
+        history = stored_results.history(con, "extended-title-ttl")
     assert [(c[0], c[3]) for c in costs] == [(r.day, len(r.report.lines)) for r in reports] and len(
         costs
     ) >= 2

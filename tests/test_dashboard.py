@@ -23,7 +23,7 @@ from cachemon.metrics import trends
 from cachemon.runner import runs as runner
 from cachemon.store import db as store
 from cachemon.tuning import analysis as tuning
-from cachemon.tuning import promote, stats
+from cachemon.tuning import promote, results, stats
 from cachemon.usecases import demo
 
 PAGES = {
@@ -68,7 +68,7 @@ def _make_store(tmp: Path, end, hours: float = 6.0, evil: bool = False) -> tuple
         )
         pipeline.import_files(cfg, [events], end)
     with store.writer(db, end) as con:
-        tuning.save(con, tuning.analyze(con, cfg.experiments[0], end, cfg.pricing))
+        results.save(con, tuning.analyze(con, cfg.experiments[0], end, cfg.pricing))
         report.save(con, report.build(con, cfg, end.date(), end))
         promote.record(
             con,
@@ -247,7 +247,7 @@ def test_experiments_show_the_stored_analysis_and_promotions(live_store, monkeyp
     db, cfg_file = live_store
     at = _app(monkeypatch, db, cfg_file, "experiments")
     with store.reader(db) as con:
-        latest = tuning.history(con, "extended-title-ttl")[-1]["result"]
+        latest = results.history(con, "extended-title-ttl")[-1]["result"]
     shown = {m.label: m.value for m in at.metric}
     assert shown["Decision"] == latest["decision"]
     assert float(shown["SRM p-value"]) == pytest.approx(latest["srm_p"], abs=5e-5)

@@ -19,7 +19,7 @@ from scipy import stats as sps
 from cachemon import config
 from cachemon.assignment import seed_sha256_byte
 from cachemon.errors import ConfigError
-from cachemon.sources import simulator
+from cachemon.sources import catalog
 from cachemon.tuning.experiments import example_toml, parse, u64_value
 from cachemon.tuning.whatif import draft_experiment
 
@@ -129,9 +129,9 @@ def test_one_example_template_is_the_seeds_experiment():
     """example_toml's defaults are the seed's experiment, the one the
     simulator runs; the TTL what-if's draft comes from the same template."""
     (e,) = parse("example", tomllib.loads(example_toml())["experiments"], ("title",))
-    assert e.name == simulator.EXPERIMENT and e.scheme == "seed-sha256-byte"
+    assert e.name == catalog.EXPERIMENT and e.scheme == "seed-sha256-byte"
     assert [(c.name, int(c.ttl.total_seconds()), c.weight) for c in e.cohorts] == [
-        (name, ttl, weight) for name, ttl, weight in simulator.COHORTS
+        (name, ttl, weight) for name, ttl, weight in catalog.COHORTS
     ]
     start = datetime(2026, 11, 29, tzinfo=UTC)
     draft = draft_experiment("isbn", timedelta(days=30), timedelta(days=60), start)

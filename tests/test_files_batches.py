@@ -82,9 +82,9 @@ def test_rollups_do_not_depend_on_the_batch_size(tmp_path, shuffled, suffix, mon
     monkeypatch.setattr(files, "BATCH_ROWS", 997)
     monkeypatch.setattr(files, "CHUNK_BYTES", 50_000)
     monkeypatch.setattr(files, "MAX_LINE", 50_000)  # CSV blocks
-    from cachemon.ingest import write as ingest
+    from cachemon.ingest import imports
 
-    monkeypatch.setattr(ingest, "MERGE_ROWS", 3_000)  # merges partial rollups many times
+    monkeypatch.setattr(imports, "MERGE_ROWS", 3_000)  # merges partial rollups many times
     batched = tmp_path / "batched.duckdb"
     pipeline.import_files(config.with_db(settings.Config(), str(batched)), [path], NOW)
     a, b = _dump(whole), _dump(batched)

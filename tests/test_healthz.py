@@ -13,7 +13,7 @@ from conftest import T0
 from test_api import _serve
 
 from cachemon import config
-from cachemon.api import server as api
+from cachemon.api.app import health_body
 from cachemon.clock import floor_to, iso, utcnow
 from cachemon.runner import runs as runner
 from cachemon.runner import selfcheck
@@ -103,7 +103,7 @@ def test_health_body_is_degraded_even_while_the_data_is_fresh():
     failing = selfcheck.RunnerCheck(
         now, M, now - timedelta(seconds=20), (selfcheck.FailingJob("alerts", now - 2 * M, T0),)
     )
-    assert api.health_body(fresh, ok, now, 10 * M) | {"runner": None} == {
+    assert health_body(fresh, ok, now, 10 * M) | {"runner": None} == {
         "status": "ok",
         "store": "readable",
         "dataUntil": iso(fresh[1]),
@@ -111,14 +111,14 @@ def test_health_body_is_degraded_even_while_the_data_is_fresh():
         "runner": None,
         "problems": [],
     }
-    body = api.health_body(fresh, failing, now, 10 * M)
+    body = health_body(fresh, failing, now, 10 * M)
     assert body["status"] == "degraded" and body["problems"] == [
         f"job alerts failed at {iso(now - 2 * M)} (2 min ago)"
     ]
     assert body["runner"]["failingJobs"] == [
         {"job": "alerts", "failedAt": iso(now - 2 * M), "lastOk": iso(T0)}
     ]
-    assert api.health_body((T0, T0 + M), ok, now, 5 * M)["status"] == "stale"
+    assert health_body((T0, T0 + M), ok, now, 5 * M)["status"] == "stale"
 
 
 def _healthz(db) -> httpx.Response:

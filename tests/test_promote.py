@@ -18,8 +18,7 @@ from cachemon.notify import outbox as notify
 from cachemon.notify.transports import Transports
 from cachemon.store import db as store
 from cachemon.testing.kv_emulator import Fault, KvEmulator
-from cachemon.tuning import analysis as tuning
-from cachemon.tuning import promote
+from cachemon.tuning import promote, results
 
 TOKEN = "kv-secret-token-123"
 
@@ -175,7 +174,7 @@ def test_daily_run_promotes_a_winner_and_mails_the_notice(tmp_path, kv):
             analyses, actions = promote.daily(con, cfg, at, env, t)
             assert notify.flush(con, cfg.notify, t, at).ok
             rows = promote.history(con)
-            saved = tuning.history(con, "extended-title-ttl")
+            saved = results.history(con, "extended-title-ttl")
     finally:
         sink.stop()
     a = analyses[0]

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from cachemon.assignment import seed_sha256_byte
 from cachemon.clock import HOUR, Window
-from cachemon.sources.simulator import EXPERIMENT, Simulator, _ttl_hits
+from cachemon.sources.catalog import EXPERIMENT
+from cachemon.sources.simulator import Simulator, _ttl_hits
 
 
 def _requests(df):
@@ -126,7 +127,10 @@ def test_incidents_origin_slowdown_queue_backlog_and_purge():
     r = _requests(pdf)
     before = r[r.timestamp < tue + HOUR]
     after = r[(r.timestamp >= tue + HOUR) & (r.timestamp < tue + HOUR + timedelta(minutes=10))]
-    share = lambda x: x[x.tier == "edge"].sample_interval.sum() / x.sample_interval.sum()
+
+    def share(x):
+        return x[x.tier == "edge"].sample_interval.sum() / x.sample_interval.sum()
+
     assert share(after) < share(before) - 0.2
 
 

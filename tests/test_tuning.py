@@ -19,7 +19,7 @@ from cachemon.clock import iso
 from cachemon.ingest import load as pipeline
 from cachemon.store import db as store
 from cachemon.tuning import analysis as tuning
-from cachemon.tuning import stats
+from cachemon.tuning import results, stats
 from cachemon.usecases import demo
 
 AT = T0 + timedelta(hours=6)
@@ -132,7 +132,7 @@ def test_cli_analyze_stores_history(sim_store):
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)[0]["experiment"] == "extended-title-ttl"
     with store.reader(cfg.store.path) as con:
-        h = tuning.history(con, "extended-title-ttl")
+        h = results.history(con, "extended-title-ttl")
     assert [r["result"]["at"] for r in h] == [
         iso(T0 + timedelta(hours=3)),
         iso(T0 + timedelta(hours=6)),
@@ -217,7 +217,7 @@ def test_demo_stores_the_daily_analyses_and_yesterdays_report(tmp_path):
     )
     demo.demo(cfg, 38 / 24, end)
     with store.reader(cfg.store.path) as con:
-        stored = tuning.history(con, "extended-title-ttl")
+        stored = results.history(con, "extended-title-ttl")
         expected = [
             tuning.analyze(con, cfg.experiments[0], at, cfg.pricing).to_json()
             for at in (T0 - timedelta(hours=4), T0 + timedelta(hours=20))
@@ -261,11 +261,11 @@ def test_decisions_are_typed_and_stored_analyses_read_back_typed(sim_store):
         " decision VARCHAR, payload VARCHAR)"
     )
     for x in (early, a):
-        tuning.save(con, x)
+        results.save(con, x)
     raw = con.execute("SELECT decision, payload FROM experiment_results").fetchall()
     assert [d for d, _ in raw] == [early.decision.value, a.decision.value]  # plain strings
     assert [json.loads(p)["decision"] for _, p in raw] == [str(early.decision), str(a.decision)]
-    back = tuning.stored(con, e.name)
+    back = results.stored(con, e.name)
     assert [s.analysis for s in back] == [early, a]
     assert [s.decision for s in back] == [early.decision, a.decision]
     assert back[-1].analyzed_at == a.at and back[-1].analysis.srm_p == a.srm_p

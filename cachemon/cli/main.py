@@ -10,6 +10,7 @@ every CachemonError becomes one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import datetime
 
@@ -19,6 +20,8 @@ from cachemon.cli import alerts, costs, experiments, ingest, metrics, store, ttl
 from cachemon.clock import utcnow
 from cachemon.errors import CachemonError, InputError, StoreUnpublishedError
 
+# The usage line's program name when run from a checkout; the installed script says its own name.
+PROG = "python -m cachemon"
 EXIT_ERROR = 2
 # The write was stored but readers do not see it yet (publishing failed): not an error to retry.
 EXIT_UNPUBLISHED = 3
@@ -26,10 +29,10 @@ EXIT_UNPUBLISHED = 3
 GROUPS = (ingest, metrics, alerts, ttl, store, costs, experiments)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The whole argument parser: the global options and every group's subcommands."""
     parser = argparse.ArgumentParser(
-        prog="python -m cachemon",
+        prog=prog,
         description="Monitoring, alerting, cost and TTL tuning for the BooksTrack tiered cache.",
     )
     parser.add_argument("--db", help="store file (default: CACHEMON_DB or data/cachemon.duckdb)")
@@ -40,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, now: datetime | None = None) -> int:
+def main(argv: list[str] | None = None, now: datetime | None = None, prog: str = PROG) -> int:
     """Run one command line; returns the exit code (argparse exits itself on a usage error)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None, now: datetime | None = None) -> int:
     except InputError as exc:
         print(f"cachemon: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     try:
         cfg = config_mod.load(args.config)
         if args.db is not None:
@@ -60,3 +63,10 @@ def main(argv: list[str] | None = None, now: datetime | None = None) -> int:
     except CachemonError as exc:
         print(f"cachemon: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def script() -> int:
+    """The installed `cachemon` command (`[project.scripts]`): as `main`, with
+    usage lines naming the command as it was typed (`cachemon`, or a link's
+    name), not `python -m cachemon`."""
+    return main(prog=os.path.basename(sys.argv[0]) or PROG)

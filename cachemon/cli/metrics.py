@@ -8,7 +8,8 @@ import sys
 from datetime import datetime, timedelta
 
 from cachemon import jsontext
-from cachemon.api import server as api
+from cachemon.api import access, server
+from cachemon.api import app as api_app
 from cachemon.argcheck import bounded
 from cachemon.clock import Period, parse_instant, utcnow
 from cachemon.errors import InputError
@@ -18,6 +19,9 @@ from cachemon.store import db as store
 from cachemon.usecases import metrics_report
 
 FORMATS = ("json", "prometheus")
+# serve's defaults are the API's own, never repeated here as literals.
+LISTEN = server.ServeOptions()
+CACHE_SECONDS = int(api_app.CACHE_FOR.total_seconds())
 
 
 def register(sub) -> None:
@@ -27,8 +31,8 @@ def register(sub) -> None:
         help="serve GET /metrics, /healthz and /openapi.json",
         description="The metrics API. CACHEMON_API_TOKEN, when set, is required as a bearer token.",
     )
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8787, help="port (default 8787)")
+    p.add_argument("--host", default=LISTEN.host, help=f"bind address (default {LISTEN.host})")
+    p.add_argument("--port", type=int, default=LISTEN.port, help=f"port (default {LISTEN.port})")
     p.add_argument(
         "--allow",
         action="append",
@@ -38,7 +42,10 @@ def register(sub) -> None:
         "10.0.0.0/8); repeatable",
     )
     p.add_argument(
-        "--cache-seconds", type=int, default=300, help="response cache lifetime (default 300)"
+        "--cache-seconds",
+        type=int,
+        default=CACHE_SECONDS,
+        help=f"response cache lifetime (default {CACHE_SECONDS})",
     )
     p.add_argument(
         "--trust-proxy",
@@ -51,14 +58,15 @@ def register(sub) -> None:
     p.add_argument(
         "--max-connections",
         type=int,
-        default=512,
-        help="open connections at most (default 512, kept below `ulimit -n`)",
+        default=LISTEN.max_connections,
+        help=f"open connections at most (default {LISTEN.max_connections}, kept below `ulimit -n`)",
     )
     p.add_argument(
         "--header-timeout",
         type=float,
-        default=10.0,
-        help="seconds a connection may take to send its request headers (default 10)",
+        default=LISTEN.head_timeout,
+        help="seconds a connection may take to send its request headers "
+        f"(default {LISTEN.head_timeout:g})",
     )
     p.set_defaults(func=serve)
 
@@ -84,23 +92,25 @@ def serve(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     if not args.header_timeout > 0:
         raise InputError(f"--header-timeout must be more than 0 seconds, got {args.header_timeout}")
     token = os.environ.get("CACHEMON_API_TOKEN") or None
-    options = api.ServeOptions(
+    options = server.ServeOptions(
         args.host,
         args.port,
-        api.check_proxies(tuple(args.trust_proxy)),
+        access.check_proxies(tuple(args.trust_proxy)),
         args.header_timeout,
         args.max_connections,
     )
-    api.connection_cap(options.max_connections)  # a bad limit is an error before anything listens
-    warning = api.exposure_warning(args.host, token)
+    server.connection_cap(
+        options.max_connections
+    )  # a bad limit is an error before anything listens
+    warning = access.exposure_warning(args.host, token)
     if warning:
         print(f"cachemon: warning: {warning}", file=sys.stderr)
-    settings = api.ApiSettings(
+    settings = api_app.ApiSettings(
         token=token,
-        allow=api.networks(args.allow, "--allow"),
+        allow=access.networks(args.allow, "--allow"),
         cache_for=timedelta(seconds=args.cache_seconds),
     )
-    api.serve(api.create_app(cfg, settings, utcnow), options)
+    server.serve(api_app.create_app(cfg, settings, utcnow), options)
     return 0
 
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cachemon.clock import HOUR, MINUTE, Window, floor_to
-from cachemon.ingest import retention
+from cachemon.ingest import imports, keys, retention
 from cachemon.ingest import write as ingest
 from cachemon.settings import Config
 from cachemon.sources import files
@@ -134,7 +134,7 @@ def pull(
         elif mark is not None:
             start = floor_to(mark - ae.overlap, MINUTE)
             # Per-key counts of a compacted hour can only be replaced whole.
-            if ingest.key_hour_compacted(con, ANALYTICS_ENGINE, floor_to(start, HOUR)):
+            if keys.key_hour_compacted(con, ANALYTICS_ENGINE, floor_to(start, HOUR)):
                 start = floor_to(start, HOUR)
         else:
             start = floor_to(end - ae.backfill, HOUR)
@@ -176,8 +176,8 @@ def import_files(cfg: Config, paths: Iterable[str | Path], now: datetime) -> Imp
     return ImportSummary(done, skipped)
 
 
-def _aggregate(path: Path, latest: datetime) -> ingest.ImportFile:
-    acc = ingest.ImportAccumulator()
+def _aggregate(path: Path, latest: datetime) -> imports.ImportFile:
+    acc = imports.ImportAccumulator()
     for frame in files.batches(path, latest):
         acc.add(frame)
     return acc.finish(files.file_sha256(path), path.name)

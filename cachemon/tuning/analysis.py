@@ -23,16 +23,14 @@ Decision of each treatment against the first cohort (the control):
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 import duckdb
 import numpy as np
 
-from cachemon import jsontext
-from cachemon.clock import DAY, HOUR, Window, ceil_to, floor_to, iso, parse_instant
+from cachemon.clock import HOUR, Window, ceil_to, floor_to, iso, parse_instant
 from cachemon.costs.tiermix import TierMix
 from cachemon.events import TIERS
 from cachemon.histogram import Histogram
@@ -96,8 +94,6 @@ SELECT cohort, tier, sum(requests * requests / events) FROM rollup_minute
 WHERE experiment = $experiment AND minute >= $lo AND minute < $hi AND events > 0
 GROUP BY cohort, tier
 """
-SAVE = "INSERT INTO experiment_results VALUES (?, ?, ?, ?)"
-HISTORY = "SELECT analyzed_at, decision, payload FROM experiment_results WHERE experiment = ? ORDER BY analyzed_at"
 
 
 @dataclass(frozen=True)
@@ -379,64 +375,6 @@ def status(e: Experiment, at: datetime) -> Status:
     if at < e.start:
         return Status.SCHEDULED
     return Status.RUNNING if at < e.start + e.duration else Status.ENDED
-
-
-def backfill(
-    con,
-    experiments: tuple[Experiment, ...],
-    since: datetime,
-    until: datetime,
-    pricing: Pricing,
-    daily_at: time,
-) -> int:
-    """Store the analyses the daily job (at `daily_at` UTC) would have made
-    in (since, until] (the demo's history of decisions); returns how many."""
-    n = 0
-    slot = floor_to(since, DAY) + timedelta(hours=daily_at.hour, minutes=daily_at.minute)
-    while slot <= until:
-        for e in experiments:
-            if since < slot and e.start <= slot:
-                save(con, analyze(con, e, slot, pricing))
-                n += 1
-        slot += DAY
-    return n
-
-
-def reset(con) -> None:
-    """Forget every stored analysis (the demo replaces the data they described)."""
-    con.execute("DELETE FROM experiment_results")
-
-
-def save(con, a: Analysis) -> None:
-    con.execute(SAVE, [a.experiment, a.at, a.decision, jsontext.dumps(a.to_json())])
-
-
-def history(con, experiment: str) -> list[dict]:
-    """Every stored analysis of `experiment`, oldest first, as raw JSON
-    (what an analyst's query sees). Code reads `stored` instead."""
-    return [
-        {"analyzed_at": t, "decision": d, "result": json.loads(p)}
-        for t, d, p in con.execute(HISTORY, [experiment]).fetchall()
-    ]
-
-
-@dataclass(frozen=True)
-class Stored:
-    """One stored analysis, typed."""
-
-    analyzed_at: datetime
-    decision: Decision
-    analysis: Analysis
-
-
-def stored(con, experiment: str) -> list[Stored]:
-    """Every stored analysis of `experiment`, oldest first, read back into
-    dataclasses (the dashboard reads `stored(...)[-1].analysis.srm_p`, never
-    a JSON key)."""
-    return [
-        Stored(t, Decision(d), Analysis.from_json(json.loads(p)))
-        for t, d, p in con.execute(HISTORY, [experiment]).fetchall()
-    ]
 
 
 ENDPOINT_KEYS = f"""

@@ -28,6 +28,7 @@ from cachemon.notify.transports import Transports
 from cachemon.redact import Redactor
 from cachemon.settings import Config
 from cachemon.tuning import analysis as tuning
+from cachemon.tuning import results
 from cachemon.tuning.experiments import MAX_TTL, MIN_TTL, Experiment
 
 CONFIG_KEY = "config:kv-ttls"
@@ -262,7 +263,7 @@ def daily(con, cfg: Config, at: datetime, env, transports: Transports, dry_run: 
                 actions.append(promote(kv, cfg, e, winners[0], dry_run))
     if not dry_run:
         for a in analyses:
-            tuning.save(con, a)
+            results.save(con, a)
         for act in actions:
             if act.action != "none":
                 record(con, act, at)

@@ -21,7 +21,7 @@ from cachemon.runner import runs as runner
 from cachemon.settings import Config
 from cachemon.sources.simulator import Simulator
 from cachemon.store import db as store
-from cachemon.tuning import analysis as tuning
+from cachemon.tuning import results
 
 # Demo windows: long enough to amortise per-statement costs, short enough
 # for a progress bar and bounded memory (~2 M events a day).
@@ -76,9 +76,9 @@ def _demo_into(
         alerts.reset(con)
         alerts.backfill(con, cfg, windows[0].start, end)
         # Likewise the daily jobs' results, so every page has something to show.
-        tuning.reset(con)
+        results.reset(con)
         daily_at = next(s.at for s in runner.schedule(cfg) if s.name == "experiments")
-        tuning.backfill(con, cfg.experiments, windows[0].start, end, cfg.pricing, daily_at)
+        results.backfill(con, cfg.experiments, windows[0].start, end, cfg.pricing, daily_at)
         day = report.report_day(end)
         if windows[0].start <= datetime(day.year, day.month, day.day, tzinfo=UTC):
             report.save(con, report.build(con, cfg, day, now))

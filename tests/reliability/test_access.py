@@ -113,11 +113,11 @@ def test_the_api_lets_in_only_its_token_and_limits_each_ip(loaded_store, results
 def test_no_network_facing_input_names_a_file():
     """Paths (--db, --config, export --to) come only from the local operator's
     command line: neither the API nor the dashboard accepts one."""
-    from cachemon.api import server as api
+    from cachemon.api.openapi import OPENAPI
 
     params = {
         p["name"]
-        for op in api.OPENAPI["paths"].values()
+        for op in OPENAPI["paths"].values()
         for m in op.values()
         for p in m.get("parameters", [])
     }

@@ -22,7 +22,9 @@ from conftest import ROOT, T0
 from servers import free_port, serve_process
 
 from cachemon import config
-from cachemon.api import server as api
+from cachemon.api.access import RateLimiter, exposure_warning
+from cachemon.api.app import ApiSettings, create_app
+from cachemon.api.server import ServeOptions, build_server
 from cachemon.clock import utcnow
 
 _serve = serve_process
@@ -107,7 +109,7 @@ def test_the_limiter_remembers_a_bounded_number_of_clients(results):
     """100,000 distinct addresses: the limiter holds at most its cap; the
     clients beyond it share one budget (limited, not let through); a minute
     later idle clients make room again. IPv6 counts per /64."""
-    lim = api.RateLimiter(10, max_peers=1000)
+    lim = RateLimiter(10, max_peers=1000)
     passed = sum(
         lim.retry_after(f"198.{i // 65536}.{i // 256 % 256}.{i % 256}", T0) == 0
         for i in range(100_000)
@@ -127,11 +129,11 @@ def test_the_limiter_remembers_a_bounded_number_of_clients(results):
 
 
 @contextmanager
-def _in_process(db, settings: api.ApiSettings, options: api.ServeOptions):
+def _in_process(db, settings: ApiSettings, options: ServeOptions):
     """A real uvicorn server in a thread, so the test can look at its limiter."""
     cfg = config.with_db(config.load(env={}), str(db))
-    app = api.create_app(cfg, settings, utcnow)
-    server, socks = api.build_server(app, options)
+    app = create_app(cfg, settings, utcnow)
+    server, socks = build_server(app, options)
     t = threading.Thread(target=server.run, kwargs={"sockets": socks}, daemon=True)
     t.start()
     while not server.started:
@@ -145,9 +147,9 @@ def _in_process(db, settings: api.ApiSettings, options: api.ServeOptions):
 
 def test_many_clients_behind_a_trusted_proxy_stay_within_the_cap(loaded_store, results):
     db, _ = loaded_store
-    options = api.ServeOptions(port=free_port(), trust_proxy=("127.0.0.1",))
+    options = ServeOptions(port=free_port(), trust_proxy=("127.0.0.1",))
     with (
-        _in_process(db, api.ApiSettings(max_peers=50), options) as (app, base),
+        _in_process(db, ApiSettings(max_peers=50), options) as (app, base),
         httpx.Client(timeout=10) as client,
     ):
         codes = [
@@ -282,11 +284,11 @@ def test_a_public_bind_without_token_warns(results):
         "without CACHEMON_API_TOKEN"
     )
     assert lines[1].startswith("cachemon: error: cannot listen on 192.0.2.1:")
-    assert api.exposure_warning("0.0.0.0", None) and api.exposure_warning("::", None)
-    assert api.exposure_warning("example.org", None)
-    assert not api.exposure_warning("0.0.0.0", "a-token")
+    assert exposure_warning("0.0.0.0", None) and exposure_warning("::", None)
+    assert exposure_warning("example.org", None)
+    assert not exposure_warning("0.0.0.0", "a-token")
     assert not any(
-        api.exposure_warning(h, None) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost")
+        exposure_warning(h, None) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost")
     )
     results(
         "public bind without a token",

@@ -21,7 +21,9 @@ from conftest import ROOT
 from servers import free_port, serve_process
 
 from cachemon import config
-from cachemon.api import server as api
+from cachemon.api.access import ForwardedFor, networks
+from cachemon.api.app import ApiSettings, create_app
+from cachemon.api.server import ServeOptions, build_server
 from cachemon.store import db as store
 from cachemon.store import queries
 
@@ -104,7 +106,7 @@ def test_garbage_forwarded_values_are_the_proxy(loaded_store, results):
 
 
 def test_forwarded_chain_is_read_from_the_right():
-    fwd = api.ForwardedFor(None, api.networks(["10.0.0.0/8"], "--trust-proxy"))
+    fwd = ForwardedFor(None, networks(["10.0.0.0/8"], "--trust-proxy"))
     peer = ("10.0.0.2", 5000)
 
     def client(value: str):
@@ -143,8 +145,8 @@ def test_a_cached_answer_never_says_fresh_about_stale_data(loaded_store, results
     clock = _Clock(
         turns_stale - timedelta(seconds=60)
     )  # fresh for one more minute; the cache keeps 5
-    app = api.create_app(cfg, api.ApiSettings(allow=("127.0.0.1",)), clock)
-    options = api.ServeOptions(port=free_port())
+    app = create_app(cfg, ApiSettings(allow=("127.0.0.1",)), clock)
+    options = ServeOptions(port=free_port())
     url = f"http://127.0.0.1:{options.port}/metrics?period=15m&format={fmt}"
     with _in_process_app(app, options), httpx.Client(timeout=10) as client:
         answers = []
@@ -183,7 +185,7 @@ def test_a_cached_answer_never_says_fresh_about_stale_data(loaded_store, results
 @contextmanager
 def _in_process_app(app, options):
     """A real uvicorn server in a thread for an app built here (its clock is the test's)."""
-    server, socks = api.build_server(app, options)
+    server, socks = build_server(app, options)
     t = threading.Thread(target=server.run, kwargs={"sockets": socks}, daemon=True)
     t.start()
     while not server.started:

@@ -22,7 +22,7 @@ from schemathesis.generation import GenerationMode
 
 from cachemon import config
 from cachemon import settings as cm_settings
-from cachemon.api import server as api
+from cachemon.api.app import ApiSettings, create_app
 from cachemon.clock import Window, iso
 from cachemon.costs import optimize, report
 from cachemon.errors import CachemonError
@@ -221,7 +221,7 @@ def test_config_files_of_the_wrong_shape_are_named(tmp_path, text, message):
 def test_the_api_fuzzed_from_its_schema_never_fails_with_a_5xx(loaded_store, results):
     path, _ = loaded_store
     cfg = config.with_db(cm_settings.Config(), str(path))
-    app = api.create_app(cfg, api.ApiSettings(rate_limit=10**9), lambda: T0 + timedelta(hours=3))
+    app = create_app(cfg, ApiSettings(rate_limit=10**9), lambda: T0 + timedelta(hours=3))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     seen = Counter()
     for result, mode in product(schema.get_all_operations(), GenerationMode):

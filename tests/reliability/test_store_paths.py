@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from conftest import ROOT
 
-from cachemon.api.server import health_body
+from cachemon.api.app import health_body
 from cachemon.cli import main as cli
 from cachemon.errors import StoreBusyError, StoreError
 from cachemon.notify.transports import Transports
