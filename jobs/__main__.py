@@ -168,27 +168,25 @@ class Jobs:
             cfg = config_mod.with_db(config_mod.load(self.config_path), self.cfg.store.path)
         except CachemonError as exc:
             with store.writer(self.cfg.store.path, now, publish=False) as con:
-                act = promote.on_bad_config(con, self.cfg, str(exc), os.environ, transports, now)
-                notify.flush(con, self.cfg.notify, transports, now)
+                run = promote.on_bad_config(con, self.cfg, str(exc), os.environ, transports, now)
             log.error(
                 "experiments: config unreadable (%s); %s",
                 exc,
-                act.detail if act else "KV not configured",
+                run.actions[0].detail if run else "KV not configured",
             )
             raise
         with store.writer(cfg.store.path, now, publish=False) as con:
-            analyses, actions = promote.daily(con, cfg, now, os.environ, transports)
-            notify.flush(con, cfg.notify, transports, now)
-        for a in analyses:
+            run = promote.daily(con, cfg, now, now, os.environ, transports)
+        for a in run.analyses:
             log.info(
                 "experiment %s: %s (%s keys)",
                 a.experiment,
                 a.decision,
                 ", ".join(f"{c} {n}" for c, n in a.units),
             )
-        for act in actions:
+        for act in run.actions:
             log.warning("%s: %s", act.action, act.detail)
-        return len(analyses)
+        return len(run.analyses)
 
     def _transports(self) -> Transports:
         # Lenient: a bad email setting leaves email out (recorded below as the
