@@ -36,7 +36,7 @@ def _md5s(d) -> dict:
 
 
 def _silences(path) -> int:
-    with store.writer(path, create=False, publish=False) as con:
+    with store.writer(path, datetime.now(UTC), create=False, publish=False) as con:
         return con.execute("SELECT count(*) FROM silences").fetchone()[0]
 
 
@@ -50,7 +50,7 @@ def _error_line(capsys) -> str:
 def made(tmp_path):
     """A published store k.duckdb with two snapshot versions."""
     db = tmp_path / "s" / "k.duckdb"
-    with store.writer(db):
+    with store.writer(db, datetime.now(UTC)):
         pass
     snapshots.publish_snapshot(db)
     return db
@@ -146,7 +146,7 @@ def test_write_wait_accepts_sane_values(monkeypatch):
 
 def test_busy_message_never_names_a_dead_holder(made, results):
     lock = store_lock.lock_path(made)
-    with store.writer(made):  # a cachemon writer clears its name when it lets go
+    with store.writer(made, datetime.now(UTC)):  # a cachemon writer clears its name when it lets go
         assert "pid" in lock.read_text()
     assert lock.read_text() == ""
     dead = subprocess.run(
@@ -167,7 +167,7 @@ def test_busy_message_never_names_a_dead_holder(made, results):
     try:
         assert outsider.stdout.readline().strip() == "held"
         with pytest.raises(StoreBusyError) as err:
-            with store.writer(made, wait=0.2):
+            with store.writer(made, datetime.now(UTC), wait=0.2):
                 pass
     finally:
         outsider.kill()
