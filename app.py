@@ -15,7 +15,7 @@ import os
 import streamlit as st
 
 from cachemon import config as config_mod
-from cachemon.clock import CLOCK_SKEW, Period, format_duration, iso
+from cachemon.clock import Period, ahead, format_duration, iso
 from cachemon.errors import CachemonError
 from cachemon.metrics import window as metrics
 from cachemon.runner import selfcheck
@@ -87,7 +87,8 @@ def _sidebar(cfg) -> None:
             span = None
         if span:
             age = common.now() - span[1]
-            if -age > CLOCK_SKEW:  # written by a clock ahead of real time: not "up to date"
+            # Written by a clock ahead of real time: not "up to date".
+            if ahead(span[1], common.now(), cfg.ingest.clock_skew):
                 st.warning(
                     f"Data {iso(span[0])} – {iso(span[1])} · ends in the future (now {iso(common.now())}): "
                     "written by a clock ahead of real time"
