@@ -188,7 +188,7 @@ def test_fast_clock_never_passes_real_time():
 
     now = datetime.now(UTC)
     for start in (None, (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")):
-        clock = _clock(start, 1e6)
+        clock = _clock(start, 1e6, timedelta(minutes=5))
         time.sleep(0.05)  # 50 000 simulated seconds: far past now without the clamp
         t = clock()
         assert t <= datetime.now(UTC) and t > datetime.now(UTC) - timedelta(seconds=5)
@@ -197,15 +197,21 @@ def test_fast_clock_never_passes_real_time():
 def test_run_log_times_from_the_future_are_not_fresh():
     now = datetime(2026, 12, 1, 18, 35, tzinfo=UTC)
     check = selfcheck.RunnerCheck(
-        now, timedelta(minutes=1), now + timedelta(hours=1, minutes=22), ()
+        now, timedelta(minutes=1), now + timedelta(hours=1, minutes=22), (), timedelta(minutes=5)
     )
     assert check.ingest_from_future and check.ingest_stalled and not check.healthy
     assert check.ingest_age is None and check.to_json()["lastIngestAgeSeconds"] is None
     assert "dated in the future" in check.problems()[0]
     body = health_body((now - timedelta(days=1), now), check, now, timedelta(minutes=10))
     assert body["status"] == "degraded"
-    fine = selfcheck.RunnerCheck(now, timedelta(minutes=1), now + timedelta(seconds=30), ())
+    fine = selfcheck.RunnerCheck(
+        now, timedelta(minutes=1), now + timedelta(seconds=30), (), timedelta(minutes=5)
+    )
     assert fine.healthy  # a few seconds of clock skew is not the future
+    strict = selfcheck.RunnerCheck(  # [ingest] clock_skew = "0s": the same run is from the future
+        now, timedelta(minutes=1), now + timedelta(seconds=30), (), timedelta(0)
+    )
+    assert strict.ingest_from_future and not strict.healthy
 
 
 def test_a_fast_runner_writes_nothing_after_now(tmp_path, results):
