@@ -1,9 +1,12 @@
 """`python -m jobs`: the scheduled process that fills the store and runs jobs.
 
-A thin shell over `cachemon.runner`: the `schedule` library drives a tick
-every second; the runner decides in UTC which jobs are due, catches up
-missed slots, guards and records every run. One runner per store (a lock
-file); SIGTERM/SIGINT finish the job in progress and exit 0.
+A thin shell: the `schedule` library drives a tick every second and the
+signals stop it. The logic is in cachemon: the runner (`cachemon.runner`)
+decides in UTC which jobs are due, catches up missed slots, guards and
+records every run (`runner.runlog`) and publishes with back-off
+(`runner.publishing`); the job bodies are `cachemon.usecases.scheduled`.
+One runner per store (a lock file); SIGTERM/SIGINT finish the job in
+progress and exit 0.
 
 The runner is the one process that must never exit on its own: a busy store
 (another writer's turn, an outside DuckDB process), a full or read-only disk
@@ -11,7 +14,7 @@ or a refused publish fail the job or the publish in hand, which is logged,
 recorded (now, or with the next record that can be written) and tried again
 later; a failed publish is retried with back-off. With CACHEMON_HEARTBEAT_URL
 set, each successful ingest and alert evaluation pings that URL
-(`cachemon.heartbeat`) once readers can see it: while publishing fails,
+(`cachemon.runner.heartbeat`) once readers can see it: while publishing fails,
 readers are frozen, so no ping goes out and the outside service notices.
 
     python -m jobs                  # run the schedule
