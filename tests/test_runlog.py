@@ -145,3 +145,13 @@ def test_an_empty_ingest_fails_only_when_the_data_is_ahead_beyond_the_skew(tmp_p
             jobs.ingest(earlier)
     else:
         assert jobs.ingest(earlier) == 0
+
+
+def test_the_report_job_logs_what_became_of_its_delivery(tmp_path, caplog):
+    cfg = _cfg(tmp_path)
+    day_after = T0 + timedelta(days=1, hours=3)
+    pipeline.simulate_until(cfg, T0 + timedelta(hours=2), None)
+    env = {"DISCORD_WEBHOOK_URL": "http://127.0.0.1:9/never"}  # nothing listens: refused
+    with caplog.at_level("INFO", logger="cachemon.jobs"):
+        assert Jobs(cfg, env=env).report(day_after) == 1
+    assert "report: delivery 1 via discord: failed" in caplog.text

@@ -136,7 +136,8 @@ class Jobs:
         day = report.report_day(now)
         with store.writer(self.cfg.store.path, now, publish=False) as con:
             r = report.build(con, self.cfg, day, now)
-            channels = report.send(con, r, self.cfg, transports, now).channels
+            sent = report.send(con, r, self.cfg, transports, now)
+        channels = sent.channels
         log.info(
             "report %s: %d recommendation(s), saving %.4f USD/day; queued for %s",
             day,
@@ -144,6 +145,8 @@ class Jobs:
             r.saving_per_day,
             ", ".join(channels) or "no channel",
         )
+        for line in sent.flush.lines:
+            log.info("report: %s", line)
         return len(channels)
 
     def experiments(self, now: datetime) -> int:
@@ -172,6 +175,8 @@ class Jobs:
             )
         for act in run.actions:
             log.warning("%s: %s", act.action, act.detail)
+        for line in run.flush.lines:  # the same delivery lines as `experiments analyze` prints
+            log.info("experiments: %s", line)
         return len(run.analyses)
 
     def _transports(self) -> Transports:
