@@ -17,7 +17,7 @@ import duckdb
 import streamlit as st
 
 from cachemon import config as config_mod
-from cachemon.clock import CLOCK_SKEW, Period, format_duration, iso
+from cachemon.clock import Period, ahead, format_duration, iso
 from cachemon.errors import CachemonError
 from cachemon.runner import selfcheck
 from cachemon.settings import Config
@@ -90,7 +90,8 @@ def _sidebar(cfg: Config) -> None:
             span = None
         if span:
             age = common.now() - span[1]
-            if -age > CLOCK_SKEW:  # written by a clock ahead of real time: not "up to date"
+            # Written by a clock ahead of real time: not "up to date".
+            if ahead(span[1], common.now(), cfg.ingest.clock_skew):
                 st.warning(
                     f"Data {iso(span[0])} – {iso(span[1])} · ends in the future (now {iso(common.now())}): "
                     "written by a clock ahead of real time"

@@ -16,7 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -58,7 +58,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "s.duckdb"
         shutil.copyfile(args.store, copy)
-        with store.writer(copy):  # brings an older store up to the current schema (views included)
+        # Brings an older store up to the current schema (views included).
+        with store.writer(copy, datetime.now(UTC)):
             pass
         print("| query / step | median | rows |\n| --- | --- | --- |")
         con = duckdb.connect(str(snapshots.snapshot_path(copy)), read_only=True)

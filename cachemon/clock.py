@@ -91,6 +91,13 @@ def check_not_future(
     return at
 
 
+def ahead(t: datetime | None, now: datetime, skew: timedelta) -> bool:
+    """Whether `t` is dated after `now` by more than `skew` (the configured
+    [ingest] clock_skew): written by a clock ahead of real time, so it
+    proves nothing about now (not fresh, not done, not already run)."""
+    return t is not None and as_utc(t) - now > skew
+
+
 def as_utc(dt: datetime) -> datetime:
     """Aware UTC datetime; naive input is taken to be UTC already."""
     if dt.tzinfo is None:

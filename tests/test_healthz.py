@@ -99,9 +99,13 @@ def test_a_job_is_failing_until_its_next_run_succeeds(copy):
 def test_health_body_is_degraded_even_while_the_data_is_fresh():
     now = T0 + 10 * M
     fresh = (T0, now - timedelta(seconds=30))
-    ok = selfcheck.RunnerCheck(now, M, now - timedelta(seconds=20), ())
+    ok = selfcheck.RunnerCheck(now, M, now - timedelta(seconds=20), (), 5 * M)
     failing = selfcheck.RunnerCheck(
-        now, M, now - timedelta(seconds=20), (selfcheck.FailingJob("alerts", now - 2 * M, T0),)
+        now,
+        M,
+        now - timedelta(seconds=20),
+        (selfcheck.FailingJob("alerts", now - 2 * M, T0),),
+        5 * M,
     )
     assert health_body(fresh, ok, now, 10 * M) | {"runner": None} == {
         "status": "ok",

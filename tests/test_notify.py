@@ -294,10 +294,11 @@ def test_flush_is_one_call_with_outcomes_and_lines(db):
         slack_url="https://hooks.invalid/s", discord_url="https://d.invalid/d", post=post
     )
     with store.writer(db, AT) as con:
-        mark = notify.last_id(con)
-        notify.enqueue(con, _row("slack", t))
-        notify.enqueue(con, _row("discord", t))
-        sent = notify.flush(con, NC, t, AT, mark)
+        with notify.delivery_round(con, NC, t, AT) as r:
+            notify.enqueue(con, _row("slack", t))
+            notify.enqueue(con, _row("discord", t))
+            assert r.flush is notify.NOTHING  # delivered when the block ends, not before
+        sent = r.flush
     assert [(d.channel, d.ok) for d in sent.deliveries] == [("slack", False), ("discord", True)]
     assert [(o.channel, o.state) for o in sent.outcomes] == [
         ("slack", notify.Fate.FAILED),
@@ -309,6 +310,25 @@ def test_flush_is_one_call_with_outcomes_and_lines(db):
     with store.writer(db, AT + timedelta(hours=2)) as con:
         again = notify.flush(con, NC, t, AT + timedelta(hours=2))  # no mark: none of its own
     assert again.ok and again.outcomes == () and again.lines == ("delivery 1 via slack: sent",)
+
+
+def test_a_round_delivers_nothing_when_its_block_fails_or_in_a_dry_run(db):
+    posts = []
+
+    def post(method, url, **kw):
+        posts.append(url)
+        return outbound.Answer(200, {}, b"ok", True)
+
+    t = Transports(slack_url="https://hooks.invalid/s", post=post)
+    with store.writer(db, AT) as con:
+        with pytest.raises(RuntimeError):
+            with notify.delivery_round(con, NC, t, AT) as failed:
+                notify.enqueue(con, _row("slack", t))
+                raise RuntimeError("the caller's own failure")
+        with notify.delivery_round(con, NC, t, AT, dry_run=True) as dry:
+            pass
+    assert failed.flush is notify.NOTHING and dry.flush is notify.NOTHING and posts == []
+    assert _flush(db, t, AT).lines == ("delivery 1 via slack: sent",)  # the deliver job's turn
 
 
 def _flush(db, t, now) -> notify.Flush:

@@ -14,7 +14,6 @@ from servers import SmtpSink
 from cachemon import config, outbound, settings
 from cachemon.clock import iso
 from cachemon.ingest import load as pipeline
-from cachemon.notify import outbox as notify
 from cachemon.notify.transports import Transports
 from cachemon.store import db as store
 from cachemon.testing.kv_emulator import Fault, KvEmulator
@@ -171,12 +170,15 @@ def test_daily_run_promotes_a_winner_and_mails_the_notice(tmp_path, kv):
         env = _env(kv, **sink.env(), ALERT_EMAIL="team@example.org")
         t = Transports.from_env(env)
         with store.writer(tmp_path / "p.duckdb", at) as con:
-            analyses, actions = promote.daily(con, cfg, at, env, t)
-            assert notify.flush(con, cfg.notify, t, at).ok
+            run = promote.daily(con, cfg, at, at, env, t)
             rows = promote.history(con)
             saved = results.history(con, "extended-title-ttl")
     finally:
         sink.stop()
+    analyses, actions = run.analyses, run.actions
+    assert run.flush.ok and [o.subject for o in run.flush.outcomes] == [
+        "[BooksTrack Cache] Promotion: extended-title-ttl"
+    ]  # daily delivers its own notice, as report.send and alerts.run do
     a = analyses[0]
     hit = a.comparisons[0].metrics[0]
     assert a.decision == "winner" and hit.lower > 2.0 and a.srm_p > 0.001
@@ -201,11 +203,12 @@ def test_unreadable_experiment_config_restores_defaults_and_alerts(tmp_path, kv)
         env = _env(kv, **sink.env(), ALERT_EMAIL="oncall@example.org")
         t = Transports.from_env(env)
         with store.writer(tmp_path / "b.duckdb", T0) as con:
-            act = promote.on_bad_config(con, cfg, str(err.value), env, t, T0)
-            assert notify.flush(con, cfg.notify, t, T0).ok
+            run = promote.on_bad_config(con, cfg, str(err.value), env, t, T0)
+            assert run.flush.ok and len(run.flush.outcomes) == 1  # delivered by the call
             rows = promote.history(con)
     finally:
         sink.stop()
+    (act,) = run.actions
     assert act.action == "rollback" and json.loads(
         kv.values[promote.CONFIG_KEY]
     ) == promote.defaults(cfg)

@@ -5,7 +5,7 @@ instance's state, decide notifications, and answer "how healthy is it?".
 the rules' observations, steps every instance through the lifecycle
 (`cachemon.alerts.lifecycle`), decides per channel what to send, and writes
 states, history and the outbox in one transaction, so a crash leaves either
-all of an evaluation or none of it. Sending is `notify.outbox.flush`'s job;
+all of an evaluation or none of it. Sending is `notify.outbox.delivery_round`'s job;
 silences are `cachemon.alerts.silences`.
 """
 
@@ -418,6 +418,6 @@ def run(
     rows = tuple(notices.render(n, ctx, cfg.notify, transports) for n in ev.notices)
     if dry_run:
         return CheckResult(ev, rows, notify.NOTHING)
-    after = notify.last_id(con)
-    record(con, ev, list(rows))
-    return CheckResult(ev, rows, notify.flush(con, cfg.notify, transports, at, after))
+    with notify.delivery_round(con, cfg.notify, transports, at) as sent:
+        record(con, ev, list(rows))
+    return CheckResult(ev, rows, sent.flush)

@@ -10,7 +10,6 @@ from datetime import datetime
 from cachemon import jsontext
 from cachemon.clock import check_not_future, parse_instant
 from cachemon.errors import CachemonError, InputError
-from cachemon.notify import outbox as notify
 from cachemon.notify.transports import Transports
 from cachemon.settings import Config
 from cachemon.store import db as store
@@ -102,21 +101,14 @@ def analyze(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     transports = Transports.from_env(os.environ)
     opener = store.reader if args.dry_run else (lambda path: store.writer(path, now, create=False))
     with opener(cfg.store.path) as con:
-        after = notify.last_id(con)  # what promote.daily queues comes after it
-        results, actions = promote.daily(con, cfg, at, os.environ, transports, args.dry_run)
-        sent = (
-            notify.NOTHING
-            if args.dry_run
-            else notify.flush(con, cfg.notify, transports, now, after)
-        )
-    said, ok = sent.lines, sent.ok
-    print(jsontext.dumps([a.to_json() for a in results], indent=2, ensure_ascii=False))
+        run = promote.daily(con, cfg, at, now, os.environ, transports, args.dry_run)
+    print(jsontext.dumps([a.to_json() for a in run.analyses], indent=2, ensure_ascii=False))
     verb = "would " if args.dry_run else ""
-    for act in actions:
+    for act in run.actions:
         print(
             f"{verb}{act.action}: {act.detail}; {promote.CONFIG_KEY} = {jsontext.dumps(act.new)}",
             file=sys.stderr,
         )
-    for line in said:
+    for line in run.flush.lines:
         print(line, file=sys.stderr)
-    return 0 if ok else 1
+    return 0 if run.flush.ok else 1

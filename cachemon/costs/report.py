@@ -195,9 +195,9 @@ def send(
 ) -> Sent:
     """Queue the report (`queue`) and deliver the outbox at `now`: what the
     report job and `cachemon report` do, in one call."""
-    after = notify.last_id(con)
-    channels = queue(con, r, cfg, transports, resend)
-    return Sent(tuple(channels), notify.flush(con, cfg.notify, transports, now, after))
+    with notify.delivery_round(con, cfg.notify, transports, now) as sent:
+        channels = queue(con, r, cfg, transports, resend)
+    return Sent(tuple(channels), sent.flush)
 
 
 @dataclass(frozen=True)

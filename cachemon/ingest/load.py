@@ -116,6 +116,7 @@ def pull(
     until: datetime | None = None,
     progress: Progress | None = None,
     publish: bool = True,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> LoadSummary:
     """Pull Analytics Engine rollups into the store, window by window.
 
@@ -123,7 +124,9 @@ def pull(
     (floored to the hour, so whole compacted hours are replaced), up to
     `until` (default: now), in windows of `window`. Each window replaces the
     source's data in one transaction; a failure stops the pull with the
-    windows before it stored, and the next pull resumes from there.
+    windows before it stored, and the next pull resumes from there. A long
+    pull publishes to readers every PUBLISH_EVERY_S seconds of `monotonic`
+    (a parameter with a real default, as prometheus_client's `handler=`).
     """
     ae = cfg.analytics_engine
     end = floor_to(until or now, MINUTE)
@@ -139,17 +142,17 @@ def pull(
         else:
             start = floor_to(end - ae.backfill, HOUR)
     windows = Window(start, end).split(ae.window) if end > start else []
-    events, published = 0, time.monotonic()
+    events, published = 0, monotonic()
     with store.writer(cfg.store.path, now, publish=publish) as con:
         for i, w in enumerate(windows):
             data = pull_rollups(client, ae.dataset, cfg.columns, w)
             events += ingest.replace_window(
                 con, data, ANALYTICS_ENGINE, w, now, cfg.store.key_compaction_lag
             ).events
-            if time.monotonic() - published > PUBLISH_EVERY_S:
+            if monotonic() - published > PUBLISH_EVERY_S:
                 # A long backfill shows its progress to readers as it goes.
                 snapshots.publish_open(con, cfg.store.path)
-                published = time.monotonic()
+                published = monotonic()
             if progress:
                 progress(i + 1, len(windows))
     return LoadSummary(ANALYTICS_ENGINE, events, len(windows), end)

@@ -27,10 +27,12 @@ from cachemon.settings import RetentionConfig
 from cachemon.store.connection import first_row, transaction
 from cachemon.store.horizons import Horizons, horizons
 
+# Up to when any source's data is complete: the latest watermark.
+LATEST_WATERMARK = "SELECT max(until) FROM watermarks"
 # Where the data ends: the latest watermark, hour or day of any source
 # (imports have no watermark; days remain when hours were compacted).
-DATA_END = """
-SELECT greatest((SELECT max(until) FROM watermarks),
+DATA_END = f"""
+SELECT greatest(({LATEST_WATERMARK}),
                 (SELECT max(hour) + INTERVAL 1 HOUR FROM rollup_hour),
                 (SELECT max(day) + INTERVAL 1 DAY FROM rollup_day))
 """
@@ -71,6 +73,11 @@ class Result:
     horizons: Horizons
     minute_rows: int  # minute rows removed (request, latency and gauge rows)
     hour_rows: int  # hourly rows removed after their days were written
+
+
+def latest_watermark(con: duckdb.DuckDBPyConnection) -> datetime | None:
+    """The latest watermark of any source (None before the first ingest)."""
+    return first_row(con, LATEST_WATERMARK)[0]
 
 
 def targets(now: datetime, cfg: RetentionConfig) -> Horizons:

@@ -11,15 +11,18 @@ marked sent right after the server accepts it; only a crash between those
 two instants can repeat it, and the repeat carries the same Message-ID.
 
 A channel that cannot send, whatever the reason, fails alone: its failure is
-recorded on its delivery and the other channels go on. `flush` is the one
-call every command and job makes: deliver what is due, then say what became
-of each notification (`Flush`).
+recorded on its delivery and the other channels go on. Delivery is one call:
+`delivery_round` around whatever queues (it delivers at the end and says
+what became of each notification it queued, `Flush`), or `flush` alone for
+a caller that queued nothing.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -288,21 +291,50 @@ class Flush:
 NOTHING = Flush((), (), (), True)  # a dry run's: nothing delivered, nothing to say
 
 
-def flush(
-    con: duckdb.DuckDBPyConnection,
-    nc: NotifyConfig,
-    t: Transports,
-    now: datetime,
-    after: int | None = None,
-) -> Flush:
-    """Deliver what is due at `now` and say what became of it: the one
-    delivery call of every command and job. `after` is `last_id(con)` taken
-    before the caller queued its own notifications (None: it queued none)."""
-    mark = last_id(con) if after is None else after
+def flush(con: duckdb.DuckDBPyConnection, nc: NotifyConfig, t: Transports, now: datetime) -> Flush:
+    """Deliver what is due at `now` and say what became of it, for a caller
+    that queued nothing itself (the deliver job, `cachemon alerts deliver`).
+    A caller that queues uses `delivery_round`."""
+    return _flush(con, nc, t, now, last_id(con))
+
+
+def _flush(con, nc: NotifyConfig, t: Transports, now: datetime, mark: int) -> Flush:
     results = deliver(con, t, nc, now)
     mine = outcomes(con, mark, results)
     lines = _lines(results, mine, t.scrub)
     return Flush(tuple(results), tuple(mine), tuple(lines), delivered_all(results, mine))
+
+
+class Round:
+    """A delivery round in progress (see `delivery_round`): `flush` is
+    NOTHING inside the block, and the round's Flush once the block ended."""
+
+    def __init__(self, mark: int):
+        self.mark = mark  # the newest notification before the block: later ones are its own
+        self.flush = NOTHING
+
+
+@contextmanager
+def delivery_round(
+    con: duckdb.DuckDBPyConnection,
+    nc: NotifyConfig,
+    t: Transports,
+    now: datetime,
+    dry_run: bool = False,
+) -> Iterator[Round]:
+    """The one delivery call of everything that queues notifications:
+
+        with outbox.delivery_round(con, nc, t, now) as r:
+            ...enqueue...
+        r.flush  # every attempt, and the fate of what the block queued
+
+    The mark is taken on entry (under the caller's write lock), so the
+    outcomes are those of the block's own notifications; delivery happens
+    when the block ends without an error (never in a `dry_run`)."""
+    r = Round(last_id(con))
+    yield r
+    if not dry_run:
+        r.flush = _flush(con, nc, t, now, r.mark)
 
 
 def outbox(con, since: datetime, limit: int = 100) -> list[dict]:

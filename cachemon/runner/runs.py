@@ -57,23 +57,19 @@ SELECT job, arg_max(outcome, started_at) FILTER (WHERE outcome IN ('ok', 'error'
        max(started_at) FILTER (WHERE outcome = 'error')
 FROM job_runs GROUP BY job
 """
-PURPOSES = {
-    "ingest": "advances the source (simulator or Analytics Engine pull) into the store",
-    "alerts": "evaluates the alert rules and queues notifications",
-    "deliver": "sends queued notifications, retrying failed ones",
-    "compact": "merges per-key minute rows into hours, applies retention",
-    "report": "builds and mails the daily cost report for yesterday",
-    "experiments": "analyses experiments, checks the KV TTL config, promotes winners",
-}
 
 
 @dataclass(frozen=True)
 class JobSpec:
-    """When a job runs: `every` (an interval) or `at` (daily, UTC)."""
+    """A job: its name, when it runs (`every`, an interval, or `at`, daily
+    UTC), what it is for, and whether its success pings the heartbeat
+    (`heartbeat`: it means "cachemon is alive and watching")."""
 
     name: str
     every: timedelta | None = None
     at: time | None = None
+    purpose: str = ""
+    heartbeat: bool = False
 
     def __post_init__(self):
         if (self.every is None) == (self.at is None):
@@ -232,12 +228,38 @@ def schedule(cfg: Config) -> list[JobSpec]:
     j = cfg.jobs
     daily = lambda text: time(*map(int, text.split(":")))  # noqa: E731 (validated HH:MM)
     return [
-        JobSpec("ingest", every=j.ingest_every),
-        JobSpec("alerts", every=cfg.alerts.evaluate_every),
-        JobSpec("deliver", every=timedelta(minutes=1)),
-        JobSpec("compact", at=daily(j.compact_at)),
-        JobSpec("report", at=daily(cfg.costs.report_at)),
-        JobSpec("experiments", at=time(4, 0)),
+        JobSpec(
+            "ingest",
+            every=j.ingest_every,
+            purpose="advances the source (simulator or Analytics Engine pull) into the store",
+            heartbeat=True,
+        ),
+        JobSpec(
+            "alerts",
+            every=cfg.alerts.evaluate_every,
+            purpose="evaluates the alert rules and queues notifications",
+            heartbeat=True,
+        ),
+        JobSpec(
+            "deliver",
+            every=timedelta(minutes=1),
+            purpose="sends queued notifications, retrying failed ones",
+        ),
+        JobSpec(
+            "compact",
+            at=daily(j.compact_at),
+            purpose="merges per-key minute rows into hours, applies retention",
+        ),
+        JobSpec(
+            "report",
+            at=daily(cfg.costs.report_at),
+            purpose="builds and mails the daily cost report for yesterday",
+        ),
+        JobSpec(
+            "experiments",
+            at=time(4, 0),
+            purpose="analyses experiments, checks the KV TTL config, promotes winners",
+        ),
     ]
 
 
@@ -246,7 +268,6 @@ class JobStatus:
     """What the run log says of one scheduled job at `now`."""
 
     spec: JobSpec
-    purpose: str
     last_run: datetime | None
     last_outcome: Outcome | None  # ok or error (None: never ran)
     last_ok: datetime | None
@@ -254,6 +275,11 @@ class JobStatus:
     last_error: str | None
     last_error_at: datetime | None
     next_run: datetime
+
+    @property
+    def purpose(self) -> str:
+        """What the job is for (its spec says)."""
+        return self.spec.purpose
 
     @property
     def overdue(self) -> bool:
@@ -274,7 +300,6 @@ def status(con, specs: list[JobSpec], now: datetime) -> list[JobStatus]:
         out.append(
             JobStatus(
                 spec,
-                PURPOSES.get(spec.name, ""),
                 prev,
                 Outcome(outcome) if outcome is not None else None,
                 _utc(ok_at),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from cachemon.clock import CLOCK_SKEW, iso
+from cachemon.clock import ahead, iso
 from cachemon.runner import runs as runner
 from cachemon.settings import Config
 
@@ -36,13 +36,14 @@ class RunnerCheck:
     ingest_every: timedelta
     last_ingest_ok: datetime | None  # start of the last successful ingest run
     failing: tuple[FailingJob, ...]
+    clock_skew: timedelta  # [ingest] clock_skew: how far ahead of `at` is still "now"
 
     @property
     def ingest_from_future(self) -> bool:
         """The last successful ingest is dated ahead of now (beyond clock
         skew): written by a clock that ran ahead (an older runner's fast
         simulated clock). It proves nothing about the runner now."""
-        return self.last_ingest_ok is not None and self.last_ingest_ok - self.at > CLOCK_SKEW
+        return ahead(self.last_ingest_ok, self.at, self.clock_skew)
 
     @property
     def ingest_stalled(self) -> bool:
@@ -116,7 +117,7 @@ def check(con, cfg: Config, now: datetime) -> RunnerCheck:
         for s in statuses
         if s.last_outcome == runner.Outcome.ERROR and s.last_error_at is not None
     )
-    return RunnerCheck(now, cfg.jobs.ingest_every, ingest.last_ok, failing)
+    return RunnerCheck(now, cfg.jobs.ingest_every, ingest.last_ok, failing, cfg.ingest.clock_skew)
 
 
 def rough_age(d: timedelta | None) -> str:

@@ -21,7 +21,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -67,7 +67,7 @@ def check_writer_path(path: str | os.PathLike, create: bool) -> Path:
 @contextmanager
 def writer(
     path: str | os.PathLike,
-    now: datetime | None = None,
+    now: datetime,
     publish: bool = True,
     wait: float | None = None,
     create: bool = True,
@@ -91,7 +91,7 @@ def writer(
         con = connect(p, read_only=False)
         opened, failed = False, False
         try:
-            migrate(con, now or datetime.now(UTC))
+            migrate(con, now)
             opened = True
             yield con
         except BaseException as exc:
@@ -143,7 +143,7 @@ def _publish_after_write(p: Path, quiet: bool = False) -> None:
 
 
 @contextmanager
-def rebuilt(path: str | os.PathLike, now: datetime | None = None) -> Iterator[Path]:
+def rebuilt(path: str | os.PathLike, now: datetime) -> Iterator[Path]:
     """Build a replacement of the store at `path` aside and swap it in only
     when the block completes: yields the path of a copy of the store to
     write; on success the copy atomically replaces the store and is

@@ -16,7 +16,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -66,12 +66,18 @@ def _who() -> str:
 
 
 @contextmanager
-def write_lock(path: str | os.PathLike, wait: float | None = None) -> Iterator[None]:
+def write_lock(
+    path: str | os.PathLike,
+    wait: float | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[None]:
     """This process's turn to write the store at `path`: an exclusive flock
     on `<store>.write.lock`, waited for at most `wait` seconds (default
     `write_wait()`), then StoreBusyError naming the holder. The kernel drops
     it when the holder dies, so a crash never leaves the store locked.
-    Re-entrant within a thread."""
+    Re-entrant within a thread. `monotonic` and `sleep` time the wait
+    (parameters with real defaults, as prometheus_client's `handler=`)."""
     lock = lock_path(path)
     held = getattr(_HELD, "paths", None)
     if held is None:
@@ -87,7 +93,7 @@ def write_lock(path: str | os.PathLike, wait: float | None = None) -> Iterator[N
             f"cannot open the write lock {lock}: {exc.strerror}"
         ) from None
     try:
-        _acquire(fd, lock, wait)
+        _acquire(fd, lock, wait, monotonic, sleep)
         held.add(lock)
         try:
             yield
@@ -98,19 +104,25 @@ def write_lock(path: str | os.PathLike, wait: float | None = None) -> Iterator[N
         os.close(fd)  # releases the flock
 
 
-def _acquire(fd: int, lock: Path, wait: float) -> None:
-    deadline = time.monotonic() + wait
+def _acquire(
+    fd: int,
+    lock: Path,
+    wait: float,
+    monotonic: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> None:
+    deadline = monotonic() + wait
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
         except BlockingIOError:
-            if time.monotonic() >= deadline:
+            if monotonic() >= deadline:
                 raise StoreBusyError(
                     f"store {lock.name[: -len('.write.lock')]} busy for {wait:g} s: another writer "
                     f"holds it ({_holder(fd)}); try again when it is done"
                 ) from None
-            time.sleep(0.02)
+            sleep(0.02)
     try:  # who holds it, for the message of whoever waits (best effort: a full disk refuses it)
         os.ftruncate(fd, 0)
         os.pwrite(

@@ -244,11 +244,29 @@ def announce(con, a: Action, cfg: Config, transports: Transports, at: datetime) 
     return channels
 
 
-def daily(con, cfg: Config, at: datetime, env, transports: Transports, dry_run: bool = False):
-    """The tuning engine's daily run: analyse every started experiment,
-    check the live TTL config (rolling back a corrupt one), promote
-    winners. With `dry_run` nothing is stored, written or sent.
-    Returns (analyses, actions)."""
+@dataclass(frozen=True)
+class Daily:
+    """One daily run: the analyses, the KV actions and the delivery round of
+    their notices (notify.NOTHING in a dry run)."""
+
+    analyses: tuple[tuning.Analysis, ...]
+    actions: tuple[Action, ...]
+    flush: notify.Flush
+
+
+def daily(
+    con,
+    cfg: Config,
+    at: datetime,
+    now: datetime,
+    env,
+    transports: Transports,
+    dry_run: bool = False,
+) -> Daily:
+    """The tuning engine's daily run as of `at`: analyse every started
+    experiment, check the live TTL config (rolling back a corrupt one),
+    promote winners, and deliver the notices at `now` (as `report.send` and
+    `alerts.run` do). With `dry_run` nothing is stored, written or sent."""
     started = [e for e in cfg.experiments if e.start <= at]
     analyses = [tuning.analyze(con, e, at, cfg.pricing) for e in started]
     kv = KvClient.from_env(env) if env.get("CF_KV_NAMESPACE_ID") else None
@@ -261,24 +279,27 @@ def daily(con, cfg: Config, at: datetime, env, transports: Transports, dry_run: 
             winners = [c.treatment for c in a.comparisons if c.decision == tuning.Decision.WINNER]
             if a.decision == tuning.Decision.WINNER and winners:
                 actions.append(promote(kv, cfg, e, winners[0], dry_run))
-    if not dry_run:
-        for a in analyses:
-            results.save(con, a)
-        for act in actions:
-            if act.action != "none":
-                record(con, act, at)
-                announce(con, act, cfg, transports, at)
-    return analyses, actions
+    with notify.delivery_round(con, cfg.notify, transports, now, dry_run) as sent:
+        if not dry_run:
+            for a in analyses:
+                results.save(con, a)
+            for act in actions:
+                if act.action != "none":
+                    record(con, act, at)
+                    announce(con, act, cfg, transports, at)
+    return Daily(tuple(analyses), tuple(actions), sent.flush)
 
 
 def on_bad_config(
     con, cfg: Config, reason: str, env, transports: Transports, at: datetime
-) -> Action | None:
+) -> Daily | None:
     """The experiment configuration cannot be read: put the default TTLs
-    back in KV (when KV is configured), record it and raise the alarm."""
+    back in KV (when KV is configured; None otherwise), record it, raise
+    the alarm and deliver it at `at`."""
     if not env.get("CF_KV_NAMESPACE_ID"):
         return None
     act = rollback(KvClient.from_env(env), cfg, f"experiment config invalid: {reason}")
-    record(con, act, at)
-    announce(con, act, cfg, transports, at)
-    return act
+    with notify.delivery_round(con, cfg.notify, transports, at) as sent:
+        record(con, act, at)
+        announce(con, act, cfg, transports, at)
+    return Daily((), (act,), sent.flush)

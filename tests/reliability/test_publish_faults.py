@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 
 from conftest import ROOT
 from pingsink import PingSink
@@ -115,7 +116,7 @@ def test_a_write_stored_but_not_published_says_stored(tmp_path, results):
         p = _cli(db, "alerts", "silence", "miss_rate", "--for", "1h", "--reason", "full")
         seen_by_readers = _count(db, "SELECT count(*) FROM silences")
         (disk / "ballast").unlink()
-        with store.writer(db, create=False) as con:  # the next write publishes
+        with store.writer(db, datetime.now(UTC), create=False) as con:  # the next write publishes
             stored = con.execute("SELECT count(*) FROM silences WHERE reason = 'full'").fetchone()[
                 0
             ]

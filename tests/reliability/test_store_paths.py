@@ -36,7 +36,7 @@ def _md5s(d) -> dict:
 
 
 def _silences(path) -> int:
-    with store.writer(path, create=False, publish=False) as con:
+    with store.writer(path, datetime.now(UTC), create=False, publish=False) as con:
         return con.execute("SELECT count(*) FROM silences").fetchone()[0]
 
 
@@ -50,7 +50,7 @@ def _error_line(capsys) -> str:
 def made(tmp_path):
     """A published store k.duckdb with two snapshot versions."""
     db = tmp_path / "s" / "k.duckdb"
-    with store.writer(db):
+    with store.writer(db, datetime.now(UTC)):
         pass
     snapshots.publish_snapshot(db)
     return db
@@ -146,7 +146,7 @@ def test_write_wait_accepts_sane_values(monkeypatch):
 
 def test_busy_message_never_names_a_dead_holder(made, results):
     lock = store_lock.lock_path(made)
-    with store.writer(made):  # a cachemon writer clears its name when it lets go
+    with store.writer(made, datetime.now(UTC)):  # a cachemon writer clears its name when it lets go
         assert "pid" in lock.read_text()
     assert lock.read_text() == ""
     dead = subprocess.run(
@@ -167,7 +167,7 @@ def test_busy_message_never_names_a_dead_holder(made, results):
     try:
         assert outsider.stdout.readline().strip() == "held"
         with pytest.raises(StoreBusyError) as err:
-            with store.writer(made, wait=0.2):
+            with store.writer(made, datetime.now(UTC), wait=0.2):
                 pass
     finally:
         outsider.kill()
@@ -188,7 +188,7 @@ def test_fast_clock_never_passes_real_time():
 
     now = datetime.now(UTC)
     for start in (None, (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")):
-        clock = _clock(start, 1e6)
+        clock = _clock(start, 1e6, timedelta(minutes=5))
         time.sleep(0.05)  # 50 000 simulated seconds: far past now without the clamp
         t = clock()
         assert t <= datetime.now(UTC) and t > datetime.now(UTC) - timedelta(seconds=5)
@@ -197,15 +197,21 @@ def test_fast_clock_never_passes_real_time():
 def test_run_log_times_from_the_future_are_not_fresh():
     now = datetime(2026, 12, 1, 18, 35, tzinfo=UTC)
     check = selfcheck.RunnerCheck(
-        now, timedelta(minutes=1), now + timedelta(hours=1, minutes=22), ()
+        now, timedelta(minutes=1), now + timedelta(hours=1, minutes=22), (), timedelta(minutes=5)
     )
     assert check.ingest_from_future and check.ingest_stalled and not check.healthy
     assert check.ingest_age is None and check.to_json()["lastIngestAgeSeconds"] is None
     assert "dated in the future" in check.problems()[0]
     body = health_body((now - timedelta(days=1), now), check, now, timedelta(minutes=10))
     assert body["status"] == "degraded"
-    fine = selfcheck.RunnerCheck(now, timedelta(minutes=1), now + timedelta(seconds=30), ())
+    fine = selfcheck.RunnerCheck(
+        now, timedelta(minutes=1), now + timedelta(seconds=30), (), timedelta(minutes=5)
+    )
     assert fine.healthy  # a few seconds of clock skew is not the future
+    strict = selfcheck.RunnerCheck(  # [ingest] clock_skew = "0s": the same run is from the future
+        now, timedelta(minutes=1), now + timedelta(seconds=30), (), timedelta(0)
+    )
+    assert strict.ingest_from_future and not strict.healthy
 
 
 def test_a_fast_runner_writes_nothing_after_now(tmp_path, results):
