@@ -12,8 +12,6 @@ from datetime import timedelta
 
 import pytest
 import trustme
-from conftest import ALWAYS_RULE, P99_RULE, ROOT, T0, load, simulate, weighted_quantile
-from servers import SmtpSink, WebhookSink
 
 from cachemon import config
 from cachemon.alerts import evaluate as alerts
@@ -22,6 +20,8 @@ from cachemon.clock import iso
 from cachemon.errors import InputError
 from cachemon.notify import outbox as notify
 from cachemon.store import db as store
+from tests.helpers import ALWAYS_RULE, P99_RULE, ROOT, T0, load, simulate, weighted_quantile
+from tests.helpers.servers import SmtpSink, WebhookSink
 
 START = T0 - timedelta(hours=1)  # Thursday 07:00; the slowdown is 09:00-09:45
 FIRE = 165  # minutes after START: 09:45, when the p99 rule (for 30m) fires

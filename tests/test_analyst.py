@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 import numpy as np
 import pytest
-from conftest import load, simulate, weighted_quantile
 
 from cachemon.clock import Window
 from cachemon.histogram import ALPHA
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
 from cachemon.store import views as analyst
+from tests.helpers import load, simulate, weighted_quantile
 
 START = datetime(2026, 11, 19, 8, 0, tzinfo=UTC)
 HOURS = 26  # 16 hours of the 19th, 10 of the 20th

@@ -10,7 +10,6 @@ from datetime import UTC, timedelta
 
 import duckdb
 import pytest
-from conftest import EXPERIMENT_TOML, ROOT
 
 from cachemon import config
 from cachemon.clock import DAY, floor_to, utcnow
@@ -18,6 +17,7 @@ from cachemon.costs import report
 from cachemon.ingest import load as pipeline
 from cachemon.store import db as store
 from cachemon.store import views as analyst
+from tests.helpers import EXPERIMENT_TOML, ROOT
 
 DOC = ROOT / "docs" / "analysts.md"
 # Queries whose docs say they may come back empty on healthy data.
@@ -114,11 +114,9 @@ def test_every_view_and_column_is_documented(demo_store):
 def test_the_purge_query_finds_the_keys_the_simulated_purge_knocked_out_of_the_edge(tmp_path):
     from datetime import datetime
 
-    from conftest import load, simulate
+    from tests.helpers import load, simulate
 
-    purge = datetime(
-        2026, 11, 24, 14, 0, tzinfo=UTC
-    )  # the simulator's weekly edge purge (Tuesday)
+    purge = datetime(2026, 11, 24, 14, 0, tzinfo=UTC)  # the simulator's weekly edge purge (Tuesday)
     parts, truth = simulate(12, purge - timedelta(hours=6))
     load(tmp_path / "p.duckdb", parts, now=purge + timedelta(hours=6))
     ((title, sql),) = [(t, q) for t, q in _examples() if "fell out of the edge" in t]
@@ -155,7 +153,7 @@ def test_cost_and_experiment_views_equal_what_cachemon_stored(demo_store):
     assert [(c[0], c[3]) for c in costs] == [
         (r["day"], len(r["report"]["lines"])) for r in reports
     ] and len(costs) >= 2
-    for (day, list_usd, billed_usd, _), r in zip(costs, reports):
+    for (_day, list_usd, billed_usd, _), r in zip(costs, reports):
         assert list_usd == pytest.approx(r["report"]["list_total"], rel=1e-12)
         assert billed_usd == pytest.approx(r["report"]["billed_total"], rel=1e-12)
     want = sorted(

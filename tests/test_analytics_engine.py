@@ -13,7 +13,6 @@ from datetime import timedelta
 
 import pyarrow as pa
 import pytest
-from conftest import ROOT, T0, load, simulate
 
 from cachemon import config, settings
 from cachemon.clock import HOUR, Window, parse_instant
@@ -25,6 +24,7 @@ from cachemon.sources import ae_sql, analytics_engine
 from cachemon.sources.analytics_engine import Client, Credentials
 from cachemon.store import db as store
 from cachemon.testing.ae_emulator import Emulator, Fault
+from tests.helpers import ROOT, T0, load, simulate
 
 TOKEN = "s3cr3t-token-value-42"
 SPAN = Window(T0, T0 + timedelta(hours=3))

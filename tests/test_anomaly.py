@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from conftest import T0, load, simulate, small_sim
 from scipy import stats
 
 from cachemon import config
@@ -16,6 +15,7 @@ from cachemon.alerts.anomaly import WEEK, history_ends, robust_z
 from cachemon.alerts.rules import effective_rules
 from cachemon.notify import outbox as notify
 from cachemon.store import db as store
+from tests.helpers import T0, load, simulate, small_sim
 
 
 def test_robust_z_matches_scipy_and_guards():

@@ -3,7 +3,6 @@ Prometheus server scraping it."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,45 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, proc, seconds=60):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    pytest.fail(f"{url} did not answer")
-
-
-def _serve(db, *extra, token=None):
-    port = _free_port()
-    env = dict(os.environ, CACHEMON_DB=str(db), PYTHONPATH=str(ROOT))
-    env.pop("CACHEMON_API_TOKEN", None)
-    if token:
-        env["CACHEMON_API_TOKEN"] = token
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cachemon", "serve", "--port", str(port), *extra],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    _wait(base + "/healthz", proc)
-    return proc, base
+from tests.helpers import ROOT
+from tests.helpers.servers import free_port as _free_port
+from tests.helpers.servers import serve_api as _serve
 
 
 @pytest.fixture(scope="module")

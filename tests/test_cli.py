@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, T0
 
 from cachemon.store import db as store
+from tests.helpers import ROOT, T0
 
 
 def run(env, *args, check_code=None):

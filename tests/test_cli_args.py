@@ -14,11 +14,11 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from conftest import T0
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from cachemon.cli import main as cli
+from tests.helpers import T0
 
 NOW = T0 + timedelta(hours=4)
 SMALL_TOML = """

@@ -11,19 +11,19 @@ import time
 from datetime import timedelta
 
 import pytest
-from conftest import ROOT, T0
 
 from cachemon.clock import Window
 from cachemon.errors import StoreError
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
+from tests.helpers import ROOT, T0
 
-WORKERS = str(ROOT / "tests" / "workers.py")
+WORKERS = "tests.helpers.workers"  # run with -m from ROOT
 
 
 def spawn(*args):
     return subprocess.Popen(
-        [sys.executable, WORKERS, *map(str, args)],
+        [sys.executable, "-m", WORKERS, *map(str, args)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -70,7 +70,7 @@ def test_sigkill_during_ingestion_loses_and_doubles_nothing(tmp_path):
     _reference(ref, start, 24, 60)
     rng = random.Random(5)
     killed_running = 0
-    for kill in range(6):
+    for _kill in range(6):
         p = spawn("writer", db, start, 24, 60)
         # Wait for a random number of steps, then kill within the next one.
         for _ in range(rng.randint(1, 6)):

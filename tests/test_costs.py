@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import T0, config_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +15,7 @@ from cachemon.clock import DAY, Window
 from cachemon.costs import usage as costs
 from cachemon.pricing import COMPONENTS
 from cachemon.store import db as store
+from tests.helpers import T0, config_error
 
 NOV = datetime(2026, 11, 19, tzinfo=UTC)  # 30-day month
 FEB = datetime(2027, 2, 10, tzinfo=UTC)  # 28-day month
@@ -157,7 +157,7 @@ def test_costs_are_non_negative_and_additive_across_days(day1, day2, offset):
 def test_readme_costs_example_loads(tmp_path):
     import re
 
-    from conftest import ROOT
+    from tests.helpers import ROOT
 
     block = next(
         b

@@ -10,8 +10,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import EXPERIMENT_TOML, ROOT, SMALL
-from servers import chromium, streamlit_server
 from streamlit.testing.v1 import AppTest
 
 from cachemon import config
@@ -24,6 +22,8 @@ from cachemon.runner import runs as runner
 from cachemon.store import db as store
 from cachemon.tuning import analysis as tuning
 from cachemon.tuning import promote
+from tests.helpers import EXPERIMENT_TOML, ROOT, SMALL
+from tests.helpers.servers import chromium, streamlit_server
 
 PAGES = {
     "overview": "views/overview.py",

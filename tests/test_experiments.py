@@ -11,13 +11,13 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 from scipy import stats as sps
 
 from cachemon import config
 from cachemon.assignment import seed_sha256_byte
 from cachemon.errors import ConfigError
 from cachemon.tuning.experiments import u64_value
+from tests.helpers import ROOT
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "seed_assignment.json").read_text())
 EXPERIMENT = """

@@ -8,12 +8,12 @@ import duckdb
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
-from conftest import load, simulate
 
 from cachemon.cli import main as cli
 from cachemon.errors import InputError
 from cachemon.store import db as store
 from cachemon.store import export
+from tests.helpers import load, simulate
 
 START = datetime(2026, 11, 19, 20, 0, tzinfo=UTC)  # 8 hours across midnight
 

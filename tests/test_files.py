@@ -4,7 +4,6 @@ import json
 from datetime import timedelta
 
 import pytest
-from conftest import T0, simulate
 
 from cachemon import config, settings
 from cachemon.clock import Window
@@ -13,6 +12,7 @@ from cachemon.ingest import load as pipeline
 from cachemon.metrics import window as metrics
 from cachemon.sources import files
 from cachemon.store import db as store
+from tests.helpers import T0, simulate
 
 SPAN = Window(T0, T0 + timedelta(hours=2))
 NOW = SPAN.end  # imports happen after the events (events from the future are refused)

@@ -8,13 +8,13 @@ import json
 from datetime import timedelta
 
 import pytest
-from conftest import T0, simulate
 
 from cachemon import config, settings
 from cachemon.errors import InputError
 from cachemon.ingest import load as pipeline
 from cachemon.sources import files
 from cachemon.store import db as store
+from tests.helpers import T0, simulate
 
 NOW = T0 + timedelta(hours=2)
 TABLES = {

@@ -9,8 +9,6 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from conftest import T0
-from test_api import _serve
 
 from cachemon import config
 from cachemon.api import server as api
@@ -18,6 +16,8 @@ from cachemon.clock import floor_to, iso, utcnow
 from cachemon.runner import runs as runner
 from cachemon.runner import selfcheck
 from cachemon.store import db as store
+from tests.helpers import T0
+from tests.helpers.servers import serve_api as _serve
 
 CFG = config.load(env={})  # ingest every minute
 M = timedelta(minutes=1)

@@ -4,7 +4,6 @@ from datetime import timedelta
 
 import pyarrow as pa
 import pytest
-from conftest import T0, load, simulate
 
 from cachemon.clock import HOUR, Window
 from cachemon.errors import SourceError, StoreError
@@ -12,6 +11,7 @@ from cachemon.events import EventFrame
 from cachemon.ingest import write as ingest
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
+from tests.helpers import T0, load, simulate
 
 SPAN = Window(T0, T0 + timedelta(hours=3))
 

@@ -6,12 +6,11 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT
-
 from cachemon.clock import MINUTE, floor_to, utcnow
 from cachemon.ingest import write as ingest
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
+from tests.helpers import ROOT
 
 
 def _env(tmp_path):
@@ -103,10 +102,9 @@ def test_bad_config_exits_2(tmp_path):
 
 
 def test_runner_pulls_from_analytics_engine_when_configured(tmp_path):
-    from conftest import small_sim
-
     from cachemon.clock import HOUR, Window
     from cachemon.testing.ae_emulator import Emulator
+    from tests.helpers import small_sim
 
     now = floor_to(utcnow(), MINUTE)
     sim = small_sim()

@@ -4,16 +4,14 @@ Set UPDATE_GOLDEN=1 to rewrite the golden files after a deliberate change."""
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from cachemon.alerts import lifecycle as lc
 from cachemon.alerts import messages
+from tests.helpers.golden import check_golden as _golden
 
-GOLDEN = Path(__file__).parent / "golden"
 AT = datetime(2026, 11, 19, 9, 45, tzinfo=UTC)
 HOSTILE = "<img src=x onerror=alert(1)>\nSubject: pwned"
 
@@ -72,13 +70,6 @@ CONTEXT = {
         {"key": HOSTILE, "endpoint": "title", "requests": 900, "hitRate": 0.0, "tier": "api"},
     ],
 }
-
-
-def _golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert text == path.read_text()
 
 
 def _email():

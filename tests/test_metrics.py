@@ -3,13 +3,13 @@
 from datetime import timedelta
 
 import pytest
-from conftest import T0, weighted_quantile
 
 from cachemon.clock import Window
 from cachemon.errors import StoreError
 from cachemon.histogram import ALPHA
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
+from tests.helpers import T0, weighted_quantile
 
 WINDOWS = [
     Window(T0, T0 + timedelta(hours=3)),  # whole hours
@@ -67,7 +67,7 @@ def test_top_keys_match_raw_events_over_the_span_they_cover(loaded_store, window
 
 def test_long_windows_use_the_pruned_top_k_and_stay_exact(tmp_path):
     """Windows of 3 h and more prune candidates; compare with a plain GROUP BY."""
-    from conftest import load, simulate
+    from tests.helpers import load, simulate
 
     parts, df = simulate(30, start=T0 - timedelta(hours=20), step=timedelta(hours=6))
     path = tmp_path / "s.duckdb"

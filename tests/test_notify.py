@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import trustme
-from servers import SmtpSink, WebhookSink, free_port
 
 from cachemon.alerts import lifecycle as lc
 from cachemon.errors import ConfigError
 from cachemon.notify import outbox as notify
 from cachemon.settings import NotifyConfig
 from cachemon.store import db as store
+from tests.helpers.servers import SmtpSink, WebhookSink, free_port
 
 AT = datetime(2026, 11, 19, 9, 45, tzinfo=UTC)
 NC = NotifyConfig()

@@ -8,12 +8,12 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import T0, load, simulate, small_sim
 
 from cachemon import settings
 from cachemon.clock import Window
 from cachemon.costs import optimize
 from cachemon.store import db as store
+from tests.helpers import T0, load, simulate, small_sim
 
 START = T0 - timedelta(days=10)
 AT = T0 + timedelta(hours=2)
@@ -122,7 +122,7 @@ def test_ttl_tuning_saving(analysed):
         g = churn[churn.endpoint == endpoint]
         lam = ((g.requests - g.edge) / DAYS).to_numpy()
 
-        def cost(T):
+        def cost(T, lam=lam):  # bound now: `lam` changes with the loop
             return (
                 lam / (1 + lam * T) * 5.0 / 1e6 + lam * T / (1 + lam * T) * 600 / 1e9 * 0.50 / 30
             ).sum()

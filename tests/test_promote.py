@@ -8,8 +8,6 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from conftest import T0
-from servers import SmtpSink
 
 from cachemon import config, settings
 from cachemon.clock import iso
@@ -19,6 +17,8 @@ from cachemon.store import db as store
 from cachemon.testing.kv_emulator import Fault, KvEmulator
 from cachemon.tuning import analysis as tuning
 from cachemon.tuning import promote
+from tests.helpers import T0
+from tests.helpers.servers import SmtpSink
 
 TOKEN = "kv-secret-token-123"
 
@@ -122,7 +122,7 @@ def _winning_events(e, path):
         key = f"search:title:q=w{i}"
         cohort = e.assign(key).name
         p = 0.97 if cohort == "treatment" else 0.85
-        for j in range(20):
+        for _j in range(20):
             rows.append(
                 {
                     "timestamp": iso(T0 + timedelta(seconds=int(rng.integers(0, 7200)))),

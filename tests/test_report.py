@@ -9,14 +9,14 @@ import sys
 from datetime import UTC, date, datetime
 
 import pytest
-from conftest import ROOT
-from servers import SmtpSink
-from test_messages import _golden
 
 from cachemon import config, settings
 from cachemon.costs import report
 from cachemon.notify import outbox as notify
 from cachemon.store import db as store
+from tests.helpers import ROOT
+from tests.helpers.golden import check_golden as _golden
+from tests.helpers.servers import SmtpSink
 
 NOW = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
 DAY = date(2026, 11, 19)

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import load, simulate, small_sim
 
 from cachemon import config, settings
 from cachemon.cli import main as cli
@@ -17,6 +16,7 @@ from cachemon.ingest import retention
 from cachemon.ingest import write as ingest
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
+from tests.helpers import load, simulate, small_sim
 
 UTC = UTC
 START = datetime(2026, 11, 19, 0, 0, tzinfo=UTC)

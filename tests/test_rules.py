@@ -172,7 +172,7 @@ def test_readme_config_examples_load(tmp_path):
     """The README's TOML examples are valid config (docs cannot rot)."""
     import re
 
-    from conftest import ROOT
+    from tests.helpers import ROOT
 
     blocks = re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     alerts = next(b for b in blocks if "[[alerts.rules]]" in b)

@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
 
 import pytest
-from conftest import ROOT
 
 from cachemon.errors import CachemonError, StoreError
 from cachemon.ingest import write as ingest
 from cachemon.metrics import window as metrics
 from cachemon.runner import runs as runner
 from cachemon.store import db as store
+from tests.helpers import ROOT
 
 UTC = UTC
 D = datetime(2026, 11, 19, tzinfo=UTC)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conftest import T0, weighted_quantile
 
 from cachemon.errors import InputError
 from cachemon.metrics import series
 from cachemon.store import db as store
+from tests.helpers import T0, weighted_quantile
 
 
 @pytest.mark.parametrize("endpoint", [None, "isbn"])

@@ -5,13 +5,13 @@ from datetime import timedelta
 
 import numpy as np
 import pandas as pd
-from conftest import SMALL, T0, simulate, small_sim, to_pandas
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cachemon.assignment import seed_sha256_byte
 from cachemon.clock import HOUR, Window
 from cachemon.sources.simulator import EXPERIMENT, Simulator, _ttl_hits
+from tests.helpers import SMALL, T0, simulate, small_sim, to_pandas
 
 
 def _requests(df):
@@ -126,7 +126,10 @@ def test_incidents_origin_slowdown_queue_backlog_and_purge():
     r = _requests(pdf)
     before = r[r.timestamp < tue + HOUR]
     after = r[(r.timestamp >= tue + HOUR) & (r.timestamp < tue + HOUR + timedelta(minutes=10))]
-    share = lambda x: x[x.tier == "edge"].sample_interval.sum() / x.sample_interval.sum()
+
+    def share(x):
+        return x[x.tier == "edge"].sample_interval.sum() / x.sample_interval.sum()
+
     assert share(after) < share(before) - 0.2
 
 

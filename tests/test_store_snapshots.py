@@ -15,11 +15,11 @@ import threading
 from datetime import timedelta
 
 import pytest
-from conftest import ROOT, T0, load, simulate
 
 from cachemon.errors import StoreBusyError, StoreDiskError, StoreError
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
+from tests.helpers import ROOT, T0, load, simulate
 
 
 def _until(db):

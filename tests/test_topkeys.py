@@ -5,7 +5,6 @@ from datetime import timedelta
 
 import pandas as pd
 import pytest
-from conftest import T0, load, simulate, small_sim
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +12,7 @@ from cachemon.clock import Window
 from cachemon.ingest import write as ingest
 from cachemon.store import db as store
 from cachemon.store import topkeys
+from tests.helpers import T0, load, simulate, small_sim
 
 START = T0 - timedelta(hours=20)
 

@@ -5,7 +5,6 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import T0, weighted_quantile
 
 from cachemon import config, settings
 from cachemon.clock import HOUR, Window
@@ -14,6 +13,7 @@ from cachemon.histogram import ALPHA
 from cachemon.metrics import trends
 from cachemon.pricing import DEFAULT
 from cachemon.store import db as store
+from tests.helpers import T0, weighted_quantile
 
 SPAN = Window(T0, T0 + 3 * HOUR)
 
@@ -86,7 +86,7 @@ def test_window_for_a_range_ends_with_the_data_on_a_step_boundary(loaded_store):
 
 
 def test_daily_costs_price_each_days_requests(tmp_path):
-    from conftest import load, simulate
+    from tests.helpers import load, simulate
 
     parts, df = simulate(30, start=T0 - timedelta(hours=8), step=timedelta(hours=6))
     path = tmp_path / "c.duckdb"

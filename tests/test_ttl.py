@@ -13,7 +13,6 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, SMALL, T0, load, to_pandas
 
 from cachemon import config, settings
 from cachemon.clock import Window, iso
@@ -23,6 +22,7 @@ from cachemon.sources.simulator import ENDPOINTS, Simulator
 from cachemon.store import db as store
 from cachemon.tuning import whatif as ttl
 from cachemon.tuning.experiments import parse as parse_experiments
+from tests.helpers import ROOT, SMALL, T0, load, to_pandas
 
 HOURS = 36
 END = T0 + timedelta(hours=HOURS)

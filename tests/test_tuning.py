@@ -10,8 +10,6 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from conftest import EXPERIMENT_TOML as CONFIG
-from conftest import ROOT, T0, load, simulate
 
 from cachemon import config
 from cachemon.clock import iso
@@ -19,6 +17,8 @@ from cachemon.ingest import load as pipeline
 from cachemon.store import db as store
 from cachemon.tuning import analysis as tuning
 from cachemon.tuning import stats
+from tests.helpers import EXPERIMENT_TOML as CONFIG
+from tests.helpers import ROOT, T0, load, simulate
 
 AT = T0 + timedelta(hours=6)
 
@@ -167,10 +167,9 @@ def test_only_configured_metrics_are_guardrails(sim_store):
 def test_p95_variance_with_keys_as_units_matches_a_key_bootstrap(sim_store):
     """The tier-mix delta method for a cohort's p95 against a bootstrap over
     the cohort's keys on the raw events."""
-    from conftest import weighted_quantile
-
     from cachemon.clock import Window
     from cachemon.tuning import quantile_var
+    from tests.helpers import weighted_quantile
 
     cfg, truth, _ = sim_store
     e = cfg.experiments[0]
@@ -203,9 +202,8 @@ def test_p95_variance_with_keys_as_units_matches_a_key_bootstrap(sim_store):
 def test_demo_stores_the_daily_analyses_and_yesterdays_report(tmp_path):
     from dataclasses import replace
 
-    from conftest import SMALL
-
     from cachemon.costs import report
+    from tests.helpers import SMALL
 
     end = T0 + timedelta(hours=30)  # 2026-11-20 14:00: slots 2026-11-19 and -20 04:00
     cfg_file = tmp_path / "c.toml"

@@ -18,12 +18,12 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from conftest import ROOT, T0
-from servers import free_port, serve_process
 
 from cachemon import config
 from cachemon.api import server as api
 from cachemon.clock import utcnow
+from tests.helpers import ROOT, T0
+from tests.helpers.servers import free_port, serve_process
 
 _serve = serve_process
 

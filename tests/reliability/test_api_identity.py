@@ -17,13 +17,13 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from conftest import ROOT
-from servers import free_port, serve_process
 
 from cachemon import config
 from cachemon.api import server as api
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
+from tests.helpers import ROOT
+from tests.helpers.servers import free_port, serve_process
 
 _serve = serve_process
 

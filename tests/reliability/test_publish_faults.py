@@ -13,11 +13,11 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT
-from pingsink import PingSink
-from test_disk import _fill, tmpfs
-
 from cachemon.store import db as store
+from tests.helpers import ROOT
+from tests.helpers.disk import fill as _fill
+from tests.helpers.disk import tmpfs
+from tests.helpers.pingsink import PingSink
 
 
 def _cli(db, *args):

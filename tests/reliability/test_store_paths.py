@@ -13,13 +13,13 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import ROOT
 
 from cachemon.api.server import health_body
 from cachemon.cli import main as cli
 from cachemon.errors import StoreBusyError, StoreError
 from cachemon.runner import selfcheck
 from cachemon.store import db as store
+from tests.helpers import ROOT
 
 SILENCE = ["alerts", "silence", "miss_rate", "--for", "1h", "--reason", "x"]
 
@@ -188,9 +188,7 @@ def test_fast_clock_never_passes_real_time():
         clock = _clock(start, 1e6)
         time.sleep(0.05)  # 50 000 simulated seconds: far past now without the clamp
         t = clock()
-        assert t <= datetime.now(UTC) and t > datetime.now(UTC) - timedelta(
-            seconds=5
-        )
+        assert t <= datetime.now(UTC) and t > datetime.now(UTC) - timedelta(seconds=5)
 
 
 def test_run_log_times_from_the_future_are_not_fresh():

@@ -3,7 +3,9 @@
 webhook sink that records every request and answers a settable status.
 Misbehaving servers for outbound faults: `DripServer` (answers one byte at a
 time, slowly, or an endless body) and `EchoServer` (answers an error that
-repeats the request's path and headers, as careless servers do)."""
+repeats the request's path and headers, as careless servers do).
+Real processes: `streamlit_server`, `serve_process` and `serve_api` (a
+`cachemon serve` each), and Debian's Chromium for the browser tests."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import email
 import email.policy
 import json
 import os
+import random
+import resource
 import socket
 import ssl
 import subprocess
@@ -22,18 +26,48 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
+import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from cachemon.testing.loopback import LoopbackServer
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+# Ports handed out by this process (a server may not have bound its port yet).
+_GIVEN: set[int] = set()
+
+
+def _port_band() -> range:
+    """This process's ports: below the kernel's ephemeral range (where bind(0)
+    and outgoing connections take theirs), one slice per pytest-xdist worker,
+    so two workers are never handed the same port between free_port() and
+    the server's bind."""
+    low = 10000
+    try:
+        high = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        high = 32768
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = (high - low) // max(workers, 1)
+    return range(low + worker * size, low + (worker + 1) * size)
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now, never handed out before in this run by any worker."""
+    band = _port_band()
+    for _ in range(200):
+        port = random.choice(band)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # someone else's (another user's test run, a service)
+                continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError(f"no free port in {band}")
 
 
 class _Inbox:
@@ -297,8 +331,6 @@ def serve_process(
     """A real `cachemon serve` on a free port of `host` over the store `db`;
     yields (base URL, its output so far). `nofile` sets the server's
     descriptor limit (a distribution's default), `token` CACHEMON_API_TOKEN."""
-    import resource
-
     port = free_port()
     env = dict(os.environ, CACHEMON_DB=str(db), PYTHONPATH=str(ROOT))
     env.pop("CACHEMON_API_TOKEN", None)
@@ -353,3 +385,37 @@ CHROMIUM_ARGS = [
 def chromium(playwright):
     """Debian's Chromium through Playwright (never a downloaded browser)."""
     return playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+
+
+def _wait(url: str, proc, seconds=60) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    pytest.fail(f"{url} did not answer")
+
+
+def serve_api(db, *extra, token=None):
+    """A real `cachemon serve` on a free loopback port over the store `db`,
+    answering /healthz; returns (process, base URL). The caller stops it."""
+    port = free_port()
+    env = dict(os.environ, CACHEMON_DB=str(db), PYTHONPATH=str(ROOT))
+    env.pop("CACHEMON_API_TOKEN", None)
+    if token:
+        env["CACHEMON_API_TOKEN"] = token
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cachemon", "serve", "--port", str(port), *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    _wait(base + "/healthz", proc)
+    return proc, base

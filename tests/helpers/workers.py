@@ -1,8 +1,10 @@
 """Small worker processes for the concurrency and crash tests.
 
-python tests/workers.py writer DB START STEPS STEP_MINUTES
-python tests/workers.py dashboard DB STOPFILE
-python tests/workers.py analyst DB STOPFILE
+python -m tests.helpers.workers writer DB START STEPS STEP_MINUTES
+python -m tests.helpers.workers dashboard DB STOPFILE
+python -m tests.helpers.workers analyst DB STOPFILE
+
+(from the repository root, which `-m` puts on sys.path)
 """
 
 import json
@@ -12,9 +14,7 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import duckdb  # noqa: E402
+import duckdb
 
 from cachemon import config, settings
 from cachemon.clock import Window, parse_instant
