@@ -70,9 +70,7 @@ GROUP BY key, experiment, cohort, t, whole_hour
 
 
 # "Every hour is whole": the bounds used for imports, which have no window.
-ALL_HOURS = Window(
-    datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
-)
+ALL_HOURS = Window(datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC))
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ def health(con, at: datetime, evaluate_every: timedelta) -> Health:
     rows = con.execute(STATES_AT, {"at": at}).fetchall()
     critical = {(r[2], r[1]) for r in rows if r[7] is not None and r[3] == "critical"}
     firing: dict[str, int] = {}
-    for rule, endpoint, type_, severity, state, since, message, firing_since in rows:
+    for _rule, endpoint, type_, severity, state, since, message, firing_since in rows:
         if firing_since is not None:
             if severity != "critical" and (type_, endpoint) in critical:
                 continue  # inhibited by the critical alert of the same type

@@ -188,9 +188,9 @@ def _table(w: ttl.WhatIf, best, keys, replays: dict, limit: timedelta) -> None:
 
 
 def _json(w: ttl.WhatIf, best, keys, replays: dict) -> dict:
-    row = lambda p: {
+    row = lambda p: {  # noqa: E731
         "ttl": format_duration(p.ttl),
-        "ttlSeconds": int(p.ttl.total_seconds()),  # noqa: E731
+        "ttlSeconds": int(p.ttl.total_seconds()),
         "kvHitRate": round(p.kv_hit_rate, 4),
         "hitRate": round(p.hit_rate, 4),
         "kvReadsPerDay": round(p.kv_reads, 3),

@@ -603,7 +603,8 @@ def _close(con, p: Path, checkpoint: bool, publish: bool, quiet: bool) -> None:
             con.close()
     except Exception as exc:
         if not quiet:
-            raise exc if isinstance(exc, CachemonError) else (_disk_error(exc, p) or exc)
+            # exc itself, or its one-line translation (whose context is exc already)
+            raise exc if isinstance(exc, CachemonError) else (_disk_error(exc, p) or exc)  # noqa: B904
         # INFO: the runner's log shows it; a CLI shows only the body's error.
         log.info("after a failed write, closing %s failed too: %s", p.name, _first_line(str(exc)))
         return

@@ -216,7 +216,8 @@ def whatif(
     out = []
     for e in endpoints:
         r = rates(con, e, window, days)
-        p = lambda t: predict(r, t, cfg.pricing, cfg.costs.value_bytes, month)  # noqa: E731
+        # used within this iteration only, so binding the loop's `r` late is right
+        p = lambda t: predict(r, t, cfg.pricing, cfg.costs.value_bytes, month)  # noqa: E731, B023
         edge_now = edge_current.get(e)
         colos = fit_colos(r, edge_now) if edge_now else 1.0
         edge = tuple(predict_edge(r, t, colos) for t in sorted(set(edge_ttls))) if edge_now else ()
