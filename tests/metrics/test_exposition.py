@@ -2,7 +2,6 @@
 
 import subprocess
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from cachemon import pricing
 from cachemon.alerts.health import Health, Issue
@@ -12,9 +11,9 @@ from cachemon.metrics import exposition
 from cachemon.metrics import window as metrics
 from cachemon.metrics.window import Latency, Metrics, TierVolume
 from cachemon.store import db as store
-from tests.helpers import T0
+from tests.helpers import ROOT, T0
 
-GOLDEN = Path(__file__).parent / "golden" / "metrics_1h.prom"
+GOLDEN = ROOT / "tests" / "golden" / "metrics_1h.prom"
 AT = datetime(2025, 10, 28, 15, 30, tzinfo=UTC)
 
 

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 from scipy import stats as sps
@@ -19,7 +18,7 @@ from cachemon.errors import ConfigError
 from cachemon.tuning.experiments import u64_value
 from tests.helpers import ROOT
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "seed_assignment.json").read_text())
+VECTORS = json.loads((ROOT / "tests" / "vectors" / "seed_assignment.json").read_text())
 EXPERIMENT = """
 [[experiments]]
 name = "extended-title-ttl"
