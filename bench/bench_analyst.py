@@ -1,7 +1,7 @@
 """Analyst access benchmark: every example query of docs/analysts.md, the
 Parquet export, and retention, on 30 days at the seed's volume.
 
-    .venv/bin/python bench/bench_analyst.py [--store bench/out/dash30.duckdb] [--runs 3]
+    .venv/bin/python -m bench.bench_analyst [--store bench/out/dash30.duckdb] [--runs 3]
 
 Uses the 30-day store bench_dashboard.py builds; retention runs on a copy.
 The queries say now(), so the store's data should end near now.
@@ -21,15 +21,13 @@ from pathlib import Path
 
 import duckdb
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-
 from cachemon import settings
 from cachemon.ingest import retention
 from cachemon.store import db as store
 from cachemon.store import export, snapshots
 from cachemon.store.queries import data_span
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _examples():
@@ -65,7 +63,7 @@ def main() -> int:
         con = duckdb.connect(str(snapshots.snapshot_path(copy)), read_only=True)
         con.execute("SET TimeZone = 'UTC'")
         for title, sql in _examples():
-            runs = [_timed(lambda: con.execute(sql).fetchall()) for _ in range(args.runs)]
+            runs = [_timed(lambda sql=sql: con.execute(sql).fetchall()) for _ in range(args.runs)]
             print(
                 f"| {title} | {statistics.median(t for t, _ in runs) * 1000:.0f} ms | {len(runs[0][1]):,} |"
             )

@@ -1,7 +1,7 @@
 """Metrics API benchmark: requests/s and p99 latency of /metrics?period=24h,
 cached and uncached, with the load from a second process on loopback.
 
-    .venv/bin/python bench/bench_api.py [--store bench/out/bench.duckdb] [--seconds 10]
+    .venv/bin/python -m bench.bench_api [--store bench/out/bench.duckdb] [--seconds 10]
 
 Uses the 7-day store that bench_foundation.py leaves in bench/out (or any).
 """

@@ -2,7 +2,7 @@
 the seed's volume, and the Streamlit server's memory over 200 fragment
 refreshes of the Overview page in headless Chromium.
 
-    .venv/bin/python bench/bench_dashboard.py [--days 30] [--runs 5] [--refreshes 200]
+    .venv/bin/python -m bench.bench_dashboard [--days 30] [--runs 5] [--refreshes 200]
 
 Builds bench/out/dash30.duckdb with `cachemon demo` (with the simulator's
 experiment configured) unless it exists. Render time is one AppTest run of
@@ -26,15 +26,15 @@ from pathlib import Path
 
 import httpx
 
+from cachemon.clock import iso, utcnow
+
 ROOT = Path(__file__).resolve().parent.parent
+
 OUT = ROOT / "bench" / "out"
 PAGES = ["overview", "trends", "topkeys", "experiments", "ttl", "alerts", "costs", "jobs"]
-sys.path.insert(0, str(ROOT))
 
 
 def build_store(days: int) -> tuple[Path, Path]:
-    from cachemon.clock import iso, utcnow
-
     db, cfg = OUT / f"dash{days}.duckdb", OUT / f"dash{days}.toml"
     if not db.exists():
         OUT.mkdir(parents=True, exist_ok=True)

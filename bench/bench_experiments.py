@@ -2,7 +2,7 @@
 power, ours against the seed's method, on key-level traffic like the
 title endpoint's, looked at every day for 14 days.
 
-    .venv/bin/python bench/bench_experiments.py [--experiments 500] [--keys 30000]
+    .venv/bin/python -m bench.bench_experiments [--experiments 500] [--keys 30000]
 
 Traffic: `--keys` title keys with Zipf(0.8) popularity, 1.6 M requests/day
 scaled by `--scale` (default 160 k/day: a KV-or-better hit rate near 80 %); each key's KV-or-better hit
@@ -25,14 +25,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from scipy import stats as sps
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cachemon.tuning import stats
 

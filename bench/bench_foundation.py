@@ -1,6 +1,6 @@
 """Foundation benchmarks: demo fill, 7-day metrics vs raw events, import.
 
-    .venv/bin/python bench/bench_foundation.py [--days 7] [--repeat 15]
+    .venv/bin/python -m bench.bench_foundation [--days 7] [--repeat 15]
 
 Prints a table; results are recorded by hand in bench/README.md.
 """
@@ -17,12 +17,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import duckdb  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from cachemon import config, settings
 from cachemon.clock import Window
@@ -31,6 +28,8 @@ from cachemon.metrics import window as metrics
 from cachemon.sources.simulator import Simulator
 from cachemon.store import db as store
 from cachemon.store import snapshots
+
+ROOT = Path(__file__).resolve().parent.parent
 
 OUT = ROOT / "bench" / "out"
 UNTIL = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -161,7 +160,7 @@ def main():
     rates = bench_import(raw, args.import_rows)
     size = db.stat().st_size / 2**20
     rows = [
-        ("demo --days %g (wall)" % args.days, f"{demo_s:.1f} s", "< 60 s"),
+        (f"demo --days {args.days:g} (wall)", f"{demo_s:.1f} s", "< 60 s"),
         ("store size", f"{size:.0f} MiB", ""),
         (
             "raw events (rows / weighted requests)",

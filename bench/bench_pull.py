@@ -1,21 +1,17 @@
 """Pull benchmark: N days at the seed's volume from the loopback Analytics
 Engine emulator; wall time and rows transferred, against raw events.
 
-    .venv/bin/python bench/bench_pull.py [--days 7]
+    .venv/bin/python -m bench.bench_pull [--days 7]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import pyarrow as pa  # noqa: E402
+import pyarrow as pa
 
 from cachemon import config, events, settings
 from cachemon.clock import Window
@@ -27,6 +23,8 @@ from cachemon.sources.simulator import Simulator
 from cachemon.store import db as store
 from cachemon.store import snapshots
 from cachemon.testing.ae_emulator import Emulator
+
+ROOT = Path(__file__).resolve().parent.parent
 
 OUT = ROOT / "bench" / "out"
 UNTIL = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)

@@ -1,7 +1,7 @@
 """Runner benchmark: steady-state CPU and RSS of `python -m jobs` in demo
 mode (the live simulator at the default volume) over a span of wall time.
 
-    .venv/bin/python bench/bench_runner.py [--minutes 10] [--days 7]
+    .venv/bin/python -m bench.bench_runner [--minutes 10] [--days 7]
 
 Fills a store with `demo --days N` first, then samples /proc every 5 s.
 """
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
 OUT = ROOT / "bench" / "out"
 TICKS = os.sysconf("SC_CLK_TCK")
 

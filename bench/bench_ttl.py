@@ -1,7 +1,7 @@
 """TTL what-if benchmark: predictions for 5 TTLs × 3 endpoints over 30 days
 of per-key aggregates at the seed's volume.
 
-    .venv/bin/python bench/bench_ttl.py [--store bench/out/dash30.duckdb] [--runs 5]
+    .venv/bin/python -m bench.bench_ttl [--store bench/out/dash30.duckdb] [--runs 5]
 
 Uses the 30-day store bench_dashboard.py builds (or any store).
 """
@@ -15,14 +15,13 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from cachemon import config, settings
 from cachemon.clock import Window
 from cachemon.store import db as store
 from cachemon.store.queries import data_span
 from cachemon.tuning import whatif as ttl
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TTLS = ttl.parse_ttls("6h,12h,24h,48h,7d")
 

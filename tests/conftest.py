@@ -1,115 +1,28 @@
-"""Shared fixtures: a small simulator, raw events as pandas truth, stores."""
+"""Shared fixtures (the helpers they build on are in tests/helpers), and the
+reliability results table collected across pytest-xdist workers."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from cachemon import config
-from cachemon.clock import DAY, HOUR, Window, floor_to, utcnow
+from cachemon.clock import DAY, floor_to, utcnow
 from cachemon.costs import report
-from cachemon.errors import ConfigError
-from cachemon.events import EventFrame
-from cachemon.ingest import write as ingest
-from cachemon.settings import SimulatorConfig
-from cachemon.sources.simulator import Simulator
 from cachemon.store import db as store
 from cachemon.usecases import demo
+from tests.helpers import EXPERIMENT_TOML, ROOT, load, simulate
+from tests.helpers.suite import write_table
 
-# A Thursday, so the 09:00 origin slowdown falls in the default test span.
-T0 = datetime(2026, 11, 19, 8, 0, tzinfo=UTC)
-# The simulator's built-in experiment (the seed's), as a config file; format with start=.
-EXPERIMENT_TOML = """
-[[experiments]]
-name = "extended-title-ttl"
-endpoint = "title"
-scheme = "seed-sha256-byte"
-start = "{start}"
-duration = "14d"
-[[experiments.cohorts]]
-name = "control"
-ttl = "24h"
-weight = 0.5
-[[experiments.cohorts]]
-name = "treatment"
-ttl = "48h"
-weight = 0.5
-"""
-# Alert rules as config: the p99 rule the Thursday slowdown breaks, and one always firing.
-P99_RULE = """
-[alerts]
-builtin_rules = false
-[[alerts.rules]]
-name = "p99_latency"
-metric = "p99_latency"
-threshold = 500
-severity = "critical"
-for = "30m"
-"""
-ALWAYS_RULE = """
-[alerts]
-builtin_rules = false
-[[alerts.rules]]
-name = "busy"
-metric = "requests"
-op = ">"
-threshold = 0
-severity = "warning"
-"""
-SMALL = SimulatorConfig(
-    seed=7, requests_per_hour=6000, catalog_keys=3000, sample_threshold_per_minute=30
-)
-
-
-def small_sim(**overrides) -> Simulator:
-    from dataclasses import replace
-
-    return Simulator(replace(SMALL, **overrides))
-
-
-def simulate(
-    hours: float = 3, start: datetime = T0, step: timedelta = HOUR, sim: Simulator | None = None
-):
-    """(list of (window, frame), truth DataFrame of all events)."""
-    sim = sim or small_sim()
-    parts = []
-    for w in Window(start, start + timedelta(hours=hours)).split(step):
-        parts.append((w, sim.generate(w)))
-    return parts, to_pandas(*[f for _, f in parts])
-
-
-def to_pandas(*frames: EventFrame) -> pd.DataFrame:
-    table = (
-        pa.concat_tables([f.table.cast(frames[0].table.schema) for f in frames]) if frames else None
-    )
-    df = table.to_pandas()
-    for col in ("tier", "key", "endpoint", "experiment", "cohort", "status", "kind"):
-        df[col] = df[col].astype(str)
-    return df
-
-
-def load(path, parts, source="simulator", now=T0):
-    with store.writer(path, now) as con:
-        for w, frame in parts:
-            ingest.replace_window(con, frame, source, w, now)
-
-
-def weighted_quantile(values, weights, q) -> float:
-    """Independent truth: numpy's inverted-CDF weighted quantile."""
-    return float(
-        np.quantile(np.asarray(values), q, weights=np.asarray(weights), method="inverted_cdf")
-    )
+# The reliability rows of this process (a worker's, or the whole run's without xdist).
+ROWS = pytest.StashKey[list]()
+# The key of a worker's rows in the output it hands to the xdist controller.
+WORKER_ROWS = "reliability_rows"
 
 
 @pytest.fixture
@@ -119,7 +32,8 @@ def db(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def loaded_store(tmp_path_factory):
-    """Three hours of small simulated traffic, ingested in hourly windows."""
+    """Three hours of small simulated traffic, ingested in hourly windows
+    (built once per xdist worker, in that worker's own temporary folder)."""
     path = tmp_path_factory.mktemp("store") / "cachemon.duckdb"
     parts, truth = simulate(3)
     load(path, parts)
@@ -135,26 +49,45 @@ def env(db):
     return e
 
 
-def config_error(tmp_path, text: str) -> tuple[str, Path]:
-    """Load `text` as a config file that must be refused: the error's text
-    and the file's path."""
-    p = tmp_path / "bad.toml"
-    p.write_text(text)
-    with pytest.raises(ConfigError) as err:
-        config.load(p, env={})
-    return str(err.value), p
-
-
-@pytest.fixture(scope="session")
-def results():
+@pytest.fixture
+def results(request):
     """The reliability suite's table: call with (scenario, injected, count, result)."""
-    from reliability.suite import write_table
+    rows = request.config.stash[ROWS]
+    file, line, _ = request.node.location
+    seq = itertools.count()
 
-    rows = []
-    yield lambda scenario, injected, count, result: rows.append(
-        {"scenario": scenario, "injected": injected, "count": count, "result": result}
-    )
-    if rows:
+    def add(scenario, injected, count, result) -> None:
+        rows.append(
+            {
+                "scenario": scenario,
+                "injected": injected,
+                "count": count,
+                "result": result,
+                "file": file,
+                "line": line or 0,
+                "test": request.node.nodeid,
+                "seq": next(seq),
+            }
+        )
+
+    return add
+
+
+def pytest_configure(config):
+    config.stash[ROWS] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """xdist controller: a worker finished; keep the rows it collected."""
+    node.config.stash[ROWS].extend(getattr(node, "workeroutput", {}).get(WORKER_ROWS, []))
+
+
+def pytest_sessionfinish(session):
+    rows = session.config.stash[ROWS]
+    if hasattr(session.config, "workeroutput"):  # an xdist worker: the controller writes
+        session.config.workeroutput[WORKER_ROWS] = rows
+    elif rows:
         write_table(rows)
 
 

@@ -1,9 +1,9 @@
 import numpy as np
-from conftest import weighted_quantile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cachemon.histogram import ALPHA, ZERO_BUCKET, Histogram, bucket_of, bucket_value
+from tests.helpers import weighted_quantile
 
 
 @given(st.floats(min_value=1e-6, max_value=1e7, allow_nan=False))

@@ -12,8 +12,9 @@ import time
 from contextlib import contextmanager
 
 import httpx
-from conftest import ROOT
-from servers import free_port
+
+from tests.helpers import ROOT
+from tests.helpers.servers import free_port
 
 
 @contextmanager

@@ -18,14 +18,14 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from conftest import ROOT, T0
-from servers import free_port, serve_process
 
 from cachemon import config
 from cachemon.api.access import RateLimiter, exposure_warning
 from cachemon.api.app import ApiSettings, create_app
 from cachemon.api.server import ServeOptions, build_server
 from cachemon.clock import utcnow
+from tests.helpers import ROOT, T0
+from tests.helpers.servers import free_port, serve_process
 
 _serve = serve_process
 

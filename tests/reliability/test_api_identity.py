@@ -17,8 +17,6 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from conftest import ROOT
-from servers import free_port, serve_process
 
 from cachemon import config
 from cachemon.api.access import ForwardedFor, networks
@@ -26,6 +24,8 @@ from cachemon.api.app import ApiSettings, create_app
 from cachemon.api.server import ServeOptions, build_server
 from cachemon.store import db as store
 from cachemon.store import queries
+from tests.helpers import ROOT
+from tests.helpers.servers import free_port, serve_process
 
 _serve = serve_process
 

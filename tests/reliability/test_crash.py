@@ -26,14 +26,14 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
-from conftest import P99_RULE, ROOT
-from reliability.suite import LONG
-from servers import SmtpSink
 
 from cachemon import config
 from cachemon.ingest import load as pipeline
 from cachemon.store import db as store
 from cachemon.store import queries
+from tests.helpers import P99_RULE, ROOT
+from tests.helpers.servers import SmtpSink
+from tests.helpers.suite import LONG
 
 SPEED = 1200  # 20 simulated minutes per second
 START = datetime(2026, 11, 19, 0, 5, tzinfo=UTC)

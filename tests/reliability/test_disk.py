@@ -13,49 +13,12 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
-
-import pytest
-from conftest import ROOT
 
 from cachemon.store import db as store
 from cachemon.store import snapshots
-
-CONFIG = '[simulator]\nseed = 5\nrequests_per_hour = 6000\ncatalog_keys = 3000\n[jobs]\ncompact_at = "23:50"\n'
-
-
-@contextmanager
-def tmpfs(path, size: str):
-    path.mkdir(parents=True, exist_ok=True)
-    p = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if p.returncode:
-        # Justified: mounting needs root (CI and this machine run as root, so it runs there);
-        # without it the same ENOSPC paths are covered by injection in test_store_snapshots.
-        pytest.skip(
-            f"cannot mount a tmpfs here ({p.stderr.strip()}): ENOSPC is injected in test_store_snapshots"
-        )
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def _fill(path) -> None:
-    """Write a ballast file until the disk is full (unbuffered: nothing is left to flush)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        for chunk in (1 << 20, 4096):
-            while True:
-                try:
-                    os.write(fd, b"\0" * chunk)
-                except OSError:
-                    break
-    finally:
-        os.close(fd)
+from tests.helpers import ROOT
+from tests.helpers.disk import CONFIG, tmpfs
+from tests.helpers.disk import fill as _fill
 
 
 def _runs(db):
@@ -209,7 +172,7 @@ def test_a_write_on_a_full_disk_reports_its_own_error_not_the_snapshots(tmp_path
     """The write fails on the full disk, and so does the publish after it:
     the line says what the write met, nothing half-written is left, and the
     last good snapshot still answers."""
-    from conftest import simulate
+    from tests.helpers import simulate
 
     with tmpfs(tmp_path / "full", "24m") as disk:
         db = disk / "f.duckdb"

@@ -10,10 +10,10 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
-from test_disk import CONFIG, _fill, tmpfs
-
 from cachemon.store import snapshots
+from tests.helpers import ROOT
+from tests.helpers.disk import CONFIG, tmpfs
+from tests.helpers.disk import fill as _fill
 
 
 def _md5(p) -> str:

@@ -14,7 +14,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, T0, small_sim
 
 from cachemon import config, settings
 from cachemon.cli import main as cli
@@ -25,6 +24,7 @@ from cachemon.ingest import write as ingest
 from cachemon.store import db as store
 from cachemon.store import horizons
 from cachemon.usecases import demo
+from tests.helpers import ROOT, T0, small_sim
 
 NOW = T0 + timedelta(hours=4)
 SMALL_TOML = """

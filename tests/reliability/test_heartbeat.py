@@ -8,10 +8,10 @@ import logging
 import time
 
 import pytest
-from pingsink import PingSink
 
 from cachemon.errors import ConfigError
 from cachemon.runner import heartbeat
+from tests.helpers.pingsink import PingSink
 
 SECRET = "/ping/5f0c7a2e-secret-check-key"
 

@@ -14,7 +14,6 @@ from itertools import product
 import pandas as pd
 import pytest
 import schemathesis
-from conftest import T0, config_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
@@ -31,6 +30,7 @@ from cachemon.metrics import exposition
 from cachemon.metrics import window as metrics
 from cachemon.store import db as store
 from cachemon.store import export
+from tests.helpers import T0, config_error
 
 NOW = T0 + timedelta(hours=4)
 EVIL_KEYS = (

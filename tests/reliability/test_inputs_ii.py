@@ -27,8 +27,6 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT
-from test_poison import NOW, START, _cfg, _refused, _row, _seeded, _stored, _write
 
 from cachemon import config, outbound
 from cachemon.alerts import silences
@@ -39,6 +37,14 @@ from cachemon.runner import heartbeat
 from cachemon.sources import files
 from cachemon.store import db as store
 from cachemon.store import export
+from tests.helpers import ROOT
+from tests.helpers.eventfiles import NOW, START
+from tests.helpers.eventfiles import cfg as _cfg
+from tests.helpers.eventfiles import refused as _refused
+from tests.helpers.eventfiles import row as _row
+from tests.helpers.eventfiles import seeded as _seeded
+from tests.helpers.eventfiles import stored as _stored
+from tests.helpers.eventfiles import write as _write
 
 SECRET = "5f0c7a2e-secret"
 
@@ -464,7 +470,8 @@ def test_a_bad_refresh_setting_falls_back_with_a_warning(text):
 
 def test_the_dashboard_runs_with_a_bad_refresh_setting_and_says_so(tmp_path, results):
     from playwright.sync_api import sync_playwright
-    from servers import chromium, streamlit_server
+
+    from tests.helpers.servers import chromium, streamlit_server
 
     cfg = _seeded(tmp_path)
     with streamlit_server(

@@ -13,12 +13,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ALWAYS_RULE, ROOT, T0
-from servers import SmtpSink, free_port
 
 from cachemon.errors import ConfigError
 from cachemon.notify.transports import Transports
 from cachemon.store import db as store
+from tests.helpers import ALWAYS_RULE, ROOT, T0
+from tests.helpers.servers import SmtpSink, free_port
 
 DAY = "2026-11-19"
 

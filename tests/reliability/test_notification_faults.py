@@ -11,8 +11,6 @@ from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from servers import SmtpSink, WebhookSink
-
 from cachemon.alerts import lifecycle as lc
 from cachemon.alerts import notices
 from cachemon.notify import outbox as notify
@@ -20,6 +18,7 @@ from cachemon.notify.transports import Transports
 from cachemon.settings import NotifyConfig
 from cachemon.store import db as store
 from cachemon.store import snapshots
+from tests.helpers.servers import SmtpSink, WebhookSink
 
 T0 = datetime(2026, 11, 19, 9, 0, tzinfo=UTC)
 NC = replace(NotifyConfig(), timeout=timedelta(seconds=1))

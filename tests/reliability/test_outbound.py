@@ -20,8 +20,6 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from conftest import ROOT, T0
-from servers import DripServer, SmtpSink, WebhookSink
 
 from cachemon import config, settings
 from cachemon.alerts import lifecycle as lc
@@ -33,6 +31,8 @@ from cachemon.settings import NotifyConfig
 from cachemon.sources.analytics_engine import Client, Credentials
 from cachemon.store import db as store
 from cachemon.tuning import promote
+from tests.helpers import ROOT, T0
+from tests.helpers.servers import DripServer, SmtpSink, WebhookSink
 
 _BODY = b'{"meta": [], "data": [], "rows": 0}'
 HTTP_OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (

@@ -19,94 +19,26 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, T0, config_error, load, simulate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from servers import free_port
 
 from cachemon import config
 from cachemon import settings as cm_settings
 from cachemon.alerts import evaluate as alerts
 from cachemon.clock import Window, iso
-from cachemon.errors import InputError
 from cachemon.ingest import load as pipeline
 from cachemon.metrics import window as metrics
 from cachemon.sources import files
 from cachemon.store import db as store
 from cachemon.store import queries
-
-NOW = T0 + timedelta(hours=1)
-START = datetime(2026, 11, 19, 7, 0, tzinfo=UTC)  # the events' hour, before NOW
-
-
-def _row(i: int, **over) -> dict:
-    return {
-        "timestamp": iso(START + timedelta(seconds=10 * i)),
-        "tier": ("edge", "kv", "r2", "api")[i % 4],
-        "key": f"search:title:q=k{i}",
-        "endpoint": "title",
-        "latency_ms": 2.0 + i,
-        "bytes": 100.0,
-        "sample_interval": 1.0,
-        **over,
-    }
-
-
-def _write(path, rows):
-    if path.suffix == ".ndjson":
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    elif path.suffix == ".csv":
-        cols = sorted({k for r in rows for k in r})
-        path.write_text(
-            ",".join(cols)
-            + "\n"
-            + "".join(
-                ",".join(repr(r[c]) if isinstance(r[c], float) else str(r[c]) for c in cols) + "\n"
-                for r in rows
-            )
-        )
-    else:
-        pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
-
-
-def _cfg(tmp_path, toml: str = ""):
-    p = tmp_path / "c.toml"
-    p.write_text(toml)
-    return config.with_db(config.load(p, env={}), str(tmp_path / "s.duckdb"))
-
-
-def _stored(cfg) -> tuple:
-    """What the store holds: imports and the weighted requests."""
-    with store.reader(cfg.store.path) as con:
-        return (
-            con.execute("SELECT count(*) FROM imports").fetchone()[0],
-            con.execute("SELECT sum(requests) FROM rollup_minute").fetchone()[0],
-        )
-
-
-def _seeded(tmp_path, toml: str = ""):
-    """A store holding one good file (4 requests), so 'nothing changed' is visible."""
-    cfg = _cfg(tmp_path, toml)
-    pipeline.import_files(cfg, [_write(tmp_path / "seed.ndjson", [_row(i) for i in range(4)])], NOW)
-    assert _stored(cfg) == (1, 4.0)
-    return cfg
-
-
-def _refused(cfg, bad, *expected: str) -> str:
-    """Import a good file and `bad` in one command: refused naming `bad` and
-    every `expected` part, and the store unchanged (all or nothing)."""
-    good = _write(bad.parent / "good.ndjson", [_row(i) for i in range(10, 13)])
-    before = _stored(cfg)
-    with pytest.raises(InputError) as err:
-        pipeline.import_files(cfg, [good, bad], NOW)
-    msg = str(err.value)
-    assert msg.startswith(f"{bad}: ") and "\n" not in msg, msg
-    for part in expected:
-        assert part in msg, (part, msg)
-    assert _stored(cfg) == before
-    return msg
-
+from tests.helpers import ROOT, T0, config_error, load, simulate
+from tests.helpers.eventfiles import NOW, START
+from tests.helpers.eventfiles import refused as _refused
+from tests.helpers.eventfiles import row as _row
+from tests.helpers.eventfiles import seeded as _seeded
+from tests.helpers.eventfiles import stored as _stored
+from tests.helpers.eventfiles import write as _write
+from tests.helpers.servers import free_port
 
 ABSURD = [
     ("latency_ms", 1e308, "beyond the limit"),

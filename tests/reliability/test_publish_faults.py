@@ -14,12 +14,12 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from conftest import ROOT
-from pingsink import PingSink
-from test_disk import _fill, tmpfs
-
 from cachemon.store import db as store
 from cachemon.store import snapshots
+from tests.helpers import ROOT
+from tests.helpers.disk import fill as _fill
+from tests.helpers.disk import tmpfs
+from tests.helpers.pingsink import PingSink
 
 
 def _cli(db, *args):

@@ -15,12 +15,12 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from conftest import ROOT, SMALL, simulate
-from servers import chromium, free_port, streamlit_server
 
 from cachemon import config, settings
 from cachemon.clock import MINUTE, floor_to, iso, utcnow
 from cachemon.usecases import demo
+from tests.helpers import ROOT, SMALL, simulate
+from tests.helpers.servers import chromium, free_port, streamlit_server
 
 
 @pytest.fixture

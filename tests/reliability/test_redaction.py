@@ -20,10 +20,8 @@ from datetime import timedelta
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, T0
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from servers import EchoServer
 
 from cachemon.alerts import lifecycle as lc
 from cachemon.alerts import notices
@@ -34,6 +32,8 @@ from cachemon.settings import NotifyConfig
 from cachemon.store import db as store
 from cachemon.store import export, snapshots
 from cachemon.tuning import promote
+from tests.helpers import ROOT, T0
+from tests.helpers.servers import EchoServer
 
 SLACK_SECRET = "B07CANARY/xoxbCanarySlackToken9f3e"
 DISCORD_TOKEN = "canary-discord-token-77a1"

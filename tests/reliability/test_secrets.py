@@ -18,12 +18,12 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 import trustme
-from conftest import ALWAYS_RULE, ROOT, T0, small_sim
-from servers import SmtpSink, WebhookSink, chromium, free_port, streamlit_server
 
 from cachemon.clock import HOUR, Window, iso
 from cachemon.store import db as store
 from cachemon.testing.ae_emulator import Emulator, Fault
+from tests.helpers import ALWAYS_RULE, ROOT, T0, small_sim
+from tests.helpers.servers import SmtpSink, WebhookSink, chromium, free_port, streamlit_server
 
 CANARIES = {
     "CF_API_TOKEN": "canary-cf-7f3a9e21",

@@ -17,12 +17,12 @@ from collections import Counter
 
 import duckdb
 import httpx
-from conftest import ROOT
-from reliability.suite import LONG
-from servers import chromium, free_port, streamlit_server
 
 from cachemon.store import db as store
 from cachemon.store import queries, snapshots
+from tests.helpers import ROOT
+from tests.helpers.servers import chromium, free_port, streamlit_server
+from tests.helpers.suite import LONG
 
 SECONDS = 600 if LONG else 90
 CONFIG = "[simulator]\nseed = 3\nrequests_per_hour = 20000\ncatalog_keys = 8000\n"

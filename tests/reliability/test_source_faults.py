@@ -12,7 +12,6 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pandas as pd
-from conftest import T0, load, small_sim
 
 from cachemon import config, settings
 from cachemon.clock import HOUR, MINUTE, Window
@@ -22,6 +21,7 @@ from cachemon.metrics import window as metrics
 from cachemon.sources.analytics_engine import Client, Credentials
 from cachemon.store import db as store
 from cachemon.testing.ae_emulator import Emulator, Fault
+from tests.helpers import T0, load, small_sim
 
 TOKEN = "reliability-ae-token"
 TIMEOUT = timedelta(seconds=0.4)

@@ -13,7 +13,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import ROOT
 
 from cachemon.api.app import health_body
 from cachemon.cli import main as cli
@@ -23,6 +22,7 @@ from cachemon.runner import selfcheck
 from cachemon.store import db as store
 from cachemon.store import lock as store_lock
 from cachemon.store import snapshots
+from tests.helpers import ROOT
 
 SILENCE = ["alerts", "silence", "miss_rate", "--for", "1h", "--reason", "x"]
 

@@ -15,12 +15,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from conftest import ROOT, simulate, small_sim
-from pingsink import PingSink
-
 from cachemon.cli import main as cli
 from cachemon.store import db as store
 from cachemon.store import snapshots
+from tests.helpers import ROOT, simulate, small_sim
+from tests.helpers.pingsink import PingSink
 
 SECRET = "/ping/0d9e1f-runner-check-key"
 CONFIG = '[simulator]\nseed = 5\nrequests_per_hour = 6000\ncatalog_keys = 3000\n[jobs]\ncompact_at = "23:50"\n'
