@@ -16,7 +16,7 @@ from datetime import datetime
 import duckdb
 import streamlit as st
 
-from cachemon import config as config_mod
+from cachemon import config
 from cachemon.clock import Period, ahead, format_duration, iso
 from cachemon.errors import CachemonError
 from cachemon.runner import selfcheck
@@ -125,7 +125,7 @@ def _dashboard() -> None:
     # Read on every run (a small TOML file and the environment), so a changed
     # CACHEMON_DB or config shows without a restart.
     try:
-        cfg = config_mod.load()
+        cfg = config.load()
     except CachemonError as exc:
         st.session_state.pop("config", None)  # no page may run on an older config
         st.error(str(exc))

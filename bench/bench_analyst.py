@@ -23,7 +23,7 @@ import duckdb
 
 from cachemon import settings
 from cachemon.ingest import retention
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import export, snapshots
 from cachemon.store.queries import data_span
 
@@ -57,7 +57,7 @@ def main() -> int:
         copy = Path(tmp) / "s.duckdb"
         shutil.copyfile(args.store, copy)
         # Brings an older store up to the current schema (views included).
-        with store.writer(copy, datetime.now(UTC)):
+        with store_db.writer(copy, datetime.now(UTC)):
             pass
         print("| query / step | median | rows |\n| --- | --- | --- |")
         con = duckdb.connect(str(snapshots.snapshot_path(copy)), read_only=True)
@@ -68,7 +68,7 @@ def main() -> int:
                 f"| {title} | {statistics.median(t for t, _ in runs) * 1000:.0f} ms | {len(runs[0][1]):,} |"
             )
         con.close()
-        with store.reader(copy) as con:
+        with store_db.reader(copy) as con:
             seconds, written = _timed(lambda: export.parquet(con, Path(tmp) / "export"))
             end = data_span(con)[1]
         size = sum(p.stat().st_size for p in (Path(tmp) / "export").rglob("*.parquet"))
@@ -78,7 +78,7 @@ def main() -> int:
             f"store {copy.stat().st_size / 2**20:.0f} MiB) |"
         )
         keep = settings.RetentionConfig(minute_days=7, hour_days=14)
-        with store.writer(copy, end) as con:
+        with store_db.writer(copy, end) as con:
             seconds, result = _timed(lambda: retention.apply(con, end + timedelta(days=1), keep))
         print(
             f"| retention to 7 days of minutes, 14 of hours | {seconds:.1f} s | "

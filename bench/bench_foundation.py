@@ -23,10 +23,10 @@ import pyarrow.parquet as pq
 
 from cachemon import config, settings
 from cachemon.clock import Window
-from cachemon.ingest import load as pipeline
-from cachemon.metrics import window as metrics
+from cachemon.ingest import load as ingest_load
+from cachemon.metrics import window as metrics_window
 from cachemon.sources.simulator import Simulator
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import snapshots
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,9 +102,9 @@ def median_time(fn, repeat: int) -> float:
 def bench_metrics(db: Path, raw: Path, repeat: int):
     window = Window.ending(UNTIL - timedelta(minutes=23), timedelta(days=7))
     p = {"lo": window.start, "hi": window.end}
-    with store.reader(db) as con:
-        ours = median_time(lambda: metrics.compute(con, window, "7d"), repeat)
-        m = metrics.compute(con, window, "7d")
+    with store_db.reader(db) as con:
+        ours = median_time(lambda: metrics_window.compute(con, window, "7d"), repeat)
+        m = metrics_window.compute(con, window, "7d")
     rcon = duckdb.connect(str(raw), read_only=True)
     rcon.execute("SET TimeZone = 'UTC'")
 
@@ -141,7 +141,7 @@ def bench_import(raw: Path, rows: int) -> dict:
             p.unlink(missing_ok=True)
         cfg = config.with_db(settings.Config(), str(db))
         t = time.perf_counter()
-        pipeline.import_files(cfg, [path], UNTIL)
+        ingest_load.import_files(cfg, [path], UNTIL)
         out[name] = table.num_rows / (time.perf_counter() - t)
     return out
 

@@ -15,12 +15,12 @@ import pyarrow as pa
 
 from cachemon import config, events, settings
 from cachemon.clock import Window
-from cachemon.ingest import load as pipeline
-from cachemon.ingest import write as ingest
+from cachemon.ingest import load as ingest_load
+from cachemon.ingest import write as ingest_write
 from cachemon.sources import ae_sql
 from cachemon.sources.analytics_engine import Client, Credentials
 from cachemon.sources.simulator import Simulator
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import snapshots
 from cachemon.testing.ae_emulator import Emulator
 
@@ -59,11 +59,11 @@ def raw_pull(client: Client, emu: Emulator, span: Window, db: Path) -> tuple[flo
     for p in (db, snapshots.snapshot_path(db)):
         p.unlink(missing_ok=True)
     t = time.perf_counter()
-    with store.writer(db, UNTIL) as con:
+    with store_db.writer(db, UNTIL) as con:
         for w in span.split(timedelta(hours=1)):
             result = client.query(ae_sql.raw_events(emu.dataset, settings.ColumnMapping(), w))
             frame = events.validate(pa.Table.from_pylist(list(result.data)), "raw pull")
-            ingest.replace_window(con, frame, "raw", w, UNTIL)
+            ingest_write.replace_window(con, frame, "raw", w, UNTIL)
     return time.perf_counter() - t, emu.rows_sent - rows0, emu.bytes_sent - bytes0
 
 
@@ -88,7 +88,7 @@ def main():
         client = Client(Credentials(emu.account, TOKEN, emu.base))
         cfg = config.with_db(settings.Config(), str(db))
         t = time.perf_counter()
-        pipeline.pull(cfg, client, UNTIL, since=span.start, until=span.end)
+        ingest_load.pull(cfg, client, UNTIL, since=span.start, until=span.end)
         wall = time.perf_counter() - t
         sent, sent_bytes = emu.rows_sent, emu.bytes_sent
         per_family: dict[str, list[int]] = {}

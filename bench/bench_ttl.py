@@ -17,13 +17,13 @@ from pathlib import Path
 
 from cachemon import config, settings
 from cachemon.clock import Window
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store.queries import data_span
-from cachemon.tuning import whatif as ttl
+from cachemon.tuning import whatif as tuning_whatif
 
 ROOT = Path(__file__).resolve().parent.parent
 
-TTLS = ttl.parse_ttls("6h,12h,24h,48h,7d")
+TTLS = tuning_whatif.parse_ttls("6h,12h,24h,48h,7d")
 
 
 def main() -> int:
@@ -33,12 +33,12 @@ def main() -> int:
     args = ap.parse_args()
     cfg = config.with_db(settings.Config(), args.store)
     times, keys = [], 0
-    with store.reader(args.store) as con:
+    with store_db.reader(args.store) as con:
         end = data_span(con)[1]
         window = Window(end - timedelta(days=30), end)
         for _ in range(args.runs):
             t = time.perf_counter()
-            found = ttl.whatif(con, cfg, ["title", "isbn", "author"], TTLS, window, end)
+            found = tuning_whatif.whatif(con, cfg, ["title", "isbn", "author"], TTLS, window, end)
             times.append(time.perf_counter() - t)
         keys = con.execute("SELECT count(*) FROM ttl_keys").fetchall()[0][0]
     print("| benchmark | result |\n| --- | --- |")
@@ -48,7 +48,7 @@ def main() -> int:
     )
     print(f"| slowest run | {max(times) * 1000:.0f} ms |")
     for w in found:
-        best = ttl.recommend(w, cfg.costs.max_kv_ttl)
+        best = tuning_whatif.recommend(w, cfg.costs.max_kv_ttl)
         print(
             f"| {w.endpoint}: KV hit % at "
             + ", ".join(

@@ -36,16 +36,16 @@ from pathlib import Path
 
 import schedule
 
-from cachemon import config as config_mod
+from cachemon import config
 from cachemon.argcheck import finite
 from cachemon.clock import as_utc, check_not_future, iso, parse_instant, utcnow
 from cachemon.errors import CachemonError
 from cachemon.runner import heartbeat
-from cachemon.runner import runs as runner
+from cachemon.runner import runs as runner_runs
 from cachemon.runner.publishing import Publisher
 from cachemon.runner.runlog import RunLog, last_runs_at_start, one_line
 from cachemon.settings import Config
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import snapshots
 from cachemon.usecases.scheduled import Jobs
 
@@ -63,7 +63,7 @@ class Shell:
 
     def __init__(
         self,
-        r: runner.Runner,
+        r: runner_runs.Runner,
         runlog: RunLog,
         publisher: Publisher,
         clock: Callable[[], datetime],
@@ -138,12 +138,12 @@ def main(argv=None) -> int:
     if args.verbose:  # cachemon's own loggers only: others may log URLs that hold secrets
         logging.getLogger("cachemon").setLevel(logging.DEBUG)
     try:
-        cfg = config_mod.load(args.config)
+        cfg = config.load(args.config)
         if args.db is not None:
-            cfg = config_mod.with_db(cfg, args.db)
+            cfg = config.with_db(cfg, args.db)
         clock = _clock(args.clock_start, args.clock_speed, cfg.ingest.clock_skew)
         # The experiments job re-reads the config: experiments may have been edited since.
-        jobs = Jobs(cfg, lambda: config_mod.with_db(config_mod.load(args.config), cfg.store.path))
+        jobs = Jobs(cfg, lambda: config.with_db(config.load(args.config), cfg.store.path))
         registry = jobs.registry()
         target = heartbeat.Target.from_env(os.environ)
         pinger = heartbeat.Pinger(target) if target else None
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
             return _once(cfg, registry, args.once, clock, pinger)
         if args.list:
             return _list(cfg, registry, clock)
-        lock = runner.InstanceLock(cfg.store.path).acquire(clock())
+        lock = runner_runs.InstanceLock(cfg.store.path).acquire(clock())
     except CachemonError as exc:
         log.error("%s", exc)
         return 2
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
 def _once(cfg: Config, registry, name: str, clock, pinger=None) -> int:
     """Run one job now; it is recorded in job_runs, and a failure exits 1."""
     runlog = RunLog(cfg, (spec for spec, _ in registry), clock, pinger)
-    rec = runner.Runner(registry, runlog, clock=clock).run_now(name, clock())
+    rec = runner_runs.Runner(registry, runlog, clock=clock).run_now(name, clock())
     ok = rec.outcome == "ok" and runlog.flush()
     try:
         if Path(cfg.store.path).exists():
@@ -183,9 +183,9 @@ def _once(cfg: Config, registry, name: str, clock, pinger=None) -> int:
 
 def _list(cfg: Config, registry, clock) -> int:
     now = clock()
-    with store.writer(cfg.store.path, now) as con:
-        last = runner.last_runs(con)
-    for spec, at in runner.Runner(registry, lambda rec: None, last, clock).plan(now):
+    with store_db.writer(cfg.store.path, now) as con:
+        last = runner_runs.last_runs(con)
+    for spec, at in runner_runs.Runner(registry, lambda rec: None, last, clock).plan(now):
         print(f"{spec.name:10} {spec.describe():28} next {iso(at)}")
     return 0
 
@@ -212,7 +212,9 @@ def _serve(cfg: Config, registry, clock, pinger=None) -> int:
         return 0
     runlog = RunLog(cfg, (spec for spec, _ in registry), clock, pinger)
     publisher = Publisher(cfg.store.path, runlog.published)
-    shell = Shell(runner.Runner(registry, runlog, last, clock), runlog, publisher, clock, stopping)
+    shell = Shell(
+        runner_runs.Runner(registry, runlog, last, clock), runlog, publisher, clock, stopping
+    )
     scheduler = schedule.Scheduler()
     scheduler.every(1).seconds.do(shell.tick)
     log.info(

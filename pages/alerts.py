@@ -8,12 +8,12 @@ import plotly.express as px
 import streamlit as st
 
 from cachemon.alerts import health
-from cachemon.alerts import silences as silencing
+from cachemon.alerts import silences as alerts_silences
 from cachemon.alerts.lifecycle import InstanceState, Silence, State
 from cachemon.clock import iso, parse_duration
 from cachemon.errors import CachemonError
 from cachemon.settings import Config
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from pages.shared import common
 
 
@@ -129,8 +129,8 @@ def _silences(cfg: Config, active: tuple[Silence, ...], names: list[str], now: d
         reason = st.text_input("Reason", key="silence_reason")
         if st.form_submit_button("Silence"):
             try:
-                with store.writer(cfg.store.path, now, create=False) as con:
-                    s = silencing.add_silence(
+                with store_db.writer(cfg.store.path, now, create=False) as con:
+                    s = alerts_silences.add_silence(
                         con,
                         matcher,
                         parse_duration(duration, "For"),

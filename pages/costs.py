@@ -7,7 +7,7 @@ import streamlit as st
 
 from cachemon.clock import Period, Window, iso
 from cachemon.costs import report
-from cachemon.costs import usage as costs
+from cachemon.costs import usage as costs_usage
 from cachemon.errors import CachemonError
 from cachemon.pricing import DEFAULT
 from cachemon.store.queries import KeyClass, data_end
@@ -17,8 +17,8 @@ from pages.shared import common
 def _load(con, cfg, period: str, at):
     end = data_end(con, at)
     window = Window.ending(end, Period.parse(period).length)
-    daily = costs.daily_rate(con, window, cfg)
-    return window, daily, costs.forecast(con, end, cfg, cfg.pricing), report.recent(con, 30)
+    daily = costs_usage.daily_rate(con, window, cfg)
+    return window, daily, costs_usage.forecast(con, end, cfg, cfg.pricing), report.recent(con, 30)
 
 
 def page():

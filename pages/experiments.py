@@ -12,7 +12,7 @@ from plotly.subplots import make_subplots
 from cachemon.clock import format_duration, iso
 from cachemon.errors import CachemonError
 from cachemon.settings import Config
-from cachemon.tuning import analysis as tuning
+from cachemon.tuning import analysis as tuning_analysis
 from cachemon.tuning import promote, results
 from cachemon.tuning.analysis import MetricResult
 from cachemon.tuning.experiments import METRIC_UNITS, example_toml
@@ -23,8 +23,12 @@ from pages.shared import common
 def _load(con: duckdb.DuckDBPyConnection, cfg: Config, at: datetime):
     out = []
     for e in cfg.experiments:
-        state = tuning.status(e, at)
-        plan = tuning.plan(con, e, min(at, e.start)) if state == tuning.Status.SCHEDULED else None
+        state = tuning_analysis.status(e, at)
+        plan = (
+            tuning_analysis.plan(con, e, min(at, e.start))
+            if state == tuning_analysis.Status.SCHEDULED
+            else None
+        )
         out.append((e, state, results.stored(con, e.name), plan))
     return out, promote.history(con)
 

@@ -9,8 +9,8 @@ import streamlit as st
 
 from cachemon.clock import format_duration, iso
 from cachemon.errors import CachemonError
-from cachemon.ingest import write as ingest
-from cachemon.runner import runs as runner
+from cachemon.ingest import write as ingest_write
+from cachemon.runner import runs as runner_runs
 from cachemon.runner.runs import Outcome
 from cachemon.settings import Config
 from cachemon.store.queries import data_span
@@ -27,10 +27,10 @@ OUTCOME_COLOURS = {
 
 def _load(con: duckdb.DuckDBPyConnection, cfg: Config, at: datetime):
     return (
-        runner.status(con, runner.schedule(cfg), at),
-        runner.recent_runs(con, at - timedelta(days=1), 500),
+        runner_runs.status(con, runner_runs.schedule(cfg), at),
+        runner_runs.recent_runs(con, at - timedelta(days=1), 500),
         data_span(con),
-        ingest.watermarks(con),
+        ingest_write.watermarks(con),
     )
 
 

@@ -7,13 +7,13 @@ import streamlit as st
 from cachemon.clock import Period, iso
 from cachemon.errors import CachemonError
 from cachemon.events import TIERS
-from cachemon.metrics import window as metrics
+from cachemon.metrics import window as metrics_window
 from cachemon.usecases import metrics_report
 from pages.shared import common
 
 COST = metrics_report.COST_KPI
 ROWS = (("combined", "edge", "kv", "r2", COST), ("p50", "p95", "p99", "requests", "error_rate"))
-LABELS = metrics.KPI_LABELS | {COST: "Estimated cost USD/day"}
+LABELS = metrics_window.KPI_LABELS | {COST: "Estimated cost USD/day"}
 
 
 def _load(con, cfg, period: str, endpoint, at):
@@ -59,7 +59,9 @@ def overview():
                 LABELS[key],
                 common.fmt(values[key], kind),
                 common.fmt(deltas[key], kind, signed=True),
-                delta_color="inverse" if key in metrics.KPI_LOWER_IS_BETTER | {COST} else "normal",
+                delta_color="inverse"
+                if key in metrics_window.KPI_LOWER_IS_BETTER | {COST}
+                else "normal",
             )
     left, right = st.columns([1, 2])
     shares = pd.DataFrame({"tier": TIERS, "share %": [current.volume.share(t) for t in TIERS]})

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cachemon.alerts import health
-from cachemon.costs import usage as costs
+from cachemon.costs import usage as costs_usage
 from cachemon.errors import CachemonError
 from cachemon.metrics import trends
 from cachemon.settings import Config
@@ -30,7 +30,7 @@ def _load(
     return (
         window,
         trends.trend(con, window, r.step, endpoint),
-        costs.daily_costs(con, window, cfg),
+        costs_usage.daily_costs(con, window, cfg),
         health.active_periods(con, window.start, window.end),
     )
 

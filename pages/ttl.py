@@ -14,7 +14,7 @@ from cachemon.errors import CachemonError
 from cachemon.pricing import days_in_month
 from cachemon.settings import Config
 from cachemon.store.queries import data_end
-from cachemon.tuning import whatif as ttl
+from cachemon.tuning import whatif as tuning_whatif
 from pages.shared import common
 
 
@@ -30,7 +30,7 @@ def _load(
 ):
     end = data_end(con, at)
     limit = timedelta(seconds=limit_s)
-    w = ttl.whatif(
+    w = tuning_whatif.whatif(
         con,
         cfg,
         [endpoint],
@@ -39,8 +39,10 @@ def _load(
         end,
         list(edge_ttls),
     )[0]
-    keys = ttl.per_key(con, w, cfg.pricing, cfg.costs.value_bytes, days_in_month(end), limit)
-    return w, ttl.recommend(w, limit), keys
+    keys = tuning_whatif.per_key(
+        con, w, cfg.pricing, cfg.costs.value_bytes, days_in_month(end), limit
+    )
+    return w, tuning_whatif.recommend(w, limit), keys
 
 
 def page():
@@ -61,8 +63,8 @@ def page():
     )
     edge_text = c2.text_input("Candidate edge TTLs", "1h,6h,24h,48h", key="ttl_edge")
     try:
-        ttls, limit = ttl.parse_ttls(text), parse_duration(limit_text, "Max staleness")
-        edge_ttls = ttl.parse_ttls(edge_text)
+        ttls, limit = tuning_whatif.parse_ttls(text), parse_duration(limit_text, "Max staleness")
+        edge_ttls = tuning_whatif.parse_ttls(edge_text)
         w, best, keys = common.cached(
             _load,
             endpoint,
@@ -161,10 +163,13 @@ def _recommendation(w, best, limit, endpoint) -> None:
             f"{best.kv_hit_rate - cur.kv_hit_rate:+.2f} points). Prove it with an experiment:"
         )
         start = (common.now() + DAY).replace(hour=0, minute=0, second=0, microsecond=0)
-        st.code(ttl.draft_experiment(endpoint, w.current_ttl, best.ttl, start), language="toml")
+        st.code(
+            tuning_whatif.draft_experiment(endpoint, w.current_ttl, best.ttl, start),
+            language="toml",
+        )
 
 
-def _curves(w: ttl.WhatIf) -> go.Figure:
+def _curves(w: tuning_whatif.WhatIf) -> go.Figure:
     """Predicted KV hit rate and cost against the TTL, with the observed
     point at the current TTL."""
     hours = [p.ttl.total_seconds() / 3600 for p in w.candidates]

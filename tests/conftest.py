@@ -14,7 +14,7 @@ import pytest
 from cachemon import config
 from cachemon.clock import DAY, floor_to, utcnow
 from cachemon.costs import report
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.usecases import demo
 from tests.helpers import EXPERIMENT_TOML, ROOT, load, simulate
 from tests.helpers.suite import write_table
@@ -106,7 +106,7 @@ def docs_store(tmp_path_factory) -> str:
     )
     cfg = config.with_db(config.load(cfg_file, env={}), str(tmp / "demo.duckdb"))
     demo.demo(cfg, 3, now)
-    with store.writer(cfg.store.path, now) as con:  # the daily cost reports of the whole days
+    with store_db.writer(cfg.store.path, now) as con:  # the daily cost reports of the whole days
         for back in (2, 3):
             report.save(con, report.build(con, cfg, (now - back * DAY).date(), now))
     env = {

@@ -30,7 +30,7 @@ from cachemon import config, settings
 from cachemon.alerts.rules import Rule
 from cachemon.cli.main import build_parser
 from cachemon.pricing import COMPONENTS
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import export, snapshots
 from cachemon.tuning.experiments import Experiment, example_toml
 from cachemon.tuning.experiments import parse as parse_experiments
@@ -272,7 +272,7 @@ def analyst_home(docs_store, tmp_path_factory):
     home = tmp_path_factory.mktemp("analyst")
     (home / "data").mkdir()
     (home / "data" / "cachemon.snapshot.duckdb").symlink_to(snapshots.snapshot_path(docs_store))
-    with store.reader(docs_store) as con:
+    with store_db.reader(docs_store) as con:
         export.parquet(con, home / "exports")
     return home
 

@@ -14,9 +14,9 @@ import pytest
 
 from cachemon import config, settings
 from cachemon.errors import StoreBusyError
-from cachemon.ingest import load as pipeline
+from cachemon.ingest import load as ingest_load
 from cachemon.sources.analytics_engine import Client, Credentials
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import lock as store_lock
 from cachemon.testing.ae_emulator import Emulator
 
@@ -41,7 +41,7 @@ class FakeTime:
 
 def test_the_write_lock_waits_on_the_clock_and_sleep_it_is_given(tmp_path):
     db = tmp_path / "l.duckdb"
-    with store.writer(db, T0):
+    with store_db.writer(db, T0):
         pass
     outsider = os.open(store_lock.lock_path(db), os.O_RDWR)
     fcntl.flock(outsider, fcntl.LOCK_EX)  # another open file: another writer
@@ -59,15 +59,17 @@ def test_the_write_lock_waits_on_the_clock_and_sleep_it_is_given(tmp_path):
 def test_a_long_pull_publishes_on_the_monotonic_clock_it_is_given(tmp_path, monkeypatch):
     published = []
     monkeypatch.setattr(
-        pipeline.snapshots, "publish_open", lambda con, path: published.append(path)
+        ingest_load.snapshots, "publish_open", lambda con, path: published.append(path)
     )
     cfg = config.with_db(settings.Config(), str(tmp_path / "p.duckdb"))
     with Emulator(TOKEN) as emu:
         ae = replace(settings.AnalyticsEngineConfig(), timeout=timedelta(seconds=5))
         client = Client(Credentials(emu.account, TOKEN, emu.base), ae, sleep=lambda s: None)
         until = T0 + timedelta(hours=3)
-        slow = FakeTime(step=pipeline.PUBLISH_EVERY_S + 1)  # every window takes longer
-        summary = pipeline.pull(cfg, client, until, since=T0, until=until, monotonic=slow.monotonic)
+        slow = FakeTime(step=ingest_load.PUBLISH_EVERY_S + 1)  # every window takes longer
+        summary = ingest_load.pull(
+            cfg, client, until, since=T0, until=until, monotonic=slow.monotonic
+        )
         fast = FakeTime()  # no time passes: nothing published along the way
-        pipeline.pull(cfg, client, until, since=T0, until=until, monotonic=fast.monotonic)
+        ingest_load.pull(cfg, client, until, since=T0, until=until, monotonic=fast.monotonic)
     assert summary.windows > 1 and len(published) == summary.windows

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 import cachemon
-from cachemon.api import app as api_app
-from cachemon.api import server
+from cachemon.api import app, server
 from cachemon.cli import main as cli_main
 from cachemon.settings import API_HOST, API_PORT, MetricsConfig
 
@@ -59,5 +58,5 @@ def test_serve_defaults_are_the_apis_own():
     assert (args.host, args.port) == (listen.host, listen.port) == (API_HOST, API_PORT)
     assert args.max_connections == listen.max_connections == server.MAX_CONNECTIONS
     assert args.header_timeout == listen.head_timeout == server.HEAD_TIMEOUT
-    assert timedelta(seconds=args.cache_seconds) == api_app.ApiSettings().cache_for
+    assert timedelta(seconds=args.cache_seconds) == app.ApiSettings().cache_for
     assert MetricsConfig().api_url == f"http://{API_HOST}:{API_PORT}"

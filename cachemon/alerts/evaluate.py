@@ -18,16 +18,15 @@ from datetime import datetime, timedelta
 import duckdb
 import pyarrow as pa
 
-from cachemon.alerts import lifecycle as lc
-from cachemon.alerts import notices
+from cachemon.alerts import lifecycle, notices
 from cachemon.alerts.anomaly import history_ends, robust_z
 from cachemon.alerts.rules import METRICS, Kind, Rule, effective_rules, format_value
 from cachemon.alerts.silences import active_silences
 from cachemon.clock import MINUTE, Window, floor_to, iso
 from cachemon.errors import CachemonError, InputError
-from cachemon.metrics import window as metrics
+from cachemon.metrics import window as metrics_window
 from cachemon.metrics.series import Observation, observe
-from cachemon.notify import outbox as notify
+from cachemon.notify import outbox as notify_outbox
 from cachemon.notify.transports import Transports
 from cachemon.settings import Config
 from cachemon.store.connection import transaction
@@ -61,10 +60,12 @@ UPSERT_GROUP = "INSERT OR REPLACE INTO notify_groups VALUES (?, ?, ?)"
 class Evaluation:
     at: datetime
     data_until: datetime | None
-    states: tuple[lc.InstanceState, ...]
-    changed: tuple[tuple[str, lc.InstanceState], ...]  # (previous state, new) for transitions
-    notices: tuple[lc.Notice, ...]
-    groups: tuple[lc.Group, ...]
+    states: tuple[lifecycle.InstanceState, ...]
+    changed: tuple[
+        tuple[str, lifecycle.InstanceState], ...
+    ]  # (previous state, new) for transitions
+    notices: tuple[lifecycle.Notice, ...]
+    groups: tuple[lifecycle.Group, ...]
 
 
 class Observer:
@@ -91,17 +92,19 @@ def evaluate(
     observer: Observer,
     rules: tuple[Rule, ...],
     at: datetime,
-    prev: dict[tuple[str, str], lc.InstanceState],
+    prev: dict[tuple[str, str], lifecycle.InstanceState],
     stale_after: timedelta,
     data_until: datetime | None,
-) -> tuple[list[lc.InstanceState], list[tuple[str, lc.InstanceState]]]:
+) -> tuple[list[lifecycle.InstanceState], list[tuple[str, lifecycle.InstanceState]]]:
     """Every rule instance's new state at `at`, and the transitions."""
     states, changed = [], []
     for rule in rules:
         for endpoint in rule.endpoints or ("",):
             outcome = _outcome(observer, rule, endpoint, at, stale_after, data_until)
             old = prev.get((rule.name, endpoint))
-            new = lc.step(old, rule, endpoint, outcome, at, _message(rule, endpoint, outcome))
+            new = lifecycle.step(
+                old, rule, endpoint, outcome, at, _message(rule, endpoint, outcome)
+            )
             states.append(new)
             before = old.state if old else "new"
             if before != new.state:
@@ -109,36 +112,44 @@ def evaluate(
     return states, changed
 
 
-def _outcome(observer, rule: Rule, endpoint: str, at, stale_after, data_until) -> lc.Outcome:
+def _outcome(observer, rule: Rule, endpoint: str, at, stale_after, data_until) -> lifecycle.Outcome:
     if data_until is None:
-        return lc.Outcome(lc.Verdict.NO_DATA, reason="the store has no data")
+        return lifecycle.Outcome(lifecycle.Verdict.NO_DATA, reason="the store has no data")
     if rule.metric == "data_age":
         age = max(0.0, (at - data_until).total_seconds())
-        return lc.Outcome(lc.Verdict.BREACH if rule.breached(age) else lc.Verdict.CLEAR, age)
+        return lifecycle.Outcome(
+            lifecycle.Verdict.BREACH if rule.breached(age) else lifecycle.Verdict.CLEAR, age
+        )
     if at - data_until > stale_after:
-        return lc.Outcome(
-            lc.Verdict.NO_DATA, reason=f"data is stale: newest data at {iso(data_until)}"
+        return lifecycle.Outcome(
+            lifecycle.Verdict.NO_DATA, reason=f"data is stale: newest data at {iso(data_until)}"
         )
     end = floor_to(min(at, data_until), MINUTE)
     try:
         current = observer.get([end], rule.window, endpoint or None)[0]
         value = METRICS[rule.metric].read(current)
         if METRICS[rule.metric].per_request and current.requests < rule.min_requests:
-            return lc.Outcome(
-                lc.Verdict.NO_DATA,
+            return lifecycle.Outcome(
+                lifecycle.Verdict.NO_DATA,
                 value,
                 f"{current.requests:,.0f} requests in the window, below min_requests {rule.min_requests:,.0f}",
             )
         if value is None:
-            return lc.Outcome(lc.Verdict.NO_DATA, reason=f"no {rule.metric} reading in the window")
+            return lifecycle.Outcome(
+                lifecycle.Verdict.NO_DATA, reason=f"no {rule.metric} reading in the window"
+            )
         if rule.kind == Kind.ANOMALY:
             return _anomaly(observer, rule, endpoint, end, value)
     except (duckdb.Error, CachemonError) as exc:
-        return lc.Outcome(lc.Verdict.ERROR, reason=f"query failed: {str(exc).splitlines()[0]}")
-    return lc.Outcome(lc.Verdict.BREACH if rule.breached(value) else lc.Verdict.CLEAR, value)
+        return lifecycle.Outcome(
+            lifecycle.Verdict.ERROR, reason=f"query failed: {str(exc).splitlines()[0]}"
+        )
+    return lifecycle.Outcome(
+        lifecycle.Verdict.BREACH if rule.breached(value) else lifecycle.Verdict.CLEAR, value
+    )
 
 
-def _anomaly(observer, rule: Rule, endpoint: str, end: datetime, value: float) -> lc.Outcome:
+def _anomaly(observer, rule: Rule, endpoint: str, end: datetime, value: float) -> lifecycle.Outcome:
     ends = history_ends(end, rule.weeks)
     past = observer.get([e for _, e in ends], rule.window, endpoint or None)
     usable = [
@@ -148,30 +159,34 @@ def _anomaly(observer, rule: Rule, endpoint: str, end: datetime, value: float) -
     ]
     weeks = len({w for w, v in usable if v is not None})
     if weeks < rule.min_weeks:
-        return lc.Outcome(
-            lc.Verdict.NO_DATA,
+        return lifecycle.Outcome(
+            lifecycle.Verdict.NO_DATA,
             value,
             f"needs {rule.min_weeks} weeks of history at this time of week, has {weeks}",
         )
     z = robust_z(value, [v for _, v in usable])
     if z is None:
-        return lc.Outcome(lc.Verdict.NO_DATA, value, "history has no spread to compare with")
-    return lc.Outcome(
-        lc.Verdict.BREACH if rule.breached(z) else lc.Verdict.CLEAR, value, f"robust z = {z:+.1f}"
+        return lifecycle.Outcome(
+            lifecycle.Verdict.NO_DATA, value, "history has no spread to compare with"
+        )
+    return lifecycle.Outcome(
+        lifecycle.Verdict.BREACH if rule.breached(z) else lifecycle.Verdict.CLEAR,
+        value,
+        f"robust z = {z:+.1f}",
     )
 
 
-def _message(rule: Rule, endpoint: str, o: lc.Outcome) -> str:
+def _message(rule: Rule, endpoint: str, o: lifecycle.Outcome) -> str:
     where = f" ({endpoint})" if endpoint else ""
     label = METRICS[rule.metric].label + where
-    if o.kind in (lc.Verdict.NO_DATA, lc.Verdict.ERROR):
-        failed = "no data" if o.kind == lc.Verdict.NO_DATA else "evaluation failed"
+    if o.kind in (lifecycle.Verdict.NO_DATA, lifecycle.Verdict.ERROR):
+        failed = "no data" if o.kind == lifecycle.Verdict.NO_DATA else "evaluation failed"
         return f"{label}: {failed}: {o.reason}"
     shown = format_value(o.value, rule.unit)
     if rule.kind == Kind.ANOMALY:
         return f"{label} is unusual for this time of week: {shown} ({o.reason})"
     limit = format_value(rule.threshold, rule.unit)
-    if o.kind == lc.Verdict.CLEAR:
+    if o.kind == lifecycle.Verdict.CLEAR:
         return f"{label} {shown} (threshold {rule.op} {limit})"
     verb = "above" if rule.op.startswith(">") else "below"
     return f"{label} {verb} threshold: {shown} (threshold {limit})"
@@ -219,14 +234,14 @@ def check(
 
 def _decide(con, cfg: Config, rules: tuple[Rule, ...], states, changed, at, channels):
     routes = {r.name: set(r.channels or channels) for r in rules}
-    live = lc.notifiable(states, active_silences(con, at), at)
-    resolved_now = [s for before, s in changed if s.state == lc.State.RESOLVED]
+    live = lifecycle.notifiable(states, active_silences(con, at), at)
+    resolved_now = [s for before, s in changed if s.state == lifecycle.State.RESOLVED]
     groups_before = load_groups(con)
     notices, groups = [], []
     for channel in channels:
         routed = [s for s in live if channel in routes.get(s.rule, ())]
         resolved = [s for s in resolved_now if channel in routes.get(s.rule, ())]
-        notice, group = lc.decide(
+        notice, group = lifecycle.decide(
             channel,
             routed,
             resolved,
@@ -255,7 +270,7 @@ def record(con: duckdb.DuckDBPyConnection, ev: Evaluation, outbox: list | None =
 
 
 def _evaluation_row(at, data_until, states, notifications: int, backfill: bool) -> dict:
-    firing = sum(1 for s in states if s.state == lc.State.FIRING)
+    firing = sum(1 for s in states if s.state == lifecycle.State.FIRING)
     return {
         "evaluated_at": at,
         "data_until": data_until,
@@ -291,7 +306,7 @@ def _write(con, states, changed, evaluations: list[dict], groups, outbox) -> Non
         for g in groups:
             con.execute(UPSERT_GROUP, [g.channel, ",".join(g.members), g.sent_at])
         for row in outbox:
-            notify.enqueue(con, row)
+            notify_outbox.enqueue(con, row)
 
 
 # Fixed table names only; the rows go through Arrow, not SQL text
@@ -353,19 +368,19 @@ def reset(con) -> None:
         con.execute(f"DELETE FROM {table}")  # fixed names, no user text
 
 
-def load_states(con) -> dict[tuple[str, str], lc.InstanceState]:
+def load_states(con) -> dict[tuple[str, str], lifecycle.InstanceState]:
     cur = con.execute(LOAD_STATES)
     names = [d[0] for d in cur.description]
     out = {}
     for r in cur.fetchall():
-        s = lc.InstanceState(**dict(zip(names, r)))
-        out[s.key] = replace(s, state=lc.State(s.state))  # the store holds its value
+        s = lifecycle.InstanceState(**dict(zip(names, r)))
+        out[s.key] = replace(s, state=lifecycle.State(s.state))  # the store holds its value
     return out
 
 
-def load_groups(con) -> dict[str, lc.Group]:
+def load_groups(con) -> dict[str, lifecycle.Group]:
     return {
-        c: lc.Group(c, tuple(m.split(",")) if m else (), t)
+        c: lifecycle.Group(c, tuple(m.split(",")) if m else (), t)
         for c, m, t in con.execute(LOAD_GROUPS).fetchall()
     }
 
@@ -379,12 +394,12 @@ def last_evaluation(con, at: datetime | None) -> datetime | None:
 def _context(con, at: datetime, stale_after: timedelta) -> dict | None:
     """The last 15 minutes' figures for a notification (None without data)."""
     try:
-        m = metrics.compute(
+        m = metrics_window.compute(
             con, Window.ending(at, timedelta(minutes=15)), "15m", top=5, latest=True
         )
     except CachemonError:
         return None
-    return metrics.to_json(m, stale_after)
+    return metrics_window.to_json(m, stale_after)
 
 
 @dataclass(frozen=True)
@@ -392,11 +407,11 @@ class CheckResult:
     """One evaluation, what it queued and how its delivery went."""
 
     evaluation: Evaluation
-    outbox: tuple[notify.OutboxRow, ...]
-    flush: notify.Flush  # notify.NOTHING for a dry run
+    outbox: tuple[notify_outbox.OutboxRow, ...]
+    flush: notify_outbox.Flush  # notify.NOTHING for a dry run
 
     @property
-    def deliveries(self) -> tuple[notify.Delivery, ...]:
+    def deliveries(self) -> tuple[notify_outbox.Delivery, ...]:
         """Every delivery attempted after the evaluation (earlier notifications' too)."""
         return self.flush.deliveries
 
@@ -417,7 +432,7 @@ def run(
     ctx = _context(con, at, cfg.metrics.stale_after) if ev.notices else None
     rows = tuple(notices.render(n, ctx, cfg.notify, transports) for n in ev.notices)
     if dry_run:
-        return CheckResult(ev, rows, notify.NOTHING)
-    with notify.delivery_round(con, cfg.notify, transports, at) as sent:
+        return CheckResult(ev, rows, notify_outbox.NOTHING)
+    with notify_outbox.delivery_round(con, cfg.notify, transports, at) as sent:
         record(con, ev, list(rows))
     return CheckResult(ev, rows, sent.flush)

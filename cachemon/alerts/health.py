@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from cachemon.alerts import evaluate as alerts
-from cachemon.alerts import lifecycle as lc
+from cachemon.alerts import evaluate as alerts_evaluate
+from cachemon.alerts import lifecycle
 from cachemon.alerts.silences import active_silences
 from cachemon.clock import iso
 from cachemon.notify import outbox
@@ -56,7 +56,7 @@ def health(con, at: datetime, evaluate_every: timedelta) -> Health:
     """The seed's health block, from the alert states as of `at`: critical
     when a critical alert fires, degraded for a warning, a failed
     evaluation or overdue evaluations; no-data instances are listed as info."""
-    last = alerts.last_evaluation(con, at)
+    last = alerts_evaluate.last_evaluation(con, at)
     issues = []
     if last is None:
         issues.append(Issue(Severity.WARNING, "alert rules have not been evaluated yet", at))
@@ -72,9 +72,9 @@ def health(con, at: datetime, evaluate_every: timedelta) -> Health:
                 continue  # inhibited by the critical alert of the same type
             firing[severity] = firing.get(severity, 0) + 1
             issues.append(Issue(Severity(severity), message, firing_since))
-        elif state == lc.State.ERROR:
+        elif state == lifecycle.State.ERROR:
             issues.append(Issue(Severity.WARNING, message, since))
-        elif state == lc.State.NO_DATA:
+        elif state == lifecycle.State.NO_DATA:
             issues.append(Issue(Severity.INFO, message, since))
     issues.sort(key=lambda i: (severity_rank(i.severity), i.since))
     status = HealthStatus.of({i.severity for i in issues})
@@ -131,11 +131,11 @@ class AlertRecord:
     with the silences in force."""
 
     health: Health
-    states: tuple[lc.InstanceState, ...]
+    states: tuple[lifecycle.InstanceState, ...]
     periods: tuple[Period, ...]
     history: tuple[dict, ...]
     notifications: tuple[dict, ...]
-    silences: tuple[lc.Silence, ...]
+    silences: tuple[lifecycle.Silence, ...]
 
 
 def record(con, at: datetime, evaluate_every: timedelta, days: int = 7) -> AlertRecord:
@@ -143,7 +143,7 @@ def record(con, at: datetime, evaluate_every: timedelta, days: int = 7) -> Alert
     since = at - timedelta(days=days)
     return AlertRecord(
         health(con, at, evaluate_every),
-        tuple(alerts.load_states(con).values()),
+        tuple(alerts_evaluate.load_states(con).values()),
         tuple(active_periods(con, since, at)),
         tuple(history(con, since, at)),
         tuple(outbox.outbox(con, since, 200)),

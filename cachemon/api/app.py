@@ -40,10 +40,10 @@ from cachemon.api.openapi import OPENAPI
 from cachemon.clock import Period, iso
 from cachemon.errors import CachemonError, InputError, StoreError
 from cachemon.metrics import exposition
-from cachemon.metrics import window as metrics
+from cachemon.metrics import window as metrics_window
 from cachemon.runner import selfcheck
 from cachemon.settings import Config
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store.queries import data_span
 from cachemon.usecases import metrics_report
 
@@ -98,7 +98,7 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
         hit = cache.get((period.value, fmt))
         if not hit or now >= hit[4]:
             try:
-                with store.shared_reader(cfg.store.path) as con:
+                with store_db.shared_reader(cfg.store.path) as con:
                     report = metrics_report.build(con, cfg, period, now)
             except StoreError as exc:
                 return _error(503, str(exc))
@@ -130,7 +130,7 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
     def healthz(request: Request) -> Response:
         now = clock()
         try:
-            with store.shared_reader(cfg.store.path) as con:
+            with store_db.shared_reader(cfg.store.path) as con:
                 span = data_span(con, now)  # never negative, never hidden by future rows
                 runner = selfcheck.check(con, cfg, now)
         except CachemonError as exc:
@@ -169,7 +169,7 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
 
 
 def expiry(
-    computed: datetime, keep: timedelta, m: metrics.Metrics, stale_after: timedelta
+    computed: datetime, keep: timedelta, m: metrics_window.Metrics, stale_after: timedelta
 ) -> datetime:
     """When a cached answer computed at `computed` must be recomputed:
     after `keep`, and, when it says the data is fresh, no later than the
@@ -178,7 +178,7 @@ def expiry(
     (`stale` is judged at the minute; between that instant and the next
     minute every request recomputes, max-age 0.)"""
     until = computed + keep
-    if m.data_until is not None and not metrics.is_stale(m, stale_after):
+    if m.data_until is not None and not metrics_window.is_stale(m, stale_after):
         until = min(until, m.data_until + stale_after)
     return until
 

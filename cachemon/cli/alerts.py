@@ -8,17 +8,17 @@ import os
 from datetime import datetime, timedelta
 
 from cachemon import jsontext
-from cachemon.alerts import evaluate as alerts
+from cachemon.alerts import evaluate as alerts_evaluate
 from cachemon.alerts import health
-from cachemon.alerts import silences as silencing
+from cachemon.alerts import silences as alerts_silences
 from cachemon.alerts.rules import effective_rules
 from cachemon.argcheck import MAX_ID, bounded
 from cachemon.clock import check_not_future, format_duration, iso, parse_duration, parse_instant
-from cachemon.notify import outbox as notify
+from cachemon.notify import outbox as notify_outbox
 from cachemon.notify.transports import Transports
 from cachemon.redact import Redactor
 from cachemon.settings import Config
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 
 
 def register(sub) -> None:
@@ -70,11 +70,11 @@ def check(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
         check_not_future(at, now, skew=cfg.ingest.clock_skew)
     transports = Transports.from_env(os.environ)
     if args.dry_run:
-        with store.reader(cfg.store.path) as con:
-            result = alerts.run(con, cfg, at, transports, dry_run=True)
+        with store_db.reader(cfg.store.path) as con:
+            result = alerts_evaluate.run(con, cfg, at, transports, dry_run=True)
     else:
-        with store.writer(cfg.store.path, now, create=False) as con:
-            result = alerts.run(con, cfg, at, transports)
+        with store_db.writer(cfg.store.path, now, create=False) as con:
+            result = alerts_evaluate.run(con, cfg, at, transports)
     said, ok = result.flush.lines, result.flush.ok
     _print_states(result.evaluation)
     verb = "would send" if args.dry_run else "queued"
@@ -91,7 +91,7 @@ def check(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     return 0 if ok else 1
 
 
-def _print_states(ev: alerts.Evaluation) -> None:
+def _print_states(ev: alerts_evaluate.Evaluation) -> None:
     print(
         f"evaluated at {iso(ev.at)}; data until {iso(ev.data_until) if ev.data_until else 'never'}"
     )
@@ -106,9 +106,9 @@ def history(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`alerts history`: state changes and notifications since --since, redacted."""
     since = parse_instant(args.since, "--since") if args.since else now - timedelta(days=7)
     bounded(args.limit, "--limit", 1)
-    with store.reader(cfg.store.path) as con:
+    with store_db.reader(cfg.store.path) as con:
         changes = health.history(con, since, now, args.limit)
-        sent = notify.outbox(con, since, args.limit)
+        sent = notify_outbox.outbox(con, since, args.limit)
     # Stored text is redacted when written; an older store (or a secret set
     # since) is redacted here too.
     red = Redactor.from_env(os.environ)
@@ -153,8 +153,8 @@ def silence(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     duration = parse_duration(args.duration, "--for")
     s = None
     try:
-        with store.writer(cfg.store.path, now, create=False) as con:
-            s = silencing.add_silence(
+        with store_db.writer(cfg.store.path, now, create=False) as con:
+            s = alerts_silences.add_silence(
                 con, args.matcher, duration, args.reason, now, args.endpoint, args.by or _user()
             )
     finally:  # stored even when only publishing failed (StoreUnpublishedError): say what was stored
@@ -175,8 +175,8 @@ def _user() -> str:
 
 def silences(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`alerts silences`: the silences active now."""
-    with store.reader(cfg.store.path) as con:
-        rows = silencing.active_silences(con, now)
+    with store_db.reader(cfg.store.path) as con:
+        rows = alerts_silences.active_silences(con, now)
     if not rows:
         print("no active silences")
     for s in rows:
@@ -190,8 +190,8 @@ def silences(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
 def unsilence(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`alerts unsilence`: end a silence now."""
     bounded(args.id, "silence id", 1, MAX_ID)
-    with store.writer(cfg.store.path, now, create=False) as con:
-        silencing.expire_silence(con, args.id, now)
+    with store_db.writer(cfg.store.path, now, create=False) as con:
+        alerts_silences.expire_silence(con, args.id, now)
     print(f"silence {args.id} ended")
     return 0
 
@@ -199,8 +199,8 @@ def unsilence(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
 def deliver(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`alerts deliver`: send the outbox's due notifications."""
     transports = Transports.from_env(os.environ)
-    with store.writer(cfg.store.path, now, create=False) as con:
-        sent = notify.flush(con, cfg.notify, transports, now)
+    with store_db.writer(cfg.store.path, now, create=False) as con:
+        sent = notify_outbox.flush(con, cfg.notify, transports, now)
     for line in sent.lines:
         print(line)
     if not sent.deliveries:
@@ -223,6 +223,6 @@ def printable(text: str) -> str:
     """Stored text as a terminal may show it: control characters (an older
     store may hold an ESC or CR) escaped, never acted on."""
     return "".join(
-        c if not silencing.has_control(c) else c.encode("unicode_escape").decode("ascii")
+        c if not alerts_silences.has_control(c) else c.encode("unicode_escape").decode("ascii")
         for c in text or ""
     )

@@ -12,7 +12,7 @@ from cachemon.costs import report
 from cachemon.errors import InputError
 from cachemon.notify.transports import Transports
 from cachemon.settings import Config
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 
 
 def register(sub) -> None:
@@ -41,11 +41,11 @@ def run_report(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     day = _day(args.date, now)
     transports = Transports.from_env(os.environ)
     if args.dry_run:
-        with store.reader(cfg.store.path) as con:
+        with store_db.reader(cfg.store.path) as con:
             r = report.build(con, cfg, day, now)
         queued, said, ok = (), (), True
     else:
-        with store.writer(cfg.store.path, now, create=False) as con:
+        with store_db.writer(cfg.store.path, now, create=False) as con:
             r = report.build(con, cfg, day, now)
             sent = report.send(con, r, cfg, transports, now, resend=args.resend)
         queued, said, ok = sent.channels, sent.flush.lines, sent.flush.ok

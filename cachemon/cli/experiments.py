@@ -12,8 +12,8 @@ from cachemon.clock import check_not_future, parse_instant
 from cachemon.errors import CachemonError, InputError
 from cachemon.notify.transports import Transports
 from cachemon.settings import Config
-from cachemon.store import db as store
-from cachemon.tuning import analysis as tuning
+from cachemon.store import db as store_db
+from cachemon.tuning import analysis as tuning_analysis
 from cachemon.tuning import promote
 
 NONE_CONFIGURED = "no experiments configured ([[experiments]] in the TOML config)"
@@ -59,8 +59,8 @@ def list_experiments(args: argparse.Namespace, cfg: Config, now: datetime) -> in
 
 def _plan(cfg: Config, e, now: datetime) -> str:
     try:
-        with store.reader(cfg.store.path) as con:
-            days = tuning.plan(con, e, min(now, e.start) if e.start > now else now)
+        with store_db.reader(cfg.store.path) as con:
+            days = tuning_analysis.plan(con, e, min(now, e.start) if e.start > now else now)
     except CachemonError as exc:
         return f"unknown ({exc})"
     return f"{days}" if days else "more than 90 (or no traffic in the last 7 days)"
@@ -99,7 +99,9 @@ def analyze(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     if not cfg.experiments:
         raise InputError(NONE_CONFIGURED)
     transports = Transports.from_env(os.environ)
-    opener = store.reader if args.dry_run else (lambda path: store.writer(path, now, create=False))
+    opener = (
+        store_db.reader if args.dry_run else (lambda path: store_db.writer(path, now, create=False))
+    )
     with opener(cfg.store.path) as con:
         run = promote.daily(con, cfg, at, now, os.environ, transports, args.dry_run)
     print(jsontext.dumps([a.to_json() for a in run.analyses], indent=2, ensure_ascii=False))

@@ -10,10 +10,10 @@ from datetime import datetime
 from tqdm import tqdm
 
 from cachemon.clock import check_not_future, parse_instant
-from cachemon.ingest import load as pipeline
+from cachemon.ingest import load as ingest_load
 from cachemon.settings import Config
 from cachemon.sources.analytics_engine import Client
-from cachemon.usecases import demo as demo_usecase
+from cachemon.usecases import demo as usecases_demo
 
 
 def register(sub) -> None:
@@ -61,7 +61,7 @@ def demo(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
         else now
     )
     bar = None if args.quiet else progress("simulating")
-    summary = demo_usecase.demo(cfg, args.days, until, seed=args.seed, progress=bar)
+    summary = usecases_demo.demo(cfg, args.days, until, seed=args.seed, progress=bar)
     print(
         f"simulated {summary.events:,} events in {summary.windows} windows up to "
         f"{summary.until:%Y-%m-%dT%H:%MZ} into {cfg.store.path}",
@@ -72,7 +72,7 @@ def demo(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
 
 def import_files(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`import`: every file or none; a file already imported is skipped."""
-    summary = pipeline.import_files(cfg, args.files, now)
+    summary = ingest_load.import_files(cfg, args.files, now)
     for r in summary.imported:
         print(f"imported {r.events:,} events as {r.source}", file=sys.stderr)
     for path in summary.skipped:
@@ -90,7 +90,7 @@ def pull(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
         else None
     )
     with Client.from_env(cfg.analytics_engine) as client:
-        summary = pipeline.pull(
+        summary = ingest_load.pull(
             cfg, client, now, since, until, None if args.quiet else progress("pulling")
         )
     print(

@@ -14,7 +14,7 @@ import os
 import sys
 from datetime import datetime
 
-from cachemon import config as config_mod
+from cachemon import config
 from cachemon.argcheck import check_utf8
 from cachemon.cli import alerts, costs, experiments, ingest, metrics, store, ttl
 from cachemon.clock import utcnow
@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None, now: datetime | None = None, prog: str =
         return EXIT_ERROR
     args = build_parser(prog).parse_args(argv)
     try:
-        cfg = config_mod.load(args.config)
+        cfg = config.load(args.config)
         if args.db is not None:
-            cfg = config_mod.with_db(cfg, args.db)
+            cfg = config.with_db(cfg, args.db)
         return args.func(args, cfg, now or utcnow())
     except StoreUnpublishedError as exc:
         print(f"cachemon: warning: {exc}", file=sys.stderr)

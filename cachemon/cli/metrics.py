@@ -8,20 +8,19 @@ import sys
 from datetime import datetime, timedelta
 
 from cachemon import jsontext
-from cachemon.api import access, server
-from cachemon.api import app as api_app
+from cachemon.api import access, app, server
 from cachemon.argcheck import bounded
 from cachemon.clock import Period, parse_instant, utcnow
 from cachemon.errors import InputError
 from cachemon.events import ENDPOINTS
 from cachemon.settings import Config
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.usecases import metrics_report
 
 FORMATS = ("json", "prometheus")
 # serve's defaults are the API's own, never repeated here as literals.
 LISTEN = server.ServeOptions()
-CACHE_SECONDS = int(api_app.CACHE_FOR.total_seconds())
+CACHE_SECONDS = int(app.CACHE_FOR.total_seconds())
 
 
 def register(sub) -> None:
@@ -105,12 +104,12 @@ def serve(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     warning = access.exposure_warning(args.host, token)
     if warning:
         print(f"cachemon: warning: {warning}", file=sys.stderr)
-    settings = api_app.ApiSettings(
+    settings = app.ApiSettings(
         token=token,
         allow=access.networks(args.allow, "--allow"),
         cache_for=timedelta(seconds=args.cache_seconds),
     )
-    server.serve(api_app.create_app(cfg, settings, utcnow), options)
+    server.serve(app.create_app(cfg, settings, utcnow), options)
     return 0
 
 
@@ -121,7 +120,7 @@ def show(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
         raise InputError(f"unknown format {args.format!r}: use json or prometheus")
     at = parse_instant(args.at, "--at") if args.at else now  # read-only: a future --at: no data
     bounded(args.top, "--top", 0)
-    with store.reader(cfg.store.path) as con:
+    with store_db.reader(cfg.store.path) as con:
         # Without --at, a lagging source still gets its last good numbers, marked stale.
         report = metrics_report.build(
             con, cfg, period, at, args.endpoint, args.top, latest=args.at is None

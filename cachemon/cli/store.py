@@ -7,10 +7,10 @@ import sys
 from datetime import datetime
 
 from cachemon.clock import check_not_future, parse_instant
-from cachemon.ingest import load as pipeline
+from cachemon.ingest import load as ingest_load
 from cachemon.settings import Config
-from cachemon.store import db as store
-from cachemon.store import export as parquet_export
+from cachemon.store import db as store_db
+from cachemon.store import export as store_export
 
 
 def register(sub) -> None:
@@ -32,8 +32,8 @@ def register(sub) -> None:
 def export(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`export`: the analyst views as Parquet under --to, one folder per day."""
     since = parse_instant(args.since, "--since") if args.since else None
-    with store.reader(cfg.store.path) as con:
-        written = parquet_export.parquet(con, args.to, since)
+    with store_db.reader(cfg.store.path) as con:
+        written = store_export.parquet(con, args.to, since)
     for w in written:
         print(f"{w.dataset}: {w.rows:,} rows in {w.days} day(s)", file=sys.stderr)
     return 0
@@ -46,8 +46,8 @@ def compact(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
         if args.at
         else now
     )
-    with store.writer(cfg.store.path, now, create=False) as con:
-        n, kept = pipeline.compact(con, cfg, at)
+    with store_db.writer(cfg.store.path, now, create=False) as con:
+        n, kept = ingest_load.compact(con, cfg, at)
     print(
         f"compacted per-key rows of {n} source(s); retention removed {kept.minute_rows:,} minute "
         f"rows (kept from {kept.horizons.minute:%Y-%m-%d}) and {kept.hour_rows:,} hourly rows "

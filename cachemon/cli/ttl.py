@@ -27,8 +27,8 @@ from cachemon.pricing import days_in_month
 from cachemon.settings import Config
 from cachemon.sources import files
 from cachemon.sources.simulator import Simulator
-from cachemon.store import db as store
-from cachemon.tuning import whatif as ttl
+from cachemon.store import db as store_db
+from cachemon.tuning import whatif as tuning_whatif
 
 # Per-key rates exist for at most [retention] hour_days (400 by default).
 MAX_DAYS = 400
@@ -90,8 +90,8 @@ def register(sub) -> None:
 
 def whatif(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`ttl whatif`: the candidate TTLs' table (or JSON) and the recommendation."""
-    ttls = ttl.parse_ttls(args.ttl)
-    edge_ttls = ttl.parse_ttls(args.edge_ttl) if args.edge_ttl else []
+    ttls = tuning_whatif.parse_ttls(args.ttl)
+    edge_ttls = tuning_whatif.parse_ttls(args.edge_ttl) if args.edge_ttl else []
     limit = (
         parse_duration(args.max_staleness, "--max-staleness")
         if args.max_staleness
@@ -107,14 +107,14 @@ def whatif(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     at = parse_instant(args.at, "--at") if args.at else now  # read-only: any supported instant
     window = Window(at - span, at)
     trace = _trace(args.trace, args.endpoint, cfg, window) if args.trace else None
-    with store.reader(cfg.store.path) as con:
-        w = ttl.whatif(con, cfg, [args.endpoint], ttls, window, at, edge_ttls)[0]
-        keys = ttl.per_key(
+    with store_db.reader(cfg.store.path) as con:
+        w = tuning_whatif.whatif(con, cfg, [args.endpoint], ttls, window, at, edge_ttls)[0]
+        keys = tuning_whatif.per_key(
             con, w, cfg.pricing, cfg.costs.value_bytes, days_in_month(at), limit, args.keys
         )
-    best = ttl.recommend(w, limit)
+    best = tuning_whatif.recommend(w, limit)
     replays = (
-        {p.ttl: 100 * ttl.replay(trace, p.ttl) / len(trace) for p in w.candidates}
+        {p.ttl: 100 * tuning_whatif.replay(trace, p.ttl) / len(trace) for p in w.candidates}
         if trace is not None
         else {}
     )
@@ -124,7 +124,10 @@ def whatif(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
         _table(w, best, keys, replays, limit)
     if args.draft_experiment and best is not None and best.ttl != w.current_ttl:
         start = (at - timedelta(seconds=1)).replace(hour=0, minute=0, second=0, microsecond=0) + DAY
-        print("\n" + ttl.draft_experiment(w.endpoint, w.current_ttl, best.ttl, start), end="")
+        print(
+            "\n" + tuning_whatif.draft_experiment(w.endpoint, w.current_ttl, best.ttl, start),
+            end="",
+        )
     return 0
 
 
@@ -148,7 +151,7 @@ def _trace(paths, endpoint: str, cfg: Config, window: Window):
     return df.assign(key=df["key"].astype(str), tier=df["tier"].astype(str))
 
 
-def _table(w: ttl.WhatIf, best, keys, replays: dict, limit: timedelta) -> None:
+def _table(w: tuning_whatif.WhatIf, best, keys, replays: dict, limit: timedelta) -> None:
     cur = w.current
     print(
         f"{w.endpoint}: {w.window} ({w.days:.2f} days of data); current KV TTL {format_duration(w.current_ttl)}: "
@@ -209,7 +212,7 @@ def _row(p) -> dict:
     }
 
 
-def _json(w: ttl.WhatIf, best, keys, replays: dict) -> dict:
+def _json(w: tuning_whatif.WhatIf, best, keys, replays: dict) -> dict:
     return {
         "endpoint": w.endpoint,
         "window": {"start": iso(w.window.start), "end": iso(w.window.end)},

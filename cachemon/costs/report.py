@@ -17,8 +17,8 @@ from cachemon import jsontext
 from cachemon.alerts import health
 from cachemon.clock import DAY, Window, iso, parse_instant
 from cachemon.costs import optimize
-from cachemon.costs import usage as costs
-from cachemon.notify import outbox as notify
+from cachemon.costs import usage as costs_usage
+from cachemon.notify import outbox as notify_outbox
 from cachemon.notify.format import HTML, TEXT, header_safe
 from cachemon.notify.transports import Transports
 from cachemon.pricing import COMPONENTS, DEFAULT
@@ -89,7 +89,7 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, day: date, now: datetime)
     window = Window(start, start + DAY)
     span = data_span(con)
     has_data = bool(span and span[0] < window.end and span[1] > window.start)
-    breakdown = costs.price(costs.measure(con, window, cfg), cfg.pricing)
+    breakdown = costs_usage.price(costs_usage.measure(con, window, cfg), cfg.pricing)
     classes, recs, fc = (), (), None
     if has_data:
         counts, _, found = optimize.recommend(
@@ -97,7 +97,7 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, day: date, now: datetime)
         )
         classes = tuple((c, int(counts.get(c, 0))) for c in CLASSES)
         recs = tuple(sorted(found, key=lambda r: -r.saving_per_day))
-        fc = costs.forecast(con, min(window.end, span[1]), cfg, cfg.pricing)
+        fc = costs_usage.forecast(con, min(window.end, span[1]), cfg, cfg.pricing)
     status = health.health(con, window.end, cfg.alerts.evaluate_every).status
     return Report(
         day,
@@ -127,18 +127,18 @@ def _view(r: Report, dashboard_url: str) -> dict:
         "entries": entries,
         "classes": [(c, n, share(n)) for c, n in r.classes],
         "lines": [
-            (DEFAULT[c].label, u, units, costs.money(lst), costs.money(b))
+            (DEFAULT[c].label, u, units, costs_usage.money(lst), costs_usage.money(b))
             for c, u, units, lst, b in r.lines
             if c in COMPONENTS
         ],
-        "total": costs.money(r.list_total),
-        "billed": costs.money(r.billed_total),
-        "forecast": costs.money(r.forecast_list) if r.forecast_list is not None else None,
-        "forecast_billed": costs.money(r.forecast_billed)
+        "total": costs_usage.money(r.list_total),
+        "billed": costs_usage.money(r.billed_total),
+        "forecast": costs_usage.money(r.forecast_list) if r.forecast_list is not None else None,
+        "forecast_billed": costs_usage.money(r.forecast_billed)
         if r.forecast_billed is not None
         else None,
-        "recs": [(x, costs.money(x.saving_per_day)) for x in r.recommendations],
-        "saving": costs.money(r.saving_per_day),
+        "recs": [(x, costs_usage.money(x.saving_per_day)) for x in r.recommendations],
+        "saving": costs_usage.money(r.saving_per_day),
         "saving_share": 100.0 * r.saving_per_day / r.list_total if r.list_total else 0.0,
         "link": dashboard_url.rstrip("/") + "/costs",
         "timestamp": iso(r.generated_at),
@@ -173,9 +173,11 @@ def queue(con, r: Report, cfg: Config, transports: Transports, resend: bool = Fa
         url = transports.dashboard_url or cfg.notify.dashboard_url
         subject, text, html = render(r, cfg.notify.subject_prefix, url)
         for ch in channels:
-            notify.enqueue(
+            notify_outbox.enqueue(
                 con,
-                notify.report_row(ch, r.generated_at, subject, text, html, cfg.notify, transports),
+                notify_outbox.report_row(
+                    ch, r.generated_at, subject, text, html, cfg.notify, transports
+                ),
             )
         if channels:
             con.execute(MARK_SENT, [r.day])
@@ -187,7 +189,7 @@ class Sent:
     """A report queued and delivered: its channels and the delivery round."""
 
     channels: tuple[str, ...]
-    flush: notify.Flush
+    flush: notify_outbox.Flush
 
 
 def send(
@@ -195,7 +197,7 @@ def send(
 ) -> Sent:
     """Queue the report (`queue`) and deliver the outbox at `now`: what the
     report job and `cachemon report` do, in one call."""
-    with notify.delivery_round(con, cfg.notify, transports, now) as sent:
+    with notify_outbox.delivery_round(con, cfg.notify, transports, now) as sent:
         channels = queue(con, r, cfg, transports, resend)
     return Sent(tuple(channels), sent.flush)
 

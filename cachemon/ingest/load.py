@@ -17,12 +17,12 @@ from pathlib import Path
 
 from cachemon.clock import HOUR, MINUTE, Window, floor_to
 from cachemon.ingest import imports, keys, retention
-from cachemon.ingest import write as ingest
+from cachemon.ingest import write as ingest_write
 from cachemon.settings import Config
 from cachemon.sources import files
 from cachemon.sources.analytics_engine import pull_rollups
 from cachemon.sources.simulator import SimState, Simulator
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import snapshots
 
 PUBLISH_EVERY_S = 30.0
@@ -51,15 +51,15 @@ def simulate_until(
     `publish=False` leaves the reader snapshot to the caller (the runner
     publishes once per tick)."""
     end = floor_to(now, MINUTE)
-    with store.writer(cfg.store.path, now, publish=publish) as con:
-        start = ingest.state_clock(con, SIMULATOR)
+    with store_db.writer(cfg.store.path, now, publish=publish) as con:
+        start = ingest_write.state_clock(con, SIMULATOR)
         if start is None:
             start = end - HOUR
             sim = sim if sim and sim.clock == start else Simulator(cfg.simulator)
         elif sim is None or sim.clock != start:
             # Only a simulator that is not where the store is needs the saved
             # state (a few MB to decompress): at start, or after a crash.
-            blob = ingest.load_state(con, SIMULATOR)[0]
+            blob = ingest_write.load_state(con, SIMULATOR)[0]
             sim = Simulator(dataclasses.replace(cfg.simulator, seed=SimState.from_bytes(blob).seed))
             sim.restore(blob)
         if end - start > max_catch_up:
@@ -99,7 +99,7 @@ def feed(
             # starts over after a crash) saves it once, at the end.
             state = sim.state.to_bytes() if last or save_each else None
             pending = None if last else pool.submit(sim.generate, windows[i + 1])
-            ingest.replace_window(
+            ingest_write.replace_window(
                 con, frame, SIMULATOR, w, now, cfg.store.key_compaction_lag, state=state
             )
             events += len(frame)
@@ -130,8 +130,8 @@ def pull(
     """
     ae = cfg.analytics_engine
     end = floor_to(until or now, MINUTE)
-    with store.writer(cfg.store.path, now) as con:
-        mark = ingest.watermark(con, ANALYTICS_ENGINE)
+    with store_db.writer(cfg.store.path, now) as con:
+        mark = ingest_write.watermark(con, ANALYTICS_ENGINE)
         if since is not None:
             start = floor_to(since, HOUR)
         elif mark is not None:
@@ -143,10 +143,10 @@ def pull(
             start = floor_to(end - ae.backfill, HOUR)
     windows = Window(start, end).split(ae.window) if end > start else []
     events, published = 0, monotonic()
-    with store.writer(cfg.store.path, now, publish=publish) as con:
+    with store_db.writer(cfg.store.path, now, publish=publish) as con:
         for i, w in enumerate(windows):
             data = pull_rollups(client, ae.dataset, cfg.columns, w)
-            events += ingest.replace_window(
+            events += ingest_write.replace_window(
                 con, data, ANALYTICS_ENGINE, w, now, cfg.store.key_compaction_lag
             ).events
             if monotonic() - published > PUBLISH_EVERY_S:
@@ -160,7 +160,7 @@ def pull(
 
 @dataclass(frozen=True)
 class ImportSummary:
-    imported: tuple[ingest.IngestResult, ...]
+    imported: tuple[ingest_write.IngestResult, ...]
     skipped: tuple[Path, ...]  # already imported (same content)
 
 
@@ -172,8 +172,8 @@ def import_files(cfg: Config, paths: Iterable[str | Path], now: datetime) -> Imp
     latest = now + cfg.ingest.clock_skew
     paths = [files.check(p) for p in paths]
     aggregated = [_aggregate(p, latest) for p in paths]
-    with store.writer(cfg.store.path, now) as con:
-        results = ingest.append_imports(con, aggregated, now)
+    with store_db.writer(cfg.store.path, now) as con:
+        results = ingest_write.append_imports(con, aggregated, now)
     done = tuple(r for r in results if r)
     skipped = tuple(p for p, r in zip(paths, results) if r is None)
     return ImportSummary(done, skipped)
@@ -189,5 +189,5 @@ def _aggregate(path: Path, latest: datetime) -> imports.ImportFile:
 def compact(con, cfg: Config, now: datetime) -> tuple[int, retention.Result]:
     """The daily sweep: per-key minute rows of finished hours into hours,
     then retention. Returns the sources compacted and what retention did."""
-    n = ingest.compact_all(con, floor_to(now - cfg.store.key_compaction_lag, HOUR))
+    n = ingest_write.compact_all(con, floor_to(now - cfg.store.key_compaction_lag, HOUR))
     return n, retention.apply(con, now, cfg.retention)

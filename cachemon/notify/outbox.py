@@ -31,7 +31,7 @@ import duckdb
 
 from cachemon import jsontext
 from cachemon.clock import iso
-from cachemon.notify import format as fmt
+from cachemon.notify import format as notify_format
 from cachemon.notify.channels import report_recipients
 from cachemon.notify.transports import NotifyError, Transports, send
 from cachemon.settings import NotifyConfig
@@ -98,12 +98,14 @@ def report_row(
     """A report or notice for a channel: the whole email, or its headline in chat."""
     if channel == "email":
         to = report_recipients(nc, t.alert_email)
-        mid = fmt.message_id(kind, at, channel, subject)
-        payload = fmt.Email(to, nc.email_from or t.sender, subject, text, html, mid).to_json()
+        mid = notify_format.message_id(kind, at, channel, subject)
+        payload = notify_format.Email(
+            to, nc.email_from or t.sender, subject, text, html, mid
+        ).to_json()
     else:
         keep = ("- Total:", "Total Potential", "View details") if kind == "report" else ("",)
         lines = [ln for ln in text.splitlines() if ln.startswith(keep) and ln.strip()]
-        payload = fmt.chat_text(channel, subject, lines)
+        payload = notify_format.chat_text(channel, subject, lines)
     return OutboxRow(at, channel, kind, subject, kind, jsontext.dumps(payload, ensure_ascii=False))
 
 

@@ -16,10 +16,10 @@ from datetime import datetime
 from cachemon.clock import ahead, iso
 from cachemon.errors import StoreBusyError, StoreDiskError
 from cachemon.runner import heartbeat
-from cachemon.runner import runs as runner
+from cachemon.runner import runs as runner_runs
 from cachemon.settings import Config
 from cachemon.store import connection
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import lock as store_lock
 
 log = logging.getLogger("cachemon.runner")
@@ -46,16 +46,16 @@ class RunLog:
     def __init__(
         self,
         cfg: Config,
-        specs: Iterable[runner.JobSpec],
+        specs: Iterable[runner_runs.JobSpec],
         now_fn: Callable[[], datetime],
         pinger: heartbeat.Pinger | None = None,
     ):
         self.cfg, self.now_fn, self.pinger = cfg, now_fn, pinger
         self.heartbeat_jobs = frozenset(s.name for s in specs if s.heartbeat)
-        self.pending: list[runner.RunRecord] = []
+        self.pending: list[runner_runs.RunRecord] = []
         self.alive = False  # a heartbeat job succeeded since the last ping
 
-    def __call__(self, rec: runner.RunRecord) -> None:
+    def __call__(self, rec: runner_runs.RunRecord) -> None:
         if rec.outcome == "ok" and rec.job in self.heartbeat_jobs:
             self.alive = True
         self.pending.append(rec)
@@ -74,7 +74,7 @@ class RunLog:
             return True
         written = False
         try:
-            with store.writer(
+            with store_db.writer(
                 self.cfg.store.path,
                 self.now_fn(),
                 publish=False,
@@ -82,7 +82,7 @@ class RunLog:
             ) as con:
                 with connection.transaction(con):
                     for rec in self.pending:
-                        runner.record_run(con, rec)
+                        runner_runs.record_run(con, rec)
                 written = True
         except Exception as exc:
             if not written:
@@ -121,8 +121,8 @@ def last_runs_at_start(
     delay = 1.0
     while not stopped():
         try:
-            with store.writer(cfg.store.path, clock(), publish=False) as con:
-                return past_runs(runner.last_runs(con), clock(), cfg.ingest.clock_skew)
+            with store_db.writer(cfg.store.path, clock(), publish=False) as con:
+                return past_runs(runner_runs.last_runs(con), clock(), cfg.ingest.clock_skew)
         except (StoreBusyError, StoreDiskError) as exc:
             log.error("starting: %s; trying again in %g s", one_line(exc), delay)
         sleep(delay)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cachemon.clock import ahead, iso
-from cachemon.runner import runs as runner
+from cachemon.runner import runs as runner_runs
 from cachemon.settings import Config
 
 # Ingest intervals without a successful ingest before the runner counts as
@@ -110,12 +110,12 @@ class RunnerCheck:
 
 def check(con, cfg: Config, now: datetime) -> RunnerCheck:
     """The runner's state at `now`, from the run log."""
-    statuses = runner.status(con, runner.schedule(cfg), now)
+    statuses = runner_runs.status(con, runner_runs.schedule(cfg), now)
     ingest = next(s for s in statuses if s.spec.name == "ingest")
     failing = tuple(
         FailingJob(s.spec.name, s.last_error_at, s.last_ok)
         for s in statuses
-        if s.last_outcome == runner.Outcome.ERROR and s.last_error_at is not None
+        if s.last_outcome == runner_runs.Outcome.ERROR and s.last_error_at is not None
     )
     return RunnerCheck(now, cfg.jobs.ingest_every, ingest.last_ok, failing, cfg.ingest.clock_skew)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 
 from cachemon.errors import StoreError
-from cachemon.store import views as analyst
+from cachemon.store import views as store_views
 from cachemon.store.connection import first_line, first_row, transaction
 
 SCHEMA_VERSION = 8
@@ -141,7 +141,7 @@ MIGRATIONS[8] = [
     f"CREATE TABLE latency_day ({_LATENCY_COLUMNS.format(time='day')})",
     f"CREATE TABLE gauge_hour ({_GAUGE_COLUMNS.format(time='hour')})",
     "CREATE TABLE retention_state (name VARCHAR PRIMARY KEY, horizon TIMESTAMPTZ NOT NULL)",
-    *analyst.VIEWS,
+    *store_views.VIEWS,
 ]
 
 

@@ -23,11 +23,11 @@ from datetime import datetime, timedelta
 from cachemon import jsontext, outbound
 from cachemon.errors import CachemonError, ConfigError
 from cachemon.events import ENDPOINTS
-from cachemon.notify import outbox as notify
+from cachemon.notify import outbox as notify_outbox
 from cachemon.notify.transports import Transports
 from cachemon.redact import Redactor
 from cachemon.settings import Config
-from cachemon.tuning import analysis as tuning
+from cachemon.tuning import analysis as tuning_analysis
 from cachemon.tuning import results
 from cachemon.tuning.experiments import MAX_TTL, MIN_TTL, Experiment
 
@@ -237,9 +237,11 @@ def announce(con, a: Action, cfg: Config, transports: Transports, at: datetime) 
     body = f"<p>{html.escape(a.detail)}</p><pre>{html.escape(text)}</pre>"
     channels = list(transports.channels(cfg.notify))
     for ch in channels:
-        notify.enqueue(
+        notify_outbox.enqueue(
             con,
-            notify.report_row(ch, at, subject, text, body, cfg.notify, transports, kind=a.action),
+            notify_outbox.report_row(
+                ch, at, subject, text, body, cfg.notify, transports, kind=a.action
+            ),
         )
     return channels
 
@@ -249,9 +251,9 @@ class Daily:
     """One daily run: the analyses, the KV actions and the delivery round of
     their notices (notify.NOTHING in a dry run)."""
 
-    analyses: tuple[tuning.Analysis, ...]
+    analyses: tuple[tuning_analysis.Analysis, ...]
     actions: tuple[Action, ...]
-    flush: notify.Flush
+    flush: notify_outbox.Flush
 
 
 def daily(
@@ -268,7 +270,7 @@ def daily(
     promote winners, and deliver the notices at `now` (as `report.send` and
     `alerts.run` do). With `dry_run` nothing is stored, written or sent."""
     started = [e for e in cfg.experiments if e.start <= at]
-    analyses = [tuning.analyze(con, e, at, cfg.pricing) for e in started]
+    analyses = [tuning_analysis.analyze(con, e, at, cfg.pricing) for e in started]
     kv = KvClient.from_env(env) if env.get("CF_KV_NAMESPACE_ID") else None
     actions = []
     if kv:
@@ -276,10 +278,12 @@ def daily(
         if checked.action == "rollback":
             actions.append(checked)
         for e, a in zip(started, analyses):
-            winners = [c.treatment for c in a.comparisons if c.decision == tuning.Decision.WINNER]
-            if a.decision == tuning.Decision.WINNER and winners:
+            winners = [
+                c.treatment for c in a.comparisons if c.decision == tuning_analysis.Decision.WINNER
+            ]
+            if a.decision == tuning_analysis.Decision.WINNER and winners:
                 actions.append(promote(kv, cfg, e, winners[0], dry_run))
-    with notify.delivery_round(con, cfg.notify, transports, now, dry_run) as sent:
+    with notify_outbox.delivery_round(con, cfg.notify, transports, now, dry_run) as sent:
         if not dry_run:
             for a in analyses:
                 results.save(con, a)
@@ -299,7 +303,7 @@ def on_bad_config(
     if not env.get("CF_KV_NAMESPACE_ID"):
         return None
     act = rollback(KvClient.from_env(env), cfg, f"experiment config invalid: {reason}")
-    with notify.delivery_round(con, cfg.notify, transports, at) as sent:
+    with notify_outbox.delivery_round(con, cfg.notify, transports, at) as sent:
         record(con, act, at)
         announce(con, act, cfg, transports, at)
     return Daily((), (act,), sent.flush)

@@ -11,16 +11,17 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cachemon.alerts import evaluate as alerts
+from cachemon.alerts import evaluate as alerts_evaluate
 from cachemon.argcheck import bounded
 from cachemon.clock import MINUTE, Window, days_span, floor_to
 from cachemon.costs import report
+from cachemon.errors import InputError
 from cachemon.ingest import load
-from cachemon.ingest import write as ingest
-from cachemon.runner import runs as runner
+from cachemon.ingest import write as ingest_write
+from cachemon.runner import runs as runner_runs
 from cachemon.settings import Config
 from cachemon.sources.simulator import Simulator
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.tuning import results
 
 # Demo windows: long enough to amortise per-statement costs, short enough
@@ -53,7 +54,9 @@ def demo(
     end = floor_to(now, MINUTE)
     # Whole minutes, as every stored window (a fraction of a day may not be).
     windows = Window(floor_to(end - span, MINUTE), end).split(DEMO_CHUNK)
-    with store.rebuilt(cfg.store.path, now) as aside:
+    if not windows:  # a span that rounds to no time at all (microseconds)
+        raise InputError(f"--days {days:g} is less than a minute: nothing to simulate")
+    with store_db.rebuilt(cfg.store.path, now) as aside:
         events = _demo_into(aside, cfg, sim, windows, end, now, progress)
     return load.LoadSummary(load.SIMULATOR, events, len(windows), end)
 
@@ -68,16 +71,16 @@ def _demo_into(
     progress: load.Progress | None,
 ) -> int:
     """The demo's writes, into the store at `path` (the copy aside)."""
-    with store.writer(path, now, publish=False) as con:
-        ingest.drop_source(con, load.SIMULATOR)
+    with store_db.writer(path, now, publish=False) as con:
+        ingest_write.drop_source(con, load.SIMULATOR)
         events = load.feed(con, cfg, sim, windows, now, progress)
         # The alert history of the old data would describe traffic that is
         # gone: evaluate the new span instead, without notifying anyone.
-        alerts.reset(con)
-        alerts.backfill(con, cfg, windows[0].start, end)
+        alerts_evaluate.reset(con)
+        alerts_evaluate.backfill(con, cfg, windows[0].start, end)
         # Likewise the daily jobs' results, so every page has something to show.
         results.reset(con)
-        daily_at = next(s.at for s in runner.schedule(cfg) if s.name == "experiments")
+        daily_at = next(s.at for s in runner_runs.schedule(cfg) if s.name == "experiments")
         results.backfill(con, cfg.experiments, windows[0].start, end, cfg.pricing, daily_at)
         day = report.report_day(end)
         if windows[0].start <= datetime(day.year, day.month, day.day, tzinfo=UTC):

@@ -15,12 +15,12 @@ from datetime import datetime, timedelta
 
 import duckdb
 
-from cachemon.alerts import health as alert_health
+from cachemon.alerts import health as alerts_health
 from cachemon.clock import Period, Window
 from cachemon.costs import usage
 from cachemon.errors import CachemonError
 from cachemon.metrics import exposition
-from cachemon.metrics import window as metrics
+from cachemon.metrics import window as metrics_window
 from cachemon.settings import Config
 
 COST_KPI = "cost"  # the list cost per day, beside the metrics' KPIs (metrics.KPI_LABELS)
@@ -32,7 +32,7 @@ class Previous:
     (None when the store has no request there) and its store-wide list cost
     per day (None when the report has no costs or the period no data)."""
 
-    metrics: metrics.Metrics | None
+    metrics: metrics_window.Metrics | None
     list_per_day: float | None
 
 
@@ -42,8 +42,8 @@ class MetricsReport:
     `metrics.at`, and the costs block (None when left out: the costs are
     store-wide, so an endpoint's report has none unless asked)."""
 
-    metrics: metrics.Metrics
-    health: alert_health.Health
+    metrics: metrics_window.Metrics
+    health: alerts_health.Health
     costs: usage.WindowCosts | None
     stale_after: timedelta  # newer data than this is fresh (`stale` in both renderings)
     previous: Previous | None = None  # with `build(..., compare=True)`
@@ -52,13 +52,13 @@ class MetricsReport:
         """The headline numbers: the metrics' KPIs and, with costs, the list
         cost per day (`COST_KPI`)."""
         cost = {COST_KPI: self.costs.daily.list_total} if self.costs is not None else {}
-        return metrics.kpis(self.metrics) | cost
+        return metrics_window.kpis(self.metrics) | cost
 
     def kpi_deltas(self) -> dict[str, float | None]:
         """Each KPI's change against the previous period (None where unknown:
         no comparison asked, or no data in the previous period)."""
         prev = self.previous.metrics if self.previous is not None else None
-        deltas = metrics.kpi_deltas(self.metrics, prev)
+        deltas = metrics_window.kpi_deltas(self.metrics, prev)
         if self.costs is None:
             return deltas
         before = self.previous.list_per_day if self.previous is not None else None
@@ -68,7 +68,9 @@ class MetricsReport:
 
     def to_json(self) -> dict:
         """The /metrics JSON document (the seed's shape plus added fields)."""
-        return metrics.to_json(self.metrics, self.stale_after, self.health, self._costs_block())
+        return metrics_window.to_json(
+            self.metrics, self.stale_after, self.health, self._costs_block()
+        )
 
     def to_prometheus(self) -> str:
         """The Prometheus text exposition of the same numbers."""
@@ -96,20 +98,20 @@ def build(
     the costs block only for the whole store (no endpoint); True or False
     forces it. With `compare`, the report also holds the previous period of
     the same length (`Previous`), for `kpi_deltas`."""
-    m = metrics.compute(
+    m = metrics_window.compute(
         con, Window.ending(at, period.length), period.value, endpoint, top, latest=latest
     )
-    state = alert_health.health(con, m.at, cfg.alerts.evaluate_every)
+    state = alerts_health.health(con, m.at, cfg.alerts.evaluate_every)
     with_costs = endpoint is None if costs is None else costs
     block = usage.window_costs(con, m.window, m.at, cfg) if with_costs else None
     before = _previous(con, cfg, m, with_costs) if compare else None
     return MetricsReport(m, state, block, cfg.metrics.stale_after, before)
 
 
-def _previous(con, cfg: Config, m: metrics.Metrics, with_costs: bool) -> Previous:
+def _previous(con, cfg: Config, m: metrics_window.Metrics, with_costs: bool) -> Previous:
     window = m.window.previous()
     try:
-        prev = metrics.compute(con, window, m.period, m.endpoint, top=0)
+        prev = metrics_window.compute(con, window, m.period, m.endpoint, top=0)
     except CachemonError:  # nothing to compare with (no data then, or compacted away)
         prev = None
     # Only the daily rate: the forecast is the current window's alone.

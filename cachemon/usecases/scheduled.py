@@ -13,19 +13,19 @@ import os
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
-from cachemon.alerts import evaluate as alerts
+from cachemon.alerts import evaluate as alerts_evaluate
 from cachemon.alerts.lifecycle import State
 from cachemon.clock import ahead, as_utc, iso
 from cachemon.costs import report
 from cachemon.errors import CachemonError, ConfigError, StoreError
-from cachemon.ingest import load as pipeline
+from cachemon.ingest import load as ingest_load
 from cachemon.ingest import retention
-from cachemon.notify import outbox as notify
+from cachemon.notify import outbox as notify_outbox
 from cachemon.notify.transports import Transports
-from cachemon.runner import runs as runner
+from cachemon.runner import runs as runner_runs
 from cachemon.settings import Config
 from cachemon.sources.analytics_engine import Client
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.tuning import promote
 
 # "cachemon.jobs: <job>: ..." in the runner's log says which job a line is about.
@@ -54,9 +54,9 @@ class Jobs:
         because the store's data runs ahead of now fails (see `_not_ahead`)."""
         if self.cfg.source == "analytics_engine":
             with Client.from_env(self.cfg.analytics_engine, self.env) as client:
-                summary = pipeline.pull(self.cfg, client, now, publish=False)
+                summary = ingest_load.pull(self.cfg, client, now, publish=False)
         else:
-            summary, self.sim = pipeline.simulate_until(self.cfg, now, self.sim, publish=False)
+            summary, self.sim = ingest_load.simulate_until(self.cfg, now, self.sim, publish=False)
         log.info(
             "ingest: %d events in %d windows, store up to %s",
             summary.events,
@@ -71,7 +71,7 @@ class Jobs:
         """An ingest that found nothing: fail if it is because the store's data
         runs past now (a clock ahead of real time wrote it): a success would
         read as fresh while nothing new can be stored until real time passes it."""
-        with store.writer(self.cfg.store.path, now, publish=False) as con:
+        with store_db.writer(self.cfg.store.path, now, publish=False) as con:
             until = retention.latest_watermark(con)
         if ahead(until, now, self.cfg.ingest.clock_skew):
             raise StoreError(
@@ -81,8 +81,8 @@ class Jobs:
 
     def compact(self, now: datetime) -> int:
         """Per-key compaction and retention."""
-        with store.writer(self.cfg.store.path, now, publish=False) as con:
-            n, kept = pipeline.compact(con, self.cfg, now)
+        with store_db.writer(self.cfg.store.path, now, publish=False) as con:
+            n, kept = ingest_load.compact(con, self.cfg, now)
         log.info(
             "compact: %d source(s) compacted; retention removed %d minute and %d hourly rows "
             "(minutes kept from %s, hours from %s)",
@@ -97,9 +97,9 @@ class Jobs:
     def alerts(self, now: datetime) -> int:
         """Evaluate the rules once per minute slot, queue and deliver."""
         transports = self._transports()
-        with store.writer(self.cfg.store.path, now, publish=False) as con:
-            if not alerts.due(con, now):
-                last = alerts.last_evaluation(con, None)
+        with store_db.writer(self.cfg.store.path, now, publish=False) as con:
+            if not alerts_evaluate.due(con, now):
+                last = alerts_evaluate.last_evaluation(con, None)
                 if ahead(last, now, self.cfg.ingest.clock_skew):
                     # Written by a clock ahead of real time: "already evaluated" would hide
                     # that no alert is evaluated until real time passes it.
@@ -110,7 +110,7 @@ class Jobs:
                     )
                 log.info("alerts: %s already evaluated", iso(now))
                 return 0
-            result = alerts.run(con, self.cfg, now, transports)
+            result = alerts_evaluate.run(con, self.cfg, now, transports)
         firing = [s.rule for s in result.evaluation.states if s.state == State.FIRING]
         log.info(
             "alerts: %d instances, firing: %s; %d notification(s) queued, %d delivered",
@@ -124,8 +124,8 @@ class Jobs:
     def deliver(self, now: datetime) -> int:
         """Send what is due in the outbox."""
         transports = self._transports()
-        with store.writer(self.cfg.store.path, now, publish=False) as con:
-            sent = notify.flush(con, self.cfg.notify, transports, now)
+        with store_db.writer(self.cfg.store.path, now, publish=False) as con:
+            sent = notify_outbox.flush(con, self.cfg.notify, transports, now)
         if sent.deliveries:
             log.info("deliver: %d sent, %d failed", sent.sent, sent.failed)
         return sent.sent
@@ -134,7 +134,7 @@ class Jobs:
         """Build yesterday's cost report, queue and deliver it."""
         transports = self._transports()
         day = report.report_day(now)
-        with store.writer(self.cfg.store.path, now, publish=False) as con:
+        with store_db.writer(self.cfg.store.path, now, publish=False) as con:
             r = report.build(con, self.cfg, day, now)
             sent = report.send(con, r, self.cfg, transports, now)
         channels = sent.channels
@@ -156,7 +156,7 @@ class Jobs:
         try:
             cfg = self.reload()
         except CachemonError as exc:
-            with store.writer(self.cfg.store.path, now, publish=False) as con:
+            with store_db.writer(self.cfg.store.path, now, publish=False) as con:
                 run = promote.on_bad_config(con, self.cfg, str(exc), self.env, transports, now)
             log.error(
                 "experiments: config unreadable (%s); %s",
@@ -164,7 +164,7 @@ class Jobs:
                 run.actions[0].detail if run else "KV not configured",
             )
             raise
-        with store.writer(cfg.store.path, now, publish=False) as con:
+        with store_db.writer(cfg.store.path, now, publish=False) as con:
             run = promote.daily(con, cfg, now, now, self.env, transports)
         for a in run.analyses:
             log.info(
@@ -199,8 +199,9 @@ class Jobs:
 
         return run
 
-    def registry(self) -> list[tuple[runner.JobSpec, Callable[[datetime], int]]]:
+    def registry(self) -> list[tuple[runner_runs.JobSpec, Callable[[datetime], int]]]:
         """Each scheduled job's spec with its body (the method of its name)."""
         return [
-            (spec, self._guarded(getattr(self, spec.name))) for spec in runner.schedule(self.cfg)
+            (spec, self._guarded(getattr(self, spec.name)))
+            for spec in runner_runs.schedule(self.cfg)
         ]

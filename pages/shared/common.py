@@ -28,7 +28,7 @@ from cachemon.errors import CachemonError, EmptyStoreError, StoreError
 from cachemon.runner.selfcheck import RunnerCheck, rough_age
 from cachemon.settings import Config
 from cachemon.severity import HealthStatus, Severity
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import snapshots
 
 # Live pages refresh every REFRESH (CACHEMON_REFRESH_SECONDS, default 30);
@@ -147,7 +147,7 @@ def now() -> datetime:
 
 @st.cache_data(ttl=TTL, show_spinner=False, max_entries=200)
 def _cached(fn_name: str, db: str, version: str, args: tuple, _fn: Callable, _cfg: Config):
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         try:
             return _fn(con, _cfg, *args)
         except duckdb.Error as exc:

@@ -14,13 +14,13 @@ import pytest
 import trustme
 
 from cachemon import config
-from cachemon.alerts import evaluate as alerts
+from cachemon.alerts import evaluate as alerts_evaluate
 from cachemon.alerts import health, silences
 from cachemon.clock import iso
 from cachemon.errors import InputError
 from cachemon.notify.transports import Transports
 from cachemon.severity import HealthStatus, Severity
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import snapshots
 from tests.helpers import ALWAYS_RULE, P99_RULE, ROOT, T0, load, simulate, weighted_quantile
 from tests.helpers.servers import SmtpSink, WebhookSink
@@ -78,12 +78,12 @@ def _at(minutes: int):
 
 
 def _run(cfg, at, env):
-    with store.writer(cfg.store.path, at) as con:
-        return alerts.run(con, cfg, at, Transports.from_env(env))
+    with store_db.writer(cfg.store.path, at) as con:
+        return alerts_evaluate.run(con, cfg, at, Transports.from_env(env))
 
 
 def _history(cfg):
-    with store.reader(cfg.store.path) as con:
+    with store_db.reader(cfg.store.path) as con:
         return con.execute(
             "SELECT changed_at, rule, from_state, to_state, value FROM alert_history "
             "ORDER BY changed_at"
@@ -130,7 +130,7 @@ def test_incident_fires_after_for_notifies_once_and_resolves(tmp_path, db, base,
     slack = hooks.accepted("/slack/T000/B000/secret-slack-token")
     assert [p["text"] for p in slack] == subjects
     # Every notification is recorded as sent, once.
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         rows = con.execute(
             "SELECT channel, status, attempts FROM notifications ORDER BY id"
         ).fetchall()
@@ -161,7 +161,7 @@ def test_dedup_four_hours_then_repeat_across_process_restarts(tmp_path, db, smtp
             assert "firing" in p.stdout
         else:
             _run(cfg, _at(m), env)
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         sent = [
             iso(r[0])
             for r in con.execute("SELECT created_at FROM notifications ORDER BY id").fetchall()
@@ -184,7 +184,7 @@ def test_outbox_delivers_after_smtp_server_returns_never_twice(tmp_path, db, cap
     fired = _run(cfg, _at(FIRE), env)  # 09:45: fires while the SMTP server is down
     assert [d.ok for d in fired.deliveries] == [False]
     assert "unreachable" in fired.deliveries[0].detail
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         status, attempts, error = con.execute(
             "SELECT status, attempts, last_error FROM notifications"
         ).fetchall()[0]
@@ -203,7 +203,7 @@ def test_outbox_delivers_after_smtp_server_returns_never_twice(tmp_path, db, cap
         ]
     finally:
         sink.stop()
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         attempts = con.execute(
             "SELECT notification_id, ok FROM deliveries ORDER BY attempted_at, notification_id"
         ).fetchall()
@@ -218,7 +218,7 @@ def test_outbox_delivers_after_smtp_server_returns_never_twice(tmp_path, db, cap
 
 def test_silence_mutes_notifications_not_evaluation(tmp_path, db, smtp):
     cfg = _cfg(tmp_path, db, ALWAYS_RULE)
-    with store.writer(db, START) as con:
+    with store_db.writer(db, START) as con:
         s = silences.add_silence(
             con, "busy", timedelta(hours=2), "load test", START, created_by="ann"
         )
@@ -229,7 +229,7 @@ def test_silence_mutes_notifications_not_evaluation(tmp_path, db, smtp):
     assert smtp.messages == []
     _run(cfg, _at(120), _env(smtp))  # the silence has ended, the alert still fires: notify now
     assert [m["Subject"] for m in smtp.messages] == ["[BooksTrack Cache] WARNING: busy"]
-    with store.writer(db, _at(140)) as con:
+    with store_db.writer(db, _at(140)) as con:
         with pytest.raises(InputError, match="no alert type or rule named 'nope'"):
             silences.add_silence(con, "nope", timedelta(hours=1), "x", _at(140))
         with pytest.raises(InputError, match="reason"):
@@ -268,7 +268,7 @@ severity = "warning"
     assert by_rule["p99_latency"].state == "no_data" and "stale" in by_rule["p99_latency"].message
     assert by_rule["data_stale"].state == "firing" and by_rule["data_stale"].value == 3600
     assert [m["Subject"] for m in smtp.messages] == ["[BooksTrack Cache] WARNING: data_stale"]
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         h = health.health(con, _at(6 * 60), cfg.alerts.evaluate_every)
     assert h.status == "degraded"
     assert [(i.severity, i.message.split(":")[0]) for i in h.issues][:1] == [
@@ -277,7 +277,7 @@ severity = "warning"
     assert {i.severity for i in h.issues} == {"warning", "info"}
     assert h.status is HealthStatus.DEGRADED and h.issues[0].severity is Severity.WARNING
     # The Alerts page's record: typed fields, not a dict read back by key.
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         rec = health.record(con, _at(6 * 60), cfg.alerts.evaluate_every, days=7)
     assert rec.health == h
     assert {s.rule for s in rec.states} == {"p99_latency", "quiet_title", "data_stale"}
@@ -290,13 +290,13 @@ def test_firing_alert_survives_missing_data_and_a_clock_jump(tmp_path, db, smtp)
     for m in range(15, FIRE + 1, 15):
         _run(cfg, _at(m), _env(smtp))
     assert len(smtp.messages) == 1  # fired at 09:45
-    with store.writer(db, _at(FIRE)) as con:
-        before = alerts.load_states(con)
+    with store_db.writer(db, _at(FIRE)) as con:
+        before = alerts_evaluate.load_states(con)
         with pytest.raises(InputError, match="before the last evaluation"):
-            alerts.run(con, cfg, _at(60), Transports.from_env(_env(smtp)))
+            alerts_evaluate.run(con, cfg, _at(60), Transports.from_env(_env(smtp)))
         with pytest.raises(InputError, match="already evaluated"):
-            alerts.run(con, cfg, _at(FIRE), Transports.from_env(_env(smtp)))
-        assert alerts.load_states(con) == before
+            alerts_evaluate.run(con, cfg, _at(FIRE), Transports.from_env(_env(smtp)))
+        assert alerts_evaluate.load_states(con) == before
     jump = _run(cfg, _at(FIRE) + timedelta(days=3), _env(smtp))  # the clock jumps 3 days ahead
     s = jump.evaluation.states[0]
     assert s.state == "no_data" and s.firing_since == _at(
@@ -307,12 +307,12 @@ def test_firing_alert_survives_missing_data_and_a_clock_jump(tmp_path, db, smtp)
 
 def test_query_failure_is_an_error_state(tmp_path, db, smtp):
     cfg = _cfg(tmp_path, db, P99_RULE)
-    with store.writer(db, _at(15)) as con:
+    with store_db.writer(db, _at(15)) as con:
         con.execute("ALTER TABLE latency_minute RENAME TO latency_minute_gone")
-        r = alerts.run(con, cfg, _at(15), Transports.from_env(_env(smtp)))
+        r = alerts_evaluate.run(con, cfg, _at(15), Transports.from_env(_env(smtp)))
     s = r.evaluation.states[0]
     assert s.state == "error" and "query failed" in s.message and "latency_minute" in s.message
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         assert health.health(con, _at(15), cfg.alerts.evaluate_every).status == "degraded"
 
 
@@ -332,9 +332,9 @@ def test_hostile_cache_key_is_escaped_everywhere(tmp_path, db, smtp, hooks):
     f = tmp_path / "hostile.ndjson"
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     cfg = _cfg(tmp_path, db, P99_RULE)
-    from cachemon.ingest import load as pipeline
+    from cachemon.ingest import load as ingest_load
 
-    pipeline.import_files(cfg, [f], _at(FIRE))
+    ingest_load.import_files(cfg, [f], _at(FIRE))
     env = _env(smtp, hooks, DISCORD_WEBHOOK_URL=hooks.url("/discord/123/secret-discord-token"))
     for m in range(15, FIRE + 1, 15):
         _run(cfg, _at(m), env)
@@ -395,8 +395,8 @@ def test_cli_history_silences_and_health_in_metrics(tmp_path, db, smtp):
     assert "p99_latency" in listed.stdout and "deploy" in listed.stdout
     dry = cli("alerts", "check", "--at", iso(_at(FIRE + 15)), "--dry-run")
     assert dry.returncode == 0 and "resolved" in dry.stdout
-    with store.reader(db) as con:  # a dry run writes nothing
-        assert alerts.due(con, _at(FIRE + 15))
+    with store_db.reader(db) as con:  # a dry run writes nothing
+        assert alerts_evaluate.due(con, _at(FIRE + 15))
 
 
 def test_job_runner_notifies_once_across_a_restart(tmp_path, smtp):
@@ -456,6 +456,6 @@ def test_job_runner_notifies_once_across_a_restart(tmp_path, smtp):
         "[BooksTrack Cache] CRITICAL: p99_latency",
         "[BooksTrack Cache] RESOLVED: p99_latency",
     ]
-    with store.reader(tmp_path / "r.duckdb") as con:
+    with store_db.reader(tmp_path / "r.duckdb") as con:
         rows = con.execute("SELECT kind, status FROM notifications ORDER BY id").fetchall()
     assert rows == [("firing", "sent"), ("resolved", "sent")]

@@ -10,11 +10,11 @@ import pytest
 from scipy import stats
 
 from cachemon import config
-from cachemon.alerts import evaluate as alerts
+from cachemon.alerts import evaluate as alerts_evaluate
 from cachemon.alerts.anomaly import WEEK, history_ends, robust_z
 from cachemon.alerts.rules import effective_rules
 from cachemon.notify.transports import Transports
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from tests.helpers import T0, load, simulate, small_sim
 
 
@@ -75,8 +75,8 @@ def test_drift_below_static_threshold_is_caught(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text(RULES)
     cfg = config.with_db(config.load(p, env={}), str(db))
-    with store.writer(db, at) as con:
-        result = alerts.run(con, cfg, at, Transports.from_env({}))
+    with store_db.writer(db, at) as con:
+        result = alerts_evaluate.run(con, cfg, at, Transports.from_env({}))
     by_rule = {s.rule: s for s in result.evaluation.states}
     drift, static = by_rule["hit_rate_drift"], by_rule["miss_rate_warning"]
     assert static.state == "ok" and static.value < 10
@@ -85,9 +85,9 @@ def test_drift_below_static_threshold_is_caught(tmp_path):
     assert z <= -3.5
     # Three weeks earlier (no history yet): no data, never a silent ok.
     first = at - 3 * WEEK
-    with store.reader(db) as con:
-        states, _ = alerts.evaluate(
-            alerts.Observer(con),
+    with store_db.reader(db) as con:
+        states, _ = alerts_evaluate.evaluate(
+            alerts_evaluate.Observer(con),
             effective_rules(cfg.alerts),
             first,
             {},

@@ -8,20 +8,19 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cachemon.alerts import lifecycle as lc
-from cachemon.alerts import messages
+from cachemon.alerts import lifecycle, messages
 from cachemon.alerts.rules import Rule, type_units
 from tests.helpers.golden import check_golden as _golden
 
 AT = datetime(2026, 11, 19, 9, 45, tzinfo=UTC)
 HOSTILE = "<img src=x onerror=alert(1)>\nSubject: pwned"
 
-FIRING = lc.InstanceState(
+FIRING = lifecycle.InstanceState(
     "p99_latency",
     "",
     "p99_latency",
     "critical",
-    lc.State.FIRING,
+    lifecycle.State.FIRING,
     AT,
     AT,
     value=1832.4,
@@ -29,12 +28,12 @@ FIRING = lc.InstanceState(
     message="P99 latency above threshold: 1,832 ms (threshold 500 ms)",
     firing_since=AT,
 )
-WARN = lc.InstanceState(
+WARN = lifecycle.InstanceState(
     "edge_low",
     "title",
     "edge_hit_rate",
     "warning",
-    lc.State.FIRING,
+    lifecycle.State.FIRING,
     AT,
     AT,
     value=71.25,
@@ -42,12 +41,12 @@ WARN = lc.InstanceState(
     message="Edge hit rate (title) below threshold: 71.2% (threshold 75.0%)",
     firing_since=AT,
 )
-RESOLVED = lc.InstanceState(
+RESOLVED = lifecycle.InstanceState(
     "queue_depth",
     "",
     "queue_depth",
     "critical",
-    lc.State.RESOLVED,
+    lifecycle.State.RESOLVED,
     AT,
     AT,
     value=40.0,
@@ -74,7 +73,7 @@ CONTEXT = {
 
 
 def _email():
-    notice = lc.Notice("email", "new", (FIRING, WARN), (RESOLVED,), AT)
+    notice = lifecycle.Notice("email", "new", (FIRING, WARN), (RESOLVED,), AT)
     return messages.alert_email(
         notice,
         CONTEXT,
@@ -102,7 +101,7 @@ def test_email_escapes_keys_and_has_no_raw_newline_in_text_lines():
 
 
 def test_resolved_only_and_no_context():
-    notice = lc.Notice("email", "resolved", (), (RESOLVED,), AT)
+    notice = lifecycle.Notice("email", "resolved", (), (RESOLVED,), AT)
     email = messages.alert_email(
         notice, None, ("a@example.org",), "c@example.org", "[X]", "http://h", "<i@c>"
     )
@@ -111,10 +110,10 @@ def test_resolved_only_and_no_context():
 
 
 def test_subject_cannot_carry_a_header():
-    evil = lc.InstanceState(
-        "r", "ti\r\ntle", "miss_rate", "critical", lc.State.FIRING, AT, AT, firing_since=AT
+    evil = lifecycle.InstanceState(
+        "r", "ti\r\ntle", "miss_rate", "critical", lifecycle.State.FIRING, AT, AT, firing_since=AT
     )
-    s = messages.subject(lc.Notice("email", "new", (evil,), (), AT), "[BooksTrack Cache]")
+    s = messages.subject(lifecycle.Notice("email", "new", (evil,), (), AT), "[BooksTrack Cache]")
     assert "\r" not in s and "\n" not in s and s.endswith("[ti\\r\\ntle]")
 
 
@@ -123,19 +122,21 @@ def test_subject_cannot_carry_a_header():
     [(messages.slack_payload, "slack.json"), (messages.discord_payload, "discord.json")],
 )
 def test_chat_payloads_golden(render, golden):
-    bad = lc.InstanceState(
+    bad = lifecycle.InstanceState(
         "r",
         "<!channel> @everyone *x*",
         "miss_rate",
         "critical",
-        lc.State.FIRING,
+        lifecycle.State.FIRING,
         AT,
         AT,
         message="Cache miss rate (<!channel>) above threshold",
         firing_since=AT,
     )
     payload = render(
-        lc.Notice("slack", "new", (bad, FIRING), (RESOLVED,), AT), "[BooksTrack Cache]", "http://h/"
+        lifecycle.Notice("slack", "new", (bad, FIRING), (RESOLVED,), AT),
+        "[BooksTrack Cache]",
+        "http://h/",
     )
     _golden(golden, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     text = json.dumps(payload)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from tests.helpers import ROOT, T0
 
 
@@ -112,7 +112,7 @@ def test_corrupt_store_is_reported_and_left_untouched(env, db):
 
 
 def test_empty_store(env, db):
-    with store.writer(db, T0):
+    with store_db.writer(db, T0):
         pass
     p = run(env, "metrics")
     assert p.returncode == 2 and "no request data yet" in p.stderr

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from cachemon.cli import main as cli
+from cachemon.cli import main as cli_main
 from tests.helpers import T0
 
 NOW = T0 + timedelta(hours=4)
@@ -118,7 +118,7 @@ def _leaves(
     ]
 
 
-ROOT_PARSER = cli.build_parser()
+ROOT_PARSER = cli_main.build_parser()
 LEAVES = _leaves(ROOT_PARSER)
 
 
@@ -175,7 +175,7 @@ def demo_store(tmp_path_factory):
     cfg.write_text(SMALL_TOML)
     db = d / "demo.duckdb"
     assert (
-        cli.main(
+        cli_main.main(
             ["--db", str(db), "--config", str(cfg), "demo", "--days", "0.25", "--quiet"], now=NOW
         )
         == 0
@@ -257,7 +257,7 @@ def test_no_argument_vector_tracebacks(demo_store, tmp_path_factory, capsys, mon
         monkeypatch.delenv(name)
     monkeypatch.chdir(work)  # any relative path an argument names lands here
     try:
-        code = cli.main(argv, now=NOW)
+        code = cli_main.main(argv, now=NOW)
     except SystemExit as exc:  # argparse: usage error (2) or --help (0)
         code = exc.code
         err = capsys.readouterr().err
@@ -335,7 +335,7 @@ def test_out_of_range_arguments_are_one_clear_line(demo_store, tmp_path, capsys,
     before = copy.read_bytes()
     swap = {"DIR": str(bad), "NESTED": str(bad / "nested.toml"), "INLINE": str(bad / "inline.toml")}
     argv = [swap.get(a, a) for a in argv]
-    code = cli.main(
+    code = cli_main.main(
         ["--db", str(copy), "--config", str(cfg), *argv]
         if argv[0] != "--config"
         else ["--db", str(copy), *argv],
@@ -375,7 +375,7 @@ def test_the_job_runner_refuses_its_clock_arguments(demo_store, tmp_path, caplog
 def test_a_demo_of_a_fraction_of_a_day_starts_on_a_whole_minute(demo_store, tmp_path, capsys):
     """0.01 days is 14.4 minutes: the span starts at a whole minute, as every stored window must."""
     home, db, cfg, bad = demo_store
-    code = cli.main(
+    code = cli_main.main(
         [
             "--db",
             str(tmp_path / "d.duckdb"),
@@ -443,7 +443,7 @@ def _runnable(parser: argparse.ArgumentParser, prefix=()) -> list[tuple[tuple[st
 def test_every_command_is_registered_by_a_group_module():
     """One registration style: each group module's register() sets func= on its commands, and
     --help lists the commands in the order the manual documents them."""
-    groups = {g.__name__ for g in cli.GROUPS}
+    groups = {g.__name__ for g in cli_main.GROUPS}
     leaves = _runnable(ROOT_PARSER)
     assert len(leaves) == 19
     for path, func in leaves:

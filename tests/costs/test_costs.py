@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cachemon import config, pricing
-from cachemon import settings as cm_settings
+from cachemon import settings as cachemon_settings
 from cachemon.clock import DAY, Window
-from cachemon.costs import usage as costs
+from cachemon.costs import usage as costs_usage
 from cachemon.pricing import COMPONENTS
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from tests.helpers import T0, config_error
 
 NOV = datetime(2026, 11, 19, tzinfo=UTC)  # 30-day month
@@ -22,23 +22,23 @@ FEB = datetime(2027, 2, 10, tzinfo=UTC)  # 28-day month
 
 
 def _usage(start, length=DAY, **units):
-    return costs.Usage(Window(start, start + length), **units)
+    return costs_usage.Usage(Window(start, start + length), **units)
 
 
 def test_prices_by_hand_with_included_amounts_and_month_lengths():
     p = pricing.default()
     # 20 M KV reads in a November day: list 20 × $0.50; billed after 10 M / 30 included that day.
-    b = costs.price(_usage(NOV, kv_reads=20e6), p)
+    b = costs_usage.price(_usage(NOV, kv_reads=20e6), p)
     assert b.line("kv_reads").list_cost == pytest.approx(10.0)
     assert b.line("kv_reads").billed == pytest.approx((20e6 - 10e6 / 30) * 0.50 / 1e6)
     # Exactly the included amount of a February day: billed 0; one million more: $5 of writes.
-    feb = costs.price(_usage(FEB, kv_writes=1e6 / 28), p).line("kv_writes")
+    feb = costs_usage.price(_usage(FEB, kv_writes=1e6 / 28), p).line("kv_writes")
     assert feb.billed == 0.0 and feb.list_cost == pytest.approx(5.0 / 28)
-    assert costs.price(_usage(FEB, kv_writes=1e6 / 28 + 1e6), p).line(
+    assert costs_usage.price(_usage(FEB, kv_writes=1e6 / 28 + 1e6), p).line(
         "kv_writes"
     ).billed == pytest.approx(5.0)
     # Storage: 2 GB held for a November day is 2/30 GB-month; 1 GB-month included.
-    kv = costs.price(_usage(NOV, kv_storage=2 / 30), p).line("kv_storage")
+    kv = costs_usage.price(_usage(NOV, kv_storage=2 / 30), p).line("kv_storage")
     assert kv.list_cost == pytest.approx(0.50 * 2 / 30) and kv.billed == pytest.approx(
         0.50 * 1 / 30
     )
@@ -49,10 +49,10 @@ def test_prices_by_hand_with_included_amounts_and_month_lengths():
 
 def test_seed_shaped_block():
     p = pricing.default()
-    b = costs.price(
+    b = costs_usage.price(
         _usage(NOV, kv_reads=4.3e6, kv_writes=90e3, kv_storage=0.35 / 30, kv_bytes=350e6), p
     )
-    block = costs.to_json(b, None, NOV)
+    block = costs_usage.to_json(b, None, NOV)
     assert block["kv_reads_estimate"] == "$2.15/day"
     assert block["kv_writes_estimate"] == "$0.450/day"
     assert block["kv_storage"] == "350MB ($0.175/month)"
@@ -92,10 +92,10 @@ def test_overrides_change_the_version(tmp_path):
 
 def test_usage_equals_raw_event_truth(loaded_store):
     path, truth = loaded_store
-    cfg = cm_settings.Config()
+    cfg = cachemon_settings.Config()
     w = Window(T0 + timedelta(minutes=10), T0 + timedelta(hours=2, minutes=50))
-    with store.reader(path) as con:
-        u = costs.measure(con, w, cfg)
+    with store_db.reader(path) as con:
+        u = costs_usage.measure(con, w, cfg)
     t = truth[(truth.timestamp >= w.start) & (truth.timestamp < w.end)]
     req = t[t.kind == "request"]
     weight = lambda mask: float(req[mask].sample_interval.sum())  # noqa: E731
@@ -114,14 +114,14 @@ def test_usage_equals_raw_event_truth(loaded_store):
 
 def test_usage_adds_up_across_windows(loaded_store):
     path, _ = loaded_store
-    cfg = cm_settings.Config()
+    cfg = cachemon_settings.Config()
     a, b = (
         Window(T0, T0 + timedelta(hours=1)),
         Window(T0 + timedelta(hours=1), T0 + timedelta(hours=3)),
     )
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         ua, ub, whole = (
-            costs.measure(con, w, cfg) for w in (a, b, Window(T0, T0 + timedelta(hours=3)))
+            costs_usage.measure(con, w, cfg) for w in (a, b, Window(T0, T0 + timedelta(hours=3)))
         )
     for c in ("workers_requests", "kv_reads", "kv_writes", "r2_class_b", "ae_writes"):
         assert ua.units(c) + ub.units(c) == pytest.approx(whole.units(c))
@@ -139,11 +139,11 @@ amounts = st.floats(0, 1e9, allow_nan=False)
 def test_costs_are_non_negative_and_additive_across_days(day1, day2, offset):
     p = pricing.default()
     d1 = NOV + timedelta(days=offset)
-    b1 = costs.price(_usage(d1, **dict(zip(COMPONENTS, day1))), p)
-    b2 = costs.price(_usage(d1 + DAY, **dict(zip(COMPONENTS, day2))), p)
+    b1 = costs_usage.price(_usage(d1, **dict(zip(COMPONENTS, day1))), p)
+    b2 = costs_usage.price(_usage(d1 + DAY, **dict(zip(COMPONENTS, day2))), p)
     for b in (b1, b2):
         assert all(ln.list_cost >= 0 and 0 <= ln.billed <= ln.list_cost + 1e-9 for ln in b.lines)
-    both = costs.price(
+    both = costs_usage.price(
         _usage(d1, 2 * DAY, **{c: x + y for c, x, y in zip(COMPONENTS, day1, day2)}), p
     )
     assert both.list_total == pytest.approx(b1.list_total + b2.list_total, rel=1e-9, abs=1e-9)

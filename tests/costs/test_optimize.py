@@ -13,7 +13,7 @@ import pytest
 from cachemon import settings
 from cachemon.clock import Window
 from cachemon.costs import optimize
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store.queries import CLASSES, KeyClass, key_class_sql
 from tests.helpers import T0, load, simulate, small_sim
 
@@ -73,7 +73,7 @@ def analysed(tmp_path_factory):
     df = pd.concat([df1, df2])
     cfg = settings.Config()
     cfg = replace(cfg, costs=replace(cfg.costs, archive_after=timedelta(days=5), edge_target=99.0))
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         counts, days, recs = optimize.recommend(con, cfg, AT, Window(AT - timedelta(days=30), AT))
         # The per-key table the recommendations read, with each key's name.
         optimize.load_keys(con, Window(AT - timedelta(days=30), AT), AT)
@@ -184,7 +184,7 @@ def test_key_page_filters_and_orders_like_pandas(loaded_store, f):
     if f.contains:
         truth = truth[truth.key.str.lower().str.contains(f.contains.lower(), regex=False)]
     truth = truth.sort_values(["requests", "key"], ascending=[False, True])
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         kp = optimize.key_page(con, window, window.end, f)
     page, matching, days = kp.rows, kp.matching, kp.days
     assert matching == len(truth) and days == pytest.approx(3 / 24)

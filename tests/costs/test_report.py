@@ -13,7 +13,7 @@ import pytest
 from cachemon import config, settings
 from cachemon.costs import optimize, report
 from cachemon.notify.transports import Transports
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import snapshots
 from cachemon.store.queries import CLASSES, KeyClass
 from tests.helpers import ROOT
@@ -34,7 +34,7 @@ def db(loaded_store, tmp_path):
 
 def test_report_email_golden(db):
     cfg = config.with_db(settings.Config(), str(db))
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         r = report.build(con, cfg, DAY, NOW)
     subject, text, html = report.render(r, "[BooksTrack Cache]", "http://127.0.0.1:8501")
     assert subject == "[BooksTrack Cache] Daily Cost Optimization Report (2026-11-19)"
@@ -51,7 +51,7 @@ def test_sent_once_per_day_replaced_on_rerun_resend_on_request(db):
         t = Transports.from_env({**sink.env(), "ALERT_EMAIL": "team@example.org"})
 
         def run(resend=False, now=NOW):
-            with store.writer(db, now) as con:
+            with store_db.writer(db, now) as con:
                 r = report.build(con, cfg, DAY, now)
                 sent = report.send(con, r, cfg, t, now, resend=resend)
             assert sent.flush.ok and sent.flush.sent == len(sent.channels)
@@ -67,7 +67,7 @@ def test_sent_once_per_day_replaced_on_rerun_resend_on_request(db):
     msg = sink.messages[0]
     assert msg["Subject"] == "[BooksTrack Cache] Daily Cost Optimization Report (2026-11-19)"
     assert "Total Potential Savings" in msg.get_body(("plain",)).get_content()
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         stored = report.recent(con)
     assert len(stored) == 1 and stored[0].report.generated_at == NOW.replace(hour=5)
 
@@ -76,10 +76,10 @@ def test_a_stored_report_reads_back_typed(db):
     """`recent` parses each payload once into the same dataclasses (the
     dashboard reads attributes, never JSON keys)."""
     cfg = config.with_db(settings.Config(), str(db))
-    with store.writer(db, NOW) as con:
+    with store_db.writer(db, NOW) as con:
         r = report.build(con, cfg, DAY, NOW)
         report.save(con, r)
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         (stored,) = report.recent(con)
     assert stored.report == r and r.recommendations and r.forecast_list is not None
     assert stored.day == DAY and stored.sent is False and stored.created_at == NOW
@@ -91,7 +91,7 @@ def test_a_stored_report_reads_back_typed(db):
 
 def test_day_without_data_says_so(db):
     cfg = config.with_db(settings.Config(), str(db))
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         r = report.build(con, cfg, date(2026, 11, 25), NOW)
     _, text, html = report.render(r, "[X]", "http://h")
     assert not r.has_data and "No data for 2026-11-25" in text and "No data for 2026-11-25" in html
@@ -115,7 +115,7 @@ def test_cli_dry_run_and_bad_date(db):
     p = cli("--date", "2026-11-19", "--dry-run")
     assert p.returncode == 0, p.stderr
     assert "Cost Breakdown" in p.stdout and "Recommendations" in p.stdout
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         assert report.recent(con) == []  # a dry run stores nothing
     bad = cli("--date", "19/11/2026")
     assert bad.returncode == 2 and "--date: '19/11/2026' is not a day like" in bad.stderr

@@ -23,11 +23,11 @@ import pytest
 from cachemon import pricing, settings
 from cachemon.clock import DAY, Window
 from cachemon.costs import optimize
-from cachemon.costs import usage as costs
+from cachemon.costs import usage as costs_usage
 from cachemon.costs.tiermix import TierMix, kv_writes_sql
 from cachemon.events import validate
-from cachemon.ingest import write as ingest
-from cachemon.store import db as store
+from cachemon.ingest import write as ingest_write
+from cachemon.store import db as store_db
 from cachemon.tuning import analysis, whatif
 from cachemon.tuning.experiments import Cohort, Experiment
 
@@ -118,8 +118,8 @@ def mix_store(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiermix") / "m.duckdb"
     df = _counts()
     frame = validate(_events(df), "tiermix")
-    with store.writer(path, AT) as con:
-        ingest.replace_window(con, frame, "simulator", WINDOW, AT)
+    with store_db.writer(path, AT) as con:
+        ingest_write.replace_window(con, frame, "simulator", WINDOW, AT)
     return path, _truth(df)
 
 
@@ -142,8 +142,8 @@ def test_tiermix_is_the_rule_elementwise():
 
 def test_measured_usage_follows_the_rule(mix_store):
     path, t = mix_store
-    with store.reader(path) as con:
-        u = costs.measure(con, WINDOW, settings.Config())
+    with store_db.reader(path) as con:
+        u = costs_usage.measure(con, WINDOW, settings.Config())
     assert u.workers_requests == pytest.approx(t.requests.sum())
     assert u.kv_reads == pytest.approx(t.reads.sum())
     assert u.kv_writes == pytest.approx(t.writes.sum())
@@ -152,7 +152,7 @@ def test_measured_usage_follows_the_rule(mix_store):
 
 def test_experiment_cost_per_key_follows_the_rule(mix_store):
     path, t = mix_store
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         data = analysis.per_key(con, EXPERIMENT, WINDOW, pricing.default())
     for cohort, g in t.groupby("cohort"):
         got = sorted(zip(data[cohort]["requests"], data[cohort]["cost"]))
@@ -162,7 +162,7 @@ def test_experiment_cost_per_key_follows_the_rule(mix_store):
 
 def test_optimiser_churn_fills_follow_the_rule(mix_store):
     path, t = mix_store
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         optimize.load_keys(con, WINDOW, AT)
         # Every warm key with a fill churns when a read is free.
         classes = optimize.class_counts(con)
@@ -204,7 +204,7 @@ def test_optimiser_ttl_cost_follows_the_rule():
 def test_ttl_whatif_follows_the_rule(mix_store):
     path, t = mix_store
     cfg = settings.Config()
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         days = whatif.load_window(con, WINDOW)
         r = whatif.rates(con, "title", WINDOW, days)
     missed = t.r2.sum() + t.api.sum()
@@ -263,8 +263,8 @@ def test_an_edge_error_writes_nothing_and_is_not_a_failed_fill(tmp_path):
             "latency_ms": [5.0] * n,
         }
     )
-    with store.writer(path, AT) as con:
-        ingest.replace_window(con, validate(table, "t"), "simulator", WINDOW, AT)
-    with store.reader(path) as con:
-        u = costs.measure(con, WINDOW, settings.Config())
+    with store_db.writer(path, AT) as con:
+        ingest_write.replace_window(con, validate(table, "t"), "simulator", WINDOW, AT)
+    with store_db.reader(path) as con:
+        u = costs_usage.measure(con, WINDOW, settings.Config())
     assert (u.kv_reads, u.kv_writes, u.r2_class_b) == (4.0, 2.0, 1.0)

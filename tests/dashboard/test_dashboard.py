@@ -16,11 +16,11 @@ from cachemon import config
 from cachemon.alerts import health, silences
 from cachemon.clock import floor_to, iso, utcnow
 from cachemon.costs import report
-from cachemon.ingest import load as pipeline
+from cachemon.ingest import load as ingest_load
 from cachemon.metrics import trends
-from cachemon.runner import runs as runner
-from cachemon.store import db as store
-from cachemon.tuning import analysis as tuning
+from cachemon.runner import runs as runner_runs
+from cachemon.store import db as store_db
+from cachemon.tuning import analysis as tuning_analysis
 from cachemon.tuning import promote, results, stats
 from cachemon.usecases import demo
 from tests.helpers import EXPERIMENT_TOML, ROOT, SMALL
@@ -66,9 +66,9 @@ def _make_store(tmp: Path, end, hours: float = 6.0, evil: bool = False) -> tuple
                 for i in range(2500)
             )
         )
-        pipeline.import_files(cfg, [events], end)
-    with store.writer(db, end) as con:
-        results.save(con, tuning.analyze(con, cfg.experiments[0], end, cfg.pricing))
+        ingest_load.import_files(cfg, [events], end)
+    with store_db.writer(db, end) as con:
+        results.save(con, tuning_analysis.analyze(con, cfg.experiments[0], end, cfg.pricing))
         report.save(con, report.build(con, cfg, end.date(), end))
         promote.record(
             con,
@@ -85,9 +85,9 @@ def _make_store(tmp: Path, end, hours: float = 6.0, evil: bool = False) -> tuple
             ("ingest", "ok", None),
             ("report", "error", "SMTP refused\nSourceError: boom"),
         ):
-            runner.record_run(
+            runner_runs.record_run(
                 con,
-                runner.RunRecord(
+                runner_runs.RunRecord(
                     job,
                     end - timedelta(minutes=2),
                     end - timedelta(minutes=1),
@@ -209,7 +209,7 @@ def test_trends_chart_the_library_series(live_store, monkeypatch):
     assert len(at.get("plotly_chart")) == 6
     shown = at.dataframe[0].value
     cfg = config.load(cfg_file, env={"CACHEMON_DB": str(db)})
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         span_end = trends.window_for(con, trends.RANGES["7d"], utcnow()).end
     assert shown["time"].iloc[-1] + trends.RANGES["7d"].step >= span_end
     total = _cli_metrics(db, cfg_file, "--period", "24h")["volume"]["total_requests"]
@@ -246,7 +246,7 @@ def test_top_keys_filter_download_and_drill_down(live_store, monkeypatch):
 def test_experiments_show_the_stored_analysis_and_promotions(live_store, monkeypatch):
     db, cfg_file = live_store
     at = _app(monkeypatch, db, cfg_file, "experiments")
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         latest = results.history(con, "extended-title-ttl")[-1]["result"]
     shown = {m.label: m.value for m in at.metric}
     assert shown["Decision"] == latest["decision"]
@@ -275,7 +275,7 @@ def test_alerts_page_lists_states_and_creates_a_silence(live_store, monkeypatch)
     at.text_input(key="silence_reason").input("deploy in progress")
     at.button[0].click().run()
     assert any("muted until" in s.value for s in at.success), [e.value for e in at.error]
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         assert [s.reason for s in silences.active_silences(con, utcnow())] == ["deploy in progress"]
     assert "deploy in progress" in set(at.dataframe[-1].value["reason"])
 
@@ -294,7 +294,7 @@ def test_costs_show_the_cost_block_and_the_report(past_store, monkeypatch):
     assert lines["list USD/day"].sum() == pytest.approx(
         js["perDay"]["list"], abs=1e-6
     )  # JSON: 6 decimals
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         stored = report.recent(con, 1)[0].report
     assert list(at.dataframe[-1].value["list USD"]) == [pytest.approx(stored.list_total)]
     assert len(at.get("plotly_chart")) == 2
@@ -322,7 +322,7 @@ def test_sidebar_shows_the_runner_and_failing_jobs(live_store, monkeypatch):
     """The store's run log has an ok ingest and a failed report: the sidebar
     names the failed job and when, and when ingest last succeeded."""
     db, cfg_file = live_store
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         (failed_at,) = con.execute(
             "SELECT max(started_at) FROM job_runs WHERE job = 'report'"
         ).fetchone()
@@ -340,22 +340,22 @@ def test_sidebar_shows_the_runner_and_failing_jobs(live_store, monkeypatch):
 def test_ttl_whatif_page_shows_the_library_predictions(live_store, monkeypatch):
     from cachemon.clock import Window as W
     from cachemon.store.queries import data_span
-    from cachemon.tuning import whatif as ttl
+    from cachemon.tuning import whatif as tuning_whatif
 
     db, cfg_file = live_store
     at = _app(monkeypatch, db, cfg_file, "ttl", ttl_endpoint="title")
     assert not at.main.error
     table = at.dataframe[0].value
     cfg = config.load(cfg_file, env={"CACHEMON_DB": str(db)})
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         end = min(
             data_span(con)[1], floor_to(utcnow(), timedelta(seconds=30))
         )  # the page's refresh tick
-        w = ttl.whatif(
+        w = tuning_whatif.whatif(
             con,
             cfg,
             ["title"],
-            ttl.parse_ttls("6h,12h,24h,48h,7d"),
+            tuning_whatif.parse_ttls("6h,12h,24h,48h,7d"),
             W(end - timedelta(days=7), end),
             end,
         )[0]
@@ -378,7 +378,7 @@ def test_an_empty_store_says_how_to_fill_it(tmp_path, monkeypatch, page):
 
 def test_a_store_with_no_data_yet_says_how_to_fill_it(tmp_path, monkeypatch):
     db = tmp_path / "empty.duckdb"
-    with store.writer(db, utcnow()):
+    with store_db.writer(db, utcnow()):
         pass
     at = _app(monkeypatch, db, None, "overview")
     assert any("the store has no request data yet" in c.value for c in at.caption)
@@ -496,7 +496,7 @@ def test_every_page_in_a_real_browser(server, live_store):
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with store.reader(
+    with store_db.reader(
         live_store[0]
     ) as con:  # the Alerts timeline is drawn when an alert was active
         charts = CHARTS | {
@@ -553,7 +553,7 @@ def test_no_page_shows_nan_or_inf_whatever_the_store_holds(tmp_path_factory):
 
     end = floor_to(utcnow(), timedelta(minutes=1))
     db, cfg_file = _make_store(tmp_path_factory.mktemp("poisoned"), end, hours=3)
-    with store.writer(db, end) as con:
+    with store_db.writer(db, end) as con:
         for i in range(1, 4):
             m = end - timedelta(minutes=i)
             con.execute(

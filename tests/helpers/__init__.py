@@ -18,10 +18,10 @@ from cachemon import config
 from cachemon.clock import HOUR, Window
 from cachemon.errors import ConfigError
 from cachemon.events import EventFrame
-from cachemon.ingest import write as ingest
+from cachemon.ingest import write as ingest_write
 from cachemon.settings import SimulatorConfig
 from cachemon.sources.simulator import Simulator
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.tuning.experiments import example_toml
 
 # The repository root: the cwd and PYTHONPATH of every subprocess a test starts.
@@ -85,9 +85,9 @@ def to_pandas(*frames: EventFrame) -> pd.DataFrame:
 
 def load(path, parts, source="simulator", now=T0) -> None:
     """Ingest `parts` (as `simulate` returns them) into the store at `path`."""
-    with store.writer(path, now) as con:
+    with store_db.writer(path, now) as con:
         for w, frame in parts:
-            ingest.replace_window(con, frame, source, w, now)
+            ingest_write.replace_window(con, frame, source, w, now)
 
 
 def weighted_quantile(values, weights, q) -> float:

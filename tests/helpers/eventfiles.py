@@ -13,8 +13,8 @@ import pytest
 from cachemon import config
 from cachemon.clock import iso
 from cachemon.errors import InputError
-from cachemon.ingest import load as pipeline
-from cachemon.store import db as store
+from cachemon.ingest import load as ingest_load
+from cachemon.store import db as store_db
 from tests.helpers import T0
 
 NOW = T0 + timedelta(hours=1)
@@ -63,7 +63,7 @@ def cfg(tmp_path, toml: str = ""):
 
 def stored(cfg) -> tuple:
     """What the store holds: imports and the weighted requests."""
-    with store.reader(cfg.store.path) as con:
+    with store_db.reader(cfg.store.path) as con:
         return (
             con.execute("SELECT count(*) FROM imports").fetchone()[0],
             con.execute("SELECT sum(requests) FROM rollup_minute").fetchone()[0],
@@ -73,7 +73,7 @@ def stored(cfg) -> tuple:
 def seeded(tmp_path, toml: str = ""):
     """A store holding one good file (4 requests), so 'nothing changed' is visible."""
     c = cfg(tmp_path, toml)
-    pipeline.import_files(c, [write(tmp_path / "seed.ndjson", [row(i) for i in range(4)])], NOW)
+    ingest_load.import_files(c, [write(tmp_path / "seed.ndjson", [row(i) for i in range(4)])], NOW)
     assert stored(c) == (1, 4.0)
     return c
 
@@ -84,7 +84,7 @@ def refused(cfg, bad, *expected: str) -> str:
     good = write(bad.parent / "good.ndjson", [row(i) for i in range(10, 13)])
     before = stored(cfg)
     with pytest.raises(InputError) as err:
-        pipeline.import_files(cfg, [good, bad], NOW)
+        ingest_load.import_files(cfg, [good, bad], NOW)
     msg = str(err.value)
     assert msg.startswith(f"{bad}: ") and "\n" not in msg, msg
     for part in expected:

@@ -19,9 +19,9 @@ import duckdb
 from cachemon import config, settings
 from cachemon.clock import Window, parse_instant
 from cachemon.errors import CachemonError
-from cachemon.ingest import load as pipeline
-from cachemon.metrics import window as metrics
-from cachemon.store import db as store
+from cachemon.ingest import load as ingest_load
+from cachemon.metrics import window as metrics_window
+from cachemon.store import db as store_db
 from cachemon.store import queries, snapshots
 
 SMALL = dict(seed=7, requests_per_hour=6000, catalog_keys=3000, sample_threshold_per_minute=30)
@@ -36,7 +36,7 @@ def writer(db, start, steps, step_minutes):
     c, sim = cfg(db), None
     now = parse_instant(start)
     for i in range(int(steps) + 1):
-        _, sim = pipeline.simulate_until(c, now + timedelta(minutes=int(step_minutes) * i), sim)
+        _, sim = ingest_load.simulate_until(c, now + timedelta(minutes=int(step_minutes) * i), sim)
         print(f"step {i}", flush=True)  # lets a test kill at a known point of progress
 
 
@@ -44,10 +44,12 @@ def dashboard(db, stopfile):
     renders, errors = 0, []
     while not Path(stopfile).exists():
         try:
-            with store.reader(db) as con:
+            with store_db.reader(db) as con:
                 span = queries.data_span(con)
                 if span:
-                    metrics.compute(con, Window(span[1] - timedelta(minutes=15), span[1]), "15m")
+                    metrics_window.compute(
+                        con, Window(span[1] - timedelta(minutes=15), span[1]), "15m"
+                    )
             renders += 1
         except CachemonError as exc:
             if "no store at" not in str(exc) and "no published snapshot yet" not in str(exc):

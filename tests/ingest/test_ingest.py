@@ -8,17 +8,17 @@ import pytest
 from cachemon.clock import HOUR, Window
 from cachemon.errors import SourceError, StoreError
 from cachemon.events import EventFrame
-from cachemon.ingest import write as ingest
-from cachemon.metrics import window as metrics
-from cachemon.store import db as store
+from cachemon.ingest import write as ingest_write
+from cachemon.metrics import window as metrics_window
+from cachemon.store import db as store_db
 from tests.helpers import T0, load, simulate
 
 SPAN = Window(T0, T0 + timedelta(hours=3))
 
 
 def _totals(path, window=SPAN):
-    with store.reader(path) as con:
-        m = metrics.compute(con, window, "x", top=20)
+    with store_db.reader(path) as con:
+        m = metrics_window.compute(con, window, "x", top=20)
         keys = con.execute(
             "SELECT sum(edge + kv + r2 + api) FROM (SELECT edge, kv, r2, api FROM key_hour "
             "UNION ALL SELECT edge, kv, r2, api FROM key_minute)"
@@ -41,17 +41,19 @@ def test_overlapping_windows_never_double_count(db):
     """Re-pulls overlapping earlier windows (Analytics Engine late data)."""
     parts, df = simulate(3, step=timedelta(minutes=10))
     lag = timedelta(days=1)  # nothing compacted: every window may be re-pulled
-    with store.writer(db, T0) as con:
+    with store_db.writer(db, T0) as con:
         for w, f in parts:
-            ingest.replace_window(con, f, "simulator", w, T0, key_compaction_lag=lag)
+            ingest_write.replace_window(con, f, "simulator", w, T0, key_compaction_lag=lag)
     once = _totals(db)
     full = pa.concat_tables([f.table for _, f in parts])
-    with store.writer(db, T0) as con:
+    with store_db.writer(db, T0) as con:
         for w in [
             Window(T0 + timedelta(minutes=40), T0 + timedelta(minutes=100)),
             Window(T0 + timedelta(minutes=90), T0 + timedelta(minutes=130)),
         ]:
-            ingest.replace_window(con, _cut(full, w), "simulator", w, T0, key_compaction_lag=lag)
+            ingest_write.replace_window(
+                con, _cut(full, w), "simulator", w, T0, key_compaction_lag=lag
+            )
     assert _totals(db) == once
     assert once[3] == pytest.approx(df[df.kind == "request"].sample_interval.sum())
 
@@ -68,45 +70,45 @@ def _cut(table, w):
 
 def test_minute_windows_keep_keys_per_minute_then_compact(db):
     parts, df = simulate(3, step=timedelta(minutes=7))
-    with store.writer(db, T0) as con:
+    with store_db.writer(db, T0) as con:
         for w, f in parts:
-            ingest.replace_window(con, f, "simulator", w, T0, key_compaction_lag=HOUR)
+            ingest_write.replace_window(con, f, "simulator", w, T0, key_compaction_lag=HOUR)
         left = con.execute("SELECT min(minute) FROM key_minute").fetchone()[0]
         hours = con.execute("SELECT count(DISTINCT hour) FROM key_hour").fetchone()[0]
     # Hours more than the lag behind the last window (ending 11:00) are compacted.
     assert left == T0 + timedelta(hours=2) and hours == 2
     req = df[df.kind == "request"]
-    with store.reader(db) as con:
-        m = metrics.compute(con, SPAN, "3h", top=3)
+    with store_db.reader(db) as con:
+        m = metrics_window.compute(con, SPAN, "3h", top=3)
     top = req.groupby("key").sample_interval.sum().sort_values(ascending=False)
     assert [k.requests for k in m.top_keys] == list(top.head(3))
     # A window that cuts into a compacted hour is refused, nothing changes.
     w = Window(T0 + timedelta(minutes=30), T0 + timedelta(minutes=45))
-    with store.writer(db, T0) as con, pytest.raises(StoreError, match="already compacted"):
-        ingest.replace_window(
+    with store_db.writer(db, T0) as con, pytest.raises(StoreError, match="already compacted"):
+        ingest_write.replace_window(
             con, _cut(pa.concat_tables([f.table for _, f in parts]), w), "simulator", w, T0
         )
-    with store.reader(db) as con:
-        assert metrics.compute(con, SPAN, "3h").volume == m.volume
+    with store_db.reader(db) as con:
+        assert metrics_window.compute(con, SPAN, "3h").volume == m.volume
 
 
 def test_events_outside_the_window_are_refused(db):
     parts, _ = simulate(1)
     w, f = parts[0]
-    with store.writer(db, T0) as con, pytest.raises(SourceError, match="outside window"):
-        ingest.replace_window(
+    with store_db.writer(db, T0) as con, pytest.raises(SourceError, match="outside window"):
+        ingest_write.replace_window(
             con, f, "simulator", Window(w.start, w.start + timedelta(minutes=30)), T0
         )
-    with store.writer(db, T0) as con, pytest.raises(SourceError, match="whole minutes"):
-        ingest.replace_window(con, f, "s", Window(w.start, w.end + timedelta(seconds=1)), T0)
+    with store_db.writer(db, T0) as con, pytest.raises(SourceError, match="whole minutes"):
+        ingest_write.replace_window(con, f, "s", Window(w.start, w.end + timedelta(seconds=1)), T0)
 
 
 def test_watermark_never_moves_back(db):
     parts, _ = simulate(2)
     load(db, parts)
     load(db, parts[:1])
-    with store.reader(db) as con:
-        assert ingest.watermark(con, "simulator") == T0 + 2 * HOUR
+    with store_db.reader(db) as con:
+        assert ingest_write.watermark(con, "simulator") == T0 + 2 * HOUR
 
 
 def test_failed_window_leaves_old_data(db, monkeypatch):
@@ -117,7 +119,7 @@ def test_failed_window_leaves_old_data(db, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ingest, "_recompute_hours", boom)
-    with store.writer(db, T0) as con, pytest.raises(RuntimeError):
-        ingest.replace_window(con, parts[0][1], "simulator", parts[0][0], T0)
+    monkeypatch.setattr(ingest_write, "_recompute_hours", boom)
+    with store_db.writer(db, T0) as con, pytest.raises(RuntimeError):
+        ingest_write.replace_window(con, parts[0][1], "simulator", parts[0][0], T0)
     assert _totals(db, Window(T0, T0 + 2 * HOUR)) == before

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 
 from cachemon import config, settings
-from cachemon.cli import main as cli
+from cachemon.cli import main as cli_main
 from cachemon.clock import Window
 from cachemon.errors import ConfigError, StoreError
 from cachemon.ingest import retention
-from cachemon.ingest import write as ingest
-from cachemon.metrics import window as metrics
-from cachemon.store import db as store
+from cachemon.ingest import write as ingest_write
+from cachemon.metrics import window as metrics_window
+from cachemon.store import db as store_db
 from cachemon.store import horizons, queries
 from tests.helpers import load, simulate, small_sim
 
@@ -37,7 +37,7 @@ VIEWS = {
 
 
 def _views(path) -> dict[str, pd.DataFrame]:
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         return {name: con.execute(sql).df() for name, sql in VIEWS.items()}
 
 
@@ -47,7 +47,7 @@ def compacted(tmp_path_factory):
     parts, truth = simulate(HOURS, START)
     load(path, parts, now=START + timedelta(hours=HOURS))
     before = _views(path)
-    with store.writer(path, NOW) as con:
+    with store_db.writer(path, NOW) as con:
         counts = {
             t: con.execute(
                 f"SELECT count(*) FILTER (WHERE {c} >= $h) FROM {t}", {"h": HORIZON}
@@ -79,7 +79,7 @@ def test_compaction_keeps_daily_totals_quantiles_gauges_and_keys_exact(compacted
 def test_compaction_removes_only_rows_before_the_horizons(compacted):
     path, _, _, counts, result = compacted
     assert result.horizons == horizons.Horizons(HORIZON, HORIZON)
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         lows = con.execute(
             "SELECT (SELECT min(minute) FROM rollup_minute), (SELECT min(minute) FROM latency_minute), "
             "(SELECT min(hour) FROM rollup_hour), (SELECT min(hour) FROM key_hour), "
@@ -98,14 +98,14 @@ def test_compaction_removes_only_rows_before_the_horizons(compacted):
 
 def test_reads_needing_compacted_minutes_are_refused_later_ones_unchanged(compacted, tmp_path):
     path, truth, _, _, _ = compacted
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         with pytest.raises(
             StoreError, match=r"minute data before 2026-11-20T00:00:00Z has been compacted"
         ):
-            metrics.compute(
+            metrics_window.compute(
                 con, Window(HORIZON - timedelta(hours=2), HORIZON + timedelta(hours=1)), "custom"
             )
-        m = metrics.compute(
+        m = metrics_window.compute(
             con, Window(HORIZON + timedelta(minutes=7), HORIZON + timedelta(hours=5)), "custom"
         )
     r = truth[
@@ -120,18 +120,18 @@ def test_writes_into_the_compacted_past_are_refused_and_lose_nothing(compacted):
     path, _, before, _, _ = compacted
     w = Window(HORIZON - timedelta(hours=1), HORIZON)
     frame = small_sim().generate(w)
-    with store.writer(path, NOW) as con:
+    with store_db.writer(path, NOW) as con:
         with pytest.raises(
             StoreError, match="cannot write data from 2026-11-19T23:00:00Z.*retention"
         ):
-            ingest.replace_window(con, frame, "simulator", w, NOW)
+            ingest_write.replace_window(con, frame, "simulator", w, NOW)
     after = _views(path)
     pd.testing.assert_frame_equal(after["requests_day"], before["requests_day"])
 
 
 def test_apply_again_is_idempotent_and_horizons_never_move_back(compacted):
     path, _, before, _, _ = compacted
-    with store.writer(path, NOW) as con:
+    with store_db.writer(path, NOW) as con:
         again = retention.apply(con, NOW, KEEP)
         longer = retention.apply(con, NOW, settings.RetentionConfig(minute_days=30, hour_days=60))
     assert (again.minute_rows, again.hour_rows) == (0, 0)
@@ -163,12 +163,14 @@ def test_compact_command_applies_the_configured_retention(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text("[retention]\nminute_days = 2\nhour_days = 3\n")
     assert (
-        cli.main(["--db", str(db), "--config", str(cfg), "compact", "--at", "2026-11-22T01:00:00Z"])
+        cli_main.main(
+            ["--db", str(db), "--config", str(cfg), "compact", "--at", "2026-11-22T01:00:00Z"]
+        )
         == 0
     )
     err = capsys.readouterr().err
     assert "(kept from 2026-11-20)" in err and "(kept from 2026-11-19)" in err
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         assert horizons.horizons(con) == horizons.Horizons(HORIZON, START)
         total = con.execute("SELECT sum(requests) FROM v1.requests_day").fetchall()[0][0]
     assert total == pytest.approx(truth[truth.kind == "request"].sample_interval.sum(), rel=1e-12)
@@ -179,10 +181,10 @@ def test_dropping_a_source_removes_its_compacted_rows_too(tmp_path):
     db = tmp_path / "s.duckdb"
     parts, _ = simulate(30, START)
     load(db, parts, now=START + timedelta(hours=30))
-    with store.writer(db, NOW) as con:
+    with store_db.writer(db, NOW) as con:
         retention.apply(con, NOW, KEEP)
         assert con.execute("SELECT count(*) FROM rollup_day").fetchall()[0][0] > 0
-        ingest.drop_source(con, "simulator")
+        ingest_write.drop_source(con, "simulator")
         left = {
             t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
             for t in ("rollup_day", "latency_day", "gauge_hour", "rollup_hour", "key_day")

@@ -9,11 +9,11 @@ from prometheus_client import REGISTRY
 from cachemon import pricing
 from cachemon.alerts.health import Health, Issue
 from cachemon.clock import Window
-from cachemon.costs import usage as costs
+from cachemon.costs import usage as costs_usage
 from cachemon.metrics import exposition
-from cachemon.metrics import window as metrics
+from cachemon.metrics import window as metrics_window
 from cachemon.metrics.window import Latency, Metrics, TierVolume
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from tests.helpers import ROOT, T0
 
 GOLDEN = ROOT / "tests" / "golden" / "metrics_1h.prom"
@@ -47,8 +47,8 @@ HEALTH = Health(
 )
 
 
-_DAY = costs.price(
-    costs.Usage(
+_DAY = costs_usage.price(
+    costs_usage.Usage(
         Window(AT - timedelta(days=1), AT),
         workers_requests=3e6,
         kv_reads=4.3e6,
@@ -58,7 +58,7 @@ _DAY = costs.price(
     ),
     pricing.default(),
 )
-COSTS = costs.to_json(_DAY, costs.Forecast("2025-10", _DAY, _DAY, 3.5, 88.5, 61.25), AT)
+COSTS = costs_usage.to_json(_DAY, costs_usage.Forecast("2025-10", _DAY, _DAY, 3.5, 88.5, 61.25), AT)
 
 
 def test_golden_text():
@@ -90,8 +90,8 @@ def test_each_render_uses_a_fresh_registry():
 
 def test_no_cache_key_ever_becomes_a_label(loaded_store):
     path, _ = loaded_store
-    with store.reader(path) as con:
-        m = metrics.compute(con, Window(T0, T0 + timedelta(hours=3)), "3h", top=10)
+    with store_db.reader(path) as con:
+        m = metrics_window.compute(con, Window(T0, T0 + timedelta(hours=3)), "3h", top=10)
     text = exposition.render(m)
     assert m.top_keys and not any(k.key in text for k in m.top_keys)
 
@@ -104,8 +104,10 @@ def _promtool(text: str) -> subprocess.CompletedProcess:
 
 def test_promtool_accepts_the_output(loaded_store):
     path, _ = loaded_store
-    with store.reader(path) as con:
-        m = metrics.compute(con, Window(T0 + timedelta(minutes=5), T0 + timedelta(hours=2)), "1h")
+    with store_db.reader(path) as con:
+        m = metrics_window.compute(
+            con, Window(T0 + timedelta(minutes=5), T0 + timedelta(hours=2)), "1h"
+        )
     for text in (
         exposition.render(m),
         exposition.render(_seed_metrics(), health=HEALTH, costs=COSTS),
@@ -119,8 +121,8 @@ def test_promtool_accepts_the_output(loaded_store):
 def test_requests_total_counts_everything_up_to_the_instant(loaded_store):
     path, df = loaded_store
     at = T0 + timedelta(hours=2, minutes=17)
-    with store.reader(path) as con:
-        m = metrics.compute(con, Window(at - timedelta(hours=1), at), "1h", top=0)
+    with store_db.reader(path) as con:
+        m = metrics_window.compute(con, Window(at - timedelta(hours=1), at), "1h", top=0)
     req = df[(df.kind == "request") & (df.timestamp < at)]
     for tier in ("edge", "kv", "r2", "api"):
         assert getattr(m.lifetime, tier) == req[req.tier == tier].sample_interval.sum()

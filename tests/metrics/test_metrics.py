@@ -7,8 +7,8 @@ import pytest
 from cachemon.clock import Window
 from cachemon.errors import StoreError
 from cachemon.histogram import ALPHA
-from cachemon.metrics import window as metrics
-from cachemon.store import db as store
+from cachemon.metrics import window as metrics_window
+from cachemon.store import db as store_db
 from tests.helpers import T0, weighted_quantile
 
 WINDOWS = [
@@ -28,8 +28,8 @@ def _truth(df, window, endpoint=None):
 def test_hit_rates_volume_and_latency_match_raw_events(loaded_store, window):
     path, df = loaded_store
     r = _truth(df, window)
-    with store.reader(path) as con:
-        m = metrics.compute(con, window, "custom")
+    with store_db.reader(path) as con:
+        m = metrics_window.compute(con, window, "custom")
     w = r.sample_interval
     total = w.sum()
     assert m.volume.total == pytest.approx(total, rel=1e-12)
@@ -47,8 +47,8 @@ def test_hit_rates_volume_and_latency_match_raw_events(loaded_store, window):
 @pytest.mark.parametrize("window", WINDOWS, ids=str)
 def test_top_keys_match_raw_events_over_the_span_they_cover(loaded_store, window):
     path, df = loaded_store
-    with store.reader(path) as con:
-        m = metrics.compute(con, window, "custom", top=5)
+    with store_db.reader(path) as con:
+        m = metrics_window.compute(con, window, "custom", top=5)
     covered = m.top_keys_window
     assert covered.start <= window.start and covered.end >= window.end
     r = _truth(df, covered)
@@ -73,8 +73,8 @@ def test_long_windows_use_the_pruned_top_k_and_stay_exact(tmp_path):
     path = tmp_path / "s.duckdb"
     load(path, parts)
     window = Window(T0 - timedelta(hours=19, minutes=30), T0 + timedelta(hours=9, minutes=30))
-    with store.reader(path) as con:
-        m = metrics.compute(con, window, "custom", top=10)
+    with store_db.reader(path) as con:
+        m = metrics_window.compute(con, window, "custom", top=10)
     r = _truth(df, m.top_keys_window)
     top = (
         r.groupby("key")
@@ -89,8 +89,8 @@ def test_long_windows_use_the_pruned_top_k_and_stay_exact(tmp_path):
 def test_endpoint_filter(loaded_store):
     path, df = loaded_store
     window = WINDOWS[0]
-    with store.reader(path) as con:
-        m = metrics.compute(con, window, "3h", endpoint="isbn", top=3)
+    with store_db.reader(path) as con:
+        m = metrics_window.compute(con, window, "3h", endpoint="isbn", top=3)
     r = _truth(df, window, "isbn")
     assert m.volume.total == pytest.approx(r.sample_interval.sum())
     assert all(k.endpoint == "isbn" for k in m.top_keys) and len(m.top_keys) == 3
@@ -98,8 +98,8 @@ def test_endpoint_filter(loaded_store):
 
 def test_json_has_the_seed_shape(loaded_store):
     path, _ = loaded_store
-    with store.reader(path) as con:
-        out = metrics.to_json(metrics.compute(con, WINDOWS[0], "1h"))
+    with store_db.reader(path) as con:
+        out = metrics_window.to_json(metrics_window.compute(con, WINDOWS[0], "1h"))
     assert set(out["hitRates"]) == {"edge", "kv", "r2_cold", "api", "combined"}
     assert set(out["latency"]) == {"p50", "p95", "p99", "avg"}
     assert {"total_requests", "edge_hits", "kv_hits", "r2_rehydrations", "api_misses"} <= set(
@@ -118,21 +118,25 @@ def test_json_has_the_seed_shape(loaded_store):
 def test_empty_window_names_what_the_store_holds(loaded_store):
     path, _ = loaded_store
     with (
-        store.reader(path) as con,
+        store_db.reader(path) as con,
         pytest.raises(StoreError, match="no requests in .* holds data from 2026-11-19T08:00:00Z"),
     ):
-        metrics.compute(con, Window(T0 - timedelta(days=2), T0 - timedelta(days=1)), "24h")
+        metrics_window.compute(con, Window(T0 - timedelta(days=2), T0 - timedelta(days=1)), "24h")
 
 
 def test_kpi_deltas(loaded_store):
     path, _ = loaded_store
-    with store.reader(path) as con:
-        cur = metrics.compute(con, Window(T0 + timedelta(hours=2), T0 + timedelta(hours=3)), "1h")
-        prev = metrics.compute(con, Window(T0 + timedelta(hours=1), T0 + timedelta(hours=2)), "1h")
-    d = metrics.kpi_deltas(cur, prev)
+    with store_db.reader(path) as con:
+        cur = metrics_window.compute(
+            con, Window(T0 + timedelta(hours=2), T0 + timedelta(hours=3)), "1h"
+        )
+        prev = metrics_window.compute(
+            con, Window(T0 + timedelta(hours=1), T0 + timedelta(hours=2)), "1h"
+        )
+    d = metrics_window.kpi_deltas(cur, prev)
     assert d["requests"] == cur.volume.total - prev.volume.total
     assert d["p99"] == cur.latency.p99 - prev.latency.p99
-    assert metrics.kpi_deltas(cur, None)["combined"] is None
+    assert metrics_window.kpi_deltas(cur, None)["combined"] is None
 
 
 def test_a_lagging_source_serves_the_last_good_data_marked_stale(loaded_store):
@@ -140,18 +144,18 @@ def test_a_lagging_source_serves_the_last_good_data_marked_stale(loaded_store):
     asked = Window(
         T0 + timedelta(hours=4, minutes=45), T0 + timedelta(hours=5)
     )  # 2 h after the data
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         with pytest.raises(StoreError, match="no requests in"):
-            metrics.compute(con, asked, "15m")
-        m = metrics.compute(con, asked, "15m", latest=True)
-        fresh = metrics.compute(
+            metrics_window.compute(con, asked, "15m")
+        m = metrics_window.compute(con, asked, "15m", latest=True)
+        fresh = metrics_window.compute(
             con, Window(T0 + timedelta(hours=2, minutes=45), T0 + timedelta(hours=3)), "15m"
         )
-    out = metrics.to_json(m)
+    out = metrics_window.to_json(m)
     assert m.window == fresh.window and m.volume == fresh.volume
     assert (
         out["timestamp"] == "2026-11-19T13:00:00Z"
         and out["dataAgeSeconds"] == 7200
         and out["stale"] is True
     )
-    assert metrics.to_json(fresh)["stale"] is False
+    assert metrics_window.to_json(fresh)["stale"] is False

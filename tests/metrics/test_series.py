@@ -8,7 +8,7 @@ import pytest
 
 from cachemon.errors import InputError
 from cachemon.metrics import series
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from tests.helpers import T0, weighted_quantile
 
 
@@ -24,7 +24,7 @@ def test_observations_equal_raw_event_truth(loaded_store, endpoint):
         T0 + timedelta(hours=2, minutes=44),
         T0 - timedelta(hours=5),
     ]
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         obs = series.observe(con, starts, length, endpoint)
     assert [o.window.start for o in obs] == starts
     req = truth[truth.kind == "request"]
@@ -56,7 +56,7 @@ def test_observations_equal_raw_event_truth(loaded_store, endpoint):
 
 
 def test_windows_must_be_whole_minutes(loaded_store):
-    with store.reader(loaded_store[0]) as con:
+    with store_db.reader(loaded_store[0]) as con:
         with pytest.raises(InputError, match="whole minutes"):
             series.observe(con, [T0], timedelta(seconds=90))
         assert series.observe(con, [], timedelta(minutes=15)) == []

@@ -8,12 +8,12 @@ import pytest
 
 from cachemon import config, settings
 from cachemon.clock import HOUR, Window
-from cachemon.costs import usage as costs
+from cachemon.costs import usage as costs_usage
 from cachemon.errors import InputError
 from cachemon.histogram import ALPHA
 from cachemon.metrics import trends
 from cachemon.pricing import DEFAULT
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from tests.helpers import T0, weighted_quantile
 
 SPAN = Window(T0, T0 + 3 * HOUR)
@@ -34,7 +34,7 @@ def test_buckets_match_raw_events(loaded_store, step, endpoint):
     path, df = loaded_store
     r = _requests(df, endpoint)
     r = r.assign(b=_bucket(r.timestamp, step))
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         got = trends.trend(con, SPAN, step, endpoint).set_index("time")
     truth = r.groupby("b")
     assert list(got.index) == sorted(truth.groups)
@@ -61,7 +61,7 @@ def test_buckets_match_raw_events(loaded_store, step, endpoint):
 def test_queue_depth_is_the_max_and_mean_of_the_readings(loaded_store):
     path, df = loaded_store
     g = df[df.kind == "queue_depth"].assign(b=lambda x: _bucket(x.timestamp, HOUR))
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         got = trends.trend(con, SPAN, HOUR).set_index("time")
     for b, part in g.groupby("b"):
         assert got.loc[b, "queue_depth_max"] == pytest.approx(part.latency_ms.max())
@@ -71,14 +71,14 @@ def test_queue_depth_is_the_max_and_mean_of_the_readings(loaded_store):
 def test_the_last_bucket_ends_with_the_window(loaded_store):
     path, _ = loaded_store
     window = Window(T0, T0 + timedelta(hours=2, minutes=20))
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         got = trends.trend(con, window, HOUR)
     assert list(got["minutes"]) == [60, 60, 20]
 
 
 def test_window_for_a_range_ends_with_the_data_on_a_step_boundary(loaded_store):
     path, _ = loaded_store
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         w = trends.window_for(con, trends.RANGES["24h"], T0 + timedelta(days=2))
     assert w.end == SPAN.end and w.start == SPAN.end - timedelta(days=1)
     assert trends.parse_range("30d").step == timedelta(hours=6)
@@ -93,8 +93,10 @@ def test_daily_costs_price_each_days_requests(tmp_path):
     path = tmp_path / "c.duckdb"
     load(path, parts)
     cfg = config.with_db(settings.Config(), str(path))
-    with store.reader(path) as con:
-        got = costs.daily_costs(con, Window(T0 - timedelta(days=3), T0 + timedelta(days=2)), cfg)
+    with store_db.reader(path) as con:
+        got = costs_usage.daily_costs(
+            con, Window(T0 - timedelta(days=3), T0 + timedelta(days=2)), cfg
+        )
     r = _requests(df)
     per_day = r.groupby(r.timestamp.dt.floor("D")).sample_interval.sum()
     assert list(got["day"]) == list(per_day.index)
@@ -111,5 +113,5 @@ def test_daily_costs_price_each_days_requests(tmp_path):
 
 def test_a_step_that_is_not_whole_minutes_is_refused(loaded_store):
     path, _ = loaded_store
-    with store.reader(path) as con, pytest.raises(InputError, match="whole minutes"):
+    with store_db.reader(path) as con, pytest.raises(InputError, match="whole minutes"):
         trends.trend(con, SPAN, timedelta(seconds=90))

@@ -15,23 +15,22 @@ import pytest
 import trustme
 
 from cachemon import outbound
-from cachemon.alerts import lifecycle as lc
-from cachemon.alerts import notices
+from cachemon.alerts import lifecycle, notices
 from cachemon.errors import ConfigError
-from cachemon.notify import outbox as notify
+from cachemon.notify import outbox as notify_outbox
 from cachemon.notify.transports import Smtp, Transports
 from cachemon.settings import NotifyConfig
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from tests.helpers.servers import SmtpSink, WebhookSink, free_port
 
 AT = datetime(2026, 11, 19, 9, 45, tzinfo=UTC)
 NC = NotifyConfig()
-ALERT = lc.InstanceState(
+ALERT = lifecycle.InstanceState(
     "p99_latency",
     "",
     "p99_latency",
     "critical",
-    lc.State.FIRING,
+    lifecycle.State.FIRING,
     AT,
     AT,
     value=900.0,
@@ -41,19 +40,19 @@ ALERT = lc.InstanceState(
 )
 
 
-def _row(channel: str, t: Transports, at=AT) -> notify.OutboxRow:
-    return notices.render(lc.Notice(channel, "new", (ALERT,), (), at), None, NC, t)
+def _row(channel: str, t: Transports, at=AT) -> notify_outbox.OutboxRow:
+    return notices.render(lifecycle.Notice(channel, "new", (ALERT,), (), at), None, NC, t)
 
 
 def _enqueue(db, *rows):
-    with store.writer(db, AT) as con:
+    with store_db.writer(db, AT) as con:
         for r in rows:
-            notify.enqueue(con, r)
+            notify_outbox.enqueue(con, r)
 
 
 def _deliver(db, t, now):
-    with store.writer(db, now) as con:
-        return notify.deliver(con, t, NC, now)
+    with store_db.writer(db, now) as con:
+        return notify_outbox.deliver(con, t, NC, now)
 
 
 @pytest.mark.filterwarnings(
@@ -129,10 +128,10 @@ def test_rejected_webhook_retries_with_backoff_in_order_never_twice(db, caplog):
     try:
         t = Transports.from_env({"SLACK_WEBHOOK_URL": hooks.url("/services/T/B/xoxb-secret-token")})
         first = _row("slack", t)
-        gone = lc.InstanceState(
-            "p99_latency", "", "p99_latency", "critical", lc.State.RESOLVED, AT, AT
+        gone = lifecycle.InstanceState(
+            "p99_latency", "", "p99_latency", "critical", lifecycle.State.RESOLVED, AT, AT
         )
-        second = notices.render(lc.Notice("slack", "resolved", (), (gone,), AT), None, NC, t)
+        second = notices.render(lifecycle.Notice("slack", "resolved", (), (gone,), AT), None, NC, t)
         _enqueue(db, first, second)
         hooks.status = 404
         with caplog.at_level(logging.INFO):
@@ -155,7 +154,7 @@ def test_rejected_webhook_retries_with_backoff_in_order_never_twice(db, caplog):
         json.loads(first.payload)["text"],
         json.loads(second.payload)["text"],
     ]
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         stored = " ".join(
             str(r)
             for t_ in ("notifications", "deliveries")
@@ -214,10 +213,10 @@ def test_recipients_per_severity():
     assert notices.alert_recipients(nc, t, {"info"}) == (
         "fallback@example.org",
     )  # none configured: ALERT_EMAIL
-    warn = lc.InstanceState(
-        "edge", "", "edge_hit_rate", "warning", lc.State.FIRING, AT, AT, firing_since=AT
+    warn = lifecycle.InstanceState(
+        "edge", "", "edge_hit_rate", "warning", lifecycle.State.FIRING, AT, AT, firing_since=AT
     )
-    row = notices.render(lc.Notice("email", "new", (warn,), (), AT), None, nc, t)
+    row = notices.render(lifecycle.Notice("email", "new", (warn,), (), AT), None, nc, t)
     assert json.loads(row.payload)["to"] == ["team@example.org"]
 
 
@@ -293,22 +292,22 @@ def test_flush_is_one_call_with_outcomes_and_lines(db):
     t = Transports(
         slack_url="https://hooks.invalid/s", discord_url="https://d.invalid/d", post=post
     )
-    with store.writer(db, AT) as con:
-        with notify.delivery_round(con, NC, t, AT) as r:
-            notify.enqueue(con, _row("slack", t))
-            notify.enqueue(con, _row("discord", t))
-            assert r.flush is notify.NOTHING  # delivered when the block ends, not before
+    with store_db.writer(db, AT) as con:
+        with notify_outbox.delivery_round(con, NC, t, AT) as r:
+            notify_outbox.enqueue(con, _row("slack", t))
+            notify_outbox.enqueue(con, _row("discord", t))
+            assert r.flush is notify_outbox.NOTHING  # delivered when the block ends, not before
         sent = r.flush
     assert [(d.channel, d.ok) for d in sent.deliveries] == [("slack", False), ("discord", True)]
     assert [(o.channel, o.state) for o in sent.outcomes] == [
-        ("slack", notify.Fate.FAILED),
-        ("discord", notify.Fate.SENT),
+        ("slack", notify_outbox.Fate.FAILED),
+        ("discord", notify_outbox.Fate.SENT),
     ]
     assert not sent.ok and (sent.sent, sent.failed) == (1, 1)
     assert sent.lines[0].startswith("delivery 1 via slack: failed: slack webhook rejected")
     assert sent.lines[1] == "delivery 2 via discord: sent"
-    with store.writer(db, AT + timedelta(hours=2)) as con:
-        again = notify.flush(con, NC, t, AT + timedelta(hours=2))  # no mark: none of its own
+    with store_db.writer(db, AT + timedelta(hours=2)) as con:
+        again = notify_outbox.flush(con, NC, t, AT + timedelta(hours=2))  # no mark: none of its own
     assert again.ok and again.outcomes == () and again.lines == ("delivery 1 via slack: sent",)
 
 
@@ -320,25 +319,27 @@ def test_a_round_delivers_nothing_when_its_block_fails_or_in_a_dry_run(db):
         return outbound.Answer(200, {}, b"ok", True)
 
     t = Transports(slack_url="https://hooks.invalid/s", post=post)
-    with store.writer(db, AT) as con:
+    with store_db.writer(db, AT) as con:
         with pytest.raises(RuntimeError):
-            with notify.delivery_round(con, NC, t, AT) as failed:
-                notify.enqueue(con, _row("slack", t))
+            with notify_outbox.delivery_round(con, NC, t, AT) as failed:
+                notify_outbox.enqueue(con, _row("slack", t))
                 raise RuntimeError("the caller's own failure")
-        with notify.delivery_round(con, NC, t, AT, dry_run=True) as dry:
+        with notify_outbox.delivery_round(con, NC, t, AT, dry_run=True) as dry:
             pass
-    assert failed.flush is notify.NOTHING and dry.flush is notify.NOTHING and posts == []
+    assert (
+        failed.flush is notify_outbox.NOTHING and dry.flush is notify_outbox.NOTHING and posts == []
+    )
     assert _flush(db, t, AT).lines == ("delivery 1 via slack: sent",)  # the deliver job's turn
 
 
-def _flush(db, t, now) -> notify.Flush:
-    with store.writer(db, now) as con:
-        return notify.flush(con, NC, t, now)
+def _flush(db, t, now) -> notify_outbox.Flush:
+    with store_db.writer(db, now) as con:
+        return notify_outbox.flush(con, NC, t, now)
 
 
 def test_notify_never_imports_alerts():
     """notify is below alerts: the alert parts of a message live in cachemon.alerts."""
-    package = Path(notify.__file__).parent
+    package = Path(notify_outbox.__file__).parent
     for path in package.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):

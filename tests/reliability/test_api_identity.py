@@ -22,7 +22,7 @@ from cachemon import config
 from cachemon.api.access import ForwardedFor, networks
 from cachemon.api.app import ApiSettings, create_app
 from cachemon.api.server import ServeOptions, build_server
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import queries
 from tests.helpers import ROOT
 from tests.helpers.servers import free_port, serve_process
@@ -139,7 +139,7 @@ class _Clock:
 def test_a_cached_answer_never_says_fresh_about_stale_data(loaded_store, results, fmt):
     db, _ = loaded_store
     cfg = config.with_db(config.load(env={}), str(db))
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         until = queries.data_span(con)[1]
     turns_stale = until + cfg.metrics.stale_after
     clock = _Clock(

@@ -28,8 +28,8 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 
 from cachemon import config
-from cachemon.ingest import load as pipeline
-from cachemon.store import db as store
+from cachemon.ingest import load as ingest_load
+from cachemon.store import db as store_db
 from cachemon.store import queries
 from tests.helpers import P99_RULE, ROOT
 from tests.helpers.servers import SmtpSink
@@ -104,7 +104,7 @@ def _killed_during(text: str) -> str:
 
 
 def _frames(path) -> dict[str, pd.DataFrame]:
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         return {name: con.execute(sql).df() for name, sql in COMPARED.items()}
 
 
@@ -143,7 +143,7 @@ def test_kill_9_at_random_points_loses_nothing_and_doubles_nothing(tmp_path, res
     finally:
         smtp.stop()
 
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         span, runs = (
             queries.data_span(con),
             con.execute("SELECT outcome, error FROM job_runs").fetchall(),
@@ -155,8 +155,8 @@ def test_kill_9_at_random_points_loses_nothing_and_doubles_nothing(tmp_path, res
     # The same span simulated in one go, into another store.
     ref = tmp_path / "ref.duckdb"
     ref_cfg = replace(config.with_db(config.load(cfg_file, env={}), str(ref)))
-    _, sim = pipeline.simulate_until(ref_cfg, span[0] + timedelta(hours=1))
-    pipeline.simulate_until(ref_cfg, span[1], sim)
+    _, sim = ingest_load.simulate_until(ref_cfg, span[0] + timedelta(hours=1))
+    ingest_load.simulate_until(ref_cfg, span[1], sim)
     got, want = _frames(db), _frames(ref)
     for name in COMPARED:
         assert len(got[name]) == len(want[name]), name

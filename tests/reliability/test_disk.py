@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import snapshots
 from tests.helpers import ROOT
 from tests.helpers.disk import CONFIG, tmpfs
@@ -22,7 +22,7 @@ from tests.helpers.disk import fill as _fill
 
 
 def _runs(db):
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         return con.execute(
             "SELECT job, outcome, error FROM job_runs ORDER BY started_at"
         ).fetchall()

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from cachemon import config, settings
-from cachemon.cli import main as cli
+from cachemon.cli import main as cli_main
 from cachemon.clock import CLOCK_SKEW, DAY, EARLIEST, HOUR, Window, floor_to, format_duration, iso
 from cachemon.errors import InputError
 from cachemon.ingest import retention
-from cachemon.ingest import write as ingest
-from cachemon.store import db as store
+from cachemon.ingest import write as ingest_write
+from cachemon.store import db as store_db
 from cachemon.store import horizons
 from cachemon.usecases import demo
 from tests.helpers import ROOT, T0, small_sim
@@ -55,7 +55,7 @@ REFUSED_DEMOS = [
 
 def tables(db: Path) -> dict[str, list[tuple]]:
     """Every table's rows, in a fixed order: the store's whole content."""
-    with store.writer(db, NOW, publish=False) as con:
+    with store_db.writer(db, NOW, publish=False) as con:
         names = [
             f'"{s}"."{t}"'
             for s, t in con.execute(
@@ -67,7 +67,7 @@ def tables(db: Path) -> dict[str, list[tuple]]:
 
 
 def cachemon(capsys, db: Path, cfg: Path, *args: str) -> tuple[int, str]:
-    code = cli.main(["--db", str(db), "--config", str(cfg), *args], now=NOW)
+    code = cli_main.main(["--db", str(db), "--config", str(cfg), *args], now=NOW)
     return code, capsys.readouterr().err
 
 
@@ -79,7 +79,7 @@ def first_demo(tmp_path_factory):
     cfg = d / "small.toml"
     cfg.write_text(SMALL_TOML)
     db = d / "demo.duckdb"
-    assert cli.main(["--db", str(db), "--config", str(cfg), *DEMO], now=NOW) == 0
+    assert cli_main.main(["--db", str(db), "--config", str(cfg), *DEMO], now=NOW) == 0
     return db, cfg, tables(db)
 
 
@@ -152,7 +152,7 @@ def test_a_demo_failing_midway_or_killed_changes_nothing(demo_copy, tmp_path, re
     demo.demo(cfg, 0.25, NOW, seed=5)  # another seed: the swap shows, to readers too
     after = tables(db)
     assert after != before
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         assert (
             con.execute("SELECT * FROM rollup_minute ORDER BY ALL").fetchall()
             == after['"main"."rollup_minute"']
@@ -254,11 +254,11 @@ def test_horizons_never_pass_the_data_end(demo_copy, results):
     db, _, before = demo_copy
     end = max(r[1] for r in before['"main"."watermarks"'])
     far = NOW + timedelta(days=365 * 60)
-    with store.writer(db, NOW, publish=False) as con:
+    with store_db.writer(db, NOW, publish=False) as con:
         kept = retention.apply(con, far, settings.RetentionConfig(minute_days=1, hour_days=2))
         assert kept.horizons == horizons.Horizons(floor_to(end, DAY), floor_to(end, DAY))
         w = Window(floor_to(end, HOUR), floor_to(end, HOUR) + HOUR)
-        ingest.replace_window(con, small_sim().generate(w), "later", w, NOW)  # not refused
+        ingest_write.replace_window(con, small_sim().generate(w), "later", w, NOW)  # not refused
     results(
         "retention as of a far future",
         "retention applied 60 years ahead of the data",
@@ -269,7 +269,7 @@ def test_horizons_never_pass_the_data_end(demo_copy, results):
 
 def test_an_empty_store_closes_nothing(tmp_path):
     """With no data, even a compaction far ahead leaves every supported instant writable."""
-    with store.writer(tmp_path / "empty.duckdb", NOW) as con:
+    with store_db.writer(tmp_path / "empty.duckdb", NOW) as con:
         kept = retention.apply(con, NOW + timedelta(days=365 * 60), settings.RetentionConfig())
         assert kept == retention.Result(horizons.Horizons(EARLIEST, EARLIEST), 0, 0)
         horizons.check_write(con, EARLIEST)  # not refused

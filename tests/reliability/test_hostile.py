@@ -20,15 +20,15 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.generation import GenerationMode
 
 from cachemon import config
-from cachemon import settings as cm_settings
+from cachemon import settings as cachemon_settings
 from cachemon.api.app import ApiSettings, create_app
 from cachemon.clock import Window, iso
 from cachemon.costs import optimize, report
 from cachemon.errors import CachemonError
-from cachemon.ingest import load as pipeline
+from cachemon.ingest import load as ingest_load
 from cachemon.metrics import exposition
-from cachemon.metrics import window as metrics
-from cachemon.store import db as store
+from cachemon.metrics import window as metrics_window
+from cachemon.store import db as store_db
 from cachemon.store import export
 from tests.helpers import T0, config_error
 
@@ -113,9 +113,9 @@ def test_fuzzed_import_never_crashes_and_a_bad_file_writes_nothing(tmp_path, dat
     f = tmp_path / "events.ndjson"
     f.write_bytes(body)
     db = tmp_path / f"s{abs(hash(body))}.duckdb"
-    cfg = config.with_db(cm_settings.Config(), str(db))
+    cfg = config.with_db(cachemon_settings.Config(), str(db))
     try:
-        pipeline.import_files(cfg, [f], NOW)
+        ingest_load.import_files(cfg, [f], NOW)
     except CachemonError as exc:
         IMPORTS[f"refused ({corrupt})"] += 1
         assert str(f) in str(exc)  # names the file (and the line or field)
@@ -143,7 +143,7 @@ def test_fuzzed_import_outcomes(results):
 
 
 def _requests(db) -> float:
-    with store.writer(db, NOW, publish=False) as con:
+    with store_db.writer(db, NOW, publish=False) as con:
         return con.execute("SELECT coalesce(sum(requests), 0) FROM rollup_minute").fetchall()[0][0]
 
 
@@ -157,16 +157,18 @@ def test_evil_keys_travel_intact_and_escaped(tmp_path, results):
         )
     )
     db = tmp_path / "evil.duckdb"
-    cfg = config.with_db(cm_settings.Config(), str(db))
-    pipeline.import_files(cfg, [f], NOW)
+    cfg = config.with_db(cachemon_settings.Config(), str(db))
+    ingest_load.import_files(cfg, [f], NOW)
     read_back = {k.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for k in EVIL_KEYS}
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         stored = {k for (k,) in con.execute("SELECT key FROM cache_keys").fetchall()}
-        m = metrics.compute(con, Window(T0, T0 + timedelta(hours=1)), "1h", top=len(EVIL_KEYS))
+        m = metrics_window.compute(
+            con, Window(T0, T0 + timedelta(hours=1)), "1h", top=len(EVIL_KEYS)
+        )
     assert stored == read_back  # intact (invalid UTF-8 becomes U+FFFD once, at the edge)
     assert {k.key for k in m.top_keys} == read_back
     # JSON: round-trips exactly. Prometheus: keys are never labels. Email HTML: escaped. CSV: no formulas.
-    js = json.dumps(metrics.to_json(m), ensure_ascii=False)
+    js = json.dumps(metrics_window.to_json(m), ensure_ascii=False)
     assert {k["key"] for k in json.loads(js)["topKeys"]} == read_back
     prom = exposition.render(m, timedelta(minutes=10))
     assert not any(k in prom for k in read_back) and "<script>" not in prom
@@ -220,7 +222,7 @@ def test_config_files_of_the_wrong_shape_are_named(tmp_path, text, message):
 # strategies do, driven by hypothesis here.)
 def test_the_api_fuzzed_from_its_schema_never_fails_with_a_5xx(loaded_store, results):
     path, _ = loaded_store
-    cfg = config.with_db(cm_settings.Config(), str(path))
+    cfg = config.with_db(cachemon_settings.Config(), str(path))
     app = create_app(cfg, ApiSettings(rate_limit=10**9), lambda: T0 + timedelta(hours=3))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     seen = Counter()

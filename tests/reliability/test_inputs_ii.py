@@ -32,10 +32,10 @@ from cachemon import config, outbound
 from cachemon.alerts import silences
 from cachemon.clock import utcnow
 from cachemon.errors import ConfigError, InputError
-from cachemon.ingest import load as pipeline
+from cachemon.ingest import load as ingest_load
 from cachemon.runner import heartbeat
 from cachemon.sources import files
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import export
 from tests.helpers import ROOT
 from tests.helpers.eventfiles import NOW, START
@@ -181,7 +181,7 @@ def test_control_characters_in_names_are_refused_but_keys_may_hold_anything(
             cfg, _write(tmp_path / "bad.ndjson", rows), f"line 2: {field} ", "control character"
         )
     # A cache key comes from the internet: it may hold anything and is stored as it is.
-    pipeline.import_files(
+    ingest_load.import_files(
         cfg, [_write(tmp_path / "key.ndjson", [_row(40, key="k\x1b[31m\r\x00")])], NOW
     )
     assert _stored(cfg) == (2, 5.0)
@@ -209,8 +209,8 @@ def test_a_file_of_gauge_rows_only_imports_and_a_request_row_still_needs_its_col
         folder = tmp_path / suffix[1:]
         folder.mkdir()
         fresh = _cfg(folder)
-        pipeline.import_files(fresh, [_write(folder / f"g{suffix}", gauges)], NOW)
-        with store.reader(fresh.store.path) as con:
+        ingest_load.import_files(fresh, [_write(folder / f"g{suffix}", gauges)], NOW)
+        with store_db.reader(fresh.store.path) as con:
             got = dict(
                 con.execute(
                     "SELECT name, sum(value_sum) FROM gauge_minute GROUP BY name"
@@ -249,7 +249,7 @@ def test_a_folder_device_or_pipe_is_named_for_what_it_is(tmp_path, results):
     before = _stored(cfg)
     for path, why in cases:
         with pytest.raises(InputError, match=why):
-            pipeline.import_files(cfg, [path], NOW)
+            ingest_load.import_files(cfg, [path], NOW)
     assert _stored(cfg) == before
     results(
         "import of a folder, device or FIFO",
@@ -269,7 +269,7 @@ def test_export_refuses_bad_targets_in_one_line(tmp_path, results):
     (blocked / "requests_minute").write_text("a file where a folder must go")
     work = tmp_path / "cwd"
     work.mkdir()
-    with store.reader(cfg.store.path) as con:
+    with store_db.reader(cfg.store.path) as con:
         with pytest.raises(InputError, match="export target is empty"):
             export.parquet(con, "", None)
         for target, why in ((blocked, "Not a directory"), ("/proc/self/x", "cannot write")):
@@ -417,7 +417,7 @@ def test_silences_refuse_control_characters_and_stored_ones_print_escaped(tmp_pa
     cfg = _seeded(tmp_path)
     args = {"reason": "deploy", "endpoint": "", "created_by": "ops"}
     args[field] = "ok\x1b[2J\rhidden" if field != "endpoint" else "title\nfake"
-    with store.writer(cfg.store.path, NOW) as con:
+    with store_db.writer(cfg.store.path, NOW) as con:
         with pytest.raises(InputError, match="control character"):
             silences.add_silence(con, "p99_latency", timedelta(hours=1), now=NOW, **args)
         assert con.execute("SELECT count(*) FROM silences").fetchone()[0] == 0

@@ -16,7 +16,7 @@ import pytest
 
 from cachemon.errors import ConfigError
 from cachemon.notify.transports import Transports
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from tests.helpers import ALWAYS_RULE, ROOT, T0
 from tests.helpers.servers import SmtpSink, free_port
 
@@ -50,7 +50,7 @@ def _cli(db, env_extra: dict, *args, config=None):
 
 def _outbox(db):
     """(id, channel, status, attempts) of every notification, and the attempts logged per notification."""
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         rows = con.execute(
             "SELECT id, channel, status, attempts FROM notifications ORDER BY id"
         ).fetchall()
@@ -137,7 +137,7 @@ def test_good_smtp_ports_are_taken():
 
 def test_costs_report_with_a_bad_smtp_port_stores_nothing(loaded_store, tmp_path, results):
     db = _copy(loaded_store, tmp_path)
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         before = con.execute("SELECT count(*) FROM cost_reports").fetchone()[0]
     p = _cli(
         db,
@@ -151,7 +151,7 @@ def test_costs_report_with_a_bad_smtp_port_stores_nothing(loaded_store, tmp_path
     assert p.stderr.strip().splitlines() == [
         "cachemon: error: SMTP_PORT='99999' is not a port number (1 to 65535)"
     ]
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         assert con.execute("SELECT count(*) FROM cost_reports").fetchone()[0] == before
     assert _outbox(db) == ([], {})
     results(

@@ -11,12 +11,11 @@ from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from cachemon.alerts import lifecycle as lc
-from cachemon.alerts import notices
-from cachemon.notify import outbox as notify
+from cachemon.alerts import lifecycle, notices
+from cachemon.notify import outbox as notify_outbox
 from cachemon.notify.transports import Transports
 from cachemon.settings import NotifyConfig
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import snapshots
 from tests.helpers.servers import SmtpSink, WebhookSink
 
@@ -25,14 +24,14 @@ NC = replace(NotifyConfig(), timeout=timedelta(seconds=1))
 CHANNELS = ("email", "slack", "discord")
 
 
-def _notice(channel: str, i: int, t: Transports) -> notify.OutboxRow:
+def _notice(channel: str, i: int, t: Transports) -> notify_outbox.OutboxRow:
     at = T0 + timedelta(minutes=5 * i)
-    state = lc.InstanceState(
+    state = lifecycle.InstanceState(
         f"rule_{i}",
         "",
         "p99_latency",
         "critical",
-        lc.State.FIRING,
+        lifecycle.State.FIRING,
         at,
         at,
         value=900.0 + i,
@@ -40,7 +39,7 @@ def _notice(channel: str, i: int, t: Transports) -> notify.OutboxRow:
         message=f"notice {i}",
         firing_since=at,
     )
-    return notices.render(lc.Notice(channel, "new", (state,), (), at), None, NC, t)
+    return notices.render(lifecycle.Notice(channel, "new", (state,), (), at), None, NC, t)
 
 
 def test_notification_faults_then_everything_delivered_once_in_order(tmp_path, results):
@@ -69,13 +68,13 @@ def test_notification_faults_then_everything_delivered_once_in_order(tmp_path, r
                 hooks.status = 200
             elif minute == 60:
                 hooks.delay = 0.0
-            with store.writer(db, now, publish=False) as con:
+            with store_db.writer(db, now, publish=False) as con:
                 if minute % 5 == 0 and minute < 60:
                     for c in CHANNELS:
                         row = _notice(c, minute // 5, t)
-                        notify.enqueue(con, row)
+                        notify_outbox.enqueue(con, row)
                         queued[c].append(json.loads(row.payload))
-                for d in notify.deliver(con, t, NC, now):
+                for d in notify_outbox.deliver(con, t, NC, now):
                     failures[d.channel] += not d.ok
         emails = [m["Subject"] for m in smtp.messages]
         slack = [
@@ -90,7 +89,7 @@ def test_notification_faults_then_everything_delivered_once_in_order(tmp_path, r
         smtp.stop()
         hooks.close()
     snapshots.publish_snapshot(db)
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         statuses = Counter(s for (s,) in con.execute("SELECT status FROM notifications").fetchall())
         attempts = con.execute(
             "SELECT count(*), count(*) FILTER (WHERE NOT ok) FROM deliveries"

@@ -22,14 +22,13 @@ from datetime import timedelta
 import pytest
 
 from cachemon import config, settings
-from cachemon.alerts import lifecycle as lc
-from cachemon.alerts import notices
+from cachemon.alerts import lifecycle, notices
 from cachemon.errors import ConfigError, SourceError
-from cachemon.notify import outbox as notify
+from cachemon.notify import outbox as notify_outbox
 from cachemon.notify.transports import NotifyError, Transports, send
 from cachemon.settings import NotifyConfig
 from cachemon.sources.analytics_engine import Client, Credentials
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.tuning import promote
 from tests.helpers import ROOT, T0
 from tests.helpers.servers import DripServer, SmtpSink, WebhookSink
@@ -43,14 +42,14 @@ DEADLINE = 1.5  # seconds, for the fast scenarios
 SLACK_URL = "/services/T0/B0/drip"
 
 
-def _row(channel: str, t: Transports, nc: NotifyConfig, i: int = 0) -> notify.OutboxRow:
+def _row(channel: str, t: Transports, nc: NotifyConfig, i: int = 0) -> notify_outbox.OutboxRow:
     at = T0 + timedelta(minutes=i)
-    state = lc.InstanceState(
+    state = lifecycle.InstanceState(
         "p99_latency",
         "",
         "p99_latency",
         "critical",
-        lc.State.FIRING,
+        lifecycle.State.FIRING,
         at,
         at,
         value=900.0,
@@ -58,22 +57,22 @@ def _row(channel: str, t: Transports, nc: NotifyConfig, i: int = 0) -> notify.Ou
         message="P99 latency above threshold",
         firing_since=at,
     )
-    return notices.render(lc.Notice(channel, "new", (state,), (), at), None, nc, t)
+    return notices.render(lifecycle.Notice(channel, "new", (state,), (), at), None, nc, t)
 
 
 def _enqueue(db, *rows) -> None:
-    with store.writer(db, T0, publish=False) as con:
+    with store_db.writer(db, T0, publish=False) as con:
         for r in rows:
-            notify.enqueue(con, r)
+            notify_outbox.enqueue(con, r)
 
 
 def _deliver(db, t, nc, now=T0 + timedelta(hours=1)):
-    with store.writer(db, now, publish=False) as con:
-        return notify.deliver(con, t, nc, now)
+    with store_db.writer(db, now, publish=False) as con:
+        return notify_outbox.deliver(con, t, nc, now)
 
 
 def _outbox(db) -> list[tuple]:
-    with store.writer(db, T0 + timedelta(hours=2), publish=False) as con:
+    with store_db.writer(db, T0 + timedelta(hours=2), publish=False) as con:
         return con.execute(
             "SELECT channel, status, attempts, last_error FROM notifications ORDER BY id"
         ).fetchall()

@@ -23,13 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cachemon import config
-from cachemon import settings as cm_settings
-from cachemon.alerts import evaluate as alerts
+from cachemon import settings as cachemon_settings
+from cachemon.alerts import evaluate as alerts_evaluate
 from cachemon.clock import Window, iso
-from cachemon.ingest import load as pipeline
-from cachemon.metrics import window as metrics
+from cachemon.ingest import load as ingest_load
+from cachemon.metrics import window as metrics_window
 from cachemon.sources import files
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import queries
 from tests.helpers import ROOT, T0, config_error, load, simulate
 from tests.helpers.eventfiles import NOW, START
@@ -60,7 +60,7 @@ def test_absurd_finite_values_are_refused_with_file_line_and_field(tmp_path, suf
         _refused(cfg, _write(tmp_path / f"bad{suffix}", rows), f"{LINE[suffix]}: {field} ", why)
     # The limits are inclusive of what real traffic sends: a 59-minute request, a 4 TB object.
     ok = [_row(30, latency_ms=3_540_000.0, bytes=4e12, sample_interval=1e6)]
-    pipeline.import_files(cfg, [_write(tmp_path / f"edge{suffix}", ok)], NOW)
+    ingest_load.import_files(cfg, [_write(tmp_path / f"edge{suffix}", ok)], NOW)
     assert _stored(cfg) == (2, 4.0 + 1e6)
     results(
         f"absurd finite values ({suffix})",
@@ -104,8 +104,8 @@ def test_integer_timestamps_are_milliseconds_and_nothing_wraps(tmp_path, results
             f"{value} ({unit} since 1970) is outside 2000-2199",
         )
     ms = int(START.timestamp()) * 1000 + 1234
-    pipeline.import_files(cfg, [_write(tmp_path / "ms.ndjson", [_row(40, timestamp=ms)])], NOW)
-    with store.reader(cfg.store.path) as con:
+    ingest_load.import_files(cfg, [_write(tmp_path / "ms.ndjson", [_row(40, timestamp=ms)])], NOW)
+    with store_db.reader(cfg.store.path) as con:
         first = con.execute(
             "SELECT min(first_seen) FROM key_hour WHERE source <> "
             "(SELECT source FROM imports WHERE file = 'seed.ndjson')"
@@ -133,7 +133,7 @@ def test_events_from_the_future_are_refused_beyond_the_configured_skew(tmp_path,
             "clock_skew",
         )
     # Within the default 5 minutes: a clock slightly ahead is accepted...
-    pipeline.import_files(
+    ingest_load.import_files(
         cfg,
         [_write(tmp_path / "ahead.ndjson", [_row(50, timestamp=iso(NOW + timedelta(minutes=4)))])],
         NOW,
@@ -173,7 +173,7 @@ def _poisoned_store(db):
     Returns where the real data ends."""
     load(db, simulate(3)[0])
     end = T0 + timedelta(hours=3)
-    with store.writer(db, end) as con:
+    with store_db.writer(db, end) as con:
         con.execute(
             "INSERT INTO rollup_minute VALUES ('simulator', $m, 'edge', 'title', '', '', 1e308, 0, "
             "'inf'::DOUBLE, 'nan'::DOUBLE, 'nan'::DOUBLE, 'inf'::DOUBLE, 1)",
@@ -195,14 +195,14 @@ def test_an_older_store_with_poisoned_rows_gives_strict_json_and_an_honest_data_
 ):
     db = tmp_path / "old.duckdb"
     end = _poisoned_store(db)
-    cfg = config.with_db(cm_settings.Config(), str(db))
+    cfg = config.with_db(cachemon_settings.Config(), str(db))
     at = end + timedelta(days=1)  # a day after the data: it is stale, whatever 2150 says
-    with store.reader(db) as con:
-        m = metrics.compute(
+    with store_db.reader(db) as con:
+        m = metrics_window.compute(
             con, Window(at - timedelta(minutes=30), at), "30m", latest=True
         )  # minute rows
         data_until = queries.data_span(con, at)[1]
-    out = metrics.to_json(m, cfg.metrics.stale_after)
+    out = metrics_window.to_json(m, cfg.metrics.stale_after)
     text = json.dumps(out, allow_nan=False)  # raises on nan/inf
     back = json.loads(text, parse_constant=_no_constant)
     assert data_until == end
@@ -210,8 +210,8 @@ def test_an_older_store_with_poisoned_rows_gives_strict_json_and_an_honest_data_
     assert back["dataUntil"] == iso(end)
     assert back["latency"]["avg"] is None and back["volume"]["response_bytes"] is None
     # The data_stale alert fires instead of going quiet.
-    with store.writer(db, at) as con:
-        ev = alerts.check(con, cfg, at)
+    with store_db.writer(db, at) as con:
+        ev = alerts_evaluate.check(con, cfg, at)
     stale = next(s for s in ev.states if s.rule == "data_stale")
     assert stale.value == pytest.approx(24 * 3600) and ev.data_until == end
     # The dashboard's number formatting never shows nan or inf.
@@ -331,7 +331,7 @@ import resource, sys
 from datetime import datetime
 from cachemon import config, settings
 from cachemon.errors import CachemonError
-from cachemon.ingest import load as pipeline
+from cachemon.ingest import load as ingest_load
 cfg = config.with_db(settings.Config(), sys.argv[1])
 try:
     s = pipeline.import_files(cfg, sys.argv[3:], datetime.fromisoformat(sys.argv[2]))
@@ -373,7 +373,7 @@ def test_absurd_files_import_in_bounded_memory_or_are_refused_clearly(tmp_path, 
     assert big.stat().st_size < 1 << 20
     outcome, rss = _import_in_subprocess(tmp_path / "b.duckdb", big)
     assert outcome == "imported 3000000"
-    with store.reader(tmp_path / "b.duckdb") as con:
+    with store_db.reader(tmp_path / "b.duckdb") as con:
         assert con.execute("SELECT sum(requests), sum(bytes) FROM rollup_minute").fetchone() == (
             3e6,
             3e8,

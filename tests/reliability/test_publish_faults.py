@@ -14,7 +14,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import snapshots
 from tests.helpers import ROOT
 from tests.helpers.disk import fill as _fill
@@ -41,7 +41,7 @@ def _leave_free(disk, free: int) -> None:
 
 
 def _count(db, sql) -> int:
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         return con.execute(sql).fetchone()[0]
 
 
@@ -116,7 +116,9 @@ def test_a_write_stored_but_not_published_says_stored(tmp_path, results):
         p = _cli(db, "alerts", "silence", "miss_rate", "--for", "1h", "--reason", "full")
         seen_by_readers = _count(db, "SELECT count(*) FROM silences")
         (disk / "ballast").unlink()
-        with store.writer(db, datetime.now(UTC), create=False) as con:  # the next write publishes
+        with store_db.writer(
+            db, datetime.now(UTC), create=False
+        ) as con:  # the next write publishes
             stored = con.execute("SELECT count(*) FROM silences WHERE reason = 'full'").fetchone()[
                 0
             ]

@@ -23,13 +23,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cachemon.alerts import lifecycle as lc
-from cachemon.alerts import notices
-from cachemon.notify import outbox as notify
+from cachemon.alerts import lifecycle, notices
+from cachemon.notify import outbox as notify_outbox
 from cachemon.notify.transports import Transports
 from cachemon.redact import LIMIT, MARK, MIN_SECRET, Redactor, secret_names
 from cachemon.settings import NotifyConfig
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import export, snapshots
 from cachemon.tuning import promote
 from tests.helpers import ROOT, T0
@@ -83,12 +82,12 @@ def _env(tmp_path, db, server: EchoServer, **extra) -> dict:
 
 def _row(channel, t, i=0):
     at = T0 + timedelta(minutes=i)
-    state = lc.InstanceState(
+    state = lifecycle.InstanceState(
         "p99_latency",
         "",
         "p99_latency",
         "critical",
-        lc.State.FIRING,
+        lifecycle.State.FIRING,
         at,
         at,
         value=900.0,
@@ -96,11 +95,13 @@ def _row(channel, t, i=0):
         message="P99 latency above threshold",
         firing_since=at,
     )
-    return notices.render(lc.Notice(channel, "new", (state,), (), at), None, NotifyConfig(), t)
+    return notices.render(
+        lifecycle.Notice(channel, "new", (state,), (), at), None, NotifyConfig(), t
+    )
 
 
 def _store_texts(db) -> str:
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         cols = con.execute(
             "SELECT table_name, column_name FROM information_schema.columns "
             "WHERE table_schema = 'main' AND data_type = 'VARCHAR'"
@@ -127,9 +128,9 @@ def test_echoed_secrets_are_redacted_everywhere(tmp_path, results):
     try:
         env = _env(tmp_path, db, server)
         t = Transports.from_env(env)
-        with store.writer(db, T0, publish=False) as con:
+        with store_db.writer(db, T0, publish=False) as con:
             for i, channel in enumerate(("email", "slack", "discord")):
-                notify.enqueue(con, _row(channel, t, i))
+                notify_outbox.enqueue(con, _row(channel, t, i))
         out = _cli(env, "cachemon", "alerts", "deliver")
         texts["alerts deliver"] = out.stdout + out.stderr
         server.status = 400  # Analytics Engine: a 400 echoing the Authorization header
@@ -198,8 +199,8 @@ def test_an_older_store_is_redacted_at_the_output_edges(tmp_path, results):
     set) is redacted again by `alerts history` and `export`."""
     db, secret = tmp_path / "old.duckdb", "canary-old-secret-81f0"
     t = Transports.from_env({"SLACK_WEBHOOK_URL": "https://hooks.example.org/x"})
-    with store.writer(db, T0, publish=False) as con:
-        notify.enqueue(con, _row("slack", t))
+    with store_db.writer(db, T0, publish=False) as con:
+        notify_outbox.enqueue(con, _row("slack", t))
         con.execute(
             "UPDATE notifications SET last_error = ?", [f"rejected: token {secret} is invalid"]
         )
@@ -213,7 +214,7 @@ def test_an_older_store_is_redacted_at_the_output_edges(tmp_path, results):
     history = _cli(
         env, "cachemon", "alerts", "history", "--since", "2026-11-01T00:00:00Z", "--json"
     )
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         written = export.parquet(con, tmp_path / "export", redactor=Redactor.from_env(env))
     table = pq.read_table(tmp_path / "export" / "notifications").to_pandas()
     assert (

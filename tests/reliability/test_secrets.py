@@ -20,7 +20,7 @@ import pytest
 import trustme
 
 from cachemon.clock import HOUR, Window, iso
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.testing.ae_emulator import Emulator, Fault
 from tests.helpers import ALWAYS_RULE, ROOT, T0, small_sim
 from tests.helpers.servers import SmtpSink, WebhookSink, chromium, free_port, streamlit_server
@@ -44,7 +44,7 @@ def _run(env, *args, clock=None):
 def _store_texts(db) -> list[str]:
     """Every text and blob value of every table, and the raw bytes of the files."""
     out = []
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         cols = con.execute(
             "SELECT table_name, column_name FROM information_schema.columns "
             "WHERE table_schema = 'main' AND data_type IN ('VARCHAR', 'BLOB')"

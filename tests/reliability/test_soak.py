@@ -18,7 +18,7 @@ from collections import Counter
 import duckdb
 import httpx
 
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import queries, snapshots
 from tests.helpers import ROOT
 from tests.helpers.servers import chromium, free_port, streamlit_server
@@ -38,7 +38,7 @@ def _rss_mib(pid: int) -> float:
 def _has_data(db) -> bool:
     if not snapshots.snapshot_path(db).exists():
         return False
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         return queries.data_span(con) is not None
 
 
@@ -158,7 +158,7 @@ def test_runner_dashboard_analyst_and_api_at_once(tmp_path, results):
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
     log = (tmp_path / "runner.log").read_text()
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         failed = con.execute("SELECT job, error FROM job_runs WHERE outcome = 'error'").fetchall()
         ticks = con.execute(
             "SELECT count(*) FROM job_runs WHERE job = 'ingest' AND outcome = 'ok'"

@@ -16,10 +16,10 @@ import pandas as pd
 from cachemon import config, settings
 from cachemon.clock import HOUR, MINUTE, Window
 from cachemon.errors import SourceError
-from cachemon.ingest import load as pipeline
-from cachemon.metrics import window as metrics
+from cachemon.ingest import load as ingest_load
+from cachemon.metrics import window as metrics_window
 from cachemon.sources.analytics_engine import Client, Credentials
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.testing.ae_emulator import Emulator, Fault
 from tests.helpers import T0, load, small_sim
 
@@ -58,7 +58,7 @@ def test_an_hour_of_source_faults_then_a_full_catch_up(tmp_path, results):
 
         for m in range(-59, 1):
             minute_of_traffic(T0 + m * MINUTE)
-        pipeline.pull(cfg, client, T0)
+        ingest_load.pull(cfg, client, T0)
         for m in range(1, 71):  # the faulty hour, then ten quiet minutes
             now = T0 + m * MINUTE
             minute_of_traffic(now)
@@ -74,16 +74,19 @@ def test_an_hour_of_source_faults_then_a_full_catch_up(tmp_path, results):
             emu.faults.extend(faults)
             before = _watermark(cfg)
             try:
-                pipeline.pull(cfg, client, now)
+                ingest_load.pull(cfg, client, now)
             except SourceError:
                 failed[kind] += 1
                 assert _watermark(cfg) == before  # a failed pull writes nothing
-            with store.reader(cfg.store.path) as con:
-                shown = metrics.compute(con, Window.ending(now, 15 * MINUTE), "15m", latest=True)
+            with store_db.reader(cfg.store.path) as con:
+                shown = metrics_window.compute(
+                    con, Window.ending(now, 15 * MINUTE), "15m", latest=True
+                )
             age = shown.at - shown.data_until
             max_age = max(max_age, age)
             stale_checks.append(
-                metrics.is_stale(shown, cfg.metrics.stale_after) == (age > cfg.metrics.stale_after)
+                metrics_window.is_stale(shown, cfg.metrics.stale_after)
+                == (age > cfg.metrics.stale_after)
             )
         end = T0 + 70 * MINUTE
         assert _watermark(cfg) == end
@@ -100,7 +103,7 @@ def test_an_hour_of_source_faults_then_a_full_catch_up(tmp_path, results):
     # Caught up fully: every minute equals a direct import of the same events.
     ref = tmp_path / "ref.duckdb"
     load(ref, [(Window(T0 - HOUR, end), _concat(frames))])
-    with store.reader(cfg.store.path) as a, store.reader(ref) as b:
+    with store_db.reader(cfg.store.path) as a, store_db.reader(ref) as b:
         got, want = a.execute(SQL).df(), b.execute(SQL).df()
     pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-12)
     assert got.minute.nunique() == 130
@@ -117,10 +120,10 @@ def test_an_hour_of_source_faults_then_a_full_catch_up(tmp_path, results):
 
 
 def _watermark(cfg):
-    from cachemon.ingest import write as ingest
+    from cachemon.ingest import write as ingest_write
 
-    with store.writer(cfg.store.path, T0, publish=False) as con:
-        return ingest.watermark(con, pipeline.ANALYTICS_ENGINE)
+    with store_db.writer(cfg.store.path, T0, publish=False) as con:
+        return ingest_write.watermark(con, ingest_load.ANALYTICS_ENGINE)
 
 
 def _concat(frames):

@@ -15,11 +15,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cachemon.api.app import health_body
-from cachemon.cli import main as cli
+from cachemon.cli import main as cli_main
 from cachemon.errors import StoreBusyError, StoreError
 from cachemon.notify.transports import Transports
 from cachemon.runner import selfcheck
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import lock as store_lock
 from cachemon.store import snapshots
 from tests.helpers import ROOT
@@ -36,7 +36,7 @@ def _md5s(d) -> dict:
 
 
 def _silences(path) -> int:
-    with store.writer(path, datetime.now(UTC), create=False, publish=False) as con:
+    with store_db.writer(path, datetime.now(UTC), create=False, publish=False) as con:
         return con.execute("SELECT count(*) FROM silences").fetchone()[0]
 
 
@@ -50,7 +50,7 @@ def _error_line(capsys) -> str:
 def made(tmp_path):
     """A published store k.duckdb with two snapshot versions."""
     db = tmp_path / "s" / "k.duckdb"
-    with store.writer(db, datetime.now(UTC)):
+    with store_db.writer(db, datetime.now(UTC)):
         pass
     snapshots.publish_snapshot(db)
     return db
@@ -64,7 +64,7 @@ def test_writers_refuse_snapshot_paths_and_readers_follow_the_store(made, capsys
     before = _md5s(d)
     refused = 0
     for path in (snapshots.snapshot_path(made), version, alias):
-        assert cli.main(["--db", str(path), *SILENCE]) == 2
+        assert cli_main.main(["--db", str(path), *SILENCE]) == 2
         line = _error_line(capsys)
         assert (
             line.startswith("cachemon: error: ")
@@ -75,9 +75,9 @@ def test_writers_refuse_snapshot_paths_and_readers_follow_the_store(made, capsys
     assert _md5s(d) == before  # no version changed, no new store, no new lock file
     assert not list(d.glob("*snapshot.snapshot*")) and not list(d.glob("*.snapshot*.write.lock"))
     # Readers given the snapshot path (the README's analyst path) read the store's current snapshot.
-    assert cli.main(["--db", str(made), *SILENCE]) == 0
+    assert cli_main.main(["--db", str(made), *SILENCE]) == 0
     capsys.readouterr()
-    assert cli.main(["--db", str(snapshots.snapshot_path(made)), "alerts", "silences"]) == 0
+    assert cli_main.main(["--db", str(snapshots.snapshot_path(made)), "alerts", "silences"]) == 0
     assert "miss_rate" in capsys.readouterr().out
     assert _silences(made) == 1
     results(
@@ -102,15 +102,15 @@ def test_non_filling_writers_never_create_a_store(tmp_path, capsys, monkeypatch,
     monkeypatch.chdir(tmp_path)
     typo = tmp_path / "x" / "typo.duckdb"
     for argv in WRITERS:
-        assert cli.main(["--db", str(typo), *argv]) == 2, argv
+        assert cli_main.main(["--db", str(typo), *argv]) == 2, argv
         line = _error_line(capsys)
         assert f"no store at {typo}" in line and "never creates one" in line, line
     assert not (tmp_path / "x").exists()
     # An empty path never falls back to the default store.
-    assert cli.main(["--db", "", *SILENCE]) == 2
+    assert cli_main.main(["--db", "", *SILENCE]) == 2
     assert "--db is empty" in _error_line(capsys)
     monkeypatch.setenv("CACHEMON_DB", "")
-    assert cli.main(SILENCE) == 2
+    assert cli_main.main(SILENCE) == 2
     assert "CACHEMON_DB is empty" in _error_line(capsys)
     assert list(tmp_path.iterdir()) == []
     results(
@@ -127,7 +127,7 @@ def test_odd_write_waits_are_refused(made, text, capsys, monkeypatch):
     with pytest.raises(StoreError, match="from 0 to 3600"):
         store_lock.write_wait()
     before = _md5s(made.parent)
-    assert cli.main(["--db", str(made), *SILENCE]) == 2
+    assert cli_main.main(["--db", str(made), *SILENCE]) == 2
     assert "CACHEMON_WRITE_WAIT_SECONDS must be" in _error_line(capsys)
     monkeypatch.delenv("CACHEMON_WRITE_WAIT_SECONDS")
     assert _md5s(made.parent) == before and _silences(made) == 0
@@ -146,7 +146,9 @@ def test_write_wait_accepts_sane_values(monkeypatch):
 
 def test_busy_message_never_names_a_dead_holder(made, results):
     lock = store_lock.lock_path(made)
-    with store.writer(made, datetime.now(UTC)):  # a cachemon writer clears its name when it lets go
+    with store_db.writer(
+        made, datetime.now(UTC)
+    ):  # a cachemon writer clears its name when it lets go
         assert "pid" in lock.read_text()
     assert lock.read_text() == ""
     dead = subprocess.run(
@@ -167,7 +169,7 @@ def test_busy_message_never_names_a_dead_holder(made, results):
     try:
         assert outsider.stdout.readline().strip() == "held"
         with pytest.raises(StoreBusyError) as err:
-            with store.writer(made, datetime.now(UTC), wait=0.2):
+            with store_db.writer(made, datetime.now(UTC), wait=0.2):
                 pass
     finally:
         outsider.kill()
@@ -232,7 +234,7 @@ def test_a_fast_runner_writes_nothing_after_now(tmp_path, results):
         runner.terminate()
         runner.wait(30)
     now = datetime.now(UTC)
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         latest = [
             con.execute(q).fetchone()[0]
             for q in (
@@ -262,14 +264,14 @@ def test_a_real_runner_on_a_store_written_ahead_of_now_fails_visibly(tmp_path, r
     env.pop("CACHEMON_CONFIG", None)
     # Write as the old runner did: a store, its data and an evaluation an hour ahead of now.
     from cachemon import config
-    from cachemon.alerts import evaluate as alerts
-    from cachemon.ingest import load as pipeline
+    from cachemon.alerts import evaluate as alerts_evaluate
+    from cachemon.ingest import load as ingest_load
 
     cfg = config.with_db(config.load(None, {}), str(db))
     future = datetime.now(UTC) + timedelta(hours=1)
-    pipeline.simulate_until(cfg, future, None)
-    with store.writer(db, future) as con:
-        alerts.run(con, cfg, future, Transports.from_env({}))
+    ingest_load.simulate_until(cfg, future, None)
+    with store_db.writer(db, future) as con:
+        alerts_evaluate.run(con, cfg, future, Transports.from_env({}))
     outs = {
         job: subprocess.run(
             [sys.executable, "-m", "jobs", "--once", job],
@@ -287,7 +289,7 @@ def test_a_real_runner_on_a_store_written_ahead_of_now_fails_visibly(tmp_path, r
             p.stderr[-2000:],
         )
         assert "already evaluated" not in p.stderr and "Traceback" not in p.stderr
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         failed = con.execute(
             "SELECT job FROM job_runs WHERE outcome = 'error' ORDER BY job"
         ).fetchall()

@@ -15,8 +15,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from cachemon.cli import main as cli
-from cachemon.store import db as store
+from cachemon.cli import main as cli_main
+from cachemon.store import db as store_db
 from cachemon.store import snapshots
 from tests.helpers import ROOT, simulate, small_sim
 from tests.helpers.pingsink import PingSink
@@ -89,7 +89,7 @@ def test_writers_hammering_the_store_never_stop_the_runner(tmp_path, results):
             # process than the runner, as a shell's `alerts silence` or the dashboard's form.
             silenced = list(
                 pool.map(
-                    lambda i: cli.main(
+                    lambda i: cli_main.main(
                         [
                             "--db",
                             str(db),
@@ -120,7 +120,7 @@ def test_writers_hammering_the_store_never_stop_the_runner(tmp_path, results):
         "Traceback" not in out
         and "run(s) kept to record later" not in out.split("runner stopped")[-1]
     )
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         silences = con.execute("SELECT count(*) FROM silences").fetchall()[0][0]
         events = con.execute("SELECT sum(events) FROM imports").fetchall()[0][0]
         runs = dict(

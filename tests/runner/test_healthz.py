@@ -13,9 +13,9 @@ import pytest
 from cachemon import config
 from cachemon.api.app import health_body
 from cachemon.clock import floor_to, iso, utcnow
-from cachemon.runner import runs as runner
+from cachemon.runner import runs as runner_runs
 from cachemon.runner import selfcheck
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from tests.helpers import T0
 from tests.helpers.servers import serve_api as _serve
 
@@ -25,16 +25,19 @@ M = timedelta(minutes=1)
 
 def _runs(db, now, *runs) -> None:
     """Record runs (job, outcome, started_at) in the run log and publish."""
-    with store.writer(db, now) as con:
+    with store_db.writer(db, now) as con:
         for job, outcome, started in runs:
             err = "SourceError: canary-secret-77 refused" if outcome == "error" else None
-            runner.record_run(
-                con, runner.RunRecord(job, started, started + timedelta(seconds=1), outcome, err, 1)
+            runner_runs.record_run(
+                con,
+                runner_runs.RunRecord(
+                    job, started, started + timedelta(seconds=1), outcome, err, 1
+                ),
             )
 
 
 def _check(db, now) -> selfcheck.RunnerCheck:
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         return selfcheck.check(con, CFG, now)
 
 
@@ -43,7 +46,7 @@ def copy(loaded_store, tmp_path):
     """The loaded store's data in a store of this test's own."""
     db = tmp_path / "c.duckdb"
     shutil.copy(loaded_store[0], db)
-    with store.writer(db, T0):
+    with store_db.writer(db, T0):
         pass  # publishes its snapshot
     return db
 

@@ -7,8 +7,8 @@ import sys
 import time
 
 from cachemon.clock import MINUTE, floor_to, utcnow
-from cachemon.ingest import write as ingest
-from cachemon.store import db as store
+from cachemon.ingest import write as ingest_write
+from cachemon.store import db as store_db
 from cachemon.store import queries, snapshots
 from tests.helpers import ROOT
 
@@ -37,8 +37,8 @@ def test_once_ingest_fills_up_to_now(tmp_path):
         timeout=120,
     )
     assert p.returncode == 0, p.stderr
-    with store.reader(db) as con:
-        until = ingest.watermark(con, "simulator")
+    with store_db.reader(db) as con:
+        until = ingest_write.watermark(con, "simulator")
         span = queries.data_span(con)
         runs = con.execute("SELECT job, outcome, rows FROM job_runs").fetchall()
     assert before <= until <= floor_to(utcnow(), MINUTE)
@@ -59,7 +59,7 @@ def test_once_failure_is_recorded_and_exits_1(tmp_path):
         timeout=60,
     )
     assert p.returncode == 1, p.stderr
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         ((job, outcome, error),) = con.execute(
             "SELECT job, outcome, error FROM job_runs"
         ).fetchall()
@@ -83,7 +83,7 @@ def test_runner_stops_cleanly_on_sigterm(tmp_path):
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 0, out
     assert "ingest:" in out and "runner stopped" in out
-    with store.writer(db, utcnow(), publish=False):  # the runner released the store
+    with store_db.writer(db, utcnow(), publish=False):  # the runner released the store
         pass
 
 
@@ -131,8 +131,8 @@ def test_runner_pulls_from_analytics_engine_when_configured(tmp_path):
             timeout=120,
         )
     assert p.returncode == 0, p.stderr
-    with store.reader(tmp_path / "ae.duckdb") as con:
-        mark = ingest.watermark(con, "analytics_engine")
+    with store_db.reader(tmp_path / "ae.duckdb") as con:
+        mark = ingest_write.watermark(con, "analytics_engine")
         span = queries.data_span(con)
     # The runner's clock may have passed a minute boundary since `now`.
     assert now <= mark <= now + MINUTE

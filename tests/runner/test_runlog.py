@@ -13,10 +13,10 @@ import pytest
 
 from cachemon import config, settings
 from cachemon.errors import StoreError
-from cachemon.ingest import load as pipeline
+from cachemon.ingest import load as ingest_load
 from cachemon.runner import publishing, runlog
-from cachemon.runner import runs as runner
-from cachemon.store import db as store
+from cachemon.runner import runs as runner_runs
+from cachemon.store import db as store_db
 from cachemon.store import lock as store_lock
 from cachemon.usecases.scheduled import Jobs
 
@@ -40,14 +40,14 @@ class Pings:
         self.count += 1
 
 
-def _rec(job: str, outcome: str = "ok") -> runner.RunRecord:
-    return runner.RunRecord(job, T0, T0, outcome, None, 1)
+def _rec(job: str, outcome: str = "ok") -> runner_runs.RunRecord:
+    return runner_runs.RunRecord(job, T0, T0, outcome, None, 1)
 
 
 def test_the_heartbeat_jobs_are_those_whose_spec_says_so(tmp_path):
     specs = [
-        runner.JobSpec("watch", every=M, heartbeat=True),
-        runner.JobSpec("tidy", every=M),
+        runner_runs.JobSpec("watch", every=M, heartbeat=True),
+        runner_runs.JobSpec("tidy", every=M),
     ]
     pings = Pings()
     log = runlog.RunLog(_cfg(tmp_path), specs, lambda: T0, pings)
@@ -59,14 +59,18 @@ def test_the_heartbeat_jobs_are_those_whose_spec_says_so(tmp_path):
     log(_rec("watch"))
     log.published()
     assert pings.count == 1
-    with store.writer(tmp_path / "r.duckdb", T0, publish=False) as con:
-        assert sorted(r.job for r in runner.recent_runs(con, T0 - M)) == ["tidy", "watch", "watch"]
+    with store_db.writer(tmp_path / "r.duckdb", T0, publish=False) as con:
+        assert sorted(r.job for r in runner_runs.recent_runs(con, T0 - M)) == [
+            "tidy",
+            "watch",
+            "watch",
+        ]
 
 
 def test_records_the_store_refuses_are_kept_and_written_later(tmp_path, monkeypatch):
     monkeypatch.setenv("CACHEMON_WRITE_WAIT_SECONDS", "0")
     cfg = _cfg(tmp_path)
-    log = runlog.RunLog(cfg, runner.schedule(cfg), lambda: T0)
+    log = runlog.RunLog(cfg, runner_runs.schedule(cfg), lambda: T0)
     log(_rec("ingest"))  # creates the store
     outsider = os.open(store_lock.lock_path(cfg.store.path), os.O_RDWR)
     fcntl.flock(outsider, fcntl.LOCK_EX)
@@ -76,14 +80,14 @@ def test_records_the_store_refuses_are_kept_and_written_later(tmp_path, monkeypa
     finally:
         os.close(outsider)
     assert log.flush() and log.pending == []
-    with store.writer(cfg.store.path, T0, publish=False) as con:
-        assert runner.last_runs(con) == {"ingest": T0, "alerts": T0}
+    with store_db.writer(cfg.store.path, T0, publish=False) as con:
+        assert runner_runs.last_runs(con) == {"ingest": T0, "alerts": T0}
 
 
 def test_start_up_waits_for_a_busy_store_on_the_sleep_it_is_given(tmp_path, monkeypatch):
     monkeypatch.setenv("CACHEMON_WRITE_WAIT_SECONDS", "0")
     cfg = _cfg(tmp_path)
-    with store.writer(cfg.store.path, T0):
+    with store_db.writer(cfg.store.path, T0):
         pass
     outsider = os.open(store_lock.lock_path(cfg.store.path), os.O_RDWR)
     fcntl.flock(outsider, fcntl.LOCK_EX)
@@ -137,7 +141,7 @@ def test_the_retry_wait_stops_growing_at_its_maximum():
 @pytest.mark.parametrize("skew, fails", [(timedelta(minutes=5), False), (timedelta(0), True)])
 def test_an_empty_ingest_fails_only_when_the_data_is_ahead_beyond_the_skew(tmp_path, skew, fails):
     cfg = _cfg(tmp_path, skew)
-    pipeline.simulate_until(cfg, T0 + timedelta(hours=1), None)
+    ingest_load.simulate_until(cfg, T0 + timedelta(hours=1), None)
     jobs = Jobs(cfg)
     earlier = T0 + timedelta(hours=1) - 2 * M  # a clock 2 minutes behind the data's end
     if fails:
@@ -150,7 +154,7 @@ def test_an_empty_ingest_fails_only_when_the_data_is_ahead_beyond_the_skew(tmp_p
 def test_the_report_job_logs_what_became_of_its_delivery(tmp_path, caplog):
     cfg = _cfg(tmp_path)
     day_after = T0 + timedelta(days=1, hours=3)
-    pipeline.simulate_until(cfg, T0 + timedelta(hours=2), None)
+    ingest_load.simulate_until(cfg, T0 + timedelta(hours=2), None)
     env = {"DISCORD_WEBHOOK_URL": "http://127.0.0.1:9/never"}  # nothing listens: refused
     with caplog.at_level("INFO", logger="cachemon.jobs"):
         assert Jobs(cfg, env=env).report(day_after) == 1

@@ -12,9 +12,9 @@ from datetime import time as dtime
 import pytest
 
 from cachemon.errors import CachemonError, StoreError
-from cachemon.ingest import write as ingest
-from cachemon.runner import runs as runner
-from cachemon.store import db as store
+from cachemon.ingest import write as ingest_write
+from cachemon.runner import runs as runner_runs
+from cachemon.store import db as store_db
 from cachemon.store import queries, snapshots
 from tests.helpers import ROOT
 
@@ -23,29 +23,29 @@ D = datetime(2026, 11, 19, tzinfo=UTC)
 
 
 def test_slots():
-    every = runner.JobSpec("ingest", every=timedelta(minutes=15))
+    every = runner_runs.JobSpec("ingest", every=timedelta(minutes=15))
     assert every.latest_slot(D + timedelta(minutes=44)) == D + timedelta(minutes=30)
     assert every.next_slot(D + timedelta(minutes=44)) == D + timedelta(minutes=45)
     assert every.slots_between(D, D + timedelta(minutes=61)) == 4
-    daily = runner.JobSpec("costs", at=dtime(3, 0))
+    daily = runner_runs.JobSpec("costs", at=dtime(3, 0))
     assert daily.latest_slot(D + timedelta(hours=2)) == D - timedelta(hours=21)
     assert daily.latest_slot(D + timedelta(hours=3)) == D + timedelta(hours=3)
     assert daily.next_slot(D + timedelta(hours=4)) == D + timedelta(days=1, hours=3)
     with pytest.raises(CachemonError, match="exactly one"):
-        runner.JobSpec("x")
+        runner_runs.JobSpec("x")
 
 
 def _runner(jobs, last=None):
     log = []
-    return runner.Runner(jobs, log.append, last), log
+    return runner_runs.Runner(jobs, log.append, last), log
 
 
 def test_a_day_of_schedule_in_a_moment():
     calls = []
     r, log = _runner(
         [
-            (runner.JobSpec("ingest", every=timedelta(minutes=1)), calls.append),
-            (runner.JobSpec("costs", at=dtime(3, 0)), calls.append),
+            (runner_runs.JobSpec("ingest", every=timedelta(minutes=1)), calls.append),
+            (runner_runs.JobSpec("costs", at=dtime(3, 0)), calls.append),
         ]
     )
     t = D
@@ -69,8 +69,8 @@ def test_exceptions_are_recorded_and_other_jobs_go_on(caplog):
     seen = []
     r, log = _runner(
         [
-            (runner.JobSpec("bad", every=timedelta(minutes=1)), boom),
-            (runner.JobSpec("good", every=timedelta(minutes=1)), seen.append),
+            (runner_runs.JobSpec("bad", every=timedelta(minutes=1)), boom),
+            (runner_runs.JobSpec("good", every=timedelta(minutes=1)), seen.append),
         ]
     )
     r.tick(D)
@@ -82,7 +82,7 @@ def test_exceptions_are_recorded_and_other_jobs_go_on(caplog):
 
 def test_missed_slots_run_once_and_are_recorded_as_skipped():
     calls = []
-    spec = runner.JobSpec("ingest", every=timedelta(minutes=1))
+    spec = runner_runs.JobSpec("ingest", every=timedelta(minutes=1))
     r, log = _runner([(spec, calls.append)], last={"ingest": D})
     r.tick(D + timedelta(minutes=10, seconds=5))  # an overrun or downtime of 10 minutes
     assert calls == [D + timedelta(minutes=10, seconds=5)]
@@ -91,7 +91,7 @@ def test_missed_slots_run_once_and_are_recorded_as_skipped():
 
 def test_daily_job_catches_up_once_after_downtime():
     calls = []
-    spec = runner.JobSpec("costs", at=dtime(3, 0))
+    spec = runner_runs.JobSpec("costs", at=dtime(3, 0))
     # Last ran yesterday 03:00; the runner was down over today's 03:00 slot.
     r, log = _runner(
         [(spec, calls.append)], last={"costs": D + timedelta(hours=3) - timedelta(days=1)}
@@ -102,11 +102,11 @@ def test_daily_job_catches_up_once_after_downtime():
 
 
 def test_instance_lock(tmp_path):
-    a = runner.InstanceLock(tmp_path / "s.duckdb").acquire(D)
+    a = runner_runs.InstanceLock(tmp_path / "s.duckdb").acquire(D)
     with pytest.raises(StoreError, match=f"already running on this store \\(pid {os.getpid()}"):
-        runner.InstanceLock(tmp_path / "s.duckdb").acquire(D)
+        runner_runs.InstanceLock(tmp_path / "s.duckdb").acquire(D)
     a.release()
-    runner.InstanceLock(tmp_path / "s.duckdb").acquire(D).release()
+    runner_runs.InstanceLock(tmp_path / "s.duckdb").acquire(D).release()
 
 
 def _env(tmp_path):
@@ -135,7 +135,7 @@ def _start(env, *extra):
 
 
 def _runs(db):
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         return con.execute(
             "SELECT job, outcome, started_at, rows FROM job_runs ORDER BY started_at"
         ).fetchall()
@@ -175,10 +175,10 @@ def test_runner_process_fast_clock_second_instance_catch_up_and_sigterm(tmp_path
     )  # rows written are logged
     assert not [r for r in runs if r[1] == "error"]
     # No lost window: minutes are contiguous up to the watermark.
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         span = queries.data_span(con)
         minutes = con.execute("SELECT count(DISTINCT minute) FROM rollup_minute").fetchall()[0][0]
-        mark = ingest.watermark(con, "simulator")
+        mark = ingest_write.watermark(con, "simulator")
         evaluated = [
             r[0] for r in con.execute("SELECT evaluated_at FROM alert_evaluations").fetchall()
         ]
@@ -251,8 +251,8 @@ def test_memory_stays_flat_over_two_days_of_schedule(tmp_path):
             time.sleep(1)
             samples.append(_rss_mib(p.pid))
             if snapshots.snapshot_path(db).exists():
-                with store.reader(db) as con:
-                    mark = ingest.watermark(con, "simulator")
+                with store_db.reader(db) as con:
+                    mark = ingest_write.watermark(con, "simulator")
                 if mark and mark >= datetime(2026, 11, 21, tzinfo=UTC):
                     break
     finally:
@@ -290,7 +290,7 @@ def test_runner_process_survives_a_failing_job(tmp_path):
         p.send_signal(signal.SIGTERM)
         out, _ = p.communicate(timeout=60)
     assert p.returncode == 0, out
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         errors = con.execute(
             "SELECT error FROM job_runs WHERE job = 'ingest' AND outcome = 'error'"
         ).fetchall()
@@ -307,7 +307,7 @@ def test_schedule_follows_the_config():
     cfg = replace(
         cfg, jobs=replace(cfg.jobs, ingest_every=timedelta(minutes=5), compact_at="01:15")
     )
-    specs = runner.schedule(cfg)
+    specs = runner_runs.schedule(cfg)
     got = {s.name: s.describe() for s in specs}
     assert got == {
         "ingest": "every 5m",
@@ -324,8 +324,8 @@ def test_schedule_follows_the_config():
 def test_status_and_recent_runs_read_the_run_log(tmp_path):
     db = tmp_path / "s.duckdb"
     ingest_spec, report_spec = (
-        runner.JobSpec("ingest", every=timedelta(minutes=1)),
-        runner.JobSpec("report", at=dtime(3, 0)),
+        runner_runs.JobSpec("ingest", every=timedelta(minutes=1)),
+        runner_runs.JobSpec("report", at=dtime(3, 0)),
     )
     fails = iter([RuntimeError("origin down"), None, None])
 
@@ -335,16 +335,16 @@ def test_status_and_recent_runs_read_the_run_log(tmp_path):
             raise exc
         return 7
 
-    with store.writer(db, D) as con:
-        r = runner.Runner(
+    with store_db.writer(db, D) as con:
+        r = runner_runs.Runner(
             [(ingest_spec, flaky), (report_spec, lambda now: 1)],
-            lambda rec: runner.record_run(con, rec),
+            lambda rec: runner_runs.record_run(con, rec),
         )
         for minute in (0, 1, 5):  # minutes 2–4 are missed (recorded as skipped)
             r.tick(D + timedelta(minutes=minute))
         now = D + timedelta(minutes=5, seconds=30)
-        ingest_st, report_st = runner.status(con, [ingest_spec, report_spec], now)
-        runs = runner.recent_runs(con, D, 10)
+        ingest_st, report_st = runner_runs.status(con, [ingest_spec, report_spec], now)
+        runs = runner_runs.recent_runs(con, D, 10)
     assert (ingest_st.last_run, ingest_st.last_outcome, ingest_st.last_ok) == (
         D + timedelta(minutes=5),
         "ok",
@@ -363,6 +363,6 @@ def test_status_and_recent_runs_read_the_run_log(tmp_path):
         runs, key=lambda x: x.started_at, reverse=True
     )
     assert latest["ok"].rows == 7 and latest["skipped"].slots == 3
-    with store.writer(db, D) as con:
-        late = runner.status(con, [ingest_spec], D + timedelta(minutes=30))[0]
+    with store_db.writer(db, D) as con:
+        late = runner_runs.status(con, [ingest_spec], D + timedelta(minutes=30))[0]
     assert late.next_run == D + timedelta(minutes=30) and late.overdue

@@ -18,11 +18,11 @@ from cachemon import config, settings
 from cachemon.clock import HOUR, Window, parse_instant
 from cachemon.errors import SourceError
 from cachemon.events import EventFrame
-from cachemon.ingest import load as pipeline
-from cachemon.metrics import window as metrics
+from cachemon.ingest import load as ingest_load
+from cachemon.metrics import window as metrics_window
 from cachemon.sources import ae_sql, analytics_engine
 from cachemon.sources.analytics_engine import Client, Credentials
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.testing.ae_emulator import Emulator, Fault
 from tests.helpers import ROOT, T0, load, simulate
 
@@ -52,8 +52,8 @@ def _cfg(db):
 
 
 def _metrics(db, window=SPAN):
-    with store.reader(db) as con:
-        return metrics.compute(con, window, "x", top=10)
+    with store_db.reader(db) as con:
+        return metrics_window.compute(con, window, "x", top=10)
 
 
 def test_pull_equals_direct_import(emulator, tmp_path):
@@ -62,7 +62,7 @@ def test_pull_equals_direct_import(emulator, tmp_path):
         emulator.add(f)
     direct, pulled = tmp_path / "direct.duckdb", tmp_path / "pulled.duckdb"
     load(direct, parts)
-    summary = pipeline.pull(
+    summary = ingest_load.pull(
         _cfg(pulled), _client(emulator), T0 + 3 * HOUR, since=T0, until=T0 + 3 * HOUR
     )
     assert summary.windows == 3
@@ -77,7 +77,7 @@ def test_pull_equals_direct_import(emulator, tmp_path):
         assert getattr(b.latency, q) == pytest.approx(getattr(a.latency, q), rel=0.01)
     assert b.latency.avg == pytest.approx(a.latency.avg, rel=1e-9)
     assert [(k.key, k.requests) for k in b.top_keys] == [(k.key, k.requests) for k in a.top_keys]
-    with store.reader(pulled) as con, store.reader(direct) as dcon:
+    with store_db.reader(pulled) as con, store_db.reader(direct) as dcon:
         q = "SELECT name, sum(samples), sum(value_sum) FROM gauge_minute GROUP BY name ORDER BY name"
         got, want = con.execute(q).fetchall(), dcon.execute(q).fetchall()
     assert [r[:2] for r in got] == [r[:2] for r in want]
@@ -132,8 +132,8 @@ def test_gives_up_after_retries_and_writes_nothing(emulator, tmp_path):
     db = tmp_path / "s.duckdb"
     emulator.faults.extend([Fault(status=500)] * 4)
     with pytest.raises(SourceError, match="HTTP 500 after 4 attempts"):
-        pipeline.pull(_cfg(db), _client(emulator), T0 + HOUR, since=T0, until=T0 + HOUR)
-    with store.writer(db, T0, publish=False) as con:
+        ingest_load.pull(_cfg(db), _client(emulator), T0 + HOUR, since=T0, until=T0 + HOUR)
+    with store_db.writer(db, T0, publish=False) as con:
         assert con.execute("SELECT count(*) FROM rollup_minute").fetchall() == [(0,)]
 
 
@@ -165,8 +165,8 @@ def test_truncated_json_is_an_error_and_nothing_is_written(emulator, tmp_path):
     emulator.faults.append(Fault(truncate=True))
     db = tmp_path / "s.duckdb"
     with pytest.raises(SourceError, match="malformed answer"):
-        pipeline.pull(_cfg(db), _client(emulator), T0 + HOUR, since=T0, until=T0 + HOUR)
-    with store.writer(db, T0, publish=False) as con:
+        ingest_load.pull(_cfg(db), _client(emulator), T0 + HOUR, since=T0, until=T0 + HOUR)
+    with store_db.writer(db, T0, publish=False) as con:
         assert con.execute("SELECT count(*) FROM watermarks").fetchall() == [(0,)]
 
 
@@ -223,9 +223,9 @@ def test_late_data_is_picked_up_by_the_overlap(emulator, tmp_path):
     emulator.add(EventFrame(table.filter(pc.less(table["timestamp"], ts))))
     db = tmp_path / "s.duckdb"
     cfg = _cfg(db)
-    pipeline.pull(cfg, _client(emulator), T0 + 2 * HOUR, since=T0)
+    ingest_load.pull(cfg, _client(emulator), T0 + 2 * HOUR, since=T0)
     emulator.add(EventFrame(table.filter(pc.greater_equal(table["timestamp"], ts))))  # arrives late
-    pipeline.pull(cfg, _client(emulator), T0 + 2 * HOUR)  # from the watermark minus 10 min
+    ingest_load.pull(cfg, _client(emulator), T0 + 2 * HOUR)  # from the watermark minus 10 min
     req = df[df.kind == "request"]
     assert _metrics(db, Window(T0, T0 + 2 * HOUR)).volume.total == pytest.approx(
         req.sample_interval.sum()
@@ -337,8 +337,8 @@ def test_a_poisoned_answer_is_refused_and_nothing_is_written(emulator, tmp_path)
         match=r"\(minute\) has 1 row\(s\) with a value that is not a finite, "
         r"non-negative number in column 'requests'.*nothing was written",
     ):
-        pipeline.pull(_cfg(db), _client(emulator), T0 + HOUR, since=T0, until=T0 + HOUR)
-    with store.writer(db, T0, publish=False) as con:
+        ingest_load.pull(_cfg(db), _client(emulator), T0 + HOUR, since=T0, until=T0 + HOUR)
+    with store_db.writer(db, T0, publish=False) as con:
         assert con.execute("SELECT count(*) FROM watermarks").fetchall() == [(0,)]
         assert con.execute("SELECT count(*) FROM rollup_minute").fetchall() == [(0,)]
 

@@ -8,10 +8,10 @@ import pytest
 from cachemon import config, settings
 from cachemon.clock import Window
 from cachemon.errors import InputError
-from cachemon.ingest import load as pipeline
-from cachemon.metrics import window as metrics
+from cachemon.ingest import load as ingest_load
+from cachemon.metrics import window as metrics_window
 from cachemon.sources import files
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from tests.helpers import T0, simulate
 
 SPAN = Window(T0, T0 + timedelta(hours=2))
@@ -41,15 +41,15 @@ def _cfg(db):
 
 
 def _volume(db):
-    with store.reader(db) as con:
-        return metrics.compute(con, SPAN, "2h", top=0).volume
+    with store_db.reader(db) as con:
+        return metrics_window.compute(con, SPAN, "2h", top=0).volume
 
 
 @pytest.mark.parametrize("suffix", [".ndjson", ".csv", ".parquet"])
 def test_import_matches_raw_events(tmp_path, events, suffix):
     path = _write(events, tmp_path / f"events{suffix}")
     db = tmp_path / "s.duckdb"
-    summary = pipeline.import_files(_cfg(db), [path], NOW)
+    summary = ingest_load.import_files(_cfg(db), [path], NOW)
     assert summary.imported[0].events == len(events)
     req = events[events.kind == "request"]
     v = _volume(db)
@@ -61,12 +61,12 @@ def test_same_file_twice_is_a_no_op_and_different_files_add_up(tmp_path, events)
     db = tmp_path / "s.duckdb"
     a = _write(events.iloc[::2], tmp_path / "a.ndjson")
     b = _write(events.iloc[1::2], tmp_path / "b.csv")
-    pipeline.import_files(_cfg(db), [a], NOW)
+    ingest_load.import_files(_cfg(db), [a], NOW)
     once = _volume(db)
-    again = pipeline.import_files(_cfg(db), [a], NOW)
+    again = ingest_load.import_files(_cfg(db), [a], NOW)
     assert again.imported == () and again.skipped == (a,)
     assert _volume(db) == once
-    pipeline.import_files(_cfg(db), [b], NOW)
+    ingest_load.import_files(_cfg(db), [b], NOW)
     req = events[events.kind == "request"]
     assert _volume(db).total == pytest.approx(req.sample_interval.sum())
 
@@ -137,12 +137,12 @@ def test_bad_json_line_and_bad_csv_number(tmp_path, events):
 
 def test_a_bad_file_stops_the_whole_import_before_anything_is_written(tmp_path, events):
     db = tmp_path / "s.duckdb"
-    pipeline.import_files(_cfg(db), [_write(events.iloc[::2], tmp_path / "a.ndjson")], NOW)
+    ingest_load.import_files(_cfg(db), [_write(events.iloc[::2], tmp_path / "a.ndjson")], NOW)
     before = _volume(db)
     good = _write(events.iloc[1::2], tmp_path / "b.ndjson")
     bad = _write(events.head(5).assign(tier="disk"), tmp_path / "c.ndjson")
     with pytest.raises(InputError, match="c.ndjson"):
-        pipeline.import_files(_cfg(db), [good, bad], NOW)
+        ingest_load.import_files(_cfg(db), [good, bad], NOW)
     assert _volume(db) == before
 
 
@@ -156,9 +156,9 @@ def test_hostile_keys_travel_intact(tmp_path, events):
     df = events[events.kind == "request"].head(len(keys)).copy()
     df["key"] = keys
     db = tmp_path / "s.duckdb"
-    pipeline.import_files(_cfg(db), [_write(df, tmp_path / "h.ndjson")], NOW)
-    with store.reader(db) as con:
+    ingest_load.import_files(_cfg(db), [_write(df, tmp_path / "h.ndjson")], NOW)
+    with store_db.reader(db) as con:
         stored = {r[0] for r in con.execute("SELECT key FROM cache_keys").fetchall()}
-        m = metrics.compute(con, SPAN, "2h", top=10)
+        m = metrics_window.compute(con, SPAN, "2h", top=10)
     assert stored == set(keys) and {k.key for k in m.top_keys} == set(keys)
-    assert json.loads(json.dumps(metrics.to_json(m)))["topKeys"][0]["key"] in keys
+    assert json.loads(json.dumps(metrics_window.to_json(m)))["topKeys"][0]["key"] in keys

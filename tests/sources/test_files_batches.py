@@ -11,9 +11,9 @@ import pytest
 
 from cachemon import config, settings
 from cachemon.errors import InputError
-from cachemon.ingest import load as pipeline
+from cachemon.ingest import load as ingest_load
 from cachemon.sources import files
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from tests.helpers import T0, simulate
 
 NOW = T0 + timedelta(hours=2)
@@ -61,7 +61,7 @@ def shuffled():
 
 
 def _dump(db) -> dict:
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         out = {}
         for table, cols in TABLES.items():
             join = " JOIN cache_keys k USING (key_id)" if table == "key_hour" else ""
@@ -78,7 +78,7 @@ def test_rollups_do_not_depend_on_the_batch_size(tmp_path, shuffled, suffix, mon
         ".parquet": lambda: shuffled.to_parquet(path, index=False),
     }[suffix]()
     whole = tmp_path / "whole.duckdb"
-    pipeline.import_files(config.with_db(settings.Config(), str(whole)), [path], NOW)
+    ingest_load.import_files(config.with_db(settings.Config(), str(whole)), [path], NOW)
     monkeypatch.setattr(files, "BATCH_ROWS", 997)
     monkeypatch.setattr(files, "CHUNK_BYTES", 50_000)
     monkeypatch.setattr(files, "MAX_LINE", 50_000)  # CSV blocks
@@ -86,7 +86,7 @@ def test_rollups_do_not_depend_on_the_batch_size(tmp_path, shuffled, suffix, mon
 
     monkeypatch.setattr(imports, "MERGE_ROWS", 3_000)  # merges partial rollups many times
     batched = tmp_path / "batched.duckdb"
-    pipeline.import_files(config.with_db(settings.Config(), str(batched)), [path], NOW)
+    ingest_load.import_files(config.with_db(settings.Config(), str(batched)), [path], NOW)
     a, b = _dump(whole), _dump(batched)
     for table in TABLES:
         assert len(a[table]) == len(b[table]) > 0, table

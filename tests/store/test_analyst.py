@@ -10,10 +10,10 @@ import pytest
 
 from cachemon.clock import Window
 from cachemon.histogram import ALPHA
-from cachemon.metrics import window as metrics
-from cachemon.store import db as store
+from cachemon.metrics import window as metrics_window
+from cachemon.store import db as store_db
 from cachemon.store import snapshots
-from cachemon.store import views as analyst
+from cachemon.store import views as store_views
 from tests.helpers import load, simulate, weighted_quantile
 
 START = datetime(2026, 11, 19, 8, 0, tzinfo=UTC)
@@ -40,7 +40,7 @@ def _frame(con, sql, params=None):
 @pytest.mark.parametrize("grain", ["minute", "hour", "day"])
 def test_requests_views_equal_weighted_raw_counts(two_days, grain):
     path, r = two_days
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         got = _frame(con, f"SELECT * FROM v1.requests_{grain}")
     keys = [grain, "endpoint", "tier", "experiment", "cohort"]
     r = r.assign(
@@ -82,7 +82,7 @@ def _check_quantiles(rows, r, period_col):
 def test_daily_and_hourly_quantiles_come_from_merged_histograms(two_days):
     path, r = two_days
     lo, hi = datetime(2026, 11, 19, tzinfo=UTC), datetime(2026, 11, 21, tzinfo=UTC)
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         days = _frame(con, "SELECT * FROM v1.latency_daily($lo, $hi)", {"lo": lo, "hi": hi})
         hours = _frame(
             con,
@@ -99,8 +99,8 @@ def test_daily_and_hourly_quantiles_come_from_merged_histograms(two_days):
 def test_window_quantiles_equal_cachemon_metrics(two_days):
     path, _ = two_days
     window = Window(START + timedelta(hours=2), START + timedelta(hours=20))
-    with store.reader(path) as con:
-        m = metrics.compute(con, window, "custom", top=0)
+    with store_db.reader(path) as con:
+        m = metrics_window.compute(con, window, "custom", top=0)
         row = con.execute(
             "SELECT requests, p50_ms, p95_ms, p99_ms FROM v1.latency_window($lo, $hi) "
             "WHERE endpoint = '*' AND tier = '*'",
@@ -119,7 +119,7 @@ def test_top_keys_and_key_views_equal_raw_per_key_counts(two_days):
     )  # a whole day plus ragged hours
     sel = r[(r.timestamp >= lo) & (r.timestamp < hi)]
     truth = sel.groupby("key").sample_interval.sum().sort_values(ascending=False)
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         top = _frame(con, "SELECT * FROM v1.top_keys($lo, $hi, 20)", {"lo": lo, "hi": hi})
         hourly = _frame(con, "SELECT hour, key, requests FROM v1.keys_hour")
         classes = _frame(
@@ -146,11 +146,12 @@ def test_top_keys_and_key_views_equal_raw_per_key_counts(two_days):
 
 def test_views_are_versioned_and_work_from_an_attached_snapshot(two_days, tmp_path):
     path, r = two_days
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         names = {
             n
             for (n,) in con.execute(
-                "SELECT view_name FROM duckdb_views() WHERE schema_name = $s", {"s": analyst.SCHEMA}
+                "SELECT view_name FROM duckdb_views() WHERE schema_name = $s",
+                {"s": store_views.SCHEMA},
             ).fetchall()
         }
     assert {

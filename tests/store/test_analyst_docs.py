@@ -10,10 +10,10 @@ import duckdb
 import pytest
 
 from cachemon.costs import report
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import snapshots
-from cachemon.store import views as analyst
-from cachemon.tuning import results as stored_results
+from cachemon.store import views as store_views
+from cachemon.tuning import results as tuning_results
 from tests.helpers import ROOT
 
 DOC = ROOT / "docs" / "analysts.md"
@@ -53,18 +53,19 @@ def test_every_documented_query_runs_on_a_demo_store(demo_store, title, sql):
 
 def test_every_view_and_column_is_documented(demo_store):
     doc = DOC.read_text(encoding="utf-8")
-    with store.reader(demo_store) as con:
+    with store_db.reader(demo_store) as con:
         views = [
             v
             for (v,) in con.execute(
-                "SELECT view_name FROM duckdb_views() WHERE schema_name = $s", {"s": analyst.SCHEMA}
+                "SELECT view_name FROM duckdb_views() WHERE schema_name = $s",
+                {"s": store_views.SCHEMA},
             ).fetchall()
         ]
         macros = {
             m
             for (m,) in con.execute(
                 "SELECT DISTINCT function_name FROM duckdb_functions() WHERE schema_name = $s",
-                {"s": analyst.SCHEMA},
+                {"s": store_views.SCHEMA},
             ).fetchall()
         }
         assert (
@@ -74,7 +75,7 @@ def test_every_view_and_column_is_documented(demo_store):
             assert re.search(rf"`(v1\.)?{name}\b", doc), name
         for view in views:
             for (column,) in con.execute(
-                f"SELECT column_name FROM (DESCRIBE {analyst.SCHEMA}.{view})"
+                f"SELECT column_name FROM (DESCRIBE {store_views.SCHEMA}.{view})"
             ).fetchall():
                 assert f"`{column}`" in doc, (view, column)
 
@@ -90,7 +91,7 @@ def test_the_purge_query_finds_the_keys_the_simulated_purge_knocked_out_of_the_e
     ((title, sql),) = [(t, q) for t, q in _examples() if "fell out of the edge" in t]
     placeholder = "date_trunc('hour', now()) - INTERVAL 12 HOUR"
     assert placeholder in sql
-    with store.reader(tmp_path / "p.duckdb") as con:
+    with store_db.reader(tmp_path / "p.duckdb") as con:
         got = con.execute(
             sql.replace(placeholder, "TIMESTAMPTZ '2026-11-24 14:00:00+00'")
         ).fetchall()
@@ -105,7 +106,7 @@ def test_the_purge_query_finds_the_keys_the_simulated_purge_knocked_out_of_the_e
 
 
 def test_cost_and_experiment_views_equal_what_cachemon_stored(demo_store):
-    with store.reader(demo_store) as con:
+    with store_db.reader(demo_store) as con:
         costs = con.execute(
             "SELECT day, sum(list_usd), sum(billed_usd), count(*) FROM v1.cost_day "
             "GROUP BY day ORDER BY day DESC"
@@ -115,7 +116,7 @@ def test_cost_and_experiment_views_equal_what_cachemon_stored(demo_store):
             "SELECT analyzed_at, treatment, metric, estimate, ci_lower, ci_upper "
             "FROM v1.experiment_results ORDER BY ALL"
         ).fetchall()
-        history = stored_results.history(con, "extended-title-ttl")
+        history = tuning_results.history(con, "extended-title-ttl")
     assert [(c[0], c[3]) for c in costs] == [(r.day, len(r.report.lines)) for r in reports] and len(
         costs
     ) >= 2

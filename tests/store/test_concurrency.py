@@ -14,8 +14,8 @@ import pytest
 
 from cachemon.clock import Window
 from cachemon.errors import StoreError
-from cachemon.metrics import window as metrics
-from cachemon.store import db as store
+from cachemon.metrics import window as metrics_window
+from cachemon.store import db as store_db
 from cachemon.store import queries, schema, snapshots
 from tests.helpers import ROOT, T0
 
@@ -50,7 +50,7 @@ def test_writer_and_two_readers_at_once(tmp_path):
     assert d["renders"] > 20 and a["queries"] > 20
     # No lost window: every minute from the first window to the last has data.
     end = T0 + timedelta(minutes=5 * steps)
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         minutes = con.execute("SELECT count(DISTINCT minute) FROM rollup_minute").fetchall()[0][0]
         span = queries.data_span(con)
     assert span == (T0 - timedelta(hours=1), end)
@@ -85,8 +85,11 @@ def test_sigkill_during_ingestion_loses_and_doubles_nothing(tmp_path):
     p = spawn("writer", db, start, 24, 60)
     assert p.wait(timeout=600) == 0, p.stderr.read()
     span = Window(T0 - timedelta(hours=1), T0 + timedelta(hours=24))
-    with store.reader(ref) as a, store.reader(db) as b:
-        ma, mb = metrics.compute(a, span, "x", top=5), metrics.compute(b, span, "x", top=5)
+    with store_db.reader(ref) as a, store_db.reader(db) as b:
+        ma, mb = (
+            metrics_window.compute(a, span, "x", top=5),
+            metrics_window.compute(b, span, "x", top=5),
+        )
         assert ma.volume == mb.volume and ma.errors == mb.errors
         assert ma.latency.p99 == mb.latency.p99
         assert [(k.key, k.requests) for k in ma.top_keys] == [
@@ -102,7 +105,7 @@ def test_readers_opening_while_publishes_land_never_fail(tmp_path):
     # publish opens one whole version (or resolves again when the version
     # it found was pruned), with no retry on a half-seen file.
     db = tmp_path / "s.duckdb"
-    with store.writer(db, T0):
+    with store_db.writer(db, T0):
         pass
     stop, published, errors = threading.Event(), [], []
 
@@ -119,7 +122,7 @@ def test_readers_opening_while_publishes_land_never_fail(tmp_path):
         deadline = time.time() + 120
         while (opens <= 50 or len(published) <= 20) and time.time() < deadline:
             try:
-                with store.reader(db) as con:
+                with store_db.reader(db) as con:
                     assert schema.schema_version(con) == schema.SCHEMA_VERSION
                 opens += 1
             except StoreError as exc:
@@ -132,5 +135,5 @@ def test_readers_opening_while_publishes_land_never_fail(tmp_path):
     # A version that is unreadable is refused by name, not retried.
     snapshots.current_snapshot(db).write_bytes(b"x" * 1000)
     with pytest.raises(StoreError, match="not a readable DuckDB database"):
-        with store.reader(db):
+        with store_db.reader(db):
             pass

@@ -9,9 +9,9 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
-from cachemon.cli import main as cli
+from cachemon.cli import main as cli_main
 from cachemon.errors import InputError
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import export
 from tests.helpers import load, simulate
 
@@ -62,7 +62,7 @@ def test_formula_cells_are_neutralised_and_the_rest_round_trips():
 
 def test_every_dataset_round_trips_through_parquet_by_day(across_midnight, tmp_path):
     path, r = across_midnight
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         written = {w.dataset: w for w in export.parquet(con, tmp_path)}
         for d in export.DATASETS:
             view = con.execute(f"SELECT * FROM v1.{d.view} ORDER BY ALL").df()
@@ -93,7 +93,7 @@ def test_every_dataset_round_trips_through_parquet_by_day(across_midnight, tmp_p
 
 def test_since_exports_later_days_and_a_rerun_replaces_them(across_midnight, tmp_path):
     path, r = across_midnight
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         export.parquet(con, tmp_path, datetime(2026, 11, 20, 3, 0, tzinfo=UTC))
         assert [p.name for p in (tmp_path / "requests_hour").iterdir()] == ["date=2026-11-20"]
         export.parquet(con, tmp_path)
@@ -106,7 +106,7 @@ def test_since_exports_later_days_and_a_rerun_replaces_them(across_midnight, tmp
 def test_export_command_and_a_bad_target(across_midnight, tmp_path, capsys):
     path, r = across_midnight
     assert (
-        cli.main(
+        cli_main.main(
             ["--db", str(path), "export", "--to", str(tmp_path / "out"), "--since", "2026-11-20"]
         )
         == 0
@@ -119,12 +119,12 @@ def test_export_command_and_a_bad_target(across_midnight, tmp_path, capsys):
     ] == pytest.approx(day20)
     (tmp_path / "file").write_text("x")
     with (
-        store.reader(path) as con,
+        store_db.reader(path) as con,
         pytest.raises(InputError, match="exists and is not a directory"),
     ):
         export.parquet(con, tmp_path / "file")
     assert (
-        cli.main(
+        cli_main.main(
             ["--db", str(path), "export", "--to", str(tmp_path / "o2"), "--since", "yesterday"]
         )
         == 2

@@ -17,14 +17,14 @@ from datetime import timedelta
 import pytest
 
 from cachemon.errors import StoreBusyError, StoreDiskError, StoreError
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.store import lock as store_lock
 from cachemon.store import queries, schema, snapshots
 from tests.helpers import ROOT, T0, load, simulate
 
 
 def _until(db):
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         return queries.data_span(con)[1]
 
 
@@ -44,16 +44,16 @@ def test_a_long_lived_reader_sees_every_publish(two_hours):
     """The API's shared reader and a held reader: DuckDB hands back the
     already-open database for a path, so each publish must be a new path."""
     db, parts = two_hours
-    held = store.reader(db)
+    held = store_db.reader(db)
     con = held.__enter__()  # an open reader (as a dashboard thread has) while data moves on
     try:
-        with store.shared_reader(db) as cur:
+        with store_db.shared_reader(db) as cur:
             first = queries.data_span(cur)[1]
         assert first == T0 + timedelta(hours=1)
         load(db, parts[1:])
-        with store.shared_reader(db) as cur:
+        with store_db.shared_reader(db) as cur:
             assert queries.data_span(cur)[1] == T0 + timedelta(hours=2)
-        with store.reader(db) as fresh:
+        with store_db.reader(db) as fresh:
             assert queries.data_span(fresh)[1] == T0 + timedelta(hours=2)
         assert queries.data_span(con)[1] == first  # the held one reads its own version, undisturbed
     finally:
@@ -142,7 +142,7 @@ def _cli(db, *args, **env):
 
 
 def _silences(db):
-    with store.reader(db) as con:
+    with store_db.reader(db) as con:
         return con.execute("SELECT count(*) FROM silences").fetchall()[0][0]
 
 
@@ -151,7 +151,7 @@ def test_writers_take_turns_and_a_busy_store_is_one_line(two_hours, results):
     held, release = threading.Event(), threading.Event()
 
     def hold():
-        with store.writer(db, T0):  # another writer's long turn (an import)
+        with store_db.writer(db, T0):  # another writer's long turn (an import)
             held.set()
             release.wait(30)
 
@@ -236,10 +236,10 @@ def test_a_store_from_a_newer_cachemon_is_one_line_on_every_read_path(two_hours,
     snapshots.snapshot_path(db).symlink_to(newer.name)
     before = db.read_bytes()
     with pytest.raises(StoreError, match="newer than this cachemon"):
-        with store.reader(db):
+        with store_db.reader(db):
             pass
     with pytest.raises(StoreError, match="newer than this cachemon"):
-        with store.shared_reader(db):
+        with store_db.shared_reader(db):
             pass
     for args in (
         ["metrics", "--at", "2026-11-19T10:00:00Z"],

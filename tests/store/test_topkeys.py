@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cachemon.clock import Window
-from cachemon.ingest import write as ingest
-from cachemon.store import db as store
+from cachemon.ingest import write as ingest_write
+from cachemon.store import db as store_db
 from cachemon.store import topkeys
 from tests.helpers import T0, load, simulate, small_sim
 
@@ -53,7 +53,7 @@ def test_summary_path_is_taken_and_agrees_with_full_aggregation(day_store):
     path, df = day_store
     window = Window(START + timedelta(minutes=30), START + timedelta(hours=29, minutes=30))
     p = _params(window, 10)
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         fast = topkeys._bounded(con, p)
         full = topkeys._run(con, topkeys.FULL_ALL, p)
         rows, covered = topkeys.top_keys(con, window, None, 10)
@@ -75,7 +75,7 @@ def test_any_window_matches_raw_events(day_store, start_min, length_min, n):
     path, df = day_store
     s = START + timedelta(minutes=start_min)
     window = Window(s, min(s + timedelta(minutes=length_min), START + timedelta(hours=30)))
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         rows, covered = topkeys.top_keys(con, window, None, n)
     got = [(r[0], sum(r[2:6])) for r in rows]
     truth = _truth(df, covered, n)
@@ -92,7 +92,7 @@ def test_flat_traffic_falls_back_and_stays_exact(tmp_path):
     path = tmp_path / "flat.duckdb"
     load(path, parts)
     window = Window(T0, T0 + timedelta(hours=4))
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         assert topkeys._bounded(con, _params(window, 5)) is None
         rows, covered = topkeys.top_keys(con, window, None, 5)
     assert [sum(r[2:6]) for r in rows] == [
@@ -108,12 +108,12 @@ def test_summaries_follow_sources_and_their_removal(tmp_path):
     load(path, b_parts, source="b")
     window = Window(T0, T0 + timedelta(hours=3))
     both = pd.concat([a, b])
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         rows, covered = topkeys.top_keys(con, window, None, 5)
     assert [(r[0], sum(r[2:6])) for r in rows] == _truth(both[both.kind == "request"], covered, 5)
-    with store.writer(path, T0) as con:
-        ingest.drop_source(con, "a")
-    with store.reader(path) as con:
+    with store_db.writer(path, T0) as con:
+        ingest_write.drop_source(con, "a")
+    with store_db.reader(path) as con:
         rows, covered = topkeys.top_keys(con, window, None, 5)
     assert [(r[0], sum(r[2:6])) for r in rows] == _truth(b[b.kind == "request"], covered, 5)
 
@@ -131,7 +131,7 @@ def test_key_series_counts_each_hour_once_from_hours_and_minutes(tmp_path):
     truth = r.assign(hour=r.timestamp.dt.floor("h")).pivot_table(
         index="hour", columns="tier", values="sample_interval", aggfunc="sum", fill_value=0.0
     )
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         got = topkeys.key_series(con, key, endpoint, window).set_index("hour")
         compacted = con.execute("SELECT count(*) FROM key_hour").fetchall()[0][0]
         pending = con.execute("SELECT count(*) FROM key_minute").fetchall()[0][0]

@@ -11,9 +11,9 @@ import pytest
 
 from cachemon import config, outbound, settings
 from cachemon.clock import iso
-from cachemon.ingest import load as pipeline
+from cachemon.ingest import load as ingest_load
 from cachemon.notify.transports import Transports
-from cachemon.store import db as store
+from cachemon.store import db as store_db
 from cachemon.testing.kv_emulator import Fault, KvEmulator
 from cachemon.tuning import promote, results
 from tests.helpers import T0
@@ -161,7 +161,7 @@ def test_daily_run_promotes_a_winner_and_mails_the_notice(tmp_path, kv):
     cfg = config.with_db(_experiment(tmp_path), str(tmp_path / "p.duckdb"))
     _winning_events(cfg.experiments[0], tmp_path / "w.ndjson")
     at = T0 + timedelta(hours=2)
-    pipeline.import_files(
+    ingest_load.import_files(
         cfg, [tmp_path / "w.ndjson"], at
     )  # after the events: future ones are refused
     kv.values[promote.CONFIG_KEY] = json.dumps(promote.defaults(cfg)).encode()
@@ -169,7 +169,7 @@ def test_daily_run_promotes_a_winner_and_mails_the_notice(tmp_path, kv):
     try:
         env = _env(kv, **sink.env(), ALERT_EMAIL="team@example.org")
         t = Transports.from_env(env)
-        with store.writer(tmp_path / "p.duckdb", at) as con:
+        with store_db.writer(tmp_path / "p.duckdb", at) as con:
             run = promote.daily(con, cfg, at, at, env, t)
             rows = promote.history(con)
             saved = results.history(con, "extended-title-ttl")
@@ -202,7 +202,7 @@ def test_unreadable_experiment_config_restores_defaults_and_alerts(tmp_path, kv)
     try:
         env = _env(kv, **sink.env(), ALERT_EMAIL="oncall@example.org")
         t = Transports.from_env(env)
-        with store.writer(tmp_path / "b.duckdb", T0) as con:
+        with store_db.writer(tmp_path / "b.duckdb", T0) as con:
             run = promote.on_bad_config(con, cfg, str(err.value), env, t, T0)
             assert run.flush.ok and len(run.flush.outcomes) == 1  # delivered by the call
             rows = promote.history(con)

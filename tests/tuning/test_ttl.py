@@ -20,8 +20,8 @@ from cachemon.errors import InputError
 from cachemon.events import ENDPOINTS
 from cachemon.pricing import DEFAULT
 from cachemon.sources.simulator import Simulator
-from cachemon.store import db as store
-from cachemon.tuning import whatif as ttl
+from cachemon.store import db as store_db
+from cachemon.tuning import whatif as tuning_whatif
 from cachemon.tuning.experiments import parse as parse_experiments
 from tests.helpers import ROOT, SMALL, T0, load, to_pandas
 
@@ -45,8 +45,8 @@ def baseline(tmp_path_factory):
     d = tmp_path_factory.mktemp("ttl")
     df = _run(BASE, d / "base.duckdb")
     cfg = config.with_db(settings.Config(), str(d / "base.duckdb"))
-    with store.reader(cfg.store.path) as con:
-        found = ttl.whatif(con, cfg, list(ENDPOINTS), TTLS, Window(T0, END), END)
+    with store_db.reader(cfg.store.path) as con:
+        found = tuning_whatif.whatif(con, cfg, list(ENDPOINTS), TTLS, Window(T0, END), END)
     return cfg, df, {w.endpoint: w for w in found}, d
 
 
@@ -118,10 +118,12 @@ def test_edge_model_fitted_at_the_current_edge_ttl_predicts_other_edge_ttls(base
     simulator run at each (3 colos with Zipf-skewed traffic)."""
     cfg, _, _, d = baseline
     edge_ttls = [timedelta(hours=1), timedelta(hours=6), timedelta(hours=24), timedelta(hours=48)]
-    with store.reader(cfg.store.path) as con:
+    with store_db.reader(cfg.store.path) as con:
         found = {
             w.endpoint: w
-            for w in ttl.whatif(con, cfg, list(ENDPOINTS), TTLS, Window(T0, END), END, edge_ttls)
+            for w in tuning_whatif.whatif(
+                con, cfg, list(ENDPOINTS), TTLS, Window(T0, END), END, edge_ttls
+            )
         }
     for e in ENDPOINTS:
         w = found[e]
@@ -162,33 +164,33 @@ def test_replay_matches_a_brute_force_fixed_ttl_cache():
                 hits += 1
             else:
                 expiry[row.key] = row.timestamp + t
-        assert ttl.replay(trace, t) == hits
+        assert tuning_whatif.replay(trace, t) == hits
 
 
 def test_recommendation_respects_the_staleness_limit(baseline):
     _, _, found, _ = baseline
     w = found["isbn"]  # current TTL 30 d: keeping it is an option within 30 d
     cheapest = min((*w.candidates, w.current), key=lambda p: p.cost)
-    assert ttl.recommend(w, timedelta(days=30)) == cheapest
-    limited = ttl.recommend(w, timedelta(hours=24))
+    assert tuning_whatif.recommend(w, timedelta(days=30)) == cheapest
+    limited = tuning_whatif.recommend(w, timedelta(hours=24))
     assert limited.ttl <= timedelta(hours=24)
     assert limited == min(
         (p for p in w.candidates if p.ttl <= timedelta(hours=24)), key=lambda p: p.cost
     )
-    assert ttl.recommend(w, timedelta(hours=1)) is None
+    assert tuning_whatif.recommend(w, timedelta(hours=1)) is None
 
 
 def test_bad_ttls_and_endpoints_are_named(baseline):
     cfg, *_ = baseline
     with pytest.raises(InputError, match="between 60s and 365d"):
-        ttl.parse_ttls("6h,30s")
+        tuning_whatif.parse_ttls("6h,30s")
     with pytest.raises(InputError, match="at least one duration"):
-        ttl.parse_ttls(" , ")
+        tuning_whatif.parse_ttls(" , ")
     with (
-        store.reader(cfg.store.path) as con,
+        store_db.reader(cfg.store.path) as con,
         pytest.raises(InputError, match="unknown endpoint 'books'"),
     ):
-        ttl.whatif(con, cfg, ["books"], TTLS, Window(T0, END), END)
+        tuning_whatif.whatif(con, cfg, ["books"], TTLS, Window(T0, END), END)
 
 
 def test_cli_table_json_trace_and_a_draft_the_tuning_engine_accepts(baseline, tmp_path):
@@ -242,7 +244,7 @@ def test_cli_table_json_trace_and_a_draft_the_tuning_engine_accepts(baseline, tm
     assert js["candidates"][1]["kvHitRate"] == pytest.approx(w.candidates[1].kv_hit_rate, abs=1e-4)
     title = df[df.endpoint == "title"]
     assert js["candidates"][2]["replayKvHitRate"] == pytest.approx(
-        100 * ttl.replay(title, timedelta(days=7)) / len(title), abs=1e-4
+        100 * tuning_whatif.replay(title, timedelta(days=7)) / len(title), abs=1e-4
     )
     out = subprocess.run(
         cmd + ["--draft-experiment"], env=env, capture_output=True, text=True, check=True
@@ -253,7 +255,7 @@ def test_cli_table_json_trace_and_a_draft_the_tuning_engine_accepts(baseline, tm
     draft = tomllib.loads(out[out.index("[[experiments]]") :])
     (e,) = parse_experiments("draft", draft["experiments"], ("author", "isbn", "title"))
     assert e.endpoint == "title" and e.cohorts[0].ttl == timedelta(hours=24)
-    assert e.cohorts[1].ttl == ttl.recommend(w, cfg.costs.max_kv_ttl).ttl
+    assert e.cohorts[1].ttl == tuning_whatif.recommend(w, cfg.costs.max_kv_ttl).ttl
     bad = subprocess.run(cmd[:-4] + ["--ttl", "10s"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "a KV TTL must be between 60s and 365d" in bad.stderr
 
@@ -303,16 +305,16 @@ def test_cli_replays_the_simulator_trace_of_the_window(baseline, tmp_path):
     for c, t in zip(js["candidates"], (timedelta(hours=6), timedelta(hours=48))):
         # Same arrivals; tiers may differ only where the regenerated edge
         # started from another steady-state draw.
-        stored = 100 * ttl.replay(window, t) / len(window)
+        stored = 100 * tuning_whatif.replay(window, t) / len(window)
         assert c["replayKvHitRate"] == pytest.approx(stored, abs=1.0) and stored > 1
 
 
 def test_per_key_advice_names_busy_keys_whose_own_ttl_pays(baseline):
     cfg, df, found, _ = baseline
     w = found["title"]
-    with store.reader(cfg.store.path) as con:
-        ttl.load_window(con, w.window)
-        advice = ttl.per_key(
+    with store_db.reader(cfg.store.path) as con:
+        tuning_whatif.load_window(con, w.window)
+        advice = tuning_whatif.per_key(
             con, w, cfg.pricing, cfg.costs.value_bytes, 30, timedelta(days=7), limit=10
         )
     r = df[(df.endpoint == "title") & (df.tier != "edge")]

@@ -14,9 +14,9 @@ import pytest
 
 from cachemon import config
 from cachemon.clock import iso
-from cachemon.ingest import load as pipeline
-from cachemon.store import db as store
-from cachemon.tuning import analysis as tuning
+from cachemon.ingest import load as ingest_load
+from cachemon.store import db as store_db
+from cachemon.tuning import analysis as tuning_analysis
 from cachemon.tuning import results, stats
 from cachemon.usecases import demo
 from tests.helpers import EXPERIMENT_TOML as CONFIG
@@ -38,8 +38,8 @@ def sim_store(tmp_path_factory):
 def test_cohort_metrics_equal_raw_event_truth(sim_store):
     cfg, truth, _ = sim_store
     e = cfg.experiments[0]
-    with store.reader(cfg.store.path) as con:
-        a = tuning.analyze(con, e, AT, cfg.pricing)
+    with store_db.reader(cfg.store.path) as con:
+        a = tuning_analysis.analyze(con, e, AT, cfg.pricing)
     req = truth[(truth.kind == "request") & (truth.experiment == e.name)]
     assert dict(a.units) == req.groupby("cohort").key.nunique().to_dict()
     assert a.srm_p is not None and a.srm_p > 0.001  # the simulator assigns with the seed's own hash
@@ -70,8 +70,10 @@ def test_cohort_metrics_equal_raw_event_truth(sim_store):
 
 def test_results_hidden_until_a_minimum_sample(sim_store):
     cfg, _, _ = sim_store
-    with store.reader(cfg.store.path) as con:
-        a = tuning.analyze(con, cfg.experiments[0], T0 + timedelta(minutes=10), cfg.pricing)
+    with store_db.reader(cfg.store.path) as con:
+        a = tuning_analysis.analyze(
+            con, cfg.experiments[0], T0 + timedelta(minutes=10), cfg.pricing
+        )
     assert a.decision == "collecting" and a.comparisons == ()
 
 
@@ -97,9 +99,9 @@ def test_sample_ratio_mismatch_blocks_the_decision(tmp_path):
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tmp_path / "e.toml").write_text(CONFIG.format(start=iso(T0)))
     cfg = config.with_db(config.load(tmp_path / "e.toml", env={}), str(tmp_path / "s.duckdb"))
-    pipeline.import_files(cfg, [f], T0 + timedelta(hours=2))  # after the events
-    with store.reader(cfg.store.path) as con:
-        a = tuning.analyze(con, cfg.experiments[0], T0 + timedelta(hours=2), cfg.pricing)
+    ingest_load.import_files(cfg, [f], T0 + timedelta(hours=2))  # after the events
+    with store_db.reader(cfg.store.path) as con:
+        a = tuning_analysis.analyze(con, cfg.experiments[0], T0 + timedelta(hours=2), cfg.pricing)
     assert a.units == (("control", 400), ("treatment", 200))
     assert a.decision == "srm" and a.srm_p < 0.001 and a.comparisons == ()
 
@@ -131,7 +133,7 @@ def test_cli_analyze_stores_history(sim_store):
         )
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)[0]["experiment"] == "extended-title-ttl"
-    with store.reader(cfg.store.path) as con:
+    with store_db.reader(cfg.store.path) as con:
         h = results.history(con, "extended-title-ttl")
     assert [r["result"]["at"] for r in h] == [
         iso(T0 + timedelta(hours=3)),
@@ -142,8 +144,8 @@ def test_cli_analyze_stores_history(sim_store):
 def test_plan_days_needed_from_recent_traffic(sim_store):
     cfg, truth, _ = sim_store
     e = cfg.experiments[0]
-    with store.reader(cfg.store.path) as con:
-        days = tuning.plan(con, e, AT)
+    with store_db.reader(cfg.store.path) as con:
+        days = tuning_analysis.plan(con, e, AT)
     req = truth[(truth.kind == "request") & (truth.endpoint == "title")]
     per_key = (
         req.assign(h=np.where(req.tier.isin(["edge", "kv"]), req.sample_interval, 0.0))
@@ -161,8 +163,8 @@ def test_only_configured_metrics_are_guardrails(sim_store):
 
     cfg, _, _ = sim_store
     e = dc_replace(cfg.experiments[0], metrics=("hit_rate", "error_rate"))
-    with store.reader(cfg.store.path) as con:
-        a = tuning.analyze(con, e, AT, cfg.pricing)
+    with store_db.reader(cfg.store.path) as con:
+        a = tuning_analysis.analyze(con, e, AT, cfg.pricing)
     assert [m.metric for m in a.comparisons[0].metrics] == ["hit_rate", "error_rate"]
 
 
@@ -176,9 +178,9 @@ def test_p95_variance_with_keys_as_units_matches_a_key_bootstrap(sim_store):
     cfg, truth, _ = sim_store
     e = cfg.experiments[0]
     window = Window(T0, AT)
-    with store.reader(cfg.store.path) as con:
-        data = tuning.per_key(con, e, window, cfg.pricing)["control"]
-        lat = tuning._latency(con, e, window)["control"]
+    with store_db.reader(cfg.store.path) as con:
+        data = tuning_analysis.per_key(con, e, window, cfg.pricing)["control"]
+        lat = tuning_analysis._latency(con, e, window)["control"]
     var = quantile_var.quantile_variance(
         lat.p95, {t: data[t] for t in quantile_var.TIERS}, lat.tiers, lat.cdf, lat.weight_squares
     )
@@ -214,10 +216,10 @@ def test_demo_stores_the_daily_analyses_and_yesterdays_report(tmp_path):
         config.with_db(config.load(cfg_file, env={}), str(tmp_path / "d.duckdb")), simulator=SMALL
     )
     demo.demo(cfg, 38 / 24, end)
-    with store.reader(cfg.store.path) as con:
+    with store_db.reader(cfg.store.path) as con:
         stored = results.history(con, "extended-title-ttl")
         expected = [
-            tuning.analyze(con, cfg.experiments[0], at, cfg.pricing).to_json()
+            tuning_analysis.analyze(con, cfg.experiments[0], at, cfg.pricing).to_json()
             for at in (T0 - timedelta(hours=4), T0 + timedelta(hours=20))
         ]
         reports = report.recent(con)
@@ -244,15 +246,18 @@ def test_decisions_are_typed_and_stored_analyses_read_back_typed(sim_store):
     a stored analysis reads back into the same dataclasses (no JSON keys)."""
     cfg, _, _ = sim_store
     e = cfg.experiments[0]
-    with store.reader(cfg.store.path) as con:
-        early = tuning.analyze(con, e, T0 + timedelta(minutes=30), cfg.pricing)
-        a = tuning.analyze(con, e, AT, cfg.pricing)
-    assert early.decision is tuning.Decision.COLLECTING and early.decision == "collecting"
-    assert isinstance(a.decision, tuning.Decision) and a.comparisons
-    assert all(isinstance(c.decision, tuning.Decision) for c in a.comparisons)
+    with store_db.reader(cfg.store.path) as con:
+        early = tuning_analysis.analyze(con, e, T0 + timedelta(minutes=30), cfg.pricing)
+        a = tuning_analysis.analyze(con, e, AT, cfg.pricing)
+    assert early.decision is tuning_analysis.Decision.COLLECTING and early.decision == "collecting"
+    assert isinstance(a.decision, tuning_analysis.Decision) and a.comparisons
+    assert all(isinstance(c.decision, tuning_analysis.Decision) for c in a.comparisons)
     assert a.srm_mismatch is False and a.srm_p >= stats.SRM_P
-    assert tuning.status(e, T0 - timedelta(hours=1)) is tuning.Status.SCHEDULED
-    assert tuning.status(e, AT) == "running" and tuning.status(e, T0 + e.duration) == "ended"
+    assert tuning_analysis.status(e, T0 - timedelta(hours=1)) is tuning_analysis.Status.SCHEDULED
+    assert (
+        tuning_analysis.status(e, AT) == "running"
+        and tuning_analysis.status(e, T0 + e.duration) == "ended"
+    )
     con = duckdb.connect()
     con.execute(
         "CREATE TABLE experiment_results (experiment VARCHAR, analyzed_at TIMESTAMPTZ,"

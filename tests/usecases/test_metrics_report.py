@@ -10,14 +10,14 @@ from cachemon.alerts import health
 from cachemon.clock import Period, Window
 from cachemon.costs import usage
 from cachemon.metrics import exposition
-from cachemon.metrics import window as metrics
-from cachemon.store import db as store
+from cachemon.metrics import window as metrics_window
+from cachemon.store import db as store_db
 from cachemon.store import queries
 from cachemon.usecases import metrics_report
 
 
 def _end(path):
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         return queries.data_span(con)[1]
 
 
@@ -25,16 +25,16 @@ def test_report_is_compute_then_health_then_costs(loaded_store):
     path, _ = loaded_store
     cfg = settings.Config()
     at = _end(path)
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         report = metrics_report.build(con, cfg, Period.H1, at)
         # The composition written out by hand, as the CLI and the API did.
-        m = metrics.compute(con, Window.ending(at, Period.H1.length), "1h", latest=True)
+        m = metrics_window.compute(con, Window.ending(at, Period.H1.length), "1h", latest=True)
         state = health.health(con, m.at, cfg.alerts.evaluate_every)
         daily = usage.price(usage.per_day(usage.measure(con, m.window, cfg)), cfg.pricing)
         block = usage.to_json(daily, usage.forecast(con, m.at, cfg, cfg.pricing), m.at)
     assert report.metrics == m and report.health == state
     assert report.costs is not None and report.costs.to_json() == block
-    assert report.to_json() == metrics.to_json(m, cfg.metrics.stale_after, state, block)
+    assert report.to_json() == metrics_window.to_json(m, cfg.metrics.stale_after, state, block)
     assert report.to_prometheus() == exposition.render(m, cfg.metrics.stale_after, state, block)
     assert json.loads(json.dumps(report.to_json()))["costs"]["pricingVersion"]
 
@@ -43,7 +43,7 @@ def test_an_endpoints_report_leaves_the_store_wide_costs_out(loaded_store):
     path, _ = loaded_store
     cfg = settings.Config()
     at = _end(path)
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         title = metrics_report.build(con, cfg, Period.M15, at, endpoint="title", top=3)
         forced = metrics_report.build(con, cfg, Period.M15, at, endpoint="title", costs=True)
         none = metrics_report.build(con, cfg, Period.M15, at, costs=False)
@@ -60,7 +60,7 @@ def test_latest_false_keeps_the_requested_window(loaded_store):
     cfg = settings.Config()
     at = _end(path)
     later = at + Period.M15.length / 3
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         fixed = metrics_report.build(con, cfg, Period.M15, later, latest=False)
         slid = metrics_report.build(con, cfg, Period.M15, later)
     assert fixed.metrics.window.end == later and slid.metrics.window.end == at
@@ -72,11 +72,11 @@ def test_compare_holds_the_previous_period_and_the_kpi_changes(loaded_store):
     path, _ = loaded_store
     cfg = settings.Config()
     at = _end(path)
-    with store.reader(path) as con:
+    with store_db.reader(path) as con:
         report = metrics_report.build(con, cfg, Period.H1, at, compare=True)
         plain = metrics_report.build(con, cfg, Period.H1, at)
         before = report.metrics.window.previous()
-        prev = metrics.compute(con, before, "1h", top=0)
+        prev = metrics_window.compute(con, before, "1h", top=0)
         prev_cost = usage.price(usage.per_day(usage.measure(con, before, cfg)), cfg.pricing)
         first = queries.data_span(con)[0]
         lone = metrics_report.build(con, cfg, Period.H1, first + Period.H1.length, compare=True)
@@ -84,7 +84,9 @@ def test_compare_holds_the_previous_period_and_the_kpi_changes(loaded_store):
     assert report.previous.metrics == prev
     assert report.previous.list_per_day == prev_cost.list_total > 0
     cost = metrics_report.COST_KPI
-    assert report.kpis() == metrics.kpis(report.metrics) | {cost: report.costs.daily.list_total}
+    assert report.kpis() == metrics_window.kpis(report.metrics) | {
+        cost: report.costs.daily.list_total
+    }
     deltas = report.kpi_deltas()
     assert deltas[cost] == report.costs.daily.list_total - prev_cost.list_total
     assert deltas["requests"] == report.metrics.volume.total - prev.volume.total
