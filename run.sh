@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh requirements.txt
+PY=.venv/bin/python
 export CACHEMON_DB="${CACHEMON_DB:-data/cachemon.duckdb}"
 if [ -z "${CACHEMON_CONFIG:-}" ]; then
   # The simulator runs the seed's experiment; tell cachemon when it started.
@@ -12,10 +13,11 @@ if [ -z "${CACHEMON_CONFIG:-}" ]; then
     mkdir -p data
     secs=$(awk "BEGIN { printf \"%d\", ${DEMO_DAYS:-7} * 86400 }")
     start=$(date -u -d "@$(( $(date -u +%s) - secs ))" +%Y-%m-%dT%H:00:00Z)
-    sed "s/@START@/$start/" scripts/demo.toml.in > "$CACHEMON_CONFIG"
+    # The one experiment example of the code (tuning.experiments.example_toml).
+    "$PY" -c 'import sys; from cachemon.tuning.experiments import example_toml
+sys.stdout.write(example_toml(start=sys.argv[1]))' "$start" > "$CACHEMON_CONFIG"
   fi
 fi
-PY=.venv/bin/python
 
 pids=()
 stop() {

@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 
 from cachemon.clock import iso, utcnow
+from cachemon.tuning.experiments import example_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,9 +40,7 @@ def build_store(days: int) -> tuple[Path, Path]:
     if not db.exists():
         OUT.mkdir(parents=True, exist_ok=True)
         start = utcnow() - timedelta(days=min(days, 14))
-        cfg.write_text(
-            (ROOT / "scripts" / "demo.toml.in").read_text().replace("@START@", iso(start))
-        )
+        cfg.write_text(example_toml(start=iso(start)))
         t = time.perf_counter()
         subprocess.run(
             [

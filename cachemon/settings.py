@@ -12,6 +12,7 @@ environment (see README).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -26,6 +27,16 @@ from cachemon.severity import Severity
 if TYPE_CHECKING:  # annotations only: the parsers live above this module
     from cachemon.alerts.rules import Rule
     from cachemon.tuning.experiments import Experiment
+
+# Cloudflare's API (Analytics Engine SQL, Workers KV); CF_API_BASE overrides it.
+CF_API_BASE = "https://api.cloudflare.com/client/v4"
+
+
+def cf_api_base(env: Mapping[str, str]) -> str:
+    """The Cloudflare API base URL: CF_API_BASE when set and not empty (the
+    emulators in tests), else Cloudflare's."""
+    return (env.get("CF_API_BASE") or CF_API_BASE).rstrip("/")
+
 
 DEFAULT_DB = "data/cachemon.duckdb"
 # Where `cachemon serve` listens by default: the API's ServeOptions, the CLI's --host and

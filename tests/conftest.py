@@ -93,7 +93,7 @@ def pytest_sessionfinish(session):
 
 @pytest.fixture(scope="session")
 def docs_store(tmp_path_factory) -> str:
-    """The store the docs' SQL runs on (tests/test_analyst_docs.py, tests/test_docs.py): three
+    """The store the docs' SQL runs on (tests/store/test_analyst_docs.py, tests/test_docs.py): three
     days of small demo traffic ending now, with the daily jobs' products, compacted."""
     tmp = tmp_path_factory.mktemp("docs")
     now = utcnow()

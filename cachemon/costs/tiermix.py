@@ -12,7 +12,7 @@ the tier that served them:
 Measured usage (`costs.usage`), the per-key cost of an experiment
 (`tuning.analysis`), the fixed-TTL model's predictions (`tuning.whatif`) and
 the optimiser (`costs.optimize`, in SQL through `kv_writes_sql`) all take
-these three numbers from here; `tests/test_tiermix.py` holds them to one
+these three numbers from here; `tests/costs/test_tiermix.py` holds them to one
 independent computation.
 
 Counts may be floats or numpy arrays (one element per key); the rule is

@@ -34,11 +34,10 @@ from cachemon.clock import Window
 from cachemon.errors import ConfigError, SourceError
 from cachemon.redact import Redactor
 from cachemon.rollups import Rollups
-from cachemon.settings import AnalyticsEngineConfig, ColumnMapping
+from cachemon.settings import CF_API_BASE, AnalyticsEngineConfig, ColumnMapping, cf_api_base
 from cachemon.sources import ae_sql
 
 log = logging.getLogger("cachemon.analytics_engine")
-DEFAULT_BASE = "https://api.cloudflare.com/client/v4"
 MAX_RETRY_AFTER = 120.0
 MAX_ANSWER = 512 * 1024 * 1024  # bytes; an hour's rollups are a few MB
 
@@ -47,7 +46,7 @@ MAX_ANSWER = 512 * 1024 * 1024  # bytes; an hour's rollups are a few MB
 class Credentials:
     account_id: str
     token: str = field(repr=False)
-    base: str = DEFAULT_BASE
+    base: str = CF_API_BASE
 
     @classmethod
     def from_env(cls, env=None) -> Credentials:
@@ -58,9 +57,7 @@ class Credentials:
                 f"Analytics Engine needs {' and '.join(missing)} in the environment "
                 "(an API token with the Account Analytics Read permission)"
             )
-        return cls(
-            env["CF_ACCOUNT_ID"], env["CF_API_TOKEN"], env.get("CF_API_BASE") or DEFAULT_BASE
-        )
+        return cls(env["CF_ACCOUNT_ID"], env["CF_API_TOKEN"], cf_api_base(env))
 
     @property
     def url(self) -> str:

@@ -3,7 +3,7 @@
 A file is read in bounded batches (Parquet: `BATCH_ROWS` rows; NDJSON:
 `CHUNK_BYTES` of whole lines; CSV: blocks of `MAX_LINE` bytes), each validated as it comes, so memory stays bounded whatever the
 file holds; the caller writes nothing until every batch of every file has
-passed (see `pipeline.import_files`). Absurd files are refused with their
+passed (see `ingest.load.import_files`). Absurd files are refused with their
 name: more than `MAX_ROWS` rows, an NDJSON line longer than `MAX_LINE`,
 NUL bytes in a text file.
 """

@@ -4,9 +4,9 @@ the store, and a decision that holds under daily looks.
 Units are keys (the randomised unit), each in the cohort its events carry.
 Per key: hits (served by the edge or KV: "KV-or-better") over requests,
 list cost over requests, errors over requests; ratio metrics by the delta
-method (`cachemon.stats`). p95 latency per cohort comes from the cohort's
+method (`cachemon.tuning.stats`). p95 latency per cohort comes from the cohort's
 merged histogram, its variance with keys as units from each key's tier mix
-(`cachemon.quantile_var`).
+(`cachemon.tuning.quantile_var`).
 
 Decision of each treatment against the first cohort (the control):
 

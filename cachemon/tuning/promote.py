@@ -26,7 +26,7 @@ from cachemon.events import ENDPOINTS
 from cachemon.notify import outbox as notify_outbox
 from cachemon.notify.transports import Transports
 from cachemon.redact import Redactor
-from cachemon.settings import Config
+from cachemon.settings import Config, cf_api_base
 from cachemon.tuning import analysis as tuning_analysis
 from cachemon.tuning import results
 from cachemon.tuning.experiments import MAX_TTL, MIN_TTL, Experiment
@@ -67,7 +67,7 @@ class KvClient:
         if missing:
             raise ConfigError(f"Workers KV needs {', '.join(missing)} in the environment")
         return cls(
-            env.get("CF_API_BASE", "https://api.cloudflare.com/client/v4").rstrip("/"),
+            cf_api_base(env),
             env["CF_ACCOUNT_ID"],
             env["CF_KV_NAMESPACE_ID"],
             env["CF_API_TOKEN"],

@@ -74,7 +74,7 @@ def test_healthz_and_openapi(server):
     base, _ = server
     h = httpx.get(base + "/healthz").json()
     assert h["store"] == "readable" and h["dataUntil"] == "2026-11-19T11:00:00Z"
-    # No job runner ever ingested into this store (tests/test_healthz.py has the runner's cases).
+    # No job runner ever ingested into this store (tests/runner/test_healthz.py has the runner's cases).
     assert h["status"] == "degraded" and h["runner"]["ingestStalled"] and len(h["problems"]) == 2
     spec = httpx.get(base + "/openapi.json").json()
     assert spec["openapi"].startswith("3.") and set(spec["paths"]) == {"/metrics", "/healthz"}

@@ -4,7 +4,7 @@ runner, and a read-only file system under the CLI. Each is one clear line
 snapshot stays readable, and the runner retries until the disk has room.
 
 Mounting needs root (CAP_SYS_ADMIN); elsewhere these tests are skipped and
-tests/test_store_snapshots.py injects ENOSPC through the copy function."""
+tests/store/test_store_snapshots.py injects ENOSPC through the copy function."""
 
 from __future__ import annotations
 
