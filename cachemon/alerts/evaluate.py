@@ -232,7 +232,15 @@ def check(
     )
 
 
-def _decide(con, cfg: Config, rules: tuple[Rule, ...], states, changed, at, channels):
+def _decide(
+    con: duckdb.DuckDBPyConnection,
+    cfg: Config,
+    rules: tuple[Rule, ...],
+    states,
+    changed,
+    at,
+    channels,
+):
     routes = {r.name: set(r.channels or channels) for r in rules}
     live = lifecycle.notifiable(states, active_silences(con, at), at)
     resolved_now = [s for before, s in changed if s.state == lifecycle.State.RESOLVED]
@@ -281,7 +289,9 @@ def _evaluation_row(at, data_until, states, notifications: int, backfill: bool) 
     }
 
 
-def _write(con, states, changed, evaluations: list[dict], groups, outbox) -> None:
+def _write(
+    con: duckdb.DuckDBPyConnection, states, changed, evaluations: list[dict], groups, outbox
+) -> None:
     history = [
         {
             "changed_at": s.since,
@@ -317,7 +327,7 @@ _APPEND = {
 }
 
 
-def _append(con, table: str, rows: list[dict]) -> None:
+def _append(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict]) -> None:
     if not rows:
         return
     con.register("_rows", pa.Table.from_pylist(rows))
@@ -360,7 +370,7 @@ def backfill(con: duckdb.DuckDBPyConnection, cfg: Config, start: datetime, end: 
     return len(slots)
 
 
-def reset(con) -> None:
+def reset(con: duckdb.DuckDBPyConnection) -> None:
     """Forget alert states, history, evaluations and dedup groups (the data
     they describe was replaced). Notifications and silences stay: they are
     records of what people were told and decided."""
@@ -368,7 +378,7 @@ def reset(con) -> None:
         con.execute(f"DELETE FROM {table}")  # fixed names, no user text
 
 
-def load_states(con) -> dict[tuple[str, str], lifecycle.InstanceState]:
+def load_states(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], lifecycle.InstanceState]:
     cur = con.execute(LOAD_STATES)
     names = [d[0] for d in cur.description]
     out = {}
@@ -378,20 +388,20 @@ def load_states(con) -> dict[tuple[str, str], lifecycle.InstanceState]:
     return out
 
 
-def load_groups(con) -> dict[str, lifecycle.Group]:
+def load_groups(con: duckdb.DuckDBPyConnection) -> dict[str, lifecycle.Group]:
     return {
         c: lifecycle.Group(c, tuple(m.split(",")) if m else (), t)
         for c, m, t in con.execute(LOAD_GROUPS).fetchall()
     }
 
 
-def last_evaluation(con, at: datetime | None) -> datetime | None:
+def last_evaluation(con: duckdb.DuckDBPyConnection, at: datetime | None) -> datetime | None:
     if at is None:
         return con.execute("SELECT max(evaluated_at) FROM alert_evaluations").fetchall()[0][0]
     return con.execute(LAST_EVALUATION, {"at": at}).fetchall()[0][0]
 
 
-def _context(con, at: datetime, stale_after: timedelta) -> dict | None:
+def _context(con: duckdb.DuckDBPyConnection, at: datetime, stale_after: timedelta) -> dict | None:
     """The last 15 minutes' figures for a notification (None without data)."""
     try:
         m = metrics_window.compute(
@@ -416,14 +426,18 @@ class CheckResult:
         return self.flush.deliveries
 
 
-def due(con, at: datetime) -> bool:
+def due(con: duckdb.DuckDBPyConnection, at: datetime) -> bool:
     """Whether `at` (floored to the minute) is after the last evaluation."""
     last = last_evaluation(con, None)
     return last is None or floor_to(at, MINUTE) > last
 
 
 def run(
-    con, cfg: Config, at: datetime, transports: Transports, dry_run: bool = False
+    con: duckdb.DuckDBPyConnection,
+    cfg: Config,
+    at: datetime,
+    transports: Transports,
+    dry_run: bool = False,
 ) -> CheckResult:
     """One evaluation with its notifications: decide, render, and (unless
     `dry_run`) record it all in one transaction and deliver the outbox."""

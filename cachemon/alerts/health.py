@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import duckdb
+
 from cachemon.alerts import evaluate as alerts_evaluate
 from cachemon.alerts import lifecycle
 from cachemon.alerts.silences import active_silences
@@ -52,7 +54,7 @@ class Health:
         }
 
 
-def health(con, at: datetime, evaluate_every: timedelta) -> Health:
+def health(con: duckdb.DuckDBPyConnection, at: datetime, evaluate_every: timedelta) -> Health:
     """The seed's health block, from the alert states as of `at`: critical
     when a critical alert fires, degraded for a warning, a failed
     evaluation or overdue evaluations; no-data instances are listed as info."""
@@ -81,7 +83,9 @@ def health(con, at: datetime, evaluate_every: timedelta) -> Health:
     return Health(status, tuple(issues), last, tuple(sorted(firing.items())))
 
 
-def history(con, since: datetime, until: datetime, limit: int = 200) -> list[dict]:
+def history(
+    con: duckdb.DuckDBPyConnection, since: datetime, until: datetime, limit: int = 200
+) -> list[dict]:
     """State changes, newest first."""
     cur = con.execute(HISTORY, {"since": since, "until": until, "limit": limit})
     names = [d[0] for d in cur.description]
@@ -107,7 +111,9 @@ ORDER BY rule, endpoint, changed_at
 """
 
 
-def active_periods(con, since: datetime, until: datetime) -> list[Period]:
+def active_periods(
+    con: duckdb.DuckDBPyConnection, since: datetime, until: datetime
+) -> list[Period]:
     """Periods of active alerts overlapping [since, until], for timelines
     and incident markers."""
     out: list[Period] = []
@@ -138,7 +144,9 @@ class AlertRecord:
     silences: tuple[lifecycle.Silence, ...]
 
 
-def record(con, at: datetime, evaluate_every: timedelta, days: int = 7) -> AlertRecord:
+def record(
+    con: duckdb.DuckDBPyConnection, at: datetime, evaluate_every: timedelta, days: int = 7
+) -> AlertRecord:
     """The alert record as of `at`, looking back `days` days."""
     since = at - timedelta(days=days)
     return AlertRecord(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import duckdb
+
 from cachemon.alerts.lifecycle import Silence
 from cachemon.errors import InputError
 
@@ -19,7 +21,7 @@ WHERE starts_at <= $at AND ends_at > $at AND expired_at IS NULL ORDER BY id
 MAX_DURATION = timedelta(days=30)
 
 
-def active_silences(con, at: datetime) -> list[Silence]:
+def active_silences(con: duckdb.DuckDBPyConnection, at: datetime) -> list[Silence]:
     """The silences in force at `at`, oldest first."""
     return [Silence(*r) for r in con.execute(ACTIVE_SILENCES, {"at": at}).fetchall()]
 
@@ -30,7 +32,7 @@ def has_control(text: str) -> bool:
 
 
 def add_silence(
-    con,
+    con: duckdb.DuckDBPyConnection,
     matcher: str,
     duration: timedelta,
     reason: str,
@@ -69,7 +71,7 @@ def add_silence(
     return s
 
 
-def expire_silence(con, sid: int, now: datetime) -> None:
+def expire_silence(con: duckdb.DuckDBPyConnection, sid: int, now: datetime) -> None:
     """End a silence now."""
     if not con.execute(
         "SELECT count(*) FROM silences WHERE id = ? AND expired_at IS NULL", [sid]

@@ -109,7 +109,9 @@ def load_keys(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> f
     return _load_keys(con, window, at)[1]
 
 
-def _load_keys(con, window: Window, at: datetime) -> tuple[Window, float]:
+def _load_keys(
+    con: duckdb.DuckDBPyConnection, window: Window, at: datetime
+) -> tuple[Window, float]:
     data, days = data_days(con, window)
     con.execute(KEYS_TEMP, key_ranges(data.start, window.end) | {"days": days, "at": at})
     return data, days
@@ -150,7 +152,7 @@ def key_page(
     return KeyPage(rows, int(con.execute(KEY_COUNT, f.params()).fetchall()[0][0]), shown, days)
 
 
-def class_counts(con) -> dict[KeyClass, int]:
+def class_counts(con: duckdb.DuckDBPyConnection) -> dict[KeyClass, int]:
     """Keys of each class in the loaded per-key table (classes without keys left out)."""
     return {KeyClass(c): int(n) for c, n in con.execute(CLASS_COUNTS).fetchall()}
 
@@ -181,7 +183,9 @@ class Recommendation:
         )
 
 
-def edge_optimization(con, days: float, pricing: Pricing, target: float) -> Recommendation | None:
+def edge_optimization(
+    con: duckdb.DuckDBPyConnection, days: float, pricing: Pricing, target: float
+) -> Recommendation | None:
     """Hot keys whose edge hit rate is under `target` %: every edge miss is
     a KV read; reaching the target avoids the difference."""
     low = con.execute(HOT_LOW, {"target": target}).df()
@@ -207,7 +211,12 @@ def edge_optimization(con, days: float, pricing: Pricing, target: float) -> Reco
 
 
 def r2_archival(
-    con, pricing: Pricing, ttl: dict, archive_after: timedelta, value_bytes: float, at: datetime
+    con: duckdb.DuckDBPyConnection,
+    pricing: Pricing,
+    ttl: dict,
+    archive_after: timedelta,
+    value_bytes: float,
+    at: datetime,
 ) -> Recommendation | None:
     """Cold keys older than `archive_after`: their expected KV bytes (the
     share of time each is present, fixed-TTL model) cost less in R2."""
@@ -254,7 +263,7 @@ def ttl_cost(
 
 
 def ttl_tuning(
-    con,
+    con: duckdb.DuckDBPyConnection,
     days: float,
     pricing: Pricing,
     ttl: dict,
@@ -311,7 +320,7 @@ def _days(d: float) -> str:
 
 
 def recommend(
-    con, cfg: Config, at: datetime, window: Window
+    con: duckdb.DuckDBPyConnection, cfg: Config, at: datetime, window: Window
 ) -> tuple[dict[KeyClass, int], float, list[Recommendation]]:
     """Key class counts, days covered, and every recommendation that applies."""
     days = load_keys(con, window, at)

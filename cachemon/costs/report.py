@@ -156,7 +156,7 @@ def render(r: Report, prefix: str, dashboard_url: str) -> tuple[str, str, str]:
     )
 
 
-def save(con, r: Report) -> bool:
+def save(con: duckdb.DuckDBPyConnection, r: Report) -> bool:
     """Store (or replace) the day's report; True if it was already sent."""
     prior = con.execute(SENT, [r.day]).fetchall()
     sent = bool(prior and prior[0][0])
@@ -164,7 +164,13 @@ def save(con, r: Report) -> bool:
     return sent
 
 
-def queue(con, r: Report, cfg: Config, transports: Transports, resend: bool = False) -> list[str]:
+def queue(
+    con: duckdb.DuckDBPyConnection,
+    r: Report,
+    cfg: Config,
+    transports: Transports,
+    resend: bool = False,
+) -> list[str]:
     """Store the report and, unless it was sent before (and not `resend`),
     put it in the outbox for every configured channel. Returns the channels."""
     with transaction(con):
@@ -193,7 +199,12 @@ class Sent:
 
 
 def send(
-    con, r: Report, cfg: Config, transports: Transports, now: datetime, resend: bool = False
+    con: duckdb.DuckDBPyConnection,
+    r: Report,
+    cfg: Config,
+    transports: Transports,
+    now: datetime,
+    resend: bool = False,
 ) -> Sent:
     """Queue the report (`queue`) and deliver the outbox at `now`: what the
     report job and `cachemon report` do, in one call."""
@@ -212,7 +223,7 @@ class StoredReport:
     sent: bool  # queued for delivery once (a re-run does not send again)
 
 
-def recent(con, limit: int = 30) -> list[StoredReport]:
+def recent(con: duckdb.DuckDBPyConnection, limit: int = 30) -> list[StoredReport]:
     """Stored reports, newest first, parsed once (the dashboard reads
     attributes, never JSON keys)."""
     return [

@@ -199,7 +199,9 @@ class Forecast:
     billed_total: float  # the month's bill: included amounts applied to the whole month
 
 
-def forecast(con, at: datetime, cfg: Config, pricing: Pricing) -> Forecast:
+def forecast(
+    con: duckdb.DuckDBPyConnection, at: datetime, cfg: Config, pricing: Pricing
+) -> Forecast:
     """Month-end cost from the month to date and the last 7 days' rate."""
     start = month_start(at)
     mtd = price(measure(con, Window(start, at), cfg), pricing)
@@ -280,6 +282,8 @@ class WindowCosts:
         return to_json(self.daily, self.forecast, self.at)
 
 
-def window_costs(con, window: Window, at: datetime, cfg: Config) -> WindowCosts:
+def window_costs(
+    con: duckdb.DuckDBPyConnection, window: Window, at: datetime, cfg: Config
+) -> WindowCosts:
     """The costs of a metrics window (see WindowCosts)."""
     return WindowCosts(daily_rate(con, window, cfg), forecast(con, at, cfg, cfg.pricing), at)

@@ -62,13 +62,15 @@ def key_hour_compacted(con: duckdb.DuckDBPyConnection, source: str, hour: dateti
     return first_row(con, COMPACTED, {"source": source, "hour": hour}) is not None
 
 
-def store_imported(con, source: str) -> None:
+def store_imported(con: duckdb.DuckDBPyConnection, source: str) -> None:
     """An imported file's per-key rows (whole hours: a file is no window)."""
     con.execute(INSERT_NEW_KEYS)
     con.execute(INSERT_KEY_HOUR, {"source": source})
 
 
-def replace_keys(con, source: str, window: Window) -> tuple[datetime, datetime] | None:
+def replace_keys(
+    con: duckdb.DuckDBPyConnection, source: str, window: Window
+) -> tuple[datetime, datetime] | None:
     """Whole hours of the window go to key_hour, ragged edges to key_minute;
     returns the span of key_hour that changed, if any."""
     full_lo, full_hi = ceil_to(window.start, HOUR), floor_to(window.end, HOUR)
@@ -92,7 +94,7 @@ def replace_keys(con, source: str, window: Window) -> tuple[datetime, datetime] 
     return (full_lo, full_hi) if full_lo < full_hi else None
 
 
-def compact_keys(con, source: str, before: datetime) -> datetime | None:
+def compact_keys(con: duckdb.DuckDBPyConnection, source: str, before: datetime) -> datetime | None:
     """Merge per-minute key rows of hours before `before` into key_hour;
     returns the earliest minute merged, if any."""
     p = {"source": source, "before": before}
@@ -105,7 +107,9 @@ def compact_keys(con, source: str, before: datetime) -> datetime | None:
     return first
 
 
-def refresh_summaries(con, source: str, start: datetime, end: datetime) -> None:
+def refresh_summaries(
+    con: duckdb.DuckDBPyConnection, source: str, start: datetime, end: datetime
+) -> None:
     """key_day and the top-key summaries follow a change of key_hour."""
     p = {"source": source, "lo": floor_to(start, DAY), "hi": ceil_to(end, DAY)}
     con.execute("DELETE FROM key_day WHERE source = $source AND day >= $lo AND day < $hi", p)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import duckdb
+
 from cachemon.clock import HOUR, MINUTE, Window, floor_to
 from cachemon.ingest import imports, keys, retention
 from cachemon.ingest import write as ingest_write
@@ -72,7 +74,7 @@ def simulate_until(
 
 
 def feed(
-    con,
+    con: duckdb.DuckDBPyConnection,
     cfg: Config,
     sim: Simulator,
     windows: list[Window],
@@ -186,7 +188,9 @@ def _aggregate(path: Path, latest: datetime) -> imports.ImportFile:
     return acc.finish(files.file_sha256(path), path.name)
 
 
-def compact(con, cfg: Config, now: datetime) -> tuple[int, retention.Result]:
+def compact(
+    con: duckdb.DuckDBPyConnection, cfg: Config, now: datetime
+) -> tuple[int, retention.Result]:
     """The daily sweep: per-key minute rows of finished hours into hours,
     then retention. Returns the sources compacted and what retention did."""
     n = ingest_write.compact_all(con, floor_to(now - cfg.store.key_compaction_lag, HOUR))

@@ -109,5 +109,5 @@ def apply(con: duckdb.DuckDBPyConnection, now: datetime, cfg: RetentionConfig) -
     return Result(horizons(con), minute_rows, hour_rows)
 
 
-def _deleted(con, sql: str, params: dict) -> int:
+def _deleted(con: duckdb.DuckDBPyConnection, sql: str, params: dict) -> int:
     return con.execute(sql, params).fetchall()[0][0]

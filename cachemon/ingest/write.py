@@ -173,7 +173,9 @@ def append_imports(
     return out
 
 
-def _store_import(con, f: imports.ImportFile, now: datetime) -> IngestResult:
+def _store_import(
+    con: duckdb.DuckDBPyConnection, f: imports.ImportFile, now: datetime
+) -> IngestResult:
     source = f"file:{f.sha256[:16]}"
     if f.span:
         lo, hi = floor_to(f.span[0], HOUR), ceil_to(f.span[1] + timedelta(microseconds=1), HOUR)
@@ -256,7 +258,7 @@ def drop_source(con: duckdb.DuckDBPyConnection, source: str) -> None:
             topkeys.refresh(con, span[0], span[1] + HOUR)
 
 
-def _store_minutes(con, source: str) -> None:
+def _store_minutes(con: duckdb.DuckDBPyConnection, source: str) -> None:
     for sql in (STORE_MINUTE, STORE_LATENCY, STORE_GAUGES):
         con.execute(sql, {"source": source})
 
@@ -265,7 +267,9 @@ def _hull(a, b):
     return b if a is None else (min(a[0], b[0]), max(a[1], b[1]))
 
 
-def _recompute_hours(con, source: str, start: datetime, end: datetime) -> None:
+def _recompute_hours(
+    con: duckdb.DuckDBPyConnection, source: str, start: datetime, end: datetime
+) -> None:
     horizons.check_write(con, floor_to(start, HOUR))
     p = {"source": source, "lo": floor_to(start, HOUR), "hi": ceil_to(end, HOUR)}
     for table, col in _HOUR_TABLES:
@@ -285,7 +289,7 @@ def _check_inside(r: Rollups, window: Window, source: str) -> None:
 
 
 @contextmanager
-def _transaction(con):
+def _transaction(con: duckdb.DuckDBPyConnection):
     try:
         with transaction(con):
             yield
@@ -302,7 +306,7 @@ class _registered:
 
     NAMES = {"r_minute": "minute", "r_latency": "latency", "r_gauges": "gauges", "r_keys": "keys"}
 
-    def __init__(self, con, r: Rollups):
+    def __init__(self, con: duckdb.DuckDBPyConnection, r: Rollups):
         self.con, self.r = con, r
 
     def __enter__(self):

@@ -123,7 +123,7 @@ class Metrics:
         return 100.0 * self.errors / self.volume.total if self.volume.total else 0.0
 
 
-def _top_keys(con, window: Window, endpoint: str | None, limit: int):
+def _top_keys(con: duckdb.DuckDBPyConnection, window: Window, endpoint: str | None, limit: int):
     if limit == 0:
         return (), None
     rows, covered = topkeys.top_keys(con, window, endpoint, limit)

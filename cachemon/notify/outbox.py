@@ -225,7 +225,13 @@ def outcomes(con: duckdb.DuckDBPyConnection, after: int, results: list[Delivery]
     return out
 
 
-def _why_waiting(con, nid: int, channel: str, next_at: datetime, last_error: str | None) -> str:
+def _why_waiting(
+    con: duckdb.DuckDBPyConnection,
+    nid: int,
+    channel: str,
+    next_at: datetime,
+    last_error: str | None,
+) -> str:
     earlier = con.execute(EARLIER_PENDING, [channel, nid]).fetchone()[0]
     if earlier is not None:
         return (
@@ -300,7 +306,9 @@ def flush(con: duckdb.DuckDBPyConnection, nc: NotifyConfig, t: Transports, now: 
     return _flush(con, nc, t, now, last_id(con))
 
 
-def _flush(con, nc: NotifyConfig, t: Transports, now: datetime, mark: int) -> Flush:
+def _flush(
+    con: duckdb.DuckDBPyConnection, nc: NotifyConfig, t: Transports, now: datetime, mark: int
+) -> Flush:
     results = deliver(con, t, nc, now)
     mine = outcomes(con, mark, results)
     lines = _lines(results, mine, t.scrub)
@@ -339,7 +347,7 @@ def delivery_round(
         r.flush = _flush(con, nc, t, now, r.mark)
 
 
-def outbox(con, since: datetime, limit: int = 100) -> list[dict]:
+def outbox(con: duckdb.DuckDBPyConnection, since: datetime, limit: int = 100) -> list[dict]:
     """Notifications with their delivery state, newest first."""
     cur = con.execute(LIST, {"since": since, "limit": limit})
     names = [d[0] for d in cur.description]

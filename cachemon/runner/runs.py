@@ -35,6 +35,8 @@ from datetime import datetime, time, timedelta
 from enum import StrEnum
 from pathlib import Path
 
+import duckdb
+
 from cachemon.clock import DAY, as_utc, floor_to, format_duration, iso
 from cachemon.errors import CachemonError, StoreError
 from cachemon.settings import Config
@@ -289,7 +291,7 @@ class JobStatus:
         )
 
 
-def status(con, specs: list[JobSpec], now: datetime) -> list[JobStatus]:
+def status(con: duckdb.DuckDBPyConnection, specs: list[JobSpec], now: datetime) -> list[JobStatus]:
     """Each job's last run, last success, recent failures and next run."""
     last = last_runs(con)
     rows = {r[0]: r[1:] for r in con.execute(JOB_SUMMARY, {"since": now - DAY}).fetchall()}
@@ -312,7 +314,9 @@ def status(con, specs: list[JobSpec], now: datetime) -> list[JobStatus]:
     return out
 
 
-def recent_runs(con, since: datetime, limit: int = 200) -> list[RunRecord]:
+def recent_runs(
+    con: duckdb.DuckDBPyConnection, since: datetime, limit: int = 200
+) -> list[RunRecord]:
     """Runs started since `since`, newest first."""
     return [
         RunRecord(job, as_utc(s), as_utc(f), Outcome(outcome), error, slots, rows)
@@ -326,7 +330,7 @@ def _utc(t: datetime | None) -> datetime | None:
     return as_utc(t) if t is not None else None
 
 
-def record_run(con, rec: RunRecord) -> None:
+def record_run(con: duckdb.DuckDBPyConnection, rec: RunRecord) -> None:
     con.execute(
         RECORD_RUN,
         {
@@ -341,7 +345,7 @@ def record_run(con, rec: RunRecord) -> None:
     )
 
 
-def last_runs(con) -> dict[str, datetime]:
+def last_runs(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
     """Start of each job's last run (ok or error), from the run log."""
     return {job: as_utc(t) for job, t in con.execute(LAST_RUNS).fetchall()}
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import duckdb
+
 from cachemon.clock import ahead, iso
 from cachemon.runner import runs as runner_runs
 from cachemon.settings import Config
@@ -108,7 +110,7 @@ class RunnerCheck:
         }
 
 
-def check(con, cfg: Config, now: datetime) -> RunnerCheck:
+def check(con: duckdb.DuckDBPyConnection, cfg: Config, now: datetime) -> RunnerCheck:
     """The runner's state at `now`, from the run log."""
     statuses = runner_runs.status(con, runner_runs.schedule(cfg), now)
     ingest = next(s for s in statuses if s.spec.name == "ingest")

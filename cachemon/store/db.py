@@ -104,7 +104,9 @@ def writer(
             _close(con, p, opened, publish and opened, quiet=failed)
 
 
-def _close(con, p: Path, checkpoint: bool, publish: bool, quiet: bool) -> None:
+def _close(
+    con: duckdb.DuckDBPyConnection, p: Path, checkpoint: bool, publish: bool, quiet: bool
+) -> None:
     """Checkpoint, close, publish. `quiet` (the body failed): a failure
     here is logged, so the body's error is the one raised."""
     try:

@@ -180,7 +180,7 @@ def covered(con: duckdb.DuckDBPyConnection, window: Window) -> Window:
     return Window(start, end)
 
 
-def _bounded(con, p: dict) -> list[tuple] | None:
+def _bounded(con: duckdb.DuckDBPyConnection, p: dict) -> list[tuple] | None:
     """The exact top k from the summaries, or None when they cannot prove it."""
     unseen = _run(con, CUTOFF_TOTAL, p)[0][0]
     rows = _run(con, BOUNDED, p | {"unseen": unseen})
@@ -193,6 +193,6 @@ def _bounded(con, p: dict) -> list[tuple] | None:
     return [r[:7] for r in rows]
 
 
-def _run(con, sql: str, params: dict) -> list[tuple]:
+def _run(con: duckdb.DuckDBPyConnection, sql: str, params: dict) -> list[tuple]:
     """Run with the subset of `params` that `sql` names (DuckDB rejects extras)."""
     return con.execute(sql, {k: v for k, v in params.items() if f"${k}" in sql}).fetchall()

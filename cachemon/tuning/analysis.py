@@ -164,7 +164,7 @@ class Analysis:
 
 
 def per_key(
-    con, e: Experiment, window: Window, pricing: Pricing
+    con: duckdb.DuckDBPyConnection, e: Experiment, window: Window, pricing: Pricing
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per-key arrays of each cohort: hits, requests, cost (USD), errors,
     and `expected`: requests × the key's pre-period hit rate (the pooled
@@ -203,7 +203,9 @@ class CohortLatency:
     weight_squares: dict  # tier -> Σ w²
 
 
-def _latency(con, e: Experiment, window: Window) -> dict[str, CohortLatency]:
+def _latency(
+    con: duckdb.DuckDBPyConnection, e: Experiment, window: Window
+) -> dict[str, CohortLatency]:
     p = {"experiment": e.name, "lo": ceil_to(window.start, HOUR), "hi": floor_to(window.end, HOUR)}
     rows = con.execute(COHORT_LATENCY, p).fetchall()
     by: dict[str, dict[str, list]] = {}
@@ -384,7 +386,12 @@ GROUP BY k.key_id
 """
 
 
-def plan(con, e: Experiment, at: datetime, lookback: timedelta = timedelta(days=7)) -> int | None:
+def plan(
+    con: duckdb.DuckDBPyConnection,
+    e: Experiment,
+    at: datetime,
+    lookback: timedelta = timedelta(days=7),
+) -> int | None:
     """Before (or at) the start: days needed to prove a gain of `mde` over
     the margin at the endpoint's current traffic (the last `lookback` of
     per-key hit rates, keys split by the scheme's allocation; without CUPED,

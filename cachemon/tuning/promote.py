@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import duckdb
+
 from cachemon import jsontext, outbound
 from cachemon.errors import CachemonError, ConfigError
 from cachemon.events import ENDPOINTS
@@ -216,17 +218,19 @@ def rollback(
     return Action("rollback", experiment, None, new, f"rolled back to default TTLs: {reason}")
 
 
-def record(con, a: Action, at: datetime) -> None:
+def record(con: duckdb.DuckDBPyConnection, a: Action, at: datetime) -> None:
     con.execute(
         RECORD, [at, a.action, a.experiment, jsontext.dumps(a.old), jsontext.dumps(a.new), a.detail]
     )
 
 
-def history(con) -> list[tuple]:
+def history(con: duckdb.DuckDBPyConnection) -> list[tuple]:
     return con.execute(HISTORY).fetchall()
 
 
-def announce(con, a: Action, cfg: Config, transports: Transports, at: datetime) -> list[str]:
+def announce(
+    con: duckdb.DuckDBPyConnection, a: Action, cfg: Config, transports: Transports, at: datetime
+) -> list[str]:
     """Queue the notice of a promotion or rollback on every configured channel."""
     prefix = cfg.notify.subject_prefix
     if a.action == "rollback":
@@ -257,7 +261,7 @@ class Daily:
 
 
 def daily(
-    con,
+    con: duckdb.DuckDBPyConnection,
     cfg: Config,
     at: datetime,
     now: datetime,
@@ -295,7 +299,12 @@ def daily(
 
 
 def on_bad_config(
-    con, cfg: Config, reason: str, env, transports: Transports, at: datetime
+    con: duckdb.DuckDBPyConnection,
+    cfg: Config,
+    reason: str,
+    env,
+    transports: Transports,
+    at: datetime,
 ) -> Daily | None:
     """The experiment configuration cannot be read: put the default TTLs
     back in KV (when KV is configured; None otherwise), record it, raise

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
+import duckdb
+
 from cachemon import jsontext
 from cachemon.clock import DAY, floor_to
 from cachemon.pricing import Pricing
@@ -22,7 +24,7 @@ HISTORY = "SELECT analyzed_at, decision, payload FROM experiment_results WHERE e
 
 
 def backfill(
-    con,
+    con: duckdb.DuckDBPyConnection,
     experiments: tuple[Experiment, ...],
     since: datetime,
     until: datetime,
@@ -42,17 +44,17 @@ def backfill(
     return n
 
 
-def reset(con) -> None:
+def reset(con: duckdb.DuckDBPyConnection) -> None:
     """Forget every stored analysis (the demo replaces the data they described)."""
     con.execute("DELETE FROM experiment_results")
 
 
-def save(con, a: Analysis) -> None:
+def save(con: duckdb.DuckDBPyConnection, a: Analysis) -> None:
     """Keep analysis `a` (the daily job's, the CLI's `analyze` or a backfill's)."""
     con.execute(SAVE, [a.experiment, a.at, a.decision, jsontext.dumps(a.to_json())])
 
 
-def history(con, experiment: str) -> list[dict]:
+def history(con: duckdb.DuckDBPyConnection, experiment: str) -> list[dict]:
     """Every stored analysis of `experiment`, oldest first, as raw JSON
     (what an analyst's query sees). Code reads `stored` instead."""
     return [
@@ -70,7 +72,7 @@ class Stored:
     analysis: Analysis
 
 
-def stored(con, experiment: str) -> list[Stored]:
+def stored(con: duckdb.DuckDBPyConnection, experiment: str) -> list[Stored]:
     """Every stored analysis of `experiment`, oldest first, read back into
     dataclasses (the dashboard reads `stored(...)[-1].analysis.srm_p`, never
     a JSON key)."""

@@ -195,7 +195,7 @@ class WhatIf:
 
 
 def whatif(
-    con,
+    con: duckdb.DuckDBPyConnection,
     cfg: Config,
     endpoints: list[str],
     ttls: list[timedelta],
@@ -278,7 +278,7 @@ def key_cost(
 
 
 def per_key(
-    con,
+    con: duckdb.DuckDBPyConnection,
     w: WhatIf,
     pricing: Pricing,
     value_bytes: float,

@@ -108,7 +108,9 @@ def build(
     return MetricsReport(m, state, block, cfg.metrics.stale_after, before)
 
 
-def _previous(con, cfg: Config, m: metrics_window.Metrics, with_costs: bool) -> Previous:
+def _previous(
+    con: duckdb.DuckDBPyConnection, cfg: Config, m: metrics_window.Metrics, with_costs: bool
+) -> Previous:
     window = m.window.previous()
     try:
         prev = metrics_window.compute(con, window, m.period, m.endpoint, top=0)
