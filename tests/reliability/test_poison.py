@@ -334,7 +334,7 @@ from cachemon.errors import CachemonError
 from cachemon.ingest import load as ingest_load
 cfg = config.with_db(settings.Config(), sys.argv[1])
 try:
-    s = pipeline.import_files(cfg, sys.argv[3:], datetime.fromisoformat(sys.argv[2]))
+    s = ingest_load.import_files(cfg, sys.argv[3:], datetime.fromisoformat(sys.argv[2]))
     print("imported", sum(r.events for r in s.imported))
 except CachemonError as exc:
     print("refused", exc)
