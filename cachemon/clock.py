@@ -48,7 +48,10 @@ def days_span(days: float, what: str = "--days", maximum: float = MAX_DURATION.d
     """A positive, finite number of days (a command's --days) as a timedelta."""
     if not (isinstance(days, (int, float)) and math.isfinite(days) and 0 < days <= maximum):
         raise InputError(f"{what} must be positive and at most {maximum:g} days, got {days}")
-    return timedelta(days=days)
+    span = timedelta(days=days)
+    if not span:  # positive, yet it rounds to no time at all: an empty window downstream
+        raise InputError(f"{what} {days:g} is shorter than a microsecond")
+    return span
 
 
 def format_duration(d: timedelta) -> str:

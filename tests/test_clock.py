@@ -2,7 +2,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cachemon.clock import HOUR, Period, Window, format_duration, parse_duration, parse_instant
+from cachemon.clock import (
+    HOUR,
+    Period,
+    Window,
+    days_span,
+    format_duration,
+    parse_duration,
+    parse_instant,
+)
 from cachemon.errors import InputError
 
 UTC = UTC
@@ -46,3 +54,10 @@ def test_window_split_and_ending():
         datetime(2026, 1, 1, 2, 15, tzinfo=UTC), datetime(2026, 1, 1, 3, 15, tzinfo=UTC)
     )
     assert e.previous().end == e.start
+
+
+@pytest.mark.parametrize("days", [1e-49, 1e-12, 5e-324])
+def test_a_positive_days_that_rounds_to_no_time_is_refused(days):
+    with pytest.raises(InputError, match="--days .* shorter than a microsecond"):
+        days_span(days)
+    assert days_span(1e-10) == timedelta(microseconds=9)  # rounds to some time: kept

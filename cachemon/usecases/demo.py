@@ -15,7 +15,6 @@ from cachemon.alerts import evaluate as alerts_evaluate
 from cachemon.argcheck import bounded
 from cachemon.clock import MINUTE, Window, days_span, floor_to
 from cachemon.costs import report
-from cachemon.errors import InputError
 from cachemon.ingest import load
 from cachemon.ingest import write as ingest_write
 from cachemon.runner import runs as runner_runs
@@ -54,8 +53,6 @@ def demo(
     end = floor_to(now, MINUTE)
     # Whole minutes, as every stored window (a fraction of a day may not be).
     windows = Window(floor_to(end - span, MINUTE), end).split(DEMO_CHUNK)
-    if not windows:  # a span that rounds to no time at all (microseconds)
-        raise InputError(f"--days {days:g} is less than a minute: nothing to simulate")
     with store_db.rebuilt(cfg.store.path, now) as aside:
         events = _demo_into(aside, cfg, sim, windows, end, now, progress)
     return load.LoadSummary(load.SIMULATOR, events, len(windows), end)
