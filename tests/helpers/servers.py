@@ -419,3 +419,15 @@ def serve_api(db, *extra, token=None):
     base = f"http://127.0.0.1:{port}"
     _wait(base + "/healthz", proc)
     return proc, base
+
+
+def runner_process(env: dict, log: Path, start: str = "2026-11-19T00:00:00Z", speed: str = "120"):
+    """A real `python -m jobs` on a fast simulated clock from `start`, its
+    output (stdout and stderr) written to `log`. The caller stops it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs", "--clock-start", start, "--clock-speed", speed],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )

@@ -19,6 +19,7 @@ from cachemon.store import snapshots
 from tests.helpers import ROOT
 from tests.helpers.disk import CONFIG, tmpfs
 from tests.helpers.disk import fill as _fill
+from tests.helpers.servers import runner_process
 
 
 def _runs(db):
@@ -44,21 +45,7 @@ def test_a_full_disk_never_stops_the_runner_and_it_recovers(tmp_path, results):
             CACHEMON_WRITE_WAIT_SECONDS="5",
         )
         log = tmp_path / "runner.log"
-        runner = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jobs",
-                "--clock-start",
-                "2026-11-19T00:00:00Z",
-                "--clock-speed",
-                "120",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
+        runner = runner_process(env, log)
         try:
             deadline = time.time() + 90
             while time.time() < deadline and not snapshots.snapshot_path(db).exists():

@@ -20,6 +20,7 @@ from cachemon.store import db as store_db
 from cachemon.store import snapshots
 from tests.helpers import ROOT, simulate, small_sim
 from tests.helpers.pingsink import PingSink
+from tests.helpers.servers import runner_process
 
 SECRET = "/ping/0d9e1f-runner-check-key"
 CONFIG = '[simulator]\nseed = 5\nrequests_per_hour = 6000\ncatalog_keys = 3000\n[jobs]\ncompact_at = "23:50"\n'
@@ -61,21 +62,7 @@ def test_writers_hammering_the_store_never_stop_the_runner(tmp_path, results):
         CACHEMON_HEARTBEAT_URL=sink.url(SECRET),
     )
     log = tmp_path / "runner.log"
-    runner = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jobs",
-            "--clock-start",
-            "2026-11-19T00:00:00Z",
-            "--clock-speed",
-            "120",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
+    runner = runner_process(env, log)
     try:
         deadline = time.time() + 90
         while time.time() < deadline and not snapshots.snapshot_path(db).exists():
