@@ -115,6 +115,13 @@ def test_cli_dry_run_and_bad_date(db):
     p = cli("--date", "2026-11-19", "--dry-run")
     assert p.returncode == 0, p.stderr
     assert "Cost Breakdown" in p.stdout and "Recommendations" in p.stdout
+    # Each figure names its basis (#20): the day as measured and what part has data, the forecast's.
+    assert (
+        "List and billed USD: the usage of [2026-11-19T00:00:00Z, 2026-11-20T00:00:00Z) "
+        "as measured, not scaled; the data covers only [2026-11-19T08:00:00Z" in p.stdout
+    )
+    assert "- Total (1d measured, 3h of it with data): $" in p.stdout
+    assert "month-end forecast for 2026-11: the month to date" in p.stdout
     with store_db.reader(db) as con:
         assert report.recent(con) == []  # a dry run stores nothing
     bad = cli("--date", "19/11/2026")

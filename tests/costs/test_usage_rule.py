@@ -18,6 +18,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from cachemon import pricing, settings
 from cachemon.clock import DAY, HOUR, Window
@@ -143,6 +146,22 @@ def test_tiermix_r2_gets_follow_the_flow():
     )
     modelled = TierMix.from_misses(100.0, 40.0, 0.25, 0.0, r2_lookup="every_kv_miss")
     assert modelled.r2_reads == 40.0 and modelled.kv_writes == 40.0
+
+
+counts = st.floats(0, 1e9, allow_nan=False)
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(counts, counts, counts, counts, st.floats(0, 1))
+def test_the_flow_changes_only_the_r2_gets(edge, kv, r2, api, failed_share):
+    """Whatever the counts: the two flows differ by exactly the origin's
+    answers in R2 gets, and in nothing else; writes stay within the fills."""
+    failed = (r2 + api) * failed_share
+    a = TierMix(edge, kv, r2, api, failed)
+    b = TierMix(edge, kv, r2, api, failed, "every_kv_miss")
+    assert b.r2_reads == pytest.approx(a.r2_reads + api) and a.r2_reads == r2
+    assert (a.kv_reads, a.kv_writes, a.requests) == (b.kv_reads, b.kv_writes, b.requests)
+    assert 0 <= a.kv_writes <= r2 + api
 
 
 def test_optimiser_ttl_cost_takes_the_flow():
