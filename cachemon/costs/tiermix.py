@@ -16,8 +16,9 @@ the tier that served them:
 Measured usage (`costs.usage`), the per-key cost of an experiment
 (`tuning.analysis`), the fixed-TTL model's predictions (`tuning.whatif`) and
 the optimiser (`costs.optimize`, in SQL through `kv_writes_sql`) all take
-these three numbers from here, each with the configured R2 flow; `tests/costs/test_tiermix.py` holds them to one
-independent computation.
+these three numbers from here, each with the configured R2 flow;
+`tests/costs/test_tiermix.py` and `tests/costs/test_usage_rule.py` hold
+them to independent computations.
 
 Counts may be floats or numpy arrays (one element per key); the rule is
 elementwise either way.

@@ -5,7 +5,8 @@ Usage of a window, per component:
 * Workers requests — every request (each runs the Worker);
 * KV reads, KV writes, R2 Class B — the tier-mix rule (`costs.tiermix`):
   a KV read per edge miss, a KV write per fill after an R2 rehydration or an
-  origin answer (failed ones write nothing), an R2 get per rehydration;
+  origin answer (failed ones write nothing), an R2 get per R2 lookup (per
+  rehydration, or per KV miss: `[costs] r2_lookup`);
 * KV / R2 storage — the mean of the storage gauges over the window, in
   GB-months: GB × the share of the month the data covers (the part of the
   window between the store's first and last data; time before the data
