@@ -12,6 +12,7 @@ from __future__ import annotations
 import calendar
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from cachemon.errors import ConfigError
 
@@ -36,6 +37,27 @@ class Price:
         over = units - self.included * month_share
         # exactly the included amount, up to float rounding, is free
         return over * self.price / self.per if over > 1e-9 * max(units, 1.0) else 0.0
+
+
+class R2Lookup(StrEnum):
+    """When the Worker asks R2 (an R2 Class B get), `[costs] r2_lookup`.
+
+    REHYDRATION (the seed's flow, the default): R2 is the cold store of
+    archived entries, asked only for a key known to be archived, so a get
+    is a request R2 served. EVERY_KV_MISS: the Worker asks R2 on every KV
+    miss, so the requests the origin answered were R2 gets too."""
+
+    REHYDRATION = "rehydration"
+    EVERY_KV_MISS = "every_kv_miss"
+
+    @classmethod
+    def parse(cls, value: str, where: str = "[costs] r2_lookup") -> R2Lookup:
+        """The flow named `value`; anything else is an error naming the choices."""
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(repr(str(c)) for c in cls)
+            raise ConfigError(f"{where} = {value!r} is not one of {choices}") from None
 
 
 M = 1_000_000.0

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from cachemon.clock import CLOCK_SKEW
 from cachemon.errors import ConfigError
 from cachemon.events import ENDPOINTS
-from cachemon.pricing import Pricing
+from cachemon.pricing import Pricing, R2Lookup
 from cachemon.pricing import default as pricing_default
 from cachemon.severity import Severity
 
@@ -289,8 +289,17 @@ class CostsConfig:
     # The Worker's edge cache TTL per endpoint (for the edge what-if).
     edge_ttl: tuple = EDGE_TTL
     max_kv_ttl: timedelta = timedelta(days=30)  # staleness limit for proposed TTLs
+    # When the Worker reads R2 (Class B gets): "rehydration" (archived keys
+    # only, the seed's flow) or "every_kv_miss" (see pricing.R2Lookup).
+    r2_lookup: str = str(R2Lookup.REHYDRATION)
+
+    @property
+    def r2_flow(self) -> R2Lookup:
+        """`r2_lookup` as the flow every cost rule takes."""
+        return R2Lookup(self.r2_lookup)
 
     def __post_init__(self):
+        R2Lookup.parse(self.r2_lookup)
         if not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", self.report_at):
             raise ConfigError(f"[costs] report_at = {self.report_at!r} is not a time like 03:00")
         if self.value_bytes <= 0 or not 0 < self.edge_target <= 100:

@@ -8,6 +8,7 @@ import streamlit as st
 from cachemon.clock import Period, Window, iso
 from cachemon.costs import report
 from cachemon.costs import usage as costs_usage
+from cachemon.costs.basis import PRICES, Price, label
 from cachemon.errors import CachemonError
 from cachemon.pricing import DEFAULT
 from cachemon.store.queries import KeyClass, data_end
@@ -28,22 +29,36 @@ def page():
     except CachemonError as exc:
         common.show_error(exc)
         return
+    # Every figure names its basis (costs.basis): a rate, the month to date
+    # or the forecast, its window and coverage, list or billed.
+    rate, mtd, ahead = daily.basis, fc.month_to_date.basis, fc.basis
     st.caption(
-        f"Usage of {window} (UTC, all endpoints) as a daily rate · prices {daily.pricing_version} · "
-        "list = usage × price; billed = after the plan's included amounts (pro-rated)"
+        f"All endpoints, UTC · prices {daily.pricing_version} · {PRICES}. "
+        f"Per day: {rate.text(None)}. Month to date: {mtd.text(None)}. "
+        f"Forecast: {ahead.text(None)}."
     )
     cols = st.columns(5)
-    cols[0].metric("List USD/day", common.fmt(daily.list_total, "usd"))
-    cols[1].metric("Billed USD/day", common.fmt(daily.billed_total, "usd"))
-    cols[2].metric(
-        f"Month to date ({fc.month}), list", common.fmt(fc.month_to_date.list_total, "usd")
+    per_day = f"USD/day ({rate.short(None)})"
+    cols[0].metric(
+        f"List {per_day}", common.fmt(daily.list_total, "usd"), help=label(rate, Price.LIST)
     )
-    forecast = f"Month to date plus {fc.days_left:.1f} days at the last 7 days' rate"
-    cols[3].metric("Month-end forecast, list", common.fmt(fc.list_total, "usd"), help=forecast)
+    cols[1].metric(
+        f"Billed {per_day}", common.fmt(daily.billed_total, "usd"), help=label(rate, Price.BILLED)
+    )
+    cols[2].metric(
+        f"List USD ({mtd.short(None)})",
+        common.fmt(fc.month_to_date.list_total, "usd"),
+        help=label(mtd, Price.LIST),
+    )
+    cols[3].metric(
+        f"List USD ({ahead.short(None)})",
+        common.fmt(fc.list_total, "usd"),
+        help=label(ahead, Price.LIST),
+    )
     cols[4].metric(
-        "Month-end forecast, billed",
+        f"Billed USD ({ahead.short(None)})",
         common.fmt(fc.billed_total, "usd"),
-        help=forecast + ", the plan's included amounts applied to the whole month",
+        help=label(ahead, Price.BILLED),
     )
     lines = pd.DataFrame(
         [
@@ -71,7 +86,7 @@ def page():
         color="price",
         barmode="group",
         orientation="h",
-        title="Cost per day by component",
+        title=f"Cost per day by component ({rate.short(None)})",
     )
     right.plotly_chart(fig.update_layout(yaxis_title=None, margin={"t": 40}), width="stretch")
     _latest(reports)
@@ -123,6 +138,7 @@ def _latest(reports: list[report.StoredReport]):
             [
                 {
                     "day": x.day,
+                    "basis": x.report.basis.short(None) if x.report.basis else "1d measured",
                     "list USD": x.report.list_total,
                     "billed USD": x.report.billed_total,
                     "saving USD/day": x.report.saving_per_day,

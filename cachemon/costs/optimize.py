@@ -27,7 +27,7 @@ import pandas as pd
 
 from cachemon.clock import DAY, Window
 from cachemon.costs.tiermix import TierMix, kv_writes_sql
-from cachemon.pricing import Pricing, days_in_month
+from cachemon.pricing import Pricing, R2Lookup, days_in_month
 from cachemon.settings import Config
 from cachemon.store import topkeys
 from cachemon.store.queries import (
@@ -251,13 +251,15 @@ def ttl_cost(
     month_days: int,
     r2_share: np.ndarray | float = 0.0,
     error_share: np.ndarray | float = 0.0,
+    r2_lookup: R2Lookup = R2Lookup.REHYDRATION,
 ) -> np.ndarray:
     """Daily cost per key of its KV lookups (λ a day) under a fixed TTL of
     `t_days`: the tier mix of its hits and misses (misses answered by R2 a
     share `r2_share` of the time and failing `error_share`, as observed),
-    plus KV storage for the share of time it is present."""
+    plus KV storage for the share of time it is present. R2 gets follow
+    `r2_lookup` (`[costs] r2_lookup`)."""
     misses = lam / (1 + lam * t_days)
-    mix = TierMix.from_misses(lam, misses, r2_share, error_share)
+    mix = TierMix.from_misses(lam, misses, r2_share, error_share, r2_lookup=r2_lookup)
     stored_gb = lam * t_days / (1 + lam * t_days) * value_bytes / 1e9
     return mix.cost(pricing) + stored_gb * pricing["kv_storage"].price / month_days
 
@@ -270,6 +272,7 @@ def ttl_tuning(
     max_ttl: timedelta,
     value_bytes: float,
     at: datetime,
+    r2_lookup: R2Lookup = R2Lookup.REHYDRATION,
 ) -> Recommendation | None:
     """Warm keys whose KV writes cost more than the KV reads they serve
     (a write is 10 reads at list prices): per endpoint, the TTL (up to
@@ -290,7 +293,9 @@ def ttl_tuning(
         options = sorted({min(base * f, max_ttl / DAY) for f in TTL_FACTORS})
         costs = {
             t: float(
-                ttl_cost(lam, t, pricing, value_bytes, month_days, r2_share, error_share).sum()
+                ttl_cost(
+                    lam, t, pricing, value_bytes, month_days, r2_share, error_share, r2_lookup
+                ).sum()
             )
             for t in options
         }
@@ -329,7 +334,7 @@ def recommend(
         recs = [
             edge_optimization(con, days, pricing, c.edge_target),
             r2_archival(con, pricing, ttl, c.archive_after, c.value_bytes, at),
-            ttl_tuning(con, days, pricing, ttl, c.max_kv_ttl, c.value_bytes, at),
+            ttl_tuning(con, days, pricing, ttl, c.max_kv_ttl, c.value_bytes, at, c.r2_flow),
         ]
         return class_counts(con), days, [r for r in recs if r is not None]
     finally:

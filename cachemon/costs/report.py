@@ -18,6 +18,7 @@ from cachemon.alerts import health
 from cachemon.clock import DAY, Window, iso, parse_instant
 from cachemon.costs import optimize
 from cachemon.costs import usage as costs_usage
+from cachemon.costs.basis import Basis, Kind, span
 from cachemon.notify import outbox as notify_outbox
 from cachemon.notify.format import HTML, TEXT, header_safe
 from cachemon.notify.transports import Transports
@@ -48,6 +49,12 @@ class Report:
     recommendations: tuple[optimize.Recommendation, ...]
     health: str
     pricing_version: str
+    # What the figures are: the day's usage as measured (and the part of the
+    # day with data), the forecast's month to date and rate, and the days of
+    # per-key rates the savings come from. None in reports stored before.
+    basis: Basis | None = None
+    forecast_basis: Basis | None = None
+    saving_days: float | None = None
 
     @property
     def entries(self) -> int:
@@ -61,6 +68,9 @@ class Report:
         """The stored payload (what the analysts' `v1.cost_day` view reads)."""
         d = asdict(self)
         d["day"], d["generated_at"] = self.day.isoformat(), iso(self.generated_at)
+        for name in ("basis", "forecast_basis"):
+            b = getattr(self, name)
+            d[name] = b.to_json() if b is not None else None
         return d
 
     @classmethod
@@ -79,6 +89,9 @@ class Report:
             tuple(optimize.Recommendation.from_json(r) for r in d["recommendations"]),
             d["health"],
             d["pricing_version"],
+            Basis.from_json(d["basis"]) if d.get("basis") else None,
+            Basis.from_json(d["forecast_basis"]) if d.get("forecast_basis") else None,
+            d.get("saving_days"),
         )
 
 
@@ -90,9 +103,9 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, day: date, now: datetime)
     span = data_span(con)
     has_data = bool(span and span[0] < window.end and span[1] > window.start)
     breakdown = costs_usage.price(costs_usage.measure(con, window, cfg), cfg.pricing)
-    classes, recs, fc = (), (), None
+    classes, recs, fc, saving_days = (), (), None, None
     if has_data:
-        counts, _, found = optimize.recommend(
+        counts, saving_days, found = optimize.recommend(
             con, cfg, window.end, Window(window.end - cfg.costs.class_window, window.end)
         )
         classes = tuple((c, int(counts.get(c, 0))) for c in CLASSES)
@@ -115,7 +128,28 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, day: date, now: datetime)
         recs,
         status,
         breakdown.pricing_version,
+        breakdown.basis,
+        fc.basis if fc else None,
+        saving_days,
     )
+
+
+def _bases(r: Report) -> dict:
+    """What each figure of the email is, in words (`costs.basis`)."""
+    start = datetime(r.day.year, r.day.month, r.day.day, tzinfo=UTC)
+    # A report stored before bases were kept: its day, as measured.
+    day = r.basis or Basis(Kind.MEASURED, Window(start, start + DAY), Window(start, start + DAY))
+    fc = r.forecast_basis
+    return {
+        "basis": day.text(None),
+        "basis_short": day.short(None),
+        "forecast_basis": fc.text(None) if fc else None,
+        "saving_basis": (
+            f"list prices, per day at the keys' rates over {span(r.saving_days * DAY)} of data"
+            if r.saving_days
+            else "list prices, per day at the keys' rates over the class window"
+        ),
+    }
 
 
 def _view(r: Report, dashboard_url: str) -> dict:
@@ -142,6 +176,7 @@ def _view(r: Report, dashboard_url: str) -> dict:
         "saving_share": 100.0 * r.saving_per_day / r.list_total if r.list_total else 0.0,
         "link": dashboard_url.rstrip("/") + "/costs",
         "timestamp": iso(r.generated_at),
+        **_bases(r),
     }
 
 

@@ -7,13 +7,18 @@ the tier that served them:
 * every request the edge did not serve reads KV once (tiers kv, r2, api);
 * a fill is written to KV after an R2 rehydration or an origin answer, and
   an error writes nothing: KV writes = r2 + api − the failed fills;
-* every R2 rehydration is one R2 Class B get.
+* an R2 Class B get per R2 lookup: with the seed's flow
+  (`R2Lookup.REHYDRATION`, the default) the Worker asks R2 only for
+  archived keys, so one per request R2 served; with
+  `R2Lookup.EVERY_KV_MISS` it asks R2 on every KV miss, so one per request
+  R2 or the origin served (`[costs] r2_lookup`).
 
 Measured usage (`costs.usage`), the per-key cost of an experiment
 (`tuning.analysis`), the fixed-TTL model's predictions (`tuning.whatif`) and
 the optimiser (`costs.optimize`, in SQL through `kv_writes_sql`) all take
-these three numbers from here; `tests/costs/test_tiermix.py` holds them to one
-independent computation.
+these three numbers from here, each with the configured R2 flow;
+`tests/costs/test_tiermix.py` and `tests/costs/test_usage_rule.py` hold
+them to independent computations.
 
 Counts may be floats or numpy arrays (one element per key); the rule is
 elementwise either way.
@@ -26,7 +31,7 @@ from typing import TypeAlias
 
 import numpy as np
 
-from cachemon.pricing import Pricing
+from cachemon.pricing import Pricing, R2Lookup
 
 Amount: TypeAlias = float | np.ndarray
 
@@ -45,6 +50,11 @@ class TierMix:
     r2: Amount = 0.0
     api: Amount = 0.0
     failed_fills: Amount = 0.0  # r2 or api answers that were errors
+    r2_lookup: R2Lookup = R2Lookup.REHYDRATION  # when the Worker asks R2
+
+    def __post_init__(self):
+        # A plain string from a config is checked here, once, and kept as the enum.
+        object.__setattr__(self, "r2_lookup", R2Lookup.parse(self.r2_lookup, "r2_lookup"))
 
     @classmethod
     def from_misses(
@@ -54,6 +64,7 @@ class TierMix:
         r2_share: Amount,
         error_share: Amount,
         edge: Amount = 0.0,
+        r2_lookup: R2Lookup = R2Lookup.REHYDRATION,
     ) -> TierMix:
         """A modelled mix: `lookups` KV lookups of which `misses` missed; a
         miss is answered by R2 with probability `r2_share` (else by the
@@ -64,6 +75,7 @@ class TierMix:
             misses * r2_share,
             misses * (1 - r2_share),
             misses * error_share,
+            r2_lookup,
         )
 
     @property
@@ -84,14 +96,19 @@ class TierMix:
 
     @property
     def r2_reads(self) -> Amount:
-        """R2 Class B gets: one per rehydration."""
+        """R2 Class B gets: one per R2 lookup, i.e. per rehydration, or per
+        KV miss when the Worker asks R2 on every one."""
+        if self.r2_lookup is R2Lookup.EVERY_KV_MISS:
+            return self.r2 + self.api
         return self.r2
 
     def units(self, component: str) -> Amount:
         """Units of a priced component (one of COMPONENTS)."""
-        return {"kv_reads": self.kv_reads, "kv_writes": self.kv_writes, "r2_class_b": self.r2}[
-            component
-        ]
+        return {
+            "kv_reads": self.kv_reads,
+            "kv_writes": self.kv_writes,
+            "r2_class_b": self.r2_reads,
+        }[component]
 
     def cost(self, pricing: Pricing) -> Amount:
         """List cost (USD) of the mix's KV reads, KV writes and R2 gets."""

@@ -5,9 +5,12 @@ Usage of a window, per component:
 * Workers requests — every request (each runs the Worker);
 * KV reads, KV writes, R2 Class B — the tier-mix rule (`costs.tiermix`):
   a KV read per edge miss, a KV write per fill after an R2 rehydration or an
-  origin answer (failed ones write nothing), an R2 get per rehydration;
+  origin answer (failed ones write nothing), an R2 get per R2 lookup (per
+  rehydration, or per KV miss: `[costs] r2_lookup`);
 * KV / R2 storage — the mean of the storage gauges over the window, in
-  GB-months (GB × the window's share of its month);
+  GB-months: GB × the share of the month the data covers (the part of the
+  window between the store's first and last data; time before the data
+  starts is not priced, never assumed at the mean reading);
 * R2 Class A — archival puts, estimated from the growth of R2 storage
   divided by the stored value size (`[costs] value_bytes`);
 * Analytics Engine data points — one per request and per gauge reading;
@@ -15,22 +18,27 @@ Usage of a window, per component:
   the source is Analytics Engine.
 
 Workers CPU time is not in the event contract, so it is not priced.
+
+Every figure carries its basis (`costs.basis`): a usage is measured over a
+window (and the part of it with data); `per_day` makes it a rate from that
+part; `forecast` adds the month to date and the month-end forecast.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import duckdb
 import pandas as pd
 
 from cachemon.clock import DAY, Window, floor_to, iso
+from cachemon.costs.basis import Basis, Kind, Price
 from cachemon.costs.tiermix import TierMix
 from cachemon.events import TIERS
 from cachemon.pricing import COMPONENTS, Pricing, days_in_month, month_share, month_start
 from cachemon.settings import Config
-from cachemon.store.queries import TIER_TOTALS, data_span, window_params
+from cachemon.store.queries import TIER_TOTALS, data_days, data_span, window_params
 
 QUERIES_PER_PULL = 4  # minute rollups, latency histogram, gauges, per-key counts
 GAUGE_USAGE = """
@@ -56,14 +64,20 @@ class Usage:
     ae_queries: float = 0.0
     kv_bytes: float = 0.0  # mean gauge readings, for display
     r2_bytes: float = 0.0
+    # What the figures are: measured over `window` (default: all of it has data).
+    basis: Basis | None = None
+
+    def __post_init__(self):
+        if self.basis is None:
+            object.__setattr__(self, "basis", Basis(Kind.MEASURED, self.window, self.window))
 
     def units(self, component: str) -> float:
         return getattr(self, component)
 
-    def scaled(self, factor: float, window: Window) -> Usage:
+    def scaled(self, factor: float, window: Window, basis: Basis) -> Usage:
         """The same usage rate over another length (e.g. per day)."""
         keep = {"window": window, "kv_bytes": self.kv_bytes, "r2_bytes": self.r2_bytes}
-        return Usage(**keep, **{c: self.units(c) * factor for c in COMPONENTS})
+        return Usage(**keep, **{c: self.units(c) * factor for c in COMPONENTS}, basis=basis)
 
 
 @dataclass(frozen=True)
@@ -93,10 +107,17 @@ class Breakdown:
     def line(self, component: str) -> Line:
         return next(line for line in self.lines if line.component == component)
 
+    @property
+    def basis(self) -> Basis:
+        """What the figures are (window, rate or measured, coverage)."""
+        return self.usage.basis
+
 
 def measure(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> Usage:
-    """Usage of `window` from the store's rollups and gauges."""
+    """Usage of `window` from the store's rollups and gauges. Storage is
+    priced for the part of the window the data covers only."""
     length = window.end - window.start
+    covered = data_days(con, window)[0]
     # Whole hours from the hourly rollups, ragged minutes from the minute ones.
     tiers = {
         r[0]: r
@@ -106,12 +127,15 @@ def measure(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> Usag
     mix = TierMix(
         **{t: float(tiers[t][1]) if t in tiers else 0.0 for t in TIERS},
         failed_fills=sum(float(tiers[t][2]) for t in ("r2", "api") if t in tiers),
+        r2_lookup=cfg.costs.r2_flow,
     )
     gauges = {
         r[0]: r[1:]
         for r in con.execute(GAUGE_USAGE, {"lo": window.start, "hi": window.end}).fetchall()
     }
-    share = month_share(window.start, length)
+    # The share of the month the data covers: a store that starts on the
+    # 20th holds no reading of the days before, so they are not priced.
+    share = month_share(window.start, covered.length)
     kv_mean = gauges.get("kv_storage_bytes", (0.0, 0, 0.0, 0.0))[0]
     r2 = gauges.get("r2_storage_bytes", (0.0, 0, 0.0, 0.0))
     samples = sum(g[1] for g in gauges.values())
@@ -130,6 +154,7 @@ def measure(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> Usag
         ae_queries=pulls * QUERIES_PER_PULL,
         kv_bytes=kv_mean,
         r2_bytes=r2[0],
+        basis=Basis(Kind.MEASURED, window, covered),
     )
 
 
@@ -150,12 +175,15 @@ def price(usage: Usage, pricing: Pricing) -> Breakdown:
 
 
 def per_day(usage: Usage) -> Usage:
-    """A window's usage as a daily rate (storage stays GB-months per day)."""
-    length = usage.window.end - usage.window.start
+    """A window's usage as a daily rate (storage stays GB-months per day),
+    from the part of the window the data covers: an hour of data in a 24 h
+    window is an hour's usage, scaled ×24, not spread over the day."""
+    measured = usage.basis
+    length = measured.covered.length or measured.window.length
     if length <= timedelta(0):
         return usage
-    factor = DAY / length
-    return usage.scaled(factor, Window(usage.window.end - DAY, usage.window.end))
+    basis = Basis(Kind.RATE, measured.window, measured.covered)
+    return usage.scaled(DAY / length, Window(usage.window.end - DAY, usage.window.end), basis)
 
 
 def daily_rate(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> Breakdown:
@@ -198,13 +226,24 @@ class Forecast:
     list_total: float  # month to date plus the rest at the daily rate
     billed_total: float  # the month's bill: included amounts applied to the whole month
 
+    @property
+    def basis(self) -> Basis:
+        """The month-end figures' basis: the month to date (and the part of
+        it with data) plus `days_left` at the daily rate's window."""
+        mtd, rate = self.month_to_date.basis, self.daily_rate.basis
+        return Basis(
+            Kind.FORECAST, mtd.window, mtd.covered, rate.window, self.days_left, rate.covered
+        )
+
 
 def forecast(
     con: duckdb.DuckDBPyConnection, at: datetime, cfg: Config, pricing: Pricing
 ) -> Forecast:
     """Month-end cost from the month to date and the last 7 days' rate."""
     start = month_start(at)
-    mtd = price(measure(con, Window(start, at), cfg), pricing)
+    measured = measure(con, Window(start, at), cfg)
+    so_far = Basis(Kind.MONTH_TO_DATE, measured.basis.window, measured.basis.covered)
+    mtd = price(replace(measured, basis=so_far), pricing)
     recent = Window(max(start - 7 * DAY, at - 7 * DAY), at)
     rate = price(per_day(measure(con, recent, cfg)), pricing)
     days_left = (start.replace(day=days_in_month(at)) + DAY - at) / DAY
@@ -231,6 +270,11 @@ def size(nbytes: float) -> str:
     return f"{nbytes / 1e9:.2f}GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.0f}MB"
 
 
+def basis_json(b: Basis) -> dict:
+    """A figure's basis for machines, with its sentence for list and billed."""
+    return b.to_json() | {"text": {str(p): b.text(p) for p in Price}}
+
+
 def to_json(daily: Breakdown, fc: Forecast | None, at: datetime) -> dict:
     """The seed's `costs` block (strings) plus the same numbers for machines."""
     month_days = days_in_month(at)
@@ -244,7 +288,12 @@ def to_json(daily: Breakdown, fc: Forecast | None, at: datetime) -> dict:
         "r2_reads": f"{money(line('r2_class_b').list_cost)}/day",
         "total_estimate": f"{money(daily.list_total)}/day ({money(daily.list_total * month_days)}/month)",
         "pricingVersion": daily.pricing_version,
+        # What the seed's strings are: a daily rate from a window, and the
+        # "/month" strings that rate × the month's days, not the forecast.
+        "basis": f"{daily.basis.text()}; the /month figures are that rate × {month_days} days "
+        "(not the month-end forecast)",
         "perDay": {
+            "basis": basis_json(daily.basis),
             "list": round(daily.list_total, 6),
             "billed": round(daily.billed_total, 6),
             "components": {
@@ -264,6 +313,8 @@ def to_json(daily: Breakdown, fc: Forecast | None, at: datetime) -> dict:
             "monthEndList": round(fc.list_total, 4),
             "monthEndBilled": round(fc.billed_total, 4),
             "asOf": iso(at),
+            "basis": basis_json(fc.basis),
+            "monthToDateBasis": basis_json(fc.month_to_date.basis),
         }
     return out
 

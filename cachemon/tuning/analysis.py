@@ -34,7 +34,7 @@ from cachemon.clock import HOUR, Window, ceil_to, floor_to, iso, parse_instant
 from cachemon.costs.tiermix import TierMix
 from cachemon.events import TIERS
 from cachemon.histogram import Histogram
-from cachemon.pricing import Pricing
+from cachemon.pricing import Pricing, R2Lookup
 from cachemon.store import horizons
 from cachemon.store.queries import KEY_ROWS, key_ranges
 from cachemon.tuning import quantile_var, stats
@@ -164,11 +164,16 @@ class Analysis:
 
 
 def per_key(
-    con: duckdb.DuckDBPyConnection, e: Experiment, window: Window, pricing: Pricing
+    con: duckdb.DuckDBPyConnection,
+    e: Experiment,
+    window: Window,
+    pricing: Pricing,
+    r2_lookup: R2Lookup = R2Lookup.REHYDRATION,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per-key arrays of each cohort: hits, requests, cost (USD), errors,
     and `expected`: requests × the key's pre-period hit rate (the pooled
-    pre-period rate for keys not seen before the start)."""
+    pre-period rate for keys not seen before the start). Cost is the
+    tier-mix rule with R2 gets per `r2_lookup` (`[costs] r2_lookup`)."""
     df = con.execute(
         KEYS_BY_COHORT, key_ranges(window.start, window.end) | {"experiment": e.name}
     ).df()
@@ -181,7 +186,7 @@ def per_key(
     out = {}
     for cohort, g in df.groupby("cohort"):
         # A key's errors count as failed fills (per-key rows keep no error tier).
-        mix = TierMix(*(g[c].to_numpy() for c in (*TIERS, "errors")))
+        mix = TierMix(*(g[c].to_numpy() for c in (*TIERS, "errors")), r2_lookup=r2_lookup)
         req = mix.requests
         cost = pricing["workers_requests"].list_cost(req) + mix.cost(pricing)
         out[str(cohort)] = {
@@ -243,13 +248,18 @@ def _p95_difference(
 
 
 def analyze(
-    con: duckdb.DuckDBPyConnection, e: Experiment, at: datetime, pricing: Pricing
+    con: duckdb.DuckDBPyConnection,
+    e: Experiment,
+    at: datetime,
+    pricing: Pricing,
+    r2_lookup: R2Lookup = R2Lookup.REHYDRATION,
 ) -> Analysis:
-    """The experiment's state at `at` (its window: start to min(at, end))."""
+    """The experiment's state at `at` (its window: start to min(at, end));
+    the cost guardrail's R2 gets per `r2_lookup`."""
     end = min(at, e.start + e.duration)
     window = Window(e.start, max(end, e.start))
     horizons.check_read(con, window.start, f"experiment {e.name!r}")
-    data = per_key(con, e, window, pricing)
+    data = per_key(con, e, window, pricing, r2_lookup)
     names = [c.name for c in e.cohorts]
     units = tuple((n, len(data.get(n, {}).get("requests", ()))) for n in names)
     total = sum(u for _, u in units)

@@ -274,7 +274,9 @@ def daily(
     promote winners, and deliver the notices at `now` (as `report.send` and
     `alerts.run` do). With `dry_run` nothing is stored, written or sent."""
     started = [e for e in cfg.experiments if e.start <= at]
-    analyses = [tuning_analysis.analyze(con, e, at, cfg.pricing) for e in started]
+    analyses = [
+        tuning_analysis.analyze(con, e, at, cfg.pricing, cfg.costs.r2_flow) for e in started
+    ]
     kv = KvClient.from_env(env) if env.get("CF_KV_NAMESPACE_ID") else None
     actions = []
     if kv:

@@ -15,7 +15,7 @@ import duckdb
 
 from cachemon import jsontext
 from cachemon.clock import DAY, floor_to
-from cachemon.pricing import Pricing
+from cachemon.pricing import Pricing, R2Lookup
 from cachemon.tuning.analysis import Analysis, Decision, analyze
 from cachemon.tuning.experiments import Experiment
 
@@ -30,6 +30,7 @@ def backfill(
     until: datetime,
     pricing: Pricing,
     daily_at: time,
+    r2_lookup: R2Lookup = R2Lookup.REHYDRATION,
 ) -> int:
     """Store the analyses the daily job (at `daily_at` UTC) would have made
     in (since, until] (the demo's history of decisions); returns how many."""
@@ -38,7 +39,7 @@ def backfill(
     while slot <= until:
         for e in experiments:
             if since < slot and e.start <= slot:
-                save(con, analyze(con, e, slot, pricing))
+                save(con, analyze(con, e, slot, pricing, r2_lookup))
                 n += 1
         slot += DAY
     return n

@@ -78,7 +78,9 @@ def _demo_into(
         # Likewise the daily jobs' results, so every page has something to show.
         results.reset(con)
         daily_at = next(s.at for s in runner_runs.schedule(cfg) if s.name == "experiments")
-        results.backfill(con, cfg.experiments, windows[0].start, end, cfg.pricing, daily_at)
+        results.backfill(
+            con, cfg.experiments, windows[0].start, end, cfg.pricing, daily_at, cfg.costs.r2_flow
+        )
         day = report.report_day(end)
         if windows[0].start <= datetime(day.year, day.month, day.day, tzinfo=UTC):
             report.save(con, report.build(con, cfg, day, now))

@@ -12,6 +12,7 @@ import pytest
 
 from cachemon import config, settings
 from cachemon.costs import optimize, report
+from cachemon.notify import outbox as notify_outbox
 from cachemon.notify.transports import Transports
 from cachemon.store import db as store_db
 from cachemon.store import snapshots
@@ -40,6 +41,10 @@ def test_report_email_golden(db):
     assert subject == "[BooksTrack Cache] Daily Cost Optimization Report (2026-11-19)"
     _golden("report_email.txt", text)
     _golden("report_email.html", html)
+    # Chat gets the headline: the total with its basis, and the saving.
+    row = notify_outbox.report_row("slack", NOW, subject, text, html, cfg.notify, Transports())
+    assert "Total: $0.014 list, $0.00 billed (1d measured, 3h of it with data)" in row.payload
+    assert "Total Potential Savings" in row.payload
     assert "nan" not in text.lower() and r.list_total > 0
     assert [c for c, _ in r.classes] == ["hot", "warm", "cold"] and r.entries > 0
 
@@ -115,6 +120,13 @@ def test_cli_dry_run_and_bad_date(db):
     p = cli("--date", "2026-11-19", "--dry-run")
     assert p.returncode == 0, p.stderr
     assert "Cost Breakdown" in p.stdout and "Recommendations" in p.stdout
+    # Each figure names its basis (#20): the day as measured and what part has data, the forecast's.
+    assert (
+        "List and billed USD: the usage of [2026-11-19T00:00:00Z, 2026-11-20T00:00:00Z) "
+        "as measured, not scaled; the data covers only [2026-11-19T08:00:00Z" in p.stdout
+    )
+    assert "- Total: $0.014 list, $0.00 billed (1d measured, 3h of it with data)" in p.stdout
+    assert "month-end forecast for 2026-11: the month to date" in p.stdout
     with store_db.reader(db) as con:
         assert report.recent(con) == []  # a dry run stores nothing
     bad = cli("--date", "19/11/2026")

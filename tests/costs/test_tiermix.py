@@ -12,6 +12,7 @@ Workers 0.30, KV reads 0.50, KV writes 5.00, R2 Class B 0.36.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import duckdb
@@ -160,6 +161,18 @@ def test_experiment_cost_per_key_follows_the_rule(mix_store):
         assert np.allclose(got, want)
 
 
+def test_experiment_cost_takes_the_r2_flow(mix_store):
+    """The guardrail's per-key cost with `[costs] r2_lookup = "every_kv_miss"`:
+    an origin answer was an R2 get too."""
+    path, t = mix_store
+    with store_db.reader(path) as con:
+        data = analysis.per_key(con, EXPERIMENT, WINDOW, pricing.default(), "every_kv_miss")
+    for cohort, g in t.groupby("cohort"):
+        got = sorted(zip(data[cohort]["requests"], data[cohort]["cost"]))
+        want = sorted(zip(g.requests, g.cost + g.api * PER_M["r2"]))
+        assert np.allclose(got, want, rtol=1e-12, atol=0)
+
+
 def test_optimiser_churn_fills_follow_the_rule(mix_store):
     path, t = mix_store
     with store_db.reader(path) as con:
@@ -173,6 +186,24 @@ def test_optimiser_churn_fills_follow_the_rule(mix_store):
     assert np.allclose(
         sorted(zip(churn.r2, churn.api, churn.fills)), sorted(zip(want.r2, want.api, want.writes))
     )
+
+
+def test_recommendations_take_the_configured_r2_flow(mix_store):
+    path, _ = mix_store
+    savings = {}
+    for flow in ("rehydration", "every_kv_miss"):
+        cfg = replace(settings.Config(), costs=settings.CostsConfig(r2_lookup=flow))
+        with store_db.reader(path) as con:
+            (rec,) = optimize.recommend(con, cfg, AT, WINDOW)[2]
+            days = optimize.load_keys(con, WINDOW, AT)
+            c = cfg.costs
+            direct = optimize.ttl_tuning(
+                con, days, cfg.pricing, dict(c.kv_ttl), c.max_kv_ttl, c.value_bytes, AT, flow
+            )
+        assert rec.type == optimize.Kind.TTL_TUNING and rec == direct
+        savings[flow] = rec.saving_per_day
+    # Origin answers are R2 gets too, so a longer TTL saves more.
+    assert savings["every_kv_miss"] > savings["rehydration"]
 
 
 def test_sql_rule_equals_the_python_rule():

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 from cachemon import config
 from cachemon.alerts import health, silences
 from cachemon.clock import floor_to, iso, utcnow
-from cachemon.costs import report
+from cachemon.costs import basis, report
 from cachemon.ingest import load as ingest_load
 from cachemon.metrics import trends
 from cachemon.runner import runs as runner_runs
@@ -286,10 +286,24 @@ def test_costs_show_the_cost_block_and_the_report(past_store, monkeypatch):
     at = _app(monkeypatch, db, cfg_file, "costs")
     js = _cli_metrics(db, cfg_file, "--period", "1h")["costs"]
     shown = {m.label: m.value for m in at.metric}
-    assert float(shown["List USD/day"].strip("$")) == pytest.approx(js["perDay"]["list"], abs=0.005)
-    assert float(shown["Billed USD/day"].strip("$").replace(",", "")) == pytest.approx(
+    # Every cost figure names its basis (#20): the rate's window in the label, all of it in the help.
+    rate = "USD/day (rate from 1h of data)"
+    assert float(shown[f"List {rate}"].strip("$")) == pytest.approx(js["perDay"]["list"], abs=0.005)
+    assert float(shown[f"Billed {rate}"].strip("$").replace(",", "")) == pytest.approx(
         js["perDay"]["billed"], abs=0.005
     )
+    month = js["forecast"]["month"]
+    labels = [m.label for m in at.metric][2:]
+    assert labels[0].startswith(f"List USD ({month} to date")
+    assert labels[1:] == [
+        f"List USD ({month} month-end forecast)",
+        f"Billed USD ({month} month-end forecast)",
+    ]
+    helps = [m.proto.help for m in at.metric]
+    assert helps[0] == js["perDay"]["basis"]["text"]["list"] + f" ({basis.PRICES})."
+    assert "a rate, the usage of [" in helps[0] and "scaled to a day" in helps[0]
+    assert "month to date" in helps[2] and "month-end forecast" in helps[3]
+    assert "whole month" in helps[4]
     lines = at.dataframe[0].value
     assert lines["list USD/day"].sum() == pytest.approx(
         js["perDay"]["list"], abs=1e-6
