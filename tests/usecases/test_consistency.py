@@ -22,19 +22,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from streamlit.testing.v1 import AppTest
 
 from cachemon import config, jsontext
 from cachemon.alerts import evaluate as alerts_evaluate
 from cachemon.alerts import readings
 from cachemon.alerts.rules import BUILTIN, METRICS, format_value
 from cachemon.cli.main import main
-from cachemon.clock import MINUTE, Period, floor_to, format_duration, iso
+from cachemon.clock import MINUTE, Period, floor_to, format_duration, iso, utcnow
 from cachemon.events import TIERS, EventFrame
 from cachemon.notify.transports import Smtp, Transports
 from cachemon.store import db as store_db
 from cachemon.store.queries import data_span
 from pages.shared import common
-from tests.helpers import T0, load, simulate, small_sim, to_pandas, weighted_quantile
+from tests.helpers import ROOT, T0, load, simulate, small_sim, to_pandas, weighted_quantile
 from tests.helpers.servers import serve_api
 
 HOURS = 26
@@ -314,6 +315,36 @@ def test_the_api_serves_the_figures_of_the_cli(store, capsys):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_the_overview_page_draws_the_tiles_and_banner_of_the_composition(
+    store, monkeypatch, endpoint
+):
+    """The rendered page (Streamlit's AppTest runs app.py): its KPI tiles and
+    health banner are exactly the composition's texts. The data ended in the
+    past, so the page's window slides back to END, as the composition's does."""
+    db, cfg_file, cfg, _ = store
+    transports = Transports(Smtp("mail.invalid", 25, "none"), alert_email=("a@example.org",))
+    with store_db.writer(db, END) as con:
+        alerts_evaluate.reset(con)
+        checked = alerts_evaluate.run(con, cfg, END, transports, dry_run=True)
+        alerts_evaluate.record(con, checked.evaluation, list(checked.outbox))
+    monkeypatch.setenv("CACHEMON_DB", str(db))
+    monkeypatch.setenv("CACHEMON_CONFIG", str(cfg_file))
+    page = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    page.session_state["period"] = "1h"
+    page.session_state["endpoint"] = endpoint or "all"
+    page.run()
+    assert not page.exception, [e.value for e in page.exception]
+    with store_db.reader(db) as con:
+        report = common.overview_report(con, cfg, "1h", endpoint, utcnow())
+    assert report.metrics.window.end == END
+    tiles = [t for row in common.kpi_tiles(report) for t in row]
+    assert [(m.label, m.value) for m in page.metric] == [(t.label, t.value) for t in tiles]
+    banners = [b.value for b in (*page.success, *page.warning, *page.error)]
+    assert common.health_text(report.health) in banners
+    assert "when it fired" in common.health_text(report.health)
 
 
 def test_readings_are_labelled_with_their_windows():
