@@ -22,7 +22,7 @@ from cachemon.alerts import lifecycle, notices, readings
 from cachemon.alerts.anomaly import history_ends, robust_z
 from cachemon.alerts.rules import METRICS, Kind, Rule, effective_rules, format_value
 from cachemon.alerts.silences import active_silences
-from cachemon.clock import MINUTE, Window, floor_to, iso
+from cachemon.clock import MINUTE, Window, floor_to, format_duration, iso
 from cachemon.errors import CachemonError, InputError
 from cachemon.metrics import window as metrics_window
 from cachemon.metrics.series import Observation, observe
@@ -223,7 +223,9 @@ def _anomaly(observer, rule: Rule, endpoint: str, end: datetime, value: float) -
 
 def _message(rule: Rule, endpoint: str, o: lifecycle.Outcome) -> str:
     where = f" ({endpoint})" if endpoint else ""
-    label = METRICS[rule.metric].label + where
+    # The window is part of the figure: "p99 over 15m" is not the dashboard's p99 over 1h.
+    over = f" over {format_duration(rule.window)}" if METRICS[rule.metric].windowed else ""
+    label = METRICS[rule.metric].label + where + over
     if o.kind in (lifecycle.Verdict.NO_DATA, lifecycle.Verdict.ERROR):
         failed = "no data" if o.kind == lifecycle.Verdict.NO_DATA else "evaluation failed"
         return f"{label}: {failed}: {o.reason}"

@@ -34,6 +34,7 @@ class MetricDef:
     read: Callable[[Observation], float | None]
     per_request: bool  # needs traffic (min_requests) and may filter endpoints
     label: str
+    windowed: bool = True  # a figure of the window (False: a latest reading, the data age)
 
 
 def _share(tier: str):
@@ -55,12 +56,16 @@ METRICS: dict[str, MetricDef] = {
     "avg_latency": MetricDef("ms", lambda o: o.avg_latency, True, "Average latency"),
     "requests": MetricDef("requests", lambda o: o.requests, False, "Requests"),
     "queue_depth": MetricDef(
-        "jobs", lambda o: o.gauge("queue_depth"), False, "Warming queue depth"
+        "jobs", lambda o: o.gauge("queue_depth"), False, "Warming queue depth", False
     ),
-    "kv_storage": MetricDef("bytes", lambda o: o.gauge("kv_storage_bytes"), False, "KV storage"),
-    "r2_storage": MetricDef("bytes", lambda o: o.gauge("r2_storage_bytes"), False, "R2 storage"),
+    "kv_storage": MetricDef(
+        "bytes", lambda o: o.gauge("kv_storage_bytes"), False, "KV storage", False
+    ),
+    "r2_storage": MetricDef(
+        "bytes", lambda o: o.gauge("r2_storage_bytes"), False, "R2 storage", False
+    ),
     # Read from the store's newest data, not from the window (see alerts).
-    "data_age": MetricDef("s", lambda o: None, False, "Data age"),
+    "data_age": MetricDef("s", lambda o: None, False, "Data age", False),
 }
 
 

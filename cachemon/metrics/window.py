@@ -277,7 +277,8 @@ def _ms(x: float | None) -> float | None:
 
 
 def _count(x: float) -> int | float:
-    return int(x) if float(x).is_integer() else significant(x)
+    # Counts stay exact (a weighted count's fraction too): 15 digits, as Prometheus.
+    return int(x) if float(x).is_integer() else significant(x, 15)
 
 
 KPI_LABELS = {

@@ -63,6 +63,8 @@ def test_health_gives_the_value_when_it_fired_and_now_with_their_windows(fired):
     v = issue.values
     assert issue.since == FIRED and v.fired.end == FIRED and v.now.end == iso_minute(NOW)
     assert v.fired.window == v.now.window == timedelta(minutes=15)
+    # The stored message names the window too (it is what Slack, Discord and the CLI show).
+    assert issue.message.startswith("P99 latency over 15m above threshold: ")
     # Against the raw events: the 15 minutes before firing, and the 15 before now.
     assert v.fired.value == pytest.approx(_p99(truth, FIRED), rel=0.01)
     assert v.now.value == pytest.approx(_p99(truth, iso_minute(NOW)), rel=0.01)

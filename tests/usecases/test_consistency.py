@@ -224,9 +224,8 @@ def test_every_surface_shows_the_same_figures(store, capsys, where):
                     assert math.isclose(value, truth[metric], rel_tol=rel, abs_tol=1e-9), what
                     # JSON: 6 significant digits of the same number.
                     assert _get(doc, path) == pytest.approx(value, rel=5e-6, abs=1e-12), what
-                    assert _get(doc, path) == jsontext.significant(value) or (
-                        metric == "requests" and _get(doc, path) == value
-                    ), what
+                    digits = 15 if metric == "requests" else jsontext.SIGNIFICANT
+                    assert _get(doc, path) == jsontext.significant(value, digits), what
                     # Prometheus: the same number (15 significant digits).
                     assert _close(prom[metric], value), what
                     # Dashboard: the tile the page draws is the value, display-rounded.
