@@ -257,8 +257,10 @@ def test_every_surface_shows_the_same_figures(store, capsys, where):
                 f"to {iso(end)} now"
             )
             assert line in banner, (name, banner)
-    # The email's recent metrics (the last 15 minutes) are the 15m JSON's.
+    # The email's recent metrics (the last 15 minutes, all endpoints) are the 15m JSON's.
     doc = json.loads(_cli(capsys, cfg_file, db, "--period", "15m", "--at", iso(at)))
+    w = doc["window"]
+    assert f"RECENT METRICS, ALL ENDPOINTS ({w['start']} to {w['end']})" in text
     h, lat = doc["hitRates"], doc["latency"]
     assert (
         f"- Hit rate: {h['combined']:,.1f}% (edge {h['edge']:,.1f}%, KV {h['kv']:,.1f}%, "
