@@ -89,22 +89,23 @@ def health(
         issues.append(Issue(Severity.WARNING, overdue, last))
     rows = con.execute(STATES_AT, {"at": at}).fetchall()
     critical = {(r[2], r[1]) for r in rows if r[7] is not None and r[3] == Severity.CRITICAL}
-    firing: dict[str, int] = {}
+    # Firing alerts, less a warning inhibited by the critical alert of the same type.
     active = [
         r
         for r in rows
         if r[7] is not None and not (r[3] != Severity.CRITICAL and (r[2], r[1]) in critical)
-    ]  # a warning inhibited by the critical alert of the same type is left out
+    ]
     values = _values(con, rules, active, at)
-    for rule, endpoint, type_, severity, state, since, message, firing_since in rows:
+    firing: dict[str, int] = {}
+    for rule, endpoint, _type, severity, _state, _since, message, firing_since in active:
+        firing[severity] = firing.get(severity, 0) + 1
+        issues.append(
+            Issue(Severity(severity), message, firing_since, values.get((rule, endpoint)))
+        )
+    for _rule, _endpoint, _type, _severity, state, since, message, firing_since in rows:
         if firing_since is not None:
-            if severity != Severity.CRITICAL and (type_, endpoint) in critical:
-                continue  # inhibited by the critical alert of the same type
-            firing[severity] = firing.get(severity, 0) + 1
-            issues.append(
-                Issue(Severity(severity), message, firing_since, values.get((rule, endpoint)))
-            )
-        elif state == lifecycle.State.ERROR:
+            continue  # active (above) or inhibited
+        if state == lifecycle.State.ERROR:
             issues.append(Issue(Severity.WARNING, message, since))
         elif state == lifecycle.State.NO_DATA:
             issues.append(Issue(Severity.INFO, message, since))

@@ -27,7 +27,7 @@ SELECT h.value,
        (SELECT max(e.data_until) FROM alert_evaluations e WHERE e.evaluated_at = h.changed_at)
 FROM alert_history h
 WHERE h.rule = $rule AND h.endpoint = $endpoint AND h.changed_at = $since AND h.to_state = 'firing'
-ORDER BY h.value NULLS LAST LIMIT 1
+LIMIT 1
 """
 
 

@@ -11,10 +11,11 @@ import pytest
 
 from cachemon import config
 from cachemon.alerts import evaluate as alerts_evaluate
-from cachemon.alerts import health
-from cachemon.alerts.rules import effective_rules
+from cachemon.alerts import health, readings
+from cachemon.alerts.rules import Rule, effective_rules
 from cachemon.clock import Period, iso
 from cachemon.notify.transports import Transports
+from cachemon.severity import HealthStatus, Severity
 from cachemon.store import db as store_db
 from cachemon.usecases import metrics_report
 from pages.shared import common
@@ -108,3 +109,31 @@ def test_current_values_read_now_and_the_value_at_firing_from_the_history(fired)
         )
     v = values[("p99_latency", "")]
     assert v.fired.end == FIRED and v.now.end == later and v.fired.value != v.now.value
+
+
+def test_the_banner_text_labels_both_values_and_keeps_other_issues_plain():
+    """Pure rendering: the banner's lines for a firing alert with its values,
+    an overdue evaluation (plain message), and an info issue (left out)."""
+    rule = Rule("miss_rate_critical", "miss_rate", 15.0, Severity.CRITICAL)
+    values = readings.AlertValues(
+        readings.describe(rule, ""),
+        readings.Reading(36.7, "%", FIRED, timedelta(minutes=15)),
+        readings.Reading(18.1, "%", FIRED + timedelta(minutes=25), timedelta(minutes=15)),
+    )
+    h = health.Health(
+        HealthStatus.CRITICAL,
+        (
+            health.Issue(Severity.CRITICAL, "Cache miss rate over 15m above ...", FIRED, values),
+            health.Issue(Severity.WARNING, "alert evaluation is overdue", FIRED),
+            health.Issue(Severity.INFO, "quiet: no data", FIRED),
+        ),
+        FIRED,
+    )
+    assert common.health_text(h) == (
+        "Health: **critical**\n"
+        "- **critical** since 2026-11-19T09:45:00Z: Cache miss rate > 15.0%: 36.7% over 15m to "
+        "2026-11-19T09:45:00Z when it fired; 18.1% over 15m to 2026-11-19T10:10:00Z now\n"
+        "- **warning** since 2026-11-19T09:45:00Z: alert evaluation is overdue"
+    )
+    assert h.to_json()["issues"][0]["values"]["atFiring"]["value"] == 36.7
+    assert "values" not in h.to_json()["issues"][1]
