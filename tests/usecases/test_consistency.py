@@ -36,7 +36,7 @@ from cachemon.store import db as store_db
 from cachemon.store.queries import data_span
 from pages.shared import common
 from tests.helpers import ROOT, T0, load, simulate, small_sim, to_pandas, weighted_quantile
-from tests.helpers.servers import serve_api
+from tests.helpers.servers import chromium, serve_api, streamlit_server
 
 HOURS = 26
 END = T0 + timedelta(hours=HOURS)  # the data ends here
@@ -346,6 +346,33 @@ def test_the_overview_page_draws_the_tiles_and_banner_of_the_composition(
     banners = [b.value for b in (*page.success, *page.warning, *page.error)]
     assert common.health_text(report.health) in banners
     assert "when it fired" in common.health_text(report.health)
+
+
+def test_chromium_shows_the_composition_tiles(store):
+    """In a real browser (Debian's Chromium), the Overview's KPI tiles read
+    the composition's texts (default period 1h, all endpoints)."""
+    from playwright.sync_api import sync_playwright  # only this test needs the browser driver
+
+    db, cfg_file, cfg, _ = store
+    with store_db.reader(db) as con:
+        report = common.overview_report(con, cfg, "1h", None, utcnow())
+    want = [(t.label, t.value) for row in common.kpi_tiles(report) for t in row]
+    with streamlit_server({"CACHEMON_DB": str(db), "CACHEMON_CONFIG": str(cfg_file)}) as url:
+        with sync_playwright() as p:
+            browser = chromium(p)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url)
+            tiles = page.locator('[data-testid="stMetric"]')
+            tiles.nth(len(want) - 1).wait_for(timeout=60_000)
+            shown = [
+                (
+                    tiles.nth(i).locator('[data-testid="stMetricLabel"]').inner_text().strip(),
+                    tiles.nth(i).locator('[data-testid="stMetricValue"]').inner_text().strip(),
+                )
+                for i in range(tiles.count())
+            ]
+            browser.close()
+    assert shown == want
 
 
 def test_readings_are_labelled_with_their_windows():
