@@ -8,6 +8,7 @@ import plotly.express as px
 import streamlit as st
 
 from cachemon.alerts import health
+from cachemon.alerts import rules as alerts_rules
 from cachemon.alerts import silences as alerts_silences
 from cachemon.alerts.lifecycle import InstanceState, Silence, State
 from cachemon.clock import iso, parse_duration
@@ -18,7 +19,8 @@ from pages.shared import common
 
 
 def _load(con: duckdb.DuckDBPyConnection, cfg: Config, now: datetime) -> health.AlertRecord:
-    return health.record(con, now, cfg.alerts.evaluate_every, days=7)
+    rules = alerts_rules.effective_rules(cfg.alerts)
+    return health.record(con, now, cfg.alerts.evaluate_every, days=7, rules=rules)
 
 
 @st.fragment(run_every=common.REFRESH)
@@ -33,7 +35,7 @@ def page():
     last = iso(h.evaluated_at) if h.evaluated_at else "never"
     common.HEALTH_BANNER[h.status](f"Health: **{h.status}** · last evaluation {last}")
     for i in h.issues:
-        st.markdown(f"- **{i.severity}** since {iso(i.since)}: {i.message}")
+        st.markdown(common.issue_line(i))
     active = [s for s in d.states if s.state != State.OK]
     st.subheader(f"Rule instances not OK ({len(active)} of {len(d.states)})")
     st.dataframe(_states_frame(active), hide_index=True, width="stretch")
@@ -63,7 +65,9 @@ def _states_frame(states: list[InstanceState] | tuple[InstanceState, ...]) -> pd
                 "type": s.type,
                 "endpoint": s.endpoint or "all",
                 "since": s.since,
-                "value": s.value,
+                # The value of the last evaluation, over the rule's window ending then.
+                "evaluated at": s.evaluated_at,
+                "value at evaluation": s.value,
                 "message": s.message,
             }
             for s in states

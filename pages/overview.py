@@ -4,32 +4,15 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cachemon.clock import Period, iso
+from cachemon.clock import iso
 from cachemon.errors import CachemonError
 from cachemon.events import TIERS
-from cachemon.metrics import window as metrics_window
-from cachemon.usecases import metrics_report
 from pages.shared import common
-
-COST = metrics_report.COST_KPI
-ROWS = (("combined", "edge", "kv", "r2", COST), ("p50", "p95", "p99", "requests", "error_rate"))
-LABELS = metrics_window.KPI_LABELS | {COST: "Estimated cost USD/day"}
 
 
 def _load(con, cfg, period: str, endpoint, at):
-    """The period's metrics report compared with the previous period (the
-    same composition as `cachemon metrics` and GET /metrics, costs always)."""
-    return metrics_report.build(
-        con,
-        cfg,
-        Period.parse(period),
-        at,
-        endpoint,
-        top=20,
-        latest=True,
-        costs=True,
-        compare=True,
-    )
+    """The period's metrics report compared with the previous period."""
+    return common.overview_report(con, cfg, period, endpoint, at)
 
 
 @st.fragment(run_every=common.REFRESH)
@@ -51,17 +34,13 @@ def overview():
         f"Window {current.window} (UTC) · data until {iso(current.data_until)} · "
         f"compared with the previous {period.value} · refreshes every {common.REFRESH.total_seconds():g} s"
     )
-    values, deltas = report.kpis(), report.kpi_deltas()
-    for row in ROWS:
-        for col, key in zip(st.columns(len(row)), row):
-            kind = {"requests": "count", COST: "usd"}.get(key, "num")
+    for row in common.kpi_tiles(report):
+        for col, tile in zip(st.columns(len(row)), row):
             col.metric(
-                LABELS[key],
-                common.fmt(values[key], kind),
-                common.fmt(deltas[key], kind, signed=True),
-                delta_color="inverse"
-                if key in metrics_window.KPI_LOWER_IS_BETTER | {COST}
-                else "normal",
+                tile.label,
+                tile.value,
+                tile.delta,
+                delta_color="inverse" if tile.lower_is_better else "normal",
             )
     left, right = st.columns([1, 2])
     shares = pd.DataFrame({"tier": TIERS, "share %": [current.volume.share(t) for t in TIERS]})

@@ -18,11 +18,11 @@ from datetime import datetime, timedelta
 import duckdb
 import pyarrow as pa
 
-from cachemon.alerts import lifecycle, notices
+from cachemon.alerts import lifecycle, notices, readings
 from cachemon.alerts.anomaly import history_ends, robust_z
 from cachemon.alerts.rules import METRICS, Kind, Rule, effective_rules, format_value
 from cachemon.alerts.silences import active_silences
-from cachemon.clock import MINUTE, Window, floor_to, iso
+from cachemon.clock import MINUTE, Window, floor_to, format_duration, iso
 from cachemon.errors import CachemonError, InputError
 from cachemon.metrics import window as metrics_window
 from cachemon.metrics.series import Observation, observe
@@ -116,7 +116,7 @@ def _outcome(observer, rule: Rule, endpoint: str, at, stale_after, data_until) -
     if data_until is None:
         return lifecycle.Outcome(lifecycle.Verdict.NO_DATA, reason="the store has no data")
     if rule.metric == "data_age":
-        age = max(0.0, (at - data_until).total_seconds())
+        age = _age(at, data_until)
         return lifecycle.Outcome(
             lifecycle.Verdict.BREACH if rule.breached(age) else lifecycle.Verdict.CLEAR, age
         )
@@ -124,10 +124,9 @@ def _outcome(observer, rule: Rule, endpoint: str, at, stale_after, data_until) -
         return lifecycle.Outcome(
             lifecycle.Verdict.NO_DATA, reason=f"data is stale: newest data at {iso(data_until)}"
         )
-    end = floor_to(min(at, data_until), MINUTE)
+    end = readings.window_end(at, data_until)
     try:
-        current = observer.get([end], rule.window, endpoint or None)[0]
-        value = METRICS[rule.metric].read(current)
+        current, value = _read(observer, rule, endpoint, end)
         if METRICS[rule.metric].per_request and current.requests < rule.min_requests:
             return lifecycle.Outcome(
                 lifecycle.Verdict.NO_DATA,
@@ -147,6 +146,52 @@ def _outcome(observer, rule: Rule, endpoint: str, at, stale_after, data_until) -
     return lifecycle.Outcome(
         lifecycle.Verdict.BREACH if rule.breached(value) else lifecycle.Verdict.CLEAR, value
     )
+
+
+def _read(observer, rule: Rule, endpoint: str, end: datetime):
+    """The rule's observation over its window ending at `end`, and its
+    metric's value there: the one reading behind states, banners and email."""
+    current = observer.get([end], rule.window, endpoint or None)[0]
+    return current, METRICS[rule.metric].read(current)
+
+
+def current_values(
+    con: duckdb.DuckDBPyConnection,
+    observer: Observer,
+    rules: tuple[Rule, ...],
+    instances,
+    at: datetime,
+    data_until: datetime | None,
+) -> dict[tuple[str, str], readings.AlertValues]:
+    """For each active instance (rule name, endpoint, firing since) of a
+    rule in `rules`, its value when it fired and its value as of `at`, each
+    labelled with its window. Instances of rules no longer configured are
+    left out (their window is not known)."""
+    by_name = {r.name: r for r in rules}
+    out = {}
+    for name, endpoint, since in instances:
+        rule = by_name.get(name)
+        if rule is None:
+            continue
+        now = None
+        if data_until is not None:
+            if rule.metric == "data_age":
+                value = _age(at, data_until)
+            else:
+                try:
+                    value = _read(observer, rule, endpoint, readings.window_end(at, data_until))[1]
+                except (duckdb.Error, CachemonError):
+                    value = None  # shown as n/a: the evaluation reports the failure
+            now = readings.reading(rule, value, at, data_until)
+        was = readings.fired(con, rule, endpoint, since)
+        if was is None and since == at:
+            was = now  # fired in this very evaluation, not recorded yet
+        out[(name, endpoint)] = readings.AlertValues(readings.describe(rule, endpoint), was, now)
+    return out
+
+
+def _age(at: datetime, data_until: datetime) -> float:
+    return max(0.0, (at - data_until).total_seconds())
 
 
 def _anomaly(observer, rule: Rule, endpoint: str, end: datetime, value: float) -> lifecycle.Outcome:
@@ -178,7 +223,9 @@ def _anomaly(observer, rule: Rule, endpoint: str, end: datetime, value: float) -
 
 def _message(rule: Rule, endpoint: str, o: lifecycle.Outcome) -> str:
     where = f" ({endpoint})" if endpoint else ""
-    label = METRICS[rule.metric].label + where
+    # The window is part of the figure: "p99 over 15m" is not the dashboard's p99 over 1h.
+    over = f" over {format_duration(rule.window)}" if METRICS[rule.metric].windowed else ""
+    label = METRICS[rule.metric].label + where + over
     if o.kind in (lifecycle.Verdict.NO_DATA, lifecycle.Verdict.ERROR):
         failed = "no data" if o.kind == lifecycle.Verdict.NO_DATA else "evaluation failed"
         return f"{label}: {failed}: {o.reason}"
@@ -442,9 +489,22 @@ def run(
     """One evaluation with its notifications: decide, render, and (unless
     `dry_run`) record it all in one transaction and deliver the outbox."""
     at = floor_to(at, MINUTE)
-    ev = check(con, cfg, at, transports.channels(cfg.notify))
+    observer = Observer(con)
+    ev = check(con, cfg, at, transports.channels(cfg.notify), observer=observer)
     ctx = _context(con, at, cfg.metrics.stale_after) if ev.notices else None
-    rows = tuple(notices.render(n, ctx, cfg.notify, transports) for n in ev.notices)
+    values = (
+        current_values(
+            con,
+            observer,
+            effective_rules(cfg.alerts),
+            {(s.rule, s.endpoint, s.firing_since) for n in ev.notices for s in n.firing},
+            at,
+            ev.data_until,
+        )
+        if ev.notices
+        else {}
+    )
+    rows = tuple(notices.render(n, ctx, cfg.notify, transports, values) for n in ev.notices)
     if dry_run:
         return CheckResult(ev, rows, notify_outbox.NOTHING)
     with notify_outbox.delivery_round(con, cfg.notify, transports, at) as sent:

@@ -11,10 +11,13 @@ import duckdb
 
 from cachemon.alerts import evaluate as alerts_evaluate
 from cachemon.alerts import lifecycle
+from cachemon.alerts.readings import AlertValues
+from cachemon.alerts.rules import Rule
 from cachemon.alerts.silences import active_silences
 from cachemon.clock import iso
 from cachemon.notify import outbox
 from cachemon.severity import HealthStatus, Severity, severity_rank
+from cachemon.store.queries import data_span
 
 # The state of each instance as of an instant: its last transition.
 STATES_AT = """
@@ -34,6 +37,20 @@ class Issue:
     severity: Severity
     message: str
     since: datetime
+    # A firing alert's value when it fired and now, each with its window
+    # (None for other issues, or a rule no longer configured).
+    values: AlertValues | None = None
+
+    @property
+    def text(self) -> str:
+        """What a banner shows: the labelled values when known, else the message."""
+        return self.values.text() if self.values is not None else self.message
+
+    def to_json(self) -> dict:
+        out = {"severity": self.severity, "message": self.message, "since": iso(self.since)}
+        if self.values is not None:
+            out["values"] = self.values.to_json()
+        return out
 
 
 @dataclass(frozen=True)
@@ -47,17 +64,22 @@ class Health:
         return {
             "status": self.status,
             "evaluatedAt": iso(self.evaluated_at) if self.evaluated_at else None,
-            "issues": [
-                {"severity": i.severity, "message": i.message, "since": iso(i.since)}
-                for i in self.issues
-            ],
+            "issues": [i.to_json() for i in self.issues],
         }
 
 
-def health(con: duckdb.DuckDBPyConnection, at: datetime, evaluate_every: timedelta) -> Health:
+def health(
+    con: duckdb.DuckDBPyConnection,
+    at: datetime,
+    evaluate_every: timedelta,
+    rules: tuple[Rule, ...] = (),
+) -> Health:
     """The seed's health block, from the alert states as of `at`: critical
     when a critical alert fires, degraded for a warning, a failed
-    evaluation or overdue evaluations; no-data instances are listed as info."""
+    evaluation or overdue evaluations; no-data instances are listed as info.
+    With the effective `rules`, each firing alert of one of them carries
+    its value when it fired and its value as of `at`, each labelled with
+    the rule's window (`Issue.values`)."""
     last = alerts_evaluate.last_evaluation(con, at)
     issues = []
     if last is None:
@@ -67,20 +89,43 @@ def health(con: duckdb.DuckDBPyConnection, at: datetime, evaluate_every: timedel
         issues.append(Issue(Severity.WARNING, overdue, last))
     rows = con.execute(STATES_AT, {"at": at}).fetchall()
     critical = {(r[2], r[1]) for r in rows if r[7] is not None and r[3] == Severity.CRITICAL}
+    # Firing alerts, less a warning inhibited by the critical alert of the same type.
+    active = [
+        r
+        for r in rows
+        if r[7] is not None and not (r[3] != Severity.CRITICAL and (r[2], r[1]) in critical)
+    ]
+    values = _values(con, rules, active, at)
     firing: dict[str, int] = {}
-    for _rule, endpoint, type_, severity, state, since, message, firing_since in rows:
+    for rule, endpoint, _type, severity, _state, _since, message, firing_since in active:
+        firing[severity] = firing.get(severity, 0) + 1
+        issues.append(
+            Issue(Severity(severity), message, firing_since, values.get((rule, endpoint)))
+        )
+    for _rule, _endpoint, _type, _severity, state, since, message, firing_since in rows:
         if firing_since is not None:
-            if severity != Severity.CRITICAL and (type_, endpoint) in critical:
-                continue  # inhibited by the critical alert of the same type
-            firing[severity] = firing.get(severity, 0) + 1
-            issues.append(Issue(Severity(severity), message, firing_since))
-        elif state == lifecycle.State.ERROR:
+            continue  # active (above) or inhibited
+        if state == lifecycle.State.ERROR:
             issues.append(Issue(Severity.WARNING, message, since))
         elif state == lifecycle.State.NO_DATA:
             issues.append(Issue(Severity.INFO, message, since))
     issues.sort(key=lambda i: (severity_rank(i.severity), i.since))
     status = HealthStatus.of({i.severity for i in issues})
     return Health(status, tuple(issues), last, tuple(sorted(firing.items())))
+
+
+def _values(con: duckdb.DuckDBPyConnection, rules: tuple[Rule, ...], active, at: datetime):
+    if not rules or not active:
+        return {}
+    span = data_span(con, at)
+    return alerts_evaluate.current_values(
+        con,
+        alerts_evaluate.Observer(con),
+        rules,
+        [(r[0], r[1], r[7]) for r in active],
+        at,
+        span[1] if span else None,
+    )
 
 
 def history(
@@ -145,12 +190,17 @@ class AlertRecord:
 
 
 def record(
-    con: duckdb.DuckDBPyConnection, at: datetime, evaluate_every: timedelta, days: int = 7
+    con: duckdb.DuckDBPyConnection,
+    at: datetime,
+    evaluate_every: timedelta,
+    days: int = 7,
+    rules: tuple[Rule, ...] = (),
 ) -> AlertRecord:
-    """The alert record as of `at`, looking back `days` days."""
+    """The alert record as of `at`, looking back `days` days (with the
+    effective `rules`, the health block's values labelled with their windows)."""
     since = at - timedelta(days=days)
     return AlertRecord(
-        health(con, at, evaluate_every),
+        health(con, at, evaluate_every, rules),
         tuple(alerts_evaluate.load_states(con).values()),
         tuple(active_periods(con, since, at)),
         tuple(history(con, since, at)),

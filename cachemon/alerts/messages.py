@@ -9,6 +9,7 @@ is `cachemon.notify`.
 from __future__ import annotations
 
 from cachemon.alerts.lifecycle import InstanceState, Notice, Reason
+from cachemon.alerts.readings import AlertValues
 from cachemon.alerts.rules import BUILTIN, format_value, type_units
 from cachemon.clock import iso
 from cachemon.notify.format import (
@@ -77,9 +78,13 @@ def _where(s: InstanceState) -> str:
     return f" [{s.endpoint}]" if s.endpoint else ""
 
 
-def _alert_view(s: InstanceState) -> dict:
+def _alert_view(s: InstanceState, values: AlertValues | None = None) -> dict:
     unit = UNITS.get(s.type, "")
     return {
+        # Each value labelled with its window: the value when it fired and
+        # the value now differ, and the recent metrics below cover 15m.
+        "now": values.now.text() if values and values.now else None,
+        "fired": values.fired.text() if values and values.fired else None,
         "severity": s.severity,
         "type": s.type,
         "endpoint": s.endpoint,
@@ -95,7 +100,9 @@ def _alert_view(s: InstanceState) -> dict:
     }
 
 
-def _view(notice: Notice, context: dict | None, dashboard_url: str) -> dict:
+def _view(
+    notice: Notice, context: dict | None, dashboard_url: str, values: dict | None = None
+) -> dict:
     types = [s.type for s in notice.firing] or [s.type for s in notice.resolved]
     causes = []
     for t in types:
@@ -108,9 +115,13 @@ def _view(notice: Notice, context: dict | None, dashboard_url: str) -> dict:
             f"Cache {lead.severity}: {lead.type}" if notice.firing else f"Resolved: {lead.type}"
         ),
         "severity": lead.severity if notice.firing else "resolved",
-        "firing": [_alert_view(s) for s in notice.firing],
+        "firing": [_alert_view(s, (values or {}).get(s.key)) for s in notice.firing],
         "resolved": [_alert_view(s) for s in notice.resolved],
         "m": context,
+        # Latencies as the alert values show them (3 significant digits below 10 ms).
+        "lat": {q: format_value(context["latency"][q], "ms") for q in ("p50", "p95", "p99")}
+        if context
+        else {},
         "causes": causes if notice.firing else [],
         "link": dashboard_url.rstrip("/") + "/alerts",
         "timestamp": iso(notice.at),
@@ -126,9 +137,12 @@ def alert_email(
     prefix: str,
     dashboard_url: str,
     message_id: str,
+    values: dict[tuple[str, str], AlertValues] | None = None,
 ) -> Email:
-    """The alert (or resolve) email, as text and HTML."""
-    view = _view(notice, context, dashboard_url)
+    """The alert (or resolve) email, as text and HTML. `values` (by
+    instance key) give each firing alert's value when it fired and now,
+    labelled with their windows."""
+    view = _view(notice, context, dashboard_url, values)
     return Email(
         tuple(to),
         sender,

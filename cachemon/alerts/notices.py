@@ -6,6 +6,7 @@ from __future__ import annotations
 from cachemon import jsontext
 from cachemon.alerts import messages
 from cachemon.alerts.lifecycle import Notice
+from cachemon.alerts.readings import AlertValues
 from cachemon.notify.channels import recipients
 from cachemon.notify.format import message_id
 from cachemon.notify.outbox import OutboxRow
@@ -21,15 +22,22 @@ def alert_recipients(nc: NotifyConfig, t: Transports, severities: set[str]) -> t
     return recipients(nc, t.alert_email, ordered)
 
 
-def render(notice: Notice, context: dict | None, nc: NotifyConfig, t: Transports) -> OutboxRow:
-    """A decision rendered for its channel, ready for the outbox."""
+def render(
+    notice: Notice,
+    context: dict | None,
+    nc: NotifyConfig,
+    t: Transports,
+    values: dict[tuple[str, str], AlertValues] | None = None,
+) -> OutboxRow:
+    """A decision rendered for its channel, ready for the outbox. `values`
+    (by instance key) label the email's values with their windows."""
     url = t.dashboard_url or nc.dashboard_url
     members = ",".join(s.member for s in notice.firing + notice.resolved)
     if notice.channel == "email":
         to = alert_recipients(nc, t, {s.severity for s in notice.firing + notice.resolved})
         mid = message_id(notice.kind, notice.at, notice.channel, members)
         email = messages.alert_email(
-            notice, context, to, nc.email_from or t.sender, nc.subject_prefix, url, mid
+            notice, context, to, nc.email_from or t.sender, nc.subject_prefix, url, mid, values
         )
         payload = email.to_json()
     elif notice.channel == "slack":

@@ -11,6 +11,7 @@ deduplicate by it, and a critical alert inhibits a warning of the same type.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -33,6 +34,7 @@ class MetricDef:
     read: Callable[[Observation], float | None]
     per_request: bool  # needs traffic (min_requests) and may filter endpoints
     label: str
+    windowed: bool = True  # a figure of the window (False: a latest reading, the data age)
 
 
 def _share(tier: str):
@@ -54,12 +56,16 @@ METRICS: dict[str, MetricDef] = {
     "avg_latency": MetricDef("ms", lambda o: o.avg_latency, True, "Average latency"),
     "requests": MetricDef("requests", lambda o: o.requests, False, "Requests"),
     "queue_depth": MetricDef(
-        "jobs", lambda o: o.gauge("queue_depth"), False, "Warming queue depth"
+        "jobs", lambda o: o.gauge("queue_depth"), False, "Warming queue depth", False
     ),
-    "kv_storage": MetricDef("bytes", lambda o: o.gauge("kv_storage_bytes"), False, "KV storage"),
-    "r2_storage": MetricDef("bytes", lambda o: o.gauge("r2_storage_bytes"), False, "R2 storage"),
+    "kv_storage": MetricDef(
+        "bytes", lambda o: o.gauge("kv_storage_bytes"), False, "KV storage", False
+    ),
+    "r2_storage": MetricDef(
+        "bytes", lambda o: o.gauge("r2_storage_bytes"), False, "R2 storage", False
+    ),
     # Read from the store's newest data, not from the window (see alerts).
-    "data_age": MetricDef("s", lambda o: None, False, "Data age"),
+    "data_age": MetricDef("s", lambda o: None, False, "Data age", False),
 }
 
 
@@ -154,7 +160,10 @@ def format_value(value: float | None, unit: str) -> str:
     if unit == "%":
         return f"{value:.1f}%"
     if unit == "ms":
-        return f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
+        if abs(value) >= 10:
+            return f"{value:,.0f} ms"
+        # Three significant digits below 10 ms: a 4 µs p50 is 0.00412 ms, not 0.0 ms.
+        return f"{value:.{significant_decimals(value, 3)}f} ms"
     if unit == "bytes":
         for size, name in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
             if abs(value) >= size:
@@ -163,6 +172,13 @@ def format_value(value: float | None, unit: str) -> str:
     if unit == "s":
         return format_duration(timedelta(seconds=int(value)))
     return f"{value:,.0f} {unit}"
+
+
+def significant_decimals(value: float, digits: int) -> int:
+    """Decimals that show `value` with `digits` significant digits (none for 0)."""
+    if value == 0 or not math.isfinite(value):
+        return 0
+    return max(0, digits - 1 - math.floor(math.log10(abs(value))))
 
 
 # The seed's ALERT_THRESHOLDS, plus freshness and a drift detector.

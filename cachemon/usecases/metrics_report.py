@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 import duckdb
 
 from cachemon.alerts import health as alerts_health
+from cachemon.alerts import rules as alerts_rules
 from cachemon.clock import Period, Window
 from cachemon.costs import usage
 from cachemon.errors import CachemonError
@@ -101,7 +102,8 @@ def build(
     m = metrics_window.compute(
         con, Window.ending(at, period.length), period.value, endpoint, top, latest=latest
     )
-    state = alerts_health.health(con, m.at, cfg.alerts.evaluate_every)
+    rules = alerts_rules.effective_rules(cfg.alerts)
+    state = alerts_health.health(con, m.at, cfg.alerts.evaluate_every, rules)
     with_costs = endpoint is None if costs is None else costs
     block = usage.window_costs(con, m.window, m.at, cfg) if with_costs else None
     before = _previous(con, cfg, m, with_costs) if compare else None

@@ -16,20 +16,24 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import duckdb
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
-from cachemon.alerts.health import Health
+from cachemon.alerts.health import Health, Issue
+from cachemon.alerts.rules import significant_decimals
 from cachemon.clock import Period, floor_to, format_duration, iso, utcnow
 from cachemon.errors import CachemonError, EmptyStoreError, StoreError
+from cachemon.metrics import window as metrics_window
 from cachemon.runner.selfcheck import RunnerCheck, rough_age
 from cachemon.settings import Config
 from cachemon.severity import HealthStatus, Severity
 from cachemon.store import db as store_db
 from cachemon.store import snapshots
+from cachemon.usecases import metrics_report
 
 # Live pages refresh every REFRESH (CACHEMON_REFRESH_SECONDS, default 30);
 # reads within one refresh tick share a cache entry.
@@ -220,17 +224,30 @@ def runner_status(check: RunnerCheck) -> None:
         )
 
 
+def issue_line(i: Issue) -> str:
+    """One health issue as a markdown list item: a firing alert's value when
+    it fired and its value now, each labelled with the rule's window (the
+    page's KPIs may cover another window)."""
+    return f"- **{i.severity}** since {iso(i.since)}: {i.text}"
+
+
+def health_text(h: Health) -> str:
+    """The health banner's text: the status and each issue above info."""
+    serious = [i for i in h.issues if i.severity != Severity.INFO]
+    lines = "".join("\n" + issue_line(i) for i in serious)
+    return f"Health: **{h.status}**" + (lines or " · no active alerts")
+
+
 def health_banner(h: Health) -> None:
     """The health block as a banner coloured by its status, with each issue
     above info."""
-    serious = [i for i in h.issues if i.severity != Severity.INFO]
-    lines = "".join(f"\n- **{i.severity}** since {iso(i.since)}: {i.message}" for i in serious)
-    HEALTH_BANNER[h.status](f"Health: **{h.status}**" + (lines or " · no active alerts"))
+    HEALTH_BANNER[h.status](health_text(h))
 
 
 def fmt(value: float | None, kind: str = "num", signed: bool = False) -> str | None:
     """Display format: counts with separators, rates and ms with 2
-    decimals, USD with cents (or more digits for small amounts)."""
+    decimals (3 significant digits below 1), USD with cents (or more digits
+    for small amounts)."""
     if value is None:
         return None
     if not math.isfinite(value):
@@ -245,7 +262,75 @@ def fmt(value: float | None, kind: str = "num", signed: bool = False) -> str | N
             if abs(value) >= 1 or value == 0
             else f"{lead}${abs(value):.4f}"
         )
-    return f"{value:{sign}.2f}"
+    # Two decimals, or three significant digits below 1 (a 4 µs latency is
+    # 0.00412 ms, not 0.00).
+    decimals = max(2, significant_decimals(value, 3)) if abs(value) < 1 else 2
+    return f"{value:{sign}.{decimals}f}"
+
+
+@dataclass(frozen=True)
+class Kpi:
+    """One KPI tile as the Overview draws it: label, value and change as text."""
+
+    key: str
+    label: str
+    value: str | None
+    delta: str | None
+    lower_is_better: bool
+
+
+KPI_ROWS = (
+    ("combined", "edge", "kv", "r2", metrics_report.COST_KPI),
+    ("p50", "p95", "p99", "requests", "error_rate"),
+)
+
+
+def overview_report(con, cfg: Config, period: str, endpoint: str | None, at: datetime):
+    """The Overview's metrics report: the period ending at `at` compared with
+    the previous one (the same composition as `cachemon metrics` and GET
+    /metrics, costs always, the last good numbers when the data lags)."""
+    return metrics_report.build(
+        con,
+        cfg,
+        Period.parse(period),
+        at,
+        endpoint,
+        top=20,
+        latest=True,
+        costs=True,
+        compare=True,
+    )
+
+
+def cost_kpi_label(period: str) -> str:
+    """The cost KPI names its basis: the window's usage as a rate per day, at list price."""
+    return f"Cost USD/day (rate of the last {period}, list)"
+
+
+def kpi_tiles(report: metrics_report.MetricsReport) -> list[list[Kpi]]:
+    """The Overview's KPI tiles of a metrics report, row by row: the page
+    draws exactly these texts (a test compares them with every other surface)."""
+    cost = metrics_report.COST_KPI
+    labels = metrics_window.KPI_LABELS | {cost: cost_kpi_label(report.metrics.period)}
+    values, deltas = report.kpis(), report.kpi_deltas()
+    rows = []
+    for row in KPI_ROWS:
+        tiles = []
+        for key in row:
+            if key not in values:
+                continue  # no costs block (an endpoint's report without costs)
+            kind = {"requests": "count", cost: "usd"}.get(key, "num")
+            tiles.append(
+                Kpi(
+                    key,
+                    labels[key],
+                    fmt(values[key], kind),
+                    fmt(deltas[key], kind, signed=True),
+                    key in metrics_window.KPI_LOWER_IS_BETTER | {cost},
+                )
+            )
+        rows.append(tiles)
+    return rows
 
 
 UTC_AXIS = {

@@ -4,11 +4,12 @@ Set UPDATE_GOLDEN=1 to rewrite the golden files after a deliberate change."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cachemon.alerts import lifecycle, messages
+from cachemon.alerts import lifecycle, messages, readings
 from cachemon.alerts.rules import Rule, type_units
 from tests.helpers.golden import check_golden as _golden
 
@@ -72,6 +73,24 @@ CONTEXT = {
 }
 
 
+# Each firing alert's value when it fired and now, labelled with its window
+# (both fired at this evaluation).
+P99 = Rule("p99_latency", "p99_latency", 500.0, "critical")
+EDGE = Rule("edge_low", "edge_hit_rate", 75.0, "warning", op="<", endpoints=("title",))
+VALUES = {
+    FIRING.key: readings.AlertValues(
+        readings.describe(P99, ""),
+        readings.reading(P99, 1832.4, AT, AT),
+        readings.reading(P99, 1832.4, AT, AT),
+    ),
+    WARN.key: readings.AlertValues(
+        readings.describe(EDGE, "title"),
+        readings.reading(EDGE, 71.25, AT, AT),
+        readings.reading(EDGE, 71.25, AT, AT),
+    ),
+}
+
+
 def _email():
     notice = lifecycle.Notice("email", "new", (FIRING, WARN), (RESOLVED,), AT)
     return messages.alert_email(
@@ -82,6 +101,7 @@ def _email():
         "[BooksTrack Cache]",
         "https://cache.example.org/",
         "<id@cachemon>",
+        VALUES,
     )
 
 
@@ -90,6 +110,31 @@ def test_alert_email_golden():
     assert email.subject == "[BooksTrack Cache] CRITICAL: p99_latency (+1 more)"
     _golden("alert_email.txt", email.text)
     _golden("alert_email.html", email.html)
+
+
+def test_email_labels_each_value_with_its_window():
+    """The value now and the value when it fired, each with the rule's window:
+    never one bare "Current" figure beside recent metrics of another window."""
+    fired = AT - timedelta(minutes=30)
+    still = replace(WARN, firing_since=fired)  # the repeat of an alert that fired earlier
+    values = {
+        WARN.key: readings.AlertValues(
+            readings.describe(EDGE, "title"),
+            readings.reading(EDGE, 68.4, fired, fired),
+            readings.reading(EDGE, 71.25, AT, AT),
+        )
+    }
+    notice = lifecycle.Notice("email", "repeat", (still,), (), AT)
+    text = messages.alert_email(
+        notice, CONTEXT, ("a@example.org",), "c@example.org", "[X]", "http://h", "<i@c>", values
+    ).text
+    assert "  Now: 71.2% over 15m to 2026-11-19T09:45:00Z" in text
+    assert "  When it fired: 68.4% over 15m to 2026-11-19T09:15:00Z" in text
+    assert "Since: 2026-11-19T09:15:00Z" in text and "Current:" not in text
+    text = _email().text
+    assert "  Now: 1,832 ms over 15m to 2026-11-19T09:45:00Z" in text
+    # The recent metrics' latencies as the alert values show them (4.9 ms, 88 ms).
+    assert "- Latency: p50 4.90 ms, p95 88 ms, p99 1,832 ms" in text
 
 
 def test_email_escapes_keys_and_has_no_raw_newline_in_text_lines():

@@ -155,7 +155,9 @@ def test_duplicate_and_unknown_disable(tmp_path):
 
 def test_every_metric_formats():
     assert format_value(15.234, "%") == "15.2%"
-    assert format_value(1754.9, "ms") == "1,755 ms" and format_value(4.25, "ms") == "4.2 ms"
+    assert format_value(1754.9, "ms") == "1,755 ms" and format_value(4.25, "ms") == "4.25 ms"
+    # Microseconds keep three significant digits (0.0 ms said nothing).
+    assert format_value(0.0041234, "ms") == "0.00412 ms" and format_value(0.0, "ms") == "0 ms"
     assert format_value(1.2e9, "bytes") == "1.20 GB" and format_value(350e6, "bytes") == "350.00 MB"
     assert format_value(3600, "s") == "1h" and format_value(None, "%") == "n/a"
     assert set(METRICS) >= {

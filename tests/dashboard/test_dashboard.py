@@ -165,7 +165,7 @@ def _expect(js: dict) -> dict[str, float]:
         "Error rate %": js["errorRate"],
     }
     if "costs" in js:
-        out["Estimated cost USD/day"] = js["costs"]["perDay"]["list"]
+        out[f"Cost USD/day (rate of the last {js['period']}, list)"] = js["costs"]["perDay"]["list"]
     return out
 
 
