@@ -325,7 +325,7 @@ class TtlConfig:
     sample_rate: float = 0.1
     # Stored sample rows per day at most: a window whose rows would exceed its
     # share lowers R to the hash of the first key left out (fixed-size
-    # SHARDS); the rate used is stored with the window. ~3x the demo's rows.
+    # SHARDS); the rate used is stored with the window. ~4.5x the demo's rows.
     sample_budget: int = 1_000_000
 
     def __post_init__(self):

@@ -14,6 +14,7 @@ the smallest rate of its minutes: rows of keys above it are dropped.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -101,16 +102,23 @@ def status(
     con: duckdb.DuckDBPyConnection, start: datetime | None = None, end: datetime | None = None
 ) -> SampleStatus:
     """The samples of [start, end) (default: everything stored)."""
-    lo, hi = start or EARLIEST, end or LATEST
+    st = _span(con, start or EARLIEST, end or LATEST)
+    if not st.rate:
+        return st
+    p = {"lo": start or EARLIEST, "hi": end or LATEST, "rate": st.rate}
+    return dataclasses.replace(st, rows=first_row(con, COUNT, p)[0])
+
+
+def _span(con: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime) -> SampleStatus:
+    """The status of [lo, hi) from the sampled minutes alone (rows: 0)."""
     rate, top, first, last, minutes, no_hash = first_row(con, SPAN, {"lo": lo, "hi": hi})
-    rows = first_row(con, COUNT, {"lo": lo, "hi": hi, "rate": rate})[0] if rate else 0
     return SampleStatus(
         start=first,
         end=last + MINUTE if last is not None else None,
         rate=rate,
         max_rate=top,
         minutes=minutes,
-        rows=rows,
+        rows=0,
         without_key_hash=tuple(no_hash or ()),
     )
 
@@ -120,7 +128,7 @@ def no_key_hash(
 ) -> tuple[str, ...]:
     """The sources whose data in [start, end) came without a key hash, so no
     SHARDS sample of that traffic exists (empty: none)."""
-    return status(con, start, end).without_key_hash
+    return _span(con, start or EARLIEST, end or LATEST).without_key_hash
 
 
 def read(
@@ -130,7 +138,7 @@ def read(
     smallest rate of the span; None when the span has none (`status` says
     why: no samples, or a source without the key hash, whose traffic a
     sample of the others would leave out)."""
-    st = status(con, start, end)
+    st = _span(con, start, end)
     if not st.usable:
         return None
     p = {"endpoint": endpoint, "lo": start, "hi": end, "rate": st.rate}
