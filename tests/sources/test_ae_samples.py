@@ -62,8 +62,11 @@ def test_pulled_samples_are_the_raw_rows_under_the_rate(sim, tmp_path):
     try:
         cfg = _pull(emu, tmp_path)
         sent = [sql for sql in emu.requests if "double3 <" in sql]
+        once = read_df(cfg.store.path, "title")[0]
+        _pull(emu, tmp_path)  # pulled again: replaced, not added
     finally:
         emu.stop()
+    pd.testing.assert_frame_equal(read_df(cfg.store.path, "title")[0], once)
     for endpoint in ("title", "isbn", "author"):
         got, s = read_df(cfg.store.path, endpoint)
         assert s.rate == 0.1 and (s.start, s.end) == (T0, END)
