@@ -23,9 +23,10 @@ from cachemon.events import TIERS, EventFrame
 from cachemon.ingest import load as ingest_load
 from cachemon.ingest import write as ingest_write
 from cachemon.rollups import Sampling
+from cachemon.sources.simulator import Simulator
 from cachemon.store import db as store_db
 from cachemon.store import samples
-from tests.helpers import T0, simulate
+from tests.helpers import T0, simulate, to_pandas
 
 HOURS = 3
 END = T0 + timedelta(hours=HOURS)
@@ -276,3 +277,15 @@ def test_dropping_a_source_drops_its_samples(sim, tmp_path):
         assert samples.status(con) == replace(samples.status(con), rate=None, minutes=0, rows=0)
         assert con.execute("SELECT count(*) FROM samples").fetchone()[0] == 0
         assert samples.read(con, "title", T0, END) is None
+
+
+def test_the_live_simulator_samples_at_the_configured_rate(tmp_path):
+    cfg = config.with_db(config.load(None, env={}), str(tmp_path / "s.duckdb"))
+    small = replace(cfg.simulator, requests_per_hour=6000, catalog_keys=3000)
+    cfg = replace(cfg, simulator=small, ttl=replace(cfg.ttl, sample_rate=0.3))
+    ingest_load.simulate_until(cfg, END)
+    # The runner's first hour, generated again from the same seed: the truth.
+    df = to_pandas(Simulator(small).generate(Window(END - timedelta(hours=1), END)))
+    got, s = read_df(cfg.store.path, "title", END - timedelta(hours=1), END)
+    assert s.rate == 0.3
+    pd.testing.assert_frame_equal(got, truth(df, 0.3, "title"), check_dtype=False)
