@@ -13,20 +13,26 @@ Tables (pyarrow), one row per group:
 * `keys`    — key, endpoint, experiment, cohort, t, whole_hour, edge, kv,
   r2, api, errors, first_seen, last_seen; `t` is the hour inside the window's whole hours
   (`whole_hour` true) and the minute in its ragged edges.
+* `samples` — timestamp, endpoint, key, key_hash, tier, error, weight: the
+  raw request rows of the keys whose `keyhash.key_hash` is under
+  `sample_rate` (SHARDS; `None` when the source has no key hash).
 
 Counts are sums of `sample_interval`, never row counts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cachemon.clock import HOUR, Window, ceil_to, floor_to
+from cachemon import keyhash
+from cachemon.clock import HOUR, MINUTE, Window, ceil_to, floor_to
 from cachemon.events import EventFrame
 from cachemon.histogram import LN_GAMMA, ZERO_BUCKET
 
@@ -69,6 +75,39 @@ GROUP BY key, experiment, cohort, t, whole_hour
 """
 
 
+# SHARDS samples: the distinct request keys (hashed once each, in Python),
+# then the rows of those under the rate (`sampled_keys` is registered).
+REQUEST_KEYS_SQL = "SELECT DISTINCT key FROM batch WHERE kind = 'request'"
+SAMPLES_SQL = """
+SELECT b.timestamp, b.endpoint, b.key, h.key_hash, b.tier, b.status = 'error' AS error,
+       b.sample_interval AS weight
+FROM batch b JOIN sampled_keys h ON h.key = b.key
+WHERE b.kind = 'request'
+ORDER BY b.timestamp
+"""
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("endpoint", pa.string()),
+        ("key", pa.string()),
+        ("key_hash", pa.float64()),
+        ("tier", pa.string()),
+        ("error", pa.bool_()),
+        ("weight", pa.float64()),
+    ]
+)
+DAY_MINUTES = 1440
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a source samples keys: the rate R and the row budget (rows a day;
+    `cachemon.settings.TtlConfig` holds the configured values)."""
+
+    rate: float
+    budget: float
+
+
 # "Every hour is whole": the bounds used for imports, which have no window.
 ALL_HOURS = Window(datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC))
 
@@ -80,6 +119,8 @@ class Rollups:
     gauges: pa.Table
     keys: pa.Table
     events: int  # raw rows behind them (data points), for reporting
+    samples: pa.Table | None = None  # SAMPLE_SCHEMA rows; None: the source has no key hash
+    sample_rate: float | None = None  # the rate the samples were taken at (after the budget)
 
     def time_range(self) -> tuple[datetime, datetime] | None:
         """Earliest and latest minute (or hour) the rollups touch."""
@@ -98,18 +139,92 @@ def whole_hours(window: Window | None) -> tuple[datetime, datetime] | None:
 
 
 def from_events(
-    con: duckdb.DuckDBPyConnection, frame: EventFrame, window: Window | None
+    con: duckdb.DuckDBPyConnection,
+    frame: EventFrame,
+    window: Window | None,
+    sampling: Sampling | None = None,
 ) -> Rollups:
-    """Aggregate events with DuckDB (a scratch connection is fine)."""
+    """Aggregate events with DuckDB (a scratch connection is fine). With
+    `sampling`, the SHARDS samples too, within the budget of the window's
+    minutes (`window` None: of the minutes the events span)."""
     lo, hi = whole_hours(window) or (ALL_HOURS.start, ALL_HOURS.end)
     con.register("batch", frame.table)
     try:
-        return Rollups(
+        r = Rollups(
             minute=con.sql(MINUTE_SQL).to_arrow_table(),
             latency=con.sql(LATENCY_SQL).to_arrow_table(),
             gauges=con.sql(GAUGE_SQL).to_arrow_table(),
             keys=con.sql(KEYS_SQL, params={"full_lo": lo, "full_hi": hi}).to_arrow_table(),
             events=len(frame),
         )
+        if sampling is None:
+            return r
+        rows = sample_rows(con, sampling.rate)
     finally:
         con.unregister("batch")
+    minutes = window_minutes(window) if window is not None else _span_minutes(frame)
+    rows, rate = within_budget(rows, sampling.rate, sampling.budget * minutes / DAY_MINUTES)
+    return dataclasses.replace(r, samples=rows, sample_rate=rate)
+
+
+def sample_rows(con: duckdb.DuckDBPyConnection, rate: float) -> pa.Table:
+    """The request rows of the registered `batch` whose key hashes under
+    `rate`, as SAMPLE_SCHEMA (each distinct key is hashed once)."""
+    keys = con.sql(REQUEST_KEYS_SQL).to_arrow_table()["key"].to_pylist()
+    hashes = keyhash.key_hashes(keys)
+    keep = keyhash.sampled(hashes, rate)
+    sampled = pa.table(
+        {
+            "key": pa.array([k for k, s in zip(keys, keep) if s], pa.string()),
+            "key_hash": pa.array(hashes[keep], pa.float64()),
+        }
+    )
+    con.register("sampled_keys", sampled)
+    try:
+        return con.sql(SAMPLES_SQL).to_arrow_table().cast(SAMPLE_SCHEMA)
+    finally:
+        con.unregister("sampled_keys")
+
+
+def within_budget(rows: pa.Table, rate: float, allowed: float) -> tuple[pa.Table, float]:
+    """`rows` (SAMPLE_SCHEMA, taken at `rate`) cut to at most `allowed` rows
+    by `budget_rate`, and the rate they now are a sample at."""
+    if rows.num_rows <= allowed:
+        return rows, rate
+    hashes, counts = np.unique(rows["key_hash"].to_numpy(), return_counts=True)
+    cut = budget_rate(hashes, counts, rate, allowed)
+    return rows.filter(pc.less(rows["key_hash"], cut)), cut
+
+
+def budget_rate(hashes: np.ndarray, rows: np.ndarray, rate: float, allowed: float) -> float:
+    """Fixed-size SHARDS: the rate at which a sample fits `allowed` rows,
+    given the rows of each distinct key hash under `rate`. `rate` if they
+    all fit; else the hash of the first key left out, so the keys of
+    smallest hash whose rows fit stay, and the sample is still every row of
+    every key under the (lower) rate."""
+    if rows.sum() <= allowed:
+        return rate
+    order = np.argsort(hashes, kind="stable")
+    fit = int(np.searchsorted(np.cumsum(rows[order]), allowed, side="right"))
+    return min(rate, float(hashes[order][fit]))
+
+
+def empty_samples() -> pa.Table:
+    """No sample rows (a source with a key hash and no requests)."""
+    return SAMPLE_SCHEMA.empty_table()
+
+
+def window_minutes(window: Window) -> float:
+    """The window's length in minutes (its share of a day's budget)."""
+    return (window.end - window.start) / MINUTE
+
+
+def _span_minutes(frame: EventFrame) -> float:
+    span = frame.time_range()
+    return covered_minutes(span) if span else 0.0
+
+
+def covered_minutes(span: tuple[datetime, datetime]) -> float:
+    """Minutes from the first event's minute to the last one's, inclusive:
+    what an imported file covers."""
+    return (floor_to(span[1], MINUTE) - floor_to(span[0], MINUTE)) / MINUTE + 1

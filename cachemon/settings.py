@@ -63,12 +63,22 @@ class ColumnMapping:
     kind: str = "blob6"
     latency_ms: str = "double1"
     bytes: str = "double2"
+    # The double the Worker writes `cachemon.keyhash.key_hash(key)` into
+    # (e.g. "double3"), for the SHARDS samples; empty: the dataset has none,
+    # so no samples are pulled and the TTL what-if says so.
+    key_hash: str = ""
 
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if not _IDENT.match(value):
+            if not _IDENT.match(value) and not (f.name == "key_hash" and value == ""):
                 raise ConfigError(f"[columns] {f.name} = {value!r} is not a column name")
+        taken = {getattr(self, f.name): f.name for f in fields(self) if f.name != "key_hash"}
+        if self.key_hash in taken:
+            raise ConfigError(
+                f"[columns] key_hash = {self.key_hash!r} is already the column of "
+                f"{taken[self.key_hash]}: the Worker's key hash needs a double of its own"
+            )
 
 
 @dataclass(frozen=True)
@@ -98,8 +108,14 @@ class RetentionConfig:
     # hour_days to days. 35 keeps the dashboard's 30-day range exact.
     minute_days: int = 35
     hour_days: int = 400
+    # SHARDS samples (raw request rows of the sampled keys): the longest
+    # what-if window (7 d) plus a warm-up as long as the longest candidate
+    # TTL ([costs] max_kv_ttl, 30 d).
+    sample_days: int = 37
 
     def __post_init__(self):
+        if self.sample_days < 1:
+            raise ConfigError(f"[retention] sample_days = {self.sample_days} must be at least 1")
         if self.minute_days < 1:
             raise ConfigError(f"[retention] minute_days = {self.minute_days} must be at least 1")
         if self.hour_days < self.minute_days:
@@ -309,6 +325,28 @@ class CostsConfig:
 
 
 @dataclass(frozen=True)
+class TtlConfig:
+    """[ttl]: the SHARDS samples the TTL what-if replays (docs/ttl.md)."""
+
+    # R: keys with keyhash.key_hash(key) < R keep every request row. The demo's
+    # 60,000 keys over 3 endpoints give ~2,000 sampled keys per endpoint at
+    # 0.1, what SHARDS needs for about a point of hit-rate error.
+    sample_rate: float = 0.1
+    # Stored sample rows per day at most: a window whose rows would exceed its
+    # share lowers R to the hash of the first key left out (fixed-size
+    # SHARDS); the rate used is stored with the window. ~4.5x the demo's rows.
+    sample_budget: int = 1_000_000
+
+    def __post_init__(self):
+        if isinstance(self.sample_rate, bool) or not 0 < self.sample_rate <= 1:
+            raise ConfigError(f"[ttl] sample_rate = {self.sample_rate!r} must be in (0, 1]")
+        if isinstance(self.sample_budget, bool) or self.sample_budget < 1:
+            raise ConfigError(
+                f"[ttl] sample_budget = {self.sample_budget!r} must be at least 1 (rows a day)"
+            )
+
+
+@dataclass(frozen=True)
 class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     columns: ColumnMapping = field(default_factory=ColumnMapping)
@@ -321,6 +359,7 @@ class Config:
     costs: CostsConfig = field(default_factory=CostsConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    ttl: TtlConfig = field(default_factory=TtlConfig)
     pricing: Pricing = field(default_factory=pricing_default)
     experiments: tuple[Experiment, ...] = ()  # from [[experiments]]
     source: str = "simulator"
@@ -338,4 +377,5 @@ _SECTIONS = {
     "costs": CostsConfig,
     "retention": RetentionConfig,
     "ingest": IngestConfig,
+    "ttl": TtlConfig,
 }

@@ -51,7 +51,8 @@ def compact(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     print(
         f"compacted per-key rows of {n} source(s); retention removed {kept.minute_rows:,} minute "
         f"rows (kept from {kept.horizons.minute:%Y-%m-%d}) and {kept.hour_rows:,} hourly rows "
-        f"(kept from {kept.horizons.hour:%Y-%m-%d})",
+        f"(kept from {kept.horizons.hour:%Y-%m-%d}), and {kept.sample_rows:,} SHARDS sample rows "
+        f"older than {cfg.retention.sample_days} days",
         file=sys.stderr,
     )
     return 0

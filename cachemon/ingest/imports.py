@@ -6,6 +6,7 @@ bounded by distinct minutes and keys, never all the events at once.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -62,9 +63,13 @@ class ImportAccumulator:
     """Aggregates a file's validated batches as they stream in, so an import
     holds rollups (bounded by distinct minutes and keys), never all events."""
 
-    def __init__(self):
+    def __init__(self, sampling: rollups.Sampling | None = None):
         self.con = duckdb.connect()
         self.parts: dict[str, list[pa.Table]] = {name: [] for name in MERGE_SQL}
+        # SHARDS sample rows are kept as they are (R of the requests), and
+        # the budget applied to the whole file's span at the end.
+        self.sampling = sampling
+        self.samples: list[pa.Table] = []
         self.events, self.lo, self.hi = 0, None, None
         self.merged = 0  # rows after the last merge
 
@@ -82,6 +87,8 @@ class ImportAccumulator:
                     rollups.KEYS_SQL, params={"full_lo": lo, "full_hi": hi}
                 ).to_arrow_table()
             )
+            if self.sampling is not None:
+                self.samples.append(rollups.sample_rows(self.con, self.sampling.rate))
         finally:
             self.con.unregister("batch")
         span = frame.time_range()
@@ -106,12 +113,19 @@ class ImportAccumulator:
 
     def finish(self, sha256: str, name: str) -> ImportFile:
         if self.events == 0:
-            empty = rollups.from_events(self.con, EventFrame.empty(), None)
+            empty = rollups.from_events(self.con, EventFrame.empty(), None, self.sampling)
             self.con.close()
             return ImportFile(sha256, name, empty, 0, None)
         self._merge()
         r = Rollups(
             *(self.parts[n][0] for n in ("minute", "latency", "gauges", "keys")), events=self.events
         )
+        if self.sampling is not None:
+            rows = pa.concat_tables([rollups.empty_samples(), *self.samples])
+            allowed = self.sampling.budget * rollups.covered_minutes((self.lo, self.hi))
+            rows, rate = rollups.within_budget(
+                rows, self.sampling.rate, allowed / rollups.DAY_MINUTES
+            )
+            r = dataclasses.replace(r, samples=rows, sample_rate=rate)
         self.con.close()
         return ImportFile(sha256, name, r, self.events, (self.lo, self.hi))

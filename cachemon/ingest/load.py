@@ -19,7 +19,9 @@ import duckdb
 
 from cachemon.clock import HOUR, MINUTE, Window, floor_to
 from cachemon.ingest import imports, keys, retention
+from cachemon.ingest import samples as ingest_samples
 from cachemon.ingest import write as ingest_write
+from cachemon.rollups import Sampling
 from cachemon.settings import Config
 from cachemon.sources import files
 from cachemon.sources.analytics_engine import pull_rollups
@@ -102,7 +104,14 @@ def feed(
             state = sim.state.to_bytes() if last or save_each else None
             pending = None if last else pool.submit(sim.generate, windows[i + 1])
             ingest_write.replace_window(
-                con, frame, SIMULATOR, w, now, cfg.store.key_compaction_lag, state=state
+                con,
+                frame,
+                SIMULATOR,
+                w,
+                now,
+                cfg.store.key_compaction_lag,
+                state=state,
+                sampling=ingest_samples.sampling(cfg.ttl),
             )
             events += len(frame)
             if progress:
@@ -147,7 +156,9 @@ def pull(
     events, published = 0, monotonic()
     with store_db.writer(cfg.store.path, now, publish=publish) as con:
         for i, w in enumerate(windows):
-            data = pull_rollups(client, ae.dataset, cfg.columns, w)
+            data = pull_rollups(
+                client, ae.dataset, cfg.columns, w, ingest_samples.sampling(cfg.ttl)
+            )
             events += ingest_write.replace_window(
                 con, data, ANALYTICS_ENGINE, w, now, cfg.store.key_compaction_lag
             ).events
@@ -173,7 +184,7 @@ def import_files(cfg: Config, paths: Iterable[str | Path], now: datetime) -> Imp
     the command, naming the file, and the store is left as it was."""
     latest = now + cfg.ingest.clock_skew
     paths = [files.check(p) for p in paths]
-    aggregated = [_aggregate(p, latest) for p in paths]
+    aggregated = [_aggregate(p, latest, ingest_samples.sampling(cfg.ttl)) for p in paths]
     with store_db.writer(cfg.store.path, now) as con:
         results = ingest_write.append_imports(con, aggregated, now)
     done = tuple(r for r in results if r)
@@ -181,8 +192,8 @@ def import_files(cfg: Config, paths: Iterable[str | Path], now: datetime) -> Imp
     return ImportSummary(done, skipped)
 
 
-def _aggregate(path: Path, latest: datetime) -> imports.ImportFile:
-    acc = imports.ImportAccumulator()
+def _aggregate(path: Path, latest: datetime, sampling: Sampling) -> imports.ImportFile:
+    acc = imports.ImportAccumulator(sampling)
     for frame in files.batches(path, latest):
         acc.add(frame)
     return acc.finish(files.file_sha256(path), path.name)

@@ -13,6 +13,8 @@ later write), and never move back: what lies before them no longer exists
 at the finer resolution, so writes there are refused and readers that need
 minutes say so (`cachemon.store.horizons`: readers and writers check there,
 without depending on this module) instead of returning numbers short of data.
+
+SHARDS samples older than `sample_days` are deleted (`sample_cutoff`).
 """
 
 from __future__ import annotations
@@ -68,11 +70,23 @@ HOUR_DELETES = (
 )
 
 
+# SHARDS samples older than [retention] sample_days, then the hashes of keys
+# no sample row names any more.
+SAMPLE_DELETES = (
+    "DELETE FROM samples WHERE t < $before",
+    "DELETE FROM sample_minutes WHERE minute < $before",
+)
+ORPHAN_SAMPLE_KEYS = (
+    "DELETE FROM sample_keys WHERE key_id NOT IN (SELECT DISTINCT key_id FROM samples)"
+)
+
+
 @dataclass(frozen=True)
 class Result:
     horizons: Horizons
     minute_rows: int  # minute rows removed (request, latency and gauge rows)
     hour_rows: int  # hourly rows removed after their days were written
+    sample_rows: int = 0  # SHARDS sample rows removed
 
 
 def latest_watermark(con: duckdb.DuckDBPyConnection) -> datetime | None:
@@ -106,7 +120,23 @@ def apply(con: duckdb.DuckDBPyConnection, now: datetime, cfg: RetentionConfig) -
         hour_rows = sum(_deleted(con, sql, p) for sql in HOUR_DELETES)
         con.execute(SET_HORIZON, {"name": "minute", "horizon": want.minute})
         con.execute(SET_HORIZON, {"name": "hour", "horizon": want.hour})
-    return Result(horizons(con), minute_rows, hour_rows)
+        sample_rows = _drop_samples(con, sample_cutoff(now, cfg))
+    return Result(horizons(con), minute_rows, hour_rows, sample_rows)
+
+
+def sample_cutoff(now: datetime, cfg: RetentionConfig) -> datetime:
+    """Samples before this go: `sample_days` whole UTC days before today.
+    Nothing is closed (a sample is a copy of traffic the rollups also
+    count), so unlike the horizons this needs no cap at the data's end."""
+    return floor_to(now, DAY) - timedelta(days=cfg.sample_days)
+
+
+def _drop_samples(con: duckdb.DuckDBPyConnection, before: datetime) -> int:
+    rows = _deleted(con, SAMPLE_DELETES[0], {"before": before})
+    con.execute(SAMPLE_DELETES[1], {"before": before})
+    if rows:
+        con.execute(ORPHAN_SAMPLE_KEYS)
+    return rows
 
 
 def _deleted(con: duckdb.DuckDBPyConnection, sql: str, params: dict) -> int:

@@ -31,7 +31,8 @@ from cachemon.clock import HOUR, MINUTE, Window, as_utc, ceil_to, floor_to, iso
 from cachemon.errors import SourceError, StoreError
 from cachemon.events import EventFrame
 from cachemon.ingest import imports, keys
-from cachemon.rollups import Rollups
+from cachemon.ingest import samples as ingest_samples
+from cachemon.rollups import Rollups, Sampling
 from cachemon.store import horizons, topkeys
 from cachemon.store.connection import first_row, transaction
 
@@ -111,14 +112,20 @@ def replace_window(
     now: datetime,
     key_compaction_lag: timedelta = HOUR,
     state: bytes | None = None,
+    sampling: Sampling = ingest_samples.DEFAULT,
 ) -> IngestResult:
     """Replace `source`'s data in `window` by `data` (events, or rollups made
     for this window), atomically, and move the source's watermark to the
-    window's end (never backwards)."""
+    window's end (never backwards). Events are sampled by `sampling` (SHARDS,
+    `[ttl]`); rollups bring their own samples."""
     if floor_to(window.start, MINUTE) != window.start or floor_to(window.end, MINUTE) != window.end:
         raise SourceError(f"window {window} is not aligned to whole minutes")
     with _transaction(con):
-        r = rollups.from_events(con, data, window) if isinstance(data, EventFrame) else data
+        r = (
+            rollups.from_events(con, data, window, sampling)
+            if isinstance(data, EventFrame)
+            else data
+        )
         _check_inside(r, window, source)
         with _registered(con, r):
             p = {"source": source, "lo": window.start, "hi": window.end}
@@ -129,6 +136,7 @@ def replace_window(
                 )
             _store_minutes(con, source)
             changed = keys.replace_keys(con, source, window)
+            ingest_samples.replace(con, source, r, window.start, window.end)
         _recompute_hours(con, source, window.start, window.end)
         before = floor_to(window.end - key_compaction_lag, HOUR)
         compacted = keys.compact_keys(con, source, before)
@@ -148,7 +156,7 @@ def append_import(
     con: duckdb.DuckDBPyConnection, frame: EventFrame, sha256: str, file_name: str, now: datetime
 ) -> IngestResult | None:
     """Add a file's events as source `file:<sha>`; None if already imported."""
-    acc = imports.ImportAccumulator()
+    acc = imports.ImportAccumulator(ingest_samples.DEFAULT)
     acc.add(frame)
     return append_imports(con, [acc.finish(sha256, file_name)], now)[0]
 
@@ -182,6 +190,7 @@ def _store_import(
         with _registered(con, f.rollups):
             _store_minutes(con, source)
             keys.store_imported(con, source)
+            ingest_samples.store(con, source, f.rollups, *ingest_samples.covered(*f.span))
         _recompute_hours(con, source, lo, hi)
         keys.refresh_summaries(con, source, lo, hi)
     con.execute(
@@ -254,6 +263,7 @@ def drop_source(con: duckdb.DuckDBPyConnection, source: str) -> None:
             con.execute(f"DELETE FROM {table} WHERE source = ?", [source])
         for table in ("watermarks", "source_state"):
             con.execute(f"DELETE FROM {table} WHERE source = ?", [source])
+        ingest_samples.drop(con, source)
         if span[0] is not None:
             topkeys.refresh(con, span[0], span[1] + HOUR)
 

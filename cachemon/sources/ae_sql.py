@@ -1,7 +1,8 @@
 """SQL for the Analytics Engine SQL API, built from validated parts only.
 
 Heavy aggregation stays in Analytics Engine: every query groups by minute
-(or hour) and returns rollups, never raw request rows. Only functions the
+(or hour) and returns rollups, never raw request rows, except the SHARDS
+sample (the rows of the keys whose hash is under the rate, sized to a budget). Only functions the
 dialect has are used (toStartOfInterval, toDateTime, if, sum, min, max,
 count, log, ceil); no CASE, JOIN or PERCENTILE_CONT. Counts are
 SUM(_sample_interval). Column and dataset names come from the validated
@@ -84,6 +85,41 @@ def key_counts(dataset: str, m: ColumnMapping, window: Window, whole: Window) ->
 FROM {dataset}
 WHERE {_range(window)} AND {m.kind} = 'request'
 GROUP BY key, endpoint, experiment, cohort, t
+FORMAT JSON"""
+
+
+def _under(m: ColumnMapping, rate: float) -> str:
+    """Rows of sampled keys: the Worker's key hash under `rate` (a float
+    cachemon computed, written exactly by repr)."""
+    return f"{m.key_hash} < {float(rate)!r}"
+
+
+# sample_sizes' buckets for the rows not under the rate: a hash above it, and
+# a value that is no hash at all (outside [0, 1): the column is not the hash).
+ABOVE_RATE = 2.0
+NOT_A_HASH = 3.0
+
+
+def sample_sizes(dataset: str, m: ColumnMapping, window: Window, rate: float) -> str:
+    """Rows per key hash under `rate`, what the row budget needs to choose
+    the rate before any row is pulled (fixed-size SHARDS), plus one row each
+    for the rest: ABOVE_RATE and NOT_A_HASH."""
+    h = m.key_hash
+    return f"""SELECT if({_under(m, rate)}, {h}, if({h} >= 0 AND {h} < 1, {ABOVE_RATE!r}, {NOT_A_HASH!r})) AS key_hash,
+  count() AS n
+FROM {dataset}
+WHERE {_range(window)} AND {m.kind} = 'request'
+GROUP BY key_hash
+FORMAT JSON"""
+
+
+def sample_rows(dataset: str, m: ColumnMapping, window: Window, rate: float) -> str:
+    """The raw request rows of the keys whose hash is under `rate` (SHARDS):
+    the one query that returns request rows, bounded by the row budget."""
+    return f"""SELECT timestamp, {m.endpoint} AS endpoint, {m.key} AS key, {m.key_hash} AS key_hash,
+  {m.tier} AS tier, {m.status} AS status, _sample_interval AS weight
+FROM {dataset}
+WHERE {_range(window)} AND {m.kind} = 'request' AND {_under(m, rate)}
 FORMAT JSON"""
 
 

@@ -15,6 +15,7 @@ secret of the environment) is redacted and cut to 300 characters.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -25,13 +26,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cachemon import outbound, rollups
+from cachemon import keyhash, outbound, rollups
 from cachemon.clock import Window
 from cachemon.errors import ConfigError, SourceError
+from cachemon.events import TIERS
 from cachemon.redact import Redactor
 from cachemon.rollups import Rollups
 from cachemon.settings import CF_API_BASE, AnalyticsEngineConfig, ColumnMapping, cf_api_base
@@ -245,11 +248,29 @@ _TYPES = {
         ("first_seen", "time"),
         ("last_seen", "time"),
     ),
+    "sample_sizes": (("key_hash", "num"), ("n", "int")),
+    "samples": (
+        ("timestamp", "time"),
+        ("endpoint", "text"),
+        ("key", "text"),
+        ("key_hash", "num"),
+        ("tier", "text"),
+        ("status", "text"),
+        ("weight", "num"),
+    ),
 }
 
 
-def pull_rollups(client: Client, dataset: str, mapping: ColumnMapping, window: Window) -> Rollups:
-    """The rollups of one window, aggregated by Analytics Engine."""
+def pull_rollups(
+    client: Client,
+    dataset: str,
+    mapping: ColumnMapping,
+    window: Window,
+    sampling: rollups.Sampling,
+) -> Rollups:
+    """The rollups of one window, aggregated by Analytics Engine, and the
+    SHARDS samples when the dataset has the Worker's key hash
+    (`[columns] key_hash`); without it, `samples` is None."""
     whole = rollups.whole_hours(window)
     minute = _table(client.query(ae_sql.minute_rollups(dataset, mapping, window)), "minute")
     latency = _table(client.query(ae_sql.latency_histogram(dataset, mapping, window)), "latency")
@@ -269,7 +290,93 @@ def pull_rollups(client: Client, dataset: str, mapping: ColumnMapping, window: W
         con.register("batch", points.rename_columns(["timestamp", "kind", "latency_ms"]))
         gauges = con.sql(rollups.GAUGE_SQL).to_arrow_table()
     events = int(sum(minute["events"].to_pylist())) + points.num_rows
-    return Rollups(minute=minute, latency=latency, gauges=gauges, keys=keys, events=events)
+    r = Rollups(minute=minute, latency=latency, gauges=gauges, keys=keys, events=events)
+    if not mapping.key_hash:
+        return r
+    samples, rate = _pull_samples(client, dataset, mapping, window, sampling)
+    return dataclasses.replace(r, samples=samples, sample_rate=rate)
+
+
+def _pull_samples(
+    client: Client, dataset: str, m: ColumnMapping, window: Window, sampling: rollups.Sampling
+) -> tuple[pa.Table | None, float | None]:
+    """The window's sampled rows: first the rows per key hash, to choose the
+    rate within the budget (fixed-size SHARDS), then only the rows under it.
+    (None, None) when some request rows have no key hash (0)."""
+    sizes = _table(
+        client.query(ae_sql.sample_sizes(dataset, m, window, sampling.rate)), "sample_sizes"
+    )
+    _check_answer("sample_sizes", sizes, window)
+    hashes, rows = sizes["key_hash"].to_numpy(), sizes["n"].to_numpy()
+    if (hashes == ae_sql.NOT_A_HASH).any():
+        raise SourceError(
+            f"[columns] key_hash = {m.key_hash!r} holds values outside [0, 1) in request rows: "
+            "not the Worker's key hash (see docs/sources.md); nothing was written"
+        )
+    if (hashes == 0.0).any():
+        # An unwritten double reads 0 (no key's SHA-256 hash is 0): rows from
+        # before the Worker wrote the hash. The window has no whole sample,
+        # and the store records that it has no key hash.
+        log.warning(
+            "Analytics Engine %s: request rows without a key hash in %s; no samples there",
+            window,
+            m.key_hash,
+        )
+        return None, None
+    under = hashes < 1
+    allowed = sampling.budget * rollups.window_minutes(window) / rollups.DAY_MINUTES
+    rate = rollups.budget_rate(hashes[under], rows[under], sampling.rate, allowed)
+    rows = _table(client.query(ae_sql.sample_rows(dataset, m, window, rate)), "samples")
+    _check_answer("samples", rows, window)
+    _check_samples(rows, m)
+    return (
+        pa.table(
+            {
+                "timestamp": rows["timestamp"],
+                "endpoint": rows["endpoint"],
+                "key": rows["key"],
+                "key_hash": rows["key_hash"],
+                "tier": rows["tier"],
+                "error": pc.equal(rows["status"], "error"),
+                "weight": rows["weight"],
+            }
+        ).cast(rollups.SAMPLE_SCHEMA),
+        rate,
+    )
+
+
+def _check_samples(rows: pa.Table, m: ColumnMapping) -> None:
+    """Refuse sample rows the what-if could not trust: a tier that is not
+    one of TIERS, or a key hash that is not cachemon's hash of the key (the
+    Worker writes no hash, or another one, into that column)."""
+    bad_tier = pc.invert(pc.is_in(rows["tier"], pa.array(TIERS)))
+    if pc.any(bad_tier).as_py():
+        first = rows["tier"].filter(bad_tier)[0].as_py()
+        raise SourceError(
+            f"Analytics Engine sample rows have tier {first[:40]!r}, not one of "
+            f"{', '.join(TIERS)}; nothing was written"
+        )
+    pairs = (
+        pa.table({"key": rows["key"], "key_hash": rows["key_hash"]})
+        .group_by(["key", "key_hash"])
+        .aggregate([])
+    )
+    keys = pairs["key"].to_pylist()
+    want = keyhash.key_hashes(keys)
+    got = pairs["key_hash"].to_numpy()
+    wrong = np.flatnonzero(np.abs(want - got) > HASH_TOLERANCE)
+    if len(wrong):
+        i = int(wrong[0])
+        raise SourceError(
+            f"[columns] key_hash = {m.key_hash!r} does not hold cachemon's key hash: key "
+            f"{keys[i][:60]!r} has {got[i]!r} there, not {want[i]!r} (the Worker must write "
+            "keyhash's SHA-256 value, see docs/sources.md); nothing was written"
+        )
+
+
+# The Worker's hash is a 48-bit integer over 2**48: exact in a double and in
+# JSON; the tolerance only absorbs a decimal rendering that rounds.
+HASH_TOLERANCE = 2.0**-46
 
 
 # Numeric columns that may be negative: a latency bucket below 1 ms is.

@@ -17,7 +17,7 @@ from cachemon.errors import StoreError
 from cachemon.store import views as store_views
 from cachemon.store.connection import first_line, first_row, transaction
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 10
 
 _ROLLUP_COLUMNS = """
     source VARCHAR NOT NULL, {time} TIMESTAMPTZ NOT NULL,
@@ -142,6 +142,21 @@ MIGRATIONS[8] = [
     f"CREATE TABLE gauge_hour ({_GAUGE_COLUMNS.format(time='hour')})",
     "CREATE TABLE retention_state (name VARCHAR PRIMARY KEY, horizon TIMESTAMPTZ NOT NULL)",
     *store_views.VIEWS,
+]
+# Migration 9 belongs to the top-keys branch (issue #20 §1); empty here.
+MIGRATIONS[9] = []
+# SHARDS samples for the TTL what-if (cachemon.ingest.samples writes them,
+# cachemon.store.samples reads them): the request rows of the sampled keys,
+# each sampled key's hash, and the rate each source's minutes were sampled at
+# (NULL: the source has no key hash).
+MIGRATIONS[10] = [
+    """CREATE TABLE samples (
+        source VARCHAR NOT NULL, t TIMESTAMPTZ NOT NULL, endpoint VARCHAR NOT NULL,
+        key_id INTEGER NOT NULL, tier VARCHAR NOT NULL, error BOOLEAN NOT NULL, weight DOUBLE NOT NULL)""",
+    "CREATE TABLE sample_keys (key_id INTEGER PRIMARY KEY, key_hash DOUBLE NOT NULL)",
+    """CREATE TABLE sample_minutes (
+        source VARCHAR NOT NULL, minute TIMESTAMPTZ NOT NULL, rate DOUBLE)""",
+    *store_views.SAMPLE_VIEWS,
 ]
 
 

@@ -169,3 +169,12 @@ VIEWS: tuple[str, ...] = (
         epoch(finished_at - started_at) AS seconds, outcome, error, slots, rows FROM main.job_runs""",
     """CREATE VIEW v1.retention AS SELECT name AS resolution, horizon FROM main.retention_state""",
 )
+
+# Schema v10: the SHARDS samples (docs/analysts.md), one row per sampled request.
+SAMPLE_VIEWS: tuple[str, ...] = (
+    """CREATE VIEW v1.samples AS
+        SELECT s.t AS timestamp, s.source, s.endpoint, k.key, h.key_hash, s.tier,
+               if(s.error, 'error', 'ok') AS status, s.weight AS sample_interval, m.rate AS sample_rate
+        FROM main.samples s JOIN main.cache_keys k USING (key_id) JOIN main.sample_keys h USING (key_id)
+        LEFT JOIN main.sample_minutes m ON m.source = s.source AND m.minute = date_trunc('minute', s.t)""",
+)

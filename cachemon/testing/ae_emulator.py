@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from cachemon import keyhash
 from cachemon.clock import HOUR, Window, floor_to, utcnow
 from cachemon.events import EventFrame
 from cachemon.settings import SimulatorConfig
@@ -32,12 +35,16 @@ from cachemon.testing.loopback import LoopbackServer
 
 AE_COLUMNS = """
     timestamp TIMESTAMP, index1 VARCHAR, blob1 VARCHAR, blob2 VARCHAR, blob3 VARCHAR, blob4 VARCHAR,
-    blob5 VARCHAR, blob6 VARCHAR, double1 DOUBLE, double2 DOUBLE, _sample_interval DOUBLE
+    blob5 VARCHAR, blob6 VARCHAR, double1 DOUBLE, double2 DOUBLE, double3 DOUBLE,
+    _sample_interval DOUBLE
 """
+# double3: the key hash the Worker writes for SHARDS sampling (docs/sources.md),
+# 0 (an unwritten double) in gauge rows and when the Worker writes none.
 LOAD = """
 INSERT INTO {dataset}
-SELECT timezone('UTC', timestamp), tier, key, endpoint, experiment, cohort, status, kind,
-       latency_ms, bytes, sample_interval FROM batch
+SELECT timezone('UTC', timestamp), tier, b.key, endpoint, experiment, cohort, status, kind,
+       latency_ms, bytes, if(kind = 'request', coalesce(h.key_hash, 0), 0), sample_interval
+FROM batch b LEFT JOIN key_hashes h ON h.key = b.key
 """
 _PATH = re.compile(r"^/client/v4/accounts/([^/]+)/analytics_engine/sql$")
 _UNSUPPORTED = re.compile(r"\b(CASE|JOIN|PERCENTILE_CONT|UNION)\b", re.IGNORECASE)
@@ -72,8 +79,10 @@ class Emulator:
         dataset: str = "CACHE_ANALYTICS",
         host: str = "127.0.0.1",
         port: int = 0,
+        key_hash: bool = True,
     ):
         self.token, self.account, self.dataset = token, account, dataset
+        self.key_hash = key_hash  # whether the emulated Worker writes the key hash
         self.db = duckdb.connect()
         self.db.execute("SET TimeZone = 'UTC'")
         self.db.execute(f"CREATE TABLE {dataset} ({AE_COLUMNS})")
@@ -108,9 +117,16 @@ class Emulator:
 
     def add(self, frame: EventFrame) -> None:
         """Store events (as the Worker's writeDataPoint would)."""
+        keys = pa.array(pc.unique(frame.table["key"].cast(pa.string())).to_pylist(), pa.string())
+        hashes = keyhash.key_hashes(keys.to_pylist()) if self.key_hash else []
+        table = pa.table(
+            {"key": keys if self.key_hash else keys[:0], "key_hash": pa.array(hashes, pa.float64())}
+        )
         with self.lock:
             self.db.register("batch", frame.table)
+            self.db.register("key_hashes", table)
             self.db.execute(LOAD.format(dataset=self.dataset))
+            self.db.unregister("key_hashes")
             self.db.unregister("batch")
 
     def run(self, sql: str) -> tuple[str, int]:

@@ -85,14 +85,15 @@ class Jobs:
             n, kept = ingest_load.compact(con, self.cfg, now)
         log.info(
             "compact: %d source(s) compacted; retention removed %d minute and %d hourly rows "
-            "(minutes kept from %s, hours from %s)",
+            "(minutes kept from %s, hours from %s) and %d sample rows",
             n,
             kept.minute_rows,
             kept.hour_rows,
             iso(kept.horizons.minute),
             iso(kept.horizons.hour),
+            kept.sample_rows,
         )
-        return n + kept.minute_rows + kept.hour_rows
+        return n + kept.minute_rows + kept.hour_rows + kept.sample_rows
 
     def alerts(self, now: datetime) -> int:
         """Evaluate the rules once per minute slot, queue and deliver."""
