@@ -166,6 +166,11 @@ def _err(p) -> str:
     return f"±{p.kv_hit_error:.2f}" if p.kv_hit_error is not None else ""
 
 
+def _cold(ttl: timedelta, warmup: timedelta | None) -> str:
+    """'?' where a replayed TTL is longer than the trace's warm-up (approximate)."""
+    return "?" if warmup is not None and ttl > warmup else " "
+
+
 def _table(
     w: tuning_whatif.WhatIf, best, keys, replays: dict, limit: timedelta, replay_warmup=None
 ) -> None:
@@ -187,8 +192,8 @@ def _table(
         print(
             f"{format_duration(p.ttl):>6} {p.kv_hit_rate:>9.2f} {err:>6} {p.hit_rate:>7.2f} {p.kv_reads:>13,.0f} "
             f"{p.kv_writes:>14,.0f} {p.cost:>11.4f} {p.cost - cur.cost:>+9.4f} {p.kv_hit_rate - cur.kv_hit_rate:>+9.2f}"
-            + (f" {replays[p.ttl]:>12.2f}" if replays else "")
-            + ("" if p.warm else " (no warm-up)")
+            + (f" {replays[p.ttl]:>11.2f}{_cold(p.ttl, replay_warmup)}" if replays else "")
+            + ("" if p.warm else " (TTL longer than the warm-up)")
             + mark
         )
     points = [p for p in w.curve if p.ttl in CURVE_TEXT]
@@ -204,6 +209,11 @@ def _table(
         print(
             f"replay KV %: the trace's requests in the window, after "
             f"{tuning_whatif.span_text(replay_warmup)} of warm-up from the trace before it"
+            + (
+                " (? = TTL longer than that)"
+                if any(_cold(t, replay_warmup) for t in replays)
+                else ""
+            )
         )
     if best is None:
         print(f"no candidate within the staleness limit {format_duration(limit)}")
@@ -266,7 +276,15 @@ def _json(w: tuning_whatif.WhatIf, best, keys, replays: dict, replay_warmup=None
         "observedKvHitRate": round(w.observed_kv_hit_rate, 4),
         "current": _row(w.current),
         "candidates": [
-            _row(p) | ({"replayKvHitRate": round(replays[p.ttl], 4)} if replays else {})
+            _row(p)
+            | (
+                {
+                    "replayKvHitRate": round(replays[p.ttl], 4),
+                    "replayWarm": p.ttl <= replay_warmup,
+                }
+                if replays
+                else {}
+            )
             for p in w.candidates
         ],
         "curve": [_row(p) for p in w.curve],

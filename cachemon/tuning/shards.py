@@ -258,7 +258,8 @@ def curve(
         return None
     if samples.rate == 1:
         population = None  # the sample is the population
-    history = timedelta(microseconds=max(ws - int(lk.t.min()), 0))
+    # Whole minutes, rounded up: a sample's first lookup may trail the data's start by seconds.
+    history = timedelta(minutes=-(-max(ws - int(lk.t.min()), 0) // (60 * US)))
     n = np.bincount(lk.k[inwin], lk.w[inwin], lk.keys)
     fpc = np.sqrt(1 - samples.rate)
     groups = [lk.group != g for g in range(GROUPS) if np.any(n[lk.group == g] > 0)]
