@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from datetime import datetime, timedelta
 
 import pandas as pd
@@ -254,7 +255,12 @@ def _row(p) -> dict:
         "r2ReadsPerDay": round(p.r2_reads, 3),
         "storedGB": round(p.stored_gb, 6),
         "costPerDay": round(p.cost, 6),
-        "kvHitRateError": round(p.kv_hit_error, 4) if p.kv_hit_error is not None else None,
+        # None: the model's (no error stated), or too few sampled keys to estimate it.
+        "kvHitRateError": (
+            round(p.kv_hit_error, 4)
+            if p.kv_hit_error is not None and math.isfinite(p.kv_hit_error)
+            else None
+        ),
         "warm": p.warm,
     }
 

@@ -281,7 +281,8 @@ def _curve(
         REPLAY,
         f"exact replay of a SHARDS sample (rate {c.rate:g}, {c.keys:,} keys, "
         f"{span_text(c.warmup)} of warm-up), ± one standard error"
-        + (f"; TTLs over {span_text(c.warmup)} lack warm-up (approximate)" if cold else ""),
+        + (f"; TTLs over {span_text(c.warmup)} lack warm-up (approximate)" if cold else "")
+        + ("; too few sampled keys to estimate the error" if np.isnan(c.error).any() else ""),
         c.rate,
         c.keys,
         c.warmup,

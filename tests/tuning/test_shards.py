@@ -349,3 +349,23 @@ def test_cli_clips_the_trace_to_the_window_and_states_the_method(store, tmp_path
     text = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     assert "method: model: no SHARDS sample stored for title" in text
     assert "curve (model), KV hit %: 1h " in text and "18.0h of warm-up" in text
+
+
+def test_a_sample_too_small_for_an_error_says_so(store):
+    """One sampled key: the replay still predicts, but no jackknife error
+    exists; the note says so and the error is NaN (null in the JSON), never 0."""
+    cfg, df, _ = store
+    busiest = df[(df.endpoint == "title") & (df.tier != "edge")].key.value_counts().index[0]
+    one = _samples_of(df[df.key == busiest], 1.0)
+
+    def read(con, endpoint, start, end):
+        return replace(one(con, endpoint, start, end), rate=0.01)
+
+    window = Window(STORE_END - timedelta(hours=12), STORE_END)
+    with store_db.reader(cfg.store.path) as con:
+        (w,) = tuning_whatif.whatif(
+            con, cfg, ["title"], [timedelta(hours=6)], window, STORE_END, samples_of=read
+        )
+    assert w.method.name == tuning_whatif.REPLAY and w.method.keys == 1
+    assert "too few sampled keys to estimate the error" in w.method.note
+    assert np.isnan(w.candidates[0].kv_hit_error)
