@@ -24,7 +24,7 @@ observed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import duckdb
@@ -80,6 +80,15 @@ class KeyRates:
     kv_hits: float  # observed KV hits/day
     r2_share: float  # share of KV misses answered by R2 (the rest reach the origin)
     error_share: float  # share of KV misses that failed (and wrote nothing)
+    weight: np.ndarray | float = 1.0  # keys each `lookups` element stands for (see `merged`)
+
+
+def merged(r: KeyRates) -> KeyRates:
+    """`r` with keys of equal lookups merged into one weighted element: the
+    model's figures are the same, and a curve of dozens of TTLs over
+    millions of mostly one-off keys costs thousands of elements, not millions."""
+    values, counts = np.unique(r.lookups, return_counts=True)
+    return replace(r, lookups=values, weight=counts.astype(float))
 
 
 @dataclass(frozen=True)
@@ -181,11 +190,11 @@ def predict(
 ) -> Prediction:
     """The fixed-TTL model's figures for KV TTL `ttl`."""
     t = ttl / DAY
-    mu = r.lookups
-    hits = float(_hits(mu, r.days, t).sum())
-    lookups = float(mu.sum())
+    mu, w = r.lookups, r.weight
+    hits = float((w * _hits(mu, r.days, t)).sum())
+    lookups = float((w * mu).sum())
     mix = TierMix.from_misses(lookups, lookups - hits, r.r2_share, r.error_share)
-    gb = float((mu * t / (1 + mu * t)).sum()) * value_bytes / 1e9
+    gb = float((w * mu * t / (1 + mu * t)).sum()) * value_bytes / 1e9
     cost = float(mix.cost(pricing)) + gb * pricing["kv_storage"].price / month_days
     edge = r.requests - lookups
     return Prediction(
@@ -335,8 +344,10 @@ def whatif(
         c, method = _curve(con, samples_of, r, data, [*ttls, current[e]])
         if c is None:
             p = lambda t, r=r: predict(r, t, cfg.pricing, cfg.costs.value_bytes, month)  # noqa: E731
+            m = merged(r)
+            on_grid = lambda t, m=m: predict(m, t, cfg.pricing, cfg.costs.value_bytes, month)  # noqa: E731
         else:
-            p = lambda t, r=r, c=c: predict_replay(  # noqa: E731
+            p = on_grid = lambda t, r=r, c=c: predict_replay(  # noqa: E731
                 r, c, t, cfg.pricing, cfg.costs.value_bytes, month
             )
         grid = c.ttls if c is not None else shards.grid()
@@ -357,7 +368,7 @@ def whatif(
                 colos,
                 edge,
                 method,
-                tuple(p(t) for t in grid),
+                tuple(on_grid(t) for t in grid),
             )
         )
     return out

@@ -313,6 +313,11 @@ def test_whatif_says_when_it_falls_back_to_the_model(store):
     model = tuning_whatif.predict(rates, timedelta(hours=6), cfg.pricing, 600.0, 30)
     assert w.candidates[0].kv_hit_rate == pytest.approx(model.kv_hit_rate)
     assert w.candidates[0].kv_hit_error is None and w.curve  # the model's curve, no band
+    # The curve merges keys of equal counts (for speed): the same figures.
+    on = next(p for p in w.curve if p.ttl == timedelta(hours=6))
+    assert on.kv_hit_rate == pytest.approx(w.candidates[0].kv_hit_rate, rel=1e-12)
+    assert on.cost == pytest.approx(w.candidates[0].cost, rel=1e-12)
+    assert on.stored_gb == pytest.approx(w.candidates[0].stored_gb, rel=1e-12)
 
 
 def _none(con, endpoint, start, end):
