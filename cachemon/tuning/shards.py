@@ -20,7 +20,10 @@ little before it, high).
 
 Only tiers kv, r2 and api reach KV: a KV TTL does not change what the edge
 serves. Counts are row weights (`sample_interval`, 1 unless the source thinned
-the rows); sampled counts scale by 1/R.
+the rows). From the sample to the endpoint: with every key's exact lookups in
+the window (`population`, from the rollups) the estimate is post-stratified by
+popularity (`_estimate`), so which hot keys hash into the sample does not
+swing it; without them, the sample's ratio and counts scaled by 1/R.
 
 The sampling error is a delete-a-group jackknife: the sampled keys are split
 into `GROUPS` groups by a hash of the key id, the hit ratio recomputed without
@@ -67,7 +70,7 @@ class Curve:
     ttls: tuple[timedelta, ...]
     hit_ratio: np.ndarray  # share of the window's KV lookups that hit, 0..1
     error: np.ndarray  # its standard error (jackknife over key groups)
-    entries: np.ndarray  # mean entries in KV over the window, scaled by 1/R
+    entries: np.ndarray  # mean entries in KV over the window, for the whole endpoint
     warm: np.ndarray  # bool: the history before the window is at least the TTL (> 0)
     lookups: float  # KV lookups in the window, weighted, scaled by 1/R
     keys: int  # sampled keys with a KV lookup in the window
