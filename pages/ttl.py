@@ -78,10 +78,14 @@ def page():
         common.show_error(exc)
         return
     st.caption(
-        f"{w.window} (UTC), {w.days:.2f} days of data · fixed-TTL model on per-key KV lookup rates · "
-        f"current TTL {format_duration(w.current_ttl)}: observed KV hit rate {w.observed_kv_hit_rate:.2f} %, "
-        f"model {w.current.kv_hit_rate:.2f} %"
+        f"{w.window} (UTC), {w.days:.2f} days of data · current TTL {format_duration(w.current_ttl)}: "
+        f"observed KV hit rate {w.observed_kv_hit_rate:.2f} %, predicted {w.current.kv_hit_rate:.2f} %"
     )
+    method = f"Predictions: {w.method.name}. {w.method.note[0].upper()}{w.method.note[1:]}."
+    if w.method.name == tuning_whatif.REPLAY:
+        st.caption(method)
+    else:
+        st.warning(method)
     st.plotly_chart(_curves(w), width="stretch")
     cur = w.current
     st.dataframe(
@@ -90,6 +94,7 @@ def page():
                 {
                     "TTL": format_duration(p.ttl),
                     "KV hit %": p.kv_hit_rate,
+                    "± err": p.kv_hit_error,
                     "hit % (not origin)": p.hit_rate,
                     "KV reads/day": p.kv_reads,
                     "KV writes/day": p.kv_writes,
@@ -99,6 +104,7 @@ def page():
                     "Δ cost": p.cost - cur.cost,
                     "Δ KV hit (points)": p.kv_hit_rate - cur.kv_hit_rate,
                     "recommended": best is not None and p.ttl == best.ttl,
+                    "warmed up": p.warm,
                 }
                 for p in w.candidates
             ]
@@ -170,16 +176,47 @@ def _recommendation(w, best, limit, endpoint) -> None:
 
 
 def _curves(w: tuning_whatif.WhatIf) -> go.Figure:
-    """Predicted KV hit rate and cost against the TTL, with the observed
-    point at the current TTL."""
-    hours = [p.ttl.total_seconds() / 3600 for p in w.candidates]
+    """Predicted KV hit rate (with its ± one-standard-error band when
+    replayed) and cost over a continuous TTL axis, the candidates marked and
+    labelled, and the observed point at the current TTL."""
+    hours = [p.ttl.total_seconds() / 3600 for p in w.curve]
+    rate = [p.kv_hit_rate for p in w.curve]
     now = w.current_ttl.total_seconds() / 3600
     fig = make_subplots(
-        rows=1, cols=2, subplot_titles=("KV hit rate % (share of requests)", "KV + R2 cost USD/day")
+        rows=1,
+        cols=2,
+        subplot_titles=(
+            f"KV hit rate % (share of requests), {w.method.name}",
+            "KV + R2 cost USD/day",
+        ),
     )
+    if w.method.name == tuning_whatif.REPLAY:
+        err = [p.kv_hit_error or 0.0 for p in w.curve]
+        fig.add_trace(
+            go.Scatter(
+                x=hours + hours[::-1],
+                y=[r + e for r, e in zip(rate, err)] + [r - e for r, e in zip(rate, err)][::-1],
+                fill="toself",
+                line={"width": 0},
+                opacity=0.25,
+                name="± 1 standard error (sampling)",
+                hoverinfo="skip",
+            ),
+            row=1,
+            col=1,
+        )
+    fig.add_trace(go.Scatter(x=hours, y=rate, mode="lines", name=w.method.name), row=1, col=1)
+    labels = [format_duration(p.ttl) for p in w.candidates]
+    cand = [p.ttl.total_seconds() / 3600 for p in w.candidates]
     fig.add_trace(
         go.Scatter(
-            x=hours, y=[p.kv_hit_rate for p in w.candidates], mode="lines+markers", name="predicted"
+            x=cand,
+            y=[p.kv_hit_rate for p in w.candidates],
+            mode="markers+text",
+            text=labels,
+            textposition="top center",
+            name="candidates",
+            marker={"size": 9},
         ),
         row=1,
         col=1,
@@ -197,11 +234,20 @@ def _curves(w: tuning_whatif.WhatIf) -> go.Figure:
     )
     fig.add_trace(
         go.Scatter(
-            x=hours,
+            x=hours, y=[p.cost for p in w.curve], mode="lines", name="cost", showlegend=False
+        ),
+        row=1,
+        col=2,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=cand,
             y=[p.cost for p in w.candidates],
-            mode="lines+markers",
-            name="predicted cost",
+            mode="markers+text",
+            text=labels,
+            textposition="top center",
             showlegend=False,
+            marker={"size": 9},
         ),
         row=1,
         col=2,
@@ -211,7 +257,7 @@ def _curves(w: tuning_whatif.WhatIf) -> go.Figure:
             x=[now],
             y=[w.current.cost],
             mode="markers",
-            name="current TTL (model)",
+            name="current TTL (predicted)",
             marker={"size": 12, "symbol": "diamond"},
         ),
         row=1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from datetime import datetime, timedelta
 
 import pandas as pd
@@ -76,8 +77,9 @@ def register(sub) -> None:
         "--trace",
         nargs="+",
         metavar="FILE",
-        help="event files to replay exactly (unsampled traces), or `simulator` to regenerate the "
-        "simulator's requests of the window",
+        help="event files to replay exactly (unsampled traces; the window's requests are counted, "
+        "those before it warm the cache), or `simulator` to regenerate the simulator's requests "
+        "of the window and a warm-up before it",
     )
     w.add_argument(
         "--draft-experiment",
@@ -106,22 +108,24 @@ def whatif(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     bounded(args.keys, "--keys", 0)
     at = parse_instant(args.at, "--at") if args.at else now  # read-only: any supported instant
     window = Window(at - span, at)
-    trace = _trace(args.trace, args.endpoint, cfg, window) if args.trace else None
+    warmup = min(max(ttls), timedelta(days=MAX_SIMULATOR_TRACE_DAYS) - span)
+    trace = _trace(args.trace, args.endpoint, cfg, window, warmup) if args.trace else None
     with store_db.reader(cfg.store.path) as con:
         w = tuning_whatif.whatif(con, cfg, [args.endpoint], ttls, window, at, edge_ttls)[0]
         keys = tuning_whatif.per_key(
             con, w, cfg.pricing, cfg.costs.value_bytes, days_in_month(at), limit, args.keys
         )
     best = tuning_whatif.recommend(w, limit)
-    replays = (
-        {p.ttl: 100 * tuning_whatif.replay(trace, p.ttl) / len(trace) for p in w.candidates}
+    # The trace is replayed over the what-if's own window, warmed by what precedes it.
+    replays, replay_warmup = (
+        tuning_whatif.replay_window(trace, w.window, [p.ttl for p in w.candidates])
         if trace is not None
-        else {}
+        else ({}, None)
     )
     if args.json:
-        print(jsontext.dumps(_json(w, best, keys, replays), indent=2))
+        print(jsontext.dumps(_json(w, best, keys, replays, replay_warmup), indent=2))
     else:
-        _table(w, best, keys, replays, limit)
+        _table(w, best, keys, replays, limit, replay_warmup)
     if args.draft_experiment and best is not None and best.ttl != w.current_ttl:
         start = (at - timedelta(seconds=1)).replace(hour=0, minute=0, second=0, microsecond=0) + DAY
         print(
@@ -131,16 +135,19 @@ def whatif(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     return 0
 
 
-def _trace(paths, endpoint: str, cfg: Config, window: Window):
+def _trace(paths, endpoint: str, cfg: Config, window: Window, warmup: timedelta):
     if paths == ["simulator"]:
         # Requests are drawn per hour from (seed, hour): the same arrivals as
-        # the stored run; the caches start from their steady state.
+        # the stored run; the caches start from their steady state. The
+        # longest candidate TTL before the window (as far as the memory cap
+        # allows) warms the replay.
         sim = Simulator(cfg.simulator)
         frames = [
             sim.generate(w).table.to_pandas()
-            for w in Window(floor_to(window.start, MINUTE), floor_to(window.end, MINUTE)).split(
-                HOUR
-            )
+            for w in Window(
+                floor_to(window.start - max(warmup, timedelta(0)), MINUTE),
+                floor_to(window.end, MINUTE),
+            ).split(HOUR)
         ]
     else:
         frames = [files.read(p).frame.table.to_pandas() for p in paths]
@@ -151,24 +158,63 @@ def _trace(paths, endpoint: str, cfg: Config, window: Window):
     return df.assign(key=df["key"].astype(str), tier=df["tier"].astype(str))
 
 
-def _table(w: tuning_whatif.WhatIf, best, keys, replays: dict, limit: timedelta) -> None:
+# The curve points the text output shows (the JSON has them all).
+CURVE_TEXT = tuple(timedelta(hours=h) for h in (1, 6, 24, 24 * 7, 24 * 30))
+
+
+def _err(p) -> str:
+    """'±0.12' for a replayed figure, '' for the model's (it states no error)."""
+    return f"±{p.kv_hit_error:.2f}" if p.kv_hit_error is not None else ""
+
+
+def _cold(ttl: timedelta, warmup: timedelta | None) -> str:
+    """'?' where a replayed TTL is longer than the trace's warm-up (approximate)."""
+    return "?" if warmup is not None and ttl > warmup else " "
+
+
+def _table(
+    w: tuning_whatif.WhatIf, best, keys, replays: dict, limit: timedelta, replay_warmup=None
+) -> None:
     cur = w.current
     print(
         f"{w.endpoint}: {w.window} ({w.days:.2f} days of data); current KV TTL {format_duration(w.current_ttl)}: "
-        f"observed KV hit rate {w.observed_kv_hit_rate:.2f}%, model {cur.kv_hit_rate:.2f}%"
+        f"observed KV hit rate {w.observed_kv_hit_rate:.2f}%, predicted {cur.kv_hit_rate:.2f}%{_err(cur)}"
     )
+    print(f"method: {w.method.name}: {w.method.note}")
     head = (
-        f"{'TTL':>6} {'KV hit %':>9} {'hit %':>7} {'KV reads/day':>13} {'KV writes/day':>14} {'cost $/day':>11} "
-        f"{'Δ cost':>9} {'Δ KV hit':>9}" + (f" {'replay KV %':>12}" if replays else "")
+        f"{'TTL':>6} {'KV hit %':>9} {'± err':>6} {'hit %':>7} {'KV reads/day':>13} {'KV writes/day':>14} "
+        f"{'cost $/day':>11} {'Δ cost':>9} {'Δ KV hit':>9}"
+        + (f" {'replay KV %':>12}" if replays else "")
     )
     print(head)
     for p in w.candidates:
         mark = " *" if best is not None and p.ttl == best.ttl else ""
+        err = f"{p.kv_hit_error:.2f}" if p.kv_hit_error is not None else "-"
         print(
-            f"{format_duration(p.ttl):>6} {p.kv_hit_rate:>9.2f} {p.hit_rate:>7.2f} {p.kv_reads:>13,.0f} "
+            f"{format_duration(p.ttl):>6} {p.kv_hit_rate:>9.2f} {err:>6} {p.hit_rate:>7.2f} {p.kv_reads:>13,.0f} "
             f"{p.kv_writes:>14,.0f} {p.cost:>11.4f} {p.cost - cur.cost:>+9.4f} {p.kv_hit_rate - cur.kv_hit_rate:>+9.2f}"
-            + (f" {replays[p.ttl]:>12.2f}" if replays else "")
+            + (f" {replays[p.ttl]:>11.2f}{_cold(p.ttl, replay_warmup)}" if replays else "")
+            + ("" if p.warm else " (TTL longer than the warm-up)")
             + mark
+        )
+    points = [p for p in w.curve if p.ttl in CURVE_TEXT]
+    print(
+        f"curve ({w.method.name}), KV hit %: "
+        + ", ".join(
+            f"{format_duration(p.ttl)} {p.kv_hit_rate:.2f}{_err(p)}" + ("" if p.warm else "?")
+            for p in points
+        )
+        + (" (? = longer than the warm-up)" if any(not p.warm for p in points) else "")
+    )
+    if replays:
+        print(
+            f"replay KV %: the trace's requests in the window, after "
+            f"{tuning_whatif.span_text(replay_warmup)} of warm-up from the trace before it"
+            + (
+                " (? = TTL longer than that)"
+                if any(_cold(t, replay_warmup) for t in replays)
+                else ""
+            )
         )
     if best is None:
         print(f"no candidate within the staleness limit {format_duration(limit)}")
@@ -209,21 +255,48 @@ def _row(p) -> dict:
         "r2ReadsPerDay": round(p.r2_reads, 3),
         "storedGB": round(p.stored_gb, 6),
         "costPerDay": round(p.cost, 6),
+        # None: the model's (no error stated), or too few sampled keys to estimate it.
+        "kvHitRateError": (
+            round(p.kv_hit_error, 4)
+            if p.kv_hit_error is not None and math.isfinite(p.kv_hit_error)
+            else None
+        ),
+        "warm": p.warm,
     }
 
 
-def _json(w: tuning_whatif.WhatIf, best, keys, replays: dict) -> dict:
+def _json(w: tuning_whatif.WhatIf, best, keys, replays: dict, replay_warmup=None) -> dict:
+    m = w.method
     return {
         "endpoint": w.endpoint,
         "window": {"start": iso(w.window.start), "end": iso(w.window.end)},
         "days": round(w.days, 4),
+        "method": {
+            "name": m.name,
+            "note": m.note,
+            "sampleRate": m.rate,
+            "sampledKeys": m.keys,
+            "warmupSeconds": int(m.warmup.total_seconds()) if m.warmup is not None else None,
+        },
         "currentTtl": format_duration(w.current_ttl),
         "observedKvHitRate": round(w.observed_kv_hit_rate, 4),
         "current": _row(w.current),
         "candidates": [
-            _row(p) | ({"replayKvHitRate": round(replays[p.ttl], 4)} if replays else {})
+            _row(p)
+            | (
+                {
+                    "replayKvHitRate": round(replays[p.ttl], 4),
+                    "replayWarm": p.ttl <= replay_warmup,
+                }
+                if replays
+                else {}
+            )
             for p in w.candidates
         ],
+        "curve": [_row(p) for p in w.curve],
+        "replayWarmupSeconds": (
+            int(replay_warmup.total_seconds()) if replay_warmup is not None else None
+        ),
         "recommended": _row(best) if best else None,
         "edge": {
             "currentTtl": format_duration(w.current_edge_ttl) if w.current_edge_ttl else None,

@@ -311,6 +311,11 @@ def ttl_tuning(
         actions.append(f"{endpoint} KV TTL {_days(base)} → {_days(best)}")
     if not actions:
         return None
+    # The costs layer sits below tuning, so this cannot call the sampled replay; say so.
+    evidence.append(
+        "Predicted by the fixed-TTL model λT/(1+λT) per key, not the sampled replay: "
+        "check the TTL with `ttl whatif` (the TTL what-if page) before changing it"
+    )
     return Recommendation(
         Kind.TTL_TUNING,
         "Warm keys are refreshed into KV more often than their reads justify",

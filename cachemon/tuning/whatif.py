@@ -1,6 +1,13 @@
-"""TTL what-if: predict KV hit rate and cost for candidate TTLs from the
-per-key request rates in the store, recommend one, and check the model
-against an exact replay where a request-level trace exists.
+"""TTL what-if: predict KV hit rate and cost for candidate TTLs, recommend
+one, and check against an exact replay where a request-level trace exists.
+
+Predictions come from the exact replay of the store's SHARDS sample
+(`tuning.shards`: the raw requests of the keys whose hash is under a rate R,
+replayed under every TTL with a warm-up before the window) when there is one
+for the endpoint; `WhatIf.method` says which, and `WhatIf.note` why, on every
+surface. Without a sample (or without a KV lookup in it) they fall back to
+the fixed-TTL model below, which is exact only for Poisson arrivals with
+well-estimated rates (bursty keys, pollers and short windows mislead it).
 
 The model is the fixed-TTL cache of KV `expirationTtl`: an entry is written
 at a miss and lives T. Under Poisson arrivals at rate μ (a key's KV lookups,
@@ -17,7 +24,7 @@ observed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import duckdb
@@ -29,8 +36,17 @@ from cachemon.costs.tiermix import TierMix
 from cachemon.errors import InputError
 from cachemon.pricing import Pricing, days_in_month
 from cachemon.settings import Config
+from cachemon.store import samples as store_samples
 from cachemon.store.queries import KEY_ROWS, TIER_TOTALS, data_days, key_ranges, window_params
+from cachemon.store.samples import Samples
+from cachemon.tuning import shards
 from cachemon.tuning.experiments import example_toml
+
+# How far before the window the what-if asks for SHARDS samples: the replay's
+# warm-up is what the store holds of this (TTLs longer than it are flagged).
+WARMUP = timedelta(weeks=8)
+REPLAY = "sampled replay"
+MODEL = "model"
 
 # Per key of the window: its requests, its KV lookups (requests the edge
 # did not serve), how many KV answered, and its misses by tier and failures.
@@ -64,6 +80,15 @@ class KeyRates:
     kv_hits: float  # observed KV hits/day
     r2_share: float  # share of KV misses answered by R2 (the rest reach the origin)
     error_share: float  # share of KV misses that failed (and wrote nothing)
+    weight: np.ndarray | float = 1.0  # keys each `lookups` element stands for (see `merged`)
+
+
+def merged(r: KeyRates) -> KeyRates:
+    """`r` with keys of equal lookups merged into one weighted element: the
+    model's figures are the same, and a curve of dozens of TTLs over
+    millions of mostly one-off keys costs thousands of elements, not millions."""
+    values, counts = np.unique(r.lookups, return_counts=True)
+    return replace(r, lookups=values, weight=counts.astype(float))
 
 
 @dataclass(frozen=True)
@@ -79,13 +104,19 @@ class Prediction:
     r2_reads: float
     stored_gb: float
     cost: float  # USD/day of KV reads, writes, storage and R2 reads
+    kv_hit_error: float | None = None  # ± points (standard error) of kv_hit_rate; None: the model's
+    warm: bool = True  # False: the TTL is longer than the replay's warm-up (the rate reads low)
 
 
 def load_window(con: duckdb.DuckDBPyConnection, window: Window) -> float:
     """Build the per-key table of `window`; returns its days of data."""
+    return _load_window(con, window)[1]
+
+
+def _load_window(con: duckdb.DuckDBPyConnection, window: Window) -> tuple[Window, float]:
     data, days = data_days(con, window)
     con.execute(KEYS_TEMP, key_ranges(data.start, window.end))
-    return days
+    return data, days
 
 
 def rates(con: duckdb.DuckDBPyConnection, endpoint: str, window: Window, days: float) -> KeyRates:
@@ -159,11 +190,11 @@ def predict(
 ) -> Prediction:
     """The fixed-TTL model's figures for KV TTL `ttl`."""
     t = ttl / DAY
-    mu = r.lookups
-    hits = float(_hits(mu, r.days, t).sum())
-    lookups = float(mu.sum())
+    mu, w = r.lookups, r.weight
+    hits = float((w * _hits(mu, r.days, t)).sum())
+    lookups = float((w * mu).sum())
     mix = TierMix.from_misses(lookups, lookups - hits, r.r2_share, r.error_share)
-    gb = float((mu * t / (1 + mu * t)).sum()) * value_bytes / 1e9
+    gb = float((w * mu * t / (1 + mu * t)).sum()) * value_bytes / 1e9
     cost = float(mix.cost(pricing)) + gb * pricing["kv_storage"].price / month_days
     edge = r.requests - lookups
     return Prediction(
@@ -176,6 +207,94 @@ def predict(
         mix.r2_reads,
         gb,
         cost,
+    )
+
+
+def predict_replay(
+    r: KeyRates,
+    c: shards.Curve,
+    ttl: timedelta,
+    pricing: Pricing,
+    value_bytes: float,
+    month_days: int,
+) -> Prediction:
+    """The sampled replay's figures for KV TTL `ttl` (a point of `c`): its
+    hit ratio of the window's exact KV lookups, its mean entries in KV."""
+    i = c.index(ttl)
+    lookups = float(r.lookups.sum())
+    hits = lookups * float(c.hit_ratio[i])
+    mix = TierMix.from_misses(lookups, lookups - hits, r.r2_share, r.error_share)
+    gb = float(c.entries[i]) * value_bytes / 1e9
+    cost = float(mix.cost(pricing)) + gb * pricing["kv_storage"].price / month_days
+    edge = r.requests - lookups
+    return Prediction(
+        r.endpoint,
+        ttl,
+        100 * hits / r.requests,
+        100 * (edge + hits + mix.r2) / r.requests,
+        mix.kv_reads,
+        float(mix.kv_writes),
+        mix.r2_reads,
+        gb,
+        cost,
+        100 * float(c.error[i]) * lookups / r.requests,
+        bool(c.warm[i]),
+    )
+
+
+def span_text(d: timedelta) -> str:
+    """A warm-up's length for people: '55.9d', '6.0h'."""
+    return f"{d / DAY:.1f}d" if d >= DAY else f"{d / timedelta(hours=1):.1f}h"
+
+
+def stored_samples(
+    con: duckdb.DuckDBPyConnection, endpoint: str, start: datetime, end: datetime
+) -> Samples | None:
+    """The store's SHARDS sample of `endpoint` in [start, end), None when
+    there is none (the one place the what-if reads it)."""
+    return store_samples.read(con, endpoint, start, end)
+
+
+@dataclass(frozen=True)
+class Method:
+    """How an endpoint's predictions were made, for every surface to say."""
+
+    name: str  # REPLAY or MODEL
+    note: str  # why, in a sentence
+    rate: float | None = None  # the sample's rate R
+    keys: int = 0  # sampled keys with a KV lookup in the window
+    warmup: timedelta | None = None  # history replayed before the window
+
+
+def _curve(
+    con, samples_of, r: KeyRates, data: Window, ttls: list[timedelta]
+) -> tuple[shards.Curve | None, Method]:
+    s = samples_of(con, r.endpoint, data.start - WARMUP, data.end)
+    if s is None or not len(s):
+        return None, Method(
+            MODEL,
+            f"no SHARDS sample stored for {r.endpoint} (the source keeps none, or lacks the key "
+            "hash): the fixed-TTL model λT/(1+λT) on per-key rates, exact only for Poisson "
+            "arrivals",
+        )
+    c = shards.curve(s, data, ttls, r.lookups * r.days)
+    if c is None:
+        return None, Method(
+            MODEL,
+            f"the SHARDS sample (rate {s.rate:g}) has no KV lookup of {r.endpoint} in the "
+            "window: the fixed-TTL model λT/(1+λT) on per-key rates",
+            s.rate,
+        )
+    cold = [t for t, w in zip(c.ttls, c.warm) if not w]
+    return c, Method(
+        REPLAY,
+        f"exact replay of a SHARDS sample (rate {c.rate:g}, {c.keys:,} keys, "
+        f"{span_text(c.warmup)} of warm-up), ± one standard error"
+        + (f"; TTLs over {span_text(c.warmup)} lack warm-up (approximate)" if cold else "")
+        + ("; too few sampled keys to estimate the error" if np.isnan(c.error).any() else ""),
+        c.rate,
+        c.keys,
+        c.warmup,
     )
 
 
@@ -192,6 +311,8 @@ class WhatIf:
     observed_edge_hit_rate: float = 0.0
     colos: float = 1.0  # fitted effective number of edge caches
     edge: tuple[EdgePrediction, ...] = ()  # candidate edge TTLs
+    method: Method = Method(MODEL, "the fixed-TTL model λT/(1+λT) on per-key rates")
+    curve: tuple[Prediction, ...] = ()  # the same figures over a log grid of TTLs (shards.grid)
 
 
 def whatif(
@@ -202,22 +323,34 @@ def whatif(
     window: Window,
     at: datetime,
     edge_ttls: list[timedelta] = (),
+    samples_of=stored_samples,
 ) -> list[WhatIf]:
     """Predictions for each endpoint at each candidate KV TTL and its current
-    one, and at each candidate edge TTL (with the colos fitted at the
-    current edge TTL, `[costs] edge_ttl`)."""
+    one, and over the curve's grid, from the sampled replay where
+    `samples_of(con, endpoint, start, end)` has a sample, else the model; and
+    at each candidate edge TTL (with the colos fitted at the current edge
+    TTL, `[costs] edge_ttl`)."""
     current, edge_current = dict(cfg.costs.kv_ttl), dict(cfg.costs.edge_ttl)
     unknown = [e for e in endpoints if e not in current]
     if unknown:
         raise InputError(
             f"unknown endpoint {unknown[0]!r}: [costs] kv_ttl has {', '.join(current)}"
         )
-    days = load_window(con, window)
+    data, days = _load_window(con, window)
     month = days_in_month(at)
     out = []
     for e in endpoints:
         r = rates(con, e, window, days)
-        p = lambda t, r=r: predict(r, t, cfg.pricing, cfg.costs.value_bytes, month)  # noqa: E731
+        c, method = _curve(con, samples_of, r, data, [*ttls, current[e]])
+        if c is None:
+            p = lambda t, r=r: predict(r, t, cfg.pricing, cfg.costs.value_bytes, month)  # noqa: E731
+            m = merged(r)
+            on_grid = lambda t, m=m: predict(m, t, cfg.pricing, cfg.costs.value_bytes, month)  # noqa: E731
+        else:
+            p = on_grid = lambda t, r=r, c=c: predict_replay(  # noqa: E731
+                r, c, t, cfg.pricing, cfg.costs.value_bytes, month
+            )
+        grid = c.ttls if c is not None else shards.grid()
         edge_now = edge_current.get(e)
         colos = fit_colos(r, edge_now) if edge_now else 1.0
         edge = tuple(predict_edge(r, t, colos) for t in sorted(set(edge_ttls))) if edge_now else ()
@@ -234,6 +367,8 @@ def whatif(
                 100 * r.edge_hits / r.requests,
                 colos,
                 edge,
+                method,
+                tuple(on_grid(t) for t in grid),
             )
         )
     return out
@@ -337,28 +472,39 @@ def draft_experiment(
     )
 
 
+def _trace_samples(trace: pd.DataFrame) -> Samples:
+    t_us = trace.timestamp.dt.tz_convert("UTC").astype("datetime64[us, UTC]").astype("int64")
+    return shards.full_trace("trace", trace.key.to_numpy(), t_us.to_numpy(), trace.tier.to_numpy())
+
+
+def replay_window(
+    trace: pd.DataFrame, window: Window, ttls: list[timedelta]
+) -> tuple[dict[timedelta, float], timedelta]:
+    """KV hit rate (% of the trace's requests in `window`) under each TTL of
+    an unsampled request-level trace (columns key, timestamp, tier) replayed
+    exactly through a fixed-TTL cache (`shards.curve` at rate 1): counting
+    the window's lookups only, with the trace's requests before it as the
+    warm-up (returned; an empty cache only where the trace starts there)."""
+    inside = trace[(trace.timestamp >= window.start) & (trace.timestamp < window.end)]
+    if inside.empty:
+        raise InputError(f"the trace has no request in {window}")
+    c = shards.curve(_trace_samples(trace), window, ttls, with_grid=False)
+    if c is None:
+        return {t: 0.0 for t in ttls}, timedelta(0)
+    return {
+        t: 100 * float(c.hit_ratio[c.index(t)]) * c.lookups / len(inside) for t in ttls
+    }, c.warmup
+
+
 def replay(trace: pd.DataFrame, ttl: timedelta) -> float:
-    """KV hits of a request-level trace replayed exactly through a fixed-TTL
-    cache that starts empty: the requests that reached KV (tiers kv, r2,
+    """KV hits of a whole request-level trace replayed exactly through a
+    fixed-TTL cache that starts empty (`shards.curve` at rate 1, the window
+    being the whole trace): the requests that reached KV (tiers kv, r2,
     api), each key's first lookup a miss that writes, and an entry expiring
     `ttl` after its write. Exact for an unsampled trace (columns key,
     timestamp, tier)."""
-    lookups = trace[trace.tier.isin(["kv", "r2", "api"])]
-    if lookups.empty:
+    if trace.empty:
         return 0.0
-    key = pd.factorize(lookups.key)[0].astype(np.int64)
-    ms = (lookups.timestamp - lookups.timestamp.min()).dt.total_seconds().to_numpy() * 1000
-    span = int(ms.max()) + 1
-    g = np.sort(key * span + ms.astype(np.int64))  # by key, then time
-    starts = np.searchsorted(g, np.arange(key.max() + 1) * span)
-    ends = np.append(starts[1:], len(g))
-    pos, end, misses = starts, ends, len(starts)
-    step = int(ttl.total_seconds() * 1000)
-    # Jump from write to the first lookup at or after its expiry, for all
-    # keys at once: as many rounds as the busiest key has writes.
-    while len(pos):
-        nxt = np.searchsorted(g, g[pos] + step, side="left")
-        live = nxt < end
-        misses += int(live.sum())
-        pos, end = nxt[live], end[live]
-    return float(len(g) - misses)
+    window = Window(trace.timestamp.min(), trace.timestamp.max() + timedelta(microseconds=1))
+    c = shards.curve(_trace_samples(trace), window, [ttl], with_grid=False)
+    return 0.0 if c is None else float(round(c.hit_ratio[0] * c.lookups))

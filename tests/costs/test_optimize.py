@@ -152,6 +152,8 @@ def test_ttl_tuning_saving(analysed):
         total += max(0.0, cost(base) - cost(best))
     assert total > 0
     assert recs["ttl_tuning"].saving_per_day == pytest.approx(total)
+    # The model, not the sampled replay, made it: the evidence says so.
+    assert "fixed-TTL model" in recs["ttl_tuning"].evidence[-1]
 
 
 def _window_truth(df: pd.DataFrame, days: float) -> pd.DataFrame:
