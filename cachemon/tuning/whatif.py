@@ -34,7 +34,7 @@ import pandas as pd
 from cachemon.clock import DAY, Window, format_duration, parse_duration
 from cachemon.costs.tiermix import TierMix
 from cachemon.errors import InputError
-from cachemon.pricing import Pricing, days_in_month
+from cachemon.pricing import Pricing, R2Lookup, days_in_month
 from cachemon.settings import Config
 from cachemon.store import samples as store_samples
 from cachemon.store.queries import KEY_ROWS, TIER_TOTALS, data_days, key_ranges, window_params
@@ -81,6 +81,7 @@ class KeyRates:
     r2_share: float  # share of KV misses answered by R2 (the rest reach the origin)
     error_share: float  # share of KV misses that failed (and wrote nothing)
     weight: np.ndarray | float = 1.0  # keys each `lookups` element stands for (see `merged`)
+    r2_lookup: R2Lookup = R2Lookup.REHYDRATION  # when the Worker asks R2 ([costs] r2_lookup)
 
 
 def merged(r: KeyRates) -> KeyRates:
@@ -193,7 +194,9 @@ def predict(
     mu, w = r.lookups, r.weight
     hits = float((w * _hits(mu, r.days, t)).sum())
     lookups = float((w * mu).sum())
-    mix = TierMix.from_misses(lookups, lookups - hits, r.r2_share, r.error_share)
+    mix = TierMix.from_misses(
+        lookups, lookups - hits, r.r2_share, r.error_share, r2_lookup=r.r2_lookup
+    )
     gb = float((w * mu * t / (1 + mu * t)).sum()) * value_bytes / 1e9
     cost = float(mix.cost(pricing)) + gb * pricing["kv_storage"].price / month_days
     edge = r.requests - lookups
@@ -223,7 +226,9 @@ def predict_replay(
     i = c.index(ttl)
     lookups = float(r.lookups.sum())
     hits = lookups * float(c.hit_ratio[i])
-    mix = TierMix.from_misses(lookups, lookups - hits, r.r2_share, r.error_share)
+    mix = TierMix.from_misses(
+        lookups, lookups - hits, r.r2_share, r.error_share, r2_lookup=r.r2_lookup
+    )
     gb = float(c.entries[i]) * value_bytes / 1e9
     cost = float(mix.cost(pricing)) + gb * pricing["kv_storage"].price / month_days
     edge = r.requests - lookups
@@ -271,11 +276,11 @@ def _curve(
 ) -> tuple[shards.Curve | None, Method]:
     s = samples_of(con, r.endpoint, data.start - WARMUP, data.end)
     if s is None or not len(s):
+        why = store_samples.status(con, data.start - WARMUP, data.end).reason
         return None, Method(
             MODEL,
-            f"no SHARDS sample stored for {r.endpoint} (the source keeps none, or lacks the key "
-            "hash): the fixed-TTL model λT/(1+λT) on per-key rates, exact only for Poisson "
-            "arrivals",
+            f"no SHARDS sample of {r.endpoint} ({why or store_samples.NO_SAMPLES}): the fixed-TTL "
+            "model λT/(1+λT) on per-key rates, exact only for Poisson arrivals",
         )
     c = shards.curve(s, data, ttls, r.lookups * r.days)
     if c is None:
@@ -313,6 +318,7 @@ class WhatIf:
     edge: tuple[EdgePrediction, ...] = ()  # candidate edge TTLs
     method: Method = Method(MODEL, "the fixed-TTL model λT/(1+λT) on per-key rates")
     curve: tuple[Prediction, ...] = ()  # the same figures over a log grid of TTLs (shards.grid)
+    r2_lookup: R2Lookup = R2Lookup.REHYDRATION  # the flow the costs were priced with
 
 
 def whatif(
@@ -340,7 +346,7 @@ def whatif(
     month = days_in_month(at)
     out = []
     for e in endpoints:
-        r = rates(con, e, window, days)
+        r = replace(rates(con, e, window, days), r2_lookup=cfg.costs.r2_flow)
         c, method = _curve(con, samples_of, r, data, [*ttls, current[e]])
         if c is None:
             p = lambda t, r=r: predict(r, t, cfg.pricing, cfg.costs.value_bytes, month)  # noqa: E731
@@ -369,6 +375,7 @@ def whatif(
                 edge,
                 method,
                 tuple(on_grid(t) for t in grid),
+                cfg.costs.r2_flow,
             )
         )
     return out
@@ -402,12 +409,13 @@ def key_cost(
     pricing: Pricing,
     value_bytes: float,
     month_days: int,
+    r2_lookup: R2Lookup = R2Lookup.REHYDRATION,
 ) -> float:
     """USD a day of one key's μ KV lookups (counted over `days`) under KV
     TTL `ttl`: the tier mix of its modelled hits and misses, plus storage."""
     d = ttl / DAY
     misses = mu - float(_hits(np.array([mu]), days, d)[0])
-    mix = TierMix.from_misses(mu, misses, r2_share, error_share)
+    mix = TierMix.from_misses(mu, misses, r2_share, error_share, r2_lookup=r2_lookup)
     stored_gb = mu * d / (1 + mu * d) * value_bytes / 1e9
     return float(mix.cost(pricing)) + stored_gb * pricing["kv_storage"].price / month_days
 
@@ -437,7 +445,7 @@ def per_key(
         shares = (r2 / missed, min(errors / missed, 1.0)) if missed else (0.0, 0.0)
 
         def cost(t: timedelta, mu=mu, shares=shares) -> float:
-            return key_cost(mu, w.days, t, *shares, pricing, value_bytes, month_days)
+            return key_cost(mu, w.days, t, *shares, pricing, value_bytes, month_days, w.r2_lookup)
 
         best = min(options, key=cost)
         saving = cost(w.current_ttl) - cost(best)

@@ -256,7 +256,12 @@ def test_cli_table_json_trace_and_a_draft_the_tuning_engine_accepts(baseline, tm
     draft = tomllib.loads(out[out.index("[[experiments]]") :])
     (e,) = parse_experiments("draft", draft["experiments"], ("author", "isbn", "title"))
     assert e.endpoint == "title" and e.cohorts[0].ttl == timedelta(hours=24)
-    assert e.cohorts[1].ttl == tuning_whatif.recommend(w, cfg.costs.max_kv_ttl).ttl
+    # The draft's treatment is the recommendation among the CLI's own candidates.
+    with store_db.reader(cfg.store.path) as con:
+        (same,) = tuning_whatif.whatif(
+            con, cfg, ["title"], [HOUR * 6, HOUR * 24, HOUR * 168], Window(T0, END), END
+        )
+    assert e.cohorts[1].ttl == tuning_whatif.recommend(same, cfg.costs.max_kv_ttl).ttl
     bad = subprocess.run(cmd[:-4] + ["--ttl", "10s"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "a KV TTL must be between 60s and 365d" in bad.stderr
 
