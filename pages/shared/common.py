@@ -26,6 +26,7 @@ from streamlit.runtime.pages_manager import PagesManager
 from cachemon.alerts.health import Health, Issue
 from cachemon.alerts.rules import significant_decimals
 from cachemon.clock import Period, floor_to, format_duration, iso, utcnow
+from cachemon.costs.basis import Price
 from cachemon.errors import CachemonError, EmptyStoreError, StoreError
 from cachemon.metrics import window as metrics_window
 from cachemon.runner.selfcheck import RunnerCheck, rough_age
@@ -302,16 +303,19 @@ def overview_report(con, cfg: Config, period: str, endpoint: str | None, at: dat
     )
 
 
-def cost_kpi_label(period: str) -> str:
-    """The cost KPI names its basis: the window's usage as a rate per day, at list price."""
-    return f"Cost USD/day (rate of the last {period}, list)"
+def cost_kpi_label(report: metrics_report.MetricsReport) -> str:
+    """The cost KPI names its basis (`cachemon.costs.basis`, the same words as
+    the Costs page and the report): the window's usage as a rate per day, at list price."""
+    if report.costs is None:
+        return f"Cost USD/day (rate of the last {report.metrics.period}, list)"
+    return f"Cost USD/day ({report.costs.daily.basis.short(Price.LIST)})"
 
 
 def kpi_tiles(report: metrics_report.MetricsReport) -> list[list[Kpi]]:
     """The Overview's KPI tiles of a metrics report, row by row: the page
     draws exactly these texts (a test compares them with every other surface)."""
     cost = metrics_report.COST_KPI
-    labels = metrics_window.KPI_LABELS | {cost: cost_kpi_label(report.metrics.period)}
+    labels = metrics_window.KPI_LABELS | {cost: cost_kpi_label(report)}
     values, deltas = report.kpis(), report.kpi_deltas()
     rows = []
     for row in KPI_ROWS:

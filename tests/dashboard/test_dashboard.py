@@ -16,6 +16,7 @@ from cachemon import config
 from cachemon.alerts import health, silences
 from cachemon.clock import floor_to, iso, utcnow
 from cachemon.costs import basis, report
+from cachemon.costs.basis import Basis, Price
 from cachemon.ingest import load as ingest_load
 from cachemon.metrics import trends
 from cachemon.runner import runs as runner_runs
@@ -165,7 +166,8 @@ def _expect(js: dict) -> dict[str, float]:
         "Error rate %": js["errorRate"],
     }
     if "costs" in js:
-        out[f"Cost USD/day (rate of the last {js['period']}, list)"] = js["costs"]["perDay"]["list"]
+        basis = Basis.from_json(js["costs"]["perDay"]["basis"])
+        out[f"Cost USD/day ({basis.short(Price.LIST)})"] = js["costs"]["perDay"]["list"]
     return out
 
 
