@@ -47,10 +47,10 @@ MERGE_SQL = {
     "gauges": """SELECT minute, name, sum(value_sum) AS value_sum, sum(samples)::BIGINT AS samples,
         min(value_min) AS value_min, max(value_max) AS value_max, arg_max(value_last, last_at) AS value_last,
         max(last_at) AS last_at FROM part GROUP BY ALL""",
-    "keys": """SELECT key, any_value(endpoint) AS endpoint, experiment, cohort, t, whole_hour, sum(edge) AS edge,
+    "keys": """SELECT key, any_value(endpoint) AS endpoint, experiment, cohort, t, sum(edge) AS edge,
         sum(kv) AS kv, sum(r2) AS r2, sum(api) AS api, sum(errors) AS errors,
-        min(first_seen) AS first_seen, max(last_seen) AS last_seen
-        FROM part GROUP BY key, experiment, cohort, t, whole_hour""",
+        sum(fill_errors) AS fill_errors, min(first_seen) AS first_seen, max(last_seen) AS last_seen
+        FROM part GROUP BY key, experiment, cohort, t""",
 }
 # Partial rollup rows held before they are merged (bounds memory between
 # merges; ~100 MB of per-key rows). Merging waits until the pending rows
@@ -71,17 +71,12 @@ class ImportAccumulator:
     def add(self, frame: EventFrame) -> None:
         if len(frame) == 0:
             return
-        lo, hi = rollups.ALL_HOURS.start, rollups.ALL_HOURS.end
         self.con.register("batch", frame.table)
         try:
             self.parts["minute"].append(self.con.sql(rollups.MINUTE_SQL).to_arrow_table())
             self.parts["latency"].append(self.con.sql(rollups.LATENCY_SQL).to_arrow_table())
             self.parts["gauges"].append(self.con.sql(GAUGE_PARTIAL_SQL).to_arrow_table())
-            self.parts["keys"].append(
-                self.con.sql(
-                    rollups.KEYS_SQL, params={"full_lo": lo, "full_hi": hi}
-                ).to_arrow_table()
-            )
+            self.parts["keys"].append(self.con.sql(rollups.KEYS_SQL).to_arrow_table())
         finally:
             self.con.unregister("batch")
         span = frame.time_range()
@@ -106,7 +101,7 @@ class ImportAccumulator:
 
     def finish(self, sha256: str, name: str) -> ImportFile:
         if self.events == 0:
-            empty = rollups.from_events(self.con, EventFrame.empty(), None)
+            empty = rollups.from_events(self.con, EventFrame.empty())
             self.con.close()
             return ImportFile(sha256, name, empty, 0, None)
         self._merge()

@@ -101,9 +101,7 @@ def feed(
             # starts over after a crash) saves it once, at the end.
             state = sim.state.to_bytes() if last or save_each else None
             pending = None if last else pool.submit(sim.generate, windows[i + 1])
-            ingest_write.replace_window(
-                con, frame, SIMULATOR, w, now, cfg.store.key_compaction_lag, state=state
-            )
+            ingest_write.replace_window(con, frame, SIMULATOR, w, now, state=state)
             events += len(frame)
             if progress:
                 progress(i + 1, len(windows))
@@ -148,9 +146,7 @@ def pull(
     with store_db.writer(cfg.store.path, now, publish=publish) as con:
         for i, w in enumerate(windows):
             data = pull_rollups(client, ae.dataset, cfg.columns, w)
-            events += ingest_write.replace_window(
-                con, data, ANALYTICS_ENGINE, w, now, cfg.store.key_compaction_lag
-            ).events
+            events += ingest_write.replace_window(con, data, ANALYTICS_ENGINE, w, now).events
             if monotonic() - published > PUBLISH_EVERY_S:
                 # A long backfill shows its progress to readers as it goes.
                 snapshots.publish_open(con, cfg.store.path)
@@ -188,10 +184,7 @@ def _aggregate(path: Path, latest: datetime) -> imports.ImportFile:
     return acc.finish(files.file_sha256(path), path.name)
 
 
-def compact(
-    con: duckdb.DuckDBPyConnection, cfg: Config, now: datetime
-) -> tuple[int, retention.Result]:
-    """The daily sweep: per-key minute rows of finished hours into hours,
-    then retention. Returns the sources compacted and what retention did."""
-    n = ingest_write.compact_all(con, floor_to(now - cfg.store.key_compaction_lag, HOUR))
-    return n, retention.apply(con, now, cfg.retention)
+def compact(con: duckdb.DuckDBPyConnection, cfg: Config, now: datetime) -> retention.Result:
+    """The daily sweep: retention (per-key minutes older than the minute
+    horizon into hours among the rest). Returns what it did."""
+    return retention.apply(con, now, cfg.retention)

@@ -82,17 +82,17 @@ class Jobs:
     def compact(self, now: datetime) -> int:
         """Per-key compaction and retention."""
         with store_db.writer(self.cfg.store.path, now, publish=False) as con:
-            n, kept = ingest_load.compact(con, self.cfg, now)
+            kept = ingest_load.compact(con, self.cfg, now)
         log.info(
-            "compact: %d source(s) compacted; retention removed %d minute and %d hourly rows "
-            "(minutes kept from %s, hours from %s)",
-            n,
+            "compact: %d per-key minute rows merged into hours; retention removed %d minute and "
+            "%d hourly rows (minutes kept from %s, hours from %s)",
+            kept.key_minute_rows,
             kept.minute_rows,
             kept.hour_rows,
             iso(kept.horizons.minute),
             iso(kept.horizons.hour),
         )
-        return n + kept.minute_rows + kept.hour_rows
+        return kept.key_minute_rows + kept.minute_rows + kept.hour_rows
 
     def alerts(self, now: datetime) -> int:
         """Evaluate the rules once per minute slot, queue and deliver."""
