@@ -18,12 +18,14 @@ from cachemon import config
 from cachemon import settings as cm_settings
 from cachemon.cli import main as cli_main
 from cachemon.clock import DAY, HOUR, Period, Window, iso
+from cachemon.costs import optimize
 from cachemon.events import ENDPOINTS
 from cachemon.ingest import keys, retention
 from cachemon.ingest import load as ingest_load
 from cachemon.sources.analytics_engine import Client, Credentials
 from cachemon.store import db as store_db
 from cachemon.store import topkeys
+from cachemon.store.queries import data_end
 from cachemon.testing.ae_emulator import Emulator
 from cachemon.usecases import metrics_report
 from tests.helpers import load, simulate
@@ -236,3 +238,26 @@ def test_before_the_hour_horizon_a_ragged_edge_counts_its_day(events, tmp_path):
         top = topkeys.top_keys(con, window, None, 10)
     assert top.counted == Window(START - timedelta(hours=12), window.end) and not top.exact
     assert_same_top([(r[0], sum(r[2:6])) for r in top.rows], truth(df, top.counted, 10))
+
+
+@pytest.mark.parametrize("period", ["1h", "24h"])
+def test_overview_and_top_keys_page_agree(store, period):
+    """The Overview's top keys (metrics_report.build) and the Top keys page
+    (optimize.key_page over the same period) count the same numbers (the
+    issue: 3,896 against 4,272 for one key and period)."""
+    path, df = store
+    at = datetime(2026, 11, 19, 13, 37, tzinfo=UTC)
+    length = Period.parse(period).length
+    with store_db.reader(path) as con:
+        overview = metrics_report.build(
+            con, _cfg(path), Period.parse(period), at, top=20, latest=True, costs=True
+        ).metrics
+        window = Window.ending(data_end(con, at), length)  # as pages/topkeys.py does
+        page = optimize.key_page(con, window, at, optimize.KeyFilter(limit=20))
+    assert overview.window == window and overview.top_keys_exact
+    shown = dict(zip(page.rows.key, page.rows.requests))
+    # The same keys with the same counts (either may break a tie at the cut differently).
+    assert_same_top(list(shown.items()), [(k.key, k.requests) for k in overview.top_keys])
+    for k in overview.top_keys:
+        assert shown.get(k.key, k.requests) == pytest.approx(k.requests, rel=1e-12)
+    assert_same_top(list(shown.items()), truth(df, window, 20))
