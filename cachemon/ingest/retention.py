@@ -76,8 +76,8 @@ HOUR_DELETES = (
 class Result:
     horizons: Horizons
     minute_rows: int  # minute rows removed (request, latency and gauge rows)
-    key_minute_rows: int  # per-key minute rows merged into hours
     hour_rows: int  # hourly rows removed after their days were written
+    key_minute_rows: int = 0  # per-key minute rows merged into hours
 
 
 def latest_watermark(con: duckdb.DuckDBPyConnection) -> datetime | None:
@@ -112,7 +112,7 @@ def apply(con: duckdb.DuckDBPyConnection, now: datetime, cfg: RetentionConfig) -
         hour_rows = sum(_deleted(con, sql, p) for sql in HOUR_DELETES)
         con.execute(SET_HORIZON, {"name": "minute", "horizon": want.minute})
         con.execute(SET_HORIZON, {"name": "hour", "horizon": want.hour})
-    return Result(horizons(con), minute_rows, key_minute_rows, hour_rows)
+    return Result(horizons(con), minute_rows, hour_rows, key_minute_rows)
 
 
 def _deleted(con: duckdb.DuckDBPyConnection, sql: str, params: dict) -> int:
