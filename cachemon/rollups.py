@@ -10,9 +10,9 @@ Tables (pyarrow), one row per group:
   bytes, latency_sum, latency_min, latency_max, events
 * `latency` — minute, tier, endpoint, experiment, cohort, bucket, weight
 * `gauges`  — minute, name, value_sum, samples, value_min, value_max, value_last
-* `keys`    — key, endpoint, experiment, cohort, t, whole_hour, edge, kv,
-  r2, api, errors, first_seen, last_seen; `t` is the hour inside the window's whole hours
-  (`whole_hour` true) and the minute in its ragged edges.
+* `keys`    — key, endpoint, experiment, cohort, t (the minute), edge, kv,
+  r2, api, errors, fill_errors, first_seen, last_seen; `fill_errors` are the
+  errors of requests answered by R2 or the origin (failed fills: no KV write).
 * `samples` — timestamp, endpoint, key, key_hash, tier, error, weight: the
   raw request rows of the keys whose `keyhash.key_hash` is under
   `sample_rate` (SHARDS; `None` when the source has no key hash).
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import duckdb
 import numpy as np
@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cachemon import keyhash
-from cachemon.clock import HOUR, MINUTE, Window, ceil_to, floor_to
+from cachemon.clock import MINUTE, Window, floor_to
 from cachemon.events import EventFrame
 from cachemon.histogram import LN_GAMMA, ZERO_BUCKET
 
@@ -62,16 +62,14 @@ GROUP BY ALL
 """
 
 KEYS_SQL = """
-SELECT key, any_value(endpoint) AS endpoint, experiment, cohort,
-       if(timestamp >= $full_lo AND timestamp < $full_hi,
-          date_trunc('hour', timestamp), date_trunc('minute', timestamp)) AS t,
-       timestamp >= $full_lo AND timestamp < $full_hi AS whole_hour,
+SELECT key, any_value(endpoint) AS endpoint, experiment, cohort, date_trunc('minute', timestamp) AS t,
        sum(if(tier = 'edge', sample_interval, 0)) AS edge, sum(if(tier = 'kv', sample_interval, 0)) AS kv,
        sum(if(tier = 'r2', sample_interval, 0)) AS r2, sum(if(tier = 'api', sample_interval, 0)) AS api,
        sum(if(status = 'error', sample_interval, 0)) AS errors,
+       sum(if(status = 'error' AND tier IN ('r2', 'api'), sample_interval, 0)) AS fill_errors,
        min(timestamp) AS first_seen, max(timestamp) AS last_seen
 FROM batch WHERE kind = 'request'
-GROUP BY key, experiment, cohort, t, whole_hour
+GROUP BY key, experiment, cohort, t
 """
 
 
@@ -108,10 +106,6 @@ class Sampling:
     budget: float
 
 
-# "Every hour is whole": the bounds used for imports, which have no window.
-ALL_HOURS = Window(datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC))
-
-
 @dataclass(frozen=True)
 class Rollups:
     minute: pa.Table
@@ -123,38 +117,29 @@ class Rollups:
     sample_rate: float | None = None  # the rate the samples were taken at (after the budget)
 
     def time_range(self) -> tuple[datetime, datetime] | None:
-        """Earliest and latest minute (or hour) the rollups touch."""
+        """Earliest and latest minute the rollups touch."""
         cols = [self.minute["minute"], self.gauges["minute"], self.keys["t"]]
         lo = [pc.min(c).as_py() for c in cols if len(c)]
         hi = [pc.max(c).as_py() for c in cols if len(c)]
         return (min(lo), max(hi)) if lo else None
 
 
-def whole_hours(window: Window | None) -> tuple[datetime, datetime] | None:
-    """[first, last) whole hours of a window; None (no window) means all."""
-    if window is None:
-        return None
-    lo, hi = ceil_to(window.start, HOUR), floor_to(window.end, HOUR)
-    return (lo, hi) if lo < hi else (window.end, window.end)
-
-
 def from_events(
     con: duckdb.DuckDBPyConnection,
     frame: EventFrame,
-    window: Window | None,
+    window: Window | None = None,
     sampling: Sampling | None = None,
 ) -> Rollups:
     """Aggregate events with DuckDB (a scratch connection is fine). With
     `sampling`, the SHARDS samples too, within the budget of the window's
     minutes (`window` None: of the minutes the events span)."""
-    lo, hi = whole_hours(window) or (ALL_HOURS.start, ALL_HOURS.end)
     con.register("batch", frame.table)
     try:
         r = Rollups(
             minute=con.sql(MINUTE_SQL).to_arrow_table(),
             latency=con.sql(LATENCY_SQL).to_arrow_table(),
             gauges=con.sql(GAUGE_SQL).to_arrow_table(),
-            keys=con.sql(KEYS_SQL, params={"full_lo": lo, "full_hi": hi}).to_arrow_table(),
+            keys=con.sql(KEYS_SQL).to_arrow_table(),
             events=len(frame),
         )
         if sampling is None:

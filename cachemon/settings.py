@@ -84,9 +84,9 @@ class ColumnMapping:
 @dataclass(frozen=True)
 class StoreConfig:
     path: str = DEFAULT_DB
-    # Per-key minute rows of a partly ingested hour are merged into the
-    # hourly table once the hour is this far behind the newest window; it
-    # must exceed any re-pull overlap (Analytics Engine late data).
+    # No longer used (schema 9): per-key minutes are kept for [retention]
+    # minute_days, so top keys of every window there are exact. Still read
+    # and checked, so config files that set it keep loading.
     key_compaction_lag: timedelta = timedelta(hours=1)
 
 

@@ -45,7 +45,8 @@ def _keys(
 ):
     window = _window(con, period, at)
     f = optimize.KeyFilter(endpoint, klass, contains, limit)
-    return optimize.key_page(con, window, at, f)
+    # The page's counts are of `covered`: say so when that is wider than asked.
+    return optimize.key_page(con, window, at, f), window, topkeys.covered(con, window)
 
 
 def _series(
@@ -74,7 +75,7 @@ def page():
         "Rows", min_value=10, max_value=5000, value=500, step=100, key="key_rows"
     )
     try:
-        kp = common.cached(
+        kp, window, counted = common.cached(
             _keys,
             period.value,
             common.endpoint(),
@@ -87,6 +88,13 @@ def page():
         common.show_error(exc)
         return
     df = kp.rows
+    if counted != window:
+        st.warning(
+            f"Not exact: keys are counted over {counted} (UTC), wider than the period "
+            f"{window}: per-key minutes (or hours) there are compacted by retention "
+            "([retention] minute_days, hour_days)",
+            icon=":material/warning:",
+        )
     st.caption(
         f"{kp.window} (UTC) · {kp.matching:,} keys match, the busiest {len(df):,} shown · "
         f"rates per day over {kp.days:.2f} day(s) · click a column to sort"

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from cachemon import jsontext
 from cachemon.api import access, app, server
 from cachemon.argcheck import bounded
-from cachemon.clock import Period, parse_instant, utcnow
+from cachemon.clock import Period, iso, parse_instant, utcnow
 from cachemon.errors import InputError
 from cachemon.events import ENDPOINTS
 from cachemon.settings import Config
@@ -124,6 +124,15 @@ def show(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
         # Without --at, a lagging source still gets its last good numbers, marked stale.
         report = metrics_report.build(
             con, cfg, period, at, args.endpoint, args.top, latest=args.at is None
+        )
+    m = report.metrics
+    if m.top_keys and not m.top_keys_exact:
+        # Said on every surface: the JSON has topKeysExact false beside the span.
+        w = m.top_keys_window
+        print(
+            f"cachemon: warning: top keys are counted over {iso(w.start)} to {iso(w.end)}, wider "
+            "than the period: per-key minutes there are compacted ([retention] minute_days)",
+            file=sys.stderr,
         )
     if args.format == "prometheus":
         sys.stdout.write(report.to_prometheus())

@@ -23,7 +23,8 @@ def register(sub) -> None:
     p.set_defaults(func=export)
 
     p = sub.add_parser(
-        "compact", help="merge finished per-key hours and apply [retention] now (the daily job)"
+        "compact",
+        help="apply [retention] now: old minutes into hours, old hours into days (the daily job)",
     )
     p.add_argument("--at", help="act as if now were this instant")
     p.set_defaults(func=compact)
@@ -40,16 +41,17 @@ def export(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
 
 
 def compact(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
-    """`compact`: merge finished per-key hours and apply the retention horizons."""
+    """`compact`: apply the retention horizons (per-key minutes among them)."""
     at = (
         check_not_future(parse_instant(args.at, "--at"), now, skew=cfg.ingest.clock_skew)
         if args.at
         else now
     )
     with store_db.writer(cfg.store.path, now, create=False) as con:
-        n, kept = ingest_load.compact(con, cfg, at)
+        kept = ingest_load.compact(con, cfg, at)
     print(
-        f"compacted per-key rows of {n} source(s); retention removed {kept.minute_rows:,} minute "
+        f"merged {kept.key_minute_rows:,} per-key minute rows into hours; retention removed "
+        f"{kept.minute_rows:,} minute "
         f"rows (kept from {kept.horizons.minute:%Y-%m-%d}) and {kept.hour_rows:,} hourly rows "
         f"(kept from {kept.horizons.hour:%Y-%m-%d}), and {kept.sample_rows:,} SHARDS sample rows "
         f"older than {cfg.retention.sample_days} days",

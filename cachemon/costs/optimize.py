@@ -48,16 +48,14 @@ KEYS_TEMP = f"""
 CREATE OR REPLACE TEMP TABLE opt_keys AS
 WITH k AS (
     SELECT key_id, sum(edge) AS edge, sum(kv) AS kv, sum(r2) AS r2, sum(api) AS api, sum(errors) AS errors,
-           sum(edge + kv + r2 + api) AS requests
+           sum(fill_errors) AS fill_errors, sum(edge + kv + r2 + api) AS requests
     FROM ({KEY_ROWS}) GROUP BY key_id),
--- First seen of just these keys: a semi-join, not a month of key_day grouped.
+-- First seen of just these keys: a semi-join, not a month of key_day grouped
+-- (key_day sums every per-key row, minutes included, since schema 9).
 f AS (
-    SELECT key_id, min(first_seen) AS first_seen FROM (
-        SELECT key_id, first_seen FROM key_day WHERE key_id IN (SELECT key_id FROM k)
-        UNION ALL
-        SELECT key_id, first_seen FROM key_minute WHERE key_id IN (SELECT key_id FROM k))
-    GROUP BY key_id)
-SELECT k.key_id, c.endpoint, k.edge, k.kv, k.r2, k.api, k.errors, k.requests,
+    SELECT key_id, min(first_seen) AS first_seen FROM key_day
+    WHERE key_id IN (SELECT key_id FROM k) GROUP BY key_id)
+SELECT k.key_id, c.endpoint, k.edge, k.kv, k.r2, k.api, k.errors, k.fill_errors, k.requests,
        k.requests / $days AS per_day, (k.kv + k.r2 + k.api) / $days AS kv_rate,
        {key_class_sql("k.requests / $days")} AS class,
        epoch($at - f.first_seen) / 86400.0 AS age_days

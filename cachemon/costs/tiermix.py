@@ -115,9 +115,9 @@ class TierMix:
         return sum(pricing[c].list_cost(self.units(c)) for c in COMPONENTS)
 
 
-def kv_writes_sql(r2: str = "r2", api: str = "api", failed: str = "errors") -> str:
+def kv_writes_sql(r2: str = "r2", api: str = "api", failed: str = "fill_errors") -> str:
     """`TierMix.kv_writes` as a SQL expression over columns. The per-key
-    rows keep a key's errors without their tier; an edge or KV hit answers
-    from the cache, so their errors are taken as failed fills (clipped at
-    zero, as the rule is)."""
+    rows keep `fill_errors`, the errors of requests answered by R2 or the
+    origin (schema v9; rows written before it hold least(errors, r2 + api)),
+    so edge and KV errors reduce no write (clipped at zero, as the rule is)."""
     return f"greatest({r2} + {api} - {failed}, 0)"

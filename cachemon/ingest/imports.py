@@ -48,10 +48,10 @@ MERGE_SQL = {
     "gauges": """SELECT minute, name, sum(value_sum) AS value_sum, sum(samples)::BIGINT AS samples,
         min(value_min) AS value_min, max(value_max) AS value_max, arg_max(value_last, last_at) AS value_last,
         max(last_at) AS last_at FROM part GROUP BY ALL""",
-    "keys": """SELECT key, any_value(endpoint) AS endpoint, experiment, cohort, t, whole_hour, sum(edge) AS edge,
+    "keys": """SELECT key, any_value(endpoint) AS endpoint, experiment, cohort, t, sum(edge) AS edge,
         sum(kv) AS kv, sum(r2) AS r2, sum(api) AS api, sum(errors) AS errors,
-        min(first_seen) AS first_seen, max(last_seen) AS last_seen
-        FROM part GROUP BY key, experiment, cohort, t, whole_hour""",
+        sum(fill_errors) AS fill_errors, min(first_seen) AS first_seen, max(last_seen) AS last_seen
+        FROM part GROUP BY key, experiment, cohort, t""",
 }
 # Partial rollup rows held before they are merged (bounds memory between
 # merges; ~100 MB of per-key rows). Merging waits until the pending rows
@@ -76,17 +76,12 @@ class ImportAccumulator:
     def add(self, frame: EventFrame) -> None:
         if len(frame) == 0:
             return
-        lo, hi = rollups.ALL_HOURS.start, rollups.ALL_HOURS.end
         self.con.register("batch", frame.table)
         try:
             self.parts["minute"].append(self.con.sql(rollups.MINUTE_SQL).to_arrow_table())
             self.parts["latency"].append(self.con.sql(rollups.LATENCY_SQL).to_arrow_table())
             self.parts["gauges"].append(self.con.sql(GAUGE_PARTIAL_SQL).to_arrow_table())
-            self.parts["keys"].append(
-                self.con.sql(
-                    rollups.KEYS_SQL, params={"full_lo": lo, "full_hi": hi}
-                ).to_arrow_table()
-            )
+            self.parts["keys"].append(self.con.sql(rollups.KEYS_SQL).to_arrow_table())
             if self.sampling is not None:
                 self.samples.append(rollups.sample_rows(self.con, self.sampling.rate))
         finally:

@@ -109,7 +109,6 @@ def feed(
                 SIMULATOR,
                 w,
                 now,
-                cfg.store.key_compaction_lag,
                 state=state,
                 sampling=ingest_samples.sampling(cfg.ttl),
             )
@@ -159,9 +158,7 @@ def pull(
             data = pull_rollups(
                 client, ae.dataset, cfg.columns, w, ingest_samples.sampling(cfg.ttl)
             )
-            events += ingest_write.replace_window(
-                con, data, ANALYTICS_ENGINE, w, now, cfg.store.key_compaction_lag
-            ).events
+            events += ingest_write.replace_window(con, data, ANALYTICS_ENGINE, w, now).events
             if monotonic() - published > PUBLISH_EVERY_S:
                 # A long backfill shows its progress to readers as it goes.
                 snapshots.publish_open(con, cfg.store.path)
@@ -199,10 +196,7 @@ def _aggregate(path: Path, latest: datetime, sampling: Sampling) -> imports.Impo
     return acc.finish(files.file_sha256(path), path.name)
 
 
-def compact(
-    con: duckdb.DuckDBPyConnection, cfg: Config, now: datetime
-) -> tuple[int, retention.Result]:
-    """The daily sweep: per-key minute rows of finished hours into hours,
-    then retention. Returns the sources compacted and what retention did."""
-    n = ingest_write.compact_all(con, floor_to(now - cfg.store.key_compaction_lag, HOUR))
-    return n, retention.apply(con, now, cfg.retention)
+def compact(con: duckdb.DuckDBPyConnection, cfg: Config, now: datetime) -> retention.Result:
+    """The daily sweep: retention (per-key minutes older than the minute
+    horizon into hours among the rest). Returns what it did."""
+    return retention.apply(con, now, cfg.retention)

@@ -2,7 +2,10 @@
 
 Every write keeps `rollup_hour`, `latency_hour` and `key_day` equal to the
 sums of their finer rows, so compacting is mostly deleting: minute rows
-older than `minute_days` go (gauges are first summed into `gauge_hour`),
+older than `minute_days` go (gauges are first summed into `gauge_hour`,
+per-key minutes into `key_hour`: top keys of a window are exact where its
+edges are minutes after the minute horizon, or whole hours after the hour
+horizon, or whole days; `cachemon.store.topkeys.covered` says so),
 and hourly rows older than `hour_days` are first summed into `rollup_day`
 / `latency_day` (per-key hours are already in `key_day`). Histogram
 buckets add up, so daily totals and quantiles stay exact.
@@ -25,6 +28,7 @@ from datetime import datetime, timedelta
 import duckdb
 
 from cachemon.clock import DAY, EARLIEST, floor_to
+from cachemon.ingest import keys
 from cachemon.settings import RetentionConfig
 from cachemon.store.connection import first_row, transaction
 from cachemon.store.horizons import Horizons, horizons
@@ -87,6 +91,7 @@ class Result:
     minute_rows: int  # minute rows removed (request, latency and gauge rows)
     hour_rows: int  # hourly rows removed after their days were written
     sample_rows: int = 0  # SHARDS sample rows removed
+    key_minute_rows: int = 0  # per-key minute rows merged into hours
 
 
 def latest_watermark(con: duckdb.DuckDBPyConnection) -> datetime | None:
@@ -114,6 +119,7 @@ def apply(con: duckdb.DuckDBPyConnection, now: datetime, cfg: RetentionConfig) -
         p = {"before": want.minute}
         con.execute(GAUGES_TO_HOURS, p)
         minute_rows = sum(_deleted(con, sql, p) for sql in MINUTE_DELETES)
+        key_minute_rows = keys.compact_minutes(con, want.minute)
         p = {"before": want.hour}
         con.execute(ROLLUPS_TO_DAYS, p)
         con.execute(LATENCY_TO_DAYS, p)
@@ -121,7 +127,13 @@ def apply(con: duckdb.DuckDBPyConnection, now: datetime, cfg: RetentionConfig) -
         con.execute(SET_HORIZON, {"name": "minute", "horizon": want.minute})
         con.execute(SET_HORIZON, {"name": "hour", "horizon": want.hour})
         sample_rows = _drop_samples(con, sample_cutoff(now, cfg))
-    return Result(horizons(con), minute_rows, hour_rows, sample_rows)
+    return Result(
+        horizons(con),
+        minute_rows,
+        hour_rows,
+        sample_rows=sample_rows,
+        key_minute_rows=key_minute_rows,
+    )
 
 
 def sample_cutoff(now: datetime, cfg: RetentionConfig) -> datetime:

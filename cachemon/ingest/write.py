@@ -11,11 +11,12 @@ Two ways in, both one transaction each:
   covering the same hours add up. A file is aggregated as it streams in
   (`cachemon.ingest.imports`).
 
-Per-key counts (`cachemon.ingest.keys`) are kept per hour. A window that
-covers only part of an hour writes that hour's per-key rows per minute
-(`key_minute`); once the hour is `key_compaction_lag` behind the newest
-window they are merged into `key_hour`. Hourly rollups are recomputed from the minute rollups of the
-hours a write touched, so they always equal the sum of their minutes.
+Per-key counts (`cachemon.ingest.keys`) are kept per minute (`key_minute`)
+until retention's minute horizon, so every window there counts exactly; the
+days they make up (`key_day`) and the top-key summaries of the hours and
+days a write touched are recomputed with it. Hourly rollups are recomputed
+from the minute rollups of the hours a write touched, so they always equal
+the sum of their minutes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from datetime import datetime, timedelta
 import duckdb
 
 from cachemon import rollups
-from cachemon.clock import HOUR, MINUTE, Window, as_utc, ceil_to, floor_to, iso
+from cachemon.clock import DAY, HOUR, MINUTE, Window, as_utc, ceil_to, floor_to, iso
 from cachemon.errors import SourceError, StoreError
 from cachemon.events import EventFrame
 from cachemon.ingest import imports, keys
@@ -87,6 +88,9 @@ _COMPACTED_TABLES = (
     ("gauge_hour", "hour"),
 )
 
+# Where a source's per-key rows are (its days sum all of them).
+SOURCE_SPAN = "SELECT min(day), max(day) FROM key_day WHERE source = ?"
+
 UPSERT_WATERMARK = """
 INSERT INTO watermarks VALUES ($source, $until, $now)
 ON CONFLICT (source) DO UPDATE SET until = excluded.until, updated_at = excluded.updated_at
@@ -110,7 +114,6 @@ def replace_window(
     source: str,
     window: Window,
     now: datetime,
-    key_compaction_lag: timedelta = HOUR,
     state: bytes | None = None,
     sampling: Sampling = ingest_samples.DEFAULT,
 ) -> IngestResult:
@@ -138,12 +141,7 @@ def replace_window(
             changed = keys.replace_keys(con, source, window)
             ingest_samples.replace(con, source, r, window.start, window.end)
         _recompute_hours(con, source, window.start, window.end)
-        before = floor_to(window.end - key_compaction_lag, HOUR)
-        compacted = keys.compact_keys(con, source, before)
-        if compacted:
-            changed = _hull(changed, (floor_to(compacted, HOUR), before))
-        if changed:
-            keys.refresh_summaries(con, source, *changed)
+        keys.refresh_summaries(con, source, *changed)
         previous = first_row(con, "SELECT until FROM watermarks WHERE source = ?", [source])
         until = max(window.end, previous[0]) if previous else window.end
         con.execute(UPSERT_WATERMARK, {"source": source, "until": until, "now": now})
@@ -235,46 +233,22 @@ def watermarks(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
     }
 
 
-def compact_all(con: duckdb.DuckDBPyConnection, before: datetime) -> int:
-    """Merge every source's per-key minute rows of hours before `before`
-    (sources that stopped writing are never compacted by their own writes).
-    Returns how many sources had rows to merge."""
-    sources = [
-        r[0]
-        for r in con.execute(
-            "SELECT DISTINCT source FROM key_minute WHERE minute < $before", {"before": before}
-        ).fetchall()
-    ]
-    for source in sources:
-        with _transaction(con):
-            first = keys.compact_keys(con, source, before)
-            if first:
-                keys.refresh_summaries(con, source, floor_to(first, HOUR), before)
-    return len(sources)
-
-
 def drop_source(con: duckdb.DuckDBPyConnection, source: str) -> None:
     """Remove every row, the watermark and the state of `source`."""
     with _transaction(con):
-        span = first_row(
-            con, "SELECT min(hour), max(hour) FROM key_hour WHERE source = ?", [source]
-        )
+        span = first_row(con, SOURCE_SPAN, [source])
         for table, _ in _MINUTE_TABLES + _HOUR_TABLES + _COMPACTED_TABLES:
             con.execute(f"DELETE FROM {table} WHERE source = ?", [source])
         for table in ("watermarks", "source_state"):
             con.execute(f"DELETE FROM {table} WHERE source = ?", [source])
         ingest_samples.drop(con, source)
         if span[0] is not None:
-            topkeys.refresh(con, span[0], span[1] + HOUR)
+            topkeys.refresh(con, span[0], span[1] + DAY)
 
 
 def _store_minutes(con: duckdb.DuckDBPyConnection, source: str) -> None:
     for sql in (STORE_MINUTE, STORE_LATENCY, STORE_GAUGES):
         con.execute(sql, {"source": source})
-
-
-def _hull(a, b):
-    return b if a is None else (min(a[0], b[0]), max(a[1], b[1]))
 
 
 def _recompute_hours(

@@ -122,12 +122,19 @@ class Metrics:
     def error_rate(self) -> float:
         return 100.0 * self.errors / self.volume.total if self.volume.total else 0.0
 
+    @property
+    def top_keys_exact(self) -> bool:
+        """Whether the top keys count `window` itself, not a wider span
+        (`top_keys_window`: per-key minutes older than the minute horizon
+        are gone, so an edge there counts its whole hour, or day)."""
+        return self.top_keys_window is None or self.top_keys_window == self.window
+
 
 def _top_keys(con: duckdb.DuckDBPyConnection, window: Window, endpoint: str | None, limit: int):
     if limit == 0:
         return (), None
-    rows, covered = topkeys.top_keys(con, window, endpoint, limit)
-    return tuple(TopKey(r[0], r[1], TierVolume(*r[2:6]), r[6]) for r in rows), covered
+    top = topkeys.top_keys(con, window, endpoint, limit)
+    return tuple(TopKey(r[0], r[1], TierVolume(*r[2:6]), r[6]) for r in top.rows), top.counted
 
 
 def compute(
@@ -256,6 +263,7 @@ def to_json(
             "start": iso(m.top_keys_window.start),
             "end": iso(m.top_keys_window.end),
         }
+        out["topKeysExact"] = m.top_keys_exact
     if m.endpoint:
         out["endpoint"] = m.endpoint
     return finite(out)

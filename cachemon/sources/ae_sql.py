@@ -32,7 +32,6 @@ def _dims(m: ColumnMapping) -> str:
 
 
 _MINUTE = "toStartOfInterval(timestamp, INTERVAL '1' MINUTE)"
-_HOUR = "toStartOfInterval(timestamp, INTERVAL '1' HOUR)"
 
 
 def minute_rollups(dataset: str, m: ColumnMapping, window: Window) -> str:
@@ -70,17 +69,18 @@ WHERE {_range(window)} AND {m.kind} != 'request'
 FORMAT JSON"""
 
 
-def key_counts(dataset: str, m: ColumnMapping, window: Window, whole: Window) -> str:
-    """Per-key weighted requests by tier: per hour inside the whole hours
-    `whole`, per minute in the window's ragged edges."""
-    inside = f"timestamp >= {_time(whole.start)} AND timestamp < {_time(whole.end)}"
+def key_counts(dataset: str, m: ColumnMapping, window: Window) -> str:
+    """Per-key weighted requests by tier per minute (the store keeps them
+    for [retention] minute_days, so every window there is exact), with the
+    errors of requests answered by R2 or the origin (failed fills)."""
     return f"""SELECT {m.key} AS key, {m.endpoint} AS endpoint, {m.experiment} AS experiment, {m.cohort} AS cohort,
-  if({inside}, {_HOUR}, {_MINUTE}) AS t,
+  {_MINUTE} AS t,
   sum(if({m.tier} = 'edge', _sample_interval, 0)) AS edge,
   sum(if({m.tier} = 'kv', _sample_interval, 0)) AS kv,
   sum(if({m.tier} = 'r2', _sample_interval, 0)) AS r2,
   sum(if({m.tier} = 'api', _sample_interval, 0)) AS api,
   sum(if({m.status} = 'error', _sample_interval, 0)) AS errors,
+  sum(if({m.status} = 'error' AND ({m.tier} = 'r2' OR {m.tier} = 'api'), _sample_interval, 0)) AS fill_errors,
   min(timestamp) AS first_seen, max(timestamp) AS last_seen
 FROM {dataset}
 WHERE {_range(window)} AND {m.kind} = 'request'

@@ -245,6 +245,7 @@ _TYPES = {
         ("r2", "num"),
         ("api", "num"),
         ("errors", "num"),
+        ("fill_errors", "num"),
         ("first_seen", "time"),
         ("last_seen", "time"),
     ),
@@ -271,11 +272,10 @@ def pull_rollups(
     """The rollups of one window, aggregated by Analytics Engine, and the
     SHARDS samples when the dataset has the Worker's key hash
     (`[columns] key_hash`); without it, `samples` is None."""
-    whole = rollups.whole_hours(window)
     minute = _table(client.query(ae_sql.minute_rollups(dataset, mapping, window)), "minute")
     latency = _table(client.query(ae_sql.latency_histogram(dataset, mapping, window)), "latency")
     points = _table(client.query(ae_sql.gauge_points(dataset, mapping, window)), "gauges")
-    keys = _table(client.query(ae_sql.key_counts(dataset, mapping, window, Window(*whole))), "keys")
+    keys = _table(client.query(ae_sql.key_counts(dataset, mapping, window)), "keys")
     for kind, table in (
         ("minute", minute),
         ("latency", latency),
@@ -283,7 +283,6 @@ def pull_rollups(
         ("keys", keys),
     ):
         _check_answer(kind, table, window)
-    keys = keys.add_column(3, "whole_hour", _inside(keys["t"], whole))
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         # Named as events, the points go through the same gauge SQL as events do.
@@ -413,12 +412,6 @@ def _check_answer(kind: str, table: pa.Table, window: Window) -> None:
                 f"Analytics Engine answer ({kind}) has {hits} row(s) with {why} in column {name!r} "
                 f"(first: {str(first)[:40]}); nothing was written"
             )
-
-
-def _inside(times: pa.ChunkedArray, span: tuple[datetime, datetime]) -> pa.ChunkedArray:
-    """Whether each time lies in [span)."""
-    lo, hi = (pa.scalar(t, times.type) for t in span)
-    return pc.and_(pc.greater_equal(times, lo), pc.less(times, hi))
 
 
 def _table(result: QueryResult, kind: str) -> pa.Table:

@@ -147,25 +147,29 @@ def data_days(con: duckdb.DuckDBPyConnection, window: Window) -> tuple[Window, f
 
 # -- per-key rows ----------------------------------------------------------------
 
-# Per-key rows of a window, each counted once: whole days from key_day, the
-# hours around them from key_hour, not-yet-compacted minutes from key_minute
-# (parameters from `key_ranges`).
-KEY_ROWS = """
-SELECT key_id, edge, kv, r2, api, errors FROM key_day WHERE day >= $d_lo AND day < $d_hi
+# Per-key rows of a window, each counted once: whole days from key_day (which
+# sums hours and minutes), the compacted hours around them from key_hour, and
+# the minutes around them from key_minute (parameters from `key_ranges`).
+_KEY_ROW = "key_id, edge, kv, r2, api, errors, fill_errors"
+KEY_ROWS = f"""
+SELECT {_KEY_ROW} FROM key_day WHERE day >= $d_lo AND day < $d_hi
 UNION ALL
-SELECT key_id, edge, kv, r2, api, errors FROM key_hour WHERE hour >= $h1_lo AND hour < $h1_hi
+SELECT {_KEY_ROW} FROM key_hour WHERE hour >= $h1_lo AND hour < $h1_hi
 UNION ALL
-SELECT key_id, edge, kv, r2, api, errors FROM key_hour WHERE hour >= $h2_lo AND hour < $h2_hi
+SELECT {_KEY_ROW} FROM key_hour WHERE hour >= $h2_lo AND hour < $h2_hi
 UNION ALL
-SELECT key_id, edge, kv, r2, api, errors FROM key_minute WHERE minute >= $m_lo AND minute < $m_hi
+SELECT {_KEY_ROW} FROM key_minute WHERE minute >= $m1_lo AND minute < $m1_hi
+UNION ALL
+SELECT {_KEY_ROW} FROM key_minute WHERE minute >= $m2_lo AND minute < $m2_hi
 """
 
 
 def key_ranges(lo: datetime, hi: datetime) -> dict:
     """Parameters of KEY_ROWS for [lo, hi): whole days from key_day, whole
-    hours around them from key_hour, and minutes not yet compacted from
-    key_minute (the three are disjoint). Hourly rows cannot be split, so
-    the hours are those wholly inside the window (lo rounded up, hi down)."""
+    compacted hours around them from key_hour, and the minutes around them
+    from key_minute (the parts are disjoint). Compacted hourly rows cannot be
+    split, so those hours are the ones wholly inside the window (lo rounded
+    up, hi down); minutes, kept for [retention] minute_days, count exactly."""
     h_lo, h_hi = ceil_to(lo, HOUR), floor_to(hi, HOUR)
     d_lo, d_hi = ceil_to(h_lo, DAY), floor_to(h_hi, DAY)
     if d_lo >= d_hi:
@@ -176,8 +180,10 @@ def key_ranges(lo: datetime, hi: datetime) -> dict:
             "h1_hi": max(h_lo, h_hi),
             "h2_lo": hi,
             "h2_hi": hi,
-            "m_lo": lo,
-            "m_hi": hi,
+            "m1_lo": lo,
+            "m1_hi": hi,
+            "m2_lo": hi,
+            "m2_hi": hi,
         }
     return {
         "d_lo": d_lo,
@@ -186,6 +192,8 @@ def key_ranges(lo: datetime, hi: datetime) -> dict:
         "h1_hi": d_lo,
         "h2_lo": d_hi,
         "h2_hi": h_hi,
-        "m_lo": lo,
-        "m_hi": hi,
+        "m1_lo": lo,
+        "m1_hi": d_lo,
+        "m2_lo": d_hi,
+        "m2_hi": hi,
     }

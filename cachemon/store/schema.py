@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 
 from cachemon.errors import StoreError
+from cachemon.store import topkeys
 from cachemon.store import views as store_views
 from cachemon.store.connection import first_line, first_row, transaction
 
@@ -48,7 +49,7 @@ _KEY_COLUMNS = """
 """
 
 # Each migration is a list of statements, applied in one transaction.
-MIGRATIONS: dict[int, list[str]] = {
+MIGRATIONS: dict[int, list] = {
     1: [
         f"CREATE TABLE rollup_minute ({_ROLLUP_COLUMNS.format(time='minute')})",
         f"CREATE TABLE rollup_hour ({_ROLLUP_COLUMNS.format(time='hour')})",
@@ -143,8 +144,24 @@ MIGRATIONS[8] = [
     "CREATE TABLE retention_state (name VARCHAR PRIMARY KEY, horizon TIMESTAMPTZ NOT NULL)",
     *store_views.VIEWS,
 ]
-# Migration 9 belongs to the top-keys branch (issue #20 §1); empty here.
-MIGRATIONS[9] = []
+# Per-key counts exact for every window (issue 20): every table of per-key
+# counts gains `fill_errors`, the errors of requests answered by R2 or the
+# origin (the failed fills of the tier-mix rule; edge and KV errors write
+# nothing either way). Rows written before it keep errors without their tier:
+# least(errors, r2 + api) is the most of them that can have been fills (a
+# key's r2 + api answers), so old KV writes are never counted below the
+# tier-mix rule's floor. Per-key minute rows are now kept until the minute
+# horizon and `key_day` sums them too: the days and hour summaries of
+# not yet compacted hours are rebuilt, and the key views read the new parts.
+_FILL_TABLES = ("key_minute", "key_hour", "key_day", "key_top")
+MIGRATIONS[9] = [
+    # NOT NULL before the backfill: DuckDB refuses it after an UPDATE in one transaction.
+    *(f"ALTER TABLE {t} ADD COLUMN fill_errors DOUBLE DEFAULT 0" for t in _FILL_TABLES),
+    *(f"ALTER TABLE {t} ALTER COLUMN fill_errors SET NOT NULL" for t in _FILL_TABLES),
+    *(f"UPDATE {t} SET fill_errors = least(errors, r2 + api)" for t in _FILL_TABLES),
+    topkeys.rebuild_uncompacted,
+    *store_views.KEY_VIEWS_V9,
+]
 # SHARDS samples for the TTL what-if (cachemon.ingest.samples writes them,
 # cachemon.store.samples reads them): the request rows of the sampled keys,
 # each sampled key's hash, and the rate each source's minutes were sampled at
@@ -189,7 +206,8 @@ def migrate(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
         )
         for version in range(found + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[version]:
-                con.execute(statement)
+                # A step that needs values of the data (a backfill) is a function.
+                statement(con) if callable(statement) else con.execute(statement)
             con.execute("INSERT INTO schema_version VALUES (?, ?)", [version, now])
     return found
 

@@ -1,61 +1,93 @@
 """Top keys of any window, exact and fast.
 
-Per-key counts live in parts: whole days in `key_day`, other hours in
-`key_hour`, minutes of not yet compacted hours in `key_minute` (an hour is in
-exactly one of key_hour/key_minute; key_day sums key_hour). An hour compacted
-while only partly inside the window counts whole, and the caller is told
-which span was really covered.
+Per-key counts live in parts: whole days in `key_day`, hours older than the
+minute horizon in `key_hour`, and minutes in `key_minute` for as long as
+[retention] minute_days keeps minutes (an hour is in exactly one of
+key_hour/key_minute; key_day sums both). So a window is answered exactly:
+whole days from key_day, whole hours from key_hour (or their minutes),
+ragged minutes from key_minute. Where a window's edge falls in an hour
+whose minutes are gone (older than the minute horizon) that hour counts
+whole, and before the hour horizon the whole day: `covered` says which span
+was really counted and `top_keys` counts exactly that span, never more
+silently (`TopKeys.exact` is False then).
 
 A week holds about a million per-key rows (the long tail of one-off searches
 dominates), too many to GROUP BY for every request. So ingestion keeps, for
 every hour and day, a summary: the `LIST_SIZE` biggest keys of that part
 (`key_top`) and the largest count left out (`key_top_cutoff`). For a window,
-a key's known counts (from the lists, plus key_minute) give a lower bound,
-and adding the cutoffs of the parts whose list it is missing from gives an
-upper bound; a key in no list is bounded by the sum of all cutoffs. When the
-k best lower bounds are exact and beat every other upper bound, that is the
-exact answer (the threshold algorithm of Fagin et al.). Otherwise, rarely
-(an endpoint filter, ties, flat traffic), the parts are aggregated in full.
+a key's known counts (from the lists, plus the ragged minutes) give a lower
+bound, and adding the cutoffs of the parts whose list it is missing from
+gives an upper bound; a key in no list is bounded by the sum of all cutoffs.
+When the k best lower bounds are exact and beat every other upper bound,
+that is the exact answer (the threshold algorithm of Fagin et al.).
+Otherwise, rarely (an endpoint filter, ties, flat traffic), the parts are
+aggregated in full.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import duckdb
 import pandas as pd
 
-from cachemon.clock import DAY, HOUR, Window, ceil_to, floor_to
+from cachemon.clock import DAY, HOUR, MINUTE, Window, ceil_to, floor_to
+from cachemon.store import horizons
 
 LIST_SIZE = 1000
 
 # -- maintenance (called by ingest inside its transaction) -------------------
 
-_RANK = """
+_SUMS = """sum(edge) AS edge, sum(kv) AS kv, sum(r2) AS r2, sum(api) AS api, sum(errors) AS errors,
+       sum(fill_errors) AS fill_errors"""
+_COLS = "key_id, edge, kv, r2, api, errors, fill_errors"
+_RANK = f"""
 CREATE OR REPLACE TEMP TABLE ranked AS
-SELECT {col} AS t, key_id, sum(edge) AS edge, sum(kv) AS kv, sum(r2) AS r2, sum(api) AS api,
-       sum(errors) AS errors, sum(edge + kv + r2 + api) AS requests,
-       row_number() OVER (PARTITION BY {col} ORDER BY sum(edge + kv + r2 + api) DESC, key_id) AS rank
-FROM {table} WHERE {col} >= $lo AND {col} < $hi
-GROUP BY {col}, key_id
+SELECT t, key_id, {_SUMS}, sum(edge + kv + r2 + api) AS requests,
+       row_number() OVER (PARTITION BY t ORDER BY sum(edge + kv + r2 + api) DESC, key_id) AS rank
+FROM ({{rows}})
+GROUP BY t, key_id
 """
-RANK_HOURS = _RANK.format(col="hour", table="key_hour")
-RANK_DAYS = _RANK.format(col="day", table="key_day")
+# Hours: compacted ones from key_hour, the others from their minutes.
+RANK_HOURS = _RANK.format(
+    rows=f"""SELECT hour AS t, {_COLS} FROM key_hour WHERE hour >= $lo AND hour < $hi
+    UNION ALL
+    SELECT date_trunc('hour', minute), {_COLS} FROM key_minute WHERE minute >= $lo AND minute < $hi"""
+)
+RANK_DAYS = _RANK.format(
+    rows=f"SELECT day AS t, {_COLS} FROM key_day WHERE day >= $lo AND day < $hi"
+)
 CLEAR_TOP = "DELETE FROM key_top WHERE part = $part AND t >= $lo AND t < $hi"
 CLEAR_CUTOFF = "DELETE FROM key_top_cutoff WHERE part = $part AND t >= $lo AND t < $hi"
 INSERT_TOP = f"""
 INSERT INTO key_top
-SELECT $part, t, key_id, edge, kv, r2, api, errors, requests FROM ranked WHERE rank <= {LIST_SIZE} ORDER BY t
+SELECT $part, t, key_id, edge, kv, r2, api, errors, requests, fill_errors FROM ranked
+WHERE rank <= {LIST_SIZE} ORDER BY t
 """
 INSERT_CUTOFF = f"""
 INSERT INTO key_top_cutoff
 SELECT $part, t, coalesce(max(requests) FILTER (WHERE rank > {LIST_SIZE}), 0) FROM ranked GROUP BY t
 """
+# A source's days, from its compacted hours and its minutes (key_day sums both).
+CLEAR_KEY_DAY = "DELETE FROM key_day WHERE source = $source AND day >= $lo AND day < $hi"
+RECOMPUTE_KEY_DAY = f"""
+INSERT INTO key_day
+SELECT source, date_trunc('day', t), key_id, sum(edge), sum(kv), sum(r2), sum(api), sum(errors),
+       min(first_seen), max(last_seen), sum(fill_errors)
+FROM (SELECT source, hour AS t, {_COLS}, first_seen, last_seen FROM key_hour
+      WHERE source = $source AND hour >= $lo AND hour < $hi
+      UNION ALL
+      SELECT source, minute, {_COLS}, first_seen, last_seen FROM key_minute
+      WHERE source = $source AND minute >= $lo AND minute < $hi)
+GROUP BY ALL ORDER BY 2
+"""
+MINUTE_SPAN = "SELECT source, min(minute), max(minute) FROM key_minute GROUP BY source"
 
 
 def refresh(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime) -> None:
     """Rebuild the hour and day summaries touching [start, end) from
-    key_hour / key_day (all sources)."""
+    key_hour, key_minute and key_day (all sources)."""
     for part, rank, step in (("hour", RANK_HOURS, HOUR), ("day", RANK_DAYS, DAY)):
         p = {"part": part, "lo": floor_to(start, step), "hi": ceil_to(end, step)}
         con.execute(rank, {"lo": p["lo"], "hi": p["hi"]})
@@ -63,38 +95,62 @@ def refresh(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime) -> N
             con.execute(sql, p if "$lo" in sql else {"part": part})
 
 
+def recompute_days(
+    con: duckdb.DuckDBPyConnection, source: str, start: datetime, end: datetime
+) -> None:
+    """`source`'s key_day rows of the days touching [start, end), from its
+    hours and minutes."""
+    p = {"source": source, "lo": floor_to(start, DAY), "hi": ceil_to(end, DAY)}
+    con.execute(CLEAR_KEY_DAY, p)
+    con.execute(RECOMPUTE_KEY_DAY, p)
+
+
+def rebuild_uncompacted(con: duckdb.DuckDBPyConnection) -> None:
+    """Schema migration 9: key_day and the summaries once covered compacted
+    hours only; add the per-key minutes every store still holds."""
+    spans = con.execute(MINUTE_SPAN).fetchall()
+    for source, lo, hi in spans:
+        recompute_days(con, source, lo, hi + MINUTE)
+    if spans:
+        refresh(con, min(s[1] for s in spans), max(s[2] for s in spans) + MINUTE)
+
+
 # -- queries --------------------------------------------------------------------
 
+# The parts of a window (parameters from `parts`): days [d_lo, d_hi), whole
+# hours [h_lo, d_lo) and [d_hi, h_hi), ragged minutes [lo, h_lo) and [h_hi, hi).
 _ROW = "key_id, edge, kv, r2, api, errors, edge + kv + r2 + api AS requests"
 # One plain range per branch, so DuckDB can skip row groups by min/max.
 KEY_PARTS = f"""
     SELECT {_ROW} FROM key_day WHERE day >= $d_lo AND day < $d_hi
     UNION ALL
-    SELECT {_ROW} FROM key_hour WHERE hour >= $k_lo AND hour < $d_lo
+    SELECT {_ROW} FROM key_hour WHERE hour >= $h_lo AND hour < $d_lo
     UNION ALL
-    SELECT {_ROW} FROM key_hour WHERE hour >= $d_hi AND hour < $hi AND hour >= $k_lo
+    SELECT {_ROW} FROM key_hour WHERE hour >= $d_hi AND hour < $h_hi
     UNION ALL
-    SELECT {_ROW} FROM key_minute WHERE minute >= $lo AND minute < $hi
+    SELECT {_ROW} FROM key_minute WHERE minute >= $lo AND minute < $d_lo
+    UNION ALL
+    SELECT {_ROW} FROM key_minute WHERE minute >= $d_hi AND minute < $hi
 """
 # The same day and hour parts, in the (small) summary tables.
 _SUMMARY_PARTS = """
     (part = 'day' AND t >= $d_lo AND t < $d_hi)
-    OR (part = 'hour' AND t >= $k_lo AND t < $d_lo)
-    OR (part = 'hour' AND t >= $d_hi AND t < $hi AND t >= $k_lo)
+    OR (part = 'hour' AND t >= $h_lo AND t < $d_lo)
+    OR (part = 'hour' AND t >= $d_hi AND t < $h_hi)
 """
 CUTOFF_TOTAL = f"SELECT coalesce(sum(cutoff), 0) FROM key_top_cutoff WHERE {_SUMMARY_PARTS}"
 _TOP_ROWS = f"""
     SELECT key_id, edge, kv, r2, api, errors, requests, cutoff
     FROM key_top JOIN key_top_cutoff USING (part, t) WHERE {_SUMMARY_PARTS}
 """
+_RAGGED = "SELECT key_id, edge, kv, r2, api, errors, edge + kv + r2 + api, 0 FROM key_minute WHERE"
 BOUNDED = f"""
 WITH c AS (
     SELECT key_id, sum(edge) AS edge, sum(kv) AS kv, sum(r2) AS r2, sum(api) AS api,
            sum(errors) AS errors, sum(requests) AS lower, sum(cutoff) AS seen
     FROM ({_TOP_ROWS}
-        UNION ALL
-        SELECT key_id, edge, kv, r2, api, errors, edge + kv + r2 + api, 0 FROM key_minute
-        WHERE minute >= $lo AND minute < $hi)
+        UNION ALL {_RAGGED} minute >= $lo AND minute < $h_lo
+        UNION ALL {_RAGGED} minute >= $h_hi AND minute < $hi)
     GROUP BY key_id
 ), r AS (
     SELECT *, lower + $unseen - seen AS upper, row_number() OVER (ORDER BY lower DESC, key_id) AS rank FROM c
@@ -112,7 +168,8 @@ FULL_ENDPOINT = _FULL.format(
     where="key_id IN (SELECT key_id FROM cache_keys WHERE endpoint = $endpoint)"
 )
 KEY_TEXT = "SELECT key_id, key, endpoint FROM cache_keys WHERE key_id IN (SELECT unnest($ids))"
-COMPACTED_HOURS = "SELECT DISTINCT hour FROM key_hour WHERE hour = $first OR hour = $last"
+# Whether an hour's per-key minutes are gone (it is compacted into key_hour).
+COMPACTED_HOUR = "SELECT 1 FROM key_hour WHERE hour = $hour LIMIT 1"
 
 
 # One key's hours: compacted hours from key_hour, the rest from key_minute.
@@ -125,6 +182,22 @@ SELECT t, sum(edge), sum(kv), sum(r2), sum(api), sum(errors) FROM (
 ) GROUP BY t ORDER BY t
 """
 KEY_ID = "SELECT key_id FROM cache_keys WHERE key = $key AND endpoint = $endpoint"
+
+
+@dataclass(frozen=True)
+class TopKeys:
+    """The busiest keys of a window: rows (key, endpoint, edge, kv, r2, api,
+    errors), busiest first, counted over `counted`: the window asked for,
+    or a wider one where per-key minutes (or hours) are gone."""
+
+    rows: tuple[tuple, ...]
+    window: Window
+    counted: Window
+
+    @property
+    def exact(self) -> bool:
+        """Whether the counts are of the window asked for, no wider."""
+        return self.counted == self.window
 
 
 def key_series(
@@ -144,22 +217,13 @@ def key_series(
     return df.astype({c: float for c in cols[1:]})
 
 
-def top_keys(con: duckdb.DuckDBPyConnection, window: Window, endpoint: str | None, limit: int):
-    """((key, endpoint, edge, kv, r2, api, errors), ...) of the `limit`
-    busiest keys, busiest first, and the Window the counts cover."""
-    d_lo, d_hi = ceil_to(window.start, DAY), floor_to(window.end, DAY)
-    if d_lo >= d_hi:
-        d_lo = d_hi = window.end
-    k_lo = floor_to(window.start, HOUR)
-    p = {
-        "d_lo": d_lo,
-        "d_hi": d_hi,
-        "k_lo": k_lo,
-        "lo": window.start,
-        "hi": window.end,
-        "endpoint": endpoint,
-        "limit": limit,
-    }
+def top_keys(
+    con: duckdb.DuckDBPyConnection, window: Window, endpoint: str | None, limit: int
+) -> TopKeys:
+    """The `limit` busiest keys of `window` (optionally one endpoint),
+    counted exactly over `covered(con, window)`."""
+    counted = covered(con, window)
+    p = parts(counted) | {"endpoint": endpoint, "limit": limit}
     rows = None if endpoint is not None else _bounded(con, p)
     if rows is None:
         rows = _run(con, FULL_ENDPOINT if endpoint is not None else FULL_ALL, p)
@@ -167,17 +231,43 @@ def top_keys(con: duckdb.DuckDBPyConnection, window: Window, endpoint: str | Non
     out = sorted(
         ((*text[r[0]], *map(float, r[1:6])) for r in rows), key=lambda r: (-sum(r[2:6]), r[0])
     )
-    return tuple(out), covered(con, window)
+    return TopKeys(tuple(out), window, counted)
+
+
+def parts(window: Window) -> dict:
+    """Query parameters splitting `window` into whole days, whole hours
+    around them and ragged minutes at either end (each range may be empty)."""
+    lo, hi = window.start, window.end
+    h_lo, h_hi = ceil_to(lo, HOUR), floor_to(hi, HOUR)
+    if h_lo >= h_hi:
+        h_lo = h_hi = hi
+    d_lo, d_hi = ceil_to(lo, DAY), floor_to(hi, DAY)
+    if d_lo >= d_hi:
+        d_lo = d_hi = h_hi
+    return {"lo": lo, "hi": hi, "h_lo": h_lo, "h_hi": h_hi, "d_lo": d_lo, "d_hi": d_hi}
 
 
 def covered(con: duckdb.DuckDBPyConnection, window: Window) -> Window:
-    """The span per-key counts of `window` really cover: an hour at either
-    end that is compacted cannot be split, so it counts whole."""
-    k_lo, k_hi = floor_to(window.start, HOUR), floor_to(window.end, HOUR)
-    compacted = {r[0] for r in _run(con, COMPACTED_HOURS, {"first": k_lo, "last": k_hi})}
-    start = k_lo if k_lo < window.start and k_lo in compacted else window.start
-    end = k_hi + HOUR if k_hi < window.end and k_hi in compacted else window.end
+    """The span per-key counts of `window` can count exactly: an edge in an
+    hour whose minutes are gone (before the minute horizon, or compacted)
+    moves out to that hour's bound, and before the hour horizon (hours gone
+    too) to the day's. Equal to `window` when exact."""
+    h = horizons.horizons(con)
+    start = _edge(con, window.start, h, floor_to)
+    end = _edge(con, window.end, h, ceil_to)
     return Window(start, end)
+
+
+def _edge(con: duckdb.DuckDBPyConnection, t: datetime, h: horizons.Horizons, to) -> datetime:
+    if t != floor_to(t, HOUR):
+        hour = floor_to(t, HOUR)
+        gone = h.minute is not None and hour < h.minute
+        if gone or _run(con, COMPACTED_HOUR, {"hour": hour}):
+            t = to(t, HOUR)
+    # h.hour is a whole day: a ragged day before it has no hours left.
+    if t != floor_to(t, DAY) and h.hour is not None and t < h.hour:
+        t = to(t, DAY)
+    return t
 
 
 def _bounded(con: duckdb.DuckDBPyConnection, p: dict) -> list[tuple] | None:

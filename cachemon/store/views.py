@@ -21,7 +21,7 @@ _REQUEST_SUMS = """sum(requests) AS requests, sum(errors) AS errors, sum(bytes) 
     CAST(sum(events) AS BIGINT) AS data_points"""
 _KEYS = """k.key, k.endpoint, sum(r.edge + r.kv + r.r2 + r.api) AS requests, sum(r.edge) AS edge,
     sum(r.kv) AS kv, sum(r.r2) AS r2, sum(r.api) AS api, sum(r.errors) AS errors,
-    min(r.first_seen) AS first_seen, max(r.last_seen) AS last_seen"""
+    sum(r.fill_errors) AS fill_errors, min(r.first_seen) AS first_seen, max(r.last_seen) AS last_seen"""
 
 
 def _requests(t: str, source: str) -> str:
@@ -62,27 +62,48 @@ SELECT period, endpoint, tier, any_value(total) AS requests, {q}
 FROM c GROUP BY period, endpoint, tier ORDER BY period, endpoint, tier"""
 
 
-# Per-key rows: an hour is either compacted (key_hour, summed into key_day)
-# or still per minute (key_minute, the newest hour or so), never both.
-_KEY_COLS = "key_id, edge, kv, r2, api, errors, first_seen, last_seen"
+# Per-key rows: an hour is either compacted (key_hour) or still per minute
+# (key_minute, kept for [retention] minute_days), never both; key_day sums
+# both (schema v9), so daily rows come from key_day alone.
+_KEY_COLS = "key_id, edge, kv, r2, api, errors, fill_errors, first_seen, last_seen"
 _KEY_PARTS = {
-    grain: f"""(SELECT {grain}, {_KEY_COLS} FROM main.key_{grain}
+    "hour": f"""(SELECT hour, {_KEY_COLS} FROM main.key_hour
         UNION ALL
-        SELECT date_trunc('{grain}', minute), {_KEY_COLS} FROM main.key_minute)"""
-    for grain in ("hour", "day")
+        SELECT date_trunc('hour', minute), {_KEY_COLS} FROM main.key_minute)""",
+    "day": f"(SELECT day, {_KEY_COLS} FROM main.key_day)",
 }
 # Per-key rows of [lo, hi): whole days from key_day, other hours from key_hour,
-# and minutes of not yet compacted hours (disjoint; before the hour horizon
-# only days exist).
+# and the minutes of not yet compacted hours outside whole days (disjoint;
+# before the hour horizon only days exist, before the minute horizon only hours).
+_WHOLE_DAY = "date_trunc('day', {t}) >= lo AND date_trunc('day', {t}) + INTERVAL 1 DAY <= hi"
 _KEY_WINDOW = f"""
     SELECT {_KEY_COLS} FROM main.key_day WHERE day >= lo AND day + INTERVAL 1 DAY <= hi
     UNION ALL
     SELECT {_KEY_COLS} FROM main.key_hour
-    WHERE hour >= lo AND hour < hi
-      AND NOT (date_trunc('day', hour) >= lo AND date_trunc('day', hour) + INTERVAL 1 DAY <= hi)
+    WHERE hour >= lo AND hour < hi AND NOT ({_WHOLE_DAY.format(t="hour")})
     UNION ALL
-    SELECT {_KEY_COLS} FROM main.key_minute WHERE minute >= lo AND minute < hi"""
+    SELECT {_KEY_COLS} FROM main.key_minute
+    WHERE minute >= lo AND minute < hi AND NOT ({_WHOLE_DAY.format(t="minute")})"""
 
+# The key views, created (or replaced) by schema migration 9.
+KEY_VIEWS_V9: tuple[str, ...] = (
+    *(
+        f"""CREATE OR REPLACE VIEW v1.keys_{g} AS SELECT r.{g}, {_KEYS}
+        FROM {_KEY_PARTS[g]} r JOIN main.cache_keys k USING (key_id) GROUP BY ALL"""
+        for g in ("hour", "day")
+    ),
+    f"""CREATE OR REPLACE MACRO v1.top_keys(lo, hi, n) AS TABLE
+        SELECT {_KEYS}, 100 * (1 - sum(r.api) / sum(r.edge + r.kv + r.r2 + r.api)) AS hit_rate
+        FROM ({_KEY_WINDOW}) r JOIN main.cache_keys k USING (key_id)
+        GROUP BY ALL ORDER BY requests DESC, k.key LIMIT n""",
+    f"""CREATE OR REPLACE MACRO v1.key_classes(lo, hi) AS TABLE
+        SELECT *, {key_class_sql("requests_per_day")} AS class
+        FROM (SELECT {_KEYS},
+                     sum(r.edge + r.kv + r.r2 + r.api) / (epoch(hi - lo) / 86400) AS requests_per_day
+              FROM ({_KEY_WINDOW}) r JOIN main.cache_keys k USING (key_id) GROUP BY ALL)""",
+)
+
+# The views of schema migration 8 (the key views are migration 9's).
 VIEWS: tuple[str, ...] = (
     f"CREATE SCHEMA {SCHEMA}",
     f"CREATE MACRO v1.bucket_ms(b) AS if(b = {ZERO_BUCKET}, 0.0, 2 * pow({GAMMA!r}, b) / (1 + {GAMMA!r}))",
@@ -125,20 +146,6 @@ VIEWS: tuple[str, ...] = (
             "t",
         )
     }""",
-    *(
-        f"""CREATE VIEW v1.keys_{g} AS SELECT r.{g}, {_KEYS}
-        FROM {_KEY_PARTS[g]} r JOIN main.cache_keys k USING (key_id) GROUP BY ALL"""
-        for g in ("hour", "day")
-    ),
-    f"""CREATE MACRO v1.top_keys(lo, hi, n) AS TABLE
-        SELECT {_KEYS}, 100 * (1 - sum(r.api) / sum(r.edge + r.kv + r.r2 + r.api)) AS hit_rate
-        FROM ({_KEY_WINDOW}) r JOIN main.cache_keys k USING (key_id)
-        GROUP BY ALL ORDER BY requests DESC, k.key LIMIT n""",
-    f"""CREATE MACRO v1.key_classes(lo, hi) AS TABLE
-        SELECT *, {key_class_sql("requests_per_day")} AS class
-        FROM (SELECT {_KEYS},
-                     sum(r.edge + r.kv + r.r2 + r.api) / (epoch(hi - lo) / 86400) AS requests_per_day
-              FROM ({_KEY_WINDOW}) r JOIN main.cache_keys k USING (key_id) GROUP BY ALL)""",
     """CREATE VIEW v1.alert_history AS SELECT changed_at, rule, endpoint, type, severity, from_state, to_state,
         value, threshold, message, firing_since FROM main.alert_history""",
     """CREATE VIEW v1.alert_state AS SELECT rule, endpoint, type, severity, state, since, evaluated_at, value,

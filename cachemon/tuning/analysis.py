@@ -69,7 +69,8 @@ class Status(StrEnum):
 
 
 KEYS_BY_COHORT = f"""
-SELECT k.key_id, c.cohort, sum(k.edge) AS edge, sum(k.kv) AS kv, sum(k.r2) AS r2, sum(k.api) AS api, sum(k.errors) AS errors
+SELECT k.key_id, c.cohort, sum(k.edge) AS edge, sum(k.kv) AS kv, sum(k.r2) AS r2, sum(k.api) AS api,
+       sum(k.errors) AS errors, sum(k.fill_errors) AS fill_errors
 FROM ({KEY_ROWS}) k JOIN key_cohorts c ON c.key_id = k.key_id AND c.experiment = $experiment
 GROUP BY k.key_id, c.cohort
 """
@@ -185,8 +186,8 @@ def per_key(
     df["pre_rate"] = df.key_id.map(rate).fillna(pooled)
     out = {}
     for cohort, g in df.groupby("cohort"):
-        # A key's errors count as failed fills (per-key rows keep no error tier).
-        mix = TierMix(*(g[c].to_numpy() for c in (*TIERS, "errors")), r2_lookup=r2_lookup)
+        # Only errors of r2/api answers are failed fills (edge and KV errors write nothing).
+        mix = TierMix(*(g[c].to_numpy() for c in (*TIERS, "fill_errors")), r2_lookup=r2_lookup)
         req = mix.requests
         cost = pricing["workers_requests"].list_cost(req) + mix.cost(pricing)
         out[str(cohort)] = {

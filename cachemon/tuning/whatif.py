@@ -56,13 +56,13 @@ KEYS_TEMP = f"""
 CREATE OR REPLACE TEMP TABLE ttl_keys AS
 SELECT k.*, c.endpoint FROM (
     SELECT key_id, sum(edge + kv + r2 + api) AS requests, sum(kv + r2 + api) AS lookups, sum(kv) AS kv,
-           sum(r2) AS r2, sum(api) AS api, sum(errors) AS errors
+           sum(r2) AS r2, sum(api) AS api, sum(fill_errors) AS fill_errors
     FROM ({KEY_ROWS}) GROUP BY key_id
 ) k JOIN cache_keys c ON c.key_id = k.key_id
 """
 ENDPOINT_KEYS = "SELECT requests, lookups FROM ttl_keys WHERE endpoint = $endpoint"
 HOT_KEYS = """
-SELECT c.key, t.lookups, t.kv, t.r2, t.api, t.errors FROM ttl_keys t JOIN cache_keys c USING (key_id)
+SELECT c.key, t.lookups, t.kv, t.r2, t.api, t.fill_errors FROM ttl_keys t JOIN cache_keys c USING (key_id)
 WHERE t.endpoint = $endpoint ORDER BY t.lookups DESC, c.key LIMIT $limit
 """
 
@@ -438,11 +438,11 @@ def per_key(
     )
 
     out = []
-    for key, lookups, kv, r2, api, errors in rows:
+    for key, lookups, kv, r2, api, fill_errors in rows:
         mu = lookups / w.days
         # The key's own shares of its misses: R2-backed keys rehydrate, others reach the origin.
         missed = r2 + api
-        shares = (r2 / missed, min(errors / missed, 1.0)) if missed else (0.0, 0.0)
+        shares = (r2 / missed, min(fill_errors / missed, 1.0)) if missed else (0.0, 0.0)
 
         def cost(t: timedelta, mu=mu, shares=shares) -> float:
             return key_cost(mu, w.days, t, *shares, pricing, value_bytes, month_days, w.r2_lookup)

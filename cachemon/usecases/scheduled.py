@@ -82,18 +82,18 @@ class Jobs:
     def compact(self, now: datetime) -> int:
         """Per-key compaction and retention."""
         with store_db.writer(self.cfg.store.path, now, publish=False) as con:
-            n, kept = ingest_load.compact(con, self.cfg, now)
+            kept = ingest_load.compact(con, self.cfg, now)
         log.info(
-            "compact: %d source(s) compacted; retention removed %d minute and %d hourly rows "
-            "(minutes kept from %s, hours from %s) and %d sample rows",
-            n,
+            "compact: %d per-key minute rows merged into hours; retention removed %d minute and "
+            "%d hourly rows (minutes kept from %s, hours from %s) and %d sample rows",
+            kept.key_minute_rows,
             kept.minute_rows,
             kept.hour_rows,
             iso(kept.horizons.minute),
             iso(kept.horizons.hour),
             kept.sample_rows,
         )
-        return n + kept.minute_rows + kept.hour_rows + kept.sample_rows
+        return kept.key_minute_rows + kept.minute_rows + kept.hour_rows + kept.sample_rows
 
     def alerts(self, now: datetime) -> int:
         """Evaluate the rules once per minute slot, queue and deliver."""

@@ -213,7 +213,7 @@ def test_sql_rule_equals_the_python_rule():
         np.array([1.0, 5.0, 2.0]),
     )
     con = duckdb.connect()
-    df = pd.DataFrame({"r2": r2, "api": api, "errors": failed})  # noqa: F841 (read by DuckDB)
+    df = pd.DataFrame({"r2": r2, "api": api, "fill_errors": failed})  # noqa: F841 (read by DuckDB)
     got = [r[0] for r in con.execute(f"SELECT {kv_writes_sql()} FROM df").fetchall()]
     assert got == list(TierMix(r2=r2, api=api, failed_fills=failed).kv_writes) == [3.0, 0.0, 0.0]
 

@@ -14,9 +14,10 @@ from streamlit.testing.v1 import AppTest
 
 from cachemon import config
 from cachemon.alerts import health, silences
-from cachemon.clock import floor_to, iso, utcnow
+from cachemon.clock import HOUR, floor_to, iso, utcnow
 from cachemon.costs import basis, report
 from cachemon.costs.basis import Basis, Price
+from cachemon.ingest import keys
 from cachemon.ingest import load as ingest_load
 from cachemon.metrics import trends
 from cachemon.runner import runs as runner_runs
@@ -24,7 +25,7 @@ from cachemon.store import db as store_db
 from cachemon.tuning import analysis as tuning_analysis
 from cachemon.tuning import promote, results, stats
 from cachemon.usecases import demo
-from tests.helpers import EXPERIMENT_TOML, ROOT, SMALL
+from tests.helpers import EXPERIMENT_TOML, ROOT, SMALL, load, simulate
 from tests.helpers.servers import chromium, streamlit_server
 
 PAGES = {
@@ -243,6 +244,21 @@ def test_top_keys_filter_download_and_drill_down(live_store, monkeypatch):
     assert len(at.dataframe[0].value) and set(at.dataframe[0].value["class"]) == {"hot"}
     at.text_input(key="key_contains").input("no key has this text").run()
     assert any("No key matches" in i.value for i in at.info)
+
+
+def test_top_keys_page_warns_when_it_counts_wider_than_the_period(tmp_path, monkeypatch):
+    """Where the period's per-key minutes are compacted (here the hour its
+    start falls in, as a store written before schema 9 holds it), the page
+    says which wider span it counts instead of showing it as the period's."""
+    end = floor_to(utcnow(), timedelta(minutes=1))
+    end -= timedelta(minutes=7) if end.minute == 0 else timedelta(0)  # a ragged start
+    db = tmp_path / "cachemon.duckdb"
+    parts, _ = simulate(3, start=end - timedelta(hours=3))
+    load(db, parts, now=end)
+    with store_db.writer(db, end) as con:
+        keys.compact_minutes(con, floor_to(end - timedelta(hours=1), timedelta(hours=1)) + HOUR)
+    at = _app(monkeypatch, db, None, "keys")
+    assert any("Not exact" in w.value for w in at.warning), [w.value for w in at.warning]
 
 
 def test_experiments_show_the_stored_analysis_and_promotions(live_store, monkeypatch):

@@ -8,6 +8,7 @@ import pytest
 from cachemon.clock import HOUR, Window
 from cachemon.errors import SourceError, StoreError
 from cachemon.events import EventFrame
+from cachemon.ingest import keys
 from cachemon.ingest import write as ingest_write
 from cachemon.metrics import window as metrics_window
 from cachemon.store import db as store_db
@@ -40,10 +41,9 @@ def test_same_window_twice_never_double_counts(db):
 def test_overlapping_windows_never_double_count(db):
     """Re-pulls overlapping earlier windows (Analytics Engine late data)."""
     parts, df = simulate(3, step=timedelta(minutes=10))
-    lag = timedelta(days=1)  # nothing compacted: every window may be re-pulled
     with store_db.writer(db, T0) as con:
         for w, f in parts:
-            ingest_write.replace_window(con, f, "simulator", w, T0, key_compaction_lag=lag)
+            ingest_write.replace_window(con, f, "simulator", w, T0)
     once = _totals(db)
     full = pa.concat_tables([f.table for _, f in parts])
     with store_db.writer(db, T0) as con:
@@ -51,9 +51,7 @@ def test_overlapping_windows_never_double_count(db):
             Window(T0 + timedelta(minutes=40), T0 + timedelta(minutes=100)),
             Window(T0 + timedelta(minutes=90), T0 + timedelta(minutes=130)),
         ]:
-            ingest_write.replace_window(
-                con, _cut(full, w), "simulator", w, T0, key_compaction_lag=lag
-            )
+            ingest_write.replace_window(con, _cut(full, w), "simulator", w, T0)
     assert _totals(db) == once
     assert once[3] == pytest.approx(df[df.kind == "request"].sample_interval.sum())
 
@@ -69,13 +67,18 @@ def _cut(table, w):
 
 
 def test_minute_windows_keep_keys_per_minute_then_compact(db):
+    """Per-key minutes stay until retention merges them (issue 20: merging
+    them an hour behind made top keys of later windows count whole hours)."""
     parts, df = simulate(3, step=timedelta(minutes=7))
     with store_db.writer(db, T0) as con:
         for w, f in parts:
-            ingest_write.replace_window(con, f, "simulator", w, T0, key_compaction_lag=HOUR)
+            ingest_write.replace_window(con, f, "simulator", w, T0)
+        assert con.execute("SELECT min(minute) FROM key_minute").fetchone()[0] == T0
+        assert con.execute("SELECT count(*) FROM key_hour").fetchone()[0] == 0
+        # What retention does at the minute horizon (here 10:00).
+        keys.compact_minutes(con, T0 + timedelta(hours=2))
         left = con.execute("SELECT min(minute) FROM key_minute").fetchone()[0]
         hours = con.execute("SELECT count(DISTINCT hour) FROM key_hour").fetchone()[0]
-    # Hours more than the lag behind the last window (ending 11:00) are compacted.
     assert left == T0 + timedelta(hours=2) and hours == 2
     req = df[df.kind == "request"]
     with store_db.reader(db) as con:

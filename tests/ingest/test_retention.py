@@ -82,7 +82,7 @@ def test_compaction_removes_only_rows_before_the_horizons(compacted):
     with store_db.reader(path) as con:
         lows = con.execute(
             "SELECT (SELECT min(minute) FROM rollup_minute), (SELECT min(minute) FROM latency_minute), "
-            "(SELECT min(hour) FROM rollup_hour), (SELECT min(hour) FROM key_hour), "
+            "(SELECT min(hour) FROM rollup_hour), (SELECT min(minute) FROM key_minute), "
             "(SELECT min(day) FROM rollup_day), (SELECT max(day) FROM rollup_day)"
         ).fetchall()[0]
         left = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in counts}
@@ -90,6 +90,8 @@ def test_compaction_removes_only_rows_before_the_horizons(compacted):
     assert lows == (HORIZON, HORIZON, HORIZON, HORIZON, START, START)
     assert left == counts  # the 20th's rows all stay
     assert result.minute_rows > 0 and result.hour_rows > 0
+    # Per-key minutes of the 19th went into hours, then (hour_days) into days.
+    assert result.key_minute_rows > 0
     assert span == (
         START,
         START + timedelta(hours=HOURS),

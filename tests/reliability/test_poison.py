@@ -107,7 +107,7 @@ def test_integer_timestamps_are_milliseconds_and_nothing_wraps(tmp_path, results
     ingest_load.import_files(cfg, [_write(tmp_path / "ms.ndjson", [_row(40, timestamp=ms)])], NOW)
     with store_db.reader(cfg.store.path) as con:
         first = con.execute(
-            "SELECT min(first_seen) FROM key_hour WHERE source <> "
+            "SELECT min(first_seen) FROM key_minute WHERE source <> "
             "(SELECT source FROM imports WHERE file = 'seed.ndjson')"
         ).fetchone()[0]
     assert first == START + timedelta(milliseconds=1234)

@@ -23,7 +23,7 @@ TABLES = {
     "rollup_hour": "hour, tier, endpoint, experiment, cohort, requests, errors, bytes, latency_sum",
     "latency_minute": "minute, tier, endpoint, experiment, cohort, bucket, weight",
     "gauge_minute": "minute, name, value_sum, samples, value_min, value_max, value_last",
-    "key_hour": "hour, k.key, edge, kv, r2, api, errors, first_seen, last_seen",
+    "key_minute": "minute, k.key, edge, kv, r2, api, errors, fill_errors, first_seen, last_seen",
 }
 
 
@@ -64,7 +64,7 @@ def _dump(db) -> dict:
     with store_db.reader(db) as con:
         out = {}
         for table, cols in TABLES.items():
-            join = " JOIN cache_keys k USING (key_id)" if table == "key_hour" else ""
+            join = " JOIN cache_keys k USING (key_id)" if table == "key_minute" else ""
             out[table] = con.execute(f"SELECT {cols} FROM {table}{join} ORDER BY ALL").fetchall()
         return out
 

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cachemon.clock import Window
+from cachemon.ingest import keys
 from cachemon.ingest import write as ingest_write
 from cachemon.store import db as store_db
 from cachemon.store import topkeys
@@ -33,20 +34,13 @@ def _truth(df, window, n):
 
 
 def _params(window, limit):
-    from cachemon.clock import DAY, HOUR, ceil_to, floor_to
+    return topkeys.parts(window) | {"endpoint": None, "limit": limit}
 
-    d_lo, d_hi = ceil_to(window.start, DAY), floor_to(window.end, DAY)
-    if d_lo >= d_hi:
-        d_lo = d_hi = window.end
-    return {
-        "d_lo": d_lo,
-        "d_hi": d_hi,
-        "k_lo": floor_to(window.start, HOUR),
-        "lo": window.start,
-        "hi": window.end,
-        "endpoint": None,
-        "limit": limit,
-    }
+
+def _top(con, window, n, endpoint=None):
+    """(rows, the span counted) of topkeys.top_keys."""
+    top = topkeys.top_keys(con, window, endpoint, n)
+    return top.rows, top.counted
 
 
 def test_summary_path_is_taken_and_agrees_with_full_aggregation(day_store):
@@ -56,7 +50,7 @@ def test_summary_path_is_taken_and_agrees_with_full_aggregation(day_store):
     with store_db.reader(path) as con:
         fast = topkeys._bounded(con, p)
         full = topkeys._run(con, topkeys.FULL_ALL, p)
-        rows, covered = topkeys.top_keys(con, window, None, 10)
+        rows, covered = _top(con, window, 10)
     assert fast is not None, "the summaries should prove a Zipf top 10"
     assert [r[0] for r in fast] == [r[0] for r in full]
     assert [r[6] for r in fast] == pytest.approx([r[6] for r in full])
@@ -76,7 +70,7 @@ def test_any_window_matches_raw_events(day_store, start_min, length_min, n):
     s = START + timedelta(minutes=start_min)
     window = Window(s, min(s + timedelta(minutes=length_min), START + timedelta(hours=30)))
     with store_db.reader(path) as con:
-        rows, covered = topkeys.top_keys(con, window, None, n)
+        rows, covered = _top(con, window, n)
     got = [(r[0], sum(r[2:6])) for r in rows]
     truth = _truth(df, covered, n)
     # Ties at the cut may pick either key; the counts must agree exactly.
@@ -94,7 +88,7 @@ def test_flat_traffic_falls_back_and_stays_exact(tmp_path):
     window = Window(T0, T0 + timedelta(hours=4))
     with store_db.reader(path) as con:
         assert topkeys._bounded(con, _params(window, 5)) is None
-        rows, covered = topkeys.top_keys(con, window, None, 5)
+        rows, covered = _top(con, window, 5)
     assert [sum(r[2:6]) for r in rows] == [
         c for _, c in _truth(df[df.kind == "request"], covered, 5)
     ]
@@ -109,21 +103,23 @@ def test_summaries_follow_sources_and_their_removal(tmp_path):
     window = Window(T0, T0 + timedelta(hours=3))
     both = pd.concat([a, b])
     with store_db.reader(path) as con:
-        rows, covered = topkeys.top_keys(con, window, None, 5)
+        rows, covered = _top(con, window, 5)
     assert [(r[0], sum(r[2:6])) for r in rows] == _truth(both[both.kind == "request"], covered, 5)
     with store_db.writer(path, T0) as con:
         ingest_write.drop_source(con, "a")
     with store_db.reader(path) as con:
-        rows, covered = topkeys.top_keys(con, window, None, 5)
+        rows, covered = _top(con, window, 5)
     assert [(r[0], sum(r[2:6])) for r in rows] == _truth(b[b.kind == "request"], covered, 5)
 
 
 def test_key_series_counts_each_hour_once_from_hours_and_minutes(tmp_path):
-    # 20-minute windows: per-key rows go to key_minute and are compacted into
-    # key_hour once an hour is an hour behind, so the series needs both.
+    # 20-minute windows: per-key rows go to key_minute; retention compacts
+    # them into key_hour (here the first two hours), so the series needs both.
     parts, df = simulate(5, start=START, step=timedelta(minutes=20))
     path = tmp_path / "k.duckdb"
     load(path, parts)
+    with store_db.writer(path, T0) as con:
+        keys.compact_minutes(con, START + timedelta(hours=2))
     df = df[df.kind == "request"]
     key, endpoint = df.groupby(["key", "endpoint"]).sample_interval.sum().idxmax()
     window = Window(START + timedelta(hours=1, minutes=30), START + timedelta(hours=5))

@@ -72,7 +72,12 @@ def test_results_hidden_until_a_minimum_sample(sim_store):
     cfg, _, _ = sim_store
     with store_db.reader(cfg.store.path) as con:
         a = tuning_analysis.analyze(
-            con, cfg.experiments[0], T0 + timedelta(minutes=10), cfg.pricing
+            # Three minutes: per-key minutes count exactly since issue 20 (ten
+            # minutes already hold MIN_UNITS keys; the old store had none of them).
+            con,
+            cfg.experiments[0],
+            T0 + timedelta(minutes=3),
+            cfg.pricing,
         )
     assert a.decision == "collecting" and a.comparisons == ()
 
@@ -247,7 +252,7 @@ def test_decisions_are_typed_and_stored_analyses_read_back_typed(sim_store):
     cfg, _, _ = sim_store
     e = cfg.experiments[0]
     with store_db.reader(cfg.store.path) as con:
-        early = tuning_analysis.analyze(con, e, T0 + timedelta(minutes=30), cfg.pricing)
+        early = tuning_analysis.analyze(con, e, T0 + timedelta(minutes=3), cfg.pricing)
         a = tuning_analysis.analyze(con, e, AT, cfg.pricing)
     assert early.decision is tuning_analysis.Decision.COLLECTING and early.decision == "collecting"
     assert isinstance(a.decision, tuning_analysis.Decision) and a.comparisons
