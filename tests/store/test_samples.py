@@ -76,12 +76,12 @@ def _canonical(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["t_us", "key", "tier", "weight"]).reset_index(drop=True)
 
 
-def _store(tmp_path, parts, sampling=None, lag=MINUTE * 60):
+def _store(tmp_path, parts, sampling=None):
     path = tmp_path / "s.duckdb"
     with store_db.writer(path, END) as con:
         for w, frame in parts:
             kw = {"sampling": sampling} if sampling else {}
-            ingest_write.replace_window(con, frame, "simulator", w, END, lag, **kw)
+            ingest_write.replace_window(con, frame, "simulator", w, END, **kw)
     return path
 
 
@@ -119,14 +119,14 @@ def test_reingesting_windows_replaces_their_samples(sim, tmp_path):
     # Half-hour windows (per-key minutes, never compacted here), so a
     # re-pulled window may straddle two of them as Analytics Engine's overlap does.
     halves = [(w, _slice(parts, w)) for w in Window(T0, END).split(MINUTE * 30)]
-    path = _store(tmp_path, halves, lag=DAY)
+    path = _store(tmp_path, halves)
     with store_db.reader(path) as con:
         before = samples.status(con)
     with store_db.writer(path, END) as con:
         for w, frame in reversed(halves):
-            ingest_write.replace_window(con, frame, "simulator", w, END, DAY)
+            ingest_write.replace_window(con, frame, "simulator", w, END)
         mid = Window(T0 + MINUTE * 15, T0 + MINUTE * 75)
-        ingest_write.replace_window(con, _slice(parts, mid), "simulator", mid, END, DAY)
+        ingest_write.replace_window(con, _slice(parts, mid), "simulator", mid, END)
     with store_db.reader(path) as con:
         after = samples.status(con)
         per_minute = con.execute(

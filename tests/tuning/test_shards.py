@@ -327,7 +327,7 @@ def _none(con, endpoint, start, end):
 def test_cli_clips_the_trace_to_the_window_and_states_the_method(store, tmp_path):
     """`--trace FILE` counts the window's requests only, warmed up by the
     trace before it (it replayed the whole file, from an empty cache); the
-    text and JSON say the predictions are the model's (no sample stored)."""
+    text and JSON say how the predictions were made (the stored sample's replay)."""
     cfg, df, _ = store
     path = tmp_path / "trace.parquet"
     cols = ["timestamp", "tier", "key", "endpoint", "kind", "status", "latency_ms"]
@@ -348,12 +348,13 @@ def test_cli_clips_the_trace_to_the_window_and_states_the_method(store, tmp_path
         want = 100 * hits * (inside.tier != "edge").sum() / len(inside)
         assert c["replayKvHitRate"] == pytest.approx(want, abs=1e-4)
     assert js["replayWarmupSeconds"] == pytest.approx(18 * 3600, abs=60)
-    assert js["method"]["name"] == "model" and "no SHARDS sample" in js["method"]["note"]
-    assert js["candidates"][0]["kvHitRateError"] is None
+    # The store holds SHARDS samples (every write keeps them): the figures are the replay's.
+    assert js["method"]["name"] == tuning_whatif.REPLAY and "SHARDS sample" in js["method"]["note"]
+    assert js["candidates"][0]["kvHitRateError"] is not None
     assert len(js["curve"]) == len(shards.grid()) and js["curve"][0]["ttlSeconds"] == 600
     text = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    assert "method: model: no SHARDS sample stored for title" in text
-    assert "curve (model), KV hit %: 1h " in text and "18.0h of warm-up" in text
+    assert f"method: {tuning_whatif.REPLAY}: exact replay of a SHARDS sample" in text
+    assert f"curve ({tuning_whatif.REPLAY}), KV hit %: 1h " in text and "18.0h of warm-up" in text
 
 
 def test_a_sample_too_small_for_an_error_says_so(store):
