@@ -19,6 +19,10 @@ Decision of each treatment against the first cohort (the control):
   latency — is significantly higher (always-valid p, Holm across them);
 * `loser` — the gain is significantly negative, or a guardrail is worse;
 * `inconclusive` — otherwise (after the planned duration: `inconclusive (ended)`).
+
+Beside each treatment's decision, its outlook: the days its hit-rate lower
+bound still needs to clear the margin, or why it is out of reach
+(`cachemon.tuning.power`).
 """
 
 from __future__ import annotations
