@@ -1,7 +1,8 @@
 """A/A false promotions and power through the product: the daily job's own
 analysis (SRM, guardrails, Holm, CUPED, the decision) on real stores.
 
-    .venv/bin/python -m bench.bench_experiments_product [--runs 100] [--quick]
+    .venv/bin/python -m bench.bench_experiments_product [--runs 100] [--jobs 2] [--quick]
+        [--effect 3] [--simulator N]   (--runs 0 --simulator N: the simulator's A/A only)
 
 `bench_experiments.py` calls the statistics directly; this bench runs every
 experiment through what the runner's `experiments` job runs
