@@ -1,6 +1,7 @@
 """Evidence that the experiment statistics hold: A/A false promotions and
 power, ours against the seed's method, on key-level traffic like the
-title endpoint's, looked at every day for 14 days.
+title endpoint's, looked at every day for 14 days. It calls the statistics
+directly; `bench_experiments_product.py` runs the daily job's own analysis.
 
     .venv/bin/python -m bench.bench_experiments [--experiments 500] [--keys 30000]
 

@@ -1,5 +1,6 @@
 """Experiments: status, cohorts and allocation, SRM, estimates with
-confidence intervals (forest plot), decisions over time, power, promotions."""
+confidence intervals (forest plot), decisions over time, the days still
+needed (at the observed gain and variance), promotions."""
 
 from datetime import datetime
 
@@ -111,10 +112,15 @@ def _experiment(e, state, history, plan):
             f"p < {SRM_P:g} blocks decisions"
         ),
     )
+    outlook = latest.outlook
     cols[2].metric(
-        "Days needed (power)",
-        "> 90" if latest.days_needed is None else latest.days_needed,
-        help=f"Days to detect a {e.mde:g}-point hit-rate gain over the margin at this traffic",
+        "Days still needed",
+        "n/a" if outlook is None else outlook.headline,
+        help=(
+            "More daily analyses until the hit-rate gain's lower bound clears the "
+            f"{e.margin:g}-point margin, at the gain and variance observed so far"
+            + ("" if outlook is None else f": {outlook.text}")
+        ),
     )
     if latest.srm_mismatch:
         st.error(
@@ -123,6 +129,8 @@ def _experiment(e, state, history, plan):
         )
     for c in latest.comparisons:
         st.markdown(f"**{c.treatment} vs {e.cohorts[0].name}: {c.decision}** — {c.reason}")
+        if c.outlook:
+            st.caption(f"Days still needed: {c.outlook.headline} — {c.outlook.text}")
         st.plotly_chart(_forest(c.metrics, e.margin), width="stretch")
     with st.expander("Decision history"):
         st.dataframe(

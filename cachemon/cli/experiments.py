@@ -8,13 +8,13 @@ import sys
 from datetime import datetime
 
 from cachemon import jsontext
-from cachemon.clock import check_not_future, parse_instant
+from cachemon.clock import check_not_future, iso, parse_instant
 from cachemon.errors import CachemonError, InputError
 from cachemon.notify.transports import Transports
 from cachemon.settings import Config
 from cachemon.store import db as store_db
 from cachemon.tuning import analysis as tuning_analysis
-from cachemon.tuning import promote
+from cachemon.tuning import promote, results
 
 NONE_CONFIGURED = "no experiments configured ([[experiments]] in the TOML config)"
 
@@ -42,7 +42,9 @@ def register(sub) -> None:
 
 
 def list_experiments(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
-    """`experiments list`: each experiment's scheme, exact allocation and days needed."""
+    """`experiments list`: each experiment's scheme, exact allocation and days
+    needed: before the start the plan at current traffic, after it the days
+    still needed from the latest stored analysis."""
     if not cfg.experiments:
         print(NONE_CONFIGURED)
     for e in cfg.experiments:
@@ -50,11 +52,32 @@ def list_experiments(args: argparse.Namespace, cfg: Config, now: datetime) -> in
             f"{c.name} {float(a):.4%} ({a})" for c, a in zip(e.cohorts, e.allocation())
         )
         print(f"{e.name}: {e.endpoint}, scheme {e.scheme}, allocation {shares}")
-        print(
-            f"  days needed to prove +{e.mde:g} points over a {e.margin:g}-point margin: "
-            f"{_plan(cfg, e, now)}"
-        )
+        if e.start > now:
+            print(
+                f"  days needed to prove +{e.mde:g} points over a {e.margin:g}-point margin: "
+                f"{_plan(cfg, e, now)}"
+            )
+        else:
+            print(f"  days still needed: {_still_needed(cfg, e)}")
     return 0
+
+
+def _still_needed(cfg: Config, e) -> str:
+    """The latest stored analysis's outlook, per treatment, in words."""
+    try:
+        with store_db.reader(cfg.store.path) as con:
+            stored = results.stored(con, e.name)
+    except CachemonError as exc:
+        return f"unknown ({exc})"
+    if not stored:
+        return "not analysed yet (`experiments analyze`)"
+    a = stored[-1].analysis
+    outlooks = [c.outlook for c in a.comparisons if c.outlook]
+    if not outlooks:
+        return f"none while {a.decision} (analysis of {iso(a.at)})"
+    return f"(analysis of {iso(a.at)}) " + "; ".join(
+        f"{o.treatment}: {o.headline}: {o.text}" for o in outlooks
+    )
 
 
 def _plan(cfg: Config, e, now: datetime) -> str:

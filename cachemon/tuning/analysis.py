@@ -19,6 +19,10 @@ Decision of each treatment against the first cohort (the control):
   latency — is significantly higher (always-valid p, Holm across them);
 * `loser` — the gain is significantly negative, or a guardrail is worse;
 * `inconclusive` — otherwise (after the planned duration: `inconclusive (ended)`).
+
+Beside each treatment's decision, its outlook: the days its hit-rate lower
+bound still needs to clear the margin, or why it is out of reach
+(`cachemon.tuning.power`).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from cachemon.histogram import Histogram
 from cachemon.pricing import Pricing, R2Lookup
 from cachemon.store import horizons
 from cachemon.store.queries import KEY_ROWS, key_ranges
-from cachemon.tuning import quantile_var, stats
+from cachemon.tuning import power, quantile_var, stats
 from cachemon.tuning.experiments import Experiment
 
 ALPHA = 0.05
@@ -114,6 +118,17 @@ class Comparison:
     decision: Decision
     reason: str
     metrics: tuple[MetricResult, ...]
+    # The days still needed to clear the margin (None in analyses stored before #20).
+    outlook: power.Outlook | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "treatment": self.treatment,
+            "decision": self.decision,
+            "reason": self.reason,
+            "metrics": [asdict(m) for m in self.metrics],
+            "outlook": self.outlook.to_json() if self.outlook else None,
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> Comparison:
@@ -122,6 +137,7 @@ class Comparison:
             Decision(d["decision"]),
             d["reason"],
             tuple(MetricResult(**m) for m in d["metrics"]),
+            power.Outlook.from_json(d.get("outlook")),
         )
 
 
@@ -135,17 +151,26 @@ class Analysis:
     srm_p: float | None
     decision: Decision  # the experiment's: the best treatment's decision, or collecting / srm
     comparisons: tuple[Comparison, ...]
-    days_needed: int | None
 
     @property
     def srm_mismatch(self) -> bool:
         """Whether the key counts fail the SRM check (`stats.SRM_P`)."""
         return self.srm_p is not None and self.srm_p < stats.SRM_P
 
+    @property
+    def outlook(self) -> power.Outlook | None:
+        """The experiment's days still needed: its soonest treatment's (the
+        cleared first, out of reach last); None while collecting or blocked."""
+        found = [c.outlook for c in self.comparisons if c.outlook]
+        if not found:
+            return None
+        return min(found, key=lambda o: (o.days_more is None, o.days_more or 0))
+
     def to_json(self) -> dict:
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items() if k != "comparisons"}
         for k in ("at", "window_start", "window_end"):
             d[k] = iso(getattr(self, k))
+        d["comparisons"] = [c.to_json() for c in self.comparisons]
         return d
 
     @classmethod
@@ -160,7 +185,6 @@ class Analysis:
             d["srm_p"],
             Decision(d["decision"]),
             tuple(Comparison.from_json(c) for c in d["comparisons"]),
-            d["days_needed"],
         )
 
 
@@ -276,23 +300,18 @@ def analyze(
         srm.p_value if srm else None,
         Decision.COLLECTING,
         (),
-        None,
     )
     if total < MIN_UNITS or any(u < 2 for _, u in units):
         return base
     if srm and srm.mismatch:
         return _replace(base, decision=Decision.SRM)
     p95 = _latency(con, e, window)
+    days = (window.end - window.start) / timedelta(days=1), e.duration / timedelta(days=1)
     comparisons = _compare(
-        data, names, p95, tuning_n, at >= e.start + e.duration, e.margin, e.metrics
+        data, names, p95, tuning_n, at >= e.start + e.duration, e.margin, e.metrics, days, total
     )
     best = max(comparisons, key=lambda c: RANK.index(c.decision))
-    hit = _hit_difference(data[names[0]], data[names[1]])
-    elapsed_days = max((window.end - window.start).total_seconds() / 86400, 1 / 24)
-    days = stats.days_needed(
-        hit.variance * hit.n * 1e4, total / elapsed_days, e.mde, e.margin, ALPHA, tuning_n
-    )
-    return _replace(base, decision=best.decision, comparisons=tuple(comparisons), days_needed=days)
+    return _replace(base, decision=best.decision, comparisons=tuple(comparisons))
 
 
 def _replace(a: Analysis, **changes) -> Analysis:
@@ -317,8 +336,18 @@ def _hit_difference(control: dict, treatment: dict) -> stats.Difference:
 
 
 def _compare(
-    data, names, p95, tuning_n: float, ended: bool, margin: float, metrics: tuple[str, ...]
+    data,
+    names,
+    p95,
+    tuning_n: float,
+    ended: bool,
+    margin: float,
+    metrics: tuple[str, ...],
+    days: tuple[float, float],
+    total: int,
 ) -> list[Comparison]:
+    """Each treatment against the control; `days` = (days analysed, planned
+    days), `total` = keys in every cohort (for the outlook)."""
     control = data[names[0]]
     diffs = {t: _hit_difference(control, data[t]) for t in names[1:]}
     adjusted = dict(zip(diffs, stats.holm([d.sequence_p(tuning_n) for d in diffs.values()])))
@@ -379,7 +408,8 @@ def _compare(
         else:
             decision = Decision.INCONCLUSIVE_ENDED if ended else Decision.INCONCLUSIVE
             reason = f"gain in [{100 * lo:.2f}, {100 * hi:.2f}] points; needs its lower bound above {margin:g}"
-        out.append(Comparison(t, decision, reason, tuple(results)))
+        outlook = power.outlook(t, hit, level, margin, *days, total)
+        out.append(Comparison(t, decision, reason, tuple(results), outlook))
     return out
 
 

@@ -269,6 +269,10 @@ def test_experiments_show_the_stored_analysis_and_promotions(live_store, monkeyp
     shown = {m.label: m.value for m in at.metric}
     assert shown["Decision"] == latest["decision"]
     assert float(shown["SRM p-value"]) == pytest.approx(latest["srm_p"], abs=5e-5)
+    # The days still needed (#20): the stored outlook's figure and its sentence, not a plan.
+    outlook = latest["comparisons"][0]["outlook"]
+    assert shown["Days still needed"] == outlook["headline"]
+    assert any(outlook["text"] in c.value for c in at.caption)
     cohorts = at.dataframe[0].value
     assert list(cohorts["allocation"]) == ["129/256 (50.39%)", "127/256 (49.61%)"]
     assert list(cohorts["keys"]) == [n for _, n in latest["units"]]

@@ -65,7 +65,7 @@ def test_cohort_metrics_equal_raw_event_truth(sim_store):
     assert hit.estimate == pytest.approx(100 * diff.estimate)
     width = (hit.upper - hit.lower) / 2
     assert width > 100 * (hi - lo) / 2  # tuned for the planned end (more keys), hence wider now
-    assert a.decision in ("inconclusive", "winner", "loser") and a.days_needed is not None
+    assert a.decision in ("inconclusive", "winner", "loser") and a.outlook is not None
 
 
 def test_results_hidden_until_a_minimum_sample(sim_store):
