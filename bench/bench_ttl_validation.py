@@ -72,9 +72,9 @@ def model(pop: np.ndarray) -> np.ndarray:
     """The fixed-TTL model's hit ratio per TTL on the window's counts."""
     days = (WINDOW.end - WINDOW.start) / timedelta(days=1)
     mu = pop / days
-    return np.array([tuning_whatif._hits(mu, days, t / timedelta(days=1)).sum() for t in TTLS]) / (
-        mu.sum()
-    )
+    return np.array(
+        [tuning_whatif.model_hits(mu, days, t / timedelta(days=1)).sum() for t in TTLS]
+    ) / (mu.sum())
 
 
 def label(t: timedelta) -> str:

@@ -14,6 +14,7 @@ from cachemon.errors import CachemonError
 from cachemon.pricing import days_in_month
 from cachemon.settings import Config
 from cachemon.store.queries import data_end
+from cachemon.tuning import keyadvice
 from cachemon.tuning import whatif as tuning_whatif
 from pages.shared import common
 
@@ -39,9 +40,7 @@ def _load(
         end,
         list(edge_ttls),
     )[0]
-    keys = tuning_whatif.per_key(
-        con, w, cfg.pricing, cfg.costs.value_bytes, days_in_month(end), limit
-    )
+    keys = keyadvice.per_key(con, w, cfg.pricing, cfg.costs.value_bytes, days_in_month(end), limit)
     return w, tuning_whatif.recommend(w, limit), keys
 
 

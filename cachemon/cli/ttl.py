@@ -29,6 +29,7 @@ from cachemon.settings import Config
 from cachemon.sources import files
 from cachemon.sources.simulator import Simulator
 from cachemon.store import db as store_db
+from cachemon.tuning import keyadvice, tracereplay
 from cachemon.tuning import whatif as tuning_whatif
 
 # Per-key rates exist for at most [retention] hour_days (400 by default).
@@ -112,13 +113,13 @@ def whatif(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     trace = _trace(args.trace, args.endpoint, cfg, window, warmup) if args.trace else None
     with store_db.reader(cfg.store.path) as con:
         w = tuning_whatif.whatif(con, cfg, [args.endpoint], ttls, window, at, edge_ttls)[0]
-        keys = tuning_whatif.per_key(
+        keys = keyadvice.per_key(
             con, w, cfg.pricing, cfg.costs.value_bytes, days_in_month(at), limit, args.keys
         )
     best = tuning_whatif.recommend(w, limit)
     # The trace is replayed over the what-if's own window, warmed by what precedes it.
     replays, replay_warmup = (
-        tuning_whatif.replay_window(trace, w.window, [p.ttl for p in w.candidates])
+        tracereplay.replay_window(trace, w.window, [p.ttl for p in w.candidates])
         if trace is not None
         else ({}, None)
     )

@@ -29,7 +29,6 @@ from datetime import datetime, timedelta
 
 import duckdb
 import numpy as np
-import pandas as pd
 
 from cachemon.clock import DAY, Window, format_duration, parse_duration
 from cachemon.costs.tiermix import TierMix
@@ -61,10 +60,6 @@ SELECT k.*, c.endpoint FROM (
 ) k JOIN cache_keys c ON c.key_id = k.key_id
 """
 ENDPOINT_KEYS = "SELECT requests, lookups FROM ttl_keys WHERE endpoint = $endpoint"
-HOT_KEYS = """
-SELECT c.key, t.lookups, t.kv, t.r2, t.api, t.fill_errors FROM ttl_keys t JOIN cache_keys c USING (key_id)
-WHERE t.endpoint = $endpoint ORDER BY t.lookups DESC, c.key LIMIT $limit
-"""
 
 
 @dataclass(frozen=True)
@@ -147,7 +142,7 @@ def rates(con: duckdb.DuckDBPyConnection, endpoint: str, window: Window, days: f
     )
 
 
-def _hits(mu: np.ndarray, days: float, t: float, caches: float = 1.0) -> np.ndarray:
+def model_hits(mu: np.ndarray, days: float, t: float, caches: float = 1.0) -> np.ndarray:
     """Expected hits a day per key of `caches` equal fixed-TTL caches that
     share its μ lookups a day: μ²T/(C + μT) (C = 1: μ²T/(1+μT)). μ̂² from a
     count n over D days is biased up (a key seen once would predict hits);
@@ -170,19 +165,21 @@ def fit_colos(r: KeyRates, edge_ttl: timedelta) -> float:
     colo, and traffic is not split evenly, so this effective count is
     fitted, once, from what was observed (bisection: hits fall as C grows)."""
     t, lo, hi = edge_ttl / DAY, 1.0, 1e5
-    if float(_hits(r.totals, r.days, t, lo).sum()) <= r.edge_hits:
+    if float(model_hits(r.totals, r.days, t, lo).sum()) <= r.edge_hits:
         return lo
     for _ in range(60):
         mid = (lo * hi) ** 0.5
         lo, hi = (
-            (mid, hi) if float(_hits(r.totals, r.days, t, mid).sum()) > r.edge_hits else (lo, mid)
+            (mid, hi)
+            if float(model_hits(r.totals, r.days, t, mid).sum()) > r.edge_hits
+            else (lo, mid)
         )
     return (lo * hi) ** 0.5
 
 
 def predict_edge(r: KeyRates, ttl: timedelta, colos: float) -> EdgePrediction:
     """The edge hit rate an edge TTL would give, with `colos` fitted caches."""
-    hits = float(_hits(r.totals, r.days, ttl / DAY, colos).sum())
+    hits = float(model_hits(r.totals, r.days, ttl / DAY, colos).sum())
     return EdgePrediction(r.endpoint, ttl, 100 * hits / r.requests, r.requests - hits)
 
 
@@ -192,25 +189,9 @@ def predict(
     """The fixed-TTL model's figures for KV TTL `ttl`."""
     t = ttl / DAY
     mu, w = r.lookups, r.weight
-    hits = float((w * _hits(mu, r.days, t)).sum())
-    lookups = float((w * mu).sum())
-    mix = TierMix.from_misses(
-        lookups, lookups - hits, r.r2_share, r.error_share, r2_lookup=r.r2_lookup
-    )
+    hits = float((w * model_hits(mu, r.days, t)).sum())
     gb = float((w * mu * t / (1 + mu * t)).sum()) * value_bytes / 1e9
-    cost = float(mix.cost(pricing)) + gb * pricing["kv_storage"].price / month_days
-    edge = r.requests - lookups
-    return Prediction(
-        r.endpoint,
-        ttl,
-        100 * hits / r.requests,
-        100 * (edge + hits + mix.r2) / r.requests,
-        mix.kv_reads,
-        float(mix.kv_writes),
-        mix.r2_reads,
-        gb,
-        cost,
-    )
+    return _prediction(r, ttl, float((w * mu).sum()), hits, gb, pricing, month_days)
 
 
 def predict_replay(
@@ -226,10 +207,27 @@ def predict_replay(
     i = c.index(ttl)
     lookups = float(r.lookups.sum())
     hits = lookups * float(c.hit_ratio[i])
+    gb = float(c.entries[i]) * value_bytes / 1e9
+    error = 100 * float(c.error[i]) * lookups / r.requests
+    return _prediction(r, ttl, lookups, hits, gb, pricing, month_days, error, bool(c.warm[i]))
+
+
+def _prediction(
+    r: KeyRates,
+    ttl: timedelta,
+    lookups: float,
+    hits: float,
+    gb: float,
+    pricing: Pricing,
+    month_days: int,
+    error: float | None = None,
+    warm: bool = True,
+) -> Prediction:
+    """A day's KV lookups, hits and stored GB priced by the tier-mix rule
+    (misses answered and failing in the shares observed), plus storage."""
     mix = TierMix.from_misses(
         lookups, lookups - hits, r.r2_share, r.error_share, r2_lookup=r.r2_lookup
     )
-    gb = float(c.entries[i]) * value_bytes / 1e9
     cost = float(mix.cost(pricing)) + gb * pricing["kv_storage"].price / month_days
     edge = r.requests - lookups
     return Prediction(
@@ -242,8 +240,8 @@ def predict_replay(
         mix.r2_reads,
         gb,
         cost,
-        100 * float(c.error[i]) * lookups / r.requests,
-        bool(c.warm[i]),
+        error,
+        warm,
     )
 
 
@@ -389,71 +387,6 @@ def recommend(w: WhatIf, max_staleness: timedelta) -> Prediction | None:
     return min(allowed, key=lambda p: (round(p.cost, 9), -p.hit_rate)) if allowed else None
 
 
-@dataclass(frozen=True)
-class KeyAdvice:
-    """A busy key whose own TTL would cost less than its endpoint's."""
-
-    key: str
-    lookups: float  # KV lookups a day
-    kv_hit_rate: float  # % of its lookups KV answered (observed)
-    ttl: timedelta
-    saving: float  # USD/day against the endpoint's current TTL
-
-
-def key_cost(
-    mu: float,
-    days: float,
-    ttl: timedelta,
-    r2_share: float,
-    error_share: float,
-    pricing: Pricing,
-    value_bytes: float,
-    month_days: int,
-    r2_lookup: R2Lookup = R2Lookup.REHYDRATION,
-) -> float:
-    """USD a day of one key's μ KV lookups (counted over `days`) under KV
-    TTL `ttl`: the tier mix of its modelled hits and misses, plus storage."""
-    d = ttl / DAY
-    misses = mu - float(_hits(np.array([mu]), days, d)[0])
-    mix = TierMix.from_misses(mu, misses, r2_share, error_share, r2_lookup=r2_lookup)
-    stored_gb = mu * d / (1 + mu * d) * value_bytes / 1e9
-    return float(mix.cost(pricing)) + stored_gb * pricing["kv_storage"].price / month_days
-
-
-def per_key(
-    con: duckdb.DuckDBPyConnection,
-    w: WhatIf,
-    pricing: Pricing,
-    value_bytes: float,
-    month_days: int,
-    max_staleness: timedelta,
-    limit: int = 20,
-) -> list[KeyAdvice]:
-    """Among the endpoint's `limit` busiest keys at KV (loaded by `whatif`),
-    those whose cheapest candidate TTL within the staleness limit differs
-    from the endpoint's current TTL, with the saving."""
-    rows = con.execute(HOT_KEYS, {"endpoint": w.endpoint, "limit": limit}).fetchall()
-    options = sorted(
-        {t for t in (*(p.ttl for p in w.candidates), w.current_ttl) if t <= max_staleness}
-    )
-
-    out = []
-    for key, lookups, kv, r2, api, fill_errors in rows:
-        mu = lookups / w.days
-        # The key's own shares of its misses: R2-backed keys rehydrate, others reach the origin.
-        missed = r2 + api
-        shares = (r2 / missed, min(fill_errors / missed, 1.0)) if missed else (0.0, 0.0)
-
-        def cost(t: timedelta, mu=mu, shares=shares) -> float:
-            return key_cost(mu, w.days, t, *shares, pricing, value_bytes, month_days, w.r2_lookup)
-
-        best = min(options, key=cost)
-        saving = cost(w.current_ttl) - cost(best)
-        if best != w.current_ttl and saving > 0:
-            out.append(KeyAdvice(key, mu, 100 * kv / lookups if lookups else 0.0, best, saving))
-    return out
-
-
 def parse_ttls(text: str) -> list[timedelta]:
     """'6h,12h,24h' → durations, each between 60 s and 365 days (KV's limits)."""
     out = [parse_duration(part.strip(), "--ttl") for part in text.split(",") if part.strip()]
@@ -478,41 +411,3 @@ def draft_experiment(
         f"{format_duration(current)} (drafted by ttl whatif)",
         scheme=None,
     )
-
-
-def _trace_samples(trace: pd.DataFrame) -> Samples:
-    t_us = trace.timestamp.dt.tz_convert("UTC").astype("datetime64[us, UTC]").astype("int64")
-    return shards.full_trace("trace", trace.key.to_numpy(), t_us.to_numpy(), trace.tier.to_numpy())
-
-
-def replay_window(
-    trace: pd.DataFrame, window: Window, ttls: list[timedelta]
-) -> tuple[dict[timedelta, float], timedelta]:
-    """KV hit rate (% of the trace's requests in `window`) under each TTL of
-    an unsampled request-level trace (columns key, timestamp, tier) replayed
-    exactly through a fixed-TTL cache (`shards.curve` at rate 1): counting
-    the window's lookups only, with the trace's requests before it as the
-    warm-up (returned; an empty cache only where the trace starts there)."""
-    inside = trace[(trace.timestamp >= window.start) & (trace.timestamp < window.end)]
-    if inside.empty:
-        raise InputError(f"the trace has no request in {window}")
-    c = shards.curve(_trace_samples(trace), window, ttls, with_grid=False)
-    if c is None:
-        return {t: 0.0 for t in ttls}, timedelta(0)
-    return {
-        t: 100 * float(c.hit_ratio[c.index(t)]) * c.lookups / len(inside) for t in ttls
-    }, c.warmup
-
-
-def replay(trace: pd.DataFrame, ttl: timedelta) -> float:
-    """KV hits of a whole request-level trace replayed exactly through a
-    fixed-TTL cache that starts empty (`shards.curve` at rate 1, the window
-    being the whole trace): the requests that reached KV (tiers kv, r2,
-    api), each key's first lookup a miss that writes, and an entry expiring
-    `ttl` after its write. Exact for an unsampled trace (columns key,
-    timestamp, tier)."""
-    if trace.empty:
-        return 0.0
-    window = Window(trace.timestamp.min(), trace.timestamp.max() + timedelta(microseconds=1))
-    c = shards.curve(_trace_samples(trace), window, [ttl], with_grid=False)
-    return 0.0 if c is None else float(round(c.hit_ratio[0] * c.lookups))

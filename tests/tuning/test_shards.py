@@ -124,7 +124,9 @@ def test_the_model_misses_bursts_and_pollers(trace):
     tr, exact = trace
     days = 7.0
     mu = _population(tr, WINDOW) / days
-    model = np.array([tuning_whatif._hits(mu, days, t / timedelta(days=1)).sum() for t in TTLS])
+    model = np.array(
+        [tuning_whatif.model_hits(mu, days, t / timedelta(days=1)).sum() for t in TTLS]
+    )
     diff = 100 * (model / mu.sum() - exact)
     print(tr.shape, "model - exact:", " ".join(f"{d:+.2f}" for d in diff))
     worst = {"poisson": 2.0, "bursty": 20.0, "periodic": 5.0}[tr.shape]

@@ -22,6 +22,7 @@ from cachemon.pricing import DEFAULT
 from cachemon.sources.simulator import Simulator
 from cachemon.store import db as store_db
 from cachemon.testing.traces import exact_hit_ratio
+from cachemon.tuning import keyadvice, tracereplay
 from cachemon.tuning import whatif as tuning_whatif
 from cachemon.tuning.experiments import parse as parse_experiments
 from tests.helpers import ROOT, SMALL, T0, load, to_pandas
@@ -165,7 +166,7 @@ def test_replay_matches_a_brute_force_fixed_ttl_cache():
                 hits += 1
             else:
                 expiry[row.key] = row.timestamp + t
-        assert tuning_whatif.replay(trace, t) == hits
+        assert tracereplay.replay(trace, t) == hits
 
 
 def test_recommendation_respects_the_staleness_limit(baseline):
@@ -245,7 +246,7 @@ def test_cli_table_json_trace_and_a_draft_the_tuning_engine_accepts(baseline, tm
     assert js["candidates"][1]["kvHitRate"] == pytest.approx(w.candidates[1].kv_hit_rate, abs=1e-4)
     title = df[df.endpoint == "title"]
     assert js["candidates"][2]["replayKvHitRate"] == pytest.approx(
-        100 * tuning_whatif.replay(title, timedelta(days=7)) / len(title), abs=1e-4
+        100 * tracereplay.replay(title, timedelta(days=7)) / len(title), abs=1e-4
     )
     out = subprocess.run(
         cmd + ["--draft-experiment"], env=env, capture_output=True, text=True, check=True
@@ -334,7 +335,7 @@ def test_per_key_advice_names_busy_keys_whose_own_ttl_pays(baseline):
     w = found["title"]
     with store_db.reader(cfg.store.path) as con:
         tuning_whatif.load_window(con, w.window)
-        advice = tuning_whatif.per_key(
+        advice = keyadvice.per_key(
             con, w, cfg.pricing, cfg.costs.value_bytes, 30, timedelta(days=7), limit=10
         )
     r = df[(df.endpoint == "title") & (df.tier != "edge")]
