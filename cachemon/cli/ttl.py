@@ -94,7 +94,7 @@ def register(sub) -> None:
 def whatif(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     """`ttl whatif`: the candidate TTLs' table (or JSON) and the recommendation."""
     ttls = tuning_whatif.parse_ttls(args.ttl)
-    edge_ttls = tuning_whatif.parse_ttls(args.edge_ttl) if args.edge_ttl else []
+    edge_ttls = tuning_whatif.parse_ttls(args.edge_ttl, "--edge-ttl") if args.edge_ttl else []
     limit = (
         parse_duration(args.max_staleness, "--max-staleness")
         if args.max_staleness

@@ -70,6 +70,8 @@ def per_key(
     options = sorted(
         {t for t in (*(p.ttl for p in w.candidates), w.current_ttl) if t <= max_staleness}
     )
+    if not options:  # nothing is allowed: no key can be advised a TTL
+        return []
 
     out = []
     for key, lookups, kv, r2, api, fill_errors in rows:

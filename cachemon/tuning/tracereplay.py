@@ -15,16 +15,31 @@ from cachemon.store.samples import Samples
 from cachemon.tuning import shards
 
 
+def _weights(trace: pd.DataFrame) -> pd.Series:
+    """Requests each row stands for: its `sample_interval` (an Analytics
+    Engine export is thinned at write time), 1 where the trace has none."""
+    if "sample_interval" in trace:
+        return trace["sample_interval"].astype(float)
+    return pd.Series(1.0, index=trace.index)
+
+
 def _trace_samples(trace: pd.DataFrame) -> Samples:
     t_us = trace.timestamp.dt.tz_convert("UTC").astype("datetime64[us, UTC]").astype("int64")
-    return shards.full_trace("trace", trace.key.to_numpy(), t_us.to_numpy(), trace.tier.to_numpy())
+    return shards.full_trace(
+        "trace",
+        trace.key.to_numpy(),
+        t_us.to_numpy(),
+        trace.tier.to_numpy(),
+        _weights(trace).to_numpy(),
+    )
 
 
 def replay_window(
     trace: pd.DataFrame, window: Window, ttls: list[timedelta]
 ) -> tuple[dict[timedelta, float], timedelta]:
-    """KV hit rate (% of the trace's requests in `window`) under each TTL of
-    an unsampled request-level trace (columns key, timestamp, tier) replayed
+    """KV hit rate (% of the trace's requests in `window`, weighted by
+    `sample_interval`) under each TTL of a request-level trace (columns key,
+    timestamp, tier, optionally sample_interval) replayed
     exactly through a fixed-TTL cache (`shards.curve` at rate 1): counting
     the window's lookups only, with the trace's requests before it as the
     warm-up (returned; an empty cache only where the trace starts there)."""
@@ -35,7 +50,8 @@ def replay_window(
     if c is None:
         return {t: 0.0 for t in ttls}, timedelta(0)
     return {
-        t: 100 * float(c.hit_ratio[c.index(t)]) * c.lookups / len(inside) for t in ttls
+        t: 100 * float(c.hit_ratio[c.index(t)]) * c.lookups / float(_weights(inside).sum())
+        for t in ttls
     }, c.warmup
 
 

@@ -387,14 +387,15 @@ def recommend(w: WhatIf, max_staleness: timedelta) -> Prediction | None:
     return min(allowed, key=lambda p: (round(p.cost, 9), -p.hit_rate)) if allowed else None
 
 
-def parse_ttls(text: str) -> list[timedelta]:
-    """'6h,12h,24h' → durations, each between 60 s and 365 days (KV's limits)."""
-    out = [parse_duration(part.strip(), "--ttl") for part in text.split(",") if part.strip()]
+def parse_ttls(text: str, option: str = "--ttl") -> list[timedelta]:
+    """'6h,12h,24h' → durations, each between 60 s and 365 days (KV's limits);
+    errors name `option` (the flag the text came from)."""
+    out = [parse_duration(part.strip(), option) for part in text.split(",") if part.strip()]
     if not out:
-        raise InputError("--ttl needs at least one duration, e.g. 6h,12h,24h")
+        raise InputError(f"{option} needs at least one duration, e.g. 6h,12h,24h")
     bad = [format_duration(t) for t in out if not timedelta(seconds=60) <= t <= timedelta(days=365)]
     if bad:
-        raise InputError(f"--ttl {', '.join(bad)}: a KV TTL must be between 60s and 365d")
+        raise InputError(f"{option} {', '.join(bad)}: a TTL must be between 60s and 365d")
     return out
 
 

@@ -399,9 +399,11 @@ def test_ttl_whatif_page_shows_the_library_predictions(live_store, monkeypatch):
     assert list(table["KV hit %"]) == pytest.approx([p.kv_hit_rate for p in w.candidates], abs=0.05)
     assert table["recommended"].sum() == 1
     assert "[[experiments]]" in at.code[0].value
-    # The store keeps no SHARDS sample here: the page says the model made the figures.
-    assert any(x.value.startswith("Predictions: model. No SHARDS sample") for x in at.warning)
-    assert "± err" in table.columns and table["± err"].isna().all()
+    # The store keeps SHARDS samples (every write does): the page says the replay made the
+    # figures, with their sampling error.
+    assert w.method.name == tuning_whatif.REPLAY
+    assert any(x.value.startswith(f"Predictions: {tuning_whatif.REPLAY}.") for x in at.caption)
+    assert "± err" in table.columns and table["± err"].notna().all()
     at.text_input(key="ttl_candidates").input("6h,10s").run()
     assert any("between 60s and 365d" in e.value for e in at.error)
 

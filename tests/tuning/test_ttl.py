@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from cachemon import config, settings
+from cachemon.cli.main import main as cli_main
 from cachemon.clock import HOUR, Window, iso
 from cachemon.errors import InputError
 from cachemon.events import ENDPOINTS
@@ -264,7 +265,7 @@ def test_cli_table_json_trace_and_a_draft_the_tuning_engine_accepts(baseline, tm
         )
     assert e.cohorts[1].ttl == tuning_whatif.recommend(same, cfg.costs.max_kv_ttl).ttl
     bad = subprocess.run(cmd[:-4] + ["--ttl", "10s"], env=env, capture_output=True, text=True)
-    assert bad.returncode == 2 and "a KV TTL must be between 60s and 365d" in bad.stderr
+    assert bad.returncode == 2 and "--ttl 10s: a TTL must be between 60s and 365d" in bad.stderr
 
 
 def test_cli_replays_the_simulator_trace_of_the_window(baseline, tmp_path):
@@ -351,3 +352,26 @@ def test_per_key_advice_names_busy_keys_whose_own_ttl_pays(baseline):
         assert (
             a.ttl == timedelta(days=7) and a.saving > 0
         )  # writes fall as the TTL grows; title's is 24h now
+
+
+def test_cli_survives_a_staleness_limit_below_every_candidate(baseline, capsys):
+    """Nothing allowed is an answer, not a traceback: the table says no
+    candidate fits, the per-key advice is empty, the JSON has no pick."""
+    cfg, *_ = baseline
+    args = ["ttl", "whatif", "--endpoint", "title", "--ttl", "6h,1d", "--days", "1"]
+    args += ["--at", iso(END), "--max-staleness", "1h"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CACHEMON_DB", str(cfg.store.path))
+        mp.delenv("CACHEMON_CONFIG", raising=False)
+        assert cli_main(args) == 0
+        assert "no candidate within the staleness limit 1h" in capsys.readouterr().out
+        assert cli_main([*args, "--json"]) == 0
+        js = json.loads(capsys.readouterr().out)
+        assert js["recommended"] is None and js["keys"] == []
+
+
+def test_edge_ttl_errors_name_the_edge_option():
+    with pytest.raises(InputError, match="--edge-ttl 999d: a TTL must be between"):
+        tuning_whatif.parse_ttls("1h,999d", "--edge-ttl")
+    with pytest.raises(InputError, match="--edge-ttl needs at least one duration"):
+        tuning_whatif.parse_ttls(",", "--edge-ttl")
