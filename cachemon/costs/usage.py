@@ -10,7 +10,9 @@ Usage of a window, per component:
 * KV / R2 storage — the mean of the storage gauges over the window, in
   GB-months: GB × the share of the month the data covers (the part of the
   window between the store's first and last data; time before the data
-  starts is not priced, never assumed at the mean reading);
+  starts is not priced, never assumed at the mean reading); storage holds
+  between readings, so a window without a reading of its own takes the
+  last one before it;
 * R2 Class A — archival puts, estimated from the growth of R2 storage
   divided by the stored value size (`[costs] value_bytes`);
 * Analytics Engine data points — one per request and per gauge reading;
@@ -46,6 +48,18 @@ SELECT name, sum(value_sum) / sum(samples), sum(samples),
        arg_min(value_last, minute), arg_max(value_last, minute)
 FROM gauge_minute WHERE minute >= $lo AND minute < $hi GROUP BY name
 """
+
+
+# Storage holds between readings: a window without a reading of its own
+# (a 15-minute window when storage is read hourly) takes the last one before it.
+STORAGE_BEFORE = """
+SELECT name, arg_max(value_last, t) FROM (
+    SELECT name, minute AS t, value_last FROM gauge_minute WHERE minute < $lo AND list_contains($names, name)
+    UNION ALL
+    SELECT name, hour, value_last FROM gauge_hour WHERE hour < $lo AND list_contains($names, name)
+) GROUP BY name
+"""
+STORAGE_GAUGES = ("kv_storage_bytes", "r2_storage_bytes")
 
 
 @dataclass(frozen=True)
@@ -129,10 +143,7 @@ def measure(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> Usag
         failed_fills=sum(float(tiers[t][2]) for t in ("r2", "api") if t in tiers),
         r2_lookup=cfg.costs.r2_flow,
     )
-    gauges = {
-        r[0]: r[1:]
-        for r in con.execute(GAUGE_USAGE, {"lo": window.start, "hi": window.end}).fetchall()
-    }
+    gauges = _gauges(con, window)
     # The share of the month the data covers: a store that starts on the
     # 20th holds no reading of the days before, so they are not priced.
     share = month_share(window.start, covered.length)
@@ -156,6 +167,19 @@ def measure(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> Usag
         r2_bytes=r2[0],
         basis=Basis(Kind.MEASURED, window, covered),
     )
+
+
+def _gauges(con: duckdb.DuckDBPyConnection, window: Window) -> dict[str, tuple]:
+    """Per gauge: mean, readings, first and last reading of the window; a
+    storage gauge with no reading inside it holds its last earlier value
+    (as mean, first and last; no reading counted)."""
+    p = {"lo": window.start, "hi": window.end}
+    gauges = {r[0]: r[1:] for r in con.execute(GAUGE_USAGE, p).fetchall()}
+    missing = [g for g in STORAGE_GAUGES if g not in gauges]
+    if missing:
+        rows = con.execute(STORAGE_BEFORE, {"lo": window.start, "names": missing}).fetchall()
+        gauges |= {name: (value, 0, value, value) for name, value in rows}
+    return gauges
 
 
 def price(usage: Usage, pricing: Pricing) -> Breakdown:

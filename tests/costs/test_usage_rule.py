@@ -270,3 +270,18 @@ def test_basis_reads_back_from_json():
     )
     assert costs_basis.Basis.from_json(b.to_json()) == b
     assert costs_basis.label(b, costs_basis.Price.BILLED).endswith(f"({costs_basis.PRICES}).")
+
+
+def test_a_window_without_a_storage_reading_holds_the_last_one(late_store):
+    """Storage is read hourly (at :30): a 15-minute window between readings
+    is priced with the reading before it, not at $0."""
+    cfg = settings.Config()
+    for h in (3, 4):
+        t = NOV20 + h * HOUR
+        w = Window(t + timedelta(minutes=35), t + timedelta(minutes=50))
+        with store_db.reader(late_store) as con:
+            u = costs_usage.measure(con, w, cfg)
+        held = KV_BYTES[h % 2]  # the reading at :30 of the same hour
+        assert u.kv_bytes == pytest.approx(held)
+        assert u.kv_storage == pytest.approx(held / 1e9 * (15 / (30 * 24 * 60)), rel=1e-9)
+        assert u.ae_writes == pytest.approx(1.0)  # the request at :40; no reading counted
