@@ -130,7 +130,7 @@ def _experiment(e, state, history, plan):
     for c in latest.comparisons:
         st.markdown(f"**{c.treatment} vs {e.cohorts[0].name}: {c.decision}** — {c.reason}")
         if c.outlook:
-            st.caption(f"Days still needed: {c.outlook.headline} — {c.outlook.text}")
+            st.caption(f"Days still needed: {c.outlook.line}")
         st.plotly_chart(_forest(c.metrics, e.margin), width="stretch")
     with st.expander("Decision history"):
         st.dataframe(

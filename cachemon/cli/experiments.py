@@ -75,9 +75,7 @@ def _still_needed(cfg: Config, e) -> str:
     outlooks = [c.outlook for c in a.comparisons if c.outlook]
     if not outlooks:
         return f"none while {a.decision} (analysis of {iso(a.at)})"
-    return f"(analysis of {iso(a.at)}) " + "; ".join(
-        f"{o.treatment}: {o.headline}: {o.text}" for o in outlooks
-    )
+    return f"(analysis of {iso(a.at)}) " + "; ".join(f"{o.treatment}: {o.line}" for o in outlooks)
 
 
 def _plan(cfg: Config, e, now: datetime) -> str:

@@ -68,6 +68,12 @@ class Outlook:
         return f"{self.days_more} (cleared)" if self.reach == Reach.CLEARED else str(self.days_more)
 
     @property
+    def line(self) -> str:
+        """Headline and sentence for one line, the headline once ('out of
+        reach: the gain …', not 'out of reach: out of reach: …')."""
+        return self.text if self.text.startswith(self.headline) else f"{self.headline}: {self.text}"
+
+    @property
     def text(self) -> str:
         """One plain sentence: how many more days, or why the margin is out of reach."""
         gain = f"the gain {self.estimate:.2f} points (lower bound {self.lower:.2f})"

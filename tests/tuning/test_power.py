@@ -109,6 +109,7 @@ def test_the_margin_above_the_gain_is_out_of_reach_in_plain_words(store):
     assert o.days_more is None and o.reach == power.Reach.GAIN_BELOW_MARGIN
     assert o.headline == "out of reach"
     assert o.text.startswith("out of reach") and "not above the" in o.text
+    assert o.line == o.text and o.line.count("out of reach") == 1  # the headline once
     assert a.decision == "inconclusive"
 
 
