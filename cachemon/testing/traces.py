@@ -109,17 +109,28 @@ def shards_sample(full: Samples, labels: np.ndarray, rate: float) -> Samples:
     )
 
 
-def exact_hit_ratio(labels: np.ndarray, t_us: np.ndarray, window: Window, ttl: timedelta) -> float:
+def exact_hit_ratio(
+    labels: np.ndarray,
+    t_us: np.ndarray,
+    window: Window,
+    ttl: timedelta,
+    failed: np.ndarray | None = None,
+) -> float:
     """The exact fixed-TTL replay, plainly: lookups in time order from the
     first one (an empty cache then), a miss writes an entry that expires
-    `ttl` later; the share of the window's lookups that hit."""
+    `ttl` later unless its fill failed (`failed`, per lookup: the tier-mix
+    rule, a failed answer writes nothing); the share of the window's lookups
+    that hit."""
     ws, we = round(window.start.timestamp() * US), round(window.end.timestamp() * US)
     step = int(ttl.total_seconds() * US)
+    order = np.argsort(t_us, kind="stable")
+    fail = np.zeros(len(t_us), bool) if failed is None else np.asarray(failed, bool)
     expiry: dict = {}
     hits = lookups = 0
-    for k, t in zip(labels[np.argsort(t_us, kind="stable")].tolist(), np.sort(t_us).tolist()):
+    rows = zip(labels[order].tolist(), np.asarray(t_us)[order].tolist(), fail[order].tolist())
+    for k, t, bad in rows:
         hit = t < expiry.get(k, -1)
-        if not hit:
+        if not hit and not bad:
             expiry[k] = t + step
         if ws <= t < we:
             lookups += 1

@@ -274,10 +274,11 @@ def _curve(
 ) -> tuple[shards.Curve | None, Method]:
     s = samples_of(con, r.endpoint, data.start - WARMUP, data.end)
     if s is None or not len(s):
-        why = store_samples.status(con, data.start - WARMUP, data.end).reason
+        st = store_samples.status(con, data.start - WARMUP, data.end)
+        why = st.reason or store_samples.NO_KEY_UNDER_RATE.format(rate=st.rate or 0)
         return None, Method(
             MODEL,
-            f"no SHARDS sample of {r.endpoint} ({why or store_samples.NO_SAMPLES}): the fixed-TTL "
+            f"no SHARDS sample of {r.endpoint} ({why}): the fixed-TTL "
             "model λT/(1+λT) on per-key rates, exact only for Poisson arrivals",
         )
     c = shards.curve(s, data, ttls, r.lookups * r.days)
@@ -382,8 +383,12 @@ def whatif(
 def recommend(w: WhatIf, max_staleness: timedelta) -> Prediction | None:
     """The cheapest of the candidates and the current TTL within the
     staleness limit (ties: the higher hit rate); the current one means keep
-    it. None when nothing is allowed."""
-    allowed = [p for p in (*w.candidates, w.current) if p.ttl <= max_staleness]
+    it. A candidate whose figure is approximate (`warm=False`: longer than
+    the replay's warm-up, so it reads like longer TTLs) is never picked: if
+    no warm candidate beats the current TTL, the current is kept. None when
+    nothing is allowed."""
+    warm = [p for p in w.candidates if p.warm]
+    allowed = [p for p in (*warm, w.current) if p.ttl <= max_staleness]
     return min(allowed, key=lambda p: (round(p.cost, 9), -p.hit_rate)) if allowed else None
 
 
