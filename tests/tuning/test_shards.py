@@ -31,6 +31,7 @@ from cachemon.store.samples import Samples
 from cachemon.testing import traces
 from cachemon.tuning import shards
 from cachemon.tuning import whatif as tuning_whatif
+from cachemon.tuning.experiments import Cohort, Experiment
 from tests.helpers import ROOT, SMALL, T0, load, simulate, small_sim
 
 US = 1_000_000
@@ -511,3 +512,25 @@ def test_the_stated_error_covers_the_replay_at_realistic_scale(real_store):
     assert w.method.name == tuning_whatif.REPLAY and w.method.calibration is not None
     # Two standard errors (the replay alone stated ±0.2 and missed by 0.5 to 0.9).
     assert np.all(np.abs(got - exact) <= np.minimum(2 * err, 2.0))
+
+
+def test_an_experiment_running_other_ttls_is_not_calibrated_and_says_so(real_store):
+    """An experiment gives some title keys 48 h: the observed rate is not the
+    current TTL's, so no calibration, and the note says the replay assumes
+    one TTL for every key."""
+    cfg, _ = real_store
+    exp = Experiment(
+        "longer-title",
+        "title",
+        (Cohort("control", timedelta(days=1), 0.5), Cohort("treatment", timedelta(days=2), 0.5)),
+        T0,
+    )
+    window = Window(REAL_END - timedelta(days=1), REAL_END)
+    with store_db.reader(cfg.store.path) as con:
+        (w,) = tuning_whatif.whatif(
+            con, replace(cfg, experiments=(exp,)), ["title"], [timedelta(hours=6)], window, REAL_END
+        )
+        (plain,) = tuning_whatif.whatif(con, cfg, ["title"], [timedelta(hours=6)], window, REAL_END)
+    assert w.method.calibration is None and "assumes one TTL for every key" in w.method.note
+    assert "longer-title ran others" in w.method.note
+    assert w.candidates[0].kv_hit_error < plain.candidates[0].kv_hit_error
