@@ -41,11 +41,13 @@ class Trace:
     shape: str
     keys: np.ndarray  # str labels
     t_us: np.ndarray  # int64
+    failed: np.ndarray | None = None  # bool per lookup: a failed fill, which writes nothing
 
     def samples(self, endpoint: str = "title") -> Samples:
         """The whole trace as a rate-1 sample (every lookup a KV miss tier,
-        which is all the replay needs)."""
-        return full_trace(endpoint, self.keys, self.t_us, np.full(len(self.t_us), "api"))
+        which is all the replay needs; `failed` its errors)."""
+        api = np.full(len(self.t_us), "api")
+        return full_trace(endpoint, self.keys, self.t_us, api, error=self.failed)
 
 
 def zipf_shares(keys: int, alpha: float = ALPHA) -> np.ndarray:
