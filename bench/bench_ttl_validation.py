@@ -49,15 +49,17 @@ def simulator_trace(seed: int) -> traces.Trace:
             experiment=False,
         )
     )
-    keys, times = [], []
+    keys, times, failed = [], [], []
     for w in HISTORY.split(timedelta(days=1)):
         t = sim.generate(w).table.to_pandas()
         t = t[(t.kind == "request") & (t.endpoint == "title") & (t.tier != "edge")]
         keys.append(t.key.astype(str).to_numpy(dtype=object))
         times.append(t.timestamp.astype("datetime64[us, UTC]").astype("int64").to_numpy())
-    k, t = np.concatenate(keys), np.concatenate(times)
+        # A failed fill (an r2/api error) writes nothing, in the simulator and the replays.
+        failed.append(((t.status == "error") & t.tier.isin(["r2", "api"])).to_numpy())
+    k, t, f = np.concatenate(keys), np.concatenate(times), np.concatenate(failed)
     order = np.argsort(t, kind="stable")
-    return traces.Trace("simulator", k[order], t[order])
+    return traces.Trace("simulator", k[order], t[order], f[order])
 
 
 def population(tr: traces.Trace) -> np.ndarray:
@@ -95,7 +97,9 @@ def main() -> int:
     summary, sweep = [], []
     for tr in made:
         t0 = time.perf_counter()
-        exact = np.array([traces.exact_hit_ratio(tr.keys, tr.t_us, WINDOW, t) for t in TTLS])
+        exact = np.array(
+            [traces.exact_hit_ratio(tr.keys, tr.t_us, WINDOW, t, tr.failed) for t in TTLS]
+        )
         pop, full = population(tr), tr.samples()
         t1 = time.perf_counter()
         c = shards.curve(

@@ -28,6 +28,7 @@ from cachemon.store.connection import first_row
 # Said on every surface where the what-if falls back to the model for it.
 NO_KEY_HASH = "no key hash in the dataset"
 NO_SAMPLES = "no samples stored for the span"
+NO_KEY_UNDER_RATE = "samples taken at rate {rate:g}, but no key of the endpoint hashed under it"
 
 # Over [lo, hi): the smallest and largest rate, the sources without a key
 # hash, and the minutes covered (any source).

@@ -41,11 +41,13 @@ class Trace:
     shape: str
     keys: np.ndarray  # str labels
     t_us: np.ndarray  # int64
+    failed: np.ndarray | None = None  # bool per lookup: a failed fill, which writes nothing
 
     def samples(self, endpoint: str = "title") -> Samples:
         """The whole trace as a rate-1 sample (every lookup a KV miss tier,
-        which is all the replay needs)."""
-        return full_trace(endpoint, self.keys, self.t_us, np.full(len(self.t_us), "api"))
+        which is all the replay needs; `failed` its errors)."""
+        api = np.full(len(self.t_us), "api")
+        return full_trace(endpoint, self.keys, self.t_us, api, error=self.failed)
 
 
 def zipf_shares(keys: int, alpha: float = ALPHA) -> np.ndarray:
@@ -109,17 +111,28 @@ def shards_sample(full: Samples, labels: np.ndarray, rate: float) -> Samples:
     )
 
 
-def exact_hit_ratio(labels: np.ndarray, t_us: np.ndarray, window: Window, ttl: timedelta) -> float:
+def exact_hit_ratio(
+    labels: np.ndarray,
+    t_us: np.ndarray,
+    window: Window,
+    ttl: timedelta,
+    failed: np.ndarray | None = None,
+) -> float:
     """The exact fixed-TTL replay, plainly: lookups in time order from the
     first one (an empty cache then), a miss writes an entry that expires
-    `ttl` later; the share of the window's lookups that hit."""
+    `ttl` later unless its fill failed (`failed`, per lookup: the tier-mix
+    rule, a failed answer writes nothing); the share of the window's lookups
+    that hit."""
     ws, we = round(window.start.timestamp() * US), round(window.end.timestamp() * US)
     step = int(ttl.total_seconds() * US)
+    order = np.argsort(t_us, kind="stable")
+    fail = np.zeros(len(t_us), bool) if failed is None else np.asarray(failed, bool)
     expiry: dict = {}
     hits = lookups = 0
-    for k, t in zip(labels[np.argsort(t_us, kind="stable")].tolist(), np.sort(t_us).tolist()):
+    rows = zip(labels[order].tolist(), np.asarray(t_us)[order].tolist(), fail[order].tolist())
+    for k, t, bad in rows:
         hit = t < expiry.get(k, -1)
-        if not hit:
+        if not hit and not bad:
             expiry[k] = t + step
         if ws <= t < we:
             lookups += 1

@@ -8,7 +8,11 @@ estimates the whole endpoint's with no model of the arrivals (bursts and
 polling included).
 
 The cache is KV `expirationTtl`: an entry is written at a miss and lives T; a
-lookup at or after the expiry misses and writes again. Write times depend on
+lookup at or after the expiry misses and writes again. A miss whose fill
+failed (an error row answered by r2 or api) writes nothing, as in the tier-mix
+rule (`costs.tiermix`) and the simulator: the key's next lookup misses too.
+A row's failure is what happened at the TTL it ran under; a lookup that hit
+then is assumed to fill without error at a shorter TTL. Write times depend on
 T, so each TTL of the grid is replayed on its own (all keys at once, jumping
 from a write to the first lookup at or after its expiry). Only lookups inside
 the window are counted; the replay starts at the sample's first request, before
@@ -48,6 +52,8 @@ US = 1_000_000
 DAY_US = 86_400 * US
 # The tiers whose requests looked KV up.
 LOOKUP_TIERS = np.array([TIERS.index(t) for t in ("kv", "r2", "api")], dtype=np.int8)
+# The tiers that fill KV after a miss: an error there is a failed fill, which writes nothing.
+FILL_TIERS = np.array([TIERS.index(t) for t in ("r2", "api")], dtype=np.int8)
 # The curve's TTL grid: log-spaced, this many points a decade, over this range
 # (candidate TTLs are added to it, so they are replayed exactly, not interpolated).
 CURVE_FROM = timedelta(minutes=10)
@@ -120,6 +126,7 @@ class _Lookups:
     g: np.ndarray
     t: np.ndarray
     w: np.ndarray
+    fail: np.ndarray  # per lookup: a fill (r2/api) that failed, so a miss there writes nothing
     k: np.ndarray  # per lookup: its key's index
     ends: np.ndarray  # per key: one past its last lookup
     group: np.ndarray  # per key: its jackknife group
@@ -149,6 +156,7 @@ def _lookups(samples: Samples, window: Window, longest: timedelta) -> _Lookups:
         g[order],
         t[order],
         samples.weight[keep][order].astype(np.float64),
+        (samples.error[keep] & np.isin(samples.tier[keep], FILL_TIERS))[order],
         k[order].astype(np.int64),
         np.searchsorted(g[order], (np.arange(len(ids)) + 1) * span),
         (_mix(ids) % np.uint64(GROUPS)).astype(np.int64),
@@ -170,18 +178,21 @@ def _replay_one(lk: _Lookups, ttl: timedelta, start_us: int, ws: int, we: int):
     live = first < lk.ends
     pos, end = first[live], lk.ends[live]
     miss = np.zeros(len(lk.g), dtype=bool)
-    # As many rounds as the busiest key has writes; each round is one
-    # searchsorted over the keys still live.
+    # As many rounds as the busiest key has misses; each round is one
+    # searchsorted over the keys still live. A failed fill writes nothing
+    # (the tier-mix rule): the key's next lookup misses again.
     while len(pos):
         miss[pos] = True
-        nxt = np.searchsorted(lk.g, lk.g[pos] + step, side="left")
+        failed = lk.fail[pos]
+        nxt = np.where(failed, pos + 1, np.searchsorted(lk.g, lk.g[pos] + step, side="left"))
         live = nxt < end
         pos, end = nxt[live], end[live]
     counted = miss & (lk.t >= ws) & (lk.t < we)
     misses = np.bincount(lk.k[counted], lk.w[counted], lk.keys)
-    tw = lk.t[miss]
+    written = miss & ~lk.fail
+    tw = lk.t[written]
     present = np.clip(np.minimum(tw + step, we) - np.maximum(tw, ws), 0, None)
-    entries = np.bincount(lk.k[miss], present.astype(np.float64), lk.keys) / (we - ws)
+    entries = np.bincount(lk.k[written], present.astype(np.float64), lk.keys) / (we - ws)
     return misses, entries
 
 
@@ -296,9 +307,9 @@ def curve(
     )
 
 
-def full_trace(endpoint: str, key, t_us, tier, weight=None) -> Samples:
+def full_trace(endpoint: str, key, t_us, tier, weight=None, error=None) -> Samples:
     """A full trace (rate 1) as Samples: key labels of any kind, request
-    times in epoch µs, tier names; weights default to 1."""
+    times in epoch µs, tier names; weights default to 1, errors to none."""
     codes = np.unique(np.asarray(key), return_inverse=True)[1]
     names = np.asarray(tier, dtype=object)
     bad = sorted(set(names) - set(TIERS))
@@ -314,6 +325,6 @@ def full_trace(endpoint: str, key, t_us, tier, weight=None) -> Samples:
         codes.astype(np.int64),
         np.asarray(t_us, dtype=np.int64),
         tier_code,
-        np.zeros(n, dtype=bool),
+        np.zeros(n, dtype=bool) if error is None else np.asarray(error, dtype=bool),
         np.ones(n) if weight is None else np.asarray(weight, dtype=np.float64),
     )

@@ -267,17 +267,72 @@ class Method:
     rate: float | None = None  # the sample's rate R
     keys: int = 0  # sampled keys with a KV lookup in the window
     warmup: timedelta | None = None  # history replayed before the window
+    # Observed − replayed KV hit rate at the current TTL, points of requests
+    # (None: not comparable, see the note); folded into every replayed error.
+    calibration: float | None = None
+
+
+def _other_ttls(cfg: Config, endpoint: str, window: Window, current: timedelta) -> list[str]:
+    """Experiments on `endpoint` overlapping `window` that give some keys a
+    TTL other than the current one: the observed hit rate is then not that
+    of one TTL, which the replay and the model assume."""
+    return [
+        x.name
+        for x in cfg.experiments
+        if x.endpoint == endpoint
+        and x.start < window.end
+        and x.start + x.duration > window.start
+        and any(c.ttl != current for c in x.cohorts)
+    ]
+
+
+def calibrated(
+    c: shards.Curve, r: KeyRates, current: timedelta, others: list[str]
+) -> tuple[shards.Curve, float | None, str]:
+    """`c` with the bias the replay shows where it can be checked folded into
+    its errors: the observed KV hit ratio at the current TTL minus the
+    replayed one (sampling-weighted rows replayed as if complete, the
+    warm-up's start from an empty cache) is added in quadrature to every
+    TTL's standard error. Also that difference in points of requests (None
+    when not comparable) and the note's words."""
+    i = c.index(current)
+    if others:
+        return (
+            c,
+            None,
+            (
+                f"; assumes one TTL for every key, but {', '.join(others)} ran others for some "
+                "(not calibrated against the observed rate)"
+            ),
+        )
+    if not c.warm[i]:
+        return c, None, "; the current TTL lacks warm-up (not calibrated against the observed rate)"
+    lookups = float(r.lookups.sum())
+    d = r.kv_hits / lookups - float(c.hit_ratio[i]) if lookups else 0.0
+    points = 100 * d * lookups / r.requests
+    return (
+        replace(c, error=np.sqrt(c.error**2 + d**2)),
+        points,
+        f"; observed − replayed at the current TTL: {points:+.2f} points, in every error",
+    )
 
 
 def _curve(
-    con, samples_of, r: KeyRates, data: Window, ttls: list[timedelta]
+    con,
+    samples_of,
+    r: KeyRates,
+    data: Window,
+    ttls: list[timedelta],
+    current: timedelta,
+    others: list[str],
 ) -> tuple[shards.Curve | None, Method]:
     s = samples_of(con, r.endpoint, data.start - WARMUP, data.end)
     if s is None or not len(s):
-        why = store_samples.status(con, data.start - WARMUP, data.end).reason
+        st = store_samples.status(con, data.start - WARMUP, data.end)
+        why = st.reason or store_samples.NO_KEY_UNDER_RATE.format(rate=st.rate or 0)
         return None, Method(
             MODEL,
-            f"no SHARDS sample of {r.endpoint} ({why or store_samples.NO_SAMPLES}): the fixed-TTL "
+            f"no SHARDS sample of {r.endpoint} ({why}): the fixed-TTL "
             "model λT/(1+λT) on per-key rates, exact only for Poisson arrivals",
         )
     c = shards.curve(s, data, ttls, r.lookups * r.days)
@@ -289,15 +344,18 @@ def _curve(
             s.rate,
         )
     cold = [t for t, w in zip(c.ttls, c.warm) if not w]
+    c, calibration, said = calibrated(c, r, current, others)
     return c, Method(
         REPLAY,
         f"exact replay of a SHARDS sample (rate {c.rate:g}, {c.keys:,} keys, "
         f"{span_text(c.warmup)} of warm-up), ± one standard error"
         + (f"; TTLs over {span_text(c.warmup)} lack warm-up (approximate)" if cold else "")
-        + ("; too few sampled keys to estimate the error" if np.isnan(c.error).any() else ""),
+        + ("; too few sampled keys to estimate the error" if np.isnan(c.error).any() else "")
+        + said,
         c.rate,
         c.keys,
         c.warmup,
+        calibration,
     )
 
 
@@ -345,7 +403,8 @@ def whatif(
     out = []
     for e in endpoints:
         r = replace(rates(con, e, window, days), r2_lookup=cfg.costs.r2_flow)
-        c, method = _curve(con, samples_of, r, data, [*ttls, current[e]])
+        others = _other_ttls(cfg, e, window, current[e])
+        c, method = _curve(con, samples_of, r, data, [*ttls, current[e]], current[e], others)
         if c is None:
             p = lambda t, r=r: predict(r, t, cfg.pricing, cfg.costs.value_bytes, month)  # noqa: E731
             m = merged(r)
@@ -382,8 +441,12 @@ def whatif(
 def recommend(w: WhatIf, max_staleness: timedelta) -> Prediction | None:
     """The cheapest of the candidates and the current TTL within the
     staleness limit (ties: the higher hit rate); the current one means keep
-    it. None when nothing is allowed."""
-    allowed = [p for p in (*w.candidates, w.current) if p.ttl <= max_staleness]
+    it. A candidate whose figure is approximate (`warm=False`: longer than
+    the replay's warm-up, so it reads like longer TTLs) is never picked: if
+    no warm candidate beats the current TTL, the current is kept. None when
+    nothing is allowed."""
+    warm = [p for p in w.candidates if p.warm]
+    allowed = [p for p in (*warm, w.current) if p.ttl <= max_staleness]
     return min(allowed, key=lambda p: (round(p.cost, 9), -p.hit_rate)) if allowed else None
 
 
