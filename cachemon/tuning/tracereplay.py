@@ -31,6 +31,8 @@ def _trace_samples(trace: pd.DataFrame) -> Samples:
         t_us.to_numpy(),
         trace.tier.to_numpy(),
         _weights(trace).to_numpy(),
+        # A failed fill writes nothing (the tier-mix rule), in the exact replay too.
+        (trace["status"] == "error").to_numpy() if "status" in trace else None,
     )
 
 

@@ -429,7 +429,8 @@ def test_cli_clips_the_trace_to_the_window_and_states_the_method(store, tmp_path
     t = look.timestamp.astype("datetime64[us, UTC]").astype("int64").to_numpy()
     inside = title[title.timestamp >= window.start]
     for c, ttl in zip(js["candidates"], (timedelta(hours=1), timedelta(days=1))):
-        hits = traces.exact_hit_ratio(look.key.to_numpy(dtype=object), t, window, ttl)
+        failed = (look.status == "error").to_numpy()
+        hits = traces.exact_hit_ratio(look.key.to_numpy(dtype=object), t, window, ttl, failed)
         want = 100 * hits * (inside.tier != "edge").sum() / len(inside)
         assert c["replayKvHitRate"] == pytest.approx(want, abs=1e-4)
     assert js["replayWarmupSeconds"] == pytest.approx(18 * 3600, abs=60)

@@ -1,5 +1,6 @@
 """Exact trace replays weigh each row by its sample_interval (an Analytics
-Engine export is thinned at write time) and count only the window."""
+Engine export is thinned at write time), write nothing on a failed fill,
+and count only the window."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -25,6 +26,7 @@ def _trace(seed: int) -> pd.DataFrame:
             "key": rng.choice([f"k{i}" for i in range(60)], n),
             "tier": rng.choice(["edge", "kv", "r2", "api"], n, p=[0.5, 0.3, 0.1, 0.1]),
             "sample_interval": rng.choice([1.0, 1.0, 2.0, 10.0], n),
+            "status": rng.choice(["ok", "ok", "ok", "error"], n),
         }
     )
 
@@ -38,8 +40,8 @@ def _plain(trace: pd.DataFrame, window: Window, ttl: timedelta) -> float:
         if row.tier == "edge":
             continue
         hit = row.key in expires and row.timestamp < expires[row.key]
-        if not hit:
-            expires[row.key] = row.timestamp + ttl
+        if not hit and not (row.status == "error" and row.tier in ("r2", "api")):
+            expires[row.key] = row.timestamp + ttl  # a failed fill writes nothing
         if hit and window.start <= row.timestamp < window.end:
             hits += row.sample_interval
     inside = trace[(trace.timestamp >= window.start) & (trace.timestamp < window.end)]
