@@ -27,8 +27,7 @@ from cachemon.clock import Window
 from cachemon.settings import SimulatorConfig
 from cachemon.sources.simulator import Simulator
 from cachemon.testing import traces
-from cachemon.tuning import shards
-from cachemon.tuning import whatif as tuning_whatif
+from cachemon.tuning import keyrates, shards
 
 US = 1_000_000
 END = datetime(2026, 11, 30, tzinfo=UTC)
@@ -74,9 +73,9 @@ def model(pop: np.ndarray) -> np.ndarray:
     """The fixed-TTL model's hit ratio per TTL on the window's counts."""
     days = (WINDOW.end - WINDOW.start) / timedelta(days=1)
     mu = pop / days
-    return np.array(
-        [tuning_whatif.model_hits(mu, days, t / timedelta(days=1)).sum() for t in TTLS]
-    ) / (mu.sum())
+    return np.array([keyrates.model_hits(mu, days, t / timedelta(days=1)).sum() for t in TTLS]) / (
+        mu.sum()
+    )
 
 
 def label(t: timedelta) -> str:

@@ -14,7 +14,8 @@ import numpy as np
 from cachemon.clock import DAY
 from cachemon.costs.tiermix import TierMix
 from cachemon.pricing import Pricing, R2Lookup
-from cachemon.tuning.whatif import WhatIf, model_hits
+from cachemon.tuning.keyrates import model_hits
+from cachemon.tuning.whatif import WhatIf
 
 # The endpoint's busiest keys at KV, from the table `whatif` loaded.
 HOT_KEYS = """

@@ -29,7 +29,7 @@ from cachemon.rollups import Sampling
 from cachemon.store import db as store_db
 from cachemon.store.samples import Samples
 from cachemon.testing import traces
-from cachemon.tuning import shards
+from cachemon.tuning import keyrates, shards
 from cachemon.tuning import whatif as tuning_whatif
 from cachemon.tuning.experiments import Cohort, Experiment
 from tests.helpers import ROOT, SMALL, T0, load, simulate, small_sim
@@ -136,9 +136,7 @@ def test_the_model_misses_bursts_and_pollers(trace):
     tr, exact = trace
     days = 7.0
     mu = _population(tr, WINDOW) / days
-    model = np.array(
-        [tuning_whatif.model_hits(mu, days, t / timedelta(days=1)).sum() for t in TTLS]
-    )
+    model = np.array([keyrates.model_hits(mu, days, t / timedelta(days=1)).sum() for t in TTLS])
     diff = 100 * (model / mu.sum() - exact)
     print(tr.shape, "model - exact:", " ".join(f"{d:+.2f}" for d in diff))
     worst = {"poisson": 2.0, "bursty": 20.0, "periodic": 5.0}[tr.shape]
@@ -393,7 +391,7 @@ def test_whatif_says_when_it_falls_back_to_the_model(store):
         (w,) = tuning_whatif.whatif(
             con, cfg, ["title"], [timedelta(hours=6)], window, STORE_END, samples_of=_none
         )
-        rates = tuning_whatif.rates(con, "title", window, w.days)
+        rates = keyrates.rates(con, "title", window, w.days)
     assert w.method.name == tuning_whatif.MODEL and "no SHARDS sample" in w.method.note
     model = tuning_whatif.predict(rates, timedelta(hours=6), cfg.pricing, 600.0, 30)
     assert w.candidates[0].kv_hit_rate == pytest.approx(model.kv_hit_rate)

@@ -23,7 +23,7 @@ from cachemon.pricing import DEFAULT
 from cachemon.sources.simulator import Simulator
 from cachemon.store import db as store_db
 from cachemon.testing.traces import exact_hit_ratio
-from cachemon.tuning import keyadvice, tracereplay
+from cachemon.tuning import keyadvice, keyrates, tracereplay
 from cachemon.tuning import whatif as tuning_whatif
 from cachemon.tuning.experiments import parse as parse_experiments
 from tests.helpers import ROOT, SMALL, T0, load, to_pandas
@@ -341,7 +341,7 @@ def test_per_key_advice_names_busy_keys_whose_own_ttl_pays(baseline):
     cfg, df, found, _ = baseline
     w = found["title"]
     with store_db.reader(cfg.store.path) as con:
-        tuning_whatif.load_window(con, w.window)
+        keyrates.load_window(con, w.window)
         advice = keyadvice.per_key(
             con, w, cfg.pricing, cfg.costs.value_bytes, 30, timedelta(days=7), limit=10
         )
