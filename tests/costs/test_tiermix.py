@@ -29,7 +29,7 @@ from cachemon.costs.tiermix import TierMix, kv_writes_sql
 from cachemon.events import validate
 from cachemon.ingest import write as ingest_write
 from cachemon.store import db as store_db
-from cachemon.tuning import analysis, whatif
+from cachemon.tuning import analysis, keyadvice, keyrates, whatif
 from cachemon.tuning.experiments import Cohort, Experiment
 
 DAY0 = datetime(2026, 11, 19, tzinfo=UTC)
@@ -236,8 +236,8 @@ def test_ttl_whatif_follows_the_rule(mix_store):
     path, t = mix_store
     cfg = settings.Config()
     with store_db.reader(path) as con:
-        days = whatif.load_window(con, WINDOW)
-        r = whatif.rates(con, "title", WINDOW, days)
+        days = keyrates.load_window(con, WINDOW)
+        r = keyrates.rates(con, "title", WINDOW, days)
     missed = t.r2.sum() + t.api.sum()
     assert r.r2_share == pytest.approx(t.r2.sum() / missed)
     assert r.error_share == pytest.approx(t.failed.sum() / missed)
@@ -258,7 +258,7 @@ def test_ttl_whatif_follows_the_rule(mix_store):
 
 def test_ttl_key_cost_follows_the_rule():
     mu, days, ttl = 12.0, 3.0, timedelta(hours=12)
-    got = whatif.key_cost(mu, days, ttl, 0.3, 0.05, pricing.default(), 600.0, 30)
+    got = keyadvice.key_cost(mu, days, ttl, 0.3, 0.05, pricing.default(), 600.0, 30)
     n, d = mu * days, 0.5
     hits = n * (n - 1) / days**2 * d / (1 + mu * d)  # the model's unbiased μ² estimate
     misses = mu - hits
