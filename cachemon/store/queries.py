@@ -148,52 +148,35 @@ def data_days(con: duckdb.DuckDBPyConnection, window: Window) -> tuple[Window, f
 # -- per-key rows ----------------------------------------------------------------
 
 # Per-key rows of a window, each counted once: whole days from key_day (which
-# sums hours and minutes), the compacted hours around them from key_hour, and
-# the minutes around them from key_minute (parameters from `key_ranges`).
+# sums hours and minutes), the whole hours around them from key_hour where
+# compacted, and the minutes from key_minute where not (an hour is in exactly
+# one of the two). One plain range per branch, so DuckDB can skip row groups
+# by min/max. Parameters from `key_ranges`.
 _KEY_ROW = "key_id, edge, kv, r2, api, errors, fill_errors"
 KEY_ROWS = f"""
 SELECT {_KEY_ROW} FROM key_day WHERE day >= $d_lo AND day < $d_hi
 UNION ALL
-SELECT {_KEY_ROW} FROM key_hour WHERE hour >= $h1_lo AND hour < $h1_hi
+SELECT {_KEY_ROW} FROM key_hour WHERE hour >= $h_lo AND hour < $d_lo
 UNION ALL
-SELECT {_KEY_ROW} FROM key_hour WHERE hour >= $h2_lo AND hour < $h2_hi
+SELECT {_KEY_ROW} FROM key_hour WHERE hour >= $d_hi AND hour < $h_hi
 UNION ALL
-SELECT {_KEY_ROW} FROM key_minute WHERE minute >= $m1_lo AND minute < $m1_hi
+SELECT {_KEY_ROW} FROM key_minute WHERE minute >= $lo AND minute < $d_lo
 UNION ALL
-SELECT {_KEY_ROW} FROM key_minute WHERE minute >= $m2_lo AND minute < $m2_hi
+SELECT {_KEY_ROW} FROM key_minute WHERE minute >= $d_hi AND minute < $hi
 """
 
 
 def key_ranges(lo: datetime, hi: datetime) -> dict:
-    """Parameters of KEY_ROWS for [lo, hi): whole days from key_day, whole
-    compacted hours around them from key_hour, and the minutes around them
-    from key_minute (the parts are disjoint). Compacted hourly rows cannot be
-    split, so those hours are the ones wholly inside the window (lo rounded
-    up, hi down); minutes, kept for [retention] minute_days, count exactly."""
+    """Parameters splitting [lo, hi) into whole days [d_lo, d_hi), the whole
+    hours around them [h_lo, d_lo) and [d_hi, h_hi), and the ragged minutes
+    at either end [lo, h_lo) and [h_hi, hi) (each range may be empty): the
+    parts of KEY_ROWS and of the top-key summaries (`store.topkeys`).
+    Compacted hourly rows cannot be split, so those hours are the ones wholly
+    inside the window; minutes, kept for [retention] minute_days, count exactly."""
     h_lo, h_hi = ceil_to(lo, HOUR), floor_to(hi, HOUR)
-    d_lo, d_hi = ceil_to(h_lo, DAY), floor_to(h_hi, DAY)
+    if h_lo >= h_hi:
+        h_lo = h_hi = hi
+    d_lo, d_hi = ceil_to(lo, DAY), floor_to(hi, DAY)
     if d_lo >= d_hi:
-        return {
-            "d_lo": h_lo,
-            "d_hi": h_lo,
-            "h1_lo": h_lo,
-            "h1_hi": max(h_lo, h_hi),
-            "h2_lo": hi,
-            "h2_hi": hi,
-            "m1_lo": lo,
-            "m1_hi": hi,
-            "m2_lo": hi,
-            "m2_hi": hi,
-        }
-    return {
-        "d_lo": d_lo,
-        "d_hi": d_hi,
-        "h1_lo": h_lo,
-        "h1_hi": d_lo,
-        "h2_lo": d_hi,
-        "h2_hi": h_hi,
-        "m1_lo": lo,
-        "m1_hi": d_lo,
-        "m2_lo": d_hi,
-        "m2_hi": hi,
-    }
+        d_lo = d_hi = h_hi
+    return {"lo": lo, "hi": hi, "h_lo": h_lo, "h_hi": h_hi, "d_lo": d_lo, "d_hi": d_hi}

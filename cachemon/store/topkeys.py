@@ -34,6 +34,7 @@ import pandas as pd
 
 from cachemon.clock import DAY, HOUR, MINUTE, Window, ceil_to, floor_to
 from cachemon.store import horizons
+from cachemon.store.queries import KEY_ROWS, key_ranges
 
 LIST_SIZE = 1000
 
@@ -117,21 +118,9 @@ def rebuild_uncompacted(con: duckdb.DuckDBPyConnection) -> None:
 
 # -- queries --------------------------------------------------------------------
 
-# The parts of a window (parameters from `parts`): days [d_lo, d_hi), whole
-# hours [h_lo, d_lo) and [d_hi, h_hi), ragged minutes [lo, h_lo) and [h_hi, hi).
-_ROW = "key_id, edge, kv, r2, api, errors, edge + kv + r2 + api AS requests"
-# One plain range per branch, so DuckDB can skip row groups by min/max.
-KEY_PARTS = f"""
-    SELECT {_ROW} FROM key_day WHERE day >= $d_lo AND day < $d_hi
-    UNION ALL
-    SELECT {_ROW} FROM key_hour WHERE hour >= $h_lo AND hour < $d_lo
-    UNION ALL
-    SELECT {_ROW} FROM key_hour WHERE hour >= $d_hi AND hour < $h_hi
-    UNION ALL
-    SELECT {_ROW} FROM key_minute WHERE minute >= $lo AND minute < $d_lo
-    UNION ALL
-    SELECT {_ROW} FROM key_minute WHERE minute >= $d_hi AND minute < $hi
-"""
+# The parts of a window (parameters from `queries.key_ranges`): days [d_lo, d_hi),
+# whole hours [h_lo, d_lo) and [d_hi, h_hi), ragged minutes [lo, h_lo) and [h_hi, hi).
+KEY_PARTS = f"SELECT *, edge + kv + r2 + api AS requests FROM ({KEY_ROWS})"
 # The same day and hour parts, in the (small) summary tables.
 _SUMMARY_PARTS = """
     (part = 'day' AND t >= $d_lo AND t < $d_hi)
@@ -223,7 +212,7 @@ def top_keys(
     """The `limit` busiest keys of `window` (optionally one endpoint),
     counted exactly over `covered(con, window)`."""
     counted = covered(con, window)
-    p = parts(counted) | {"endpoint": endpoint, "limit": limit}
+    p = key_ranges(counted.start, counted.end) | {"endpoint": endpoint, "limit": limit}
     rows = None if endpoint is not None else _bounded(con, p)
     if rows is None:
         rows = _run(con, FULL_ENDPOINT if endpoint is not None else FULL_ALL, p)
@@ -232,19 +221,6 @@ def top_keys(
         ((*text[r[0]], *map(float, r[1:6])) for r in rows), key=lambda r: (-sum(r[2:6]), r[0])
     )
     return TopKeys(tuple(out), window, counted)
-
-
-def parts(window: Window) -> dict:
-    """Query parameters splitting `window` into whole days, whole hours
-    around them and ragged minutes at either end (each range may be empty)."""
-    lo, hi = window.start, window.end
-    h_lo, h_hi = ceil_to(lo, HOUR), floor_to(hi, HOUR)
-    if h_lo >= h_hi:
-        h_lo = h_hi = hi
-    d_lo, d_hi = ceil_to(lo, DAY), floor_to(hi, DAY)
-    if d_lo >= d_hi:
-        d_lo = d_hi = h_hi
-    return {"lo": lo, "hi": hi, "h_lo": h_lo, "h_hi": h_hi, "d_lo": d_lo, "d_hi": d_hi}
 
 
 def covered(con: duckdb.DuckDBPyConnection, window: Window) -> Window:

@@ -13,6 +13,7 @@ from cachemon.ingest import keys
 from cachemon.ingest import write as ingest_write
 from cachemon.store import db as store_db
 from cachemon.store import topkeys
+from cachemon.store.queries import key_ranges
 from tests.helpers import T0, load, simulate, small_sim
 
 START = T0 - timedelta(hours=20)
@@ -34,7 +35,7 @@ def _truth(df, window, n):
 
 
 def _params(window, limit):
-    return topkeys.parts(window) | {"endpoint": None, "limit": limit}
+    return key_ranges(window.start, window.end) | {"endpoint": None, "limit": limit}
 
 
 def _top(con, window, n, endpoint=None):
