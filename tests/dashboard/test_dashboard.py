@@ -638,20 +638,25 @@ def test_no_page_shows_nan_or_inf_whatever_the_store_holds(tmp_path_factory):
     assert seen == {name: [] for name in PAGES}, seen
 
 
+def _login_env(live_store, tmp_path) -> dict:
+    """The dashboard's environment with a login configured (secrets file)."""
+    db, cfg_file = live_store
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text("[auth]\n" + "".join(f'{k} = "{v}"\n' for k, v in AUTH.items()))
+    return {
+        "CACHEMON_DB": str(db),
+        "CACHEMON_CONFIG": str(cfg_file),
+        "STREAMLIT_SECRETS_FILES": str(secrets),
+    }
+
+
 def test_with_a_login_configured_every_url_shows_only_the_login(live_store, tmp_path):
     """Nobody logged in: every page's URL, a deep link first after the start
     (when Streamlit would still route the pages/ folder itself), renders the
     login page and nothing of the store: no sidebar, no figures, no tables."""
     from playwright.sync_api import sync_playwright
 
-    db, cfg_file = live_store
-    secrets = tmp_path / "secrets.toml"
-    secrets.write_text("[auth]\n" + "".join(f'{k} = "{v}"\n' for k, v in AUTH.items()))
-    env = {
-        "CACHEMON_DB": str(db),
-        "CACHEMON_CONFIG": str(cfg_file),
-        "STREAMLIT_SECRETS_FILES": str(secrets),
-    }
+    env = _login_env(live_store, tmp_path)
     with streamlit_server(env) as url, sync_playwright() as p:
         browser = chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -710,14 +715,7 @@ def test_the_first_deep_link_with_a_login_configured_never_draws_the_page(
     the config before drawing anything, so not even its heading flashes."""
     from playwright.sync_api import sync_playwright
 
-    db, cfg_file = live_store
-    secrets = tmp_path / "secrets.toml"
-    secrets.write_text("[auth]\n" + "".join(f'{k} = "{v}"\n' for k, v in AUTH.items()))
-    env = {
-        "CACHEMON_DB": str(db),
-        "CACHEMON_CONFIG": str(cfg_file),
-        "STREAMLIT_SECRETS_FILES": str(secrets),
-    }
+    env = _login_env(live_store, tmp_path)
     with streamlit_server(env) as url, sync_playwright() as p:
         browser = chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 900})

@@ -5,6 +5,9 @@ fixtures built on them live in tests/conftest.py. Import them as
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -105,3 +108,21 @@ def config_error(tmp_path, text: str) -> tuple[str, Path]:
     with pytest.raises(ConfigError) as err:
         config.load(p, env={})
     return str(err.value), p
+
+
+def cachemon_cli(db, config_file, *args: str, timeout: float = 60) -> str:
+    """Run `python -m cachemon ARGS` on a store and config in a child
+    process, as a user would; asserts exit 0 and returns its stdout."""
+    env = dict(
+        os.environ, CACHEMON_DB=str(db), CACHEMON_CONFIG=str(config_file), PYTHONPATH=str(ROOT)
+    )
+    p = subprocess.run(
+        [sys.executable, "-m", "cachemon", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert p.returncode == 0, p.stderr
+    return p.stdout

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from datetime import timedelta
 
@@ -24,7 +21,7 @@ from cachemon.store import db as store_db
 from cachemon.tuning import analysis as tuning_analysis
 from cachemon.tuning import power, results, stats
 from tests.helpers import EXPERIMENT_TOML as CONFIG
-from tests.helpers import ROOT, T0, load, simulate
+from tests.helpers import T0, cachemon_cli, load, simulate
 
 AT = T0 + timedelta(hours=6)
 ALPHA = 0.05
@@ -212,24 +209,9 @@ def test_the_stored_result_keeps_the_outlook_and_reads_old_rows(store, tmp_path)
 
 def test_cli_shows_the_days_still_needed(store):
     cfg, _, d = store
-    env = dict(
-        os.environ,
-        CACHEMON_DB=cfg.store.path,
-        CACHEMON_CONFIG=str(d / "e.toml"),
-        PYTHONPATH=str(ROOT),
-    )
 
     def cli(*args):
-        p = subprocess.run(
-            [sys.executable, "-m", "cachemon", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert p.returncode == 0, p.stderr
-        return p.stdout
+        return cachemon_cli(cfg.store.path, d / "e.toml", *args)
 
     out = json.loads(cli("experiments", "analyze", "--at", iso(AT)))
     want = _analyse(cfg, cfg.experiments[0]).outlook

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import timedelta
 
 import duckdb
@@ -20,7 +17,7 @@ from cachemon.tuning import analysis as tuning_analysis
 from cachemon.tuning import results, stats
 from cachemon.usecases import demo
 from tests.helpers import EXPERIMENT_TOML as CONFIG
-from tests.helpers import ROOT, T0, load, simulate
+from tests.helpers import T0, cachemon_cli, load, simulate
 
 AT = T0 + timedelta(hours=6)
 
@@ -113,31 +110,13 @@ def test_sample_ratio_mismatch_blocks_the_decision(tmp_path):
 
 def test_cli_analyze_stores_history(sim_store):
     cfg, _, d = sim_store
-    env = dict(
-        os.environ,
-        CACHEMON_DB=cfg.store.path,
-        CACHEMON_CONFIG=str(d / "e.toml"),
-        PYTHONPATH=str(ROOT),
-    )
     for hours in (3, 6):
-        p = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "cachemon",
-                "experiments",
-                "analyze",
-                "--at",
-                iso(T0 + timedelta(hours=hours)),
-            ],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
+        out = cachemon_cli(
+            cfg.store.path,
+            d / "e.toml",
+            *("experiments", "analyze", "--at", iso(T0 + timedelta(hours=hours))),
         )
-        assert p.returncode == 0, p.stderr
-        assert json.loads(p.stdout)[0]["experiment"] == "extended-title-ttl"
+        assert json.loads(out)[0]["experiment"] == "extended-title-ttl"
     with store_db.reader(cfg.store.path) as con:
         h = results.history(con, "extended-title-ttl")
     assert [r["result"]["at"] for r in h] == [
