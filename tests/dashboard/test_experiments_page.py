@@ -21,6 +21,7 @@ from cachemon.timerange import stamp
 from cachemon.tuning import analysis as tuning_analysis
 from cachemon.tuning import power, promote, results
 from cachemon.tuning.analysis import Comparison, MetricResult
+from pages.shared.charts import BAD, GOOD
 from tests.dashboard.test_dashboard import _app
 from tests.helpers import EXPERIMENT_TOML, T0, load, simulate, weighted_quantile
 
@@ -310,3 +311,41 @@ def test_a_broken_split_says_the_results_cannot_be_trusted(tmp_path, monkeypatch
     assert "(400 / 200, control / treatment) against the configured 50.39 % / 49.61 %" in errors[0]
     assert "cannot be trusted until the assignment is fixed" in errors[0]
     assert not at.get("plotly_chart")  # no estimate to draw
+
+
+def test_lifts_are_green_when_better_and_red_when_worse(tmp_path, monkeypatch):
+    """A stored analysis whose hit rate rose and cost rose (both significant):
+    the hit-rate row in the good colour, the cost row in the bad one, the
+    unclear error rate in neither."""
+    cfg_file = tmp_path / "cachemon.toml"
+    cfg_file.write_text(EXPERIMENT_TOML.format(start=iso(T0)))
+    db = tmp_path / "cachemon.duckdb"
+    at_ = T0 + timedelta(days=1)
+    metrics = (
+        MetricResult("hit_rate", 80.0, 84.0, 4.0, 3.0, 5.0, 0.001),
+        MetricResult("cost_per_request", 0.5, 0.6, 0.1, 0.05, 0.15, 0.002),
+        MetricResult("error_rate", 0.1, 0.1, 0.0, -0.05, 0.05, 0.9),
+    )
+    analysis = tuning_analysis.Analysis(
+        NAME,
+        at_,
+        T0,
+        at_,
+        (("control", 500), ("treatment", 495)),
+        0.9,
+        tuning_analysis.Decision.LOSER,
+        (Comparison("treatment", tuning_analysis.Decision.LOSER, "guardrail worse", metrics),),
+    )
+    with store_db.writer(db, at_) as con:
+        results.save(con, analysis)
+    at = _app(monkeypatch, db, cfg_file, "experiments")
+    styles = at.dataframe[1].proto.arrow_data.styler.styles
+    # Styler CSS: "#T_x_row0_col3, #T_x_row0_col4 { color: …; … }" (col 3: abs lift).
+    rules = {
+        row: css
+        for cells, css in re.findall(r"([^{}]+)\{([^}]*)\}", styles)
+        for row in re.findall(r"_row(\d+)_col3\b", cells)
+    }
+    assert GOOD in rules["0"] and BAD not in rules["0"]  # hit rate up: better
+    assert BAD in rules["1"] and GOOD not in rules["1"]  # cost up: worse
+    assert "2" not in rules or not {GOOD, BAD} & set(re.findall(r"#[0-9a-f]{6}", rules["2"]))
