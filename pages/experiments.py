@@ -213,7 +213,9 @@ def _comparison(e, c, history) -> None:
         st.markdown(f"**Days still needed:** {results.explain(c.outlook)}")
         st.caption(f"In figures: {c.outlook.line}")
     points, without = results.sequence(history, c.treatment)
-    st.plotly_chart(_sequence_chart(e, points), width="stretch")
+    st.plotly_chart(
+        _sequence_chart(e, points), width="stretch", key=f"sequence-{e.name}-{c.treatment}"
+    )
     st.caption(
         f"{c.treatment} vs {control}: the hit-rate lift and its interval at each of the "
         f"{len(points)} analyses with an estimate, from the start ({stamp(e.start)}) to the last; "

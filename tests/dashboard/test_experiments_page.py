@@ -12,6 +12,8 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as hst
 
 from cachemon import config
 from cachemon.clock import iso
@@ -349,3 +351,34 @@ def test_lifts_are_green_when_better_and_red_when_worse(tmp_path, monkeypatch):
     assert GOOD in rules["0"] and BAD not in rules["0"]  # hit rate up: better
     assert BAD in rules["1"] and GOOD not in rules["1"]  # cost up: worse
     assert "2" not in rules or not {GOOD, BAD} & set(re.findall(r"#[0-9a-f]{6}", rules["2"]))
+
+
+@given(
+    metric=hst.sampled_from(sorted(results.HIGHER_IS_BETTER)),
+    control=hst.floats(0.01, 1e3),
+    lo=hst.floats(-50, 50),
+    width=hst.floats(0, 50),
+    at=hst.floats(0, 1),
+)
+def test_an_improvement_is_never_called_worse(metric, control, lo, width, at):
+    """Whatever the interval: 'better' exactly when it lies on the improving
+    side of zero, 'worse' on the other, and the relative lift is absolute /
+    control."""
+    hi = lo + width
+    estimate = lo + at * width
+    m = MetricResult(metric, control, control + estimate, estimate, lo, hi, 0.5)
+    c = Comparison("t", tuning_analysis.Decision.INCONCLUSIVE, "", (m,))
+    (lift,) = results.lifts(c)
+    up = 1 if results.HIGHER_IS_BETTER[metric] else -1
+    improving = min(up * lo, up * hi) > 0
+    worsening = max(up * lo, up * hi) < 0
+    want = (
+        results.Verdict.BETTER
+        if improving
+        else results.Verdict.WORSE
+        if worsening
+        else results.Verdict.UNCLEAR
+    )
+    assert lift.verdict == want
+    assert lift.relative == pytest.approx(estimate / control)
+    assert not lift.adjusted
