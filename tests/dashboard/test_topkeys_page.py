@@ -5,16 +5,35 @@ equal the page's."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
+import json
 import math
+from datetime import timedelta
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from streamlit.testing.v1 import AppTest
 
+from cachemon.clock import HOUR, MINUTE
+from cachemon.timerange import TimeRange
 from pages.shared import export
+from tests.helpers import ROOT
+from tests.store.test_topkeys_classes import (
+    CLASS_WINDOW,
+    END,
+    HOSTILE,
+    build_store,
+    class_truth,
+    key_events,
+)
+
+KEYS = "pages/topkeys.py"
+STEP_NAMES = {MINUTE: "minute", 5 * MINUTE: "5 minutes", HOUR: "hour"}
 
 HEADERS = ("key", "requests", "hit rate %", "USD/day")
 
@@ -99,3 +118,134 @@ def test_missing_and_absurd_values_are_empty_cells():
         ["", "", "12.35"],
         ["a\u240d\u240ab", "", ""],
     ]
+
+
+# -- the page (AppTest) --------------------------------------------------------
+
+# The table must fit 1440 px beside the sidebar (about 940 px of content).
+TABLE_BUDGET_PX = 940
+
+
+def _app(monkeypatch, db, tr: TimeRange, page: str | None = None, **state) -> AppTest:
+    """The app on `page` (None: the Overview) with the range `tr`."""
+    monkeypatch.setenv("CACHEMON_DB", str(db))
+    monkeypatch.delenv("CACHEMON_CONFIG", raising=False)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.session_state["time_range"] = tr
+    for k, v in state.items():
+        at.session_state[k] = v
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _frame(at, *columns: str) -> pd.DataFrame:
+    """The first table on the page holding `columns`."""
+    for d in at.dataframe:
+        if set(columns) <= set(d.value.columns):
+            return d.value
+    raise AssertionError(f"no table with {columns}")
+
+
+def _figure(at, index: int = -1) -> dict:
+    return json.loads(at.get("plotly_chart")[index].proto.spec)
+
+
+@pytest.fixture(scope="module")
+def key_store(tmp_path_factory):
+    df = key_events()
+    db, _ = build_store(tmp_path_factory.mktemp("keys_page"), df)
+    return db, df
+
+
+def test_the_class_is_over_the_class_window_and_cold_keys_show_at_1h(key_store, monkeypatch):
+    db, df = key_store
+    tr = TimeRange.between(END - HOUR, END)
+    truth = class_truth(df, tr.window(END), CLASS_WINDOW)
+    at = _app(monkeypatch, db, tr, KEYS, key_rows=5000)
+    shown = _frame(at, "key", "class")
+    assert dict(zip(shown.key, shown["class"])) == dict(zip(truth.key, truth["class"]))
+    # The page says which window the class is over.
+    assert any("class window" in c.value and "30d" in c.value for c in at.caption)
+    at.selectbox(key="key_class").select("cold").run()
+    cold = _frame(at, "key", "class")
+    assert len(cold) == (truth["class"] == "cold").sum() > 0  # the issue: 0 keys at 1h
+    assert set(cold["class"]) == {"cold"}
+
+
+def test_the_table_fits_and_keys_stay_text(key_store, monkeypatch):
+    db, df = key_store
+    at = _app(monkeypatch, db, TimeRange.between(END - timedelta(hours=6), END), KEYS)
+    table = at.dataframe[0]
+    widths = [c.get("width") for c in json.loads(table.proto.columns).values()]
+    assert all(isinstance(w, int) for w in widths) and sum(widths) <= TABLE_BUDGET_PX
+    assert HOSTILE in set(table.value.key)
+    # Never as Markdown or HTML: not in any markdown element; whole in the code block.
+    assert not any("HYPERLINK" in m.value for m in at.markdown)
+    at.selectbox(key="key_pick").set_value((HOSTILE, "title")).run()
+    assert HOSTILE in [c.value for c in at.code]
+    text = " ".join(str(e.value) for e in (*at.caption, *at.info, *at.warning, *at.markdown))
+    assert not any(bad in text for bad in ("nan", "None", "inf"))
+
+
+@pytest.mark.parametrize(
+    "length,step", [(HOUR, MINUTE), (timedelta(hours=24), 5 * MINUTE), (timedelta(days=7), HOUR)]
+)
+def test_the_drill_down_is_at_the_range_resolution(key_store, monkeypatch, length, step):
+    db, df = key_store
+    tr = TimeRange.between(END - length, END)
+    at = _app(monkeypatch, db, tr, KEYS)
+    key, endpoint = at.selectbox(key="key_pick").value
+    fig = _figure(at)
+    bars = [t for t in fig["data"] if t["type"] == "bar"]
+    assert {t["name"] for t in bars} == {"edge", "kv", "r2", "api"}
+    w = tr.window(END)
+    r = df[(df.key == key) & (df.timestamp >= w.start) & (df.timestamp < w.end)]
+    want = r.groupby(r.timestamp.dt.floor(pd.Timedelta(step))).size()
+    got: dict = {}
+    for t in bars:
+        assert set(_decoded(t["width"])) == {step.total_seconds() * 1000}
+        for x, y in zip(pd.to_datetime(_decoded(t["x"]), utc=True), _decoded(t["y"])):
+            start = x - step / 2
+            got[start] = got.get(start, 0.0) + y
+    got = {k: v for k, v in got.items() if v > 0}
+    assert sorted(got) == list(want.index)
+    assert [got[k] for k in sorted(got)] == pytest.approx(list(want.to_numpy()))
+    # The x range is the range; the y title names the bucket.
+    assert pd.to_datetime(fig["layout"]["xaxis"]["range"], utc=True).tolist() == [w.start, w.end]
+    assert fig["layout"]["yaxis"]["title"]["text"] == f"requests per {STEP_NAMES[step]}"
+
+
+def _decoded(v):
+    """A Plotly trace array: a list, or numpy's typed-array encoding."""
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"])).tolist()
+    if isinstance(v, (int, float)):
+        return [v]
+    return list(v)
+
+
+@pytest.mark.parametrize("endpoint", [None, "title"])
+def test_the_overview_top_keys_equal_the_top_keys_page(key_store, monkeypatch, endpoint):
+    """Cross-page agreement (issue 21): the same range and endpoint, the
+    same first keys with the same requests, and both equal to the raw events."""
+    db, df = key_store
+    tr = TimeRange.between(END - timedelta(hours=6, minutes=30), END - timedelta(minutes=30))
+    state = {"endpoint": endpoint or "all"}
+    overview = _frame(_app(monkeypatch, db, tr, **state), "key", "requests")
+    keys_page = _frame(_app(monkeypatch, db, tr, KEYS, **state), "key", "requests")
+    n = min(10, len(overview))
+    w = tr.window(END)
+    r = df[(df.timestamp >= w.start) & (df.timestamp < w.end)]
+    if endpoint:
+        r = r[r.endpoint == endpoint]
+    truth = r.groupby("key").size().reset_index(name="requests")
+    truth = truth.sort_values(["requests", "key"], ascending=[False, True]).head(n)
+    assert n == 10
+    for shown in (overview.head(n), keys_page.head(n)):
+        assert list(shown.requests) == pytest.approx(list(truth.requests))
+        cut = truth.requests.iloc[-1]  # keys tied at the cut may differ
+        assert set(shown.key[shown.requests > cut]) == set(truth.key[truth.requests > cut])
+    assert list(overview.key.head(n)) == list(keys_page.key.head(n))

@@ -22,6 +22,7 @@ from cachemon.store import db as store_db
 END = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 DAYS = 10  # of data; the class window (30 days) holds all of it
 CLASS_WINDOW = Window(END - timedelta(days=30), END)
+HOSTILE = '=HYPERLINK("http://x.example")**bold** <b>[a](http://y.example)</b>'
 
 
 def key_events(seed: int = 7, keys: int = 240) -> pd.DataFrame:
@@ -41,6 +42,10 @@ def key_events(seed: int = 7, keys: int = 240) -> pd.DataFrame:
         tiers = rng.choice(["edge", "kv", "r2", "api"], size=len(offsets), p=[0.6, 0.25, 0.05, 0.1])
         for off, tier in zip(offsets, tiers):
             rows.append((END - DAY * DAYS + timedelta(seconds=float(off)), tier, key, endpoint))
+    # A key from the internet that is Markdown, HTML and a spreadsheet formula at once.
+    for off in rng.uniform(0, span, 300):
+        rows.append((END - DAY * DAYS + timedelta(seconds=float(off)), "kv", HOSTILE, "title"))
+    rows.append((END - timedelta(minutes=5), "kv", HOSTILE, "title"))
     # The data's first minute, exactly DAYS before END.
     rows.append((END - DAY * DAYS, "edge", "search:title:q=k000", "title"))
     df = pd.DataFrame(rows, columns=["timestamp", "tier", "key", "endpoint"])
