@@ -179,7 +179,8 @@ def test_the_table_fits_and_keys_stay_text(key_store, monkeypatch):
     db, df = key_store
     at = _app(monkeypatch, db, TimeRange.between(END - timedelta(hours=6), END), KEYS)
     table = at.dataframe[0]
-    widths = [c.get("width") for c in json.loads(table.proto.columns).values()]
+    shown = [c for c in json.loads(table.proto.columns).values() if not c.get("hidden")]
+    widths = [c.get("width") for c in shown]
     assert all(isinstance(w, int) for w in widths) and sum(widths) <= TABLE_BUDGET_PX
     assert HOSTILE in set(table.value.key)
     # Never as Markdown or HTML: not in any markdown element; whole in the code block.
