@@ -85,7 +85,9 @@ def store(tmp_path_factory):
     return db, df
 
 
-@pytest.mark.parametrize("length", [timedelta(hours=1), timedelta(hours=6), timedelta(days=3)])
+@pytest.mark.parametrize(
+    "length", [timedelta(hours=1), timedelta(hours=6), timedelta(days=3), timedelta(days=DAYS)]
+)
 @pytest.mark.parametrize("klass", [None, "hot", "warm", "cold"])
 def test_the_class_is_over_the_class_window_ending_with_the_range(store, length, klass):
     db, df = store
