@@ -26,6 +26,7 @@ from pages.shared import charts, common, export
 from pages.shared import timerange as page_range
 
 CLASSES = ("all", *queries.CLASSES)
+TIER_NAMES = {"edge": "edge", "kv": "KV", "r2": "R2", "api": "origin"}  # as the table's headers
 # Every column, as the CSV has them (headers with units).
 COLUMNS = {
     "key": "key",
@@ -223,7 +224,7 @@ def _drill_down(df, window: Window, at: datetime) -> None:
             x=mid,
             y=rows[tier] * per_step,
             width=rows["width"].dt.total_seconds() * 1000,
-            name=tier,
+            name=TIER_NAMES[tier],
             marker_color=charts.TIER_COLOURS[tier],
             hovertemplate="%{y:,.2f}",
         )

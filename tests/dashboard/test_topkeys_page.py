@@ -20,9 +20,11 @@ from hypothesis import strategies as st
 from streamlit.testing.v1 import AppTest
 
 from cachemon.clock import HOUR, MINUTE
+from cachemon import timerange
 from cachemon.timerange import TimeRange
 from pages.shared import export
 from tests.helpers import ROOT
+from tests.helpers.servers import chromium, streamlit_server
 from tests.store.test_topkeys_classes import (
     CLASS_WINDOW,
     END,
@@ -201,7 +203,7 @@ def test_the_drill_down_is_at_the_range_resolution(key_store, monkeypatch, lengt
     key, endpoint = at.selectbox(key="key_pick").value
     fig = _figure(at)
     bars = [t for t in fig["data"] if t["type"] == "bar"]
-    assert {t["name"] for t in bars} == {"edge", "kv", "r2", "api"}
+    assert {t["name"] for t in bars} == {"edge", "KV", "R2", "origin"}
     w = tr.window(END)
     r = df[(df.key == key) & (df.timestamp >= w.start) & (df.timestamp < w.end)]
     want = r.groupby(r.timestamp.dt.floor(pd.Timedelta(step))).size()
@@ -250,3 +252,41 @@ def test_the_overview_top_keys_equal_the_top_keys_page(key_store, monkeypatch, e
         cut = truth.requests.iloc[-1]  # keys tied at the cut may differ
         assert set(shown.key[shown.requests > cut]) == set(truth.key[truth.requests > cut])
     assert list(overview.key.head(n)) == list(keys_page.key.head(n))
+
+
+# -- in a real browser ---------------------------------------------------------
+
+
+def test_in_chromium_the_table_fits_1440_and_the_page_fits_390(key_store, tmp_path):
+    """The key table needs no horizontal scrolling at 1440 px, the page none
+    at 390 px, and the key from the internet stays text."""
+    from playwright.sync_api import sync_playwright
+
+    db, _ = key_store
+    tr = TimeRange.between(END - timedelta(hours=6), END)
+    env = {"CACHEMON_DB": str(db)}
+    with streamlit_server(env) as url, sync_playwright() as p:
+        browser = chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(url + timerange.link("", tr))
+            page.get_by_role("link", name="Top keys").click()  # the range stays
+            for width, height in ((1440, 1000), (390, 844)):
+                page.set_viewport_size({"width": width, "height": height})
+                page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=60_000)
+                page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+                page.wait_for_timeout(1000)  # the layout settles
+                page.screenshot(path=str(tmp_path / f"keys-{width}.png"))
+                overflow = page.evaluate(
+                    "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+                )
+                assert overflow <= 0, (width, overflow)
+                if width == 1440:
+                    chart = page.locator(".js-plotly-plot").first
+                    chart.screenshot(path=str(tmp_path / "drill-down.png"))
+                    grid = page.locator('[data-testid="stDataFrame"] .dvn-scroller').first
+                    sw, cw = grid.evaluate("e => [e.scrollWidth, e.clientWidth]")
+                    assert sw <= cw, (sw, cw)
+                assert page.locator("b", has_text="[a]").count() == 0  # no HTML from a key
+        finally:
+            browser.close()
