@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from streamlit.testing.v1 import AppTest
 
-from cachemon.clock import HOUR, MINUTE
 from cachemon import timerange
+from cachemon.clock import HOUR, MINUTE
 from cachemon.timerange import TimeRange
 from pages.shared import export
 from tests.helpers import ROOT
