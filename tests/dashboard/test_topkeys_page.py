@@ -21,9 +21,11 @@ from streamlit.testing.v1 import AppTest
 
 from cachemon import timerange
 from cachemon.clock import HOUR, MINUTE
+from cachemon.ingest import keys
+from cachemon.store import db as store_db
 from cachemon.timerange import TimeRange
 from pages.shared import export
-from tests.helpers import ROOT
+from tests.helpers import ROOT, load, simulate
 from tests.helpers.servers import chromium, streamlit_server
 from tests.store.test_topkeys_classes import (
     CLASS_WINDOW,
@@ -219,6 +221,39 @@ def test_the_drill_down_is_at_the_range_resolution(key_store, monkeypatch, lengt
     # The x range is the range; the y title names the bucket.
     assert pd.to_datetime(fig["layout"]["xaxis"]["range"], utc=True).tolist() == [w.start, w.end]
     assert fig["layout"]["yaxis"]["title"]["text"] == f"requests per {STEP_NAMES[step]}"
+
+
+def test_the_drill_down_never_draws_finer_than_the_store_keeps(tmp_path, monkeypatch):
+    """Where a key's minutes are compacted into hours, a 1h range draws that
+    hour whole (its average per minute) and says so, never fake minutes."""
+    end = END.replace(minute=30)
+    parts, df = simulate(3, start=end - timedelta(hours=3))
+    db = tmp_path / "cachemon.duckdb"
+    load(db, parts, now=end)
+    with store_db.writer(db, end) as con:  # minutes before 12:00 into hours
+        keys.compact_minutes(con, end - 30 * MINUTE)
+    at = _app(monkeypatch, db, TimeRange.between(end - HOUR, end), KEYS)
+    notes = [i.value for i in at.info if "stored per hour only" in i.value]
+    assert notes == [
+        "2026-11-20 11:30Z – 2026-11-20 12:00Z: this key's counts are stored per hour only "
+        "(compacted by retention), drawn as whole hours at their average per minute, not finer"
+    ]
+    key, _ = at.selectbox(key="key_pick").value
+    bars = [t for t in _figure(at)["data"] if t["type"] == "bar"]
+    widths = {w for t in bars for w in _decoded(t["width"])}
+    assert widths == {60_000, 3_600_000}
+    r = df[(df.kind == "request") & (df.key == key)]
+    hour = r[
+        (r.timestamp >= end - HOUR - timedelta(minutes=30)) & (r.timestamp < end - 30 * MINUTE)
+    ]
+    mid = pd.Timestamp(end - HOUR)  # the middle of the compacted hour 11:00-12:00
+    drawn = sum(
+        y
+        for t in bars
+        for x, y in zip(pd.to_datetime(_decoded(t["x"]), utc=True), _decoded(t["y"]))
+        if x == mid
+    )
+    assert len(hour) and drawn == pytest.approx(hour.sample_interval.sum() / 60)
 
 
 def _decoded(v):
