@@ -32,7 +32,7 @@ COLUMNS = {
     "key": "key",
     "endpoint": "endpoint",
     "requests": "requests",
-    "per_day": "requests/day",
+    "per_day": "requests/day over the range",
     "hit_rate": "hit rate %",
     "edge_share": "edge %",
     "kv_share": "KV %",
