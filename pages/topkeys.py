@@ -14,7 +14,7 @@ import duckdb
 import plotly.graph_objects as go
 import streamlit as st
 
-from cachemon import timerange
+from cachemon import csvtext, timerange
 from cachemon.clock import DAY, HOUR, MINUTE, Window, format_duration, iso
 from cachemon.costs import optimize
 from cachemon.errors import CachemonError
@@ -22,7 +22,7 @@ from cachemon.events import TIERS
 from cachemon.settings import Config
 from cachemon.store import queries, topkeys
 from cachemon.store.queries import data_end
-from pages.shared import charts, common, export
+from pages.shared import charts, common
 from pages.shared import timerange as page_range
 
 CLASSES = ("all", *queries.CLASSES)
@@ -182,7 +182,7 @@ def page():
     )
     st.download_button(
         "Download CSV",
-        export.csv_bytes(table),
+        csvtext.csv_bytes(table),
         file_name=f"cachemon-keys-{iso(window.end)}.csv",
         mime="text/csv",
         icon=":material/download:",

@@ -19,12 +19,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from streamlit.testing.v1 import AppTest
 
+from cachemon import csvtext as export
 from cachemon import timerange
 from cachemon.clock import HOUR, MINUTE
 from cachemon.ingest import keys
 from cachemon.store import db as store_db
 from cachemon.timerange import TimeRange
-from pages.shared import export
 from tests.helpers import ROOT, load, simulate
 from tests.helpers.servers import chromium, streamlit_server
 from tests.store.test_topkeys_classes import (

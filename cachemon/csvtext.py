@@ -1,4 +1,5 @@
-"""CSV downloads: every page's "Download CSV" goes through `csv_bytes`.
+"""The one CSV rule: every CSV a person opens (the dashboard's downloads)
+goes through `csv_bytes`.
 
 A download is opened in a spreadsheet by a person, so it follows the
 display conventions where they matter there:
@@ -13,8 +14,8 @@ display conventions where they matter there:
   others): a cell never breaks a row, and a reader sees that something was
   there;
 - a text cell that a spreadsheet would run as a formula (starting with
-  = + - @) gets a leading apostrophe (`cachemon.store.export.safe_text`,
-  the one formula rule).
+  = + - @, or a tab or carriage return) gets a leading apostrophe
+  (`safe_text`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from cachemon.store.export import safe_text
-
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 USD_DECIMALS = 4
 RATE_DECIMALS = 2
 COUNT_DECIMALS = 0
@@ -36,6 +36,13 @@ COUNT_DECIMALS = 0
 _COUNT = re.compile(r"^(requests|errors|keys|count|hits|misses)(\b[^/%]*)?$", re.IGNORECASE)
 # C0 controls, DEL, C1 controls, LINE SEPARATOR and PARAGRAPH SEPARATOR.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def safe_text(value):
+    """`value` with a leading apostrophe when a spreadsheet would read it as a formula."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
 
 
 def _visible(ch: str) -> str:
