@@ -7,7 +7,9 @@ from __future__ import annotations
 import ast
 import re
 
+import pandas as pd
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from cachemon.clock import utcnow
 from tests.dashboard.test_dashboard import _make_store
@@ -71,14 +73,18 @@ def _words(text: str) -> list[str]:
     return found
 
 
-def page_urls() -> list[str]:
-    """The url path of every page in app.py's PAGES ('' is the Overview)."""
+def pages() -> list[tuple[str, str]]:
+    """(script, url path) of every page in app.py's PAGES ('' is the Overview)."""
     for node in ast.parse((ROOT / "app.py").read_text()).body:
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "PAGES" for t in node.targets
         ):
-            return [url or "" for _, _, _, url in ast.literal_eval(node.value)]
+            return [(path, url or "") for path, _, _, url in ast.literal_eval(node.value)]
     raise AssertionError("app.py has no PAGES")
+
+
+def page_urls() -> list[str]:
+    return [url for _, url in pages()]
 
 
 def _drawn(page, timeout_ms: int = 120_000) -> None:
@@ -92,10 +98,43 @@ def _drawn(page, timeout_ms: int = 120_000) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    db, cfg_file = _make_store(tmp_path_factory.mktemp("layout"), utcnow(), evil=True)
+def store(tmp_path_factory):
+    return _make_store(tmp_path_factory.mktemp("layout"), utcnow(), evil=True)
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    db, cfg_file = store
     with streamlit_server({"CACHEMON_DB": str(db), "CACHEMON_CONFIG": str(cfg_file)}) as url:
         yield url
+
+
+def test_no_table_shows_a_missing_value_as_none(store, monkeypatch):
+    """A table draws its missing cells as "None" on its canvas, out of the
+    browser's text: every table of every page, headless, has none, and no
+    nan or inf either (a cell says "n/a" or "—")."""
+    db, cfg_file = store
+    monkeypatch.setenv("CACHEMON_DB", str(db))
+    monkeypatch.setenv("CACHEMON_CONFIG", str(cfg_file))
+    problems = []
+    for path, url in pages():
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        at.run()
+        at.switch_page(path).run()
+        assert not at.exception, (url, [e.value for e in at.exception])
+        for i, table in enumerate([*at.dataframe, *at.table]):
+            df = table.value
+            for col in df.columns:
+                values = df[col]
+                missing = values.isna()
+                numbers = pd.to_numeric(values, errors="coerce")
+                infinite = numbers.abs() == float("inf")
+                if missing.any() or infinite.any():
+                    problems.append(
+                        f"/{url} table {i} column {col!r}: {int(missing.sum())} missing, "
+                        f"{int(infinite.sum())} infinite of {len(values)}"
+                    )
+    assert not problems, "\n".join(problems)
 
 
 def test_every_page_fits_the_screen_and_shows_no_nan_none_or_exception(server):
