@@ -23,7 +23,7 @@ from cachemon.runner import selfcheck
 from cachemon.settings import Config
 from cachemon.store.queries import data_span
 from cachemon.timerange import stamp
-from pages.shared import common, timerange
+from pages.shared import apilink, common, timerange
 
 st.set_page_config(page_title="cachemon", page_icon=":bar_chart:", layout="wide")
 
@@ -105,7 +105,7 @@ def _sidebar(cfg: Config) -> None:
             common.runner_status(common.cached(_runner, common.now()))
         except CachemonError:
             pass  # no store yet: the page says how to fill it
-        st.link_button("Metrics API", cfg.metrics.api_url + "/metrics", icon=":material/api:")
+        apilink.api_link(cfg)
         if st.user.get("is_logged_in"):
             st.caption(f"Signed in as {st.user.get('email') or st.user.get('name')}")
             st.button("Log out", on_click=st.logout)
