@@ -15,7 +15,7 @@ from cachemon.costs import optimize
 from cachemon.errors import CachemonError
 from cachemon.pricing import days_in_month
 from cachemon.settings import Config
-from cachemon.store.queries import data_end
+from cachemon.store.queries import data_days, data_end
 from cachemon.timerange import stamp
 from cachemon.tuning import keyadvice
 from cachemon.tuning import whatif as tuning_whatif
@@ -56,19 +56,12 @@ def _load(
     return w, choice, keys
 
 
-def _load_all(con: duckdb.DuckDBPyConnection, cfg: Config, days: float, limit_s: float, at):
+def _load_all(con: duckdb.DuckDBPyConnection, cfg: Config, limit_s: float, at):
+    # The rule only: the what-if of every endpoint would take seconds at a
+    # month of traffic (its curves are one endpoint's, picked in the sidebar).
     end = data_end(con, at)
-    choices = _choices(con, cfg, end, timedelta(seconds=limit_s))
-    endpoints = [e for e, _ in cfg.costs.kv_ttl]
-    ws = tuning_whatif.whatif(
-        con,
-        cfg,
-        endpoints,
-        sorted({c.recommended for c in choices.values()}),
-        Window(end - timedelta(days=days), end),
-        end,
-    )
-    return [(w, choices[w.endpoint]) for w in ws]
+    covered, _ = data_days(con, Window(end - cfg.costs.class_window, end))
+    return covered, _choices(con, cfg, end, timedelta(seconds=limit_s))
 
 
 def page():
@@ -76,7 +69,6 @@ def page():
     endpoints = [e for e, _ in cfg.costs.kv_ttl]
     chosen = common.endpoint()
     c1, c2, c3 = st.columns([2, 1, 1])
-    days = c2.number_input("Days of traffic", 1, 30, 7, key="ttl_days")
     limit_text = c3.text_input(
         "Max staleness", format_duration(cfg.costs.max_kv_ttl), key="ttl_limit"
     )
@@ -86,8 +78,9 @@ def page():
         common.show_error(exc)
         return
     if chosen not in endpoints:
-        _summary(cfg, float(days), limit)
+        _summary(cfg, limit)
         return
+    days = c2.number_input("Days of traffic", 1, 30, 7, key="ttl_days")
     current = dict(cfg.costs.kv_ttl)[chosen]
     default = tuning_whatif.default_candidates(current, limit)
     text = c1.text_input(
@@ -116,42 +109,37 @@ def page():
     _endpoint_page(cfg, w, choice, keys, limit, ttls)
 
 
-def _summary(cfg: Config, days: float, limit: timedelta) -> None:
+def _summary(cfg: Config, limit: timedelta) -> None:
     try:
-        rows = common.cached(_load_all, days, limit.total_seconds(), common.now())
+        covered, choices = common.cached(_load_all, limit.total_seconds(), common.now())
     except CachemonError as exc:
         common.show_error(exc)
         return
-    st.info("All endpoints: pick one in the sidebar for its curves, candidates and a draft.")
+    st.info(
+        "All endpoints: pick one in the sidebar for its what-if (curves, candidates, the "
+        "check of the recommendation) and a draft experiment."
+    )
     now = common.now()
     table = []
-    for w, choice in rows:
-        ck = tuning_whatif.check(w, choice.recommended)
-        p = ck.prediction
-        running = tuning_whatif.running_experiments(cfg, w.endpoint, now)
+    for endpoint, _ in cfg.costs.kv_ttl:
+        c = choices[endpoint]
+        running = tuning_whatif.running_experiments(cfg, endpoint, now)
         table.append(
             {
-                "endpoint": w.endpoint,
-                "current TTL": format_duration(w.current_ttl),
-                "recommended TTL": format_duration(choice.recommended),
-                "saving USD/day": _usd(choice.saving),
-                "observed KV hit %": common.fmt(w.observed_kv_hit_rate),
-                "KV hit % at recommended": _rate(p) if p else "n/a",
-                "what-if check": f"{_verdict_short(ck)} ({w.method.name})",
+                "endpoint": endpoint,
+                "current TTL": format_duration(c.current),
+                "recommended TTL": format_duration(c.recommended),
+                "saving USD/day": _usd(c.saving),
+                "churning warm keys": common.fmt(c.keys, "count"),
+                "their KV writes/day": common.fmt(c.writes, "count"),
                 "running experiment": ", ".join(x.name for x in running) or "—",
             }
         )
-    st.dataframe(
-        pd.DataFrame(table),
-        hide_index=True,
-        width="stretch",
-        column_config={"what-if check": st.column_config.TextColumn(width="medium")},
-    )
-    st.plotly_chart(ttlcharts.all_curves(rows, limit), width="stretch")
+    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
     st.caption(
-        f"Recommended TTL: the Costs recommendation's rule ({optimize.TTL_METHOD}, "
-        f"up to {format_duration(limit)} of staleness). What-if check: the last {days:g} days "
-        "predicted by each endpoint's method."
+        f"Recommended TTL: the Costs recommendation's rule ({optimize.TTL_METHOD} "
+        f"{stamp(covered.start)} – {stamp(covered.end)}, up to {format_duration(limit)} "
+        "of staleness)."
     )
 
 
@@ -168,14 +156,6 @@ def _rate(p: tuning_whatif.Prediction, unit: str = "") -> str:
 def _usd(x: float) -> str:
     """USD with cents, or '< $0.0001' where four decimals would show a saving as zero."""
     return "< $0.0001" if 0 < x < 0.0001 else common.fmt(x, "usd")
-
-
-def _verdict_short(ck: tuning_whatif.Check) -> str:
-    return {
-        tuning_whatif.KEEP: "keep",
-        tuning_whatif.AGREES: f"cheaper by {common.fmt(-ck.cost_change, 'usd')}/day",
-        tuning_whatif.DISAGREES: f"dearer by {common.fmt(ck.cost_change, 'usd')}/day",
-    }.get(ck.verdict, "cannot check: past the warm-up")
 
 
 def _endpoint_page(cfg: Config, w, choice, keys, limit: timedelta, ttls) -> None:

@@ -94,11 +94,23 @@ COLD_ENDPOINTS = (
     f"SELECT DISTINCT endpoint FROM opt_keys WHERE class = '{KeyClass.COLD}' AND age_days > $age"
 )
 # Warm keys whose fills (the tier-mix rule's KV writes) cost more than the KV
-# hits they serve.
-WARM_CHURN = f"""
-SELECT endpoint, kv_rate, {kv_writes_sql()} AS fills, kv, r2, api FROM opt_keys
+# hits they serve: the TTL rule's keys, from a relation with opt_keys' columns.
+_CHURN = f"""
+SELECT endpoint, kv_rate, {kv_writes_sql()} AS fills, kv, r2, api FROM {{keys}}
 WHERE class = '{KeyClass.WARM}' AND {kv_writes_sql()} * $write > kv * $read
 """
+WARM_CHURN = _CHURN.format(keys="opt_keys")
+# The same keys straight from the window's per-key rows, for a reader that
+# needs only them (the TTL page): no temp table, no first-seen ages.
+WARM_CHURN_OF_WINDOW = _CHURN.format(
+    keys=f"""(
+    SELECT c.endpoint, (k.kv + k.r2 + k.api) / $days AS kv_rate, k.kv, k.r2, k.api, k.fill_errors,
+           {key_class_sql("k.requests / $days")} AS class
+    FROM (SELECT key_id, sum(kv) AS kv, sum(r2) AS r2, sum(api) AS api,
+                 sum(fill_errors) AS fill_errors, sum(edge + kv + r2 + api) AS requests
+          FROM ({KEY_ROWS}) GROUP BY key_id) k
+    JOIN cache_keys c ON c.key_id = k.key_id)"""
+)
 
 
 def load_keys(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> float:
@@ -304,6 +316,7 @@ def ttl_choices(
     value_bytes: float,
     at: datetime,
     r2_lookup: R2Lookup = R2Lookup.REHYDRATION,
+    window: dict | None = None,
 ) -> dict[str, TtlChoice]:
     """The one rule deciding each endpoint's KV TTL (for every endpoint of
     `ttl`, from the per-key table `load_keys` built): its warm keys whose KV
@@ -311,9 +324,15 @@ def ttl_choices(
     list prices), priced under each of `ttl_options` by the fixed-TTL model;
     the cheapest (ties: the shorter) when it saves something against the
     current TTL, else the current one. An endpoint without such keys keeps
-    its TTL."""
+    its TTL. The keys come from the per-key table `load_keys` built, or,
+    given `window` (`key_ranges` plus `days`), straight from that window's
+    per-key rows (the same keys, without the table's other columns)."""
     w, r = pricing["kv_writes"], pricing["kv_reads"]
-    churn = con.execute(WARM_CHURN, {"write": w.price / w.per, "read": r.price / r.per}).df()
+    prices = {"write": w.price / w.per, "read": r.price / r.per}
+    churn = con.execute(
+        WARM_CHURN if window is None else WARM_CHURN_OF_WINDOW, prices | (window or {})
+    )
+    churn = churn.df()
     month_days = days_in_month(at)
     out = {e: TtlChoice(e, t, t, 0.0) for e, t in ttl.items()}
     for endpoint, g in churn.groupby("endpoint"):
@@ -398,15 +417,13 @@ def recommended_ttls(
     """Each endpoint's TTL choice by the one rule over the per-key rates of
     `window` (the report's class window), as the Costs recommendation makes
     it; `max_ttl` overrides the staleness limit `[costs] max_kv_ttl`."""
-    days = load_keys(con, window, at)
+    data, days = data_days(con, window)
     c = cfg.costs
     limit = c.max_kv_ttl if max_ttl is None else max_ttl
-    try:
-        return ttl_choices(
-            con, days, cfg.pricing, dict(c.kv_ttl), limit, c.value_bytes, at, c.r2_flow
-        )
-    finally:
-        con.execute("DROP TABLE IF EXISTS opt_keys")
+    rows = key_ranges(data.start, window.end) | {"days": days}
+    return ttl_choices(
+        con, days, cfg.pricing, dict(c.kv_ttl), limit, c.value_bytes, at, c.r2_flow, rows
+    )
 
 
 def _days(d: float) -> str:

@@ -13,62 +13,6 @@ from cachemon.clock import format_duration
 from cachemon.tuning import whatif as tuning_whatif
 from pages.shared import charts
 
-ENDPOINT_COLOURS = ("#2563eb", "#0d9488", "#7c3aed", "#db2777", "#65a30d")
-
-
-def all_curves(rows, limit: timedelta) -> go.Figure:
-    """One predicted KV hit rate curve per endpoint over the log TTL axis,
-    each with its current and recommended TTL marked, and the staleness limit."""
-    fig = go.Figure()
-    lo, hi = limit.total_seconds(), limit.total_seconds()
-    for i, (w, choice) in enumerate(rows):
-        colour = ENDPOINT_COLOURS[i % len(ENDPOINT_COLOURS)]
-        secs = [p.ttl.total_seconds() for p in w.curve]
-        lo, hi = min([lo, *secs]), max([hi, *secs])
-        fig.add_trace(
-            go.Scatter(
-                x=secs,
-                y=[p.kv_hit_rate for p in w.curve],
-                mode="lines",
-                name=f"{w.endpoint} ({w.method.name})",
-                line={"color": colour, "dash": "solid" if all(p.warm for p in w.curve) else "dot"},
-            )
-        )
-        marks = [(w.current, f"{w.endpoint} current", "diamond")]
-        p = tuning_whatif.at_ttl(w, choice.recommended)
-        if choice.changes and p is not None:
-            marks.append((p, f"{w.endpoint} recommended", "star"))
-        for p, name, symbol in marks:
-            fig.add_trace(
-                go.Scatter(
-                    x=[p.ttl.total_seconds()],
-                    y=[p.kv_hit_rate],
-                    mode="markers+text",
-                    text=[format_duration(p.ttl)],
-                    textposition="top center",
-                    name=name,
-                    marker={"size": 11, "symbol": symbol, "color": colour},
-                )
-            )
-    fig.add_vline(x=limit.total_seconds(), line={"dash": "dash", "color": charts.WARN, "width": 1})
-    fig.add_annotation(
-        x=math.log10(limit.total_seconds()),
-        y=1,
-        yref="paper",
-        text=f"staleness limit {format_duration(limit)}",
-        showarrow=False,
-        xanchor="right",
-        font={"color": charts.WARN, "size": 11},
-    )
-    charts.log_duration_axis(fig, lo, hi)
-    return fig.update_layout(
-        title="Predicted KV hit rate per endpoint (dotted: past the replay's warm-up)",
-        yaxis_title="KV hit rate % of requests",
-        height=380,
-        margin={"t": 40, "b": 10, "l": 10, "r": 10},
-        legend={"orientation": "h", "y": -0.25},
-    )
-
 
 def curves(w: tuning_whatif.WhatIf, recommended: timedelta, limit: timedelta):
     """Predicted KV hit rate (with its ± one-standard-error band where the

@@ -517,7 +517,7 @@ CHARTS = {
     "trends": 6,
     "keys": 1,
     "experiments": 1,
-    "ttl": 1,
+    "ttl": 0,  # endpoint "all": the summary table (the curves are one endpoint's)
     "alerts": 1,
     "costs": 2,
     "jobs": 1,
