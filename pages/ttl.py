@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cachemon.clock import DAY, Window, format_duration, parse_duration
+from cachemon.clock import DAY, Window, format_duration
 from cachemon.costs import optimize
 from cachemon.errors import CachemonError
 from cachemon.pricing import days_in_month
@@ -73,7 +73,7 @@ def page():
         "Max staleness", format_duration(cfg.costs.max_kv_ttl), key="ttl_limit"
     )
     try:
-        limit = parse_duration(limit_text, "Max staleness")
+        limit = tuning_whatif.parse_staleness(limit_text, "Max staleness")
     except CachemonError as exc:
         common.show_error(exc)
         return
@@ -250,6 +250,12 @@ def _recommendation(cfg: Config, w, choice, limit: timedelta) -> None:
     what-if's check of it, and a draft experiment unless one is running."""
     rec, lim = choice.recommended, format_duration(limit)
     basis = f"By {optimize.TTL_METHOD}, up to {lim} of staleness (the Costs recommendation)"
+    if w.current_ttl > limit:
+        st.warning(
+            f"The current TTL {format_duration(w.current_ttl)} is past the staleness limit of "
+            f"{lim}: the rule weighs TTLs up to the limit, and keeps the current one when none "
+            "of them costs less."
+        )
     if not choice.changes:
         st.success(f"Keep {format_duration(rec)}. {basis}: no option saves anything.")
         return

@@ -57,6 +57,8 @@ from cachemon.tuning.keyrates import (
 WARMUP = timedelta(weeks=8)
 REPLAY = "sampled replay"
 MODEL = "model"
+# KV's expirationTtl limits: every TTL asked about lies between them.
+KV_MIN_TTL, KV_MAX_TTL = timedelta(seconds=60), timedelta(days=365)
 # The short TTLs every default candidate list shows (the long ones come from
 # the recommendation's options, up to the staleness limit).
 SHORT_TTLS = tuple(timedelta(hours=h) for h in (6, 12, 24, 48, 24 * 7))
@@ -352,10 +354,18 @@ def parse_ttls(text: str, option: str = "--ttl") -> list[timedelta]:
     out = [parse_duration(part.strip(), option) for part in text.split(",") if part.strip()]
     if not out:
         raise InputError(f"{option} needs at least one duration, e.g. 6h,12h,24h")
-    bad = [format_duration(t) for t in out if not timedelta(seconds=60) <= t <= timedelta(days=365)]
+    bad = [format_duration(t) for t in out if not KV_MIN_TTL <= t <= KV_MAX_TTL]
     if bad:
         raise InputError(f"{option} {', '.join(bad)}: a TTL must be between 60s and 365d")
     return out
+
+
+def parse_staleness(text: str, option: str = "--max-staleness") -> timedelta:
+    """A staleness limit: one duration within KV's TTL limits (a limit
+    outside them would allow or ask for TTLs KV refuses); errors name `option`."""
+    if "," in text:
+        raise InputError(f"{option} takes one duration, e.g. 30d, got {text!r}")
+    return parse_ttls(text, option)[0]
 
 
 def draft_experiment(

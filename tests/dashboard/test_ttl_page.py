@@ -167,6 +167,21 @@ def test_a_running_experiment_is_warned_of_before_another_is_drafted(demo_store,
     assert [e.label for e in at.expander] == ["Prove it with an experiment"]
 
 
+def test_a_limit_below_the_current_ttl_is_said_and_a_bad_one_refused(demo_store, monkeypatch):
+    db, cfg_file, cfg = demo_store
+    at = _app(monkeypatch, db, cfg_file, "ttl", endpoint="title", ttl_limit="12h")
+    assert not at.main.error
+    assert any(
+        w.value.startswith("The current TTL 1d is past the staleness limit of 12h")
+        for w in at.warning
+    )
+    # Every candidate within the limit; the rule keeps 1d (nothing up to 12h costs less).
+    table = at.dataframe[0].value
+    assert list(table["TTL"]) == ["6h", "12h", "1d (recommended)"]
+    at.text_input(key="ttl_limit").input("400d").run()
+    assert any("between 60s and 365d" in e.value for e in at.error)
+
+
 def _figures(at) -> list[dict]:
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
 

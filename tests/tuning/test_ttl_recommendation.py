@@ -5,6 +5,7 @@ recomputed from raw events and plain arithmetic."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import timedelta
 
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from cachemon import settings
 from cachemon.clock import DAY, HOUR, MINUTE, Window
 from cachemon.costs import optimize
+from cachemon.errors import InputError
 from cachemon.store import db as store_db
 from cachemon.tuning import whatif as tuning_whatif
 from cachemon.tuning.experiments import Cohort, Experiment
@@ -190,3 +192,18 @@ def test_running_experiments_are_those_covering_now():
     ]
     assert got == ["running", "starts-now"]
     assert tuning_whatif.running_experiments(cfg, "isbn", now) == []
+
+
+@pytest.mark.parametrize(
+    "text,error",
+    [
+        ("400d", "Max staleness 400d: a TTL must be between 60s and 365d"),
+        ("30s", "Max staleness 30s: a TTL must be between 60s and 365d"),
+        ("7d,30d", "Max staleness takes one duration"),
+        ("soon", "Max staleness: 'soon' is not a duration"),
+    ],
+)
+def test_a_staleness_limit_is_one_ttl_kv_accepts(text, error):
+    with pytest.raises(InputError, match=re.escape(error)):
+        tuning_whatif.parse_staleness(text, "Max staleness")
+    assert tuning_whatif.parse_staleness(" 30d ", "Max staleness") == timedelta(days=30)
