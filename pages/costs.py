@@ -7,7 +7,6 @@ the small ones folded away (`[costs] min_saving`); past reports."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import datetime
 
 import pandas as pd
@@ -31,24 +30,16 @@ CLASS_COLOURS = {KeyClass.HOT: "#dc2626", KeyClass.WARM: "#f59e0b", KeyClass.COL
 MEASURES = (("keys", "keys"), ("requests", "requests"), ("cost_per_day", "cost"))
 
 
-@dataclass(frozen=True)
-class Loaded:
-    """Everything the page shows, read in one cached call."""
-
-    window: Window  # the range counted (a preset slid back to the data's end)
-    data_until: datetime
-    daily: costs_usage.Breakdown
-    forecast: costs_usage.Forecast
-    shares: classes.ClassShares
-    reports: list[report.StoredReport]
-
-
-def _load(con, cfg: Config, window: Window, custom: bool, at: datetime) -> Loaded:
+def _load(con, cfg: Config, window: Window, custom: bool, at: datetime) -> tuple:
+    """The range counted (a preset past the newest data slid back to it),
+    the data's end, the daily rate, the forecast, the class shares and the
+    recent reports (a tuple: st.cache_data pickles it, and a class of a page
+    script does not pickle)."""
     end = data_end(con, at)
     if not custom and end < window.end:
         # A preset past the newest data: the last good numbers, marked stale.
         window = Window.ending(end, window.length)
-    return Loaded(
+    return (
         window,
         end,
         costs_usage.daily_rate(con, window, cfg),
@@ -75,12 +66,13 @@ def page():
     now = common.now()
     tr = timerange.current()
     try:
-        data = common.cached(_load, timerange.window(now), tr.custom, now)
+        _, until, daily, fc, shares, reports = common.cached(
+            _load, timerange.window(now), tr.custom, now
+        )
     except CachemonError as exc:
         common.show_error(exc)
         return
-    common.stale_banner(data.data_until, now)
-    daily, fc = data.daily, data.forecast
+    common.stale_banner(until, now)
     # Every figure names its basis (costs.basis): a rate, the month to date
     # or the forecast, its window and coverage, list or billed.
     rate, mtd, ahead = daily.basis, fc.month_to_date.basis, fc.basis
@@ -91,8 +83,8 @@ def page():
     )
     _kpis(daily, fc)
     _components(daily)
-    _classes(data.shares)
-    _latest(data.reports, cfg.costs.min_saving)
+    _classes(shares)
+    _latest(reports, cfg.costs.min_saving)
 
 
 def _kpis(daily: costs_usage.Breakdown, fc: costs_usage.Forecast) -> None:
@@ -105,8 +97,10 @@ def _kpis(daily: costs_usage.Breakdown, fc: costs_usage.Forecast) -> None:
         (f"List USD ({ahead.short(None)})", fc.list_total, label(ahead, Price.LIST)),
         (f"Billed USD ({ahead.short(None)})", fc.billed_total, label(ahead, Price.BILLED)),
     )
-    for col, (name, value, help_text) in zip(st.columns(len(tiles)), tiles, strict=True):
-        col.metric(name, common.fmt(value, "usd"), help=help_text)
+    # Two rows (the rate; the month), so each label fits whole at 1440 px.
+    for row in (tiles[:2], tiles[2:]):
+        for col, (name, value, help_text) in zip(st.columns(3), row, strict=False):
+            col.metric(name, common.fmt(value, "usd"), help=help_text)
 
 
 def _usd_axis(top: float) -> dict:
@@ -139,12 +133,20 @@ def component_chart(daily: costs_usage.Breakdown) -> go.Figure:
         )
     top = max((max(ln.list_cost, ln.billed) for ln in lines), default=0.0)
     fig.update_layout(
-        title=f"Cost per day by component ({rate.short(None)})",
+        # The page's subheader titles it: a plot title would collide with
+        # the legend at 390 px. The basis goes on the axis, under the bars.
         barmode="group",
-        height=120 + 46 * len(lines),
-        margin={"t": 70, "b": 10, "l": 10, "r": 60},
-        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0, "title_text": None},
-        xaxis={"title": "USD/day", **_usd_axis(top)},
+        height=110 + 46 * len(lines),
+        margin={"t": 40, "b": 10, "l": 10, "r": 60},
+        legend={
+            "orientation": "h",
+            "y": 1.02,
+            "yanchor": "bottom",
+            "x": 0,
+            "title_text": None,
+            "traceorder": "reversed",  # list first, as in the table
+        },
+        xaxis={"title": f"USD/day ({rate.short(None)})", **_usd_axis(top)},
         yaxis={"title": None, "automargin": True, "categoryorder": "array", "categoryarray": names},
     )
     if top > 0:
@@ -164,7 +166,8 @@ def _components(daily: costs_usage.Breakdown) -> None:
         [
             {
                 "component": DEFAULT[ln.component].label,
-                "units": ln.units,
+                # Counts with separators, GB-months with their significant digits.
+                "units": common.fmt(ln.units, "count" if ln.units >= 100 else "num"),
                 "unit": DEFAULT[ln.component].unit,
                 "list USD/day": ln.list_cost,
                 "billed USD/day": ln.billed,
@@ -179,7 +182,7 @@ def _components(daily: costs_usage.Breakdown) -> None:
         width="stretch",
         column_config={
             "component": st.column_config.TextColumn("component", width=230),
-            "units": st.column_config.NumberColumn("units (per day)", format="%,.2f", width=140),
+            "units": st.column_config.TextColumn("units (per day)", width=140),
             "unit": st.column_config.TextColumn("unit", width=110),
             "list USD/day": st.column_config.NumberColumn(
                 f"USD/day ({rate.short(Price.LIST)})",
@@ -215,14 +218,21 @@ def share_chart(shares: classes.ClassShares) -> go.Figure:
             text=[f"{v:.1f}%" if v >= 4 else "" for v in values],
             textposition="inside",
             insidetextanchor="middle",
+            textangle=0,
             hovertemplate="%{y}: %{x:.2f}%<extra>" + str(klass) + "</extra>",
         )
     fig.update_layout(
-        title="What each key class weighs",
         barmode="stack",
-        height=260,
-        margin={"t": 70, "b": 10, "l": 10, "r": 10},
-        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0, "title_text": None},
+        height=230,
+        margin={"t": 40, "b": 10, "l": 10, "r": 10},
+        legend={
+            "orientation": "h",
+            "y": 1.02,
+            "yanchor": "bottom",
+            "x": 0,
+            "title_text": None,
+            "traceorder": "normal",
+        },
         xaxis={"title": "share %", "range": [0, 100], "ticksuffix": "%"},
         yaxis={"title": None, "automargin": True},
     )
@@ -257,8 +267,8 @@ def _classes(shares: classes.ClassShares) -> None:
         "`[costs] class_window`): hot above 100 requests/day, cold under 10 a month. "
         f"Keys, requests and cost are those of the range ({stamp(shares.counted.start)} – "
         f"{stamp(shares.counted.end)}). Cost: each key's Worker runs, KV reads, KV writes and "
-        "R2 gets at list prices (storage and Analytics Engine are not per key), "
-        f"{basis.text(Price.LIST)}."
+        "R2 gets at list prices (storage and Analytics Engine are not per key), in USD/day: "
+        f"{basis.short(Price.LIST)}."
     )
     if shares.total("requests") <= 0:
         st.info("No requests in the range: nothing to split by class.")
@@ -345,7 +355,7 @@ def _reports(reports: list[report.StoredReport]) -> None:
         width="stretch",
         column_config={
             "day": st.column_config.TextColumn("day", width=100),
-            "basis": st.column_config.TextColumn("basis", width=160),
+            "basis": st.column_config.TextColumn("basis", width=240),
             "list USD": st.column_config.NumberColumn("list USD (the day)", format=money),
             "billed USD": st.column_config.NumberColumn("billed USD (the day)", format=money),
             "saving USD/day": st.column_config.NumberColumn("saving USD/day (list)", format=money),
