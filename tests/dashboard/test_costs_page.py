@@ -212,6 +212,8 @@ def test_no_none_nan_or_inf_in_the_page(page):
         texts += [str(v) for v in d.value.astype(str).to_numpy().ravel()]
         assert not d.value.isna().any().any()
     assert [t for t in texts if BAD.search(t)] == []
+    # One timestamp format (`timerange.stamp`), never ISO's "2026-12-01T14:15:00Z".
+    assert [t for t in texts if re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d", t)] == []
 
 
 def _overflow_and_labels(page) -> tuple[int, list[str], bool]:
