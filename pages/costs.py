@@ -44,7 +44,7 @@ def _load(con, cfg: Config, window: Window, custom: bool, at: datetime) -> tuple
         end,
         costs_usage.daily_rate(con, window, cfg),
         costs_usage.forecast(con, end, cfg, cfg.pricing),
-        classes.class_shares(con, cfg, window, end),
+        classes.class_shares(con, cfg, window),
         report.recent(con, 30),
     )
 

@@ -2,9 +2,9 @@
 of a window weigh.
 
 A key's class is the store's one rule (`store.queries.key_class_sql`) over
-its rate in `[costs] class_window` ending where the window ends (the
-optimiser's per-key table, `costs.optimize.load_keys`), never over the
-window itself: an hour holds too few requests of any key to call it cold.
+its rate in `[costs] class_window` ending where the window ends (per day
+of the data there is, as the optimiser's per-key table has it), never over
+the window itself: an hour holds too few requests of any key to call it cold.
 The window then counts, per class, the keys it saw, their requests and
 what those requests cost: the per-key cost rule `TierMix.request_cost`
 (a Worker run each, KV reads, KV writes, R2 gets at list prices), summed
@@ -18,18 +18,24 @@ as the page's headline is (`costs.basis`, Kind.RATE).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import duckdb
 import numpy as np
 
 from cachemon.clock import DAY, Window
-from cachemon.costs import optimize
 from cachemon.costs.basis import Basis, Kind
 from cachemon.costs.tiermix import TierMix, kv_writes_sql
 from cachemon.settings import Config
 from cachemon.store import topkeys
-from cachemon.store.queries import CLASSES, KEY_ROWS, KeyClass, data_days, key_ranges
+from cachemon.store.queries import (
+    CLASSES,
+    KEY_ROWS,
+    KeyClass,
+    data_days,
+    key_class_sql,
+    key_ranges,
+)
 
 # Per key of the window: requests by tier and the fills that wrote nothing
 # (r2 + api − the rule's KV writes, clipped per key as the rule is).
@@ -41,12 +47,27 @@ SELECT key_id, edge, kv, r2, api, r2 + api - {kv_writes_sql()} AS failed_fills F
     FROM ({KEY_ROWS}) GROUP BY key_id
 ) WHERE edge + kv + r2 + api > 0
 """
-# A key of the window missing from the class window's table has no request
-# in it: a rate of 0, cold by the rule.
+# The class of each key of the window: the one rule (`key_class_sql`) on its
+# requests per day over the class window's days of data, as the optimiser's
+# per-key table has it, for just these keys (a month of per-key rows grouped
+# for every key would take seconds).
+CLASS_OF_TEMP = f"""
+CREATE OR REPLACE TEMP TABLE class_of AS
+SELECT key_id, {key_class_sql("sum(edge + kv + r2 + api) / $days")} AS class
+FROM ({KEY_ROWS}) WHERE key_id IN (SELECT key_id FROM class_range) GROUP BY key_id
+"""
+# The same when the window is the class window (the 30d range at the default
+# class_window): its per-key sums are already in class_range.
+CLASS_OF_RANGE_TEMP = f"""
+CREATE OR REPLACE TEMP TABLE class_of AS
+SELECT key_id, {key_class_sql("(edge + kv + r2 + api) / $days")} AS class FROM class_range
+"""
+# A key of the window missing from the class window has no request in it:
+# a rate of 0, cold by the rule.
 CLASS_SUMS = f"""
 SELECT coalesce(o.class, '{KeyClass.COLD}') AS class, count(*), sum(r.edge), sum(r.kv),
        sum(r.r2), sum(r.api), sum(r.failed_fills)
-FROM class_range r LEFT JOIN opt_keys o USING (key_id) GROUP BY 1
+FROM class_range r LEFT JOIN class_of o USING (key_id) GROUP BY 1
 """
 
 
@@ -82,22 +103,26 @@ class ClassShares:
         return 100.0 * getattr(row, measure) / total if total > 0 else None
 
 
-def class_shares(
-    con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, at: datetime
-) -> ClassShares:
+def class_shares(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window) -> ClassShares:
     """The keys, requests and cost of each class in `window` (widened to
     what per-key rows count exactly, `store.topkeys.covered`), classes over
-    `[costs] class_window` ending with it. `at` dates the keys' ages."""
+    `[costs] class_window` ending with it."""
     counted = topkeys.covered(con, window)
     classed = Window(counted.end - cfg.costs.class_window, counted.end)
-    class_window = data_days(con, classed)[0]
+    class_window, class_days = data_days(con, classed)
     try:
-        class_days = optimize.load_keys(con, classed, at)
         con.execute(RANGE_KEYS_TEMP, key_ranges(counted.start, counted.end))
+        if counted == classed:  # the same rows: no data lies before the data's start
+            con.execute(CLASS_OF_RANGE_TEMP, {"days": class_days})
+        else:
+            con.execute(
+                CLASS_OF_TEMP,
+                key_ranges(class_window.start, class_window.end) | {"days": class_days},
+            )
         sums = {KeyClass(c): rest for c, *rest in con.execute(CLASS_SUMS).fetchall()}
     finally:
-        con.execute("DROP TABLE IF EXISTS class_range")
-        con.execute("DROP TABLE IF EXISTS opt_keys")
+        for table in ("class_range", "class_of"):
+            con.execute(f"DROP TABLE IF EXISTS {table}")  # a runner's connection lives on
     keys = np.array([float(sums[c][0]) if c in sums else 0.0 for c in CLASSES])
     edge, kv, r2, api, failed = (
         np.array([float(sums[c][i] or 0.0) if c in sums else 0.0 for c in CLASSES])

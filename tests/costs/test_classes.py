@@ -94,7 +94,7 @@ def test_class_shares_match_raw_events(store, window, r2_lookup):
     cfg = cm_settings.Config()
     cfg = replace(cfg, costs=replace(cfg.costs, r2_lookup=r2_lookup))
     with store_db.reader(path) as con:
-        got = classes.class_shares(con, cfg, window, AT)
+        got = classes.class_shares(con, cfg, window)
     truth = _truth(df, window, r2_lookup)
     assert [r.klass for r in got.rows] == list(CLASSES)
     for r in got.rows:
@@ -124,7 +124,7 @@ def test_class_costs_add_up_to_the_headline_request_components(store):
     cfg = cm_settings.Config()
     window = Window(T0, AT)
     with store_db.reader(path) as con:
-        got = classes.class_shares(con, cfg, window, AT)
+        got = classes.class_shares(con, cfg, window)
         daily = usage.daily_rate(con, window, cfg)
     parts = ("workers_requests", "kv_reads", "kv_writes", "r2_class_b")
     assert got.total("cost_per_day") == pytest.approx(
@@ -137,7 +137,7 @@ def test_a_window_without_data_has_no_shares(store):
     path, _ = store
     empty = Window(START - 3 * DAY, START - 2 * DAY)
     with store_db.reader(path) as con:
-        got = classes.class_shares(con, cm_settings.Config(), empty, AT)
+        got = classes.class_shares(con, cm_settings.Config(), empty)
     assert [(r.keys, r.requests, r.cost_per_day) for r in got.rows] == [(0, 0.0, 0.0)] * 3
     assert got.share(KeyClass.HOT, "requests") is None
 
