@@ -65,19 +65,27 @@ def page():
     cfg = common.page_start("Costs")
     now = common.now()
     tr = timerange.current()
+    asked = timerange.window(now)
     try:
-        _, until, daily, fc, shares, reports = common.cached(
-            _load, timerange.window(now), tr.custom, now
-        )
+        counted, until, daily, fc, shares, reports = common.cached(_load, asked, tr.custom, now)
     except CachemonError as exc:
         common.show_error(exc)
         return
     common.stale_banner(until, now)
+    if timerange.endpoint() is not None:
+        # Storage, Analytics Engine and the plan's included amounts are not
+        # per endpoint: say the filter is not applied rather than ignore it.
+        st.info(
+            f"Costs are for all endpoints: the endpoint filter ({timerange.endpoint()}) does not apply here."
+        )
+    shown = (
+        tr.label if counted == asked else f"{tr.label} to the newest data ({stamp(counted.end)})"
+    )
     # Every figure names its basis (costs.basis): a rate, the month to date
     # or the forecast, its window and coverage, list or billed.
     rate, mtd, ahead = daily.basis, fc.month_to_date.basis, fc.basis
     st.caption(
-        f"All endpoints, UTC · range {tr.label} · prices {daily.pricing_version} · {PRICES}. "
+        f"All endpoints, UTC · range {shown} · prices {daily.pricing_version} · {PRICES}. "
         f"Per day: {rate.text(None)}. Month to date: {mtd.text(None)}. "
         f"Forecast: {ahead.text(None)}."
     )

@@ -63,10 +63,12 @@ def store(tmp_path_factory):
     return db, cfg_file, pd.concat([df1, df2]), r, min_saving
 
 
-def _app(monkeypatch, db, cfg_file) -> AppTest:
+def _app(monkeypatch, db, cfg_file, **state) -> AppTest:
     monkeypatch.setenv("CACHEMON_DB", str(db))
     monkeypatch.setenv("CACHEMON_CONFIG", str(cfg_file))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    for k, v in state.items():
+        at.session_state[k] = v
     at.run()
     at.switch_page("pages/costs.py").run()
     assert not at.exception, [e.value for e in at.exception]
@@ -214,6 +216,17 @@ def test_no_none_nan_or_inf_in_the_page(page):
     assert [t for t in texts if BAD.search(t)] == []
     # One timestamp format (`timerange.stamp`), never ISO's "2026-12-01T14:15:00Z".
     assert [t for t in texts if re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d", t)] == []
+
+
+def test_the_page_says_what_range_and_endpoints_it_counts(store, monkeypatch):
+    """The default 6h range, past the newest data, slides back to it and
+    says so; an endpoint chosen in the sidebar is said not to apply."""
+    at = _app(monkeypatch, store[0], store[1], endpoint="title")
+    head = at.caption[0].value
+    assert head.startswith(f"All endpoints, UTC · range 6h to the newest data ({stamp(END)})")
+    assert [i.value for i in at.info] == [
+        "Costs are for all endpoints: the endpoint filter (title) does not apply here."
+    ]
 
 
 def _overflow_and_labels(page) -> tuple[int, list[str], bool]:
