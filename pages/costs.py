@@ -7,8 +7,10 @@ the small ones folded away (`[costs] min_saving`); past reports."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -130,7 +132,8 @@ def component_chart(daily: costs_usage.Breakdown) -> go.Figure:
         values = [ln.list_cost if price is Price.LIST else ln.billed for ln in lines]
         fig.add_bar(
             name=f"{price} ({label_price(price)})",
-            x=values,
+            # A value an older store made infinite draws no bar; its text says n/a.
+            x=[v if math.isfinite(v) else None for v in values],
             y=names,
             orientation="h",
             marker_color=PRICE_COLOURS[price],
@@ -139,7 +142,9 @@ def component_chart(daily: costs_usage.Breakdown) -> go.Figure:
             cliponaxis=False,
             hovertemplate="%{y}: %{text}/day<extra>" + str(price) + "</extra>",
         )
-    top = max((max(ln.list_cost, ln.billed) for ln in lines), default=0.0)
+    top = max(
+        (v for ln in lines for v in (ln.list_cost, ln.billed) if math.isfinite(v)), default=0.0
+    )
     fig.update_layout(
         # The page's subheader titles it: a plot title would collide with
         # the legend at 390 px. The basis goes on the axis, under the bars.
@@ -183,7 +188,7 @@ def _components(daily: costs_usage.Breakdown) -> None:
             for ln in sorted(daily.lines, key=lambda ln: -ln.list_cost)
         ]
     )
-    money = "$%,.4f"
+    lines, money = usd_cells(lines, ["list USD/day", "billed USD/day"])
     st.dataframe(
         lines,
         hide_index=True,
@@ -192,18 +197,24 @@ def _components(daily: costs_usage.Breakdown) -> None:
             "component": st.column_config.TextColumn("component", width=230),
             "units": st.column_config.TextColumn("units (per day)", width=140),
             "unit": st.column_config.TextColumn("unit", width=110),
-            "list USD/day": st.column_config.NumberColumn(
-                f"USD/day ({rate.short(Price.LIST)})",
-                format=money,
-                help=label(rate, Price.LIST),
-            ),
-            "billed USD/day": st.column_config.NumberColumn(
-                f"USD/day ({rate.short(Price.BILLED)})",
-                format=money,
-                help=label(rate, Price.BILLED),
+            "list USD/day": money(f"USD/day ({rate.short(Price.LIST)})", label(rate, Price.LIST)),
+            "billed USD/day": money(
+                f"USD/day ({rate.short(Price.BILLED)})", label(rate, Price.BILLED)
             ),
         },
     )
+
+
+def usd_cells(df: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, Callable]:
+    """`df` and a column config maker for its USD `columns`: numbers shown
+    as $1,234.5678; if any is not finite (an absurd value in an older store)
+    those columns become text, "n/a" there, never "nan", "inf" or "None"."""
+    if all(np.isfinite(df[c].astype(float)).all() for c in columns):
+        return df, lambda name, help=None: st.column_config.NumberColumn(
+            name, format="$%,.4f", help=help
+        )
+    df = df.assign(**{c: [usd(float(v)) for v in df[c]] for c in columns})
+    return df, lambda name, help=None: st.column_config.TextColumn(name, help=help)
 
 
 def _share(shares: classes.ClassShares, klass: KeyClass, measure: str) -> float:
@@ -283,8 +294,9 @@ def _classes(shares: classes.ClassShares) -> None:
         return
     st.plotly_chart(share_chart(shares), width="stretch", key="class-shares")
     pct = st.column_config.NumberColumn(format="%.1f%%", width=100)
+    table, money = usd_cells(share_table(shares), ["cost USD/day"])
     st.dataframe(
-        share_table(shares),
+        table,
         hide_index=True,
         width="stretch",
         column_config={
@@ -293,10 +305,8 @@ def _classes(shares: classes.ClassShares) -> None:
             "keys %": pct,
             "requests": st.column_config.NumberColumn("requests", format="%,.0f", width=130),
             "requests %": pct,
-            "cost USD/day": st.column_config.NumberColumn(
-                f"cost USD/day ({basis.short(Price.LIST)})",
-                format="$%,.4f",
-                help=label(basis, Price.LIST),
+            "cost USD/day": money(
+                f"cost USD/day ({basis.short(Price.LIST)})", label(basis, Price.LIST)
             ),
             "cost %": pct,
         },
@@ -342,8 +352,7 @@ def _latest(reports: list[report.StoredReport], min_saving: float) -> None:
 
 def _reports(reports: list[report.StoredReport]) -> None:
     st.subheader("Daily reports")
-    money = "$%,.4f"
-    st.dataframe(
+    table, money = usd_cells(
         pd.DataFrame(
             [
                 {
@@ -359,14 +368,18 @@ def _reports(reports: list[report.StoredReport]) -> None:
                 for x in reports
             ]
         ),
+        ["list USD", "billed USD", "saving USD/day"],
+    )
+    st.dataframe(
+        table,
         hide_index=True,
         width="stretch",
         column_config={
             "day": st.column_config.TextColumn("day", width=100),
             "basis": st.column_config.TextColumn("basis", width=240),
-            "list USD": st.column_config.NumberColumn("list USD (the day)", format=money),
-            "billed USD": st.column_config.NumberColumn("billed USD (the day)", format=money),
-            "saving USD/day": st.column_config.NumberColumn("saving USD/day (list)", format=money),
+            "list USD": money("list USD (the day)"),
+            "billed USD": money("billed USD (the day)"),
+            "saving USD/day": money("saving USD/day (list)"),
             "recommendations": st.column_config.NumberColumn(format="%d", width=120),
             "emailed": st.column_config.TextColumn(width=80),
             "generated": st.column_config.TextColumn("generated (UTC)", width=150),

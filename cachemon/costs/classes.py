@@ -17,6 +17,7 @@ as the page's headline is (`costs.basis`, Kind.RATE).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -100,7 +101,9 @@ class ClassShares:
         """`klass`'s percentage of `measure`; None when the window has none."""
         total = self.total(measure)
         row = next(r for r in self.rows if r.klass is klass)
-        return 100.0 * getattr(row, measure) / total if total > 0 else None
+        share = 100.0 * getattr(row, measure) / total if total > 0 else None
+        # An absurd count in an older store (inf) makes no share, not nan.
+        return share if share is not None and math.isfinite(share) else None
 
 
 def class_shares(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window) -> ClassShares:
