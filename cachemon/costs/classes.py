@@ -111,7 +111,9 @@ def class_shares(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window) ->
     what per-key rows count exactly, `store.topkeys.covered`), classes over
     `[costs] class_window` ending with it."""
     counted = topkeys.covered(con, window)
-    classed = Window(counted.end - cfg.costs.class_window, counted.end)
+    # The class window as the Top keys page takes it (`optimize.key_page`):
+    # widened to what per-key rows count exactly, its days those with data.
+    classed = topkeys.covered(con, Window(counted.end - cfg.costs.class_window, counted.end))
     class_window, class_days = data_days(con, classed)
     try:
         con.execute(RANGE_KEYS_TEMP, key_ranges(counted.start, counted.end))
@@ -119,8 +121,7 @@ def class_shares(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window) ->
             con.execute(CLASS_OF_RANGE_TEMP, {"days": class_days})
         else:
             con.execute(
-                CLASS_OF_TEMP,
-                key_ranges(class_window.start, class_window.end) | {"days": class_days},
+                CLASS_OF_TEMP, key_ranges(class_window.start, classed.end) | {"days": class_days}
             )
         sums = {KeyClass(c): rest for c, *rest in con.execute(CLASS_SUMS).fetchall()}
     finally:

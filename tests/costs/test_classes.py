@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from cachemon import settings as cm_settings
 from cachemon.clock import DAY, HOUR, Window
-from cachemon.costs import classes, usage
+from cachemon.costs import classes, optimize, usage
 from cachemon.costs.basis import Kind
 from cachemon.costs.tiermix import TierMix
 from cachemon.pricing import default as default_pricing
@@ -131,6 +131,29 @@ def test_class_costs_add_up_to_the_headline_request_components(store):
         sum(daily.line(c).list_cost for c in parts), rel=1e-9
     )
     assert got.total("requests") * DAY / (AT - T0) == pytest.approx(daily.usage.workers_requests)
+
+
+@pytest.mark.parametrize(
+    "window", [Window(T0 + HOUR, AT), Window(AT - 30 * DAY, AT)], ids=["1h", "30d"]
+)
+def test_classes_agree_with_the_top_keys_page(store, window):
+    """The Costs page's class counts are the Top keys page's (its key table
+    with the class over the class window ending with the range)."""
+    path, _ = store
+    cfg = cm_settings.Config()
+    with store_db.reader(path) as con:
+        got = classes.class_shares(con, cfg, window)
+        keys = {
+            c: optimize.key_page(
+                con,
+                window,
+                AT,
+                optimize.KeyFilter(klass=c, limit=1),
+                classes=Window(window.end - cfg.costs.class_window, window.end),
+            ).matching
+            for c in CLASSES
+        }
+    assert {r.klass: r.keys for r in got.rows} == keys
 
 
 def test_a_window_without_data_has_no_shares(store):
