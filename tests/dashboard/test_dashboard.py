@@ -326,7 +326,9 @@ def test_costs_show_the_cost_block_and_the_report(past_store, monkeypatch):
     ]
     helps = [m.proto.help for m in at.metric]
     assert helps[0] == js["perDay"]["basis"]["text"]["list"] + f" ({basis.PRICES})."
-    assert "a rate, the usage of [" in helps[0] and "scaled to a day" in helps[0]
+    # Windows in the one timestamp format (`timerange.stamp`), not ISO brackets.
+    assert "a rate, the usage of " in helps[0] and "Z – " in helps[0] and "[" not in helps[0]
+    assert "scaled to a day" in helps[0]
     assert "month to date" in helps[2] and "month-end forecast" in helps[3]
     assert "whole month" in helps[4]
     lines = at.dataframe[0].value
