@@ -97,7 +97,6 @@ def test_a_first_demo_shows_its_progress_until_the_store_is_published(tmp_path, 
     assert after.metric, "the Overview shows the data"
 
 
-
 def test_a_progress_file_whose_process_is_gone_is_stale(tmp_path, monkeypatch):
     db = tmp_path / "s.duckdb"
     gone = subprocess.run(
