@@ -30,7 +30,7 @@ st.set_page_config(page_title="cachemon", page_icon=":bar_chart:", layout="wide"
 PAGES = (
     ("pages/overview.py", "Overview", ":material/monitoring:", None),
     ("pages/trends.py", "Trends", ":material/show_chart:", "trends"),
-    ("pages/topkeys.py", "Top keys", ":material/key:", "keys"),
+    ("pages/keys.py", "Top keys", ":material/key:", "keys"),
     ("pages/experiments.py", "Experiments", ":material/science:", "experiments"),
     ("pages/ttl.py", "TTL what-if", ":material/tune:", "ttl"),
     ("pages/alerts.py", "Alerts", ":material/notifications:", "alerts"),

@@ -64,7 +64,7 @@ def overview():
         width="stretch",
     )
     right.page_link(
-        "pages/topkeys.py", label="All keys, filters and drill-down", icon=":material/key:"
+        "pages/keys.py", label="All keys, filters and drill-down", icon=":material/key:"
     )
 
 

@@ -32,7 +32,7 @@ from tests.helpers.servers import chromium, streamlit_server
 PAGES = {
     "overview": "pages/overview.py",
     "trends": "pages/trends.py",
-    "keys": "pages/topkeys.py",
+    "keys": "pages/keys.py",
     "experiments": "pages/experiments.py",
     "ttl": "pages/ttl.py",
     "alerts": "pages/alerts.py",
