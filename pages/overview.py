@@ -7,20 +7,20 @@ import streamlit as st
 from cachemon.clock import iso
 from cachemon.errors import CachemonError
 from cachemon.events import TIERS
-from pages.shared import common
+from pages.shared import common, timerange
 
 
-def _load(con, cfg, period: str, endpoint, at):
-    """The period's metrics report compared with the previous period."""
-    return common.overview_report(con, cfg, period, endpoint, at)
+def _load(con, cfg, tr, endpoint, at):
+    """The range's metrics report compared with the previous period."""
+    return common.overview_report(con, cfg, tr, endpoint, at)
 
 
 @st.fragment(run_every=common.REFRESH)
 def overview():
     common.page_start("Overview")
-    period, endpoint, at = common.period(), common.endpoint(), common.now()
+    tr, endpoint, at = timerange.current(), common.endpoint(), common.now()
     try:
-        report = common.cached(_load, period.value, endpoint, at)
+        report = common.cached(_load, tr, endpoint, at)
     except CachemonError as exc:
         common.show_error(exc)
         return
@@ -32,7 +32,7 @@ def overview():
     common.stale_banner(current.data_until, current.at)
     st.caption(
         f"Window {current.window} (UTC) · data until {iso(current.data_until)} · "
-        f"compared with the previous {period.value} · refreshes every {common.REFRESH.total_seconds():g} s"
+        f"compared with the previous {tr.label} · refreshes every {common.REFRESH.total_seconds():g} s"
     )
     for row in common.kpi_tiles(report):
         for col, tile in zip(st.columns(len(row)), row):
