@@ -17,7 +17,7 @@ from cachemon.alerts import silences as alerts_silences
 from cachemon.alerts.anomaly import WEEK
 from cachemon.alerts.lifecycle import InstanceState, Silence, State
 from cachemon.alerts.rules import Kind, Rule
-from cachemon.clock import parse_duration, utcnow
+from cachemon.clock import Window, parse_duration, utcnow
 from cachemon.errors import CachemonError
 from cachemon.notify.transports import Transports
 from cachemon.runner.selfcheck import rough_age
@@ -25,7 +25,7 @@ from cachemon.settings import Config
 from cachemon.severity import severity_rank
 from cachemon.store import db as store_db
 from cachemon.store.queries import data_span
-from pages.shared import common
+from pages.shared import charts, common
 
 DAYS = 7  # the look-back of the timeline, the history and the notifications
 NONE = "—"
@@ -134,7 +134,7 @@ def _alert(
     Unsilence button) or a Silence button, and a link to the Overview then."""
     since = s.firing_since or s.since
     where = f" · {md(s.endpoint)}" if s.endpoint else " · all traffic"
-    overview = timerange.link("", timerange.around(since))
+    overview = timerange.link("", timerange.around(since), s.endpoint or None)
     muted = [x for x in silences if x.mutes(s, now)]
     with st.container(border=True):
         text, action = st.columns([5, 1], vertical_alignment="center")
@@ -248,7 +248,7 @@ def _history_frame(history: tuple[dict, ...]) -> pd.DataFrame:
                 "value": _cell(r["value"]),
                 "threshold": _cell(r["threshold"]),
                 "message": r["message"],
-                "overview": timerange.link("", timerange.around(r["at"])),
+                "overview": timerange.link("", timerange.around(r["at"]), r["endpoint"] or None),
             }
             for r in history
         ],
@@ -275,7 +275,7 @@ def periods_frame(periods: tuple[health.Period, ...], now: datetime) -> pd.DataF
                 "from": timerange.stamp(p.start),
                 "to": timerange.stamp(p.end) if p.end else "active",
                 "lasted": rough_age((p.end or now) - p.start) + ("" if p.end else " so far"),
-                "overview": timerange.link("", timerange.around(p.start)),
+                "overview": timerange.link("", timerange.around(p.start), p.endpoint or None),
             }
             for p in periods
         ],
@@ -304,11 +304,11 @@ def _timeline(periods: tuple[health.Period, ...], now: datetime) -> None:
         x_end="end",
         y="alert",
         color="severity",
-        color_discrete_map=common.SEVERITY_COLOURS,
+        color_discrete_map=charts.SEVERITY_COLOURS,
     )
-    fig.update_layout(
-        xaxis_title="time (UTC)", yaxis_title=None, height=120 + 30 * df["alert"].nunique()
-    )
+    charts.time_axes(fig, Window(now - timedelta(days=DAYS), now), now, "alert")
+    # One bar per alert: the hover names the bar under the pointer, not every bar at that time.
+    fig.update_layout(hovermode="closest", height=140 + 30 * df["alert"].nunique())
     st.plotly_chart(fig, width="stretch")
     st.dataframe(
         periods_frame(periods, now), hide_index=True, width="stretch", column_config=PERIODS

@@ -8,6 +8,7 @@ import plotly.express as px
 import streamlit as st
 
 from cachemon import timerange
+from cachemon.clock import Window
 from cachemon.errors import CachemonError
 from cachemon.ingest import write as ingest_write
 from cachemon.runner import runs as runner_runs
@@ -15,15 +16,15 @@ from cachemon.runner.runs import JobStatus, Outcome, RunRecord
 from cachemon.runner.selfcheck import rough_age
 from cachemon.settings import Config
 from cachemon.store.queries import data_span
-from pages.shared import common
+from pages.shared import charts, common
 
 NONE = "—"
 ERROR_CHARS = 80  # an error cell's length; the full text is in an expander below the table
 OUTCOME_COLOURS = {
-    Outcome.OK: "#16a34a",
-    Outcome.ERROR: "#dc2626",
-    Outcome.SKIPPED: "#f59e0b",
-    Outcome.SCHEDULED: "#94a3b8",
+    Outcome.OK: charts.GOOD,
+    Outcome.ERROR: charts.BAD,
+    Outcome.SKIPPED: charts.WARN,
+    Outcome.SCHEDULED: charts.NEUTRAL,
 }
 SCHEDULE_COLUMNS = {
     "job": st.column_config.TextColumn(width="small", pinned=True),
@@ -107,7 +108,8 @@ def page():
         hover_data=["duration"],
         title="Runs by job",
     )
-    st.plotly_chart(fig.update_layout(**common.UTC_AXIS, height=320), width="stretch")
+    charts.time_axes(fig, Window(at - timedelta(days=1), at), at, "job")
+    st.plotly_chart(fig.update_layout(hovermode="closest", height=320), width="stretch")
     st.dataframe(df, hide_index=True, width="stretch", column_config=RUN_COLUMNS)
     for r in runs:
         if r.outcome == Outcome.ERROR and r.error:
