@@ -144,7 +144,11 @@ def _alert(
             f"[Overview at this time]({overview})",
             md(s.message),
         ]
-        lines += [f":orange-badge[{md(silence_badge(x))}]" for x in muted]
+        # Highlighted text rather than a badge: a badge does not wrap, and cuts the reason at 390 px.
+        lines += [
+            f":orange-background[:material/notifications_off: {md(silence_badge(x))}]"
+            for x in muted
+        ]
         text.markdown("  \n".join(lines))
         waiting = waiting_for_history(rule, s, span)
         if waiting:

@@ -27,7 +27,7 @@ OUTCOME_COLOURS = {
     Outcome.SCHEDULED: charts.NEUTRAL,
 }
 SCHEDULE_COLUMNS = {
-    "job": st.column_config.TextColumn(width="small", pinned=True),
+    "job": st.column_config.TextColumn(width=100, pinned=True),
     "when": st.column_config.TextColumn(width="small"),
     "last run": st.column_config.TextColumn("last run (UTC)", width="small"),
     "outcome": st.column_config.TextColumn(width="small"),
@@ -36,10 +36,12 @@ SCHEDULE_COLUMNS = {
     "next run": st.column_config.TextColumn("next run (UTC)", width="small"),
 }
 RUN_COLUMNS = {
-    "job": st.column_config.TextColumn(width="small", pinned=True),
+    "job": st.column_config.TextColumn(width=100, pinned=True),
     "started": st.column_config.TextColumn("started (UTC)", width="small"),
     "outcome": st.column_config.TextColumn(width="small"),
-    "duration": st.column_config.TextColumn(width="small"),
+    "duration": st.column_config.TextColumn(
+        width="small", help="— when not measured: a run recorded by `cachemon demo`"
+    ),
     "rows": st.column_config.TextColumn(width="small"),
     "error": st.column_config.TextColumn(
         width="large", help="The last line; the full text is in the expanders below"
@@ -140,9 +142,11 @@ def schedule_frame(statuses: list[JobStatus], at: datetime) -> pd.DataFrame:
     )
 
 
-def duration(seconds: float) -> str:
-    """A run's length for people: 0.42 s, 12 s, 3 min."""
-    if seconds < 0:
+def duration(r: RunRecord) -> str:
+    """A run's length for people: 0.42 s, 12 s, 3 min; "—" when not measured
+    (the runner times every run; the demo records its runs at one instant)."""
+    seconds = (r.finished_at - r.started_at).total_seconds()
+    if seconds <= 0:
         return NONE
     if seconds < 10:
         return f"{seconds:.2f} s"
@@ -157,7 +161,7 @@ def runs_frame(runs: list[RunRecord]) -> pd.DataFrame:
                 "job": r.job,
                 "started": timerange.stamp(r.started_at),
                 "outcome": str(r.outcome),
-                "duration": duration((r.finished_at - r.started_at).total_seconds()),
+                "duration": duration(r),
                 "rows": common.fmt(r.rows, "count") if r.rows is not None else NONE,
                 "error": _short(_last_line(r.error)) or NONE,
             }
