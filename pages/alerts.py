@@ -333,9 +333,45 @@ def _notifications(cfg: Config, notifications: tuple[dict, ...]) -> None:
         st.info(f"No notification in the last {DAYS} days.")
         return
     st.dataframe(
-        pd.DataFrame([{k: _cell(v) for k, v in n.items()} for n in notifications]),
+        notifications_frame(notifications),
         hide_index=True,
         width="stretch",
+        column_config=NOTIFICATIONS,
+    )
+
+
+NOTIFICATIONS = {
+    "created": st.column_config.TextColumn("created (UTC)"),
+    "subject": st.column_config.TextColumn(width="large"),
+    "sent": st.column_config.TextColumn("sent (UTC)"),
+    "last error": st.column_config.TextColumn(width="medium"),
+}
+
+
+def notifications_frame(notifications: tuple[dict, ...]) -> pd.DataFrame:
+    """The outbox, newest first, in the columns that fit a screen: when,
+    where, what, its delivery state (the next attempt while it retries)."""
+    return pd.DataFrame(
+        [
+            {
+                "created": _cell(n["created_at"]),
+                "channel": n["channel"],
+                "kind": n["kind"],
+                "subject": n["subject"],
+                "status": n["status"]
+                + (
+                    f" (next try {timerange.stamp(n['next_attempt_at'])})"
+                    if n["status"] == "pending" and n["next_attempt_at"] is not None
+                    else ""
+                ),
+                "attempts": n["attempts"],
+                "sent": _cell(n["sent_at"]),
+                "last error": _cell(n["last_error"]),
+            }
+            for n in notifications
+        ],
+        columns=["created", "channel", "kind", "subject", "status", "attempts", "sent"]
+        + ["last error"],
     )
 
 

@@ -51,6 +51,7 @@ CHANNEL_ENV = (
     "MAILCHANNELS_API_KEY",
     "ALERT_EMAIL",
 )
+REASON = "deploy in progress, see [docs](http://example.com) <b>now</b> :red[urgent]"
 NO_CHANNEL = "No notification channel is configured: alerts show here but nobody is notified"
 
 
@@ -109,14 +110,17 @@ def test_a_silenced_alert_is_marked_and_unsilence_ends_the_silence_on_record(sto
     made = utcnow() - MINUTE
     with store_db.writer(db, made) as con:
         x = silences.add_silence(
-            con, "traffic_critical", timedelta(hours=2), "deploy in progress", made, "", "ops"
+            con, "traffic_critical", timedelta(hours=2), REASON, made, "", "ops"
         )
-    badge = f"silenced until {_stamp(x.ends_at)} by ops: deploy in progress"
+    badge = f"silenced until {_stamp(x.ends_at)} by ops: {REASON}"
     at = _app(monkeypatch, store, "alerts")
-    marked = [_plain(m.value) for m in at.markdown if badge in _plain(m.value)]
+    raw = [m.value for m in at.markdown if badge in _plain(m.value)]
+    marked = [_plain(m) for m in raw]
     # On the alert itself: the badge is in the traffic_critical entry, not any_traffic's.
     assert len(marked) == 1 and "traffic_critical" in marked[0], marked
     assert "any_traffic" not in marked[0]
+    # The reason is shown as typed: its link, HTML and colour markup are escaped, not rendered.
+    assert "\\[docs\\]\\(http\\:" in raw[0] and "\\<b\\>" in raw[0] and "\\:red\\[" in raw[0]
     at.button(key=f"unsilence_{x.id}_traffic_critical_").click().run()
     assert not at.exception, [e.value for e in at.exception]
     with store_db.reader(db) as con:
@@ -125,7 +129,7 @@ def test_a_silenced_alert_is_marked_and_unsilence_ends_the_silence_on_record(sto
         ).fetchall()
         assert silences.active_silences(con, utcnow()) == []
     # Ended, not deleted: the record stays, with when it ended.
-    assert rows[0][0] == "deploy in progress"
+    assert rows[0][0] == REASON
     assert rows[0][1] is not None and x.starts_at <= rows[0][1] <= utcnow()
     assert not any(badge in _plain(m.value) for m in at.markdown)
     assert any(s.value.startswith(f"Silence {x.id} ended at") for s in at.success)
@@ -211,5 +215,30 @@ def test_the_demo_records_the_jobs_it_ran_and_the_jobs_page_shows_them(store, mo
         assert rows[job]["outcome"] == "ok"
         assert str(rows[job]["last run"]) == _stamp(end)
     assert rows["ingest"]["outcome"] == "never ran" and rows["ingest"]["last run"] == "never"
+    texts = _texts(at)
+    assert not [t for t in texts if re.search(r"\b(None|nan|NaT|inf)\b", t)], texts
+
+
+def test_notifications_are_listed_in_the_display_format_without_none(store, monkeypatch):
+    db, _, end = store
+    at_ = floor_to(end, MINUTE) - 10 * MINUTE
+    with store_db.writer(db, utcnow()) as con:
+        for nid, status, sent, error in (
+            (9001, "sent", at_ + MINUTE, None),
+            (9002, "pending", None, "connection refused"),
+        ):
+            con.execute(
+                "INSERT INTO notifications VALUES (?, ?, 'slack', 'alert', ?, 'critical:x', '{}', "
+                "?, 1, ?, ?, ?)",
+                [nid, at_, f"subject {nid}", status, at_ + 5 * MINUTE, error, sent],
+            )
+    at = _app(monkeypatch, store, "alerts")
+    table = next(d.value for d in at.dataframe if "subject" in d.value.columns)
+    rows = {r["subject"]: r for r in table.to_dict("records")}
+    assert rows["subject 9001"]["created"] == _stamp(at_)
+    assert rows["subject 9001"]["sent"] == _stamp(at_ + MINUTE)
+    assert rows["subject 9002"]["status"] == f"pending (next try {_stamp(at_ + 5 * MINUTE)})"
+    assert rows["subject 9002"]["last error"] == "connection refused"
+    assert rows["subject 9002"]["sent"] == "—" and rows["subject 9001"]["last error"] == "—"
     texts = _texts(at)
     assert not [t for t in texts if re.search(r"\b(None|nan|NaT|inf)\b", t)], texts
