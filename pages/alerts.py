@@ -11,7 +11,7 @@ import plotly.express as px
 import streamlit as st
 
 from cachemon import timerange
-from cachemon.alerts import health
+from cachemon.alerts import health, messages
 from cachemon.alerts import rules as alerts_rules
 from cachemon.alerts import silences as alerts_silences
 from cachemon.alerts.anomaly import WEEK
@@ -134,7 +134,7 @@ def _alert(
     Unsilence button) or a Silence button, and a link to the Overview then."""
     since = s.firing_since or s.since
     where = f" · {md(s.endpoint)}" if s.endpoint else " · all traffic"
-    overview = timerange.link("", timerange.around(since), s.endpoint or None)
+    overview = messages.chart_link("", s)  # the alert email's link, relative
     muted = [x for x in silences if x.mutes(s, now)]
     with st.container(border=True):
         text, action = st.columns([5, 1], vertical_alignment="center")
