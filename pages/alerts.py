@@ -60,6 +60,8 @@ def page():
     for message in ("unsilenced", "silenced"):
         if message in st.session_state:
             st.success(st.session_state.pop(message))
+    if "unsilence_failed" in st.session_state:
+        st.error(st.session_state.pop("unsilence_failed"))
     rules = {r.name: r for r in alerts_rules.effective_rules(cfg.alerts)}
     active = sorted(
         (s for s in d.states if s.state != State.OK),
@@ -182,7 +184,7 @@ def _unsilence(cfg: Config, x: Silence) -> None:
         with store_db.writer(cfg.store.path, at, create=False) as con:
             alerts_silences.expire_silence(con, x.id, at)
     except CachemonError as exc:
-        st.session_state["unsilenced"] = f"Silence {x.id} was not ended: {exc}"
+        st.session_state["unsilence_failed"] = f"Silence {x.id} was not ended: {exc}"
         return
     st.cache_data.clear()  # re-read at once: the alert shows unsilenced
     st.session_state["unsilenced"] = (

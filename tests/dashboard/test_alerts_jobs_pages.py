@@ -242,3 +242,17 @@ def test_notifications_are_listed_in_the_display_format_without_none(store, monk
     assert rows["subject 9002"]["sent"] == "—" and rows["subject 9001"]["last error"] == "—"
     texts = _texts(at)
     assert not [t for t in texts if re.search(r"\b(None|nan|NaT|inf)\b", t)], texts
+
+
+def test_unsilencing_a_silence_ended_meanwhile_says_so(store, monkeypatch):
+    db, _, _ = store
+    made = utcnow() - MINUTE
+    with store_db.writer(db, made) as con:
+        x = silences.add_silence(con, "any_traffic", timedelta(hours=1), "maintenance", made)
+    at = _app(monkeypatch, store, "alerts")
+    with store_db.writer(db, utcnow()) as con:  # `alerts unsilence` in another terminal
+        silences.expire_silence(con, x.id, utcnow())
+    at.button(key=f"unsilence_{x.id}_any_traffic_").click().run()
+    assert [e.value for e in at.error if e.value.startswith("Silence")] == [
+        f"Silence {x.id} was not ended: no active silence with id {x.id}"
+    ]
