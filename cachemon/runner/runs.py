@@ -51,6 +51,7 @@ RECENT_RUNS = """
 SELECT job, started_at, finished_at, outcome, error, slots, rows FROM job_runs
 WHERE started_at >= $since ORDER BY started_at DESC, job LIMIT $limit
 """
+RUN_AT = "SELECT count(*) FROM job_runs WHERE job = $job AND started_at = $at"
 JOB_SUMMARY = """
 SELECT job, arg_max(outcome, started_at) FILTER (WHERE outcome IN ('ok', 'error')),
        max(started_at) FILTER (WHERE outcome = 'ok'),
@@ -324,6 +325,11 @@ def recent_runs(
             RECENT_RUNS, {"since": since, "limit": limit}
         ).fetchall()
     ]
+
+
+def ran_at(con: duckdb.DuckDBPyConnection, job: str, at: datetime) -> bool:
+    """Whether the run log holds a run of `job` started at `at`."""
+    return con.execute(RUN_AT, {"job": job, "at": at}).fetchall()[0][0] > 0
 
 
 def _utc(t: datetime | None) -> datetime | None:

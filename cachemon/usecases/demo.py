@@ -1,8 +1,8 @@
 """The demo: `days` of simulated traffic, with every page's history filled in.
 
 A composition over ingest (the simulator's data), alerts (their history),
-tuning (experiment results) and costs (the daily report), which is why it
-lives above them rather than in `cachemon.ingest.load`.
+tuning (experiment results) and costs (the daily report), each recorded in
+the run log as the runner's job would be, which is why it lives above them rather than in `cachemon.ingest.load`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import duckdb
 
 from cachemon.alerts import evaluate as alerts_evaluate
 from cachemon.argcheck import bounded
@@ -95,14 +97,29 @@ def _demo_into(
         # The alert history of the old data would describe traffic that is
         # gone: evaluate the new span instead, without notifying anyone.
         alerts_evaluate.reset(con)
-        alerts_evaluate.backfill(con, cfg, windows[0].start, end)
+        ran = {"alerts": alerts_evaluate.backfill(con, cfg, windows[0].start, end)}
         # Likewise the daily jobs' results, so every page has something to show.
         results.reset(con)
         daily_at = next(s.at for s in runner_runs.schedule(cfg) if s.name == "experiments")
-        results.backfill(
+        ran["experiments"] = results.backfill(
             con, cfg.experiments, windows[0].start, end, cfg.pricing, daily_at, cfg.costs.r2_flow
         )
         day = report.report_day(end)
         if windows[0].start <= datetime(day.year, day.month, day.day, tzinfo=UTC):
             report.save(con, report.build(con, cfg, day, now))
+            ran["report"] = 1
+        _record_runs(con, ran, now)
     return events
+
+
+def _record_runs(con: duckdb.DuckDBPyConnection, ran: dict[str, int], now: datetime) -> None:
+    """A run-log row (the runner's record) for each job the demo did the
+    work of, with what it wrote, so the Jobs page shows their last run.
+    Ingest is left out: its runs are the runner's heartbeat (`selfcheck`),
+    and a demo is not a running runner. Nor is a job with nothing done, nor
+    one already recorded at `now` (the same demo again makes the same store)."""
+    for job, rows in ran.items():
+        if rows and not runner_runs.ran_at(con, job, now):
+            runner_runs.record_run(
+                con, runner_runs.RunRecord(job, now, now, runner_runs.Outcome.OK, None, 1, rows)
+            )
