@@ -1,0 +1,201 @@
+"""The Overview's and the Trends page's series (#21): the trend of any
+window and step, the coverage that decides whether a change is shown, the
+partial day of the cost per day, and the pages that draw them, each against
+truth computed from the raw events with pandas."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hst
+
+from cachemon import config
+from cachemon import settings as cm_settings
+from cachemon.clock import DAY, HOUR, MINUTE, Period, Window
+from cachemon.costs import usage as costs_usage
+from cachemon.histogram import ALPHA
+from cachemon.metrics import trends
+from cachemon.pricing import DEFAULT
+from cachemon.store import db as store_db
+from cachemon.store.queries import TIER_TOTALS, window_params
+from cachemon.usecases import metrics_report
+from tests.helpers import T0, load, simulate, weighted_quantile
+
+STEP = timedelta(minutes=5)
+
+
+def _requests(df: pd.DataFrame, window: Window) -> pd.DataFrame:
+    r = df[df.kind == "request"]
+    return r[(r.timestamp >= window.start) & (r.timestamp < window.end)]
+
+
+def _truth(df: pd.DataFrame, window: Window, step: timedelta) -> pd.DataFrame:
+    """The trend of `window` from raw events: per bucket of `step` (aligned
+    to the epoch), the weighted requests per tier, rates and quantiles, and
+    the bucket's minutes inside the window."""
+    r = _requests(df, window)
+    r = r.assign(b=r.timestamp.dt.floor(pd.Timedelta(step)))
+    rows = []
+    for b, g in r.groupby("b"):
+        w = g.sample_interval
+        total = w.sum()
+        lo, hi = max(b, pd.Timestamp(window.start)), min(b + step, pd.Timestamp(window.end))
+        rows.append(
+            {
+                "time": b,
+                "minutes": (hi - lo) / pd.Timedelta(MINUTE),
+                "requests": total,
+                **{f"{t}_hit_rate": 100 * w[g.tier == t].sum() / total for t in ("edge", "kv")},
+                "r2_hit_rate": 100 * w[g.tier == "r2"].sum() / total,
+                "combined_hit_rate": 100 * w[g.tier != "api"].sum() / total,
+                "error_rate": 100 * w[g.status == "error"].sum() / total,
+                **{
+                    name: weighted_quantile(g.latency_ms, w, q)
+                    for q, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99"))
+                },
+            }
+        )
+    return pd.DataFrame(rows).set_index("time")
+
+
+def _assert_series(got: pd.DataFrame, truth: pd.DataFrame) -> None:
+    assert list(got.index) == list(truth.index)
+    for col in truth.columns:
+        rel = ALPHA + 1e-9 if col in ("p50", "p95", "p99") else 1e-9
+        np.testing.assert_allclose(got[col], truth[col], rtol=rel, atol=1e-9, err_msg=col)
+
+
+@pytest.fixture(scope="module")
+def week_store(tmp_path_factory):
+    """Five hours of traffic from T0, and two hours the week before (the
+    comparison overlay), in one store."""
+    path = tmp_path_factory.mktemp("trend") / "cachemon.duckdb"
+    before, early = simulate(2, start=T0 - 7 * DAY + HOUR)
+    parts, df = simulate(5, start=T0)
+    load(path, before + parts, now=T0 + 6 * HOUR)
+    return path, pd.concat([early, df], ignore_index=True)
+
+
+# A window that no step divides: its first and last buckets are cut.
+RAGGED = Window(T0 + timedelta(minutes=13), T0 + timedelta(hours=4, minutes=2))
+
+
+@pytest.mark.parametrize("step", [STEP, HOUR], ids=str)
+def test_a_ragged_window_has_cut_first_and_last_buckets(week_store, step):
+    path, df = week_store
+    with store_db.reader(path) as con:
+        got = trends.trend(con, RAGGED, step).set_index("time")
+    truth = _truth(df, RAGGED, step)
+    _assert_series(got, truth)
+    # The window starts 13 minutes past the hour and ends 2 past: cut buckets.
+    assert got["minutes"].iloc[0] == (step - 13 * MINUTE % step) / MINUTE
+    assert got["minutes"].iloc[-1] == 2
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    start=hst.integers(min_value=-90, max_value=5 * 60),
+    length=hst.integers(min_value=1, max_value=7 * 60),
+    step=hst.sampled_from([MINUTE, STEP, 15 * MINUTE, HOUR, 6 * HOUR, 7 * MINUTE]),
+)
+def test_buckets_add_up_to_the_window(week_store, start, length, step):
+    """Whatever the window and step: the buckets' requests add up to the
+    window's (the metrics of the same window), and with gaps their minutes
+    to its length."""
+    path, _ = week_store
+    window = Window(T0 + start * MINUTE, T0 + (start + length) * MINUTE)
+    with store_db.reader(path) as con:
+        got = trends.trend(con, window, step, gaps=True)
+        total = con.execute(TIER_TOTALS, window_params(window) | {"endpoint": None}).fetchall()
+    assert got["minutes"].sum() == pytest.approx(length)
+    assert got["requests"].sum() == pytest.approx(sum(float(r[1]) for r in total), rel=1e-12)
+    assert got["time"].is_monotonic_increasing and got["time"].is_unique
+
+
+def test_gaps_are_rows_without_figures(week_store):
+    """A window reaching past the data has a row per bucket; the ones
+    without data have no figures (a chart's gap), never zeros."""
+    path, df = week_store
+    window = Window(T0 - HOUR, T0 + 2 * HOUR)
+    with store_db.reader(path) as con:
+        got = trends.trend(con, window, STEP, gaps=True).set_index("time")
+    assert list(got.index) == list(pd.date_range(window.start, window.end, freq=STEP)[:-1])
+    empty = got.index < pd.Timestamp(T0)
+    assert got.loc[empty, ["requests", "combined_hit_rate", "p95"]].isna().all().all()
+    assert (got.loc[empty, "minutes"] == 5).all()
+    _assert_series(got[~empty], _truth(df, window, STEP))
+
+
+def test_last_week_overlay_is_the_series_a_week_earlier_moved_onto_this_week(week_store):
+    path, df = week_store
+    window = Window(T0, T0 + 4 * HOUR)
+    with store_db.reader(path) as con:
+        got = trends.shifted(con, window, STEP).set_index("time")
+    earlier = _truth(df, Window(window.start - 7 * DAY, window.end - 7 * DAY), STEP)
+    earlier.index = earlier.index + pd.Timedelta(7 * DAY)
+    assert got.index.min() == pd.Timestamp(window.start)  # every bucket, gaps included
+    _assert_series(got.dropna(subset=["requests"]), earlier)
+
+
+def test_coverage_is_the_share_of_the_window_with_data(week_store):
+    path, df = week_store
+    r = df[df.kind == "request"]
+    minutes = set(r.timestamp.dt.floor("min"))
+    with store_db.reader(path) as con:
+        for window in (
+            Window(T0 - 3 * HOUR, T0 + 3 * HOUR),  # half before the data
+            Window(T0 + timedelta(minutes=30), T0 + timedelta(hours=2, minutes=10)),
+            Window(T0 - 2 * DAY, T0 - DAY),  # the empty days between the two stretches
+        ):
+            inside = [m for m in minutes if window.start <= m < window.end]
+            want = len(inside) / (window.length / MINUTE)
+            assert trends.coverage(con, window) == pytest.approx(want, abs=1e-12), window
+
+
+def test_a_change_needs_a_previous_period_with_data_for_most_of_it(week_store):
+    """The hour before T0+4h is covered: changes shown. The hour before
+    T0+1h40m holds 40 minutes of data: no change shown, though that hour
+    has data (today's "+20,952,399 requests" against a near-empty week)."""
+    path, df = week_store
+    cfg = config.with_db(cm_settings.Config(), str(path))
+    r = df[df.kind == "request"]
+    with store_db.reader(path) as con:
+        for end, coverage in ((T0 + 5 * HOUR, 1.0), (T0 + timedelta(hours=1, minutes=40), 2 / 3)):
+            report = metrics_report.build(con, cfg, Period.H1, end, compare=True)
+            now, prev = report.metrics.window, report.metrics.window.previous()
+            before = r[(r.timestamp >= prev.start) & (r.timestamp < prev.end)].sample_interval
+            assert report.previous.metrics is not None and len(before)
+            assert report.previous.coverage == pytest.approx(coverage, abs=1e-12)
+            deltas = report.kpi_deltas()
+            if coverage == 1.0:
+                total = _requests(df, now).sample_interval.sum()
+                assert deltas["requests"] == pytest.approx(total - before.sum(), rel=1e-12)
+                assert None not in deltas.values()
+            else:
+                assert set(deltas.values()) == {None}
+
+
+def test_a_partial_day_is_flagged_and_costs_its_hours_only(tmp_path):
+    """A day and six hours of data: the second day is partial, marked so,
+    and costs its six hours' requests, not four times them."""
+    parts, df = simulate(30, start=T0 - timedelta(hours=8), step=timedelta(hours=6))
+    path = tmp_path / "c.duckdb"
+    load(path, parts, now=T0 + DAY)
+    cfg = config.with_db(cm_settings.Config(), str(path))
+    with store_db.reader(path) as con:
+        got = costs_usage.daily_costs(con, Window(T0 - 3 * DAY, T0 + 2 * DAY), cfg)
+    r = df[df.kind == "request"]
+    per_day = r.groupby(r.timestamp.dt.floor("D")).sample_interval.sum()
+    price = DEFAULT["workers_requests"]
+    assert list(got["day"]) == list(per_day.index)
+    assert list(got["partial"]) == [False, True]
+    assert got["end"].iloc[1] == r.timestamp.max().floor("min") + pd.Timedelta(MINUTE)
+    assert list(got["workers_requests"]) == pytest.approx(
+        list(per_day * price.price / price.per), rel=1e-9
+    )
