@@ -9,7 +9,7 @@ tiles are the metrics report's (`cachemon metrics`, GET /metrics).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import duckdb
 import pandas as pd
@@ -65,7 +65,9 @@ def _load(
     trend series (a row per bucket, gaps included), the alert periods in
     it, and with `last_week` the same series a week earlier (None, and why
     not, when the store cannot give it)."""
-    report = common.overview_report(con, cfg, window, label, endpoint, at)
+    report = metrics_report.build_window(
+        con, cfg, window, label, at, endpoint, top=20, latest=True, costs=True, compare=True
+    )
     step = timerange.step_for(window)
     series = _per_minute(trends.trend(con, window, step, endpoint, gaps=True))
     periods = health.active_periods(con, window.start, window.end)

@@ -23,6 +23,7 @@ import duckdb
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
+from cachemon import timerange
 from cachemon.alerts.health import Health, Issue
 from cachemon.alerts.rules import significant_decimals
 from cachemon.clock import Period, floor_to, format_duration, iso, utcnow
@@ -228,8 +229,10 @@ def runner_status(check: RunnerCheck) -> None:
 def issue_line(i: Issue) -> str:
     """One health issue as a markdown list item: a firing alert's value when
     it fired and its value now, each labelled with the rule's window (the
-    page's KPIs may cover another window)."""
-    return f"- **{i.severity}** since {iso(i.since)}: {i.text}"
+    page's KPIs may cover another window), and a link to the Overview in the
+    hours around when it began."""
+    chart = timerange.link("", timerange.around(i.since))
+    return f"- **{i.severity}** since {timerange.stamp(i.since)}: {i.text} · [charts then]({chart})"
 
 
 def health_text(h: Health) -> str:

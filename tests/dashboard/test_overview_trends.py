@@ -5,6 +5,9 @@ truth computed from the raw events with pandas."""
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 from datetime import timedelta
 
 import numpy as np
@@ -12,6 +15,8 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hst
+from streamlit.proto.Metric_pb2 import Metric
+from streamlit.testing.v1 import AppTest
 
 from cachemon import config
 from cachemon import settings as cm_settings
@@ -22,8 +27,9 @@ from cachemon.metrics import trends
 from cachemon.pricing import DEFAULT
 from cachemon.store import db as store_db
 from cachemon.store.queries import TIER_TOTALS, window_params
+from cachemon.timerange import TimeRange
 from cachemon.usecases import metrics_report
-from tests.helpers import T0, load, simulate, weighted_quantile
+from tests.helpers import ROOT, T0, load, simulate, weighted_quantile
 
 STEP = timedelta(minutes=5)
 
@@ -199,3 +205,159 @@ def test_a_partial_day_is_flagged_and_costs_its_hours_only(tmp_path):
     assert list(got["workers_requests"]) == pytest.approx(
         list(per_day * price.price / price.per), rel=1e-9
     )
+
+
+# -- the pages ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def page_store(tmp_path_factory):
+    """Four hours of traffic from T0 (in the past: the range is fixed) and
+    the day before, empty: the Overview's previous period has no data."""
+    path = tmp_path_factory.mktemp("pages") / "cachemon.duckdb"
+    parts, df = simulate(4, start=T0)
+    load(path, parts, now=T0 + 5 * HOUR)
+    return path, df
+
+
+# Longer than 400 minutes: 5-minute buckets, the first cut (it starts at :57).
+PAGE_RANGE = (T0 - timedelta(hours=2, minutes=3), T0 + 5 * HOUR)
+
+
+def _page(monkeypatch, db, page: str, span=PAGE_RANGE, **state) -> AppTest:
+    monkeypatch.setenv("CACHEMON_DB", str(db))
+    monkeypatch.delenv("CACHEMON_CONFIG", raising=False)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.session_state["time_range"] = TimeRange.between(*span)
+    for k, v in state.items():
+        at.session_state[k] = v
+    at.run()
+    if page != "overview":
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _figures(at) -> dict[str, dict]:
+    """Each Plotly chart's figure (data and layout) by its title."""
+    out = {}
+    for el in at.get("plotly_chart"):
+        fig = json.loads(el.proto.spec)
+        out[fig["layout"].get("title", {}).get("text", "")] = fig
+    return out
+
+
+def _values(v) -> np.ndarray:
+    """A trace's x or y as numbers or instants (Plotly may send typed arrays)."""
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+    arr = np.array([np.nan if x is None else x for x in v], dtype=object)
+    return arr
+
+
+def _trace(fig: dict, name: str) -> pd.Series:
+    (t,) = [t for t in fig["data"] if t.get("name") == name]
+    x = pd.to_datetime(pd.Series(_values(t["x"])), utc=True)
+    return pd.Series(_values(t["y"]).astype(float), index=x)
+
+
+def _by_title(figs: dict, start: str) -> dict:
+    (fig,) = [f for title, f in figs.items() if title.startswith(start)]
+    return fig
+
+
+def test_overview_charts_the_trend_of_the_range(page_store, monkeypatch):
+    """The Overview's time series are the trend of the selected range: per
+    5-minute bucket, each tier's hit rate, p50/p95/p99, requests per minute
+    and the error rate of the raw events (pandas), with gaps where the store
+    has no data."""
+    db, df = page_store
+    at = _page(monkeypatch, db, "overview")
+    window = Window(*PAGE_RANGE)
+    truth = _truth(df, window, STEP)
+    figs = _figures(at)
+    hit = _by_title(figs, "Hit rate by tier")
+    for name, col in (
+        ("combined", "combined_hit_rate"),
+        ("edge", "edge_hit_rate"),
+        ("KV", "kv_hit_rate"),
+        ("R2", "r2_hit_rate"),
+    ):
+        got = _trace(hit, name)
+        assert got.index[0] == pd.Timestamp(window.start).floor("5min")
+        assert got[: pd.Timestamp(T0) - pd.Timedelta(MINUTE)].isna().all()  # no data yet: a gap
+        _assert_series(got.dropna().to_frame(col), truth[[col]])
+    latency = _by_title(figs, "Latency percentiles")
+    for q in ("p50", "p95", "p99"):
+        _assert_series(_trace(latency, q).dropna().to_frame(q), truth[[q]])
+    volume = _trace(_by_title(figs, "Requests per minute"), "requests").dropna()
+    _assert_series(volume.to_frame("rate"), (truth["requests"] / truth["minutes"]).to_frame("rate"))
+    errors = _trace(_by_title(figs, "Error rate"), "errors").dropna()
+    _assert_series(errors.to_frame("error_rate"), truth[["error_rate"]])
+    # The same x-range on every time chart: the selected range.
+    for title in ("Hit rate", "Latency", "Requests per minute", "Error rate"):
+        xr = pd.to_datetime(_by_title(figs, title)["layout"]["xaxis"]["range"], utc=True)
+        assert list(xr) == [pd.Timestamp(window.start), pd.Timestamp(window.end)], title
+
+
+def test_changes_against_an_empty_previous_period_are_na(page_store, monkeypatch):
+    """The range's previous period (before the store began) has no data:
+    every tile says n/a, in grey, and a caption says why."""
+    db, _ = page_store
+    at = _page(monkeypatch, db, "overview")
+    assert [m.delta for m in at.metric] == ["n/a"] * len(at.metric)
+    assert any(c.value.startswith("Changes n/a:") and "0 %" in c.value for c in at.caption)
+    grey, none = Metric.MetricColor.GRAY, Metric.MetricDirection.NONE
+    assert {(m.proto.color, m.proto.direction) for m in at.metric} == {(grey, none)}
+    # Each tile has its sparkline: the range's series (the cost tile has none).
+    assert sum(len(m.proto.chart_data) > 1 for m in at.metric) == len(at.metric) - 1
+    # The two hours before T0+4h have data: changes, green when better, red when worse.
+    at = _page(monkeypatch, db, "overview", (T0 + 2 * HOUR, T0 + 4 * HOUR))
+    colours = {m.label: (m.delta, m.proto.color) for m in at.metric}
+    green, red = Metric.MetricColor.GREEN, Metric.MetricColor.RED
+    for label, (delta, colour) in colours.items():
+        assert delta != "n/a" and delta[0] in "+-", label
+        rise = delta[0] == "+"
+        if label in ("Requests", "R2 hit rate %"):
+            assert colour == grey, label
+        elif "latency" in label or "Error" in label or "Cost" in label:
+            assert colour == (red if rise else green), label
+        else:
+            assert colour == (green if rise else red), label
+
+
+def _tick_labels(fig: dict) -> list[str]:
+    return list(fig["layout"]["yaxis"].get("ticktext", []))
+
+
+@pytest.mark.parametrize("page", ["overview", "trends"])
+def test_latency_axes_have_ms_and_s_tick_labels(page_store, monkeypatch, page):
+    db, _ = page_store
+    figs = _figures(_page(monkeypatch, db, page))
+    fig = _by_title(figs, "Latency percentiles")
+    assert fig["layout"]["yaxis"]["type"] == "log"
+    labels = _tick_labels(fig)
+    assert labels and all(re.fullmatch(r"[\d.,]+ (ms|s)", t) for t in labels), labels
+    assert len(fig["layout"]["yaxis"]["tickvals"]) == len(labels)
+
+
+def test_trends_mark_the_partial_day_and_do_not_scale_it(page_store, monkeypatch):
+    """The range's one day of data ends at T0+4h: its bar is that part's
+    cost (the raw events' requests priced), named partial until 12:00Z."""
+    db, df = page_store
+    at = _page(monkeypatch, db, "trends")
+    cost = _by_title(_figures(at), "Cost per day")
+    (bar,) = [t for t in cost["data"] if "partial" in t.get("name", "")]
+    # The store's first day, measured from where its data begins to where it ends.
+    assert bar["name"] == "list USD, partial (08:00Z–12:00Z)"
+    assert "partial (08:00Z–12:00Z): not scaled to a day" in bar["hovertemplate"]
+    cfg = config.with_db(cm_settings.Config(), str(db))
+    with store_db.reader(db) as con:
+        daily = costs_usage.daily_costs(con, Window(*PAGE_RANGE), cfg)
+    r = df[df.kind == "request"]
+    price = DEFAULT["workers_requests"]
+    assert daily["partial"].all()
+    assert daily["workers_requests"].sum() == pytest.approx(
+        r.sample_interval.sum() * price.price / price.per, rel=1e-9
+    )
+    assert _values(bar["y"]).astype(float)[0] == pytest.approx(daily["list"].iloc[0], rel=1e-9)
