@@ -45,6 +45,8 @@ HIT_SERIES = {
     "kv_hit_rate": ("KV", charts.TIER_COLOURS["kv"]),
     "r2_hit_rate": ("R2", charts.TIER_COLOURS["r2"]),
 }
+# A legend above the plot, so every chart of a row has the same plot width.
+LEGEND = {"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0, "title": None}
 LATENCY_SERIES = {
     "p50": ("p50", charts.GOOD),
     "p95": ("p95", charts.WARN),
@@ -89,7 +91,7 @@ def _lines(
 ) -> go.Figure:
     """One line per series (gaps where there is no data) and, with
     `before`, the same series last week, dashed."""
-    fig = go.Figure()
+    fig = go.Figure(layout={"legend": LEGEND, "showlegend": True, "margin": {"t": 70}})
     for col, (name, colour) in series.items():
         fig.add_scatter(
             x=df["time"],
@@ -207,9 +209,13 @@ def _top_keys(report: metrics_report.MetricsReport, container) -> None:
         hide_index=True,
         width="stretch",
         column_config={
-            "key": st.column_config.TextColumn("key", width="large"),
-            "requests": st.column_config.NumberColumn("requests", format="localized"),
-            "hit rate %": st.column_config.NumberColumn("hit rate %", format="%.2f"),
+            "key": st.column_config.TextColumn("key", width="medium"),
+            "endpoint": st.column_config.TextColumn("endpoint", width="small"),
+            "requests": st.column_config.NumberColumn(
+                "requests", format="localized", width="small"
+            ),
+            "hit rate %": st.column_config.NumberColumn("hit rate %", format="%.2f", width="small"),
+            "tier": st.column_config.TextColumn("tier", width="small"),
         },
     )
     container.page_link(

@@ -24,6 +24,8 @@ from cachemon.settings import Config
 from pages.shared import charts, common
 from pages.shared import timerange as shared_range
 
+# A legend above the plot, so both charts of a row have the same plot width.
+LEGEND = {"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0, "title": None}
 LATENCY = {"p50": charts.GOOD, "p95": charts.WARN, "p99": charts.BAD}
 # The data table's columns, with units in the headers.
 TABLE = {
@@ -213,12 +215,16 @@ def page():
     )
     for i, (fig, y_title, log_y, title) in enumerate(charts_):
         charts.time_axes(fig, window, now, y_title, periods, log_y=log_y)
-        fig.update_layout(title=title)
+        fig.update_layout(title=title, legend=LEGEND, showlegend=True, margin={"t": 70})
         shared_range.zoomable(fig, f"trends-{i}", left if i % 2 == 0 else right)
     if not daily.empty:
         fig = cost_figure(daily)
-        charts.time_axes(fig, window, now, "USD per UTC day", periods)
-        fig.update_layout(title="Cost per day (a partial day is that part's cost, hatched)")
+        charts.time_axes(fig, window, now, "USD per UTC day (partial: its part)", periods)
+        fig.update_layout(
+            title="Cost per day (a partial day is that part's cost, hatched)",
+            legend=LEGEND,
+            margin={"t": 90},
+        )
         shared_range.zoomable(fig, "trends-cost", right)
     with st.expander("Data"):
         table = df.loc[has_data, list(TABLE)].rename(columns=TABLE)
