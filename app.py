@@ -17,12 +17,12 @@ import duckdb
 import streamlit as st
 
 from cachemon import config
-from cachemon.clock import Period, ahead, format_duration, iso
+from cachemon.clock import ahead, format_duration, iso
 from cachemon.errors import CachemonError
 from cachemon.runner import selfcheck
 from cachemon.settings import Config
 from cachemon.store.queries import data_span
-from pages.shared import common
+from pages.shared import common, timerange
 
 st.set_page_config(page_title="cachemon", page_icon=":bar_chart:", layout="wide")
 
@@ -71,19 +71,16 @@ def _runner(con: duckdb.DuckDBPyConnection, cfg: Config, at: datetime) -> selfch
     return selfcheck.check(con, cfg, at)
 
 
+def _endpoints(cfg: Config) -> list[str]:
+    return [e for e, _ in cfg.costs.kv_ttl]
+
+
 def _sidebar(cfg: Config) -> None:
     with st.sidebar:
         st.title("cachemon")
         st.caption("BooksTrack tiered cache")
         common.setting_warnings()
-        st.selectbox(
-            "Period",
-            [p.value for p in Period],
-            index=1,
-            key="period",
-            help="The window of the Overview, Top keys and Costs pages, ending now",
-        )
-        st.selectbox("Endpoint", ["all", *(e for e, _ in cfg.costs.kv_ttl)], key="endpoint")
+        timerange.sidebar(_endpoints(cfg), common.now())
         try:
             span = common.cached(_span)
         except CachemonError:
@@ -131,6 +128,7 @@ def _dashboard() -> None:
         st.error(str(exc))
         return
     st.session_state["config"] = cfg
+    timerange.sync(_endpoints(cfg))
     _sidebar(cfg)
     page.run()
 

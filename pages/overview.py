@@ -9,7 +9,7 @@ tiles are the metrics report's (`cachemon metrics`, GET /metrics).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import duckdb
 import pandas as pd
@@ -18,11 +18,11 @@ import streamlit as st
 
 from cachemon import timerange
 from cachemon.alerts import health
-from cachemon.clock import Window
 from cachemon.errors import CachemonError
 from cachemon.events import TIERS
 from cachemon.metrics import trends
 from cachemon.settings import Config
+from cachemon.timerange import TimeRange
 from cachemon.usecases import metrics_report
 from pages.shared import charts, common
 from pages.shared import timerange as shared_range
@@ -57,8 +57,7 @@ LATENCY_SERIES = {
 def _load(
     con: duckdb.DuckDBPyConnection,
     cfg: Config,
-    window: Window,
-    label: str,
+    tr: TimeRange,
     endpoint: str | None,
     at: datetime,
     last_week: bool,
@@ -67,9 +66,8 @@ def _load(
     trend series (a row per bucket, gaps included), the alert periods in
     it, and with `last_week` the same series a week earlier (None, and why
     not, when the store cannot give it)."""
-    report = metrics_report.build_window(
-        con, cfg, window, label, at, endpoint, top=20, latest=True, costs=True, compare=True
-    )
+    report = common.overview_report(con, cfg, tr, endpoint, at)
+    window = tr.window(at)
     step = timerange.step_for(window)
     series = _per_minute(trends.trend(con, window, step, endpoint, gaps=True))
     periods = health.active_periods(con, window.start, window.end)
@@ -91,7 +89,7 @@ def _lines(
 ) -> go.Figure:
     """One line per series (gaps where there is no data) and, with
     `before`, the same series last week, dashed."""
-    fig = go.Figure(layout={"legend": LEGEND, "showlegend": True, "margin": {"t": 70}})
+    fig = go.Figure()
     for col, (name, colour) in series.items():
         fig.add_scatter(
             x=df["time"],
@@ -136,34 +134,71 @@ def _comparison_caption(report: metrics_report.MetricsReport) -> str:
     where = f"the previous {report.metrics.period} ({timerange.stamp(prev.window.start)} – "
     where += f"{timerange.stamp(prev.window.end)})"
     if prev.comparable:
-        return f"Changes against {where}; green is better, red worse, grey neither."
+        return f"Changes compared with {where}: green is better, red worse, grey neither."
     share = f"{100 * prev.coverage:.0f} %"
     return (
-        f"Changes n/a: {where} has data for {share} of its length; a change is shown only "
-        f"against a period with data for at least {metrics_report.COMPARABLE_COVERAGE:.0%} of it."
+        f"Changes n/a: compared with {where}, which has data for {share} of its length; a change "
+        f"is shown only against a period with data for at least "
+        f"{100 * metrics_report.COMPARABLE_COVERAGE:.0f} % of it."
     )
 
 
 def _charts(window, now, series, before, periods) -> None:
     step = timerange.step_for(window)
-    every = f"{int(step.total_seconds() // 60)}-minute buckets"
+    every = f"{common.fmt(step / timedelta(minutes=1), 'count')}-minute buckets"
     left, right = st.columns(2)
-    fig = _lines(series, before, HIT_SERIES, "%", ".2f")
-    charts.time_axes(fig, window, now, "hit rate %", periods)
-    fig.update_layout(title=f"Hit rate by tier ({every})")
-    shared_range.zoomable(fig, "overview-hit", left)
-    fig = _lines(series, before, LATENCY_SERIES, "ms", ".3~g")
-    charts.time_axes(fig, window, now, "latency", periods, log_y=True)
-    fig.update_layout(title="Latency percentiles (log scale)")
-    shared_range.zoomable(fig, "overview-latency", right)
-    fig = _lines(series, before, {"per_minute": ("requests", charts.NEUTRAL)}, "/min", ",.1f")
-    charts.time_axes(fig, window, now, "requests per minute", periods)
-    fig.update_layout(title="Requests per minute")
-    shared_range.zoomable(fig, "overview-volume", left)
-    fig = _lines(series, before, {"error_rate": ("errors", charts.BAD)}, "%", ".2f")
-    charts.time_axes(fig, window, now, "error rate %", periods)
-    fig.update_layout(title="Error rate")
-    shared_range.zoomable(fig, "overview-errors", right)
+    figures = (
+        (HIT_SERIES, "%", ".2f", "hit rate %", f"Hit rate by tier ({every})", "hit", left),
+        (
+            LATENCY_SERIES,
+            "ms",
+            ".3~g",
+            "latency",
+            "Latency percentiles (log scale)",
+            "latency",
+            right,
+        ),
+        (
+            {"per_minute": ("requests", charts.NEUTRAL)},
+            "/min",
+            ",.1f",
+            "requests per minute",
+            "Requests per minute",
+            "volume",
+            left,
+        ),
+        (
+            {"error_rate": ("errors", charts.BAD)},
+            "%",
+            ".2f",
+            "error rate %",
+            "Error rate",
+            "errors",
+            right,
+        ),
+    )
+    for columns, unit, hover, y_title, title, key, where in figures:
+        fig = _lines(series, before, columns, unit, hover)
+        log_y = columns is LATENCY_SERIES
+        charts.time_axes(
+            fig,
+            window,
+            now,
+            y_title,
+            periods,
+            log_y=log_y,
+            y_range=_span(series, before) if log_y else None,
+        )
+        fig.update_layout(title=title, legend=LEGEND, showlegend=True, margin={"t": 70, "b": 10})
+        shared_range.zoomable(fig, f"overview-{key}", where)
+
+
+def _span(series: pd.DataFrame, before: pd.DataFrame | None) -> tuple[float, float] | None:
+    """The latency axis' extent (ms): the lowest p50 to the highest p99 shown."""
+    frames = [f for f in (series, before) if f is not None]
+    lo = min(f["p50"].min() for f in frames)
+    hi = max(f["p99"].max() for f in frames)
+    return (float(lo), float(hi)) if pd.notna(lo) and pd.notna(hi) and lo > 0 else None
 
 
 def _tier_share(report: metrics_report.MetricsReport, container) -> None:
@@ -227,12 +262,12 @@ def _top_keys(report: metrics_report.MetricsReport, container) -> None:
 def overview():
     common.page_start("Overview")
     now, endpoint = common.now(), shared_range.endpoint()
-    window, label = shared_range.window(now), shared_range.current().label
+    window = shared_range.window(now)  # a custom range now in the future falls back here
+    tr = shared_range.current()
+    label = tr.label
     last_week = st.session_state.get("overview_last_week", False)
     try:
-        report, series, periods, before, why = common.cached(
-            _load, window, label, endpoint, now, last_week
-        )
+        report, series, periods, before, why = common.cached(_load, tr, endpoint, now, last_week)
     except CachemonError as exc:
         common.show_error(exc)
         return

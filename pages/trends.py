@@ -172,6 +172,8 @@ def page():
     if not has_data.any():
         st.info("No requests in this range for this endpoint.")
         return
+    lo, hi = df["p50"].min(), df["p99"].max()
+    latency = (float(lo), float(hi)) if pd.notna(lo) and pd.notna(hi) and lo > 0 else None
     left, right = st.columns(2)
     charts_ = (
         (
@@ -214,7 +216,7 @@ def page():
         ),
     )
     for i, (fig, y_title, log_y, title) in enumerate(charts_):
-        charts.time_axes(fig, window, now, y_title, periods, log_y=log_y)
+        charts.time_axes(fig, window, now, y_title, periods, log_y=log_y, y_range=latency)
         fig.update_layout(title=title, legend=LEGEND, showlegend=True, margin={"t": 70})
         shared_range.zoomable(fig, f"trends-{i}", left if i % 2 == 0 else right)
     if not daily.empty:

@@ -116,11 +116,39 @@ def build(
     the costs block only for the whole store (no endpoint); True or False
     forces it. With `compare`, the report also holds the previous period of
     the same length (`Previous`), for `kpi_deltas`."""
-    m = metrics_window.compute(
-        con, Window.ending(at, period.length), period.value, endpoint, top, latest=latest
+    return build_window(
+        con,
+        cfg,
+        Window.ending(at, period.length),
+        period.value,
+        at,
+        endpoint,
+        top,
+        latest=latest,
+        costs=costs,
+        compare=compare,
     )
+
+
+def build_window(
+    con: duckdb.DuckDBPyConnection,
+    cfg: Config,
+    window: Window,
+    label: str,
+    at: datetime,
+    endpoint: str | None = None,
+    top: int = 10,
+    latest: bool = True,
+    costs: bool | None = None,
+    compare: bool = False,
+) -> MetricsReport:
+    """`build` for any window (the dashboard's custom from–to), `label`
+    naming it in the report (`period`). The metrics are as of the window's
+    end; the alert health as of `at` (a past range still shows the health
+    now, which is what the on-call engineer must see)."""
+    m = metrics_window.compute(con, window, label, endpoint, top, latest=latest)
     rules = alerts_rules.effective_rules(cfg.alerts)
-    state = alerts_health.health(con, m.at, cfg.alerts.evaluate_every, rules)
+    state = alerts_health.health(con, max(at, m.at), cfg.alerts.evaluate_every, rules)
     with_costs = endpoint is None if costs is None else costs
     block = usage.window_costs(con, m.window, m.at, cfg) if with_costs else None
     before = _previous(con, cfg, m, with_costs) if compare else None

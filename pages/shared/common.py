@@ -35,7 +35,9 @@ from cachemon.settings import Config
 from cachemon.severity import HealthStatus, Severity
 from cachemon.store import db as store_db
 from cachemon.store import snapshots
+from cachemon.timerange import TimeRange
 from cachemon.usecases import metrics_report
+from pages.shared import charts, timerange
 
 # Live pages refresh every REFRESH (CACHEMON_REFRESH_SECONDS, default 30);
 # reads within one refresh tick share a cache entry.
@@ -72,21 +74,9 @@ HEALTH_BANNER = {
     HealthStatus.DEGRADED: st.warning,
     HealthStatus.CRITICAL: st.error,
 }
-# One colour per severity, for every chart that shows alerts.
-SEVERITY_COLOURS = {
-    Severity.CRITICAL: "#dc2626",
-    Severity.WARNING: "#f59e0b",
-    Severity.INFO: "#2563eb",
-}
-
-
-def severity_shade(severity: str, alpha: float = 0.15) -> str:
-    """The severity's colour as a translucent rgba fill (grey for one not known)."""
-    colour = SEVERITY_COLOURS.get(severity)  # a StrEnum member hashes as its value
-    if colour is None:
-        return f"rgba(0,0,0,{alpha / 1.5:g})"
-    r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({r},{g},{b},{alpha:g})"
+# One colour per severity (pages.shared.charts holds the palette).
+SEVERITY_COLOURS = charts.SEVERITY_COLOURS
+severity_shade = charts.severity_shade
 
 
 HOW_TO_FILL = """
@@ -138,12 +128,13 @@ def _leave_legacy_routing() -> None:
 
 
 def period() -> Period:
+    """Deprecated: pages use `timerange.window(now)` (kept until every page moved)."""
     return Period.parse(st.session_state.get("period", "1h"))
 
 
 def endpoint() -> str | None:
-    e = st.session_state.get("endpoint", "all")
-    return None if e == "all" else e
+    """The endpoint chosen in the sidebar (None: all)."""
+    return timerange.endpoint()
 
 
 def now() -> datetime:
@@ -301,14 +292,16 @@ KPI_ROWS = (
 )
 
 
-def overview_report(con, cfg: Config, period: str, endpoint: str | None, at: datetime):
-    """The Overview's metrics report: the period ending at `at` compared with
-    the previous one (the same composition as `cachemon metrics` and GET
-    /metrics, costs always, the last good numbers when the data lags)."""
-    return metrics_report.build(
+def overview_report(con, cfg: Config, tr: TimeRange, endpoint: str | None, at: datetime):
+    """The Overview's metrics report: the range's window at `at` compared
+    with the previous one of the same length (the same composition as
+    `cachemon metrics` and GET /metrics, costs always, the last good numbers
+    when the data lags)."""
+    return metrics_report.build_window(
         con,
         cfg,
-        Period.parse(period),
+        tr.window(at),
+        tr.label,
         at,
         endpoint,
         top=20,

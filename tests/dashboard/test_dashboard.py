@@ -22,6 +22,7 @@ from cachemon.ingest import load as ingest_load
 from cachemon.metrics import trends
 from cachemon.runner import runs as runner_runs
 from cachemon.store import db as store_db
+from cachemon.timerange import TimeRange
 from cachemon.tuning import analysis as tuning_analysis
 from cachemon.tuning import promote, results, stats
 from cachemon.usecases import demo
@@ -127,6 +128,8 @@ def _app(monkeypatch, db, cfg_file=None, page=None, **state) -> AppTest:
     else:
         monkeypatch.delenv("CACHEMON_CONFIG", raising=False)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    # The sidebar's range (`period`, a preset name; 1h unless given) as the session holds it.
+    state["time_range"] = TimeRange.of(state.pop("period", "1h"))
     for k, v in state.items():
         at.session_state[k] = v
     at.run()
@@ -576,10 +579,11 @@ def test_every_page_in_a_real_browser(server, live_store):
                     '[data-testid="stMetricValue"]'
                 )
                 assert 50 < float(value.inner_text()) <= 100
-                # The sidebar's period applies to the page (a real widget interaction).
-                page.get_by_role("combobox", name="Period").click()
-                page.get_by_role("option", name="15m").click()
+                # The sidebar's range applies to the page (a real widget interaction).
+                sidebar = page.locator('[data-testid="stSidebar"]')
+                sidebar.get_by_text("15m", exact=True).click()
                 page.get_by_text("compared with the previous 15m").wait_for(timeout=30_000)
+                page.wait_for_url("**range=15m**", timeout=30_000)
             if name == "keys":
                 # The busiest key is a script tag: shown as text in the drill-down selector.
                 assert page.get_by_role("combobox", name="Key").input_value() == f"{EVIL} (title)"

@@ -34,6 +34,7 @@ from cachemon.events import TIERS, EventFrame
 from cachemon.notify.transports import Smtp, Transports
 from cachemon.store import db as store_db
 from cachemon.store.queries import data_span
+from cachemon.timerange import TimeRange
 from pages.shared import common
 from tests.helpers import ROOT, T0, load, simulate, small_sim, to_pandas, weighted_quantile
 from tests.helpers.servers import chromium, serve_api, streamlit_server
@@ -206,7 +207,7 @@ def test_every_surface_shows_the_same_figures(store, capsys, where):
                 prom = _prometheus(
                     _cli(capsys, cfg_file, db, *args, "--format", "prometheus"), period.value
                 )
-                report = common.overview_report(con, cfg, period.value, endpoint, at)
+                report = common.overview_report(con, cfg, TimeRange.of(period.value), endpoint, at)
                 tiles = {t.key: t for row in common.kpi_tiles(report) for t in row}
                 exact = {m: _metric(report.metrics, m) for m in FIGURES}
                 truth = _truth(events, at, period, endpoint)
@@ -243,13 +244,13 @@ def test_every_surface_shows_the_same_figures(store, capsys, where):
                         assert format_value(s.value, unit) == shown, what
                 assert end <= data_until
         # The alert health of the same instant: each firing alert's value now, labelled.
-        report = common.overview_report(con, cfg, "1h", None, at)
+        report = common.overview_report(con, cfg, TimeRange.of("1h"), None, at)
         banner = common.health_text(report.health)
         for period in PERIODS:
             end = floor_to(at, MINUTE)
             name = _rule("combined_hit_rate", period, None)
             value = _metric(
-                common.overview_report(con, cfg, period.value, None, at).metrics,
+                common.overview_report(con, cfg, TimeRange.of(period.value), None, at).metrics,
                 "combined_hit_rate",
             )
             line = (
@@ -334,12 +335,12 @@ def test_the_overview_page_draws_the_tiles_and_banner_of_the_composition(
     monkeypatch.setenv("CACHEMON_DB", str(db))
     monkeypatch.setenv("CACHEMON_CONFIG", str(cfg_file))
     page = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    page.session_state["period"] = "1h"
+    page.session_state["time_range"] = TimeRange.of("1h")
     page.session_state["endpoint"] = endpoint or "all"
     page.run()
     assert not page.exception, [e.value for e in page.exception]
     with store_db.reader(db) as con:
-        report = common.overview_report(con, cfg, "1h", endpoint, utcnow())
+        report = common.overview_report(con, cfg, TimeRange.of("1h"), endpoint, utcnow())
     assert report.metrics.window.end == END
     tiles = [t for row in common.kpi_tiles(report) for t in row]
     assert [(m.label, m.value) for m in page.metric] == [(t.label, t.value) for t in tiles]
@@ -350,18 +351,18 @@ def test_the_overview_page_draws_the_tiles_and_banner_of_the_composition(
 
 def test_chromium_shows_the_composition_tiles(store):
     """In a real browser (Debian's Chromium), the Overview's KPI tiles read
-    the composition's texts (default period 1h, all endpoints)."""
+    the composition's texts (range 1h from the URL, all endpoints)."""
     from playwright.sync_api import sync_playwright  # only this test needs the browser driver
 
     db, cfg_file, cfg, _ = store
     with store_db.reader(db) as con:
-        report = common.overview_report(con, cfg, "1h", None, utcnow())
+        report = common.overview_report(con, cfg, TimeRange.of("1h"), None, utcnow())
     want = [(t.label, t.value) for row in common.kpi_tiles(report) for t in row]
     with streamlit_server({"CACHEMON_DB": str(db), "CACHEMON_CONFIG": str(cfg_file)}) as url:
         with sync_playwright() as p:
             browser = chromium(p)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(url)
+            page.goto(url + "/?range=1h")
             tiles = page.locator('[data-testid="stMetric"]')
             tiles.nth(len(want) - 1).wait_for(timeout=60_000)
             shown = [

@@ -1,0 +1,82 @@
+"""The one time range in a real browser (Debian's Chromium): a link's range
+and endpoint set the sidebar, survive switching pages, a bad link is said,
+and dragging across a time chart zooms every page to that span."""
+
+from datetime import timedelta
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from cachemon.clock import floor_to, utcnow
+from cachemon.timerange import TimeRange
+from tests.dashboard.test_dashboard import _make_store
+from tests.helpers.servers import chromium, streamlit_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    db, cfg_file = _make_store(tmp_path_factory.mktemp("range"), utcnow(), hours=3)
+    with streamlit_server({"CACHEMON_DB": str(db), "CACHEMON_CONFIG": str(cfg_file)}) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = chromium(p)
+        yield browser.new_page(viewport={"width": 1440, "height": 1000})
+        browser.close()
+
+
+def _query(page) -> dict[str, str]:
+    return {k: v[-1] for k, v in parse_qs(urlparse(page.url).query).items()}
+
+
+def _sidebar(page):
+    return page.locator('[data-testid="stSidebar"]')
+
+
+def _ready(page, text: str = "Window"):
+    page.get_by_text(text, exact=False).first.wait_for(timeout=60_000)
+
+
+def test_a_link_sets_the_range_and_endpoint_and_page_switches_keep_them(server, page):
+    page.goto(f"{server}/trends?range=24h&endpoint=title")
+    page.locator('[data-testid="stSidebarNav"]').wait_for(timeout=60_000)
+    page.wait_for_timeout(1500)
+    assert _query(page) == {"range": "24h", "endpoint": "title"}
+    assert _sidebar(page).get_by_role("combobox", name="Endpoint").input_value() == "title"
+    page.locator('[data-testid="stSidebarNav"]').get_by_text("Costs").click()
+    page.wait_for_url("**/costs?**", timeout=30_000)
+    page.wait_for_timeout(1500)
+    assert _query(page) == {"range": "24h", "endpoint": "title"}
+    # A preset chosen on one page is in the URL and stays on the next.
+    _sidebar(page).get_by_text("1h", exact=True).click()
+    page.wait_for_url("**range=1h**", timeout=30_000)
+    page.locator('[data-testid="stSidebarNav"]').get_by_text("Overview").click()
+    _ready(page)
+    page.wait_for_timeout(1500)
+    assert _query(page) == {"range": "1h", "endpoint": "title"}
+    page.get_by_text("compared with the previous 1h").wait_for(timeout=30_000)
+
+
+def test_a_custom_link_shows_that_window(server, page):
+    end = floor_to(utcnow(), timedelta(minutes=1)) - timedelta(minutes=30)
+    tr = TimeRange.between(end - timedelta(hours=1), end)
+    q = tr.query()
+    page.goto(f"{server}/?from={q['from']}&to={q['to']}")
+    _ready(page)
+    page.get_by_text(f"compared with the previous {tr.label}").wait_for(timeout=30_000)
+    # The custom form shows the range's ends.
+    assert _sidebar(page).get_by_text("Custom range (UTC)").count() == 1
+    assert _query(page) == {"from": q["from"], "to": q["to"]}
+
+
+def test_a_bad_link_is_said_and_the_page_still_works(server, page):
+    page.goto(f"{server}/?range=2w&endpoint=nosuch")
+    _ready(page)
+    sidebar = _sidebar(page)
+    sidebar.get_by_text("unknown range '2w'", exact=False).wait_for(timeout=30_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
