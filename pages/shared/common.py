@@ -23,7 +23,6 @@ import duckdb
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
-from cachemon import timerange
 from cachemon.alerts.health import Health, Issue
 from cachemon.alerts.rules import significant_decimals
 from cachemon.clock import Period, floor_to, format_duration, iso, utcnow
@@ -35,7 +34,7 @@ from cachemon.settings import Config
 from cachemon.severity import HealthStatus, Severity
 from cachemon.store import db as store_db
 from cachemon.store import snapshots
-from cachemon.timerange import TimeRange
+from cachemon.timerange import TimeRange, around, link, stamp
 from cachemon.usecases import metrics_report
 from pages.shared import charts, timerange
 
@@ -222,8 +221,8 @@ def issue_line(i: Issue) -> str:
     it fired and its value now, each labelled with the rule's window (the
     page's KPIs may cover another window), and a link to the Overview in the
     hours around when it began."""
-    chart = timerange.link("", timerange.around(i.since))
-    return f"- **{i.severity}** since {timerange.stamp(i.since)}: {i.text} · [charts then]({chart})"
+    chart = link("", around(i.since))
+    return f"- **{i.severity}** since {stamp(i.since)}: {i.text} · [charts then]({chart})"
 
 
 def health_text(h: Health) -> str:
