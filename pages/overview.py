@@ -278,8 +278,8 @@ def overview():
     )
     common.stale_banner(current.data_until, current.at)
     st.caption(
-        f"{label}: {timerange.stamp(current.window.start)} – {timerange.stamp(current.window.end)} "
-        f"(UTC) · endpoint {endpoint or 'all'} · data until {timerange.stamp(current.data_until)} "
+        f"Window {timerange.stamp(current.window.start)} – {timerange.stamp(current.window.end)} "
+        f"(UTC, {label}) · endpoint {endpoint or 'all'} · data until {timerange.stamp(current.data_until)} "
         f"· refreshes every {common.REFRESH.total_seconds():g} s"
     )
     _tiles(report, series)

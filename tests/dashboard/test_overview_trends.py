@@ -18,7 +18,7 @@ from hypothesis import strategies as hst
 from streamlit.proto.Metric_pb2 import Metric
 from streamlit.testing.v1 import AppTest
 
-from cachemon import config
+from cachemon import config, timerange
 from cachemon import settings as cm_settings
 from cachemon.clock import DAY, HOUR, MINUTE, Period, Window
 from cachemon.costs import usage as costs_usage
@@ -30,6 +30,7 @@ from cachemon.store.queries import TIER_TOTALS, window_params
 from cachemon.timerange import TimeRange
 from cachemon.usecases import metrics_report
 from tests.helpers import ROOT, T0, load, simulate, weighted_quantile
+from tests.helpers.servers import chromium, streamlit_server
 
 STEP = timedelta(minutes=5)
 
@@ -361,3 +362,31 @@ def test_trends_mark_the_partial_day_and_do_not_scale_it(page_store, monkeypatch
         r.sample_interval.sum() * price.price / price.per, rel=1e-9
     )
     assert _values(bar["y"]).astype(float)[0] == pytest.approx(daily["list"].iloc[0], rel=1e-9)
+
+
+def test_in_a_browser_the_latency_axis_reads_in_ms_and_the_changes_are_na(page_store):
+    """Debian's Chromium on a link to the page store's range: the Overview's
+    latency ticks are labelled with their unit (never a bare "2 3 … 9"), and
+    the tiles' changes against the empty previous period read n/a."""
+    from playwright.sync_api import sync_playwright
+
+    db, _ = page_store
+    path = timerange.link("", TimeRange.between(*PAGE_RANGE))
+    with streamlit_server({"CACHEMON_DB": str(db)}) as url:
+        with sync_playwright() as p:
+            browser = chromium(p)
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(url + path)
+            page.get_by_text("Latency percentiles").first.wait_for(timeout=90_000)
+            page.wait_for_timeout(1000)
+            ticks = page.evaluate(
+                """[...document.querySelectorAll('.js-plotly-plot')]
+                .filter(p => (p.querySelector('.gtitle') || {}).textContent
+                             ?.startsWith('Latency percentiles'))
+                .map(p => [...p.querySelectorAll('.ytick text')].map(t => t.textContent))"""
+            )
+            deltas = page.locator('[data-testid="stMetricDelta"]').all_inner_texts()
+            browser.close()
+    (labels,) = ticks
+    assert labels and all(re.fullmatch(r"[\d.,]+ (ms|s)", t) for t in labels), labels
+    assert deltas and {d.strip() for d in deltas} == {"n/a"}, deltas
