@@ -18,6 +18,7 @@ import streamlit as st
 
 from cachemon import timerange
 from cachemon.alerts import health
+from cachemon.clock import MINUTE, floor_to
 from cachemon.errors import CachemonError
 from cachemon.events import TIERS
 from cachemon.metrics import trends
@@ -144,6 +145,8 @@ def _comparison_caption(report: metrics_report.MetricsReport) -> str:
 
 
 def _charts(window, now, series, before, periods) -> None:
+    # The window of a preset ends at now floored to the minute: the now line is drawn there.
+    now = floor_to(now, MINUTE)
     step = timerange.step_for(window)
     every = f"{common.fmt(step / timedelta(minutes=1), 'count')}-minute buckets"
     left, right = st.columns(2)

@@ -15,7 +15,7 @@ import streamlit as st
 
 from cachemon import timerange
 from cachemon.alerts import health
-from cachemon.clock import DAY, Window
+from cachemon.clock import DAY, MINUTE, Window, floor_to
 from cachemon.costs import usage as costs_usage
 from cachemon.errors import CachemonError
 from cachemon.events import TIERS
@@ -172,6 +172,8 @@ def page():
     if not has_data.any():
         st.info("No requests in this range for this endpoint.")
         return
+    # The window of a preset ends at now floored to the minute: the now line is drawn there.
+    now = floor_to(now, MINUTE)
     lo, hi = df["p50"].min(), df["p99"].max()
     latency = (float(lo), float(hi)) if pd.notna(lo) and pd.notna(hi) and lo > 0 else None
     left, right = st.columns(2)
