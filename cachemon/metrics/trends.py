@@ -55,8 +55,8 @@ GROUP BY b
 # ragged minutes at either end count one by one.
 COVERED_MINUTES = """
 SELECT (SELECT 60 * count(DISTINCT hour) FROM rollup_hour WHERE hour >= $h_lo AND hour < $h_hi)
-     + (SELECT count(DISTINCT minute) FROM rollup_minute
-        WHERE (minute >= $m1_lo AND minute < $m1_hi) OR (minute >= $m2_lo AND minute < $m2_hi))
+     + (SELECT count(DISTINCT minute) FROM rollup_minute WHERE minute >= $m1_lo AND minute < $m1_hi)
+     + (SELECT count(DISTINCT minute) FROM rollup_minute WHERE minute >= $m2_lo AND minute < $m2_hi)
 """
 WEEK = 7 * DAY
 
