@@ -17,11 +17,12 @@ import duckdb
 import streamlit as st
 
 from cachemon import config
-from cachemon.clock import ahead, format_duration, iso
+from cachemon.clock import ahead, format_duration
 from cachemon.errors import CachemonError
 from cachemon.runner import selfcheck
 from cachemon.settings import Config
 from cachemon.store.queries import data_span
+from cachemon.timerange import stamp
 from pages.shared import common, timerange
 
 st.set_page_config(page_title="cachemon", page_icon=":bar_chart:", layout="wide")
@@ -90,12 +91,12 @@ def _sidebar(cfg: Config) -> None:
             # Written by a clock ahead of real time: not "up to date".
             if ahead(span[1], common.now(), cfg.ingest.clock_skew):
                 st.warning(
-                    f"Data {iso(span[0])} – {iso(span[1])} · ends in the future (now {iso(common.now())}): "
+                    f"Data {stamp(span[0])} – {stamp(span[1])} · ends in the future (now {stamp(common.now())}): "
                     "written by a clock ahead of real time"
                 )
             else:
                 st.caption(
-                    f"Data {iso(span[0])} – {iso(span[1])} · "
+                    f"Data {stamp(span[0])} – {stamp(span[1])} · "
                     f"{'up to date' if age.total_seconds() < 60 else format_duration(age) + ' old'}"
                 )
         else:

@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 
 from cachemon.clock import iso, utcnow
+from cachemon.timerange import TimeRange
 from cachemon.tuning.experiments import example_toml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +65,7 @@ def build_store(days: int) -> tuple[Path, Path]:
 
 
 def render_times(
-    db: Path, cfg: Path, runs: int, pages: list[str]
+    db: Path, cfg: Path, runs: int, pages: list[str], preset: str
 ) -> list[tuple[str, float, float]]:
     import streamlit as st
     from streamlit.testing.v1 import AppTest
@@ -77,7 +78,7 @@ def render_times(
             if cold:
                 st.cache_data.clear()
             at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-            at.session_state["period"] = "1h"
+            at.session_state["time_range"] = TimeRange.of(preset)
             if page != "overview":
                 at.run()  # the app's own first run (sidebar + Overview) is not this page's time
                 if cold:
@@ -165,16 +166,25 @@ def main() -> int:
     )
     ap.add_argument("--skip-render", action="store_true")
     ap.add_argument("--pages", default=",".join(PAGES), help="pages to time (comma-separated)")
+    ap.add_argument(
+        "--ranges", default="6h,30d", help="the dashboard time ranges to time (comma-separated)"
+    )
     args = ap.parse_args()
     logging.getLogger("streamlit").setLevel(logging.ERROR)
     db, cfg = build_store(args.days)
     if not args.skip_render:
         print(
-            f"| page ({args.days} days, seed volume, period 1h) | median render, uncached | median render, cached |"
+            f"| page ({args.days} days, seed volume) | range | median render, uncached "
+            "| median render, cached |"
         )
-        print("| --- | --- | --- |")
-        for page, cold, warm in render_times(db, cfg, args.runs, args.pages.split(",")):
-            print(f"| {page} | {cold * 1000:.0f} ms | {warm * 1000:.0f} ms |", flush=True)
+        print("| --- | --- | --- | --- |")
+        for preset in args.ranges.split(","):
+            timed = render_times(db, cfg, args.runs, args.pages.split(","), preset)
+            for page, cold, warm in timed:
+                print(
+                    f"| {page} | {preset} | {cold * 1000:.0f} ms | {warm * 1000:.0f} ms |",
+                    flush=True,
+                )
     if not args.refreshes:
         return 0
     curve = memory_curve(db, cfg, args.refreshes, args.every)

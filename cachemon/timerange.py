@@ -152,4 +152,5 @@ def link(url_path: str, tr: TimeRange, endpoint: str | None = None) -> str:
     """A dashboard link: `url_path` ("" for the Overview) with the range and
     endpoint as query parameters, e.g. /trends?range=6h&endpoint=title."""
     params = tr.query() | ({ENDPOINT: endpoint} if endpoint else {})
-    return f"/{url_path.strip('/')}?{urlencode(params)}"
+    query = urlencode(params, safe=":")  # 14:15Z stays readable in an email
+    return f"/{url_path.strip('/')}?{query}"

@@ -105,5 +105,5 @@ def test_links_carry_range_and_endpoint():
         timerange.link("trends", TimeRange.of("6h"), "title") == "/trends?range=6h&endpoint=title"
     )
     link = timerange.link("", timerange.around(NOW))
-    assert link == "/?from=2026-12-01T13%3A15Z&to=2026-12-01T15%3A15Z"
+    assert link == "/?from=2026-12-01T13:15Z&to=2026-12-01T15:15Z"
     assert timerange.link("", TimeRange.of("1h"), "a&b=c") == "/?range=1h&endpoint=a%26b%3Dc"

@@ -8,6 +8,7 @@ is `cachemon.notify`.
 
 from __future__ import annotations
 
+from cachemon import timerange
 from cachemon.alerts.lifecycle import InstanceState, Notice, Reason
 from cachemon.alerts.readings import AlertValues
 from cachemon.alerts.rules import BUILTIN, format_value, type_units
@@ -78,9 +79,20 @@ def _where(s: InstanceState) -> str:
     return f" [{s.endpoint}]" if s.endpoint else ""
 
 
-def _alert_view(s: InstanceState, values: AlertValues | None = None) -> dict:
+def chart_link(dashboard_url: str, s: InstanceState) -> str:
+    """The dashboard's Overview around the alert's start (an hour each
+    side), for its endpoint: the charts at the time it fired."""
+    since = s.firing_since or s.since
+    endpoint = s.endpoint if s.endpoint and s.endpoint != "*" else None
+    return dashboard_url.rstrip("/") + timerange.link("", timerange.around(since), endpoint)
+
+
+def _alert_view(
+    s: InstanceState, values: AlertValues | None = None, dashboard_url: str = ""
+) -> dict:
     unit = UNITS.get(s.type, "")
     return {
+        "chart": chart_link(dashboard_url, s) if dashboard_url else None,
         # Each value labelled with its window: the value when it fired and
         # the value now differ, and the recent metrics below cover 15m.
         "now": values.now.text() if values and values.now else None,
@@ -115,7 +127,7 @@ def _view(
             f"Cache {lead.severity}: {lead.type}" if notice.firing else f"Resolved: {lead.type}"
         ),
         "severity": lead.severity if notice.firing else "resolved",
-        "firing": [_alert_view(s, (values or {}).get(s.key)) for s in notice.firing],
+        "firing": [_alert_view(s, (values or {}).get(s.key), dashboard_url) for s in notice.firing],
         "resolved": [_alert_view(s) for s in notice.resolved],
         "m": context,
         # Latencies as the alert values show them (3 significant digits below 10 ms).

@@ -25,7 +25,7 @@ from streamlit.runtime.pages_manager import PagesManager
 
 from cachemon.alerts.health import Health, Issue
 from cachemon.alerts.rules import significant_decimals
-from cachemon.clock import Period, floor_to, format_duration, iso, utcnow
+from cachemon.clock import Period, floor_to, format_duration, utcnow
 from cachemon.costs.basis import Price
 from cachemon.errors import CachemonError, EmptyStoreError, StoreError
 from cachemon.metrics import window as metrics_window
@@ -181,7 +181,7 @@ def stale_banner(data_until: datetime | None, at: datetime) -> bool:
     age = at - data_until
     if age > config().metrics.stale_after:
         st.warning(
-            f"Stale data: the newest data is {format_duration(age)} old (until {iso(data_until)}); "
+            f"Stale data: the newest data is {format_duration(age)} old (until {stamp(data_until)}); "
             "these are the last good numbers. Is the job runner (`python -m jobs`) running?"
         )
         return True
@@ -198,12 +198,12 @@ def runner_status(check: RunnerCheck) -> None:
         )
     elif check.ingest_from_future:
         st.warning(
-            f"Runner: the last ingest is dated in the future ({iso(check.last_ingest_ok)}), written by a "
+            f"Runner: the last ingest is dated in the future ({stamp(check.last_ingest_ok)}), written by a "
             "clock ahead of real time; it does not count. Is the job runner (`python -m jobs`) running?"
         )
     elif check.ingest_stalled:
         st.warning(
-            f"Runner: last ingest ok {rough_age(check.ingest_age)} ago ({iso(check.last_ingest_ok)}), "
+            f"Runner: last ingest ok {rough_age(check.ingest_age)} ago ({stamp(check.last_ingest_ok)}), "
             "overdue. Is the job runner (`python -m jobs`) running?"
         )
     else:
@@ -211,7 +211,7 @@ def runner_status(check: RunnerCheck) -> None:
     if check.failing:
         st.error(
             "Failing jobs: "
-            + ", ".join(f"{f.job} (failed {iso(f.failed_at)})" for f in check.failing)
+            + ", ".join(f"{f.job} (failed {stamp(f.failed_at)})" for f in check.failing)
             + " · see Jobs"
         )
 

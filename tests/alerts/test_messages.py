@@ -210,3 +210,20 @@ def test_alert_units_are_derived_from_the_rules_metrics():
         Rule("q", "queue_depth", 5.0, "info"),
     )
     assert type_units(mixed) == {"q": "jobs"}  # the type defaults to the rule name
+
+
+def test_each_firing_alert_links_to_the_charts_around_its_start():
+    """The link opens the dashboard's Overview an hour either side of the
+    alert's start, for its endpoint (the URL the dashboard reads back)."""
+    from urllib.parse import parse_qs, urlparse
+
+    from cachemon import timerange
+
+    links = [line.split(": ", 1)[1] for line in _email().text.splitlines() if "Chart at" in line]
+    assert len(links) == 2
+    for link in links:
+        url = urlparse(link)
+        assert url.netloc == "cache.example.org" and url.path == "/"
+        q = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        assert timerange.parse_query(q) == timerange.around(AT)
+    assert "endpoint" not in links[0] and links[1].endswith("&endpoint=title")

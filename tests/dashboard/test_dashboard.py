@@ -22,7 +22,7 @@ from cachemon.ingest import load as ingest_load
 from cachemon.runner import runs as runner_runs
 from cachemon.store import db as store_db
 from cachemon.store.queries import data_span
-from cachemon.timerange import TimeRange
+from cachemon.timerange import TimeRange, stamp
 from cachemon.tuning import analysis as tuning_analysis
 from cachemon.tuning import promote, results, stats
 from cachemon.usecases import demo
@@ -368,7 +368,7 @@ def test_sidebar_shows_the_runner_and_failing_jobs(live_store, monkeypatch):
     at = _app(monkeypatch, db, cfg_file)
     side = at.sidebar
     assert [e.value for e in side.error] == [
-        f"Failing jobs: report (failed {iso(failed_at)}) · see Jobs"
+        f"Failing jobs: report (failed {stamp(failed_at)}) · see Jobs"
     ]
     runner_lines = [
         x.value for x in (*side.caption, *side.warning) if x.value.startswith("Runner: ")
