@@ -132,7 +132,7 @@ def test_the_banner_text_labels_both_values_and_keeps_other_issues_plain():
         FIRED,
     )
     # Each line links to the Overview in the hours around its start (#21).
-    then = "(/?from=2026-11-19T08%3A45Z&to=2026-11-19T10%3A45Z)"
+    then = "(/?from=2026-11-19T08:45Z&to=2026-11-19T10:45Z)"
     assert common.health_text(h) == (
         "Health: **critical**\n"
         "- **critical** since 2026-11-19 09:45Z: Cache miss rate > 15.0%: 36.7% over 15m to "
