@@ -46,8 +46,6 @@ HIT_SERIES = {
     "kv_hit_rate": ("KV", charts.TIER_COLOURS["kv"]),
     "r2_hit_rate": ("R2", charts.TIER_COLOURS["r2"]),
 }
-# A legend above the plot, so every chart of a row has the same plot width.
-LEGEND = {"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0, "title": None}
 LATENCY_SERIES = {
     "p50": ("p50", charts.GOOD),
     "p95": ("p95", charts.WARN),
@@ -192,7 +190,7 @@ def _charts(window, now, series, before, periods) -> None:
             log_y=log_y,
             y_range=_span(series, before) if log_y else None,
         )
-        fig.update_layout(title=title, legend=LEGEND, showlegend=True, margin={"t": 70, "b": 10})
+        charts.titled(fig, title, legend_rows=2 if before is not None else 1)
         shared_range.zoomable(fig, f"overview-{key}", where)
 
 

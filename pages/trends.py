@@ -24,8 +24,6 @@ from cachemon.settings import Config
 from pages.shared import charts, common
 from pages.shared import timerange as shared_range
 
-# A legend above the plot, so both charts of a row have the same plot width.
-LEGEND = {"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0, "title": None}
 LATENCY = {"p50": charts.GOOD, "p95": charts.WARN, "p99": charts.BAD}
 # The data table's columns, with units in the headers.
 TABLE = {
@@ -133,19 +131,23 @@ def _line(df: pd.DataFrame, columns: dict, unit: str, hover: str, **line) -> go.
     return fig
 
 
-def _tier_area(df: pd.DataFrame) -> go.Figure:
+def _tier_bars(df: pd.DataFrame, window: Window) -> go.Figure:
+    """Each bucket's requests by tier as stacked bars spanning the bucket's
+    part of the window: a bucket without data is a gap, not a zero."""
+    start = df["time"].clip(lower=pd.Timestamp(window.start))
+    width = df["minutes"] * 60_000  # ms, as a date axis measures bar widths
+    mid = start + pd.to_timedelta(df["minutes"] / 2, unit="min")
     fig = go.Figure()
     for t in TIERS:
-        fig.add_scatter(
-            x=df["time"],
+        fig.add_bar(
+            x=mid,
             y=100 * df[t] / df["requests"],
+            width=width,
             name="api (origin misses)" if t == "api" else t,
-            mode="lines",
-            stackgroup="tiers",
-            line={"color": charts.TIER_COLOURS[t], "width": 0.5},
+            marker={"color": charts.TIER_COLOURS[t], "line": {"width": 0}},
             hovertemplate=f"%{{y:.2f}} %<extra>{t}</extra>",
         )
-    return fig.update_layout(yaxis_range=[0, 100])
+    return fig.update_layout(barmode="stack", bargap=0, yaxis_range=[0, 100])
 
 
 def page():
@@ -179,10 +181,10 @@ def page():
     left, right = st.columns(2)
     charts_ = (
         (
-            _tier_area(df),
+            _tier_bars(df, window),
             "share of requests %",
             False,
-            "Requests served by tier (stacked; hit rate = all but api)",
+            "Requests by tier (share %, stacked)",
         ),
         (
             _line(df, {q: (q, c) for q, c in LATENCY.items()}, "ms", ".3~g", width=2),
@@ -219,16 +221,12 @@ def page():
     )
     for i, (fig, y_title, log_y, title) in enumerate(charts_):
         charts.time_axes(fig, window, now, y_title, periods, log_y=log_y, y_range=latency)
-        fig.update_layout(title=title, legend=LEGEND, showlegend=True, margin={"t": 70})
+        charts.titled(fig, title)
         shared_range.zoomable(fig, f"trends-{i}", left if i % 2 == 0 else right)
     if not daily.empty:
         fig = cost_figure(daily)
         charts.time_axes(fig, window, now, "USD per UTC day (partial: its part)", periods)
-        fig.update_layout(
-            title="Cost per day (a partial day is that part's cost, hatched)",
-            legend=LEGEND,
-            margin={"t": 90},
-        )
+        charts.titled(fig, "Cost per day (partial days hatched)", legend_rows=2)
         shared_range.zoomable(fig, "trends-cost", right)
     with st.expander("Data"):
         table = df.loc[has_data, list(TABLE)].rename(columns=TABLE)

@@ -4,11 +4,12 @@ The Overview's and the Trends page's charts of hit rates, latency
 percentiles, volume, errors and queue depth (the cost per day is
 `cachemon.costs.usage.daily_costs`). Buckets are aligned to multiples of the
 step since the epoch (UTC), so a window's first and last buckets may be cut
-by the window: each row's `minutes` is the part of its bucket inside the
-window, and rates per minute divide by it. Counts come from the hourly
-rollups for the window's whole hours when the step is whole hours (a month
-is 720 hours of rows, not 43,200 minutes), from the minute rollups
-otherwise; quantiles from each bucket's merged histogram, never averaged.
+by the window, or by where the store's data begins and ends: each row's
+`minutes` is the part of its bucket inside both, and rates per minute
+divide by it. Counts come from the hourly rollups for the window's whole
+hours when the step is whole hours (a month is 720 hours of rows, not
+43,200 minutes), from the minute rollups otherwise; quantiles from each
+bucket's merged histogram, never averaged.
 
 `coverage` is the share of a window the store has request data for: a
 comparison with a period that is mostly empty (the week before the store
@@ -28,7 +29,7 @@ from cachemon.errors import InputError
 from cachemon.events import TIERS
 from cachemon.histogram import grouped_quantiles
 from cachemon.store import horizons
-from cachemon.store.queries import three_ranges, window_params
+from cachemon.store.queries import data_span, three_ranges, window_params
 
 # Bucket starts by epoch arithmetic: exact in UTC for any step.
 _BUCKET = "to_timestamp(floor(epoch({time}) / $step) * $step) AS b"
@@ -86,7 +87,8 @@ def trend(
 ) -> pd.DataFrame:
     """One row per bucket of `window` with data, columns COLUMNS: requests
     per tier, rates in percent, latency quantiles in ms, queue depth, and
-    `minutes`, the part of the bucket inside the window. With `gaps`, also a
+    `minutes`, the part of the bucket inside the window and the store's data
+    span (what a rate per minute divides by). With `gaps`, also a
     row for each bucket without data (NaN figures), so a chart shows a gap
     where there is no data instead of a line across it."""
     if step % MINUTE or step <= timedelta(0):
@@ -96,10 +98,14 @@ def trend(
     tiers = pd.DataFrame(
         con.execute(TIER_BUCKETS, p).fetchall(), columns=["time", "tier", "requests", "errors"]
     )
+    # The part of the window the store has data for: a bucket's rate per
+    # minute divides by its minutes in there (the store's first bucket, or
+    # the one where the data ends, is not a slow minute).
+    measured = _measured(con, window)
     if tiers.empty:
         df = pd.DataFrame(columns=list(COLUMNS)).astype(float)
         df["time"] = pd.to_datetime(df["time"], utc=True)
-        return _with_gaps(df, window, step) if gaps else df
+        return _with_gaps(df, measured, step, window) if gaps else df
     df = tiers.pivot_table(
         index="time", columns="tier", values="requests", aggfunc="sum", fill_value=0.0
     )
@@ -126,9 +132,9 @@ def trend(
     df["queue_depth_mean"] = [queue.get(t, (np.nan, np.nan))[1] for t in df.index]
     df = df.reset_index()
     df["time"] = pd.to_datetime(df["time"], utc=True)
-    df["minutes"] = _minutes_inside(df["time"], window, step)
+    df["minutes"] = _minutes_inside(df["time"], measured, step)
     df = df[list(COLUMNS)].sort_values("time", ignore_index=True)
-    return _with_gaps(df, window, step) if gaps else df
+    return _with_gaps(df, measured, step, window) if gaps else df
 
 
 def bucket_starts(window: Window, step: timedelta) -> pd.DatetimeIndex:
@@ -170,19 +176,29 @@ def _float(x) -> float:
     return np.nan if x is None else float(x)
 
 
-def _minutes_inside(starts: pd.Series, window: Window, step: timedelta) -> pd.Series:
-    """Each bucket's minutes inside the window (the first and last may be cut)."""
-    lo, hi = pd.Timestamp(window.start), pd.Timestamp(window.end)
+def _measured(con: duckdb.DuckDBPyConnection, window: Window) -> Window:
+    """The part of `window` within the store's data span (empty: none)."""
+    span = data_span(con)
+    if span is None:
+        return Window(window.start, window.start)
+    lo = min(max(window.start, span[0]), window.end)
+    return Window(lo, max(lo, min(window.end, span[1])))
+
+
+def _minutes_inside(starts: pd.Series, measured: Window, step: timedelta) -> pd.Series:
+    """Each bucket's minutes inside the measured part of the window (the
+    first and last may be cut; a bucket outside it has none)."""
+    lo, hi = pd.Timestamp(measured.start), pd.Timestamp(measured.end)
     ends = (starts + pd.Timedelta(step)).clip(upper=hi)
-    return (ends - starts.clip(lower=lo)).dt.total_seconds() / 60
+    return (ends - starts.clip(lower=lo)).dt.total_seconds().clip(lower=0) / 60
 
 
-def _with_gaps(df: pd.DataFrame, window: Window, step: timedelta) -> pd.DataFrame:
+def _with_gaps(df: pd.DataFrame, measured: Window, step: timedelta, window: Window) -> pd.DataFrame:
     starts = bucket_starts(window, step)
     out = df.set_index("time").reindex(starts.union(pd.DatetimeIndex(df["time"])))
     out.index.name = "time"
     out = out.reset_index()
-    out["minutes"] = _minutes_inside(out["time"], window, step)
+    out["minutes"] = _minutes_inside(out["time"], measured, step)
     return out[list(COLUMNS)]
 
 

@@ -114,15 +114,29 @@ def test_a_ragged_window_has_cut_first_and_last_buckets(week_store, step):
 def test_buckets_add_up_to_the_window(week_store, start, length, step):
     """Whatever the window and step: the buckets' requests add up to the
     window's (the metrics of the same window), and with gaps their minutes
-    to its length."""
+    to the part of it the store's data spans."""
     path, _ = week_store
     window = Window(T0 + start * MINUTE, T0 + (start + length) * MINUTE)
     with store_db.reader(path) as con:
         got = trends.trend(con, window, step, gaps=True)
         total = con.execute(TIER_TOTALS, window_params(window) | {"endpoint": None}).fetchall()
-    assert got["minutes"].sum() == pytest.approx(length)
+    # The data runs from T0 - 7d + 1h to T0 + 5h: minutes past its end are not measured.
+    assert got["minutes"].sum() == pytest.approx(max(0, min(length, 5 * 60 - start)))
     assert got["requests"].sum() == pytest.approx(sum(float(r[1]) for r in total), rel=1e-12)
     assert got["time"].is_monotonic_increasing and got["time"].is_unique
+
+
+def test_a_bucket_the_data_ends_in_counts_its_minutes_with_data(week_store):
+    """The data ends at T0+5h (13:00), 15 minutes into the 45-minute bucket
+    from 12:45: that bucket counts 15 minutes, so its rate per minute is its
+    requests over those 15, not over 45 (a slump that is only the data's end)."""
+    path, df = week_store
+    window = Window(T0 + 4 * HOUR, T0 + timedelta(hours=5, minutes=30))
+    step = 45 * MINUTE
+    with store_db.reader(path) as con:
+        got = trends.trend(con, window, step, gaps=True).set_index("time")
+    assert list(got["minutes"]) == [45, 15]
+    _assert_series(got, _truth(df, Window(window.start, T0 + 5 * HOUR), step))
 
 
 def test_gaps_are_rows_without_figures(week_store):
