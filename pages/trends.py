@@ -184,7 +184,7 @@ def page():
             _tier_bars(df, window),
             "share of requests %",
             False,
-            "Requests by tier (share %, stacked)",
+            "Requests served by tier (%, stacked)",
         ),
         (
             _line(df, {q: (q, c) for q, c in LATENCY.items()}, "ms", ".3~g", width=2),
