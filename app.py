@@ -17,7 +17,7 @@ import duckdb
 import streamlit as st
 
 from cachemon import config
-from cachemon.clock import ahead, format_duration
+from cachemon.clock import ahead
 from cachemon.errors import CachemonError
 from cachemon.runner import selfcheck
 from cachemon.settings import Config
@@ -97,7 +97,7 @@ def _sidebar(cfg: Config) -> None:
             else:
                 st.caption(
                     f"Data {stamp(span[0])} – {stamp(span[1])} · "
-                    f"{'up to date' if age.total_seconds() < 60 else format_duration(age) + ' old'}"
+                    f"{'up to date' if age.total_seconds() < 60 else selfcheck.rough_age(age) + ' old'}"
                 )
         else:
             st.caption("No data yet")

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up and run cachemon on the embedded simulator: the job runner plus the
-# dashboard (http://127.0.0.1:8501). No credentials needed. Ctrl-C stops both.
+# Set up and run cachemon on the embedded simulator: the job runner, the
+# dashboard (http://127.0.0.1:8501) and the metrics API (`cachemon serve` on
+# 127.0.0.1, the port `[metrics] api_url` names). No credentials needed.
+# Ctrl-C stops them all.
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh requirements.txt
@@ -27,9 +29,23 @@ stop() {
 }
 trap stop EXIT INT TERM
 
-# The dashboard starts at once; it shows data as soon as the demo publishes.
+# The dashboard starts at once; while the first demo fills the store its pages
+# show the demo's progress, then the data as soon as the demo publishes.
 $PY -m streamlit run app.py &
 pids+=($!)
+# The metrics API on loopback, at the port the dashboard's link names (an
+# api_url on another host is someone else's server: nothing to start here).
+api_port=$("$PY" -c 'import urllib.parse; from cachemon import config
+u = urllib.parse.urlsplit(config.load().metrics.api_url)
+if u.scheme == "http" and u.hostname in ("127.0.0.1", "localhost"):
+    print(u.port or 80)' || true)
+if [ -n "$api_port" ]; then
+  mkdir -p data
+  # Its access log would drown the terminal: it goes to a file.
+  $PY -m cachemon serve --host 127.0.0.1 --port "$api_port" > data/serve.log 2>&1 &
+  pids+=($!)
+  echo "cachemon: metrics API on http://127.0.0.1:$api_port (log: data/serve.log)" >&2
+fi
 if [ ! -f "$CACHEMON_DB" ]; then
   $PY -m cachemon demo --days "${DEMO_DAYS:-7}"
 fi

@@ -62,6 +62,19 @@ SELECT k.key_id, c.endpoint, k.edge, k.kv, k.r2, k.api, k.errors, k.fill_errors,
 FROM k JOIN cache_keys c ON c.key_id = k.key_id JOIN f ON f.key_id = k.key_id
 """
 CLASS_COUNTS = "SELECT class, count(*) FROM opt_keys GROUP BY class"
+# The key table's class over a class window instead of its own window (the
+# Top keys page): the same rule on each key's rate there; a key without
+# requests in it is cold. The table is rebuilt, not updated: an UPDATE of
+# every row is several times slower in DuckDB. Parameters: `key_ranges` of
+# the class window, $days.
+RECLASS = f"""
+CREATE OR REPLACE TEMP TABLE opt_keys AS
+SELECT o.* REPLACE ({key_class_sql("coalesce(r.requests, 0) / $days")} AS class)
+FROM opt_keys o LEFT JOIN (
+    SELECT key_id, sum(edge + kv + r2 + api) AS requests FROM ({KEY_ROWS})
+    WHERE key_id IN (SELECT key_id FROM opt_keys) GROUP BY key_id
+) r USING (key_id)
+"""
 # The dashboard's key table: filters are parameters (a NULL filter is off).
 _KEY_FILTER = """
 FROM opt_keys o JOIN cache_keys c USING (key_id)
@@ -135,19 +148,35 @@ class KeyPage:
     matching: int  # keys matching the filter (rows holds at most `limit`)
     window: Window  # the span counted (compacted hours at the ends count whole, as in metrics), to the data's end
     days: float
+    # The span the class column's rates are over (the data in it) and its days.
+    class_window: Window | None = None
+    class_days: float | None = None
 
 
 def key_page(
-    con: duckdb.DuckDBPyConnection, window: Window, at: datetime, f: KeyFilter = KeyFilter()
+    con: duckdb.DuckDBPyConnection,
+    window: Window,
+    at: datetime,
+    f: KeyFilter = KeyFilter(),
+    classes: Window | None = None,
 ) -> KeyPage:
     """The busiest keys of `window` matching `f`, with the same counts as
     the metrics' top keys. Hit rate and the tier shares are percentages of
-    each key's requests."""
+    each key's requests. The class (column and filter) is over `window`, or
+    over `classes` when given (the class window ending with it)."""
     span = topkeys.covered(con, window)
     data, days = _load_keys(con, span, at)
+    class_window, class_days = Window(data.start, data.end), days
+    if classes is not None:
+        counted = topkeys.covered(con, classes)
+        class_window, class_days = data_days(con, counted)
+        if (class_window, counted.end) != (data, span.end):  # else the classes are these
+            p = key_ranges(class_window.start, counted.end)  # as _load_keys counts
+            con.execute(RECLASS, p | {"days": class_days})
     rows = con.execute(KEY_PAGE, f.params() | {"limit": f.limit}).df()
     shown = Window(span.start, max(span.start, data.end))
-    return KeyPage(rows, int(con.execute(KEY_COUNT, f.params()).fetchall()[0][0]), shown, days)
+    matching = int(con.execute(KEY_COUNT, f.params()).fetchall()[0][0])
+    return KeyPage(rows, matching, shown, days, class_window, class_days)
 
 
 def class_counts(con: duckdb.DuckDBPyConnection) -> dict[KeyClass, int]:

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -26,24 +25,6 @@ from cachemon.clock import DAY, floor_to
 from cachemon.errors import InputError
 from cachemon.redact import MARK, Redactor
 from cachemon.store.views import SCHEMA
-
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def safe_text(value):
-    """`value` with a leading apostrophe when a spreadsheet would read it as a formula."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        return "'" + value
-    return value
-
-
-def csv_bytes(df: pd.DataFrame) -> bytes:
-    """UTF-8 CSV of `df`, text cells neutralised against formula injection."""
-    out = df.copy()
-    for col in out.columns:
-        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
-            out[col] = out[col].map(safe_text)
-    return out.to_csv(index=False).encode("utf-8")
 
 
 # Parquet export: each dataset is one analyst view, written per UTC day to

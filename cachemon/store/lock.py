@@ -141,7 +141,7 @@ def _holder(fd: int) -> str:
     except OSError:
         text = ""
     m = re.match(r"pid (\d+) ", text)
-    if m and _running(int(m.group(1))):
+    if m and running(int(m.group(1))):
         return text
     if m:
         return (
@@ -153,7 +153,8 @@ def _holder(fd: int) -> str:
     )
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Whether process `pid` exists (on this host; under any user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -27,12 +27,13 @@ aggregated in full.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import duckdb
 import pandas as pd
 
 from cachemon.clock import DAY, HOUR, MINUTE, Window, ceil_to, floor_to
+from cachemon.errors import InputError
 from cachemon.store import horizons
 from cachemon.store.queries import KEY_ROWS, key_ranges
 
@@ -161,14 +162,30 @@ KEY_TEXT = "SELECT key_id, key, endpoint FROM cache_keys WHERE key_id IN (SELECT
 COMPACTED_HOUR = "SELECT 1 FROM key_hour WHERE hour = $hour LIMIT 1"
 
 
-# One key's hours: compacted hours from key_hour, the rest from key_minute.
+# One key's rows in buckets of $step seconds, each row at the resolution the
+# store keeps it: minutes from key_minute, compacted hours from key_hour, and
+# before the hour horizon whole days from key_day. `width` is the bucket's
+# length in seconds: the step, or the stored resolution where that is
+# coarser (a chart must not split an hour into minutes it does not have).
 KEY_SERIES = """
-SELECT t, sum(edge), sum(kv), sum(r2), sum(api), sum(errors) FROM (
-    SELECT hour AS t, edge, kv, r2, api, errors FROM key_hour WHERE key_id = $id AND hour >= $lo AND hour < $hi
+SELECT to_timestamp(floor(epoch(t) / greatest($step, res)) * greatest($step, res)) AS bucket,
+       greatest($step, res) AS width,
+       sum(edge), sum(kv), sum(r2), sum(api), sum(errors)
+FROM (
+    SELECT day AS t, 86400 AS res, edge, kv, r2, api, errors FROM key_day
+    WHERE key_id = $id AND day >= $d_lo AND day < $d_hi
     UNION ALL
-    SELECT date_trunc('hour', minute), edge, kv, r2, api, errors FROM key_minute
+    SELECT hour, 3600, edge, kv, r2, api, errors FROM key_hour
+    WHERE key_id = $id AND hour >= $h_lo AND hour < $hi
+    UNION ALL
+    SELECT minute, 60, edge, kv, r2, api, errors FROM key_minute
     WHERE key_id = $id AND minute >= $lo AND minute < $hi
-) GROUP BY t ORDER BY t
+) GROUP BY ALL ORDER BY bucket, width
+"""
+# Where the store keeps per-key counts only per hour in a window (compacted
+# minutes): the span of key_hour there.
+HOURLY_SPAN = """
+SELECT min(hour), max(hour) + INTERVAL 1 HOUR FROM key_hour WHERE hour >= $h_lo AND hour < $hi
 """
 KEY_ID = "SELECT key_id FROM cache_keys WHERE key = $key AND endpoint = $endpoint"
 
@@ -189,21 +206,61 @@ class TopKeys:
         return self.counted == self.window
 
 
+@dataclass(frozen=True)
+class KeySeries:
+    """One key's requests over a window in buckets of `step`: `rows` has
+    columns t (bucket start, UTC), width (the bucket's length), edge, kv,
+    r2, api, errors. Where the store keeps the key's counts only per hour
+    or day, a bucket is that long, never split: `coarse` lists each such
+    resolution with the span of the window it covers."""
+
+    rows: pd.DataFrame
+    window: Window
+    step: timedelta
+    coarse: tuple[tuple[timedelta, Window], ...]
+
+    @property
+    def exact(self) -> bool:
+        """Whether every bucket is `step` long (no coarser stored rows)."""
+        return not self.coarse
+
+
+SERIES_COLUMNS = ("t", "width", "edge", "kv", "r2", "api", "errors")
+
+
 def key_series(
-    con: duckdb.DuckDBPyConnection, key: str, endpoint: str, window: Window
-) -> pd.DataFrame:
-    """Requests per hour by tier (columns hour, edge, kv, r2, api, errors) of
-    one key over the hours that `window` touches; empty for an unknown key."""
+    con: duckdb.DuckDBPyConnection, key: str, endpoint: str, window: Window, step: timedelta
+) -> KeySeries:
+    """Requests of one key by tier over `window` in buckets of `step` (a
+    whole number of minutes), at the store's resolution where that is
+    coarser (see KeySeries); no rows for an unknown key."""
+    if step < MINUTE or step % MINUTE:
+        raise InputError(f"drill-down step {step} is not a whole number of minutes")
+    h = horizons.horizons(con)
+    lo, hi = window.start, window.end
+    p = {
+        "step": step.total_seconds(),
+        "lo": lo,
+        "hi": hi,
+        "h_lo": floor_to(lo, HOUR),
+        "d_lo": floor_to(lo, DAY),
+        # Days before the hour horizon have no hours left: key_day answers them.
+        "d_hi": min(h.hour, hi) if h.hour is not None else floor_to(lo, DAY),
+    }
+    coarse = []
+    if step < DAY and h.hour is not None and lo < h.hour:
+        coarse.append((DAY, Window(lo, min(h.hour, hi))))
+    if step < HOUR:
+        h_lo, h_hi = _run(con, HOURLY_SPAN, p)[0]
+        if h_lo is not None:
+            coarse.append((HOUR, Window(max(lo, h_lo), min(hi, h_hi))))
     ids = _run(con, KEY_ID, {"key": key, "endpoint": endpoint})
-    cols = ["hour", "edge", "kv", "r2", "api", "errors"]
-    if not ids:
-        return pd.DataFrame(columns=cols)
-    rows = _run(
-        con, KEY_SERIES, {"id": ids[0][0], "lo": floor_to(window.start, HOUR), "hi": window.end}
-    )
-    df = pd.DataFrame(rows, columns=cols)
-    df["hour"] = pd.to_datetime(df["hour"], utc=True)
-    return df.astype({c: float for c in cols[1:]})
+    rows = _run(con, KEY_SERIES, p | {"id": ids[0][0]}) if ids else []
+    df = pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
+    df["t"] = pd.to_datetime(df["t"], utc=True)
+    df["width"] = pd.to_timedelta(df["width"].astype(float), unit="s")
+    df = df.astype({c: float for c in SERIES_COLUMNS[2:]})
+    return KeySeries(df, window, step, tuple(coarse))
 
 
 def top_keys(

@@ -8,12 +8,13 @@ lives above them rather than in `cachemon.ingest.load`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cachemon.alerts import evaluate as alerts_evaluate
 from cachemon.argcheck import bounded
-from cachemon.clock import MINUTE, Window, days_span, floor_to
+from cachemon.clock import DAY, MINUTE, Window, days_span, floor_to
 from cachemon.costs import report
 from cachemon.ingest import load
 from cachemon.ingest import write as ingest_write
@@ -21,6 +22,7 @@ from cachemon.runner import runs as runner_runs
 from cachemon.settings import Config
 from cachemon.sources.simulator import Simulator
 from cachemon.store import db as store_db
+from cachemon.store import filling
 from cachemon.tuning import results
 
 # Demo windows: long enough to amortise per-statement costs, short enough
@@ -53,9 +55,28 @@ def demo(
     end = floor_to(now, MINUTE)
     # Whole minutes, as every stored window (a fraction of a day may not be).
     windows = Window(floor_to(end - span, MINUTE), end).split(DEMO_CHUNK)
-    with store_db.rebuilt(cfg.store.path, now) as aside:
-        events = _demo_into(aside, cfg, sim, windows, end, now, progress)
+    # The progress file outlives the rebuild: it goes once the store is published.
+    with (
+        filling.announced(cfg.store.path, (end - windows[0].start) / DAY) as announce,
+        store_db.rebuilt(cfg.store.path, now) as aside,
+    ):
+        days = _days_done(windows, announce, progress)
+        events = _demo_into(aside, cfg, sim, windows, end, now, days)
     return load.LoadSummary(load.SIMULATOR, events, len(windows), end)
+
+
+def _days_done(
+    windows: list[Window], announce: Callable[[float], None], progress: load.Progress | None
+) -> load.Progress:
+    """A progress callback (windows done of all) that also announces the
+    simulated days done in the store's progress file (`store.filling`)."""
+
+    def update(done: int, total: int) -> None:
+        announce(sum((w.end - w.start for w in windows[:done]), timedelta()) / DAY)
+        if progress:
+            progress(done, total)
+
+    return update
 
 
 def _demo_into(

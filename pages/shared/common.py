@@ -25,7 +25,7 @@ from streamlit.runtime.pages_manager import PagesManager
 
 from cachemon.alerts.health import Health, Issue
 from cachemon.alerts.rules import significant_decimals
-from cachemon.clock import Period, floor_to, format_duration, utcnow
+from cachemon.clock import Period, floor_to, utcnow
 from cachemon.costs.basis import Price
 from cachemon.errors import CachemonError, EmptyStoreError, StoreError
 from cachemon.metrics import window as metrics_window
@@ -181,7 +181,7 @@ def stale_banner(data_until: datetime | None, at: datetime) -> bool:
     age = at - data_until
     if age > config().metrics.stale_after:
         st.warning(
-            f"Stale data: the newest data is {format_duration(age)} old (until {stamp(data_until)}); "
+            f"Stale data: the newest data is {rough_age(age)} old (until {stamp(data_until)}); "
             "these are the last good numbers. Is the job runner (`python -m jobs`) running?"
         )
         return True

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation import GenerationMode
 
-from cachemon import config
+from cachemon import config, csvtext
 from cachemon import settings as cachemon_settings
 from cachemon.api.app import ApiSettings, create_app
 from cachemon.clock import Window, iso
@@ -29,7 +29,6 @@ from cachemon.ingest import load as ingest_load
 from cachemon.metrics import exposition
 from cachemon.metrics import window as metrics_window
 from cachemon.store import db as store_db
-from cachemon.store import export
 from tests.helpers import T0, config_error
 
 NOW = T0 + timedelta(hours=4)
@@ -172,7 +171,7 @@ def test_evil_keys_travel_intact_and_escaped(tmp_path, results):
     assert {k["key"] for k in json.loads(js)["topKeys"]} == read_back
     prom = exposition.render(m, timedelta(minutes=10))
     assert not any(k in prom for k in read_back) and "<script>" not in prom
-    csv = export.csv_bytes(pd.DataFrame({"key": sorted(read_back)})).decode()
+    csv = csvtext.csv_bytes(pd.DataFrame({"key": sorted(read_back)})).decode()
     assert "\n=HYPERLINK" not in csv and "'=HYPERLINK" in csv
     # Email: keys reach the cost report as evidence; its HTML escapes them, its subject has no line breaks.
     rec = optimize.Recommendation(

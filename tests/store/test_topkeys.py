@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cachemon.clock import Window
+from cachemon.clock import HOUR, Window
 from cachemon.ingest import keys
 from cachemon.ingest import write as ingest_write
 from cachemon.store import db as store_db
@@ -129,10 +129,10 @@ def test_key_series_counts_each_hour_once_from_hours_and_minutes(tmp_path):
         index="hour", columns="tier", values="sample_interval", aggfunc="sum", fill_value=0.0
     )
     with store_db.reader(path) as con:
-        got = topkeys.key_series(con, key, endpoint, window).set_index("hour")
+        got = topkeys.key_series(con, key, endpoint, window, HOUR).rows.set_index("t")
         compacted = con.execute("SELECT count(*) FROM key_hour").fetchall()[0][0]
         pending = con.execute("SELECT count(*) FROM key_minute").fetchall()[0][0]
-        assert topkeys.key_series(con, "<no such key>", endpoint, window).empty
+        assert topkeys.key_series(con, "<no such key>", endpoint, window, HOUR).rows.empty
     assert compacted and pending  # both tables contribute
     assert list(got.index) == list(truth.index) and len(got) == 4
     for tier in truth.columns:

@@ -1,0 +1,35 @@
+"""The one CSV rule (cachemon.csvtext): formulas neutralised, numbers kept."""
+
+import io
+
+import pandas as pd
+
+from cachemon import csvtext
+
+
+def test_formula_cells_are_neutralised_and_the_rest_round_trips():
+    df = pd.DataFrame(
+        {
+            "key": [
+                '=HYPERLINK("http://x")',
+                "+1",
+                "-2",
+                "@SUM(A1)",
+                "\tx",
+                "title:q=ok",
+                "<script>",
+            ],
+            "value": [1.5, 2, 3, 4, 5, 6, -7],
+        }
+    )
+    back = pd.read_csv(io.BytesIO(csvtext.csv_bytes(df)), keep_default_na=False)
+    assert list(back.key) == [
+        '\'=HYPERLINK("http://x")',
+        "'+1",
+        "'-2",
+        "'@SUM(A1)",
+        "\u2409x",  # a tab is made visible (␉), so it no longer leads a formula
+        "title:q=ok",
+        "<script>",
+    ]
+    assert list(back.value) == [1.5, 2, 3, 4, 5, 6, -7]  # numbers stay numbers, negatives too
