@@ -23,14 +23,14 @@ from cachemon.runner import selfcheck
 from cachemon.settings import Config
 from cachemon.store.queries import data_span
 from cachemon.timerange import stamp
-from pages.shared import common, timerange
+from pages.shared import apilink, common, timerange
 
 st.set_page_config(page_title="cachemon", page_icon=":bar_chart:", layout="wide")
 
 PAGES = (
     ("pages/overview.py", "Overview", ":material/monitoring:", None),
     ("pages/trends.py", "Trends", ":material/show_chart:", "trends"),
-    ("pages/topkeys.py", "Top keys", ":material/key:", "keys"),
+    ("pages/keys.py", "Top keys", ":material/key:", "keys"),
     ("pages/experiments.py", "Experiments", ":material/science:", "experiments"),
     ("pages/ttl.py", "TTL what-if", ":material/tune:", "ttl"),
     ("pages/alerts.py", "Alerts", ":material/notifications:", "alerts"),
@@ -105,7 +105,7 @@ def _sidebar(cfg: Config) -> None:
             common.runner_status(common.cached(_runner, common.now()))
         except CachemonError:
             pass  # no store yet: the page says how to fill it
-        st.link_button("Metrics API", cfg.metrics.api_url + "/metrics", icon=":material/api:")
+        apilink.api_link(cfg)
         if st.user.get("is_logged_in"):
             st.caption(f"Signed in as {st.user.get('email') or st.user.get('name')}")
             st.button("Log out", on_click=st.logout)

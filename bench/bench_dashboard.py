@@ -33,7 +33,7 @@ from cachemon.tuning.experiments import example_toml
 ROOT = Path(__file__).resolve().parent.parent
 
 OUT = ROOT / "bench" / "out"
-PAGES = ["overview", "trends", "topkeys", "experiments", "ttl", "alerts", "costs", "jobs"]
+PAGES = ["overview", "trends", "keys", "experiments", "ttl", "alerts", "costs", "jobs"]
 
 
 def build_store(days: int) -> tuple[Path, Path]:

@@ -11,6 +11,7 @@ environment (see README).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -308,6 +309,8 @@ class CostsConfig:
     # When the Worker reads R2 (Class B gets): "rehydration" (archived keys
     # only, the seed's flow) or "every_kv_miss" (see pricing.R2Lookup).
     r2_lookup: str = str(R2Lookup.REHYDRATION)
+    # Recommendations saving less (USD/day, list) are folded away on the Costs page.
+    min_saving: float = 0.01
 
     @property
     def r2_flow(self) -> R2Lookup:
@@ -322,6 +325,12 @@ class CostsConfig:
             raise ConfigError("[costs] value_bytes must be positive and edge_target in (0, 100]")
         if self.class_window < timedelta(days=1):
             raise ConfigError("[costs] class_window must be at least 1d")
+        # bool is an int; nan and inf compare false or make every saving "smaller".
+        m = self.min_saving
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < math.inf:
+            raise ConfigError(
+                f"[costs] min_saving = {m!r} must be a finite number of USD per day, 0 or more"
+            )
 
 
 @dataclass(frozen=True)

@@ -255,7 +255,7 @@ def _top_keys(report: metrics_report.MetricsReport, container) -> None:
         },
     )
     container.page_link(
-        "pages/topkeys.py", label="All keys, filters and drill-down", icon=":material/key:"
+        "pages/keys.py", label="All keys, filters and drill-down", icon=":material/key:"
     )
 
 

@@ -1,22 +1,35 @@
 """TTL what-if: predicted KV hit rate and cost per candidate TTL, next to
-the observed point, the recommendation and a draft experiment."""
+the observed point, the one TTL recommendation (the Costs page's) with the
+what-if's check of it, and a draft experiment. The endpoint is the global
+one (sidebar); for "all", a summary per endpoint."""
 
 from datetime import datetime, timedelta
 
 import duckdb
+import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
-from cachemon.clock import DAY, Window, format_duration, parse_duration
+from cachemon.clock import DAY, Window, format_duration
+from cachemon.costs import optimize
 from cachemon.errors import CachemonError
 from cachemon.pricing import days_in_month
 from cachemon.settings import Config
-from cachemon.store.queries import data_end
+from cachemon.store.queries import data_days, data_end
+from cachemon.timerange import stamp
 from cachemon.tuning import keyadvice
 from cachemon.tuning import whatif as tuning_whatif
-from pages.shared import common
+from pages.shared import common, ttlcharts
+
+EDGE_DEFAULT = "1h,6h,24h,48h"
+KEYS = 20  # busiest keys checked for a TTL of their own
+
+
+def _choices(con, cfg: Config, end: datetime, limit: timedelta) -> dict:
+    """The one TTL rule's choices (the Costs recommendation's), over the class window."""
+    return optimize.recommended_ttls(
+        con, cfg, Window(end - cfg.costs.class_window, end), end, limit
+    )
 
 
 def _load(
@@ -31,42 +44,59 @@ def _load(
 ):
     end = data_end(con, at)
     limit = timedelta(seconds=limit_s)
+    choice = _choices(con, cfg, end, limit)[endpoint]
+    # The recommended TTL is always predicted, whatever candidates were asked.
+    asked = sorted({*ttls, choice.recommended})
     w = tuning_whatif.whatif(
-        con,
-        cfg,
-        [endpoint],
-        list(ttls),
-        Window(end - timedelta(days=days), end),
-        end,
-        list(edge_ttls),
+        con, cfg, [endpoint], asked, Window(end - timedelta(days=days), end), end, list(edge_ttls)
     )[0]
-    keys = keyadvice.per_key(con, w, cfg.pricing, cfg.costs.value_bytes, days_in_month(end), limit)
-    return w, tuning_whatif.recommend(w, limit), keys
+    keys = keyadvice.per_key(
+        con, w, cfg.pricing, cfg.costs.value_bytes, days_in_month(end), limit, KEYS
+    )
+    return w, choice, keys
+
+
+def _load_all(con: duckdb.DuckDBPyConnection, cfg: Config, limit_s: float, at):
+    # The rule only: the what-if of every endpoint would take seconds at a
+    # month of traffic (its curves are one endpoint's, picked in the sidebar).
+    end = data_end(con, at)
+    covered, _ = data_days(con, Window(end - cfg.costs.class_window, end))
+    return covered, _choices(con, cfg, end, timedelta(seconds=limit_s))
 
 
 def page():
     cfg = common.page_start("TTL what-if")
     endpoints = [e for e, _ in cfg.costs.kv_ttl]
-    c1, c2, c3, c4 = st.columns([1, 2, 1, 1])
     chosen = common.endpoint()
-    endpoint = c1.selectbox(
-        "Endpoint",
-        endpoints,
-        index=endpoints.index(chosen) if chosen in endpoints else 0,
-        key="ttl_endpoint",
-    )
-    text = c2.text_input("Candidate KV TTLs", "6h,12h,24h,48h,7d", key="ttl_candidates")
-    days = c3.number_input("Days of traffic", 1, 30, 7, key="ttl_days")
-    limit_text = c4.text_input(
+    c1, c2, c3 = st.columns([2, 1, 1])
+    limit_text = c3.text_input(
         "Max staleness", format_duration(cfg.costs.max_kv_ttl), key="ttl_limit"
     )
-    edge_text = c2.text_input("Candidate edge TTLs", "1h,6h,24h,48h", key="ttl_edge")
     try:
-        ttls, limit = tuning_whatif.parse_ttls(text), parse_duration(limit_text, "Max staleness")
-        edge_ttls = tuning_whatif.parse_ttls(edge_text)
-        w, best, keys = common.cached(
+        limit = tuning_whatif.parse_staleness(limit_text, "Max staleness")
+    except CachemonError as exc:
+        common.show_error(exc)
+        return
+    if chosen not in endpoints:
+        _summary(cfg, limit)
+        return
+    days = c2.number_input("Days of traffic", 1, 30, 7, key="ttl_days")
+    current = dict(cfg.costs.kv_ttl)[chosen]
+    default = tuning_whatif.default_candidates(current, limit)
+    text = c1.text_input(
+        "Candidate KV TTLs",
+        "",
+        placeholder=", ".join(format_duration(t) for t in default),
+        help="Comma-separated; empty: the defaults shown, up to the staleness limit.",
+        key="ttl_candidates",
+    )
+    edge_text = c1.text_input("Candidate edge TTLs", EDGE_DEFAULT, key="ttl_edge")
+    try:
+        ttls = tuning_whatif.parse_ttls(text) if text.strip() else default
+        edge_ttls = tuning_whatif.parse_ttls(edge_text, "Candidate edge TTLs")
+        w, choice, keys = common.cached(
             _load,
-            endpoint,
+            chosen,
             tuple(ttls),
             tuple(edge_ttls),
             float(days),
@@ -76,60 +106,102 @@ def page():
     except CachemonError as exc:
         common.show_error(exc)
         return
+    _endpoint_page(cfg, w, choice, keys, limit, ttls)
+
+
+def _summary(cfg: Config, limit: timedelta) -> None:
+    try:
+        covered, choices = common.cached(_load_all, limit.total_seconds(), common.now())
+    except CachemonError as exc:
+        common.show_error(exc)
+        return
+    st.info(
+        "All endpoints: pick one in the sidebar for its what-if (curves, candidates, the "
+        "check of the recommendation) and a draft experiment."
+    )
+    now = common.now()
+    table = []
+    for endpoint, _ in cfg.costs.kv_ttl:
+        c = choices[endpoint]
+        running = tuning_whatif.running_experiments(cfg, endpoint, now)
+        table.append(
+            {
+                "endpoint": endpoint,
+                "current TTL": format_duration(c.current),
+                "recommended TTL": format_duration(c.recommended),
+                "saving USD/day": _usd(c.saving),
+                "churning warm keys": common.fmt(c.keys, "count"),
+                "their KV writes/day": common.fmt(c.writes, "count"),
+                "running experiment": ", ".join(x.name for x in running) or "—",
+            }
+        )
+    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
     st.caption(
-        f"{w.window} (UTC), {w.days:.2f} days of data · current TTL {format_duration(w.current_ttl)}: "
-        f"observed KV hit rate {w.observed_kv_hit_rate:.2f} %, predicted {w.current.kv_hit_rate:.2f} %"
+        f"Recommended TTL: the Costs recommendation's rule ({optimize.TTL_METHOD} "
+        f"{stamp(covered.start)} – {stamp(covered.end)}, up to {format_duration(limit)} "
+        "of staleness)."
+    )
+
+
+def _rate(p: tuning_whatif.Prediction, unit: str = "") -> str:
+    """A predicted KV hit rate with its standard error where one is stated,
+    flagged where approximate (longer than the replay's warm-up)."""
+    err = p.kv_hit_error
+    text = common.fmt(p.kv_hit_rate) + unit
+    if err is not None and np.isfinite(err):
+        text += f" ± {err:.2f}"
+    return text + ("" if p.warm else " (approximate)")
+
+
+def _usd(x: float) -> str:
+    """USD with cents, or '< $0.0001' where four decimals would show a saving as zero."""
+    return "< $0.0001" if 0 < x < 0.0001 else common.fmt(x, "usd")
+
+
+def _endpoint_page(cfg: Config, w, choice, keys, limit: timedelta, ttls) -> None:
+    st.caption(
+        f"{w.endpoint}: {stamp(w.window.start)} – {stamp(w.window.end)}, "
+        f"{common.fmt(w.days)} days of data · current TTL {format_duration(w.current_ttl)}: "
+        f"observed KV hit rate {common.fmt(w.observed_kv_hit_rate)} %, predicted "
+        f"{_rate(w.current, ' %')}"
     )
     method = f"Predictions: {w.method.name}. {w.method.note[0].upper()}{w.method.note[1:]}."
     if w.method.name == tuning_whatif.REPLAY:
         st.caption(method)
     else:
         st.warning(method)
-    st.plotly_chart(_curves(w), width="stretch")
+    left, right = st.columns(2)
+    hit, cost = ttlcharts.curves(w, choice.recommended, limit)
+    left.plotly_chart(hit, width="stretch")
+    right.plotly_chart(cost, width="stretch")
     cur = w.current
     st.dataframe(
         pd.DataFrame(
             [
                 {
-                    "TTL": format_duration(p.ttl),
-                    "KV hit %": p.kv_hit_rate,
-                    "± err": p.kv_hit_error,
-                    "hit % (not origin)": p.hit_rate,
-                    "KV reads/day": p.kv_reads,
-                    "KV writes/day": p.kv_writes,
-                    "R2 reads/day": p.r2_reads,
-                    "KV GB": p.stored_gb,
-                    "cost USD/day": p.cost,
-                    "Δ cost": p.cost - cur.cost,
-                    "Δ KV hit (points)": p.kv_hit_rate - cur.kv_hit_rate,
-                    "recommended": best is not None and p.ttl == best.ttl,
-                    "warmed up": p.warm,
+                    "TTL": format_duration(p.ttl)
+                    + (" (recommended)" if p.ttl == choice.recommended else ""),
+                    "KV hit %": _rate(p),
+                    "hit % (not origin)": common.fmt(p.hit_rate),
+                    "KV writes/day": common.fmt(p.kv_writes, "count"),
+                    "KV GB": common.fmt(p.stored_gb),
+                    "cost USD/day": common.fmt(p.cost, "usd"),
+                    "Δ cost USD/day": common.fmt(p.cost - cur.cost, "usd", signed=True),
+                    "Δ KV hit (points)": common.fmt(p.kv_hit_rate - cur.kv_hit_rate, signed=True),
                 }
                 for p in w.candidates
             ]
         ),
         hide_index=True,
         width="stretch",
+        column_config={
+            "TTL": st.column_config.TextColumn(width=130),
+            "KV hit %": st.column_config.TextColumn(width=190),
+        },
     )
     if w.edge:
-        st.caption(
-            f"Edge: current TTL {format_duration(w.current_edge_ttl)}, observed edge hit rate "
-            f"{w.observed_edge_hit_rate:.2f} % (the model fitted as {w.colos:.2f} equal colo caches)"
-        )
-        st.dataframe(
-            pd.DataFrame(
-                [
-                    {
-                        "edge TTL": format_duration(e.ttl),
-                        "edge hit %": e.edge_hit_rate,
-                        "KV lookups/day": e.kv_lookups,
-                    }
-                    for e in w.edge
-                ]
-            ),
-            hide_index=True,
-        )
-    _recommendation(w, best, limit, endpoint)
+        _edge(w)
+    _recommendation(cfg, w, choice, limit)
     st.subheader("Busy keys whose own TTL would pay")
     if keys:
         st.dataframe(
@@ -137,10 +209,10 @@ def page():
                 [
                     {
                         "key": k.key,
-                        "KV lookups/day": k.lookups,
-                        "KV hit %": k.kv_hit_rate,
+                        "KV lookups/day": common.fmt(k.lookups, "count"),
+                        "KV hit %": common.fmt(k.kv_hit_rate),
                         "TTL": format_duration(k.ttl),
-                        "saving USD/day": k.saving,
+                        "saving USD/day": _usd(k.saving),
                     }
                     for k in keys
                 ]
@@ -149,121 +221,83 @@ def page():
             width="stretch",
         )
     else:
-        st.caption("None of the 20 busiest keys at KV would be cheaper with a TTL of its own.")
+        st.caption(f"No key among the {KEYS} busiest at KV would be cheaper with a TTL of its own.")
 
 
-def _recommendation(w, best, limit, endpoint) -> None:
-    cur = w.current
-    if best is None:
-        st.warning(f"No candidate is within the staleness limit of {format_duration(limit)}.")
-    elif best.ttl == w.current_ttl:
-        st.success(
-            f"Keep {format_duration(best.ttl)}: no candidate within {format_duration(limit)} of staleness "
-            "costs less."
+def _edge(w) -> None:
+    st.caption(
+        f"Edge: current TTL {format_duration(w.current_edge_ttl)}, observed edge hit rate "
+        f"{common.fmt(w.observed_edge_hit_rate)} % (the model fitted as "
+        f"{common.fmt(w.colos)} equal colo caches)"
+    )
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "edge TTL": format_duration(e.ttl),
+                    "edge hit %": common.fmt(e.edge_hit_rate),
+                    "KV lookups/day": common.fmt(e.kv_lookups, "count"),
+                }
+                for e in w.edge
+            ]
+        ),
+        hide_index=True,
+    )
+
+
+def _recommendation(cfg: Config, w, choice, limit: timedelta) -> None:
+    """The one rule's TTL (what the Costs recommendation says), the
+    what-if's check of it, and a draft experiment unless one is running."""
+    rec, lim = choice.recommended, format_duration(limit)
+    basis = f"By {optimize.TTL_METHOD}, up to {lim} of staleness (the Costs recommendation)"
+    if w.current_ttl > limit:
+        st.warning(
+            f"The current TTL {format_duration(w.current_ttl)} is past the staleness limit of "
+            f"{lim}: the rule weighs TTLs up to the limit, and keeps the current one when none "
+            "of them costs less."
+        )
+    if not choice.changes:
+        st.success(f"Keep {format_duration(rec)}. {basis}: no option saves anything.")
+        return
+    st.success(
+        f"Recommended: {format_duration(w.current_ttl)} → {format_duration(rec)}. {basis}: "
+        f"saves {common.fmt(choice.saving, 'usd')}/day on {choice.keys:,} warm keys written "
+        f"{common.fmt(choice.writes, 'count')} times/day."
+    )
+    ck = tuning_whatif.check(w, rec)
+    said = f"The {w.method.name} of the last {common.fmt(w.days)} days"
+    if ck.verdict == tuning_whatif.AGREES:
+        st.caption(
+            f"{said} agrees: {format_duration(rec)} costs "
+            f"{common.fmt(ck.cost_change, 'usd', signed=True)}/day, KV hit rate "
+            f"{common.fmt(ck.kv_hit_change, signed=True)} points."
+        )
+    elif ck.verdict == tuning_whatif.DISAGREES:
+        st.warning(
+            f"{said} disagrees: {format_duration(rec)} costs "
+            f"{common.fmt(ck.cost_change, 'usd', signed=True)}/day against the current TTL. "
+            "Only an experiment will tell."
         )
     else:
-        st.success(
-            f"Recommended: {format_duration(best.ttl)}, the cheapest within {format_duration(limit)} of "
-            f"staleness ({best.cost - cur.cost:+.4f} USD/day, KV hit rate "
-            f"{best.kv_hit_rate - cur.kv_hit_rate:+.2f} points). Prove it with an experiment:"
+        st.warning(
+            f"{said} cannot check {format_duration(rec)}: it is longer than the replay's "
+            f"{tuning_whatif.span_text(w.method.warmup or timedelta(0))} of warm-up, so its "
+            "figure is approximate. Only an experiment will tell."
         )
-        start = (common.now() + DAY).replace(hour=0, minute=0, second=0, microsecond=0)
-        st.code(
-            tuning_whatif.draft_experiment(endpoint, w.current_ttl, best.ttl, start),
-            language="toml",
+    now = common.now()
+    running = tuning_whatif.running_experiments(cfg, w.endpoint, now)
+    for x in running:
+        cohorts = ", ".join(f"{c.name} {format_duration(c.ttl)}" for c in x.cohorts)
+        st.warning(
+            f"Experiment {x.name} is already running on {w.endpoint} "
+            f"({stamp(x.start)} – {stamp(x.start + x.duration)}; {cohorts}): another one on "
+            "the same keys would confound both. Let it finish before starting this one."
         )
-
-
-def _curves(w: tuning_whatif.WhatIf) -> go.Figure:
-    """Predicted KV hit rate (with its ± one-standard-error band when
-    replayed) and cost over a continuous TTL axis, the candidates marked and
-    labelled, and the observed point at the current TTL."""
-    hours = [p.ttl.total_seconds() / 3600 for p in w.curve]
-    rate = [p.kv_hit_rate for p in w.curve]
-    now = w.current_ttl.total_seconds() / 3600
-    fig = make_subplots(
-        rows=1,
-        cols=2,
-        subplot_titles=(
-            f"KV hit rate % (share of requests), {w.method.name}",
-            "KV + R2 cost USD/day",
-        ),
-    )
-    if w.method.name == tuning_whatif.REPLAY:
-        err = [p.kv_hit_error or 0.0 for p in w.curve]
-        fig.add_trace(
-            go.Scatter(
-                x=hours + hours[::-1],
-                y=[r + e for r, e in zip(rate, err)] + [r - e for r, e in zip(rate, err)][::-1],
-                fill="toself",
-                line={"width": 0},
-                opacity=0.25,
-                name="± 1 standard error (sampling)",
-                hoverinfo="skip",
-            ),
-            row=1,
-            col=1,
-        )
-    fig.add_trace(go.Scatter(x=hours, y=rate, mode="lines", name=w.method.name), row=1, col=1)
-    labels = [format_duration(p.ttl) for p in w.candidates]
-    cand = [p.ttl.total_seconds() / 3600 for p in w.candidates]
-    fig.add_trace(
-        go.Scatter(
-            x=cand,
-            y=[p.kv_hit_rate for p in w.candidates],
-            mode="markers+text",
-            text=labels,
-            textposition="top center",
-            name="candidates",
-            marker={"size": 9},
-        ),
-        row=1,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=[now],
-            y=[w.observed_kv_hit_rate],
-            mode="markers",
-            name="observed (current TTL)",
-            marker={"size": 12, "symbol": "diamond"},
-        ),
-        row=1,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=hours, y=[p.cost for p in w.curve], mode="lines", name="cost", showlegend=False
-        ),
-        row=1,
-        col=2,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=cand,
-            y=[p.cost for p in w.candidates],
-            mode="markers+text",
-            text=labels,
-            textposition="top center",
-            showlegend=False,
-            marker={"size": 9},
-        ),
-        row=1,
-        col=2,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=[now],
-            y=[w.current.cost],
-            mode="markers",
-            name="current TTL (predicted)",
-            marker={"size": 12, "symbol": "diamond"},
-        ),
-        row=1,
-        col=2,
-    )
-    fig.update_xaxes(type="log", title_text="TTL (hours, log scale)")
-    return fig.update_layout(height=380, margin={"t": 40, "b": 10})
+    start = (now + DAY).replace(hour=0, minute=0, second=0, microsecond=0)
+    draft = tuning_whatif.draft_experiment(w.endpoint, w.current_ttl, rec, start)
+    label = "Draft experiment anyway" if running else "Prove it with an experiment"
+    with st.expander(label, expanded=not running):
+        st.code(draft, language="toml")
 
 
 page()

@@ -24,6 +24,7 @@ from datetime import timedelta
 from enum import StrEnum
 
 from cachemon.clock import DAY, Window, format_duration, iso, parse_instant
+from cachemon.timerange import stamp
 
 
 class Kind(StrEnum):
@@ -43,6 +44,12 @@ class Price(StrEnum):
 
 
 PRICES = "list = usage × price; billed = after the plan's included amounts"
+
+
+def between(w: Window) -> str:
+    """A window for people, in the one timestamp format (`timerange.stamp`):
+    '2026-12-01 14:15Z – 2026-12-01 20:15Z'."""
+    return f"{stamp(w.start)} – {stamp(w.end)}"
 
 
 def span(length: timedelta) -> str:
@@ -93,27 +100,29 @@ class Basis:
         unit = "USD/day" if self.kind is Kind.RATE else "USD"
         head = f"{price.capitalize() if price else 'List and billed'} {unit}"
         if self.kind is Kind.RATE:
-            out = f"{head}: a rate, the usage of {self.window} ({span(self.window.length)})"
+            out = (
+                f"{head}: a rate, the usage of {between(self.window)} ({span(self.window.length)})"
+            )
             out += " scaled to a day"
             if self.partial:
                 out += (
-                    f"; the data covers {span(self.covered.length)} of it ({self.covered}), "
+                    f"; the data covers {span(self.covered.length)} of it ({between(self.covered)}), "
                     "and the rate is from that"
                 )
         elif self.kind is Kind.MEASURED:
-            out = f"{head}: the usage of {self.window} as measured, not scaled"
+            out = f"{head}: the usage of {between(self.window)} as measured, not scaled"
             out += self._uncovered()
         elif self.kind is Kind.MONTH_TO_DATE:
-            out = f"{head}, month to date: the usage of {self.window}" + self._uncovered()
+            out = f"{head}, month to date: the usage of {between(self.window)}" + self._uncovered()
         else:
             with_data = f", {span(self.covered.length)} with data" if self.partial else ""
-            rate = f" at the daily rate of {self.rate}" if self.rate else ""
+            rate = f" at the daily rate of {between(self.rate)}" if self.rate else ""
             rc = self.rate_covered
             if self.rate and rc is not None and rc.length < self.rate.length:
                 rate += f" (from the {span(rc.length)} of it with data)"
             out = (
                 f"{head}, month-end forecast for {self.month}: the month to date "
-                f"({self.window}{with_data}) plus {self.days_left:.1f} days{rate}"
+                f"({between(self.window)}{with_data}) plus {self.days_left:.1f} days{rate}"
             )
         return out + self._billed(price)
 
@@ -131,7 +140,7 @@ class Basis:
         if self.covered.length <= timedelta(0):
             return "; there is no data in it, so nothing is priced"
         return (
-            f"; the data covers only {self.covered} ({span(self.covered.length)}), "
+            f"; the data covers only {between(self.covered)} ({span(self.covered.length)}), "
             "the rest is not priced"
         )
 

@@ -107,11 +107,23 @@ COLD_ENDPOINTS = (
     f"SELECT DISTINCT endpoint FROM opt_keys WHERE class = '{KeyClass.COLD}' AND age_days > $age"
 )
 # Warm keys whose fills (the tier-mix rule's KV writes) cost more than the KV
-# hits they serve.
-WARM_CHURN = f"""
-SELECT endpoint, kv_rate, {kv_writes_sql()} AS fills, kv, r2, api FROM opt_keys
+# hits they serve: the TTL rule's keys, from a relation with opt_keys' columns.
+_CHURN = f"""
+SELECT endpoint, kv_rate, {kv_writes_sql()} AS fills, kv, r2, api FROM {{keys}}
 WHERE class = '{KeyClass.WARM}' AND {kv_writes_sql()} * $write > kv * $read
 """
+WARM_CHURN = _CHURN.format(keys="opt_keys")
+# The same keys straight from the window's per-key rows, for a reader that
+# needs only them (the TTL page): no temp table, no first-seen ages.
+WARM_CHURN_OF_WINDOW = _CHURN.format(
+    keys=f"""(
+    SELECT c.endpoint, (k.kv + k.r2 + k.api) / $days AS kv_rate, k.kv, k.r2, k.api, k.fill_errors,
+           {key_class_sql("k.requests / $days")} AS class
+    FROM (SELECT key_id, sum(kv) AS kv, sum(r2) AS r2, sum(api) AS api,
+                 sum(fill_errors) AS fill_errors, sum(edge + kv + r2 + api) AS requests
+          FROM ({KEY_ROWS}) GROUP BY key_id) k
+    JOIN cache_keys c ON c.key_id = k.key_id)"""
+)
 
 
 def load_keys(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> float:
@@ -291,6 +303,100 @@ def ttl_cost(
     return mix.cost(pricing) + stored_gb * pricing["kv_storage"].price / month_days
 
 
+@dataclass(frozen=True)
+class TtlChoice:
+    """The one rule's TTL decision for an endpoint (`ttl_choices`): what the
+    Costs recommendation says and the TTL what-if page shows."""
+
+    endpoint: str
+    current: timedelta
+    recommended: timedelta  # the cheapest option when it saves something, else the current TTL
+    saving: float  # USD/day the churning keys save at `recommended` (0 when kept)
+    keys: int = 0  # warm keys whose KV writes cost more than the reads they serve
+    writes: float = 0.0  # their KV writes a day
+    reads: float = 0.0  # their KV hits a day
+    costs: tuple[tuple[timedelta, float], ...] = ()  # each option's USD/day for those keys
+
+    @property
+    def changes(self) -> bool:
+        return self.recommended != self.current
+
+
+# The method the rule predicts with, for every surface that shows its choice.
+TTL_METHOD = (
+    "the fixed-TTL model λT/(1+λT) per key on the warm keys whose KV writes cost more than "
+    "the reads they serve, over the class window"
+)
+
+
+def ttl_options(current: timedelta, max_ttl: timedelta) -> tuple[timedelta, ...]:
+    """The TTLs the rule weighs for an endpoint at `current`: `current` times
+    each of `TTL_FACTORS`, capped at the staleness limit `max_ttl` (so the
+    limit itself whenever a factor reaches past it), ascending."""
+    return tuple(sorted({min(current * f, max_ttl) for f in TTL_FACTORS}))
+
+
+def ttl_choices(
+    con: duckdb.DuckDBPyConnection,
+    days: float,
+    pricing: Pricing,
+    ttl: dict,
+    max_ttl: timedelta,
+    value_bytes: float,
+    at: datetime,
+    r2_lookup: R2Lookup = R2Lookup.REHYDRATION,
+    window: dict | None = None,
+) -> dict[str, TtlChoice]:
+    """The one rule deciding each endpoint's KV TTL (for every endpoint of
+    `ttl`, from the per-key table `load_keys` built): its warm keys whose KV
+    writes cost more than the KV reads they serve (a write is 10 reads at
+    list prices), priced under each of `ttl_options` by the fixed-TTL model;
+    the cheapest (ties: the shorter) when it saves something against the
+    current TTL, else the current one. An endpoint without such keys keeps
+    its TTL. The keys come from the per-key table `load_keys` built, or,
+    given `window` (`key_ranges` plus `days`), straight from that window's
+    per-key rows (the same keys, without the table's other columns)."""
+    w, r = pricing["kv_writes"], pricing["kv_reads"]
+    prices = {"write": w.price / w.per, "read": r.price / r.per}
+    churn = con.execute(
+        WARM_CHURN if window is None else WARM_CHURN_OF_WINDOW, prices | (window or {})
+    )
+    churn = churn.df()
+    month_days = days_in_month(at)
+    out = {e: TtlChoice(e, t, t, 0.0) for e, t in ttl.items()}
+    for endpoint, g in churn.groupby("endpoint"):
+        now_ttl = ttl.get(endpoint)
+        if now_ttl is None:
+            continue
+        lam = g["kv_rate"].to_numpy()
+        # Each key's own R2 and failure shares: archived keys rehydrate, others reach the origin.
+        misses = (g["r2"] + g["api"]).to_numpy()
+        r2_share, error_share = g["r2"].to_numpy() / misses, 1 - g["fills"].to_numpy() / misses
+
+        def cost(t: timedelta, lam=lam, r2_share=r2_share, error_share=error_share) -> float:
+            return float(
+                ttl_cost(
+                    lam, t / DAY, pricing, value_bytes, month_days, r2_share, error_share, r2_lookup
+                ).sum()
+            )
+
+        costs = tuple((t, cost(t)) for t in ttl_options(now_ttl, max_ttl))
+        best, at_best = min(costs, key=lambda tc: tc[1])  # the first (shortest) of equal costs
+        saving = cost(now_ttl) - at_best
+        keep = best == now_ttl or saving <= 0
+        out[endpoint] = TtlChoice(
+            endpoint,
+            now_ttl,
+            now_ttl if keep else best,
+            0.0 if keep else saving,
+            len(g),
+            float(g["fills"].sum() / days),
+            float(g["kv"].sum() / days),
+            costs,
+        )
+    return out
+
+
 def ttl_tuning(
     con: duckdb.DuckDBPyConnection,
     days: float,
@@ -301,54 +407,51 @@ def ttl_tuning(
     at: datetime,
     r2_lookup: R2Lookup = R2Lookup.REHYDRATION,
 ) -> Recommendation | None:
-    """Warm keys whose KV writes cost more than the KV reads they serve
-    (a write is 10 reads at list prices): per endpoint, the TTL (up to
-    `max_ttl`) that minimises writes plus storage under the fixed-TTL
-    model, and the saving."""
-    w, r = pricing["kv_writes"], pricing["kv_reads"]
-    churn = con.execute(WARM_CHURN, {"write": w.price / w.per, "read": r.price / r.per}).df()
-    month_days = days_in_month(at)
-    total, evidence, actions = 0.0, [], []
-    for endpoint, g in churn.groupby("endpoint"):
-        now_ttl = ttl.get(endpoint)
-        if now_ttl is None:
-            continue
-        lam, base = g["kv_rate"].to_numpy(), now_ttl / DAY
-        # Each key's own R2 and failure shares: archived keys rehydrate, others reach the origin.
-        misses = (g["r2"] + g["api"]).to_numpy()
-        r2_share, error_share = g["r2"].to_numpy() / misses, 1 - g["fills"].to_numpy() / misses
-        options = sorted({min(base * f, max_ttl / DAY) for f in TTL_FACTORS})
-        costs = {
-            t: float(
-                ttl_cost(
-                    lam, t, pricing, value_bytes, month_days, r2_share, error_share, r2_lookup
-                ).sum()
-            )
-            for t in options
-        }
-        best = min(costs, key=costs.get)
-        saving = costs[base] - costs[best]
-        if best == base or saving <= 0:
-            continue
-        total += saving
-        evidence.append(
-            f"{endpoint}: {len(g):,} warm keys written {g['fills'].sum() / days:,.0f} times/day, "
-            f"read back from KV {g['kv'].sum() / days:,.0f} times/day"
-        )
-        actions.append(f"{endpoint} KV TTL {_days(base)} → {_days(best)}")
-    if not actions:
+    """The endpoints whose TTL the one rule (`ttl_choices`) would change,
+    as a recommendation: the new TTLs, the warm churning keys' evidence and
+    the saving."""
+    choices = ttl_choices(con, days, pricing, ttl, max_ttl, value_bytes, at, r2_lookup)
+    changed = [c for c in sorted(choices.values(), key=lambda c: c.endpoint) if c.changes]
+    if not changed:
         return None
     # The costs layer sits below tuning, so this cannot call the sampled replay; say so.
-    evidence.append(
+    evidence = [
+        f"{c.endpoint}: {c.keys:,} warm keys written {c.writes:,.0f} times/day, "
+        f"read back from KV {c.reads:,.0f} times/day"
+        for c in changed
+    ] + [
         "Predicted by the fixed-TTL model λT/(1+λT) per key, not the sampled replay: "
         "check the TTL with `ttl whatif` (the TTL what-if page) before changing it"
-    )
+    ]
     return Recommendation(
         Kind.TTL_TUNING,
         "Warm keys are refreshed into KV more often than their reads justify",
         tuple(evidence),
-        "Increase " + "; ".join(actions),
-        total,
+        "Increase "
+        + "; ".join(
+            f"{c.endpoint} KV TTL {_days(c.current / DAY)} → {_days(c.recommended / DAY)}"
+            for c in changed
+        ),
+        sum(c.saving for c in changed),
+    )
+
+
+def recommended_ttls(
+    con: duckdb.DuckDBPyConnection,
+    cfg: Config,
+    window: Window,
+    at: datetime,
+    max_ttl: timedelta | None = None,
+) -> dict[str, TtlChoice]:
+    """Each endpoint's TTL choice by the one rule over the per-key rates of
+    `window` (the report's class window), as the Costs recommendation makes
+    it; `max_ttl` overrides the staleness limit `[costs] max_kv_ttl`."""
+    data, days = data_days(con, window)
+    c = cfg.costs
+    limit = c.max_kv_ttl if max_ttl is None else max_ttl
+    rows = key_ranges(data.start, window.end) | {"days": days}
+    return ttl_choices(
+        con, days, cfg.pricing, dict(c.kv_ttl), limit, c.value_bytes, at, c.r2_flow, rows
     )
 
 

@@ -144,12 +144,15 @@ def _bases(r: Report) -> dict:
         "basis": day.text(None),
         "basis_short": day.short(None),
         "forecast_basis": fc.text(None) if fc else None,
-        "saving_basis": (
-            f"list prices, per day at the keys' rates over {span(r.saving_days * DAY)} of data"
-            if r.saving_days
-            else "list prices, per day at the keys' rates over the class window"
-        ),
+        "saving_basis": saving_basis(r),
     }
+
+
+def saving_basis(r: Report) -> str:
+    """What a recommendation's saving is, in words (the email and the dashboard)."""
+    if r.saving_days:
+        return f"list prices, per day at the keys' rates over {span(r.saving_days * DAY)} of data"
+    return "list prices, per day at the keys' rates over the class window"
 
 
 def _view(r: Report, dashboard_url: str) -> dict:

@@ -14,7 +14,8 @@ the tier that served them:
   R2 or the origin served (`[costs] r2_lookup`).
 
 Measured usage (`costs.usage`), the per-key cost of an experiment
-(`tuning.analysis`), the fixed-TTL model's predictions (`tuning.whatif`) and
+(`tuning.analysis`) and of a key class (`costs.classes`, both
+`TierMix.request_cost`), the fixed-TTL model's predictions (`tuning.whatif`) and
 the optimiser (`costs.optimize`, in SQL through `kv_writes_sql`) all take
 these three numbers from here, each with the configured R2 flow;
 `tests/costs/test_tiermix.py` and `tests/costs/test_usage_rule.py` hold
@@ -113,6 +114,13 @@ class TierMix:
     def cost(self, pricing: Pricing) -> Amount:
         """List cost (USD) of the mix's KV reads, KV writes and R2 gets."""
         return sum(pricing[c].list_cost(self.units(c)) for c in COMPONENTS)
+
+    def request_cost(self, pricing: Pricing) -> Amount:
+        """List cost (USD) of the requests themselves: a Worker run each
+        plus the mix's KV reads, KV writes and R2 gets. The per-key cost
+        rule (an experiment's cost per request, the Costs page's cost of
+        each key class); storage and Analytics Engine are not per key."""
+        return pricing["workers_requests"].list_cost(self.requests) + self.cost(pricing)
 
 
 def kv_writes_sql(r2: str = "r2", api: str = "api", failed: str = "fill_errors") -> str:

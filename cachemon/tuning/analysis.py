@@ -213,7 +213,7 @@ def per_key(
         # Only errors of r2/api answers are failed fills (edge and KV errors write nothing).
         mix = TierMix(*(g[c].to_numpy() for c in (*TIERS, "fill_errors")), r2_lookup=r2_lookup)
         req = mix.requests
-        cost = pricing["workers_requests"].list_cost(req) + mix.cost(pricing)
+        cost = mix.request_cost(pricing)
         out[str(cohort)] = {
             "hits": (g.edge + g.kv).to_numpy(),
             "requests": req,

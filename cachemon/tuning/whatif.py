@@ -32,6 +32,7 @@ import duckdb
 import numpy as np
 
 from cachemon.clock import DAY, Window, format_duration, parse_duration
+from cachemon.costs.optimize import ttl_options
 from cachemon.costs.tiermix import TierMix
 from cachemon.errors import InputError
 from cachemon.pricing import Pricing, R2Lookup, days_in_month
@@ -39,7 +40,7 @@ from cachemon.settings import Config
 from cachemon.store import samples as store_samples
 from cachemon.store.samples import Samples
 from cachemon.tuning import shards
-from cachemon.tuning.experiments import example_toml
+from cachemon.tuning.experiments import Experiment, example_toml
 from cachemon.tuning.keyrates import (
     EdgePrediction,
     KeyRates,
@@ -56,6 +57,11 @@ from cachemon.tuning.keyrates import (
 WARMUP = timedelta(weeks=8)
 REPLAY = "sampled replay"
 MODEL = "model"
+# KV's expirationTtl limits: every TTL asked about lies between them.
+KV_MIN_TTL, KV_MAX_TTL = timedelta(seconds=60), timedelta(days=365)
+# The short TTLs every default candidate list shows (the long ones come from
+# the recommendation's options, up to the staleness limit).
+SHORT_TTLS = tuple(timedelta(hours=h) for h in (6, 12, 24, 48, 24 * 7))
 
 
 @dataclass(frozen=True)
@@ -348,10 +354,18 @@ def parse_ttls(text: str, option: str = "--ttl") -> list[timedelta]:
     out = [parse_duration(part.strip(), option) for part in text.split(",") if part.strip()]
     if not out:
         raise InputError(f"{option} needs at least one duration, e.g. 6h,12h,24h")
-    bad = [format_duration(t) for t in out if not timedelta(seconds=60) <= t <= timedelta(days=365)]
+    bad = [format_duration(t) for t in out if not KV_MIN_TTL <= t <= KV_MAX_TTL]
     if bad:
         raise InputError(f"{option} {', '.join(bad)}: a TTL must be between 60s and 365d")
     return out
+
+
+def parse_staleness(text: str, option: str = "--max-staleness") -> timedelta:
+    """A staleness limit: one duration within KV's TTL limits (a limit
+    outside them would allow or ask for TTLs KV refuses); errors name `option`."""
+    if "," in text:
+        raise InputError(f"{option} takes one duration, e.g. 30d, got {text!r}")
+    return parse_ttls(text, option)[0]
 
 
 def draft_experiment(
@@ -367,3 +381,62 @@ def draft_experiment(
         f"{format_duration(current)} (drafted by ttl whatif)",
         scheme=None,
     )
+
+
+def default_candidates(current: timedelta, max_staleness: timedelta) -> list[timedelta]:
+    """The candidates a what-if weighs unless told otherwise: a few short
+    TTLs and the options the TTL recommendation weighs (`costs.optimize.
+    ttl_options`: the current TTL's multiples up to the staleness limit), so
+    the limit itself is always among them; none above the limit."""
+    options = set(ttl_options(current, max_staleness)) | {max_staleness}
+    return sorted({t for t in SHORT_TTLS if t <= max_staleness} | options)
+
+
+def running_experiments(cfg: Config, endpoint: str, now: datetime) -> list[Experiment]:
+    """The configured experiments on `endpoint` running at `now` (started,
+    not yet over): a second one drafted on top would share its keys."""
+    return [
+        x
+        for x in cfg.experiments
+        if x.endpoint == endpoint and x.start <= now < x.start + x.duration
+    ]
+
+
+def at_ttl(w: WhatIf, ttl: timedelta) -> Prediction | None:
+    """The what-if's prediction at `ttl` (a candidate or the current TTL), None if not asked."""
+    if ttl == w.current_ttl:
+        return w.current
+    return next((p for p in w.candidates if p.ttl == ttl), None)
+
+
+# A what-if's verdict on a TTL (`check`).
+KEEP = "keep"  # the TTL is the current one
+AGREES = "agrees"  # predicted cheaper than the current TTL
+DISAGREES = "disagrees"  # predicted dearer
+UNCHECKED = "unchecked"  # longer than the replay's warm-up: its figure is approximate
+
+
+@dataclass(frozen=True)
+class Check:
+    """What the what-if says of one TTL (the recommendation's), against the current one."""
+
+    ttl: timedelta
+    verdict: str  # KEEP, AGREES, DISAGREES or UNCHECKED
+    prediction: Prediction | None  # None when the TTL was not asked
+    cost_change: float | None = None  # USD/day against the current TTL
+    kv_hit_change: float | None = None  # points of requests against the current TTL
+
+
+def check(w: WhatIf, ttl: timedelta) -> Check:
+    """The what-if's verdict on `ttl`: cheaper or dearer than the current
+    TTL by its own method, or unchecked where its figure is approximate
+    (longer than the replay's warm-up) or missing."""
+    p = at_ttl(w, ttl)
+    if ttl == w.current_ttl:
+        return Check(ttl, KEEP, p, 0.0, 0.0)
+    if p is None:
+        return Check(ttl, UNCHECKED, None)
+    dc, dh = p.cost - w.current.cost, p.kv_hit_rate - w.current.kv_hit_rate
+    if not p.warm:
+        return Check(ttl, UNCHECKED, p, dc, dh)
+    return Check(ttl, AGREES if dc <= 0 else DISAGREES, p, dc, dh)

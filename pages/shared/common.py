@@ -36,7 +36,7 @@ from cachemon.store import db as store_db
 from cachemon.store import snapshots
 from cachemon.timerange import TimeRange, around, link, stamp
 from cachemon.usecases import metrics_report
-from pages.shared import charts, timerange
+from pages.shared import charts, filling, timerange
 
 # Live pages refresh every REFRESH (CACHEMON_REFRESH_SECONDS, default 30);
 # reads within one refresh tick share a cache entry.
@@ -168,6 +168,9 @@ def cached(fn: Callable, *args):
 def show_error(exc: CachemonError) -> None:
     """An empty store gets instructions; any other error its message."""
     if isinstance(exc, EmptyStoreError):
+        if f := filling.filling(config()):  # the first demo is still building the store
+            filling.show_filling(f, config())
+            return
         st.info(HOW_TO_FILL)
         st.caption(str(exc))
     else:

@@ -122,8 +122,8 @@ def test_cli_dry_run_and_bad_date(db):
     assert "Cost Breakdown" in p.stdout and "Recommendations" in p.stdout
     # Each figure names its basis (#20): the day as measured and what part has data, the forecast's.
     assert (
-        "List and billed USD: the usage of [2026-11-19T00:00:00Z, 2026-11-20T00:00:00Z) "
-        "as measured, not scaled; the data covers only [2026-11-19T08:00:00Z" in p.stdout
+        "List and billed USD: the usage of 2026-11-19 00:00Z – 2026-11-20 00:00Z "
+        "as measured, not scaled; the data covers only 2026-11-19 08:00Z" in p.stdout
     )
     assert "- Total: $0.014 list, $0.00 billed (1d measured, 3h of it with data)" in p.stdout
     assert "month-end forecast for 2026-11: the month to date" in p.stdout

@@ -221,7 +221,7 @@ def test_month_to_date_storage_priced_for_the_days_with_data(late_store):
     assert b.window == Window(datetime(2026, 11, 1, tzinfo=UTC), AT)
     assert b.covered == Window(NOV20, AT)
     assert "5.5 days of it with data" in b.short()
-    assert "the data covers only [2026-11-20T00:00:00Z" in b.text()
+    assert "the data covers only 2026-11-20 00:00Z" in b.text()
 
 
 def test_a_rate_comes_from_the_part_of_the_window_with_data(late_store):
@@ -246,7 +246,7 @@ def test_every_figure_of_the_json_names_its_basis(late_store):
     assert per_day["kind"] == "rate" and not per_day["partial"]
     assert per_day["window"] == {"start": "2026-11-25T11:00:00Z", "end": "2026-11-25T12:00:00Z"}
     assert per_day["text"]["list"].startswith(
-        "List USD/day: a rate, the usage of [2026-11-25T11:00:00Z, 2026-11-25T12:00:00Z) (1h)"
+        "List USD/day: a rate, the usage of 2026-11-25 11:00Z – 2026-11-25 12:00Z (1h)"
     )
     assert "included amounts" in per_day["text"]["billed"]
     assert "/month figures are that rate × 30 days" in js["basis"]

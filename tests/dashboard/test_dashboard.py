@@ -32,7 +32,7 @@ from tests.helpers.servers import chromium, streamlit_server
 PAGES = {
     "overview": "pages/overview.py",
     "trends": "pages/trends.py",
-    "keys": "pages/topkeys.py",
+    "keys": "pages/keys.py",
     "experiments": "pages/experiments.py",
     "ttl": "pages/ttl.py",
     "alerts": "pages/alerts.py",
@@ -326,7 +326,9 @@ def test_costs_show_the_cost_block_and_the_report(past_store, monkeypatch):
     ]
     helps = [m.proto.help for m in at.metric]
     assert helps[0] == js["perDay"]["basis"]["text"]["list"] + f" ({basis.PRICES})."
-    assert "a rate, the usage of [" in helps[0] and "scaled to a day" in helps[0]
+    # Windows in the one timestamp format (`timerange.stamp`), not ISO brackets.
+    assert "a rate, the usage of " in helps[0] and "Z – " in helps[0] and "[" not in helps[0]
+    assert "scaled to a day" in helps[0]
     assert "month to date" in helps[2] and "month-end forecast" in helps[3]
     assert "whole month" in helps[4]
     lines = at.dataframe[0].value
@@ -378,11 +380,13 @@ def test_sidebar_shows_the_runner_and_failing_jobs(live_store, monkeypatch):
 
 def test_ttl_whatif_page_shows_the_library_predictions(live_store, monkeypatch):
     from cachemon.clock import Window as W
+    from cachemon.costs import optimize
     from cachemon.store.queries import data_span
     from cachemon.tuning import whatif as tuning_whatif
 
     db, cfg_file = live_store
-    at = _app(monkeypatch, db, cfg_file, "ttl", ttl_endpoint="title")
+    # The global endpoint (#21: the page's own Endpoint control is gone).
+    at = _app(monkeypatch, db, cfg_file, "ttl", endpoint="title")
     assert not at.main.error
     table = at.dataframe[0].value
     cfg = config.load(cfg_file, env={"CACHEMON_DB": str(db)})
@@ -390,20 +394,20 @@ def test_ttl_whatif_page_shows_the_library_predictions(live_store, monkeypatch):
         end = min(
             data_span(con)[1], floor_to(utcnow(), timedelta(seconds=30))
         )  # the page's refresh tick
+        limit = cfg.costs.max_kv_ttl
+        rec = optimize.recommended_ttls(con, cfg, W(end - cfg.costs.class_window, end), end)
+        rec = rec["title"].recommended
+        # The default candidates (#21: up to the staleness limit) and the recommended TTL.
+        ttls = tuning_whatif.default_candidates(timedelta(days=1), limit)
         w = tuning_whatif.whatif(
-            con,
-            cfg,
-            ["title"],
-            tuning_whatif.parse_ttls("6h,12h,24h,48h,7d"),
-            W(end - timedelta(days=7), end),
-            end,
+            con, cfg, ["title"], sorted({*ttls, rec}), W(end - timedelta(days=7), end), end
         )[0]
     # Within 0.05 points: a tick may pass between the page's read and this one.
-    assert list(table["KV hit %"]) == pytest.approx([p.kv_hit_rate for p in w.candidates], abs=0.05)
-    assert table["recommended"].sum() == 1
-    # A draft experiment when a candidate beats the current TTL, else "keep" and no draft.
-    best = tuning_whatif.recommend(w, cfg.costs.max_kv_ttl)
-    if best.ttl != w.current_ttl:
+    shown = table["KV hit %"].str.split().str[0].astype(float)
+    assert list(shown) == pytest.approx([p.kv_hit_rate for p in w.candidates], abs=0.05)
+    assert table["TTL"].str.endswith("(recommended)").sum() == 1
+    # A draft experiment when the recommendation changes the TTL, else "keep" and no draft.
+    if rec != w.current_ttl:
         assert "[[experiments]]" in at.code[0].value
     else:
         assert not at.code and any(x.value.startswith("Keep ") for x in at.success)
@@ -411,7 +415,7 @@ def test_ttl_whatif_page_shows_the_library_predictions(live_store, monkeypatch):
     # figures, with their sampling error.
     assert w.method.name == tuning_whatif.REPLAY
     assert any(x.value.startswith(f"Predictions: {tuning_whatif.REPLAY}.") for x in at.caption)
-    assert "± err" in table.columns and table["± err"].notna().all()
+    assert table["KV hit %"].str.contains(" ± ").all()
     at.text_input(key="ttl_candidates").input("6h,10s").run()
     assert any("between 60s and 365d" in e.value for e in at.error)
 
@@ -515,7 +519,7 @@ CHARTS = {
     "trends": 6,
     "keys": 1,
     "experiments": 1,
-    "ttl": 1,
+    "ttl": 0,  # endpoint "all": the summary table (the curves are one endpoint's)
     "alerts": 1,
     "costs": 2,
     "jobs": 1,
@@ -525,7 +529,7 @@ READY = {
     "trends": "Requests served by tier",
     "keys": "Drill-down",
     "experiments": "Promotions and rollbacks",
-    "ttl": "Busy keys whose own TTL would pay",
+    "ttl": "the Costs recommendation",  # the summary of all endpoints and one endpoint's page
     "alerts": "Silences",
     "costs": "Daily reports",
     "jobs": "Runs, last 24 hours",

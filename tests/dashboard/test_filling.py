@@ -26,25 +26,11 @@ from tests.helpers import ROOT
 DAYS = 2
 
 
-def _script():
-    """What a page does with an EmptyStoreError: the demo's progress if one runs."""
-    import streamlit as st
-
-    from cachemon import config
-    from pages.shared import filling as page_filling
-
-    cfg = config.load()
-    f = page_filling.filling(cfg)
-    if f:
-        page_filling.show_filling(f, cfg)
-    else:
-        st.write("not filling")
-
-
 def _app(monkeypatch, db) -> AppTest:
+    """The dashboard (app.py, the Overview) on `db`."""
     monkeypatch.setenv("CACHEMON_DB", str(db))
     monkeypatch.delenv("CACHEMON_CONFIG", raising=False)
-    at = AppTest.from_function(_script, default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -106,7 +92,9 @@ def test_a_first_demo_shows_its_progress_until_the_store_is_published(tmp_path, 
     assert not filling.progress_path(db).exists()
     with store_db.reader(db) as con:
         assert data_span(con) is not None
-    assert [m.value for m in _app(monkeypatch, db).markdown] == ["not filling"]
+    after = _app(monkeypatch, db)
+    assert not after.get("progress") and not any("Filling" in c.value for c in after.caption)
+    assert after.metric, "the Overview shows the data"
 
 
 def test_a_progress_file_whose_process_is_gone_is_stale(tmp_path, monkeypatch):
@@ -118,7 +106,8 @@ def test_a_progress_file_whose_process_is_gone_is_stale(tmp_path, monkeypatch):
     started = datetime(2026, 12, 1, 14, 15, tzinfo=UTC)
     filling.write(db, filling.Filling(started, 1.0, 7.0, dead_pid))
     assert filling.read(db) is None
-    assert [m.value for m in _app(monkeypatch, db).markdown] == ["not filling"]
+    after = _app(monkeypatch, db)
+    assert not after.get("progress") and any("The store is empty" in i.value for i in after.info)
     # The same file naming a live process is a filling in progress.
     filling.write(db, filling.Filling(started, 1.0, 7.0, os.getpid()))
     assert filling.read(db) == filling.Filling(started, 1.0, 7.0, os.getpid())
@@ -165,7 +154,7 @@ def test_a_file_that_is_not_a_progress_file_is_named(tmp_path, monkeypatch, body
         filling.read(db)
     assert str(filling.progress_path(db)) in str(err.value)
     at = _app(monkeypatch, db)
-    assert [m.value for m in at.markdown] == ["not filling"]
+    assert not at.get("progress") and any("The store is empty" in i.value for i in at.info)
     assert any(problem in c.value for c in at.caption)
 
 

@@ -2,7 +2,9 @@
 and endpoint set the sidebar, survive switching pages, a bad link is said,
 and dragging across a time chart zooms every page to that span."""
 
+import ast
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from cachemon.clock import floor_to, utcnow
 from cachemon.timerange import TimeRange
 from tests.dashboard.test_dashboard import _make_store
+from tests.helpers import ROOT
 from tests.helpers.servers import chromium, streamlit_server
 
 
@@ -80,3 +83,35 @@ def test_a_bad_link_is_said_and_the_page_still_works(server, page):
     sidebar = _sidebar(page)
     sidebar.get_by_text("unknown range '2w'", exact=False).wait_for(timeout=30_000)
     assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def test_every_url_path_is_its_scripts_name():
+    """Until `st.navigation` first runs, Streamlit routes a deep link by the
+    pages/ folder's file names: a URL path that differs from its script's
+    name (once /keys for pages/topkeys.py) shows "Page not found" on the
+    first visit after a start."""
+    tree = ast.parse((ROOT / "app.py").read_text())
+    (pages,) = [
+        ast.literal_eval(n.value)
+        for n in tree.body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "PAGES"
+    ]
+    assert len(pages) == 8
+    for path, _, _, url in pages:
+        assert url is None or Path(path).stem == url, (path, url)
+
+
+def test_the_first_visit_after_a_start_may_be_a_deep_link_with_a_range(tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    db, cfg_file = _make_store(tmp_path_factory.mktemp("deep"), utcnow(), hours=2)
+    with streamlit_server({"CACHEMON_DB": str(db), "CACHEMON_CONFIG": str(cfg_file)}) as url:
+        with sync_playwright() as p:
+            browser = chromium(p)
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(f"{url}/keys?range=24h")
+            page.get_by_text("Top keys").first.wait_for(timeout=60_000)
+            page.wait_for_timeout(3000)
+            assert page.get_by_text("Page not found").count() == 0
+            assert _query(page) == {"range": "24h"}
+            browser.close()

@@ -36,7 +36,7 @@ from tests.store.test_topkeys_classes import (
     key_events,
 )
 
-KEYS = "pages/topkeys.py"
+KEYS = "pages/keys.py"
 STEP_NAMES = {MINUTE: "minute", 5 * MINUTE: "5 minutes", HOUR: "hour"}
 
 HEADERS = ("key", "requests", "hit rate %", "USD/day")

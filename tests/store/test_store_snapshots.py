@@ -257,7 +257,7 @@ def test_a_store_from_a_newer_cachemon_is_one_line_on_every_read_path(two_hours,
     try:
         for page in (
             "overview",
-            "topkeys",
+            "keys",
             "trends",
             "costs",
             "alerts",

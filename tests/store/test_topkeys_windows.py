@@ -252,7 +252,7 @@ def test_overview_and_top_keys_page_agree(store, period):
         overview = metrics_report.build(
             con, _cfg(path), Period.parse(period), at, top=20, latest=True, costs=True
         ).metrics
-        window = Window.ending(data_end(con, at), length)  # as pages/topkeys.py does
+        window = Window.ending(data_end(con, at), length)  # as pages/keys.py does
         page = optimize.key_page(con, window, at, optimize.KeyFilter(limit=20))
     assert overview.window == window and overview.top_keys_exact
     shown = dict(zip(page.rows.key, page.rows.requests))

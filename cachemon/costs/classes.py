@@ -1,0 +1,153 @@
+"""Key classes by keys, requests and cost: what the hot, warm and cold keys
+of a window weigh.
+
+A key's class is the store's one rule (`store.queries.key_class_sql`) over
+its rate in `[costs] class_window` ending where the window ends (per day
+of the data there is, as the optimiser's per-key table has it), never over
+the window itself: an hour holds too few requests of any key to call it cold.
+The window then counts, per class, the keys it saw, their requests and
+what those requests cost: the per-key cost rule `TierMix.request_cost`
+(a Worker run each, KV reads, KV writes, R2 gets at list prices), summed
+over the class's keys. Storage and Analytics Engine are not per key, so
+they are in no class.
+
+The cost is given as a daily rate from the part of the window with data,
+as the page's headline is (`costs.basis`, Kind.RATE).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+
+import duckdb
+import numpy as np
+
+from cachemon.clock import DAY, Window
+from cachemon.costs.basis import Basis, Kind
+from cachemon.costs.tiermix import TierMix, kv_writes_sql
+from cachemon.settings import Config
+from cachemon.store import topkeys
+from cachemon.store.queries import (
+    CLASSES,
+    KEY_ROWS,
+    KeyClass,
+    data_days,
+    key_class_sql,
+    key_ranges,
+)
+
+# Per key of the window: requests by tier and the fills that wrote nothing
+# (r2 + api − the rule's KV writes, clipped per key as the rule is).
+RANGE_KEYS_TEMP = f"""
+CREATE OR REPLACE TEMP TABLE class_range AS
+SELECT key_id, edge, kv, r2, api, r2 + api - {kv_writes_sql()} AS failed_fills FROM (
+    SELECT key_id, sum(edge) AS edge, sum(kv) AS kv, sum(r2) AS r2, sum(api) AS api,
+           sum(fill_errors) AS fill_errors
+    FROM ({KEY_ROWS}) GROUP BY key_id
+) WHERE edge + kv + r2 + api > 0
+"""
+# The class of each key of the window: the one rule (`key_class_sql`) on its
+# requests per day over the class window's days of data, as the optimiser's
+# per-key table has it, for just these keys (a month of per-key rows grouped
+# for every key would take seconds).
+CLASS_OF_TEMP = f"""
+CREATE OR REPLACE TEMP TABLE class_of AS
+SELECT key_id, {key_class_sql("sum(edge + kv + r2 + api) / $days")} AS class
+FROM ({KEY_ROWS}) WHERE key_id IN (SELECT key_id FROM class_range) GROUP BY key_id
+"""
+# The same when the window is the class window (the 30d range at the default
+# class_window): its per-key sums are already in class_range.
+CLASS_OF_RANGE_TEMP = f"""
+CREATE OR REPLACE TEMP TABLE class_of AS
+SELECT key_id, {key_class_sql("(edge + kv + r2 + api) / $days")} AS class FROM class_range
+"""
+# A key of the window missing from the class window has no request in it:
+# a rate of 0, cold by the rule.
+CLASS_SUMS = f"""
+SELECT coalesce(o.class, '{KeyClass.COLD}') AS class, count(*), sum(r.edge), sum(r.kv),
+       sum(r.r2), sum(r.api), sum(r.failed_fills)
+FROM class_range r LEFT JOIN class_of o USING (key_id) GROUP BY 1
+"""
+
+
+@dataclass(frozen=True)
+class ClassShare:
+    """One class's keys, requests and cost (USD/day, list) in the window."""
+
+    klass: KeyClass
+    keys: int
+    requests: float
+    cost_per_day: float
+
+
+@dataclass(frozen=True)
+class ClassShares:
+    """Every class (in CLASSES order, empty ones too), the span counted and
+    the span the classes are from."""
+
+    rows: tuple[ClassShare, ...]
+    counted: Window  # the span the keys, requests and cost are counted over
+    basis: Basis  # the cost's: a rate from the part of `counted` with data
+    class_window: Window  # the classes' span (the part with data)
+    class_days: float  # its days: the rates divide by these
+
+    def total(self, measure: str) -> float:
+        """The sum of `keys`, `requests` or `cost_per_day` over the classes."""
+        return float(sum(getattr(r, measure) for r in self.rows))
+
+    def share(self, klass: KeyClass, measure: str) -> float | None:
+        """`klass`'s percentage of `measure`; None when the window has none."""
+        total = self.total(measure)
+        row = next(r for r in self.rows if r.klass is klass)
+        share = 100.0 * getattr(row, measure) / total if total > 0 else None
+        # An absurd count in an older store (inf) makes no share, not nan.
+        return share if share is not None and math.isfinite(share) else None
+
+
+def class_shares(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window) -> ClassShares:
+    """The keys, requests and cost of each class in `window` (widened to
+    what per-key rows count exactly, `store.topkeys.covered`), classes over
+    `[costs] class_window` ending with it."""
+    counted = topkeys.covered(con, window)
+    # The class window as the Top keys page takes it (`optimize.key_page`):
+    # widened to what per-key rows count exactly, its days those with data.
+    classed = topkeys.covered(con, Window(counted.end - cfg.costs.class_window, counted.end))
+    class_window, class_days = data_days(con, classed)
+    try:
+        con.execute(RANGE_KEYS_TEMP, key_ranges(counted.start, counted.end))
+        if counted == classed:  # the same rows: no data lies before the data's start
+            con.execute(CLASS_OF_RANGE_TEMP, {"days": class_days})
+        else:
+            con.execute(
+                CLASS_OF_TEMP, key_ranges(class_window.start, classed.end) | {"days": class_days}
+            )
+        sums = {KeyClass(c): rest for c, *rest in con.execute(CLASS_SUMS).fetchall()}
+    finally:
+        for table in ("class_range", "class_of"):
+            con.execute(f"DROP TABLE IF EXISTS {table}")  # a runner's connection lives on
+    keys = np.array([float(sums[c][0]) if c in sums else 0.0 for c in CLASSES])
+    edge, kv, r2, api, failed = (
+        np.array([float(sums[c][i] or 0.0) if c in sums else 0.0 for c in CLASSES])
+        for i in range(1, 6)
+    )
+    # The per-key rule on each class's sums: every term is linear in the
+    # counts, and `failed` holds the per-key clipped writes' complement, so
+    # this is the sum of the keys' own costs.
+    mix = TierMix(edge, kv, r2, api, failed, r2_lookup=cfg.costs.r2_flow)
+    covered = data_days(con, counted)[0]
+    length = covered.length if covered.length > timedelta(0) else counted.length
+    per_day = DAY / length if length > timedelta(0) else 0.0
+    cost = np.asarray(mix.request_cost(cfg.pricing), dtype=float) * per_day
+    requests = np.asarray(mix.requests, dtype=float)
+    return ClassShares(
+        tuple(
+            ClassShare(c, int(keys[i]), float(requests[i]), float(cost[i]))
+            for i, c in enumerate(CLASSES)
+        ),
+        counted,
+        Basis(Kind.RATE, counted, covered),
+        class_window,
+        class_days,
+    )
