@@ -9,6 +9,7 @@ tiles are the metrics report's (`cachemon metrics`, GET /metrics).
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 
 import duckdb
@@ -210,7 +211,7 @@ def _tier_share(report: metrics_report.MetricsReport, container) -> None:
             x=list(TIERS),
             y=shares,
             marker_color=[charts.TIER_COLOURS[t] for t in TIERS],
-            text=[f"{s:.1f} %" for s in shares],
+            text=[f"{s:.1f} %" if math.isfinite(s) else common.NA for s in shares],
             textposition="outside",
             hovertemplate="%{x}: %{y:.2f} % of requests<extra></extra>",
         )
@@ -219,7 +220,7 @@ def _tier_share(report: metrics_report.MetricsReport, container) -> None:
         title="Requests served by tier",
         yaxis_title="share of requests %",
         xaxis_title="tier (api = origin misses)",
-        yaxis_range=[0, max(100.0, *shares) * 1.1],
+        yaxis_range=[0, max([100.0, *(s for s in shares if math.isfinite(s))]) * 1.1],
         showlegend=False,
         margin={"t": 40, "b": 10},
     )
