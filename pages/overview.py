@@ -115,7 +115,9 @@ def _lines(
 def _tiles(report: metrics_report.MetricsReport, series: pd.DataFrame) -> None:
     for row in common.kpi_tiles(report):
         for col, tile in zip(st.columns(len(row)), row):
-            spark = series[SPARK[tile.key]].dropna() if tile.key in SPARK else None
+            spark = series[SPARK[tile.key]] if tile.key in SPARK else None
+            if spark is not None:
+                spark = spark[spark.map(math.isfinite)]  # gaps, and an older store's absurd rows
             col.metric(
                 tile.label,
                 tile.value,
