@@ -1,144 +1,249 @@
-"""Trends: 24 h / 7 d / 30 d charts with incident markers from alert history."""
+"""Trends: the selected range (the sidebar's, as every page) in equal time
+buckets: tier shares, latency percentiles, volume, errors, queue depth and
+the cost per day, with the alert periods as named bands and a "now" line on
+every time chart, all on the same x-range. Dragging across a chart zooms
+the range."""
+
+from __future__ import annotations
 
 from datetime import datetime
 
 import duckdb
 import pandas as pd
-import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from cachemon import timerange
 from cachemon.alerts import health
+from cachemon.clock import DAY, MINUTE, Window, floor_to
 from cachemon.costs import usage as costs_usage
 from cachemon.errors import CachemonError
+from cachemon.events import TIERS
 from cachemon.metrics import trends
 from cachemon.settings import Config
-from pages.shared import common
+from pages.shared import charts, common
+from pages.shared import timerange as shared_range
 
-TIER_COLOURS = {"edge": "#2563eb", "kv": "#16a34a", "r2": "#f59e0b", "api": "#dc2626"}
+LATENCY = {"p50": charts.GOOD, "p95": charts.WARN, "p99": charts.BAD}
+# The data table's columns, with units in the headers.
+TABLE = {
+    "time": "time (UTC)",
+    "requests": "requests",
+    "per_minute": "requests/min",
+    "combined_hit_rate": "hit rate %",
+    "edge_hit_rate": "edge %",
+    "kv_hit_rate": "KV %",
+    "r2_hit_rate": "R2 %",
+    "error_rate": "error rate %",
+    "p50": "p50 ms",
+    "p95": "p95 ms",
+    "p99": "p99 ms",
+    "queue_depth_max": "queue max",
+}
 
 
 def _load(
     con: duckdb.DuckDBPyConnection,
     cfg: Config,
-    range_name: str,
+    window: Window,
     endpoint: str | None,
-    at: datetime,
 ):
-    r = trends.parse_range(range_name)
-    window = trends.window_for(con, r, at)
+    step = timerange.step_for(window)
+    df = trends.trend(con, window, step, endpoint, gaps=True)
     return (
-        window,
-        trends.trend(con, window, r.step, endpoint),
+        df.assign(per_minute=df["requests"] / df["minutes"]),
         costs_usage.daily_costs(con, window, cfg),
         health.active_periods(con, window.start, window.end),
     )
 
 
-def _markers(fig: go.Figure, periods, window) -> go.Figure:
-    """Shade each alert's active period, labelled with its type (all shapes
-    set at once: Plotly's add_vrect per period is slow)."""
-    shapes, notes = [], []
-    for p in periods:
-        start, end = max(p.start, window.start), min(p.end or window.end, window.end)
-        shapes.append(
-            {
-                "type": "rect",
-                "xref": "x",
-                "yref": "paper",
-                "x0": start,
-                "x1": end,
-                "y0": 0,
-                "y1": 1,
-                "fillcolor": common.severity_shade(p.severity),
-                "line": {"width": 0},
-                "layer": "below",
-            }
-        )
-        notes.append(
-            {
-                "x": start,
-                "y": 1,
-                "xref": "x",
-                "yref": "paper",
-                "text": p.type,
-                "showarrow": False,
-                "xanchor": "left",
-                "yanchor": "bottom",
-                "font": {"size": 10},
-            }
-        )
-    return fig.update_layout(shapes=shapes, annotations=notes, **common.UTC_AXIS)
+def _hhmm(t: datetime) -> str:
+    return timerange.stamp(t)[11:]
 
 
-def _line(df: pd.DataFrame, columns: dict, title: str, y: str, **kw) -> go.Figure:
-    long = df.melt(id_vars="time", value_vars=list(columns), var_name="series", value_name=y)
-    long["series"] = long["series"].map(columns)
-    return px.line(long, x="time", y=y, color="series", title=title, **kw)
+def partial_label(row) -> str:
+    """How a partial day's bar is named: the part of the day it measured."""
+    start, end = pd.Timestamp(row["start"]), pd.Timestamp(row["end"])
+    day = pd.Timestamp(row["day"])
+    if start == day:
+        return f"partial (until {_hhmm(end)})"
+    if end == day + pd.Timedelta(DAY):
+        return f"partial (from {_hhmm(start)})"
+    return f"partial ({_hhmm(start)}–{_hhmm(end)})"
+
+
+def cost_figure(daily: pd.DataFrame) -> go.Figure:
+    """List cost per UTC day as bars that span the part of the day measured;
+    a partial day lighter and hatched, named "partial (until HH:MMZ)" in its
+    legend entry and hover, its cost that part's (never scaled up); the
+    billed cost as markers."""
+    fig = go.Figure()
+    mids = daily["start"] + (daily["end"] - daily["start"]) / 2
+    widths = (daily["end"] - daily["start"]).dt.total_seconds() * 1000
+    full = ~daily["partial"].astype(bool)
+    fig.add_bar(
+        x=mids[full],
+        y=daily.loc[full, "list"],
+        width=widths[full],
+        name="list USD, whole day",
+        marker_color=charts.NEUTRAL,
+        customdata=daily.loc[full, "day"].map(lambda d: timerange.stamp(d)[:10]),
+        hovertemplate="%{customdata}: $%{y:,.2f} list<extra>whole day</extra>",
+    )
+    for i in daily.index[~full]:
+        row = daily.loc[i]
+        label = partial_label(row)
+        fig.add_bar(
+            x=[mids[i]],
+            y=[row["list"]],
+            width=[widths[i]],
+            name=f"list USD, {label}",
+            marker={
+                "color": charts.NEUTRAL,
+                "opacity": 0.45,
+                "pattern": {"shape": "/", "solidity": 0.3},
+            },
+            hovertemplate=f"{timerange.stamp(row['day'])[:10]}: $%{{y:,.2f}} list, "
+            f"{label}: not scaled to a day<extra></extra>",
+        )
+    fig.add_scatter(
+        x=mids,
+        y=daily["billed"],
+        mode="markers",
+        name="billed USD (after included amounts)",
+        marker={"color": charts.WARN, "symbol": "diamond", "size": 9},
+        hovertemplate="$%{y:,.2f} billed<extra></extra>",
+    )
+    return fig.update_layout(barmode="overlay")
+
+
+def _line(df: pd.DataFrame, columns: dict, unit: str, hover: str, **line) -> go.Figure:
+    fig = go.Figure()
+    for col, (name, colour) in columns.items():
+        fig.add_scatter(
+            x=df["time"],
+            y=df[col],
+            name=name,
+            mode="lines",
+            line={"color": colour, **line},
+            hovertemplate=f"%{{y:{hover}}} {unit}<extra>{name}</extra>",
+        )
+    return fig
+
+
+def _tier_bars(df: pd.DataFrame, window: Window) -> go.Figure:
+    """Each bucket's requests by tier as stacked bars spanning the bucket's
+    part of the window: a bucket without data is a gap, not a zero."""
+    start = df["time"].clip(lower=pd.Timestamp(window.start))
+    width = df["minutes"] * 60_000  # ms, as a date axis measures bar widths
+    mid = start + pd.to_timedelta(df["minutes"] / 2, unit="min")
+    fig = go.Figure()
+    for t in TIERS:
+        fig.add_bar(
+            x=mid,
+            y=100 * df[t] / df["requests"],
+            width=width,
+            name="api (origin misses)" if t == "api" else t,
+            marker={"color": charts.TIER_COLOURS[t], "line": {"width": 0}},
+            hovertemplate=f"%{{y:.2f}} %<extra>{t}</extra>",
+        )
+    return fig.update_layout(barmode="stack", bargap=0, yaxis_range=[0, 100])
 
 
 def page():
     common.page_start("Trends")
-    range_name = (
-        st.segmented_control("Range", list(trends.RANGES), default="7d", key="trend_range") or "7d"
-    )
+    now, endpoint = common.now(), shared_range.endpoint()
+    window = shared_range.window(now)
     try:
-        window, df, daily, periods = common.cached(
-            _load, range_name, common.endpoint(), common.now()
-        )
+        df, daily, periods = common.cached(_load, window, endpoint)
     except CachemonError as exc:
         common.show_error(exc)
         return
-    common.stale_banner(window.end, common.now())
-    step = trends.RANGES[range_name].step
+    step = timerange.step_for(window)
+    has_data = df["requests"].notna()
+    if has_data.any() and not shared_range.current().custom:
+        # A range ending now: say so when its data ends long before now.
+        last = df.loc[has_data, "time"].max() + pd.Timedelta(step)
+        common.stale_banner(min(last, pd.Timestamp(window.end)).to_pydatetime(), now)
     st.caption(
-        f"{window} (UTC) in {int(step.total_seconds() // 60)}-minute buckets · "
-        f"{len(periods)} alert period(s) shaded · endpoint {common.endpoint() or 'all'}"
+        f"{shared_range.current().label}: {timerange.stamp(window.start)} – "
+        f"{timerange.stamp(window.end)} (UTC) in {common.fmt(step.total_seconds() / 60, 'count')}"
+        f"-minute buckets · {len(periods)} alert period(s) as bands · endpoint "
+        f"{endpoint or 'all'} · drag across a chart to zoom"
     )
-    if df.empty:
+    if not has_data.any():
         st.info("No requests in this range for this endpoint.")
         return
-    shares = df.assign(**{t: 100 * df[t] / df["requests"] for t in TIER_COLOURS})
-    long = shares.melt(
-        id_vars="time", value_vars=list(TIER_COLOURS), var_name="tier", value_name="share %"
-    )
-    fig = px.area(
-        long,
-        x="time",
-        y="share %",
-        color="tier",
-        color_discrete_map=TIER_COLOURS,
-        title="Requests served by tier (stacked share; hit rate = all but api)",
-    )
+    # The window of a preset ends at now floored to the minute: the now line is drawn there.
+    now = floor_to(now, MINUTE)
+    lo, hi = df["p50"].min(), df["p99"].max()
+    latency = (float(lo), float(hi)) if pd.notna(lo) and pd.notna(hi) and lo > 0 else None
     left, right = st.columns(2)
-    left.plotly_chart(_markers(fig, periods, window), width="stretch")
-    fig = _line(
-        df, {"p50": "p50", "p95": "p95", "p99": "p99"}, "Latency percentiles", "ms", log_y=True
-    )
-    right.plotly_chart(_markers(fig, periods, window), width="stretch")
-    volume = df.assign(rate=df["requests"] / df["minutes"])
-    fig = px.bar(volume, x="time", y="rate", title="Volume (weighted requests per minute)")
-    left.plotly_chart(_markers(fig, periods, window), width="stretch")
-    fig = px.line(df, x="time", y="error_rate", title="Error rate %")
-    right.plotly_chart(_markers(fig, periods, window), width="stretch")
-    fig = _line(
-        df, {"queue_depth_max": "max", "queue_depth_mean": "mean"}, "Queue depth", "messages"
-    )
-    left.plotly_chart(_markers(fig, periods, window), width="stretch")
-    if not daily.empty:
-        fig = px.bar(
-            daily.melt(
-                id_vars="day", value_vars=["list", "billed"], var_name="price", value_name="USD"
+    charts_ = (
+        (
+            _tier_bars(df, window),
+            "share of requests %",
+            False,
+            "Requests served by tier (%, stacked)",
+        ),
+        (
+            _line(df, {q: (q, c) for q, c in LATENCY.items()}, "ms", ".3~g", width=2),
+            "latency",
+            True,
+            "Latency percentiles (log scale)",
+        ),
+        (
+            _line(df, {"per_minute": ("requests", charts.NEUTRAL)}, "/min", ",.1f"),
+            "requests per minute",
+            False,
+            "Volume",
+        ),
+        (
+            _line(df, {"error_rate": ("errors", charts.BAD)}, "%", ".2f"),
+            "error rate %",
+            False,
+            "Error rate",
+        ),
+        (
+            _line(
+                df,
+                {
+                    "queue_depth_max": ("max", charts.WARN),
+                    "queue_depth_mean": ("mean", charts.NEUTRAL),
+                },
+                "messages",
+                ",.0f",
             ),
-            x="day",
-            y="USD",
-            color="price",
-            barmode="group",
-            title="Cost per day (a partial day scaled to a full one)",
-        )
-        right.plotly_chart(fig.update_layout(**common.UTC_AXIS), width="stretch")
+            "queue depth (messages)",
+            False,
+            "Queue depth",
+        ),
+    )
+    for i, (fig, y_title, log_y, title) in enumerate(charts_):
+        charts.time_axes(fig, window, now, y_title, periods, log_y=log_y, y_range=latency)
+        charts.titled(fig, title)
+        shared_range.zoomable(fig, f"trends-{i}", left if i % 2 == 0 else right)
+    if not daily.empty:
+        fig = cost_figure(daily)
+        charts.time_axes(fig, window, now, "USD per UTC day (partial: its part)", periods)
+        charts.titled(fig, "Cost per day (partial days hatched)", legend_rows=2)
+        shared_range.zoomable(fig, "trends-cost", right)
     with st.expander("Data"):
-        st.dataframe(df, hide_index=True, width="stretch")
+        table = df.loc[has_data, list(TABLE)].rename(columns=TABLE)
+        st.dataframe(
+            table,
+            hide_index=True,
+            width="stretch",
+            column_config={
+                TABLE["time"]: st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm[Z]"),
+                **{
+                    v: st.column_config.NumberColumn(v, format="%.2f")
+                    for k, v in TABLE.items()
+                    if k not in ("time", "requests", "queue_depth_max")
+                },
+                TABLE["requests"]: st.column_config.NumberColumn(format="localized"),
+            },
+        )
 
 
 page()

@@ -215,30 +215,40 @@ def daily_rate(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> B
     return price(per_day(measure(con, window, cfg)), cfg.pricing)
 
 
+DAILY_COLUMNS = ("day", "start", "end", "partial", "list", "billed", *COMPONENTS)
+
+
 def daily_costs(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> pd.DataFrame:
-    """List and billed cost of each UTC day in `window` with data (a day the
-    data covers in part scaled to a full day), with a column per
-    component's list cost."""
+    """List and billed cost of each UTC day in `window` with data, with a
+    column per component's list cost (columns DAILY_COLUMNS). `start` and
+    `end` are the part of the day measured: the day within the window and
+    the store's data. A day measured in part (today, the store's first day,
+    a day the window cuts) is flagged `partial` and costs what that part
+    used, never scaled up to a full day: a partial day's bar is lower
+    because it is partial, and says so."""
     span = data_span(con)
     if span is None:
-        return pd.DataFrame()
+        return pd.DataFrame(columns=list(DAILY_COLUMNS))
     lo, hi = max(window.start, span[0]), min(window.end, span[1])
     rows = []
     day = floor_to(lo, DAY)
     while day < hi:
         part = Window(max(day, lo), min(day + DAY, hi))
-        b = daily_rate(con, part, cfg)
+        b = price(measure(con, part, cfg), cfg.pricing)
         if b.usage.workers_requests:
             rows.append(
                 {
                     "day": day,
+                    "start": part.start,
+                    "end": part.end,
+                    "partial": part.length < DAY,
                     "list": b.list_total,
                     "billed": b.billed_total,
                     **{ln.component: ln.list_cost for ln in b.lines},
                 }
             )
         day += DAY
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(DAILY_COLUMNS))
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,35 @@
-"""Trends: the cache's figures over a long range in equal time buckets.
+"""Trends: the cache's figures over any window in equal time buckets.
 
-The dashboard's charts of hit rates, latency percentiles, volume, errors,
-queue depth; the cost per day is `cachemon.costs.usage.daily_costs`. Buckets are aligned to multiples of the step
-(UTC); the first is whole, the last ends where the data ends. Counts come
-from the hourly rollups when the step is whole hours (a month is 720 hours
-of rows, not 43,200 minutes), from the minute rollups otherwise; quantiles
-from each bucket's merged histogram, never averaged.
+The Overview's and the Trends page's charts of hit rates, latency
+percentiles, volume, errors and queue depth (the cost per day is
+`cachemon.costs.usage.daily_costs`). Buckets are aligned to multiples of the
+step since the epoch (UTC), so a window's first and last buckets may be cut
+by the window, or by where the store's data begins and ends: each row's
+`minutes` is the part of its bucket inside both, and rates per minute
+divide by it. Counts come from the hourly rollups for the window's whole
+hours when the step is whole hours (a month is 720 hours of rows, not
+43,200 minutes), from the minute rollups otherwise; quantiles from each
+bucket's merged histogram, never averaged.
+
+`coverage` is the share of a window the store has request data for: a
+comparison with a period that is mostly empty (the week before the store
+began) is not a change, and the dashboard says "n/a" instead.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from cachemon.clock import DAY, HOUR, MINUTE, Window, floor_to
+from cachemon.clock import DAY, HOUR, MINUTE, Window
 from cachemon.errors import InputError
 from cachemon.events import TIERS
 from cachemon.histogram import grouped_quantiles
 from cachemon.store import horizons
-from cachemon.store.queries import data_end, three_ranges, window_params
+from cachemon.store.queries import data_span, three_ranges, window_params
 
 # Bucket starts by epoch arithmetic: exact in UTC for any step.
 _BUCKET = "to_timestamp(floor(epoch({time}) / $step) * $step) AS b"
@@ -44,25 +51,16 @@ SELECT {_BUCKET.format(time="minute")}, max(value_max), sum(value_sum) / sum(sam
 FROM gauge_minute WHERE name = 'queue_depth' AND minute >= $lo AND minute < $hi
 GROUP BY b
 """
+# Minutes of a window with request data (any endpoint): a whole hour with a
+# row counts 60 minutes (older hours may have no minute rows left), the
+# ragged minutes at either end count one by one.
+COVERED_MINUTES = """
+SELECT (SELECT 60 * count(DISTINCT hour) FROM rollup_hour WHERE hour >= $h_lo AND hour < $h_hi)
+     + (SELECT count(DISTINCT minute) FROM rollup_minute WHERE minute >= $m1_lo AND minute < $m1_hi)
+     + (SELECT count(DISTINCT minute) FROM rollup_minute WHERE minute >= $m2_lo AND minute < $m2_hi)
+"""
+WEEK = 7 * DAY
 
-
-@dataclass(frozen=True)
-class Range:
-    """A trend range the dashboard offers, with its bucket size."""
-
-    name: str
-    length: timedelta
-    step: timedelta
-
-
-RANGES = {
-    r.name: r
-    for r in (
-        Range("24h", DAY, timedelta(minutes=15)),
-        Range("7d", 7 * DAY, HOUR),
-        Range("30d", 30 * DAY, 6 * HOUR),
-    )
-}
 COLUMNS = (
     "time",
     "minutes",
@@ -80,25 +78,19 @@ COLUMNS = (
 )
 
 
-def parse_range(text: str) -> Range:
-    """A Range by name (24h, 7d, 30d)."""
-    if text not in RANGES:
-        raise InputError(f"unknown trend range {text!r}: use one of {', '.join(RANGES)}")
-    return RANGES[text]
-
-
-def window_for(con: duckdb.DuckDBPyConnection, r: Range, at: datetime) -> Window:
-    """The range ending at the newest data before `at`, starting on a step
-    boundary (EmptyStoreError without data)."""
-    end = floor_to(data_end(con, at), MINUTE)
-    return Window(floor_to(end - r.length, r.step), end)
-
-
 def trend(
-    con: duckdb.DuckDBPyConnection, window: Window, step: timedelta, endpoint: str | None = None
+    con: duckdb.DuckDBPyConnection,
+    window: Window,
+    step: timedelta,
+    endpoint: str | None = None,
+    gaps: bool = False,
 ) -> pd.DataFrame:
     """One row per bucket of `window` with data, columns COLUMNS: requests
-    per tier, rates in percent, latency quantiles in ms, queue depth."""
+    per tier, rates in percent, latency quantiles in ms, queue depth, and
+    `minutes`, the part of the bucket inside the window and the store's data
+    span (what a rate per minute divides by). With `gaps`, also a
+    row for each bucket without data (NaN figures), so a chart shows a gap
+    where there is no data instead of a line across it."""
     if step % MINUTE or step <= timedelta(0):
         raise InputError(f"trend step must be whole minutes, got {step}")
     horizons.check_read(con, window.start, "the trend")
@@ -106,8 +98,14 @@ def trend(
     tiers = pd.DataFrame(
         con.execute(TIER_BUCKETS, p).fetchall(), columns=["time", "tier", "requests", "errors"]
     )
+    # The part of the window the store has data for: a bucket's rate per
+    # minute divides by its minutes in there (the store's first bucket, or
+    # the one where the data ends, is not a slow minute).
+    measured = _measured(con, window)
     if tiers.empty:
-        return pd.DataFrame(columns=COLUMNS)
+        df = pd.DataFrame(columns=list(COLUMNS)).astype(float)
+        df["time"] = pd.to_datetime(df["time"], utc=True)
+        return _with_gaps(df, measured, step, window) if gaps else df
     df = tiers.pivot_table(
         index="time", columns="tier", values="requests", aggfunc="sum", fill_value=0.0
     )
@@ -123,7 +121,7 @@ def trend(
         pd.to_datetime(cols["b"], utc=True), cols["bucket"], cols["weight"], (0.5, 0.95, 0.99)
     )
     for i, name in enumerate(("p50", "p95", "p99")):
-        df[name] = [q.get(t, (None,) * 3)[i] for t in df.index]
+        df[name] = [_float(q.get(t, (None,) * 3)[i]) for t in df.index]
     queue = {
         b: (float(mx), float(mean))
         for b, mx, mean in con.execute(
@@ -134,14 +132,81 @@ def trend(
     df["queue_depth_mean"] = [queue.get(t, (np.nan, np.nan))[1] for t in df.index]
     df = df.reset_index()
     df["time"] = pd.to_datetime(df["time"], utc=True)
-    ends = (df["time"] + step).clip(upper=pd.Timestamp(window.end))
-    df["minutes"] = (ends - df["time"]).dt.total_seconds() / 60
-    return df[list(COLUMNS)].sort_values("time", ignore_index=True)
+    df["minutes"] = _minutes_inside(df["time"], measured, step)
+    df = df[list(COLUMNS)].sort_values("time", ignore_index=True)
+    return _with_gaps(df, measured, step, window) if gaps else df
+
+
+def bucket_starts(window: Window, step: timedelta) -> pd.DatetimeIndex:
+    """The start of every bucket of `step` that overlaps `window` (aligned to
+    multiples of the step since the epoch, as `trend` buckets)."""
+    first = pd.Timestamp(window.start).floor(pd.Timedelta(step))
+    if window.end <= window.start:
+        return pd.DatetimeIndex([], tz="UTC")
+    return pd.date_range(first, pd.Timestamp(window.end), freq=step, inclusive="left")
+
+
+def shifted(
+    con: duckdb.DuckDBPyConnection,
+    window: Window,
+    step: timedelta,
+    endpoint: str | None = None,
+    by: timedelta = WEEK,
+) -> pd.DataFrame:
+    """The trend of the same window `by` earlier (default a week), its times
+    moved forward by `by` onto `window`, for an overlay ("same time last
+    week"). Buckets stay aligned when `by` is a multiple of `step`."""
+    if by % step:
+        raise InputError(f"a shift of {by} is not a whole number of {step} buckets")
+    earlier = trend(con, Window(window.start - by, window.end - by), step, endpoint, gaps=True)
+    return earlier.assign(time=earlier["time"] + pd.Timedelta(by))
+
+
+def coverage(con: duckdb.DuckDBPyConnection, window: Window) -> float:
+    """The share (0 to 1) of `window` with request data in the store, of any
+    endpoint: whole hours count by the hour, the ragged ends by the minute."""
+    minutes = window.length / MINUTE
+    if minutes <= 0:
+        return 0.0
+    (covered,) = con.execute(COVERED_MINUTES, window_params(window)).fetchone()
+    return min(1.0, float(covered or 0) / minutes)
+
+
+def _float(x) -> float:
+    return np.nan if x is None else float(x)
+
+
+def _measured(con: duckdb.DuckDBPyConnection, window: Window) -> Window:
+    """The part of `window` within the store's data span (empty: none)."""
+    span = data_span(con)
+    if span is None:
+        return Window(window.start, window.start)
+    lo = min(max(window.start, span[0]), window.end)
+    return Window(lo, max(lo, min(window.end, span[1])))
+
+
+def _minutes_inside(starts: pd.Series, measured: Window, step: timedelta) -> pd.Series:
+    """Each bucket's minutes inside the measured part of the window (the
+    first and last may be cut; a bucket outside it has none)."""
+    lo, hi = pd.Timestamp(measured.start), pd.Timestamp(measured.end)
+    ends = (starts + pd.Timedelta(step)).clip(upper=hi)
+    return (ends - starts.clip(lower=lo)).dt.total_seconds().clip(lower=0) / 60
+
+
+def _with_gaps(df: pd.DataFrame, measured: Window, step: timedelta, window: Window) -> pd.DataFrame:
+    starts = bucket_starts(window, step)
+    out = df.set_index("time").reindex(starts.union(pd.DatetimeIndex(df["time"])))
+    out.index.name = "time"
+    out = out.reset_index()
+    out["minutes"] = _minutes_inside(out["time"], measured, step)
+    return out[list(COLUMNS)]
 
 
 def _params(window: Window, step: timedelta) -> dict:
     seconds = int(step.total_seconds())
-    if step % HOUR == timedelta(0) and window.start == floor_to(window.start, HOUR):
+    if step % HOUR == timedelta(0):
+        # Whole hours lie inside one bucket each: the hourly rollups count
+        # them, the ragged minutes at the window's ends come from minutes.
         return window_params(window) | {"step": seconds}
     # Buckets shorter than an hour cannot use the hourly rollups.
     s, e = window.start, window.end

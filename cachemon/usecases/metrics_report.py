@@ -20,21 +20,36 @@ from cachemon.alerts import rules as alerts_rules
 from cachemon.clock import Period, Window
 from cachemon.costs import usage
 from cachemon.errors import CachemonError
-from cachemon.metrics import exposition
+from cachemon.metrics import exposition, trends
 from cachemon.metrics import window as metrics_window
 from cachemon.settings import Config
 
 COST_KPI = "cost"  # the list cost per day, beside the metrics' KPIs (metrics.KPI_LABELS)
 
 
+# A previous period with request data for less of its length than this is
+# not compared: "+20,952,399 requests" against a week before the store began
+# (or one it holds two days of) is the store's age, not a change.
+COMPARABLE_COVERAGE = 0.9
+
+
 @dataclass(frozen=True)
 class Previous:
     """The period just before a report's window, for comparison: its metrics
-    (None when the store has no request there) and its store-wide list cost
-    per day (None when the report has no costs or the period no data)."""
+    (None when the store has no request there), its store-wide list cost
+    per day (None when the report has no costs or the period no data), and
+    the share of it with data (`metrics.trends.coverage`)."""
 
     metrics: metrics_window.Metrics | None
     list_per_day: float | None
+    coverage: float = 1.0
+    window: Window | None = None
+
+    @property
+    def comparable(self) -> bool:
+        """Whether changes against this period mean anything: it has data
+        for at least COMPARABLE_COVERAGE of its length."""
+        return self.metrics is not None and self.coverage >= COMPARABLE_COVERAGE
 
 
 @dataclass(frozen=True)
@@ -57,12 +72,14 @@ class MetricsReport:
 
     def kpi_deltas(self) -> dict[str, float | None]:
         """Each KPI's change against the previous period (None where unknown:
-        no comparison asked, or no data in the previous period)."""
-        prev = self.previous.metrics if self.previous is not None else None
+        no comparison asked, or the previous period not `comparable`: no
+        data, or data for less than COMPARABLE_COVERAGE of it)."""
+        comparable = self.previous is not None and self.previous.comparable
+        prev = self.previous.metrics if comparable else None
         deltas = metrics_window.kpi_deltas(self.metrics, prev)
         if self.costs is None:
             return deltas
-        before = self.previous.list_per_day if self.previous is not None else None
+        before = self.previous.list_per_day if comparable else None
         return deltas | {
             COST_KPI: self.costs.daily.list_total - before if before is not None else None
         }
@@ -150,4 +167,4 @@ def _previous(
     cost = (
         usage.daily_rate(con, window, cfg).list_total if with_costs and prev is not None else None
     )
-    return Previous(prev, cost)
+    return Previous(prev, cost, trends.coverage(con, window), window)

@@ -213,3 +213,16 @@ def time_axes(
         latency_axis(fig, lo, hi)
         fig.update_layout(yaxis={"title": {"text": y_title}})
     return fig
+
+
+def titled(fig: go.Figure, title: str, legend_rows: int = 1) -> go.Figure:
+    """The chart's title at the top and its legend in a row above the plot
+    (not beside it: every chart of a row keeps the same plot width, and a
+    phone's narrow chart is not squeezed), with room for `legend_rows` rows
+    of legend (they wrap on a narrow screen)."""
+    return fig.update_layout(
+        title={"text": title, "y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 8}},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0, "title": None},
+        showlegend=True,
+        margin={"t": 60 + 22 * legend_rows, "b": 10},
+    )

@@ -34,7 +34,7 @@ from cachemon.settings import Config
 from cachemon.severity import HealthStatus, Severity
 from cachemon.store import db as store_db
 from cachemon.store import snapshots
-from cachemon.timerange import TimeRange, stamp
+from cachemon.timerange import TimeRange, around, link, stamp
 from cachemon.usecases import metrics_report
 from pages.shared import charts, filling, timerange
 
@@ -222,8 +222,10 @@ def runner_status(check: RunnerCheck) -> None:
 def issue_line(i: Issue) -> str:
     """One health issue as a markdown list item: a firing alert's value when
     it fired and its value now, each labelled with the rule's window (the
-    page's KPIs may cover another window)."""
-    return f"- **{i.severity}** since {stamp(i.since)}: {i.text}"
+    page's KPIs may cover another window), and a link to the Overview in the
+    hours around when it began."""
+    chart = link("", around(i.since))
+    return f"- **{i.severity}** since {stamp(i.since)}: {i.text} · [charts then]({chart})"
 
 
 def health_text(h: Health) -> str:
@@ -263,15 +265,27 @@ def fmt(value: float | None, kind: str = "num", signed: bool = False) -> str | N
     return f"{value:{sign}.{decimals}f}"
 
 
+NA = "n/a"  # a figure that cannot be given (never "None", "nan" or "inf")
+
+
 @dataclass(frozen=True)
 class Kpi:
-    """One KPI tile as the Overview draws it: label, value and change as text."""
+    """One KPI tile as the Overview draws it: label, value and change as text,
+    and how its change is coloured (`st.metric`'s delta_color: "normal" when
+    a rise is good, "inverse" when it is bad, "off" when it is neither or
+    the change is n/a)."""
 
     key: str
     label: str
     value: str | None
     delta: str | None
     lower_is_better: bool
+    delta_color: str = "normal"
+
+
+# KPIs whose change is neither good nor bad: more traffic, a larger share
+# served by R2 (better than the origin, worse than the edge and KV).
+KPI_NEUTRAL = {"requests", "r2"}
 
 
 KPI_ROWS = (
@@ -320,13 +334,19 @@ def kpi_tiles(report: metrics_report.MetricsReport) -> list[list[Kpi]]:
             if key not in values:
                 continue  # no costs block (an endpoint's report without costs)
             kind = {"requests": "count", cost: "usd"}.get(key, "num")
+            lower = key in metrics_window.KPI_LOWER_IS_BETTER | {cost}
+            delta = fmt(deltas[key], kind, signed=True)
+            if delta is None and report.previous is not None:
+                delta = NA  # compared, but the previous period has too little data
+            colour = "off" if delta == NA or key in KPI_NEUTRAL else "normal"
             tiles.append(
                 Kpi(
                     key,
                     labels[key],
                     fmt(values[key], kind),
-                    fmt(deltas[key], kind, signed=True),
-                    key in metrics_window.KPI_LOWER_IS_BETTER | {cost},
+                    delta,
+                    lower,
+                    "inverse" if lower and colour != "off" else colour,
                 )
             )
         rows.append(tiles)

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from cachemon import config
+from cachemon import config, timerange
 from cachemon.alerts import evaluate as alerts_evaluate
 from cachemon.alerts import health, readings
 from cachemon.alerts.rules import Rule, effective_rules
@@ -88,7 +88,9 @@ def test_health_gives_the_value_when_it_fired_and_now_with_their_windows(fired):
     assert js["values"]["now"]["windowEnd"] == iso(iso_minute(NOW))
     assert report.health == h and record.health == h
     banner = common.health_text(report.health)
-    assert f"- **critical** since {iso(FIRED)}: {issue.text}" in banner.splitlines()
+    then = timerange.link("", timerange.around(FIRED))
+    line = f"- **critical** since {timerange.stamp(FIRED)}: {issue.text} · [charts then]({then})"
+    assert line in banner.splitlines()
     assert common.issue_line(issue) in banner
 
 
@@ -129,11 +131,14 @@ def test_the_banner_text_labels_both_values_and_keeps_other_issues_plain():
         ),
         FIRED,
     )
+    # Each line links to the Overview in the hours around its start (#21).
+    then = "(/?from=2026-11-19T08:45Z&to=2026-11-19T10:45Z)"
     assert common.health_text(h) == (
         "Health: **critical**\n"
-        "- **critical** since 2026-11-19T09:45:00Z: Cache miss rate > 15.0%: 36.7% over 15m to "
-        "2026-11-19T09:45:00Z when it fired; 18.1% over 15m to 2026-11-19T10:10:00Z now\n"
-        "- **warning** since 2026-11-19T09:45:00Z: alert evaluation is overdue"
+        "- **critical** since 2026-11-19 09:45Z: Cache miss rate > 15.0%: 36.7% over 15m to "
+        "2026-11-19T09:45:00Z when it fired; 18.1% over 15m to 2026-11-19T10:10:00Z now"
+        f" · [charts then]{then}\n"
+        f"- **warning** since 2026-11-19 09:45Z: alert evaluation is overdue · [charts then]{then}"
     )
     assert h.to_json()["issues"][0]["values"]["atFiring"]["value"] == 36.7
     assert "values" not in h.to_json()["issues"][1]

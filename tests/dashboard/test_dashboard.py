@@ -19,9 +19,9 @@ from cachemon.costs import basis, report
 from cachemon.costs.basis import Basis, Price
 from cachemon.ingest import keys
 from cachemon.ingest import load as ingest_load
-from cachemon.metrics import trends
 from cachemon.runner import runs as runner_runs
 from cachemon.store import db as store_db
+from cachemon.store.queries import data_span
 from cachemon.timerange import TimeRange, stamp
 from cachemon.tuning import analysis as tuning_analysis
 from cachemon.tuning import promote, results, stats
@@ -214,18 +214,18 @@ def test_overview_shows_health_from_alert_states(live_store, monkeypatch):
 
 def test_trends_chart_the_library_series(live_store, monkeypatch):
     db, cfg_file = live_store
-    at = _app(monkeypatch, db, cfg_file, "trends")
+    # The page follows the sidebar's range (#21: its own Range control is gone).
+    at = _app(monkeypatch, db, cfg_file, "trends", period="7d")
     assert len(at.get("plotly_chart")) == 6
     shown = at.dataframe[0].value
     cfg = config.load(cfg_file, env={"CACHEMON_DB": str(db)})
     with store_db.reader(db) as con:
-        span_end = trends.window_for(con, trends.RANGES["7d"], utcnow()).end
-    assert shown["time"].iloc[-1] + trends.RANGES["7d"].step >= span_end
+        span_end = data_span(con)[1]
+    assert shown["time (UTC)"].iloc[-1] + HOUR >= span_end  # 7d: hourly buckets
     total = _cli_metrics(db, cfg_file, "--period", "24h")["volume"]["total_requests"]
     assert shown["requests"].sum() == pytest.approx(total, abs=0.5)  # six hours of data: all of it
-    at.segmented_control(key="trend_range").set_value("24h").run()
-    assert not at.exception
-    assert "15-minute buckets" in at.caption[0].value
+    at = _app(monkeypatch, db, cfg_file, "trends", period="24h")
+    assert any("in 5-minute buckets" in c.value for c in at.caption)
     assert at.dataframe[0].value["requests"].sum() == pytest.approx(total, abs=0.5)
     assert cfg.experiments  # the page read the same config
 

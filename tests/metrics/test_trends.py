@@ -76,16 +76,6 @@ def test_the_last_bucket_ends_with_the_window(loaded_store):
     assert list(got["minutes"]) == [60, 60, 20]
 
 
-def test_window_for_a_range_ends_with_the_data_on_a_step_boundary(loaded_store):
-    path, _ = loaded_store
-    with store_db.reader(path) as con:
-        w = trends.window_for(con, trends.RANGES["24h"], T0 + timedelta(days=2))
-    assert w.end == SPAN.end and w.start == SPAN.end - timedelta(days=1)
-    assert trends.parse_range("30d").step == timedelta(hours=6)
-    with pytest.raises(InputError, match="unknown trend range '2d': use one of 24h, 7d, 30d"):
-        trends.parse_range("2d")
-
-
 def test_daily_costs_price_each_days_requests(tmp_path):
     from tests.helpers import load, simulate
 
@@ -100,14 +90,16 @@ def test_daily_costs_price_each_days_requests(tmp_path):
     r = _requests(df)
     per_day = r.groupby(r.timestamp.dt.floor("D")).sample_interval.sum()
     assert list(got["day"]) == list(per_day.index)
-    # The first day is fully covered; the second covers 6 h of data, scaled to 24 h.
+    # The first day is fully covered; the second covers 6 h of data: its cost
+    # is those 6 hours', flagged partial, not scaled to 24 h (#21).
     price = DEFAULT["workers_requests"]
     assert got["workers_requests"].iloc[0] == pytest.approx(
         per_day.iloc[0] * price.price / price.per, rel=1e-9
     )
     assert got["workers_requests"].iloc[1] == pytest.approx(
-        per_day.iloc[1] * 4 * price.price / price.per, rel=1e-9
+        per_day.iloc[1] * price.price / price.per, rel=1e-9
     )
+    assert list(got["partial"]) == [False, True]
     assert np.all(got["list"] >= got["billed"])
 
 
