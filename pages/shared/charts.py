@@ -15,7 +15,7 @@ from datetime import datetime
 
 import plotly.graph_objects as go
 
-from cachemon.clock import Window
+from cachemon.clock import MINUTE, Window
 from cachemon.severity import Severity
 
 GOOD = "#16a34a"
@@ -173,7 +173,9 @@ def time_axes(
             rect, note = _band(p, window)
             shapes.append(rect)
             notes.append(note)
-    if window.start <= now <= window.end:
+    # A preset ends at the minute before now: within that minute the line marks the window's end.
+    if window.start <= now < window.end + MINUTE:
+        now = min(now, window.end)
         shapes.append(
             {
                 "type": "line",

@@ -25,7 +25,7 @@ from streamlit.runtime.pages_manager import PagesManager
 
 from cachemon.alerts.health import Health, Issue
 from cachemon.alerts.rules import significant_decimals
-from cachemon.clock import Period, floor_to, utcnow
+from cachemon.clock import floor_to, utcnow
 from cachemon.costs.basis import Price
 from cachemon.errors import CachemonError, EmptyStoreError, StoreError
 from cachemon.metrics import window as metrics_window
@@ -36,7 +36,7 @@ from cachemon.store import db as store_db
 from cachemon.store import snapshots
 from cachemon.timerange import TimeRange, around, link, stamp
 from cachemon.usecases import metrics_report
-from pages.shared import charts, filling, timerange
+from pages.shared import filling, timerange
 
 # Live pages refresh every REFRESH (CACHEMON_REFRESH_SECONDS, default 30);
 # reads within one refresh tick share a cache entry.
@@ -73,9 +73,6 @@ HEALTH_BANNER = {
     HealthStatus.DEGRADED: st.warning,
     HealthStatus.CRITICAL: st.error,
 }
-# One colour per severity (pages.shared.charts holds the palette).
-SEVERITY_COLOURS = charts.SEVERITY_COLOURS
-severity_shade = charts.severity_shade
 
 
 HOW_TO_FILL = """
@@ -124,11 +121,6 @@ def _leave_legacy_routing() -> None:
     (docs/dashboard.md says why the folder keeps its name)."""
     PagesManager.uses_pages_directory = False  # what st.navigation itself sets
     st.rerun()
-
-
-def period() -> Period:
-    """Deprecated: pages use `timerange.window(now)` (kept until every page moved)."""
-    return Period.parse(st.session_state.get("period", "1h"))
 
 
 def endpoint() -> str | None:
@@ -351,11 +343,3 @@ def kpi_tiles(report: metrics_report.MetricsReport) -> list[list[Kpi]]:
             )
         rows.append(tiles)
     return rows
-
-
-UTC_AXIS = {
-    "xaxis_title": "time (UTC)",
-    "hovermode": "x unified",
-    "legend_title_text": None,
-    "margin": {"t": 40, "b": 10},
-}

@@ -79,3 +79,13 @@ def test_an_improvement_is_never_red(delta, lower_is_better, colour):
 def test_origin_misses_are_in_the_warning_colour():
     assert charts.TIER_COLOURS["api"] == charts.WARN
     assert charts.WARN not in (charts.TIER_COLOURS[t] for t in ("edge", "kv", "r2"))
+
+
+def test_the_now_line_shows_within_the_minute_after_a_preset_window():
+    """A preset window ends at the minute before now (the page's 30 s tick
+    may be 40 s past it): the now line still shows, at the window's end."""
+    fig = charts.time_axes(go.Figure(), WINDOW, NOW + timedelta(seconds=40), "x")
+    (line,) = [s for s in fig.layout.shapes if s.type == "line"]
+    assert line.x0 == WINDOW.end
+    later = charts.time_axes(go.Figure(), WINDOW, NOW + timedelta(minutes=2), "x")
+    assert not [s for s in later.layout.shapes if s.type == "line"]
