@@ -335,18 +335,6 @@ def _timeline(periods: tuple[health.Period, ...], window: Window, now: datetime)
         color="severity",
         color_discrete_map=charts.SEVERITY_COLOURS,
     )
-    # Plotly reports a box selection only when it holds a point, and a timeline's bars
-    # cover only the alerts' periods: invisible points along the window let a drag over
-    # a quiet stretch zoom too.
-    grid = pd.date_range(window.start, window.end, freq=timerange.step_for(window))
-    fig.add_scatter(
-        x=grid,
-        y=[df["alert"].iloc[0]] * len(grid),
-        mode="markers",
-        marker={"opacity": 0},
-        hoverinfo="skip",
-        showlegend=False,
-    )
     charts.time_axes(fig, window, now, "alert")
     # One bar per alert: the hover names the bar under the pointer, not every bar at that time.
     fig.update_layout(hovermode="closest", height=140 + 30 * df["alert"].nunique())

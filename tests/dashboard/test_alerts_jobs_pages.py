@@ -7,6 +7,7 @@ import re
 import shutil
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlparse
 
 import pandas as pd
 import pytest
@@ -16,12 +17,13 @@ from streamlit.testing.v1 import AppTest
 
 from cachemon import config, timerange
 from cachemon.alerts import health, silences
-from cachemon.clock import DAY, MINUTE, floor_to, iso, utcnow
+from cachemon.clock import DAY, HOUR, MINUTE, floor_to, iso, utcnow
 from cachemon.errors import InputError
 from cachemon.store import db as store_db
 from cachemon.timerange import TimeRange
 from cachemon.usecases import demo
 from tests.helpers import EXPERIMENT_TOML, ROOT, SMALL
+from tests.helpers.servers import chromium, streamlit_server
 
 DEMO_DAYS = 2
 # Two always-firing rules (the critical one alphabetically last, so the form's
@@ -426,3 +428,48 @@ def test_a_notification_about_an_endpoint_or_store_wide_is_never_hidden(ours, ot
 def test_a_notification_about_other_endpoints_only_is_left_out(ours, others):
     members = ",".join(f"critical:probe[{e}]" for e in others)
     assert health.concerns(members, ours) == (ours in others)
+
+
+def test_dragging_across_a_quiet_stretch_of_the_alerts_timeline_zooms_to_it(store):
+    """In Chromium: a box drag over the timeline (a Plotly timeline, dates on
+    x), where no alert was active, sets the range to about that span."""
+    from playwright.sync_api import sync_playwright
+
+    db, cfg_file, _ = store
+    env = {"CACHEMON_DB": str(db), "CACHEMON_CONFIG": str(cfg_file)}
+    with streamlit_server(env) as url, sync_playwright() as p:
+        browser = chromium(p)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.goto(f"{url}/alerts?range=7d")
+        page.get_by_text("drag across the timeline", exact=False).wait_for(timeout=90_000)
+        caption = page.get_by_text("drag across the timeline", exact=False).inner_text()
+        lo, hi = (
+            datetime.strptime(s, "%Y-%m-%d %H:%MZ").replace(tzinfo=UTC)
+            for s in re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\dZ", caption)[:2]
+        )
+        area = page.locator(".js-plotly-plot .nsewdrag").first
+        area.wait_for(timeout=30_000)
+        area.scroll_into_view_if_needed()
+        page.wait_for_timeout(2000)  # the chart settles (a scroll, a resize) before the drag
+        box = area.bounding_box()
+        y = box["y"] + box["height"] / 2
+        # A tenth to three tenths of the week: days before the demo's two, no bar there.
+        x0, x1 = (box["x"] + box["width"] * f for f in (0.1, 0.3))
+        page.mouse.move(x0, y)
+        page.mouse.down()
+        for i in range(1, 11):
+            page.mouse.move(x0 + (x1 - x0) * i / 10, y)
+            page.wait_for_timeout(50)
+        page.mouse.up()
+        page.wait_for_function("location.search.includes('from=')", timeout=30_000)
+        query = parse_qs(urlparse(page.evaluate("location.href")).query)
+        browser.close()
+    got = [
+        datetime.strptime(query[k][0], "%Y-%m-%dT%H:%MZ").replace(tzinfo=UTC)
+        for k in ("from", "to")
+    ]
+    week = hi - lo
+    # The drag's ends on the axis, to a few pixels (the plot is ~800 px wide: ~15 min a pixel).
+    assert (
+        abs(got[0] - (lo + week / 10)) < 3 * HOUR and abs(got[1] - (lo + 3 * week / 10)) < 3 * HOUR
+    )
