@@ -54,7 +54,9 @@ def _load(
 def scope(window: Window, endpoint: str | None) -> str:
     """What the history below covers: the range's ends and the endpoint."""
     who = (
-        f"endpoint {endpoint}: its alerts and the store-wide ones" if endpoint else "every endpoint"
+        f"endpoint {md(endpoint)}: its alerts and the store-wide ones"
+        if endpoint
+        else "every endpoint"
     )
     return f"{timerange.stamp(window.start)} – {timerange.stamp(window.end)} (UTC) · {who}"
 
