@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from cachemon.clock import floor_to, utcnow
+from cachemon.clock import floor_to, parse_instant, utcnow
 from cachemon.timerange import TimeRange
 from tests.dashboard.test_dashboard import _make_store
 from tests.helpers import ROOT
@@ -101,17 +101,40 @@ def test_every_url_path_is_its_scripts_name():
         assert url is None or Path(path).stem == url, (path, url)
 
 
-def test_the_first_visit_after_a_start_may_be_a_deep_link_with_a_range(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
+def test_the_first_visit_after_a_start_may_be_a_deep_link_with_a_range(tmp_path_factory, page):
     db, cfg_file = _make_store(tmp_path_factory.mktemp("deep"), utcnow(), hours=2)
     with streamlit_server({"CACHEMON_DB": str(db), "CACHEMON_CONFIG": str(cfg_file)}) as url:
-        with sync_playwright() as p:
-            browser = chromium(p)
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.goto(f"{url}/keys?range=24h")
-            page.get_by_text("Top keys").first.wait_for(timeout=60_000)
-            page.wait_for_timeout(3000)
-            assert page.get_by_text("Page not found").count() == 0
-            assert _query(page) == {"range": "24h"}
-            browser.close()
+        page.goto(f"{url}/keys?range=24h")  # this server's first visit
+        page.get_by_text("Top keys").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(3000)
+        assert page.get_by_text("Page not found").count() == 0
+        assert _query(page) == {"range": "24h"}
+
+
+def test_dragging_across_a_time_chart_zooms_every_page(server, page):
+    """Grafana's drag-to-zoom: a box dragged across the Overview's first time
+    chart becomes the custom range, in the URL, and the next page keeps it."""
+    page.goto(f"{server}/?range=6h")
+    _ready(page)
+    plot = page.locator('[data-testid="stPlotlyChart"]').first
+    plot.locator(".nsewdrag").first.wait_for(timeout=60_000)
+    plot.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    box = plot.locator(".nsewdrag").first.bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + 0.40 * box["width"], y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.55 * box["width"], y, steps=8)
+    page.mouse.move(box["x"] + 0.70 * box["width"], y, steps=8)
+    page.mouse.up()
+    page.wait_for_url("**from=**", timeout=30_000)
+    q = _query(page)
+    tr = TimeRange.between(*(parse_instant(q[k]) for k in ("from", "to")))
+    # About 30 % of six hours, in the middle of the range.
+    assert timedelta(minutes=80) <= tr.end - tr.start <= timedelta(minutes=140), q
+    assert utcnow() - timedelta(hours=4) <= tr.start <= utcnow() - timedelta(hours=2), q
+    page.get_by_text(f"compared with the previous {tr.label}").wait_for(timeout=30_000)
+    page.locator('[data-testid="stSidebarNav"]').get_by_text("Trends").click()
+    page.wait_for_url("**/trends?**", timeout=30_000)
+    page.wait_for_timeout(1500)
+    assert _query(page) == q
