@@ -437,7 +437,9 @@ def test_dragging_across_a_quiet_stretch_of_the_alerts_timeline_zooms_to_it(stor
     from playwright.sync_api import sync_playwright
 
     db, cfg_file, _ = store
+    # No auto refresh while the test drags (a refresh redraws the chart and drops a drag).
     env = {"CACHEMON_DB": str(db), "CACHEMON_CONFIG": str(cfg_file)}
+    env["CACHEMON_REFRESH_SECONDS"] = "3600"
     with streamlit_server(env) as url, sync_playwright() as p:
         browser = chromium(p)
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
@@ -462,7 +464,7 @@ def test_dragging_across_a_quiet_stretch_of_the_alerts_timeline_zooms_to_it(stor
             page.mouse.move(x0 + (x1 - x0) * i / 10, y)
             page.wait_for_timeout(50)
         page.mouse.up()
-        page.wait_for_function("location.search.includes('from=')", timeout=30_000)
+        page.wait_for_function("location.search.includes('from=')", timeout=60_000)
         query = parse_qs(urlparse(page.evaluate("location.href")).query)
         browser.close()
     got = [
