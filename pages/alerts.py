@@ -1,6 +1,7 @@
 """Alerts: health, active alerts (each with its silence, a link to the Overview
-at its time, and why a no-data anomaly rule waits), their timeline,
-notifications and silences."""
+at its time, and why a no-data anomaly rule waits) and silences as of now;
+over the dashboard's time range (and endpoint), the timeline of active
+alerts, their state changes and the notifications."""
 
 import os
 from datetime import datetime, timedelta
@@ -26,8 +27,8 @@ from cachemon.severity import severity_rank
 from cachemon.store import db as store_db
 from cachemon.store.queries import data_span
 from pages.shared import charts, common
+from pages.shared import timerange as shared_range
 
-DAYS = 7  # the look-back of the timeline, the history and the notifications
 NONE = "—"
 MATCHER = "silence_matcher"  # the silence form's rule selector (preselected, see _preselect)
 NO_CHANNEL = "No notification channel is configured: alerts show here but nobody is notified."
@@ -36,19 +37,37 @@ NO_CHANNEL = "No notification channel is configured: alerts show here but nobody
 MARKDOWN_PUNCTUATION = frozenset("\\`*_{}[]()<>#+-.!|~:$&\"'=^%@,;?/")
 
 
-def _load(con: duckdb.DuckDBPyConnection, cfg: Config, now: datetime):
+def _load(
+    con: duckdb.DuckDBPyConnection,
+    cfg: Config,
+    window: Window,
+    endpoint: str | None,
+    now: datetime,
+):
     rules = alerts_rules.effective_rules(cfg.alerts)
     return (
-        health.record(con, now, cfg.alerts.evaluate_every, days=DAYS, rules=rules),
+        health.record_over(con, window, now, cfg.alerts.evaluate_every, rules, endpoint),
         data_span(con, now),
     )
+
+
+def scope(window: Window, endpoint: str | None) -> str:
+    """What the history below covers: the range's ends and the endpoint."""
+    who = (
+        f"endpoint {md(endpoint)}: its alerts and the store-wide ones"
+        if endpoint
+        else "every endpoint"
+    )
+    return f"{timerange.stamp(window.start)} – {timerange.stamp(window.end)} (UTC) · {who}"
 
 
 @st.fragment(run_every=common.REFRESH)
 def page():
     cfg, now = common.page_start("Alerts"), common.now()
+    endpoint = shared_range.endpoint()
+    window = shared_range.window(now)  # a custom range now in the future falls back here
     try:
-        d, span = common.cached(_load, now)
+        d, span = common.cached(_load, window, endpoint, now)
     except CachemonError as exc:
         common.show_error(exc)
         return
@@ -68,6 +87,10 @@ def page():
         key=lambda s: (s.state != State.FIRING, severity_rank(s.severity), s.since, s.key),
     )
     st.subheader(f"Rule instances not OK ({len(active)} of {len(d.states)})")
+    st.caption(
+        f"Now ({timerange.stamp(now)}), whatever the time range, on every endpoint; "
+        "so are the silences below."
+    )
     if not active:
         st.success("Every rule instance is OK.")
     for s in active:
@@ -79,13 +102,15 @@ def page():
             width="stretch",
             column_config=STATE_COLUMNS,
         )
-    st.subheader(f"Active alerts, last {DAYS} days (UTC)")
-    _timeline(d.periods, now)
-    with st.expander(f"State changes, last {DAYS} days ({len(d.history)})"):
+    st.subheader(f"Active alerts · {shared_range.current().label}")
+    st.caption(f"{scope(window, endpoint)} · drag across the timeline to zoom")
+    _timeline(d.periods, window, now)
+    newest = f", the newest {health.LIMIT}" if "history" in d.cut else ""
+    with st.expander(f"State changes in the range ({len(d.history)}{newest})"):
         st.dataframe(
             _history_frame(d.history), hide_index=True, width="stretch", column_config=HISTORY
         )
-    _notifications(cfg, d.notifications)
+    _notifications(cfg, d.notifications, "notifications" in d.cut, endpoint)
     names = sorted({s.type for s in d.states} | {s.rule for s in d.states})
     # The form preselects the first firing alert's rule (the list's first).
     firing = [s.rule for s in active if s.state == State.FIRING]
@@ -289,9 +314,9 @@ def periods_frame(periods: tuple[health.Period, ...], now: datetime) -> pd.DataF
     )
 
 
-def _timeline(periods: tuple[health.Period, ...], now: datetime) -> None:
+def _timeline(periods: tuple[health.Period, ...], window: Window, now: datetime) -> None:
     if not periods:
-        st.info(f"No alert was active in the last {DAYS} days.")
+        st.info("No alert was active in this range.")
         return
     df = pd.DataFrame(
         [
@@ -312,17 +337,22 @@ def _timeline(periods: tuple[health.Period, ...], now: datetime) -> None:
         color="severity",
         color_discrete_map=charts.SEVERITY_COLOURS,
     )
-    charts.time_axes(fig, Window(now - timedelta(days=DAYS), now), now, "alert")
+    charts.time_axes(fig, window, now, "alert")
     # One bar per alert: the hover names the bar under the pointer, not every bar at that time.
     fig.update_layout(hovermode="closest", height=140 + 30 * df["alert"].nunique())
-    st.plotly_chart(fig, width="stretch")
+    shared_range.zoomable(fig, "alerts-timeline")
     st.dataframe(
         periods_frame(periods, now), hide_index=True, width="stretch", column_config=PERIODS
     )
 
 
-def _notifications(cfg: Config, notifications: tuple[dict, ...]) -> None:
+def _notifications(
+    cfg: Config, notifications: tuple[dict, ...], cut: bool, endpoint: str | None
+) -> None:
     st.subheader("Notifications")
+    about = " about its alerts or store-wide ones" if endpoint else ""
+    newest = f"; the newest {health.LIMIT}" if cut else ""
+    st.caption(f"Created in the range{about}{newest}.")
     # The channels this process's environment can deliver to: the job runner,
     # which sends, is normally started with the same environment (run.sh).
     if not Transports.from_env(os.environ, strict=False).channels(cfg.notify):
@@ -332,7 +362,7 @@ def _notifications(cfg: Config, notifications: tuple[dict, ...]) -> None:
             "with ALERT_EMAIL, in the job runner's environment (see docs/alerts.md)."
         )
     if not notifications:
-        st.info(f"No notification in the last {DAYS} days.")
+        st.info("No notification in this range.")
         return
     st.dataframe(
         notifications_frame(notifications),

@@ -1,6 +1,7 @@
 """Reading the alert record: the health block, state-change history and
 the periods alerts were active (timelines, incident markers), and all of it
-at once for the dashboard's Alerts page (`record`)."""
+at once for the dashboard's Alerts page (`record_over` a window, for one
+endpoint or all; `record` for the last days)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from cachemon.alerts import lifecycle
 from cachemon.alerts.readings import AlertValues
 from cachemon.alerts.rules import Rule
 from cachemon.alerts.silences import active_silences
-from cachemon.clock import iso
+from cachemon.clock import Window, iso
 from cachemon.notify import outbox
 from cachemon.severity import HealthStatus, Severity, severity_rank
 from cachemon.store.queries import data_span
@@ -28,8 +29,11 @@ FROM alert_history WHERE changed_at <= $at GROUP BY rule, endpoint
 HISTORY = """
 SELECT changed_at AS at, rule, endpoint, type, severity, from_state, to_state, value, threshold, message
 FROM alert_history WHERE changed_at >= $since AND changed_at <= $until
+  AND ($endpoint IS NULL OR endpoint IN ($endpoint, ''))
 ORDER BY changed_at DESC, rule, endpoint LIMIT $limit
 """
+# The most rows of history and notifications the Alerts page lists (it says when it is cut).
+LIMIT = 200
 
 
 @dataclass(frozen=True)
@@ -129,10 +133,16 @@ def _values(con: duckdb.DuckDBPyConnection, rules: tuple[Rule, ...], active, at:
 
 
 def history(
-    con: duckdb.DuckDBPyConnection, since: datetime, until: datetime, limit: int = 200
+    con: duckdb.DuckDBPyConnection,
+    since: datetime,
+    until: datetime,
+    limit: int = LIMIT,
+    endpoint: str | None = None,
 ) -> list[dict]:
-    """State changes, newest first."""
-    cur = con.execute(HISTORY, {"since": since, "until": until, "limit": limit})
+    """State changes from `since` to `until` (both included), newest first;
+    with an `endpoint`, only its instances and the store-wide ones."""
+    params = {"since": since, "until": until, "limit": limit, "endpoint": endpoint}
+    cur = con.execute(HISTORY, params)
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r)) for r in cur.fetchall()]
 
@@ -152,18 +162,23 @@ class Period:
 PERIOD_CHANGES = """
 SELECT changed_at, rule, endpoint, type, severity, to_state, firing_since
 FROM alert_history WHERE changed_at <= $until AND (firing_since IS NOT NULL OR from_state IN ('firing', 'no_data', 'error'))
+  AND ($endpoint IS NULL OR endpoint IN ($endpoint, ''))
 ORDER BY rule, endpoint, changed_at
 """
 
 
 def active_periods(
-    con: duckdb.DuckDBPyConnection, since: datetime, until: datetime
+    con: duckdb.DuckDBPyConnection,
+    since: datetime,
+    until: datetime,
+    endpoint: str | None = None,
 ) -> list[Period]:
     """Periods of active alerts overlapping [since, until], for timelines
-    and incident markers."""
+    and incident markers (one still active at `until` has no end); with an
+    `endpoint`, only its instances' and the store-wide ones."""
     out: list[Period] = []
     open_: dict[tuple, Period] = {}
-    rows = con.execute(PERIOD_CHANGES, {"until": until}).fetchall()
+    rows = con.execute(PERIOD_CHANGES, {"until": until, "endpoint": endpoint}).fetchall()
     for at, rule, endpoint, type_, severity, _, firing_since in rows:
         key = (rule, endpoint)
         if firing_since is not None and key not in open_:
@@ -175,11 +190,28 @@ def active_periods(
     return sorted((p for p in out if p.end is None or p.end >= since), key=lambda p: p.start)
 
 
+def concerns(members: str, endpoint: str) -> bool:
+    """Whether a notification is about an alert of `endpoint` or a
+    store-wide one, from its `members` (comma-joined
+    `InstanceState.member` names, `severity:type` with `[endpoint]` for an
+    endpoint's instance). A doubt (an endpoint name holding a comma or a
+    bracket) keeps the notification: a list may show one too many, never
+    hide one."""
+    for m in members.split(","):
+        if "[" not in m and "]" not in m:
+            return True  # a store-wide alert
+        if m.endswith(f"[{endpoint}]") or not m.endswith("]") or m.count("[") != 1:
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class AlertRecord:
-    """What the Alerts page shows: the health block, every rule instance,
-    and the last `days` of active periods, state changes, notifications,
-    with the silences in force."""
+    """What the Alerts page shows: the health block, every rule instance
+    and the silences in force as of now, and over the page's window the
+    active periods, state changes and notifications (for one endpoint and
+    the store-wide alerts, or all). `cut` names the lists that hit LIMIT
+    (the newest LIMIT rows are listed)."""
 
     health: Health
     states: tuple[lifecycle.InstanceState, ...]
@@ -187,6 +219,39 @@ class AlertRecord:
     history: tuple[dict, ...]
     notifications: tuple[dict, ...]
     silences: tuple[lifecycle.Silence, ...]
+    cut: frozenset[str] = frozenset()
+
+
+def record_over(
+    con: duckdb.DuckDBPyConnection,
+    window: Window,
+    at: datetime,
+    evaluate_every: timedelta,
+    rules: tuple[Rule, ...] = (),
+    endpoint: str | None = None,
+) -> AlertRecord:
+    """The alert record as of `at`: health, instances and silences now;
+    periods overlapping `window` (each with its real end, after the window's
+    if so), state changes and notifications from its start to its end (both
+    included). With an `endpoint`, its alerts and the store-wide ones."""
+    lo, hi = window.start, window.end
+    periods = [p for p in active_periods(con, lo, at, endpoint) if p.start <= hi]
+    changes = history(con, lo, hi, LIMIT, endpoint)
+    sent = outbox.outbox(con, lo, LIMIT, until=hi)
+    cut = {"history"} if len(changes) == LIMIT else set()
+    if len(sent) == LIMIT:
+        cut.add("notifications")
+    if endpoint is not None:
+        sent = [n for n in sent if concerns(n["members"], endpoint)]
+    return AlertRecord(
+        health(con, at, evaluate_every, rules),
+        tuple(alerts_evaluate.load_states(con).values()),
+        tuple(periods),
+        tuple(changes),
+        tuple(sent),
+        tuple(active_silences(con, at)),
+        frozenset(cut),
+    )
 
 
 def record(
@@ -198,12 +263,4 @@ def record(
 ) -> AlertRecord:
     """The alert record as of `at`, looking back `days` days (with the
     effective `rules`, the health block's values labelled with their windows)."""
-    since = at - timedelta(days=days)
-    return AlertRecord(
-        health(con, at, evaluate_every, rules),
-        tuple(alerts_evaluate.load_states(con).values()),
-        tuple(active_periods(con, since, at)),
-        tuple(history(con, since, at)),
-        tuple(outbox.outbox(con, since, 200)),
-        tuple(active_silences(con, at)),
-    )
+    return record_over(con, Window(at - timedelta(days=days), at), at, evaluate_every, rules)

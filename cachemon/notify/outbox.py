@@ -53,7 +53,8 @@ EARLIER_PENDING = (
 )
 LIST = """
 SELECT id, created_at, channel, kind, subject, members, status, attempts, next_attempt_at, last_error, sent_at
-FROM notifications WHERE created_at >= $since ORDER BY id DESC LIMIT $limit
+FROM notifications WHERE created_at >= $since AND ($until IS NULL OR created_at <= $until)
+ORDER BY id DESC LIMIT $limit
 """
 
 
@@ -347,8 +348,14 @@ def delivery_round(
         r.flush = _flush(con, nc, t, now, r.mark)
 
 
-def outbox(con: duckdb.DuckDBPyConnection, since: datetime, limit: int = 100) -> list[dict]:
-    """Notifications with their delivery state, newest first."""
-    cur = con.execute(LIST, {"since": since, "limit": limit})
+def outbox(
+    con: duckdb.DuckDBPyConnection,
+    since: datetime,
+    limit: int = 100,
+    until: datetime | None = None,
+) -> list[dict]:
+    """Notifications created from `since` (to `until`, both included),
+    with their delivery state, newest first."""
+    cur = con.execute(LIST, {"since": since, "limit": limit, "until": until})
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r)) for r in cur.fetchall()]
