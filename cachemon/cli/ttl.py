@@ -130,6 +130,12 @@ def whatif(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
         )
     bounded(args.keys, "--keys", 0)
     at = parse_instant(args.at, "--at") if args.at else now  # read-only: any supported instant
+    simulated = args.trace == ["simulator"]
+    trace = (
+        _trace(args.trace, args.endpoint, cfg, None, timedelta(0))
+        if args.trace and not simulated
+        else None
+    )
     with store_db.reader(cfg.store.path) as con:
         # As the TTL page: the what-if and the rule end where the data ends.
         end = data_end(con, at)
@@ -145,7 +151,8 @@ def whatif(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     # The trace is replayed over the what-if's own window, warmed by what
     # precedes it: the longest TTL asked for (the rule's is flagged if longer).
     warmup = min(max(ttls), timedelta(days=MAX_SIMULATOR_TRACE_DAYS) - span)
-    trace = _trace(args.trace, args.endpoint, cfg, window, warmup) if args.trace else None
+    if simulated:
+        trace = _trace(args.trace, args.endpoint, cfg, window, warmup)
     replays, replay_warmup = (
         tracereplay.replay_window(trace, w.window, [p.ttl for p in w.candidates])
         if trace is not None
@@ -202,7 +209,10 @@ def _draft(cfg: Config, w: tuning_whatif.WhatIf, rule: Rule, at: datetime, now: 
     )
 
 
-def _trace(paths, endpoint: str, cfg: Config, window: Window, warmup: timedelta):
+def _trace(paths, endpoint: str, cfg: Config, window: Window | None, warmup: timedelta):
+    """The trace's requests of `endpoint`: the files' (read before the store,
+    so a bad file is the error), or the simulator's of `window` and `warmup`
+    before it."""
     if paths == ["simulator"]:
         # Requests are drawn per hour from (seed, hour): the same arrivals as
         # the stored run; the caches start from their steady state. The
