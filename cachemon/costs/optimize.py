@@ -67,9 +67,7 @@ CLASS_COUNTS = "SELECT class, count(*) FROM opt_keys GROUP BY class"
 # Top keys page): the one class-window query (`classes.class_of_sql`). The
 # table is rebuilt, not updated: an UPDATE of every row is several times
 # slower in DuckDB. Parameters: `classes.ClassSpan.params()`.
-RECLASS = "CREATE OR REPLACE TEMP TABLE opt_keys AS " + class_of_sql(
-    "(SELECT * EXCLUDE (class) FROM opt_keys)"
-)
+RECLASS = "CREATE OR REPLACE TEMP TABLE opt_keys AS " + class_of_sql("opt_keys", replace=True)
 # The dashboard's key table: filters are parameters (a NULL filter is off).
 _KEY_FILTER = """
 FROM opt_keys o JOIN cache_keys c USING (key_id)
