@@ -48,27 +48,61 @@ SELECT key_id, edge, kv, r2, api, r2 + api - {kv_writes_sql()} AS failed_fills F
     FROM ({KEY_ROWS}) GROUP BY key_id
 ) WHERE edge + kv + r2 + api > 0
 """
-# The class of each key of the window: the one rule (`key_class_sql`) on its
-# requests per day over the class window's days of data, as the optimiser's
-# per-key table has it, for just these keys (a month of per-key rows grouped
-# for every key would take seconds).
-CLASS_OF_TEMP = f"""
-CREATE OR REPLACE TEMP TABLE class_of AS
-SELECT key_id, {key_class_sql("sum(edge + kv + r2 + api) / $days")} AS class
-FROM ({KEY_ROWS}) WHERE key_id IN (SELECT key_id FROM class_range) GROUP BY key_id
+
+
+def class_of_sql(keys: str, replace: bool = False) -> str:
+    """The one query for a key's class over the class window (the Costs
+    page's class shares and the Top keys page's class column): every row of
+    the relation `keys` (a constant table name or subquery with a key_id,
+    never user text) with `class` appended, the store's rule
+    (`key_class_sql`) on its key's requests per day of data in the class
+    window. A key without requests there has a rate of 0: cold by the rule.
+    Only the keys of `keys` are grouped (a month of per-key rows grouped
+    for every key would take seconds). With `replace`, the class takes the
+    place of the relation's own `class` column (a projection DuckDB does
+    faster than dropping the column first). Parameters: `ClassSpan.params()`."""
+    cls = key_class_sql("coalesce(r.requests, 0) / $days")
+    return f"""
+SELECT {f"k.* REPLACE ({cls} AS class)" if replace else f"k.*, {cls} AS class"}
+FROM {keys} k LEFT JOIN (
+    SELECT key_id, sum(edge + kv + r2 + api) AS requests FROM ({KEY_ROWS})
+    WHERE key_id IN (SELECT key_id FROM {keys}) GROUP BY key_id
+) r USING (key_id)
 """
+
+
+@dataclass(frozen=True)
+class ClassSpan:
+    """The class window as every class query takes it (`class_span`)."""
+
+    counted: Window  # widened to what per-key rows count exactly (`topkeys.covered`)
+    window: Window  # its part with data: the classes' span
+    days: float  # its days of data: the rates divide by these
+
+    def params(self) -> dict:
+        """`class_of_sql`'s parameters: the per-key rows from the data's start, and the days."""
+        return key_ranges(self.window.start, self.counted.end) | {"days": self.days}
+
+
+def class_span(con: duckdb.DuckDBPyConnection, classes: Window) -> ClassSpan:
+    """The class window `classes` (`[costs] class_window` ending with a
+    range) widened to what per-key rows count exactly, and its data."""
+    counted = topkeys.covered(con, classes)
+    window, days = data_days(con, counted)
+    return ClassSpan(counted, window, days)
+
+
+# The class of each key of the window, over the class window.
+CLASS_OF_TEMP = f"CREATE OR REPLACE TEMP TABLE class_of AS {class_of_sql('class_range')}"
 # The same when the window is the class window (the 30d range at the default
 # class_window): its per-key sums are already in class_range.
 CLASS_OF_RANGE_TEMP = f"""
 CREATE OR REPLACE TEMP TABLE class_of AS
-SELECT key_id, {key_class_sql("(edge + kv + r2 + api) / $days")} AS class FROM class_range
+SELECT *, {key_class_sql("(edge + kv + r2 + api) / $days")} AS class FROM class_range
 """
-# A key of the window missing from the class window has no request in it:
-# a rate of 0, cold by the rule.
-CLASS_SUMS = f"""
-SELECT coalesce(o.class, '{KeyClass.COLD}') AS class, count(*), sum(r.edge), sum(r.kv),
-       sum(r.r2), sum(r.api), sum(r.failed_fills)
-FROM class_range r LEFT JOIN class_of o USING (key_id) GROUP BY 1
+CLASS_SUMS = """
+SELECT class, count(*), sum(edge), sum(kv), sum(r2), sum(api), sum(failed_fills)
+FROM class_of GROUP BY 1
 """
 
 
@@ -111,18 +145,14 @@ def class_shares(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window) ->
     what per-key rows count exactly, `store.topkeys.covered`), classes over
     `[costs] class_window` ending with it."""
     counted = topkeys.covered(con, window)
-    # The class window as the Top keys page takes it (`optimize.key_page`):
-    # widened to what per-key rows count exactly, its days those with data.
-    classed = topkeys.covered(con, Window(counted.end - cfg.costs.class_window, counted.end))
-    class_window, class_days = data_days(con, classed)
+    # The class window as the Top keys page takes it (`optimize.key_page`).
+    cs = class_span(con, Window(counted.end - cfg.costs.class_window, counted.end))
     try:
         con.execute(RANGE_KEYS_TEMP, key_ranges(counted.start, counted.end))
-        if counted == classed:  # the same rows: no data lies before the data's start
-            con.execute(CLASS_OF_RANGE_TEMP, {"days": class_days})
+        if counted == cs.counted:  # the same rows: no data lies before the data's start
+            con.execute(CLASS_OF_RANGE_TEMP, {"days": cs.days})
         else:
-            con.execute(
-                CLASS_OF_TEMP, key_ranges(class_window.start, classed.end) | {"days": class_days}
-            )
+            con.execute(CLASS_OF_TEMP, cs.params())
         sums = {KeyClass(c): rest for c, *rest in con.execute(CLASS_SUMS).fetchall()}
     finally:
         for table in ("class_range", "class_of"):
@@ -148,6 +178,6 @@ def class_shares(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window) ->
         ),
         counted,
         Basis(Kind.RATE, counted, covered),
-        class_window,
-        class_days,
+        cs.window,
+        cs.days,
     )

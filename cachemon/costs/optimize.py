@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from cachemon.clock import DAY, Window
+from cachemon.costs.classes import class_of_sql, class_span
 from cachemon.costs.tiermix import TierMix, kv_writes_sql
 from cachemon.pricing import Pricing, R2Lookup, days_in_month
 from cachemon.settings import Config
@@ -63,18 +64,10 @@ FROM k JOIN cache_keys c ON c.key_id = k.key_id JOIN f ON f.key_id = k.key_id
 """
 CLASS_COUNTS = "SELECT class, count(*) FROM opt_keys GROUP BY class"
 # The key table's class over a class window instead of its own window (the
-# Top keys page): the same rule on each key's rate there; a key without
-# requests in it is cold. The table is rebuilt, not updated: an UPDATE of
-# every row is several times slower in DuckDB. Parameters: `key_ranges` of
-# the class window, $days.
-RECLASS = f"""
-CREATE OR REPLACE TEMP TABLE opt_keys AS
-SELECT o.* REPLACE ({key_class_sql("coalesce(r.requests, 0) / $days")} AS class)
-FROM opt_keys o LEFT JOIN (
-    SELECT key_id, sum(edge + kv + r2 + api) AS requests FROM ({KEY_ROWS})
-    WHERE key_id IN (SELECT key_id FROM opt_keys) GROUP BY key_id
-) r USING (key_id)
-"""
+# Top keys page): the one class-window query (`classes.class_of_sql`). The
+# table is rebuilt, not updated: an UPDATE of every row is several times
+# slower in DuckDB. Parameters: `classes.ClassSpan.params()`.
+RECLASS = "CREATE OR REPLACE TEMP TABLE opt_keys AS " + class_of_sql("opt_keys", replace=True)
 # The dashboard's key table: filters are parameters (a NULL filter is off).
 _KEY_FILTER = """
 FROM opt_keys o JOIN cache_keys c USING (key_id)
@@ -180,11 +173,10 @@ def key_page(
     data, days = _load_keys(con, span, at)
     class_window, class_days = Window(data.start, data.end), days
     if classes is not None:
-        counted = topkeys.covered(con, classes)
-        class_window, class_days = data_days(con, counted)
-        if (class_window, counted.end) != (data, span.end):  # else the classes are these
-            p = key_ranges(class_window.start, counted.end)  # as _load_keys counts
-            con.execute(RECLASS, p | {"days": class_days})
+        cs = class_span(con, classes)
+        class_window, class_days = cs.window, cs.days
+        if (cs.window, cs.counted.end) != (data, span.end):  # else the classes are these
+            con.execute(RECLASS, cs.params())
     rows = con.execute(KEY_PAGE, f.params() | {"limit": f.limit}).df()
     shown = Window(span.start, max(span.start, data.end))
     matching = int(con.execute(KEY_COUNT, f.params()).fetchall()[0][0])

@@ -156,6 +156,30 @@ def test_classes_agree_with_the_top_keys_page(store, window):
     assert {r.klass: r.keys for r in got.rows} == keys
 
 
+def test_the_one_class_window_query_matches_raw_events(store):
+    """`classes.class_of_sql`, the one query the Costs page's class shares
+    and the Top keys page's class column come from: every key of a relation
+    gets the rule on its rate over the class window (here the late burst
+    only), and a key without requests there (the early burst's) is cold."""
+    path, df = store
+    req = df[df.kind == "request"]
+    ts = pd.to_datetime(req.timestamp, utc=True)
+    late = req[(ts >= T0) & (ts < AT)]
+    rate = late.groupby("key").sample_interval.sum() / ((AT - T0) / DAY)
+    rate = rate.reindex(req.key.unique(), fill_value=0.0)
+    truth = pd.Series(
+        np.where(rate > 100, "hot", np.where(rate < 10 / 30, "cold", "warm")), index=rate.index
+    )
+    with store_db.reader(path) as con:
+        span = classes.class_span(con, Window(T0, AT))
+        con.execute("CREATE TEMP TABLE some_keys AS SELECT key_id, key FROM cache_keys")
+        sql = "SELECT key, class FROM (" + classes.class_of_sql("some_keys") + ")"
+        got = con.execute(sql, span.params()).df().set_index("key")["class"]
+    assert span.days == pytest.approx((AT - T0) / DAY)
+    assert len(got) == len(truth) and (truth == "cold").sum() > 0
+    assert got.reindex(truth.index).astype(str).to_dict() == truth.to_dict()
+
+
 def test_a_window_without_data_has_no_shares(store):
     path, _ = store
     empty = Window(START - 3 * DAY, START - 2 * DAY)

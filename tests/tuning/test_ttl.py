@@ -244,7 +244,9 @@ def test_cli_table_json_trace_and_a_draft_the_tuning_engine_accepts(baseline, tm
         ).stdout
     )
     w = found["title"]
-    assert [c["ttl"] for c in js["candidates"]] == ["6h", "1d", "1w"]
+    # The one TTL rule's TTL (issue #21: the Costs recommendation's) is always a row.
+    rule = js["rule"]["ttl"]
+    assert [c["ttl"] for c in js["candidates"]] == ["6h", "1d", "1w", rule]
     assert js["candidates"][1]["kvHitRate"] == pytest.approx(w.candidates[1].kv_hit_rate, abs=1e-4)
     title = df[df.endpoint == "title"]
     assert js["candidates"][2]["replayKvHitRate"] == pytest.approx(
@@ -253,16 +255,19 @@ def test_cli_table_json_trace_and_a_draft_the_tuning_engine_accepts(baseline, tm
     out = subprocess.run(
         cmd + ["--draft-experiment"], env=env, capture_output=True, text=True, check=True
     ).stdout
-    # The window is all the data: no candidate has warm-up, so none is
-    # recommended (#20 §4: the old test expected the approximate 1w) and no
-    # draft is printed; the draft itself is what the tuning engine accepts.
+    # The window is all the data: no candidate has warm-up, so the what-if's
+    # own cheapest pick would keep 1d (#20 §4); the CLI now says what Costs and
+    # the TTL page say (issue #21): the rule's TTL, which the what-if cannot
+    # check, and drafts it. The draft itself is what the tuning engine accepts.
     with store_db.reader(cfg.store.path) as con:
         (same,) = tuning_whatif.whatif(
             con, cfg, ["title"], [HOUR * 6, HOUR * 24, HOUR * 168], Window(T0, END), END
         )
     assert not any(p.warm for p in same.candidates if p.ttl != same.current_ttl)
     assert tuning_whatif.recommend(same, cfg.costs.max_kv_ttl) is same.current
-    assert "recommended: keep 1d" in out and "[[experiments]]" not in out
+    assert rule == "30d" and js["check"]["verdict"] == tuning_whatif.UNCHECKED
+    assert f"recommended (*): {rule} (the Costs rule" in out and f"cannot check {rule}" in out
+    assert f'ttl = "{rule}"' in out.split("[[experiments]]")[1]
     import tomllib
 
     text = tuning_whatif.draft_experiment("title", HOUR * 24, HOUR * 168, END)
@@ -361,8 +366,9 @@ def test_per_key_advice_names_busy_keys_whose_own_ttl_pays(baseline):
 
 
 def test_cli_survives_a_staleness_limit_below_every_candidate(baseline, capsys):
-    """Nothing allowed is an answer, not a traceback: the table says no
-    candidate fits, the per-key advice is empty, the JSON has no pick."""
+    """Nothing allowed is an answer, not a traceback: the per-key advice is
+    empty; the TTL rule (issue #21: the CLI says what Costs says) weighs 1h
+    only, which saves nothing, so it keeps 1d and says it is past the limit."""
     cfg, *_ = baseline
     args = ["ttl", "whatif", "--endpoint", "title", "--ttl", "6h,1d", "--days", "1"]
     args += ["--at", iso(END), "--max-staleness", "1h"]
@@ -370,10 +376,13 @@ def test_cli_survives_a_staleness_limit_below_every_candidate(baseline, capsys):
         mp.setenv("CACHEMON_DB", str(cfg.store.path))
         mp.delenv("CACHEMON_CONFIG", raising=False)
         assert cli_main(args) == 0
-        assert "no candidate within the staleness limit 1h" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "the current TTL 1d is past the staleness limit 1h" in out
+        assert "recommended: keep 1d (the Costs rule" in out
         assert cli_main([*args, "--json"]) == 0
         js = json.loads(capsys.readouterr().out)
-        assert js["recommended"] is None and js["keys"] == []
+        assert js["rule"]["ttl"] == "1d" and not js["rule"]["changes"]
+        assert js["recommended"] == js["current"] and js["keys"] == []
 
 
 def test_edge_ttl_errors_name_the_edge_option():
