@@ -24,6 +24,7 @@ from pathlib import Path
 from cachemon import jsontext
 from cachemon.clock import iso, parse_instant, utcnow
 from cachemon.errors import CachemonError, StoreError
+from cachemon.store.connection import disk_error
 from cachemon.store.lock import running
 
 SUFFIX = ".filling.json"
@@ -71,8 +72,16 @@ def write(db: str | os.PathLike, f: Filling) -> None:
     try:
         tmp.write_text(jsontext.dumps(body))
         os.replace(tmp, path)
+    except OSError as exc:  # a full or read-only disk: one line, as the store's own writes say it
+        err = disk_error(exc, path, "the store was not changed")
+        if err is None:
+            raise
+        raise err from None
     finally:
-        tmp.unlink(missing_ok=True)  # left only when the write or rename failed
+        if (
+            tmp.exists()
+        ):  # left only when the write or rename failed (never made on a read-only disk)
+            tmp.unlink()
 
 
 def parse(text: str, what: str = "the progress file") -> Filling:
