@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from cachemon import config, settings
-from cachemon.clock import MINUTE, floor_to, iso, utcnow
+from cachemon.clock import MINUTE, floor_to, iso, parse_instant, utcnow
+from cachemon.timerange import stamp
 from cachemon.usecases import demo
 from tests.helpers import ROOT, SMALL, simulate
 from tests.helpers.servers import chromium, free_port, streamlit_server
@@ -130,12 +131,14 @@ def test_a_dashboard_in_a_browser_shows_data_imported_after_it_started(
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 900})
                 page.goto(url)
-                page.get_by_text(iso(end), exact=False).first.wait_for(timeout=60_000)
+                # The page shows instants one way (timerange.stamp), the sidebar's data span too.
+                page.get_by_text(stamp(end), exact=False).first.wait_for(timeout=60_000)
                 expected = _import_until(
                     tmp_path, db, floor_to(utcnow(), MINUTE) - timedelta(minutes=31), "late"
                 )
                 page.reload()
-                page.get_by_text(expected, exact=False).first.wait_for(timeout=30_000)
+                shown = stamp(parse_instant(expected))
+                page.get_by_text(shown, exact=False).first.wait_for(timeout=30_000)
             finally:
                 browser.close()
     results(
