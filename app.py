@@ -129,7 +129,7 @@ def _dashboard() -> None:
         st.error(str(exc))
         return
     st.session_state["config"] = cfg
-    timerange.sync(_endpoints(cfg))
+    timerange.sync(_endpoints(cfg), common.now())
     _sidebar(cfg)
     page.run()
 

@@ -34,13 +34,15 @@ COUNT_DECIMALS = 0
 # Headers that are counts: the word alone or with a unit-free qualifier
 # ("requests", "errors", "keys"); "requests/day" and "error rate %" are rates.
 _COUNT = re.compile(r"^(requests|errors|keys|count|hits|misses)(\b[^/%]*)?$", re.IGNORECASE)
-# C0 controls, DEL, C1 controls, LINE SEPARATOR and PARAGRAPH SEPARATOR.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# C0 controls, DEL, C1 controls, LINE and PARAGRAPH SEPARATOR, and the bidirectional
+# controls (U+200E/F, U+202A-E, U+2066-9) that can make a cell read backwards.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def safe_text(value):
     """`value` with a leading apostrophe when a spreadsheet would read it as a formula."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
+    # Spreadsheets skip leading spaces before a formula (" =1" still runs).
+    if isinstance(value, str) and value.lstrip(" ").startswith(FORMULA_START):
         return "'" + value
     return value
 

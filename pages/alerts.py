@@ -28,13 +28,13 @@ from cachemon.store import db as store_db
 from cachemon.store.queries import data_span
 from pages.shared import charts, common
 from pages.shared import timerange as shared_range
+from pages.shared.text import md
 
 NONE = "—"
 MATCHER = "silence_matcher"  # the silence form's rule selector (preselected, see _preselect)
 NO_CHANNEL = "No notification channel is configured: alerts show here but nobody is notified."
 # Markdown's punctuation (CommonMark lets any of it be backslash-escaped): a
 # reason or a name is shown as typed, never as a link, an image or a badge.
-MARKDOWN_PUNCTUATION = frozenset("\\`*_{}[]()<>#+-.!|~:$&\"'=^%@,;?/")
 
 
 def _load(
@@ -115,11 +115,6 @@ def page():
     # The form preselects the first firing alert's rule (the list's first).
     firing = [s.rule for s in active if s.state == State.FIRING]
     _silences(cfg, d.silences, names, firing[0] if firing else None)
-
-
-def md(text: str) -> str:
-    """`text` for markdown, shown as typed: every punctuation character escaped."""
-    return "".join("\\" + c if c in MARKDOWN_PUNCTUATION else c for c in str(text))
 
 
 def silence_badge(x: Silence) -> str:

@@ -66,11 +66,14 @@ SHOWN = {
 }
 
 
-def _latest(con: duckdb.DuckDBPyConnection, window: Window, at: datetime) -> Window:
-    """The range's window, or one as long ending where the data ends when it
-    lags (as the Overview's report and `cachemon metrics` do)."""
+def _latest(
+    con: duckdb.DuckDBPyConnection, window: Window, at: datetime, slide: bool = True
+) -> Window:
+    """The range's window, or (a preset's, `slide`) one as long ending where
+    the data ends when it lags, as the Overview's report and `cachemon
+    metrics` do. A custom from–to is counted as asked."""
     end = data_end(con, at)
-    return window if end >= window.end else Window.ending(end, window.length)
+    return window if not slide or end >= window.end else Window.ending(end, window.length)
 
 
 def _keys(
@@ -82,10 +85,11 @@ def _keys(
     contains: str | None,
     limit: int,
     at: datetime,
+    slide: bool = True,
 ) -> tuple[optimize.KeyPage, Window, Window, Window]:
     """The key page, the window counted, the span really counted, and the
     class window asked for."""
-    window = _latest(con, window, at)
+    window = _latest(con, window, at, slide)
     classes = Window(window.end - cfg.costs.class_window, window.end)
     f = optimize.KeyFilter(endpoint, klass, contains, limit)
     kp = optimize.key_page(con, window, at, f, classes=classes)
@@ -147,6 +151,7 @@ def page():
             contains.strip() or None,
             int(limit),
             at,
+            not page_range.current().custom,
         )
     except CachemonError as exc:
         common.show_error(exc)

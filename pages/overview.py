@@ -77,6 +77,9 @@ def _load(
             before = _per_minute(trends.shifted(con, window, step, endpoint))
         except CachemonError as exc:
             why = str(exc)
+        else:
+            if before["requests"].fillna(0).sum() == 0:  # never empty lines and silence
+                before, why = None, "the store has no requests a week before this range"
     return report, series, periods, before, why
 
 

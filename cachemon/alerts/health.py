@@ -44,6 +44,7 @@ class Issue:
     # A firing alert's value when it fired and now, each with its window
     # (None for other issues, or a rule no longer configured).
     values: AlertValues | None = None
+    endpoint: str = ""  # a firing alert's endpoint ("" store-wide), for a link to its charts
 
     @property
     def text(self) -> str:
@@ -104,7 +105,13 @@ def health(
     for rule, endpoint, _type, severity, _state, _since, message, firing_since in active:
         firing[severity] = firing.get(severity, 0) + 1
         issues.append(
-            Issue(Severity(severity), message, firing_since, values.get((rule, endpoint)))
+            Issue(
+                Severity(severity),
+                message,
+                firing_since,
+                values.get((rule, endpoint)),
+                "" if endpoint in ("", "*") else endpoint,
+            )
         )
     for _rule, _endpoint, _type, _severity, state, since, message, firing_since in rows:
         if firing_since is not None:

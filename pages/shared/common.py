@@ -216,7 +216,7 @@ def issue_line(i: Issue) -> str:
     it fired and its value now, each labelled with the rule's window (the
     page's KPIs may cover another window), and a link to the Overview in the
     hours around when it began."""
-    chart = link("", around(i.since))
+    chart = link("", around(i.since), i.endpoint or None)
     return f"- **{i.severity}** since {stamp(i.since)}: {i.text} · [charts then]({chart})"
 
 
@@ -299,7 +299,7 @@ def overview_report(con, cfg: Config, tr: TimeRange, endpoint: str | None, at: d
         at,
         endpoint,
         top=20,
-        latest=True,
+        latest=not tr.custom,  # a preset slides back to the data's end; a from–to is as asked
         costs=True,
         compare=True,
     )
@@ -311,6 +311,16 @@ def cost_kpi_label(report: metrics_report.MetricsReport) -> str:
     if report.costs is None:
         return f"Cost USD/day (rate of the last {report.metrics.period}, list)"
     return f"Cost USD/day ({report.costs.daily.basis.short(Price.LIST)})"
+
+
+def tile_colour(delta: str | None, lower_is_better: bool, neutral: bool = False) -> str:
+    """`st.metric`'s delta_color for a change as shown: green when better,
+    red when worse; grey ("off") for n/a, for a change that shows as zero
+    (+0.00 is neither), and for a neutral figure."""
+    unchanged = delta is not None and not any(c in "123456789" for c in delta)
+    if delta is None or delta == NA or unchanged or neutral:
+        return "off"
+    return "inverse" if lower_is_better else "normal"
 
 
 def kpi_tiles(report: metrics_report.MetricsReport) -> list[list[Kpi]]:
@@ -330,7 +340,6 @@ def kpi_tiles(report: metrics_report.MetricsReport) -> list[list[Kpi]]:
             delta = fmt(deltas[key], kind, signed=True)
             if delta is None and report.previous is not None:
                 delta = NA  # compared, but the previous period has too little data
-            colour = "off" if delta == NA or key in KPI_NEUTRAL else "normal"
             tiles.append(
                 Kpi(
                     key,
@@ -338,7 +347,7 @@ def kpi_tiles(report: metrics_report.MetricsReport) -> list[list[Kpi]]:
                     fmt(values[key], kind),
                     delta,
                     lower,
-                    "inverse" if lower and colour != "off" else colour,
+                    tile_colour(delta, lower, key in KPI_NEUTRAL),
                 )
             )
         rows.append(tiles)

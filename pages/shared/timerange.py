@@ -22,6 +22,7 @@ from cachemon import timerange
 from cachemon.clock import MINUTE, Window, floor_to
 from cachemon.errors import InputError
 from cachemon.timerange import TimeRange
+from pages.shared.text import md
 
 _RANGE = "time_range"  # the TimeRange in force
 _URL = "time_range_url"  # the query parameters the dashboard last wrote
@@ -68,8 +69,10 @@ def _params() -> dict[str, str]:
     return current().query() | ({timerange.ENDPOINT: e} if e else {})
 
 
-def sync(endpoints: list[str]) -> None:
-    """Adopt a new URL's range and endpoint, else write the session's to the URL."""
+def sync(endpoints: list[str], now: datetime) -> None:
+    """Adopt a new URL's range and endpoint, else write the session's to the
+    URL. A custom range reaching past `now` is cut there (said), so the URL,
+    the label and every page name the window really shown."""
     asked = {
         k: st.query_params[k]
         for k in (timerange.RANGE, timerange.FROM, timerange.TO, timerange.ENDPOINT)
@@ -78,7 +81,13 @@ def sync(endpoints: list[str]) -> None:
     if asked and asked != st.session_state.get(_URL):
         st.session_state[_OPEN] = False
         try:
-            _set(timerange.parse_query(asked))
+            tr = timerange.parse_query(asked)
+            if tr.custom and timerange.RANGE in asked:
+                _problem("The link names both a preset range and from–to: from–to is used")
+            if tr.custom and tr.end > floor_to(now, MINUTE) > tr.start:
+                _problem(f"The link's range ends after now: cut at {timerange.stamp(now)}")
+                tr = TimeRange.between(tr.start, now)
+            _set(tr)
         except InputError as exc:
             _problem(f"The link's time range was not used: {exc}")
         e = asked.get(timerange.ENDPOINT)
@@ -128,7 +137,7 @@ def sidebar(endpoints: list[str], now: datetime) -> None:
     if st.session_state[_CHOICE] == CUSTOM:
         _custom_form(now)
     for problem in st.session_state.pop(_PROBLEMS, []):
-        st.warning(problem)
+        st.warning(md(problem))  # it quotes the URL's text: shown as typed, never as a link
     if ENDPOINT_KEY in st.session_state and st.session_state[ENDPOINT_KEY] not in [
         "all",
         *endpoints,

@@ -142,3 +142,9 @@ def test_the_banner_text_labels_both_values_and_keeps_other_issues_plain():
     )
     assert h.to_json()["issues"][0]["values"]["atFiring"]["value"] == 36.7
     assert "values" not in h.to_json()["issues"][1]
+
+
+def test_an_endpoints_alert_links_to_that_endpoints_charts():
+    issue = health.Issue(Severity.WARNING, "title hit rate low", FIRED, endpoint="title")
+    then = timerange.link("", timerange.around(FIRED), "title")
+    assert then.endswith("&endpoint=title") and f"[charts then]({then})" in common.issue_line(issue)

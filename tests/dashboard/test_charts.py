@@ -89,3 +89,21 @@ def test_the_now_line_shows_within_the_minute_after_a_preset_window():
     assert line.x0 == WINDOW.end
     later = charts.time_axes(go.Figure(), WINDOW, NOW + timedelta(minutes=2), "x")
     assert not [s for s in later.layout.shapes if s.type == "line"]
+
+
+@pytest.mark.parametrize(
+    ("delta", "lower", "neutral", "mode"),
+    [
+        ("+1.20", False, False, "normal"),
+        ("+1.20", True, False, "inverse"),
+        ("+0.00", True, False, "off"),  # shows as zero: neither better nor worse
+        ("-$0.0000", True, False, "off"),
+        ("n/a", False, False, "off"),
+        ("+44,464", False, True, "off"),
+        (None, False, False, "off"),
+    ],
+)
+def test_a_tile_is_coloured_only_by_a_change_it_shows(delta, lower, neutral, mode):
+    from pages.shared import common
+
+    assert common.tile_colour(delta, lower, neutral) == mode

@@ -313,12 +313,12 @@ def test_overview_charts_the_trend_of_the_range(page_store, monkeypatch):
     for title in ("Hit rate", "Latency", "Requests per minute", "Error rate"):
         xr = pd.to_datetime(_by_title(figs, title)["layout"]["xaxis"]["range"], utc=True)
         assert list(xr) == [pd.Timestamp(window.start), pd.Timestamp(window.end)], title
-    # Last week's overlay: dashed, the store's data a week before (none here: a gap).
+    # Last week's overlay with no data a week before: said, not empty dashed lines in silence.
     at.checkbox(key="overview_last_week").check().run()
     assert not at.exception
     hit = _by_title(_figures(at), "Hit rate by tier")
-    (week,) = [t for t in hit["data"] if t["name"] == "combined, last week"]
-    assert week["line"]["dash"] == "dash" and np.isnan(_values(week["y"]).astype(float)).all()
+    assert not [t for t in hit["data"] if t["name"].endswith("last week")]
+    assert any("no requests a week before" in w.value for w in at.warning)
 
 
 def test_changes_against_an_empty_previous_period_are_na(page_store, monkeypatch):

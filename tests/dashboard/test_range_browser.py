@@ -5,7 +5,7 @@ and dragging across a time chart zooms every page to that span."""
 import ast
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, urlparse
 
 import pytest
 
@@ -138,3 +138,16 @@ def test_dragging_across_a_time_chart_zooms_every_page(server, page):
     page.wait_for_url("**/trends?**", timeout=30_000)
     page.wait_for_timeout(1500)
     assert _query(page) == q
+
+
+def test_a_hostile_link_is_quoted_as_text_never_as_a_link(server, page):
+    """A URL's text reaches the sidebar's warning: shown as typed, so a crafted
+    link cannot put a working link or an image into the dashboard."""
+    evil = "[Session expired, log in again](https://evil.example/login)"
+    page.goto(f"{server}/?range={quote(evil)}&endpoint={quote('![x](https://evil.example/x.png)')}")
+    _ready(page)
+    sidebar = _sidebar(page)
+    sidebar.get_by_text("unknown range", exact=False).wait_for(timeout=30_000)
+    assert sidebar.locator('a[href*="evil.example"]').count() == 0
+    assert sidebar.locator('img[src*="evil.example"]').count() == 0
+    assert "(https://evil.example/login)" in sidebar.inner_text()
