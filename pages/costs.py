@@ -151,14 +151,7 @@ def component_chart(daily: costs_usage.Breakdown) -> go.Figure:
         barmode="group",
         height=110 + 46 * len(lines),
         margin={"t": 40, "b": 10, "l": 10, "r": 60},
-        legend={
-            "orientation": "h",
-            "y": 1.02,
-            "yanchor": "bottom",
-            "x": 0,
-            "title_text": None,
-            "traceorder": "reversed",  # list first, as in the table
-        },
+        legend=charts.LEGEND_ABOVE | {"traceorder": "reversed"},  # list first, as in the table
         xaxis={"title": f"USD/day ({rate.short(None)})", **_usd_axis(top)},
         yaxis={"title": None, "automargin": True, "categoryorder": "array", "categoryarray": names},
     )
@@ -244,14 +237,7 @@ def share_chart(shares: classes.ClassShares) -> go.Figure:
         barmode="stack",
         height=230,
         margin={"t": 40, "b": 10, "l": 10, "r": 10},
-        legend={
-            "orientation": "h",
-            "y": 1.02,
-            "yanchor": "bottom",
-            "x": 0,
-            "title_text": None,
-            "traceorder": "normal",
-        },
+        legend=charts.LEGEND_ABOVE | {"traceorder": "normal"},
         xaxis={"title": "share %", "range": [0, 100], "ticksuffix": "%"},
         yaxis={"title": None, "automargin": True},
     )

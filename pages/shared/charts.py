@@ -58,6 +58,10 @@ DURATION_TICKS = (
 )
 
 
+# A legend in a row above the plot, so charts side by side keep one plot width.
+LEGEND_ABOVE = {"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0, "title": None}
+
+
 def shade(colour: str, alpha: float = 0.15) -> str:
     """A hex colour as a translucent rgba fill."""
     r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
@@ -224,7 +228,7 @@ def titled(fig: go.Figure, title: str, legend_rows: int = 1) -> go.Figure:
     of legend (they wrap on a narrow screen)."""
     return fig.update_layout(
         title={"text": title, "y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 8}},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0, "title": None},
+        legend=LEGEND_ABOVE,
         showlegend=True,
         margin={"t": 60 + 22 * legend_rows, "b": 10},
     )
