@@ -28,7 +28,8 @@ from pages.shared import charts, common, timerange
 
 # List and billed are two prices of the same usage, neither good nor bad.
 PRICE_COLOURS = {Price.LIST: charts.NEUTRAL, Price.BILLED: "#2563eb"}
-CLASS_COLOURS = {KeyClass.HOT: "#dc2626", KeyClass.WARM: "#f59e0b", KeyClass.COLD: "#2563eb"}
+# Classes are neither good nor bad: one hue, darker for hotter (red would read as a problem).
+CLASS_COLOURS = {KeyClass.HOT: "#1e3a8a", KeyClass.WARM: "#3b82f6", KeyClass.COLD: "#93c5fd"}
 MEASURES = (("keys", "keys"), ("requests", "requests"), ("cost_per_day", "cost"))
 
 
