@@ -80,7 +80,16 @@ def page():
     if chosen not in endpoints:
         _summary(cfg, limit)
         return
-    days = c2.number_input("Days of traffic", 1, 30, 7, key="ttl_days")
+    days = c2.number_input(
+        "Days of traffic",
+        1,
+        30,
+        7,
+        key="ttl_days",
+        help="The what-if measures request rates over these days ending now, not over the "
+        "sidebar's range: TTLs of days to weeks need days of traffic to be judged.",
+    )
+    c2.caption("Not the sidebar's range: see the help.")
     current = dict(cfg.costs.kv_ttl)[chosen]
     default = tuning_whatif.default_candidates(current, limit)
     text = c1.text_input(
