@@ -87,34 +87,6 @@ def _per_minute(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(per_minute=df["requests"] / df["minutes"])
 
 
-def _lines(
-    df: pd.DataFrame, before: pd.DataFrame | None, series: dict, unit: str, hover: str
-) -> go.Figure:
-    """One line per series (gaps where there is no data) and, with
-    `before`, the same series last week, dashed."""
-    fig = go.Figure()
-    for col, (name, colour) in series.items():
-        fig.add_scatter(
-            x=df["time"],
-            y=df[col],
-            name=name,
-            mode="lines",
-            line={"color": colour, "width": 2},
-            hovertemplate=f"%{{y:{hover}}} {unit}<extra>{name}</extra>",
-        )
-        if before is not None:
-            fig.add_scatter(
-                x=before["time"],
-                y=before[col],
-                name=f"{name}, last week",
-                mode="lines",
-                line={"color": colour, "width": 1, "dash": "dash"},
-                opacity=0.6,
-                hovertemplate=f"%{{y:{hover}}} {unit}<extra>{name} last week</extra>",
-            )
-    return fig
-
-
 def _tiles(report: metrics_report.MetricsReport, series: pd.DataFrame) -> None:
     for row in common.kpi_tiles(report):
         for col, tile in zip(st.columns(len(row)), row):
@@ -185,7 +157,7 @@ def _charts(window, now, series, before, periods) -> None:
         ),
     )
     for columns, unit, hover, y_title, title, key, where in figures:
-        fig = _lines(series, before, columns, unit, hover)
+        fig = charts.lines(series, columns, unit, hover, before, width=2)
         log_y = columns is LATENCY_SERIES
         charts.time_axes(
             fig,

@@ -117,20 +117,6 @@ def cost_figure(daily: pd.DataFrame) -> go.Figure:
     return fig.update_layout(barmode="overlay")
 
 
-def _line(df: pd.DataFrame, columns: dict, unit: str, hover: str, **line) -> go.Figure:
-    fig = go.Figure()
-    for col, (name, colour) in columns.items():
-        fig.add_scatter(
-            x=df["time"],
-            y=df[col],
-            name=name,
-            mode="lines",
-            line={"color": colour, **line},
-            hovertemplate=f"%{{y:{hover}}} {unit}<extra>{name}</extra>",
-        )
-    return fig
-
-
 def _tier_bars(df: pd.DataFrame, window: Window) -> go.Figure:
     """Each bucket's requests by tier as stacked bars spanning the bucket's
     part of the window: a bucket without data is a gap, not a zero."""
@@ -187,25 +173,25 @@ def page():
             "Requests served by tier (%, stacked)",
         ),
         (
-            _line(df, {q: (q, c) for q, c in LATENCY.items()}, "ms", ".3~g", width=2),
+            charts.lines(df, {q: (q, c) for q, c in LATENCY.items()}, "ms", ".3~g", width=2),
             "latency",
             True,
             "Latency percentiles (log scale)",
         ),
         (
-            _line(df, {"per_minute": ("requests", charts.NEUTRAL)}, "/min", ",.1f"),
+            charts.lines(df, {"per_minute": ("requests", charts.NEUTRAL)}, "/min", ",.1f"),
             "requests per minute",
             False,
             "Volume",
         ),
         (
-            _line(df, {"error_rate": ("errors", charts.BAD)}, "%", ".2f"),
+            charts.lines(df, {"error_rate": ("errors", charts.BAD)}, "%", ".2f"),
             "error rate %",
             False,
             "Error rate",
         ),
         (
-            _line(
+            charts.lines(
                 df,
                 {
                     "queue_depth_max": ("max", charts.WARN),

@@ -232,3 +232,38 @@ def titled(fig: go.Figure, title: str, legend_rows: int = 1) -> go.Figure:
         showlegend=True,
         margin={"t": 60 + 22 * legend_rows, "b": 10},
     )
+
+
+def lines(
+    df,
+    series: dict,
+    unit: str,
+    hover: str,
+    before=None,
+    **line,
+) -> go.Figure:
+    """One line per series of `df` ({column: (name, colour)}; gaps where a
+    bucket has no data), hover in `unit` with the `hover` number format; with
+    `before` (the same columns a week earlier), each series' last week
+    beside it, dashed and lighter."""
+    fig = go.Figure()
+    for col, (name, colour) in series.items():
+        fig.add_scatter(
+            x=df["time"],
+            y=df[col],
+            name=name,
+            mode="lines",
+            line={"color": colour, **line},
+            hovertemplate=f"%{{y:{hover}}} {unit}<extra>{name}</extra>",
+        )
+        if before is not None:
+            fig.add_scatter(
+                x=before["time"],
+                y=before[col],
+                name=f"{name}, last week",
+                mode="lines",
+                line={"color": colour, "width": 1, "dash": "dash"},
+                opacity=0.6,
+                hovertemplate=f"%{{y:{hover}}} {unit}<extra>{name} last week</extra>",
+            )
+    return fig
