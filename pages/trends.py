@@ -215,21 +215,32 @@ def page():
         charts.titled(fig, "Cost per day (partial days hatched)", legend_rows=2)
         shared_range.zoomable(fig, "trends-cost", right)
     with st.expander("Data"):
-        table = df.loc[has_data, list(TABLE)].rename(columns=TABLE)
+        table = _data_table(df.loc[has_data, list(TABLE)])
+        numbers = {
+            v: st.column_config.NumberColumn(v, format="localized" if k == "requests" else "%.2f")
+            for k, v in TABLE.items()
+            if k != "time" and pd.api.types.is_numeric_dtype(table[v])
+        }
         st.dataframe(
             table,
             hide_index=True,
             width="stretch",
             column_config={
                 TABLE["time"]: st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm[Z]"),
-                **{
-                    v: st.column_config.NumberColumn(v, format="%.2f")
-                    for k, v in TABLE.items()
-                    if k not in ("time", "requests", "queue_depth_max")
-                },
-                TABLE["requests"]: st.column_config.NumberColumn(format="localized"),
+                **numbers,
             },
         )
+
+
+def _data_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The series as the Data table shows them. A column with a bucket that
+    has no figure (a minute without a queue gauge) is written as text, "—"
+    there: a grid draws a missing number as a bare "None"."""
+    out = df.rename(columns=TABLE)
+    for k, v in TABLE.items():
+        if k != "time" and df[k].isna().any():
+            out[v] = [common.fmt(x) if pd.notna(x) else "—" for x in df[k]]
+    return out
 
 
 page()
