@@ -65,6 +65,8 @@ class ImportAccumulator:
 
     def __init__(self, sampling: rollups.Sampling | None = None):
         self.con = duckdb.connect()
+        # UTC minutes, and timestamps typed as the coded rollups' (tz "UTC").
+        self.con.execute("SET TimeZone = 'UTC'")
         self.parts: dict[str, list[pa.Table]] = {name: [] for name in MERGE_SQL}
         # SHARDS sample rows are kept as they are (R of the requests), and
         # the budget applied to the whole file's span at the end.
@@ -76,16 +78,17 @@ class ImportAccumulator:
     def add(self, frame: EventFrame) -> None:
         if len(frame) == 0:
             return
-        self.con.register("batch", frame.table)
-        try:
-            self.parts["minute"].append(self.con.sql(rollups.MINUTE_SQL).to_arrow_table())
-            self.parts["latency"].append(self.con.sql(rollups.LATENCY_SQL).to_arrow_table())
+        batch = rollups.CodedBatch.of(frame)
+        with batch.registered(self.con):
+            self.parts["minute"].append(batch.sql(self.con, rollups.MINUTE_SQL))
+            self.parts["latency"].append(batch.sql(self.con, rollups.LATENCY_SQL))
             self.parts["gauges"].append(self.con.sql(GAUGE_PARTIAL_SQL).to_arrow_table())
-            self.parts["keys"].append(self.con.sql(rollups.KEYS_SQL).to_arrow_table())
+            keys = batch.sql(self.con, rollups.KEYS_SQL)
+            # Plain text, so parts of different batches merge as one column.
+            i = keys.column_names.index("key")
+            self.parts["keys"].append(keys.set_column(i, "key", keys["key"].cast(pa.string())))
             if self.sampling is not None:
-                self.samples.append(rollups.sample_rows(self.con, self.sampling.rate))
-        finally:
-            self.con.unregister("batch")
+                self.samples.append(rollups.sample_rows(self.con, batch, self.sampling.rate))
         span = frame.time_range()
         self.lo = span[0] if self.lo is None else min(self.lo, span[0])
         self.hi = span[1] if self.hi is None else max(self.hi, span[1])

@@ -21,23 +21,36 @@ from cachemon.errors import StoreError
 from cachemon.store import topkeys
 from cachemon.store.connection import first_row
 
-# The rollups' per-key rows are registered as r_keys (see cachemon.rollups).
+# The rollups' per-key rows are registered as r_keys, their keys coded as
+# `key_code` into r_key_names (`cachemon.rollups.coded_keys`): the strings
+# are looked up once per distinct key, not once per row.
+# key_map: each code's key_id, existing or new. New ids follow on from the
+# largest, in key order, so the same input always gives the same ids (a
+# sequence hands them out in whatever order parallel threads reach it, and
+# the top-key summaries break ties by id).
+KEY_MAP = """
+CREATE OR REPLACE TEMP TABLE key_map AS
+WITH used AS (SELECT key_code, min(endpoint) AS endpoint FROM r_keys GROUP BY key_code),
+m AS (SELECT u.key_code, n.key, u.endpoint, k.key_id
+      FROM used u JOIN r_key_names n USING (key_code) LEFT JOIN cache_keys k ON k.key = n.key)
+SELECT key_code, key, endpoint, key_id IS NULL AS new,
+       coalesce(key_id, (SELECT coalesce(max(key_id), 0) FROM cache_keys)
+                + row_number() OVER (PARTITION BY key_id IS NULL ORDER BY key)) AS key_id
+FROM m
+"""
 INSERT_NEW_KEYS = """
-INSERT INTO cache_keys
-SELECT nextval('key_ids'), key, any_value(endpoint) FROM r_keys b
-WHERE NOT EXISTS (SELECT 1 FROM cache_keys k WHERE k.key = b.key)
-GROUP BY key;
+INSERT INTO cache_keys SELECT key_id, key, endpoint FROM key_map WHERE new ORDER BY key_id;
 INSERT INTO key_cohorts
-SELECT DISTINCT k.key_id, b.experiment, b.cohort FROM r_keys b JOIN cache_keys k ON k.key = b.key
+SELECT DISTINCT m.key_id, b.experiment, b.cohort FROM r_keys b JOIN key_map m USING (key_code)
 WHERE b.experiment <> '' AND NOT EXISTS (
-    SELECT 1 FROM key_cohorts c WHERE c.key_id = k.key_id AND c.experiment = b.experiment AND c.cohort = b.cohort)
+    SELECT 1 FROM key_cohorts c WHERE c.key_id = m.key_id AND c.experiment = b.experiment AND c.cohort = b.cohort)
 """
 
 INSERT_KEY_MINUTE = """
 INSERT INTO key_minute
-SELECT $source, b.t, k.key_id, b.edge, b.kv, b.r2, b.api, b.errors, b.first_seen, b.last_seen,
+SELECT $source, b.t, m.key_id, b.edge, b.kv, b.r2, b.api, b.errors, b.first_seen, b.last_seen,
        b.fill_errors
-FROM r_keys b JOIN cache_keys k ON k.key = b.key
+FROM r_keys b JOIN key_map m USING (key_code)
 ORDER BY b.t
 """
 
@@ -62,8 +75,7 @@ def key_hour_compacted(con: duckdb.DuckDBPyConnection, source: str, hour: dateti
 
 def store_imported(con: duckdb.DuckDBPyConnection, source: str) -> None:
     """An imported file's per-key rows (per minute, as every source's)."""
-    con.execute(INSERT_NEW_KEYS)
-    con.execute(INSERT_KEY_MINUTE, {"source": source})
+    _insert(con, source)
 
 
 def replace_keys(
@@ -90,9 +102,14 @@ def replace_keys(
     con.execute(
         "DELETE FROM key_minute WHERE source = $source AND minute >= $lo AND minute < $hi", p
     )
+    _insert(con, source)
+    return floor_to(window.start, HOUR), ceil_to(window.end, HOUR)
+
+
+def _insert(con: duckdb.DuckDBPyConnection, source: str) -> None:
+    con.execute(KEY_MAP)
     con.execute(INSERT_NEW_KEYS)
     con.execute(INSERT_KEY_MINUTE, {"source": source})
-    return floor_to(window.start, HOUR), ceil_to(window.end, HOUR)
 
 
 def compact_minutes(con: duckdb.DuckDBPyConnection, before: datetime) -> int:

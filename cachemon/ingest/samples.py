@@ -27,16 +27,18 @@ DELETE_SAMPLES = "DELETE FROM samples WHERE source = $source AND t >= $lo AND t 
 DELETE_MINUTES = (
     "DELETE FROM sample_minutes WHERE source = $source AND minute >= $lo AND minute < $hi"
 )
-# The sampled rows are registered as s_rows (cachemon.rollups.SAMPLE_SCHEMA).
+# The sampled rows are registered as s_rows (cachemon.rollups.SAMPLE_SCHEMA);
+# their keys are keys of the same write, so key_map (cachemon.ingest.keys,
+# run first) has their ids.
 INSERT_SAMPLE_KEYS = """
 INSERT OR IGNORE INTO sample_keys
-SELECT k.key_id, any_value(s.key_hash) FROM s_rows s JOIN cache_keys k ON k.key = s.key
+SELECT k.key_id, any_value(s.key_hash) FROM s_rows s JOIN key_map k ON k.key = s.key
 GROUP BY k.key_id
 """
 INSERT_SAMPLES = """
 INSERT INTO samples
 SELECT $source, s.timestamp, s.endpoint, k.key_id, s.tier, s.error, s.weight
-FROM s_rows s JOIN cache_keys k ON k.key = s.key
+FROM s_rows s JOIN key_map k ON k.key = s.key
 ORDER BY s.timestamp
 """
 INSERT_MINUTES = """
@@ -89,7 +91,7 @@ def store(
     if stored != rows.num_rows:
         # Every sampled key is a key of the same write: a mismatch is a bug.
         raise StoreError(
-            f"{source}: {rows.num_rows - stored} sample rows have keys missing from cache_keys"
+            f"{source}: {rows.num_rows - stored} sample rows have keys missing from the per-key rows of the same write"
         )
     return stored
 

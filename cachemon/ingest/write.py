@@ -286,16 +286,19 @@ def _transaction(con: duckdb.DuckDBPyConnection):
 
 
 class _registered:
-    """Register a Rollups' tables under the names the STORE_* SQL reads."""
+    """Register a Rollups' tables under the names the STORE_* SQL reads; the
+    per-key rows coded (r_keys, r_key_names: `rollups.coded_keys`)."""
 
-    NAMES = {"r_minute": "minute", "r_latency": "latency", "r_gauges": "gauges", "r_keys": "keys"}
+    NAMES = ("r_minute", "r_latency", "r_gauges", "r_keys", "r_key_names")
 
     def __init__(self, con: duckdb.DuckDBPyConnection, r: Rollups):
         self.con, self.r = con, r
 
     def __enter__(self):
-        for name, attr in self.NAMES.items():
-            self.con.register(name, getattr(self.r, attr))
+        coded, names = rollups.coded_keys(self.r.keys)
+        tables = (self.r.minute, self.r.latency, self.r.gauges, coded, names)
+        for name, table in zip(self.NAMES, tables, strict=True):
+            self.con.register(name, table)
 
     def __exit__(self, exc_type, *exc):
         for name in self.NAMES:

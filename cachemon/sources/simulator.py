@@ -126,6 +126,23 @@ class _Hour:
     queue_noise: np.ndarray
 
 
+@dataclass(frozen=True)
+class _Requests:
+    """A segment's kept requests, column by column (numpy), before they
+    become the window's one table."""
+
+    t: np.ndarray
+    tier: np.ndarray
+    key: np.ndarray  # catalog index, or -1 for a long-tail key
+    endpoint: np.ndarray
+    cohort: np.ndarray  # index into COHORTS, or -1 outside the experiment
+    error: np.ndarray
+    latency: np.ndarray
+    bytes: np.ndarray
+    interval: np.ndarray
+    tail_names: list[str]  # the long-tail keys' names, in row order
+
+
 class Simulator:
     """Generates events for consecutive windows from a warm cache."""
 
@@ -177,11 +194,17 @@ class Simulator:
             raise SourceError(
                 f"simulator is at {self.clock.isoformat()}, asked for a window starting {window.start.isoformat()}"
             )
-        parts = [SIM_SCHEMA.empty_table()]
+        requests: list[_Requests] = []
+        gauges = [SIM_SCHEMA.empty_table()]
         for s, e in self._segments(a, b):
-            parts.extend(self._segment(s, e))
+            req, *gauge_tables = self._segment(s, e)
+            requests.append(req)
+            gauges.extend(gauge_tables)
             self.state.clock_us = e
-        return EventFrame(pa.concat_tables([p.cast(SIM_SCHEMA) for p in parts]))
+        # One table, and one key dictionary, per window: a dictionary per
+        # 5-minute segment copied the 60,000 catalog keys 288 times a day.
+        table = self._request_table(requests)
+        return EventFrame(pa.concat_tables([table] + [g.cast(SIM_SCHEMA) for g in gauges]))
 
     def _segments(self, a: int, b: int):
         cuts = set(range((a // STEP_US + 1) * STEP_US, b, STEP_US))
@@ -248,7 +271,7 @@ class Simulator:
         self._hour_cache = (hour, h)
         return h
 
-    def _segment(self, a: int, b: int) -> pa.Table:
+    def _segment(self, a: int, b: int) -> tuple[_Requests, pa.Table, pa.Table]:
         st, cat = self.state, self.catalog
         if self.incidents and a in self._weekly(a, a + 1, PURGE_AT):
             st.edge_fill[:] = NEVER
@@ -278,11 +301,11 @@ class Simulator:
         tier[cold] = np.where(cat.archived[r.key[cold]], 2, 3)
         error = (tier == 3) & (r.u_err < err_rate)
         self._note_tail_writes(r, error, b)
-        return [
-            self._request_table(r, tier, error, slow),
+        return (
+            self._kept_requests(r, tier, error, slow),
             self._queue_gauges(r, a, b),
             self._storage_gauges(b),
-        ]
+        )
 
     def _note_tail_writes(self, r: _Hour, error: np.ndarray, at: int) -> None:
         st = self.state
@@ -297,42 +320,62 @@ class Simulator:
         alive = st.tail_writes[:, 0] + self.kv_ttl_us[st.tail_writes[:, 1].astype(int)] > at
         st.tail_writes = st.tail_writes[alive]
 
-    def _request_table(self, r: _Hour, tier, error, slow) -> pa.Table:
+    def _kept_requests(self, r: _Hour, tier, error, slow) -> _Requests:
+        """The requests Analytics Engine keeps (its sampling), with their columns."""
         cat = self.catalog
         keep_prob = 1.0 / self._sample_interval(r)
-        keep = r.u_keep < keep_prob
-        idx = np.flatnonzero(keep)
-        t, tr, kk, ep = r.t[idx], tier[idx], r.key[idx], r.endpoint[idx]
+        idx = np.flatnonzero(r.u_keep < keep_prob)
+        tr, kk, ep = tier[idx], r.key[idx], r.endpoint[idx]
         med = np.array([m for m, _ in LATENCY])[tr]
         sig = np.array([s for _, s in LATENCY])[tr]
         lat = med * np.exp(sig * r.z_lat[idx])
         lat = np.where((tr == 3) & slow[idx], lat * SLOWDOWN_LATENCY_FACTOR, lat)
-        byt = np.round(ENTRY_BYTES * np.exp(0.6 * r.z_bytes[idx]))
-        cohort = np.where(kk >= 0, cat.cohort[np.maximum(kk, 0)], -1)
         tail = kk < 0
-        # Keys travel dictionary-encoded: catalog keys are indices into one
-        # shared array; this segment's long-tail keys are appended after it.
-        tail_names = [
-            f"search:{ENDPOINTS[e]}:q=lt-{tok:x}"
-            for e, tok in zip(ep[tail], r.tail_token[idx][tail])
-        ]
+        return _Requests(
+            t=r.t[idx],
+            tier=tr,
+            key=kk,
+            endpoint=ep,
+            cohort=np.where(kk >= 0, cat.cohort[np.maximum(kk, 0)], -1),
+            error=error[idx],
+            latency=lat,
+            bytes=np.round(ENTRY_BYTES * np.exp(0.6 * r.z_bytes[idx])),
+            interval=1.0 / keep_prob[idx],
+            tail_names=[
+                f"search:{ENDPOINTS[e]}:q=lt-{tok:x}"
+                for e, tok in zip(ep[tail], r.tail_token[idx][tail])
+            ],
+        )
+
+    def _request_table(self, parts: list[_Requests]) -> pa.Table:
+        """The window's requests as one SIM_SCHEMA table."""
+
+        def col(name: str) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in parts]) if parts else np.zeros(0)
+
+        kk = col("key").astype(np.int64)
+        # Keys travel dictionary-encoded: catalog keys are indices into the
+        # catalog's array; the window's long-tail keys are appended after it.
+        tail_names = [name for p in parts for name in p.tail_names]
         key_idx = kk.copy()
-        key_idx[tail] = len(cat.keys) + np.arange(tail.sum())
+        tail = kk < 0
+        key_idx[tail] = len(self.catalog.keys) + np.arange(tail.sum())
         key_dict = pa.concat_arrays([self._key_array, pa.array(tail_names, pa.string())])
-        n = len(idx)
+        cohort = col("cohort").astype(np.int64)
+        n = len(kk)
         return pa.table(
             {
-                "timestamp": pa.array(t, pa.timestamp("us", tz="UTC")),
-                "tier": _dict(tr, TIERS),
+                "timestamp": pa.array(col("t").astype(np.int64), pa.timestamp("us", tz="UTC")),
+                "tier": _dict(col("tier"), TIERS),
                 "key": pa.DictionaryArray.from_arrays(pa.array(key_idx.astype(np.int32)), key_dict),
-                "endpoint": _dict(ep, ENDPOINTS),
+                "endpoint": _dict(col("endpoint"), ENDPOINTS),
                 "experiment": _dict((cohort >= 0).astype(int), ("", EXPERIMENT)),
                 "cohort": _dict(cohort + 1, ("",) + tuple(c for c, _, _ in COHORTS)),
-                "status": _dict(error[idx].astype(int), ("ok", "error")),
+                "status": _dict(col("error").astype(int), ("ok", "error")),
                 "kind": _dict(np.zeros(n, int), ("request",)),
-                "latency_ms": lat,
-                "bytes": byt,
-                "sample_interval": 1.0 / keep_prob[idx],
+                "latency_ms": pa.array(col("latency").astype(float)),
+                "bytes": pa.array(col("bytes").astype(float)),
+                "sample_interval": pa.array(col("interval").astype(float)),
             }
         )
 
