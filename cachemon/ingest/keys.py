@@ -16,6 +16,7 @@ from datetime import datetime
 
 import duckdb
 
+from cachemon import rollups
 from cachemon.clock import HOUR, Window, ceil_to, floor_to, iso
 from cachemon.errors import StoreError
 from cachemon.store import topkeys
@@ -56,9 +57,9 @@ ORDER BY b.t
 
 # Retention: minutes before the minute horizon become hours (every source);
 # key_day and the summaries already count them.
-COMPACT_KEY_MINUTES = """
+COMPACT_KEY_MINUTES = f"""
 INSERT INTO key_hour
-SELECT source, date_trunc('hour', minute), key_id, sum(edge), sum(kv), sum(r2), sum(api),
+SELECT source, {rollups.bucket_sql("minute", 3600)}, key_id, sum(edge), sum(kv), sum(r2), sum(api),
        sum(errors), min(first_seen), max(last_seen), sum(fill_errors)
 FROM key_minute WHERE minute < $before
 GROUP BY ALL ORDER BY 2

@@ -55,18 +55,20 @@ SELECT $source, minute, name, value_sum, samples, value_min, value_max, value_la
 """
 
 
-RECOMPUTE_ROLLUP_HOUR = """
+# Hours of the minutes by integer arithmetic, not date_trunc (`rollups.bucket_sql`).
+HOUR_OF_MINUTE = rollups.bucket_sql("minute", 3600)
+RECOMPUTE_ROLLUP_HOUR = f"""
 INSERT INTO rollup_hour
-SELECT source, date_trunc('hour', minute), tier, endpoint, experiment, cohort,
+SELECT source, {HOUR_OF_MINUTE}, tier, endpoint, experiment, cohort,
        sum(requests), sum(errors), sum(bytes), sum(latency_sum),
        min(latency_min), max(latency_max), sum(events)
 FROM rollup_minute WHERE source = $source AND minute >= $lo AND minute < $hi
 GROUP BY ALL
 """
 
-RECOMPUTE_LATENCY_HOUR = """
+RECOMPUTE_LATENCY_HOUR = f"""
 INSERT INTO latency_hour
-SELECT source, date_trunc('hour', minute), tier, endpoint, experiment, cohort, bucket, sum(weight)
+SELECT source, {HOUR_OF_MINUTE}, tier, endpoint, experiment, cohort, bucket, sum(weight)
 FROM latency_minute WHERE source = $source AND minute >= $lo AND minute < $hi
 GROUP BY ALL
 """

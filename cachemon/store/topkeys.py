@@ -34,6 +34,7 @@ import pandas as pd
 
 from cachemon.clock import DAY, HOUR, MINUTE, Window, ceil_to, floor_to
 from cachemon.errors import InputError
+from cachemon.rollups import bucket_sql
 from cachemon.store import horizons
 from cachemon.store.queries import KEY_ROWS, key_ranges
 
@@ -41,6 +42,9 @@ LIST_SIZE = 1000
 
 # -- maintenance (called by ingest inside its transaction) -------------------
 
+# date_trunc in UTC, by integer arithmetic (`rollups.bucket_sql`).
+HOUR_OF_MINUTE = bucket_sql("minute", 3600)
+DAY_OF_T = bucket_sql("t", 86400)
 _SUMS = """sum(edge) AS edge, sum(kv) AS kv, sum(r2) AS r2, sum(api) AS api, sum(errors) AS errors,
        sum(fill_errors) AS fill_errors"""
 _COLS = "key_id, edge, kv, r2, api, errors, fill_errors"
@@ -55,7 +59,7 @@ GROUP BY t, key_id
 RANK_HOURS = _RANK.format(
     rows=f"""SELECT hour AS t, {_COLS} FROM key_hour WHERE hour >= $lo AND hour < $hi
     UNION ALL
-    SELECT date_trunc('hour', minute), {_COLS} FROM key_minute WHERE minute >= $lo AND minute < $hi"""
+    SELECT {HOUR_OF_MINUTE}, {_COLS} FROM key_minute WHERE minute >= $lo AND minute < $hi"""
 )
 RANK_DAYS = _RANK.format(
     rows=f"SELECT day AS t, {_COLS} FROM key_day WHERE day >= $lo AND day < $hi"
@@ -75,7 +79,7 @@ SELECT $part, t, coalesce(max(requests) FILTER (WHERE rank > {LIST_SIZE}), 0) FR
 CLEAR_KEY_DAY = "DELETE FROM key_day WHERE source = $source AND day >= $lo AND day < $hi"
 RECOMPUTE_KEY_DAY = f"""
 INSERT INTO key_day
-SELECT source, date_trunc('day', t), key_id, sum(edge), sum(kv), sum(r2), sum(api), sum(errors),
+SELECT source, {DAY_OF_T}, key_id, sum(edge), sum(kv), sum(r2), sum(api), sum(errors),
        min(first_seen), max(last_seen), sum(fill_errors)
 FROM (SELECT source, hour AS t, {_COLS}, first_seen, last_seen FROM key_hour
       WHERE source = $source AND hour >= $lo AND hour < $hi
