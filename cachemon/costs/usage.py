@@ -40,7 +40,7 @@ from cachemon.costs.tiermix import TierMix
 from cachemon.events import TIERS
 from cachemon.pricing import COMPONENTS, Pricing, days_in_month, month_share, month_start
 from cachemon.settings import Config
-from cachemon.store.queries import TIER_TOTALS, data_days, data_span, window_params
+from cachemon.store.queries import TIER_TOTALS, data_days, data_span, days_of, window_params
 
 QUERIES_PER_PULL = 4  # minute rollups, latency histogram, gauges, per-key counts
 GAUGE_USAGE = """
@@ -127,11 +127,14 @@ class Breakdown:
         return self.usage.basis
 
 
-def measure(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> Usage:
+def measure(
+    con: duckdb.DuckDBPyConnection, window: Window, cfg: Config, covered: Window | None = None
+) -> Usage:
     """Usage of `window` from the store's rollups and gauges. Storage is
-    priced for the part of the window the data covers only."""
+    priced for the part of the window the data covers only (`covered`, from
+    `data_days`; read from the store when not given)."""
     length = window.end - window.start
-    covered = data_days(con, window)[0]
+    covered = covered or data_days(con, window)[0]
     # Whole hours from the hourly rollups, ragged minutes from the minute ones.
     tiers = {
         r[0]: r
@@ -210,9 +213,12 @@ def per_day(usage: Usage) -> Usage:
     return usage.scaled(DAY / length, Window(usage.window.end - DAY, usage.window.end), basis)
 
 
-def daily_rate(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> Breakdown:
-    """The usage of `window` as a daily rate, priced (`[pricing]`)."""
-    return price(per_day(measure(con, window, cfg)), cfg.pricing)
+def daily_rate(
+    con: duckdb.DuckDBPyConnection, window: Window, cfg: Config, covered: Window | None = None
+) -> Breakdown:
+    """The usage of `window` as a daily rate, priced (`[pricing]`);
+    `covered` as `measure`'s."""
+    return price(per_day(measure(con, window, cfg, covered)), cfg.pricing)
 
 
 DAILY_COLUMNS = ("day", "start", "end", "partial", "list", "billed", *COMPONENTS)
@@ -271,15 +277,22 @@ class Forecast:
 
 
 def forecast(
-    con: duckdb.DuckDBPyConnection, at: datetime, cfg: Config, pricing: Pricing
+    con: duckdb.DuckDBPyConnection,
+    at: datetime,
+    cfg: Config,
+    pricing: Pricing,
+    span: tuple[datetime, datetime] | None = None,
 ) -> Forecast:
-    """Month-end cost from the month to date and the last 7 days' rate."""
+    """Month-end cost from the month to date and the last 7 days' rate
+    (`span`: the store's `data_span(con)`, read when not given)."""
+    span = span or data_span(con)
     start = month_start(at)
-    measured = measure(con, Window(start, at), cfg)
+    mtd_window = Window(start, at)
+    measured = measure(con, mtd_window, cfg, days_of(mtd_window, span)[0])
     so_far = Basis(Kind.MONTH_TO_DATE, measured.basis.window, measured.basis.covered)
     mtd = price(replace(measured, basis=so_far), pricing)
     recent = Window(max(start - 7 * DAY, at - 7 * DAY), at)
-    rate = price(per_day(measure(con, recent, cfg)), pricing)
+    rate = price(per_day(measure(con, recent, cfg, days_of(recent, span)[0])), pricing)
     days_left = (start.replace(day=days_in_month(at)) + DAY - at) / DAY
     total_units = {c: mtd.usage.units(c) + rate.usage.units(c) * days_left for c in COMPONENTS}
     billed = sum(pricing[c].billed(u, 1.0) for c, u in total_units.items())
@@ -368,7 +381,18 @@ class WindowCosts:
 
 
 def window_costs(
-    con: duckdb.DuckDBPyConnection, window: Window, at: datetime, cfg: Config
+    con: duckdb.DuckDBPyConnection,
+    window: Window,
+    at: datetime,
+    cfg: Config,
+    span: tuple[datetime, datetime] | None = None,
+    daily: Breakdown | None = None,
 ) -> WindowCosts:
-    """The costs of a metrics window (see WindowCosts)."""
-    return WindowCosts(daily_rate(con, window, cfg), forecast(con, at, cfg, cfg.pricing), at)
+    """The costs of a metrics window (see WindowCosts). `span` is the
+    store's `data_span(con)` (read when not given: the store is read once
+    for all three measured windows); `daily`, the window's `daily_rate`
+    when the caller has it."""
+    span = span or data_span(con)
+    if daily is None:
+        daily = daily_rate(con, window, cfg, days_of(window, span)[0])
+    return WindowCosts(daily, forecast(con, at, cfg, cfg.pricing, span), at)
