@@ -24,7 +24,7 @@ from cachemon.errors import InputError
 
 T = TypeVar("T")
 
-MEMO_SIZE = 64  # entries per snapshot: a few windows × periods × endpoints
+MEMO_SIZE = 256  # entries per snapshot: about ten per period and endpoint, and the minutes
 
 
 class SnapshotMemo:

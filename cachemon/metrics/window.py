@@ -169,7 +169,6 @@ def compute(
         raise EmptyStoreError(EMPTY_STORE)
     if latest and span[1] < window.end:
         window = Window(span[1] - window.length, span[1])
-    horizons.check_read(con, window.start)
     figures = through(
         memo, ("figures", window, endpoint, top), lambda: _figures(con, window, endpoint, top)
     )
@@ -202,7 +201,9 @@ def _figures(
     con: duckdb.DuckDBPyConnection, window: Window, endpoint: str | None, top: int
 ) -> dict | None:
     """The figures of `window` alone (the Metrics fields that depend on
-    nothing else), None when it holds no request."""
+    nothing else), None when it holds no request; StoreError when it needs
+    minutes retention compacted away."""
+    horizons.check_read(con, window.start)
     p = window_params(window) | {"endpoint": endpoint}
     rows = con.execute(TIER_TOTALS, p).fetchall()
     if not rows:

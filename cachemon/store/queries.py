@@ -116,18 +116,24 @@ def data_span(
 @dataclass(frozen=True)
 class Spans:
     """The store's `data_span` (`all`) and its span before an instant
-    (`before`, `data_span(con, at)`); `settled` when every row is dated
-    before that instant (the usual case: nothing from its future)."""
+    (`before`, `data_span(con, at)`); `settled` when every request row and
+    gauge reading is dated before that instant (the usual case: nothing
+    from its future), so a range ending there holds every row from its start."""
 
     all: tuple[datetime, datetime] | None
     before: tuple[datetime, datetime] | None
     settled: bool
 
 
+# DATA_SPAN and the newest gauge reading.
+EXTENT = f"{DATA_SPAN.rstrip()}, (SELECT max(minute) + INTERVAL 1 MINUTE FROM gauge_minute)"
+
+
 def extent(con: duckdb.DuckDBPyConnection) -> tuple:
     """The first and last-plus-one instant of each resolution's request
-    rows (DATA_SPAN's row), for `data_spans`."""
-    return first_row(con, DATA_SPAN)
+    rows (DATA_SPAN's row) and the end of the gauge readings, for
+    `data_spans`."""
+    return first_row(con, EXTENT)
 
 
 def data_spans(con: duckdb.DuckDBPyConnection, at: datetime, row: tuple | None = None) -> Spans:
@@ -135,10 +141,11 @@ def data_spans(con: duckdb.DuckDBPyConnection, at: datetime, row: tuple | None =
     `extent` (`row`, read when not given) alone when every row is dated
     before `at`, else with one more query."""
     row = row or extent(con)
-    ends = [(row[1], MINUTE), (row[3], HOUR), (row[5], DAY)]
+    ends = [(row[1], MINUTE), (row[3], HOUR), (row[5], DAY), (row[6], MINUTE)]
     # An end is the last row's start plus its length: all rows start before `at`.
     settled = all(end is None or end - length < at for end, length in ends)
-    return Spans(_span(row, None), _span(row, at) if settled else data_span(con, at), settled)
+    spans = row[:6]
+    return Spans(_span(spans, None), _span(spans, at) if settled else data_span(con, at), settled)
 
 
 def _span(row: tuple, at: datetime | None) -> tuple[datetime, datetime] | None:

@@ -160,7 +160,7 @@ def build_window(
         con, window, label, endpoint, top, latest=latest, spans=spans, memo=memo
     )
     rules = alerts_rules.effective_rules(cfg.alerts)
-    state = alerts_health.health(con, max(at, m.at), cfg.alerts.evaluate_every, rules)
+    state = alerts_health.health(con, max(at, m.at), cfg.alerts.evaluate_every, rules, memo)
     with_costs = endpoint is None if costs is None else costs
     block = None
     if with_costs:
@@ -169,7 +169,10 @@ def build_window(
             ("daily_rate", m.window),
             lambda: usage.daily_rate(con, m.window, cfg, days_of(m.window, spans.all)[0]),
         )
-        block = usage.window_costs(con, m.window, m.at, cfg, spans.all, daily)
+        # The forecast measures windows ending at `m.at`: kept only while
+        # no data is dated after it (`Spans.settled`, `usage.measure`).
+        settled = memo if spans.settled and m.at == window.end else None
+        block = usage.window_costs(con, m.window, m.at, cfg, spans.all, daily, settled)
     before = _previous(con, cfg, m, with_costs) if compare else None
     return MetricsReport(m, state, block, cfg.metrics.stale_after, before)
 

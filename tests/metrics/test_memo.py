@@ -13,13 +13,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cachemon import settings as cm_settings
+from cachemon.alerts import evaluate as alerts_evaluate
+from cachemon.alerts import health as alerts_health
+from cachemon.alerts import rules as alerts_rules
 from cachemon.clock import Period
 from cachemon.errors import InputError
 from cachemon.metrics.memo import SnapshotMemo, through
 from cachemon.store import db as store_db
 from cachemon.store import queries
 from cachemon.usecases import metrics_report
-from tests.helpers import T0
+from tests.helpers import T0, load, simulate
 
 
 def test_memo_keeps_values_by_key_and_drops_the_least_recent():
@@ -73,12 +76,15 @@ def test_data_spans_are_data_span_with_and_without_the_instant(loaded_store, off
         spans = queries.data_spans(con, at)
         assert spans.all == queries.data_span(con)
         assert spans.before == queries.data_span(con, at)
-        # Settled exactly when no row is dated at or after `at`.
+        # Settled exactly when no row (nor gauge reading) is dated at or after `at`.
         later = con.execute(
             "SELECT count(*) FROM rollup_minute WHERE minute >= $at", {"at": at}
         ).fetchone()[0]
         later += con.execute(
             "SELECT count(*) FROM rollup_hour WHERE hour >= $at", {"at": at}
+        ).fetchone()[0]
+        later += con.execute(
+            "SELECT count(*) FROM gauge_minute WHERE minute >= $at", {"at": at}
         ).fetchone()[0]
         assert spans.settled == (later == 0)
 
@@ -128,3 +134,34 @@ def test_the_lifetime_counter_inside_the_data_is_the_instants(loaded_store):
         truth = requests[requests.timestamp < at].sample_interval.sum()
         assert report.metrics.lifetime.total == pytest.approx(truth, rel=1e-12)
     assert first.metrics.lifetime.total < second.metrics.lifetime.total
+
+
+@pytest.fixture(scope="module")
+def evaluated_store(tmp_path_factory):
+    """Three hours of traffic with the alert rules evaluated over it (a
+    record of evaluations and state changes)."""
+    path = tmp_path_factory.mktemp("alerts") / "cachemon.duckdb"
+    parts, _ = simulate(3)
+    load(path, parts)
+    cfg = cm_settings.Config()
+    with store_db.writer(path, T0) as con:
+        alerts_evaluate.backfill(con, cfg, T0, T0 + timedelta(hours=3))
+    return path, cfg
+
+
+def test_the_health_through_a_memo_is_the_health_without_one(evaluated_store):
+    """Before the newest evaluation the health is as of its instant; after
+    it, the whole record, kept: the same as a fresh read at every instant."""
+    path, cfg = evaluated_store
+    memo = SnapshotMemo("test")
+    rules = alerts_rules.effective_rules(cfg.alerts)
+    every = cfg.alerts.evaluate_every
+    with store_db.reader(path) as con:
+        changes = con.execute("SELECT count(*) FROM alert_history").fetchone()[0]
+        assert changes > 0  # there is a record to get wrong
+        instants = [T0 + timedelta(minutes=m) for m in (30, 61, 95, 150, 179, 180, 181, 240, 900)]
+        for at in instants:
+            fresh = alerts_health.health(con, at, every, rules)
+            assert alerts_health.health(con, at, every, rules, memo) == fresh, at
+            assert alerts_health.health(con, at, every, rules, memo) == fresh, at
+    assert memo.hits > 0
