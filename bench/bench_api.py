@@ -2,8 +2,15 @@
 cached and uncached, with the load from a second process on loopback.
 
     .venv/bin/python -m bench.bench_api [--store bench/out/bench.duckdb] [--seconds 10]
+        [--format json|prometheus] [--before DIR]
 
 Uses the 7-day store that bench_foundation.py leaves in bench/out (or any).
+With `--before DIR`, the server of another checkout (the code before a
+change) is measured too, in the same run against the same store, each case
+before then after, so both see the same load; the load average is printed.
+"Uncached" is the server with its response cache off (`--cache-seconds 0`):
+every request computes its response (the figures of the snapshot's window
+are kept per published snapshot since #22, see `cachemon.metrics.memo`).
 """
 
 from __future__ import annotations
@@ -42,9 +49,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(store: Path, cache_seconds: int, seconds: float, threads: int) -> dict:
+def run(
+    store: Path, cache_seconds: int, seconds: float, threads: int, root: Path = ROOT, fmt="json"
+) -> dict:
     port = free_port()
-    env = dict(os.environ, CACHEMON_DB=str(store), PYTHONPATH=str(ROOT))
+    env = dict(os.environ, CACHEMON_DB=str(store), PYTHONPATH=str(root))
     env.pop("CACHEMON_API_TOKEN", None)
     server = subprocess.Popen(
         [
@@ -59,12 +68,12 @@ def run(store: Path, cache_seconds: int, seconds: float, threads: int) -> dict:
             "--cache-seconds",
             str(cache_seconds),
         ],
-        cwd=ROOT,
+        cwd=root,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}/metrics?period=24h"
+    url = f"http://127.0.0.1:{port}/metrics?period=24h&format={fmt}"
     try:
         for _ in range(100):
             try:
@@ -89,13 +98,34 @@ def main():
     ap.add_argument("--store", default=str(ROOT / "bench" / "out" / "bench.duckdb"))
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--format", choices=("json", "prometheus"), default="json")
+    ap.add_argument("--before", help="another checkout to measure too (the code before)")
+    ap.add_argument(
+        "--repeat", type=int, default=2, help="runs of each case and code, in alternating order"
+    )
     args = ap.parse_args()
-    print("case     | requests/s | p50 ms | p99 ms")
+    roots = [("after", ROOT)]
+    if args.before:
+        roots.insert(0, ("before", Path(args.before).resolve()))
+    print(f"store {args.store}, format {args.format}, {args.threads} client threads")
+    print("case     | code   | requests/s | p50 ms | p99 ms | load (1 min)")
+    print("---------|--------|------------|--------|--------|-------------")
     for name, cache in (("cached", 300), ("uncached", 0)):
-        r = run(Path(args.store), cache, args.seconds, args.threads)
-        print(
-            f"{name:8} | {r['n'] / r['s']:10.0f} | {r['p50'] * 1000:6.1f} | {r['p99'] * 1000:6.1f}"
-        )
+        # The second of two servers started in a row measured ~30 % slower on
+        # a loaded machine, the same code both times: alternate who goes first.
+        rates: dict[str, list[float]] = {code: [] for code, _ in roots}
+        for rep in range(args.repeat):
+            for code, root in roots if rep % 2 == 0 else roots[::-1]:
+                r = run(Path(args.store), cache, args.seconds, args.threads, root, args.format)
+                rates[code].append(r["n"] / r["s"])
+                print(
+                    f"{name:8} | {code:6} | {r['n'] / r['s']:10.0f} | {r['p50'] * 1000:6.1f} | "
+                    f"{r['p99'] * 1000:6.1f} | {os.getloadavg()[0]:.2f}"
+                )
+        means = {code: sum(v) / len(v) for code, v in rates.items()}
+        line = ", ".join(f"{code} {v:.0f}" for code, v in means.items())
+        ratio = f" (after/before {means['after'] / means['before']:.1f}x)" if args.before else ""
+        print(f"{name:8} | mean   | {line}{ratio}")
 
 
 if __name__ == "__main__":

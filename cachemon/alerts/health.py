@@ -16,8 +16,10 @@ from cachemon.alerts.readings import AlertValues
 from cachemon.alerts.rules import Rule
 from cachemon.alerts.silences import active_silences
 from cachemon.clock import Window, iso
+from cachemon.metrics.memo import SnapshotMemo
 from cachemon.notify import outbox
 from cachemon.severity import HealthStatus, Severity, severity_rank
+from cachemon.store.connection import first_row
 from cachemon.store.queries import data_span
 
 # The state of each instance as of an instant: its last transition.
@@ -31,6 +33,10 @@ SELECT changed_at AS at, rule, endpoint, type, severity, from_state, to_state, v
 FROM alert_history WHERE changed_at >= $since AND changed_at <= $until
   AND ($endpoint IS NULL OR endpoint IN ($endpoint, ''))
 ORDER BY changed_at DESC, rule, endpoint LIMIT $limit
+"""
+# The newest evaluation and state change: the record as of any later instant is all of it.
+ALERT_EXTENT = """
+SELECT (SELECT max(evaluated_at) FROM alert_evaluations), (SELECT max(changed_at) FROM alert_history)
 """
 # The most rows of history and notifications the Alerts page lists (it says when it is cut).
 LIMIT = 200
@@ -78,21 +84,22 @@ def health(
     at: datetime,
     evaluate_every: timedelta,
     rules: tuple[Rule, ...] = (),
+    memo: SnapshotMemo | None = None,
 ) -> Health:
     """The seed's health block, from the alert states as of `at`: critical
     when a critical alert fires, degraded for a warning, a failed
     evaluation or overdue evaluations; no-data instances are listed as info.
     With the effective `rules`, each firing alert of one of them carries
     its value when it fired and its value as of `at`, each labelled with
-    the rule's window (`Issue.values`)."""
-    last = alerts_evaluate.last_evaluation(con, at)
+    the rule's window (`Issue.values`). A `memo` of the snapshot `con`
+    reads keeps the alert record while `at` is after all of it."""
+    last, rows = _record(con, at, memo)
     issues = []
     if last is None:
         issues.append(Issue(Severity.WARNING, "alert rules have not been evaluated yet", at))
     elif at - last > 2 * evaluate_every:
         overdue = f"alert evaluation is overdue: last run {iso(last)}"
         issues.append(Issue(Severity.WARNING, overdue, last))
-    rows = con.execute(STATES_AT, {"at": at}).fetchall()
     critical = {(r[2], r[1]) for r in rows if r[7] is not None and r[3] == Severity.CRITICAL}
     # Firing alerts, less a warning inhibited by the critical alert of the same type.
     active = [
@@ -123,6 +130,21 @@ def health(
     issues.sort(key=lambda i: (severity_rank(i.severity), i.since))
     status = HealthStatus.of({i.severity for i in issues})
     return Health(status, tuple(issues), last, tuple(sorted(firing.items())))
+
+
+def _record(con: duckdb.DuckDBPyConnection, at: datetime, memo: SnapshotMemo | None):
+    """The last evaluation as of `at` and each instance's state then
+    (STATES_AT's rows)."""
+    if memo is not None:
+        evaluated, changed = memo.get("alert_extent", lambda: first_row(con, ALERT_EXTENT))
+        if (evaluated is None or evaluated <= at) and (changed is None or changed <= at):
+            # Nothing after `at`: the record as of `at` is the whole record,
+            # the same for every such instant.
+            return memo.get(
+                "alert_record",
+                lambda: (evaluated, con.execute(STATES_AT, {"at": changed or at}).fetchall()),
+            )
+    return alerts_evaluate.last_evaluation(con, at), con.execute(STATES_AT, {"at": at}).fetchall()
 
 
 def _values(con: duckdb.DuckDBPyConnection, rules: tuple[Rule, ...], active, at: datetime):

@@ -24,10 +24,13 @@ headers.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import duckdb
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -41,10 +44,12 @@ from cachemon.clock import Period, iso
 from cachemon.errors import CachemonError, InputError, StoreError
 from cachemon.metrics import exposition
 from cachemon.metrics import window as metrics_window
+from cachemon.metrics.memo import SnapshotMemo
 from cachemon.runner import selfcheck
 from cachemon.settings import Config
 from cachemon.store import db as store_db
 from cachemon.store.queries import data_span
+from cachemon.store.snapshots import snapshot_version
 from cachemon.usecases import metrics_report
 
 CACHE_FOR = timedelta(minutes=5)
@@ -65,6 +70,7 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
     # (period, format) -> (computed at, body, media type, X-Data-Until, expires at)
     cache: dict[tuple[str, str], tuple[datetime, bytes, str, str, datetime]] = {}
     limiter = RateLimiter(settings.rate_limit, settings.max_peers)
+    memos = Memos(cfg.store.path)
     allow = networks(settings.allow, "--allow")
 
     def guard(request: Request) -> Response | None:
@@ -98,8 +104,8 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
         hit = cache.get((period.value, fmt))
         if not hit or now >= hit[4]:
             try:
-                with store_db.shared_reader(cfg.store.path) as con:
-                    report = metrics_report.build(con, cfg, period, now)
+                with memos.reading() as (con, memo):
+                    report = metrics_report.build(con, cfg, period, now, memo=memo)
             except StoreError as exc:
                 return _error(503, str(exc))
             m = report.metrics
@@ -165,7 +171,38 @@ def create_app(cfg: Config, settings: ApiSettings, clock: Callable[[], datetime]
     # header (an open redirect): a path either exists or is a 404.
     app.router.redirect_slashes = False
     app.state.limiter = limiter  # for tests and introspection: its size is bounded
+    app.state.memos = memos  # for tests: what is kept, and for which snapshot
     return app
+
+
+class Memos:
+    """The current snapshot's memo (`metrics.memo`): a report's window
+    figures are computed once per published snapshot version, so an
+    uncached response costs only what depends on its instant. A new
+    version gets a new memo; a connection whose version is in doubt (a
+    publish while it was opened) gets none."""
+
+    def __init__(self, path):
+        self.path = path
+        self.current: SnapshotMemo | None = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def reading(self) -> Iterator[tuple[duckdb.DuckDBPyConnection, SnapshotMemo | None]]:
+        """A shared reader's connection and the memo of the snapshot it
+        reads (None when a publish raced the opening)."""
+        before = snapshot_version(self.path)
+        with store_db.shared_reader(self.path) as con:
+            # The version named before and after the reader was opened is
+            # the one it opened (versions never come back).
+            if not before or snapshot_version(self.path) != before:
+                yield con, None
+                return
+            with self._lock:
+                if self.current is None or self.current.version != before:
+                    self.current = SnapshotMemo(before)
+                memo = self.current
+            yield con, memo
 
 
 def expiry(

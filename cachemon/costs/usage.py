@@ -38,9 +38,10 @@ from cachemon.clock import DAY, Window, floor_to, iso
 from cachemon.costs.basis import Basis, Kind, Price
 from cachemon.costs.tiermix import TierMix
 from cachemon.events import TIERS
+from cachemon.metrics.memo import SnapshotMemo, through
 from cachemon.pricing import COMPONENTS, Pricing, days_in_month, month_share, month_start
 from cachemon.settings import Config
-from cachemon.store.queries import TIER_TOTALS, data_days, data_span, window_params
+from cachemon.store.queries import TIER_TOTALS, data_days, data_span, days_of, window_params
 
 QUERIES_PER_PULL = 4  # minute rollups, latency histogram, gauges, per-key counts
 GAUGE_USAGE = """
@@ -127,15 +128,33 @@ class Breakdown:
         return self.usage.basis
 
 
-def measure(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> Usage:
+def measure(
+    con: duckdb.DuckDBPyConnection,
+    window: Window,
+    cfg: Config,
+    covered: Window | None = None,
+    memo: SnapshotMemo | None = None,
+) -> Usage:
     """Usage of `window` from the store's rollups and gauges. Storage is
-    priced for the part of the window the data covers only."""
+    priced for the part of the window the data covers only (`covered`, from
+    `data_days`; read from the store when not given).
+
+    A `memo` of the snapshot `con` reads keeps the rows read, by the ranges
+    read; give one only when no row is dated at or after `window.end`
+    (`Spans.settled`): then a range ending there is every row from its
+    start, whatever that end, and windows from one start to different
+    instants past the data read the same rows."""
     length = window.end - window.start
-    covered = data_days(con, window)[0]
+    covered = covered or data_days(con, window)[0]
     # Whole hours from the hourly rollups, ragged minutes from the minute ones.
+    p = window_params(window) | {"endpoint": None}
     tiers = {
         r[0]: r
-        for r in con.execute(TIER_TOTALS, window_params(window) | {"endpoint": None}).fetchall()
+        for r in through(
+            memo,
+            ("tier_totals", _open_ended(p, window.end)),
+            lambda: con.execute(TIER_TOTALS, p).fetchall(),
+        )
     }
     # Errors of the filling tiers only: an edge or KV answer never fills.
     mix = TierMix(
@@ -143,7 +162,7 @@ def measure(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> Usag
         failed_fills=sum(float(tiers[t][2]) for t in ("r2", "api") if t in tiers),
         r2_lookup=cfg.costs.r2_flow,
     )
-    gauges = _gauges(con, window)
+    gauges = through(memo, ("gauge_usage", window.start), lambda: _gauges(con, window))
     # The share of the month the data covers: a store that starts on the
     # 20th holds no reading of the days before, so they are not priced.
     share = month_share(window.start, covered.length)
@@ -166,6 +185,14 @@ def measure(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> Usag
         kv_bytes=kv_mean,
         r2_bytes=r2[0],
         basis=Basis(Kind.MEASURED, window, covered),
+    )
+
+
+def _open_ended(params: dict, end: datetime) -> tuple:
+    """`params` (of ranges) with `end` as an upper bound left open (None):
+    the key of what a settled store holds in them (see `measure`)."""
+    return tuple(
+        (k, None if k.endswith("_hi") and v == end else v) for k, v in sorted(params.items())
     )
 
 
@@ -210,9 +237,12 @@ def per_day(usage: Usage) -> Usage:
     return usage.scaled(DAY / length, Window(usage.window.end - DAY, usage.window.end), basis)
 
 
-def daily_rate(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> Breakdown:
-    """The usage of `window` as a daily rate, priced (`[pricing]`)."""
-    return price(per_day(measure(con, window, cfg)), cfg.pricing)
+def daily_rate(
+    con: duckdb.DuckDBPyConnection, window: Window, cfg: Config, covered: Window | None = None
+) -> Breakdown:
+    """The usage of `window` as a daily rate, priced (`[pricing]`);
+    `covered` as `measure`'s."""
+    return price(per_day(measure(con, window, cfg, covered)), cfg.pricing)
 
 
 DAILY_COLUMNS = ("day", "start", "end", "partial", "list", "billed", *COMPONENTS)
@@ -271,15 +301,24 @@ class Forecast:
 
 
 def forecast(
-    con: duckdb.DuckDBPyConnection, at: datetime, cfg: Config, pricing: Pricing
+    con: duckdb.DuckDBPyConnection,
+    at: datetime,
+    cfg: Config,
+    pricing: Pricing,
+    span: tuple[datetime, datetime] | None = None,
+    memo: SnapshotMemo | None = None,
 ) -> Forecast:
-    """Month-end cost from the month to date and the last 7 days' rate."""
+    """Month-end cost from the month to date and the last 7 days' rate
+    (`span`: the store's `data_span(con)`, read when not given; `memo`,
+    only when no row is dated at or after `at`: see `measure`)."""
+    span = span or data_span(con)
     start = month_start(at)
-    measured = measure(con, Window(start, at), cfg)
+    mtd_window = Window(start, at)
+    measured = measure(con, mtd_window, cfg, days_of(mtd_window, span)[0], memo)
     so_far = Basis(Kind.MONTH_TO_DATE, measured.basis.window, measured.basis.covered)
     mtd = price(replace(measured, basis=so_far), pricing)
     recent = Window(max(start - 7 * DAY, at - 7 * DAY), at)
-    rate = price(per_day(measure(con, recent, cfg)), pricing)
+    rate = price(per_day(measure(con, recent, cfg, days_of(recent, span)[0], memo)), pricing)
     days_left = (start.replace(day=days_in_month(at)) + DAY - at) / DAY
     total_units = {c: mtd.usage.units(c) + rate.usage.units(c) * days_left for c in COMPONENTS}
     billed = sum(pricing[c].billed(u, 1.0) for c, u in total_units.items())
@@ -368,7 +407,19 @@ class WindowCosts:
 
 
 def window_costs(
-    con: duckdb.DuckDBPyConnection, window: Window, at: datetime, cfg: Config
+    con: duckdb.DuckDBPyConnection,
+    window: Window,
+    at: datetime,
+    cfg: Config,
+    span: tuple[datetime, datetime] | None = None,
+    daily: Breakdown | None = None,
+    memo: SnapshotMemo | None = None,
 ) -> WindowCosts:
-    """The costs of a metrics window (see WindowCosts)."""
-    return WindowCosts(daily_rate(con, window, cfg), forecast(con, at, cfg, cfg.pricing), at)
+    """The costs of a metrics window (see WindowCosts). `span` is the
+    store's `data_span(con)` (read when not given: the store is read once
+    for all three measured windows); `daily`, the window's `daily_rate`
+    when the caller has it; `memo` for the forecast (see `forecast`)."""
+    span = span or data_span(con)
+    if daily is None:
+        daily = daily_rate(con, window, cfg, days_of(window, span)[0])
+    return WindowCosts(daily, forecast(con, at, cfg, cfg.pricing, span, memo), at)

@@ -19,11 +19,14 @@ from cachemon.errors import EmptyStoreError, StoreError
 from cachemon.events import TIERS
 from cachemon.histogram import Histogram
 from cachemon.jsontext import finite, significant
+from cachemon.metrics.memo import SnapshotMemo, through
 from cachemon.store import horizons, topkeys
 from cachemon.store.queries import (
     EMPTY_STORE,
     TIER_TOTALS,
-    data_span,
+    Spans,
+    data_spans,
+    extent,
     three_ranges,
     window_params,
 )
@@ -144,6 +147,8 @@ def compute(
     endpoint: str | None = None,
     top: int = 10,
     latest: bool = False,
+    spans: Spans | None = None,
+    memo: SnapshotMemo | None = None,
 ) -> Metrics:
     """Metrics of `window` (optionally one endpoint) from the store.
 
@@ -151,56 +156,78 @@ def compute(
     lagging) slides back to end where the data ends, and the result keeps
     the requested instant as `at`, so its data age and `stale` flag tell
     the reader these are the last good numbers.
+
+    `spans` are `data_spans(con, window.end)` when the caller has them
+    (read when not given). With a `memo` of the snapshot `con` reads, the
+    figures of the (slid) window are computed once per snapshot, and so is
+    the lifetime counter while no data is dated after `at`.
     """
     at = window.end
-    span = data_span(con, at)
+    spans = spans or data_spans(con, at, through(memo, "extent", lambda: extent(con)))
+    span = spans.before
     if span is None:
         raise EmptyStoreError(EMPTY_STORE)
     if latest and span[1] < window.end:
         window = Window(span[1] - window.length, span[1])
-    horizons.check_read(con, window.start)
-    p = window_params(window) | {"endpoint": endpoint}
-    rows = con.execute(TIER_TOTALS, p).fetchall()
-    if not rows:
+    figures = through(
+        memo, ("figures", window, endpoint, top), lambda: _figures(con, window, endpoint, top)
+    )
+    if figures is None:
         what = f" for endpoint {endpoint!r}" if endpoint else ""
-        held = (
-            data_span(con) or span
-        )  # all the store holds: `span` is cut at `at`, which may precede it
+        held = spans.all or span  # all the store holds: `span` is cut at `at`, which may precede it
         raise StoreError(
             f"no requests{what} in {window}; the store holds data from {iso(held[0])} to {iso(held[1])}"
         )
-    by_tier = {r[0]: r for r in rows}
-    volume = TierVolume(**{t: float(by_tier[t][1]) if t in by_tier else 0.0 for t in TIERS})
-    errors = sum(float(r[2]) for r in rows)
-    nbytes = sum(float(r[3]) for r in rows)
-    latency_sum = sum(float(r[4]) for r in rows)
-    hist = Histogram.from_pairs(*zip(*con.execute(LATENCY_BUCKETS, p).fetchall()))
-    latency = Latency(
-        hist.quantile(0.50),
-        hist.quantile(0.95),
-        hist.quantile(0.99),
-        latency_sum / volume.total if volume.total else None,
+    hour = floor_to(at, HOUR)
+    life = through(
+        # With every row before `at`, the minutes of [hour, at) are all the
+        # minutes from `hour` on: the counter depends on the hour alone.
+        memo if spans.settled else None,
+        ("lifetime", hour),
+        lambda: dict(con.execute(LIFETIME, {"h": hour, "at": at}).fetchall()),
     )
-    top_keys, top_window = _top_keys(con, window, endpoint, top)
-    gauges = tuple(
-        (n, float(v)) for n, v in con.execute(LATEST_GAUGES, {"hi": window.end}).fetchall()
-    )
-    life = dict(con.execute(LIFETIME, {"h": floor_to(at, HOUR), "at": at}).fetchall())
     return Metrics(
         at=at,
         period=period,
         window=window,
         endpoint=endpoint,
-        volume=volume,
-        errors=errors,
-        bytes=nbytes,
-        latency=latency,
-        top_keys=top_keys,
-        top_keys_window=top_window,
+        **figures,
         data_until=min(span[1], at),
-        gauges=gauges,
         lifetime=TierVolume(**{t: float(life.get(t, 0.0)) for t in TIERS}),
     )
+
+
+def _figures(
+    con: duckdb.DuckDBPyConnection, window: Window, endpoint: str | None, top: int
+) -> dict | None:
+    """The figures of `window` alone (the Metrics fields that depend on
+    nothing else), None when it holds no request; StoreError when it needs
+    minutes retention compacted away."""
+    horizons.check_read(con, window.start)
+    p = window_params(window) | {"endpoint": endpoint}
+    rows = con.execute(TIER_TOTALS, p).fetchall()
+    if not rows:
+        return None
+    by_tier = {r[0]: r for r in rows}
+    volume = TierVolume(**{t: float(by_tier[t][1]) if t in by_tier else 0.0 for t in TIERS})
+    latency_sum = sum(float(r[4]) for r in rows)
+    hist = Histogram.from_pairs(*zip(*con.execute(LATENCY_BUCKETS, p).fetchall()))
+    top_keys, top_window = _top_keys(con, window, endpoint, top)
+    gauges = con.execute(LATEST_GAUGES, {"hi": window.end}).fetchall()
+    return {
+        "volume": volume,
+        "errors": sum(float(r[2]) for r in rows),
+        "bytes": sum(float(r[3]) for r in rows),
+        "latency": Latency(
+            hist.quantile(0.50),
+            hist.quantile(0.95),
+            hist.quantile(0.99),
+            latency_sum / volume.total if volume.total else None,
+        ),
+        "top_keys": top_keys,
+        "top_keys_window": top_window,
+        "gauges": tuple((n, float(v)) for n, v in gauges),
+    }
 
 
 def to_json(

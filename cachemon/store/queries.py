@@ -8,12 +8,13 @@ in the store means no domain imports another one just for its SQL.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
 import duckdb
 
-from cachemon.clock import DAY, HOUR, Window, ceil_to, floor_to
+from cachemon.clock import DAY, HOUR, MINUTE, Window, ceil_to, floor_to
 from cachemon.errors import EmptyStoreError
 from cachemon.store.connection import first_row
 
@@ -108,9 +109,47 @@ def data_span(
     is where the data before `at` ends (never after `at`), so the age of
     the data as of `at` is never negative nor hidden by later rows."""
     if at is None:
-        m_lo, m_hi, h_lo, h_hi, d_lo, d_hi = first_row(con, DATA_SPAN)
-    else:
-        m_lo, m_hi, h_lo, h_hi, d_lo, d_hi = first_row(con, DATA_SPAN_BEFORE, {"at": at})
+        return _span(first_row(con, DATA_SPAN), None)
+    return _span(first_row(con, DATA_SPAN_BEFORE, {"at": at}), at)
+
+
+@dataclass(frozen=True)
+class Spans:
+    """The store's `data_span` (`all`) and its span before an instant
+    (`before`, `data_span(con, at)`); `settled` when every request row and
+    gauge reading is dated before that instant (the usual case: nothing
+    from its future), so a range ending there holds every row from its start."""
+
+    all: tuple[datetime, datetime] | None
+    before: tuple[datetime, datetime] | None
+    settled: bool
+
+
+# DATA_SPAN and the newest gauge reading.
+EXTENT = f"{DATA_SPAN.rstrip()}, (SELECT max(minute) + INTERVAL 1 MINUTE FROM gauge_minute)"
+
+
+def extent(con: duckdb.DuckDBPyConnection) -> tuple:
+    """The first and last-plus-one instant of each resolution's request
+    rows (DATA_SPAN's row) and the end of the gauge readings, for
+    `data_spans`."""
+    return first_row(con, EXTENT)
+
+
+def data_spans(con: duckdb.DuckDBPyConnection, at: datetime, row: tuple | None = None) -> Spans:
+    """`data_span(con)` and `data_span(con, at)` together, from the store's
+    `extent` (`row`, read when not given) alone when every row is dated
+    before `at`, else with one more query."""
+    row = row or extent(con)
+    ends = [(row[1], MINUTE), (row[3], HOUR), (row[5], DAY), (row[6], MINUTE)]
+    # An end is the last row's start plus its length: all rows start before `at`.
+    settled = all(end is None or end - length < at for end, length in ends)
+    spans = row[:6]
+    return Spans(_span(spans, None), _span(spans, at) if settled else data_span(con, at), settled)
+
+
+def _span(row: tuple, at: datetime | None) -> tuple[datetime, datetime] | None:
+    m_lo, m_hi, h_lo, h_hi, d_lo, d_hi = row
     lo, hi = m_lo, m_hi or h_hi or d_hi
     if h_lo is not None and (lo is None or h_lo < floor_to(lo, HOUR)):
         lo = h_lo
@@ -139,7 +178,11 @@ def data_end(con: duckdb.DuckDBPyConnection, at: datetime) -> datetime:
 def data_days(con: duckdb.DuckDBPyConnection, window: Window) -> tuple[Window, float]:
     """The part of `window` the data covers, and its days (at least an
     hour): rates per day divide by these."""
-    span = data_span(con)
+    return days_of(window, data_span(con))
+
+
+def days_of(window: Window, span: tuple[datetime, datetime] | None) -> tuple[Window, float]:
+    """`data_days` of a window given the store's `data_span(con)`."""
     lo = max(window.start, span[0]) if span else window.start
     hi = max(lo, min(window.end, span[1])) if span else window.end
     return Window(lo, hi), max((hi - lo) / DAY, 1 / 24)

@@ -22,7 +22,9 @@ from cachemon.costs import usage
 from cachemon.errors import CachemonError
 from cachemon.metrics import exposition, trends
 from cachemon.metrics import window as metrics_window
+from cachemon.metrics.memo import SnapshotMemo, through
 from cachemon.settings import Config
+from cachemon.store.queries import data_spans, days_of, extent
 
 COST_KPI = "cost"  # the list cost per day, beside the metrics' KPIs (metrics.KPI_LABELS)
 
@@ -108,6 +110,7 @@ def build(
     latest: bool = True,
     costs: bool | None = None,
     compare: bool = False,
+    memo: SnapshotMemo | None = None,
 ) -> MetricsReport:
     """The metrics response for the `period` ending at `at` (optionally one
     endpoint, with `top` busiest keys). With `latest`, a window past the
@@ -115,7 +118,9 @@ def build(
     numbers; pass False for a reproducible `--at`). `costs` None includes
     the costs block only for the whole store (no endpoint); True or False
     forces it. With `compare`, the report also holds the previous period of
-    the same length (`Previous`), for `kpi_deltas`."""
+    the same length (`Previous`), for `kpi_deltas`. A `memo` of the snapshot
+    `con` reads keeps the window's figures for the next report
+    (`metrics.memo`; the API's)."""
     return build_window(
         con,
         cfg,
@@ -127,6 +132,7 @@ def build(
         latest=latest,
         costs=costs,
         compare=compare,
+        memo=memo,
     )
 
 
@@ -141,16 +147,32 @@ def build_window(
     latest: bool = True,
     costs: bool | None = None,
     compare: bool = False,
+    memo: SnapshotMemo | None = None,
 ) -> MetricsReport:
     """`build` for any window (the dashboard's custom from–to), `label`
     naming it in the report (`period`). The metrics are as of the window's
     end; the alert health as of `at` (a past range still shows the health
     now, which is what the on-call engineer must see)."""
-    m = metrics_window.compute(con, window, label, endpoint, top, latest=latest)
+    # The store's span, all of it and before the window's end, read once
+    # for the metrics and the three windows the costs measure.
+    spans = data_spans(con, window.end, through(memo, "extent", lambda: extent(con)))
+    m = metrics_window.compute(
+        con, window, label, endpoint, top, latest=latest, spans=spans, memo=memo
+    )
     rules = alerts_rules.effective_rules(cfg.alerts)
-    state = alerts_health.health(con, max(at, m.at), cfg.alerts.evaluate_every, rules)
+    state = alerts_health.health(con, max(at, m.at), cfg.alerts.evaluate_every, rules, memo)
     with_costs = endpoint is None if costs is None else costs
-    block = usage.window_costs(con, m.window, m.at, cfg) if with_costs else None
+    block = None
+    if with_costs:
+        daily = through(
+            memo,
+            ("daily_rate", m.window),
+            lambda: usage.daily_rate(con, m.window, cfg, days_of(m.window, spans.all)[0]),
+        )
+        # The forecast measures windows ending at `m.at`: kept only while
+        # no data is dated after it (`Spans.settled`, `usage.measure`).
+        settled = memo if spans.settled and m.at == window.end else None
+        block = usage.window_costs(con, m.window, m.at, cfg, spans.all, daily, settled)
     before = _previous(con, cfg, m, with_costs) if compare else None
     return MetricsReport(m, state, block, cfg.metrics.stale_after, before)
 
