@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import duckdb
 import numpy as np
 
-from cachemon.clock import DAY, Window
+from cachemon.clock import DAY, Window, ceil_to, floor_to
 from cachemon.costs.basis import Basis, Kind
 from cachemon.costs.tiermix import TierMix, kv_writes_sql
 from cachemon.settings import Config
@@ -71,6 +71,33 @@ FROM {keys} k LEFT JOIN (
 """
 
 
+# Whether a span holds any per-key row below key_day (minutes, or compacted hours).
+KEY_ROWS_BETWEEN = """
+SELECT EXISTS (SELECT 1 FROM key_minute WHERE minute >= $a AND minute < $b)
+    OR EXISTS (SELECT 1 FROM key_hour WHERE hour >= $a AND hour < $b)
+"""
+
+
+def key_rows(con: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime) -> dict:
+    """`key_ranges(lo, hi)` (the parameters of KEY_ROWS), with an end that
+    cuts a day moved out to the day's bound when the part cut off holds no
+    per-key rows (the data begins or ends inside that day, as a range slid
+    to the data's end does): that day's key_day row is then exactly the
+    window's part of it, one row a key instead of its minutes (a month's
+    ragged first day is a quarter of its per-key rows). The sums are the
+    same: key_day sums the day's hours and minutes."""
+    day_lo, day_hi = floor_to(lo, DAY), ceil_to(hi, DAY)
+    if day_lo < lo and not _key_rows_between(con, day_lo, lo):
+        lo = day_lo
+    if hi < day_hi and not _key_rows_between(con, hi, day_hi):
+        hi = day_hi
+    return key_ranges(lo, hi)
+
+
+def _key_rows_between(con: duckdb.DuckDBPyConnection, a: datetime, b: datetime) -> bool:
+    return bool(con.execute(KEY_ROWS_BETWEEN, {"a": a, "b": b}).fetchall()[0][0])
+
+
 @dataclass(frozen=True)
 class ClassSpan:
     """The class window as every class query takes it (`class_span`)."""
@@ -78,10 +105,13 @@ class ClassSpan:
     counted: Window  # widened to what per-key rows count exactly (`topkeys.covered`)
     window: Window  # its part with data: the classes' span
     days: float  # its days of data: the rates divide by these
+    # The per-key rows' parameters (`key_rows`); None: `key_ranges` of the data's part.
+    rows: tuple[tuple[str, datetime], ...] | None = None
 
     def params(self) -> dict:
         """`class_of_sql`'s parameters: the per-key rows from the data's start, and the days."""
-        return key_ranges(self.window.start, self.counted.end) | {"days": self.days}
+        rows = dict(self.rows) if self.rows is not None else None
+        return (rows or key_ranges(self.window.start, self.counted.end)) | {"days": self.days}
 
 
 def class_span(con: duckdb.DuckDBPyConnection, classes: Window) -> ClassSpan:
@@ -89,7 +119,8 @@ def class_span(con: duckdb.DuckDBPyConnection, classes: Window) -> ClassSpan:
     range) widened to what per-key rows count exactly, and its data."""
     counted = topkeys.covered(con, classes)
     window, days = data_days(con, counted)
-    return ClassSpan(counted, window, days)
+    rows = key_rows(con, window.start, counted.end)
+    return ClassSpan(counted, window, days, tuple(sorted(rows.items())))
 
 
 # The class of each key of the window, over the class window.
@@ -148,7 +179,7 @@ def class_shares(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window) ->
     # The class window as the Top keys page takes it (`optimize.key_page`).
     cs = class_span(con, Window(counted.end - cfg.costs.class_window, counted.end))
     try:
-        con.execute(RANGE_KEYS_TEMP, key_ranges(counted.start, counted.end))
+        con.execute(RANGE_KEYS_TEMP, key_rows(con, counted.start, counted.end))
         if counted == cs.counted:  # the same rows: no data lies before the data's start
             con.execute(CLASS_OF_RANGE_TEMP, {"days": cs.days})
         else:

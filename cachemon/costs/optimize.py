@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from cachemon.clock import DAY, Window
-from cachemon.costs.classes import class_of_sql, class_span
+from cachemon.costs.classes import class_of_sql, class_span, key_rows
 from cachemon.costs.tiermix import TierMix, kv_writes_sql
 from cachemon.pricing import Pricing, R2Lookup, days_in_month
 from cachemon.settings import Config
@@ -45,12 +45,12 @@ TTL_FACTORS = (1, 2, 4, 7, 14, 30)
 # The per-key table stays in DuckDB (a temp table, allowed on read-only
 # connections): a month at the seed's volume is millions of one-off keys,
 # and only small slices (hot offenders, warm churners, sums) come out.
-KEYS_TEMP = f"""
+_KEYS_TEMP = f"""
 CREATE OR REPLACE TEMP TABLE opt_keys AS
 WITH k AS (
     SELECT key_id, sum(edge) AS edge, sum(kv) AS kv, sum(r2) AS r2, sum(api) AS api, sum(errors) AS errors,
            sum(fill_errors) AS fill_errors, sum(edge + kv + r2 + api) AS requests
-    FROM ({KEY_ROWS}) GROUP BY key_id),
+    FROM ({KEY_ROWS}) {{where}} GROUP BY key_id),
 -- First seen of just these keys: a semi-join, not a month of key_day grouped
 -- (key_day sums every per-key row, minutes included, since schema 9).
 f AS (
@@ -62,6 +62,14 @@ SELECT k.key_id, c.endpoint, k.edge, k.kv, k.r2, k.api, k.errors, k.fill_errors,
        epoch($at - f.first_seen) / 86400.0 AS age_days
 FROM k JOIN cache_keys c ON c.key_id = k.key_id JOIN f ON f.key_id = k.key_id
 """
+KEYS_TEMP = _KEYS_TEMP.format(where="")
+# The same table for just the keys $ids (the busiest keys' candidates): the
+# same sums and columns, one scan filtered by key instead of every key grouped.
+KEYS_OF_TEMP = _KEYS_TEMP.format(where="WHERE key_id IN (SELECT unnest($ids))")
+# Every key id of the window's per-key rows, for counting the keys (a bitmap
+# in numpy: key ids are dense, and DuckDB's distinct count of millions of
+# keys is several times slower).
+KEY_IDS = f"SELECT key_id FROM ({KEY_ROWS})"
 CLASS_COUNTS = "SELECT class, count(*) FROM opt_keys GROUP BY class"
 # The key table's class over a class window instead of its own window (the
 # Top keys page): the one class-window query (`classes.class_of_sql`). The
@@ -129,6 +137,8 @@ def _load_keys(
     con: duckdb.DuckDBPyConnection, window: Window, at: datetime
 ) -> tuple[Window, float]:
     data, days = data_days(con, window)
+    # Not `key_rows`: the report's float sums over keys (R2 archival) would
+    # add in another order, changing their last digits.
     con.execute(KEYS_TEMP, key_ranges(data.start, window.end) | {"days": days, "at": at})
     return data, days
 
@@ -170,17 +180,48 @@ def key_page(
     each key's requests. The class (column and filter) is over `window`, or
     over `classes` when given (the class window ending with it)."""
     span = topkeys.covered(con, window)
-    data, days = _load_keys(con, span, at)
+    data, days = data_days(con, span)
+    rows = key_rows(con, data.start, span.end)
+    ids = None if f.params() != KeyFilter().params() else _candidates(con, span, data, f.limit)
+    if ids is None:
+        con.execute(KEYS_TEMP, rows | {"days": days, "at": at})
+    else:
+        # Unfiltered: only the busiest keys' candidates are counted and
+        # shown; how many keys the range has is one scan of key ids.
+        con.execute(KEYS_OF_TEMP, rows | {"days": days, "at": at, "ids": ids})
     class_window, class_days = Window(data.start, data.end), days
     if classes is not None:
         cs = class_span(con, classes)
         class_window, class_days = cs.window, cs.days
         if (cs.window, cs.counted.end) != (data, span.end):  # else the classes are these
             con.execute(RECLASS, cs.params())
-    rows = con.execute(KEY_PAGE, f.params() | {"limit": f.limit}).df()
+    page = con.execute(KEY_PAGE, f.params() | {"limit": f.limit}).df()
     shown = Window(span.start, max(span.start, data.end))
-    matching = int(con.execute(KEY_COUNT, f.params()).fetchall()[0][0])
-    return KeyPage(rows, matching, shown, days, class_window, class_days)
+    if ids is None:
+        matching = int(con.execute(KEY_COUNT, f.params()).fetchall()[0][0])
+    else:
+        matching = _key_count(con, rows)
+    return KeyPage(page, matching, shown, days, class_window, class_days)
+
+
+def _candidates(
+    con: duckdb.DuckDBPyConnection, span: Window, data: Window, limit: int
+) -> list[int] | None:
+    """The busiest keys' candidates (`topkeys.busiest_candidates`) of the
+    per-key rows counted (`span` from the data's start), or None."""
+    if data.start >= span.end:
+        return None  # no data in the range: the full path says so
+    return topkeys.busiest_candidates(con, Window(data.start, span.end), limit)
+
+
+def _key_count(con: duckdb.DuckDBPyConnection, rows: dict) -> int:
+    """The number of distinct keys in the per-key rows of `rows` (`key_ranges`)."""
+    ids = con.execute(KEY_IDS, rows).fetchnumpy()["key_id"]
+    if len(ids) == 0:
+        return 0
+    seen = np.zeros(int(ids.max()) + 1, dtype=bool)
+    seen[ids] = True
+    return int(seen.sum())
 
 
 def class_counts(con: duckdb.DuckDBPyConnection) -> dict[KeyClass, int]:
@@ -441,7 +482,7 @@ def recommended_ttls(
     data, days = data_days(con, window)
     c = cfg.costs
     limit = c.max_kv_ttl if max_ttl is None else max_ttl
-    rows = key_ranges(data.start, window.end) | {"days": days}
+    rows = key_rows(con, data.start, window.end) | {"days": days}
     return ttl_choices(
         con, days, cfg.pricing, dict(c.kv_ttl), limit, c.value_bytes, at, c.r2_flow, rows
     )

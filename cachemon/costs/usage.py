@@ -41,7 +41,14 @@ from cachemon.events import TIERS
 from cachemon.metrics.memo import SnapshotMemo, through
 from cachemon.pricing import COMPONENTS, Pricing, days_in_month, month_share, month_start
 from cachemon.settings import Config
-from cachemon.store.queries import TIER_TOTALS, data_days, data_span, days_of, window_params
+from cachemon.store.queries import (
+    TIER_TOTALS,
+    data_days,
+    data_span,
+    days_of,
+    three_ranges,
+    window_params,
+)
 
 QUERIES_PER_PULL = 4  # minute rollups, latency histogram, gauges, per-key counts
 GAUGE_USAGE = """
@@ -144,7 +151,6 @@ def measure(
     (`Spans.settled`): then a range ending there is every row from its
     start, whatever that end, and windows from one start to different
     instants past the data read the same rows."""
-    length = window.end - window.start
     covered = covered or data_days(con, window)[0]
     # Whole hours from the hourly rollups, ragged minutes from the minute ones.
     p = window_params(window) | {"endpoint": None}
@@ -156,13 +162,20 @@ def measure(
             lambda: con.execute(TIER_TOTALS, p).fetchall(),
         )
     }
+    gauges = through(memo, ("gauge_usage", window.start), lambda: _gauges(con, window))
+    return _usage(window, covered, tiers, gauges, cfg)
+
+
+def _usage(window: Window, covered: Window, tiers: dict, gauges: dict, cfg: Config) -> Usage:
+    """`measure`'s usage from its reads: per tier (tier, requests, errors),
+    per gauge (mean, readings, first, last)."""
+    length = window.end - window.start
     # Errors of the filling tiers only: an edge or KV answer never fills.
     mix = TierMix(
         **{t: float(tiers[t][1]) if t in tiers else 0.0 for t in TIERS},
         failed_fills=sum(float(tiers[t][2]) for t in ("r2", "api") if t in tiers),
         r2_lookup=cfg.costs.r2_flow,
     )
-    gauges = through(memo, ("gauge_usage", window.start), lambda: _gauges(con, window))
     # The share of the month the data covers: a store that starts on the
     # 20th holds no reading of the days before, so they are not priced.
     share = month_share(window.start, covered.length)
@@ -201,7 +214,14 @@ def _gauges(con: duckdb.DuckDBPyConnection, window: Window) -> dict[str, tuple]:
     storage gauge with no reading inside it holds its last earlier value
     (as mean, first and last; no reading counted)."""
     p = {"lo": window.start, "hi": window.end}
-    gauges = {r[0]: r[1:] for r in con.execute(GAUGE_USAGE, p).fetchall()}
+    return _storage_before(
+        con, window, {r[0]: r[1:] for r in con.execute(GAUGE_USAGE, p).fetchall()}
+    )
+
+
+def _storage_before(con: duckdb.DuckDBPyConnection, window: Window, gauges: dict) -> dict:
+    """`gauges` with each storage gauge that has no reading in `window` at
+    its last earlier value."""
     missing = [g for g in STORAGE_GAUGES if g not in gauges]
     if missing:
         rows = con.execute(STORAGE_BEFORE, {"lo": window.start, "names": missing}).fetchall()
@@ -261,10 +281,14 @@ def daily_costs(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> 
         return pd.DataFrame(columns=list(DAILY_COLUMNS))
     lo, hi = max(window.start, span[0]), min(window.end, span[1])
     rows = []
+    tiers, gauges = _days(con, Window(lo, hi)) if lo < hi else ({}, {})
     day = floor_to(lo, DAY)
     while day < hi:
         part = Window(max(day, lo), min(day + DAY, hi))
-        b = price(measure(con, part, cfg), cfg.pricing)
+        # `measure` of the part, from the reads of every day at once: the
+        # part lies within the data, so it is all covered.
+        g = _storage_before(con, part, gauges.get(day, {}))
+        b = price(_usage(part, part, tiers.get(day, {}), g, cfg), cfg.pricing)
         if b.usage.workers_requests:
             rows.append(
                 {
@@ -279,6 +303,40 @@ def daily_costs(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> 
             )
         day += DAY
     return pd.DataFrame(rows, columns=list(DAILY_COLUMNS))
+
+
+# `measure`'s reads for every UTC day of a window at once, per day (epoch
+# arithmetic: UTC whatever the session's time zone). Each day's part of the
+# window splits into the same whole hours and ragged minutes as the window
+# (`window_params`), so the rows summed per day are the rows `measure` sums.
+DAY_TIER_TOTALS = f"""
+SELECT d, tier, sum(requests), sum(errors)
+FROM ({
+    three_ranges(
+        "to_timestamp(floor(epoch({time}) / 86400) * 86400) AS d, tier, requests, errors",
+        "rollup_hour",
+        "rollup_minute",
+    )
+})
+GROUP BY d, tier
+"""
+DAY_GAUGES = """
+SELECT to_timestamp(floor(epoch(minute) / 86400) * 86400) AS d, name, sum(value_sum) / sum(samples),
+       sum(samples), arg_min(value_last, minute), arg_max(value_last, minute)
+FROM gauge_minute WHERE minute >= $lo AND minute < $hi GROUP BY d, name
+"""
+
+
+def _days(con: duckdb.DuckDBPyConnection, window: Window) -> tuple[dict, dict]:
+    """Per UTC day of `window`: its tier totals and gauges as `measure` reads them."""
+    tiers: dict = {}
+    for d, tier, requests, errors in con.execute(DAY_TIER_TOTALS, window_params(window)).fetchall():
+        tiers.setdefault(d, {})[tier] = (tier, requests, errors)
+    gauges: dict = {}
+    p = {"lo": window.start, "hi": window.end}
+    for d, name, *values in con.execute(DAY_GAUGES, p).fetchall():
+        gauges.setdefault(d, {})[name] = tuple(values)
+    return tiers, gauges
 
 
 @dataclass(frozen=True)

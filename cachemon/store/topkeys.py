@@ -323,3 +323,42 @@ def _bounded(con: duckdb.DuckDBPyConnection, p: dict) -> list[tuple] | None:
 def _run(con: duckdb.DuckDBPyConnection, sql: str, params: dict) -> list[tuple]:
     """Run with the subset of `params` that `sql` names (DuckDB rejects extras)."""
     return con.execute(sql, {k: v for k, v in params.items() if f"${k}" in sql}).fetchall()
+
+
+# -- candidates of the busiest keys (the Top keys page) ----------------------------
+
+# Every key of the summaries (and the ragged minutes) with its bounds: the
+# lower bound is its known counts, the upper adds the cutoff of every part
+# whose list it is missing from (`BOUNDED` without the limit).
+KEY_BOUNDS = f"""
+SELECT key_id, lower, lower + $unseen - seen AS upper FROM (
+    SELECT key_id, sum(requests) AS lower, sum(cutoff) AS seen
+    FROM ({_TOP_ROWS}
+        UNION ALL {_RAGGED} minute >= $lo AND minute < $h_lo
+        UNION ALL {_RAGGED} minute >= $h_hi AND minute < $hi)
+    GROUP BY key_id)
+"""
+
+
+def busiest_candidates(
+    con: duckdb.DuckDBPyConnection, counted: Window, limit: int
+) -> list[int] | None:
+    """Key ids among which the `limit` busiest keys of `counted` (a window
+    `covered` returned) provably are, ties at the cutoff included, or None
+    when the summaries cannot prove it (then only a full count can tell).
+
+    The `limit`-th best lower bound is a threshold: every key with a lower
+    bound at or above it has an upper bound there too, so at least `limit`
+    candidates count at least the threshold; a key whose upper bound is
+    below it, or that is in no list (it counts at most the sum of the
+    cutoffs, required to be below the threshold), cannot be among the
+    busiest. The caller counts the candidates exactly and ranks them."""
+    p = key_ranges(counted.start, counted.end)
+    unseen = _run(con, CUTOFF_TOTAL, p)[0][0]
+    rows = _run(con, KEY_BOUNDS, p | {"unseen": unseen})
+    if len(rows) < limit:
+        return None
+    threshold = sorted((r[1] for r in rows), reverse=True)[limit - 1]
+    if threshold <= unseen:
+        return None
+    return [r[0] for r in rows if r[2] >= threshold]
