@@ -64,6 +64,12 @@ def check_writer_path(path: str | os.PathLike, create: bool) -> Path:
     return p
 
 
+# DuckDB's own memory for the one writer (its default is 80 % of RAM): a
+# day of demo ingestion then peaks under 1 GiB; a write needing more spills
+# to disk (`<store>.tmp`) rather than failing.
+WRITER_MEMORY_LIMIT = "512MB"
+
+
 @contextmanager
 def writer(
     path: str | os.PathLike,
@@ -89,6 +95,7 @@ def writer(
             ) from None
     with write_lock(p, wait):
         con = connect(p, read_only=False)
+        con.execute(f"SET memory_limit = '{WRITER_MEMORY_LIMIT}'")
         opened, failed = False, False
         try:
             migrate(con, now)
