@@ -65,6 +65,7 @@ class Commands(argparse._SubParsersAction):
     def __init__(self, *args, lazy: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self._group: dict[str, str] = {}  # command -> its group's module, until made
+        self._making = ""  # the group whose register() runs
         for module, commands in GROUPS.items():
             for name, text in commands.items():
                 self._choices_actions.append(self._ChoicesPseudoAction(name, (), text))
@@ -77,8 +78,12 @@ class Commands(argparse._SubParsersAction):
     def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
         """The parser of a command in GROUPS, called by its group's register();
         its help is GROUPS's (the one place), so `help=` is refused."""
-        if self._name_parser_map.get(name, False) is not None or "help" in kwargs:
-            raise ValueError(f"{name!r}: not a command in GROUPS, made twice, or given help=")
+        made = self._name_parser_map.get(name) is not None
+        if self._group.get(name) != self._making or made or "help" in kwargs:
+            raise ValueError(
+                f"{self._making}.register() adds {name!r}: not one of its commands in GROUPS "
+                "(or added twice), or with help= (its help is GROUPS's)"
+            )
         kwargs.setdefault("prog", f"{self._prog_prefix} {name}")
         parser = self._parser_class(**kwargs)
         self._name_parser_map[name] = parser
@@ -93,7 +98,11 @@ class Commands(argparse._SubParsersAction):
         module = self._group.get(name)
         if module is None:  # made already, with the rest of its group
             return
-        importlib.import_module(module).register(self)
+        self._making = module
+        try:
+            importlib.import_module(module).register(self)
+        finally:
+            self._making = ""
         missing = [n for n in GROUPS[module] if self._name_parser_map[n] is None]
         if missing:
             raise ValueError(f"{module}.register() did not add {', '.join(missing)}")
