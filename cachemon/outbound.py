@@ -10,17 +10,21 @@ carry the URL (a webhook's URL is its secret): they name what happened.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import functools
 import logging
-import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-
-import httpx
+from typing import TYPE_CHECKING
 
 from cachemon.errors import CachemonError
+
+if TYPE_CHECKING:
+    import ssl
+
+    import httpx
+
+# httpx and asyncio are imported by the calls that use them: most commands
+# never call out, and importing httpx costs a tenth of a second at start-up.
 
 # httpx logs every request's URL at INFO, and a webhook's URL is its secret.
 for _name in ("httpx", "httpcore"):
@@ -70,6 +74,9 @@ def call(
     """Send one request and read its answer within `limit` seconds in all.
     The body is read only if `want_body(status)` (a webhook's acceptance
     needs no body), and only up to `max_bytes`."""
+    import asyncio
+    import concurrent.futures
+
     bad = bad_url(url)
     if bad:
         raise BadRequest(bad)
@@ -133,6 +140,8 @@ def bad_url(url: str) -> str:
 def _url_problem(url: str) -> str:
     """Why a well-formed-looking http(s) URL cannot be called (a bad IPv6
     literal, no host, a port outside 1-65535), or ''. Never quotes the URL."""
+    import httpx
+
     try:
         parsed = httpx.URL(url)
         port = parsed.port
@@ -149,12 +158,18 @@ def _url_problem(url: str) -> str:
 def _tls() -> ssl.SSLContext:
     """httpx's default verifying context (certifi, SSL_CERT_FILE), built
     once: building it costs tens of milliseconds a call."""
+    import httpx
+
     return httpx.create_ssl_context()
 
 
 async def _call(
     method, url, limit, max_bytes, headers, content, json, want_body, transport
 ) -> Answer:
+    import asyncio
+
+    import httpx
+
     try:
         async with asyncio.timeout(limit):
             async with httpx.AsyncClient(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from cachemon.clock import CLOCK_SKEW
 from cachemon.errors import ConfigError
-from cachemon.events import ENDPOINTS
+from cachemon.names import ENDPOINTS
 from cachemon.pricing import Pricing, R2Lookup
 from cachemon.pricing import default as pricing_default
 from cachemon.severity import Severity

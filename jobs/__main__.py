@@ -34,8 +34,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import schedule
-
 from cachemon import config
 from cachemon.argcheck import finite
 from cachemon.clock import as_utc, check_not_future, iso, parse_instant, utcnow
@@ -198,6 +196,8 @@ def _sleep(seconds: float, stopping: list) -> None:
 
 
 def _serve(cfg: Config, registry, clock, pinger=None) -> int:
+    import schedule  # only the running schedule needs it: `--list` and `--once` start faster
+
     stopping = []
 
     def stop(signum, frame):

@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import duckdb
-import pyarrow as pa
 
 from cachemon.alerts import lifecycle, notices, readings
 from cachemon.alerts.anomaly import history_ends, robust_z
@@ -375,6 +374,8 @@ _APPEND = {
 
 
 def _append(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict]) -> None:
+    import pyarrow as pa  # here: `metrics` and the API read alerts without pyarrow
+
     if not rows:
         return
     con.register("_rows", pa.Table.from_pylist(rows))

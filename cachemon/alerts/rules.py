@@ -17,13 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from cachemon.clock import format_duration, parse_duration
 from cachemon.errors import ConfigError
-from cachemon.metrics.series import Observation
 from cachemon.notify.channels import CHANNELS
 from cachemon.settings import AlertsConfig
 from cachemon.severity import Severity
+
+if TYPE_CHECKING:  # an annotation only: config reads rules without the metrics (start-up time)
+    from cachemon.metrics.series import Observation
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ def register(sub) -> None:
     """Add the `alerts` command and its actions."""
     p = sub.add_parser(
         "alerts",
-        help="evaluate alert rules, show history, manage silences",
         description="The alert monitor. The job runner runs `check` every 15 minutes.",
     )
     a = p.add_subparsers(dest="action", required=True, metavar="ACTION")

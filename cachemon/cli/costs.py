@@ -19,7 +19,6 @@ def register(sub) -> None:
     """Add the `costs` command and its `report` action."""
     p = sub.add_parser(
         "costs",
-        help="the daily cost optimisation report",
         description="Costs, key classes and recommendations for one UTC day.",
     )
     a = p.add_subparsers(dest="action", required=True, metavar="ACTION")

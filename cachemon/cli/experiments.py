@@ -23,7 +23,6 @@ def register(sub) -> None:
     """Add the `experiments` command and its `list`, `analyze` and `assign` actions."""
     p = sub.add_parser(
         "experiments",
-        help="TTL experiments (configured as [[experiments]] in TOML)",
         description="Cohort assignment for the configured experiments.",
     )
     a = p.add_subparsers(dest="action", required=True, metavar="ACTION")

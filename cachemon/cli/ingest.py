@@ -20,7 +20,6 @@ def register(sub) -> None:
     """Add the `demo`, `import` and `pull` commands."""
     p = sub.add_parser(
         "demo",
-        help="fill the store from the embedded traffic simulator",
         description="Replace the simulator's data with N days of simulated traffic ending now.",
     )
     p.add_argument("--days", type=float, default=7.0, help="days of traffic (default 7)")
@@ -31,7 +30,6 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "import",
-        help="import NDJSON / CSV / Parquet event files",
         description="Import event files, all or nothing: every file is read and validated first "
         "(in bounded batches), then all are written in one transaction; if any file is "
         "refused, nothing is imported and the error names the file, line and field. "
@@ -42,7 +40,6 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "pull",
-        help="pull rollups from Cloudflare Workers Analytics Engine",
         description="Pull from the watermark (minus the overlap) or --since, up to --until or now. "
         "Needs CF_ACCOUNT_ID and CF_API_TOKEN; CF_API_BASE and CACHEMON_DATASET optional.",
     )

@@ -15,17 +15,12 @@ from cachemon.store import export as store_export
 
 def register(sub) -> None:
     """Add the `export` and `compact` commands."""
-    p = sub.add_parser(
-        "export", help="write the analyst views as Hive-partitioned Parquet, one folder per day"
-    )
+    p = sub.add_parser("export")
     p.add_argument("--to", required=True, help="target directory (days already there are replaced)")
     p.add_argument("--since", help="export days from this instant's day on (default: all)")
     p.set_defaults(func=export)
 
-    p = sub.add_parser(
-        "compact",
-        help="apply [retention] now: old minutes into hours, old hours into days (the daily job)",
-    )
+    p = sub.add_parser("compact")
     p.add_argument("--at", help="act as if now were this instant")
     p.set_defaults(func=compact)
 

@@ -50,7 +50,6 @@ def register(sub) -> None:
     """Add the `ttl` command and its `whatif` action."""
     p = sub.add_parser(
         "ttl",
-        help="TTL what-if: predicted KV hit rate and cost per candidate TTL",
         description="Predict, from the store's per-key request rates, what each KV TTL would do.",
     )
     a = p.add_subparsers(dest="action", required=True, metavar="ACTION")

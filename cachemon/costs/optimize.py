@@ -20,10 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
-import pandas as pd
 
 from cachemon.clock import DAY, Window
 from cachemon.costs.classes import class_of_sql, class_span, key_rows
@@ -39,6 +39,9 @@ from cachemon.store.queries import (
     key_class_sql,
     key_ranges,
 )
+
+if TYPE_CHECKING:  # an annotation only (the CLI starts without pandas)
+    import pandas as pd
 
 TTL_FACTORS = (1, 2, 4, 7, 14, 30)
 

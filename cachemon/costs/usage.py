@@ -30,15 +30,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import duckdb
-import pandas as pd
 
 from cachemon.clock import DAY, Window, floor_to, iso
 from cachemon.costs.basis import Basis, Kind, Price
 from cachemon.costs.tiermix import TierMix
-from cachemon.events import TIERS
 from cachemon.metrics.memo import SnapshotMemo, through
+from cachemon.names import TIERS
 from cachemon.pricing import COMPONENTS, Pricing, days_in_month, month_share, month_start
 from cachemon.settings import Config
 from cachemon.store.queries import (
@@ -49,6 +49,9 @@ from cachemon.store.queries import (
     three_ranges,
     window_params,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 QUERIES_PER_PULL = 4  # minute rollups, latency histogram, gauges, per-key counts
 GAUGE_USAGE = """
@@ -276,6 +279,8 @@ def daily_costs(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> 
     a day the window cuts) is flagged `partial` and costs what that part
     used, never scaled up to a full day: a partial day's bar is lower
     because it is partial, and says so."""
+    import pandas as pd  # here, not at the top: the CLI starts without pandas
+
     span = data_span(con)
     if span is None:
         return pd.DataFrame(columns=list(DAILY_COLUMNS))

@@ -25,8 +25,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from cachemon.events import TIERS
 from cachemon.metrics.window import Metrics, is_stale
+from cachemon.names import TIERS
 from cachemon.severity import HealthStatus, Severity
 
 # generate_latest's default (metric names escaped to underscores) is the 0.0.4

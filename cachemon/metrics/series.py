@@ -17,9 +17,9 @@ import duckdb
 
 from cachemon.clock import MINUTE, Window
 from cachemon.errors import InputError
-from cachemon.events import GAUGES, TIERS
 from cachemon.histogram import grouped_quantiles
 from cachemon.metrics.window import TierVolume
+from cachemon.names import GAUGES, TIERS
 
 # The windows travel as two parallel lists, zipped by unnest, so no SQL text
 # is built from them. Each is expanded into its minutes and hash-joined on

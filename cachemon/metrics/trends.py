@@ -19,17 +19,20 @@ began) is not a change, and the dashboard says "n/a" instead.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
-import pandas as pd
 
 from cachemon.clock import DAY, HOUR, MINUTE, Window
 from cachemon.errors import InputError
-from cachemon.events import TIERS
 from cachemon.histogram import grouped_quantiles
+from cachemon.names import TIERS
 from cachemon.store import horizons
 from cachemon.store.queries import data_span, three_ranges, window_params
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Bucket starts by epoch arithmetic: exact in UTC for any step.
 _BUCKET = "to_timestamp(floor(epoch({time}) / $step) * $step) AS b"
@@ -91,6 +94,8 @@ def trend(
     span (what a rate per minute divides by). With `gaps`, also a
     row for each bucket without data (NaN figures), so a chart shows a gap
     where there is no data instead of a line across it."""
+    import pandas as pd  # here, not at the top: the CLI starts without pandas
+
     if step % MINUTE or step <= timedelta(0):
         raise InputError(f"trend step must be whole minutes, got {step}")
     horizons.check_read(con, window.start, "the trend")
@@ -140,6 +145,8 @@ def trend(
 def bucket_starts(window: Window, step: timedelta) -> pd.DatetimeIndex:
     """The start of every bucket of `step` that overlaps `window` (aligned to
     multiples of the step since the epoch, as `trend` buckets)."""
+    import pandas as pd
+
     first = pd.Timestamp(window.start).floor(pd.Timedelta(step))
     if window.end <= window.start:
         return pd.DatetimeIndex([], tz="UTC")
@@ -156,6 +163,8 @@ def shifted(
     """The trend of the same window `by` earlier (default a week), its times
     moved forward by `by` onto `window`, for an overlay ("same time last
     week"). Buckets stay aligned when `by` is a multiple of `step`."""
+    import pandas as pd
+
     if by % step:
         raise InputError(f"a shift of {by} is not a whole number of {step} buckets")
     earlier = trend(con, Window(window.start - by, window.end - by), step, endpoint, gaps=True)
@@ -188,12 +197,16 @@ def _measured(con: duckdb.DuckDBPyConnection, window: Window) -> Window:
 def _minutes_inside(starts: pd.Series, measured: Window, step: timedelta) -> pd.Series:
     """Each bucket's minutes inside the measured part of the window (the
     first and last may be cut; a bucket outside it has none)."""
+    import pandas as pd
+
     lo, hi = pd.Timestamp(measured.start), pd.Timestamp(measured.end)
     ends = (starts + pd.Timedelta(step)).clip(upper=hi)
     return (ends - starts.clip(lower=lo)).dt.total_seconds().clip(lower=0) / 60
 
 
 def _with_gaps(df: pd.DataFrame, measured: Window, step: timedelta, window: Window) -> pd.DataFrame:
+    import pandas as pd
+
     starts = bucket_starts(window, step)
     out = df.set_index("time").reindex(starts.union(pd.DatetimeIndex(df["time"])))
     out.index.name = "time"

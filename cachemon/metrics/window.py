@@ -16,10 +16,10 @@ import duckdb
 
 from cachemon.clock import HOUR, Window, floor_to, iso
 from cachemon.errors import EmptyStoreError, StoreError
-from cachemon.events import TIERS
 from cachemon.histogram import Histogram
 from cachemon.jsontext import finite, significant
 from cachemon.metrics.memo import SnapshotMemo, through
+from cachemon.names import TIERS
 from cachemon.store import horizons, topkeys
 from cachemon.store.queries import (
     EMPTY_STORE,

@@ -8,15 +8,18 @@ headers. The templates live next to this module (`templates/`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from cachemon.clock import iso
+
+if TYPE_CHECKING:
+    import jinja2
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 _DISCORD_MD = re.compile(r"([\\*_~`|>#\[\]()-])")
@@ -35,7 +38,11 @@ def header_safe(value: str, limit: int = 200) -> str:
     return oneline(value)[:limit]
 
 
+@functools.cache
 def _env(autoescape: bool) -> jinja2.Environment:
+    # jinja2 is imported when a message is first rendered, not at start-up.
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=autoescape,
@@ -49,8 +56,19 @@ def _env(autoescape: bool) -> jinja2.Environment:
     return env
 
 
-HTML = _env(autoescape=True)
-TEXT = _env(autoescape=False)
+@dataclass(frozen=True)
+class Templates:
+    """The templates of one medium; the Jinja2 environment is made on first use."""
+
+    autoescape: bool
+
+    def get_template(self, name: str) -> jinja2.Template:
+        """The template `name` of `templates/`."""
+        return _env(self.autoescape).get_template(name)
+
+
+HTML = Templates(autoescape=True)
+TEXT = Templates(autoescape=False)
 
 
 @dataclass(frozen=True)

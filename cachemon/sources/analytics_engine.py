@@ -27,7 +27,6 @@ from datetime import datetime
 
 import duckdb
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -467,6 +466,8 @@ def _times(values: list) -> pa.Array:
 
 def _iso_time(value) -> datetime | None:
     """An ISO 8601 time as naive UTC; ValueError naming the value otherwise."""
+    import pandas as pd  # here, not at the top: the CLI and the runner start without pandas
+
     if value is None:
         return None
     try:

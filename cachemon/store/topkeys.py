@@ -28,15 +28,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import duckdb
-import pandas as pd
 
 from cachemon.clock import DAY, HOUR, MINUTE, Window, ceil_to, floor_to
 from cachemon.errors import InputError
 from cachemon.rollups import bucket_sql
 from cachemon.store import horizons
 from cachemon.store.queries import KEY_ROWS, key_ranges
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LIST_SIZE = 1000
 
@@ -238,6 +241,8 @@ def key_series(
     """Requests of one key by tier over `window` in buckets of `step` (a
     whole number of minutes), at the store's resolution where that is
     coarser (see KeySeries); no rows for an unknown key."""
+    import pandas as pd  # the dashboard's drill-down only: the CLI starts without pandas
+
     if step < MINUTE or step % MINUTE:
         raise InputError(f"drill-down step {step} is not a whole number of minutes")
     h = horizons.horizons(con)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 # scipy.special, not scipy.stats: the same functions, a quarter of the import
-# time, and every command and the runner import this module.
-from scipy import special
+# time; imported by the two functions that use it, so that commands and the
+# runner that never test an experiment start without scipy.
 
 # The sample-ratio-mismatch threshold, the one definition: key counts whose
 # chi-square p-value against the scheme's exact allocation is below it block
@@ -106,6 +106,8 @@ class Difference:
 
     def fixed_interval(self, alpha: float = 0.05) -> tuple[float, float]:
         """The fixed-horizon (one look) interval, for comparison."""
+        from scipy import special
+
         h = special.ndtri(1 - alpha / 2) * math.sqrt(self.variance)  # the normal quantile
         return self.estimate - h, self.estimate + h
 
@@ -160,6 +162,8 @@ class Srm:
 def srm(counts: Sequence[int], allocation: Sequence[float]) -> Srm | None:
     """Chi-square goodness of fit of unit counts against the scheme's real
     allocation; None below 8 units a cohort (too few to tell)."""
+    from scipy import special
+
     counts = [int(c) for c in counts]
     if min(counts) < MIN_UNITS_SRM:
         return None
