@@ -37,7 +37,7 @@ from pathlib import Path
 from cachemon import config
 from cachemon.argcheck import finite
 from cachemon.clock import as_utc, check_not_future, iso, parse_instant, utcnow
-from cachemon.errors import CachemonError
+from cachemon.errors import CachemonError, EmptyStoreError
 from cachemon.runner import heartbeat
 from cachemon.runner import runs as runner_runs
 from cachemon.runner.publishing import Publisher
@@ -180,9 +180,14 @@ def _once(cfg: Config, registry, name: str, clock, pinger=None) -> int:
 
 
 def _list(cfg: Config, registry, clock) -> int:
+    """The schedule with next run times, from the last runs readers see.
+    Listing writes nothing: a store not yet made (or published) has no runs."""
     now = clock()
-    with store_db.writer(cfg.store.path, now) as con:
-        last = runner_runs.last_runs(con)
+    try:
+        with store_db.reader(cfg.store.path) as con:
+            last = runner_runs.last_runs(con)
+    except EmptyStoreError:
+        last = {}
     for spec, at in runner_runs.Runner(registry, lambda rec: None, last, clock).plan(now):
         print(f"{spec.name:10} {spec.describe():28} next {iso(at)}")
     return 0

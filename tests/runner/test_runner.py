@@ -8,6 +8,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
+from pathlib import Path
 
 import pytest
 
@@ -366,3 +367,20 @@ def test_status_and_recent_runs_read_the_run_log(tmp_path):
     with store_db.writer(db, D) as con:
         late = runner_runs.status(con, [ingest_spec], D + timedelta(minutes=30))[0]
     assert late.next_run == D + timedelta(minutes=30) and late.overdue
+
+
+def test_list_writes_nothing(tmp_path):
+    """`--list` reads what readers see: with no store it lists every job as
+    due and creates no store (it used to open the writer, migrate and publish)."""
+    env, db = _env(tmp_path)
+    p = subprocess.run(
+        [sys.executable, "-m", "jobs", "--list", "--clock-start", "2026-11-19T10:00:30Z"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "ingest     every 1m" in p.stdout
+    assert not Path(db).exists() and list(Path(db).parent.glob("*.duckdb")) == []
