@@ -36,6 +36,7 @@ from cachemon import keyhash
 from cachemon.clock import MINUTE, Window, floor_to
 from cachemon.events import EventFrame
 from cachemon.histogram import LN_GAMMA, ZERO_BUCKET
+from cachemon.sqltime import floored_us
 
 # Events are aggregated as `coded` registers them: `ts`, the timestamp as
 # epoch microseconds, and `key_code`, the key as an index into the batch's
@@ -43,19 +44,6 @@ from cachemon.histogram import LN_GAMMA, ZERO_BUCKET
 # date_trunc on a time-zone-aware timestamp, and integer keys than strings;
 # names and timestamps are put back on the (far fewer) result rows.
 US_PER_MINUTE = 60_000_000
-
-
-def floored_us(expr: str, step_us: int) -> str:
-    """SQL: the integer `expr` (epoch microseconds) floored to a multiple of
-    `step_us`, also before 1970 (where DuckDB's % and // round towards 0)."""
-    return f"({expr} - (({expr} % {step_us}) + {step_us}) % {step_us})"
-
-
-def bucket_sql(column: str, seconds: int) -> str:
-    """SQL: the TIMESTAMPTZ `column` floored to a multiple of `seconds` (an
-    hour, a day) since the epoch, as a TIMESTAMPTZ: date_trunc's result in
-    UTC, by integer arithmetic, about twice as fast as date_trunc's calendar."""
-    return f"to_timestamp({floored_us(f'epoch_us({column})', seconds * 1_000_000)} / 1000000)"
 
 
 MINUTE_OF = floored_us("ts", US_PER_MINUTE)

@@ -16,7 +16,7 @@ from datetime import datetime
 
 import duckdb
 
-from cachemon import rollups
+from cachemon import sqltime
 from cachemon.clock import HOUR, Window, ceil_to, floor_to, iso
 from cachemon.errors import StoreError
 from cachemon.store import topkeys
@@ -59,7 +59,7 @@ ORDER BY b.t
 # key_day and the summaries already count them.
 COMPACT_KEY_MINUTES = f"""
 INSERT INTO key_hour
-SELECT source, {rollups.bucket_sql("minute", 3600)}, key_id, sum(edge), sum(kv), sum(r2), sum(api),
+SELECT source, {sqltime.bucket_sql("minute", 3600)}, key_id, sum(edge), sum(kv), sum(r2), sum(api),
        sum(errors), min(first_seen), max(last_seen), sum(fill_errors)
 FROM key_minute WHERE minute < $before
 GROUP BY ALL ORDER BY 2

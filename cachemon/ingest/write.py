@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 
 import duckdb
 
-from cachemon import rollups
+from cachemon import rollups, sqltime
 from cachemon.clock import DAY, HOUR, MINUTE, Window, as_utc, ceil_to, floor_to, iso
 from cachemon.errors import SourceError, StoreError
 from cachemon.events import EventFrame
@@ -55,8 +55,8 @@ SELECT $source, minute, name, value_sum, samples, value_min, value_max, value_la
 """
 
 
-# Hours of the minutes by integer arithmetic, not date_trunc (`rollups.bucket_sql`).
-HOUR_OF_MINUTE = rollups.bucket_sql("minute", 3600)
+# Hours of the minutes by integer arithmetic, not date_trunc (`sqltime.bucket_sql`).
+HOUR_OF_MINUTE = sqltime.bucket_sql("minute", 3600)
 RECOMPUTE_ROLLUP_HOUR = f"""
 INSERT INTO rollup_hour
 SELECT source, {HOUR_OF_MINUTE}, tier, endpoint, experiment, cohort,
