@@ -209,9 +209,8 @@ def test_runner_process_fast_clock_second_instance_catch_up_and_sigterm(tmp_path
     assert len(compacts) == 1 and compacts[0] >= datetime(2026, 11, 19, 2, tzinfo=UTC)
 
 
-def test_list_and_once(tmp_path):
-    env, db = _env(tmp_path)
-    p = subprocess.run(
+def _list_jobs(env):
+    return subprocess.run(
         [sys.executable, "-m", "jobs", "--list", "--clock-start", "2026-11-19T10:00:30Z"],
         cwd=ROOT,
         env=env,
@@ -219,6 +218,11 @@ def test_list_and_once(tmp_path):
         text=True,
         timeout=60,
     )
+
+
+def test_list_and_once(tmp_path):
+    env, db = _env(tmp_path)
+    p = _list_jobs(env)
     assert p.returncode == 0, p.stderr
     assert "ingest     every 1m" in p.stdout and "compact    daily at 00:50 UTC" in p.stdout
     assert "next 2026-11-19T10:00:30Z" in p.stdout  # never run: due now
@@ -373,14 +377,7 @@ def test_list_writes_nothing(tmp_path):
     """`--list` reads what readers see: with no store it lists every job as
     due and creates no store (it used to open the writer, migrate and publish)."""
     env, db = _env(tmp_path)
-    p = subprocess.run(
-        [sys.executable, "-m", "jobs", "--list", "--clock-start", "2026-11-19T10:00:30Z"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    p = _list_jobs(env)
     assert p.returncode == 0, p.stderr
     assert "ingest     every 1m" in p.stdout
     assert not Path(db).exists() and list(Path(db).parent.glob("*.duckdb")) == []
