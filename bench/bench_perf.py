@@ -493,47 +493,66 @@ def part_determinism(b: Bench) -> str:
     return text
 
 
-def part_scale(b: Bench, days_1x: list[float], days_10x: list[float]) -> str:
-    rows = []
-    for traffic, days_list in ((1, days_1x), (10, days_10x)):
-        for days in days_list:
-            for co in b.checkouts:
-                r = b.demo(co, days, traffic)
-                latency = metrics_latency(co, r.db, b.config(traffic), 5)
-                per_m = f"{r.wall / (r.events / 1e6):.2f} s" if r.events else "no event count"
-                rows.append(
-                    [
-                        f"{traffic}×",
-                        f"{days:g}",
-                        co.label,
-                        f"{r.wall:.1f} s",
-                        f"{r.wall / days:.2f} s",
-                        f"{r.events:,}" if r.events else "not printed",
-                        per_m,
-                        f"{r.rss / MIB:,.0f} MiB",
-                        f"{r.size / MIB:,.0f} MiB",
-                        f"{latency * 1000:.1f} ms",
-                        f"{r.load:.1f}",
-                    ]
-                )
-    headers = [
-        "traffic",
-        "days",
-        "code",
-        "demo wall",
-        "per day",
-        "events",
-        "per M events",
-        "peak RSS",
-        "store",
-        "metrics 7d (median of 5)",
-        "load (1 min)",
+SCALE_HEADERS = [
+    "traffic",
+    "days",
+    "code",
+    "demo wall",
+    "per day",
+    "events",
+    "per M events",
+    "peak RSS",
+    "store",
+    "metrics 7d (median of 5)",
+    "load (1 min)",
+]
+
+
+def scale_points(days_1x: list[float], days_10x: list[float]) -> list[tuple[float, int]]:
+    """(days, traffic) in the order measured: cheapest first, so a run cut
+    short still has the small points."""
+    points = {(d, 1) for d in days_1x} | {(d, 10) for d in days_10x}
+    return sorted(points, key=lambda p: (p[0] * p[1] ** 0.5, p[1]))
+
+
+def scale_row(co: Checkout, days: float, traffic: int, r: DemoRun, latency: float) -> list[str]:
+    """One scale-curve row (SCALE_HEADERS)."""
+    per_m = f"{r.wall / (r.events / 1e6):.2f} s" if r.events else "no event count"
+    return [
+        f"{traffic}×",
+        f"{days:g}",
+        co.label,
+        f"{r.wall:.1f} s",
+        f"{r.wall / days:.2f} s",
+        f"{r.events:,}" if r.events else "not printed",
+        per_m,
+        f"{r.rss / MIB:,.0f} MiB",
+        f"{r.size / MIB:,.0f} MiB",
+        f"{latency * 1000:.1f} ms",
+        f"{r.load:.1f}",
     ]
-    return (
+
+
+def part_scale(
+    b: Bench, days_1x: list[float], days_10x: list[float], emit: Callable[[str], None]
+) -> None:
+    """The scale curve, each row emitted as soon as it is measured (a point
+    can take many minutes)."""
+    emit(
         "## 4. Scale curve\n\nmetrics 7d: `metrics_report.build` for `--period 7d --at "
-        f"{METRICS_AT}` in-process (metrics, health, costs), one reader, after a warm-up call.\n\n"
-        + markdown_table(headers, rows)
+        f"{METRICS_AT}` in-process (metrics, health, costs), one reader, after a warm-up call."
+        " per day / per M events: demo wall divided by days / by millions of events.\n"
     )
+    emit(markdown_table(SCALE_HEADERS, []))
+    for days, traffic in scale_points(days_1x, days_10x):
+        for co in b.checkouts:
+            r = b.demo(co, days, traffic)
+            latency = metrics_latency(co, r.db, b.config(traffic), 5)
+            emit(
+                markdown_table(SCALE_HEADERS, [scale_row(co, days, traffic, r, latency)]).split(
+                    "\n"
+                )[2]
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -574,7 +593,9 @@ def main(argv: list[str] | None = None) -> int:
         if name in parts:
             print("\n" + fn(b), flush=True)
     if args.scale:
-        print("\n" + part_scale(b, args.scale_days, args.scale_days_10x or args.scale_days))
+        print()
+        days_10x = args.scale_days if args.scale_days_10x is None else args.scale_days_10x
+        part_scale(b, args.scale_days, days_10x, lambda line: print(line, flush=True))
     return 0
 
 

@@ -88,7 +88,7 @@ def test_a_quote_in_a_path_or_table_name_is_no_problem(tmp_path):
 ROW = st.tuples(st.integers(0, 3), st.sampled_from(["a", "b"]), st.sampled_from([0.5, 1.0]))
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(st.lists(ROW, max_size=12), st.lists(ROW, max_size=12))
 def test_differing_rows_are_the_multiset_symmetric_difference(tmp_path_factory, left, right):
     d = tmp_path_factory.mktemp("stores")
@@ -184,3 +184,14 @@ def test_the_script_refuses_a_directory_that_is_no_checkout(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench_perf.main(["--parts", "demo,speed", "--out", str(tmp_path)])
     assert "unknown --parts speed" in capsys.readouterr().err
+
+
+def test_scale_points_run_cheapest_first_and_rows_fit_the_headers(tmp_path):
+    points = bench_perf.scale_points([1, 7, 30], [1, 7])
+    assert points == [(1, 1), (1, 10), (7, 1), (7, 10), (30, 1)]
+    db = make_store(tmp_path / "s.duckdb", {"t": ROWS})
+    run = bench_perf.DemoRun(wall=20.0, rss=512 * 2**20, events=4_000_000, db=db, load=1.5)
+    row = bench_perf.scale_row(bench_perf.Checkout("after", tmp_path), 2, 10, run, 0.0123)
+    assert row[:7] == ["10×", "2", "after", "20.0 s", "10.00 s", "4,000,000", "5.00 s"]
+    assert row[7:] == ["512 MiB", f"{db.stat().st_size / 2**20:,.0f} MiB", "12.3 ms", "1.5"]
+    bench_perf.markdown_table(bench_perf.SCALE_HEADERS, [row])
