@@ -104,7 +104,7 @@ with store_db.reader(cfg.store.path) as con:
 print(statistics.median(times))
 """
 
-# Runs argv[2:], then writes its wall seconds and peak RSS (KiB) to argv[1];
+# Runs argv[2:], then writes its wall seconds, peak RSS (KiB) and CPU seconds to argv[1];
 # exits with its exit code. Its only child is the measured one.
 MEASURE = """
 import resource, subprocess, sys, time
@@ -112,7 +112,8 @@ t = time.perf_counter()
 code = subprocess.run(sys.argv[2:]).returncode
 wall = time.perf_counter() - t
 with open(sys.argv[1], "w") as f:
-    f.write(f"{wall} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}")
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    f.write(f"{wall} {u.ru_maxrss} {u.ru_utime + u.ru_stime}")
 sys.exit(code)
 """
 
@@ -141,13 +142,15 @@ class Checkout:
 
 @dataclass(frozen=True)
 class DemoRun:
-    """One demo: wall seconds, peak RSS of its process (bytes), events, store file."""
+    """One demo: wall seconds, peak RSS of its process (bytes), events, store file,
+    the load average, CPU seconds (user + system)."""
 
     wall: float
     rss: int
     events: int | None
     db: Path
     load: float
+    cpu: float = 0.0
 
     @property
     def size(self) -> int:
@@ -313,10 +316,19 @@ def child_env(
     return env
 
 
-def run_measured(
-    args: Sequence[str], cwd: Path, env: dict[str, str]
-) -> tuple[float, int, str, str]:
-    """Run `python args...`; (wall seconds, peak RSS bytes of that process, stdout, stderr).
+@dataclass(frozen=True)
+class Measured:
+    """A finished child: wall and CPU (user + system) seconds, peak RSS bytes, output."""
+
+    wall: float
+    rss: int
+    cpu: float
+    stdout: str
+    stderr: str
+
+
+def run_measured(args: Sequence[str], cwd: Path, env: dict[str, str]) -> Measured:
+    """Run `python args...` and measure that one process.
     A failing child stops the benchmark with its stderr.
 
     The child is started by a small wrapper interpreter (MEASURE) that times it
@@ -337,10 +349,11 @@ def run_measured(
             raise RuntimeError(
                 f"{' '.join(args)} in {cwd} exited {proc.returncode}:\n{proc.stderr}"
             )
-        wall, maxrss = Path(name).read_text().split()
+        wall, maxrss, cpu = Path(name).read_text().split()
     finally:
         os.unlink(name)
-    return float(wall), int(maxrss) * 1024, proc.stdout, proc.stderr  # ru_maxrss: KiB
+    # ru_maxrss is in KiB on Linux.
+    return Measured(float(wall), int(maxrss) * 1024, float(cpu), proc.stdout, proc.stderr)
 
 
 def load1() -> float:
@@ -356,26 +369,30 @@ def demo(co: Checkout, db: Path, days: float, config: Path | None = None) -> Dem
     args = ["-m", "cachemon", "demo", "--days", f"{days:g}", "--until", UNTIL, "--quiet"]
     before = load1()
     # The demo prints its summary line on stderr.
-    wall, rss, _, stderr = run_measured(args, co.root, child_env(co, db, config))
-    return DemoRun(wall, rss, events_of(stderr), db, max(before, load1()))
+    m = run_measured(args, co.root, child_env(co, db, config))
+    return DemoRun(m.wall, m.rss, events_of(m.stderr), db, max(before, load1()), m.cpu)
 
 
-def median_wall(args: Sequence[str], co: Checkout, env: dict[str, str], repeat: int) -> float:
-    """Median wall time of `python args...` over `repeat` runs after one warm-up."""
+def median_times(
+    args: Sequence[str], co: Checkout, env: dict[str, str], repeat: int
+) -> tuple[float, float]:
+    """Median wall and median CPU seconds of `python args...` over `repeat` runs
+    after one warm-up."""
     run_measured(args, co.root, env)
-    return statistics.median(run_measured(args, co.root, env)[0] for _ in range(repeat))
+    runs = [run_measured(args, co.root, env) for _ in range(repeat)]
+    return statistics.median(r.wall for r in runs), statistics.median(r.cpu for r in runs)
 
 
 def imported_modules(co: Checkout) -> list[str]:
     """The modules `import cachemon.cli.main` loads in `co`'s code."""
-    out = run_measured(["-c", IMPORT_PROBE], co.root, child_env(co))[2]
+    out = run_measured(["-c", IMPORT_PROBE], co.root, child_env(co)).stdout
     return out.split()
 
 
 def metrics_latency(co: Checkout, db: Path, config: Path | None, repeat: int) -> float:
     """`metrics --period 7d` (metrics, health, costs) in-process: median seconds."""
     args = ["-c", METRICS_PROBE, METRICS_AT, str(repeat)]
-    out = run_measured(args, co.root, child_env(co, db, config))[2]
+    out = run_measured(args, co.root, child_env(co, db, config)).stdout
     return float(out.strip().splitlines()[-1])
 
 
@@ -430,6 +447,7 @@ def part_demo(b: Bench) -> str:
             "`demo --days 7` wall", [r.wall for r in runs], seconds, f"≤ {DEMO_WALL_TARGET_S:g} s"
         )
         + [loads],
+        b.row("CPU (user + system)", [r.cpu for r in runs], seconds, "") + [loads],
         b.row("peak RSS", [r.rss / MIB for r in runs], lambda v: f"{v:,.0f} MiB", "≤ 1,024 MiB")
         + [loads],
         b.row("events", [r.events for r in runs], lambda v: f"{v:,}" if v else "not printed", "")
@@ -443,7 +461,7 @@ def part_startup(b: Bench) -> str:
     rows = []
     for mode in ("as is", "warm bytecode"):
         for name, args in STARTUP_COMMANDS.items():
-            values, loads = [], []
+            values, cpus, loads = [], [], []
             for co in b.checkouts:
                 pycache = None
                 if mode == "warm bytecode":
@@ -451,10 +469,14 @@ def part_startup(b: Bench) -> str:
                     shutil.rmtree(pycache, ignore_errors=True)
                 env = child_env(co, b.demo(co, 7).db, pycache=pycache)
                 loads.append(load1())
-                values.append(median_wall(args, co, env, b.repeat))
+                wall, cpu = median_times(args, co, env, b.repeat)
+                values.append(wall)
+                cpus.append(cpu)
             label = f"`{name}` ({mode}, median of {b.repeat})"
+            load_cell = " / ".join(f"{x:.1f}" for x in loads)
             row = b.row(label, values, seconds, f"≤ {STARTUP_TARGET_S * 1000:.0f} ms")
-            rows.append(row + [" / ".join(f"{x:.1f}" for x in loads)])
+            rows.append(row + [load_cell])
+            rows.append(b.row("… its CPU (user + system)", cpus, seconds) + [load_cell])
     modules = b.each(imported_modules)
     loaded = b.row("modules loaded by `import cachemon.cli.main`", [len(m) for m in modules], str)
     rows.append(loaded + [""])
@@ -472,7 +494,12 @@ def part_startup(b: Bench) -> str:
     )
     text += markdown_table(b.headers("command"), rows)
     for co, mods in zip(b.checkouts, modules):
-        tops = sorted({m.split(".")[0] for m in mods} - set(sys.stdlib_module_names) - {"cachemon"})
+        tops = sorted(
+            {m.split(".")[0] for m in mods}
+            - set(sys.stdlib_module_names)
+            - {"cachemon", "cython_runtime", "__mp_main__"}
+        )
+        tops = [t for t in tops if not t.startswith("_")]  # extension internals
         text += f"\n\nThird-party packages loaded ({co.label}): {', '.join(tops) or 'none'}"
     return text
 

@@ -116,13 +116,14 @@ def test_peak_rss_is_of_each_child_alone(tmp_path):
     after a big one reports its own, small, peak."""
     env = bench_perf.child_env(bench_perf.Checkout("t", tmp_path))
     big = "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"
-    _, rss_big, _, _ = bench_perf.run_measured(["-c", big], tmp_path, env)
-    wall, rss_small, out, _ = bench_perf.run_measured(
+    big = bench_perf.run_measured(["-c", big], tmp_path, env)
+    small = bench_perf.run_measured(
         ["-c", "import time; time.sleep(0.2); print('hi')"], tmp_path, env
     )
-    assert rss_big >= 300 * 2**20
-    assert rss_small < 100 * 2**20
-    assert wall >= 0.2 and out == "hi\n"
+    assert big.rss >= 300 * 2**20
+    assert small.rss < 100 * 2**20
+    assert small.wall >= 0.2 and small.stdout == "hi\n"
+    assert small.cpu < small.wall  # it slept: CPU time is not wall time
 
 
 def test_a_failing_child_stops_the_benchmark_with_its_error(tmp_path):
