@@ -59,14 +59,11 @@ DEMO_WALL_TARGET_S = 12.0
 DEMO_RSS_TARGET = 1 * GIB
 STARTUP_TARGET_S = 0.25
 
-# Columns that hold the real time of the run by design (the demo's `now`), so
-# two identical demos differ there; everything else must be equal.
-WALL_CLOCK_COLUMNS: dict[str, tuple[str, ...]] = {
-    "job_runs": ("started_at", "finished_at"),
-    "schema_version": ("applied_at",),
-    "cost_reports": ("created_at",),
-    "watermarks": ("updated_at",),
-}
+# Columns that would hold the real time of a run by design, so two identical
+# demos differ there. None today: `demo --until` passes --until as the demo's
+# `now` (run log, schema_version.applied_at, watermarks.updated_at,
+# cost_reports.created_at all say --until), so every column must be equal.
+WALL_CLOCK_COLUMNS: dict[str, tuple[str, ...]] = {}
 
 STARTUP_COMMANDS: dict[str, tuple[str, ...]] = {
     "python -m cachemon --help": ("-m", "cachemon", "--help"),
@@ -128,7 +125,16 @@ COLUMNS = """
 SELECT column_name FROM duckdb_columns()
 WHERE database_name = $db AND schema_name = 'main' AND table_name = $t ORDER BY column_index
 """
-ONLY_IN = "SELECT count(*) FROM (SELECT {cols} FROM {x}.main.{t} EXCEPT ALL SELECT {cols} FROM {y}.main.{t})"
+ONLY_IN = "SELECT count(*) FROM ({left} EXCEPT ALL {right})"
+PLAIN_ROWS = "SELECT {cols} FROM {x}.main.{t}"
+# A per-key table's rows with the store's own key_id replaced by the key's text:
+# ids are numbers each store assigns itself, the key is what the row is about.
+KEYED_ROWS = (
+    "SELECT {cols}, k.key AS key_id FROM {x}.main.{t} AS r"
+    " LEFT JOIN {x}.main.cache_keys AS k ON r.key_id = k.key_id"
+)
+KEYS_TABLE = "cache_keys"
+KEY_ID = "key_id"
 ROW_COUNT = "SELECT count(*) FROM {x}.main.{t}"
 
 
@@ -168,6 +174,7 @@ class TableDiff:
     only_a: int | None
     only_b: int | None
     excluded: tuple[str, ...] = ()
+    how: str = ""
 
     @property
     def differing(self) -> int | None:
@@ -233,15 +240,32 @@ def _quote_path(path: Path) -> str:
     return str(path).replace("'", "''")
 
 
+def _only_in(
+    con: duckdb.DuckDBPyConnection, table: str, select: str, cols: list[str]
+) -> tuple[int, int]:
+    """Rows of `table` in store a and not b, and in b and not a (as multisets)."""
+    prefix = "r." if select is KEYED_ROWS else ""
+    text = ", ".join(prefix + _quote_ident(c) for c in cols)
+    a, b = (select.format(cols=text, x=x, t=_quote_ident(table)) for x in ("a", "b"))
+    only_a = con.execute(ONLY_IN.format(left=a, right=b)).fetchone()[0]
+    only_b = con.execute(ONLY_IN.format(left=b, right=a)).fetchone()[0]
+    return only_a, only_b
+
+
 def compare_stores(
-    a: Path, b: Path, exclude: dict[str, tuple[str, ...]] | None = None
+    a: Path, b: Path, exclude: dict[str, tuple[str, ...]] | None = None, resolve_keys: bool = True
 ) -> list[TableDiff]:
     """Every table of stores `a` and `b` (opened read-only) compared as row
     multisets, leaving out the `exclude` columns of each table. A table in
-    only one store has None counts for the other."""
+    only one store has None counts for the other.
+
+    With `resolve_keys` (and a `cache_keys` table in both), a table's
+    `key_id` is compared as the key it names, and `cache_keys` twice: by its
+    keys, and as stored (which shows whether the ids were assigned alike)."""
     exclude = exclude or {}
     con = duckdb.connect()
     try:
+        con.execute("SET enable_progress_bar = false")
         con.execute(ATTACH.format(path=_quote_path(a), alias="a"))
         con.execute(ATTACH.format(path=_quote_path(b), alias="b"))
         tables_a = [r[0] for r in con.execute(TABLES, {"db": "a"}).fetchall()]
@@ -264,14 +288,56 @@ def compare_stores(
             if cols_a != cols_b:
                 raise ValueError(f"table {t}: columns differ: {cols_a} vs {cols_b}")
             kept = [c for c in cols_a if c not in dropped]
-            cols = ", ".join(_quote_ident(c) for c in kept)
-            only_a = con.execute(ONLY_IN.format(cols=cols, x="a", y="b", t=q)).fetchone()[0]
-            only_b = con.execute(ONLY_IN.format(cols=cols, x="b", y="a", t=q)).fetchone()[0]
             present = tuple(c for c in dropped if c in cols_a)
-            out.append(TableDiff(t, rows_a, rows_b, only_a, only_b, present))
+            keyed = (
+                resolve_keys
+                and KEY_ID in kept
+                and KEYS_TABLE in tables_a
+                and KEYS_TABLE in tables_b
+            )
+
+            if not keyed:
+                out.append(
+                    TableDiff(t, rows_a, rows_b, *_only_in(con, t, PLAIN_ROWS, kept), present)
+                )
+                continue
+            others = [c for c in kept if c != KEY_ID]
+            if t == KEYS_TABLE:
+                raw = _only_in(con, t, PLAIN_ROWS, kept)
+                out.append(TableDiff(t, rows_a, rows_b, *raw, present, "key_id as stored"))
+                out.append(
+                    TableDiff(
+                        t,
+                        rows_a,
+                        rows_b,
+                        *_only_in(con, t, PLAIN_ROWS, others),
+                        present,
+                        "keys only",
+                    )
+                )
+            else:
+                diff = TableDiff(
+                    t,
+                    rows_a,
+                    rows_b,
+                    *_only_in(con, t, KEYED_ROWS, others),
+                    present,
+                    "key_id → key",
+                )
+                out.append(diff)
         return out
     finally:
         con.close()
+
+
+DIFF_HEADERS = [
+    "table",
+    "rows, run 1",
+    "rows, run 2",
+    "differing rows",
+    "columns left out",
+    "compared",
+]
 
 
 def diff_rows(diffs: Sequence[TableDiff]) -> list[list[object]]:
@@ -280,7 +346,7 @@ def diff_rows(diffs: Sequence[TableDiff]) -> list[list[object]]:
     def cell(n: int | None) -> str:
         return "missing" if n is None else f"{n:,}"
 
-    ordered = sorted(diffs, key=lambda d: (d.differing == 0, d.table))
+    ordered = sorted(diffs, key=lambda d: (d.differing == 0, d.table, d.how))
     return [
         [
             d.table,
@@ -288,6 +354,7 @@ def diff_rows(diffs: Sequence[TableDiff]) -> list[list[object]]:
             cell(d.rows_b),
             "table missing" if d.differing is None else f"{d.differing:,}",
             ", ".join(d.excluded),
+            d.how,
         ]
         for d in ordered
     ]
@@ -506,17 +573,16 @@ def part_startup(b: Bench) -> str:
 
 def part_determinism(b: Bench) -> str:
     text = "## 3. Determinism: two demos, same seed and --until\n\n"
-    excluded = "; ".join(f"{t}.{', '.join(c)}" for t, c in WALL_CLOCK_COLUMNS.items())
+    excluded = "; ".join(f"{t}.{', '.join(c)}" for t, c in WALL_CLOCK_COLUMNS.items()) or (
+        "none (the demo stamps its run log and reports with --until, not the clock)"
+    )
     text += f"Left out as wall-clock by design: {excluded}.\n"
     for co in b.checkouts:
         first, second = b.demo(co, 7), b.demo(co, 7, copy="-again")
         diffs = compare_stores(first.db, second.db, WALL_CLOCK_COLUMNS)
         bad = [d for d in diffs if d.differing != 0]
-        text += f"\n### {co.label}: {len(bad)} of {len(diffs)} tables differ (target: 0)\n\n"
-        text += markdown_table(
-            ["table", "rows, run 1", "rows, run 2", "differing rows", "columns left out"],
-            diff_rows(diffs),
-        )
+        text += f"\n### {co.label}: {len(bad)} of {len(diffs)} comparisons differ (target: 0)\n\n"
+        text += markdown_table(DIFF_HEADERS, diff_rows(diffs))
     return text
 
 
@@ -595,7 +661,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale-days-10x", type=parse_days, help="days at 10x (default: --scale-days)")
     ap.add_argument("--repeat", type=int, default=7, help="start-up runs per median (default 7)")
     ap.add_argument("--out", type=Path, default=OUT, help="where the stores go")
+    ap.add_argument(
+        "--compare", nargs=2, type=Path, metavar=("A", "B"), help="only compare two store files"
+    )
     args = ap.parse_args(argv)
+    if args.compare:
+        diffs = compare_stores(*args.compare, WALL_CLOCK_COLUMNS)
+        print(markdown_table(DIFF_HEADERS, diff_rows(diffs)))
+        return 0
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     unknown = parts - {"demo", "startup", "determinism"}
     if unknown:

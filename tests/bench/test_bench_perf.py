@@ -73,8 +73,8 @@ def test_a_table_in_one_store_only_is_reported_missing(tmp_path):
         None,
     )
     rows = bench_perf.diff_rows(list(diffs.values()))
-    assert rows[0] == ["extra", "3", "missing", "table missing", ""]  # differing tables first
-    assert rows[1] == ["t", "3", "3", "0", ""]
+    assert rows[0] == ["extra", "3", "missing", "table missing", "", ""]  # differing first
+    assert rows[1] == ["t", "3", "3", "0", "", ""]
 
 
 def test_a_quote_in_a_path_or_table_name_is_no_problem(tmp_path):
@@ -196,3 +196,36 @@ def test_scale_points_run_cheapest_first_and_rows_fit_the_headers(tmp_path):
     assert row[:7] == ["10×", "2", "after", "20.0 s", "10.00 s", "4,000,000", "5.00 s"]
     assert row[7:] == ["512 MiB", f"{db.stat().st_size / 2**20:,.0f} MiB", "12.3 ms", "1.5"]
     bench_perf.markdown_table(bench_perf.SCALE_HEADERS, [row])
+
+
+def make_keyed_store(path: Path, keys: list[str], top: list[tuple[str, float]]) -> Path:
+    """A store with cache_keys numbered in the order of `keys` and a per-key
+    table naming them by key_id."""
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE cache_keys (key_id INTEGER, key VARCHAR, endpoint VARCHAR)")
+    con.executemany("INSERT INTO cache_keys VALUES (?, ?, 'isbn')", list(enumerate(keys)))
+    con.execute("CREATE TABLE key_top (t INTEGER, key_id INTEGER, requests DOUBLE)")
+    ids = {k: i for i, k in enumerate(keys)}
+    con.executemany("INSERT INTO key_top VALUES (1, ?, ?)", [(ids[k], n) for k, n in top])
+    con.close()
+    return path
+
+
+def test_key_ids_compare_as_the_keys_they_name(tmp_path):
+    """Two stores with the same keys numbered differently hold the same rows:
+    per-key tables compare equal; cache_keys as stored shows the renumbering."""
+    top = [("k1", 5.0), ("k2", 3.0)]
+    a = make_keyed_store(tmp_path / "a.duckdb", ["k1", "k2", "k3"], top)
+    b = make_keyed_store(tmp_path / "b.duckdb", ["k3", "k1", "k2"], top)
+    diffs = {(d.table, d.how): d.differing for d in bench_perf.compare_stores(a, b)}
+    assert diffs == {
+        ("cache_keys", "key_id as stored"): 6,
+        ("cache_keys", "keys only"): 0,
+        ("key_top", "key_id → key"): 0,
+    }
+    # A tie broken the other way: one row names another key.
+    c = make_keyed_store(tmp_path / "c.duckdb", ["k1", "k2", "k3"], [("k1", 5.0), ("k3", 3.0)])
+    diffs = {(d.table, d.how): d.differing for d in bench_perf.compare_stores(b, c)}
+    assert diffs[("key_top", "key_id → key")] == 2
+    raw = {d.table: d.differing for d in bench_perf.compare_stores(a, b, resolve_keys=False)}
+    assert raw == {"cache_keys": 6, "key_top": 4}  # every id moved
