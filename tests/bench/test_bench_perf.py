@@ -191,10 +191,10 @@ def test_scale_points_run_cheapest_first_and_rows_fit_the_headers(tmp_path):
     points = bench_perf.scale_points([1, 7, 30], [1, 7])
     assert points == [(1, 1), (1, 10), (7, 1), (7, 10), (30, 1)]
     db = make_store(tmp_path / "s.duckdb", {"t": ROWS})
-    run = bench_perf.DemoRun(wall=20.0, rss=512 * 2**20, events=4_000_000, db=db, load=1.5)
+    run = bench_perf.DemoRun(20.0, 512 * 2**20, 4_000_000, db, load=1.5, cpu=30.5)
     row = bench_perf.scale_row(bench_perf.Checkout("after", tmp_path), 2, 10, run, 0.0123)
-    assert row[:7] == ["10×", "2", "after", "20.0 s", "10.00 s", "4,000,000", "5.00 s"]
-    assert row[7:] == ["512 MiB", f"{db.stat().st_size / 2**20:,.0f} MiB", "12.3 ms", "1.5"]
+    assert row[:8] == ["10×", "2", "after", "20.0 s", "30.5 s", "10.00 s", "4,000,000", "5.00 s"]
+    assert row[8:] == ["512 MiB", f"{db.stat().st_size / 2**20:,.0f} MiB", "12.3 ms", "1.5"]
     bench_perf.markdown_table(bench_perf.SCALE_HEADERS, [row])
 
 
