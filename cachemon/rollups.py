@@ -219,19 +219,37 @@ def coded_keys(keys: pa.Table) -> tuple[pa.Table, pa.Table]:
     )
 
 
-def _key_codes(key: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+def _key_codes(key: pa.ChunkedArray) -> tuple[pa.Array | pa.ChunkedArray, pa.Array]:
     """(codes, names): each row's index into `names`, the distinct keys.
-    A key column that is already one dictionary of distinct names (the
-    simulator's) is used as it is; any other is encoded once."""
-    if pa.types.is_dictionary(key.type) and key.num_chunks == 1:
-        arr = key.chunk(0)
-        if len(pc.unique(arr.dictionary)) == len(arr.dictionary):
-            return arr.indices, arr.dictionary
+    A key column whose chunks all share one dictionary of distinct names
+    (the simulator's) is used as it is; any other is encoded once."""
+    shared = _shared_dictionary(key)
+    if shared is not None and len(pc.unique(shared)) == len(shared):
+        return pa.chunked_array([c.indices for c in key.chunks], pa.int32()), shared
     plain = key.cast(pa.string()) if pa.types.is_dictionary(key.type) else key
     enc = pc.dictionary_encode(
         plain.combine_chunks() if plain.num_chunks else pa.array([], pa.string())
     )
     return enc.indices, enc.dictionary
+
+
+def _shared_dictionary(key: pa.ChunkedArray) -> pa.Array | None:
+    """The one dictionary every chunk of `key` uses (the same buffers, as
+    slices of one array have), or None."""
+    if not pa.types.is_dictionary(key.type) or key.num_chunks == 0:
+        return None
+    first = key.chunk(0).dictionary
+    if key.type.index_type != pa.int32():
+        return None
+    same = [b.address if b is not None else None for b in first.buffers()]
+    for c in key.chunks[1:]:
+        d = c.dictionary
+        if (
+            len(d) != len(first)
+            or [b.address if b is not None else None for b in d.buffers()] != same
+        ):
+            return None
+    return first
 
 
 def sample_rows(con: duckdb.DuckDBPyConnection, batch: CodedBatch, rate: float) -> pa.Table:

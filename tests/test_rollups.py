@@ -52,7 +52,8 @@ def events(draw):
 
 def _shapes(table: pa.Table):
     """The same events with the key column as plain text, one dictionary,
-    a dictionary with repeated entries, and chunks of different dictionaries."""
+    a dictionary with repeated entries, chunks of different dictionaries,
+    and chunks sharing one."""
     i = table.column_names.index("key")
     key = table["key"].combine_chunks()
     enc = key.dictionary_encode()
@@ -69,6 +70,10 @@ def _shapes(table: pa.Table):
     yield "dictionary", table.set_column(i, "key", enc)
     yield "repeated dictionary", table.set_column(i, "key", doubled)
     yield "chunks", table.set_column(i, "key", chunked)
+    # Slices of one array share its dictionary (the simulator's windows).
+    yield "shared slices", table.set_column(
+        i, "key", pa.chunked_array([enc[:half], enc[half:]] if half else [enc])
+    )
 
 
 def _sorted(t: pa.Table) -> pd.DataFrame:

@@ -363,7 +363,7 @@ class Simulator:
         key_dict = pa.concat_arrays([self._key_array, pa.array(tail_names, pa.string())])
         cohort = col("cohort").astype(np.int64)
         n = len(kk)
-        return pa.table(
+        table = pa.table(
             {
                 "timestamp": pa.array(col("t").astype(np.int64), pa.timestamp("us", tz="UTC")),
                 "tier": _dict(col("tier"), TIERS),
@@ -377,6 +377,13 @@ class Simulator:
                 "bytes": pa.array(col("bytes").astype(float)),
                 "sample_interval": pa.array(col("interval").astype(float)),
             }
+        )
+        # One chunk per segment (slices: the buffers and the dictionary are
+        # shared). DuckDB scans a chunk in one thread, so each minute's float
+        # sums add up in one order, and the same window gives the same store.
+        offsets = np.cumsum([0] + [len(p.t) for p in parts])
+        return pa.concat_tables(
+            [table.slice(a, b - a) for a, b in zip(offsets[:-1], offsets[1:])] or [table]
         )
 
     def _sample_interval(self, r: _Hour) -> np.ndarray:
