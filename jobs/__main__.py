@@ -25,6 +25,7 @@ readers are frozen, so no ping goes out and the outside service notices.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
@@ -45,11 +46,23 @@ from cachemon.runner.runlog import RunLog, last_runs_at_start, one_line
 from cachemon.settings import Config
 from cachemon.store import db as store_db
 from cachemon.store import snapshots
-from cachemon.usecases.scheduled import Jobs
 
-__all__ = ["Jobs", "build_parser", "main"]
+__all__ = ["build_parser", "main"]  # and Jobs, loaded on first use (__getattr__)
 
 log = logging.getLogger("jobs")
+# The job bodies (cachemon.usecases.scheduled) import most of cachemon, and
+# pyarrow, numpy and friends with it: they are loaded when a job runs, not
+# for `--list`, which needs the schedule only (runner.runs.schedule).
+SCHEDULED = "cachemon.usecases.scheduled"
+
+
+def __getattr__(name: str):
+    # `from jobs.__main__ import Jobs` keeps working, loading the bodies then.
+    if name == "Jobs":
+        return importlib.import_module(SCHEDULED).Jobs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # A simulated clock: up to ~11 days a second (tests run days in seconds).
 MAX_CLOCK_SPEED = 1e6
 
@@ -140,15 +153,17 @@ def main(argv=None) -> int:
         if args.db is not None:
             cfg = config.with_db(cfg, args.db)
         clock = _clock(args.clock_start, args.clock_speed, cfg.ingest.clock_skew)
+        if args.list and not args.once:
+            return _list(cfg, clock)
         # The experiments job re-reads the config: experiments may have been edited since.
-        jobs = Jobs(cfg, lambda: config.with_db(config.load(args.config), cfg.store.path))
+        jobs = importlib.import_module(SCHEDULED).Jobs(
+            cfg, lambda: config.with_db(config.load(args.config), cfg.store.path)
+        )
         registry = jobs.registry()
         target = heartbeat.Target.from_env(os.environ)
         pinger = heartbeat.Pinger(target) if target else None
         if args.once:
             return _once(cfg, registry, args.once, clock, pinger)
-        if args.list:
-            return _list(cfg, registry, clock)
         lock = runner_runs.InstanceLock(cfg.store.path).acquire(clock())
     except CachemonError as exc:
         log.error("%s", exc)
@@ -179,7 +194,7 @@ def _once(cfg: Config, registry, name: str, clock, pinger=None) -> int:
     return 0 if ok else 1
 
 
-def _list(cfg: Config, registry, clock) -> int:
+def _list(cfg: Config, clock) -> int:
     """The schedule with next run times, from the last runs readers see.
     Listing writes nothing: a store not yet made (or published) has no runs."""
     now = clock()
@@ -188,7 +203,8 @@ def _list(cfg: Config, registry, clock) -> int:
             last = runner_runs.last_runs(con)
     except EmptyStoreError:
         last = {}
-    for spec, at in runner_runs.Runner(registry, lambda rec: None, last, clock).plan(now):
+    for spec in runner_runs.schedule(cfg):
+        at = spec.next_run(last.get(spec.name), now)
         print(f"{spec.name:10} {spec.describe():28} next {iso(at)}")
     return 0
 
