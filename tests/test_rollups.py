@@ -71,8 +71,9 @@ def _shapes(table: pa.Table):
     yield "repeated dictionary", table.set_column(i, "key", doubled)
     yield "chunks", table.set_column(i, "key", chunked)
     # Slices of one array share its dictionary (the simulator's windows).
-    yield "shared slices", table.set_column(
-        i, "key", pa.chunked_array([enc[:half], enc[half:]] if half else [enc])
+    yield (
+        "shared slices",
+        table.set_column(i, "key", pa.chunked_array([enc[:half], enc[half:]] if half else [enc])),
     )
 
 
