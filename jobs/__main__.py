@@ -153,6 +153,8 @@ def main(argv=None) -> int:
         if args.db is not None:
             cfg = config.with_db(cfg, args.db)
         clock = _clock(args.clock_start, args.clock_speed, cfg.ingest.clock_skew)
+        # A heartbeat URL that can never be pinged is refused by every mode.
+        target = heartbeat.Target.from_env(os.environ)
         if args.list and not args.once:
             return _list(cfg, clock)
         # The experiments job re-reads the config: experiments may have been edited since.
@@ -160,7 +162,6 @@ def main(argv=None) -> int:
             cfg, lambda: config.with_db(config.load(args.config), cfg.store.path)
         )
         registry = jobs.registry()
-        target = heartbeat.Target.from_env(os.environ)
         pinger = heartbeat.Pinger(target) if target else None
         if args.once:
             return _once(cfg, registry, args.once, clock, pinger)
