@@ -23,3 +23,7 @@ def bucket_sql(column: str, seconds: int) -> str:
     hour, a day) since the epoch, as a TIMESTAMPTZ: date_trunc's result in
     UTC, by integer arithmetic."""
     return f"to_timestamp({floored_us(f'epoch_us({column})', seconds * 1_000_000)} / 1000000)"
+
+
+# The hour of a stored `minute` column: what every minute table's hours are.
+HOUR_OF_MINUTE = bucket_sql("minute", 3600)

@@ -59,7 +59,7 @@ ORDER BY b.t
 # key_day and the summaries already count them.
 COMPACT_KEY_MINUTES = f"""
 INSERT INTO key_hour
-SELECT source, {sqltime.bucket_sql("minute", 3600)}, key_id, sum(edge), sum(kv), sum(r2), sum(api),
+SELECT source, {sqltime.HOUR_OF_MINUTE}, key_id, sum(edge), sum(kv), sum(r2), sum(api),
        sum(errors), min(first_seen), max(last_seen), sum(fill_errors)
 FROM key_minute WHERE minute < $before
 GROUP BY ALL ORDER BY 2

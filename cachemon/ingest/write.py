@@ -55,8 +55,8 @@ SELECT $source, minute, name, value_sum, samples, value_min, value_max, value_la
 """
 
 
-# Hours of the minutes by integer arithmetic, not date_trunc (`sqltime.bucket_sql`).
-HOUR_OF_MINUTE = sqltime.bucket_sql("minute", 3600)
+# Hours of the minutes by integer arithmetic, not date_trunc (`sqltime`).
+HOUR_OF_MINUTE = sqltime.HOUR_OF_MINUTE
 RECOMPUTE_ROLLUP_HOUR = f"""
 INSERT INTO rollup_hour
 SELECT source, {HOUR_OF_MINUTE}, tier, endpoint, experiment, cohort,

@@ -34,7 +34,7 @@ import duckdb
 
 from cachemon.clock import DAY, HOUR, MINUTE, Window, ceil_to, floor_to
 from cachemon.errors import InputError
-from cachemon.sqltime import bucket_sql
+from cachemon.sqltime import HOUR_OF_MINUTE, bucket_sql
 from cachemon.store import horizons
 from cachemon.store.queries import KEY_ROWS, key_ranges
 
@@ -46,7 +46,6 @@ LIST_SIZE = 1000
 # -- maintenance (called by ingest inside its transaction) -------------------
 
 # date_trunc in UTC, by integer arithmetic (`sqltime.bucket_sql`).
-HOUR_OF_MINUTE = bucket_sql("minute", 3600)
 DAY_OF_T = bucket_sql("t", 86400)
 _SUMS = """sum(edge) AS edge, sum(kv) AS kv, sum(r2) AS r2, sum(api) AS api, sum(errors) AS errors,
        sum(fill_errors) AS fill_errors"""

@@ -20,7 +20,7 @@ from cachemon.costs.tiermix import TierMix
 from cachemon.pricing import default as default_pricing
 from cachemon.store import db as store_db
 from cachemon.store.queries import CLASSES, KeyClass
-from tests.helpers import T0, load, simulate, small_sim
+from tests.helpers import T0, two_span_store
 
 START = T0 - timedelta(days=10)
 AT = T0 + timedelta(hours=2)
@@ -31,13 +31,8 @@ PRICE = {"workers": 0.30, "kv_reads": 0.50, "kv_writes": 5.00, "r2_gets": 0.36}
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("classes") / "c.duckdb"
     # Sampled (weights above 1) in the busy minutes, as Analytics Engine does.
-    sim = dict(requests_per_hour=30_000, sample_threshold_per_minute=40, colos=30)
-    early, df1 = simulate(2, start=START, sim=small_sim(**sim))
-    late, df2 = simulate(2, start=T0, sim=small_sim(**sim))
-    load(path, early + late, now=AT)
-    return path, pd.concat([df1, df2])
+    return two_span_store(tmp_path_factory.mktemp("classes") / "c.duckdb", START, T0, AT)
 
 
 def _truth(df: pd.DataFrame, window: Window, r2_lookup: str) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from cachemon.costs import classes, optimize
 from cachemon.store import db as store_db
 from cachemon.store import topkeys
 from cachemon.store.queries import KEY_ROWS, data_days, key_ranges
-from tests.helpers import T0, load, simulate, small_sim
+from tests.helpers import T0, two_span_store
 
 START = T0 - timedelta(days=10)  # 08:00: the data begins inside a day
 AT = T0 + timedelta(hours=2)  # 10:00: and ends inside one
@@ -29,13 +29,8 @@ CLASS_WINDOW = Window(AT - 30 * DAY, AT)
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("keysfast") / "k.duckdb"
     # More keys than a summary list holds (1000 a part): the cutoffs matter.
-    sim = dict(requests_per_hour=30_000, sample_threshold_per_minute=40, colos=30)
-    early, df1 = simulate(2, start=START, sim=small_sim(**sim))
-    late, df2 = simulate(2, start=T0, sim=small_sim(**sim))
-    load(path, early + late, now=AT)
-    df = pd.concat([df1, df2])
+    path, df = two_span_store(tmp_path_factory.mktemp("keysfast") / "k.duckdb", START, T0, AT)
     return path, df[df.kind == "request"]
 
 

@@ -86,6 +86,20 @@ def to_pandas(*frames: EventFrame) -> pd.DataFrame:
     return df
 
 
+# Busy small traffic: sampled (weights above 1) in the busy minutes, as
+# Analytics Engine does, with more keys than a top-key summary list holds.
+BUSY_SIM = dict(requests_per_hour=30_000, sample_threshold_per_minute=40, colos=30)
+
+
+def two_span_store(path, start: datetime, later: datetime, now: datetime):
+    """Two hours of busy traffic from `start` and two from `later`, loaded
+    into the store at `path`: (path, truth DataFrame of all their events)."""
+    early, df1 = simulate(2, start=start, sim=small_sim(**BUSY_SIM))
+    late, df2 = simulate(2, start=later, sim=small_sim(**BUSY_SIM))
+    load(path, early + late, now=now)
+    return path, pd.concat([df1, df2])
+
+
 def load(path, parts, source="simulator", now=T0) -> None:
     """Ingest `parts` (as `simulate` returns them) into the store at `path`."""
     with store_db.writer(path, now) as con:
