@@ -76,11 +76,8 @@ def window_params(window: Window) -> dict:
 
 
 # Per tier of a window (parameters: `window_params` and $endpoint, NULL for all).
-# The latency sum adds exactly (in decimal, to a nanosecond): the three ranges
-# are read in parallel, and float sums combined in either order differed in
-# their last bit, so the same window read twice gave two averages.
 TIER_TOTALS = f"""
-SELECT tier, sum(requests), sum(errors), sum(bytes), sum(latency_sum::DECIMAL(38, 6))::DOUBLE
+SELECT tier, sum(requests), sum(errors), sum(bytes), sum(latency_sum)
 FROM ({three_ranges("tier, endpoint, requests, errors, bytes, latency_sum", "rollup_hour", "rollup_minute")})
 WHERE $endpoint IS NULL OR endpoint = $endpoint
 GROUP BY tier
