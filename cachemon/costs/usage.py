@@ -46,6 +46,7 @@ from cachemon.store.queries import (
     data_days,
     data_span,
     days_of,
+    ordered_sum,
     three_ranges,
     window_params,
 )
@@ -315,7 +316,7 @@ def daily_costs(con: duckdb.DuckDBPyConnection, window: Window, cfg: Config) -> 
 # window splits into the same whole hours and ragged minutes as the window
 # (`window_params`), so the rows summed per day are the rows `measure` sums.
 DAY_TIER_TOTALS = f"""
-SELECT d, tier, sum(requests), sum(errors)
+SELECT d, tier, {ordered_sum("requests")}, {ordered_sum("errors")}
 FROM ({
     three_ranges(
         "to_timestamp(floor(epoch({time}) / 86400) * 86400) AS d, tier, requests, errors",
@@ -324,6 +325,7 @@ FROM ({
     )
 })
 GROUP BY d, tier
+ORDER BY d, tier
 """
 DAY_GAUGES = """
 SELECT to_timestamp(floor(epoch(minute) / 86400) * 86400) AS d, name, sum(value_sum) / sum(samples),

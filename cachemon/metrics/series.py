@@ -20,6 +20,7 @@ from cachemon.errors import InputError
 from cachemon.histogram import grouped_quantiles
 from cachemon.metrics.window import TierVolume
 from cachemon.names import GAUGES, TIERS
+from cachemon.store.queries import ordered_sum
 
 # The windows travel as two parallel lists, zipped by unnest, so no SQL text
 # is built from them. Each is expanded into its minutes and hash-joined on
@@ -32,10 +33,11 @@ FROM (SELECT unnest($idx) AS i, unnest($starts) AS ws), range($minutes) t(k)
 
 TIER_SERIES = f"""
 WITH w AS ({_WINDOWS})
-SELECT w.i, r.tier, sum(r.requests), sum(r.errors), sum(r.latency_sum)
+SELECT w.i, r.tier, {ordered_sum("r.requests")}, {ordered_sum("r.errors")}, {ordered_sum("r.latency_sum")}
 FROM w JOIN rollup_minute r ON r.minute = w.m
 WHERE r.minute >= $lo AND r.minute < $hi AND ($endpoint IS NULL OR r.endpoint = $endpoint)
 GROUP BY w.i, r.tier
+ORDER BY w.i, r.tier
 """
 
 LATENCY_SERIES = f"""

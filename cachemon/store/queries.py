@@ -75,12 +75,23 @@ def window_params(window: Window) -> dict:
     return {"h_lo": s, "h_hi": s, "m1_lo": s, "m1_hi": e, "m2_lo": e, "m2_hi": e}
 
 
-# Per tier of a window (parameters: `window_params` and $endpoint, NULL for all).
+def ordered_sum(column: str) -> str:
+    """SQL summing the DOUBLE `column` in value order. A parallel float sum
+    adds in whatever order its threads finish, so the same window read twice
+    could differ in the last bit (a sampled request counts 1/rate, so even
+    request counts are fractions); in value order it reads the same every
+    time, and NaN or infinity still show through."""
+    return f"sum({column} ORDER BY {column})"
+
+
+# Per tier of a window, in tier order (parameters: `window_params` and
+# $endpoint, NULL for all). Callers add tiers up in this order too.
 TIER_TOTALS = f"""
-SELECT tier, sum(requests), sum(errors), sum(bytes), sum(latency_sum)
+SELECT tier, {", ".join(ordered_sum(c) for c in ("requests", "errors", "bytes", "latency_sum"))}
 FROM ({three_ranges("tier, endpoint, requests, errors, bytes, latency_sum", "rollup_hour", "rollup_minute")})
 WHERE $endpoint IS NULL OR endpoint = $endpoint
 GROUP BY tier
+ORDER BY tier
 """
 
 # -- where the data lies -------------------------------------------------------
