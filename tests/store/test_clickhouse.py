@@ -23,6 +23,8 @@ import boto3
 import pandas as pd
 import pytest
 from chdb import session as chdb_session
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from moto.server import ThreadedMotoServer
 
 from cachemon import config
@@ -302,6 +304,77 @@ def test_a_changed_figure_is_caught(store, ch):
     other.loc[0, "requests"] *= 1 + 1e-7
     with pytest.raises(AssertionError, match=r"row 0 differs in \['requests'\]"):
         assert_same_answer(duck, other, "changed")
+
+
+# ---------------------------------------------------------------- the macros, on any window
+
+# The questions whose ClickHouse SQL writes out a table macro: (number, macro).
+MACROS = ((4, "latency_window"), (6, "top_keys"), (10, "key_classes"))
+# Traffic spans Monday 20:00 to Wednesday 02:00; windows start in it, so they have rows.
+FIRST_HOUR = NOW - dt.timedelta(days=DAYS)
+
+
+def _top_level_args(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each argument of the call whose "(" opens `text`."""
+    depth, start, out = 0, 1, []
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch in ",)":
+            if depth == 1:
+                out.append((start, i))
+                start = i + 1
+            if ch == ")":
+                depth -= 1
+                if depth == 0:
+                    return out
+    raise AssertionError(f"unbalanced call: {text[:80]!r}")
+
+
+def duckdb_window(sql: str, macro: str, lo: datetime, hi: datetime) -> str:
+    """The DuckDB question with its macro called on [lo, hi) instead."""
+    at = sql.index(f"v1.{macro}(") + len(f"v1.{macro}")
+    (a, _), (_, b) = _top_level_args(sql[at:])[:2]
+    return f"{sql[: at + a]}TIMESTAMPTZ '{lo.isoformat()}', TIMESTAMPTZ '{hi.isoformat()}'{sql[at + b :]}"
+
+
+def clickhouse_window(sql: str, lo: datetime, hi: datetime) -> str:
+    """The ClickHouse question with its `WITH … AS lo, … AS hi` set to [lo, hi)."""
+    t = "toDateTime('{:%Y-%m-%d %H:%M:%S}', 'UTC')"
+    out, n = re.subn(
+        r"^WITH .+? AS lo, .+? AS hi\b", f"WITH {t.format(lo)} AS lo, {t.format(hi)} AS hi", sql
+    )
+    assert n == 1, "the query does not start WITH … AS lo, … AS hi"
+    return out
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    question=st.sampled_from(MACROS),
+    start=st.integers(0, 29),  # hours after the first hour of traffic
+    hours=st.integers(1, 60),  # up to past its end: some windows hold a whole day
+)
+# Always a window holding Tuesday whole, with hours on either side, for each macro.
+@example(question=MACROS[0], start=2, hours=30)
+@example(question=MACROS[1], start=2, hours=30)
+@example(question=MACROS[2], start=2, hours=30)
+def test_the_macros_written_out_equal_the_macros_on_any_window_of_whole_hours(
+    store, ch, question, start, hours
+):
+    """The ClickHouse SQL of latency_window, top_keys and key_classes answers as the macro
+    does on every window of whole hours: whole days from the daily view, other hours from
+    the hourly one."""
+    (n, macro), (path, root) = question, store
+    lo = FIRST_HOUR + dt.timedelta(hours=start)
+    hi = lo + dt.timedelta(hours=hours)
+    with store_db.reader(path) as con:
+        duck = con.execute(duckdb_window(DUCKDB[n][1], macro, lo, hi)).df()
+    got = clickhouse(ch, clickhouse_window(CLICKHOUSE[n][1], lo, hi), root)
+    assert_same_answer(duck, got, f"{macro} on [{lo:%a %H:%M}, {hi:%a %H:%M})")
 
 
 # ---------------------------------------------------------------- the same export in a bucket
