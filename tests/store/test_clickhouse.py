@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from moto.server import ThreadedMotoServer
 
 from cachemon import config
+from cachemon.clock import DAY, floor_to
 from cachemon.notify import outbox
 from cachemon.store import db as store_db
 from cachemon.store import export
@@ -135,8 +136,14 @@ def test_the_key_classes_query_uses_cachemons_thresholds():
         r"requests_per_day > ([\d.]+), 'hot', requests_per_day < ([\d./ ]+), 'cold'", sql
     )
     assert found, "question 10: the key-class multiIf is not where the test looks for it"
-    hot, cold = (eval(x, {"__builtins__": {}}) for x in found.groups())  # numbers and /
+    hot, cold = (_number(x) for x in found.groups())
     assert (hot, cold) == (HOT_PER_DAY, COLD_PER_DAY)
+
+
+def _number(text: str) -> float:
+    """A number of the SQL, or a quotient of two ("10 / 30"), as Python computes it."""
+    parts = [float(p) for p in text.split("/")]
+    return parts[0] / parts[1] if len(parts) == 2 else parts[0]
 
 
 # ---------------------------------------------------------------- running them
@@ -309,7 +316,7 @@ def test_a_changed_figure_is_caught(store, ch):
 # ---------------------------------------------------------------- the macros, on any window
 
 # The questions whose ClickHouse SQL writes out a table macro: (number, macro).
-MACROS = ((4, "latency_window"), (6, "top_keys"), (10, "key_classes"))
+MACROS = ((3, "latency_daily"), (4, "latency_window"), (6, "top_keys"), (10, "key_classes"))
 # Traffic spans Monday 20:00 to Wednesday 02:00; windows start in it, so they have rows.
 FIRST_HOUR = NOW - dt.timedelta(days=DAYS)
 
@@ -317,14 +324,14 @@ FIRST_HOUR = NOW - dt.timedelta(days=DAYS)
 def _top_level_args(text: str) -> list[tuple[int, int]]:
     """(start, end) of each argument of the call whose "(" opens `text`."""
     depth, start, out = 0, 1, []
-    for i, ch in enumerate(text):
-        if ch == "(":
+    for i, c in enumerate(text):
+        if c == "(":
             depth += 1
-        elif ch in ",)":
+        elif c in ",)":
             if depth == 1:
                 out.append((start, i))
                 start = i + 1
-            if ch == ")":
+            if c == ")":
                 depth -= 1
                 if depth == 0:
                     return out
@@ -335,7 +342,8 @@ def duckdb_window(sql: str, macro: str, lo: datetime, hi: datetime) -> str:
     """The DuckDB question with its macro called on [lo, hi) instead."""
     at = sql.index(f"v1.{macro}(") + len(f"v1.{macro}")
     (a, _), (_, b) = _top_level_args(sql[at:])[:2]
-    return f"{sql[: at + a]}TIMESTAMPTZ '{lo.isoformat()}', TIMESTAMPTZ '{hi.isoformat()}'{sql[at + b :]}"
+    window = f"TIMESTAMPTZ '{lo.isoformat()}', TIMESTAMPTZ '{hi.isoformat()}'"
+    return f"{sql[: at + a]}{window}{sql[at + b :]}"
 
 
 def clickhouse_window(sql: str, lo: datetime, hi: datetime) -> str:
@@ -362,15 +370,18 @@ def clickhouse_window(sql: str, lo: datetime, hi: datetime) -> str:
 @example(question=MACROS[0], start=2, hours=30)
 @example(question=MACROS[1], start=2, hours=30)
 @example(question=MACROS[2], start=2, hours=30)
+@example(question=MACROS[3], start=2, hours=30)
 def test_the_macros_written_out_equal_the_macros_on_any_window_of_whole_hours(
     store, ch, question, start, hours
 ):
-    """The ClickHouse SQL of latency_window, top_keys and key_classes answers as the macro
-    does on every window of whole hours: whole days from the daily view, other hours from
-    the hourly one."""
+    """The ClickHouse SQL of latency_daily, latency_window, top_keys and key_classes answers
+    as the macro does on every window of whole hours (whole days for latency_daily): whole
+    days from the daily view, other hours from the hourly one."""
     (n, macro), (path, root) = question, store
     lo = FIRST_HOUR + dt.timedelta(hours=start)
     hi = lo + dt.timedelta(hours=hours)
+    if macro == "latency_daily":  # the days the window touches
+        lo, hi = floor_to(lo, DAY), floor_to(hi - dt.timedelta(microseconds=1), DAY) + DAY
     with store_db.reader(path) as con:
         duck = con.execute(duckdb_window(DUCKDB[n][1], macro, lo, hi)).df()
     got = clickhouse(ch, clickhouse_window(CLICKHOUSE[n][1], lo, hi), root)
@@ -415,23 +426,24 @@ def bucket(store, ch):
         for f in files:
             key = f"{PREFIX}/{f.relative_to(root / 'exports').as_posix()}"
             s3.upload_file(str(f), BUCKET, key)
-        ((example,),) = (R2_EXAMPLES,)
+        (r2_sql,) = R2_EXAMPLES
         for placeholder in (R2_URL, R2_KEY, R2_SECRET, f"/{BUCKET}/{PREFIX}/"):
-            assert placeholder in example, f"the R2 example no longer has {placeholder!r}"
-        example = (
-            example.replace(R2_URL, f"{endpoint}/")
+            assert placeholder in r2_sql, f"the R2 example no longer has {placeholder!r}"
+        r2_sql = (
+            r2_sql.replace(R2_URL, f"{endpoint}/")
             .replace(R2_KEY, "cachemon-test")
             .replace(R2_SECRET, "cachemon-test-secret")
         )
         ch.query("DROP NAMED COLLECTION IF EXISTS cachemon_r2")
-        *setup, query = [st for st in example.split(";") if st.strip()]
+        *setup, query = [s for s in r2_sql.split(";") if s.strip()]
         for statement in setup:
             ch.query(statement)
         got = ch.query(query, "DataFrame")
         with store_db.reader(path) as con:
             want = con.execute(
-                "SELECT CAST(hour AS DATE) AS date, sum(requests) AS requests FROM v1.requests_hour "
-                "WHERE hour >= TIMESTAMPTZ '2026-11-01 00:00:00+00' GROUP BY ALL ORDER BY date"
+                "SELECT CAST(hour AS DATE) AS date, sum(requests) AS requests "
+                "FROM v1.requests_hour WHERE hour >= TIMESTAMPTZ '2026-11-01 00:00:00+00' "
+                "GROUP BY ALL ORDER BY date"
             ).df()
         yield got, want
     finally:
