@@ -28,13 +28,15 @@ from hypothesis import strategies as st
 from moto.server import ThreadedMotoServer
 
 from cachemon import config
-from cachemon.clock import DAY, floor_to
+from cachemon.clock import DAY, HOUR, MINUTE, Window, floor_to
+from cachemon.histogram import ALPHA
 from cachemon.notify import outbox
+from cachemon.sources.simulator import Simulator
 from cachemon.store import db as store_db
 from cachemon.store import export
 from cachemon.store.queries import COLD_PER_DAY, HOT_PER_DAY
 from cachemon.usecases import demo
-from tests.helpers import ALWAYS_RULE, EXPERIMENT_TOML, ROOT
+from tests.helpers import ALWAYS_RULE, EXPERIMENT_TOML, ROOT, to_pandas, weighted_quantile
 
 DOC = ROOT / "docs" / "analysts.md"
 DUCKDB_SECTION = "## Example questions"
@@ -311,6 +313,44 @@ def test_a_changed_figure_is_caught(store, ch):
     other.loc[0, "requests"] *= 1 + 1e-7
     with pytest.raises(AssertionError, match=r"row 0 differs in \['requests'\]"):
         assert_same_answer(duck, other, "changed")
+
+
+@pytest.fixture(scope="module")
+def requests_truth(store):
+    """The raw request events behind the store: the demo's simulator run again over the
+    demo's windows (same seed, same order, so the same events), as pandas."""
+    _, root = store
+    cfg = config.load(root / "cachemon.toml", env={})
+    sim = Simulator(cfg.simulator)
+    end = floor_to(NOW, MINUTE)
+    windows = Window(floor_to(end - DAYS * DAY, MINUTE), end).split(demo.DEMO_CHUNK)
+    r = to_pandas(*(sim.generate(w) for w in windows))
+    return r[r.kind == "request"]
+
+
+def test_the_clickhouse_answers_agree_with_the_raw_events(store, ch, requests_truth):
+    """Not only the same as DuckDB: questions 1 and 4 on ClickHouse against pandas and numpy
+    on the simulated events (hit rates to their rounding, percentiles within 1 %)."""
+    _, root = store
+    r = requests_truth
+    hits = clickhouse(ch, CLICKHOUSE[1][1], root).set_index("endpoint")
+    week = r[r.timestamp >= NOW - 7 * DAY]
+    assert sorted(hits.index) == sorted(week.endpoint.unique())
+    for endpoint, g in week.groupby("endpoint"):
+        requests = g.sample_interval.sum()
+        api = g.sample_interval[g.tier == "api"].sum()
+        assert hits.loc[endpoint, "requests"] == pytest.approx(requests, rel=REL)
+        assert abs(hits.loc[endpoint, "hit_rate_pct"] - 100 * (1 - api / requests)) <= 0.005 + 1e-9
+    latency = clickhouse(ch, CLICKHOUSE[4][1], root).set_index("endpoint")
+    lo, hi = floor_to(NOW, HOUR) - 24 * HOUR, floor_to(NOW, HOUR) + HOUR
+    day = r[(r.timestamp >= lo) & (r.timestamp < hi)]
+    assert sorted(latency.index) == sorted(["*", *day.endpoint.unique()])
+    for endpoint, row in latency.iterrows():
+        sel = day if endpoint == "*" else day[day.endpoint == endpoint]
+        assert row.requests == pytest.approx(sel.sample_interval.sum(), rel=REL)
+        for q, got in ((0.5, row.p50_ms), (0.95, row.p95_ms), (0.99, row.p99_ms)):
+            want = weighted_quantile(sel.latency_ms, sel.sample_interval, q)
+            assert abs(got - want) <= ALPHA * want + 1e-9, (endpoint, q, got, want)
 
 
 # ---------------------------------------------------------------- the macros, on any window
