@@ -7,6 +7,7 @@
 - every ```toml block of README.md and docs/*.md parses, and loads through cachemon's real
   loader unless it is marked as a fragment or another program's file;
 - every ```sql block of the docs runs on a demo store, unless marked not-run with a reason;
+  ```sql clickhouse blocks (ClickHouse SQL) are run on chDB by tests/store/test_clickhouse.py;
 - every relative link of the docs reaches an existing file, and its #anchor a heading there.
 
 A failure names the file and the line.
@@ -56,6 +57,7 @@ class Block:
     lang: str
     text: str
     marker: str  # the HTML comment on the nearest non-blank line before the fence, or ""
+    dialect: str = ""  # the info string's second word: ```sql clickhouse
 
     @property
     def where(self) -> str:
@@ -69,7 +71,7 @@ def blocks(paths, lang: str) -> list[Block]:
         lines = path.read_text(encoding="utf-8").splitlines()
         i = 0
         while i < len(lines):
-            fence = re.match(r"^```(\w*)\s*$", lines[i])
+            fence = re.match(r"^```(\w*)(?:[ \t]+(\w+))?\s*$", lines[i])
             if not fence:
                 i += 1
                 continue
@@ -78,7 +80,8 @@ def blocks(paths, lang: str) -> list[Block]:
             before = next((s.strip() for s in reversed(lines[:i]) if s.strip()), "")
             marker = before if before.startswith("<!--") else ""
             if fence.group(1) == lang:
-                out.append(Block(path, i + 1, lang, "\n".join(lines[i + 1 : end]) + "\n", marker))
+                text = "\n".join(lines[i + 1 : end]) + "\n"
+                out.append(Block(path, i + 1, lang, text, marker, fence.group(2) or ""))
             i = end + 1
     return out
 
@@ -263,6 +266,17 @@ def test_every_toml_block_loads_through_the_real_loader(block, tmp_path):
 # ---------------------------------------------------------------- SQL blocks
 
 SQL_BLOCKS = blocks([ROOT / "README.md", *DOCS], "sql")
+ANALYSTS_DOC = ROOT / "docs" / "analysts.md"
+CLICKHOUSE_SECTION = re.compile(r"^The export on ClickHouse$")
+
+
+def _in_section(block: Block, path: Path, title: re.Pattern) -> bool:
+    """Whether `block` lies in the section of `path` whose heading matches `title`."""
+    found = section(path, title)
+    if block.path != path or found is None:
+        return False
+    line, text = found
+    return line < block.line <= line + len(text.splitlines())
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +301,17 @@ def test_every_sql_block_runs_on_a_demo_store(block, analyst_home, monkeypatch):
         assert NOT_RUN.match(block.marker), f"{block.where}: a not-run block must say why"
         return
     assert not block.marker, f"{block.where}: unknown marker {block.marker!r}"
+    if block.dialect:
+        # ClickHouse SQL on the Parquet export: tests/store/test_clickhouse.py runs every
+        # such block of this section on chDB and compares it with its DuckDB question.
+        assert block.dialect == "clickhouse", (
+            f"{block.where}: unknown SQL dialect {block.dialect!r}"
+        )
+        assert _in_section(block, ANALYSTS_DOC, CLICKHOUSE_SECTION), (
+            f"{block.where}: ClickHouse SQL is run only from docs/analysts.md, "
+            "section 'The export on ClickHouse'"
+        )
+        return
     monkeypatch.chdir(analyst_home)
     # A block that attaches the store itself starts from an empty database; the others run
     # where the docs tell analysts to, on the snapshot opened read-only.
