@@ -98,17 +98,27 @@ def _day_sql(d: Dataset) -> str:
 
 
 def _columns_sql(d: Dataset) -> str:
-    return f"SELECT * FROM {SCHEMA}.{d.view} LIMIT 0"
+    return f"DESCRIBE SELECT * FROM {SCHEMA}.{d.view}"  # names and types, nothing computed
 
 
-# A day's content, order-free: its row count and the sum of its rows' hashes
-# (DuckDB's hash of the whole row), computed where the rows are, so an
-# unchanged day is recognised without fetching or encoding it.
-def _print_sql(source: str) -> str:
-    return f"SELECT count(*), CAST(sum(hash({_ROW})) AS VARCHAR) FROM ({source}) {_ROW}"
+# A day's rows are kept once in a temporary table (the view is computed once
+# whether the day is then skipped or written), and fingerprinted order-free
+# there: the row count and the sum of the rows' hashes (DuckDB's hash of the
+# whole row), so an unchanged day is recognised without fetching or encoding it.
+_DAY = "_cachemon_export_day"
+_REDACTED_DAY = "_cachemon_export_redacted"  # a message view's day as written
 
 
-_EXPORTED_DAY = "_cachemon_export_day"  # a fetched, redacted day, registered to be hashed
+def _keep_day_sql(d: Dataset) -> str:
+    return f"CREATE OR REPLACE TEMP TABLE {_DAY} AS {_day_sql(d)}"
+
+
+def _print_sql(table: str) -> str:
+    return f"SELECT count(*), CAST(sum(hash({_ROW})) AS VARCHAR) FROM {table} {_ROW}"
+
+
+_DAY_ROWS_SQL = f"SELECT * FROM {_DAY}"
+_DROP_DAY_SQL = f"DROP TABLE IF EXISTS {_DAY}"
 
 
 def parquet(
@@ -132,7 +142,7 @@ def parquet(
 def _dataset(con, target, d: Dataset, lo: datetime | None, redactor: Redactor) -> Written:
     """Export one dataset's days; its manifest last."""
     days = [r[0] for r in con.execute(_days_sql(d), {"since": lo}).fetchall()]
-    schema = con.sql(_columns_sql(d)).to_arrow_table().schema.to_string(show_schema_metadata=False)
+    schema = "; ".join(f"{r[0]} {r[1]}" for r in con.execute(_columns_sql(d)).fetchall())
     present = target.sizes(d.view)
     listed = _manifest(target.read(f"{MANIFEST}/{d.view}.json"))
     # Only days whose file is there stay listed: a deleted file is written again.
@@ -140,24 +150,25 @@ def _dataset(con, target, d: Dataset, lo: datetime | None, redactor: Redactor) -
     rows = uploaded = 0
     for day in days:
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        params = {"lo": start, "hi": start + DAY}
-        table = None
-        if d.view in MESSAGE_DATASETS:  # hashed as written: redacted with today's secrets
-            table = _redacted(con.sql(_day_sql(d), params=params).to_arrow_table(), redactor)
-            con.register(_EXPORTED_DAY, table)
-            try:
-                n, h = con.execute(_print_sql(f"SELECT * FROM {_EXPORTED_DAY}")).fetchall()[0]
-            finally:
-                con.unregister(_EXPORTED_DAY)
-        else:
-            n, h = con.execute(_print_sql(_day_sql(d)), params).fetchall()[0]
-        rows += n
-        fingerprint = hashlib.sha256(f"{FORMAT}\n{schema}\n{n}\n{h}".encode()).hexdigest()
-        if kept.get(day.isoformat(), {}).get("fingerprint") == fingerprint:
-            continue
-        if table is None:
-            table = con.sql(_day_sql(d), params=params).to_arrow_table()
-        data = _encoded(table)
+        try:
+            con.execute(_keep_day_sql(d), {"lo": start, "hi": start + DAY})
+            table = None
+            if d.view in MESSAGE_DATASETS:  # fingerprinted as written: with today's secrets out
+                table = _redacted(con.sql(_DAY_ROWS_SQL).to_arrow_table(), redactor)
+                con.register(_REDACTED_DAY, table)
+                try:
+                    n, h = con.execute(_print_sql(_REDACTED_DAY)).fetchall()[0]
+                finally:
+                    con.unregister(_REDACTED_DAY)
+            else:
+                n, h = con.execute(_print_sql(_DAY)).fetchall()[0]
+            rows += n
+            fingerprint = hashlib.sha256(f"{FORMAT}\n{schema}\n{n}\n{h}".encode()).hexdigest()
+            if kept.get(day.isoformat(), {}).get("fingerprint") == fingerprint:
+                continue
+            data = _encoded(con.sql(_DAY_ROWS_SQL).to_arrow_table() if table is None else table)
+        finally:
+            con.execute(_DROP_DAY_SQL)
         target.put(_rel(d, day.isoformat()), data)
         kept[day.isoformat()] = {"rows": n, "bytes": len(data), "fingerprint": fingerprint}
         uploaded += 1

@@ -278,8 +278,7 @@ class S3Target:
 def _refused(text: str) -> bool:
     """Whether the S3 client's error says the credentials were refused."""
     return any(
-        s in text
-        for s in ("ACCESS_DENIED", "SIGNATURE_DOES_NOT_MATCH", "INVALID_ACCESS_KEY_ID", "403")
+        s in text for s in ("ACCESS_DENIED", "SIGNATURE_DOES_NOT_MATCH", "INVALID_ACCESS_KEY_ID")
     )
 
 

@@ -307,3 +307,28 @@ def test_any_manifest_text_reads_as_some_days_or_none(data):
     assert isinstance(days, dict)
     for e in days.values():
         assert set(e) == {"rows", "bytes", "fingerprint"}
+
+
+def test_a_day_is_written_again_when_a_new_secret_must_come_out_of_it(tmp_path):
+    """The message views are fingerprinted as written, redacted: a secret
+    set after an export (an older store holds it in an error) rewrites the
+    days that hold it, and only them."""
+    db, secret = tmp_path / "old.duckdb", "canary-export-secret-5be1"
+    parts, _ = simulate(2, START)
+    load(db, parts, now=MORE)
+    with store_db.writer(db, MORE) as con:
+        con.execute(
+            "INSERT INTO job_runs VALUES ('ingest', $t, $t, 'error', $e, 1, 0)",
+            {"t": START + timedelta(hours=1), "e": f"HTTP 401: token {secret} refused"},
+        )
+    with store_db.reader(db) as con:
+        export.parquet(con, tmp_path / "out", redactor=Redactor(), env={})
+        assert pd.read_parquet(tmp_path / "out" / "job_runs")["error"].str.contains(secret).all()
+        again = {
+            w.dataset: w
+            for w in export.parquet(con, tmp_path / "out", redactor=Redactor().plus(secret), env={})
+        }
+    assert again["job_runs"].uploaded == 1
+    assert sum(w.uploaded for w in again.values()) == 1
+    errors = pd.read_parquet(tmp_path / "out" / "job_runs")["error"].tolist()
+    assert errors == ["HTTP 401: token [redacted] refused"]
