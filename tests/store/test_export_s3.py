@@ -332,3 +332,20 @@ def test_a_day_is_written_again_when_a_new_secret_must_come_out_of_it(tmp_path):
     assert sum(w.uploaded for w in again.values()) == 1
     errors = pd.read_parquet(tmp_path / "out" / "job_runs")["error"].tolist()
     assert errors == ["HTTP 401: token [redacted] refused"]
+
+
+def test_a_large_day_goes_up_whole_in_parts(s3):
+    """A busy day's file (tens of MB) is a multipart upload: it appears
+    only when complete, and reads back byte for byte."""
+    env = s3.env()
+    target = objectstore.open_target(
+        f"s3://{BUCKET}/large", env, Redactor().plus(env["CACHEMON_S3_SECRET_ACCESS_KEY"])
+    )
+    data = bytes(range(256)) * (12 * 4096 + 7)  # 12 MB and a bit: more than one part
+    s3.requests.clear()
+    target.put("keys_hour/date=2026-11-20/data.parquet", data)
+    methods = [(m, q.split("=")[0]) for m, p, q in s3.requests if m in ("PUT", "POST")]
+    assert ("POST", "uploads") in methods and methods[-1] == ("POST", "uploadId")
+    assert target.sizes("keys_hour") == {"keys_hour/date=2026-11-20/data.parquet": len(data)}
+    assert target.read("keys_hour/date=2026-11-20/data.parquet") == data
+    assert target.read("keys_hour/date=2026-11-21/data.parquet") is None
