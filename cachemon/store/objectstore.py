@@ -65,6 +65,11 @@ class S3Settings:
                 )
         endpoint = got["endpoint"][1].strip().rstrip("/")
         u = urllib.parse.urlsplit(endpoint)
+        if "@" in u.netloc:  # a key in the URL would be shown wherever the endpoint is named
+            raise ConfigError(
+                f"{got['endpoint'][0]} must not hold credentials: set CACHEMON_S3_ACCESS_KEY_ID "
+                "and CACHEMON_S3_SECRET_ACCESS_KEY instead"
+            )
         if u.scheme not in ("http", "https") or not u.hostname or u.path or u.query:
             raise ConfigError(
                 f"{got['endpoint'][0]} must be an http(s)://host[:port] URL with no path, "

@@ -235,6 +235,7 @@ def _closed_port() -> int:
         ("unreachable", "cannot be reached"),
         ("bad endpoint", "must be an http(s)://host[:port] URL"),
         ("no secret", "CACHEMON_S3_SECRET_ACCESS_KEY or AWS_SECRET_ACCESS_KEY"),
+        ("credentials in the endpoint", "must not hold credentials"),
         ("bad bucket name", "is not a bucket name"),
     ],
 )
@@ -253,6 +254,8 @@ def test_a_bad_setting_is_a_clear_error_without_the_secret(
         env["CACHEMON_S3_ENDPOINT"] = f"http://127.0.0.1:{_closed_port()}"
     elif case == "bad endpoint":
         env["CACHEMON_S3_ENDPOINT"] = "127.0.0.1:9000/path"
+    elif case == "credentials in the endpoint":
+        env["CACHEMON_S3_ENDPOINT"] = s3.endpoint.replace("//", f"//{s3.key_id}:{secret}@")
     elif case == "no secret":
         del env["CACHEMON_S3_SECRET_ACCESS_KEY"]
     elif case == "bad bucket name":
