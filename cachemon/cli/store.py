@@ -16,7 +16,12 @@ from cachemon.store import export as store_export
 def register(sub) -> None:
     """Add the `export` and `compact` commands."""
     p = sub.add_parser("export")
-    p.add_argument("--to", required=True, help="target directory (days already there are replaced)")
+    p.add_argument(
+        "--to",
+        required=True,
+        help="target directory, or s3://BUCKET/PREFIX (endpoint and keys from CACHEMON_S3_*); "
+        "only new or changed days are written",
+    )
     p.add_argument("--since", help="export days from this instant's day on (default: all)")
     p.set_defaults(func=export)
 
@@ -26,12 +31,17 @@ def register(sub) -> None:
 
 
 def export(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
-    """`export`: the analyst views as Parquet under --to, one folder per day."""
+    """`export`: the analyst views as Parquet under --to (a folder or an
+    s3:// bucket), one folder per day, writing only new or changed days."""
     since = parse_instant(args.since, "--since") if args.since else None
     with store_db.reader(cfg.store.path) as con:
         written = store_export.parquet(con, args.to, since)
     for w in written:
-        print(f"{w.dataset}: {w.rows:,} rows in {w.days} day(s)", file=sys.stderr)
+        print(
+            f"{w.dataset}: {w.rows:,} rows in {w.days} day(s), {w.uploaded} written "
+            f"({w.days - w.uploaded} unchanged)",
+            file=sys.stderr,
+        )
     return 0
 
 
