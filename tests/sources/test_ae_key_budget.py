@@ -7,7 +7,11 @@ R = 1 under the budget, the same store as the exact pull; the store and
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import timedelta
 
@@ -350,3 +354,22 @@ def test_any_budget_and_threshold_keep_the_rows_and_count_each_key_once(
     pd.testing.assert_frame_equal(
         counted.sort_index(), want.sort_index(), check_dtype=False, check_names=False, rtol=1e-9
     )
+
+
+def test_the_metrics_command_marks_estimated_top_keys_in_json_and_on_stderr(emu, tmp_path):
+    cfg = _pull(emu, tmp_path / "c.duckdb", key_budget=24 * 900, heavy_share=0.01)
+    conf = tmp_path / "c.toml"
+    conf.write_text("")
+    env = dict(os.environ, CACHEMON_DB=cfg.store.path, CACHEMON_CONFIG=str(conf))
+    args = ["metrics", "--period", "1h", "--at", "2026-11-19T11:00:00Z", "--top", "40"]
+    p = subprocess.run(
+        [sys.executable, "-m", "cachemon", *args], env=env, capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr
+    top = json.loads(p.stdout)["topKeys"]
+    est, _ = _estimates(cfg.store.path)
+    rate = est.loc[pd.Timestamp(END - HOUR), "rate"]
+    sampled = [k for k in top if not k["exact"]]
+    assert sampled and all(k["sampleRate"] == pytest.approx(rate, rel=1e-12) for k in sampled)
+    assert all(k["sampleRate"] is None for k in top if k["exact"])
+    assert f"{len(sampled)} of {len(top)} top keys are estimated from a key sample" in p.stderr
