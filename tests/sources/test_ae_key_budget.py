@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import subprocess
@@ -207,8 +208,12 @@ def test_estimated_totals_per_class_are_unbiased_within_four_standard_errors(sim
             assert abs(stored - true_total) <= 4 * se + 1e-9, (ep, tier, stored, true_total, se)
 
 
-def test_under_the_budget_the_rate_is_one_and_the_store_equals_the_exact_pull(emu, tmp_path):
-    exact = _pull(emu, tmp_path / "e.duckdb", key_hash="")
+def test_under_the_budget_the_rate_is_one_and_the_store_equals_the_exact_pull(
+    emu, tmp_path, caplog
+):
+    with caplog.at_level(logging.INFO, logger="cachemon.ingest"):
+        exact = _pull(emu, tmp_path / "e.duckdb", key_hash="")
+    assert "no [columns] key_hash, so per-key rows are pulled exactly" in caplog.text
     before = len(emu.requests)
     budgeted = _pull(emu, tmp_path / "k.duckdb")  # the default budget: the seed's volume fits
     assert not [sql for sql in emu.requests[before:] if _sampled_rows_query(sql)]
