@@ -121,6 +121,18 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class KeyEstimate:
+    """How a window's per-key rows were pulled when they are estimates (the
+    budgeted Analytics Engine pull): `heavy` keys (at least `threshold`
+    weighted requests in the window) are exact; every other key's counts
+    come from the keys whose hash is under `rate`, weighted by 1/rate."""
+
+    rate: float
+    threshold: float
+    heavy: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Rollups:
     minute: pa.Table
     latency: pa.Table
@@ -129,6 +141,7 @@ class Rollups:
     events: int  # raw rows behind them (data points), for reporting
     samples: pa.Table | None = None  # SAMPLE_SCHEMA rows; None: the source has no key hash
     sample_rate: float | None = None  # the rate the samples were taken at (after the budget)
+    key_estimate: KeyEstimate | None = None  # None: every per-key row is exact
 
     def time_range(self) -> tuple[datetime, datetime] | None:
         """Earliest and latest minute the rollups touch."""

@@ -196,8 +196,27 @@ class AnalyticsEngineConfig:
     backfill: timedelta = timedelta(days=1)  # first pull with no watermark
     timeout: timedelta = timedelta(seconds=30)
     retries: int = 3
+    # Per-key rows a day at most, when the dataset has the Worker's key hash
+    # ([columns] key_hash): keys with at least `heavy_share` of a window's
+    # requests are pulled exactly, the rest from the keys whose hash is under
+    # a rate R chosen so their rows fit the window's share, weighted by 1/R.
+    # The seed's volume (~780,000 rows a day) fits: R = 1, every key exact.
+    key_budget: int = 1_000_000
+    heavy_share: float = 0.001
 
     def __post_init__(self):
+        b = self.key_budget
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ConfigError(
+                f"[analytics_engine] key_budget = {b!r} must be a whole number of per-key rows "
+                "a day, at least 1"
+            )
+        s = self.heavy_share
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= 1:
+            raise ConfigError(
+                f"[analytics_engine] heavy_share = {s!r} must be in (0, 1]: the share of a "
+                "window's requests from which a key is pulled exactly"
+            )
         if not _IDENT.match(self.dataset):
             raise ConfigError(
                 f"[analytics_engine] dataset = {self.dataset!r} is not a dataset name"

@@ -55,6 +55,15 @@ def show(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
             "than the period: per-key minutes there are compacted ([retention] minute_days)",
             file=sys.stderr,
         )
+    sampled = [k.sample_rate for k in m.top_keys if not k.exact]
+    if sampled:
+        # Said on every surface: each top key in the JSON has exact and sampleRate.
+        print(
+            f"cachemon: warning: {len(sampled)} of {len(m.top_keys)} top keys are estimated from "
+            f"a key sample (rate as low as {min(sampled):.3g}, counts weighted by 1/rate); the "
+            "others are heavy hitters, counted exactly",
+            file=sys.stderr,
+        )
     if args.format == "prometheus":
         sys.stdout.write(report.to_prometheus())
     else:

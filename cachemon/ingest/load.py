@@ -8,6 +8,7 @@ backfills alerts, reports and experiments, is `cachemon.usecases.demo`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,11 +25,13 @@ from cachemon.ingest import write as ingest_write
 from cachemon.rollups import Sampling
 from cachemon.settings import Config
 from cachemon.sources import files
+from cachemon.sources.ae_keys import KeyBudget
 from cachemon.sources.analytics_engine import pull_rollups
 from cachemon.sources.simulator import SimState, Simulator
 from cachemon.store import db as store_db
 from cachemon.store import snapshots
 
+log = logging.getLogger("cachemon.ingest")
 PUBLISH_EVERY_S = 30.0
 SIMULATOR = "simulator"
 ANALYTICS_ENGINE = "analytics_engine"
@@ -152,11 +155,17 @@ def pull(
         else:
             start = floor_to(end - ae.backfill, HOUR)
     windows = Window(start, end).split(ae.window) if end > start else []
+    budget = KeyBudget(ae.key_budget, ae.heavy_share)
+    if not cfg.columns.key_hash:
+        log.info(
+            "Analytics Engine pull: no [columns] key_hash, so per-key rows are pulled exactly "
+            "(their number follows traffic; [analytics_engine] key_budget needs the key hash)"
+        )
     events, published = 0, monotonic()
     with store_db.writer(cfg.store.path, now, publish=publish) as con:
         for i, w in enumerate(windows):
             data = pull_rollups(
-                client, ae.dataset, cfg.columns, w, ingest_samples.sampling(cfg.ttl)
+                client, ae.dataset, cfg.columns, w, ingest_samples.sampling(cfg.ttl), budget
             )
             events += ingest_write.replace_window(con, data, ANALYTICS_ENGINE, w, now).events
             if monotonic() - published > PUBLISH_EVERY_S:

@@ -31,7 +31,7 @@ from cachemon import rollups, sqltime
 from cachemon.clock import DAY, HOUR, MINUTE, Window, as_utc, ceil_to, floor_to, iso
 from cachemon.errors import SourceError, StoreError
 from cachemon.events import EventFrame
-from cachemon.ingest import imports, keys
+from cachemon.ingest import estimates, imports, keys
 from cachemon.ingest import samples as ingest_samples
 from cachemon.rollups import Rollups, Sampling
 from cachemon.store import horizons, topkeys
@@ -142,6 +142,7 @@ def replace_window(
             _store_minutes(con, source)
             changed = keys.replace_keys(con, source, window)
             ingest_samples.replace(con, source, r, window.start, window.end)
+            estimates.replace(con, source, r, window.start, window.end)
         _recompute_hours(con, source, window.start, window.end)
         keys.refresh_summaries(con, source, *changed)
         previous = first_row(con, "SELECT until FROM watermarks WHERE source = ?", [source])
@@ -244,6 +245,7 @@ def drop_source(con: duckdb.DuckDBPyConnection, source: str) -> None:
         for table in ("watermarks", "source_state"):
             con.execute(f"DELETE FROM {table} WHERE source = ?", [source])
         ingest_samples.drop(con, source)
+        estimates.drop(con, source)
         if span[0] is not None:
             topkeys.refresh(con, span[0], span[1] + DAY)
 

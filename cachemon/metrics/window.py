@@ -20,7 +20,7 @@ from cachemon.histogram import Histogram
 from cachemon.jsontext import finite, significant
 from cachemon.metrics.memo import SnapshotMemo, through
 from cachemon.names import TIERS
-from cachemon.store import horizons, topkeys
+from cachemon.store import horizons, keyestimates, topkeys
 from cachemon.store.queries import (
     EMPTY_STORE,
     TIER_TOTALS,
@@ -84,6 +84,14 @@ class TopKey:
     endpoint: str
     tiers: TierVolume
     errors: float
+    # None: the key's counts are exact; else they are estimated from a key
+    # sample at this rate (the lowest of the window), by a budgeted pull.
+    sample_rate: float | None = None
+
+    @property
+    def exact(self) -> bool:
+        """Whether the key's counts are exact, not estimated from a sample."""
+        return self.sample_rate is None
 
     @property
     def requests(self) -> float:
@@ -137,7 +145,10 @@ def _top_keys(con: duckdb.DuckDBPyConnection, window: Window, endpoint: str | No
     if limit == 0:
         return (), None
     top = topkeys.top_keys(con, window, endpoint, limit)
-    return tuple(TopKey(r[0], r[1], TierVolume(*r[2:6]), r[6]) for r in top.rows), top.counted
+    rates = keyestimates.sampled_rates(con, top.counted, [(r[0], r[1]) for r in top.rows])
+    return tuple(
+        TopKey(r[0], r[1], TierVolume(*r[2:6]), r[6], rates.get((r[0], r[1]))) for r in top.rows
+    ), top.counted
 
 
 def compute(
@@ -271,6 +282,8 @@ def to_json(
                 "requests": _count(k.requests),
                 "hitRate": _pct(k.hit_rate),
                 "tier": k.tier,
+                "exact": k.exact,
+                "sampleRate": k.sample_rate,
             }
             for k in m.top_keys
         ],

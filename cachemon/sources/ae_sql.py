@@ -12,6 +12,7 @@ user text is ever pasted in.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 from cachemon.clock import Window, as_utc
@@ -73,7 +74,22 @@ def key_counts(dataset: str, m: ColumnMapping, window: Window) -> str:
     """Per-key weighted requests by tier per minute (the store keeps them
     for [retention] minute_days, so every window there is exact), with the
     errors of requests answered by R2 or the origin (failed fills)."""
-    return f"""SELECT {m.key} AS key, {m.endpoint} AS endpoint, {m.experiment} AS experiment, {m.cohort} AS cohort,
+    return _key_rows(dataset, m, window, "", "")
+
+
+def sampled_key_counts(
+    dataset: str, m: ColumnMapping, window: Window, rate: float, heavy: tuple[float, ...]
+) -> str:
+    """`key_counts` of the heavy keys (their hashes, from `key_sizes`) and
+    of the keys whose hash is under `rate`, each key once, with its hash."""
+    keep = _under(m, rate)
+    if heavy:
+        keep = f"({keep} OR {m.key_hash} IN ({', '.join(repr(float(h)) for h in heavy)}))"
+    return _key_rows(dataset, m, window, f"{m.key_hash} AS key_hash, ", f" AND {keep}")
+
+
+def _key_rows(dataset: str, m: ColumnMapping, window: Window, extra: str, where: str) -> str:
+    return f"""SELECT {extra}{m.key} AS key, {m.endpoint} AS endpoint, {m.experiment} AS experiment, {m.cohort} AS cohort,
   {_MINUTE} AS t,
   sum(if({m.tier} = 'edge', _sample_interval, 0)) AS edge,
   sum(if({m.tier} = 'kv', _sample_interval, 0)) AS kv,
@@ -83,8 +99,51 @@ def key_counts(dataset: str, m: ColumnMapping, window: Window) -> str:
   sum(if({m.status} = 'error' AND ({m.tier} = 'r2' OR {m.tier} = 'api'), _sample_interval, 0)) AS fill_errors,
   min(timestamp) AS first_seen, max(timestamp) AS last_seen
 FROM {dataset}
-WHERE {_range(window)} AND {m.kind} = 'request'
-GROUP BY key, endpoint, experiment, cohort, t
+WHERE {_range(window)} AND {m.kind} = 'request'{where}
+GROUP BY {"key_hash, " if extra else ""}key, endpoint, experiment, cohort, t
+FORMAT JSON"""
+
+
+# key_sizes' hash buckets: BUCKETS_PER_OCTAVE per halving of the hash, so the
+# budget's rate is chosen within 2.2 % of the rows that fit, from a few
+# hundred rows whatever the traffic. Rows with no hash (0) or a value that is
+# no hash (outside [0, 1)) get a bucket of their own, as in sample_sizes.
+BUCKETS_PER_OCTAVE = 32
+_BUCKET_SCALE = BUCKETS_PER_OCTAVE / math.log(2)
+NO_HASH_BUCKET = 1e6
+NOT_A_HASH_BUCKET = 2e6
+
+
+def bucket_edge(bucket: float) -> float:
+    """The smallest hash of a key_sizes bucket (2 ** (bucket / 32))."""
+    return 2.0 ** (bucket / BUCKETS_PER_OCTAVE)
+
+
+def key_sizes(dataset: str, m: ColumnMapping, window: Window, threshold: float) -> str:
+    """What the per-key budget needs before any per-key row is pulled: each
+    heavy key (at least `threshold` weighted requests in the window; heavy
+    = 1, part = its hash) and, for the other keys, each hash bucket
+    (heavy = 0, part = the bucket), with the per-key rows (key × minute)
+    they would pull. One scan, aggregated by Analytics Engine."""
+    t = float(threshold)
+    bucket = (
+        f"if(key_hash > 0 AND key_hash < 1, floor(log(key_hash) * {_BUCKET_SCALE!r}), "
+        f"if(key_hash = 0, {NO_HASH_BUCKET!r}, {NOT_A_HASH_BUCKET!r}))"
+    )
+    return f"""SELECT if(n >= {t!r}, 1, 0) AS heavy, if(n >= {t!r}, key_hash, {bucket}) AS part,
+  sum(rows) AS rows, sum(n) AS n, count() AS keys
+FROM (
+  SELECT key_hash, sum(n) AS n, count() AS rows
+  FROM (
+    SELECT {m.key_hash} AS key_hash, {m.key} AS key, {m.endpoint} AS endpoint, {m.experiment} AS experiment,
+      {m.cohort} AS cohort, {_MINUTE} AS t, sum(_sample_interval) AS n
+    FROM {dataset}
+    WHERE {_range(window)} AND {m.kind} = 'request'
+    GROUP BY key_hash, key, endpoint, experiment, cohort, t
+  )
+  GROUP BY key_hash
+)
+GROUP BY heavy, part
 FORMAT JSON"""
 
 

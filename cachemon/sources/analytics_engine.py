@@ -37,7 +37,7 @@ from cachemon.events import TIERS
 from cachemon.redact import Redactor
 from cachemon.rollups import Rollups
 from cachemon.settings import CF_API_BASE, AnalyticsEngineConfig, ColumnMapping, cf_api_base
-from cachemon.sources import ae_sql
+from cachemon.sources import ae_keys, ae_sql
 
 log = logging.getLogger("cachemon.analytics_engine")
 MAX_RETRY_AFTER = 120.0
@@ -248,6 +248,13 @@ _TYPES = {
         ("first_seen", "time"),
         ("last_seen", "time"),
     ),
+    "key_sizes": (
+        ("heavy", "int"),
+        ("part", "num"),
+        ("rows", "int"),
+        ("n", "num"),
+        ("keys", "int"),
+    ),
     "sample_sizes": (("key_hash", "num"), ("n", "int")),
     "samples": (
         ("timestamp", "time"),
@@ -261,38 +268,106 @@ _TYPES = {
 }
 
 
+_TYPES["sampled_keys"] = (("key_hash", "num"), *_TYPES["keys"])
+
+
 def pull_rollups(
     client: Client,
     dataset: str,
     mapping: ColumnMapping,
     window: Window,
     sampling: rollups.Sampling,
+    budget: ae_keys.KeyBudget | None = None,
 ) -> Rollups:
     """The rollups of one window, aggregated by Analytics Engine, and the
     SHARDS samples when the dataset has the Worker's key hash
-    (`[columns] key_hash`); without it, `samples` is None."""
+    (`[columns] key_hash`); without it, `samples` is None. With the hash
+    and a `budget`, the per-key rows are budgeted (`cachemon.sources.ae_keys`:
+    heavy keys exact, the rest from a key sample, `key_estimate` says how);
+    otherwise every per-key row is pulled exactly."""
     minute = _table(client.query(ae_sql.minute_rollups(dataset, mapping, window)), "minute")
     latency = _table(client.query(ae_sql.latency_histogram(dataset, mapping, window)), "latency")
     points = _table(client.query(ae_sql.gauge_points(dataset, mapping, window)), "gauges")
-    keys = _table(client.query(ae_sql.key_counts(dataset, mapping, window)), "keys")
-    for kind, table in (
-        ("minute", minute),
-        ("latency", latency),
-        ("gauges", points),
-        ("keys", keys),
-    ):
+    for kind, table in (("minute", minute), ("latency", latency), ("gauges", points)):
         _check_answer(kind, table, window)
+    samples = rate = plan = None
+    if mapping.key_hash and budget is not None:
+        total = float(pc.sum(minute["requests"]).as_py() or 0.0)
+        plan = _plan_keys(client, dataset, mapping, window, budget, total)
+        if plan.rate is not None:
+            # The TTL samples' keys must have per-key rows in the same write:
+            # their rate never exceeds the key sample's (one SHARDS sample).
+            sampling = dataclasses.replace(sampling, rate=min(sampling.rate, plan.rate))
+    if mapping.key_hash:
+        samples, rate = _pull_samples(client, dataset, mapping, window, sampling)
+    if plan is not None and plan.rate is not None and samples is not None:
+        keys, estimate = _pull_sampled_keys(client, dataset, mapping, window, plan)
+    else:
+        keys, estimate = _pull_exact_keys(client, dataset, mapping, window), None
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         # Named as events, the points go through the same gauge SQL as events do.
         con.register("batch", points.rename_columns(["timestamp", "kind", "latency_ms"]))
         gauges = con.sql(rollups.GAUGE_SQL).to_arrow_table()
     events = int(sum(minute["events"].to_pylist())) + points.num_rows
-    r = Rollups(minute=minute, latency=latency, gauges=gauges, keys=keys, events=events)
-    if not mapping.key_hash:
-        return r
-    samples, rate = _pull_samples(client, dataset, mapping, window, sampling)
-    return dataclasses.replace(r, samples=samples, sample_rate=rate)
+    return Rollups(
+        minute=minute,
+        latency=latency,
+        gauges=gauges,
+        keys=keys,
+        events=events,
+        samples=samples,
+        sample_rate=rate,
+        key_estimate=estimate,
+    )
+
+
+def _pull_exact_keys(client: Client, dataset: str, m: ColumnMapping, window: Window) -> pa.Table:
+    """Every key's rows of the window, exactly (the size follows traffic)."""
+    keys = _table(client.query(ae_sql.key_counts(dataset, m, window)), "keys")
+    _check_answer("keys", keys, window)
+    return keys
+
+
+def _plan_keys(
+    client: Client,
+    dataset: str,
+    m: ColumnMapping,
+    window: Window,
+    budget: ae_keys.KeyBudget,
+    total: float,
+) -> ae_keys.Plan:
+    """How the window's per-key rows fit `budget`, from their sizes (heavy
+    keys and hash buckets); rate None: every key exactly (under the budget,
+    or some rows have no key hash). Refuses a column that is no key hash."""
+    threshold = budget.threshold(total)
+    sizes = _table(client.query(ae_sql.key_sizes(dataset, m, window, threshold)), "key_sizes")
+    _check_answer("key_sizes", sizes, window)
+    plan = ae_keys.plan(sizes, budget.allowed(window), threshold)
+    if plan.problem:
+        raise SourceError(
+            f"[columns] key_hash = {m.key_hash!r} {plan.problem}; nothing was written"
+        )
+    if plan.unhashed:
+        log.warning(
+            "Analytics Engine %s: request rows without a key hash in %s; per-key rows "
+            "pulled exactly there",
+            window,
+            m.key_hash,
+        )
+    return plan
+
+
+def _pull_sampled_keys(
+    client: Client, dataset: str, m: ColumnMapping, window: Window, plan: ae_keys.Plan
+) -> tuple[pa.Table, rollups.KeyEstimate]:
+    """The heavy keys' rows and those of the keys under the plan's rate,
+    each key once, the sampled ones weighted by 1/rate."""
+    sql = ae_sql.sampled_key_counts(dataset, m, window, plan.rate, plan.heavy)
+    rows = _table(client.query(sql), "sampled_keys")
+    _check_answer("sampled_keys", rows, window)
+    _check_key_hashes(rows["key"], rows["key_hash"], m)
+    return ae_keys.weighted(rows, plan)
 
 
 def _pull_samples(
@@ -354,11 +429,13 @@ def _check_samples(rows: pa.Table, m: ColumnMapping) -> None:
             f"Analytics Engine sample rows have tier {first[:40]!r}, not one of "
             f"{', '.join(TIERS)}; nothing was written"
         )
-    pairs = (
-        pa.table({"key": rows["key"], "key_hash": rows["key_hash"]})
-        .group_by(["key", "key_hash"])
-        .aggregate([])
-    )
+    _check_key_hashes(rows["key"], rows["key_hash"], m)
+
+
+def _check_key_hashes(key: pa.ChunkedArray, key_hash: pa.ChunkedArray, m: ColumnMapping) -> None:
+    """Refuse rows whose key hash is not cachemon's hash of their key (a
+    sample of keys chosen by another hash is no sample cachemon can weigh)."""
+    pairs = pa.table({"key": key, "key_hash": key_hash}).group_by(["key", "key_hash"]).aggregate([])
     keys = pairs["key"].to_pylist()
     want = keyhash.key_hashes(keys)
     got = pairs["key_hash"].to_numpy()
@@ -378,7 +455,7 @@ HASH_TOLERANCE = 2.0**-46
 
 
 # Numeric columns that may be negative: a latency bucket below 1 ms is.
-_SIGNED = {"bucket"}
+_SIGNED = {"bucket", "part"}
 
 
 def _check_answer(kind: str, table: pa.Table, window: Window) -> None:

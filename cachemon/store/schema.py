@@ -18,7 +18,7 @@ from cachemon.store import topkeys
 from cachemon.store import views as store_views
 from cachemon.store.connection import first_line, first_row, transaction
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 _ROLLUP_COLUMNS = """
     source VARCHAR NOT NULL, {time} TIMESTAMPTZ NOT NULL,
@@ -174,6 +174,20 @@ MIGRATIONS[10] = [
     """CREATE TABLE sample_minutes (
         source VARCHAR NOT NULL, minute TIMESTAMPTZ NOT NULL, rate DOUBLE)""",
     *store_views.SAMPLE_VIEWS,
+]
+
+# The budgeted Analytics Engine pull (cachemon.sources.ae_keys): the spans whose
+# per-key rows are estimates, with the key sample's rate and the heavy-key
+# threshold, and the keys pulled exactly there (cachemon.ingest.estimates
+# writes them, cachemon.store.keyestimates reads them). A span without a row
+# here has exact per-key rows.
+MIGRATIONS[11] = [
+    """CREATE TABLE key_estimates (
+        source VARCHAR NOT NULL, lo TIMESTAMPTZ NOT NULL, hi TIMESTAMPTZ NOT NULL,
+        rate DOUBLE NOT NULL, threshold DOUBLE NOT NULL)""",
+    """CREATE TABLE key_heavy (
+        source VARCHAR NOT NULL, lo TIMESTAMPTZ NOT NULL, hi TIMESTAMPTZ NOT NULL,
+        key_id INTEGER NOT NULL)""",
 ]
 
 
