@@ -181,7 +181,8 @@ COMPACTED_HOUR = "SELECT 1 FROM key_hour WHERE hour = $hour LIMIT 1"
 # exact count there, every source, minutes and compacted hours alike), and
 # the rest (ragged ends, hours the key is not listed in) from key_hour and
 # key_minute in up to SERIES_RUNS spans [a_i, b_i), each a plain range that
-# DuckDB prunes row groups by. Parameters: `_series_params`.
+# DuckDB prunes row groups by (a key listed in fewer hours is read in one
+# span, as before). Parameters: `_series_params`.
 SERIES_RUNS = 8
 _SERIES_RUN = """
     UNION ALL
@@ -297,17 +298,10 @@ def key_series(
         if h_lo is not None:
             coarse.append((HOUR, Window(max(lo, h_lo), min(hi, h_hi))))
     key_id = _key_id(con, key, endpoint, key_id)
-    rows, chunks = [], []
+    rows = []
     if key_id is not None:
-        p = _series_params(con, p | {"id": key_id}, h.hour, step)
-        chunks = p.pop("runs")
-        for chunk in chunks:
-            rows += _run(con, KEY_SERIES, p | chunk)
-            # The days and listed hours are the first chunk's: empty their ranges.
-            p |= {"d_hi": p["d_lo"], "w_hi": p["w_lo"], "t_hi": p["t_lo"]}
+        rows = _run(con, KEY_SERIES, _series_params(con, p | {"id": key_id}, h.hour, step))
     df = pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
-    if len(chunks) > 1:  # a bucket may have rows from several chunks
-        df = df.groupby(["t", "width"], as_index=False).sum().sort_values(["t", "width"])
     df["t"] = pd.to_datetime(df["t"], utc=True)
     df["width"] = pd.to_timedelta(df["width"].astype(float), unit="s")
     df = df.astype({c: float for c in SERIES_COLUMNS[2:]})
@@ -333,8 +327,7 @@ def _series_params(
 ) -> dict:
     """KEY_SERIES's parameters: `p` with the whole days and listed hours a
     bucket of `step` may take whole (none unless `step` is whole hours), and
-    `runs`: the spans left to read from key_hour and key_minute, in chunks of
-    SERIES_RUNS (each chunk one query; unused spans empty)."""
+    the spans left to read from key_hour and key_minute (unused ones empty)."""
     lo, hi = p["lo"], p["hi"]
     # Hours (and days) after the hour horizon: before it only key_day is left.
     t_lo = ceil_to(lo, HOUR) if hour_horizon is None else max(ceil_to(lo, HOUR), hour_horizon)
@@ -350,22 +343,16 @@ def _series_params(
     spans = _gaps(lo, hi, sorted(days + listed))
     if len(spans) > SERIES_RUNS:
         # Listed in too few hours to pay (a quieter key): its minutes in one
-        # scan, as many spans would read most row groups anyway.
+        # scan (spans around many hours would read most row groups anyway).
         p |= {"t_hi": t_lo}
-        spans = _gaps(lo, hi, days)
-    runs = []
-    for i in range(0, max(len(spans), 1), SERIES_RUNS):
-        # (a, the hour a starts in, b); unused slots are empty in both tables.
-        chunk = [(a, floor_to(a, HOUR), b) for a, b in spans[i : i + SERIES_RUNS]]
-        chunk += [(lo, lo, lo)] * (SERIES_RUNS - len(chunk))
-        runs.append(
-            {
-                k: v
-                for j, (a, ha, b) in enumerate(chunk)
-                for k, v in ((f"a{j}", a), (f"ha{j}", ha), (f"b{j}", b))
-            }
-        )
-    return p | {"runs": runs}
+        spans = _gaps(lo, hi, days)  # at most the two ends
+    # (a, the hour a starts in, b): key_hour counts an hour cut at the
+    # window's start whole, as `covered` does; unused spans are empty.
+    runs = [(a, floor_to(a, HOUR), b) for a, b in spans]
+    runs += [(lo, lo, lo)] * (SERIES_RUNS - len(runs))
+    for i, (a, ha, b) in enumerate(runs):
+        p |= {f"a{i}": a, f"ha{i}": ha, f"b{i}": b}
+    return p
 
 
 def _gaps(lo: datetime, hi: datetime, taken: list[tuple[datetime, datetime]]) -> list:
