@@ -102,10 +102,12 @@ def _series(
     cfg: Config,
     key: str,
     endpoint: str,
+    key_id: int,
     window: Window,
     step: timedelta,
 ) -> topkeys.KeySeries:
-    return topkeys.key_series(con, key, endpoint, window, step)
+    # The table's key id: looking a key up by its text scans every key.
+    return topkeys.key_series(con, key, endpoint, window, step, key_id)
 
 
 def step_name(step: timedelta) -> str:
@@ -198,14 +200,15 @@ def page():
 
 def _drill_down(df, window: Window, at: datetime) -> None:
     st.subheader("Drill-down")
-    choices = list(zip(df["key"], df["endpoint"]))[:200]
+    ids = {(k, e): int(i) for k, e, i in zip(df["key"], df["endpoint"], df["key_id"])}
+    choices = list(ids)[:200]
     key, endpoint = st.selectbox(
         "Key", choices, format_func=lambda c: f"{c[0]} ({c[1]})", key="key_pick"
     )
     st.code(key, language=None, wrap_lines=True)  # the whole key, as text
     step = timerange.step_for(window)
     try:
-        series = common.cached(_series, key, endpoint, window, step)
+        series = common.cached(_series, key, endpoint, ids[key, endpoint], window, step)
     except CachemonError as exc:
         common.show_error(exc)
         return

@@ -40,14 +40,14 @@ from cachemon.store.queries import (
 
 # Per key of the window: requests by tier and the fills that wrote nothing
 # (r2 + api − the rule's KV writes, clipped per key as the rule is).
-RANGE_KEYS_TEMP = f"""
-CREATE OR REPLACE TEMP TABLE class_range AS
+RANGE_KEYS = f"""
 SELECT key_id, edge, kv, r2, api, r2 + api - {kv_writes_sql()} AS failed_fills FROM (
     SELECT key_id, sum(edge) AS edge, sum(kv) AS kv, sum(r2) AS r2, sum(api) AS api,
            sum(fill_errors) AS fill_errors
     FROM ({KEY_ROWS}) GROUP BY key_id
 ) WHERE edge + kv + r2 + api > 0
 """
+RANGE_KEYS_TEMP = f"CREATE OR REPLACE TEMP TABLE class_range AS {RANGE_KEYS}"
 
 
 def class_of_sql(keys: str, replace: bool = False) -> str:
@@ -125,11 +125,14 @@ def class_span(con: duckdb.DuckDBPyConnection, classes: Window) -> ClassSpan:
 
 # The class of each key of the window, over the class window.
 CLASS_OF_TEMP = f"CREATE OR REPLACE TEMP TABLE class_of AS {class_of_sql('class_range')}"
-# The same when the window is the class window (the 30d range at the default
-# class_window): its per-key sums are already in class_range.
-CLASS_OF_RANGE_TEMP = f"""
-CREATE OR REPLACE TEMP TABLE class_of AS
-SELECT *, {key_class_sql("(edge + kv + r2 + api) / $days")} AS class FROM class_range
+# CLASS_SUMS in one query when the window is the class window (the 30d range
+# at the default class_window): its per-key sums are the classes' too. One
+# pass, without writing millions of keys into two temp tables first (the
+# same sums, less work).
+CLASS_SUMS_OF_RANGE = f"""
+SELECT {key_class_sql("(edge + kv + r2 + api) / $days")} AS class, count(*), sum(edge), sum(kv),
+       sum(r2), sum(api), sum(failed_fills)
+FROM ({RANGE_KEYS}) GROUP BY 1
 """
 CLASS_SUMS = """
 SELECT class, count(*), sum(edge), sum(kv), sum(r2), sum(api), sum(failed_fills)
@@ -178,13 +181,15 @@ def class_shares(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window) ->
     counted = topkeys.covered(con, window)
     # The class window as the Top keys page takes it (`optimize.key_page`).
     cs = class_span(con, Window(counted.end - cfg.costs.class_window, counted.end))
+    rows = key_rows(con, counted.start, counted.end)
     try:
-        con.execute(RANGE_KEYS_TEMP, key_rows(con, counted.start, counted.end))
         if counted == cs.counted:  # the same rows: no data lies before the data's start
-            con.execute(CLASS_OF_RANGE_TEMP, {"days": cs.days})
+            sums = con.execute(CLASS_SUMS_OF_RANGE, rows | {"days": cs.days}).fetchall()
         else:
+            con.execute(RANGE_KEYS_TEMP, rows)
             con.execute(CLASS_OF_TEMP, cs.params())
-        sums = {KeyClass(c): rest for c, *rest in con.execute(CLASS_SUMS).fetchall()}
+            sums = con.execute(CLASS_SUMS).fetchall()
+        sums = {KeyClass(c): rest for c, *rest in sums}
     finally:
         for table in ("class_range", "class_of"):
             con.execute(f"DROP TABLE IF EXISTS {table}")  # a runner's connection lives on

@@ -173,7 +173,25 @@ COMPACTED_HOUR = "SELECT 1 FROM key_hour WHERE hour = $hour LIMIT 1"
 # before the hour horizon whole days from key_day. `width` is the bucket's
 # length in seconds: the step, or the stored resolution where that is
 # coarser (a chart must not split an hour into minutes it does not have).
-KEY_SERIES = """
+# A bucket of whole hours (a step of whole hours: 6 h at 30 days) is summed
+# from the smallest rows that answer it exactly, so a month is not a scan of
+# every per-key minute for one key: whole days from key_day [w_lo, w_hi)
+# (a step of whole days), the hours the key is listed in from the hour
+# summaries [t_lo, t_hi) outside those days (a listed hour's row is the key's
+# exact count there, every source, minutes and compacted hours alike), and
+# the rest (ragged ends, hours the key is not listed in) from key_hour and
+# key_minute in up to SERIES_RUNS spans [a_i, b_i), each a plain range that
+# DuckDB prunes row groups by (a key listed in fewer hours is read in one
+# span, as before). Parameters: `_series_params`.
+SERIES_RUNS = 8
+_SERIES_RUN = """
+    UNION ALL
+    SELECT hour, 3600, edge, kv, r2, api, errors FROM key_hour
+    WHERE key_id = $id AND hour >= $ha{i} AND hour < $b{i}
+    UNION ALL
+    SELECT minute, 60, edge, kv, r2, api, errors FROM key_minute
+    WHERE key_id = $id AND minute >= $a{i} AND minute < $b{i}"""
+KEY_SERIES = f"""
 SELECT to_timestamp(floor(epoch(t) / greatest($step, res)) * greatest($step, res)) AS bucket,
        greatest($step, res) AS width,
        sum(edge), sum(kv), sum(r2), sum(api), sum(errors)
@@ -181,12 +199,19 @@ FROM (
     SELECT day AS t, 86400 AS res, edge, kv, r2, api, errors FROM key_day
     WHERE key_id = $id AND day >= $d_lo AND day < $d_hi
     UNION ALL
-    SELECT hour, 3600, edge, kv, r2, api, errors FROM key_hour
-    WHERE key_id = $id AND hour >= $h_lo AND hour < $hi
+    SELECT day, 86400, edge, kv, r2, api, errors FROM key_day
+    WHERE key_id = $id AND day >= $w_lo AND day < $w_hi
     UNION ALL
-    SELECT minute, 60, edge, kv, r2, api, errors FROM key_minute
-    WHERE key_id = $id AND minute >= $lo AND minute < $hi
+    SELECT t, 3600, edge, kv, r2, api, errors FROM key_top
+    WHERE part = 'hour' AND key_id = $id AND t >= $t_lo AND t < $t_hi
+      AND NOT (t >= $w_lo AND t < $w_hi)
+    {"".join(_SERIES_RUN.format(i=i) for i in range(SERIES_RUNS))}
 ) GROUP BY ALL ORDER BY bucket, width
+"""
+# The whole hours a key is listed in, in the hour summaries.
+LISTED_HOURS = """
+SELECT t FROM key_top WHERE part = 'hour' AND key_id = $id AND t >= $t_lo AND t < $t_hi
+  AND NOT (t >= $w_lo AND t < $w_hi)
 """
 # Where the store keeps per-key counts only per hour in a window (compacted
 # minutes): the span of key_hour there.
@@ -194,6 +219,9 @@ HOURLY_SPAN = """
 SELECT min(hour), max(hour) + INTERVAL 1 HOUR FROM key_hour WHERE hour >= $h_lo AND hour < $hi
 """
 KEY_ID = "SELECT key_id FROM cache_keys WHERE key = $key AND endpoint = $endpoint"
+# The key and endpoint of an id (the primary key: a point lookup, where the
+# key's text is a scan of every key).
+KEY_OF_ID = "SELECT key, endpoint FROM cache_keys WHERE key_id = $id"
 
 
 @dataclass(frozen=True)
@@ -235,11 +263,18 @@ SERIES_COLUMNS = ("t", "width", "edge", "kv", "r2", "api", "errors")
 
 
 def key_series(
-    con: duckdb.DuckDBPyConnection, key: str, endpoint: str, window: Window, step: timedelta
+    con: duckdb.DuckDBPyConnection,
+    key: str,
+    endpoint: str,
+    window: Window,
+    step: timedelta,
+    key_id: int | None = None,
 ) -> KeySeries:
     """Requests of one key by tier over `window` in buckets of `step` (a
     whole number of minutes), at the store's resolution where that is
-    coarser (see KeySeries); no rows for an unknown key."""
+    coarser (see KeySeries); no rows for an unknown key. `key_id`, when the
+    caller has it (the key table), saves looking the key up by its text; it
+    must be the id of `key` at `endpoint`."""
     import pandas as pd  # the dashboard's drill-down only: the CLI starts without pandas
 
     if step < MINUTE or step % MINUTE:
@@ -262,13 +297,74 @@ def key_series(
         h_lo, h_hi = _run(con, HOURLY_SPAN, p)[0]
         if h_lo is not None:
             coarse.append((HOUR, Window(max(lo, h_lo), min(hi, h_hi))))
-    ids = _run(con, KEY_ID, {"key": key, "endpoint": endpoint})
-    rows = _run(con, KEY_SERIES, p | {"id": ids[0][0]}) if ids else []
+    key_id = _key_id(con, key, endpoint, key_id)
+    rows = []
+    if key_id is not None:
+        rows = _run(con, KEY_SERIES, _series_params(con, p | {"id": key_id}, h.hour, step))
     df = pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
     df["t"] = pd.to_datetime(df["t"], utc=True)
     df["width"] = pd.to_timedelta(df["width"].astype(float), unit="s")
     df = df.astype({c: float for c in SERIES_COLUMNS[2:]})
     return KeySeries(df, window, step, tuple(coarse))
+
+
+def _key_id(
+    con: duckdb.DuckDBPyConnection, key: str, endpoint: str, key_id: int | None
+) -> int | None:
+    """The id of `key` at `endpoint` (None: no such key); a given id is
+    checked against the key it must name."""
+    if key_id is None:
+        ids = _run(con, KEY_ID, {"key": key, "endpoint": endpoint})
+        return ids[0][0] if ids else None
+    named = _run(con, KEY_OF_ID, {"id": key_id})
+    if not named or tuple(named[0]) != (key, endpoint):
+        raise InputError(f"key id {key_id} is not the key {key!r} at endpoint {endpoint!r}")
+    return key_id
+
+
+def _series_params(
+    con: duckdb.DuckDBPyConnection, p: dict, hour_horizon: datetime | None, step: timedelta
+) -> dict:
+    """KEY_SERIES's parameters: `p` with the whole days and listed hours a
+    bucket of `step` may take whole (none unless `step` is whole hours), and
+    the spans left to read from key_hour and key_minute (unused ones empty)."""
+    lo, hi = p["lo"], p["hi"]
+    # Hours (and days) after the hour horizon: before it only key_day is left.
+    t_lo = ceil_to(lo, HOUR) if hour_horizon is None else max(ceil_to(lo, HOUR), hour_horizon)
+    t_hi = floor_to(hi, HOUR)
+    if step % HOUR or t_lo >= t_hi:
+        t_lo = t_hi = lo
+    w_lo, w_hi = ceil_to(t_lo, DAY), floor_to(t_hi, DAY)
+    if step % DAY or w_lo >= w_hi:
+        w_lo = w_hi = lo
+    p = p | {"t_lo": t_lo, "t_hi": t_hi, "w_lo": w_lo, "w_hi": w_hi}
+    days = [(w_lo, w_hi)] if w_lo < w_hi else []
+    listed = [(t, t + HOUR) for (t,) in _run(con, LISTED_HOURS, p)] if t_lo < t_hi else []
+    spans = _gaps(lo, hi, sorted(days + listed))
+    if len(spans) > SERIES_RUNS:
+        # Listed in too few hours to pay (a quieter key): its minutes in one
+        # scan (spans around many hours would read most row groups anyway).
+        p |= {"t_hi": t_lo}
+        spans = _gaps(lo, hi, days)  # at most the two ends
+    # (a, the hour a starts in, b): key_hour counts an hour cut at the
+    # window's start whole, as `covered` does; unused spans are empty.
+    runs = [(a, floor_to(a, HOUR), b) for a, b in spans]
+    runs += [(lo, lo, lo)] * (SERIES_RUNS - len(runs))
+    for i, (a, ha, b) in enumerate(runs):
+        p |= {f"a{i}": a, f"ha{i}": ha, f"b{i}": b}
+    return p
+
+
+def _gaps(lo: datetime, hi: datetime, taken: list[tuple[datetime, datetime]]) -> list:
+    """The spans of [lo, hi) outside the sorted, disjoint spans `taken`."""
+    spans, start = [], lo
+    for a, b in taken:
+        if start < a:
+            spans.append((start, a))
+        start = b
+    if start < hi:
+        spans.append((start, hi))
+    return spans
 
 
 def top_keys(
