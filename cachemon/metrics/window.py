@@ -211,19 +211,17 @@ def _figures(
     by_tier = {r[0]: r for r in rows}
     volume = TierVolume(**{t: float(by_tier[t][1]) if t in by_tier else 0.0 for t in TIERS})
     latency_sum = sum(float(r[4]) for r in rows)
-    hist = Histogram.from_pairs(*zip(*con.execute(LATENCY_BUCKETS, p).fetchall()))
+    pairs = con.execute(LATENCY_BUCKETS, p).fetchall()
+    # One window's buckets are a few hundred at most: read in plain Python (no numpy to load).
+    hist = Histogram.from_pairs([b for b, _ in pairs], [w for _, w in pairs])
+    p50, p95, p99 = hist.quantiles((0.50, 0.95, 0.99))
     top_keys, top_window = _top_keys(con, window, endpoint, top)
     gauges = con.execute(LATEST_GAUGES, {"hi": window.end}).fetchall()
     return {
         "volume": volume,
         "errors": sum(float(r[2]) for r in rows),
         "bytes": sum(float(r[3]) for r in rows),
-        "latency": Latency(
-            hist.quantile(0.50),
-            hist.quantile(0.95),
-            hist.quantile(0.99),
-            latency_sum / volume.total if volume.total else None,
-        ),
+        "latency": Latency(p50, p95, p99, latency_sum / volume.total if volume.total else None),
         "top_keys": top_keys,
         "top_keys_window": top_window,
         "gauges": tuple((n, float(v)) for n, v in gauges),
