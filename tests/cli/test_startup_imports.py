@@ -2,10 +2,11 @@
 `import cachemon.cli.main` import no command group and none of the heavy
 libraries; `metrics` imports its own group and what computing metrics needs
 (DuckDB; one window's quantiles are plain Python), not numpy, pandas, scipy,
-pyarrow, the API server or the senders' libraries; `python -m jobs --list`
-imports neither numpy nor pandas nor scipy nor the scheduler library. Each
-child process prints its sorted `sys.modules`; no timings are asserted here
-(bench/ measures those)."""
+pyarrow, the API server or the senders' libraries, nor prometheus_client
+unless it prints the exposition; `python -m jobs --list` imports neither
+numpy nor pandas nor scipy nor the scheduler library. Each child process
+prints its sorted `sys.modules`; no timings are asserted here (bench/
+measures those)."""
 
 from __future__ import annotations
 
@@ -138,6 +139,10 @@ def test_metrics_imports_its_group_and_no_heavy_library(tmp_path, store_env, loa
         p99_s = float(samples['cachemon_request_latency_seconds{period="1h",quantile="0.99"}'])
         assert p99_s * 1000 == pytest.approx(p99, rel=ALPHA + 1e-3)
     assert _loaded(child["modules"], NOT_FOR_ONE_WINDOW) == []
+    # The exposition library only for the exposition.
+    assert _loaded(child["modules"], ("prometheus_client",)) == (
+        ["prometheus_client"] if fmt == "prometheus" else []
+    )
     assert _groups(child["modules"]) == {"cachemon.cli.metrics"}
 
 
