@@ -149,6 +149,7 @@ def compute(
     latest: bool = False,
     spans: Spans | None = None,
     memo: SnapshotMemo | None = None,
+    lifetime: bool = True,
 ) -> Metrics:
     """Metrics of `window` (optionally one endpoint) from the store.
 
@@ -160,7 +161,9 @@ def compute(
     `spans` are `data_spans(con, window.end)` when the caller has them
     (read when not given). With a `memo` of the snapshot `con` reads, the
     figures of the (slid) window are computed once per snapshot, and so is
-    the lifetime counter while no data is dated after `at`.
+    the lifetime counter while no data is dated after `at`. Without
+    `lifetime` the counter (every request ever ingested, which only the
+    Prometheus exposition shows) is not read: `Metrics.lifetime` is None.
     """
     at = window.end
     spans = spans or data_spans(con, at, through(memo, "extent", lambda: extent(con)))
@@ -178,14 +181,17 @@ def compute(
         raise StoreError(
             f"no requests{what} in {window}; the store holds data from {iso(held[0])} to {iso(held[1])}"
         )
-    hour = floor_to(at, HOUR)
-    life = through(
-        # With every row before `at`, the minutes of [hour, at) are all the
-        # minutes from `hour` on: the counter depends on the hour alone.
-        memo if spans.settled else None,
-        ("lifetime", hour),
-        lambda: dict(con.execute(LIFETIME, {"h": hour, "at": at}).fetchall()),
-    )
+    life = None
+    if lifetime:
+        hour = floor_to(at, HOUR)
+        counts = through(
+            # With every row before `at`, the minutes of [hour, at) are all the
+            # minutes from `hour` on: the counter depends on the hour alone.
+            memo if spans.settled else None,
+            ("lifetime", hour),
+            lambda: dict(con.execute(LIFETIME, {"h": hour, "at": at}).fetchall()),
+        )
+        life = TierVolume(**{t: float(counts.get(t, 0.0)) for t in TIERS})
     return Metrics(
         at=at,
         period=period,
@@ -193,7 +199,7 @@ def compute(
         endpoint=endpoint,
         **figures,
         data_until=min(span[1], at),
-        lifetime=TierVolume(**{t: float(life.get(t, 0.0)) for t in TIERS}),
+        lifetime=life,
     )
 
 
