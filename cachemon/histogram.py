@@ -158,8 +158,7 @@ def _quantiles_of_arrays(buckets: np.ndarray, counts: np.ndarray, qs) -> list[fl
     idx = np.where(
         targets > 0, np.searchsorted(cum, targets, side="left"), np.searchsorted(cum, 0.0, "right")
     )
-    idx = np.minimum(idx, len(cum) - 1)
-    return [float(v) for v in bucket_value(buckets[idx])]
+    return [one_bucket_value(int(b)) for b in buckets[np.minimum(idx, len(cum) - 1)]]
 
 
 def _check_quantiles(qs) -> None:
