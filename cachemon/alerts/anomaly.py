@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-import numpy as np
-
 WEEK = timedelta(days=7)
 SPAN = timedelta(hours=1)
 STEP = timedelta(minutes=15)
@@ -35,6 +33,8 @@ def history_ends(
 def robust_z(value: float, history: list[float], min_points: int = MIN_POINTS) -> float | None:
     """Modified z-score of `value` against `history`, or None when the
     history is too short or has no spread to measure against."""
+    import numpy as np  # heavy, and only an anomaly rule's evaluation scores
+
     h = np.asarray([x for x in history if x is not None and np.isfinite(x)], dtype=np.float64)
     if len(h) < min_points:
         return None

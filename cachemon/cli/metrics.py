@@ -43,8 +43,16 @@ def show(args: argparse.Namespace, cfg: Config, now: datetime) -> int:
     bounded(args.top, "--top", 0)
     with store_db.reader(cfg.store.path) as con:
         # Without --at, a lagging source still gets its last good numbers, marked stale.
+        # The lifetime counter is the exposition's alone: JSON does not read it.
         report = metrics_report.build(
-            con, cfg, period, at, args.endpoint, args.top, latest=args.at is None
+            con,
+            cfg,
+            period,
+            at,
+            args.endpoint,
+            args.top,
+            latest=args.at is None,
+            lifetime=args.format == "prometheus",
         )
     m = report.metrics
     if m.top_keys and not m.top_keys_exact:

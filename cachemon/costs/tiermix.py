@@ -28,13 +28,15 @@ elementwise either way.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeAlias
-
-import numpy as np
+from typing import TYPE_CHECKING, TypeAlias
 
 from cachemon.pricing import Pricing, R2Lookup
 
-Amount: TypeAlias = float | np.ndarray
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy only where arrays come in: `cachemon metrics` prices floats and starts without it.
+Amount: TypeAlias = "float | np.ndarray"
 
 # The priced components a tier mix produces (keys of `Pricing`).
 COMPONENTS = ("kv_reads", "kv_writes", "r2_class_b")
@@ -93,7 +95,12 @@ class TierMix:
         """Fills after an R2 rehydration or an origin answer; a failed one
         writes nothing. Never negative (per-key rows count errors without
         their tier, see `kv_writes_sql`)."""
-        return np.maximum(self.r2 + self.api - self.failed_fills, 0.0)
+        fills = self.r2 + self.api - self.failed_fills
+        if isinstance(fills, int | float):
+            return 0.0 if fills <= 0.0 else float(fills)  # np.maximum(fills, 0.0) of a number
+        import numpy as np
+
+        return np.maximum(fills, 0.0)
 
     @property
     def r2_reads(self) -> Amount:

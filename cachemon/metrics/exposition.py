@@ -1,10 +1,12 @@
 """Prometheus text exposition (format 0.0.4) of a Metrics, built with prometheus_client.
 
-A custom collector yields the metric families of one Metrics; `render` hands it
-to `generate_latest` on a fresh `CollectorRegistry`, so nothing is global and
-every render is a pure function of its arguments. prometheus_client writes the
-HELP and TYPE lines, sorts and escapes label values (backslash, double quote,
-newline) and formats numbers the way Prometheus's Go code does.
+The metric families of one Metrics are built as plain values (`Family`);
+`render` hands them to `generate_latest` on a fresh `CollectorRegistry`, so
+nothing is global and every render is a pure function of its arguments.
+prometheus_client writes the HELP and TYPE lines, sorts and escapes label
+values (backslash, double quote, newline) and formats numbers the way
+Prometheus's Go code does; it is imported by `render` alone, so the JSON
+rendering (`cachemon metrics`' default) starts without it.
 
 Families have base units (seconds, bytes, ratios 0-1), one `cachemon_` prefix,
 and no unbounded label values: never a cache key. Window figures are gauges
@@ -14,16 +16,9 @@ merged log-bucket histogram, within 1 %, plus exact _sum and _count).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
 
 from cachemon.metrics.window import Metrics, is_stale
 from cachemon.names import TIERS
@@ -50,18 +45,30 @@ def _value(x: float) -> float:
     return float(f"{x:.15g}")
 
 
-class _Summary(Metric):
-    """A summary with quantiles: prometheus_client's SummaryMetricFamily has
-    only _count and _sum, and writes _count first."""
+@dataclass(frozen=True)
+class Family:
+    """One metric family: its name, help text and type, and its samples
+    (sample name, labels, value) in order."""
 
-    def __init__(self, name: str, documentation: str):
-        super().__init__(name, documentation, "summary")
+    name: str
+    help: str
+    type: str
+    samples: list[tuple[str, dict[str, str], float]] = field(default_factory=list)
 
     def add(self, suffix: str, labels: dict[str, str], value: float) -> None:
-        self.add_sample(self.name + suffix, labels, _value(value))
+        """A sample named the family's name plus `suffix` (15 digits)."""
+        self.samples.append((self.name + suffix, labels, _value(value)))
 
 
-class MetricsCollector(Collector):
+def _gauge(name: str, help_text: str, labels: Sequence[str] = (), rows=()) -> Family:
+    """A gauge family with a sample per (label values, value) of `rows`."""
+    family = Family(name, help_text, "gauge")
+    for values, value in rows:
+        family.add("", dict(zip(labels, values)), value)
+    return family
+
+
+class MetricsCollector:
     """The metric families of one Metrics (and the alert `health`, an
     `health.Health`, and the `costs` block, when given), in a fixed order."""
 
@@ -74,7 +81,7 @@ class MetricsCollector(Collector):
     ):
         self.m, self.stale_after, self.health, self.costs = m, stale_after, health, costs
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Family]:
         """Every family, each once, samples in a stable order."""
         yield from self._traffic()
         yield self._latency()
@@ -85,59 +92,56 @@ class MetricsCollector(Collector):
         if self.costs is not None:
             yield from self._costs()
 
-    def _traffic(self) -> Iterator[Metric]:
+    def _traffic(self) -> Iterator[Family]:
         m, period = self.m, self.m.period
         if m.lifetime is not None:
-            total = CounterMetricFamily(
+            total = Family(
                 "cachemon_requests",
                 "Weighted requests ever ingested, by the tier that served them "
                 "(drops only with retention).",
-                labels=("tier",),
+                "counter",
             )
             for tier in TIERS:
-                total.add_metric((tier,), _value(getattr(m.lifetime, tier)))
+                total.add("_total", {"tier": tier}, getattr(m.lifetime, tier))
             yield total
-        requests = GaugeMetricFamily(
+        yield _gauge(
             "cachemon_period_requests",
             "Weighted requests in the period, by the tier that served them.",
-            labels=("period", "tier"),
+            ("period", "tier"),
+            (((period, tier), getattr(m.volume, tier)) for tier in TIERS),
         )
-        for tier in TIERS:
-            requests.add_metric((period, tier), _value(getattr(m.volume, tier)))
-        yield requests
-        ratio = GaugeMetricFamily(
+        ratios = [((period, tier), m.volume.share(tier) / 100) for tier in TIERS]
+        yield _gauge(
             "cachemon_hit_ratio",
             "Share of the period's requests served by each tier (0-1); combined is every tier "
             "but the origin.",
-            labels=("period", "tier"),
+            ("period", "tier"),
+            [*ratios, ((period, "combined"), m.combined_hit_rate / 100)],
         )
-        for tier in TIERS:
-            ratio.add_metric((period, tier), _value(m.volume.share(tier) / 100))
-        ratio.add_metric((period, "combined"), _value(m.combined_hit_rate / 100))
-        yield ratio
-        errors = GaugeMetricFamily(
+        yield _gauge(
             "cachemon_errors",
             "Weighted requests that ended in an error in the period.",
-            labels=("period",),
+            ("period",),
+            [((period,), m.errors)],
         )
-        errors.add_metric((period,), _value(m.errors))
-        yield errors
-        error_ratio = GaugeMetricFamily(
+        yield _gauge(
             "cachemon_error_ratio",
             "Share of the period's requests that ended in an error (0-1).",
-            labels=("period",),
+            ("period",),
+            [((period,), m.error_rate / 100)],
         )
-        error_ratio.add_metric((period,), _value(m.error_rate / 100))
-        yield error_ratio
 
-    def _latency(self) -> Metric:
+    def _latency(self) -> Family:
+        # A summary with quantiles, then _sum and _count (prometheus_client's
+        # SummaryMetricFamily has only _count and _sum, and writes _count first).
         m, period = self.m, {"period": self.m.period}
-        s = _Summary(
+        s = Family(
             "cachemon_request_latency_seconds",
             "Request latency in the period; quantiles within 1 % relative error.",
+            "summary",
         )
-        for q, field in QUANTILES:
-            ms = getattr(m.latency, field)
+        for q, name in QUANTILES:
+            ms = getattr(m.latency, name)
             if ms is not None:
                 s.add("", period | {"quantile": q}, ms / 1000)
         if m.latency.avg is not None:
@@ -145,69 +149,76 @@ class MetricsCollector(Collector):
         s.add("_count", period, m.volume.total)
         return s
 
-    def _gauges(self) -> Iterator[Metric]:
+    def _gauges(self) -> Iterator[Family]:
         readings = dict(self.m.gauges)
         for name, help_text, members in _GAUGE_FAMILIES:
             present = [(label, readings[g]) for g, label in members if g in readings]
             if not present:
                 continue
             labelled = members[0][1] is not None
-            family = GaugeMetricFamily(name, help_text, labels=("store",) if labelled else None)
-            for label, value in present:
-                family.add_metric((label,) if labelled else (), _value(value))
-            yield family
+            rows = [((label,) if labelled else (), value) for label, value in present]
+            yield _gauge(name, help_text, ("store",) if labelled else (), rows)
 
-    def _freshness(self) -> Iterator[Metric]:
+    def _freshness(self) -> Iterator[Family]:
         m = self.m
         if m.data_until is not None:
-            yield GaugeMetricFamily(
-                "cachemon_data_age_seconds",
-                "Age of the newest data in the store.",
-                value=_value(max(0.0, (m.at - m.data_until).total_seconds())),
+            age = max(0.0, (m.at - m.data_until).total_seconds())
+            yield _gauge(
+                "cachemon_data_age_seconds", "Age of the newest data in the store.", (), [((), age)]
             )
-        yield GaugeMetricFamily(
+        yield _gauge(
             "cachemon_data_stale",
             "1 when the newest data is older than the staleness limit.",
-            value=1.0 if is_stale(m, self.stale_after) else 0.0,
+            (),
+            [((), 1.0 if is_stale(m, self.stale_after) else 0.0)],
         )
 
-    def _health(self) -> Iterator[Metric]:
+    def _health(self) -> Iterator[Family]:
         firing = dict(self.health.firing)
-        alerts = GaugeMetricFamily(
+        yield _gauge(
             "cachemon_alerts_firing",
             "Active (firing) alerts by severity, warnings inhibited by a critical excluded.",
-            labels=("severity",),
+            ("severity",),
+            [((severity.value,), firing.get(severity, 0)) for severity in Severity],
         )
-        for severity in Severity:
-            alerts.add_metric((severity.value,), _value(firing.get(severity, 0)))
-        yield alerts
-        yield GaugeMetricFamily(
+        yield _gauge(
             "cachemon_health_status",
             "Cache health: 0 healthy, 1 degraded, 2 critical.",
-            value=_value(HealthStatus(self.health.status).level),
+            (),
+            [((), HealthStatus(self.health.status).level)],
         )
 
-    def _costs(self) -> Iterator[Metric]:
-        per_day = GaugeMetricFamily(
+    def _costs(self) -> Iterator[Family]:
+        yield _gauge(
             "cachemon_estimated_cost_usd_per_day",
             "Estimated cost per day at the period's rate, by component; list price or billed "
             "after included amounts.",
-            labels=("period", "component", "price"),
+            ("period", "component", "price"),
+            [
+                ((self.m.period, component, kind), c[kind])
+                for component, c in self.costs["perDay"]["components"].items()
+                for kind in ("list", "billed")
+            ],
         )
-        for component, c in self.costs["perDay"]["components"].items():
-            for kind in ("list", "billed"):
-                per_day.add_metric((self.m.period, component, kind), _value(c[kind]))
-        yield per_day
         if "forecast" in self.costs:
             f = self.costs["forecast"]
-            forecast = GaugeMetricFamily(
+            yield _gauge(
                 "cachemon_month_cost_forecast_usd",
                 "Forecast cost of the current month at its end.",
-                labels=("price",),
+                ("price",),
+                [(("list",), f["monthEndList"]), (("billed",), f["monthEndBilled"])],
             )
-            forecast.add_metric(("list",), _value(f["monthEndList"]))
-            forecast.add_metric(("billed",), _value(f["monthEndBilled"]))
-            yield forecast
+
+
+class _Registered:
+    """What `CollectorRegistry.register` takes: an object with `collect`
+    (prometheus_client's Collector base class is not needed for that)."""
+
+    def __init__(self, metrics: list):
+        self.metrics = metrics
+
+    def collect(self) -> Iterator:
+        return iter(self.metrics)
 
 
 def render(
@@ -218,6 +229,16 @@ def render(
 ) -> str:
     """The exposition text for one Metrics (and the alert `health`, an
     `health.Health`, and the `costs` block, when given), ending with a newline."""
+    # Imported here: the JSON rendering, and so `cachemon metrics`, never needs it.
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import Metric
+
+    metrics = []
+    for family in MetricsCollector(m, stale_after, health, costs).collect():
+        metric = Metric(family.name, family.help, family.type)
+        for name, labels, value in family.samples:
+            metric.add_sample(name, labels, value)
+        metrics.append(metric)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(MetricsCollector(m, stale_after, health, costs))
+    registry.register(_Registered(metrics))
     return generate_latest(registry).decode("utf-8")

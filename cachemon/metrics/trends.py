@@ -18,11 +18,11 @@ began) is not a change, and the dashboard says "n/a" instead.
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import duckdb
-import numpy as np
 
 from cachemon.clock import DAY, HOUR, MINUTE, Window
 from cachemon.errors import InputError
@@ -133,8 +133,8 @@ def trend(
             QUEUE_BUCKETS, {"step": p["step"], "lo": window.start, "hi": window.end}
         ).fetchall()
     }
-    df["queue_depth_max"] = [queue.get(t, (np.nan, np.nan))[0] for t in df.index]
-    df["queue_depth_mean"] = [queue.get(t, (np.nan, np.nan))[1] for t in df.index]
+    df["queue_depth_max"] = [queue.get(t, (math.nan, math.nan))[0] for t in df.index]
+    df["queue_depth_mean"] = [queue.get(t, (math.nan, math.nan))[1] for t in df.index]
     df = df.reset_index()
     df["time"] = pd.to_datetime(df["time"], utc=True)
     df["minutes"] = _minutes_inside(df["time"], measured, step)
@@ -182,7 +182,7 @@ def coverage(con: duckdb.DuckDBPyConnection, window: Window) -> float:
 
 
 def _float(x) -> float:
-    return np.nan if x is None else float(x)
+    return math.nan if x is None else float(x)
 
 
 def _measured(con: duckdb.DuckDBPyConnection, window: Window) -> Window:

@@ -160,6 +160,7 @@ def compute(
     latest: bool = False,
     spans: Spans | None = None,
     memo: SnapshotMemo | None = None,
+    lifetime: bool = True,
 ) -> Metrics:
     """Metrics of `window` (optionally one endpoint) from the store.
 
@@ -171,7 +172,9 @@ def compute(
     `spans` are `data_spans(con, window.end)` when the caller has them
     (read when not given). With a `memo` of the snapshot `con` reads, the
     figures of the (slid) window are computed once per snapshot, and so is
-    the lifetime counter while no data is dated after `at`.
+    the lifetime counter while no data is dated after `at`. Without
+    `lifetime` the counter (every request ever ingested, which only the
+    Prometheus exposition shows) is not read: `Metrics.lifetime` is None.
     """
     at = window.end
     spans = spans or data_spans(con, at, through(memo, "extent", lambda: extent(con)))
@@ -189,14 +192,17 @@ def compute(
         raise StoreError(
             f"no requests{what} in {window}; the store holds data from {iso(held[0])} to {iso(held[1])}"
         )
-    hour = floor_to(at, HOUR)
-    life = through(
-        # With every row before `at`, the minutes of [hour, at) are all the
-        # minutes from `hour` on: the counter depends on the hour alone.
-        memo if spans.settled else None,
-        ("lifetime", hour),
-        lambda: dict(con.execute(LIFETIME, {"h": hour, "at": at}).fetchall()),
-    )
+    life = None
+    if lifetime:
+        hour = floor_to(at, HOUR)
+        counts = through(
+            # With every row before `at`, the minutes of [hour, at) are all the
+            # minutes from `hour` on: the counter depends on the hour alone.
+            memo if spans.settled else None,
+            ("lifetime", hour),
+            lambda: dict(con.execute(LIFETIME, {"h": hour, "at": at}).fetchall()),
+        )
+        life = TierVolume(**{t: float(counts.get(t, 0.0)) for t in TIERS})
     return Metrics(
         at=at,
         period=period,
@@ -204,7 +210,7 @@ def compute(
         endpoint=endpoint,
         **figures,
         data_until=min(span[1], at),
-        lifetime=TierVolume(**{t: float(life.get(t, 0.0)) for t in TIERS}),
+        lifetime=life,
     )
 
 
@@ -222,19 +228,17 @@ def _figures(
     by_tier = {r[0]: r for r in rows}
     volume = TierVolume(**{t: float(by_tier[t][1]) if t in by_tier else 0.0 for t in TIERS})
     latency_sum = sum(float(r[4]) for r in rows)
-    hist = Histogram.from_pairs(*zip(*con.execute(LATENCY_BUCKETS, p).fetchall()))
+    pairs = con.execute(LATENCY_BUCKETS, p).fetchall()
+    # One window's buckets are a few hundred at most: read in plain Python (no numpy to load).
+    hist = Histogram.from_pairs([b for b, _ in pairs], [w for _, w in pairs])
+    p50, p95, p99 = hist.quantiles((0.50, 0.95, 0.99))
     top_keys, top_window = _top_keys(con, window, endpoint, top)
     gauges = con.execute(LATEST_GAUGES, {"hi": window.end}).fetchall()
     return {
         "volume": volume,
         "errors": sum(float(r[2]) for r in rows),
         "bytes": sum(float(r[3]) for r in rows),
-        "latency": Latency(
-            hist.quantile(0.50),
-            hist.quantile(0.95),
-            hist.quantile(0.99),
-            latency_sum / volume.total if volume.total else None,
-        ),
+        "latency": Latency(p50, p95, p99, latency_sum / volume.total if volume.total else None),
         "top_keys": top_keys,
         "top_keys_window": top_window,
         "gauges": tuple((n, float(v)) for n, v in gauges),

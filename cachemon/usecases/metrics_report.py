@@ -111,6 +111,7 @@ def build(
     costs: bool | None = None,
     compare: bool = False,
     memo: SnapshotMemo | None = None,
+    lifetime: bool = True,
 ) -> MetricsReport:
     """The metrics response for the `period` ending at `at` (optionally one
     endpoint, with `top` busiest keys). With `latest`, a window past the
@@ -120,7 +121,9 @@ def build(
     forces it. With `compare`, the report also holds the previous period of
     the same length (`Previous`), for `kpi_deltas`. A `memo` of the snapshot
     `con` reads keeps the window's figures for the next report
-    (`metrics.memo`; the API's)."""
+    (`metrics.memo`; the API's). Without `lifetime`, the lifetime request
+    counter is not read (`metrics.window.compute`): a report only rendered
+    as JSON never shows it."""
     return build_window(
         con,
         cfg,
@@ -133,6 +136,7 @@ def build(
         costs=costs,
         compare=compare,
         memo=memo,
+        lifetime=lifetime,
     )
 
 
@@ -148,6 +152,7 @@ def build_window(
     costs: bool | None = None,
     compare: bool = False,
     memo: SnapshotMemo | None = None,
+    lifetime: bool = True,
 ) -> MetricsReport:
     """`build` for any window (the dashboard's custom from–to), `label`
     naming it in the report (`period`). The metrics are as of the window's
@@ -157,7 +162,7 @@ def build_window(
     # for the metrics and the three windows the costs measure.
     spans = data_spans(con, window.end, through(memo, "extent", lambda: extent(con)))
     m = metrics_window.compute(
-        con, window, label, endpoint, top, latest=latest, spans=spans, memo=memo
+        con, window, label, endpoint, top, latest=latest, spans=spans, memo=memo, lifetime=lifetime
     )
     rules = alerts_rules.effective_rules(cfg.alerts)
     state = alerts_health.health(con, max(at, m.at), cfg.alerts.evaluate_every, rules, memo)

@@ -1,10 +1,12 @@
 """Start-up: what the commands import. `python -m cachemon --help` and
 `import cachemon.cli.main` import no command group and none of the heavy
 libraries; `metrics` imports its own group and what computing metrics needs
-(DuckDB, numpy), not pandas, scipy, pyarrow, the API server or the senders'
-libraries; `python -m jobs --list` imports neither pandas nor scipy nor the
-scheduler library. Each child process prints its sorted `sys.modules`; no
-timings are asserted here (bench/ measures those)."""
+(DuckDB; one window's quantiles are plain Python), not numpy, pandas, scipy,
+pyarrow, the API server or the senders' libraries, nor prometheus_client
+unless it prints the exposition; `python -m jobs --list` imports neither
+numpy nor pandas nor scipy nor the scheduler library. Each child process
+prints its sorted `sys.modules`; no timings are asserted here (bench/
+measures those)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ import pytest
 
 from cachemon.cli import main as cli_main
 from cachemon.clock import iso
-from tests.helpers import ROOT, T0
+from cachemon.histogram import ALPHA
+from tests.helpers import ROOT, T0, weighted_quantile
 
 # Runs a module as `python -m` does (or a statement), then writes its exit
 # code, stdout and sorted sys.modules as JSON to the file named first.
@@ -55,6 +58,8 @@ HEAVY = (
 )
 # Not needed to list the commands or parse the command line.
 DATA = ("duckdb", "numpy", "pyarrow", "prometheus_client")
+# Not needed to compute and print one window's metrics, nor to list the jobs.
+NOT_FOR_ONE_WINDOW = HEAVY + ("numpy", "pyarrow")
 GROUP_MODULES = set(cli_main.GROUPS)
 
 
@@ -109,17 +114,35 @@ def test_the_command_line_starts_without_groups_or_heavy_libraries(tmp_path, kin
                 assert name in child["stdout"] and text.split()[0] in child["stdout"]
 
 
-def test_metrics_imports_its_group_and_no_heavy_library(tmp_path, store_env, loaded_store):
+@pytest.mark.parametrize("fmt", ["json", "prometheus"])
+def test_metrics_imports_its_group_and_no_heavy_library(tmp_path, store_env, loaded_store, fmt):
     at = T0 + timedelta(hours=3)
-    child = _run(tmp_path, "module", "cachemon", "metrics", "--at", iso(at), env=store_env)
+    argv = ("metrics", "--at", iso(at), "--format", fmt)
+    child = _run(tmp_path, "module", "cachemon", *argv, env=store_env)
     assert child["code"] == 0, child["stderr"]
-    # The command ran in full: the last hour's requests, counted from the raw events.
+    # The command ran in full: the last hour's requests and p99, from the raw events.
     _, truth = loaded_store
     hour = truth[(truth["timestamp"] >= at - timedelta(hours=1)) & (truth["timestamp"] < at)]
-    requests = hour.loc[hour["kind"] == "request", "sample_interval"].sum()
-    report = json.loads(child["stdout"])
-    assert report["period"] == "1h" and report["volume"]["total_requests"] == round(requests)
-    assert _loaded(child["modules"], HEAVY + ("pyarrow",)) == []
+    req = hour[hour["kind"] == "request"]
+    requests = req["sample_interval"].sum()
+    p99 = weighted_quantile(req["latency_ms"], req["sample_interval"], 0.99)
+    if fmt == "json":
+        report = json.loads(child["stdout"])
+        assert report["period"] == "1h" and report["volume"]["total_requests"] == round(requests)
+        assert report["latency"]["p99"] == pytest.approx(p99, rel=ALPHA + 1e-3)
+    else:
+        samples = dict(
+            line.rsplit(" ", 1) for line in child["stdout"].splitlines() if line[0] != "#"
+        )
+        period = [float(v) for k, v in samples.items() if k.startswith("cachemon_period_requests{")]
+        assert sum(period) == pytest.approx(requests, rel=1e-12)
+        p99_s = float(samples['cachemon_request_latency_seconds{period="1h",quantile="0.99"}'])
+        assert p99_s * 1000 == pytest.approx(p99, rel=ALPHA + 1e-3)
+    assert _loaded(child["modules"], NOT_FOR_ONE_WINDOW) == []
+    # The exposition library only for the exposition.
+    assert _loaded(child["modules"], ("prometheus_client",)) == (
+        ["prometheus_client"] if fmt == "prometheus" else []
+    )
     assert _groups(child["modules"]) == {"cachemon.cli.metrics"}
 
 
@@ -127,7 +150,7 @@ def test_the_job_runners_list_imports_no_heavy_library(tmp_path, store_env):
     child = _run(tmp_path, "module", "jobs", "--list", env=store_env)
     assert child["code"] == 0, child["stderr"]
     assert child["stdout"].splitlines()[0].startswith("ingest ")
-    assert _loaded(child["modules"], HEAVY + ("pyarrow",)) == []
+    assert _loaded(child["modules"], NOT_FOR_ONE_WINDOW) == []
     # The schedule comes from runner.runs; the job bodies load when a job runs.
     assert "cachemon.usecases.scheduled" not in child["modules"]
 
