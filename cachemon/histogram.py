@@ -96,16 +96,17 @@ class Histogram:
 
     def quantile(self, q: float) -> float | None:
         """The q-quantile (inverted CDF: smallest value whose cumulative
-        weight reaches q of the total), or None for an empty histogram."""
+        weight reaches q of the total), or None for an empty histogram and for
+        one with a count that is no weight (negative, NaN or infinite, as an
+        older store can hold): the quantile is then unknown, not a guess."""
         return self.quantiles((q,))[0]
 
     def quantiles(self, qs: Sequence[float]) -> list[float | None]:
         """`quantile` of each of `qs`, in plain Python (`sorted_quantiles`'
         figures exactly)."""
         _check_quantiles(qs)
-        _check_counts(self.counts)
         cum = list(accumulate(self.counts))
-        if not cum or cum[-1] <= 0:
+        if not cum or cum[-1] <= 0 or not all(0 <= c < math.inf for c in self.counts):
             return [None] * len(qs)
         last = len(cum) - 1
         out: list[float | None] = []
@@ -126,7 +127,6 @@ def grouped_quantiles(groups, buckets: np.ndarray, counts: np.ndarray, qs) -> di
     if not len(buckets):
         return {}
     buckets, counts = np.asarray(buckets, dtype=np.int64), np.asarray(counts, dtype=np.float64)
-    _check_count_array(counts)
     cuts = np.flatnonzero(np.asarray(groups[1:] != groups[:-1])) + 1
     return {
         groups[lo]: tuple(_quantiles_of_arrays(buckets[lo:hi], counts[lo:hi], qs))
@@ -136,22 +136,21 @@ def grouped_quantiles(groups, buckets: np.ndarray, counts: np.ndarray, qs) -> di
 
 def sorted_quantiles(buckets: np.ndarray, counts: np.ndarray, qs) -> list[float | None]:
     """Quantiles (inverted CDF) of one histogram given as arrays sorted by
-    bucket; None for an empty one. No per-bucket Python objects, so a
+    bucket; None for an empty one or one with a count that is no weight. No per-bucket Python objects, so a
     series of many histograms stays cheap."""
     import numpy as np
 
     _check_quantiles(qs)
     counts = np.asarray(counts, dtype=np.float64)
-    _check_count_array(counts)
     return _quantiles_of_arrays(np.asarray(buckets, dtype=np.int64), counts, qs)
 
 
 def _quantiles_of_arrays(buckets: np.ndarray, counts: np.ndarray, qs) -> list[float | None]:
-    """`sorted_quantiles` of checked arrays."""
+    """`sorted_quantiles` of arrays (quantiles already checked)."""
     import numpy as np
 
     cum = np.cumsum(counts)
-    if not len(cum) or cum[-1] <= 0:
+    if not len(cum) or cum[-1] <= 0 or not ((counts >= 0) & np.isfinite(counts)).all():
         return [None] * len(qs)
     targets = np.asarray(qs) * cum[-1] * _TOLERANCE
     # q = 0: the first bucket with weight (none lies below it).
@@ -164,20 +163,3 @@ def _quantiles_of_arrays(buckets: np.ndarray, counts: np.ndarray, qs) -> list[fl
 def _check_quantiles(qs) -> None:
     if any(not 0 <= q <= 1 for q in qs):
         raise ValueError(f"quantiles must be in [0, 1], got {qs}")
-
-
-def _check_counts(counts) -> None:
-    """Counts are weights: finite and never negative (a running sum that
-    falls back would make the search's answer arbitrary)."""
-    bad = [c for c in counts if not 0 <= c < math.inf]
-    if bad:
-        raise ValueError(f"histogram counts must be finite and >= 0, got {bad[:3]}")
-
-
-def _check_count_array(counts: np.ndarray) -> None:
-    """`_check_counts` of a numpy array, vectorised."""
-    import numpy as np
-
-    good = (counts >= 0) & np.isfinite(counts)
-    if not good.all():
-        _check_counts(counts[~good].tolist())

@@ -161,14 +161,17 @@ def test_quantiles_are_the_bucket_of_the_raw_values_quantile(values, repeats, em
         assert abs(value - truth) <= ALPHA * truth
 
 
-def test_a_histogram_refuses_counts_that_are_not_weights():
+def test_counts_that_are_not_weights_give_unknown_quantiles_not_a_guess():
+    """An older store can hold a negative, NaN or infinite weight: its
+    histogram's quantiles are None (null in JSON), in one window and in a
+    series, where the other windows keep theirs."""
     for bad in (-1.0, math.nan, math.inf):
-        with pytest.raises(ValueError, match="finite and >= 0"):
-            Histogram.from_pairs([1, 2], [1.0, bad]).quantile(0.5)
-        with pytest.raises(ValueError, match="finite and >= 0"):
-            sorted_quantiles(np.array([1, 2]), np.array([1.0, bad]), (0.5,))
-        with pytest.raises(ValueError, match="finite and >= 0"):
-            grouped_quantiles(np.array([0, 0]), np.array([1, 2]), np.array([1.0, bad]), (0.5,))
+        assert Histogram.from_pairs([1, 2], [1.0, bad]).quantiles((0.0, 0.5, 1.0)) == [None] * 3
+        assert sorted_quantiles(np.array([1, 2]), np.array([1.0, bad]), (0.5,)) == [None]
+        got = grouped_quantiles(
+            np.array([0, 0, 1]), np.array([1, 2, 3]), np.array([1.0, bad, 2.0]), (0.5,)
+        )
+        assert got == {0: (None,), 1: (one_bucket_value(3),)}
     with pytest.raises(ValueError, match="2 buckets, 1 counts"):
         Histogram.from_pairs([1, 2], [1.0])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
