@@ -239,3 +239,11 @@ def check_readable(con: duckdb.DuckDBPyConnection, snap: Path) -> None:
             f"store {snap.name} has schema version {version}, newer than this cachemon "
             f"({SCHEMA_VERSION}); upgrade cachemon"
         )
+    if version < SCHEMA_VERSION:
+        # Tables this cachemon reads may not exist yet: a clear line, not a
+        # catalog error from the first query that needs one.
+        raise StoreError(
+            f"store {snap.name} has schema version {version}, older than this cachemon "
+            f"({SCHEMA_VERSION}): the job runner migrates it at its next write, or run "
+            "`python -m cachemon compact` now"
+        )

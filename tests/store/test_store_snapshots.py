@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -218,6 +219,44 @@ def test_the_write_lock_waits_in_another_thread_and_names_its_holder(two_hours):
         t.start()
         t.join()
     assert len(errors) == 1 and f"pid {os.getpid()}" in errors[0]
+
+
+def test_a_store_from_an_older_cachemon_is_one_line_until_a_write_migrates_it(two_hours):
+    """After an upgrade, a reader of the old schema's snapshot got a catalog
+    error (a traceback) from the first query on a new table. It says what
+    happened and what to do, and the next write migrates the store."""
+    import duckdb
+
+    db, _ = two_hours
+    with store_db.reader(db) as con:
+        truth = con.execute("SELECT sum(requests) FROM rollup_minute").fetchall()[0][0]
+    # What the previous cachemon left: the store without the last migration
+    # (its tables dropped; a later migration of another kind must teach this).
+    last = schema.MIGRATIONS[schema.SCHEMA_VERSION]
+    tables = [re.match(r"\s*CREATE TABLE (\w+)", sql) for sql in last]
+    assert all(tables), "undo the last migration here: it is not only CREATE TABLE"
+    con = duckdb.connect(str(db))
+    for t in tables:
+        con.execute(f"DROP TABLE {t[1]}")
+    con.execute("DELETE FROM schema_version WHERE version = ?", [schema.SCHEMA_VERSION])
+    con.close()
+    older = snapshots.version_path(db, 7)
+    shutil.copyfile(db, older)
+    snapshots.snapshot_path(db).unlink()
+    snapshots.snapshot_path(db).symlink_to(older.name)
+    with pytest.raises(StoreError, match="older than this cachemon.*cachemon compact"):
+        with store_db.reader(db):
+            pass
+    p = _cli(db, "metrics", "--at", "2026-11-19T09:00:00Z")
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.startswith("cachemon: error: ") and "older than this cachemon" in p.stderr
+    p = _cli(db, "compact")  # a write: migrates and publishes
+    assert p.returncode == 0, p.stderr
+    with store_db.reader(db) as con:
+        assert schema.schema_version(con) == schema.SCHEMA_VERSION
+        assert con.execute("SELECT sum(requests) FROM rollup_minute").fetchall()[0][0] == truth
+    p = _cli(db, "metrics", "--at", "2026-11-19T09:00:00Z")
+    assert p.returncode == 0, p.stderr
 
 
 def test_a_store_from_a_newer_cachemon_is_one_line_on_every_read_path(two_hours, results):
