@@ -101,22 +101,28 @@ def main():
     ap.add_argument("--format", choices=("json", "prometheus"), default="json")
     ap.add_argument("--before", help="another checkout to measure too (the code before)")
     ap.add_argument(
+        "--before-store",
+        help="the store the --before code reads (a copy of --store before a schema migration)",
+    )
+    ap.add_argument(
         "--repeat", type=int, default=2, help="runs of each case and code, in alternating order"
     )
     args = ap.parse_args()
-    roots = [("after", ROOT)]
+    roots = [("after", ROOT, Path(args.store))]
     if args.before:
-        roots.insert(0, ("before", Path(args.before).resolve()))
+        roots.insert(
+            0, ("before", Path(args.before).resolve(), Path(args.before_store or args.store))
+        )
     print(f"store {args.store}, format {args.format}, {args.threads} client threads")
     print("case     | code   | requests/s | p50 ms | p99 ms | load (1 min)")
     print("---------|--------|------------|--------|--------|-------------")
     for name, cache in (("cached", 300), ("uncached", 0)):
         # The second of two servers started in a row measured ~30 % slower on
         # a loaded machine, the same code both times: alternate who goes first.
-        rates: dict[str, list[float]] = {code: [] for code, _ in roots}
+        rates: dict[str, list[float]] = {code: [] for code, _, _ in roots}
         for rep in range(args.repeat):
-            for code, root in roots if rep % 2 == 0 else roots[::-1]:
-                r = run(Path(args.store), cache, args.seconds, args.threads, root, args.format)
+            for code, root, store in roots if rep % 2 == 0 else roots[::-1]:
+                r = run(store, cache, args.seconds, args.threads, root, args.format)
                 rates[code].append(r["n"] / r["s"])
                 print(
                     f"{name:8} | {code:6} | {r['n'] / r['s']:10.0f} | {r['p50'] * 1000:6.1f} | "

@@ -152,15 +152,25 @@ def child_times(
     return cold, warm
 
 
-def compare(before: Path, db: Path, cfg: Path, runs: int, pages: list[str], presets: list[str]):
-    """Before and after side by side, each page and range timed in turn by both."""
+def compare(
+    before: Path,
+    db: Path,
+    cfg: Path,
+    runs: int,
+    pages: list[str],
+    presets: list[str],
+    before_db: Path | None = None,
+):
+    """Before and after side by side, each page and range timed in turn by
+    both; the code before reads `before_db` (a copy of the same data in the
+    schema it knows) when given."""
     print(
         "| page | range | uncached: before | after | ratio | cached: before | after | ratio |"
         "\n| --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     for preset in presets:
         for page in pages:
-            b = child_times(before, db, cfg, runs, page, preset)
+            b = child_times(before, before_db or db, cfg, runs, page, preset)
             a = child_times(ROOT, db, cfg, runs, page, preset)
             print(
                 f"| {page} | {preset} | {b[0] * 1000:,.0f} ms | {a[0] * 1000:,.0f} ms "
@@ -248,6 +258,11 @@ def main() -> int:
     )
     ap.add_argument("--db", type=Path, help="the store to read (its config: the .toml beside it)")
     ap.add_argument("--before", type=Path, help="also time the code of this checkout, side by side")
+    ap.add_argument(
+        "--before-db",
+        type=Path,
+        help="the store the --before code reads (a copy of --db before a schema migration)",
+    )
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # compare's child process
     args = ap.parse_args()
     logging.getLogger("streamlit").setLevel(logging.ERROR)
@@ -259,7 +274,7 @@ def main() -> int:
         return 0
     if args.before and not args.skip_render:
         print(f"load average before: {os.getloadavg()[0]:.2f} (1 min)\n")
-        compare(args.before.resolve(), db, cfg, args.runs, pages, presets)
+        compare(args.before.resolve(), db, cfg, args.runs, pages, presets, args.before_db)
     elif not args.skip_render:
         print(
             f"| page ({args.days} days, seed volume) | range | median render, uncached "
