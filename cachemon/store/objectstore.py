@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,10 +35,13 @@ S3_ENV = {
     "region": ("CACHEMON_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
 }
 DEFAULT_REGION = "auto"  # R2's; AWS S3 needs the bucket's region
-# Small, so an unreachable endpoint fails in seconds, not minutes; a day's
-# Parquet file is tens of MB at most, which a minute carries on any link.
+# Small, so an unreachable endpoint fails in seconds, not minutes. The
+# request timeout is how long a connection may carry no byte at all (curl's
+# low-speed limit): a server that accepts and never answers costs
+# ATTEMPTS × REQUEST_TIMEOUT (it cost 3 minutes at 60 s), while an upload
+# that moves, however slowly, is never cut.
 CONNECT_TIMEOUT = 5.0
-REQUEST_TIMEOUT = 60.0
+REQUEST_TIMEOUT = 10.0
 ATTEMPTS = 3
 # S3's bucket naming rules (lower case, digits, dots, hyphens; 3-63 long).
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -63,22 +67,27 @@ class S3Settings:
                 raise ConfigError(
                     f"an s3:// export needs {' or '.join(S3_ENV[k])} in the environment"
                 )
-        endpoint = got["endpoint"][1].strip().rstrip("/")
-        u = urllib.parse.urlsplit(endpoint)
-        if "@" in u.netloc:  # a key in the URL would be shown wherever the endpoint is named
-            raise ConfigError(
-                f"{got['endpoint'][0]} must not hold credentials: set CACHEMON_S3_ACCESS_KEY_ID "
-                "and CACHEMON_S3_SECRET_ACCESS_KEY instead"
-            )
-        if u.scheme not in ("http", "https") or not u.hostname or u.path or u.query:
-            raise ConfigError(
-                f"{got['endpoint'][0]} must be an http(s)://host[:port] URL with no path, "
-                f"such as https://<account id>.r2.cloudflarestorage.com, not {endpoint!r}"
-            )
+        name, endpoint = got["endpoint"][0], got["endpoint"][1].strip().rstrip("/")
+        # The value is never quoted back: an operator may have pasted a
+        # secret into it (as a path, a query, a fragment or user info).
+        bad = ConfigError(
+            f"{name} must be an http(s)://host[:port] URL with no user, path, query or "
+            "fragment, such as https://<account id>.r2.cloudflarestorage.com (keys go in "
+            "CACHEMON_S3_ACCESS_KEY_ID and CACHEMON_S3_SECRET_ACCESS_KEY)"
+        )
         try:
-            u.port  # noqa: B018  a port out of range raises here
+            u = urllib.parse.urlsplit(endpoint)
+            ok = (
+                u.scheme in ("http", "https")
+                and u.hostname
+                and "@" not in u.netloc
+                and not (u.path or u.query or u.fragment or "#" in endpoint)
+            )
+            u.port  # noqa: B018  a malformed host or a port out of range raises here
         except ValueError:
-            raise ConfigError(f"{got['endpoint'][0]} has a bad port: {endpoint!r}") from None
+            raise bad from None
+        if not ok:
+            raise bad
         region = got["region"][1].strip() if got["region"] else DEFAULT_REGION
         return cls(endpoint, region, got["key_id"][1].strip(), got["secret"][1].strip())
 
@@ -134,13 +143,20 @@ class DirTarget:
         (read-only, full, a file where a folder must be) is one InputError
         naming the file, no partial file left."""
         path = self.root / rel
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp: Path | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(data)
+            # A fresh name made with O_EXCL: a file or symlink planted at a
+            # predictable name is never followed or overwritten.
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            tmp = Path(name)
+            os.fchmod(fd, 0o644)  # as a plain write would leave it, not mkstemp's 0600
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
             os.replace(tmp, path)
         except OSError as exc:
-            _discard(tmp)
+            if tmp is not None:
+                _discard(tmp)
             raise InputError(
                 f"export target {self.root}: cannot write {rel}: {_why(exc)}"
             ) from None
@@ -292,6 +308,9 @@ def open_target(
 ) -> DirTarget | S3Target:
     """The export target `to` names: a bucket for `s3://…` (settings from
     `env`), else a local folder."""
+    if not is_s3(to) and re.match(r"(?i)\s*s3(:|//)", str(to)):
+        # "s3:/b/p" or "s3//b/p" would quietly become a local folder named s3:
+        raise InputError(f"--to {str(to)!r} is neither a folder nor s3://bucket/prefix")
     if is_s3(to):
         return S3Target(str(to), S3Settings.from_env(env), redactor)
     return DirTarget(to)

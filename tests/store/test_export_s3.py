@@ -235,7 +235,11 @@ def _closed_port() -> int:
         ("unreachable", "cannot be reached"),
         ("bad endpoint", "must be an http(s)://host[:port] URL"),
         ("no secret", "CACHEMON_S3_SECRET_ACCESS_KEY or AWS_SECRET_ACCESS_KEY"),
-        ("credentials in the endpoint", "must not hold credentials"),
+        ("credentials in the endpoint", "no user, path, query or fragment"),
+        ("secret in the path", "no user, path, query or fragment"),
+        ("secret in the query", "no user, path, query or fragment"),
+        ("secret in the fragment", "no user, path, query or fragment"),
+        ("malformed host", "must be an http(s)://host[:port] URL"),
         ("bad bucket name", "is not a bucket name"),
     ],
 )
@@ -256,6 +260,14 @@ def test_a_bad_setting_is_a_clear_error_without_the_secret(
         env["CACHEMON_S3_ENDPOINT"] = "127.0.0.1:9000/path"
     elif case == "credentials in the endpoint":
         env["CACHEMON_S3_ENDPOINT"] = s3.endpoint.replace("//", f"//{s3.key_id}:{secret}@")
+    elif case == "secret in the path":
+        env["CACHEMON_S3_ENDPOINT"] = f"{s3.endpoint}/{secret}"
+    elif case == "secret in the query":
+        env["CACHEMON_S3_ENDPOINT"] = f"{s3.endpoint}?k={secret}"
+    elif case == "secret in the fragment":  # urllib keeps it out of the netloc
+        env["CACHEMON_S3_ENDPOINT"] = f"{s3.endpoint}#{secret}"
+    elif case == "malformed host":  # urllib raises ValueError on these
+        env["CACHEMON_S3_ENDPOINT"] = "http://[::1"
     elif case == "no secret":
         del env["CACHEMON_S3_SECRET_ACCESS_KEY"]
     elif case == "bad bucket name":
@@ -352,3 +364,68 @@ def test_a_large_day_goes_up_whole_in_parts(s3):
     assert target.sizes("keys_hour") == {"keys_hour/date=2026-11-20/data.parquet": len(data)}
     assert target.read("keys_hour/date=2026-11-20/data.parquet") == data
     assert target.read("keys_hour/date=2026-11-21/data.parquet") is None
+
+
+def test_a_server_that_never_answers_fails_in_attempts_times_the_timeout(stores, s3, monkeypatch):
+    """A server that accepts and says nothing cost 3 minutes (60 s a try)."""
+    path, _, _, _ = stores
+    monkeypatch.setattr(objectstore, "REQUEST_TIMEOUT", 1.0)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        env = s3.env() | {"CACHEMON_S3_ENDPOINT": f"http://127.0.0.1:{silent.getsockname()[1]}"}
+        t = time.monotonic()
+        with store_db.reader(path) as con, pytest.raises(InputError, match="cannot be reached"):
+            export.parquet(con, f"s3://{BUCKET}/silent", env=env)
+        assert time.monotonic() - t < objectstore.ATTEMPTS * 1.0 + 10
+    finally:
+        silent.close()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"format": %d, "days": {"2026-11-19": {"rows": Infinity, "bytes": 1, "fingerprint": "f"}}}',
+        b'{"format": %d, "days": {"2026-11-19": {"rows": 1, "bytes": 1e999, "fingerprint": "f"}}}',
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+    ids=["infinite rows", "huge bytes", "deep nesting"],
+)
+def test_a_manifest_with_numbers_or_nesting_json_allows_reads_as_none(data):
+    """json.loads accepts Infinity and 1e999, and recursion has a limit:
+    the export crashed with a traceback on them."""
+    if b"%d" in data:
+        data = data % export.FORMAT
+    assert export._manifest(data) == {}
+
+
+@pytest.mark.parametrize("to", ["s3:/b/p", "s3//b/p", "S3:b/p"])
+def test_a_mistyped_bucket_is_refused_not_written_as_a_folder(to, tmp_path):
+    with pytest.raises(InputError, match="neither a folder nor s3://bucket/prefix"):
+        objectstore.open_target(to, {}, Redactor())
+    assert isinstance(
+        objectstore.open_target(str(tmp_path / "s3"), {}, Redactor()), objectstore.DirTarget
+    )
+
+
+def test_a_planted_symlink_at_a_temporary_name_is_never_followed(stores, tmp_path):
+    """The temporary file had a predictable name: a symlink planted there
+    made the export overwrite the link's target."""
+    path, _, _, _ = stores
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "out"
+    with store_db.reader(path) as con:
+        export.parquet(con, out)
+    days = [p.parent for p in out.rglob("data.parquet")]
+    for day in days:
+        (day / "data.parquet").unlink()
+        for pid in range(os.getpid() - 5, os.getpid() + 300):
+            (day / f".data.parquet.{pid}.tmp").symlink_to(victim)
+    with store_db.reader(path) as con:
+        export.parquet(con, out)
+    assert victim.read_text() == "keep me"
+    for day in days:
+        f = day / "data.parquet"
+        assert f.is_file() and not f.is_symlink() and f.stat().st_mode & 0o777 == 0o644
